@@ -1,0 +1,332 @@
+"""The configuration model: TOML file, then command-line overrides, then validation.
+
+Every key lives in one section dataclass below, with its default. The loader is
+generic: it checks each value against the field's annotation, so adding a key means
+adding a field, and ``docs/configuration.md`` is checked against these classes.
+A bad file never produces a traceback: ``ConfigError`` carries one line that names
+the key and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class ConfigError(Exception):
+    """A one-line, user-facing description of what is wrong with the config."""
+
+
+@dataclass
+class ServerConfig:
+    """Identity of this mail host and where it keeps its data."""
+
+    hostname: str = "localhost"
+    domains: list[str] = field(default_factory=lambda: ["example.test"])
+    data_dir: str = "./mailhost-data"
+    # "no": plaintext auth only over TLS; "loopback": also on 127/8 and ::1; "yes": always.
+    allow_plaintext_auth: Literal["no", "loopback", "yes"] = "no"
+    log_format: Literal["text", "json"] = "text"
+    # Seconds given to in-flight transactions on shutdown.
+    shutdown_grace: float = 30.0
+
+
+@dataclass
+class StoreConfig:
+    """The mail store backend."""
+
+    backend: Literal["maildir", "memory"] = "maildir"
+    # Maildir root; relative paths are under server.data_dir.
+    path: str = "mail"
+    fsync: bool = True
+
+
+@dataclass
+class AuthConfig:
+    """Credential files; relative paths are under server.data_dir."""
+
+    passwd_file: str = "passwd"
+    aliases_file: str = "aliases"
+    # Create postmaster@<first domain> with a random password when passwd is empty.
+    create_postmaster: bool = True
+    # Failed-login throttling per client address, across protocols.
+    max_failures: int = 5
+    failure_window: float = 300.0
+    lockout: float = 300.0
+    # Seconds a successful verification is cached (0 disables the cache).
+    cache_ttl: float = 300.0
+
+
+@dataclass
+class TLSConfig:
+    """Certificate for STARTTLS/STLS and implicit-TLS listeners; empty means no TLS."""
+
+    cert: str = ""
+    key: str = ""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+@dataclass
+class SMTPConfig:
+    """Inbound ESMTP (port 25): mail for the local domains."""
+
+    listen: list[str] = field(default_factory=lambda: ["tcp:25"])
+    listen_tls: list[str] = field(default_factory=list)
+    max_message_size: int = 32 * 1024 * 1024
+    max_recipients: int = 1000
+    max_line_length: int = 65536
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    max_connections: int = 200
+    max_connections_per_ip: int = 20
+    max_junk_commands: int = 20
+    max_hops: int = 50
+    # Networks allowed to relay without AUTH (CIDR).
+    relay_networks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SubmissionConfig:
+    """Authenticated submission (587 with STARTTLS, 465 implicit TLS)."""
+
+    listen: list[str] = field(default_factory=list)
+    listen_tls: list[str] = field(default_factory=list)
+    # MAIL FROM must be the authenticated user or one of their aliases.
+    enforce_sender: bool = True
+
+
+@dataclass
+class POP3Config:
+    listen: list[str] = field(default_factory=lambda: ["tcp:110"])
+    listen_tls: list[str] = field(default_factory=list)
+    # "expunge": QUIT removes DELEted messages; "flag": only hide them and set \Deleted.
+    delete: Literal["expunge", "flag"] = "expunge"
+    timeout: float = 600.0
+    max_connections: int = 200
+
+
+@dataclass
+class IMAPConfig:
+    listen: list[str] = field(default_factory=lambda: ["tcp:143"])
+    listen_tls: list[str] = field(default_factory=list)
+    max_literal_size: int = 64 * 1024 * 1024
+    max_line_length: int = 65536
+    timeout: float = 1800.0
+    preauth_timeout: float = 60.0
+    max_connections: int = 500
+
+
+@dataclass
+class OutboundConfig:
+    """The outbound queue and SMTP client."""
+
+    # Relative to server.data_dir.
+    queue_dir: str = "queue"
+    # "host:port" replaces MX routing when set.
+    smarthost: str = ""
+    smarthost_user: str = ""
+    smarthost_password: str = ""
+    # "system" uses /etc/resolv.conf; "host:port" points at one DNS server.
+    resolver: str = "system"
+    # SMTP port used for MX hosts (25 in production; tests use others).
+    port: int = 25
+    tls_policy: Literal["opportunistic", "verify", "none"] = "opportunistic"
+    # Per-domain TLS policy overrides: {"example.com" = "verify"}.
+    tls_policy_domains: dict[str, str] = field(default_factory=dict)
+    retry_initial: float = 300.0
+    retry_max: float = 3600.0
+    lifetime: float = 5 * 24 * 3600.0
+    # Send a delay warning after this many seconds; 0 disables it.
+    delay_warning: float = 0.0
+    max_concurrency: int = 20
+    max_per_domain: int = 5
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    # Queue runner scan interval in seconds.
+    scan_interval: float = 30.0
+
+
+@dataclass
+class MetricsConfig:
+    # Endpoint string for the Prometheus endpoint; empty disables it.
+    listen: str = ""
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
+    imap: IMAPConfig = field(default_factory=IMAPConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # Where the config was read from, for resolving relative paths; not a TOML key.
+    source: str = field(default="", metadata={"internal": True})
+
+    def data_path(self, path: str) -> str:
+        """Resolve a data path: absolute stays, relative is under server.data_dir."""
+        if os.path.isabs(path):
+            return path
+        return os.path.join(os.path.abspath(self.server.data_dir), path)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls.cert and self.tls.key)
+
+
+def sections() -> dict[str, type]:
+    """Section name → dataclass, in declaration order."""
+    hints = typing.get_type_hints(Config)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(Config)
+        if not f.metadata.get("internal")
+    }
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "a list of strings"
+    if origin is dict:
+        return "a table of strings"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against annotation ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad
+        return list(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise bad
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(key, arg, value)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a command-line override value as a TOML value, falling back to a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply(config: Config, data: dict[str, Any], where: str = "") -> Config:
+    """Merge a TOML-shaped dict into ``config``, validating every key."""
+    secs = sections()
+    for sec_name, sec_data in data.items():
+        if sec_name not in secs:
+            raise ConfigError(f"{where}{sec_name}: unknown section (known: {', '.join(secs)})")
+        if not isinstance(sec_data, dict):
+            raise ConfigError(f"{where}{sec_name}: expected a [{sec_name}] table")
+        section = getattr(config, sec_name)
+        hints = typing.get_type_hints(type(section))
+        for key, value in sec_data.items():
+            if key not in hints:
+                raise ConfigError(f"{where}{sec_name}.{key}: unknown key")
+            setattr(section, key, _coerce(f"{where}{sec_name}.{key}", hints[key], value))
+    return config
+
+
+def set_option(config: Config, assignment: str) -> None:
+    """Apply one ``section.key=value`` override (value in TOML syntax or a bare string)."""
+    name, sep, text = assignment.partition("=")
+    sec, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        raise ConfigError(f"{assignment}: expected section.key=value")
+    apply(config, {sec: {key: _parse_scalar(text.strip())}})
+
+
+def load(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the TOML file at ``path``, then ``section.key=value`` overrides."""
+    config = Config()
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        apply(config, data)
+        config.source = os.path.abspath(path)
+    for assignment in overrides:
+        set_option(config, assignment)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks the per-key types cannot express."""
+    if not config.server.domains:
+        raise ConfigError("server.domains: at least one local domain is required")
+    if bool(config.tls.cert) != bool(config.tls.key):
+        raise ConfigError("tls.cert: tls.cert and tls.key must be set together")
+    for name in ("cert", "key"):
+        path = getattr(config.tls, name)
+        if path and not os.path.exists(path):
+            raise ConfigError(f"tls.{name}: no such file: {path}")
+    for sec in ("smtp", "submission", "pop3", "imap"):
+        if getattr(config, sec).listen_tls and not config.tls_enabled:
+            raise ConfigError(f"{sec}.listen_tls: needs tls.cert and tls.key")
+    if config.smtp.max_message_size < 1024:
+        raise ConfigError("smtp.max_message_size: must be at least 1024")
+    host = config.outbound.smarthost
+    if host and not host.rpartition(":")[2].isdigit():
+        raise ConfigError(f"outbound.smarthost: expected host:port, got {host!r}")
+
+
+def as_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """The effective settings as a TOML-shaped dict (for check-config)."""
+    return {name: dataclasses.asdict(getattr(config, name)) for name in sections()}
+

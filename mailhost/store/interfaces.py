@@ -1,0 +1,222 @@
+"""The mail store contract: users, folders, messages, UIDs and flags.
+
+Every protocol adapts these interfaces; none of them knows a protocol. Operations
+that touch disk (or, later, a network database) return Deferreds. Cheap metadata
+(the message list, flags, UIDVALIDITY) comes synchronously from an in-memory index
+that the store keeps current, so SELECT on 100k messages opens no file.
+
+Conventions shared by every implementation:
+- User names are full addresses, lower-cased by the caller (``alice@example.test``).
+- Folder names are unicode, ``.``-separated (``Archive.2024``); ``INBOX`` is the root.
+  IMAP's modified UTF-7 is the IMAP layer's business, not the store's.
+- Flags are IMAP spellings: ``\\Seen``, ``\\Answered``, ``\\Flagged``, ``\\Deleted``,
+  ``\\Draft`` and keywords (atoms without a backslash). ``\\Recent`` is not a stored
+  flag; see ``MessageInfo.recent``.
+- Message bytes are CRLF-terminated on every read path, whatever is on disk, and
+  ``MessageInfo.size`` is the exact number of octets ``open_message`` yields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from zope.interface import Attribute, Interface
+
+SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
+
+#: Folders every new account gets, with their RFC 6154 special-use attribute.
+DEFAULT_SPECIAL_FOLDERS = {
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+}
+
+
+class StoreError(Exception):
+    """Base of every store failure a protocol maps to a NO/-ERR/4xx reply."""
+
+
+class NoSuchFolder(StoreError):
+    pass
+
+
+class FolderExists(StoreError):
+    pass
+
+
+class InvalidFolderName(StoreError):
+    """The name is empty, escapes the Maildir, or uses a reserved spelling."""
+
+
+class NoSuchMessage(StoreError):
+    pass
+
+
+class QuotaExceeded(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """A snapshot of one message's index entry; cheap, no file is opened."""
+
+    uid: int
+    key: str  # the Maildir unique base name (stable across flag changes)
+    size: int  # exact CRLF octet count that open_message yields
+    flags: frozenset[str]
+    internal_date: float  # POSIX timestamp (IMAP INTERNALDATE)
+    recent: bool = False  # still in new/ (never seen by any IMAP session)
+
+
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """Where one copy of a message goes when a writer commits."""
+
+    user: str
+    folder: str = "INBOX"
+    flags: frozenset[str] = field(default_factory=frozenset)
+    internal_date: float | None = None  # None: now
+
+
+class IFolderListener(Interface):
+    """Told about changes to a folder, whoever made them (IMAP IDLE, other sessions).
+
+    Called on the reactor thread after the change is durable in the index.
+    """
+
+    def messages_added(folder: IFolder, infos: Sequence[MessageInfo]) -> None:
+        """New messages were appended or delivered, in UID order."""
+
+    def flags_changed(folder: IFolder, infos: Sequence[MessageInfo]) -> None:
+        """These messages now carry the flags in the given infos."""
+
+    def messages_expunged(folder: IFolder, uids: Sequence[int]) -> None:
+        """These UIDs are gone for good."""
+
+
+class IMessageWriter(Interface):
+    """One message being received: stream it in, then commit it to one or more folders.
+
+    Like maddy's delivery transaction: ``write`` puts bytes in a temporary file,
+    ``commit`` makes every copy durable (fsync, rename, directory fsync, off the
+    reactor thread) and only then fires. Nothing is visible before ``commit`` fires.
+    """
+
+    size = Attribute("Octets written so far (after CRLF normalisation).")
+
+    def write(data: bytes) -> None:
+        """Append raw message bytes. Bare LF is normalised to CRLF; the caller does no
+        dot-unstuffing here (that is the protocol's job)."""
+
+    def commit(targets: Sequence[DeliveryTarget]) -> object:
+        """Deliver one copy per target. Returns a Deferred firing with the list of
+        new UIDs, one per target, in order. Fails with NoSuchFolder/QuotaExceeded."""
+
+    def abort() -> None:
+        """Throw the message away; idempotent, safe after commit."""
+
+
+class IFolder(Interface):
+    """One folder of one user. There is one live object per (user, folder) in a store,
+    so listeners registered by one session hear changes made by another."""
+
+    name = Attribute("Folder name, e.g. 'INBOX' or 'Archive.2024'.")
+    uid_validity = Attribute("int; changes only if UIDs cannot be kept.")
+    uid_next = Attribute("int; the UID the next message will get.")
+    special_use = Attribute("'\\\\Sent' etc., or None.")
+
+    def messages() -> list[MessageInfo]:
+        """Every message, ascending by UID, from the index (synchronous, no file I/O)."""
+
+    def get(uid: int) -> MessageInfo | None:
+        """One message's index entry, or None."""
+
+    def refresh() -> object:
+        """Pick up files other programs dropped in or removed; Deferred firing with None.
+        Listeners hear about what changed."""
+
+    def open_message(uid: int) -> object:
+        """Deferred firing with a readable binary file object positioned at 0 that yields
+        exactly ``info.size`` CRLF-normalised octets. The caller closes it and reads it
+        in bounded chunks; the whole message is never loaded by the store."""
+
+    def set_flags(uids: Iterable[int], flags: Iterable[str], mode: str) -> object:
+        """mode is 'add', 'remove' or 'replace'. Deferred firing with the updated
+        MessageInfos (unknown UIDs are skipped). Listeners hear flags_changed."""
+
+    def expunge(uids: Iterable[int] | None = None) -> object:
+        """Remove messages flagged \\Deleted (restricted to ``uids`` if given).
+        Deferred firing with the sorted list of removed UIDs."""
+
+    def copy(uids: Iterable[int], dest: IFolder) -> object:
+        """Copy messages with their flags. Deferred firing with [(src_uid, dest_uid)]."""
+
+    def move(uids: Iterable[int], dest: IFolder) -> object:
+        """Atomic move (a rename on Maildir). Deferred firing with [(src_uid, dest_uid)];
+        this folder's listeners hear messages_expunged."""
+
+    def claim_recent() -> object:
+        """Deferred firing with the set of UIDs that were recent; they stop being recent
+        for everyone (Maildir: new/ -> cur/)."""
+
+    def add_listener(listener: IFolderListener) -> None:
+        pass
+
+    def remove_listener(listener: IFolderListener) -> None:
+        pass
+
+    def get_cached(uid: int, key: str) -> str | None:
+        """Per-message metadata cached in the index (IMAP stores ENVELOPE and
+        BODYSTRUCTURE here so a second FETCH opens no file)."""
+
+    def set_cached(uid: int, key: str, value: str) -> None:
+        """Cache a value; persisted lazily and dropped with the message."""
+
+
+class IMailAccount(Interface):
+    """One user's folders and subscriptions."""
+
+    user = Attribute("The user's address.")
+
+    def list_folders() -> object:
+        """Deferred firing with every folder name, INBOX first, then sorted."""
+
+    def open_folder(name: str) -> object:
+        """Deferred firing with the IFolder; NoSuchFolder if absent. 'inbox' in any case
+        means INBOX."""
+
+    def create_folder(name: str, special_use: str | None = None) -> object:
+        """Deferred; FolderExists, InvalidFolderName. Creates missing parents."""
+
+    def delete_folder(name: str) -> object:
+        """Deferred; NoSuchFolder; deleting INBOX is InvalidFolderName."""
+
+    def rename_folder(old: str, new: str) -> object:
+        """Deferred. Renames children too. Renaming INBOX moves its messages into a new
+        folder and leaves INBOX empty (RFC 3501)."""
+
+    def subscriptions() -> object:
+        """Deferred firing with the set of subscribed names."""
+
+    def subscribe(name: str) -> object:
+        """Deferred."""
+
+    def unsubscribe(name: str) -> object:
+        """Deferred."""
+
+
+class IMailStore(Interface):
+    """The root of the store: accounts and message writers."""
+
+    def open_account(user: str) -> object:
+        """Deferred firing with the IMailAccount, created (with INBOX and the default
+        special folders) on first use."""
+
+    def new_message() -> IMessageWriter:
+        """Start receiving a message; see IMessageWriter."""
+
+    def close() -> object:
+        """Flush indexes; Deferred. Called on service stop."""
+
