@@ -1,0 +1,48 @@
+"""The seam between SMTP reception and the outbound queue.
+
+SMTP (submission, or a trusted relay network) streams a message for remote
+recipients into a queue writer, exactly as it streams local mail into the store;
+``commit`` fires only once the spool file and its envelope are durable, and only
+then does SMTP answer 250.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True)
+class QueueRecipient:
+    """One remote recipient, with its RFC 3461 DSN parameters."""
+
+    address: str
+    # Subset of {"SUCCESS", "FAILURE", "DELAY"}, or {"NEVER"}; empty means the default
+    # (FAILURE and DELAY).
+    notify: frozenset[str] = field(default_factory=frozenset)
+    orcpt: str | None = None
+
+
+class IQueueWriter(Interface):
+    """A message on its way into the spool."""
+
+    size = Attribute("Octets written so far.")
+
+    def write(data: bytes) -> None:
+        """Append message bytes (CRLF line ends, already dot-unstuffed)."""
+
+    def commit(recipients: Sequence[QueueRecipient]) -> object:
+        """Deferred firing with the queue id once message and envelope are fsynced."""
+
+    def abort() -> None:
+        """Discard; idempotent."""
+
+
+class IOutboundQueue(Interface):
+    """The durable outbound queue."""
+
+    def new_message(sender: str, envid: str | None = None, ret: str | None = None) -> IQueueWriter:
+        """Start spooling a message from ``sender`` ('' is the null sender <>).
+        ``ret`` is the DSN RET parameter ('FULL' or 'HDRS')."""
