@@ -1,0 +1,44 @@
+"""Fan-out of folder change events to IFolderListeners, isolating their failures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.logger import Logger
+
+from mailhost.store.interfaces import MessageInfo
+
+
+class ListenerSet:
+    """The listeners of one live folder; a failing listener never breaks the store."""
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._listeners: list = []
+
+    def add(self, listener) -> None:
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def remove(self, listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _emit(self, method: str, folder, arg) -> None:
+        if not arg:
+            return
+        for listener in list(self._listeners):
+            try:
+                getattr(listener, method)(folder, arg)
+            except Exception:
+                self.log.failure("folder listener {method} failed", method=method)
+
+    def added(self, folder, infos: Sequence[MessageInfo]) -> None:
+        self._emit("messages_added", folder, list(infos))
+
+    def changed(self, folder, infos: Sequence[MessageInfo]) -> None:
+        self._emit("flags_changed", folder, list(infos))
+
+    def expunged(self, folder, uids: Sequence[int]) -> None:
+        self._emit("messages_expunged", folder, list(uids))
