@@ -1,0 +1,102 @@
+"""The one entry point every protocol uses to authenticate a user.
+
+It puts the cred ``Portal`` behind the policies that must be the same for SMTP,
+POP3 and IMAP: plaintext mechanisms only over TLS (or loopback in dev), per-address
+throttling with growing delays, and one structured log event per attempt. Passwords
+never reach the log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Literal
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.cred.portal import Portal
+from twisted.internet import defer, task
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+
+from mailhost.auth.realm import IMailUser, MailRealm
+from mailhost.auth.throttle import LoginThrottle
+
+log = Logger()
+
+PlaintextPolicy = Literal["no", "loopback", "yes"]
+
+
+class LoginFailed(Exception):
+    """Authentication did not succeed. ``temporary`` means: throttled, try later."""
+
+    def __init__(self, message: str, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_is_tls(transport: Any) -> bool:
+    """True once TLS is active (implicit-TLS listener or after STARTTLS)."""
+    return ISSLTransport.providedBy(transport) or bool(getattr(transport, "TLS", False))
+
+
+class LoginService:
+    """Authenticate through a Portal with throttling, policy and logging."""
+
+    def __init__(self, portal: Portal, throttle: LoginThrottle | None = None,
+                 allow_plaintext: PlaintextPolicy = "no", reactor: Any = None) -> None:
+        self.portal = portal
+        self.throttle = throttle or LoginThrottle()
+        self.allow_plaintext = allow_plaintext
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+
+    @classmethod
+    def for_tests(cls, directory: Any, store: Any, allow_plaintext: PlaintextPolicy = "yes",
+                  throttle: LoginThrottle | None = None) -> LoginService:
+        portal = Portal(MailRealm(store), [directory.checker])
+        return cls(portal, throttle or LoginThrottle(max_failures=0), allow_plaintext)
+
+    def plaintext_allowed(self, transport: Any) -> bool:
+        if transport_is_tls(transport):
+            return True
+        if self.allow_plaintext == "yes":
+            return True
+        if self.allow_plaintext == "loopback":
+            peer = transport.getPeer()
+            return is_loopback(getattr(peer, "host", ""))
+        return False
+
+    @defer.inlineCallbacks
+    def login(self, username: str, password: str, client_ip: str, protocol: str):
+        """Deferred firing with the IMailUser avatar; LoginFailed otherwise."""
+        fields = dict(event="login", user=username, protocol=protocol, client=client_ip)
+        if self.throttle.locked(client_ip):
+            log.warn("login refused (throttled) user={user} protocol={protocol} client={client}",
+                     outcome="throttled", **fields)
+            raise LoginFailed("too many failed logins; try again later", temporary=True)
+        wait = self.throttle.delay(client_ip)
+        if wait:
+            yield task.deferLater(self.reactor, wait, lambda: None)
+        try:
+            _iface, avatar, _logout = yield self.portal.login(
+                UsernamePassword(username, password), None, IMailUser)
+        except (UnauthorizedLogin, UnhandledCredentials):
+            self.throttle.failed(client_ip)
+            log.info("login failed user={user} protocol={protocol} client={client}",
+                     outcome="failed", **fields)
+            raise LoginFailed("authentication failed") from None
+        self.throttle.succeeded(client_ip)
+        log.info("login ok user={user} protocol={protocol} client={client}",
+                 outcome="ok", **fields)
+        return avatar
+

@@ -1,0 +1,68 @@
+"""The cred realm: hands each protocol the logged-in user's mail account.
+
+Protocols ask for ``IMailUser``; the avatar carries the canonical user name and the
+opened ``IMailAccount``. ``avatars`` lets an embedder map further interfaces to
+their own factories without this package importing any protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.cred.portal import IRealm
+from twisted.internet import defer
+from zope.interface import Attribute, Interface, implementer
+
+from mailhost.store.interfaces import IMailAccount, IMailStore
+
+
+class IMailUser(Interface):
+    """A logged-in mail user."""
+
+    user = Attribute("Canonical address, e.g. 'alice@example.test'.")
+    account = Attribute("The user's IMailAccount.")
+
+    def logout() -> None:
+        """Called when the session ends."""
+
+
+@implementer(IMailUser)
+class MailUser:
+    """Implements: IMailUser."""
+
+    def __init__(self, user: str, account: IMailAccount) -> None:
+        self.user = user
+        self.account = account
+
+    def logout(self) -> None:
+        pass
+
+
+AvatarFactory = Callable[[str, IMailStore], Any]
+
+
+@implementer(IRealm)
+class MailRealm:
+    """Implements: IRealm. Avatars come from the store, by interface."""
+
+    def __init__(self, store: IMailStore, avatars: Mapping[Any, AvatarFactory] | None = None) -> None:
+        self.store = store
+        self.avatars = dict(avatars or {})
+
+    @defer.inlineCallbacks
+    def _make(self, interface: Any, avatar_id: str):
+        if interface is IMailUser:
+            account = yield self.store.open_account(avatar_id)
+            avatar = MailUser(avatar_id, account)
+        else:
+            avatar = yield self.avatars[interface](avatar_id, self.store)
+        logout = getattr(avatar, "logout", lambda: None)
+        return (interface, avatar, logout)
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+        user = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+        for interface in interfaces:
+            if interface is IMailUser or interface in self.avatars:
+                return self._make(interface, user)
+        return defer.fail(NotImplementedError(f"no avatar for {interfaces!r}"))

@@ -1,0 +1,86 @@
+"""TLS for every listener: one context built from config, and dev certificates.
+
+STARTTLS (SMTP, POP3 STLS, IMAP) and implicit-TLS listeners (465/995/993) share the
+same ``CertificateOptions``, with TLS 1.2 as the floor.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+
+from twisted.internet import ssl
+
+from mailhost.config import TLSConfig
+
+
+def server_options(tls: TLSConfig) -> ssl.CertificateOptions | None:
+    """Server-side TLS options from config, or None when TLS is not configured."""
+    if not (tls.cert and tls.key):
+        return None
+    with open(tls.cert, "rb") as f:
+        cert_pem = f.read()
+    with open(tls.key, "rb") as f:
+        key_pem = f.read()
+    private = ssl.PrivateCertificate.loadPEM(key_pem + b"\n" + cert_pem)
+    minimum = {
+        "1.2": ssl.TLSVersion.TLSv1_2,
+        "1.3": ssl.TLSVersion.TLSv1_3,
+    }[tls.min_version]
+    chain = _extra_chain(cert_pem)
+    return ssl.CertificateOptions(
+        privateKey=private.privateKey.original,
+        certificate=private.original,
+        extraCertChain=chain or None,
+        raiseMinimumTo=minimum,
+    )
+
+
+def _extra_chain(cert_pem: bytes) -> list:
+    """Intermediate certificates following the leaf in the cert file."""
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + b for b in cert_pem.split(marker)[1:]]
+    return [ssl.Certificate.loadPEM(b).original for b in blocks[1:]]
+
+
+def write_selfsigned(hostname: str, cert_path: str, key_path: str, days: int = 825) -> None:
+    """Write a self-signed certificate for ``hostname`` (and 127.0.0.1, ::1, localhost).
+
+    For development and tests: clients can verify it by using ``cert_path`` as their
+    CA file.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    alt = [x509.DNSName(hostname)]
+    if hostname != "localhost":
+        alt.append(x509.DNSName("localhost"))
+    alt += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1"))]
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    for d in {os.path.dirname(os.path.abspath(p)) for p in (cert_path, key_path)}:
+        os.makedirs(d, exist_ok=True)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
