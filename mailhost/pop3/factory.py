@@ -1,0 +1,42 @@
+"""The POP3 listener's factory: config, login service, TLS and the shared maildrop locks.
+
+One factory may serve several endpoints (``pop3.listen`` and ``pop3.listen_tls``);
+sessions on an implicit-TLS endpoint see a TLS transport and are not offered STLS.
+Factories built separately for each endpoint must share ``locks``, or two sessions
+could hold one maildrop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import ServerFactory
+
+from mailhost.auth.login import LoginService
+from mailhost.config import Config
+from mailhost.pop3.lock import MaildropLocks
+from mailhost.pop3.server import POP3Server
+
+
+class POP3Factory(ServerFactory):
+    """Builds a ``POP3Server`` per connection and enforces ``pop3.max_connections``."""
+
+    def __init__(self, config: Config, login: LoginService, tls_options: Any = None,
+                 reactor: Any = None, locks: MaildropLocks | None = None) -> None:
+        self.config = config
+        self.login = login
+        self.tls_options = tls_options
+        self.reactor = reactor
+        self.locks = locks if locks is not None else MaildropLocks()
+        self.sessions: set[POP3Server] = set()
+
+    def buildProtocol(self, addr: Any) -> POP3Server:
+        pop3 = self.config.pop3
+        session = POP3Server(
+            self.login, self.locks, pop3.delete, pop3.timeout, tls_options=self.tls_options,
+            reactor=self.reactor, on_close=self.sessions.discard,
+            refuse=len(self.sessions) >= pop3.max_connections,
+        )
+        session.factory = self
+        self.sessions.add(session)
+        return session

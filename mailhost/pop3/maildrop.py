@@ -1,0 +1,91 @@
+"""One POP3 session's view of INBOX: a snapshot taken at login, deletion marks, the UPDATE commit.
+
+RFC 1939 numbers messages 1..n for the whole session, so the snapshot is frozen at
+login: mail delivered meanwhile waits for the next session, and a message removed by
+another program mid-session just fails to open. Messages already flagged ``\\Deleted``
+(the ``flag`` policy, or an IMAP user who has not expunged yet) are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from twisted.internet import defer
+
+from mailhost.store.interfaces import IFolder, MessageInfo
+
+DeletePolicy = Literal["expunge", "flag"]
+
+
+def uidl_for(uid_validity: int, uid: int) -> str:
+    """The unique-id listing: stable across sessions and restarts, blind to flags (RFC 1939 7)."""
+    return "%08x%08x" % (uid_validity, uid)
+
+
+class Maildrop:
+    """Message numbering, sizes, UIDLs and deletion marks for one session."""
+
+    def __init__(self, folder: IFolder, infos: list[MessageInfo]) -> None:
+        self.folder = folder
+        self._infos = infos
+        self._deleted: set[int] = set()  # message numbers marked by DELE
+
+    @classmethod
+    async def open(cls, folder: IFolder) -> Maildrop:
+        """Rescan the folder, then freeze its visible messages."""
+        await folder.refresh()
+        infos = [i for i in folder.messages() if "\\Deleted" not in i.flags]
+        return cls(folder, infos)
+
+    def get(self, number: int) -> MessageInfo | None:
+        """The message with this number, or None when out of range or marked deleted."""
+        if 1 <= number <= len(self._infos) and number not in self._deleted:
+            return self._infos[number - 1]
+        return None
+
+    def live(self) -> Iterator[tuple[int, MessageInfo]]:
+        """(number, info) of every message not marked deleted."""
+        for number, info in enumerate(self._infos, 1):
+            if number not in self._deleted:
+                yield number, info
+
+    def stat(self) -> tuple[int, int]:
+        """(count, octets) of the messages not marked deleted."""
+        count = octets = 0
+        for _number, info in self.live():
+            count += 1
+            octets += info.size
+        return count, octets
+
+    def uidl(self, info: MessageInfo) -> str:
+        return uidl_for(self.folder.uid_validity, info.uid)
+
+    def delete(self, number: int) -> bool:
+        """Mark for deletion at QUIT; False if there is no such (live) message."""
+        if self.get(number) is None:
+            return False
+        self._deleted.add(number)
+        return True
+
+    def reset(self) -> None:
+        self._deleted.clear()
+
+    @property
+    def deleted_count(self) -> int:
+        return len(self._deleted)
+
+    def commit(self, policy: DeletePolicy) -> defer.Deferred[Any]:
+        """Apply the DELE marks (the UPDATE state); fires once they are durable in the store."""
+        return defer.Deferred.fromCoroutine(self._commit(policy))
+
+    async def _commit(self, policy: DeletePolicy) -> int:
+        uids = sorted(self._infos[n - 1].uid for n in self._deleted)
+        if not uids:
+            return 0
+        if policy == "flag":
+            await self.folder.set_flags(uids, {"\\Deleted", "\\Seen"}, "add")
+            return len(uids)
+        await self.folder.set_flags(uids, {"\\Deleted"}, "add")
+        removed = await self.folder.expunge(uids)
+        return len(removed)
