@@ -1,0 +1,108 @@
+"""``mailhost user add|del|passwd|list``: manage the passwd file.
+
+Passwords are read from a prompt (or one line of standard input when it is not a
+terminal), never from argv, where other users could see them in ``ps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from mailhost.auth.hashing import hash_password
+from mailhost.auth.passwd import PasswdEntry, PasswdError, PasswdFile, validate_user
+from mailhost.config import Config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("user", help="manage mail users (the passwd file)")
+    users = p.add_subparsers(dest="user_command", required=True)
+    add = users.add_parser("add", help="add a user; the password is prompted or read from stdin")
+    add.add_argument("address")
+    add.add_argument("--alias", action="append", default=[], help="an extra address (repeatable)")
+    add.set_defaults(func=cmd_add)
+    rm = users.add_parser("del", help="delete a user (the mailbox stays on disk)")
+    rm.add_argument("address")
+    rm.set_defaults(func=cmd_del)
+    pw = users.add_parser("passwd", help="change a user's password")
+    pw.add_argument("address")
+    pw.set_defaults(func=cmd_passwd)
+    ls = users.add_parser("list", help="list users")
+    ls.set_defaults(func=cmd_list)
+
+
+def _passwd(config: Config) -> PasswdFile:
+    return PasswdFile(config.data_path(config.auth.passwd_file))
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise SystemExit("mailhost: passwords do not match")
+        password = first
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise SystemExit("mailhost: empty password refused")
+    return password
+
+
+def _user(config: Config, address: str) -> str:
+    try:
+        user = validate_user(address)
+    except PasswdError as e:
+        raise SystemExit(f"mailhost: {e}") from None
+    domain = user.rpartition("@")[2]
+    if domain not in config.server.domains:
+        raise SystemExit(f"mailhost: {domain} is not a local domain "
+                         f"(server.domains = {config.server.domains})")
+    return user
+
+
+def cmd_add(args: argparse.Namespace, config: Config) -> int:
+    user = _user(config, args.address)
+    passwd = _passwd(config)
+    entries = dict(passwd.entries())
+    if user in entries:
+        print(f"mailhost: {user} exists (use 'user passwd' to change the password)",
+              file=sys.stderr)
+        return 1
+    extra = {"aliases": ",".join(a.lower() for a in args.alias)} if args.alias else {}
+    entries[user] = PasswdEntry(user, hash_password(_read_password()), extra)
+    passwd.save(entries)
+    print(f"added {user}")
+    return 0
+
+
+def cmd_del(args: argparse.Namespace, config: Config) -> int:
+    user = _user(config, args.address)
+    passwd = _passwd(config)
+    entries = dict(passwd.entries())
+    if entries.pop(user, None) is None:
+        print(f"mailhost: no such user {user}", file=sys.stderr)
+        return 1
+    passwd.save(entries)
+    print(f"deleted {user}")
+    return 0
+
+
+def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
+    user = _user(config, args.address)
+    passwd = _passwd(config)
+    entries = dict(passwd.entries())
+    if user not in entries:
+        print(f"mailhost: no such user {user}", file=sys.stderr)
+        return 1
+    entries[user].password_hash = hash_password(_read_password())
+    passwd.save(entries)
+    print(f"password changed for {user}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, config: Config) -> int:
+    for user, entry in sorted(_passwd(config).entries().items()):
+        aliases = ", ".join(entry.aliases)
+        print(f"{user}" + (f"  (aliases: {aliases})" if aliases else ""))
+    return 0

@@ -1,0 +1,192 @@
+"""The one composition root: ``makeService(config)`` builds the whole mail host.
+
+It turns a ``Config`` into a ``MultiService`` of listeners (each a Twisted endpoint
+string) and the outbound queue runner, wiring every protocol to the same store,
+directory and ``LoginService``. The twistd plugin and embedders both call it; an
+embedder can pass its own store, checkers or realm to plug in other backends.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from mailhost.auth.aliases import AliasesFile
+from mailhost.auth.checkers import PasswdFileChecker
+from mailhost.auth.directory import UserDirectory
+from mailhost.auth.hashing import VerificationCache, hash_password
+from mailhost.auth.login import LoginService
+from mailhost.auth.passwd import PasswdEntry, PasswdFile
+from mailhost.auth.realm import MailRealm
+from mailhost.auth.throttle import LoginThrottle
+from mailhost.config import Config
+from mailhost.store.interfaces import IMailStore
+from mailhost.tls import server_options
+
+log = Logger()
+
+
+def make_store(config: Config) -> IMailStore:
+    """The configured store backend."""
+    if config.store.backend == "memory":
+        from mailhost.store.memory import MemoryStore
+
+        return MemoryStore()
+    from mailhost.store.maildir import MaildirStore
+
+    return MaildirStore(config.data_path(config.store.path), fsync=config.store.fsync)
+
+
+class PostmasterBootstrap(service.Service):
+    """On first start with an empty passwd file, create postmaster@<first domain>.
+
+    The random password is logged once, so a newcomer can log in at once.
+    """
+
+    def __init__(self, passwd: PasswdFile, domain: str) -> None:
+        self.passwd = passwd
+        self.domain = domain
+
+    def startService(self) -> None:
+        super().startService()
+        if self.passwd.entries():
+            return
+        user = f"postmaster@{self.domain}"
+        password = secrets.token_urlsafe(12)
+        self.passwd.save({user: PasswdEntry(user, hash_password(password))})
+        log.warn(
+            "created {user} with password {password} (shown once; change it with "
+            "'mailhost user passwd {user}')",
+            user=user, password=password, event="postmaster_created",
+        )
+
+
+class MailHostService(service.MultiService):
+    """The running mail host; the public pieces are attributes for embedders and tests."""
+
+    def __init__(self, config: Config, store: IMailStore, directory: UserDirectory,
+                 login: LoginService) -> None:
+        super().__init__()
+        self.config = config
+        self.store = store
+        self.directory = directory
+        self.login = login
+        self.queue: Any = None
+        self.outbound: Any = None
+        self.listeners: dict[str, list[StreamServerEndpointService]] = {}
+
+    def add_listener(self, kind: str, description: str, factory: IProtocolFactory,
+                     reactor: Any) -> StreamServerEndpointService:
+        endpoint = serverFromString(reactor, description)
+        svc = StreamServerEndpointService(endpoint, factory)
+        svc._raiseSynchronously = True
+        svc.setName(f"{kind}:{description}")
+        svc.setServiceParent(self)
+        self.listeners.setdefault(kind, []).append(svc)
+        return svc
+
+    def stopService(self):
+        d = super().stopService()
+
+        def close_store(result: Any) -> Any:
+            return self.store.close()
+
+        return d.addCallback(close_store)
+
+
+def _tls_wrap(factory: IProtocolFactory, tls_options: Any) -> IProtocolFactory:
+    return TLSMemoryBIOFactory(tls_options, False, factory)
+
+
+def makeService(
+    config: Config,
+    *,
+    store: IMailStore | None = None,
+    checkers: Sequence[ICredentialsChecker] | None = None,
+    realm: IRealm | None = None,
+    directory: UserDirectory | None = None,
+    reactor: Any = None,
+) -> MailHostService:
+    """Build the mail host described by ``config``.
+
+    ``store``, ``checkers``, ``realm`` and ``directory`` replace the defaults (the
+    configured store, the passwd file, ``MailRealm`` and the passwd/aliases directory).
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    os.makedirs(os.path.abspath(config.server.data_dir), exist_ok=True)
+    store = store if store is not None else make_store(config)
+
+    passwd = PasswdFile(config.data_path(config.auth.passwd_file))
+    aliases = AliasesFile(config.data_path(config.auth.aliases_file))
+    if directory is None:
+        directory = UserDirectory(
+            config.server.domains,
+            lambda: {user: entry.aliases for user, entry in passwd.entries().items()},
+            aliases.table,
+        )
+    if checkers is None:
+        checkers = [PasswdFileChecker(passwd, VerificationCache(config.auth.cache_ttl))]
+    portal = Portal(realm if realm is not None else MailRealm(store), checkers)
+    throttle = LoginThrottle(config.auth.max_failures, config.auth.failure_window,
+                             config.auth.lockout)
+    login = LoginService(portal, throttle, config.server.allow_plaintext_auth, reactor=reactor)
+
+    root = MailHostService(config, store, directory, login)
+    if config.auth.create_postmaster and any(isinstance(c, PasswdFileChecker) for c in checkers):
+        PostmasterBootstrap(passwd, config.server.domains[0]).setServiceParent(root)
+
+    tls_options = server_options(config.tls)
+
+    from mailhost.outbound.service import OutboundService
+
+    outbound = OutboundService(config, store, directory, reactor=reactor)
+    outbound.setServiceParent(root)
+    root.outbound = outbound
+    root.queue = outbound.queue
+
+    from mailhost.smtp.factory import SMTPFactory
+
+    for submission, section in ((False, config.smtp), (True, config.submission)):
+        kind = "submission" if submission else "smtp"
+        for description, wrap in _listen_specs(section):
+            factory = SMTPFactory(config, store, directory, login, queue=root.queue,
+                                  submission=submission,
+                                  tls_options=None if wrap else tls_options, reactor=reactor)
+            root.add_listener(kind, description,
+                              _tls_wrap(factory, tls_options) if wrap else factory, reactor)
+
+    from mailhost.pop3.factory import POP3Factory
+
+    for description, wrap in _listen_specs(config.pop3):
+        factory = POP3Factory(config, login, tls_options=None if wrap else tls_options,
+                              reactor=reactor)
+        root.add_listener("pop3", description,
+                          _tls_wrap(factory, tls_options) if wrap else factory, reactor)
+
+    from mailhost.imap.factory import IMAPFactory
+
+    for description, wrap in _listen_specs(config.imap):
+        factory = IMAPFactory(config, login, tls_options=None if wrap else tls_options,
+                              reactor=reactor)
+        root.add_listener("imap", description,
+                          _tls_wrap(factory, tls_options) if wrap else factory, reactor)
+    return root
+
+
+def _listen_specs(section: Any) -> list[tuple[str, bool]]:
+    """(endpoint description, wrap in implicit TLS) for a protocol section."""
+    return [(d, False) for d in section.listen] + [(d, True) for d in section.listen_tls]
