@@ -1,0 +1,70 @@
+"""Rendering IMAP response data: atoms, quoted strings, literals, flags and dates.
+
+A value that cannot be quoted (CR, LF, NUL, 8-bit bytes, or long) goes out as a
+literal, so 8-bit header bytes never crash a response (the stock Twisted server
+raised UnicodeEncodeError there).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+# Brackets are legal in an astring but quoted anyway: some clients misread them.
+_ASTRING_SAFE = frozenset(range(0x21, 0x7F)) - frozenset(b'(){"%*\\[]')
+MAX_QUOTED = 1024
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _b(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def quotable(data: bytes) -> bool:
+    return len(data) <= MAX_QUOTED and all(0 < c < 0x80 and c not in (0x0D, 0x0A) for c in data)
+
+
+def quote(value: str | bytes) -> bytes:
+    """``"..."`` with ``\\`` and ``"`` escaped; ValueError if it needs a literal."""
+    data = _b(value)
+    if not quotable(data):
+        raise ValueError("value needs a literal")
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def literal(value: str | bytes) -> bytes:
+    data = _b(value)
+    return b"{%d}\r\n" % len(data) + data
+
+
+def string(value: str | bytes) -> bytes:
+    """A quoted string if possible, else a literal."""
+    data = _b(value)
+    return quote(data) if quotable(data) else literal(data)
+
+
+def astring(value: str | bytes) -> bytes:
+    """An atom if safe, else a quoted string if safe, else a literal."""
+    data = _b(value)
+    if data and data.upper() != b"NIL" and all(c in _ASTRING_SAFE for c in data):
+        return data
+    return string(data)
+
+
+def nstring(value: bytes | str | None) -> bytes:
+    """NIL for None, else a string."""
+    return b"NIL" if value is None else string(value)
+
+
+def format_flags(flags: Iterable[str]) -> bytes:
+    """``(\\Seen foo)``; system flags first, then keywords, both sorted for stable output."""
+    items = sorted(flags, key=lambda f: (not f.startswith("\\"), f))
+    return b"(" + b" ".join(f.encode("ascii", "replace") for f in items) + b")"
+
+
+def format_datetime(ts: float) -> bytes:
+    """IMAP date-time, quoted, in UTC: ``"17-Jul-1996 02:44:25 +0000"``."""
+    t = time.gmtime(ts)
+    return b'"%02d-%s-%04d %02d:%02d:%02d +0000"' % (
+        t.tm_mday, _MONTHS[t.tm_mon - 1].encode(), t.tm_year, t.tm_hour, t.tm_min, t.tm_sec
+    )
