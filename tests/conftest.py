@@ -1,0 +1,32 @@
+"""Shared fixtures: a real ``twistd mailhost`` subprocess on free loopback ports."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.mailhost_process import MailHostProcess
+
+
+@pytest.fixture
+def mailhost_proc(tmp_path):
+    """A started ``twistd -n mailhost`` with alice@ and bob@example.test; stopped after."""
+    proc = MailHostProcess(str(tmp_path)).start()
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture
+def mailhost_factory(tmp_path):
+    """Build (not start) MailHostProcess objects; every one is killed after the test."""
+    made: list[MailHostProcess] = []
+
+    def make(name: str = "mh", **kwargs) -> MailHostProcess:
+        workdir = tmp_path / name
+        workdir.mkdir(exist_ok=True)
+        proc = MailHostProcess(str(workdir), **kwargs)
+        made.append(proc)
+        return proc
+
+    yield make
+    for proc in made:
+        proc.kill()

@@ -1,0 +1,163 @@
+"""Run a real ``twistd -n mailhost`` as a subprocess for end-to-end tests.
+
+Tests talk to it over loopback with real clients, exactly as a user would. Ports are
+picked free at start; the process is killed by PID at the end, never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailhost.auth.hashing import hash_password
+from mailhost.auth.passwd import PasswdEntry, PasswdFile
+
+PROTOCOLS = ("smtp", "submission", "pop3", "imap")
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def write_config(path: str, sections: dict[str, dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        for name, values in sections.items():
+            f.write(f"[{name}]\n")
+            for key, value in values.items():
+                f.write(f"{key} = {_toml(value)}\n")
+            f.write("\n")
+
+
+def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
+    """Resident memory of a process in KiB (VmRSS, or VmHWM for the peak)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise LookupError(field_name)
+
+
+@dataclass
+class MailHostProcess:
+    """A running (or stopped) ``twistd mailhost`` and everything needed to reach it."""
+
+    workdir: str
+    host: str = "127.0.0.1"
+    domains: list[str] = field(default_factory=lambda: ["example.test"])
+    users: dict[str, str] = field(default_factory=lambda: {
+        "alice@example.test": "alice-pw", "bob@example.test": "bob-pw"})
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.join(self.workdir, "data")
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.workdir, "mailhost.toml")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.workdir, "twistd.log")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def maildir(self, user: str, folder: str = "INBOX") -> str:
+        local, _, domain = user.partition("@")
+        root = os.path.join(self.data_dir, "mail", domain, local)
+        return root if folder == "INBOX" else os.path.join(root, "." + folder)
+
+    def configure(self) -> None:
+        os.makedirs(self.data_dir, exist_ok=True)
+        if not self.ports:
+            self.ports = {p: free_port(self.host) for p in PROTOCOLS}
+        sections: dict[str, dict[str, Any]] = {
+            "server": {"hostname": "mx.test", "domains": self.domains,
+                       "data_dir": self.data_dir, "allow_plaintext_auth": "loopback"},
+            "auth": {"create_postmaster": False},
+            "outbound": {"scan_interval": 1.0},
+        }
+        for proto in PROTOCOLS:
+            sections.setdefault(proto, {})["listen"] = [
+                f"tcp:{self.ports[proto]}:interface={self.host}"]
+        for name, values in self.extra.items():
+            sections.setdefault(name, {}).update(values)
+        write_config(self.config_path, sections)
+        passwd = PasswdFile(os.path.join(self.data_dir, "passwd"))
+        entries = dict(passwd.entries())
+        for user, password in self.users.items():
+            if user not in entries:
+                entries[user] = PasswdEntry(user, hash_password(password))
+        passwd.save(entries)
+
+    def start(self, timeout: float = 30.0) -> MailHostProcess:
+        if not os.path.exists(self.config_path):
+            self.configure()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, TWISTD, "-n", "--pidfile=", "mailhost",
+             "--config", self.config_path],
+            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        pending = dict(self.ports)
+        while pending:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mailhost exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"mailhost did not listen on {pending}:\n{self.log()}")
+            for name, port in list(pending.items()):
+                try:
+                    socket.create_connection((self.host, port), timeout=0.5).close()
+                    del pending[name]
+                except OSError:
+                    pass
+            if pending:
+                time.sleep(0.1)
+        return self
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-6000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
