@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
@@ -85,16 +86,40 @@ class MailHostService(service.MultiService):
         self.queue: Any = None
         self.outbound: Any = None
         self.listeners: dict[str, list[StreamServerEndpointService]] = {}
+        # (kind, factory) -> factory: wraps every listener's factory (limits, fault
+        # injection in mailhost.testing).
+        self.wrap_factory: Callable[[str, IProtocolFactory], IProtocolFactory] | None = None
 
     def add_listener(self, kind: str, description: str, factory: IProtocolFactory,
                      reactor: Any) -> StreamServerEndpointService:
         endpoint = serverFromString(reactor, description)
+        if self.wrap_factory is not None:
+            factory = self.wrap_factory(kind, factory)
         svc = StreamServerEndpointService(endpoint, factory)
         svc._raiseSynchronously = True
         svc.setName(f"{kind}:{description}")
         svc.setServiceParent(self)
         self.listeners.setdefault(kind, []).append(svc)
         return svc
+
+    def wait_listening(self) -> defer.Deferred:
+        """Deferred firing, once every listener is bound, with ``{kind: [IListeningPort]}``.
+
+        Call after ``startService``; with ``tcp:0`` endpoints this is how callers learn
+        the ephemeral ports.
+        """
+        kinds = [(kind, svc) for kind, svcs in self.listeners.items() for svc in svcs]
+        waiting = [svc._waitingForPort for _, svc in kinds]
+        if any(w is None for w in waiting):
+            return defer.fail(RuntimeError("listeners are not started"))
+
+        def collect(ports: list) -> dict[str, list]:
+            out: dict[str, list] = {}
+            for (kind, _), port in zip(kinds, ports, strict=True):
+                out.setdefault(kind, []).append(port)
+            return out
+
+        return defer.gatherResults(waiting, consumeErrors=True).addCallback(collect)
 
     def stopService(self):
         d = super().stopService()
@@ -116,12 +141,15 @@ def makeService(
     checkers: Sequence[ICredentialsChecker] | None = None,
     realm: IRealm | None = None,
     directory: UserDirectory | None = None,
+    wrap_factory: Callable[[str, IProtocolFactory], IProtocolFactory] | None = None,
     reactor: Any = None,
 ) -> MailHostService:
     """Build the mail host described by ``config``.
 
     ``store``, ``checkers``, ``realm`` and ``directory`` replace the defaults (the
     configured store, the passwd file, ``MailRealm`` and the passwd/aliases directory).
+    ``wrap_factory(kind, factory)`` may wrap each listener's protocol factory; ``kind``
+    is "smtp", "submission", "pop3" or "imap".
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -146,6 +174,7 @@ def makeService(
     login = LoginService(portal, throttle, config.server.allow_plaintext_auth, reactor=reactor)
 
     root = MailHostService(config, store, directory, login)
+    root.wrap_factory = wrap_factory
     if config.auth.create_postmaster and any(isinstance(c, PasswdFileChecker) for c in checkers):
         PostmasterBootstrap(passwd, config.server.domains[0]).setServiceParent(root)
 
