@@ -389,7 +389,7 @@ class POP3Server(Protocol, TimeoutMixin):
         number = parse_number(arg.strip())
         info = self.maildrop.get(number) if number is not None else None
         if info is None:
-            self._fail("-ERR No such message")
+            self._send("-ERR No such message")
             return None
         return number, info  # type: ignore[return-value]
 
