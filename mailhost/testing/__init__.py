@@ -1,0 +1,1 @@
+"""An in-process SMTP+POP3+IMAP mail host for tests (like GreenMail)."""
