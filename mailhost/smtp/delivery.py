@@ -1,0 +1,79 @@
+"""A message on its way to its delivery targets: the local store and the outbound queue.
+
+Like maddy's delivery transaction (start, body, commit/abort): the protocol opens one
+of these at DATA, streams body chunks in as they arrive, and commits at the final
+dot. Local copies get ``Return-Path`` and ``Received``; the queued copy gets only
+``Received`` (Return-Path belongs to final delivery). Commit fires only when every
+copy is durable, which is when the protocol may say 250.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+
+from mailhost.outbound.interfaces import QueueRecipient
+from mailhost.store.interfaces import DeliveryTarget
+
+
+class Delivery:
+    """Writers for one transaction; ``write`` fans out, ``commit``/``abort`` finish."""
+
+    def __init__(self, store, queue, sender: str, mailboxes: list[str],
+                 remote: list[QueueRecipient], received: bytes, envid: str | None = None,
+                 ret: str | None = None) -> None:
+        self.mailboxes = mailboxes
+        self.remote = remote
+        self._store_writer = None
+        self._queue_writer = None
+        self._finished = False
+        try:
+            if mailboxes:
+                self._store_writer = store.new_message()
+                self._store_writer.write(f"Return-Path: <{sender}>\r\n".encode() + received)
+            if remote:
+                self._queue_writer = queue.new_message(sender, envid=envid, ret=ret)
+                self._queue_writer.write(received)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, data: bytes) -> None:
+        if self._store_writer is not None:
+            self._store_writer.write(data)
+        if self._queue_writer is not None:
+            self._queue_writer.write(data)
+
+    @defer.inlineCallbacks
+    def commit(self):
+        """Deferred firing with the queue id (or None) once every copy is durable.
+
+        The queue commits first: if it fails, the local copies are thrown away and the
+        client retries the whole message without duplicates.
+        """
+        self._finished = True
+        queue_id = None
+        try:
+            if self._queue_writer is not None:
+                queue_id = yield defer.maybeDeferred(self._queue_writer.commit, self.remote)
+            if self._store_writer is not None:
+                targets = [DeliveryTarget(user=m) for m in self.mailboxes]
+                yield defer.maybeDeferred(self._store_writer.commit, targets)
+        except BaseException:
+            self._abort_writers()
+            raise
+        return queue_id
+
+    def _abort_writers(self) -> None:
+        for w in (self._store_writer, self._queue_writer):
+            if w is not None:
+                try:
+                    w.abort()
+                except Exception:  # abort must never mask the original failure
+                    pass
+
+    def abort(self) -> None:
+        """Throw everything away; idempotent; a no-op once commit started."""
+        if self._finished:
+            return
+        self._finished = True
+        self._abort_writers()

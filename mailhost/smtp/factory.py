@@ -1,0 +1,73 @@
+"""The SMTP listener factory: shared collaborators, limits and connection accounting.
+
+One factory per listener. ``submission=True`` gives the 587/465 behaviour (AUTH
+before MAIL, sender ownership). Connection limits are counted here because they
+span sessions; a session over the limit is greeted with ``421 4.3.2`` and closed
+(honest about load), never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from twisted.internet.protocol import ServerFactory
+
+from mailhost.config import Config
+from mailhost.smtp.policy import RecipientPolicy
+from mailhost.smtp.reply import Reply
+from mailhost.smtp.server import SMTPServer
+
+
+class SMTPFactory(ServerFactory):
+    """Builds ``SMTPServer`` sessions for one listener (inbound or submission)."""
+
+    protocol = SMTPServer
+
+    def __init__(self, config: Config, store: Any, directory: Any, login: Any,
+                 queue: Any | None = None, submission: bool = False,
+                 tls_options: Any | None = None, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self.store = store
+        self.directory = directory
+        self.login = login
+        self.queue = queue
+        self.submission = submission
+        self.tls_options = tls_options
+        self.reactor = reactor
+        self.policy = RecipientPolicy(directory, config.smtp.relay_networks,
+                                      can_queue=queue is not None,
+                                      default_domain=config.server.domains[0])
+        self.sessions: set[SMTPServer] = set()
+        self.per_ip: Counter[str] = Counter()
+        # Set by the service on shutdown: new sessions are told to come back later.
+        self.draining = False
+
+    def buildProtocol(self, addr: Any) -> SMTPServer:  # noqa: N802
+        proto = self.protocol(self)
+        return proto
+
+    def admit(self, proto: SMTPServer) -> Reply | None:
+        """Register a new session, or return the 421 it must be greeted with."""
+        host = self.config.server.hostname
+        if self.draining:
+            return Reply(421, "4.3.2", f"{host} Service shutting down, try again later")
+        ip = proto.session.client_ip
+        limits = self.config.smtp
+        if (len(self.sessions) >= limits.max_connections
+                or self.per_ip[ip] >= limits.max_connections_per_ip):
+            return Reply(421, "4.3.2", f"{host} Too many connections, try again later")
+        self.sessions.add(proto)
+        self.per_ip[ip] += 1
+        return None
+
+    def release(self, proto: SMTPServer) -> None:
+        ip = proto.session.client_ip
+        self.sessions.discard(proto)
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]

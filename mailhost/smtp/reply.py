@@ -1,0 +1,41 @@
+"""SMTP replies: a code, an RFC 3463 enhanced status code and text, formatted on the wire.
+
+Every reply we send carries an enhanced status code (ENHANCEDSTATUSCODES), so one
+small value type both formats them and travels as an exception out of parsers and
+policy code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class Reply(Exception):
+    """One SMTP reply; raised by parsers and policy, written by the protocol."""
+
+    def __init__(self, code: int, status: str, text: str | Sequence[str]) -> None:
+        lines = [text] if isinstance(text, str) else list(text)
+        super().__init__(f"{code} {status} {lines[0]}")
+        self.code = code
+        self.status = status
+        self.lines = lines
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def is_positive(self) -> bool:
+        return self.code < 400
+
+    def to_bytes(self) -> bytes:
+        """Wire form: continuation lines use ``code-``, the last ``code SP``."""
+        out = []
+        last = len(self.lines) - 1
+        for i, line in enumerate(self.lines):
+            sep = " " if i == last else "-"
+            prefix = f"{self.status} " if self.status else ""
+            out.append(f"{self.code}{sep}{prefix}{line}\r\n")
+        return "".join(out).encode("utf-8", "replace")
+
+    def __repr__(self) -> str:
+        return f"Reply({self.code}, {self.status!r}, {self.lines!r})"

@@ -1,0 +1,536 @@
+"""The ESMTP server protocol: command handling for inbound (25) and submission (587/465).
+
+Written on ``twisted.internet.protocol.Protocol`` + ``TimeoutMixin`` rather than by
+subclassing ``twisted.mail.smtp.ESMTP``: that class reads DATA line by line, falls into
+command mode on an overlong DATA line, runs commands pipelined after STARTTLS, gives
+one reply for all recipients and can reorder pipelined replies (see
+TWISTED-MAIL-NOTES.md). Fixing those means overriding its line handling, DATA state,
+RCPT/DATA replies and STARTTLS, i.e. nearly all of it. ``LineReceiver`` was not used
+either: it throws away the buffer after an overlong line and re-splits its whole
+buffer for every line, while we need to discard up to the next CRLF and stay in sync.
+
+How it stays correct under pipelining: commands are taken from the input buffer one
+at a time; a command whose answer is asynchronous (AUTH, end of DATA) makes the
+protocol *busy*, and nothing after it is read until its reply has been written, so
+replies always leave in command order. While DATA streams, input goes in whole TCP
+chunks to ``DataReader`` and on into the store and queue writers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Any
+
+from twisted.internet import defer, interfaces
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from mailhost.auth.login import LoginFailed
+from mailhost.outbound.interfaces import QueueRecipient
+from mailhost.smtp.data import DataReader
+from mailhost.smtp.delivery import Delivery
+from mailhost.smtp.headers import HopCounter, received_header
+from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg
+from mailhost.smtp.policy import Decision
+from mailhost.smtp.reply import Reply
+from mailhost.smtp.session import Session, Transaction, new_transaction_id
+
+log = Logger()
+
+#: RFC 5321 allows 512; extensions (SMTPUTF8, DSN parameters, AUTH) need slack.
+MAX_COMMAND_LINE = 2048
+#: Stop reading from a client that pipelines this much while we are busy.
+MAX_PIPELINE_BUFFER = 64 * 1024
+#: Reply codes that count against the junk-command limit.
+_JUNK_CODES = frozenset({500, 501, 502, 503, 504, 555})
+
+_OK = Reply(250, "2.0.0", "Ok")
+
+
+class SMTPServer(Protocol, TimeoutMixin):
+    """One ESMTP session. Built by ``SMTPFactory``."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.config = factory.config
+        self.limits = factory.config.smtp
+        self.session: Session | None = None
+        self._buffer = bytearray()
+        self._busy = False
+        self._processing = False
+        self._closing = False
+        self._discarding_line = False
+        self._paused = False
+        self._registered = False
+        self._junk = 0
+        self._line_handler = self._command
+        self._reader: DataReader | None = None
+        self._delivery: Delivery | None = None
+        self._hops: HopCounter | None = None
+        self._data_started = 0.0
+
+    # -- timers -------------------------------------------------------------------
+
+    def callLater(self, period, func):  # noqa: N802 (TimeoutMixin hook)
+        return self.factory.reactor.callLater(period, func)
+
+    def timeoutConnection(self) -> None:  # noqa: N802 (TimeoutMixin hook)
+        what = "data" if self._reader is not None else "command"
+        self._send(Reply(421, "4.4.2", f"{self.config.server.hostname} Error: timeout exceeded "
+                                       f"waiting for {what}"))
+        self._abandon("timeout")
+        self._close()
+
+    # -- connection ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:  # noqa: N802
+        peer = self.transport.getPeer()
+        self.session = Session(client_ip=getattr(peer, "host", "unknown"),
+                               client_port=getattr(peer, "port", 0),
+                               tls=interfaces.ISSLTransport.providedBy(self.transport))
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self._send(refusal)
+            self._close()
+            return
+        self._registered = True
+        self.setTimeout(self.limits.command_timeout)
+        self._send(Reply(220, "", f"{self.config.server.hostname} ESMTP mailhost"))
+
+    def connectionLost(self, reason=None) -> None:  # noqa: N802
+        self._closing = True
+        self.setTimeout(None)
+        if self._registered:
+            self._registered = False
+            self.factory.release(self)
+        self._abandon("disconnected")
+
+    def _close(self) -> None:
+        self._closing = True
+        self.setTimeout(None)
+        self.transport.loseConnection()
+
+    def _abandon(self, why: str) -> None:
+        """Drop a transaction that will never complete; nothing gets stored.
+
+        A transaction whose final dot was seen is left alone: its commit finishes and
+        logs itself (the client may just not hear the 250).
+        """
+        if self._reader is not None:
+            size = self._reader.size
+            self._reader = None
+            if self._delivery is not None:
+                self._delivery.abort()
+                self._delivery = None
+            self._log_transaction(self.session.transaction, size, why)
+            self.session.reset_transaction()
+        elif self._delivery is None and self.session is not None:
+            self._reset_transaction(why)
+
+    # -- input --------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._closing:
+            return
+        self.resetTimeout()
+        if self._reader is not None and not self._buffer:
+            self._feed_data(data)
+        else:
+            self._buffer += data
+        self._process()
+
+    def _feed_data(self, data: bytes) -> None:
+        rest = self._reader.feed(data)
+        if rest is not None:
+            self._buffer[:0] = rest
+            self._busy = True
+            self._end_of_data().addBoth(self._unbusy)
+
+    def _process(self) -> None:
+        """Run buffered commands until busy, closing, or out of complete lines."""
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while not self._busy and not self._closing and self._buffer:
+                if self._reader is not None:
+                    data = bytes(self._buffer)
+                    self._buffer.clear()
+                    self._feed_data(data)
+                    continue
+                nl = self._buffer.find(b"\n")
+                if nl < 0:
+                    if len(self._buffer) > MAX_COMMAND_LINE:
+                        self._discarding_line = True
+                        self._buffer.clear()
+                    break
+                line = bytes(self._buffer[:nl])
+                del self._buffer[: nl + 1]
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if self._discarding_line or len(line) > MAX_COMMAND_LINE:
+                    self._discarding_line = False
+                    self._send(Reply(500, "5.5.2", "Error: line too long"))
+                    continue
+                result = self._line_handler(line)
+                if isinstance(result, defer.Deferred):
+                    self._busy = True
+                    result.addBoth(self._unbusy)
+            if self._busy and len(self._buffer) > MAX_PIPELINE_BUFFER and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+        finally:
+            self._processing = False
+
+    def _unbusy(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            log.failure("unexpected error in SMTP session", result)
+        self._busy = False
+        if self._paused and not self._closing:
+            self._paused = False
+            self.transport.resumeProducing()
+        if not self._closing:
+            self._process()
+
+    def _send(self, reply: Reply) -> None:
+        if reply.code in _JUNK_CODES:
+            self._junk += 1
+            if self._junk > self.limits.max_junk_commands:
+                reply = Reply(421, "4.7.0", f"{self.config.server.hostname} Error: too many errors")
+                self.transport.write(reply.to_bytes())
+                self._abandon("too many errors")
+                self._close()
+                return
+        self.transport.write(reply.to_bytes())
+
+    # -- command dispatch ---------------------------------------------------------
+
+    def _command(self, line: bytes) -> defer.Deferred | None:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._send(Reply(500, "5.5.2", "Error: bad UTF-8 syntax"))
+            return None
+        verb, _, arg = text.partition(" ")
+        handler = getattr(self, "smtp_" + verb.upper(), None) if verb.isalpha() else None
+        if handler is None:
+            self._send(Reply(500, "5.5.1", "Error: command not recognized"))
+            return None
+        try:
+            result = handler(arg.strip(" "))
+        except Reply as reply:
+            self._send(reply)
+            return None
+        if isinstance(result, Reply):
+            self._send(result)
+            return None
+        return result
+
+    def smtp_HELO(self, arg: str) -> Reply:  # noqa: N802
+        if not arg:
+            return Reply(501, "5.5.4", "Syntax: HELO hostname")
+        self.session.helo = arg
+        self.session.esmtp = False
+        self._reset_transaction()
+        return Reply(250, "", self.config.server.hostname)
+
+    def smtp_EHLO(self, arg: str) -> Reply:  # noqa: N802
+        if not arg:
+            return Reply(501, "5.5.4", "Syntax: EHLO hostname")
+        self.session.helo = arg
+        self.session.esmtp = True
+        self._reset_transaction()
+        lines = [self.config.server.hostname, "PIPELINING", f"SIZE {self.limits.max_message_size}",
+                 "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "DSN"]
+        if self.factory.tls_options is not None and not self.session.tls:
+            lines.append("STARTTLS")
+        if self._auth_allowed():
+            lines.append("AUTH PLAIN LOGIN")
+        return Reply(250, "", lines)
+
+    def smtp_NOOP(self, arg: str) -> Reply:  # noqa: N802
+        return _OK
+
+    def smtp_RSET(self, arg: str) -> Reply:  # noqa: N802
+        if arg:
+            return Reply(501, "5.5.4", "Syntax: RSET")
+        self._reset_transaction()
+        return _OK
+
+    def smtp_VRFY(self, arg: str) -> Reply:  # noqa: N802
+        if not arg:
+            return Reply(501, "5.5.4", "Syntax: VRFY address")
+        return Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_EXPN(self, arg: str) -> Reply:  # noqa: N802
+        return Reply(502, "5.5.1", "Error: command not implemented")
+
+    def smtp_HELP(self, arg: str) -> Reply:  # noqa: N802
+        return Reply(214, "2.0.0", ["Commands: HELO EHLO MAIL RCPT DATA RSET NOOP VRFY",
+                                    "HELP QUIT STARTTLS AUTH",
+                                    "See RFC 5321"])
+
+    def smtp_QUIT(self, arg: str) -> None:  # noqa: N802
+        self._send(Reply(221, "2.0.0", "Bye"))
+        self._reset_transaction("quit")
+        self._close()
+
+    # -- STARTTLS -----------------------------------------------------------------
+
+    def smtp_STARTTLS(self, arg: str) -> Reply | None:  # noqa: N802
+        if self.session.tls:
+            return Reply(503, "5.5.1", "Error: TLS already active")
+        if self.factory.tls_options is None:
+            return Reply(502, "5.5.1", "Error: command not implemented")
+        if arg:
+            return Reply(501, "5.5.4", "Syntax: STARTTLS")
+        self._send(Reply(220, "2.0.0", "Ready to start TLS"))
+        # CVE-2011-0411: anything the client sent after STARTTLS, before the
+        # handshake, is plaintext an attacker could have injected. Drop it.
+        self._buffer.clear()
+        self._discarding_line = False
+        self.transport.startTLS(self.factory.tls_options)
+        self.session.reset_after_tls()
+        self.session.tls = True
+        return None
+
+    # -- AUTH ---------------------------------------------------------------------
+
+    def _auth_allowed(self) -> bool:
+        return self.session.tls or self.factory.login.plaintext_allowed(self.transport)
+
+    def smtp_AUTH(self, arg: str) -> Reply | defer.Deferred:  # noqa: N802
+        if not self.session.esmtp:
+            return Reply(503, "5.5.1", "Error: send EHLO first")
+        if self.session.user is not None:
+            return Reply(503, "5.5.1", "Error: already authenticated")
+        if self.session.transaction is not None:
+            return Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+        if not self._auth_allowed():
+            return Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+        mech, _, initial = arg.partition(" ")
+        mech = mech.upper()
+        initial = initial.strip(" ")
+        if mech not in ("PLAIN", "LOGIN"):
+            return Reply(504, "5.5.4", "Unrecognized authentication type")
+        return self._sasl(mech, initial or None)
+
+    def _challenge(self, text: bytes) -> defer.Deferred:
+        """Send a 334 challenge; fire with the client's next line (never logged)."""
+        d = defer.Deferred()
+        self.transport.write(b"334 " + base64.b64encode(text) + b"\r\n")
+
+        def on_line(line: bytes) -> None:
+            self._line_handler = self._command
+            d.callback(line)
+
+        self._line_handler = on_line
+        return d
+
+    @staticmethod
+    def _decode(response: bytes | str) -> bytes:
+        if isinstance(response, str):
+            response = response.encode("ascii", "replace")
+        response = response.strip()
+        if response == b"*":
+            raise Reply(501, "5.7.0", "Authentication aborted")
+        if response == b"=":
+            return b""
+        try:
+            return base64.b64decode(response, validate=True)
+        except (binascii.Error, ValueError):
+            raise Reply(501, "5.5.2", "Cannot decode response") from None
+
+    @defer.inlineCallbacks
+    def _sasl(self, mech: str, initial: str | None):
+        try:
+            if mech == "PLAIN":
+                raw = self._decode(initial if initial is not None else (yield self._challenge(b"")))
+                parts = raw.split(b"\0")
+                if len(parts) != 3 or not parts[1]:
+                    raise Reply(501, "5.5.2", "Invalid authentication exchange")
+                authzid, username, password = (p.decode("utf-8", "replace") for p in parts)
+                if authzid and authzid.lower() != username.lower():
+                    raise Reply(535, "5.7.8", "Authentication credentials invalid")
+            else:
+                if initial is not None:
+                    user_raw = self._decode(initial)
+                else:
+                    user_raw = self._decode((yield self._challenge(b"Username:")))
+                pass_raw = self._decode((yield self._challenge(b"Password:")))
+                username = user_raw.decode("utf-8", "replace")
+                password = pass_raw.decode("utf-8", "replace")
+            try:
+                avatar = yield self.factory.login.login(username, password,
+                                                        self.session.client_ip, "smtp")
+            except LoginFailed as e:
+                if e.temporary:
+                    raise Reply(454, "4.7.0", "Temporary authentication failure") from None
+                raise Reply(535, "5.7.8", "Authentication credentials invalid") from None
+            except Exception:
+                log.failure("SMTP AUTH backend error")
+                raise Reply(454, "4.7.0", "Temporary authentication failure") from None
+            if self._closing:
+                return
+            self.session.user = avatar.user
+            logout = getattr(avatar, "logout", None)
+            if logout is not None:
+                logout()
+            self._send(Reply(235, "2.7.0", "Authentication successful"))
+        except Reply as reply:
+            if not self._closing:
+                self._send(reply)
+
+    # -- the mail transaction -----------------------------------------------------
+
+    def _reset_transaction(self, why: str = "reset") -> None:
+        if self.session.transaction is not None:
+            self._log_transaction(self.session.transaction, None, why)
+        self.session.reset_transaction()
+
+    def smtp_MAIL(self, arg: str) -> Reply:  # noqa: N802
+        session = self.session
+        if session.helo is None:
+            return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
+        if session.transaction is not None:
+            return Reply(503, "5.5.1", "Error: nested MAIL command")
+        if self.factory.submission and session.user is None:
+            return Reply(530, "5.7.0", "Authentication required")
+        if arg[:5].upper() != "FROM:":
+            return Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+        try:
+            sender, params = parse_mail_arg(arg[5:])
+        except Reply as reply:
+            if reply.code == 553:
+                return Reply(501, "5.1.7", "Bad sender address syntax")
+            raise
+        if not session.esmtp and params != type(params)():
+            return Reply(555, "5.5.4", "Error: ESMTP parameters need EHLO")
+        if params.size is not None and params.size > self.limits.max_message_size:
+            return Reply(552, "5.3.4", "Message size exceeds fixed limit")
+        if (self.factory.submission and self.config.submission.enforce_sender
+                and (sender.is_null or sender.canonical()
+                     not in {a.lower() for a in self.factory.directory.addresses_for(session.user)})):
+            return Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not owned by user")
+        session.transaction = Transaction(id=new_transaction_id(), sender=sender, params=params)
+        return Reply(250, "2.1.0", "Ok")
+
+    def smtp_RCPT(self, arg: str) -> Reply:  # noqa: N802
+        txn = self.session.transaction
+        if txn is None:
+            return Reply(503, "5.5.1", "Error: need MAIL command")
+        if arg[:3].upper() != "TO:":
+            return Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+        if len(txn.accepted) >= self.limits.max_recipients:
+            reply = Reply(452, "4.5.3", "Error: Too many recipients")
+            txn.results.append((arg[3:].strip()[:200], reply.code))
+            return reply
+        try:
+            rcpt, params = parse_rcpt_arg(arg[3:], utf8=txn.params.smtputf8)
+        except Reply as reply:
+            if reply.code == 553 and reply.status == "5.1.3":
+                reply = Reply(501, "5.1.3", "Bad recipient address syntax")
+            txn.results.append((arg[3:].strip()[:200], reply.code))
+            raise reply from None
+        try:
+            decision: Decision = self.factory.policy.decide(
+                rcpt, params, self.session.client_ip, self.session.user)
+        except Reply as reply:
+            txn.results.append((str(rcpt), reply.code))
+            raise
+        txn.results.append((str(rcpt), decision.reply.code))
+        txn.accepted.append(str(rcpt))
+        for mailbox in decision.mailboxes:
+            txn.mailboxes[mailbox] = None
+        if decision.remote is not None:
+            key = decision.remote.lower()
+            if key not in txn.remote:
+                txn.remote[key] = QueueRecipient(decision.remote, params.notify, params.orcpt)
+        return decision.reply
+
+    def smtp_DATA(self, arg: str) -> Reply | None:  # noqa: N802
+        txn = self.session.transaction
+        if txn is None:
+            return Reply(503, "5.5.1", "Error: need MAIL command")
+        if arg:
+            return Reply(501, "5.5.4", "Syntax: DATA")
+        if not txn.results:
+            return Reply(503, "5.5.1", "Error: need RCPT command")
+        if not txn.has_recipients:
+            return Reply(554, "5.5.1", "Error: no valid recipients")
+        received = received_header(
+            helo=self.session.helo, client_ip=self.session.client_ip,
+            hostname=self.config.server.hostname, protocol=self.session.protocol_name,
+            tid=txn.id, recipient=txn.accepted[0] if len(txn.accepted) == 1 else None)
+        try:
+            self._delivery = Delivery(self.factory.store, self.factory.queue, str(txn.sender),
+                                      list(txn.mailboxes), list(txn.remote.values()), received,
+                                      envid=txn.params.envid, ret=txn.params.ret)
+        except Exception:
+            log.failure("cannot start message {id}", id=txn.id)
+            return Reply(451, "4.3.0", "Error: queue file write error")
+        self._hops = HopCounter()
+        self._reader = DataReader(self._data_chunk, self.limits.max_message_size,
+                                  self.limits.max_line_length)
+        self._data_started = time.monotonic()
+        self.setTimeout(self.limits.data_timeout)
+        return Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+
+    def _data_chunk(self, data: bytes) -> None:
+        """DataReader sink: count hops in the header block, stream into the writers."""
+        reader = self._reader
+        if self._hops is not None and not self._hops.done:
+            self._hops.feed(data)
+            if self._hops.count > self.limits.max_hops:
+                reader.error = Reply(554, "5.4.6", "Too many hops")
+                return
+        try:
+            self._delivery.write(data)
+        except Exception:
+            log.failure("store write failed for {id}", id=self.session.transaction.id)
+            reader.error = Reply(451, "4.3.0", "Error: queue file write error")
+
+    @defer.inlineCallbacks
+    def _end_of_data(self):
+        """Final dot seen: commit (or refuse) and answer, then back to command mode."""
+        reader, delivery, txn = self._reader, self._delivery, self.session.transaction
+        self._reader = None
+        self._hops = None
+        self.setTimeout(None)  # a slow disk is not the client's fault
+        if reader.error is not None:
+            delivery.abort()
+            reply = reader.error
+        else:
+            try:
+                queue_id = yield delivery.commit()
+            except Exception:
+                log.failure("commit failed for {id}", id=txn.id)
+                reply = Reply(451, "4.3.0", "Error: queue file write error")
+            else:
+                reply = Reply(250, "2.0.0", f"Ok: queued as {txn.id}"
+                              + (f" (outbound {queue_id})" if queue_id else ""))
+        self._delivery = None
+        self._log_transaction(txn, reader.size, reply.to_bytes().decode("utf-8", "replace").strip())
+        self.session.reset_transaction()
+        if not self._closing:
+            self.setTimeout(self.limits.command_timeout)
+            self._send(reply)
+
+    def _log_transaction(self, txn: Transaction | None, size: int | None, outcome: str) -> None:
+        if txn is None:
+            return
+        log.info(
+            "smtp {tid} client={client} helo={helo} from=<{sender}> rcpts={recipients} "
+            "size={size} result={outcome}",
+            event="smtp.transaction", tid=txn.id, client=self.session.client_ip,
+            helo=self.session.helo, sender=str(txn.sender), recipients=list(txn.results),
+            size=size, outcome=outcome, user=self.session.user,
+            submission=self.factory.submission,
+        )
+
+
+__all__ = ["SMTPServer", "MAX_COMMAND_LINE", "NULL_ADDRESS"]

@@ -1,0 +1,84 @@
+"""Per-connection SMTP state: who the client is, and the mail transaction in progress.
+
+Kept apart from the protocol so that the state transitions RFC 5321 and RFC 3207
+ask for (RSET, EHLO, STARTTLS forgetting everything) are one method each here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+
+from mailhost.outbound.interfaces import QueueRecipient
+from mailhost.smtp.params import Address, MailParams
+
+_counter = itertools.count(1)
+_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
+
+
+def new_transaction_id() -> str:
+    """A short, unique-enough id for logs, Received headers and the 250 reply."""
+    n = (int(time.time() * 1000) << 20) | (os.getpid() & 0xFFF) << 8 | (next(_counter) & 0xFF)
+    out = []
+    while n:
+        n, r = divmod(n, len(_ALPHABET))
+        out.append(_ALPHABET[r])
+    return "".join(reversed(out))
+
+
+@dataclass
+class Transaction:
+    """One MAIL FROM ... DATA exchange."""
+
+    id: str
+    sender: Address
+    params: MailParams
+    # Local mailboxes (canonical user addresses) that get a stored copy, deduped, ordered.
+    mailboxes: dict[str, None] = field(default_factory=dict)
+    # Remote recipients for the outbound queue, keyed by canonical address (dedupe).
+    remote: dict[str, QueueRecipient] = field(default_factory=dict)
+    # Every RCPT as given, with the reply code it got (for the transaction log).
+    results: list[tuple[str, int]] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)
+
+    @property
+    def has_recipients(self) -> bool:
+        return bool(self.mailboxes or self.remote)
+
+
+@dataclass
+class Session:
+    """What we know about the client on one connection."""
+
+    client_ip: str
+    client_port: int
+    tls: bool = False
+    helo: str | None = None
+    esmtp: bool = False
+    user: str | None = None  # authenticated user address
+    transaction: Transaction | None = None
+
+    def reset_transaction(self) -> None:
+        self.transaction = None
+
+    def reset_after_tls(self) -> None:
+        """RFC 3207 section 4.2: forget everything learned before the handshake."""
+        self.helo = None
+        self.esmtp = False
+        self.user = None
+        self.transaction = None
+
+    @property
+    def protocol_name(self) -> str:
+        """The ``with`` clause of the Received header (RFC 3848 / RFC 6531)."""
+        utf8 = self.transaction is not None and self.transaction.params.smtputf8
+        if not self.esmtp:
+            return "SMTP"
+        name = "UTF8SMTP" if utf8 else "ESMTP"
+        if self.tls:
+            name += "S"
+        if self.user:
+            name += "A"
+        return name
