@@ -1,0 +1,296 @@
+"""Authenticated-state commands: mailboxes, LIST/LSUB, STATUS, APPEND (RFC 3501 6.3).
+
+Mailbox names are modified UTF-7 on the wire and unicode in the store; ``inbox`` in
+any case is INBOX. The hierarchy delimiter is the store's ``.``. LIST carries
+CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154) attributes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from mailhost.imap import encoding, mutf7, parser
+from mailhost.imap.responses import Bad, No
+from mailhost.imap.selected import SelectedMailbox
+from mailhost.imap.states import AUTH
+from mailhost.store.interfaces import SYSTEM_FLAGS, DeliveryTarget, NoSuchFolder
+
+if TYPE_CHECKING:
+    from mailhost.imap.server import IMAPServer
+
+DELIM = "."
+_FLAG_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+APPEND_CHUNK = 64 * 1024
+
+
+def mailbox_name(token: object) -> str:
+    """Wire mailbox name → store name (INBOX case-folded, trailing delimiter dropped)."""
+    name = mutf7.decode(parser.as_string(token, "mailbox name"))
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name.upper().startswith("INBOX" + DELIM):
+        name = "INBOX" + name[5:]
+    return name
+
+
+def wire_name(name: str) -> bytes:
+    return encoding.astring(mutf7.encode(name))
+
+
+def _flags_line(keywords: set[str]) -> bytes:
+    return b"(" + b" ".join(f.encode("ascii", "replace")
+                            for f in (*_FLAG_ORDER, *sorted(keywords))) + b")"
+
+
+async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
+    if len(cmd.args) != 1:
+        raise Bad(f"{cmd.name} expects a mailbox name")
+    name = mailbox_name(cmd.args[0])
+    s.unselect()  # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected
+    try:
+        folder = await s.account.open_folder(name)
+    except NoSuchFolder:
+        raise No("[NONEXISTENT] Mailbox does not exist") from None
+    if readonly:
+        recent = {i.uid for i in folder.messages() if i.recent}
+    else:
+        recent = set(await folder.claim_recent())
+    infos = folder.messages()
+    sel = SelectedMailbox(folder, readonly, notify=s.on_folder_event)
+    sel.load(infos, recent)
+    s.select(sel)
+    first_unseen = next((n for n, i in enumerate(infos, 1) if "\\Seen" not in i.flags), None)
+    flags = _flags_line(sel.keywords)
+    out = [b"* FLAGS " + flags + b"\r\n"]
+    if readonly:
+        out.append(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
+    else:
+        out.append(b"* OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] Flags permitted\r\n")
+    out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(infos), len(recent)))
+    if first_unseen is not None:
+        out.append(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
+    out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
+    out.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % folder.uid_next)
+    s.send(b"".join(out))
+    mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
+    return mode + b" " + cmd.name.encode("ascii") + b" completed"
+
+
+async def select(s: IMAPServer, cmd: parser.Command) -> bytes:
+    return await _select(s, cmd, readonly=False)
+
+
+async def examine(s: IMAPServer, cmd: parser.Command) -> bytes:
+    return await _select(s, cmd, readonly=True)
+
+
+async def create(s: IMAPServer, cmd: parser.Command) -> bytes:
+    if len(cmd.args) != 1:
+        raise Bad("CREATE expects a mailbox name")
+    name = mailbox_name(cmd.args[0]).rstrip(DELIM)
+    if name == "INBOX":
+        raise No("[ALREADYEXISTS] INBOX always exists")
+    await s.account.create_folder(name)
+    return b"CREATE completed"
+
+
+async def delete(s: IMAPServer, cmd: parser.Command) -> bytes:
+    if len(cmd.args) != 1:
+        raise Bad("DELETE expects a mailbox name")
+    name = mailbox_name(cmd.args[0])
+    if name == "INBOX":
+        raise No("[CANNOT] INBOX cannot be deleted")
+    if s.selected is not None and s.selected.folder.name == name:
+        s.unselect()
+    await s.account.delete_folder(name)
+    return b"DELETE completed"
+
+
+async def rename(s: IMAPServer, cmd: parser.Command) -> bytes:
+    if len(cmd.args) != 2:
+        raise Bad("RENAME expects two mailbox names")
+    old, new = mailbox_name(cmd.args[0]), mailbox_name(cmd.args[1]).rstrip(DELIM)
+    if new == "INBOX":
+        raise No("[ALREADYEXISTS] INBOX always exists")
+    await s.account.rename_folder(old, new)
+    return b"RENAME completed"
+
+
+async def subscribe(s: IMAPServer, cmd: parser.Command) -> bytes:
+    if len(cmd.args) != 1:
+        raise Bad("SUBSCRIBE expects a mailbox name")
+    await s.account.subscribe(mailbox_name(cmd.args[0]))
+    return b"SUBSCRIBE completed"
+
+
+async def unsubscribe(s: IMAPServer, cmd: parser.Command) -> bytes:
+    if len(cmd.args) != 1:
+        raise Bad("UNSUBSCRIBE expects a mailbox name")
+    await s.account.unsubscribe(mailbox_name(cmd.args[0]))
+    return b"UNSUBSCRIBE completed"
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """LIST pattern → regex: ``*`` matches anything, ``%`` anything but the delimiter."""
+    if pattern.upper().startswith("INBOX") and (len(pattern) == 5 or pattern[5] == DELIM):
+        pattern = "INBOX" + pattern[5:]
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append("[^" + re.escape(DELIM) + "]*")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.S)
+
+
+def _list_pattern(cmd: parser.Command) -> tuple[str, str]:
+    if len(cmd.args) != 2:
+        raise Bad(f"{cmd.name} expects a reference and a mailbox pattern")
+    ref = mutf7.decode(parser.as_string(cmd.args[0], "reference"))
+    pat = mutf7.decode(parser.as_string(cmd.args[1], "mailbox pattern"))
+    return ref, pat
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(DELIM)
+    return [DELIM.join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _sort_key(name: str) -> tuple[int, str]:
+    return (0 if name == "INBOX" else 1, name)
+
+
+async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
+    ref, pat = _list_pattern(cmd)
+    if pat == "":
+        s.send(b'* LIST (\\Noselect) "." ""\r\n')
+        return b"LIST completed"
+    rx = pattern_regex(ref + pat)
+    names = list(await s.account.list_folders())
+    real = set(names)
+    candidates = set(real)
+    for n in names:
+        candidates.update(_ancestors(n))
+    parents = set()
+    for n in candidates:
+        parents.update(_ancestors(n))
+    out = []
+    for name in sorted(candidates, key=_sort_key):
+        if not rx.fullmatch(name):
+            continue
+        attrs = [b"\\HasChildren" if name in parents else b"\\HasNoChildren"]
+        if name not in real:
+            attrs.insert(0, b"\\Noselect")
+        else:
+            use = await _special_use(s, name)
+            if use:
+                attrs.append(use.encode("ascii"))
+        out.append(b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name) + b"\r\n")
+    s.send(b"".join(out))
+    return b"LIST completed"
+
+
+async def _special_use(s: IMAPServer, name: str) -> str | None:
+    if name == "INBOX":
+        return None
+    try:
+        folder = await s.account.open_folder(name)
+    except NoSuchFolder:
+        return None
+    return folder.special_use
+
+
+async def lsub(s: IMAPServer, cmd: parser.Command) -> bytes:
+    ref, pat = _list_pattern(cmd)
+    if pat == "":
+        s.send(b'* LSUB (\\Noselect) "." ""\r\n')
+        return b"LSUB completed"
+    rx = pattern_regex(ref + pat)
+    subs = set(await s.account.subscriptions())
+    out = []
+    shown = set()
+    for name in sorted(subs, key=_sort_key):
+        if rx.fullmatch(name):
+            shown.add(name)
+            out.append((name, b""))
+            continue
+        # RFC 3501 6.3.9: "%" must return an unsubscribed parent as \Noselect.
+        for anc in _ancestors(name):
+            if anc not in subs and anc not in shown and rx.fullmatch(anc):
+                shown.add(anc)
+                out.append((anc, b"\\Noselect"))
+    s.send(b"".join(b"* LSUB (" + attrs + b') "." ' + wire_name(n) + b"\r\n"
+                    for n, attrs in sorted(out, key=lambda x: _sort_key(x[0]))))
+    return b"LSUB completed"
+
+
+async def status(s: IMAPServer, cmd: parser.Command) -> bytes:
+    if len(cmd.args) != 2:
+        raise Bad("STATUS expects a mailbox name and a list of items")
+    name = mailbox_name(cmd.args[0])
+    items = parser.parse_status_items(cmd.args[1])
+    try:
+        folder = await s.account.open_folder(name)
+    except NoSuchFolder:
+        raise No("[NONEXISTENT] Mailbox does not exist") from None
+    infos = folder.messages()
+    values = {
+        "MESSAGES": lambda: len(infos),
+        "RECENT": lambda: sum(1 for i in infos if i.recent),
+        "UIDNEXT": lambda: folder.uid_next,
+        "UIDVALIDITY": lambda: folder.uid_validity,
+        "UNSEEN": lambda: sum(1 for i in infos if "\\Seen" not in i.flags),
+    }
+    body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
+    s.send(b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n")
+    return b"STATUS completed"
+
+
+async def namespace(s: IMAPServer, cmd: parser.Command) -> bytes:
+    if cmd.args:
+        raise Bad("NAMESPACE takes no arguments")
+    s.send(b'* NAMESPACE (("" ".")) NIL NIL\r\n')
+    return b"NAMESPACE completed"
+
+
+async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
+    raw_name, flags, date, message = parser.parse_append(cmd.args)
+    name = mailbox_name(raw_name)
+    if not message:
+        raise No("Cannot append an empty message")
+    flags = [f for f in flags if f != "\\Recent"]
+    for f in flags:
+        if f.startswith("\\") and f not in SYSTEM_FLAGS:
+            raise Bad(f"Invalid flag {f}")
+    try:
+        folder = await s.account.open_folder(name)
+    except NoSuchFolder:
+        raise No("[TRYCREATE] Mailbox does not exist") from None
+    writer = s.store.new_message()
+    try:
+        for i in range(0, len(message), APPEND_CHUNK):
+            writer.write(message[i:i + APPEND_CHUNK])
+        uids = await writer.commit([DeliveryTarget(s.user, folder.name, frozenset(flags), date)])
+    except BaseException:
+        writer.abort()
+        raise
+    return b"[APPENDUID %d %d] APPEND completed" % (folder.uid_validity, uids[0])
+
+
+HANDLERS = {
+    "SELECT": (AUTH, select),
+    "EXAMINE": (AUTH, examine),
+    "CREATE": (AUTH, create),
+    "DELETE": (AUTH, delete),
+    "RENAME": (AUTH, rename),
+    "SUBSCRIBE": (AUTH, subscribe),
+    "UNSUBSCRIBE": (AUTH, unsubscribe),
+    "LIST": (AUTH, list_),
+    "LSUB": (AUTH, lsub),
+    "STATUS": (AUTH, status),
+    "NAMESPACE": (AUTH, namespace),
+    "APPEND": (AUTH, append),
+}

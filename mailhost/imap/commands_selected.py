@@ -1,0 +1,273 @@
+"""Selected-state commands (RFC 3501 6.4) plus UIDPLUS, MOVE and UNSELECT.
+
+FETCH renders through ``fetch.fetch_message`` except for index-only items (UID,
+FLAGS, RFC822.SIZE, INTERNALDATE), which are formatted here straight from the
+in-memory index: ``UID FETCH 1:* (UID FLAGS)`` on 100k messages opens no file and
+creates no per-message Deferred. Bodies stream with backpressure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mailhost.imap import encoding, parser
+from mailhost.imap.commands_mailbox import mailbox_name
+from mailhost.imap.output import stream_file
+from mailhost.imap.responses import Bad, No, format_set
+from mailhost.imap.states import SEL
+from mailhost.store.interfaces import NoSuchFolder, NoSuchMessage
+
+if TYPE_CHECKING:
+    from mailhost.imap.selected import SelectedMailbox
+    from mailhost.imap.server import IMAPServer
+
+INDEX_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"})
+#: Index-only FETCH lines written per transport.write.
+BATCH = 512
+
+
+def _selected(s: IMAPServer) -> SelectedMailbox:
+    assert s.selected is not None
+    return s.selected
+
+
+def _writable(s: IMAPServer, what: str) -> SelectedMailbox:
+    sel = _selected(s)
+    if sel.readonly:
+        raise No(f"[READ-ONLY] {what} not allowed: mailbox is read-only")
+    return sel
+
+
+async def check(s: IMAPServer, cmd: parser.Command) -> bytes:
+    if cmd.args:
+        raise Bad("CHECK takes no arguments")
+    await _selected(s).folder.refresh()
+    return b"CHECK completed"
+
+
+async def close(s: IMAPServer, cmd: parser.Command) -> bytes:
+    if cmd.args:
+        raise Bad("CLOSE takes no arguments")
+    sel = _selected(s)
+    s.unselect()
+    if not sel.readonly:
+        await sel.folder.expunge()  # silently: no EXPUNGE responses (RFC 3501 6.4.2)
+    return b"CLOSE completed"
+
+
+async def unselect(s: IMAPServer, cmd: parser.Command) -> bytes:
+    if cmd.args:
+        raise Bad("UNSELECT takes no arguments")
+    s.unselect()
+    return b"UNSELECT completed"
+
+
+async def expunge(s: IMAPServer, cmd: parser.Command) -> bytes:
+    sel = _writable(s, "EXPUNGE")
+    if cmd.uid:
+        if len(cmd.args) != 1:
+            raise Bad("UID EXPUNGE expects a UID set")
+        uids = sel.resolve(parser.parse_sequence_set(cmd.args[0]), uid=True)
+        removed = await sel.folder.expunge(uids) if uids else []
+    else:
+        if cmd.args:
+            raise Bad("EXPUNGE takes no arguments")
+        removed = await sel.folder.expunge()
+    sel.note_expunged(removed)
+    return b"EXPUNGE completed"
+
+
+async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
+    from mailhost.imap import search as searching
+
+    sel = _selected(s)
+    charset, key = parser.parse_search(cmd.args)
+    folder = sel.folder
+    infos = [i for i in map(folder.get, sel.uids) if i is not None]
+    seqs = {u: n for n, u in enumerate(sel.uids, 1)}
+    try:
+        found = await searching.search(folder, infos, seqs, key, charset)
+    except searching.BadCharset:
+        raise No("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset") from None
+    nums = found if cmd.uid else [seqs[u] for u in found if u in seqs]
+    s.send(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + b"\r\n")
+    return b"SEARCH completed"
+
+
+def _index_line(seq: int, info: Any, items: list, recent: bool) -> bytes:
+    parts = []
+    for it in items:
+        name = it.name
+        if name == "UID":
+            parts.append(b"UID %d" % info.uid)
+        elif name == "FLAGS":
+            flags = info.flags | {"\\Recent"} if recent else info.flags
+            parts.append(b"FLAGS " + encoding.format_flags(flags))
+        elif name == "RFC822.SIZE":
+            parts.append(b"RFC822.SIZE %d" % info.size)
+        else:
+            parts.append(b"INTERNALDATE " + encoding.format_datetime(info.internal_date))
+    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+
+
+async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
+    sel = _selected(s)
+    if len(cmd.args) != 2:
+        raise Bad("FETCH expects a sequence set and items")
+    seqset = parser.parse_sequence_set(cmd.args[0])
+    items = parser.parse_fetch_items(cmd.args[1:])
+    uids = sel.resolve(seqset, cmd.uid)
+    if cmd.uid and not any(it.name == "UID" for it in items):
+        items = [parser.FetchItem("UID"), *items]
+    folder = sel.folder
+    index_only = all(it.name in INDEX_ITEMS for it in items)
+    if not index_only:
+        from mailhost.imap import fetch as fetching
+    if not index_only and not sel.readonly and fetching.needs_seen(items):
+        unseen = [u for u in uids
+                  if (i := folder.get(u)) is not None and "\\Seen" not in i.flags]
+        if unseen:
+            await folder.set_flags(unseen, ["\\Seen"], "add")
+            if any(it.name == "FLAGS" for it in items):
+                sel.forget_flags(unseen)  # this FETCH shows them; no second update
+    missing = False
+    if index_only:
+        batch: list[bytes] = []
+        recent = sel.recent
+        for u in uids:
+            info = folder.get(u)
+            if info is None:
+                missing = True
+                continue
+            batch.append(_index_line(sel.seq_of(u), info, items, u in recent))
+            if len(batch) >= BATCH:
+                s.send(b"".join(batch))
+                batch = []
+                await s.drain()
+        if batch:
+            s.send(b"".join(batch))
+    else:
+        for u in uids:
+            info = folder.get(u)
+            if info is None or not await _fetch_one(s, sel, info, items, fetching):
+                missing = True
+            await s.drain()
+            if not s.alive:
+                break
+    if missing:
+        raise No("[EXPUNGEISSUED] Some of the requested messages no longer exist")
+    return b"FETCH completed"
+
+
+async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list,
+                     fetching: Any) -> bool:
+    try:
+        pieces = await fetching.fetch_message(sel.folder, info, items)
+        opened = []
+        for p in pieces:
+            if not isinstance(p, bytes | bytearray):
+                opened.append(await p.open())
+    except (NoSuchMessage, FileNotFoundError):
+        return False
+    files = iter(opened)
+    try:
+        s.send(b"* %d FETCH (" % sel.seq_of(info.uid))
+        for p in pieces:
+            if isinstance(p, bytes | bytearray):
+                s.send(bytes(p))
+            else:
+                s.send(b"{%d}\r\n" % p.length)
+                await stream_file(next(files), p.length, s.send, s.gate, s.resetTimeout)
+        s.send(b")\r\n")
+    finally:
+        for f in opened:
+            f.close()
+    return True
+
+
+async def store(s: IMAPServer, cmd: parser.Command) -> bytes:
+    sel = _writable(s, "STORE")
+    if len(cmd.args) < 3:
+        raise Bad("STORE expects a sequence set, an item and flags")
+    seqset = parser.parse_sequence_set(cmd.args[0])
+    mode, silent, flags = parser.parse_store(cmd.args[1:])
+    flags = [f for f in flags if f != "\\Recent"]
+    uids = sel.resolve(seqset, cmd.uid)
+    if not uids:
+        return b"STORE completed"
+    infos = await sel.folder.set_flags(uids, flags, mode)
+    sel.forget_flags(i.uid for i in infos)
+    if not silent:
+        out = []
+        for i in infos:
+            seq = sel.seq_of(i.uid)
+            if seq is None:
+                continue
+            fl = i.flags | {"\\Recent"} if i.uid in sel.recent else i.flags
+            if cmd.uid:
+                out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n"
+                           % (seq, i.uid, encoding.format_flags(fl)))
+            else:
+                out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, encoding.format_flags(fl)))
+        s.send(b"".join(out))
+    for f in flags:
+        if not f.startswith("\\"):
+            sel.keywords.add(f)
+    return b"STORE completed"
+
+
+async def _target(s: IMAPServer, cmd: parser.Command) -> tuple[list[int], Any]:
+    if len(cmd.args) != 2:
+        raise Bad(f"{cmd.name} expects a sequence set and a mailbox name")
+    sel = _selected(s)
+    seqset = parser.parse_sequence_set(cmd.args[0])
+    name = mailbox_name(cmd.args[1])
+    uids = sel.resolve(seqset, cmd.uid)
+    try:
+        dest = await s.account.open_folder(name)
+    except NoSuchFolder:
+        raise No("[TRYCREATE] Mailbox does not exist") from None
+    return uids, dest
+
+
+def _copyuid(dest: Any, pairs: list[tuple[int, int]]) -> bytes:
+    pairs = sorted(pairs)
+    return b"[COPYUID %d %s %s]" % (dest.uid_validity, format_set([p[0] for p in pairs]),
+                                    format_set([p[1] for p in pairs]))
+
+
+async def copy(s: IMAPServer, cmd: parser.Command) -> bytes:
+    uids, dest = await _target(s, cmd)
+    if not uids:
+        return b"COPY completed"
+    pairs = await _selected(s).folder.copy(uids, dest)
+    if not pairs:
+        return b"COPY completed"
+    return _copyuid(dest, pairs) + b" COPY completed"
+
+
+async def move(s: IMAPServer, cmd: parser.Command) -> bytes:
+    sel = _writable(s, "MOVE")
+    uids, dest = await _target(s, cmd)
+    if not uids:
+        return b"MOVE completed"
+    if dest is sel.folder:
+        raise No("[CANNOT] Source and destination are the same mailbox")
+    pairs = await sel.folder.move(uids, dest)
+    if pairs:
+        s.send(b"* OK " + _copyuid(dest, pairs) + b" Moved\r\n")
+        sel.note_expunged(p[0] for p in pairs)
+    return b"MOVE completed"
+
+
+HANDLERS = {
+    "CHECK": (SEL, check),
+    "CLOSE": (SEL, close),
+    "UNSELECT": (SEL, unselect),
+    "EXPUNGE": (SEL, expunge),
+    "SEARCH": (SEL, search),
+    "FETCH": (SEL, fetch),
+    "STORE": (SEL, store),
+    "COPY": (SEL, copy),
+    "MOVE": (SEL, move),
+}

@@ -1,0 +1,49 @@
+"""The IMAP listener's factory: one ``IMAPServer`` per connection, a connection cap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import ServerFactory
+
+from mailhost.auth.login import LoginService
+from mailhost.config import Config
+from mailhost.imap.server import IMAPServer
+
+
+class IMAPFactory(ServerFactory):
+    """Builds IMAP sessions sharing one config, login service and TLS context.
+
+    ``store`` is only needed when the avatars do not carry one and the login
+    service's portal realm has none (APPEND writes through ``store.new_message``).
+    """
+
+    protocol = IMAPServer
+
+    def __init__(self, config: Config, login: LoginService, tls_options: Any = None,
+                 reactor: Any = None, store: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self.login = login
+        self.tls_options = tls_options
+        self.reactor = reactor
+        self.store = store
+        self.sessions: set[IMAPServer] = set()
+
+    def buildProtocol(self, addr: Any) -> IMAPServer:
+        p = IMAPServer(self)
+        p.factory = self
+        return p
+
+    def connection_opened(self, session: IMAPServer) -> bool:
+        """Count the session; False when over ``imap.max_connections``."""
+        if len(self.sessions) >= self.config.imap.max_connections:
+            return False
+        self.sessions.add(session)
+        return True
+
+    def connection_closed(self, session: IMAPServer) -> None:
+        self.sessions.discard(session)

@@ -1,0 +1,82 @@
+"""Backpressure for large IMAP responses.
+
+``FETCH 1:* BODY[]`` on a big mailbox, or one 100 MB message, must not be rendered
+into the transport buffer in one go. ``OutputGate`` is registered once per
+connection as the transport's streaming producer: the transport pauses it when its
+send buffer is full and resumes it when the buffer drains, and writers ``await
+gate.wait()`` between chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+CHUNK = 64 * 1024
+
+
+@implementer(IPushProducer)
+class OutputGate:
+    """Implements: IPushProducer. A latch the transport closes when it is full."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.stopped = False
+        self._waiters: list[defer.Deferred] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._release()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.paused = False
+        self._release()
+
+    def _release(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def wait(self) -> defer.Deferred:
+        """Fires when the transport can take more (at once if it can now)."""
+        if not self.paused or self.stopped:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+
+async def stream_file(f: Any, length: int, write, gate: OutputGate, on_progress=None) -> int:
+    """Copy exactly ``length`` octets from ``f`` to ``write`` in bounded chunks.
+
+    A short file is padded with spaces so the literal length announced before the
+    data stays true (the protocol would otherwise desynchronise); returns the number
+    of octets that really came from the file.
+    """
+    left = length
+    got = 0
+    while left > 0:
+        if gate.stopped:
+            break
+        chunk = f.read(min(CHUNK, left))
+        if not chunk:
+            while left > 0:
+                n = min(CHUNK, left)
+                write(b" " * n)
+                left -= n
+            break
+        write(chunk)
+        got += len(chunk)
+        left -= len(chunk)
+        if on_progress is not None:
+            on_progress()
+        if gate.paused:
+            await gate.wait()
+    return got

@@ -1,0 +1,194 @@
+"""The selected mailbox of one IMAP session: its own seq<->UID map and pending changes.
+
+Every session keeps its own view of the folder. Changes made by other sessions (or by
+SMTP delivery) arrive through ``IFolderListener`` at any time, but RFC 3501 lets the
+server announce them only at certain points and never renumber messages under a
+command in progress. So the listener only *queues*; ``pending_updates`` turns the
+queue into untagged EXPUNGE/EXISTS/FETCH lines when the protocol says it is allowed.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+
+from zope.interface import implementer
+
+from mailhost.imap.encoding import format_flags
+from mailhost.imap.parser import SequenceSet
+from mailhost.store.interfaces import IFolder, IFolderListener, MessageInfo
+
+
+class BadSequence(ValueError):
+    """A sequence number beyond the mailbox (RFC 3501: BAD)."""
+
+
+@implementer(IFolderListener)
+class SelectedMailbox:
+    """Implements: IFolderListener. One session's view of one folder."""
+
+    def __init__(self, folder: IFolder, readonly: bool, notify=None) -> None:
+        self.folder = folder
+        self.readonly = readonly
+        self.uids: list[int] = []
+        self.recent: set[int] = set()
+        self._notify = notify  # called (no args) when something got queued
+        self._added: list[int] = []
+        self._expunged: set[int] = set()
+        self._flags: dict[int, frozenset[str]] = {}
+        self.keywords: set[str] = set()
+
+    # -- set-up / tear-down ---------------------------------------------------------
+
+    def load(self, infos: Sequence[MessageInfo], recent: Iterable[int]) -> None:
+        self.uids = [i.uid for i in infos]
+        self.recent = set(recent)
+        kw: set[str] = set()
+        seen_sets: set[frozenset[str]] = set()
+        for i in infos:
+            if i.flags not in seen_sets:
+                seen_sets.add(i.flags)
+                kw.update(f for f in i.flags if not f.startswith("\\"))
+        self.keywords = kw
+
+    def attach(self) -> None:
+        self.folder.add_listener(self)
+
+    def detach(self) -> None:
+        try:
+            self.folder.remove_listener(self)
+        except (KeyError, ValueError):
+            pass
+        self._notify = None
+
+    # -- numbering --------------------------------------------------------------------
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        return None
+
+    def resolve(self, seqset: SequenceSet, uid: bool) -> list[int]:
+        """UIDs named by a sequence set (by sequence number or by UID), ascending.
+
+        Works on ranges with bisection, not an expanded list, so
+        ``UID FETCH 1:4294967295`` costs O(messages), not O(range). Raises
+        BadSequence for sequence numbers beyond EXISTS.
+        """
+        ranges = seqset.ranges
+        uids = self.uids
+        picked: set[int] = set()
+        if uid:
+            largest = uids[-1] if uids else 0
+            for lo, hi in ranges:
+                lo = largest if lo is None else lo
+                hi = largest if hi is None else hi
+                if lo > hi:
+                    lo, hi = hi, lo
+                a = bisect.bisect_left(uids, lo)
+                b = bisect.bisect_right(uids, hi)
+                if b - a == len(uids):
+                    return list(uids)
+                picked.update(uids[a:b])
+        else:
+            n = len(uids)
+            for lo, hi in ranges:
+                lo = n if lo is None else lo
+                hi = n if hi is None else hi
+                if lo > hi:
+                    lo, hi = hi, lo
+                if hi > n or lo < 1:
+                    raise BadSequence("sequence number out of range")
+                if lo == 1 and hi == n:
+                    return list(uids)
+                picked.update(uids[lo - 1:hi])
+        return sorted(picked)
+
+    # -- IFolderListener ------------------------------------------------------------
+
+    def messages_added(self, folder, infos: Sequence[MessageInfo]) -> None:
+        self._added.extend(i.uid for i in infos)
+        for i in infos:
+            self.keywords.update(f for f in i.flags if not f.startswith("\\"))
+        self._poke()
+
+    def flags_changed(self, folder, infos: Sequence[MessageInfo]) -> None:
+        for i in infos:
+            self._flags[i.uid] = i.flags
+            self.keywords.update(f for f in i.flags if not f.startswith("\\"))
+        self._poke()
+
+    def messages_expunged(self, folder, uids: Sequence[int]) -> None:
+        self._expunged.update(uids)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._notify is not None:
+            self._notify()
+
+    # -- own changes ------------------------------------------------------------------
+
+    def note_expunged(self, uids: Iterable[int]) -> None:
+        """This session expunged these (the listener may or may not have said so yet)."""
+        self._expunged.update(uids)
+
+    def forget_flags(self, uids: Iterable[int]) -> None:
+        """Flag changes this session already reported itself."""
+        for u in uids:
+            self._flags.pop(u, None)
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._added or self._expunged or self._flags)
+
+    def pending_updates(self, allow_expunge: bool, with_uid: bool = False) -> list[bytes]:
+        """Untagged lines for queued changes, applying them to the seq map.
+
+        With ``allow_expunge`` False, expunged messages keep their numbers (they
+        stay in the map) and only EXISTS/FETCH are sent.
+        """
+        out: list[bytes] = []
+        if allow_expunge and self._expunged:
+            gone = sorted(self._expunged)
+            self._expunged.clear()
+            # Each EXPUNGE renumbers the rest: report from the highest seq down so the
+            # numbers sent are valid at the moment each line is read.
+            seqs = [s for s in (self.seq_of(u) for u in gone) if s is not None]
+            for s in sorted(seqs, reverse=True):
+                out.append(b"* %d EXPUNGE\r\n" % s)
+                del self.uids[s - 1]
+            for u in gone:
+                self._flags.pop(u, None)
+                self.recent.discard(u)
+        if self._added:
+            last = self.uids[-1] if self.uids else 0
+            new = sorted(u for u in set(self._added) if u > last)
+            self._added.clear()
+            new = [u for u in new if u not in self._expunged or self.folder.get(u)]
+            if new:
+                self.uids.extend(new)
+                for u in new:
+                    info = self.folder.get(u)
+                    if info is not None and info.recent:
+                        self.recent.add(u)
+                out.append(b"* %d EXISTS\r\n" % len(self.uids))
+                out.append(b"* %d RECENT\r\n" % len(self.recent))
+        if self._flags:
+            changed, self._flags = self._flags, {}
+            for u in sorted(changed):
+                s = self.seq_of(u)
+                if s is None:
+                    continue
+                flags = set(changed[u])
+                if u in self.recent:
+                    flags.add("\\Recent")
+                if with_uid:
+                    out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (s, u, format_flags(flags)))
+                else:
+                    out.append(b"* %d FETCH (FLAGS %s)\r\n" % (s, format_flags(flags)))
+        return out

@@ -1,0 +1,400 @@
+"""The IMAP4rev1 server protocol: framing, session state, dispatch, limits.
+
+Our own protocol on Twisted's base ``Protocol`` + ``TimeoutMixin`` rather than
+``twisted.mail.imap4.IMAP4Server``, which cannot be fixed by subclassing (see
+TWISTED-MAIL-NOTES.md). It is not a ``LineReceiver`` either: LineReceiver drops
+the connection on an over-long line and its raw-mode switching for every literal
+fights a command queue that must pause while an asynchronous command runs; framing
+lives in ``framing.Framer`` instead.
+
+One command runs at a time; input that arrives meanwhile is buffered (and the
+socket paused when the buffer grows). Command handlers live in ``commands_*.py``
+and ``idle.py``; each is ``async def handler(session, command)`` returning the text
+of the tagged OK, or raising ``responses.No``/``Bad``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from mailhost.imap import framing, parser
+from mailhost.imap.output import OutputGate
+from mailhost.imap.responses import AlreadyReplied, CommandFailed
+from mailhost.imap.selected import BadSequence, SelectedMailbox
+from mailhost.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
+from mailhost.store.interfaces import (
+    FolderExists,
+    InvalidFolderName,
+    NoSuchFolder,
+    NoSuchMessage,
+    QuotaExceeded,
+    StoreError,
+)
+
+if TYPE_CHECKING:
+    from mailhost.imap.factory import IMAPFactory
+
+log = Logger()
+
+#: Extensions advertised once logged in; before login some are left out.
+CAPABILITIES = (
+    b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
+    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE",
+)
+
+#: Preauth literals are capped so an anonymous client cannot make us buffer much.
+PREAUTH_MAX_LITERAL = 64 * 1024
+#: Consecutive BAD replies before the server gives up on a client.
+MAX_BAD_COMMANDS = 20
+#: Pause reading when this much unprocessed input is buffered.
+INPUT_HIGH_WATER = 1024 * 1024
+
+Handler = Callable[["IMAPServer", parser.Command], Awaitable[bytes | None]]
+
+
+def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
+    from mailhost.imap import commands_auth, commands_mailbox, commands_selected, idle
+
+    table: dict[str, tuple[frozenset[str], Handler]] = {}
+    for module in (commands_auth, commands_mailbox, commands_selected, idle):
+        table.update(module.HANDLERS)
+    return table
+
+
+#: Commands after which queued EXPUNGEs must not be sent (RFC 3501 7.4.1).
+NO_EXPUNGE_AFTER = frozenset({"FETCH", "STORE", "SEARCH"})
+
+
+class IMAPServer(Protocol, TimeoutMixin):
+    """One IMAP connection."""
+
+    _handlers: dict[str, tuple[frozenset[str], Handler]] | None = None
+
+    def __init__(self, factory: IMAPFactory) -> None:
+        self.factory = factory
+        self.config = factory.config.imap
+        self.login_service = factory.login
+        self.tls_options = factory.tls_options
+        self.reactor = factory.reactor
+        self.state = NOT_AUTHENTICATED
+        self.avatar: Any = None
+        self.user: str | None = None
+        self.selected: SelectedMailbox | None = None
+        self.idling = False
+        self.tls_started = False
+        self.framer = framing.Framer(self.config.max_line_length,
+                                     min(self.config.max_literal_size, PREAUTH_MAX_LITERAL))
+        self.gate = OutputGate()
+        self.busy = False
+        self._pumping = False
+        self._line_waiter: defer.Deferred | None = None
+        self._read_paused = False
+        self._bad_count = 0
+        self._commands = 0
+        self._started = 0.0
+        self._closed = False  # no more input is processed
+        self._lost = False  # the transport is gone
+        self.peer = "?"
+        self.current: parser.Command | None = None
+
+    # -- connection life cycle ------------------------------------------------------
+
+    @property
+    def handlers(self) -> dict[str, tuple[frozenset[str], Handler]]:
+        if IMAPServer._handlers is None:
+            IMAPServer._handlers = _registry()
+        return IMAPServer._handlers
+
+    def connectionMade(self) -> None:
+        self._started = time.monotonic()
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", str(peer))
+        self.transport.registerProducer(self.gate, True)
+        if self.reactor is not None:
+            self.callLater = self.reactor.callLater
+        self.setTimeout(self.config.preauth_timeout)
+        if not self.factory.connection_opened(self):
+            self.send(b"* BYE Too many connections, try again later\r\n")
+            self.close()
+            return
+        self.send(b"* OK [CAPABILITY " + self.capability_string() + b"] mailhost ready\r\n")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._closed = True
+        self._lost = True
+        self.setTimeout(None)
+        self.gate.stopProducing()
+        self.unselect()
+        if self._line_waiter is not None:
+            d, self._line_waiter = self._line_waiter, None
+            d.callback(None)
+        if self.avatar is not None:
+            try:
+                self.avatar.logout()
+            except Exception:
+                log.failure("avatar logout failed")
+        self.factory.connection_closed(self)
+        log.info(
+            "imap session end user={user} client={client} duration={duration:.1f}s "
+            "commands={commands}",
+            event="imap_session_end", user=self.user, client=self.peer,
+            duration=time.monotonic() - self._started, commands=self._commands,
+        )
+
+    def timeoutConnection(self) -> None:
+        self.send(b"* BYE Autologout; idle for too long\r\n")
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close; further input is ignored."""
+        self.state = LOGOUT
+        self._closed = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- output ---------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if not self._lost:
+            self.transport.write(data)
+
+    def drain(self) -> defer.Deferred:
+        """Wait until the transport's send buffer has room."""
+        self.resetTimeout()
+        return self.gate.wait()
+
+    @property
+    def alive(self) -> bool:
+        return not self._lost
+
+    @property
+    def tls_active(self) -> bool:
+        return self.tls_started or ISSLTransport.providedBy(self.transport)
+
+    def plaintext_allowed(self) -> bool:
+        return self.login_service.plaintext_allowed(self.transport)
+
+    def capability_string(self) -> bytes:
+        caps = list(CAPABILITIES)
+        if self.state == NOT_AUTHENTICATED:
+            if self.tls_options is not None and not self.tls_active:
+                caps.append(b"STARTTLS")
+            if self.plaintext_allowed():
+                caps.append(b"AUTH=PLAIN")
+            else:
+                caps.append(b"LOGINDISABLED")
+        return b" ".join(caps)
+
+    # -- input ----------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self.resetTimeout()
+        self.framer.feed(data)
+        self._pump()
+        if self.framer.buffered > INPUT_HIGH_WATER and not self._read_paused:
+            self._read_paused = True
+            self.transport.pauseProducing()
+
+    def read_line(self) -> defer.Deferred:
+        """Deferred firing with the next raw line (AUTHENTICATE, IDLE); None on close."""
+        assert self._line_waiter is None
+        d: defer.Deferred = defer.Deferred()
+        self._line_waiter = d
+        if not self._closed:
+            self.reactor.callLater(0, self._pump)
+        return d
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._closed:
+                if self._line_waiter is not None:
+                    line = self.framer.next_line()
+                    if line is None:
+                        break
+                    d, self._line_waiter = self._line_waiter, None
+                    d.callback(line)
+                    continue
+                if self.busy:
+                    break
+                event = self.framer.next_event()
+                if event is None:
+                    break
+                self._on_event(event)
+        finally:
+            self._pumping = False
+        if self._read_paused and self.framer.buffered < INPUT_HIGH_WATER // 2 and not self._closed:
+            self._read_paused = False
+            self.transport.resumeProducing()
+
+    def _on_event(self, event: framing.Event) -> None:
+        if isinstance(event, framing.FramedCommand):
+            self._dispatch(event.segments)
+        elif isinstance(event, framing.NeedContinuation):
+            self.send(b"+ Ready for literal data\r\n")
+        elif isinstance(event, framing.LineTooLong):
+            self._bad(event.tag, b"Line too long")
+        elif isinstance(event, framing.LiteralTooBig):
+            if event.name == "APPEND":
+                self._reply(event.tag, b"NO", b"[TOOBIG] Message too large")
+            else:
+                self._bad(event.tag, b"[TOOBIG] Literal too large")
+        elif isinstance(event, framing.TooLong):
+            self._bad(event.tag, b"[TOOBIG] Command too long")
+
+    def _reply(self, tag: str | None, status: bytes, text: bytes) -> None:
+        self.send((tag or "*").encode("ascii", "replace") + b" " + status + b" " + text + b"\r\n")
+
+    def _bad(self, tag: str | None, text: bytes) -> None:
+        self._reply(tag, b"BAD", text)
+        self._bad_count += 1
+        if self._bad_count >= MAX_BAD_COMMANDS:
+            self.send(b"* BYE Too many invalid commands\r\n")
+            self.close()
+
+    def _dispatch(self, segments: list[bytes]) -> None:
+        try:
+            cmd = parser.parse_command(segments)
+        except parser.ParseError as e:
+            self._bad(e.tag, e.message.encode("utf-8", "replace"))
+            return
+        self._commands += 1
+        entry = self.handlers.get(cmd.name)
+        if entry is None:
+            self._bad(cmd.tag, b"Unknown command " + cmd.name.encode("ascii", "replace"))
+            return
+        states, handler = entry
+        if self.state not in states:
+            self._bad(cmd.tag, cmd.name.encode("ascii") + b" not allowed in " +
+                      self.state.encode("ascii") + b" state")
+            return
+        self.busy = True
+        self.current = cmd
+        d = defer.ensureDeferred(self._run(handler, cmd))
+        d.addErrback(lambda f: log.failure("imap command crashed", f))
+
+    async def _run(self, handler: Handler, cmd: parser.Command) -> None:
+        status, text = b"OK", b""
+        try:
+            result = await handler(self, cmd)
+            text = result if result is not None else cmd.name.encode("ascii") + b" completed"
+        except AlreadyReplied:
+            self.current = None
+            self.busy = False
+            self._pump()
+            return
+        except parser.ParseError as e:
+            status, text = b"BAD", e.message.encode("utf-8", "replace")
+        except BadSequence as e:
+            status, text = b"BAD", str(e).encode("utf-8", "replace")
+        except CommandFailed as e:
+            status, text = e.status, e.text.encode("utf-8", "replace")
+        except StoreError as e:
+            status, text = b"NO", store_error_text(e)
+        except Exception:
+            log.failure("imap command {name} failed", name=cmd.name)
+            status, text = b"NO", b"[SERVERBUG] Internal error"
+        finally:
+            self.current = None
+        if self._lost:
+            return
+        if status == b"BAD":
+            self._bad_count += 1
+        else:
+            self._bad_count = 0
+        if self.state != LOGOUT:
+            self.send_updates(allow_expunge=cmd.name not in NO_EXPUNGE_AFTER or cmd.uid,
+                              with_uid=cmd.uid)
+        self.send(cmd.tag.encode("ascii") + b" " + status + b" " + text + b"\r\n")
+        if status == b"BAD" and self._bad_count >= MAX_BAD_COMMANDS:
+            self.send(b"* BYE Too many invalid commands\r\n")
+            self.close()
+        if self.state == LOGOUT:
+            self.close()
+            return
+        self.busy = False
+        self._pump()
+
+    # -- the selected mailbox -------------------------------------------------------
+
+    def send_updates(self, allow_expunge: bool = True, with_uid: bool = False) -> None:
+        sel = self.selected
+        if sel is not None and sel.has_pending:
+            lines = sel.pending_updates(allow_expunge, with_uid)
+            if lines:
+                self.send(b"".join(lines))
+
+    def on_folder_event(self) -> None:
+        """A listener event arrived: push it now if the client is in IDLE."""
+        if self.idling and not self._closed:
+            self.send_updates(allow_expunge=True)
+
+    def select(self, sel: SelectedMailbox) -> None:
+        self.unselect()
+        self.selected = sel
+        sel.attach()
+        self.state = SELECTED
+
+    def unselect(self) -> None:
+        if self.selected is not None:
+            self.selected.detach()
+            self.selected = None
+        if self.state == SELECTED:
+            self.state = AUTHENTICATED
+
+    # -- authentication -------------------------------------------------------------
+
+    def logged_in(self, avatar: Any) -> None:
+        self.avatar = avatar
+        self.user = avatar.user
+        self.state = AUTHENTICATED
+        self.framer.max_literal = self.config.max_literal_size
+        self.framer.max_command = self.config.max_literal_size + 4 * self.config.max_line_length
+        self.setTimeout(self.config.timeout)
+
+    @property
+    def account(self) -> Any:
+        return self.avatar.account
+
+    @property
+    def store(self) -> Any:
+        """The IMailStore, for APPEND's message writer."""
+        store = getattr(self.avatar, "store", None)
+        if store is None:
+            store = self.factory.store
+        if store is None:
+            store = self.login_service.portal.realm.store
+        return store
+
+    def start_tls(self) -> None:
+        """Discard anything pipelined behind STARTTLS (CVE-2011-0411), then upgrade."""
+        self.framer.clear()
+        self.transport.startTLS(self.tls_options)
+        self.tls_started = True
+
+
+def store_error_text(e: StoreError) -> bytes:
+    msg = str(e).encode("utf-8", "replace")
+    if isinstance(e, NoSuchFolder):
+        return b"[NONEXISTENT] " + (msg or b"No such mailbox")
+    if isinstance(e, FolderExists):
+        return b"[ALREADYEXISTS] " + (msg or b"Mailbox already exists")
+    if isinstance(e, InvalidFolderName):
+        return b"[CANNOT] " + (msg or b"Invalid mailbox name")
+    if isinstance(e, QuotaExceeded):
+        return b"[OVERQUOTA] " + (msg or b"Quota exceeded")
+    if isinstance(e, NoSuchMessage):
+        return b"[EXPUNGEISSUED] " + (msg or b"Message was expunged")
+    return msg or b"Failed"
