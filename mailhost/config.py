@@ -150,6 +150,8 @@ class OutboundConfig:
     command_timeout: float = 300.0
     # Queue runner scan interval in seconds.
     scan_interval: float = 30.0
+    # fsync spool files before SMTP answers 250 (turn off only for benchmarks/tests).
+    fsync: bool = True
 
 
 @dataclass

@@ -1,0 +1,460 @@
+"""The relay's SMTP client: Twisted's ``ESMTPClient`` with the transaction rewritten.
+
+We keep Twisted's connection setup (greeting, EHLO/HELO, STARTTLS, AUTH PLAIN/LOGIN)
+and replace the mail transaction, because the stock one cannot carry what a relay
+needs:
+
+- the body transform stuffs dots chunk by chunk and misses a ``.`` at a chunk
+  boundary (TWISTED-MAIL-NOTES.md); ``DotStuffer`` keeps line state across chunks;
+- it sends RSET after every message and knows no MAIL/RCPT parameters; we send SIZE,
+  BODY=8BITMIME, SMTPUTF8 and the DSN parameters when the server offers them, and
+  pipeline MAIL and RCPT (RFC 2920);
+- it reports one result per message; we report each recipient's reply;
+- a failed STARTTLS handshake kills the attempt; with the opportunistic policy the
+  session reports ``tls_failed`` so the caller reconnects without TLS.
+
+One connection carries several messages: the protocol pulls ``Job``s from a
+``JobSource`` after EHLO until the source runs dry.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet import defer, protocol
+from twisted.internet import error as ierror
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.mail import smtp
+from twisted.protocols import basic
+from twisted.python.failure import Failure
+
+from mailhost.outbound.spool import Envelope, RecipientState
+
+# Outcome kinds of one recipient.
+DELIVERED = "delivered"
+TEMPORARY = "temporary"
+PERMANENT = "permanent"
+
+
+@dataclass
+class Outcome:
+    """What happened to one recipient in one attempt."""
+
+    kind: str
+    reply: str  # '250 2.0.0 ok', or a local description such as 'connection lost'
+    # The remote accepted with DSN support: it reports success/failure from now on.
+    dsn_passed: bool = False
+
+
+@dataclass
+class Job:
+    """One message for the recipients of one domain: a single SMTP transaction."""
+
+    envelope: Envelope
+    domain: str
+    recipients: list[RecipientState]
+    path: str
+    started: float = 0.0
+
+
+class JobSource(Protocol):
+    def next_job(self) -> Job | None: ...
+
+    def job_done(self, job: Job, outcomes: dict[str, Outcome], info: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class SessionResult:
+    """How a connection went, for the caller's choice of the next MX host."""
+
+    # The server got as far as a MAIL command (so jobs were pulled and reported).
+    transacted: bool = False
+    error: str = ""
+    tls: bool = False
+    tls_failed: bool = False
+    jobs: int = 0
+
+
+@dataclass
+class ClientPolicy:
+    """Per-connection settings chosen by the scheduler."""
+
+    hostname: str  # our EHLO name
+    mx_name: str  # the server's name (for logs, Remote-MTA and TLS verification)
+    tls: str = "opportunistic"  # opportunistic / verify / none
+    tls_context: object | None = None
+    username: str = ""
+    password: str = ""
+    allow_plain_auth: bool = False
+    command_timeout: float = 300.0
+    max_messages: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _reply_text(code: int, resp: bytes | str) -> str:
+    if isinstance(resp, bytes):
+        resp = resp.decode("utf-8", "replace")
+    return " ".join(f"{code} {resp}".replace("\n", " ").split())
+
+
+class DotStuffer:
+    """Dot-stuffs a CRLF message across chunk boundaries (RFC 5321 §4.5.2)."""
+
+    def __init__(self) -> None:
+        self.at_line_start = True
+        self.ended_crlf = True
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return chunk
+        if self.at_line_start and chunk[:1] == b".":
+            chunk = b"." + chunk
+        chunk = chunk.replace(b"\n.", b"\n..")
+        self.at_line_start = chunk.endswith(b"\n")
+        self.ended_crlf = chunk.endswith(b"\r\n")
+        return chunk
+
+    def terminator(self) -> bytes:
+        return b".\r\n" if self.ended_crlf else b"\r\n.\r\n"
+
+
+def _xtext(value: str) -> str:
+    """RFC 3461 xtext encoding for ENVID/ORCPT values."""
+    out = []
+    for ch in value:
+        o = ord(ch)
+        if 33 <= o <= 126 and ch not in "+=":
+            out.append(ch)
+        else:
+            out.extend(f"+{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+class RelayClient(smtp.ESMTPClient):
+    """ESMTP client that relays queued jobs; see the module docstring."""
+
+    debug = False
+
+    def __init__(self, policy: ClientPolicy, source: JobSource, done: defer.Deferred) -> None:
+        secret = policy.password.encode() if policy.username else None
+        context = policy.tls_context if policy.tls != "none" else None
+        smtp.ESMTPClient.__init__(self, secret, context, policy.hostname)
+        self.policy = policy
+        self.source = source
+        self.timeout = policy.command_timeout
+        self.requireTransportSecurity = policy.tls == "verify"
+        if policy.username:
+            self.requireAuthentication = True
+            user = policy.username.encode()
+            self.registerAuthenticator(smtp.PLAINAuthenticator(user))
+            self.registerAuthenticator(smtp.LOGINAuthenticator(user))
+        self.result = SessionResult()
+        self._done = done
+        self.extensions: dict[bytes, bytes | None] = {}
+        self._tls_handshaking = False
+        self.job: Job | None = None
+        self._outcomes: dict[str, Outcome] = {}
+        self._accepted: list[str] = []
+        self._pending: deque[Callable[[int, bytes], None]] = deque()
+        self._mail_ok = False
+        self._needs_rset = False
+
+    # Connection setup: Twisted's, with the hooks a relay needs.
+
+    def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:
+        if self._tls_handshaking:
+            self._tls_handshaking = False
+            self.result.tls = True
+        self.extensions = {}
+        for line in resp.splitlines()[1:]:
+            word, _, value = line.partition(b" ")
+            self.extensions[word.upper()] = value or None
+        super().esmtpState_serverConfig(code, resp)
+
+    def smtpState_helo(self, code: int, resp: bytes) -> None:
+        # EHLO refused; plain HELO offers no extensions. Twisted leaves the failure
+        # handler pointing here, which would send HELO forever: stop after one.
+        self.extensions = {}
+        super().smtpState_helo(code, resp)
+        self._failresponse = self.smtpConnectionFailed
+
+    def tryTLS(self, code: int, resp: bytes, items: dict) -> None:
+        if (
+            not self._tlsMode
+            and self.context is not None
+            and b"STARTTLS" in items
+            and self.policy.tls == "opportunistic"
+        ):
+            # A 4xx/5xx to STARTTLS: carry on in plaintext rather than fail.
+            self._expected = [220]
+            self._okresponse = self.esmtpState_starttls
+            self._failresponse = lambda c, r: self.authenticate(c, r, items)
+            self.sendLine(b"STARTTLS")
+            return
+        super().tryTLS(code, resp, items)
+
+    def esmtpState_starttls(self, code: int, resp: bytes) -> None:
+        self._tls_handshaking = True
+        super().esmtpState_starttls(code, resp)
+
+    def authenticate(self, code: int, resp: bytes, items: dict) -> None:
+        if self.secret and not self._tlsMode and not self.policy.allow_plain_auth:
+            self.sendError(
+                smtp.AUTHRequiredError(
+                    530, b"refusing to send credentials without TLS", self.log.str()
+                )
+            )
+            return
+        super().authenticate(code, resp, items)
+
+    # The transaction.
+
+    def smtpState_from(self, code: int, resp: bytes) -> None:
+        self._pending.clear()
+        if self.result.jobs >= self.policy.max_messages:
+            self._disconnectFromServer()
+            return
+        job = self.source.next_job()
+        if job is None:
+            self._disconnectFromServer()
+            return
+        self.result.transacted = True
+        self.result.jobs += 1
+        self.job = job
+        self._outcomes = {}
+        self._accepted = []
+        self._mail_ok = False
+        env = job.envelope
+        utf8 = not env.sender.isascii() or any(not r.address.isascii() for r in job.recipients)
+        if utf8 and b"SMTPUTF8" not in self.extensions:
+            self._finish_job(
+                {
+                    r.address: Outcome(
+                        PERMANENT, "553 5.6.7 the server does not support SMTPUTF8 addresses"
+                    )
+                    for r in job.recipients
+                },
+                rset=False,
+            )
+            return
+        dsn = b"DSN" in self.extensions
+        mail = f"MAIL FROM:<{env.sender}>"
+        if b"SIZE" in self.extensions and env.size:
+            mail += f" SIZE={env.size}"
+        if b"8BITMIME" in self.extensions:
+            mail += " BODY=8BITMIME"
+        if utf8:
+            mail += " SMTPUTF8"
+        if dsn and env.ret:
+            mail += f" RET={env.ret}"
+        if dsn and env.envid:
+            mail += f" ENVID={_xtext(env.envid)}"
+        lines = [mail.encode("utf-8")]
+        self._pending.append(self._on_mail)
+        for r in job.recipients:
+            rcpt = f"RCPT TO:<{r.address}>"
+            if dsn and r.notify:
+                rcpt += " NOTIFY=" + ",".join(r.notify)
+            if dsn and r.orcpt:
+                kind, _, value = r.orcpt.partition(";")
+                rcpt += f" ORCPT={kind};{_xtext(value)}" if value else ""
+            lines.append(rcpt.encode("utf-8"))
+            self._pending.append(self._rcpt_handler(r.address))
+        self._expected = range(0, 1000)
+        self._okresponse = self._on_reply
+        self._failresponse = self._on_reply
+        if b"PIPELINING" in self.extensions:
+            self.transport.write(b"".join(line + b"\r\n" for line in lines))
+        else:
+            self._queued_lines = deque(lines[1:])
+            self.sendLine(lines[0])
+
+    def _on_reply(self, code: int, resp: bytes) -> None:
+        handler = self._pending.popleft()
+        handler(code, resp)
+        queued = getattr(self, "_queued_lines", None)
+        if queued and b"PIPELINING" not in self.extensions and self._pending:
+            if self._mail_ok:
+                self.sendLine(queued.popleft())
+            else:
+                # MAIL failed: the RCPTs need not be sent at all.
+                while self._pending:
+                    self._pending.popleft()(503, b"not sent: MAIL FROM failed")
+        if not self._pending and self.job is not None:
+            self._after_rcpts()
+
+    def _on_mail(self, code: int, resp: bytes) -> None:
+        self._mail_ok = 200 <= code < 300
+        if not self._mail_ok:
+            text = _reply_text(code, resp)
+            kind = PERMANENT if code >= 500 else TEMPORARY
+            assert self.job is not None
+            for r in self.job.recipients:
+                self._outcomes[r.address] = Outcome(kind, text)
+
+    def _rcpt_handler(self, address: str) -> Callable[[int, bytes], None]:
+        def handle(code: int, resp: bytes) -> None:
+            if not self._mail_ok:
+                return
+            if 200 <= code < 300:
+                self._accepted.append(address)
+            else:
+                kind = PERMANENT if code >= 500 else TEMPORARY
+                self._outcomes[address] = Outcome(kind, _reply_text(code, resp))
+
+        return handle
+
+    def _after_rcpts(self) -> None:
+        self._queued_lines = None
+        if not self._accepted:
+            self._finish_job(self._outcomes, rset=True)
+            return
+        self._expected = [354]
+        self._okresponse = self._send_body
+        self._failresponse = self._data_failed
+        self.sendLine(b"DATA")
+
+    def _data_failed(self, code: int, resp: bytes) -> None:
+        text = _reply_text(code, resp)
+        kind = PERMANENT if code >= 500 else TEMPORARY
+        for address in self._accepted:
+            self._outcomes[address] = Outcome(kind, text)
+        self._finish_job(self._outcomes, rset=True)
+
+    def _send_body(self, code: int, resp: bytes) -> None:
+        assert self.job is not None
+        stuffer = DotStuffer()
+
+        def transform(chunk: bytes) -> bytes:
+            self.resetTimeout()
+            return stuffer(chunk)
+
+        try:
+            f = open(self.job.path, "rb")  # noqa: SIM115 - closed when the transfer ends
+        except OSError as e:
+            # The spool file is gone (deleted by `mailhost queue delete`): abandon.
+            self.sendError(smtp.SMTPClientError(-1, f"spool file unreadable: {e}".encode()))
+            return
+        sender = basic.FileSender()
+        d = sender.beginFileTransfer(f, self.transport, transform)
+
+        def finished(_: object) -> None:
+            f.close()
+            self.transport.write(stuffer.terminator())
+
+        def failed(err: Failure) -> None:
+            f.close()
+            self.sendError(smtp.SMTPClientError(-1, str(err.value).encode()))
+
+        d.addCallbacks(finished, failed)
+        self._expected = range(0, 1000)
+        self._okresponse = self._on_final_reply
+        self._failresponse = self._on_final_reply
+
+    def _on_final_reply(self, code: int, resp: bytes) -> None:
+        text = _reply_text(code, resp)
+        if 200 <= code < 300:
+            kind = DELIVERED
+        else:
+            kind = PERMANENT if code >= 500 else TEMPORARY
+        dsn = b"DSN" in self.extensions
+        for address in self._accepted:
+            self._outcomes[address] = Outcome(kind, text, dsn_passed=dsn and kind == DELIVERED)
+        self._finish_job(self._outcomes, rset=kind != DELIVERED)
+
+    def _finish_job(self, outcomes: dict[str, Outcome], rset: bool) -> None:
+        job, self.job = self.job, None
+        assert job is not None
+        self.source.job_done(job, outcomes, self._info())
+        if rset:
+            self.sendLine(b"RSET")
+            self._expected = range(0, 1000)
+            self._okresponse = self.smtpState_from
+            self._failresponse = self.smtpState_from
+        else:
+            self.smtpState_from(0, b"")
+
+    def _info(self) -> dict[str, Any]:
+        return {"mx": self.policy.mx_name, "tls": bool(self._tlsMode)}
+
+    # Failures.
+
+    def sendError(self, exc: Exception) -> None:
+        if not self.result.error:
+            code = getattr(exc, "code", -1)
+            resp = getattr(exc, "resp", None)
+            if isinstance(code, int) and code > 0 and resp:
+                self.result.error = _reply_text(code, resp)
+            else:
+                msg = resp if isinstance(resp, bytes | str) and resp else str(exc)
+                if isinstance(msg, bytes):
+                    msg = msg.decode("utf-8", "replace")
+                self.result.error = " ".join(str(msg).split())
+        self._fail_current(self.result.error)
+        super().sendError(exc)
+
+    def timeoutConnection(self) -> None:
+        self.result.error = (
+            f"timeout after {self.policy.command_timeout:g} s waiting for the server"
+        )
+        self._fail_current(self.result.error)
+        self.transport.abortConnection()
+
+    def _fail_current(self, text: str) -> None:
+        if self.job is not None:
+            job, self.job = self.job, None
+            outcomes = dict(self._outcomes)
+            for r in job.recipients:
+                if r.address not in outcomes or r.address in self._accepted:
+                    outcomes[r.address] = Outcome(TEMPORARY, text)
+            self.source.job_done(job, outcomes, self._info())
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        if self._tls_handshaking:
+            self.result.tls_failed = True
+            self.result.error = self.result.error or "TLS handshake failed"
+        if not self.result.error and not reason.check(ierror.ConnectionDone):
+            self.result.error = f"connection lost: {reason.getErrorMessage()}"
+        self._fail_current(self.result.error or "connection closed by the server")
+        if self._done is not None:
+            d, self._done = self._done, None
+            d.callback(self.result)
+
+
+class _RelayFactory(protocol.Factory):
+    def __init__(self, policy: ClientPolicy, source: JobSource, done: defer.Deferred) -> None:
+        self.policy = policy
+        self.source = source
+        self.done = done
+
+    def buildProtocol(self, addr: object) -> RelayClient:
+        p = RelayClient(self.policy, self.source, self.done)
+        p.factory = self
+        return p
+
+
+async def run_session(
+    endpoint: IStreamClientEndpoint,
+    policy: ClientPolicy,
+    source: JobSource,
+    track: set[RelayClient] | None = None,
+) -> SessionResult:
+    """Connect, relay jobs until ``source`` runs dry, and report how it went.
+    ``track`` holds the live protocol, so a stopping service can abort it."""
+    done: defer.Deferred = defer.Deferred()
+    try:
+        proto = await endpoint.connect(_RelayFactory(policy, source, done))
+    except Exception as e:  # ConnectError, TimeoutError, DNS lookup errors
+        desc = " ".join(str(e).split()) or type(e).__name__
+        return SessionResult(error=f"cannot connect to {policy.mx_name}: {desc}")
+    if track is not None:
+        track.add(proto)
+    try:
+        return await done
+    finally:
+        if track is not None:
+            track.discard(proto)

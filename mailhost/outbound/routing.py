@@ -1,0 +1,235 @@
+"""Where mail for a domain goes: MX lookup (RFC 5321 §5.1, RFC 7505) or a smarthost.
+
+``Router.route(domain)`` answers with a ``Route``: hosts in the order to try them
+within one delivery attempt, each with its addresses. DNS failures are sorted into
+temporary (SERVFAIL, timeout: retry later) and permanent (NXDOMAIN, null MX,
+no address at all: bounce) so the scheduler never confuses the two.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.names import dns, error
+from twisted.names.client import Resolver as NamesResolver
+
+
+class RoutingError(Exception):
+    """No usable route; ``status`` is the enhanced status code for the DSN."""
+
+    temporary = True
+
+    def __init__(self, status: str, text: str) -> None:
+        super().__init__(f"{status} {text}")
+        self.status = status
+        self.text = text
+
+
+class TemporaryRoutingError(RoutingError):
+    temporary = True
+
+
+class PermanentRoutingError(RoutingError):
+    temporary = False
+
+
+@dataclass
+class Hop:
+    """One host to try, with its addresses (IPv4 first)."""
+
+    name: str
+    port: int
+    addresses: list[str] = field(default_factory=list)
+    preference: int = 0
+
+
+@dataclass
+class Route:
+    domain: str
+    hops: list[Hop]
+    smarthost: bool = False
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
+    """'host:port', '[v6]:port' or 'host' → (host, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":")
+        return host, int(port) if port else default_port
+    if value.count(":") == 1:
+        host, _, port = value.partition(":")
+        return host, int(port)
+    return value, default_port
+
+
+def _norm(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+def _temporary(f: error.DomainError | Exception) -> bool:
+    """Only NXDOMAIN is an answer; everything else (SERVFAIL, timeouts, refusals)
+    says nothing about the domain and is worth retrying."""
+    return not isinstance(f, error.DNSNameError)
+
+
+def order_mx(
+    records: Iterable[tuple[int, str]], rng: random.Random | None = None
+) -> list[tuple[int, str]]:
+    """Sort by preference; shuffle hosts of equal preference (RFC 5321 §5.1)."""
+    rng = rng or random
+    by_pref: dict[int, list[str]] = {}
+    for pref, name in records:
+        by_pref.setdefault(pref, []).append(name)
+    out = []
+    for pref in sorted(by_pref):
+        names = by_pref[pref]
+        rng.shuffle(names)
+        out.extend((pref, n) for n in names)
+    return out
+
+
+class Router:
+    """Resolves domains to routes with an injected ``IResolver``."""
+
+    def __init__(
+        self,
+        resolver: object | None,
+        port: int = 25,
+        smarthost: str = "",
+        max_hosts: int = 10,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.resolver = resolver
+        self.port = port
+        self.smarthost = smarthost
+        self.max_hosts = max_hosts
+        self.rng = rng or random.Random()
+
+    async def route(self, domain: str) -> Route:
+        domain = _norm(domain)
+        if self.smarthost:
+            host, port = split_hostport(self.smarthost, 25)
+            return Route(domain, [Hop(host, port, [host] if is_ip(host) else [])], smarthost=True)
+        if domain.startswith("[") and domain.endswith("]"):
+            literal = domain[1:-1]
+            if literal.lower().startswith("ipv6:"):
+                literal = literal[5:]
+            if not is_ip(literal):
+                raise PermanentRoutingError("5.1.2", f"bad address literal {domain}")
+            return Route(domain, [Hop(literal, self.port, [literal])])
+        mx = await self._lookup_mx(domain)
+        if mx is None:
+            # No MX: the domain itself is the implicit MX, preference 0 (RFC 5321 §5.1).
+            addresses, temp = await self._addresses(domain)
+            if not addresses:
+                if temp:
+                    raise TemporaryRoutingError("4.4.3", f"cannot resolve {domain}: {temp}")
+                raise PermanentRoutingError("5.1.2", f"no MX or address records for {domain}")
+            return Route(domain, [Hop(domain, self.port, addresses)])
+        hops = []
+        errors = []
+        for pref, name in mx[: self.max_hosts]:
+            if is_ip(name):
+                hops.append(Hop(name, self.port, [name], pref))
+                continue
+            addresses, temp = await self._addresses(name)
+            if addresses:
+                hops.append(Hop(name, self.port, addresses, pref))
+            else:
+                errors.append(f"{name}: {temp or 'no address'}")
+        if not hops:
+            # RFC 5321 leaves this open; like Postfix we retry (the MX may be fixed).
+            raise TemporaryRoutingError(
+                "4.4.3", f"no usable MX host for {domain} ({'; '.join(errors)})"
+            )
+        return Route(domain, hops)
+
+    async def _lookup_mx(self, domain: str) -> list[tuple[int, str]] | None:
+        """Ordered MX hosts, or None when the domain has no MX records."""
+        try:
+            answers, _auth, _add = await self.resolver.lookupMailExchange(domain)  # type: ignore[union-attr]
+        except error.DNSNameError:
+            raise PermanentRoutingError("5.1.2", f"domain {domain} does not exist") from None
+        except Exception as e:
+            raise TemporaryRoutingError(
+                "4.4.3", f"MX lookup for {domain} failed: {_describe(e)}"
+            ) from None
+        records = []
+        for rr in answers:
+            if rr.type == dns.MX:
+                records.append(
+                    (rr.payload.preference, _norm(rr.payload.name.name.decode("ascii", "replace")))
+                )
+        if not records:
+            return None
+        if any(name == "" for _, name in records):
+            if len(records) == 1:
+                raise PermanentRoutingError(
+                    "5.1.10", f"domain {domain} does not accept mail (null MX)"
+                )
+            records = [r for r in records if r[1] != ""]
+        return order_mx(records, self.rng)
+
+    async def _addresses(self, name: str) -> tuple[list[str], str]:
+        """A then AAAA addresses of ``name``, and a temporary error text if any."""
+        out: list[str] = []
+        temp = ""
+        for method, rtype in (("lookupAddress", dns.A), ("lookupIPV6Address", dns.AAAA)):
+            lookup = getattr(self.resolver, method, None)
+            if lookup is None:
+                continue
+            try:
+                answers, _auth, _add = await lookup(name)
+            except error.DNSNameError:
+                continue
+            except Exception as e:
+                temp = temp or _describe(e)
+                continue
+            for rr in answers:
+                if rr.type == rtype:
+                    out.append(rr.payload.dottedQuad() if rtype == dns.A else _ipv6(rr.payload))
+        return out, ("" if out else temp)
+
+
+def _ipv6(payload: dns.Record_AAAA) -> str:
+    return socket.inet_ntop(socket.AF_INET6, payload.address)
+
+
+def _describe(e: BaseException) -> str:
+    names = {
+        error.DNSServerError: "SERVFAIL",
+        error.DNSQueryRefusedError: "REFUSED",
+        error.DNSQueryTimeoutError: "timeout",
+        defer.TimeoutError: "timeout",
+        error.DNSFormatError: "FORMERR",
+        error.DNSNotImplementedError: "NOTIMP",
+    }
+    for cls, label in names.items():
+        if isinstance(e, cls):
+            return label
+    return type(e).__name__
+
+
+def make_resolver(spec: str, reactor: object | None = None) -> object:
+    """``outbound.resolver`` → IResolver. Call from startService: the system resolver
+    schedules a resolv.conf re-read timer as it is created."""
+    if spec == "system":
+        from twisted.names import client
+
+        return client.createResolver()
+    host, port = split_hostport(spec, 53)
+    return NamesResolver(servers=[(host, port)], reactor=reactor)

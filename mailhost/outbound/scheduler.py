@@ -1,0 +1,673 @@
+"""The queue runner: when each recipient is tried, over which connection, and what then.
+
+Retry policy, per recipient: ``delay = min(retry_initial * 2**(attempts-1), retry_max)``,
+with one last try at ``arrival + lifetime``; then the recipient bounces.
+
+Pending recipients are grouped by destination domain: a *job* is one message's
+recipients in one domain (one SMTP transaction). A *session* resolves the domain's
+route and opens one connection that carries job after job for that domain. Limits:
+``max_concurrency`` sessions in all, ``max_per_domain`` per domain. Temporary results
+(4xx, connection and TLS failures, DNS SERVFAIL/timeouts) reschedule the recipient;
+permanent ones (5xx, NXDOMAIN, null MX, routing loops, too many hops) fail it at
+once. The envelope on disk is updated after every job result, before any DSN is
+sent, so a crash repeats at most the delivery that was in flight.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from mailhost.config import Config
+from mailhost.outbound import dsn
+from mailhost.outbound.client import (
+    DELIVERED,
+    PERMANENT,
+    TEMPORARY,
+    ClientPolicy,
+    Job,
+    Outcome,
+    RelayClient,
+    run_session,
+)
+from mailhost.outbound.routing import Hop, Router, RoutingError, is_ip
+from mailhost.outbound.spool import DELIVERED as ST_DELIVERED
+from mailhost.outbound.spool import (
+    FAILED,
+    PENDING,
+    Envelope,
+    RecipientState,
+    SpoolFiles,
+    count_received,
+    read_headers,
+)
+
+log = Logger()
+
+Key = tuple[str, str]  # (queue id, domain)
+
+# Callables the service provides.
+BounceFn = Callable[[Envelope, list[dsn.RecipientReport]], defer.Deferred]
+LocalFn = Callable[[Job], defer.Deferred]  # fires with {address: Outcome}
+
+
+def retry_delay(attempts: int, initial: float, maximum: float) -> float:
+    """The backoff after the ``attempts``-th failed try."""
+    return min(initial * 2 ** max(attempts - 1, 0), maximum)
+
+
+def notify_wants(rcpt: RecipientState, what: str) -> bool:
+    """RFC 3461 NOTIFY: empty means FAILURE and DELAY; NEVER means nothing."""
+    if not rcpt.notify:
+        return what in ("FAILURE", "DELAY")
+    return what in rcpt.notify
+
+
+class _DomainSource:
+    """The JobSource one session pulls from."""
+
+    def __init__(self, scheduler: Scheduler, domain: str) -> None:
+        self.scheduler = scheduler
+        self.domain = domain
+
+    def next_job(self) -> Job | None:
+        return self.scheduler._next_job(self.domain)
+
+    def job_done(self, job: Job, outcomes: dict[str, Outcome], info: dict[str, Any]) -> None:
+        self.scheduler._job_done(job, outcomes, info)
+
+
+class Scheduler:
+    """Runs the queue; see the module docstring. Timers start in ``start``."""
+
+    def __init__(
+        self,
+        config: Config,
+        files: SpoolFiles,
+        router: Router,
+        bounce: BounceFn,
+        deliver_local: LocalFn,
+        is_local_domain: Callable[[str], bool],
+        reactor: Any,
+        local_addresses: Iterable[tuple[str, int]] = (),
+    ) -> None:
+        self.config = config
+        self.settings = config.outbound
+        self.files = files
+        self.router = router
+        self.bounce = bounce
+        self.deliver_local = deliver_local
+        self.is_local_domain = is_local_domain
+        self.reactor = reactor
+        self.local_addresses: set[tuple[str, int]] = set(local_addresses)
+        self.envelopes: dict[str, Envelope] = {}
+        self.deleted: set[str] = set()
+        self.ready: dict[str, deque[str]] = {}
+        self.ready_keys: set[Key] = set()
+        self.inflight: set[Key] = set()
+        self.heap: list[tuple[float, int, str, str]] = []
+        self._seq = 0
+        self.sessions: dict[str, int] = {}
+        self.total_sessions = 0
+        self.running = False
+        self.stopping = False
+        self._timer: Any = None
+        self._loops: list[LoopingCall] = []
+        self._session_ds: set[defer.Deferred] = set()
+        self.connections: set[RelayClient] = set()
+        self._locks: dict[str, defer.DeferredLock] = {}
+        self._settling: set[defer.Deferred] = set()
+        self._tls_context: Any = None
+
+    # Lifecycle.
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    async def start(self) -> None:
+        """Load the spool, then start the timers."""
+        envelopes, problems = await threads.deferToThread(self.files.load_all_sync)
+        for p in problems:
+            log.warn("outbound spool: {problem}", problem=p)
+        for env in envelopes:
+            self._adopt(env, check_hops=all(r.attempts == 0 for r in env.recipients))
+        # Leftover requests from `mailhost queue` made while we were down.
+        await threads.deferToThread(self.files.take_triggers_sync)
+        self.running = True
+        loop = LoopingCall(self._tick)
+        loop.clock = self.reactor
+        loop.start(max(self.settings.scan_interval, 0.1), now=False)
+        trig = LoopingCall(self._check_triggers)
+        trig.clock = self.reactor
+        trig.start(1.0, now=False)
+        self._loops = [loop, trig]
+        log.info("outbound queue started with {count} messages", count=len(self.envelopes))
+        self._tick()
+
+    async def stop(self, grace: float) -> None:
+        """Stop starting work; let sessions finish for ``grace`` seconds, then abort
+        them. Whatever is left stays in the spool."""
+        self.running = False
+        self.stopping = True
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        pending = list(self._session_ds)
+        if pending:
+            waiting = defer.DeferredList(pending, consumeErrors=True)
+            timeout = self.reactor.callLater(grace, self._abort_all)
+            await waiting
+            if timeout.active():
+                timeout.cancel()
+        if self._settling:
+            await defer.DeferredList(list(self._settling), consumeErrors=True)
+
+    def _abort_all(self) -> None:
+        for proto in list(self.connections):
+            if proto.transport is not None:
+                proto.transport.abortConnection()
+
+    # Intake.
+
+    def add(self, env: Envelope) -> None:
+        """A newly committed message."""
+        self._adopt(env, check_hops=True)
+
+    def _adopt(self, env: Envelope, check_hops: bool) -> None:
+        self.envelopes[env.id] = env
+        if check_hops:
+            d = defer.ensureDeferred(self._check_hops(env))
+            d.addErrback(lambda f: log.failure("hop check of {qid}", f, qid=env.id))
+        else:
+            self._schedule(env)
+            self._dispatch()
+
+    async def _check_hops(self, env: Envelope) -> None:
+        try:
+            headers = await threads.deferToThread(read_headers, self.files.message_path(env.id))
+        except OSError:
+            headers = b""
+        hops = count_received(headers)
+        if hops > self.config.smtp.max_hops:
+            text = f"554 5.4.6 too many hops ({hops} Received: headers), mail loop?"
+            now = self.now()
+            for r in env.pending():
+                self._record(env, r, Outcome(PERMANENT, text), now, "")
+            await self._settle(env)
+            return
+        self._schedule(env)
+        self._dispatch()
+
+    # Timing.
+
+    def _schedule(self, env: Envelope) -> None:
+        """Put each domain of ``env`` with pending recipients in ``ready`` or the heap."""
+        if env.id not in self.envelopes:
+            return
+        now = self.now()
+        due: dict[str, float] = {}
+        for r in env.recipients:
+            if r.status == PENDING:
+                d = r.domain
+                due[d] = min(due.get(d, r.next_attempt), r.next_attempt)
+        for domain, t in due.items():
+            key = (env.id, domain)
+            if key in self.inflight or key in self.ready_keys:
+                continue
+            if t <= now:
+                self.ready_keys.add(key)
+                self.ready.setdefault(domain, deque()).append(env.id)
+            else:
+                self._seq += 1
+                heapq.heappush(self.heap, (t, self._seq, env.id, domain))
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self.running or not self.heap:
+            return
+        when = self.heap[0][0]
+        delay = max(0.0, when - self.now())
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() <= when:
+                return
+            self._timer.cancel()
+        self._timer = self.reactor.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        if not self.running:
+            return
+        self._timer = None
+        now = self.now()
+        while self.heap and self.heap[0][0] <= now:
+            _t, _s, qid, domain = heapq.heappop(self.heap)
+            env = self.envelopes.get(qid)
+            if env is None:
+                continue
+            key = (qid, domain)
+            if key in self.inflight or key in self.ready_keys:
+                continue
+            if any(
+                r.status == PENDING and r.domain == domain and r.next_attempt <= now
+                for r in env.recipients
+            ):
+                self.ready_keys.add(key)
+                self.ready.setdefault(domain, deque()).append(qid)
+        self._dispatch()
+        self._arm()
+
+    # Sessions.
+
+    def _dispatch(self) -> None:
+        if not self.running:
+            return
+        limit_total = max(self.settings.max_concurrency, 1)
+        limit_domain = max(self.settings.max_per_domain, 1)
+        for domain in list(self.ready):
+            queue = self.ready[domain]
+            if not queue:
+                del self.ready[domain]
+                continue
+            while (
+                self.total_sessions < limit_total
+                and self.sessions.get(domain, 0) < limit_domain
+                and len(queue) > self.sessions.get(domain, 0)
+            ):
+                self._start_session(domain)
+            if self.total_sessions >= limit_total:
+                break
+
+    def _start_session(self, domain: str) -> None:
+        self.sessions[domain] = self.sessions.get(domain, 0) + 1
+        self.total_sessions += 1
+        d = defer.ensureDeferred(self._run_domain(domain))
+        self._session_ds.add(d)
+
+        def finished(result: object) -> object:
+            self._session_ds.discard(d)
+            self.sessions[domain] -= 1
+            if not self.sessions[domain]:
+                del self.sessions[domain]
+            self.total_sessions -= 1
+            if self.running:
+                self.reactor.callLater(0, self._dispatch)
+            return None
+
+        d.addErrback(lambda f: log.failure("outbound session for {domain}", f, domain=domain))
+        d.addBoth(finished)
+
+    def _next_job(self, domain: str) -> Job | None:
+        if self.stopping:
+            return None
+        queue = self.ready.get(domain)
+        now = self.now()
+        while queue:
+            qid = queue.popleft()
+            key = (qid, domain)
+            self.ready_keys.discard(key)
+            env = self.envelopes.get(qid)
+            if env is None:
+                continue
+            rcpts = [
+                r
+                for r in env.recipients
+                if r.status == PENDING and r.domain == domain and r.next_attempt <= now + 1e-6
+            ]
+            if not rcpts:
+                continue
+            self.inflight.add(key)
+            return Job(env, domain, rcpts, self.files.message_path(qid), started=now)
+        return None
+
+    def _drain(self, domain: str, outcome: Outcome, remote: str = "") -> None:
+        """Give every due job of ``domain`` the same outcome (a routing failure)."""
+        while True:
+            job = self._next_job(domain)
+            if job is None:
+                return
+            self._job_done(
+                job, {r.address: outcome for r in job.recipients}, {"mx": remote, "tls": False}
+            )
+
+    async def _run_domain(self, domain: str) -> None:
+        try:
+            route = await self.router.route(domain)
+        except RoutingError as e:
+            kind = TEMPORARY if e.temporary else PERMANENT
+            code = "451" if e.temporary else "550"
+            self._drain_if_alone(domain, Outcome(kind, f"{code} {e.status} {e.text}"))
+            return
+        hops = route.hops
+        for i, hop in enumerate(hops):
+            if self._is_self(hop):
+                if i == 0:
+                    await self._loops_back(domain)
+                    return
+                # Lower-preference MX hosts than ourselves are never used (RFC 5321 §5.1).
+                hops = hops[:i]
+                break
+        source = _DomainSource(self, domain)
+        last_error = ""
+        smarthost = route.smarthost
+        tried = 0
+        for hop in hops:
+            for address in hop.addresses or [hop.name]:
+                if self.stopping or tried >= 10:
+                    break
+                tried += 1
+                policy = self._policy(domain, hop, smarthost, address)
+                endpoint = self._endpoint(address, hop.port)
+                result = await run_session(endpoint, policy, source, self.connections)
+                if result.tls_failed and policy.tls == "opportunistic" and not result.transacted:
+                    log.info(
+                        "outbound: TLS handshake with {mx} failed; retrying without TLS",
+                        mx=hop.name,
+                    )
+                    policy.tls = "none"
+                    policy.tls_context = None
+                    result = await run_session(endpoint, policy, source, self.connections)
+                if result.transacted:
+                    return
+                last_error = result.error or f"no answer from {hop.name}"
+                log.info(
+                    "outbound: {domain} via {mx} [{address}] failed: {error}",
+                    domain=domain,
+                    mx=hop.name,
+                    address=address,
+                    error=last_error,
+                )
+        if not self.stopping:
+            text = last_error if last_error[:3].isdigit() else f"451 4.4.1 {last_error}"
+            if text[:1] == "5":
+                # A 5xx greeting or EHLO refusal from every host: still retry.
+                text = "451 4.4.1 " + text
+            self._drain_if_alone(domain, Outcome(TEMPORARY, text))
+
+    def _drain_if_alone(self, domain: str, outcome: Outcome) -> None:
+        # Leave the jobs to a sibling session that may still get through.
+        if self.sessions.get(domain, 0) <= 1:
+            self._drain(domain, outcome)
+
+    async def _loops_back(self, domain: str) -> None:
+        if self.is_local_domain(domain):
+            while True:
+                job = self._next_job(domain)
+                if job is None:
+                    return
+                try:
+                    outcomes = await self.deliver_local(job)
+                except Exception as e:
+                    outcomes = {
+                        r.address: Outcome(TEMPORARY, f"451 4.3.0 local delivery failed: {e}")
+                        for r in job.recipients
+                    }
+                self._job_done(job, outcomes, {"mx": self.config.server.hostname, "tls": False})
+        else:
+            self._drain(
+                domain,
+                Outcome(PERMANENT, f"554 5.4.6 mail for {domain} loops back to myself"),
+            )
+
+    def _is_self(self, hop: Hop) -> bool:
+        me = self.config.server.hostname.rstrip(".").lower()
+        if hop.name.rstrip(".").lower() == me:
+            return True
+        for address in hop.addresses:
+            for host, port in self.local_addresses:
+                if port != hop.port:
+                    continue
+                if host == address:
+                    return True
+                if host in ("", "0.0.0.0", "::") and is_ip(address):
+                    if ipaddress.ip_address(address).is_loopback:
+                        return True
+        return False
+
+    def _policy(self, domain: str, hop: Hop, smarthost: bool, address: str) -> ClientPolicy:
+        s = self.settings
+        tls = s.tls_policy_domains.get(domain, s.tls_policy)
+        if tls not in ("opportunistic", "verify", "none"):
+            tls = s.tls_policy
+        context: Any = None
+        if tls == "verify":
+            from twisted.internet import ssl
+
+            context = ssl.optionsForClientTLS(hop.name)
+        elif tls == "opportunistic":
+            if self._tls_context is None:
+                from twisted.internet import ssl
+
+                self._tls_context = ssl.CertificateOptions()
+            context = self._tls_context
+        loopback = is_ip(address) and ipaddress.ip_address(address).is_loopback
+        return ClientPolicy(
+            hostname=self.config.server.hostname,
+            mx_name=hop.name,
+            tls=tls,
+            tls_context=context,
+            username=s.smarthost_user if smarthost else "",
+            password=s.smarthost_password if smarthost else "",
+            allow_plain_auth=loopback or hop.name in ("localhost",),
+            command_timeout=s.command_timeout,
+        )
+
+    def _endpoint(self, address: str, port: int) -> IStreamClientEndpoint:
+        timeout = self.settings.connect_timeout
+        if is_ip(address):
+            if ":" in address:
+                return TCP6ClientEndpoint(self.reactor, address, port, timeout=timeout)
+            return TCP4ClientEndpoint(self.reactor, address, port, timeout=timeout)
+        return HostnameEndpoint(self.reactor, address, port, timeout=timeout)
+
+    # Results.
+
+    def _record(
+        self, env: Envelope, r: RecipientState, o: Outcome, now: float, remote: str
+    ) -> None:
+        r.last_attempt = now
+        r.remote_mta = remote
+        r.last_error = o.reply
+        if o.kind == DELIVERED:
+            r.status = ST_DELIVERED
+            r.status_code = dsn.enhanced_status(o.reply, False)
+            if not r.status_code.startswith("2"):
+                r.status_code = "2.0.0"
+            r.relayed = o.dsn_passed
+        elif o.kind == PERMANENT:
+            r.status = FAILED
+            r.status_code = dsn.enhanced_status(o.reply, True)
+            if not r.status_code.startswith("5"):
+                r.status_code = "5.0.0"
+        else:
+            r.attempts += 1
+            r.status_code = dsn.enhanced_status(o.reply, False)
+            if not r.status_code.startswith("4"):
+                r.status_code = "4.0.0"
+            expires = env.arrival + self.settings.lifetime
+            if now >= expires - 1e-6:
+                r.status = FAILED
+                r.last_error = f"{o.reply} (gave up after {self._age(env, now)})"
+                if r.status_code == "4.0.0":
+                    r.status_code = "4.4.7"
+            else:
+                delay = retry_delay(
+                    r.attempts, self.settings.retry_initial, self.settings.retry_max
+                )
+                # At least a second, so a zero backoff cannot spin.
+                r.next_attempt = max(min(now + delay, expires), now + 1.0)
+
+    @staticmethod
+    def _age(env: Envelope, now: float) -> str:
+        secs = now - env.arrival
+        if secs >= 86400:
+            return f"{secs / 86400:.1f} days"
+        if secs >= 3600:
+            return f"{secs / 3600:.1f} hours"
+        return f"{secs:.0f} seconds"
+
+    def _job_done(self, job: Job, outcomes: dict[str, Outcome], info: dict[str, Any]) -> None:
+        env = job.envelope
+        self.inflight.discard((env.id, job.domain))
+        now = self.now()
+        remote = info.get("mx", "")
+        results = []
+        for r in job.recipients:
+            o = outcomes.get(r.address) or Outcome(TEMPORARY, "451 4.4.0 no result")
+            results.append(f"{r.address}={o.kind}:{o.reply}")
+            if self.stopping and o.kind == TEMPORARY:
+                continue  # interrupted by our own shutdown: not an attempt
+            if r.status == PENDING:
+                self._record(env, r, o, now, remote)
+        log.info(
+            "outbound attempt {queue_id} domain={domain} mx={mx} tls={tls} "
+            "duration={duration:.3f}s {results}",
+            queue_id=env.id,
+            domain=job.domain,
+            mx=remote,
+            tls=info.get("tls", False),
+            duration=now - job.started if job.started else 0.0,
+            results="; ".join(results),
+            recipients=results,
+        )
+        if env.id not in self.envelopes:
+            return  # deleted meanwhile
+        d = defer.ensureDeferred(self._settle(env))
+        self._settling.add(d)
+        d.addErrback(lambda f: log.failure("outbound: settling {qid}", f, qid=env.id))
+        d.addBoth(lambda _: self._settling.discard(d))
+        if not self.stopping:
+            self._schedule(env)
+
+    async def _settle(self, env: Envelope) -> None:
+        """Persist ``env``, send the DSNs it now owes, and remove it once finished."""
+        lock = self._locks.setdefault(env.id, defer.DeferredLock())
+        await lock.acquire()
+        try:
+            if env.id not in self.envelopes:
+                return
+            reports = self._reports_due(env)
+            if env.finished and not reports:
+                await self._remove(env)
+                return
+            await threads.deferToThread(self.files.save_envelope_sync, env)
+            if reports:
+                rcpts, recs = zip(*reports, strict=True)
+                if env.sender:
+                    await self.bounce(env, list(recs))
+                else:
+                    log.info(
+                        "outbound: {qid} from the null sender failed; no DSN is sent",
+                        qid=env.id,
+                    )
+                for r in rcpts:
+                    if r.status != PENDING:
+                        r.dsn_done = True
+                if env.finished:
+                    await self._remove(env)
+                else:
+                    await threads.deferToThread(self.files.save_envelope_sync, env)
+        finally:
+            lock.release()
+            if env.id not in self.envelopes:
+                self._locks.pop(env.id, None)
+
+    def _reports_due(self, env: Envelope) -> list[tuple[RecipientState, dsn.RecipientReport]]:
+        out = []
+        now = self.now()
+        delayed_now = False
+        for r in env.recipients:
+            if r.dsn_done:
+                continue
+            if r.status == FAILED:
+                if notify_wants(r, "FAILURE"):
+                    out.append((r, self._report(r, dsn.FAILED)))
+                else:
+                    r.dsn_done = True
+            elif r.status == ST_DELIVERED:
+                if notify_wants(r, "SUCCESS") and not r.relayed:
+                    out.append((r, self._report(r, dsn.RELAYED)))
+                else:
+                    r.dsn_done = True
+            elif (
+                self.settings.delay_warning > 0
+                and not env.delay_warned
+                and r.attempts > 0
+                and now - env.arrival >= self.settings.delay_warning
+                and notify_wants(r, "DELAY")
+            ):
+                rep = self._report(r, dsn.DELAYED)
+                rep.will_retry_until = env.arrival + self.settings.lifetime
+                out.append((r, rep))
+                delayed_now = True
+        if delayed_now:
+            env.delay_warned = True
+        return out
+
+    @staticmethod
+    def _report(r: RecipientState, action: str) -> dsn.RecipientReport:
+        return dsn.RecipientReport(
+            address=r.address,
+            action=action,
+            status=r.status_code or ("5.0.0" if action == dsn.FAILED else "4.0.0"),
+            orcpt=r.orcpt,
+            remote_mta=r.remote_mta,
+            diagnostic=r.last_error,
+            last_attempt=r.last_attempt or None,
+        )
+
+    async def _remove(self, env: Envelope) -> None:
+        self.envelopes.pop(env.id, None)
+        await threads.deferToThread(self.files.remove_sync, env.id)
+
+    # Requests from `mailhost queue`.
+
+    def _check_triggers(self) -> None:
+        if not self.files.has_triggers_sync():  # one small listdir per second
+            return
+        d = threads.deferToThread(self.files.take_triggers_sync)
+        d.addCallback(self._apply_triggers)
+        d.addErrback(lambda f: log.failure("outbound: queue triggers", f))
+
+    def _apply_triggers(self, triggers: list[dict[str, Any]]) -> None:
+        for t in triggers:
+            action, qid = t.get("action"), t.get("id")
+            if action == "flush":
+                self.flush()
+            elif action == "retry" and qid:
+                self.flush(qid)
+            elif action == "delete" and qid:
+                self.delete(qid)
+
+    def flush(self, qid: str | None = None) -> int:
+        """Make pending recipients due now; returns how many messages were touched."""
+        now = self.now()
+        envs = [self.envelopes[qid]] if qid in self.envelopes else []
+        if qid is None:
+            envs = list(self.envelopes.values())
+        for env in envs:
+            for r in env.pending():
+                r.next_attempt = min(r.next_attempt, now)
+            self._schedule(env)
+        log.info("outbound: flush of {n} messages", n=len(envs))
+        self._dispatch()
+        return len(envs)
+
+    def delete(self, qid: str) -> bool:
+        env = self.envelopes.pop(qid, None)
+        if env is None:
+            return False
+        log.info("outbound: {qid} deleted by request", qid=qid)
+        d = threads.deferToThread(self.files.remove_sync, qid)
+        d.addErrback(lambda f: log.failure("outbound: delete {qid}", f, qid=qid))
+        return True

@@ -1,0 +1,245 @@
+"""The outbound queue as a Twisted service: spool, scheduler, routing, DSNs, wired.
+
+``OutboundService.queue`` is the ``IOutboundQueue`` SMTP streams remote mail into.
+The service owns everything that is not the SMTP client itself: where bounces go
+(the store when the sender is local, else the queue), and local delivery when an
+MX points back at us for one of our own domains.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailhost.config import Config
+from mailhost.outbound import dsn
+from mailhost.outbound.client import DELIVERED, PERMANENT, Job, Outcome
+from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter, QueueRecipient
+from mailhost.outbound.routing import Router, make_resolver
+from mailhost.outbound.scheduler import Scheduler
+from mailhost.outbound.spool import Envelope, SpoolFiles, SpoolWriter
+from mailhost.store.interfaces import DeliveryTarget, IMailStore
+
+log = Logger()
+
+CHUNK = 64 * 1024
+
+
+@implementer(IOutboundQueue)
+class OutboundQueue:
+    """Implements: IOutboundQueue over the spool; committed messages go to the scheduler."""
+
+    def __init__(self, files: SpoolFiles, reactor: Any) -> None:
+        self.files = files
+        self.reactor = reactor
+        self.scheduler: Scheduler | None = None
+        self._early: list[Envelope] = []
+        self._ready_dirs = False
+
+    def new_message(
+        self, sender: str, envid: str | None = None, ret: str | None = None
+    ) -> IQueueWriter:
+        if not self._ready_dirs:
+            self.files.ensure_sync()  # a few mkdirs, once
+            self._ready_dirs = True
+        return SpoolWriter(self.files, sender, envid, ret, self._committed, self.reactor.seconds)
+
+    def _committed(self, env: Envelope) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.add(env)
+        # Otherwise the scheduler finds it in the spool when it starts.
+
+
+def listen_addresses(descriptions: Iterable[str]) -> set[tuple[str, int]]:
+    """(interface, port) of 'tcp:PORT:interface=ADDR' endpoint strings ('' = any)."""
+    out = set()
+    for desc in descriptions:
+        parts = re.split(r"(?<!\\):", desc)
+        if not parts or parts[0] not in ("tcp", "tcp6", "ssl"):
+            continue
+        port = None
+        interface = ""
+        for p in parts[1:]:
+            key, eq, value = p.partition("=")
+            if not eq and port is None and key.isdigit():
+                port = int(key)
+            elif key == "port" and value.isdigit():
+                port = int(value)
+            elif key == "interface":
+                interface = value.replace("\\:", ":")
+        if port:
+            out.add((interface, port))
+    return out
+
+
+class OutboundService(service.Service):
+    """The queue runner; ``.queue`` provides IOutboundQueue.
+
+    ``resolver`` (an IResolver) overrides ``config.outbound.resolver``.
+    ``local_addresses`` are (address, port) pairs we accept SMTP on, so an MX that
+    points back at us is recognised; the ``smtp.listen`` endpoints are added
+    automatically, and ``add_local_address`` adds ports learnt after listening.
+    """
+
+    name = "outbound"
+
+    def __init__(
+        self,
+        config: Config,
+        store: IMailStore,
+        directory: Any,
+        reactor: Any = None,
+        resolver: Any = None,
+        local_addresses: Iterable[tuple[str, int]] | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self.store = store
+        self.directory = directory
+        self.reactor = reactor
+        self._resolver = resolver
+        self.files = SpoolFiles(
+            config.data_path(config.outbound.queue_dir), fsync=config.outbound.fsync
+        )
+        self.queue = OutboundQueue(self.files, reactor)
+        self.local_addresses = set(local_addresses or ())
+        self.local_addresses |= listen_addresses(config.smtp.listen)
+        self.scheduler: Scheduler | None = None
+
+    def add_local_address(self, address: str, port: int) -> None:
+        self.local_addresses.add((address, port))
+        if self.scheduler is not None:
+            self.scheduler.local_addresses.add((address, port))
+
+    def startService(self) -> None:
+        super().startService()
+        resolver = self._resolver
+        if resolver is None and not self.config.outbound.smarthost:
+            resolver = make_resolver(self.config.outbound.resolver, self.reactor)
+        router = Router(
+            resolver, port=self.config.outbound.port, smarthost=self.config.outbound.smarthost
+        )
+        self.scheduler = Scheduler(
+            self.config,
+            self.files,
+            router,
+            bounce=self.send_dsn,
+            deliver_local=self.deliver_local,
+            is_local_domain=self.directory.is_local_domain,
+            reactor=self.reactor,
+            local_addresses=self.local_addresses,
+        )
+        self.queue.scheduler = self.scheduler
+        self._started = defer.ensureDeferred(self.scheduler.start())
+        self._started.addErrback(lambda f: log.failure("outbound queue failed to start", f))
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        scheduler = self.scheduler
+        if scheduler is None:
+            return defer.succeed(None)
+
+        async def stop() -> None:
+            await self._started
+            await scheduler.stop(self.config.server.shutdown_grace)
+
+        return defer.ensureDeferred(stop())
+
+    # Bounces.
+
+    def send_dsn(self, env: Envelope, reports: list[dsn.RecipientReport]) -> defer.Deferred:
+        return defer.ensureDeferred(self._send_dsn(env, reports))
+
+    async def _send_dsn(self, env: Envelope, reports: Sequence[dsn.RecipientReport]) -> None:
+        if not env.sender:
+            log.info("outbound: no DSN for {qid}: null sender", qid=env.id)
+            return
+        domain = env.sender.rpartition("@")[2]
+        kw = dict(
+            hostname=self.config.server.hostname,
+            sender=env.sender,
+            reports=reports,
+            arrival=env.arrival,
+            envid=env.envid,
+            ret=env.ret,
+            original_path=self.files.message_path(env.id),
+            now=self.reactor.seconds(),
+        )
+        if self.directory.is_local_domain(domain):
+            users = self.directory.lookup(env.sender)
+            if not users:
+                log.warn(
+                    "outbound: DSN for {qid} dropped: local sender {sender} has no mailbox",
+                    qid=env.id,
+                    sender=env.sender,
+                )
+                return
+            writer = self.store.new_message()
+            try:
+                writer.write(b"Return-Path: <>\r\n")
+                await dsn.write_dsn(writer.write, **kw)
+                await writer.commit([DeliveryTarget(u) for u in users])
+            except BaseException:
+                writer.abort()
+                raise
+        else:
+            qwriter = self.queue.new_message("")
+            try:
+                await dsn.write_dsn(qwriter.write, **kw)
+                await qwriter.commit([QueueRecipient(env.sender)])
+            except BaseException:
+                qwriter.abort()
+                raise
+        log.info(
+            "outbound: DSN ({actions}) for {qid} sent to {sender}",
+            actions=",".join(sorted({r.action for r in reports})),
+            qid=env.id,
+            sender=env.sender,
+        )
+
+    # An MX that is us, for a local domain.
+
+    def deliver_local(self, job: Job) -> defer.Deferred:
+        return defer.ensureDeferred(self._deliver_local(job))
+
+    async def _deliver_local(self, job: Job) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        targets: list[DeliveryTarget] = []
+        seen: set[str] = set()
+        for r in job.recipients:
+            users = self.directory.lookup(r.address)
+            if not users:
+                outcomes[r.address] = Outcome(PERMANENT, "550 5.1.1 no such user here")
+                continue
+            for u in users:
+                if u not in seen:
+                    seen.add(u)
+                    targets.append(DeliveryTarget(u))
+        if targets:
+            writer = self.store.new_message()
+            f = await threads.deferToThread(open, job.path, "rb")
+            try:
+                writer.write(f"Return-Path: <{job.envelope.sender}>\r\n".encode())
+                while True:
+                    chunk = await threads.deferToThread(f.read, CHUNK)
+                    if not chunk:
+                        break
+                    writer.write(chunk)
+                await writer.commit(targets)
+            except BaseException:
+                writer.abort()
+                raise
+            finally:
+                f.close()
+            for r in job.recipients:
+                outcomes.setdefault(r.address, Outcome(DELIVERED, "250 2.0.0 delivered locally"))
+        return outcomes
