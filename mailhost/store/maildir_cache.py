@@ -1,0 +1,58 @@
+"""The per-folder ``mailhost-cache`` file behind IFolder.get_cached/set_cached.
+
+JSON lines: a header ``{"v": <uidvalidity>}`` then ``[uid, key, value]`` appended in
+batches. Entries for expunged messages are dropped when the file is compacted at
+load time. All functions do file I/O and run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+CACHE_FILE = "mailhost-cache"
+
+
+def read(path: str, validity: int, live: set[int]) -> tuple[dict[int, dict[str, str]], int]:
+    """(uid -> {key: value}) for live UIDs, and the number of lines in the file."""
+    cache: dict[int, dict[str, str]] = {}
+    lines = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            try:
+                header = json.loads(f.readline())
+            except ValueError:
+                return {}, 0
+            if not isinstance(header, dict) or header.get("v") != validity:
+                return {}, 0
+            for line in f:
+                lines += 1
+                try:
+                    uid, key, value = json.loads(line)
+                except ValueError:
+                    continue  # torn append
+                if uid in live:
+                    cache.setdefault(uid, {})[key] = value
+    except FileNotFoundError:
+        pass
+    return cache, lines
+
+
+def _lines(entries) -> str:
+    return "".join(json.dumps([u, k, v], ensure_ascii=False) + "\n" for u, k, v in entries)
+
+
+def append(path: str, validity: int, entries: list[tuple[int, str, str]]) -> None:
+    new = not os.path.exists(path)
+    with open(path, "a", encoding="utf-8") as f:
+        if new:
+            f.write(json.dumps({"v": validity}) + "\n")
+        f.write(_lines(entries))
+
+
+def rewrite(path: str, validity: int, cache: dict[int, dict[str, str]]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"v": validity}) + "\n")
+        f.write(_lines((u, k, v) for u, d in cache.items() for k, v in d.items()))
+    os.replace(tmp, path)

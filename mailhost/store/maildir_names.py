@@ -1,0 +1,133 @@
+"""Maildir file names: Dovecot-compatible unique names, the ``:2,`` info part and the
+per-folder ``dovecot-keywords`` map from lower-case letters to IMAP keywords."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterable
+
+from mailhost.store.interfaces import StoreError
+
+SYSTEM_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S",
+                  "\\Deleted": "T"}
+LETTER_FLAGS = {v: k for k, v in SYSTEM_LETTERS.items()}
+KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+KEYWORDS_FILE = "dovecot-keywords"
+
+_SIZE_RE = re.compile(r",([SW])=(\d+)")
+_counter = itertools.count(1)
+_counter_lock = threading.Lock()
+
+
+def _hostname() -> str:
+    # Maildir spec: '/' and ':' in the host part are written as octal escapes.
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+
+
+_HOST = _hostname()
+
+
+def unique_base(size: int, crlf_on_disk: bool = True) -> str:
+    """A new unique base name ``<sec>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<size>``.
+
+    S= is the size on disk and W= the CRLF size (Dovecot's meaning); when the file on
+    disk is not CRLF (adopted from another program) only W= is given.
+    """
+    now = time.time()
+    with _counter_lock:
+        n = next(_counter)
+    sizes = f",S={size},W={size}" if crlf_on_disk else f",W={size}"
+    return f"{int(now)}.M{int(now % 1 * 1_000_000)}P{os.getpid()}Q{n}.{_HOST}{sizes}"
+
+
+def split_name(filename: str) -> tuple[str, str | None]:
+    """(base, info) of a Maildir file name; info is the text after ':' or None."""
+    base, sep, info = filename.partition(":")
+    return base, (info if sep else None)
+
+
+def sizes_from_base(base: str) -> tuple[int | None, int | None]:
+    """(S=, W=) values embedded in a base name, None where absent."""
+    found = dict(_SIZE_RE.findall(base))
+    s, w = found.get("S"), found.get("W")
+    return (int(s) if s else None), (int(w) if w else None)
+
+
+def info_letters(info: str | None) -> str:
+    """The flag letters of an info part ('2,FS' -> 'FS'); experimental '1,' info has none."""
+    if info and info.startswith("2,"):
+        return info[2:]
+    return ""
+
+
+class Keywords:
+    """A folder's keyword <-> letter map, in Dovecot's ``dovecot-keywords`` format."""
+
+    def __init__(self, by_index: dict[int, str] | None = None) -> None:
+        self.by_index: dict[int, str] = dict(by_index or {})
+        self.by_name: dict[str, int] = {v: k for k, v in self.by_index.items()}
+        self.version = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Keywords:
+        by_index = {}
+        for line in text.splitlines():
+            idx, _, name = line.partition(" ")
+            if idx.isdigit() and name and int(idx) < len(KEYWORD_LETTERS):
+                by_index[int(idx)] = name
+        return cls(by_index)
+
+    def serialize(self) -> str:
+        return "".join(f"{i} {n}\n" for i, n in sorted(self.by_index.items()))
+
+    def assign(self, keywords: Iterable[str]) -> bool:
+        """Give every keyword a letter; True if the map changed (the file must be written)."""
+        changed = False
+        for kw in sorted(set(keywords) - self.by_name.keys()):
+            free = next((i for i in range(len(KEYWORD_LETTERS)) if i not in self.by_index), None)
+            if free is None:
+                raise StoreError("too many keywords in this folder (Maildir allows 26)")
+            self.by_index[free] = kw
+            self.by_name[kw] = free
+            changed = True
+        if changed:
+            self.version += 1
+        return changed
+
+    def flags_of(self, letters: str) -> tuple[frozenset[str], str]:
+        """(IMAP flags, letters we cannot map and keep verbatim) of a letter string."""
+        flags, extra = set(), []
+        for ch in letters:
+            if ch in LETTER_FLAGS:
+                flags.add(LETTER_FLAGS[ch])
+            elif "a" <= ch <= "z" and (ord(ch) - 97) in self.by_index:
+                flags.add(self.by_index[ord(ch) - 97])
+            else:
+                extra.append(ch)
+        return frozenset(flags), "".join(extra)
+
+    def letters_of(self, flags: Iterable[str], extra: str = "") -> str:
+        """Sorted Maildir letters for flags (keywords must have been assigned)."""
+        out = set(extra)
+        for flag in flags:
+            if flag in SYSTEM_LETTERS:
+                out.add(SYSTEM_LETTERS[flag])
+            elif flag in self.by_name:
+                out.add(KEYWORD_LETTERS[self.by_name[flag]])
+        return "".join(sorted(out))
+
+
+def make_info(letters: str, in_new: bool) -> str | None:
+    """The info part for a file: none for an unflagged file in new/, else '2,<letters>'."""
+    if in_new and not letters:
+        return None
+    return "2," + letters
+
+
+def filename(base: str, info: str | None) -> str:
+    return base if info is None else f"{base}:{info}"
