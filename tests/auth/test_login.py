@@ -1,0 +1,104 @@
+"""LoginService: throttling, plaintext policy, and the realm behind it."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
+from zope.interface import directlyProvides
+
+from mailhost.auth.directory import UserDirectory
+from mailhost.auth.login import LoginFailed, LoginService
+from mailhost.auth.realm import IMailUser
+from mailhost.auth.throttle import LoginThrottle
+from mailhost.store.memory import MemoryStore
+
+
+def service(throttle=None, policy="yes", password="pw"):
+    d = UserDirectory.in_memory(["example.test"], {"alice@example.test": password})
+    svc = LoginService.for_tests(d, MemoryStore(), allow_plaintext=policy, throttle=throttle)
+    svc.reactor = task.Clock()
+    return svc
+
+
+@pytest_twisted.inlineCallbacks
+def test_login_gives_account():
+    avatar = yield service().login("Alice@example.test", "pw", "127.0.0.1", "imap")
+    assert IMailUser.providedBy(avatar)
+    assert avatar.user == "alice@example.test"
+    folders = yield avatar.account.list_folders()
+    assert folders[0] == "INBOX"
+
+
+@pytest_twisted.inlineCallbacks
+def test_failure_and_lockout():
+    now = [0.0]
+    throttle = LoginThrottle(max_failures=3, window=60, lockout=100, clock=lambda: now[0])
+    svc = service(throttle)
+    clock = svc.reactor
+    for _ in range(3):
+        d = svc.login("alice@example.test", "bad", "10.0.0.1", "smtp")
+        clock.advance(10)
+        with pytest.raises(LoginFailed) as e:
+            yield d
+        assert not e.value.temporary
+    # Locked now: even the right password is refused, temporarily.
+    with pytest.raises(LoginFailed) as e:
+        yield svc.login("alice@example.test", "pw", "10.0.0.1", "pop3")
+    assert e.value.temporary
+    # Another address is not affected.
+    yield svc.login("alice@example.test", "pw", "10.0.0.2", "pop3")
+    now[0] = 101
+    d = svc.login("alice@example.test", "pw", "10.0.0.1", "pop3")
+    clock.advance(10)
+    yield d
+
+
+def test_delays_grow():
+    now = [0.0]
+    t = LoginThrottle(max_failures=10, clock=lambda: now[0])
+    delays = []
+    for _ in range(5):
+        t.failed("1.2.3.4")
+        delays.append(t.delay("1.2.3.4"))
+    assert delays == sorted(delays) and delays[0] > 0
+    t.succeeded("1.2.3.4")
+    assert t.delay("1.2.3.4") == 0
+
+
+class FakeTransport:
+    def __init__(self, host):
+        self._peer = IPv4Address("TCP", host, 1234)
+
+    def getPeer(self):
+        return self._peer
+
+
+def test_plaintext_policy():
+    assert not service(policy="no").plaintext_allowed(FakeTransport("127.0.0.1"))
+    assert service(policy="loopback").plaintext_allowed(FakeTransport("127.0.0.1"))
+    assert not service(policy="loopback").plaintext_allowed(FakeTransport("192.0.2.1"))
+    assert service(policy="yes").plaintext_allowed(FakeTransport("192.0.2.1"))
+    tls = FakeTransport("192.0.2.1")
+    directlyProvides(tls, ISSLTransport)
+    assert service(policy="no").plaintext_allowed(tls)
+
+
+@pytest_twisted.inlineCallbacks
+def test_log_never_contains_password():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        svc = service(password="pw-secret-1")
+        yield svc.login("alice@example.test", "pw-secret-1", "127.0.0.1", "imap")
+        with pytest.raises(LoginFailed):
+            yield svc.login("alice@example.test", "pw-secret-2", "127.0.0.1", "imap")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logins = [e for e in events if e.get("event") == "login"]
+    assert [e["outcome"] for e in logins] == ["ok", "failed"]
+    assert "pw-secret" not in repr(events)

@@ -1,0 +1,108 @@
+"""The config model: TOML, overrides, one-line errors naming the key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mailhost import config as cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def test_defaults_are_valid():
+    c = cfg.load(None)
+    assert c.smtp.max_message_size == 32 * 1024 * 1024
+    assert c.smtp.max_recipients == 1000
+    assert c.smtp.command_timeout == 300
+    assert c.smtp.data_timeout == 600
+    assert c.smtp.max_hops == 50
+
+
+@pytest.mark.parametrize("name", ["dev.toml", "production.toml"])
+def test_shipped_configs_parse(name, tmp_path):
+    path = os.path.join(ROOT, "tap-configs", name)
+    if name == "production.toml":
+        # The production config names TLS files that exist only on a real server.
+        cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+        from mailhost.tls import write_selfsigned
+
+        write_selfsigned("mail.example.com", str(cert), str(key))
+        c = cfg.load(path, [f'tls.cert="{cert}"', f'tls.key="{key}"'])
+        assert c.tls_enabled and c.server.allow_plaintext_auth == "no"
+        assert c.submission.listen_tls == ["tcp:465"]
+    else:
+        c = cfg.load(path)
+        assert c.smtp.listen == ["tcp:2525:interface=127.0.0.1"]
+        assert c.submission.listen == ["tcp:2587:interface=127.0.0.1"]
+        assert c.pop3.listen == ["tcp:2110:interface=127.0.0.1"]
+        assert c.imap.listen == ["tcp:2143:interface=127.0.0.1"]
+        assert c.server.data_dir == "./mailhost-data"
+        assert c.server.allow_plaintext_auth == "loopback"
+
+
+def test_overrides_win_over_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[smtp]\nmax_recipients = 10\n')
+    c = cfg.load(str(p), ["smtp.max_recipients=20", "server.hostname=mx.example"])
+    assert c.smtp.max_recipients == 20
+    assert c.server.hostname == "mx.example"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('[smtp]\nmax_message_size = "big"\n', "smtp.max_message_size"),
+    ('[smtp]\nnope = 1\n', "smtp.nope: unknown key"),
+    ('[nosuch]\nx = 1\n', "nosuch: unknown section"),
+    ('[pop3]\ndelete = "shred"\n', "pop3.delete"),
+    ('[server]\ndomains = []\n', "server.domains"),
+    ('[smtp\n', "not valid TOML"),
+    ('[tls]\ncert = "/nonexistent.pem"\nkey = "/nonexistent.key"\n', "tls.cert"),
+    ('[smtp]\nmax_recipients = -1\n', "smtp.max_recipients"),
+    ('[imap]\nlisten_tls = ["tcp:993"]\n', "imap.listen_tls"),
+])
+def test_bad_values_name_the_key(tmp_path, text, needle):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load(str(p))
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(cfg.ConfigError, match="no such config file"):
+        cfg.load("/nonexistent/mailhost.toml")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config", "/nonexistent.toml"], "no such config file"),
+    (["--set", "smtp.max_message_size=huge"], "smtp.max_message_size"),
+    (["--set", "smtp.bogus=1"], "smtp.bogus: unknown key"),
+])
+def test_twistd_bad_config_is_one_line(tmp_path, args, needle):
+    """A bad config stops twistd with one line naming the key: no usage dump, no traceback."""
+    r = subprocess.run([sys.executable, TWISTD, "-n", "--pidfile=", "mailhost", *args],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    err = (r.stderr + r.stdout).strip()
+    assert needle in err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_twistd_lists_the_plugin(tmp_path):
+    r = subprocess.run([sys.executable, TWISTD, "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert "mailhost" in r.stdout
+
+
+def test_every_key_is_documented():
+    """docs/configuration.md lists every key of the model, so the two cannot drift."""
+    doc = open(os.path.join(ROOT, "docs", "configuration.md")).read()
+    missing = [f"{section}.{key}" for section, values in cfg.as_dict(cfg.Config()).items()
+               for key in values if f"`{section}.{key}`" not in doc]
+    assert not missing, f"undocumented config keys: {missing}"
