@@ -156,7 +156,9 @@ class SMTPServer(Protocol, TimeoutMixin):
             return
         self._processing = True
         try:
-            while not self._busy and not self._closing and self._buffer:
+            while self._buffer and not self._closing and (
+                    not self._busy or self._line_handler is not self._command):
+                # (an AUTH exchange is busy but still reads its continuation lines)
                 if self._reader is not None:
                     data = bytes(self._buffer)
                     self._buffer.clear()
@@ -329,6 +331,8 @@ class SMTPServer(Protocol, TimeoutMixin):
             d.callback(line)
 
         self._line_handler = on_line
+        if not self._processing and self._buffer:
+            self.factory.reactor.callLater(0, self._process)
         return d
 
     @staticmethod
