@@ -109,6 +109,8 @@ class POP3Config:
     delete: Literal["expunge", "flag"] = "expunge"
     timeout: float = 600.0
     max_connections: int = 200
+    # Concurrent connections from one client address (IPv6: one /64); 0 = unlimited.
+    max_connections_per_ip: int = 20
 
 
 @dataclass
@@ -120,6 +122,8 @@ class IMAPConfig:
     timeout: float = 1800.0
     preauth_timeout: float = 60.0
     max_connections: int = 500
+    # Concurrent connections from one client address (IPv6: one /64); 0 = unlimited.
+    max_connections_per_ip: int = 50
 
 
 @dataclass
@@ -155,6 +159,24 @@ class OutboundConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """Connection rate and exemptions for every listener (mailhost.limits).
+
+    The concurrent limits per kind are smtp/pop3/imap.max_connections(_per_ip);
+    submission uses SMTP's.
+    """
+
+    # New connections per minute from one client address over all listeners (token
+    # bucket refill); 0 disables the rate limit.
+    connection_rate: float = 120.0
+    # Bucket size: connections a client may open in a burst before the rate applies.
+    connection_burst: int = 60
+    # Client networks (CIDR) exempt from the per-address count and rate, like Postfix's
+    # smtpd_client_event_limit_exceptions; they still count towards max_connections.
+    exempt_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+
+@dataclass
 class MetricsConfig:
     # Endpoint string for the Prometheus endpoint; empty disables it.
     listen: str = ""
@@ -171,6 +193,7 @@ class Config:
     pop3: POP3Config = field(default_factory=POP3Config)
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Where the config was read from, for resolving relative paths; not a TOML key.
     source: str = field(default="", metadata={"internal": True})
