@@ -90,8 +90,8 @@ def store_kind() -> str:
     return "maildir"
 
 
-@pytest.fixture
-def imap_host(tmp_path):
+@pytest.fixture(name="imap_host")
+def imap_host_fixture(tmp_path):
     """``await imap_host(**options) -> ImapHost``; every listener is stopped after the test."""
     hosts: list[ImapHost] = []
 
@@ -136,3 +136,18 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def raw(c: imaplib.IMAP4, line: bytes, tag: bytes | None = None) -> list[bytes]:
+    """Send one raw command line; return every response line up to the tagged one."""
+    tag = tag or line.split(b" ", 1)[0]
+    c.send(line + b"\r\n")
+    out = []
+    for _ in range(100000):
+        resp = c.readline()
+        if not resp:
+            break
+        out.append(resp.rstrip(b"\r\n"))
+        if resp.startswith(tag + b" "):
+            break
+    return out
