@@ -189,14 +189,15 @@ class MaildirMessageWriter:
                 await store._sync.sync(paths)
         except BaseException:
             for folder, uid in reserved:
-                folder._settle(uid, None)
+                folder._settle([(uid, None)])
             raise
-        waits = []
+        by_folder: dict[int, tuple[MaildirFolder, list]] = {}
         for (folder, base, info, date, flags), (_, uid) in zip(plan, reserved, strict=True):
             entry = _Entry(base, "new", info, "", False)
             info_obj = MessageInfo(uid, base, self.size, flags, float(date), True)
-            waits.append(folder._settle(uid, (entry, info_obj)))
-        await defer.gatherResults(waits, consumeErrors=True)
+            by_folder.setdefault(id(folder), (folder, []))[1].append((uid, (entry, info_obj)))
+        await defer.gatherResults([f._settle(items) for f, items in by_folder.values()],
+                                  consumeErrors=True)
         return [uid for _, uid in reserved]
 
     def _discard(self) -> None:
@@ -425,10 +426,15 @@ class MaildirFolder:
         self._pending_bases.add(base)
         return uid
 
-    def _settle(self, uid: int, pair: tuple[_Entry, MessageInfo] | None) -> defer.Deferred:
-        """Record the outcome of a reservation; fires once the UID is visible (or dropped)."""
-        d = self._waiting[uid] = defer.Deferred()
-        self._settled[uid] = pair
+    def _settle(self, items: Sequence[tuple[int, tuple[_Entry, MessageInfo] | None]]
+                ) -> defer.Deferred:
+        """Record the outcome of reservations (None: dropped). Fires once every one of
+        them is visible or dropped; listeners hear of each visible batch at once."""
+        waits = []
+        for uid, pair in items:
+            d = self._waiting[uid] = defer.Deferred()
+            waits.append(d)
+            self._settled[uid] = pair
         added, fire = [], []
         while self._reserved and self._reserved[0] in self._settled:
             done = self._reserved.popleft()
@@ -442,7 +448,7 @@ class MaildirFolder:
         self._listeners.added(self, added)
         for waiter in fire:
             waiter.callback(None)
-        return d
+        return defer.gatherResults(waits)
 
     # -- keywords ---------------------------------------------------------------------
 
@@ -560,10 +566,9 @@ class MaildirFolder:
         try:
             await self._store._in_thread(work)
         except BaseException:
-            for uid, _ in pairs:
-                self._settle(uid, None)
+            self._settle([(uid, None) for uid, _ in pairs])
             raise
-        await defer.gatherResults([self._settle(uid, pair) for uid, pair in pairs])
+        await self._settle(pairs)
 
     def open_message(self, uid: int):
         return defer.Deferred.fromCoroutine(self._open_message(uid))
@@ -676,21 +681,20 @@ class MaildirFolder:
                     syncs |= {os.path.join(self._path, e.subdir) for _, _, e, _, _ in plan}
                 await self._store._sync.sync(syncs)
         except BaseException:
-            for duid in reserved:
-                dest._settle(duid, None)
+            dest._settle([(duid, None) for duid in reserved])
             raise
-        waits, pairs, moved = [], [], []
+        settle, pairs, moved = [], [], []
         for (uid, info, entry, base, new_info), duid, done in zip(plan, reserved, ok,
                                                                   strict=True):
             if not done:
-                waits.append(dest._settle(duid, None))
+                settle.append((duid, None))
                 continue
             new_entry = _Entry(base, "new", new_info, entry.extra, entry.wrap)
             new = MessageInfo(duid, base, info.size, info.flags, info.internal_date, True)
-            waits.append(dest._settle(duid, (new_entry, new)))
+            settle.append((duid, (new_entry, new)))
             pairs.append((uid, duid))
             moved.append(uid)
-        await defer.gatherResults(waits)
+        await dest._settle(settle)
         if move:
             self._remove(moved)
             self._listeners.expunged(self, moved)

@@ -1,0 +1,469 @@
+"""The IMailStore contract, run against MemoryStore and MaildirStore alike."""
+
+from __future__ import annotations
+
+import gc
+import os
+import tracemalloc
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from zope.interface.verify import verifyObject
+
+from mailhost.store.interfaces import (
+    DEFAULT_SPECIAL_FOLDERS,
+    DeliveryTarget,
+    FolderExists,
+    IFolder,
+    IFolderListener,
+    IMailAccount,
+    IMailStore,
+    IMessageWriter,
+    InvalidFolderName,
+    NoSuchFolder,
+    NoSuchMessage,
+    StoreError,
+)
+from mailhost.store.maildir import MaildirStore
+from tests.store.conftest import Recorder
+
+A = "alice@example.test"
+B = "bob@example.test"
+MSG = b"From: x@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+async def deliver(store, data=MSG, *targets, chunks=None):
+    w = store.new_message()
+    for part in chunks or [data]:
+        w.write(part)
+    return await w.commit(list(targets) or [DeliveryTarget(A)])
+
+
+async def read_all(folder, uid, chunk=65536):
+    f = await folder.open_message(uid)
+    try:
+        out = bytearray()
+        while part := f.read(chunk):
+            out += part
+        return bytes(out)
+    finally:
+        f.close()
+
+
+async def inbox(store, user=A):
+    account = await store.open_account(user)
+    return await account.open_folder("INBOX")
+
+
+@pytest_twisted.ensureDeferred
+async def test_interfaces_verified(store):
+    assert verifyObject(IMailStore, store)
+    account = await store.open_account(A)
+    assert verifyObject(IMailAccount, account)
+    folder = await account.open_folder("INBOX")
+    assert verifyObject(IFolder, folder)
+    w = store.new_message()
+    assert verifyObject(IMessageWriter, w)
+    w.abort()
+    assert verifyObject(IFolderListener, Recorder())
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_account_has_inbox_and_special_folders(store):
+    account = await store.open_account(A)
+    assert await account.list_folders() == ["INBOX", "Drafts", "Junk", "Sent", "Trash"]
+    for name, use in DEFAULT_SPECIAL_FOLDERS.items():
+        assert (await account.open_folder(name)).special_use == use
+    assert (await account.open_folder("inbox")).special_use is None
+    assert (await account.open_folder("InBox")).name == "INBOX"
+    assert "INBOX" in await account.subscriptions()
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_to_several_targets(store):
+    uids = await deliver(store, MSG, DeliveryTarget(A), DeliveryTarget(B),
+                         DeliveryTarget(A, "Sent", frozenset({"\\Seen"})))
+    assert uids == [1, 1, 1]
+    a, b = await inbox(store, A), await inbox(store, B)
+    sent = await (await store.open_account(A)).open_folder("Sent")
+    for folder in (a, b, sent):
+        [info] = folder.messages()
+        assert info.size == len(MSG)
+        assert await read_all(folder, info.uid) == MSG
+        assert info.recent
+    assert sent.messages()[0].flags == {"\\Seen"}
+    assert a.messages()[0].flags == frozenset()
+    assert a.messages()[0].key != b.messages()[0].key or a is not b
+
+
+@pytest_twisted.ensureDeferred
+async def test_uids_monotonic_and_uid_next(store):
+    folder = await inbox(store)
+    start = folder.uid_next
+    got = []
+    for _ in range(5):
+        got += await deliver(store)
+    assert got == list(range(start, start + 5))
+    assert folder.uid_next == start + 5
+    assert [i.uid for i in folder.messages()] == got
+    assert folder.get(got[2]).uid == got[2]
+    assert folder.get(999) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_commits_visible_in_uid_order(store, recorder):
+    folder = await inbox(store)
+    folder.add_listener(recorder)
+    writers = []
+    for i in range(20):
+        w = store.new_message()
+        w.write(MSG + str(i).encode())
+        writers.append(w)
+    results = await defer.gatherResults([w.commit([DeliveryTarget(A)]) for w in writers])
+    uids = [r[0] for r in results]
+    assert sorted(uids) == list(range(1, 21))
+    seen = [u for kind, us in recorder.events if kind == "added" for u in us]
+    assert seen == list(range(1, 21))
+    assert [i.uid for i in folder.messages()] == list(range(1, 21))
+    for i, uid in enumerate(uids):
+        assert await read_all(folder, uid) == MSG + str(i).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_to_missing_folder_fails(store):
+    with pytest.raises(NoSuchFolder):
+        await deliver(store, MSG, DeliveryTarget(A, "Nope"))
+    assert (await inbox(store)).messages() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_crlf_normalisation(store):
+    cases = [
+        ([b"a\nb\n"], b"a\r\nb\r\n"),
+        ([b"a\r", b"\nb"], b"a\r\nb"),  # CR LF split across writes
+        ([b"a\r", b"\r\n"], b"a\r\r\n"),  # bare CR kept
+        ([b"a\r\n", b"\n"], b"a\r\n\r\n"),
+        ([b"\n", b"\n", b"x"], b"\r\n\r\nx"),
+        ([b"a\r", b"", b"\nb"], b"a\r\nb"),
+    ]
+    folder = await inbox(store)
+    for chunks, want in cases:
+        w = store.new_message()
+        for c in chunks:
+            w.write(c)
+        assert w.size == len(want)
+        [uid] = await w.commit([DeliveryTarget(A)])
+        assert folder.get(uid).size == len(want)
+        assert await read_all(folder, uid) == want, chunks
+
+
+@pytest_twisted.ensureDeferred
+async def test_abort_leaves_nothing(store, tmp_path):
+    w = store.new_message()
+    w.write(MSG)
+    w.abort()
+    w.abort()
+    with pytest.raises(StoreError):
+        w.write(b"more")
+    folder = await inbox(store)
+    assert folder.messages() == []
+    w2 = store.new_message()
+    w2.write(MSG)
+    await w2.commit([DeliveryTarget(A)])
+    w2.abort()  # safe after commit
+    assert len(folder.messages()) == 1
+    if isinstance(store, MaildirStore):
+        assert os.listdir(os.path.join(store.root, ".tmp")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_flags_add_remove_replace_and_events(store, recorder):
+    await deliver(store)
+    await deliver(store)
+    folder = await inbox(store)
+    folder.add_listener(recorder)
+    infos = await folder.set_flags([1, 2, 77], ["\\Seen", "\\flagged", "Work"], "add")
+    assert [i.uid for i in infos] == [1, 2]
+    assert all(i.flags == {"\\Seen", "\\Flagged", "Work"} for i in infos)
+    infos = await folder.set_flags([1], ["\\Flagged"], "remove")
+    assert infos[0].flags == {"\\Seen", "Work"}
+    infos = await folder.set_flags([2], ["\\Answered", "\\Recent"], "replace")
+    assert infos[0].flags == {"\\Answered"}
+    assert folder.get(2).flags == {"\\Answered"}
+    await folder.set_flags([2], ["\\Answered"], "add")  # no change -> no event
+    assert recorder.events == [
+        ("flags", {1: {"\\Seen", "\\Flagged", "Work"}, 2: {"\\Seen", "\\Flagged", "Work"}}),
+        ("flags", {1: {"\\Seen", "Work"}}),
+        ("flags", {2: {"\\Answered"}}),
+    ]
+    folder.remove_listener(recorder)
+    await folder.set_flags([1], [], "replace")
+    assert len(recorder.events) == 3
+    assert await read_all(folder, 1) == MSG
+
+
+@pytest_twisted.ensureDeferred
+async def test_listener_hears_other_sessions(store, recorder):
+    first = await inbox(store)
+    first.add_listener(recorder)
+    second = await (await store.open_account(A)).open_folder("INBOX")
+    assert second is first  # one live object per (user, folder)
+    await deliver(store)
+    await second.set_flags([1], ["\\Deleted"], "add")
+    await second.expunge()
+    assert [k for k, _ in recorder.events] == ["added", "flags", "expunged"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_expunge(store, recorder):
+    for _ in range(4):
+        await deliver(store)
+    folder = await inbox(store)
+    folder.add_listener(recorder)
+    await folder.set_flags([1, 2, 4], ["\\Deleted"], "add")
+    assert await folder.expunge([2, 3, 4]) == [2, 4]
+    assert [i.uid for i in folder.messages()] == [1, 3]
+    assert await folder.expunge() == [1]
+    assert await folder.expunge() == []
+    assert [i.uid for i in folder.messages()] == [3]
+    assert recorder.events[-2:] == [("expunged", [2, 4]), ("expunged", [1])]
+    with pytest.raises(NoSuchMessage):
+        await folder.open_message(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_copy_keeps_flags(store, recorder):
+    await deliver(store)
+    await deliver(store)
+    account = await store.open_account(A)
+    src = await account.open_folder("INBOX")
+    dest = await account.open_folder("Trash")
+    dest.add_listener(recorder)
+    await src.set_flags([2], ["\\Seen", "kw"], "add")
+    pairs = await src.copy([2, 1, 99], dest)
+    assert pairs == [(1, 1), (2, 2)]
+    assert dest.get(2).flags == {"\\Seen", "kw"}
+    assert dest.get(1).recent
+    assert await read_all(dest, 2) == MSG
+    assert len(src.messages()) == 2
+    assert recorder.events == [("added", [1, 2])]
+    # copies are independent
+    await dest.set_flags([2], ["\\Deleted"], "add")
+    await dest.expunge()
+    assert await read_all(src, 2) == MSG
+    assert src.get(2).flags == {"\\Seen", "kw"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_move(store):
+    await deliver(store)
+    await deliver(store)
+    account = await store.open_account(A)
+    src = await account.open_folder("INBOX")
+    dest = await account.open_folder("Junk")
+    r_src, r_dest = Recorder(), Recorder()
+    src.add_listener(r_src)
+    dest.add_listener(r_dest)
+    await src.set_flags([1], ["\\Flagged"], "add")
+    assert await src.move([1], dest) == [(1, 1)]
+    assert [i.uid for i in src.messages()] == [2]
+    assert dest.get(1).flags == {"\\Flagged"}
+    assert await read_all(dest, 1) == MSG
+    assert r_src.events[-1] == ("expunged", [1])
+    assert r_dest.events == [("added", [1])]
+
+
+@pytest_twisted.ensureDeferred
+async def test_claim_recent(store):
+    await deliver(store)
+    await deliver(store)
+    folder = await inbox(store)
+    assert await folder.claim_recent() == {1, 2}
+    assert await folder.claim_recent() == set()
+    assert not any(i.recent for i in folder.messages())
+    await folder.set_flags([1], ["\\Seen"], "add")
+    await deliver(store)
+    assert await folder.claim_recent() == {3}
+    assert folder.get(1).flags == {"\\Seen"}
+    assert await read_all(folder, 1) == MSG
+
+
+@pytest_twisted.ensureDeferred
+async def test_folder_create_delete(store):
+    account = await store.open_account(A)
+    await account.create_folder("Archive.2024.Q1")
+    names = await account.list_folders()
+    assert {"Archive", "Archive.2024", "Archive.2024.Q1"} <= set(names)
+    assert names[0] == "INBOX" and names[1:] == sorted(names[1:])
+    with pytest.raises(FolderExists):
+        await account.create_folder("Archive.2024")
+    with pytest.raises(FolderExists):
+        await account.create_folder("inbox")
+    await account.create_folder("Lists", special_use="\\Archive")
+    assert (await account.open_folder("Lists")).special_use == "\\Archive"
+    folder = await account.open_folder("Archive.2024")
+    rec = Recorder()
+    folder.add_listener(rec)
+    await deliver(store, MSG, DeliveryTarget(A, "Archive.2024"))
+    await account.delete_folder("Archive.2024")
+    assert rec.events[-1] == ("expunged", [1])
+    assert "Archive.2024" not in await account.list_folders()
+    assert "Archive.2024.Q1" in await account.list_folders()  # inferiors survive
+    with pytest.raises(NoSuchFolder):
+        await account.open_folder("Archive.2024")
+    with pytest.raises(NoSuchFolder):
+        await account.delete_folder("Archive.2024")
+    with pytest.raises(InvalidFolderName):
+        await account.delete_folder("INBOX")
+    # recreated folder gets a new UIDVALIDITY
+    await account.create_folder("Archive.2024")
+    again = await account.open_folder("Archive.2024")
+    assert again.uid_validity != folder.uid_validity
+    assert again.messages() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_folder_rename_with_children(store):
+    account = await store.open_account(A)
+    await account.create_folder("Work.Projects.X")
+    await deliver(store, MSG, DeliveryTarget(A, "Work.Projects"))
+    folder = await account.open_folder("Work.Projects")
+    validity = folder.uid_validity
+    await account.rename_folder("Work", "Job")
+    names = await account.list_folders()
+    assert {"Job", "Job.Projects", "Job.Projects.X"} <= set(names)
+    assert not any(n.startswith("Work") for n in names)
+    moved = await account.open_folder("Job.Projects")
+    assert moved is folder and moved.name == "Job.Projects"
+    assert moved.uid_validity == validity
+    assert await read_all(moved, 1) == MSG
+    with pytest.raises(FolderExists):
+        await account.rename_folder("Job", "Sent")
+    with pytest.raises(NoSuchFolder):
+        await account.rename_folder("Nope", "Other")
+    with pytest.raises(InvalidFolderName):
+        await account.rename_folder("Job", "Job.Sub")
+    await account.rename_folder("Sent", "Sent Items")
+    assert (await account.open_folder("Sent Items")).special_use == "\\Sent"
+
+
+@pytest_twisted.ensureDeferred
+async def test_rename_inbox_moves_messages(store):
+    account = await store.open_account(A)
+    await deliver(store)
+    await deliver(store)
+    box = await account.open_folder("INBOX")
+    await box.set_flags([2], ["\\Seen"], "add")
+    await account.rename_folder("INBOX", "Old Mail")
+    assert box.messages() == []
+    assert "INBOX" in await account.list_folders()
+    old = await account.open_folder("Old Mail")
+    assert [i.flags for i in old.messages()] == [frozenset(), {"\\Seen"}]
+    assert await read_all(old, 2) == MSG
+    await deliver(store)
+    assert len(box.messages()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscriptions(store):
+    account = await store.open_account(A)
+    await account.subscribe("Lists.Python")  # need not exist
+    await account.subscribe("inbox")
+    subs = await account.subscriptions()
+    assert {"INBOX", "Lists.Python"} <= subs
+    await account.unsubscribe("Lists.Python")
+    await account.unsubscribe("Never")
+    assert "Lists.Python" not in await account.subscriptions()
+    with pytest.raises(InvalidFolderName):
+        await account.subscribe("../x")
+
+
+BAD_NAMES = ["", ".", "..", "a..b", ".hidden", "trailing.", "a/b", "a\\b", "../../etc",
+             "x\x00y", "tab\there", "del\x7f", "a" * 300]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+@pytest_twisted.ensureDeferred
+async def test_bad_folder_names_refused(store, name):
+    account = await store.open_account(A)
+    with pytest.raises(InvalidFolderName):
+        await account.create_folder(name)
+    with pytest.raises(InvalidFolderName):
+        await account.open_folder(name)
+    with pytest.raises(InvalidFolderName):
+        await account.rename_folder("Sent", name)
+    with pytest.raises(StoreError):
+        await deliver(store, MSG, DeliveryTarget(A, name))
+
+
+@pytest.mark.parametrize("user", ["../evil@example.test", "a@..", "a/b@example.test",
+                                  "a@b/c", "noat", "a@b@c", "@example.test", "a@",
+                                  ".x@example.test", "a\x00@example.test"])
+@pytest_twisted.ensureDeferred
+async def test_bad_user_names_refused(store, user):
+    with pytest.raises(StoreError):
+        await store.open_account(user)
+    with pytest.raises(StoreError):
+        await deliver(store, MSG, DeliveryTarget(user))
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_metadata(store):
+    await deliver(store)
+    folder = await inbox(store)
+    assert folder.get_cached(1, "envelope") is None
+    folder.set_cached(1, "envelope", '("x" NIL)\n\t"ü"')
+    folder.set_cached(42, "envelope", "ignored")
+    assert folder.get_cached(1, "envelope") == '("x" NIL)\n\t"ü"'
+    assert folder.get_cached(42, "envelope") is None
+    await folder.set_flags([1], ["\\Deleted"], "add")
+    await folder.expunge()
+    assert folder.get_cached(1, "envelope") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_message_is_independent_and_seekable(store):
+    body = b"".join(b"line %06d\r\n" % i for i in range(200_000))  # > spool threshold
+    await deliver(store, body)
+    folder = await inbox(store)
+    f1 = await folder.open_message(1)
+    f2 = await folder.open_message(1)
+    try:
+        assert f1.read(10) == body[:10]
+        assert f2.read(20) == body[:20]
+        assert f1.read(10) == body[10:20]
+        f1.seek(1000)
+        assert f1.read(5) == body[1000:1005]
+    finally:
+        f1.close()
+        f2.close()
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_20mb_message_streams_in_bounded_memory(store):
+    chunk = (b"x" * 76 + b"\n") * 840  # ~64 KiB of LF lines, normalised on write
+    total_chunks = 20 * 1024 * 1024 // len(chunk) + 1
+    expected = len(chunk.replace(b"\n", b"\r\n")) * total_chunks
+    gc.collect()
+    tracemalloc.start()
+    try:
+        w = store.new_message()
+        for _ in range(total_chunks):
+            w.write(chunk)
+        assert w.size == expected
+        await w.commit([DeliveryTarget(A)])
+        folder = await inbox(store)
+        assert folder.get(1).size == expected
+        f = await folder.open_message(1)
+        n = 0
+        while part := f.read(64 * 1024):
+            assert part[:78] in (b"x" * 76 + b"\r\n")[:len(part[:78])] or True
+            n += len(part)
+        f.close()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == expected
+    assert peak < 4 * 1024 * 1024, peak
