@@ -1,0 +1,118 @@
+"""The RETR/TOP transforms: any chunking gives the bytes of transforming the whole message."""
+
+from __future__ import annotations
+
+import io
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from mailhost.pop3.transfer import DotStuffer, MessageSender, TopFilter
+
+# Messages made of the interesting pieces: dots, CRLFs, lone CR/LF, text.
+pieces = st.sampled_from([b".", b"..", b"\r\n", b"\r", b"\n", b"a", b"Subject: x", b" "])
+messages = st.lists(pieces, max_size=60).map(b"".join)
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def reference_stuff(data: bytes) -> bytes:
+    """Stuffing done the obvious way, on the whole message at once."""
+    lines = data.split(b"\n")
+    return b"\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+
+
+def reference_top(data: bytes, n: int) -> bytes:
+    """Line by line: every header line, the first empty (CRLF) line, then n body lines."""
+    lines = _lines(data)
+    out = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        if line == b"\r\n":
+            return b"".join(out + lines[i + 1 : i + 1 + n])
+    return data
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """Split after each LF (the only line end that counts), keeping it."""
+    parts = data.split(b"\n")
+    return [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages, st.lists(st.integers(min_value=0), max_size=8))
+def test_stuffing_is_chunking_invariant(data, cuts):
+    stuffer = DotStuffer()
+    out = b"".join(stuffer.feed(c) for c in chunked(data, cuts))
+    assert out == reference_stuff(data)
+    terminator = stuffer.terminator()
+    assert (out + terminator).endswith(b"\r\n.\r\n") or (not data and terminator == b".\r\n")
+    if data.endswith(b"\r\n"):
+        assert terminator == b".\r\n"  # never a doubled line end, never \r\r\n
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages, st.integers(min_value=0, max_value=6), st.lists(st.integers(min_value=0),
+                                                                 max_size=8))
+def test_top_is_chunking_invariant(data, n, cuts):
+    top = TopFilter(n)
+    out = b""
+    for chunk in chunked(data, cuts):
+        out += top.feed(chunk)
+        if top.done:
+            break
+    assert out == reference_top(data, n)
+
+
+def test_sender_streams_with_backpressure_and_stuffs_across_chunks():
+    data = b".a\r\n" + b"x" * 100 + b"\r\n.b\r\n" + b"y" * 7
+    transport = StringTransport()
+    f = io.BytesIO(data)
+    clock = Clock()
+    sender = MessageSender(transport, f, chunk_size=4, reactor=clock)
+    d = sender.start()
+    # Without push-back it still yields to the reactor after a few chunks.
+    assert transport.producer is sender and transport.streaming and not d.called
+    assert clock.getDelayedCalls()
+    while not d.called:
+        clock.advance(0)
+    assert d.result == len(data)
+    assert transport.value() == b"..a\r\n" + b"x" * 100 + b"\r\n..b\r\n" + b"y" * 7 + b"\r\n.\r\n"
+    assert f.closed and transport.producer is None
+
+
+def test_sender_pauses_when_transport_is_full():
+    transport = StringTransport()
+    f = io.BytesIO(b"z" * 1000)
+    sender = MessageSender(transport, f, chunk_size=10, reactor=Clock())
+    transport.registerProducer = lambda p, s: None
+    sender._paused = False
+    original_write = transport.write
+
+    def write(data):
+        original_write(data)
+        sender.pauseProducing()  # what a full TCP send buffer does
+
+    transport.write = write
+    d = sender.start()
+    assert len(transport.value()) == 10 and not d.called  # one chunk, then it waits
+    sender.resumeProducing()
+    assert len(transport.value()) == 20
+
+
+def test_sender_stop_producing_closes_the_file_and_fails():
+    transport = StringTransport()
+    f = io.BytesIO(b"z" * 1000)
+    sender = MessageSender(transport, f, chunk_size=10, reactor=Clock())
+    transport.write = lambda data: sender.pauseProducing()
+    d = sender.start()
+    sender.stopProducing()
+    assert f.closed
+    failures = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(ConnectionError)
