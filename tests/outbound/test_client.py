@@ -1,0 +1,260 @@
+"""The relay client over real sockets: against aiosmtpd (a server we did not write)
+and a scripted server for per-recipient replies and STARTTLS faults."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytest_twisted
+from aiosmtpd.controller import Controller
+from twisted.internet import reactor, ssl
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from mailhost.outbound.client import (
+    DELIVERED,
+    PERMANENT,
+    TEMPORARY,
+    ClientPolicy,
+    DotStuffer,
+    Job,
+    run_session,
+)
+from mailhost.outbound.spool import Envelope, RecipientState
+from tests.mailhost_process import free_port
+from tests.outbound.remote import ScriptedFactory, listen
+
+
+class ListSource:
+    def __init__(self, jobs):
+        self.jobs = list(jobs)
+        self.done = []
+
+    def next_job(self):
+        return self.jobs.pop(0) if self.jobs else None
+
+    def job_done(self, job, outcomes, info):
+        self.done.append((job, outcomes, info))
+
+
+def make_job(tmp_path, body: bytes, rcpts, sender="alice@example.test", name="m"):
+    path = tmp_path / name
+    path.write_bytes(body)
+    env = Envelope(id=name.upper() * 8, sender=sender, arrival=time.time(), size=len(body),
+                   recipients=[RecipientState(r) for r in rcpts])
+    return Job(env, "remote.test", list(env.recipients), str(path))
+
+
+def policy(**kw):
+    kw.setdefault("tls", "none")
+    return ClientPolicy(hostname="a.test", mx_name="remote.test", **kw)
+
+
+class Sink:
+    def __init__(self):
+        self.envelopes = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith("reject"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        return "250 2.0.0 Message accepted"
+
+
+@pytest.fixture
+def aiosmtpd_server():
+    sink = Sink()
+    port = free_port()
+    c = Controller(sink, hostname="127.0.0.1", port=port)
+    c.start()
+    yield sink, port
+    c.stop()
+
+
+def test_dot_stuffer_keeps_state_across_chunks():
+    s = DotStuffer()
+    out = s(b"a\r\n") + s(b".b\r\n.") + s(b"c\r\n")
+    assert out == b"a\r\n..b\r\n..c\r\n"
+    assert s.terminator() == b".\r\n"
+    s2 = DotStuffer()
+    assert s2(b".x") == b"..x" and s2.terminator() == b"\r\n.\r\n"
+    s3 = DotStuffer()  # a CR/LF split across chunks
+    assert s3(b"a\r") + s3(b"\n.z\r\n") == b"a\r\n..z\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_regression_dot_at_chunk_boundary_reaches_aiosmtpd_intact(tmp_path, aiosmtpd_server):
+    """twisted.mail's transformChunk misses a '.' that starts a 16 KiB chunk; ours must not."""
+    sink, port = aiosmtpd_server
+    head = b"Subject: dots\r\n\r\n"
+    need = 16384 - len(head)
+    filler = b"".join(b"x" * 98 + b"\r\n" for _ in range(need // 100))
+    filler += b"y" * (need - len(filler) - 2) + b"\r\n"
+    body = head + filler + b".starts the second chunk\r\n..two dots\r\n.\r\nend\r\n"
+    assert body[16384:16385] == b"."
+    job = make_job(tmp_path, body, ["bob@remote.test", "reject@remote.test"])
+    src = ListSource([job])
+    result = await run_session(TCP4ClientEndpoint(reactor, "127.0.0.1", port), policy(), src)
+    assert result.transacted and result.jobs == 1, result
+    ((_, outcomes, _info),) = src.done
+    assert outcomes["bob@remote.test"].kind == DELIVERED, outcomes
+    assert outcomes["reject@remote.test"].kind == PERMANENT
+    assert "5.1.1" in outcomes["reject@remote.test"].reply
+    (env,) = sink.envelopes
+    assert env.rcpt_tos == ["bob@remote.test"]
+    assert env.original_content == body
+
+
+@pytest_twisted.ensureDeferred
+async def test_several_messages_per_connection_pipelined(tmp_path):
+    f = ScriptedFactory()
+    f.rcpt_reply = lambda a: "452 4.2.2 mailbox full" if a.startswith("full") else "250 ok"
+    port = await listen(f)
+    try:
+        jobs = [make_job(tmp_path, b"Subject: %d\r\n\r\nhi\r\n" % i,
+                         ["a@remote.test", "full@remote.test"], name=f"m{i}") for i in range(3)]
+        src = ListSource(jobs)
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        result = await run_session(ep, policy(), src)
+    finally:
+        await port.stopListening()
+    assert result.jobs == 3 and f.connections == 1
+    assert len(f.received) == 3
+    for _job, outcomes, _ in src.done:
+        assert outcomes["a@remote.test"].kind == DELIVERED
+        assert outcomes["full@remote.test"].kind == TEMPORARY
+    assert f.received[0].mail_line.startswith("MAIL FROM:<alice@example.test> SIZE=")
+    assert "BODY=8BITMIME" in f.received[0].mail_line
+    assert sum(c.startswith("RSET") for c in f.commands) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_mail_from_rejected_and_data_rejected(tmp_path):
+    f = ScriptedFactory(extensions=["8BITMIME"])  # no PIPELINING: one command at a time
+    replies = iter(["550 5.7.1 sender refused", "250 ok"])
+    f.mail_reply = lambda line: next(replies)
+    f.data_reply = lambda rcpts, data: "554 5.6.0 content rejected"
+    port = await listen(f)
+    try:
+        jobs = [make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["a@remote.test"], name="m1"),
+                make_job(tmp_path, b"S: 2\r\n\r\nx\r\n", ["a@remote.test"], name="m2")]
+        src = ListSource(jobs)
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await run_session(ep, policy(), src)
+    finally:
+        await port.stopListening()
+    first, second = (o["a@remote.test"] for _, o, _ in src.done)
+    assert first.kind == PERMANENT and "sender refused" in first.reply
+    assert second.kind == PERMANENT and "5.6.0" in second.reply
+    assert not any(c.startswith("RCPT") for c in f.commands[:2])
+
+
+@pytest_twisted.ensureDeferred
+async def test_dsn_parameters_passed_when_offered(tmp_path):
+    f = ScriptedFactory(extensions=["PIPELINING", "DSN", "SIZE 1000000"])
+    port = await listen(f)
+    try:
+        job = make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["a@remote.test"])
+        job.envelope.ret = "HDRS"
+        job.envelope.envid = "id+1 x"
+        job.recipients[0].notify = ["FAILURE", "SUCCESS"]
+        job.recipients[0].orcpt = "rfc822;a@remote.test"
+        src = ListSource([job])
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await run_session(ep, policy(), src)
+    finally:
+        await port.stopListening()
+    (r,) = f.received
+    assert "RET=HDRS" in r.mail_line and "ENVID=id+2B1+20x" in r.mail_line
+    assert "NOTIFY=FAILURE,SUCCESS" in r.rcpt_lines[0] and "ORCPT=rfc822;a@remote.test" in r.rcpt_lines[0]
+    assert src.done[0][1]["a@remote.test"].dsn_passed
+
+
+@pytest.fixture
+def server_tls(tmp_path):
+    from mailhost.tls import write_selfsigned
+
+    cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    write_selfsigned("remote.test", cert, key)
+    return ssl.PrivateCertificate.loadPEM(open(key).read() + open(cert).read()).options()
+
+
+@pytest_twisted.ensureDeferred
+async def test_opportunistic_starttls_is_used(tmp_path, server_tls):
+    f = ScriptedFactory(tls_options=server_tls)
+    port = await listen(f)
+    try:
+        src = ListSource([make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["a@remote.test"])])
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        result = await run_session(
+            ep, policy(tls="opportunistic", tls_context=ssl.CertificateOptions()), src)
+    finally:
+        await port.stopListening()
+    assert result.tls and f.received[0].tls
+    assert src.done[0][2]["tls"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_broken_tls_handshake_is_reported_for_plaintext_fallback(tmp_path, server_tls):
+    f = ScriptedFactory(tls_options=server_tls)
+    f.break_tls = True
+    port = await listen(f)
+    try:
+        src = ListSource([make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["a@remote.test"])])
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        result = await run_session(
+            ep, policy(tls="opportunistic", tls_context=ssl.CertificateOptions()), src)
+    finally:
+        await port.stopListening()
+    assert result.tls_failed and not result.transacted and src.done == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_verify_policy_rejects_untrusted_certificate(tmp_path, server_tls):
+    f = ScriptedFactory(tls_options=server_tls)
+    port = await listen(f)
+    try:
+        src = ListSource([make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["a@remote.test"])])
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        result = await run_session(
+            ep, policy(tls="verify", tls_context=ssl.optionsForClientTLS("remote.test")), src)
+    finally:
+        await port.stopListening()
+    assert not result.transacted and f.received == []
+    assert result.error
+
+
+@pytest_twisted.ensureDeferred
+async def test_verify_policy_needs_starttls(tmp_path):
+    f = ScriptedFactory()
+    port = await listen(f)
+    try:
+        src = ListSource([make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["a@remote.test"])])
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        result = await run_session(
+            ep, policy(tls="verify", tls_context=ssl.optionsForClientTLS("remote.test")), src)
+    finally:
+        await port.stopListening()
+    assert not result.transacted and "TLS" in result.error
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_refused_and_timeout(tmp_path):
+    src = ListSource([make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["a@remote.test"])])
+    ep = TCP4ClientEndpoint(reactor, "127.0.0.1", free_port(), timeout=2)
+    result = await run_session(ep, policy(), src)
+    assert not result.transacted and "cannot connect" in result.error
+    f = ScriptedFactory()
+    f.data_reply = lambda rcpts, data: None  # never answers the end of DATA
+    port = await listen(f)
+    try:
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        result = await run_session(ep, policy(command_timeout=0.5), src)
+    finally:
+        await port.stopListening()
+    assert result.transacted and "timeout" in result.error
+    assert src.done[0][1]["a@remote.test"].kind == TEMPORARY

@@ -1,0 +1,109 @@
+"""Spool durability: writer, envelopes, orphan cleanup, and a writer killed with -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest_twisted
+from zope.interface.verify import verifyObject
+
+from mailhost.outbound.interfaces import IQueueWriter, QueueRecipient
+from mailhost.outbound.spool import Envelope, SpoolFiles, SpoolWriter, count_received, read_headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_writer_streams_normalises_and_commits(tmp_path):
+    files = SpoolFiles(str(tmp_path / "q"), fsync=True)
+    files.ensure_sync()
+    committed = []
+    w = SpoolWriter(files, "alice@example.test", "E1", "hdrs", committed.append, time.time)
+    verifyObject(IQueueWriter, w)
+    w.write(b"Subject: x\r")
+    w.write(b"\nX: y\n\nline1\nline2\r\n")
+    qid = await w.commit([QueueRecipient("bob@remote.example", frozenset({"FAILURE"}), "rfc822;bob@remote.example")])
+    assert committed and committed[0].id == qid
+    data = open(files.message_path(qid), "rb").read()
+    assert data == b"Subject: x\r\nX: y\r\n\r\nline1\r\nline2\r\n"
+    env = files.load_envelope_sync(qid)
+    assert env.sender == "alice@example.test" and env.envid == "E1" and env.ret == "HDRS"
+    assert env.size == len(data)
+    assert env.recipients[0].notify == ["FAILURE"] and env.recipients[0].status == "pending"
+    assert os.listdir(files.tmp_dir) == []
+
+
+def test_abort_leaves_nothing(tmp_path):
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    w = SpoolWriter(files, "", None, None, lambda e: None, time.time)
+    w.write(b"x\r\n")
+    w.abort()
+    w.abort()
+    assert os.listdir(files.tmp_dir) == []
+
+
+def test_load_cleans_orphans(tmp_path):
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    open(files.message_path("0000000000A00000000"), "wb").write(b"orphan")
+    env = Envelope(id="0000000000B00000000", sender="", recipients=[], arrival=1.0)
+    files.save_envelope_sync(env)  # envelope without message
+    good = Envelope(id="0000000000C00000000", sender="a@b", recipients=[], arrival=2.0)
+    open(files.message_path(good.id), "wb").write(b"Received: x\r\nReceived: y\r\n\r\nbody")
+    files.save_envelope_sync(good)
+    envelopes, problems = files.load_all_sync()
+    assert [e.id for e in envelopes] == [good.id]
+    assert len(problems) == 2
+    assert sorted(os.listdir(files.msg_dir)) == [good.id]
+    assert count_received(read_headers(files.message_path(good.id))) == 2
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from mailhost.outbound.spool import Envelope, RecipientState, SpoolFiles, new_queue_id
+    files = SpoolFiles(sys.argv[1], fsync=True)
+    files.ensure_sync()
+    body = b"Subject: t\\r\\n\\r\\n" + b"x" * 20000 + b"\\r\\n"
+    n = 0
+    while True:
+        qid = new_queue_id()
+        tmp = files.tmp_dir + "/" + qid + ".msg"
+        with open(tmp, "wb") as f:
+            for i in range(0, len(body), 4096):
+                f.write(body[i:i + 4096])
+        env = Envelope(id=qid, sender="a@x.test", arrival=time.time(), size=len(body),
+                       recipients=[RecipientState("b@y.test")])
+        files.commit_sync(tmp, env)
+        print(qid, flush=True)  # acknowledged
+        n += 1
+""")
+
+
+def test_killed_writer_loses_no_acknowledged_message(tmp_path):
+    root = str(tmp_path / "q")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, root], stdout=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    acked = []
+    deadline = time.monotonic() + 20
+    while len(acked) < 30 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        acked.append(line.decode().strip())
+    os.kill(proc.pid, signal.SIGKILL)
+    rest = proc.stdout.read().decode().split()
+    proc.wait(10)
+    acked += rest
+    assert len(acked) >= 30
+    files = SpoolFiles(root)
+    envelopes, _problems = files.load_all_sync()
+    ids = {e.id for e in envelopes}
+    assert set(acked) <= ids
+    for e in envelopes:
+        assert os.path.getsize(files.message_path(e.id)) == e.size
+    # Nothing half-written is left behind as a message.
+    assert set(os.listdir(files.msg_dir)) == ids
