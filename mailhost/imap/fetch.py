@@ -1,0 +1,343 @@
+"""Rendering one message's FETCH response items (RFC 3501 section 6.4.5 / 7.4.2).
+
+``fetch_message`` returns the pieces that go between ``* n FETCH (`` and ``)``:
+``bytes`` for small items and ``BodyRange`` for body sections too large to hold,
+which the protocol streams as a literal straight from the store file. The MIME
+structure comes from the folder's cache (``get_cached(uid, "mime")``) when it is
+there, so a second ENVELOPE/BODYSTRUCTURE fetch opens no file; FLAGS, UID,
+RFC822.SIZE and INTERNALDATE come from the index alone. Every file read and scan
+runs in a thread.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThread
+
+from mailhost.imap import bodystructure, envelope, mime
+from mailhost.imap.encoding import format_datetime, format_flags
+from mailhost.imap.parser import FetchItem, Section
+from mailhost.store.interfaces import MessageInfo
+
+#: Body sections up to this size are read and sent inline; larger ones stream.
+INLINE_MAX = 64 * 1024
+READ_CHUNK = 64 * 1024
+
+_STRUCTURE_ITEMS = {"ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER", "RFC822.TEXT"}
+_SECTION_FOR = {
+    "RFC822": Section(),
+    "RFC822.HEADER": Section((), "HEADER"),
+    "RFC822.TEXT": Section((), "TEXT"),
+}
+
+
+def needs_seen(items: Sequence[FetchItem]) -> bool:
+    """True if fetching ``items`` sets ``\\Seen`` (non-PEEK BODY[...], RFC822, RFC822.TEXT)."""
+    return any(
+        (i.name == "BODY" and i.section is not None) or i.name in ("RFC822", "RFC822.TEXT")
+        for i in items
+    )
+
+
+class BodyRange:
+    """``length`` octets of a message file from ``offset``, for the protocol to stream.
+
+    ``open()`` fires with the message file positioned at ``offset``; the caller
+    reads exactly ``length`` octets in chunks and closes it.
+    """
+
+    def __init__(self, folder: Any, uid: int, offset: int, length: int) -> None:
+        self.folder = folder
+        self.uid = uid
+        self.offset = offset
+        self.length = length
+
+    def open(self) -> Deferred:
+        d = maybeDeferred(self.folder.open_message, self.uid)
+        d.addCallback(lambda f: deferToThread(_seek, f, self.offset))
+        return d
+
+    def __repr__(self) -> str:
+        return f"BodyRange(uid={self.uid}, offset={self.offset}, length={self.length})"
+
+
+def _seek(f: IO[bytes], offset: int) -> IO[bytes]:
+    try:
+        _skip_to(f, offset)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _skip_to(f: IO[bytes], offset: int) -> None:
+    try:
+        f.seek(offset)
+    except (OSError, io.UnsupportedOperation, AttributeError):
+        # A forward-only stream: read and drop, in bounded chunks.
+        left = offset
+        while left > 0:
+            chunk = f.read(min(left, READ_CHUNK))
+            if not chunk:
+                break
+            left -= len(chunk)
+
+
+# ------------------------------------------------------------------------- planning
+
+
+@dataclass
+class _Spec:
+    """What one body item resolves to: a byte range, filtered header fields, or NIL."""
+
+    kind: str  # "range", "fields", "nil"
+    start: int = 0
+    end: int = 0
+    names: frozenset[str] = frozenset()
+    negate: bool = False
+    partial: tuple[int, int] | None = None
+    data: bytes | None = None
+
+    def inline(self) -> bool:
+        if self.kind == "fields":
+            return True
+        return self.kind == "range" and 0 < self.end - self.start <= INLINE_MAX
+
+
+def _needs_structure(item: FetchItem) -> bool:
+    if item.name in _STRUCTURE_ITEMS:
+        return True
+    s = item.section
+    return s is not None and (bool(s.part) or s.text is not None)
+
+
+def _plan(section: Section, partial: tuple[int, int] | None, struct: mime.Part | None,
+          size: int) -> _Spec:
+    if struct is None:  # only BODY[] gets here without a structure
+        start, end = 0, size
+        return _clip(_Spec("range", start, end), partial)
+    node = struct.find(section.part) if section.part else struct
+    if node is None:
+        return _Spec("nil")
+    text = section.text
+    if section.part and text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT"):
+        # These name the header/text of an embedded message (a message/rfc822 part).
+        inner = node.message
+        if inner is None:
+            return _Spec("range", 0, 0)
+        node = inner
+    if text is None:
+        if section.part:
+            start, end = node.body_start, node.body_end
+        else:
+            start, end = 0, size
+    elif text == "TEXT":
+        start, end = node.body_start, node.body_end
+    else:  # HEADER, HEADER.FIELDS[.NOT], MIME
+        start, end = node.header_start, node.body_start
+    start, end = max(0, min(start, size)), max(0, min(end, size))
+    if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        return _Spec("fields", start, end, frozenset(n.lower() for n in section.fields),
+                     text == "HEADER.FIELDS.NOT", partial)
+    return _clip(_Spec("range", start, max(start, end)), partial)
+
+
+def _clip(spec: _Spec, partial: tuple[int, int] | None) -> _Spec:
+    if partial is not None:
+        first, count = partial
+        spec.start = min(spec.start + first, spec.end)
+        spec.end = min(spec.end, spec.start + count)
+    return spec
+
+
+# --------------------------------------------------------------------- file reading
+
+
+def _read_range(f: IO[bytes], start: int, end: int) -> bytes:
+    _skip_to(f, start)
+    out = bytearray()
+    left = end - start
+    while left > 0:
+        chunk = f.read(min(left, READ_CHUNK))
+        if not chunk:
+            break
+        out += chunk
+        left -= len(chunk)
+    return bytes(out)
+
+
+def _iter_lines(f: IO[bytes], start: int, end: int):
+    """Lines (with their newline) of ``[start, end)``, read in bounded chunks."""
+    _skip_to(f, start)
+    left = end - start
+    pending = b""
+    while left > 0:
+        chunk = f.read(min(left, READ_CHUNK))
+        if not chunk:
+            break
+        left -= len(chunk)
+        data = pending + chunk
+        lines = data.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def _header_fields(f: IO[bytes], spec: _Spec) -> bytes:
+    """The header fields of ``[start, end)`` named (or, negated, not named) in ``spec``,
+    with their original lines, order and duplicates, plus the closing blank line."""
+    out = bytearray()
+    keep = False
+    for line in _iter_lines(f, spec.start, spec.end):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out += line
+            continue
+        name, colon, _ = line.partition(b":")
+        if colon:
+            matched = name.strip().decode("ascii", "replace").lower() in spec.names
+            keep = matched != spec.negate
+        else:
+            keep = spec.negate
+        if keep:
+            out += line
+    if out and not out.endswith(b"\n"):
+        out += b"\r\n"
+    out += b"\r\n"
+    return bytes(out)
+
+
+def _scan(f: IO[bytes]) -> mime.Part:
+    return mime.scan_file(f)
+
+
+def _read_specs(f: IO[bytes], specs: list[_Spec]) -> None:
+    for spec in specs:
+        if spec.kind == "fields":
+            data = _header_fields(f, spec)
+            if spec.partial is not None:
+                first, count = spec.partial
+                data = data[first:first + count]
+            spec.data = data
+        elif spec.inline():
+            spec.data = _read_range(f, spec.start, spec.end)
+
+
+# ------------------------------------------------------------------------ rendering
+
+
+def _literal(data: bytes) -> bytes:
+    if not data:
+        return b'""'
+    return b"{%d}\r\n" % len(data) + data
+
+
+async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> list:
+    struct: mime.Part | None = None
+    if any(_needs_structure(i) for i in items):
+        cached = folder.get_cached(info.uid, "mime")
+        struct = mime.loads(cached) if cached else None
+    f = None
+    try:
+        if struct is None and any(_needs_structure(i) for i in items):
+            f = await maybeDeferred(folder.open_message, info.uid)
+            struct = await deferToThread(_scan, f)
+            folder.set_cached(info.uid, "mime", mime.dumps(struct))
+        specs: dict[int, _Spec] = {}
+        for n, item in enumerate(items):
+            section = item.section if item.section is not None else _SECTION_FOR.get(item.name)
+            if section is not None and (item.section is not None or item.name in _SECTION_FOR):
+                specs[n] = _plan(section, item.partial, struct, info.size)
+        wanted = [s for s in specs.values() if s.inline()]
+        if wanted:
+            if f is None:
+                f = await maybeDeferred(folder.open_message, info.uid)
+            await deferToThread(_read_specs, f, wanted)
+    finally:
+        if f is not None:
+            f.close()
+
+    pieces: list = []
+    buf = bytearray()
+    for n, item in enumerate(items):
+        if n:
+            buf += b" "
+        buf += item.response_name.encode("ascii") + b" "
+        spec = specs.get(n)
+        if spec is not None:
+            if spec.kind == "nil":
+                buf += b"NIL"
+            elif spec.data is not None:
+                buf += _literal(spec.data)
+            elif spec.end <= spec.start:
+                buf += b'""'
+            else:
+                pieces.append(bytes(buf))
+                buf = bytearray()
+                pieces.append(BodyRange(folder, info.uid, spec.start, spec.end - spec.start))
+            continue
+        buf += _simple(item, info, struct)
+    if buf:
+        pieces.append(bytes(buf))
+    return pieces
+
+
+def _simple(item: FetchItem, info: MessageInfo, struct: mime.Part | None) -> bytes:
+    name = item.name
+    if name == "UID":
+        return b"%d" % info.uid
+    if name == "FLAGS":
+        flags = set(info.flags)
+        if info.recent:
+            flags.add("\\Recent")
+        return format_flags(flags)
+    if name == "INTERNALDATE":
+        return format_datetime(info.internal_date)
+    if name == "RFC822.SIZE":
+        return b"%d" % info.size
+    assert struct is not None
+    if name == "ENVELOPE":
+        return envelope.render_envelope(struct.env)
+    if name == "BODYSTRUCTURE":
+        return bodystructure.render(struct, extended=True)
+    if name == "BODY":
+        return bodystructure.render(struct, extended=False)
+    raise ValueError(f"unknown FETCH item {name}")
+
+
+def fetch_message(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> Deferred:
+    """Deferred firing with the pieces of ``info``'s FETCH response for ``items``.
+
+    Pieces are ``bytes`` (already separated by spaces) and ``BodyRange`` (to send as
+    ``{length}\\r\\n`` + that many octets). ``\\Recent`` is included in FLAGS when
+    ``info.recent`` is set, so the caller passes the session's view of it.
+    """
+    return Deferred.fromCoroutine(_fetch(folder, info, items))
+
+
+def structure(folder: Any, info: MessageInfo) -> Deferred:
+    """Deferred firing with the message's ``mime.Part`` tree (cached after the first scan)."""
+
+    async def run() -> mime.Part:
+        cached = folder.get_cached(info.uid, "mime")
+        part = mime.loads(cached) if cached else None
+        if part is not None:
+            return part
+        f = await maybeDeferred(folder.open_message, info.uid)
+        try:
+            part = await deferToThread(_scan, f)
+        finally:
+            f.close()
+        folder.set_cached(info.uid, "mime", mime.dumps(part))
+        return part
+
+    return Deferred.fromCoroutine(run())
