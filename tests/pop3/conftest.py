@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
 
 from mailhost.auth.directory import UserDirectory
@@ -18,7 +18,7 @@ from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config
 from mailhost.pop3.factory import POP3Factory
 from mailhost.store.interfaces import DeliveryTarget
-from mailhost.store.memory import MemoryStore
+from mailhost.store.maildir import MaildirStore
 
 USERS = {"alice@example.test": "secret", "bob@example.test": "hunter2"}
 
@@ -46,7 +46,8 @@ class Pop3Host:
 
 
 def make_store(tmp_path) -> Any:
-    return MemoryStore()
+    """A MaildirStore under tmp_path; a second call gives a fresh object over the same files."""
+    return MaildirStore(str(tmp_path / "mail"))
 
 
 @pytest.fixture
@@ -82,9 +83,11 @@ def pop3(tmp_path):
 
     yield start
     for host in hosts:
-        pytest_twisted.blockon(host.listening.stopListening())
+        pytest_twisted.blockon(defer.maybeDeferred(host.listening.stopListening))
         for session in list(host.factory.sessions):
             session.transport.abortConnection()
+    for store in {id(h.store): h.store for h in hosts}.values():
+        pytest_twisted.blockon(defer.maybeDeferred(store.close))
 
 
 class RawClient:

@@ -466,3 +466,30 @@ async def test_max_connections(pop3):
     first, second, closed = await deferToThread(session)
     assert first.startswith(b"+OK")
     assert second.startswith(b"-ERR [SYS/TEMP]") and closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_uidl_stable_across_restart_and_flag_changes(pop3, tmp_path):
+    from tests.pop3.conftest import make_store
+
+    host = await pop3()
+    for m in (MSG1, MSG2, MSG1):
+        await host.deliver(m)
+
+    def uidl(port):
+        c = login(port)
+        listing = c.uidl()[1]
+        c.retr(2)  # flags change (\Seen) must not change any UIDL
+        c.dele(1)
+        c.quit()
+        return listing
+
+    first = await deferToThread(uidl, host.port)
+    await host.listening.stopListening()
+    await host.store.close()
+    # A restart: a new store object over the same Maildir, a new listener.
+    again = await pop3(store=make_store(tmp_path))
+    second = await deferToThread(uidl, again.port)
+    assert len(set(first)) == 3
+    assert second == [b"1 " + first[1].split()[1], b"2 " + first[2].split()[1]]
+    assert all(1 <= len(line.split()[1]) <= 70 for line in first)
