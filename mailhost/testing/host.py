@@ -1,0 +1,536 @@
+"""MailHost: a whole mail host (SMTP, submission, POP3, IMAP) on ephemeral loopback ports.
+
+It is the real ``makeService`` with a test configuration: an in-memory user directory,
+a memory (or temporary Maildir) store, plaintext auth allowed, no login lockouts, and
+fault injection around every listener. Nothing leaves the machine: by default remote
+recipients are refused (``554 5.7.1``); with ``outbound=True`` mail for remote
+recipients is accepted from authenticated users and captured in memory
+(``outbound_messages()``) instead of being queued for delivery.
+
+Every method is for the reactor thread and returns a Deferred where it waits;
+``mailhost.testing.running()`` gives a blocking proxy for code without Twisted.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailhost.auth.directory import UserDirectory
+from mailhost.auth.passwd import normalize_address
+from mailhost.config import Config
+from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter
+from mailhost.store.interfaces import (
+    DEFAULT_SPECIAL_FOLDERS,
+    DeliveryTarget,
+    IFolderListener,
+    MessageInfo,
+)
+from mailhost.testing.faults import Fault, FaultFactory, FaultSet, make_wrapper
+
+log = Logger()
+
+LOOPBACK = "127.0.0.1"
+_EPHEMERAL = f"tcp:0:interface={LOOPBACK}"
+
+
+class MailHostTimeout(TimeoutError):
+    """``wait_for_messages`` gave up; the message says what did arrive."""
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One message that arrived in a user's INBOX, parsed with ``email.policy.default``."""
+
+    user: str  # the mailbox (canonical address) it was delivered to
+    folder: str
+    uid: int
+    sender: str | None  # the envelope sender from Return-Path ("" for <>), if any
+    message: EmailMessage = field(repr=False)
+    raw: bytes = field(repr=False)
+
+    @property
+    def subject(self) -> str | None:
+        return self.message["Subject"]
+
+    def __getitem__(self, header: str) -> Any:
+        return self.message[header]
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """A message for remote recipients, captured instead of relayed (``outbound=True``)."""
+
+    sender: str
+    recipients: list[str]
+    message: EmailMessage = field(repr=False)
+    raw: bytes = field(repr=False)
+
+
+def parse_message(raw: bytes) -> EmailMessage:
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def _return_path(msg: EmailMessage) -> str | None:
+    value = msg.get("Return-Path")
+    if value is None:
+        return None
+    return str(value).strip().strip("<>")
+
+
+def as_bytes(message: bytes | str | EmailMessage) -> bytes:
+    """Message bytes with CRLF line ends from bytes, text or an EmailMessage."""
+    if isinstance(message, EmailMessage):
+        data = message.as_bytes(policy=email.policy.SMTP)
+    elif isinstance(message, str):
+        data = message.encode("utf-8")
+    else:
+        data = bytes(message)
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+@implementer(IFolderListener)
+class _InboxListener:
+    """Implements: IFolderListener; feeds ``MailHost.received`` as messages arrive."""
+
+    def __init__(self, host: MailHost, user: str) -> None:
+        self.host = host
+        self.user = user
+
+    def messages_added(self, folder: Any, infos: Sequence[MessageInfo]) -> None:
+        for info in infos:
+            self.host._arrived(self.user, folder, info)
+
+    def flags_changed(self, folder: Any, infos: Sequence[MessageInfo]) -> None:
+        pass
+
+    def messages_expunged(self, folder: Any, uids: Sequence[int]) -> None:
+        pass
+
+
+class _CaptureWriter:
+    """Implements: IQueueWriter, spooling to a temporary file."""
+
+    def __init__(self, queue: _CaptureQueue, sender: str) -> None:
+        self.queue = queue
+        self.sender = sender
+        self.size = 0
+        self._spool: Any = tempfile.SpooledTemporaryFile(max_size=1024 * 1024)
+
+    def write(self, data: bytes) -> None:
+        self._spool.write(data)
+        self.size += len(data)
+
+    def commit(self, recipients: Sequence[Any]) -> defer.Deferred:
+        self._spool.seek(0)
+        raw = self._spool.read()
+        self.abort()
+        captured = OutboundMessage(self.sender, [r.address for r in recipients],
+                                   parse_message(raw), raw)
+        self.queue.captured.append(captured)
+        return defer.succeed(f"capture{next(self.queue.ids)}")
+
+    def abort(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
+implementer(IQueueWriter)(_CaptureWriter)
+
+
+@implementer(IOutboundQueue)
+class _CaptureQueue:
+    """Implements: IOutboundQueue; keeps "relayed" mail in memory, sends nothing."""
+
+    def __init__(self) -> None:
+        self.captured: list[OutboundMessage] = []
+        self.ids = itertools.count(1)
+
+    def new_message(self, sender: str, envid: str | None = None,
+                    ret: str | None = None) -> _CaptureWriter:
+        return _CaptureWriter(self, sender)
+
+
+class MailHost:
+    """An in-process SMTP + submission + POP3 + IMAP host for tests, like GreenMail.
+
+    ``users`` maps addresses to passwords; ``aliases`` maps an address to its targets.
+    ``store`` is ``"memory"`` (default) or ``"maildir"`` (a temporary directory).
+    ``tls=True`` adds STARTTLS/STLS and implicit-TLS listeners with a throwaway
+    certificate (``ca_file``). ``outbound=True`` captures mail for remote recipients
+    instead of refusing it.
+    """
+
+    host = LOOPBACK
+
+    def __init__(self, domains: Iterable[str] = ("example.test",),
+                 users: Mapping[str, str] | None = None,
+                 aliases: Mapping[str, list[str]] | None = None,
+                 store: str = "memory", tls: bool = False, outbound: bool = False,
+                 hostname: str = "localhost", reactor: Any = None) -> None:
+        if store not in ("memory", "maildir"):
+            raise ValueError(f"store must be 'memory' or 'maildir', not {store!r}")
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.domains = [d.lower() for d in domains]
+        self.hostname = hostname
+        self.store_kind = store
+        self.tls = tls
+        self.outbound = outbound
+        self._initial_users = {normalize_address(u): p for u, p in (users or {}).items()}
+        self._aliases = dict(aliases or {})
+        self._registry: list[Fault] = []
+        self.smtp = FaultSet("smtp", self._registry)
+        self.pop3 = FaultSet("pop3", self._registry)
+        self.imap = FaultSet("imap", self._registry)
+        self.received: list[ReceivedMessage] = []
+        self._waiters: list[tuple[int, defer.Deferred, Any]] = []
+        self._reads = defer.DeferredLock()
+        self._capture = _CaptureQueue()
+        self._factories: list[FaultFactory] = []
+        self._listening: dict[str, list[Any]] = {}
+        self._watched: dict[str, tuple[Any, _InboxListener]] = {}
+        self._tmpdir: str | None = None
+        self.service: Any = None
+        self.store: Any = None
+        self.directory: UserDirectory | None = None
+        self.ca_file: str | None = None
+        self.running = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def _config(self, tmpdir: str) -> Config:
+        config = Config()
+        config.server.hostname = self.hostname
+        config.server.domains = list(self.domains)
+        config.server.data_dir = tmpdir
+        config.server.allow_plaintext_auth = "yes"
+        config.server.shutdown_grace = 0.0
+        config.auth.create_postmaster = False
+        config.auth.max_failures = 0  # a test's wrong password must not lock out 127.0.0.1
+        config.auth.cache_ttl = 0.0
+        config.store.backend = self.store_kind  # type: ignore[assignment]
+        config.store.path = os.path.join(tmpdir, "mail")
+        config.store.fsync = False
+        config.outbound.queue_dir = os.path.join(tmpdir, "queue")
+        # Belt and braces: nothing reaches the spool, and a smarthost on the discard
+        # port of loopback means nothing could leave the machine even if it did.
+        config.outbound.smarthost = f"{LOOPBACK}:9"
+        for section in (config.smtp, config.submission, config.pop3, config.imap):
+            section.listen = [_EPHEMERAL]
+            section.listen_tls = []
+        if self.tls:
+            from mailhost.tls import write_selfsigned
+
+            cert = os.path.join(tmpdir, "tls", "cert.pem")
+            key = os.path.join(tmpdir, "tls", "key.pem")
+            write_selfsigned(self.hostname, cert, key)
+            config.tls.cert, config.tls.key = cert, key
+            self.ca_file = cert
+            for section in (config.submission, config.pop3, config.imap):
+                section.listen_tls = [_EPHEMERAL]
+        return config
+
+    @defer.inlineCallbacks
+    def start(self):
+        """Deferred firing with this host once every listener is bound (ports known)."""
+        if self.running:
+            raise RuntimeError("MailHost is already running")
+        from mailhost.service import makeService
+
+        self._tmpdir = tempfile.mkdtemp(prefix="mailhost-test-")
+        try:
+            config = self._config(self._tmpdir)
+            if self.store_kind == "memory":
+                from mailhost.store.memory import MemoryStore
+
+                self.store = MemoryStore()
+            else:
+                from mailhost.store.maildir import MaildirStore
+
+                self.store = MaildirStore(config.store.path, fsync=False)
+            self.directory = UserDirectory.in_memory(self.domains, self._initial_users,
+                                                     self._aliases)
+            self._factories = []
+            wrap = make_wrapper(self._registry, self.reactor, self._factories)
+            self.service = makeService(config, store=self.store,
+                                       checkers=[self.directory.checker],
+                                       directory=self.directory, wrap_factory=wrap,
+                                       reactor=self.reactor)
+            self._set_outbound_policy()
+            self.service.startService()
+            self.running = True
+            self._listening = yield self.service.wait_listening()
+            for user in self._initial_users:
+                yield self._watch(user)
+        except BaseException:
+            yield self._teardown()
+            raise
+        return self
+
+    def _set_outbound_policy(self) -> None:
+        for factory in self._factories:
+            smtp = factory.wrappedFactory
+            if factory.kind not in ("smtp", "submission") or not hasattr(smtp, "policy"):
+                continue
+            if self.outbound:
+                smtp.queue = self._capture
+                smtp.policy.can_queue = True
+            else:
+                smtp.queue = None
+                smtp.policy.can_queue = False
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Deferred firing once every connection, listener, timer and temp file is gone."""
+        yield self._teardown()
+
+    @defer.inlineCallbacks
+    def _teardown(self):
+        for _n, d, timer in self._waiters:
+            if timer.active():
+                timer.cancel()
+            if not d.called:
+                d.errback(RuntimeError("MailHost stopped before the messages arrived"))
+        self._waiters = []
+        for folder, listener in self._watched.values():
+            folder.remove_listener(listener)
+        self._watched = {}
+        yield self._drop_connections()
+        if self.service is not None and self.running:
+            self.running = False
+            yield self.service.stopService()
+        self.service = None
+        self._listening = {}
+        if self._tmpdir is not None:
+            tmp, self._tmpdir = self._tmpdir, None
+            if self.store_kind == "maildir":
+                yield threads.deferToThread(shutil.rmtree, tmp, True)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _drop_connections(self) -> defer.Deferred:
+        """Abort every open client connection; fires once all of them are closed."""
+        waits = []
+        for factory in self._factories:
+            waits.append(factory.wait_empty())
+            factory.drop_connections()
+        return defer.gatherResults(waits)
+
+    # -- ports ----------------------------------------------------------------------
+
+    def _port(self, kind: str, index: int) -> int:
+        if not self.running:
+            raise RuntimeError("MailHost is not started")
+        ports = self._listening.get(kind, [])
+        if index >= len(ports):
+            raise AttributeError(f"no {'TLS ' if index else ''}{kind} listener"
+                                 + (" (pass tls=True)" if index else ""))
+        return ports[index].getHost().port
+
+    @property
+    def smtp_port(self) -> int:
+        return self._port("smtp", 0)
+
+    @property
+    def submission_port(self) -> int:
+        return self._port("submission", 0)
+
+    @property
+    def pop3_port(self) -> int:
+        return self._port("pop3", 0)
+
+    @property
+    def imap_port(self) -> int:
+        return self._port("imap", 0)
+
+    @property
+    def smtps_port(self) -> int:
+        """Implicit-TLS submission (like 465)."""
+        return self._port("submission", 1)
+
+    @property
+    def pop3s_port(self) -> int:
+        return self._port("pop3", 1)
+
+    @property
+    def imaps_port(self) -> int:
+        return self._port("imap", 1)
+
+    # -- users and mail -------------------------------------------------------------
+
+    def add_user(self, address: str, password: str) -> defer.Deferred:
+        """Create a user (its mailbox exists at once); Deferred firing when watched."""
+        self._require_running()
+        self.directory.checker.add_user(address, password)
+        return self._watch(normalize_address(address))
+
+    def users(self) -> list[str]:
+        return sorted(self.directory.checker.users) if self.directory else []
+
+    @defer.inlineCallbacks
+    def _watch(self, user: str):
+        if user in self._watched:
+            return
+        account = yield self.store.open_account(user)
+        folder = yield account.open_folder("INBOX")
+        listener = _InboxListener(self, user)
+        folder.add_listener(listener)
+        self._watched[user] = (folder, listener)
+
+    def _arrived(self, user: str, folder: Any, info: MessageInfo) -> None:
+        d = self._reads.run(self._read, folder, info.uid)
+
+        def record(raw: bytes | None) -> None:
+            if raw is None:
+                return
+            msg = parse_message(raw)
+            self.received.append(ReceivedMessage(user, folder.name, info.uid,
+                                                 _return_path(msg), msg, raw))
+            self._check_waiters()
+
+        d.addCallback(record)
+        d.addErrback(lambda f: log.failure("reading a delivered message failed", f))
+
+    @defer.inlineCallbacks
+    def _read(self, folder: Any, uid: int):
+        try:
+            fh = yield folder.open_message(uid)
+        except Exception:
+            return None  # expunged before we got to it
+        try:
+            if self.store_kind == "memory":
+                return fh.read()
+            data = yield threads.deferToThread(fh.read)
+            return data
+        finally:
+            fh.close()
+
+    def _mailboxes(self, address: str) -> list[str]:
+        self._require_running()
+        found = self.directory.lookup(address)
+        if not found:
+            raise KeyError(f"{address}: no such local user (add it with add_user)")
+        return found
+
+    @defer.inlineCallbacks
+    def messages(self, address: str, folder: str = "INBOX"):
+        """Deferred firing with the messages in ``address``'s folder, in UID order."""
+        user = self._mailboxes(address)[0]
+        account = yield self.store.open_account(user)
+        box = yield account.open_folder(folder)
+        out = []
+        for info in box.messages():
+            raw = yield self._read(box, info.uid)
+            if raw is not None:
+                out.append(parse_message(raw))
+        return out
+
+    def deliver(self, address: str, message: bytes | str | EmailMessage,
+                folder: str = "INBOX") -> defer.Deferred:
+        """Put a message straight into the store (no SMTP); Deferred with the UIDs."""
+        targets = [DeliveryTarget(user, folder) for user in self._mailboxes(address)]
+        writer = self.store.new_message()
+        try:
+            writer.write(as_bytes(message))
+        except Exception:
+            writer.abort()
+            raise
+        return defer.maybeDeferred(writer.commit, targets)
+
+    def wait_for_messages(self, n: int, timeout: float = 5.0) -> defer.Deferred:
+        """Deferred firing with ``received`` once it holds at least ``n`` messages.
+
+        Fails with ``MailHostTimeout`` (a ``TimeoutError``) after ``timeout`` seconds,
+        saying what did arrive.
+        """
+        if len(self.received) >= n:
+            return defer.succeed(list(self.received))
+        d: defer.Deferred = defer.Deferred()
+
+        def expire() -> None:
+            self._waiters = [w for w in self._waiters if w[1] is not d]
+            got = ", ".join(f"{m.user}: {m.subject!r}" for m in self.received) or "nothing"
+            d.errback(MailHostTimeout(
+                f"waited {timeout:g}s for {n} message(s), {len(self.received)} arrived: {got}"))
+
+        timer = self.reactor.callLater(timeout, expire)
+        self._waiters.append((n, d, timer))
+        return d
+
+    def _check_waiters(self) -> None:
+        ready = [w for w in self._waiters if len(self.received) >= w[0]]
+        self._waiters = [w for w in self._waiters if w not in ready]
+        for _n, d, timer in ready:
+            if timer.active():
+                timer.cancel()
+            d.callback(list(self.received))
+
+    def outbound_messages(self) -> list[OutboundMessage]:
+        """Mail accepted for remote recipients (only with ``outbound=True``)."""
+        return list(self._capture.captured)
+
+    # -- faults ---------------------------------------------------------------------
+
+    def faults(self) -> list[Fault]:
+        """Every scripted fault still registered (with its ``hits``)."""
+        return list(self._registry)
+
+    def clear_faults(self) -> None:
+        self._registry[:] = []
+
+    # -- isolation ------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def reset(self):
+        """Back to the state just after start: no mail, no extra users or folders,
+        no faults, no open connections."""
+        self._require_running()
+        self.clear_faults()
+        yield self._drop_connections()
+        for user in list(self.directory.checker.users):
+            account = yield self.store.open_account(user)
+            names = yield account.list_folders()
+            for name in names:
+                if name != "INBOX" and name not in DEFAULT_SPECIAL_FOLDERS:
+                    try:
+                        yield account.delete_folder(name)
+                    except Exception:
+                        pass  # a parent deleted first took it along
+                    continue
+                box = yield account.open_folder(name)
+                uids = [info.uid for info in box.messages()]
+                if uids:
+                    yield box.set_flags(uids, ["\\Deleted"], "add")
+                    yield box.expunge(uids)
+            if user not in self._initial_users:
+                del self.directory.checker.users[user]
+                watched = self._watched.pop(user, None)
+                if watched is not None:
+                    watched[0].remove_listener(watched[1])
+        for user, password in self._initial_users.items():
+            self.directory.checker.users[user] = password
+        # Let in-flight reads of just-expunged messages finish before clearing.
+        yield self._reads.run(defer.succeed, None)
+        self.received.clear()
+        self._capture.captured.clear()
+
+    def _require_running(self) -> None:
+        if not self.running:
+            raise RuntimeError("MailHost is not started (call start() first)")
