@@ -19,7 +19,11 @@ from mailhost.pop3.server import POP3Server
 
 
 class POP3Factory(ServerFactory):
-    """Builds a ``POP3Server`` per connection and enforces ``pop3.max_connections``."""
+    """Builds a ``POP3Server`` per connection.
+
+    Connection limits (``pop3.max_connections`` and per address) are enforced in front
+    of this factory by ``mailhost.limits``, as for every listener.
+    """
 
     def __init__(self, config: Config, login: LoginService, tls_options: Any = None,
                  reactor: Any = None, locks: MaildropLocks | None = None) -> None:
@@ -35,7 +39,6 @@ class POP3Factory(ServerFactory):
         session = POP3Server(
             self.login, self.locks, pop3.delete, pop3.timeout, tls_options=self.tls_options,
             reactor=self.reactor, on_close=self.sessions.discard,
-            refuse=len(self.sessions) >= pop3.max_connections,
         )
         session.factory = self
         self.sessions.add(session)

@@ -59,8 +59,7 @@ class POP3Server(Protocol, TimeoutMixin):
 
     def __init__(self, login: LoginService, locks: MaildropLocks, delete_policy: DeletePolicy,
                  timeout: float, tls_options: Any = None, reactor: Any = None,
-                 on_close: Callable[[POP3Server], None] | None = None,
-                 refuse: bool = False) -> None:
+                 on_close: Callable[[POP3Server], None] | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -72,7 +71,6 @@ class POP3Server(Protocol, TimeoutMixin):
         self.tls_options = tls_options
         self.reactor = reactor
         self._on_close = on_close
-        self._refuse = refuse
         self.state = AUTHORIZATION
         self.client_ip = ""
         self.avatar: Any = None
@@ -88,6 +86,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self._sender: MessageSender | None = None
         self._pending_flags: list[defer.Deferred[Any]] = []
         self._locked_user: str | None = None
+        self.user: str | None = None  # the logged-in user, kept for the session-end log
         self._retrieved = 0
         self._retrieved_octets = 0
         self._deleted = 0
@@ -104,11 +103,6 @@ class POP3Server(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "")
-        if self._refuse:
-            self._end_reason = "too many connections"
-            self._send("-ERR [SYS/TEMP] Too many connections, try again later")
-            self._close()
-            return
         self.setTimeout(self.timeout)
         self._send("+OK mailhost POP3 server ready")
 
@@ -147,13 +141,10 @@ class POP3Server(Protocol, TimeoutMixin):
             log.info(
                 "pop3 session ended user={user} client={client} reason={reason} "
                 "retrieved={retrieved} octets={octets} deleted={deleted}",
-                event="pop3_session_end", user=self._user_name(), client=self.client_ip,
+                event="pop3_session_end", user=self.user, client=self.client_ip,
                 reason=self._end_reason, retrieved=self._retrieved,
                 octets=self._retrieved_octets, deleted=self._deleted,
             )
-
-    def _user_name(self) -> str | None:
-        return self.avatar.user if self.avatar is not None else self._locked_user
 
     def _close(self) -> None:
         self._closed = True
@@ -368,6 +359,7 @@ class POP3Server(Protocol, TimeoutMixin):
         if self._closed:
             return  # connectionLost already released the lock
         self.maildrop = maildrop
+        self.user = avatar.user
         self.state = TRANSACTION
         count, octets = maildrop.stat()
         self._send(f"+OK Maildrop has {count} messages ({octets} octets)")
@@ -508,7 +500,7 @@ class POP3Server(Protocol, TimeoutMixin):
         try:
             self._deleted = await self.maildrop.commit(self.delete_policy)
         except Exception:
-            log.failure("pop3: UPDATE failed for {user}", user=self._user_name())
+            log.failure("pop3: UPDATE failed for {user}", user=self.user)
             self._end_reason = "update failed"
             reply = "-ERR [SYS/TEMP] Some deleted messages were not removed"
         else:

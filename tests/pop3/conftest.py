@@ -56,12 +56,11 @@ def pop3(tmp_path):
     hosts: list[Pop3Host] = []
 
     async def start(delete: str = "expunge", allow_plaintext: str = "yes", tls: bool = False,
-              timeout: float = 600.0, max_connections: int = 200, store: Any = None,
+              timeout: float = 600.0, store: Any = None,
               throttle: LoginThrottle | None = None) -> Pop3Host:
         config = Config()
         config.pop3.delete = delete
         config.pop3.timeout = timeout
-        config.pop3.max_connections = max_connections
         store = store if store is not None else make_store(tmp_path)
         directory = UserDirectory.in_memory(domains=["example.test"], users=USERS)
         login = LoginService.for_tests(directory, store, allow_plaintext=allow_plaintext,

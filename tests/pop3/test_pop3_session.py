@@ -176,16 +176,33 @@ async def test_bad_message_numbers_and_deleted_messages(pop3):
 
 @pytest_twisted.ensureDeferred
 async def test_delete_mode_expunge_policy(pop3):
+    from twisted.logger import globalLogPublisher
+
     host = await pop3(delete="expunge")
     uids = [await host.deliver(m) for m in (MSG1, MSG2, MSG1)]
+    ends: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if event.get("event") == "pop3_session_end":
+            ends.append(event)
 
     def session():
         c = login(host.port)
+        c.retr(2)
         c.dele(1), c.dele(3)
         return c.quit()
 
-    assert (await deferToThread(session)).startswith(b"+OK")
+    globalLogPublisher.addObserver(observe)
+    try:
+        assert (await deferToThread(session)).startswith(b"+OK")
+    finally:
+        globalLogPublisher.removeObserver(observe)
     assert [i.uid for i in (await host.folder()).messages()] == [uids[1]]
+    # one structured event per session end, without secrets
+    (end,) = ends
+    assert (end["user"], end["reason"], end["retrieved"], end["deleted"]) == (
+        "alice@example.test", "quit", 1, 2)
+    assert end["octets"] == len(MSG2) and "secret" not in repr(end)
 
 
 @pytest_twisted.ensureDeferred
@@ -450,22 +467,6 @@ async def test_idle_timeout_closes_without_deleting(pop3):
     reply, closed = await deferToThread(session)
     assert reply.startswith(b"-ERR") and closed
     assert len((await host.folder()).messages()) == 1
-
-
-@pytest_twisted.ensureDeferred
-async def test_max_connections(pop3):
-    host = await pop3(max_connections=1)
-
-    def session():
-        first = RawClient(host.port)
-        second = RawClient(host.port)
-        out = first.greeting, second.greeting, second.closed()
-        first.cmd(b"QUIT")
-        return out
-
-    first, second, closed = await deferToThread(session)
-    assert first.startswith(b"+OK")
-    assert second.startswith(b"-ERR [SYS/TEMP]") and closed
 
 
 @pytest_twisted.ensureDeferred
