@@ -1,0 +1,75 @@
+"""A ``twistd -n mailhost`` with TLS on every protocol, for the security tests.
+
+Plain listeners (STARTTLS/STLS) for smtp, submission, pop3 and imap, plus implicit
+TLS for submission (465-style), pop3 (995) and imap (993), all with a throwaway
+certificate that clients verify by using it as their CA file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from mailhost.tls import write_selfsigned
+from tests.mailhost_process import MailHostProcess, free_port
+
+HOST = "127.0.0.1"
+USER, PASSWORD = "alice@example.test", "alice-pw"
+TLS_KINDS = ("submission", "pop3", "imap")
+
+
+class TLSHost:
+    """A started mail host with ``ports`` (plain) and ``tls_ports`` (implicit TLS)."""
+
+    def __init__(self, workdir: str, extra: dict[str, dict[str, Any]] | None = None,
+                 plaintext: str = "no") -> None:
+        os.makedirs(workdir, exist_ok=True)
+        self.cafile = os.path.join(workdir, "cert.pem")
+        self.keyfile = os.path.join(workdir, "key.pem")
+        write_selfsigned("mx.test", self.cafile, self.keyfile)
+        self.tls_ports = {k: free_port(HOST) for k in TLS_KINDS}
+        sections: dict[str, dict[str, Any]] = {
+            "server": {"allow_plaintext_auth": plaintext},
+            "tls": {"cert": self.cafile, "key": self.keyfile},
+            # Tests that do not test throttling must not be slowed by it.
+            "auth": {"max_failures": 0},
+        }
+        for kind, port in self.tls_ports.items():
+            sections.setdefault(kind, {})["listen_tls"] = [f"tcp:{port}:interface={HOST}"]
+        for name, values in (extra or {}).items():
+            sections.setdefault(name, {}).update(values)
+        self.proc = MailHostProcess(workdir, extra=sections)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return self.proc.ports
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self) -> TLSHost:
+        self.proc.start()
+        deadline = time.monotonic() + 20
+        for port in self.tls_ports.values():
+            while True:
+                try:
+                    socket.create_connection((HOST, port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no TLS listener on {port}\n{self.proc.log()}") from None
+                    time.sleep(0.1)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc.proc is not None and self.proc.proc.poll() is None
+
+    def log_text(self) -> str:
+        with open(self.proc.log_path, errors="replace") as f:
+            return f.read()
+
+    def kill(self) -> None:
+        self.proc.kill()
