@@ -48,7 +48,8 @@ async def test_curl_list_retr_top(pop3):
     assert len(folder.messages()) == 2
 
 
-def fetchmail(home: str, port: int, keep: bool) -> subprocess.CompletedProcess:
+def fetchmail(home: str, port: int, keep: bool, user: str = "alice@example.test",
+              password: str = "secret") -> subprocess.CompletedProcess:
     """One fetchmail run in ``home``: USER/PASS, UIDL tracking, every message appended to ``home/out``."""
     out = os.path.join(home, "out")
     rc = os.path.join(home, "fetchmailrc")
@@ -56,7 +57,7 @@ def fetchmail(home: str, port: int, keep: bool) -> subprocess.CompletedProcess:
         f.write(
             f'set idfile "{home}/idfile"\n'
             f'poll 127.0.0.1 protocol pop3 port {port} uidl auth password\n'
-            f'  user "alice@example.test" there with password "secret" is "x" here\n'
+            f'  user "{user}" there with password "{password}" is "x" here\n'
             f'  {"keep" if keep else "nokeep"} mda "/bin/sh -c \'cat >> {out}\'"\n'
             f'  sslproto "" no sslcertck\n'
         )
