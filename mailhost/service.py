@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailhost.auth.aliases import AliasesFile
@@ -32,6 +33,7 @@ from mailhost.auth.passwd import PasswdEntry, PasswdFile
 from mailhost.auth.realm import MailRealm
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config
+from mailhost.limits import ConnectionLimits, chain
 from mailhost.store.interfaces import IMailStore
 from mailhost.tls import server_options
 
@@ -85,16 +87,21 @@ class MailHostService(service.MultiService):
         self.login = login
         self.queue: Any = None
         self.outbound: Any = None
+        self.metrics: Any = None
         self.listeners: dict[str, list[StreamServerEndpointService]] = {}
         # (kind, factory) -> factory: wraps every listener's factory (limits, fault
         # injection in mailhost.testing).
         self.wrap_factory: Callable[[str, IProtocolFactory], IProtocolFactory] | None = None
 
     def add_listener(self, kind: str, description: str, factory: IProtocolFactory,
-                     reactor: Any) -> StreamServerEndpointService:
-        endpoint = serverFromString(reactor, description)
+                     reactor: Any, implicit_tls: Any = None) -> StreamServerEndpointService:
+        """Listen on an endpoint string. ``wrap_factory`` wraps the protocol factory
+        (so wrappers see plaintext), then ``implicit_tls`` options, if any, wrap it in TLS."""
         if self.wrap_factory is not None:
             factory = self.wrap_factory(kind, factory)
+        if implicit_tls is not None:
+            factory = TLSMemoryBIOFactory(implicit_tls, False, factory)
+        endpoint = serverFromString(reactor, description)
         svc = StreamServerEndpointService(endpoint, factory)
         svc._raiseSynchronously = True
         svc.setName(f"{kind}:{description}")
@@ -128,10 +135,6 @@ class MailHostService(service.MultiService):
             return self.store.close()
 
         return d.addCallback(close_store)
-
-
-def _tls_wrap(factory: IProtocolFactory, tls_options: Any) -> IProtocolFactory:
-    return TLSMemoryBIOFactory(tls_options, False, factory)
 
 
 def makeService(
@@ -174,7 +177,17 @@ def makeService(
     login = LoginService(portal, throttle, config.server.allow_plaintext_auth, reactor=reactor)
 
     root = MailHostService(config, store, directory, login)
-    root.wrap_factory = wrap_factory
+    limits = ConnectionLimits.from_config(config, reactor=reactor)
+    metrics = None
+    if config.metrics.listen:
+        from mailhost.metrics import Metrics
+
+        metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
+        MetricsService(metrics, config.metrics.listen, reactor).setServiceParent(root)
+        root.metrics = metrics
+    # Outermost first: limits refuse before anything else runs; the embedder's (or
+    # mailhost.testing's) wrapper sits closest to the protocol.
+    root.wrap_factory = chain(limits.wrap, metrics.wrap if metrics else None, wrap_factory)
     if config.auth.create_postmaster and any(isinstance(c, PasswdFileChecker) for c in checkers):
         PostmasterBootstrap(passwd, config.server.domains[0]).setServiceParent(root)
 
@@ -195,25 +208,66 @@ def makeService(
             factory = SMTPFactory(config, store, directory, login, queue=root.queue,
                                   submission=submission,
                                   tls_options=None if wrap else tls_options, reactor=reactor)
-            root.add_listener(kind, description,
-                              _tls_wrap(factory, tls_options) if wrap else factory, reactor)
+            root.add_listener(kind, description, factory, reactor,
+                              implicit_tls=tls_options if wrap else None)
 
     from mailhost.pop3.factory import POP3Factory
 
     for description, wrap in _listen_specs(config.pop3):
         factory = POP3Factory(config, login, tls_options=None if wrap else tls_options,
                               reactor=reactor)
-        root.add_listener("pop3", description,
-                          _tls_wrap(factory, tls_options) if wrap else factory, reactor)
+        root.add_listener("pop3", description, factory, reactor,
+                          implicit_tls=tls_options if wrap else None)
 
     from mailhost.imap.factory import IMAPFactory
 
     for description, wrap in _listen_specs(config.imap):
         factory = IMAPFactory(config, login, tls_options=None if wrap else tls_options,
                               reactor=reactor)
-        root.add_listener("imap", description,
-                          _tls_wrap(factory, tls_options) if wrap else factory, reactor)
+        root.add_listener("imap", description, factory, reactor,
+                          implicit_tls=tls_options if wrap else None)
     return root
+
+
+class MetricsService(service.Service):
+    """Serves ``/metrics`` on an endpoint and feeds the registry from the log."""
+
+    def __init__(self, metrics: Any, description: str, reactor: Any) -> None:
+        self.metrics = metrics
+        self.description = description
+        self.reactor = reactor
+        self.port: Any = None
+
+    def startService(self) -> defer.Deferred:
+        from twisted.web.server import Site
+
+        super().startService()
+        globalLogPublisher.addObserver(self.metrics)
+        site = Site(self.metrics.resource())
+        site.noisy = False
+        d = serverFromString(self.reactor, self.description).listen(site)
+
+        def listening(port: Any) -> None:
+            self.port = port
+
+        return d.addCallback(listening)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        globalLogPublisher.removeObserver(self.metrics)
+        if self.port is not None:
+            return self.port.stopListening()
+        return None
+
+
+def _queue_stats(outbound: Any) -> tuple[int, float]:
+    """(queued messages, age of the oldest in seconds) for the metrics gauges."""
+    scheduler = getattr(outbound, "scheduler", None)
+    envelopes = list(getattr(scheduler, "envelopes", {}).values())
+    if not envelopes:
+        return 0, 0.0
+    oldest = min(env.arrival for env in envelopes)
+    return len(envelopes), max(0.0, time.time() - oldest)
 
 
 def _listen_specs(section: Any) -> list[tuple[str, bool]]:

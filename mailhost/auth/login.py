@@ -17,6 +17,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer, task
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 
 from mailhost.auth.realm import IMailUser, MailRealm
 from mailhost.auth.throttle import LoginThrottle
@@ -42,8 +43,20 @@ def is_loopback(host: str) -> bool:
 
 
 def transport_is_tls(transport: Any) -> bool:
-    """True once TLS is active (implicit-TLS listener or after STARTTLS)."""
-    return ISSLTransport.providedBy(transport) or bool(getattr(transport, "TLS", False))
+    """True once TLS is active (implicit-TLS listener or after STARTTLS).
+
+    Listener wrappers (limits, metrics, fault injection) are ``ProtocolWrapper``s
+    between the protocol and the real transport, so look through them.
+    """
+    for _ in range(8):
+        if transport is None:
+            return False
+        if ISSLTransport.providedBy(transport) or getattr(transport, "TLS", False) is True:
+            return True
+        if not isinstance(transport, ProtocolWrapper):
+            return False
+        transport = transport.transport
+    return False
 
 
 class LoginService:

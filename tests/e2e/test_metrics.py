@@ -1,0 +1,62 @@
+"""The Prometheus endpoint, scraped with a real HTTP client (curl) from a live server."""
+
+from __future__ import annotations
+
+import poplib
+import re
+import smtplib
+import subprocess
+
+import pytest
+
+from tests.mailhost_process import free_port
+
+
+def scrape(port: int) -> str:
+    r = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/metrics"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)"
+    m = re.search(r"^" + pattern + r"$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_metrics_endpoint_counts_what_happened(mailhost_factory):
+    mport = free_port()
+    mh = mailhost_factory(extra={"metrics": {"listen": f"tcp:{mport}:interface=127.0.0.1"}})
+    mh.start()
+    with smtplib.SMTP("127.0.0.1", mh.ports["smtp"], timeout=30) as s:
+        s.sendmail("x@elsewhere.test", ["alice@example.test"], b"Subject: m\r\n\r\nhello\r\n")
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            s.sendmail("x@elsewhere.test", ["nobody@example.test"], b"Subject: m\r\n\r\nx\r\n")
+    pop = poplib.POP3("127.0.0.1", mh.ports["pop3"], timeout=30)
+    pop.user("alice@example.test")
+    with pytest.raises(poplib.error_proto):
+        pop.pass_("wrong")
+    pop.quit()
+    pop = poplib.POP3("127.0.0.1", mh.ports["pop3"], timeout=30)
+    pop.user("alice@example.test")
+    pop.pass_("alice-pw")
+    pop.quit()
+
+    text = scrape(mport)
+    assert value(text, "mailhost_smtp_messages_total", protocol="smtp", result="accepted",
+                 code="250") == 1
+    assert value(text, "mailhost_smtp_recipients_total", code="550") >= 1
+    assert value(text, "mailhost_smtp_received_bytes_total") > 0
+    assert value(text, "mailhost_logins_total", protocol="pop3", outcome="ok") == 1
+    assert value(text, "mailhost_logins_total", protocol="pop3", outcome="failed") == 1
+    # (the fixture probes each port once when it starts the server)
+    assert value(text, "mailhost_connections_total", protocol="smtp") >= 1
+    assert value(text, "mailhost_connections_total", protocol="pop3") >= 2
+    assert value(text, "mailhost_queue_messages") == 0
+    assert value(text, "mailhost_command_duration_seconds_count", protocol="smtp",
+                 command="RCPT") >= 2
+    assert value(text, "mailhost_command_duration_seconds_count", protocol="smtp",
+                 command="DATA-END") == 1
+    assert value(text, "mailhost_sessions_ended_total", protocol="pop3") >= 1
