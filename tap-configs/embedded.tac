@@ -1,0 +1,54 @@
+# Embedding mailhost in an existing Twisted application, next to a twisted.web site.
+#
+#   twistd -n -y tap-configs/embedded.tac
+#
+# The web app and the mail host share one process and one reactor; the web app can
+# read the same store mailhost delivers into (here: a page listing the postmaster INBOX).
+# Ports come from the environment so the example can run beside a dev server:
+#   MAILHOST_WEB_PORT (8080), MAILHOST_SMTP_PORT (2525), MAILHOST_IMAP_PORT (2143),
+#   MAILHOST_DATA (./mailhost-data-embedded)
+import os
+
+from twisted.application import service, strports
+from twisted.web import resource, server
+
+from mailhost.config import load
+from mailhost.service import makeService
+
+env = os.environ.get
+config = load(None, [
+    'server.domains=["example.test"]',
+    f'server.data_dir="{env("MAILHOST_DATA", "./mailhost-data-embedded")}"',
+    'server.allow_plaintext_auth="loopback"',
+    f'smtp.listen=["tcp:{env("MAILHOST_SMTP_PORT", "2525")}:interface=127.0.0.1"]',
+    'submission.listen=[]',
+    'pop3.listen=[]',
+    f'imap.listen=["tcp:{env("MAILHOST_IMAP_PORT", "2143")}:interface=127.0.0.1"]',
+])
+
+application = service.Application("web app with mail")
+mail = makeService(config)
+mail.setServiceParent(application)
+
+
+class Inbox(resource.Resource):
+    """The existing app's own page, reading what mailhost stored."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        def listed(folder):
+            lines = [f"{info.uid} {info.size}" for info in folder.messages()]
+            request.write(("\n".join(lines) + "\n").encode())
+            request.finish()
+
+        d = mail.store.open_account("postmaster@example.test")
+        d.addCallback(lambda account: account.open_folder("INBOX"))
+        d.addCallback(listed)
+        d.addErrback(lambda f: (request.setResponseCode(500), request.finish()))
+        return server.NOT_DONE_YET
+
+
+web = strports.service(f"tcp:{env('MAILHOST_WEB_PORT', '8080')}:interface=127.0.0.1",
+                       server.Site(Inbox()))
+web.setServiceParent(application)
