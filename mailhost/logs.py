@@ -20,4 +20,5 @@ def json_observer() -> ILogObserver:
 def install_log_format(fmt: str, twistd_options: Any = None) -> None:
     """Select the log format for a twistd run (``twistd_options`` is ServerOptions)."""
     if fmt == "json" and twistd_options is not None:
-        twistd_options["logger"] = json_observer
+        # twistd resolves it with namedAny after all options are parsed.
+        twistd_options["logger"] = "mailhost.logs.json_observer"
