@@ -57,7 +57,7 @@ class Part:
     __slots__ = (
         "header_start", "body_start", "body_end", "lines", "type", "subtype", "params",
         "has_type", "disposition", "id", "description", "encoding", "language", "location",
-        "md5", "children", "message", "env", "_lf0", "_boundary", "_fields", "_message_level",
+        "md5", "children", "message", "env", "_lf0", "_boundary", "_fields", "_flen", "_message_level",
     )
 
     def __init__(self, header_start: int, message_level: bool = False,
@@ -83,6 +83,7 @@ class Part:
         self._lf0 = 0
         self._boundary: bytes | None = None
         self._fields: list[bytes] = []
+        self._flen = 0
         self._message_level = message_level
 
     @property
@@ -125,6 +126,7 @@ class Part:
         p._lf0 = 0
         p._boundary = None
         p._fields = []
+        p._flen = 0
         p._message_level = p.env is not None
         return p
 
@@ -427,8 +429,9 @@ class Scanner:
             return
         if stripped[:1] in (b" ", b"\t"):
             if p._fields:
-                if sum(len(f) for f in p._fields) < MAX_FIELD:
+                if p._flen < MAX_FIELD:
                     p._fields.append(stripped)
+                    p._flen += len(stripped)
                 return
             # A continuation line without a field: tolerated, ignored.
             return
@@ -443,6 +446,7 @@ class Scanner:
             return
         self._flush_field(p)
         p._fields = [stripped]
+        p._flen = len(stripped)
 
     def _flush_field(self, p: Part) -> None:
         if not p._fields:
