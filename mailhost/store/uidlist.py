@@ -43,37 +43,39 @@ class Record:
         return f"{self.uid} {self.date} {self.size} {int(self.wrap)} {self.base}\n"
 
 
-def read(path: str) -> tuple[int, int, dict[str, Record], int] | None:
-    """(uidvalidity, uidnext, base -> Record, line count) or None if absent/unreadable."""
+def read(path: str) -> tuple[int, int, dict[str, tuple[int, int, int, bool]], int] | None:
+    """(uidvalidity, uidnext, base -> (uid, date, size, wrap), line count), or None if
+    the file is absent or its header unreadable. File order is kept (mostly UID order)."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            header = f.readline().split()
-            try:
-                validity = int(header[0][1:]) if header[0][0] == "V" else None
-                uid_next = int(header[1][1:]) if header[1][0] == "N" else None
-            except (IndexError, ValueError):
-                return None
-            if validity is None or uid_next is None:
-                return None
-            records: dict[str, Record] = {}
-            lines = 0
-            for line in f:
-                if not line.endswith("\n"):
-                    break  # torn append
-                parts = line[:-1].split(" ", 4)
-                if len(parts) != 5:
-                    continue
-                try:
-                    rec = Record(int(parts[0]), int(parts[1]), int(parts[2]),
-                                 parts[3] == "1", parts[4])
-                except ValueError:
-                    continue
-                lines += 1
-                records[rec.base] = rec
-                uid_next = max(uid_next, rec.uid + 1)
+            text = f.read()
     except FileNotFoundError:
         return None
-    return validity, uid_next, records, lines
+    lines = text.split("\n")
+    header = lines[0].split()
+    try:
+        if len(header) < 2 or header[0][:1] != "V" or header[1][:1] != "N":
+            return None
+        validity, uid_next = int(header[0][1:]), int(header[1][1:])
+    except ValueError:
+        return None
+    records: dict[str, tuple[int, int, int, bool]] = {}
+    count = 0
+    max_uid = 0
+    # The last element is "" after a complete file, or a torn append: skip it either way.
+    for line in lines[1:-1]:
+        parts = line.split(" ", 4)
+        if len(parts) != 5:
+            continue
+        try:
+            uid = int(parts[0])
+            records[parts[4]] = (uid, int(parts[1]), int(parts[2]), parts[3] == "1")
+        except ValueError:
+            continue
+        count += 1
+        if uid > max_uid:
+            max_uid = uid
+    return validity, max(uid_next, max_uid + 1), records, count
 
 
 def append(path: str, records: list[Record]) -> None:

@@ -1,0 +1,186 @@
+"""MaildirAccount: one user's Maildir++ folders, subscriptions and special-use
+(Implements: IMailAccount). Folder-tree changes are serialised per account."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from mailhost.store import maildir_io
+from mailhost.store.interfaces import (
+    FolderExists,
+    IMailAccount,
+    InvalidFolderName,
+    NoSuchFolder,
+)
+from mailhost.store.maildir_folder import MaildirFolder
+from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents
+
+
+@implementer(IMailAccount)
+class MaildirAccount:
+    """Implements: IMailAccount over one user's Maildir++ root."""
+
+    def __init__(self, store, user: str, root: str) -> None:
+        self._store = store
+        self.user = user
+        self._root = root
+        self._folders: dict[str, MaildirFolder] = {}
+        self._opening: dict[str, list[defer.Deferred]] = {}
+        self._special: dict[str, str] = {}
+        self._subs: set[str] = set()
+        self._lock = defer.DeferredLock()
+
+    def _dir(self, name: str) -> str:
+        return self._root if name == INBOX else os.path.join(self._root, "." + name)
+
+    async def _setup(self) -> None:
+        self._special, self._subs = await self._store._in_thread(
+            maildir_io.setup_account, self._root, self._store.fsync)
+
+    async def _folder(self, name: str) -> MaildirFolder:
+        """The live folder object, loading its index on first use (shared by callers)."""
+        canon = canonical_folder(name)
+        folder = self._folders.get(canon)
+        if folder is not None:
+            return folder
+        if canon in self._opening:
+            d: defer.Deferred = defer.Deferred()
+            self._opening[canon].append(d)
+            return await d
+        self._opening[canon] = []
+        folder = MaildirFolder(self._store, self, canon, self._dir(canon))
+        try:
+            await folder._load()
+        except BaseException as e:
+            err = NoSuchFolder(canon) if isinstance(e, NoSuchFolder) else e
+            for d in self._opening.pop(canon):
+                d.errback(err)
+            raise err from None
+        self._folders[canon] = folder
+        for d in self._opening.pop(canon):
+            d.callback(folder)
+        return folder
+
+    def _tree(self, fn, *args) -> defer.Deferred:
+        async def run():
+            await self._lock.acquire()
+            try:
+                return await fn(*args)
+            finally:
+                self._lock.release()
+
+        return defer.Deferred.fromCoroutine(run())
+
+    def list_folders(self):
+        async def run():
+            names = await self._store._in_thread(maildir_io.list_folder_names, self._root)
+            return [INBOX, *sorted(names)]
+
+        return defer.Deferred.fromCoroutine(run())
+
+    def open_folder(self, name: str):
+        return defer.Deferred.fromCoroutine(self._folder(name))
+
+    def create_folder(self, name: str, special_use: str | None = None):
+        return self._tree(self._create, name, special_use)
+
+    async def _create(self, name: str, special_use: str | None) -> None:
+        canon = canonical_folder(name)
+        paths = [(p, self._dir(p)) for p in [*parents(canon), canon]]
+        await self._store._in_thread(maildir_io.create_dirs, paths, canon)
+        if special_use:
+            self._special[canon] = special_use
+            await self._save_special()
+
+    async def _save_special(self) -> None:
+        text = "".join(f"{n}\t{u}\n" for n, u in sorted(self._special.items()))
+        await self._store._in_thread(maildir_io.write_atomic,
+                                     os.path.join(self._root, maildir_io.SPECIAL_USE_FILE),
+                                     text, self._store.fsync)
+
+    def delete_folder(self, name: str):
+        return self._tree(self._delete, name)
+
+    async def _delete(self, name: str) -> None:
+        canon = canonical_folder(name)
+        if canon == INBOX:
+            raise InvalidFolderName("INBOX cannot be deleted")
+        folder = self._folders.get(canon)
+        if folder is not None:
+            await folder._lock.acquire()
+        try:
+            await self._store._in_thread(maildir_io.delete_dir, self._dir(canon), self._root,
+                                         canon)
+            if folder is not None:
+                self._folders.pop(canon, None)
+                folder._forget()
+        finally:
+            if folder is not None:
+                folder._lock.release()
+        if self._special.pop(canon, None) is not None:
+            await self._save_special()
+
+    def rename_folder(self, old: str, new: str):
+        return self._tree(self._rename, old, new)
+
+    async def _rename(self, old: str, new: str) -> None:
+        src, dst = canonical_folder(old), canonical_folder(new)
+        if dst == src or is_inferior(dst, src):
+            raise InvalidFolderName(f"cannot rename {src} into itself")
+        if src == INBOX:
+            # RFC 3501: the messages move to the new folder; INBOX stays, empty, and
+            # its inferiors are unaffected.
+            inbox = await self._folder(INBOX)
+            await self._create(dst, None)
+            target = await self._folder(dst)
+            await inbox.move([i.uid for i in inbox.messages()], target)
+            return
+        existing = set(await self._store._in_thread(maildir_io.list_folder_names,
+                                                    self._root))
+        if src not in existing:
+            raise NoSuchFolder(src)
+        if dst in existing:
+            raise FolderExists(dst)
+        plan = [(n, dst + n[len(src):]) for n in sorted(existing)
+                if n == src or is_inferior(n, src)]
+        locked = [self._folders[a] for a, _ in plan if a in self._folders]
+        for folder in locked:
+            await folder._lock.acquire()
+        try:
+            await self._store._in_thread(
+                maildir_io.rename_dirs, [(self._dir(a), self._dir(b)) for a, b in plan],
+                [self._dir(p) for p in parents(dst)])
+            for a, b in plan:
+                folder = self._folders.pop(a, None)
+                if folder is not None:
+                    folder.name, folder._path = b, self._dir(b)
+                    self._folders[b] = folder
+                if a in self._special:
+                    self._special[b] = self._special.pop(a)
+        finally:
+            for folder in locked:
+                folder._lock.release()
+        await self._save_special()
+
+    def subscriptions(self):
+        return defer.succeed(set(self._subs))
+
+    def subscribe(self, name: str):
+        return self._tree(self._set_subscribed, name, True)
+
+    def unsubscribe(self, name: str):
+        return self._tree(self._set_subscribed, name, False)
+
+    async def _set_subscribed(self, name: str, on: bool) -> None:
+        canon = canonical_folder(name)
+        subs = self._subs | {canon} if on else self._subs - {canon}
+        if subs == self._subs:
+            return
+        text = "".join(f"{n}\n" for n in sorted(subs))
+        await self._store._in_thread(maildir_io.write_atomic,
+                                     os.path.join(self._root, maildir_io.SUBSCRIPTIONS_FILE),
+                                     text, self._store.fsync)
+        self._subs = subs

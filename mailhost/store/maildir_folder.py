@@ -1,0 +1,519 @@
+"""MaildirFolder: the live, indexed view of one Maildir++ folder (Implements: IFolder).
+
+Reads (``messages``, ``get``, flags, sizes) come from the in-memory index and touch
+no file. Changes run their file work in the reactor's thread pool, serialised per
+folder by a DeferredLock, and update the index and listeners on the reactor thread.
+
+New messages get UIDs reserved in order on the reactor thread; a message becomes
+visible only once every lower reserved UID has settled, so no session ever sees a
+UID lower than one it has already seen appear later.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailhost.store import maildir_cache, uidlist
+from mailhost.store.crlf import CRLFReader
+from mailhost.store.flags import apply_mode, normalize_flags
+from mailhost.store.interfaces import (
+    IFolder,
+    MessageInfo,
+    NoSuchFolder,
+    NoSuchMessage,
+    StoreError,
+)
+from mailhost.store.listeners import ListenerSet
+from mailhost.store.maildir_index import (
+    FlagMemo,
+    diff_folder,
+    examine_foreign,
+    fast_info,
+    load_folder,
+)
+from mailhost.store.maildir_io import KeywordFile, rename_all, transfer_files, unlink_all
+from mailhost.store.maildir_names import Keywords, filename, info_letters, make_info, unique_base
+from mailhost.store.uidlist import UIDLIST_FILE, Record
+
+CACHE_FLUSH_DELAY = 2.0
+CACHE_FLUSH_BATCH = 2000
+COMPACT_MIN_STALE = 1000
+
+#: What a settled reservation adds to the index: (info part, needs CRLF wrap, info).
+Row = tuple[str | None, bool, MessageInfo]
+
+
+@implementer(IFolder)
+class MaildirFolder:
+    """Implements: IFolder. One live object per (user, folder) in a MaildirStore."""
+
+    log = Logger()
+
+    def __init__(self, store, account, name: str, path: str) -> None:
+        self._store = store
+        self._account = account
+        self.name = name
+        self._path = path
+        self.uid_validity = 0
+        self.uid_next = 1
+        self._infos: dict[int, MessageInfo] = {}
+        self._parts: dict[int, str | None] = {}
+        self._wrap: set[int] = set()
+        self._by_base: dict[str, int] = {}
+        self._keywords = Keywords()
+        self._memo = FlagMemo(self._keywords)
+        self._kwfile = KeywordFile(self._keywords)
+        self._listeners = ListenerSet()
+        self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
+        self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
+        self._reserved: deque[int] = deque()
+        self._reserved_base: dict[int, str] = {}
+        self._settled: dict[int, Row | None] = {}
+        self._waiting: dict[int, defer.Deferred] = {}
+        self._pending_bases: set[str] = set()
+        self._stale = 0
+        self._cache: dict[int, dict[str, str]] = {}
+        self._cache_pending: list[tuple[int, str, str]] = []
+        self._cache_call = None
+        self._gone = False
+
+    @property
+    def special_use(self) -> str | None:
+        return self._account._special.get(self.name)
+
+    # -- loading -------------------------------------------------------------------
+
+    async def _load(self) -> None:
+        loaded = await self._store._in_thread(load_folder, self._path, self._store.fsync)
+        self.uid_validity = loaded.validity
+        self.uid_next = loaded.uid_next
+        self._keywords = loaded.keywords
+        self._memo = FlagMemo(self._keywords)
+        self._kwfile = KeywordFile(self._keywords)
+        self._infos, self._parts = loaded.infos, loaded.parts
+        self._wrap, self._by_base = loaded.wrap, loaded.by_base
+        self._stale = loaded.stale
+        cache, cache_lines = await self._store._in_thread(
+            maildir_cache.read, self._cache_path(), self.uid_validity, set(self._infos))
+        self._cache = cache
+        if cache_lines > 2 * sum(len(v) for v in cache.values()) + COMPACT_MIN_STALE:
+            await self._store._in_thread(self._rewrite_cache, dict(cache))
+        if self._stale > max(COMPACT_MIN_STALE, len(self._infos)):
+            await self._compact()
+        if loaded.foreign:
+            await self._adopt(loaded.foreign)
+
+    # -- index helpers ---------------------------------------------------------------
+
+    def _relpath(self, uid: int) -> str:
+        info = self._infos[uid]
+        return os.path.join("new" if info.recent else "cur",
+                            filename(info.key, self._parts[uid]))
+
+    def _row(self, base: str, recent: bool, part: str | None, wrap: bool, size: int,
+             date: float, uid: int) -> Row:
+        flags, _, part = self._memo.get(part)
+        return part, wrap, fast_info(uid, base, size, flags, float(date), recent)
+
+    def _insert(self, uid: int, row: Row) -> MessageInfo:
+        part, wrap, info = row
+        self._infos[uid] = info
+        self._parts[uid] = part
+        if wrap:
+            self._wrap.add(uid)
+        self._by_base[info.key] = uid
+        return info
+
+    def _remove(self, uids: Iterable[int]) -> None:
+        for uid in uids:
+            info = self._infos.pop(uid, None)
+            if info is None:
+                continue
+            del self._parts[uid]
+            self._wrap.discard(uid)
+            self._by_base.pop(info.key, None)
+            self._cache.pop(uid, None)
+            self._stale += 1
+
+    def _letters(self, flags: frozenset[str], extra: str = "") -> str:
+        """Maildir letters for flags, assigning new keyword letters (file written by the
+        thread that first uses them)."""
+        if self._keywords.assign(f for f in flags if not f.startswith("\\")):
+            self._kwfile.changed()
+            self._memo = FlagMemo(self._keywords)
+        return self._keywords.letters_of(flags, extra)
+
+    # -- UID reservation -----------------------------------------------------------------
+
+    def _reserve(self, base: str) -> int:
+        uid = self.uid_next
+        self.uid_next += 1
+        self._reserved.append(uid)
+        self._reserved_base[uid] = base
+        self._pending_bases.add(base)
+        return uid
+
+    def _settle(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred:
+        """Record the outcome of reservations (None: dropped). Fires once each is visible
+        or dropped; listeners hear of each visible batch at once."""
+        waits = []
+        for uid, row in items:
+            d = self._waiting[uid] = defer.Deferred()
+            waits.append(d)
+            self._settled[uid] = row
+        added, fire = [], []
+        while self._reserved and self._reserved[0] in self._settled:
+            done = self._reserved.popleft()
+            row = self._settled.pop(done)
+            self._pending_bases.discard(self._reserved_base.pop(done))
+            if row is not None and not self._gone:
+                added.append(self._insert(done, row))
+            waiter = self._waiting.pop(done, None)
+            if waiter is not None:
+                fire.append(waiter)
+        self._listeners.added(self, added)
+        for waiter in fire:
+            waiter.callback(None)
+        return defer.gatherResults(waits)
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._gone:
+            raise NoSuchFolder(self.name)
+
+    async def _locked(self, fn, *args):
+        await self._lock.acquire()
+        try:
+            self._check()
+            return await fn(*args)
+        finally:
+            self._lock.release()
+
+    def _run(self, fn, *args) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._locked(fn, *args))
+
+    def _uidlist_path(self) -> str:
+        return os.path.join(self._path, UIDLIST_FILE)
+
+    def _cache_path(self) -> str:
+        return os.path.join(self._path, maildir_cache.CACHE_FILE)
+
+    async def _compact(self) -> None:
+        """Rewrite the uidlist without stale lines (in a thread, under the file lock)."""
+        live = set(self._by_base) | self._pending_bases
+        path, validity = self._uidlist_path(), self.uid_validity
+        first_unsettled = self.uid_next
+        lock, fsync = self._file_lock, self._store.fsync
+
+        def work():
+            with lock:
+                current = uidlist.read(path)
+                if current is None:
+                    return
+                _, uid_next, records, _ = current
+                # Keep what is live now, and whatever was reserved after this snapshot.
+                keep = [Record(uid, date, size, wrap, base)
+                        for base, (uid, date, size, wrap) in records.items()
+                        if base in live or uid >= first_unsettled]
+                keep.sort(key=lambda r: r.uid)
+                uidlist.rewrite(path, validity, max(uid_next, first_unsettled), keep, fsync)
+
+        await self._store._in_thread(work)
+        self._stale = 0
+
+    # -- IFolder: reads -------------------------------------------------------------------
+
+    def messages(self) -> list[MessageInfo]:
+        return list(self._infos.values())
+
+    def get(self, uid: int) -> MessageInfo | None:
+        return self._infos.get(uid)
+
+    def open_message(self, uid: int):
+        return defer.Deferred.fromCoroutine(self._open_message(uid))
+
+    async def _open_message(self, uid: int):
+        for attempt in range(2):
+            if uid not in self._infos or self._gone:
+                raise NoSuchMessage(uid)
+            path, wrap = os.path.join(self._path, self._relpath(uid)), uid in self._wrap
+            try:
+                raw = await self._store._in_thread(open, path, "rb")
+            except FileNotFoundError:
+                if attempt:
+                    raise NoSuchMessage(uid) from None
+                # A rename (flags, new/ -> cur/) may be in flight: let it finish, retry.
+                await self._lock.acquire()
+                self._lock.release()
+                continue
+            return io.BufferedReader(CRLFReader(raw)) if wrap else raw
+        raise NoSuchMessage(uid)
+
+    # -- IFolder: changes ----------------------------------------------------------------
+
+    def refresh(self):
+        return self._run(self._refresh)
+
+    async def _refresh(self) -> None:
+        known = dict(self._by_base)
+        renamed, gone, foreign = await self._store._in_thread(
+            diff_folder, self._path, known, self._infos, self._parts)
+        changed = []
+        for uid, recent, part in renamed:
+            old = self._infos.get(uid)
+            if old is None:
+                continue
+            row = self._row(old.key, recent, part, uid in self._wrap, old.size,
+                            old.internal_date, uid)
+            new = self._insert(uid, row)
+            if new.flags != old.flags:
+                changed.append(new)
+        gone = [uid for uid in gone if uid in self._infos]
+        self._remove(gone)
+        self._listeners.expunged(self, gone)
+        self._listeners.changed(self, changed)
+        foreign = [(sub, name) for sub, name in foreign
+                   if name.partition(":")[0] not in self._pending_bases
+                   and name.partition(":")[0] not in self._by_base]
+        if foreign:
+            await self._adopt(foreign)
+
+    async def _adopt(self, foreign: list[tuple[str, str]]) -> None:
+        """Give UIDs to files another program put in new/ or cur/."""
+        bases = [name.partition(":")[0] for _, name in foreign]
+        self._pending_bases.update(bases)
+        try:
+            examined = await self._store._in_thread(examine_foreign, self._path, foreign)
+        finally:
+            self._pending_bases.difference_update(bases)
+        if not examined:
+            return
+        rows = []
+        for sub, name, size, wrap, mtime in examined:
+            base, sep, part = name.partition(":")
+            uid = self._reserve(base)
+            rows.append((uid, self._row(base, sub == "new", part if sep else None, wrap, size,
+                                        mtime, uid)))
+        records = [Record(uid, int(info.internal_date), info.size, wrap, info.key)
+                   for uid, (_, wrap, info) in rows]
+        path, lock = self._uidlist_path(), self._file_lock
+
+        def work():
+            with lock:
+                uidlist.append(path, records)
+
+        try:
+            await self._store._in_thread(work)
+        except BaseException:
+            self._settle([(uid, None) for uid, _ in rows])
+            raise
+        await self._settle(rows)
+
+    def set_flags(self, uids: Iterable[int], flags: Iterable[str], mode: str):
+        try:
+            wanted = normalize_flags(flags)
+            apply_mode(frozenset(), wanted, mode)
+        except StoreError:
+            return defer.fail()
+        return self._run(self._set_flags, list(uids), wanted, mode)
+
+    async def _set_flags(self, uids: list[int], wanted: frozenset[str], mode: str):
+        result: dict[int, MessageInfo] = {}
+        renames, updates = [], []
+        new_part_memo: dict[tuple[str | None, frozenset[str], bool], str | None] = {}
+        for uid in sorted(set(uids)):
+            info = self._infos.get(uid)
+            if info is None:
+                continue
+            result[uid] = info
+            new_flags = apply_mode(info.flags, wanted, mode)
+            if new_flags == info.flags:
+                continue
+            part = self._parts[uid]
+            key = (part, new_flags, info.recent)
+            if key in new_part_memo:
+                new_part = new_part_memo[key]
+            else:
+                extra = self._memo.get(part)[1]
+                new_part = make_info(self._letters(new_flags, extra), info.recent)
+                new_part_memo[key] = new_part
+            sub = "new" if info.recent else "cur"
+            renames.append((os.path.join(sub, filename(info.key, part)),
+                            os.path.join(sub, filename(info.key, new_part))))
+            updates.append((uid, new_part, new_flags))
+        if renames:
+            ok = await self._store._in_thread(rename_all, self._path, renames, self._kwfile,
+                                              self._file_lock, self._store.fsync)
+            changed = []
+            for (uid, new_part, new_flags), done in zip(updates, ok, strict=True):
+                old = self._infos.get(uid)
+                if not done or old is None:
+                    continue
+                self._parts[uid] = new_part
+                info = self._infos[uid] = fast_info(uid, old.key, old.size, new_flags,
+                                                    old.internal_date, old.recent)
+                result[uid] = info
+                changed.append(info)
+            self._listeners.changed(self, changed)
+        return [result[u] for u in sorted(result)]
+
+    def expunge(self, uids: Iterable[int] | None = None):
+        return self._run(self._expunge, None if uids is None else set(uids))
+
+    async def _expunge(self, among: set[int] | None):
+        victims = sorted(uid for uid, info in self._infos.items()
+                         if "\\Deleted" in info.flags and (among is None or uid in among))
+        if not victims:
+            return []
+        paths = [os.path.join(self._path, self._relpath(u)) for u in victims]
+        await self._store._in_thread(unlink_all, paths)
+        self._remove(victims)
+        self._listeners.expunged(self, victims)
+        if self._stale > max(COMPACT_MIN_STALE, len(self._infos)):
+            await self._compact()
+        return victims
+
+    def copy(self, uids: Iterable[int], dest: IFolder):
+        return self._run(self._transfer, list(uids), dest, False)
+
+    def move(self, uids: Iterable[int], dest: IFolder):
+        return self._run(self._transfer, list(uids), dest, True)
+
+    async def _transfer(self, uids: list[int], dest: MaildirFolder, move: bool):
+        if not isinstance(dest, MaildirFolder) or dest._gone:
+            raise NoSuchFolder(getattr(dest, "name", repr(dest)))
+        plan = []
+        for uid in sorted(set(uids)):
+            info = self._infos.get(uid)
+            if info is None:
+                continue
+            wrap = uid in self._wrap
+            base = unique_base(info.size, crlf_on_disk=not wrap)
+            extra = self._memo.get(self._parts[uid])[1]
+            new_part = make_info(dest._letters(info.flags, extra), in_new=True)
+            plan.append((uid, info, wrap, base, new_part))
+        if not plan:
+            return []
+        reserved = [dest._reserve(base) for _, _, _, base, _ in plan]
+        ops = [(os.path.join(self._path, self._relpath(uid)),
+                os.path.join(dest._path, "new", filename(base, new_part)),
+                Record(duid, int(info.internal_date), info.size, wrap, base))
+               for (uid, info, wrap, base, new_part), duid in zip(plan, reserved, strict=True)]
+        fsync = self._store.fsync
+        try:
+            ok = await self._store._in_thread(transfer_files, ops, move, dest._path,
+                                              dest._kwfile, dest._file_lock, fsync)
+            if fsync:
+                syncs = {os.path.join(dest._path, "new"), dest._uidlist_path()}
+                if move:
+                    syncs |= {os.path.join(self._path, "new" if i.recent else "cur")
+                              for _, i, _, _, _ in plan}
+                await self._store._sync.sync(syncs)
+        except BaseException:
+            dest._settle([(duid, None) for duid in reserved])
+            raise
+        settle, pairs = [], []
+        for (uid, info, wrap, base, new_part), duid, done in zip(plan, reserved, ok,
+                                                                 strict=True):
+            if not done:
+                settle.append((duid, None))
+                continue
+            settle.append((duid, dest._row(base, True, new_part, wrap, info.size,
+                                           info.internal_date, duid)))
+            pairs.append((uid, duid))
+        await dest._settle(settle)
+        if move:
+            moved = [src for src, _ in pairs]
+            self._remove(moved)
+            self._listeners.expunged(self, moved)
+        return pairs
+
+    def claim_recent(self):
+        return self._run(self._claim_recent)
+
+    async def _claim_recent(self):
+        recent = [uid for uid, info in self._infos.items() if info.recent]
+        if not recent:
+            return set()
+        renames, parts = [], []
+        for uid in recent:
+            info, part = self._infos[uid], self._parts[uid]
+            new_part = make_info(info_letters(part), in_new=False)
+            renames.append((os.path.join("new", filename(info.key, part)),
+                            os.path.join("cur", filename(info.key, new_part))))
+            parts.append(new_part)
+        ok = await self._store._in_thread(rename_all, self._path, renames, None, None, False)
+        claimed = set()
+        for uid, new_part, done in zip(recent, parts, ok, strict=True):
+            old = self._infos.get(uid)
+            if done and old is not None:
+                self._parts[uid] = new_part
+                self._infos[uid] = fast_info(uid, old.key, old.size, old.flags,
+                                             old.internal_date, False)
+                claimed.add(uid)
+        return claimed
+
+    def add_listener(self, listener) -> None:
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener) -> None:
+        self._listeners.remove(listener)
+
+    # -- cached metadata -----------------------------------------------------------------
+
+    def get_cached(self, uid: int, key: str) -> str | None:
+        return self._cache.get(uid, {}).get(key)
+
+    def set_cached(self, uid: int, key: str, value: str) -> None:
+        if uid not in self._infos:
+            return
+        self._cache.setdefault(uid, {})[key] = value
+        self._cache_pending.append((uid, key, value))
+        if len(self._cache_pending) >= CACHE_FLUSH_BATCH:
+            self._flush_cache()
+        elif self._cache_call is None:
+            self._cache_call = self._store._reactor.callLater(CACHE_FLUSH_DELAY,
+                                                              self._flush_cache)
+
+    def _flush_cache(self) -> defer.Deferred:
+        if self._cache_call is not None and self._cache_call.active():
+            self._cache_call.cancel()
+        self._cache_call = None
+        pending, self._cache_pending = self._cache_pending, []
+        if not pending or self._gone:
+            return defer.succeed(None)
+        path, validity, lock = self._cache_path(), self.uid_validity, self._file_lock
+
+        def work():
+            with lock:
+                maildir_cache.append(path, validity, pending)
+
+        d = self._store._in_thread(work)
+        d.addErrback(lambda f: self.log.failure("cache flush failed", f))
+        return d
+
+    def _rewrite_cache(self, cache: dict[int, dict[str, str]]) -> None:
+        with self._file_lock:
+            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache)
+
+    def _forget(self) -> None:
+        """The folder was deleted: tell listeners everything is gone."""
+        uids = list(self._infos)
+        self._gone = True
+        if self._cache_call is not None and self._cache_call.active():
+            self._cache_call.cancel()
+        self._cache_call = None
+        for d in (self._infos, self._parts, self._by_base, self._cache):
+            d.clear()
+        self._wrap.clear()
+        self._cache_pending.clear()
+        self._listeners.expunged(self, uids)

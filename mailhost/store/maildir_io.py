@@ -1,0 +1,243 @@
+"""The blocking file-system work of MaildirStore. Every function here runs in a
+worker thread, never on the reactor thread."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+import time
+
+from mailhost.store import uidlist
+from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
+from mailhost.store.maildir_names import KEYWORDS_FILE, Keywords
+from mailhost.store.names import INBOX, InvalidFolderName, canonical_folder
+from mailhost.store.uidlist import UIDLIST_FILE
+
+SUBSCRIPTIONS_FILE = "subscriptions"
+SPECIAL_USE_FILE = "mailhost-special-use"
+
+
+def fdatasync(fd: int) -> None:
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
+def make_maildir(path: str, folder: bool) -> None:
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    if folder:  # Maildir++ marks subfolders so deliverers know they are folders
+        open(os.path.join(path, "maildirfolder"), "a").close()
+
+
+def write_atomic(path: str, text: str, fsync: bool) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class KeywordFile:
+    """Writes a folder's dovecot-keywords, never an older map over a newer one.
+
+    The reactor thread assigns letters and calls ``changed()``; writer threads call
+    ``write_if_needed`` before creating any file name that uses a new letter.
+    """
+
+    def __init__(self, keywords: Keywords) -> None:
+        self.keywords = keywords
+        self.snapshot = (keywords.version, keywords.serialize())
+        self.written = keywords.version
+
+    def changed(self) -> None:
+        self.snapshot = (self.keywords.version, self.keywords.serialize())
+
+    def write_if_needed(self, folder_path: str, lock: threading.Lock, fsync: bool) -> None:
+        with lock:
+            version, text = self.snapshot
+            if version > self.written:
+                write_atomic(os.path.join(folder_path, KEYWORDS_FILE), text, fsync)
+                self.written = version
+
+
+def copy_durable(src: str, dest: str, fsync: bool) -> None:
+    """Copy for when a hard link is impossible (EXDEV): tmp copy, fsync, rename."""
+    tmp = dest + ".copying"
+    with open(src, "rb") as s, open(tmp, "xb") as d:
+        shutil.copyfileobj(s, d, 1024 * 1024)
+        if fsync:
+            d.flush()
+            fdatasync(d.fileno())
+    shutil.copystat(src, tmp)
+    os.rename(tmp, dest)
+
+
+def link_or_copy(src: str, dest: str, fsync: bool) -> None:
+    try:
+        os.link(src, dest)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        copy_durable(src, dest, fsync)
+
+
+def deliver_files(file, tmp_path: str, date: float | None, jobs, fsync: bool) -> None:
+    """Make the tmp file durable, link it into each target's new/, record its UID.
+
+    ``jobs``: (folder path, file name, uidlist Record, folder file lock, KeywordFile).
+    The tmp file is closed and removed whatever happens.
+    """
+    try:
+        file.flush()
+        if date is not None:
+            os.utime(tmp_path, (date, date))  # Dovecot reads INTERNALDATE from mtime
+        if fsync:
+            fdatasync(file.fileno())
+        for folder_path, name, record, lock, kwfile in jobs:
+            kwfile.write_if_needed(folder_path, lock, fsync)
+            link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync)
+            with lock:
+                uidlist.append(os.path.join(folder_path, UIDLIST_FILE), [record])
+    finally:
+        file.close()
+        try:
+            os.unlink(tmp_path)
+        except FileNotFoundError:
+            pass
+
+
+def list_names(path: str) -> tuple[list[str], list[str]]:
+    """(cur/ names, new/ names), dot files skipped; NoSuchFolder if the folder is gone."""
+    out = []
+    for sub in ("cur", "new"):
+        try:
+            out.append([n for n in os.listdir(os.path.join(path, sub)) if n[:1] != "."])
+        except FileNotFoundError:
+            raise NoSuchFolder(path) from None
+    return out[0], out[1]
+
+
+def rename_all(path: str, renames, kwfile, lock, fsync: bool) -> list[bool]:
+    """Rename files inside a folder; False where the file vanished meanwhile."""
+    if kwfile is not None:
+        kwfile.write_if_needed(path, lock, fsync)
+    ok = []
+    for old, new in renames:
+        try:
+            os.rename(os.path.join(path, old), os.path.join(path, new))
+            ok.append(True)
+        except FileNotFoundError:
+            ok.append(False)
+    return ok
+
+
+def unlink_all(paths: list[str]) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, fsync: bool) -> list[bool]:
+    """Link (COPY) or rename (MOVE) files into dest/new/ and record their UIDs."""
+    kwfile.write_if_needed(dest_path, lock, fsync)
+    ok, records = [], []
+    for src, dst, record in ops:
+        try:
+            if move:
+                os.rename(src, dst)
+            else:
+                link_or_copy(src, dst, fsync)
+            ok.append(True)
+            records.append(record)
+        except FileNotFoundError:
+            ok.append(False)
+    if records:
+        with lock:
+            uidlist.append(os.path.join(dest_path, UIDLIST_FILE), records)
+    return ok
+
+
+# -- account level ------------------------------------------------------------------
+
+def setup_account(root: str, fsync: bool) -> tuple[dict[str, str], set[str]]:
+    """Create the Maildir and default folders on first use; read special-use and
+    subscriptions. Returns (folder -> special-use, subscribed names)."""
+    make_maildir(root, folder=False)
+    special_path = os.path.join(root, SPECIAL_USE_FILE)
+    subs_path = os.path.join(root, SUBSCRIPTIONS_FILE)
+    if not os.path.exists(special_path):
+        for name in DEFAULT_SPECIAL_FOLDERS:
+            make_maildir(os.path.join(root, "." + name), folder=True)
+        if not os.path.exists(subs_path):
+            write_atomic(subs_path, "".join(f"{n}\n" for n in [INBOX, *DEFAULT_SPECIAL_FOLDERS]),
+                         fsync)
+        write_atomic(special_path, "".join(f"{n}\t{u}\n"
+                                           for n, u in DEFAULT_SPECIAL_FOLDERS.items()), fsync)
+    special = {}
+    with open(special_path, encoding="utf-8") as f:
+        for line in f:
+            name, _, use = line.rstrip("\n").partition("\t")
+            if name and use:
+                special[name] = use
+    subs = set()
+    try:
+        with open(subs_path, encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if not line or line.startswith("V\t"):
+                    continue  # Dovecot 2.3's versioned header
+                try:
+                    subs.add(canonical_folder(line.replace("\t", ".")))
+                except InvalidFolderName:
+                    continue
+    except FileNotFoundError:
+        pass
+    return special, subs
+
+
+def list_folder_names(root: str) -> list[str]:
+    names = []
+    with os.scandir(root) as it:
+        for d in it:
+            if not d.name.startswith(".") or not d.is_dir():
+                continue
+            try:
+                canon = canonical_folder(d.name[1:])
+            except InvalidFolderName:
+                continue  # ..deleted leftovers, foreign junk
+            if canon != INBOX and canon == d.name[1:]:
+                names.append(canon)
+    return names
+
+
+def create_dirs(paths: list[tuple[str, str]], target: str) -> None:
+    for name, path in paths:
+        if name == target and (name == INBOX or os.path.isdir(path)):
+            raise FolderExists(name)
+        if not os.path.isdir(path):
+            make_maildir(path, folder=True)
+
+
+def delete_dir(path: str, root: str, name: str) -> None:
+    if not os.path.isdir(path):
+        raise NoSuchFolder(name)
+    # Rename first so a crash mid-delete never leaves a half-deleted, listed folder;
+    # "..x" is never listed (its folder name would start with '.').
+    trash = os.path.join(root, f"..deleted.{os.getpid()}.{threading.get_ident()}.{time.time()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def rename_dirs(renames: list[tuple[str, str]], parent_dirs: list[str]) -> None:
+    for path in parent_dirs:
+        if not os.path.isdir(path):
+            make_maildir(path, folder=True)
+    for old, new in renames:
+        if os.path.exists(new):
+            raise FolderExists(os.path.basename(new)[1:])
+        os.rename(old, new)

@@ -1,0 +1,103 @@
+"""MaildirMessageWriter: one incoming message, streamed to a tmp file, then committed
+durably to every target folder (Implements: IMessageWriter).
+
+``write`` goes to the page cache on the reactor thread (buffered, CRLF-normalised).
+``commit`` then, in a worker thread: fdatasync the tmp file, hard-link it into each
+target's new/ (copy on EXDEV), append the uidlist lines; then a group-commit round
+fsyncs the new/ directories and uidlists. The Deferred fires only after that, and
+after the UIDs are visible in the folder index.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from mailhost.store.crlf import CRLFNormalizer
+from mailhost.store.flags import normalize_flags
+from mailhost.store.interfaces import DeliveryTarget, IMessageWriter, StoreError
+from mailhost.store.maildir_io import deliver_files
+from mailhost.store.maildir_names import filename, make_info, unique_base
+from mailhost.store.uidlist import Record
+
+WRITE_BUFFER = 64 * 1024
+
+
+@implementer(IMessageWriter)
+class MaildirMessageWriter:
+    """Implements: IMessageWriter. One tmp file, linked into every target on commit."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self._norm = CRLFNormalizer()
+        self.size = 0
+        self._done = False
+        self._path = os.path.join(store._tmp_dir(), unique_base(0).split(",")[0])
+        self._file = open(self._path, "xb", buffering=WRITE_BUFFER)  # noqa: SIM115
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise StoreError("write after commit/abort")
+        out = self._norm.feed(data)
+        self._file.write(out)
+        self.size += len(out)
+
+    def commit(self, targets: Sequence[DeliveryTarget]):
+        if self._done:
+            return defer.fail(StoreError("commit after commit/abort"))
+        self._done = True
+        return defer.Deferred.fromCoroutine(self._commit(list(targets)))
+
+    async def _commit(self, targets: list[DeliveryTarget]) -> list[int]:
+        store = self._store
+        now = int(time.time())
+        try:
+            folders = [await store._folder(t.user, t.folder) for t in targets]
+            plan = []
+            for folder, target in zip(folders, targets, strict=True):
+                flags = normalize_flags(target.flags)
+                part = make_info(folder._letters(flags), in_new=True)
+                date = now if target.internal_date is None else int(target.internal_date)
+                plan.append((folder, unique_base(self.size), part, date))
+        except BaseException:
+            self._discard()
+            raise
+        uids = [folder._reserve(base) for folder, base, _, _ in plan]
+        jobs = [(f._path, filename(base, part), Record(uid, date, self.size, False, base),
+                 f._file_lock, f._kwfile)
+                for (f, base, part, date), uid in zip(plan, uids, strict=True)]
+        first_date = targets[0].internal_date if targets else None
+        try:
+            await store._in_thread(deliver_files, self._file, self._path, first_date, jobs,
+                                   store.fsync)
+            if store.fsync and jobs:
+                paths = {os.path.join(f._path, "new") for f, *_ in plan}
+                paths |= {f._uidlist_path() for f, *_ in plan}
+                await store._sync.sync(paths)
+        except BaseException:
+            for (folder, *_), uid in zip(plan, uids, strict=True):
+                folder._settle([(uid, None)])
+            raise
+        by_folder: dict[int, tuple[object, list]] = {}
+        for (folder, base, part, date), uid in zip(plan, uids, strict=True):
+            row = folder._row(base, True, part, False, self.size, date, uid)
+            by_folder.setdefault(id(folder), (folder, []))[1].append((uid, row))
+        await defer.gatherResults([f._settle(items) for f, items in by_folder.values()],
+                                  consumeErrors=True)
+        return uids
+
+    def _discard(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._discard()

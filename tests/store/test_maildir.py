@@ -1,0 +1,308 @@
+"""MaildirStore specifics: the on-disk format, restarts, files from other programs."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import re
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from mailhost.store.interfaces import DeliveryTarget
+from mailhost.store.maildir import MaildirStore
+from mailhost.store.uidlist import UIDLIST_FILE
+from tests.store.conftest import Recorder
+
+A = "alice@example.test"
+MSG = b"From: x@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
+NAME_RE = re.compile(r"^\d+\.M\d+P\d+Q\d+\.[^,:/]+,S=(\d+),W=(\d+)(:2,[A-Za-z]*)?$")
+
+
+@pytest.fixture
+def root(tmp_path):
+    return str(tmp_path / "mail")
+
+
+async def deliver(store, data=MSG, *targets):
+    w = store.new_message()
+    w.write(data)
+    return await w.commit(list(targets) or [DeliveryTarget(A)])
+
+
+async def folder_of(store, name="INBOX", user=A):
+    return await (await store.open_account(user)).open_folder(name)
+
+
+async def read_all(folder, uid):
+    f = await folder.open_message(uid)
+    try:
+        out = b""
+        while part := f.read(7):  # tiny reads cross every CRLF boundary
+            out += part
+        return out
+    finally:
+        f.close()
+
+
+def user_dir(root, user=A):
+    local, domain = user.split("@")
+    return os.path.join(root, domain, local)
+
+
+@pytest_twisted.ensureDeferred
+async def test_layout_and_dovecot_file_names(root):
+    store = MaildirStore(root)
+    when = 1_700_000_000
+    await deliver(store, b"a\nb\n", DeliveryTarget(A, internal_date=when),
+                  DeliveryTarget(A, "Archive" if False else "Sent", frozenset({"\\Seen", "$Work"})))
+    home = user_dir(root)
+    assert sorted(os.listdir(home)) == sorted([
+        ".Drafts", ".Junk", ".Sent", ".Trash", "cur", "new", "tmp", UIDLIST_FILE,
+        "mailhost-special-use", "subscriptions"])
+    [name] = os.listdir(os.path.join(home, "new"))
+    m = NAME_RE.match(name)
+    assert m and m.group(1) == m.group(2) == "6" and m.group(3) is None
+    with open(os.path.join(home, "new", name), "rb") as f:
+        assert f.read() == b"a\r\nb\r\n"  # stored CRLF, like mail_save_crlf=yes
+    assert int(os.stat(os.path.join(home, "new", name)).st_mtime) == when
+    [sent] = os.listdir(os.path.join(home, ".Sent", "new"))
+    assert sent.endswith(":2,Sa")
+    with open(os.path.join(home, ".Sent", "dovecot-keywords")) as f:
+        assert f.read() == "0 $Work\n"
+    with open(os.path.join(home, "subscriptions")) as f:
+        assert f.read().split("\n")[:-1] == ["INBOX", "Sent", "Drafts", "Trash", "Junk"]
+    with open(os.path.join(home, UIDLIST_FILE)) as f:
+        header, line = f.read().splitlines()
+    assert re.fullmatch(r"V\d+ N1", header)
+    assert line.split(" ")[0] == "1" and line.endswith(name)
+    # the tmp file was linked, then removed
+    assert os.listdir(os.path.join(root, ".tmp")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_index_survives_restart(root):
+    store = MaildirStore(root)
+    for _ in range(5):
+        await deliver(store)
+    box = await folder_of(store)
+    await box.set_flags([2], ["\\Seen", "todo"], "add")
+    await box.set_flags([3], ["\\Deleted"], "add")
+    await box.expunge()
+    await box.claim_recent()
+    await deliver(store)
+    box.set_cached(2, "envelope", "E2")
+    await store.close()
+    validity, before = box.uid_validity, box.messages()
+
+    again = MaildirStore(root)
+    box2 = await folder_of(again)
+    assert box2.uid_validity == validity
+    assert box2.uid_next == 7
+    assert box2.messages() == before
+    assert [i.uid for i in box2.messages()] == [1, 2, 4, 5, 6]
+    assert box2.get(2).flags == {"\\Seen", "todo"}
+    assert box2.get(6).recent and not box2.get(5).recent
+    assert box2.get_cached(2, "envelope") == "E2"
+    assert await deliver(again) == [7]
+
+
+@pytest_twisted.ensureDeferred
+async def test_expunged_uids_never_reused_after_compaction(root, monkeypatch):
+    monkeypatch.setattr("mailhost.store.maildir_folder.COMPACT_MIN_STALE", 3)
+    store = MaildirStore(root, fsync=False)
+    for _ in range(10):
+        await deliver(store)
+    box = await folder_of(store)
+    await box.set_flags(range(1, 11), ["\\Deleted"], "add")
+    await box.expunge()
+    with open(os.path.join(user_dir(root), UIDLIST_FILE)) as f:
+        assert f.read().splitlines()[1:] == []  # compacted
+    again = MaildirStore(root, fsync=False)
+    box2 = await folder_of(again)
+    assert box2.messages() == [] and box2.uid_next == 11
+    assert await deliver(again) == [11]
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_from_another_program_gets_uid_on_refresh(root):
+    store = MaildirStore(root)
+    await deliver(store)
+    box = await folder_of(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    home = user_dir(root)
+    lf_body = b"Subject: dropped\n\nline one\nline two\n"
+    with open(os.path.join(home, "tmp", "drop1"), "wb") as f:
+        f.write(lf_body)
+    os.utime(os.path.join(home, "tmp", "drop1"), (1_600_000_000, 1_600_000_000))
+    os.rename(os.path.join(home, "tmp", "drop1"), os.path.join(home, "new", "1600000000.foreign1.host"))
+    with open(os.path.join(home, "cur", "1600000001.foreign2.host:2,FS"), "wb") as f:
+        f.write(b"already\r\ncrlf\r\n")
+    await box.refresh()
+    assert rec.events == [("added", [2, 3])]
+    dropped, flagged = box.get(2), box.get(3)
+    assert dropped.size == len(lf_body.replace(b"\n", b"\r\n"))
+    assert dropped.recent and dropped.internal_date == 1_600_000_000
+    assert await read_all(box, 2) == lf_body.replace(b"\n", b"\r\n")
+    assert flagged.flags == {"\\Flagged", "\\Seen"} and not flagged.recent
+    assert await read_all(box, 3) == b"already\r\ncrlf\r\n"
+    # the CRLF wrapper survives a flag rename and a restart
+    await box.set_flags([2], ["\\Answered"], "add")
+    again = await folder_of(MaildirStore(root))
+    assert again.get(2).size == dropped.size
+    assert await read_all(again, 2) == lf_body.replace(b"\n", b"\r\n")
+    f = await again.open_message(2)
+    f.seek(10)
+    assert f.read(5) == lf_body.replace(b"\n", b"\r\n")[10:15]
+    f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_sees_external_flag_changes_and_removals(root):
+    store = MaildirStore(root)
+    await deliver(store)
+    await deliver(store)
+    box = await folder_of(store)
+    await box.claim_recent()
+    rec = Recorder()
+    box.add_listener(rec)
+    cur = os.path.join(user_dir(root), "cur")
+    names = sorted(os.listdir(cur))
+    os.rename(os.path.join(cur, names[0]), os.path.join(cur, names[0].split(":")[0] + ":2,RS"))
+    os.unlink(os.path.join(cur, names[1]))
+    await box.refresh()
+    assert ("expunged", [2]) in rec.events
+    assert ("flags", {1: {"\\Answered", "\\Seen"}}) in rec.events
+    assert [i.uid for i in box.messages()] == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_a_dovecot_maildir(root):
+    """A folder as Dovecot writes it: LF on disk (S= < W=), keywords file, flags."""
+    home = user_dir(root)
+    folder = os.path.join(home, ".Lists")
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(folder, sub))
+    os.makedirs(os.path.join(home, "cur"), exist_ok=True)
+    body = b"From: a@b\nSubject: x\n\nhi\n"
+    name = f"1700000000.M123P45.mx,S={len(body)},W={len(body) + 4}:2,RSb"
+    with open(os.path.join(folder, "cur", name), "wb") as f:
+        f.write(body)
+    with open(os.path.join(folder, "dovecot-keywords"), "w") as f:
+        f.write("0 $Forwarded\n1 $Label1\n")
+    store = MaildirStore(root)
+    lists = await folder_of(store, "Lists")
+    [info] = lists.messages()
+    assert info.flags == {"\\Answered", "\\Seen", "$Label1"}
+    assert info.size == len(body) + 4
+    assert await read_all(lists, info.uid) == body.replace(b"\n", b"\r\n")
+    await lists.set_flags([info.uid], ["$Forwarded"], "add")
+    [renamed] = os.listdir(os.path.join(folder, "cur"))
+    assert renamed.endswith(":2,RSab")
+
+
+@pytest_twisted.ensureDeferred
+async def test_python_mailbox_reads_our_flags(root):
+    """An independent Maildir reader (stdlib ``mailbox``) agrees on content and flags."""
+    store = MaildirStore(root)
+    await deliver(store)
+    box = await folder_of(store)
+    await box.claim_recent()
+    await box.set_flags([1], ["\\Seen", "\\Flagged"], "add")
+    md = mailbox.Maildir(user_dir(root), create=False)
+    [msg] = list(md)
+    assert msg.get_flags() == "FS" and msg.get_subdir() == "cur"
+    assert msg["Subject"] == "hi"
+    sub = md.get_folder("Sent")
+    sub.add(mailbox.MaildirMessage(b"Subject: via mailbox\n\nx\n"))
+    sent = await folder_of(store, "Sent")
+    await sent.refresh()
+    [info] = sent.messages()
+    assert (await read_all(sent, info.uid)).startswith(b"Subject: via mailbox\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_commit_shares_fsyncs(root):
+    store = MaildirStore(root, fsync=True)
+    await folder_of(store)
+    writers = []
+    for i in range(20):
+        w = store.new_message()
+        w.write(MSG + b"%d" % i)
+        writers.append(w)
+    before = store._sync.rounds
+    await defer.gatherResults([w.commit([DeliveryTarget(A)]) for w in writers])
+    assert 1 <= store._sync.rounds - before < 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_special_use_and_subscriptions_persist(root):
+    store = MaildirStore(root)
+    account = await store.open_account(A)
+    await account.create_folder("Archive", special_use="\\Archive")
+    await account.subscribe("Archive")
+    await account.unsubscribe("Junk")
+    await account.rename_folder("Archive", "Old")
+    account2 = await MaildirStore(root).open_account(A)
+    assert (await account2.open_folder("Old")).special_use == "\\Archive"
+    assert await account2.subscriptions() == {"INBOX", "Sent", "Drafts", "Trash", "Archive"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleted_folder_leaves_no_directory(root):
+    store = MaildirStore(root)
+    account = await store.open_account(A)
+    await account.create_folder("Tmp")
+    await deliver(store, MSG, DeliveryTarget(A, "Tmp"))
+    await account.delete_folder("Tmp")
+    assert not any(n.startswith(".Tmp") or n.startswith("..")
+                   for n in os.listdir(user_dir(root)))
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_100k_folder_loads_fast_without_stat(root, monkeypatch):
+    home = user_dir(root)
+    cur = os.path.join(home, "cur")
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(home, sub))
+    with open(os.path.join(home, "mailhost-special-use"), "w") as f:
+        f.write("")
+    lines = ["V42 N1\n"]
+    flags = ["", "S", "FS", "RS"]
+    for uid in range(1, 100_001):
+        base = f"1700000000.M{uid}P1Q{uid}.h,S=100,W=100"
+        fd = os.open(os.path.join(cur, f"{base}:2,{flags[uid % 4]}"), os.O_CREAT | os.O_WRONLY)
+        os.close(fd)
+        lines.append(f"{uid} 1700000000 100 0 {base}\n")
+    with open(os.path.join(home, UIDLIST_FILE), "w") as f:
+        f.writelines(lines)
+    store = MaildirStore(root)
+    account = await store.open_account(A)
+    # CPU time, not wall time: CI machines are shared; the bar is "well under seconds".
+    wall, cpu = time.monotonic(), time.process_time()
+    box = await account.open_folder("INBOX")
+    loaded, wall = time.process_time() - cpu, time.monotonic() - wall
+    assert loaded < 2.5 and wall < 20, (loaded, wall)
+
+    def no_stat(*a, **k):
+        raise AssertionError("messages() must not touch files")
+
+    monkeypatch.setattr(os, "stat", no_stat)
+    monkeypatch.setattr(os, "open", no_stat)
+    started = time.process_time()
+    infos = box.messages()
+    listed = time.process_time() - started
+    monkeypatch.undo()
+    assert len(infos) == 100_000 and infos[-1].uid == 100_000
+    assert box.uid_validity == 42 and box.uid_next == 100_001
+    assert sum("\\Seen" in i.flags for i in infos) == 75_000
+    assert listed < 0.5, listed
+    started = time.process_time()
+    await box.set_flags(range(1, 100_001), ["\\Seen"], "add")
+    await box.refresh()
+    assert time.process_time() - started < 10
+    assert sum("\\Seen" in i.flags for i in box.messages()) == 100_000
