@@ -197,6 +197,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Where the config was read from, for resolving relative paths; not a TOML key.
     source: str = field(default="", metadata={"internal": True})
+    # Command-line overrides, re-applied when the file is reloaded; not a TOML key.
+    overrides: list[str] = field(default_factory=list, metadata={"internal": True})
 
     def data_path(self, path: str) -> str:
         """Resolve a data path: absolute stays, relative is under server.data_dir."""
@@ -327,6 +329,7 @@ def load(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
         config.source = os.path.abspath(path)
     for assignment in overrides:
         set_option(config, assignment)
+    config.overrides = list(overrides)
     validate(config)
     return config
 

@@ -32,7 +32,7 @@ from mailhost.auth.login import LoginService
 from mailhost.auth.passwd import PasswdEntry, PasswdFile
 from mailhost.auth.realm import MailRealm
 from mailhost.auth.throttle import LoginThrottle
-from mailhost.config import Config
+from mailhost.config import Config, ConfigError, as_dict, load
 from mailhost.limits import ConnectionLimits, chain
 from mailhost.store.interfaces import IMailStore
 from mailhost.tls import server_options
@@ -88,6 +88,8 @@ class MailHostService(service.MultiService):
         self.queue: Any = None
         self.outbound: Any = None
         self.metrics: Any = None
+        # twistd sets this; an embedding application keeps SIGHUP for itself.
+        self.handle_sighup = False
         self.listeners: dict[str, list[StreamServerEndpointService]] = {}
         # (kind, factory) -> factory: wraps every listener's factory (limits, fault
         # injection in mailhost.testing).
@@ -127,6 +129,61 @@ class MailHostService(service.MultiService):
             return out
 
         return defer.gatherResults(waiting, consumeErrors=True).addCallback(collect)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.handle_sighup:
+            import signal
+
+            from twisted.internet import reactor
+
+            signal.signal(signal.SIGHUP,
+                          lambda *_: reactor.callFromThread(self.reload))
+
+    def reload(self) -> tuple[list[str], list[str]]:
+        """Re-read the config file (SIGHUP): apply what can change live, log the rest.
+
+        Sections are updated in place, because every part reads its section object at
+        the moment of use. Copies taken at start-up (domains, plaintext policy,
+        throttle) are refreshed here. The passwd and aliases files need no reload:
+        they are re-read whenever they change.
+        """
+        if not self.config.source:
+            log.warn("reload: no config file to re-read", event="reload")
+            return [], []
+        try:
+            new = load(self.config.source, self.config.overrides)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running config: {error}", error=str(e),
+                      event="reload")
+            return [], []
+        applied, restart = [], []
+        for section, values in as_dict(new).items():
+            live = getattr(self.config, section)
+            for key, value in values.items():
+                if getattr(live, key) == value:
+                    continue
+                name = f"{section}.{key}"
+                if needs_restart(name):
+                    restart.append(name)
+                else:
+                    setattr(live, key, value)
+                    applied.append(name)
+        self._refresh_copies()
+        log.info("reloaded {config}: applied {applied}; needs a restart: {restart}",
+                 config=self.config.source, applied=applied or "nothing",
+                 restart=restart or "nothing", event="reload")
+        return applied, restart
+
+    def _refresh_copies(self) -> None:
+        cfg = self.config
+        if hasattr(self.directory, "domains"):
+            self.directory.domains = {d.strip().lower().rstrip(".") for d in cfg.server.domains}
+        self.login.allow_plaintext = cfg.server.allow_plaintext_auth
+        throttle = self.login.throttle
+        throttle.max_failures = cfg.auth.max_failures
+        throttle.window = cfg.auth.failure_window
+        throttle.lockout = cfg.auth.lockout
 
     def stopService(self):
         d = super().stopService()
@@ -258,6 +315,20 @@ class MetricsService(service.Service):
         if self.port is not None:
             return self.port.stopListening()
         return None
+
+
+# Keys whose new value only a restart can apply (listeners, files opened at start).
+_RESTART_KEYS = ("server.data_dir", "server.log_format", "server.hostname", "metrics.listen",
+                 "outbound.queue_dir", "outbound.resolver", "auth.passwd_file",
+                 "auth.aliases_file", "auth.cache_ttl", "limits.")
+_RESTART_SUFFIXES = (".listen", ".listen_tls")
+
+
+def needs_restart(name: str) -> bool:
+    """True if config key ``section.key`` cannot change in a running server."""
+    return (name.startswith(("store.", "tls.")) or name.endswith(_RESTART_SUFFIXES)
+            or any(name == k or (k.endswith(".") and name.startswith(k))
+                   for k in _RESTART_KEYS))
 
 
 def _queue_stats(outbound: Any) -> tuple[int, float]:

@@ -95,9 +95,11 @@ class MailHostServiceMaker:
         from mailhost.service import makeService
 
         try:
-            return makeService(options.config)
+            svc = makeService(options.config)
         except ConfigError as e:
             raise SystemExit(f"mailhost: config error: {e}") from None
+        svc.handle_sighup = True
+        return svc
 
 
 serviceMaker = MailHostServiceMaker()
