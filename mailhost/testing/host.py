@@ -44,6 +44,8 @@ log = Logger()
 
 LOOPBACK = "127.0.0.1"
 _EPHEMERAL = f"tcp:0:interface={LOOPBACK}"
+# The same endpoint spelled differently: the service names listeners by description.
+_EPHEMERAL_TLS = f"tcp:port=0:interface={LOOPBACK}"
 
 
 class MailHostTimeout(TimeoutError):
@@ -225,6 +227,9 @@ class MailHost:
         config.auth.create_postmaster = False
         config.auth.max_failures = 0  # a test's wrong password must not lock out 127.0.0.1
         config.auth.cache_ttl = 0.0
+        limits = getattr(config, "limits", None)
+        if limits is not None:
+            limits.connection_rate = 0.0  # tests open many connections quickly
         config.store.backend = self.store_kind  # type: ignore[assignment]
         config.store.path = os.path.join(tmpdir, "mail")
         config.store.fsync = False
@@ -244,7 +249,7 @@ class MailHost:
             config.tls.cert, config.tls.key = cert, key
             self.ca_file = cert
             for section in (config.submission, config.pop3, config.imap):
-                section.listen_tls = [_EPHEMERAL]
+                section.listen_tls = [_EPHEMERAL_TLS]
         return config
 
     @defer.inlineCallbacks
