@@ -1,0 +1,374 @@
+"""SEARCH evaluation (RFC 3501 section 6.4.4) over a folder's index and, when needed, files.
+
+The search program is first evaluated against the index alone with three-valued
+logic (match / no match / needs the message). Flag, UID, sequence, size and
+internal-date keys never open a file; only the messages still undecided are
+opened, one at a time, and read in a thread in bounded chunks: the header block
+(capped) for header keys and SENT* dates, then the decoded text parts (base64
+and quoted-printable, in the part's charset) for BODY/TEXT until every string is
+found. Matching is a case-insensitive substring test on decoded text, as RFC 3501
+asks; header values are RFC 2047-decoded first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import datetime
+import email.errors
+import email.header
+import email.utils
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThread
+
+from mailhost.imap import mime
+from mailhost.imap.parser import SearchKey
+from mailhost.store.interfaces import MessageInfo, StoreError
+
+SUPPORTED_CHARSETS = ("UTF-8", "US-ASCII")
+MAX_HEADER_READ = 1024 * 1024  # header bytes searched per message; the rest is ignored
+READ_CHUNK = 64 * 1024
+
+
+class BadCharset(Exception):
+    """SEARCH CHARSET names a charset we do not support; reply NO [BADCHARSET ...]."""
+
+    def __init__(self, charset: str) -> None:
+        super().__init__(charset)
+        self.charset = charset
+        self.supported = SUPPORTED_CHARSETS
+
+
+def check_charset(charset: str | None) -> None:
+    if charset is not None and charset.upper() not in SUPPORTED_CHARSETS:
+        raise BadCharset(charset)
+
+
+def _needle(value: bytes) -> str:
+    return value.decode("utf-8", "replace").casefold()
+
+
+def _utc_date(ts: float) -> datetime.date:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).date()
+
+
+# -------------------------------------------------------------- index (three-valued)
+
+
+class _Ctx:
+    def __init__(self, infos: Sequence[MessageInfo], seqs: dict[int, int]) -> None:
+        self.max_uid = infos[-1].uid if infos else 0
+        self.max_seq = max((seqs.get(i.uid, 0) for i in infos), default=0)
+        self.seqs = seqs
+
+
+def _has_flag(info: MessageInfo, flag: str) -> bool:
+    if flag in info.flags:
+        return True
+    if flag.startswith("\\"):
+        return False
+    low = flag.lower()
+    return any(f.lower() == low for f in info.flags)
+
+
+def _index(key: SearchKey, info: MessageInfo, ctx: _Ctx) -> bool | None:
+    """True/False from the index alone, or None when the message must be read."""
+    op, args = key.op, key.args
+    if op == "AND":
+        result: bool | None = True
+        for k in args:
+            r = _index(k, info, ctx)
+            if r is False:
+                return False
+            if r is None:
+                result = None
+        return result
+    if op == "OR":
+        result = False
+        for k in args:
+            r = _index(k, info, ctx)
+            if r is True:
+                return True
+            if r is None:
+                result = None
+        return result
+    if op == "NOT":
+        r = _index(args[0], info, ctx)
+        return None if r is None else not r
+    if op == "ALL":
+        return True
+    if op == "FLAG":
+        return _has_flag(info, args[0])
+    if op == "UNFLAG":
+        return not _has_flag(info, args[0])
+    if op == "RECENT":
+        return info.recent
+    if op == "NEW":
+        return info.recent and "\\Seen" not in info.flags
+    if op == "OLD":
+        return not info.recent
+    if op == "LARGER":
+        return info.size > args[0]
+    if op == "SMALLER":
+        return info.size < args[0]
+    if op == "UID":
+        return args[0].contains(info.uid, ctx.max_uid)
+    if op == "SEQ":
+        seq = ctx.seqs.get(info.uid)
+        return seq is not None and args[0].contains(seq, ctx.max_seq)
+    if op in ("BEFORE", "ON", "SINCE"):
+        return _compare_date(op, _utc_date(info.internal_date), args[0])
+    return None  # HEADER, BODY, TEXT, SENT*
+
+
+def _compare_date(op: str, have: datetime.date | None, want: datetime.date) -> bool:
+    if have is None:
+        return False
+    if op.endswith("BEFORE"):
+        return have < want
+    if op.endswith("ON"):
+        return have == want
+    return have >= want
+
+
+# ------------------------------------------------------------------ content checks
+
+
+@dataclass
+class _Needs:
+    """Everything the undecided keys ask of a message's content."""
+
+    headers: set[tuple[str, str]] = field(default_factory=set)  # (lower name, needle)
+    body: set[str] = field(default_factory=set)
+    text: set[str] = field(default_factory=set)
+    date: bool = False
+
+    def collect(self, key: SearchKey) -> None:
+        op, args = key.op, key.args
+        if op in ("AND", "OR", "NOT"):
+            for k in args:
+                self.collect(k)
+        elif op == "HEADER":
+            self.headers.add((args[0].lower(), _needle(args[1])))
+        elif op == "BODY":
+            self.body.add(_needle(args[0]))
+        elif op == "TEXT":
+            self.text.add(_needle(args[0]))
+        elif op.startswith("SENT"):
+            self.date = True
+
+
+@dataclass
+class _Found:
+    headers: set[tuple[str, str]] = field(default_factory=set)
+    body: set[str] = field(default_factory=set)
+    text: set[str] = field(default_factory=set)
+    date: datetime.date | None = None
+
+
+def _decode_header_value(value: bytes) -> str:
+    text = value.decode("utf-8", "replace")
+    if "=?" not in text:
+        return text
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return text
+
+
+def _header_fields(block: bytes) -> Iterator[tuple[str, bytes]]:
+    """(lower-case name, unfolded value) of each field in a header block."""
+    name = None
+    value = bytearray()
+    for line in block.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if not line:
+            if name is not None:
+                break
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if name is not None:
+                value += line
+            continue
+        if name is not None:
+            yield name, bytes(value).strip()
+        n, colon, v = line.partition(b":")
+        if colon:
+            name = n.strip().decode("ascii", "replace").lower()
+            value = bytearray(v)
+        else:
+            name = None
+    if name is not None:
+        yield name, bytes(value).strip()
+
+
+def _sent_date(value: bytes) -> datetime.date | None:
+    parsed = email.utils.parsedate_tz(value.decode("ascii", "replace"))
+    if parsed is None:
+        return None
+    try:
+        return datetime.date(parsed[0], parsed[1], parsed[2])
+    except (ValueError, TypeError):
+        return None
+
+
+def _read(f: IO[bytes], start: int, end: int) -> Iterator[bytes]:
+    f.seek(start)
+    left = end - start
+    while left > 0:
+        chunk = f.read(min(left, READ_CHUNK))
+        if not chunk:
+            return
+        left -= len(chunk)
+        yield chunk
+
+
+def _decoded_chunks(f: IO[bytes], part: mime.Part) -> Iterator[str]:
+    """The text of one part, transfer-decoded and charset-decoded, in chunks."""
+    enc = (part.encoding or "7BIT").upper()
+    charset = next((v for k, v in part.params if k.lower() == "charset"), "utf-8")
+    try:
+        decoder = codecs.getincrementaldecoder(charset)(errors="replace")
+    except LookupError:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = b""
+    for chunk in _read(f, part.body_start, part.body_end):
+        if enc == "BASE64":
+            data = pending + b"".join(chunk.split())
+            cut = len(data) - len(data) % 4
+            pending = data[cut:]
+            try:
+                raw = base64.b64decode(data[:cut])
+            except (binascii.Error, ValueError):
+                raw = b""
+        elif enc == "QUOTED-PRINTABLE":
+            data = pending + chunk
+            cut = data.rfind(b"\n") + 1
+            pending = data[cut:]
+            raw = binascii.a2b_qp(data[:cut])
+        else:
+            raw = chunk
+        yield decoder.decode(raw)
+    if pending and enc == "QUOTED-PRINTABLE":
+        yield decoder.decode(binascii.a2b_qp(pending))
+    yield decoder.decode(b"", final=True)
+
+
+def _search_text(f: IO[bytes], part: mime.Part, needles: set[str]) -> set[str]:
+    """Which of ``needles`` occur in the decoded text of ``part`` (stops early)."""
+    found: set[str] = set()
+    keep = max((len(n) for n in needles), default=1)
+    tail = ""
+    for chunk in _decoded_chunks(f, part):
+        window = tail + chunk.casefold()
+        for n in needles - found:
+            if n in window:
+                found.add(n)
+        if found == needles:
+            break
+        tail = window[-keep:]
+    return found
+
+
+def _examine(f: IO[bytes], struct: mime.Part | None,
+             needs: _Needs) -> tuple[mime.Part, _Found, bool]:
+    """Run in a thread: (structure, what was found, whether the structure is new)."""
+    fresh = struct is None
+    if struct is None:
+        struct = mime.scan_file(f)
+    found = _Found()
+    if needs.headers or needs.text or needs.date:
+        end = min(struct.body_start, struct.header_start + MAX_HEADER_READ)
+        block = b"".join(_read(f, struct.header_start, end))
+        header_text = []
+        for name, value in _header_fields(block):
+            decoded = _decode_header_value(value).casefold()
+            for hname, needle in needs.headers:
+                if hname == name and needle in decoded:
+                    found.headers.add((hname, needle))
+            if needs.date and name == "date" and found.date is None:
+                found.date = _sent_date(value)
+            if needs.text:
+                header_text.append(f"{name}: {decoded}")
+        joined = "\n".join(header_text)
+        found.text = {n for n in needs.text if n in joined}
+    body_needles = needs.body | (needs.text - found.text)
+    if body_needles:
+        for part in struct.walk():
+            if part.type != "TEXT" or part.is_multipart or part.size <= 0:
+                continue
+            remaining = (needs.body - found.body) | (needs.text - found.text)
+            if not remaining:
+                break
+            hits = _search_text(f, part, remaining)
+            found.body |= hits & needs.body
+            found.text |= hits & needs.text
+    return struct, found, fresh
+
+
+def _full(key: SearchKey, info: MessageInfo, ctx: _Ctx, found: _Found) -> bool:
+    op, args = key.op, key.args
+    if op == "AND":
+        return all(_full(k, info, ctx, found) for k in args)
+    if op == "OR":
+        return any(_full(k, info, ctx, found) for k in args)
+    if op == "NOT":
+        return not _full(args[0], info, ctx, found)
+    if op == "HEADER":
+        return (args[0].lower(), _needle(args[1])) in found.headers
+    if op == "BODY":
+        return _needle(args[0]) in found.body
+    if op == "TEXT":
+        return _needle(args[0]) in found.text
+    if op.startswith("SENT"):
+        return _compare_date(op, found.date, args[0])
+    r = _index(key, info, ctx)
+    return bool(r)
+
+
+async def _search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int],
+                  key: SearchKey, charset: str | None) -> list[int]:
+    check_charset(charset)
+    ctx = _Ctx(infos, seqs)
+    matched: list[int] = []
+    undecided: list[MessageInfo] = []
+    for info in infos:
+        r = _index(key, info, ctx)
+        if r is None:
+            undecided.append(info)
+        elif r:
+            matched.append(info.uid)
+    if undecided:
+        needs = _Needs()
+        needs.collect(key)
+        for info in undecided:
+            cached = folder.get_cached(info.uid, "mime")
+            struct = mime.loads(cached) if cached else None
+            try:
+                f = await maybeDeferred(folder.open_message, info.uid)
+            except StoreError:  # expunged meanwhile: it cannot match
+                continue
+            try:
+                struct, found, fresh = await deferToThread(_examine, f, struct, needs)
+            finally:
+                f.close()
+            if fresh:
+                folder.set_cached(info.uid, "mime", mime.dumps(struct))
+            if _full(key, info, ctx, found):
+                matched.append(info.uid)
+    return sorted(matched)
+
+
+def search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int], key: SearchKey,
+           charset: str | None) -> Deferred:
+    """Deferred firing with the ascending UIDs in ``infos`` that match ``key``.
+
+    ``seqs`` maps UID → sequence number (for sequence-set keys). Fails with
+    ``BadCharset`` for a charset other than UTF-8/US-ASCII.
+    """
+    return Deferred.fromCoroutine(_search(folder, infos, seqs, key, charset))

@@ -1,0 +1,187 @@
+"""FETCH rendering through the IFolder API, against the memory and Maildir stores."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from mailhost.imap import fetch, parser
+from mailhost.store.interfaces import DeliveryTarget
+from mailhost.store.maildir import MaildirStore
+from mailhost.store.memory import MemoryStore
+from tests.imap.test_mime import NESTED, RFC3501
+
+USER = "alice@example.test"
+
+
+@pytest.fixture(params=["memory", "maildir"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        return MemoryStore()
+    return MaildirStore(str(tmp_path / "mail"), fsync=False)
+
+
+class CountingFolder:
+    """Wraps an IFolder and counts open_message calls."""
+
+    def __init__(self, folder):
+        self._folder = folder
+        self.opens = 0
+
+    def open_message(self, uid):
+        self.opens += 1
+        return self._folder.open_message(uid)
+
+    def __getattr__(self, name):
+        return getattr(self._folder, name)
+
+
+async def deliver(store, *messages, flags=()):
+    uids = []
+    for m in messages:
+        w = store.new_message()
+        w.write(m)
+        uids += await w.commit([DeliveryTarget(USER, flags=frozenset(flags),
+                                               internal_date=837570205.0)])
+    account = await store.open_account(USER)
+    folder = await account.open_folder("INBOX")
+    return CountingFolder(folder), uids
+
+
+def items(spec: str):
+    c = parser.parse_command([b"A FETCH 1 " + spec.encode()])
+    return parser.parse_fetch_items(c.args[1:])
+
+
+async def render(folder, uid, spec):
+    """The FETCH response contents with BodyRanges read and inlined as literals."""
+    pieces = await fetch.fetch_message(folder, folder.get(uid), items(spec))
+    out = b""
+    for p in pieces:
+        if isinstance(p, fetch.BodyRange):
+            f = await p.open()
+            try:
+                data = f.read(p.length)
+            finally:
+                f.close()
+            assert len(data) == p.length
+            out += b"{%d}\r\n" % p.length + data
+        else:
+            out += p
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_index_items_open_no_file(store):
+    folder, [uid] = await deliver(store, RFC3501, flags={"\\Seen", "$Work"})
+    out = await render(folder, uid, "(UID FLAGS INTERNALDATE RFC822.SIZE)")
+    assert out == (b'UID %d FLAGS (\\Recent \\Seen $Work) INTERNALDATE "17-Jul-1996 02:23:25 +0000" '
+                   b"RFC822.SIZE %d" % (uid, len(RFC3501)))
+    assert folder.opens == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_structure_cached_second_fetch_opens_nothing(store):
+    folder, [uid] = await deliver(store, NESTED)
+    first = await render(folder, uid, "(ENVELOPE BODYSTRUCTURE BODY)")
+    assert folder.opens == 1
+    assert first.startswith(b'ENVELOPE (NIL NIL ((NIL NIL "a" "example.test"))')
+    assert b' BODYSTRUCTURE (((' in first and b' BODY (((' in first
+    second = await render(folder, uid, "(ENVELOPE BODYSTRUCTURE BODY)")
+    assert second == first and folder.opens == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_rfc822_items_and_sections(store):
+    folder, [uid] = await deliver(store, NESTED)
+    msg = NESTED
+    hdr_end = msg.index(b"\r\n\r\n") + 4
+    out = await render(folder, uid, "RFC822.HEADER")
+    assert out == b"RFC822.HEADER {%d}\r\n" % hdr_end + msg[:hdr_end]
+    out = await render(folder, uid, "RFC822")
+    assert out == b"RFC822 {%d}\r\n" % len(msg) + msg
+    out = await render(folder, uid, "RFC822.TEXT")
+    assert out == b"RFC822.TEXT {%d}\r\n" % (len(msg) - hdr_end) + msg[hdr_end:]
+    out = await render(folder, uid, "BODY[1.1]")
+    assert out == b"BODY[1.1] {9}\r\ncaf=C3=A9"
+    out = await render(folder, uid, "BODY.PEEK[1.2.MIME]")
+    assert out == b"BODY[1.2.MIME] {27}\r\nContent-Type: text/html\r\n\r\n"
+    out = await render(folder, uid, "BODY[2.HEADER]")
+    assert out.startswith(b"BODY[2.HEADER] {") and out.endswith(
+        b"Subject: inner\r\nFrom: Bob <bob@example.test>\r\n"
+        b"Content-Type: multipart/mixed; boundary=x\r\n\r\n")
+    out = await render(folder, uid, "BODY[2.1]")
+    assert out == b"BODY[2.1] {13}\r\ndefault typed"
+    out = await render(folder, uid, "BODY[2.2]")
+    assert out == b"BODY[2.2] {8}\r\nAAECAw=="
+    out = await render(folder, uid, "BODY[2.TEXT]")
+    assert out.startswith(b"BODY[2.TEXT] {") and out.endswith(b"AAECAw==\r\n--x--")
+    out = await render(folder, uid, "BODY[2]")
+    assert b"\r\nSubject: inner\r\n" in out and out.endswith(b"--x--")
+    out = await render(folder, uid, "(BODY[7] BODY[1.1.1] BODY[1.HEADER])")
+    assert out == b'BODY[7] NIL BODY[1.1.1] NIL BODY[1.HEADER] ""'
+
+
+@pytest_twisted.ensureDeferred
+async def test_part_one_of_single_part_message(store):
+    folder, [uid] = await deliver(store, b"Subject: s\r\n\r\nhello\r\n")
+    assert await render(folder, uid, "BODY[1]") == b"BODY[1] {7}\r\nhello\r\n"
+    assert await render(folder, uid, "BODY[TEXT]") == b"BODY[TEXT] {7}\r\nhello\r\n"
+    assert await render(folder, uid, "BODY[1.MIME]") == b"BODY[1.MIME] {14}\r\nSubject: s\r\n\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_header_fields_keep_original_lines(store):
+    msg = (b"Received: one\r\nsubject: Hi\r\n  folded\r\nX-A: 1\r\nRECEIVED: two\r\n"
+           b"From: a@b\r\n\r\nbody\r\n")
+    folder, [uid] = await deliver(store, msg)
+    out = await render(folder, uid, '(BODY.PEEK[HEADER.FIELDS (Received "SUBJECT")])')
+    want = b"Received: one\r\nsubject: Hi\r\n  folded\r\nRECEIVED: two\r\n\r\n"
+    assert out == b"BODY[HEADER.FIELDS (Received SUBJECT)] {%d}\r\n" % len(want) + want
+    out = await render(folder, uid, "BODY.PEEK[HEADER.FIELDS.NOT (received subject)]")
+    want = b"X-A: 1\r\nFrom: a@b\r\n\r\n"
+    assert out == b"BODY[HEADER.FIELDS.NOT (received subject)] {%d}\r\n" % len(want) + want
+    out = await render(folder, uid, "BODY.PEEK[HEADER.FIELDS (Nope)]")
+    assert out == b"BODY[HEADER.FIELDS (Nope)] {2}\r\n\r\n"
+    out = await render(folder, uid, "BODY.PEEK[HEADER.FIELDS (X-A)]<3.100>")
+    assert out == b"BODY[HEADER.FIELDS (X-A)]<3> {7}\r\n: 1\r\n\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_partial_boundaries(store):
+    msg = b"Subject: p\r\n\r\n0123456789"
+    folder, [uid] = await deliver(store, msg)
+    n = len(msg)
+    assert await render(folder, uid, "BODY[]<0.1>") == b"BODY[]<0> {1}\r\nS"
+    assert await render(folder, uid, "BODY[]<%d.5>" % (n - 2)) == b"BODY[]<%d> {2}\r\n89" % (
+        n - 2)
+    assert await render(folder, uid, "BODY[]<%d.5>" % n) == b'BODY[]<%d> ""' % n
+    assert await render(folder, uid, "BODY[]<%d.5>" % (n + 10)) == b'BODY[]<%d> ""' % (n + 10)
+    assert await render(folder, uid, "BODY[TEXT]<9.1>") == b"BODY[TEXT]<9> {1}\r\n9"
+    assert await render(folder, uid, "BODY[TEXT]<10.1>") == b'BODY[TEXT]<10> ""'
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_body_streams_as_body_range(store):
+    big = b"Subject: big\r\nContent-Type: text/plain\r\n\r\n" + (b"x" * 998 + b"\r\n") * 3000
+    folder, [uid] = await deliver(store, big)
+    pieces = await fetch.fetch_message(folder, folder.get(uid),
+                                       items("(UID BODY.PEEK[] BODY[TEXT]<100.200000> FLAGS)"))
+    ranges = [p for p in pieces if isinstance(p, fetch.BodyRange)]
+    assert [r.length for r in ranges] == [len(big), 200000]
+    assert pieces[0] == b"UID %d BODY[] " % uid
+    assert pieces[2] == b" BODY[TEXT]<100> " and pieces[4] == b" FLAGS (\\Recent)"
+    hdr = big.index(b"\r\n\r\n") + 4
+    assert ranges[1].offset == hdr + 100
+    assert folder.opens == 1  # the structure scan for BODY[TEXT]; BODY[] is not read here
+    pieces = await fetch.fetch_message(folder, folder.get(uid), items("BODY.PEEK[]"))
+    assert isinstance(pieces[1], fetch.BodyRange) and folder.opens == 1
+    out = await render(folder, uid, "BODY[TEXT]<100.200000>")
+    assert out.endswith(big[hdr + 100:hdr + 100 + 200000])
+
+
+def test_needs_seen():
+    assert fetch.needs_seen(items("(BODY[])"))
+    assert fetch.needs_seen(items("RFC822"))
+    assert fetch.needs_seen(items("RFC822.TEXT"))
+    assert not fetch.needs_seen(items("(BODY.PEEK[] RFC822.HEADER BODY BODYSTRUCTURE FLAGS)"))
