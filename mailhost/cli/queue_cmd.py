@@ -1,0 +1,159 @@
+"""``mailhost queue list|show|flush|retry|delete``: inspect and act on the outbound spool.
+
+It works on the spool files directly, so it works whether or not the server runs.
+A running server is told through a trigger file in the spool (``trigger/``), which
+it checks every second: flush and retry act within about a second, and a delete
+is not undone by the server rewriting an envelope it still holds in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+
+from mailhost.config import Config
+from mailhost.outbound.spool import PENDING, Envelope, SpoolFiles, read_headers, valid_queue_id
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("queue", help="inspect and act on the outbound queue")
+    q = p.add_subparsers(dest="queue_command", required=True)
+    ls = q.add_parser("list", help="list queued messages and their recipients")
+    ls.add_argument("--json", action="store_true", help="one JSON envelope per line")
+    ls.set_defaults(func=cmd_list)
+    show = q.add_parser("show", help="show one message's envelope and headers")
+    show.add_argument("id")
+    show.set_defaults(func=cmd_show)
+    flush = q.add_parser("flush", help="retry every pending recipient now")
+    flush.set_defaults(func=cmd_flush)
+    retry = q.add_parser("retry", help="retry one message's pending recipients now")
+    retry.add_argument("id")
+    retry.set_defaults(func=cmd_retry)
+    delete = q.add_parser("delete", help="remove a message from the queue (no bounce)")
+    delete.add_argument("id")
+    delete.set_defaults(func=cmd_delete)
+
+
+def _files(config: Config) -> SpoolFiles:
+    return SpoolFiles(config.data_path(config.outbound.queue_dir), fsync=config.outbound.fsync)
+
+
+def _when(ts: float) -> str:
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _load(files: SpoolFiles) -> list[Envelope]:
+    if not os.path.isdir(files.env_dir):
+        return []
+    out = []
+    for name in sorted(os.listdir(files.env_dir)):
+        if not valid_queue_id(name):
+            continue
+        try:
+            env = files.load_envelope_sync(name)
+        except (ValueError, TypeError, KeyError):
+            print(f"mailhost: {name}: unreadable envelope", file=sys.stderr)
+            continue
+        if env is not None:
+            out.append(env)
+    return out
+
+
+def _find(files: SpoolFiles, qid: str) -> Envelope | None:
+    qid = qid.strip().upper()
+    if not valid_queue_id(qid):
+        print(f"mailhost: {qid}: not a queue id", file=sys.stderr)
+        return None
+    env = files.load_envelope_sync(qid)
+    if env is None:
+        print(f"mailhost: {qid}: no such message in the queue", file=sys.stderr)
+    return env
+
+
+def cmd_list(args: argparse.Namespace, config: Config) -> int:
+    files = _files(config)
+    envelopes = _load(files)
+    if args.json:
+        for env in envelopes:
+            print(env.to_json().decode())
+        return 0
+    for env in envelopes:
+        sender = env.sender or "<>"
+        print(f"{env.id}  {env.size:>9}  {_when(env.arrival)}  {sender}")
+        for r in env.recipients:
+            line = f"    {r.address}  {r.status}"
+            if r.status == PENDING:
+                line += f"  attempts={r.attempts}  next={_when(r.next_attempt)}"
+            if r.last_error:
+                line += f"  ({r.last_error})"
+            print(line)
+    pending = sum(1 for e in envelopes for r in e.recipients if r.status == PENDING)
+    print(f"-- {len(envelopes)} messages, {pending} pending recipients")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, config: Config) -> int:
+    files = _files(config)
+    env = _find(files, args.id)
+    if env is None:
+        return 1
+    print(json.dumps(json.loads(env.to_json()), indent=2))
+    try:
+        headers = read_headers(files.message_path(env.id))
+    except OSError as e:
+        print(f"mailhost: {env.id}: message file unreadable: {e.strerror}", file=sys.stderr)
+        return 1
+    print()
+    sys.stdout.write(headers.decode("utf-8", "replace").replace("\r\n", "\n"))
+    return 0
+
+
+def _make_due(files: SpoolFiles, env: Envelope) -> int:
+    now = time.time()
+    n = 0
+    for r in env.recipients:
+        if r.status == PENDING:
+            r.next_attempt = min(r.next_attempt, now)
+            n += 1
+    if n:
+        files.save_envelope_sync(env)
+    return n
+
+
+def cmd_flush(args: argparse.Namespace, config: Config) -> int:
+    files = _files(config)
+    envelopes = _load(files)
+    n = sum(1 for env in envelopes if _make_due(files, env))
+    files.add_trigger_sync("flush")
+    print(f"{n} messages due now")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, config: Config) -> int:
+    files = _files(config)
+    env = _find(files, args.id)
+    if env is None:
+        return 1
+    if not _make_due(files, env):
+        print(f"mailhost: {env.id}: no pending recipients", file=sys.stderr)
+        return 1
+    files.add_trigger_sync("retry", env.id)
+    print(f"{env.id}: due now")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, config: Config) -> int:
+    files = _files(config)
+    env = _find(files, args.id)
+    if env is None:
+        return 1
+    files.remove_sync(env.id)
+    files.add_trigger_sync("delete", env.id)
+    print(f"{env.id}: deleted")
+    return 0

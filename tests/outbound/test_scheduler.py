@@ -1,0 +1,194 @@
+"""Scheduler backoff, expiry, DSN decisions and grouping, driven by task.Clock."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from mailhost.config import Config
+from mailhost.outbound.interfaces import QueueRecipient
+from mailhost.outbound.routing import PermanentRoutingError, TemporaryRoutingError
+from mailhost.outbound.scheduler import Scheduler, retry_delay
+from mailhost.outbound.spool import SpoolFiles, SpoolWriter
+
+
+class FakeRouter:
+    def __init__(self, exc):
+        self.exc = exc
+        self.calls = []
+
+    async def route(self, domain):
+        self.calls.append(domain)
+        raise self.exc
+
+
+async def idle(s: Scheduler):
+    """Let threads (envelope saves) and sessions finish, on the real reactor."""
+    for _ in range(200):
+        await task.deferLater(reactor, 0.01)
+        if not s._settling and not s._session_ds:
+            return
+
+
+async def make(tmp_path, router, **outbound):
+    config = Config()
+    config.server.hostname = "a.test"
+    for k, v in outbound.items():
+        setattr(config.outbound, k, v)
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    bounces = []
+
+    def bounce(env, reports):
+        bounces.append((env.id, reports))
+        return defer.succeed(None)
+
+    s = Scheduler(config, files, router, bounce, lambda job: defer.succeed({}),
+                  lambda d: d == "example.test", clock)
+    await s.start()
+    return s, clock, files, bounces
+
+
+async def queue(s, files, clock, sender, rcpts):
+    w = SpoolWriter(files, sender, None, None, s.add, clock.seconds)
+    w.write(b"Subject: t\r\n\r\nbody\r\n")
+    return await w.commit([QueueRecipient(r) if isinstance(r, str) else r for r in rcpts])
+
+
+def test_retry_delay_formula():
+    assert [retry_delay(n, 300, 3600) for n in range(1, 7)] == [300, 600, 1200, 2400, 3600, 3600]
+
+
+@pytest_twisted.ensureDeferred
+async def test_backoff_then_bounce_after_lifetime(tmp_path):
+    router = FakeRouter(TemporaryRoutingError("4.4.3", "SERVFAIL"))
+    s, clock, files, bounces = await make(tmp_path, router, retry_initial=300, retry_max=3600,
+                                          lifetime=3 * 3600, scan_interval=30)
+    t0 = clock.seconds()
+    qid = await queue(s, files, clock, "alice@example.test", ["bob@remote.example"])
+    await idle(s)
+    env = s.envelopes[qid]
+    (r,) = env.recipients
+    assert r.attempts == 1 and r.next_attempt == t0 + 300 and r.status == "pending"
+    assert files.load_envelope_sync(qid).recipients[0].attempts == 1  # persisted
+    expected = [t0 + 900, t0 + 2100, t0 + 4500, t0 + 8100, t0 + 3 * 3600]  # capped at lifetime
+    for want in expected:
+        clock.advance(r.next_attempt - clock.seconds())
+        await idle(s)
+        assert r.next_attempt == want, (r.attempts, r.next_attempt - t0)
+    assert not bounces
+    clock.advance(r.next_attempt - clock.seconds())
+    await idle(s)
+    assert r.status == "failed" and r.attempts == 7
+    ((bid, reports),) = bounces
+    assert bid == qid and reports[0].action == "failed" and reports[0].status == "4.4.3"
+    assert qid not in s.envelopes and files.load_envelope_sync(qid) is None
+    await s.stop(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_permanent_failure_bounces_at_once_null_sender_never(tmp_path):
+    router = FakeRouter(PermanentRoutingError("5.1.10", "null MX"))
+    s, clock, files, bounces = await make(tmp_path, router)
+    qid = await queue(s, files, clock, "alice@example.test", ["x@nomail.example"])
+    q2 = await queue(s, files, clock, "", ["y@nomail.example"])
+    await idle(s)
+    assert [b[0] for b in bounces] == [qid]
+    assert bounces[0][1][0].status == "5.1.10"
+    assert qid not in s.envelopes and q2 not in s.envelopes
+    await s.stop(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_notify_never_and_delay_warning_once(tmp_path):
+    router = FakeRouter(TemporaryRoutingError("4.4.3", "timeout"))
+    s, clock, files, bounces = await make(tmp_path, router, retry_initial=60, retry_max=60,
+                                          delay_warning=100, lifetime=1000)
+    q_never = await queue(s, files, clock, "alice@example.test",
+                          [QueueRecipient("n@remote.example", frozenset({"NEVER"}))])
+    q_warn = await queue(s, files, clock, "alice@example.test", ["w@other.example"])
+    await idle(s)
+    for _ in range(4):
+        clock.advance(60)
+        await idle(s)
+    delayed = [b for b in bounces if b[1][0].action == "delayed"]
+    assert [b[0] for b in delayed] == [q_warn]
+    assert delayed[0][1][0].will_retry_until
+    for _ in range(20):
+        clock.advance(60)
+        await idle(s)
+    failed = [b[0] for b in bounces if b[1][0].action == "failed"]
+    assert failed == [q_warn]  # NOTIFY=NEVER: no bounce for the other one
+    assert not s.envelopes and q_never
+    await s.stop(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_too_many_hops_bounces_before_relay(tmp_path):
+    router = FakeRouter(TemporaryRoutingError("4.4.3", "unused"))
+    s, clock, files, bounces = await make(tmp_path, router)
+    s.config.smtp.max_hops = 3
+    w = SpoolWriter(files, "alice@example.test", None, None, s.add, clock.seconds)
+    w.write(b"Received: a\r\nReceived: b\r\nReceived: c\r\nReceived: d\r\n\r\nloop\r\n")
+    qid = await w.commit([QueueRecipient("z@remote.example")])
+    await idle(s)
+    assert router.calls == []
+    assert bounces[0][0] == qid and bounces[0][1][0].status == "5.4.6"
+    await s.stop(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_session_per_domain_and_limits(tmp_path):
+    gate = defer.Deferred()
+
+    class SlowRouter:
+        calls = []
+
+        async def route(self, domain):
+            self.calls.append(domain)
+            await gate
+            raise TemporaryRoutingError("4.4.3", "x")
+
+    router = SlowRouter()
+    s, clock, files, bounces = await make(tmp_path, router, max_concurrency=3, max_per_domain=2)
+    for i in range(4):
+        await queue(s, files, clock, "alice@example.test",
+                    [f"a{i}@one.example", f"b{i}@one.example", f"c{i}@two.example",
+                     f"d{i}@three.example"])
+    await task.deferLater(reactor, 0.05)
+    assert s.total_sessions == 3
+    assert s.sessions.get("one.example", 0) <= 2
+    gate.callback(None)
+    await idle(s)
+    await task.deferLater(reactor, 0.05)
+    await idle(s)
+    # Every job failed once: each recipient got exactly one attempt.
+    for env in s.envelopes.values():
+        assert [r.attempts for r in env.recipients] == [1, 1, 1, 1]
+    await s.stop(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_reloads_pending_and_cli_flush(tmp_path):
+    router = FakeRouter(TemporaryRoutingError("4.4.3", "x"))
+    s, clock, files, _ = await make(tmp_path, router, retry_initial=3600)
+    qid = await queue(s, files, clock, "alice@example.test", ["bob@remote.example"])
+    await idle(s)
+    await s.stop(1)
+    s2, clock2, _files, _ = await make(tmp_path, router, retry_initial=3600)
+    assert qid in s2.envelopes and s2.envelopes[qid].recipients[0].attempts == 1
+    n = len(router.calls)
+    files.add_trigger_sync("flush")
+    clock2.advance(1.0)  # the trigger check runs every second
+    await idle(s2)
+    await task.deferLater(reactor, 0.05)
+    await idle(s2)
+    assert len(router.calls) == n + 1
+    assert s2.envelopes[qid].recipients[0].attempts == 2
+    files.add_trigger_sync("delete", qid)
+    clock2.advance(1.0)
+    await task.deferLater(reactor, 0.1)
+    assert qid not in s2.envelopes and files.load_envelope_sync(qid) is None
+    await s2.stop(1)
