@@ -318,8 +318,9 @@ class MailHost:
             folder.remove_listener(listener)
         self._watched = {}
         yield self._drop_connections()
-        if self.service is not None and self.running:
-            self.running = False
+        self.running = False
+        if self.service is not None and self.service.running:
+            # Also after a failed start: stop what did bind.
             yield self.service.stopService()
         self.service = None
         self._listening = {}
