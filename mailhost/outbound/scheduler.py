@@ -127,6 +127,7 @@ class Scheduler:
         self._locks: dict[str, defer.DeferredLock] = {}
         self._settling: set[defer.Deferred] = set()
         self._tls_context: Any = None
+        self._early: list[Envelope] = []
 
     # Lifecycle.
 
@@ -138,11 +139,16 @@ class Scheduler:
         envelopes, problems = await threads.deferToThread(self.files.load_all_sync)
         for p in problems:
             log.warn("outbound spool: {problem}", problem=p)
-        for env in envelopes:
-            self._adopt(env, check_hops=all(r.attempts == 0 for r in env.recipients))
         # Leftover requests from `mailhost queue` made while we were down.
         await threads.deferToThread(self.files.take_triggers_sync)
         self.running = True
+        for env in envelopes:
+            if env.id not in self.envelopes:
+                self._adopt(env, check_hops=all(r.attempts == 0 for r in env.recipients))
+        # Committed while the spool was being read (already in self.envelopes).
+        early, self._early = self._early, []
+        for env in early:
+            self._adopt(env, check_hops=True)
         loop = LoopingCall(self._tick)
         loop.clock = self.reactor
         loop.start(max(self.settings.scan_interval, 0.1), now=False)
@@ -182,7 +188,12 @@ class Scheduler:
     # Intake.
 
     def add(self, env: Envelope) -> None:
-        """A newly committed message."""
+        """A newly committed message (before ``start`` has loaded the spool, too)."""
+        if not self.running:
+            if not self.stopping:
+                self.envelopes[env.id] = env
+                self._early.append(env)
+            return
         self._adopt(env, check_hops=True)
 
     def _adopt(self, env: Envelope, check_hops: bool) -> None:

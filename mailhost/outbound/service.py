@@ -39,7 +39,6 @@ class OutboundQueue:
         self.files = files
         self.reactor = reactor
         self.scheduler: Scheduler | None = None
-        self._early: list[Envelope] = []
         self._ready_dirs = False
 
     def new_message(
@@ -51,7 +50,7 @@ class OutboundQueue:
         return SpoolWriter(self.files, sender, envid, ret, self._committed, self.reactor.seconds)
 
     def _committed(self, env: Envelope) -> None:
-        if self.scheduler is not None and self.scheduler.running:
+        if self.scheduler is not None:
             self.scheduler.add(env)
         # Otherwise the scheduler finds it in the spool when it starts.
 

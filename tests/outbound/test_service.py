@@ -1,0 +1,204 @@
+"""OutboundService in process: MemoryStore, a fake resolver, real loopback servers."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import time
+
+import pytest
+import pytest_twisted
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from twisted.internet import reactor, ssl, task
+from zope.interface.verify import verifyObject
+
+from mailhost.auth.directory import UserDirectory
+from mailhost.config import Config
+from mailhost.outbound.interfaces import IOutboundQueue, QueueRecipient
+from mailhost.outbound.service import OutboundService, listen_addresses
+from mailhost.store.memory import MemoryStore
+from tests.mailhost_process import free_port
+from tests.outbound.fakes import FakeResolver
+from tests.outbound.remote import ScriptedFactory, listen
+
+
+def make_config(tmp_path, **outbound):
+    c = Config()
+    c.server.hostname = "mail.example.test"
+    c.server.domains = ["example.test"]
+    c.server.data_dir = str(tmp_path)
+    c.smtp.listen = []
+    c.outbound.fsync = False
+    c.outbound.scan_interval = 1.0
+    c.outbound.retry_initial = 1.0
+    c.outbound.retry_max = 1.0
+    for k, v in outbound.items():
+        setattr(c.outbound, k, v)
+    return c
+
+
+def directory():
+    return UserDirectory.in_memory(domains=["example.test"],
+                                   users={"alice@example.test": "pw", "bob@example.test": "pw"})
+
+
+async def inbox(store, user):
+    account = await store.open_account(user)
+    folder = await account.open_folder("INBOX")
+    out = []
+    for info in folder.messages():
+        f = await folder.open_message(info.uid)
+        out.append(email.message_from_bytes(f.read(), policy=email.policy.default))
+        f.close()
+    return out
+
+
+async def wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await pred()
+        if value:
+            return value
+        await task.deferLater(reactor, 0.05)
+    raise AssertionError("timed out")
+
+
+async def send(svc, sender, rcpts, body=b"Subject: hi\r\n\r\nhello\r\n"):
+    w = svc.queue.new_message(sender)
+    w.write(body)
+    return await w.commit([QueueRecipient(r) for r in rcpts])
+
+
+async def started(svc):
+    svc.startService()
+    await svc._started
+    return svc
+
+
+def test_listen_addresses_parses_endpoints():
+    assert listen_addresses(["tcp:25", "tcp:2525:interface=127.0.0.1",
+                             "tcp6:port=26:interface=\\:\\:1", "unix:/x"]) == {
+        ("", 25), ("127.0.0.1", 2525), ("::1", 26)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_interface_and_clean_stop(tmp_path):
+    svc = OutboundService(make_config(tmp_path), MemoryStore(), directory(), resolver=FakeResolver())
+    verifyObject(IOutboundQueue, svc.queue)
+    await started(svc)
+    await svc.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mx_pointing_at_ourselves_bounces_5_4_6(tmp_path):
+    port = free_port()
+    config = make_config(tmp_path, port=port)
+    store = MemoryStore()
+    resolver = FakeResolver(mx={"loop.example": [(10, "mx.loop.example")]},
+                            a={"mx.loop.example": ["127.0.0.1"]})
+    svc = await started(OutboundService(config, store, directory(), resolver=resolver,
+                                        local_addresses=[("127.0.0.1", port)]))
+    try:
+        await send(svc, "alice@example.test", ["x@loop.example"])
+        (dsn,) = await wait_for(lambda: inbox(store, "alice@example.test"))
+        status = dsn.get_payload()[1].get_payload()[1]
+        assert status["Status"] == "5.4.6"
+        assert "loops back to myself" in status["Diagnostic-Code"]
+    finally:
+        await svc.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mx_named_like_us_for_a_local_domain_delivers_locally(tmp_path):
+    config = make_config(tmp_path)
+    store = MemoryStore()
+    resolver = FakeResolver(mx={"example.test": [(10, "mail.example.test")]},
+                            a={"mail.example.test": ["192.0.2.1"]})
+    svc = await started(OutboundService(config, store, directory(), resolver=resolver))
+    try:
+        await send(svc, "someone@remote.example", ["bob@example.test"])
+        (msg,) = await wait_for(lambda: inbox(store, "bob@example.test"))
+        assert msg["Subject"] == "hi" and msg["Return-Path"] == "<someone@remote.example>"
+    finally:
+        await svc.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_smarthost_with_auth_via_aiosmtpd(tmp_path):
+    seen = {}
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            seen["data"] = envelope.original_content
+            seen["rcpts"] = envelope.rcpt_tos
+            return "250 2.0.0 ok"
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        seen["auth"] = (mechanism, auth_data.login, auth_data.password)
+        return AuthResult(success=auth_data.password == b"s3cret")
+
+    port = free_port()
+    c = Controller(Handler(), hostname="127.0.0.1", port=port, authenticator=authenticator,
+                   auth_require_tls=False, auth_required=True)
+    c.start()
+    config = make_config(tmp_path, smarthost=f"127.0.0.1:{port}", smarthost_user="relay",
+                         smarthost_password="s3cret", tls_policy="none")
+    svc = await started(OutboundService(config, MemoryStore(), directory(), resolver=FakeResolver()))
+    try:
+        await send(svc, "alice@example.test", ["x@far.example", "y@other.example"])
+        await wait_for(lambda: _async(len(seen.get("rcpts", [])) >= 1))
+        assert seen["auth"][1:] == (b"relay", b"s3cret")
+        assert b"hello" in seen["data"]
+    finally:
+        await svc.stopService()
+        c.stop()
+
+
+async def _async(value):
+    return value
+
+
+@pytest.fixture
+def server_tls(tmp_path):
+    from mailhost.tls import write_selfsigned
+
+    cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    write_selfsigned("remote.test", cert, key)
+    return ssl.PrivateCertificate.loadPEM(open(key).read() + open(cert).read()).options()
+
+
+@pytest_twisted.ensureDeferred
+async def test_opportunistic_tls_failure_falls_back_to_plaintext(tmp_path, server_tls):
+    remote = ScriptedFactory(tls_options=server_tls)
+    remote.break_tls = True
+    port = await listen(remote)
+    config = make_config(tmp_path, port=port.getHost().port)
+    resolver = FakeResolver(a={"tls.example": ["127.0.0.1"]})
+    svc = await started(OutboundService(config, MemoryStore(), directory(), resolver=resolver))
+    try:
+        await send(svc, "alice@example.test", ["x@tls.example"])
+        (got,) = await wait_for(lambda: _async(remote.received))
+        assert not got.tls and remote.connections == 2
+    finally:
+        await svc.stopService()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_waits_for_grace_then_leaves_mail_queued(tmp_path):
+    remote = ScriptedFactory()
+    remote.data_reply = lambda rcpts, data: None  # never answers
+    port = await listen(remote)
+    config = make_config(tmp_path, port=port.getHost().port)
+    config.server.shutdown_grace = 0.5
+    resolver = FakeResolver(a={"hang.example": ["127.0.0.1"]})
+    svc = await started(OutboundService(config, MemoryStore(), directory(), resolver=resolver))
+    qid = await send(svc, "alice@example.test", ["x@hang.example"])
+    await wait_for(lambda: _async(any(c == "DATA" for c in remote.commands)))
+    t0 = time.monotonic()
+    await svc.stopService()
+    assert time.monotonic() - t0 < 3
+    env = svc.files.load_envelope_sync(qid)
+    assert env.recipients[0].status == "pending" and env.recipients[0].attempts == 0
+    await port.stopListening()
