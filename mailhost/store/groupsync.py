@@ -1,20 +1,22 @@
-"""Group commit: many concurrent deliveries share one round of directory fsyncs.
+"""Group commit: concurrent deliveries share rounds of directory fsyncs.
 
-A caller asks for a set of paths to be fsynced and gets a Deferred. Requests that
-arrive while a round is running wait for the next round, which covers all of them
-with one fsync per distinct path. The fsyncs run in a worker thread.
+Worker threads call ``GroupSync.sync(paths)`` after linking their files. The first
+caller becomes the leader and fsyncs everything registered so far; callers arriving
+meanwhile wait for the next round, which one of them leads for all of them. A
+caller returns only once a round that started after its registration has finished,
+so its links are durable. This keeps each delivery to one thread hop and lets N
+concurrent deliveries share about one directory fsync.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
-
-from twisted.internet import defer
+import threading
+from collections.abc import Iterable
 
 
 def fsync_paths(paths: Iterable[str]) -> None:
-    """fsync each file or directory (directories make renames/links durable)."""
+    """fsync each file or directory (a directory fsync makes its links durable)."""
     for path in sorted(paths):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -24,38 +26,45 @@ def fsync_paths(paths: Iterable[str]) -> None:
 
 
 class GroupSync:
-    """Batches fsync requests; ``run_in_thread(f, *args)`` returns a Deferred."""
+    """Thread-side group commit of fsyncs. Call ``sync`` from worker threads only."""
 
-    def __init__(self, run_in_thread: Callable[..., defer.Deferred]) -> None:
-        self._run = run_in_thread
-        self._queue: list[tuple[set[str], defer.Deferred]] = []
-        self._running = False
-        self.rounds = 0  # for tests and benchmarks: how many fsync rounds ran
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: set[str] = set()
+        self._next_round = 1  # the round that will take the pending paths
+        self._done_round = 0
+        self._leading = False
+        self._errors: dict[int, BaseException] = {}
+        self.rounds = 0  # for tests and benchmarks
 
-    def sync(self, paths: Iterable[str]) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
-        self._queue.append((set(paths), d))
-        self._kick()
-        return d
-
-    def _kick(self) -> None:
-        if self._running or not self._queue:
-            return
-        batch, self._queue = self._queue, []
-        paths = set().union(*(p for p, _ in batch))
-        self._running = True
-        self.rounds += 1
-
-        def done(result):
-            self._running = False
-            for _, d in batch:
-                if isinstance(result, BaseException):
-                    d.errback(result)
-                else:
-                    d.callback(None)
-            self._kick()
-
-        def failed(failure):
-            done(failure.value)
-
-        self._run(fsync_paths, paths).addCallbacks(done, failed)
+    def sync(self, paths: Iterable[str]) -> None:
+        with self._cond:
+            self._pending.update(paths)
+            mine = self._next_round
+            while self._done_round < mine:
+                if self._leading:
+                    self._cond.wait()
+                    continue
+                self._leading = True
+                batch, self._pending = self._pending, set()
+                current = self._next_round
+                self._next_round += 1
+                self._cond.release()
+                error = None
+                try:
+                    fsync_paths(batch)
+                except BaseException as e:  # reported to every caller of this round
+                    error = e
+                finally:
+                    self._cond.acquire()
+                    self._leading = False
+                    self._done_round = current
+                    self.rounds += 1
+                    if error is not None:
+                        self._errors[current] = error
+                    self._cond.notify_all()
+            error = self._errors.get(mine)
+            if len(self._errors) > 100:
+                self._errors.clear()
+        if error is not None:
+            raise error

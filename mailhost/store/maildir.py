@@ -51,7 +51,7 @@ class MaildirStore:
         self._reactor = reactor
         self._accounts: dict[str, MaildirAccount] = {}
         self._opening: dict[str, list[defer.Deferred]] = {}
-        self._sync = GroupSync(self._in_thread)
+        self._sync = GroupSync()
         self._tmp_ready = False
 
     def _in_thread(self, fn, *args) -> defer.Deferred:

@@ -408,16 +408,10 @@ class MaildirFolder:
                 os.path.join(dest._path, "new", filename(base, new_part)),
                 Record(duid, int(info.internal_date), info.size, wrap, base))
                for (uid, info, wrap, base, new_part), duid in zip(plan, reserved, strict=True)]
-        fsync = self._store.fsync
+        syncer = self._store._sync if self._store.fsync else None
         try:
             ok = await self._store._in_thread(transfer_files, ops, move, dest._path,
-                                              dest._kwfile, dest._file_lock, fsync)
-            if fsync:
-                syncs = {os.path.join(dest._path, "new"), dest._uidlist_path()}
-                if move:
-                    syncs |= {os.path.join(self._path, "new" if i.recent else "cur")
-                              for _, i, _, _, _ in plan}
-                await self._store._sync.sync(syncs)
+                                              dest._kwfile, dest._file_lock, syncer)
         except BaseException:
             dest._settle([(duid, None) for duid in reserved])
             raise

@@ -84,12 +84,15 @@ def link_or_copy(src: str, dest: str, fsync: bool) -> None:
         copy_durable(src, dest, fsync)
 
 
-def deliver_files(file, tmp_path: str, date: float | None, jobs, fsync: bool) -> None:
-    """Make the tmp file durable, link it into each target's new/, record its UID.
+def deliver_files(file, tmp_path: str, date: float | None, jobs, syncer) -> None:
+    """Make the tmp file durable, link it into each target's new/, record its UID, and
+    (through the group commit ``syncer``, None when fsync is off) make the links and
+    uidlist lines durable.
 
     ``jobs``: (folder path, file name, uidlist Record, folder file lock, KeywordFile).
     The tmp file is closed and removed whatever happens.
     """
+    fsync = syncer is not None
     try:
         file.flush()
         if date is not None:
@@ -101,6 +104,8 @@ def deliver_files(file, tmp_path: str, date: float | None, jobs, fsync: bool) ->
             link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync)
             with lock:
                 uidlist.append(os.path.join(folder_path, UIDLIST_FILE), [record])
+        if fsync:
+            syncer.sync({os.path.join(p, n) for p, *_ in jobs for n in ("new", UIDLIST_FILE)})
     finally:
         file.close()
         try:
@@ -142,8 +147,10 @@ def unlink_all(paths: list[str]) -> None:
             pass
 
 
-def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, fsync: bool) -> list[bool]:
-    """Link (COPY) or rename (MOVE) files into dest/new/ and record their UIDs."""
+def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, syncer) -> list[bool]:
+    """Link (COPY) or rename (MOVE) files into dest/new/, record their UIDs, and make
+    that durable through ``syncer`` (None: fsync off)."""
+    fsync = syncer is not None
     kwfile.write_if_needed(dest_path, lock, fsync)
     ok, records = [], []
     for src, dst, record in ops:
@@ -159,6 +166,10 @@ def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, fsync: bool) -
     if records:
         with lock:
             uidlist.append(os.path.join(dest_path, UIDLIST_FILE), records)
+        if fsync:
+            dirs = {os.path.dirname(src) for src, _, _ in ops} if move else set()
+            syncer.sync(dirs | {os.path.join(dest_path, "new"),
+                                os.path.join(dest_path, UIDLIST_FILE)})
     return ok
 
 

@@ -73,11 +73,7 @@ class MaildirMessageWriter:
         first_date = targets[0].internal_date if targets else None
         try:
             await store._in_thread(deliver_files, self._file, self._path, first_date, jobs,
-                                   store.fsync)
-            if store.fsync and jobs:
-                paths = {os.path.join(f._path, "new") for f, *_ in plan}
-                paths |= {f._uidlist_path() for f, *_ in plan}
-                await store._sync.sync(paths)
+                                   store._sync if store.fsync else None)
         except BaseException:
             for (folder, *_), uid in zip(plan, uids, strict=True):
                 folder._settle([(uid, None)])
