@@ -94,20 +94,50 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
     return b"SEARCH completed"
 
 
-def _index_line(seq: int, info: Any, items: list, recent: bool) -> bytes:
-    parts = []
-    for it in items:
-        name = it.name
-        if name == "UID":
-            parts.append(b"UID %d" % info.uid)
-        elif name == "FLAGS":
-            flags = info.flags | {"\\Recent"} if recent else info.flags
-            parts.append(b"FLAGS " + encoding.format_flags(flags))
-        elif name == "RFC822.SIZE":
-            parts.append(b"RFC822.SIZE %d" % info.size)
-        else:
-            parts.append(b"INTERNALDATE " + encoding.format_datetime(info.internal_date))
-    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+class _IndexRenderer:
+    """Formats index-only FETCH lines; flag lists are memoised per distinct flag set
+    (a mailbox has few), which keeps 100k-message FETCHes cheap."""
+
+    def __init__(self, items: list) -> None:
+        self.names = [it.name for it in items]
+        self._flags: dict[tuple[frozenset[str], bool], bytes] = {}
+
+    def flags(self, flags: frozenset[str], recent: bool) -> bytes:
+        key = (flags, recent)
+        out = self._flags.get(key)
+        if out is None:
+            out = self._flags[key] = b"FLAGS " + encoding.format_flags(
+                flags | {"\\Recent"} if recent else flags)
+        return out
+
+    def line(self, seq: int, info: Any, recent: bool) -> bytes:
+        parts = []
+        for name in self.names:
+            if name == "UID":
+                parts.append(b"UID %d" % info.uid)
+            elif name == "FLAGS":
+                parts.append(self.flags(info.flags, recent))
+            elif name == "RFC822.SIZE":
+                parts.append(b"RFC822.SIZE %d" % info.size)
+            else:
+                parts.append(b"INTERNALDATE " + encoding.format_datetime(info.internal_date))
+        return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+
+
+def _walk(sel: SelectedMailbox, uids: list[int]):
+    """(seq, uid, info | None) for ascending ``uids``, merging with the session's map
+    and the folder index in one pass instead of a lookup per message."""
+    infos = sel.folder.messages()
+    seq_uids = sel.uids
+    i = j = 0
+    n_infos, n_seq = len(infos), len(seq_uids)
+    for u in uids:
+        while j < n_seq and seq_uids[j] < u:
+            j += 1
+        while i < n_infos and infos[i].uid < u:
+            i += 1
+        info = infos[i] if i < n_infos and infos[i].uid == u else None
+        yield j + 1, u, info
 
 
 async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -134,12 +164,12 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
     if index_only:
         batch: list[bytes] = []
         recent = sel.recent
-        for u in uids:
-            info = folder.get(u)
+        render = _IndexRenderer(items)
+        for seq, u, info in _walk(sel, uids):
             if info is None:
                 missing = True
                 continue
-            batch.append(_index_line(sel.seq_of(u), info, items, u in recent))
+            batch.append(render.line(seq, info, u in recent))
             if len(batch) >= BATCH:
                 s.send(b"".join(batch))
                 batch = []
@@ -155,7 +185,8 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
             if not s.alive:
                 break
     if missing:
-        raise No("[EXPUNGEISSUED] Some of the requested messages no longer exist")
+        # Like Dovecot: the command succeeded for what still exists (RFC 2180 4.1.2).
+        return b"[EXPUNGEISSUED] Some messages were already expunged"
     return b"FETCH completed"
 
 

@@ -1,0 +1,231 @@
+"""IMAP benchmark: mailhost (``twistd -n mailhost``) against Dovecot, in one run.
+
+1. Load: N concurrent client processes for D seconds, each LOGIN/SELECT then a loop
+   of APPEND, FETCH, STORE, UID EXPUNGE, NOOP (and re-LOGIN every 20 rounds).
+   Reports commands/s and errors.
+2. Large mailbox: a 100k-message Maildir generated directly on disk; times SELECT
+   and ``UID FETCH 1:* (UID FLAGS)`` (cold: first open builds the index; warm: a
+   second session) and the server's peak RSS.
+
+Targets: >= 0.5x Dovecot's command throughput with 0 errors; <= 2x its time on the
+large mailbox; mailhost peak RSS <= 200 MB.
+
+    python bench/imap_load.py [--clients 10] [--duration 30] [--messages 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import imaplib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.e2e.test_imap_dovecot import Dovecot  # noqa: E402
+from tests.mailhost_process import MailHostProcess, rss_kib  # noqa: E402
+
+USER, PASSWORD = "alice@example.test", "alice-pw"
+MESSAGE = (b"From: load@example.test\r\nTo: alice@example.test\r\nSubject: load\r\n"
+           b"Message-ID: <%d.%d@load>\r\n\r\n" + b"body line\r\n" * 40)
+
+
+# ------------------------------------------------------------------------ load
+
+
+def _client(args: tuple[int, float, int]) -> tuple[int, int, str]:
+    port, deadline, wid = args
+    commands = errors = 0
+    last_error = ""
+
+    def ok(result) -> None:
+        nonlocal commands, errors, last_error
+        commands += 1
+        if result[0] != "OK":
+            errors += 1
+            last_error = repr(result)[:200]
+
+    rounds = 0
+    c = None
+    while time.time() < deadline:
+        try:
+            if c is None:
+                c = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+                ok(c.login(USER, PASSWORD))
+                ok(c.select("INBOX"))
+            typ, data = c.append("INBOX", None, None, MESSAGE % (wid, rounds))
+            ok((typ, data))
+            uid = None
+            if typ == "OK" and b"APPENDUID" in data[0]:
+                uid = data[0].split(b"APPENDUID ", 1)[1].split(b"]")[0].split()[1].decode()
+            ok(c.noop())
+            ok(c.fetch("1:*" if rounds % 10 == 0 else "*", "(UID FLAGS RFC822.SIZE)"))
+            ok(c.fetch("*", "(BODY.PEEK[HEADER] ENVELOPE)"))
+            if uid:
+                ok(c.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)"))
+                ok(c.uid("EXPUNGE", uid))
+            rounds += 1
+            if rounds % 20 == 0:
+                c.logout()
+                commands += 1
+                c = None
+        except Exception as e:  # noqa: BLE001 - a benchmark counts every failure
+            errors += 1
+            last_error = f"{type(e).__name__}: {e}"[:200]
+            try:
+                if c is not None:
+                    c.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+            c = None
+    if c is not None:
+        try:
+            c.logout()
+        except Exception:  # noqa: BLE001
+            pass
+    return commands, errors, last_error
+
+
+def run_load(port: int, clients: int, duration: float) -> dict:
+    deadline = time.time() + duration
+    t0 = time.time()
+    with multiprocessing.Pool(clients) as pool:
+        results = pool.map(_client, [(port, deadline, i) for i in range(clients)])
+    elapsed = time.time() - t0
+    commands = sum(r[0] for r in results)
+    errors = sum(r[1] for r in results)
+    return {"commands": commands, "errors": errors, "seconds": round(elapsed, 1),
+            "commands_per_s": round(commands / elapsed, 1),
+            "last_error": next((r[2] for r in results if r[2]), "")}
+
+
+# ---------------------------------------------------------------- big mailbox
+
+
+def generate_maildir(root: str, n: int) -> None:
+    """Write ``n`` small CRLF messages straight into ``root``/cur (half of them \\Seen)."""
+    for d in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    start = int(time.time()) - n
+    filler = b"x" * 300 + b"\r\n"
+    for i in range(n):
+        data = (b"From: bench@example.test\r\nTo: alice@example.test\r\nSubject: bench %d\r\n"
+                b"Message-ID: <b%d@example.test>\r\n\r\n" % (i, i)) + filler
+        name = "%d.M%dP1Q%d.bench,S=%d,W=%d:2,%s" % (
+            start + i, i, i, len(data), len(data), "S" if i % 2 else "")
+        with open(os.path.join(root, "cur", name), "wb") as f:
+            f.write(data)
+
+
+def time_big(port: int, user: str, password: str, rss_probe=None) -> dict:
+    out = {}
+    for label in ("cold", "warm"):
+        c = imaplib.IMAP4("127.0.0.1", port, timeout=600)
+        c.login(user, password)
+        t0 = time.monotonic()
+        typ, data = c.select("INBOX")
+        t1 = time.monotonic()
+        assert typ == "OK", data
+        c.send(b"X1 UID FETCH 1:* (UID FLAGS)\r\n")
+        lines = 0
+        while True:
+            line = c.readline()
+            if not line:
+                raise RuntimeError("connection closed")
+            if line.startswith(b"X1 "):
+                break
+            lines += 1
+        t2 = time.monotonic()
+        if rss_probe is not None:
+            out[label + "_peak_rss_mb"] = round(rss_probe() / 1024)
+        c.shutdown()
+        out[label] = {"exists": int(data[0]), "select_s": round(t1 - t0, 3),
+                      "fetch_s": round(t2 - t1, 3), "fetch_lines": lines}
+    return out
+
+
+def dovecot_imap_rss_kib(master_pid: int) -> int:
+    """Peak RSS of Dovecot's per-user imap processes (children of the master)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().split()
+            if int(fields[3]) == master_pid and fields[1] == "(imap)":
+                total = max(total, rss_kib(int(pid), "VmHWM"))
+        except (OSError, LookupError, IndexError, ValueError):
+            continue
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--skip-load", action="store_true")
+    ap.add_argument("--skip-big", action="store_true")
+    opts = ap.parse_args()
+    results: dict = {"clients": opts.clients, "duration": opts.duration,
+                     "messages": opts.messages}
+    work = tempfile.mkdtemp(prefix="imap-bench-")
+    try:
+        if not opts.skip_load:
+            mh = MailHostProcess(os.path.join(work, "mh-load"))
+            os.makedirs(mh.workdir)
+            mh.start()
+            try:
+                results["load_mailhost"] = run_load(mh.ports["imap"], opts.clients, opts.duration)
+                results["load_mailhost"]["peak_rss_mb"] = round(rss_kib(mh.pid, "VmHWM") / 1024)
+            finally:
+                mh.stop()
+            empty = os.path.join(work, "dv-load-mail")
+            generate_maildir(os.path.join(empty, "example.test", "alice"), 0)
+            dv = Dovecot(empty, {USER: PASSWORD}).start()
+            try:
+                results["load_dovecot"] = run_load(dv.port, opts.clients, opts.duration)
+            finally:
+                dv.stop()
+            results["throughput_ratio"] = round(
+                results["load_mailhost"]["commands_per_s"]
+                / max(results["load_dovecot"]["commands_per_s"], 0.1), 2)
+        if not opts.skip_big:
+            mh = MailHostProcess(os.path.join(work, "mh-big"))
+            os.makedirs(mh.workdir)
+            mh.configure()
+            t0 = time.monotonic()
+            generate_maildir(mh.maildir(USER), opts.messages)
+            results["generate_s"] = round(time.monotonic() - t0, 1)
+            # Dovecot gets its own copy before mailhost adds its index files.
+            pristine = os.path.join(work, "big-pristine")
+            shutil.copytree(os.path.join(mh.data_dir, "mail"), pristine)
+            mh.start()
+            try:
+                results["big_mailhost"] = time_big(mh.ports["imap"], USER, PASSWORD)
+                results["big_mailhost"]["peak_rss_mb"] = round(rss_kib(mh.pid, "VmHWM") / 1024)
+            finally:
+                mh.stop()
+            dv = Dovecot(pristine, {USER: PASSWORD}).start()
+            try:
+                results["big_dovecot"] = time_big(
+                    dv.port, USER, PASSWORD, lambda: dovecot_imap_rss_kib(dv.proc.pid))
+            finally:
+                dv.stop()
+            for label in ("cold", "warm"):
+                m, d = results["big_mailhost"][label], results["big_dovecot"][label]
+                results[f"big_{label}_time_ratio"] = round(
+                    (m["select_s"] + m["fetch_s"]) / max(d["select_s"] + d["fetch_s"], 0.001), 2)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
