@@ -83,8 +83,10 @@ _LITERAL_RE = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
 
 # ATOM-CHAR plus what astring, list-mailbox, flags and sequence sets allow:
 # every printable ASCII byte except SP ( ) { " -- brackets are handled apart.
-_ATOM_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b'(){"[')
-_TAG_BYTES = _ATOM_BYTES - frozenset(b"+*%]\\")
+# 8-bit bytes are accepted in atoms when the atom is valid UTF-8 (lenient: some clients
+# send UTF-8 mailbox names and search strings unquoted).
+_ATOM_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b'(){"[') | frozenset(range(0x80, 0x100))
+_TAG_BYTES = _ATOM_BYTES - frozenset(b"+*%]\\") - frozenset(range(0x80, 0x100))
 
 
 def literal_marker(line: bytes) -> tuple[int, bool] | None:
@@ -200,9 +202,9 @@ class _Tokenizer:
         text = line[self.pos:i]
         self.pos = i
         try:
-            return Atom(text.decode("ascii"))
+            return Atom(text.decode("utf-8"))
         except UnicodeDecodeError:
-            raise self.error("8-bit character in atom") from None
+            raise self.error("Invalid 8-bit character in atom") from None
 
     def _match_bracket(self, i: int, end: int) -> int | None:
         line = self.line
@@ -258,7 +260,7 @@ def _read_tokens(tok: _Tokenizer, depth: int) -> list:
             out.append(tok.read_quoted())
         elif c == 0x7B:  # "{" not at the end of the line
             raise tok.error("Literal marker must end the line")
-        elif c < 0x20 or c > 0x7E:
+        elif c < 0x20 or c == 0x7F:
             raise tok.error("Bad character in command")
         else:
             out.append(tok.read_atom())
@@ -311,9 +313,9 @@ def _err(message: str) -> ParseError:
 
 
 def as_string(token: object, what: str = "string") -> bytes:
-    """An astring/string argument as bytes (atoms are ASCII)."""
+    """An astring/string argument as bytes."""
     if isinstance(token, Atom):
-        return token.encode("ascii")
+        return token.encode("utf-8")
     if isinstance(token, bytes):
         return bytes(token)
     raise _err(f"Expected {what}")
@@ -365,7 +367,7 @@ class SequenceSet:
         return ",".join(parts)
 
 
-_SEQ_RE = re.compile(r"(?:\d+|\*)(?::(?:\d+|\*))?\Z")
+_SEQ_RE = re.compile(r"(?:\d+|\*)(?::(?:\d+|\*))?\Z", re.ASCII)
 
 
 def parse_sequence_set(token: object) -> SequenceSet:
@@ -386,7 +388,7 @@ def parse_sequence_set(token: object) -> SequenceSet:
 
 
 def parse_flag(token: object, allow_recent: bool = False, allow_wildcard: bool = False) -> str:
-    if not isinstance(token, Atom) or not token or token.is_nil:
+    if not isinstance(token, Atom) or not token or token.is_nil or not token.isascii():
         raise _err("Expected a flag")
     if token.startswith("\\"):
         up = token.upper()
@@ -445,7 +447,8 @@ def parse_datetime(value: bytes | str) -> float:
         except UnicodeDecodeError:
             raise _err("Invalid date-time") from None
     m = re.fullmatch(
-        r"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)", value
+        r"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)", value,
+        re.ASCII,
     )
     if m is None:
         raise _err("Invalid date-time")
@@ -468,7 +471,7 @@ def parse_date(value: str | bytes) -> datetime.date:
             value = value.decode("ascii")
         except UnicodeDecodeError:
             raise _err("Invalid date") from None
-    m = re.fullmatch(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})", str(value))
+    m = re.fullmatch(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})", str(value), re.ASCII)
     if m is None:
         raise _err(f"Invalid date {value!s}")
     try:
@@ -567,8 +570,8 @@ _MACROS = {
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
 }
-_FETCH_RE = re.compile(r"(BODY(?:\.PEEK)?)\[(.*)\](?:<(\d+)\.(\d+)>)?\Z", re.S | re.I)
-_PART_RE = re.compile(r"([1-9]\d*)(\.|\Z)")
+_FETCH_RE = re.compile(r"(BODY(?:\.PEEK)?)\[(.*)\](?:<(\d+)\.(\d+)>)?\Z", re.S | re.I | re.A)
+_PART_RE = re.compile(r"([1-9]\d*)(\.|\Z)", re.ASCII)
 _SECTION_TEXTS = ("HEADER.FIELDS.NOT", "HEADER.FIELDS", "HEADER", "TEXT", "MIME")
 _BAD_FIELD_BYTES = frozenset(b'(){"\\%*]:')
 

@@ -144,6 +144,13 @@ def test_store_and_flags():
         parser.parse_store([Atom("FLAGS"), [Atom("\\Bogus")]])
     with pytest.raises(ParseError):
         parser.parse_store([Atom("LABELS"), []])
+    with pytest.raises(ParseError):
+        parser.parse_store(cmd("A1 STORE 1 FLAGS (caf\u00e9)".encode()).args[1:])
+
+
+def test_8bit_atoms_are_utf8():
+    assert cmd("A1 SEARCH FROM m\u00fcller".encode()).args[1] == "m\u00fcller"
+    assert parser.as_string(Atom("m\u00fcller")) == "m\u00fcller".encode()
 
 
 def test_append():
@@ -267,7 +274,7 @@ def _normalize(tokens):
     return [_normalize(t) if isinstance(t, list) else t for t in tokens]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(_token, max_size=6))
 def test_round_trip(tokens):
     segments = [b"T1 XCMD"]
