@@ -409,7 +409,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         try:
             sender, params = parse_mail_arg(arg[5:])
         except Reply as reply:
-            if reply.code == 553:
+            if reply.code == 553 and reply.status == "5.1.3":
                 return Reply(501, "5.1.7", "Bad sender address syntax")
             raise
         if not session.esmtp and params != type(params)():

@@ -244,3 +244,39 @@ async def test_starttls_not_offered_without_certificate(smtp_host, cmd):
 
     reply, noop = await deferToThread(session)
     assert reply.startswith(b"502 5.5.1") and noop.startswith(b"250")
+
+
+@pytest_twisted.ensureDeferred
+async def test_implicit_tls_listener(smtp_host, tmp_path):
+    """Port 465 style: the whole session is TLS, so AUTH is offered and STARTTLS is not."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    from tests.smtp.conftest import _result
+
+    host = smtp_host(submission=True, tls=True, allow_plaintext="no")
+    host.factory.tls_options = None  # as service.py does for listen_tls listeners
+    endpoint = serverFromString(
+        reactor, f"ssl:0:interface=127.0.0.1:privateKey={tmp_path / 'key.pem'}"
+                 f":certKey={host.cafile}")
+    listening = _result(endpoint.listen(host.factory))
+    port = listening.getHost().port
+
+    def session():
+        ctx = ssl.create_default_context(cafile=host.cafile)
+        with smtplib.SMTP_SSL("localhost", port, timeout=10, context=ctx) as s:
+            code, ehlo = s.ehlo("laptop")
+            starttls = s.docmd("STARTTLS")
+            s.login("alice@example.test", "secret")
+            refused = s.sendmail("alice@example.test", ["bob@example.test"], b"Subject: 465\r\n\r\n")
+            return ehlo, starttls, refused
+
+    try:
+        ehlo, starttls, refused = await deferToThread(session)
+    finally:
+        await listening.stopListening()
+    assert b"AUTH PLAIN LOGIN" in ehlo and b"STARTTLS" not in ehlo
+    assert starttls[0] == 503
+    assert refused == {}
+    (stored,) = await host.read_messages("bob@example.test")
+    assert b"with ESMTPSA id" in stored
