@@ -259,7 +259,8 @@ async def namespace(s: IMAPServer, cmd: parser.Command) -> bytes:
 async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
     raw_name, flags, date, message = parser.parse_append(cmd.args)
     name = mailbox_name(raw_name)
-    if not message:
+    streamed = s.append_writer  # set when the literal was streamed as it arrived
+    if not message and (streamed is None or streamed.size == 0):
         raise No("Cannot append an empty message")
     flags = [f for f in flags if f != "\\Recent"]
     for f in flags:
@@ -269,10 +270,13 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
         folder = await s.account.open_folder(name)
     except NoSuchFolder:
         raise No("[TRYCREATE] Mailbox does not exist") from None
-    writer = s.store.new_message()
-    try:
+    if streamed is not None:
+        writer = streamed
+    else:
+        writer = s.store.new_message()
         for i in range(0, len(message), APPEND_CHUNK):
             writer.write(message[i:i + APPEND_CHUNK])
+    try:
         uids = await writer.commit([DeliveryTarget(s.user, folder.name, frozenset(flags), date)])
     except BaseException:
         writer.abort()

@@ -88,6 +88,11 @@ class Framer:
         self._swallow = 0  # octets of a refused literal still to discard
         self._discard_line = False  # discarding up to the next LF
         self._dropping: Event | None = None  # command is being dropped; report at its end
+        #: ``sink_for(segments, n)`` may return an object with ``write(bytes)`` that takes
+        #: a literal's octets as they arrive (APPEND streams into the store this way);
+        #: the command then carries an empty ``{0}`` literal in its place.
+        self.sink_for: Callable[[list[bytes], int], object | None] | None = None
+        self._sink = None
 
     @property
     def buffered(self) -> int:
@@ -103,7 +108,9 @@ class Framer:
 
     def clear(self) -> None:
         """Forget everything buffered (STARTTLS: never run plaintext-injected input)."""
+        sink_for = self.sink_for
         self.__init__(self.max_line, self.max_literal, self._marker, self.max_command)
+        self.sink_for = sink_for
 
     def next_line(self) -> bytes | None:
         """Pop one raw line without its CRLF (AUTHENTICATE and IDLE continuations).
@@ -148,13 +155,17 @@ class Framer:
                 n = min(self._literal_left, len(self._buf))
                 if n == 0:
                     return None
-                self._literal_parts.append(bytes(self._buf[:n]))
+                if self._sink is not None:
+                    self._sink.write(bytes(self._buf[:n]))
+                else:
+                    self._literal_parts.append(bytes(self._buf[:n]))
                 del self._buf[:n]
                 self._literal_left -= n
                 if self._literal_left:
                     return None
                 self._segments.append(b"".join(self._literal_parts))
                 self._literal_parts = []
+                self._sink = None
                 continue
             if self._discard_line:
                 nl = self._buf.find(b"\n")
@@ -218,7 +229,13 @@ class Framer:
                 self._segments = []
                 self._size = 0
                 return big
-            self._size += n
+            sink = self.sink_for(self._segments, n) if self.sink_for and n else None
+            if sink is not None:
+                self._sink = sink
+                last = self._segments[-1]
+                self._segments[-1] = last[:last.rfind(b"{")] + b"{0}"
+            else:
+                self._size += n
             self._literal_left = n
             if n == 0:
                 self._segments.append(b"")

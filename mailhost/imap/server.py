@@ -54,6 +54,8 @@ CAPABILITIES = (
 PREAUTH_MAX_LITERAL = 64 * 1024
 #: Consecutive BAD replies before the server gives up on a client.
 MAX_BAD_COMMANDS = 20
+#: APPEND literals at least this big stream into the store as they arrive.
+STREAM_APPEND_OVER = 64 * 1024
 #: Pause reading when this much unprocessed input is buffered.
 INPUT_HIGH_WATER = 1024 * 1024
 
@@ -104,6 +106,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._lost = False  # the transport is gone
         self.peer = "?"
         self.current: parser.Command | None = None
+        self._streamed: Any = None  # message writer filled by the next command's literal
+        self.append_writer: Any = None  # the running command's streamed APPEND message
 
     # -- connection life cycle ------------------------------------------------------
 
@@ -130,6 +134,10 @@ class IMAPServer(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
         self._lost = True
+        for writer in (self._streamed, self.append_writer):
+            if writer is not None:
+                writer.abort()
+        self._streamed = self.append_writer = None
         self.setTimeout(None)
         self.gate.stopProducing()
         self.unselect()
@@ -264,7 +272,19 @@ class IMAPServer(Protocol, TimeoutMixin):
             self.send(b"* BYE Too many invalid commands\r\n")
             self.close()
 
+    def _literal_sink(self, segments: list[bytes], n: int) -> Any:
+        """Stream a big APPEND literal straight into a store message writer."""
+        if n < STREAM_APPEND_OVER or framing._head(segments[0])[1] != "APPEND":
+            return None
+        if self._streamed is not None:
+            self._streamed.abort()
+        self._streamed = self.store.new_message()
+        return self._streamed
+
     def _dispatch(self, segments: list[bytes]) -> None:
+        if self.append_writer is not None:
+            self.append_writer.abort()
+        self.append_writer, self._streamed = self._streamed, None
         try:
             cmd = parser.parse_command(segments)
         except parser.ParseError as e:
@@ -308,6 +328,9 @@ class IMAPServer(Protocol, TimeoutMixin):
             status, text = b"NO", b"[SERVERBUG] Internal error"
         finally:
             self.current = None
+            if self.append_writer is not None:
+                self.append_writer.abort()  # idempotent; a no-op after commit
+                self.append_writer = None
         if self._lost:
             return
         if status == b"BAD":
@@ -362,6 +385,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.state = AUTHENTICATED
         self.framer.max_literal = self.config.max_literal_size
         self.framer.max_command = self.config.max_literal_size + 4 * self.config.max_line_length
+        self.framer.sink_for = self._literal_sink
         self.setTimeout(self.config.timeout)
 
     @property

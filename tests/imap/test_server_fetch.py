@@ -134,3 +134,57 @@ async def test_search_and_uid_search(imap_host):
         c.logout()
 
     await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_big_append_streams_into_the_store(imap_host):
+    import hashlib
+
+    host = await imap_host()
+    size = 30 * 1024 * 1024
+    line = b"y" * 98 + b"\r\n"
+    head = b"Subject: big append\r\n\r\n"
+    count = (size - len(head)) // len(line)
+    total = len(head) + count * len(line)
+    digest = hashlib.sha256(head + line * count).hexdigest()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def run():
+        from tests.imap.test_server_limits import Conn
+
+        c = Conn(host.port)
+        c.cmd(b"L LOGIN alice@example.test secret")
+        c.send(b"A APPEND INBOX (\\Seen) {%d}\r\n" % total)
+        assert c.line().startswith(b"+")
+        c.send(head)
+        chunk = line * 10000
+        left = count
+        while left:
+            n = min(left, 10000)
+            c.send(chunk if n == 10000 else line * n)
+            left -= n
+        c.send(b"\r\n")
+        reply = c.until(b"A")[-1]
+        assert reply.startswith(b"A OK [APPENDUID"), reply
+        # Non-synchronizing literal, below the streaming threshold, still works.
+        c.send(b"B APPEND INBOX {12+}\r\nSubject: s\r\n\r\n")
+        assert c.until(b"B")[-1].startswith(b"B OK [APPENDUID")
+        # A streamed APPEND whose command then fails leaves nothing behind.
+        c.send(b"C APPEND Nope {70000+}\r\n" + b"z" * 70000 + b"\r\n")
+        assert b"TRYCREATE" in c.until(b"C")[-1]
+        c.close()
+
+    await host.in_thread(run)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert grown_kib < 20 * 1024, grown_kib
+    folder = await host.folder()
+    infos = folder.messages()
+    assert [i.size for i in infos][0] == total and "\\Seen" in infos[0].flags
+    f = await folder.open_message(infos[0].uid)
+    h = hashlib.sha256()
+    try:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    finally:
+        f.close()
+    assert h.hexdigest() == digest
