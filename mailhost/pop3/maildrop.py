@@ -30,6 +30,7 @@ class Maildrop:
         self.folder = folder
         self._infos = infos
         self._deleted: set[int] = set()  # message numbers marked by DELE
+        self._ahead: tuple[int, defer.Deferred[Any]] | None = None  # (number, opening file)
 
     @classmethod
     async def open(cls, folder: IFolder) -> Maildrop:
@@ -57,6 +58,32 @@ class Maildrop:
             count += 1
             octets += info.size
         return count, octets
+
+    def open_message(self, number: int) -> defer.Deferred[Any]:
+        """Open message ``number`` (Deferred firing with a binary file, or NoSuchMessage).
+
+        Clients RETR in order, so the next live message is opened in the background:
+        the store's open is a thread hop, and hiding it behind the current transfer
+        is what keeps a session of many small messages from waiting on it each time.
+        """
+        if self._ahead is not None and self._ahead[0] == number:
+            opening = self._ahead[1]
+            self._ahead = None
+        else:
+            self.discard_prefetch()
+            opening = self.folder.open_message(self._infos[number - 1].uid)
+        following = next((n for n in range(number + 1, len(self._infos) + 1)
+                          if n not in self._deleted), None)
+        if following is not None:
+            self._ahead = (following, self.folder.open_message(self._infos[following - 1].uid))
+        return opening
+
+    def discard_prefetch(self) -> None:
+        """Close the file opened ahead, if any (it may still be opening)."""
+        if self._ahead is not None:
+            _number, opening = self._ahead
+            self._ahead = None
+            opening.addCallbacks(lambda message: message.close(), lambda _failure: None)
 
     def uidl(self, info: MessageInfo) -> str:
         return uidl_for(self.folder.uid_validity, info.uid)

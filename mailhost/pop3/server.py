@@ -130,6 +130,8 @@ class POP3Server(Protocol, TimeoutMixin):
 
     def _release(self) -> None:
         """End the session: unlock the maildrop, log the avatar out, log one event."""
+        if self.maildrop is not None:
+            self.maildrop.discard_prefetch()
         if self._locked_user is not None:
             self.locks.release(self._locked_user)
             self._locked_user = None
@@ -419,7 +421,7 @@ class POP3Server(Protocol, TimeoutMixin):
     def do_RETR(self, arg: str) -> None:
         found = self._message(arg)
         if found:
-            self._run(self._transfer(found[1], None))
+            self._run(self._transfer(*found, None))
 
     def do_TOP(self, arg: str) -> None:
         parts = arg.split()
@@ -429,13 +431,13 @@ class POP3Server(Protocol, TimeoutMixin):
             return
         found = self._message(parts[0])
         if found:
-            self._run(self._transfer(found[1], lines))
+            self._run(self._transfer(*found, lines))
 
-    async def _transfer(self, info: Any, top_lines: int | None) -> None:
+    async def _transfer(self, number: int, info: Any, top_lines: int | None) -> None:
         assert self.maildrop is not None
         folder = self.maildrop.folder
         try:
-            message = await folder.open_message(info.uid)
+            message = await self.maildrop.open_message(number)
         except NoSuchMessage:
             self._send("-ERR Message was removed by another session")
             return
