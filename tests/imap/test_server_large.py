@@ -1,0 +1,71 @@
+"""A 100,000-message mailbox: SELECT and ``UID FETCH 1:* (UID FLAGS)`` come from the
+index (no message file is opened) in bounded time and memory."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import pytest
+import pytest_twisted
+
+from tests.imap.test_server_harness import imap_host_fixture  # noqa: F401
+
+N = int(os.environ.get("MAILHOST_IMAP_BIG", "100000"))
+
+
+def generate_maildir(root: str, n: int) -> None:
+    """Small CRLF messages straight into cur/, named like our store names them."""
+    for d in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    start = int(time.time()) - n
+    for i in range(n):
+        data = b"Subject: big %d\r\nMessage-ID: <b%d@example.test>\r\n\r\nbody\r\n" % (i, i)
+        name = "%d.M%dP1Q%d.gen,S=%d,W=%d:2,%s" % (
+            start + i, i, i, len(data), len(data), "S" if i % 2 else "")
+        with open(os.path.join(root, "cur", name), "wb") as f:
+            f.write(data)
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_select_and_uid_fetch_flags_on_100k_messages(imap_host, tmp_path):
+    generate_maildir(str(tmp_path / "mail" / "example.test" / "alice"), N)
+    host = await imap_host(kind="maildir")
+    folder = await host.folder()  # first open builds the index (the store's one-off scan)
+    assert len(folder.messages()) == N
+
+    def no_files(*a, **kw):
+        raise AssertionError("FETCH (UID FLAGS) opened a message file")
+
+    folder.open_message = no_files
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def run():
+        c = host.client()
+        t0 = time.monotonic()
+        typ, data = c.select("INBOX")
+        t1 = time.monotonic()
+        assert data == [str(N).encode()]
+        c.send(b"X UID FETCH 1:* (UID FLAGS)\r\n")
+        lines = 0
+        while True:
+            line = c.readline()
+            assert line
+            if line.startswith(b"X "):
+                assert line.startswith(b"X OK")
+                break
+            lines += 1
+        t2 = time.monotonic()
+        typ, data = c.search(None, "UNSEEN")
+        assert len(data[0].split()) == N // 2
+        c.logout()
+        return lines, t1 - t0, t2 - t1
+
+    lines, select_s, fetch_s = await host.in_thread(run)
+    assert lines == N
+    assert select_s < 5, select_s
+    assert fetch_s < 15, fetch_s
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert grown_mb < 150, grown_mb
