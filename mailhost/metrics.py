@@ -4,9 +4,8 @@ Two sources feed one registry:
 - the structured log events every part already emits (``smtp.transaction``,
   ``login``, delivery attempts, session ends), read by a log observer, so a metric
   can never disagree with the log;
-- a protocol-agnostic wrapper in front of each listener that counts connections and
-  times each command from its line to its final reply (SMTP ``NNN``, POP3 ``+OK``/
-  ``-ERR``, IMAP tagged response), skipping SMTP message bodies and IMAP literals.
+- the ``SessionTracker`` in front of each listener (mailhost.sessions), which counts
+  connections and times each command from its line to its final reply.
 
 The registry is per ``Metrics`` object, so two mail hosts in one process (tests)
 never share counters. ``prometheus_client`` is optional: only ``metrics.listen``
@@ -15,22 +14,15 @@ needs it.
 
 from __future__ import annotations
 
-import re
-import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import ILogObserver
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
 from mailhost.config import ConfigError
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-_SMTP_FINAL = re.compile(rb"^(\d{3})(?: |\r?$)")
-_LITERAL = re.compile(rb"\{(\d+)\+?\}\r?\n?$")
 
 
 def _prometheus() -> Any:
@@ -123,8 +115,16 @@ class Metrics:
                 self.deliveries.labels(str(event.get("result", "unknown"))).inc()
 
     # -- listeners ----------------------------------------------------------------
-    def wrap(self, kind: str, factory: IProtocolFactory) -> IProtocolFactory:
-        return _MeteredFactory(factory, kind, self)
+    def attach(self, tracker: Any) -> None:
+        """Take connection counts and command latencies from a SessionTracker."""
+        tracker.command_observers.append(
+            lambda kind, verb, seconds: self.latency.labels(kind, verb).observe(seconds))
+        tracker.connection_observers.append(self._connection)
+
+    def _connection(self, kind: str, delta: int) -> None:
+        if delta > 0:
+            self.connections.labels(kind).inc()
+        self.active.labels(kind).inc(delta)
 
     def resource(self) -> Any:
         """A twisted.web resource tree serving ``/metrics``."""
@@ -148,140 +148,3 @@ def _delivery_result(status: Any) -> str:
     if text[:1] == "5":
         return "failed"
     return text[:20]
-
-
-class _MeteredProtocol(ProtocolWrapper):
-    """Counts the connection and times each command to its final reply."""
-
-    def __init__(self, factory: _MeteredFactory, wrapped: Any) -> None:
-        super().__init__(factory, wrapped)
-        self.kind = factory.kind
-        self.metrics = factory.metrics
-        self.pending: deque[tuple[str, str, float]] = deque(maxlen=256)
-        self.inbuf = b""
-        self.in_data = False  # SMTP: between 354 and the final dot
-        self.skip = 0  # IMAP: literal octets still to pass
-        self.await_data = False
-
-    def connectionMade(self) -> None:  # noqa: N802
-        self.metrics.connections.labels(self.kind).inc()
-        self.metrics.active.labels(self.kind).inc()
-        super().connectionMade()
-
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        self.metrics.active.labels(self.kind).dec()
-        super().connectionLost(reason)
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        try:
-            self._scan_input(data)
-        except Exception:  # noqa: BLE001 - metering must never break a session
-            self.inbuf = b""
-        super().dataReceived(data)
-
-    def _scan_input(self, data: bytes) -> None:
-        if self.in_data:
-            buf = self.inbuf[-4:] + data
-            end = buf.find(b"\r\n.\r\n")
-            if end < 0:
-                self.inbuf = buf[-4:]
-                return
-            self.in_data = False
-            self.pending.append(("", "DATA-END", time.monotonic()))
-            data = buf[end + 5:]
-            self.inbuf = b""
-        buf = self.inbuf + data
-        while buf:
-            if self.skip:
-                n = min(self.skip, len(buf))
-                self.skip -= n
-                buf = buf[n:]
-                continue
-            nl = buf.find(b"\n")
-            if nl < 0:
-                break
-            line, buf = buf[:nl + 1], buf[nl + 1:]
-            self._command(line)
-            if self.in_data:
-                self.inbuf = b""
-                self._scan_input(buf)
-                return
-        self.inbuf = buf[-8192:]
-
-    def _command(self, line: bytes) -> None:
-        words = line.strip().split(None, 3)
-        if self.kind == "imap":
-            lit = _LITERAL.search(line)
-            if lit:
-                self.skip = int(lit.group(1))
-            if len(words) >= 2 and not self.skip_continuation(words):
-                verb = words[1].upper()
-                if verb == b"UID" and len(words) >= 3:
-                    verb = b"UID " + words[2].upper()
-                self.pending.append((words[0].decode("ascii", "replace"),
-                                     verb.decode("ascii", "replace")[:20], time.monotonic()))
-            return
-        if not words:
-            return
-        verb = words[0].upper().decode("ascii", "replace")[:12]
-        if not verb.isalpha():
-            return
-        self.pending.append(("", verb, time.monotonic()))
-        if self.kind in ("smtp", "submission") and verb in ("DATA",):
-            self.await_data = True
-
-    def skip_continuation(self, words: list[bytes]) -> bool:
-        return words[0] in (b"DONE", b"*")
-
-    def write(self, data: bytes) -> None:
-        if self.pending:
-            try:
-                self._scan_output(data)
-            except Exception:  # noqa: BLE001
-                self.pending.clear()
-        super().write(data)
-
-    def writeSequence(self, data: list[bytes]) -> None:  # noqa: N802
-        self.write(b"".join(data))
-
-    def _scan_output(self, data: bytes) -> None:
-        for line in data.split(b"\n")[:64]:
-            if not self.pending:
-                return
-            if self.kind == "imap":
-                tag = line.split(b" ", 1)[0].decode("ascii", "replace")
-                for i, (t, verb, start) in enumerate(self.pending):
-                    if t == tag and tag not in ("*", "+"):
-                        del self.pending[i]
-                        self._observe(verb, start)
-                        break
-            elif self.kind == "pop3":
-                if line.startswith((b"+OK", b"-ERR")):
-                    _, verb, start = self.pending.popleft()
-                    self._observe(verb, start)
-            else:
-                m = _SMTP_FINAL.match(line)
-                if m:
-                    _, verb, start = self.pending.popleft()
-                    self._observe(verb, start)
-                    if verb == "DATA" and m.group(1) == b"354":
-                        self.in_data = True
-
-    def _observe(self, verb: str, start: float) -> None:
-        self.metrics.latency.labels(self.kind, verb).observe(time.monotonic() - start)
-
-
-class _MeteredFactory(WrappingFactory):
-    protocol = _MeteredProtocol
-    noisy = False
-
-    def __init__(self, wrapped: IProtocolFactory, kind: str, metrics: Metrics) -> None:
-        super().__init__(wrapped)
-        self.kind = kind
-        self.metrics = metrics
-
-    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
-        wrapped = self.wrappedFactory.buildProtocol(addr)
-        if wrapped is None:
-            return None
-        return self.protocol(self, wrapped)

@@ -34,6 +34,7 @@ from mailhost.auth.realm import MailRealm
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config, ConfigError, as_dict, load
 from mailhost.limits import ConnectionLimits, chain
+from mailhost.sessions import SessionTracker
 from mailhost.store.interfaces import IMailStore
 from mailhost.tls import server_options
 
@@ -88,6 +89,7 @@ class MailHostService(service.MultiService):
         self.queue: Any = None
         self.outbound: Any = None
         self.metrics: Any = None
+        self.tracker: SessionTracker | None = None
         # twistd sets this; an embedding application keeps SIGHUP for itself.
         self.handle_sighup = False
         self.listeners: dict[str, list[StreamServerEndpointService]] = {}
@@ -185,13 +187,16 @@ class MailHostService(service.MultiService):
         throttle.window = cfg.auth.failure_window
         throttle.lockout = cfg.auth.lockout
 
-    def stopService(self):
-        d = super().stopService()
-
-        def close_store(result: Any) -> Any:
-            return self.store.close()
-
-        return d.addCallback(close_store)
+    def stopService(self) -> defer.Deferred:
+        """Graceful stop: no new connections, drain sessions (see mailhost.sessions),
+        then the queue runner and the store."""
+        listeners = [svc for svcs in self.listeners.values() for svc in svcs]
+        d = defer.gatherResults([defer.maybeDeferred(svc.stopService) for svc in listeners])
+        if self.tracker is not None:
+            d.addCallback(lambda _: self.tracker.drain(self.config.server.shutdown_grace))
+        d.addCallback(lambda _: super(MailHostService, self).stopService())
+        d.addCallback(lambda _: self.store.close())
+        return d
 
 
 def makeService(
@@ -235,16 +240,16 @@ def makeService(
 
     root = MailHostService(config, store, directory, login)
     limits = ConnectionLimits.from_config(config, reactor=reactor)
-    metrics = None
+    root.tracker = SessionTracker(config.server.hostname, reactor)
     if config.metrics.listen:
         from mailhost.metrics import Metrics
 
-        metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
-        MetricsService(metrics, config.metrics.listen, reactor).setServiceParent(root)
-        root.metrics = metrics
+        root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
+        root.metrics.attach(root.tracker)
+        MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
     # Outermost first: limits refuse before anything else runs; the embedder's (or
     # mailhost.testing's) wrapper sits closest to the protocol.
-    root.wrap_factory = chain(limits.wrap, metrics.wrap if metrics else None, wrap_factory)
+    root.wrap_factory = chain(limits.wrap, root.tracker.wrap, wrap_factory)
     if config.auth.create_postmaster and any(isinstance(c, PasswdFileChecker) for c in checkers):
         PostmasterBootstrap(passwd, config.server.domains[0]).setServiceParent(root)
 
