@@ -20,6 +20,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailhost.store import maildir_io
 from mailhost.store.groupsync import GroupSync
 from mailhost.store.interfaces import IMailStore
 from mailhost.store.maildir_account import MaildirAccount
@@ -63,6 +64,8 @@ class MaildirStore:
         if not self._tmp_ready:
             os.makedirs(path, exist_ok=True)  # once; a mkdir is a metadata-only syscall
             self._tmp_ready = True
+            d = self._in_thread(maildir_io.clean_tmp, path)
+            d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))
         return path
 
     def _user_root(self, user: str) -> str:

@@ -84,6 +84,7 @@ class MaildirFolder:
         self._cache_pending: list[tuple[int, str, str]] = []
         self._cache_call = None
         self._gone = False
+        self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
 
     @property
     def special_use(self) -> str | None:
@@ -265,8 +266,11 @@ class MaildirFolder:
 
     async def _refresh(self) -> None:
         known = dict(self._by_base)
-        renamed, gone, foreign = await self._store._in_thread(
-            diff_folder, self._path, known, self._infos, self._parts)
+        stamp, renamed, gone, foreign = await self._store._in_thread(
+            diff_folder, self._path, known, self._infos, self._parts, self._stamp)
+        # Our own renames change the directories too, so only a stamp taken here, with
+        # no change of ours in between (the lock is held), may skip the next listing.
+        self._stamp = stamp
         changed = []
         for uid, recent, part in renamed:
             old = self._infos.get(uid)

@@ -10,6 +10,7 @@ come from the uidlist, flags from the names one listdir returns.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 from mailhost.store import uidlist
@@ -89,6 +90,7 @@ def load_folder(path: str, fsync: bool) -> Loaded:
             keywords = Keywords.parse(f.read())
     except FileNotFoundError:
         keywords = Keywords()
+    uidlist.repair_tail(os.path.join(path, UIDLIST_FILE))
     found = uidlist.read(os.path.join(path, UIDLIST_FILE))
     if found is None:
         validity = new_uid_validity()
@@ -123,11 +125,33 @@ def load_folder(path: str, fsync: bool) -> Loaded:
     return out
 
 
+#: A directory whose mtime is at least this old is trusted not to have changed unseen
+#: (file-system timestamps are coarse: a change in the same tick keeps the mtime).
+MTIME_SETTLE = 2.0
+
+
+def dir_stamp(path: str) -> tuple[int, int] | None:
+    """(new/ mtime, cur/ mtime) in ns, or None if too recent to trust for skipping."""
+    try:
+        stamp = (os.stat(os.path.join(path, "new")).st_mtime_ns,
+                 os.stat(os.path.join(path, "cur")).st_mtime_ns)
+    except FileNotFoundError:
+        return None
+    if time.time_ns() - max(stamp) < MTIME_SETTLE * 1e9:
+        return None
+    return stamp
+
+
 def diff_folder(path: str, known: dict[str, int], infos: dict[int, MessageInfo],
-                parts: dict[int, str | None]):
+                parts: dict[int, str | None], last_stamp: tuple[int, int] | None):
     """Compare the directory with the index. ``known`` is a snapshot of base -> UID;
     ``infos``/``parts`` are the live dicts, only read key by key (safe under the GIL).
-    Returns (renamed [(uid, recent, part)], gone UIDs, unknown files [(subdir, name)])."""
+    Returns (stamp, renamed [(uid, recent, part)], gone UIDs, unknown files
+    [(subdir, name)]); when both directories are unchanged since ``last_stamp`` the
+    listing is skipped and nothing is reported."""
+    stamp = dir_stamp(path)
+    if stamp is not None and stamp == last_stamp:
+        return stamp, [], [], []
     cur, new = list_names(path)
     seen = _seen(cur, new)
     renamed, foreign = [], []
@@ -141,7 +165,7 @@ def diff_folder(path: str, known: dict[str, int], infos: dict[int, MessageInfo],
         if info is not None and (info.recent != recent or parts.get(uid) != part):
             renamed.append((uid, recent, part))
     gone = sorted(uid for base, uid in known.items() if base not in seen)
-    return renamed, gone, foreign
+    return stamp, renamed, gone, foreign
 
 
 def examine_foreign(path: str, files: list[tuple[str, str]]):

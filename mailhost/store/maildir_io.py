@@ -114,6 +114,22 @@ def deliver_files(file, tmp_path: str, date: float | None, jobs, syncer) -> None
             pass
 
 
+#: Maildir convention: a tmp file untouched this long was left by a crash.
+TMP_MAX_AGE = 36 * 3600
+
+
+def clean_tmp(path: str) -> None:
+    """Remove messages a crashed process left half-received in the store's tmp dir."""
+    cutoff = time.time() - TMP_MAX_AGE
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+
+
 def list_names(path: str) -> tuple[list[str], list[str]]:
     """(cur/ names, new/ names), dot files skipped; NoSuchFolder if the folder is gone."""
     out = []

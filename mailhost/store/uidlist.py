@@ -78,6 +78,20 @@ def read(path: str) -> tuple[int, int, dict[str, tuple[int, int, int, bool]], in
     return validity, max(uid_next, max_uid + 1), records, count
 
 
+def repair_tail(path: str) -> None:
+    """End a torn last line (crash mid-append) so the next append starts a fresh line."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            os.write(fd, b"\n")
+    finally:
+        os.close(fd)
+
+
 def append(path: str, records: list[Record]) -> None:
     """Append records with one write (O_APPEND); the caller holds the folder's file lock."""
     data = "".join(r.line() for r in records).encode("utf-8", "surrogateescape")
