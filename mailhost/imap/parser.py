@@ -272,6 +272,9 @@ def tokenize(segments: list[bytes], tag: str | None = None) -> list:
     return _read_tokens(_Tokenizer(segments, tag), 0)
 
 
+_NAME_RE = re.compile(r"[A-Z][A-Z0-9._-]*\Z", re.ASCII)
+
+
 def parse_command(segments: list[bytes]) -> Command:
     """Tag, command name and argument tokens of one framed command."""
     first = segments[0] if segments else b""
@@ -289,7 +292,7 @@ def parse_command(segments: list[bytes]) -> Command:
     if len(tokens) < 2 or not isinstance(tokens[1], Atom):
         raise ParseError(tag, "Missing command")
     name = tokens[1].upper()
-    if not name.isalnum():
+    if not _NAME_RE.match(name):
         raise ParseError(tag, "Invalid command name")
     args = tokens[2:]
     uid = False

@@ -185,3 +185,69 @@ def test_needs_seen():
     assert fetch.needs_seen(items("RFC822"))
     assert fetch.needs_seen(items("RFC822.TEXT"))
     assert not fetch.needs_seen(items("(BODY.PEEK[] RFC822.HEADER BODY BODYSTRUCTURE FLAGS)"))
+
+
+# ------------------------------------------------- a real client parses our output
+
+
+def _imaplib_shape(response: bytes) -> list:
+    """Split a FETCH response the way imaplib hands it to imapclient: a tuple per literal."""
+    import re
+
+    out: list = []
+    pos = 0
+    prefix = b""
+    for m in re.finditer(rb"\{(\d+)\}\r\n", response):
+        if m.start() < pos:
+            continue  # inside literal data already consumed
+        n = int(m.group(1))
+        out.append((prefix + response[pos:m.end() - 2], response[m.end():m.end() + n]))
+        pos = m.end() + n
+        prefix = b""
+    out.append(response[pos:])
+    return out
+
+
+async def _parsed(folder, uid, spec):
+    from imapclient.response_parser import parse_fetch_response
+
+    body = await render(folder, uid, spec)
+    [(key, got)] = parse_fetch_response(_imaplib_shape(b"1 (" + body + b")")).items()
+    return got
+
+
+@pytest_twisted.ensureDeferred
+async def test_imapclient_parses_envelope_and_bodystructure(store):
+    nasty = (b"Subject: caf\xc3\xa9 \"quoted\" \\ back\r\n"
+             b"From: \"Doe, J\" <j@x.test>, Team: a@x.test, <b@x.test>;\r\n"
+             b"To: undisclosed-recipients:;\r\nMessage-ID: <m1@x>\r\n\r\nhi\r\n")
+    folder, [u1, u2] = await deliver(store, NESTED, nasty)
+    got = await _parsed(folder, u1, "(ENVELOPE BODYSTRUCTURE BODY BODY.PEEK[2.2] UID)")
+    bs = got[b"BODYSTRUCTURE"]
+    assert bs.is_multipart and bs[1] == b"MIXED"
+    alt, fwd = bs[0]
+    assert alt[0][0][:2] == (b"TEXT", b"PLAIN") and alt[1] == b"ALTERNATIVE"
+    assert fwd[:2] == (b"MESSAGE", b"RFC822") and fwd[7][1] == b"inner"
+    assert fwd[8][2] == b"MIXED" and fwd[8][1][3] == b"<id1@x>"
+    assert got[b"BODY[2.2]"] == b"AAECAw=="
+    assert got[b"ENVELOPE"].from_[0].mailbox == b"a"
+
+    got = await _parsed(folder, u2, "(ENVELOPE BODY.PEEK[HEADER.FIELDS (To)] RFC822.SIZE)")
+    env = got[b"ENVELOPE"]
+    assert env.subject == "caf\u00e9 \"quoted\" \\ back".encode()
+    assert [a.name for a in env.from_] == [b"Doe, J", None, None, None, None]
+    assert [a.mailbox for a in env.from_] == [b"j", b"Team", b"a", b"b", None]
+    assert env.to[0].mailbox == b"undisclosed-recipients" and env.to[0].host is None
+    assert env.message_id == b"<m1@x>"
+    assert got[b"BODY[HEADER.FIELDS (TO)]"] == b"To: undisclosed-recipients:;\r\n\r\n"
+    assert got[b"RFC822.SIZE"] == len(nasty)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_partial_window_is_exact(store):
+    msg = b"Subject: w\r\n\r\n" + bytes(range(32, 127)) + b"\r\n"
+    folder, [uid] = await deliver(store, msg)
+    for start in (0, 1, 13, 14, 50, len(msg) - 1, len(msg), len(msg) + 1):
+        for length in (1, 2, 7, 200):
+            got = await _parsed(folder, uid, "BODY.PEEK[]<%d.%d>" % (start, length))
+            assert got[b"BODY[]<%d>" % start] == msg[start:start + length], (start, length)
