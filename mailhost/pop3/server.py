@@ -103,6 +103,9 @@ class POP3Server(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "")
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:  # request/response: send each reply's tail at once
+            no_delay(True)
         self.setTimeout(self.timeout)
         self._send("+OK mailhost POP3 server ready")
 

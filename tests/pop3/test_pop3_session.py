@@ -494,3 +494,34 @@ async def test_uidl_stable_across_restart_and_flag_changes(pop3, tmp_path):
     assert len(set(first)) == 3
     assert second == [b"1 " + first[1].split()[1], b"2 " + first[2].split()[1]]
     assert all(1 <= len(line.split()[1]) <= 70 for line in first)
+
+
+@pytest_twisted.ensureDeferred
+async def test_out_of_order_retr_and_dele_around_the_read_ahead(pop3):
+    """The server opens message n+1 while sending n; jumps, DELE and RSET must not confuse it."""
+    host = await pop3()
+    bodies = [b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i) for i in range(1, 6)]
+    for body in bodies:
+        await host.deliver(body)
+
+    def session():
+        c = RawClient(host.port)
+        c.cmd(b"USER alice@example.test"), c.cmd(b"PASS secret")
+        got = []
+        for command in (b"RETR 1", b"DELE 2", b"RETR 3", b"RETR 5", b"RETR 4", b"TOP 1 0",
+                        b"RETR 2", b"RSET", b"RETR 2", b"RETR 1"):
+            reply = c.cmd(command)
+            if reply.startswith(b"+OK") and command[:4] in (b"RETR", b"TOP "):
+                got.append((command, unstuff(c.multi())))
+            else:
+                got.append((command, reply[:4]))
+        c.cmd(b"QUIT")
+        return got
+
+    results = await deferToThread(session)
+    assert [out for cmd, out in results if cmd == b"RETR 2"] == [b"-ERR", bodies[1]]
+    got = dict((cmd, out) for cmd, out in results if cmd != b"RETR 2")
+    assert got[b"RETR 1"] == bodies[0] and got[b"RETR 3"] == bodies[2]
+    assert got[b"RETR 5"] == bodies[4] and got[b"RETR 4"] == bodies[3]
+    assert got[b"TOP 1 0"] == b"Subject: 1\r\n\r\n"
+    assert got[b"DELE 2"] == b"+OK " and got[b"RSET"] == b"+OK "
