@@ -206,11 +206,13 @@ class Scheduler:
             self._dispatch()
 
     async def _check_hops(self, env: Envelope) -> None:
-        try:
-            headers = await threads.deferToThread(read_headers, self.files.message_path(env.id))
-        except OSError:
-            headers = b""
-        hops = count_received(headers)
+        hops = env.hops
+        if hops < 0:  # not counted while spooling (an older spool): read the headers
+            try:
+                headers = await threads.deferToThread(read_headers, self.files.message_path(env.id))
+            except OSError:
+                headers = b""
+            hops = count_received(headers)
         if hops > self.config.smtp.max_hops:
             text = f"554 5.4.6 too many hops ({hops} Received: headers), mail loop?"
             now = self.now()

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.outbound.interfaces import IQueueWriter, QueueRecipient
+from mailhost.store.groupsync import GroupSync
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -75,6 +76,8 @@ class Envelope:
     ret: str | None = None
     # A delay warning DSN was sent already.
     delay_warned: bool = False
+    # Received: headers counted while spooling (-1: unknown, read the file).
+    hops: int = -1
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -121,6 +124,7 @@ class SpoolFiles:
         self.msg_dir = os.path.join(root, "msg")
         self.env_dir = os.path.join(root, "env")
         self.trigger_dir = os.path.join(root, "trigger")
+        self._group = GroupSync()
 
     def ensure_sync(self) -> None:
         for d in (self.tmp_dir, self.msg_dir, self.env_dir, self.trigger_dir):
@@ -144,7 +148,13 @@ class SpoolFiles:
             _fsync_dir(os.path.dirname(path))
 
     def commit_sync(self, tmp_path: str, envelope: Envelope) -> None:
-        """Make a fully written message file and its envelope durable, in that order."""
+        """Make a fully written message file and its envelope durable.
+
+        Both files are fsynced before either is renamed into place; the two directory
+        fsyncs are shared with concurrent commits (group commit). A crash before they
+        finish can leave an envelope without its message: ``load_all_sync`` drops it,
+        and it was never acknowledged.
+        """
         if self.fsync:
             fd = os.open(tmp_path, os.O_RDONLY)
             try:
@@ -152,9 +162,9 @@ class SpoolFiles:
             finally:
                 os.close(fd)
         os.replace(tmp_path, self.message_path(envelope.id))
+        self._write_atomic(self.envelope_path(envelope.id), envelope.to_json(), False)
         if self.fsync:
-            _fsync_dir(self.msg_dir)
-        self._write_atomic(self.envelope_path(envelope.id), envelope.to_json(), True)
+            self._group.sync([self.msg_dir, self.env_dir])
 
     def save_envelope_sync(self, envelope: Envelope) -> None:
         """Replace an envelope atomically. The directory fsync is skipped: the entry
@@ -278,6 +288,9 @@ class SpoolWriter:
         self._held_cr = False
         self.size = 0
         self._done = False
+        self._in_headers = True
+        self._line_head = b""  # the start of the current header line (bounded)
+        self.hops = 0
 
     def write(self, data: bytes) -> None:
         if self._done:
@@ -290,8 +303,28 @@ class SpoolWriter:
             self._held_cr = True
         if b"\n" in data:
             data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if self._in_headers:
+            self._count_hops(data)
         self._file.write(data)
         self.size += len(data)
+
+    def _count_hops(self, data: bytes) -> None:
+        """Count Received: lines of the header block as it streams past."""
+        pos = 0
+        while self._in_headers:
+            nl = data.find(b"\n", pos)
+            piece = data[pos:] if nl < 0 else data[pos:nl]
+            if len(self._line_head) < 16:
+                self._line_head += piece[: 16 - len(self._line_head)]
+            if nl < 0:
+                return
+            line = self._line_head.rstrip(b"\r")
+            if not line:
+                self._in_headers = False
+            elif line[:9].lower() == b"received:":
+                self.hops += 1
+            self._line_head = b""
+            pos = nl + 1
 
     def commit(self, recipients: Sequence[QueueRecipient]) -> object:
         if self._done:
@@ -312,6 +345,7 @@ class SpoolWriter:
             size=self.size,
             envid=self._envid,
             ret=self._ret,
+            hops=self.hops,
         )
         d = threads.deferToThread(self._files.commit_sync, self._path, env)
 

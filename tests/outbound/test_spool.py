@@ -107,3 +107,16 @@ def test_killed_writer_loses_no_acknowledged_message(tmp_path):
         assert os.path.getsize(files.message_path(e.id)) == e.size
     # Nothing half-written is left behind as a message.
     assert set(os.listdir(files.msg_dir)) == ids
+
+
+@pytest_twisted.ensureDeferred
+async def test_writer_counts_received_headers_across_chunks(tmp_path):
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    w = SpoolWriter(files, "a@b", None, None, lambda e: None, time.time)
+    for chunk in (b"Rece", b"ived: one\r\nX: y\r\nreceived:", b" two\r", b"\n\r\n",
+                  b"Received: in the body\r\n"):
+        w.write(chunk)
+    await w.commit([QueueRecipient("x@y")])
+    assert w.hops == 2
+    assert files.load_envelope_sync(w.id).hops == 2
