@@ -525,3 +525,34 @@ async def test_out_of_order_retr_and_dele_around_the_read_ahead(pop3):
     assert got[b"RETR 5"] == bodies[4] and got[b"RETR 4"] == bodies[3]
     assert got[b"TOP 1 0"] == b"Subject: 1\r\n\r\n"
     assert got[b"DELE 2"] == b"+OK " and got[b"RSET"] == b"+OK "
+
+
+@pytest_twisted.ensureDeferred
+async def test_lock_shared_by_two_listeners(pop3):
+    """Port 110 and 995 factories given one MaildropLocks refuse a second session across them."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    from mailhost.pop3.factory import POP3Factory
+
+    host = await pop3()
+    other = POP3Factory(host.config, host.factory.login, locks=host.factory.locks)
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(other)
+
+    def session():
+        first = login(host.port)
+        second = poplib.POP3("127.0.0.1", port.getHost().port, timeout=10)
+        second.user("alice@example.test")
+        try:
+            second.pass_("secret")
+            refused = b"(accepted)"
+        except poplib.error_proto as e:
+            refused = e.args[0]
+        first.quit()
+        second.quit()
+        return refused
+
+    try:
+        assert (await deferToThread(session)).startswith(b"-ERR [IN-USE]")
+    finally:
+        await port.stopListening()
