@@ -361,3 +361,41 @@ async def test_uid_fetch_flags_index_only(imap_host):
         c.logout()
 
     await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_cap_and_session_end_log_event(imap_host):
+    from twisted.internet import reactor, task
+    from twisted.logger import globalLogPublisher
+
+    host = await imap_host(max_connections=1)
+    events = []
+
+    def observer(event):
+        if event.get("event") == "imap_session_end":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        def run():
+            c = host.client()
+            try:  # the cap refuses the second connection with BYE
+                imaplib.IMAP4("127.0.0.1", host.port, timeout=5)
+                refused = False
+            except imaplib.IMAP4.error as e:
+                refused = "Too many connections" in str(e)
+            c.noop()
+            c.logout()
+            return refused
+
+        assert await host.in_thread(run)
+        for _ in range(50):
+            if any(e.get("user") == ALICE[0] for e in events):
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    mine = [e for e in events if e.get("user") == ALICE[0]]
+    assert len(mine) == 1
+    assert mine[0]["client"] == "127.0.0.1" and mine[0]["commands"] == 4  # CAPABILITY LOGIN NOOP LOGOUT
+    assert "password" not in repr(mine[0]) and "secret" not in repr(mine[0])
