@@ -107,3 +107,37 @@ class DataReader:
             # A stuffed dot: emit through the CRLF, drop the dot.
             self._emit(buf[i: j + 2])
             i = j + 3
+
+
+class ChunkReader:
+    """Consumes one BDAT chunk (RFC 3030): exactly ``length`` octets, no dot-stuffing.
+
+    Same contract as DataReader (``feed``/``error``/``size``/``done``). ``offset`` is
+    what earlier chunks of the message already held, for the size limit. A chunk is
+    always consumed to its end, even after an error, so the session stays in sync.
+    """
+
+    def __init__(self, sink: Callable[[bytes], None] | None, length: int, max_size: int,
+                 offset: int = 0) -> None:
+        self._sink = sink
+        self.remaining = length
+        self.max_size = max_size
+        self.size = offset
+        self.error: Reply | None = None
+        self.done = length == 0
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        if self.done:
+            return chunk
+        take = min(len(chunk), self.remaining)
+        data, rest = chunk[:take], chunk[take:]
+        self.remaining -= take
+        self.size += take
+        if self.size > self.max_size and self.error is None:
+            self.error = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+        if data and self.error is None and self._sink is not None:
+            self._sink(data)
+        if self.remaining:
+            return None
+        self.done = True
+        return rest

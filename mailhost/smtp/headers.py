@@ -7,6 +7,7 @@ in, so a loop is caught without ever holding the message in memory.
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -16,6 +17,20 @@ _UNSAFE = re.compile(r"[^\x21-\x7e]")
 def _clean(text: str, limit: int = 255) -> str:
     """Keep client-supplied text printable and bounded in a header."""
     return _UNSAFE.sub("?", text)[:limit]
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _rfc5322_date(when: datetime | None) -> str:
+    """RFC 5322 date; the current second's string is reused (it showed in profiles)."""
+    global _date_cache
+    if when is not None:
+        return format_datetime(when)
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, format_datetime(datetime.fromtimestamp(now, UTC)))
+    return _date_cache[1]
 
 
 def return_path_header(sender: str) -> bytes:
@@ -33,7 +48,7 @@ def received_header(*, helo: str | None, client_ip: str, hostname: str, protocol
         f"Received: from {helo_part} ([{ip_literal}])",
         f"\tby {_clean(hostname)} (mailhost) with {protocol} id {tid}",
     ]
-    date = format_datetime(when)
+    date = _rfc5322_date(when)
     if recipient is not None:
         lines.append(f"\tfor <{recipient}>; {date}")
     else:

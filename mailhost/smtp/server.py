@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 from typing import Any
 
 from twisted.internet import defer, interfaces
@@ -31,7 +30,7 @@ from twisted.python.failure import Failure
 
 from mailhost.auth.login import LoginFailed
 from mailhost.outbound.interfaces import QueueRecipient
-from mailhost.smtp.data import DataReader
+from mailhost.smtp.data import ChunkReader, DataReader
 from mailhost.smtp.delivery import Delivery
 from mailhost.smtp.headers import HopCounter, received_header
 from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg
@@ -68,10 +67,13 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._registered = False
         self._junk = 0
         self._line_handler = self._command
-        self._reader: DataReader | None = None
+        self._reader: DataReader | ChunkReader | None = None
         self._delivery: Delivery | None = None
+        self._committing = False  # final dot / BDAT LAST seen, commit under way
+        # BDAT: (last?, error to answer once the chunk is consumed), for the chunk in flight
+        self._chunk: tuple[bool, Reply | None] | None = None
         self._hops: HopCounter | None = None
-        self._data_started = 0.0
+        self._bdat_total = 0  # octets of the BDAT message so far
 
     # -- timers -------------------------------------------------------------------
 
@@ -120,16 +122,16 @@ class SMTPServer(Protocol, TimeoutMixin):
         A transaction whose final dot was seen is left alone: its commit finishes and
         logs itself (the client may just not hear the 250).
         """
-        if self._reader is not None:
-            size = self._reader.size
-            self._reader = None
-            if self._delivery is not None:
-                self._delivery.abort()
-                self._delivery = None
-            self._log_transaction(self.session.transaction, size, why)
-            self.session.reset_transaction()
-        elif self._delivery is None and self.session is not None:
-            self._reset_transaction(why)
+        if self._committing or self.session is None:
+            return
+        size = self._reader.size if self._reader is not None else None
+        self._reader = None
+        self._chunk = None
+        self._hops = None
+        if self._delivery is not None:
+            self._delivery.abort()
+            self._delivery = None
+        self._reset_transaction(why, size)
 
     # -- input --------------------------------------------------------------------
 
@@ -147,6 +149,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         rest = self._reader.feed(data)
         if rest is not None:
             self._buffer[:0] = rest
+            if self._chunk is not None and not self._chunk_done():
+                return
             self._busy = True
             self._end_of_data().addBoth(self._unbusy)
 
@@ -247,7 +251,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.session.esmtp = True
         self._reset_transaction()
         lines = [self.config.server.hostname, "PIPELINING", f"SIZE {self.limits.max_message_size}",
-                 "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "DSN"]
+                 "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "DSN", "CHUNKING"]
         if self.factory.tls_options is not None and not self.session.tls:
             lines.append("STARTTLS")
         if self._auth_allowed():
@@ -296,6 +300,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._buffer.clear()
         self._discarding_line = False
         self.transport.startTLS(self.factory.tls_options)
+        self._reset_transaction("starttls")
         self.session.reset_after_tls()
         self.session.tls = True
         return None
@@ -391,9 +396,17 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     # -- the mail transaction -----------------------------------------------------
 
-    def _reset_transaction(self, why: str = "reset") -> None:
+    def _reset_transaction(self, why: str = "reset", size: int | None = None) -> None:
+        """RSET, EHLO, QUIT, STARTTLS or a dropped client: forget the transaction.
+
+        A BDAT transaction may hold open writers between chunks; they are aborted.
+        """
+        if self._delivery is not None and not self._committing:
+            self._delivery.abort()
+            self._delivery = None
+            self._hops = None
         if self.session.transaction is not None:
-            self._log_transaction(self.session.transaction, None, why)
+            self._log_transaction(self.session.transaction, size, why)
         self.session.reset_transaction()
 
     def smtp_MAIL(self, arg: str) -> Reply:  # noqa: N802
@@ -466,6 +479,18 @@ class SMTPServer(Protocol, TimeoutMixin):
             return Reply(503, "5.5.1", "Error: need RCPT command")
         if not txn.has_recipients:
             return Reply(554, "5.5.1", "Error: no valid recipients")
+        if self._delivery is not None:
+            return Reply(503, "5.5.1", "Error: DATA after BDAT")
+        error = self._start_delivery(txn)
+        if error is not None:
+            return error
+        self._reader = DataReader(self._data_chunk, self.limits.max_message_size,
+                                  self.limits.max_line_length)
+        self.setTimeout(self.limits.data_timeout)
+        return Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+
+    def _start_delivery(self, txn: Transaction) -> Reply | None:
+        """Open the writers for the accepted recipients (at DATA or the first BDAT)."""
         received = received_header(
             helo=self.session.helo, client_ip=self.session.client_ip,
             hostname=self.config.server.hostname, protocol=self.session.protocol_name,
@@ -478,11 +503,53 @@ class SMTPServer(Protocol, TimeoutMixin):
             log.failure("cannot start message {id}", id=txn.id)
             return Reply(451, "4.3.0", "Error: queue file write error")
         self._hops = HopCounter()
-        self._reader = DataReader(self._data_chunk, self.limits.max_message_size,
-                                  self.limits.max_line_length)
-        self._data_started = time.monotonic()
+        self._bdat_total = 0
+        return None
+
+    def smtp_BDAT(self, arg: str) -> Reply | None:  # noqa: N802
+        """RFC 3030 CHUNKING. The chunk is read even when it will be refused."""
+        words = arg.split(" ")
+        if (not 1 <= len(words) <= 2 or not words[0].isdigit() or len(words[0]) > 12
+                or (len(words) == 2 and words[1].upper() != "LAST")):
+            return Reply(501, "5.5.4", "Syntax: BDAT <size> [LAST]")
+        length, last = int(words[0]), len(words) == 2
+        txn = self.session.transaction
+        error = None
+        if txn is None:
+            error = Reply(503, "5.5.1", "Error: need MAIL command")
+        elif not txn.results:
+            error = Reply(503, "5.5.1", "Error: need RCPT command")
+        elif not txn.has_recipients:
+            error = Reply(554, "5.5.1", "Error: no valid recipients")
+        elif self._delivery is None:
+            error = self._start_delivery(txn)
+            if error is not None:
+                self.session.reset_transaction()
+        offset = self._bdat_total if error is None else 0
+        self._chunk = (last, error)
+        self._reader = ChunkReader(self._data_chunk if error is None else None, length,
+                                   self.limits.max_message_size, offset)
         self.setTimeout(self.limits.data_timeout)
-        return Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+        if length == 0:
+            self._feed_data(b"")
+        return None
+
+    def _chunk_done(self) -> bool:
+        """A BDAT chunk was consumed: answer it. True when the message must commit."""
+        last, error = self._chunk
+        reader = self._reader
+        self._chunk = None
+        self.setTimeout(self.limits.command_timeout)
+        if error is not None:
+            self._reader = None
+            self._send(error)
+            return False
+        self._bdat_total = reader.size
+        if reader.error is not None or last:
+            return True  # _end_of_data answers (and aborts on error)
+        self._reader = None
+        self._send(Reply(250, "2.0.0", f"Ok: {reader.size} octets received"))
+        return False
 
     def _data_chunk(self, data: bytes) -> None:
         """DataReader sink: count hops in the header block, stream into the writers."""
@@ -500,15 +567,15 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     @defer.inlineCallbacks
     def _end_of_data(self):
-        """Final dot seen: commit (or refuse) and answer, then back to command mode."""
+        """Final dot (or BDAT LAST) seen: commit or refuse, answer, back to commands."""
         reader, delivery, txn = self._reader, self._delivery, self.session.transaction
-        self._reader = None
-        self._hops = None
+        self._reader = self._delivery = self._hops = None
         self.setTimeout(None)  # a slow disk is not the client's fault
         if reader.error is not None:
             delivery.abort()
             reply = reader.error
         else:
+            self._committing = True
             try:
                 queue_id = yield delivery.commit()
             except Exception:
@@ -517,7 +584,8 @@ class SMTPServer(Protocol, TimeoutMixin):
             else:
                 reply = Reply(250, "2.0.0", f"Ok: queued as {txn.id}"
                               + (f" (outbound {queue_id})" if queue_id else ""))
-        self._delivery = None
+            finally:
+                self._committing = False
         self._log_transaction(txn, reader.size, reply.to_bytes().decode("utf-8", "replace").strip())
         self.session.reset_transaction()
         if not self._closing:

@@ -470,3 +470,60 @@ async def test_too_many_recipients(smtp_host):
     replies = await deferToThread(session)
     assert [r[:3] for r in replies] == [b"250", b"250", b"452"]
     assert replies[2].startswith(b"452 4.5.3")
+
+
+@pytest_twisted.ensureDeferred
+async def test_bdat_chunking(smtp_host):
+    host = smtp_host(max_message_size=2000)
+    body1, body2 = b"Subject: chunks\r\n\r\nHello", b" world\r\n.not stuffed\r\n"
+
+    def session():
+        c = RawClient(host.port)
+        ehlo = c.cmd(b"EHLO c")
+        # everything pipelined in one write, chunks containing CRLF and dots verbatim
+        c.send(b"MAIL FROM:<s@far.test>\r\nRCPT TO:<alice@example.test>\r\n"
+               b"BDAT %d\r\n%sBDAT %d LAST\r\n%sNOOP\r\n" % (len(body1), body1, len(body2), body2))
+        first = [c.reply() for _ in range(5)]
+        # refused chunks are still consumed: no MAIL, then too big, then DATA after BDAT
+        def chunk(data: bytes) -> bytes:
+            c.send(data)
+            return c.reply()
+
+        second = [chunk(b"BDAT 4\r\nQUIT"), c.cmd(b"MAIL FROM:<s@far.test>"),
+                  c.cmd(b"RCPT TO:<alice@example.test>"),
+                  chunk(b"BDAT 3000\r\n" + b"x" * 3000), chunk(b"BDAT 2 LAST\r\nok"),
+                  c.cmd(b"MAIL FROM:<s@far.test>"), c.cmd(b"RCPT TO:<alice@example.test>"),
+                  chunk(b"BDAT 2\r\nab"), c.cmd(b"DATA"), c.cmd(b"RSET"), c.cmd(b"NOOP")]
+        return ehlo, first, second
+
+    ehlo, first, second = await deferToThread(session)
+    assert b"CHUNKING" in ehlo
+    assert [r[:3] for r in first] == [b"250"] * 5
+    assert first[2] == b"250 2.0.0 Ok: %d octets received" % len(body1)
+    assert first[3].startswith(b"250 2.0.0 Ok: queued as")
+    assert [r[:3] for r in second] == [b"503", b"250", b"250", b"552", b"503", b"250", b"250",
+                                       b"250", b"503", b"250", b"250"]
+    (stored,) = await host.read_messages()
+    assert stored.endswith(body1 + body2)
+    assert stored.startswith(b"Return-Path: <s@far.test>\r\nReceived: ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_mid_bdat_stores_nothing(smtp_host):
+    host = smtp_host()
+
+    def session():
+        c = RawClient(host.port)
+        c.cmd(b"EHLO c")
+        c.cmd(b"MAIL FROM:<s@far.test>")
+        c.cmd(b"RCPT TO:<alice@example.test>")
+        c.send(b"BDAT 5\r\nfirst")
+        ok = c.reply()
+        c.send(b"BDAT 100 LAST\r\npartial")
+        c.close()
+        time.sleep(0.3)
+        return ok
+
+    assert (await deferToThread(session)).startswith(b"250")
+    assert await host.read_messages() == []
+    assert host.factory.sessions == set()
