@@ -131,7 +131,9 @@ async def test_part_one_of_single_part_message(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_header_fields_keep_original_lines(store):
+async def test_regression_header_fields_keep_original_lines(store):
+    """Twisted rebuilt HEADER fetches from a dict: names title-cased, duplicates lost,
+    no blank line."""
     msg = (b"Received: one\r\nsubject: Hi\r\n  folded\r\nX-A: 1\r\nRECEIVED: two\r\n"
            b"From: a@b\r\n\r\nbody\r\n")
     folder, [uid] = await deliver(store, msg)
@@ -148,7 +150,8 @@ async def test_header_fields_keep_original_lines(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_partial_boundaries(store):
+async def test_regression_partial_returns_exact_octets(store):
+    """twisted#5613: a partial BODY[]<0.10> returned the whole body."""
     msg = b"Subject: p\r\n\r\n0123456789"
     folder, [uid] = await deliver(store, msg)
     n = len(msg)

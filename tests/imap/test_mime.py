@@ -88,7 +88,8 @@ def test_single_part_rfc3501():
         b'NIL NIL "<B27397-0100000@cac.washington.edu>")')
 
 
-def test_defaults_without_content_type():
+def test_regression_bodystructure_defaults_and_param_case():
+    """Twisted's getBodyStructure lacked the RFC 2045 defaults and lower-cased parameters."""
     data = b"Subject: x\r\n\r\nhello\r\n"
     p = mime.scan_bytes(data)
     assert bodystructure.render(p, extended=True) == (
@@ -159,7 +160,8 @@ def test_digest_default_is_message():
     assert child.message.env == {"subject": "s"}
 
 
-def test_8bit_headers_survive_and_render_as_literals():
+def test_regression_8bit_header_envelope_no_unicode_error():
+    """8-bit header bytes crashed Twisted's FETCH ENVELOPE with UnicodeEncodeError."""
     data = b"Subject: caf\xe9 \xff\r\nFrom: J\xc3\xb6rg <j@x>\r\n\r\nbody\r\n"
     p = mime.scan_bytes(data)
     env = envelope.render_envelope(mime.loads(mime.dumps(p)).env)
@@ -167,7 +169,8 @@ def test_8bit_headers_survive_and_render_as_literals():
     assert b'(({5}\r\nJ\xc3\xb6rg NIL "j" "x"))' in env
 
 
-def test_rfc2047_and_groups_left_as_sent():
+def test_regression_group_syntax_and_rfc2047_left_as_sent():
+    """Twisted's getEnvelope had no group syntax."""
     env = envelope.render_envelope({
         "from": "=?utf-8?q?J=C3=B6rg?= <j@x>",
         "to": "undisclosed-recipients:;",

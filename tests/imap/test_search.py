@@ -94,7 +94,8 @@ async def test_index_keys_open_no_file(store):  # noqa: F811
 
 
 @pytest_twisted.ensureDeferred
-async def test_header_keys(store):  # noqa: F811
+async def test_regression_header_keys_no_type_error(store):  # noqa: F811
+    """Twisted's SUBJECT/FROM/TO/HEADER search raised a bytes/str TypeError."""
     folder, u = await setup(store)
     cases = {
         "FROM alice": [u[0]],
@@ -116,7 +117,8 @@ async def test_header_keys(store):  # noqa: F811
 
 
 @pytest_twisted.ensureDeferred
-async def test_body_and_text(store):  # noqa: F811
+async def test_regression_text_includes_headers(store):  # noqa: F811
+    """twisted#6423: TEXT ignored headers. BODY/TEXT search decoded text parts."""
     folder, u = await setup(store)
     cases = {
         "BODY noon": [u[0]],
@@ -160,7 +162,8 @@ async def test_structure_cached_by_search_is_reused(store):  # noqa: F811
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_charset(store):  # noqa: F811
+async def test_regression_charset_is_not_ignored(store):  # noqa: F811
+    """twisted#9201: the SEARCH charset was ignored."""
     folder, u = await setup(store)
     with pytest.raises(search.BadCharset) as e:
         await run(folder, "CHARSET KOI8-R FROM x")
