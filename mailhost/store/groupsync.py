@@ -64,7 +64,7 @@ class GroupSync:
                         self._errors[current] = error
                     self._cond.notify_all()
             error = self._errors.get(mine)
-            if len(self._errors) > 100:
-                self._errors.clear()
+            for old in [r for r in self._errors if r < self._done_round - 10_000]:
+                del self._errors[old]  # rounds whose callers are long gone
         if error is not None:
             raise error

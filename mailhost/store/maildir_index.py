@@ -38,6 +38,20 @@ def fast_info(uid: int, key: str, size: int, flags: frozenset[str], date: float,
     return info
 
 
+def _check_fast_info():
+    """Fall back to the plain constructor should MessageInfo ever lose its __dict__."""
+    try:
+        sample = fast_info(1, "k", 2, frozenset(), 3.0, True)
+        if sample == MessageInfo(1, "k", 2, frozenset(), 3.0, True):
+            return fast_info
+    except (AttributeError, TypeError):
+        pass
+    return MessageInfo
+
+
+fast_info = _check_fast_info()  # noqa: F811
+
+
 @dataclass
 class Loaded:
     """A folder's index as read from disk."""
