@@ -104,6 +104,8 @@ class Server:
 
 
 class Mailhost(Server):
+    fsync = True
+
     def command(self):
         from mailhost.auth.hashing import hash_password
         from mailhost.auth.passwd import PasswdEntry, PasswdFile
@@ -123,7 +125,7 @@ create_postmaster = false
 [store]
 backend = "maildir"
 path = "{self.maildir_root}"
-fsync = true
+fsync = {"true" if self.fsync else "false"}
 [smtp]
 listen = ["tcp:{self.port}:interface=127.0.0.1:backlog=256"]
 max_connections = 500
@@ -137,6 +139,12 @@ listen = []
 """)
         return [sys.executable, TWISTD, "-n", "--pidfile=", "mailhost", "--config", config], {
             "PYTHONPATH": ROOT}
+
+
+class MailhostNoFsync(Mailhost):
+    """Same server, fsync off: isolates protocol cost from disk latency."""
+
+    fsync = False
 
 
 class Aiosmtpd(Server):
@@ -177,6 +185,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-fsync-row", action="store_true",
+                    help="also run mailhost with fsync off (protocol cost without disk latency)")
     args = ap.parse_args()
     if shutil.which("smtp-source") is None:
         raise SystemExit("smtp-source not found: apt-get install -y postfix")
@@ -184,6 +194,8 @@ def main() -> None:
     servers = [Mailhost("mailhost", os.path.join(workdir, "mailhost")),
                Aiosmtpd("aiosmtpd", os.path.join(workdir, "aiosmtpd")),
                StockTwisted("twisted", os.path.join(workdir, "twisted"))]
+    if args.no_fsync_row:
+        servers.append(MailhostNoFsync("mailhost-nofsync", os.path.join(workdir, "nofsync")))
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
         for s in servers:
@@ -193,7 +205,8 @@ def main() -> None:
         for run in range(args.runs):
             for label, sessions, length, count in LOADS:
                 n = max(10, int(count * args.scale))
-                order = servers[run % 3:] + servers[:run % 3]  # interleave, rotate order
+                k = run % len(servers)
+                order = servers[k:] + servers[:k]  # interleave, rotate the order
                 for s in order:
                     rate, cpu = drive(s, sessions, length, n)
                     results.setdefault((label, s.name), []).append((rate, cpu))
@@ -215,6 +228,12 @@ def main() -> None:
         mc, ac, tc = (med(label, n, 1) for n in ("mailhost", "aiosmtpd", "twisted"))
         print(f"| {label} | {m:.0f}; {mc:.2f} ms | {a:.0f}; {ac:.2f} ms | {t:.0f}; {tc:.2f} ms "
               f"| {m / a:.2f}x | {m / t:.2f}x |")
+    if args.no_fsync_row:
+        print("\nmailhost with fsync off (protocol cost only), vs stock Twisted (also no fsync):\n")
+        for label, *_ in LOADS:
+            n, t = med(label, "mailhost-nofsync", 0), med(label, "twisted", 0)
+            nc = med(label, "mailhost-nofsync", 1)
+            print(f"| {label} | {n:.0f} msg/s; {nc:.2f} ms CPU | {n / t:.2f}x |")
     print(f"\nworkdir: {workdir}")
 
 

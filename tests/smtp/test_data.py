@@ -36,7 +36,7 @@ line = st.one_of(st.just(b""), st.just(b"."), st.just(b".."), st.binary(max_size
 message = st.lists(line, max_size=20).map(lambda ls: b"".join(x + b"\r\n" for x in ls))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(message, st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
        st.binary(max_size=20))
 def test_unstuff_round_trip_any_chunking(msg, cuts, trailer):

@@ -82,7 +82,7 @@ quoted_local = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=12
                        min_size=1, max_size=20)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(dot_local | quoted_local, domain)
 def test_address_round_trip(local, dom):
     """Whatever we print for an address parses back to the same address."""
