@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.protocol import ServerFactory
 
-from mailhost.config import Config
+from mailhost.config import Config, ConfigError
 from mailhost.smtp.policy import RecipientPolicy
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.server import SMTPServer
@@ -39,9 +39,12 @@ class SMTPFactory(ServerFactory):
         self.submission = submission
         self.tls_options = tls_options
         self.reactor = reactor
-        self.policy = RecipientPolicy(directory, config.smtp.relay_networks,
-                                      can_queue=queue is not None,
-                                      default_domain=config.server.domains[0])
+        try:
+            self.policy = RecipientPolicy(directory, config.smtp.relay_networks,
+                                          can_queue=queue is not None,
+                                          default_domain=config.server.domains[0])
+        except ValueError as e:
+            raise ConfigError(f"smtp.relay_networks: {e}") from None
         self.sessions: set[SMTPServer] = set()
         self.per_ip: Counter[str] = Counter()
         # Set by the service on shutdown: new sessions are told to come back later.

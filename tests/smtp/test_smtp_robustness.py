@@ -221,3 +221,25 @@ async def test_swaks_end_to_end(smtp_host):
     assert b"hello from swaks" in first and b"with ESMTP id" in first
     (second,) = await host.read_messages()
     assert b"secure swaks" in second and b"with ESMTPSA id" in second
+
+
+def test_fakes_and_factory_contracts():
+    """The test doubles honour the shared interfaces; bad relay networks are a config error."""
+    import pytest
+    from zope.interface.verify import verifyObject
+
+    from mailhost.auth.directory import UserDirectory
+    from mailhost.config import Config, ConfigError
+    from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter
+    from mailhost.smtp.factory import SMTPFactory
+    from tests.smtp.conftest import FakeQueue
+
+    queue = FakeQueue()
+    assert verifyObject(IOutboundQueue, queue)
+    assert verifyObject(IQueueWriter, queue.new_message("a@b.test"))
+    assert verifyObject(IMailStore, FailingStore())
+    config = Config()
+    config.smtp.relay_networks = ["10.0.0.0/8", "not-a-network"]
+    directory = UserDirectory.in_memory(domains=["example.test"], users={})
+    with pytest.raises(ConfigError, match="smtp.relay_networks"):
+        SMTPFactory(config, MemoryStore(), directory, None, queue=queue)
