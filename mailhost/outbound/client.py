@@ -273,6 +273,10 @@ class RelayClient(smtp.ESMTPClient):
             self.sendLine(lines[0])
 
     def _on_reply(self, code: int, resp: bytes) -> None:
+        if not self._pending:
+            # A reply nobody asked for (e.g. an unsolicited 421): give up on this server.
+            self.sendError(smtp.SMTPProtocolError(code, resp, self.log.str()))
+            return
         handler = self._pending.popleft()
         handler(code, resp)
         queued = getattr(self, "_queued_lines", None)

@@ -354,6 +354,9 @@ class Scheduler:
             )
 
     async def _run_domain(self, domain: str) -> None:
+        # Picked up at every session, so a reloaded config applies without a restart.
+        self.router.port = self.settings.port
+        self.router.smarthost = self.settings.smarthost
         try:
             route = await self.router.route(domain)
         except RoutingError as e:

@@ -122,7 +122,7 @@ class OutboundService(service.Service):
     def startService(self) -> None:
         super().startService()
         resolver = self._resolver
-        if resolver is None and not self.config.outbound.smarthost:
+        if resolver is None:
             resolver = make_resolver(self.config.outbound.resolver, self.reactor)
         router = Router(
             resolver, port=self.config.outbound.port, smarthost=self.config.outbound.smarthost
