@@ -87,3 +87,18 @@ def test_received_header_shape():
     assert lines[0] == b"Received: from c?lient ([IPv6:::1])"
     assert lines[1] == b"\tby mx (mailhost) with ESMTPSA id ABC;"
     assert h.endswith(b"\r\n") and all(len(x) < 200 for x in lines)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=12),
+       st.lists(st.integers(min_value=0, max_value=600), max_size=6),
+       st.integers(min_value=1, max_value=30))
+def test_line_limit_is_exact_under_any_chunking(lengths, cuts, max_line):
+    """The line-length error fires iff some line (without CRLF) exceeds the limit."""
+    msg = b"".join(b"a" * n + b"\r\n" for n in lengths)
+    body, rest, reader = run(stuff(msg), cuts, max_line=max_line)
+    assert rest == b""
+    too_long = max(lengths) > max_line
+    assert (reader.error is not None) == too_long
+    if not too_long:
+        assert body == msg
