@@ -10,7 +10,7 @@ import subprocess
 
 from mailhost.tls import write_selfsigned
 from tests.mailhost_process import free_port
-from tests.pop3.test_pop3_clients import fetchmail
+from tests.pop3.pop3_clients import fetchmail
 
 BODIES = [
     b"Subject: one\r\n\r\n.starts with a dot\r\nplain\r\n..two dots\r\n",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +44,7 @@ class Pop3Host:
 
 
 def make_store(tmp_path) -> Any:
-    """A MaildirStore under tmp_path; a second call gives a fresh object over the same files."""
+    """A MaildirStore under tmp_path (a test may open a second one over the same files)."""
     return MaildirStore(str(tmp_path / "mail"))
 
 
@@ -87,63 +85,3 @@ def pop3(tmp_path):
             session.transport.abortConnection()
     for store in {id(h.store): h.store for h in hosts}.values():
         pytest_twisted.blockon(defer.maybeDeferred(store.close))
-
-
-class RawClient:
-    """A byte-exact POP3 client over a plain socket (for what poplib hides or refuses)."""
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-        self.greeting = self.line()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def cmd(self, command: bytes) -> bytes:
-        self.send(command + b"\r\n")
-        return self.line()
-
-    def multi(self) -> bytes:
-        """The raw body of a multi-line response up to (not including) the '.' line."""
-        while True:
-            if self.buf.startswith(b".\r\n"):
-                self.buf = self.buf[3:]
-                return b""
-            end = self.buf.find(b"\r\n.\r\n")
-            if end >= 0:
-                body, self.buf = self.buf[: end + 2], self.buf[end + 5 :]
-                return body
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise EOFError(self.buf[-200:])
-            self.buf += chunk
-
-    def closed(self) -> bool:
-        """True when the server has closed the connection (after whatever is buffered)."""
-        try:
-            return self.sock.recv(1) == b""
-        except (ConnectionResetError, TimeoutError):
-            return False
-
-    def starttls(self, cafile: str) -> None:
-        ctx = ssl.create_default_context(cafile=cafile)
-        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def unstuff(body: bytes) -> bytes:
-    """Undo RFC 1939 byte-stuffing of a multi-line body."""
-    lines = body.split(b"\r\n")
-    return b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)

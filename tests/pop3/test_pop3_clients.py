@@ -13,6 +13,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from tests.pop3.pop3_clients import fetchmail
+
 MSG1 = b"From: a@example.test\r\nSubject: one\r\n\r\nfirst body\r\n.leading dot\r\nline 3\r\n"
 MSG2 = b"From: b@example.test\r\nSubject: two\r\n\r\nsecond body\r\n"
 
@@ -46,25 +48,6 @@ async def test_curl_list_retr_top(pop3):
     # curl's RETR marked \Seen; curl never sends DELE, so everything is still there
     folder = await host.folder()
     assert len(folder.messages()) == 2
-
-
-def fetchmail(home: str, port: int, keep: bool, user: str = "alice@example.test",
-              password: str = "secret") -> subprocess.CompletedProcess:
-    """One fetchmail run in ``home``: USER/PASS, UIDL tracking, every message appended to ``home/out``."""
-    out = os.path.join(home, "out")
-    rc = os.path.join(home, "fetchmailrc")
-    with open(rc, "w") as f:
-        f.write(
-            f'set idfile "{home}/idfile"\n'
-            f'poll 127.0.0.1 protocol pop3 port {port} uidl auth password\n'
-            f'  user "{user}" there with password "{password}" is "x" here\n'
-            f'  {"keep" if keep else "nokeep"} mda "/bin/sh -c \'cat >> {out}\'"\n'
-            f'  sslproto "" no sslcertck\n'
-        )
-    os.chmod(rc, 0o600)
-    env = {**os.environ, "HOME": home, "FETCHMAILHOME": home}
-    return run(["fetchmail", "-N", "--nosyslog", "-f", rc, "--pidfile", f"{home}/pid"],
-               env=env)
 
 
 @pytest_twisted.ensureDeferred

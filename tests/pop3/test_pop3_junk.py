@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 
-from tests.pop3.conftest import RawClient
+from tests.pop3.pop3_clients import RawClient
 
 words = st.sampled_from([
     b"USER", b"PASS", b"AUTH", b"AUTH PLAIN", b"CAPA", b"STAT", b"LIST", b"UIDL", b"TOP",

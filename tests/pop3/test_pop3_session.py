@@ -8,7 +8,7 @@ import poplib
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.pop3.conftest import RawClient, unstuff
+from tests.pop3.pop3_clients import RawClient, unstuff
 
 MSG1 = b"From: a@example.test\r\nSubject: one\r\n\r\nHello\r\n.dot line\r\n..two\r\nend\r\n"
 MSG2 = b"From: b@example.test\r\nSubject: two\r\n\r\nbody 1\r\nbody 2\r\nbody 3\r\n"
@@ -471,7 +471,7 @@ async def test_idle_timeout_closes_without_deleting(pop3):
 
 @pytest_twisted.ensureDeferred
 async def test_uidl_stable_across_restart_and_flag_changes(pop3, tmp_path):
-    from tests.pop3.conftest import make_store
+    from mailhost.store.maildir import MaildirStore
 
     host = await pop3()
     for m in (MSG1, MSG2, MSG1):
@@ -489,7 +489,7 @@ async def test_uidl_stable_across_restart_and_flag_changes(pop3, tmp_path):
     await host.listening.stopListening()
     await host.store.close()
     # A restart: a new store object over the same Maildir, a new listener.
-    again = await pop3(store=make_store(tmp_path))
+    again = await pop3(store=MaildirStore(str(tmp_path / "mail")))
     second = await deferToThread(uidl, again.port)
     assert len(set(first)) == 3
     assert second == [b"1 " + first[1].split()[1], b"2 " + first[2].split()[1]]

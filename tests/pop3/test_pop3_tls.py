@@ -8,7 +8,7 @@ import ssl
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.pop3.conftest import RawClient
+from tests.pop3.pop3_clients import RawClient
 
 MSG = b"From: a@example.test\r\nSubject: tls\r\n\r\n.secret body\r\n"
 
