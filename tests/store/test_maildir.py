@@ -351,3 +351,35 @@ async def test_100k_folder_loads_fast_without_stat(root, monkeypatch):
     await box.refresh()
     assert time.process_time() - started < 10
     assert sum("\\Seen" in i.flags for i in box.messages()) == 100_000
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_commit_releases_its_uid_and_leaves_no_file(root, monkeypatch):
+    """A delivery that fails on disk must not block later ones (UIDs settle in order)."""
+    from mailhost.store import maildir_io
+
+    store = MaildirStore(root)
+    box = await folder_of(store)
+    real = maildir_io.link_or_copy
+    calls = []
+
+    def flaky(src, dest, fsync):
+        calls.append(dest)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        real(src, dest, fsync)
+
+    monkeypatch.setattr(maildir_io, "link_or_copy", flaky)
+    first, second = store.new_message(), store.new_message()
+    first.write(MSG)
+    second.write(MSG)
+    results = await defer.DeferredList([first.commit([DeliveryTarget(A)]),
+                                        second.commit([DeliveryTarget(A)])],
+                                       consumeErrors=True)
+    assert [ok for ok, _ in results] == [False, True]
+    assert isinstance(results[0][1].value, OSError)
+    assert results[1][1] == [2]
+    assert [i.uid for i in box.messages()] == [2]
+    assert await deliver(store) == [3]
+    assert os.listdir(os.path.join(root, ".tmp")) == []
+    assert len(os.listdir(os.path.join(user_dir(root), "new"))) == 2
