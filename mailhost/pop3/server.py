@@ -131,8 +131,8 @@ class POP3Server(Protocol, TimeoutMixin):
         else:
             self._close()
 
-    def _release(self) -> None:
-        """End the session: unlock the maildrop, log the avatar out, log one event."""
+    def _unlock(self) -> None:
+        """Let go of the maildrop: the file opened ahead, the lock, the avatar."""
         if self.maildrop is not None:
             self.maildrop.discard_prefetch()
         if self._locked_user is not None:
@@ -141,6 +141,10 @@ class POP3Server(Protocol, TimeoutMixin):
         if self.avatar is not None:
             avatar, self.avatar = self.avatar, None
             avatar.logout()
+
+    def _release(self) -> None:
+        """End the session: unlock, and log one event."""
+        self._unlock()
         if not self._logged:
             self._logged = True
             log.info(
@@ -178,7 +182,7 @@ class POP3Server(Protocol, TimeoutMixin):
             line = bytes(self._buf[:end])
             del self._buf[: end + 1]
             if self._discarding or len(line) > MAX_LINE + 1:
-                self._discarding = False
+                self._discarding = self._sasl_pending = False
                 self._fail("-ERR Line too long")
                 continue
             self.resetTimeout()
@@ -358,7 +362,7 @@ class POP3Server(Protocol, TimeoutMixin):
         except Exception:
             log.failure("pop3: cannot open maildrop of {user}", user=avatar.user)
             if not self._closed:
-                self._release_early()
+                self._unlock()  # the session stays in AUTHORIZATION
                 self._send("-ERR [SYS/TEMP] Cannot open maildrop, try again later")
             return
         if self._closed:
@@ -368,15 +372,6 @@ class POP3Server(Protocol, TimeoutMixin):
         self.state = TRANSACTION
         count, octets = maildrop.stat()
         self._send(f"+OK Maildrop has {count} messages ({octets} octets)")
-
-    def _release_early(self) -> None:
-        """Undo a login whose maildrop could not be opened; the session stays in AUTHORIZATION."""
-        if self._locked_user is not None:
-            self.locks.release(self._locked_user)
-            self._locked_user = None
-        if self.avatar is not None:
-            avatar, self.avatar = self.avatar, None
-            avatar.logout()
 
     # -- TRANSACTION -------------------------------------------------------------
 

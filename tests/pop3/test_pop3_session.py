@@ -556,3 +556,23 @@ async def test_lock_shared_by_two_listeners(pop3):
         assert (await deferToThread(session)).startswith(b"-ERR [IN-USE]")
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_quit_answers_err_when_deletions_fail(pop3):
+    from twisted.internet import defer
+
+    host = await pop3()
+    await host.deliver(MSG1)
+    folder = await host.folder()
+    folder.expunge = lambda uids=None: defer.fail(OSError("disk full"))  # this folder only
+
+    def session():
+        c = RawClient(host.port)
+        c.cmd(b"USER alice@example.test"), c.cmd(b"PASS secret")
+        c.cmd(b"DELE 1")
+        return c.cmd(b"QUIT"), c.closed()
+
+    reply, closed = await deferToThread(session)
+    assert reply.startswith(b"-ERR [SYS/TEMP]") and closed
+    assert len(folder.messages()) == 1
