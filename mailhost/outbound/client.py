@@ -106,6 +106,7 @@ class DotStuffer:
     def __init__(self) -> None:
         self.at_line_start = True
         self.ended_crlf = True
+        self._last = b""
 
     def __call__(self, chunk: bytes) -> bytes:
         if not chunk:
@@ -114,7 +115,11 @@ class DotStuffer:
             chunk = b"." + chunk
         chunk = chunk.replace(b"\n.", b"\n..")
         self.at_line_start = chunk.endswith(b"\n")
-        self.ended_crlf = chunk.endswith(b"\r\n")
+        # The CRLF may straddle two chunks.
+        self.ended_crlf = chunk.endswith(b"\r\n") or (
+            chunk == b"\n" and self._last == b"\r"
+        )
+        self._last = chunk[-1:]
         return chunk
 
     def terminator(self) -> bytes:

@@ -326,6 +326,12 @@ class SpoolWriter:
             self._line_head = b""
             pos = nl + 1
 
+    def _finish_headers(self) -> None:
+        """An unterminated last header line counts too."""
+        if self._in_headers and self._line_head.lower().startswith(b"received:"):
+            self.hops += 1
+        self._in_headers = False
+
     def commit(self, recipients: Sequence[QueueRecipient]) -> object:
         if self._done:
             raise RuntimeError("commit after commit/abort")
@@ -334,6 +340,7 @@ class SpoolWriter:
             self._file.write(b"\r")
             self.size += 1
         self._file.close()
+        self._finish_headers()
         env = Envelope(
             id=self.id,
             sender=self._sender,
