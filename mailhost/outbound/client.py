@@ -33,6 +33,9 @@ from twisted.python.failure import Failure
 
 from mailhost.outbound.spool import Envelope, RecipientState
 
+# Messages up to this size are sent with one read and one write.
+SMALL_MESSAGE = 64 * 1024
+
 # Outcome kinds of one recipient.
 DELIVERED = "delivered"
 TEMPORARY = "temporary"
@@ -165,7 +168,7 @@ class RelayClient(smtp.ESMTPClient):
         self._accepted: list[str] = []
         self._pending: deque[Callable[[int, bytes], None]] = deque()
         self._mail_ok = False
-        self._needs_rset = False
+        self._data_pipelined = False
 
     # Connection setup: Twisted's, with the hooks a relay needs.
 
@@ -259,6 +262,7 @@ class RelayClient(smtp.ESMTPClient):
             mail += f" ENVID={_xtext(env.envid)}"
         lines = [mail.encode("utf-8")]
         self._pending.append(self._on_mail)
+        self._data_pipelined = False
         for r in job.recipients:
             rcpt = f"RCPT TO:<{r.address}>"
             if dsn and r.notify:
@@ -272,6 +276,10 @@ class RelayClient(smtp.ESMTPClient):
         self._okresponse = self._on_reply
         self._failresponse = self._on_reply
         if b"PIPELINING" in self.extensions:
+            # DATA may end the group (RFC 2920 §3.1): one round trip fewer per message.
+            lines.append(b"DATA")
+            self._pending.append(self._on_data_reply)
+            self._data_pipelined = True
             self.transport.write(b"".join(line + b"\r\n" for line in lines))
         else:
             self._queued_lines = deque(lines[1:])
@@ -292,7 +300,7 @@ class RelayClient(smtp.ESMTPClient):
                 # MAIL failed: the RCPTs need not be sent at all.
                 while self._pending:
                     self._pending.popleft()(503, b"not sent: MAIL FROM failed")
-        if not self._pending and self.job is not None:
+        if not self._pending and self.job is not None and not self._data_pipelined:
             self._after_rcpts()
 
     def _on_mail(self, code: int, resp: bytes) -> None:
@@ -326,6 +334,24 @@ class RelayClient(smtp.ESMTPClient):
         self._failresponse = self._data_failed
         self.sendLine(b"DATA")
 
+    def _on_data_reply(self, code: int, resp: bytes) -> None:
+        """The reply to a pipelined DATA."""
+        if code == 354:
+            if self._accepted:
+                self._send_body(code, resp)
+                return
+            # A server that said 354 with no recipient: send an empty message, discard it.
+            self.transport.write(b".\r\n")
+            self._expected = range(0, 1000)
+            self._okresponse = self._failresponse = lambda c, r: self._finish_job(
+                self._outcomes, rset=True
+            )
+            return
+        if self._accepted:
+            self._data_failed(code, resp)
+        else:
+            self._finish_job(self._outcomes, rset=True)
+
     def _data_failed(self, code: int, resp: bytes) -> None:
         text = _reply_text(code, resp)
         kind = PERMANENT if code >= 500 else TEMPORARY
@@ -341,12 +367,23 @@ class RelayClient(smtp.ESMTPClient):
             self.resetTimeout()
             return stuffer(chunk)
 
+        self._expected = range(0, 1000)
+        self._okresponse = self._on_final_reply
+        self._failresponse = self._on_final_reply
         try:
             f = open(self.job.path, "rb")  # noqa: SIM115 - closed when the transfer ends
         except OSError as e:
             # The spool file is gone (deleted by `mailhost queue delete`): abandon.
             self.sendError(smtp.SMTPClientError(-1, f"spool file unreadable: {e}".encode()))
             return
+        if self.job.envelope.size <= SMALL_MESSAGE:
+            # One bounded read and one write for the common small message.
+            with f:
+                data = f.read(SMALL_MESSAGE + 1)
+            if len(data) <= SMALL_MESSAGE:
+                self.transport.write(stuffer(data) + stuffer.terminator())
+                return
+            f = open(self.job.path, "rb")  # noqa: SIM115 - it grew: stream it after all
         sender = basic.FileSender()
         d = sender.beginFileTransfer(f, self.transport, transform)
 
@@ -359,9 +396,6 @@ class RelayClient(smtp.ESMTPClient):
             self.sendError(smtp.SMTPClientError(-1, str(err.value).encode()))
 
         d.addCallbacks(finished, failed)
-        self._expected = range(0, 1000)
-        self._okresponse = self._on_final_reply
-        self._failresponse = self._on_final_reply
 
     def _on_final_reply(self, code: int, resp: bytes) -> None:
         text = _reply_text(code, resp)

@@ -14,6 +14,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from mailhost.outbound.client import (
     DELIVERED,
     PERMANENT,
+    SMALL_MESSAGE,
     TEMPORARY,
     ClientPolicy,
     DotStuffer,
@@ -95,7 +96,12 @@ async def test_regression_dot_at_chunk_boundary_reaches_aiosmtpd_intact(tmp_path
     filler = b"".join(b"x" * 98 + b"\r\n" for _ in range(need // 100))
     filler += b"y" * (need - len(filler) - 2) + b"\r\n"
     body = head + filler + b".starts the second chunk\r\n..two dots\r\n.\r\nend\r\n"
-    assert body[16384:16385] == b"."
+    # Past SMALL_MESSAGE, so the body streams in 16 KiB FileSender chunks.
+    pad = 16384 * 5 - len(body)
+    body += b"".join(b"z" * 98 + b"\r\n" for _ in range(pad // 100 - 1))
+    body += b"w" * (16384 * 5 - len(body) - 2) + b"\r\n" + b".at 80 KiB\r\n"
+    assert body[16384:16385] == b"." and body[16384 * 5 : 16384 * 5 + 1] == b"."
+    assert len(body) > SMALL_MESSAGE
     job = make_job(tmp_path, body, ["bob@remote.test", "reject@remote.test"])
     src = ListSource([job])
     result = await run_session(TCP4ClientEndpoint(reactor, "127.0.0.1", port), policy(), src)
@@ -258,3 +264,24 @@ async def test_connection_refused_and_timeout(tmp_path):
         await port.stopListening()
     assert result.transacted and "timeout" in result.error
     assert src.done[0][1]["a@remote.test"].kind == TEMPORARY
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_data_after_every_rcpt_failed(tmp_path):
+    f = ScriptedFactory()  # PIPELINING: MAIL, RCPT..., DATA go in one write
+    f.rcpt_reply = lambda a: "550 5.1.1 unknown" if a.startswith("bad") else "250 ok"
+    port = await listen(f)
+    try:
+        jobs = [make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["bad1@remote.test", "bad2@remote.test"],
+                         name="m1"),
+                make_job(tmp_path, b"S: 2\r\n\r\ny\r\n", ["good@remote.test"], name="m2")]
+        src = ListSource(jobs)
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        result = await run_session(ep, policy(), src)
+    finally:
+        await port.stopListening()
+    first, second = (o for _, o, _ in src.done)
+    assert {o.kind for o in first.values()} == {PERMANENT}
+    assert second["good@remote.test"].kind == DELIVERED
+    assert result.jobs == 2 and f.connections == 1 and len(f.received) == 1
+    assert f.received[0].data == b"S: 2\r\n\r\ny\r\n"
