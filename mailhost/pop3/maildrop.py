@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from twisted.internet import defer
 
+from mailhost.pop3.transfer import ChunkReader
 from mailhost.store.interfaces import IFolder, MessageInfo
 
 DeletePolicy = Literal["expunge", "flag"]
@@ -59,31 +60,35 @@ class Maildrop:
             octets += info.size
         return count, octets
 
-    def open_message(self, number: int) -> defer.Deferred[Any]:
-        """Open message ``number`` (Deferred firing with a binary file, or NoSuchMessage).
+    def open_message(self, number: int) -> defer.Deferred[ChunkReader]:
+        """Open message ``number``: a Deferred firing with its ChunkReader, or NoSuchMessage.
 
-        Clients RETR in order, so the next live message is opened in the background:
-        the store's open is a thread hop, and hiding it behind the current transfer
-        is what keeps a session of many small messages from waiting on it each time.
+        Clients RETR in order, so the next live message is opened (and its first chunk
+        read) in the background: the store's open is a thread hop, and hiding it behind
+        the current transfer keeps a session of many small messages from waiting on it
+        each time.
         """
         if self._ahead is not None and self._ahead[0] == number:
             opening = self._ahead[1]
             self._ahead = None
         else:
             self.discard_prefetch()
-            opening = self.folder.open_message(self._infos[number - 1].uid)
+            opening = self._open(number)
         following = next((n for n in range(number + 1, len(self._infos) + 1)
                           if n not in self._deleted), None)
         if following is not None:
-            self._ahead = (following, self.folder.open_message(self._infos[following - 1].uid))
+            self._ahead = (following, self._open(following))
         return opening
 
+    def _open(self, number: int) -> defer.Deferred[ChunkReader]:
+        return self.folder.open_message(self._infos[number - 1].uid).addCallback(ChunkReader)
+
     def discard_prefetch(self) -> None:
-        """Close the file opened ahead, if any (it may still be opening)."""
+        """Close the message opened ahead, if any (it may still be opening)."""
         if self._ahead is not None:
             _number, opening = self._ahead
             self._ahead = None
-            opening.addCallbacks(lambda message: message.close(), lambda _failure: None)
+            opening.addCallbacks(lambda reader: reader.close(), lambda _failure: None)
 
     def uidl(self, info: MessageInfo) -> str:
         return uidl_for(self.folder.uid_validity, info.uid)

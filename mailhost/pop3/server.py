@@ -435,18 +435,18 @@ class POP3Server(Protocol, TimeoutMixin):
         assert self.maildrop is not None
         folder = self.maildrop.folder
         try:
-            message = await self.maildrop.open_message(number)
+            reader = await self.maildrop.open_message(number)
         except NoSuchMessage:
             self._send("-ERR Message was removed by another session")
             return
         if self._closed:
-            message.close()
+            reader.close()
             return
         if top_lines is None:
             self._send(f"+OK {info.size} octets")
         else:
             self._send("+OK Top of message follows")
-        self._sender = MessageSender(self.transport, message, top_lines, reactor=self.reactor,
+        self._sender = MessageSender(self.transport, reader, top_lines, reactor=self.reactor,
                                      on_progress=self.resetTimeout)
         try:
             octets = await self._sender.start()

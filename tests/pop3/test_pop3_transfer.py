@@ -6,10 +6,11 @@ import io
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from mailhost.pop3.transfer import DotStuffer, MessageSender, TopFilter
+from mailhost.pop3.transfer import ChunkReader, DotStuffer, MessageSender, TopFilter
 
 # Messages made of the interesting pieces: dots, CRLFs, lone CR/LF, text.
 pieces = st.sampled_from([b".", b"..", b"\r\n", b"\r", b"\n", b"a", b"Subject: x", b" "])
@@ -69,12 +70,33 @@ def test_top_is_chunking_invariant(data, n, cuts):
     assert out == reference_top(data, n)
 
 
+def sync_run(fn, *args):
+    """ChunkReader's thread hop, made synchronous for StringTransport tests."""
+    return defer.succeed(fn(*args))
+
+
+class ManualRun:
+    """ChunkReader's thread hop, completed by hand: lets a test hold reads in flight."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[defer.Deferred, bytes]] = []
+
+    def __call__(self, fn, *args):
+        d = defer.Deferred()
+        self.pending.append((d, fn(*args)))
+        return d
+
+    def land(self) -> None:
+        d, data = self.pending.pop(0)
+        d.callback(data)
+
+
 def test_sender_streams_with_backpressure_and_stuffs_across_chunks():
     data = b".a\r\n" + b"x" * 100 + b"\r\n.b\r\n" + b"y" * 7
     transport = StringTransport()
     f = io.BytesIO(data)
     clock = Clock()
-    sender = MessageSender(transport, f, chunk_size=4, reactor=clock)
+    sender = MessageSender(transport, ChunkReader(f, 4, run=sync_run), reactor=clock)
     d = sender.start()
     # Without push-back it still yields to the reactor after a few chunks.
     assert transport.producer is sender and transport.streaming and not d.called
@@ -86,33 +108,53 @@ def test_sender_streams_with_backpressure_and_stuffs_across_chunks():
     assert f.closed and transport.producer is None
 
 
-def test_sender_pauses_when_transport_is_full():
+def test_sender_waits_for_reads_and_for_the_transport():
     transport = StringTransport()
-    f = io.BytesIO(b"z" * 1000)
-    sender = MessageSender(transport, f, chunk_size=10, reactor=Clock())
-    transport.registerProducer = lambda p, s: None
-    sender._paused = False
-    original_write = transport.write
-
-    def write(data):
-        original_write(data)
-        sender.pauseProducing()  # what a full TCP send buffer does
-
-    transport.write = write
+    f = io.BytesIO(b"z" * 100)
+    run = ManualRun()
+    reader = ChunkReader(f, 10, run=run)
+    sender = MessageSender(transport, reader, reactor=Clock())
     d = sender.start()
-    assert len(transport.value()) == 10 and not d.called  # one chunk, then it waits
-    sender.resumeProducing()
+    assert transport.value() == b"" and len(run.pending) == 1  # first read in flight
+    run.land()
+    assert transport.value() == b"z" * 10 and len(run.pending) == 1  # reading one ahead
+    sender.pauseProducing()  # what a full send buffer does
+    run.land()  # the read in flight still lands and is written, then nothing more
     assert len(transport.value()) == 20
+    assert len(run.pending) == 1  # the reader stays one chunk ahead
+    run.land()
+    assert len(transport.value()) == 20 and not d.called
+    sender.resumeProducing()
+    while run.pending:
+        run.land()
+    assert transport.value() == b"z" * 100 + b"\r\n.\r\n" and d.result == 100
+    assert f.closed
 
 
-def test_sender_stop_producing_closes_the_file_and_fails():
+def test_sender_stop_producing_closes_the_file_once_the_read_lands():
     transport = StringTransport()
     f = io.BytesIO(b"z" * 1000)
-    sender = MessageSender(transport, f, chunk_size=10, reactor=Clock())
-    transport.write = lambda data: sender.pauseProducing()
+    run = ManualRun()
+    sender = MessageSender(transport, ChunkReader(f, 10, run=run), reactor=Clock())
     d = sender.start()
-    sender.stopProducing()
-    assert f.closed
     failures = []
     d.addErrback(failures.append)
+    sender.stopProducing()
     assert failures and failures[0].check(ConnectionError)
+    assert not f.closed  # a read is still running on the file in the pool
+    run.land()
+    assert f.closed
+
+
+def test_read_error_fails_the_transfer():
+    class Broken(io.BytesIO):
+        def read(self, n=-1):
+            raise OSError("I/O error")
+
+    transport = StringTransport()
+    f = Broken(b"x")
+    sender = MessageSender(transport, ChunkReader(f, 10, run=lambda fn, *a: defer.maybeDeferred(fn, *a)),
+                           reactor=Clock())
+    failures = []
+    sender.start().addErrback(failures.append)
+    assert failures and failures[0].check(OSError) and f.closed
