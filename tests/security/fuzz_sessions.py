@@ -62,6 +62,11 @@ SMTP_COMMANDS = st.one_of(
     ]),
     st.tuples(st.sampled_from([b"MAIL FROM:", b"RCPT TO:", b"EHLO", b"VRFY", b"AUTH"]),
               st.binary(max_size=60)).map(lambda t: t[0] + t[1] + b"\r\n"),
+    # CHUNKING: small chunks the probe's padding covers, and sizes no server may take.
+    st.tuples(st.one_of(SMALL_LITERALS, HOSTILE_LITERALS), st.booleans(),
+              st.binary(max_size=150))
+    .map(lambda t: b"BDAT " + str(t[0]).encode() + (b" LAST" if t[1] else b"") + b"\r\n"
+         + t[2]),
 )
 
 POP3_COMMANDS = st.one_of(
@@ -130,7 +135,7 @@ LOGINS = {
 # left open: a DATA body (".") or an IDLE ("DONE"), a small literal (padding), a SASL
 # exchange (a line), then asks a question whose answer ends the check.
 PROBES = {
-    "smtp": b"\r\n.\r\nRSET\r\nNOOP\r\n",
+    "smtp": b"x" * 200 + b"\r\n.\r\nRSET\r\nNOOP\r\n",
     "pop3": b"\r\n*\r\nNOOP\r\n",
     "imap": b"x" * 200 + b"\r\nDONE\r\nzz NOOP\r\n",
 }
@@ -153,11 +158,11 @@ class Session:
 
     @property
     def has_endless_literal(self) -> bool:
-        """A non-synchronizing literal the server may legitimately swallow for ever."""
-        return any(b"+}\r\n" in c and b"{-" not in c and
-                   any(str(n).encode() + b"+}" in c for n in (99999999999, 2**63, 2**64 + 5,
-                                                                 10**40))
-                   for c in self.chunks)
+        """A non-synchronizing literal or BDAT chunk the server may legitimately
+        swallow for ever (or until its timeout)."""
+        huge = [str(n).encode() for n in (99999999999, 2**63, 2**64 + 5, 10**40)]
+        return any((b"{" + n + b"+}") in c or c.startswith(b"BDAT " + n)
+                   for c in self.chunks for n in huge)
 
 
 @st.composite

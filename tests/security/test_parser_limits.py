@@ -222,3 +222,21 @@ def test_smtp_auth_line_limit(host):
         reply = w.smtp_reply()[-1]
         assert reply[:1] in (b"5", b"4"), reply
     assert host.alive()
+
+
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_smtp_huge_bdat_chunk_uses_bounded_memory(host, in_transaction):
+    """RFC 3030 makes the server read a refused chunk; it must not keep it."""
+    with Wire(host.ports["smtp"]) as w:
+        w.line()
+        if in_transaction:
+            w.send(b"EHLO c.test\r\nMAIL FROM:<bob@example.test>\r\n"
+                   b"RCPT TO:<alice@example.test>\r\n")
+            w.smtp_reply()
+            w.smtp_reply()
+            w.smtp_reply()
+        before = settle(host)
+        w.send(b"BDAT 99999999999 LAST\r\n")
+        flood(w)
+        assert_bounded(host, before)
+    assert host.alive()
