@@ -148,7 +148,7 @@ def _mailbox(tokens: list[tuple[str, str]]) -> Address | None:
     else:
         name = comments[-1].strip() if comments else None
         mailbox, host = _addr_spec(tokens)
-    if mailbox is None and host is None and name is None:
+    if mailbox is None and host is None and name is None and lt < 0:
         return None
     return Address(name or None, adl, mailbox or MISSING_MAILBOX, host or MISSING_DOMAIN)
 

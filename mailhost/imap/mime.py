@@ -242,7 +242,8 @@ def _unquote(value: str) -> str:
             else:
                 out.append(ch)
         return "".join(out)
-    return value
+    # An unquoted value is one token (Dovecot stops at white space too).
+    return value.split(None, 1)[0] if value else value
 
 
 def parse_header_params(value: str) -> tuple[str, list[list[str]]]:
@@ -278,7 +279,7 @@ class Scanner:
         self.lf = 0  # LF count before ``offset``
         self.tail = b""  # the last 3 consumed bytes
         self.nparts = 1
-        self.header_line_overflow = False
+        self.after_close = -1  # offset just past the last close-delimiter line
 
     # -- feeding
 
@@ -360,31 +361,31 @@ class Scanner:
                 b = p._boundary
                 if b is None or not content.startswith(b"--" + b):
                     continue
+                # Like Dovecot, "--boundary" is matched as a prefix of the line.
                 rest = content[len(b) + 2:]
                 if rest.startswith(b"--"):
                     self._close_below(i, off)
                     p._boundary = None  # epilogue follows
                     self.in_header = False
+                    # Like Dovecot, the close delimiter's own CRLF stays in the
+                    # multipart; a boundary right after it takes no CRLF away.
+                    self.after_close = off + len(line)
                     return
-                if not rest.strip(b" \t"):
-                    self._close_below(i, off)
-                    self._start_child(p, off + len(line))
-                    return
+                self._close_below(i, off)
+                self._start_child(p, off + len(line))
+                return
         if self.in_header:
             self._header_line(line, off, truncated=False)
 
-    def _body_end_before(self, off: int, body_start: int) -> tuple[int, int, bool]:
-        """Body end before the boundary line at ``off``: (end, lf count, ends with LF)."""
-        if off <= body_start:
-            return off, self.lf, False
+    def _body_end_before(self, off: int, body_start: int, keep_crlf: bool) -> tuple[int, int]:
+        """Body end before the boundary line at ``off`` and the LF count up to it."""
+        if off <= body_start or off == self.after_close or keep_crlf:
+            # A header cut short by the boundary keeps its last line's CRLF (Dovecot).
+            return off, self.lf
         nl = 2 if self.tail.endswith(b"\r\n") else 1
-        end = max(body_start, off - nl)
-        if end == body_start:
-            return end, self.lf - 1, False
-        last = self.tail[-nl - 1:-nl] if len(self.tail) > nl else b""
-        return end, self.lf - 1, last == b"\n"
+        return max(body_start, off - nl), self.lf - 1
 
-    def _close(self, p: Part, end: int, lf: int, ends_lf: bool) -> None:
+    def _close(self, p: Part, end: int, lf: int) -> None:
         if p is self.open[-1] and self.in_header:
             # The header never ended: it runs to ``end`` and the body is empty.
             self._flush_field(p)
@@ -392,16 +393,15 @@ class Scanner:
         if end < p.body_start:
             end = p.body_start
         p.body_end = end
-        if end > p.body_start:
-            p.lines = max(0, lf - p._lf0) + (0 if ends_lf else 1)
-        else:
-            p.lines = 0
+        # Lines are the LFs in the body, as Dovecot counts them.
+        p.lines = max(0, lf - p._lf0) if end > p.body_start else 0
         p._fields = []
 
     def _close_below(self, i: int, off: int) -> None:
+        keep_crlf = self.in_header
         for p in reversed(self.open[i + 1:]):
-            end, lf, ends_lf = self._body_end_before(off, p.body_start)
-            self._close(p, end, lf, ends_lf)
+            end, lf = self._body_end_before(off, p.body_start, keep_crlf)
+            self._close(p, end, lf)
             self.in_header = False
         del self.open[i + 1:]
         self.in_header = False
@@ -438,11 +438,9 @@ class Scanner:
         colon = stripped.find(b":")
         name = stripped[:colon] if colon > 0 else b""
         if colon <= 0 or not name.strip() or any(c <= 32 or c >= 127 for c in name.rstrip()):
-            # Not a header line: the header ended without a blank line.
-            self._end_header(p, off)
-            if self.in_header:
-                # An embedded message starts here: the line is its first header line.
-                self._header_line(line, off, truncated)
+            # Not a header line: skipped, the header goes on to the blank line (as
+            # Dovecot does).
+            self._flush_field(p)
             return
         self._flush_field(p)
         p._fields = [stripped]
@@ -458,7 +456,10 @@ class Scanner:
         if key in _CONTENT_FIELDS:
             self._content_field(p, key, text(value.strip()))
         if p.env is not None and key in ENVELOPE_FIELDS and key not in p.env:
-            p.env[key] = text(value.strip())
+            # As in Dovecot's ENVELOPE: Date and Subject are trimmed, the message-id
+            # fields lose only leading white space.
+            trimmed = value.strip() if key in ("date", "subject") else value.lstrip(b" \t")
+            p.env[key] = text(trimmed)
 
     def _content_field(self, p: Part, key: str, value: str) -> None:
         if key == "content-type":
@@ -470,13 +471,15 @@ class Scanner:
             main, sub = main.strip(), sub.strip()
             if slash and _token_ok(main) and _token_ok(sub):
                 p.type, p.subtype, p.params = main.upper(), sub.upper(), params
+                if p.type == "TEXT" and not any(k.lower() == "charset" for k, _ in params):
+                    p.params = [*params, ["CHARSET", "US-ASCII"]]  # as Dovecot does
             else:
                 p.type, p.subtype = "TEXT", "PLAIN"
                 p.params = [["CHARSET", "US-ASCII"]]
         elif key == "content-transfer-encoding":
-            v = _strip_comments(value).strip()
-            if v and p.encoding is None:
-                p.encoding = v.upper()
+            v = _strip_comments(value).split()
+            if len(v) == 1 and p.encoding is None:  # anything else is ignored, as Dovecot does
+                p.encoding = v[0].upper()
         elif key == "content-disposition":
             if p.disposition is None:
                 v, params = parse_header_params(value)
@@ -484,7 +487,7 @@ class Scanner:
                     p.disposition = [v, params]
         elif key == "content-language":
             if p.language is None:
-                langs = [x.strip() for x in _strip_comments(value).split(",") if x.strip()]
+                langs = [x.split()[0] for x in _strip_comments(value).split(",") if x.strip()]
                 p.language = langs or None
         else:
             attr = {"content-id": "id", "content-description": "description",
@@ -503,11 +506,11 @@ class Scanner:
             boundary = next((v for k, v in p.params if k.lower() == "boundary"), None)
             if boundary and depth < MAX_DEPTH:
                 p._boundary = raw(boundary).rstrip(b" \t")
-            else:
-                # No usable boundary: an opaque text part (as if Content-Type were invalid).
-                p.type, p.subtype, p.params = "TEXT", "PLAIN", [["CHARSET", "US-ASCII"]]
+            # Without a boundary its body is opaque; ``finish`` gives it one empty part.
         elif (p.type, p.subtype) == ("MESSAGE", "RFC822") and depth < MAX_DEPTH and (
-                p.encoding in (None, "7BIT", "8BIT", "BINARY")) and self.nparts < MAX_PARTS:
+                self.nparts < MAX_PARTS):
+            # Parsed whatever its Content-Transfer-Encoding claims (RFC 2046 allows only
+            # identity encodings here), as Dovecot does.
             self.nparts += 1
             child = Part(body_start, message_level=True)
             child._lf0 = p._lf0
@@ -526,26 +529,24 @@ class Scanner:
                 self._line(line)
             self._consume(line, 0, len(line))
         end = self.offset
-        ends_lf = self.tail.endswith(b"\n")
         if self.in_header:
             p = self.open[-1]
             self._flush_field(p)
             p.body_start = end
         for p in reversed(self.open):
-            self._close_eof(p, end, ends_lf)
+            self._close_eof(p, end)
         self.open = []
         for p in self.root.walk():
             if p.type == "MULTIPART" and not p.children:
-                # No part was found: an opaque text body (BODYSTRUCTURE needs 1+ parts).
-                p.type, p.subtype, p.params = "TEXT", "PLAIN", [["CHARSET", "US-ASCII"]]
+                # No part was found; BODYSTRUCTURE needs one, so (as Dovecot does) the
+                # multipart gets one empty text/plain part.
+                empty = Part(p.body_start)
+                p.children.append(empty)
         return self.root
 
-    def _close_eof(self, p: Part, end: int, ends_lf: bool) -> None:
+    def _close_eof(self, p: Part, end: int) -> None:
         p.body_end = max(end, p.body_start)
-        if p.body_end > p.body_start:
-            p.lines = max(0, self.lf - p._lf0) + (0 if ends_lf else 1)
-        else:
-            p.lines = 0
+        p.lines = max(0, self.lf - p._lf0) if p.body_end > p.body_start else 0
         p._fields = []
         p._boundary = None
 

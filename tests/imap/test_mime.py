@@ -110,7 +110,7 @@ def test_nested_structure_offsets():
     assert body(NESTED, inner.children[1]) == b"AAECAw=="
     assert NESTED[inner.children[1].header_start:].startswith(b"Content-Type: application")
     assert body(NESTED, fwd).startswith(b"Subject: inner\r\n")
-    assert body(NESTED, fwd).endswith(b"--x--")
+    assert body(NESTED, fwd).endswith(b"--x--\r\n")  # a close delimiter keeps its CRLF
     assert body(NESTED, p).endswith(b"epilogue\r\n")
     # section paths (RFC 3501 6.4.5)
     assert p.find((1, 2)) is alt.children[1]
@@ -125,8 +125,8 @@ def test_bodystructure_nested():
     p = mime.scan_bytes(NESTED)
     bs = bodystructure.render(p, extended=True)
     assert bs.startswith(
-        b'((("TEXT" "PLAIN" ("charset" "utf-8") NIL NIL "QUOTED-PRINTABLE" 9 1 NIL NIL NIL NIL)'
-        b'("TEXT" "HTML" NIL NIL NIL "7BIT" 11 1 NIL NIL NIL NIL) "ALTERNATIVE" '
+        b'((("TEXT" "PLAIN" ("charset" "utf-8") NIL NIL "QUOTED-PRINTABLE" 9 0 NIL NIL NIL NIL)'
+        b'("TEXT" "HTML" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 11 0 NIL NIL NIL NIL) "ALTERNATIVE" '
         b'("Boundary" "in ner") NIL NIL NIL)'
         b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" ')
     assert (b'("APPLICATION" "OCTET-STREAM" ("name" "a.bin") "<id1@x>" "some bytes" "BASE64" 8 '
@@ -143,12 +143,18 @@ def test_missing_final_boundary_and_empty_parts():
             b"--b\r\nContent-Type: text/plain\r\n\r\ntwo")
     p = mime.scan_bytes(data)
     assert [body(data, c) for c in p.children] == [b"one", b"", b"two"]
-    assert p.children[2].lines == 1 and p.children[1].lines == 0
+    # Lines count LFs in the body, as Dovecot does.
+    assert [c.lines for c in p.children] == [0, 0, 0]
+    assert mime.scan_bytes(b"S: x\r\n\r\na\r\nb\r\n").lines == 2
 
 
-def test_multipart_without_boundary_is_text():
-    p = mime.scan_bytes(b"Content-Type: multipart/mixed\r\n\r\n--x\r\nhi\r\n")
-    assert (p.type, p.subtype, p.children) == ("TEXT", "PLAIN", [])
+def test_multipart_without_boundary_or_parts_gets_one_empty_part():
+    """BODYSTRUCTURE needs 1+ parts; Dovecot gives such a multipart one empty part."""
+    for data in (b"Content-Type: multipart/mixed\r\n\r\n--x\r\nhi\r\n",
+                 b"Content-Type: multipart/mixed; boundary=b\r\n\r\npreamble only\r\n"):
+        p = mime.scan_bytes(data)
+        assert (p.type, len(p.children), p.children[0].size) == ("MULTIPART", 1, 0)
+        assert bodystructure.render(p, False).startswith(b'(("TEXT" "PLAIN" ("CHARSET" ')
 
 
 def test_digest_default_is_message():
@@ -202,13 +208,15 @@ def test_message_rfc822_header_ending_at_eof():
     bodystructure.render(p, extended=True)
 
 
-def test_base64_message_rfc822_is_opaque():
+def test_message_rfc822_parsed_whatever_its_encoding():
+    """Like Dovecot: an (illegally) encoded message/rfc822 is still parsed as a message."""
     data = (b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
             b"U3ViamVjdDogeA0KDQp5\r\n")
     p = mime.scan_bytes(data)
-    assert p.message is None
+    assert p.message is not None
     bs = bodystructure.render(p, extended=False)
     assert bs.startswith(b'("MESSAGE" "RFC822" NIL NIL NIL "BASE64" 22 (NIL NIL')
+    assert bodystructure.render(mime.Part(0), extended=False).startswith(b'("TEXT" "PLAIN"')
 
 
 def test_cache_round_trip_and_bad_cache():
@@ -221,11 +229,13 @@ def test_cache_round_trip_and_bad_cache():
 
 def test_long_lines_in_body_and_boundary_lookalikes():
     data = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n"
-            + b"z" * 300_000 + b"\r\n--bb\r\n-- b\r\n--b \t\r\nsecond\r\n--b--")
+            + b"z" * 300_000 + b"\r\n-- b\r\n-b\r\n--b \t\r\n\r\nsecond\r\n--bb\r\n\r\nthird\r\n"
+            b"--b--")
     p = mime.scan_bytes(data)
-    assert len(p.children) == 2
-    assert body(data, p.children[0]) == b"z" * 300_000 + b"\r\n--bb\r\n-- b"
-    assert body(data, p.children[1]) == b"second"
+    assert len(p.children) == 3
+    assert body(data, p.children[0]) == b"z" * 300_000 + b"\r\n-- b\r\n-b"
+    # Like Dovecot, "--b" is matched as a line prefix ("--bb" is a delimiter too).
+    assert [body(data, c) for c in p.children[1:]] == [b"second", b"third"]
 
 
 # ------------------------------------------------------------------------ hypothesis
@@ -322,3 +332,139 @@ def _decode(part, data):
     if part.encoding == "QUOTED-PRINTABLE":
         return binascii.a2b_qp(data)
     return data
+
+
+# ------------------------------------------- Dovecot as the oracle (differential test)
+
+DOVECOT_IMAP = "/usr/lib/dovecot/imap"
+
+_WEIRD_BUT_VALID = [
+    b"Subject: hi\r\n\r\nhello\r\nworld",
+    b"Subject: x\r\n\r\nhello",
+    b"Content-Type: text/html; format=flowed\r\n\r\nx",
+    b"Content-Type: text/plain; Charset=\"UTF-8\"; Format=flowed\r\n\r\nhello\r\n",
+    # a multipart without parts, and one without a boundary
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\njust a preamble\r\n",
+    b"Content-Type: multipart/alternative\r\n\r\n--x\r\nhi\r\n",
+    # empty parts, a missing close delimiter, transport padding, prefix-matched delimiters
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\none\r\n--b\r\n--b\r\n"
+    b"Content-Type: text/plain\r\n\r\ntwo",
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b  \r\n\r\none\r\n--bx\r\ntwo\r\n--b--",
+    # the CRLF after a close delimiter stays in the enclosing part
+    b"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: multipart/mixed;"
+    b" boundary=x\r\n\r\n--x\r\n\r\nA\r\n--x--\r\n--o--\r\n",
+    b"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: multipart/mixed;"
+    b" boundary=x\r\n\r\n--x\r\n\r\nA\r\n--x--\r\nepilogue\r\n--o--\r\n",
+    # a header cut short by a boundary, and an embedded message cut short
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n"
+    b"\r\nContent-Type: text/plain\r\n--b\r\nContent-Language: en, de\r\n\r\nx\r\n--b--\r\n",
+    b"Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nSubject: s\r\n\r\nbody\r\n"
+    b"--d\r\nContent-Type: text/plain\r\n\r\nnot a message\r\n--d--\r\n",
+    # header lines without a colon are skipped; folded and unquoted parameters
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nno colon here\r\n"
+    b"Content-Type: application/pdf; name=x.pdf\r\n folded\r\n"
+    b"Content-Transfer-Encoding: base64\r\n folded\r\n\r\nAAAA\r\n--b--\r\n",
+    b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"U3ViamVjdDogeA0KDQp5\r\n",
+    b"Subject: caf\xc3\xa9 \xff\r\nFrom: J\xc3\xb6rg <j@x>\r\nContent-Type: text/plain; name=\"\xe9\"\r\n"
+    b"\r\nbody\r\n",
+]
+
+_ADDRESSES = [
+    b"Terry Gray <gray@cac.washington.edu>", b'"Doe, John" <j@x.org>, b@y',
+    b"undisclosed-recipients:;", b"Friends: a@b, C <c@d>;, e@f", b"=?utf-8?q?J=C3=B6rg?= <j@x>",
+    b"x@y (Comment Name)", b"<@r1,@r2:u@h>", b"bogus", b"<>", b"a.b.c <x.y@z.w>",
+    b"Mr.  Smith   <s@x>", b"a @ b", b'"quoted"@x', b"Pete(A nice \\) chap) <pete(his account)"
+    b"@silly.test(his host)>", b"A Group:Ed Jones <c@a.test>,joe@where.test,John <jdoe@one.test>;",
+    b'"Giant; \\"Big\\" Box" <sysservices@example.net>', b"J\xc3\xb6rg <j@x>", b"a@[127.0.0.1]",
+    b"group: ;",
+]
+
+
+def _oracle_corpus():
+    msgs = [RFC3501, NESTED, *_WEIRD_BUT_VALID]
+    for a in _ADDRESSES:
+        msgs.append(b"From: " + a + b"\r\nCc: " + a + b"\r\nSubject: s\r\n\r\nx\r\n")
+    for subj in (b"", b"=?utf-8?b?w6k=?=", b"a\r\n b", b'with "quotes" \\ and backslash '):
+        msgs.append(b"Subject: " + subj + b"\r\nDate: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\r\n"
+                    b"Message-ID:  <a@b> \r\nIn-Reply-To: <x@y>\r\nSender: \r\nReply-To: r@x\r\n"
+                    b"\r\nbody")
+    return msgs
+
+
+def _dovecot_fetch(msgs, items):
+    """Run Dovecot's imap binary in PREAUTH mode on a Maildir of ``msgs``."""
+    import os
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    assert os.path.exists(DOVECOT_IMAP), "needs Debian package dovecot-imapd"
+    # Not under pytest's tmp_path: its parents are private, and as root we run
+    # Dovecot as nobody, who must reach the Maildir.
+    top = Path(tempfile.mkdtemp(prefix="mailhost-dovecot-"))
+    try:
+        return _run_dovecot(top, msgs, items, os, pwd, subprocess)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _run_dovecot(top, msgs, items, os, pwd, subprocess):
+    os.chmod(top, 0o755)
+    root = top / "dovecot"
+    for d in ("cur", "new", "tmp"):
+        (root / "Maildir" / d).mkdir(parents=True)
+    for i, m in enumerate(msgs):
+        (root / "Maildir" / "cur" / f"{1000 + i}.m:2,S").write_bytes(m)
+    cmd = [DOVECOT_IMAP, "-o", f"mail_location=maildir:{root}/Maildir",
+           "-o", "first_valid_uid=1", "-o", "first_valid_gid=1"]
+    user = pwd.getpwuid(os.getuid()).pw_name
+    if os.geteuid() == 0:  # Dovecot refuses to serve mail as root: run it as nobody
+        subprocess.run(["chown", "-R", "nobody:nogroup", str(root)], check=True)
+        cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
+        user = "nobody"
+    script = b"a SELECT INBOX\r\nb FETCH 1:* (" + items + b")\r\nc LOGOUT\r\n"
+    env = {"USER": user, "HOME": str(root), "PATH": os.environ.get("PATH", "")}
+    out = subprocess.run(cmd, input=script, capture_output=True, timeout=60, env=env)
+    assert b"b OK" in out.stdout, out.stdout + out.stderr
+    return out.stdout
+
+
+def _unliteral(data):
+    """Literals rewritten as quoted strings, so both sides compare alike."""
+    import re
+
+    out, pos = b"", 0
+    for m in re.finditer(rb"\{(\d+)\}\r\n", data):
+        if m.start() < pos:
+            continue
+        n = int(m.group(1))
+        lit = data[m.end():m.end() + n]
+        out += data[pos:m.start()] + b'"' + lit.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        pos = m.end() + n
+    return out + data[pos:]
+
+
+def test_bodystructure_envelope_and_sections_match_dovecot():
+    """Dovecot (which passes the external compliance suite) is the oracle: every
+    BODYSTRUCTURE, BODY and ENVELOPE we compute must equal its answer (types compared
+    case-insensitively, since Dovecot 2.3 lower-cases them and we upper-case them)."""
+    import re
+
+    msgs = _oracle_corpus()
+    out = _unliteral(_dovecot_fetch(msgs, b"ENVELOPE BODY BODYSTRUCTURE"))
+    theirs = {}
+    for line in out.split(b"\r\n"):
+        m = re.match(rb"\* (\d+) FETCH \(.*?(ENVELOPE .*)\)$", line)
+        if m:
+            theirs[int(m.group(1))] = m.group(2)
+    assert len(theirs) == len(msgs)
+    for n, msg in enumerate(msgs, 1):
+        p = mime.scan_bytes(msg)
+        p = mime.loads(mime.dumps(p))  # what a cached FETCH would use
+        ours = _unliteral(b"ENVELOPE " + envelope.render_envelope(p.env)
+                          + b" BODY " + bodystructure.render(p, extended=False)
+                          + b" BODYSTRUCTURE " + bodystructure.render(p, extended=True))
+        assert ours.upper() == theirs[n].upper(), (msg, ours, theirs[n])
