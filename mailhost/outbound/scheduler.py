@@ -555,6 +555,7 @@ class Scheduler:
             duration=now - job.started if job.started else 0.0,
             results="; ".join(results),
             recipients=results,
+            event="outbound_attempt",
         )
         if env.id not in self.envelopes:
             return  # deleted meanwhile

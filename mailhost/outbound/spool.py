@@ -318,7 +318,9 @@ class SpoolWriter:
                 self._line_head += piece[: 16 - len(self._line_head)]
             if nl < 0:
                 return
-            line = self._line_head.rstrip(b"\r")
+            line = self._line_head
+            if line.endswith(b"\r"):
+                line = line[:-1]
             if not line:
                 self._in_headers = False
             elif line[:9].lower() == b"received:":
