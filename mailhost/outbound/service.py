@@ -140,6 +140,26 @@ class OutboundService(service.Service):
         self.queue.scheduler = self.scheduler
         self._started = defer.ensureDeferred(self.scheduler.start())
         self._started.addErrback(lambda f: log.failure("outbound queue failed to start", f))
+        # Our parent's SMTP listeners start after us: learn their real addresses (tcp:0
+        # ports included) once they are bound, for MX loop detection.
+        self.reactor.callLater(0, self._learn_listeners)
+
+    def _learn_listeners(self) -> None:
+        wait = getattr(self.parent, "wait_listening", None)
+        if wait is None or not self.running:
+            return
+
+        def learn(ports: dict[str, list[Any]]) -> None:
+            for port in ports.get("smtp", []):
+                host = port.getHost()
+                if hasattr(host, "port"):
+                    self.add_local_address(getattr(host, "host", ""), host.port)
+
+        d = wait()
+        d.addCallback(learn)
+        d.addErrback(
+            lambda f: log.info("outbound: listening addresses unknown: {e}", e=f.getErrorMessage())
+        )
 
     def stopService(self) -> defer.Deferred:
         super().stopService()

@@ -202,3 +202,26 @@ async def test_stop_waits_for_grace_then_leaves_mail_queued(tmp_path):
     env = svc.files.load_envelope_sync(qid)
     assert env.recipients[0].status == "pending" and env.recipients[0].attempts == 0
     await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_learns_smtp_listening_ports_from_the_mail_host(tmp_path):
+    from mailhost.service import makeService
+
+    config = make_config(tmp_path)
+    config.smtp.listen = ["tcp:0:interface=127.0.0.1"]
+    config.submission.listen = []
+    config.pop3.listen = []
+    config.imap.listen = []
+    config.store.backend = "memory"
+    config.auth.create_postmaster = False
+    root = makeService(config, directory=directory(), store=MemoryStore())
+    root.outbound._resolver = FakeResolver()
+    root.startService()
+    try:
+        ports = await root.wait_listening()
+        port = ports["smtp"][0].getHost().port
+        await task.deferLater(reactor, 0.1)
+        assert ("127.0.0.1", port) in root.outbound.scheduler.local_addresses
+    finally:
+        await root.stopService()
