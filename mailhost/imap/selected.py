@@ -12,11 +12,14 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Sequence
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.imap.encoding import format_flags
 from mailhost.imap.parser import SequenceSet
 from mailhost.store.interfaces import IFolder, IFolderListener, MessageInfo
+
+log = Logger()
 
 
 class BadSequence(ValueError):
@@ -172,10 +175,14 @@ class SelectedMailbox:
             new = [u for u in new if u not in self._expunged or self.folder.get(u)]
             if new:
                 self.uids.extend(new)
-                for u in new:
-                    info = self.folder.get(u)
-                    if info is not None and info.recent:
-                        self.recent.add(u)
+                fresh = [u for u in new if (i := self.folder.get(u)) is not None and i.recent]
+                if fresh and not self.readonly:
+                    # Like Dovecot: the session that first reports a new message owns
+                    # its \Recent; claim it in the store so other sessions see it as old.
+                    self.recent.update(fresh)
+                    d = self.folder.claim_recent()
+                    if hasattr(d, "addErrback"):
+                        d.addErrback(lambda f: log.failure("claim_recent failed", f))
                 out.append(b"* %d EXISTS\r\n" % len(self.uids))
                 out.append(b"* %d RECENT\r\n" % len(self.recent))
         if self._flags:

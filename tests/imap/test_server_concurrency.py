@@ -153,3 +153,23 @@ async def test_listener_removed_on_logout_and_disconnect(imap_host):
     assert len(list(listeners)) == 0
     # Delivering now must not write to closed sessions.
     await host.deliver(make_message("after"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_belongs_to_the_session_that_first_reports_it(imap_host):
+    host = await imap_host()
+
+    def run():
+        a = _client(host)
+        a.select_folder("INBOX")
+        b = _client(host)
+        b.append("INBOX", make_message("new one"))
+        resp = a.noop()[1]
+        assert (1, b"EXISTS") in resp and (1, b"RECENT") in resp
+        assert b"\\Recent" in a.get_flags([1])[1]
+        c = _client(host)
+        assert c.select_folder("INBOX", readonly=True)[b"RECENT"] == 0
+        for x in (a, b, c):
+            x.logout()
+
+    await host.in_thread(run)
