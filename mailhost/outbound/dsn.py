@@ -109,7 +109,6 @@ def render_head(
     boundary = boundary or f"{secrets.token_hex(12)}/{hostname}"
     kind = FAILED if any(r.action == FAILED for r in reports) else reports[0].action
     lines = [
-        "Return-Path: <>",
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{sender}>",
         f"Subject: {_SUBJECTS.get(kind, 'Delivery Status Notification')}",

@@ -225,3 +225,43 @@ async def test_learns_smtp_listening_ports_from_the_mail_host(tmp_path):
         assert ("127.0.0.1", port) in root.outbound.scheduler.local_addresses
     finally:
         await root.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dsn_for_a_remote_sender_is_queued_from_the_null_sender(tmp_path):
+    remote = ScriptedFactory(hostname="mx.sender.example")
+    port = await listen(remote)
+    config = make_config(tmp_path, port=port.getHost().port)
+    resolver = FakeResolver(mx={"nomail.example": [(0, "")]},
+                            a={"sender.example": ["127.0.0.1"]})
+    svc = await started(OutboundService(config, MemoryStore(), directory(), resolver=resolver))
+    try:
+        await send(svc, "carol@sender.example", ["x@nomail.example"])
+        (got,) = await wait_for(lambda: _async(remote.received))
+        assert got.mail_from == "" and got.rcpts == ["carol@sender.example"]
+        msg = email.message_from_bytes(got.data, policy=email.policy.default)
+        assert msg.get_content_type() == "multipart/report"
+        assert msg.get_payload()[1].get_payload()[1]["Status"] == "5.1.10"
+        assert "Return-Path" not in msg
+    finally:
+        await svc.stopService()
+        await port.stopListening()
+
+
+def test_per_domain_tls_policy_override(tmp_path):
+    from mailhost.outbound.routing import Hop
+
+    config = make_config(tmp_path, tls_policy="opportunistic",
+                         tls_policy_domains={"strict.example": "verify", "old.example": "none"})
+    svc = OutboundService(config, MemoryStore(), directory(), resolver=FakeResolver())
+    svc.startService()
+    try:
+        s = svc.scheduler
+        hop = Hop("mx.strict.example", 25, ["192.0.2.1"])
+        assert s._policy("strict.example", hop, False, "192.0.2.1").tls == "verify"
+        assert s._policy("old.example", hop, False, "192.0.2.1").tls == "none"
+        p = s._policy("other.example", hop, False, "192.0.2.1")
+        assert p.tls == "opportunistic" and p.tls_context is not None
+        assert not p.allow_plain_auth and p.hostname == "mail.example.test"
+    finally:
+        svc.stopService()
