@@ -228,3 +228,34 @@ def test_framer_literals_and_continuations():
     f.feed(b"ret\r\n")
     ev = f.next_event()
     assert ev == FramedCommand([b"A1 LOGIN {5}", b"alice", b" {6+}", b"secret", b""])
+
+
+@pytest_twisted.ensureDeferred
+async def test_starttls_and_implicit_tls_allow_login(imap_host):
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+
+    host = await imap_host(tls=True, allow_plaintext="no")
+    ctx = ssl.create_default_context(cafile=host.cafile)
+    ctx.check_hostname = False
+    implicit = await SSL4ServerEndpoint(reactor, 0, host.factory.tls_options,
+                                        interface="127.0.0.1").listen(host.factory)
+
+    def run():
+        import imaplib
+
+        c = imaplib.IMAP4("127.0.0.1", host.port, timeout=10)
+        assert "LOGINDISABLED" in c.capabilities
+        c.starttls(ssl_context=ctx)
+        assert "AUTH=PLAIN" in c.capabilities and "STARTTLS" not in c.capabilities
+        assert c.login("alice@example.test", "secret")[0] == "OK"
+        c.logout()
+        s = imaplib.IMAP4_SSL("127.0.0.1", implicit.getHost().port, ssl_context=ctx, timeout=10)
+        assert "STARTTLS" not in s.capabilities and "AUTH=PLAIN" in s.capabilities
+        assert s.login("alice@example.test", "secret")[0] == "OK"
+        s.logout()
+
+    try:
+        await host.in_thread(run)
+    finally:
+        await implicit.stopListening()
