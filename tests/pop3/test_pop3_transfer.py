@@ -158,3 +158,15 @@ def test_read_error_fails_the_transfer():
     failures = []
     sender.start().addErrback(failures.append)
     assert failures and failures[0].check(OSError) and f.closed
+
+
+def test_interfaces_and_exports():
+    from twisted.internet.interfaces import IPushProducer
+    from zope.interface.verify import verifyObject
+
+    import mailhost.pop3
+
+    sender = MessageSender(StringTransport(), ChunkReader(io.BytesIO(b""), run=sync_run),
+                           reactor=Clock())
+    assert verifyObject(IPushProducer, sender)
+    assert mailhost.pop3.__all__ == ["POP3Factory", "MaildropLocks"]
