@@ -237,6 +237,9 @@ class MailHost:
         # Belt and braces: nothing reaches the spool, and a smarthost on the discard
         # port of loopback means nothing could leave the machine even if it did.
         config.outbound.smarthost = f"{LOOPBACK}:9"
+        # The system resolver leaves a resolv.conf re-read timer behind (trial calls
+        # that a dirty reactor); nothing here needs DNS.
+        config.outbound.resolver = f"{LOOPBACK}:9"
         for section in (config.smtp, config.submission, config.pop3, config.imap):
             section.listen = [_EPHEMERAL]
             section.listen_tls = []

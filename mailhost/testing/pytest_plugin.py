@@ -7,6 +7,10 @@
   client would freeze the server, so a test using this fixture has its body run in
   a worker thread while the reactor keeps serving.
 
+- trial ``TestCase``s using ``MailHostTestMixin`` (or with ``mailhost_trial = True``)
+  also run under pytest-twisted: trial would spin the reactor itself, which pytest-twisted
+  already runs in a greenlet, so their waits go through ``pytest_twisted.blockon``.
+
 Options: ``@pytest.mark.mailhost(tls=True, users={...}, ...)`` (the MailHost
 arguments) on a test. This module imports nothing heavy at import time: pytest loads
 it for every run, and it must never fail to import.
@@ -71,6 +75,47 @@ def mailhost_sync(request: Any):
     _block(host._host.start)
     yield host
     _block(host._host.stop)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: Any) -> None:
+    """Let a trial TestCase with ``mailhost_trial`` wait through pytest-twisted's reactor."""
+    testcase = getattr(item, "_testcase", None)
+    if testcase is None or not getattr(testcase, "mailhost_trial", False):
+        return
+    try:
+        from mailhost.testing.threaded import _greenlet_blockon
+    except Exception:
+        return
+    blockon = _greenlet_blockon()
+    if blockon is None:
+        return  # no pytest-twisted: trial spins the reactor itself, as usual
+    from twisted.internet import defer
+
+    def wait(d: defer.Deferred, running: Any = None) -> None:
+        # Trial's own _wait runs reactor.run(); pytest-twisted's reactor is already
+        # running in its greenlet, so switch to it until d has fired instead.
+        done: defer.Deferred = defer.Deferred()
+        d.addBoth(lambda result: (done.called or done.callback(None), result)[1])
+        if not done.called:
+            blockon(done)
+
+    def clean_up(result: Any) -> None:
+        # Trial's janitor would iterate the reactor from outside its greenlet (running
+        # callbacks twice) and cancel every timer of the shared reactor; keep only its
+        # logged-error check. MailHost.stop() already leaves nothing behind.
+        for error in testcase._observer.getErrors():
+            result.addError(testcase, error)
+            testcase._passed = False
+        testcase.flushLoggedErrors()
+        testcase._removeObserver()
+        if testcase._passed:
+            result.addSuccess(testcase)
+
+    # Private trial hooks, patched on this one instance only.
+    testcase._wait = wait
+    testcase._cleanUp = clean_up
+    testcase._classCleanUp = lambda result: None
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -10,7 +10,10 @@ from mailhost.testing.host import MailHost
 
 
 def start_mailhost(testcase: Any, **kwargs: Any) -> defer.Deferred:
-    """Start a MailHost for ``testcase``, stopped by ``addCleanup``; Deferred with it."""
+    """Start a MailHost for ``testcase``, stopped by ``addCleanup``; Deferred with it.
+
+    Under pytest-twisted, give the TestCase class ``mailhost_trial = True``.
+    """
     host = MailHost(**kwargs)
     d = host.start()
 
@@ -25,9 +28,11 @@ class MailHostTestMixin:
     """Mix into a trial ``TestCase``: ``self.mailhost`` is a started MailHost per test.
 
     Set ``mailhost_options`` (the MailHost arguments) on the class to configure it.
+    ``mailhost_trial`` lets the pytest plugin run these tests under pytest-twisted too.
     """
 
     mailhost_options: dict[str, Any] = {}
+    mailhost_trial = True
     mailhost: MailHost
 
     def setUp(self) -> defer.Deferred:  # noqa: N802

@@ -33,6 +33,8 @@ class MixinTests(MailHostTestMixin, unittest.TestCase):
 
 
 class HelperTests(unittest.TestCase):
+    mailhost_trial = True  # lets the pytest plugin run it under pytest-twisted too
+
     async def test_start_mailhost_helper(self):
         host = await start_mailhost(self, users={"bob@example.test": "pw"})
         await host.deliver("bob@example.test", b"Subject: preloaded\r\n\r\nx\r\n")
