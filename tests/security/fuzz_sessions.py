@@ -157,6 +157,12 @@ class Session:
     ending: str  # "probe", "close", "rst", "halfclose"
 
     @property
+    def may_start_tls(self) -> bool:
+        """After a STARTTLS/STLS go-ahead the rest is a (garbage) TLS handshake, which
+        the server may wait on until its command timeout (minutes): no probe answer."""
+        return any(c.startswith((b"STARTTLS", b"STLS", b"a STARTTLS")) for c in self.chunks)
+
+    @property
     def has_endless_literal(self) -> bool:
         """A non-synchronizing literal or BDAT chunk the server may legitimately
         swallow for ever (or until its timeout)."""
@@ -214,7 +220,7 @@ def run_session(session: Session, port: int, host: str = "127.0.0.1") -> str:
         if session.ending == "halfclose":
             sock.shutdown(socket.SHUT_WR)
             return _await(sock, session, lambda data: False)
-        if session.has_endless_literal:
+        if session.has_endless_literal or session.may_start_tls:
             return "dropped"
         _drain(sock)
         closed, early = _send_all_draining(sock, PROBES[session.proto])

@@ -94,3 +94,17 @@ def test_log_names_the_client_but_never_a_password(host):
     for secret in (WRONG, PASSWORD, base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode(),
                    base64.b64encode(f"\0{USER}\0{WRONG}".encode()).decode()):
         assert secret not in log, f"secret {secret!r} leaked into the log"
+
+
+def test_concurrent_attempts_do_not_bypass_the_failure_limit(host):
+    """max_failures is 3: twelve wrong logins sent at once from one address must not
+    all reach the password check. Failures are only counted once a check has
+    finished (about 1 s of argon2 each), so parallel attempts all pass ``locked()``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = "127.0.0.6"
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda _: imap_login(host, WRONG, source), range(12)))
+    checked = [r for r in replies if b"AUTHENTICATIONFAILED" in r]
+    assert all(r.startswith(b"a NO") for r in replies), replies
+    assert len(checked) <= 3, f"{len(checked)} of 12 parallel guesses were checked"
