@@ -156,12 +156,16 @@ async def test_folders_create_delete_rename_list_lsub(imap_host):
         assert c.create("Work.2024")[0] == "OK"
         assert c.create("Work.2024")[0] == "NO"
         assert c.create("Caf&AOk-")[0] == "OK"
+        assert c.create("MixedCase.&ZeVnLIqe-")[0] == "OK"  # case kept, CJK round-trips
+        bad = raw(c, b"M1 CREATE Bad&Jjo")  # malformed modified UTF-7
+        assert bad[-1].startswith(b"M1 BAD")
         typ, data = c.list()
         lines = [d.decode() for d in data]
         assert '(\\HasNoChildren) "." INBOX' in lines
         assert '(\\HasChildren) "." Work' in lines
         assert '(\\HasNoChildren) "." Work.2024' in lines
         assert any(line.endswith("Caf&AOk-") for line in lines)
+        assert '(\\HasNoChildren) "." MixedCase.&ZeVnLIqe-' in lines
         assert any("\\Sent" in line and line.endswith("Sent") for line in lines)
         # % stops at the delimiter; reference names are prefixed.
         typ, data = c.list('""', "%")

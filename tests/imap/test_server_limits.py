@@ -259,3 +259,55 @@ async def test_starttls_and_implicit_tls_allow_login(imap_host):
         await host.in_thread(run)
     finally:
         await implicit.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_is_bounded_by_the_session_timeout(imap_host):
+    host = await imap_host(timeout=0.5)
+
+    def run():
+        c = Conn(host.port)
+        c.cmd(b"L LOGIN alice@example.test secret")
+        c.cmd(b"S SELECT INBOX")
+        c.send(b"I IDLE\r\n")
+        assert c.line().startswith(b"+ idling")
+        t0 = time.monotonic()
+        assert c.line().startswith(b"* BYE")
+        assert 0.3 < time.monotonic() - t0 < 3
+        c.close()
+
+    await host.in_thread(run)
+
+
+_literal_cmd = st.tuples(
+    st.sampled_from([b"A1 LOGIN ", b"A2 APPEND INBOX ", b"A3 SELECT ", b"A4 ", b"", b"A5 CREATE "]),
+    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    st.binary(max_size=100),
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_junk_literals_always_answered(imap_host):
+    host = await imap_host(max_line_length=200, max_literal_size=80)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(cmds=st.lists(_literal_cmd, min_size=1, max_size=4), login=st.booleans())
+    def check(cmds, login):
+        c = Conn(host.port)
+        try:
+            if login:
+                c.cmd(b"L LOGIN alice@example.test secret")
+            for head, junk, lit in cmds:
+                line = head + junk
+                if literal_marker(line) is not None:
+                    line += b" x"
+                # A non-synchronizing literal (maybe over the limit), then the line's end.
+                c.send(line + b" {%d+}\r\n" % len(lit) + lit + b"\r\n")
+            c.send(b"ZZ NOOP\r\n")
+            got = c.until(b"ZZ", limit=5000)
+            assert got, "server sent nothing"
+            assert got[-1].startswith(b"ZZ OK") or any(g.startswith(b"* BYE") for g in got)
+        finally:
+            c.close()
+
+    await host.in_thread(check)
