@@ -31,7 +31,7 @@ class Maildrop:
         self.folder = folder
         self._infos = infos
         self._deleted: set[int] = set()  # message numbers marked by DELE
-        self._ahead: tuple[int, defer.Deferred[Any]] | None = None  # (number, opening file)
+        self._ahead: tuple[int, defer.Deferred[ChunkReader]] | None = None  # (number, opening)
 
     @classmethod
     async def open(cls, folder: IFolder) -> Maildrop:
@@ -93,19 +93,12 @@ class Maildrop:
     def uidl(self, info: MessageInfo) -> str:
         return uidl_for(self.folder.uid_validity, info.uid)
 
-    def delete(self, number: int) -> bool:
-        """Mark for deletion at QUIT; False if there is no such (live) message."""
-        if self.get(number) is None:
-            return False
+    def delete(self, number: int) -> None:
+        """Mark a live message (see ``get``) for deletion at QUIT."""
         self._deleted.add(number)
-        return True
 
     def reset(self) -> None:
         self._deleted.clear()
-
-    @property
-    def deleted_count(self) -> int:
-        return len(self._deleted)
 
     def commit(self, policy: DeletePolicy) -> defer.Deferred[Any]:
         """Apply the DELE marks (the UPDATE state); fires once they are durable in the store."""
