@@ -10,7 +10,8 @@ from twisted.internet.threads import deferToThread
 
 from tests.pop3.pop3_clients import RawClient
 
-MSG = b"From: a@example.test\r\nSubject: tls\r\n\r\n.secret body\r\n"
+# Several read chunks, so the producer runs over the STLS-upgraded transport.
+MSG = b"From: a@example.test\r\nSubject: tls\r\n\r\n" + b".secret body line\r\n" * 60000
 
 
 @pytest_twisted.ensureDeferred
