@@ -56,6 +56,8 @@ PREAUTH_MAX_LITERAL = 64 * 1024
 MAX_BAD_COMMANDS = 20
 #: APPEND literals at least this big stream into the store as they arrive.
 STREAM_APPEND_OVER = 64 * 1024
+#: After BYE, a client that does not read what is left gets cut off this much later.
+CLOSE_GRACE = 10.0
 #: Pause reading when this much unprocessed input is buffered.
 INPUT_HIGH_WATER = 1024 * 1024
 
@@ -108,6 +110,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.current: parser.Command | None = None
         self._streamed: Any = None  # message writer filled by the next command's literal
         self.append_writer: Any = None  # the running command's streamed APPEND message
+        self._abort_call: Any = None
 
     # -- connection life cycle ------------------------------------------------------
 
@@ -138,6 +141,9 @@ class IMAPServer(Protocol, TimeoutMixin):
             if writer is not None:
                 writer.abort()
         self._streamed = self.append_writer = None
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         self.setTimeout(None)
         self.gate.stopProducing()
         self.unselect()
@@ -162,11 +168,20 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.close()
 
     def close(self) -> None:
-        """Flush and close; further input is ignored."""
+        """Flush and close; further input is ignored. A peer that stops reading cannot
+        hold the connection open: it is aborted after ``CLOSE_GRACE`` seconds."""
         self.state = LOGOUT
+        already = self._closed
         self._closed = True
-        if self.transport is not None:
+        if self.transport is not None and not self._lost:
             self.transport.loseConnection()
+            if not already and self.reactor is not None:
+                self._abort_call = self.reactor.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if not self._lost:
+            self.transport.abortConnection()
 
     # -- output ---------------------------------------------------------------------
 

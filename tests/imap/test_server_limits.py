@@ -311,3 +311,32 @@ async def test_junk_literals_always_answered(imap_host):
             c.close()
 
     await host.in_thread(check)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_that_stops_reading_is_cut_off(imap_host):
+    from mailhost.imap import server
+
+    host = await imap_host(timeout=0.5)
+    for i in range(3):
+        await host.deliver(b"Subject: big %d\r\n\r\n" % i + b"z" * (4 * 1024 * 1024))
+    old, server.CLOSE_GRACE = server.CLOSE_GRACE, 0.5
+
+    def run():
+        c = Conn(host.port)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.cmd(b"L LOGIN alice@example.test secret")
+        c.cmd(b"S SELECT INBOX")
+        c.send(b"F FETCH 1:* BODY.PEEK[]\r\n")
+        time.sleep(3)  # never read: the server blocks on backpressure, then times out
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and host.factory.sessions:
+            time.sleep(0.1)
+        gone = not host.factory.sessions
+        c.close()
+        return gone
+
+    try:
+        assert await host.in_thread(run)
+    finally:
+        server.CLOSE_GRACE = old
