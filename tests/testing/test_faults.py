@@ -222,3 +222,39 @@ def test_list_and_clear(mailhost_sync):
     assert mailhost_sync.faults() == []
     clients.smtp_send(mailhost_sync.smtp_port, "bob@example.test", "no faults now")
     assert len(mailhost_sync.wait_for_messages(1)) == 1
+
+
+def test_imap_idle_and_sasl_pass_through(mailhost_sync):
+    from imapclient import IMAPClient
+
+    mailhost_sync.imap.fail("NOOP", message="noop fault", times=None)
+    with IMAPClient("127.0.0.1", port=mailhost_sync.imap_port, ssl=False, timeout=10) as c:
+        c.plain_login("alice@example.test", "secret")  # AUTHENTICATE PLAIN
+        c.select_folder("INBOX")
+        c.idle()
+        mailhost_sync.deliver("alice@example.test", "Subject: pushed\n\nx\n")
+        responses = c.idle_check(timeout=5)
+        c.idle_done()
+        assert any(r[1] == b"EXISTS" for r in responses)
+        # After IDLE/DONE the wrapper is back in command mode: NOOP hits the fault.
+        with pytest.raises(IMAPClient.Error, match="noop fault"):
+            c.noop()
+        assert list(c.search("ALL")) == [1]
+
+
+def test_imap_literal_plus_of_a_failed_command_is_swallowed(mailhost_sync):
+    mailhost_sync.imap.fail("APPEND", message="append refused")
+    body = b"Subject: lp\r\n\r\na9 LOGOUT\r\n"
+    with socket.create_connection(("127.0.0.1", mailhost_sync.imap_port), timeout=10) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"* OK")
+        s.sendall(b"a1 LOGIN alice@example.test secret\r\n")
+        assert f.readline().startswith(b"a1 OK")
+        # Pipelined: a failed APPEND with a LITERAL+ body, then a real APPEND.
+        s.sendall(b"a2 APPEND INBOX {%d+}\r\n%s\r\na3 APPEND INBOX {%d+}\r\n%s\r\n"
+                  % (len(body), body, len(body), body))
+        lines = [f.readline() for _ in range(2)]
+        assert lines[0] == b"a2 NO append refused\r\n"
+        assert lines[1].startswith(b"a3 OK")
+        s.sendall(b"a4 LOGOUT\r\n")
+    assert len(mailhost_sync.messages("alice@example.test")) == 1
