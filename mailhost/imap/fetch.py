@@ -123,7 +123,7 @@ def _plan(section: Section, partial: tuple[int, int] | None, struct: mime.Part |
         return _clip(_Spec("range", start, end), partial)
     node = struct.find(section.part) if section.part else struct
     if node is None:
-        return _Spec("nil")
+        return _Spec("range", 0, 0)  # a part that does not exist is empty (as in Dovecot)
     text = section.text
     if section.part and text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT"):
         # These name the header/text of an embedded message (a message/rfc822 part).

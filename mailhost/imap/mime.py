@@ -138,12 +138,16 @@ class Part:
         """
         node: Part = self
         entity: Part = self
+        self_step = False
         for i, n in enumerate(path):
             if i:
                 if node.message is not None:
                     entity = node.message
                 elif node.type == "MULTIPART" and node.children:
                     entity = node
+                elif node is not entity and n == 1 and not self_step:
+                    self_step = True  # a leaf part's part 1 is itself, once (as Dovecot)
+                    continue
                 else:
                     return None
             parts = entity.children if entity.type == "MULTIPART" and entity.children else [
@@ -398,9 +402,15 @@ class Scanner:
         p._fields = []
 
     def _close_below(self, i: int, off: int) -> None:
+        # A header cut short by the boundary ends before the CRLF as usual, but the
+        # parts around it keep that CRLF (Dovecot's layout).
         keep_crlf = self.in_header
+        innermost = self.open[-1]
         for p in reversed(self.open[i + 1:]):
-            end, lf = self._body_end_before(off, p.body_start, keep_crlf)
+            if p is innermost and keep_crlf:
+                end, lf = self._body_end_before(off, p.header_start, False)
+            else:
+                end, lf = self._body_end_before(off, p.body_start, keep_crlf)
             self._close(p, end, lf)
             self.in_header = False
         del self.open[i + 1:]

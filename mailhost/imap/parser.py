@@ -533,11 +533,12 @@ class Section:
     fields: tuple[str, ...] = ()
 
     def render(self) -> str:
+        """As it is named in a response (header names upper-cased, like Dovecot)."""
         bits = [str(p) for p in self.part]
         if self.text:
             t = self.text
             if self.fields:
-                t += " (" + " ".join(self.fields) + ")"
+                t += " (" + " ".join(f.upper() for f in self.fields) + ")"
             bits.append(t)
         return "[" + ".".join(bits) + "]"
 

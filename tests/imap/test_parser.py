@@ -124,7 +124,7 @@ def test_fetch_macros_and_items():
     assert items[2].response_name == "BODY[]"
     assert items[3].response_name == "BODY[3.MIME]"
     assert items[4].section.fields == ("Received", "X-A")
-    assert items[4].response_name == "BODY[HEADER.FIELDS.NOT (Received X-A)]"
+    assert items[4].response_name == "BODY[HEADER.FIELDS.NOT (RECEIVED X-A)]"
 
 
 @pytest.mark.parametrize(
