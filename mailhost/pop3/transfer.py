@@ -16,6 +16,7 @@ whatever the message size.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -110,6 +111,9 @@ class ChunkReader:
     chunks of a message are in memory. ``read()`` returns a Deferred firing with the
     next chunk (``b""`` at the end). ``run`` is how a read gets off the reactor
     thread (``deferToThread``; tests pass a synchronous stand-in).
+
+    A buffered file's ``read(n)`` is short only at the end, so a short chunk ends the
+    message without another read: most messages then cost one read, not two.
     """
 
     def __init__(self, message: BinaryIO, chunk_size: int = CHUNK_SIZE,
@@ -117,6 +121,8 @@ class ChunkReader:
         self._file = message
         self._chunk_size = chunk_size
         self._run = run or threads.deferToThread
+        self._short_read_is_eof = isinstance(message, io.BufferedIOBase)
+        self._eof = False
         self._reading = False  # a read is running in the pool
         self._ready: bytes | None = None  # a finished read nobody asked for yet
         self._error: Failure | None = None
@@ -130,11 +136,13 @@ class ChunkReader:
 
     def _arrived(self, data: bytes) -> None:
         self._reading = False
+        if not data or (self._short_read_is_eof and len(data) < self._chunk_size):
+            self._eof = True
         if self._closed:
             self._file.close()
         elif self._waiter is not None:
             waiter, self._waiter = self._waiter, None
-            if data:
+            if not self._eof:
                 self._start()
             waiter.callback(data)
         else:
@@ -153,11 +161,13 @@ class ChunkReader:
     def read(self) -> defer.Deferred[bytes]:
         if self._ready is not None:
             data, self._ready = self._ready, None
-            if data:
+            if not self._eof:
                 self._start()
             return defer.succeed(data)
         if self._error is not None:
             return defer.fail(self._error)
+        if self._eof:
+            return defer.succeed(b"")
         self._waiter = defer.Deferred()
         return self._waiter
 

@@ -170,3 +170,29 @@ def test_interfaces_and_exports():
                            reactor=Clock())
     assert verifyObject(IPushProducer, sender)
     assert mailhost.pop3.__all__ == ["POP3Factory", "MaildropLocks"]
+
+
+def test_short_read_ends_a_buffered_file_but_not_a_raw_one():
+    run = ManualRun()
+    reader = ChunkReader(io.BytesIO(b"abc"), 10, run=run)
+    run.land()
+    got = []
+    reader.read().addCallback(got.append)
+    reader.read().addCallback(got.append)
+    assert got == [b"abc", b""] and not run.pending  # one read for a short message
+
+    class Trickle(io.RawIOBase):  # a raw file may return less than asked, mid-file
+        def __init__(self):
+            self.parts = [b"ab", b"cd", b""]
+
+        def readable(self):
+            return True
+
+        def read(self, n=-1):
+            return self.parts.pop(0)
+
+    reader = ChunkReader(Trickle(), 10, run=sync_run)
+    got = []
+    for _ in range(3):
+        reader.read().addCallback(got.append)
+    assert got == [b"ab", b"cd", b""]
