@@ -98,13 +98,16 @@ class LoginService:
                      outcome="throttled", **fields)
             raise LoginFailed("too many failed logins; try again later", temporary=True)
         wait = self.throttle.delay(client_ip)
+        # Count the attempt as a failure before verifying, so that parallel attempts
+        # from one address cannot all pass the lockout check while argon2 runs; a
+        # success clears it below.
+        self.throttle.failed(client_ip)
         if wait:
             yield task.deferLater(self.reactor, wait, lambda: None)
         try:
             _iface, avatar, _logout = yield self.portal.login(
                 UsernamePassword(username, password), None, IMailUser)
         except (UnauthorizedLogin, UnhandledCredentials):
-            self.throttle.failed(client_ip)
             log.info("login failed user={user} protocol={protocol} client={client}",
                      outcome="failed", **fields)
             raise LoginFailed("authentication failed") from None

@@ -22,12 +22,19 @@ def _toml_value(value: object) -> str:
     return json.dumps(value)
 
 
+# Keys whose values are secrets: shown as set or not, never printed.
+SECRET_KEYS = {"outbound.smarthost_password"}
+
+
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
     if args.file:
         config = load(args.file, args.set)
     for section, values in as_dict(config).items():
         print(f"[{section}]")
         for key, value in values.items():
+            if f"{section}.{key}" in SECRET_KEYS and value:
+                print(f'{key} = "********"  # set, not shown')
+                continue
             print(f"{key} = {_toml_value(value)}")
         print()
     print(f"# OK: {args.file or args.config or 'defaults'}")
