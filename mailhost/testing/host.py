@@ -122,6 +122,7 @@ class _InboxListener:
         pass
 
 
+@implementer(IQueueWriter)
 class _CaptureWriter:
     """Implements: IQueueWriter, spooling to a temporary file."""
 
@@ -148,9 +149,6 @@ class _CaptureWriter:
         if self._spool is not None:
             self._spool.close()
             self._spool = None
-
-
-implementer(IQueueWriter)(_CaptureWriter)
 
 
 @implementer(IOutboundQueue)

@@ -1,0 +1,58 @@
+"""The public face of mailhost.testing, and the interfaces its pieces provide."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from zope.interface.verify import verifyObject
+
+import mailhost.testing
+from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter
+from mailhost.store.interfaces import IFolderListener
+from mailhost.testing import host as host_module
+
+
+def test_exports_are_pinned():
+    assert sorted(mailhost.testing.__all__) == [
+        "Fault", "FaultSet", "MailHost", "MailHostTimeout", "OutboundMessage",
+        "ReceivedMessage", "SyncMailHost", "running"]
+    assert issubclass(mailhost.testing.MailHostTimeout, TimeoutError)
+
+
+def test_interfaces():
+    queue = host_module._CaptureQueue()
+    assert verifyObject(IOutboundQueue, queue)
+    writer = queue.new_message("a@b")
+    assert verifyObject(IQueueWriter, writer)
+    writer.abort()
+    assert verifyObject(IFolderListener, host_module._InboxListener(None, "a@b"))
+
+
+def test_as_bytes_normalises_line_ends():
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["Subject"] = "x"
+    msg.set_content("body\n")
+    assert b"\r\n" in host_module.as_bytes(msg)
+    assert host_module.as_bytes("a\nb\r\n") == b"a\r\nb\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliver_to_unknown_user_is_a_clear_error(mailhost):
+    with pytest.raises(KeyError, match="add_user"):
+        mailhost.deliver("nobody@example.test", b"x")
+    await mailhost.add_user("x@example.test", "pw")
+    assert mailhost.users() == ["x@example.test"]
+
+
+def test_running_from_the_reactor_thread_is_refused():
+    from twisted.internet import reactor
+    from twisted.python import threadable
+
+    from mailhost.testing.threaded import ReactorInThisThread, call
+
+    # pytest-twisted runs this body inside the reactor (its greenlet, this thread).
+    assert reactor.running and threadable.isInIOThread()
+    with pytest.raises(ReactorInThisThread, match="mailhost_sync"):
+        call(lambda: None)
