@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import resource
-
 import pytest_twisted
 from imapclient import IMAPClient
 
 from mailhost.store.interfaces import DeliveryTarget
 from tests.imap.test_server_harness import (  # noqa: F401
     ALICE,
+    RssSampler,
     imap_host_fixture,
     make_message,
     raw,
@@ -85,7 +84,6 @@ async def test_large_message_streams_in_constant_memory(imap_host):
     await writer.commit([DeliveryTarget("alice@example.test")])
     expected_len = len(msg)
     del msg
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def run():
         # Read slowly in pieces without buffering the literal in the client.
@@ -106,10 +104,10 @@ async def test_large_message_streams_in_constant_memory(imap_host):
         assert c.line().startswith(b"F OK")
         c.close()
 
-    await host.in_thread(run)
-    # Peak RSS of the whole test process (server + client) grows far less than the body.
-    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-    assert grown_kib < 25 * 1024, grown_kib
+    with RssSampler() as rss:
+        await host.in_thread(run)
+    # The whole test process (server + client) grows far less than the 40 MB body.
+    assert rss.grown_mib < 25, rss.grown_mib
 
 
 @pytest_twisted.ensureDeferred
@@ -147,7 +145,6 @@ async def test_big_append_streams_into_the_store(imap_host):
     count = (size - len(head)) // len(line)
     total = len(head) + count * len(line)
     digest = hashlib.sha256(head + line * count).hexdigest()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def run():
         from tests.imap.test_server_limits import Conn
@@ -174,9 +171,9 @@ async def test_big_append_streams_into_the_store(imap_host):
         assert b"TRYCREATE" in c.until(b"C")[-1]
         c.close()
 
-    await host.in_thread(run)
-    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-    assert grown_kib < 20 * 1024, grown_kib
+    with RssSampler() as rss:
+        await host.in_thread(run)
+    assert rss.grown_mib < 20, rss.grown_mib
     folder = await host.folder()
     infos = folder.messages()
     assert [i.size for i in infos][0] == total and "\\Seen" in infos[0].flags

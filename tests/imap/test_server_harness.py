@@ -151,3 +151,44 @@ def raw(c: imaplib.IMAP4, line: bytes, tag: bytes | None = None) -> list[bytes]:
         if resp.startswith(tag + b" "):
             break
     return out
+
+
+class RssSampler:
+    """Peak resident memory of this process while a block runs, sampled every 10 ms.
+
+    ``ru_maxrss`` would not do: under pytest-xdist a worker's lifetime peak may come
+    from an earlier test, which would make a growth check pass vacuously.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.baseline = self.now()
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def now() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
+
+    @property
+    def grown_mib(self) -> float:
+        return (self.peak - self.baseline) / 1024
