@@ -53,6 +53,9 @@ def _needle(value: bytes) -> str:
     return value.decode("utf-8", "replace").casefold()
 
 
+_EPOCH = datetime.date(1970, 1, 1)
+
+
 def _utc_date(ts: float) -> datetime.date:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).date()
 
@@ -326,7 +329,8 @@ def _full(key: SearchKey, info: MessageInfo, ctx: _Ctx, found: _Found) -> bool:
     if op == "TEXT":
         return _needle(args[0]) in found.text
     if op.startswith("SENT"):
-        return _compare_date(op, found.date, args[0])
+        # No (or an unreadable) Date: counts as the epoch, as Dovecot does.
+        return _compare_date(op, found.date or _EPOCH, args[0])
     r = _index(key, info, ctx)
     return bool(r)
 

@@ -415,6 +415,19 @@ def _dovecot_fetch(msgs, items):
 
 
 def _run_dovecot(top, msgs, items, os, pwd, re, subprocess):
+    out = _dovecot_session(top, msgs, b"".join(
+        b"f%d FETCH %d (BODY.PEEK[] %s)\r\n" % (n, n, items) for n in range(1, len(msgs) + 1)
+    ), os, pwd, subprocess)
+    assert b"f%d OK" % len(msgs) in out, out
+    answers: list = [None] * len(msgs)
+    for data, rest in _fetch_responses(out, len(msgs), re).values():
+        answers[msgs.index(data)] = rest
+    return answers
+
+
+def _dovecot_session(top, msgs, commands, os, pwd, subprocess):
+    """Dovecot's imap binary in PREAUTH mode on a Maildir of ``msgs`` in ``top``, fed
+    ``commands`` after SELECT INBOX; returns everything it wrote."""
     os.chmod(top, 0o755)
     root = top / "dovecot"
     for d in ("cur", "new", "tmp"):
@@ -428,16 +441,17 @@ def _run_dovecot(top, msgs, items, os, pwd, re, subprocess):
         subprocess.run(["chown", "-R", "nobody:nogroup", str(root)], check=True)
         cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
         user = "nobody"
-    # Dovecot numbers the files in directory order: BODY[] tells which message is which.
-    script = b"a SELECT INBOX\r\n" + b"".join(
-        b"f%d FETCH %d (BODY.PEEK[] %s)\r\n" % (n, n, items) for n in range(1, len(msgs) + 1)
-    ) + b"c LOGOUT\r\n"
+    script = b"a SELECT INBOX\r\n" + commands + b"z LOGOUT\r\n"
     env = {"USER": user, "HOME": str(root), "PATH": os.environ.get("PATH", "")}
     out = subprocess.run(cmd, input=script, capture_output=True, timeout=60, env=env)
-    out = out.stdout
-    assert b"f%d OK" % len(msgs) in out, out
-    answers: list = [None] * len(msgs)
-    for n in range(1, len(msgs) + 1):
+    assert b"z OK" in out.stdout, out.stdout + out.stderr
+    return out.stdout
+
+
+def _fetch_responses(out, count, re):
+    """{seq: (BODY[] data, the other items)} from the FETCH responses in ``out``."""
+    result = {}
+    for n in range(1, count + 1):
         # Dovecot runs pipelined FETCHes in parallel: find the end of this response by
         # skipping its literals, not by the tagged OK.
         start = pos = out.index(b"\r\n* %d FETCH (" % n) + 2
@@ -455,8 +469,8 @@ def _run_dovecot(top, msgs, items, os, pwd, re, subprocess):
         before = chunk[len(b"* %d FETCH (" % n):lit]
         after = chunk[head_end + 3 + size:-1]
         # Drop BODY[] and its one separating space; literal contents stay intact.
-        answers[msgs.index(data)] = b" ".join(x for x in (before[:-1], after[1:]) if x)
-    return answers
+        result[n] = (data, b" ".join(x for x in (before[:-1], after[1:]) if x))
+    return result
 
 
 def _unliteral(data):

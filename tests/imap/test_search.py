@@ -144,9 +144,10 @@ async def test_sent_dates(store):  # noqa: F811
     assert await run(folder, "SENTON 8-Mar-2024") == [u[0]]
     # The Date's own day counts, whatever the time zone (RFC 3501).
     assert await run(folder, "SENTON 10-Mar-2024") == [u[1]]
-    assert await run(folder, "SENTBEFORE 10-Mar-2024") == [u[0]]
+    # No Date header counts as the epoch (as in Dovecot).
+    assert await run(folder, "SENTBEFORE 10-Mar-2024") == [u[0], u[2], u[3]]
     assert await run(folder, "SENTSINCE 9-Mar-2024") == [u[1]]
-    assert await run(folder, "NOT SENTSINCE 1-Jan-2000") == [u[2], u[3]]  # no Date header
+    assert await run(folder, "NOT SENTSINCE 1-Jan-2000") == [u[2], u[3]]
 
 
 @pytest_twisted.ensureDeferred
@@ -188,3 +189,68 @@ def test_search_parser_only_parse_error(data):
         parser.parse_search(parser.parse_command([b"A SEARCH " + data]).args)
     except parser.ParseError:
         pass
+
+
+# ------------------------------------------------------- Dovecot as the oracle for SEARCH
+
+ORACLE_QUERIES = [
+    b"FROM alice", b'FROM "Alice Smith"', b"FROM example.test", b"TO bob", b"CC carol",
+    b"BCC secret", b"SUBJECT lunch", b"SUBJECT {7}\r\nGr\xc3\xbc\xc3\x9fe", b"SUBJECT REPORT",
+    b"HEADER X-Tracking abc", b'HEADER X-Tracking ""', b"HEADER Received x",
+    b"BODY noon", b"BODY {8}\r\nM\xc3\xbcnchen", b'BODY "budget is fine"', b"BODY needle",
+    b"BODY lunch", b"TEXT lunch", b"TEXT filler", b"TEXT {7}\r\ngr\xc3\xbc\xc3\x9fe",
+    b"TEXT ABC-123", b"BODY {5}\r\ncaf\xc3\xa9", b"NOT BODY noon", b"OR FROM eve SUBJECT report",
+    b"SENTON 8-Mar-2024", b"SENTON 10-Mar-2024", b"SENTBEFORE 10-Mar-2024",
+    b"SENTSINCE 9-Mar-2024", b"NOT SENTSINCE 1-Jan-2000", b"LARGER 1000", b"SMALLER 300",
+    b"SUBJECT inner", b"BODY AAECAw", b"TEXT quarterly", b"FROM bob@example.test",
+]
+
+
+def _dovecot_search(msgs, query):
+    """Message indexes Dovecot's SEARCH matches for ``query`` (a fresh session each)."""
+    import os
+    import pwd
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tests.imap.test_mime import _dovecot_session, _fetch_responses
+
+    top = Path(tempfile.mkdtemp(prefix="mailhost-dovecot-"))
+    try:
+        commands = b"m FETCH 1:* (BODY.PEEK[])\r\n"
+        if b"{" in query:  # Dovecot's own literals need no continuation here: LITERAL+
+            query = re.sub(rb"\{(\d+)\}\r\n", rb"{\1+}\r\n", query)
+        commands += b"s SEARCH CHARSET UTF-8 " + query + b"\r\n"
+        out = _dovecot_session(top, msgs, commands, os, pwd, subprocess)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    assert b"s OK" in out, out[-300:]
+    order = {n: msgs.index(data) for n, (data, _) in _fetch_responses(out, len(msgs), re).items()}
+    m = re.search(rb"\r\n\* SEARCH([ \d]*)\r\n", out)
+    return sorted(order[int(n)] for n in m.group(1).split())
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_matches_dovecot():
+    """SEARCH over header, body, text, date and size keys picks the same messages as
+    Dovecot (without FTS plugins) does on the same mailbox."""
+    from mailhost.store.memory import MemoryStore
+    from tests.imap.test_mime import NESTED, RFC3501
+
+    msgs = [*MESSAGES, NESTED, RFC3501]
+    folder, uids = await deliver(MemoryStore(), *msgs)
+    infos = folder.messages()
+    seqs = {info.uid: n for n, info in enumerate(infos, 1)}
+    for query in ORACLE_QUERIES:
+        segments = query.split(b"\r\n")
+        wire = [b"A SEARCH CHARSET UTF-8 " + segments[0]]
+        for seg in segments[1:]:
+            marker = parser.literal_marker(wire[-1])
+            wire += [seg[:marker[0]], seg[marker[0]:]]
+        charset, key = parser.parse_search(parser.parse_command(wire).args)
+        found = await search.search(folder, infos, seqs, key, charset)
+        ours = sorted(uids.index(u) for u in found)
+        assert ours == _dovecot_search(msgs, query), query
