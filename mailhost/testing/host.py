@@ -338,7 +338,12 @@ class MailHost:
         for factory in self._factories:
             waits.append(factory.wait_empty())
             factory.drop_connections()
-        return defer.gatherResults(waits)
+        d = defer.gatherResults(waits)
+        # Bounded: an abort is immediate, but never let stop() hang a test run.
+        d.addTimeout(5.0, self.reactor)
+        d.addErrback(lambda f: log.warn("connections still open after abort: {e}",
+                                        e=f.getErrorMessage()))
+        return d
 
     # -- ports ----------------------------------------------------------------------
 

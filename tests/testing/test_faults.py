@@ -258,3 +258,35 @@ def test_imap_literal_plus_of_a_failed_command_is_swallowed(mailhost_sync):
         assert lines[1].startswith(b"a3 OK")
         s.sendall(b"a4 LOGOUT\r\n")
     assert len(mailhost_sync.messages("alice@example.test")) == 1
+
+
+def test_pop3_drop_after_dele_deletes_nothing(mailhost_sync):
+    mailhost_sync.deliver("alice@example.test", "Subject: keep me\n\nx\n")
+    mailhost_sync.pop3.drop_after("DELE")
+    p = poplib.POP3("127.0.0.1", mailhost_sync.pop3_port, timeout=10)
+    p.user("alice@example.test")
+    p.pass_("secret")
+    with pytest.raises((poplib.error_proto, OSError)):
+        p.dele(1)
+    p.close()
+    # No QUIT was processed, so POP3 deleted nothing.
+    assert [m["Subject"] for m in mailhost_sync.messages("alice@example.test")] == ["keep me"]
+
+
+def test_imap_drop_after_store_runs_the_command(mailhost_sync):
+    mailhost_sync.deliver("alice@example.test", "Subject: flagged\n\nx\n")
+    mailhost_sync.imap.drop_after("STORE")
+    m = imaplib.IMAP4("127.0.0.1", mailhost_sync.imap_port, timeout=10)
+    m.login("alice@example.test", "secret")
+    m.select("INBOX")
+    with pytest.raises((imaplib.IMAP4.abort, OSError)):
+        m.store("1", "+FLAGS", "(\\Flagged)")
+    m.shutdown()
+    m = imaplib.IMAP4("127.0.0.1", mailhost_sync.imap_port, timeout=10)
+    try:
+        m.login("alice@example.test", "secret")
+        m.select("INBOX")
+        typ, data = m.fetch("1", "(FLAGS)")
+        assert b"\\Flagged" in data[0]  # it ran; only the reply was lost
+    finally:
+        m.logout()
