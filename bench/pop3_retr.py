@@ -192,8 +192,8 @@ def tree_cpu(pid: int) -> float:
     return total / CLK_TCK
 
 
-def start_dovecot(work: str, mail_root: str, port: int) -> subprocess.Popen:
-    base = tempfile.mkdtemp(prefix="dcb", dir="/tmp")  # short: unix socket paths
+def start_dovecot(work: str, mail_root: str, port: int, base: str) -> subprocess.Popen:
+    """Dovecot in the foreground; ``base`` is its run directory (short: socket paths)."""
     passwd = os.path.join(work, "dovecot.passwd")
     uid = gid = 65534  # nobody: Dovecot will not access mail as root
     for dirpath, _dirs, files in os.walk(mail_root):
@@ -279,7 +279,13 @@ def main() -> None:
 
     mh.start()
     dport = free_port()
-    dovecot = start_dovecot(work, dovecot_mail, dport)
+    base = tempfile.mkdtemp(prefix="dcb", dir="/tmp")
+    try:
+        dovecot = start_dovecot(work, dovecot_mail, dport, base)
+    except Exception:
+        mh.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     servers = {"mailhost": mh.ports["pop3"], "dovecot": dport}
     results: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
@@ -313,6 +319,7 @@ def main() -> None:
             dovecot.wait(15)
         except subprocess.TimeoutExpired:
             dovecot.kill()
+        shutil.rmtree(base, ignore_errors=True)
 
     print(f"\nPOP3 RETR throughput, median of {args.runs} interleaved runs (MiB/s)")
     print(f"{'load':<28}{'mailhost':>10}{'dovecot':>10}{'ratio':>8}")
