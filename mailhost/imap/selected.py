@@ -100,6 +100,7 @@ class SelectedMailbox:
                 picked.update(uids[a:b])
         else:
             n = len(uids)
+            bounds = []
             for lo, hi in ranges:
                 lo = n if lo is None else lo
                 hi = n if hi is None else hi
@@ -107,6 +108,8 @@ class SelectedMailbox:
                     lo, hi = hi, lo
                 if hi > n or lo < 1:
                     raise BadSequence("sequence number out of range")
+                bounds.append((lo, hi))
+            for lo, hi in bounds:
                 if lo == 1 and hi == n:
                     return list(uids)
                 picked.update(uids[lo - 1:hi])
