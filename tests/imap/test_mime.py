@@ -503,3 +503,22 @@ def test_bodystructure_envelope_and_sections_match_dovecot():
                           + b" BODY " + bodystructure.render(p, extended=False)
                           + b" BODYSTRUCTURE " + bodystructure.render(p, extended=True))
         assert ours.upper() == theirs.upper(), (msg, ours, theirs)
+
+
+def test_scan_is_constant_memory():
+    """Structure of a 20 MB multipart message is found holding only small buffers."""
+    import io
+    import tracemalloc
+
+    att = (b"QUJD" * 19 + b"\r\n") * 260_000
+    data = (b"Subject: big\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nhi\r\n"
+            b"--b\r\nContent-Transfer-Encoding: base64\r\n\r\n" + att + b"--b--\r\n")
+    f = io.BytesIO(data)
+    tracemalloc.start()
+    try:
+        p = mime.scan_file(f)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert p.children[1].size == len(att) - 2 and p.children[1].lines == 260_000 - 1
+    assert peak < 1024 * 1024, peak

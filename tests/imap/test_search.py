@@ -254,3 +254,24 @@ async def test_search_matches_dovecot():
         found = await search.search(folder, infos, seqs, key, charset)
         ours = sorted(uids.index(u) for u in found)
         assert ours == _dovecot_search(msgs, query), query
+
+
+def test_body_search_streams_in_bounded_memory():
+    """A 12 MB base64 text body is searched without holding it (peak well under 2 MB)."""
+    import io
+    import tracemalloc
+
+    text = ("Grüße aus München. " * 50 + "\n").encode("latin-1") * 12000
+    body = base64.encodebytes(text).replace(b"\n", b"\r\n")
+    msg = (b"Subject: big\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + body + b"needle-in-raw\r\n")
+    needs = search._Needs(body={"münchen.", "zzz-absent"}, text={"subject: big"})
+    f = io.BytesIO(msg)
+    tracemalloc.start()
+    try:
+        struct, found, fresh = search._examine(f, None, needs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fresh and found.body == {"münchen."} and found.text == {"subject: big"}
+    assert peak < 2 * 1024 * 1024, peak
