@@ -84,7 +84,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self._user_arg: str | None = None
         self._sasl_pending = False
         self._sender: MessageSender | None = None
-        self._pending_flags: list[defer.Deferred[Any]] = []
+        self._pending_flags: set[defer.Deferred[Any]] = set()  # \Seen updates in flight
         self._locked_user: str | None = None
         self.user: str | None = None  # the logged-in user, kept for the session-end log
         self._retrieved = 0
@@ -465,7 +465,9 @@ class POP3Server(Protocol, TimeoutMixin):
             if "\\Seen" not in info.flags:
                 d = folder.set_flags([info.uid], {"\\Seen"}, "add")
                 d.addErrback(lambda f: log.failure("pop3: setting \\Seen failed", f))
-                self._pending_flags.append(d)
+                if not d.called:
+                    self._pending_flags.add(d)
+                    d.addBoth(lambda _: self._pending_flags.discard(d))
 
     def do_DELE(self, arg: str) -> None:
         assert self.maildrop is not None
@@ -495,8 +497,7 @@ class POP3Server(Protocol, TimeoutMixin):
     async def _update(self) -> None:
         """The UPDATE state: make the DELE marks durable, then answer and hang up."""
         assert self.maildrop is not None
-        flags, self._pending_flags = self._pending_flags, []
-        await defer.DeferredList(flags)  # each logs its own failure
+        await defer.DeferredList(list(self._pending_flags))  # each logs its own failure
         try:
             self._deleted = await self.maildrop.commit(self.delete_policy)
         except Exception:
