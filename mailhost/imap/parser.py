@@ -24,7 +24,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-MAX_DEPTH = 32
+MAX_DEPTH = 32  # parenthesised lists
+# OR/NOT chains: clients build "OR OR OR k1 k2 k3 k4" for many terms, so deeper than
+# lists, yet far from Python's recursion limit.
+MAX_SEARCH_DEPTH = 256
 MAX_NUMBER = 2**32 - 1
 
 SYSTEM_FLAGS = {
@@ -721,7 +724,7 @@ class _SearchParser:
         return t
 
     def key(self, depth: int) -> SearchKey:
-        if depth > MAX_DEPTH:
+        if depth > MAX_SEARCH_DEPTH:
             raise _err("SEARCH nested too deeply")
         t = self.next("search key")
         if isinstance(t, list):

@@ -203,6 +203,16 @@ def test_search_rfc3501_examples():
     assert key.args == (K("HEADER", ("MESSAGE-ID", b"<a@b>")), K("LARGER", (10,)))
 
 
+def test_search_long_or_chains_but_bounded_depth():
+    """Thunderbird-style "OR OR OR a b c d" over 100 terms parses; 300 levels do not."""
+    terms = b" ".join(b"FROM a%d" % i for i in range(100))
+    _, key = parser.parse_search(cmd(b"A SEARCH " + b"OR " * 99 + terms).args)
+    assert key.op == "OR"
+    for deep in (b"NOT " * 300 + b"ALL", b"OR ALL " * 300 + b"ALL"):
+        with pytest.raises(ParseError):
+            parser.parse_search(cmd(b"A SEARCH " + deep).args)
+
+
 @pytest.mark.parametrize("args", [b"", b"FROM", b"OR SEEN", b"BOGUS", b"SINCE x", b"()",
                                   b"LARGER -1", b"CHARSET"])
 def test_search_malformed(args):
