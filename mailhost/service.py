@@ -273,11 +273,13 @@ def makeService(
             root.add_listener(kind, description, factory, reactor,
                               implicit_tls=tls_options if wrap else None)
 
+    from mailhost.pop3 import MaildropLocks
     from mailhost.pop3.factory import POP3Factory
 
+    pop3_locks = MaildropLocks()  # one lock set: 110 and 995 guard the same maildrops
     for description, wrap in _listen_specs(config.pop3):
         factory = POP3Factory(config, login, tls_options=None if wrap else tls_options,
-                              reactor=reactor)
+                              reactor=reactor, locks=pop3_locks)
         root.add_listener("pop3", description, factory, reactor,
                           implicit_tls=tls_options if wrap else None)
 
