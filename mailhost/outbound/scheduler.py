@@ -200,7 +200,9 @@ class Scheduler:
         self.envelopes[env.id] = env
         if check_hops:
             d = defer.ensureDeferred(self._check_hops(env))
+            self._settling.add(d)
             d.addErrback(lambda f: log.failure("hop check of {qid}", f, qid=env.id))
+            d.addBoth(lambda _: self._settling.discard(d))
         else:
             self._schedule(env)
             self._dispatch()

@@ -30,6 +30,14 @@ async def idle(s: Scheduler):
             return
 
 
+async def until(pred, timeout=10.0):
+    for _ in range(int(timeout / 0.01)):
+        if pred():
+            return
+        await task.deferLater(reactor, 0.01)
+    raise AssertionError("condition not reached")
+
+
 async def make(tmp_path, router, **outbound):
     config = Config()
     config.server.hostname = "a.test"
@@ -161,8 +169,7 @@ async def test_one_session_per_domain_and_limits(tmp_path):
     assert s.total_sessions == 3
     assert s.sessions.get("one.example", 0) <= 2
     gate.callback(None)
-    await idle(s)
-    await task.deferLater(reactor, 0.05)
+    await until(lambda: all(r.attempts == 1 for e in s.envelopes.values() for r in e.recipients))
     await idle(s)
     # Every job failed once: each recipient got exactly one attempt.
     for env in s.envelopes.values():
@@ -182,13 +189,10 @@ async def test_restart_reloads_pending_and_cli_flush(tmp_path):
     n = len(router.calls)
     files.add_trigger_sync("flush")
     clock2.advance(1.0)  # the trigger check runs every second
-    await idle(s2)
-    await task.deferLater(reactor, 0.05)
+    await until(lambda: s2.envelopes[qid].recipients[0].attempts == 2)
     await idle(s2)
     assert len(router.calls) == n + 1
-    assert s2.envelopes[qid].recipients[0].attempts == 2
     files.add_trigger_sync("delete", qid)
     clock2.advance(1.0)
-    await task.deferLater(reactor, 0.1)
-    assert qid not in s2.envelopes and files.load_envelope_sync(qid) is None
+    await until(lambda: qid not in s2.envelopes and files.load_envelope_sync(qid) is None)
     await s2.stop(1)
