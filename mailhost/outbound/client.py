@@ -119,9 +119,7 @@ class DotStuffer:
         chunk = chunk.replace(b"\n.", b"\n..")
         self.at_line_start = chunk.endswith(b"\n")
         # The CRLF may straddle two chunks.
-        self.ended_crlf = chunk.endswith(b"\r\n") or (
-            chunk == b"\n" and self._last == b"\r"
-        )
+        self.ended_crlf = chunk.endswith(b"\r\n") or (chunk == b"\n" and self._last == b"\r")
         self._last = chunk[-1:]
         return chunk
 

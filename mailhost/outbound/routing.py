@@ -80,12 +80,6 @@ def _norm(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
 
-def _temporary(f: error.DomainError | Exception) -> bool:
-    """Only NXDOMAIN is an answer; everything else (SERVFAIL, timeouts, refusals)
-    says nothing about the domain and is worth retrying."""
-    return not isinstance(f, error.DNSNameError)
-
-
 def order_mx(
     records: Iterable[tuple[int, str]], rng: random.Random | None = None
 ) -> list[tuple[int, str]]:
