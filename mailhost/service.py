@@ -18,11 +18,12 @@ from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
 
 from mailhost.auth.aliases import AliasesFile
 from mailhost.auth.checkers import PasswdFileChecker
@@ -108,7 +109,7 @@ class MailHostService(service.MultiService):
         endpoint = serverFromString(reactor, description)
         svc = StreamServerEndpointService(endpoint, factory)
         svc._raiseSynchronously = True
-        svc.setName(f"{kind}:{description}")
+        svc.setName(f"{kind}{'+tls' if implicit_tls is not None else ''}:{description}")
         svc.setServiceParent(self)
         self.listeners.setdefault(kind, []).append(svc)
         return svc
@@ -232,13 +233,20 @@ def makeService(
             aliases.table,
         )
     if checkers is None:
-        checkers = [PasswdFileChecker(passwd, VerificationCache(config.auth.cache_ttl))]
+        # Two argon2 checks at a time at most: bounded memory and CPU under a login flood.
+        auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="mailhost-auth")
+        checkers = [PasswdFileChecker(passwd, VerificationCache(config.auth.cache_ttl),
+                                      threadpool=auth_pool, reactor=reactor)]
+    else:
+        auth_pool = None
     portal = Portal(realm if realm is not None else MailRealm(store), checkers)
     throttle = LoginThrottle(config.auth.max_failures, config.auth.failure_window,
                              config.auth.lockout)
     login = LoginService(portal, throttle, config.server.allow_plaintext_auth, reactor=reactor)
 
     root = MailHostService(config, store, directory, login)
+    if auth_pool is not None:
+        ThreadPoolService(auth_pool).setServiceParent(root)
     limits = ConnectionLimits.from_config(config, reactor=reactor)
     root.tracker = SessionTracker(config.server.hostname, reactor)
     if config.metrics.listen:
@@ -291,6 +299,21 @@ def makeService(
         root.add_listener("imap", description, factory, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root
+
+
+class ThreadPoolService(service.Service):
+    """Starts and stops a private thread pool with the mail host."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return threads.deferToThread(self.pool.stop)
 
 
 class MetricsService(service.Service):

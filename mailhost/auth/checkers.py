@@ -2,20 +2,27 @@
 
 Both implement ``ICredentialsChecker`` for ``IUsernamePassword`` and resolve to the
 canonical (lower-cased) user address as the avatar id. argon2 runs in a thread: it
-is deliberately slow and must not stall the reactor.
+is deliberately slow and must not stall the reactor. Each check costs tens of MiB and
+real CPU, so checks run in their own small pool: a flood of logins from many
+addresses queues there instead of exhausting memory or starving store fsyncs.
+An unknown user costs the same as a wrong password, so timing does not tell an
+attacker which users exist.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
+from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from mailhost.auth.hashing import VerificationCache, verify_password
+from mailhost.auth.hashing import VerificationCache, hash_password, verify_password
 from mailhost.auth.passwd import PasswdFile, normalize_address
 
 
@@ -25,33 +32,53 @@ def _text(value: str | bytes) -> str:
     return value
 
 
+def _fail() -> str:
+    raise UnauthorizedLogin("unknown user or wrong password")
+
+
 @implementer(ICredentialsChecker)
 class PasswdFileChecker:
     """Implements: ICredentialsChecker over a PasswdFile."""
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, passwd: PasswdFile, cache: VerificationCache | None = None) -> None:
+    def __init__(self, passwd: PasswdFile, cache: VerificationCache | None = None,
+                 threadpool: ThreadPool | None = None, reactor: Any = None) -> None:
         self.passwd = passwd
         self.cache = cache or VerificationCache()
+        self.threadpool = threadpool
+        self.reactor = reactor
+        self._dummy_hash: str | None = None
+
+    def _verify(self, password_hash: str, password: str) -> defer.Deferred:
+        if self.threadpool is None:
+            return threads.deferToThread(verify_password, password_hash, password)
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return threads.deferToThreadPool(reactor, self.threadpool, verify_password,
+                                         password_hash, password)
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred:
         user = normalize_address(_text(credentials.username))
         password = _text(credentials.password)
         entry = self.passwd.get(user)
         if entry is None:
-            return defer.fail(UnauthorizedLogin("unknown user or wrong password"))
+            # Spend the same work as a real check, then fail.
+            if self._dummy_hash is None:
+                self._dummy_hash = hash_password(os.urandom(16).hex())
+            d = self._verify(self._dummy_hash, password)
+            return d.addCallback(lambda _: _fail())
         if self.cache.hit(user, entry.password_hash, password):
             return defer.succeed(user)
 
         def checked(ok: bool) -> str:
             if not ok:
-                raise UnauthorizedLogin("unknown user or wrong password")
+                _fail()
             self.cache.remember(user, entry.password_hash, password)
             return user
 
-        d = threads.deferToThread(verify_password, entry.password_hash, password)
-        return d.addCallback(checked)
+        return self._verify(entry.password_hash, password).addCallback(checked)
 
 
 @implementer(ICredentialsChecker)
