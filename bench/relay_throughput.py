@@ -9,7 +9,9 @@ and relay A (127.0.0.1, domain a.test, relaying for 127.0.0.1 without AUTH), all
 
 - ingest: straight into B's port 25 (the inbound rate);
 - relay: into A, which queues and relays through MX lookup to B; the clock stops
-  when the last message is in B's Maildir (end-to-end relay rate).
+  when the last message is in B's Maildir (end-to-end relay rate);
+- decomposed: into A while B is down (queueing alone), then B up and
+  ``mailhost queue flush`` (draining alone, including the CLI's start-up).
 
 Then A is stopped, 100k envelopes are written into its spool (due in a day, so they
 stay queued), A is restarted, and its peak and settled RSS are reported next to
@@ -240,6 +242,19 @@ def main() -> None:
         accept = n / accept_s
         a_hwm_relay = status_kib(a.proc.pid, "VmHWM")
 
+        # Decomposed: queue only (B down, so A relays nothing), then drain on flush.
+        b.stop()
+        queue_s = smtp_source("127.0.0.1", a.port, n)
+        queue_only = n / queue_s
+        time.sleep(2)  # the first attempts fail (connection refused) and back off
+        b.start()
+        base = count_files(b.maildir)
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-m", "mailhost.cli.main", "--config", a.config,
+                        "queue", "flush"], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+        drain = n / (wait_count(b.maildir, base + n) - t0)
+
         a.stop()
         a.profile = ""  # keep the relay run's profile
         fill_s = fill_spool(os.path.join(a.data, "queue"), args.queued, 4096)
@@ -263,6 +278,8 @@ def main() -> None:
     print(f"| relay A -> B end to end (submit to last in B's Maildir) | {relay:.0f} msg/s |")
     print(f"| A accepting for relay (smtp-source -> A's queue) | {accept:.0f} msg/s |")
     print(f"| relay / ingest | {relay / ingest:.2f} |")
+    print(f"| A queueing only (B down, nothing relayed) | {queue_only:.0f} msg/s |")
+    print(f"| A draining its queue to B after `mailhost queue flush` | {drain:.0f} msg/s |")
     print(f"| A RSS idle / peak during relay | {idle_rss / 1024:.0f} MiB / "
           f"{a_hwm_relay / 1024:.0f} MiB |")
     print(f"| A with {args.queued} queued: peak RSS / RSS after load | {hwm / 1024:.0f} MiB / "
