@@ -220,8 +220,16 @@ class Framer:
                 return FramedCommand(segments)
             n, non_sync = marker
             tag, name = _head(self._segments[0])
-            if n > self.max_literal or self._size + n > self.max_command:
-                big = (LiteralTooBig(tag, name, n) if n > self.max_literal else TooLong(tag))
+            # Only APPEND streams its literal into the store; any other command's
+            # literals are held in memory, so they get the line limit, not the
+            # APPEND limit (a 64 MiB SEARCH TEXT literal must not be buffered).
+            if name == "APPEND":
+                lit_limit, cmd_limit = self.max_literal, self.max_command
+            else:
+                lit_limit = min(self.max_literal, self.max_line)
+                cmd_limit = min(self.max_command, 4 * self.max_line)
+            if n > lit_limit or self._size + n > cmd_limit:
+                big = (LiteralTooBig(tag, name, n) if n > lit_limit else TooLong(tag))
                 if non_sync:
                     self._dropping = big
                     self._swallow = n
