@@ -39,7 +39,7 @@ class TrackedProtocol(ProtocolWrapper):
         self.inbuf = b""
         self.in_data = False  # SMTP: between 354 and the final dot
         self.in_transaction = False  # SMTP: from MAIL until the final reply or RSET
-        self.skip = 0  # IMAP: literal octets still to pass
+        self.skip = 0  # IMAP literal / SMTP BDAT chunk octets still to pass
         self.draining = False
         self.closed = False
 
@@ -126,8 +126,13 @@ class TrackedProtocol(ProtocolWrapper):
         verb = words[0].upper().decode("ascii", "replace")[:12]
         if not verb.isalpha():
             return False
-        if self.kind in ("smtp", "submission") and verb == "MAIL":
-            self.in_transaction = True
+        if self.kind in ("smtp", "submission"):
+            if verb == "MAIL":
+                self.in_transaction = True
+            elif verb == "BDAT" and len(words) > 1 and words[1].isdigit():
+                self.skip = int(words[1])  # the chunk's octets are not commands
+                if len(words) > 2 and words[2].upper() == b"LAST":
+                    verb = "BDAT-LAST"
         self.pending.append(("", verb, time.monotonic()))
         return True
 
@@ -171,7 +176,7 @@ class TrackedProtocol(ProtocolWrapper):
                 code = m.group(1)
                 if verb == "DATA" and code == b"354":
                     self.in_data = True
-                elif verb in ("DATA-END", "RSET") or (verb in ("MAIL", "DATA")
+                elif verb in ("DATA-END", "BDAT-LAST", "RSET") or (verb in ("MAIL", "DATA")
                                                      and code[:1] != b"2"
                                                      and code != b"354"):
                     self.in_transaction = False
