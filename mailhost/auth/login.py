@@ -72,6 +72,7 @@ class LoginService:
 
             reactor = _reactor
         self.reactor = reactor
+        self._locks: dict[str, defer.DeferredLock] = {}
 
     @classmethod
     def for_tests(cls, directory: Any, store: Any, allow_plaintext: PlaintextPolicy = "yes",
@@ -89,25 +90,42 @@ class LoginService:
             return is_loopback(getattr(peer, "host", ""))
         return False
 
+    def login(self, username: str, password: str, client_ip: str,
+              protocol: str) -> defer.Deferred:
+        """Deferred firing with the IMailUser avatar; LoginFailed otherwise.
+
+        Attempts from one address run one at a time, so the failure count is exact
+        when each starts: parallel wrong guesses cannot all slip past the lockout,
+        and a client opening six connections at once pays argon2 once (the others
+        hit the verification cache).
+        """
+        lock = self._locks.get(client_ip)
+        if lock is None:
+            lock = self._locks[client_ip] = defer.DeferredLock()
+
+        def done(result: Any) -> Any:
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(client_ip, None)
+            return result
+
+        d = lock.run(self._attempt, username, password, client_ip, protocol)
+        return d.addBoth(done)
+
     @defer.inlineCallbacks
-    def login(self, username: str, password: str, client_ip: str, protocol: str):
-        """Deferred firing with the IMailUser avatar; LoginFailed otherwise."""
+    def _attempt(self, username: str, password: str, client_ip: str, protocol: str):
         fields = dict(event="login", user=username, protocol=protocol, client=client_ip)
         if self.throttle.locked(client_ip):
             log.warn("login refused (throttled) user={user} protocol={protocol} client={client}",
                      outcome="throttled", **fields)
             raise LoginFailed("too many failed logins; try again later", temporary=True)
         wait = self.throttle.delay(client_ip)
-        # Count the attempt as a failure before verifying, so that parallel attempts
-        # from one address cannot all pass the lockout check while argon2 runs; a
-        # success clears it below.
-        self.throttle.failed(client_ip)
         if wait:
             yield task.deferLater(self.reactor, wait, lambda: None)
         try:
             _iface, avatar, _logout = yield self.portal.login(
                 UsernamePassword(username, password), None, IMailUser)
         except (UnauthorizedLogin, UnhandledCredentials):
+            self.throttle.failed(client_ip)
             log.info("login failed user={user} protocol={protocol} client={client}",
                      outcome="failed", **fields)
             raise LoginFailed("authentication failed") from None
@@ -115,4 +133,3 @@ class LoginService:
         log.info("login ok user={user} protocol={protocol} client={client}",
                  outcome="ok", **fields)
         return avatar
-

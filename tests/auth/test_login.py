@@ -102,3 +102,23 @@ def test_log_never_contains_password():
     logins = [e for e in events if e.get("event") == "login"]
     assert [e["outcome"] for e in logins] == ["ok", "failed"]
     assert "pw-secret" not in repr(events)
+
+
+@pytest_twisted.inlineCallbacks
+def test_parallel_attempts_from_one_address():
+    """Wrong guesses in parallel cannot slip past the lockout; right ones all succeed."""
+    from twisted.internet import defer, reactor
+
+    throttle = LoginThrottle(max_failures=3, window=60, lockout=100)
+    svc = service(throttle)
+    svc.reactor = reactor  # real delays (kept tiny below)
+    ok = yield defer.DeferredList(
+        [svc.login("alice@example.test", "pw", "10.0.0.9", "imap") for _ in range(6)],
+        consumeErrors=True)
+    assert all(success for success, _ in ok)
+    throttle.max_delay = 0.01
+    results = yield defer.DeferredList(
+        [svc.login("alice@example.test", "bad", "10.0.0.8", "imap") for _ in range(8)],
+        consumeErrors=True)
+    temporary = [r.value.temporary for success, r in results if not success]
+    assert len(temporary) == 8 and temporary.count(False) == 3
