@@ -46,7 +46,7 @@ LOG_INTERVAL = 60.0
 def refusal(kind: str, hostname: str, ip: str) -> bytes:
     """The protocol's own "too many connections" line for listener ``kind``."""
     if kind in ("smtp", "submission"):
-        return f"421 4.7.0 {hostname} Too many connections from {ip}\r\n".encode()
+        return f"421 4.3.2 {hostname} Too many connections from {ip}\r\n".encode()
     if kind == "pop3":
         return b"-ERR [SYS/TEMP] Too many connections\r\n"
     if kind == "imap":

@@ -39,9 +39,8 @@ class IMAPFactory(ServerFactory):
         return p
 
     def connection_opened(self, session: IMAPServer) -> bool:
-        """Count the session; False when over ``imap.max_connections``."""
-        if len(self.sessions) >= self.config.imap.max_connections:
-            return False
+        """Track the session. Connection limits live in mailhost.limits, in front of
+        this factory, for every protocol alike."""
         self.sessions.add(session)
         return True
 

@@ -1,14 +1,13 @@
-"""The SMTP listener factory: shared collaborators, limits and connection accounting.
+"""The SMTP listener factory: shared collaborators and the sessions of one listener.
 
 One factory per listener. ``submission=True`` gives the 587/465 behaviour (AUTH
-before MAIL, sender ownership). Connection limits are counted here because they
-span sessions; a session over the limit is greeted with ``421 4.3.2`` and closed
-(honest about load), never silently dropped.
+before MAIL, sender ownership). Connection limits (overall, per address, rate) are
+not counted here: ``mailhost.limits`` does that for every protocol in one place, in
+front of this factory, and greets a client over a limit with ``421 4.3.2``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from twisted.internet.protocol import ServerFactory
@@ -46,7 +45,6 @@ class SMTPFactory(ServerFactory):
         except ValueError as e:
             raise ConfigError(f"smtp.relay_networks: {e}") from None
         self.sessions: set[SMTPServer] = set()
-        self.per_ip: Counter[str] = Counter()
         # Set by the service on shutdown: new sessions are told to come back later.
         self.draining = False
 
@@ -59,18 +57,8 @@ class SMTPFactory(ServerFactory):
         host = self.config.server.hostname
         if self.draining:
             return Reply(421, "4.3.2", f"{host} Service shutting down, try again later")
-        ip = proto.session.client_ip
-        limits = self.config.smtp
-        if (len(self.sessions) >= limits.max_connections
-                or self.per_ip[ip] >= limits.max_connections_per_ip):
-            return Reply(421, "4.3.2", f"{host} Too many connections, try again later")
         self.sessions.add(proto)
-        self.per_ip[ip] += 1
         return None
 
     def release(self, proto: SMTPServer) -> None:
-        ip = proto.session.client_ip
         self.sessions.discard(proto)
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]

@@ -22,6 +22,7 @@ from mailhost.auth.login import LoginService
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config
 from mailhost.imap.factory import IMAPFactory
+from mailhost.limits import ConnectionLimits
 from mailhost.store.interfaces import DeliveryTarget
 
 USERS = {"alice@example.test": "secret", "bob@example.test": "hunter2"}
@@ -114,8 +115,12 @@ def imap_host_fixture(tmp_path):
             config.tls.cert, config.tls.key = cafile, str(tmp_path / "key.pem")
             tls_options = server_options(config.tls)
         factory = IMAPFactory(config, login, tls_options=tls_options)
+        # Connection limits sit in front of every listener, as makeService wires them.
+        config.limits.exempt_networks = []
+        config.limits.connection_rate = 0
         endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
-        listening = await endpoint.listen(factory)
+        listening = await endpoint.listen(
+            ConnectionLimits.from_config(config).wrap("imap", factory))
         host = ImapHost(store, factory, listening.getHost().port, config, listening, cafile)
         hosts.append(host)
         return host

@@ -31,8 +31,8 @@ def host(tmp_path_factory):
 
 
 REFUSALS = {
-    "smtp": b"421 4.7.0 mx.test Too many connections from {ip}\r\n",
-    "submission": b"421 4.7.0 mx.test Too many connections from {ip}\r\n",
+    "smtp": b"421 4.3.2 mx.test Too many connections from {ip}\r\n",
+    "submission": b"421 4.3.2 mx.test Too many connections from {ip}\r\n",
     "pop3": b"-ERR [SYS/TEMP] Too many connections\r\n",
     "imap": b"* BYE [UNAVAILABLE] Too many connections\r\n",
 }

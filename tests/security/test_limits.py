@@ -121,8 +121,8 @@ def test_wrapper_provides_protocol_factory():
 
 def test_refusal_lines_are_each_protocols_own():
     assert refusal("smtp", "mx.test", "192.0.2.7") == (
-        b"421 4.7.0 mx.test Too many connections from 192.0.2.7\r\n")
-    assert refusal("submission", "mx.test", "192.0.2.7").startswith(b"421 4.7.0 mx.test ")
+        b"421 4.3.2 mx.test Too many connections from 192.0.2.7\r\n")
+    assert refusal("submission", "mx.test", "192.0.2.7").startswith(b"421 4.3.2 mx.test ")
     assert refusal("pop3", "mx.test", "x") == b"-ERR [SYS/TEMP] Too many connections\r\n"
     assert refusal("imap", "mx.test", "x") == b"* BYE [UNAVAILABLE] Too many connections\r\n"
     with pytest.raises(ValueError):
@@ -151,7 +151,7 @@ def test_per_address_limit_refuses_without_building_the_protocol(listen):
 
     ga, gb, third, go, socks = yield threads.deferToThread(scenario)
     assert ga == gb == go == b"+OK hello\r\n"
-    assert third == b"421 4.7.0 mx.test Too many connections from 127.0.0.2\r\n"
+    assert third == b"421 4.3.2 mx.test Too many connections from 127.0.0.2\r\n"
     assert inner.built == 3  # the refused connection never reached the wrapped factory
     assert factory.refused == 1
 

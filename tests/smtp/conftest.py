@@ -18,6 +18,7 @@ from mailhost.auth.directory import UserDirectory
 from mailhost.auth.login import LoginService
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config
+from mailhost.limits import ConnectionLimits
 from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter
 from mailhost.smtp.factory import SMTPFactory
 from mailhost.store.memory import MemoryStore
@@ -131,8 +132,14 @@ def smtp_host(tmp_path):
         fake_queue = FakeQueue() if queue else None
         factory = SMTPFactory(config, store, directory, login, queue=fake_queue,
                               submission=submission, tls_options=tls_options)
+        # Connection limits live in front of every listener, as makeService wires them;
+        # loopback is not exempt here, so the per-address limit is testable.
+        config.limits.exempt_networks = []
+        config.limits.connection_rate = 0
+        limited = ConnectionLimits.from_config(config).wrap(
+            "submission" if submission else "smtp", factory)
         endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
-        listening = _result(endpoint.listen(factory))
+        listening = _result(endpoint.listen(limited))
         host = SMTPHost(store, factory, listening.getHost().port, config, fake_queue,
                         listening, cafile)
         hosts.append(host)
