@@ -27,7 +27,9 @@ class CRLFNormalizer:
         head = b""
         if self._last_cr and data[:1] == b"\n":
             head, data = b"\n", data[1:]
-        self._last_cr = data.endswith(b"\r") if data else self._last_cr
+        # After consuming the LF of a split CRLF the rest may be empty: then the
+        # stream no longer ends in CR (a following "\n" is a bare LF of its own).
+        self._last_cr = data.endswith(b"\r")
         if b"\n" not in data:
             return head + data
         return head + data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -113,3 +113,12 @@ def test_uidlist_reader_survives_junk(tmp_path_factory, junk):
     assert all(uid < uid_next for uid, _, _, _ in records.values())
     path.write_bytes(junk)
     uidlist.read(str(path))  # may be None; must not raise
+
+
+def test_crlf_normalizer_lone_lf_chunk_after_cr():
+    """Regression: chunks 'a\\r', '\\n', '\\nb' gave 'a\\r\\n\\nb' (a bare LF reached the store)."""
+    from mailhost.store.crlf import CRLFNormalizer
+
+    norm = CRLFNormalizer()
+    out = b"".join(norm.feed(c) for c in (b"a\r", b"\n", b"\nb"))
+    assert out == b"a\r\n\r\nb"
