@@ -93,6 +93,7 @@ class MailHostService(service.MultiService):
         self.tracker: SessionTracker | None = None
         # twistd sets this; an embedding application keeps SIGHUP for itself.
         self.handle_sighup = False
+        self._previous_sighup: Any = None
         self.listeners: dict[str, list[StreamServerEndpointService]] = {}
         # (kind, factory) -> factory: wraps every listener's factory (limits, fault
         # injection in mailhost.testing).
@@ -106,7 +107,7 @@ class MailHostService(service.MultiService):
             factory = self.wrap_factory(kind, factory)
         if implicit_tls is not None:
             factory = TLSMemoryBIOFactory(implicit_tls, False, factory)
-        endpoint = serverFromString(reactor, description)
+        endpoint = parse_endpoint(reactor, description, f"{kind}.listen")
         svc = StreamServerEndpointService(endpoint, factory)
         svc._raiseSynchronously = True
         svc.setName(f"{kind}{'+tls' if implicit_tls is not None else ''}:{description}")
@@ -140,8 +141,8 @@ class MailHostService(service.MultiService):
 
             from twisted.internet import reactor
 
-            signal.signal(signal.SIGHUP,
-                          lambda *_: reactor.callFromThread(self.reload))
+            self._previous_sighup = signal.signal(
+                signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))
 
     def reload(self) -> tuple[list[str], list[str]]:
         """Re-read the config file (SIGHUP): apply what can change live, log the rest.
@@ -191,6 +192,11 @@ class MailHostService(service.MultiService):
     def stopService(self) -> defer.Deferred:
         """Graceful stop: no new connections, drain sessions (see mailhost.sessions),
         then the queue runner and the store."""
+        if self._previous_sighup is not None:
+            import signal
+
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         listeners = [svc for svcs in self.listeners.values() for svc in svcs]
         d = defer.gatherResults([defer.maybeDeferred(svc.stopService) for svc in listeners])
         if self.tracker is not None:
@@ -332,7 +338,7 @@ class MetricsService(service.Service):
         globalLogPublisher.addObserver(self.metrics)
         site = Site(self.metrics.resource())
         site.noisy = False
-        d = serverFromString(self.reactor, self.description).listen(site)
+        d = parse_endpoint(self.reactor, self.description, "metrics.listen").listen(site)
 
         def listening(port: Any) -> None:
             self.port = port
@@ -371,6 +377,14 @@ def _queue_stats(outbound: Any) -> tuple[int, float]:
         return 0, 0.0
     oldest = min(env.arrival for env in envelopes)
     return len(envelopes), max(0.0, time.time() - oldest)
+
+
+def parse_endpoint(reactor: Any, description: str, key: str) -> Any:
+    """serverFromString, with a one-line ConfigError naming the key on a bad string."""
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{key}: bad endpoint {description!r}: {e}") from None
 
 
 def _listen_specs(section: Any) -> list[tuple[str, bool]]:
