@@ -88,19 +88,23 @@ class TrackedProtocol(ProtocolWrapper):
             data = buf[end + 5:]
             self.inbuf = b""
         buf = self.inbuf + data
-        while buf:
+        pos, size = 0, len(buf)
+        while pos < size:
             if self.skip:
-                n = min(self.skip, len(buf))
+                n = min(self.skip, size - pos)
                 self.skip -= n
-                buf = buf[n:]
+                pos += n
                 continue
-            nl = buf.find(b"\n")
+            nl = buf.find(b"\n", pos)
             if nl < 0:
                 break
-            line, buf = buf[:nl + 1], buf[nl + 1:]
+            line, pos = buf[pos:nl + 1], nl + 1
             if self._command(line) and self.draining and not self.busy_before(line):
                 return True
-        self.inbuf = buf[-8192:]
+            if self.in_data:
+                self.inbuf = b""
+                return self._scan_input(buf[pos:])
+        self.inbuf = buf[pos:][-8192:]
         return False
 
     def busy_before(self, line: bytes) -> bool:
