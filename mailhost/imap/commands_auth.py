@@ -7,11 +7,10 @@ AUTHENTICATE PLAIN (with SASL-IR, RFC 4959). Authentication always goes through
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import TYPE_CHECKING
 
 from mailhost.auth.login import LoginFailed
+from mailhost.auth.sasl import SASLError, decode_plain
 from mailhost.imap import parser
 from mailhost.imap.responses import AlreadyReplied, Bad, No
 from mailhost.imap.states import ANY, AUTH, LOGOUT, NOAUTH
@@ -116,22 +115,16 @@ async def authenticate(s: IMAPServer, cmd: parser.Command) -> bytes:
         response = await s.read_line()
         if response is None:
             raise No("Connection closed")
-    response = response.strip()
-    if response == b"*":
-        raise Bad("AUTHENTICATE cancelled")
     try:
-        blob = b"" if response == b"=" else base64.b64decode(response, validate=True)
-    except (binascii.Error, ValueError):
-        raise Bad("Invalid base64 in AUTHENTICATE response") from None
-    parts = blob.split(b"\0")
-    if len(parts) != 3:
-        raise No("[AUTHENTICATIONFAILED] Malformed PLAIN response")
-    try:
-        authz, authc, password = (p.decode("utf-8") for p in parts)
-    except UnicodeDecodeError:
+        authc, password = decode_plain(response)
+    except SASLError as e:
+        if e.kind == "cancelled":
+            raise Bad("AUTHENTICATE cancelled") from None
+        if e.kind == "encoding":
+            raise Bad("Invalid base64 in AUTHENTICATE response") from None
+        if e.kind == "authzid":
+            raise No("[AUTHORIZATIONFAILED] Proxy authentication is not supported") from None
         raise No("[AUTHENTICATIONFAILED] Malformed PLAIN response") from None
-    if authz and authz.lower() != authc.lower():
-        raise No("[AUTHORIZATIONFAILED] Proxy authentication is not supported")
     return await _login(s, authc, password)
 
 

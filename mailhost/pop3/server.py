@@ -14,8 +14,6 @@ pipelined commands wait while an asynchronous one runs), the maildrop snapshot i
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +24,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailhost.auth.login import LoginFailed, LoginService, transport_is_tls
+from mailhost.auth.sasl import SASLError, decode_plain
 from mailhost.pop3.lock import MaildropLocks
 from mailhost.pop3.maildrop import DeletePolicy, Maildrop
 from mailhost.pop3.transfer import MessageSender
@@ -323,17 +322,15 @@ class POP3Server(Protocol, TimeoutMixin):
 
     def _sasl_response(self, response: str) -> None:
         """Check a SASL PLAIN response (RFC 4616): authzid NUL authcid NUL password."""
-        if response == "*":
-            self._send("-ERR [AUTH] Authentication cancelled")
-            return
         try:
-            raw = b"" if response == "=" else base64.b64decode(response, validate=True)
-            authzid, authcid, password = (p.decode("utf-8") for p in raw.split(b"\0"))
-        except (binascii.Error, ValueError):
-            self._fail("-ERR [AUTH] Malformed SASL PLAIN response")
-            return
-        if authzid and authzid != authcid:
-            self._send("-ERR [AUTH] Proxy authorization is not supported")
+            authcid, password = decode_plain(response)
+        except SASLError as e:
+            if e.kind == "cancelled":
+                self._send("-ERR [AUTH] Authentication cancelled")
+            elif e.kind == "authzid":
+                self._send("-ERR [AUTH] Proxy authorization is not supported")
+            else:
+                self._fail("-ERR [AUTH] Malformed SASL PLAIN response")
             return
         self._run(self._authenticate(authcid, password))
 

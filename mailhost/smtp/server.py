@@ -29,6 +29,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailhost.auth.login import LoginFailed
+from mailhost.auth.sasl import SASLError, decode_plain
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.smtp.data import ChunkReader, DataReader
 from mailhost.smtp.delivery import Delivery
@@ -358,13 +359,15 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _sasl(self, mech: str, initial: str | None):
         try:
             if mech == "PLAIN":
-                raw = self._decode(initial if initial is not None else (yield self._challenge(b"")))
-                parts = raw.split(b"\0")
-                if len(parts) != 3 or not parts[1]:
-                    raise Reply(501, "5.5.2", "Invalid authentication exchange")
-                authzid, username, password = (p.decode("utf-8", "replace") for p in parts)
-                if authzid and authzid.lower() != username.lower():
-                    raise Reply(535, "5.7.8", "Authentication credentials invalid")
+                response = initial if initial is not None else (yield self._challenge(b""))
+                try:
+                    username, password = decode_plain(response)
+                except SASLError as e:
+                    raise {
+                        "cancelled": Reply(501, "5.7.0", "Authentication aborted"),
+                        "encoding": Reply(501, "5.5.2", "Cannot decode response"),
+                        "authzid": Reply(535, "5.7.8", "Authentication credentials invalid"),
+                    }.get(e.kind, Reply(501, "5.5.2", "Invalid authentication exchange")) from None
             else:
                 if initial is not None:
                     user_raw = self._decode(initial)
