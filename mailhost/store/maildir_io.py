@@ -84,16 +84,21 @@ def link_or_copy(src: str, dest: str, fsync: bool) -> None:
         copy_durable(src, dest, fsync)
 
 
-def deliver_files(file, tmp_path: str, date: float | None, jobs, syncer) -> None:
+def deliver_files(file, tmp_path: str, date: float | None, jobs, syncer,
+                  data: bytes | None = None) -> None:
     """Make the tmp file durable, link it into each target's new/, record its UID, and
     (through the group commit ``syncer``, None when fsync is off) make the links and
     uidlist lines durable.
 
     ``jobs``: (folder path, file name, uidlist Record, folder file lock, KeywordFile).
-    The tmp file is closed and removed whatever happens.
+    ``data``: the whole message when it was kept in memory (``file`` is then None and
+    the tmp file is written here). The tmp file is closed and removed whatever happens.
     """
     fsync = syncer is not None
     try:
+        if data is not None:
+            file = open(tmp_path, "xb")  # noqa: SIM115 - closed in finally
+            file.write(data)
         file.flush()
         if date is not None:
             os.utime(tmp_path, (date, date))  # Dovecot reads INTERNALDATE from mtime
@@ -107,7 +112,8 @@ def deliver_files(file, tmp_path: str, date: float | None, jobs, syncer) -> None
         if fsync:
             syncer.sync({os.path.join(p, n) for p, *_ in jobs for n in ("new", UIDLIST_FILE)})
     finally:
-        file.close()
+        if file is not None:
+            file.close()
         try:
             os.unlink(tmp_path)
         except FileNotFoundError:

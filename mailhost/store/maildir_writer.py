@@ -1,8 +1,11 @@
 """MaildirMessageWriter: one incoming message, streamed to a tmp file, then committed
 durably to every target folder (Implements: IMessageWriter).
 
-``write`` goes to the page cache on the reactor thread (buffered, CRLF-normalised).
-``commit`` then, in a worker thread: fdatasync the tmp file, hard-link it into each
+``write`` keeps a small message in memory (most mail is a few KiB) and spills to a
+tmp file only past ``MEMORY_LIMIT``, so the reactor thread never opens or writes a
+file for it: creating a file can stall behind a journal commit that another thread's
+fsync started. ``commit`` then, in one worker-thread hop: write the tmp file (if it is
+still in memory), fdatasync it, hard-link it into each
 target's new/ (copy on EXDEV), append the uidlist lines; then a group-commit round
 fsyncs the new/ directories and uidlists. The Deferred fires only after that, and
 after the UIDs are visible in the folder index.
@@ -25,6 +28,8 @@ from mailhost.store.maildir_names import filename, make_info, unique_base
 from mailhost.store.uidlist import Record
 
 WRITE_BUFFER = 64 * 1024
+#: Messages up to this size stay in memory until commit; larger ones stream to disk.
+MEMORY_LIMIT = 256 * 1024
 
 
 @implementer(IMessageWriter)
@@ -37,14 +42,23 @@ class MaildirMessageWriter:
         self.size = 0
         self._done = False
         self._path = os.path.join(store._tmp_dir(), unique_base(0).split(",")[0])
-        self._file = open(self._path, "xb", buffering=WRITE_BUFFER)  # noqa: SIM115
+        self._file = None
+        self._buffer: bytearray | None = bytearray()
 
     def write(self, data: bytes) -> None:
         if self._done:
             raise StoreError("write after commit/abort")
         out = self._norm.feed(data)
-        self._file.write(out)
         self.size += len(out)
+        if self._buffer is None:
+            self._file.write(out)
+            return
+        self._buffer += out
+        if len(self._buffer) > MEMORY_LIMIT:
+            # Large message: stream the rest through the page cache (bounded memory).
+            self._file = open(self._path, "xb", buffering=WRITE_BUFFER)  # noqa: SIM115
+            self._file.write(self._buffer)
+            self._buffer = None
 
     def commit(self, targets: Sequence[DeliveryTarget]):
         if self._done:
@@ -73,7 +87,9 @@ class MaildirMessageWriter:
         first_date = targets[0].internal_date if targets else None
         try:
             await store._in_thread(deliver_files, self._file, self._path, first_date, jobs,
-                                   store._sync if store.fsync else None)
+                                   store._sync if store.fsync else None,
+                                   None if self._buffer is None else bytes(self._buffer))
+            self._buffer = None
         except BaseException:
             for (folder, *_), uid in zip(plan, uids, strict=True):
                 folder._settle([(uid, None)])
@@ -87,6 +103,9 @@ class MaildirMessageWriter:
         return uids
 
     def _discard(self) -> None:
+        self._buffer = None
+        if self._file is None:
+            return
         self._file.close()
         try:
             os.unlink(self._path)
