@@ -103,16 +103,11 @@ class Metrics:
             self.logins.labels(str(event.get("protocol")), str(event.get("outcome"))).inc()
         elif name in ("pop3_session_end", "imap_session_end"):
             self.sessions.labels(name.split("_", 1)[0]).inc()
-        elif name in ("outbound.attempt", "delivery_attempt"):
-            results = event.get("results") or event.get("recipients") or {}
-            items = results.values() if isinstance(results, dict) else results
-            counted = False
-            for item in items:
-                status = item.get("status") if isinstance(item, dict) else item
-                self.deliveries.labels(_delivery_result(status)).inc()
-                counted = True
-            if not counted:
-                self.deliveries.labels(str(event.get("result", "unknown"))).inc()
+        elif name == "outbound_attempt":
+            # recipients: ["addr=kind:reply", ...], kind delivered/temporary/permanent
+            for item in event.get("recipients") or ():
+                kind = str(item).rpartition("=")[2].partition(":")[0] or "unknown"
+                self.deliveries.labels(kind).inc()
 
     # -- listeners ----------------------------------------------------------------
     def attach(self, tracker: Any) -> None:
@@ -134,17 +129,3 @@ class Metrics:
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry=self.registry))
         return root
-
-
-def _delivery_result(status: Any) -> str:
-    text = str(status or "unknown").lower()
-    for word in ("delivered", "deferred", "bounced", "failed", "pending"):
-        if word in text:
-            return word
-    if text[:1] == "2":
-        return "delivered"
-    if text[:1] == "4":
-        return "deferred"
-    if text[:1] == "5":
-        return "failed"
-    return text[:20]

@@ -60,3 +60,28 @@ def test_metrics_endpoint_counts_what_happened(mailhost_factory):
     assert value(text, "mailhost_command_duration_seconds_count", protocol="smtp",
                  command="DATA-END") == 1
     assert value(text, "mailhost_sessions_ended_total", protocol="pop3") >= 1
+
+
+def test_metrics_queue_and_delivery_attempts(mailhost_factory):
+    """A message for an unreachable smarthost: queue gauges and a temporary attempt."""
+    import time
+
+    mport, dead = free_port(), free_port()
+    mh = mailhost_factory(extra={
+        "metrics": {"listen": f"tcp:{mport}:interface=127.0.0.1"},
+        "outbound": {"smarthost": f"127.0.0.1:{dead}", "connect_timeout": 2.0}})
+    mh.start()
+    with smtplib.SMTP("127.0.0.1", mh.ports["submission"], timeout=30) as s:
+        s.login("alice@example.test", "alice-pw")
+        s.sendmail("alice@example.test", ["friend@remote.test"], b"Subject: out\r\n\r\nx\r\n")
+    deadline = time.monotonic() + 20
+    while True:
+        text = scrape(mport)
+        if value(text, "mailhost_delivery_attempts_total", result="temporary") >= 1:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.3)
+    assert value(text, "mailhost_queue_messages") == 1
+    assert value(text, "mailhost_queue_oldest_age_seconds") >= 0
+    assert value(text, "mailhost_smtp_messages_total", protocol="submission",
+                 result="accepted", code="250") == 1
