@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from twisted.internet import defer
 
-from mailhost.pop3.transfer import ChunkReader
+from mailhost.pop3.transfer import INLINE_READ, ChunkReader
 from mailhost.store.interfaces import IFolder, MessageInfo
 
 DeletePolicy = Literal["expunge", "flag"]
@@ -81,7 +81,9 @@ class Maildrop:
         return opening
 
     def _open(self, number: int) -> defer.Deferred[ChunkReader]:
-        return self.folder.open_message(self._infos[number - 1].uid).addCallback(ChunkReader)
+        info = self._infos[number - 1]
+        inline = info.size <= INLINE_READ
+        return self.folder.open_message(info.uid).addCallback(ChunkReader, inline=inline)
 
     def discard_prefetch(self) -> None:
         """Close the message opened ahead, if any (it may still be opening)."""

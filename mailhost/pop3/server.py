@@ -53,6 +53,11 @@ def parse_number(text: str) -> int | None:
     return int(text)
 
 
+
+# \Seen for retrieved messages is set in batches of this many, or after this delay.
+SEEN_BATCH = 64
+SEEN_DELAY = 0.2
+
 class POP3Server(Protocol, TimeoutMixin):
     """One POP3 session."""
 
@@ -84,6 +89,8 @@ class POP3Server(Protocol, TimeoutMixin):
         self._sasl_pending = False
         self._sender: MessageSender | None = None
         self._pending_flags: set[defer.Deferred[Any]] = set()  # \Seen updates in flight
+        self._seen_queue: list[int] = []  # retrieved, \Seen not yet asked of the store
+        self._seen_timer: Any = None
         self._locked_user: str | None = None
         self.user: str | None = None  # the logged-in user, kept for the session-end log
         self._retrieved = 0
@@ -113,6 +120,8 @@ class POP3Server(Protocol, TimeoutMixin):
         self.setTimeout(None)
         if self._sender is not None:
             self._sender.stopProducing()
+        if self.maildrop is not None and self._seen_queue:
+            self._flush_seen(self.maildrop.folder)  # retrieved is retrieved, QUIT or not
         if self.state != UPDATE:
             # A dropped connection or a timeout deletes nothing (RFC 1939 section 6).
             self._release()
@@ -460,11 +469,29 @@ class POP3Server(Protocol, TimeoutMixin):
             self._retrieved += 1
             self._retrieved_octets += octets
             if "\\Seen" not in info.flags:
-                d = folder.set_flags([info.uid], {"\\Seen"}, "add")
-                d.addErrback(lambda f: log.failure("pop3: setting \\Seen failed", f))
-                if not d.called:
-                    self._pending_flags.add(d)
-                    d.addBoth(lambda _: self._pending_flags.discard(d))
+                self._mark_seen(folder, info.uid)
+
+    def _mark_seen(self, folder: Any, uid: int) -> None:
+        """Queue \\Seen for a retrieved message; set in batches (one store call, one
+        thread hop, for many RETRs), and always before QUIT answers or the session ends."""
+        self._seen_queue.append(uid)
+        if len(self._seen_queue) >= SEEN_BATCH:
+            self._flush_seen(folder)
+        elif self._seen_timer is None:
+            self._seen_timer = self.reactor.callLater(SEEN_DELAY, self._flush_seen, folder)
+
+    def _flush_seen(self, folder: Any) -> None:
+        if self._seen_timer is not None and self._seen_timer.active():
+            self._seen_timer.cancel()
+        self._seen_timer = None
+        uids, self._seen_queue = self._seen_queue, []
+        if not uids:
+            return
+        d = folder.set_flags(uids, {"\\Seen"}, "add")
+        d.addErrback(lambda f: log.failure("pop3: setting \\Seen failed", f))
+        if not d.called:
+            self._pending_flags.add(d)
+            d.addBoth(lambda _: self._pending_flags.discard(d))
 
     def do_DELE(self, arg: str) -> None:
         assert self.maildrop is not None
@@ -494,6 +521,7 @@ class POP3Server(Protocol, TimeoutMixin):
     async def _update(self) -> None:
         """The UPDATE state: make the DELE marks durable, then answer and hang up."""
         assert self.maildrop is not None
+        self._flush_seen(self.maildrop.folder)
         await defer.DeferredList(list(self._pending_flags))  # each logs its own failure
         try:
             self._deleted = await self.maildrop.commit(self.delete_policy)

@@ -29,6 +29,9 @@ from zope.interface import implementer
 # reads (each is a thread hop) and doubled large-RETR throughput, while a session
 # still holds about 1 MiB at most (the transport's buffer, one chunk ready, one read).
 CHUNK_SIZE = 256 * 1024
+# Messages up to this size are read in one go on the reactor thread (a bounded read
+# from the page cache is cheaper than the thread hop; most mail is this small).
+INLINE_READ = 64 * 1024
 # Chunks written in one reactor turn when the transport never pushes back, so a fast
 # reader cannot keep the reactor from serving other sessions.
 _CHUNKS_PER_TURN = 8
@@ -117,7 +120,8 @@ class ChunkReader:
     """
 
     def __init__(self, message: BinaryIO, chunk_size: int = CHUNK_SIZE,
-                 run: Callable[..., defer.Deferred[bytes]] | None = None) -> None:
+                 run: Callable[..., defer.Deferred[bytes]] | None = None,
+                 inline: bool = False) -> None:
         self._file = message
         self._chunk_size = chunk_size
         self._run = run or threads.deferToThread
@@ -128,7 +132,18 @@ class ChunkReader:
         self._error: Failure | None = None
         self._waiter: defer.Deferred[bytes] | None = None
         self._closed = False
-        self._start()
+        if inline:
+            # A small message (at most INLINE_READ octets) is one bounded read, done
+            # right here: a thread hop would cost more than the read itself.
+            self._reading = True
+            try:
+                data = self._file.read(self._chunk_size)
+            except Exception:
+                self._failed(Failure())
+            else:
+                self._arrived(data)
+        else:
+            self._start()
 
     def _start(self) -> None:
         self._reading = True
