@@ -163,3 +163,21 @@ def test_directory_reads_files(tmp_path):
     assert d.lookup("postmaster@example.test") == []
     (tmp_path / "aliases").write_text("postmaster@example.test: alice@example.test\n")
     assert d.lookup("postmaster@example.test") == ["alice@example.test"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_unknown_user_costs_a_real_check(tmp_path, monkeypatch):
+    """An unknown user is verified against a dummy hash, so timing does not reveal users."""
+    from mailhost.auth import checkers
+
+    pf = make_passwd(tmp_path, {"alice@example.test": "right"})
+    calls = []
+    real = checkers.verify_password
+    monkeypatch.setattr(checkers, "verify_password",
+                        lambda h, p: calls.append(h) or real(h, p))
+    checker = PasswdFileChecker(pf, VerificationCache(ttl=0))
+    with pytest.raises(UnauthorizedLogin):
+        yield checker.requestAvatarId(UsernamePassword("ghost@example.test", "right"))
+    with pytest.raises(UnauthorizedLogin):
+        yield checker.requestAvatarId(UsernamePassword("alice@example.test", "wrong"))
+    assert len(calls) == 2 and all(h.startswith("$argon2id$") for h in calls)
