@@ -101,6 +101,12 @@ class _IndexRenderer:
     def __init__(self, items: list) -> None:
         self.names = [it.name for it in items]
         self._flags: dict[tuple[frozenset[str], bool], bytes] = {}
+        if self.names == ["UID", "FLAGS"]:
+            self.line = self._uid_flags  # what every client syncs with: one format op
+
+    def _uid_flags(self, seq: int, info: Any, recent: bool) -> bytes:
+        flags = self._flags.get((info.flags, recent)) or self.flags(info.flags, recent)
+        return b"* %d FETCH (UID %d %s)\r\n" % (seq, info.uid, flags)
 
     def flags(self, flags: frozenset[str], recent: bool) -> bytes:
         key = (flags, recent)
