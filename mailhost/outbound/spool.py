@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.outbound.interfaces import IQueueWriter, QueueRecipient
+from mailhost.store.crlf import CRLFNormalizer
 from mailhost.store.groupsync import GroupSync
 
 PENDING = "pending"
@@ -285,7 +286,7 @@ class SpoolWriter:
         self.id = new_queue_id()
         self._path = os.path.join(files.tmp_dir, f"{self.id}.msg")
         self._file: Any = open(self._path, "wb")  # noqa: SIM115 - lives until commit/abort
-        self._held_cr = False
+        self._crlf = CRLFNormalizer()
         self.size = 0
         self._done = False
         self._in_headers = True
@@ -295,14 +296,7 @@ class SpoolWriter:
     def write(self, data: bytes) -> None:
         if self._done:
             raise RuntimeError("write after commit/abort")
-        if self._held_cr:
-            data = b"\r" + data
-            self._held_cr = False
-        if data.endswith(b"\r"):
-            data = data[:-1]
-            self._held_cr = True
-        if b"\n" in data:
-            data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        data = self._crlf.feed(data)  # the store's normaliser: one CRLF rule everywhere
         if self._in_headers:
             self._count_hops(data)
         self._file.write(data)
@@ -338,9 +332,6 @@ class SpoolWriter:
         if self._done:
             raise RuntimeError("commit after commit/abort")
         self._done = True
-        if self._held_cr:
-            self._file.write(b"\r")
-            self.size += 1
         self._file.close()
         self._finish_headers()
         env = Envelope(
