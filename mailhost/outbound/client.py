@@ -31,6 +31,7 @@ from twisted.mail import smtp
 from twisted.protocols import basic
 from twisted.python.failure import Failure
 
+from mailhost.dotstuffing import DotStuffer
 from mailhost.outbound.spool import Envelope, RecipientState
 
 # Messages up to this size are sent with one read and one write.
@@ -101,30 +102,6 @@ def _reply_text(code: int, resp: bytes | str) -> str:
     if isinstance(resp, bytes):
         resp = resp.decode("utf-8", "replace")
     return " ".join(f"{code} {resp}".replace("\n", " ").split())
-
-
-class DotStuffer:
-    """Dot-stuffs a CRLF message across chunk boundaries (RFC 5321 §4.5.2)."""
-
-    def __init__(self) -> None:
-        self.at_line_start = True
-        self.ended_crlf = True
-        self._last = b""
-
-    def __call__(self, chunk: bytes) -> bytes:
-        if not chunk:
-            return chunk
-        if self.at_line_start and chunk[:1] == b".":
-            chunk = b"." + chunk
-        chunk = chunk.replace(b"\n.", b"\n..")
-        self.at_line_start = chunk.endswith(b"\n")
-        # The CRLF may straddle two chunks.
-        self.ended_crlf = chunk.endswith(b"\r\n") or (chunk == b"\n" and self._last == b"\r")
-        self._last = chunk[-1:]
-        return chunk
-
-    def terminator(self) -> bytes:
-        return b".\r\n" if self.ended_crlf else b"\r\n.\r\n"
 
 
 def _xtext(value: str) -> str:
