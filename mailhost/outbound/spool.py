@@ -97,6 +97,10 @@ class Envelope:
         return all(r.status != PENDING for r in self.recipients)
 
 
+#: Messages up to this size stay in memory until commit (see SpoolWriter).
+MEMORY_LIMIT = 256 * 1024
+
+
 def new_queue_id(now: float | None = None) -> str:
     """Sortable by arrival (hex milliseconds) and unique (random suffix)."""
     ms = int((time.time() if now is None else now) * 1000)
@@ -148,7 +152,7 @@ class SpoolFiles:
         if self.fsync and fsync_dir:
             _fsync_dir(os.path.dirname(path))
 
-    def commit_sync(self, tmp_path: str, envelope: Envelope) -> None:
+    def commit_sync(self, tmp_path: str, envelope: Envelope, data: bytes | None = None) -> None:
         """Make a fully written message file and its envelope durable.
 
         Both files are fsynced before either is renamed into place; the two directory
@@ -156,6 +160,9 @@ class SpoolFiles:
         finish can leave an envelope without its message: ``load_all_sync`` drops it,
         and it was never acknowledged.
         """
+        if data is not None:  # the message was kept in memory: write it here
+            with open(tmp_path, "wb") as f:
+                f.write(data)
         if self.fsync:
             fd = os.open(tmp_path, os.O_RDONLY)
             try:
@@ -285,7 +292,10 @@ class SpoolWriter:
         self._now = clock_seconds
         self.id = new_queue_id()
         self._path = os.path.join(files.tmp_dir, f"{self.id}.msg")
-        self._file: Any = open(self._path, "wb")  # noqa: SIM115 - lives until commit/abort
+        # Like the store's writer: a small message stays in memory and the commit's
+        # worker thread creates the file, so the reactor never waits on a file create.
+        self._file: Any = None
+        self._buffer: bytearray | None = bytearray()
         self._crlf = CRLFNormalizer()
         self.size = 0
         self._done = False
@@ -299,8 +309,15 @@ class SpoolWriter:
         data = self._crlf.feed(data)  # the store's normaliser: one CRLF rule everywhere
         if self._in_headers:
             self._count_hops(data)
-        self._file.write(data)
         self.size += len(data)
+        if self._buffer is None:
+            self._file.write(data)
+            return
+        self._buffer += data
+        if len(self._buffer) > MEMORY_LIMIT:  # large: stream the rest through a file
+            self._file = open(self._path, "wb")  # noqa: SIM115 - lives until commit/abort
+            self._file.write(self._buffer)
+            self._buffer = None
 
     def _count_hops(self, data: bytes) -> None:
         """Count Received: lines of the header block as it streams past."""
@@ -332,7 +349,8 @@ class SpoolWriter:
         if self._done:
             raise RuntimeError("commit after commit/abort")
         self._done = True
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         self._finish_headers()
         env = Envelope(
             id=self.id,
@@ -347,7 +365,9 @@ class SpoolWriter:
             ret=self._ret,
             hops=self.hops,
         )
-        d = threads.deferToThread(self._files.commit_sync, self._path, env)
+        data = None if self._buffer is None else bytes(self._buffer)
+        self._buffer = None
+        d = threads.deferToThread(self._files.commit_sync, self._path, env, data)
 
         def committed(_: object) -> str:
             self._on_commit(env)
@@ -367,6 +387,9 @@ class SpoolWriter:
         if self._done:
             return
         self._done = True
+        self._buffer = None
+        if self._file is None:
+            return
         self._file.close()
         try:
             os.unlink(self._path)
