@@ -106,3 +106,18 @@ def test_every_key_is_documented():
     missing = [f"{section}.{key}" for section, values in cfg.as_dict(cfg.Config()).items()
                for key in values if f"`{section}.{key}`" not in doc]
     assert not missing, f"undocumented config keys: {missing}"
+
+
+def test_restart_marks_match_what_reload_does():
+    """docs/configuration.md marks *restart* exactly the keys SIGHUP cannot apply."""
+    import re
+
+    from mailhost.service import needs_restart
+
+    doc = open(os.path.join(ROOT, "docs", "configuration.md")).read()
+    rows = re.findall(r"^\| `([a-z0-9_]+\.[a-z0-9_]+)` \|.*\|$", doc, re.M)
+    assert rows
+    wrong = [key for key in rows
+             if ("*restart*" in next(line for line in doc.splitlines()
+                                     if line.startswith(f"| `{key}` |"))) != needs_restart(key)]
+    assert not wrong, f"restart marks disagree with reload for: {wrong}"
