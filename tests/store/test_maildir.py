@@ -207,9 +207,12 @@ async def test_refresh_sees_external_flag_changes_and_removals(root):
     rec = Recorder()
     box.add_listener(rec)
     cur = os.path.join(user_dir(root), "cur")
-    names = sorted(os.listdir(cur))
-    os.rename(os.path.join(cur, names[0]), os.path.join(cur, names[0].split(":")[0] + ":2,RS"))
-    os.unlink(os.path.join(cur, names[1]))
+    # Map files to UIDs by key: sorting names is not UID order (the M<usec> field is
+    # not zero-padded, as in Dovecot's names).
+    by_key = {name.split(":")[0]: name for name in os.listdir(cur)}
+    first, second = by_key[box.get(1).key], by_key[box.get(2).key]
+    os.rename(os.path.join(cur, first), os.path.join(cur, first.split(":")[0] + ":2,RS"))
+    os.unlink(os.path.join(cur, second))
     await box.refresh()
     assert ("expunged", [2]) in rec.events
     assert ("flags", {1: {"\\Answered", "\\Seen"}}) in rec.events
