@@ -47,8 +47,6 @@ from mailhost.outbound.spool import (
     Envelope,
     RecipientState,
     SpoolFiles,
-    count_received,
-    read_headers,
 )
 
 log = Logger()
@@ -208,13 +206,7 @@ class Scheduler:
             self._dispatch()
 
     async def _check_hops(self, env: Envelope) -> None:
-        hops = env.hops
-        if hops < 0:  # not counted while spooling (an older spool): read the headers
-            try:
-                headers = await threads.deferToThread(read_headers, self.files.message_path(env.id))
-            except OSError:
-                headers = b""
-            hops = count_received(headers)
+        hops = env.hops  # counted by the SpoolWriter as the message streamed in
         if hops > self.config.smtp.max_hops:
             text = f"554 5.4.6 too many hops ({hops} Received: headers), mail loop?"
             now = self.now()

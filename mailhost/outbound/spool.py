@@ -78,7 +78,7 @@ class Envelope:
     # A delay warning DSN was sent already.
     delay_warned: bool = False
     # Received: headers counted while spooling (-1: unknown, read the file).
-    hops: int = -1
+    hops: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -410,12 +410,3 @@ def read_headers(path: str, limit: int = 256 * 1024) -> bytes:
                 line += b"\r\n"
             out += line
     return bytes(out)
-
-
-def count_received(headers: bytes) -> int:
-    """Number of Received: trace headers, the hop count of RFC 5321 §6.3."""
-    n = 0
-    for line in headers.split(b"\n"):
-        if line[:9].lower() == b"received:":
-            n += 1
-    return n
