@@ -181,6 +181,8 @@ class _FaultProtocol(ProtocolWrapper):
         self._mute = False
         self._gone = False
         self._timers: list[Any] = []
+        self._sasl = False  # the next client line answers a SASL challenge
+        self._was_tls = False
 
     # -- connection -----------------------------------------------------------------
 
@@ -196,6 +198,7 @@ class _FaultProtocol(ProtocolWrapper):
             elif greeting.action == "drop_after":
                 self._mute = True
         super().makeConnection(transport)
+        self._was_tls = bool(getattr(self.transport, "TLS", False))
         if greeting is not None and greeting.action == "fail":
             self.transport.write(self._fail_reply(greeting, None))
             self.transport.loseConnection()
@@ -375,7 +378,16 @@ class _FaultProtocol(ProtocolWrapper):
 
     def _verb(self, line: bytes) -> str | None:
         """The command verb of a command line, or None for a continuation line."""
-        raise NotImplementedError
+        if self._sasl:
+            return None
+        return _first_word(line)
+
+    def _check_tls_upgrade(self) -> None:
+        """CVE-2011-0411: what came before a TLS handshake must not count after it."""
+        tls = bool(getattr(self.transport, "TLS", False))
+        if tls and not self._was_tls:
+            self._was_tls = True
+            self._inbuf = b""
 
     def _fail_reply(self, fault: Fault, line: bytes | None) -> bytes:
         raise NotImplementedError
@@ -417,20 +429,9 @@ class SMTPFaultProtocol(_FaultProtocol):
         self._outstanding = 1  # the greeting
         self._out_tail = b""
         self._last_code = 0
-        self._sasl = False  # the next client line answers a 334 challenge
         self._in_data = False
         self._data_tail = b""
         self._drop_at_data_end = False
-        self._was_tls = False
-
-    def makeConnection(self, transport: Any) -> None:  # noqa: N802
-        super().makeConnection(transport)
-        self._was_tls = bool(getattr(self.transport, "TLS", False))
-
-    def _verb(self, line: bytes) -> str | None:
-        if self._sasl:
-            return None
-        return _first_word(line)
 
     def _fail_reply(self, fault: Fault, line: bytes | None) -> bytes:
         return f"{fault.code or 451} {fault.message}\r\n".encode()
@@ -464,11 +465,7 @@ class SMTPFaultProtocol(_FaultProtocol):
             self._data_tail = b"\r\n"
         elif self._last_code == 334:
             self._sasl = True
-        tls = bool(getattr(self.transport, "TLS", False))
-        if tls and not self._was_tls:
-            # CVE-2011-0411: what came before the handshake must not count after it.
-            self._was_tls = True
-            self._inbuf = b""
+        self._check_tls_upgrade()
         if self._drop_at_data_end and not self._in_data:
             self._drop_at_data_end = False  # DATA was refused; nothing to cut
 
@@ -519,17 +516,6 @@ class POP3FaultProtocol(_FaultProtocol):
         self._pending: deque[bool] = deque([False])  # multi-line expected, per command
         self._out = b""
         self._in_multi = False
-        self._sasl = False
-        self._was_tls = False
-
-    def makeConnection(self, transport: Any) -> None:  # noqa: N802
-        super().makeConnection(transport)
-        self._was_tls = bool(getattr(self.transport, "TLS", False))
-
-    def _verb(self, line: bytes) -> str | None:
-        if self._sasl:
-            return None
-        return _first_word(line)
 
     def _fail_reply(self, fault: Fault, line: bytes | None) -> bytes:
         return f"-ERR {fault.message}\r\n".encode()
@@ -573,10 +559,7 @@ class POP3FaultProtocol(_FaultProtocol):
             self._answered()
 
     def _after_barrier(self) -> None:
-        tls = bool(getattr(self.transport, "TLS", False))
-        if tls and not self._was_tls:
-            self._was_tls = True
-            self._inbuf = b""
+        self._check_tls_upgrade()
 
 
 class IMAPFaultProtocol(_FaultProtocol):
@@ -596,11 +579,6 @@ class IMAPFaultProtocol(_FaultProtocol):
         self._out = b""
         self._out_literal = 0
         self._last_plus = False
-        self._was_tls = False
-
-    def makeConnection(self, transport: Any) -> None:  # noqa: N802
-        super().makeConnection(transport)
-        self._was_tls = bool(getattr(self.transport, "TLS", False))
 
     def _verb(self, line: bytes) -> str | None:
         if self._cont_line or self._current is not None:
@@ -713,10 +691,7 @@ class IMAPFaultProtocol(_FaultProtocol):
         self._answered()
 
     def _after_barrier(self) -> None:
-        tls = bool(getattr(self.transport, "TLS", False))
-        if tls and not self._was_tls:
-            self._was_tls = True
-            self._inbuf = b""
+        self._check_tls_upgrade()
 
 
 _DIALECTS = {"smtp": SMTPFaultProtocol, "submission": SMTPFaultProtocol,
