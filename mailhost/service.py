@@ -235,7 +235,7 @@ def makeService(
     if directory is None:
         directory = UserDirectory(
             config.server.domains,
-            lambda: {user: entry.aliases for user, entry in passwd.entries().items()},
+            passwd.aliases_by_user,
             aliases.table,
         )
     if checkers is None:

@@ -52,6 +52,7 @@ class UserDirectory:
         self._aliases = aliases or (lambda: {})
         self.recipient_delimiter = recipient_delimiter
         self.checker = None  # set by in_memory(); the service wires its own
+        self._table_cache: tuple[object, object, dict[str, list[str]]] | None = None
 
     @classmethod
     def in_memory(cls, domains: Iterable[str], users: Mapping[str, str],
@@ -72,18 +73,26 @@ class UserDirectory:
     def user_exists(self, user: str) -> bool:
         return normalize_address(user) in self._users()
 
-    def _alias_table(self) -> dict[str, list[str]]:
+    def _alias_table(self, users: Mapping[str, list[str]]) -> dict[str, list[str]]:
+        """Aliases file plus per-user aliases, rebuilt only when either source changed
+        (the file-backed sources return the same objects until their file changes;
+        every RCPT asks, so an O(users) rebuild each time would be a hot path)."""
+        aliases = self._aliases()
+        cached = self._table_cache
+        if cached is not None and cached[0] is users and cached[1] is aliases:
+            return cached[2]
         table: dict[str, list[str]] = {}
-        for name, targets in self._aliases().items():
+        for name, targets in aliases.items():
             table.setdefault(name, []).extend(targets)
-        for user, extra in self._users().items():
+        for user, extra in users.items():
             for alias in extra:
                 table.setdefault(alias, []).append(user)
+        self._table_cache = (users, aliases, table)
         return table
 
     def lookup(self, address: str) -> list[str]:
         users = self._users()
-        table = self._alias_table()
+        table = self._alias_table(users)
         found: list[str] = []
         seen: set[str] = set()
 

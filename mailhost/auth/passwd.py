@@ -78,6 +78,8 @@ class PasswdFile:
         self.path = path
         self._stamp: tuple[float, int] | None = None
         self._entries: dict[str, PasswdEntry] = {}
+        self._aliases_for: dict[str, PasswdEntry] | None = None
+        self._aliases: dict[str, list[str]] = {}
 
     def _current_stamp(self) -> tuple[float, int] | None:
         try:
@@ -109,6 +111,14 @@ class PasswdFile:
         except FileNotFoundError:
             pass
         return entries
+
+    def aliases_by_user(self) -> dict[str, list[str]]:
+        """user -> extra aliases; the same dict object until the file changes."""
+        entries = self.entries()
+        if self._aliases_for is not entries:
+            self._aliases_for = entries
+            self._aliases = {user: entry.aliases for user, entry in entries.items()}
+        return self._aliases
 
     def get(self, user: str) -> PasswdEntry | None:
         return self.entries().get(normalize_address(user))

@@ -181,3 +181,16 @@ def test_unknown_user_costs_a_real_check(tmp_path, monkeypatch):
     with pytest.raises(UnauthorizedLogin):
         yield checker.requestAvatarId(UsernamePassword("alice@example.test", "wrong"))
     assert len(calls) == 2 and all(h.startswith("$argon2id$") for h in calls)
+
+
+def test_alias_table_is_rebuilt_only_when_a_file_changes(tmp_path):
+    """Every RCPT looks up the directory: the file-backed table must not be rebuilt each time."""
+    pf = make_passwd(tmp_path, {"alice@example.test": "a"})
+    af = AliasesFile(str(tmp_path / "aliases"))
+    (tmp_path / "aliases").write_text("info@example.test: alice@example.test\n")
+    d = UserDirectory(["example.test"], pf.aliases_by_user, af.table)
+    first = d._alias_table(pf.aliases_by_user())
+    assert d._alias_table(pf.aliases_by_user()) is first
+    (tmp_path / "aliases").write_text("info@example.test: alice@example.test\nsales@example.test: alice@example.test\n")
+    assert d.lookup("sales@example.test") == ["alice@example.test"]
+    assert d._alias_table(pf.aliases_by_user()) is not first
