@@ -27,10 +27,11 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailhost.config import Config, ConfigError
+from mailhost.wrapping import InterfaceCopyingWrapper
 
 log = Logger()
 
@@ -101,8 +102,18 @@ class ConnectionLimiter:
         self.per_client: dict[tuple[str, str], int] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._logged: dict[str, float] = {}
+        self._exempt_cache: dict[str, bool] = {}
 
     def is_exempt(self, host: str) -> bool:
+        # Asked twice per connection (admit, release); parsing the address is the cost.
+        exempt = self._exempt_cache.get(host)
+        if exempt is None:
+            if len(self._exempt_cache) >= self.max_tracked:
+                self._exempt_cache.clear()
+            exempt = self._exempt_cache[host] = self._classify(host)
+        return exempt
+
+    def _classify(self, host: str) -> bool:
         try:
             addr = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
@@ -201,7 +212,7 @@ class _Refuser(Protocol):
         self._abort = None
 
 
-class _CountedProtocol(ProtocolWrapper):
+class _CountedProtocol(InterfaceCopyingWrapper):
     """An admitted connection; releases its count when it ends."""
 
     def __init__(self, factory: LimitingFactory, wrapped: Any, host: str) -> None:

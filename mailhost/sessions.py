@@ -20,7 +20,9 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import WrappingFactory
+
+from mailhost.wrapping import InterfaceCopyingWrapper
 
 _SMTP_REPLY = re.compile(rb"^(\d{3})(?: |\r?$)")
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r?\n?$")
@@ -28,7 +30,7 @@ _LITERAL = re.compile(rb"\{(\d+)\+?\}\r?\n?$")
 CommandObserver = Callable[[str, str, float], None]  # (kind, verb, seconds)
 
 
-class TrackedProtocol(ProtocolWrapper):
+class TrackedProtocol(InterfaceCopyingWrapper):
     """Follows one session's commands and replies; see the module docstring."""
 
     def __init__(self, factory: TrackingFactory, wrapped: Any) -> None:
