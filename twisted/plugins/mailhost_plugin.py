@@ -78,10 +78,10 @@ class Options(usage.Options):
             # One line, no usage dump and no traceback: the admin needs only the key.
             sys.stderr.write(f"mailhost: config error: {e}\n")
             raise SystemExit(2) from None
-        if self.config.server.log_format == "json" and getattr(self, "parent", None) is not None:
+        if getattr(self, "parent", None) is not None:
             from mailhost.logs import install_log_format
 
-            install_log_format("json", self.parent)
+            install_log_format(self.config.server.log_format, self.parent)
 
 
 @implementer(IServiceMaker, IPlugin)
