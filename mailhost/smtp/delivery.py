@@ -43,25 +43,32 @@ class Delivery:
         if self._queue_writer is not None:
             self._queue_writer.write(data)
 
-    @defer.inlineCallbacks
-    def commit(self):
+    def commit(self) -> defer.Deferred:
         """Deferred firing with the queue id (or None) once every copy is durable.
 
         The queue commits first: if it fails, the local copies are thrown away and the
-        client retries the whole message without duplicates.
+        client retries the whole message without duplicates. (Plain callbacks, not
+        inlineCallbacks: this runs once per message on the ingest hot path.)
         """
         self._finished = True
-        queue_id = None
-        try:
-            if self._queue_writer is not None:
-                queue_id = yield defer.maybeDeferred(self._queue_writer.commit, self.remote)
+        if self._queue_writer is not None:
+            d = defer.maybeDeferred(self._queue_writer.commit, self.remote)
             if self._store_writer is not None:
-                targets = [DeliveryTarget(user=m) for m in self.mailboxes]
-                yield defer.maybeDeferred(self._store_writer.commit, targets)
-        except BaseException:
-            self._abort_writers()
-            raise
-        return queue_id
+                d.addCallback(self._commit_store)
+        elif self._store_writer is not None:
+            d = defer.maybeDeferred(self._commit_store, None)
+        else:
+            return defer.succeed(None)
+        return d.addErrback(self._commit_failed)
+
+    def _commit_store(self, queue_id: str | None) -> defer.Deferred:
+        targets = [DeliveryTarget(user=m) for m in self.mailboxes]
+        d = defer.maybeDeferred(self._store_writer.commit, targets)
+        return d.addCallback(lambda _: queue_id)
+
+    def _commit_failed(self, failure):
+        self._abort_writers()
+        return failure
 
     def _abort_writers(self) -> None:
         for w in (self._store_writer, self._queue_writer):

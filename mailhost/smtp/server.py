@@ -568,28 +568,32 @@ class SMTPServer(Protocol, TimeoutMixin):
             log.failure("store write failed for {id}", id=self.session.transaction.id)
             reader.error = Reply(451, "4.3.0", "Error: queue file write error")
 
-    @defer.inlineCallbacks
-    def _end_of_data(self):
+    def _end_of_data(self) -> defer.Deferred:
         """Final dot (or BDAT LAST) seen: commit or refuse, answer, back to commands."""
         reader, delivery, txn = self._reader, self._delivery, self.session.transaction
         self._reader = self._delivery = self._hops = None
         self.setTimeout(None)  # a slow disk is not the client's fault
         if reader.error is not None:
             delivery.abort()
-            reply = reader.error
-        else:
-            self._committing = True
-            try:
-                queue_id = yield delivery.commit()
-            except Exception:
-                log.failure("commit failed for {id}", id=txn.id)
-                reply = Reply(451, "4.3.0", "Error: queue file write error")
-            else:
-                reply = Reply(250, "2.0.0", f"Ok: queued as {txn.id}"
-                              + (f" (outbound {queue_id})" if queue_id else ""))
-            finally:
-                self._committing = False
-        self._log_transaction(txn, reader.size, reply.to_bytes().decode("utf-8", "replace").strip())
+            self._answer_data(txn, reader.size, reader.error)
+            return defer.succeed(None)
+        self._committing = True
+
+        def committed(queue_id: str | None) -> Reply:
+            return Reply(250, "2.0.0", f"Ok: queued as {txn.id}"
+                         + (f" (outbound {queue_id})" if queue_id else ""))
+
+        def failed(failure: Failure) -> Reply:
+            log.failure("commit failed for {id}", failure, id=txn.id)
+            return Reply(451, "4.3.0", "Error: queue file write error")
+
+        d = delivery.commit()
+        d.addCallbacks(committed, failed)
+        return d.addCallback(lambda reply: self._answer_data(txn, reader.size, reply))
+
+    def _answer_data(self, txn: Transaction, size: int, reply: Reply) -> None:
+        self._committing = False
+        self._log_transaction(txn, size, reply.to_bytes().decode("utf-8", "replace").strip())
         self.session.reset_transaction()
         if not self._closing:
             self.setTimeout(self.limits.command_timeout)
