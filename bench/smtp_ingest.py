@@ -32,8 +32,13 @@ defaults fsync the queue file (cleanup) before 250 and the Maildir file before
 virtual(8) links it into new/ (checked with strace), so it is durable like mailhost and
 aiosmtpd. See ``Postfix.configure``.
 
+A fifth server, ``bench/peers/twisted_mail_durable.tac``, is the stock Twisted server
+with only fdatasync + a directory fsync (in the thread pool) added before the 250. It
+shows what durability alone costs Twisted's own SMTP code, which bounds what a
+durable single-process Twisted server can reach against the stock one.
+
 Usage: python3 bench/smtp_ingest.py [--runs 3] [--scale 1.0] [--workdir DIR]
-                                    [--no-postfix] [--no-fsync-row]
+                                    [--no-postfix] [--no-durable-twisted] [--no-fsync-row]
 """
 
 from __future__ import annotations
@@ -198,10 +203,19 @@ class Aiosmtpd(Server):
 
 
 class StockTwisted(Server):
+    tac = os.path.join(PEERS, "twisted_mail.tac")
+
     def command(self):
         return [sys.executable, TWISTD, "-n", "--pidfile=", "--logfile=twistd.log", "-y",
-                os.path.join(PEERS, "twisted_mail.tac")], {
-            "TWMAIL_PORT": str(self.port), "TWMAIL_DIR": self.maildir_root}
+                self.tac], {"TWMAIL_PORT": str(self.port), "TWMAIL_DIR": self.maildir_root,
+                            "MAILHOST_BENCH_PEERS": PEERS}
+
+
+class DurableTwisted(StockTwisted):
+    """The stock server plus fdatasync + directory fsync before 250, nothing else:
+    what durability alone costs Twisted's own SMTP code (bench/peers/)."""
+
+    tac = os.path.join(ROOT, "bench", "peers", "twisted_mail_durable.tac")
 
 
 POSTFIX_MASTER_CF = """\
@@ -404,6 +418,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--no-fsync-row", action="store_true",
                     help="also run mailhost with fsync off (protocol cost without disk latency)")
+    ap.add_argument("--no-durable-twisted", action="store_true",
+                    help="skip the stock Twisted server with fsync added (bench/peers/)")
     ap.add_argument("--no-postfix", action="store_true",
                     help="skip the private Postfix instance (on by default if postfix is installed)")
     args = ap.parse_args()
@@ -418,6 +434,8 @@ def main() -> None:
         if os.geteuid() != 0:
             raise SystemExit("the Postfix peer runs as root; use --no-postfix otherwise")
         servers.append(Postfix("postfix", os.path.join(workdir, "postfix")))
+    if not args.no_durable_twisted:
+        servers.append(DurableTwisted("twisted-durable", os.path.join(workdir, "twisted-dur")))
     if args.no_fsync_row:
         servers.append(MailhostNoFsync("mailhost-nofsync", os.path.join(workdir, "nofsync")))
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -459,6 +477,15 @@ def main() -> None:
         if postfix:
             cells += [f"{m / rate['postfix']:.2f}x", f"{rate['postfix'] / rate['twisted']:.2f}x"]
         print(f"| {label} | " + " | ".join(cells) + " |")
+    if not args.no_durable_twisted:
+        print("\nstock Twisted with fsync added (nothing else changed): its rate against "
+              "stock Twisted, and mailhost's against it\n")
+        print("| load | Twisted + fsync | vs stock Twisted | mailhost vs Twisted + fsync |")
+        print("|---|---|---|---|")
+        for label, *_ in LOADS:
+            d, t = med(label, "twisted-durable", 0), med(label, "twisted", 0)
+            dc, m = med(label, "twisted-durable", 1), med(label, "mailhost", 0)
+            print(f"| {label} | {d:.0f}; {dc:.2f} ms | {d / t:.2f}x | {m / d:.2f}x |")
     if args.no_fsync_row:
         print("\nmailhost with fsync off (protocol cost only), vs stock Twisted (also no fsync):\n")
         for label, *_ in LOADS:
