@@ -7,11 +7,12 @@ CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154) attributes.
 
 from __future__ import annotations
 
+from itertools import compress
 from typing import TYPE_CHECKING
 
 from mailhost.imap import encoding, mutf7, parser
 from mailhost.imap.responses import Bad, No
-from mailhost.imap.selected import SelectedMailbox
+from mailhost.imap.selected import SelectedMailbox, folder_columns
 from mailhost.imap.states import AUTH
 from mailhost.store.interfaces import SYSTEM_FLAGS, DeliveryTarget, NoSuchFolder
 
@@ -51,22 +52,20 @@ async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
         folder = await s.account.open_folder(name)
     except NoSuchFolder:
         raise No("[NONEXISTENT] Mailbox does not exist") from None
-    if readonly:
-        recent = {i.uid for i in folder.messages() if i.recent}
-    else:
-        recent = set(await folder.claim_recent())
-    infos = folder.messages()
+    claimed = None if readonly else set(await folder.claim_recent())
+    uids, flags, in_new, _, _ = folder_columns(folder)
+    recent = claimed if claimed is not None else set(compress(uids, in_new))
     sel = SelectedMailbox(folder, readonly, notify=s.on_folder_event)
-    sel.load(infos, recent)
+    sel.load_columns(uids, flags, recent)
     s.select(sel)
-    first_unseen = next((n for n, i in enumerate(infos, 1) if "\\Seen" not in i.flags), None)
+    first_unseen = next((n for n, f in enumerate(flags, 1) if "\\Seen" not in f), None)
     flags = _flags_line(sel.keywords)
     out = [b"* FLAGS " + flags + b"\r\n"]
     if readonly:
         out.append(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
     else:
         out.append(b"* OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] Flags permitted\r\n")
-    out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(infos), len(recent)))
+    out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), len(recent)))
     if first_unseen is not None:
         out.append(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
     out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
@@ -272,13 +271,13 @@ async def status(s: IMAPServer, cmd: parser.Command) -> bytes:
         folder = await s.account.open_folder(name)
     except NoSuchFolder:
         raise No("[NONEXISTENT] Mailbox does not exist") from None
-    infos = folder.messages()
+    _, flags, in_new, _, _ = folder_columns(folder)
     values = {
-        "MESSAGES": lambda: len(infos),
-        "RECENT": lambda: sum(1 for i in infos if i.recent),
+        "MESSAGES": lambda: len(flags),
+        "RECENT": lambda: sum(1 for r in in_new if r),
         "UIDNEXT": lambda: folder.uid_next,
         "UIDVALIDITY": lambda: folder.uid_validity,
-        "UNSEEN": lambda: sum(1 for i in infos if "\\Seen" not in i.flags),
+        "UNSEEN": lambda: sum(1 for f in flags if "\\Seen" not in f),
     }
     body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
     s.send(b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n")

@@ -14,6 +14,7 @@ from mailhost.imap import encoding, parser
 from mailhost.imap.commands_mailbox import mailbox_name
 from mailhost.imap.output import stream_file
 from mailhost.imap.responses import Bad, No, format_set
+from mailhost.imap.selected import folder_columns
 from mailhost.imap.states import SEL
 from mailhost.store.interfaces import NoSuchFolder, NoSuchMessage
 
@@ -100,50 +101,60 @@ class _IndexRenderer:
 
     def __init__(self, items: list) -> None:
         self.names = [it.name for it in items]
-        self._flags: dict[tuple[frozenset[str], bool], bytes] = {}
+        self._flags: dict[frozenset[str], bytes] = {}
+        self._recent_flags: dict[frozenset[str], bytes] = {}
         if self.names == ["UID", "FLAGS"]:
             self.line = self._uid_flags  # what every client syncs with: one format op
 
-    def _uid_flags(self, seq: int, info: Any, recent: bool) -> bytes:
-        flags = self._flags.get((info.flags, recent)) or self.flags(info.flags, recent)
-        return b"* %d FETCH (UID %d %s)\r\n" % (seq, info.uid, flags)
+    def _uid_flags(self, seq: int, uid: int, flags: frozenset[str], size: int, date: float,
+                   recent: bool) -> bytes:
+        memo = self._recent_flags if recent else self._flags
+        out = memo.get(flags) or self.flags(flags, recent)
+        return b"* %d FETCH (UID %d %s)\r\n" % (seq, uid, out)
 
     def flags(self, flags: frozenset[str], recent: bool) -> bytes:
-        key = (flags, recent)
-        out = self._flags.get(key)
+        memo = self._recent_flags if recent else self._flags
+        out = memo.get(flags)
         if out is None:
-            out = self._flags[key] = b"FLAGS " + encoding.format_flags(
+            out = memo[flags] = b"FLAGS " + encoding.format_flags(
                 flags | {"\\Recent"} if recent else flags)
         return out
 
-    def line(self, seq: int, info: Any, recent: bool) -> bytes:
+    def line(self, seq: int, uid: int, flags: frozenset[str], size: int, date: float,
+             recent: bool) -> bytes:
         parts = []
         for name in self.names:
             if name == "UID":
-                parts.append(b"UID %d" % info.uid)
+                parts.append(b"UID %d" % uid)
             elif name == "FLAGS":
-                parts.append(self.flags(info.flags, recent))
+                parts.append(self.flags(flags, recent))
             elif name == "RFC822.SIZE":
-                parts.append(b"RFC822.SIZE %d" % info.size)
+                parts.append(b"RFC822.SIZE %d" % size)
             else:
-                parts.append(b"INTERNALDATE " + encoding.format_datetime(info.internal_date))
+                parts.append(b"INTERNALDATE " + encoding.format_datetime(date))
         return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
 
-def _walk(sel: SelectedMailbox, uids: list[int]):
-    """(seq, uid, info | None) for ascending ``uids``, merging with the session's map
-    and the folder index in one pass instead of a lookup per message."""
-    infos = sel.folder.messages()
-    seq_uids = sel.uids
+def _index_lines(sel: SelectedMailbox, uids: list[int], render: _IndexRenderer):
+    """FETCH lines (or None for a UID the folder no longer has) for ascending ``uids``,
+    merging the session's numbering with the folder's index columns in one pass instead
+    of a lookup (or a MessageInfo) per message."""
+    cuids, cflags, _, csizes, cdates = folder_columns(sel.folder)
+    seq_uids, recent, line = sel.uids, sel.recent, render.line
+    # A store may read dates lazily (a stat each): touch them only when asked for.
+    dated = "INTERNALDATE" in render.names
     i = j = 0
-    n_infos, n_seq = len(infos), len(seq_uids)
+    n_c, n_s = len(cuids), len(seq_uids)
     for u in uids:
-        while j < n_seq and seq_uids[j] < u:
+        while j < n_s and seq_uids[j] < u:
             j += 1
-        while i < n_infos and infos[i].uid < u:
+        while i < n_c and cuids[i] < u:
             i += 1
-        info = infos[i] if i < n_infos and infos[i].uid == u else None
-        yield j + 1, u, info
+        if i < n_c and cuids[i] == u:
+            yield line(j + 1, u, cflags[i], csizes[i], cdates[i] if dated else 0.0,
+                       u in recent)
+        else:
+            yield None
 
 
 async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -169,13 +180,12 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
     missing = False
     if index_only:
         batch: list[bytes] = []
-        recent = sel.recent
         render = _IndexRenderer(items)
-        for seq, u, info in _walk(sel, uids):
-            if info is None:
+        for line in _index_lines(sel, uids, render):
+            if line is None:
                 missing = True
                 continue
-            batch.append(render.line(seq, info, u in recent))
+            batch.append(line)
             if len(batch) >= BATCH:
                 s.send(b"".join(batch))
                 batch = []

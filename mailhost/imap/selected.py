@@ -22,6 +22,20 @@ from mailhost.store.interfaces import IFolder, IFolderListener, MessageInfo
 log = Logger()
 
 
+def folder_columns(folder: IFolder) -> tuple[Sequence[int], Sequence[frozenset[str]],
+                                            Sequence[int], Sequence[int], Sequence[float]]:
+    """(uids, flags, recent, sizes, dates) of every message, position-aligned and in UID
+    order. A store with a compact index offers ``columns()`` (not part of IFolder) so a
+    100k-message SELECT or FETCH builds no MessageInfo per message; others fall back to
+    ``messages()``."""
+    fast = getattr(folder, "columns", None)
+    if fast is not None:
+        return tuple(fast())
+    infos = folder.messages()
+    return ([i.uid for i in infos], [i.flags for i in infos], [i.recent for i in infos],
+            [i.size for i in infos], [i.internal_date for i in infos])
+
+
 class BadSequence(ValueError):
     """A sequence number beyond the mailbox (RFC 3501: BAD)."""
 
@@ -44,14 +58,16 @@ class SelectedMailbox:
     # -- set-up / tear-down ---------------------------------------------------------
 
     def load(self, infos: Sequence[MessageInfo], recent: Iterable[int]) -> None:
-        self.uids = [i.uid for i in infos]
+        self.load_columns([i.uid for i in infos], [i.flags for i in infos], recent)
+
+    def load_columns(self, uids: Iterable[int], flags: Iterable[frozenset[str]],
+                     recent: Iterable[int]) -> None:
+        """Number the messages; ``flags`` (one set per message) gives the keywords."""
+        self.uids = list(uids)
         self.recent = set(recent)
         kw: set[str] = set()
-        seen_sets: set[frozenset[str]] = set()
-        for i in infos:
-            if i.flags not in seen_sets:
-                seen_sets.add(i.flags)
-                kw.update(f for f in i.flags if not f.startswith("\\"))
+        for fs in set(flags):  # a big mailbox has few distinct flag sets
+            kw.update(f for f in fs if not f.startswith("\\"))
         self.keywords = kw
 
     def attach(self) -> None:

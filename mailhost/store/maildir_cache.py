@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Container
 
 CACHE_FILE = "mailhost-cache"
 
 
-def read(path: str, validity: int, live: set[int]) -> tuple[dict[int, dict[str, str]], int]:
+def read(path: str, validity: int, live: Container[int]) -> tuple[dict[int, dict[str, str]], int]:
     """(uid -> {key: value}) for live UIDs, and the number of lines in the file."""
     cache: dict[int, dict[str, str]] = {}
     lines = 0

@@ -33,7 +33,9 @@ from mailhost.store.interfaces import (
 )
 from mailhost.store.listeners import ListenerSet
 from mailhost.store.maildir_index import (
-    FlagMemo,
+    UNKNOWN_DATE,
+    Columns,
+    FolderIndex,
     diff_folder,
     examine_foreign,
     fast_info,
@@ -44,11 +46,16 @@ from mailhost.store.maildir_names import Keywords, filename, info_letters, make_
 from mailhost.store.uidlist import UIDLIST_FILE, Record
 
 CACHE_FLUSH_DELAY = 2.0
+#: Bulk-adopted files get their real dates this long after the folder opens, in
+#: batches (thread work that would otherwise compete with the first SELECT/FETCH).
+DATE_FILL_DELAY = 5.0
+DATE_FILL_BATCH = 5000
 CACHE_FLUSH_BATCH = 2000
 COMPACT_MIN_STALE = 1000
 
-#: What a settled reservation adds to the index: (info part, needs CRLF wrap, info).
-Row = tuple[str | None, bool, MessageInfo]
+#: What a settled reservation adds to the index:
+#: (base name, in new/, info part, needs CRLF wrap, CRLF size, internal date).
+Row = tuple[str, bool, str | None, bool, int, float]
 
 
 @implementer(IFolder)
@@ -61,15 +68,11 @@ class MaildirFolder:
         self._store = store
         self._account = account
         self.name = name
-        self._path = path
         self.uid_validity = 0
         self.uid_next = 1
-        self._infos: dict[int, MessageInfo] = {}
-        self._parts: dict[int, str | None] = {}
-        self._wrap: set[int] = set()
-        self._by_base: dict[str, int] = {}
         self._keywords = Keywords()
-        self._memo = FlagMemo(self._keywords)
+        self._index = FolderIndex(self._keywords)
+        self._path = path
         self._kwfile = KeywordFile(self._keywords)
         self._listeners = ListenerSet()
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
@@ -85,6 +88,16 @@ class MaildirFolder:
         self._cache_call = None
         self._gone = False
         self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
+        self._fill_call = None
+
+    @property
+    def _path(self) -> str:
+        return self._dir
+
+    @_path.setter
+    def _path(self, path: str) -> None:
+        # Folder renames move the directory; the index reads dates from it.
+        self._dir = self._index.path = path
 
     @property
     def special_use(self) -> str | None:
@@ -96,51 +109,104 @@ class MaildirFolder:
         loaded = await self._store._in_thread(load_folder, self._path, self._store.fsync)
         self.uid_validity = loaded.validity
         self.uid_next = loaded.uid_next
-        self._keywords = loaded.keywords
-        self._memo = FlagMemo(self._keywords)
+        self._index = loaded.index
+        self._index.path = self._path
+        self._keywords = loaded.index.keywords
         self._kwfile = KeywordFile(self._keywords)
-        self._infos, self._parts = loaded.infos, loaded.parts
-        self._wrap, self._by_base = loaded.wrap, loaded.by_base
         self._stale = loaded.stale
         cache, cache_lines = await self._store._in_thread(
-            maildir_cache.read, self._cache_path(), self.uid_validity, set(self._infos))
+            maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
         self._cache = cache
         if cache_lines > 2 * sum(len(v) for v in cache.values()) + COMPACT_MIN_STALE:
             await self._store._in_thread(self._rewrite_cache, dict(cache))
-        if self._stale > max(COMPACT_MIN_STALE, len(self._infos)):
+        if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         if loaded.foreign:
             await self._adopt(loaded.foreign)
+        if self._index.unknown_dates:
+            self._schedule_fill(DATE_FILL_DELAY)
+
+    # -- dates of files adopted in bulk ---------------------------------------------------
+
+    def _schedule_fill(self, delay: float) -> None:
+        if self._fill_call is None and not self._gone:
+            self._fill_call = self._store._reactor.callLater(delay, self._fill_dates)
+
+    def _stop_fill(self) -> None:
+        if self._fill_call is not None and self._fill_call.active():
+            self._fill_call.cancel()
+        self._fill_call = None
+
+    def _fill_dates(self) -> defer.Deferred:
+        """Read the mtimes bulk adoption skipped, a batch at a time in a thread, and
+        record them in the uidlist, so INTERNALDATE needs no stat later (even after a
+        restart). Runs after the first burst of client commands, not during it."""
+        self._fill_call = None
+        d = self._run(self._fill_batch)
+
+        def next_batch(more):
+            if more:
+                self._schedule_fill(0)
+
+        d.addCallback(next_batch)
+        d.addErrback(lambda f: None if f.check(NoSuchFolder)
+                     else self.log.failure("reading message dates failed", f))
+        return d
+
+    async def _fill_batch(self) -> bool:
+        todo = self._index.unknown(DATE_FILL_BATCH)
+        if not todo:
+            if self._stale > COMPACT_MIN_STALE:
+                await self._compact()  # drop the lines the filled-in ones replaced
+            return False
+        path, uid_path, lock = self._path, self._uidlist_path(), self._file_lock
+
+        def work():
+            dates, lines = [], []
+            for uid, rel, size, wrap, base, date in todo:
+                if date == UNKNOWN_DATE:
+                    try:
+                        mtime = int(os.stat(os.path.join(path, rel)).st_mtime)
+                    except FileNotFoundError:
+                        continue  # gone: the next refresh expunges it
+                else:
+                    mtime = int(date)
+                dates.append((uid, mtime))
+                lines.append(uidlist.format_line(uid, mtime, size, wrap, base))
+            if lines:
+                try:
+                    with lock:
+                        uidlist.append_text(uid_path, "".join(lines), create=False)
+                except FileNotFoundError:
+                    return []  # the folder was deleted under us
+            return dates
+
+        dates = await self._store._in_thread(work)
+        for uid, mtime in dates:
+            self._index.set_date(uid, float(mtime))
+        self._stale += len(dates)
+        return len(todo) == DATE_FILL_BATCH
 
     # -- index helpers ---------------------------------------------------------------
 
-    def _relpath(self, uid: int) -> str:
-        info = self._infos[uid]
-        return os.path.join("new" if info.recent else "cur",
-                            filename(info.key, self._parts[uid]))
+    def _relpath_at(self, i: int) -> str:
+        st = self._index.state_at(i)
+        return os.path.join("new" if st.recent else "cur",
+                            filename(self._index.keys[i], st.part))
 
     def _row(self, base: str, recent: bool, part: str | None, wrap: bool, size: int,
              date: float, uid: int) -> Row:
-        flags, _, part = self._memo.get(part)
-        return part, wrap, fast_info(uid, base, size, flags, float(date), recent)
+        return base, recent, part, wrap, size, float(date)
 
     def _insert(self, uid: int, row: Row) -> MessageInfo:
-        part, wrap, info = row
-        self._infos[uid] = info
-        self._parts[uid] = part
-        if wrap:
-            self._wrap.add(uid)
-        self._by_base[info.key] = uid
-        return info
+        base, recent, part, wrap, size, date = row
+        index = self._index
+        sid = index.state(part, recent)
+        index.add(uid, base, size, date, sid, wrap)
+        return fast_info(uid, base, size, index.table[sid].flags, date, recent)
 
     def _remove(self, uids: Iterable[int]) -> None:
-        for uid in uids:
-            info = self._infos.pop(uid, None)
-            if info is None:
-                continue
-            del self._parts[uid]
-            self._wrap.discard(uid)
-            self._by_base.pop(info.key, None)
+        for uid in self._index.remove(uids):
             self._cache.pop(uid, None)
             self._stale += 1
 
@@ -149,7 +215,7 @@ class MaildirFolder:
         thread that first uses them)."""
         if self._keywords.assign(f for f in flags if not f.startswith("\\")):
             self._kwfile.changed()
-            self._memo = FlagMemo(self._keywords)
+            self._index.keywords_changed()
         return self._keywords.letters_of(flags, extra)
 
     # -- UID reservation -----------------------------------------------------------------
@@ -214,7 +280,7 @@ class MaildirFolder:
 
     async def _compact(self) -> None:
         """Rewrite the uidlist without stale lines (in a thread, under the file lock)."""
-        live = set(self._by_base) | self._pending_bases
+        live = set(self._index.by_base) | self._pending_bases
         path, validity = self._uidlist_path(), self.uid_validity
         first_unsettled = self.uid_next
         lock, fsync = self._file_lock, self._store.fsync
@@ -238,19 +304,26 @@ class MaildirFolder:
     # -- IFolder: reads -------------------------------------------------------------------
 
     def messages(self) -> list[MessageInfo]:
-        return list(self._infos.values())
+        return self._index.infos()
 
     def get(self, uid: int) -> MessageInfo | None:
-        return self._infos.get(uid)
+        return self._index.get(uid)
+
+    def columns(self) -> Columns:
+        """The whole index as position-aligned sequences, with no per-message object:
+        the bulk path for IMAP SELECT and FETCH on big folders (not part of IFolder)."""
+        return self._index.columns()
 
     def open_message(self, uid: int):
         return defer.Deferred.fromCoroutine(self._open_message(uid))
 
     async def _open_message(self, uid: int):
         for attempt in range(2):
-            if uid not in self._infos or self._gone:
+            i = self._index.pos(uid)
+            if i < 0 or self._gone:
                 raise NoSuchMessage(uid)
-            path, wrap = os.path.join(self._path, self._relpath(uid)), uid in self._wrap
+            path = os.path.join(self._path, self._relpath_at(i))
+            wrap = self._index.wrap[i]
             try:
                 # A read-only open of an existing file is a path lookup in the dentry
                 # cache (no journal, no data I/O): cheaper here than a thread hop, which
@@ -273,29 +346,28 @@ class MaildirFolder:
         return self._run(self._refresh)
 
     async def _refresh(self) -> None:
-        known = dict(self._by_base)
+        index = self._index
         stamp, renamed, gone, foreign = await self._store._in_thread(
-            diff_folder, self._path, known, self._infos, self._parts, self._stamp)
+            diff_folder, self._path, index.snapshot(), self._stamp)
         # Our own renames change the directories too, so only a stamp taken here, with
         # no change of ours in between (the lock is held), may skip the next listing.
         self._stamp = stamp
         changed = []
         for uid, recent, part in renamed:
-            old = self._infos.get(uid)
-            if old is None:
+            i = index.pos(uid)
+            if i < 0:
                 continue
-            row = self._row(old.key, recent, part, uid in self._wrap, old.size,
-                            old.internal_date, uid)
-            new = self._insert(uid, row)
-            if new.flags != old.flags:
-                changed.append(new)
-        gone = [uid for uid in gone if uid in self._infos]
+            old_flags = index.state_at(i).flags
+            index.states[i] = sid = index.state(part, recent)
+            if index.table[sid].flags != old_flags:
+                changed.append(index.info_at(i))
+        gone = [uid for uid in gone if uid in index]
         self._remove(gone)
         self._listeners.expunged(self, gone)
         self._listeners.changed(self, changed)
         foreign = [(sub, name) for sub, name in foreign
                    if name.partition(":")[0] not in self._pending_bases
-                   and name.partition(":")[0] not in self._by_base]
+                   and name.partition(":")[0] not in index.by_base]
         if foreign:
             await self._adopt(foreign)
 
@@ -309,19 +381,19 @@ class MaildirFolder:
             self._pending_bases.difference_update(bases)
         if not examined:
             return
-        rows = []
+        rows, lines = [], []
         for sub, name, size, wrap, mtime in examined:
             base, sep, part = name.partition(":")
             uid = self._reserve(base)
-            rows.append((uid, self._row(base, sub == "new", part if sep else None, wrap, size,
-                                        mtime, uid)))
-        records = [Record(uid, int(info.internal_date), info.size, wrap, info.key)
-                   for uid, (_, wrap, info) in rows]
+            rows.append((uid, (base, sub == "new", part if sep else None, wrap, size,
+                               float(mtime))))
+            lines.append(uidlist.format_line(uid, mtime, size, wrap, base))
+        text = "".join(lines)
         path, lock = self._uidlist_path(), self._file_lock
 
         def work():
             with lock:
-                uidlist.append(path, records)
+                uidlist.append_text(path, text)
 
         try:
             await self._store._in_thread(work)
@@ -339,42 +411,42 @@ class MaildirFolder:
         return self._run(self._set_flags, list(uids), wanted, mode)
 
     async def _set_flags(self, uids: list[int], wanted: frozenset[str], mode: str):
+        index = self._index
         result: dict[int, MessageInfo] = {}
         renames, updates = [], []
         new_part_memo: dict[tuple[str | None, frozenset[str], bool], str | None] = {}
         for uid in sorted(set(uids)):
-            info = self._infos.get(uid)
-            if info is None:
+            i = index.pos(uid)
+            if i < 0:
                 continue
-            result[uid] = info
-            new_flags = apply_mode(info.flags, wanted, mode)
-            if new_flags == info.flags:
+            st = index.state_at(i)
+            new_flags = apply_mode(st.flags, wanted, mode)
+            if new_flags == st.flags:
+                result[uid] = index.info_at(i)
                 continue
-            part = self._parts[uid]
-            key = (part, new_flags, info.recent)
+            key = (st.part, new_flags, st.recent)
             if key in new_part_memo:
                 new_part = new_part_memo[key]
             else:
-                extra = self._memo.get(part)[1]
-                new_part = make_info(self._letters(new_flags, extra), info.recent)
+                new_part = make_info(self._letters(new_flags, st.extra), st.recent)
                 new_part_memo[key] = new_part
-            sub = "new" if info.recent else "cur"
-            renames.append((os.path.join(sub, filename(info.key, part)),
-                            os.path.join(sub, filename(info.key, new_part))))
-            updates.append((uid, new_part, new_flags))
+            sub = "new" if st.recent else "cur"
+            base = index.keys[i]
+            renames.append((os.path.join(sub, filename(base, st.part)),
+                            os.path.join(sub, filename(base, new_part))))
+            updates.append((uid, new_part, st.recent))
         if renames:
             ok = await self._store._in_thread(rename_all, self._path, renames, self._kwfile,
                                               self._file_lock, self._store.fsync)
             changed = []
-            for (uid, new_part, new_flags), done in zip(updates, ok, strict=True):
-                old = self._infos.get(uid)
-                if not done or old is None:
+            for (uid, new_part, recent), done in zip(updates, ok, strict=True):
+                i = index.pos(uid)
+                if i < 0:
                     continue
-                self._parts[uid] = new_part
-                info = self._infos[uid] = fast_info(uid, old.key, old.size, new_flags,
-                                                    old.internal_date, old.recent)
-                result[uid] = info
-                changed.append(info)
+                if done:
+                    index.states[i] = index.state(new_part, recent)
+                    changed.append(index.info_at(i))
+                result[uid] = index.info_at(i)
             self._listeners.changed(self, changed)
         return [result[u] for u in sorted(result)]
 
@@ -382,15 +454,17 @@ class MaildirFolder:
         return self._run(self._expunge, None if uids is None else set(uids))
 
     async def _expunge(self, among: set[int] | None):
-        victims = sorted(uid for uid, info in self._infos.items()
-                         if "\\Deleted" in info.flags and (among is None or uid in among))
+        index = self._index
+        deleted = {sid for sid, st in enumerate(index.table) if "\\Deleted" in st.flags}
+        victims = [uid for uid, sid in zip(index.uids, index.states, strict=True)
+                   if sid in deleted and (among is None or uid in among)]
         if not victims:
             return []
-        paths = [os.path.join(self._path, self._relpath(u)) for u in victims]
+        paths = [os.path.join(self._path, self._relpath_at(index.pos(u))) for u in victims]
         await self._store._in_thread(unlink_all, paths)
         self._remove(victims)
         self._listeners.expunged(self, victims)
-        if self._stale > max(COMPACT_MIN_STALE, len(self._infos)):
+        if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         return victims
 
@@ -403,23 +477,24 @@ class MaildirFolder:
     async def _transfer(self, uids: list[int], dest: MaildirFolder, move: bool):
         if not isinstance(dest, MaildirFolder) or dest._gone:
             raise NoSuchFolder(getattr(dest, "name", repr(dest)))
+        index = self._index
         plan = []
         for uid in sorted(set(uids)):
-            info = self._infos.get(uid)
-            if info is None:
+            i = index.pos(uid)
+            if i < 0:
                 continue
-            wrap = uid in self._wrap
+            info, st, wrap = index.info_at(i), index.state_at(i), bool(index.wrap[i])
             base = unique_base(info.size, crlf_on_disk=not wrap)
-            extra = self._memo.get(self._parts[uid])[1]
-            new_part = make_info(dest._letters(info.flags, extra), in_new=True)
-            plan.append((uid, info, wrap, base, new_part))
+            new_part = make_info(dest._letters(info.flags, st.extra), in_new=True)
+            plan.append((uid, info, wrap, base, new_part, self._relpath_at(i)))
         if not plan:
             return []
-        reserved = [dest._reserve(base) for _, _, _, base, _ in plan]
-        ops = [(os.path.join(self._path, self._relpath(uid)),
+        reserved = [dest._reserve(base) for _, _, _, base, _, _ in plan]
+        ops = [(os.path.join(self._path, rel),
                 os.path.join(dest._path, "new", filename(base, new_part)),
                 Record(duid, int(info.internal_date), info.size, wrap, base))
-               for (uid, info, wrap, base, new_part), duid in zip(plan, reserved, strict=True)]
+               for (_, info, wrap, base, new_part, rel), duid in zip(plan, reserved,
+                                                                     strict=True)]
         syncer = self._store._sync if self._store.fsync else None
         try:
             ok = await self._store._in_thread(transfer_files, ops, move, dest._path,
@@ -428,8 +503,8 @@ class MaildirFolder:
             dest._settle([(duid, None) for duid in reserved])
             raise
         settle, pairs = [], []
-        for (uid, info, wrap, base, new_part), duid, done in zip(plan, reserved, ok,
-                                                                 strict=True):
+        for (uid, info, wrap, base, new_part, _), duid, done in zip(plan, reserved, ok,
+                                                                    strict=True):
             if not done:
                 settle.append((duid, None))
                 continue
@@ -447,24 +522,24 @@ class MaildirFolder:
         return self._run(self._claim_recent)
 
     async def _claim_recent(self):
-        recent = [uid for uid, info in self._infos.items() if info.recent]
+        index = self._index
+        recent = index.recent_uids()
         if not recent:
             return set()
         renames, parts = [], []
         for uid in recent:
-            info, part = self._infos[uid], self._parts[uid]
+            i = index.pos(uid)
+            base, part = index.keys[i], index.state_at(i).part
             new_part = make_info(info_letters(part), in_new=False)
-            renames.append((os.path.join("new", filename(info.key, part)),
-                            os.path.join("cur", filename(info.key, new_part))))
+            renames.append((os.path.join("new", filename(base, part)),
+                            os.path.join("cur", filename(base, new_part))))
             parts.append(new_part)
         ok = await self._store._in_thread(rename_all, self._path, renames, None, None, False)
         claimed = set()
         for uid, new_part, done in zip(recent, parts, ok, strict=True):
-            old = self._infos.get(uid)
-            if done and old is not None:
-                self._parts[uid] = new_part
-                self._infos[uid] = fast_info(uid, old.key, old.size, old.flags,
-                                             old.internal_date, False)
+            i = index.pos(uid)
+            if done and i >= 0:
+                index.states[i] = index.state(new_part, False)
                 claimed.add(uid)
         return claimed
 
@@ -480,17 +555,23 @@ class MaildirFolder:
         return self._cache.get(uid, {}).get(key)
 
     def set_cached(self, uid: int, key: str, value: str) -> None:
-        if uid not in self._infos:
+        if uid not in self._index:
             return
         self._cache.setdefault(uid, {})[key] = value
         self._cache_pending.append((uid, key, value))
         if len(self._cache_pending) >= CACHE_FLUSH_BATCH:
-            self._flush_cache()
+            self._write_cache()
         elif self._cache_call is None:
             self._cache_call = self._store._reactor.callLater(CACHE_FLUSH_DELAY,
-                                                              self._flush_cache)
+                                                              self._write_cache)
 
     def _flush_cache(self) -> defer.Deferred:
+        """Write pending cache entries; the store calls this as it closes, so background
+        date reading stops here too (it resumes on the next open)."""
+        self._stop_fill()
+        return self._write_cache()
+
+    def _write_cache(self) -> defer.Deferred:
         if self._cache_call is not None and self._cache_call.active():
             self._cache_call.cancel()
         self._cache_call = None
@@ -513,13 +594,13 @@ class MaildirFolder:
 
     def _forget(self) -> None:
         """The folder was deleted: tell listeners everything is gone."""
-        uids = list(self._infos)
+        uids = list(self._index.uids)
         self._gone = True
+        self._stop_fill()
         if self._cache_call is not None and self._cache_call.active():
             self._cache_call.cancel()
         self._cache_call = None
-        for d in (self._infos, self._parts, self._by_base, self._cache):
-            d.clear()
-        self._wrap.clear()
+        self._index.clear()
+        self._cache.clear()
         self._cache_pending.clear()
         self._listeners.expunged(self, uids)

@@ -1,17 +1,31 @@
-"""Building a folder's in-memory index from disk, in a worker thread.
+"""A folder's in-memory index, and building it from disk in a worker thread.
 
-The index of a folder is three dicts keyed by UID — ``infos`` (MessageInfo, in UID
-order), ``parts`` (the file name's info part, e.g. ``2,FS``) and ``by_base`` (unique
-base name -> UID) — plus the set of UIDs whose file is LF-only (``wrap``). Whether a
-file is in new/ or cur/ is ``MessageInfo.recent``. Nothing is stat'ed: sizes and dates
-come from the uidlist, flags from the names one listdir returns.
+The index is a ``FolderIndex``: parallel arrays in UID order (UID, size, date, state,
+wrap) plus the list of unique base names, so a 100k-message folder costs a few hundred
+bytes per message and no per-message Python object beyond its name. A *state* is one
+distinct (info part, in new/) pair, kept once in a small table with its IMAP flags;
+MessageInfo objects are made only when someone asks for one.
+
+``load_folder`` reads the uidlist, lists new/ and cur/ once and, on the first open of
+a folder full of files another program wrote (no uidlist yet), gives them UIDs right
+there in the thread, in one pass and one uidlist append: nothing is stat'ed except
+those foreign files (for their INTERNALDATE), and sizes come from ``S=``/``W=`` in the
+name where present.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import re
 import time
+from array import array
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import itemgetter
+from typing import NamedTuple
 
 from mailhost.store import uidlist
 from mailhost.store.crlf import crlf_size
@@ -20,18 +34,19 @@ from mailhost.store.maildir_io import list_names
 from mailhost.store.maildir_names import (
     KEYWORDS_FILE,
     Keywords,
+    filename,
     info_letters,
     sizes_from_base,
 )
-from mailhost.store.uidlist import UIDLIST_FILE, new_uid_validity
+from mailhost.store.uidlist import UIDLIST_FILE, format_line, new_uid_validity
 
 _new = object.__new__
 
 
 def fast_info(uid: int, key: str, size: int, flags: frozenset[str], date: float,
               recent: bool) -> MessageInfo:
-    """A MessageInfo built without the frozen-dataclass __init__ (several times faster;
-    loading a 100k-message folder builds 100k of them). Equal to a normal one."""
+    """A MessageInfo built without the frozen-dataclass __init__ (several times faster).
+    Equal to a normal one."""
     info = _new(MessageInfo)
     info.__dict__.update(uid=uid, key=key, size=size, flags=flags, internal_date=date,
                          recent=recent)
@@ -52,90 +67,469 @@ def _check_fast_info():
 fast_info = _check_fast_info()  # noqa: F811
 
 
+class State(NamedTuple):
+    """One distinct (info part, in new/) of a folder, with what it means."""
+
+    part: str | None
+    recent: bool
+    flags: frozenset[str]
+    extra: str  # letters no keyword maps, kept verbatim on renames
+
+
+class Columns(NamedTuple):
+    """A snapshot of the index as position-aligned sequences (for bulk readers such as
+    IMAP SELECT and ``FETCH 1:* (UID FLAGS)``), with no per-message object."""
+
+    uids: array
+    flags: list[frozenset[str]]
+    recent: bytes
+    sizes: array
+    dates: Sequence[float]
+
+
+#: The date of a file adopted in bulk whose mtime has not been read yet (in the index
+#: and in uidlist lines); ``FolderIndex.date_at`` reads it on first use.
+UNKNOWN_DATE = -1
+
+
+def name_time(base: str) -> float:
+    """The delivery time a Maildir name starts with (0 if none): the fallback date of a
+    file that vanished before its mtime was read."""
+    head = base.partition(".")[0]
+    return float(head) if head.isdecimal() else 0.0
+
+
+_ORDER_RE = re.compile(r"(\d*)(?:\.[^.:]*?M(\d*))?")
+
+
+def name_order(name: str) -> tuple[int, int, str]:
+    """Sort key of Dovecot's ``maildir_filename_sort_cmp``: the seconds the name starts
+    with, then the microseconds of its ``M<usec>`` part, then the name. Bulk adoption
+    gives UIDs in this order, as Dovecot would, without a stat per file."""
+    secs, usec = _ORDER_RE.match(name).groups()
+    return int(secs or 0), (-1 if usec is None else int(usec or 0)), name
+
+
+def sort_by_name_order(files: list[tuple[str, str]]) -> None:
+    """Sort (subdir, name) pairs by ``name_order`` in place, faster than with that key:
+    a plain name sort, then a stable sort on one integer per name."""
+    files.sort(key=itemgetter(1))
+    match = _ORDER_RE.match
+    parsed = [match(name).groups() for _, name in files]
+    width = 10 ** max((len(u) for _, u in parsed if u), default=1)
+    keys = [int(secs or 0) * width * 10 + (0 if usec is None else int(usec or 0) + 1)
+            for secs, usec in parsed]
+    del parsed
+    order = sorted(range(len(files)), key=keys.__getitem__)
+    files[:] = [files[i] for i in order]
+
+
+class _LazyDates(Sequence):
+    """The date column of a Columns snapshot, reading unknown mtimes on first use."""
+
+    def __init__(self, index: FolderIndex, uids: array, keys: list[str],
+                 dates: array) -> None:
+        self._index, self._uids, self._keys, self._dates = index, uids, keys, dates
+
+    def __len__(self) -> int:
+        return len(self._dates)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        date = self._dates[i]
+        if date == UNKNOWN_DATE:
+            pos = self._index.pos(self._uids[i])
+            date = self._index.date_at(pos) if pos >= 0 else name_time(self._keys[i])
+            self._dates[i] = date
+        return date
+
+
+class FolderIndex:
+    """The compact index of one folder, ascending by UID (see the module docstring).
+
+    Lives on the reactor thread; the loader builds one in a thread and hands it over.
+    """
+
+    def __init__(self, keywords: Keywords, path: str = "") -> None:
+        self.keywords = keywords
+        self.path = path  # the folder's directory (kept current by the folder)
+        self.unknown_dates = 0  # how many dates are UNKNOWN_DATE (an upper bound)
+        self.unsaved_dates: set[int] = set()  # UIDs whose date was read but not recorded
+        self.uids = array("q")
+        self.sizes = array("q")
+        self.dates = array("d")
+        self.states = array("I")
+        self.wrap = bytearray()
+        self.keys: list[str] = []
+        self.by_base: dict[str, int] = {}
+        self.table: list[State] = []
+        self._state_ids: dict[tuple[str | None, bool], int] = {}
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    # -- states --------------------------------------------------------------------
+
+    def state(self, part: str | None, recent: bool) -> int:
+        """The state id of an info part in new/ (``recent``) or cur/."""
+        sid = self._state_ids.get((part, recent))
+        if sid is None:
+            flags, extra = self.keywords.flags_of(info_letters(part))
+            sid = len(self.table)
+            self.table.append(State(part, recent, flags, extra))
+            self._state_ids[(part, recent)] = sid
+        return sid
+
+    def keywords_changed(self) -> None:
+        """New keyword letters were assigned: states made from now on map them."""
+        self._state_ids = {}
+
+    # -- lookups -------------------------------------------------------------------
+
+    def pos(self, uid: int) -> int:
+        """Position of a UID, or -1."""
+        i = bisect_left(self.uids, uid)
+        return i if i < len(self.uids) and self.uids[i] == uid else -1
+
+    def __contains__(self, uid: int) -> bool:
+        return self.pos(uid) >= 0
+
+    def info_at(self, i: int) -> MessageInfo:
+        st = self.table[self.states[i]]
+        date = self.dates[i]
+        if date == UNKNOWN_DATE:
+            date = self.date_at(i)
+        return fast_info(self.uids[i], self.keys[i], self.sizes[i], st.flags, date,
+                         st.recent)
+
+    def date_at(self, i: int) -> float:
+        """The internal date at a position, reading the file's mtime if it is not known
+        yet (one stat of a file whose directory entry was just listed: like the
+        read-only opens of MaildirFolder.open_message, cheaper than a thread hop)."""
+        date = self.dates[i]
+        if date != UNKNOWN_DATE:
+            return date
+        st, key = self.table[self.states[i]], self.keys[i]
+        try:
+            date = float(int(os.stat(os.path.join(self.path, "new" if st.recent else "cur",
+                                                  filename(key, st.part))).st_mtime))
+        except OSError:
+            return name_time(key)  # renamed under us or gone: the next read retries
+        self.dates[i] = date
+        self.unsaved_dates.add(self.uids[i])
+        return date
+
+    def set_date(self, uid: int, date: float) -> None:
+        i = self.pos(uid)
+        if i >= 0 and self.dates[i] == UNKNOWN_DATE:
+            self.dates[i] = date
+
+    def unknown(self, limit: int) -> list[tuple[int, str, int, bool, str, float]]:
+        """Up to ``limit`` (uid, path relative to the folder, size, wrap, base, date) of
+        messages whose date is not recorded in the uidlist yet: UNKNOWN_DATE where it
+        is still to be read, else the date read on demand."""
+        out = []
+        dates, table = self.dates, self.table
+
+        def row(i: int) -> tuple[int, str, int, bool, str, float]:
+            st, key = table[self.states[i]], self.keys[i]
+            return (self.uids[i],
+                    os.path.join("new" if st.recent else "cur", filename(key, st.part)),
+                    self.sizes[i], bool(self.wrap[i]), key, dates[i])
+
+        while self.unsaved_dates and len(out) < limit:
+            i = self.pos(self.unsaved_dates.pop())
+            if i >= 0:
+                out.append(row(i))
+        if not self.unknown_dates or len(out) >= limit:
+            return out
+        for i in range(len(dates)):
+            if dates[i] == UNKNOWN_DATE:
+                out.append(row(i))
+                if len(out) >= limit:
+                    return out
+        self.unknown_dates = 0
+        return out
+
+    def get(self, uid: int) -> MessageInfo | None:
+        i = self.pos(uid)
+        return None if i < 0 else self.info_at(i)
+
+    def state_at(self, i: int) -> State:
+        return self.table[self.states[i]]
+
+    def infos(self) -> list[MessageInfo]:
+        """Every message as a MessageInfo (made now: the index keeps none)."""
+        if self.unknown_dates and UNKNOWN_DATE in self.dates:
+            for i, date in enumerate(self.dates):
+                if date == UNKNOWN_DATE:
+                    self.date_at(i)
+        table, states = self.table, self.states
+        flags = [st.flags for st in table]
+        recent = [st.recent for st in table]
+        # 100k new objects would run the cyclic GC over the whole heap several times
+        # (half the cost); none of them can be garbage yet.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return list(map(fast_info, self.uids, self.keys, self.sizes,
+                            [flags[s] for s in states], self.dates,
+                            [recent[s] for s in states]))
+        finally:
+            if paused:
+                gc.enable()
+
+    def columns(self) -> Columns:
+        table = self.table
+        flags = [st.flags for st in table]
+        recent = bytes(st.recent for st in table)
+        states, uids, dates = self.states, array("q", self.uids), array("d", self.dates)
+        lazy = (_LazyDates(self, uids, list(self.keys), dates)
+                if self.unknown_dates and UNKNOWN_DATE in dates else dates)
+        return Columns(uids, [flags[s] for s in states], bytes(recent[s] for s in states),
+                       array("q", self.sizes), lazy)
+
+    def recent_uids(self) -> list[int]:
+        recent = {i for i, st in enumerate(self.table) if st.recent}
+        if not recent:
+            return []
+        return [u for u, s in zip(self.uids, self.states, strict=True) if s in recent]
+
+    # -- changes -------------------------------------------------------------------
+
+    def add(self, uid: int, key: str, size: int, date: float, sid: int, wrap: bool) -> None:
+        """Insert a message (normally the highest UID so far: an append)."""
+        if not self.uids or uid > self.uids[-1]:
+            self.uids.append(uid)
+            self.keys.append(key)
+            self.sizes.append(size)
+            self.dates.append(date)
+            self.states.append(sid)
+            self.wrap.append(wrap)
+        else:
+            i = bisect_left(self.uids, uid)
+            if i < len(self.uids) and self.uids[i] == uid:
+                self.by_base.pop(self.keys[i], None)
+                self.keys[i], self.sizes[i], self.dates[i] = key, size, date
+                self.states[i], self.wrap[i] = sid, wrap
+            else:
+                self.uids.insert(i, uid)
+                self.keys.insert(i, key)
+                self.sizes.insert(i, size)
+                self.dates.insert(i, date)
+                self.states.insert(i, sid)
+                self.wrap.insert(i, wrap)
+        self.by_base[key] = uid
+        if date == UNKNOWN_DATE:
+            self.unknown_dates += 1
+
+    def remove(self, uids) -> list[int]:
+        """Drop these UIDs; returns those that were present."""
+        positions = sorted({p for p in map(self.pos, uids) if p >= 0})
+        if not positions:
+            return []
+        removed = [self.uids[p] for p in positions]
+        for p in positions:
+            self.by_base.pop(self.keys[p], None)
+        if len(positions) <= 32:
+            for p in reversed(positions):
+                del self.uids[p], self.keys[p], self.sizes[p], self.dates[p]
+                del self.states[p], self.wrap[p]
+        else:
+            keep = bytearray(b"\x01") * len(self.uids)
+            for p in positions:
+                keep[p] = 0
+            self.uids = array("q", compress(self.uids, keep))
+            self.keys = list(compress(self.keys, keep))
+            self.sizes = array("q", compress(self.sizes, keep))
+            self.dates = array("d", compress(self.dates, keep))
+            self.states = array("I", compress(self.states, keep))
+            self.wrap = bytearray(compress(self.wrap, keep))
+        return removed
+
+    def clear(self) -> None:
+        for arr in (self.uids, self.sizes, self.dates, self.states):
+            del arr[:]
+        self.wrap.clear()
+        self.keys.clear()
+        self.by_base.clear()
+
+    def snapshot(self) -> tuple[list[str], array, array, list[State]]:
+        """Copies for a thread to compare against the directory (C-speed copies)."""
+        return list(self.keys), array("q", self.uids), array("I", self.states), list(self.table)
+
+
 @dataclass
 class Loaded:
     """A folder's index as read from disk."""
 
     validity: int
     uid_next: int
-    keywords: Keywords
-    infos: dict[int, MessageInfo] = field(default_factory=dict)
-    parts: dict[int, str | None] = field(default_factory=dict)
-    wrap: set[int] = field(default_factory=set)
-    by_base: dict[str, int] = field(default_factory=dict)
+    index: FolderIndex
     foreign: list[tuple[str, str]] = field(default_factory=list)  # (subdir, file name)
     stale: int = 0  # uidlist lines whose file is gone
 
 
-def _seen(cur: list[str], new: list[str]) -> dict[str, tuple[bool, str | None]]:
-    """base -> (in new/, info part); cur/ wins when a crash left a file in both."""
-    seen: dict[str, tuple[bool, str | None]] = {}
-    for name in cur:
-        base, sep, part = name.partition(":")
-        seen[base] = (False, part if sep else None)
-    for name in new:
-        base, sep, part = name.partition(":")
-        if base not in seen:
-            seen[base] = (True, part if sep else None)
-    return seen
-
-
-class FlagMemo:
-    """Caches info part -> (flags, unmapped letters): folders have few distinct combos,
-    and sharing the frozensets saves memory on big folders."""
-
-    def __init__(self, keywords: Keywords) -> None:
-        self.keywords = keywords
-        self.memo: dict[str | None, tuple[frozenset[str], str, str | None]] = {}
-
-    def get(self, part: str | None) -> tuple[frozenset[str], str, str | None]:
-        got = self.memo.get(part)
-        if got is None:
-            flags, extra = self.keywords.flags_of(info_letters(part))
-            got = self.memo[part] = (flags, extra, part)
-        return got
-
-
-def load_folder(path: str, fsync: bool) -> Loaded:
-    """Read uidlist and keywords, list new/ and cur/, build the index."""
-    cur, new = list_names(path)
+def _read_keywords(path: str) -> Keywords:
     try:
         with open(os.path.join(path, KEYWORDS_FILE), encoding="utf-8") as f:
-            keywords = Keywords.parse(f.read())
+            return Keywords.parse(f.read())
     except FileNotFoundError:
-        keywords = Keywords()
-    uidlist.repair_tail(os.path.join(path, UIDLIST_FILE))
-    found = uidlist.read(os.path.join(path, UIDLIST_FILE))
+        return Keywords()
+
+
+def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
+    """Read uidlist and keywords, list new/ and cur/, build the index; with ``adopt``,
+    give files no uidlist line names their UIDs too (the folder is not shared yet, so
+    nothing else reserves UIDs meanwhile), else return them as ``foreign``."""
+    cur, new = list_names(path)
+    keywords = _read_keywords(path)
+    uid_path = os.path.join(path, UIDLIST_FILE)
+    uidlist.repair_tail(uid_path)
+    found = uidlist.read(uid_path)
     if found is None:
         validity = new_uid_validity()
-        uidlist.rewrite(os.path.join(path, UIDLIST_FILE), validity, 1, [], fsync)
+        uidlist.rewrite(uid_path, validity, 1, [], fsync)
         found = (validity, 1, {}, 0)
     validity, uid_next, records, lines = found
-    out = Loaded(validity, uid_next, keywords)
-    seen = _seen(cur, new)
-    memo = FlagMemo(keywords)
-    infos, parts, by_base, wrap = out.infos, out.parts, out.by_base, out.wrap
-    last, ordered = 0, True
-    for base, (uid, date, size, w) in records.items():
-        hit = seen.get(base)
-        if hit is None or uid in infos:
+    index = FolderIndex(keywords, path)
+    out = Loaded(validity, uid_next, index)
+    # (name, base, part or None, in new/) of every file; cur/ wins when a crash left a
+    # file in both.
+    files = [(n, *n.partition(":"), False) for n in cur]
+    if new:
+        in_cur = {f[1] for f in files}
+        files += [(n, *n.partition(":"), True) for n in new
+                  if n.partition(":")[0] not in in_cur]
+        del in_cur
+    del cur, new
+    foreign: list[tuple[str, str]] = []  # (subdir, name)
+    if records:
+        known = []
+        get = records.get
+        for name, base, sep, part, recent in files:
+            rec = get(base)
+            if rec is None:
+                foreign.append(("new" if recent else "cur", name))
+            else:
+                known.append((rec[0], base, part if sep else None, recent))
+        known.sort()
+        state = index.state
+        last_uid = 0
+        for uid, base, part, recent in known:
+            if uid == last_uid:
+                # Two names on one UID (a broken uidlist): the later one is foreign.
+                foreign.append(("new" if recent else "cur", filename(base, part)))
+                continue
+            last_uid = uid
+            _, date, size, wrap = records[base]
+            index.add(uid, base, size, float(date), state(part, recent), wrap)
+        del known
+    else:
+        foreign = [("new" if f[4] else "cur", f[0]) for f in files]
+    del files, records
+    out.stale = lines - len(index)
+    if foreign and adopt:
+        out.uid_next = _adopt_all(path, uid_path, index, foreign, uid_next)
+    elif foreign:
+        out.foreign = foreign
+    return out
+
+
+def _adopt_all(path: str, uid_path: str, index: FolderIndex,
+               foreign: list[tuple[str, str]], uid_next: int) -> int:
+    """Give foreign files UIDs in Dovecot's order (``name_order``), add them to
+    ``index`` and append their uidlist lines in one write; returns the new UIDNEXT.
+
+    No file is stat'ed: sizes come from ``S=``/``W=`` in the name (a file without them
+    is read once), and dates stay UNKNOWN_DATE until someone asks (as Dovecot reads
+    mtimes only for INTERNALDATE). The folder fills them in later in the background."""
+    sort_by_name_order(foreign)
+    split = [name.partition(":") for _, name in foreign]
+    bases = [t[0] for t in split]
+    # Dovecot's ",S=<n>,W=<n>" ending, parsed in bulk; other names take the slow path.
+    tails = [b.rpartition(",S=")[2].partition(",W=") for b in bases]
+    sizes = [int(w) if sep and s.isdecimal() and w.isdecimal() else -1
+             for s, sep, w in tails]
+    wraps = [s != w and s.isdecimal() and w.isdecimal() and int(s) != int(w)
+             for s, _, w in tails]
+    del tails
+    keep = None
+    for i in [i for i, size in enumerate(sizes) if size < 0]:
+        s, w = sizes_from_base(bases[i])
+        if s is not None and w is not None:
+            sizes[i], wraps[i] = w, s != w
             continue
-        del seen[base]
-        recent, part = hit
-        flags, _, part = memo.get(part)
-        infos[uid] = fast_info(uid, base, size, flags, float(date), recent)
-        parts[uid] = part
-        by_base[base] = uid
-        if w:
-            wrap.add(uid)
-        if uid < last:
-            ordered = False
-        last = uid
-    if not ordered:
-        out.infos = dict(sorted(infos.items()))
-    out.foreign = [("new" if recent else "cur", base if part is None else f"{base}:{part}")
-                   for base, (recent, part) in seen.items()]
-    out.stale = lines - len(infos)
+        try:
+            sizes[i], raw = crlf_size(os.path.join(path, *foreign[i]))
+        except FileNotFoundError:
+            keep = keep or bytearray(b"\x01") * len(sizes)
+            keep[i] = 0
+            continue
+        wraps[i] = sizes[i] != raw
+    states = list(zip([sub for sub, _ in foreign], [t[2] if t[1] else None for t in split],
+                      strict=True))
+    del split
+    sid_of = {k: index.state(k[1], k[0] == "new") for k in set(states)}
+    sids = [sid_of[k] for k in states]
+    del states
+    if keep is not None:  # files that vanished since the listing
+        bases, sizes, wraps, sids = (list(compress(col, keep))
+                                     for col in (bases, sizes, wraps, sids))
+    del foreign[:]
+    n = len(bases)
+    uids = range(uid_next, uid_next + n)
+    dates = [UNKNOWN_DATE] * n
+    uidlist.append_text(uid_path, "".join(map(format_line, uids, dates, sizes, wraps, bases)))
+    if not len(index) or index.uids[-1] < uid_next:
+        index.uids.extend(uids)
+        index.keys.extend(bases)
+        index.sizes.extend(sizes)
+        index.dates.extend(array("d", [UNKNOWN_DATE]) * n)
+        index.states.extend(sids)
+        index.wrap.extend(wraps)
+        index.by_base.update(zip(bases, uids, strict=True))
+        index.unknown_dates += n
+    else:
+        for row in zip(uids, bases, sizes, dates, sids, wraps, strict=True):
+            index.add(*row)
+    return uid_next + n
+
+
+def examine_foreign(path: str, files: list[tuple[str, str]]):
+    """[(subdir, name, CRLF size, needs CRLF wrapping, mtime)] of files another program
+    dropped in, in ``name_order``; files gone meanwhile are left out."""
+    out = []
+    fds = {}
+    try:
+        for sub in ("new", "cur"):
+            try:
+                fds[sub] = os.open(os.path.join(path, sub), os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                pass
+        stat = os.stat
+        append = out.append
+        for sub, name in files:
+            fd = fds.get(sub)
+            if fd is None:
+                continue
+            s, w = sizes_from_base(name.partition(":")[0])
+            try:
+                # Relative to the open directory: no path walk per file.
+                mtime = int(stat(name, dir_fd=fd).st_mtime)
+                if s is not None and w is not None:
+                    size, wrap = w, s != w  # Dovecot: S= on disk, W= with CRLF
+                else:
+                    size, raw = crlf_size(os.path.join(path, sub, name))
+                    wrap = size != raw
+            except FileNotFoundError:
+                continue
+            append((sub, name, size, wrap, mtime))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    out.sort(key=lambda t: name_order(t[1]))
     return out
 
 
@@ -156,10 +550,10 @@ def dir_stamp(path: str) -> tuple[int, int] | None:
     return stamp
 
 
-def diff_folder(path: str, known: dict[str, int], infos: dict[int, MessageInfo],
-                parts: dict[int, str | None], last_stamp: tuple[int, int] | None):
-    """Compare the directory with the index. ``known`` is a snapshot of base -> UID;
-    ``infos``/``parts`` are the live dicts, only read key by key (safe under the GIL).
+def diff_folder(path: str, snapshot: tuple[list[str], array, array, list[State]],
+                last_stamp: tuple[int, int] | None):
+    """Compare the directory with a ``FolderIndex.snapshot()``.
+
     Returns (stamp, renamed [(uid, recent, part)], gone UIDs, unknown files
     [(subdir, name)]); when both directories are unchanged since ``last_stamp`` the
     listing is skipped and nothing is reported."""
@@ -167,37 +561,25 @@ def diff_folder(path: str, known: dict[str, int], infos: dict[int, MessageInfo],
     if stamp is not None and stamp == last_stamp:
         return stamp, [], [], []
     cur, new = list_names(path)
-    seen = _seen(cur, new)
+    keys, uids, states, table = snapshot
+    where = dict(zip(keys, range(len(keys)), strict=True))
+    seen = bytearray(len(keys))
+    taken: set[str] = set()
     renamed, foreign = [], []
-    for base, (recent, part) in seen.items():
-        uid = known.get(base)
-        if uid is None:
-            foreign.append(("new" if recent else "cur",
-                            base if part is None else f"{base}:{part}"))
-            continue
-        info = infos.get(uid)
-        if info is not None and (info.recent != recent or parts.get(uid) != part):
-            renamed.append((uid, recent, part))
-    gone = sorted(uid for base, uid in known.items() if base not in seen)
+    for names, recent, sub in ((cur, False, "cur"), (new, True, "new")):
+        for name in names:
+            base, sep, part = name.partition(":")
+            if base in taken:
+                continue
+            taken.add(base)
+            i = where.get(base)
+            if i is None:
+                foreign.append((sub, name))
+                continue
+            seen[i] = 1
+            st = table[states[i]]
+            part = part if sep else None
+            if st.recent != recent or st.part != part:
+                renamed.append((uids[i], recent, part))
+    gone = [uid for uid, s in zip(uids, seen, strict=True) if not s]
     return stamp, renamed, gone, foreign
-
-
-def examine_foreign(path: str, files: list[tuple[str, str]]):
-    """CRLF size, whether the file needs CRLF wrapping, and mtime of files another
-    program dropped in; [(subdir, name, size, wrap, mtime)], oldest first."""
-    out = []
-    for sub, name in files:
-        full = os.path.join(path, sub, name)
-        s, w = sizes_from_base(name.partition(":")[0])
-        try:
-            mtime = os.stat(full).st_mtime
-            if s is not None and w is not None:
-                size, wrap = w, s != w  # Dovecot: S= on disk, W= with CRLF
-            else:
-                size, raw = crlf_size(full)
-                wrap = size != raw
-        except FileNotFoundError:
-            continue
-        out.append((sub, name, size, wrap, int(mtime)))
-    out.sort(key=lambda t: (t[4], t[1]))
-    return out

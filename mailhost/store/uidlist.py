@@ -40,7 +40,12 @@ class Record:
     base: str
 
     def line(self) -> str:
-        return f"{self.uid} {self.date} {self.size} {int(self.wrap)} {self.base}\n"
+        return format_line(self.uid, self.date, self.size, self.wrap, self.base)
+
+
+def format_line(uid: int, date: int, size: int, wrap: bool, base: str) -> str:
+    """One uidlist line (bulk writers format lines directly, without a Record each)."""
+    return f"{uid} {date} {size} {int(wrap)} {base}\n"
 
 
 def read(path: str) -> tuple[int, int, dict[str, tuple[int, int, int, bool]], int] | None:
@@ -94,10 +99,22 @@ def repair_tail(path: str) -> None:
 
 def append(path: str, records: list[Record]) -> None:
     """Append records with one write (O_APPEND); the caller holds the folder's file lock."""
-    data = "".join(r.line() for r in records).encode("utf-8", "surrogateescape")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    append_text(path, "".join(r.line() for r in records))
+
+
+def append_text(path: str, text: str, create: bool = True) -> None:
+    """Append formatted lines with one write (O_APPEND). With ``create`` False a missing
+    file raises FileNotFoundError instead of starting one without its header."""
+    data = text.encode("utf-8", "surrogateescape")
+    flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0)
+    fd = os.open(path, flags, 0o600)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            if n <= 0:
+                raise OSError(f"short write to {path}")
+            view = view[n:]
     finally:
         os.close(fd)
 

@@ -388,3 +388,74 @@ async def test_failed_commit_releases_its_uid_and_leaves_no_file(root, monkeypat
     assert await deliver(store) == [3]
     assert os.listdir(os.path.join(root, ".tmp")) == []
     assert len(os.listdir(os.path.join(user_dir(root), "new"))) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_open_adopts_foreign_files_in_name_order_without_stat(root, monkeypatch):
+    """A Maildir another program filled (no uidlist): UIDs in Dovecot's name order, no
+    stat per file; dates are read on first use, then filled into the uidlist."""
+    home = user_dir(root)
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(home, sub))
+    crlf, lf = b"Subject: a\r\n\r\nx\r\n", b"Subject: b\n\nline\n"
+    files = [  # (subdir, name, content, mtime); listed here out of order on purpose
+        ("cur", f"1700000001.M5P1.h,S={len(crlf)},W={len(crlf)}:2,S", crlf, 1_650_000_003),
+        ("cur", f"1700000000.M100P1.h,S={len(crlf)},W={len(crlf)}:2,", crlf, 1_650_000_002),
+        ("new", "1700000000.M9P1.h", lf, 1_650_000_001),  # no sizes in the name, LF
+        ("cur", f"1699999999.M7P1.h,S={len(lf)},W={len(lf) + 3}:2,FS", lf, 1_650_000_000),
+    ]
+    for sub, name, data, mtime in files:
+        path = os.path.join(home, sub, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.utime(path, (mtime, mtime))
+    store = MaildirStore(root)
+    account = await store.open_account(A)
+    stats = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
+    box = await account.open_folder("INBOX")
+    monkeypatch.undo()
+    assert stats == []
+    box._stop_fill()
+    infos = box.messages()
+    assert [i.key.split(".")[1] for i in infos] == ["M7P1", "M9P1", "M100P1", "M5P1"]
+    assert [i.uid for i in infos] == [1, 2, 3, 4]
+    assert [i.internal_date for i in infos] == [1_650_000_000 + n for n in range(4)]
+    assert [i.size for i in infos] == [len(lf) + 3, len(lf) + 3, len(crlf), len(crlf)]
+    assert infos[0].flags == {"\\Flagged", "\\Seen"} and infos[1].recent
+    assert await read_all(box, 2) == lf.replace(b"\n", b"\r\n")
+    with open(os.path.join(home, UIDLIST_FILE)) as f:
+        assert [line.split()[1] for line in f.read().splitlines()[1:]] == ["-1"] * 4
+    # The background pass records the dates; a restart then needs no stat for them.
+    await box._fill_dates()
+    box._stop_fill()
+    again = await folder_of(MaildirStore(root))
+    again._stop_fill()
+    assert again._index.unknown_dates == 0
+    monkeypatch.setattr(os, "stat", lambda *a, **k: (_ for _ in ()).throw(AssertionError()))
+    assert [(i.uid, i.key, i.internal_date) for i in again.messages()] == \
+        [(i.uid, i.key, i.internal_date) for i in infos]
+    monkeypatch.undo()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_dates_survive_restart_and_flag_renames(root):
+    """Before the fill ran: dates are read from the renamed file, and after a restart."""
+    home = user_dir(root)
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(home, sub))
+    name = "1700000000.M1P1.h,S=3,W=3"
+    with open(os.path.join(home, "new", name), "wb") as f:
+        f.write(b"x\r\n")
+    os.utime(os.path.join(home, "new", name), (1_600_000_000, 1_600_000_000))
+    box = await folder_of(MaildirStore(root))
+    box._stop_fill()
+    await box.set_flags([1], ["\\Seen"], "add")
+    await box.claim_recent()
+    cols = box.columns()
+    assert list(cols.uids) == [1] and cols.flags == [{"\\Seen"}] and cols.dates[0] == 1.6e9
+    again = await folder_of(MaildirStore(root))
+    again._stop_fill()
+    assert again.get(1).internal_date == 1_600_000_000
+    assert again.get(1).flags == {"\\Seen"} and not again.get(1).recent

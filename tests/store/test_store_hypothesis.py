@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import string
 
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from mailhost.store import uidlist
 from mailhost.store.crlf import CRLFNormalizer, CRLFReader
 from mailhost.store.interfaces import SYSTEM_FLAGS, InvalidFolderName
+from mailhost.store.maildir_index import FolderIndex, name_order, sort_by_name_order
 from mailhost.store.maildir_names import (
     Keywords,
     filename,
@@ -122,3 +124,62 @@ def test_crlf_normalizer_lone_lf_chunk_after_cr():
     norm = CRLFNormalizer()
     out = b"".join(norm.feed(c) for c in (b"a\r", b"\n", b"\nb"))
     assert out == b"a\r\n\r\nb"
+
+
+_SIZE_RE = re.compile(r",([SW])=(\d+)")
+
+
+def _sizes_reference(base):
+    """The plain regex reading of S=/W= (what sizes_from_base must agree with)."""
+    found = dict(_SIZE_RE.findall(base))
+    s, w = found.get("S"), found.get("W")
+    return (int(s) if s else None), (int(w) if w else None)
+
+
+name_text = st.text(alphabet=",SW=0123456789.:xM", max_size=30)
+
+
+@FAST
+@given(st.one_of(name_text, st.text(max_size=30),
+                 st.builds(lambda a, s, w: f"{a},S={s},W={w}", name_text,
+                           st.integers(0, 10**9), st.integers(0, 10**9))))
+def test_sizes_from_base_agrees_with_the_regex(base):
+    assert sizes_from_base(base) == _sizes_reference(base)
+
+
+@FAST
+@given(st.lists(st.one_of(
+    st.builds(lambda s, u, r: f"{s}.M{u}P1Q{r}.host", st.integers(0, 2 * 10**9),
+              st.integers(0, 10**7), st.integers(0, 99)),
+    st.text(alphabet="0123456789.MPQ:,xa", max_size=20)), max_size=30))
+def test_bulk_name_sort_matches_the_dovecot_key(names):
+    files = [("cur", n) for n in names]
+    expected = sorted(files, key=lambda f: name_order(f[1]))
+    sort_by_name_order(files)
+    assert files == expected
+
+
+@FAST
+@given(st.lists(st.tuples(st.integers(1, 200), st.sampled_from([None, "2,S", "2,FS", "2,a"]),
+                          st.booleans()), max_size=40),
+       st.sets(st.integers(1, 200), max_size=60))
+def test_folder_index_matches_a_dict_model(rows, removed):
+    index = FolderIndex(Keywords({0: "$Label"}))
+    model = {}
+    for uid, part, recent in rows:
+        index.add(uid, f"k{uid}", uid * 10, float(uid), index.state(part, recent), uid % 3 == 0)
+        model[uid] = (f"k{uid}", part, recent)
+    assert sorted(index.remove(removed)) == sorted(set(removed) & model.keys())
+    for uid in removed:
+        model.pop(uid, None)
+    assert list(index.uids) == sorted(model)
+    assert index.by_base == {key: uid for uid, (key, _, _) in model.items()}
+    for uid, (key, part, recent) in model.items():
+        info = index.get(uid)
+        assert (info.key, info.size, info.internal_date, info.recent) == \
+            (key, uid * 10, float(uid), recent)
+        assert info.flags == Keywords({0: "$Label"}).flags_of(info_letters(part))[0]
+        assert index.wrap[index.pos(uid)] == (uid % 3 == 0)
+    cols = index.columns()
+    assert list(cols.uids) == sorted(model) and len(cols.flags) == len(model)
+    assert index.infos() == [index.get(u) for u in sorted(model)]
