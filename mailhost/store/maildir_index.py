@@ -38,7 +38,7 @@ from mailhost.store.maildir_names import (
     info_letters,
     sizes_from_base,
 )
-from mailhost.store.uidlist import UIDLIST_FILE, format_line, new_uid_validity
+from mailhost.store.uidlist import UIDLIST_FILE, new_uid_validity
 
 _new = object.__new__
 
@@ -111,9 +111,32 @@ def name_order(name: str) -> tuple[int, int, str]:
 
 
 def sort_by_name_order(files: list[tuple[str, str]]) -> None:
-    """Sort (subdir, name) pairs by ``name_order`` in place, faster than with that key:
-    a plain name sort, then a stable sort on one integer per name."""
+    """Sort (subdir, name) pairs by ``name_order`` in place, faster than with that key.
+
+    When every name starts with decimal seconds of one width (any Maildir written in
+    this century), a plain string sort already orders by seconds; only runs of names
+    with equal seconds then need the microsecond key."""
     files.sort(key=itemgetter(1))
+    heads = [name.partition(".")[0] for _, name in files]
+    joined = "".join(heads)
+    if not (joined.isascii() and joined.isdecimal()
+            and len(set(map(len, heads))) <= 1):
+        _sort_by_key(files)
+        return
+    if len(set(heads)) == len(heads):
+        return
+    n, i = len(files), 0
+    while i < n:
+        j = i + 1
+        while j < n and heads[j] == heads[i]:
+            j += 1
+        if j - i > 1:
+            files[i:j] = sorted(files[i:j], key=lambda f: name_order(f[1]))
+        i = j
+
+
+def _sort_by_key(files: list[tuple[str, str]]) -> None:
+    """The general case: a stable sort on one integer per name after the name sort."""
     match = _ORDER_RE.match
     parsed = [match(name).groups() for _, name in files]
     width = 10 ** max((len(u) for _, u in parsed if u), default=1)
@@ -395,17 +418,16 @@ def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
     validity, uid_next, records, lines = found
     index = FolderIndex(keywords, path)
     out = Loaded(validity, uid_next, index)
-    # (name, base, part or None, in new/) of every file; cur/ wins when a crash left a
-    # file in both.
-    files = [(n, *n.partition(":"), False) for n in cur]
-    if new:
-        in_cur = {f[1] for f in files}
-        files += [(n, *n.partition(":"), True) for n in new
-                  if n.partition(":")[0] not in in_cur]
+    if new:  # cur/ wins when a crash left a file in both
+        in_cur = {n.partition(":")[0] for n in cur}
+        new = [n for n in new if n.partition(":")[0] not in in_cur]
         del in_cur
-    del cur, new
     foreign: list[tuple[str, str]] = []  # (subdir, name)
     if records:
+        # (name, base, part or None, in new/) of every file
+        files = [(n, *n.partition(":"), False) for n in cur]
+        files += [(n, *n.partition(":"), True) for n in new]
+        del cur, new
         known = []
         get = records.get
         for name, base, sep, part, recent in files:
@@ -425,16 +447,39 @@ def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
             last_uid = uid
             _, date, size, wrap = records[base]
             index.add(uid, base, size, float(date), state(part, recent), wrap)
-        del known
+        del known, files
     else:
-        foreign = [("new" if f[4] else "cur", f[0]) for f in files]
-    del files, records
+        foreign = [("cur", n) for n in cur]
+        foreign += [("new", n) for n in new]
+        del cur, new
+    del records
     out.stale = lines - len(index)
     if foreign and adopt:
         out.uid_next = _adopt_all(path, uid_path, index, foreign, uid_next)
     elif foreign:
         out.foreign = foreign
     return out
+
+
+#: Dovecot's ``,S=<size on disk>,W=<CRLF size>`` at the end of a base name ("/" cannot
+#: occur in a file name, so it separates the names searched at once).
+_SIZES_AT_END = re.compile(r",S=(\d+),W=(\d+)(?=/|\Z)")
+
+
+def _bulk_sizes(bases: list[str]) -> tuple[list[int], list[bool]]:
+    """(CRLF sizes, needs-CRLF-wrap) from the names, -1 where a name has no Dovecot
+    size ending. One regex pass over all names when every one has it."""
+    found = _SIZES_AT_END.findall("/".join(bases))
+    if len(found) == len(bases):
+        return ([int(w) for _, w in found],
+                [s != w and int(s) != int(w) for s, w in found])
+    sizes, wraps = [], []
+    for base in bases:
+        s, w = sizes_from_base(base)
+        ok = s is not None and w is not None
+        sizes.append(w if ok else -1)
+        wraps.append(ok and s != w)
+    return sizes, wraps
 
 
 def _adopt_all(path: str, uid_path: str, index: FolderIndex,
@@ -448,13 +493,7 @@ def _adopt_all(path: str, uid_path: str, index: FolderIndex,
     sort_by_name_order(foreign)
     split = [name.partition(":") for _, name in foreign]
     bases = [t[0] for t in split]
-    # Dovecot's ",S=<n>,W=<n>" ending, parsed in bulk; other names take the slow path.
-    tails = [b.rpartition(",S=")[2].partition(",W=") for b in bases]
-    sizes = [int(w) if sep and s.isdecimal() and w.isdecimal() else -1
-             for s, sep, w in tails]
-    wraps = [s != w and s.isdecimal() and w.isdecimal() and int(s) != int(w)
-             for s, _, w in tails]
-    del tails
+    sizes, wraps = _bulk_sizes(bases)
     keep = None
     for i in [i for i, size in enumerate(sizes) if size < 0]:
         s, w = sizes_from_base(bases[i])
@@ -481,7 +520,9 @@ def _adopt_all(path: str, uid_path: str, index: FolderIndex,
     n = len(bases)
     uids = range(uid_next, uid_next + n)
     dates = [UNKNOWN_DATE] * n
-    uidlist.append_text(uid_path, "".join(map(format_line, uids, dates, sizes, wraps, bases)))
+    uidlist.append_text(uid_path, "".join(map(uidlist.LINE.__mod__,
+                                              zip(uids, dates, sizes, wraps, bases,
+                                                  strict=True))))
     if not len(index) or index.uids[-1] < uid_next:
         index.uids.extend(uids)
         index.keys.extend(bases)

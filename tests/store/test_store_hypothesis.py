@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from mailhost.store import uidlist
 from mailhost.store.crlf import CRLFNormalizer, CRLFReader
 from mailhost.store.interfaces import SYSTEM_FLAGS, InvalidFolderName
-from mailhost.store.maildir_index import FolderIndex, name_order, sort_by_name_order
+from mailhost.store.maildir_index import (
+    FolderIndex,
+    _bulk_sizes,
+    name_order,
+    sort_by_name_order,
+)
 from mailhost.store.maildir_names import (
     Keywords,
     filename,
@@ -148,15 +153,36 @@ def test_sizes_from_base_agrees_with_the_regex(base):
 
 
 @FAST
-@given(st.lists(st.one_of(
-    st.builds(lambda s, u, r: f"{s}.M{u}P1Q{r}.host", st.integers(0, 2 * 10**9),
-              st.integers(0, 10**7), st.integers(0, 99)),
-    st.text(alphabet="0123456789.MPQ:,xa", max_size=20)), max_size=30))
+@given(st.one_of(
+    st.lists(st.one_of(
+        st.builds(lambda s, u, r: f"{s}.M{u}P1Q{r}.host", st.integers(0, 2 * 10**9),
+                  st.integers(0, 10**7), st.integers(0, 99)),
+        st.text(alphabet="0123456789.MPQ:,xa", max_size=20)), max_size=30),
+    # one width of seconds, few distinct: the string-sort fast path and its tie runs
+    st.lists(st.builds(lambda s, u, r: f"{s}.M{u}P1Q{r}.host{':2,S' if r % 2 else ''}",
+                       st.integers(1_700_000_000, 1_700_000_003), st.integers(0, 10**6),
+                       st.integers(0, 99)), max_size=40)))
 def test_bulk_name_sort_matches_the_dovecot_key(names):
     files = [("cur", n) for n in names]
     expected = sorted(files, key=lambda f: name_order(f[1]))
     sort_by_name_order(files)
     assert files == expected
+
+
+@FAST
+@given(st.lists(st.one_of(name_text, st.text(max_size=20),
+                          st.builds(lambda a, s, w: f"{a},S={s},W={w}", name_text,
+                                    st.integers(0, 10**9), st.integers(0, 10**9))),
+                max_size=10))
+def test_bulk_sizes_agree_with_sizes_from_base(bases):
+    bases = [b.replace("/", "") for b in bases]
+    sizes, wraps = _bulk_sizes(bases)
+    for base, size, wrap in zip(bases, sizes, wraps, strict=True):
+        s, w = sizes_from_base(base)
+        if s is None or w is None:
+            assert size == -1
+        else:
+            assert (size, wrap) == (w, s != w)
 
 
 @FAST
