@@ -34,7 +34,8 @@ class MaildirAccount:
         self._lock = defer.DeferredLock()
 
     def _dir(self, name: str) -> str:
-        return self._root if name == INBOX else os.path.join(self._root, "." + name)
+        return self._root if name == INBOX else os.path.join(self._root,
+                                                             maildir_io.folder_dir_name(name))
 
     async def _setup(self) -> None:
         self._special, self._subs = await self._store._in_thread(

@@ -9,7 +9,7 @@ import shutil
 import threading
 import time
 
-from mailhost.store import uidlist
+from mailhost.store import mutf7, uidlist
 from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
 from mailhost.store.maildir_names import KEYWORDS_FILE, Keywords
 from mailhost.store.names import INBOX, InvalidFolderName, canonical_folder
@@ -201,11 +201,12 @@ def setup_account(root: str, fsync: bool) -> tuple[dict[str, str], set[str]]:
     """Create the Maildir and default folders on first use; read special-use and
     subscriptions. Returns (folder -> special-use, subscribed names)."""
     make_maildir(root, folder=False)
+    respell_folder_dirs(root)
     special_path = os.path.join(root, SPECIAL_USE_FILE)
     subs_path = os.path.join(root, SUBSCRIPTIONS_FILE)
     if not os.path.exists(special_path):
         for name in DEFAULT_SPECIAL_FOLDERS:
-            make_maildir(os.path.join(root, "." + name), folder=True)
+            make_maildir(os.path.join(root, folder_dir_name(name)), folder=True)
         if not os.path.exists(subs_path):
             write_atomic(subs_path, "".join(f"{n}\n" for n in [INBOX, *DEFAULT_SPECIAL_FOLDERS]),
                          fsync)
@@ -233,19 +234,54 @@ def setup_account(root: str, fsync: bool) -> tuple[dict[str, str], set[str]]:
     return special, subs
 
 
+def folder_dir_name(name: str) -> str:
+    """Maildir++ directory of a (canonical, non-INBOX) folder: '.' + modified UTF-7."""
+    return "." + mutf7.encode(name)
+
+
+def _folder_of_dir(dirname: str) -> str | None:
+    """The folder a '.name' directory holds, or None if it is not one of ours."""
+    try:
+        canon = canonical_folder(mutf7.decode(dirname[1:]))
+    except (ValueError, InvalidFolderName):
+        return None  # ..deleted leftovers, foreign junk, pre-mUTF-7 names
+    if canon == INBOX or folder_dir_name(canon) != dirname:
+        return None
+    return canon
+
+
 def list_folder_names(root: str) -> list[str]:
     names = []
     with os.scandir(root) as it:
         for d in it:
-            if not d.name.startswith(".") or not d.is_dir():
-                continue
-            try:
-                canon = canonical_folder(d.name[1:])
-            except InvalidFolderName:
-                continue  # ..deleted leftovers, foreign junk
-            if canon != INBOX and canon == d.name[1:]:
-                names.append(canon)
+            if d.name.startswith(".") and d.is_dir():
+                canon = _folder_of_dir(d.name)
+                if canon is not None:
+                    names.append(canon)
     return names
+
+
+def respell_folder_dirs(root: str) -> list[tuple[str, str]]:
+    """Rename folder directories written with their raw (UTF-8) name, as mailhost
+    did before folder directories were spelt in modified UTF-7. Returns the renames."""
+    done = []
+    with os.scandir(root) as it:
+        dirs = [d.name for d in it if d.name.startswith(".") and not d.name.startswith("..")
+                and d.is_dir()]
+    for dirname in dirs:
+        if _folder_of_dir(dirname) is not None:
+            continue
+        try:
+            canon = canonical_folder(dirname[1:])
+        except InvalidFolderName:
+            continue
+        if canon == INBOX:
+            continue
+        target = folder_dir_name(canon)
+        if target != dirname and not os.path.exists(os.path.join(root, target)):
+            os.rename(os.path.join(root, dirname), os.path.join(root, target))
+            done.append((dirname, target))
+    return done
 
 
 def create_dirs(paths: list[tuple[str, str]], target: str) -> None:

@@ -68,6 +68,10 @@ async def test_dovecot_reads_our_store(tmp_path):
     await w.commit([DeliveryTarget(A, flags=frozenset({"\\Seen", "$Label1", "project"}))])
     account = await store.open_account(A)
     await account.create_folder("Work.Sub")
+    await account.create_folder("Entw\u00fcrfe.R&D")
+    w = store.new_message()
+    w.write(msg(4))
+    await w.commit([DeliveryTarget(A, folder="Entw\u00fcrfe.R&D")])
     box = await account.open_folder("INBOX")
     await box.claim_recent()
     await box.set_flags([1], ["\\Answered", "later"], "add")
@@ -82,6 +86,7 @@ async def test_dovecot_reads_our_store(tmp_path):
             c.login(A, PW)
             names = b" ".join(c.list()[1])
             got = fetch_all(c, "INBOX")
+            got.update(fetch_all(c, '"Entw&APw-rfe.R&-D"'))
             c.logout()
             return names, got
         finally:
@@ -89,6 +94,9 @@ async def test_dovecot_reads_our_store(tmp_path):
 
     names, got = await threads.deferToThread(theirs)
     assert b"Work.Sub" in names and b"Sent" in names
+    # Folder directories are spelt in modified UTF-7, as Dovecot spells them.
+    assert b"Entw&APw-rfe.R&-D" in names
+    assert b"<m4@test>" in got
     assert got[b"<m1@test>"][0] == sizes[1]
     assert got[b"<m1@test>"][1] == {b"\\Answered", b"later"}
     assert got[b"<m1@test>"][2].startswith(b"14-Nov-2023")
@@ -111,12 +119,15 @@ async def test_our_store_reads_dovecots_maildir(tmp_path):
             c = imaplib.IMAP4("127.0.0.1", dv.port, timeout=10)
             c.login(A, PW)
             c.create("Lists")
+            c.create('"&ZeVnLIqe-"')  # Japanese, in modified UTF-7 on the wire
+            c.append('"&ZeVnLIqe-"', None, None, msg(4))
             c.append("INBOX", "(\\Seen $Forwarded)", '"01-Feb-2024 10:00:00 +0000"', msg(1))
             c.append("INBOX", None, None, msg(2))
             c.append("Lists", "(\\Flagged)", None, msg(3))
             c.select("INBOX")
             c.store("2", "+FLAGS", "(todo)")
-            got = {**fetch_all(c, "INBOX"), **fetch_all(c, "Lists")}
+            got = {**fetch_all(c, "INBOX"), **fetch_all(c, "Lists"),
+                   **fetch_all(c, '"&ZeVnLIqe-"')}
             c.logout()
             dv.proc.terminate()
             dv.proc.wait(10)
@@ -128,9 +139,9 @@ async def test_our_store_reads_dovecots_maildir(tmp_path):
     got = await threads.deferToThread(theirs)
     store = MaildirStore(copy)
     account = await store.open_account(A)
-    assert "Lists" in await account.list_folders()
+    assert {"Lists", "\u65e5\u672c\u8a9e"} <= set(await account.list_folders())
     mine = {}
-    for name in ("INBOX", "Lists"):
+    for name in ("INBOX", "Lists", "\u65e5\u672c\u8a9e"):
         folder = await account.open_folder(name)
         for info in folder.messages():
             f = await folder.open_message(info.uid)
@@ -140,7 +151,7 @@ async def test_our_store_reads_dovecots_maildir(tmp_path):
             mid = re.search(rb"Message-ID: (\S+)", data).group(1)
             mine[mid] = (info, data)
     assert set(mine) == set(got)
-    for n in (1, 2, 3):
+    for n in (1, 2, 3, 4):
         info, data = mine[b"<m%d@test>" % n]
         size, flags, _ = got[b"<m%d@test>" % n]
         assert data == msg(n)
