@@ -424,30 +424,42 @@ def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
         del in_cur
     foreign: list[tuple[str, str]] = []  # (subdir, name)
     if records:
-        # (name, base, part or None, in new/) of every file
-        files = [(n, *n.partition(":"), False) for n in cur]
-        files += [(n, *n.partition(":"), True) for n in new]
-        del cur, new
-        known = []
         get = records.get
-        for name, base, sep, part, recent in files:
-            rec = get(base)
-            if rec is None:
-                foreign.append(("new" if recent else "cur", name))
-            else:
-                known.append((rec[0], base, part if sep else None, recent))
-        known.sort()
-        state = index.state
-        last_uid = 0
-        for uid, base, part, recent in known:
-            if uid == last_uid:
-                # Two names on one UID (a broken uidlist): the later one is foreign.
-                foreign.append(("new" if recent else "cur", filename(base, part)))
-                continue
-            last_uid = uid
-            _, date, size, wrap = records[base]
-            index.add(uid, base, size, float(date), state(part, recent), wrap)
-        del known, files
+        rows = []  # (uid, base, part or None, in new/, date, size, wrap)
+        for names, recent, sub in ((cur, False, "cur"), (new, True, "new")):
+            for name in names:
+                base, sep, part = name.partition(":")
+                rec = get(base)
+                if rec is None:
+                    foreign.append((sub, name))
+                else:
+                    uid, date, size, wrap = rec
+                    rows.append((uid, base, part if sep else None, recent, date, size, wrap))
+        del cur, new
+        rows.sort()
+        uids = [r[0] for r in rows]
+        if len(set(uids)) != len(uids):
+            # Two names on one UID (a broken uidlist): the later one is foreign.
+            kept = rows[:1]
+            for r in rows[1:]:
+                if r[0] == kept[-1][0]:
+                    foreign.append(("new" if r[3] else "cur", filename(r[1], r[2])))
+                else:
+                    kept.append(r)
+            rows = kept
+            uids = [r[0] for r in rows]
+        bases = [r[1] for r in rows]
+        states = [(r[2], r[3]) for r in rows]
+        sid_of = {k: index.state(*k) for k in set(states)}
+        index.uids.extend(uids)
+        index.keys.extend(bases)
+        index.sizes.extend([r[5] for r in rows])
+        index.dates.extend([float(r[4]) for r in rows])
+        index.states.extend([sid_of[k] for k in states])
+        index.wrap.extend([r[6] for r in rows])
+        index.by_base.update(zip(bases, uids, strict=True))
+        index.unknown_dates = index.dates.count(UNKNOWN_DATE)
+        del rows, uids, bases, states
     else:
         foreign = [("cur", n) for n in cur]
         foreign += [("new", n) for n in new]
