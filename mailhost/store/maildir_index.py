@@ -8,9 +8,10 @@ MessageInfo objects are made only when someone asks for one.
 
 ``load_folder`` reads the uidlist, lists new/ and cur/ once and, on the first open of
 a folder full of files another program wrote (no uidlist yet), gives them UIDs right
-there in the thread, in one pass and one uidlist append: nothing is stat'ed except
-those foreign files (for their INTERNALDATE), and sizes come from ``S=``/``W=`` in the
-name where present.
+there in the thread, in Dovecot's order and with one uidlist append. Nothing is
+stat'ed: sizes come from ``S=``/``W=`` in the names, and an adopted file's date (its
+mtime) is read when first asked for, or by the folder's background pass that records
+it in the uidlist (``UNKNOWN_DATE`` until then).
 """
 
 from __future__ import annotations
@@ -310,8 +311,8 @@ class FolderIndex:
         states, uids, dates = self.states, array("q", self.uids), array("d", self.dates)
         lazy = (_LazyDates(self, uids, list(self.keys), dates)
                 if self.unknown_dates and UNKNOWN_DATE in dates else dates)
-        return Columns(uids, [flags[s] for s in states], bytes(recent[s] for s in states),
-                       array("q", self.sizes), lazy)
+        return Columns(uids, list(map(flags.__getitem__, states)),
+                       bytes(map(recent.__getitem__, states)), array("q", self.sizes), lazy)
 
     def recent_uids(self) -> list[int]:
         recent = {i for i, st in enumerate(self.table) if st.recent}

@@ -5,6 +5,8 @@ Append-only so delivering a message costs one small append, not a rewrite::
     V<uidvalidity> N<uidnext>
     <uid> <internal date> <crlf size> <0|1 needs CRLF wrapping> <base name>
 
+A date of -1 stands for a file adopted in bulk whose mtime was not read yet; a later
+line for the same base name (the folder's background date pass) replaces it.
 Lines for expunged messages go stale and are dropped when the file is compacted.
 A torn last line (crash mid-append) is ignored. Every function here does file I/O
 and runs in a worker thread.
