@@ -3,6 +3,7 @@ index (no message file is opened) in bounded time and memory."""
 
 from __future__ import annotations
 
+import imaplib
 import os
 import time
 
@@ -77,3 +78,34 @@ async def test_select_and_uid_fetch_flags_on_100k_messages(imap_host, tmp_path):
     assert fetch_s < 15, fetch_s
     # Server and client together; the client holds nothing but one line at a time.
     assert rss.grown_mib < 100, rss.grown_mib
+
+
+@pytest_twisted.ensureDeferred
+async def test_internaldate_and_order_of_files_adopted_on_first_select(imap_host, tmp_path):
+    """Files another program wrote get UIDs in name (delivery) order on the first
+    SELECT, and INTERNALDATE is each file's mtime, read on demand before the store's
+    background pass has recorded it."""
+    root = tmp_path / "mail" / "example.test" / "alice"
+    for d in ("cur", "new", "tmp"):
+        os.makedirs(root / d)
+    data = b"Subject: x\r\n\r\nbody\r\n"
+    stamps = {}
+    for i in (3, 1, 2, 10):  # written out of order; 10 sorts after 3 numerically
+        name = f"17000000{i:02d}.M{i}P1.h,S={len(data)},W={len(data)}:2,S"
+        (root / "cur" / name).write_bytes(data)
+        mtime = 1_600_000_000 + 86_400 * i
+        os.utime(root / "cur" / name, (mtime, mtime))
+        stamps[i] = mtime
+    host = await imap_host(kind="maildir")
+
+    def run():
+        c = host.client()
+        c.select("INBOX")
+        typ, data = c.uid("FETCH", "1:*", "(UID INTERNALDATE RFC822.SIZE)")
+        c.logout()
+        return data
+
+    got = await host.in_thread(run)
+    assert [time.mktime(imaplib.Internaldate2tuple(line)) for line in got] == \
+        [stamps[i] for i in (1, 2, 3, 10)]
+    assert [int(line.split(b"UID ")[1].split()[0]) for line in got] == [1, 2, 3, 4]
