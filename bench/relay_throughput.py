@@ -181,11 +181,10 @@ def fill_spool(queue_dir: str, n: int, length: int) -> float:
     t0 = time.monotonic()
     for _ in range(n):
         qid = new_queue_id()
-        with open(files.message_path(qid), "wb") as f:
-            f.write(body)
         env = Envelope(id=qid, sender="bench@a.test", arrival=time.time(), size=len(body),
                        recipients=[RecipientState("bob@b.test", attempts=1, next_attempt=later)])
-        files.save_envelope_sync(env)
+        # The form a running server writes (one file, the envelope embedded).
+        files.commit_sync(os.path.join(files.tmp_dir, qid), env, body)
     return time.monotonic() - t0
 
 

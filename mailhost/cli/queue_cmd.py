@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -49,19 +48,12 @@ def _when(ts: float) -> str:
 
 
 def _load(files: SpoolFiles) -> list[Envelope]:
-    if not os.path.isdir(files.env_dir):
-        return []
     out = []
-    for name in sorted(os.listdir(files.env_dir)):
-        if not valid_queue_id(name):
-            continue
-        try:
-            env = files.load_envelope_sync(name)
-        except (ValueError, TypeError, KeyError):
-            print(f"mailhost: {name}: unreadable envelope", file=sys.stderr)
-            continue
-        if env is not None:
+    for name, env in files.iter_sync():
+        if isinstance(env, Envelope):
             out.append(env)
+        else:
+            print(f"mailhost: {name}: unreadable envelope", file=sys.stderr)
     return out
 
 
@@ -105,7 +97,7 @@ def cmd_show(args: argparse.Namespace, config: Config) -> int:
         return 1
     print(json.dumps(json.loads(env.to_json()), indent=2))
     try:
-        headers = read_headers(files.message_path(env.id))
+        headers = read_headers(files.message_path(env.id), offset=env.offset)
     except OSError as e:
         print(f"mailhost: {env.id}: message file unreadable: {e.strerror}", file=sys.stderr)
         return 1

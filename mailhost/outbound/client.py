@@ -8,13 +8,14 @@ needs:
   boundary (TWISTED-MAIL-NOTES.md); ``DotStuffer`` keeps line state across chunks;
 - it sends RSET after every message and knows no MAIL/RCPT parameters; we send SIZE,
   BODY=8BITMIME, SMTPUTF8 and the DSN parameters when the server offers them, and
-  pipeline MAIL and RCPT (RFC 2920);
+  pipeline MAIL, RCPT and DATA (RFC 2920);
 - it reports one result per message; we report each recipient's reply;
 - a failed STARTTLS handshake kills the attempt; with the opportunistic policy the
   session reports ``tls_failed`` so the caller reconnects without TLS.
 
 One connection carries several messages: the protocol pulls ``Job``s from a
-``JobSource`` after EHLO until the source runs dry.
+``JobSource`` after EHLO until the source runs dry; a source that can (the scheduler)
+lets it wait ``idle_timeout`` seconds for more mail before QUIT.
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ class JobSource(Protocol):
     def job_done(self, job: Job, outcomes: dict[str, Outcome], info: dict[str, Any]) -> None: ...
 
 
+class WaitingJobSource(JobSource, Protocol):
+    """A source that can keep an idle connection: ``wait_job`` fires with True when
+    a job may be ready, False after ``timeout`` seconds (or when stopping); cancel it
+    when the connection goes away."""
+
+    def wait_job(self, timeout: float) -> defer.Deferred: ...
+
+
 @dataclass
 class SessionResult:
     """How a connection went, for the caller's choice of the next MX host."""
@@ -95,6 +104,9 @@ class ClientPolicy:
     allow_plain_auth: bool = False
     command_timeout: float = 300.0
     max_messages: int = 100
+    # How long an idle connection waits for more mail for its domain before QUIT
+    # (like Postfix's smtp_connection_cache_time_limit); 0 quits at once.
+    idle_timeout: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,6 +156,7 @@ class RelayClient(smtp.ESMTPClient):
         self._pending: deque[Callable[[int, bytes], None]] = deque()
         self._mail_ok = False
         self._data_pipelined = False
+        self._idle: defer.Deferred | None = None
 
     # Connection setup: Twisted's, with the hooks a relay needs.
 
@@ -202,7 +215,11 @@ class RelayClient(smtp.ESMTPClient):
             return
         job = self.source.next_job()
         if job is None:
-            self._disconnectFromServer()
+            wait = getattr(self.source, "wait_job", None)
+            if wait is not None and self.policy.idle_timeout > 0 and code >= 0:
+                self._wait_idle(wait)
+            else:
+                self._disconnectFromServer()
             return
         self.result.transacted = True
         self.result.jobs += 1
@@ -259,6 +276,33 @@ class RelayClient(smtp.ESMTPClient):
         else:
             self._queued_lines = deque(lines[1:])
             self.sendLine(lines[0])
+
+    def _wait_idle(self, wait: Callable[[float], defer.Deferred]) -> None:
+        """Keep the connection for a while: opening another costs a route lookup, a
+        connect, the greeting and EHLO on both ends, for mail that often follows soon."""
+        # A reply now is unsolicited (a 421 before the server hangs up): just go.
+        self._expected = range(0, 1000)
+        self._okresponse = self._failresponse = self._idle_reply
+        d = self._idle = wait(self.policy.idle_timeout)
+
+        def woken(more: bool) -> None:
+            if self._idle is not d:
+                return  # the connection went away meanwhile
+            self._idle = None
+            # code -1: if the source ran dry again, QUIT instead of waiting again.
+            self.smtpState_from(0 if more else -1, b"")
+
+        d.addCallback(woken)
+        d.addErrback(lambda f: f.trap(defer.CancelledError))
+
+    def _idle_reply(self, code: int, resp: bytes) -> None:
+        self._stop_idle()
+        self.transport.loseConnection()
+
+    def _stop_idle(self) -> None:
+        d, self._idle = self._idle, None
+        if d is not None:
+            d.cancel()
 
     def _on_reply(self, code: int, resp: bytes) -> None:
         if not self._pending:
@@ -345,8 +389,10 @@ class RelayClient(smtp.ESMTPClient):
         self._expected = range(0, 1000)
         self._okresponse = self._on_final_reply
         self._failresponse = self._on_final_reply
+        offset = self.job.envelope.offset  # past the envelope embedded in the file
         try:
             f = open(self.job.path, "rb")  # noqa: SIM115 - closed when the transfer ends
+            f.seek(offset)
         except OSError as e:
             # The spool file is gone (deleted by `mailhost queue delete`): abandon.
             self.sendError(smtp.SMTPClientError(-1, f"spool file unreadable: {e}".encode()))
@@ -359,6 +405,7 @@ class RelayClient(smtp.ESMTPClient):
                 self.transport.write(stuffer(data) + stuffer.terminator())
                 return
             f = open(self.job.path, "rb")  # noqa: SIM115 - it grew: stream it after all
+            f.seek(offset)
         sender = basic.FileSender()
         d = sender.beginFileTransfer(f, self.transport, transform)
 
@@ -431,6 +478,7 @@ class RelayClient(smtp.ESMTPClient):
             self.source.job_done(job, outcomes, self._info())
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._stop_idle()
         super().connectionLost(reason)
         if self._tls_handshaking:
             self.result.tls_failed = True

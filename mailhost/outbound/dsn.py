@@ -188,6 +188,7 @@ async def write_dsn(
     ret: str | None,
     original_path: str,
     now: float,
+    original_offset: int = 0,
 ) -> None:
     """Stream a whole DSN into ``write``; the original is read in a thread."""
     full = (ret or "").upper() == "FULL"
@@ -204,6 +205,7 @@ async def write_dsn(
     if full:
         f = await threads.deferToThread(open, original_path, "rb")
         try:
+            f.seek(original_offset)
             last = b""
             while True:
                 chunk = await threads.deferToThread(f.read, CHUNK)
@@ -216,6 +218,8 @@ async def write_dsn(
         finally:
             f.close()
     else:
-        headers = await threads.deferToThread(read_headers, original_path)
+        headers = await threads.deferToThread(
+            read_headers, original_path, offset=original_offset
+        )
         write(headers)
     write(tail)

@@ -53,6 +53,9 @@ log = Logger()
 
 Key = tuple[str, str]  # (queue id, domain)
 
+#: Seconds a connection with nothing to send waits for more mail for its domain.
+IDLE_TIMEOUT = 2.0
+
 # Callables the service provides.
 BounceFn = Callable[[Envelope, list[dsn.RecipientReport]], defer.Deferred]
 LocalFn = Callable[[Job], defer.Deferred]  # fires with {address: Outcome}
@@ -82,6 +85,9 @@ class _DomainSource:
 
     def job_done(self, job: Job, outcomes: dict[str, Outcome], info: dict[str, Any]) -> None:
         self.scheduler._job_done(job, outcomes, info)
+
+    def wait_job(self, timeout: float) -> defer.Deferred:
+        return self.scheduler._wait_job(self.domain, timeout)
 
 
 class Scheduler:
@@ -126,6 +132,8 @@ class Scheduler:
         self._settling: set[defer.Deferred] = set()
         self._tls_context: Any = None
         self._early: list[Envelope] = []
+        # Connections waiting for more mail for their domain (see RelayClient._wait_idle).
+        self._idle: dict[str, deque[defer.Deferred]] = {}
 
     # Lifecycle.
 
@@ -168,6 +176,9 @@ class Scheduler:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        for waiting in list(self._idle.values()):
+            while waiting:
+                waiting.popleft().callback(False)
         pending = list(self._session_ds)
         if pending:
             waiting = defer.DeferredList(pending, consumeErrors=True)
@@ -196,26 +207,23 @@ class Scheduler:
 
     def _adopt(self, env: Envelope, check_hops: bool) -> None:
         self.envelopes[env.id] = env
-        if check_hops:
-            d = defer.ensureDeferred(self._check_hops(env))
-            self._settling.add(d)
-            d.addErrback(lambda f: log.failure("hop check of {qid}", f, qid=env.id))
-            d.addBoth(lambda _: self._settling.discard(d))
-        else:
-            self._schedule(env)
-            self._dispatch()
-
-    async def _check_hops(self, env: Envelope) -> None:
-        hops = env.hops  # counted by the SpoolWriter as the message streamed in
-        if hops > self.config.smtp.max_hops:
-            text = f"554 5.4.6 too many hops ({hops} Received: headers), mail loop?"
+        # The hop count was taken by the SpoolWriter as the message streamed in.
+        if check_hops and env.hops > self.config.smtp.max_hops:
+            text = f"554 5.4.6 too many hops ({env.hops} Received: headers), mail loop?"
             now = self.now()
             for r in env.pending():
                 self._record(env, r, Outcome(PERMANENT, text), now, "")
-            await self._settle(env)
+            self._track(self._settle(env), "hop check of {qid}", env.id)
             return
         self._schedule(env)
         self._dispatch()
+
+    def _track(self, work: Any, what: str, qid: str) -> None:
+        """Run a coroutine or Deferred that ``stop`` waits for; log its failure."""
+        d = work if isinstance(work, defer.Deferred) else defer.ensureDeferred(work)
+        self._settling.add(d)
+        d.addErrback(lambda f: log.failure(what, f, qid=qid))
+        d.addBoth(lambda _: self._settling.discard(d))
 
     # Timing.
 
@@ -283,6 +291,10 @@ class Scheduler:
         limit_domain = max(self.settings.max_per_domain, 1)
         for domain in list(self.ready):
             queue = self.ready[domain]
+            idle = self._idle.get(domain)
+            # Open connections first: each woken one takes a job from the queue at once.
+            while idle and queue:
+                idle.popleft().callback(True)
             if not queue:
                 del self.ready[domain]
                 continue
@@ -336,6 +348,31 @@ class Scheduler:
             self.inflight.add(key)
             return Job(env, domain, rcpts, self.files.message_path(qid), started=now)
         return None
+
+    def _wait_job(self, domain: str, timeout: float) -> defer.Deferred:
+        """Fires with True when ``_dispatch`` has a job for ``domain``, with False after
+        ``timeout`` seconds or at stop."""
+        if self.stopping:
+            return defer.succeed(False)
+        waiting = self._idle.setdefault(domain, deque())
+
+        def forget(d: defer.Deferred) -> None:
+            if timer.active():
+                timer.cancel()
+            if d in waiting:
+                waiting.remove(d)
+            if not waiting and self._idle.get(domain) is waiting:
+                del self._idle[domain]
+
+        def expire() -> None:
+            forget(d)
+            d.callback(False)
+
+        d: defer.Deferred = defer.Deferred(canceller=forget)
+        timer = self.reactor.callLater(timeout, expire)
+        d.addBoth(lambda r: (forget(d), r)[1])
+        waiting.append(d)
+        return d
 
     def _drain(self, domain: str, outcome: Outcome, remote: str = "") -> None:
         """Give every due job of ``domain`` the same outcome (a routing failure)."""
@@ -470,6 +507,7 @@ class Scheduler:
             password=s.smarthost_password if smarthost else "",
             allow_plain_auth=loopback or hop.name in ("localhost",),
             command_timeout=s.command_timeout,
+            idle_timeout=IDLE_TIMEOUT,
         )
 
     def _endpoint(self, address: str, port: int) -> IStreamClientEndpoint:
@@ -553,10 +591,13 @@ class Scheduler:
         )
         if env.id not in self.envelopes:
             return  # deleted meanwhile
-        d = defer.ensureDeferred(self._settle(env))
-        self._settling.add(d)
-        d.addErrback(lambda f: log.failure("outbound: settling {qid}", f, qid=env.id))
-        d.addBoth(lambda _: self._settling.discard(d))
+        if env.finished and env.id not in self._locks and not self._reports_due(env):
+            # The common end of a message: nothing to persist or report, just remove it
+            # (no coroutine or lock; ``_settle`` does the same the long way).
+            del self.envelopes[env.id]
+            self._track(self.files.remove(env.id), "outbound: removing {qid}", env.id)
+            return
+        self._track(self._settle(env), "outbound: settling {qid}", env.id)
         if not self.stopping:
             self._schedule(env)
 
@@ -571,7 +612,7 @@ class Scheduler:
             if env.finished and not reports:
                 await self._remove(env)
                 return
-            await threads.deferToThread(self.files.save_envelope_sync, env)
+            await self.files.save_envelope(env)
             if reports:
                 rcpts, recs = zip(*reports, strict=True)
                 if env.sender:
@@ -587,7 +628,7 @@ class Scheduler:
                 if env.finished:
                     await self._remove(env)
                 else:
-                    await threads.deferToThread(self.files.save_envelope_sync, env)
+                    await self.files.save_envelope(env)
         finally:
             lock.release()
             if env.id not in self.envelopes:
@@ -639,7 +680,7 @@ class Scheduler:
 
     async def _remove(self, env: Envelope) -> None:
         self.envelopes.pop(env.id, None)
-        await threads.deferToThread(self.files.remove_sync, env.id)
+        await self.files.remove(env.id)
 
     # Requests from `mailhost queue`.
 
@@ -679,6 +720,6 @@ class Scheduler:
         if env is None:
             return False
         log.info("outbound: {qid} deleted by request", qid=qid)
-        d = threads.deferToThread(self.files.remove_sync, qid)
+        d = self.files.remove(qid)
         d.addErrback(lambda f: log.failure("outbound: delete {qid}", f, qid=qid))
         return True

@@ -191,6 +191,7 @@ class OutboundService(service.Service):
             envid=env.envid,
             ret=env.ret,
             original_path=self.files.message_path(env.id),
+            original_offset=env.offset,
             now=self.reactor.seconds(),
         )
         if self.directory.is_local_domain(domain):
@@ -247,6 +248,7 @@ class OutboundService(service.Service):
             writer = self.store.new_message()
             f = await threads.deferToThread(open, job.path, "rb")
             try:
+                f.seek(job.envelope.offset)  # past the embedded envelope
                 writer.write(f"Return-Path: <{job.envelope.sender}>\r\n".encode())
                 while True:
                     chunk = await threads.deferToThread(f.read, CHUNK)

@@ -1,17 +1,29 @@
-"""The durable outbound spool: one message file and one JSON envelope per queued message.
+"""The durable outbound spool: one file per queued message, its first envelope inside.
 
 Layout under the queue directory::
 
     tmp/        message and envelope files being written
-    msg/ID      the message (CRLF line ends, not dot-stuffed)
-    env/ID      the envelope (JSON, see ``Envelope``)
+    msg/ID      the message (CRLF line ends, not dot-stuffed), see below
+    env/ID      the envelope (JSON, see ``Envelope``) once it changed after queueing
     trigger/    requests from ``mailhost queue`` to a running server
 
-A message is queued once its envelope exists: the message file is written and
-fsynced first, then the envelope (tmp, fsync, rename, directory fsync). A message
-file without an envelope is a commit that never finished (never acknowledged) and
-is removed when the spool is loaded. Every blocking call runs in a thread; the
-public ``*_sync`` functions are for those threads and for the CLI.
+A message kept in memory until commit (up to ``MEMORY_LIMIT``, nearly all mail) is
+queued as one file: ``MAGIC``, the envelope as one JSON line, then the message from
+``Envelope.offset`` on. It is written in ``tmp/``, fsynced, renamed into ``msg/``,
+and ``msg/`` is fsynced: one file and two fsyncs per message, where a separate
+envelope file cost a second file, fsync and rename. Later states (attempts, errors)
+go to ``env/ID``, which overrides the embedded envelope.
+
+A larger message was streamed to ``tmp/`` already, so it keeps the older two-file
+form: ``msg/ID`` is the bare message (offset 0) and ``env/ID`` is written and synced
+with it; spools from before the one-file form look the same and load unchanged. In
+that form a message file without an envelope is a commit that never finished (never
+acknowledged) and is removed when the spool is loaded. Removal unlinks ``msg/ID``
+first, so a crash leaves at most an envelope without message, which loading drops.
+
+Every blocking call runs in a thread; the reactor side batches them (``SpoolFiles.run``)
+so concurrent commits share one thread hop and one directory fsync. The public
+``*_sync`` functions are for those threads and for the CLI.
 """
 
 from __future__ import annotations
@@ -21,11 +33,12 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhost.outbound.interfaces import IQueueWriter, QueueRecipient
@@ -79,9 +92,14 @@ class Envelope:
     delay_warned: bool = False
     # Received: headers counted while spooling (-1: unknown, read the file).
     hops: int = 0
+    # Where the message starts in its file (after the embedded envelope, if any).
+    offset: int = 0
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # Field by field: dataclasses.asdict deep-copies, and this runs per message.
+        raw = {f: getattr(self, f) for f in _ENVELOPE_FIELDS}
+        raw["recipients"] = [{f: getattr(r, f) for f in _RECIPIENT_FIELDS} for r in self.recipients]
+        return json.dumps(raw, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Envelope:
@@ -95,6 +113,16 @@ class Envelope:
     @property
     def finished(self) -> bool:
         return all(r.status != PENDING for r in self.recipients)
+
+
+_ENVELOPE_FIELDS = tuple(f.name for f in fields(Envelope) if f.name != "recipients")
+_RECIPIENT_FIELDS = tuple(f.name for f in fields(RecipientState))
+
+#: The first bytes of a one-file message; a message file of the two-file form starts
+#: with a header field (our own Received: line), never with a NUL.
+MAGIC = b"\0MHQ1 "
+#: Bound on the embedded envelope line (1000 recipients take about 300 KiB).
+MAX_ENVELOPE = 4 * 1024 * 1024
 
 
 #: Messages up to this size stay in memory until commit (see SpoolWriter).
@@ -111,8 +139,12 @@ def valid_queue_id(qid: str) -> bool:
     return 8 <= len(qid) <= 64 and all(c in "0123456789ABCDEF" for c in qid)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+#: Batches of spool operations in worker threads at once (see ``SpoolFiles.run``).
+BATCHES_IN_FLIGHT = 2
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -120,7 +152,12 @@ def _fsync_dir(path: str) -> None:
 
 
 class SpoolFiles:
-    """Blocking file operations on a spool directory (thread or CLI use only)."""
+    """File operations on a spool directory.
+
+    The ``*_sync`` methods block (thread or CLI use only). ``commit``, ``save_envelope``
+    and ``remove`` are their reactor-side forms: they return Deferreds and run in
+    batches (see ``run_batch``).
+    """
 
     def __init__(self, root: str, fsync: bool = True) -> None:
         self.root = root
@@ -130,6 +167,9 @@ class SpoolFiles:
         self.env_dir = os.path.join(root, "env")
         self.trigger_dir = os.path.join(root, "trigger")
         self._group = GroupSync()
+        self._waiting: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred]] = []
+        self._in_flight = 0
+        self.batches = 0  # for tests and benchmarks
 
     def ensure_sync(self) -> None:
         for d in (self.tmp_dir, self.msg_dir, self.env_dir, self.trigger_dir):
@@ -141,7 +181,77 @@ class SpoolFiles:
     def envelope_path(self, qid: str) -> str:
         return os.path.join(self.env_dir, qid)
 
-    def _write_atomic(self, path: str, data: bytes, fsync_dir: bool) -> None:
+    # Reactor side: batched thread hops.
+
+    def commit(self, tmp_path: str, envelope: Envelope, data: bytes | None) -> defer.Deferred:
+        """``commit_sync`` in a batch; fires once the message is durable."""
+        return self.run_batch(self._commit_op, tmp_path, envelope, data)
+
+    def save_envelope(self, envelope: Envelope) -> defer.Deferred:
+        """``save_envelope_sync`` in a batch."""
+        return self.run_batch(self._save_op, envelope)
+
+    def remove(self, qid: str) -> defer.Deferred:
+        """``remove_sync`` in a batch."""
+        return self.run_batch(self._remove_op, qid)
+
+    def run_batch(self, op: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``op(*args)`` in a thread, together with the operations asked for meanwhile.
+
+        Each thread hop costs the reactor a queue hand-off, a wake-up and a few
+        Deferreds, and the GIL-bound reactor is what limits relay throughput. So at most
+        ``BATCHES_IN_FLIGHT`` batches run at once; operations asked for meanwhile wait
+        and go together in the next one, which also fsyncs each directory once for all
+        of them (group commit). ``op`` returns ``(result, directories to fsync)``.
+        """
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((op, args, d))
+        if self._in_flight < BATCHES_IN_FLIGHT:
+            self._start_batch()
+        return d
+
+    def _start_batch(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._in_flight += 1
+        self.batches += 1
+        d = threads.deferToThread(self._batch_sync, [(op, args) for op, args, _ in batch])
+        d.addBoth(self._batch_done, batch)
+
+    def _batch_done(self, results: Any, batch: list[tuple[Any, Any, defer.Deferred]]) -> None:
+        self._in_flight -= 1
+        if self._waiting and self._in_flight < BATCHES_IN_FLIGHT:
+            self._start_batch()
+        if isinstance(results, Failure):  # the batch machinery itself failed
+            results = [(False, results)] * len(batch)
+        for (_op, _args, d), (ok, value) in zip(batch, results, strict=True):
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)
+
+    def _batch_sync(self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list:
+        """Thread side of a batch: each operation, then one fsync per directory."""
+        done: list[tuple[bool, Any, tuple[str, ...]]] = []
+        dirs: set[str] = set()
+        for op, args in ops:
+            try:
+                value, need = op(*args)
+            except Exception:
+                done.append((False, Failure(), ()))
+                continue
+            dirs.update(need)
+            done.append((True, value, need))
+        if dirs and self.fsync:
+            try:
+                self._group.sync(dirs)
+            except Exception:
+                failure = Failure()
+                return [(False, failure) if need else (ok, value) for ok, value, need in done]
+        return [(ok, value) for ok, value, _ in done]
+
+    # Thread side.
+
+    def _write_atomic(self, path: str, data: bytes) -> None:
         tmp = os.path.join(self.tmp_dir, f"{os.path.basename(path)}.{secrets.token_hex(4)}.env")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -149,77 +259,151 @@ class SpoolFiles:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-        if self.fsync and fsync_dir:
-            _fsync_dir(os.path.dirname(path))
 
     def commit_sync(self, tmp_path: str, envelope: Envelope, data: bytes | None = None) -> None:
-        """Make a fully written message file and its envelope durable.
+        """Make a message durable: the one-file form when its bytes are in ``data``,
+        else (the message was streamed to ``tmp_path``) message file plus envelope.
 
-        Both files are fsynced before either is renamed into place; the two directory
-        fsyncs are shared with concurrent commits (group commit). A crash before they
-        finish can leave an envelope without its message: ``load_all_sync`` drops it,
-        and it was never acknowledged.
+        In the two-file form both files are fsynced before either is renamed into
+        place; a crash before the directory fsyncs finish can leave an envelope
+        without its message, which ``load_all_sync`` drops: it was never acknowledged.
         """
-        if data is not None:  # the message was kept in memory: write it here
+        _, dirs = self._commit_op(tmp_path, envelope, data)
+        if self.fsync:
+            self._group.sync(dirs)
+
+    def _commit_op(
+        self, tmp_path: str, envelope: Envelope, data: bytes | None
+    ) -> tuple[str, tuple[str, ...]]:
+        if data is not None:
+            envelope.offset = 0
+            head = MAGIC + envelope.to_json() + b"\n"
             with open(tmp_path, "wb") as f:
+                f.write(head)
                 f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp_path, self.message_path(envelope.id))
+            envelope.offset = len(head)
+            return envelope.id, (self.msg_dir,)
+        envelope.offset = 0
         if self.fsync:
-            fd = os.open(tmp_path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_file(tmp_path)
         os.replace(tmp_path, self.message_path(envelope.id))
-        self._write_atomic(self.envelope_path(envelope.id), envelope.to_json(), False)
-        if self.fsync:
-            self._group.sync([self.msg_dir, self.env_dir])
+        self._write_atomic(self.envelope_path(envelope.id), envelope.to_json())
+        return envelope.id, (self.msg_dir, self.env_dir)
 
     def save_envelope_sync(self, envelope: Envelope) -> None:
-        """Replace an envelope atomically. The directory fsync is skipped: the entry
-        already exists, so a crash leaves either the old or the new state."""
-        self._write_atomic(self.envelope_path(envelope.id), envelope.to_json(), False)
+        """Replace an envelope atomically (a crash leaves the old or the new state)."""
+        _, dirs = self._save_op(envelope)
+        if self.fsync and dirs:
+            self._group.sync(dirs)
+
+    def _save_op(self, envelope: Envelope) -> tuple[None, tuple[str, ...]]:
+        path = self.envelope_path(envelope.id)
+        # A replaced entry needs no directory fsync; the first env/ID of a one-file
+        # message does, or a crash could bring back its state at queueing time.
+        new = not os.path.exists(path)
+        self._write_atomic(path, envelope.to_json())
+        return None, (self.env_dir,) if new else ()
 
     def remove_sync(self, qid: str) -> None:
-        """Envelope first: without it, a leftover message file is an orphan."""
-        for path in (self.envelope_path(qid), self.message_path(qid)):
+        """Message first: an envelope left without it is dropped when loading."""
+        self._remove_op(qid)
+
+    def _remove_op(self, qid: str) -> tuple[None, tuple[str, ...]]:
+        for path in (self.message_path(qid), self.envelope_path(qid)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        return None, ()
 
     def load_envelope_sync(self, qid: str) -> Envelope | None:
+        """The envelope of ``qid``: ``env/ID`` if there is one, else the one embedded
+        in its message file; None if it is not queued."""
         try:
             with open(self.envelope_path(qid), "rb") as f:
                 return Envelope.from_json(f.read())
         except FileNotFoundError:
+            return self._embedded_sync(qid)
+
+    def _embedded_sync(self, qid: str) -> Envelope | None:
+        try:
+            f = open(self.message_path(qid), "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
             return None
+        with f:
+            if f.read(len(MAGIC)) != MAGIC:
+                return None  # a bare message: the two-file form
+            line = f.readline(MAX_ENVELOPE)
+        if not line.endswith(b"\n"):
+            raise ValueError("unterminated embedded envelope")
+        env = Envelope.from_json(line)
+        env.offset = len(MAGIC) + len(line)
+        return env
+
+    def iter_sync(self) -> list[tuple[str, Envelope | Exception]]:
+        """Every queued message's id and envelope (or why it is unreadable), sorted by
+        id, without cleaning anything up (for the CLI and tests)."""
+        try:
+            names = sorted(n for n in os.listdir(self.msg_dir) if valid_queue_id(n))
+        except FileNotFoundError:
+            return []
+        out: list[tuple[str, Envelope | Exception]] = []
+        for name in names:
+            try:
+                env = self.load_envelope_sync(name)
+            except (ValueError, TypeError, KeyError) as e:
+                out.append((name, e))
+                continue
+            if env is not None:
+                out.append((name, env))
+        return out
 
     def load_all_sync(self) -> tuple[list[Envelope], list[str]]:
         """Every queued envelope, sorted by id, and the ids of problems cleaned up."""
         self.ensure_sync()
         envelopes: list[Envelope] = []
         problems: list[str] = []
-        env_ids = set()
-        for name in sorted(os.listdir(self.env_dir)):
-            if not valid_queue_id(name):
-                continue
-            if not os.path.exists(self.message_path(name)):
-                problems.append(f"{name}: envelope without message, removed")
-                self.remove_sync(name)
-                continue
-            try:
-                env = self.load_envelope_sync(name)
-            except (ValueError, TypeError, KeyError) as e:
-                problems.append(f"{name}: unreadable envelope ({e}), left in place")
-                env_ids.add(name)
-                continue
+        env_names = set(os.listdir(self.env_dir))
+        msg_names = set(os.listdir(self.msg_dir))
+        young = time.time() - 600
+        for name in sorted(msg_names):
+            path = self.message_path(name)
+            env = None
+            if valid_queue_id(name):
+                try:
+                    if name in env_names:
+                        with open(self.envelope_path(name), "rb") as f:
+                            env = Envelope.from_json(f.read())
+                    else:
+                        env = self._embedded_sync(name)
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                except (ValueError, TypeError, KeyError) as e:
+                    problems.append(f"{name}: unreadable envelope ({e}), left in place")
+                    continue
             if env is not None:
                 envelopes.append(env)
-                env_ids.add(name)
-        for name in os.listdir(self.msg_dir):
-            if name not in env_ids:
-                problems.append(f"{name}: message without envelope (unfinished commit), removed")
-                os.unlink(self.message_path(name))
+                continue
+            try:
+                # A two-file commit may be between its renames right now (a message
+                # arriving while the spool loads): only an old one is unfinished.
+                if valid_queue_id(name) and os.stat(path).st_mtime > young:
+                    continue
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            problems.append(f"{name}: message without envelope (unfinished commit), removed")
+        for name in sorted(env_names - msg_names):
+            if valid_queue_id(name):
+                problems.append(f"{name}: envelope without message, removed")
+                try:
+                    os.unlink(self.envelope_path(name))
+                except FileNotFoundError:
+                    pass
         cutoff = time.time() - 3600
         for name in os.listdir(self.tmp_dir):
             path = os.path.join(self.tmp_dir, name)
@@ -238,7 +422,6 @@ class SpoolFiles:
         self._write_atomic(
             os.path.join(self.trigger_dir, name),
             json.dumps({"action": action, "id": qid}).encode(),
-            False,
         )
 
     def take_triggers_sync(self) -> list[dict[str, Any]]:
@@ -367,7 +550,7 @@ class SpoolWriter:
         )
         data = None if self._buffer is None else bytes(self._buffer)
         self._buffer = None
-        d = threads.deferToThread(self._files.commit_sync, self._path, env, data)
+        d = self._files.commit(self._path, env, data)
 
         def committed(_: object) -> str:
             self._on_commit(env)
@@ -397,11 +580,12 @@ class SpoolWriter:
             pass
 
 
-def read_headers(path: str, limit: int = 256 * 1024) -> bytes:
-    """The header block of a message file, CRLF ends, at most ``limit`` octets
-    (blocking: call in a thread)."""
+def read_headers(path: str, limit: int = 256 * 1024, offset: int = 0) -> bytes:
+    """The header block of the message at ``offset`` in a file, CRLF ends, at most
+    ``limit`` octets (blocking: call in a thread)."""
     out = bytearray()
     with open(path, "rb") as f:
+        f.seek(offset)
         while len(out) < limit:
             line = f.readline(8192)
             if not line or line in (b"\r\n", b"\n"):

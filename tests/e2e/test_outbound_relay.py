@@ -206,17 +206,8 @@ def spool(proc: MailHostProcess):
     from mailhost.outbound.spool import SpoolFiles
 
     files = SpoolFiles(os.path.join(proc.data_dir, "queue"))
-    if not os.path.isdir(files.env_dir):
-        return []
-    envs = []
-    for name in os.listdir(files.env_dir):
-        try:
-            env = files.load_envelope_sync(name)
-        except ValueError:  # being replaced right now
-            continue
-        if env is not None:
-            envs.append(env)
-    return envs
+    # An unreadable envelope is one being replaced right now: skip it.
+    return [env for _name, env in files.iter_sync() if not isinstance(env, Exception)]
 
 
 def not_queued(proc: MailHostProcess, address: str):

@@ -285,3 +285,40 @@ async def test_pipelined_data_after_every_rcpt_failed(tmp_path):
     assert second["good@remote.test"].kind == DELIVERED
     assert result.jobs == 2 and f.connections == 1 and len(f.received) == 1
     assert f.received[0].data == b"S: 2\r\n\r\ny\r\n"
+
+
+class WaitingSource(ListSource):
+    """A source whose next job turns up while the connection idles."""
+
+    def __init__(self, jobs, later):
+        super().__init__(jobs)
+        self.later = later
+        self.waits = []
+
+    def wait_job(self, timeout):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self.waits.append(timeout)
+        if self.later:
+            self.jobs.append(self.later.pop(0))
+            reactor.callLater(0.05, d.callback, True)
+        else:
+            reactor.callLater(0.05, d.callback, False)
+        return d
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_connection_takes_mail_that_turns_up_then_quits(tmp_path):
+    f = ScriptedFactory()
+    port = await listen(f)
+    try:
+        first = make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["a@remote.test"], name="m1")
+        later = make_job(tmp_path, b"S: 2\r\n\r\ny\r\n", ["a@remote.test"], name="m2")
+        src = WaitingSource([first], [later])
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        result = await run_session(ep, policy(idle_timeout=1.5), src)
+    finally:
+        await port.stopListening()
+    assert result.jobs == 2 and f.connections == 1 and len(f.received) == 2
+    assert src.waits == [1.5, 1.5]  # waited, got a job; waited again, nothing: QUIT
