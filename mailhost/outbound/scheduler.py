@@ -55,6 +55,9 @@ Key = tuple[str, str]  # (queue id, domain)
 
 #: Seconds a connection with nothing to send waits for more mail for its domain.
 IDLE_TIMEOUT = 2.0
+#: Longest hold-off of new sessions for a domain whose hosts all failed (it is
+#: ``min(retry_initial, HOLD_OFF_MAX)``).
+HOLD_OFF_MAX = 60.0
 
 # Callables the service provides.
 BounceFn = Callable[[Envelope, list[dsn.RecipientReport]], defer.Deferred]
@@ -134,6 +137,10 @@ class Scheduler:
         self._early: list[Envelope] = []
         # Connections waiting for more mail for their domain (see RelayClient._wait_idle).
         self._idle: dict[str, deque[defer.Deferred]] = {}
+        # Domains no host of which took a connection lately: until when no new session
+        # is tried for them (mail arriving meanwhile waits in ``ready``).
+        self.down: dict[str, float] = {}
+        self._wake: Any = None
 
     # Lifecycle.
 
@@ -176,6 +183,9 @@ class Scheduler:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._wake is not None and self._wake.active():
+            self._wake.cancel()
+        self._wake = None
         for waiting in list(self._idle.values()):
             while waiting:
                 waiting.popleft().callback(False)
@@ -289,8 +299,13 @@ class Scheduler:
             return
         limit_total = max(self.settings.max_concurrency, 1)
         limit_domain = max(self.settings.max_per_domain, 1)
+        now = self.now()
         for domain in list(self.ready):
             queue = self.ready[domain]
+            if domain in self.down:
+                if self.down[domain] > now:
+                    continue
+                del self.down[domain]
             idle = self._idle.get(domain)
             # Open connections first: each woken one takes a job from the queue at once.
             while idle and queue:
@@ -439,7 +454,27 @@ class Scheduler:
             if text[:1] == "5":
                 # A 5xx greeting or EHLO refusal from every host: still retry.
                 text = "451 4.4.1 " + text
+            self._hold_off(domain)
             self._drain_if_alone(domain, Outcome(TEMPORARY, text))
+
+    def _hold_off(self, domain: str) -> None:
+        """No host of ``domain`` took a connection: try no new session for it for a
+        while (like Postfix's dead destinations). Mail arriving meanwhile waits for
+        the next try instead of costing a connection attempt each; ``flush`` ends it."""
+        until = self.now() + min(self.settings.retry_initial, HOLD_OFF_MAX)
+        self.down[domain] = until
+        if self._wake is None or not self._wake.active() or self._wake.getTime() > until:
+            if self._wake is not None and self._wake.active():
+                self._wake.cancel()
+            self._wake = self.reactor.callLater(until - self.now(), self._wake_up)
+
+    def _wake_up(self) -> None:
+        self._wake = None
+        now = self.now()
+        later = [t for t in self.down.values() if t > now]
+        if later:
+            self._wake = self.reactor.callLater(min(later) - now, self._wake_up)
+        self._dispatch()
 
     def _drain_if_alone(self, domain: str, outcome: Outcome) -> None:
         # Leave the jobs to a sibling session that may still get through.
@@ -704,6 +739,7 @@ class Scheduler:
     def flush(self, qid: str | None = None) -> int:
         """Make pending recipients due now; returns how many messages were touched."""
         now = self.now()
+        self.down.clear()  # an operator who flushes wants a real try now
         envs = [self.envelopes[qid]] if qid in self.envelopes else []
         if qid is None:
             envs = list(self.envelopes.values())

@@ -196,3 +196,48 @@ async def test_restart_reloads_pending_and_cli_flush(tmp_path):
     clock2.advance(1.0)
     await until(lambda: qid not in s2.envelopes and files.load_envelope_sync(qid) is None)
     await s2.stop(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_domain_whose_hosts_all_refuse_is_held_off_until_flush(tmp_path):
+    from twisted.internet import error
+
+    from mailhost.outbound.routing import Hop, Route
+
+    class OneHop:
+        calls = []
+
+        async def route(self, domain):
+            self.calls.append(domain)
+            return Route(domain, [Hop("mx.remote.example", 25, ["192.0.2.1"])])
+
+    class Refusing:
+        connects = 0
+
+        def connect(self, factory):
+            Refusing.connects += 1
+            return defer.fail(error.ConnectionRefusedError())
+
+    router = OneHop()
+    s, clock, files, bounces = await make(tmp_path, router, retry_initial=300, retry_max=3600)
+    s._endpoint = lambda address, port: Refusing()
+    first = await queue(s, files, clock, "alice@example.test", ["a@remote.example"])
+    await idle(s)
+    assert Refusing.connects == 1 and s.envelopes[first].recipients[0].attempts == 1
+    assert s.down["remote.example"] == clock.seconds() + 60  # min(retry_initial, 60 s)
+    # Mail arriving meanwhile waits: no connection attempt per message.
+    later = [await queue(s, files, clock, "alice@example.test", [f"b{i}@remote.example"])
+             for i in range(3)]
+    await idle(s)
+    assert Refusing.connects == 1 and len(router.calls) == 1
+    assert all(s.envelopes[q].recipients[0].attempts == 0 for q in later)
+    # The hold-off ends: one more try, and every waiting message gets its attempt.
+    clock.advance(60)
+    await until(lambda: all(s.envelopes[q].recipients[0].attempts == 1 for q in later))
+    assert Refusing.connects >= 2
+    # A flush is a real try now, hold-off or not.
+    s.flush()
+    await idle(s)
+    assert Refusing.connects >= 3
+    assert not bounces
+    await s.stop(1)
