@@ -8,6 +8,7 @@ creates no per-message Deferred. Bodies stream with backpressure.
 
 from __future__ import annotations
 
+from array import array
 from typing import TYPE_CHECKING, Any
 
 from mailhost.imap import encoding, parser
@@ -112,6 +113,16 @@ class _IndexRenderer:
         out = memo.get(flags) or self.flags(flags, recent)
         return b"* %d FETCH (UID %d %s)\r\n" % (seq, uid, out)
 
+    def uid_flags_bytes(self, first_seq: int, uids, flags) -> bytes:
+        """``UID FLAGS`` lines for consecutive sequence numbers from ``first_seq``, none
+        of them \\Recent: one format operation per line and no call."""
+        memo = self._flags
+        for fs in set(flags) - memo.keys():
+            self.flags(fs, False)
+        return b"".join([b"* %d FETCH (UID %d %s)\r\n" % (seq, uid, memo[fs])
+                         for seq, uid, fs in zip(range(first_seq, first_seq + len(uids)),
+                                                 uids, flags, strict=True)])
+
     def flags(self, flags: frozenset[str], recent: bool) -> bytes:
         memo = self._recent_flags if recent else self._flags
         out = memo.get(flags)
@@ -135,14 +146,34 @@ class _IndexRenderer:
         return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
 
-def _index_lines(sel: SelectedMailbox, uids: list[int], render: _IndexRenderer):
-    """FETCH lines (or None for a UID the folder no longer has) for ascending ``uids``,
-    merging the session's numbering with the folder's index columns in one pass instead
-    of a lookup (or a MessageInfo) per message."""
+def _index_batches(sel: SelectedMailbox, uids: list[int], render: _IndexRenderer):
+    """(FETCH lines of up to BATCH messages, how many of them the folder no longer has)
+    for ascending ``uids``, from the folder's index columns: no lookup and no
+    MessageInfo per message. When the request, the session's numbering and the folder
+    agree (``FETCH 1:*`` with nothing pending, the usual sync) the columns are
+    rendered as they are; otherwise the three are merged in one pass."""
     cuids, cflags, _, csizes, cdates = folder_columns(sel.folder)
-    seq_uids, recent, line = sel.uids, sel.recent, render.line
+    seq_uids, recent = sel.uids, sel.recent
     # A store may read dates lazily (a stat each): touch them only when asked for.
     dated = "INTERNALDATE" in render.names
+    n = len(uids)
+    if n == len(seq_uids) == len(cuids) and uids == seq_uids and \
+            (isinstance(cuids, list) and cuids == uids or array("q", uids) == cuids):
+        uid_flags = (render.uid_flags_bytes if render.names == ["UID", "FLAGS"] and not recent
+                     else None)
+        for start in range(0, n, BATCH):
+            end = min(n, start + BATCH)
+            if uid_flags is not None:
+                yield uid_flags(start + 1, uids[start:end], cflags[start:end]), 0
+                continue
+            yield b"".join([
+                render.line(i + 1, u, cflags[i], csizes[i], cdates[i] if dated else 0.0,
+                            u in recent)
+                for i, u in zip(range(start, end), uids[start:end], strict=True)]), 0
+        return
+    line = render.line
+    batch: list[bytes] = []
+    missing = 0
     i = j = 0
     n_c, n_s = len(cuids), len(seq_uids)
     for u in uids:
@@ -151,10 +182,15 @@ def _index_lines(sel: SelectedMailbox, uids: list[int], render: _IndexRenderer):
         while i < n_c and cuids[i] < u:
             i += 1
         if i < n_c and cuids[i] == u:
-            yield line(j + 1, u, cflags[i], csizes[i], cdates[i] if dated else 0.0,
-                       u in recent)
+            batch.append(line(j + 1, u, cflags[i], csizes[i], cdates[i] if dated else 0.0,
+                              u in recent))
         else:
-            yield None
+            missing += 1
+        if len(batch) >= BATCH:
+            yield b"".join(batch), missing
+            batch, missing = [], 0
+    if batch or missing:
+        yield b"".join(batch), missing
 
 
 async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -179,19 +215,11 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
                 sel.forget_flags(unseen)  # this FETCH shows them; no second update
     missing = False
     if index_only:
-        batch: list[bytes] = []
-        render = _IndexRenderer(items)
-        for line in _index_lines(sel, uids, render):
-            if line is None:
-                missing = True
-                continue
-            batch.append(line)
-            if len(batch) >= BATCH:
-                s.send(b"".join(batch))
-                batch = []
+        for data, gone in _index_batches(sel, uids, _IndexRenderer(items)):
+            missing = missing or gone > 0
+            if data:
+                s.send(data)
                 await s.drain()
-        if batch:
-            s.send(b"".join(batch))
     else:
         for u in uids:
             info = folder.get(u)

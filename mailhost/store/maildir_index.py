@@ -90,7 +90,7 @@ class Columns(NamedTuple):
 
 #: The date of a file adopted in bulk whose mtime has not been read yet (in the index
 #: and in uidlist lines); ``FolderIndex.date_at`` reads it on first use.
-UNKNOWN_DATE = -1
+UNKNOWN_DATE = -1.0  # a float: compared with the float date column
 
 
 def name_time(base: str) -> float:
@@ -285,7 +285,7 @@ class FolderIndex:
 
     def infos(self) -> list[MessageInfo]:
         """Every message as a MessageInfo (made now: the index keeps none)."""
-        if self.unknown_dates and UNKNOWN_DATE in self.dates:
+        if self.unknown_dates:
             for i, date in enumerate(self.dates):
                 if date == UNKNOWN_DATE:
                     self.date_at(i)
@@ -310,7 +310,7 @@ class FolderIndex:
         recent = bytes(st.recent for st in table)
         states, uids, dates = self.states, array("q", self.uids), array("d", self.dates)
         lazy = (_LazyDates(self, uids, list(self.keys), dates)
-                if self.unknown_dates and UNKNOWN_DATE in dates else dates)
+                if self.unknown_dates else dates)
         return Columns(uids, list(map(flags.__getitem__, states)),
                        bytes(map(recent.__getitem__, states)), array("q", self.sizes), lazy)
 
@@ -455,11 +455,13 @@ def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
         index.uids.extend(uids)
         index.keys.extend(bases)
         index.sizes.extend([r[5] for r in rows])
-        index.dates.extend([float(r[4]) for r in rows])
+        dates = [float(r[4]) for r in rows]
+        index.dates.extend(dates)
+        index.unknown_dates = dates.count(UNKNOWN_DATE)
+        del dates
         index.states.extend([sid_of[k] for k in states])
         index.wrap.extend([r[6] for r in rows])
         index.by_base.update(zip(bases, uids, strict=True))
-        index.unknown_dates = index.dates.count(UNKNOWN_DATE)
         del rows, uids, bases, states
     else:
         foreign = [("cur", n) for n in cur]
@@ -477,12 +479,17 @@ def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
 #: Dovecot's ``,S=<size on disk>,W=<CRLF size>`` at the end of a base name ("/" cannot
 #: occur in a file name, so it separates the names searched at once).
 _SIZES_AT_END = re.compile(r",S=(\d+),W=(\d+)(?=/|\Z)")
+_SAME_SIZES_AT_END = re.compile(r",S=(\d+),W=\1(?=/|\Z)")
 
 
-def _bulk_sizes(bases: list[str]) -> tuple[list[int], list[bool]]:
+def _bulk_sizes(bases: list[str]) -> tuple[list[int], bytearray | list[bool]]:
     """(CRLF sizes, needs-CRLF-wrap) from the names, -1 where a name has no Dovecot
     size ending. One regex pass over all names when every one has it."""
-    found = _SIZES_AT_END.findall("/".join(bases))
+    joined = "/".join(bases)
+    same = _SAME_SIZES_AT_END.findall(joined)  # S= equal to W=: a CRLF file
+    if len(same) == len(bases):
+        return list(map(int, same)), bytearray(len(bases))
+    found = _SIZES_AT_END.findall(joined)
     if len(found) == len(bases):
         return ([int(w) for _, w in found],
                 [s != w and int(s) != int(w) for s, w in found])
