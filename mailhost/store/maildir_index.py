@@ -25,7 +25,6 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import itemgetter
 from typing import NamedTuple
 
 from mailhost.store import uidlist
@@ -111,41 +110,41 @@ def name_order(name: str) -> tuple[int, int, str]:
     return int(secs or 0), (-1 if usec is None else int(usec or 0)), name
 
 
-def sort_by_name_order(files: list[tuple[str, str]]) -> None:
-    """Sort (subdir, name) pairs by ``name_order`` in place, faster than with that key.
+def sort_by_name_order(names: list[str]) -> None:
+    """Sort file names by ``name_order`` in place, faster than with that key.
 
     When every name starts with decimal seconds of one width (any Maildir written in
     this century), a plain string sort already orders by seconds; only runs of names
     with equal seconds then need the microsecond key."""
-    files.sort(key=itemgetter(1))
-    heads = [name.partition(".")[0] for _, name in files]
+    names.sort()
+    heads = [name.partition(".")[0] for name in names]
     joined = "".join(heads)
     if not (joined.isascii() and joined.isdecimal()
             and len(set(map(len, heads))) <= 1):
-        _sort_by_key(files)
+        _sort_by_key(names)
         return
     if len(set(heads)) == len(heads):
         return
-    n, i = len(files), 0
+    n, i = len(names), 0
     while i < n:
         j = i + 1
         while j < n and heads[j] == heads[i]:
             j += 1
         if j - i > 1:
-            files[i:j] = sorted(files[i:j], key=lambda f: name_order(f[1]))
+            names[i:j] = sorted(names[i:j], key=name_order)
         i = j
 
 
-def _sort_by_key(files: list[tuple[str, str]]) -> None:
+def _sort_by_key(names: list[str]) -> None:
     """The general case: a stable sort on one integer per name after the name sort."""
     match = _ORDER_RE.match
-    parsed = [match(name).groups() for _, name in files]
+    parsed = [match(name).groups() for name in names]
     width = 10 ** max((len(u) for _, u in parsed if u), default=1)
     keys = [int(secs or 0) * width * 10 + (0 if usec is None else int(usec or 0) + 1)
             for secs, usec in parsed]
     del parsed
-    order = sorted(range(len(files)), key=keys.__getitem__)
-    files[:] = [files[i] for i in order]
+    order = sorted(range(len(names)), key=keys.__getitem__)
+    names[:] = [names[i] for i in order]
 
 
 class _LazyDates(Sequence):
@@ -464,13 +463,17 @@ def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
         index.by_base.update(zip(bases, uids, strict=True))
         del rows, uids, bases, states
     else:
-        foreign = [("cur", n) for n in cur]
-        foreign += [("new", n) for n in new]
+        if adopt and (cur or new):
+            out.uid_next = _adopt_all(path, uid_path, index, cur, new, uid_next)
+        else:
+            foreign = [("cur", n) for n in cur] + [("new", n) for n in new]
         del cur, new
     del records
     out.stale = lines - len(index)
     if foreign and adopt:
-        out.uid_next = _adopt_all(path, uid_path, index, foreign, uid_next)
+        out.uid_next = _adopt_all(path, uid_path, index,
+                                  [n for sub, n in foreign if sub == "cur"],
+                                  [n for sub, n in foreign if sub == "new"], uid_next)
     elif foreign:
         out.foreign = foreign
     return out
@@ -502,17 +505,22 @@ def _bulk_sizes(bases: list[str]) -> tuple[list[int], bytearray | list[bool]]:
     return sizes, wraps
 
 
-def _adopt_all(path: str, uid_path: str, index: FolderIndex,
-               foreign: list[tuple[str, str]], uid_next: int) -> int:
-    """Give foreign files UIDs in Dovecot's order (``name_order``), add them to
-    ``index`` and append their uidlist lines in one write; returns the new UIDNEXT.
+def _adopt_all(path: str, uid_path: str, index: FolderIndex, cur: list[str],
+               new: list[str], uid_next: int) -> int:
+    """Give foreign files (names in cur/ and new/) UIDs in Dovecot's order
+    (``name_order``), add them to ``index`` and append their uidlist lines in one
+    write; returns the new UIDNEXT.
 
     No file is stat'ed: sizes come from ``S=``/``W=`` in the name (a file without them
     is read once), and dates stay UNKNOWN_DATE until someone asks (as Dovecot reads
     mtimes only for INTERNALDATE). The folder fills them in later in the background."""
-    sort_by_name_order(foreign)
-    split = [name.partition(":") for _, name in foreign]
+    in_new = set(new)
+    names = cur + new
+    sort_by_name_order(names)
+    split = [name.partition(":") for name in names]
     bases = [t[0] for t in split]
+    parts = [t[2] if t[1] else None for t in split]
+    del split
     sizes, wraps = _bulk_sizes(bases)
     keep = None
     for i in [i for i, size in enumerate(sizes) if size < 0]:
@@ -520,23 +528,26 @@ def _adopt_all(path: str, uid_path: str, index: FolderIndex,
         if s is not None and w is not None:
             sizes[i], wraps[i] = w, s != w
             continue
+        sub = "new" if names[i] in in_new else "cur"
         try:
-            sizes[i], raw = crlf_size(os.path.join(path, *foreign[i]))
+            sizes[i], raw = crlf_size(os.path.join(path, sub, names[i]))
         except FileNotFoundError:
             keep = keep or bytearray(b"\x01") * len(sizes)
             keep[i] = 0
             continue
         wraps[i] = sizes[i] != raw
-    states = list(zip([sub for sub, _ in foreign], [t[2] if t[1] else None for t in split],
-                      strict=True))
-    del split
-    sid_of = {k: index.state(k[1], k[0] == "new") for k in set(states)}
-    sids = [sid_of[k] for k in states]
-    del states
+    # One state per distinct (info part, in new/); usually a handful.
+    if in_new:
+        keys = list(zip(parts, [name in in_new for name in names], strict=True))
+        sid_of = {k: index.state(*k) for k in set(keys)}
+    else:
+        keys = parts
+        sid_of = {k: index.state(k, False) for k in set(keys)}
+    sids = list(map(sid_of.__getitem__, keys))
+    del keys, parts, names
     if keep is not None:  # files that vanished since the listing
         bases, sizes, wraps, sids = (list(compress(col, keep))
                                      for col in (bases, sizes, wraps, sids))
-    del foreign[:]
     n = len(bases)
     uids = range(uid_next, uid_next + n)
     dates = [UNKNOWN_DATE] * n
