@@ -107,13 +107,18 @@ def cmd_show(args: argparse.Namespace, config: Config) -> int:
 
 
 def _make_due(files: SpoolFiles, env: Envelope) -> int:
+    """Pending recipients of ``env``, made due now; the envelope is rewritten only if
+    one was not due yet (mail that never had a try is due already)."""
     now = time.time()
     n = 0
+    changed = False
     for r in env.recipients:
         if r.status == PENDING:
-            r.next_attempt = min(r.next_attempt, now)
+            if r.next_attempt > now:
+                r.next_attempt = now
+                changed = True
             n += 1
-    if n:
+    if changed:
         files.save_envelope_sync(env)
     return n
 

@@ -454,7 +454,9 @@ class Scheduler:
             if text[:1] == "5":
                 # A 5xx greeting or EHLO refusal from every host: still retry.
                 text = "451 4.4.1 " + text
-            self._hold_off(domain)
+            if self.sessions.get(domain, 0) <= 1:
+                # Alone: no sibling session is evidence that the domain takes mail.
+                self._hold_off(domain)
             self._drain_if_alone(domain, Outcome(TEMPORARY, text))
 
     def _hold_off(self, domain: str) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -104,7 +105,12 @@ class Envelope:
     @classmethod
     def from_json(cls, data: bytes) -> Envelope:
         raw: dict[str, Any] = json.loads(data)
-        rcpts = [RecipientState(**r) for r in raw.pop("recipients")]
+        rcpts = []
+        for r in raw.pop("recipients"):
+            # A big queue repeats these strings: share one copy of each.
+            r["address"], r["status"] = sys.intern(r["address"]), sys.intern(r["status"])
+            rcpts.append(RecipientState(**r))
+        raw["sender"] = sys.intern(raw["sender"])
         return cls(recipients=rcpts, **raw)
 
     def pending(self) -> list[RecipientState]:
