@@ -9,6 +9,7 @@ creates no per-message Deferred. Bodies stream with backpressure.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mailhost.imap import encoding, parser
@@ -113,7 +114,8 @@ class _IndexRenderer:
         out = memo.get(flags) or self.flags(flags, recent)
         return b"* %d FETCH (UID %d %s)\r\n" % (seq, uid, out)
 
-    def uid_flags_bytes(self, first_seq: int, uids, flags) -> bytes:
+    def uid_flags_bytes(self, first_seq: int, uids: Sequence[int],
+                        flags: Sequence[frozenset[str]]) -> bytes:
         """``UID FLAGS`` lines for consecutive sequence numbers from ``first_seq``, none
         of them \\Recent: one format operation per line and no call."""
         memo = self._flags

@@ -22,7 +22,7 @@ import re
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from typing import NamedTuple
@@ -347,7 +347,7 @@ class FolderIndex:
         if date == UNKNOWN_DATE:
             self.unknown_dates += 1
 
-    def remove(self, uids) -> list[int]:
+    def remove(self, uids: Iterable[int]) -> list[int]:
         """Drop these UIDs; returns those that were present."""
         positions = sorted({p for p in map(self.pos, uids) if p >= 0})
         if not positions:
@@ -569,7 +569,8 @@ def _adopt_all(path: str, uid_path: str, index: FolderIndex, cur: list[str],
     return uid_next + n
 
 
-def examine_foreign(path: str, files: list[tuple[str, str]]):
+def examine_foreign(path: str, files: list[tuple[str, str]],
+                    ) -> list[tuple[str, str, int, bool, int]]:
     """[(subdir, name, CRLF size, needs CRLF wrapping, mtime)] of files another program
     dropped in, in ``name_order``; files gone meanwhile are left out."""
     out = []
@@ -623,7 +624,9 @@ def dir_stamp(path: str) -> tuple[int, int] | None:
 
 
 def diff_folder(path: str, snapshot: tuple[list[str], array, array, list[State]],
-                last_stamp: tuple[int, int] | None):
+                last_stamp: tuple[int, int] | None,
+                ) -> tuple[tuple[int, int] | None, list[tuple[int, bool, str | None]],
+                           list[int], list[tuple[str, str]]]:
     """Compare the directory with a ``FolderIndex.snapshot()``.
 
     Returns (stamp, renamed [(uid, recent, part)], gone UIDs, unknown files
