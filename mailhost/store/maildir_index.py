@@ -509,13 +509,16 @@ def _adopt_all(path: str, uid_path: str, index: FolderIndex, cur: list[str],
                new: list[str], uid_next: int) -> int:
     """Give foreign files (names in cur/ and new/) UIDs in Dovecot's order
     (``name_order``), add them to ``index`` and append their uidlist lines in one
-    write; returns the new UIDNEXT.
+    write; returns the new UIDNEXT. Empties ``cur`` and ``new`` (their names are
+    garbage as soon as the base names are split off).
 
     No file is stat'ed: sizes come from ``S=``/``W=`` in the name (a file without them
     is read once), and dates stay UNKNOWN_DATE until someone asks (as Dovecot reads
     mtimes only for INTERNALDATE). The folder fills them in later in the background."""
     in_new = set(new)
     names = cur + new
+    cur.clear()
+    new.clear()
     sort_by_name_order(names)
     split = [name.partition(":") for name in names]
     bases = [t[0] for t in split]
