@@ -13,9 +13,12 @@ and relay A (127.0.0.1, domain a.test, relaying for 127.0.0.1 without AUTH), all
 - decomposed: into A while B is down (queueing alone), then B up and
   ``mailhost queue flush`` (draining alone, including the CLI's start-up).
 
-Then A is stopped, 100k envelopes are written into its spool (due in a day, so they
-stay queued), A is restarted, and its peak and settled RSS are reported next to
-the RSS of an idle A with an empty queue.
+Then A is stopped, 100k messages are written into its spool in the one-file form a
+running server writes (due in a day, so they stay queued), A is restarted, and its
+peak and settled RSS are reported next to the RSS of an idle A with an empty queue.
+
+A queues while B is down only until its first try fails: the scheduler then holds
+off new sessions to b.test (see ``Scheduler._hold_off``) until the flush.
 
 Usage: python3 bench/relay_throughput.py [--count 3000] [--queued 100000] [--no-fsync]
 """
