@@ -122,16 +122,28 @@ def generate_maildir(root: str, n: int) -> None:
             f.write(data)
 
 
-def time_big(port: int, user: str, password: str, rss_probe=None) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_big(port: int, user: str, password: str, rss_probe=None, cpu_probe=None) -> dict:
+    """Cold and warm SELECT + ``UID FETCH 1:* (UID FLAGS)``: wall seconds and, with
+    ``cpu_probe``, the server's CPU seconds (steadier than wall time on a shared
+    machine)."""
     out = {}
     for label in ("cold", "warm"):
         c = imaplib.IMAP4("127.0.0.1", port, timeout=600)
         c.login(user, password)
         if rss_probe is not None:
             out[label + "_rss_after_login_mb"] = round(rss_probe() / 1024)
+        cpu0 = cpu_probe() if cpu_probe is not None else 0.0
         t0 = time.monotonic()
         typ, data = c.select("INBOX")
         t1 = time.monotonic()
+        cpu1 = cpu_probe() if cpu_probe is not None else 0.0
         assert typ == "OK", data
         c.send(b"X1 UID FETCH 1:* (UID FLAGS)\r\n")
         lines = 0
@@ -143,17 +155,21 @@ def time_big(port: int, user: str, password: str, rss_probe=None) -> dict:
                 break
             lines += 1
         t2 = time.monotonic()
+        cpu2 = cpu_probe() if cpu_probe is not None else 0.0
         if rss_probe is not None:
             out[label + "_rss_after_fetch_mb"] = round(rss_probe() / 1024)
         c.shutdown()
         out[label] = {"exists": int(data[0]), "select_s": round(t1 - t0, 3),
                       "fetch_s": round(t2 - t1, 3), "fetch_lines": lines}
+        if cpu_probe is not None:
+            out[label]["select_cpu_s"] = round(cpu1 - cpu0, 2)
+            out[label]["fetch_cpu_s"] = round(cpu2 - cpu1, 2)
     return out
 
 
-def dovecot_imap_rss_kib(master_pid: int) -> int:
-    """RSS of Dovecot's largest per-user imap process (children of the master)."""
-    total = 0
+def dovecot_imap_pids(master_pid: int) -> list[int]:
+    """Dovecot's per-user imap processes (children of the master)."""
+    out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -161,8 +177,29 @@ def dovecot_imap_rss_kib(master_pid: int) -> int:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().split()
             if int(fields[3]) == master_pid and fields[1] == "(imap)":
-                total = max(total, rss_kib(int(pid), "VmRSS"))
-        except (OSError, LookupError, IndexError, ValueError):
+                out.append(int(pid))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def dovecot_imap_cpu(master_pid: int) -> float:
+    """CPU seconds of the imap process now serving (the newest one: one login at a
+    time here)."""
+    pids = dovecot_imap_pids(master_pid)
+    try:
+        return cpu_seconds(max(pids)) if pids else 0.0
+    except OSError:
+        return 0.0
+
+
+def dovecot_imap_rss_kib(master_pid: int) -> int:
+    """RSS of Dovecot's largest per-user imap process (children of the master)."""
+    total = 0
+    for pid in dovecot_imap_pids(master_pid):
+        try:
+            total = max(total, rss_kib(pid, "VmRSS"))
+        except (OSError, LookupError):
             continue
     return total
 
@@ -211,14 +248,16 @@ def main() -> None:
             mh.start()
             try:
                 results["big_mailhost"] = time_big(mh.ports["imap"], USER, PASSWORD,
-                                                   lambda: rss_kib(mh.pid, "VmRSS"))
+                                                   lambda: rss_kib(mh.pid, "VmRSS"),
+                                                   lambda: cpu_seconds(mh.pid))
                 results["big_mailhost"]["peak_rss_mb"] = round(rss_kib(mh.pid, "VmHWM") / 1024)
             finally:
                 mh.stop()
             dv = Dovecot(pristine, {USER: PASSWORD}).start()
             try:
                 results["big_dovecot"] = time_big(
-                    dv.port, USER, PASSWORD, lambda: dovecot_imap_rss_kib(dv.proc.pid))
+                    dv.port, USER, PASSWORD, lambda: dovecot_imap_rss_kib(dv.proc.pid),
+                    lambda: dovecot_imap_cpu(dv.proc.pid))
             finally:
                 dv.stop()
             for label in ("cold", "warm"):
