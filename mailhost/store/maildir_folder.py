@@ -436,8 +436,8 @@ class MaildirFolder:
                             os.path.join(sub, filename(base, new_part))))
             updates.append((uid, new_part, st.recent))
         if renames:
-            ok = await self._store._in_thread(rename_all, self._path, renames, self._kwfile,
-                                              self._file_lock, self._store.fsync)
+            ok = await self._renaming(renames, self._kwfile, self._file_lock,
+                                      self._store.fsync)
             changed = []
             for (uid, new_part, recent), done in zip(updates, ok, strict=True):
                 i = index.pos(uid)
@@ -449,6 +449,19 @@ class MaildirFolder:
                 result[uid] = index.info_at(i)
             self._listeners.changed(self, changed)
         return [result[u] for u in sorted(result)]
+
+    async def _renaming(self, renames: list[tuple[str, str]], kwfile, lock,
+                        fsync: bool) -> list[bool]:
+        """rename_all in a thread; meanwhile a date read on the reactor thread may find
+        the file under its new name (see FolderIndex.date_at)."""
+        moving = self._index.renaming
+        for old, new in renames:
+            moving[os.path.basename(old).partition(":")[0]] = new
+        try:
+            return await self._store._in_thread(rename_all, self._path, renames, kwfile,
+                                                lock, fsync)
+        finally:
+            moving.clear()  # renames are serialised by the folder lock
 
     def expunge(self, uids: Iterable[int] | None = None):
         return self._run(self._expunge, None if uids is None else set(uids))
@@ -534,7 +547,7 @@ class MaildirFolder:
             renames.append((os.path.join("new", filename(base, part)),
                             os.path.join("cur", filename(base, new_part))))
             parts.append(new_part)
-        ok = await self._store._in_thread(rename_all, self._path, renames, None, None, False)
+        ok = await self._renaming(renames, None, None, False)
         claimed = set()
         for uid, new_part, done in zip(recent, parts, ok, strict=True):
             i = index.pos(uid)

@@ -179,6 +179,7 @@ class FolderIndex:
         self.path = path  # the folder's directory (kept current by the folder)
         self.unknown_dates = 0  # how many dates are UNKNOWN_DATE (an upper bound)
         self.unsaved_dates: set[int] = set()  # UIDs whose date was read but not recorded
+        self.renaming: dict[str, str] = {}  # base -> new relative path, while renaming
         self.uids = array("q")
         self.sizes = array("q")
         self.dates = array("d")
@@ -234,11 +235,18 @@ class FolderIndex:
         if date != UNKNOWN_DATE:
             return date
         st, key = self.table[self.states[i]], self.keys[i]
-        try:
-            date = float(int(os.stat(os.path.join(self.path, "new" if st.recent else "cur",
-                                                  filename(key, st.part))).st_mtime))
-        except OSError:
-            return name_time(key)  # renamed under us or gone: the next read retries
+        paths = [os.path.join("new" if st.recent else "cur", filename(key, st.part))]
+        if key in self.renaming:
+            # A flag rename is in flight in a thread: the file may have its new name.
+            paths.append(self.renaming[key])
+        for rel in paths:
+            try:
+                date = float(int(os.stat(os.path.join(self.path, rel)).st_mtime))
+                break
+            except OSError:
+                continue
+        else:
+            return name_time(key)  # gone (being expunged): nothing to cache
         self.dates[i] = date
         self.unsaved_dates.add(self.uids[i])
         return date

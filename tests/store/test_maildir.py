@@ -459,3 +459,21 @@ async def test_unknown_dates_survive_restart_and_flag_renames(root):
     again._stop_fill()
     assert again.get(1).internal_date == 1_600_000_000
     assert again.get(1).flags == {"\\Seen"} and not again.get(1).recent
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_date_is_read_under_the_new_name_while_a_flag_rename_runs(root):
+    home = user_dir(root)
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(home, sub))
+    name = "1700000000.M1P1.h,S=3,W=3:2,"
+    with open(os.path.join(home, "cur", name), "wb") as f:
+        f.write(b"x\r\n")
+    os.utime(os.path.join(home, "cur", name), (1_600_000_000, 1_600_000_000))
+    box = await folder_of(MaildirStore(root))
+    box._stop_fill()
+    # As if rename_all had just renamed the file in its thread:
+    box._index.renaming[name.partition(":")[0]] = os.path.join("cur", name + "S")
+    os.rename(os.path.join(home, "cur", name), os.path.join(home, "cur", name + "S"))
+    assert box.get(1).internal_date == 1_600_000_000
+    box._index.renaming.clear()
