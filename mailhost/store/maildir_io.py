@@ -9,11 +9,15 @@ import shutil
 import threading
 import time
 
+from twisted.logger import Logger
+
 from mailhost.store import mutf7, uidlist
 from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
 from mailhost.store.maildir_names import KEYWORDS_FILE, Keywords
 from mailhost.store.names import INBOX, InvalidFolderName, canonical_folder
 from mailhost.store.uidlist import UIDLIST_FILE
+
+log = Logger()
 
 SUBSCRIPTIONS_FILE = "subscriptions"
 SPECIAL_USE_FILE = "mailhost-special-use"
@@ -263,24 +267,36 @@ def list_folder_names(root: str) -> list[str]:
 
 def respell_folder_dirs(root: str) -> list[tuple[str, str]]:
     """Rename folder directories written with their raw (UTF-8) name, as mailhost
-    did before folder directories were spelt in modified UTF-7. Returns the renames."""
+    did before folder directories were spelt in modified UTF-7. Returns the renames.
+
+    Never raises: a directory it cannot rename stays where it is, unlisted, and the
+    log says which and why (its mail is untouched).
+    """
     done = []
     with os.scandir(root) as it:
         dirs = [d.name for d in it if d.name.startswith(".") and not d.name.startswith("..")
                 and d.is_dir()]
     for dirname in dirs:
-        if _folder_of_dir(dirname) is not None:
-            continue
+        raw = dirname[1:]
+        if _folder_of_dir(dirname) is not None or (raw.isascii() and "&" not in raw):
+            continue  # current spelling, or not a folder of ours
         try:
-            canon = canonical_folder(dirname[1:])
+            target = folder_dir_name(canonical_folder(raw))
         except InvalidFolderName:
-            continue
-        if canon == INBOX:
-            continue
-        target = folder_dir_name(canon)
-        if target != dirname and not os.path.exists(os.path.join(root, target)):
-            os.rename(os.path.join(root, dirname), os.path.join(root, target))
-            done.append((dirname, target))
+            why = "its name is too long in modified UTF-7, or not a valid folder name"
+        else:
+            if os.path.lexists(os.path.join(root, target)):
+                why = f"{target} exists too; merge the two by hand"
+            else:
+                try:
+                    os.rename(os.path.join(root, dirname), os.path.join(root, target))
+                except OSError as e:
+                    why = f"renaming it to {target} failed: {e.strerror}"
+                else:
+                    done.append((dirname, target))
+                    continue
+        log.warn("folder directory {dir} in {root} is not listed: {why}",
+                 dir=dirname, root=root, why=why, event="folder_respell_skipped")
     return done
 
 

@@ -6,12 +6,14 @@ MaildirStore and vice versa.
 
 from __future__ import annotations
 
+from mailhost.store import mutf7
 from mailhost.store.interfaces import InvalidFolderName, StoreError
 
 INBOX = "INBOX"
 DELIMITER = "."
 
-# One folder becomes one directory ".A.B"; keep well under NAME_MAX (255 bytes).
+# One folder becomes one directory ".A.B" (modified UTF-7); keep well under NAME_MAX
+# (255 bytes).
 MAX_FOLDER_BYTES = 200
 MAX_USER_PART_BYTES = 128
 
@@ -46,7 +48,8 @@ def canonical_folder(name: str) -> str:
         encoded = canon.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates
         raise InvalidFolderName(name) from None
-    if len(encoded) > MAX_FOLDER_BYTES:
+    # The directory is spelt in modified UTF-7, which can be longer than UTF-8.
+    if max(len(encoded), len(mutf7.encode(canon))) > MAX_FOLDER_BYTES:
         raise InvalidFolderName(name)
     return canon
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.logger import globalLogPublisher
 
 from mailhost.store import mutf7
-from mailhost.store.interfaces import DeliveryTarget
+from mailhost.store.interfaces import DeliveryTarget, InvalidFolderName
 from mailhost.store.maildir import MaildirStore
 
 A = "alice@example.test"
@@ -68,3 +70,28 @@ def test_codec_round_trips_any_name(name):
     assert encoded.isascii()
     assert "/" not in encoded or "/" in name  # never adds a path separator
     assert mutf7.decode(encoded) == name
+
+
+@pytest_twisted.ensureDeferred
+async def test_respelling_that_cannot_happen_never_breaks_the_account(tmp_path):
+    root = os.path.join(str(tmp_path), "example.test", "alice")
+    _maildir(root)
+    long_name = "\u00c4" * 100  # 200 bytes of UTF-8, 270 in modified UTF-7
+    _maildir(os.path.join(root, "." + long_name))
+    _maildir(os.path.join(root, ".Entw\u00fcrfe"))  # and the new spelling exists too
+    _maildir(os.path.join(root, ".Entw&APw-rfe"))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        store = MaildirStore(str(tmp_path))
+        account = await store.open_account(A)
+        names = set(await account.list_folders())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert "Entw\u00fcrfe" in names and long_name not in names
+    skipped = {e["dir"] for e in events if e.get("event") == "folder_respell_skipped"}
+    assert skipped == {"." + long_name, ".Entw\u00fcrfe"}
+    assert {"." + long_name, ".Entw\u00fcrfe"} <= set(os.listdir(root))  # nothing lost
+    with pytest.raises(InvalidFolderName):
+        await account.create_folder(long_name)
+    await store.close()
