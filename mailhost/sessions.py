@@ -157,7 +157,7 @@ class TrackedProtocol(InterfaceCopyingWrapper):
         self.write(b"".join(data))
 
     def _scan_output(self, data: bytes) -> None:
-        for line in data.split(b"\n")[:64]:
+        for line in data.split(b"\n", 63):  # the first 64 lines; never the whole chunk
             if not self.pending:
                 return
             if self.kind == "imap":
