@@ -25,6 +25,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
+from operator import itemgetter
 from typing import NamedTuple
 
 from mailhost.store import uidlist
@@ -444,16 +445,20 @@ def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
                     uid, date, size, wrap = rec
                     rows.append((uid, base, part if sep else None, recent, date, size, wrap))
         del cur, new
-        rows.sort()
+        # By UID only: a stable sort keeps listing order (cur/ first) among the names
+        # of one UID, and never compares a missing info part (None) with a string.
+        rows.sort(key=itemgetter(0))
         uids = [r[0] for r in rows]
         if len(set(uids)) != len(uids):
-            # Two names on one UID (a broken uidlist): the later one is foreign.
             kept = rows[:1]
             for r in rows[1:]:
-                if r[0] == kept[-1][0]:
-                    foreign.append(("new" if r[3] else "cur", filename(r[1], r[2])))
-                else:
+                if r[0] != kept[-1][0]:
                     kept.append(r)
+                elif r[1] != kept[-1][1]:
+                    # Two names on one UID (a broken uidlist): the later one is foreign.
+                    foreign.append(("new" if r[3] else "cur", filename(r[1], r[2])))
+                # else: a second file with the same base name (rsync, a restore): the
+                # first one is the message, as Dovecot keeps one per name.
             rows = kept
             uids = [r[0] for r in rows]
         bases = [r[1] for r in rows]
@@ -530,6 +535,16 @@ def _adopt_all(path: str, uid_path: str, index: FolderIndex, cur: list[str],
     sort_by_name_order(names)
     split = [name.partition(":") for name in names]
     bases = [t[0] for t in split]
+    if len(set(bases)) != len(bases):
+        # Two files with one base name: keep the first (the shortest name), else both
+        # would get UIDs and a restart would renumber them.
+        first: dict[str, int] = {}
+        for i, base in enumerate(bases):
+            first.setdefault(base, i)
+        keep_at = sorted(first.values())
+        names = [names[i] for i in keep_at]
+        split = [split[i] for i in keep_at]
+        bases = [t[0] for t in split]
     parts = [t[2] if t[1] else None for t in split]
     del split
     sizes, wraps = _bulk_sizes(bases)
@@ -594,11 +609,13 @@ def examine_foreign(path: str, files: list[tuple[str, str]],
                 pass
         stat = os.stat
         append = out.append
+        taken: set[str] = set()
         for sub, name in files:
             fd = fds.get(sub)
-            if fd is None:
-                continue
-            s, w = sizes_from_base(name.partition(":")[0])
+            base = name.partition(":")[0]
+            if fd is None or base in taken:
+                continue  # one message per base name (the first listed: cur/ first)
+            s, w = sizes_from_base(base)
             try:
                 # Relative to the open directory: no path walk per file.
                 mtime = int(stat(name, dir_fd=fd).st_mtime)
@@ -609,6 +626,7 @@ def examine_foreign(path: str, files: list[tuple[str, str]],
                     wrap = size != raw
             except FileNotFoundError:
                 continue
+            taken.add(base)
             append((sub, name, size, wrap, mtime))
     finally:
         for fd in fds.values():
@@ -650,14 +668,22 @@ def diff_folder(path: str, snapshot: tuple[list[str], array, array, list[State]]
     keys, uids, states, table = snapshot
     where = dict(zip(keys, range(len(keys)), strict=True))
     seen = bytearray(len(keys))
-    taken: set[str] = set()
-    renamed, foreign = [], []
+    taken: dict[str, bool] = {}  # base -> listed in new/
+    renamed: dict[int, tuple[int, bool, str | None]] = {}
+    foreign = []
     for names, recent, sub in ((cur, False, "cur"), (new, True, "new")):
         for name in names:
             base, sep, part = name.partition(":")
             if base in taken:
+                # A second file with this base name: the one the index has stays the
+                # message (no flag flip-flop between listings); cur/ wins over new/.
+                i = where.get(base)
+                if i is not None and taken[base] == recent:
+                    st = table[states[i]]
+                    if st.recent == recent and st.part == (part if sep else None):
+                        renamed.pop(uids[i], None)
                 continue
-            taken.add(base)
+            taken[base] = recent
             i = where.get(base)
             if i is None:
                 foreign.append((sub, name))
@@ -666,6 +692,6 @@ def diff_folder(path: str, snapshot: tuple[list[str], array, array, list[State]]
             st = table[states[i]]
             part = part if sep else None
             if st.recent != recent or st.part != part:
-                renamed.append((uids[i], recent, part))
+                renamed[uids[i]] = (uids[i], recent, part)
     gone = [uid for uid, s in zip(uids, seen, strict=True) if not s]
-    return stamp, renamed, gone, foreign
+    return stamp, list(renamed.values()), gone, foreign

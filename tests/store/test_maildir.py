@@ -477,3 +477,65 @@ async def test_unknown_date_is_read_under_the_new_name_while_a_flag_rename_runs(
     os.rename(os.path.join(home, "cur", name), os.path.join(home, "cur", name + "S"))
     assert box.get(1).internal_date == 1_600_000_000
     box._index.renaming.clear()
+
+
+def _maildir(root):
+    home = user_dir(root)
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(home, sub), exist_ok=True)
+    return home
+
+
+def _put(home, sub, name, data=b"x\r\n", mtime=1_600_000_000):
+    path = os.path.join(home, sub, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.utime(path, (mtime, mtime))
+
+
+async def _reopen(root):
+    box = await folder_of(MaildirStore(root))
+    box._stop_fill()
+    return box
+
+
+@pytest.mark.parametrize("second", ["", ":2,F"])
+@pytest_twisted.ensureDeferred
+async def test_two_files_with_one_base_name_keep_one_uid_across_restarts(root, second):
+    """An rsync/restore can leave ``B`` next to ``B:2,S`` (or two info parts): one
+    message, one UID that stays the same over restarts, and no spurious EXPUNGE."""
+    home = _maildir(root)
+    dup = "1700000001.M1P1.h,S=3,W=3"
+    _put(home, "cur", "1700000000.M1P1.h,S=3,W=3:2,")
+    _put(home, "cur", dup + second)
+    _put(home, "cur", dup + ":2,S")
+    seen = []
+    for _ in range(3):
+        box = await _reopen(root)
+        rec = Recorder()
+        box.add_listener(rec)
+        infos = box.messages()
+        seen.append(([i.uid for i in infos], box.uid_next))
+        assert [i.key for i in infos] == ["1700000000.M1P1.h,S=3,W=3", dup]
+        await box.refresh()
+        assert [e for e in rec.events if e[1]] == []  # no EXPUNGE, no flag flip
+        assert [i.uid for i in box.messages()] == seen[-1][0]
+    assert seen == [([1, 2], 3)] * 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_base_next_to_a_uidlist_line_opens(root):
+    """The uidlist knows ``B``; ``B`` and ``B:2,S`` are both in cur/: the folder opens
+    (it used to fail on every open, so INBOX refused every delivery)."""
+    home = _maildir(root)
+    base = "1700000000.M1P1.h,S=3,W=3"
+    _put(home, "cur", base)
+    box = await _reopen(root)
+    assert [i.uid for i in box.messages()] == [1]
+    _put(home, "cur", base + ":2,S")
+    for _ in range(2):
+        box = await _reopen(root)
+        assert [(i.uid, i.key) for i in box.messages()] == [(1, base)]
+        assert box.uid_next == 2
+    assert await deliver(MaildirStore(root)) == [2]
+
