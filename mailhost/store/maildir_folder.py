@@ -40,6 +40,7 @@ from mailhost.store.maildir_index import (
     examine_foreign,
     fast_info,
     load_folder,
+    name_time,
 )
 from mailhost.store.maildir_io import KeywordFile, rename_all, transfer_files, unlink_all
 from mailhost.store.maildir_names import Keywords, filename, info_letters, make_info, unique_base
@@ -140,7 +141,8 @@ class MaildirFolder:
     def _fill_dates(self) -> defer.Deferred:
         """Read the mtimes bulk adoption skipped, a batch at a time in a thread, and
         record them in the uidlist, so INTERNALDATE needs no stat later (even after a
-        restart). Runs after the first burst of client commands, not during it."""
+        restart). Runs after the first burst of client commands, not during it; goes on
+        at once only while a batch made progress."""
         self._fill_call = None
         d = self._run(self._fill_batch)
 
@@ -154,21 +156,27 @@ class MaildirFolder:
         return d
 
     async def _fill_batch(self) -> bool:
-        todo = self._index.unknown(DATE_FILL_BATCH)
+        """One batch of the date pass; True if there is more to do and this batch got
+        somewhere (a row it could not stat is looked for again after a refresh, then
+        given its name's time, so it never comes back)."""
+        index = self._index
+        before = index.unknown_dates + len(index.unsaved_dates)
+        todo = index.unknown(DATE_FILL_BATCH)
         if not todo:
             if self._stale > COMPACT_MIN_STALE:
                 await self._compact()  # drop the lines the filled-in ones replaced
             return False
         path, uid_path, lock = self._path, self._uidlist_path(), self._file_lock
 
-        def work():
-            dates, lines = [], []
-            for uid, rel, size, wrap, base, date in todo:
+        def work(rows):
+            dates, lines, missing = [], [], []
+            for uid, rel, size, wrap, base, date in rows:
                 if date == UNKNOWN_DATE:
                     try:
                         mtime = int(os.stat(os.path.join(path, rel)).st_mtime)
-                    except FileNotFoundError:
-                        continue  # gone: the next refresh expunges it
+                    except OSError:
+                        missing.append(uid)  # renamed or deleted by another program
+                        continue
                 else:
                     mtime = int(date)
                 dates.append((uid, mtime))
@@ -178,14 +186,73 @@ class MaildirFolder:
                     with lock:
                         uidlist.append_text(uid_path, "".join(lines), create=False)
                 except FileNotFoundError:
-                    return []  # the folder was deleted under us
-            return dates
+                    return [], []  # the folder was deleted under us
+            return dates, missing
 
-        dates = await self._store._in_thread(work)
+        dates, missing = await self._store._in_thread(work, todo)
         for uid, mtime in dates:
-            self._index.set_date(uid, float(mtime))
+            index.set_date(uid, float(mtime))
         self._stale += len(dates)
-        return len(todo) == DATE_FILL_BATCH
+        if missing:
+            # Another program renamed (flags) or deleted them: learn the new names,
+            # drop the gone, and try once more under the current names.
+            await self._refresh()
+            index = self._index
+            retry = []
+            for uid in missing:
+                i = index.pos(uid)
+                if i >= 0 and index.dates[i] == UNKNOWN_DATE:
+                    retry.append((uid, self._relpath_at(i), index.sizes[i],
+                                  bool(index.wrap[i]), index.keys[i], UNKNOWN_DATE))
+            if retry:
+                dates, missing = await self._store._in_thread(work, retry)
+                for uid, mtime in dates:
+                    index.set_date(uid, float(mtime))
+                self._stale += len(dates)
+                for uid in missing:  # still not found: racing; use the name's time
+                    i = index.pos(uid)
+                    if i >= 0:
+                        index.set_date(uid, name_time(index.keys[i]))
+        after = index.unknown_dates + len(index.unsaved_dates)
+        return after > 0 and after < before
+
+    async def _read_dates(self, uids: Iterable[int] | None = None) -> None:
+        """Read the still unknown dates of these messages (all if None) in one thread
+        pass, so callers that need them do not stat file after file on the reactor.
+        The background pass records them in the uidlist later."""
+        index = self._index
+        rows = index.unknown_rows(uids)
+        if not rows:
+            return
+        path = self._path
+
+        def work():
+            found = []
+            for uid, rel, _base in rows:
+                try:
+                    found.append((uid, float(int(os.stat(os.path.join(path, rel)).st_mtime))))
+                except OSError:
+                    pass  # renamed or gone: read on demand (FolderIndex.date_at)
+            return found
+
+        found = await self._store._in_thread(work)
+        if index is not self._index:
+            return
+        for uid, date in found:
+            i = index.pos(uid)
+            if i >= 0 and index.dates[i] == UNKNOWN_DATE:
+                index.set_date(uid, date)
+                index.unsaved_dates.add(uid)
+        if found:
+            self._schedule_fill(DATE_FILL_DELAY)
+
+    def fill_dates(self) -> defer.Deferred:
+        """Fires once every message's date is known, read in bulk in a worker thread
+        (at once when none is missing): for callers that want every INTERNALDATE, such
+        as SEARCH or FETCH INTERNALDATE (not part of IFolder)."""
+        if not self._index.unknown_dates:
+            return defer.succeed(None)
+        return self._run(self._read_dates)
 
     # -- index helpers ---------------------------------------------------------------
 

@@ -178,7 +178,8 @@ class FolderIndex:
     def __init__(self, keywords: Keywords, path: str = "") -> None:
         self.keywords = keywords
         self.path = path  # the folder's directory (kept current by the folder)
-        self.unknown_dates = 0  # how many dates are UNKNOWN_DATE (an upper bound)
+        self.unknown_dates = 0  # how many dates are UNKNOWN_DATE
+        self.fill_cursor = 0  # the background date pass goes on after this UID
         self.unsaved_dates: set[int] = set()  # UIDs whose date was read but not recorded
         self.renaming: dict[str, str] = {}  # base -> new relative path, while renaming
         self.uids = array("q")
@@ -249,18 +250,42 @@ class FolderIndex:
         else:
             return name_time(key)  # gone (being expunged): nothing to cache
         self.dates[i] = date
+        self.unknown_dates -= 1
         self.unsaved_dates.add(self.uids[i])
         return date
 
     def set_date(self, uid: int, date: float) -> None:
+        """Fill in a date that is still unknown (one read on demand meanwhile wins)."""
         i = self.pos(uid)
         if i >= 0 and self.dates[i] == UNKNOWN_DATE:
             self.dates[i] = date
+            self.unknown_dates -= 1
+
+    def unknown_rows(self, uids: Iterable[int] | None = None) -> list[tuple[int, str, str]]:
+        """(uid, path relative to the folder, base) of every message, or of these UIDs,
+        whose date is still UNKNOWN_DATE: what a bulk read in a thread needs."""
+        if not self.unknown_dates:
+            return []
+        dates, table, states, keys = self.dates, self.table, self.states, self.keys
+        if uids is None:
+            where: Iterable[int] = [i for i, d in enumerate(dates) if d == UNKNOWN_DATE]
+        else:
+            where = [i for i in map(self.pos, uids) if i >= 0 and dates[i] == UNKNOWN_DATE]
+        out = []
+        for i in where:
+            st = table[states[i]]
+            out.append((self.uids[i], os.path.join("new" if st.recent else "cur",
+                                                   filename(keys[i], st.part)), keys[i]))
+        return out
 
     def unknown(self, limit: int) -> list[tuple[int, str, int, bool, str, float]]:
         """Up to ``limit`` (uid, path relative to the folder, size, wrap, base, date) of
         messages whose date is not recorded in the uidlist yet: UNKNOWN_DATE where it
-        is still to be read, else the date read on demand."""
+        is still to be read, else the date read on demand.
+
+        Unknown dates are scanned from ``fill_cursor`` on (and the cursor moved past
+        them), so a row whose date could not be read does not come back every batch;
+        the cursor wraps to the start once the scan reaches the end."""
         out = []
         dates, table = self.dates, self.table
 
@@ -276,12 +301,13 @@ class FolderIndex:
                 out.append(row(i))
         if not self.unknown_dates or len(out) >= limit:
             return out
-        for i in range(len(dates)):
+        for i in range(bisect_left(self.uids, self.fill_cursor + 1), len(dates)):
             if dates[i] == UNKNOWN_DATE:
                 out.append(row(i))
                 if len(out) >= limit:
+                    self.fill_cursor = self.uids[i]
                     return out
-        self.unknown_dates = 0
+        self.fill_cursor = 0
         return out
 
     def get(self, uid: int) -> MessageInfo | None:
@@ -293,10 +319,12 @@ class FolderIndex:
 
     def infos(self) -> list[MessageInfo]:
         """Every message as a MessageInfo (made now: the index keeps none)."""
+        dates = self.dates
         if self.unknown_dates:
-            for i, date in enumerate(self.dates):
+            dates = array("d", dates)  # a file gone meanwhile gets its name's time
+            for i, date in enumerate(dates):
                 if date == UNKNOWN_DATE:
-                    self.date_at(i)
+                    dates[i] = self.date_at(i)
         table, states = self.table, self.states
         flags = [st.flags for st in table]
         recent = [st.recent for st in table]
@@ -306,7 +334,7 @@ class FolderIndex:
         gc.disable()
         try:
             return list(map(fast_info, self.uids, self.keys, self.sizes,
-                            [flags[s] for s in states], self.dates,
+                            [flags[s] for s in states], dates,
                             [recent[s] for s in states]))
         finally:
             if paused:
@@ -343,6 +371,8 @@ class FolderIndex:
             i = bisect_left(self.uids, uid)
             if i < len(self.uids) and self.uids[i] == uid:
                 self.by_base.pop(self.keys[i], None)
+                if self.dates[i] == UNKNOWN_DATE:
+                    self.unknown_dates -= 1
                 self.keys[i], self.sizes[i], self.dates[i] = key, size, date
                 self.states[i], self.wrap[i] = sid, wrap
             else:
@@ -362,8 +392,11 @@ class FolderIndex:
         if not positions:
             return []
         removed = [self.uids[p] for p in positions]
+        dates = self.dates
         for p in positions:
             self.by_base.pop(self.keys[p], None)
+            if dates[p] == UNKNOWN_DATE:
+                self.unknown_dates -= 1
         if len(positions) <= 32:
             for p in reversed(positions):
                 del self.uids[p], self.keys[p], self.sizes[p], self.dates[p]
@@ -386,6 +419,8 @@ class FolderIndex:
         self.wrap.clear()
         self.keys.clear()
         self.by_base.clear()
+        self.unknown_dates = 0
+        self.unsaved_dates.clear()
 
     def snapshot(self) -> tuple[list[str], array, array, list[State]]:
         """Copies for a thread to compare against the directory (C-speed copies)."""

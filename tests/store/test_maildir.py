@@ -539,3 +539,39 @@ async def test_duplicate_base_next_to_a_uidlist_line_opens(root):
         assert box.uid_next == 2
     assert await deliver(MaildirStore(root)) == [2]
 
+
+@pytest_twisted.ensureDeferred
+async def test_date_fill_ends_when_files_vanish_or_are_renamed(root, monkeypatch):
+    """Rows whose file another program renamed or deleted before the background pass
+    read its date: the pass still reaches every later row and then stops."""
+    from mailhost.store import maildir_folder
+
+    monkeypatch.setattr(maildir_folder, "DATE_FILL_BATCH", 2)
+    home = _maildir(root)
+    names = [f"17000000{i:02d}.M1P1.h,S=3,W=3:2," for i in range(10)]
+    for i, name in enumerate(names):
+        _put(home, "cur", name, mtime=1_600_000_000 + i)
+    box = await folder_of(MaildirStore(root))
+    box._stop_fill()
+    for name in names[:4]:  # more than a batch, at the front
+        os.unlink(os.path.join(home, "cur", name))
+    os.rename(os.path.join(home, "cur", names[4]), os.path.join(home, "cur", names[4] + "S"))
+    batches = 0
+    real = box._fill_batch
+
+    async def counted():
+        nonlocal batches
+        batches += 1
+        assert batches < 50, "the date pass does not end"
+        return await real()
+
+    box._fill_batch = counted
+    await box._fill_dates()
+    deadline = time.monotonic() + 10
+    while box._fill_call is not None and time.monotonic() < deadline:
+        box._fill_call.cancel()
+        await box._fill_dates()
+    assert box._fill_call is None
+    assert box._index.unknown_dates == 0
+    assert [(i.uid, i.internal_date) for i in box.messages()] == \
+        [(5 + i, 1_600_000_004 + i) for i in range(6)]
