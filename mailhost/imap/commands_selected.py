@@ -16,7 +16,7 @@ from mailhost.imap import encoding, parser
 from mailhost.imap.commands_mailbox import mailbox_name
 from mailhost.imap.output import stream_file
 from mailhost.imap.responses import Bad, No, format_set
-from mailhost.imap.selected import folder_columns
+from mailhost.imap.selected import dates_ready, folder_columns
 from mailhost.imap.states import SEL
 from mailhost.store.interfaces import NoSuchFolder, NoSuchMessage
 
@@ -86,6 +86,7 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
     sel = _selected(s)
     charset, key = parser.parse_search(cmd.args)
     folder = sel.folder
+    await dates_ready(folder)  # every MessageInfo below carries its date
     infos = [i for i in map(folder.get, sel.uids) if i is not None]
     seqs = {u: n for n, u in enumerate(sel.uids, 1)}
     try:
@@ -206,6 +207,8 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
         items = [parser.FetchItem("UID"), *items]
     folder = sel.folder
     index_only = all(it.name in INDEX_ITEMS for it in items)
+    if not index_only or any(it.name == "INTERNALDATE" for it in items):
+        await dates_ready(folder, uids)  # no stat per message on the reactor below
     if not index_only:
         from mailhost.imap import fetch as fetching
     if not index_only and not sel.readonly and fetching.needs_seen(items):

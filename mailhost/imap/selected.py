@@ -36,6 +36,15 @@ def folder_columns(folder: IFolder) -> tuple[Sequence[int], Sequence[frozenset[s
             [i.size for i in infos], [i.internal_date for i in infos])
 
 
+async def dates_ready(folder: IFolder, uids: Iterable[int] | None = None) -> None:
+    """Wait until the folder knows the dates of these messages (all if None). A store
+    that reads dates lazily offers ``fill_dates()`` (not part of IFolder) to read them
+    in bulk off the reactor, instead of one stat per message as they are asked for."""
+    fill = getattr(folder, "fill_dates", None)
+    if fill is not None:
+        await fill(uids)
+
+
 class BadSequence(ValueError):
     """A sequence number beyond the mailbox (RFC 3501: BAD)."""
 

@@ -9,7 +9,7 @@ another program mid-session just fails to open. Messages already flagged ``\\Del
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from twisted.internet import defer
 
@@ -17,6 +17,15 @@ from mailhost.pop3.transfer import INLINE_READ, ChunkReader
 from mailhost.store.interfaces import IFolder, MessageInfo
 
 DeletePolicy = Literal["expunge", "flag"]
+
+
+class PopMessage(NamedTuple):
+    """What a POP3 session needs of a message: no date, which a store may have to read
+    from the file (a stat per message at login)."""
+
+    uid: int
+    size: int
+    flags: frozenset[str]
 
 
 def uidl_for(uid_validity: int, uid: int) -> str:
@@ -27,7 +36,7 @@ def uidl_for(uid_validity: int, uid: int) -> str:
 class Maildrop:
     """Message numbering, sizes, UIDLs and deletion marks for one session."""
 
-    def __init__(self, folder: IFolder, infos: list[MessageInfo]) -> None:
+    def __init__(self, folder: IFolder, infos: list[MessageInfo] | list[PopMessage]) -> None:
         self.folder = folder
         self._infos = infos
         self._deleted: set[int] = set()  # message numbers marked by DELE
@@ -37,16 +46,20 @@ class Maildrop:
     async def open(cls, folder: IFolder) -> Maildrop:
         """Rescan the folder, then freeze its visible messages."""
         await folder.refresh()
-        infos = [i for i in folder.messages() if "\\Deleted" not in i.flags]
-        return cls(folder, infos)
+        columns = getattr(folder, "columns", None)  # a compact index: no MessageInfo
+        if columns is None:
+            return cls(folder, [i for i in folder.messages() if "\\Deleted" not in i.flags])
+        cols = columns()
+        return cls(folder, [m for m in map(PopMessage, cols.uids, cols.sizes, cols.flags)
+                            if "\\Deleted" not in m.flags])
 
-    def get(self, number: int) -> MessageInfo | None:
+    def get(self, number: int) -> MessageInfo | PopMessage | None:
         """The message with this number, or None when out of range or marked deleted."""
         if 1 <= number <= len(self._infos) and number not in self._deleted:
             return self._infos[number - 1]
         return None
 
-    def live(self) -> Iterator[tuple[int, MessageInfo]]:
+    def live(self) -> Iterator[tuple[int, MessageInfo | PopMessage]]:
         """(number, info) of every message not marked deleted."""
         for number, info in enumerate(self._infos, 1):
             if number not in self._deleted:
@@ -92,7 +105,7 @@ class Maildrop:
             self._ahead = None
             opening.addCallbacks(lambda reader: reader.close(), lambda _failure: None)
 
-    def uidl(self, info: MessageInfo) -> str:
+    def uidl(self, info: MessageInfo | PopMessage) -> str:
         return uidl_for(self.folder.uid_validity, info.uid)
 
     def delete(self, number: int) -> None:

@@ -246,13 +246,13 @@ class MaildirFolder:
         if found:
             self._schedule_fill(DATE_FILL_DELAY)
 
-    def fill_dates(self) -> defer.Deferred:
-        """Fires once every message's date is known, read in bulk in a worker thread
-        (at once when none is missing): for callers that want every INTERNALDATE, such
-        as SEARCH or FETCH INTERNALDATE (not part of IFolder)."""
+    def fill_dates(self, uids: Iterable[int] | None = None) -> defer.Deferred:
+        """Fires once the date of every message (or of these UIDs) is known, read in
+        bulk in a worker thread (at once when none is missing): for callers about to
+        read many INTERNALDATEs, such as SEARCH or FETCH (not part of IFolder)."""
         if not self._index.unknown_dates:
             return defer.succeed(None)
-        return self._run(self._read_dates)
+        return self._run(self._read_dates, None if uids is None else list(uids))
 
     # -- index helpers ---------------------------------------------------------------
 
@@ -478,6 +478,8 @@ class MaildirFolder:
         return self._run(self._set_flags, list(uids), wanted, mode)
 
     async def _set_flags(self, uids: list[int], wanted: frozenset[str], mode: str):
+        if self._index.unknown_dates:
+            await self._read_dates(uids)  # the results carry dates: no stat each here
         index = self._index
         result: dict[int, MessageInfo] = {}
         renames, updates = [], []
@@ -557,6 +559,8 @@ class MaildirFolder:
     async def _transfer(self, uids: list[int], dest: MaildirFolder, move: bool):
         if not isinstance(dest, MaildirFolder) or dest._gone:
             raise NoSuchFolder(getattr(dest, "name", repr(dest)))
+        if self._index.unknown_dates:
+            await self._read_dates(uids)  # copies keep the date: no stat each here
         index = self._index
         plan = []
         for uid in sorted(set(uids)):

@@ -109,3 +109,50 @@ async def test_internaldate_and_order_of_files_adopted_on_first_select(imap_host
     assert [time.mktime(imaplib.Internaldate2tuple(line)) for line in got] == \
         [stamps[i] for i in (1, 2, 3, 10)]
     assert [int(line.split(b"UID ")[1].split()[0]) for line in got] == [1, 2, 3, 4]
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_and_fetch_internaldate_read_dates_off_the_reactor(imap_host, tmp_path,
+                                                                      monkeypatch):
+    """A folder adopted in bulk (dates unknown): SEARCH and FETCH INTERNALDATE get every
+    date from one read in a worker thread, with no stat per message on the reactor."""
+    import threading
+
+    root = str(tmp_path / "mail" / "example.test" / "alice")
+    for d in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(root, d))
+    data = b"Subject: dated\r\n\r\nbody\r\n"
+    for i in range(40):  # own files (not hard links): one mtime each
+        path = os.path.join(root, "cur", "%d.M1P1.gen,S=%d,W=%d:2," % (
+            1_700_000_000 + i, len(data), len(data)))
+        with open(path, "wb") as f:
+            f.write(data)
+        t = 1_600_000_000 + 86400 * i
+        os.utime(path, (t, t))
+    host = await imap_host(kind="maildir")
+    folder = await host.folder()
+    folder._stop_fill()
+    assert folder._index.unknown_dates == 40
+    main, real, calls = threading.current_thread(), os.stat, []
+
+    def stat(*a, **k):
+        if threading.current_thread() is main and str(a[0]).startswith(root):
+            calls.append(a[0])  # (lazy imports stat modules: not counted)
+        return real(*a, **k)
+
+    monkeypatch.setattr(os, "stat", stat)
+
+    def run():
+        c = host.client()
+        c.select("INBOX")
+        typ, found = c.search(None, "SINCE", "1-Oct-2020")
+        typ, fetched = c.fetch("1:*", "(INTERNALDATE)")
+        c.logout()
+        return found, fetched
+
+    found, fetched = await host.in_thread(run)
+    monkeypatch.undo()
+    assert calls == []
+    assert len(found[0].split()) == 40 - 18  # 13 Sep 2020 + 18 days
+    assert len(fetched) == 40 and b"13-Sep-2020" in fetched[0]
+    assert folder._index.unknown_dates == 0

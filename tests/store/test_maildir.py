@@ -575,3 +575,48 @@ async def test_date_fill_ends_when_files_vanish_or_are_renamed(root, monkeypatch
     assert box._index.unknown_dates == 0
     assert [(i.uid, i.internal_date) for i in box.messages()] == \
         [(5 + i, 1_600_000_004 + i) for i in range(6)]
+
+
+def _reactor_stats(monkeypatch):
+    """Record os.stat calls made on this (the reactor's) thread; threads may stat."""
+    import threading
+
+    main, real, calls = threading.current_thread(), os.stat, []
+
+    def stat(*a, **k):
+        if threading.current_thread() is main:
+            calls.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(os, "stat", stat)
+    return calls
+
+
+@pytest_twisted.ensureDeferred
+async def test_bulk_date_reads_and_pop3_login_stat_nothing_on_the_reactor(root, monkeypatch):
+    """A freshly adopted folder: POP3 login needs no date; fill_dates(), STORE and COPY
+    read the unknown ones in a worker thread, not one stat each on the reactor."""
+    from mailhost.pop3.maildrop import Maildrop
+
+    home = _maildir(root)
+    for i in range(20):
+        _put(home, "cur", f"17000000{i:02d}.M1P1.h,S=3,W=3:2,", mtime=1_600_000_000 + i)
+    box = await _reopen(root)
+    calls = _reactor_stats(monkeypatch)
+    drop = await Maildrop.open(box)
+    assert drop.stat() == (20, 60) and calls == []
+    await box.set_flags([1, 2], ["\\Seen"], "add")
+    assert [i.internal_date for i in await box.set_flags([3], [], "add")] == [1_600_000_002]
+    assert calls == []
+    await box.fill_dates([5])
+    assert box._index.unknown_dates == 16 and calls == []
+    await box.fill_dates()
+    assert box._index.unknown_dates == 0
+    assert [i.internal_date for i in box.messages()] == [1_600_000_000 + i for i in range(20)]
+    assert calls == []
+    monkeypatch.undo()
+    # The background pass records what the bulk reads found: a restart needs no stat.
+    await box._fill_dates()
+    box._stop_fill()
+    again = await _reopen(root)
+    assert again._index.unknown_dates == 0
