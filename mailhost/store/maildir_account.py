@@ -137,7 +137,7 @@ class MaildirAccount:
             inbox = await self._folder(INBOX)
             await self._create(dst, None)
             target = await self._folder(dst)
-            await inbox.move([i.uid for i in inbox.messages()], target)
+            await inbox.move(list(inbox.columns().uids), target)  # no per-message dates
             return
         existing = set(await self._store._in_thread(maildir_io.list_folder_names,
                                                     self._root))
