@@ -41,7 +41,6 @@ def return_path_header(sender: str) -> bytes:
 def received_header(*, helo: str | None, client_ip: str, hostname: str, protocol: str,
                     tid: str, recipient: str | None, when: datetime | None = None) -> bytes:
     """A Postfix-style ``Received:`` line (RFC 5321 section 4.4), folded, CRLF-ended."""
-    when = when or datetime.now(UTC)
     helo_part = _clean(helo) if helo else "unknown"
     ip_literal = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
     lines = [

@@ -29,12 +29,10 @@ class Reply(Exception):
 
     def to_bytes(self) -> bytes:
         """Wire form: continuation lines use ``code-``, the last ``code SP``."""
-        out = []
+        prefix = f"{self.status} " if self.status else ""
         last = len(self.lines) - 1
-        for i, line in enumerate(self.lines):
-            sep = " " if i == last else "-"
-            prefix = f"{self.status} " if self.status else ""
-            out.append(f"{self.code}{sep}{prefix}{line}\r\n")
+        out = [f"{self.code}{' ' if i == last else '-'}{prefix}{line}\r\n"
+               for i, line in enumerate(self.lines)]
         return "".join(out).encode("utf-8", "replace")
 
     def __repr__(self) -> str:
