@@ -29,6 +29,9 @@ from mailhost.store.interfaces import DeliveryTarget, IMailStore
 log = Logger()
 
 CHUNK = 64 * 1024
+#: How long stopService waits for spool writes in flight (a hung disk must not
+#: hang the shutdown).
+SPOOL_DRAIN_TIMEOUT = 30.0
 
 
 @implementer(IOutboundQueue)
@@ -107,7 +110,9 @@ class OutboundService(service.Service):
         self.reactor = reactor
         self._resolver = resolver
         self.files = SpoolFiles(
-            config.data_path(config.outbound.queue_dir), fsync=config.outbound.fsync
+            config.data_path(config.outbound.queue_dir),
+            fsync=config.outbound.fsync,
+            reactor=reactor,
         )
         self.queue = OutboundQueue(self.files, reactor)
         self.local_addresses = set(local_addresses or ())
@@ -164,14 +169,27 @@ class OutboundService(service.Service):
     def stopService(self) -> defer.Deferred:
         super().stopService()
         scheduler = self.scheduler
-        if scheduler is None:
-            return defer.succeed(None)
 
         async def stop() -> None:
-            await self._started
-            await scheduler.stop(self.config.server.shutdown_grace)
+            if scheduler is not None:
+                await self._started
+                await scheduler.stop(self.config.server.shutdown_grace)
+            await self._drain_spool()
 
         return defer.ensureDeferred(stop())
+
+    async def _drain_spool(self) -> None:
+        """Wait (bounded) for spool writes in flight: their threads are daemons, which
+        the interpreter's exit would cut off mid-operation."""
+        d = self.files.drain()
+        d.addTimeout(SPOOL_DRAIN_TIMEOUT, self.reactor)
+        try:
+            await d
+        except defer.TimeoutError:
+            log.warn(
+                "outbound: spool writes still running after {t}s, stopping anyway",
+                t=SPOOL_DRAIN_TIMEOUT,
+            )
 
     # Bounces.
 

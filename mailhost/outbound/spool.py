@@ -16,14 +16,18 @@ go to ``env/ID``, which overrides the embedded envelope.
 
 A larger message was streamed to ``tmp/`` already, so it keeps the older two-file
 form: ``msg/ID`` is the bare message (offset 0) and ``env/ID`` is written and synced
-with it; spools from before the one-file form look the same and load unchanged. In
-that form a message file without an envelope is a commit that never finished (never
-acknowledged) and is removed when the spool is loaded. Removal unlinks ``msg/ID``
-first, so a crash leaves at most an envelope without message, which loading drops.
+with it; spools from before the one-file form look the same and load unchanged. So
+does a message whose envelope line would exceed ``MAX_ENVELOPE`` (the reader's bound),
+or it would be acknowledged and then unreadable. In that form a message file without
+an envelope is a commit that never finished (never acknowledged) and is removed when
+the spool is loaded. Removal unlinks ``msg/ID`` first, so a crash leaves at most an
+envelope without message, which loading drops. A commit that fails after its rename
+(an envelope write or directory fsync error) unlinks the message again: the client
+gets a 4xx and retries, and a copy left behind would be delivered twice.
 
-Every blocking call runs in a thread; the reactor side batches them (``SpoolFiles.run``)
-so concurrent commits share one thread hop and one directory fsync. The public
-``*_sync`` functions are for those threads and for the CLI.
+Every blocking call runs in a thread; the reactor side batches them
+(``SpoolFiles.run_batch``) so concurrent commits share one thread hop and one
+directory fsync. The public ``*_sync`` functions are for those threads and for the CLI.
 """
 
 from __future__ import annotations
@@ -129,7 +133,8 @@ _RECIPIENT_FIELDS = tuple(f.name for f in fields(RecipientState))
 #: The first bytes of a one-file message; a message file of the two-file form starts
 #: with a header field (our own Received: line), never with a NUL.
 MAGIC = b"\0MHQ1 "
-#: Bound on the embedded envelope line (1000 recipients take about 300 KiB).
+#: Bound on the embedded envelope line, newline included (1000 recipients take about
+#: 300 KiB); a longer envelope is written to ``env/ID`` instead (the two-file form).
 MAX_ENVELOPE = 4 * 1024 * 1024
 
 
@@ -157,30 +162,59 @@ class _Workers:
     A hop through the reactor's thread pool costs the reactor thread its team
     coordination, context and Deferred plumbing (about 7% of a relaying host's GIL
     time in the relay benchmark); here a hop is a deque append, a notify and one
-    ``callFromThread`` back.
+    ``callFromThread`` back. The threads are daemons so an idle one never holds the
+    process open; work in flight is waited for by ``SpoolFiles.drain`` (stopService).
     """
 
-    def __init__(self, count: int, idle: float = 10.0) -> None:
+    def __init__(self, count: int, reactor: Any = None, idle: float = 10.0) -> None:
         self._cond = threading.Condition()
         self._jobs: deque[tuple[Callable[[], Any], Callable[[Any], None]]] = deque()
         self._count = count
         self._idle = idle
         self._threads = 0
         self._waiting = 0
+        self.reactor = reactor
 
     def submit(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
-        """Run ``work()`` in a worker; ``done`` gets its result or Failure in the reactor."""
+        """Run ``work()`` in a worker; ``done`` gets its result or Failure in the reactor.
+
+        Call from the reactor thread. If no worker can be started (thread limit,
+        memory), ``done`` gets the Failure at once rather than never.
+        """
+        if self.reactor is None:
+            from twisted.internet import reactor
+
+            self.reactor = reactor
+        job = (work, done)
+        failure = None
         with self._cond:
-            self._jobs.append((work, done))
+            self._jobs.append(job)
             if self._waiting:
                 self._cond.notify()
-            elif self._threads < self._count:
-                self._threads += 1
+                return
+            if self._threads >= self._count:
+                return  # a busy worker takes it next
+            self._threads += 1
+            try:
                 threading.Thread(target=self._loop, name="mailhost-spool", daemon=True).start()
+            except BaseException:
+                failure = Failure()
+                self._threads -= 1
+                if self._threads:
+                    failure = None  # a running worker takes the job
+                else:
+                    self._jobs.remove(job)
+        if failure is not None:
+            log.failure("outbound spool: no worker thread", failure)
+            done(failure)
+
+    def wake_idle(self) -> None:
+        """Let idle workers exit now instead of after ``idle`` seconds."""
+        with self._cond:
+            self._cond.notify_all()
 
     def _loop(self) -> None:
-        from twisted.internet import reactor
-
+        reactor = self.reactor
         while True:
             with self._cond:
                 if not self._jobs:
@@ -195,7 +229,7 @@ class _Workers:
                 result: Any = work()
             except BaseException:
                 result = Failure()
-            reactor.callFromThread(done, result)  # type: ignore[attr-defined]
+            reactor.callFromThread(done, result)
 
 
 def _fsync_file(path: str) -> None:
@@ -211,10 +245,11 @@ class SpoolFiles:
 
     The ``*_sync`` methods block (thread or CLI use only). ``commit``, ``save_envelope``
     and ``remove`` are their reactor-side forms: they return Deferreds and run in
-    batches (see ``run_batch``).
+    batches (see ``run_batch``) on worker threads that report back through
+    ``reactor`` (the global one if None).
     """
 
-    def __init__(self, root: str, fsync: bool = True) -> None:
+    def __init__(self, root: str, fsync: bool = True, reactor: Any = None) -> None:
         self.root = root
         self.fsync = fsync
         self.tmp_dir = os.path.join(root, "tmp")
@@ -224,8 +259,14 @@ class SpoolFiles:
         self._group = GroupSync()
         self._waiting: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred]] = []
         self._in_flight = 0
-        self._workers = _Workers(BATCHES_IN_FLIGHT)
+        self._workers = _Workers(BATCHES_IN_FLIGHT, reactor)
+        self._drained: list[defer.Deferred] = []
         self.batches = 0  # for tests and benchmarks
+
+    @property
+    def reactor(self) -> Any:
+        """The reactor the spool threads report to (None: the global one, once used)."""
+        return self._workers.reactor
 
     def ensure_sync(self) -> None:
         for d in (self.tmp_dir, self.msg_dir, self.env_dir, self.trigger_dir):
@@ -244,8 +285,12 @@ class SpoolFiles:
         return self.run_batch(self._commit_op, tmp_path, envelope, data)
 
     def save_envelope(self, envelope: Envelope) -> defer.Deferred:
-        """``save_envelope_sync`` in a batch."""
-        return self.run_batch(self._save_op, envelope)
+        """``save_envelope_sync`` in a batch.
+
+        Serialised here, on the reactor thread that changes envelopes: in the worker
+        it could catch a recipient half-recorded (delivered, not yet ``relayed``).
+        """
+        return self.run_batch(self._save_op, envelope.id, envelope.to_json())
 
     def remove(self, qid: str) -> defer.Deferred:
         """``remove_sync`` in a batch."""
@@ -266,6 +311,16 @@ class SpoolFiles:
             self._start_batch()
         return d
 
+    def drain(self) -> defer.Deferred:
+        """Fires once no batch runs or waits, so stopping loses no spool operation
+        to the interpreter exit (the worker threads are daemons)."""
+        if not self._in_flight and not self._waiting:
+            self._workers.wake_idle()
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred(lambda d: self._drained.remove(d))
+        self._drained.append(d)
+        return d
+
     def _start_batch(self) -> None:
         batch, self._waiting = self._waiting, []
         self._in_flight += 1
@@ -284,6 +339,11 @@ class SpoolFiles:
                 d.callback(value)
             else:
                 d.errback(value)
+        if self._drained and not self._in_flight and not self._waiting:
+            self._workers.wake_idle()
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
 
     def _batch_sync(self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list:
         """Thread side of a batch: each operation, then one fsync per directory."""
@@ -302,7 +362,15 @@ class SpoolFiles:
                 self._group.sync(dirs)
             except Exception:
                 failure = Failure()
-                return [(False, failure) if need else (ok, value) for ok, value, need in done]
+                out: list[tuple[bool, Any]] = []
+                for (op, args), (ok, value, need) in zip(ops, done, strict=True):
+                    if not need:
+                        out.append((ok, value))
+                        continue
+                    if op == self._commit_op:
+                        self._undo_commit(args[1].id)
+                    out.append((False, failure))
+                return out
         return [(ok, value) for ok, value, _ in done]
 
     # Thread side.
@@ -326,14 +394,21 @@ class SpoolFiles:
         """
         _, dirs = self._commit_op(tmp_path, envelope, data)
         if self.fsync:
-            self._group.sync(dirs)
+            try:
+                self._group.sync(dirs)
+            except BaseException:
+                self._undo_commit(envelope.id)
+                raise
 
     def _commit_op(
         self, tmp_path: str, envelope: Envelope, data: bytes | None
     ) -> tuple[str, tuple[str, ...]]:
-        if data is not None:
-            envelope.offset = 0
-            head = MAGIC + envelope.to_json() + b"\n"
+        # Serialised here, in the worker: nothing else has this envelope before the
+        # commit fires, and the reactor is spared the per-message JSON.
+        envelope.offset = 0
+        raw = envelope.to_json()
+        if data is not None and len(raw) < MAX_ENVELOPE:  # the line fits the reader
+            head = MAGIC + raw + b"\n"
             with open(tmp_path, "wb") as f:
                 f.write(head)
                 f.write(data)
@@ -343,25 +418,44 @@ class SpoolFiles:
             os.replace(tmp_path, self.message_path(envelope.id))
             envelope.offset = len(head)
             return envelope.id, (self.msg_dir,)
-        envelope.offset = 0
-        if self.fsync:
+        if data is not None:  # an envelope too big to embed: the two-file form
+            with open(tmp_path, "wb") as f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        elif self.fsync:
             _fsync_file(tmp_path)
         os.replace(tmp_path, self.message_path(envelope.id))
-        self._write_atomic(self.envelope_path(envelope.id), envelope.to_json())
+        try:
+            self._write_atomic(self.envelope_path(envelope.id), raw)
+        except BaseException:
+            self._undo_commit(envelope.id)
+            raise
         return envelope.id, (self.msg_dir, self.env_dir)
+
+    def _undo_commit(self, qid: str) -> None:
+        """Best effort: take back a message renamed into place by a commit that then
+        failed. Its client gets a 4xx and sends it again; left here, it would go out
+        twice after a restart."""
+        try:
+            self._remove_op(qid)
+        except OSError as e:
+            log.warn("outbound spool: {qid} not taken back after a failed commit: {e}",
+                     qid=qid, e=e)
 
     def save_envelope_sync(self, envelope: Envelope) -> None:
         """Replace an envelope atomically (a crash leaves the old or the new state)."""
-        _, dirs = self._save_op(envelope)
+        _, dirs = self._save_op(envelope.id, envelope.to_json())
         if self.fsync and dirs:
             self._group.sync(dirs)
 
-    def _save_op(self, envelope: Envelope) -> tuple[None, tuple[str, ...]]:
-        path = self.envelope_path(envelope.id)
+    def _save_op(self, qid: str, raw: bytes) -> tuple[None, tuple[str, ...]]:
+        path = self.envelope_path(qid)
         # A replaced entry needs no directory fsync; the first env/ID of a one-file
         # message does, or a crash could bring back its state at queueing time.
         new = not os.path.exists(path)
-        self._write_atomic(path, envelope.to_json())
+        self._write_atomic(path, raw)
         return None, (self.env_dir,) if new else ()
 
     def remove_sync(self, qid: str) -> None:

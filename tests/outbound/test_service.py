@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import time
 
 import pytest
@@ -265,3 +266,28 @@ def test_per_domain_tls_policy_override(tmp_path):
         assert not p.allow_plain_auth and p.hostname == "mail.example.test"
     finally:
         svc.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_with_an_oversized_envelope_is_delivered_after_restart(tmp_path, monkeypatch):
+    """An envelope too long to embed (MAX_ENVELOPE lowered to keep this small) is
+    written beside the message: after a restart it loads and goes out."""
+    from mailhost.outbound import spool
+
+    monkeypatch.setattr(spool, "MAX_ENVELOPE", 200)
+    remote = ScriptedFactory()
+    port = await listen(remote)
+    config = make_config(tmp_path, port=port.getHost().port)
+    resolver = FakeResolver(a={"far.example": ["127.0.0.1"]})
+    first = OutboundService(config, MemoryStore(), directory(), resolver=resolver)
+    rcpts = [f"r{i}@far.example" for i in range(5)]
+    qid = await send(first, "alice@example.test", rcpts)  # not started: stays in the spool
+    assert qid in os.listdir(first.files.env_dir)
+    svc = await started(OutboundService(config, MemoryStore(), directory(), resolver=resolver))
+    try:
+        await wait_for(lambda: _async(sorted(r for m in remote.received for r in m.rcpts) == rcpts))
+        assert remote.received[0].data.endswith(b"hello\r\n")
+        assert b"MHQ1" not in remote.received[0].data
+    finally:
+        await svc.stopService()
+        await port.stopListening()

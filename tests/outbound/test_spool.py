@@ -202,3 +202,217 @@ async def test_concurrent_commits_share_batches(tmp_path):
     ids = await defer.gatherResults([w.commit([QueueRecipient("x@y")]) for w in writers])
     assert files.batches < 30
     assert sorted(ids) == sorted(e.id for e in files.load_all_sync()[0])
+
+
+# Regression tests from the review of the one-file spool.
+
+
+def _writer(files, body=b"Subject: s\r\n\r\nbody\r\n"):
+    w = SpoolWriter(files, "a@b", None, None, lambda e: None, time.time)
+    w.write(body)
+    return w
+
+
+async def _settled(d, timeout=10.0):
+    """The result or Failure of ``d``, failing the test instead of hanging."""
+    from twisted.internet import defer, reactor
+
+    d.addTimeout(timeout, reactor)
+    [(ok, value)] = await defer.DeferredList([d], consumeErrors=True)
+    return ok, value
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_envelope_is_not_embedded_and_loads_after_restart(tmp_path):
+    """2000 recipients with long non-ASCII ORCPTs: a 6+ MB envelope, over MAX_ENVELOPE."""
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    body = b"Subject: many\r\n\r\nbody\r\n"
+    w = _writer(files, body)
+    rcpts = [QueueRecipient(f"r{i}@x.example", frozenset({"FAILURE"}), "utf-8;" + "\u00fc" * 500)
+             for i in range(2000)]
+    qid = await w.commit(rcpts)
+    restarted = SpoolFiles(files.root, fsync=False)
+    [env], problems = restarted.load_all_sync()
+    assert problems == [] and env.id == qid and len(env.recipients) == 2000
+    with open(files.message_path(qid), "rb") as f:
+        f.seek(env.offset)
+        assert f.read() == body
+
+
+@pytest_twisted.ensureDeferred
+async def test_envelope_at_the_limit_round_trips(tmp_path, monkeypatch):
+    """One limit for writing and reading: an envelope line of MAX_ENVELOPE octets is
+    embedded, one octet more goes to env/ID; both load."""
+    from mailhost.outbound import spool
+
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+
+    async def commit():
+        w = _writer(files)
+        w._now = lambda: 1.0  # same envelope length every time
+        return await w.commit([QueueRecipient("x@y")])
+
+    qid = await commit()
+    with open(files.message_path(qid), "rb") as f:
+        line = len(f.read()[len(MAGIC):].split(b"\n")[0]) + 1  # with its newline
+    await files.remove(qid)
+    for limit, embedded in ((line, True), (line - 1, False)):
+        monkeypatch.setattr(spool, "MAX_ENVELOPE", limit)
+        qid = await commit()
+        env = SpoolFiles(files.root).load_envelope_sync(qid)
+        assert env is not None and env.recipients[0].address == "x@y"
+        assert os.listdir(files.env_dir) == ([] if embedded else [qid])
+        assert open(files.message_path(qid), "rb").read().startswith(MAGIC) == embedded
+        await files.remove(qid)
+
+
+def _failing_start(self):
+    raise RuntimeError("can't start new thread")
+
+
+@pytest_twisted.ensureDeferred
+async def test_worker_thread_start_failure_fails_the_batch_and_frees_its_slot(tmp_path, monkeypatch):
+    import threading
+
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    with monkeypatch.context() as m:
+        m.setattr(threading.Thread, "start", _failing_start)
+        for _ in range(3):  # more than BATCHES_IN_FLIGHT: no slot may leak
+            w = _writer(files)
+            ok, value = await _settled(w.commit([QueueRecipient("x@y")]))
+            assert not ok and value.check(RuntimeError)
+            assert not os.listdir(files.tmp_dir) and not os.listdir(files.msg_dir)
+    qid = await _writer(files).commit([QueueRecipient("x@y")])
+    assert files.load_envelope_sync(qid) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_waits_for_running_and_waiting_batches(tmp_path):
+    import threading
+
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    release = threading.Event()
+
+    def blocked():
+        assert release.wait(10)
+        return "done", ()
+
+    ds = [files.run_batch(blocked) for _ in range(3)]  # two running, one waiting
+    drained = files.drain()
+    assert not drained.called
+    release.set()
+    ok, _ = await _settled(drained)
+    assert ok and all(d.called for d in ds)
+    assert files.drain().called  # nothing in flight: at once
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_stop_drains_the_spool_threads(tmp_path):
+    import threading
+
+    from mailhost.outbound.service import OutboundService
+    from mailhost.store.memory import MemoryStore
+    from tests.outbound.fakes import FakeResolver
+    from tests.outbound.test_service import directory, make_config, started
+
+    svc = await started(OutboundService(make_config(tmp_path), MemoryStore(), directory(),
+                                        resolver=FakeResolver()))
+    release = threading.Event()
+    files = svc.files
+    d = files.run_batch(lambda: (release.wait(10), ()))
+    stopped = svc.stopService()
+    from twisted.internet import reactor, task
+
+    await task.deferLater(reactor, 0.2)
+    assert not stopped.called and not d.called
+    release.set()
+    ok, _ = await _settled(stopped)
+    assert ok and d.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_spool_threads_call_back_through_the_injected_reactor(tmp_path):
+    from twisted.internet import reactor
+
+    from mailhost.outbound.service import OutboundService
+    from mailhost.store.memory import MemoryStore
+    from tests.outbound.fakes import FakeResolver
+    from tests.outbound.test_service import directory, make_config
+
+    calls = []
+
+    class Proxy:
+        def __getattr__(self, name):
+            return getattr(reactor, name)
+
+        def callFromThread(self, f, *a, **kw):
+            calls.append(f)
+            return reactor.callFromThread(f, *a, **kw)
+
+    proxy = Proxy()
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False, reactor=proxy)
+    files.ensure_sync()
+    await _writer(files).commit([QueueRecipient("x@y")])
+    assert calls
+    svc = OutboundService(make_config(tmp_path), MemoryStore(), directory(), reactor=proxy,
+                          resolver=FakeResolver())
+    assert svc.files.reactor is proxy
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["one-file", "two-file"])
+@pytest_twisted.ensureDeferred
+async def test_directory_fsync_failure_after_rename_leaves_no_message(tmp_path, big):
+    files = SpoolFiles(str(tmp_path / "q"), fsync=True)
+    files.ensure_sync()
+
+    def broken(paths):
+        raise OSError(5, "Input/output error")
+
+    files._group.sync = broken
+    body = b"Subject: s\r\n\r\n" + (b"x" * 998 + b"\r\n") * (MEMORY_LIMIT // 1000 + 10 if big else 1)
+    ws = [_writer(files, body) for _ in range(3)]
+    from twisted.internet import defer
+
+    results = await defer.DeferredList([w.commit([QueueRecipient("x@y")]) for w in ws],
+                                       consumeErrors=True)
+    assert all(not ok and f.check(OSError) for ok, f in results)
+    assert os.listdir(files.msg_dir) == [] and os.listdir(files.env_dir) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_envelope_write_failure_in_the_two_file_form_leaves_no_message(tmp_path):
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+
+    def broken(path, data):
+        raise OSError(28, "No space left on device")
+
+    files._write_atomic = broken
+    w = _writer(files, b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (MEMORY_LIMIT // 1000 + 10))
+    ok, f = await _settled(w.commit([QueueRecipient("x@y")]))
+    assert not ok and f.check(OSError)
+    assert os.listdir(files.msg_dir) == [] and os.listdir(files.tmp_dir) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_save_envelope_records_the_state_at_the_call(tmp_path):
+    """The envelope is serialised before the thread hop: later changes on the reactor
+    thread (the next recipient's result) must not leak into this save half-done."""
+    import threading
+
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    qid = await _writer(files).commit([QueueRecipient("x@y")])
+    env = files.load_envelope_sync(qid)
+    release = threading.Event()
+    busy = [files.run_batch(lambda: (release.wait(10), ())) for _ in range(2)]
+    saved = files.save_envelope(env)  # waits for a free batch slot
+    env.recipients[0].status = "delivered"
+    release.set()
+    ok, _ = await _settled(saved)
+    assert ok and all(d.called for d in busy)
+    assert files.load_envelope_sync(qid).recipients[0].status == "pending"
