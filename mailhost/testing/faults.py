@@ -4,8 +4,9 @@ A ``FaultFactory`` (a ``WrappingFactory``) sits around each listener's real fact
 inside any implicit-TLS layer, so it sees plaintext client command lines before the
 real protocol does and server output before the client does. It knows just enough of
 each protocol's framing to keep message bodies from being read as commands: SMTP DATA
-(entered when the server answers 354), IMAP literals (``{n}`` and ``{n+}``),
-POP3 multi-line responses, and SASL/IDLE continuation lines.
+(entered when the server answers 354), SMTP BDAT chunks (the octets counted on the
+BDAT line, which the client sends without waiting for a reply), IMAP literals (``{n}``
+and ``{n+}``), POP3 multi-line responses, and SASL/IDLE continuation lines.
 
 A failed command is answered by the wrapper and never reaches the real protocol. So
 that replies stay in order under pipelining, the wrapper first waits until the real
@@ -28,6 +29,8 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from mailhost.smtp.server import MAX_COMMAND_LINE
 
 log = Logger()
 
@@ -129,9 +132,10 @@ class FaultSet:
                    times: int | None = 1) -> Fault:
         """Pass ``command`` on, then cut the connection before the client sees the reply.
 
-        For SMTP ``DATA`` the client sends the whole message first; the connection is
-        cut instead of the final reply, so nothing is stored. ``"greeting"`` cuts the
-        connection as soon as it is made.
+        For SMTP ``DATA`` (and ``BDAT``) the client sends the whole message (chunk)
+        first; the connection is cut instead of the final reply, so nothing is stored.
+        An IMAP command with literals is cut once they are all in, so it runs.
+        ``"greeting"`` cuts the connection as soon as it is made.
         """
         return self._add(Fault(self.protocol, "drop_after", command.strip().upper(),
                                match=match, times=times))
@@ -283,7 +287,7 @@ class _FaultProtocol(ProtocolWrapper):
                 chunk = self._inbuf[: self._raw_left]
                 self._inbuf = self._inbuf[len(chunk):]
                 self._raw_left -= len(chunk)
-                self._forward(chunk)
+                self._forward_raw(chunk, not self._raw_left)
                 if not self._raw_left:
                     self._raw_done()
                 continue
@@ -406,6 +410,10 @@ class _FaultProtocol(ProtocolWrapper):
         """Consume non-line input (an SMTP body); True if anything was consumed."""
         return False
 
+    def _forward_raw(self, chunk: bytes, last: bool) -> None:
+        """Pass on octets of a literal or chunk (``last``: its final piece)."""
+        self._forward(chunk)
+
     def _raw_done(self) -> None:
         pass
 
@@ -418,11 +426,43 @@ def _first_word(line: bytes) -> str:
     return line.split(None, 1)[0].decode("ascii", "replace").upper() if line.split() else ""
 
 
+def _bdat_size(line: bytes) -> int | None:
+    """How many chunk octets the server reads after this BDAT line; None if it reads none.
+
+    Mirrors ``SMTPServer``'s parse, since the two must agree on where the chunk ends:
+    a line the server refuses outright (too long, not UTF-8, bad syntax) has no chunk,
+    while a well-formed BDAT it refuses (no MAIL, say) still has its chunk read.
+    """
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if len(line) > MAX_COMMAND_LINE:
+        return None
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    verb, _, arg = text.partition(" ")
+    words = arg.strip(" ").split(" ")
+    if (verb.upper() != "BDAT" or not 1 <= len(words) <= 2 or not words[0].isdigit()
+            or len(words[0]) > 12 or (len(words) == 2 and words[1].upper() != "LAST")):
+        return None
+    try:
+        return int(words[0])
+    except ValueError:
+        return None
+
+
 class SMTPFaultProtocol(_FaultProtocol):
-    """SMTP: one reply per client line; DATA bodies run to CRLF.CRLF; 334 starts SASL."""
+    """SMTP: one reply per client line; DATA bodies run to CRLF.CRLF; 334 starts SASL.
+
+    BDAT is no barrier: its chunk follows the command line at once (RFC 3030), and the
+    server answers only once it has the whole chunk.
+    """
 
     protocol_name = "smtp"
-    barriers = frozenset({"DATA", "STARTTLS", "AUTH", "BDAT", "_SASL"})
+    barriers = frozenset({"DATA", "STARTTLS", "AUTH", "_SASL"})
 
     def __init__(self, factory: FaultFactory, wrapped: Any) -> None:
         super().__init__(factory, wrapped)
@@ -432,6 +472,9 @@ class SMTPFaultProtocol(_FaultProtocol):
         self._in_data = False
         self._data_tail = b""
         self._drop_at_data_end = False
+        self._chunk_fate = ""  # the BDAT chunk in flight: "", "swallow" or "drop"
+        self._eat_replies = 0  # replies to our own RSETs, kept from the client
+        self._eaten = b""
 
     def _fail_reply(self, fault: Fault, line: bytes | None) -> bytes:
         return f"{fault.code or 451} {fault.message}\r\n".encode()
@@ -492,6 +535,68 @@ class SMTPFaultProtocol(_FaultProtocol):
         self._outstanding += 1
         self._forward(body)
         return True
+
+    def _forward_command(self, line: bytes, verb: str | None, drop: Fault | None = None) -> None:
+        size = _bdat_size(line) if verb == "BDAT" else None
+        if size is None:
+            super()._forward_command(line, verb, drop)
+            return
+        if drop is not None:
+            drop.hits += 1
+            if size == 0:
+                # Hold back the line end: "BDAT 0 LAST" never runs, nothing commits.
+                self._forward(line[:-1])
+                self._drop()
+                return
+            self._chunk_fate = "drop"  # cut once the client has sent the whole chunk
+        else:
+            self._note_forwarded(line, verb)
+        self._forward(line)
+        self._raw_left = size
+
+    def _forward_raw(self, chunk: bytes, last: bool) -> None:
+        if self._chunk_fate == "swallow":
+            return
+        if self._chunk_fate == "drop" and last:
+            # Hold back the chunk's last octet: the server never answers or commits it.
+            self._forward(chunk[:-1])
+            self._drop()
+            return
+        self._forward(chunk)
+
+    def _raw_done(self) -> None:
+        self._chunk_fate = ""
+
+    def _failed(self, line: bytes, verb: str) -> None:
+        size = _bdat_size(line) if verb == "BDAT" else None
+        if size is None:
+            return
+        # The client sends the chunk regardless: skip it, as the server never saw the BDAT.
+        self._raw_left = size
+        self._chunk_fate = "swallow" if size else ""
+        # A real server ends the transaction when a chunk fails, so that later chunks
+        # cannot commit a message with a hole in it: RSET it, and keep the 250 back.
+        self._eat_replies += 1
+        self._outstanding += 1
+        self._forward(b"RSET\r\n")
+
+    def write(self, data: bytes) -> None:
+        if self._eat_replies and not (self._mute or self._gone):
+            buf = self._eaten + data
+            while self._eat_replies:
+                nl = buf.find(b"\r\n")
+                if nl < 0:
+                    self._eaten = buf
+                    return
+                line, buf = buf[:nl], buf[nl + 2:]
+                if line[3:4] != b"-":
+                    self._eat_replies -= 1
+                    self._outstanding -= 1
+                    self._answered()
+            self._eaten, data = b"", buf
+            if not data:
+                return
+        super().write(data)
 
     def _drop_later(self, verb: str) -> bool:
         if verb == "DATA":
@@ -576,6 +681,7 @@ class IMAPFaultProtocol(_FaultProtocol):
         self._cont_line = False  # the next client line answers a '+' continuation
         self._sync_literal = 0  # a synchronizing literal announced, waiting for '+'
         self._swallow = False  # skip the rest of a failed command
+        self._drop_at_end = False  # drop_after a command with literals: cut once it is all in
         self._out = b""
         self._out_literal = 0
         self._last_plus = False
@@ -629,6 +735,17 @@ class IMAPFaultProtocol(_FaultProtocol):
             self._sync_literal = size
             self._barrier = True
 
+    def _forward_command(self, line: bytes, verb: str | None, drop: Fault | None = None) -> None:
+        if drop is not None and self._literal_after(line) is not None:
+            # The command runs only once its literals are in: pass them on, cut after.
+            drop.hits += 1
+            self._drop_at_end = True
+            drop = None
+        super()._forward_command(line, verb, drop)
+        if self._drop_at_end and self._current is None and not self._gone:
+            self._drop_at_end = False
+            self._drop()
+
     def _failed(self, line: bytes, verb: str) -> None:
         literal = self._literal_after(line)
         if literal is not None and literal[1]:
@@ -679,6 +796,7 @@ class IMAPFaultProtocol(_FaultProtocol):
                 if parts[0] == self._current:
                     self._current = None
                     self._sync_literal = 0
+                    self._drop_at_end = False  # refused before its literal: nothing to cut
                 if not self._tags:
                     self._cont_verb = None
                 self._answered()
