@@ -1,4 +1,4 @@
-"""``mailhost queue list|show|flush|retry|delete``: inspect and act on the outbound spool.
+"""``mailhost queue list|show|flush|retry|delete|export-legacy``: the outbound spool.
 
 It works on the spool files directly, so it works whether or not the server runs.
 A running server is told through a trigger file in the spool (``trigger/``), which
@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     delete = q.add_parser("delete", help="remove a message from the queue (no bounce)")
     delete.add_argument("id")
     delete.set_defaults(func=cmd_delete)
+    legacy = q.add_parser(
+        "export-legacy",
+        help="rewrite the queue in the older two-file form before a downgrade (server stopped)",
+    )
+    legacy.set_defaults(func=cmd_export_legacy)
 
 
 def _files(config: Config) -> SpoolFiles:
@@ -154,3 +159,14 @@ def cmd_delete(args: argparse.Namespace, config: Config) -> int:
     files.add_trigger_sync("delete", env.id)
     print(f"{env.id}: deleted")
     return 0
+
+
+def cmd_export_legacy(args: argparse.Namespace, config: Config) -> int:
+    """Make the spool readable by versions before the one-file form (see
+    ``SpoolFiles.export_legacy_sync``); they would delete one-file messages."""
+    files = _files(config)
+    converted, problems = files.export_legacy_sync()
+    for p in problems:
+        print(f"mailhost: {p}", file=sys.stderr)
+    print(f"{converted} messages rewritten in the two-file form")
+    return 1 if problems else 0

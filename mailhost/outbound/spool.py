@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sys
 import threading
 import time
@@ -110,7 +111,10 @@ class Envelope:
 
     @classmethod
     def from_json(cls, data: bytes) -> Envelope:
+        """An envelope from ``to_json``; one of the older form (no ``offset``) gets
+        offset -1, which ``SpoolFiles`` resolves from the message file."""
         raw: dict[str, Any] = json.loads(data)
+        raw.setdefault("offset", -1)
         rcpts = []
         for r in raw.pop("recipients"):
             # A big queue repeats these strings: share one copy of each.
@@ -474,10 +478,32 @@ class SpoolFiles:
         """The envelope of ``qid``: ``env/ID`` if there is one, else the one embedded
         in its message file; None if it is not queued."""
         try:
-            with open(self.envelope_path(qid), "rb") as f:
-                return Envelope.from_json(f.read())
+            return self._env_file_sync(qid)
         except FileNotFoundError:
             return self._embedded_sync(qid)
+
+    def _env_file_sync(self, qid: str) -> Envelope:
+        """``env/ID``; if it is of the older form (no offset), the offset is read from
+        the message file, so a spool half-converted by ``export_legacy_sync`` loads."""
+        with open(self.envelope_path(qid), "rb") as f:
+            env = Envelope.from_json(f.read())
+        if env.offset < 0:
+            try:
+                with open(self.message_path(qid), "rb") as f:
+                    env.offset = self._head_length(f)
+            except FileNotFoundError:
+                env.offset = 0
+        return env
+
+    @staticmethod
+    def _head_length(f: Any) -> int:
+        """Where the message starts in an open message file (0: the two-file form)."""
+        if f.read(len(MAGIC)) != MAGIC:
+            return 0
+        line = f.readline(MAX_ENVELOPE)
+        if not line.endswith(b"\n"):
+            raise ValueError("unterminated embedded envelope")
+        return len(MAGIC) + len(line)
 
     def _embedded_sync(self, qid: str) -> Envelope | None:
         try:
@@ -526,8 +552,7 @@ class SpoolFiles:
             if valid_queue_id(name):
                 try:
                     if name in env_names:
-                        with open(self.envelope_path(name), "rb") as f:
-                            env = Envelope.from_json(f.read())
+                        env = self._env_file_sync(name)
                     else:
                         env = self._embedded_sync(name)
                 except FileNotFoundError:
@@ -563,6 +588,61 @@ class SpoolFiles:
             except FileNotFoundError:
                 pass
         return envelopes, problems
+
+    def export_legacy_sync(self) -> tuple[int, list[str]]:
+        """Rewrite the spool in the two-file form of versions before the one-file spool
+        (for a downgrade; the server must be stopped). Returns how many messages were
+        rewritten and the problems met.
+
+        Those versions delete a message file without ``env/ID`` (an unfinished commit
+        to them) and refuse an envelope with an ``offset``. Per message: a bare copy is
+        written and synced in ``tmp/``, then ``env/ID`` without offset, then the copy
+        replaces ``msg/ID``. A crash in between leaves a spool this version still
+        reads; running the export again finishes it.
+        """
+        self.ensure_sync()
+        converted = 0
+        problems: list[str] = []
+        names = sorted(n for n in os.listdir(self.msg_dir) if valid_queue_id(n))
+        for name in names:
+            path = self.message_path(name)
+            try:
+                with open(path, "rb") as f:
+                    head = self._head_length(f)
+                    env = self.load_envelope_sync(name)
+                    if env is None:
+                        problems.append(f"{name}: message without envelope, left alone")
+                        continue
+                    raw = json.loads(env.to_json())
+                    del raw["offset"]
+                    legacy = json.dumps(raw, separators=(",", ":")).encode()
+                    if head:
+                        tmp = os.path.join(self.tmp_dir, f"{name}.legacy")
+                        f.seek(head)
+                        with open(tmp, "wb") as out:
+                            shutil.copyfileobj(f, out, 1024 * 1024)
+                            if self.fsync:
+                                out.flush()
+                                os.fsync(out.fileno())
+            except FileNotFoundError:
+                continue
+            except (ValueError, TypeError, KeyError) as e:
+                problems.append(f"{name}: unreadable envelope ({e}), left alone")
+                continue
+            try:
+                with open(self.envelope_path(name), "rb") as ef:
+                    current = ef.read()
+            except FileNotFoundError:
+                current = b""
+            if current != legacy:
+                self._write_atomic(self.envelope_path(name), legacy)
+            if head:
+                os.replace(tmp, path)
+            if head or current != legacy:
+                converted += 1
+        if self.fsync:
+            self._group.sync((self.msg_dir, self.env_dir))
+        return converted, problems
 
     # Requests from the CLI to a running server.
 

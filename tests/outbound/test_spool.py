@@ -416,3 +416,79 @@ async def test_save_envelope_records_the_state_at_the_call(tmp_path):
     ok, _ = await _settled(saved)
     assert ok and all(d.called for d in busy)
     assert files.load_envelope_sync(qid).recipients[0].status == "pending"
+
+
+#: The envelope keys of versions before the one-file spool (their from_json takes
+#: exactly these; an unknown key makes the envelope unreadable).
+LEGACY_KEYS = {"id", "sender", "recipients", "arrival", "size", "envid", "ret", "delay_warned",
+               "hops"}
+
+
+async def _three_forms(files):
+    """A one-file message, one with a saved env/ID, and a large two-file one."""
+    bodies = {}
+    for n, body in enumerate([b"Subject: a\r\n\r\none\r\n", b"Subject: b\r\n\r\ntwo\r\n",
+                              b"Subject: c\r\n\r\n" + (b"x" * 998 + b"\r\n") * 300]):
+        qid = await _writer(files, body).commit([QueueRecipient(f"r{n}@y")])
+        bodies[qid] = body
+    second = sorted(bodies)[1]
+    env = files.load_envelope_sync(second)
+    env.recipients[0].attempts = 2
+    await files.save_envelope(env)
+    return bodies
+
+
+@pytest_twisted.ensureDeferred
+async def test_export_legacy_writes_the_two_file_form_older_versions_read(tmp_path):
+    import json
+
+    files = SpoolFiles(str(tmp_path / "q"), fsync=True)
+    files.ensure_sync()
+    bodies = await _three_forms(files)
+    assert files.export_legacy_sync() == (3, [])
+    for qid, body in bodies.items():
+        assert open(files.message_path(qid), "rb").read() == body
+        raw = json.loads(open(files.envelope_path(qid), "rb").read())
+        assert set(raw) == LEGACY_KEYS
+    assert json.loads(open(files.envelope_path(sorted(bodies)[1]), "rb").read())[
+        "recipients"][0]["attempts"] == 2
+    assert os.listdir(files.tmp_dir) == []
+    # This version still reads it, and a second run has nothing left to do.
+    envelopes, problems = SpoolFiles(files.root).load_all_sync()
+    assert problems == [] and sorted(e.id for e in envelopes) == sorted(bodies)
+    assert all(e.offset == 0 for e in envelopes)
+    assert files.export_legacy_sync() == (0, [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_export_legacy_interrupted_after_the_envelope_still_loads_and_finishes(tmp_path):
+    """A crash between writing the legacy env/ID and replacing the one-file message."""
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    body = b"Subject: a\r\n\r\none\r\n"
+    qid = await _writer(files, body).commit([QueueRecipient("x@y")])
+    embedded = files.load_envelope_sync(qid)
+    raw = embedded.to_json().replace(b',"offset":%d' % embedded.offset, b"")
+    assert b"offset" not in raw
+    open(files.envelope_path(qid), "wb").write(raw)
+    [env], problems = SpoolFiles(files.root).load_all_sync()
+    assert problems == [] and env.offset == embedded.offset
+    assert files.export_legacy_sync() == (1, [])
+    assert open(files.message_path(qid), "rb").read() == body
+    [env], _ = SpoolFiles(files.root).load_all_sync()
+    assert env.offset == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_export_legacy_command(tmp_path):
+    (tmp_path / "c.toml").write_text(
+        f'[server]\ndomains = ["example.test"]\ndata_dir = "{tmp_path / "data"}"\n')
+    files = SpoolFiles(str(tmp_path / "data" / "queue"), fsync=False)
+    files.ensure_sync()
+    bodies = await _three_forms(files)
+    out = subprocess.run([sys.executable, "-m", "mailhost.cli.main", "--config",
+                          str(tmp_path / "c.toml"), "queue", "export-legacy"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "3 messages rewritten" in out.stdout
+    assert all(open(files.message_path(q), "rb").read() == b for q, b in bodies.items())
