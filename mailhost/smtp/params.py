@@ -240,7 +240,7 @@ def parse_mail_params(params: dict[str, str | None]) -> MailParams:
     smtputf8 = False
     for key, value in params.items():
         if key == "SIZE":
-            if value is None or not value.isdigit() or len(value) > 20:
+            if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                 raise _syntax("Syntax error: bad SIZE value")
             size = int(value)
         elif key == "BODY":

@@ -512,7 +512,8 @@ class SMTPServer(Protocol, TimeoutMixin):
     def smtp_BDAT(self, arg: str) -> Reply | None:  # noqa: N802
         """RFC 3030 CHUNKING. The chunk is read even when it will be refused."""
         words = arg.split(" ")
-        if (not 1 <= len(words) <= 2 or not words[0].isdigit() or len(words[0]) > 12
+        if (not 1 <= len(words) <= 2 or not (words[0].isascii() and words[0].isdigit())
+                or len(words[0]) > 12
                 or (len(words) == 2 and words[1].upper() != "LAST")):
             return Reply(501, "5.5.4", "Syntax: BDAT <size> [LAST]")
         length, last = int(words[0]), len(words) == 2

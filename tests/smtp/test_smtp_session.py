@@ -527,3 +527,22 @@ async def test_disconnect_mid_bdat_stores_nothing(smtp_host):
     assert (await deferToThread(session)).startswith(b"250")
     assert await host.read_messages() == []
     assert host.factory.sessions == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_ascii_digits_are_a_syntax_error_not_a_dropped_session(smtp_host):
+    """'²' and '٣' pass str.isdigit(); int('²') raises. Both must get a 501."""
+    host = smtp_host()
+
+    def session():
+        c = RawClient(host.port)
+        out = [c.cmd(b"EHLO client.test")]
+        for cmd in ("MAIL FROM:<a@example.test> SIZE=\u00b2", "MAIL FROM:<a@example.test> SIZE=\u0663",
+                    "BDAT \u00b2", "BDAT \u0663 LAST", "NOOP"):
+            out.append(c.cmd(cmd.encode()))
+        return out
+
+    _, size_sup, size_arabic, bdat_sup, bdat_arabic, noop = await deferToThread(session)
+    for reply in (size_sup, size_arabic, bdat_sup, bdat_arabic):
+        assert reply.startswith(b"501 5.5.4"), reply
+    assert noop.startswith(b"250 2.0.0")
