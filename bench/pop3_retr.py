@@ -260,6 +260,7 @@ def main() -> None:
     ap.add_argument("--workdir")
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="pop3bench")
+    os.chmod(work, 0o755)  # Dovecot's auth process (user dovecot) reads dovecot.passwd here
     os.makedirs(work, exist_ok=True)
 
     mh = MailHostProcess(os.path.join(work, "mailhost"), users=dict(USERS))
