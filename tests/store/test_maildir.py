@@ -53,6 +53,20 @@ def user_dir(root, user=A):
     return os.path.join(root, domain, local)
 
 
+def maildir_dirs(path: str) -> None:
+    """cur/, new/ and tmp/ under ``path`` (as another program would have made them)."""
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+
+
+def foreign_file(home: str, relpath: str, data: bytes, mtime: float) -> None:
+    """A message file another program wrote, with its mtime (Dovecot's INTERNALDATE)."""
+    path = os.path.join(home, relpath)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.utime(path, (mtime, mtime))
+
+
 @pytest_twisted.ensureDeferred
 async def test_layout_and_dovecot_file_names(root):
     store = MaildirStore(root)
@@ -224,8 +238,7 @@ async def test_reads_a_dovecot_maildir(root):
     """A folder as Dovecot writes it: LF on disk (S= < W=), keywords file, flags."""
     home = user_dir(root)
     folder = os.path.join(home, ".Lists")
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(folder, sub))
+    maildir_dirs(folder)
     os.makedirs(os.path.join(home, "cur"), exist_ok=True)
     body = b"From: a@b\nSubject: x\n\nhi\n"
     name = f"1700000000.M123P45.mx,S={len(body)},W={len(body) + 4}:2,RSb"
@@ -315,8 +328,7 @@ async def test_deleted_folder_leaves_no_directory(root):
 async def test_100k_folder_loads_fast_without_stat(root, monkeypatch):
     home = user_dir(root)
     cur = os.path.join(home, "cur")
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(home, sub))
+    maildir_dirs(home)
     with open(os.path.join(home, "mailhost-special-use"), "w") as f:
         f.write("")
     lines = ["V42 N1\n"]
@@ -395,8 +407,7 @@ async def test_first_open_adopts_foreign_files_in_name_order_without_stat(root, 
     """A Maildir another program filled (no uidlist): UIDs in Dovecot's name order, no
     stat per file; dates are read on first use, then filled into the uidlist."""
     home = user_dir(root)
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(home, sub))
+    maildir_dirs(home)
     crlf, lf = b"Subject: a\r\n\r\nx\r\n", b"Subject: b\n\nline\n"
     files = [  # (subdir, name, content, mtime); listed here out of order on purpose
         ("cur", f"1700000001.M5P1.h,S={len(crlf)},W={len(crlf)}:2,S", crlf, 1_650_000_003),
@@ -443,12 +454,9 @@ async def test_first_open_adopts_foreign_files_in_name_order_without_stat(root, 
 async def test_unknown_dates_survive_restart_and_flag_renames(root):
     """Before the fill ran: dates are read from the renamed file, and after a restart."""
     home = user_dir(root)
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(home, sub))
+    maildir_dirs(home)
     name = "1700000000.M1P1.h,S=3,W=3"
-    with open(os.path.join(home, "new", name), "wb") as f:
-        f.write(b"x\r\n")
-    os.utime(os.path.join(home, "new", name), (1_600_000_000, 1_600_000_000))
+    foreign_file(home, os.path.join("new", name), b"x\r\n", 1_600_000_000)
     box = await folder_of(MaildirStore(root))
     box._stop_fill()
     await box.set_flags([1], ["\\Seen"], "add")
@@ -464,12 +472,9 @@ async def test_unknown_dates_survive_restart_and_flag_renames(root):
 @pytest_twisted.ensureDeferred
 async def test_unknown_date_is_read_under_the_new_name_while_a_flag_rename_runs(root):
     home = user_dir(root)
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(home, sub))
+    maildir_dirs(home)
     name = "1700000000.M1P1.h,S=3,W=3:2,"
-    with open(os.path.join(home, "cur", name), "wb") as f:
-        f.write(b"x\r\n")
-    os.utime(os.path.join(home, "cur", name), (1_600_000_000, 1_600_000_000))
+    foreign_file(home, os.path.join("cur", name), b"x\r\n", 1_600_000_000)
     box = await folder_of(MaildirStore(root))
     box._stop_fill()
     # As if rename_all had just renamed the file in its thread:
@@ -481,8 +486,7 @@ async def test_unknown_date_is_read_under_the_new_name_while_a_flag_rename_runs(
 
 def _maildir(root):
     home = user_dir(root)
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(home, sub), exist_ok=True)
+    maildir_dirs(home)
     return home
 
 
