@@ -46,8 +46,8 @@ class ClassicTextFormat:
     """``formatEventAsClassicLogText`` with a fast path for plain events."""
 
     def __init__(self) -> None:
-        self._second: int | None = None
-        self._stamp = "-"
+        # (second, text) in one attribute: a worker thread that logs reads both or neither.
+        self._stamp: tuple[int, str] = (-1, "-")
 
     def __call__(self, event: dict[str, Any]) -> str | None:
         fmt = event.get("log_format")
@@ -61,13 +61,14 @@ class ClassicTextFormat:
         if not text:
             return None
         second = int(when)
-        if second != self._second:
-            self._second, self._stamp = second, formatTime(when)
+        cached = self._stamp
+        if cached[0] != second:
+            cached = self._stamp = (second, formatTime(when))
         system = event.get("log_system")
         if system is None:
             level = event.get("log_level")
             system = f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
-        return f"{self._stamp} [{system}] {text}".replace("\n", "\n\t") + "\n"
+        return f"{cached[1]} [{system}] {text}".replace("\n", "\n\t") + "\n"
 
 
 def install_log_format(fmt: str, twistd_options: Any = None) -> None:
