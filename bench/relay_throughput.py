@@ -174,7 +174,8 @@ def wait_count(root: str, target: int, timeout: float = 600) -> float:
 
 
 def fill_spool(queue_dir: str, n: int, length: int) -> float:
-    from mailhost.outbound.spool import Envelope, RecipientState, SpoolFiles, new_queue_id
+    from mailhost.outbound.envelope import Envelope, RecipientState, new_queue_id
+    from mailhost.outbound.spool import SpoolFiles
 
     files = SpoolFiles(queue_dir, fsync=False)
     files.ensure_sync()

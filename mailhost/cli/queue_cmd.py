@@ -15,7 +15,8 @@ import time
 from datetime import UTC, datetime
 
 from mailhost.config import Config
-from mailhost.outbound.spool import PENDING, Envelope, SpoolFiles, read_headers, valid_queue_id
+from mailhost.outbound.envelope import PENDING, Envelope, valid_queue_id
+from mailhost.outbound.spool import SpoolFiles, read_headers
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -33,7 +33,7 @@ from twisted.protocols import basic
 from twisted.python.failure import Failure
 
 from mailhost.dotstuffing import DotStuffer
-from mailhost.outbound.spool import Envelope, RecipientState
+from mailhost.outbound.envelope import Envelope, RecipientState
 
 # Messages up to this size are sent with one read and one write.
 SMALL_MESSAGE = 64 * 1024

@@ -39,15 +39,10 @@ from mailhost.outbound.client import (
     RelayClient,
     run_session,
 )
+from mailhost.outbound.envelope import DELIVERED as ST_DELIVERED
+from mailhost.outbound.envelope import FAILED, PENDING, Envelope, RecipientState
 from mailhost.outbound.routing import Hop, Router, RoutingError, is_ip
-from mailhost.outbound.spool import DELIVERED as ST_DELIVERED
-from mailhost.outbound.spool import (
-    FAILED,
-    PENDING,
-    Envelope,
-    RecipientState,
-    SpoolFiles,
-)
+from mailhost.outbound.spool import SpoolFiles
 
 log = Logger()
 

@@ -20,10 +20,12 @@ from zope.interface import implementer
 from mailhost.config import Config
 from mailhost.outbound import dsn
 from mailhost.outbound.client import DELIVERED, PERMANENT, Job, Outcome
+from mailhost.outbound.envelope import Envelope
 from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter, QueueRecipient
 from mailhost.outbound.routing import Router, make_resolver
 from mailhost.outbound.scheduler import Scheduler
-from mailhost.outbound.spool import Envelope, SpoolFiles, SpoolWriter
+from mailhost.outbound.spool import SpoolFiles
+from mailhost.outbound.spool_writer import SpoolWriter
 from mailhost.store.interfaces import DeliveryTarget, IMailStore
 
 log = Logger()

@@ -4,13 +4,13 @@ Layout under the queue directory::
 
     tmp/        message and envelope files being written
     msg/ID      the message (CRLF line ends, not dot-stuffed), see below
-    env/ID      the envelope (JSON, see ``Envelope``) once it changed after queueing
+    env/ID      the envelope (JSON, see ``envelope.Envelope``) once it changed after queueing
     trigger/    requests from ``mailhost queue`` to a running server
 
-A message kept in memory until commit (up to ``MEMORY_LIMIT``, nearly all mail) is
-queued as one file: ``MAGIC``, the envelope as one JSON line, then the message from
-``Envelope.offset`` on. It is written in ``tmp/``, fsynced, renamed into ``msg/``,
-and ``msg/`` is fsynced: one file and two fsyncs per message, where a separate
+A message kept in memory until commit (up to ``spool_writer.MEMORY_LIMIT``, nearly
+all mail) is queued as one file: ``MAGIC``, the envelope as one JSON line, then the
+message from ``Envelope.offset`` on. It is written in ``tmp/``, fsynced, renamed into
+``msg/``, and ``msg/`` is fsynced: one file and two fsyncs per message, where a separate
 envelope file cost a second file, fsync and rename. Later states (attempts, errors)
 go to ``env/ID``, which overrides the embedded envelope.
 
@@ -26,8 +26,9 @@ envelope without message, which loading drops. A commit that fails after its ren
 gets a 4xx and retries, and a copy left behind would be delivered twice.
 
 Every blocking call runs in a thread; the reactor side batches them
-(``SpoolFiles.run_batch``) so concurrent commits share one thread hop and one
+(``spool_workers.SpoolBatches``) so concurrent commits share one thread hop and one
 directory fsync. The public ``*_sync`` functions are for those threads and for the CLI.
+Messages come in through ``spool_writer.SpoolWriter``.
 """
 
 from __future__ import annotations
@@ -36,103 +37,17 @@ import json
 import os
 import secrets
 import shutil
-import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from mailhost.outbound.interfaces import IQueueWriter, QueueRecipient
-from mailhost.store.crlf import CRLFNormalizer
+from mailhost.outbound.envelope import Envelope, valid_queue_id
+from mailhost.outbound.spool_workers import Op, SpoolBatches
 from mailhost.store.groupsync import GroupSync
 
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
-
 log = Logger()
-
-
-@dataclass(slots=True)
-class RecipientState:
-    """Delivery state of one recipient, persisted in the envelope."""
-
-    address: str
-    notify: list[str] = field(default_factory=list)
-    orcpt: str | None = None
-    status: str = PENDING
-    attempts: int = 0
-    next_attempt: float = 0.0
-    last_error: str = ""
-    # Enhanced status code of the last result (e.g. "4.4.1", "5.1.1").
-    status_code: str = ""
-    remote_mta: str = ""
-    last_attempt: float = 0.0
-    # A DSN for the final status has been generated (or was not wanted).
-    dsn_done: bool = False
-    # The remote accepted with DSN support, so it reports success itself.
-    relayed: bool = False
-
-    @property
-    def domain(self) -> str:
-        return self.address.rpartition("@")[2].lower()
-
-
-@dataclass(slots=True)
-class Envelope:
-    """Everything the queue knows about one message besides its bytes."""
-
-    id: str
-    sender: str
-    recipients: list[RecipientState]
-    arrival: float
-    size: int = 0
-    envid: str | None = None
-    ret: str | None = None
-    # A delay warning DSN was sent already.
-    delay_warned: bool = False
-    # Received: headers counted while spooling (-1: unknown, read the file).
-    hops: int = 0
-    # Where the message starts in its file (after the embedded envelope, if any).
-    offset: int = 0
-
-    def to_json(self) -> bytes:
-        # Field by field: dataclasses.asdict deep-copies, and this runs per message.
-        raw = {f: getattr(self, f) for f in _ENVELOPE_FIELDS}
-        raw["recipients"] = [{f: getattr(r, f) for f in _RECIPIENT_FIELDS} for r in self.recipients]
-        return json.dumps(raw, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Envelope:
-        """An envelope from ``to_json``; one of the older form (no ``offset``) gets
-        offset -1, which ``SpoolFiles`` resolves from the message file."""
-        raw: dict[str, Any] = json.loads(data)
-        raw.setdefault("offset", -1)
-        rcpts = []
-        for r in raw.pop("recipients"):
-            # A big queue repeats these strings: share one copy of each.
-            r["address"], r["status"] = sys.intern(r["address"]), sys.intern(r["status"])
-            rcpts.append(RecipientState(**r))
-        raw["sender"] = sys.intern(raw["sender"])
-        return cls(recipients=rcpts, **raw)
-
-    def pending(self) -> list[RecipientState]:
-        return [r for r in self.recipients if r.status == PENDING]
-
-    @property
-    def finished(self) -> bool:
-        return all(r.status != PENDING for r in self.recipients)
-
-
-_ENVELOPE_FIELDS = tuple(f.name for f in fields(Envelope) if f.name != "recipients")
-_RECIPIENT_FIELDS = tuple(f.name for f in fields(RecipientState))
 
 #: The first bytes of a one-file message; a message file of the two-file form starts
 #: with a header field (our own Received: line), never with a NUL.
@@ -140,100 +55,6 @@ MAGIC = b"\0MHQ1 "
 #: Bound on the embedded envelope line, newline included (1000 recipients take about
 #: 300 KiB); a longer envelope is written to ``env/ID`` instead (the two-file form).
 MAX_ENVELOPE = 4 * 1024 * 1024
-
-
-#: Messages up to this size stay in memory until commit (see SpoolWriter).
-MEMORY_LIMIT = 256 * 1024
-
-
-def new_queue_id(now: float | None = None) -> str:
-    """Sortable by arrival (hex milliseconds) and unique (random suffix)."""
-    ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:011X}{secrets.token_hex(4).upper()}"
-
-
-def valid_queue_id(qid: str) -> bool:
-    return 8 <= len(qid) <= 64 and all(c in "0123456789ABCDEF" for c in qid)
-
-
-#: Batches of spool operations in worker threads at once (see ``SpoolFiles.run_batch``).
-BATCHES_IN_FLIGHT = 2
-
-
-class _Workers:
-    """Threads that run spool batches, started on demand, gone after ``idle`` seconds.
-
-    A hop through the reactor's thread pool costs the reactor thread its team
-    coordination, context and Deferred plumbing (about 7% of a relaying host's GIL
-    time in the relay benchmark); here a hop is a deque append, a notify and one
-    ``callFromThread`` back. The threads are daemons so an idle one never holds the
-    process open; work in flight is waited for by ``SpoolFiles.drain`` (stopService).
-    """
-
-    def __init__(self, count: int, reactor: Any = None, idle: float = 10.0) -> None:
-        self._cond = threading.Condition()
-        self._jobs: deque[tuple[Callable[[], Any], Callable[[Any], None]]] = deque()
-        self._count = count
-        self._idle = idle
-        self._threads = 0
-        self._waiting = 0
-        self.reactor = reactor
-
-    def submit(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
-        """Run ``work()`` in a worker; ``done`` gets its result or Failure in the reactor.
-
-        Call from the reactor thread. If no worker can be started (thread limit,
-        memory), ``done`` gets the Failure at once rather than never.
-        """
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            self.reactor = reactor
-        job = (work, done)
-        failure = None
-        with self._cond:
-            self._jobs.append(job)
-            if self._waiting:
-                self._cond.notify()
-                return
-            if self._threads >= self._count:
-                return  # a busy worker takes it next
-            self._threads += 1
-            try:
-                threading.Thread(target=self._loop, name="mailhost-spool", daemon=True).start()
-            except BaseException:
-                failure = Failure()
-                self._threads -= 1
-                if self._threads:
-                    failure = None  # a running worker takes the job
-                else:
-                    self._jobs.remove(job)
-        if failure is not None:
-            log.failure("outbound spool: no worker thread", failure)
-            done(failure)
-
-    def wake_idle(self) -> None:
-        """Let idle workers exit now instead of after ``idle`` seconds."""
-        with self._cond:
-            self._cond.notify_all()
-
-    def _loop(self) -> None:
-        reactor = self.reactor
-        while True:
-            with self._cond:
-                if not self._jobs:
-                    self._waiting += 1
-                    self._cond.wait(self._idle)
-                    self._waiting -= 1
-                if not self._jobs:
-                    self._threads -= 1
-                    return
-                work, done = self._jobs.popleft()
-            try:
-                result: Any = work()
-            except BaseException:
-                result = Failure()
-            reactor.callFromThread(done, result)
 
 
 def _fsync_file(path: str) -> None:
@@ -261,16 +82,17 @@ class SpoolFiles:
         self.env_dir = os.path.join(root, "env")
         self.trigger_dir = os.path.join(root, "trigger")
         self._group = GroupSync()
-        self._waiting: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred]] = []
-        self._in_flight = 0
-        self._workers = _Workers(BATCHES_IN_FLIGHT, reactor)
-        self._drained: list[defer.Deferred] = []
-        self.batches = 0  # for tests and benchmarks
+        self._batches = SpoolBatches(self._sync_dirs, self._undo_op, reactor)
 
     @property
     def reactor(self) -> Any:
         """The reactor the spool threads report to (None: the global one, once used)."""
-        return self._workers.reactor
+        return self._batches.reactor
+
+    @property
+    def batches(self) -> int:
+        """Batches started so far (for tests and benchmarks)."""
+        return self._batches.count
 
     def ensure_sync(self) -> None:
         for d in (self.tmp_dir, self.msg_dir, self.env_dir, self.trigger_dir):
@@ -300,82 +122,25 @@ class SpoolFiles:
         """``remove_sync`` in a batch."""
         return self.run_batch(self._remove_op, qid)
 
-    def run_batch(self, op: Callable[..., Any], *args: Any) -> defer.Deferred:
-        """Run ``op(*args)`` in a thread, together with the operations asked for meanwhile.
-
-        Each thread hop costs the reactor a queue hand-off, a wake-up and a few
-        Deferreds, and the GIL-bound reactor is what limits relay throughput. So at most
-        ``BATCHES_IN_FLIGHT`` batches run at once; operations asked for meanwhile wait
-        and go together in the next one, which also fsyncs each directory once for all
-        of them (group commit). ``op`` returns ``(result, directories to fsync)``.
-        """
-        d: defer.Deferred = defer.Deferred()
-        self._waiting.append((op, args, d))
-        if self._in_flight < BATCHES_IN_FLIGHT:
-            self._start_batch()
-        return d
+    def run_batch(self, op: Op, *args: Any) -> defer.Deferred:
+        """Run ``op(*args)`` in a thread, together with the operations asked for meanwhile
+        (see ``SpoolBatches``). ``op`` returns ``(result, directories to fsync)``."""
+        return self._batches.run(op, *args)
 
     def drain(self) -> defer.Deferred:
         """Fires once no batch runs or waits, so stopping loses no spool operation
         to the interpreter exit (the worker threads are daemons)."""
-        if not self._in_flight and not self._waiting:
-            self._workers.wake_idle()
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred(lambda d: self._drained.remove(d))
-        self._drained.append(d)
-        return d
+        return self._batches.drain()
 
-    def _start_batch(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._in_flight += 1
-        self.batches += 1
-        ops = [(op, args) for op, args, _ in batch]
-        self._workers.submit(lambda: self._batch_sync(ops), lambda r: self._batch_done(r, batch))
+    def _sync_dirs(self, dirs: set[str]) -> None:
+        """A batch's directory fsyncs (thread side): one per directory for all of it."""
+        if self.fsync:
+            self._group.sync(dirs)
 
-    def _batch_done(self, results: Any, batch: list[tuple[Any, Any, defer.Deferred]]) -> None:
-        self._in_flight -= 1
-        if self._waiting and self._in_flight < BATCHES_IN_FLIGHT:
-            self._start_batch()
-        if isinstance(results, Failure):  # the batch machinery itself failed
-            results = [(False, results)] * len(batch)
-        for (_op, _args, d), (ok, value) in zip(batch, results, strict=True):
-            if ok:
-                d.callback(value)
-            else:
-                d.errback(value)
-        if self._drained and not self._in_flight and not self._waiting:
-            self._workers.wake_idle()
-            drained, self._drained = self._drained, []
-            for d in drained:
-                d.callback(None)
-
-    def _batch_sync(self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list:
-        """Thread side of a batch: each operation, then one fsync per directory."""
-        done: list[tuple[bool, Any, tuple[str, ...]]] = []
-        dirs: set[str] = set()
-        for op, args in ops:
-            try:
-                value, need = op(*args)
-            except Exception:
-                done.append((False, Failure(), ()))
-                continue
-            dirs.update(need)
-            done.append((True, value, need))
-        if dirs and self.fsync:
-            try:
-                self._group.sync(dirs)
-            except Exception:
-                failure = Failure()
-                out: list[tuple[bool, Any]] = []
-                for (op, args), (ok, value, need) in zip(ops, done, strict=True):
-                    if not need:
-                        out.append((ok, value))
-                        continue
-                    if op == self._commit_op:
-                        self._undo_commit(args[1].id)
-                    out.append((False, failure))
-                return out
-        return [(ok, value) for ok, value, _ in done]
+    def _undo_op(self, op: Op, args: tuple[Any, ...]) -> None:
+        """A batch's directory fsync failed: a commit in it must not stay (thread side)."""
+        if op == self._commit_op:
+            self._undo_commit(args[1].id)
 
     # Thread side.
 
@@ -679,135 +444,6 @@ class SpoolFiles:
         except FileNotFoundError:
             return False
 
-
-@implementer(IQueueWriter)
-class SpoolWriter:
-    """Streams one message into ``tmp/``; ``commit`` makes it durable in a thread.
-
-    Implements: IQueueWriter. Bare LF is normalised to CRLF so the client can send
-    the file as is (after dot-stuffing).
-    """
-
-    def __init__(
-        self,
-        files: SpoolFiles,
-        sender: str,
-        envid: str | None,
-        ret: str | None,
-        on_commit: Callable[[Envelope], None],
-        clock_seconds: Callable[[], float],
-    ) -> None:
-        self._files = files
-        self._sender = sender
-        self._envid = envid
-        self._ret = ret.upper() if ret else None
-        self._on_commit = on_commit
-        self._now = clock_seconds
-        self.id = new_queue_id()
-        self._path = os.path.join(files.tmp_dir, f"{self.id}.msg")
-        # Like the store's writer: a small message stays in memory and the commit's
-        # worker thread creates the file, so the reactor never waits on a file create.
-        self._file: Any = None
-        self._buffer: bytearray | None = bytearray()
-        self._crlf = CRLFNormalizer()
-        self.size = 0
-        self._done = False
-        self._in_headers = True
-        self._line_head = b""  # the start of the current header line (bounded)
-        self.hops = 0
-
-    def write(self, data: bytes) -> None:
-        if self._done:
-            raise RuntimeError("write after commit/abort")
-        data = self._crlf.feed(data)  # the store's normaliser: one CRLF rule everywhere
-        if self._in_headers:
-            self._count_hops(data)
-        self.size += len(data)
-        if self._buffer is None:
-            self._file.write(data)
-            return
-        self._buffer += data
-        if len(self._buffer) > MEMORY_LIMIT:  # large: stream the rest through a file
-            self._file = open(self._path, "wb")  # noqa: SIM115 - lives until commit/abort
-            self._file.write(self._buffer)
-            self._buffer = None
-
-    def _count_hops(self, data: bytes) -> None:
-        """Count Received: lines of the header block as it streams past."""
-        pos = 0
-        while self._in_headers:
-            nl = data.find(b"\n", pos)
-            piece = data[pos:] if nl < 0 else data[pos:nl]
-            if len(self._line_head) < 16:
-                self._line_head += piece[: 16 - len(self._line_head)]
-            if nl < 0:
-                return
-            line = self._line_head
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                self._in_headers = False
-            elif line[:9].lower() == b"received:":
-                self.hops += 1
-            self._line_head = b""
-            pos = nl + 1
-
-    def _finish_headers(self) -> None:
-        """An unterminated last header line counts too."""
-        if self._in_headers and self._line_head.lower().startswith(b"received:"):
-            self.hops += 1
-        self._in_headers = False
-
-    def commit(self, recipients: Sequence[QueueRecipient]) -> object:
-        if self._done:
-            raise RuntimeError("commit after commit/abort")
-        self._done = True
-        if self._file is not None:
-            self._file.close()
-        self._finish_headers()
-        env = Envelope(
-            id=self.id,
-            sender=self._sender,
-            recipients=[
-                RecipientState(address=r.address, notify=sorted(r.notify), orcpt=r.orcpt)
-                for r in recipients
-            ],
-            arrival=self._now(),
-            size=self.size,
-            envid=self._envid,
-            ret=self._ret,
-            hops=self.hops,
-        )
-        data = None if self._buffer is None else bytes(self._buffer)
-        self._buffer = None
-        d = self._files.commit(self._path, env, data)
-
-        def committed(_: object) -> str:
-            self._on_commit(env)
-            return env.id
-
-        def failed(f: Any) -> Any:
-            try:
-                os.unlink(self._path)
-            except OSError:
-                pass
-            return f
-
-        d.addCallbacks(committed, failed)
-        return d
-
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._buffer = None
-        if self._file is None:
-            return
-        self._file.close()
-        try:
-            os.unlink(self._path)
-        except OSError:
-            pass
 
 
 def read_headers(path: str, limit: int = 256 * 1024, offset: int = 0) -> bytes:

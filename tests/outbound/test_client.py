@@ -21,7 +21,7 @@ from mailhost.outbound.client import (
     Job,
     run_session,
 )
-from mailhost.outbound.spool import Envelope, RecipientState
+from mailhost.outbound.envelope import Envelope, RecipientState
 from tests.mailhost_process import free_port
 from tests.outbound.remote import ScriptedFactory, listen
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from mailhost.outbound.client import DotStuffer
 from mailhost.outbound.dsn import enhanced_status
 from mailhost.outbound.routing import split_hostport
-from mailhost.outbound.spool import SpoolFiles, SpoolWriter
+from mailhost.outbound.spool import SpoolFiles
+from mailhost.outbound.spool_writer import SpoolWriter
 
 lines = st.lists(st.sampled_from([b".", b"..", b".x", b"x.", b"", b"Received: a", b"a\rb", b"z"]),
                  max_size=30)

@@ -9,7 +9,8 @@ from mailhost.config import Config
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.outbound.routing import PermanentRoutingError, TemporaryRoutingError
 from mailhost.outbound.scheduler import Scheduler, retry_delay
-from mailhost.outbound.spool import SpoolFiles, SpoolWriter
+from mailhost.outbound.spool import SpoolFiles
+from mailhost.outbound.spool_writer import SpoolWriter
 
 
 class FakeRouter:

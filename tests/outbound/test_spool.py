@@ -13,16 +13,10 @@ import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
+from mailhost.outbound.envelope import Envelope, RecipientState
 from mailhost.outbound.interfaces import IQueueWriter, QueueRecipient
-from mailhost.outbound.spool import (
-    MAGIC,
-    MEMORY_LIMIT,
-    Envelope,
-    RecipientState,
-    SpoolFiles,
-    SpoolWriter,
-    read_headers,
-)
+from mailhost.outbound.spool import MAGIC, SpoolFiles, read_headers
+from mailhost.outbound.spool_writer import MEMORY_LIMIT, SpoolWriter
 
 
 @pytest_twisted.ensureDeferred
@@ -81,7 +75,8 @@ def test_load_cleans_orphans(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys, time
-    from mailhost.outbound.spool import Envelope, RecipientState, SpoolFiles, new_queue_id
+    from mailhost.outbound.envelope import Envelope, RecipientState, new_queue_id
+    from mailhost.outbound.spool import SpoolFiles
     files = SpoolFiles(sys.argv[1], fsync=True)
     files.ensure_sync()
     body = b"Subject: t\\r\\n\\r\\n" + b"x" * 20000 + b"\\r\\n"

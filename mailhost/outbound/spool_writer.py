@@ -1,0 +1,154 @@
+"""Streams a message into the spool as SMTP DATA arrives (``SpoolWriter``).
+
+A message up to ``MEMORY_LIMIT`` (nearly all mail) stays in memory and becomes the
+one-file form at commit; a larger one is streamed to ``tmp/`` and keeps the two-file
+form (see ``spool``). The hop count for the relay-time loop check is taken here, as the
+header block streams past.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from zope.interface import implementer
+
+from mailhost.outbound.envelope import Envelope, RecipientState, new_queue_id
+from mailhost.outbound.interfaces import IQueueWriter, QueueRecipient
+from mailhost.outbound.spool import SpoolFiles
+from mailhost.store.crlf import CRLFNormalizer
+
+#: Messages up to this size stay in memory until commit.
+MEMORY_LIMIT = 256 * 1024
+
+
+@implementer(IQueueWriter)
+class SpoolWriter:
+    """Streams one message into ``tmp/``; ``commit`` makes it durable in a thread.
+
+    Implements: IQueueWriter. Bare LF is normalised to CRLF so the client can send
+    the file as is (after dot-stuffing).
+    """
+
+    def __init__(
+        self,
+        files: SpoolFiles,
+        sender: str,
+        envid: str | None,
+        ret: str | None,
+        on_commit: Callable[[Envelope], None],
+        clock_seconds: Callable[[], float],
+    ) -> None:
+        self._files = files
+        self._sender = sender
+        self._envid = envid
+        self._ret = ret.upper() if ret else None
+        self._on_commit = on_commit
+        self._now = clock_seconds
+        self.id = new_queue_id()
+        self._path = os.path.join(files.tmp_dir, f"{self.id}.msg")
+        # Like the store's writer: a small message stays in memory and the commit's
+        # worker thread creates the file, so the reactor never waits on a file create.
+        self._file: Any = None
+        self._buffer: bytearray | None = bytearray()
+        self._crlf = CRLFNormalizer()
+        self.size = 0
+        self._done = False
+        self._in_headers = True
+        self._line_head = b""  # the start of the current header line (bounded)
+        self.hops = 0
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise RuntimeError("write after commit/abort")
+        data = self._crlf.feed(data)  # the store's normaliser: one CRLF rule everywhere
+        if self._in_headers:
+            self._count_hops(data)
+        self.size += len(data)
+        if self._buffer is None:
+            self._file.write(data)
+            return
+        self._buffer += data
+        if len(self._buffer) > MEMORY_LIMIT:  # large: stream the rest through a file
+            self._file = open(self._path, "wb")  # noqa: SIM115 - lives until commit/abort
+            self._file.write(self._buffer)
+            self._buffer = None
+
+    def _count_hops(self, data: bytes) -> None:
+        """Count Received: lines of the header block as it streams past."""
+        pos = 0
+        while self._in_headers:
+            nl = data.find(b"\n", pos)
+            piece = data[pos:] if nl < 0 else data[pos:nl]
+            if len(self._line_head) < 16:
+                self._line_head += piece[: 16 - len(self._line_head)]
+            if nl < 0:
+                return
+            line = self._line_head
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                self._in_headers = False
+            elif line[:9].lower() == b"received:":
+                self.hops += 1
+            self._line_head = b""
+            pos = nl + 1
+
+    def _finish_headers(self) -> None:
+        """An unterminated last header line counts too."""
+        if self._in_headers and self._line_head.lower().startswith(b"received:"):
+            self.hops += 1
+        self._in_headers = False
+
+    def commit(self, recipients: Sequence[QueueRecipient]) -> object:
+        if self._done:
+            raise RuntimeError("commit after commit/abort")
+        self._done = True
+        if self._file is not None:
+            self._file.close()
+        self._finish_headers()
+        env = Envelope(
+            id=self.id,
+            sender=self._sender,
+            recipients=[
+                RecipientState(address=r.address, notify=sorted(r.notify), orcpt=r.orcpt)
+                for r in recipients
+            ],
+            arrival=self._now(),
+            size=self.size,
+            envid=self._envid,
+            ret=self._ret,
+            hops=self.hops,
+        )
+        data = None if self._buffer is None else bytes(self._buffer)
+        self._buffer = None
+        d = self._files.commit(self._path, env, data)
+
+        def committed(_: object) -> str:
+            self._on_commit(env)
+            return env.id
+
+        def failed(f: Any) -> Any:
+            try:
+                os.unlink(self._path)
+            except OSError:
+                pass
+            return f
+
+        d.addCallbacks(committed, failed)
+        return d
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._buffer = None
+        if self._file is None:
+            return
+        self._file.close()
+        try:
+            os.unlink(self._path)
+        except OSError:
+            pass
+
