@@ -59,7 +59,7 @@ class Envelope:
     ret: str | None = None
     # A delay warning DSN was sent already.
     delay_warned: bool = False
-    # Received: headers counted while spooling (-1: unknown, read the file).
+    # Received: fields in the header block, counted while spooling (see ``hops``).
     hops: int = 0
     # Where the message starts in its file (after the embedded envelope, if any).
     offset: int = 0

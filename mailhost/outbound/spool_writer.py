@@ -3,7 +3,7 @@
 A message up to ``MEMORY_LIMIT`` (nearly all mail) stays in memory and becomes the
 one-file form at commit; a larger one is streamed to ``tmp/`` and keeps the two-file
 form (see ``spool``). The hop count for the relay-time loop check is taken here, as the
-header block streams past.
+header block streams past (``hops``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from zope.interface import implementer
 
 from mailhost.outbound.envelope import Envelope, RecipientState, new_queue_id
+from mailhost.outbound.hops import HopCounter
 from mailhost.outbound.interfaces import IQueueWriter, QueueRecipient
 from mailhost.outbound.spool import SpoolFiles
 from mailhost.store.crlf import CRLFNormalizer
@@ -55,16 +56,14 @@ class SpoolWriter:
         self._crlf = CRLFNormalizer()
         self.size = 0
         self._done = False
-        self._in_headers = True
-        self._line_head = b""  # the start of the current header line (bounded)
-        self.hops = 0
+        self._hops = HopCounter()
 
     def write(self, data: bytes) -> None:
         if self._done:
             raise RuntimeError("write after commit/abort")
         data = self._crlf.feed(data)  # the store's normaliser: one CRLF rule everywhere
-        if self._in_headers:
-            self._count_hops(data)
+        if not self._hops.done:
+            self._hops.feed(data)
         self.size += len(data)
         if self._buffer is None:
             self._file.write(data)
@@ -75,31 +74,11 @@ class SpoolWriter:
             self._file.write(self._buffer)
             self._buffer = None
 
-    def _count_hops(self, data: bytes) -> None:
-        """Count Received: lines of the header block as it streams past."""
-        pos = 0
-        while self._in_headers:
-            nl = data.find(b"\n", pos)
-            piece = data[pos:] if nl < 0 else data[pos:nl]
-            if len(self._line_head) < 16:
-                self._line_head += piece[: 16 - len(self._line_head)]
-            if nl < 0:
-                return
-            line = self._line_head
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                self._in_headers = False
-            elif line[:9].lower() == b"received:":
-                self.hops += 1
-            self._line_head = b""
-            pos = nl + 1
-
-    def _finish_headers(self) -> None:
-        """An unterminated last header line counts too."""
-        if self._in_headers and self._line_head.lower().startswith(b"received:"):
-            self.hops += 1
-        self._in_headers = False
+    @property
+    def hops(self) -> int:
+        """``Received:`` fields in the header block so far, ours included when SMTP wrote
+        it; stored in the envelope for the relay-time loop check."""
+        return self._hops.count
 
     def commit(self, recipients: Sequence[QueueRecipient]) -> object:
         if self._done:
@@ -107,7 +86,7 @@ class SpoolWriter:
         self._done = True
         if self._file is not None:
             self._file.close()
-        self._finish_headers()
+        self._hops.finish()
         env = Envelope(
             id=self.id,
             sender=self._sender,
@@ -119,7 +98,7 @@ class SpoolWriter:
             size=self.size,
             envid=self._envid,
             ret=self._ret,
-            hops=self.hops,
+            hops=self._hops.count,
         )
         data = None if self._buffer is None else bytes(self._buffer)
         self._buffer = None

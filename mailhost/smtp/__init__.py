@@ -4,7 +4,8 @@ Public face: ``mailhost.smtp.factory.SMTPFactory``. The modules, one idea each:
 ``server`` (the protocol and command handling), ``session`` (per-connection state),
 ``params`` (MAIL/RCPT argument grammar), ``policy`` (per-recipient decisions, relay
 control), ``data`` (bulk DATA/BDAT readers), ``delivery`` (store and queue writers
-as one transaction), ``headers`` (Received/Return-Path, hop counting), ``reply``.
+as one transaction), ``headers`` (Received/Return-Path; the hop counter is
+``mailhost.outbound.hops``), ``reply``.
 """
 
 from mailhost.smtp.factory import SMTPFactory

@@ -1,7 +1,7 @@
-"""Trace headers we add (Return-Path, Received) and the hop counter for mail loops.
+"""Trace headers we add (Return-Path, Received).
 
-The hop counter looks only at the header block, fed incrementally as DATA streams
-in, so a loop is caught without ever holding the message in memory.
+The ``Received:`` fields already in a message are counted for the loop check by
+``mailhost.outbound.hops.HopCounter``, the one counter the spool uses too.
 """
 
 from __future__ import annotations
@@ -55,41 +55,3 @@ def received_header(*, helo: str | None, client_ip: str, hostname: str, protocol
         lines.append(f"\t{date}")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
-
-class HopCounter:
-    """Counts ``Received:`` fields in the header block of a streamed message."""
-
-    #: Stop looking after this many header octets; a "header" this big is a body.
-    MAX_HEADER_BYTES = 1024 * 1024
-
-    def __init__(self, max_line: int = 1000) -> None:
-        self.count = 0
-        self._seen = 0
-        self.done = False
-        self._partial = b""
-        self._max_line = max_line
-
-    def feed(self, data: bytes) -> None:
-        """Feed message bytes (already dot-unstuffed); a no-op once the body starts."""
-        if self.done:
-            return
-        self._seen += len(data)
-        if self._seen > self.MAX_HEADER_BYTES:
-            self.done = True
-            return
-        buf = self._partial + data
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            line = buf[start:nl]
-            start = nl + 1
-            if line in (b"", b"\r"):
-                self.done = True
-                self._partial = b""
-                return
-            if line[:9].lower() == b"received:":
-                self.count += 1
-        # Only the first bytes of an unfinished line matter for recognising a field name.
-        self._partial = buf[start:][: self._max_line]

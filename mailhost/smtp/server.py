@@ -30,10 +30,11 @@ from twisted.python.failure import Failure
 
 from mailhost.auth.login import LoginFailed
 from mailhost.auth.sasl import SASLError, decode_plain
+from mailhost.outbound.hops import HopCounter
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.smtp.data import ChunkReader, DataReader
 from mailhost.smtp.delivery import Delivery
-from mailhost.smtp.headers import HopCounter, received_header
+from mailhost.smtp.headers import received_header
 from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg
 from mailhost.smtp.policy import Decision
 from mailhost.smtp.reply import Reply

@@ -58,7 +58,7 @@ def test_spool_writer_normalises_the_same_for_any_chunking(parts, cuts, tmp_path
         w = SpoolWriter(files, "", None, None, lambda e: None, time.time)
         for p in pieces:
             w.write(p)
-        w._finish_headers()
+        w._hops.finish()
         if w._buffer is not None:  # small messages stay in memory until commit
             written = bytes(w._buffer)
         else:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailhost.outbound.hops import HopCounter
 from mailhost.smtp.data import DataReader
-from mailhost.smtp.headers import HopCounter, received_header
+from mailhost.smtp.headers import received_header
 
 
 def stuff(message: bytes) -> bytes:
