@@ -8,7 +8,8 @@ needs:
   boundary (TWISTED-MAIL-NOTES.md); ``DotStuffer`` keeps line state across chunks;
 - it sends RSET after every message and knows no MAIL/RCPT parameters; we send SIZE,
   BODY=8BITMIME, SMTPUTF8 and the DSN parameters when the server offers them, and
-  pipeline MAIL, RCPT and DATA (RFC 2920);
+  pipeline MAIL, RCPT and DATA (RFC 2920), or MAIL, RCPT and the whole small message
+  as one ``BDAT LAST`` chunk when the server offers CHUNKING (RFC 3030);
 - it reports one result per message; we report each recipient's reply;
 - a failed STARTTLS handshake kills the attempt; with the opportunistic policy the
   session reports ``tls_failed`` so the caller reconnects without TLS.
@@ -268,11 +269,19 @@ class RelayClient(smtp.ESMTPClient):
         self._okresponse = self._on_reply
         self._failresponse = self._on_reply
         if b"PIPELINING" in self.extensions:
-            # DATA may end the group (RFC 2920 §3.1): one round trip fewer per message.
-            lines.append(b"DATA")
-            self._pending.append(self._on_data_reply)
+            body = self._small_body() if b"CHUNKING" in self.extensions else None
+            if body is not None:
+                # RFC 3030: the whole small message as one BDAT LAST chunk, pipelined
+                # with MAIL and RCPT: one round trip per message and no dot-stuffing.
+                lines.append(b"BDAT %d LAST" % len(body))
+                self._pending.append(self._on_bdat_reply)
+            else:
+                # DATA may end the group (RFC 2920 §3.1): one round trip fewer.
+                lines.append(b"DATA")
+                self._pending.append(self._on_data_reply)
+                body = b""
             self._data_pipelined = True
-            self.transport.write(b"".join(line + b"\r\n" for line in lines))
+            self.transport.write(b"".join(line + b"\r\n" for line in lines) + body)
         else:
             self._queued_lines = deque(lines[1:])
             self.sendLine(lines[0])
@@ -369,6 +378,33 @@ class RelayClient(smtp.ESMTPClient):
         if self._accepted:
             self._data_failed(code, resp)
         else:
+            self._finish_job(self._outcomes, rset=True)
+
+    def _small_body(self) -> bytes | None:
+        """The message for a BDAT chunk, when small enough to read at once (one
+        bounded read, like ``_send_body``); None sends it with DATA instead."""
+        assert self.job is not None
+        env = self.job.envelope
+        if env.size > SMALL_MESSAGE:
+            return None
+        try:
+            with open(self.job.path, "rb") as f:
+                f.seek(env.offset)
+                data = f.read(SMALL_MESSAGE + 1)
+        except OSError:
+            return None  # the DATA path reports the vanished file
+        if len(data) > SMALL_MESSAGE:
+            return None
+        if data and not data.endswith(b"\r\n"):
+            data += b"\r\n"  # as DotStuffer.terminator does for DATA
+        return data
+
+    def _on_bdat_reply(self, code: int, resp: bytes) -> None:
+        """The reply to the pipelined ``BDAT LAST``: the message's final reply."""
+        if self._accepted:
+            self._on_final_reply(code, resp)
+        else:
+            # No recipient: the server consumed the chunk and refused it (RFC 3030 §2).
             self._finish_job(self._outcomes, rset=True)
 
     def _data_failed(self, code: int, resp: bytes) -> None:

@@ -40,6 +40,31 @@ class ScriptedSMTP(LineReceiver):
         self.rcpt_lines = []
         self.lines = []
 
+    def rawDataReceived(self, data):
+        """A BDAT chunk (RFC 3030): consumed in full even when it will be refused."""
+        take, rest = data[: self.chunk_left], data[self.chunk_left:]
+        self.chunks += take
+        self.chunk_left -= len(take)
+        if self.chunk_left:
+            return
+        f = self.factory
+        if not self.rcpts:
+            answer = "554 5.5.1 no valid recipients"
+        elif not self.chunk_last:
+            answer = f"250 2.0.0 {len(take)} octets"
+        else:
+            answer = f.data_reply(self.rcpts, self.chunks)
+        if self.chunk_last or not self.rcpts:
+            if answer is not None and answer.startswith("2"):
+                f.received.append(Received(self.mail_from, self.mail_line, list(self.rcpts),
+                                           list(self.rcpt_lines), self.chunks, self.tls))
+                f.notify()
+            self.chunks = b""
+            self.reset()
+        if answer is not None:
+            self.reply(answer)
+        self.setLineMode(rest)
+
     def reply(self, text):
         self.sendLine(text.encode())
 
@@ -107,6 +132,14 @@ class ScriptedSMTP(LineReceiver):
             else:
                 self.data_mode = True
                 self.reply("354 go on")
+        elif cmd == "BDAT" and "CHUNKING" in f.extensions:
+            words = text.split()
+            self.chunk_left = int(words[1])
+            self.chunk_last = len(words) > 2 and words[2].upper() == "LAST"
+            self.chunks = getattr(self, "chunks", b"")
+            self.setRawMode()
+            if self.chunk_left == 0:
+                self.rawDataReceived(b"")
         elif cmd == "RSET":
             self.reset()
             self.reply("250 ok")

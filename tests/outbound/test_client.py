@@ -322,3 +322,73 @@ async def test_idle_connection_takes_mail_that_turns_up_then_quits(tmp_path):
         await port.stopListening()
     assert result.jobs == 2 and f.connections == 1 and len(f.received) == 2
     assert src.waits == [1.5, 1.5]  # waited, got a job; waited again, nothing: QUIT
+
+
+def _chunking():
+    return ScriptedFactory(extensions=["PIPELINING", "8BITMIME", "SIZE 0", "CHUNKING"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_small_message_goes_as_one_pipelined_bdat_chunk(tmp_path):
+    """CHUNKING + PIPELINING: MAIL, RCPT and BDAT LAST with the octets unstuffed, one
+    write; a body without a final CRLF gets one, as with DATA."""
+    f = _chunking()
+    port = await listen(f)
+    bodies = [b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\n.\r\nend\r\n",
+              b"Subject: no final newline\r\n\r\nlast line", b""]
+    try:
+        jobs = [make_job(tmp_path, body, ["a@remote.test"], name=f"m{i}")
+                for i, body in enumerate(bodies)]
+        src = ListSource(jobs)
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        result = await run_session(ep, policy(), src)
+    finally:
+        await port.stopListening()
+    assert result.jobs == 3 and f.connections == 1
+    assert [r.data for r in f.received] == [bodies[0], bodies[1] + b"\r\n", b""]
+    assert [c for c in f.commands if c.startswith(("BDAT", "DATA"))] == [
+        f"BDAT {len(bodies[0])} LAST", f"BDAT {len(bodies[1]) + 2} LAST", "BDAT 0 LAST"]
+    assert all(o.kind == DELIVERED for _, outs, _ in src.done for o in outs.values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_bdat_refusals_and_every_rcpt_failed(tmp_path):
+    """A refused chunk fails the accepted recipients (4xx temporary, 5xx permanent);
+    with every RCPT refused the chunk is still sent and the next message goes through."""
+    f = _chunking()
+    f.rcpt_reply = lambda a: "550 5.1.1 unknown" if a.startswith("bad") else "250 ok"
+    replies = iter(["451 4.3.0 try later", "554 5.6.0 content refused", "250 2.0.0 ok"])
+    f.data_reply = lambda rcpts, data: next(replies)
+    port = await listen(f)
+    try:
+        jobs = [make_job(tmp_path, b"S: %d\r\n\r\nx\r\n" % i, rcpts, name=f"m{i}")
+                for i, rcpts in enumerate([["a@remote.test"], ["a@remote.test"],
+                                           ["bad1@remote.test", "bad2@remote.test"],
+                                           ["a@remote.test", "bad@remote.test"]])]
+        src = ListSource(jobs)
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        result = await run_session(ep, policy(), src)
+    finally:
+        await port.stopListening()
+    assert result.jobs == 4 and f.connections == 1 and not result.error
+    kinds = [{a: o.kind for a, o in outs.items()} for _, outs, _ in src.done]
+    assert kinds == [{"a@remote.test": TEMPORARY}, {"a@remote.test": PERMANENT},
+                     {"bad1@remote.test": PERMANENT, "bad2@remote.test": PERMANENT},
+                     {"a@remote.test": DELIVERED, "bad@remote.test": PERMANENT}]
+    assert "451 4.3.0 try later" in src.done[0][1]["a@remote.test"].reply
+    assert len(f.received) == 1 and f.received[0].data == b"S: 3\r\n\r\nx\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_message_uses_data_even_with_chunking(tmp_path):
+    f = _chunking()
+    port = await listen(f)
+    body = b"Subject: big\r\n\r\n" + b".x" * (SMALL_MESSAGE // 2) + b"\r\n"
+    try:
+        src = ListSource([make_job(tmp_path, body, ["a@remote.test"])])
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await run_session(ep, policy(), src)
+    finally:
+        await port.stopListening()
+    assert "DATA" in f.commands and not any(c.startswith("BDAT") for c in f.commands)
+    assert f.received[0].data == body
