@@ -38,6 +38,7 @@ from mailhost.store.interfaces import (
     QuotaExceeded,
     StoreError,
 )
+from mailhost.tcp import send_at_once
 
 if TYPE_CHECKING:
     from mailhost.imap.factory import IMAPFactory
@@ -124,6 +125,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._started = time.monotonic()
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
+        send_at_once(self.transport)
         self.transport.registerProducer(self.gate, True)
         if self.reactor is not None:
             self.callLater = self.reactor.callLater

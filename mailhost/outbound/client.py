@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from mailhost.dotstuffing import DotStuffer
 from mailhost.outbound.envelope import Envelope, RecipientState
+from mailhost.tcp import send_at_once
 
 # Messages up to this size are sent with one read and one write.
 SMALL_MESSAGE = 64 * 1024
@@ -160,6 +161,10 @@ class RelayClient(smtp.ESMTPClient):
         self._idle: defer.Deferred | None = None
 
     # Connection setup: Twisted's, with the hooks a relay needs.
+
+    def connectionMade(self) -> None:  # noqa: N802
+        send_at_once(self.transport)
+        super().connectionMade()
 
     def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:
         if self._tls_handshaking:

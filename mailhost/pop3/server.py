@@ -29,6 +29,7 @@ from mailhost.pop3.lock import MaildropLocks
 from mailhost.pop3.maildrop import DeletePolicy, Maildrop
 from mailhost.pop3.transfer import MessageSender
 from mailhost.store.interfaces import NoSuchMessage
+from mailhost.tcp import send_at_once
 
 log = Logger()
 
@@ -109,9 +110,7 @@ class POP3Server(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "")
-        no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if no_delay is not None:  # request/response: send each reply's tail at once
-            no_delay(True)
+        send_at_once(self.transport)
         self.setTimeout(self.timeout)
         self._send("+OK mailhost POP3 server ready")
 

@@ -39,6 +39,7 @@ from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg
 from mailhost.smtp.policy import Decision
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.session import Session, Transaction, new_transaction_id
+from mailhost.tcp import send_at_once
 
 log = Logger()
 
@@ -102,6 +103,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._close()
             return
         self._registered = True
+        send_at_once(self.transport)
         self.setTimeout(self.limits.command_timeout)
         self._send(Reply(220, "", f"{self.config.server.hostname} ESMTP mailhost"))
 
