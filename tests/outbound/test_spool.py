@@ -487,3 +487,77 @@ async def test_queue_export_legacy_command(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "3 messages rewritten" in out.stdout
     assert all(open(files.message_path(q), "rb").read() == b for q, b in bodies.items())
+
+
+async def _queue(files, body=b"Subject: s\r\n\r\nbody\r\n"):
+    w = SpoolWriter(files, "a@b", None, None, lambda e: None, time.time)
+    w.write(body)
+    return await w.commit([QueueRecipient("x@y")])
+
+
+@pytest_twisted.ensureDeferred
+async def test_removed_files_are_emptied_and_reused_not_unlinked(tmp_path):
+    """A delivered message's file goes to free/, emptied; the next commit claims it
+    (same inode, so no inode is freed or allocated per relayed message)."""
+    files = SpoolFiles(str(tmp_path / "q"), fsync=True)
+    files.ensure_sync()
+    qid = await _queue(files, b"Subject: secret\r\n\r\n" + b"x" * 5000 + b"\r\n")
+    inode = os.stat(files.message_path(qid)).st_ino
+    await files.remove(qid)
+    assert os.listdir(files.msg_dir) == []
+    [free] = os.listdir(files.free_dir)
+    assert os.path.getsize(os.path.join(files.free_dir, free)) == 0  # no old mail lingers
+    qid2 = await _queue(files, b"Subject: next\r\n\r\nshort\r\n")
+    assert os.stat(files.message_path(qid2)).st_ino == inode
+    assert os.listdir(files.free_dir) == [] and os.listdir(files.tmp_dir) == []
+    env = files.load_envelope_sync(qid2)
+    raw = open(files.message_path(qid2), "rb").read()
+    assert raw[env.offset:] == b"Subject: next\r\n\r\nshort\r\n"  # truncated, not overlaid
+    [loaded], problems = files.load_all_sync()
+    assert loaded.id == qid2 and problems == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_free_files_are_bounded_and_adopted_after_restart(tmp_path, monkeypatch):
+    import mailhost.outbound.spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "FREE_FILES", 3)
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    qids = [await _queue(files) for _ in range(5)]
+    for qid in qids:
+        await files.remove(qid)
+    assert len(os.listdir(files.free_dir)) == 3 and os.listdir(files.msg_dir) == []
+    # A restart (or the CLI) adopts what is there; extras beyond the bound go.
+    for i in range(2):
+        open(os.path.join(files.free_dir, f"stray{i}"), "wb").close()
+    again = SpoolFiles(files.root, fsync=False)
+    assert again.load_all_sync() == ([], [])
+    assert len(os.listdir(files.free_dir)) == 3
+    inodes = {os.stat(os.path.join(files.free_dir, n)).st_ino for n in os.listdir(files.free_dir)}
+    new = [await _queue(again) for _ in range(4)]
+    used = {os.stat(again.message_path(q)).st_ino for q in new}
+    assert inodes <= used and os.listdir(files.free_dir) == []
+
+
+def test_a_free_file_claimed_elsewhere_is_skipped(tmp_path):
+    """Claiming is a rename: a name another process took (ENOENT) is skipped, and with
+    none left the commit creates a file as before."""
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    open(os.path.join(files.free_dir, "gone"), "wb").close()
+    open(os.path.join(files.free_dir, "kept"), "wb").close()
+    files.load_all_sync()
+    os.unlink(os.path.join(files.free_dir, sorted(files._free)[-1]))  # taken by another
+    envs = []
+    for i in range(3):
+        env = Envelope(id=f"0000000000A0000000{i}", sender="a@b", arrival=time.time(),
+                       size=4, recipients=[RecipientState("x@y")])
+        files.commit_sync(os.path.join(files.tmp_dir, f"t{i}"), env, b"m%d\r\n" % i)
+        envs.append(env)
+    assert os.listdir(files.free_dir) == []
+    loaded, problems = files.load_all_sync()
+    assert [e.id for e in loaded] == [e.id for e in envs] and problems == []
+    for env in envs:
+        raw = open(files.message_path(env.id), "rb").read()
+        assert raw[env.offset:] == b"m%s\r\n" % env.id[-1:].encode()
