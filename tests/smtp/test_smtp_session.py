@@ -546,3 +546,32 @@ async def test_non_ascii_digits_are_a_syntax_error_not_a_dropped_session(smtp_ho
     for reply in (size_sup, size_arabic, bdat_sup, bdat_arabic):
         assert reply.startswith(b"501 5.5.4"), reply
     assert noop.startswith(b"250 2.0.0")
+
+
+@pytest_twisted.ensureDeferred
+async def test_replies_go_out_at_once_not_after_the_clients_delayed_ack(smtp_host):
+    """Pipelined MAIL, RCPT and BDAT LAST: the final 250 follows two 250s the client
+    does not answer, so with Nagle on it waited for the client's delayed ACK (44 ms
+    per message, half the relay's throughput). The server turns Nagle off."""
+    host = smtp_host()
+    body = b"Subject: nagle\r\n\r\nx\r\n"
+
+    def connect():
+        c = RawClient(host.port)
+        c.cmd(b"EHLO c.test")
+        return c
+
+    c = await deferToThread(connect)
+    [session] = host.factory.sessions
+    sock = session.transport.getHandle()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    def pipelined():
+        c.send(b"MAIL FROM:<x@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+               b"BDAT %d LAST\r\n%s" % (len(body), body))
+        return [c.reply() for _ in range(3)]
+
+    replies = await deferToThread(pipelined)
+    assert [r[:3] for r in replies] == [b"250"] * 3
+    [stored] = await host.read_messages()
+    assert stored.endswith(body)
