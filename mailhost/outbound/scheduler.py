@@ -212,8 +212,10 @@ class Scheduler:
 
     def _adopt(self, env: Envelope, check_hops: bool) -> None:
         self.envelopes[env.id] = env
-        # The hop count was taken by the SpoolWriter as the message streamed in.
-        if check_hops and env.hops > self.config.smtp.max_hops:
+        # The hop count was taken by the SpoolWriter as the message streamed in, our
+        # own Received: line included; SMTP allowed max_hops before it, so one more
+        # here (else mail accepted with 250 would bounce on relay but not locally).
+        if check_hops and env.hops > self.config.smtp.max_hops + 1:
             text = f"554 5.4.6 too many hops ({env.hops} Received: headers), mail loop?"
             now = self.now()
             for r in env.pending():

@@ -136,14 +136,22 @@ async def test_notify_never_and_delay_warning_once(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_too_many_hops_bounces_before_relay(tmp_path):
+    """SMTP accepts max_hops Received: lines from the client and adds its own; that
+    message is relayed, one more line bounces (before any routing)."""
     router = FakeRouter(TemporaryRoutingError("4.4.3", "unused"))
     s, clock, files, bounces = await make(tmp_path, router)
     s.config.smtp.max_hops = 3
+    ours = b"Received: from client by us\r\n"
     w = SpoolWriter(files, "alice@example.test", None, None, s.add, clock.seconds)
-    w.write(b"Received: a\r\nReceived: b\r\nReceived: c\r\nReceived: d\r\n\r\nloop\r\n")
+    w.write(ours + b"Received: a\r\nReceived: b\r\nReceived: c\r\n\r\nat the limit\r\n")
+    await w.commit([QueueRecipient("y@remote.example")])
+    await until(lambda: router.calls == ["remote.example"])
+    assert bounces == []
+    w = SpoolWriter(files, "alice@example.test", None, None, s.add, clock.seconds)
+    w.write(ours + b"Received: a\r\nReceived: b\r\nReceived: c\r\nReceived: d\r\n\r\nloop\r\n")
     qid = await w.commit([QueueRecipient("z@remote.example")])
     await idle(s)
-    assert router.calls == []
+    assert router.calls == ["remote.example"]
     assert bounces[0][0] == qid and bounces[0][1][0].status == "5.4.6"
     await s.stop(1)
 
