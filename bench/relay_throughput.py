@@ -20,13 +20,21 @@ peak and settled RSS are reported next to the RSS of an idle A with an empty que
 A queues while B is down only until its first try fails: the scheduler then holds
 off new sessions to b.test (see ``Scheduler._hold_off``) until the flush.
 
+The relay run also reports the CPU per message of A and B (from /proc), which varies
+less than msg/s on a shared VM. ``--churn N`` first creates and deletes N files on
+the work directory's file system: on ext4 without a journal, inode allocation then
+skips every recently freed inode for up to 305 s, which is what a test suite or an
+``rm -rf`` just before the run does to every create (see ``outbound/spool.py``).
+
 Usage: python3 bench/relay_throughput.py [--count 3000] [--queued 100000] [--no-fsync]
+       [--churn 30000]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,6 +71,23 @@ def count_files(root: str) -> int:
         if os.path.basename(dirpath) in ("new", "cur"):
             n += len(files)
     return n
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def churn(directory: str, n: int) -> None:
+    """Create and delete ``n`` small files (see the module docstring)."""
+    path = os.path.join(directory, "churn")
+    os.makedirs(path)
+    for i in range(n):
+        with open(os.path.join(path, str(i)), "wb") as f:
+            f.write(b"x" * 100)
+    shutil.rmtree(path)
 
 
 def status_kib(pid: int, name: str) -> int:
@@ -198,9 +223,12 @@ def main() -> None:
     ap.add_argument("--queued", type=int, default=100_000, help="messages for the RSS test")
     ap.add_argument("--no-fsync", action="store_true", help="fsync off in store and spool")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--churn", type=int, default=0, metavar="N",
+                    help="create and delete N files before the throughput runs")
     ap.add_argument("--profile-relay", metavar="FILE", help="cProfile stats of A (twistd)")
     args = ap.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="relay-bench-")
+    os.makedirs(workdir, exist_ok=True)
     fsync = "false" if args.no_fsync else "true"
     dns_port_file = os.path.join(workdir, "dns.port")
     dns = subprocess.Popen([sys.executable, "-c", DNS_SERVER, dns_port_file, ROOT])
@@ -231,6 +259,8 @@ def main() -> None:
         smtp_source("127.0.0.1", a.port, 50)
         wait_count(b.maildir, 100)
         idle_rss = status_kib(a.proc.pid, "VmRSS")
+        if args.churn:
+            churn(workdir, args.churn)
 
         base = count_files(b.maildir)
         ingest_s = smtp_source("127.0.0.2", b_port, n)
@@ -238,9 +268,12 @@ def main() -> None:
         ingest = n / ingest_s
 
         base = count_files(b.maildir)
+        cpu_a, cpu_b = cpu_seconds(a.proc.pid), cpu_seconds(b.proc.pid)
         t0 = time.monotonic()
         accept_s = smtp_source("127.0.0.1", a.port, n)
         done = wait_count(b.maildir, base + n)
+        cpu_a = (cpu_seconds(a.proc.pid) - cpu_a) / n * 1000
+        cpu_b = (cpu_seconds(b.proc.pid) - cpu_b) / n * 1000
         relay = n / (done - t0)
         accept = n / accept_s
         a_hwm_relay = status_kib(a.proc.pid, "VmHWM")
@@ -274,13 +307,15 @@ def main() -> None:
         dns.wait(10)
 
     print(f"\nrelay benchmark ({'no fsync' if args.no_fsync else 'fsync on'}; "
-          f"20 sessions x 4 KiB, {n} messages; {os.cpu_count()} CPUs)\n")
+          f"20 sessions x 4 KiB, {n} messages; {os.cpu_count()} CPUs"
+          f"{f'; after churning {args.churn} files' if args.churn else ''})\n")
     print("| measure | value |")
     print("|---|---|")
     print(f"| inbound ingest into B (smtp-source -> B) | {ingest:.0f} msg/s |")
     print(f"| relay A -> B end to end (submit to last in B's Maildir) | {relay:.0f} msg/s |")
     print(f"| A accepting for relay (smtp-source -> A's queue) | {accept:.0f} msg/s |")
     print(f"| relay / ingest | {relay / ingest:.2f} |")
+    print(f"| CPU per relayed message: A / B | {cpu_a:.2f} ms / {cpu_b:.2f} ms |")
     print(f"| A queueing only (B down, nothing relayed) | {queue_only:.0f} msg/s |")
     print(f"| A draining its queue to B after `mailhost queue flush` | {drain:.0f} msg/s |")
     print(f"| A RSS idle / peak during relay | {idle_rss / 1024:.0f} MiB / "
