@@ -34,7 +34,20 @@ class IQueueWriter(Interface):
         """Append message bytes (CRLF line ends, already dot-unstuffed)."""
 
     def commit(recipients: Sequence[QueueRecipient]) -> object:
-        """Deferred firing with the queue id once message and envelope are fsynced."""
+        """Deferred firing with the queue id once message and envelope are fsynced;
+        the message is then handed to delivery. Same as ``prepare`` + ``release``."""
+
+    def prepare(recipients: Sequence[QueueRecipient]) -> object:
+        """Like ``commit``, but the durable message waits for ``release`` or
+        ``withdraw``: SMTP keeps it back while the local copies commit, so a failure
+        there (a 4xx, then the client's retry) does not relay it twice. After a crash
+        in between, the spool delivers it (at least once)."""
+
+    def release() -> None:
+        """Hand a prepared message to delivery."""
+
+    def withdraw() -> object:
+        """Deferred: take a prepared message out of the spool, never delivered."""
 
     def abort() -> None:
         """Discard; idempotent."""

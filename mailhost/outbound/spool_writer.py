@@ -57,6 +57,7 @@ class SpoolWriter:
         self.size = 0
         self._done = False
         self._hops = HopCounter()
+        self._prepared: Envelope | None = None  # durable, waiting for release/withdraw
 
     def write(self, data: bytes) -> None:
         if self._done:
@@ -81,6 +82,27 @@ class SpoolWriter:
         return self._hops.count
 
     def commit(self, recipients: Sequence[QueueRecipient]) -> object:
+        d = self.prepare(recipients)
+
+        def release(qid: str) -> str:
+            self.release()
+            return qid
+
+        return d.addCallback(release)
+
+    def release(self) -> None:
+        env, self._prepared = self._prepared, None
+        if env is None:
+            raise RuntimeError("release without a prepared message")
+        self._on_commit(env)
+
+    def withdraw(self) -> object:
+        env, self._prepared = self._prepared, None
+        if env is None:
+            raise RuntimeError("withdraw without a prepared message")
+        return self._files.remove(env.id)
+
+    def prepare(self, recipients: Sequence[QueueRecipient]) -> Any:
         if self._done:
             raise RuntimeError("commit after commit/abort")
         self._done = True
@@ -105,7 +127,7 @@ class SpoolWriter:
         d = self._files.commit(self._path, env, data)
 
         def committed(_: object) -> str:
-            self._on_commit(env)
+            self._prepared = env
             return env.id
 
         def failed(f: Any) -> Any:

@@ -10,9 +10,12 @@ copy is durable, which is when the protocol may say 250.
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.store.interfaces import DeliveryTarget
+
+log = Logger()
 
 
 class Delivery:
@@ -25,6 +28,7 @@ class Delivery:
         self.remote = remote
         self._store_writer = None
         self._queue_writer = None
+        self._prepared = False  # the queued copy is durable, held until the store commits
         self._finished = False
         try:
             if mailboxes:
@@ -46,20 +50,34 @@ class Delivery:
     def commit(self) -> defer.Deferred:
         """Deferred firing with the queue id (or None) once every copy is durable.
 
-        The queue commits first: if it fails, the local copies are thrown away and the
-        client retries the whole message without duplicates. (Plain callbacks, not
-        inlineCallbacks: this runs once per message on the ingest hot path.)
+        With both kinds of recipient the queued copy is prepared first (durable, held),
+        then the local copies commit, then the queued copy is released to delivery.
+        If either step fails everything is taken back and the client's retry brings
+        the whole message again, with no duplicate on either side. (Plain callbacks,
+        not inlineCallbacks: this runs once per message on the ingest hot path.)
         """
         self._finished = True
-        if self._queue_writer is not None:
+        if self._queue_writer is not None and self._store_writer is not None:
+            d = defer.maybeDeferred(self._queue_writer.prepare, self.remote)
+            d.addCallback(self._prepared_then_store)
+        elif self._queue_writer is not None:
             d = defer.maybeDeferred(self._queue_writer.commit, self.remote)
-            if self._store_writer is not None:
-                d.addCallback(self._commit_store)
         elif self._store_writer is not None:
             d = defer.maybeDeferred(self._commit_store, None)
         else:
             return defer.succeed(None)
         return d.addErrback(self._commit_failed)
+
+    def _prepared_then_store(self, queue_id: str) -> defer.Deferred:
+        self._prepared = True
+        d = self._commit_store(queue_id)
+
+        def release(qid: str) -> str:
+            self._prepared = False
+            self._queue_writer.release()
+            return qid
+
+        return d.addCallback(release)
 
     def _commit_store(self, queue_id: str | None) -> defer.Deferred:
         targets = [DeliveryTarget(user=m) for m in self.mailboxes]
@@ -68,7 +86,12 @@ class Delivery:
 
     def _commit_failed(self, failure):
         self._abort_writers()
-        return failure
+        if not self._prepared:
+            return failure
+        self._prepared = False
+        d = defer.maybeDeferred(self._queue_writer.withdraw)
+        d.addErrback(lambda f: log.failure("queued copy not withdrawn; it will be relayed", f))
+        return d.addCallback(lambda _: failure)
 
     def _abort_writers(self) -> None:
         for w in (self._store_writer, self._queue_writer):

@@ -137,13 +137,25 @@ class _CaptureWriter:
         self.size += len(data)
 
     def commit(self, recipients: Sequence[Any]) -> defer.Deferred:
+        d = self.prepare(recipients)
+        self.release()
+        return d
+
+    def prepare(self, recipients: Sequence[Any]) -> defer.Deferred:
         self._spool.seek(0)
         raw = self._spool.read()
         self.abort()
-        captured = OutboundMessage(self.sender, [r.address for r in recipients],
-                                   parse_message(raw), raw)
-        self.queue.captured.append(captured)
+        self._prepared: OutboundMessage | None = OutboundMessage(
+            self.sender, [r.address for r in recipients], parse_message(raw), raw)
         return defer.succeed(f"capture{next(self.queue.ids)}")
+
+    def release(self) -> None:
+        self.queue.captured.append(self._prepared)
+        self._prepared = None
+
+    def withdraw(self) -> defer.Deferred:
+        self._prepared = None
+        return defer.succeed(None)
 
     def abort(self) -> None:
         if self._spool is not None:

@@ -561,3 +561,22 @@ def test_a_free_file_claimed_elsewhere_is_skipped(tmp_path):
     for env in envs:
         raw = open(files.message_path(env.id), "rb").read()
         assert raw[env.offset:] == b"m%s\r\n" % env.id[-1:].encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_prepared_message_is_durable_but_held_until_release_or_withdraw(tmp_path):
+    files = SpoolFiles(str(tmp_path / "q"), fsync=True)
+    files.ensure_sync()
+    handed = []
+    kept = SpoolWriter(files, "a@b", None, None, handed.append, time.time)
+    kept.write(b"Subject: kept\r\n\r\nx\r\n")
+    dropped = SpoolWriter(files, "a@b", None, None, handed.append, time.time)
+    dropped.write(b"Subject: dropped\r\n\r\ny\r\n")
+    q1 = await kept.prepare([QueueRecipient("x@y")])
+    q2 = await dropped.prepare([QueueRecipient("x@y")])
+    assert handed == [] and sorted(os.listdir(files.msg_dir)) == sorted([q1, q2])
+    kept.release()
+    await dropped.withdraw()
+    assert [e.id for e in handed] == [q1] and os.listdir(files.msg_dir) == [q1]
+    with pytest.raises(RuntimeError):
+        kept.release()

@@ -42,8 +42,20 @@ class FakeQueueWriter:
         self.size += len(data)
 
     def commit(self, recipients):
-        self.queue.committed.append((self.sender, list(recipients), b"".join(self.chunks)))
-        return defer.succeed(f"Q{len(self.queue.committed)}")
+        d = self.prepare(recipients)
+        self.release()
+        return d
+
+    def prepare(self, recipients):
+        self.prepared = (self.sender, list(recipients), b"".join(self.chunks))
+        return defer.succeed(f"Q{len(self.queue.committed) + 1}")
+
+    def release(self):
+        self.queue.committed.append(self.prepared)
+
+    def withdraw(self):
+        self.queue.withdrawn.append(self.prepared)
+        return defer.succeed(None)
 
     def abort(self) -> None:
         self.aborted = True
@@ -55,6 +67,7 @@ class FakeQueue:
 
     def __init__(self) -> None:
         self.committed: list[tuple[str, list, bytes]] = []
+        self.withdrawn: list[tuple[str, list, bytes]] = []
         self.writers: list[FakeQueueWriter] = []
 
     def new_message(self, sender: str, envid=None, ret=None) -> FakeQueueWriter:

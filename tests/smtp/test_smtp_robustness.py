@@ -243,3 +243,31 @@ def test_fakes_and_factory_contracts():
     directory = UserDirectory.in_memory(domains=["example.test"], users={})
     with pytest.raises(ConfigError, match="smtp.relay_networks"):
         SMTPFactory(config, MemoryStore(), directory, None, queue=queue)
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_failure_withdraws_the_queued_copy_so_the_retry_relays_once(smtp_host):
+    """Local and remote recipients: the queued copy is durable but held until the
+    local copies commit. When they fail (451), it is withdrawn, so the client's retry
+    does not get the message relayed twice."""
+    store = FailingStore()
+    host = smtp_host(store=store, relay_networks=["127.0.0.1/32"])
+
+    def session():
+        c = RawClient(host.port)
+        c.cmd(b"EHLO c")
+        out = []
+        for subject in (b"first", b"retry"):
+            out += [c.cmd(b"MAIL FROM:<s@far.test>"), c.cmd(b"RCPT TO:<alice@example.test>"),
+                    c.cmd(b"RCPT TO:<carol@remote.test>"), c.cmd(b"DATA")]
+            c.send(b"Subject: " + subject + b"\r\n\r\nx\r\n.\r\n")
+            out.append(c.reply())
+            store.fail_commit = False
+        return out
+
+    r = await deferToThread(session)
+    assert r[4] == b"451 4.3.0 Error: queue file write error"
+    assert r[9].startswith(b"250")
+    assert [m[2].endswith(b"Subject: first\r\n\r\nx\r\n") for m in host.queue.withdrawn] == [True]
+    assert len(host.queue.committed) == 1 and host.queue.committed[0][2].endswith(b"retry\r\n\r\nx\r\n")
+    assert len(await host.read_messages()) == 1
