@@ -70,6 +70,9 @@ class TLSConfig:
     cert: str = ""
     key: str = ""
     min_version: Literal["1.2", "1.3"] = "1.2"
+    # Seconds a client of an implicit-TLS listener (465, 993, 995) has to finish the
+    # TLS handshake before it is disconnected.
+    handshake_timeout: float = 30.0
 
 
 @dataclass

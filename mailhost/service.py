@@ -22,7 +22,6 @@ from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger, globalLogPublisher
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from mailhost.auth.aliases import AliasesFile
@@ -37,7 +36,7 @@ from mailhost.config import Config, ConfigError, as_dict, load
 from mailhost.limits import ConnectionLimits, chain
 from mailhost.sessions import SessionTracker
 from mailhost.store.interfaces import IMailStore
-from mailhost.tls import server_options
+from mailhost.tls import HandshakeDeadlineFactory, server_options
 
 log = Logger()
 
@@ -106,7 +105,8 @@ class MailHostService(service.MultiService):
         if self.wrap_factory is not None:
             factory = self.wrap_factory(kind, factory)
         if implicit_tls is not None:
-            factory = TLSMemoryBIOFactory(implicit_tls, False, factory)
+            factory = HandshakeDeadlineFactory(implicit_tls, factory,
+                                               self.config.tls.handshake_timeout, reactor)
         endpoint = parse_endpoint(reactor, description, f"{kind}.listen")
         svc = StreamServerEndpointService(endpoint, factory)
         svc._raiseSynchronously = True

@@ -9,8 +9,16 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from typing import Any
 
 from twisted.internet import ssl
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
 
 from mailhost.config import TLSConfig
 
@@ -84,3 +92,62 @@ def write_selfsigned(hostname: str, cert_path: str, key_path: str, days: int = 8
                                   serialization.NoEncryption()))
     with open(cert_path, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+class _DeadlineTLS(BufferingTLSTransport):
+    """Implicit-TLS server connection that must finish its handshake in time.
+
+    Twisted's TLS layer closes a connection with output buffered before the handshake
+    (the protocol's greeting) only after the handshake, so that the output still
+    reaches the client: a client that connected to 465, 993 or 995 and said nothing
+    held its connection slot past every timeout. The deadline aborts it.
+    """
+
+    factory: HandshakeDeadlineFactory
+
+    def makeConnection(self, transport: Any) -> None:  # noqa: N802 (Twisted hook)
+        self._deadline = self.factory.clock.callLater(
+            self.factory.handshake_timeout, self._expire)
+        super().makeConnection(transport)
+
+    def _expire(self) -> None:
+        if not self._handshakeDone:
+            self.abortConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if self._deadline.active():
+            self._deadline.cancel()
+        super().connectionLost(reason)
+
+
+class HandshakeDeadlineFactory(TLSMemoryBIOFactory):
+    """``TLSMemoryBIOFactory`` for implicit-TLS listeners, with a handshake deadline."""
+
+    protocol = _DeadlineTLS
+
+    def __init__(self, options: Any, wrapped: IProtocolFactory, handshake_timeout: float,
+                 clock: IReactorTime) -> None:
+        super().__init__(options, False, wrapped, clock)
+        self.handshake_timeout = handshake_timeout
+        self.clock = clock
+
+
+def start_tls(transport: Any, options: Any, timeout: float, clock: Any = None) -> None:
+    """STARTTLS/STLS with the deadline of ``_DeadlineTLS``: a client that asked for TLS
+    and then never completes the handshake is disconnected after ``timeout`` seconds
+    (closing it politely would wait for the handshake forever)."""
+    transport.startTLS(options)
+    tcp = transport
+    while isinstance(tcp, ProtocolWrapper):  # our wrappers, down to the socket
+        tcp = tcp.transport
+    tls = getattr(tcp, "protocol", None)
+    if not isinstance(tls, TLSMemoryBIOProtocol):
+        return
+    if clock is None:
+        from twisted.internet import reactor as clock
+
+    def expire() -> None:
+        if not tls._handshakeDone and not getattr(tcp, "disconnected", False):
+            tcp.abortConnection()
+
+    clock.callLater(timeout, expire)

@@ -39,6 +39,7 @@ from mailhost.store.interfaces import (
     StoreError,
 )
 from mailhost.tcp import send_at_once
+from mailhost.tls import start_tls
 
 if TYPE_CHECKING:
     from mailhost.imap.factory import IMAPFactory
@@ -422,7 +423,8 @@ class IMAPServer(Protocol, TimeoutMixin):
     def start_tls(self) -> None:
         """Discard anything pipelined behind STARTTLS (CVE-2011-0411), then upgrade."""
         self.framer.clear()
-        self.transport.startTLS(self.tls_options)
+        start_tls(self.transport, self.tls_options, self.factory.config.tls.handshake_timeout,
+                  self.reactor)
         self.tls_started = True
 
 

@@ -39,6 +39,7 @@ class POP3Factory(ServerFactory):
         session = POP3Server(
             self.login, self.locks, pop3.delete, pop3.timeout, tls_options=self.tls_options,
             reactor=self.reactor, on_close=self.sessions.discard,
+            handshake_timeout=self.config.tls.handshake_timeout,
         )
         session.factory = self
         self.sessions.add(session)

@@ -30,6 +30,7 @@ from mailhost.pop3.maildrop import DeletePolicy, Maildrop
 from mailhost.pop3.transfer import MessageSender
 from mailhost.store.interfaces import NoSuchMessage
 from mailhost.tcp import send_at_once
+from mailhost.tls import start_tls
 
 log = Logger()
 
@@ -64,6 +65,7 @@ class POP3Server(Protocol, TimeoutMixin):
 
     def __init__(self, login: LoginService, locks: MaildropLocks, delete_policy: DeletePolicy,
                  timeout: float, tls_options: Any = None, reactor: Any = None,
+                 handshake_timeout: float = 30.0,
                  on_close: Callable[[POP3Server], None] | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -74,6 +76,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self.delete_policy = delete_policy
         self.timeout = timeout
         self.tls_options = tls_options
+        self.handshake_timeout = handshake_timeout
         self.reactor = reactor
         self._on_close = on_close
         self.state = AUTHORIZATION
@@ -286,7 +289,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self._discarding = False
         self._user_arg = None
         self._send("+OK Begin TLS negotiation")
-        self.transport.startTLS(self.tls_options)
+        start_tls(self.transport, self.tls_options, self.handshake_timeout, self.reactor)
 
     def do_USER(self, arg: str) -> None:
         if not self.login.plaintext_allowed(self.transport):

@@ -40,6 +40,7 @@ from mailhost.smtp.policy import Decision
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.session import Session, Transaction, new_transaction_id
 from mailhost.tcp import send_at_once
+from mailhost.tls import start_tls
 
 log = Logger()
 
@@ -303,7 +304,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         # handshake, is plaintext an attacker could have injected. Drop it.
         self._buffer.clear()
         self._discarding_line = False
-        self.transport.startTLS(self.factory.tls_options)
+        start_tls(self.transport, self.factory.tls_options,
+                  self.config.tls.handshake_timeout, self.factory.reactor)
         self._reset_transaction("starttls")
         self.session.reset_after_tls()
         self.session.tls = True
