@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from mailhost.dotstuffing import DotStuffer
 from mailhost.outbound.envelope import Envelope, RecipientState
+from mailhost.outbound.spool import MessageFile
 from mailhost.tcp import send_at_once
 
 # Messages up to this size are sent with one read and one write.
@@ -393,7 +394,7 @@ class RelayClient(smtp.ESMTPClient):
         if env.size > SMALL_MESSAGE:
             return None
         try:
-            with open(self.job.path, "rb") as f:
+            with MessageFile(self.job.path) as f:
                 f.seek(env.offset)
                 data = f.read(SMALL_MESSAGE + 1)
         except OSError:
@@ -432,26 +433,32 @@ class RelayClient(smtp.ESMTPClient):
         self._failresponse = self._on_final_reply
         offset = self.job.envelope.offset  # past the envelope embedded in the file
         try:
-            f = open(self.job.path, "rb")  # noqa: SIM115 - closed when the transfer ends
+            # MessageFile: a message deleted meanwhile has its file recycled, and
+            # another message's bytes must never follow ours.
+            f = MessageFile(self.job.path)
             f.seek(offset)
+            if self.job.envelope.size <= SMALL_MESSAGE:
+                # One bounded read and one write for the common small message.
+                with f:
+                    data = f.read(SMALL_MESSAGE + 1)
+                if len(data) <= SMALL_MESSAGE:
+                    self.transport.write(stuffer(data) + stuffer.terminator())
+                    return
+                f = MessageFile(self.job.path)  # it grew: stream it after all
+                f.seek(offset)
         except OSError as e:
             # The spool file is gone (deleted by `mailhost queue delete`): abandon.
-            self.sendError(smtp.SMTPClientError(-1, f"spool file unreadable: {e}".encode()))
+            self._abandon(f"spool file unreadable: {e}")
             return
-        if self.job.envelope.size <= SMALL_MESSAGE:
-            # One bounded read and one write for the common small message.
-            with f:
-                data = f.read(SMALL_MESSAGE + 1)
-            if len(data) <= SMALL_MESSAGE:
-                self.transport.write(stuffer(data) + stuffer.terminator())
-                return
-            f = open(self.job.path, "rb")  # noqa: SIM115 - it grew: stream it after all
-            f.seek(offset)
+        reader = _ReadOrStop(f)
         sender = basic.FileSender()
-        d = sender.beginFileTransfer(f, self.transport, transform)
+        d = sender.beginFileTransfer(reader, self.transport, transform)
 
         def finished(_: object) -> None:
             f.close()
+            if reader.error is not None:
+                self._abandon(f"spool file unreadable: {reader.error}")
+                return
             self.transport.write(stuffer.terminator())
 
         def failed(err: Failure) -> None:
@@ -459,6 +466,15 @@ class RelayClient(smtp.ESMTPClient):
             self.sendError(smtp.SMTPClientError(-1, str(err.value).encode()))
 
         d.addCallbacks(finished, failed)
+
+    def _abandon(self, text: str) -> None:
+        """Give up on the message in the middle of DATA: drop the connection without
+        the final dot, so the server discards what it got (a QUIT here would only be
+        one more line of the message, and wait for a reply that never comes)."""
+        if not self.result.error:
+            self.result.error = text
+        self._fail_current(text)
+        self.transport.abortConnection()
 
     def _on_final_reply(self, code: int, resp: bytes) -> None:
         text = _reply_text(code, resp)
@@ -530,6 +546,24 @@ class RelayClient(smtp.ESMTPClient):
         if self._done is not None:
             d, self._done = self._done, None
             d.callback(self.result)
+
+
+class _ReadOrStop:
+    """A file for ``FileSender`` that ends the transfer at a read error, keeping it
+    for the caller (raised inside the producer, it would escape to the reactor)."""
+
+    def __init__(self, f: MessageFile) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def read(self, size: int) -> bytes:
+        if self.error is not None:
+            return b""
+        try:
+            return self._f.read(size)
+        except OSError as e:
+            self.error = e
+            return b""
 
 
 class _RelayFactory(protocol.Factory):

@@ -18,7 +18,7 @@ from email.utils import format_datetime, formatdate
 
 from twisted.internet import threads
 
-from mailhost.outbound.spool import read_headers
+from mailhost.outbound.spool import MessageFile, read_headers
 
 FAILED = "failed"
 DELAYED = "delayed"
@@ -203,7 +203,7 @@ async def write_dsn(
     )
     write(head)
     if full:
-        f = await threads.deferToThread(open, original_path, "rb")
+        f = await threads.deferToThread(MessageFile, original_path)
         try:
             f.seek(original_offset)
             last = b""

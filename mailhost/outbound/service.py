@@ -24,7 +24,7 @@ from mailhost.outbound.envelope import Envelope
 from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter, QueueRecipient
 from mailhost.outbound.routing import Router, make_resolver
 from mailhost.outbound.scheduler import Scheduler
-from mailhost.outbound.spool import SpoolFiles
+from mailhost.outbound.spool import MessageFile, SpoolFiles
 from mailhost.outbound.spool_writer import SpoolWriter
 from mailhost.store.interfaces import DeliveryTarget, IMailStore
 
@@ -266,7 +266,8 @@ class OutboundService(service.Service):
                     targets.append(DeliveryTarget(u))
         if targets:
             writer = self.store.new_message()
-            f = await threads.deferToThread(open, job.path, "rb")
+            # MessageFile: never another message's bytes if this one is deleted meanwhile.
+            f = await threads.deferToThread(MessageFile, job.path)
             try:
                 f.seek(job.envelope.offset)  # past the embedded envelope
                 writer.write(f"Return-Path: <{job.envelope.sender}>\r\n".encode())

@@ -42,6 +42,7 @@ Messages come in through ``spool_writer.SpoolWriter``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -75,6 +76,60 @@ def _fsync_file(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class MessageGone(FileNotFoundError):
+    """A message file left the queue while open for reading (see ``MessageFile``)."""
+
+
+class MessageFile:
+    """A queued message opened for reading, which notices being taken out of the queue.
+
+    Removal renames ``msg/ID`` into ``free/`` and a later commit refills that inode,
+    so a reader holding it open (a relay or local delivery of a message deleted
+    meanwhile, one whose server replied before the end of DATA, a DSN) would go on
+    with another message's bytes. After each read, ``msg/ID`` must still be this
+    file: recycling renames it away before truncating or reusing it, so what was
+    read before a passing check is this message's. Blocking (threads, or the
+    bounded reads the relay client does on the reactor).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()/__exit__
+        st = os.fstat(self._f.fileno())
+        self._ident = (st.st_dev, st.st_ino)
+
+    def verify(self) -> None:
+        """Raise ``MessageGone`` unless ``path`` still names the file opened."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._ident:
+            raise MessageGone(errno.ENOENT, "message left the queue while being read", self.path)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self.verify()
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self._f.readline(size)
+        self.verify()
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> MessageFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SpoolFiles:
@@ -523,7 +578,7 @@ def read_headers(path: str, limit: int = 256 * 1024, offset: int = 0) -> bytes:
     """The header block of the message at ``offset`` in a file, CRLF ends, at most
     ``limit`` octets (blocking: call in a thread)."""
     out = bytearray()
-    with open(path, "rb") as f:
+    with MessageFile(path) as f:
         f.seek(offset)
         while len(out) < limit:
             line = f.readline(8192)

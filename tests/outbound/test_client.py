@@ -392,3 +392,55 @@ async def test_large_message_uses_data_even_with_chunking(tmp_path):
         await port.stopListening()
     assert "DATA" in f.commands and not any(c.startswith("BDAT") for c in f.commands)
     assert f.received[0].data == body
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_recycled_while_streaming_is_never_sent_with_another_ones_bytes(
+    tmp_path, monkeypatch
+):
+    """``mailhost queue delete`` (or an early final reply) while a large message is
+    streamed: the spool recycles its file, and the next commit refills the same inode.
+    The stream must stop there, not go on with the other message's bytes."""
+    from twisted.protocols import basic
+
+    from mailhost.outbound import client as client_mod
+    from mailhost.outbound.spool import SpoolFiles
+    from mailhost.outbound.spool_writer import SpoolWriter
+
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+
+    doomed = b"Subject: doomed\r\n\r\n" + b"a" * (3 * SMALL_MESSAGE) + b"\r\n"
+    other = b"Subject: other\r\n\r\n" + b"b" * (3 * SMALL_MESSAGE) + b"\r\n"
+    w = SpoolWriter(files, "a@b.test", None, None, lambda e: None, time.time)
+    w.write(doomed)
+    qid = await w.commit([])
+    env = files.load_envelope_sync(qid)
+    env.recipients = [RecipientState("a@remote.test")]
+
+    class SwapAfterFirstChunk(basic.FileSender):
+        calls = 0
+
+        def resumeProducing(self):
+            super().resumeProducing()
+            SwapAfterFirstChunk.calls += 1
+            if SwapAfterFirstChunk.calls == 1:
+                files.remove_sync(qid)  # recycled into free/
+                w2 = SpoolWriter(files, "c@d.test", None, None, lambda e: None, time.time)
+                w2.write(other)
+                files.commit_sync(w2._path, Envelope(
+                    id=w2.id, sender="c@d.test", arrival=time.time(), size=len(other),
+                    recipients=[RecipientState("z@else.test")]), bytes(w2._buffer))
+
+    monkeypatch.setattr(client_mod.basic, "FileSender", SwapAfterFirstChunk)
+    f = ScriptedFactory()
+    port = await listen(f)
+    try:
+        src = ListSource([Job(env, "remote.test", list(env.recipients), files.message_path(qid))])
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await run_session(ep, policy(), src)
+    finally:
+        await port.stopListening()
+    assert SwapAfterFirstChunk.calls >= 1
+    assert f.received == []  # never a message made of two
+    assert [o.kind for _, outs, _ in src.done for o in outs.values()] == [TEMPORARY]

@@ -580,3 +580,24 @@ async def test_prepared_message_is_durable_but_held_until_release_or_withdraw(tm
     assert [e.id for e in handed] == [q1] and os.listdir(files.msg_dir) == [q1]
     with pytest.raises(RuntimeError):
         kept.release()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_of_a_recycled_file_never_gets_the_next_messages_bytes(tmp_path):
+    """Local delivery, DSNs and the relay read through MessageFile: once the message is
+    removed (its inode then refilled by the next commit), a read fails instead."""
+    from mailhost.outbound.spool import MessageFile, MessageGone
+
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    qid = await _queue(files, b"Subject: first\r\n\r\n" + b"a" * 100 + b"\r\n")
+    env = files.load_envelope_sync(qid)
+    f = MessageFile(files.message_path(qid))
+    f.seek(env.offset)
+    assert f.read(9) == b"Subject: "
+    await files.remove(qid)
+    qid2 = await _queue(files, b"Subject: second\r\n\r\n" + b"b" * 100 + b"\r\n")
+    assert os.stat(files.message_path(qid2)).st_ino == os.fstat(f._f.fileno()).st_ino
+    with pytest.raises(MessageGone):
+        f.read(50)
+    f.close()
