@@ -314,7 +314,8 @@ class SpoolFiles:
     def _claim_free(self, tmp_path: str) -> None:
         """Rename a free file to ``tmp_path`` (opening it then truncates, no new inode).
         The rename is the claim: another process or thread that took the same name
-        gets ENOENT and tries the next one; with none left the open creates a file."""
+        gets ENOENT and tries the next one; with none left the open creates a file.
+        A file with another link is never taken (see below)."""
         while True:
             try:
                 name = self._free.pop()
@@ -322,9 +323,14 @@ class SpoolFiles:
                 return
             try:
                 os.rename(os.path.join(self.free_dir, name), tmp_path)
-                return
+                if os.stat(tmp_path).st_nlink == 1:
+                    return
             except FileNotFoundError:
                 continue
+            # Linked elsewhere too: only free/ and tmp/ are never fsynced, so after a
+            # power cut (no journal) free/X can name the inode of a message acknowledged
+            # since. Opening it "wb" would empty that message: drop our link instead.
+            os.unlink(tmp_path)
 
     def _recycle(self, qid: str) -> None:
         """Take ``msg/ID`` out of the queue: into ``free/`` (then emptied), or unlinked
@@ -340,9 +346,7 @@ class SpoolFiles:
         free = os.path.join(self.free_dir, qid)
         try:
             os.rename(path, free)
-        except FileNotFoundError:
-            return
-        except OSError:  # free/ missing or unusable: fall back to unlinking
+        except OSError:  # free/ missing (a queue an older version made) or unusable
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -601,3 +601,38 @@ async def test_a_reader_of_a_recycled_file_never_gets_the_next_messages_bytes(tm
     with pytest.raises(MessageGone):
         f.read(50)
     f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_free_name_still_linked_to_a_queued_message_is_not_reused(tmp_path):
+    """The claim renames free/X to tmp/ and fsyncs only msg/ after its own rename; on a
+    file system without a journal a power cut can bring free/X back next to msg/B, the
+    same inode (fsck counts both links). Claiming it then would empty msg/B, an
+    acknowledged message: a free file with another link is dropped, not reused."""
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    body = b"Subject: acked\r\n\r\n" + b"k" * 3000 + b"\r\n"
+    qid = await _queue(files, body)
+    os.link(files.message_path(qid), os.path.join(files.free_dir, "0000000000Z00000000"))
+    again = SpoolFiles(files.root, fsync=False)
+    [loaded], _ = again.load_all_sync()
+    qid2 = await _queue(again, b"Subject: new\r\n\r\nn\r\n")
+    raw = open(again.message_path(qid), "rb").read()
+    assert raw[loaded.offset:] == body
+    assert os.stat(again.message_path(qid)).st_nlink == 1
+    assert os.stat(again.message_path(qid2)).st_ino != os.stat(again.message_path(qid)).st_ino
+
+
+def test_remove_without_a_free_directory_still_removes(tmp_path):
+    """`mailhost queue delete` on a queue an older version made (no free/ yet, the
+    server not restarted since the upgrade): the message must go, not stay queued."""
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    env = Envelope(id="0000000000A00000001", sender="a@b", arrival=time.time(), size=4,
+                   recipients=[RecipientState("x@y")])
+    files.commit_sync(os.path.join(files.tmp_dir, "t"), env, b"m1\r\n")
+    os.rmdir(files.free_dir)
+    cli = SpoolFiles(files.root, fsync=False)
+    cli.remove_sync(env.id)
+    assert os.listdir(files.msg_dir) == []
+    assert cli.iter_sync() == []
