@@ -636,3 +636,62 @@ def test_remove_without_a_free_directory_still_removes(tmp_path):
     cli.remove_sync(env.id)
     assert os.listdir(files.msg_dir) == []
     assert cli.iter_sync() == []
+
+
+RECYCLER = textwrap.dedent("""
+    import sys, time
+    from mailhost.outbound.envelope import Envelope, RecipientState, new_queue_id
+    from mailhost.outbound.spool import SpoolFiles
+    files = SpoolFiles(sys.argv[1], fsync=True)
+    files.load_all_sync()
+    live = []
+    while True:
+        qid = new_queue_id()
+        body = b"Subject: " + qid.encode() + b"\\r\\n\\r\\n" + qid.encode() * 400 + b"\\r\\n"
+        env = Envelope(id=qid, sender="a@x.test", arrival=time.time(), size=len(body),
+                       recipients=[RecipientState("b@y.test")])
+        files.commit_sync(files.tmp_dir + "/" + qid + ".msg", env, body)
+        print("acked", qid, flush=True)
+        live.append(qid)
+        if len(live) > 3:
+            gone = live.pop(0)
+            print("removing", gone, flush=True)
+            files.remove_sync(gone)
+""")
+
+
+def test_killed_recycler_loses_or_mixes_no_acknowledged_message(tmp_path):
+    """Commits that claim free files while delivered messages are recycled, killed with
+    -9 twice: every acknowledged message not being removed is there with its own
+    bytes, before and after the next run reuses what the first left in free/."""
+    root = str(tmp_path / "q")
+    acked: set[str] = set()
+    removing: set[str] = set()
+    for _run in range(2):
+        proc = subprocess.Popen([sys.executable, "-c", RECYCLER, root],
+                                stdout=subprocess.PIPE,
+                                cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        lines = 0
+        deadline = time.monotonic() + 20
+        while lines < 60 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines += 1
+            what, qid = line.decode().split()
+            (acked if what == "acked" else removing).add(qid)
+        os.kill(proc.pid, signal.SIGKILL)
+        for line in proc.stdout.read().decode().splitlines():
+            what, qid = line.split()
+            (acked if what == "acked" else removing).add(qid)
+        proc.wait(10)
+        assert lines >= 60
+        files = SpoolFiles(root)
+        envelopes, _problems = files.load_all_sync()
+        ids = {e.id for e in envelopes}
+        assert acked - removing <= ids
+        for e in envelopes:
+            raw = open(files.message_path(e.id), "rb").read()
+            assert raw[e.offset:] == (b"Subject: " + e.id.encode() + b"\r\n\r\n"
+                                      + e.id.encode() * 400 + b"\r\n")
+        assert os.listdir(files.free_dir)  # the next run has files to reuse
