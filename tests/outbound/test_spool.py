@@ -694,4 +694,3 @@ def test_killed_recycler_loses_or_mixes_no_acknowledged_message(tmp_path):
             raw = open(files.message_path(e.id), "rb").read()
             assert raw[e.offset:] == (b"Subject: " + e.id.encode() + b"\r\n\r\n"
                                       + e.id.encode() * 400 + b"\r\n")
-        assert os.listdir(files.free_dir)  # the next run has files to reuse
