@@ -45,6 +45,9 @@ class StoreConfig:
     # Maildir root; relative paths are under server.data_dir.
     path: str = "mail"
     fsync: bool = True
+    # How open folders notice other programs' changes (Dovecot, mutt, an MDA):
+    # "inotify" (polling where it is unavailable) or "poll".
+    watch: Literal["inotify", "poll"] = "inotify"
 
 
 @dataclass

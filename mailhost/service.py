@@ -49,7 +49,8 @@ def make_store(config: Config) -> IMailStore:
         return MemoryStore()
     from mailhost.store.maildir import MaildirStore
 
-    return MaildirStore(config.data_path(config.store.path), fsync=config.store.fsync)
+    return MaildirStore(config.data_path(config.store.path), fsync=config.store.fsync,
+                        watch=config.store.watch)
 
 
 class PostmasterBootstrap(service.Service):

@@ -25,6 +25,7 @@ from mailhost.store.groupsync import GroupSync
 from mailhost.store.interfaces import IMailStore
 from mailhost.store.maildir_account import MaildirAccount
 from mailhost.store.maildir_folder import MaildirFolder
+from mailhost.store.maildir_watch import ChangeWatcher
 from mailhost.store.maildir_writer import MaildirMessageWriter
 from mailhost.store.names import split_user
 
@@ -39,12 +40,15 @@ class MaildirStore:
 
     ``fsync=False`` skips every fsync (tests, throwaway dev data): a crash may then lose
     acknowledged mail. ``reactor`` defaults to the global one; its thread pool runs
-    all file-system work.
+    all file-system work. ``watch`` says how folders someone listens to notice other
+    programs' changes: ``"inotify"`` (falling back to polling where it is missing or
+    out of watches) or ``"poll"`` (see maildir_watch).
     """
 
     log = Logger()
 
-    def __init__(self, root: str, fsync: bool = True, reactor=None) -> None:
+    def __init__(self, root: str, fsync: bool = True, reactor=None,
+                 watch: str = "inotify") -> None:
         self.root = os.path.abspath(root)
         self.fsync = fsync
         if reactor is None:
@@ -54,6 +58,7 @@ class MaildirStore:
         self._opening: dict[str, list[defer.Deferred]] = {}
         self._sync = GroupSync()
         self._tmp_ready = False
+        self._watcher = ChangeWatcher(reactor, self._in_thread, watch)
 
     def _in_thread(self, fn, *args) -> defer.Deferred:
         return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn,
@@ -105,7 +110,11 @@ class MaildirStore:
         return MaildirMessageWriter(self)
 
     def close(self):
-        """Flush the metadata caches (UIDs and flags are always already on disk)."""
-        flushes = [f._flush_cache() for a in self._accounts.values()
-                   for f in a._folders.values()]
+        """Flush the metadata caches (UIDs and flags are always already on disk) and
+        stop watching folders."""
+        folders = [f for a in self._accounts.values() for f in a._folders.values()]
+        for folder in folders:
+            folder._unwatch()
+        self._watcher.close()
+        flushes = [f._flush_cache() for f in folders]
         return defer.gatherResults(flushes, consumeErrors=True).addCallback(lambda _: None)
