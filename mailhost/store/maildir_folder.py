@@ -774,7 +774,13 @@ class MaildirFolder:
             return
         if None in events:
             await self._refresh()
-        elif not all(self._explained(sub, name, mask, own) for sub, name, mask in events):
+            return
+        # Only the last event of each name counts: a file of ours created and then
+        # renamed (delivered, then claimed into cur/), or a flag set, cleared and set
+        # again, left nothing the index does not know.
+        final = {(sub, name): mask for sub, name, mask in events}
+        if not all(self._explained(sub, name, mask, own)
+                   for (sub, name), mask in final.items()):
             await self._refresh(True)
 
     def _explained(self, sub: str, name: str, mask: int, own: set[tuple[str, str]]) -> bool:

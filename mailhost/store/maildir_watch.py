@@ -49,6 +49,8 @@ except ImportError:  # not Linux: polling only
 COALESCE_DELAY = 0.05
 #: How often polled folders' directory times are checked.
 POLL_INTERVAL = 0.5
+#: At most this many reads of the inotify descriptor when draining it.
+DRAIN_READS = 64
 
 WATCH_MODES = ("inotify", "poll")
 
@@ -110,6 +112,7 @@ class ChangeWatcher:
         self._polled: dict[Any, tuple[int, int] | None] = {}  # folder -> last dir times
         self._poll_call: LoopingCall | None = None
         self._polling = False
+        self._events = 0  # inotify events handed to folders so far
 
     # -- folders -----------------------------------------------------------------------
 
@@ -138,9 +141,15 @@ class ChangeWatcher:
 
     def drain(self) -> None:
         """Read the events the kernel has queued now, so a caller about to trust the
-        index (a rescan request) does not race the reactor's next read."""
-        if self._notifier is not None:
+        index (a rescan request) does not race the reactor's next read. One read takes
+        a few kilobytes; go on while reads bring events (bounded)."""
+        for _ in range(DRAIN_READS):
+            if self._notifier is None:
+                return
+            seen = self._events
             self._notifier.doRead()
+            if self._events == seen:
+                return
 
     @property
     def watching(self) -> int:
@@ -195,6 +204,7 @@ class ChangeWatcher:
                 # IN_DELETE_SELF, then closes itself).
                 self._reactor.callLater(0, self._gone_self, folder)
                 return
+            self._events += 1
             folder._disk_event((sub, os.fsdecode(path.basename()), mask))
 
         return event
