@@ -74,7 +74,7 @@ class MaildirFolder:
         self._keywords = Keywords()
         self._index = FolderIndex(self._keywords)
         self._path = path
-        self._kwfile = KeywordFile(self._keywords)
+        self._kwfile = KeywordFile(self._keywords, store.modes)
         self._listeners = ListenerSet()
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
@@ -107,13 +107,14 @@ class MaildirFolder:
     # -- loading -------------------------------------------------------------------
 
     async def _load(self) -> None:
-        loaded = await self._store._in_thread(load_folder, self._path, self._store.fsync)
+        loaded = await self._store._in_thread(load_folder, self._path, self._store.fsync,
+                                              self._store.modes)
         self.uid_validity = loaded.validity
         self.uid_next = loaded.uid_next
         self._index = loaded.index
         self._index.path = self._path
         self._keywords = loaded.index.keywords
-        self._kwfile = KeywordFile(self._keywords)
+        self._kwfile = KeywordFile(self._keywords, self._store.modes)
         self._stale = loaded.stale
         cache, cache_lines = await self._store._in_thread(
             maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
@@ -184,7 +185,8 @@ class MaildirFolder:
             if lines:
                 try:
                     with lock:
-                        uidlist.append_text(uid_path, "".join(lines), create=False)
+                        uidlist.append_text(uid_path, "".join(lines), self._store.modes,
+                                            create=False)
                 except FileNotFoundError:
                     return [], []  # the folder was deleted under us
             return dates, missing
@@ -363,7 +365,8 @@ class MaildirFolder:
                         for base, (uid, date, size, wrap) in records.items()
                         if base in live or uid >= first_unsettled]
                 keep.sort(key=lambda r: r.uid)
-                uidlist.rewrite(path, validity, max(uid_next, first_unsettled), keep, fsync)
+                uidlist.rewrite(path, validity, max(uid_next, first_unsettled), keep, fsync,
+                                self._store.modes)
 
         await self._store._in_thread(work)
         self._stale = 0
@@ -460,7 +463,7 @@ class MaildirFolder:
 
         def work():
             with lock:
-                uidlist.append_text(path, text)
+                uidlist.append_text(path, text, self._store.modes)
 
         try:
             await self._store._in_thread(work)
@@ -582,7 +585,8 @@ class MaildirFolder:
         syncer = self._store._sync if self._store.fsync else None
         try:
             ok = await self._store._in_thread(transfer_files, ops, move, dest._path,
-                                              dest._kwfile, dest._file_lock, syncer)
+                                              dest._kwfile, dest._file_lock, syncer,
+                                              self._store.modes)
         except BaseException:
             dest._settle([(duid, None) for duid in reserved])
             raise
@@ -666,7 +670,7 @@ class MaildirFolder:
 
         def work():
             with lock:
-                maildir_cache.append(path, validity, pending)
+                maildir_cache.append(path, validity, pending, self._store.modes)
 
         d = self._store._in_thread(work)
         d.addErrback(lambda f: self.log.failure("cache flush failed", f))
@@ -674,7 +678,8 @@ class MaildirFolder:
 
     def _rewrite_cache(self, cache: dict[int, dict[str, str]]) -> None:
         with self._file_lock:
-            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache)
+            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache,
+                                  self._store.modes)
 
     def _forget(self) -> None:
         """The folder was deleted: tell listeners everything is gone."""
