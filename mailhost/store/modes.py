@@ -61,15 +61,16 @@ class FileModes:
         umask's. Returns the fd. The mode is fixed only if this call created the file:
         with O_CREAT but not O_EXCL an existing file is opened as it is."""
         if flags & os.O_CREAT and not flags & os.O_EXCL:
+            # Existing first: appends to a uidlist or cache cost one open, as before.
             for _ in range(_RACE_RETRIES):
-                try:
-                    return self.open_new(path, flags | os.O_EXCL)
-                except FileExistsError:
-                    pass
                 try:
                     return os.open(path, flags & ~os.O_CREAT)
                 except FileNotFoundError:
-                    continue  # removed between the two opens: create it after all
+                    pass
+                try:
+                    return self.open_new(path, flags | os.O_EXCL)
+                except FileExistsError:
+                    continue  # created meanwhile by someone else: open theirs
             raise FileExistsError(path)
         fd = os.open(path, flags, self.file_mode)
         try:
