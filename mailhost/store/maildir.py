@@ -7,6 +7,8 @@ letters a-z mapped by each folder's ``dovecot-keywords``. Per folder,
 ``mailhost-uidlist`` keeps UIDVALIDITY, UIDNEXT and base name -> UID (append-only)
 and ``mailhost-cache`` the IMAP metadata cache. Per user, ``subscriptions`` and
 ``mailhost-special-use``. Messages being received live in ``<root>/.tmp/``.
+Everything created here is private (files 0600, directories 0700) unless the store's
+``FileModes`` says otherwise, whatever the umask.
 
 The pieces: maildir_writer (delivery), maildir_folder (index and changes),
 maildir_account (folder tree), maildir_index/maildir_io (the thread-side work).
@@ -27,6 +29,7 @@ from mailhost.store.maildir_account import MaildirAccount
 from mailhost.store.maildir_folder import MaildirFolder
 from mailhost.store.maildir_watch import ChangeWatcher
 from mailhost.store.maildir_writer import MaildirMessageWriter
+from mailhost.store.modes import PRIVATE, FileModes
 from mailhost.store.names import split_user
 
 __all__ = ["MaildirStore", "MaildirAccount", "MaildirFolder", "MaildirMessageWriter"]
@@ -42,15 +45,18 @@ class MaildirStore:
     acknowledged mail. ``reactor`` defaults to the global one; its thread pool runs
     all file-system work. ``watch`` says how folders someone listens to notice other
     programs' changes: ``"inotify"`` (falling back to polling where it is missing or
-    out of watches) or ``"poll"`` (see maildir_watch).
+    out of watches) or ``"poll"`` (see maildir_watch). ``modes``: the mode and group of
+    every file and directory the store creates (private by default; see
+    mailhost.store.modes).
     """
 
     log = Logger()
 
     def __init__(self, root: str, fsync: bool = True, reactor=None,
-                 watch: str = "inotify") -> None:
+                 modes: FileModes = PRIVATE, watch: str = "inotify") -> None:
         self.root = os.path.abspath(root)
         self.fsync = fsync
+        self.modes = modes
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -67,7 +73,7 @@ class MaildirStore:
     def _tmp_dir(self) -> str:
         path = os.path.join(self.root, TMP_DIR)
         if not self._tmp_ready:
-            os.makedirs(path, exist_ok=True)  # once; a mkdir is a metadata-only syscall
+            self.modes.makedirs(path)  # once; a mkdir is a metadata-only syscall
             self._tmp_ready = True
             d = self._in_thread(maildir_io.clean_tmp, path)
             d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))

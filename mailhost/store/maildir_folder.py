@@ -77,7 +77,7 @@ class MaildirFolder:
         self._index = FolderIndex(self._keywords)
         self._watching: str | None = None  # "inotify" or "poll" while listened to
         self._path = path
-        self._kwfile = KeywordFile(self._keywords)
+        self._kwfile = KeywordFile(self._keywords, store.modes)
         self._listeners = ListenerSet()
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
@@ -118,12 +118,12 @@ class MaildirFolder:
     # -- loading -------------------------------------------------------------------
 
     async def _load(self) -> None:
-        path, fsync = self._path, self._store.fsync
+        path, fsync, modes = self._path, self._store.fsync, self._store.modes
 
         def load():
             # Dir times from before the listing: a later change moves them, so the
             # first rescan (SELECT, STATUS) can skip its listing when nothing changed.
-            return dir_stamp(path), load_folder(path, fsync)
+            return dir_stamp(path), load_folder(path, fsync, modes)
 
         stamp, loaded = await self._store._in_thread(load)
         self._stamp = stamp
@@ -132,7 +132,7 @@ class MaildirFolder:
         self._index = loaded.index
         self._index.path = self._path
         self._keywords = loaded.index.keywords
-        self._kwfile = KeywordFile(self._keywords)
+        self._kwfile = KeywordFile(self._keywords, self._store.modes)
         self._stale = loaded.stale
         cache, cache_lines = await self._store._in_thread(
             maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
@@ -203,7 +203,8 @@ class MaildirFolder:
             if lines:
                 try:
                     with lock:
-                        uidlist.append_text(uid_path, "".join(lines), create=False)
+                        uidlist.append_text(uid_path, "".join(lines), self._store.modes,
+                                            create=False)
                 except FileNotFoundError:
                     return [], []  # the folder was deleted under us
             return dates, missing
@@ -382,7 +383,8 @@ class MaildirFolder:
                         for base, (uid, date, size, wrap) in records.items()
                         if base in live or uid >= first_unsettled]
                 keep.sort(key=lambda r: r.uid)
-                uidlist.rewrite(path, validity, max(uid_next, first_unsettled), keep, fsync)
+                uidlist.rewrite(path, validity, max(uid_next, first_unsettled), keep, fsync,
+                                self._store.modes)
 
         await self._store._in_thread(work)
         self._stale = 0
@@ -495,7 +497,7 @@ class MaildirFolder:
 
         def work():
             with lock:
-                uidlist.append_text(path, text)
+                uidlist.append_text(path, text, self._store.modes)
 
         try:
             await self._store._in_thread(work)
@@ -669,7 +671,8 @@ class MaildirFolder:
         syncer = self._store._sync if self._store.fsync else None
         try:
             ok = await self._store._in_thread(transfer_files, ops, move, dest._path,
-                                              dest._kwfile, dest._file_lock, syncer)
+                                              dest._kwfile, dest._file_lock, syncer,
+                                              self._store.modes)
         except BaseException:
             dest._settle([(duid, None) for duid in reserved])
             raise
@@ -837,7 +840,7 @@ class MaildirFolder:
 
         def work():
             with lock:
-                maildir_cache.append(path, validity, pending)
+                maildir_cache.append(path, validity, pending, self._store.modes)
 
         d = self._store._in_thread(work)
         d.addErrback(lambda f: self.log.failure("cache flush failed", f))
@@ -845,7 +848,8 @@ class MaildirFolder:
 
     def _rewrite_cache(self, cache: dict[int, dict[str, str]]) -> None:
         with self._file_lock:
-            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache)
+            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache,
+                                  self._store.modes)
 
     def _forget(self) -> None:
         """The folder was deleted: tell listeners everything is gone."""

@@ -39,6 +39,7 @@ from mailhost.store.maildir_names import (
     info_letters,
     sizes_from_base,
 )
+from mailhost.store.modes import FileModes
 from mailhost.store.uidlist import UIDLIST_FILE, new_uid_validity
 
 _new = object.__new__
@@ -446,7 +447,7 @@ def _read_keywords(path: str) -> Keywords:
         return Keywords()
 
 
-def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
+def load_folder(path: str, fsync: bool, modes: FileModes, adopt: bool = True) -> Loaded:
     """Read uidlist and keywords, list new/ and cur/, build the index; with ``adopt``,
     give files no uidlist line names their UIDs too (the folder is not shared yet, so
     nothing else reserves UIDs meanwhile), else return them as ``foreign``."""
@@ -457,7 +458,7 @@ def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
     found = uidlist.read(uid_path)
     if found is None:
         validity = new_uid_validity()
-        uidlist.rewrite(uid_path, validity, 1, [], fsync)
+        uidlist.rewrite(uid_path, validity, 1, [], fsync, modes)
         found = (validity, 1, {}, 0)
     validity, uid_next, records, lines = found
     index = FolderIndex(keywords, path)
@@ -512,7 +513,7 @@ def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
         del rows, uids, bases, states
     else:
         if adopt and (cur or new):
-            out.uid_next = _adopt_all(path, uid_path, index, cur, new, uid_next)
+            out.uid_next = _adopt_all(path, uid_path, index, cur, new, uid_next, modes)
         else:
             foreign = [("cur", n) for n in cur] + [("new", n) for n in new]
         del cur, new
@@ -521,7 +522,7 @@ def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
     if foreign and adopt:
         out.uid_next = _adopt_all(path, uid_path, index,
                                   [n for sub, n in foreign if sub == "cur"],
-                                  [n for sub, n in foreign if sub == "new"], uid_next)
+                                  [n for sub, n in foreign if sub == "new"], uid_next, modes)
     elif foreign:
         out.foreign = foreign
     return out
@@ -554,7 +555,7 @@ def _bulk_sizes(bases: list[str]) -> tuple[list[int], bytearray | list[bool]]:
 
 
 def _adopt_all(path: str, uid_path: str, index: FolderIndex, cur: list[str],
-               new: list[str], uid_next: int) -> int:
+               new: list[str], uid_next: int, modes: FileModes) -> int:
     """Give foreign files (names in cur/ and new/) UIDs in Dovecot's order
     (``name_order``), add them to ``index`` and append their uidlist lines in one
     write; returns the new UIDNEXT. Empties ``cur`` and ``new`` (their names are
@@ -614,7 +615,7 @@ def _adopt_all(path: str, uid_path: str, index: FolderIndex, cur: list[str],
     dates = [UNKNOWN_DATE] * n
     uidlist.append_text(uid_path, "".join(map(uidlist.LINE.__mod__,
                                               zip(uids, dates, sizes, wraps, bases,
-                                                  strict=True))))
+                                                  strict=True))), modes)
     if not len(index) or index.uids[-1] < uid_next:
         index.uids.extend(uids)
         index.keys.extend(bases)

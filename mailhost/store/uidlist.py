@@ -19,6 +19,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from mailhost.store.modes import FileModes
+
 UIDLIST_FILE = "mailhost-uidlist"
 
 _validity_lock = threading.Lock()
@@ -104,17 +106,17 @@ def repair_tail(path: str) -> None:
         os.close(fd)
 
 
-def append(path: str, records: list[Record]) -> None:
+def append(path: str, records: list[Record], modes: FileModes) -> None:
     """Append records with one write (O_APPEND); the caller holds the folder's file lock."""
-    append_text(path, "".join(r.line() for r in records))
+    append_text(path, "".join(r.line() for r in records), modes)
 
 
-def append_text(path: str, text: str, create: bool = True) -> None:
+def append_text(path: str, text: str, modes: FileModes, create: bool = True) -> None:
     """Append formatted lines with one write (O_APPEND). With ``create`` False a missing
     file raises FileNotFoundError instead of starting one without its header."""
     data = text.encode("utf-8", "surrogateescape")
     flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0)
-    fd = os.open(path, flags, 0o600)
+    fd = modes.open_new(path, flags) if create else os.open(path, flags)
     try:
         view = memoryview(data)
         while view:
@@ -127,13 +129,7 @@ def append_text(path: str, text: str, create: bool = True) -> None:
 
 
 def rewrite(path: str, validity: int, uid_next: int, records: list[Record],
-            fsync: bool) -> None:
+            fsync: bool, modes: FileModes) -> None:
     """Atomically replace the file (compaction or creation)."""
-    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
     data = f"V{validity} N{uid_next}\n" + "".join(r.line() for r in records)
-    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    modes.write_atomic(path, data.encode("utf-8", "surrogateescape"), fsync)
