@@ -237,3 +237,25 @@ async def test_deleting_a_watched_folder_keeps_the_others_watched(root):
     assert [i.uid for i in recs[0].added] == [1, 2]
     assert inbox._watching == "inotify"
     await store.close()
+
+
+@pytest.mark.parametrize("watch", ["inotify", "poll"])
+def test_store_watch_key_reaches_the_store(tmp_path, watch):
+    from mailhost import config as cfg
+    from mailhost.service import make_store
+
+    path = tmp_path / "mailhost.toml"
+    path.write_text(f'[store]\nwatch = "{watch}"\n')
+    config = cfg.load(str(path))
+    assert config.store.watch == watch
+    store = make_store(config)
+    assert store._watcher.mode == watch
+
+
+def test_store_watch_key_rejects_other_values(tmp_path):
+    from mailhost import config as cfg
+
+    path = tmp_path / "mailhost.toml"
+    path.write_text('[store]\nwatch = "fanotify"\n')
+    with pytest.raises(cfg.ConfigError, match="store.watch"):
+        cfg.load(str(path))
