@@ -736,6 +736,11 @@ class MaildirFolder:
             self._watching = self._store._watcher.start(self)
             self._disk_event(None)
 
+    def _watch_moved(self, mode: str) -> None:
+        """The watcher now watches this folder another way (its inotify watch broke)."""
+        if self._watching is not None:
+            self._watching = mode
+
     def _unwatch(self) -> None:
         if self._watching is not None:
             self._watching = None

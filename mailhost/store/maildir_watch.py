@@ -94,7 +94,8 @@ class ChangeWatcher:
     A folder calls ``start`` when it gets its first listener and ``stop`` when the
     last one goes (or it is deleted, or the store closes); the watcher calls the
     folder's ``_disk_event((subdir, name, mask))`` for each inotify event, or
-    ``_disk_event(None)`` for "something may have changed" (polling, a lost watch).
+    ``_disk_event(None)`` for "something may have changed" (polling, a lost watch),
+    and ``_watch_moved("poll")`` when a folder's watch broke and it is polled instead.
     """
 
     log = Logger()
@@ -216,6 +217,7 @@ class ChangeWatcher:
             return
         self.stop(folder)
         self._start_polling(folder)
+        folder._watch_moved("poll")
         folder._disk_event(None)
 
     def _lost(self, notifier: Any) -> None:
@@ -230,10 +232,11 @@ class ChangeWatcher:
 
     def _rewatch(self, folders: list[Any]) -> None:
         for folder in folders:
-            if folder in self._watched or folder in self._polled:
-                continue
+            if folder in self._watched or folder in self._polled or not folder._watching:
+                continue  # unwatched meanwhile, or already back
             if not self._add_watches(folder):
                 self._start_polling(folder)
+                folder._watch_moved("poll")
             folder._disk_event(None)
 
     # -- polling -----------------------------------------------------------------------

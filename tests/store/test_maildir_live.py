@@ -236,6 +236,7 @@ async def test_deleting_a_watched_folder_keeps_the_others_watched(root):
         await sleep(0.05)
     assert [i.uid for i in recs[0].added] == [1, 2]
     assert inbox._watching == "inotify"
+    assert gone._watching == "poll"  # its directories are gone: polled, not watched
     await store.close()
 
 
