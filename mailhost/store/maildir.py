@@ -11,7 +11,8 @@ Everything created here is private (files 0600, directories 0700) unless the sto
 ``FileModes`` says otherwise, whatever the umask.
 
 The pieces: maildir_writer (delivery), maildir_folder (index and changes),
-maildir_account (folder tree), maildir_index/maildir_io (the thread-side work).
+maildir_account (folder tree), maildir_index/maildir_io (the thread-side work),
+maildir_watch (noticing other programs' changes: inotify, or polling).
 """
 
 from __future__ import annotations
