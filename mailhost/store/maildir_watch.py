@@ -114,6 +114,7 @@ class ChangeWatcher:
         self._poll_call: LoopingCall | None = None
         self._polling = False
         self._events = 0  # inotify events handed to folders so far
+        self._warned = False  # the fallback is logged once as a warning, then at debug
 
     # -- folders -----------------------------------------------------------------------
 
@@ -164,8 +165,8 @@ class ChangeWatcher:
             try:
                 notifier = _Notifier(self._reactor, self._lost)
             except (_inotify.INotifyError, OSError) as e:
-                self.log.warn("inotify unavailable ({error}); polling Maildir folders",
-                              error=e, event="maildir_watch_fallback")
+                self._fallback("inotify unavailable ({error}); polling Maildir folders",
+                               error=e)
                 return None
             notifier.startReading()
             self._notifier = notifier
@@ -189,12 +190,19 @@ class ChangeWatcher:
                     notifier.ignore(path)
                 except KeyError:
                     pass
-            self.log.warn("cannot watch {path} ({error}); polling it",
-                          path=folder._path, error=e, event="maildir_watch_fallback")
+            self._fallback("cannot watch {path} ({error}); polling it", path=folder._path,
+                           error=e)
             self._idle_check()
             return False
         self._watched[folder] = paths
         return True
+
+    def _fallback(self, text: str, **kw: Any) -> None:
+        """Say that polling stands in for inotify: a warning the first time (a full
+        watch table would otherwise log on every SELECT)."""
+        emit = self.log.debug if self._warned else self.log.warn
+        self._warned = True
+        emit(text, event="maildir_watch_fallback", **kw)
 
     def _callback(self, folder: Any, sub: str) -> Callable[[Any, FilePath, int], None]:
         def event(_ignored: Any, path: FilePath, mask: int) -> None:
