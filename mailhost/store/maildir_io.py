@@ -11,11 +11,11 @@ import time
 
 from twisted.logger import Logger
 
-from mailhost.store import mutf7, uidlist
+from mailhost.store import mutf7
+from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
 from mailhost.store.maildir_names import KEYWORDS_FILE, Keywords
 from mailhost.store.names import INBOX, InvalidFolderName, canonical_folder
-from mailhost.store.uidlist import UIDLIST_FILE
 
 log = Logger()
 
@@ -88,13 +88,15 @@ def link_or_copy(src: str, dest: str, fsync: bool) -> None:
         copy_durable(src, dest, fsync)
 
 
-def deliver_files(file, tmp_path: str, date: float | None, jobs, syncer,
+def deliver_files(file, tmp_path: str, date: float, jobs, syncer,
                   data: bytes | None = None) -> None:
-    """Make the tmp file durable, link it into each target's new/, record its UID, and
-    (through the group commit ``syncer``, None when fsync is off) make the links and
-    uidlist lines durable.
+    """Make the tmp file durable, link it into each target's new/, give it a UID there
+    (dovecot-uidlist, under its lock), and (through the group commit ``syncer``, None
+    when fsync is off) make the links and uidlist records durable.
 
-    ``jobs``: (folder path, file name, uidlist Record, folder file lock, KeywordFile).
+    ``date`` becomes the file's mtime, which is its INTERNALDATE for Dovecot too.
+    ``jobs``: (folder path, file name, base name, CRLF size, folder file lock,
+    KeywordFile, FolderUids, ticket list that receives the UID handed out).
     ``data``: the whole message when it was kept in memory (``file`` is then None and
     the tmp file is written here). The tmp file is closed and removed whatever happens.
     """
@@ -104,15 +106,13 @@ def deliver_files(file, tmp_path: str, date: float | None, jobs, syncer,
             file = open(tmp_path, "xb")  # noqa: SIM115 - closed in finally
             file.write(data)
         file.flush()
-        if date is not None:
-            os.utime(tmp_path, (date, date))  # Dovecot reads INTERNALDATE from mtime
+        os.utime(file.fileno(), (date, date))
         if fsync:
             fdatasync(file.fileno())
-        for folder_path, name, record, lock, kwfile in jobs:
+        for folder_path, name, base, size, lock, kwfile, uids, ticket in jobs:
             kwfile.write_if_needed(folder_path, lock, fsync)
             link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync)
-            with lock:
-                uidlist.append(os.path.join(folder_path, UIDLIST_FILE), [record])
+            uids.assign([base], ticket, [(date, size, False)])
         if fsync:
             syncer.sync({os.path.join(p, n) for p, *_ in jobs for n in ("new", UIDLIST_FILE)})
     finally:
@@ -173,30 +173,33 @@ def unlink_all(paths: list[str]) -> None:
             pass
 
 
-def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, syncer) -> list[bool]:
-    """Link (COPY) or rename (MOVE) files into dest/new/, record their UIDs, and make
-    that durable through ``syncer`` (None: fsync off)."""
+def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, uids, ticket,
+                   syncer) -> tuple[list[bool], list[int]]:
+    """Link (COPY) or rename (MOVE) files into dest/new/, give them UIDs there
+    (``uids``: the destination's FolderUids, handing them out through ``ticket``), and
+    make that durable through ``syncer`` (None: fsync off). ``ops``: (source path,
+    destination path, base, date, CRLF size, wrap). Returns (done per op, the UIDs of
+    the done ones)."""
     fsync = syncer is not None
     kwfile.write_if_needed(dest_path, lock, fsync)
-    ok, records = [], []
-    for src, dst, record in ops:
+    ok, bases, rows = [], [], []
+    for src, dst, base, date, size, wrap in ops:
         try:
             if move:
                 os.rename(src, dst)
             else:
                 link_or_copy(src, dst, fsync)
             ok.append(True)
-            records.append(record)
+            bases.append(base)
+            rows.append((date, size, wrap))
         except FileNotFoundError:
             ok.append(False)
-    if records:
-        with lock:
-            uidlist.append(os.path.join(dest_path, UIDLIST_FILE), records)
-        if fsync:
-            dirs = {os.path.dirname(src) for src, _, _ in ops} if move else set()
-            syncer.sync(dirs | {os.path.join(dest_path, "new"),
-                                os.path.join(dest_path, UIDLIST_FILE)})
-    return ok
+    got = uids.assign(bases, ticket, rows) if bases else []
+    if bases and fsync:
+        dirs = {os.path.dirname(op[0]) for op in ops} if move else set()
+        syncer.sync(dirs | {os.path.join(dest_path, "new"),
+                            os.path.join(dest_path, UIDLIST_FILE)})
+    return ok, got
 
 
 # -- account level ------------------------------------------------------------------
