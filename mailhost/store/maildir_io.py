@@ -106,12 +106,16 @@ def deliver_files(file, tmp_path: str, date: float, jobs, syncer,
             file = open(tmp_path, "xb")  # noqa: SIM115 - closed in finally
             file.write(data)
         file.flush()
-        os.utime(file.fileno(), (date, date))
-        if fsync:
-            fdatasync(file.fileno())
-        for folder_path, name, base, size, lock, kwfile, uids, ticket in jobs:
+        for folder_path, name, _base, _size, lock, kwfile, _uids, _ticket in jobs:
             kwfile.write_if_needed(folder_path, lock, fsync)
             link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync)
+        # The date goes on after the links (the tmp cleaner would take a file with an
+        # old mtime for a crash's leftover), before the fsync (which makes it durable,
+        # hence fsync, not fdatasync) and before anyone is told a UID.
+        os.utime(file.fileno(), (date, date))
+        if fsync:
+            os.fsync(file.fileno())
+        for _path, _name, base, size, _lock, _kwfile, uids, ticket in jobs:
             uids.assign([base], ticket, [(date, size, False)])
         if fsync:
             syncer.sync({os.path.join(p, n) for p, *_ in jobs for n in ("new", UIDLIST_FILE)})

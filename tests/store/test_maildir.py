@@ -12,9 +12,9 @@ import pytest_twisted
 from twisted.internet import defer
 
 from mailhost.store import groupsync
+from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
-from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.uidcache import CACHE_FILE as UIDCACHE_FILE
 from tests.store.conftest import Recorder
 
