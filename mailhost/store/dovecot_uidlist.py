@@ -348,7 +348,11 @@ class UidList:
             lines += ["%d :%s\n" % p for p in pairs]
         data = "".join(lines).encode("utf-8", "surrogateescape")
         tmp = self.path + TEMP_SUFFIX
-        fd = self.modes.open_new(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.unlink(tmp)  # a crashed writer's leftover: ours gets our mode
+        except FileNotFoundError:
+            pass
+        fd = self.modes.open_new(tmp)
         try:
             _write_all(fd, data)
             if fsync:

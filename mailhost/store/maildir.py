@@ -11,6 +11,8 @@ and ``mailhost-cache`` the IMAP metadata cache. A ``mailhost-uidlist`` of an old
 mailhost is migrated on first open and renamed ``mailhost-uidlist.migrated``. Per
 user, ``subscriptions`` and ``mailhost-special-use``. Messages being received live in
 ``<root>/.tmp/``.
+Everything created here is private (files 0600, directories 0700) unless the store's
+``FileModes`` says otherwise, whatever the umask.
 
 The pieces: maildir_writer (delivery), maildir_folder (index and changes),
 maildir_account (folder tree), maildir_index/maildir_io (the thread-side work).
@@ -70,7 +72,7 @@ class MaildirStore:
     def _tmp_dir(self) -> str:
         path = os.path.join(self.root, TMP_DIR)
         if not self._tmp_ready:
-            os.makedirs(path, exist_ok=True)  # once; a mkdir is a metadata-only syscall
+            self.modes.makedirs(path)  # once; a mkdir is a metadata-only syscall
             self._tmp_ready = True
             d = self._in_thread(maildir_io.clean_tmp, path)
             d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))

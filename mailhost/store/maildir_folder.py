@@ -77,7 +77,7 @@ class MaildirFolder:
         self._index = FolderIndex(self._keywords)
         self._uids = FolderUids(path, store.modes, store.fsync)
         self._path = path
-        self._kwfile = KeywordFile(self._keywords)
+        self._kwfile = KeywordFile(self._keywords, store.modes)
         self._listeners = ListenerSet()
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
@@ -110,13 +110,13 @@ class MaildirFolder:
 
     async def _load(self) -> None:
         loaded = await self._store._in_thread(load_folder, self._path, self._store.fsync,
-                                              True, self._uids)
+                                              self._store.modes, True, self._uids)
         self.uid_validity = loaded.validity
         self.uid_next = loaded.uid_next
         self._index = loaded.index
         self._index.path = self._path
         self._keywords = loaded.index.keywords
-        self._kwfile = KeywordFile(self._keywords)
+        self._kwfile = KeywordFile(self._keywords, self._store.modes)
         self._stale = loaded.stale
         cache, cache_lines = await self._store._in_thread(
             maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
@@ -581,7 +581,7 @@ class MaildirFolder:
             try:
                 ok, got = await self._store._in_thread(
                     transfer_files, ops, move, dest._path, dest._kwfile, dest._file_lock,
-                    dest._uids, ticket, syncer)
+                    dest._uids, ticket, syncer, self._store.modes)
             except BaseException:
                 dest._settle([(duid, None) for duid in ticket])
                 raise
@@ -667,7 +667,7 @@ class MaildirFolder:
 
         def work():
             with lock:
-                maildir_cache.append(path, validity, pending)
+                maildir_cache.append(path, validity, pending, self._store.modes)
 
         d = self._store._in_thread(work)
         d.addErrback(lambda f: self.log.failure("cache flush failed", f))
@@ -675,7 +675,8 @@ class MaildirFolder:
 
     def _rewrite_cache(self, cache: dict[int, dict[str, str]]) -> None:
         with self._file_lock:
-            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache)
+            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache,
+                                  self._store.modes)
 
     def _forget(self) -> None:
         """The folder was deleted: tell listeners everything is gone."""

@@ -42,6 +42,7 @@ from mailhost.store.maildir_names import (
     sizes_from_base,
 )
 from mailhost.store.maildir_uids import FolderUids
+from mailhost.store.modes import PRIVATE, FileModes
 
 _new = object.__new__
 
@@ -488,7 +489,7 @@ def _start_uidlist(path: str, uids: FolderUids, names: Iterable[str],
     return facts
 
 
-def load_folder(path: str, fsync: bool, adopt: bool = True,
+def load_folder(path: str, fsync: bool, modes: FileModes = PRIVATE, adopt: bool = True,
                 uids: FolderUids | None = None) -> Loaded:
     """Read dovecot-uidlist and keywords, list new/ and cur/, build the index; with
     ``adopt``, give files no record names their UIDs too (in Dovecot's name order, one
@@ -499,7 +500,7 @@ def load_folder(path: str, fsync: bool, adopt: bool = True,
     stay UNKNOWN_DATE until asked for or filled in the background (mailhost-uidcache,
     else the mtime)."""
     if uids is None:
-        uids = FolderUids(path, fsync=fsync)
+        uids = FolderUids(path, modes, fsync)
     cur, new = list_names(path)
     keywords = _read_keywords(path)
     ul = uids.uidlist

@@ -56,7 +56,8 @@ class MaildirMessageWriter:
         self._buffer += out
         if len(self._buffer) > MEMORY_LIMIT:
             # Large message: stream the rest through the page cache (bounded memory).
-            self._file = open(self._path, "xb", buffering=WRITE_BUFFER)  # noqa: SIM115
+            self._file = os.fdopen(self._store.modes.open_new(self._path), "wb",
+                                   buffering=WRITE_BUFFER)
             self._file.write(self._buffer)
             self._buffer = None
 
@@ -91,7 +92,7 @@ class MaildirMessageWriter:
         try:
             try:
                 await store._in_thread(deliver_files, self._file, self._path, date, jobs,
-                                       store._sync if store.fsync else None,
+                                       store._sync if store.fsync else None, store.modes,
                                        None if self._buffer is None else bytes(self._buffer))
                 self._buffer = None
             except BaseException:

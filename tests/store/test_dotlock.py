@@ -126,7 +126,7 @@ def _assign_many(args: tuple[str, str, int]) -> list[tuple[str, int]]:
     """One process: link files into new/ one by one and give each a UID."""
     path, tag, n = args
     uids = FolderUids(path, fsync=False)
-    load_folder(path, False, True, uids)
+    load_folder(path, False, uids=uids)
     out = []
     for i in range(n):
         base = f"1700000000.M{i}P{os.getpid()}Q{tag}.h,S=3,W=3"
