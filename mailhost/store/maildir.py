@@ -3,10 +3,14 @@
 Layout: ``<root>/<domain>/<localpart>/`` is a user's Maildir (INBOX); folder ``A.B``
 is ``.A.B`` beside it. Files are stored CRLF (like Dovecot's mail_save_crlf=yes) and
 named ``<sec>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<size>:2,<flags>``; keywords are
-letters a-z mapped by each folder's ``dovecot-keywords``. Per folder,
-``mailhost-uidlist`` keeps UIDVALIDITY, UIDNEXT and base name -> UID (append-only)
-and ``mailhost-cache`` the IMAP metadata cache. Per user, ``subscriptions`` and
-``mailhost-special-use``. Messages being received live in ``<root>/.tmp/``.
+letters a-z mapped by each folder's ``dovecot-keywords``. Per folder, Dovecot's own
+``dovecot-uidlist`` (v3, under its ``dovecot-uidlist.lock`` dotlock) keeps UIDVALIDITY,
+UIDNEXT and base name -> UID, shared live with Dovecot (maildir_uids); our private
+``mailhost-uidcache`` keeps each UID's date and sizes (a cache, rebuilt from the files)
+and ``mailhost-cache`` the IMAP metadata cache. A ``mailhost-uidlist`` of an older
+mailhost is migrated on first open and renamed ``mailhost-uidlist.migrated``. Per
+user, ``subscriptions`` and ``mailhost-special-use``. Messages being received live in
+``<root>/.tmp/``.
 Everything created here is private (files 0600, directories 0700) unless the store's
 ``FileModes`` says otherwise, whatever the umask.
 
