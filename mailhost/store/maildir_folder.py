@@ -11,11 +11,12 @@ every lower handed UID has settled, so no session ever sees a UID lower than one
 has already seen appear later.
 
 SMTP deliveries are the exception: they answer once the file is durable in new/, and
-the folder numbers them afterwards, in batches (``_delivered``): every delivery that
-arrives while a batch is in its thread waits for the next one, so N concurrent
-deliveries cost about one lock, read, append and uidlist fsync, not N. A refresh
-(SELECT, NOOP, a POP3 login) first waits for the batches already due, so a client
-that got the 250 and then looks finds the message.
+the folder numbers them afterwards, in batches (``_delivered``): collected for
+``NUMBER_DELAY``, and while a batch is in its thread the next one collects, so N
+deliveries cost about one lock, read, append and uidlist fsync, not N. IDLE hears of
+them when their batch settles. A refresh (SELECT, NOOP, a POP3 login) first has the
+batches already due run at once and waits for them, so a client that got the 250
+and then looks finds the message.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ DATE_FILL_DELAY = 5.0
 DATE_FILL_BATCH = 5000
 CACHE_FLUSH_BATCH = 2000
 COMPACT_MIN_STALE = 1000
+#: Deliveries wait this long for others to share their UID batch (a refresh, close or
+#: anyone who needs the UIDs starts the batch at once). Each batch costs a dotlock
+#: round and a uidlist fsync; one SMTP session sends a message every few ms.
+NUMBER_DELAY = 0.05
 
 #: What a settled reservation adds to the index:
 #: (base name, in new/, info part, needs CRLF wrap, CRLF size, internal date).
@@ -106,6 +111,7 @@ class MaildirFolder:
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
         self._numbering = False  # a batch is scheduled or running
+        self._number_call = None  # the scheduled start of the next batch
         self._queued = 0  # rows ever queued for numbering
         self._numbered = 0  # of those, how many are done (numbered, or failed)
         self._number_waiters: list[tuple[int, defer.Deferred]] = []
@@ -378,11 +384,12 @@ class MaildirFolder:
         self._unnumbered.extend(rows)
         self._queued += len(rows)
         if not self._numbering:
-            # On the next reactor turn: deliveries that finish together share a batch.
             self._numbering = True
-            self._store._reactor.callLater(0, self._start_numbering)
+            self._number_call = self._store._reactor.callLater(NUMBER_DELAY,
+                                                               self._start_numbering)
 
     def _start_numbering(self) -> None:
+        self._number_call = None
         d = defer.Deferred.fromCoroutine(self._number_batches())
         d.addErrback(lambda f: self.log.failure("numbering deliveries failed", f))
 
@@ -444,6 +451,8 @@ class MaildirFolder:
         """Fires once every delivery queued so far is numbered (or its batch failed)."""
         if self._numbered >= self._queued:
             return defer.succeed(None)
+        if self._number_call is not None and self._number_call.active():
+            self._number_call.reset(0)  # someone waits: no point collecting more
         d: defer.Deferred = defer.Deferred()
         self._number_waiters.append((self._queued, d))
         return d
@@ -979,4 +988,8 @@ class MaildirFolder:
         self._unnumbered.clear()
         self._numbered = self._queued
         self._wake_numbered()
+        if self._number_call is not None and self._number_call.active():
+            self._number_call.cancel()
+            self._number_call = None
+            self._numbering = False
         self._listeners.expunged(self, uids)

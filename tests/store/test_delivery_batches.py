@@ -236,3 +236,19 @@ async def test_a_folder_deleted_with_deliveries_waiting_wakes_its_waiters(root):
     finally:
         lock.release()
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_listeners_hear_of_a_delivery_within_a_second_without_a_refresh(root):
+    store = MaildirStore(root, fsync=True)
+    box = await folder_of(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    for n in range(3):
+        started = reactor.seconds()
+        await smtp_deliver(store, n)
+        while not len(rec.added) > n and reactor.seconds() - started < 5:
+            await later(0.01, lambda: None)
+        assert rec.added == list(range(1, n + 2))
+        assert reactor.seconds() - started < 1.0
+    await store.close()
