@@ -91,13 +91,17 @@ def count_files(root: str) -> int:
 
 
 def maildir_state(root: str) -> tuple[int, float]:
-    """(files in new/ and cur/ dirs under root, newest mtime of those dirs, epoch s)."""
-    n, newest = 0, 0.0
+    """(messages in new/ and cur/ dirs under root, newest mtime of those dirs, epoch s).
+
+    A message is counted by its base name once per Maildir: an IMAP session (--idle)
+    renames new/ files into cur/ while the walk runs, and would be seen in both."""
+    seen, newest = set(), 0.0
     for dirpath, _dirs, files in os.walk(root):
         if os.path.basename(dirpath) in ("new", "cur"):
-            n += len(files)
+            parent = os.path.dirname(dirpath)
+            seen.update((parent, f.partition(":")[0]) for f in files)
             newest = max(newest, os.stat(dirpath).st_mtime)
-    return n, newest
+    return len(seen), newest
 
 
 @dataclass
