@@ -14,6 +14,7 @@ twistd's ``--uid/--gid`` when the two share a Maildir, as in production.
 
 from __future__ import annotations
 
+import functools
 import grp
 import imaplib
 import os
@@ -53,6 +54,7 @@ def mail_user() -> MailUser:
     return MailUser(MAIL_USER, pw.pw_uid, pw.pw_gid)
 
 
+@functools.cache
 def check_mail_user_can_run_mailhost(python: str = sys.executable) -> str | None:
     """Why the mail user cannot run ``python -c 'import mailhost, twisted'``, or None.
 
