@@ -34,8 +34,8 @@ MAIL_USER = "mail"
 #: Lines in Dovecot's log that mean it found something wrong (with our files, usually).
 #: Dovecot logs every repair it makes as a warning naming the uidlist or the fix.
 DOVECOT_TROUBLE = re.compile(
-    r"Error:|Panic:|Fatal:|Warning:.*(uidlist|Fixed|fixed|inserted|reappeared|"
-    r"[Dd]uplicate|[Bb]roken|[Cc]orrupt|renamed|[Rr]esync)")
+    r"Error:|Panic:|Fatal:|Warning:.*(uidlist|keywords|Fixed|fixed|inserted|reappeared|"
+    r"[Dd]uplicate|[Bb]roken|[Cc]orrupt|renamed|[Rr]esync|fsck|[Ll]ost)")
 
 
 @dataclass(frozen=True)
