@@ -541,6 +541,9 @@ def stress_client(server: str, port: int, n: int, deadline: float) -> dict:
                                      [25, 20, 15, 15, 13, 12])[0]
                 if op == "APPEND" and exists >= 40:
                     op = "EXPUNGE" if known else "FETCH"  # keep the folders small
+                if op in ("FETCH", "BODY"):
+                    # Drop FETCH data a NO left behind (imaplib keeps it for the next call).
+                    c.response("FETCH")
                 if op == "FETCH":
                     typ, data = c.uid("FETCH", "1:*",
                                       "(UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
@@ -548,7 +551,7 @@ def stress_client(server: str, port: int, n: int, deadline: float) -> dict:
                         known.clear()
                         for head, literal in fetch_items(data):
                             m, mid = _UID.search(head), _MSGID.search(literal or b"")
-                            if m and mid:
+                            if m and mid and b"HEADER.FIELDS" in head:
                                 known[int(m.group(1))] = mid.group(1).decode()
                                 seen[(folder, validity, int(m.group(1)))].add(
                                     (mid.group(1).decode(), ""))
@@ -557,14 +560,14 @@ def stress_client(server: str, port: int, n: int, deadline: float) -> dict:
                     k += 1
                     msgid = f"{server}-{n}-{k}@stress.test"
                     body = message(msgid, "stress", lines=rng.randint(1, 30))
-                    appended[f"<{msgid}>"] = sha(body)
+                    appended[f"<{msgid}>"] = f"{sha(body)}/{len(body)}"
                     flags = rng.choice([None, "(\\Seen)", "(\\Flagged $Stress)"])
                     typ, data = c.append(folder, flags, None, body)
                     exists += 1
                     m = _CODE.search(data[0] or b"") if typ == "OK" else None
                     if m is not None and m.group(1) == b"APPENDUID":
                         v, uid = (int(x) for x in m.group(2).split())
-                        seen[(folder, v, uid)].add((f"<{msgid}>", sha(body)))
+                        seen[(folder, v, uid)].add((f"<{msgid}>", appended[f"<{msgid}>"]))
                 elif op == "STORE":
                     uid = rng.choice(list(known))
                     sign = rng.choice(["+FLAGS", "-FLAGS"])
@@ -580,8 +583,10 @@ def stress_client(server: str, port: int, n: int, deadline: float) -> dict:
                     exists -= 1
                 elif op == "COPY":
                     uid = rng.choice(list(known))
-                    typ, data = c.uid("COPY", str(uid), other)
-                    m = _CODE.search(data[0] or b"") if typ == "OK" else None
+                    # imaplib's uid() hides the tagged answer (it returns pending
+                    # untagged FETCH data instead), and COPYUID is in the tagged answer.
+                    typ, data = c._simple_command("UID", "COPY", str(uid), other)
+                    m = _CODE.search(data[-1] or b"") if typ == "OK" else None
                     if m is not None and m.group(1) == b"COPYUID":
                         v, src, dst = m.group(2).split()
                         if src.decode() == str(uid) and dst.isdigit():
@@ -592,9 +597,9 @@ def stress_client(server: str, port: int, n: int, deadline: float) -> dict:
                     if typ == "OK":
                         for head, literal in fetch_items(data):
                             m, mid = _UID.search(head), _MSGID.search(literal or b"")
-                            if m and mid and literal is not None:
+                            if m and mid and b"BODY[]" in head:
                                 seen[(folder, validity, int(m.group(1)))].add(
-                                    (mid.group(1).decode(), sha(literal)))
+                                    (mid.group(1).decode(), f"{sha(literal)}/{len(literal)}"))
                 ops[op] += 1
                 if typ != "OK":
                     text = b" ".join(d for d in data if isinstance(d, bytes))
@@ -648,7 +653,8 @@ def run_stress_clients(pair: SharedPair) -> list[dict]:
             with open(out) as f:
                 results.append(json.load(f))
         except (OSError, ValueError) as e:
-            results.append({"client": out, "seen": [], "appended": {}, "ops": {},
+            results.append({"client": os.path.basename(out)[:-5], "seen": [], "appended": {},
+                            "ops": {},
                             "errors": [f"client process exited {proc.returncode}: {e}"]})
     return results
 
@@ -687,10 +693,13 @@ def test_ten_clients_on_two_servers_agree(pair):
     ops = {r["client"]: r["ops"] for r in results}
     appended: dict[str, str] = {}
     seen: dict[tuple, set[tuple[str, str]]] = defaultdict(set)
+    who: dict[tuple, str] = {}  # (folder, UIDVALIDITY, UID, Message-ID, digest) -> first client
     for r in results:
         appended.update(r["appended"])
         for folder, validity, uid, obs in r["seen"]:
             seen[(folder, validity, uid)].update(map(tuple, obs))
+            for mid, digest in obs:
+                who.setdefault((folder, validity, uid, mid, digest), r["client"])
     reused = {}
     wrong_body = {}
     for key, obs in seen.items():
@@ -698,7 +707,8 @@ def test_ten_clients_on_two_servers_agree(pair):
             reused[key] = sorted(obs)
         for mid, digest in obs:
             if digest and mid in appended and appended[mid] != digest:
-                wrong_body[key] = (mid, digest, appended[mid])
+                wrong_body[key] = (mid, f"{who[(*key, mid, digest)]} got {digest}",
+                                   f"appended {appended[mid]}")
 
     # Both servers list the same; a fresh SELECT syncs, a few seconds settle the rest.
     settle = time.monotonic() + 5.0
