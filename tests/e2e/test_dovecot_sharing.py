@@ -73,6 +73,11 @@ class SharedPair:
         return os.path.join(self.mh.data_dir, "mail")
 
     @property
+    def mail_home(self) -> str:
+        """The user's Maildir (INBOX; folders are ``.Name`` in it)."""
+        return self.mh.maildir(USER)
+
+    @property
     def ports(self) -> dict[str, int]:
         return {"mailhost": self.mh.ports["imap"], "dovecot": self.dv.port}
 
@@ -239,8 +244,34 @@ def views(pair: SharedPair, folders: tuple[str, ...], bodies: bool = True
     return out
 
 
-def disagreements(seen: dict[str, dict[str, Folder]]) -> list[str]:
-    """Where mailhost's and Dovecot's views differ, one line per kind of difference."""
+def on_disk(maildir: str, uids: list[int]) -> str:
+    """What the Maildir says about these UIDs: their dovecot-uidlist record and file."""
+    records = {}
+    try:
+        with open(os.path.join(maildir, "dovecot-uidlist"), errors="replace") as f:
+            for line in f.read().splitlines()[1:]:
+                uid, _, name = line.partition(" :")
+                if uid.split(" ")[0].isdigit():
+                    records[int(uid.split(" ")[0])] = name
+    except OSError as e:
+        return f"(no dovecot-uidlist: {e})"
+    files = {}
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(maildir, sub)):
+            files.setdefault(name.split(":")[0], []).append(f"{sub}/{name}")
+    out = []
+    for uid in uids[:8]:
+        base = records.get(uid)
+        where = files.get(base, ["no file"]) if base else []
+        out.append(f"uid {uid}: " + (f"record :{base}, {', '.join(where)}" if base
+                                     else "no record in dovecot-uidlist"))
+    return "\n    ".join(out)
+
+
+def disagreements(seen: dict[str, dict[str, Folder]], mail_home: str | None = None
+                  ) -> list[str]:
+    """Where mailhost's and Dovecot's views differ, one line per kind of difference
+    (with what the Maildir under ``mail_home`` says about the UIDs in question)."""
     problems = []
     for f in seen["mailhost"]:
         mh, dv = seen["mailhost"][f], seen["dovecot"][f]
@@ -256,6 +287,10 @@ def disagreements(seen: dict[str, dict[str, Folder]]) -> list[str]:
             problems.append(f"{f}: uid -> (mailhost, Dovecot) as (flags, size, Message-ID, "
                             f"body hash), {len(diff)} differ:\n  "
                             + "\n  ".join(f"{u}: {d}" for u, d in list(diff.items())[:12]))
+        odd = sorted(set(mh.messages) ^ set(dv.messages))
+        if odd and mail_home is not None:
+            maildir = mail_home if f == "INBOX" else os.path.join(mail_home, "." + f)
+            problems.append(f"{f}: on disk now:\n    {on_disk(maildir, odd)}")
     return problems
 
 
@@ -269,7 +304,7 @@ def compare(pair: SharedPair, folders: tuple[str, ...], bodies: bool = True,
     deadline = time.monotonic() + settle
     while True:
         seen = views(pair, folders, bodies)
-        problems = disagreements(seen)
+        problems = disagreements(seen, pair.mail_home)
         if not problems or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -349,6 +384,31 @@ def test_delivered_and_appended_mail_looks_the_same_on_both_servers(pair):
     # Messages that survived kept their UIDs.
     for uid in set(state.uids()) & set(after.uids()):
         assert after.messages[uid][2:] == state.messages[uid][2:]
+    pair.assert_logs_clean()
+
+
+def test_keyword_letter_dovecot_assigned_is_not_given_to_another_keyword(pair):
+    """Regression: mailhost read a folder's dovecot-keywords once. After Dovecot gave
+    $Work the letter ``a`` (file ``…:2,a``), mailhost showed no $Work, and its next new
+    keyword ($Later) took ``a`` too and rewrote dovecot-keywords as ``0 $Later``: the
+    message Dovecot flagged $Work turned into $Later on both servers."""
+    for i in range(2):
+        pair.deliver(f"kw-{i}@sharing.test")
+    dv = pair.imap("dovecot")
+    dv.select("INBOX")
+    uids = uids_by_msgid(dv)
+    assert dv.uid("STORE", str(uids["<kw-0@sharing.test>"]), "+FLAGS", "($Work)")[0] == "OK"
+    dv.logout()
+    mh = pair.imap("mailhost")
+    mh.select("INBOX")
+    assert mh.uid("STORE", str(uids["<kw-1@sharing.test>"]), "+FLAGS", "($Later)")[0] == "OK"
+    mh.logout()
+    state = compare(pair, ("INBOX",), bodies=False)["INBOX"]
+    assert state.messages[uids["<kw-0@sharing.test>"]][0] == {"$Work"}
+    assert state.messages[uids["<kw-1@sharing.test>"]][0] == {"$Later"}
+    with open(os.path.join(pair.mail_home, "dovecot-keywords")) as f:
+        names = {line.split(" ", 1)[1] for line in f.read().splitlines() if " " in line}
+    assert names == {"$Work", "$Later"}
     pair.assert_logs_clean()
 
 
@@ -714,7 +774,7 @@ def test_ten_clients_on_two_servers_agree(pair):
     settle = time.monotonic() + 5.0
     while True:
         final = views(pair, STRESS_FOLDERS, bodies=False)
-        disagree = disagreements(final)
+        disagree = disagreements(final, pair.mail_home)
         if not disagree or time.monotonic() > settle:
             break
         time.sleep(0.5)
