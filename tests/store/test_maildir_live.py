@@ -260,3 +260,24 @@ def test_store_watch_key_rejects_other_values(tmp_path):
     path.write_text('[store]\nwatch = "fanotify"\n')
     with pytest.raises(cfg.ConfigError, match="store.watch"):
         cfg.load(str(path))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_renamed_folder_is_watched_at_its_new_place(root):
+    store = MaildirStore(root, fsync=False)
+    account = await store.open_account(A)
+    await account.create_folder("Before")
+    box = await account.open_folder("Before")
+    rec = Recorder()
+    box.add_listener(rec)
+    await account.rename_folder("Before", "After")
+    assert box.name == "After" and box._watching == "inotify"
+    await sleep(0.2)
+    with open(os.path.join(box._path, "new", "3.M3P3.other"), "wb") as f:
+        f.write(MSG)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not rec.added:
+        await sleep(0.05)
+    assert [i.key for i in rec.added] == ["3.M3P3.other"]
+    await store.close()
+    assert store._watcher.watching == 0
