@@ -66,6 +66,13 @@ class AuthConfig:
     lockout: float = 300.0
     # Seconds a successful verification is cached (0 disables the cache).
     cache_ttl: float = 300.0
+    # Seconds a (user, client) pair is remembered after a successful login; its
+    # password checks go ahead of other clients' (mailhost.auth.verify_queue).
+    known_good_ttl: float = 30 * 86400.0
+    # Mailbox for postmaster@<every local domain> and <postmaster> when no user or
+    # alias of that name exists; "" = postmaster@<first domain> if it is a user, else
+    # the first user of the passwd file (RFC 5321 4.5.1).
+    postmaster: str = ""
 
 
 @dataclass
@@ -78,6 +85,9 @@ class TLSConfig:
     # Seconds a client of an implicit-TLS listener (465, 993, 995) has to finish the
     # TLS handshake before it is disconnected.
     handshake_timeout: float = 30.0
+    # TLS 1.2 cipher suites: "aead" (ECDHE/DHE with AES-GCM or ChaCha20-Poly1305 only)
+    # or "legacy" (also the CBC suites, for old clients). TLS 1.3 is always AEAD.
+    ciphers: Literal["aead", "legacy"] = "aead"
 
 
 @dataclass
@@ -89,11 +99,23 @@ class SMTPConfig:
     max_message_size: int = 32 * 1024 * 1024
     max_recipients: int = 1000
     max_line_length: int = 65536
+    # Seconds to send a whole command line (bytes that do not end it do not count).
     command_timeout: float = 300.0
+    # Seconds of DATA/BDAT time budget, refilled by min_data_rate (see docs).
     data_timeout: float = 600.0
+    # Seconds from connect to the first MAIL FROM; 0 = no limit.
+    pre_mail_timeout: float = 300.0
+    # Bytes per second a DATA/BDAT upload must keep up on average; 0 = no minimum.
+    min_data_rate: float = 500.0
     max_connections: int = 200
     max_connections_per_ip: int = 20
     max_junk_commands: int = 20
+    # Error replies (4xx/5xx) a session may get without delivering mail before
+    # 421 and close (Postfix smtpd_hard_error_limit); from soft_error_limit on, each
+    # error reply is delayed by error_sleep_time times the errors over the soft limit.
+    hard_error_limit: int = 20
+    soft_error_limit: int = 10
+    error_sleep_time: float = 1.0
     max_hops: int = 50
     # Networks allowed to relay without AUTH (CIDR).
     relay_networks: list[str] = field(default_factory=list)
@@ -115,7 +137,10 @@ class POP3Config:
     listen_tls: list[str] = field(default_factory=list)
     # "expunge": QUIT removes DELEted messages; "flag": only hide them and set \Deleted.
     delete: Literal["expunge", "flag"] = "expunge"
+    # Seconds to send a whole command line.
     timeout: float = 600.0
+    # Seconds from connect to a successful login; 0 = no limit.
+    preauth_timeout: float = 120.0
     max_connections: int = 200
     # Concurrent connections from one client address (IPv6: one /64); 0 = unlimited.
     max_connections_per_ip: int = 20
@@ -182,6 +207,10 @@ class LimitsConfig:
     # Client networks (CIDR) exempt from the per-address count and rate, like Postfix's
     # smtpd_client_event_limit_exceptions; they still count towards max_connections.
     exempt_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # When a listener kind is at max_connections, make room for a new client by closing
+    # the session that has been idle longest among those that have not started a mail
+    # transaction (SMTP) or logged in (POP3, IMAP), like Postfix under stress.
+    evict_idle: bool = True
 
 
 @dataclass
