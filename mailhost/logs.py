@@ -13,12 +13,15 @@ in the format) takes Twisted's own path.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
 from twisted.logger import (
     FileLogObserver,
+    FilteringLogObserver,
     ILogObserver,
+    PredicateResult,
     formatEventAsClassicLogText,
     formatTime,
     jsonFileLogObserver,
@@ -27,9 +30,38 @@ from twisted.logger import (
 _twistd_options: Any = None
 
 
+# What twisted.names' client logs for every query it sends: it binds a fresh UDP port
+# per query (source-port randomisation) and udp.Port logs its start and close
+# unconditionally, the protocol its start and stop. Four lines per MX, A or AAAA
+# lookup, so several per relay attempt, and none says anything an admin can act on.
+# Only the two protocol lines honour ``noisy``, and the resolver builds that protocol
+# itself, so short of overriding its private ``_connectedProtocol`` a filter is the
+# public way to drop all four. mailhost opens no other UDP port.
+_DNS_CLIENT_NOISE = re.compile(
+    r"DNSDatagramProtocol starting on \d+"
+    r"|\(UDP Port \d+ Closed\)"
+    r"|(?:Starting|Stopping) protocol <twisted\.names\.dns\.DNSDatagramProtocol object at \w+>"
+)
+
+
+def drop_dns_client_noise(event: dict[str, Any]) -> PredicateResult:
+    """Log filter predicate: no for the per-query lines of the DNS client."""
+    message = event.get("message")
+    if (event.get("log_namespace") == "log_legacy" and isinstance(message, tuple)
+            and len(message) == 1 and isinstance(message[0], str)
+            and _DNS_CLIENT_NOISE.fullmatch(message[0])):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
+def quiet(observer: ILogObserver) -> ILogObserver:
+    """``observer`` without the DNS client's per-query lines."""
+    return FilteringLogObserver(observer, [drop_dns_client_noise])
+
+
 def json_observer() -> ILogObserver:
     """A twistd ``--logger`` factory: JSON lines on standard output."""
-    return jsonFileLogObserver(sys.stdout)
+    return quiet(jsonFileLogObserver(sys.stdout))
 
 
 def text_observer() -> ILogObserver:
@@ -39,7 +71,7 @@ def text_observer() -> ILogObserver:
     observer = _SomeApplicationRunner.loggerFactory(_twistd_options or {})._getLogObserver()
     if isinstance(observer, FileLogObserver):
         observer.formatEvent = ClassicTextFormat()
-    return observer
+    return quiet(observer)
 
 
 class ClassicTextFormat:

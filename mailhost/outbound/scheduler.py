@@ -405,6 +405,8 @@ class Scheduler:
         except RoutingError as e:
             kind = TEMPORARY if e.temporary else PERMANENT
             code = "451" if e.temporary else "550"
+            log.info("outbound: {domain}: {error}", domain=domain,
+                     error=f"{code} {e.status} {e.text}", event="route_failed")
             self._drain_if_alone(domain, Outcome(kind, f"{code} {e.status} {e.text}"))
             return
         hops = route.hops
@@ -440,10 +442,11 @@ class Scheduler:
                     return
                 last_error = result.error or f"no answer from {hop.name}"
                 log.info(
-                    "outbound: {domain} via {mx} [{address}] failed: {error}",
+                    "outbound: {domain} via {mx} [{address}]:{port} failed: {error}",
                     domain=domain,
                     mx=hop.name,
                     address=address,
+                    port=hop.port,
                     error=last_error,
                 )
         if not self.stopping:
@@ -535,6 +538,8 @@ class Scheduler:
         return ClientPolicy(
             hostname=self.config.server.hostname,
             mx_name=hop.name,
+            address=address,
+            port=hop.port,
             tls=tls,
             tls_context=context,
             username=s.smarthost_user if smarthost else "",

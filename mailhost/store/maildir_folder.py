@@ -4,9 +4,11 @@ Reads (``messages``, ``get``, flags, sizes) come from the in-memory index and to
 no file. Changes run their file work in the reactor's thread pool, serialised per
 folder by a DeferredLock, and update the index and listeners on the reactor thread.
 
-New messages get UIDs reserved in order on the reactor thread; a message becomes
-visible only once every lower reserved UID has settled, so no session ever sees a
-UID lower than one it has already seen appear later.
+UIDs are Dovecot's: every one is given out in a worker thread under
+``dovecot-uidlist.lock`` (maildir_uids.FolderUids), by the thread that linked the
+files, and handed to the index in ascending order; a message becomes visible only once
+every lower handed UID has settled, so no session ever sees a UID lower than one it
+has already seen appear later.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections import deque
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailhost.store import maildir_cache, uidlist
+from mailhost.store import maildir_cache
 from mailhost.store.crlf import CRLFReader
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
@@ -37,6 +39,7 @@ from mailhost.store.maildir_index import (
     Columns,
     FolderIndex,
     diff_folder,
+    dir_stamp,
     examine_foreign,
     fast_info,
     load_folder,
@@ -44,7 +47,8 @@ from mailhost.store.maildir_index import (
 )
 from mailhost.store.maildir_io import KeywordFile, rename_all, transfer_files, unlink_all
 from mailhost.store.maildir_names import Keywords, filename, info_letters, make_info, unique_base
-from mailhost.store.uidlist import UIDLIST_FILE, Record
+from mailhost.store.maildir_uids import FolderUids
+from mailhost.store.maildir_watch import APPEARED, COALESCE_DELAY
 
 CACHE_FLUSH_DELAY = 2.0
 #: Bulk-adopted files get their real dates this long after the folder opens, in
@@ -73,16 +77,16 @@ class MaildirFolder:
         self.uid_next = 1
         self._keywords = Keywords()
         self._index = FolderIndex(self._keywords)
+        self._uids = FolderUids(path, store.modes, store.fsync)
+        self._watching: str | None = None  # "inotify" or "poll" while listened to
         self._path = path
         self._kwfile = KeywordFile(self._keywords, store.modes)
         self._listeners = ListenerSet()
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
-        self._reserved: deque[int] = deque()
-        self._reserved_base: dict[int, str] = {}
         self._settled: dict[int, Row | None] = {}
         self._waiting: dict[int, defer.Deferred] = {}
-        self._pending_bases: set[str] = set()
+        self._pending_bases: Counter[str] = Counter()  # being linked in by us
         self._stale = 0
         self._cache: dict[int, dict[str, str]] = {}
         self._cache_pending: list[tuple[int, str, str]] = []
@@ -90,6 +94,11 @@ class MaildirFolder:
         self._gone = False
         self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
         self._fill_call = None
+        self._disk_events: list[tuple[str, str, int] | None] = []  # not yet looked at
+        self._disk_call = None
+        self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
+        #: Directory listings done to pick up others' changes (a test hook).
+        self.listings = 0
 
     @property
     def _path(self) -> str:
@@ -99,6 +108,10 @@ class MaildirFolder:
     def _path(self, path: str) -> None:
         # Folder renames move the directory; the index reads dates from it.
         self._dir = self._index.path = path
+        self._uids.set_path(path)
+        if self._watching is not None:  # watch the new place
+            self._unwatch()
+            self._watch_if_listened()
 
     @property
     def special_use(self) -> str | None:
@@ -107,8 +120,15 @@ class MaildirFolder:
     # -- loading -------------------------------------------------------------------
 
     async def _load(self) -> None:
-        loaded = await self._store._in_thread(load_folder, self._path, self._store.fsync,
-                                              self._store.modes)
+        path, fsync, modes, uids = self._path, self._store.fsync, self._store.modes, self._uids
+
+        def load():
+            # Dir times from before the listing: a later change moves them, so the
+            # first rescan (SELECT, STATUS) can skip its listing when nothing changed.
+            return dir_stamp(path), load_folder(path, fsync, modes, True, uids)
+
+        stamp, loaded = await self._store._in_thread(load)
+        self._stamp = stamp
         self.uid_validity = loaded.validity
         self.uid_next = loaded.uid_next
         self._index = loaded.index
@@ -140,10 +160,10 @@ class MaildirFolder:
         self._fill_call = None
 
     def _fill_dates(self) -> defer.Deferred:
-        """Read the mtimes bulk adoption skipped, a batch at a time in a thread, and
-        record them in the uidlist, so INTERNALDATE needs no stat later (even after a
-        restart). Runs after the first burst of client commands, not during it; goes on
-        at once only while a batch made progress."""
+        """Read the dates bulk adoption skipped, a batch at a time in a thread, and
+        record them in mailhost-uidcache, so INTERNALDATE needs no stat later (even
+        after a restart). Runs after the first burst of client commands, not during it;
+        goes on at once only while a batch made progress."""
         self._fill_call = None
         d = self._run(self._fill_batch)
 
@@ -164,14 +184,12 @@ class MaildirFolder:
         before = index.unknown_dates + len(index.unsaved_dates)
         todo = index.unknown(DATE_FILL_BATCH)
         if not todo:
-            if self._stale > COMPACT_MIN_STALE:
-                await self._compact()  # drop the lines the filled-in ones replaced
             return False
-        path, uid_path, lock = self._path, self._uidlist_path(), self._file_lock
+        path, uids = self._path, self._uids
 
         def work(rows):
-            dates, lines, missing = [], [], []
-            for uid, rel, size, wrap, base, date in rows:
+            dates, facts, missing = [], [], []
+            for uid, rel, size, wrap, _base, date in rows:
                 if date == UNKNOWN_DATE:
                     try:
                         mtime = int(os.stat(os.path.join(path, rel)).st_mtime)
@@ -181,20 +199,14 @@ class MaildirFolder:
                 else:
                     mtime = int(date)
                 dates.append((uid, mtime))
-                lines.append(uidlist.format_line(uid, mtime, size, wrap, base))
-            if lines:
-                try:
-                    with lock:
-                        uidlist.append_text(uid_path, "".join(lines), self._store.modes,
-                                            create=False)
-                except FileNotFoundError:
-                    return [], []  # the folder was deleted under us
+                facts.append((uid, mtime, size, wrap))
+            if facts:
+                uids.cache(facts)
             return dates, missing
 
         dates, missing = await self._store._in_thread(work, todo)
         for uid, mtime in dates:
             index.set_date(uid, float(mtime))
-        self._stale += len(dates)
         if missing:
             # Another program renamed (flags) or deleted them: learn the new names,
             # drop the gone, and try once more under the current names.
@@ -210,7 +222,6 @@ class MaildirFolder:
                 dates, missing = await self._store._in_thread(work, retry)
                 for uid, mtime in dates:
                     index.set_date(uid, float(mtime))
-                self._stale += len(dates)
                 for uid in missing:  # still not found: racing; use the name's time
                     i = index.pos(uid)
                     if i >= 0:
@@ -221,7 +232,7 @@ class MaildirFolder:
     async def _read_dates(self, uids: Iterable[int] | None = None) -> None:
         """Read the still unknown dates of these messages (all if None) in one thread
         pass, so callers that need them do not stat file after file on the reactor.
-        The background pass records them in the uidlist later."""
+        The background pass records them in mailhost-uidcache later."""
         index = self._index
         rows = index.unknown_rows(uids)
         if not rows:
@@ -287,28 +298,37 @@ class MaildirFolder:
             self._index.keywords_changed()
         return self._keywords.letters_of(flags, extra)
 
-    # -- UID reservation -----------------------------------------------------------------
+    # -- UID hand-over -------------------------------------------------------------------
 
-    def _reserve(self, base: str) -> int:
-        uid = self.uid_next
-        self.uid_next += 1
-        self._reserved.append(uid)
-        self._reserved_base[uid] = base
-        self._pending_bases.add(base)
-        return uid
+    def _expect(self, bases: Iterable[str]) -> None:
+        """These files are being linked in by us: a refresh meanwhile must not adopt
+        them (they get their UIDs from the thread that links them)."""
+        self._pending_bases.update(bases)
+
+    def _unexpect(self, bases: Iterable[str]) -> None:
+        self._pending_bases.subtract(bases)
+        for base in bases:
+            if self._pending_bases[base] <= 0:
+                del self._pending_bases[base]
 
     def _settle(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred:
-        """Record the outcome of reservations (None: dropped). Fires once each is visible
-        or dropped; listeners hear of each visible batch at once. Only reservations
-        still waiting behind an earlier one get a Deferred (adopting 100k files at once
-        must not build 100k of them)."""
+        """Record the outcome of UIDs a thread handed out (None: dropped). Fires once
+        each is visible or dropped; listeners hear of each visible batch at once. UIDs
+        become visible in the order they were handed out (``FolderUids.handed``), so
+        only those still waiting behind an earlier one get a Deferred (adopting 100k
+        files at once must not build 100k of them)."""
         for uid, row in items:
             self._settled[uid] = row
+            if uid >= self.uid_next:
+                self.uid_next = uid + 1
         added, fire = [], []
-        while self._reserved and self._reserved[0] in self._settled:
-            done = self._reserved.popleft()
+        handed = self._uids.handed
+        while True:
+            done = self._uids.peek()
+            if done is None or done not in self._settled:
+                break
+            handed.popleft()
             row = self._settled.pop(done)
-            self._pending_bases.discard(self._reserved_base.pop(done))
             if row is not None and not self._gone:
                 added.append(self._insert(done, row))
             waiter = self._waiting.pop(done, None)
@@ -317,7 +337,7 @@ class MaildirFolder:
         self._listeners.added(self, added)
         waits = []
         for uid, _row in items:
-            if uid in self._settled:  # behind a reservation that has not settled yet
+            if uid in self._settled:  # behind a handed UID that has not settled yet
                 d = self._waiting[uid] = defer.Deferred()
                 waits.append(d)
         for waiter in fire:
@@ -341,34 +361,14 @@ class MaildirFolder:
     def _run(self, fn, *args) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._locked(fn, *args))
 
-    def _uidlist_path(self) -> str:
-        return os.path.join(self._path, UIDLIST_FILE)
-
     def _cache_path(self) -> str:
         return os.path.join(self._path, maildir_cache.CACHE_FILE)
 
     async def _compact(self) -> None:
-        """Rewrite the uidlist without stale lines (in a thread, under the file lock)."""
-        live = set(self._index.by_base) | self._pending_bases
-        path, validity = self._uidlist_path(), self.uid_validity
-        first_unsettled = self.uid_next
-        lock, fsync = self._file_lock, self._store.fsync
-
-        def work():
-            with lock:
-                current = uidlist.read(path)
-                if current is None:
-                    return
-                _, uid_next, records, _ = current
-                # Keep what is live now, and whatever was reserved after this snapshot.
-                keep = [Record(uid, date, size, wrap, base)
-                        for base, (uid, date, size, wrap) in records.items()
-                        if base in live or uid >= first_unsettled]
-                keep.sort(key=lambda r: r.uid)
-                uidlist.rewrite(path, validity, max(uid_next, first_unsettled), keep, fsync,
-                                self._store.modes)
-
-        await self._store._in_thread(work)
+        """Recreate dovecot-uidlist without the records of expunged files (in a
+        thread, under its lock; see FolderUids.compact)."""
+        live = set(self._index.by_base) | set(self._pending_bases)
+        await self._store._in_thread(self._uids.compact, live)
         self._stale = 0
 
     # -- IFolder: reads -------------------------------------------------------------------
@@ -388,7 +388,7 @@ class MaildirFolder:
         return defer.Deferred.fromCoroutine(self._open_message(uid))
 
     async def _open_message(self, uid: int):
-        for attempt in range(2):
+        for attempt in range(3):
             i = self._index.pos(uid)
             if i < 0 or self._gone:
                 raise NoSuchMessage(uid)
@@ -401,11 +401,19 @@ class MaildirFolder:
                 # and are the caller's business (thread pool or small chunks).
                 raw = open(path, "rb")  # noqa: SIM115 - the caller closes it
             except FileNotFoundError:
-                if attempt:
-                    raise NoSuchMessage(uid) from None
-                # A rename (flags, new/ -> cur/) may be in flight: let it finish, retry.
-                await self._lock.acquire()
-                self._lock.release()
+                if attempt == 0:
+                    # A rename of ours (flags, new/ -> cur/) may be in flight: let it
+                    # finish, retry.
+                    await self._lock.acquire()
+                    self._lock.release()
+                elif attempt == 1:
+                    # Another program renamed it (set a flag, moved it to cur/) or
+                    # deleted it: one listing finds it by its base name (and tells the
+                    # listeners what changed); a file really gone leaves the index.
+                    try:
+                        await self._run(self._refresh, True)
+                    except NoSuchFolder:
+                        raise NoSuchMessage(uid) from None
                 continue
             return io.BufferedReader(CRLFReader(raw)) if wrap else raw
         raise NoSuchMessage(uid)
@@ -413,12 +421,28 @@ class MaildirFolder:
     # -- IFolder: changes ----------------------------------------------------------------
 
     def refresh(self):
+        if self._watching == "inotify":
+            # The watch has told us of every change so far (once its queue is read).
+            return self._run(self._sync_disk)
         return self._run(self._refresh)
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, force: bool = False) -> None:
+        """Compare the directories with the index (the listing is skipped when their
+        times say nothing changed, unless ``force``) and apply what others changed."""
         index = self._index
-        stamp, renamed, gone, foreign = await self._store._in_thread(
-            diff_folder, self._path, index.snapshot(), self._stamp)
+        path, uids = self._path, self._uids
+        last = None if force else self._stamp
+
+        def work(snapshot, last_stamp):
+            # UIDNEXT moves when another program gives out UIDs, even for mail it
+            # expunged before we listed it.
+            return diff_folder(path, snapshot, last_stamp), uids.next_uid_nowait()
+
+        (stamp, renamed, gone, foreign), next_uid = await self._store._in_thread(
+            work, index.snapshot(), last)
+        self.uid_next = max(self.uid_next, next_uid)
+        if stamp is None or stamp != last:
+            self.listings += 1
         # Our own renames change the directories too, so only a stamp taken here, with
         # no change of ours in between (the lock is held), may skip the next listing.
         self._stamp = stamp
@@ -442,35 +466,38 @@ class MaildirFolder:
             await self._adopt(foreign)
 
     async def _adopt(self, foreign: list[tuple[str, str]]) -> None:
-        """Give UIDs to files another program put in new/ or cur/."""
+        """Give UIDs to files another program put in new/ or cur/: the UID the
+        uidlist already has for the name (Dovecot's APPEND, or Dovecot saw it first),
+        else a new one under the lock."""
         bases = [name.partition(":")[0] for _, name in foreign]
-        self._pending_bases.update(bases)
+        self._expect(bases)
+        ticket: list[int] = []
         try:
-            examined = await self._store._in_thread(examine_foreign, self._path, foreign)
+            path, uids = self._path, self._uids
+
+            def work():
+                examined = examine_foreign(path, foreign)
+                if not examined:
+                    return examined, []
+                got = uids.lookup([name.partition(":")[0] for _, name, *_ in examined],
+                                  ticket, [(mtime, size, wrap)
+                                           for _, _, size, wrap, mtime in examined])
+                return examined, got
+
+            try:
+                examined, got = await self._store._in_thread(work)
+            except BaseException:
+                self._settle([(uid, None) for uid in ticket])
+                raise
+            rows = []
+            for (sub, name, size, wrap, mtime), uid in zip(examined, got, strict=True):
+                base, sep, part = name.partition(":")
+                rows.append((uid, (base, sub == "new", part if sep else None, wrap, size,
+                                   float(mtime))))
+            if rows:
+                await self._settle(rows)
         finally:
-            self._pending_bases.difference_update(bases)
-        if not examined:
-            return
-        rows, lines = [], []
-        for sub, name, size, wrap, mtime in examined:
-            base, sep, part = name.partition(":")
-            uid = self._reserve(base)
-            rows.append((uid, (base, sub == "new", part if sep else None, wrap, size,
-                               float(mtime))))
-            lines.append(uidlist.format_line(uid, mtime, size, wrap, base))
-        text = "".join(lines)
-        path, lock = self._uidlist_path(), self._file_lock
-
-        def work():
-            with lock:
-                uidlist.append_text(path, text, self._store.modes)
-
-        try:
-            await self._store._in_thread(work)
-        except BaseException:
-            self._settle([(uid, None) for uid, _ in rows])
-            raise
-        await self._settle(rows)
+            self._unexpect(bases)
 
     def set_flags(self, uids: Iterable[int], flags: Iterable[str], mode: str):
         try:
@@ -483,11 +510,26 @@ class MaildirFolder:
     async def _set_flags(self, uids: list[int], wanted: frozenset[str], mode: str):
         if self._index.unknown_dates:
             await self._read_dates(uids)  # the results carry dates: no stat each here
-        index = self._index
         result: dict[int, MessageInfo] = {}
+        missed = await self._set_flags_once(sorted(set(uids)), wanted, mode, result)
+        if missed:
+            # Another program renamed (flagged) or removed these files meanwhile: learn
+            # their names, then apply the change once more to what is still there.
+            await self._refresh(True)
+            for uid in missed:
+                result.pop(uid, None)
+            await self._set_flags_once([u for u in missed if u in self._index], wanted,
+                                       mode, result)
+        return [result[u] for u in sorted(result) if u in self._index]
+
+    async def _set_flags_once(self, uids: list[int], wanted: frozenset[str], mode: str,
+                              result: dict[int, MessageInfo]) -> list[int]:
+        """Rename the files of ``uids`` (ascending) to carry the new flags, filling in
+        ``result``; returns the UIDs whose file was not under its indexed name."""
+        index = self._index
         renames, updates = [], []
         new_part_memo: dict[tuple[str | None, frozenset[str], bool], str | None] = {}
-        for uid in sorted(set(uids)):
+        for uid in uids:
             i = index.pos(uid)
             if i < 0:
                 continue
@@ -507,6 +549,7 @@ class MaildirFolder:
             renames.append((os.path.join(sub, filename(base, st.part)),
                             os.path.join(sub, filename(base, new_part))))
             updates.append((uid, new_part, st.recent))
+        missed = []
         if renames:
             ok = await self._renaming(renames, self._kwfile, self._file_lock,
                                       self._store.fsync)
@@ -518,9 +561,11 @@ class MaildirFolder:
                 if done:
                     index.states[i] = index.state(new_part, recent)
                     changed.append(index.info_at(i))
+                else:
+                    missed.append(uid)
                 result[uid] = index.info_at(i)
             self._listeners.changed(self, changed)
-        return [result[u] for u in sorted(result)]
+        return missed
 
     async def _renaming(self, renames: list[tuple[str, str]], kwfile, lock,
                         fsync: bool) -> list[bool]:
@@ -529,6 +574,10 @@ class MaildirFolder:
         moving = self._index.renaming
         for old, new in renames:
             moving[os.path.basename(old).partition(":")[0]] = new
+        if self._watching == "inotify":
+            # The names our renames pass through, so the watch's events for them
+            # cost no rescan (see _explained).
+            self._own_names.update(os.path.split(new) for _, new in renames)
         try:
             return await self._store._in_thread(rename_all, self._path, renames, kwfile,
                                                 lock, fsync)
@@ -546,9 +595,25 @@ class MaildirFolder:
         if not victims:
             return []
         paths = [os.path.join(self._path, self._relpath_at(index.pos(u))) for u in victims]
-        await self._store._in_thread(unlink_all, paths)
-        self._remove(victims)
-        self._listeners.expunged(self, victims)
+        missing = await self._store._in_thread(unlink_all, paths)
+        if missing:
+            # Another program renamed (flagged) or removed some: learn their current
+            # names (the gone leave the index, listeners hear of it), then remove the
+            # renamed ones that are still \Deleted, under their new names.
+            lost = {p: u for p, u in zip(paths, victims, strict=True)}
+            retry = [lost[p] for p in missing]
+            await self._refresh(True)
+            index = self._index
+            again = [u for u in retry if (i := index.pos(u)) >= 0
+                     and "\\Deleted" in index.state_at(i).flags]
+            await self._store._in_thread(
+                unlink_all, [os.path.join(self._path, self._relpath_at(index.pos(u)))
+                             for u in again])
+            keep = {u for u in retry if u in index} - set(again)  # no longer \Deleted
+            victims = [u for u in victims if u not in keep]
+        present = [u for u in victims if u in self._index]
+        self._remove(present)
+        self._listeners.expunged(self, present)
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         return victims
@@ -564,6 +629,20 @@ class MaildirFolder:
             raise NoSuchFolder(getattr(dest, "name", repr(dest)))
         if self._index.unknown_dates:
             await self._read_dates(uids)  # copies keep the date: no stat each here
+        pairs, missed = await self._transfer_once(uids, dest, move)
+        if missed:
+            # Another program renamed (flagged) or removed these files meanwhile: learn
+            # their names, then copy or move once more what is still there.
+            await self._refresh(True)
+            more, _ = await self._transfer_once([u for u in missed if u in self._index],
+                                                dest, move)
+            pairs = sorted(pairs + more)
+        return pairs
+
+    async def _transfer_once(self, uids: list[int], dest: MaildirFolder, move: bool,
+                             ) -> tuple[list[tuple[int, int]], list[int]]:
+        """One pass of COPY/MOVE: ([(uid, dest uid)], UIDs whose file was not under
+        its indexed name)."""
         index = self._index
         plan = []
         for uid in sorted(set(uids)):
@@ -575,36 +654,41 @@ class MaildirFolder:
             new_part = make_info(dest._letters(info.flags, st.extra), in_new=True)
             plan.append((uid, info, wrap, base, new_part, self._relpath_at(i)))
         if not plan:
-            return []
-        reserved = [dest._reserve(base) for _, _, _, base, _, _ in plan]
+            return [], []
         ops = [(os.path.join(self._path, rel),
                 os.path.join(dest._path, "new", filename(base, new_part)),
-                Record(duid, int(info.internal_date), info.size, wrap, base))
-               for (_, info, wrap, base, new_part, rel), duid in zip(plan, reserved,
-                                                                     strict=True)]
+                base, int(info.internal_date), info.size, wrap)
+               for _, info, wrap, base, new_part, rel in plan]
+        bases = [base for _, _, _, base, _, _ in plan]
         syncer = self._store._sync if self._store.fsync else None
+        ticket: list[int] = []
+        dest._expect(bases)
         try:
-            ok = await self._store._in_thread(transfer_files, ops, move, dest._path,
-                                              dest._kwfile, dest._file_lock, syncer,
-                                              self._store.modes)
-        except BaseException:
-            dest._settle([(duid, None) for duid in reserved])
-            raise
-        settle, pairs = [], []
-        for (uid, info, wrap, base, new_part, _), duid, done in zip(plan, reserved, ok,
-                                                                    strict=True):
-            if not done:
-                settle.append((duid, None))
-                continue
-            settle.append((duid, dest._row(base, True, new_part, wrap, info.size,
-                                           info.internal_date, duid)))
-            pairs.append((uid, duid))
-        await dest._settle(settle)
+            try:
+                ok, got = await self._store._in_thread(
+                    transfer_files, ops, move, dest._path, dest._kwfile, dest._file_lock,
+                    dest._uids, ticket, syncer, self._store.modes)
+            except BaseException:
+                dest._settle([(duid, None) for duid in ticket])
+                raise
+            settle, pairs, missed = [], [], []
+            done = iter(got)
+            for (uid, info, wrap, base, new_part, _), linked in zip(plan, ok, strict=True):
+                if not linked:
+                    missed.append(uid)
+                    continue
+                duid = next(done)
+                settle.append((duid, dest._row(base, True, new_part, wrap, info.size,
+                                               info.internal_date, duid)))
+                pairs.append((uid, duid))
+            await dest._settle(settle)
+        finally:
+            dest._unexpect(bases)
         if move:
             moved = [src for src, _ in pairs]
             self._remove(moved)
             self._listeners.expunged(self, moved)
-        return pairs
+        return pairs, missed
 
     def claim_recent(self):
         return self._run(self._claim_recent)
@@ -633,9 +717,97 @@ class MaildirFolder:
 
     def add_listener(self, listener) -> None:
         self._listeners.add(listener)
+        self._watch_if_listened()
 
     def remove_listener(self, listener) -> None:
         self._listeners.remove(listener)
+        if not len(self._listeners):
+            self._unwatch()
+
+    # -- changes made by other programs ----------------------------------------------------
+
+    def _watch_if_listened(self) -> None:
+        """Have the store's watcher report changes to new/ and cur/ while someone
+        listens; a first rescan covers what changed before the watch began."""
+        if self._watching is None and len(self._listeners) and not self._gone:
+            self._watching = self._store._watcher.start(self)
+            self._disk_event(None)
+
+    def _watch_moved(self, mode: str) -> None:
+        """The watcher now watches this folder another way (its inotify watch broke)."""
+        if self._watching is not None:
+            self._watching = mode
+
+    def _unwatch(self) -> None:
+        if self._watching is not None:
+            self._watching = None
+            self._store._watcher.stop(self)
+        if self._disk_call is not None and self._disk_call.active():
+            self._disk_call.cancel()
+        self._disk_call = None
+        self._disk_events.clear()
+        self._own_names.clear()
+
+    def _disk_event(self, event: tuple[str, str, int] | None) -> None:
+        """From the watcher: (subdir, name, inotify mask) of a change to new/ or cur/,
+        or None for "something may have changed". Collected for COALESCE_DELAY, then
+        looked at under the folder lock (``_sync_disk``)."""
+        if self._gone or self._watching is None:
+            return
+        self._disk_events.append(event)
+        if self._disk_call is None:
+            self._disk_call = self._store._reactor.callLater(COALESCE_DELAY,
+                                                             self._disk_flush)
+
+    def _disk_flush(self) -> None:
+        self._disk_call = None
+        d = self._run(self._sync_disk)
+        d.addErrback(lambda f: None if f.check(NoSuchFolder)
+                     else self.log.failure("rescanning {path} failed", f, path=self._path))
+
+    async def _sync_disk(self) -> None:
+        """Rescan if the collected events show a change the index does not know of
+        (runs under the lock, so every change of ours is in the index by now)."""
+        if self._watching == "inotify":
+            self._store._watcher.drain()  # events already queued in the kernel
+        events, self._disk_events = self._disk_events, []
+        if self._disk_call is not None and self._disk_call.active():
+            self._disk_call.cancel()
+        self._disk_call = None
+        own, self._own_names = self._own_names, set()
+        if not events:
+            return
+        if None in events:
+            await self._refresh()
+            return
+        # Only the last event of each name counts: a file of ours created and then
+        # renamed (delivered, then claimed into cur/), or a flag set, cleared and set
+        # again, left nothing the index does not know.
+        final = {(sub, name): mask for sub, name, mask in events}
+        if not all(self._explained(sub, name, mask, own)
+                   for (sub, name), mask in final.items()):
+            await self._refresh(True)
+
+    def _explained(self, sub: str, name: str, mask: int, own: set[tuple[str, str]]) -> bool:
+        """Whether the index already accounts for a file appearing (``mask`` has
+        APPEARED) or vanishing in new/ or cur/: our own delivery, COPY or adoption in
+        flight, a rename or expunge of ours. Another program's change always leaves a
+        name the index does not have, or removes the name it has."""
+        base, sep, part = name.partition(":")
+        if base in self._pending_bases:
+            return True  # being delivered, copied or adopted
+        index = self._index
+        uid = index.by_base.get(base)
+        i = -1 if uid is None else index.pos(uid)
+        appeared = bool(mask & APPEARED)
+        if i < 0:
+            return not appeared  # a file we never had (or expunged) went away
+        st = index.state_at(i)
+        current = ("new" if st.recent else "cur") == sub and st.part == (part if sep
+                                                                          else None)
+        if appeared:
+            return current or (sub, name) in own
+        return not current  # an old name of ours went away
 
     # -- cached metadata -----------------------------------------------------------------
 
@@ -689,6 +861,7 @@ class MaildirFolder:
         if self._cache_call is not None and self._cache_call.active():
             self._cache_call.cancel()
         self._cache_call = None
+        self._unwatch()
         self._index.clear()
         self._cache.clear()
         self._cache_pending.clear()

@@ -12,12 +12,12 @@ import time
 
 from twisted.logger import Logger
 
-from mailhost.store import mutf7, uidlist
+from mailhost.store import mutf7
+from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
 from mailhost.store.maildir_names import KEYWORDS_FILE, Keywords
 from mailhost.store.modes import FileModes
 from mailhost.store.names import INBOX, InvalidFolderName, canonical_folder
-from mailhost.store.uidlist import UIDLIST_FILE
 
 log = Logger()
 
@@ -90,13 +90,15 @@ def link_or_copy(src: str, dest: str, fsync: bool, modes: FileModes) -> None:
         copy_durable(src, dest, fsync, modes)
 
 
-def deliver_files(file, tmp_path: str, date: float | None, jobs, syncer, modes: FileModes,
+def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileModes,
                   data: bytes | None = None) -> None:
-    """Make the tmp file durable, link it into each target's new/, record its UID, and
-    (through the group commit ``syncer``, None when fsync is off) make the links and
-    uidlist lines durable.
+    """Make the tmp file durable, link it into each target's new/, give it a UID there
+    (dovecot-uidlist, under its lock), and (through the group commit ``syncer``, None
+    when fsync is off) make the links and uidlist records durable.
 
-    ``jobs``: (folder path, file name, uidlist Record, folder file lock, KeywordFile).
+    ``date`` becomes the file's mtime, which is its INTERNALDATE for Dovecot too.
+    ``jobs``: (folder path, file name, base name, CRLF size, folder file lock,
+    KeywordFile, FolderUids, ticket list that receives the UID handed out).
     ``data``: the whole message when it was kept in memory (``file`` is then None and
     the tmp file is written here). The tmp file is closed and removed whatever happens.
     """
@@ -106,15 +108,17 @@ def deliver_files(file, tmp_path: str, date: float | None, jobs, syncer, modes: 
             file = os.fdopen(modes.open_new(tmp_path), "wb")  # closed in finally
             file.write(data)
         file.flush()
-        if date is not None:
-            os.utime(tmp_path, (date, date))  # Dovecot reads INTERNALDATE from mtime
-        if fsync:
-            fdatasync(file.fileno())
-        for folder_path, name, record, lock, kwfile in jobs:
+        for folder_path, name, _base, _size, lock, kwfile, _uids, _ticket in jobs:
             kwfile.write_if_needed(folder_path, lock, fsync)
             link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync, modes)
-            with lock:
-                uidlist.append(os.path.join(folder_path, UIDLIST_FILE), [record], modes)
+        # The date goes on after the links (the tmp cleaner would take a file with an
+        # old mtime for a crash's leftover), before the fsync (which makes it durable,
+        # hence fsync, not fdatasync) and before anyone is told a UID.
+        os.utime(file.fileno(), (date, date))
+        if fsync:
+            os.fsync(file.fileno())
+        for _path, _name, base, size, _lock, _kwfile, uids, ticket in jobs:
+            uids.assign([base], ticket, [(date, size, False)])
         if fsync:
             syncer.sync({os.path.join(p, n) for p, *_ in jobs for n in ("new", UIDLIST_FILE)})
     finally:
@@ -167,40 +171,46 @@ def rename_all(path: str, renames, kwfile, lock, fsync: bool) -> list[bool]:
     return ok
 
 
-def unlink_all(paths: list[str]) -> None:
+def unlink_all(paths: list[str]) -> list[str]:
+    """Unlink files; returns those that were not there (renamed or removed by another
+    program)."""
+    missing = []
     for p in paths:
         try:
             os.unlink(p)
         except FileNotFoundError:
-            pass
+            missing.append(p)
+    return missing
 
 
-def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, syncer,
-                   modes: FileModes) -> list[bool]:
-    """Link (COPY) or rename (MOVE) files into dest/new/, record their UIDs, and make
-    that durable through ``syncer`` (None: fsync off). Links and renames keep the
-    file's inode and so its mode; a cross-device copy gets ``modes``."""
+def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, uids, ticket,
+                   syncer, modes: FileModes) -> tuple[list[bool], list[int]]:
+    """Link (COPY) or rename (MOVE) files into dest/new/, give them UIDs there
+    (``uids``: the destination's FolderUids, handing them out through ``ticket``), and
+    make that durable through ``syncer`` (None: fsync off). ``ops``: (source path,
+    destination path, base, date, CRLF size, wrap). Returns (done per op, the UIDs of
+    the done ones). Links and renames keep the file's inode and so its mode; a
+    cross-device copy gets ``modes``."""
     fsync = syncer is not None
     kwfile.write_if_needed(dest_path, lock, fsync)
-    ok, records = [], []
-    for src, dst, record in ops:
+    ok, bases, rows = [], [], []
+    for src, dst, base, date, size, wrap in ops:
         try:
             if move:
                 os.rename(src, dst)
             else:
                 link_or_copy(src, dst, fsync, modes)
             ok.append(True)
-            records.append(record)
+            bases.append(base)
+            rows.append((date, size, wrap))
         except FileNotFoundError:
             ok.append(False)
-    if records:
-        with lock:
-            uidlist.append(os.path.join(dest_path, UIDLIST_FILE), records, modes)
-        if fsync:
-            dirs = {os.path.dirname(src) for src, _, _ in ops} if move else set()
-            syncer.sync(dirs | {os.path.join(dest_path, "new"),
-                                os.path.join(dest_path, UIDLIST_FILE)})
-    return ok
+    got = uids.assign(bases, ticket, rows) if bases else []
+    if bases and fsync:
+        dirs = {os.path.dirname(op[0]) for op in ops} if move else set()
+        syncer.sync(dirs | {os.path.join(dest_path, "new"),
+                            os.path.join(dest_path, UIDLIST_FILE)})
+    return ok, got
 
 
 # -- account level ------------------------------------------------------------------
