@@ -73,7 +73,7 @@ def test_repeated_identical_errors_are_rate_limited():
                        log_level=LogLevel.warn, log_time=t0 + i * 0.1))
     limiter(_event(log_format="outbound: {d} failed: refused", d="c.test",
                    log_level=LogLevel.warn, log_time=t0 + 20))  # other text: passes
-    for i in range(50):
+    for _ in range(50):
         limiter(_event(log_format="info {i}", i=0, log_time=t0 + 21))  # info: never held
     assert len(out) == 5 + 1 + 50
     limiter(_event(log_format="outbound: {d} failed: refused", d="b.test",

@@ -273,6 +273,12 @@ class RelayClient(LineReceiver, TimeoutMixin):
             )
             return
         if not self._pending:
+            if self._tls_handshaking:
+                self._fatal(
+                    f"TLS handshake with {mx} failed: it sent {_show(line)} in plaintext "
+                    "after its 220 to STARTTLS"
+                )
+                return
             if self._idle is not None:
                 # Unsolicited while idle (a 421 before the server hangs up): just go.
                 self._stop_idle()

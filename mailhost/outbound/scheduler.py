@@ -21,7 +21,8 @@ attempt):
   message due there, and holds the destination off: no new session for
   ``min(retry_initial, 60) * 2**(failures-1)`` seconds, at most ``hold_off_max``.
   Sessions that were already running when a failure was counted belong to the same
-  cohort and do not count again; a session that delivers resets the count;
+  cohort and do not count again; while the count is not zero, one session at a time
+  probes the destination, and one that delivers resets the count;
 - a session that transacted but ended in an error (a timeout, a reply out of turn)
   has recorded its message's attempt and counts as a failure too;
 - new connections to one host are capped at ``connect_rate`` per second after a
@@ -376,9 +377,12 @@ class Scheduler:
             if not queue:
                 del self.ready[domain]
                 continue
+            # A destination whose last session failed gets one probe at a time until
+            # a session delivers again (as Postfix lowers its concurrency to 1).
+            limit = 1 if self.failures.get(domain) else limit_domain
             while (
                 self.total_sessions < limit_total
-                and self.sessions.get(domain, 0) < limit_domain
+                and self.sessions.get(domain, 0) < limit
                 and len(queue) > self.sessions.get(domain, 0)
             ):
                 self._start_session(domain)
