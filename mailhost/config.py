@@ -49,6 +49,11 @@ class StoreConfig:
     # Maildir root; relative paths are under server.data_dir.
     path: str = "mail"
     fsync: bool = True
+    # Permissions of what the Maildir store creates (see store_modes): octal strings,
+    # and a group name or number ("" = the process's group).
+    file_mode: str = "0600"
+    dir_mode: str = "0700"
+    group: str | int = ""
 
 
 @dataclass
@@ -252,6 +257,8 @@ def _type_name(tp: Any) -> str:
         return "a list of strings"
     if origin is dict:
         return "a table of strings"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, str(tp)
     )
@@ -375,6 +382,40 @@ def validate(config: Config) -> None:
     host = config.outbound.smarthost
     if host and not host.rpartition(":")[2].isdigit():
         raise ConfigError(f"outbound.smarthost: expected host:port, got {host!r}")
+    store_modes(config.store)
+
+
+def _octal_mode(key: str, text: str, allowed: int, required: int, what: str) -> int:
+    bad = ConfigError(f'{key}: expected an octal mode like "{required:04o}" ({what}), '
+                      f"got {text!r}")
+    digits = text[2:] if text[:2] in ("0o", "0O") else text
+    if not 3 <= len(digits) <= 4 or any(c not in "01234567" for c in digits):
+        raise bad
+    mode = int(digits, 8)
+    if mode & ~allowed or mode & required != required:
+        raise bad
+    return mode
+
+
+def store_modes(store: StoreConfig) -> tuple[int, int, int | None]:
+    """(file mode, directory mode, gid or None) of ``[store]``, checked; the group is
+    resolved here, at load. ConfigError names the key."""
+    file_mode = _octal_mode("store.file_mode", store.file_mode, 0o666, 0o600,
+                            "read/write bits only, the owner's included")
+    dir_mode = _octal_mode("store.dir_mode", store.dir_mode, 0o777, 0o700,
+                           "permission bits only, the owner's rwx included; "
+                           "setgid comes with store.group")
+    group = str(store.group).strip()
+    if not group:
+        return file_mode, dir_mode, None
+    if group.isdigit():
+        return file_mode, dir_mode, int(group)
+    import grp
+
+    try:
+        return file_mode, dir_mode, grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"store.group: no such group: {group!r}") from None
 
 
 def as_dict(config: Config) -> dict[str, dict[str, Any]]:

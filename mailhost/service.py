@@ -32,7 +32,7 @@ from mailhost.auth.login import LoginService
 from mailhost.auth.passwd import PasswdEntry, PasswdFile
 from mailhost.auth.realm import MailRealm
 from mailhost.auth.throttle import LoginThrottle
-from mailhost.config import Config, ConfigError, as_dict, load
+from mailhost.config import Config, ConfigError, as_dict, load, store_modes
 from mailhost.limits import ConnectionLimits, chain
 from mailhost.sessions import SessionTracker
 from mailhost.store.interfaces import IMailStore
@@ -48,8 +48,11 @@ def make_store(config: Config) -> IMailStore:
 
         return MemoryStore()
     from mailhost.store.maildir import MaildirStore
+    from mailhost.store.modes import FileModes
 
-    return MaildirStore(config.data_path(config.store.path), fsync=config.store.fsync)
+    file_mode, dir_mode, group = store_modes(config.store)
+    return MaildirStore(config.data_path(config.store.path), fsync=config.store.fsync,
+                        modes=FileModes(file_mode, dir_mode, group))
 
 
 class PostmasterBootstrap(service.Service):

@@ -66,6 +66,9 @@ class MailHostProcess:
         "alice@example.test": "alice-pw", "bob@example.test": "bob-pw"})
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    #: twistd runs under this umask, not the test runner's, so file modes are the same
+    #: on every machine (022 is the usual one; the store must not depend on it).
+    umask: int = 0o022
     proc: subprocess.Popen | None = None
 
     @property
@@ -121,6 +124,7 @@ class MailHostProcess:
             [sys.executable, TWISTD, "-n", "--pidfile=", "mailhost",
              "--config", self.config_path],
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            umask=self.umask,
         )
         log.close()
         deadline = time.monotonic() + timeout

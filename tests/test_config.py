@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import subprocess
 import sys
@@ -63,6 +64,14 @@ def test_overrides_win_over_file(tmp_path):
     ('[tls]\ncert = "/nonexistent.pem"\nkey = "/nonexistent.key"\n', "tls.cert"),
     ('[smtp]\nmax_recipients = -1\n', "smtp.max_recipients"),
     ('[imap]\nlisten_tls = ["tcp:993"]\n', "imap.listen_tls"),
+    ('[store]\nfile_mode = "0755"\n', "store.file_mode"),  # x bits on files
+    ('[store]\nfile_mode = "0400"\n', "store.file_mode"),  # owner cannot write
+    ('[store]\nfile_mode = "rw-------"\n', "store.file_mode"),
+    ('[store]\nfile_mode = 384\n', "store.file_mode"),
+    ('[store]\ndir_mode = "0600"\n', "store.dir_mode"),  # no x for the owner
+    ('[store]\ndir_mode = "2770"\n', "store.dir_mode"),  # setgid comes with the group
+    ('[store]\ndir_mode = "07777"\n', "store.dir_mode"),
+    ('[store]\ngroup = "no-such-group-here"\n', "store.group: no such group"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, needle):
     p = tmp_path / "c.toml"
@@ -71,6 +80,16 @@ def test_bad_values_name_the_key(tmp_path, text, needle):
         cfg.load(str(p))
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_store_modes_are_parsed_and_the_group_resolved(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[store]\nfile_mode = "0660"\ndir_mode = "0770"\ngroup = "mail"\n')
+    c = cfg.load(str(p))
+    assert cfg.store_modes(c.store) == (0o660, 0o770, grp.getgrnam("mail").gr_gid)
+    assert cfg.store_modes(cfg.load(None, ["store.group=12345"]).store) == (0o600, 0o700,
+                                                                            12345)
+    assert cfg.store_modes(cfg.Config().store) == (0o600, 0o700, None)
 
 
 def test_missing_file():
@@ -82,6 +101,8 @@ def test_missing_file():
     (["--config", "/nonexistent.toml"], "no such config file"),
     (["--set", "smtp.max_message_size=huge"], "smtp.max_message_size"),
     (["--set", "smtp.bogus=1"], "smtp.bogus: unknown key"),
+    (["--set", "store.group=no-such-group-here"], "store.group: no such group"),
+    (["--set", 'store.file_mode="0777"'], "store.file_mode"),
 ])
 def test_twistd_bad_config_is_one_line(tmp_path, args, needle):
     """A bad config stops twistd with one line naming the key: no usage dump, no traceback."""

@@ -3,10 +3,16 @@
 Layout: ``<root>/<domain>/<localpart>/`` is a user's Maildir (INBOX); folder ``A.B``
 is ``.A.B`` beside it. Files are stored CRLF (like Dovecot's mail_save_crlf=yes) and
 named ``<sec>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<size>:2,<flags>``; keywords are
-letters a-z mapped by each folder's ``dovecot-keywords``. Per folder,
-``mailhost-uidlist`` keeps UIDVALIDITY, UIDNEXT and base name -> UID (append-only)
-and ``mailhost-cache`` the IMAP metadata cache. Per user, ``subscriptions`` and
-``mailhost-special-use``. Messages being received live in ``<root>/.tmp/``.
+letters a-z mapped by each folder's ``dovecot-keywords``. Per folder, Dovecot's own
+``dovecot-uidlist`` (v3, under its ``dovecot-uidlist.lock`` dotlock) keeps UIDVALIDITY,
+UIDNEXT and base name -> UID, shared live with Dovecot (maildir_uids); our private
+``mailhost-uidcache`` keeps each UID's date and sizes (a cache, rebuilt from the files)
+and ``mailhost-cache`` the IMAP metadata cache. A ``mailhost-uidlist`` of an older
+mailhost is migrated on first open and renamed ``mailhost-uidlist.migrated``. Per
+user, ``subscriptions`` and ``mailhost-special-use``. Messages being received live in
+``<root>/.tmp/``.
+Everything created here is private (files 0600, directories 0700) unless the store's
+``FileModes`` says otherwise, whatever the umask.
 
 The pieces: maildir_writer (delivery), maildir_folder (index and changes),
 maildir_account (folder tree), maildir_index/maildir_io (the thread-side work).
@@ -26,6 +32,7 @@ from mailhost.store.interfaces import IMailStore
 from mailhost.store.maildir_account import MaildirAccount
 from mailhost.store.maildir_folder import MaildirFolder
 from mailhost.store.maildir_writer import MaildirMessageWriter
+from mailhost.store.modes import PRIVATE, FileModes
 from mailhost.store.names import split_user
 
 __all__ = ["MaildirStore", "MaildirAccount", "MaildirFolder", "MaildirMessageWriter"]
@@ -39,14 +46,17 @@ class MaildirStore:
 
     ``fsync=False`` skips every fsync (tests, throwaway dev data): a crash may then lose
     acknowledged mail. ``reactor`` defaults to the global one; its thread pool runs
-    all file-system work.
+    all file-system work. ``modes``: the mode and group of every file and directory
+    the store creates (private by default; see mailhost.store.modes).
     """
 
     log = Logger()
 
-    def __init__(self, root: str, fsync: bool = True, reactor=None) -> None:
+    def __init__(self, root: str, fsync: bool = True, reactor=None,
+                 modes: FileModes = PRIVATE) -> None:
         self.root = os.path.abspath(root)
         self.fsync = fsync
+        self.modes = modes
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -62,7 +72,7 @@ class MaildirStore:
     def _tmp_dir(self) -> str:
         path = os.path.join(self.root, TMP_DIR)
         if not self._tmp_ready:
-            os.makedirs(path, exist_ok=True)  # once; a mkdir is a metadata-only syscall
+            self.modes.makedirs(path)  # once; a mkdir is a metadata-only syscall
             self._tmp_ready = True
             d = self._in_thread(maildir_io.clean_tmp, path)
             d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))

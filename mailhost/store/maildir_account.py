@@ -39,7 +39,7 @@ class MaildirAccount:
 
     async def _setup(self) -> None:
         self._special, self._subs = await self._store._in_thread(
-            maildir_io.setup_account, self._root, self._store.fsync)
+            maildir_io.setup_account, self._root, self._store.fsync, self._store.modes)
 
     async def _folder(self, name: str) -> MaildirFolder:
         """The live folder object, loading its index on first use (shared by callers)."""
@@ -91,7 +91,7 @@ class MaildirAccount:
     async def _create(self, name: str, special_use: str | None) -> None:
         canon = canonical_folder(name)
         paths = [(p, self._dir(p)) for p in [*parents(canon), canon]]
-        await self._store._in_thread(maildir_io.create_dirs, paths, canon)
+        await self._store._in_thread(maildir_io.create_dirs, paths, canon, self._store.modes)
         if special_use:
             self._special[canon] = special_use
             await self._save_special()
@@ -100,7 +100,7 @@ class MaildirAccount:
         text = "".join(f"{n}\t{u}\n" for n, u in sorted(self._special.items()))
         await self._store._in_thread(maildir_io.write_atomic,
                                      os.path.join(self._root, maildir_io.SPECIAL_USE_FILE),
-                                     text, self._store.fsync)
+                                     text, self._store.fsync, self._store.modes)
 
     def delete_folder(self, name: str):
         return self._tree(self._delete, name)
@@ -153,7 +153,7 @@ class MaildirAccount:
         try:
             await self._store._in_thread(
                 maildir_io.rename_dirs, [(self._dir(a), self._dir(b)) for a, b in plan],
-                [self._dir(p) for p in parents(dst)])
+                [self._dir(p) for p in parents(dst)], self._store.modes)
             for a, b in plan:
                 folder = self._folders.pop(a, None)
                 if folder is not None:
@@ -183,5 +183,5 @@ class MaildirAccount:
         text = "".join(f"{n}\n" for n in sorted(subs))
         await self._store._in_thread(maildir_io.write_atomic,
                                      os.path.join(self._root, maildir_io.SUBSCRIPTIONS_FILE),
-                                     text, self._store.fsync)
+                                     text, self._store.fsync, self._store.modes)
         self._subs = subs

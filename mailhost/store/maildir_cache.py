@@ -11,6 +11,8 @@ import json
 import os
 from collections.abc import Container
 
+from mailhost.store.modes import FileModes
+
 CACHE_FILE = "mailhost-cache"
 
 
@@ -43,17 +45,18 @@ def _lines(entries) -> str:
     return "".join(json.dumps([u, k, v], ensure_ascii=False) + "\n" for u, k, v in entries)
 
 
-def append(path: str, validity: int, entries: list[tuple[int, str, str]]) -> None:
+def append(path: str, validity: int, entries: list[tuple[int, str, str]],
+           modes: FileModes) -> None:
     new = not os.path.exists(path)
-    with open(path, "a", encoding="utf-8") as f:
+    fd = modes.open_new(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with open(fd, "a", encoding="utf-8") as f:
         if new:
             f.write(json.dumps({"v": validity}) + "\n")
         f.write(_lines(entries))
 
 
-def rewrite(path: str, validity: int, cache: dict[int, dict[str, str]]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"v": validity}) + "\n")
-        f.write(_lines((u, k, v) for u, d in cache.items() for k, v in d.items()))
-    os.replace(tmp, path)
+def rewrite(path: str, validity: int, cache: dict[int, dict[str, str]],
+            modes: FileModes) -> None:
+    text = json.dumps({"v": validity}) + "\n" + _lines(
+        (u, k, v) for u, d in cache.items() for k, v in d.items())
+    modes.write_atomic(path, text.encode("utf-8"), fsync=False)

@@ -4,9 +4,11 @@ Reads (``messages``, ``get``, flags, sizes) come from the in-memory index and to
 no file. Changes run their file work in the reactor's thread pool, serialised per
 folder by a DeferredLock, and update the index and listeners on the reactor thread.
 
-New messages get UIDs reserved in order on the reactor thread; a message becomes
-visible only once every lower reserved UID has settled, so no session ever sees a
-UID lower than one it has already seen appear later.
+UIDs are Dovecot's: every one is given out in a worker thread under
+``dovecot-uidlist.lock`` (maildir_uids.FolderUids), by the thread that linked the
+files, and handed to the index in ascending order; a message becomes visible only once
+every lower handed UID has settled, so no session ever sees a UID lower than one it
+has already seen appear later.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections import deque
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailhost.store import maildir_cache, uidlist
+from mailhost.store import maildir_cache
 from mailhost.store.crlf import CRLFReader
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
@@ -44,7 +46,7 @@ from mailhost.store.maildir_index import (
 )
 from mailhost.store.maildir_io import KeywordFile, rename_all, transfer_files, unlink_all
 from mailhost.store.maildir_names import Keywords, filename, info_letters, make_info, unique_base
-from mailhost.store.uidlist import UIDLIST_FILE, Record
+from mailhost.store.maildir_uids import FolderUids
 
 CACHE_FLUSH_DELAY = 2.0
 #: Bulk-adopted files get their real dates this long after the folder opens, in
@@ -73,16 +75,15 @@ class MaildirFolder:
         self.uid_next = 1
         self._keywords = Keywords()
         self._index = FolderIndex(self._keywords)
+        self._uids = FolderUids(path, store.modes, store.fsync)
         self._path = path
-        self._kwfile = KeywordFile(self._keywords)
+        self._kwfile = KeywordFile(self._keywords, store.modes)
         self._listeners = ListenerSet()
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
-        self._reserved: deque[int] = deque()
-        self._reserved_base: dict[int, str] = {}
         self._settled: dict[int, Row | None] = {}
         self._waiting: dict[int, defer.Deferred] = {}
-        self._pending_bases: set[str] = set()
+        self._pending_bases: Counter[str] = Counter()  # being linked in by us
         self._stale = 0
         self._cache: dict[int, dict[str, str]] = {}
         self._cache_pending: list[tuple[int, str, str]] = []
@@ -99,6 +100,7 @@ class MaildirFolder:
     def _path(self, path: str) -> None:
         # Folder renames move the directory; the index reads dates from it.
         self._dir = self._index.path = path
+        self._uids.set_path(path)
 
     @property
     def special_use(self) -> str | None:
@@ -107,13 +109,14 @@ class MaildirFolder:
     # -- loading -------------------------------------------------------------------
 
     async def _load(self) -> None:
-        loaded = await self._store._in_thread(load_folder, self._path, self._store.fsync)
+        loaded = await self._store._in_thread(load_folder, self._path, self._store.fsync,
+                                              self._store.modes, True, self._uids)
         self.uid_validity = loaded.validity
         self.uid_next = loaded.uid_next
         self._index = loaded.index
         self._index.path = self._path
         self._keywords = loaded.index.keywords
-        self._kwfile = KeywordFile(self._keywords)
+        self._kwfile = KeywordFile(self._keywords, self._store.modes)
         self._stale = loaded.stale
         cache, cache_lines = await self._store._in_thread(
             maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
@@ -139,10 +142,10 @@ class MaildirFolder:
         self._fill_call = None
 
     def _fill_dates(self) -> defer.Deferred:
-        """Read the mtimes bulk adoption skipped, a batch at a time in a thread, and
-        record them in the uidlist, so INTERNALDATE needs no stat later (even after a
-        restart). Runs after the first burst of client commands, not during it; goes on
-        at once only while a batch made progress."""
+        """Read the dates bulk adoption skipped, a batch at a time in a thread, and
+        record them in mailhost-uidcache, so INTERNALDATE needs no stat later (even
+        after a restart). Runs after the first burst of client commands, not during it;
+        goes on at once only while a batch made progress."""
         self._fill_call = None
         d = self._run(self._fill_batch)
 
@@ -163,14 +166,12 @@ class MaildirFolder:
         before = index.unknown_dates + len(index.unsaved_dates)
         todo = index.unknown(DATE_FILL_BATCH)
         if not todo:
-            if self._stale > COMPACT_MIN_STALE:
-                await self._compact()  # drop the lines the filled-in ones replaced
             return False
-        path, uid_path, lock = self._path, self._uidlist_path(), self._file_lock
+        path, uids = self._path, self._uids
 
         def work(rows):
-            dates, lines, missing = [], [], []
-            for uid, rel, size, wrap, base, date in rows:
+            dates, facts, missing = [], [], []
+            for uid, rel, size, wrap, _base, date in rows:
                 if date == UNKNOWN_DATE:
                     try:
                         mtime = int(os.stat(os.path.join(path, rel)).st_mtime)
@@ -180,19 +181,14 @@ class MaildirFolder:
                 else:
                     mtime = int(date)
                 dates.append((uid, mtime))
-                lines.append(uidlist.format_line(uid, mtime, size, wrap, base))
-            if lines:
-                try:
-                    with lock:
-                        uidlist.append_text(uid_path, "".join(lines), create=False)
-                except FileNotFoundError:
-                    return [], []  # the folder was deleted under us
+                facts.append((uid, mtime, size, wrap))
+            if facts:
+                uids.cache(facts)
             return dates, missing
 
         dates, missing = await self._store._in_thread(work, todo)
         for uid, mtime in dates:
             index.set_date(uid, float(mtime))
-        self._stale += len(dates)
         if missing:
             # Another program renamed (flags) or deleted them: learn the new names,
             # drop the gone, and try once more under the current names.
@@ -208,7 +204,6 @@ class MaildirFolder:
                 dates, missing = await self._store._in_thread(work, retry)
                 for uid, mtime in dates:
                     index.set_date(uid, float(mtime))
-                self._stale += len(dates)
                 for uid in missing:  # still not found: racing; use the name's time
                     i = index.pos(uid)
                     if i >= 0:
@@ -219,7 +214,7 @@ class MaildirFolder:
     async def _read_dates(self, uids: Iterable[int] | None = None) -> None:
         """Read the still unknown dates of these messages (all if None) in one thread
         pass, so callers that need them do not stat file after file on the reactor.
-        The background pass records them in the uidlist later."""
+        The background pass records them in mailhost-uidcache later."""
         index = self._index
         rows = index.unknown_rows(uids)
         if not rows:
@@ -285,28 +280,37 @@ class MaildirFolder:
             self._index.keywords_changed()
         return self._keywords.letters_of(flags, extra)
 
-    # -- UID reservation -----------------------------------------------------------------
+    # -- UID hand-over -------------------------------------------------------------------
 
-    def _reserve(self, base: str) -> int:
-        uid = self.uid_next
-        self.uid_next += 1
-        self._reserved.append(uid)
-        self._reserved_base[uid] = base
-        self._pending_bases.add(base)
-        return uid
+    def _expect(self, bases: Iterable[str]) -> None:
+        """These files are being linked in by us: a refresh meanwhile must not adopt
+        them (they get their UIDs from the thread that links them)."""
+        self._pending_bases.update(bases)
+
+    def _unexpect(self, bases: Iterable[str]) -> None:
+        self._pending_bases.subtract(bases)
+        for base in bases:
+            if self._pending_bases[base] <= 0:
+                del self._pending_bases[base]
 
     def _settle(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred:
-        """Record the outcome of reservations (None: dropped). Fires once each is visible
-        or dropped; listeners hear of each visible batch at once. Only reservations
-        still waiting behind an earlier one get a Deferred (adopting 100k files at once
-        must not build 100k of them)."""
+        """Record the outcome of UIDs a thread handed out (None: dropped). Fires once
+        each is visible or dropped; listeners hear of each visible batch at once. UIDs
+        become visible in the order they were handed out (``FolderUids.handed``), so
+        only those still waiting behind an earlier one get a Deferred (adopting 100k
+        files at once must not build 100k of them)."""
         for uid, row in items:
             self._settled[uid] = row
+            if uid >= self.uid_next:
+                self.uid_next = uid + 1
         added, fire = [], []
-        while self._reserved and self._reserved[0] in self._settled:
-            done = self._reserved.popleft()
+        handed = self._uids.handed
+        while True:
+            done = self._uids.peek()
+            if done is None or done not in self._settled:
+                break
+            handed.popleft()
             row = self._settled.pop(done)
-            self._pending_bases.discard(self._reserved_base.pop(done))
             if row is not None and not self._gone:
                 added.append(self._insert(done, row))
             waiter = self._waiting.pop(done, None)
@@ -315,7 +319,7 @@ class MaildirFolder:
         self._listeners.added(self, added)
         waits = []
         for uid, _row in items:
-            if uid in self._settled:  # behind a reservation that has not settled yet
+            if uid in self._settled:  # behind a handed UID that has not settled yet
                 d = self._waiting[uid] = defer.Deferred()
                 waits.append(d)
         for waiter in fire:
@@ -339,33 +343,14 @@ class MaildirFolder:
     def _run(self, fn, *args) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._locked(fn, *args))
 
-    def _uidlist_path(self) -> str:
-        return os.path.join(self._path, UIDLIST_FILE)
-
     def _cache_path(self) -> str:
         return os.path.join(self._path, maildir_cache.CACHE_FILE)
 
     async def _compact(self) -> None:
-        """Rewrite the uidlist without stale lines (in a thread, under the file lock)."""
-        live = set(self._index.by_base) | self._pending_bases
-        path, validity = self._uidlist_path(), self.uid_validity
-        first_unsettled = self.uid_next
-        lock, fsync = self._file_lock, self._store.fsync
-
-        def work():
-            with lock:
-                current = uidlist.read(path)
-                if current is None:
-                    return
-                _, uid_next, records, _ = current
-                # Keep what is live now, and whatever was reserved after this snapshot.
-                keep = [Record(uid, date, size, wrap, base)
-                        for base, (uid, date, size, wrap) in records.items()
-                        if base in live or uid >= first_unsettled]
-                keep.sort(key=lambda r: r.uid)
-                uidlist.rewrite(path, validity, max(uid_next, first_unsettled), keep, fsync)
-
-        await self._store._in_thread(work)
+        """Recreate dovecot-uidlist without the records of expunged files (in a
+        thread, under its lock; see FolderUids.compact)."""
+        live = set(self._index.by_base) | set(self._pending_bases)
+        await self._store._in_thread(self._uids.compact, live)
         self._stale = 0
 
     # -- IFolder: reads -------------------------------------------------------------------
@@ -414,8 +399,16 @@ class MaildirFolder:
 
     async def _refresh(self) -> None:
         index = self._index
-        stamp, renamed, gone, foreign = await self._store._in_thread(
-            diff_folder, self._path, index.snapshot(), self._stamp)
+        path, uids = self._path, self._uids
+
+        def work(snapshot, last_stamp):
+            # UIDNEXT moves when another program gives out UIDs, even for mail it
+            # expunged before we listed it.
+            return diff_folder(path, snapshot, last_stamp), uids.next_uid_nowait()
+
+        (stamp, renamed, gone, foreign), next_uid = await self._store._in_thread(
+            work, index.snapshot(), self._stamp)
+        self.uid_next = max(self.uid_next, next_uid)
         # Our own renames change the directories too, so only a stamp taken here, with
         # no change of ours in between (the lock is held), may skip the next listing.
         self._stamp = stamp
@@ -439,35 +432,38 @@ class MaildirFolder:
             await self._adopt(foreign)
 
     async def _adopt(self, foreign: list[tuple[str, str]]) -> None:
-        """Give UIDs to files another program put in new/ or cur/."""
+        """Give UIDs to files another program put in new/ or cur/: the UID the
+        uidlist already has for the name (Dovecot's APPEND, or Dovecot saw it first),
+        else a new one under the lock."""
         bases = [name.partition(":")[0] for _, name in foreign]
-        self._pending_bases.update(bases)
+        self._expect(bases)
+        ticket: list[int] = []
         try:
-            examined = await self._store._in_thread(examine_foreign, self._path, foreign)
+            path, uids = self._path, self._uids
+
+            def work():
+                examined = examine_foreign(path, foreign)
+                if not examined:
+                    return examined, []
+                got = uids.lookup([name.partition(":")[0] for _, name, *_ in examined],
+                                  ticket, [(mtime, size, wrap)
+                                           for _, _, size, wrap, mtime in examined])
+                return examined, got
+
+            try:
+                examined, got = await self._store._in_thread(work)
+            except BaseException:
+                self._settle([(uid, None) for uid in ticket])
+                raise
+            rows = []
+            for (sub, name, size, wrap, mtime), uid in zip(examined, got, strict=True):
+                base, sep, part = name.partition(":")
+                rows.append((uid, (base, sub == "new", part if sep else None, wrap, size,
+                                   float(mtime))))
+            if rows:
+                await self._settle(rows)
         finally:
-            self._pending_bases.difference_update(bases)
-        if not examined:
-            return
-        rows, lines = [], []
-        for sub, name, size, wrap, mtime in examined:
-            base, sep, part = name.partition(":")
-            uid = self._reserve(base)
-            rows.append((uid, (base, sub == "new", part if sep else None, wrap, size,
-                               float(mtime))))
-            lines.append(uidlist.format_line(uid, mtime, size, wrap, base))
-        text = "".join(lines)
-        path, lock = self._uidlist_path(), self._file_lock
-
-        def work():
-            with lock:
-                uidlist.append_text(path, text)
-
-        try:
-            await self._store._in_thread(work)
-        except BaseException:
-            self._settle([(uid, None) for uid, _ in rows])
-            raise
-        await self._settle(rows)
+            self._unexpect(bases)
 
     def set_flags(self, uids: Iterable[int], flags: Iterable[str], mode: str):
         try:
@@ -573,29 +569,34 @@ class MaildirFolder:
             plan.append((uid, info, wrap, base, new_part, self._relpath_at(i)))
         if not plan:
             return []
-        reserved = [dest._reserve(base) for _, _, _, base, _, _ in plan]
         ops = [(os.path.join(self._path, rel),
                 os.path.join(dest._path, "new", filename(base, new_part)),
-                Record(duid, int(info.internal_date), info.size, wrap, base))
-               for (_, info, wrap, base, new_part, rel), duid in zip(plan, reserved,
-                                                                     strict=True)]
+                base, int(info.internal_date), info.size, wrap)
+               for _, info, wrap, base, new_part, rel in plan]
+        bases = [base for _, _, _, base, _, _ in plan]
         syncer = self._store._sync if self._store.fsync else None
+        ticket: list[int] = []
+        dest._expect(bases)
         try:
-            ok = await self._store._in_thread(transfer_files, ops, move, dest._path,
-                                              dest._kwfile, dest._file_lock, syncer)
-        except BaseException:
-            dest._settle([(duid, None) for duid in reserved])
-            raise
-        settle, pairs = [], []
-        for (uid, info, wrap, base, new_part, _), duid, done in zip(plan, reserved, ok,
-                                                                    strict=True):
-            if not done:
-                settle.append((duid, None))
-                continue
-            settle.append((duid, dest._row(base, True, new_part, wrap, info.size,
-                                           info.internal_date, duid)))
-            pairs.append((uid, duid))
-        await dest._settle(settle)
+            try:
+                ok, got = await self._store._in_thread(
+                    transfer_files, ops, move, dest._path, dest._kwfile, dest._file_lock,
+                    dest._uids, ticket, syncer, self._store.modes)
+            except BaseException:
+                dest._settle([(duid, None) for duid in ticket])
+                raise
+            settle, pairs = [], []
+            done = iter(got)
+            for (uid, info, wrap, base, new_part, _), linked in zip(plan, ok, strict=True):
+                if not linked:
+                    continue
+                duid = next(done)
+                settle.append((duid, dest._row(base, True, new_part, wrap, info.size,
+                                               info.internal_date, duid)))
+                pairs.append((uid, duid))
+            await dest._settle(settle)
+        finally:
+            dest._unexpect(bases)
         if move:
             moved = [src for src, _ in pairs]
             self._remove(moved)
@@ -666,7 +667,7 @@ class MaildirFolder:
 
         def work():
             with lock:
-                maildir_cache.append(path, validity, pending)
+                maildir_cache.append(path, validity, pending, self._store.modes)
 
         d = self._store._in_thread(work)
         d.addErrback(lambda f: self.log.failure("cache flush failed", f))
@@ -674,7 +675,8 @@ class MaildirFolder:
 
     def _rewrite_cache(self, cache: dict[int, dict[str, str]]) -> None:
         with self._file_lock:
-            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache)
+            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache,
+                                  self._store.modes)
 
     def _forget(self) -> None:
         """The folder was deleted: tell listeners everything is gone."""

@@ -6,12 +6,13 @@ bytes per message and no per-message Python object beyond its name. A *state* is
 distinct (info part, in new/) pair, kept once in a small table with its IMAP flags;
 MessageInfo objects are made only when someone asks for one.
 
-``load_folder`` reads the uidlist, lists new/ and cur/ once and, on the first open of
-a folder full of files another program wrote (no uidlist yet), gives them UIDs right
-there in the thread, in Dovecot's order and with one uidlist append. Nothing is
-stat'ed: sizes come from ``S=``/``W=`` in the names, and an adopted file's date (its
-mtime) is read when first asked for, or by the folder's background pass that records
-it in the uidlist (``UNKNOWN_DATE`` until then).
+``load_folder`` reads Dovecot's ``dovecot-uidlist`` (creating it, or migrating an old
+``mailhost-uidlist``, if there is none), lists new/ and cur/ once and gives files that
+no record names their UIDs right there in the thread, in Dovecot's order and with one
+append under the uidlist's lock (maildir_uids). Nothing is stat'ed: sizes come from
+``S=``/``W=`` in the names, and a date (the file's mtime, as for Dovecot) is read when
+first asked for, or by the folder's background pass that takes it from
+``mailhost-uidcache`` or the file and records it there (``UNKNOWN_DATE`` until then).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import compress, repeat
 from operator import itemgetter
 from typing import NamedTuple
 
-from mailhost.store import uidlist
+from mailhost.store import legacy_uidlist, uidcache
 from mailhost.store.crlf import crlf_size
+from mailhost.store.dovecot_uidlist import new_uid_validity
 from mailhost.store.interfaces import MessageInfo
 from mailhost.store.maildir_io import list_names
 from mailhost.store.maildir_names import (
@@ -39,7 +41,8 @@ from mailhost.store.maildir_names import (
     info_letters,
     sizes_from_base,
 )
-from mailhost.store.uidlist import UIDLIST_FILE, new_uid_validity
+from mailhost.store.maildir_uids import FolderUids
+from mailhost.store.modes import PRIVATE, FileModes
 
 _new = object.__new__
 
@@ -89,7 +92,7 @@ class Columns(NamedTuple):
 
 
 #: The date of a file adopted in bulk whose mtime has not been read yet (in the index
-#: and in uidlist lines); ``FolderIndex.date_at`` reads it on first use.
+#: and in mailhost-uidcache lines); ``FolderIndex.date_at`` reads it on first use.
 UNKNOWN_DATE = -1.0  # a float: compared with the float date column
 
 
@@ -280,7 +283,7 @@ class FolderIndex:
 
     def unknown(self, limit: int) -> list[tuple[int, str, int, bool, str, float]]:
         """Up to ``limit`` (uid, path relative to the folder, size, wrap, base, date) of
-        messages whose date is not recorded in the uidlist yet: UNKNOWN_DATE where it
+        messages whose date is not recorded in the uidcache yet: UNKNOWN_DATE where it
         is still to be read, else the date read on demand.
 
         Unknown dates are scanned from ``fill_cursor`` on (and the cursor moved past
@@ -435,7 +438,8 @@ class Loaded:
     uid_next: int
     index: FolderIndex
     foreign: list[tuple[str, str]] = field(default_factory=list)  # (subdir, file name)
-    stale: int = 0  # uidlist lines whose file is gone
+    stale: int = 0  # uidlist records whose file is gone
+    migrated: bool = False  # a mailhost-uidlist was migrated by this load
 
 
 def _read_keywords(path: str) -> Keywords:
@@ -446,85 +450,169 @@ def _read_keywords(path: str) -> Keywords:
         return Keywords()
 
 
-def load_folder(path: str, fsync: bool, adopt: bool = True) -> Loaded:
-    """Read uidlist and keywords, list new/ and cur/, build the index; with ``adopt``,
-    give files no uidlist line names their UIDs too (the folder is not shared yet, so
-    nothing else reserves UIDs meanwhile), else return them as ``foreign``."""
+def _start_uidlist(path: str, uids: FolderUids, names: Iterable[str],
+                   ) -> dict[int, tuple[float, int, bool]]:
+    """Create the folder's dovecot-uidlist (under its lock): from a ``mailhost-uidlist``
+    if there is one (migration: same UIDVALIDITY, UIDNEXT and UID for every file still
+    there), else empty with a new UIDVALIDITY. Returns the migrated facts (uid -> date,
+    size, wrap) for the index. Someone else may have created it meanwhile: then theirs
+    is read and kept. A file whose header is unreadable is replaced, as Dovecot
+    replaces a broken one."""
+    ul = uids.uidlist
+    facts: dict[int, tuple[float, int, bool]] = {}
+    legacy_path = os.path.join(path, legacy_uidlist.LEGACY_FILE)
+    with uids.dotlock():
+        if ul.refresh() and ul.header is not None:
+            return facts
+        legacy = legacy_uidlist.read(legacy_path)
+        if legacy is None:
+            ul.create_header(new_uid_validity())
+            ul.recreate(uids.fsync)
+            return facts
+        validity, uid_next, records = legacy
+        live = {n.partition(":")[0] for n in names}
+        by_uid: dict[int, str] = {}
+        for base, (uid, date, size, wrap) in records.items():
+            if base in live and uid not in by_uid:  # one name per UID
+                by_uid[uid] = base
+                facts[uid] = (float(date), size, wrap)
+        ul.by_base = {base: uid for uid, base in by_uid.items()}
+        ul.max_uid = max(by_uid, default=0)
+        ul.create_header(validity, uid_next)
+        ul.recreate(uids.fsync)
+    uidcache.rewrite(uids.cache_path, validity,
+                     [(u, *f) for u, f in sorted(facts.items())], uids.modes)
+    try:
+        os.rename(legacy_path, legacy_path + legacy_uidlist.MIGRATED_SUFFIX)
+    except FileNotFoundError:
+        pass
+    return facts
+
+
+def load_folder(path: str, fsync: bool, modes: FileModes = PRIVATE, adopt: bool = True,
+                uids: FolderUids | None = None) -> Loaded:
+    """Read dovecot-uidlist and keywords, list new/ and cur/, build the index; with
+    ``adopt``, give files no record names their UIDs too (in Dovecot's name order, one
+    append under the lock), else return them as ``foreign``.
+
+    One bulk parse of the uidlist and no stat: sizes come from ``,S=``/``,W=`` in the
+    names (or mailhost-uidcache, or one read of a file whose name has none), dates
+    stay UNKNOWN_DATE until asked for or filled in the background (mailhost-uidcache,
+    else the mtime)."""
+    if uids is None:
+        uids = FolderUids(path, modes, fsync)
     cur, new = list_names(path)
     keywords = _read_keywords(path)
-    uid_path = os.path.join(path, UIDLIST_FILE)
-    uidlist.repair_tail(uid_path)
-    found = uidlist.read(uid_path)
-    if found is None:
-        validity = new_uid_validity()
-        uidlist.rewrite(uid_path, validity, 1, [], fsync)
-        found = (validity, 1, {}, 0)
-    validity, uid_next, records, lines = found
-    index = FolderIndex(keywords, path)
-    out = Loaded(validity, uid_next, index)
-    if new:  # cur/ wins when a crash left a file in both
-        in_cur = {n.partition(":")[0] for n in cur}
-        new = [n for n in new if n.partition(":")[0] not in in_cur]
-        del in_cur
-    foreign: list[tuple[str, str]] = []  # (subdir, name)
-    if records:
-        get = records.get
-        rows = []  # (uid, base, part or None, in new/, date, size, wrap)
-        for names, recent, sub in ((cur, False, "cur"), (new, True, "new")):
-            for name in names:
-                base, sep, part = name.partition(":")
-                rec = get(base)
-                if rec is None:
-                    foreign.append((sub, name))
-                else:
-                    uid, date, size, wrap = rec
-                    rows.append((uid, base, part if sep else None, recent, date, size, wrap))
-        del cur, new
-        # By UID only: a stable sort keeps listing order (cur/ first) among the names
-        # of one UID, and never compares a missing info part (None) with a string.
-        rows.sort(key=itemgetter(0))
-        uids = [r[0] for r in rows]
-        if len(set(uids)) != len(uids):
-            kept = rows[:1]
-            for r in rows[1:]:
-                if r[0] != kept[-1][0]:
-                    kept.append(r)
-                elif r[1] != kept[-1][1]:
-                    # Two names on one UID (a broken uidlist): the later one is foreign.
-                    foreign.append(("new" if r[3] else "cur", filename(r[1], r[2])))
-                # else: a second file with the same base name (rsync, a restore): the
-                # first one is the message, as Dovecot keeps one per name.
-            rows = kept
-            uids = [r[0] for r in rows]
-        bases = [r[1] for r in rows]
-        states = [(r[2], r[3]) for r in rows]
-        sid_of = {k: index.state(*k) for k in set(states)}
-        index.uids.extend(uids)
-        index.keys.extend(bases)
-        index.sizes.extend([r[5] for r in rows])
-        dates = [float(r[4]) for r in rows]
-        index.dates.extend(dates)
-        index.unknown_dates = dates.count(UNKNOWN_DATE)
-        del dates
-        index.states.extend([sid_of[k] for k in states])
-        index.wrap.extend([r[6] for r in rows])
-        index.by_base.update(zip(bases, uids, strict=True))
-        del rows, uids, bases, states
-    else:
-        if adopt and (cur or new):
-            out.uid_next = _adopt_all(path, uid_path, index, cur, new, uid_next)
+    ul = uids.uidlist
+    with uids.mutex:
+        migrated: dict[int, tuple[float, int, bool]] | None = None
+        if not ul.refresh() or ul.header is None:
+            migrated = _start_uidlist(path, uids, cur + new)
+        validity, uid_next, records = ul.validity, ul.next_uid, ul.by_base
+        index = FolderIndex(keywords, path)
+        out = Loaded(validity, uid_next, index, migrated=migrated is not None)
+        if new:  # cur/ wins when a crash left a file in both
+            in_cur = {n.partition(":")[0] for n in cur}
+            new = [n for n in new if n.partition(":")[0] not in in_cur]
+            del in_cur
+        foreign: list[tuple[str, str]] = []  # (subdir, name)
+        if records:
+            get = records.get
+            rows = []  # (uid, base, part or None, in new/)
+            for names, recent, sub in ((cur, False, "cur"), (new, True, "new")):
+                for name in names:
+                    base, sep, part = name.partition(":")
+                    uid = get(base)
+                    if uid is None:
+                        foreign.append((sub, name))
+                    else:
+                        rows.append((uid, base, part if sep else None, recent))
+            cur, new = [], []
+            # By UID only: a stable sort keeps listing order (cur/ first) among the
+            # names of one UID, and never compares a missing info part with a string.
+            rows.sort(key=itemgetter(0))
+            uid_col = [r[0] for r in rows]
+            if len(set(uid_col)) != len(uid_col):
+                kept = rows[:1]
+                for r in rows[1:]:
+                    if r[0] != kept[-1][0]:
+                        kept.append(r)
+                    elif r[1] != kept[-1][1]:
+                        # Two names on one UID (a broken uidlist): the later is foreign.
+                        foreign.append(("new" if r[3] else "cur", filename(r[1], r[2])))
+                    # else: a second file with the same base name (rsync, a restore):
+                    # the first one is the message, as Dovecot keeps one per name.
+                rows = kept
+                uid_col = [r[0] for r in rows]
+            bases = [r[1] for r in rows]
+            states = [(r[2], r[3]) for r in rows]
+            sizes, wraps = _bulk_sizes(bases)
+            # Dates (and sizes of names without any) from mailhost-uidcache: one bulk
+            # read, no stat; what it lacks stays unknown until asked for.
+            cached = uidcache.read(uids.cache_path, validity)
+            if migrated:
+                by_uid = {u: f[0] for u, f in migrated.items()}
+            else:
+                by_uid = cached.dates_by_uid()
+            if by_uid:
+                dates = array("d", map(by_uid.get, uid_col, repeat(UNKNOWN_DATE, len(rows))))
+            else:
+                dates = array("d", [UNKNOWN_DATE]) * len(rows)
+            del by_uid
+            missing = [i for i, size in enumerate(sizes) if size < 0]
+            if missing:
+                facts = migrated or cached.facts_by_uid()
+                _fill_sizes(path, uids, bases, uid_col, states, sizes, wraps, missing,
+                            facts)
+            del cached
+            sid_of = {k: index.state(*k) for k in set(states)}
+            index.uids.extend(uid_col)
+            index.keys.extend(bases)
+            index.sizes.extend(sizes)
+            index.dates.extend(dates)
+            index.unknown_dates = dates.count(UNKNOWN_DATE)
+            index.states.extend([sid_of[k] for k in states])
+            index.wrap.extend(wraps)
+            index.by_base.update(zip(bases, uid_col, strict=True))
+            del rows, uid_col, bases, states, dates
         else:
             foreign = [("cur", n) for n in cur] + [("new", n) for n in new]
-        del cur, new
-    del records
-    out.stale = lines - len(index)
-    if foreign and adopt:
-        out.uid_next = _adopt_all(path, uid_path, index,
-                                  [n for sub, n in foreign if sub == "cur"],
-                                  [n for sub, n in foreign if sub == "new"], uid_next)
-    elif foreign:
-        out.foreign = foreign
-    return out
+            cur, new = [], []
+        out.stale = len(records) - len(index)
+        ul.handed = max(ul.handed, index.uids[-1] if len(index) else 0)
+        if foreign and adopt:
+            _adopt_all(path, uids, index,
+                       [n for sub, n in foreign if sub == "cur"],
+                       [n for sub, n in foreign if sub == "new"])
+            out.uid_next = ul.next_uid
+            ul.handed = max(ul.handed, index.uids[-1] if len(index) else 0)
+        elif foreign:
+            out.foreign = foreign
+        return out
+
+
+def _fill_sizes(path: str, uids: FolderUids, bases: list[str], uid_col: list[int],
+                states: list[tuple[str | None, bool]], sizes: list[int], wraps,
+                missing: list[int], facts: dict[int, tuple[float, int, bool]]) -> None:
+    """Sizes of names without ``,S=``/``,W=``: from the cache, else read the file once
+    (and remember it in the cache). A file gone meanwhile gets size 0."""
+    learnt = []
+    for i in missing:
+        known = facts.get(uid_col[i])
+        if known is not None and known[1] >= 0:
+            sizes[i], wraps[i] = known[1], known[2]
+            continue
+        part, recent = states[i]
+        rel = os.path.join("new" if recent else "cur", filename(bases[i], part))
+        try:
+            size, raw = crlf_size(os.path.join(path, rel))
+        except FileNotFoundError:
+            sizes[i], wraps[i] = 0, False
+            continue
+        sizes[i], wraps[i] = size, size != raw
+        learnt.append((uid_col[i], UNKNOWN_DATE, size, size != raw))
+    if learnt:
+        uids.cache(learnt)
 
 
 #: Dovecot's ``,S=<size on disk>,W=<CRLF size>`` at the end of a base name ("/" cannot
@@ -536,6 +624,8 @@ _SAME_SIZES_AT_END = re.compile(r",S=(\d+),W=\1(?=/|\Z)")
 def _bulk_sizes(bases: list[str]) -> tuple[list[int], bytearray | list[bool]]:
     """(CRLF sizes, needs-CRLF-wrap) from the names, -1 where a name has no Dovecot
     size ending. One regex pass over all names when every one has it."""
+    if not bases:
+        return [], bytearray()
     joined = "/".join(bases)
     same = _SAME_SIZES_AT_END.findall(joined)  # S= equal to W=: a CRLF file
     if len(same) == len(bases):
@@ -553,12 +643,12 @@ def _bulk_sizes(bases: list[str]) -> tuple[list[int], bytearray | list[bool]]:
     return sizes, wraps
 
 
-def _adopt_all(path: str, uid_path: str, index: FolderIndex, cur: list[str],
-               new: list[str], uid_next: int) -> int:
+def _adopt_all(path: str, uids: FolderUids, index: FolderIndex, cur: list[str],
+               new: list[str]) -> None:
     """Give foreign files (names in cur/ and new/) UIDs in Dovecot's order
-    (``name_order``), add them to ``index`` and append their uidlist lines in one
-    write; returns the new UIDNEXT. Empties ``cur`` and ``new`` (their names are
-    garbage as soon as the base names are split off).
+    (``name_order``) with one uidlist append under the lock, and add them to
+    ``index``. Empties ``cur`` and ``new`` (their names are garbage as soon as the base
+    names are split off).
 
     No file is stat'ed: sizes come from ``S=``/``W=`` in the name (a file without them
     is read once), and dates stay UNKNOWN_DATE until someone asks (as Dovecot reads
@@ -584,11 +674,8 @@ def _adopt_all(path: str, uid_path: str, index: FolderIndex, cur: list[str],
     del split
     sizes, wraps = _bulk_sizes(bases)
     keep = None
+    learnt = []  # (position, size, wrap) read from files without sizes in the name
     for i in [i for i, size in enumerate(sizes) if size < 0]:
-        s, w = sizes_from_base(bases[i])
-        if s is not None and w is not None:
-            sizes[i], wraps[i] = w, s != w
-            continue
         sub = "new" if names[i] in in_new else "cur"
         try:
             sizes[i], raw = crlf_size(os.path.join(path, sub, names[i]))
@@ -597,6 +684,7 @@ def _adopt_all(path: str, uid_path: str, index: FolderIndex, cur: list[str],
             keep[i] = 0
             continue
         wraps[i] = sizes[i] != raw
+        learnt.append(i)
     # One state per distinct (info part, in new/); usually a handful.
     if in_new:
         keys = list(zip(parts, [name in in_new for name in names], strict=True))
@@ -607,27 +695,26 @@ def _adopt_all(path: str, uid_path: str, index: FolderIndex, cur: list[str],
     sids = list(map(sid_of.__getitem__, keys))
     del keys, parts, names
     if keep is not None:  # files that vanished since the listing
+        learnt = [sum(keep[:i]) for i in learnt]
         bases, sizes, wraps, sids = (list(compress(col, keep))
                                      for col in (bases, sizes, wraps, sids))
     n = len(bases)
-    uids = range(uid_next, uid_next + n)
-    dates = [UNKNOWN_DATE] * n
-    uidlist.append_text(uid_path, "".join(map(uidlist.LINE.__mod__,
-                                              zip(uids, dates, sizes, wraps, bases,
-                                                  strict=True))))
-    if not len(index) or index.uids[-1] < uid_next:
-        index.uids.extend(uids)
+    got = uids.assign(bases, None)
+    if learnt:
+        uids.cache([(got[i], UNKNOWN_DATE, sizes[i], bool(wraps[i])) for i in learnt])
+    if n and got == list(range(got[0], got[0] + n)) and (
+            not len(index) or index.uids[-1] < got[0]):
+        index.uids.extend(got)
         index.keys.extend(bases)
         index.sizes.extend(sizes)
         index.dates.extend(array("d", [UNKNOWN_DATE]) * n)
         index.states.extend(sids)
         index.wrap.extend(wraps)
-        index.by_base.update(zip(bases, uids, strict=True))
+        index.by_base.update(zip(bases, got, strict=True))
         index.unknown_dates += n
     else:
-        for row in zip(uids, bases, sizes, dates, sids, wraps, strict=True):
+        for row in zip(got, bases, sizes, [UNKNOWN_DATE] * n, sids, wraps, strict=True):
             index.add(*row)
-    return uid_next + n
 
 
 def examine_foreign(path: str, files: list[tuple[str, str]],

@@ -1,5 +1,6 @@
 """The blocking file-system work of MaildirStore. Every function here runs in a
-worker thread, never on the reactor thread."""
+worker thread, never on the reactor thread. Everything it creates gets the store's
+``FileModes`` (``modes``), never the umask's."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import time
 
 from twisted.logger import Logger
 
-from mailhost.store import mutf7, uidlist
+from mailhost.store import mutf7
+from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
 from mailhost.store.maildir_names import KEYWORDS_FILE, Keywords
+from mailhost.store.modes import FileModes
 from mailhost.store.names import INBOX, InvalidFolderName, canonical_folder
-from mailhost.store.uidlist import UIDLIST_FILE
 
 log = Logger()
 
@@ -27,21 +29,15 @@ def fdatasync(fd: int) -> None:
     (getattr(os, "fdatasync", None) or os.fsync)(fd)
 
 
-def make_maildir(path: str, folder: bool) -> None:
+def make_maildir(path: str, folder: bool, modes: FileModes) -> None:
     for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(path, sub), exist_ok=True)
+        modes.makedirs(os.path.join(path, sub))
     if folder:  # Maildir++ marks subfolders so deliverers know they are folders
-        open(os.path.join(path, "maildirfolder"), "a").close()
+        modes.touch(os.path.join(path, "maildirfolder"))
 
 
-def write_atomic(path: str, text: str, fsync: bool) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_atomic(path: str, text: str, fsync: bool, modes: FileModes) -> None:
+    modes.write_atomic(path, text.encode("utf-8"), fsync)
 
 
 class KeywordFile:
@@ -51,8 +47,9 @@ class KeywordFile:
     ``write_if_needed`` before creating any file name that uses a new letter.
     """
 
-    def __init__(self, keywords: Keywords) -> None:
+    def __init__(self, keywords: Keywords, modes: FileModes) -> None:
         self.keywords = keywords
+        self.modes = modes
         self.snapshot = (keywords.version, keywords.serialize())
         self.written = keywords.version
 
@@ -63,56 +60,65 @@ class KeywordFile:
         with lock:
             version, text = self.snapshot
             if version > self.written:
-                write_atomic(os.path.join(folder_path, KEYWORDS_FILE), text, fsync)
+                write_atomic(os.path.join(folder_path, KEYWORDS_FILE), text, fsync,
+                             self.modes)
                 self.written = version
 
 
-def copy_durable(src: str, dest: str, fsync: bool) -> None:
-    """Copy for when a hard link is impossible (EXDEV): tmp copy, fsync, rename."""
+def copy_durable(src: str, dest: str, fsync: bool, modes: FileModes) -> None:
+    """Copy for when a hard link is impossible (EXDEV): tmp copy, fsync, rename. The
+    copy gets our mode and the source's times (its mtime is the INTERNALDATE)."""
     tmp = dest + ".copying"
-    with open(src, "rb") as s, open(tmp, "xb") as d:
+    with open(src, "rb") as s, os.fdopen(modes.open_new(tmp), "wb") as d:
         shutil.copyfileobj(s, d, 1024 * 1024)
         if fsync:
             d.flush()
             fdatasync(d.fileno())
-    shutil.copystat(src, tmp)
+        st = os.fstat(s.fileno())
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.rename(tmp, dest)
 
 
-def link_or_copy(src: str, dest: str, fsync: bool) -> None:
+def link_or_copy(src: str, dest: str, fsync: bool, modes: FileModes) -> None:
+    """A link keeps the source's inode, so its mode: ours for files we created,
+    whatever an older version or another program gave the rest."""
     try:
         os.link(src, dest)
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
-        copy_durable(src, dest, fsync)
+        copy_durable(src, dest, fsync, modes)
 
 
-def deliver_files(file, tmp_path: str, date: float | None, jobs, syncer,
+def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileModes,
                   data: bytes | None = None) -> None:
-    """Make the tmp file durable, link it into each target's new/, record its UID, and
-    (through the group commit ``syncer``, None when fsync is off) make the links and
-    uidlist lines durable.
+    """Make the tmp file durable, link it into each target's new/, give it a UID there
+    (dovecot-uidlist, under its lock), and (through the group commit ``syncer``, None
+    when fsync is off) make the links and uidlist records durable.
 
-    ``jobs``: (folder path, file name, uidlist Record, folder file lock, KeywordFile).
+    ``date`` becomes the file's mtime, which is its INTERNALDATE for Dovecot too.
+    ``jobs``: (folder path, file name, base name, CRLF size, folder file lock,
+    KeywordFile, FolderUids, ticket list that receives the UID handed out).
     ``data``: the whole message when it was kept in memory (``file`` is then None and
     the tmp file is written here). The tmp file is closed and removed whatever happens.
     """
     fsync = syncer is not None
     try:
         if data is not None:
-            file = open(tmp_path, "xb")  # noqa: SIM115 - closed in finally
+            file = os.fdopen(modes.open_new(tmp_path), "wb")  # closed in finally
             file.write(data)
         file.flush()
-        if date is not None:
-            os.utime(tmp_path, (date, date))  # Dovecot reads INTERNALDATE from mtime
-        if fsync:
-            fdatasync(file.fileno())
-        for folder_path, name, record, lock, kwfile in jobs:
+        for folder_path, name, _base, _size, lock, kwfile, _uids, _ticket in jobs:
             kwfile.write_if_needed(folder_path, lock, fsync)
-            link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync)
-            with lock:
-                uidlist.append(os.path.join(folder_path, UIDLIST_FILE), [record])
+            link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync, modes)
+        # The date goes on after the links (the tmp cleaner would take a file with an
+        # old mtime for a crash's leftover), before the fsync (which makes it durable,
+        # hence fsync, not fdatasync) and before anyone is told a UID.
+        os.utime(file.fileno(), (date, date))
+        if fsync:
+            os.fsync(file.fileno())
+        for _path, _name, base, size, _lock, _kwfile, uids, ticket in jobs:
+            uids.assign([base], ticket, [(date, size, False)])
         if fsync:
             syncer.sync({os.path.join(p, n) for p, *_ in jobs for n in ("new", UIDLIST_FILE)})
     finally:
@@ -173,49 +179,56 @@ def unlink_all(paths: list[str]) -> None:
             pass
 
 
-def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, syncer) -> list[bool]:
-    """Link (COPY) or rename (MOVE) files into dest/new/, record their UIDs, and make
-    that durable through ``syncer`` (None: fsync off)."""
+def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, uids, ticket,
+                   syncer, modes: FileModes) -> tuple[list[bool], list[int]]:
+    """Link (COPY) or rename (MOVE) files into dest/new/, give them UIDs there
+    (``uids``: the destination's FolderUids, handing them out through ``ticket``), and
+    make that durable through ``syncer`` (None: fsync off). ``ops``: (source path,
+    destination path, base, date, CRLF size, wrap). Returns (done per op, the UIDs of
+    the done ones). Links and renames keep the file's inode and so its mode; a
+    cross-device copy gets ``modes``."""
     fsync = syncer is not None
     kwfile.write_if_needed(dest_path, lock, fsync)
-    ok, records = [], []
-    for src, dst, record in ops:
+    ok, bases, rows = [], [], []
+    for src, dst, base, date, size, wrap in ops:
         try:
             if move:
                 os.rename(src, dst)
             else:
-                link_or_copy(src, dst, fsync)
+                link_or_copy(src, dst, fsync, modes)
             ok.append(True)
-            records.append(record)
+            bases.append(base)
+            rows.append((date, size, wrap))
         except FileNotFoundError:
             ok.append(False)
-    if records:
-        with lock:
-            uidlist.append(os.path.join(dest_path, UIDLIST_FILE), records)
-        if fsync:
-            dirs = {os.path.dirname(src) for src, _, _ in ops} if move else set()
-            syncer.sync(dirs | {os.path.join(dest_path, "new"),
-                                os.path.join(dest_path, UIDLIST_FILE)})
-    return ok
+    got = uids.assign(bases, ticket, rows) if bases else []
+    if bases and fsync:
+        dirs = {os.path.dirname(op[0]) for op in ops} if move else set()
+        syncer.sync(dirs | {os.path.join(dest_path, "new"),
+                            os.path.join(dest_path, UIDLIST_FILE)})
+    return ok, got
 
 
 # -- account level ------------------------------------------------------------------
 
-def setup_account(root: str, fsync: bool) -> tuple[dict[str, str], set[str]]:
-    """Create the Maildir and default folders on first use; read special-use and
-    subscriptions. Returns (folder -> special-use, subscribed names)."""
-    make_maildir(root, folder=False)
+def setup_account(root: str, fsync: bool, modes: FileModes,
+                  ) -> tuple[dict[str, str], set[str]]:
+    """Create the Maildir (and its domain directory) and default folders on first use;
+    read special-use and subscriptions. Returns (folder -> special-use, subscribed
+    names)."""
+    make_maildir(root, folder=False, modes=modes)
     respell_folder_dirs(root)
     special_path = os.path.join(root, SPECIAL_USE_FILE)
     subs_path = os.path.join(root, SUBSCRIPTIONS_FILE)
     if not os.path.exists(special_path):
         for name in DEFAULT_SPECIAL_FOLDERS:
-            make_maildir(os.path.join(root, folder_dir_name(name)), folder=True)
+            make_maildir(os.path.join(root, folder_dir_name(name)), folder=True, modes=modes)
         if not os.path.exists(subs_path):
             write_atomic(subs_path, "".join(f"{n}\n" for n in [INBOX, *DEFAULT_SPECIAL_FOLDERS]),
-                         fsync)
+                         fsync, modes)
         write_atomic(special_path, "".join(f"{n}\t{u}\n"
-                                           for n, u in DEFAULT_SPECIAL_FOLDERS.items()), fsync)
+                                           for n, u in DEFAULT_SPECIAL_FOLDERS.items()),
+                     fsync, modes)
     special = {}
     with open(special_path, encoding="utf-8") as f:
         for line in f:
@@ -300,12 +313,12 @@ def respell_folder_dirs(root: str) -> list[tuple[str, str]]:
     return done
 
 
-def create_dirs(paths: list[tuple[str, str]], target: str) -> None:
+def create_dirs(paths: list[tuple[str, str]], target: str, modes: FileModes) -> None:
     for name, path in paths:
         if name == target and (name == INBOX or os.path.isdir(path)):
             raise FolderExists(name)
         if not os.path.isdir(path):
-            make_maildir(path, folder=True)
+            make_maildir(path, folder=True, modes=modes)
 
 
 def delete_dir(path: str, root: str, name: str) -> None:
@@ -318,10 +331,11 @@ def delete_dir(path: str, root: str, name: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def rename_dirs(renames: list[tuple[str, str]], parent_dirs: list[str]) -> None:
+def rename_dirs(renames: list[tuple[str, str]], parent_dirs: list[str],
+                modes: FileModes) -> None:
     for path in parent_dirs:
         if not os.path.isdir(path):
-            make_maildir(path, folder=True)
+            make_maildir(path, folder=True, modes=modes)
     for old, new in renames:
         if os.path.exists(new):
             raise FolderExists(os.path.basename(new)[1:])

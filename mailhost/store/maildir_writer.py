@@ -6,8 +6,9 @@ tmp file only past ``MEMORY_LIMIT``, so the reactor thread never opens or writes
 file for it: creating a file can stall behind a journal commit that another thread's
 fsync started. ``commit`` then, in one worker-thread hop: write the tmp file (if it is
 still in memory), fdatasync it, hard-link it into each
-target's new/ (copy on EXDEV), append the uidlist lines; then a group-commit round
-fsyncs the new/ directories and uidlists. The Deferred fires only after that, and
+target's new/ (copy on EXDEV), give it a UID there (dovecot-uidlist, under Dovecot's
+lock: maildir_uids); then a group-commit round fsyncs the new/ directories and
+uidlists. The Deferred fires only after that, and
 after the UIDs are visible in the folder index.
 """
 
@@ -25,7 +26,6 @@ from mailhost.store.flags import normalize_flags
 from mailhost.store.interfaces import DeliveryTarget, IMessageWriter, StoreError
 from mailhost.store.maildir_io import deliver_files
 from mailhost.store.maildir_names import filename, make_info, unique_base
-from mailhost.store.uidlist import Record
 
 WRITE_BUFFER = 64 * 1024
 #: Messages up to this size stay in memory until commit; larger ones stream to disk.
@@ -56,7 +56,8 @@ class MaildirMessageWriter:
         self._buffer += out
         if len(self._buffer) > MEMORY_LIMIT:
             # Large message: stream the rest through the page cache (bounded memory).
-            self._file = open(self._path, "xb", buffering=WRITE_BUFFER)  # noqa: SIM115
+            self._file = os.fdopen(self._store.modes.open_new(self._path), "wb",
+                                   buffering=WRITE_BUFFER)
             self._file.write(self._buffer)
             self._buffer = None
 
@@ -68,39 +69,46 @@ class MaildirMessageWriter:
 
     async def _commit(self, targets: list[DeliveryTarget]) -> list[int]:
         store = self._store
-        now = int(time.time())
+        # One file, one mtime: the first target's date (or now) is every copy's
+        # INTERNALDATE, here and for Dovecot, which reads it from the mtime.
+        first = targets[0].internal_date if targets else None
+        date = int(time.time()) if first is None else int(first)
         try:
             folders = [await store._folder(t.user, t.folder) for t in targets]
             plan = []
             for folder, target in zip(folders, targets, strict=True):
                 flags = normalize_flags(target.flags)
                 part = make_info(folder._letters(flags), in_new=True)
-                date = now if target.internal_date is None else int(target.internal_date)
-                plan.append((folder, unique_base(self.size), part, date))
+                plan.append((folder, unique_base(self.size), part))
         except BaseException:
             self._discard()
             raise
-        uids = [folder._reserve(base) for folder, base, _, _ in plan]
-        jobs = [(f._path, filename(base, part), Record(uid, date, self.size, False, base),
-                 f._file_lock, f._kwfile)
-                for (f, base, part, date), uid in zip(plan, uids, strict=True)]
-        first_date = targets[0].internal_date if targets else None
+        for folder, base, _ in plan:
+            folder._expect([base])
+        tickets: list[list[int]] = [[] for _ in plan]
+        jobs = [(f._path, filename(base, part), base, self.size, f._file_lock, f._kwfile,
+                 f._uids, ticket)
+                for (f, base, part), ticket in zip(plan, tickets, strict=True)]
         try:
-            await store._in_thread(deliver_files, self._file, self._path, first_date, jobs,
-                                   store._sync if store.fsync else None,
-                                   None if self._buffer is None else bytes(self._buffer))
-            self._buffer = None
-        except BaseException:
-            for (folder, *_), uid in zip(plan, uids, strict=True):
-                folder._settle([(uid, None)])
-            raise
-        by_folder: dict[int, tuple[object, list]] = {}
-        for (folder, base, part, date), uid in zip(plan, uids, strict=True):
-            row = folder._row(base, True, part, False, self.size, date, uid)
-            by_folder.setdefault(id(folder), (folder, []))[1].append((uid, row))
-        await defer.gatherResults([f._settle(items) for f, items in by_folder.values()],
-                                  consumeErrors=True)
-        return uids
+            try:
+                await store._in_thread(deliver_files, self._file, self._path, date, jobs,
+                                       store._sync if store.fsync else None, store.modes,
+                                       None if self._buffer is None else bytes(self._buffer))
+                self._buffer = None
+            except BaseException:
+                for (folder, _, _), ticket in zip(plan, tickets, strict=True):
+                    folder._settle([(uid, None) for uid in ticket])
+                raise
+            by_folder: dict[int, tuple[object, list]] = {}
+            for (folder, base, part), ticket in zip(plan, tickets, strict=True):
+                row = folder._row(base, True, part, False, self.size, date, ticket[0])
+                by_folder.setdefault(id(folder), (folder, []))[1].append((ticket[0], row))
+            await defer.gatherResults([f._settle(items) for f, items in by_folder.values()],
+                                      consumeErrors=True)
+        finally:
+            for folder, base, _ in plan:
+                folder._unexpect([base])
+        return [ticket[0] for ticket in tickets]
 
     def _discard(self) -> None:
         self._buffer = None

@@ -4,28 +4,74 @@ store creates, whatever the process umask.
 Mail is private: files 0600 and directories 0700 by default, as Dovecot makes them. A
 site whose MDA (procmail, maildrop, Dovecot's LDA) runs in a shared group sets
 ``[store] file_mode``/``dir_mode``/``group``; every creation goes through one
-``FileModes`` so no path is left to the umask. Every function here does file I/O and
-runs in a worker thread (or once, at setup).
+``FileModes`` so no path is left to the umask.
+
+Decisions, once:
+
+- The mode is fixed only on what this process creates. A file or directory that
+  already exists (written by an older mailhost with 0644/0755, or by Dovecot, mutt or
+  an MDA with its own policy) is left as it is: changing another writer's files behind
+  its back is not ours to do, and a chmod of whole trees at startup is slow and racy.
+- With a ``group``, new directories are also setgid (``2770`` for ``dir_mode = 0770``),
+  as Dovecot's and maildrop's shared-mailbox setups have them: then the files an MDA
+  creates there, knowing nothing of our config, get the group too. Without a group a
+  setgid bit the kernel copied from a setgid parent is kept, never cleared.
+- A mode that the umask already gives costs one fstat and no chmod; the chmod (and
+  chown) happen only when the umask or the parent directory got it wrong.
+
+Every function here does file I/O and runs in a worker thread (or once, at setup),
+except ``open_new`` for the rare message too large to keep in memory.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from dataclasses import dataclass
+
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+#: Bounded retries when another process creates/removes the same path meanwhile.
+_RACE_RETRIES = 10
 
 
 @dataclass(frozen=True, slots=True)
 class FileModes:
-    """The permission policy of one store (Implements nothing: a value object)."""
+    """The permission policy of one store (Implements nothing: a value object).
+
+    ``file_mode``: permission bits of new files (read/write bits only).
+    ``dir_mode``: permission bits of new directories (the owner needs rwx).
+    ``group``: gid given to new files and directories, or None for the process's
+    (or a setgid parent's) group.
+    """
 
     file_mode: int = 0o600
     dir_mode: int = 0o700
-    group: int | None = None  # gid to give new files and directories, or None
+    group: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.file_mode & ~0o666 or self.file_mode & 0o600 != 0o600:
+            raise ValueError(f"file mode {self.file_mode:04o}: owner rw, read/write bits only")
+        if self.dir_mode & ~0o777 or self.dir_mode & 0o700 != 0o700:
+            raise ValueError(f"directory mode {self.dir_mode:04o}: owner rwx, "
+                             "permission bits only")
 
     def open_new(self, path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_EXCL) -> int:
         """``os.open`` a file that may be created, with our mode and group, never the
-        umask's. Returns the fd; the mode is fixed only if this call created the file."""
+        umask's. Returns the fd. The mode is fixed only if this call created the file:
+        with O_CREAT but not O_EXCL an existing file is opened as it is."""
+        if flags & os.O_CREAT and not flags & os.O_EXCL:
+            # Existing first: appends to a uidlist or cache cost one open, as before.
+            for _ in range(_RACE_RETRIES):
+                try:
+                    return os.open(path, flags & ~os.O_CREAT)
+                except FileNotFoundError:
+                    pass
+                try:
+                    return self.open_new(path, flags | os.O_EXCL)
+                except FileExistsError:
+                    continue  # created meanwhile by someone else: open theirs
+            raise FileExistsError(path)
         fd = os.open(path, flags, self.file_mode)
         try:
             if flags & os.O_CREAT:
@@ -36,40 +82,78 @@ class FileModes:
         return fd
 
     def fix_fd(self, fd: int) -> None:
-        """Give an open file our mode (and group), undoing the umask."""
+        """Give a file this process just created our mode (and group), undoing the
+        umask."""
         st = os.fstat(fd)
         if self.group is not None and st.st_gid != self.group:
             os.fchown(fd, -1, self.group)
-        if st.st_mode & 0o7777 != self.file_mode:
+        if stat.S_IMODE(st.st_mode) != self.file_mode:
             os.fchmod(fd, self.file_mode)
 
+    def _fix_dir(self, fd: int) -> None:
+        st = os.fstat(fd)
+        if self.group is not None:
+            if st.st_gid != self.group:
+                os.fchown(fd, -1, self.group)
+            want = self.dir_mode | stat.S_ISGID
+        else:
+            want = self.dir_mode | (st.st_mode & stat.S_ISGID)  # inherited: keep it
+        if stat.S_IMODE(st.st_mode) != want:
+            os.fchmod(fd, want)
+
+    def mkdir(self, path: str) -> bool:
+        """Create one directory with our mode and group; False if it already existed
+        (then it is left as it is). FileExistsError if ``path`` is not a directory."""
+        try:
+            os.mkdir(path, self.dir_mode)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+            return False
+        fd = os.open(path, _DIR_OPEN)
+        try:
+            self._fix_dir(fd)
+        finally:
+            os.close(fd)
+        return True
+
     def makedirs(self, path: str) -> None:
-        """``os.makedirs`` where every directory it creates gets our mode and group."""
+        """``os.makedirs(path, exist_ok=True)`` where every directory it creates gets
+        our mode and group (existing ones are left alone)."""
         if os.path.isdir(path):
             return
         parent = os.path.dirname(path.rstrip(os.sep))
         if parent and parent != path:
             self.makedirs(parent)
-        try:
-            os.mkdir(path, self.dir_mode)
-        except FileExistsError:
-            return
-        if self.group is not None:
-            os.chown(path, -1, self.group)
-        os.chmod(path, self.dir_mode)  # mkdir's mode is masked by the umask
+        self.mkdir(path)
+
+    def touch(self, path: str) -> None:
+        """Create an empty file with our mode if it does not exist (``maildirfolder``)."""
+        os.close(self.open_new(path, os.O_WRONLY | os.O_CREAT))
 
     def write_atomic(self, path: str, data: bytes, fsync: bool) -> None:
-        """Replace ``path`` by a complete new file with our mode (write, fsync, rename)."""
+        """Replace ``path`` by a complete new file with our mode (write, fsync, rename).
+
+        The temp file is created exclusively, so a stale one a crash left behind under
+        the same name is removed first rather than reused with its old mode."""
         tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-        fd = self.open_new(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            fd = self.open_new(tmp, flags)
+        except FileExistsError:
+            os.unlink(tmp)
+            fd = self.open_new(tmp, flags)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             if fsync:
                 os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
         os.replace(tmp, path)
 
 

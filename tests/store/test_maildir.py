@@ -12,9 +12,10 @@ import pytest_twisted
 from twisted.internet import defer
 
 from mailhost.store import groupsync
+from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
-from mailhost.store.uidlist import UIDLIST_FILE
+from mailhost.store.uidcache import CACHE_FILE as UIDCACHE_FILE
 from tests.store.conftest import Recorder
 
 A = "alice@example.test"
@@ -76,7 +77,7 @@ async def test_layout_and_dovecot_file_names(root):
     home = user_dir(root)
     assert sorted(os.listdir(home)) == sorted([
         ".Drafts", ".Junk", ".Sent", ".Trash", "cur", "new", "tmp", UIDLIST_FILE,
-        "mailhost-special-use", "subscriptions"])
+        UIDCACHE_FILE, "mailhost-special-use", "subscriptions"])
     [name] = os.listdir(os.path.join(home, "new"))
     m = NAME_RE.match(name)
     assert m and m.group(1) == m.group(2) == "6" and m.group(3) is None
@@ -91,8 +92,10 @@ async def test_layout_and_dovecot_file_names(root):
         assert f.read().split("\n")[:-1] == ["INBOX", "Sent", "Drafts", "Trash", "Junk"]
     with open(os.path.join(home, UIDLIST_FILE)) as f:
         header, line = f.read().splitlines()
-    assert re.fullmatch(r"V\d+ N1", header)
-    assert line.split(" ")[0] == "1" and line.endswith(name)
+    assert re.fullmatch(r"3 V\d+ N1 G[0-9a-f]{32}", header)  # Dovecot's v3 header
+    assert line == f"1 :{name}"  # in new/, the name is the base name
+    with open(os.path.join(home, UIDCACHE_FILE)) as f:
+        assert f.read().splitlines()[1] == f"1 {when} 6 0"
     # the tmp file was linked, then removed
     assert os.listdir(os.path.join(root, ".tmp")) == []
 
@@ -202,7 +205,7 @@ async def test_torn_uidlist_line_is_repaired(root):
     await deliver(store)
     path = os.path.join(user_dir(root), UIDLIST_FILE)
     with open(path, "a") as f:
-        f.write("2 1700000000 12")  # crash mid-append
+        f.write("2 :17000")  # crash mid-append
     again = MaildirStore(root)
     box = await folder_of(again)
     assert [i.uid for i in box.messages()] == [1]
@@ -338,8 +341,8 @@ async def test_100k_folder_loads_fast_without_stat(root, monkeypatch):
         fd = os.open(os.path.join(cur, f"{base}:2,{flags[uid % 4]}"), os.O_CREAT | os.O_WRONLY)
         os.close(fd)
         lines.append(f"{uid} 1700000000 100 0 {base}\n")
-    with open(os.path.join(home, UIDLIST_FILE), "w") as f:
-        f.writelines(lines)
+    with open(os.path.join(home, "mailhost-uidlist"), "w") as f:
+        f.writelines(lines)  # an older mailhost's file: migrated by the first open
     store = MaildirStore(root)
     account = await store.open_account(A)
     # CPU time, not wall time: CI machines are shared; the bar is "well under seconds".
@@ -378,11 +381,11 @@ async def test_failed_commit_releases_its_uid_and_leaves_no_file(root, monkeypat
     real = maildir_io.link_or_copy
     calls = []
 
-    def flaky(src, dest, fsync):
+    def flaky(src, dest, fsync, modes):
         calls.append(dest)
         if len(calls) == 1:
             raise OSError(28, "No space left on device")
-        real(src, dest, fsync)
+        real(src, dest, fsync, modes)
 
     monkeypatch.setattr(maildir_io, "link_or_copy", flaky)
     first, second = store.new_message(), store.new_message()
@@ -397,7 +400,8 @@ async def test_failed_commit_releases_its_uid_and_leaves_no_file(root, monkeypat
     [uid] = next(r for ok, r in results if ok)
     assert isinstance(failed.value, OSError)
     assert [i.uid for i in box.messages()] == [uid]
-    assert await deliver(store) == [3]
+    # UIDs are given only to linked files: the failed one used none.
+    assert await deliver(store) == [uid + 1]
     assert os.listdir(os.path.join(root, ".tmp")) == []
     assert len(os.listdir(os.path.join(user_dir(root), "new"))) == 2
 
@@ -405,7 +409,7 @@ async def test_failed_commit_releases_its_uid_and_leaves_no_file(root, monkeypat
 @pytest_twisted.ensureDeferred
 async def test_first_open_adopts_foreign_files_in_name_order_without_stat(root, monkeypatch):
     """A Maildir another program filled (no uidlist): UIDs in Dovecot's name order, no
-    stat per file; dates are read on first use, then filled into the uidlist."""
+    stat per file; dates are read on first use, then filled into mailhost-uidcache."""
     home = user_dir(root)
     maildir_dirs(home)
     crlf, lf = b"Subject: a\r\n\r\nx\r\n", b"Subject: b\n\nline\n"
@@ -437,7 +441,11 @@ async def test_first_open_adopts_foreign_files_in_name_order_without_stat(root, 
     assert infos[0].flags == {"\\Flagged", "\\Seen"} and infos[1].recent
     assert await read_all(box, 2) == lf.replace(b"\n", b"\r\n")
     with open(os.path.join(home, UIDLIST_FILE)) as f:
-        assert [line.split()[1] for line in f.read().splitlines()[1:]] == ["-1"] * 4
+        assert [line.split(" :") for line in f.read().splitlines()[1:]] == \
+            [[str(i.uid), i.key] for i in infos]
+    with open(os.path.join(home, UIDCACHE_FILE)) as f:
+        # No date read yet; only the size of the file whose name carries none.
+        assert f.read().splitlines()[1:] == [f"2 -1 {len(lf) + 3} 1"]
     # The background pass records the dates; a restart then needs no stat for them.
     await box._fill_dates()
     box._stop_fill()

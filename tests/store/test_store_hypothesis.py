@@ -10,7 +10,7 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhost.store import uidlist
+from mailhost.store import legacy_uidlist
 from mailhost.store.crlf import CRLFNormalizer, CRLFReader
 from mailhost.store.interfaces import SYSTEM_FLAGS, InvalidFolderName
 from mailhost.store.maildir_index import (
@@ -110,16 +110,16 @@ def test_crlf_reader_matches_normaliser(data, size, seek):
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=500))
-def test_uidlist_reader_survives_junk(tmp_path_factory, junk):
+def test_legacy_uidlist_reader_survives_junk(tmp_path_factory, junk):
     path = tmp_path_factory.mktemp("u") / "mailhost-uidlist"
     path.write_bytes(b"V1 N5\n" + junk)
-    got = uidlist.read(str(path))
+    got = legacy_uidlist.read(str(path))
     assert got is not None
-    validity, uid_next, records, _ = got
+    validity, uid_next, records = got
     assert validity == 1 and uid_next >= 5
     assert all(uid < uid_next for uid, _, _, _ in records.values())
     path.write_bytes(junk)
-    uidlist.read(str(path))  # may be None; must not raise
+    legacy_uidlist.read(str(path))  # may be None; must not raise
 
 
 def test_crlf_normalizer_lone_lf_chunk_after_cr():

@@ -1,0 +1,165 @@
+"""Where a Maildir folder's UIDs come from: Dovecot's uidlist, under Dovecot's lock.
+
+One ``FolderUids`` per open folder lives on the thread side. Every UID is given out
+here, in a worker thread, holding the folder's thread mutex and then
+``dovecot-uidlist.lock``, right after re-reading what other programs appended (or the
+whole file if it was replaced). A name the uidlist already numbers keeps its UID, so
+a file Dovecot saved or already saw is never renumbered; ours are always above every
+UID in the file, so none is reused.
+
+The folder's index (on the reactor thread) must show new UIDs in ascending order.
+Every UID handed to it is therefore pushed, in ascending order and under the mutex,
+onto ``handed``; the folder makes a UID visible only once every UID before it in that
+queue has settled (added or dropped). ``UidList.handed`` remembers the highest one, and
+a record at or below it for a file the index lacks gets a new UID (see UidList).
+
+Deliveries, COPY/MOVE and adoption call ``assign`` from the thread that linked the
+files. Adoption of files that already have records (Dovecot's APPEND) needs no lock
+and writes nothing (``lookup``). Everything here blocks: worker threads only.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from mailhost.store import uidcache
+from mailhost.store.dotlock import DotLock
+from mailhost.store.dovecot_uidlist import UIDLIST_FILE, UidList
+from mailhost.store.maildir_io import list_names
+from mailhost.store.modes import PRIVATE, FileModes
+
+CacheRow = tuple[int, float, int, bool]  # uid, date, size, wrap
+
+
+class FolderUids:
+    """The thread side of one folder's UIDs (see the module docstring)."""
+
+    def __init__(self, path: str, modes: FileModes = PRIVATE, fsync: bool = True,
+                 lock_timeout: float | None = None) -> None:
+        self.mutex = threading.RLock()  # the loader holds it across assign/cache
+        self.modes = modes
+        self.fsync = fsync
+        self.lock_timeout = lock_timeout
+        self.handed: deque[int] = deque()
+        self.uidlist = UidList("", modes)
+        self.set_path(path)
+
+    def set_path(self, path: str) -> None:
+        """The folder's directory moved (folder rename)."""
+        self.path = path
+        self.uidlist.path = os.path.join(path, UIDLIST_FILE)
+
+    @property
+    def cache_path(self) -> str:
+        return os.path.join(self.path, uidcache.CACHE_FILE)
+
+    def dotlock(self) -> DotLock:
+        if self.lock_timeout is None:
+            return DotLock(self.uidlist.path, self.modes)
+        return DotLock(self.uidlist.path, self.modes, timeout=self.lock_timeout)
+
+    def peek(self) -> int | None:
+        """The lowest UID handed out and not yet settled (reactor thread)."""
+        try:
+            return self.handed[0]
+        except IndexError:
+            return None
+
+    # -- worker threads ------------------------------------------------------------------
+
+    def _hand(self, uids: Sequence[int], ticket: list[int] | None) -> None:
+        """Give UIDs to the index: in ascending order, above everything handed before."""
+        if ticket is None:
+            return
+        ordered = sorted(uids)
+        self.handed.extend(ordered)
+        ticket.extend(ordered)
+        if ordered:
+            self.uidlist.handed = max(self.uidlist.handed, ordered[-1])
+
+    def assign(self, bases: Sequence[str], ticket: list[int] | None,
+               cache_rows: Sequence[tuple[float, int, bool]] | None = None,
+               ) -> list[int]:
+        """UIDs for files just linked into (or found in) this folder, in ``bases``
+        order, recorded in dovecot-uidlist; handed to the index through ``ticket``
+        (None at load, where the loader builds the index itself). ``cache_rows`` (date,
+        size, wrap per base) go to mailhost-uidcache."""
+        if not bases:
+            return []
+        with self.mutex:
+            ul = self.uidlist
+            with self.dotlock():
+                if not ul.refresh() and ul.header is None:
+                    raise FileNotFoundError(ul.path)  # never loaded: the folder is gone
+                uids, recreate = ul.assign(bases)
+                ul.write(recreate, self.fsync)
+            self._hand(uids, ticket)
+            if cache_rows is not None:
+                self._cache([(u, *row) for u, row in zip(uids, cache_rows, strict=True)])
+            return uids
+
+    def lookup(self, bases: Sequence[str], ticket: list[int],
+               cache_rows: Sequence[tuple[float, int, bool]] | None = None) -> list[int]:
+        """Like ``assign``, but first without the lock: when another program already
+        recorded every one of these names (above what the index has), nothing is
+        written."""
+        with self.mutex:
+            ul = self.uidlist
+            ul.refresh()
+            handed = ul.handed
+            found = [ul.by_base.get(b) for b in bases]
+            if ul.exists and all(u is not None and u > handed for u in found):
+                self._hand(found, ticket)
+                if cache_rows is not None:
+                    self._cache([(u, *r) for u, r in zip(found, cache_rows, strict=True)])
+                return found
+        return self.assign(bases, ticket, cache_rows)
+
+    def _cache(self, rows: Iterable[CacheRow]) -> None:
+        try:
+            uidcache.append(self.cache_path, self.uidlist.validity, rows, self.modes)
+        except FileNotFoundError:
+            pass  # the folder went away; the cache is only a cache
+
+    def cache(self, rows: Iterable[CacheRow]) -> None:
+        """Record facts (dates read later) in mailhost-uidcache."""
+        with self.mutex:
+            self._cache(rows)
+
+    def next_uid_nowait(self) -> int:
+        """UIDNEXT as the file says now (re-read if it changed; no dotlock), or 0 when
+        another thread is busy with the uidlist (it will hand out what it finds)."""
+        if not self.mutex.acquire(blocking=False):
+            return 0
+        try:
+            if self.uidlist.header is None:
+                return 0
+            self.uidlist.refresh()
+            return self.uidlist.next_uid
+        finally:
+            self.mutex.release()
+
+    def compact(self, live: set[str]) -> int:
+        """Recreate dovecot-uidlist without records of files that are gone (as Dovecot
+        drops expunged records), keeping records above ``handed`` (files being saved
+        by another program right now). Returns how many were dropped. The cache is
+        compacted to the UIDs left."""
+        with self.mutex:
+            ul = self.uidlist
+            with self.dotlock():
+                ul.refresh()
+                cur, new = list_names(self.path)
+                on_disk = {n.partition(":")[0] for n in cur}
+                on_disk.update(n.partition(":")[0] for n in new)
+                on_disk |= live
+                keep = on_disk | {b for b, u in ul.by_base.items() if u > ul.handed}
+                dropped = ul.recreate(self.fsync, keep)
+            facts = uidcache.read(self.cache_path, ul.validity).facts_by_uid()
+            left = set(ul.by_base.values())
+            uidcache.rewrite(self.cache_path, ul.validity,
+                             [(u, *f) for u, f in sorted(facts.items()) if u in left],
+                             self.modes)
+            return dropped
