@@ -15,11 +15,13 @@ Hostile modes (issue 21), set on the factory:
   the socket takes them (``endless_sent`` counts the octets) or one every
   ``drip_interval`` seconds;
 - ``close_after_mail``: hang up right after the reply to MAIL (for an unterminated
-  ``550-`` that ends with the connection).
+  ``550-`` that ends with the connection);
+- ``discard_body``: keep only each body's SHA-256 (``digests``), for huge messages.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from twisted.internet import defer, protocol
@@ -138,6 +140,17 @@ class ScriptedSMTP(LineReceiver):
     def lineReceived(self, line):
         f = self.factory
         if self.data_mode:
+            if line == b"." and f.discard_body:
+                self.data_mode = False
+                f.digests.append(self.digest.hexdigest())
+                self.reset()
+                self.reply("250 2.0.0 counted")
+                return
+            if f.discard_body:
+                self.data_bytes += len(line) + 2
+                f.data_bytes = max(f.data_bytes, self.data_bytes)
+                self.digest.update((line[1:] if line.startswith(b".") else line) + b"\r\n")
+                return
             if line == b".":
                 self.data_mode = False
                 data = b"".join(
@@ -209,6 +222,7 @@ class ScriptedSMTP(LineReceiver):
                 self.reply("554 5.5.1 no valid recipients")
             else:
                 self.data_mode = True
+                self.digest = hashlib.sha256()
                 if f.early_reply and not f.early_after:
                     self.early_sent = True
                     self.transport.write(f"354 go on\r\n{f.early_reply}\r\n".encode())
@@ -260,6 +274,10 @@ class ScriptedFactory(protocol.Factory):
         self.drip_interval = 0.05
         self.endless_sent = 0
         self.close_after_mail = False
+        # Keep only a SHA-256 of each body (unstuffed) and the largest size seen.
+        self.discard_body = False
+        self.digests: list[str] = []
+        self.data_bytes = 0
         self._waiters: list[tuple[int, defer.Deferred]] = []
         self.mail_reply = lambda line: "250 2.1.0 ok"
         self.rcpt_reply = lambda address: "250 2.1.5 ok"

@@ -369,3 +369,43 @@ async def test_bad_reply_syntax_is_deferred_with_a_clear_error(tmp_path, reply, 
         assert f.received == [] and relay.bounces == []
     finally:
         await relay.s.stop(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_100mb_message_streams_in_constant_memory(tmp_path):
+    """The body goes through a pull producer one chunk at a time: a 100 MB message
+    (dots at chunk boundaries, bare LFs) arrives intact and the client allocates
+    about a chunk, not the message (tracemalloc, this process: client and remote)."""
+    import hashlib
+    import tracemalloc
+
+    line = b"." + b"x" * 996 + b"\n"  # bare LF, leading dot; 998 octets: any boundary
+    path = tmp_path / "big"
+    want = hashlib.sha256()
+    with open(path, "wb") as out:
+        block = b"Subject: big\r\n\r\n" + line * 1000
+        for i in range(105):
+            data = block if i == 0 else line * 1000
+            out.write(data)
+            want.update(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    size = path.stat().st_size
+    assert size > 100_000_000
+    f = ScriptedFactory()
+    f.discard_body = True
+    port = await listen(f)
+    env_job = make_job(tmp_path, b"", ["a@remote.test"], name="job")
+    env_job.envelope.size = size
+    env_job.path = str(path)
+    src = ListSource([env_job])
+    tracemalloc.start()
+    try:
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        pol = ClientPolicy(hostname="a.test", mx_name="remote.test", tls="none")
+        result = await run_session(ep, pol, src)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await port.stopListening()
+    assert not result.error and src.done[0][1]["a@remote.test"].kind == DELIVERED
+    assert f.digests == [want.hexdigest()]
+    assert peak < 4 * 1024 * 1024, peak
