@@ -445,3 +445,31 @@ async def test_message_recycled_while_streaming_is_never_sent_with_another_ones_
     assert "message left the queue" in result.error
     assert f.received == []  # never a message made of two
     assert [o.kind for _, outs, _ in src.done for o in outs.values()] == [TEMPORARY]
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_login_when_plain_is_not_offered(tmp_path):
+    """A smarthost offering only AUTH LOGIN gets the two-step exchange."""
+    from aiosmtpd.smtp import AuthResult
+
+    seen = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        seen.append((mechanism, auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"s3cret")
+
+    sink = Sink()
+    port = free_port()
+    c = Controller(sink, hostname="127.0.0.1", port=port, authenticator=authenticator,
+                   auth_require_tls=False, auth_required=True,
+                   auth_exclude_mechanism=["PLAIN"])
+    c.start()
+    try:
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        src = ListSource([make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["a@remote.test"])])
+        result = await run_session(ep, policy(username="relay", password="s3cret",
+                                              allow_plain_auth=True), src)
+    finally:
+        c.stop()
+    assert not result.error and src.done[0][1]["a@remote.test"].kind == DELIVERED
+    assert seen == [("LOGIN", b"relay", b"s3cret")] and len(sink.envelopes) == 1
