@@ -10,6 +10,7 @@ the key and the problem.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -49,6 +50,9 @@ class StoreConfig:
     # Maildir root; relative paths are under server.data_dir.
     path: str = "mail"
     fsync: bool = True
+    # How open folders notice other programs' changes (Dovecot, mutt, an MDA):
+    # "inotify" (polling where it is unavailable) or "poll".
+    watch: Literal["inotify", "poll"] = "inotify"
     # Permissions of what the Maildir store creates (see store_modes): octal strings,
     # and a group name or number ("" = the process's group).
     file_mode: str = "0600"
@@ -229,7 +233,11 @@ class Config:
     overrides: list[str] = field(default_factory=list, metadata={"internal": True})
 
     def data_path(self, path: str) -> str:
-        """Resolve a data path: absolute stays, relative is under server.data_dir."""
+        """Resolve a data path: absolute stays, relative is under server.data_dir.
+
+        A config from ``load`` has every path absolute already (``resolve_paths``);
+        this serves configs built in code, whose relative paths follow the cwd.
+        """
         if os.path.isabs(path):
             return path
         return os.path.join(os.path.abspath(self.server.data_dir), path)
@@ -237,6 +245,38 @@ class Config:
     @property
     def tls_enabled(self) -> bool:
         return bool(self.tls.cert and self.tls.key)
+
+
+# Every path-valued key, by what a relative value is relative to. "base": the
+# directory of the config file that set it (the working directory for a default with
+# no file, or for a command-line override); "data": server.data_dir. A test checks
+# that every key named like a path is listed here.
+PATH_KEYS: dict[str, Literal["base", "data"]] = {
+    "server.data_dir": "base",
+    "tls.cert": "base",
+    "tls.key": "base",
+    "store.path": "data",
+    "auth.passwd_file": "data",
+    "auth.aliases_file": "data",
+    "outbound.queue_dir": "data",
+}
+
+
+def resolve_paths(config: Config, base: str, kind: Literal["base", "data"]) -> None:
+    """Make the relative values of the path keys of ``kind`` absolute, against ``base``.
+
+    The server, ``mailhost user …`` and ``mailhost queue …`` all get their config
+    from ``load``, which calls this, so they find the same files whatever directory
+    they were started in. Empty values (no TLS) stay empty.
+    """
+    for name, of in PATH_KEYS.items():
+        if of != kind:
+            continue
+        sec, _, key = name.partition(".")
+        section = getattr(config, sec)
+        value = getattr(section, key)
+        if value and not os.path.isabs(value):
+            setattr(section, key, os.path.normpath(os.path.join(base, value)))
 
 
 def sections() -> dict[str, type]:
@@ -343,8 +383,16 @@ def set_option(config: Config, assignment: str) -> None:
 
 
 def load(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the TOML file at ``path``, then ``section.key=value`` overrides."""
+    """Defaults, then the TOML file at ``path``, then ``section.key=value`` overrides.
+
+    Relative paths are resolved here, once (``PATH_KEYS``): those from the file (and
+    the defaults, when there is a file) against the file's directory, those given on
+    the command line against the working directory, and the data files against
+    ``server.data_dir``. The overrides are kept with their paths made absolute, so a
+    reload from another working directory reads the same files.
+    """
     config = Config()
+    cwd = os.getcwd()
     if path:
         try:
             with open(path, "rb") as f:
@@ -357,23 +405,36 @@ def load(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
         apply(config, data)
         config.source = os.path.abspath(path)
+    resolve_paths(config, os.path.dirname(config.source) if config.source else cwd, "base")
+    kept = []
     for assignment in overrides:
         set_option(config, assignment)
-    config.overrides = list(overrides)
+        name = assignment.partition("=")[0].strip()
+        if PATH_KEYS.get(name) == "base":
+            sec, _, key = name.partition(".")
+            section = getattr(config, sec)
+            before = getattr(section, key)
+            resolve_paths(config, cwd, "base")
+            if getattr(section, key) != before:
+                assignment = f"{name}={json.dumps(getattr(section, key))}"
+        kept.append(assignment)
+    config.overrides = kept
+    resolve_paths(config, config.server.data_dir, "data")
     validate(config)
     return config
 
 
 def validate(config: Config) -> None:
-    """Cross-field checks the per-key types cannot express."""
+    """Cross-field checks the per-key types cannot express.
+
+    It reads no TLS file: ``mailhost user list`` must work while the certificate is
+    missing. The server and ``check-config`` load the certificate themselves
+    (``mailhost.tls.server_options``) and say so when it is missing or bad.
+    """
     if not config.server.domains:
         raise ConfigError("server.domains: at least one local domain is required")
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls.cert: tls.cert and tls.key must be set together")
-    for name in ("cert", "key"):
-        path = getattr(config.tls, name)
-        if path and not os.path.exists(path):
-            raise ConfigError(f"tls.{name}: no such file: {path}")
     for sec in ("smtp", "submission", "pop3", "imap"):
         if getattr(config, sec).listen_tls and not config.tls_enabled:
             raise ConfigError(f"{sec}.listen_tls: needs tls.cert and tls.key")

@@ -19,6 +19,7 @@ then says how many it held back.
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from collections import OrderedDict
@@ -26,8 +27,10 @@ from typing import IO, Any
 
 from twisted.logger import (
     FileLogObserver,
+    FilteringLogObserver,
     ILogObserver,
     LogLevel,
+    PredicateResult,
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,
@@ -41,16 +44,46 @@ _twistd_options: Any = None
 _rotation: tuple[int, int] = (10_000_000, 10)
 
 
+# What twisted.names' client logs for every query it sends: it binds a fresh UDP port
+# per query (source-port randomisation) and udp.Port logs its start and close
+# unconditionally, the protocol its start and stop. Four lines per MX, A or AAAA
+# lookup, so several per relay attempt, and none says anything an admin can act on.
+# Only the two protocol lines honour ``noisy``, and the resolver builds that protocol
+# itself, so short of overriding its private ``_connectedProtocol`` a filter is the
+# public way to drop all four. mailhost opens no other UDP port.
+_DNS_CLIENT_NOISE = re.compile(
+    r"DNSDatagramProtocol starting on \d+"
+    r"|\(UDP Port \d+ Closed\)"
+    r"|(?:Starting|Stopping) protocol <twisted\.names\.dns\.DNSDatagramProtocol object at \w+>"
+)
+
+
+def drop_dns_client_noise(event: dict[str, Any]) -> PredicateResult:
+    """Log filter predicate: no for the per-query lines of the DNS client."""
+    message = event.get("message")
+    if (event.get("log_namespace") == "log_legacy" and isinstance(message, tuple)
+            and len(message) == 1 and isinstance(message[0], str)
+            and _DNS_CLIENT_NOISE.fullmatch(message[0])):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
+def quiet(observer: ILogObserver) -> ILogObserver:
+    """``observer`` without the DNS client's per-query lines, and with repeated
+    identical warnings and errors held back (``RepeatLimiter``)."""
+    return FilteringLogObserver(RepeatLimiter(observer), [drop_dns_client_noise])
+
+
 def json_observer() -> ILogObserver:
     """A twistd ``--logger`` factory: JSON lines on standard output."""
-    return RepeatLimiter(jsonFileLogObserver(sys.stdout))
+    return quiet(jsonFileLogObserver(sys.stdout))
 
 
 def text_observer() -> ILogObserver:
     """A twistd ``--logger`` factory: twistd's text log, in the file twistd would
     choose (``--logfile``; standard output with ``-n`` and no file), rotated within
     bounds."""
-    return RepeatLimiter(FileLogObserver(_log_file(_twistd_options or {}), ClassicTextFormat()))
+    return quiet(FileLogObserver(_log_file(_twistd_options or {}), ClassicTextFormat()))
 
 
 def _log_file(options: Any) -> IO[Any]:

@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
@@ -52,7 +52,8 @@ def make_store(config: Config) -> IMailStore:
 
     file_mode, dir_mode, group = store_modes(config.store)
     return MaildirStore(config.data_path(config.store.path), fsync=config.store.fsync,
-                        modes=FileModes(file_mode, dir_mode, group))
+                        modes=FileModes(file_mode, dir_mode, group),
+                        watch=config.store.watch)
 
 
 class PostmasterBootstrap(service.Service):
@@ -79,6 +80,98 @@ class PostmasterBootstrap(service.Service):
         )
 
 
+class ListenError(Exception):
+    """A listener could not bind; the message is one line naming the key, the endpoint
+    and the reason (``smtp.listen tcp:2525:interface=127.0.0.1: cannot listen:
+    Address already in use``)."""
+
+
+class ListenerService(service.Service):
+    """One listening endpoint of the mail host.
+
+    Our own instead of Twisted's ``StreamServerEndpointService``, whose synchronous
+    failure and port Deferred are private attributes. It binds in
+    ``privilegedStartService`` (before twistd's ``--uid`` drops root), or in
+    ``startService`` for embedders that call only that. A failure the endpoint reports
+    at once (every TCP, TLS, UNIX and systemd endpoint does) is raised as
+    ``ListenError``; one reported later is logged in one line and given to
+    ``when_listening``.
+    """
+
+    def __init__(self, key: str, description: str, endpoint: Any,
+                 factory: IProtocolFactory) -> None:
+        self.key = key
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: Any = None
+        self.error: ListenError | None = None
+        self.started = False
+        self._pending: defer.Deferred | None = None
+        self._waiters: list[defer.Deferred] = []
+        # True while _listen can still raise the error itself.
+        self._reported_by_raise = True
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        self._pending = self.endpoint.listen(self.factory)
+        self._pending.addCallbacks(self._bound, self._failed)
+        if self.error is not None:
+            raise self.error
+        self._reported_by_raise = False
+
+    def _bound(self, port: Any) -> None:
+        self._pending = None
+        self.port = port
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(port)
+
+    def _failed(self, failure: Any) -> None:
+        self._pending = None
+        error = failure.value
+        if isinstance(error, defer.CancelledError):  # stopped before it was bound
+            return
+        reason = str(error)
+        if isinstance(error, CannotListenError) and isinstance(error.socketError, OSError):
+            reason = error.socketError.strerror or str(error.socketError)
+        self.error = ListenError(f"{self.key} {self.description}: cannot listen: {reason}")
+        if not self._reported_by_raise:
+            log.error("{error}", error=str(self.error), event="listen_failed")
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(self.error)
+
+    def when_listening(self) -> defer.Deferred:
+        """Deferred firing with the ``IListeningPort`` once bound (or ``ListenError``)."""
+        if self.port is not None:
+            return defer.succeed(self.port)
+        if self.error is not None:
+            return defer.fail(self.error)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._pending is not None:
+            self._pending.cancel()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
 class MailHostService(service.MultiService):
     """The running mail host; the public pieces are attributes for embedders and tests."""
 
@@ -96,13 +189,15 @@ class MailHostService(service.MultiService):
         # twistd sets this; an embedding application keeps SIGHUP for itself.
         self.handle_sighup = False
         self._previous_sighup: Any = None
-        self.listeners: dict[str, list[StreamServerEndpointService]] = {}
+        # twistd sets this: a listener that cannot bind ends the process in one line.
+        self.exit_on_listen_error = False
+        self.listeners: dict[str, list[ListenerService]] = {}
         # (kind, factory) -> factory: wraps every listener's factory (limits, fault
         # injection in mailhost.testing).
         self.wrap_factory: Callable[[str, IProtocolFactory], IProtocolFactory] | None = None
 
     def add_listener(self, kind: str, description: str, factory: IProtocolFactory,
-                     reactor: Any, implicit_tls: Any = None) -> StreamServerEndpointService:
+                     reactor: Any, implicit_tls: Any = None) -> ListenerService:
         """Listen on an endpoint string. ``wrap_factory`` wraps the protocol factory
         (so wrappers see plaintext), then ``implicit_tls`` options, if any, wrap it in TLS."""
         if self.wrap_factory is not None:
@@ -110,9 +205,9 @@ class MailHostService(service.MultiService):
         if implicit_tls is not None:
             factory = HandshakeDeadlineFactory(implicit_tls, factory,
                                                self.config.tls.handshake_timeout, reactor)
-        endpoint = parse_endpoint(reactor, description, f"{kind}.listen")
-        svc = StreamServerEndpointService(endpoint, factory)
-        svc._raiseSynchronously = True
+        key = f"{kind}.listen_tls" if implicit_tls is not None else f"{kind}.listen"
+        endpoint = parse_endpoint(reactor, description, key)
+        svc = ListenerService(key, description, endpoint, factory)
         svc.setName(f"{kind}{'+tls' if implicit_tls is not None else ''}:{description}")
         svc.setServiceParent(self)
         self.listeners.setdefault(kind, []).append(svc)
@@ -125,9 +220,9 @@ class MailHostService(service.MultiService):
         the ephemeral ports.
         """
         kinds = [(kind, svc) for kind, svcs in self.listeners.items() for svc in svcs]
-        waiting = [svc._waitingForPort for _, svc in kinds]
-        if any(w is None for w in waiting):
+        if any(not svc.started for _, svc in kinds):
             return defer.fail(RuntimeError("listeners are not started"))
+        waiting = [svc.when_listening() for _, svc in kinds]
 
         def collect(ports: list) -> dict[str, list]:
             out: dict[str, list] = {}
@@ -137,8 +232,28 @@ class MailHostService(service.MultiService):
 
         return defer.gatherResults(waiting, consumeErrors=True).addCallback(collect)
 
+    def privilegedStartService(self) -> None:
+        """twistd binds the listeners here, before it drops privileges (``--uid``)."""
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            self._listen_failed(e)
+            raise
+
+    def _listen_failed(self, error: ListenError) -> None:
+        """Under twistd, a listener that cannot bind (the port is taken: a second start)
+        stops the start with one line in the log and exit status 1, not a traceback."""
+        if not self.exit_on_listen_error:
+            return
+        log.critical("{error}; not starting", error=str(error), event="listen_failed")
+        raise SystemExit(1) from None
+
     def startService(self) -> None:
-        super().startService()
+        try:
+            super().startService()
+        except ListenError as e:
+            self._listen_failed(e)
+            raise
         if self.handle_sighup:
             import signal
 

@@ -200,6 +200,10 @@ class TrackedProtocol(InterfaceCopyingWrapper):
         elif self.kind == "imap":
             self.transport.write(b"* BYE Server shutting down\r\n")
         # POP3: no QUIT, so nothing marked with DELE is deleted (RFC 1939).
+        # Only idle sessions are told goodbye, so no transfer is under way; a producer
+        # still registered (IMAP's output gate) would keep a TLS transport from ever
+        # starting its close (close_notify, FIN) until the drain's abort, a reset.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
 

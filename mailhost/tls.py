@@ -11,6 +11,8 @@ import ipaddress
 import os
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.protocols.policies import ProtocolWrapper
@@ -20,36 +22,50 @@ from twisted.protocols.tls import (
     TLSMemoryBIOProtocol,
 )
 
-from mailhost.config import TLSConfig
+from mailhost.config import ConfigError, TLSConfig
 
 
 def server_options(tls: TLSConfig) -> ssl.CertificateOptions | None:
-    """Server-side TLS options from config, or None when TLS is not configured."""
+    """Server-side TLS options from config, or None when TLS is not configured.
+
+    Raises ``ConfigError`` (one line naming the key) when a file is missing or
+    unreadable, is not PEM, or the key does not belong to the certificate. The
+    certificate and key go to Twisted as ``cryptography`` objects: pyOpenSSL
+    deprecates its own ``X509``/``PKey`` (what ``PrivateCertificate.loadPEM`` gives).
+    """
     if not (tls.cert and tls.key):
         return None
-    with open(tls.cert, "rb") as f:
-        cert_pem = f.read()
-    with open(tls.key, "rb") as f:
-        key_pem = f.read()
-    private = ssl.PrivateCertificate.loadPEM(key_pem + b"\n" + cert_pem)
+    cert_pem = _read("tls.cert", tls.cert)
+    key_pem = _read("tls.key", tls.key)
+    try:
+        certs = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise ConfigError(f"tls.cert: no PEM certificate in {tls.cert}") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"tls.key: not an unencrypted PEM private key: {tls.key} ({e})") from None
+    if key.public_key() != certs[0].public_key():
+        raise ConfigError(f"tls.key: {tls.key} is not the key of the certificate in {tls.cert}")
     minimum = {
         "1.2": ssl.TLSVersion.TLSv1_2,
         "1.3": ssl.TLSVersion.TLSv1_3,
     }[tls.min_version]
-    chain = _extra_chain(cert_pem)
+    # The leaf first, then the intermediates that follow it in the cert file.
     return ssl.CertificateOptions(
-        privateKey=private.privateKey.original,
-        certificate=private.original,
-        extraCertChain=chain or None,
+        privateKey=key,
+        certificate=certs[0],
+        extraCertChain=certs[1:] or None,
         raiseMinimumTo=minimum,
     )
 
 
-def _extra_chain(cert_pem: bytes) -> list:
-    """Intermediate certificates following the leaf in the cert file."""
-    marker = b"-----BEGIN CERTIFICATE-----"
-    blocks = [marker + b for b in cert_pem.split(marker)[1:]]
-    return [ssl.Certificate.loadPEM(b).original for b in blocks[1:]]
+def _read(name: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read {path}: {e.strerror}") from None
 
 
 def write_selfsigned(hostname: str, cert_path: str, key_path: str, days: int = 825) -> None:
@@ -58,8 +74,7 @@ def write_selfsigned(hostname: str, cert_path: str, key_path: str, days: int = 8
     For development and tests: clients can verify it by using ``cert_path`` as their
     CA file.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 

@@ -42,7 +42,8 @@ def test_shipped_configs_parse(name, tmp_path):
         assert c.submission.listen == ["tcp:2587:interface=127.0.0.1"]
         assert c.pop3.listen == ["tcp:2110:interface=127.0.0.1"]
         assert c.imap.listen == ["tcp:2143:interface=127.0.0.1"]
-        assert c.server.data_dir == "./mailhost-data"
+        # Relative to the config file's directory, not to the working directory.
+        assert c.server.data_dir == os.path.join(ROOT, "tap-configs", "mailhost-data")
         assert c.server.allow_plaintext_auth == "loopback"
 
 
@@ -61,7 +62,7 @@ def test_overrides_win_over_file(tmp_path):
     ('[pop3]\ndelete = "shred"\n', "pop3.delete"),
     ('[server]\ndomains = []\n', "server.domains"),
     ('[smtp\n', "not valid TOML"),
-    ('[tls]\ncert = "/nonexistent.pem"\nkey = "/nonexistent.key"\n', "tls.cert"),
+    ('[tls]\ncert = "/nonexistent.pem"\n', "tls.cert"),
     ('[smtp]\nmax_recipients = -1\n', "smtp.max_recipients"),
     ('[imap]\nlisten_tls = ["tcp:993"]\n', "imap.listen_tls"),
     ('[store]\nfile_mode = "0755"\n', "store.file_mode"),  # x bits on files
@@ -80,6 +81,58 @@ def test_bad_values_name_the_key(tmp_path, text, needle):
         cfg.load(str(p))
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_relative_paths_resolve_against_the_config_files_directory(tmp_path, monkeypatch):
+    """A relative data_dir (and cert, key) follows the config file, not the cwd; data
+    files follow data_dir; command-line paths follow the cwd and are kept absolute."""
+    conf = tmp_path / "etc" / "dev.toml"
+    conf.parent.mkdir()
+    conf.write_text('[server]\ndata_dir = "./data"\n[tls]\ncert = "tls/c.pem"\n'
+                    'key = "/abs/k.pem"\n[auth]\npasswd_file = "users"\n'
+                    '[outbound]\nqueue_dir = "/var/q"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    c = cfg.load("../etc/dev.toml")
+    etc = str(tmp_path / "etc")
+    assert c.server.data_dir == f"{etc}/data"
+    assert (c.tls.cert, c.tls.key) == (f"{etc}/tls/c.pem", "/abs/k.pem")
+    assert c.auth.passwd_file == f"{etc}/data/users"
+    assert c.auth.aliases_file == f"{etc}/data/aliases"
+    assert c.store.path == f"{etc}/data/mail"
+    assert c.outbound.queue_dir == "/var/q"
+    # No data_dir in the file: the default is relative to the file too.
+    (tmp_path / "etc" / "bare.toml").write_text("")
+    assert cfg.load(str(tmp_path / "etc" / "bare.toml")).server.data_dir == f"{etc}/mailhost-data"
+    # Command-line overrides are relative to the cwd, and kept absolute for a reload.
+    c = cfg.load(str(conf), ['server.data_dir="d2"', "store.path=m2"])
+    assert c.server.data_dir == f"{elsewhere}/d2"
+    assert c.store.path == f"{elsewhere}/d2/m2"
+    assert c.overrides == [f'server.data_dir="{elsewhere}/d2"', "store.path=m2"]
+    monkeypatch.chdir(tmp_path)
+    assert cfg.load(c.source, c.overrides).server.data_dir == f"{elsewhere}/d2"
+    # Without a file, relative paths follow the cwd.
+    assert cfg.load(None).server.data_dir == f"{tmp_path}/mailhost-data"
+
+
+def test_every_path_key_is_resolved():
+    """Every key named like a path is in PATH_KEYS, so none is left relative to the cwd."""
+    import re
+
+    looks_like_path = re.compile(r"(path|file|dir|cert|key)$")
+    named = {f"{section}.{key}" for section, values in cfg.as_dict(cfg.Config()).items()
+             for key, value in values.items() if isinstance(value, str)
+             and looks_like_path.search(key)}
+    assert named == set(cfg.PATH_KEYS)
+
+
+def test_load_reads_no_tls_file(tmp_path):
+    """load() only checks the shape of [tls]; the cert is read by whoever needs it."""
+    p = tmp_path / "c.toml"
+    p.write_text('[tls]\ncert = "missing.pem"\nkey = "missing.key"\n')
+    c = cfg.load(str(p))
+    assert c.tls.cert == str(tmp_path / "missing.pem")
 
 
 def test_store_modes_are_parsed_and_the_group_resolved(tmp_path):

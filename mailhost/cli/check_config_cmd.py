@@ -6,6 +6,7 @@ import argparse
 import json
 
 from mailhost.config import Config, as_dict, load
+from mailhost.tls import server_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +28,11 @@ SECRET_KEYS = {"outbound.smarthost_password"}
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    """Unlike the other commands, this loads the TLS certificate and key, as the server
+    will: a missing or mismatched file is a config error here, before a start fails."""
     if args.file:
         config = load(args.file, args.set)
+    server_options(config.tls)
     for section, values in as_dict(config).items():
         print(f"[{section}]")
         for key, value in values.items():

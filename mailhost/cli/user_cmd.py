@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 
 from mailhost.auth.hashing import hash_password
@@ -72,7 +73,7 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
     extra = {"aliases": ",".join(a.lower() for a in args.alias)} if args.alias else {}
     entries[user] = PasswdEntry(user, hash_password(_read_password()), extra)
     passwd.save(entries)
-    print(f"added {user}")
+    print(f"added {user} to {passwd.path}")
     return 0
 
 
@@ -102,7 +103,18 @@ def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_list(args: argparse.Namespace, config: Config) -> int:
-    for user, entry in sorted(_passwd(config).entries().items()):
+    """One user a line on stdout; when there is none, a note on stderr naming the file,
+    so an admin pointed at the wrong data directory is told, not shown nothing."""
+    passwd = _passwd(config)
+    if not os.path.exists(passwd.path):
+        print(f"mailhost: no passwd file at {passwd.path} (no users: the server creates it "
+              "on its first start, 'mailhost user add' too)", file=sys.stderr)
+        return 1
+    entries = passwd.entries()
+    if not entries:
+        print(f"mailhost: no users in {passwd.path}", file=sys.stderr)
+        return 0
+    for user, entry in sorted(entries.items()):
         aliases = ", ".join(entry.aliases)
         print(f"{user}" + (f"  (aliases: {aliases})" if aliases else ""))
     return 0

@@ -172,11 +172,19 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def close(self) -> None:
         """Flush and close; further input is ignored. A peer that stops reading cannot
-        hold the connection open: it is aborted after ``CLOSE_GRACE`` seconds."""
+        hold the connection open: it is aborted after ``CLOSE_GRACE`` seconds.
+
+        The output gate is unregistered first: Twisted's TLS transport starts its
+        close (close_notify, then the TCP close) only once no producer is registered,
+        so with the gate still in place a TLS session sat silent after ``LOGOUT``'s OK
+        until ``CLOSE_GRACE`` aborted it, and the client (mbsync) saw a reset."""
         self.state = LOGOUT
         already = self._closed
         self._closed = True
         if self.transport is not None and not self._lost:
+            if not already:
+                self.transport.unregisterProducer()
+                self.gate.stopProducing()  # nothing more will be written: release waiters
             self.transport.loseConnection()
             if not already and self.reactor is not None:
                 self._abort_call = self.reactor.callLater(CLOSE_GRACE, self._abort)

@@ -60,6 +60,7 @@ from twisted.python.failure import Failure
 from mailhost.dotstuffing import DotStuffer  # noqa: F401 - re-exported for tests/users
 from mailhost.outbound.envelope import Envelope, RecipientState
 from mailhost.outbound.replies import Reply, ReplyError, ReplyReader
+from mailhost.outbound.routing import describe_error
 from mailhost.outbound.spool import MessageFile
 from mailhost.outbound.wire import CRLFNormalizer, DataEncoder
 from mailhost.tcp import send_at_once
@@ -134,6 +135,9 @@ class ClientPolicy:
 
     hostname: str  # our EHLO name
     mx_name: str  # the server's name (for logs, Remote-MTA and TLS verification)
+    # The address and port connected to, for error texts ("[192.0.2.1]:25").
+    address: str = ""
+    port: int = 0
     tls: str = "opportunistic"  # opportunistic / verify / none
     tls_context: object | None = None
     username: str = ""
@@ -876,8 +880,10 @@ async def run_session(
     try:
         proto = await endpoint.connect(_RelayFactory(policy, source, done, reactor))
     except Exception as e:  # ConnectError, TimeoutError, DNS lookup errors
-        desc = " ".join(str(e).split()) or type(e).__name__
-        return SessionResult(error=f"cannot connect to {policy.mx_name}: {desc}")
+        where = policy.mx_name
+        if policy.address:
+            where += f" [{policy.address}]" + (f":{policy.port}" if policy.port else "")
+        return SessionResult(error=f"cannot connect to {where}: {describe_error(e)}")
     if track is not None:
         track.add(proto)
     try:

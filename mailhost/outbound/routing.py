@@ -8,7 +8,9 @@ no address at all: bounce) so the scheduler never confuses the two.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import random
 import socket
 from collections.abc import Iterable
@@ -106,8 +108,12 @@ class Router:
         smarthost: str = "",
         max_hosts: int = 10,
         rng: random.Random | None = None,
+        resolver_name: str = "",
     ) -> None:
         self.resolver = resolver
+        # Named in lookup failures ("… (resolver 127.0.0.1:53)"): the DNS errors
+        # themselves do not say which server failed.
+        self.resolver_name = resolver_name
         self.port = port
         self.smarthost = smarthost
         self.max_hosts = max_hosts
@@ -131,7 +137,8 @@ class Router:
             addresses, temp = await self._addresses(domain)
             if not addresses:
                 if temp:
-                    raise TemporaryRoutingError("4.4.3", f"cannot resolve {domain}: {temp}")
+                    raise TemporaryRoutingError(
+                        "4.4.3", f"cannot resolve {domain}: {temp}{self._which()}")
                 raise PermanentRoutingError("5.1.2", f"no MX or address records for {domain}")
             return Route(domain, [Hop(domain, self.port, addresses)])
         hops = []
@@ -148,9 +155,12 @@ class Router:
         if not hops:
             # RFC 5321 leaves this open; like Postfix we retry (the MX may be fixed).
             raise TemporaryRoutingError(
-                "4.4.3", f"no usable MX host for {domain} ({'; '.join(errors)})"
+                "4.4.3", f"no usable MX host for {domain} ({'; '.join(errors)}){self._which()}"
             )
         return Route(domain, hops)
+
+    def _which(self) -> str:
+        return f" (resolver {self.resolver_name})" if self.resolver_name else ""
 
     async def _lookup_mx(self, domain: str) -> list[tuple[int, str]] | None:
         """Ordered MX hosts, or None when the domain has no MX records."""
@@ -160,7 +170,7 @@ class Router:
             raise PermanentRoutingError("5.1.2", f"domain {domain} does not exist") from None
         except Exception as e:
             raise TemporaryRoutingError(
-                "4.4.3", f"MX lookup for {domain} failed: {_describe(e)}"
+                "4.4.3", f"MX lookup for {domain} failed: {describe_error(e)}{self._which()}"
             ) from None
         records = []
         for rr in answers:
@@ -191,7 +201,7 @@ class Router:
             except error.DNSNameError:
                 continue
             except Exception as e:
-                temp = temp or _describe(e)
+                temp = temp or describe_error(e)
                 continue
             for rr in answers:
                 if rr.type == rtype:
@@ -203,7 +213,11 @@ def _ipv6(payload: dns.Record_AAAA) -> str:
     return socket.inet_ntop(socket.AF_INET6, payload.address)
 
 
-def _describe(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
+    """A lookup or connection failure as an admin needs it in a log line or a DSN:
+    the DNS rcode by name, an OS error's text and errno name (``Invalid argument
+    (EINVAL)``), otherwise the exception's own text; its class name only when it has
+    no text (a bare ``OSError`` told nothing)."""
     names = {
         error.DNSServerError: "SERVFAIL",
         error.DNSQueryRefusedError: "REFUSED",
@@ -215,7 +229,15 @@ def _describe(e: BaseException) -> str:
     for cls, label in names.items():
         if isinstance(e, cls):
             return label
-    return type(e).__name__
+    if isinstance(e, OSError) and e.errno is not None:
+        text = e.strerror or os.strerror(e.errno)
+        return f"{text} ({errno.errorcode.get(e.errno, e.errno)})"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def resolver_name(spec: str) -> str:
+    """``outbound.resolver`` as named in error messages."""
+    return "from /etc/resolv.conf" if spec == "system" else spec
 
 
 def make_resolver(spec: str, reactor: object | None = None) -> object:

@@ -474,6 +474,9 @@ class Scheduler:
         try:
             route = await self.router.route(domain)
         except RoutingError as e:
+            code = "451" if e.temporary else "550"
+            log.info("outbound: {domain}: {error}", domain=domain,
+                     error=f"{code} {e.status} {e.text}", event="route_failed")
             if e.temporary:
                 self._session_failed(domain, cohort, f"451 {e.status} {e.text}")
             else:
@@ -517,10 +520,11 @@ class Scheduler:
                     return
                 last_error = result.error or f"no answer from {hop.name}"
                 log.warn(
-                    "outbound: {domain} via {mx} [{address}] failed: {error}",
+                    "outbound: {domain} via {mx} [{address}]:{port} failed: {error}",
                     domain=domain,
                     mx=hop.name,
                     address=address,
+                    port=hop.port,
                     error=last_error,
                 )
         if not self.stopping:
@@ -656,6 +660,8 @@ class Scheduler:
         return ClientPolicy(
             hostname=self.config.server.hostname,
             mx_name=hop.name,
+            address=address,
+            port=hop.port,
             tls=tls,
             tls_context=context,
             username=s.smarthost_user if smarthost else "",

@@ -22,7 +22,7 @@ from mailhost.outbound import dsn
 from mailhost.outbound.client import DELIVERED, PERMANENT, Job, Outcome
 from mailhost.outbound.envelope import Envelope
 from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter, QueueRecipient
-from mailhost.outbound.routing import Router, make_resolver
+from mailhost.outbound.routing import Router, make_resolver, resolver_name
 from mailhost.outbound.scheduler import Scheduler
 from mailhost.outbound.spool import MessageFile, SpoolFiles
 from mailhost.outbound.spool_writer import SpoolWriter
@@ -132,7 +132,9 @@ class OutboundService(service.Service):
         if resolver is None:
             resolver = make_resolver(self.config.outbound.resolver, self.reactor)
         router = Router(
-            resolver, port=self.config.outbound.port, smarthost=self.config.outbound.smarthost
+            resolver, port=self.config.outbound.port, smarthost=self.config.outbound.smarthost,
+            resolver_name=(resolver_name(self.config.outbound.resolver)
+                           if self._resolver is None else ""),
         )
         self.scheduler = Scheduler(
             self.config,

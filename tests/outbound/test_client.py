@@ -182,11 +182,12 @@ async def test_dsn_parameters_passed_when_offered(tmp_path):
 
 @pytest.fixture
 def server_tls(tmp_path):
-    from mailhost.tls import write_selfsigned
+    from mailhost.config import TLSConfig
+    from mailhost.tls import server_options, write_selfsigned
 
     cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
     write_selfsigned("remote.test", cert, key)
-    return ssl.PrivateCertificate.loadPEM(open(key).read() + open(cert).read()).options()
+    return server_options(TLSConfig(cert=cert, key=key))
 
 
 @pytest_twisted.ensureDeferred

@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from twisted.internet import reactor, ssl, task
+from twisted.internet import reactor, task
 from zope.interface.verify import verifyObject
 
 from mailhost.auth.directory import UserDirectory
@@ -162,11 +162,12 @@ async def _async(value):
 
 @pytest.fixture
 def server_tls(tmp_path):
-    from mailhost.tls import write_selfsigned
+    from mailhost.config import TLSConfig
+    from mailhost.tls import server_options, write_selfsigned
 
     cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
     write_selfsigned("remote.test", cert, key)
-    return ssl.PrivateCertificate.loadPEM(open(key).read() + open(cert).read()).options()
+    return server_options(TLSConfig(cert=cert, key=key))
 
 
 @pytest_twisted.ensureDeferred

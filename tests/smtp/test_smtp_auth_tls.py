@@ -250,15 +250,19 @@ async def test_starttls_not_offered_without_certificate(smtp_host, cmd):
 async def test_implicit_tls_listener(smtp_host, tmp_path):
     """Port 465 style: the whole session is TLS, so AUTH is offered and STARTTLS is not."""
     from twisted.internet import reactor
-    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.endpoints import SSL4ServerEndpoint
 
+    from mailhost.config import TLSConfig
+    from mailhost.tls import server_options
     from tests.smtp.conftest import _result
 
     host = smtp_host(submission=True, tls=True, allow_plaintext="no")
     host.factory.tls_options = None  # as service.py does for listen_tls listeners
-    endpoint = serverFromString(
-        reactor, f"ssl:0:interface=127.0.0.1:privateKey={tmp_path / 'key.pem'}"
-                 f":certKey={host.cafile}")
+    # Not an "ssl:" endpoint string: Twisted's parser hands pyOpenSSL's deprecated
+    # X509/PKey objects to the context.
+    endpoint = SSL4ServerEndpoint(
+        reactor, 0, server_options(TLSConfig(cert=host.cafile, key=str(tmp_path / "key.pem"))),
+        interface="127.0.0.1")
     listening = _result(endpoint.listen(host.factory))
     port = listening.getHost().port
 

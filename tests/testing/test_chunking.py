@@ -201,8 +201,10 @@ def test_delay_bdat(mailhost_sync, smtp, pieces):
     started = time.monotonic()
     assert c.codes(1) == [b"250"]
     assert time.monotonic() - started < 0.4
-    c.send(bdat(CHUNK2, last=True) + b"NOOP\r\n", pieces)
+    # From before the send: the delay starts when the server has read BDAT LAST, which
+    # can be before the last of ``pieces`` (10 ms apart) is sent.
     started = time.monotonic()
+    c.send(bdat(CHUNK2, last=True) + b"NOOP\r\n", pieces)
     assert c.codes(2) == [b"250", b"250"]
     assert time.monotonic() - started >= 0.45
     assert _stored(mailhost_sync, 1) == [CHUNK1 + CHUNK2]

@@ -101,6 +101,7 @@ class MailHostServiceMaker:
         except ConfigError as e:
             raise SystemExit(f"mailhost: config error: {e}") from None
         svc.handle_sighup = True
+        svc.exit_on_listen_error = True
         # Store fsyncs, argon2 and DNS share the reactor's thread pool; 10 threads
         # (the default) queue fsyncs behind each other under load.
         from twisted.internet import reactor
