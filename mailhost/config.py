@@ -34,6 +34,10 @@ class ServerConfig:
     # "no": plaintext auth only over TLS; "loopback": also on 127/8 and ::1; "yes": always.
     allow_plaintext_auth: Literal["no", "loopback", "yes"] = "no"
     log_format: Literal["text", "json"] = "text"
+    # twistd's log file (--logfile): rotated at this size, this many old files kept;
+    # 0 files keeps every rotated file (twistd's own default).
+    log_max_bytes: int = 10_000_000
+    log_max_files: int = 10
     # Seconds given to in-flight transactions on shutdown.
     shutdown_grace: float = 30.0
 
@@ -46,6 +50,9 @@ class StoreConfig:
     # Maildir root; relative paths are under server.data_dir.
     path: str = "mail"
     fsync: bool = True
+    # How open folders notice other programs' changes (Dovecot, mutt, an MDA):
+    # "inotify" (polling where it is unavailable) or "poll".
+    watch: Literal["inotify", "poll"] = "inotify"
     # Permissions of what the Maildir store creates (see store_modes): octal strings,
     # and a group name or number ("" = the process's group).
     file_mode: str = "0600"
@@ -160,7 +167,23 @@ class OutboundConfig:
     max_concurrency: int = 20
     max_per_domain: int = 5
     connect_timeout: float = 30.0
+    # Waits for the server, RFC 5321 §4.5.3.2 (seconds): the greeting, each command's
+    # reply (MAIL, RCPT, EHLO ...), the 354 to DATA, the transport taking each chunk
+    # of the message, and the reply after the final dot or BDAT LAST.
+    greeting_timeout: float = 300.0
     command_timeout: float = 300.0
+    data_init_timeout: float = 120.0
+    data_block_timeout: float = 180.0
+    final_timeout: float = 600.0
+    # One reply may have at most this many lines and octets.
+    reply_max_lines: int = 100
+    reply_max_bytes: int = 65536
+    # New connections per second to one destination host, after a burst of
+    # connect_burst; a destination whose sessions keep failing is held off for
+    # min(retry_initial, 60) * 2**(failures-1) seconds, at most hold_off_max.
+    connect_rate: float = 2.0
+    connect_burst: int = 5
+    hold_off_max: float = 3600.0
     # Queue runner scan interval in seconds.
     scan_interval: float = 30.0
     # fsync spool files before SMTP answers 250 (turn off only for benchmarks/tests).

@@ -52,7 +52,8 @@ def make_store(config: Config) -> IMailStore:
 
     file_mode, dir_mode, group = store_modes(config.store)
     return MaildirStore(config.data_path(config.store.path), fsync=config.store.fsync,
-                        modes=FileModes(file_mode, dir_mode, group))
+                        modes=FileModes(file_mode, dir_mode, group),
+                        watch=config.store.watch)
 
 
 class PostmasterBootstrap(service.Service):
@@ -473,7 +474,8 @@ class MetricsService(service.Service):
 # Keys whose new value only a restart can apply (listeners, files opened at start).
 # smtp.relay_networks and the connection limits are parsed once into their policy
 # objects (RecipientPolicy, ConnectionLimits), so they are restart-only too.
-_RESTART_KEYS = ("server.data_dir", "server.log_format", "server.hostname", "metrics.listen",
+_RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
+                 "server.log_max_files", "server.hostname", "metrics.listen",
                  "outbound.queue_dir", "outbound.resolver", "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")

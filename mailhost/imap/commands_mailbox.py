@@ -52,6 +52,7 @@ async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
         folder = await s.account.open_folder(name)
     except NoSuchFolder:
         raise No("[NONEXISTENT] Mailbox does not exist") from None
+    await folder.refresh()  # files other programs added, renamed or removed
     claimed = None if readonly else set(await folder.claim_recent())
     uids, flags, in_new, _, _ = folder_columns(folder)
     recent = claimed if claimed is not None else set(compress(uids, in_new))
@@ -271,6 +272,7 @@ async def status(s: IMAPServer, cmd: parser.Command) -> bytes:
         folder = await s.account.open_folder(name)
     except NoSuchFolder:
         raise No("[NONEXISTENT] Mailbox does not exist") from None
+    await folder.refresh()  # files other programs added, renamed or removed
     _, flags, in_new, _, _ = folder_columns(folder)
     values = {
         "MESSAGES": lambda: len(flags),

@@ -234,20 +234,35 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
             if not s.alive:
                 break
     if missing:
-        # Like Dovecot: the command succeeded for what still exists (RFC 2180 4.1.2).
-        return b"[EXPUNGEISSUED] Some messages were already expunged"
+        # Like Dovecot: the data of what still exists, then NO (RFC 2180 4.1.2, RFC
+        # 5530), never OK with data missing; the EXPUNGE follows at the next point
+        # RFC 3501 7.4.1 allows.
+        raise No("[EXPUNGEISSUED] Some of the requested messages no longer exist")
     return b"FETCH completed"
 
 
 async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list,
                      fetching: Any) -> bool:
+    opened: list = []
     try:
-        pieces = await fetching.fetch_message(sel.folder, info, items)
-        opened = []
-        for p in pieces:
-            if not isinstance(p, bytes | bytearray):
-                opened.append(await p.open())
+        for attempt in range(2):
+            pieces = await fetching.fetch_message(sel.folder, info, items)
+            for p in pieces:
+                if not isinstance(p, bytes | bytearray):
+                    opened.append(await p.open())
+            fresh = sel.folder.get(info.uid)
+            if fresh is None:
+                raise NoSuchMessage(info.uid)
+            if fresh.flags == info.flags or attempt:
+                break
+            # Opening the file found that another program had changed its flags (a
+            # Maildir rename): answer with what is true now.
+            for f in opened:
+                f.close()
+            opened, info = [], fresh
     except (NoSuchMessage, FileNotFoundError):
+        for f in opened:
+            f.close()
         return False
     files = iter(opened)
     try:

@@ -16,6 +16,7 @@ from twisted.internet.task import LoopingCall
 from mailhost.imap import parser
 from mailhost.imap.responses import Bad
 from mailhost.imap.states import AUTH
+from mailhost.store.interfaces import StoreError
 
 if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
@@ -28,6 +29,16 @@ async def idle(s: IMAPServer, cmd: parser.Command) -> bytes:
         raise Bad("IDLE takes no arguments")
     s.send(b"+ idling\r\n")
     s.idling = True
+    if s.selected is not None:
+        # What other programs changed since the last command; from here on the store
+        # watches the folder (inotify, or polling) and the listener pushes at once.
+        try:
+            await s.selected.folder.refresh()
+        except StoreError:
+            pass  # the folder went away: the listener has said so
+        if not s.alive:
+            s.idling = False
+            return b"IDLE terminated"
     s.send_updates(allow_expunge=True)
     keepalive = LoopingCall(s.send, b"* OK Still here\r\n")
     keepalive.clock = s.reactor

@@ -1,7 +1,8 @@
 """The selected mailbox of one IMAP session: its own seq<->UID map and pending changes.
 
-Every session keeps its own view of the folder. Changes made by other sessions (or by
-SMTP delivery) arrive through ``IFolderListener`` at any time, but RFC 3501 lets the
+Every session keeps its own view of the folder. Changes made by other sessions, by
+SMTP delivery or by other programs sharing the Maildir (the store watches a folder
+while it has listeners) arrive through ``IFolderListener`` at any time, but RFC 3501 lets the
 server announce them only at certain points and never renumber messages under a
 command in progress. So the listener only *queues*; ``pending_updates`` turns the
 queue into untagged EXPUNGE/EXISTS/FETCH lines when the protocol says it is allowed.

@@ -134,8 +134,9 @@ class IFolder(Interface):
         """One message's index entry, or None."""
 
     def refresh() -> object:
-        """Pick up files other programs dropped in or removed; Deferred firing with None.
-        Listeners hear about what changed."""
+        """Pick up what other programs added, renamed (flags) or removed; Deferred firing
+        with None. Listeners hear about what changed. Cheap when nothing changed (a
+        store that watches the folder answers from its watch)."""
 
     def open_message(uid: int) -> object:
         """Deferred firing with a readable binary file object positioned at 0 that yields
@@ -162,7 +163,9 @@ class IFolder(Interface):
         for everyone (Maildir: new/ -> cur/)."""
 
     def add_listener(listener: IFolderListener) -> None:
-        pass
+        """Hear of every change from now on, ours or (within about a second, without
+        any call) another program's; a store may watch the folder only while it has
+        listeners."""
 
     def remove_listener(listener: IFolderListener) -> None:
         pass

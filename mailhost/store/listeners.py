@@ -17,6 +17,9 @@ class ListenerSet:
     def __init__(self) -> None:
         self._listeners: list = []
 
+    def __len__(self) -> int:
+        return len(self._listeners)
+
     def add(self, listener) -> None:
         if listener not in self._listeners:
             self._listeners.append(listener)

@@ -15,7 +15,8 @@ Everything created here is private (files 0600, directories 0700) unless the sto
 ``FileModes`` says otherwise, whatever the umask.
 
 The pieces: maildir_writer (delivery), maildir_folder (index and changes),
-maildir_account (folder tree), maildir_index/maildir_io (the thread-side work).
+maildir_account (folder tree), maildir_index/maildir_io (the thread-side work),
+maildir_watch (noticing other programs' changes: inotify, or polling).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mailhost.store.groupsync import GroupSync
 from mailhost.store.interfaces import IMailStore
 from mailhost.store.maildir_account import MaildirAccount
 from mailhost.store.maildir_folder import MaildirFolder
+from mailhost.store.maildir_watch import ChangeWatcher
 from mailhost.store.maildir_writer import MaildirMessageWriter
 from mailhost.store.modes import PRIVATE, FileModes
 from mailhost.store.names import split_user
@@ -46,14 +48,17 @@ class MaildirStore:
 
     ``fsync=False`` skips every fsync (tests, throwaway dev data): a crash may then lose
     acknowledged mail. ``reactor`` defaults to the global one; its thread pool runs
-    all file-system work. ``modes``: the mode and group of every file and directory
-    the store creates (private by default; see mailhost.store.modes).
+    all file-system work. ``watch`` says how folders someone listens to notice other
+    programs' changes: ``"inotify"`` (falling back to polling where it is missing or
+    out of watches) or ``"poll"`` (see maildir_watch). ``modes``: the mode and group of
+    every file and directory the store creates (private by default; see
+    mailhost.store.modes).
     """
 
     log = Logger()
 
     def __init__(self, root: str, fsync: bool = True, reactor=None,
-                 modes: FileModes = PRIVATE) -> None:
+                 modes: FileModes = PRIVATE, watch: str = "inotify") -> None:
         self.root = os.path.abspath(root)
         self.fsync = fsync
         self.modes = modes
@@ -64,6 +69,7 @@ class MaildirStore:
         self._opening: dict[str, list[defer.Deferred]] = {}
         self._sync = GroupSync()
         self._tmp_ready = False
+        self._watcher = ChangeWatcher(reactor, self._in_thread, watch)
 
     def _in_thread(self, fn, *args) -> defer.Deferred:
         return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn,
@@ -115,7 +121,11 @@ class MaildirStore:
         return MaildirMessageWriter(self)
 
     def close(self):
-        """Flush the metadata caches (UIDs and flags are always already on disk)."""
-        flushes = [f._flush_cache() for a in self._accounts.values()
-                   for f in a._folders.values()]
+        """Flush the metadata caches (UIDs and flags are always already on disk) and
+        stop watching folders."""
+        folders = [f for a in self._accounts.values() for f in a._folders.values()]
+        for folder in folders:
+            folder._unwatch()
+        self._watcher.close()
+        flushes = [f._flush_cache() for f in folders]
         return defer.gatherResults(flushes, consumeErrors=True).addCallback(lambda _: None)

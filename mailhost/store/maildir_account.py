@@ -112,9 +112,15 @@ class MaildirAccount:
         folder = self._folders.get(canon)
         if folder is not None:
             await folder._lock.acquire()
+            folder._unwatch()  # before its directories go (INotify would close itself)
         try:
-            await self._store._in_thread(maildir_io.delete_dir, self._dir(canon), self._root,
-                                         canon)
+            try:
+                await self._store._in_thread(maildir_io.delete_dir, self._dir(canon),
+                                             self._root, canon)
+            except BaseException:
+                if folder is not None:
+                    folder._watch_if_listened()
+                raise
             if folder is not None:
                 self._folders.pop(canon, None)
                 folder._forget()

@@ -39,6 +39,7 @@ from mailhost.store.maildir_index import (
     Columns,
     FolderIndex,
     diff_folder,
+    dir_stamp,
     examine_foreign,
     fast_info,
     load_folder,
@@ -47,6 +48,7 @@ from mailhost.store.maildir_index import (
 from mailhost.store.maildir_io import KeywordFile, rename_all, transfer_files, unlink_all
 from mailhost.store.maildir_names import Keywords, filename, info_letters, make_info, unique_base
 from mailhost.store.maildir_uids import FolderUids
+from mailhost.store.maildir_watch import APPEARED, COALESCE_DELAY
 
 CACHE_FLUSH_DELAY = 2.0
 #: Bulk-adopted files get their real dates this long after the folder opens, in
@@ -76,6 +78,7 @@ class MaildirFolder:
         self._keywords = Keywords()
         self._index = FolderIndex(self._keywords)
         self._uids = FolderUids(path, store.modes, store.fsync)
+        self._watching: str | None = None  # "inotify" or "poll" while listened to
         self._path = path
         self._kwfile = KeywordFile(self._keywords, store.modes)
         self._listeners = ListenerSet()
@@ -91,6 +94,11 @@ class MaildirFolder:
         self._gone = False
         self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
         self._fill_call = None
+        self._disk_events: list[tuple[str, str, int] | None] = []  # not yet looked at
+        self._disk_call = None
+        self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
+        #: Directory listings done to pick up others' changes (a test hook).
+        self.listings = 0
 
     @property
     def _path(self) -> str:
@@ -101,6 +109,9 @@ class MaildirFolder:
         # Folder renames move the directory; the index reads dates from it.
         self._dir = self._index.path = path
         self._uids.set_path(path)
+        if self._watching is not None:  # watch the new place
+            self._unwatch()
+            self._watch_if_listened()
 
     @property
     def special_use(self) -> str | None:
@@ -109,8 +120,15 @@ class MaildirFolder:
     # -- loading -------------------------------------------------------------------
 
     async def _load(self) -> None:
-        loaded = await self._store._in_thread(load_folder, self._path, self._store.fsync,
-                                              self._store.modes, True, self._uids)
+        path, fsync, modes, uids = self._path, self._store.fsync, self._store.modes, self._uids
+
+        def load():
+            # Dir times from before the listing: a later change moves them, so the
+            # first rescan (SELECT, STATUS) can skip its listing when nothing changed.
+            return dir_stamp(path), load_folder(path, fsync, modes, True, uids)
+
+        stamp, loaded = await self._store._in_thread(load)
+        self._stamp = stamp
         self.uid_validity = loaded.validity
         self.uid_next = loaded.uid_next
         self._index = loaded.index
@@ -370,7 +388,7 @@ class MaildirFolder:
         return defer.Deferred.fromCoroutine(self._open_message(uid))
 
     async def _open_message(self, uid: int):
-        for attempt in range(2):
+        for attempt in range(3):
             i = self._index.pos(uid)
             if i < 0 or self._gone:
                 raise NoSuchMessage(uid)
@@ -383,11 +401,19 @@ class MaildirFolder:
                 # and are the caller's business (thread pool or small chunks).
                 raw = open(path, "rb")  # noqa: SIM115 - the caller closes it
             except FileNotFoundError:
-                if attempt:
-                    raise NoSuchMessage(uid) from None
-                # A rename (flags, new/ -> cur/) may be in flight: let it finish, retry.
-                await self._lock.acquire()
-                self._lock.release()
+                if attempt == 0:
+                    # A rename of ours (flags, new/ -> cur/) may be in flight: let it
+                    # finish, retry.
+                    await self._lock.acquire()
+                    self._lock.release()
+                elif attempt == 1:
+                    # Another program renamed it (set a flag, moved it to cur/) or
+                    # deleted it: one listing finds it by its base name (and tells the
+                    # listeners what changed); a file really gone leaves the index.
+                    try:
+                        await self._run(self._refresh, True)
+                    except NoSuchFolder:
+                        raise NoSuchMessage(uid) from None
                 continue
             return io.BufferedReader(CRLFReader(raw)) if wrap else raw
         raise NoSuchMessage(uid)
@@ -395,11 +421,17 @@ class MaildirFolder:
     # -- IFolder: changes ----------------------------------------------------------------
 
     def refresh(self):
+        if self._watching == "inotify":
+            # The watch has told us of every change so far (once its queue is read).
+            return self._run(self._sync_disk)
         return self._run(self._refresh)
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, force: bool = False) -> None:
+        """Compare the directories with the index (the listing is skipped when their
+        times say nothing changed, unless ``force``) and apply what others changed."""
         index = self._index
         path, uids = self._path, self._uids
+        last = None if force else self._stamp
 
         def work(snapshot, last_stamp):
             # UIDNEXT moves when another program gives out UIDs, even for mail it
@@ -407,8 +439,10 @@ class MaildirFolder:
             return diff_folder(path, snapshot, last_stamp), uids.next_uid_nowait()
 
         (stamp, renamed, gone, foreign), next_uid = await self._store._in_thread(
-            work, index.snapshot(), self._stamp)
+            work, index.snapshot(), last)
         self.uid_next = max(self.uid_next, next_uid)
+        if stamp is None or stamp != last:
+            self.listings += 1
         # Our own renames change the directories too, so only a stamp taken here, with
         # no change of ours in between (the lock is held), may skip the next listing.
         self._stamp = stamp
@@ -476,11 +510,26 @@ class MaildirFolder:
     async def _set_flags(self, uids: list[int], wanted: frozenset[str], mode: str):
         if self._index.unknown_dates:
             await self._read_dates(uids)  # the results carry dates: no stat each here
-        index = self._index
         result: dict[int, MessageInfo] = {}
+        missed = await self._set_flags_once(sorted(set(uids)), wanted, mode, result)
+        if missed:
+            # Another program renamed (flagged) or removed these files meanwhile: learn
+            # their names, then apply the change once more to what is still there.
+            await self._refresh(True)
+            for uid in missed:
+                result.pop(uid, None)
+            await self._set_flags_once([u for u in missed if u in self._index], wanted,
+                                       mode, result)
+        return [result[u] for u in sorted(result) if u in self._index]
+
+    async def _set_flags_once(self, uids: list[int], wanted: frozenset[str], mode: str,
+                              result: dict[int, MessageInfo]) -> list[int]:
+        """Rename the files of ``uids`` (ascending) to carry the new flags, filling in
+        ``result``; returns the UIDs whose file was not under its indexed name."""
+        index = self._index
         renames, updates = [], []
         new_part_memo: dict[tuple[str | None, frozenset[str], bool], str | None] = {}
-        for uid in sorted(set(uids)):
+        for uid in uids:
             i = index.pos(uid)
             if i < 0:
                 continue
@@ -500,6 +549,7 @@ class MaildirFolder:
             renames.append((os.path.join(sub, filename(base, st.part)),
                             os.path.join(sub, filename(base, new_part))))
             updates.append((uid, new_part, st.recent))
+        missed = []
         if renames:
             ok = await self._renaming(renames, self._kwfile, self._file_lock,
                                       self._store.fsync)
@@ -511,9 +561,11 @@ class MaildirFolder:
                 if done:
                     index.states[i] = index.state(new_part, recent)
                     changed.append(index.info_at(i))
+                else:
+                    missed.append(uid)
                 result[uid] = index.info_at(i)
             self._listeners.changed(self, changed)
-        return [result[u] for u in sorted(result)]
+        return missed
 
     async def _renaming(self, renames: list[tuple[str, str]], kwfile, lock,
                         fsync: bool) -> list[bool]:
@@ -522,6 +574,10 @@ class MaildirFolder:
         moving = self._index.renaming
         for old, new in renames:
             moving[os.path.basename(old).partition(":")[0]] = new
+        if self._watching == "inotify":
+            # The names our renames pass through, so the watch's events for them
+            # cost no rescan (see _explained).
+            self._own_names.update(os.path.split(new) for _, new in renames)
         try:
             return await self._store._in_thread(rename_all, self._path, renames, kwfile,
                                                 lock, fsync)
@@ -539,9 +595,25 @@ class MaildirFolder:
         if not victims:
             return []
         paths = [os.path.join(self._path, self._relpath_at(index.pos(u))) for u in victims]
-        await self._store._in_thread(unlink_all, paths)
-        self._remove(victims)
-        self._listeners.expunged(self, victims)
+        missing = await self._store._in_thread(unlink_all, paths)
+        if missing:
+            # Another program renamed (flagged) or removed some: learn their current
+            # names (the gone leave the index, listeners hear of it), then remove the
+            # renamed ones that are still \Deleted, under their new names.
+            lost = {p: u for p, u in zip(paths, victims, strict=True)}
+            retry = [lost[p] for p in missing]
+            await self._refresh(True)
+            index = self._index
+            again = [u for u in retry if (i := index.pos(u)) >= 0
+                     and "\\Deleted" in index.state_at(i).flags]
+            await self._store._in_thread(
+                unlink_all, [os.path.join(self._path, self._relpath_at(index.pos(u)))
+                             for u in again])
+            keep = {u for u in retry if u in index} - set(again)  # no longer \Deleted
+            victims = [u for u in victims if u not in keep]
+        present = [u for u in victims if u in self._index]
+        self._remove(present)
+        self._listeners.expunged(self, present)
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         return victims
@@ -557,6 +629,20 @@ class MaildirFolder:
             raise NoSuchFolder(getattr(dest, "name", repr(dest)))
         if self._index.unknown_dates:
             await self._read_dates(uids)  # copies keep the date: no stat each here
+        pairs, missed = await self._transfer_once(uids, dest, move)
+        if missed:
+            # Another program renamed (flagged) or removed these files meanwhile: learn
+            # their names, then copy or move once more what is still there.
+            await self._refresh(True)
+            more, _ = await self._transfer_once([u for u in missed if u in self._index],
+                                                dest, move)
+            pairs = sorted(pairs + more)
+        return pairs
+
+    async def _transfer_once(self, uids: list[int], dest: MaildirFolder, move: bool,
+                             ) -> tuple[list[tuple[int, int]], list[int]]:
+        """One pass of COPY/MOVE: ([(uid, dest uid)], UIDs whose file was not under
+        its indexed name)."""
         index = self._index
         plan = []
         for uid in sorted(set(uids)):
@@ -568,7 +654,7 @@ class MaildirFolder:
             new_part = make_info(dest._letters(info.flags, st.extra), in_new=True)
             plan.append((uid, info, wrap, base, new_part, self._relpath_at(i)))
         if not plan:
-            return []
+            return [], []
         ops = [(os.path.join(self._path, rel),
                 os.path.join(dest._path, "new", filename(base, new_part)),
                 base, int(info.internal_date), info.size, wrap)
@@ -585,10 +671,11 @@ class MaildirFolder:
             except BaseException:
                 dest._settle([(duid, None) for duid in ticket])
                 raise
-            settle, pairs = [], []
+            settle, pairs, missed = [], [], []
             done = iter(got)
             for (uid, info, wrap, base, new_part, _), linked in zip(plan, ok, strict=True):
                 if not linked:
+                    missed.append(uid)
                     continue
                 duid = next(done)
                 settle.append((duid, dest._row(base, True, new_part, wrap, info.size,
@@ -601,7 +688,7 @@ class MaildirFolder:
             moved = [src for src, _ in pairs]
             self._remove(moved)
             self._listeners.expunged(self, moved)
-        return pairs
+        return pairs, missed
 
     def claim_recent(self):
         return self._run(self._claim_recent)
@@ -630,9 +717,97 @@ class MaildirFolder:
 
     def add_listener(self, listener) -> None:
         self._listeners.add(listener)
+        self._watch_if_listened()
 
     def remove_listener(self, listener) -> None:
         self._listeners.remove(listener)
+        if not len(self._listeners):
+            self._unwatch()
+
+    # -- changes made by other programs ----------------------------------------------------
+
+    def _watch_if_listened(self) -> None:
+        """Have the store's watcher report changes to new/ and cur/ while someone
+        listens; a first rescan covers what changed before the watch began."""
+        if self._watching is None and len(self._listeners) and not self._gone:
+            self._watching = self._store._watcher.start(self)
+            self._disk_event(None)
+
+    def _watch_moved(self, mode: str) -> None:
+        """The watcher now watches this folder another way (its inotify watch broke)."""
+        if self._watching is not None:
+            self._watching = mode
+
+    def _unwatch(self) -> None:
+        if self._watching is not None:
+            self._watching = None
+            self._store._watcher.stop(self)
+        if self._disk_call is not None and self._disk_call.active():
+            self._disk_call.cancel()
+        self._disk_call = None
+        self._disk_events.clear()
+        self._own_names.clear()
+
+    def _disk_event(self, event: tuple[str, str, int] | None) -> None:
+        """From the watcher: (subdir, name, inotify mask) of a change to new/ or cur/,
+        or None for "something may have changed". Collected for COALESCE_DELAY, then
+        looked at under the folder lock (``_sync_disk``)."""
+        if self._gone or self._watching is None:
+            return
+        self._disk_events.append(event)
+        if self._disk_call is None:
+            self._disk_call = self._store._reactor.callLater(COALESCE_DELAY,
+                                                             self._disk_flush)
+
+    def _disk_flush(self) -> None:
+        self._disk_call = None
+        d = self._run(self._sync_disk)
+        d.addErrback(lambda f: None if f.check(NoSuchFolder)
+                     else self.log.failure("rescanning {path} failed", f, path=self._path))
+
+    async def _sync_disk(self) -> None:
+        """Rescan if the collected events show a change the index does not know of
+        (runs under the lock, so every change of ours is in the index by now)."""
+        if self._watching == "inotify":
+            self._store._watcher.drain()  # events already queued in the kernel
+        events, self._disk_events = self._disk_events, []
+        if self._disk_call is not None and self._disk_call.active():
+            self._disk_call.cancel()
+        self._disk_call = None
+        own, self._own_names = self._own_names, set()
+        if not events:
+            return
+        if None in events:
+            await self._refresh()
+            return
+        # Only the last event of each name counts: a file of ours created and then
+        # renamed (delivered, then claimed into cur/), or a flag set, cleared and set
+        # again, left nothing the index does not know.
+        final = {(sub, name): mask for sub, name, mask in events}
+        if not all(self._explained(sub, name, mask, own)
+                   for (sub, name), mask in final.items()):
+            await self._refresh(True)
+
+    def _explained(self, sub: str, name: str, mask: int, own: set[tuple[str, str]]) -> bool:
+        """Whether the index already accounts for a file appearing (``mask`` has
+        APPEARED) or vanishing in new/ or cur/: our own delivery, COPY or adoption in
+        flight, a rename or expunge of ours. Another program's change always leaves a
+        name the index does not have, or removes the name it has."""
+        base, sep, part = name.partition(":")
+        if base in self._pending_bases:
+            return True  # being delivered, copied or adopted
+        index = self._index
+        uid = index.by_base.get(base)
+        i = -1 if uid is None else index.pos(uid)
+        appeared = bool(mask & APPEARED)
+        if i < 0:
+            return not appeared  # a file we never had (or expunged) went away
+        st = index.state_at(i)
+        current = ("new" if st.recent else "cur") == sub and st.part == (part if sep
+                                                                          else None)
+        if appeared:
+            return current or (sub, name) in own
+        return not current  # an old name of ours went away
 
     # -- cached metadata -----------------------------------------------------------------
 
@@ -686,6 +861,7 @@ class MaildirFolder:
         if self._cache_call is not None and self._cache_call.active():
             self._cache_call.cancel()
         self._cache_call = None
+        self._unwatch()
         self._index.clear()
         self._cache.clear()
         self._cache_pending.clear()

@@ -171,12 +171,16 @@ def rename_all(path: str, renames, kwfile, lock, fsync: bool) -> list[bool]:
     return ok
 
 
-def unlink_all(paths: list[str]) -> None:
+def unlink_all(paths: list[str]) -> list[str]:
+    """Unlink files; returns those that were not there (renamed or removed by another
+    program)."""
+    missing = []
     for p in paths:
         try:
             os.unlink(p)
         except FileNotFoundError:
-            pass
+            missing.append(p)
+    return missing
 
 
 def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, uids, ticket,

@@ -431,7 +431,9 @@ async def test_first_open_adopts_foreign_files_in_name_order_without_stat(root, 
     monkeypatch.setattr(os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
     box = await account.open_folder("INBOX")
     monkeypatch.undo()
-    assert stats == []
+    # new/ and cur/ themselves are stat'ed once (their times let the first rescan skip
+    # its listing); no message file is.
+    assert [a for a in stats if os.path.basename(a[0]) not in ("new", "cur")] == []
     box._stop_fill()
     infos = box.messages()
     assert [i.key.split(".")[1] for i in infos] == ["M7P1", "M9P1", "M100P1", "M5P1"]
