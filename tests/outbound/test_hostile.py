@@ -15,7 +15,7 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, ssl, task, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from mailhost.config import Config
@@ -123,11 +123,12 @@ def most_per_second(times: list[float]) -> int:
 
 @pytest.fixture
 def server_tls(tmp_path):
-    from mailhost.tls import write_selfsigned
+    from mailhost.config import TLSConfig
+    from mailhost.tls import server_options, write_selfsigned
 
     cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
     write_selfsigned("mx.remote.test", cert, key)
-    return ssl.PrivateCertificate.loadPEM(open(key).read() + open(cert).read()).options()
+    return server_options(TLSConfig(cert=cert, key=key))
 
 
 @pytest_twisted.ensureDeferred
