@@ -57,7 +57,6 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from mailhost.dotstuffing import DotStuffer  # noqa: F401 - re-exported for tests/users
 from mailhost.outbound.envelope import Envelope, RecipientState
 from mailhost.outbound.replies import Reply, ReplyError, ReplyReader
 from mailhost.outbound.routing import describe_error

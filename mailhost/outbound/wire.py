@@ -11,6 +11,8 @@ missed it; TWISTED-MAIL-NOTES.md). Any chunking gives the same bytes.
 
 from __future__ import annotations
 
+from mailhost.dotstuffing import DotStuffer
+
 
 class CRLFNormalizer:
     """Bare CR and bare LF to CRLF, chunk by chunk (for BDAT, which is not stuffed)."""
@@ -41,25 +43,21 @@ class CRLFNormalizer:
         return b"\r\n" if self.last and self.last != b"\r\n" else b""
 
 
-class DataEncoder(CRLFNormalizer):
-    """CRLF-normalised and dot-stuffed chunks for DATA; ``terminator`` ends them."""
+class DataEncoder:
+    """CRLF-normalised and dot-stuffed chunks for DATA; ``terminator`` ends them.
+
+    The stuffing is the POP3 server's (``DotStuffer``): one implementation, so both
+    transfers agree byte for byte."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self._at_line_start = True
+        self._crlf = CRLFNormalizer()
+        self._dots = DotStuffer()
 
     def feed(self, chunk: bytes) -> bytes:
-        out = super().feed(chunk)
-        if not out:
-            return b""
-        stuffed = out.replace(b"\n.", b"\n..")
-        if self._at_line_start and out[:1] == b".":
-            stuffed = b"." + stuffed
-        self._at_line_start = out[-1:] == b"\n"
-        return stuffed
+        return self._dots.feed(self._crlf.feed(chunk))
 
     __call__ = feed
 
     def terminator(self) -> bytes:
         """What ends DATA: a CRLF if the message lacks a final one, then ``.`` CRLF."""
-        return self.final_crlf() + b".\r\n"
+        return self._dots.terminator()

@@ -11,13 +11,13 @@ from aiosmtpd.controller import Controller
 from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
+from mailhost.dotstuffing import DotStuffer
 from mailhost.outbound.client import (
     DELIVERED,
     PERMANENT,
     SMALL_MESSAGE,
     TEMPORARY,
     ClientPolicy,
-    DotStuffer,
     Job,
     run_session,
 )

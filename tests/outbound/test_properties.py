@@ -7,7 +7,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhost.outbound.client import DotStuffer
+from mailhost.dotstuffing import DotStuffer
 from mailhost.outbound.dsn import enhanced_status
 from mailhost.outbound.routing import split_hostport
 from mailhost.outbound.spool import SpoolFiles
