@@ -78,6 +78,7 @@ class MaildirMessageWriter:
             plan = []
             for folder, target in zip(folders, targets, strict=True):
                 flags = normalize_flags(target.flags)
+                await folder._learn_keywords(flags)
                 part = make_info(folder._letters(flags), in_new=True)
                 plan.append((folder, unique_base(self.size), part))
         except BaseException:
