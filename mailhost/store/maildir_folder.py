@@ -898,10 +898,20 @@ class MaildirFolder:
             maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache,
                                   self._store.modes)
 
-    def _forget(self) -> None:
-        """The folder was deleted: tell listeners everything is gone."""
+    def _close_uids(self) -> defer.Deferred:
+        """Close the dovecot-uidlist fd the folder holds (see dovecot_uidlist), in a
+        thread: it waits for the folder's thread mutex."""
+        d = self._store._in_thread(self._uids.close)
+        d.addErrback(lambda f: self.log.failure("closing {path}'s uidlist failed", f,
+                                                path=self._path))
+        return d
+
+    def _forget(self) -> defer.Deferred:
+        """The folder was deleted: tell listeners everything is gone. The Deferred
+        fires once its uidlist fd is closed."""
         uids = list(self._index.uids)
         self._gone = True
+        closed = self._close_uids()
         self._stop_fill()
         if self._cache_call is not None and self._cache_call.active():
             self._cache_call.cancel()
@@ -911,3 +921,4 @@ class MaildirFolder:
         self._cache.clear()
         self._cache_pending.clear()
         self._listeners.expunged(self, uids)
+        return closed
