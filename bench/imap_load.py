@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.e2e.test_imap_dovecot import Dovecot  # noqa: E402
+from tests.dovecot_process import Dovecot  # noqa: E402
 from tests.mailhost_process import MailHostProcess, rss_kib  # noqa: E402
 
 USER, PASSWORD = "alice@example.test", "alice-pw"

@@ -34,6 +34,10 @@ class ServerConfig:
     # "no": plaintext auth only over TLS; "loopback": also on 127/8 and ::1; "yes": always.
     allow_plaintext_auth: Literal["no", "loopback", "yes"] = "no"
     log_format: Literal["text", "json"] = "text"
+    # twistd's log file (--logfile): rotated at this size, this many old files kept;
+    # 0 files keeps every rotated file (twistd's own default).
+    log_max_bytes: int = 10_000_000
+    log_max_files: int = 10
     # Seconds given to in-flight transactions on shutdown.
     shutdown_grace: float = 30.0
 
@@ -70,6 +74,13 @@ class AuthConfig:
     lockout: float = 300.0
     # Seconds a successful verification is cached (0 disables the cache).
     cache_ttl: float = 300.0
+    # Seconds a (user, client) pair is remembered after a successful login; its
+    # password checks go ahead of other clients' (mailhost.auth.verify_queue).
+    known_good_ttl: float = 30 * 86400.0
+    # Mailbox for postmaster@<every local domain> and <postmaster> when no user or
+    # alias of that name exists; "" = postmaster@<first domain> if it is a user, else
+    # the first user of the passwd file (RFC 5321 4.5.1).
+    postmaster: str = ""
 
 
 @dataclass
@@ -82,6 +93,9 @@ class TLSConfig:
     # Seconds a client of an implicit-TLS listener (465, 993, 995) has to finish the
     # TLS handshake before it is disconnected.
     handshake_timeout: float = 30.0
+    # TLS 1.2 cipher suites: "aead" (ECDHE/DHE with AES-GCM or ChaCha20-Poly1305 only)
+    # or "legacy" (also the CBC suites, for old clients). TLS 1.3 is always AEAD.
+    ciphers: Literal["aead", "legacy"] = "aead"
 
 
 @dataclass
@@ -93,11 +107,23 @@ class SMTPConfig:
     max_message_size: int = 32 * 1024 * 1024
     max_recipients: int = 1000
     max_line_length: int = 65536
+    # Seconds to send a whole command line (bytes that do not end it do not count).
     command_timeout: float = 300.0
+    # Seconds of DATA/BDAT time budget, refilled by min_data_rate (see docs).
     data_timeout: float = 600.0
+    # Seconds from connect to the first MAIL FROM; 0 = no limit.
+    pre_mail_timeout: float = 300.0
+    # Bytes per second a DATA/BDAT upload must keep up on average; 0 = no minimum.
+    min_data_rate: float = 500.0
     max_connections: int = 200
     max_connections_per_ip: int = 20
     max_junk_commands: int = 20
+    # Error replies (4xx/5xx) a session may get without delivering mail before
+    # 421 and close (Postfix smtpd_hard_error_limit); from soft_error_limit on, each
+    # error reply is delayed by error_sleep_time times the errors over the soft limit.
+    hard_error_limit: int = 20
+    soft_error_limit: int = 10
+    error_sleep_time: float = 1.0
     max_hops: int = 50
     # Networks allowed to relay without AUTH (CIDR).
     relay_networks: list[str] = field(default_factory=list)
@@ -119,7 +145,10 @@ class POP3Config:
     listen_tls: list[str] = field(default_factory=list)
     # "expunge": QUIT removes DELEted messages; "flag": only hide them and set \Deleted.
     delete: Literal["expunge", "flag"] = "expunge"
+    # Seconds to send a whole command line.
     timeout: float = 600.0
+    # Seconds from connect to a successful login; 0 = no limit.
+    preauth_timeout: float = 120.0
     max_connections: int = 200
     # Concurrent connections from one client address (IPv6: one /64); 0 = unlimited.
     max_connections_per_ip: int = 20
@@ -163,7 +192,23 @@ class OutboundConfig:
     max_concurrency: int = 20
     max_per_domain: int = 5
     connect_timeout: float = 30.0
+    # Waits for the server, RFC 5321 §4.5.3.2 (seconds): the greeting, each command's
+    # reply (MAIL, RCPT, EHLO ...), the 354 to DATA, the transport taking each chunk
+    # of the message, and the reply after the final dot or BDAT LAST.
+    greeting_timeout: float = 300.0
     command_timeout: float = 300.0
+    data_init_timeout: float = 120.0
+    data_block_timeout: float = 180.0
+    final_timeout: float = 600.0
+    # One reply may have at most this many lines and octets.
+    reply_max_lines: int = 100
+    reply_max_bytes: int = 65536
+    # New connections per second to one destination host, after a burst of
+    # connect_burst; a destination whose sessions keep failing is held off for
+    # min(retry_initial, 60) * 2**(failures-1) seconds, at most hold_off_max.
+    connect_rate: float = 2.0
+    connect_burst: int = 5
+    hold_off_max: float = 3600.0
     # Queue runner scan interval in seconds.
     scan_interval: float = 30.0
     # fsync spool files before SMTP answers 250 (turn off only for benchmarks/tests).
@@ -186,6 +231,10 @@ class LimitsConfig:
     # Client networks (CIDR) exempt from the per-address count and rate, like Postfix's
     # smtpd_client_event_limit_exceptions; they still count towards max_connections.
     exempt_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # When a listener kind is at max_connections, make room for a new client by closing
+    # the session that has been idle longest among those that have not started a mail
+    # transaction (SMTP) or logged in (POP3, IMAP), like Postfix under stress.
+    evict_idle: bool = True
 
 
 @dataclass

@@ -11,6 +11,17 @@ Networks in ``limits.exempt_networks`` (loopback by default, like Postfix's anvi
 exceptions) skip the per-address count and rate, but still count towards the
 overall limit.
 
+Under pressure, idle sessions make room (``limits.evict_idle``). Slow clients that
+connect and then say nothing, or trickle a byte now and then, could otherwise hold
+every slot of a listener, and each protocol's own deadlines only free a slot after
+minutes. So when a listener kind is full, a newcomer is admitted by closing the
+session that has been idle longest among those with nothing worth keeping: an SMTP
+session that has not started a mail transaction, a POP3 or IMAP session that has not
+logged in, with no command running. The protocol says when its session is such and
+says its own goodbye (``IEvictable``); this module never reads protocol bytes. It is
+Postfix's stress-adaptive behaviour in the form that needs no guess of a timeout: a
+session is cut only when someone else needs its slot.
+
 Wiring, in ``mailhost.service.makeService``::
 
     limits = ConnectionLimits.from_config(config, reactor=reactor)
@@ -27,10 +38,12 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import Interface
 
 from mailhost.config import Config, ConfigError
+from mailhost.netkey import client_key
 from mailhost.wrapping import InterfaceCopyingWrapper
 
 log = Logger()
@@ -44,28 +57,55 @@ REFUSAL_TIMEOUT = 10.0
 LOG_INTERVAL = 60.0
 
 
-def refusal(kind: str, hostname: str, ip: str) -> bytes:
-    """The protocol's own "too many connections" line for listener ``kind``."""
+#: What each refusal reason says; every one names the limit that was hit.
+_REASONS = {
+    "max_connections": "Too many connections to this server; try again later",
+    "max_connections_per_ip": "Too many connections from {ip}",
+    "connection_rate": "Too many new connections from {ip}; slow down",
+    "evicted": "Too many connections; closing an idle session",
+}
+
+
+def refusal(kind: str, hostname: str, ip: str, reason: str = "max_connections_per_ip",
+            ) -> bytes:
+    """The protocol's own "too many connections" line for listener ``kind``, naming
+    the limit (``reason``: max_connections, max_connections_per_ip, connection_rate,
+    or evicted for an idle session closed to make room)."""
+    text = _REASONS[reason].format(ip=ip)
     if kind in ("smtp", "submission"):
-        return f"421 4.3.2 {hostname} Too many connections from {ip}\r\n".encode()
+        return f"421 4.7.0 {hostname} Error: {text[0].lower()}{text[1:]}\r\n".encode()
     if kind == "pop3":
-        return b"-ERR [SYS/TEMP] Too many connections\r\n"
+        return f"-ERR [SYS/TEMP] {text}\r\n".encode()
     if kind == "imap":
-        return b"* BYE [UNAVAILABLE] Too many connections\r\n"
+        return f"* BYE [UNAVAILABLE] {text}\r\n".encode()
     raise ValueError(f"unknown listener kind {kind!r}")
 
 
-def client_key(host: str) -> str:
-    """The unit a client is counted in: its IPv4 address, or its IPv6 /64."""
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.IPv6Network((addr, 64), strict=False))
-    return str(addr)
+class IEvictable(Interface):
+    """A session that may be closed to make room for a new client (see module doc).
+
+    Implemented by the SMTP, POP3 and IMAP server protocols.
+    """
+
+    def idle_since() -> float | None:
+        """Reactor time since when the session has been idle with nothing worth
+        keeping (SMTP: no mail transaction started yet; POP3, IMAP: not logged in; no
+        command running), or None while it must not be evicted."""
+
+    def evict(line: bytes) -> None:
+        """Write ``line`` (this protocol's over-capacity goodbye) and close."""
+
+
+def _evictable(proto: Any) -> Any:
+    """The IEvictable inside ``proto``, looking through listener wrappers (metrics,
+    fault injection); None if there is none."""
+    for _ in range(8):
+        if IEvictable.providedBy(proto):
+            return proto
+        if not isinstance(proto, ProtocolWrapper):
+            return None
+        proto = proto.wrappedProtocol
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,7 +130,8 @@ class ConnectionLimiter:
     """
 
     def __init__(self, rate: float, burst: int, exempt: Iterable[str] = (),
-                 clock: IReactorTime | None = None, max_tracked: int = 100000) -> None:
+                 clock: IReactorTime | None = None, max_tracked: int = 100000,
+                 evict_idle: bool = True) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.clock = clock
@@ -103,6 +144,10 @@ class ConnectionLimiter:
         self._buckets: dict[str, _Bucket] = {}
         self._logged: dict[str, float] = {}
         self._exempt_cache: dict[str, bool] = {}
+        self.evict_idle = evict_idle
+        # The admitted sessions of each kind (for eviction), in arrival order.
+        self.sessions: dict[str, dict[_CountedProtocol, None]] = {}
+        self.evicted = 0
 
     def is_exempt(self, host: str) -> bool:
         # Asked twice per connection (admit, release); parsing the address is the cost.
@@ -124,17 +169,26 @@ class ConnectionLimiter:
         return any(addr in net for net in self.exempt)
 
     def admit(self, kind: str, host: str, limits: KindLimits) -> str | None:
-        """Count a new connection; return None if admitted, else why it is refused."""
-        total = self.total.get(kind, 0)
-        if limits.max_connections and total >= limits.max_connections:
-            return "max_connections"
+        """Count a new connection; return None if admitted, else why it is refused.
+
+        At the overall limit, the idlest evictable session of ``kind`` is closed to
+        make room, once the newcomer has passed its per-address checks.
+        """
         exempt = self.is_exempt(host)
         key = client_key(host)
-        if not exempt:
-            if limits.max_per_ip and self.per_client.get((kind, key), 0) >= limits.max_per_ip:
-                return "max_connections_per_ip"
-            if self.rate > 0 and not self._take_token(key):
-                return "connection_rate"
+        if (not exempt and limits.max_per_ip
+                and self.per_client.get((kind, key), 0) >= limits.max_per_ip):
+            return "max_connections_per_ip"
+        victim = None
+        if limits.max_connections and self.total.get(kind, 0) >= limits.max_connections:
+            victim = self._victim(kind) if self.evict_idle else None
+            if victim is None:
+                return "max_connections"
+        if not exempt and self.rate > 0 and not self._take_token(key):
+            return "connection_rate"
+        if victim is not None:
+            self._evict(kind, victim)
+        total = self.total.get(kind, 0)
         self.total[kind] = total + 1
         if not exempt:
             self.per_client[(kind, key)] = self.per_client.get((kind, key), 0) + 1
@@ -151,6 +205,29 @@ class ConnectionLimiter:
             self.per_client[k] = left
         else:
             self.per_client.pop(k, None)
+
+    def _victim(self, kind: str) -> _CountedProtocol | None:
+        """The session of ``kind`` idle longest among the evictable ones."""
+        best, best_since = None, None
+        for counted in self.sessions.get(kind, ()):
+            if counted.evictable is None or counted.released:
+                continue
+            since = counted.evictable.idle_since()
+            if since is not None and (best_since is None or since < best_since):
+                best, best_since = counted, since
+        return best
+
+    def _evict(self, kind: str, counted: _CountedProtocol) -> None:
+        """Free the victim's slot now and have its protocol say goodbye."""
+        self.evicted += 1
+        counted.released = True
+        self.release(kind, counted.host)
+        self.sessions.get(kind, {}).pop(counted, None)
+        if self.should_log("evict:" + kind):
+            log.warn("idle session closed to make room kind={kind} client={client}",
+                     event="connection_evicted", kind=kind, client=counted.host)
+        counted.evictable.evict(refusal(kind, counted.factory.hostname, counted.host,
+                                        "evicted"))
 
     def _take_token(self, key: str) -> bool:
         now = self.clock.seconds()
@@ -213,14 +290,21 @@ class _Refuser(Protocol):
 
 
 class _CountedProtocol(InterfaceCopyingWrapper):
-    """An admitted connection; releases its count when it ends."""
+    """An admitted connection; releases its count when it ends (or is evicted)."""
 
     def __init__(self, factory: LimitingFactory, wrapped: Any, host: str) -> None:
         super().__init__(factory, wrapped)
         self.host = host
+        self.released = False
+        self.evictable = _evictable(wrapped)
+        factory.limiter.sessions.setdefault(factory.kind, {})[self] = None
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        self.factory.limiter.release(self.factory.kind, self.host)
+        limiter = self.factory.limiter
+        limiter.sessions.get(self.factory.kind, {}).pop(self, None)
+        if not self.released:
+            self.released = True
+            limiter.release(self.factory.kind, self.host)
         super().connectionLost(reason)
 
 
@@ -249,7 +333,8 @@ class LimitingFactory(WrappingFactory):
                 log.warn("connection refused kind={kind} client={client} reason={reason}",
                          event="connection_refused", kind=self.kind, client=host,
                          reason=reason)
-            return _Refuser(refusal(self.kind, self.hostname, host), self.limiter.clock)
+            return _Refuser(refusal(self.kind, self.hostname, host, reason),
+                            self.limiter.clock)
         try:
             inner = self.wrappedFactory.buildProtocol(addr)
         except BaseException:
@@ -285,7 +370,8 @@ class ConnectionLimits:
         lim = config.limits
         try:
             limiter = ConnectionLimiter(lim.connection_rate, lim.connection_burst,
-                                        lim.exempt_networks, clock=reactor)
+                                        lim.exempt_networks, clock=reactor,
+                                        evict_idle=lim.evict_idle)
         except ValueError as e:
             raise ConfigError(f"limits.exempt_networks: {e}") from None
         smtp = KindLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip)

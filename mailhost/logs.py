@@ -9,25 +9,39 @@ a time zone object every time, which cost a busy SMTP listener about a tenth of 
 CPU for one line per message. Here the message goes through ``str.format_map`` and
 the timestamp is reused within a second; anything unusual (a traceback, call syntax
 in the format) takes Twisted's own path.
+
+Logs cannot fill the disk: twistd's own log file rotates at 1 MB and keeps every
+rotated file (a reconnect storm once left 145 of them in 30 s), so the text log file
+is opened here with ``server.log_max_bytes`` and ``server.log_max_files``; and
+``RepeatLimiter`` lets through only a few identical warnings or errors a minute,
+then says how many it held back.
 """
 
 from __future__ import annotations
 
 import re
+import signal
 import sys
-from typing import Any
+from collections import OrderedDict
+from typing import IO, Any
 
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
+    LogLevel,
     PredicateResult,
+    formatEvent,
     formatEventAsClassicLogText,
     formatTime,
     jsonFileLogObserver,
 )
+from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 _twistd_options: Any = None
+# (rotate at bytes, rotated files kept; 0 = all), from server.log_max_*.
+_rotation: tuple[int, int] = (10_000_000, 10)
 
 
 # What twisted.names' client logs for every query it sends: it binds a fresh UDP port
@@ -55,8 +69,9 @@ def drop_dns_client_noise(event: dict[str, Any]) -> PredicateResult:
 
 
 def quiet(observer: ILogObserver) -> ILogObserver:
-    """``observer`` without the DNS client's per-query lines."""
-    return FilteringLogObserver(observer, [drop_dns_client_noise])
+    """``observer`` without the DNS client's per-query lines, and with repeated
+    identical warnings and errors held back (``RepeatLimiter``)."""
+    return FilteringLogObserver(RepeatLimiter(observer), [drop_dns_client_noise])
 
 
 def json_observer() -> ILogObserver:
@@ -65,13 +80,80 @@ def json_observer() -> ILogObserver:
 
 
 def text_observer() -> ILogObserver:
-    """A twistd ``--logger`` factory: twistd's text log (same file choice, same lines)."""
-    from twisted.scripts.twistd import _SomeApplicationRunner
+    """A twistd ``--logger`` factory: twistd's text log, in the file twistd would
+    choose (``--logfile``; standard output with ``-n`` and no file), rotated within
+    bounds."""
+    return quiet(FileLogObserver(_log_file(_twistd_options or {}), ClassicTextFormat()))
 
-    observer = _SomeApplicationRunner.loggerFactory(_twistd_options or {})._getLogObserver()
-    if isinstance(observer, FileLogObserver):
-        observer.formatEvent = ClassicTextFormat()
-    return quiet(observer)
+
+def _log_file(options: Any) -> IO[Any]:
+    name = options.get("logfile")
+    if name == "-" or (not name and options.get("nodaemon")):
+        return sys.stdout
+    max_bytes, max_files = _rotation
+    f = LogFile.fromFullPath(
+        name or "twistd.log",
+        rotateLength=max(max_bytes, 65536),
+        maxRotatedFiles=max_files or None,
+    )
+    if not signal.getsignal(signal.SIGUSR1):
+        # As twistd does: SIGUSR1 rotates (for logrotate's postrotate).
+        def rotate(signum: int, frame: Any) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(f.rotate)
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return f
+
+
+@implementer(ILogObserver)
+class RepeatLimiter:
+    """Passes at most ``burst`` identical warnings or errors (same namespace and
+    text) per ``interval`` seconds to ``observer``; when one recurs after its window,
+    a line says how many were held back. Info and debug events always pass."""
+
+    def __init__(self, observer: ILogObserver, burst: int = 5, interval: float = 60.0,
+                 max_keys: int = 1000) -> None:
+        self.observer = observer
+        self.burst = burst
+        self.interval = interval
+        self.max_keys = max_keys
+        # key -> [window start, count in window]
+        self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        if level is None or level < LogLevel.warn:
+            self.observer(event)
+            return
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text += f" {failure.type.__name__}: {failure.getErrorMessage()}"
+        key = (str(event.get("log_namespace", "")), text)
+        now = event.get("log_time") or 0.0
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] >= self.interval:
+            held = int(entry[1]) - self.burst if entry is not None else 0
+            if held > 0:
+                self.observer({
+                    "log_format": "(the next message was repeated {held} more times in "
+                                  "{seconds:.0f} s and not logged)",
+                    "held": held, "seconds": now - entry[0],  # type: ignore[index]
+                    "log_level": level, "log_time": now,
+                    "log_namespace": event.get("log_namespace"),
+                    "log_system": event.get("log_system"),
+                })
+            self._seen[key] = [now, 1]
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.max_keys:
+                self._seen.popitem(last=False)
+            self.observer(event)
+            return
+        entry[1] += 1
+        if entry[1] <= self.burst:
+            self.observer(event)
 
 
 class ClassicTextFormat:
@@ -103,15 +185,18 @@ class ClassicTextFormat:
         return f"{cached[1]} [{system}] {text}".replace("\n", "\n\t") + "\n"
 
 
-def install_log_format(fmt: str, twistd_options: Any = None) -> None:
-    """Select the log format for a twistd run (``twistd_options`` is ServerOptions).
+def install_log_format(fmt: str, twistd_options: Any = None, max_bytes: int = 10_000_000,
+                       max_files: int = 10) -> None:
+    """Select the log format for a twistd run (``twistd_options`` is ServerOptions),
+    and the log file's rotation (``server.log_max_bytes``, ``server.log_max_files``).
 
     Leaves twistd alone if the admin chose a ``--logger`` or ``--syslog`` of their own.
     """
-    global _twistd_options
+    global _twistd_options, _rotation
     if twistd_options is None or twistd_options.get("logger") or twistd_options.get("syslog"):
         return
     _twistd_options = twistd_options
+    _rotation = (max_bytes, max_files)
     # twistd resolves it with namedAny after all options are parsed.
     twistd_options["logger"] = ("mailhost.logs.json_observer" if fmt == "json"
                                 else "mailhost.logs.text_observer")

@@ -301,11 +301,14 @@ class MailHostService(service.MultiService):
         cfg = self.config
         if hasattr(self.directory, "domains"):
             self.directory.domains = {d.strip().lower().rstrip(".") for d in cfg.server.domains}
+            self.directory.postmaster = cfg.auth.postmaster
+            self.directory.first_domain = cfg.server.domains[0].strip().lower().rstrip(".")
         self.login.allow_plaintext = cfg.server.allow_plaintext_auth
         throttle = self.login.throttle
         throttle.max_failures = cfg.auth.max_failures
         throttle.window = cfg.auth.failure_window
         throttle.lockout = cfg.auth.lockout
+        throttle.known_good_ttl = cfg.auth.known_good_ttl
 
     def stopService(self) -> defer.Deferred:
         """Graceful stop: no new connections, drain sessions (see mailhost.sessions),
@@ -355,6 +358,7 @@ def makeService(
             config.server.domains,
             passwd.aliases_by_user,
             aliases.table,
+            postmaster=config.auth.postmaster,
         )
     if checkers is None:
         # Two argon2 checks at a time at most: bounded memory and CPU under a login flood.
@@ -365,7 +369,7 @@ def makeService(
         auth_pool = None
     portal = Portal(realm if realm is not None else MailRealm(store), checkers)
     throttle = LoginThrottle(config.auth.max_failures, config.auth.failure_window,
-                             config.auth.lockout)
+                             config.auth.lockout, known_good_ttl=config.auth.known_good_ttl)
     login = LoginService(portal, throttle, config.server.allow_plaintext_auth, reactor=reactor)
 
     root = MailHostService(config, store, directory, login)
@@ -474,7 +478,8 @@ class MetricsService(service.Service):
 # Keys whose new value only a restart can apply (listeners, files opened at start).
 # smtp.relay_networks and the connection limits are parsed once into their policy
 # objects (RecipientPolicy, ConnectionLimits), so they are restart-only too.
-_RESTART_KEYS = ("server.data_dir", "server.log_format", "server.hostname", "metrics.listen",
+_RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
+                 "server.log_max_files", "server.hostname", "metrics.listen",
                  "outbound.queue_dir", "outbound.resolver", "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")

@@ -1,7 +1,10 @@
 """TLS for every listener: one context built from config, and dev certificates.
 
 STARTTLS (SMTP, POP3 STLS, IMAP) and implicit-TLS listeners (465/995/993) share the
-same ``CertificateOptions``, with TLS 1.2 as the floor.
+same ``CertificateOptions``, with TLS 1.2 as the floor and, for TLS 1.2, only AEAD
+cipher suites with forward secrecy unless ``tls.ciphers = "legacy"`` (the CBC suites
+are obsolete and exposed to LUCKY13-style padding oracles). TLS 1.3 suites are all
+AEAD and not affected by this setting.
 """
 
 from __future__ import annotations
@@ -23,6 +26,23 @@ from twisted.protocols.tls import (
 )
 
 from mailhost.config import ConfigError, TLSConfig
+
+#: OpenSSL cipher strings for TLS 1.2 by ``tls.ciphers``. "aead" is Mozilla's
+#: "intermediate" list: ECDHE or DHE with AES-GCM or ChaCha20-Poly1305.
+CIPHERS = {
+    "aead": ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+             "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+             "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+             "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"),
+    # Twisted's default selection, which adds the CBC suites.
+    "legacy": ("ECDH+AESGCM:ECDH+CHACHA20:DH+AESGCM:DH+CHACHA20:ECDH+AES256:DH+AES256:"
+               "ECDH+AES128:DH+AES:RSA+AESGCM:RSA+AES:!aNULL:!MD5:!DSS"),
+}
+
+
+def acceptable_ciphers(name: str) -> Any:
+    """The ``acceptableCiphers`` for ``tls.ciphers`` = ``name``."""
+    return ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS[name])
 
 
 def server_options(tls: TLSConfig) -> ssl.CertificateOptions | None:
@@ -57,6 +77,7 @@ def server_options(tls: TLSConfig) -> ssl.CertificateOptions | None:
         certificate=certs[0],
         extraCertChain=certs[1:] or None,
         raiseMinimumTo=minimum,
+        acceptableCiphers=acceptable_ciphers(tls.ciphers),
     )
 
 

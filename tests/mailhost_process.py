@@ -70,6 +70,11 @@ class MailHostProcess:
     #: on every machine (022 is the usual one; the store must not depend on it).
     umask: int = 0o022
     proc: subprocess.Popen | None = None
+    # Run as this user/group, as production does: twistd binds the listeners as root,
+    # then drops to --uid/--gid before the services start. The workdir is chowned to
+    # them at start, so the server can write its data and log.
+    uid: int | None = None
+    gid: int | None = None
 
     @property
     def data_dir(self) -> str:
@@ -120,8 +125,13 @@ class MailHostProcess:
         if not os.path.exists(self.config_path):
             self.configure()
         log = open(self.log_path, "ab")
+        privileges = []
+        if self.uid is not None:
+            gid = self.gid if self.gid is not None else self.uid
+            privileges = [f"--uid={self.uid}", f"--gid={gid}"]
+            subprocess.run(["chown", "-R", f"{self.uid}:{gid}", self.workdir], check=True)
         self.proc = subprocess.Popen(
-            [sys.executable, TWISTD, "-n", "--pidfile=", "mailhost",
+            [sys.executable, TWISTD, "-n", "--pidfile=", *privileges, "mailhost",
              "--config", self.config_path],
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             umask=self.umask,

@@ -60,3 +60,44 @@ def test_timestamp_follows_the_clock():
 def test_any_format_string_matches_twisted(fmt, fields):
     event = _event(log_format=fmt, **fields)
     assert ClassicTextFormat()(event) == formatEventAsClassicLogText(event)
+
+
+def test_repeated_identical_errors_are_rate_limited():
+    from mailhost.logs import RepeatLimiter
+
+    out = []
+    limiter = RepeatLimiter(out.append, burst=5, interval=60.0)
+    t0 = 1_000_000.0
+    for i in range(200):  # a reconnect storm's worth of one failure
+        limiter(_event(log_format="outbound: {d} failed: refused", d="b.test",
+                       log_level=LogLevel.warn, log_time=t0 + i * 0.1))
+    limiter(_event(log_format="outbound: {d} failed: refused", d="c.test",
+                   log_level=LogLevel.warn, log_time=t0 + 20))  # other text: passes
+    for _ in range(50):
+        limiter(_event(log_format="info {i}", i=0, log_time=t0 + 21))  # info: never held
+    assert len(out) == 5 + 1 + 50
+    limiter(_event(log_format="outbound: {d} failed: refused", d="b.test",
+                   log_level=LogLevel.warn, log_time=t0 + 61))
+    summary, again = out[-2:]
+    assert "repeated 195 more times" in ClassicTextFormat()(summary)
+    assert again["d"] == "b.test"
+
+
+def test_log_file_rotation_is_bounded(tmp_path, monkeypatch):
+    import signal
+
+    from mailhost import logs
+
+    monkeypatch.setattr(logs, "_rotation", (65536, 3))
+    old = signal.getsignal(signal.SIGUSR1)
+    try:
+        f = logs._log_file({"logfile": str(tmp_path / "twistd.log"), "nodaemon": True})
+        line = "x" * 1000 + "\n"
+        for _ in range(2000):  # 2 MB: about 30 rotations at 64 KiB
+            f.write(line)
+        f.close()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["twistd.log", "twistd.log.1", "twistd.log.2", "twistd.log.3"]
+    assert logs._log_file({"nodaemon": True}) is __import__("sys").stdout

@@ -4,7 +4,8 @@ Both implement ``ICredentialsChecker`` for ``IUsernamePassword`` and resolve to 
 canonical (lower-cased) user address as the avatar id. argon2 runs in a thread: it
 is deliberately slow and must not stall the reactor. Each check costs tens of MiB and
 real CPU, so checks run in their own small pool: a flood of logins from many
-addresses queues there instead of exhausting memory or starving store fsyncs.
+addresses queues there instead of exhausting memory or starving store fsyncs, and
+the queue (``verify_queue.VerifyQueue``) serves known-good logins before a flood.
 An unknown user costs the same as a wrong password, so timing does not tell an
 attacker which users exist.
 """
@@ -18,12 +19,13 @@ from typing import Any
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailhost.auth.hashing import VerificationCache, hash_password, verify_password
 from mailhost.auth.passwd import PasswdFile, normalize_address
+from mailhost.auth.verify_queue import VerifyQueue, priority_of
 
 
 def _text(value: str | bytes) -> str:
@@ -48,26 +50,22 @@ class PasswdFileChecker:
         self.cache = cache or VerificationCache()
         self.threadpool = threadpool
         self.reactor = reactor
+        self.queue = VerifyQueue(threadpool, reactor)
         self._dummy_hash: str | None = None
 
-    def _verify(self, password_hash: str, password: str) -> defer.Deferred:
-        if self.threadpool is None:
-            return threads.deferToThread(verify_password, password_hash, password)
-        reactor = self.reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        return threads.deferToThreadPool(reactor, self.threadpool, verify_password,
-                                         password_hash, password)
+    def _verify(self, password_hash: str, password: str, priority: int) -> defer.Deferred:
+        return self.queue.submit(priority, verify_password, password_hash, password)
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred:
         user = normalize_address(_text(credentials.username))
         password = _text(credentials.password)
+        priority = priority_of(credentials)
         entry = self.passwd.get(user)
         if entry is None:
             # Spend the same work as a real check, then fail.
             if self._dummy_hash is None:
                 self._dummy_hash = hash_password(os.urandom(16).hex())
-            d = self._verify(self._dummy_hash, password)
+            d = self._verify(self._dummy_hash, password, priority)
             return d.addCallback(lambda _: _fail())
         if self.cache.hit(user, entry.password_hash, password):
             return defer.succeed(user)
@@ -78,7 +76,7 @@ class PasswdFileChecker:
             self.cache.remember(user, entry.password_hash, password)
             return user
 
-        return self._verify(entry.password_hash, password).addCallback(checked)
+        return self._verify(entry.password_hash, password, priority).addCallback(checked)
 
 
 @implementer(ICredentialsChecker)

@@ -3,6 +3,12 @@
 SMTP asks it where a recipient's mail goes, submission asks which sender addresses a
 user owns, and the queue asks whether a bounce stays local. It reads through to the
 passwd and aliases files (each reloads itself on change), so edits need no restart.
+
+``postmaster`` always exists (RFC 5321 4.5.1): ``postmaster@`` every local domain (and
+a bare ``<postmaster>``, which SMTP reads as the first domain's) that no user or alias
+claims goes to ``auth.postmaster``, or by default to ``postmaster@<first domain>`` if
+that is a user, else to the first user of the passwd file. A site whose users were
+added before the first start (so no postmaster user was made) still gets its mail.
 """
 
 from __future__ import annotations
@@ -46,8 +52,13 @@ class UserDirectory:
     max_depth = 10
 
     def __init__(self, domains: Iterable[str], users: UsersSource,
-                 aliases: AliasSource | None = None, recipient_delimiter: str = "+") -> None:
-        self.domains = {d.strip().lower().rstrip(".") for d in domains}
+                 aliases: AliasSource | None = None, recipient_delimiter: str = "+",
+                 postmaster: str = "") -> None:
+        ordered = [d.strip().lower().rstrip(".") for d in domains]
+        self.domains = set(ordered)
+        self.first_domain = ordered[0] if ordered else ""
+        # Mailbox (or local alias) for postmaster mail nobody else claims; "" = default.
+        self.postmaster = postmaster
         self._users = users
         self._aliases = aliases or (lambda: {})
         self.recipient_delimiter = recipient_delimiter
@@ -122,8 +133,27 @@ class UserDirectory:
                 for target in table[catch_all]:
                     resolve(target, depth + 1)
 
-        resolve(normalize_address(address), 0)
+        address = normalize_address(address)
+        resolve(address, 0)
+        local, _, domain = address.rpartition("@")
+        if not found and local == "postmaster" and self.is_local_domain(domain):
+            target = self.postmaster_mailbox(users)
+            if target is not None:
+                resolve(target, 1)
         return found
+
+    def postmaster_mailbox(self, users: Mapping[str, list[str]] | None = None) -> str | None:
+        """Where postmaster mail goes when no user or alias is named postmaster: the
+        configured ``postmaster``, else ``postmaster@<first domain>`` if it is a user,
+        else the first user; None only when there are no users at all."""
+        if self.postmaster:
+            return normalize_address(self.postmaster)
+        if users is None:
+            users = self._users()
+        first = f"postmaster@{self.first_domain}"
+        if first in users:
+            return first
+        return next(iter(users), None)
 
     def addresses_for(self, user: str) -> set[str]:
         user = normalize_address(user)

@@ -2,8 +2,10 @@
 
 It puts the cred ``Portal`` behind the policies that must be the same for SMTP,
 POP3 and IMAP: plaintext mechanisms only over TLS (or loopback in dev), per-address
-throttling with growing delays, and one structured log event per attempt. Passwords
-never reach the log.
+throttling with growing delays, password checks ordered so that a flood cannot
+starve known users (``verify_queue``), and one structured log event per attempt.
+Passwords never reach the log, and no exception text of a backend reaches a client:
+a backend error is logged here and answered as a temporary failure.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Literal
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer, task
@@ -21,6 +22,8 @@ from twisted.protocols.policies import ProtocolWrapper
 
 from mailhost.auth.realm import IMailUser, MailRealm
 from mailhost.auth.throttle import LoginThrottle
+from mailhost.auth.verify_queue import PrioritizedUsernamePassword
+from mailhost.netkey import client_key
 
 log = Logger()
 
@@ -99,13 +102,14 @@ class LoginService:
         and a client opening six connections at once pays argon2 once (the others
         hit the verification cache).
         """
-        lock = self._locks.get(client_ip)
+        key = client_key(client_ip)  # an IPv6 /64 is one client, as for the throttle
+        lock = self._locks.get(key)
         if lock is None:
-            lock = self._locks[client_ip] = defer.DeferredLock()
+            lock = self._locks[key] = defer.DeferredLock()
 
         def done(result: Any) -> Any:
             if not lock.locked and not lock.waiting:
-                self._locks.pop(client_ip, None)
+                self._locks.pop(key, None)
             return result
 
         d = lock.run(self._attempt, username, password, client_ip, protocol)
@@ -121,15 +125,22 @@ class LoginService:
         wait = self.throttle.delay(client_ip)
         if wait:
             yield task.deferLater(self.reactor, wait, lambda: None)
+        credentials = PrioritizedUsernamePassword(
+            username, password, self.throttle.priority(client_ip, username))
         try:
-            _iface, avatar, _logout = yield self.portal.login(
-                UsernamePassword(username, password), None, IMailUser)
+            _iface, avatar, _logout = yield self.portal.login(credentials, None, IMailUser)
         except (UnauthorizedLogin, UnhandledCredentials):
             self.throttle.failed(client_ip)
             log.info("login failed user={user} protocol={protocol} client={client}",
                      outcome="failed", **fields)
             raise LoginFailed("authentication failed") from None
-        self.throttle.succeeded(client_ip)
+        except Exception:
+            # A store or directory error (say, a user name the store refuses): the
+            # client gets the protocol's temporary failure, never the exception's text.
+            log.failure("login error user={user} protocol={protocol} client={client}",
+                        outcome="error", **fields)
+            raise LoginFailed("temporary failure", temporary=True) from None
+        self.throttle.succeeded(client_ip, avatar.user)
         log.info("login ok user={user} protocol={protocol} client={client}",
                  outcome="ok", **fields)
         return avatar

@@ -400,6 +400,9 @@ class Scanner:
         # Lines are the LFs in the body, as Dovecot counts them.
         p.lines = max(0, lf - p._lf0) if end > p.body_start else 0
         p._fields = []
+        if p.message is not None:
+            _clamp(p.message, end)
+
 
     def _close_below(self, i: int, off: int) -> None:
         # A header cut short by the boundary ends before the CRLF as usual, but the
@@ -559,6 +562,21 @@ class Scanner:
         p.lines = max(0, self.lf - p._lf0) if p.body_end > p.body_start else 0
         p._fields = []
         p._boundary = None
+
+
+def _clamp(p: Part, end: int) -> None:
+    """Keep a part inside its parent's body: the CRLF before a boundary belongs to the
+    boundary, so a message/rfc822 whose (empty) header took it must give it back."""
+    if p.body_end <= end:
+        return
+    p.body_start = min(p.body_start, end)
+    p.body_end = end
+    if p.body_end == p.body_start:
+        p.lines = 0
+    for c in p.children:
+        _clamp(c, end)
+    if p.message is not None:
+        _clamp(p.message, end)
 
 
 def scan_bytes(data: bytes) -> Part:

@@ -24,12 +24,15 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 
 from mailhost.imap import framing, parser
 from mailhost.imap.output import OutputGate
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
 from mailhost.imap.selected import BadSequence, SelectedMailbox
 from mailhost.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
+from mailhost.limits import IEvictable
+from mailhost.replytext import clean_bytes
 from mailhost.store.interfaces import (
     FolderExists,
     InvalidFolderName,
@@ -79,8 +82,14 @@ def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
 NO_EXPUNGE_AFTER = frozenset({"FETCH", "STORE", "SEARCH"})
 
 
+@implementer(IEvictable)
 class IMAPServer(Protocol, TimeoutMixin):
-    """One IMAP connection."""
+    """One IMAP connection.
+
+    Implements: IEvictable (idle before login). Before login, ``imap.preauth_timeout``
+    is a deadline for each whole command: bytes that do not complete one do not
+    restart it, so a client trickling a byte at a time cannot hold a slot.
+    """
 
     _handlers: dict[str, tuple[frozenset[str], Handler]] | None = None
 
@@ -113,6 +122,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._streamed: Any = None  # message writer filled by the next command's literal
         self.append_writer: Any = None  # the running command's streamed APPEND message
         self._abort_call: Any = None
+        self._progress = 0.0  # when the last complete command arrived (or connect)
 
     # -- connection life cycle ------------------------------------------------------
 
@@ -124,6 +134,7 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self._started = time.monotonic()
+        self._progress = self._now()
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         send_at_once(self.transport)
@@ -169,6 +180,22 @@ class IMAPServer(Protocol, TimeoutMixin):
     def timeoutConnection(self) -> None:
         self.send(b"* BYE Autologout; idle for too long\r\n")
         self.close()
+
+    def _now(self) -> float:
+        return self.reactor.seconds() if self.reactor is not None else time.monotonic()
+
+    def idle_since(self) -> float | None:
+        """See IEvictable: not logged in, no command running or half read."""
+        if (self._closed or self.busy or self.state != NOT_AUTHENTICATED
+                or self.framer.in_command):
+            return None
+        return self._progress
+
+    def evict(self, line: bytes) -> None:
+        """See IEvictable."""
+        if not self._closed:
+            self.send(line)
+            self.close()
 
     def close(self) -> None:
         """Flush and close; further input is ignored. A peer that stops reading cannot
@@ -232,7 +259,8 @@ class IMAPServer(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
-        self.resetTimeout()
+        if self.state != NOT_AUTHENTICATED:
+            self.resetTimeout()  # before login only whole commands count (_dispatch)
         self.framer.feed(data)
         self._pump()
         if self.framer.buffered > INPUT_HIGH_WATER and not self._read_paused:
@@ -289,7 +317,8 @@ class IMAPServer(Protocol, TimeoutMixin):
             self._bad(event.tag, b"[TOOBIG] Command too long")
 
     def _reply(self, tag: str | None, status: bytes, text: bytes) -> None:
-        self.send((tag or "*").encode("ascii", "replace") + b" " + status + b" " + text + b"\r\n")
+        self.send((tag or "*").encode("ascii", "replace") + b" " + status + b" "
+                  + clean_bytes(text) + b"\r\n")
 
     def _bad(self, tag: str | None, text: bytes) -> None:
         self._reply(tag, b"BAD", text)
@@ -308,6 +337,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         return self._streamed
 
     def _dispatch(self, segments: list[bytes]) -> None:
+        self._progress = self._now()
+        self.resetTimeout()
         if self.append_writer is not None:
             self.append_writer.abort()
         self.append_writer, self._streamed = self._streamed, None
@@ -366,7 +397,9 @@ class IMAPServer(Protocol, TimeoutMixin):
         if self.state != LOGOUT:
             self.send_updates(allow_expunge=cmd.name not in NO_EXPUNGE_AFTER or cmd.uid,
                               with_uid=cmd.uid)
-        self.send(cmd.tag.encode("ascii") + b" " + status + b" " + text + b"\r\n")
+        # The text may quote the client (a mailbox name) or an exception: no control
+        # character of either reaches the wire (mailhost.replytext).
+        self.send(cmd.tag.encode("ascii") + b" " + status + b" " + clean_bytes(text) + b"\r\n")
         if status == b"BAD" and self._bad_count >= MAX_BAD_COMMANDS:
             self.send(b"* BYE Too many invalid commands\r\n")
             self.close()

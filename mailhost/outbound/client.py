@@ -1,46 +1,74 @@
-"""The relay's SMTP client: Twisted's ``ESMTPClient`` with the transaction rewritten.
+"""The relay's SMTP client: our own protocol on ``LineReceiver`` and ``TimeoutMixin``.
 
-We keep Twisted's connection setup (greeting, EHLO/HELO, STARTTLS, AUTH PLAIN/LOGIN)
-and replace the mail transaction, because the stock one cannot carry what a relay
-needs:
+Why not Twisted's ``ESMTPClient``: its transaction sends RSET after every message,
+knows no MAIL/RCPT parameters, pipelining or BDAT, stuffs dots chunk by chunk (and
+misses a ``.`` at a chunk boundary), keeps every line of a multi-line reply, restarts
+its one timeout on each line, and dispatches any reply to whatever handler is current,
+so a server that sent ``354`` and ``250`` together had its ``250`` taken as the final
+reply while the body was still being sent (issue 21). The subclass that fixed those
+overrode most of the class through its private attributes. Here the whole session is
+one small state machine:
 
-- the body transform stuffs dots chunk by chunk and misses a ``.`` at a chunk
-  boundary (TWISTED-MAIL-NOTES.md); ``DotStuffer`` keeps line state across chunks;
-- it sends RSET after every message and knows no MAIL/RCPT parameters; we send SIZE,
-  BODY=8BITMIME, SMTPUTF8 and the DSN parameters when the server offers them, and
-  pipeline MAIL, RCPT and DATA (RFC 2920), or MAIL, RCPT and the whole small message
-  as one ``BDAT LAST`` chunk when the server offers CHUNKING (RFC 3030);
-- it reports one result per message; we report each recipient's reply;
-- a failed STARTTLS handshake kills the attempt; with the opportunistic policy the
-  session reports ``tls_failed`` so the caller reconnects without TLS.
+- **Replies** are read by ``ReplyReader``: strict syntax (``2500 ok`` and ``abc`` are
+  errors, not ``250``), at most ``reply_max_lines`` lines and ``reply_max_bytes``
+  octets, and one timer per expected reply that continuation lines do not restart.
+- **Timeouts per stage** (RFC 5321 §4.5.3.2): greeting, each command (MAIL, RCPT and
+  the rest), DATA initiation, each data block (the transport taking the next chunk),
+  and the final reply after the dot or ``BDAT LAST`` (10 minutes by default: a slow
+  content scanner must not get the message twice).
+- **Nothing answers out of turn.** Replies are matched to the commands we sent, in
+  order; a reply nobody asked for, a reply to the wrong command (``354`` to MAIL, ``250``
+  to DATA), or any line at all between ``354`` and our final dot ends the session and
+  fails its transaction as temporary. The body starts after every line of the batch
+  that carried the ``354`` has been read, and each new transaction after the batch that
+  ended the previous one, so a server speaking ahead is caught rather than believed.
+  Nothing is marked delivered before the final dot (or the BDAT chunk) is written and
+  its reply read.
+- **The body** streams from the spool's ``MessageFile`` (which notices a recycled
+  file) in ``CHUNK``-sized reads through a pull producer, so a 100 MB message costs
+  one chunk of memory; ``wire.DataEncoder`` writes CRLF line ends only and stuffs dots
+  at any chunk boundary. Messages up to ``SMALL_MESSAGE`` take one read and one write,
+  as one ``BDAT n LAST`` pipelined with MAIL and RCPT when the server offers CHUNKING
+  and PIPELINING (RFC 3030; one round trip per message).
+- **Connection setup:** EHLO, HELO if EHLO is refused; STARTTLS per the TLS policy
+  (``opportunistic`` carries on in plaintext after a refused STARTTLS and reports a
+  failed handshake as ``tls_failed`` for the caller's plaintext retry; ``verify``
+  requires it); AUTH PLAIN or LOGIN for a smarthost, never without TLS unless allowed.
+  Lines that follow ``220`` to STARTTLS in the same read are an injection
+  (CVE-2011-0411's pattern) and end the session.
 
 One connection carries several messages: the protocol pulls ``Job``s from a
-``JobSource`` after EHLO until the source runs dry; a source that can (the scheduler)
-lets it wait ``idle_timeout`` seconds for more mail before QUIT.
+``JobSource`` until it runs dry; a ``WaitingJobSource`` (the scheduler) lets it wait
+``idle_timeout`` seconds for more mail before QUIT. Results are per recipient.
 """
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet import defer, protocol
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.mail import smtp
-from twisted.protocols import basic
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from mailhost.dotstuffing import DotStuffer
 from mailhost.outbound.envelope import Envelope, RecipientState
+from mailhost.outbound.replies import Reply, ReplyError, ReplyReader
 from mailhost.outbound.routing import describe_error
 from mailhost.outbound.spool import MessageFile
+from mailhost.outbound.wire import CRLFNormalizer, DataEncoder
 from mailhost.tcp import send_at_once
 
-# Messages up to this size are sent with one read and one write.
+# Messages up to this size are sent with one read and one write (and as one BDAT
+# chunk when the server offers CHUNKING).
 SMALL_MESSAGE = 64 * 1024
+# Larger ones stream in reads of this size.
+CHUNK = 64 * 1024
 
 # Outcome kinds of one recipient.
 DELIVERED = "delivered"
@@ -75,10 +103,15 @@ class JobSource(Protocol):
     def job_done(self, job: Job, outcomes: dict[str, Outcome], info: dict[str, Any]) -> None: ...
 
 
-class WaitingJobSource(JobSource, Protocol):
+@runtime_checkable
+class WaitingJobSource(Protocol):
     """A source that can keep an idle connection: ``wait_job`` fires with True when
     a job may be ready, False after ``timeout`` seconds (or when stopping); cancel it
     when the connection goes away."""
+
+    def next_job(self) -> Job | None: ...
+
+    def job_done(self, job: Job, outcomes: dict[str, Outcome], info: dict[str, Any]) -> None: ...
 
     def wait_job(self, timeout: float) -> defer.Deferred: ...
 
@@ -97,7 +130,7 @@ class SessionResult:
 
 @dataclass
 class ClientPolicy:
-    """Per-connection settings chosen by the scheduler."""
+    """Per-connection settings chosen by the scheduler (timeouts in seconds)."""
 
     hostname: str  # our EHLO name
     mx_name: str  # the server's name (for logs, Remote-MTA and TLS verification)
@@ -109,18 +142,19 @@ class ClientPolicy:
     username: str = ""
     password: str = ""
     allow_plain_auth: bool = False
+    # RFC 5321 §4.5.3.2: MAIL, RCPT and every other command's reply.
     command_timeout: float = 300.0
+    greeting_timeout: float = 300.0
+    data_init_timeout: float = 120.0  # the 354 to DATA
+    data_block_timeout: float = 180.0  # the transport taking each chunk of the body
+    final_timeout: float = 600.0  # the reply after the final dot or BDAT LAST
+    reply_max_lines: int = 100
+    reply_max_bytes: int = 65536
     max_messages: int = 100
     # How long an idle connection waits for more mail for its domain before QUIT
     # (like Postfix's smtp_connection_cache_time_limit); 0 quits at once.
     idle_timeout: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _reply_text(code: int, resp: bytes | str) -> str:
-    if isinstance(resp, bytes):
-        resp = resp.decode("utf-8", "replace")
-    return " ".join(f"{code} {resp}".replace("\n", " ").split())
 
 
 def _xtext(value: str) -> str:
@@ -135,102 +169,380 @@ def _xtext(value: str) -> str:
     return "".join(out)
 
 
-class RelayClient(smtp.ESMTPClient):
-    """ESMTP client that relays queued jobs; see the module docstring."""
+def _failure_kind(code: int) -> str | None:
+    if 400 <= code < 500:
+        return TEMPORARY
+    if 500 <= code < 600:
+        return PERMANENT
+    return None
 
-    debug = False
 
-    def __init__(self, policy: ClientPolicy, source: JobSource, done: defer.Deferred) -> None:
-        secret = policy.password.encode() if policy.username else None
-        context = policy.tls_context if policy.tls != "none" else None
-        smtp.ESMTPClient.__init__(self, secret, context, policy.hostname)
+def _show(line: bytes, limit: int = 60) -> str:
+    text = line[:limit].decode("utf-8", "replace")
+    return repr(text + ("…" if len(line) > limit else ""))
+
+
+Handler = Callable[[Reply], None]
+
+# What we wait for in each stage, for error texts.
+_WAITING = {
+    "greeting": "waiting for the greeting",
+    "DATA": "waiting for the reply to DATA",
+    "final": "waiting for the final reply to the message",
+    "body": "sending the message (the server stopped reading)",
+}
+
+
+class RelayClient(LineReceiver, TimeoutMixin):
+    """The relay's SMTP session; see the module docstring."""
+
+    delimiter = b"\n"  # a CR before it is stripped by ReplyReader
+
+    def __init__(
+        self,
+        policy: ClientPolicy,
+        source: JobSource,
+        done: defer.Deferred | None,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
         self.policy = policy
         self.source = source
-        self.timeout = policy.command_timeout
-        self.requireTransportSecurity = policy.tls == "verify"
-        if policy.username:
-            self.requireAuthentication = True
-            user = policy.username.encode()
-            self.registerAuthenticator(smtp.PLAINAuthenticator(user))
-            self.registerAuthenticator(smtp.LOGINAuthenticator(user))
+        self.MAX_LENGTH = max(policy.reply_max_bytes, 512)
         self.result = SessionResult()
-        self._done = done
-        self.extensions: dict[bytes, bytes | None] = {}
-        self._tls_handshaking = False
+        self.extensions: dict[str, str] = {}
         self.job: Job | None = None
+        self._done = done
+        self._replies = ReplyReader(policy.reply_max_lines, policy.reply_max_bytes)
+        self._pending: deque[tuple[str, Handler]] = deque()
+        self._stage = "greeting"
+        self._tls = False
+        self._tls_handshaking = False
+        self._closed = False  # we ended the session: ignore anything more
+        self._quitting = False
+        self._in_batch = False
+        self._after_batch: list[Callable[[], None]] = []
+        self._in_body = False  # from the 354 until our final dot is written
+        self._body: _BodySender | None = None
+        self._idle: defer.Deferred | None = None
         self._outcomes: dict[str, Outcome] = {}
         self._accepted: list[str] = []
-        self._pending: deque[Callable[[int, bytes], None]] = deque()
         self._mail_ok = False
-        self._data_pipelined = False
-        self._idle: defer.Deferred | None = None
+        self._rcpt_lines: deque[tuple[bytes, Handler]] = deque()
 
-    # Connection setup: Twisted's, with the hooks a relay needs.
+    # TimeoutMixin's hook: timers run on our reactor (a task.Clock in tests).
+    def callLater(self, period: float, func: Callable[[], None]) -> Any:  # noqa: N802
+        return self.reactor.callLater(period, func)
+
+    # Reading.
 
     def connectionMade(self) -> None:  # noqa: N802
         send_at_once(self.transport)
-        super().connectionMade()
+        self._expect("greeting", self._on_greeting)
 
-    def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:
-        if self._tls_handshaking:
-            self._tls_handshaking = False
-            self.result.tls = True
-        self.extensions = {}
-        for line in resp.splitlines()[1:]:
-            word, _, value = line.partition(b" ")
-            self.extensions[word.upper()] = value or None
-        super().esmtpState_serverConfig(code, resp)
-
-    def smtpState_helo(self, code: int, resp: bytes) -> None:
-        # EHLO refused; plain HELO offers no extensions. Twisted leaves the failure
-        # handler pointing here, which would send HELO forever: stop after one.
-        self.extensions = {}
-        super().smtpState_helo(code, resp)
-        self._failresponse = self.smtpConnectionFailed
-
-    def tryTLS(self, code: int, resp: bytes, items: dict) -> None:
-        if (
-            not self._tlsMode
-            and self.context is not None
-            and b"STARTTLS" in items
-            and self.policy.tls == "opportunistic"
-        ):
-            # A 4xx/5xx to STARTTLS: carry on in plaintext rather than fail.
-            self._expected = [220]
-            self._okresponse = self.esmtpState_starttls
-            self._failresponse = lambda c, r: self.authenticate(c, r, items)
-            self.sendLine(b"STARTTLS")
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._closed:
             return
-        super().tryTLS(code, resp, items)
+        self._in_batch = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._in_batch = False
+        while self._after_batch and not self._closed:
+            self._after_batch.pop(0)()
+        self._after_batch.clear()
 
-    def esmtpState_starttls(self, code: int, resp: bytes) -> None:
-        self._tls_handshaking = True
-        super().esmtpState_starttls(code, resp)
+    def _after_this_read(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once every line of the current read has been handled (at once
+        outside a read): a line the server sent before hearing our next command must
+        meet the state we were in, not the one that command starts."""
+        if self._in_batch:
+            self._after_batch.append(fn)
+        else:
+            fn()
 
-    def authenticate(self, code: int, resp: bytes, items: dict) -> None:
-        if self.secret and not self._tlsMode and not self.policy.allow_plain_auth:
-            self.sendError(
-                smtp.AUTHRequiredError(
-                    530, b"refusing to send credentials without TLS", self.log.str()
-                )
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+        if self._closed:
+            return
+        mx = self.policy.mx_name
+        if self._in_body:
+            self._fatal(
+                f"{mx} replied before the end of the message ({_show(line)}); "
+                "the transaction is abandoned"
             )
             return
-        super().authenticate(code, resp, items)
+        if not self._pending:
+            if self._tls_handshaking:
+                self._fatal(
+                    f"TLS handshake with {mx} failed: it sent {_show(line)} in plaintext "
+                    "after its 220 to STARTTLS"
+                )
+                return
+            if self._idle is not None:
+                # Unsolicited while idle (a 421 before the server hangs up): just go.
+                self._stop_idle()
+                self._close()
+                return
+            self._fatal(f"unexpected reply from {mx} ({_show(line)}) when no reply was due")
+            return
+        stage = self._pending[0][0]
+        try:
+            reply = self._replies.feed(line)
+        except ReplyError as e:
+            self._fatal(f"{e} from {mx} while {self._waiting_for(stage)}")
+            return
+        if reply is None:
+            return
+        _stage, handler = self._pending.popleft()
+        self._arm()  # the next pipelined reply's timer, or none
+        handler(reply)
+
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
+        stage = self._pending[0][0] if self._pending else self._stage
+        self._fatal(
+            f"reply line from {self.policy.mx_name} longer than {self.MAX_LENGTH} octets "
+            f"while {self._waiting_for(stage)}"
+        )
+
+    def _waiting_for(self, stage: str) -> str:
+        return _WAITING.get(stage, f"waiting for the reply to {stage}")
+
+    # Writing.
+
+    def _expect(self, stage: str, handler: Handler) -> None:
+        self._pending.append((stage, handler))
+        if len(self._pending) == 1:
+            self._arm()
+
+    def _arm(self) -> None:
+        """The timer of the reply now awaited (or of the body being sent)."""
+        if self._pending:
+            stage = self._pending[0][0]
+        elif self._body is not None:
+            stage = "body"
+        else:
+            self.setTimeout(None)
+            return
+        self._stage = stage
+        self.setTimeout(self._timeout_for(stage))
+
+    def _timeout_for(self, stage: str) -> float:
+        p = self.policy
+        if stage == "greeting":
+            return p.greeting_timeout
+        if stage == "DATA":
+            return p.data_init_timeout
+        if stage == "body":
+            return p.data_block_timeout
+        if stage == "final":
+            return p.final_timeout
+        return p.command_timeout
+
+    def _send(self, line: bytes, stage: str, handler: Handler) -> None:
+        self.transport.write(line + b"\r\n")
+        self._expect(stage, handler)
+
+    # Failures and the end.
+
+    def timeoutConnection(self) -> None:  # noqa: N802
+        if self._closed:
+            return
+        if self._quitting:
+            self._closed = True
+            self.transport.abortConnection()
+            return
+        self._fatal(
+            f"timeout after {self.timeOut:g} s {self._waiting_for(self._stage)} "
+            f"from {self.policy.mx_name}"
+        )
+
+    def _fatal(self, text: str) -> None:
+        """End the session now: the state is confused or the server broke a limit. The
+        transaction in flight fails as temporary; no QUIT (it could be read as part
+        of a message, or answer a reply we no longer trust)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.result.error:
+            self.result.error = text
+        self._stop_body()
+        self._stop_idle()
+        self.setTimeout(None)
+        self._fail_current(text)
+        self.transport.abortConnection()
+
+    def _give_up(self, text: str) -> None:
+        """The server refused the session (greeting, EHLO, TLS, AUTH): say why, QUIT."""
+        if not self.result.error:
+            self.result.error = text
+        self._quit()
+
+    def _quit(self) -> None:
+        if self._closed or self._quitting:
+            return
+        self._quitting = True
+        self._send(b"QUIT", "QUIT", lambda reply: self._close())
+
+    def _close(self) -> None:
+        self._closed = True
+        self.setTimeout(None)
+        self.transport.loseConnection()
+
+    def _fail_current(self, text: str) -> None:
+        if self.job is not None:
+            job, self.job = self.job, None
+            outcomes = dict(self._outcomes)
+            for r in job.recipients:
+                if r.address not in outcomes or r.address in self._accepted:
+                    outcomes[r.address] = Outcome(TEMPORARY, text)
+            self.source.job_done(job, outcomes, self._info())
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
+        self.setTimeout(None)
+        self._stop_idle()
+        self._stop_body()
+        mx = self.policy.mx_name
+        if self._tls_handshaking:
+            self.result.tls_failed = True
+            detail = " ".join(reason.getErrorMessage().split())[:200]
+            self.result.error = self.result.error or f"TLS handshake with {mx} failed: {detail}"
+        if not self._closed and not self.result.error:
+            if self._replies.partial:
+                self.result.error = (
+                    f"{mx} closed the connection in the middle of a reply "
+                    f"(after {self._replies.partial} lines)"
+                )
+            elif self._in_body:
+                self.result.error = f"{mx} closed the connection while we sent the message"
+            elif self._pending and not self._quitting:
+                stage = self._pending[0][0]
+                self.result.error = f"{mx} closed the connection while {self._waiting_for(stage)}"
+            elif not reason.check(ierror.ConnectionDone):
+                self.result.error = f"connection to {mx} lost: {reason.getErrorMessage()}"
+        self._closed = True
+        self._fail_current(self.result.error or f"connection closed by {mx}")
+        if self._done is not None:
+            d, self._done = self._done, None
+            d.callback(self.result)
+
+    def _info(self) -> dict[str, Any]:
+        return {"mx": self.policy.mx_name, "tls": self._tls}
+
+    # Connection setup.
+
+    def _on_greeting(self, reply: Reply) -> None:
+        if reply.code != 220:
+            self._give_up(reply.text)
+            return
+        self._send(b"EHLO " + self.policy.hostname.encode("idna"), "EHLO", self._on_ehlo)
+
+    def _on_ehlo(self, reply: Reply) -> None:
+        if 200 <= reply.code < 300:
+            self.extensions = {}
+            for line in reply.lines[1:]:
+                word, _, value = line.partition(" ")
+                self.extensions[word.upper()] = value
+            if self._tls_handshaking:
+                self._tls_handshaking = False
+                self._tls = self.result.tls = True
+            self._after_hello()
+        elif 500 <= reply.code < 600 and not self._tls:
+            self._send(b"HELO " + self.policy.hostname.encode("idna"), "HELO", self._on_helo)
+        else:
+            self._give_up(reply.text)
+
+    def _on_helo(self, reply: Reply) -> None:
+        if not 200 <= reply.code < 300:
+            self._give_up(reply.text)
+            return
+        self.extensions = {}  # plain HELO offers no extensions
+        self._after_hello()
+
+    def _after_hello(self) -> None:
+        p = self.policy
+        if not self._tls and p.tls in ("opportunistic", "verify") and p.tls_context is not None:
+            if "STARTTLS" in self.extensions:
+                self._send(b"STARTTLS", "STARTTLS", self._on_starttls)
+                return
+            if p.tls == "verify":
+                self._give_up(f"{p.mx_name} does not offer STARTTLS (TLS policy verify)")
+                return
+        elif not self._tls and p.tls == "verify":
+            self._give_up(f"no TLS context for {p.mx_name} (TLS policy verify)")
+            return
+        self._authenticate()
+
+    def _on_starttls(self, reply: Reply) -> None:
+        if reply.code == 220:
+            self._tls_handshaking = True
+            self.transport.startTLS(self.policy.tls_context)
+            # Anything more in this read came in plaintext after the 220: with no
+            # reply due until the EHLO is sent, it ends the session.
+            self._after_this_read(
+                lambda: self._send(
+                    b"EHLO " + self.policy.hostname.encode("idna"), "EHLO", self._on_ehlo
+                )
+            )
+        elif self.policy.tls == "opportunistic" and _failure_kind(reply.code):
+            self._authenticate()  # refused: carry on in plaintext
+        else:
+            self._give_up(f"STARTTLS refused by {self.policy.mx_name}: {reply.text}")
+
+    def _authenticate(self) -> None:
+        p = self.policy
+        if not p.username:
+            self._next_message()
+            return
+        if not self._tls and not p.allow_plain_auth:
+            self._give_up(f"refusing to send credentials to {p.mx_name} without TLS")
+            return
+        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        if "PLAIN" in mechanisms:
+            token = base64.b64encode(b"\0" + p.username.encode() + b"\0" + p.password.encode())
+            self._send(b"AUTH PLAIN " + token, "AUTH", self._on_auth)
+        elif "LOGIN" in mechanisms:
+            self._send(b"AUTH LOGIN", "AUTH", self._on_login_user)
+        else:
+            self._give_up(f"{p.mx_name} offers no AUTH PLAIN or LOGIN")
+
+    def _on_login_user(self, reply: Reply) -> None:
+        if reply.code != 334:
+            self._on_auth(reply)
+            return
+        self._send(base64.b64encode(self.policy.username.encode()), "AUTH", self._on_login_pass)
+
+    def _on_login_pass(self, reply: Reply) -> None:
+        if reply.code != 334:
+            self._on_auth(reply)
+            return
+        self._send(base64.b64encode(self.policy.password.encode()), "AUTH", self._on_auth)
+
+    def _on_auth(self, reply: Reply) -> None:
+        if reply.code == 235:
+            self._next_message()
+        else:
+            self._give_up(f"authentication at {self.policy.mx_name} failed: {reply.text}")
 
     # The transaction.
 
-    def smtpState_from(self, code: int, resp: bytes) -> None:
-        self._pending.clear()
+    def _next_message(self, may_wait: bool = True) -> None:
+        if self._closed:
+            return
         if self.result.jobs >= self.policy.max_messages:
-            self._disconnectFromServer()
+            self._quit()
             return
         job = self.source.next_job()
         if job is None:
-            wait = getattr(self.source, "wait_job", None)
-            if wait is not None and self.policy.idle_timeout > 0 and code >= 0:
-                self._wait_idle(wait)
+            if may_wait and self.policy.idle_timeout > 0 and isinstance(
+                self.source, WaitingJobSource
+            ):
+                self._wait_idle(self.source)
             else:
-                self._disconnectFromServer()
+                self._quit()
             return
         self.result.transacted = True
         self.result.jobs += 1
@@ -240,22 +552,16 @@ class RelayClient(smtp.ESMTPClient):
         self._mail_ok = False
         env = job.envelope
         utf8 = not env.sender.isascii() or any(not r.address.isascii() for r in job.recipients)
-        if utf8 and b"SMTPUTF8" not in self.extensions:
-            self._finish_job(
-                {
-                    r.address: Outcome(
-                        PERMANENT, "553 5.6.7 the server does not support SMTPUTF8 addresses"
-                    )
-                    for r in job.recipients
-                },
-                rset=False,
-            )
+        if utf8 and "SMTPUTF8" not in self.extensions:
+            text = "553 5.6.7 the server does not support SMTPUTF8 addresses"
+            self._finish_job({r.address: Outcome(PERMANENT, text) for r in job.recipients},
+                             rset=False)
             return
-        dsn = b"DSN" in self.extensions
+        dsn = "DSN" in self.extensions
         mail = f"MAIL FROM:<{env.sender}>"
-        if b"SIZE" in self.extensions and env.size:
+        if "SIZE" in self.extensions and env.size:
             mail += f" SIZE={env.size}"
-        if b"8BITMIME" in self.extensions:
+        if "8BITMIME" in self.extensions:
             mail += " BODY=8BITMIME"
         if utf8:
             mail += " SMTPUTF8"
@@ -263,9 +569,7 @@ class RelayClient(smtp.ESMTPClient):
             mail += f" RET={env.ret}"
         if dsn and env.envid:
             mail += f" ENVID={_xtext(env.envid)}"
-        lines = [mail.encode("utf-8")]
-        self._pending.append(self._on_mail)
-        self._data_pipelined = False
+        rcpts: list[tuple[bytes, Handler]] = []
         for r in job.recipients:
             rcpt = f"RCPT TO:<{r.address}>"
             if dsn and r.notify:
@@ -273,126 +577,137 @@ class RelayClient(smtp.ESMTPClient):
             if dsn and r.orcpt:
                 kind, _, value = r.orcpt.partition(";")
                 rcpt += f" ORCPT={kind};{_xtext(value)}" if value else ""
-            lines.append(rcpt.encode("utf-8"))
-            self._pending.append(self._rcpt_handler(r.address))
-        self._expected = range(0, 1000)
-        self._okresponse = self._on_reply
-        self._failresponse = self._on_reply
-        if b"PIPELINING" in self.extensions:
-            body = self._small_body() if b"CHUNKING" in self.extensions else None
-            if body is not None:
-                # RFC 3030: the whole small message as one BDAT LAST chunk, pipelined
-                # with MAIL and RCPT: one round trip per message and no dot-stuffing.
-                lines.append(b"BDAT %d LAST" % len(body))
-                self._pending.append(self._on_bdat_reply)
-            else:
-                # DATA may end the group (RFC 2920 §3.1): one round trip fewer.
-                lines.append(b"DATA")
-                self._pending.append(self._on_data_reply)
-                body = b""
-            self._data_pipelined = True
-            self.transport.write(b"".join(line + b"\r\n" for line in lines) + body)
+            rcpts.append((rcpt.encode("utf-8"), self._rcpt_handler(r.address)))
+        if "PIPELINING" not in self.extensions:
+            # One command at a time: the RCPTs follow a successful MAIL.
+            self._rcpt_lines = deque(rcpts)
+            self._send(mail.encode("utf-8"), "MAIL", self._on_mail_alone)
+            return
+        body = self._small_body() if "CHUNKING" in self.extensions else None
+        out = [mail.encode("utf-8") + b"\r\n"]
+        self._expect("MAIL", self._on_mail)
+        for line, handler in rcpts:
+            out.append(line + b"\r\n")
+            self._expect("RCPT", handler)
+        if body is not None:
+            # RFC 3030: the whole small message as one BDAT LAST chunk, pipelined with
+            # MAIL and RCPT: one round trip per message and no dot-stuffing.
+            out.append(b"BDAT %d LAST\r\n" % len(body))
+            out.append(body)
+            self._expect("final", self._on_bdat_reply)
         else:
-            self._queued_lines = deque(lines[1:])
-            self.sendLine(lines[0])
+            # DATA may end the group (RFC 2920 §3.1): one round trip fewer.
+            out.append(b"DATA\r\n")
+            self._expect("DATA", self._on_data_reply)
+        self.transport.write(b"".join(out))
 
-    def _wait_idle(self, wait: Callable[[float], defer.Deferred]) -> None:
+    def _wait_idle(self, source: WaitingJobSource) -> None:
         """Keep the connection for a while: opening another costs a route lookup, a
         connect, the greeting and EHLO on both ends, for mail that often follows soon."""
-        # A reply now is unsolicited (a 421 before the server hangs up): just go.
-        self._expected = range(0, 1000)
-        self._okresponse = self._failresponse = self._idle_reply
-        d = self._idle = wait(self.policy.idle_timeout)
+        self.setTimeout(None)
+        d = self._idle = source.wait_job(self.policy.idle_timeout)
 
         def woken(more: bool) -> None:
             if self._idle is not d:
                 return  # the connection went away meanwhile
             self._idle = None
-            # code -1: if the source ran dry again, QUIT instead of waiting again.
-            self.smtpState_from(0 if more else -1, b"")
+            # Woken for nothing (the source ran dry again): QUIT rather than wait again.
+            self._next_message(may_wait=bool(more))
 
         d.addCallback(woken)
         d.addErrback(lambda f: f.trap(defer.CancelledError))
-
-    def _idle_reply(self, code: int, resp: bytes) -> None:
-        self._stop_idle()
-        self.transport.loseConnection()
 
     def _stop_idle(self) -> None:
         d, self._idle = self._idle, None
         if d is not None:
             d.cancel()
 
-    def _on_reply(self, code: int, resp: bytes) -> None:
-        if not self._pending:
-            # A reply nobody asked for (e.g. an unsolicited 421): give up on this server.
-            self.sendError(smtp.SMTPProtocolError(code, resp, self.log.str()))
+    def _on_mail(self, reply: Reply) -> None:
+        self._mail_ok = 200 <= reply.code < 300
+        if self._mail_ok:
             return
-        handler = self._pending.popleft()
-        handler(code, resp)
-        queued = getattr(self, "_queued_lines", None)
-        if queued and b"PIPELINING" not in self.extensions and self._pending:
-            if self._mail_ok:
-                self.sendLine(queued.popleft())
-            else:
-                # MAIL failed: the RCPTs need not be sent at all.
-                while self._pending:
-                    self._pending.popleft()(503, b"not sent: MAIL FROM failed")
-        if not self._pending and self.job is not None and not self._data_pipelined:
-            self._after_rcpts()
+        kind = _failure_kind(reply.code)
+        if kind is None:
+            self._fatal(f"unexpected reply to MAIL from {self.policy.mx_name}: {reply.text}")
+            return
+        assert self.job is not None
+        for r in self.job.recipients:
+            self._outcomes[r.address] = Outcome(kind, reply.text)
 
-    def _on_mail(self, code: int, resp: bytes) -> None:
-        self._mail_ok = 200 <= code < 300
+    def _on_mail_alone(self, reply: Reply) -> None:
+        self._on_mail(reply)
+        if self._closed:
+            return
         if not self._mail_ok:
-            text = _reply_text(code, resp)
-            kind = PERMANENT if code >= 500 else TEMPORARY
-            assert self.job is not None
-            for r in self.job.recipients:
-                self._outcomes[r.address] = Outcome(kind, text)
+            self._finish_job(self._outcomes, rset=True)
+            return
+        self._next_rcpt()
 
-    def _rcpt_handler(self, address: str) -> Callable[[int, bytes], None]:
-        def handle(code: int, resp: bytes) -> None:
-            if not self._mail_ok:
+    def _next_rcpt(self) -> None:
+        if not self._rcpt_lines:
+            self._after_rcpts()
+            return
+        line, handler = self._rcpt_lines.popleft()
+
+        def then(reply: Reply) -> None:
+            handler(reply)
+            if not self._closed:
+                self._next_rcpt()
+
+        self._send(line, "RCPT", then)
+
+    def _rcpt_handler(self, address: str) -> Handler:
+        def handle(reply: Reply) -> None:
+            if 200 <= reply.code < 300:
+                if self._mail_ok:
+                    self._accepted.append(address)
                 return
-            if 200 <= code < 300:
-                self._accepted.append(address)
-            else:
-                kind = PERMANENT if code >= 500 else TEMPORARY
-                self._outcomes[address] = Outcome(kind, _reply_text(code, resp))
+            kind = _failure_kind(reply.code)
+            if kind is None:
+                self._fatal(f"unexpected reply to RCPT from {self.policy.mx_name}: {reply.text}")
+            elif self._mail_ok:
+                self._outcomes[address] = Outcome(kind, reply.text)
 
         return handle
 
     def _after_rcpts(self) -> None:
-        self._queued_lines = None
+        """Without pipelining: DATA once the RCPTs are answered."""
         if not self._accepted:
             self._finish_job(self._outcomes, rset=True)
             return
-        self._expected = [354]
-        self._okresponse = self._send_body
-        self._failresponse = self._data_failed
-        self.sendLine(b"DATA")
+        self._send(b"DATA", "DATA", self._on_data_reply)
 
-    def _on_data_reply(self, code: int, resp: bytes) -> None:
-        """The reply to a pipelined DATA."""
-        if code == 354:
+    def _on_data_reply(self, reply: Reply) -> None:
+        if reply.code == 354:
+            self._in_body = True
             if self._accepted:
-                self._send_body(code, resp)
-                return
-            # A server that said 354 with no recipient: send an empty message, discard it.
-            self.transport.write(b".\r\n")
-            self._expected = range(0, 1000)
-            self._okresponse = self._failresponse = lambda c, r: self._finish_job(
-                self._outcomes, rset=True
-            )
+                self._after_this_read(self._start_body)
+            else:
+                # A server that said 354 with no recipient: send an empty message and
+                # take its reply as the end of this transaction.
+                def empty() -> None:
+                    self._in_body = False
+                    self.transport.write(b".\r\n")
+                    self._expect("final", lambda r: self._finish_job(self._outcomes, rset=True))
+
+                self._after_this_read(empty)
             return
-        if self._accepted:
-            self._data_failed(code, resp)
+        kind = _failure_kind(reply.code)
+        if kind is None:
+            self._fatal(f"unexpected reply to DATA from {self.policy.mx_name}: {reply.text}")
+        elif self._accepted:
+            self._data_failed(kind, reply)
         else:
             self._finish_job(self._outcomes, rset=True)
 
+    def _data_failed(self, kind: str, reply: Reply) -> None:
+        for address in self._accepted:
+            self._outcomes[address] = Outcome(kind, reply.text)
+        self._finish_job(self._outcomes, rset=True)
+
     def _small_body(self) -> bytes | None:
         """The message for a BDAT chunk, when small enough to read at once (one
-        bounded read, like ``_send_body``); None sends it with DATA instead."""
+        bounded read on the reactor); None sends it with DATA instead."""
         assert self.job is not None
         env = self.job.envelope
         if env.size > SMALL_MESSAGE:
@@ -405,179 +720,146 @@ class RelayClient(smtp.ESMTPClient):
             return None  # the DATA path reports the vanished file
         if len(data) > SMALL_MESSAGE:
             return None
-        if data and not data.endswith(b"\r\n"):
-            data += b"\r\n"  # as DotStuffer.terminator does for DATA
-        return data
+        crlf = CRLFNormalizer()
+        data = crlf(data)
+        return data + crlf.final_crlf()  # as DataEncoder.terminator does for DATA
 
-    def _on_bdat_reply(self, code: int, resp: bytes) -> None:
+    def _on_bdat_reply(self, reply: Reply) -> None:
         """The reply to the pipelined ``BDAT LAST``: the message's final reply."""
         if self._accepted:
-            self._on_final_reply(code, resp)
-        else:
+            self._on_final_reply(reply)
+        elif _failure_kind(reply.code) or 200 <= reply.code < 300:
             # No recipient: the server consumed the chunk and refused it (RFC 3030 §2).
             self._finish_job(self._outcomes, rset=True)
+        else:
+            self._fatal(f"unexpected reply to BDAT from {self.policy.mx_name}: {reply.text}")
 
-    def _data_failed(self, code: int, resp: bytes) -> None:
-        text = _reply_text(code, resp)
-        kind = PERMANENT if code >= 500 else TEMPORARY
-        for address in self._accepted:
-            self._outcomes[address] = Outcome(kind, text)
-        self._finish_job(self._outcomes, rset=True)
-
-    def _send_body(self, code: int, resp: bytes) -> None:
+    def _start_body(self) -> None:
         assert self.job is not None
-        stuffer = DotStuffer()
-
-        def transform(chunk: bytes) -> bytes:
-            self.resetTimeout()
-            return stuffer(chunk)
-
-        self._expected = range(0, 1000)
-        self._okresponse = self._on_final_reply
-        self._failresponse = self._on_final_reply
         offset = self.job.envelope.offset  # past the envelope embedded in the file
+        encoder = DataEncoder()
         try:
             # MessageFile: a message deleted meanwhile has its file recycled, and
             # another message's bytes must never follow ours.
             f = MessageFile(self.job.path)
             f.seek(offset)
+            first = b""
             if self.job.envelope.size <= SMALL_MESSAGE:
-                # One bounded read and one write for the common small message.
-                with f:
-                    data = f.read(SMALL_MESSAGE + 1)
-                if len(data) <= SMALL_MESSAGE:
-                    self.transport.write(stuffer(data) + stuffer.terminator())
+                first = f.read(SMALL_MESSAGE + 1)
+                if len(first) <= SMALL_MESSAGE:
+                    # One bounded read and one write for the common small message.
+                    f.close()
+                    self._body_written(encoder(first) + encoder.terminator())
                     return
-                f = MessageFile(self.job.path)  # it grew: stream it after all
-                f.seek(offset)
         except OSError as e:
             # The spool file is gone (deleted by `mailhost queue delete`): abandon.
-            self._abandon(f"spool file unreadable: {e}")
+            self._fatal(f"spool file unreadable: {e}")
             return
-        reader = _ReadOrStop(f)
-        sender = basic.FileSender()
-        d = sender.beginFileTransfer(reader, self.transport, transform)
+        self._body = _BodySender(self, f, encoder, first)
+        self._arm()
+        self.transport.registerProducer(self._body, False)
 
-        def finished(_: object) -> None:
-            f.close()
-            if reader.error is not None:
-                self._abandon(f"spool file unreadable: {reader.error}")
-                return
-            self.transport.write(stuffer.terminator())
+    def _body_written(self, tail: bytes) -> None:
+        """The last chunk and the terminator are written: the final reply is due."""
+        self._in_body = False
+        self._body = None
+        self.transport.write(tail)
+        self._expect("final", self._on_final_reply)
 
-        def failed(err: Failure) -> None:
-            f.close()
-            self.sendError(smtp.SMTPClientError(-1, str(err.value).encode()))
+    def _stop_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            body.stop()
+            if self.transport is not None:
+                self.transport.unregisterProducer()
 
-        d.addCallbacks(finished, failed)
-
-    def _abandon(self, text: str) -> None:
-        """Give up on the message in the middle of DATA: drop the connection without
-        the final dot, so the server discards what it got (a QUIT here would only be
-        one more line of the message, and wait for a reply that never comes)."""
-        if not self.result.error:
-            self.result.error = text
-        self._fail_current(text)
-        self.transport.abortConnection()
-
-    def _on_final_reply(self, code: int, resp: bytes) -> None:
-        text = _reply_text(code, resp)
-        if 200 <= code < 300:
+    def _on_final_reply(self, reply: Reply) -> None:
+        if 200 <= reply.code < 300:
             kind = DELIVERED
         else:
-            kind = PERMANENT if code >= 500 else TEMPORARY
-        dsn = b"DSN" in self.extensions
+            failed = _failure_kind(reply.code)
+            if failed is None:
+                self._fatal(
+                    f"unexpected reply after the message from {self.policy.mx_name}: "
+                    f"{reply.text}"
+                )
+                return
+            kind = failed
+        dsn = "DSN" in self.extensions
         for address in self._accepted:
-            self._outcomes[address] = Outcome(kind, text, dsn_passed=dsn and kind == DELIVERED)
+            self._outcomes[address] = Outcome(kind, reply.text, dsn_passed=dsn and kind == DELIVERED)
         self._finish_job(self._outcomes, rset=kind != DELIVERED)
 
     def _finish_job(self, outcomes: dict[str, Outcome], rset: bool) -> None:
         job, self.job = self.job, None
         assert job is not None
         self.source.job_done(job, outcomes, self._info())
+        if self._closed:
+            return
         if rset:
-            self.sendLine(b"RSET")
-            self._expected = range(0, 1000)
-            self._okresponse = self.smtpState_from
-            self._failresponse = self.smtpState_from
+            self._send(b"RSET", "RSET", self._on_rset)
         else:
-            self.smtpState_from(0, b"")
+            self._after_this_read(self._next_message)
 
-    def _info(self) -> dict[str, Any]:
-        return {"mx": self.policy.mx_name, "tls": bool(self._tlsMode)}
-
-    # Failures.
-
-    def sendError(self, exc: Exception) -> None:
-        if not self.result.error:
-            code = getattr(exc, "code", -1)
-            resp = getattr(exc, "resp", None)
-            if isinstance(code, int) and code > 0 and resp:
-                self.result.error = _reply_text(code, resp)
-            else:
-                msg = resp if isinstance(resp, bytes | str) and resp else str(exc)
-                if isinstance(msg, bytes):
-                    msg = msg.decode("utf-8", "replace")
-                self.result.error = " ".join(str(msg).split())
-        self._fail_current(self.result.error)
-        super().sendError(exc)
-
-    def timeoutConnection(self) -> None:
-        self.result.error = (
-            f"timeout after {self.policy.command_timeout:g} s waiting for the server"
-        )
-        self._fail_current(self.result.error)
-        self.transport.abortConnection()
-
-    def _fail_current(self, text: str) -> None:
-        if self.job is not None:
-            job, self.job = self.job, None
-            outcomes = dict(self._outcomes)
-            for r in job.recipients:
-                if r.address not in outcomes or r.address in self._accepted:
-                    outcomes[r.address] = Outcome(TEMPORARY, text)
-            self.source.job_done(job, outcomes, self._info())
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self._stop_idle()
-        super().connectionLost(reason)
-        if self._tls_handshaking:
-            self.result.tls_failed = True
-            self.result.error = self.result.error or "TLS handshake failed"
-        if not self.result.error and not reason.check(ierror.ConnectionDone):
-            self.result.error = f"connection lost: {reason.getErrorMessage()}"
-        self._fail_current(self.result.error or "connection closed by the server")
-        if self._done is not None:
-            d, self._done = self._done, None
-            d.callback(self.result)
+    def _on_rset(self, reply: Reply) -> None:
+        if 200 <= reply.code < 300:
+            self._after_this_read(self._next_message)
+        else:
+            self._give_up(f"RSET refused by {self.policy.mx_name}: {reply.text}")
 
 
-class _ReadOrStop:
-    """A file for ``FileSender`` that ends the transfer at a read error, keeping it
-    for the caller (raised inside the producer, it would escape to the reactor)."""
+class _BodySender:
+    """A pull producer (IPullProducer) that feeds the message to the transport one
+    chunk each time it asks, so memory stays at one chunk whatever the size."""
 
-    def __init__(self, f: MessageFile) -> None:
-        self._f = f
-        self.error: OSError | None = None
+    def __init__(self, client: RelayClient, f: MessageFile, encoder: DataEncoder,
+                 first: bytes) -> None:
+        self.client = client
+        self.f = f
+        self.encoder = encoder
+        self.first = first
+        self.stopped = False
 
-    def read(self, size: int) -> bytes:
-        if self.error is not None:
-            return b""
-        try:
-            return self._f.read(size)
-        except OSError as e:
-            self.error = e
-            return b""
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.stopped:
+            return
+        client = self.client
+        client.resetTimeout()  # the transport took the last chunk: a new data block
+        if self.first:
+            data, self.first = self.first, b""
+        else:
+            try:
+                data = self.f.read(CHUNK)
+            except OSError as e:
+                client._fatal(f"spool file unreadable: {e}")
+                return
+        if data:
+            client.transport.write(self.encoder(data))
+            return
+        self.stop()
+        client._body = None
+        client.transport.unregisterProducer()
+        client._body_written(self.encoder.terminator())
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.stop()
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.f.close()
 
 
 class _RelayFactory(protocol.Factory):
-    def __init__(self, policy: ClientPolicy, source: JobSource, done: defer.Deferred) -> None:
+    def __init__(self, policy: ClientPolicy, source: JobSource, done: defer.Deferred,
+                 reactor: Any) -> None:
         self.policy = policy
         self.source = source
         self.done = done
+        self.reactor = reactor
 
-    def buildProtocol(self, addr: object) -> RelayClient:
-        p = RelayClient(self.policy, self.source, self.done)
+    def buildProtocol(self, addr: object) -> RelayClient:  # noqa: N802
+        p = RelayClient(self.policy, self.source, self.done, reactor=self.reactor)
         p.factory = self
         return p
 
@@ -587,12 +869,15 @@ async def run_session(
     policy: ClientPolicy,
     source: JobSource,
     track: set[RelayClient] | None = None,
+    *,
+    reactor: Any = None,
 ) -> SessionResult:
     """Connect, relay jobs until ``source`` runs dry, and report how it went.
-    ``track`` holds the live protocol, so a stopping service can abort it."""
+    ``track`` holds the live protocol, so a stopping service can abort it; the
+    client's timers run on ``reactor`` (the global one by default)."""
     done: defer.Deferred = defer.Deferred()
     try:
-        proto = await endpoint.connect(_RelayFactory(policy, source, done))
+        proto = await endpoint.connect(_RelayFactory(policy, source, done, reactor))
     except Exception as e:  # ConnectError, TimeoutError, DNS lookup errors
         where = policy.mx_name
         if policy.address:

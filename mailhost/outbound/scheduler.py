@@ -11,20 +11,39 @@ route and opens one connection that carries job after job for that domain. Limit
 permanent ones (5xx, NXDOMAIN, null MX, routing loops, too many hops) fail it at
 once. The envelope on disk is updated after every job result, before any DSN is
 sent, so a crash repeats at most the delivery that was in flight.
+
+Backoff that no number of sessions can bypass (issue 21: five sessions failing at
+slightly different times once made 280,000 connections in 30 s, none of them an
+attempt):
+
+- every session that fails before MAIL (DNS, connect, greeting, EHLO, TLS) counts as
+  one failure of its *destination* (the domain), records an attempt against every
+  message due there, and holds the destination off: no new session for
+  ``min(retry_initial, 60) * 2**(failures-1)`` seconds, at most ``hold_off_max``.
+  Sessions that were already running when a failure was counted belong to the same
+  cohort and do not count again; while the count is not zero, one session at a time
+  probes the destination, and one that delivers resets the count;
+- a session that transacted but ended in an error (a timeout, a reply out of turn)
+  has recorded its message's attempt and counts as a failure too;
+- new connections to one host are capped at ``connect_rate`` per second after a
+  burst of ``connect_burst``, however many sessions want one;
+- the lifetime is enforced by the clock: a recipient still pending
+  ``EXPIRY_GRACE`` after ``arrival + lifetime`` (its last try never happened)
+  fails with a DSN, attempt or not.
 """
 
 from __future__ import annotations
 
 import heapq
 import ipaddress
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from mailhost.config import Config
@@ -37,6 +56,7 @@ from mailhost.outbound.client import (
     Job,
     Outcome,
     RelayClient,
+    SessionResult,
     run_session,
 )
 from mailhost.outbound.envelope import DELIVERED as ST_DELIVERED
@@ -50,9 +70,14 @@ Key = tuple[str, str]  # (queue id, domain)
 
 #: Seconds a connection with nothing to send waits for more mail for its domain.
 IDLE_TIMEOUT = 2.0
-#: Longest hold-off of new sessions for a domain whose hosts all failed (it is
-#: ``min(retry_initial, HOLD_OFF_MAX)``).
-HOLD_OFF_MAX = 60.0
+#: The first hold-off of a destination whose sessions fail is
+#: ``min(retry_initial, HOLD_OFF_BASE)``; it doubles with each failure in a row.
+HOLD_OFF_BASE = 60.0
+#: How long past its lifetime a pending recipient waits for its last try before the
+#: clock fails it (at most; ``retry_initial`` if shorter).
+EXPIRY_GRACE = 60.0
+#: Verify-policy TLS contexts kept (one per MX name).
+TLS_CONTEXTS = 1000
 
 # Callables the service provides.
 BounceFn = Callable[[Envelope, list[dsn.RecipientReport]], defer.Deferred]
@@ -136,6 +161,16 @@ class Scheduler:
         # is tried for them (mail arriving meanwhile waits in ``ready``).
         self.down: dict[str, float] = {}
         self._wake: Any = None
+        # Per destination domain: failed sessions in a row, and the cohort number
+        # (bumped at each counted failure or success; a session counts only if
+        # nothing was counted since it started).
+        self.failures: dict[str, int] = {}
+        self._cohort: dict[str, int] = {}
+        # Connection token buckets per host: (tokens, when).
+        self._buckets: dict[str, tuple[float, float]] = {}
+        # (arrival + lifetime, queue id): the clock's lifetime check.
+        self._expiry: list[tuple[float, str]] = []
+        self._verify_contexts: OrderedDict[str, Any] = OrderedDict()
 
     # Lifecycle.
 
@@ -212,6 +247,7 @@ class Scheduler:
 
     def _adopt(self, env: Envelope, check_hops: bool) -> None:
         self.envelopes[env.id] = env
+        heapq.heappush(self._expiry, (env.arrival + self.settings.lifetime, env.id))
         # The hop count was taken by the SpoolWriter as the message streamed in, our
         # own Received: line included; SMTP allowed max_hops before it, so one more
         # here (else mail accepted with 250 would bounce on relay but not locally).
@@ -286,8 +322,39 @@ class Scheduler:
             ):
                 self.ready_keys.add(key)
                 self.ready.setdefault(domain, deque()).append(qid)
+        self._expire(now)
         self._dispatch()
         self._arm()
+
+    def _expire(self, now: float) -> None:
+        """Fail, by the clock, recipients pending past their lifetime whose last try
+        never came (held-off destinations, sessions that fail before MAIL)."""
+        grace = min(EXPIRY_GRACE, self.settings.retry_initial)
+        while self._expiry and self._expiry[0][0] + grace <= now:
+            _t, qid = heapq.heappop(self._expiry)
+            env = self.envelopes.get(qid)
+            if env is None or env.finished:
+                continue
+            expires = env.arrival + self.settings.lifetime  # reloaded lifetime applies
+            if expires + grace > now:
+                heapq.heappush(self._expiry, (expires, qid))
+                continue
+            expired = False
+            for r in env.pending():
+                if (qid, r.domain) in self.inflight:
+                    continue  # its session records the outcome (and sees the expiry)
+                r.status = FAILED
+                if not r.status_code.startswith("4"):
+                    r.status_code = "4.4.7"
+                why = r.last_error or "451 4.4.7 never tried: the destination was held off"
+                r.last_error = f"{why} (gave up after {self._age(env, now)})"
+                expired = True
+            if not env.finished:
+                # Some recipients are in flight: look again a scan later.
+                heapq.heappush(self._expiry, (now + self.settings.scan_interval - grace, qid))
+            if expired:
+                log.info("outbound: {qid} expired in the queue", qid=qid)
+                self._track(self._settle(env), "outbound: expiring {qid}", qid)
 
     # Sessions.
 
@@ -310,9 +377,12 @@ class Scheduler:
             if not queue:
                 del self.ready[domain]
                 continue
+            # A destination whose last session failed gets one probe at a time until
+            # a session delivers again (as Postfix lowers its concurrency to 1).
+            limit = 1 if self.failures.get(domain) else limit_domain
             while (
                 self.total_sessions < limit_total
-                and self.sessions.get(domain, 0) < limit_domain
+                and self.sessions.get(domain, 0) < limit
                 and len(queue) > self.sessions.get(domain, 0)
             ):
                 self._start_session(domain)
@@ -400,14 +470,17 @@ class Scheduler:
         # Picked up at every session, so a reloaded config applies without a restart.
         self.router.port = self.settings.port
         self.router.smarthost = self.settings.smarthost
+        cohort = self._cohort.get(domain, 0)
         try:
             route = await self.router.route(domain)
         except RoutingError as e:
-            kind = TEMPORARY if e.temporary else PERMANENT
             code = "451" if e.temporary else "550"
             log.info("outbound: {domain}: {error}", domain=domain,
                      error=f"{code} {e.status} {e.text}", event="route_failed")
-            self._drain_if_alone(domain, Outcome(kind, f"{code} {e.status} {e.text}"))
+            if e.temporary:
+                self._session_failed(domain, cohort, f"451 {e.status} {e.text}")
+            else:
+                self._drain(domain, Outcome(PERMANENT, f"550 {e.status} {e.text}"))
             return
         hops = route.hops
         for i, hop in enumerate(hops):
@@ -429,7 +502,7 @@ class Scheduler:
                 tried += 1
                 policy = self._policy(domain, hop, smarthost, address)
                 endpoint = self._endpoint(address, hop.port)
-                result = await run_session(endpoint, policy, source, self.connections)
+                result = await self._connect_and_run(address, endpoint, policy, source)
                 if result.tls_failed and policy.tls == "opportunistic" and not result.transacted:
                     log.info(
                         "outbound: TLS handshake with {mx} failed; retrying without TLS",
@@ -437,11 +510,16 @@ class Scheduler:
                     )
                     policy.tls = "none"
                     policy.tls_context = None
-                    result = await run_session(endpoint, policy, source, self.connections)
+                    result = await self._connect_and_run(address, endpoint, policy, source)
                 if result.transacted:
+                    if result.error:
+                        # Its message has its attempt; the destination has a failure.
+                        self._session_failed(domain, cohort, result.error, drain=False)
+                    else:
+                        self._session_ok(domain)
                     return
                 last_error = result.error or f"no answer from {hop.name}"
-                log.info(
+                log.warn(
                     "outbound: {domain} via {mx} [{address}]:{port} failed: {error}",
                     domain=domain,
                     mx=hop.name,
@@ -454,17 +532,68 @@ class Scheduler:
             if text[:1] == "5":
                 # A 5xx greeting or EHLO refusal from every host: still retry.
                 text = "451 4.4.1 " + text
-            if self.sessions.get(domain, 0) <= 1:
-                # Alone: no sibling session is evidence that the domain takes mail.
-                self._hold_off(domain)
-            self._drain_if_alone(domain, Outcome(TEMPORARY, text))
+            self._session_failed(domain, cohort, text)
 
-    def _hold_off(self, domain: str) -> None:
-        """No host of ``domain`` took a connection: try no new session for it for a
-        while (like Postfix's dead destinations). Mail arriving meanwhile waits for
-        the next try instead of costing a connection attempt each; ``flush`` ends it."""
-        until = self.now() + min(self.settings.retry_initial, HOLD_OFF_MAX)
+    async def _connect_and_run(
+        self, host: str, endpoint: IStreamClientEndpoint, policy: ClientPolicy, source: Any
+    ) -> SessionResult:
+        await self._connect_slot(host)
+        if self.stopping:
+            return SessionResult(error="stopping")
+        return await run_session(endpoint, policy, source, self.connections, reactor=self.reactor)
+
+    async def _connect_slot(self, host: str) -> None:
+        """Wait for a token of ``host``'s bucket: ``connect_rate`` new connections a
+        second after a burst of ``connect_burst``, whatever the number of sessions."""
+        rate = max(self.settings.connect_rate, 0.001)
+        burst = float(max(self.settings.connect_burst, 1))
+        while not self.stopping:
+            now = self.now()
+            tokens, when = self._buckets.get(host, (burst, now))
+            tokens = min(burst, tokens + (now - when) * rate)
+            if tokens >= 1.0:
+                self._buckets[host] = (tokens - 1.0, now)
+                if len(self._buckets) > 4096:
+                    self._prune_buckets(now, rate, burst)
+                return
+            self._buckets[host] = (tokens, now)
+            await deferLater(self.reactor, (1.0 - tokens) / rate)
+
+    def _prune_buckets(self, now: float, rate: float, burst: float) -> None:
+        full = [h for h, (t, w) in self._buckets.items() if t + (now - w) * rate >= burst]
+        for h in full:
+            del self._buckets[h]
+
+    def _session_ok(self, domain: str) -> None:
+        if self.failures.pop(domain, 0):
+            log.info("outbound: {domain} takes mail again", domain=domain)
+        self._cohort[domain] = self._cohort.get(domain, 0) + 1
+        self.down.pop(domain, None)
+
+    def _session_failed(self, domain: str, cohort: int, text: str, drain: bool = True) -> None:
+        """A session to ``domain`` failed: count it (once per cohort), hold the
+        destination off, and record the failure against every message due there."""
+        if self._cohort.get(domain, 0) == cohort:
+            self._cohort[domain] = cohort + 1
+            n = self.failures[domain] = self.failures.get(domain, 0) + 1
+            self._hold_off(domain, n)
+        elif domain not in self.down and self.failures.get(domain):
+            self._hold_off(domain, self.failures[domain])
+        if drain:
+            self._drain(domain, Outcome(TEMPORARY, text))
+
+    def _hold_off(self, domain: str, failures: int = 1) -> None:
+        """Start no new session for ``domain`` for a while (like Postfix's dead
+        destinations): mail arriving meanwhile waits for the next try instead of
+        costing a connection each; ``flush`` ends it."""
+        base = min(self.settings.retry_initial, HOLD_OFF_BASE)
+        delay = min(base * 2 ** min(failures - 1, 30), max(self.settings.hold_off_max, base))
+        until = self.now() + max(delay, 1.0)
         self.down[domain] = until
+        log.info(
+            "outbound: {domain} held off for {delay:.0f} s after {failures} failed sessions",
+            domain=domain, delay=until - self.now(), failures=failures,
+        )
         if self._wake is None or not self._wake.active() or self._wake.getTime() > until:
             if self._wake is not None and self._wake.active():
                 self._wake.cancel()
@@ -477,11 +606,6 @@ class Scheduler:
         if later:
             self._wake = self.reactor.callLater(min(later) - now, self._wake_up)
         self._dispatch()
-
-    def _drain_if_alone(self, domain: str, outcome: Outcome) -> None:
-        # Leave the jobs to a sibling session that may still get through.
-        if self.sessions.get(domain, 0) <= 1:
-            self._drain(domain, outcome)
 
     async def _loops_back(self, domain: str) -> None:
         if self.is_local_domain(domain):
@@ -525,9 +649,7 @@ class Scheduler:
             tls = s.tls_policy
         context: Any = None
         if tls == "verify":
-            from twisted.internet import ssl
-
-            context = ssl.optionsForClientTLS(hop.name)
+            context = self._verify_context(hop.name)
         elif tls == "opportunistic":
             if self._tls_context is None:
                 from twisted.internet import ssl
@@ -545,9 +667,29 @@ class Scheduler:
             username=s.smarthost_user if smarthost else "",
             password=s.smarthost_password if smarthost else "",
             allow_plain_auth=loopback or hop.name in ("localhost",),
+            greeting_timeout=s.greeting_timeout,
             command_timeout=s.command_timeout,
+            data_init_timeout=s.data_init_timeout,
+            data_block_timeout=s.data_block_timeout,
+            final_timeout=s.final_timeout,
+            reply_max_lines=s.reply_max_lines,
+            reply_max_bytes=s.reply_max_bytes,
             idle_timeout=IDLE_TIMEOUT,
         )
+
+    def _verify_context(self, name: str) -> Any:
+        """One ``optionsForClientTLS`` per MX name, kept (it builds an OpenSSL context
+        and loads the trust store: once per session cost 169 MB in a reconnect storm)."""
+        context = self._verify_contexts.get(name)
+        if context is None:
+            from twisted.internet import ssl
+
+            context = self._verify_contexts[name] = ssl.optionsForClientTLS(name)
+            while len(self._verify_contexts) > TLS_CONTEXTS:
+                self._verify_contexts.popitem(last=False)
+        else:
+            self._verify_contexts.move_to_end(name)
+        return context
 
     def _endpoint(self, address: str, port: int) -> IStreamClientEndpoint:
         timeout = self.settings.connect_timeout

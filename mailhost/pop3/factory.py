@@ -40,6 +40,7 @@ class POP3Factory(ServerFactory):
             self.login, self.locks, pop3.delete, pop3.timeout, tls_options=self.tls_options,
             reactor=self.reactor, on_close=self.sessions.discard,
             handshake_timeout=self.config.tls.handshake_timeout,
+            preauth_timeout=pop3.preauth_timeout,
         )
         session.factory = self
         self.sessions.add(session)

@@ -10,6 +10,12 @@ protocol is written here on ``Protocol`` + ``TimeoutMixin``: command lines are s
 by hand (so an over-long line costs the client an ``-ERR``, not the connection, and
 pipelined commands wait while an asynchronous one runs), the maildrop snapshot is in
 ``maildrop.py`` and the streaming, dot-stuffed RETR/TOP in ``transfer.py``.
+
+Slow clients: ``pop3.timeout`` is a deadline for a whole command line (bytes that do
+not end a line do not restart it), ``pop3.preauth_timeout`` bounds the time from
+connect to a successful login, and a session that has not logged in may be closed to
+make room for a new client when the listener is full (``IEvictable``,
+``mailhost.limits``).
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailhost.auth.login import LoginFailed, LoginService, transport_is_tls
 from mailhost.auth.sasl import SASLError, decode_plain
+from mailhost.limits import IEvictable
 from mailhost.pop3.lock import MaildropLocks
 from mailhost.pop3.maildrop import DeletePolicy, Maildrop
 from mailhost.pop3.transfer import MessageSender
+from mailhost.replytext import clean
 from mailhost.store.interfaces import NoSuchMessage
 from mailhost.tcp import send_at_once
 from mailhost.tls import start_tls
@@ -60,13 +69,18 @@ def parse_number(text: str) -> int | None:
 SEEN_BATCH = 64
 SEEN_DELAY = 0.2
 
+@implementer(IEvictable)
 class POP3Server(Protocol, TimeoutMixin):
-    """One POP3 session."""
+    """One POP3 session.
+
+    Implements: IEvictable (idle in the AUTHORIZATION state).
+    """
 
     def __init__(self, login: LoginService, locks: MaildropLocks, delete_policy: DeletePolicy,
                  timeout: float, tls_options: Any = None, reactor: Any = None,
                  handshake_timeout: float = 30.0,
-                 on_close: Callable[[POP3Server], None] | None = None) -> None:
+                 on_close: Callable[[POP3Server], None] | None = None,
+                 preauth_timeout: float = 0.0) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -75,6 +89,9 @@ class POP3Server(Protocol, TimeoutMixin):
         self.locks = locks
         self.delete_policy = delete_policy
         self.timeout = timeout
+        self.preauth_timeout = preauth_timeout
+        self._preauth_call: Any = None
+        self._progress = 0.0  # reactor time of the last complete command line
         self.tls_options = tls_options
         self.handshake_timeout = handshake_timeout
         self.reactor = reactor
@@ -114,12 +131,49 @@ class POP3Server(Protocol, TimeoutMixin):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "")
         send_at_once(self.transport)
+        self._progress = self.reactor.seconds()
         self.setTimeout(self.timeout)
+        if self.preauth_timeout > 0:
+            self._preauth_call = self.reactor.callLater(self.preauth_timeout,
+                                                        self._preauth_deadline)
         self._send("+OK mailhost POP3 server ready")
+
+    def _preauth_deadline(self) -> None:
+        """``pop3.preauth_timeout`` passed before a login. A login still being checked
+        is our delay, not the client's: look again once it is answered."""
+        self._preauth_call = None
+        if self._closed or self.state != AUTHORIZATION:
+            return
+        if self._busy:
+            self._preauth_call = self.reactor.callLater(1.0, self._preauth_deadline)
+            return
+        self._end_reason = "timeout"
+        self._send("-ERR [SYS/TEMP] Autologout; no login in time")
+        self._close()
+
+    def _cancel_preauth(self) -> None:
+        if self._preauth_call is not None and self._preauth_call.active():
+            self._preauth_call.cancel()
+        self._preauth_call = None
+
+    def idle_since(self) -> float | None:
+        """See IEvictable: idle before login, with no command running."""
+        if self._closed or self._busy or self.state != AUTHORIZATION:
+            return None
+        return self._progress
+
+    def evict(self, line: bytes) -> None:
+        """See IEvictable."""
+        if self._closed:
+            return
+        self._end_reason = "evicted"
+        self.transport.write(line)
+        self._close()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closed = True
         self.setTimeout(None)
+        self._cancel_preauth()
         if self._sender is not None:
             self._sender.stopProducing()
         if self.maildrop is not None and self._seen_queue:
@@ -167,6 +221,7 @@ class POP3Server(Protocol, TimeoutMixin):
 
     def _close(self) -> None:
         self._closed = True
+        self._cancel_preauth()
         self.transport.loseConnection()
 
     # -- input -------------------------------------------------------------------
@@ -196,6 +251,7 @@ class POP3Server(Protocol, TimeoutMixin):
                 self._fail("-ERR Line too long")
                 continue
             self.resetTimeout()
+            self._progress = self.reactor.seconds()
             self._line(line[:-1] if line.endswith(b"\r") else line)
         if self._reading_paused and not self._busy and not self._closed:
             self._reading_paused = False
@@ -247,12 +303,16 @@ class POP3Server(Protocol, TimeoutMixin):
     # -- output ------------------------------------------------------------------
 
     def _send(self, line: str) -> None:
-        self.transport.write(line.encode("utf-8") + b"\r\n")
+        """One response line, cleaned of control characters (mailhost.replytext)."""
+        self.transport.write(clean(line, 510).encode("utf-8") + b"\r\n")
 
     def _send_lines(self, first: str, lines: list[str]) -> None:
-        """A multi-line response; no line here starts with '.', so no stuffing is needed."""
+        """A multi-line response; no line here starts with '.', so no stuffing is needed.
+
+        Only the status line can carry outside text; the others are ours (numbers,
+        sizes, UIDLs, capability names), so they are not cleaned one by one."""
         body = "".join(f"{line}\r\n" for line in lines)
-        self.transport.write(f"{first}\r\n{body}.\r\n".encode())
+        self.transport.write(f"{clean(first, 510)}\r\n{body}.\r\n".encode())
 
     def _fail(self, reply: str) -> None:
         """A protocol error: answer it, and give up on a client that keeps erring."""
@@ -378,6 +438,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self.maildrop = maildrop
         self.user = avatar.user
         self.state = TRANSACTION
+        self._cancel_preauth()
         count, octets = maildrop.stat()
         self._send(f"+OK Maildrop has {count} messages ({octets} octets)")
 

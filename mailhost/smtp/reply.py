@@ -2,12 +2,16 @@
 
 Every reply we send carries an enhanced status code (ENHANCEDSTATUSCODES), so one
 small value type both formats them and travels as an exception out of parsers and
-policy code.
+policy code. Its text is cleaned on the way out (``mailhost.replytext``): whatever
+client input or exception text a reply quotes, no CR, LF, NUL or other control
+character reaches the wire, and no line grows past the 512-octet reply limit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from mailhost.replytext import clean
 
 
 class Reply(Exception):
@@ -31,7 +35,7 @@ class Reply(Exception):
         """Wire form: continuation lines use ``code-``, the last ``code SP``."""
         prefix = f"{self.status} " if self.status else ""
         last = len(self.lines) - 1
-        out = [f"{self.code}{' ' if i == last else '-'}{prefix}{line}\r\n"
+        out = [f"{self.code}{' ' if i == last else '-'}{prefix}{clean(line)}\r\n"
                for i, line in enumerate(self.lines)]
         return "".join(out).encode("utf-8", "replace")
 

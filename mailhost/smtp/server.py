@@ -14,6 +14,20 @@ at a time; a command whose answer is asynchronous (AUTH, end of DATA) makes the
 protocol *busy*, and nothing after it is read until its reply has been written, so
 replies always leave in command order. While DATA streams, input goes in whole TCP
 chunks to ``DataReader`` and on into the store and queue writers.
+
+How slow clients are kept from holding a connection slot for ever (with the
+eviction of idle sessions in ``mailhost.limits``): ``smtp.command_timeout`` is a
+deadline for a whole command line, restarted only when a line is complete or a reply
+to an asynchronous command went out, so trickled bytes buy nothing;
+``smtp.pre_mail_timeout`` bounds the time from connect to the first MAIL FROM; and
+DATA/BDAT run on a time budget that the upload refills at ``smtp.min_data_rate``
+(Postfix's ``smtpd_min_data_rate`` with per-request deadlines).
+
+How a directory harvest is slowed and cut (Postfix's ``smtpd_soft_error_limit``,
+``smtpd_error_sleep_time`` and ``smtpd_hard_error_limit``): every 4xx/5xx reply
+counts as an error until a message is delivered; from the soft limit on each error
+reply is held back a growing while, and past the hard limit the session ends with
+``421 4.7.0``.
 """
 
 from __future__ import annotations
@@ -22,14 +36,16 @@ import base64
 import binascii
 from typing import Any
 
-from twisted.internet import defer, interfaces
+from twisted.internet import defer, interfaces, task
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailhost.auth.login import LoginFailed
 from mailhost.auth.sasl import SASLError, decode_plain
+from mailhost.limits import IEvictable
 from mailhost.outbound.hops import HopCounter
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.smtp.data import ChunkReader, DataReader
@@ -50,12 +66,22 @@ MAX_COMMAND_LINE = 2048
 MAX_PIPELINE_BUFFER = 64 * 1024
 #: Reply codes that count against the junk-command limit.
 _JUNK_CODES = frozenset({500, 501, 502, 503, 504, 555})
+#: Longest stretch of one error reply's delay (seconds).
+MAX_ERROR_SLEEP = 10.0
 
 _OK = Reply(250, "2.0.0", "Ok")
 
 
+class _LineTooLong(Exception):
+    """An overlong line arrived where an AUTH exchange waited for its response."""
+
+
+@implementer(IEvictable)
 class SMTPServer(Protocol, TimeoutMixin):
-    """One ESMTP session. Built by ``SMTPFactory``."""
+    """One ESMTP session. Built by ``SMTPFactory``.
+
+    Implements: IEvictable (idle until its first MAIL, not authenticated).
+    """
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -78,6 +104,13 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._chunk: tuple[bool, Reply | None] | None = None
         self._hops: HopCounter | None = None
         self._bdat_total = 0  # octets of the BDAT message so far
+        self._errors = 0  # error replies since the last delivered message
+        self._sleeping = False  # an error reply is being held back (_answer)
+        self._mailed = False  # a MAIL FROM was accepted once: no pre-MAIL deadline
+        self._pre_mail_call: Any = None
+        self._progress = 0.0  # reactor time of the last complete command line
+        self._data_budget = 0.0  # seconds left for DATA/BDAT (see _charge_data)
+        self._data_stamp = 0.0
 
     # -- timers -------------------------------------------------------------------
 
@@ -86,9 +119,47 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def timeoutConnection(self) -> None:  # noqa: N802 (TimeoutMixin hook)
         what = "data" if self._reader is not None else "command"
+        self._timed_out(what)
+
+    def _timed_out(self, what: str) -> None:
         self._send(Reply(421, "4.4.2", f"{self.config.server.hostname} Error: timeout exceeded "
                                        f"waiting for {what}"))
         self._abandon("timeout")
+        self._close()
+
+    def _pre_mail_deadline(self) -> None:
+        """``smtp.pre_mail_timeout`` passed without a MAIL FROM. An AUTH still being
+        checked is our delay, not the client's: look again once it is answered."""
+        self._pre_mail_call = None
+        if self._closing or self._mailed:
+            return
+        if self._busy:
+            self._pre_mail_call = self.factory.reactor.callLater(1.0, self._pre_mail_deadline)
+            return
+        self._timed_out("MAIL")
+
+    def _cancel_pre_mail(self) -> None:
+        if self._pre_mail_call is not None and self._pre_mail_call.active():
+            self._pre_mail_call.cancel()
+        self._pre_mail_call = None
+
+    # -- eviction under pressure (mailhost.limits) ---------------------------------
+
+    def idle_since(self) -> float | None:
+        """See IEvictable: idle before the first MAIL FROM, not authenticated, no
+        command running."""
+        if (self._closing or self._mailed or (self._busy and not self._sleeping)
+                or self._reader is not None or self.session is None
+                or self.session.user is not None):
+            return None  # (a held-back error reply does not protect a session)
+        return self._progress
+
+    def evict(self, line: bytes) -> None:
+        """See IEvictable."""
+        if self._closing:
+            return
+        self.transport.write(line)
+        self._abandon("evicted")
         self._close()
 
     # -- connection ---------------------------------------------------------------
@@ -105,12 +176,17 @@ class SMTPServer(Protocol, TimeoutMixin):
             return
         self._registered = True
         send_at_once(self.transport)
+        self._progress = self.factory.reactor.seconds()
         self.setTimeout(self.limits.command_timeout)
+        if self.limits.pre_mail_timeout > 0:
+            self._pre_mail_call = self.factory.reactor.callLater(
+                self.limits.pre_mail_timeout, self._pre_mail_deadline)
         self._send(Reply(220, "", f"{self.config.server.hostname} ESMTP mailhost"))
 
     def connectionLost(self, reason=None) -> None:  # noqa: N802
         self._closing = True
         self.setTimeout(None)
+        self._cancel_pre_mail()
         if self._registered:
             self._registered = False
             self.factory.release(self)
@@ -119,6 +195,7 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _close(self) -> None:
         self._closing = True
         self.setTimeout(None)
+        self._cancel_pre_mail()
         self.transport.loseConnection()
 
     def _abandon(self, why: str) -> None:
@@ -143,12 +220,35 @@ class SMTPServer(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._closing:
             return
-        self.resetTimeout()
+        # Only DATA/BDAT bytes move a deadline (by the minimum rate); in command mode
+        # the deadline is for the whole line, restarted when a line is complete.
+        if self._reader is not None:
+            self._charge_data(len(data))
         if self._reader is not None and not self._buffer:
             self._feed_data(data)
         else:
             self._buffer += data
         self._process()
+
+    def _start_data_budget(self) -> None:
+        """DATA or BDAT begins: a full budget of ``smtp.data_timeout`` seconds."""
+        self._data_budget = self.limits.data_timeout
+        self._data_stamp = self.factory.reactor.seconds()
+        self.setTimeout(self.limits.data_timeout)
+
+    def _charge_data(self, n: int) -> None:
+        """Spend the time since the last read, earn ``n / min_data_rate`` seconds,
+        never more than ``data_timeout`` in hand: a client that uploads at the minimum
+        rate never runs out, one that trickles does, however often it sends a byte."""
+        now = self.factory.reactor.seconds()
+        rate = self.limits.min_data_rate
+        if rate <= 0:
+            budget = self.limits.data_timeout
+        else:
+            budget = min(self.limits.data_timeout,
+                         self._data_budget - (now - self._data_stamp) + n / rate)
+        self._data_budget, self._data_stamp = budget, now
+        self.setTimeout(max(budget, 0.0))
 
     def _feed_data(self, data: bytes) -> None:
         rest = self._reader.feed(data)
@@ -166,7 +266,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._processing = True
         try:
             while self._buffer and not self._closing and (
-                    not self._busy or self._line_handler is not self._command):
+                    not self._busy or self._line_handler != self._command):
                 # (an AUTH exchange is busy but still reads its continuation lines)
                 if self._reader is not None:
                     data = bytes(self._buffer)
@@ -183,9 +283,16 @@ class SMTPServer(Protocol, TimeoutMixin):
                 del self._buffer[: nl + 1]
                 if line.endswith(b"\r"):
                     line = line[:-1]
+                self._progress = self.factory.reactor.seconds()
+                self.resetTimeout()
                 if self._discarding_line or len(line) > MAX_COMMAND_LINE:
                     self._discarding_line = False
-                    self._send(Reply(500, "5.5.2", "Error: line too long"))
+                    if self._line_handler != self._command:
+                        # Inside an AUTH exchange: the overlong line ends it, and its
+                        # reply is the AUTH's (the next line is a command again).
+                        self._line_handler(_LineTooLong())
+                    else:
+                        self._send(Reply(500, "5.5.2", "Error: line too long"))
                     continue
                 result = self._line_handler(line)
                 if isinstance(result, defer.Deferred):
@@ -201,6 +308,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         if isinstance(result, Failure):
             log.failure("unexpected error in SMTP session", result)
         self._busy = False
+        if not self._closing and self._reader is None:
+            self.resetTimeout()  # the deadline for the next line starts now
         if self._paused and not self._closing:
             self._paused = False
             self.transport.resumeProducing()
@@ -211,12 +320,46 @@ class SMTPServer(Protocol, TimeoutMixin):
         if reply.code in _JUNK_CODES:
             self._junk += 1
             if self._junk > self.limits.max_junk_commands:
-                reply = Reply(421, "4.7.0", f"{self.config.server.hostname} Error: too many errors")
-                self.transport.write(reply.to_bytes())
-                self._abandon("too many errors")
-                self._close()
+                self._too_many_errors()
+                return
+        if reply.code >= 400 and reply.code != 421:
+            self._errors += 1
+            if self._errors > self.limits.hard_error_limit:
+                self._too_many_errors()
                 return
         self.transport.write(reply.to_bytes())
+
+    def _too_many_errors(self) -> None:
+        reply = Reply(421, "4.7.0", f"{self.config.server.hostname} Error: too many errors")
+        self.transport.write(reply.to_bytes())
+        self._abandon("too many errors")
+        self._close()
+
+    def _error_delay(self, reply: Reply) -> float:
+        """Seconds to hold back ``reply``: 0 unless it is an error at or past the soft
+        limit; then ``error_sleep_time`` times the errors over it, bounded."""
+        if reply.code < 400 or reply.code == 421:
+            return 0.0
+        over = self._errors + 1 - self.limits.soft_error_limit
+        if over <= 0 or self.limits.error_sleep_time <= 0:
+            return 0.0
+        return min(MAX_ERROR_SLEEP, over * self.limits.error_sleep_time)
+
+    def _answer(self, reply: Reply) -> defer.Deferred | None:
+        """Send a command's reply; an error past the soft limit goes out late, and the
+        session reads nothing more meanwhile (the Deferred makes it busy)."""
+        delay = self._error_delay(reply)
+        if not delay:
+            self._send(reply)
+            return None
+
+        def send() -> None:
+            self._sleeping = False
+            if not self._closing:
+                self._send(reply)
+
+        self._sleeping = True
+        return task.deferLater(self.factory.reactor, delay, send)
 
     # -- command dispatch ---------------------------------------------------------
 
@@ -224,21 +367,17 @@ class SMTPServer(Protocol, TimeoutMixin):
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            self._send(Reply(500, "5.5.2", "Error: bad UTF-8 syntax"))
-            return None
+            return self._answer(Reply(500, "5.5.2", "Error: bad UTF-8 syntax"))
         verb, _, arg = text.partition(" ")
         handler = getattr(self, "smtp_" + verb.upper(), None) if verb.isalpha() else None
         if handler is None:
-            self._send(Reply(500, "5.5.1", "Error: command not recognized"))
-            return None
+            return self._answer(Reply(500, "5.5.1", "Error: command not recognized"))
         try:
             result = handler(arg.strip(" "))
         except Reply as reply:
-            self._send(reply)
-            return None
+            return self._answer(reply)
         if isinstance(result, Reply):
-            self._send(result)
-            return None
+            return self._answer(result)
         return result
 
     def smtp_HELO(self, arg: str) -> Reply:  # noqa: N802
@@ -337,9 +476,12 @@ class SMTPServer(Protocol, TimeoutMixin):
         d = defer.Deferred()
         self.transport.write(b"334 " + base64.b64encode(text) + b"\r\n")
 
-        def on_line(line: bytes) -> None:
+        def on_line(line: bytes | _LineTooLong) -> None:
             self._line_handler = self._command
-            d.callback(line)
+            if isinstance(line, _LineTooLong):
+                d.errback(Reply(500, "5.5.2", "Error: line too long; authentication aborted"))
+            else:
+                d.callback(line)
 
         self._line_handler = on_line
         if not self._processing and self._buffer:
@@ -442,6 +584,8 @@ class SMTPServer(Protocol, TimeoutMixin):
                      not in {a.lower() for a in self.factory.directory.addresses_for(session.user)})):
             return Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not owned by user")
         session.transaction = Transaction(id=new_transaction_id(), sender=sender, params=params)
+        self._mailed = True
+        self._cancel_pre_mail()
         return Reply(250, "2.1.0", "Ok")
 
     def smtp_RCPT(self, arg: str) -> Reply:  # noqa: N802
@@ -452,22 +596,22 @@ class SMTPServer(Protocol, TimeoutMixin):
             return Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
         if len(txn.accepted) >= self.limits.max_recipients:
             reply = Reply(452, "4.5.3", "Error: Too many recipients")
-            txn.results.append((arg[3:].strip()[:200], reply.code))
+            txn.record(arg[3:].strip(), reply.code)
             return reply
         try:
             rcpt, params = parse_rcpt_arg(arg[3:], utf8=txn.params.smtputf8)
         except Reply as reply:
             if reply.code == 553 and reply.status == "5.1.3":
                 reply = Reply(501, "5.1.3", "Bad recipient address syntax")
-            txn.results.append((arg[3:].strip()[:200], reply.code))
+            txn.record(arg[3:].strip(), reply.code)
             raise reply from None
         try:
             decision: Decision = self.factory.policy.decide(
                 rcpt, params, self.session.client_ip, self.session.user)
         except Reply as reply:
-            txn.results.append((str(rcpt), reply.code))
+            txn.record(str(rcpt), reply.code)
             raise
-        txn.results.append((str(rcpt), decision.reply.code))
+        txn.record(str(rcpt), decision.reply.code)
         txn.accepted.append(str(rcpt))
         for mailbox in decision.mailboxes:
             txn.mailboxes[mailbox] = None
@@ -494,7 +638,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             return error
         self._reader = DataReader(self._data_chunk, self.limits.max_message_size,
                                   self.limits.max_line_length)
-        self.setTimeout(self.limits.data_timeout)
+        self._start_data_budget()
         return Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 
     def _start_delivery(self, txn: Transaction) -> Reply | None:
@@ -538,7 +682,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._chunk = (last, error)
         self._reader = ChunkReader(self._data_chunk if error is None else None, length,
                                    self.limits.max_message_size, offset)
-        self.setTimeout(self.limits.data_timeout)
+        self._start_data_budget()
         if length == 0:
             self._feed_data(b"")
         return None
@@ -599,6 +743,8 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def _answer_data(self, txn: Transaction, size: int, reply: Reply) -> None:
         self._committing = False
+        if reply.code == 250:
+            self._errors = 0  # the error limits count errors without a delivery
         self._log_transaction(txn, size, reply.to_bytes().decode("utf-8", "replace").strip())
         self.session.reset_transaction()
         if not self._closing:
@@ -610,9 +756,10 @@ class SMTPServer(Protocol, TimeoutMixin):
             return
         log.info(
             "smtp {tid} client={client} helo={helo} from=<{sender}> rcpts={recipients} "
-            "size={size} result={outcome}",
+            "rcpt_count={rcpt_count} size={size} result={outcome}",
             event="smtp.transaction", tid=txn.id, client=self.session.client_ip,
             helo=self.session.helo, sender=str(txn.sender), recipients=list(txn.results),
+            rcpt_count=txn.rcpt_count,
             size=size, outcome=outcome, user=self.session.user,
             submission=self.factory.submission,
         )

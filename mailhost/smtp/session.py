@@ -39,9 +39,20 @@ class Transaction:
     mailboxes: dict[str, None] = field(default_factory=dict)
     # Remote recipients for the outbound queue, keyed by canonical address (dedupe).
     remote: dict[str, QueueRecipient] = field(default_factory=dict)
-    # Every RCPT as given, with the reply code it got (for the transaction log).
+    # The first RCPTs as given (MAX_RESULTS), with the reply code each got, for the
+    # transaction log; rcpt_count counts them all. A harvest of 10,000 RCPTs must not
+    # make a 357 KB log line (or hold 10,000 strings).
     results: list[tuple[str, int]] = field(default_factory=list)
+    rcpt_count: int = 0
     accepted: list[str] = field(default_factory=list)
+
+    MAX_RESULTS = 50
+
+    def record(self, address: str, code: int) -> None:
+        """Note one RCPT and its reply code."""
+        self.rcpt_count += 1
+        if len(self.results) < self.MAX_RESULTS:
+            self.results.append((address[:200], code))
 
     @property
     def has_recipients(self) -> bool:

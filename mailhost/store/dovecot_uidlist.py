@@ -26,6 +26,17 @@ How Dovecot changes the file, and so how we do, always under ``dovecot-uidlist.l
   from coming back). A file without a G header is recreated by Dovecot on sight, so
   ours always have one.
 
+Noticing a new inode is only sound while the old one cannot come back: on ext4 two
+tmp + rename replacements in a row hand the first file's inode number to the third
+once nobody holds the first open, and a reader comparing numbers alone then takes the
+new file for the old one (same size: "unchanged"; larger: it reads from its old offset
+into the middle of the new file) and misses records. So, as Dovecot does (it keeps
+the uidlist fd and compares the path's inode with the open fd's), ``UidList`` keeps
+the file it last read open, also the one its own recreate wrote, and reads through
+that fd: while we hold it, no other file can have its inode number. Belt and braces,
+a file that shrank or whose header line changed under the same inode is read whole.
+``close`` lets go of it (the folder was deleted, or the store closed).
+
 A torn last line (a crash mid-append) is not read; the next writer recreates the file
 instead of appending after it (an append would glue its record to the fragment).
 Everything here blocks: worker threads only.
@@ -152,12 +163,33 @@ def new_uid_validity() -> int:
         return _last_validity
 
 
+class _Pin:
+    """The open fd of the uidlist file a UidList mirrors, and that file's (inode,
+    device): while it is open, no other file can take that inode number (see the
+    module docstring). Closed by ``close`` or, for a UidList that was dropped without
+    one, when collected."""
+
+    __slots__ = ("fd", "ident")
+
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd = fd
+        self.ident = (st.st_ino, st.st_dev)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    __del__ = close
+
+
 class UidList:
     """The thread-side mirror of one folder's dovecot-uidlist.
 
     Holds what was read (base -> UID, the extension fields of records that have some,
-    the header) and where reading stopped, so ``refresh`` reads only what was appended
-    while the inode stays the same. ``handed`` is the highest UID given to the folder's
+    the header), the file it was read from (kept open: ``_Pin``) and where reading
+    stopped, so ``refresh`` reads only what was appended while the path still names
+    that file. ``handed`` is the highest UID given to the folder's
     index: a record found at or below it for a file the index does not have (a file
     that reappeared, or one we saw too late) gets a new UID instead, as Dovecot does
     ("Expunged message reappeared, giving a new UID"), so a session never sees a UID
@@ -174,7 +206,8 @@ class UidList:
         self.ext: dict[int, str] = {}
         self.max_uid = 0
         self.handed = 0
-        self._ident: tuple[int, int] | None = None
+        self._pin: _Pin | None = None  # the file we read, held open
+        self._head = b""  # its header line as read (with the newline)
         self._offset = 0
         self.torn = False  # the file ends in an unterminated line
         self.dirty = False  # the file needs a recreate (old version, no GUID, disorder)
@@ -184,7 +217,7 @@ class UidList:
 
     @property
     def exists(self) -> bool:
-        return self._ident is not None
+        return self._pin is not None
 
     @property
     def validity(self) -> int:
@@ -201,44 +234,71 @@ class UidList:
         self.by_base = {}
         self.ext = {}
         self.max_uid = 0
-        self._ident = None
+        self._head = b""
         self._offset = 0
         self.torn = False
         self.dirty = False
+
+    def _repin(self, fd: int, st: os.stat_result) -> _Pin:
+        """Hold ``fd`` (the file now at the path) instead of the file read before."""
+        self._unpin()
+        self._pin = pin = _Pin(fd, st)
+        return pin
+
+    def _unpin(self) -> None:
+        pin, self._pin = self._pin, None
+        if pin is not None:
+            pin.close()
+
+    def close(self) -> None:
+        """Let go of the file (the folder is forgotten). The mirror stays; the next
+        ``refresh``, if any, reads the file whole again."""
+        self._unpin()
+        self._offset = 0
 
     def refresh(self) -> bool:
         """Read what changed since the last read: the appended records, or everything
         if the file was replaced. False if the file does not exist (the mirror keeps
         what it had, for a recreate)."""
         try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self.close()
+            return False
+        pin = self._pin
+        if pin is not None and (st.st_ino, st.st_dev) == pin.ident:
+            # The very file we hold open (nothing else can have its inode now).
+            if st.st_size == self._offset:
+                return True  # unchanged (the common case: one stat)
+            if st.st_size > self._offset and self._head_unchanged(pin.fd):
+                self._ingest(_read_from(pin.fd, self._offset), self._offset)
+            else:  # shrank, or its header was rewritten in place: no Dovecot does so
+                self._read_all(pin.fd)
+            return True
+        try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            self._ident = None
-            self._offset = 0
+            self.close()
             return False
         try:
             st = os.fstat(fd)
-            ident = (st.st_ino, st.st_dev)
-            if ident == self._ident and st.st_size == self._offset:
-                return True  # unchanged (the common case: one fstat)
-            if ident != self._ident or st.st_size < self._offset:
-                self._read_all(fd, ident)
-            else:
-                os.lseek(fd, self._offset, os.SEEK_SET)
-                self._ingest(_read_to_end(fd), self._offset)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._read_all(self._repin(fd, st).fd)
         return True
 
-    def _read_all(self, fd: int, ident: tuple[int, int]) -> None:
+    def _head_unchanged(self, fd: int) -> bool:
+        return os.pread(fd, len(self._head), 0) == self._head
+
+    def _read_all(self, fd: int) -> None:
         old = self.header
         handed = self.handed
         self._reset()
         self.handed = handed
-        data = _read_to_end(fd)
+        data = _read_from(fd, 0)
         nl = data.find(b"\n")
         header = parse_header(data[:nl].decode("ascii", "replace")) if nl >= 0 else None
-        self._ident = ident
         if header is None:
             # Empty, torn or unreadable header: nothing to trust. A writer recreates it
             # (keeping what our previous read knew: UIDs must not go backwards).
@@ -247,6 +307,7 @@ class UidList:
             self._offset = len(data)
             return
         self.header = header
+        self._head = data[:nl + 1]
         if header.version != 3 or not header.guid:
             self.dirty = True
         self._ingest(data[nl + 1:], nl + 1)
@@ -316,7 +377,8 @@ class UidList:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
             st = os.fstat(fd)
-            if (st.st_ino, st.st_dev) != self._ident or st.st_size != self._offset:
+            pin = self._pin
+            if pin is None or (st.st_ino, st.st_dev) != pin.ident or st.st_size != self._offset:
                 raise RuntimeError(f"{self.path} changed under its lock")
             _write_all(fd, data)
         finally:
@@ -352,28 +414,33 @@ class UidList:
             os.unlink(tmp)  # a crashed writer's leftover: ours gets our mode
         except FileNotFoundError:
             pass
-        fd = self.modes.open_new(tmp)
+        # Readable: the new file is the one we hold (and read appends from) from now on.
+        fd = self.modes.open_new(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         try:
             _write_all(fd, data)
             if fsync:
                 os.fsync(fd)
             st = os.fstat(fd)
-        finally:
+            os.rename(tmp, self.path)
+        except BaseException:
             os.close(fd)
-        os.rename(tmp, self.path)
-        self._ident = (st.st_ino, st.st_dev)
+            raise
+        self._repin(fd, st)
+        self._head = data[:data.index(b"\n") + 1]
         self._offset = len(data)
         self.torn = self.dirty = False
         return len(dropped)
 
 
-def _read_to_end(fd: int) -> bytes:
+def _read_from(fd: int, offset: int) -> bytes:
+    """Everything from ``offset`` to the end (pread: the fd's position is not used)."""
     chunks = []
     while True:
-        chunk = os.read(fd, 1 << 20)
+        chunk = os.pread(fd, 1 << 20, offset)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        offset += len(chunk)
 
 
 def _write_all(fd: int, data: bytes) -> None:

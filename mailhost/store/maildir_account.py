@@ -56,6 +56,7 @@ class MaildirAccount:
         try:
             await folder._load()
         except BaseException as e:
+            await folder._close_uids()  # dropped: let go of the uidlist it may hold open
             err = NoSuchFolder(canon) if isinstance(e, NoSuchFolder) else e
             for d in self._opening.pop(canon):
                 d.errback(err)
@@ -135,7 +136,7 @@ class MaildirAccount:
                 raise
             if folder is not None:
                 self._folders.pop(canon, None)
-                folder._forget()
+                await folder._forget()
         finally:
             if folder is not None:
                 folder._lock.release()

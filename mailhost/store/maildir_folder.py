@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from mailhost.store import maildir_cache
 from mailhost.store.crlf import CRLFReader
+from mailhost.store.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
     IFolder,
@@ -53,7 +54,7 @@ from mailhost.store.maildir_index import (
     load_folder,
     name_time,
 )
-from mailhost.store.maildir_io import KeywordFile, rename_all, transfer_files, unlink_all
+from mailhost.store.maildir_io import rename_all, transfer_files, unlink_all
 from mailhost.store.maildir_names import Keywords, filename, info_letters, make_info, unique_base
 from mailhost.store.maildir_uids import FolderUids
 from mailhost.store.maildir_watch import APPEARED, COALESCE_DELAY
@@ -91,8 +92,9 @@ class MaildirFolder:
         self._index = FolderIndex(self._keywords)
         self._uids = FolderUids(path, store.modes, store.fsync)
         self._watching: str | None = None  # "inotify" or "poll" while listened to
+        self._kwfile = KeywordFile(path, store.modes, store.fsync, self._uids.dotlock)
+        self._kw_generation = 0  # of the KeywordFile map self._keywords follows
         self._path = path
-        self._kwfile = KeywordFile(self._keywords, store.modes)
         self._listeners = ListenerSet()
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
@@ -129,6 +131,7 @@ class MaildirFolder:
         # Folder renames move the directory; the index reads dates from it.
         self._dir = self._index.path = path
         self._uids.set_path(path)
+        self._kwfile.set_path(path)
         if self._watching is not None:  # watch the new place
             self._unwatch()
             self._watch_if_listened()
@@ -141,20 +144,23 @@ class MaildirFolder:
 
     async def _load(self) -> None:
         path, fsync, modes, uids = self._path, self._store.fsync, self._store.modes, self._uids
+        kwfile = self._kwfile
 
         def load():
             # Dir times from before the listing: a later change moves them, so the
             # first rescan (SELECT, STATUS) can skip its listing when nothing changed.
-            return dir_stamp(path), load_folder(path, fsync, modes, True, uids)
+            stamp = dir_stamp(path)
+            generation, by_index = kwfile.current()
+            return stamp, generation, load_folder(path, fsync, modes, True, uids,
+                                                  Keywords(by_index))
 
-        stamp, loaded = await self._store._in_thread(load)
+        stamp, self._kw_generation, loaded = await self._store._in_thread(load)
         self._stamp = stamp
         self.uid_validity = loaded.validity
         self.uid_next = loaded.uid_next
         self._index = loaded.index
         self._index.path = self._path
         self._keywords = loaded.index.keywords
-        self._kwfile = KeywordFile(self._keywords, self._store.modes)
         self._stale = loaded.stale
         cache, cache_lines = await self._store._in_thread(
             maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
@@ -311,12 +317,39 @@ class MaildirFolder:
             self._stale += 1
 
     def _letters(self, flags: frozenset[str], extra: str = "") -> str:
-        """Maildir letters for flags, assigning new keyword letters (file written by the
-        thread that first uses them)."""
-        if self._keywords.assign(f for f in flags if not f.startswith("\\")):
-            self._kwfile.changed()
-            self._index.keywords_changed()
+        """Maildir letters for flags; their keywords must have letters already
+        (``_learn_keywords``)."""
         return self._keywords.letters_of(flags, extra)
+
+    async def _learn_keywords(self, flags: Iterable[str]) -> None:
+        """Make sure every keyword among ``flags`` has a letter in dovecot-keywords
+        before a file name uses it. A keyword we know costs nothing (as in Dovecot, a
+        letter once in the file keeps its keyword); for a new one a worker thread
+        re-reads the file if it changed and gives out letters under the uidlist lock,
+        never one the file or a file name already uses (see dovecot_keywords)."""
+        names = [f for f in flags if not f.startswith("\\")]
+        if all(self._keywords.index_of(n) is not None for n in names):
+            return
+        got = await self._store._in_thread(self._kwfile.learn, names,
+                                           self._index.unmapped_letters())
+        self._apply_keywords(got)
+
+    def _apply_keywords(self, got: KeywordMap | None) -> None:
+        """Follow the map a worker thread read or wrote (older results are dropped):
+        states get the flags their letters mean now, and listeners hear of messages
+        whose flags changed with it (letters Dovecot gave out that we now know)."""
+        if got is None or got[0] <= self._kw_generation:
+            return
+        self._kw_generation, by_index = got
+        if by_index == self._keywords.by_index:
+            return
+        self._keywords.replace(by_index)
+        index = self._index
+        moved = index.remap_keywords()
+        if moved and not self._gone:
+            self._listeners.changed(self, [index.info_at(i)
+                                           for i, sid in enumerate(index.states)
+                                           if sid in moved])
 
     # -- UID hand-over -------------------------------------------------------------------
 
@@ -550,16 +583,20 @@ class MaildirFolder:
         """Compare the directories with the index (the listing is skipped when their
         times say nothing changed, unless ``force``) and apply what others changed."""
         index = self._index
-        path, uids = self._path, self._uids
+        path, uids, kwfile = self._path, self._uids, self._kwfile
         last = None if force else self._stamp
 
         def work(snapshot, last_stamp):
             # UIDNEXT moves when another program gives out UIDs, even for mail it
-            # expunged before we listed it.
-            return diff_folder(path, snapshot, last_stamp), uids.next_uid_nowait()
+            # expunged before we listed it; dovecot-keywords when it gives out letters
+            # (read before the listing, so names using them are understood).
+            keywords = kwfile.current(wait=False)
+            return (keywords, diff_folder(path, snapshot, last_stamp),
+                    uids.next_uid_nowait())
 
-        (stamp, renamed, gone, foreign), next_uid = await self._store._in_thread(
+        keywords, (stamp, renamed, gone, foreign), next_uid = await self._store._in_thread(
             work, index.snapshot(), last)
+        self._apply_keywords(keywords)
         self.uid_next = max(self.uid_next, next_uid)
         if stamp is None or stamp != last:
             self.listings += 1
@@ -646,6 +683,8 @@ class MaildirFolder:
                               result: dict[int, MessageInfo]) -> list[int]:
         """Rename the files of ``uids`` (ascending) to carry the new flags, filling in
         ``result``; returns the UIDs whose file was not under its indexed name."""
+        if mode != "remove":
+            await self._learn_keywords(wanted)
         index = self._index
         renames, updates = [], []
         new_part_memo: dict[tuple[str | None, frozenset[str], bool], str | None] = {}
@@ -764,6 +803,12 @@ class MaildirFolder:
         """One pass of COPY/MOVE: ([(uid, dest uid)], UIDs whose file was not under
         its indexed name)."""
         index = self._index
+        needed: set[str] = set()
+        for uid in set(uids):
+            i = index.pos(uid)
+            if i >= 0:
+                needed.update(index.state_at(i).flags)
+        await dest._learn_keywords(needed)
         plan = []
         for uid in sorted(set(uids)):
             i = index.pos(uid)
@@ -973,10 +1018,20 @@ class MaildirFolder:
             maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache,
                                   self._store.modes)
 
-    def _forget(self) -> None:
-        """The folder was deleted: tell listeners everything is gone."""
+    def _close_uids(self) -> defer.Deferred:
+        """Close the dovecot-uidlist fd the folder holds (see dovecot_uidlist), in a
+        thread: it waits for the folder's thread mutex."""
+        d = self._store._in_thread(self._uids.close)
+        d.addErrback(lambda f: self.log.failure("closing {path}'s uidlist failed", f,
+                                                path=self._path))
+        return d
+
+    def _forget(self) -> defer.Deferred:
+        """The folder was deleted: tell listeners everything is gone. The Deferred
+        fires once its uidlist fd is closed."""
         uids = list(self._index.uids)
         self._gone = True
+        closed = self._close_uids()
         self._stop_fill()
         if self._cache_call is not None and self._cache_call.active():
             self._cache_call.cancel()
@@ -993,3 +1048,4 @@ class MaildirFolder:
             self._number_call = None
             self._numbering = False
         self._listeners.expunged(self, uids)
+        return closed

@@ -210,9 +210,23 @@ class FolderIndex:
             self._state_ids[(part, recent)] = sid
         return sid
 
-    def keywords_changed(self) -> None:
-        """New keyword letters were assigned: states made from now on map them."""
-        self._state_ids = {}
+    def remap_keywords(self) -> set[int]:
+        """The keyword map changed (letters given out, or learnt from a changed
+        dovecot-keywords): give every state the flags its letters mean now. Returns
+        the state ids whose flags changed (their messages' FLAGS did)."""
+        changed = set()
+        for sid, st in enumerate(self.table):
+            flags, extra = self.keywords.flags_of(info_letters(st.part))
+            if flags != st.flags or extra != st.extra:
+                self.table[sid] = State(st.part, st.recent, flags, extra)
+                if flags != st.flags:
+                    changed.add(sid)
+        return changed
+
+    def unmapped_letters(self) -> set[str]:
+        """Keyword letters in file names that no keyword maps (kept verbatim): a new
+        keyword should not get one of these while another letter is free."""
+        return {ch for st in self.table for ch in st.extra if "a" <= ch <= "z"}
 
     # -- lookups -------------------------------------------------------------------
 
@@ -490,10 +504,11 @@ def _start_uidlist(path: str, uids: FolderUids, names: Iterable[str],
 
 
 def load_folder(path: str, fsync: bool, modes: FileModes = PRIVATE, adopt: bool = True,
-                uids: FolderUids | None = None) -> Loaded:
-    """Read dovecot-uidlist and keywords, list new/ and cur/, build the index; with
-    ``adopt``, give files no record names their UIDs too (in Dovecot's name order, one
-    append under the lock), else return them as ``foreign``.
+                uids: FolderUids | None = None, keywords: Keywords | None = None,
+                ) -> Loaded:
+    """Read dovecot-uidlist and keywords (unless given), list new/ and cur/, build the
+    index; with ``adopt``, give files no record names their UIDs too (in Dovecot's name
+    order, one append under the lock), else return them as ``foreign``.
 
     One bulk parse of the uidlist and no stat: sizes come from ``,S=``/``,W=`` in the
     names (or mailhost-uidcache, or one read of a file whose name has none), dates
@@ -502,7 +517,8 @@ def load_folder(path: str, fsync: bool, modes: FileModes = PRIVATE, adopt: bool 
     if uids is None:
         uids = FolderUids(path, modes, fsync)
     cur, new = list_names(path)
-    keywords = _read_keywords(path)
+    if keywords is None:
+        keywords = _read_keywords(path)
     ul = uids.uidlist
     with uids.mutex:
         migrated: dict[int, tuple[float, int, bool]] | None = None

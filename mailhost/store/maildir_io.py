@@ -15,7 +15,6 @@ from twisted.logger import Logger
 from mailhost.store import mutf7
 from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
-from mailhost.store.maildir_names import KEYWORDS_FILE, Keywords
 from mailhost.store.modes import FileModes
 from mailhost.store.names import INBOX, InvalidFolderName, canonical_folder
 
@@ -38,31 +37,6 @@ def make_maildir(path: str, folder: bool, modes: FileModes) -> None:
 
 def write_atomic(path: str, text: str, fsync: bool, modes: FileModes) -> None:
     modes.write_atomic(path, text.encode("utf-8"), fsync)
-
-
-class KeywordFile:
-    """Writes a folder's dovecot-keywords, never an older map over a newer one.
-
-    The reactor thread assigns letters and calls ``changed()``; writer threads call
-    ``write_if_needed`` before creating any file name that uses a new letter.
-    """
-
-    def __init__(self, keywords: Keywords, modes: FileModes) -> None:
-        self.keywords = keywords
-        self.modes = modes
-        self.snapshot = (keywords.version, keywords.serialize())
-        self.written = keywords.version
-
-    def changed(self) -> None:
-        self.snapshot = (self.keywords.version, self.keywords.serialize())
-
-    def write_if_needed(self, folder_path: str, lock: threading.Lock, fsync: bool) -> None:
-        with lock:
-            version, text = self.snapshot
-            if version > self.written:
-                write_atomic(os.path.join(folder_path, KEYWORDS_FILE), text, fsync,
-                             self.modes)
-                self.written = version
 
 
 def copy_durable(src: str, dest: str, fsync: bool, modes: FileModes) -> None:

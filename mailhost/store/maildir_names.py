@@ -88,38 +88,67 @@ def info_letters(info: str | None) -> str:
 
 
 class Keywords:
-    """A folder's keyword <-> letter map, in Dovecot's ``dovecot-keywords`` format."""
+    """A folder's keyword <-> letter map, in Dovecot's ``dovecot-keywords`` format.
+
+    Names match case-insensitively (Dovecot's hash uses strcasecmp); each keeps the
+    spelling the file gives it."""
 
     def __init__(self, by_index: dict[int, str] | None = None) -> None:
-        self.by_index: dict[int, str] = dict(by_index or {})
+        self.replace(by_index or {})
+
+    def replace(self, by_index: dict[int, str]) -> None:
+        """Take a map read from the file (the reactor's copy follows the file's)."""
+        self.by_index: dict[int, str] = dict(by_index)
         self.by_name: dict[str, int] = {v: k for k, v in self.by_index.items()}
-        self.version = 0
+        self._by_lower: dict[str, int] = {}
+        for i in sorted(self.by_index):
+            self._by_lower.setdefault(self.by_index[i].lower(), i)
 
     @classmethod
     def parse(cls, text: str) -> Keywords:
-        by_index = {}
+        """Read the file as Dovecot does: lines ``<index> <name>``, index below 26; a
+        line without a space, a bad index or a name already listed is skipped."""
+        by_index: dict[int, str] = {}
+        seen: set[str] = set()
         for line in text.splitlines():
             idx, _, name = line.partition(" ")
-            if idx.isdigit() and name and int(idx) < len(KEYWORD_LETTERS):
-                by_index[int(idx)] = name
+            if not (idx.isdecimal() and name and int(idx) < len(KEYWORD_LETTERS)):
+                continue
+            if name.lower() in seen:
+                continue
+            seen.add(name.lower())
+            by_index[int(idx)] = name
         return cls(by_index)
 
     def serialize(self) -> str:
         return "".join(f"{i} {n}\n" for i, n in sorted(self.by_index.items()))
 
-    def assign(self, keywords: Iterable[str]) -> bool:
-        """Give every keyword a letter; True if the map changed (the file must be written)."""
-        changed = False
-        for kw in sorted(set(keywords) - self.by_name.keys()):
-            free = next((i for i in range(len(KEYWORD_LETTERS)) if i not in self.by_index), None)
-            if free is None:
-                raise StoreError("too many keywords in this folder (Maildir allows 26)")
-            self.by_index[free] = kw
-            self.by_name[kw] = free
-            changed = True
-        if changed:
-            self.version += 1
-        return changed
+    def index_of(self, name: str) -> int | None:
+        """The index (0 = ``a``) of a keyword, None if it has no letter."""
+        i = self.by_name.get(name)
+        return self._by_lower.get(name.lower()) if i is None else i
+
+    def assign(self, keywords: Iterable[str], avoid: Iterable[str] = ()) -> bool:
+        """Give every keyword a letter, the free ones not in ``avoid`` first; True if
+        the map changed (the file must be written). Only ``KeywordFile.learn`` calls
+        this on a folder's map, after re-reading the file under the uidlist lock.
+        StoreError, and the map unchanged, if 26 letters do not suffice."""
+        missing: dict[str, str] = {}
+        for kw in sorted(set(keywords)):
+            if self.index_of(kw) is None:
+                missing.setdefault(kw.lower(), kw)
+        if not missing:
+            return False
+        avoided = {ord(ch) - 97 for ch in avoid if "a" <= ch <= "z"}
+        free = [i for i in range(len(KEYWORD_LETTERS)) if i not in self.by_index]
+        free = [i for i in free if i not in avoided] + [i for i in free if i in avoided]
+        if len(free) < len(missing):
+            raise StoreError("too many keywords in this folder (Maildir allows 26)")
+        by_index = dict(self.by_index)
+        for i, kw in zip(free, missing.values(), strict=False):
+            by_index[i] = kw
+        self.replace(by_index)
+        return True
 
     def flags_of(self, letters: str) -> tuple[frozenset[str], str]:
         """(IMAP flags, letters we cannot map and keep verbatim) of a letter string."""
@@ -134,13 +163,16 @@ class Keywords:
         return frozenset(flags), "".join(extra)
 
     def letters_of(self, flags: Iterable[str], extra: str = "") -> str:
-        """Sorted Maildir letters for flags (keywords must have been assigned)."""
+        """Sorted Maildir letters for flags (keywords must have been assigned: one
+        without a letter is left out)."""
         out = set(extra)
         for flag in flags:
             if flag in SYSTEM_LETTERS:
                 out.add(SYSTEM_LETTERS[flag])
-            elif flag in self.by_name:
-                out.add(KEYWORD_LETTERS[self.by_name[flag]])
+            else:
+                i = self.index_of(flag)
+                if i is not None:
+                    out.add(KEYWORD_LETTERS[i])
         return "".join(sorted(out))
 
 

@@ -118,6 +118,12 @@ class FolderUids:
                 return found
         return self.assign(bases, ticket, cache_rows)
 
+    def close(self) -> None:
+        """Let go of the uidlist file held open (the folder is forgotten or the store
+        closes); under the mutex, so no thread is reading through that fd."""
+        with self.mutex:
+            self.uidlist.close()
+
     def _cache(self, rows: Iterable[CacheRow]) -> None:
         try:
             uidcache.append(self.cache_path, self.uidlist.validity, rows, self.modes)

@@ -10,14 +10,17 @@ deliveries and expunges are already in the index and cost nothing).
 Two ways, one per folder:
 
 - **inotify** (``twisted.internet.inotify``), the default: one inotify descriptor per
-  store (``fs.inotify.max_user_instances`` is only 128 per user), two watches per
-  folder, closed as soon as nothing is watched. Each event is handed to the folder
-  with its file name; the folder coalesces them for ``COALESCE_DELAY``.
+  store (``fs.inotify.max_user_instances`` is only 128 per user), three watches per
+  folder (new/, cur/, and the folder directory for ``dovecot-keywords``, which Dovecot
+  replaces when it gives a keyword a letter), closed as soon as nothing is watched.
+  Each event is handed to the folder with its file name; the folder coalesces them for
+  ``COALESCE_DELAY``.
 - **poll**, when configured, when inotify is missing, or when adding a watch fails
   (``ENOSPC``: ``max_user_watches`` reached): every ``POLL_INTERVAL`` one thread job
-  stats new/ and cur/ of every polled folder; a folder whose directory times moved, or
-  are too recent to trust (``MTIME_SETTLE``), gets a stamp-checked rescan. The interval
-  is half a second so an IDLE client hears of a change within one second.
+  stats new/, cur/ and dovecot-keywords of every polled folder; a folder whose times
+  moved, or are too recent to trust (``MTIME_SETTLE``), gets a stamp-checked rescan
+  (which re-reads dovecot-keywords if it changed). The interval is half a second so
+  an IDLE client hears of a change within one second.
 
 Twisted's ``INotify`` closes itself when a watched directory is deleted (another
 program deleting a folder) and drops ``IN_Q_OVERFLOW`` (its watch id is -1): the
@@ -39,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from mailhost.store.maildir_index import MTIME_SETTLE
+from mailhost.store.maildir_names import KEYWORDS_FILE
 
 try:
     from twisted.internet import inotify as _inotify
@@ -59,6 +63,9 @@ if _inotify is not None:
     VANISHED = _inotify.IN_DELETE | _inotify.IN_MOVED_FROM
     _GONE_SELF = _inotify.IN_DELETE_SELF | _inotify.IN_MOVE_SELF | _inotify.IN_UNMOUNT
     _MASK = APPEARED | VANISHED | _GONE_SELF | _inotify.IN_ONLYDIR
+    #: The folder directory itself: only dovecot-keywords being replaced (or written
+    #: in place by a tool) matters; new/ and cur/ report the folder going away.
+    _ROOT_MASK = APPEARED | _inotify.IN_CLOSE_WRITE | _inotify.IN_ONLYDIR
 
     class _Notifier(_inotify.INotify):
         """An INotify that says when it closed itself (a watched directory was deleted)."""
@@ -76,15 +83,22 @@ else:  # pragma: no cover - Linux has inotify
     APPEARED = VANISHED = 0
 
 
-def dir_times(paths: list[str]) -> list[tuple[int, int] | None]:
-    """(new/ mtime, cur/ mtime) in ns of each folder, None where it is gone (thread)."""
-    out: list[tuple[int, int] | None] = []
+def dir_times(paths: list[str]) -> list[tuple[int, int, int] | None]:
+    """(new/ mtime, cur/ mtime, dovecot-keywords mtime or 0) in ns of each folder,
+    None where it is gone (thread)."""
+    out: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
-            out.append((os.stat(os.path.join(path, "new")).st_mtime_ns,
-                        os.stat(os.path.join(path, "cur")).st_mtime_ns))
+            new = os.stat(os.path.join(path, "new")).st_mtime_ns
+            cur = os.stat(os.path.join(path, "cur")).st_mtime_ns
         except OSError:
             out.append(None)
+            continue
+        try:
+            keywords = os.stat(os.path.join(path, KEYWORDS_FILE)).st_mtime_ns
+        except OSError:
+            keywords = 0
+        out.append((new, cur, keywords))
     return out
 
 
@@ -110,7 +124,7 @@ class ChangeWatcher:
         self._poll_interval = poll_interval
         self._notifier: Any = None
         self._watched: dict[Any, list[FilePath]] = {}  # folder -> its watched dirs
-        self._polled: dict[Any, tuple[int, int] | None] = {}  # folder -> last dir times
+        self._polled: dict[Any, tuple[int, int, int] | None] = {}  # folder -> last times
         self._poll_call: LoopingCall | None = None
         self._polling = False
         self._events = 0  # inotify events handed to folders so far
@@ -183,6 +197,9 @@ class ChangeWatcher:
                 notifier.watch(path, mask=_MASK,
                                callbacks=[self._callback(folder, sub)])
                 paths.append(path)
+            path = FilePath(folder._path)
+            notifier.watch(path, mask=_ROOT_MASK, callbacks=[self._keywords_callback(folder)])
+            paths.append(path)
         except _inotify.INotifyError as e:
             # ENOSPC (max_user_watches) or the directory is gone: poll this folder.
             for path in paths:
@@ -215,6 +232,15 @@ class ChangeWatcher:
                 return
             self._events += 1
             folder._disk_event((sub, os.fsdecode(path.basename()), mask))
+
+        return event
+
+    def _keywords_callback(self, folder: Any) -> Callable[[Any, FilePath, int], None]:
+        def event(_ignored: Any, path: FilePath, mask: int) -> None:
+            if self._watched.get(folder) is None or os.fsdecode(path.basename()) != KEYWORDS_FILE:
+                return  # the uidlist, caches, Dovecot's index files, subfolders
+            self._events += 1
+            folder._disk_event(None)  # a rescan re-reads it if it changed
 
         return event
 
@@ -263,7 +289,7 @@ class ChangeWatcher:
         folders = list(self._polled)
         d = self._in_thread(dir_times, [f._path for f in folders])
 
-        def compare(times: list[tuple[int, int] | None]) -> None:
+        def compare(times: list[tuple[int, int, int] | None]) -> None:
             now = time.time_ns()
             for folder, stamp in zip(folders, times, strict=True):
                 if folder not in self._polled:

@@ -153,6 +153,7 @@ class MaildirMessageWriter:
         if folder is None:
             path, letters = account._dir(INBOX), Keywords().letters_of(flags)
         else:
+            await folder._learn_keywords(flags)
             path, letters = folder._path, folder._letters(flags)
         return (folder, account, path, unique_base(self.size),
                 make_info(letters, in_new=True))

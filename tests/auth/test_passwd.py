@@ -160,9 +160,9 @@ def test_directory_reads_files(tmp_path):
     af = AliasesFile(str(tmp_path / "aliases"))
     d = UserDirectory(["example.test"],
                       lambda: {u: e.aliases for u, e in pf.entries().items()}, af.table)
-    assert d.lookup("postmaster@example.test") == []
-    (tmp_path / "aliases").write_text("postmaster@example.test: alice@example.test\n")
-    assert d.lookup("postmaster@example.test") == ["alice@example.test"]
+    assert d.lookup("abuse@example.test") == []
+    (tmp_path / "aliases").write_text("abuse@example.test: alice@example.test\n")
+    assert d.lookup("abuse@example.test") == ["alice@example.test"]
 
 
 @pytest_twisted.inlineCallbacks

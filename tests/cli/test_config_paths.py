@@ -35,8 +35,10 @@ def dev_config(directory, ports=None, **extra) -> str:
                    "allow_plaintext_auth": "loopback"},
         "auth": {"create_postmaster": False},
     }
-    for proto, port in (ports or {}).items():
-        sections[proto] = {"listen": [f"tcp:{port}:interface=127.0.0.1"]}
+    # Every listener explicit: the defaults (143, 110, 25) may be taken on this machine.
+    for proto in ("smtp", "submission", "pop3", "imap"):
+        port = (ports or {}).get(proto)
+        sections[proto] = {"listen": [f"tcp:{port}:interface=127.0.0.1"] if port else []}
     for name, values in extra.items():
         sections.setdefault(name, {}).update(values)
     os.makedirs(directory, exist_ok=True)
@@ -97,6 +99,7 @@ def test_twistd_from_another_cwd_uses_the_same_files_as_the_cli(tmp_path):
                                 stdin=subprocess.DEVNULL)
     try:
         wait_listening(proc, ports.values(), log_path)
+        assert proc.poll() is None, open(log_path, errors="replace").read()
         with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=30) as s:
             s.sendmail("a@elsewhere.test", ["zed@example.test"],
                        b"Subject: paths\r\n\r\nsame files\r\n")

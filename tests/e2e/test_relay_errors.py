@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import time
 import pytest_twisted
 from twisted.internet import reactor, task, threads
 
-from tests.mailhost_process import MailHostProcess, free_port
+from tests.mailhost_process import MailHostProcess
 from tests.outbound.dnsserver import a, mx, start_dns
 
 MAILHOST = os.path.join(os.path.dirname(sys.executable), "mailhost")
@@ -55,7 +56,11 @@ def diagnostic(text: str) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_refused_mx_names_host_port_and_reason_without_dns_noise(mailhost_factory):
-    closed = free_port()
+    # Bound, never listening: connections are refused, and no listener of this test
+    # (nor of one running beside it) can be given the port meanwhile.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    closed = holder.getsockname()[1]
     dns_port, stop_dns = start_dns({"far.test": [mx(10, "mx.far.test")],
                                     "mx.far.test": [a("127.0.0.1")]})
     proc = mailhost_factory(extra={"outbound": {
@@ -71,6 +76,7 @@ async def test_refused_mx_names_host_port_and_reason_without_dns_noise(mailhost_
     finally:
         await threads.deferToThread(proc.stop)
         stop_dns()
+        holder.close()
     log = proc.log()
     where = f"mx.far.test [127.0.0.1]:{closed}"
     assert f"far.test via {where} failed: cannot connect to {where}: " in log, log

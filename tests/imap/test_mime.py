@@ -522,3 +522,16 @@ def test_scan_is_constant_memory():
         tracemalloc.stop()
     assert p.children[1].size == len(att) - 2 and p.children[1].lines == 260_000 - 1
     assert peak < 1024 * 1024, peak
+
+
+def test_empty_rfc822_part_stays_inside_its_multipart_part():
+    """Regression (hypothesis): an empty message/rfc822 part's body ran 2 bytes past
+    its enclosing part, taking the CRLF that belongs to the next boundary."""
+    data = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+            b"--b\r\nContent-Type: message/rfc822\r\n\r\n\r\n--b\r\n")
+    p = mime.scan_bytes(data)
+    _check_tree(p, len(data))
+    s = mime.Scanner()
+    for i in range(0, len(data), 3):
+        s.feed(data[i:i + 3])
+    assert mime.dumps(s.finish()) == mime.dumps(p)

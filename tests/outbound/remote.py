@@ -2,14 +2,31 @@
 
 Replies are chosen per command by callables on the factory, so a test can answer
 451 first and 250 later, reject one recipient, or break the STARTTLS handshake.
+
+Hostile modes (issue 21), set on the factory:
+
+- ``hold = N``: the first N connections get no greeting and are kept in ``held``
+  (the test releases or closes them);
+- ``early_reply = "250 …"`` with ``early_after = 0``: sent in the same write as the
+  ``354`` to DATA; ``early_after = n``: sent once n octets of the body have come.
+  The server stays in DATA mode either way, so whatever the client writes next lands
+  in that body (``bodies_cut`` keeps bodies whose connection ended before the dot);
+- ``endless = "fast" | "drip"``: the EHLO reply never ends, ``250-`` lines as fast as
+  the socket takes them (``endless_sent`` counts the octets) or one every
+  ``drip_interval`` seconds;
+- ``close_after_mail``: hang up right after the reply to MAIL (for an unterminated
+  ``550-`` that ends with the connection);
+- ``discard_body``: keep only each body's SHA-256 (``digests``), for huge messages.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.protocols.basic import LineReceiver
 
 
@@ -27,11 +44,63 @@ class ScriptedSMTP(LineReceiver):
     MAX_LENGTH = 1 << 20
 
     def connectionMade(self):
-        self.factory.connections += 1
+        f = self.factory
+        f.connections += 1
+        f.open += 1
+        f.last = self
+        self.transcript: list[str] = []
+        f.transcripts.append(self.transcript)
         self.tls = False
         self.reset()
         self.data_mode = False
-        self.sendLine(self.factory.greeting.encode())
+        self.data_bytes = 0
+        self.early_sent = False
+        self.writer = None
+        if len(f.held) < f.hold:
+            f.held.append(self)
+            return
+        self.sendLine(f.greeting.encode())
+
+    def connectionLost(self, reason=None):
+        f = self.factory
+        f.open -= 1
+        if self.writer is not None and self.writer.running:
+            self.writer.stop()
+        if self.data_mode:
+            f.bodies_cut.append(b"".join(ln + b"\r\n" for ln in self.lines))
+        f.closed_at.append(len(f.transcripts))
+
+    def _endless(self, mode):
+        f = self.factory
+        line = b"250-" + b"x" * 70 + b"\r\n"
+        if mode == "drip":
+            def drip():
+                self.transport.write(line)
+                f.endless_sent += len(line)
+            self.writer = LoopingCall(drip)
+            self.writer.start(f.drip_interval)
+            return
+
+        class Flood:  # a push producer: write whenever the socket has room
+            def __init__(self, proto):
+                self.proto, self.paused, self.stopped = proto, False, False
+
+            def resumeProducing(self):
+                self.paused = False
+                while not self.paused and not self.stopped:
+                    self.proto.transport.write(line * 512)
+                    f.endless_sent += len(line) * 512
+
+            def pauseProducing(self):
+                self.paused = True
+
+            def stopProducing(self):
+                self.stopped = True
+
+        flood = Flood(self)
+        self.transport.registerProducer(flood, True)
+        from twisted.internet import reactor
+        reactor.callLater(0, flood.resumeProducing)
 
     def reset(self):
         self.mail_from = None
@@ -71,6 +140,17 @@ class ScriptedSMTP(LineReceiver):
     def lineReceived(self, line):
         f = self.factory
         if self.data_mode:
+            if line == b"." and f.discard_body:
+                self.data_mode = False
+                f.digests.append(self.digest.hexdigest())
+                self.reset()
+                self.reply("250 2.0.0 counted")
+                return
+            if f.discard_body:
+                self.data_bytes += len(line) + 2
+                f.data_bytes = max(f.data_bytes, self.data_bytes)
+                self.digest.update((line[1:] if line.startswith(b".") else line) + b"\r\n")
+                return
             if line == b".":
                 self.data_mode = False
                 data = b"".join(
@@ -89,11 +169,20 @@ class ScriptedSMTP(LineReceiver):
                     self.transport.loseConnection()
             else:
                 self.lines.append(line)
+                self.data_bytes += len(line) + 2
+                if (f.early_reply and f.early_after and not self.early_sent
+                        and self.data_bytes >= f.early_after):
+                    self.early_sent = True
+                    self.reply(f.early_reply)
             return
         text = line.decode("utf-8", "replace")
         cmd = text.split(" ", 1)[0].split(":", 1)[0].upper()
         f.commands.append(text)
-        if cmd == "EHLO":
+        self.transcript.append(text)
+        if cmd == "EHLO" and f.endless:
+            self.reply(f"250-{f.hostname}")
+            self._endless(f.endless)
+        elif cmd == "EHLO":
             exts = list(f.extensions)
             if f.tls_options is not None and not self.tls:
                 exts.append("STARTTLS")
@@ -119,6 +208,8 @@ class ScriptedSMTP(LineReceiver):
                 self.mail_from = text.split(":", 1)[1].split(">")[0].lstrip(" <")
                 self.mail_line = text
             self.reply(answer)
+            if f.close_after_mail:
+                self.transport.loseConnection()
         elif cmd == "RCPT":
             address = text.split(":", 1)[1].split(">")[0].lstrip(" <")
             answer = f.rcpt_reply(address)
@@ -131,7 +222,12 @@ class ScriptedSMTP(LineReceiver):
                 self.reply("554 5.5.1 no valid recipients")
             else:
                 self.data_mode = True
-                self.reply("354 go on")
+                self.digest = hashlib.sha256()
+                if f.early_reply and not f.early_after:
+                    self.early_sent = True
+                    self.transport.write(f"354 go on\r\n{f.early_reply}\r\n".encode())
+                else:
+                    self.reply("354 go on")
         elif cmd == "BDAT" and "CHUNKING" in f.extensions:
             words = text.split()
             self.chunk_left = int(words[1])
@@ -165,6 +261,23 @@ class ScriptedFactory(protocol.Factory):
         self.received: list[Received] = []
         self.commands: list[str] = []
         self.connections = 0
+        self.open = 0
+        self.transcripts: list[list[str]] = []
+        self.closed_at: list[int] = []
+        # Hostile modes: see the module docstring.
+        self.hold = 0
+        self.held: list[ScriptedSMTP] = []
+        self.early_reply: str | None = None
+        self.early_after = 0
+        self.bodies_cut: list[bytes] = []
+        self.endless: str | None = None
+        self.drip_interval = 0.05
+        self.endless_sent = 0
+        self.close_after_mail = False
+        # Keep only a SHA-256 of each body (unstuffed) and the largest size seen.
+        self.discard_body = False
+        self.digests: list[str] = []
+        self.data_bytes = 0
         self._waiters: list[tuple[int, defer.Deferred]] = []
         self.mail_reply = lambda line: "250 2.1.0 ok"
         self.rcpt_reply = lambda address: "250 2.1.5 ok"

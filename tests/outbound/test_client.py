@@ -11,13 +11,13 @@ from aiosmtpd.controller import Controller
 from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
+from mailhost.dotstuffing import DotStuffer
 from mailhost.outbound.client import (
     DELIVERED,
     PERMANENT,
     SMALL_MESSAGE,
     TEMPORARY,
     ClientPolicy,
-    DotStuffer,
     Job,
     run_session,
 )
@@ -260,10 +260,11 @@ async def test_connection_refused_and_timeout(tmp_path):
     port = await listen(f)
     try:
         ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-        result = await run_session(ep, policy(command_timeout=0.5), src)
+        result = await run_session(ep, policy(final_timeout=0.5), src)
     finally:
         await port.stopListening()
     assert result.transacted and "timeout" in result.error
+    assert "final reply" in result.error  # says which stage timed out
     assert src.done[0][1]["a@remote.test"].kind == TEMPORARY
 
 
@@ -402,8 +403,6 @@ async def test_message_recycled_while_streaming_is_never_sent_with_another_ones_
     """``mailhost queue delete`` (or an early final reply) while a large message is
     streamed: the spool recycles its file, and the next commit refills the same inode.
     The stream must stop there, not go on with the other message's bytes."""
-    from twisted.protocols import basic
-
     from mailhost.outbound import client as client_mod
     from mailhost.outbound.spool import SpoolFiles
     from mailhost.outbound.spool_writer import SpoolWriter
@@ -419,29 +418,59 @@ async def test_message_recycled_while_streaming_is_never_sent_with_another_ones_
     env = files.load_envelope_sync(qid)
     env.recipients = [RecipientState("a@remote.test")]
 
-    class SwapAfterFirstChunk(basic.FileSender):
+    class SwapAfterFirstRead(client_mod.MessageFile):
         calls = 0
 
-        def resumeProducing(self):
-            super().resumeProducing()
-            SwapAfterFirstChunk.calls += 1
-            if SwapAfterFirstChunk.calls == 1:
+        def read(self, size=-1):
+            data = super().read(size)
+            SwapAfterFirstRead.calls += 1
+            if SwapAfterFirstRead.calls == 1:
                 files.remove_sync(qid)  # recycled into free/
                 w2 = SpoolWriter(files, "c@d.test", None, None, lambda e: None, time.time)
                 w2.write(other)
                 files.commit_sync(w2._path, Envelope(
                     id=w2.id, sender="c@d.test", arrival=time.time(), size=len(other),
                     recipients=[RecipientState("z@else.test")]), bytes(w2._buffer))
+            return data
 
-    monkeypatch.setattr(client_mod.basic, "FileSender", SwapAfterFirstChunk)
+    monkeypatch.setattr(client_mod, "MessageFile", SwapAfterFirstRead)
     f = ScriptedFactory()
     port = await listen(f)
     try:
         src = ListSource([Job(env, "remote.test", list(env.recipients), files.message_path(qid))])
         ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-        await run_session(ep, policy(), src)
+        result = await run_session(ep, policy(), src)
     finally:
         await port.stopListening()
-    assert SwapAfterFirstChunk.calls >= 1
+    assert SwapAfterFirstRead.calls == 1  # the second read found the file recycled
+    assert "message left the queue" in result.error
     assert f.received == []  # never a message made of two
     assert [o.kind for _, outs, _ in src.done for o in outs.values()] == [TEMPORARY]
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_login_when_plain_is_not_offered(tmp_path):
+    """A smarthost offering only AUTH LOGIN gets the two-step exchange."""
+    from aiosmtpd.smtp import AuthResult
+
+    seen = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        seen.append((mechanism, auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"s3cret")
+
+    sink = Sink()
+    port = free_port()
+    c = Controller(sink, hostname="127.0.0.1", port=port, authenticator=authenticator,
+                   auth_require_tls=False, auth_required=True,
+                   auth_exclude_mechanism=["PLAIN"])
+    c.start()
+    try:
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        src = ListSource([make_job(tmp_path, b"S: 1\r\n\r\nx\r\n", ["a@remote.test"])])
+        result = await run_session(ep, policy(username="relay", password="s3cret",
+                                              allow_plain_auth=True), src)
+    finally:
+        c.stop()
+    assert not result.error and src.done[0][1]["a@remote.test"].kind == DELIVERED
+    assert seen == [("LOGIN", b"relay", b"s3cret")] and len(sink.envelopes) == 1

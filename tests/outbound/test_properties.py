@@ -7,7 +7,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhost.outbound.client import DotStuffer
+from mailhost.dotstuffing import DotStuffer
 from mailhost.outbound.dsn import enhanced_status
 from mailhost.outbound.routing import split_hostport
 from mailhost.outbound.spool import SpoolFiles
@@ -87,3 +87,29 @@ def test_reply_parsers_never_crash(text):
         split_hostport(text)
     except ValueError:
         pass
+
+
+def _wire_reference(data: bytes) -> bytes:
+    """DATA as RFC 5321 wants it, computed on the whole message at once."""
+    norm = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    stuffed = norm.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + (b".\r\n" if not norm or norm.endswith(b"\r\n") else b"\r\n.\r\n")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b".", b"..", b"x", b"\r", b"\n", b"\r\n", b".\r\n", b"a\rb",
+                                 b"\n."]), max_size=40).map(b"".join),
+       st.lists(st.integers(min_value=0, max_value=200), max_size=8))
+def test_data_encoder_normalises_and_stuffs_the_same_for_any_chunking(data, cuts):
+    """No bare CR or LF on the wire, dots stuffed at any chunk boundary."""
+    from mailhost.outbound.wire import CRLFNormalizer, DataEncoder
+
+    enc = DataEncoder()
+    wire = b"".join(enc(c) for c in chunked(data, cuts)) + enc.terminator()
+    assert wire == _wire_reference(data)
+    assert b"\r" not in wire.replace(b"\r\n", b"") and b"\n" not in wire.replace(b"\r\n", b"")
+    norm = CRLFNormalizer()  # BDAT: the same line ends, no stuffing
+    octets = b"".join(norm(c) for c in chunked(data, cuts))
+    assert octets == data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")

@@ -40,8 +40,10 @@ class TLSHost:
         sections: dict[str, dict[str, Any]] = {
             "server": {"allow_plaintext_auth": self.plaintext},
             "tls": {"cert": self.cafile, "key": self.keyfile},
-            # Tests that do not test throttling must not be slowed by it.
+            # Tests that do not test throttling must not be slowed by it, nor by the
+            # delayed SMTP error replies (tests/security/test_harvest.py tests those).
             "auth": {"max_failures": 0},
+            "smtp": {"error_sleep_time": 0},
         }
         for kind, port in self.tls_ports.items():
             sections.setdefault(kind, {})["listen_tls"] = [f"tcp:{port}:interface={HOST}"]

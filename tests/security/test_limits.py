@@ -121,10 +121,15 @@ def test_wrapper_provides_protocol_factory():
 
 def test_refusal_lines_are_each_protocols_own():
     assert refusal("smtp", "mx.test", "192.0.2.7") == (
-        b"421 4.3.2 mx.test Too many connections from 192.0.2.7\r\n")
-    assert refusal("submission", "mx.test", "192.0.2.7").startswith(b"421 4.3.2 mx.test ")
-    assert refusal("pop3", "mx.test", "x") == b"-ERR [SYS/TEMP] Too many connections\r\n"
-    assert refusal("imap", "mx.test", "x") == b"* BYE [UNAVAILABLE] Too many connections\r\n"
+        b"421 4.7.0 mx.test Error: too many connections from 192.0.2.7\r\n")
+    assert refusal("smtp", "mx.test", "192.0.2.7", "max_connections") == (
+        b"421 4.7.0 mx.test Error: too many connections to this server; try again later\r\n")
+    assert refusal("smtp", "mx.test", "192.0.2.7", "connection_rate") == (
+        b"421 4.7.0 mx.test Error: too many new connections from 192.0.2.7; slow down\r\n")
+    assert refusal("submission", "mx.test", "192.0.2.7").startswith(b"421 4.7.0 mx.test ")
+    assert refusal("pop3", "mx.test", "x") == b"-ERR [SYS/TEMP] Too many connections from x\r\n"
+    assert refusal("imap", "mx.test", "x", "max_connections") == (
+        b"* BYE [UNAVAILABLE] Too many connections to this server; try again later\r\n")
     with pytest.raises(ValueError):
         refusal("gopher", "mx.test", "x")
 
@@ -151,7 +156,7 @@ def test_per_address_limit_refuses_without_building_the_protocol(listen):
 
     ga, gb, third, go, socks = yield threads.deferToThread(scenario)
     assert ga == gb == go == b"+OK hello\r\n"
-    assert third == b"421 4.3.2 mx.test Too many connections from 127.0.0.2\r\n"
+    assert third == b"421 4.7.0 mx.test Error: too many connections from 127.0.0.2\r\n"
     assert inner.built == 3  # the refused connection never reached the wrapped factory
     assert factory.refused == 1
 
@@ -178,7 +183,8 @@ def test_overall_limit_covers_all_addresses(listen):
 
     third, socks = yield threads.deferToThread(scenario)
     # Exempt networks still count towards the overall limit.
-    assert third == b"* BYE [UNAVAILABLE] Too many connections\r\n"
+    assert third == (b"* BYE [UNAVAILABLE] Too many connections to this server; "
+                     b"try again later\r\n")
     assert inner.built == 2
     for s in socks:
         s.close()
@@ -200,7 +206,7 @@ def test_rate_limit_is_a_token_bucket_per_address(listen):
 
     got = yield threads.deferToThread(burst)
     assert got[:3] == [b"+OK hello\r\n"] * 3
-    assert got[3] == b"-ERR [SYS/TEMP] Too many connections\r\n"
+    assert got[3] == b"-ERR [SYS/TEMP] Too many new connections from 127.0.0.5; slow down\r\n"
     # Another address has its own bucket.
     sock, other = yield threads.deferToThread(open_greeted, port, "127.0.0.6")
     sock.close()
@@ -209,7 +215,7 @@ def test_rate_limit_is_a_token_bucket_per_address(listen):
     clock.advance(1.0)
     got = yield threads.deferToThread(burst)
     assert got[0] == b"+OK hello\r\n"
-    assert got[1] == b"-ERR [SYS/TEMP] Too many connections\r\n"
+    assert got[1] == b"-ERR [SYS/TEMP] Too many new connections from 127.0.0.5; slow down\r\n"
 
 
 @pytest_twisted.inlineCallbacks
@@ -243,7 +249,7 @@ def test_refused_client_input_is_ignored(listen):
         return reply
 
     reply = yield threads.deferToThread(scenario)
-    assert reply == b"* BYE [UNAVAILABLE] Too many connections\r\n"
+    assert reply == b"* BYE [UNAVAILABLE] Too many connections from 127.0.0.7\r\n"
     assert inner.made == 1
 
 
@@ -268,7 +274,8 @@ def test_refused_client_that_never_reads_is_aborted():
     aborted = []
     transport.abortConnection = lambda: aborted.append(True)
     refused.makeConnection(transport)  # the client never reads; the close never completes
-    assert transport.value() == b"-ERR [SYS/TEMP] Too many connections\r\n"
+    assert transport.value() == (b"-ERR [SYS/TEMP] Too many connections to this server; "
+                                 b"try again later\r\n")
     assert transport.disconnecting and not aborted
     clock.advance(REFUSAL_TIMEOUT - 0.1)
     assert not aborted
@@ -307,7 +314,7 @@ def test_implicit_tls_listener_refuses_inside_tls(listen, tmp_path):
 
     ga, gb = yield threads.deferToThread(scenario)
     assert ga == b"+OK hello\r\n"
-    assert gb == b"* BYE [UNAVAILABLE] Too many connections\r\n"
+    assert gb == b"* BYE [UNAVAILABLE] Too many connections from 127.0.0.8\r\n"
     assert inner.built == 1
 
 

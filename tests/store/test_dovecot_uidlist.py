@@ -136,3 +136,96 @@ def test_assign_keeps_recorded_uids_and_renumbers_only_below_handed(tmp_path):
     assert uids == [6] and recreate
     ul.write(recreate, fsync=False)
     assert fresh(path).by_base == {"a": 6, "late": 4, "new": 5}
+
+
+HEAD = "3 V1796419000 N1 G0123456789abcdef0123456789abcdef\n"
+
+
+def dovecot_recreate(path: str, text: str) -> None:
+    """What Dovecot does: write dovecot-uidlist.tmp, rename it over the file."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
+
+
+def test_two_dovecot_recreates_that_bring_the_old_inode_back_are_read(tmp_path):
+    """Found by tests/e2e/test_dovecot_sharing.py: refresh identified the file by its
+    (inode, device) only and held nothing open, so after two tmp + rename recreates
+    ext4 gave the third file the first one's inode; at equal size refresh called it
+    unchanged and missed record 2 (next_uid stayed 2, a UID Dovecot had given out)."""
+    path = str(tmp_path / UIDLIST_FILE)
+    dovecot_recreate(path, HEAD + "1 :1796419000.M1P1.vm,S=10,W=10\n")
+    ul = fresh(path)
+    first = os.stat(path).st_ino
+    dovecot_recreate(path, HEAD + "1 :1796419000.M1P1.vm,S=10,W=10\n"
+                     "2 :1796419000.M2P1.vm,S=10,W=10\n")
+    # Dovecot expunges message 1: same size as what we read.
+    dovecot_recreate(path, HEAD + "2 :1796419000.M2P1.vm,S=10,W=10\n")
+    assert ul.refresh()
+    assert ul.by_base == {"1796419000.M2P1.vm,S=10,W=10": 2}
+    assert ul.max_uid == 2 and ul.next_uid == 3
+    assert os.stat(path).st_ino != first  # we hold it: the number cannot come back
+    ul.close()
+
+
+def test_after_our_own_recreate_a_dovecot_recreate_is_read(tmp_path):
+    """Our recreate keeps the file it wrote open too: a Dovecot recreate right after
+    it (and another after that, which on ext4 would get our file's inode back if we
+    had closed it) is read whole, also when it is larger and so would otherwise be
+    read from our old offset, in the middle of its records."""
+    path = str(tmp_path / UIDLIST_FILE)
+    ul = UidList(path, PRIVATE)
+    assert not ul.refresh()
+    ul.create_header(1796419000)
+    ul.header.guid = "0123456789abcdef0123456789abcdef"
+    ul.assign(["a"])
+    ul.write(True, fsync=False)
+    ours = os.stat(path).st_ino
+    with open(path) as f:
+        assert f.read() == HEAD.replace("N1", "N2") + "1 :a\n"
+    dovecot_recreate(path, HEAD + "1 :a\n2 :b\n")
+    dovecot_recreate(path, HEAD.replace("N1", "N4") + "3 :c\n")
+    assert ul.refresh()
+    assert ul.by_base == {"c": 3} and ul.next_uid == 4
+    assert os.stat(path).st_ino != ours
+    # Appends go to the file now held, and are read back from it.
+    ul.handed = 3
+    assert ul.assign(["d"]) == ([4], False)
+    ul.write(False, fsync=False)
+    assert ul.refresh() and fresh(path).by_base == {"c": 3, "d": 4}
+    ul.close()
+
+
+def test_a_file_rewritten_in_place_is_read_whole(tmp_path):
+    """Belt and braces for writers that are not Dovecot: under one inode, a file that
+    shrank, or whose header line changed while it grew, is read from the top, not
+    from where the last read stopped."""
+    path = str(tmp_path / UIDLIST_FILE)
+    with open(path, "w") as f:
+        f.write(HEAD + "1 :a\n2 :b\n")
+    ul = fresh(path)
+    with open(path, "w") as f:  # truncated and rewritten, same inode, smaller
+        f.write(HEAD + "2 :b\n")
+    assert ul.refresh() and ul.by_base == {"b": 2}
+    with open(path, "w") as f:  # a new header (UIDVALIDITY), larger
+        f.write(HEAD.replace("V1796419000", "V1796419001") + "2 :b\n5 :e\n")
+    assert ul.refresh() and ul.by_base == {"b": 2, "e": 5}
+    assert ul.validity == 1796419001
+    ul.close()
+
+
+def test_close_lets_go_of_the_file_and_a_refresh_after_it_reads_it_whole(tmp_path):
+    path = str(tmp_path / UIDLIST_FILE)
+    with open(path, "w") as f:
+        f.write(HEAD + "1 :a\n")
+    before = len(os.listdir("/proc/self/fd"))
+    ul = fresh(path)
+    assert len(os.listdir("/proc/self/fd")) == before + 1 and ul.exists
+    ul.close()
+    assert len(os.listdir("/proc/self/fd")) == before and not ul.exists
+    dovecot_recreate(path, HEAD + "2 :b\n")
+    assert ul.refresh() and ul.by_base == {"b": 2}
+    ul.close()
+    os.unlink(path)
+    assert not ul.refresh()  # gone: nothing held
+    assert len(os.listdir("/proc/self/fd")) == before

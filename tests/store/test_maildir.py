@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from mailhost.store import groupsync
+from mailhost.store import groupsync, maildir_folder
 from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
@@ -432,8 +432,10 @@ async def test_first_open_adopts_foreign_files_in_name_order_without_stat(root, 
     box = await account.open_folder("INBOX")
     monkeypatch.undo()
     # new/ and cur/ themselves are stat'ed once (their times let the first rescan skip
-    # its listing); no message file is.
-    assert [a for a in stats if os.path.basename(a[0]) not in ("new", "cur")] == []
+    # its listing), and dovecot-uidlist (is the file we hold open still the one at
+    # that path?); no message file is.
+    assert [a for a in stats
+            if os.path.basename(a[0]) not in ("new", "cur", UIDLIST_FILE)] == []
     box._stop_fill()
     infos = box.messages()
     assert [i.key.split(".")[1] for i in infos] == ["M7P1", "M9P1", "M100P1", "M5P1"]
@@ -634,3 +636,51 @@ async def test_bulk_date_reads_and_pop3_login_stat_nothing_on_the_reactor(root, 
     box._stop_fill()
     again = await _reopen(root)
     assert again._index.unknown_dates == 0
+
+
+def open_fds(root: str) -> int:
+    """How many of this process's fds are open on files under ``root`` (others come
+    and go with other tests' leftovers)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith(root + os.sep)
+        except FileNotFoundError:
+            pass  # the listing's own fd
+    return n
+
+
+@pytest_twisted.ensureDeferred
+async def test_folders_hold_one_uidlist_fd_and_let_go_when_deleted_or_closed(
+        root, monkeypatch):
+    """Each open folder keeps its dovecot-uidlist open (so a replaced file cannot get
+    its inode number back; see dovecot_uidlist): exactly one fd, closed when the
+    folder is deleted, when its load fails and when the store closes."""
+    store = MaildirStore(root, fsync=False)
+    account = await store.open_account(A)
+    names = [f"F{i}" for i in range(40)]
+    for name in names:
+        await account.create_folder(name)
+    await deliver(store)  # INBOX open and written to
+    before = open_fds(root)
+    for name in names[:30]:
+        folder = await account.open_folder(name)
+        await deliver(store, MSG, DeliveryTarget(A, name))
+        assert len(folder.columns().uids) == 1
+    assert open_fds(root) == before + 30
+    for name in names[:20]:
+        await account.delete_folder(name)
+    assert open_fds(root) == before + 10
+
+    def broken(*args):
+        raise OSError("cache unreadable")
+
+    # A load that fails after the uidlist was read: the folder object is dropped.
+    monkeypatch.setattr(maildir_folder.maildir_cache, "read", broken)
+    for name in names[30:]:
+        with pytest.raises(OSError, match="cache unreadable"):
+            await account.open_folder(name)
+    assert open_fds(root) == before + 10
+    monkeypatch.undo()
+    await store.close()
+    assert open_fds(root) == before - 1 == 0  # INBOX's too

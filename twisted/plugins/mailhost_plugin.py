@@ -81,7 +81,9 @@ class Options(usage.Options):
         if getattr(self, "parent", None) is not None:
             from mailhost.logs import install_log_format
 
-            install_log_format(self.config.server.log_format, self.parent)
+            server = self.config.server
+            install_log_format(server.log_format, self.parent,
+                               server.log_max_bytes, server.log_max_files)
 
 
 @implementer(IServiceMaker, IPlugin)
