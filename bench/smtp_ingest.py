@@ -37,8 +37,13 @@ with only fdatasync + a directory fsync (in the thread pool) added before the 25
 shows what durability alone costs Twisted's own SMTP code, which bounds what a
 durable single-process Twisted server can reach against the stock one.
 
+``--idle`` keeps an IMAP client in IDLE on mailhost's INBOX throughout (IMAP on, on
+loopback), so the folder is open and every delivery is numbered and pushed as it
+arrives; without it nobody opens the INBOX during the runs.
+
 Usage: python3 bench/smtp_ingest.py [--runs 3] [--scale 1.0] [--workdir DIR]
                                     [--no-postfix] [--no-durable-twisted] [--no-fsync-row]
+                                    [--idle]
 """
 
 from __future__ import annotations
@@ -154,6 +159,14 @@ class Server:
 
 class Mailhost(Server):
     fsync = True
+    idle = False  # --idle: an IMAP client IDLEs on INBOX throughout
+
+    def start(self) -> None:
+        if self.idle:
+            self.imap_port = free_port()
+        super().start()
+        if self.idle:
+            self.idler = IdleClient(self.imap_port)
 
     def command(self):
         from mailhost.auth.hashing import hash_password
@@ -169,6 +182,7 @@ class Mailhost(Server):
 hostname = "mailhost.bench"
 domains = ["example.test"]
 data_dir = "{data}"
+allow_plaintext_auth = "loopback"
 [auth]
 create_postmaster = false
 [store]
@@ -184,10 +198,34 @@ listen = []
 [pop3]
 listen = []
 [imap]
-listen = []
+listen = [{f'"tcp:{self.imap_port}:interface=127.0.0.1"' if self.idle else ""}]
 """)
         return [sys.executable, TWISTD, "-n", "--pidfile=", "mailhost", "--config", config], {
             "PYTHONPATH": ROOT}
+
+
+class IdleClient:
+    """An IMAP session in IDLE on bench@'s INBOX, its untagged responses drained by a
+    daemon thread (they are counted, never checked)."""
+
+    def __init__(self, port: int) -> None:
+        import imaplib
+        import threading
+
+        self.imap = imaplib.IMAP4("127.0.0.1", port, timeout=60)
+        self.imap.login("bench@example.test", "bench")
+        self.imap.select("INBOX")
+        self.imap.send(b"i1 IDLE\r\n")
+        self.lines = 0
+        self.imap.sock.settimeout(None)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        try:
+            while self.imap.readline():
+                self.lines += 1
+        except OSError:
+            pass
 
 
 class MailhostNoFsync(Mailhost):
@@ -420,9 +458,12 @@ def main() -> None:
                     help="also run mailhost with fsync off (protocol cost without disk latency)")
     ap.add_argument("--no-durable-twisted", action="store_true",
                     help="skip the stock Twisted server with fsync added (bench/peers/)")
+    ap.add_argument("--idle", action="store_true",
+                    help="keep an IMAP client in IDLE on mailhost's INBOX (folder open)")
     ap.add_argument("--no-postfix", action="store_true",
                     help="skip the private Postfix instance (on by default if postfix is installed)")
     args = ap.parse_args()
+    Mailhost.idle = args.idle
     if shutil.which("smtp-source") is None:
         raise SystemExit("smtp-source not found: apt-get install -y postfix")
     workdir = args.workdir or tempfile.mkdtemp(prefix="smtp-ingest-")

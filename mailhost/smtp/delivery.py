@@ -80,7 +80,8 @@ class Delivery:
         return d.addCallback(release)
 
     def _commit_store(self, queue_id: str | None) -> defer.Deferred:
-        targets = [DeliveryTarget(user=m) for m in self.mailboxes]
+        # No UID wanted: the store numbers the copies after the 250 (see want_uid).
+        targets = [DeliveryTarget(user=m, want_uid=False) for m in self.mailboxes]
         d = defer.maybeDeferred(self._store_writer.commit, targets)
         return d.addCallback(lambda _: queue_id)
 

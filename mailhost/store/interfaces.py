@@ -78,6 +78,11 @@ class DeliveryTarget:
     folder: str = "INBOX"
     flags: frozenset[str] = field(default_factory=frozenset)
     internal_date: float | None = None  # None: now
+    #: False: the caller needs no UID back (SMTP), so the store may number this copy
+    #: later, as it numbers mail another program drops into new/ (the Maildir store:
+    #: in a batch right after, or when the folder is next opened). The copy is durable
+    #: when ``commit`` fires either way; the commit's list then holds None for it.
+    want_uid: bool = True
 
 
 class IFolderListener(Interface):
@@ -101,7 +106,8 @@ class IMessageWriter(Interface):
 
     Like maddy's delivery transaction: ``write`` puts bytes in a temporary file,
     ``commit`` makes every copy durable (fsync, rename, directory fsync, off the
-    reactor thread) and only then fires. Nothing is visible before ``commit`` fires.
+    reactor thread) and only then fires. Nothing is visible before ``commit`` fires;
+    a copy whose target has ``want_uid=False`` may become visible a little after.
     """
 
     size = Attribute("Octets written so far (after CRLF normalisation).")
@@ -112,7 +118,8 @@ class IMessageWriter(Interface):
 
     def commit(targets: Sequence[DeliveryTarget]) -> object:
         """Deliver one copy per target. Returns a Deferred firing with the list of
-        new UIDs, one per target, in order. Fails with NoSuchFolder/QuotaExceeded."""
+        new UIDs, one per target, in order (None for a target with ``want_uid=False``
+        that the store numbers later). Fails with NoSuchFolder/QuotaExceeded."""
 
     def abort() -> None:
         """Throw the message away; idempotent, safe after commit."""

@@ -121,11 +121,15 @@ class MaildirStore:
         return MaildirMessageWriter(self)
 
     def close(self):
-        """Flush the metadata caches (UIDs and flags are always already on disk), stop
-        watching folders and close the uidlist files they hold open."""
+        """Number the deliveries still waiting for a UID (their files are durable
+        either way), flush the metadata caches (UIDs and flags are always already on
+        disk), stop watching folders and close the uidlist files they hold open."""
         folders = [f for a in self._accounts.values() for f in a._folders.values()]
         for folder in folders:
             folder._unwatch()
         self._watcher.close()
-        flushes = [f._flush_cache() for f in folders] + [f._close_uids() for f in folders]
+        flushes = [f._numbered_all()
+                   .addCallback(lambda _, f=f: f._flush_cache())
+                   .addCallback(lambda _, f=f: f._close_uids())
+                   for f in folders]
         return defer.gatherResults(flushes, consumeErrors=True).addCallback(lambda _: None)

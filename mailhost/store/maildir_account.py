@@ -66,6 +66,18 @@ class MaildirAccount:
             d.callback(folder)
         return folder
 
+    def _delivered_unopened(self, row) -> None:
+        """A copy was delivered into INBOX, not open then, with its UID to come (see
+        maildir_writer): if INBOX was opened meanwhile, or is being opened, it numbers
+        the file unless its listing already did; else its next open adopts it."""
+        folder = self._folders.get(INBOX)
+        if folder is not None:
+            folder._delivered([row], expected=False)
+        elif INBOX in self._opening:
+            d: defer.Deferred = defer.Deferred()
+            self._opening[INBOX].append(d)
+            d.addCallbacks(lambda f: f._delivered([row], expected=False), lambda _: None)
+
     def _tree(self, fn, *args) -> defer.Deferred:
         async def run():
             await self._lock.acquire()

@@ -9,6 +9,14 @@ UIDs are Dovecot's: every one is given out in a worker thread under
 files, and handed to the index in ascending order; a message becomes visible only once
 every lower handed UID has settled, so no session ever sees a UID lower than one it
 has already seen appear later.
+
+SMTP deliveries are the exception: they answer once the file is durable in new/, and
+the folder numbers them afterwards, in batches (``_delivered``): collected for
+``NUMBER_DELAY``, and while a batch is in its thread the next one collects, so N
+deliveries cost about one lock, read, append and uidlist fsync, not N. IDLE hears of
+them when their batch settles. A refresh (SELECT, NOOP, a POP3 login) first has the
+batches already due run at once and waits for them, so a client that got the 250
+and then looks finds the message.
 """
 
 from __future__ import annotations
@@ -58,6 +66,10 @@ DATE_FILL_DELAY = 5.0
 DATE_FILL_BATCH = 5000
 CACHE_FLUSH_BATCH = 2000
 COMPACT_MIN_STALE = 1000
+#: Deliveries wait this long for others to share their UID batch (a refresh, close or
+#: anyone who needs the UIDs starts the batch at once). Each batch costs a dotlock
+#: round and a uidlist fsync; one SMTP session sends a message every few ms.
+NUMBER_DELAY = 0.05
 
 #: What a settled reservation adds to the index:
 #: (base name, in new/, info part, needs CRLF wrap, CRLF size, internal date).
@@ -99,6 +111,14 @@ class MaildirFolder:
         self._disk_events: list[tuple[str, str, int] | None] = []  # not yet looked at
         self._disk_call = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
+        self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
+        self._numbering = False  # a batch is scheduled or running
+        self._number_call = None  # the scheduled start of the next batch
+        self._queued = 0  # rows ever queued for numbering
+        self._numbered = 0  # of those, how many are done (numbered, or failed)
+        self._number_waiters: list[tuple[int, defer.Deferred]] = []
+        #: UID batches run for deliveries (a test and benchmark hook).
+        self.batches = 0
         #: Directory listings done to pick up others' changes (a test hook).
         self.listings = 0
 
@@ -377,6 +397,99 @@ class MaildirFolder:
             waiter.callback(None)
         return defer.gatherResults(waits) if waits else defer.succeed(None)
 
+    # -- deliveries numbered in batches ------------------------------------------------
+
+    def _delivered(self, rows: Sequence[Row], expected: bool) -> None:
+        """Files just made durable in new/ with no UID yet (SMTP; see the module
+        docstring): numbered in the next batch. ``expected``: the writer ``_expect``ed
+        them before linking (the folder was open then); else a listing may have
+        adopted them already, and those are left out."""
+        if self._gone:
+            if expected:
+                self._unexpect([r[0] for r in rows])
+            return
+        if not expected:
+            by_base, pending = self._index.by_base, self._pending_bases
+            rows = [r for r in rows if r[0] not in by_base and r[0] not in pending]
+            self._expect([r[0] for r in rows])
+        if not rows:
+            return
+        self._unnumbered.extend(rows)
+        self._queued += len(rows)
+        if not self._numbering:
+            self._numbering = True
+            self._number_call = self._store._reactor.callLater(NUMBER_DELAY,
+                                                               self._start_numbering)
+
+    def _start_numbering(self) -> None:
+        self._number_call = None
+        d = defer.Deferred.fromCoroutine(self._number_batches())
+        d.addErrback(lambda f: self.log.failure("numbering deliveries failed", f))
+
+    async def _number_batches(self) -> None:
+        try:
+            while self._unnumbered and not self._gone:
+                batch, self._unnumbered = self._unnumbered, []
+                try:
+                    await self._number(batch)
+                except Exception:
+                    # The files stay in new/ (durable); the next listing adopts them.
+                    self._stamp = None
+                    self.log.failure("giving UIDs to {n} delivered messages in {path} "
+                                     "failed; the next rescan will", n=len(batch),
+                                     path=self._path)
+                self._numbered += len(batch)
+                self._wake_numbered()
+        finally:
+            self._numbering = False
+            if self._gone:
+                self._unnumbered.clear()
+                self._numbered = self._queued
+                self._wake_numbered()
+
+    async def _number(self, batch: list[Row]) -> None:
+        """One batch: one dotlock round (lock, read what others appended, append,
+        release) and one uidlist fsync in a thread, then visible, in UID order."""
+        self.batches += 1
+        bases = [row[0] for row in batch]
+        uids, ticket = self._uids, []
+        syncer = self._store._sync if self._store.fsync else None
+        facts = [(date, size, wrap) for _, _, _, wrap, size, date in batch]
+
+        def work():
+            got = uids.assign(bases, ticket, facts)
+            if syncer is not None:
+                syncer.sync([uids.uidlist.path])
+            return got
+
+        try:
+            try:
+                got = await self._store._in_thread(work)
+            except BaseException:
+                self._settle([(uid, None) for uid in ticket])
+                raise
+            await self._settle(list(zip(got, batch, strict=True)))
+        finally:
+            self._unexpect(bases)
+
+    def _wake_numbered(self) -> None:
+        done = self._numbered
+        ready = [d for target, d in self._number_waiters if target <= done]
+        if ready:
+            self._number_waiters = [(t, d) for t, d in self._number_waiters if t > done]
+            for d in ready:
+                d.callback(None)
+
+    def _numbered_all(self) -> defer.Deferred:
+        """Fires once every delivery queued so far is numbered (or its batch failed)."""
+        if self._numbered >= self._queued:
+            return defer.succeed(None)
+        if self._number_call is not None and self._number_call.active():
+            self._number_call.reset(0)  # someone waits: no point collecting more
+        d: defer.Deferred = defer.Deferred()
+        self._number_waiters.append((self._queued, d))
+        return d
+
     # -- plumbing -----------------------------------------------------------------------
 
     def _check(self) -> None:
@@ -454,10 +567,17 @@ class MaildirFolder:
     # -- IFolder: changes ----------------------------------------------------------------
 
     def refresh(self):
+        return self._run(self._refresh_now)
+
+    async def _refresh_now(self) -> None:
+        if self._numbered < self._queued:
+            # Deliveries acknowledged before now are numbered first (no lock needed).
+            await self._numbered_all()
         if self._watching == "inotify":
             # The watch has told us of every change so far (once its queue is read).
-            return self._run(self._sync_disk)
-        return self._run(self._refresh)
+            await self._sync_disk()
+        else:
+            await self._refresh()
 
     async def _refresh(self, force: bool = False) -> None:
         """Compare the directories with the index (the listing is skipped when their
@@ -920,5 +1040,12 @@ class MaildirFolder:
         self._index.clear()
         self._cache.clear()
         self._cache_pending.clear()
+        self._unnumbered.clear()
+        self._numbered = self._queued
+        self._wake_numbered()
+        if self._number_call is not None and self._number_call.active():
+            self._number_call.cancel()
+            self._number_call = None
+            self._numbering = False
         self._listeners.expunged(self, uids)
         return closed

@@ -67,12 +67,15 @@ def link_or_copy(src: str, dest: str, fsync: bool, modes: FileModes) -> None:
 def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileModes,
                   data: bytes | None = None) -> None:
     """Make the tmp file durable, link it into each target's new/, give it a UID there
-    (dovecot-uidlist, under its lock), and (through the group commit ``syncer``, None
-    when fsync is off) make the links and uidlist records durable.
+    (dovecot-uidlist, under its lock) unless the job says later, and (through the
+    group commit ``syncer``, None when fsync is off) make the links and uidlist records
+    durable.
 
     ``date`` becomes the file's mtime, which is its INTERNALDATE for Dovecot too.
     ``jobs``: (folder path, file name, base name, CRLF size, folder file lock,
-    KeywordFile, FolderUids, ticket list that receives the UID handed out).
+    KeywordFile, FolderUids, ticket list that receives the UID handed out); the lock
+    and KeywordFile are None for a folder that is not open (no keywords then), the
+    FolderUids and ticket None for a copy numbered later.
     ``data``: the whole message when it was kept in memory (``file`` is then None and
     the tmp file is written here). The tmp file is closed and removed whatever happens.
     """
@@ -83,7 +86,8 @@ def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileMod
             file.write(data)
         file.flush()
         for folder_path, name, _base, _size, lock, kwfile, _uids, _ticket in jobs:
-            kwfile.write_if_needed(folder_path, lock, fsync)
+            if kwfile is not None:
+                kwfile.write_if_needed(folder_path, lock, fsync)
             link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync, modes)
         # The date goes on after the links (the tmp cleaner would take a file with an
         # old mtime for a crash's leftover), before the fsync (which makes it durable,
@@ -92,9 +96,12 @@ def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileMod
         if fsync:
             os.fsync(file.fileno())
         for _path, _name, base, size, _lock, _kwfile, uids, ticket in jobs:
-            uids.assign([base], ticket, [(date, size, False)])
+            if uids is not None:
+                uids.assign([base], ticket, [(date, size, False)])
         if fsync:
-            syncer.sync({os.path.join(p, n) for p, *_ in jobs for n in ("new", UIDLIST_FILE)})
+            syncer.sync({os.path.join(p, "new") for p, *_ in jobs}
+                        | {os.path.join(p, UIDLIST_FILE) for p, *_, u, _t in jobs
+                           if u is not None})
     finally:
         if file is not None:
             file.close()

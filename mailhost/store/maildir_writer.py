@@ -5,11 +5,18 @@ durably to every target folder (Implements: IMessageWriter).
 tmp file only past ``MEMORY_LIMIT``, so the reactor thread never opens or writes a
 file for it: creating a file can stall behind a journal commit that another thread's
 fsync started. ``commit`` then, in one worker-thread hop: write the tmp file (if it is
-still in memory), fdatasync it, hard-link it into each
-target's new/ (copy on EXDEV), give it a UID there (dovecot-uidlist, under Dovecot's
-lock: maildir_uids); then a group-commit round fsyncs the new/ directories and
-uidlists. The Deferred fires only after that, and
-after the UIDs are visible in the folder index.
+still in memory), fsync it, hard-link it into each target's new/ (copy on EXDEV),
+give it a UID there (dovecot-uidlist, under Dovecot's lock: maildir_uids); then a
+group-commit round fsyncs the new/ directories and uidlists. The Deferred fires only
+after that, and after the UIDs are visible in the folder index.
+
+A target with ``want_uid=False`` (SMTP: nobody reads the UID) skips the UID step: the
+file is as durable when the Deferred fires, and gets its UID afterwards, off the
+delivery's path, as mail another MDA drops into new/ does. If its folder is open in
+this process the folder is told on the reactor and numbers what arrived meanwhile in
+one batch (MaildirFolder._delivered: one lock round for many deliveries); else the
+file is adopted when the folder is next opened, and an unopened INBOX is not opened
+for it. A crash in between leaves a durable file in new/, numbered at the next open.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from mailhost.store.crlf import CRLFNormalizer
 from mailhost.store.flags import normalize_flags
 from mailhost.store.interfaces import DeliveryTarget, IMessageWriter, StoreError
 from mailhost.store.maildir_io import deliver_files
-from mailhost.store.maildir_names import filename, make_info, unique_base
+from mailhost.store.maildir_names import Keywords, filename, make_info, unique_base
+from mailhost.store.names import INBOX, canonical_folder
 
 WRITE_BUFFER = 64 * 1024
 #: Messages up to this size stay in memory until commit; larger ones stream to disk.
@@ -67,29 +75,27 @@ class MaildirMessageWriter:
         self._done = True
         return defer.Deferred.fromCoroutine(self._commit(list(targets)))
 
-    async def _commit(self, targets: list[DeliveryTarget]) -> list[int]:
+    async def _commit(self, targets: list[DeliveryTarget]) -> list[int | None]:
         store = self._store
         # One file, one mtime: the first target's date (or now) is every copy's
         # INTERNALDATE, here and for Dovecot, which reads it from the mtime.
         first = targets[0].internal_date if targets else None
         date = int(time.time()) if first is None else int(first)
         try:
-            folders = [await store._folder(t.user, t.folder) for t in targets]
-            plan = []
-            for folder, target in zip(folders, targets, strict=True):
-                flags = normalize_flags(target.flags)
-                await folder._learn_keywords(flags)
-                part = make_info(folder._letters(flags), in_new=True)
-                plan.append((folder, unique_base(self.size), part))
+            plan = [await self._place(t) for t in targets]
         except BaseException:
             self._discard()
             raise
-        for folder, base, _ in plan:
-            folder._expect([base])
-        tickets: list[list[int]] = [[] for _ in plan]
-        jobs = [(f._path, filename(base, part), base, self.size, f._file_lock, f._kwfile,
-                 f._uids, ticket)
-                for (f, base, part), ticket in zip(plan, tickets, strict=True)]
+        for folder, _, _, base, _ in plan:
+            if folder is not None:
+                folder._expect([base])
+        tickets: list[list[int] | None] = [[] if t.want_uid else None for t in targets]
+        jobs = []
+        for (folder, _, path, base, part), ticket in zip(plan, tickets, strict=True):
+            kw = (None, None) if folder is None else (folder._file_lock, folder._kwfile)
+            jobs.append((path, filename(base, part), base, self.size, *kw,
+                         None if ticket is None else folder._uids, ticket))
+        told = False
         try:
             try:
                 await store._in_thread(deliver_files, self._file, self._path, date, jobs,
@@ -97,19 +103,60 @@ class MaildirMessageWriter:
                                        None if self._buffer is None else bytes(self._buffer))
                 self._buffer = None
             except BaseException:
-                for (folder, _, _), ticket in zip(plan, tickets, strict=True):
-                    folder._settle([(uid, None) for uid in ticket])
+                for (folder, _, _, _, _), ticket in zip(plan, tickets, strict=True):
+                    if ticket is not None:
+                        folder._settle([(uid, None) for uid in ticket])
                 raise
+            # Durable now. Copies nobody waits a UID for are numbered in the folder's
+            # next batch (or when it is opened); the others are settled here.
+            for (folder, account, _, base, part), ticket in zip(plan, tickets,
+                                                                 strict=True):
+                if ticket is None:
+                    row = (base, True, part, False, self.size, float(date))
+                    if folder is not None:
+                        folder._delivered([row], expected=True)
+                    else:
+                        account._delivered_unopened(row)
+            told = True
             by_folder: dict[int, tuple[object, list]] = {}
-            for (folder, base, part), ticket in zip(plan, tickets, strict=True):
+            for (folder, _, _, base, part), ticket in zip(plan, tickets, strict=True):
+                if ticket is None:
+                    continue
                 row = folder._row(base, True, part, False, self.size, date, ticket[0])
                 by_folder.setdefault(id(folder), (folder, []))[1].append((ticket[0], row))
             await defer.gatherResults([f._settle(items) for f, items in by_folder.values()],
                                       consumeErrors=True)
         finally:
-            for folder, base, _ in plan:
-                folder._unexpect([base])
-        return [ticket[0] for ticket in tickets]
+            for (folder, _, _, base, _), ticket in zip(plan, tickets, strict=True):
+                # A copy handed to the numbering batch stays expected until numbered.
+                if folder is not None and not (told and ticket is None):
+                    folder._unexpect([base])
+        return [None if ticket is None else ticket[0] for ticket in tickets]
+
+    async def _place(self, target: DeliveryTarget):
+        """(open folder or None, account, folder path, base name, info part) of one
+        copy. A copy that wants no UID does not open its
+        folder: an unopened INBOX gets the file, numbered when the folder is opened."""
+        store = self._store
+        flags = normalize_flags(target.flags)
+        account = await store._account(target.user)
+        canon = canonical_folder(target.folder)
+        if target.want_uid:
+            folder = await account._folder(canon)
+        else:
+            folder = account._folders.get(canon)
+            if folder is None and (canon != INBOX
+                                   or any(not f.startswith("\\") for f in flags)):
+                # Another folder must exist (opening checks), and keywords need the
+                # folder's letter map: open it.
+                folder = await account._folder(canon)
+        if folder is None:
+            path, letters = account._dir(INBOX), Keywords().letters_of(flags)
+        else:
+            await folder._learn_keywords(flags)
+            path, letters = folder._path, folder._letters(flags)
+        return (folder, account, path, unique_base(self.size),
+                make_info(letters, in_new=True))
 
     def _discard(self) -> None:
         self._buffer = None

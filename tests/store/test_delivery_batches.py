@@ -1,0 +1,254 @@
+"""Deliveries that want no UID (SMTP) are durable at commit and numbered afterwards.
+
+The commit needs no dovecot-uidlist lock; an open folder numbers what arrived meanwhile
+in batches (one lock round for many deliveries), keeping UIDs visible in ascending
+order; an unopened INBOX is left unopened and adopts the files at its next open; a
+refresh (SELECT, NOOP, POP3 login) waits for the batches already due.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from mailhost.store.dotlock import DotLock
+from mailhost.store.dovecot_uidlist import UIDLIST_FILE, UidList
+from mailhost.store.interfaces import DeliveryTarget
+from mailhost.store.maildir import MaildirStore
+from tests.store.test_maildir import A, folder_of, read_all, user_dir
+
+
+class Recorder:
+    """UIDs listeners heard of, in the order they heard them."""
+
+    def __init__(self) -> None:
+        self.added: list[int] = []
+
+    def messages_added(self, folder, infos):
+        self.added.extend(i.uid for i in infos)
+
+    def flags_changed(self, folder, infos):
+        pass
+
+    def messages_expunged(self, folder, uids):
+        pass
+
+
+@pytest.fixture
+def root(tmp_path):
+    return str(tmp_path / "mail")
+
+
+def msg(n: int) -> bytes:
+    return b"From: x@example.test\r\nSubject: %d\r\n\r\nbody %d\r\n" % (n, n)
+
+
+async def smtp_deliver(store, n: int, user: str = A) -> list:
+    w = store.new_message()
+    w.write(msg(n))
+    return await w.commit([DeliveryTarget(user, want_uid=False)])
+
+
+async def append(store, n: int) -> int:
+    w = store.new_message()
+    w.write(msg(n))
+    [uid] = await w.commit([DeliveryTarget(A)])
+    return uid
+
+
+def records(root: str) -> dict[str, int]:
+    ul = UidList(os.path.join(user_dir(root), UIDLIST_FILE))
+    ul.refresh()
+    return dict(ul.by_base)
+
+
+def new_files(root: str) -> list[str]:
+    return os.listdir(os.path.join(user_dir(root), "new"))
+
+
+def later(seconds: float, fn) -> defer.Deferred:
+    return task.deferLater(reactor, seconds, fn)
+
+
+async def subjects(box) -> dict[int, bytes]:
+    out = {}
+    for info in box.messages():
+        out[info.uid] = (await read_all(box, info.uid)).split(b"Subject: ")[1].split(b"\r\n")[0]
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_smtp_delivery_is_acknowledged_while_another_holds_the_uidlist_lock(root):
+    """The commit never waits for dovecot-uidlist.lock; the UID comes once it is free,
+    and a refresh waits for it."""
+    store = MaildirStore(root, fsync=True)
+    box = await folder_of(store)
+    await append(store, 0)
+    lock = DotLock(os.path.join(user_dir(root), UIDLIST_FILE))
+    lock.acquire()  # free now: no wait on the reactor
+    try:
+        assert await smtp_deliver(store, 1) == [None]
+        assert len(new_files(root)) == 2  # durable in new/ ...
+        assert len(records(root)) == 1  # ... with no UID yet
+        assert [i.uid for i in box.messages()] == [1]
+    finally:
+        later(0.3, lock.release)
+    await box.refresh()  # waits for the batch that was waiting for the lock
+    assert await subjects(box) == {1: b"0", 2: b"1"}
+    assert sorted(records(root).values()) == [1, 2]
+    assert box.uid_next == 3
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_smtp_deliveries_share_one_lock_round_per_batch(root):
+    store = MaildirStore(root, fsync=True)
+    box = await folder_of(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    lock = DotLock(os.path.join(user_dir(root), UIDLIST_FILE))
+    lock.acquire()
+    try:
+        # The first batch waits for the lock; everything else collects meanwhile.
+        results = await defer.gatherResults([defer.Deferred.fromCoroutine(
+            smtp_deliver(store, n)) for n in range(40)])
+    finally:
+        lock.release()
+    assert results == [[None]] * 40
+    await box.refresh()
+    assert [i.uid for i in box.messages()] == list(range(1, 41))
+    assert sorted(records(root).values()) == list(range(1, 41))
+    assert rec.added == list(range(1, 41))  # heard of in ascending order, each once
+    assert box.batches <= 2
+    assert sorted((await subjects(box)).values()) == sorted(b"%d" % n for n in range(40))
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_smtp_deliveries_and_appends_keep_uids_ascending(root):
+    """APPEND keeps numbering at once (APPENDUID); mixed with batched deliveries, no
+    listener ever hears of a UID below one it heard of before."""
+    store = MaildirStore(root, fsync=True)
+    box = await folder_of(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    work = []
+    for n in range(60):
+        coro = append(store, n) if n % 3 == 0 else smtp_deliver(store, n)
+        work.append(defer.Deferred.fromCoroutine(coro))
+    got = await defer.gatherResults(work)
+    appended = [uid for n, uid in enumerate(got) if n % 3 == 0]
+    await box.refresh()
+    uids = [i.uid for i in box.messages()]
+    assert len(uids) == 60 and len(set(uids)) == 60
+    assert set(appended) <= set(uids)
+    assert rec.added == sorted(rec.added) and len(set(rec.added)) == 60
+    assert sorted(records(root).values()) == sorted(uids)
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unopened_inbox_stays_closed_and_numbers_the_files_when_opened(root):
+    store = MaildirStore(root, fsync=True)
+    for n in range(3):
+        assert await smtp_deliver(store, n) == [None]
+    account = await store.open_account(A)
+    assert "INBOX" not in account._folders
+    assert len(new_files(root)) == 3 and records(root) == {}
+    box = await account.open_folder("INBOX")
+    assert [i.uid for i in box.messages()] == [1, 2, 3]
+    assert sorted(records(root).values()) == [1, 2, 3]
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliveries_while_inbox_opens_are_numbered_once(root):
+    store = MaildirStore(root, fsync=True)
+    await smtp_deliver(store, 0)  # the account exists; INBOX is not open
+    account = await store.open_account(A)
+    work = [defer.Deferred.fromCoroutine(smtp_deliver(store, n)) for n in range(1, 15)]
+    opening = account.open_folder("INBOX")
+    work += [defer.Deferred.fromCoroutine(smtp_deliver(store, n)) for n in range(15, 30)]
+    await defer.gatherResults(work)
+    box = await opening
+    await box.refresh()
+    uids = [i.uid for i in box.messages()]
+    assert uids == list(range(1, 31))
+    assert sorted(records(root).values()) == uids
+    assert sorted((await subjects(box)).values()) == sorted(b"%d" % n for n in range(30))
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_batch_leaves_the_files_for_the_next_rescan(root):
+    store = MaildirStore(root, fsync=True)
+    box = await folder_of(store)
+    await append(store, 0)
+    box._uids.lock_timeout = 0.3
+    lock = DotLock(os.path.join(user_dir(root), UIDLIST_FILE))
+    lock.acquire()
+    try:
+        await smtp_deliver(store, 1)
+        await box._numbered_all()  # the batch gave up on the lock
+    finally:
+        lock.release()
+    assert [i.uid for i in box.messages()] == [1]
+    box._uids.lock_timeout = None
+    await box.refresh()  # a listing adopts the file
+    assert await subjects(box) == {1: b"0", 2: b"1"}
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_numbers_what_is_waiting(root):
+    store = MaildirStore(root, fsync=True)
+    await folder_of(store)
+    lock = DotLock(os.path.join(user_dir(root), UIDLIST_FILE))
+    lock.acquire()
+    try:
+        await smtp_deliver(store, 1)
+    finally:
+        later(0.2, lock.release)
+    await store.close()
+    assert list(records(root).values()) == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_deleted_with_deliveries_waiting_wakes_its_waiters(root):
+    store = MaildirStore(root, fsync=True)
+    account = await store.open_account(A)
+    await account.create_folder("Work")
+    box = await account.open_folder("Work")
+    path = os.path.join(box._path, UIDLIST_FILE)
+    await box.refresh()
+    lock = DotLock(path)
+    lock.acquire()
+    try:
+        w = store.new_message()
+        w.write(msg(1))
+        assert await w.commit([DeliveryTarget(A, "Work", want_uid=False)]) == [None]
+        waiting = box._numbered_all()
+        await account.delete_folder("Work")
+        assert waiting.called
+    finally:
+        lock.release()
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_listeners_hear_of_a_delivery_within_a_second_without_a_refresh(root):
+    store = MaildirStore(root, fsync=True)
+    box = await folder_of(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    for n in range(3):
+        started = reactor.seconds()
+        await smtp_deliver(store, n)
+        while not len(rec.added) > n and reactor.seconds() - started < 5:
+            await later(0.01, lambda: None)
+        assert rec.added == list(range(1, n + 2))
+        assert reactor.seconds() - started < 1.0
+    await store.close()
