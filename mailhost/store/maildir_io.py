@@ -13,8 +13,10 @@ import time
 from twisted.logger import Logger
 
 from mailhost.store import mutf7
+from mailhost.store.crlf import crlf_size
 from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
+from mailhost.store.maildir_names import sizes_from_base
 from mailhost.store.modes import FileModes
 from mailhost.store.names import INBOX, InvalidFolderName, canonical_folder
 
@@ -136,6 +138,53 @@ def list_names(path: str) -> tuple[list[str], list[str]]:
         except FileNotFoundError:
             raise NoSuchFolder(path) from None
     return out[0], out[1]
+
+
+#: Where a message another program saved is found: (base name, in new/, info part or
+#: None, needs CRLF wrap, CRLF size, mtime), as the folder's index rows.
+Located = tuple[str, bool, str | None, bool, int, float]
+
+
+def locate_files(path: str, bases: list[str]) -> dict[str, Located]:
+    """Find these base names in new/ or cur/ (base -> row; a file not there is left
+    out): first where Dovecot saves them (``new/<base>``, ``cur/<base>:2,``), then one
+    listing of both directories for the rest (flagged names)."""
+    hits: dict[str, tuple[str, str]] = {}
+    rest = []
+    for base in bases:
+        for sub, name in (("new", base), ("cur", base + ":2,")):
+            if os.path.exists(os.path.join(path, sub, name)):
+                hits[base] = (sub, name)
+                break
+        else:
+            rest.append(base)
+    if rest:
+        try:
+            cur, new = list_names(path)
+        except NoSuchFolder:
+            cur, new = [], []
+        want = set(rest)
+        for sub, names in (("cur", cur), ("new", new)):  # cur/ wins, as at load
+            for name in names:
+                base = name.partition(":")[0]
+                if base in want and base not in hits:
+                    hits[base] = (sub, name)
+    out = {}
+    for base, (sub, name) in hits.items():
+        full = os.path.join(path, sub, name)
+        s, w = sizes_from_base(base)
+        try:
+            mtime = float(int(os.stat(full).st_mtime))
+            if s is not None and w is not None:
+                size, wrap = w, s != w
+            else:
+                size, raw = crlf_size(full)
+                wrap = size != raw
+        except FileNotFoundError:
+            continue  # expunged (or renamed) meanwhile
+        _, sep, part = name.partition(":")
+        out[base] = (base, sub == "new", part if sep else None, wrap, size, mtime)
+    return out
 
 
 def rename_all(path: str, renames, kwfile, lock, fsync: bool) -> list[bool]:
