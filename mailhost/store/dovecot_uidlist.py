@@ -327,7 +327,11 @@ class UidList:
             return
         by_base, ext = self.by_base, self.ext
         disorder = any(a >= b for a, b in pairwise(uids))
-        self._arrived.append((uids, bases, not disorder))
+        if disorder:
+            self._arrived.append((uids, bases, False))
+        elif uids[-1] > self.handed:  # only what is above ``handed`` (usually a few)
+            i = bisect_right(uids, self.handed)
+            self._arrived.append((uids[i:], bases[i:], True) if i else (uids, bases, True))
         if uids[0] <= self.max_uid or disorder:
             self.dirty = True  # out of order: Dovecot recreates it; so do we
             for uid, base in zip(uids, bases, strict=True):

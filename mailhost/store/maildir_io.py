@@ -148,13 +148,14 @@ Located = tuple[str, bool, str | None, bool, int, float]
 def locate_files(path: str, bases: list[str]) -> dict[str, Located]:
     """Find these base names in new/ or cur/ (base -> row; a file not there is left
     out): first where Dovecot saves them (``new/<base>``, ``cur/<base>:2,``), then one
-    listing of both directories for the rest (flagged names)."""
-    hits: dict[str, tuple[str, str]] = {}
+    listing of both directories for the rest (flagged names, or renamed meanwhile)."""
+    out: dict[str, Located] = {}
     rest = []
     for base in bases:
         for sub, name in (("new", base), ("cur", base + ":2,")):
-            if os.path.exists(os.path.join(path, sub, name)):
-                hits[base] = (sub, name)
+            row = _located(path, sub, name)
+            if row is not None:
+                out[base] = row
                 break
         else:
             rest.append(base)
@@ -167,24 +168,27 @@ def locate_files(path: str, bases: list[str]) -> dict[str, Located]:
         for sub, names in (("cur", cur), ("new", new)):  # cur/ wins, as at load
             for name in names:
                 base = name.partition(":")[0]
-                if base in want and base not in hits:
-                    hits[base] = (sub, name)
-    out = {}
-    for base, (sub, name) in hits.items():
-        full = os.path.join(path, sub, name)
-        s, w = sizes_from_base(base)
-        try:
-            mtime = float(int(os.stat(full).st_mtime))
-            if s is not None and w is not None:
-                size, wrap = w, s != w
-            else:
-                size, raw = crlf_size(full)
-                wrap = size != raw
-        except FileNotFoundError:
-            continue  # expunged (or renamed) meanwhile
-        _, sep, part = name.partition(":")
-        out[base] = (base, sub == "new", part if sep else None, wrap, size, mtime)
+                if base in want and base not in out:
+                    row = _located(path, sub, name)
+                    if row is not None:
+                        out[base] = row
     return out
+
+
+def _located(path: str, sub: str, name: str) -> Located | None:
+    full = os.path.join(path, sub, name)
+    base, sep, part = name.partition(":")
+    s, w = sizes_from_base(base)
+    try:
+        mtime = float(int(os.stat(full).st_mtime))
+        if s is not None and w is not None:
+            size, wrap = w, s != w  # Dovecot: S= on disk, W= with CRLF
+        else:
+            size, raw = crlf_size(full)
+            wrap = size != raw
+    except FileNotFoundError:
+        return None
+    return base, sub == "new", part if sep else None, wrap, size, mtime
 
 
 def rename_all(path: str, renames, kwfile, lock, fsync: bool) -> list[bool]:
