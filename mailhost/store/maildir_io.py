@@ -161,17 +161,30 @@ def locate_files(path: str, bases: list[str]) -> dict[str, Located]:
             rest.append(base)
     if rest:
         try:
-            cur, new = list_names(path)
+            where = names_by_base(path)
         except NoSuchFolder:
-            cur, new = [], []
-        want = set(rest)
-        for sub, names in (("cur", cur), ("new", new)):  # cur/ wins, as at load
-            for name in names:
-                base = name.partition(":")[0]
-                if base in want and base not in out:
-                    row = _located(path, sub, name)
-                    if row is not None:
-                        out[base] = row
+            where = {}
+        for base in rest:
+            if base in where:
+                row = _located(path, *where[base])
+                if row is not None:
+                    out[base] = row
+    return out
+
+
+def names_by_base(path: str) -> dict[str, tuple[str, str]]:
+    """base -> (subdir, name) of every message file, new/ listed before cur/: a file
+    another program moves from new/ to cur/ meanwhile (Dovecot, mutt) is seen in one
+    of them (the other order can miss it). cur/ wins for a base in both."""
+    out = {}
+    for sub in ("new", "cur"):
+        try:
+            names = os.listdir(os.path.join(path, sub))
+        except FileNotFoundError:
+            raise NoSuchFolder(path) from None
+        for name in names:
+            if name[:1] != ".":
+                out[name.partition(":")[0]] = (sub, name)
     return out
 
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from mailhost.store import uidcache
 from mailhost.store.dotlock import DotLock
 from mailhost.store.dovecot_uidlist import UIDLIST_FILE, UidList
-from mailhost.store.maildir_io import Located, list_names, locate_files
+from mailhost.store.maildir_io import Located, locate_files, names_by_base
 from mailhost.store.modes import PRIVATE, FileModes
 
 CacheRow = tuple[int, float, int, bool]  # uid, date, size, wrap
@@ -231,11 +231,13 @@ class FolderUids:
             ul = self.uidlist
             with self.dotlock():
                 ul.refresh()
-                cur, new = list_names(self.path)
-                on_disk = {n.partition(":")[0] for n in cur}
-                on_disk.update(n.partition(":")[0] for n in new)
+                on_disk = set(names_by_base(self.path))
                 on_disk |= live
-                keep = on_disk | {b for b, u in ul.by_base.items() if u > ul.handed}
+                # Above ``handed``: being saved by another program; from the lowest UID
+                # not settled yet: handed to the index, not in it yet (newcomers).
+                head = self.peek()
+                floor = ul.handed if head is None else min(ul.handed, head - 1)
+                keep = on_disk | {b for b, u in ul.by_base.items() if u > floor}
                 dropped = ul.recreate(self.fsync, keep)
             facts = uidcache.read(self.cache_path, ul.validity).facts_by_uid()
             left = set(ul.by_base.values())
