@@ -48,7 +48,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Collection, Iterable
 from itertools import pairwise
 
 from mailhost.store.modes import PRIVATE, FileModes
@@ -189,11 +190,13 @@ class UidList:
     Holds what was read (base -> UID, the extension fields of records that have some,
     the header), the file it was read from (kept open: ``_Pin``) and where reading
     stopped, so ``refresh`` reads only what was appended while the path still names
-    that file. ``handed`` is the highest UID given to the folder's
-    index: a record found at or below it for a file the index does not have (a file
-    that reappeared, or one we saw too late) gets a new UID instead, as Dovecot does
-    ("Expunged message reappeared, giving a new UID"), so a session never sees a UID
-    below one it has seen.
+    that file. ``handed`` is the highest UID given to the folder's index. Before a
+    new UID goes to the index, every record above ``handed`` that another program
+    wrote meanwhile (``newcomers``) goes with it, in ascending order, so it keeps its
+    UID. Only a record at or below ``handed`` for a file the index does not have (a
+    file that reappeared) gets a new UID instead, as Dovecot does ("Expunged message
+    reappeared, giving a new UID"), so a session never sees a UID below one it has
+    seen.
 
     Not thread-safe: the folder serialises every use (MaildirFolder's UID lock).
     """
@@ -212,6 +215,9 @@ class UidList:
         self.torn = False  # the file ends in an unterminated line
         self.dirty = False  # the file needs a recreate (old version, no GUID, disorder)
         self._appending: list[tuple[int, str]] = []  # what ``assign`` added, for ``write``
+        #: Records read since ``newcomers`` last looked: (uids, bases, ascending) chunks,
+        #: the parsed lists themselves (no copy: a load reads 100k records at once).
+        self._arrived: list[tuple[list[int], list[str], bool]] = []
 
     # -- reading ---------------------------------------------------------------------
 
@@ -238,6 +244,7 @@ class UidList:
         self._offset = 0
         self.torn = False
         self.dirty = False
+        self._arrived = []
 
     def _repin(self, fd: int, st: os.stat_result) -> _Pin:
         """Hold ``fd`` (the file now at the path) instead of the file read before."""
@@ -319,7 +326,13 @@ class UidList:
         if not uids:
             return
         by_base, ext = self.by_base, self.ext
-        if uids[0] <= self.max_uid or any(a >= b for a, b in pairwise(uids)):
+        disorder = any(a >= b for a, b in pairwise(uids))
+        if disorder:
+            self._arrived.append((uids, bases, False))
+        elif uids[-1] > self.handed:  # only what is above ``handed`` (usually a few)
+            i = bisect_right(uids, self.handed)
+            self._arrived.append((uids[i:], bases[i:], True) if i else (uids, bases, True))
+        if uids[0] <= self.max_uid or disorder:
             self.dirty = True  # out of order: Dovecot recreates it; so do we
             for uid, base in zip(uids, bases, strict=True):
                 old = by_base.get(base)
@@ -336,17 +349,46 @@ class UidList:
         self.header = Header(validity, max(next_uid, self.max_uid + 1), new_guid())
         self.dirty = True
 
-    def assign(self, bases: Iterable[str]) -> tuple[list[int], bool]:
+    def trim_arrived(self) -> None:
+        """Forget records read so far at or below ``handed`` (the loader calls this
+        once it set ``handed``; what is above stays for ``newcomers``)."""
+        handed, kept = self.handed, []
+        for uids, bases, ascending in self._arrived:
+            if ascending:
+                i = bisect_right(uids, handed)
+                if i < len(uids):
+                    kept.append((uids[i:], bases[i:], True))
+            else:
+                pairs = [(u, b) for u, b in zip(uids, bases, strict=True) if u > handed]
+                if pairs:
+                    kept.append(([u for u, _ in pairs], [b for _, b in pairs], False))
+        self._arrived = kept
+
+    def newcomers(self, ours: Collection[str]) -> list[tuple[int, str]]:
+        """[(uid, base)], ascending, of the records read since the last call that are
+        above ``handed`` and name none of ``ours``: another program's messages (Dovecot's
+        APPEND, or its sync numbering a file) that the index must take, keeping their
+        UIDs, before any UID above them becomes visible. Forgets what it read."""
+        self.trim_arrived()
+        arrived, self._arrived = self._arrived, []
+        get = self.by_base.get
+        out = {u: b for uids, bases, _ in arrived for u, b in zip(uids, bases, strict=True)
+               if b not in ours and get(b) == u}
+        return sorted(out.items())
+
+    def assign(self, bases: Iterable[str], keep: Collection[str] = ()
+               ) -> tuple[list[int], bool]:
         """UIDs for these base names (in this order): the one a record already gives
-        it if above ``handed``, else a new one. Returns (uids, whether the file must be
-        recreated rather than appended to). Call ``write`` next."""
+        it if above ``handed`` (or the base is in ``keep``: already handed to the
+        index), else a new one. Returns (uids, whether the file must be recreated
+        rather than appended to). Call ``write`` next."""
         uids = []
         recreate = self.dirty or self.torn or not self.exists
         pending = []
         nxt = self.next_uid
         for base in bases:
             uid = self.by_base.get(base)
-            if uid is not None and uid > self.handed:
+            if uid is not None and (uid > self.handed or base in keep):
                 uids.append(uid)
                 continue
             if uid is not None:

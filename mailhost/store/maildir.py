@@ -128,8 +128,8 @@ class MaildirStore:
         for folder in folders:
             folder._unwatch()
         self._watcher.close()
-        flushes = [f._numbered_all().addCallback(
-            lambda _, f=f: defer.gatherResults([f._flush_cache(), f._close_uids()],
-                                               consumeErrors=True))
-            for f in folders]
+        flushes = [f._numbered_all()
+                   .addCallback(lambda _, f=f: f._flush_cache())
+                   .addCallback(lambda _, f=f: f._close_uids())
+                   for f in folders]
         return defer.gatherResults(flushes, consumeErrors=True).addCallback(lambda _: None)

@@ -91,6 +91,7 @@ class MaildirFolder:
         self._keywords = Keywords()
         self._index = FolderIndex(self._keywords)
         self._uids = FolderUids(path, store.modes, store.fsync)
+        self._uids.known = lambda base: self._index.by_base.get(base)
         self._watching: str | None = None  # "inotify" or "poll" while listened to
         self._kwfile = KeywordFile(path, store.modes, store.fsync, self._uids.dotlock)
         self._kw_generation = 0  # of the KeywordFile map self._keywords follows
@@ -99,7 +100,7 @@ class MaildirFolder:
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
         self._settled: dict[int, Row | None] = {}
-        self._waiting: dict[int, defer.Deferred] = {}
+        self._waiting: dict[int, list[defer.Deferred]] = {}
         self._pending_bases: Counter[str] = Counter()  # being linked in by us
         self._stale = 0
         self._cache: dict[int, dict[str, str]] = {}
@@ -369,29 +370,46 @@ class MaildirFolder:
         each is visible or dropped; listeners hear of each visible batch at once. UIDs
         become visible in the order they were handed out (``FolderUids.handed``), so
         only those still waiting behind an earlier one get a Deferred (adopting 100k
-        files at once must not build 100k of them)."""
+        files at once must not build 100k of them).
+
+        Other programs' messages handed out with ours (``FolderUids.found``) settle
+        here too, first. A UID handed out once may be brought again by the caller
+        that owns its file (its file was numbered before it asked): a UID already
+        settled is left as it is, and a dropped outcome never replaces a row."""
+        uids = self._uids
+        settled = self._settled
+        found = uids.found
+        while found:
+            uid, row = found.popleft()
+            if row is not None or uid not in settled:
+                settled[uid] = row
         for uid, row in items:
-            self._settled[uid] = row
             if uid >= self.uid_next:
                 self.uid_next = uid + 1
+            head = uids.peek()
+            if head is None or uid < head:
+                continue  # settled already (the queue is ascending)
+            if row is not None or settled.get(uid) is None:
+                settled[uid] = row
         added, fire = [], []
-        handed = self._uids.handed
+        handed = uids.handed
         while True:
-            done = self._uids.peek()
-            if done is None or done not in self._settled:
+            done = uids.peek()
+            if done is None or done not in settled:
                 break
-            handed.popleft()
-            row = self._settled.pop(done)
+            row = settled.pop(done)
             if row is not None and not self._gone:
                 added.append(self._insert(done, row))
-            waiter = self._waiting.pop(done, None)
-            if waiter is not None:
-                fire.append(waiter)
+            # Only now: a thread that finds it gone from the queue finds it indexed.
+            handed.popleft()
+            fire.extend(self._waiting.pop(done, ()))
         self._listeners.added(self, added)
         waits = []
         for uid, _row in items:
-            if uid in self._settled:  # behind a handed UID that has not settled yet
-                d = self._waiting[uid] = defer.Deferred()
+            if uid in settled:  # behind a handed UID that has not settled yet
+                # A list: one UID may have two callers waiting (see above).
+                d = defer.Deferred()
+                self._waiting.setdefault(uid, []).append(d)
                 waits.append(d)
         for waiter in fire:
             waiter.callback(None)

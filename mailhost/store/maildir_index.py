@@ -596,6 +596,7 @@ def load_folder(path: str, fsync: bool, modes: FileModes = PRIVATE, adopt: bool 
             cur, new = [], []
         out.stale = len(records) - len(index)
         ul.handed = max(ul.handed, index.uids[-1] if len(index) else 0)
+        ul.trim_arrived()  # the records above stay newcomers: files not listed yet
         if foreign and adopt:
             _adopt_all(path, uids, index,
                        [n for sub, n in foreign if sub == "cur"],
@@ -715,7 +716,11 @@ def _adopt_all(path: str, uids: FolderUids, index: FolderIndex, cur: list[str],
         bases, sizes, wraps, sids = (list(compress(col, keep))
                                      for col in (bases, sizes, wraps, sids))
     n = len(bases)
-    got = uids.assign(bases, None)
+    got, newcomers = uids.assign_loading(bases)
+    for uid, (base, recent, part, wrap, size, mtime) in newcomers:
+        # Another program's records that arrived meanwhile: below ours, they keep
+        # their UIDs (see maildir_uids).
+        index.add(uid, base, size, mtime, index.state(part, recent), wrap)
     if learnt:
         uids.cache([(got[i], UNKNOWN_DATE, sizes[i], bool(wraps[i])) for i in learnt])
     if n and got == list(range(got[0], got[0] + n)) and (

@@ -13,8 +13,10 @@ import time
 from twisted.logger import Logger
 
 from mailhost.store import mutf7
+from mailhost.store.crlf import crlf_size
 from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
+from mailhost.store.maildir_names import sizes_from_base
 from mailhost.store.modes import FileModes
 from mailhost.store.names import INBOX, InvalidFolderName, canonical_folder
 
@@ -136,6 +138,70 @@ def list_names(path: str) -> tuple[list[str], list[str]]:
         except FileNotFoundError:
             raise NoSuchFolder(path) from None
     return out[0], out[1]
+
+
+#: Where a message another program saved is found: (base name, in new/, info part or
+#: None, needs CRLF wrap, CRLF size, mtime), as the folder's index rows.
+Located = tuple[str, bool, str | None, bool, int, float]
+
+
+def locate_files(path: str, bases: list[str]) -> dict[str, Located]:
+    """Find these base names in new/ or cur/ (base -> row; a file not there is left
+    out): first where Dovecot saves them (``new/<base>``, ``cur/<base>:2,``), then one
+    listing of both directories for the rest (flagged names, or renamed meanwhile)."""
+    out: dict[str, Located] = {}
+    rest = []
+    for base in bases:
+        for sub, name in (("new", base), ("cur", base + ":2,")):
+            row = _located(path, sub, name)
+            if row is not None:
+                out[base] = row
+                break
+        else:
+            rest.append(base)
+    if rest:
+        try:
+            where = names_by_base(path)
+        except NoSuchFolder:
+            where = {}
+        for base in rest:
+            if base in where:
+                row = _located(path, *where[base])
+                if row is not None:
+                    out[base] = row
+    return out
+
+
+def names_by_base(path: str) -> dict[str, tuple[str, str]]:
+    """base -> (subdir, name) of every message file, new/ listed before cur/: a file
+    another program moves from new/ to cur/ meanwhile (Dovecot, mutt) is seen in one
+    of them (the other order can miss it). cur/ wins for a base in both."""
+    out = {}
+    for sub in ("new", "cur"):
+        try:
+            names = os.listdir(os.path.join(path, sub))
+        except FileNotFoundError:
+            raise NoSuchFolder(path) from None
+        for name in names:
+            if name[:1] != ".":
+                out[name.partition(":")[0]] = (sub, name)
+    return out
+
+
+def _located(path: str, sub: str, name: str) -> Located | None:
+    full = os.path.join(path, sub, name)
+    base, sep, part = name.partition(":")
+    s, w = sizes_from_base(base)
+    try:
+        mtime = float(int(os.stat(full).st_mtime))
+        if s is not None and w is not None:
+            size, wrap = w, s != w  # Dovecot: S= on disk, W= with CRLF
+        else:
+            size, raw = crlf_size(full)
+            wrap = size != raw
+    except FileNotFoundError:
+        return None
+    return base, sub == "new", part if sep else None, wrap, size, mtime
 
 
 def rename_all(path: str, renames, kwfile, lock, fsync: bool) -> list[bool]:

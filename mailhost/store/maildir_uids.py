@@ -13,6 +13,15 @@ onto ``handed``; the folder makes a UID visible only once every UID before it in
 queue has settled (added or dropped). ``UidList.handed`` remembers the highest one, and
 a record at or below it for a file the index lacks gets a new UID (see UidList).
 
+So, as in Dovecot's own sync, no UID of ours is handed out while a record another
+program wrote below it is not: each hand-over first takes the records above
+``UidList.handed`` that are not ours (``UidList.newcomers``: Dovecot's APPEND, or its
+sync numbering a file it found), finds their files (``locate_files``) and pushes them
+with ours, in ascending order; their rows wait in ``found`` for the folder's next
+settle. A caller that later brings such a file itself (our own delivery that Dovecot
+numbered first, or an adoption that listed the file before) gets the same UID back
+(``inflight``, ``known``), never a new one.
+
 Deliveries, COPY/MOVE and adoption call ``assign`` from the thread that linked the
 files. Adoption of files that already have records (Dovecot's APPEND) needs no lock
 and writes nothing (``lookup``). Everything here blocks: worker threads only.
@@ -23,12 +32,12 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from mailhost.store import uidcache
 from mailhost.store.dotlock import DotLock
 from mailhost.store.dovecot_uidlist import UIDLIST_FILE, UidList
-from mailhost.store.maildir_io import list_names
+from mailhost.store.maildir_io import Located, locate_files, names_by_base
 from mailhost.store.modes import PRIVATE, FileModes
 
 CacheRow = tuple[int, float, int, bool]  # uid, date, size, wrap
@@ -44,6 +53,14 @@ class FolderUids:
         self.fsync = fsync
         self.lock_timeout = lock_timeout
         self.handed: deque[int] = deque()
+        #: Rows of other programs' messages handed with ours (None: the file is gone),
+        #: for the folder to settle (reactor thread: popleft).
+        self.found: deque[tuple[int, Located | None]] = deque()
+        #: base -> UID of those, until their UID has settled (then ``known`` tells).
+        self.inflight: dict[str, int] = {}
+        #: The UID the folder's index shows for a base name, or None (the folder sets
+        #: it; a dict lookup on the reactor's index, atomic under the GIL).
+        self.known: Callable[[str], int | None] = lambda base: None
         self.uidlist = UidList("", modes)
         self.set_path(path)
 
@@ -70,36 +87,90 @@ class FolderUids:
 
     # -- worker threads ------------------------------------------------------------------
 
-    def _hand(self, uids: Sequence[int], ticket: list[int] | None) -> None:
-        """Give UIDs to the index: in ascending order, above everything handed before."""
-        if ticket is None:
+    def _prune(self) -> None:
+        """Forget ``inflight`` entries whose UID has settled (the queue is ascending:
+        everything below its head has)."""
+        if not self.inflight:
             return
-        ordered = sorted(uids)
-        self.handed.extend(ordered)
-        ticket.extend(ordered)
-        if ordered:
-            self.uidlist.handed = max(self.uidlist.handed, ordered[-1])
+        head = self.peek()
+        if head is None:
+            self.inflight.clear()
+        else:
+            for base, uid in list(self.inflight.items()):
+                if uid < head:
+                    del self.inflight[base]
+
+    def _kept(self, bases: Sequence[str]) -> set[str]:
+        """Those of ``bases`` whose record is at or below ``handed`` because that
+        UID already went to the index for this very file: they keep it."""
+        ul = self.uidlist
+        handed, get, inflight, known = ul.handed, ul.by_base.get, self.inflight, self.known
+        self._prune()
+        return {b for b in bases if (u := get(b)) is not None and u <= handed
+                and (inflight.get(b) == u or known(b) == u)}
+
+    def _hand(self, bases: Sequence[str], uids: Sequence[int], ticket: list[int] | None,
+              ) -> list[tuple[int, str]]:
+        """Give UIDs to the index: ours, and the newcomers under them (see the module
+        docstring), in ascending order, above everything handed before. With no
+        ``ticket`` (the loader, which builds the index itself) the newcomers are
+        returned instead."""
+        ul = self.uidlist
+        newcomers = ul.newcomers(set(bases))
+        if ticket is None:
+            return newcomers
+        handed = ul.handed
+        if newcomers:
+            rows = locate_files(self.path, [b for _, b in newcomers])
+            for uid, base in newcomers:
+                self.inflight[base] = uid
+                self.found.append((uid, rows.get(base)))
+        fresh = sorted({u for u in uids if u > handed} | {u for u, _ in newcomers})
+        self.handed.extend(fresh)
+        ticket.extend(sorted(uids))
+        if fresh:
+            ul.handed = max(handed, fresh[-1])
+        return newcomers
 
     def assign(self, bases: Sequence[str], ticket: list[int] | None,
                cache_rows: Sequence[tuple[float, int, bool]] | None = None,
                ) -> list[int]:
         """UIDs for files just linked into (or found in) this folder, in ``bases``
         order, recorded in dovecot-uidlist; handed to the index through ``ticket``
-        (None at load, where the loader builds the index itself). ``cache_rows`` (date,
-        size, wrap per base) go to mailhost-uidcache."""
+        (None at load: see ``assign_loading``). ``cache_rows`` (date, size, wrap per
+        base) go to mailhost-uidcache."""
+        return self._assign(bases, ticket, cache_rows)[0]
+
+    def assign_loading(self, bases: Sequence[str],
+                       ) -> tuple[list[int], list[tuple[int, Located]]]:
+        """``assign`` for the loader, which builds the index itself: also returns the
+        newcomers (uid, row) it must add, ascending (those whose file is gone are left
+        out: their UIDs are simply never shown)."""
         if not bases:
-            return []
+            return [], []
+        with self.mutex:
+            uids, newcomers = self._assign(bases, None, None)
+            if not newcomers:
+                return uids, []
+            rows = locate_files(self.path, [b for _, b in newcomers])
+            return uids, [(u, rows[b]) for u, b in newcomers if b in rows]
+
+    def _assign(self, bases: Sequence[str], ticket: list[int] | None,
+                cache_rows: Sequence[tuple[float, int, bool]] | None,
+                ) -> tuple[list[int], list[tuple[int, str]]]:
+        if not bases:
+            return [], []
         with self.mutex:
             ul = self.uidlist
             with self.dotlock():
                 if not ul.refresh() and ul.header is None:
                     raise FileNotFoundError(ul.path)  # never loaded: the folder is gone
-                uids, recreate = ul.assign(bases)
+                uids, recreate = ul.assign(bases, self._kept(bases))
                 ul.write(recreate, self.fsync)
-            self._hand(uids, ticket)
+            newcomers = self._hand(bases, uids, ticket)
             if cache_rows is not None:
                 self._cache([(u, *row) for u, row in zip(uids, cache_rows, strict=True)])
-            return uids
+            return uids, newcomers
 
     def lookup(self, bases: Sequence[str], ticket: list[int],
                cache_rows: Sequence[tuple[float, int, bool]] | None = None) -> list[int]:
@@ -111,8 +182,11 @@ class FolderUids:
             ul.refresh()
             handed = ul.handed
             found = [ul.by_base.get(b) for b in bases]
-            if ul.exists and all(u is not None and u > handed for u in found):
-                self._hand(found, ticket)
+            kept = self._kept(bases) if any(u is not None and u <= handed
+                                            for u in found) else ()
+            if ul.exists and all(u is not None and (u > handed or b in kept)
+                                 for u, b in zip(found, bases, strict=True)):
+                self._hand(bases, found, ticket)
                 if cache_rows is not None:
                     self._cache([(u, *r) for u, r in zip(found, cache_rows, strict=True)])
                 return found
@@ -157,11 +231,13 @@ class FolderUids:
             ul = self.uidlist
             with self.dotlock():
                 ul.refresh()
-                cur, new = list_names(self.path)
-                on_disk = {n.partition(":")[0] for n in cur}
-                on_disk.update(n.partition(":")[0] for n in new)
+                on_disk = set(names_by_base(self.path))
                 on_disk |= live
-                keep = on_disk | {b for b, u in ul.by_base.items() if u > ul.handed}
+                # Above ``handed``: being saved by another program; from the lowest UID
+                # not settled yet: handed to the index, not in it yet (newcomers).
+                head = self.peek()
+                floor = ul.handed if head is None else min(ul.handed, head - 1)
+                keep = on_disk | {b for b, u in ul.by_base.items() if u > floor}
                 dropped = ul.recreate(self.fsync, keep)
             facts = uidcache.read(self.cache_path, ul.validity).facts_by_uid()
             left = set(ul.by_base.values())

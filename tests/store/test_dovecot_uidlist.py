@@ -138,6 +138,25 @@ def test_assign_keeps_recorded_uids_and_renumbers_only_below_handed(tmp_path):
     assert fresh(path).by_base == {"a": 6, "late": 4, "new": 5}
 
 
+def test_newcomers_are_records_above_handed_that_are_not_ours_and_a_kept_one_stays(tmp_path):
+    """Regression (issue 13): Dovecot's records between what the index was handed and
+    our new UID go to the index with it instead of being renumbered later."""
+    path = str(tmp_path / UIDLIST_FILE)
+    with open(path, "w") as f:
+        f.write("3 V7 N3 G0123456789abcdef0123456789abcdef\n1 :a\n2 :b\n")
+    ul = fresh(path)
+    ul.handed = 2
+    ul.trim_arrived()
+    assert ul.newcomers(set()) == []
+    with open(path, "a") as f:
+        f.write("3 :dv0\n4 :dv1\n5 :mine\n")
+    ul.refresh()
+    assert ul.newcomers({"mine"}) == [(3, "dv0"), (4, "dv1")]
+    assert ul.newcomers(set()) == []  # each is handed once
+    ul.handed = 5
+    assert ul.assign(["dv0"], keep={"dv0"}) == ([3], False)  # already handed: kept
+
+
 HEAD = "3 V1796419000 N1 G0123456789abcdef0123456789abcdef\n"
 
 
