@@ -62,7 +62,8 @@ import time
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEERS = os.environ.get("MAILHOST_BENCH_PEERS", "/work/shared/bench-peers")
+PEERS = os.environ.get("MAILHOST_BENCH_PEERS",
+                       os.path.join(os.path.dirname(ROOT), "shared", "bench-peers"))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

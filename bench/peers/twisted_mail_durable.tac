@@ -7,14 +7,14 @@
 # bounds what any durable single-process Twisted server can reach against the
 # stock, non-durable one.
 #
-# Run:  TWMAIL_PORT=2527 TWMAIL_DIR=DIR/twmail MAILHOST_BENCH_PEERS=/work/shared/bench-peers \
+# Run:  TWMAIL_PORT=2527 TWMAIL_DIR=DIR/twmail MAILHOST_BENCH_PEERS=../shared/bench-peers \
 #       twistd -n --pidfile= --logfile=twistd.log -y twisted_mail_durable.tac
 import os
 
 from twisted.internet import threads
 from twisted.mail import maildir
 
-PEERS = os.environ.get("MAILHOST_BENCH_PEERS", "/work/shared/bench-peers")
+PEERS = os.environ.get("MAILHOST_BENCH_PEERS", "../shared/bench-peers")  # from the repo root
 
 
 def _durable_finish(fp, tmp: str, final: str) -> None:
