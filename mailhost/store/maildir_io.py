@@ -130,14 +130,18 @@ def clean_tmp(path: str) -> None:
 
 
 def list_names(path: str) -> tuple[list[str], list[str]]:
-    """(cur/ names, new/ names), dot files skipped; NoSuchFolder if the folder is gone."""
-    out = []
-    for sub in ("cur", "new"):
+    """(cur/ names, new/ names), dot files skipped; NoSuchFolder if the folder is gone.
+
+    new/ is listed first: files only ever move from new/ to cur/, so a move between
+    the two listings shows the file twice, never not at all (a missed file would look
+    expunged and come back under a new UID)."""
+    out = {}
+    for sub in ("new", "cur"):
         try:
-            out.append([n for n in os.listdir(os.path.join(path, sub)) if n[:1] != "."])
+            out[sub] = [n for n in os.listdir(os.path.join(path, sub)) if n[:1] != "."]
         except FileNotFoundError:
             raise NoSuchFolder(path) from None
-    return out[0], out[1]
+    return out["cur"], out["new"]
 
 
 #: Where a message another program saved is found: (base name, in new/, info part or
