@@ -23,6 +23,10 @@ PROTOCOLS = ("smtp", "submission", "pop3", "imap")
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
+class _PortTaken(RuntimeError):
+    """twistd could not bind a port picked for it (another test took it meanwhile)."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -102,6 +106,7 @@ class MailHostProcess:
         os.makedirs(self.data_dir, exist_ok=True)
         if not self.ports:
             self.ports = {p: free_port(self.host) for p in PROTOCOLS}
+            self._auto_ports = True
         sections: dict[str, dict[str, Any]] = {
             "server": {"hostname": "mx.test", "domains": self.domains,
                        "data_dir": self.data_dir, "allow_plaintext_auth": "loopback"},
@@ -122,8 +127,23 @@ class MailHostProcess:
         passwd.save(entries)
 
     def start(self, timeout: float = 30.0) -> MailHostProcess:
+        """Start twistd and wait until every listener answers. Ports picked by
+        ``free_port`` can be taken by a parallel test before twistd binds them; then
+        (and only for ports we picked) new ones are picked and twistd started again."""
         if not os.path.exists(self.config_path):
             self.configure()
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                if not getattr(self, "_auto_ports", False) or attempt == 2:
+                    raise
+                self.ports = {}
+                self.configure()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> MailHostProcess:
+        log_start = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
         privileges = []
         if self.uid is not None:
@@ -141,7 +161,9 @@ class MailHostProcess:
         pending = dict(self.ports)
         while pending:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mailhost exited with {self.proc.returncode}:\n{self.log()}")
+                text = self.log()
+                error = _PortTaken if "Address already in use" in text[log_start:] else RuntimeError
+                raise error(f"mailhost exited with {self.proc.returncode}:\n{text}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"mailhost did not listen on {pending}:\n{self.log()}")
