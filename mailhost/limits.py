@@ -24,7 +24,7 @@ session is cut only when someone else needs its slot.
 
 Wiring, in ``mailhost.service.makeService``::
 
-    limits = ConnectionLimits.from_config(config, reactor=reactor)
+    limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
     root.wrap_factory = limits.wrap   # (kind, factory) -> factory
 """
 
@@ -42,8 +42,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import Interface
 
-from mailhost.config import Config, ConfigError
+from mailhost.config import ConfigError
 from mailhost.netkey import client_key
+from mailhost.settings import KindLimitSettings, LimitsSettings
 from mailhost.wrapping import InterfaceCopyingWrapper
 
 log = Logger()
@@ -353,7 +354,7 @@ class LimitingFactory(WrappingFactory):
 
 
 class ConnectionLimits:
-    """Per-kind limits from config over one shared ``ConnectionLimiter``.
+    """Per-kind limits from settings over one shared ``ConnectionLimiter``.
 
     ``wrap`` is the ``wrap_factory(kind, factory)`` hook of ``makeService``.
     """
@@ -365,26 +366,27 @@ class ConnectionLimits:
         self.hostname = hostname
 
     @classmethod
-    def from_config(cls, config: Config, reactor: IReactorTime | None = None,
-                    ) -> ConnectionLimits:
-        lim = config.limits
+    def from_settings(cls, settings: LimitsSettings, reactor: IReactorTime | None = None,
+                      ) -> ConnectionLimits:
         try:
-            limiter = ConnectionLimiter(lim.connection_rate, lim.connection_burst,
-                                        lim.exempt_networks, clock=reactor,
-                                        evict_idle=lim.evict_idle)
+            limiter = ConnectionLimiter(settings.connection_rate, settings.connection_burst,
+                                        list(settings.exempt_networks), clock=reactor,
+                                        evict_idle=settings.evict_idle)
         except ValueError as e:
             raise ConfigError(f"limits.exempt_networks: {e}") from None
-        smtp = KindLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip)
+
+        def kind(caps: KindLimitSettings) -> KindLimits:
+            return KindLimits(caps.max_connections, caps.max_connections_per_ip)
+
+        smtp = kind(settings.smtp)
         kinds = {
             "smtp": smtp,
             # Submission has no limits of its own; it counts separately with SMTP's.
             "submission": smtp,
-            "pop3": KindLimits(config.pop3.max_connections,
-                               config.pop3.max_connections_per_ip),
-            "imap": KindLimits(config.imap.max_connections,
-                               config.imap.max_connections_per_ip),
+            "pop3": kind(settings.pop3),
+            "imap": kind(settings.imap),
         }
-        return cls(limiter, kinds, config.server.hostname)
+        return cls(limiter, kinds, settings.hostname)
 
     def wrap(self, kind: str, factory: IProtocolFactory) -> IProtocolFactory:
         """Put the limits of ``kind`` in front of ``factory``.

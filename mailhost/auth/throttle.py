@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailhost.netkey import client_key
+from mailhost.settings import AuthSettings
 
 #: ``priority`` values: lower is checked first.
 KNOWN_GOOD, KNOWN_USER, NO_FAILURES, FAILING = 0, 1, 2, 3
@@ -60,6 +61,13 @@ class LoginThrottle:
         self._good: OrderedDict[tuple[str, str], float] = OrderedDict()
         # user -> time of the user's last successful login from any client.
         self._good_users: OrderedDict[str, float] = OrderedDict()
+
+    def use_settings(self, settings: AuthSettings) -> None:
+        """Reload: new limits apply from now on; the clients tracked stay tracked."""
+        self.max_failures = settings.max_failures
+        self.window = settings.failure_window
+        self.lockout = settings.lockout
+        self.known_good_ttl = settings.known_good_ttl
 
     def _expired(self, rec: _Record, now: float) -> bool:
         if rec.locked_until:

@@ -7,12 +7,15 @@ from typing import Any
 from twisted.internet.protocol import ServerFactory
 
 from mailhost.auth.login import LoginService
-from mailhost.config import Config
 from mailhost.imap.server import IMAPServer
+from mailhost.settings import IMAPSettings
 
 
 class IMAPFactory(ServerFactory):
-    """Builds IMAP sessions sharing one config, login service and TLS context.
+    """Builds IMAP sessions sharing one login service and TLS context.
+
+    A session runs under the ``settings`` the factory had when it started; a reload
+    replaces ``settings`` with a new frozen object for the sessions after it.
 
     ``store`` is only needed when the avatars do not carry one and the login
     service's portal realm has none (APPEND writes through ``store.new_message``).
@@ -20,13 +23,13 @@ class IMAPFactory(ServerFactory):
 
     protocol = IMAPServer
 
-    def __init__(self, config: Config, login: LoginService, tls_options: Any = None,
+    def __init__(self, settings: IMAPSettings, login: LoginService, tls_options: Any = None,
                  reactor: Any = None, store: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        self.config = config
+        self.settings = settings
         self.login = login
         self.tls_options = tls_options
         self.reactor = reactor

@@ -287,11 +287,12 @@ class MailHost:
                                                      self._aliases)
             self._factories = []
             wrap = make_wrapper(self._registry, self.reactor, self._factories)
+            # Remote mail is captured (outbound=True) or refused: never the spool.
             self.service = makeService(config, store=self.store,
                                        checkers=[self.directory.checker],
                                        directory=self.directory, wrap_factory=wrap,
+                                       queue=self._capture, relay=self.outbound,
                                        reactor=self.reactor)
-            self._set_outbound_policy()
             self.service.startService()
             self.running = True
             self._listening = yield self.service.wait_listening()
@@ -301,18 +302,6 @@ class MailHost:
             yield self._teardown()
             raise
         return self
-
-    def _set_outbound_policy(self) -> None:
-        for factory in self._factories:
-            smtp = factory.wrappedFactory
-            if factory.kind not in ("smtp", "submission") or not hasattr(smtp, "policy"):
-                continue
-            if self.outbound:
-                smtp.queue = self._capture
-                smtp.policy.can_queue = True
-            else:
-                smtp.queue = None
-                smtp.policy.can_queue = False
 
     @defer.inlineCallbacks
     def stop(self):
