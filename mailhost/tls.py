@@ -130,6 +130,16 @@ def write_selfsigned(hostname: str, cert_path: str, key_path: str, days: int = 8
         f.write(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def handshake_done(tls: TLSMemoryBIOProtocol) -> bool:
+    """True once the TLS handshake of ``tls`` (a server connection) has completed.
+
+    Asked through public API only: the OpenSSL connection (``getHandle``) holds the
+    peer's Finished message once the handshake is over (TLS 1.2 and 1.3 alike), and
+    Twisted's own flag is private.
+    """
+    return tls.getHandle().get_peer_finished() is not None
+
+
 class _DeadlineTLS(BufferingTLSTransport):
     """Implicit-TLS server connection that must finish its handshake in time.
 
@@ -147,7 +157,7 @@ class _DeadlineTLS(BufferingTLSTransport):
         super().makeConnection(transport)
 
     def _expire(self) -> None:
-        if not self._handshakeDone:
+        if not handshake_done(self):
             self.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
@@ -183,7 +193,7 @@ def start_tls(transport: Any, options: Any, timeout: float, clock: Any = None) -
         from twisted.internet import reactor as clock
 
     def expire() -> None:
-        if not tls._handshakeDone and not getattr(tcp, "disconnected", False):
+        if not handshake_done(tls) and not getattr(tcp, "disconnected", False):
             tcp.abortConnection()
 
     clock.callLater(timeout, expire)
