@@ -86,7 +86,8 @@ def test_listen_addresses_parses_endpoints():
 
 @pytest_twisted.ensureDeferred
 async def test_queue_interface_and_clean_stop(tmp_path):
-    svc = OutboundService(OutboundSettings.from_config(make_config(tmp_path)), MemoryStore(), directory(), resolver=FakeResolver())
+    svc = OutboundService(OutboundSettings.from_config(make_config(tmp_path)), MemoryStore(),
+                          directory(), resolver=FakeResolver())
     verifyObject(IOutboundQueue, svc.queue)
     await started(svc)
     await svc.stopService()
@@ -293,3 +294,25 @@ async def test_message_with_an_oversized_envelope_is_delivered_after_restart(tmp
     finally:
         await svc.stopService()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloaded_settings_reach_the_scheduler_and_a_new_router(tmp_path):
+    """Reload hands the running scheduler the new settings, and a new Router when the
+    port or smarthost changed: nothing mutates the router in use."""
+    import dataclasses
+
+    settings = OutboundSettings.from_config(make_config(tmp_path))
+    svc = await started(OutboundService(settings, MemoryStore(), directory(),
+                                        resolver=FakeResolver()))
+    try:
+        router = svc.scheduler.router
+        svc.use_settings(dataclasses.replace(settings, lifetime=60.0))
+        assert svc.scheduler.settings.lifetime == 60.0 and svc.scheduler.router is router
+        svc.use_settings(dataclasses.replace(settings, port=2526, smarthost="127.0.0.1:9"))
+        assert svc.scheduler.router is not router
+        assert (router.port, router.smarthost) == (settings.port, settings.smarthost)
+        assert (svc.scheduler.router.port, svc.scheduler.router.smarthost) == (2526, "127.0.0.1:9")
+        assert svc.scheduler.router.resolver is router.resolver
+    finally:
+        await svc.stopService()
