@@ -14,11 +14,15 @@ added before the first start (so no postmaster user was made) still gets its mai
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from zope.interface import Interface, implementer
 
 from mailhost.auth.passwd import normalize_address
 from mailhost.settings import DirectorySettings
+
+if TYPE_CHECKING:
+    from mailhost.auth.checkers import InMemoryChecker
 
 UsersSource = Callable[[], Mapping[str, list[str]]]
 AliasSource = Callable[[], Mapping[str, list[str]]]
@@ -59,7 +63,7 @@ class UserDirectory:
         self._users = users
         self._aliases = aliases or (lambda: {})
         self.recipient_delimiter = recipient_delimiter
-        self.checker = None  # set by in_memory(); the service wires its own
+        self.checker: InMemoryChecker | None = None  # set by in_memory(); the service wires its own
         self._table_cache: tuple[object, object, dict[str, list[str]]] | None = None
 
     def _set_domains(self, domains: Iterable[str], postmaster: str) -> None:

@@ -15,14 +15,14 @@ realm), so a realm's cleanup runs the same way for SMTP, POP3 and IMAP.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Literal
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer, task
 from twisted.internet.interfaces import ISSLTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import ProtocolWrapper
 
 from mailhost.auth.realm import IMailUser
@@ -147,7 +147,7 @@ class LoginService:
         return False
 
     def login(self, username: str, password: str, client_ip: str,
-              protocol: str) -> defer.Deferred:
+              protocol: str) -> defer.Deferred[Login]:
         """Deferred firing with a ``Login`` (the IMailUser avatar and its logout);
         LoginFailed otherwise. The caller must ``logout()`` it when its session ends.
 
@@ -170,7 +170,8 @@ class LoginService:
         return d.addBoth(done)
 
     @defer.inlineCallbacks
-    def _attempt(self, username: str, password: str, client_ip: str, protocol: str):
+    def _attempt(self, username: str, password: str, client_ip: str, protocol: str,
+                 ) -> Generator[defer.Deferred[Any], Any, Login]:
         fields = dict(event="login", user=username, protocol=protocol, client=client_ip)
         if self.throttle.locked(client_ip):
             log.warn("login refused (throttled) user={user} protocol={protocol} client={client}",
@@ -192,7 +193,7 @@ class LoginService:
             # A store or directory error (say, a user name the store refuses): the
             # client gets the protocol's temporary failure, never the exception's text.
             log.failure("login error user={user} protocol={protocol} client={client}",
-                        outcome="error", **fields)
+                        None, LogLevel.critical, outcome="error", **fields)
             raise LoginFailed("temporary failure", temporary=True) from None
         self.throttle.succeeded(client_ip, avatar.user)
         log.info("login ok user={user} protocol={protocol} client={client}",

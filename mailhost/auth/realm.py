@@ -9,7 +9,7 @@ this package importing any protocol.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 from twisted.cred.portal import IRealm
@@ -51,7 +51,8 @@ class MailRealm:
         self.avatars = dict(avatars or {})
 
     @defer.inlineCallbacks
-    def _make(self, interface: Any, avatar_id: str):
+    def _make(self, interface: Any, avatar_id: str,
+              ) -> Generator[Any, Any, tuple[Any, Any, Callable[[], object]]]:
         if interface is IMailUser:
             account = yield self.store.open_account(avatar_id)
             return (interface, MailUser(avatar_id, account), _nothing_to_do)
@@ -59,7 +60,7 @@ class MailRealm:
         logout = getattr(avatar, "logout", _nothing_to_do)
         return (interface, avatar, logout)
 
-    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> defer.Deferred[Any]:
         user = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
         for interface in interfaces:
             if interface is IMailUser or interface in self.avatars:

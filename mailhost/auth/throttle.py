@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mailhost.netkey import client_key
 from mailhost.settings import AuthSettings
@@ -137,13 +138,16 @@ class LoginThrottle:
         if user is not None and self.known_good_ttl > 0:
             now = self._clock()
             user = user.strip().lower()
-            for table, k in ((self._good, (user, key)), (self._good_users, user)):
-                table[k] = now
-                table.move_to_end(k)
-                while len(table) > self._max_tracked:
-                    table.popitem(last=False)
+            self._remember(self._good, (user, key), now)
+            self._remember(self._good_users, user, now)
 
-    def _fresh(self, table: OrderedDict, k: object) -> bool:
+    def _remember(self, table: OrderedDict[Any, float], k: object, now: float) -> None:
+        table[k] = now
+        table.move_to_end(k)
+        while len(table) > self._max_tracked:
+            table.popitem(last=False)
+
+    def _fresh(self, table: OrderedDict[Any, float], k: object) -> bool:
         stamp = table.get(k)
         if stamp is None:
             return False
