@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -134,8 +134,10 @@ class ConnectionLimiter:
                  clock: IReactorTime | None = None, max_tracked: int = 100000,
                  evict_idle: bool = True) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
-        self.clock = clock
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock: IReactorTime = clock
         self.rate = rate / 60.0
         self.burst = max(1, burst)
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in exempt]
@@ -277,9 +279,10 @@ class _Refuser(Protocol):
         self._abort: IDelayedCall | None = None
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted hook)
-        self._abort = self.clock.callLater(REFUSAL_TIMEOUT, self.transport.abortConnection)
-        self.transport.write(self.line)
-        self.transport.loseConnection()
+        transport: Any = self.transport  # a TCP transport: ITCPTransport
+        self._abort = self.clock.callLater(REFUSAL_TIMEOUT, transport.abortConnection)
+        transport.write(self.line)
+        transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         """Whatever the client says is ignored: no command runs on a refused connection."""
@@ -294,7 +297,7 @@ class _CountedProtocol(InterfaceCopyingWrapper):
     """An admitted connection; releases its count when it ends (or is evicted)."""
 
     def __init__(self, factory: LimitingFactory, wrapped: Any, host: str) -> None:
-        super().__init__(factory, wrapped)
+        super().__init__(factory, wrapped)  # type: ignore[arg-type]  # stubs: WrappingFactory[T]
         self.host = host
         self.released = False
         self.evictable = _evictable(wrapped)
@@ -325,7 +328,7 @@ class LimitingFactory(WrappingFactory):
         self.hostname = hostname
         self.refused = 0
 
-    def buildProtocol(self, addr: Any) -> Protocol | None:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 (a wrapper, or a _Refuser)
         host = getattr(addr, "host", None) or "unix"
         reason = self.limiter.admit(self.kind, host, self.limits)
         if reason is not None:

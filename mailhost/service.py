@@ -13,7 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.cred.checkers import ICredentialsChecker
@@ -21,7 +21,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory, IReactorFromThreads
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 
@@ -268,8 +268,9 @@ class MailHostService(service.MultiService):
 
             from twisted.internet import reactor
 
+            from_thread = cast(IReactorFromThreads, reactor)
             self._previous_sighup = signal.signal(
-                signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))
+                signal.SIGHUP, lambda *_: from_thread.callFromThread(self.reload))
 
     def reload(self) -> tuple[list[str], list[str]]:
         """Re-read the config file (SIGHUP): apply what can change live, log the rest.
@@ -333,8 +334,9 @@ class MailHostService(service.MultiService):
             self._previous_sighup = None
         listeners = [svc for svcs in self.listeners.values() for svc in svcs]
         d = defer.gatherResults([defer.maybeDeferred(svc.stopService) for svc in listeners])
-        if self.tracker is not None:
-            d.addCallback(lambda _: self.tracker.drain(self.config.server.shutdown_grace))
+        tracker = self.tracker
+        if tracker is not None:
+            d.addCallback(lambda _: tracker.drain(self.config.server.shutdown_grace))
         d.addCallback(lambda _: super(MailHostService, self).stopService())
         d.addCallback(lambda _: self.store.close())
         return d
@@ -446,19 +448,19 @@ def makeService(
 
     pop3_locks = MaildropLocks()  # one lock set: 110 and 995 guard the same maildrops
     for description, wrap in _listen_specs(config.pop3):
-        factory = POP3Factory(settings.pop3, login, tls_options=None if wrap else tls_options,
-                              reactor=reactor, locks=pop3_locks)
-        root.factories.setdefault("pop3", []).append(factory)
-        root.add_listener("pop3", description, factory, reactor,
+        pop3 = POP3Factory(settings.pop3, login, tls_options=None if wrap else tls_options,
+                           reactor=reactor, locks=pop3_locks)
+        root.factories.setdefault("pop3", []).append(pop3)
+        root.add_listener("pop3", description, pop3, reactor,
                           implicit_tls=tls_options if wrap else None)
 
     from mailhost.imap.factory import IMAPFactory
 
     for description, wrap in _listen_specs(config.imap):
-        factory = IMAPFactory(settings.imap, login, tls_options=None if wrap else tls_options,
-                              reactor=reactor, store=store)
-        root.factories.setdefault("imap", []).append(factory)
-        root.add_listener("imap", description, factory, reactor,
+        imap = IMAPFactory(settings.imap, login, tls_options=None if wrap else tls_options,
+                           reactor=reactor, store=store)
+        root.factories.setdefault("imap", []).append(imap)
+        root.add_listener("imap", description, imap, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root
 

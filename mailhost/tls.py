@@ -71,11 +71,12 @@ def server_options(tls: TLSConfig) -> ssl.CertificateOptions | None:
         "1.2": ssl.TLSVersion.TLSv1_2,
         "1.3": ssl.TLSVersion.TLSv1_3,
     }[tls.min_version]
-    # The leaf first, then the intermediates that follow it in the cert file.
+    # The leaf first, then the intermediates that follow it in the cert file. (Twisted
+    # takes cryptography's objects; its annotations still name pyOpenSSL's.)
     return ssl.CertificateOptions(
-        privateKey=key,
-        certificate=certs[0],
-        extraCertChain=certs[1:] or None,
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=certs[0],  # type: ignore[arg-type]
+        extraCertChain=certs[1:] or None,  # type: ignore[arg-type]
         raiseMinimumTo=minimum,
         acceptableCiphers=acceptable_ciphers(tls.ciphers),
     )
@@ -101,7 +102,7 @@ def write_selfsigned(hostname: str, cert_path: str, key_path: str, days: int = 8
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    alt = [x509.DNSName(hostname)]
+    alt: list[x509.GeneralName] = [x509.DNSName(hostname)]
     if hostname != "localhost":
         alt.append(x509.DNSName("localhost"))
     alt += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),

@@ -60,12 +60,12 @@ async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
     sel.load_columns(uids, flags, recent)
     s.select(sel)
     first_unseen = next((n for n, f in enumerate(flags, 1) if "\\Seen" not in f), None)
-    flags = _flags_line(sel.keywords)
-    out = [b"* FLAGS " + flags + b"\r\n"]
+    flags_line = _flags_line(sel.keywords)
+    out = [b"* FLAGS " + flags_line + b"\r\n"]
     if readonly:
         out.append(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
     else:
-        out.append(b"* OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] Flags permitted\r\n")
+        out.append(b"* OK [PERMANENTFLAGS " + flags_line[:-1] + b" \\*)] Flags permitted\r\n")
     out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), len(recent)))
     if first_unseen is not None:
         out.append(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
@@ -314,7 +314,8 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
         for i in range(0, len(message), APPEND_CHUNK):
             writer.write(message[i:i + APPEND_CHUNK])
     try:
-        uids = await writer.commit([DeliveryTarget(s.user, folder.name, frozenset(flags), date)])
+        uids = await writer.commit([DeliveryTarget(str(s.user), folder.name, frozenset(flags),
+                                                   date)])
     except BaseException:
         writer.abort()
         raise

@@ -361,7 +361,7 @@ async def _search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int
                 struct, found, fresh = await deferToThread(_examine, f, struct, needs)
             finally:
                 f.close()
-            if fresh:
+            if fresh and struct is not None:
                 folder.set_cached(info.uid, "mime", mime.dumps(struct))
             if _full(key, info, ctx, found):
                 matched.append(info.uid)

@@ -231,9 +231,9 @@ class Scheduler:
                 waiting.popleft().callback(False)
         pending = list(self._session_ds)
         if pending:
-            waiting = defer.DeferredList(pending, consumeErrors=True)
+            sessions = defer.DeferredList(pending, consumeErrors=True)
             timeout = self.reactor.callLater(grace, self._abort_all)
-            await waiting
+            await sessions
             if timeout.active():
                 timeout.cancel()
         if self._settling:
@@ -241,8 +241,9 @@ class Scheduler:
 
     def _abort_all(self) -> None:
         for proto in list(self.connections):
-            if proto.transport is not None:
-                proto.transport.abortConnection()
+            transport: Any = proto.transport  # TCP or TLS: ITCPTransport
+            if transport is not None:
+                transport.abortConnection()
 
     # Intake.
 
@@ -462,7 +463,11 @@ class Scheduler:
 
         d: defer.Deferred = defer.Deferred(canceller=forget)
         timer = self.reactor.callLater(timeout, expire)
-        d.addBoth(lambda r: (forget(d), r)[1])
+        def forgotten(result: Any) -> Any:
+            forget(d)
+            return result
+
+        d.addBoth(forgotten)
         waiting.append(d)
         return d
 

@@ -28,6 +28,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailhost.auth.checkers import InMemoryChecker
 from mailhost.auth.directory import UserDirectory
 from mailhost.auth.passwd import normalize_address
 from mailhost.config import Config
@@ -150,7 +151,8 @@ class _CaptureWriter:
         return defer.succeed(f"capture{next(self.queue.ids)}")
 
     def release(self) -> None:
-        self.queue.captured.append(self._prepared)
+        if self._prepared is not None:
+            self.queue.captured.append(self._prepared)
         self._prepared = None
 
     def withdraw(self) -> defer.Deferred:
@@ -391,11 +393,17 @@ class MailHost:
     def add_user(self, address: str, password: str) -> defer.Deferred:
         """Create a user (its mailbox exists at once); Deferred firing when watched."""
         self._require_running()
-        self.directory.checker.add_user(address, password)
+        self._checker().add_user(address, password)
         return self._watch(normalize_address(address))
 
     def users(self) -> list[str]:
-        return sorted(self.directory.checker.users) if self.directory else []
+        return sorted(self._checker().users) if self.directory else []
+
+    def _checker(self) -> InMemoryChecker:
+        """The in-memory checker of the directory ``start`` made."""
+        if self.directory is None or self.directory.checker is None:
+            raise RuntimeError("MailHost is not started (call start() first)")
+        return self.directory.checker
 
     @defer.inlineCallbacks
     def _watch(self, user: str):
@@ -437,6 +445,7 @@ class MailHost:
 
     def _mailboxes(self, address: str) -> list[str]:
         self._require_running()
+        assert self.directory is not None  # made by start()
         found = self.directory.lookup(address)
         if not found:
             raise KeyError(f"{address}: no such local user (add it with add_user)")
