@@ -418,7 +418,8 @@ def makeService(
     from mailhost.outbound.service import OutboundService, listen_addresses
 
     outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
-                               local_addresses=listen_addresses(config.smtp.listen))
+                               local_addresses=listen_addresses(config.smtp.listen),
+                               listening=root.wait_listening)
     outbound.setServiceParent(root)
     root.outbound = outbound
     root.queue = outbound.queue

@@ -9,7 +9,7 @@ MX points back at us for one of our own domains.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -89,7 +89,9 @@ class OutboundService(service.Service):
     ``local_addresses`` are (address, port) pairs we accept SMTP on, so an MX that
     points back at us is recognised (the composition root passes those of the
     ``smtp.listen`` endpoints, see ``listen_addresses``); ``add_local_address`` adds
-    ports learnt after listening. ``use_settings`` hands over reloaded settings.
+    ports learnt after listening: ``listening()`` (the composition root's
+    ``wait_listening``) fires with ``{kind: [IListeningPort]}`` once they are bound.
+    ``use_settings`` hands over reloaded settings.
     """
 
     name = "outbound"
@@ -102,6 +104,7 @@ class OutboundService(service.Service):
         reactor: Any = None,
         resolver: Any = None,
         local_addresses: Iterable[tuple[str, int]] | None = None,
+        listening: Callable[[], defer.Deferred[Any]] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -117,6 +120,7 @@ class OutboundService(service.Service):
         self.local_addresses = set(local_addresses or ())
         self.scheduler: Scheduler | None = None
         self._resolver_in_use: Any = None
+        self._listening = listening
 
     def add_local_address(self, address: str, port: int) -> None:
         self.local_addresses.add((address, port))
@@ -161,12 +165,12 @@ class OutboundService(service.Service):
         self.queue.scheduler = self.scheduler
         self._started = defer.ensureDeferred(self.scheduler.start())
         self._started.addErrback(lambda f: log.failure("outbound queue failed to start", f))
-        # Our parent's SMTP listeners start after us: learn their real addresses (tcp:0
-        # ports included) once they are bound, for MX loop detection.
+        # The SMTP listeners start after us: learn their real addresses (tcp:0 ports
+        # included) once they are bound, for MX loop detection.
         self.reactor.callLater(0, self._learn_listeners)
 
     def _learn_listeners(self) -> None:
-        wait = getattr(self.parent, "wait_listening", None)
+        wait = self._listening
         if wait is None or not self.running:
             return
 
