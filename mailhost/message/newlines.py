@@ -21,12 +21,14 @@ the message.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from mailhost.message.crlf import CRLFNormalizer
 
 Policy = Literal["normalize", "reject"]
 POLICIES: tuple[str, ...] = ("normalize", "reject")
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 class BareNewlines:
@@ -59,10 +61,11 @@ class BareNewlines:
             data = data[1:]
         self._after_cr = data[-1:] == b"\r"
         crlf = data.count(b"\r\n")
-        if data.count(b"\n") != crlf:
-            self.found = "<LF>"
-        elif data.count(b"\r") - self._after_cr != crlf:
-            self.found = "<CR>"
+        if data.count(b"\n") == crlf and data.count(b"\r") - self._after_cr == crlf:
+            return  # the common case: every line end is a CRLF
+        first = _BARE.search(data, 0, len(data) - self._after_cr)
+        if first is not None:
+            self.found = "<CR>" if first.group() == b"\r" else "<LF>"
 
     def finish(self) -> None:
         """The message ended: a CR it ended with was bare."""
