@@ -24,6 +24,7 @@ from mailhost.config import Config
 PlaintextPolicy = Literal["no", "loopback", "yes"]
 DeletePolicy = Literal["expunge", "flag"]
 TLSPolicy = Literal["opportunistic", "verify", "none"]
+BareNewlinePolicy = Literal["normalize", "reject"]
 
 
 def _frozen_table(table: Mapping[str, str]) -> Mapping[str, str]:
@@ -48,6 +49,7 @@ class SMTPSettings:
     soft_error_limit: int = 10
     error_sleep_time: float = 1.0
     max_hops: int = 50
+    bare_newline: BareNewlinePolicy = "normalize"
     handshake_timeout: float = 30.0
     enforce_sender: bool = True
 
@@ -68,6 +70,7 @@ class SMTPSettings:
             soft_error_limit=s.soft_error_limit,
             error_sleep_time=s.error_sleep_time,
             max_hops=s.max_hops,
+            bare_newline=s.bare_newline,
             handshake_timeout=config.tls.handshake_timeout,
             enforce_sender=config.submission.enforce_sender,
         )
