@@ -90,7 +90,7 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
     infos = [i for i in map(folder.get, sel.uids) if i is not None]
     seqs = {u: n for n, u in enumerate(sel.uids, 1)}
     try:
-        found = await searching.search(folder, infos, seqs, key, charset)
+        found = await searching.search(folder, infos, seqs, key, charset, sel.recent)
     except searching.BadCharset:
         raise No("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset") from None
     nums = found if cmd.uid else [seqs[u] for u in found if u in seqs]

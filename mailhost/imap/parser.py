@@ -689,7 +689,8 @@ class SearchKey:
     """One node of a search program.
 
     ``op`` is the upper-cased key (``ALL``, ``FLAG``, ``UNFLAG``, ``AND``, ``OR``, ``NOT``,
-    ``SEQ``, ``UID``, ``HEADER``, ``BODY``, ``TEXT``, ``LARGER``, ``SMALLER``, ``BEFORE``,
+    ``SEQ``, ``UID``, ``HEADER``, ``ADDRESS`` (FROM/TO/CC/BCC: field name, string),
+    ``BODY``, ``TEXT``, ``LARGER``, ``SMALLER``, ``BEFORE``,
     ``ON``, ``SINCE``, ``SENTBEFORE``, ``SENTON``, ``SENTSINCE``, ``NEW``, ``OLD``,
     ``RECENT``); ``args`` its operands (sub-keys, flag names, bytes, dates, numbers).
     """
@@ -710,7 +711,9 @@ _FLAG_KEYS = {
     "UNFLAGGED": ("UNFLAG", "\\Flagged"),
     "UNSEEN": ("UNFLAG", "\\Seen"),
 }
-_HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
+#: Address keys match the addresses as ENVELOPE shows them, not the raw header text
+#: (``HEADER FROM x`` still searches the raw text, as RFC 3501 says).
+_ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 _NULLARY = {"ALL", "NEW", "OLD", "RECENT"}
 
@@ -750,7 +753,9 @@ class _SearchParser:
         if up in ("KEYWORD", "UNKEYWORD"):
             flag = parse_flag(self.next("keyword"))
             return SearchKey("FLAG" if up == "KEYWORD" else "UNFLAG", (flag,))
-        if up in _HEADER_KEYS:
+        if up in _ADDRESS_KEYS:
+            return SearchKey("ADDRESS", (up, as_string(self.next("string"))))
+        if up == "SUBJECT":
             return SearchKey("HEADER", (up, as_string(self.next("string"))))
         if up == "HEADER":
             name = as_string(self.next("header name")).decode("ascii", "replace")

@@ -209,7 +209,7 @@ def test_search_rfc3501_examples():
     _, key = parser.parse_search(cmd(line).args)
     assert key == K("AND", (K("FLAG", ("\\Flagged",)),
                             K("SINCE", (datetime.date(1994, 2, 1),)),
-                            K("NOT", (K("HEADER", ("FROM", b"Smith")),))))
+                            K("NOT", (K("ADDRESS", ("FROM", b"Smith")),))))
     charset, key = parser.parse_search(cmd(b"A284 SEARCH CHARSET UTF-8 TEXT {6}",
                                            b"XXXXXX", b"").args)
     assert charset == "UTF-8" and key == K("TEXT", (b"XXXXXX",))
