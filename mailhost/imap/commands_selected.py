@@ -292,7 +292,8 @@ async def store(s: IMAPServer, cmd: parser.Command) -> bytes:
         return b"STORE completed"
     infos = await sel.folder.set_flags(uids, flags, mode)
     sel.forget_flags(i.uid for i in infos)
-    sel.note_keywords(flags)
+    if mode != "remove":
+        sel.note_keywords(flags)
     out = sel.keyword_updates()  # a new keyword: FLAGS before any FETCH shows it
     if not silent:
         for i in infos:

@@ -169,8 +169,11 @@ async def test_new_keyword_sends_flags_and_permanentflags_before_fetch(imap_host
         _flags_before_fetch(out, b"$Label3", b"FETCH")
         flags_line = next(x for x in out if x.startswith(b"* FLAGS"))
         assert b"$Old" in flags_line and b"\\Seen" in flags_line
-        # A keyword already known sends no FLAGS again; .SILENT still tells of a new one.
+        # A keyword already known sends no FLAGS again, nor does removing one no message
+        # has; .SILENT still tells of a new one.
         out = raw(c, b"T2 STORE 2 +FLAGS ($Label3)")
+        assert not any(x.startswith(b"* FLAGS") for x in out), out
+        out = raw(c, b"T4 STORE 2 -FLAGS ($Never)")
         assert not any(x.startswith(b"* FLAGS") for x in out), out
         out = raw(c, b"T3 STORE 2 +FLAGS.SILENT ($Quiet)")
         assert [x for x in out if x.startswith(b"* ")][:1] == [
