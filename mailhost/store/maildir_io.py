@@ -173,7 +173,15 @@ def _commit_all(file, tmp_path: str, date: float, targets: list[tuple[str, str]]
         _write_all(fd, _JOURNAL_HEAD + b"".join(
             json.dumps(pair).encode() + b"\n" for pair in pairs))
         for tmp, _new in pairs:
-            link_or_copy(tmp_path, tmp, fsync, modes)
+            try:
+                link_or_copy(tmp_path, tmp, fsync, modes)
+            except FileNotFoundError:
+                # A Maildir another program made without tmp/ (a single-folder delivery
+                # never needs it): make it. A folder that is gone stays an error.
+                if not os.path.isdir(os.path.dirname(os.path.dirname(tmp))):
+                    raise
+                modes.makedirs(os.path.dirname(tmp))
+                link_or_copy(tmp_path, tmp, fsync, modes)
             linked.append(tmp)
         os.utime(file.fileno(), (date, date))  # see deliver_files
         if fsync:

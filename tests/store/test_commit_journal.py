@@ -186,3 +186,14 @@ def test_the_tmp_cleaner_never_ages_out_a_journal(root):
     maildir_io.clean_tmp(tmp_dir)
     left = os.listdir(tmp_dir)  # the old data file went; its journal stays
     assert len(left) == 1 and left[0].endswith(maildir_io.JOURNAL_SUFFIX)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_maildir_without_tmp_gets_one(root):
+    store = MaildirStore(root)
+    await deliver(store)
+    os.rmdir(os.path.join(inbox(root, USERS[1]), "tmp"))  # as some other program left it
+    await deliver(store)
+    for user in USERS:
+        assert await messages(store, user) == 2
+    await store.close()
