@@ -9,7 +9,11 @@ and quoted-printable, in the part's charset) for BODY/TEXT until every string is
 found. Matching is a case-insensitive substring test on decoded text, as RFC 3501
 asks; header values are RFC 2047-decoded first. FROM/TO/CC/BCC match the addresses as
 ENVELOPE parses them (``name <mailbox@host>``, comments and quoting gone), like Dovecot,
-not the raw field; RECENT/NEW/OLD use the session's \\Recent set.
+not the raw field; RECENT/NEW/OLD use the session's \\Recent set. What the MIME
+scanner left unparsed past its limits (``mime.Part.overflow``: the parts after the
+5,000th, nesting deeper than ``mime.MAX_DEPTH``) is searched as flat text of the part
+that holds it, as Dovecot does, never skipped; it streams like any part, so time and
+memory stay bounded by the message's size.
 """
 
 from __future__ import annotations
@@ -293,12 +297,25 @@ def _decoded_chunks(f: IO[bytes], part: mime.Part) -> Iterator[str]:
     yield decoder.decode(b"", final=True)
 
 
+def _flat_chunks(f: IO[bytes], start: int, end: int) -> Iterator[str]:
+    """Raw octets ``[start, end)`` as UTF-8 text (unparsed MIME past the limits)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for chunk in _read(f, start, end):
+        yield decoder.decode(chunk)
+    yield decoder.decode(b"", final=True)
+
+
 def _search_text(f: IO[bytes], part: mime.Part, needles: set[str]) -> set[str]:
     """Which of ``needles`` occur in the decoded text of ``part`` (stops early)."""
+    return _find(_decoded_chunks(f, part), needles)
+
+
+def _find(chunks: Iterator[str], needles: set[str]) -> set[str]:
+    """Which of ``needles`` occur in the text of ``chunks`` (stops early)."""
     found: set[str] = set()
     keep = max((len(n) for n in needles), default=1)
     tail = ""
-    for chunk in _decoded_chunks(f, part):
+    for chunk in chunks:
         window = tail + chunk.casefold()
         for n in needles - found:
             if n in window:
@@ -339,12 +356,15 @@ def _examine(f: IO[bytes], struct: mime.Part | None,
     body_needles = needs.body | (needs.text - found.text)
     if body_needles:
         for part in struct.walk():
-            if part.type != "TEXT" or part.is_multipart or part.size <= 0:
-                continue
             remaining = (needs.body - found.body) | (needs.text - found.text)
             if not remaining:
                 break
-            hits = _search_text(f, part, remaining)
+            if 0 <= part.overflow < part.body_end:
+                hits = _find(_flat_chunks(f, part.overflow, part.body_end), remaining)
+            elif part.type != "TEXT" or part.is_multipart or part.size <= 0:
+                continue
+            else:
+                hits = _search_text(f, part, remaining)
             found.body |= hits & needs.body
             found.text |= hits & needs.text
     return struct, found, fresh
