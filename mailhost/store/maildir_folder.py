@@ -630,8 +630,14 @@ class MaildirFolder:
             # expunged before we listed it; dovecot-keywords when it gives out letters
             # (read before the listing, so names using them are understood).
             keywords = kwfile.current(wait=False)
-            return (keywords, diff_folder(path, snapshot, last_stamp),
-                    uids.next_uid_nowait())
+            diff = diff_folder(path, snapshot, last_stamp)
+            if diff[2]:
+                # Some indexed files were not found. Another program may have been
+                # renaming them while we listed (Dovecot moves files new/ -> cur/
+                # under the uidlist lock): list again under it before calling them
+                # gone, or they would come back later under new UIDs.
+                diff = uids.locked(diff_folder, path, snapshot, None)
+            return keywords, diff, uids.next_uid_nowait()
 
         keywords, (stamp, renamed, gone, foreign), next_uid = await self._store._in_thread(
             work, index.snapshot(), last)
@@ -777,8 +783,8 @@ class MaildirFolder:
             # cost no rescan (see _explained).
             self._own_names.update(os.path.split(new) for _, new in renames)
         try:
-            return await self._store._in_thread(rename_all, self._path, renames, kwfile,
-                                                lock, fsync)
+            return await self._store._in_thread(self._uids.locked, rename_all, self._path,
+                                                renames, kwfile, lock, fsync)
         finally:
             moving.clear()  # renames are serialised by the folder lock
 
@@ -793,7 +799,7 @@ class MaildirFolder:
         if not victims:
             return []
         paths = [os.path.join(self._path, self._relpath_at(index.pos(u))) for u in victims]
-        missing = await self._store._in_thread(unlink_all, paths)
+        missing = await self._store._in_thread(self._uids.locked, unlink_all, paths)
         if missing:
             # Another program renamed (flagged) or removed some: learn their current
             # names (the gone leave the index, listeners hear of it), then remove the
@@ -805,8 +811,8 @@ class MaildirFolder:
             again = [u for u in retry if (i := index.pos(u)) >= 0
                      and "\\Deleted" in index.state_at(i).flags]
             await self._store._in_thread(
-                unlink_all, [os.path.join(self._path, self._relpath_at(index.pos(u)))
-                             for u in again])
+                self._uids.locked, unlink_all,
+                [os.path.join(self._path, self._relpath_at(index.pos(u))) for u in again])
             keep = {u for u in retry if u in index} - set(again)  # no longer \Deleted
             victims = [u for u in victims if u not in keep]
         present = [u for u in victims if u in self._index]
@@ -871,7 +877,7 @@ class MaildirFolder:
             try:
                 ok, got = await self._store._in_thread(
                     transfer_files, ops, move, dest._path, dest._kwfile, dest._file_lock,
-                    dest._uids, ticket, syncer, self._store.modes)
+                    dest._uids, ticket, syncer, self._store.modes, self._uids)
             except BaseException:
                 dest._settle([(duid, None) for duid in ticket])
                 raise

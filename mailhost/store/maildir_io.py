@@ -409,27 +409,36 @@ def unlink_all(paths: list[str]) -> list[str]:
 
 
 def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, uids, ticket,
-                   syncer, modes: FileModes) -> tuple[list[bool], list[int]]:
+                   syncer, modes: FileModes, src_uids=None) -> tuple[list[bool], list[int]]:
     """Link (COPY) or rename (MOVE) files into dest/new/, give them UIDs there
     (``uids``: the destination's FolderUids, handing them out through ``ticket``), and
     make that durable through ``syncer`` (None: fsync off). ``ops``: (source path,
     destination path, base, date, CRLF size, wrap). Returns (done per op, the UIDs of
     the done ones). Links and renames keep the file's inode and so its mode; a
-    cross-device copy gets ``modes``."""
+    cross-device copy gets ``modes``. A MOVE renames out of the source folder under
+    its ``src_uids`` lock (see FolderUids.locked); the destination's lock is taken
+    after, never both at once."""
     fsync = syncer is not None
     kwfile.write_if_needed(dest_path, lock, fsync)
     ok, bases, rows = [], [], []
-    for src, dst, base, date, size, wrap in ops:
-        try:
-            if move:
-                os.rename(src, dst)
-            else:
-                link_or_copy(src, dst, fsync, modes)
-            ok.append(True)
-            bases.append(base)
-            rows.append((date, size, wrap))
-        except FileNotFoundError:
-            ok.append(False)
+
+    def place() -> None:
+        for src, dst, base, date, size, wrap in ops:
+            try:
+                if move:
+                    os.rename(src, dst)
+                else:
+                    link_or_copy(src, dst, fsync, modes)
+                ok.append(True)
+                bases.append(base)
+                rows.append((date, size, wrap))
+            except FileNotFoundError:
+                ok.append(False)
+
+    if move and src_uids is not None:
+        src_uids.locked(place)
+    else:
+        place()
     got = uids.assign(bases, ticket, rows) if bases else []
     if bases and fsync:
         dirs = {os.path.dirname(op[0]) for op in ops} if move else set()
