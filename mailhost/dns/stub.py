@@ -20,7 +20,8 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 
-from twisted.internet import defer, error as ierror
+from twisted.internet import defer
+from twisted.internet import error as ierror
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger

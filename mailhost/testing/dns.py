@@ -29,7 +29,8 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
-from twisted.names import dns, error, server as names_server
+from twisted.names import dns, error
+from twisted.names import server as names_server
 from twisted.names.common import ResolverBase
 
 TLSA = 52
