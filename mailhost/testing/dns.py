@@ -20,6 +20,8 @@ NODATA. ``server.authenticated`` holds the names whose answers carry the AD bit
 (the test stands in for a validating resolver); ``server.faults`` makes a name
 ``"timeout"`` (never answered) or ``"servfail"``. Every question is recorded in
 ``server.queries`` as ``(name, type)``.
+
+``StaticLookup`` answers the same zones dict without a server or sockets, at once.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from twisted.internet.error import CannotListenError
 from twisted.names import dns, error
 from twisted.names import server as names_server
 from twisted.names.common import ResolverBase
+from zope.interface import implementer
+
+from mailhost.dns.interfaces import Answer, DNSNameInvalid, DNSTemporaryError, IDNSLookup
+from mailhost.dns.stub import check_name
 
 TLSA = 52
 TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "TXT": dns.TXT, "PTR": dns.PTR,
@@ -168,3 +174,41 @@ class TestDNSServer:
         ports, self._ports = self._ports, []
         for p in ports:
             await defer.maybeDeferred(p.stopListening)
+
+
+@implementer(IDNSLookup)
+class StaticLookup:
+    """IDNSLookup answered at once from a zones dict shaped like ``TestDNSServer``'s,
+    without sockets: for unit and hypothesis tests that need thousands of lookups.
+
+    Implements: IDNSLookup. ``faults`` as the server's (``"timeout"`` and
+    ``"servfail"`` both fail with ``DNSTemporaryError``); ``queries`` records each."""
+
+    def __init__(self, zones: dict[str, dict[str, list[Any]]] | None = None) -> None:
+        self.zones = {k.rstrip(".").lower(): v for k, v in (zones or {}).items()}
+        self.faults: dict[str, str] = {}
+        self.authenticated: set[str] = set()
+        self.queries: list[tuple[str, str]] = []
+
+    def lookup(self, name: str, rtype: str) -> defer.Deferred[Answer]:
+        try:
+            name = check_name(name)
+        except DNSNameInvalid:
+            return defer.fail()
+        self.queries.append((name, rtype))
+        if name in self.faults:
+            return defer.fail(DNSTemporaryError(f"{rtype} {name}: {self.faults[name]}"))
+        zone = self.zones.get(name)
+        if zone is None:
+            return defer.succeed(Answer(name, rtype, (), exists=False, ttl=60))
+        values = []
+        for value in zone.get(rtype, []):
+            if rtype == "TXT":
+                value = value.encode() if isinstance(value, str) else bytes(value)
+            elif rtype == "MX":
+                value = (value[0], value[1].rstrip(".").lower())
+            elif rtype == "TLSA":
+                value = (value[0], value[1], value[2], bytes(value[3]))
+            values.append(value)
+        return defer.succeed(Answer(name, rtype, tuple(values), exists=True,
+                                    authenticated=name in self.authenticated, ttl=300))
