@@ -163,7 +163,7 @@ class TestDNSServer:
             try:
                 tcp = self.reactor.listenTCP(port, factory, interface="127.0.0.1")
             except CannotListenError:
-                await udp.stopListening()
+                await defer.maybeDeferred(udp.stopListening)
                 continue
             self._ports = [udp, tcp]
             self.address = ("127.0.0.1", port)
