@@ -453,6 +453,8 @@ class POP3Server(Protocol, TimeoutMixin):
         self._discarding = False
         self._user_arg = None
         self._send("+OK Begin TLS negotiation")
+        if self._closed:
+            return  # cut by the dispatch hook
         start_tls(self.transport, self.tls_options, self.handshake_timeout, self.reactor)
 
     def do_USER(self, arg: str) -> None:

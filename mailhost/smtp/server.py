@@ -565,6 +565,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         if arg:
             return Reply(501, "5.5.4", "Syntax: STARTTLS")
         self._send(Reply(220, "2.0.0", "Ready to start TLS"))
+        if self._closing:
+            return None  # cut by the dispatch hook
         # CVE-2011-0411: anything the client sent after STARTTLS, before the
         # handshake, is plaintext an attacker could have injected. Drop it.
         self._buffer.clear()
