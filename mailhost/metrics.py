@@ -22,6 +22,9 @@ from zope.interface import implementer
 from mailhost.config import ConfigError
 from mailhost.sessions import ISessionObserver
 
+#: SMTP commands that end a transaction without a message (counted as aborted).
+_TRANSACTION_ENDERS = frozenset({"RSET", "HELO", "EHLO", "STARTTLS", "QUIT"})
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -80,6 +83,8 @@ class Metrics:
             self.queue_oldest.set_function(lambda: queue_stats()[1])
         # When each session's command under way started (sessions are few and short).
         self._started: dict[Any, float] = {}
+        # SMTP sessions inside a MAIL transaction not yet answered or ended.
+        self._open: set[Any] = set()
 
     # -- ISessionObserver -----------------------------------------------------------
     def session_opened(self, session: Any) -> None:
@@ -89,6 +94,7 @@ class Metrics:
     def session_closed(self, session: Any) -> None:
         self.active.labels(session.protocol).dec()
         self._started.pop(session, None)
+        self._end_transaction(session, "aborted", "none")
         if session.protocol in ("pop3", "imap"):
             self.sessions.labels(session.protocol).inc()
 
@@ -101,11 +107,23 @@ class Metrics:
             self.latency.labels(session.protocol, verb).observe(time.monotonic() - started)
         if verb == "RCPT":
             self.recipients.labels(status).inc()
-        elif verb in ("DATA-END", "BDAT-LAST"):
-            result = "accepted" if status.startswith("2") else "rejected"
-            self.messages.labels(session.protocol, result, status).inc()
-            if octets:
+        elif verb == "MAIL" and status.startswith("2"):
+            self._open.add(session)
+        elif verb in ("DATA-END", "BDAT-LAST") or (verb == "BDAT" and status[:1] in ("4", "5")):
+            # A message's final reply (a refused chunk ends its transaction too).
+            if self._end_transaction(session, "accepted" if status.startswith("2")
+                                     else "rejected", status) and octets:
                 self.received_bytes.inc(octets)
+        elif verb in _TRANSACTION_ENDERS:
+            self._end_transaction(session, "aborted", "none")
+
+    def _end_transaction(self, session: Any, result: str, code: str) -> bool:
+        """Count the session's open SMTP transaction once; False if none was open."""
+        if session not in self._open:
+            return False
+        self._open.discard(session)
+        self.messages.labels(session.protocol, result, code).inc()
+        return True
 
     # -- the other feeds ------------------------------------------------------------
     def login(self, protocol: str, outcome: str) -> None:

@@ -167,3 +167,28 @@ def test_drain_aborts_what_is_left_after_the_grace(host):
     assert not d.called and not transport.disconnecting
     host.clock.advance(0.2)
     assert d.called
+
+
+def test_metrics_count_each_smtp_transaction_once(host):
+    from mailhost.metrics import Metrics
+
+    metrics = Metrics()
+    host.registry.observers.append(metrics)
+    proto, transport = host.connect("smtp")
+    host.send(proto, b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+                     b"DATA\r\nSubject: s\r\n\r\nbody\r\n.\r\n")
+    host.send(proto, b"MAIL FROM:<x@remote.test>\r\nRSET\r\n")
+    host.send(proto, b"MAIL FROM:<x@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+                     b"BDAT 3\r\nabcBDAT 2 LAST\r\nde")
+    host.send(proto, b"MAIL FROM:<x@remote.test>\r\n")
+    proto.connectionLost(None)
+
+    def messages(result, code):
+        return metrics.registry.get_sample_value(
+            "mailhost_smtp_messages_total", {"protocol": "smtp", "result": result, "code": code})
+
+    assert messages("accepted", "250") == 2  # DATA and BDAT
+    assert messages("aborted", "none") == 2  # RSET, and the disconnect
+    assert metrics.registry.get_sample_value("mailhost_smtp_received_bytes_total") == 25
+    assert metrics.registry.get_sample_value(
+        "mailhost_connections_active", {"protocol": "smtp"}) == 0
