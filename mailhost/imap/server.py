@@ -479,8 +479,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         d = defer.ensureDeferred(self._run(handler, cmd, verb, verdict is CUT))
         d.addErrback(lambda f: log.failure("imap command crashed", f))
 
-    async def _run(self, handler: Handler, cmd: parser.Command, verb: str = "",
-                   cut: bool = False) -> None:
+    async def _run(self, handler: Handler, cmd: parser.Command, verb: str,
+                   cut: bool) -> None:
         status, text = b"OK", b""
         try:
             result = await handler(self, cmd)
