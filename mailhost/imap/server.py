@@ -42,7 +42,7 @@ from mailhost.store.interfaces import (
     QuotaExceeded,
     StoreError,
 )
-from mailhost.tcp import send_at_once
+from mailhost.tcp import QuickAck, send_at_once
 from mailhost.tls import start_tls
 
 if TYPE_CHECKING:
@@ -131,6 +131,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.append_writer: Any = None  # the running command's streamed APPEND message
         self._abort_call: Any = None
         self._progress = 0.0  # when the last complete command arrived (or connect)
+        self.quick_ack: QuickAck | None = None
 
     # -- connection life cycle ------------------------------------------------------
 
@@ -147,6 +148,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         send_at_once(self.transport)
+        self.quick_ack = QuickAck(self.transport)
         self.transport.registerProducer(self.gate, True)
         if self.reactor is not None:
             self.callLater = self.reactor.callLater
@@ -325,6 +327,10 @@ class IMAPServer(Protocol, TimeoutMixin):
             self.resetTimeout()  # before login only whole commands count (_dispatch)
         self.framer.feed(data)
         self._pump()
+        if (self.framer.in_command or self.framer.buffered) and self.quick_ack is not None:
+            # Part of a command, no reply yet: the client may hold the rest until we
+            # acknowledge (imaplib's APPEND sends the literal and its CRLF apart).
+            self.quick_ack.now()
         if self.framer.buffered > INPUT_HIGH_WATER and not self._read_paused:
             self._read_paused = True
             self.transport.pauseProducing()

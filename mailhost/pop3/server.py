@@ -39,7 +39,7 @@ from mailhost.pop3.transfer import MessageSender
 from mailhost.replytext import clean
 from mailhost.sessions import CUT, GREETING, ISession, Refuse, SessionRegistry
 from mailhost.store.interfaces import NoSuchMessage
-from mailhost.tcp import send_at_once
+from mailhost.tcp import QuickAck, send_at_once
 from mailhost.tls import start_tls
 
 log = Logger()
@@ -126,6 +126,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self._retrieved = 0
         self._retrieved_octets = 0
         self._deleted = 0
+        self._quick_ack: QuickAck | None = None
         self._end_reason = "disconnected"
         self._logged = False
         self._table = self._handlers()
@@ -141,6 +142,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self.client_ip = getattr(peer, "host", "")
         self.registry.opened(self)
         send_at_once(self.transport)
+        self._quick_ack = QuickAck(self.transport)
         self._progress = self.reactor.seconds()
         self.setTimeout(self.timeout)
         if self.preauth_timeout > 0:
@@ -299,6 +301,9 @@ class POP3Server(Protocol, TimeoutMixin):
             self._reading_paused = True
             self.transport.pauseProducing()
         self._process()
+        if self._buf and self._quick_ack is not None:
+            # Half a line, no reply yet: the client may hold the rest until we ACK.
+            self._quick_ack.now()
 
     def _process(self) -> None:
         """Run buffered command lines until one goes asynchronous."""

@@ -58,7 +58,7 @@ from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg
 from mailhost.smtp.policy import Decision
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.session import Session, Transaction, new_transaction_id
-from mailhost.tcp import send_at_once
+from mailhost.tcp import QuickAck, send_at_once
 from mailhost.tls import start_tls
 
 log = Logger()
@@ -123,6 +123,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._progress = 0.0  # reactor time of the last complete command line
         self._data_budget = 0.0  # seconds left for DATA/BDAT (see _charge_data)
         self._data_stamp = 0.0
+        self._quick_ack: QuickAck | None = None
 
     # -- timers -------------------------------------------------------------------
 
@@ -189,6 +190,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             return
         self._registered = True
         send_at_once(self.transport)
+        self._quick_ack = QuickAck(self.transport)
         self._progress = self.factory.reactor.seconds()
         self.setTimeout(self.limits.command_timeout)
         if self.limits.pre_mail_timeout > 0:
@@ -302,6 +304,10 @@ class SMTPServer(Protocol, TimeoutMixin):
         else:
             self._buffer += data
         self._process()
+        if (self._reader is not None or self._buffer) and self._quick_ack is not None:
+            # Read, but no reply yet (a message body, half a line): a client with Nagle
+            # on holds its next write (the final dot) until we acknowledge.
+            self._quick_ack.now()
 
     def _start_data_budget(self) -> None:
         """DATA or BDAT begins: a full budget of ``smtp.data_timeout`` seconds."""

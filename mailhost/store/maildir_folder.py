@@ -112,6 +112,7 @@ class MaildirFolder:
         self._disk_events: list[tuple[str, str, int] | None] = []  # not yet looked at
         self._disk_call = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
+        self._claim_waiters: list[defer.Deferred] | None = None  # a claim awaits the lock
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
         self._numbering = False  # a batch is scheduled or running
         self._number_call = None  # the scheduled start of the next batch
@@ -585,7 +586,27 @@ class MaildirFolder:
     # -- IFolder: changes ----------------------------------------------------------------
 
     def refresh(self):
+        if (self._watching == "inotify" and self._numbered >= self._queued
+                and self._nothing_foreign()):
+            return defer.succeed(None)
         return self._run(self._refresh_now)
+
+    def _nothing_foreign(self) -> bool:
+        """Whether every change the watch has reported so far is one of ours, so a
+        refresh has nothing to apply and need not queue for the folder lock behind
+        other sessions' STOREs and EXPUNGEs (issue 16: under a 10-client load an IMAP
+        NOOP waited 18 ms on average for the lock, to find nothing). Conservative: a
+        change of ours still in flight may look foreign here; then the refresh takes
+        the lock as before. The events stay queued for the usual flush."""
+        self._store._watcher.drain()  # what the kernel holds counts too
+        events = self._disk_events
+        if not events:
+            return True
+        if None in events:
+            return False
+        final = {(sub, name): mask for sub, name, mask in events}
+        return all(self._explained(sub, name, mask, self._own_names)
+                   for (sub, name), mask in final.items())
 
     async def _refresh_now(self) -> None:
         if self._numbered < self._queued:
@@ -874,9 +895,28 @@ class MaildirFolder:
         return pairs, missed
 
     def claim_recent(self):
-        return self._run(self._claim_recent)
+        if self._claim_waiters is not None:
+            # A claim already waits for the lock and reads the recent set only once it
+            # runs, so it takes these too: this caller claims nothing, and hears so
+            # when that claim is done. (Every IMAP session that reports new mail asks
+            # for a claim; under load they queued up behind each other for the lock.)
+            d: defer.Deferred = defer.Deferred()
+            self._claim_waiters.append(d)
+            return d
+        waiters: list[defer.Deferred] = []
+        self._claim_waiters = waiters
+
+        def done(result):
+            if self._claim_waiters is waiters:  # it never ran (folder gone)
+                self._claim_waiters = None
+            for w in waiters:
+                w.callback(set())
+            return result
+
+        return self._run(self._claim_recent).addBoth(done)
 
     async def _claim_recent(self):
+        self._claim_waiters = None  # running: a later call needs a claim of its own
         index = self._index
         recent = index.recent_uids()
         if not recent:
