@@ -28,6 +28,14 @@ if TYPE_CHECKING:
     from mailhost.config import Config, ConfigError, load
     from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter, QueueRecipient
     from mailhost.service import MailHostService, makeService
+    from mailhost.sessions import (
+        CUT,
+        IDispatchHook,
+        ISession,
+        ISessionObserver,
+        Refuse,
+        SessionRegistry,
+    )
     from mailhost.store.interfaces import (
         DeliveryTarget,
         IFolder,
@@ -72,12 +80,21 @@ _EXPORTS: dict[str, str] = {
     "IOutboundQueue": "mailhost.outbound.interfaces",
     "IQueueWriter": "mailhost.outbound.interfaces",
     "QueueRecipient": "mailhost.outbound.interfaces",
+    # Sessions that report themselves: observers and the dispatch hook.
+    "ISession": "mailhost.sessions",
+    "ISessionObserver": "mailhost.sessions",
+    "SessionRegistry": "mailhost.sessions",
+    "IDispatchHook": "mailhost.sessions",
+    "Refuse": "mailhost.sessions",
+    "CUT": "mailhost.sessions",
 }
 
 __all__ = [
+    "CUT",
     "Config",
     "ConfigError",
     "DeliveryTarget",
+    "IDispatchHook",
     "IFolder",
     "IFolderListener",
     "IMailAccount",
@@ -86,6 +103,8 @@ __all__ = [
     "IMessageWriter",
     "IOutboundQueue",
     "IQueueWriter",
+    "ISession",
+    "ISessionObserver",
     "IUserDirectory",
     "InMemoryChecker",
     "MailHostService",
@@ -96,6 +115,8 @@ __all__ = [
     "MessageInfo",
     "PasswdFileChecker",
     "QueueRecipient",
+    "Refuse",
+    "SessionRegistry",
     "StoreError",
     "UserDirectory",
     "load",

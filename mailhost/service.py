@@ -22,7 +22,7 @@ from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory, IReactorFromThreads
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mailhost.auth.aliases import AliasesFile
@@ -35,7 +35,7 @@ from mailhost.auth.realm import MailRealm
 from mailhost.config import Config, ConfigError, as_dict, load, store_modes
 from mailhost.limits import ConnectionLimits, chain
 from mailhost.outbound.interfaces import IOutboundQueue
-from mailhost.sessions import SessionTracker
+from mailhost.sessions import IDispatchHook, SessionRegistry
 from mailhost.settings import Settings
 from mailhost.store.interfaces import IMailStore
 from mailhost.tls import HandshakeDeadlineFactory, server_options
@@ -194,7 +194,8 @@ class MailHostService(service.MultiService):
         self.queue: Any = None
         self.outbound: Any = None
         self.metrics: Any = None
-        self.tracker: SessionTracker | None = None
+        # Every live session of this host (mailhost.sessions): drain, metrics, faults.
+        self.sessions: SessionRegistry | None = None
         # twistd sets this; an embedding application keeps SIGHUP for itself.
         self.handle_sighup = False
         self._previous_sighup: Any = None
@@ -334,9 +335,9 @@ class MailHostService(service.MultiService):
             self._previous_sighup = None
         listeners = [svc for svcs in self.listeners.values() for svc in svcs]
         d = defer.gatherResults([defer.maybeDeferred(svc.stopService) for svc in listeners])
-        tracker = self.tracker
-        if tracker is not None:
-            d.addCallback(lambda _: tracker.drain(self.config.server.shutdown_grace))
+        sessions = self.sessions
+        if sessions is not None:
+            d.addCallback(lambda _: sessions.drain(self.config.server.shutdown_grace))
         d.addCallback(lambda _: super(MailHostService, self).stopService())
         d.addCallback(lambda _: self.store.close())
         return d
@@ -352,6 +353,7 @@ def makeService(
     wrap_factory: Callable[[str, IProtocolFactory], IProtocolFactory] | None = None,
     queue: IOutboundQueue | None = None,
     relay: bool = True,
+    dispatch_hook: IDispatchHook | None = None,
     reactor: Any = None,
 ) -> MailHostService:
     """Build the mail host described by ``config``.
@@ -362,7 +364,8 @@ def makeService(
     is "smtp", "submission", "pop3" or "imap". ``queue`` (an ``IOutboundQueue``)
     takes the mail SMTP accepts for remote domains instead of the spool;
     ``relay=False`` gives SMTP no queue at all, so remote recipients are refused
-    (``554 5.7.1``).
+    (``554 5.7.1``). ``dispatch_hook`` (an ``IDispatchHook``) is asked before every
+    session command runs (``mailhost.testing`` injects faults so).
 
     This is the one place that builds the graph: every part gets its frozen settings
     (``mailhost.settings``) and the collaborators it needs.
@@ -400,16 +403,11 @@ def makeService(
     if auth_pool is not None:
         ThreadPoolService(auth_pool).setServiceParent(root)
     limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
-    root.tracker = SessionTracker(config.server.hostname, reactor)
-    if config.metrics.listen:
-        from mailhost.metrics import Metrics
-
-        root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
-        root.metrics.attach(root.tracker)
-        MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
-    # Outermost first: limits refuse before anything else runs; the embedder's (or
-    # mailhost.testing's) wrapper sits closest to the protocol.
-    root.wrap_factory = chain(limits.wrap, root.tracker.wrap, wrap_factory)
+    # One registry per host, handed to every protocol factory below.
+    sessions = root.sessions = SessionRegistry(reactor, hook=dispatch_hook)
+    # Outermost first: limits refuse before anything else runs; the embedder's
+    # wrapper sits closest to the protocol.
+    root.wrap_factory = chain(limits.wrap, wrap_factory)
     if config.auth.create_postmaster and any(isinstance(c, PasswdFileChecker) for c in checkers):
         PostmasterBootstrap(passwd, config.server.domains[0]).setServiceParent(root)
 
@@ -424,6 +422,14 @@ def makeService(
     root.outbound = outbound
     root.queue = outbound.queue
     smtp_queue = None if not relay else queue if queue is not None else outbound.queue
+    if config.metrics.listen:
+        from mailhost.metrics import Metrics
+
+        root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
+        sessions.observers.append(root.metrics)
+        login.observers.append(root.metrics.login)
+        outbound.attempt_observers.append(root.metrics.attempt)
+        MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
 
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
@@ -439,7 +445,8 @@ def makeService(
         for description, wrap in _listen_specs(section):
             factory = SMTPFactory(settings.smtp, store, directory, login, policy,
                                   queue=smtp_queue, submission=submission,
-                                  tls_options=None if wrap else tls_options, reactor=reactor)
+                                  tls_options=None if wrap else tls_options, reactor=reactor,
+                                  sessions=sessions)
             root.factories.setdefault(kind, []).append(factory)
             root.add_listener(kind, description, factory, reactor,
                               implicit_tls=tls_options if wrap else None)
@@ -450,7 +457,7 @@ def makeService(
     pop3_locks = MaildropLocks()  # one lock set: 110 and 995 guard the same maildrops
     for description, wrap in _listen_specs(config.pop3):
         pop3 = POP3Factory(settings.pop3, login, tls_options=None if wrap else tls_options,
-                           reactor=reactor, locks=pop3_locks)
+                           reactor=reactor, locks=pop3_locks, sessions=sessions)
         root.factories.setdefault("pop3", []).append(pop3)
         root.add_listener("pop3", description, pop3, reactor,
                           implicit_tls=tls_options if wrap else None)
@@ -459,7 +466,7 @@ def makeService(
 
     for description, wrap in _listen_specs(config.imap):
         imap = IMAPFactory(settings.imap, login, tls_options=None if wrap else tls_options,
-                           reactor=reactor, store=store)
+                           reactor=reactor, store=store, sessions=sessions)
         root.factories.setdefault("imap", []).append(imap)
         root.add_listener("imap", description, imap, reactor,
                           implicit_tls=tls_options if wrap else None)
@@ -482,7 +489,7 @@ class ThreadPoolService(service.Service):
 
 
 class MetricsService(service.Service):
-    """Serves ``/metrics`` on an endpoint and feeds the registry from the log."""
+    """Serves ``/metrics`` on an endpoint (the feeds are wired in ``makeService``)."""
 
     def __init__(self, metrics: Any, description: str, reactor: Any) -> None:
         self.metrics = metrics
@@ -494,7 +501,6 @@ class MetricsService(service.Service):
         from twisted.web.server import Site
 
         super().startService()
-        globalLogPublisher.addObserver(self.metrics)
         site = Site(self.metrics.resource())
         site.noisy = False
         d = parse_endpoint(self.reactor, self.description, "metrics.listen").listen(site)
@@ -506,7 +512,6 @@ class MetricsService(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        globalLogPublisher.removeObserver(self.metrics)
         if self.port is not None:
             return self.port.stopListening()
         return None

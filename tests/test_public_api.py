@@ -8,9 +8,11 @@ import sys
 import mailhost
 
 PUBLIC = [
+    "CUT",
     "Config",
     "ConfigError",
     "DeliveryTarget",
+    "IDispatchHook",
     "IFolder",
     "IFolderListener",
     "IMailAccount",
@@ -19,6 +21,8 @@ PUBLIC = [
     "IMessageWriter",
     "IOutboundQueue",
     "IQueueWriter",
+    "ISession",
+    "ISessionObserver",
     "IUserDirectory",
     "InMemoryChecker",
     "MailHostService",
@@ -29,6 +33,8 @@ PUBLIC = [
     "MessageInfo",
     "PasswdFileChecker",
     "QueueRecipient",
+    "Refuse",
+    "SessionRegistry",
     "StoreError",
     "UserDirectory",
     "load",

@@ -123,6 +123,12 @@ class LoginService:
             reactor = _reactor
         self.reactor = reactor
         self._locks: dict[str, defer.DeferredLock] = {}
+        #: ``(protocol, outcome)`` callables told of every attempt (this host's metrics).
+        self.observers: list[Callable[[str, str], None]] = []
+
+    def _outcome(self, protocol: str, outcome: str) -> None:
+        for observer in self.observers:
+            observer(protocol, outcome)
 
     @classmethod
     def from_settings(cls, portal: Portal, settings: AuthSettings,
@@ -176,6 +182,7 @@ class LoginService:
         if self.throttle.locked(client_ip):
             log.warn("login refused (throttled) user={user} protocol={protocol} client={client}",
                      outcome="throttled", **fields)
+            self._outcome(protocol, "throttled")
             raise LoginFailed("too many failed logins; try again later", temporary=True)
         wait = self.throttle.delay(client_ip)
         if wait:
@@ -188,14 +195,17 @@ class LoginService:
             self.throttle.failed(client_ip)
             log.info("login failed user={user} protocol={protocol} client={client}",
                      outcome="failed", **fields)
+            self._outcome(protocol, "failed")
             raise LoginFailed("authentication failed") from None
         except Exception:
             # A store or directory error (say, a user name the store refuses): the
             # client gets the protocol's temporary failure, never the exception's text.
             log.failure("login error user={user} protocol={protocol} client={client}",
                         None, LogLevel.critical, outcome="error", **fields)
+            self._outcome(protocol, "error")
             raise LoginFailed("temporary failure", temporary=True) from None
         self.throttle.succeeded(client_ip, avatar.user)
         log.info("login ok user={user} protocol={protocol} client={client}",
                  outcome="ok", **fields)
+        self._outcome(protocol, "ok")
         return Login(avatar, logout, protocol)

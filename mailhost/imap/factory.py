@@ -8,6 +8,7 @@ from twisted.internet.protocol import ServerFactory
 
 from mailhost.auth.login import LoginService
 from mailhost.imap.server import IMAPServer
+from mailhost.sessions import SessionRegistry
 from mailhost.settings import IMAPSettings
 
 
@@ -24,7 +25,8 @@ class IMAPFactory(ServerFactory):
     protocol = IMAPServer
 
     def __init__(self, settings: IMAPSettings, login: LoginService, tls_options: Any = None,
-                 reactor: Any = None, store: Any = None) -> None:
+                 reactor: Any = None, store: Any = None,
+                 sessions: SessionRegistry | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -35,6 +37,8 @@ class IMAPFactory(ServerFactory):
         self.reactor = reactor
         self.store = store
         self.sessions: set[IMAPServer] = set()
+        # The host's registry (service.py passes one to every listener's factory).
+        self.registry = sessions if sessions is not None else SessionRegistry(reactor)
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         p = IMAPServer(self)

@@ -15,6 +15,7 @@ from twisted.internet.protocol import ServerFactory
 from mailhost.auth.login import LoginService
 from mailhost.pop3.lock import MaildropLocks
 from mailhost.pop3.server import POP3Server
+from mailhost.sessions import SessionRegistry
 from mailhost.settings import POP3Settings
 
 
@@ -28,13 +29,16 @@ class POP3Factory(ServerFactory):
     """
 
     def __init__(self, settings: POP3Settings, login: LoginService, tls_options: Any = None,
-                 reactor: Any = None, locks: MaildropLocks | None = None) -> None:
+                 reactor: Any = None, locks: MaildropLocks | None = None,
+                 sessions: SessionRegistry | None = None) -> None:
         self.settings = settings
         self.login = login
         self.tls_options = tls_options
         self.reactor = reactor
         self.locks = locks if locks is not None else MaildropLocks()
         self.sessions: set[POP3Server] = set()
+        # The host's registry (service.py passes one to every listener's factory).
+        self.registry = sessions if sessions is not None else SessionRegistry(reactor)
 
     def buildProtocol(self, addr: Any) -> POP3Server:
         pop3 = self.settings
@@ -42,7 +46,7 @@ class POP3Factory(ServerFactory):
             self.login, self.locks, pop3.delete, pop3.timeout, tls_options=self.tls_options,
             reactor=self.reactor, on_close=self.sessions.discard,
             handshake_timeout=pop3.handshake_timeout,
-            preauth_timeout=pop3.preauth_timeout,
+            preauth_timeout=pop3.preauth_timeout, registry=self.registry,
         )
         session.factory = self
         self.sessions.add(session)

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet.protocol import ServerFactory
 
+from mailhost.sessions import SessionRegistry
 from mailhost.settings import SMTPSettings
 from mailhost.smtp.policy import RecipientPolicy
 from mailhost.smtp.reply import Reply
@@ -31,7 +32,8 @@ class SMTPFactory(ServerFactory):
 
     def __init__(self, settings: SMTPSettings, store: Any, directory: Any, login: Any,
                  policy: RecipientPolicy, queue: Any | None = None, submission: bool = False,
-                 tls_options: Any | None = None, reactor: Any = None) -> None:
+                 tls_options: Any | None = None, reactor: Any = None,
+                 sessions: SessionRegistry | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -44,6 +46,8 @@ class SMTPFactory(ServerFactory):
         self.submission = submission
         self.tls_options = tls_options
         self.reactor = reactor
+        # The host's registry (service.py passes one to every listener's factory).
+        self.registry = sessions if sessions is not None else SessionRegistry(reactor)
         self.policy = policy
         self.sessions: set[SMTPServer] = set()
         # Set by the service on shutdown: new sessions are told to come back later.
