@@ -25,7 +25,8 @@ class SMTPFactory(ServerFactory):
 
     def __init__(self, config: Config, store: Any, directory: Any, login: Any,
                  queue: Any | None = None, submission: bool = False,
-                 tls_options: Any | None = None, reactor: Any = None) -> None:
+                 tls_options: Any | None = None, reactor: Any = None,
+                 space: Any | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -38,6 +39,8 @@ class SMTPFactory(ServerFactory):
         self.submission = submission
         self.tls_options = tls_options
         self.reactor = reactor
+        # mailhost.diskspace.FreeSpace: 452 4.3.1 at MAIL/RCPT on a full disk; None = no check
+        self.space = space
         try:
             self.policy = RecipientPolicy(directory, config.smtp.relay_networks,
                                           can_queue=queue is not None,
