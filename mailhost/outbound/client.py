@@ -57,11 +57,12 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from mailhost.message.crlf import CRLFNormalizer
 from mailhost.outbound.envelope import Envelope, RecipientState
 from mailhost.outbound.replies import Reply, ReplyError, ReplyReader
 from mailhost.outbound.routing import describe_error
 from mailhost.outbound.spool import MessageFile
-from mailhost.outbound.wire import CRLFNormalizer, DataEncoder
+from mailhost.outbound.wire import DataEncoder
 from mailhost.tcp import send_at_once
 
 # Messages up to this size are sent with one read and one write (and as one BDAT

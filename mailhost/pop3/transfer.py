@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailhost.dotstuffing import DotStuffer
+from mailhost.message.dotstuffing import DotStuffer
 
 # Reads of 256 KiB: on the benchmark host they cost 40% less CPU per MiB than 64 KiB
 # reads (each is a thread hop) and doubled large-RETR throughput, while a session
