@@ -6,7 +6,7 @@ which the protocol streams as a literal straight from the store file. The MIME
 structure comes from the folder's cache (``get_cached(uid, "mime")``) when it is
 there, so a second ENVELOPE/BODYSTRUCTURE fetch opens no file; FLAGS, UID,
 RFC822.SIZE and INTERNALDATE come from the index alone. Every file read and scan
-runs in a thread.
+runs in a thread. Body literals carry 0x80 for each NUL (``output.without_nul``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThread
 
 from mailhost.imap import bodystructure, envelope, mime
 from mailhost.imap.encoding import format_datetime, format_flags
+from mailhost.imap.output import without_nul
 from mailhost.imap.parser import FetchItem, Section
 from mailhost.store.interfaces import MessageInfo
 
@@ -238,7 +239,7 @@ def _read_specs(f: IO[bytes], specs: list[_Spec]) -> None:
 def _literal(data: bytes) -> bytes:
     if not data:
         return b'""'
-    return b"{%d}\r\n" % len(data) + data
+    return b"{%d}\r\n" % len(data) + without_nul(data)
 
 
 async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> list:

@@ -16,6 +16,14 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 CHUNK = 64 * 1024
+#: A NUL in message data goes out as this octet: RFC 3501 excludes NUL from a literal,
+#: and the same length keeps RFC822.SIZE and partial offsets true (Dovecot does this).
+NUL_IN_BODY = b"\x80"
+
+
+def without_nul(data: bytes) -> bytes:
+    """Message octets fit for a literal: each NUL replaced by 0x80, length kept."""
+    return data.replace(b"\0", NUL_IN_BODY) if b"\0" in data else data
 
 
 @implementer(IPushProducer)
@@ -58,7 +66,7 @@ async def stream_file(f: Any, length: int, write, gate: OutputGate, on_progress=
 
     A short file is padded with spaces so the literal length announced before the
     data stays true (the protocol would otherwise desynchronise); returns the number
-    of octets that really came from the file.
+    of octets that really came from the file. NULs go out as 0x80 (``without_nul``).
     """
     left = length
     got = 0
@@ -72,7 +80,7 @@ async def stream_file(f: Any, length: int, write, gate: OutputGate, on_progress=
                 write(b" " * n)
                 left -= n
             break
-        write(chunk)
+        write(without_nul(chunk))
         got += len(chunk)
         left -= len(chunk)
         if on_progress is not None:
