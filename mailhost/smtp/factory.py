@@ -33,7 +33,8 @@ class SMTPFactory(ServerFactory):
     def __init__(self, settings: SMTPSettings, store: Any, directory: Any, login: Any,
                  policy: RecipientPolicy, queue: Any | None = None, submission: bool = False,
                  tls_options: Any | None = None, reactor: Any = None,
-                 sessions: SessionRegistry | None = None) -> None:
+                 sessions: SessionRegistry | None = None,
+                 space: Any | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -49,6 +50,8 @@ class SMTPFactory(ServerFactory):
         # The host's registry (service.py passes one to every listener's factory).
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)
         self.policy = policy
+        # mailhost.diskspace.FreeSpace: 452 4.3.1 at MAIL/RCPT on a full disk; None = no check
+        self.space = space
         self.sessions: set[SMTPServer] = set()
         # Set by the service on shutdown: new sessions are told to come back later.
         self.draining = False
