@@ -9,11 +9,11 @@ gate.wait()`` between chunks.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
+
+from mailhost.store.interfaces import IMessageReader
 
 CHUNK = 64 * 1024
 
@@ -53,25 +53,29 @@ class OutputGate:
         return d
 
 
-async def stream_file(f: Any, length: int, write, gate: OutputGate, on_progress=None) -> int:
-    """Copy exactly ``length`` octets from ``f`` to ``write`` in bounded chunks.
+async def stream_message(reader: IMessageReader, length: int, write, gate: OutputGate,
+                         on_progress=None) -> int:
+    """Copy exactly ``length`` octets from the message ``reader`` to ``write``, a chunk
+    at a time as the reader delivers them (off the reactor thread) and the transport
+    takes them.
 
-    A short file is padded with spaces so the literal length announced before the
+    A short message is padded with spaces so the literal length announced before the
     data stays true (the protocol would otherwise desynchronise); returns the number
-    of octets that really came from the file.
+    of octets that really came from the message.
     """
     left = length
     got = 0
     while left > 0:
         if gate.stopped:
             break
-        chunk = f.read(min(CHUNK, left))
+        chunk = await reader.read()
         if not chunk:
             while left > 0:
                 n = min(CHUNK, left)
                 write(b" " * n)
                 left -= n
             break
+        chunk = chunk[:left]
         write(chunk)
         got += len(chunk)
         left -= len(chunk)

@@ -35,6 +35,7 @@ from mailhost.limits import IEvictable
 from mailhost.replytext import clean_bytes
 from mailhost.store.interfaces import (
     FolderExists,
+    IMailAccount,
     InvalidFolderName,
     NoSuchFolder,
     NoSuchMessage,
@@ -333,7 +334,7 @@ class IMAPServer(Protocol, TimeoutMixin):
             return None
         if self._streamed is not None:
             self._streamed.abort()
-        self._streamed = self.store.new_message()
+        self._streamed = self.account.new_message()
         return self._streamed
 
     def _dispatch(self, segments: list[bytes]) -> None:
@@ -448,18 +449,10 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.setTimeout(self.config.timeout)
 
     @property
-    def account(self) -> Any:
+    def account(self) -> IMailAccount:
+        """The logged-in user's IMailAccount (``IMailUser.account``): the session's one
+        route to the store, APPEND included."""
         return self.avatar.account
-
-    @property
-    def store(self) -> Any:
-        """The IMailStore, for APPEND's message writer."""
-        store = getattr(self.avatar, "store", None)
-        if store is None:
-            store = self.factory.store
-        if store is None:
-            store = self.login_service.portal.realm.store
-        return store
 
     def start_tls(self) -> None:
         """Discard anything pipelined behind STARTTLS (CVE-2011-0411), then upgrade."""

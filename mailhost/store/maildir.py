@@ -69,9 +69,12 @@ class MaildirStore:
         self._opening: dict[str, list[defer.Deferred]] = {}
         self._sync = GroupSync()
         self._tmp_ready = False
-        self._watcher = ChangeWatcher(reactor, self._in_thread, watch)
+        self._watcher = ChangeWatcher(reactor, self.run_blocking, watch)
 
-    def _in_thread(self, fn, *args) -> defer.Deferred:
+    def run_blocking(self, fn, *args) -> defer.Deferred:
+        """Run ``fn(*args)`` in the reactor's thread pool: the store's one thread hop, for
+        every blocking file-system call its folders, accounts, writers and message
+        readers make (never the reactor thread's business; see maildir_io)."""
         return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn,
                                          *args)
 
@@ -80,7 +83,7 @@ class MaildirStore:
         if not self._tmp_ready:
             self.modes.makedirs(path)  # once; a mkdir is a metadata-only syscall
             self._tmp_ready = True
-            d = self._in_thread(maildir_io.clean_tmp, path)
+            d = self.run_blocking(maildir_io.clean_tmp, path)
             d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))
         return path
 

@@ -98,7 +98,7 @@ class MaildirMessageWriter:
         told = False
         try:
             try:
-                await store._in_thread(deliver_files, self._file, self._path, date, jobs,
+                await store.run_blocking(deliver_files, self._file, self._path, date, jobs,
                                        store._sync if store.fsync else None, store.modes,
                                        None if self._buffer is None else bytes(self._buffer))
                 self._buffer = None
