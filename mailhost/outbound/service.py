@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -24,13 +24,12 @@ from mailhost.outbound.envelope import Envelope
 from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter, QueueRecipient
 from mailhost.outbound.routing import Router, make_resolver, resolver_name
 from mailhost.outbound.scheduler import Scheduler
-from mailhost.outbound.spool import MessageFile, SpoolFiles
+from mailhost.outbound.spool import SpoolFiles, open_message_reader
 from mailhost.outbound.spool_writer import SpoolWriter
 from mailhost.store.interfaces import DeliveryTarget, IMailStore
 
 log = Logger()
 
-CHUNK = 64 * 1024
 #: How long stopService waits for spool writes in flight (a hung disk must not
 #: hang the shutdown).
 SPOOL_DRAIN_TIMEOUT = 30.0
@@ -269,21 +268,18 @@ class OutboundService(service.Service):
         if targets:
             writer = self.store.new_message()
             # MessageFile: never another message's bytes if this one is deleted meanwhile.
-            f = await threads.deferToThread(MessageFile, job.path)
+            reader = await open_message_reader(job.path, job.envelope.offset,
+                                               job.envelope.size)
             try:
-                f.seek(job.envelope.offset)  # past the embedded envelope
                 writer.write(f"Return-Path: <{job.envelope.sender}>\r\n".encode())
-                while True:
-                    chunk = await threads.deferToThread(f.read, CHUNK)
-                    if not chunk:
-                        break
+                while chunk := await reader.read():
                     writer.write(chunk)
                 await writer.commit(targets)
             except BaseException:
                 writer.abort()
                 raise
             finally:
-                f.close()
+                reader.close()
             for r in job.recipients:
                 outcomes.setdefault(r.address, Outcome(DELIVERED, "250 2.0.0 delivered locally"))
         return outcomes

@@ -74,15 +74,17 @@ def _cheap_seek(f: BinaryIO, offset: int) -> bool:
 class MessageReader:
     """Implements: IMessageReader over a blocking binary file; see the module docstring.
 
-    ``length``: octets to yield from ``offset`` (None: to the end of the file, when the
-    caller does not know the size; such a reader never reads inline). The reader owns
-    ``file`` and closes it.
+    ``length``: octets to yield from ``offset`` (None: to the end of the file, for a
+    caller that does not know the size exactly; ``size_hint`` then says about how big
+    it is, for the inline rule). The reader owns ``file`` and closes it.
     """
 
     def __init__(self, file: BinaryIO, length: int | None, *, offset: int = 0,
-                 chunk_size: int = CHUNK_SIZE, run: Run | None = None) -> None:
+                 chunk_size: int = CHUNK_SIZE, run: Run | None = None,
+                 size_hint: int | None = None) -> None:
         self._file = file
         self.size = length
+        self._hint = length if length is not None else size_hint
         self._left = length  # octets still to read (None: to the end)
         self._offset = offset  # still to skip before the first read (in the pool)
         self._chunk_size = chunk_size
@@ -109,7 +111,7 @@ class MessageReader:
         self._started = True
         if self._eof:
             return
-        if self._left is not None and self._left <= INLINE_READ \
+        if self._hint is not None and self._hint <= INLINE_READ \
                 and _cheap_seek(self._file, self._offset):
             self._offset = 0
             self._reading = True
