@@ -78,6 +78,20 @@ class MaildirStore:
         return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn,
                                          *args)
 
+    @property
+    def syncer(self) -> GroupSync | None:
+        """The group commit that fsyncs directories and uidlists, None with fsync off."""
+        return self._sync if self.fsync else None
+
+    def account(self, user: str):
+        """Coroutine: the live MaildirAccount of ``user`` (for the store's own parts;
+        protocols use ``open_account``)."""
+        return self._account(user)
+
+    def tmp_dir(self) -> str:
+        """Where writers keep messages being received (made, and cleaned, on first use)."""
+        return self._tmp_dir()
+
     def _tmp_dir(self) -> str:
         path = os.path.join(self.root, TMP_DIR)
         if not self._tmp_ready:

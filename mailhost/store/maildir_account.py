@@ -79,6 +79,24 @@ class MaildirAccount:
             self._opening[INBOX].append(d)
             d.addCallbacks(lambda f: f._delivered([row], expected=False), lambda _: None)
 
+    # -- the delivery API: what MaildirMessageWriter may use of an account ---------------
+
+    async def folder(self, name: str) -> MaildirFolder:
+        """The live folder (loaded on first use); NoSuchFolder if absent."""
+        return await self._folder(name)
+
+    def loaded_folder(self, name: str) -> MaildirFolder | None:
+        """The live folder if it is open in this process, else None (nothing is read)."""
+        return self._folders.get(canonical_folder(name))
+
+    def folder_path(self, name: str) -> str:
+        """The directory of folder ``name`` (canonical), open or not."""
+        return self._dir(name)
+
+    def number_unopened(self, row) -> None:
+        """A copy delivered into INBOX while it was not open, its UID to come."""
+        self._delivered_unopened(row)
+
     def _tree(self, fn, *args) -> defer.Deferred:
         async def run():
             await self._lock.acquire()

@@ -78,6 +78,11 @@ NUMBER_DELAY = 0.05
 Row = tuple[str, bool, str | None, bool, int, float]
 
 
+def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
+    """The Row of a copy a writer just linked into new/ (stored CRLF: no wrap)."""
+    return base, True, part, False, size, float(date)
+
+
 @implementer(IIndexedFolder)
 class MaildirFolder:
     """Implements: IIndexedFolder. One live object per (user, folder) in a MaildirStore."""
@@ -473,7 +478,7 @@ class MaildirFolder:
         self.batches += 1
         bases = [row[0] for row in batch]
         uids, ticket = self._uids, []
-        syncer = self._store._sync if self._store.fsync else None
+        syncer = self._store.syncer
         facts = [(date, size, wrap) for _, _, _, wrap, size, date in batch]
 
         def work():
@@ -853,7 +858,7 @@ class MaildirFolder:
                 base, int(info.internal_date), info.size, wrap)
                for _, info, wrap, base, new_part, rel in plan]
         bases = [base for _, _, _, base, _, _ in plan]
-        syncer = self._store._sync if self._store.fsync else None
+        syncer = self._store.syncer
         ticket: list[int] = []
         dest._expect(bases)
         try:
@@ -1001,6 +1006,49 @@ class MaildirFolder:
         if appeared:
             return current or (sub, name) in own
         return not current  # an old name of ours went away
+
+    # -- the delivery API: what MaildirMessageWriter may use of a folder ------------------
+    #
+    # A writer links one tmp file into several folders in one thread hop (maildir_io.
+    # deliver_files) and hands each folder its outcome. These names are that contract
+    # inside the Maildir store; nothing else of the folder is the writer's business.
+
+    @property
+    def path(self) -> str:
+        """The folder's directory (its new/ takes deliveries)."""
+        return self._path
+
+    async def learn_keywords(self, flags: Iterable[str]) -> None:
+        """Give every keyword among ``flags`` a letter before a file name uses it."""
+        await self._learn_keywords(flags)
+
+    def letters(self, flags: frozenset[str]) -> str:
+        """The Maildir info letters of ``flags`` (after ``learn_keywords``)."""
+        return self._letters(flags)
+
+    def delivery_handles(self) -> tuple[threading.Lock, KeywordFile, FolderUids]:
+        """(file lock, dovecot-keywords, UID assigner) for a deliver_files job: what the
+        worker thread uses to write keywords and give the copy its UID."""
+        return self._file_lock, self._kwfile, self._uids
+
+    def expect_files(self, bases: Iterable[str]) -> None:
+        """These files are being linked in by a writer: a rescan meanwhile leaves them
+        alone (the writer's thread numbers them)."""
+        self._expect(bases)
+
+    def unexpect_files(self, bases: Iterable[str]) -> None:
+        """The writer is done with these files (numbered, dropped, or handed over)."""
+        self._unexpect(bases)
+
+    def settle_uids(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred:
+        """The outcome of UIDs a writer's thread handed out (None: dropped); fires once
+        each is visible (listeners told) or dropped."""
+        return self._settle(items)
+
+    def number_later(self, rows: Sequence[Row]) -> None:
+        """Durable copies that want no UID now (SMTP): numbered in the next batch; the
+        writer ``expect_files``-ed them before linking."""
+        self._delivered(rows, expected=True)
 
     # -- cached metadata -----------------------------------------------------------------
 
