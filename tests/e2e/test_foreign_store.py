@@ -9,6 +9,7 @@ here wrote (smtplib, poplib, imaplib).
 from __future__ import annotations
 
 import imaplib
+import io
 import os
 import poplib
 import smtplib
@@ -119,3 +120,37 @@ def test_a_store_written_in_the_test_serves_smtp_pop3_and_imap(tmp_path):
     assert seen["drafts"] == ("OK", [b"1"])
     typ, data = seen["draft"]
     assert typ == "OK" and data[0][1] == DRAFT and b"\\Draft" in data[0][0]
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_big_message_is_read_on_the_reactor_thread(tmp_path, monkeypatch):
+    """Regression (issue 14): IMAP streamed FETCH literals with reads on the reactor
+    thread. Every read of a message larger than the reader's inline limit, by IMAP
+    (FETCH, a partial FETCH, SEARCH, BODYSTRUCTURE) and POP3 (RETR, TOP), now runs in
+    the thread pool."""
+    import threading
+
+    from mailhost.store.reader import INLINE_READ
+    from tests.store import dictstore
+
+    reads: list[tuple[int, bool]] = []  # (message size, read on the reactor thread)
+
+    class Recording(io.BytesIO):
+        def read(self, n=-1):
+            reads.append((len(self.getbuffer()), threading.current_thread() is reactor_thread))
+            return super().read(n)
+
+    reactor_thread = threading.current_thread()
+    monkeypatch.setattr(dictstore._Body, "open", lambda body: Recording(body.data))
+    config = config_in(str(tmp_path))
+    svc = makeService(config, store=DictStore())
+    svc.startService()
+    try:
+        ports = yield svc.wait_listening()
+        yield threads.deferToThread(
+            clients, {kind: ports[kind][0].getHost().port for kind in ("smtp", "pop3", "imap")})
+    finally:
+        yield svc.stopService()
+    big = [on_reactor for size, on_reactor in reads if size > INLINE_READ]
+    assert len(big) > 10 and not any(big)
+    assert any(on_reactor for size, on_reactor in reads if size <= INLINE_READ)  # by policy
