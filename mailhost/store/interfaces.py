@@ -113,7 +113,8 @@ class IMessageReader(Interface):
     thread pool, one chunk ahead), so no caller blocks the reactor on a big read.
     """
 
-    size = Attribute("int: the octets this reader yields in all (the range's length).")
+    size = Attribute("int: the octets this reader yields in all (the range's length; for "
+                     "a whole message, its index size: the reader reads to the end).")
 
     def read() -> object:
         """Deferred firing with the next chunk (at most the reader's chunk size), or
@@ -202,7 +203,7 @@ class IFolder(Interface):
     def read_message(uid: int, offset: int = 0, length: int | None = None) -> object:
         """Deferred firing with an ``IMessageReader`` of ``length`` octets (to the end if
         None) from ``offset`` of the message; NoSuchMessage if it is gone. A store
-        wraps ``open_message``'s file in ``mailhost.store.reader.MessageReader``."""
+        wraps its file with ``mailhost.store.reader.reader_for``."""
 
     def set_flags(uids: Iterable[int], flags: Iterable[str], mode: str) -> object:
         """mode is 'add', 'remove' or 'replace'. Deferred firing with the updated

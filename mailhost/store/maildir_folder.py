@@ -59,7 +59,7 @@ from mailhost.store.maildir_io import rename_all, transfer_files, unlink_all
 from mailhost.store.maildir_names import Keywords, filename, info_letters, make_info, unique_base
 from mailhost.store.maildir_uids import FolderUids
 from mailhost.store.maildir_watch import APPEARED, COALESCE_DELAY
-from mailhost.store.reader import MessageReader, range_length
+from mailhost.store.reader import reader_for
 
 CACHE_FLUSH_DELAY = 2.0
 #: Bulk-adopted files get their real dates this long after the folder opens, in
@@ -562,8 +562,8 @@ class MaildirFolder:
         i = self._index.pos(uid)
         size = self._index.sizes[i] if i >= 0 else 0
         d = self.open_message(uid)
-        d.addCallback(lambda f: MessageReader(f, range_length(size, offset, length),
-                                              offset=offset, run=self._store.run_blocking))
+        d.addCallback(lambda f: reader_for(f, size, offset, length,
+                                           run=self._store.run_blocking))
         return d
 
     async def _open_message(self, uid: int):

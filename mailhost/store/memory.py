@@ -38,7 +38,7 @@ from mailhost.store.interfaces import (
 )
 from mailhost.store.listeners import ListenerSet
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents, split_user
-from mailhost.store.reader import MessageReader, range_length
+from mailhost.store.reader import reader_for
 
 #: Bodies up to this size stay in RAM; larger ones spill to a temporary file.
 SPOOL_MAX = 1024 * 1024
@@ -227,8 +227,7 @@ class MemoryFolder:
         body = self._bodies.get(uid)
         if body is None:
             return defer.fail(NoSuchMessage(uid))
-        return defer.succeed(MessageReader(body.open(), range_length(body.size, offset, length),
-                                           offset=offset))
+        return defer.succeed(reader_for(body.open(), body.size, offset, length))
 
     def set_flags(self, uids: Iterable[int], flags: Iterable[str], mode: str):
         try:

@@ -40,6 +40,17 @@ INLINE_READ = 64 * 1024
 Run = Callable[..., defer.Deferred]
 
 
+def reader_for(file: BinaryIO, size: int, offset: int = 0, length: int | None = None,
+               *, run: Run | None = None) -> MessageReader:
+    """The reader a store hands out for ``read_message(uid, offset, length)`` of a
+    message of ``size`` octets (its index entry). A range is read exactly; the whole
+    message is read to the end of the file, ``size`` only deciding the inline rule, so
+    what is on disk is what is sent, as it always was."""
+    if offset == 0 and length is None:
+        return MessageReader(file, None, run=run, size_hint=size)
+    return MessageReader(file, range_length(size, offset, length), offset=offset, run=run)
+
+
 def range_length(size: int, offset: int, length: int | None) -> int:
     """Octets of ``[offset, offset + length)`` within a message of ``size`` octets."""
     left = max(0, size - offset)
@@ -83,8 +94,8 @@ class MessageReader:
                  chunk_size: int = CHUNK_SIZE, run: Run | None = None,
                  size_hint: int | None = None) -> None:
         self._file = file
-        self.size = length
         self._hint = length if length is not None else size_hint
+        self.size = self._hint
         self._left = length  # octets still to read (None: to the end)
         self._offset = offset  # still to skip before the first read (in the pool)
         self._chunk_size = chunk_size

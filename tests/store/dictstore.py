@@ -43,7 +43,7 @@ from mailhost.store.interfaces import (
     StoreError,
 )
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents, split_user
-from mailhost.store.reader import MessageReader, range_length
+from mailhost.store.reader import reader_for
 
 SPILL = 1024 * 1024  # bodies above this live in a file
 _bare_lf = re.compile(rb"(?<!\r)\n")
@@ -191,8 +191,7 @@ class DictFolder:
         if uid not in self._bodies:
             return defer.fail(NoSuchMessage(uid))
         body = self._bodies[uid]
-        return defer.succeed(MessageReader(body.open(), range_length(body.size, offset,
-                                                                     length), offset=offset))
+        return defer.succeed(reader_for(body.open(), body.size, offset, length))
 
     def set_flags(self, uids: Iterable[int], flags: Iterable[str], mode: str):
         def run():

@@ -9,7 +9,7 @@ from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from mailhost.store.interfaces import IMessageReader
-from mailhost.store.reader import INLINE_READ, MessageReader, range_length
+from mailhost.store.reader import INLINE_READ, MessageReader, range_length, reader_for
 
 
 def sync_run(fn, *args):
@@ -156,3 +156,13 @@ def test_range_length():
     assert range_length(10, 4, 3) == 3
     assert range_length(10, 8, 5) == 2
     assert range_length(10, 20, 5) == 0
+
+
+def test_reader_for_reads_a_whole_message_to_the_end_and_a_range_exactly():
+    """What is on disk is what POP3 RETR sends, whatever the index says; a range (IMAP
+    BODY[]<o.n>) is exact."""
+    data = b"0123456789"
+    whole = reader_for(io.BytesIO(data), 4, run=sync_run)
+    assert whole.size == 4 and drain(whole) == data
+    part = reader_for(io.BytesIO(data), 10, 2, 5, run=sync_run)
+    assert part.size == 5 and drain(part) == b"23456"
