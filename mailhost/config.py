@@ -125,6 +125,9 @@ class SMTPConfig:
     soft_error_limit: int = 10
     error_sleep_time: float = 1.0
     max_hops: int = 50
+    # A bare CR or LF in DATA/BDAT: "normalize" it to CRLF, or "reject" the message
+    # (550 5.5.2, then close; Postfix smtpd_forbid_bare_newline). See docs.
+    bare_newline: Literal["normalize", "reject"] = "normalize"
     # Networks allowed to relay without AUTH (CIDR).
     relay_networks: list[str] = field(default_factory=list)
 

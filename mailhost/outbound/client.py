@@ -60,11 +60,12 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailhost.message.crlf import CRLFNormalizer
 from mailhost.outbound.envelope import Envelope, RecipientState
 from mailhost.outbound.replies import Reply, ReplyError, ReplyReader
 from mailhost.outbound.routing import describe_error
 from mailhost.outbound.spool import message_reader
-from mailhost.outbound.wire import CRLFNormalizer, DataEncoder
+from mailhost.outbound.wire import DataEncoder
 from mailhost.store.interfaces import IMessageReader
 from mailhost.tcp import send_at_once
 

@@ -3,7 +3,8 @@
 SMTP (submission, or a trusted relay network) streams a message for remote
 recipients into a queue writer, exactly as it streams local mail into the store;
 ``commit`` fires only once the spool file and its envelope are durable, and only
-then does SMTP answer 250.
+then does SMTP answer 250. SMTP reaches the writer through ``queue_target.QueueTarget``,
+the queue's ``IDeliveryTarget`` (``prepare`` holds, ``abort`` withdraws).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ MX points back at us for one of our own domains.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -18,21 +18,38 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.config import Config
+from mailhost.message.target import IDeliveryTarget
 from mailhost.outbound import dsn
 from mailhost.outbound.client import DELIVERED, PERMANENT, Job, Outcome
 from mailhost.outbound.envelope import Envelope
 from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter, QueueRecipient
+from mailhost.outbound.queue_target import QueueTarget
 from mailhost.outbound.routing import Router, make_resolver, resolver_name
 from mailhost.outbound.scheduler import Scheduler
 from mailhost.outbound.spool import SpoolFiles, open_message_reader
 from mailhost.outbound.spool_writer import SpoolWriter
 from mailhost.store.interfaces import DeliveryTarget, IMailStore
+from mailhost.store.mailbox_target import MailboxTarget
 
 log = Logger()
 
 #: How long stopService waits for spool writes in flight (a hung disk must not
 #: hang the shutdown).
 SPOOL_DRAIN_TIMEOUT = 30.0
+
+
+async def deliver(target: IDeliveryTarget,
+                  produce: Callable[[Callable[[bytes], None]], Awaitable[None]]) -> None:
+    """One message the queue makes itself (a DSN, a local copy) through one target:
+    ``produce`` writes it; begin, prepare and commit, or abort on any failure."""
+    try:
+        target.begin()
+        await produce(target.write)
+        await target.prepare()
+    except BaseException:
+        await defer.maybeDeferred(target.abort)
+        raise
+    target.commit()
 
 
 @implementer(IOutboundQueue)
@@ -224,22 +241,11 @@ class OutboundService(service.Service):
                     sender=env.sender,
                 )
                 return
-            writer = self.store.new_message()
-            try:
-                writer.write(b"Return-Path: <>\r\n")
-                await dsn.write_dsn(writer.write, **kw)
-                await writer.commit([DeliveryTarget(u) for u in users])
-            except BaseException:
-                writer.abort()
-                raise
+            target: IDeliveryTarget = MailboxTarget(self.store, "",
+                                                    [DeliveryTarget(u) for u in users])
         else:
-            qwriter = self.queue.new_message("")
-            try:
-                await dsn.write_dsn(qwriter.write, **kw)
-                await qwriter.commit([QueueRecipient(env.sender)])
-            except BaseException:
-                qwriter.abort()
-                raise
+            target = QueueTarget(self.queue, "", [QueueRecipient(env.sender)])
+        await deliver(target, lambda write: dsn.write_dsn(write, **kw))
         log.info(
             "outbound: DSN ({actions}) for {qid} sent to {sender}",
             actions=",".join(sorted({r.action for r in reports})),
@@ -266,18 +272,16 @@ class OutboundService(service.Service):
                     seen.add(u)
                     targets.append(DeliveryTarget(u))
         if targets:
-            writer = self.store.new_message()
             # MessageFile: never another message's bytes if this one is deleted meanwhile.
             reader = await open_message_reader(job.path, job.envelope.offset,
                                                job.envelope.size)
-            try:
-                writer.write(f"Return-Path: <{job.envelope.sender}>\r\n".encode())
+
+            async def copy(write: Callable[[bytes], None]) -> None:
                 while chunk := await reader.read():
-                    writer.write(chunk)
-                await writer.commit(targets)
-            except BaseException:
-                writer.abort()
-                raise
+                    write(chunk)
+
+            try:
+                await deliver(MailboxTarget(self.store, job.envelope.sender, targets), copy)
             finally:
                 reader.close()
             for r in job.recipients:

@@ -55,9 +55,9 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from mailhost.groupsync import GroupSync
 from mailhost.outbound.envelope import Envelope, valid_queue_id
 from mailhost.outbound.spool_workers import Op, SpoolBatches
-from mailhost.store.groupsync import GroupSync
 from mailhost.store.reader import MessageReader
 
 log = Logger()

@@ -14,11 +14,11 @@ from typing import Any
 
 from zope.interface import implementer
 
+from mailhost.message.crlf import CRLFNormalizer
+from mailhost.message.hops import HopCounter
 from mailhost.outbound.envelope import Envelope, RecipientState, new_queue_id
-from mailhost.outbound.hops import HopCounter
 from mailhost.outbound.interfaces import IQueueWriter, QueueRecipient
 from mailhost.outbound.spool import SpoolFiles
-from mailhost.store.crlf import CRLFNormalizer
 
 #: Messages up to this size stay in memory until commit.
 MEMORY_LIMIT = 256 * 1024
@@ -28,8 +28,9 @@ MEMORY_LIMIT = 256 * 1024
 class SpoolWriter:
     """Streams one message into ``tmp/``; ``commit`` makes it durable in a thread.
 
-    Implements: IQueueWriter. Bare LF is normalised to CRLF so the client can send
-    the file as is (after dot-stuffing).
+    Implements: IQueueWriter. Bare CR and bare LF become CRLF (``message.crlf``, the
+    wire's rule), so the file holds what the client sends (after dot-stuffing) and the
+    envelope's size is the size on the wire.
     """
 
     def __init__(
@@ -62,7 +63,7 @@ class SpoolWriter:
     def write(self, data: bytes) -> None:
         if self._done:
             raise RuntimeError("write after commit/abort")
-        data = self._crlf.feed(data)  # the store's normaliser: one CRLF rule everywhere
+        data = self._crlf.feed(data)
         if not self._hops.done:
             self._hops.feed(data)
         self.size += len(data)

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailhost.dotstuffing import DotStuffer
+from mailhost.message.dotstuffing import DotStuffer
 from mailhost.store.interfaces import IMessageReader
 
 # Chunks written in one reactor turn when the transport never pushes back, so a fast

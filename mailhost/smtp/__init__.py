@@ -3,9 +3,9 @@
 Public face: ``mailhost.smtp.factory.SMTPFactory``. The modules, one idea each:
 ``server`` (the protocol and command handling), ``session`` (per-connection state),
 ``params`` (MAIL/RCPT argument grammar), ``policy`` (per-recipient decisions, relay
-control), ``data`` (bulk DATA/BDAT readers), ``delivery`` (store and queue writers
-as one transaction), ``headers`` (Received/Return-Path; the hop counter is
-``mailhost.outbound.hops``), ``reply``.
+control), ``data`` (bulk DATA/BDAT readers), ``delivery`` (the delivery targets of a
+message as one transaction), ``reply``. Trace headers, the hop count and the bare
+CR/LF policy are ``mailhost.message``'s.
 """
 
 from mailhost.smtp.factory import SMTPFactory

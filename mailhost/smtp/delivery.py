@@ -1,110 +1,131 @@
-"""A message on its way to its delivery targets: the local store and the outbound queue.
+"""A message on its way to its delivery targets, as one transaction.
 
-Like maddy's delivery transaction (start, body, commit/abort): the protocol opens one
-of these at DATA, streams body chunks in as they arrive, and commits at the final
-dot. Local copies get ``Return-Path`` and ``Received``; the queued copy gets only
-``Received`` (Return-Path belongs to final delivery). Commit fires only when every
-copy is durable, which is when the protocol may say 250.
+Like maddy's delivery (start, body, commit/abort): the protocol opens a ``Delivery``
+at DATA (or the first BDAT) over the targets the recipients route to, streams body
+chunks in as they arrive, and commits at the final dot. ``commit`` fires only when
+every target has its copy durable, which is when the protocol may say 250.
+
+How several targets act as one: every target is prepared in turn, those that can hold
+a durable copy back (``holds``: the queue) first and those whose prepare already
+delivers (mailboxes) last; only when all are prepared are the held copies let go. If
+any step fails, every copy is taken back (held ones withdrawn) and the client's retry
+brings the whole message again, with no duplicate anywhere. (With more than one
+target that cannot hold, a failure of a later one would leave the earlier one's
+copies delivered; routing makes at most one, ``MailboxTarget`` covering every local
+mailbox.)
+
+Where the message pipeline (checks and modifiers, issue 15) plugs in: its checks run
+in ``commit`` before the first ``prepare`` (``_before_prepare``), on the message the
+targets have received so far, and may refuse it, which aborts every target; routing
+(``targets_for``) decides which targets a message gets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from mailhost.outbound.interfaces import QueueRecipient
-from mailhost.store.interfaces import DeliveryTarget
+from mailhost.message.target import IDeliveryTarget
+from mailhost.outbound.interfaces import IOutboundQueue, QueueRecipient
+from mailhost.outbound.queue_target import QueueTarget
+from mailhost.store.interfaces import DeliveryTarget, IMailStore
+from mailhost.store.mailbox_target import MailboxTarget
 
 log = Logger()
 
 
-class Delivery:
-    """Writers for one transaction; ``write`` fans out, ``commit``/``abort`` finish."""
+def targets_for(store: IMailStore, queue: IOutboundQueue | None, sender: str,
+                mailboxes: Sequence[str], remote: Sequence[QueueRecipient],
+                envid: str | None = None, ret: str | None = None) -> list[IDeliveryTarget]:
+    """Routing of one SMTP transaction: one mailbox target for every local mailbox, one
+    queue target for every remote recipient."""
+    targets: list[IDeliveryTarget] = []
+    if mailboxes:
+        # No UID wanted: the store numbers the copies after the 250 (see want_uid).
+        targets.append(MailboxTarget(store, sender,
+                                     [DeliveryTarget(user=m, want_uid=False) for m in mailboxes]))
+    if remote:
+        if queue is None:
+            raise ValueError("remote recipients without an outbound queue")
+        targets.append(QueueTarget(queue, sender, remote, envid=envid, ret=ret))
+    return targets
 
-    def __init__(self, store, queue, sender: str, mailboxes: list[str],
-                 remote: list[QueueRecipient], received: bytes, envid: str | None = None,
-                 ret: str | None = None) -> None:
-        self.mailboxes = mailboxes
-        self.remote = remote
-        self._store_writer = None
-        self._queue_writer = None
-        self._prepared = False  # the queued copy is durable, held until the store commits
+
+class Delivery:
+    """One message into ``targets``: ``write`` fans out, ``commit``/``abort`` finish.
+
+    ``header`` (SMTP's ``Received:``) goes into every copy, after what each target
+    adds in front (a mailbox's ``Return-Path:``).
+    """
+
+    def __init__(self, targets: Sequence[IDeliveryTarget], header: bytes = b"") -> None:
+        # Stable: targets that can hold come first, the rest keep their order after them.
+        self.targets = sorted(targets, key=lambda t: not t.holds)
+        self._begun: list[IDeliveryTarget] = []
+        self._ids: list[str] = []
         self._finished = False
         try:
-            if mailboxes:
-                self._store_writer = store.new_message()
-                self._store_writer.write(f"Return-Path: <{sender}>\r\n".encode() + received)
-            if remote:
-                self._queue_writer = queue.new_message(sender, envid=envid, ret=ret)
-                self._queue_writer.write(received)
+            for target in self.targets:
+                target.begin()
+                self._begun.append(target)
+                if header:
+                    target.write(header)
         except BaseException:
             self.abort()
             raise
 
     def write(self, data: bytes) -> None:
-        if self._store_writer is not None:
-            self._store_writer.write(data)
-        if self._queue_writer is not None:
-            self._queue_writer.write(data)
+        for target in self.targets:
+            target.write(data)
 
     def commit(self) -> defer.Deferred:
-        """Deferred firing with the queue id (or None) once every copy is durable.
+        """Deferred firing with the ids the targets named (queue ids) once every copy
+        is durable and let go; on failure every copy has been taken back first.
 
-        With both kinds of recipient the queued copy is prepared first (durable, held),
-        then the local copies commit, then the queued copy is released to delivery.
-        If either step fails everything is taken back and the client's retry brings
-        the whole message again, with no duplicate on either side. (Plain callbacks,
-        not inlineCallbacks: this runs once per message on the ingest hot path.)
+        (Plain callbacks, not inlineCallbacks: this runs once per message on the
+        ingest hot path.)
         """
         self._finished = True
-        if self._queue_writer is not None and self._store_writer is not None:
-            d = defer.maybeDeferred(self._queue_writer.prepare, self.remote)
-            d.addCallback(self._prepared_then_store)
-        elif self._queue_writer is not None:
-            d = defer.maybeDeferred(self._queue_writer.commit, self.remote)
-        elif self._store_writer is not None:
-            d = defer.maybeDeferred(self._commit_store, None)
-        else:
-            return defer.succeed(None)
-        return d.addErrback(self._commit_failed)
+        d = defer.maybeDeferred(self._before_prepare)
+        for target in self.targets:
+            d.addCallback(self._prepare, target)
+        d.addCallback(self._commit_all)
+        return d.addErrback(self._failed)
 
-    def _prepared_then_store(self, queue_id: str) -> defer.Deferred:
-        self._prepared = True
-        d = self._commit_store(queue_id)
+    def _before_prepare(self) -> None:
+        """The seam for the message pipeline's checks (issue 15): nothing yet."""
 
-        def release(qid: str) -> str:
-            self._prepared = False
-            self._queue_writer.release()
-            return qid
+    def _prepare(self, _: object, target: IDeliveryTarget) -> defer.Deferred:
+        return defer.maybeDeferred(target.prepare).addCallback(self._prepared)
 
-        return d.addCallback(release)
+    def _prepared(self, ident: object) -> None:
+        if ident is not None:
+            self._ids.append(str(ident))
 
-    def _commit_store(self, queue_id: str | None) -> defer.Deferred:
-        # No UID wanted: the store numbers the copies after the 250 (see want_uid).
-        targets = [DeliveryTarget(user=m, want_uid=False) for m in self.mailboxes]
-        d = defer.maybeDeferred(self._store_writer.commit, targets)
-        return d.addCallback(lambda _: queue_id)
+    def _commit_all(self, _: object) -> list[str]:
+        for target in self.targets:
+            target.commit()
+        return self._ids
 
-    def _commit_failed(self, failure):
-        self._abort_writers()
-        if not self._prepared:
-            return failure
-        self._prepared = False
-        d = defer.maybeDeferred(self._queue_writer.withdraw)
-        d.addErrback(lambda f: log.failure("queued copy not withdrawn; it will be relayed", f))
+    def _failed(self, failure: Failure) -> defer.Deferred:
+        d = self._abort_targets()
         return d.addCallback(lambda _: failure)
 
-    def _abort_writers(self) -> None:
-        for w in (self._store_writer, self._queue_writer):
-            if w is not None:
-                try:
-                    w.abort()
-                except Exception:  # abort must never mask the original failure
-                    pass
+    def _abort_targets(self) -> defer.Deferred:
+        """Abort every begun target; an abort's own error never masks the original."""
+        pending = []
+        for target in self._begun:
+            d = defer.maybeDeferred(target.abort)
+            d.addErrback(lambda f: log.failure("delivery target abort failed", f))
+            pending.append(d)
+        return defer.gatherResults(pending)
 
     def abort(self) -> None:
         """Throw everything away; idempotent; a no-op once commit started."""
         if self._finished:
             return
         self._finished = True
-        self._abort_writers()
+        self._abort_targets()

@@ -13,7 +13,8 @@ How it stays correct under pipelining: commands are taken from the input buffer 
 at a time; a command whose answer is asynchronous (AUTH, end of DATA) makes the
 protocol *busy*, and nothing after it is read until its reply has been written, so
 replies always leave in command order. While DATA streams, input goes in whole TCP
-chunks to ``DataReader`` and on into the store and queue writers.
+chunks to ``DataReader``, through the bare CR/LF policy (``smtp.bare_newline``,
+``mailhost.message.newlines``) and on into the delivery targets (``delivery``).
 
 How slow clients are kept from holding a connection slot for ever (with the
 eviction of idle sessions in ``mailhost.limits``): ``smtp.command_timeout`` is a
@@ -46,11 +47,12 @@ from zope.interface import implementer
 from mailhost.auth.login import LoginFailed
 from mailhost.auth.sasl import SASLError, decode_plain
 from mailhost.limits import IEvictable
-from mailhost.outbound.hops import HopCounter
+from mailhost.message.headers import received_header
+from mailhost.message.hops import HopCounter
+from mailhost.message.newlines import BareNewlines
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.smtp.data import ChunkReader, DataReader
-from mailhost.smtp.delivery import Delivery
-from mailhost.smtp.headers import received_header
+from mailhost.smtp.delivery import Delivery, targets_for
 from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg
 from mailhost.smtp.policy import Decision
 from mailhost.smtp.reply import Reply
@@ -103,6 +105,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         # BDAT: (last?, error to answer once the chunk is consumed), for the chunk in flight
         self._chunk: tuple[bool, Reply | None] | None = None
         self._hops: HopCounter | None = None
+        self._newlines: BareNewlines | None = None  # smtp.bare_newline, per message
         self._bdat_total = 0  # octets of the BDAT message so far
         self._errors = 0  # error replies since the last delivered message
         self._sleeping = False  # an error reply is being held back (_answer)
@@ -209,7 +212,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         size = self._reader.size if self._reader is not None else None
         self._reader = None
         self._chunk = None
-        self._hops = None
+        self._hops = self._newlines = None
         if self._delivery is not None:
             self._delivery.abort()
             self._delivery = None
@@ -554,7 +557,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         if self._delivery is not None and not self._committing:
             self._delivery.abort()
             self._delivery = None
-            self._hops = None
+            self._hops = self._newlines = None
         if self.session.transaction is not None:
             self._log_transaction(self.session.transaction, size, why)
         self.session.reset_transaction()
@@ -648,13 +651,15 @@ class SMTPServer(Protocol, TimeoutMixin):
             hostname=self.config.server.hostname, protocol=self.session.protocol_name,
             tid=txn.id, recipient=txn.accepted[0] if len(txn.accepted) == 1 else None)
         try:
-            self._delivery = Delivery(self.factory.store, self.factory.queue, str(txn.sender),
-                                      list(txn.mailboxes), list(txn.remote.values()), received,
-                                      envid=txn.params.envid, ret=txn.params.ret)
+            targets = targets_for(self.factory.store, self.factory.queue, str(txn.sender),
+                                  list(txn.mailboxes), list(txn.remote.values()),
+                                  envid=txn.params.envid, ret=txn.params.ret)
+            self._delivery = Delivery(targets, header=received)
         except Exception:
             log.failure("cannot start message {id}", id=txn.id)
             return Reply(451, "4.3.0", "Error: queue file write error")
         self._hops = HopCounter()
+        self._newlines = BareNewlines(self.limits.bare_newline)
         self._bdat_total = 0
         return None
 
@@ -705,8 +710,13 @@ class SMTPServer(Protocol, TimeoutMixin):
         return False
 
     def _data_chunk(self, data: bytes) -> None:
-        """DataReader sink: count hops in the header block, stream into the writers."""
+        """DataReader sink: apply the bare CR/LF policy, count hops in the header
+        block, stream into the delivery targets."""
         reader = self._reader
+        data = self._newlines.feed(data)
+        if self._newlines.found is not None:
+            reader.error = self._bare_newline_reply()
+            return
         if self._hops is not None and not self._hops.done:
             self._hops.feed(data)
             if self._hops.count > self.limits.max_hops:
@@ -718,20 +728,33 @@ class SMTPServer(Protocol, TimeoutMixin):
             log.failure("store write failed for {id}", id=self.session.transaction.id)
             reader.error = Reply(451, "4.3.0", "Error: queue file write error")
 
+    def _bare_newline_reply(self) -> Reply:
+        """``smtp.bare_newline = "reject"``: Postfix's reply (and, as Postfix does, the
+        session is closed after it: the client's idea of where the message ended is
+        not ours)."""
+        return Reply(550, "5.5.2", f"Error: bare {self._newlines.found} received")
+
     def _end_of_data(self) -> defer.Deferred:
         """Final dot (or BDAT LAST) seen: commit or refuse, answer, back to commands."""
         reader, delivery, txn = self._reader, self._delivery, self.session.transaction
-        self._reader = self._delivery = self._hops = None
+        newlines = self._newlines
+        if reader.error is None:  # the whole message is in: a CR it ended with is bare
+            newlines.finish()
+            if newlines.found is not None:
+                reader.error = self._bare_newline_reply()
+        self._reader = self._delivery = self._hops = self._newlines = None
         self.setTimeout(None)  # a slow disk is not the client's fault
         if reader.error is not None:
             delivery.abort()
             self._answer_data(txn, reader.size, reader.error)
+            if newlines.found is not None:
+                self._close()
             return defer.succeed(None)
         self._committing = True
 
-        def committed(queue_id: str | None) -> Reply:
+        def committed(queue_ids: list[str]) -> Reply:
             return Reply(250, "2.0.0", f"Ok: queued as {txn.id}"
-                         + (f" (outbound {queue_id})" if queue_id else ""))
+                         + (f" (outbound {', '.join(queue_ids)})" if queue_ids else ""))
 
         def failed(failure: Failure) -> Reply:
             log.failure("commit failed for {id}", failure, id=txn.id)

@@ -27,8 +27,8 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailhost.groupsync import GroupSync
 from mailhost.store import maildir_io
-from mailhost.store.groupsync import GroupSync
 from mailhost.store.interfaces import IMailStore
 from mailhost.store.maildir_account import MaildirAccount
 from mailhost.store.maildir_folder import MaildirFolder

@@ -31,8 +31,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailhost.message.crlf import CRLFReader
 from mailhost.store import maildir_cache
-from mailhost.store.crlf import CRLFReader
 from mailhost.store.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (

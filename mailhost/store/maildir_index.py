@@ -29,8 +29,8 @@ from itertools import compress, repeat
 from operator import itemgetter
 from typing import NamedTuple
 
+from mailhost.message.crlf import crlf_size
 from mailhost.store import legacy_uidlist, uidcache
-from mailhost.store.crlf import crlf_size
 from mailhost.store.dovecot_uidlist import new_uid_validity
 from mailhost.store.interfaces import Columns, MessageInfo
 from mailhost.store.maildir_io import list_names

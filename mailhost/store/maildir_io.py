@@ -12,8 +12,8 @@ import time
 
 from twisted.logger import Logger
 
+from mailhost.message.crlf import crlf_size
 from mailhost.store import mutf7
-from mailhost.store.crlf import crlf_size
 from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
 from mailhost.store.maildir_names import sizes_from_base

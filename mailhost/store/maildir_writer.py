@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from twisted.internet import defer
 from zope.interface import implementer
 
-from mailhost.store.crlf import CRLFNormalizer
+from mailhost.message.crlf import CRLFNormalizer
 from mailhost.store.flags import normalize_flags
 from mailhost.store.interfaces import DeliveryTarget, IMessageWriter, StoreError
 from mailhost.store.maildir_folder import delivered_row
@@ -52,7 +52,7 @@ class MaildirMessageWriter:
 
     def __init__(self, store) -> None:
         self._store = store
-        self._norm = CRLFNormalizer()
+        self._norm = CRLFNormalizer(keep_bare_cr=True)  # as Dovecot stores it
         self.size = 0
         self._done = False
         self._path = os.path.join(store.tmp_dir(), unique_base(0).split(",")[0])

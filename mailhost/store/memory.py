@@ -19,8 +19,8 @@ from dataclasses import replace
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mailhost.message.crlf import CRLFNormalizer
 from mailhost.store.append import append_message
-from mailhost.store.crlf import CRLFNormalizer
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
     DEFAULT_SPECIAL_FOLDERS,
@@ -129,7 +129,7 @@ class MemoryMessageWriter:
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
         self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX)
-        self._norm = CRLFNormalizer()
+        self._norm = CRLFNormalizer(keep_bare_cr=True)  # as Dovecot stores it
         self._done = False
         self.size = 0
 

@@ -11,7 +11,7 @@ from aiosmtpd.controller import Controller
 from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from mailhost.dotstuffing import DotStuffer
+from mailhost.message.dotstuffing import DotStuffer
 from mailhost.outbound.client import (
     DELIVERED,
     PERMANENT,

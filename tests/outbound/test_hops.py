@@ -8,7 +8,7 @@ import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhost.outbound.hops import HopCounter
+from mailhost.message.hops import HopCounter
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.outbound.spool import SpoolFiles
 from mailhost.outbound.spool_writer import SpoolWriter

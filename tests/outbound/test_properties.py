@@ -7,7 +7,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhost.dotstuffing import DotStuffer
+from mailhost.message.dotstuffing import DotStuffer
 from mailhost.outbound.dsn import enhanced_status
 from mailhost.outbound.routing import split_hostport
 from mailhost.outbound.spool import SpoolFiles
@@ -104,7 +104,8 @@ def _wire_reference(data: bytes) -> bytes:
        st.lists(st.integers(min_value=0, max_value=200), max_size=8))
 def test_data_encoder_normalises_and_stuffs_the_same_for_any_chunking(data, cuts):
     """No bare CR or LF on the wire, dots stuffed at any chunk boundary."""
-    from mailhost.outbound.wire import CRLFNormalizer, DataEncoder
+    from mailhost.message.crlf import CRLFNormalizer
+    from mailhost.outbound.wire import DataEncoder
 
     enc = DataEncoder()
     wire = b"".join(enc(c) for c in chunked(data, cuts)) + enc.terminator()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhost.outbound.hops import HopCounter
+from mailhost.message.headers import received_header
+from mailhost.message.hops import HopCounter
 from mailhost.smtp.data import DataReader
-from mailhost.smtp.headers import received_header
 
 
 def stuff(message: bytes) -> bytes:

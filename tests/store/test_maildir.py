@@ -11,7 +11,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from mailhost.store import groupsync, maildir_folder
+from mailhost import groupsync
+from mailhost.store import maildir_folder
 from mailhost.store.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore

@@ -10,8 +10,8 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailhost.message.crlf import CRLFNormalizer, CRLFReader
 from mailhost.store import legacy_uidlist
-from mailhost.store.crlf import CRLFNormalizer, CRLFReader
 from mailhost.store.interfaces import SYSTEM_FLAGS, InvalidFolderName
 from mailhost.store.maildir_index import (
     FolderIndex,
@@ -88,8 +88,9 @@ def test_user_names_never_escape_the_store_root(user):
 @FAST
 @given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=8))
 def test_crlf_normaliser_is_chunking_invariant(data, cuts):
-    whole = CRLFNormalizer().feed(data)
-    norm = CRLFNormalizer()
+    """The store's rule (bare CR kept); tests/message/test_crlf.py has the wire's."""
+    whole = CRLFNormalizer(keep_bare_cr=True).feed(data)
+    norm = CRLFNormalizer(keep_bare_cr=True)
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
     pieces = b"".join(norm.feed(data[a:b]) for a, b in zip(points, points[1:], strict=False))
     assert pieces == whole
@@ -100,7 +101,7 @@ def test_crlf_normaliser_is_chunking_invariant(data, cuts):
 @FAST
 @given(data=st.binary(max_size=400), size=st.integers(1, 50), seek=st.integers(0, 500))
 def test_crlf_reader_matches_normaliser(data, size, seek):
-    want = CRLFNormalizer().feed(data)
+    want = CRLFNormalizer(keep_bare_cr=True).feed(data)
     reader = io.BufferedReader(CRLFReader(io.BytesIO(data)))
     out = b""
     while part := reader.read(size):
@@ -126,11 +127,12 @@ def test_legacy_uidlist_reader_survives_junk(tmp_path_factory, junk):
 
 def test_crlf_normalizer_lone_lf_chunk_after_cr():
     """Regression: chunks 'a\\r', '\\n', '\\nb' gave 'a\\r\\n\\nb' (a bare LF reached the store)."""
-    from mailhost.store.crlf import CRLFNormalizer
+    from mailhost.message.crlf import CRLFNormalizer
 
-    norm = CRLFNormalizer()
-    out = b"".join(norm.feed(c) for c in (b"a\r", b"\n", b"\nb"))
-    assert out == b"a\r\n\r\nb"
+    for keep in (True, False):
+        norm = CRLFNormalizer(keep_bare_cr=keep)
+        out = b"".join(norm.feed(c) for c in (b"a\r", b"\n", b"\nb"))
+        assert out == b"a\r\n\r\nb"
 
 
 _SIZE_RE = re.compile(r",([SW])=(\d+)")

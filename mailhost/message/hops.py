@@ -6,8 +6,7 @@ recipients alike. The spool (``SpoolWriter``) counts what it stores, our own
 ``Received:`` line included, into ``Envelope.hops``; the scheduler checks that again
 before relaying, which also covers mail queued without an SMTP session (bounces, library
 users of ``IOutboundQueue``) and a limit lowered across a restart. One counter serves
-both, so they cannot disagree on what a hop is. It lives here because ``smtp`` depends
-on ``outbound`` and never the other way round.
+both, so they cannot disagree on what a hop is.
 """
 
 from __future__ import annotations

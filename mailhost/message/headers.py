@@ -1,7 +1,10 @@
 """Trace headers we add (Return-Path, Received).
 
-The ``Received:`` fields already in a message are counted for the loop check by
-``mailhost.outbound.hops.HopCounter``, the one counter the spool uses too.
+SMTP writes ``Received:`` into every copy of a message it accepts; ``Return-Path:``
+is added at final delivery only (RFC 5321 §4.4), so the mailbox delivery target
+(``mailhost.store.mailbox_target``) writes it, for SMTP, for local delivery of queued
+mail and for DSNs alike. The ``Received:`` fields already in a message are counted for
+the loop check by ``hops.HopCounter``.
 """
 
 from __future__ import annotations

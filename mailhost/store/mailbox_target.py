@@ -1,0 +1,60 @@
+"""Mailbox delivery as a delivery target (``IDeliveryTarget``) over any ``IMailStore``.
+
+Final delivery: the copy starts with ``Return-Path:`` (RFC 5321 §4.4), whoever
+delivers it (SMTP, local delivery of queued mail when an MX points back at us, DSNs to
+local senders). It is written on the store contract only (``new_message`` and
+``IMessageWriter``), so every store gets it, and how a store commits several copies
+(Maildir: one tmp file linked into each folder, one fsync round) stays inside that
+store's writer.
+
+The store has no held state: its ``commit`` makes every copy durable and visible at
+once. So ``prepare`` is the store's commit, ``holds`` is False, and ``commit`` has
+nothing left to do; a coordinator prepares this target after the ones that can hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from mailhost.message.headers import return_path_header
+from mailhost.message.target import IDeliveryTarget
+from mailhost.store.interfaces import DeliveryTarget, IMailStore
+
+
+@implementer(IDeliveryTarget)
+class MailboxTarget:
+    """Implements: IDeliveryTarget. One message into one or more folders of a store."""
+
+    holds = False
+
+    def __init__(self, store: IMailStore, sender: str, copies: Sequence[DeliveryTarget]) -> None:
+        self._store = store
+        self._sender = sender
+        self.copies = list(copies)
+        self._writer = None
+        #: The UIDs the store's commit gave, one per copy (None where not wanted).
+        self.uids: list[int | None] = []
+
+    def begin(self) -> None:
+        self._writer = self._store.new_message()
+        self._writer.write(return_path_header(self._sender))
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    def prepare(self) -> defer.Deferred:
+        d = defer.maybeDeferred(self._writer.commit, self.copies)
+        return d.addCallback(self._committed)
+
+    def _committed(self, uids: list[int | None]) -> None:
+        self.uids = list(uids)
+
+    def commit(self) -> None:
+        """Nothing left: the store's commit (``prepare``) delivered every copy."""
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()  # a no-op once the store committed
