@@ -2,7 +2,8 @@
 
 1. Load: N concurrent client processes for D seconds, each LOGIN/SELECT then a loop
    of APPEND, FETCH, STORE, UID EXPUNGE, NOOP (and re-LOGIN every 20 rounds).
-   Reports commands/s and errors.
+   Reports commands/s, errors and each command's median and mean latency (imaplib's
+   APPEND sends its literal and the final CRLF in two writes, as many clients do).
 2. Large mailbox: a 100k-message Maildir generated directly on disk; times SELECT
    and ``UID FETCH 1:* (UID FLAGS)`` (cold: first open builds the index; warm: a
    second session) and the server's peak RSS.
@@ -21,6 +22,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -38,17 +40,24 @@ MESSAGE = (b"From: load@example.test\r\nTo: alice@example.test\r\nSubject: load\
 # ------------------------------------------------------------------------ load
 
 
-def _client(args: tuple[int, float, int]) -> tuple[int, int, str]:
+def _client(args: tuple[int, float, int]) -> tuple[int, int, str, dict[str, list[float]]]:
     port, deadline, wid = args
     commands = errors = 0
     last_error = ""
+    latencies: dict[str, list[float]] = {}
+    started = [0.0]
 
-    def ok(result) -> None:
+    def ok(result, name: str = "") -> None:
         nonlocal commands, errors, last_error
         commands += 1
+        if name:
+            latencies.setdefault(name, []).append((time.perf_counter() - started[0]) * 1000)
         if result[0] != "OK":
             errors += 1
             last_error = repr(result)[:200]
+
+    def start() -> None:
+        started[0] = time.perf_counter()
 
     rounds = 0
     c = None
@@ -56,19 +65,28 @@ def _client(args: tuple[int, float, int]) -> tuple[int, int, str]:
         try:
             if c is None:
                 c = imaplib.IMAP4("127.0.0.1", port, timeout=30)
-                ok(c.login(USER, PASSWORD))
-                ok(c.select("INBOX"))
+                start()
+                ok(c.login(USER, PASSWORD), "LOGIN")
+                start()
+                ok(c.select("INBOX"), "SELECT")
+            start()
             typ, data = c.append("INBOX", None, None, MESSAGE % (wid, rounds))
-            ok((typ, data))
+            ok((typ, data), "APPEND")
             uid = None
             if typ == "OK" and b"APPENDUID" in data[0]:
                 uid = data[0].split(b"APPENDUID ", 1)[1].split(b"]")[0].split()[1].decode()
-            ok(c.noop())
-            ok(c.fetch("1:*" if rounds % 10 == 0 else "*", "(UID FLAGS RFC822.SIZE)"))
-            ok(c.fetch("*", "(BODY.PEEK[HEADER] ENVELOPE)"))
+            start()
+            ok(c.noop(), "NOOP")
+            start()
+            ok(c.fetch("1:*" if rounds % 10 == 0 else "*", "(UID FLAGS RFC822.SIZE)"),
+               "FETCH FLAGS")
+            start()
+            ok(c.fetch("*", "(BODY.PEEK[HEADER] ENVELOPE)"), "FETCH HEADER")
             if uid:
-                ok(c.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)"))
-                ok(c.uid("EXPUNGE", uid))
+                start()
+                ok(c.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)"), "STORE")
+                start()
+                ok(c.uid("EXPUNGE", uid), "EXPUNGE")
             rounds += 1
             if rounds % 20 == 0:
                 c.logout()
@@ -88,7 +106,7 @@ def _client(args: tuple[int, float, int]) -> tuple[int, int, str]:
             c.logout()
         except Exception:  # noqa: BLE001
             pass
-    return commands, errors, last_error
+    return commands, errors, last_error, latencies
 
 
 def run_load(port: int, clients: int, duration: float) -> dict:
@@ -99,8 +117,18 @@ def run_load(port: int, clients: int, duration: float) -> dict:
     elapsed = time.time() - t0
     commands = sum(r[0] for r in results)
     errors = sum(r[1] for r in results)
+    merged: dict[str, list[float]] = {}
+    for r in results:
+        for name, values in r[3].items():
+            merged.setdefault(name, []).extend(values)
+    every = [v for values in merged.values() for v in values]
     return {"commands": commands, "errors": errors, "seconds": round(elapsed, 1),
             "commands_per_s": round(commands / elapsed, 1),
+            "latency_ms": {
+                name: {"median": round(statistics.median(values), 2),
+                       "mean": round(statistics.fmean(values), 2), "n": len(values)}
+                for name, values in sorted(merged.items())},
+            "median_latency_ms": round(statistics.median(every), 2) if every else None,
             "last_error": next((r[2] for r in results if r[2]), "")}
 
 

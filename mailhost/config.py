@@ -247,6 +247,19 @@ class MetricsConfig:
 
 
 @dataclass
+class DNSConfig:
+    """The resolver that mail authentication asks (SPF, DKIM, DMARC, DANE)."""
+
+    # Recursive resolvers, "host" or "host:port"; empty: the nameservers of
+    # /etc/resolv.conf (read at the first lookup, so an unused resolver never starts).
+    nameservers: list[str] = field(default_factory=list)
+    # Seconds one lookup may take in all, over every server and the TCP retry.
+    timeout: float = 5.0
+    # Answers kept (by TTL, NXDOMAIN/NODATA too) before the least recently used goes.
+    cache_entries: int = 10000
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -259,6 +272,7 @@ class Config:
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
     # Where the config was read from, for resolving relative paths; not a TOML key.
     source: str = field(default="", metadata={"internal": True})
     # Command-line overrides, re-applied when the file is reloaded; not a TOML key.

@@ -1,26 +1,29 @@
-"""Prometheus metrics, gathered without touching protocol code.
+"""Prometheus metrics of one mail host, from what its own parts report.
 
-Two sources feed one registry:
-- the structured log events every part already emits (``smtp.transaction``,
-  ``login``, delivery attempts, session ends), read by a log observer, so a metric
-  can never disagree with the log;
-- the ``SessionTracker`` in front of each listener (mailhost.sessions), which counts
-  connections and times each command from its line to its final reply.
+- Every session (SMTP, POP3, IMAP) reports itself to the host's ``SessionRegistry``
+  (``mailhost.sessions``); ``Metrics`` is an ``ISessionObserver`` there: connections,
+  command latencies, SMTP messages and recipients by reply code, octets received and
+  POP3/IMAP sessions ended all come from those events.
+- The host's ``LoginService`` and outbound scheduler call ``login`` and ``attempt``.
 
-The registry is per ``Metrics`` object, so two mail hosts in one process (tests)
-never share counters. ``prometheus_client`` is optional: only ``metrics.listen``
-needs it.
+Nothing is read from the global log publisher, so two mail hosts in one process
+(tests, embedders) never count each other's traffic: the registry and every feed are
+per host. ``prometheus_client`` is optional: only ``metrics.listen`` needs it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.logger import ILogObserver
 from zope.interface import implementer
 
 from mailhost.config import ConfigError
+from mailhost.sessions import ISessionObserver
+
+#: SMTP commands that end a transaction without a message (counted as aborted).
+_TRANSACTION_ENDERS = frozenset({"RSET", "HELO", "EHLO", "STARTTLS", "QUIT"})
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -38,9 +41,12 @@ def _prometheus() -> Any:
 QueueStats = Callable[[], tuple[int, float]]
 
 
-@implementer(ILogObserver)
+@implementer(ISessionObserver)
 class Metrics:
-    """The registry plus its two feeds (``observe`` and ``wrap``)."""
+    """The registry of one mail host and its feeds.
+
+    Implements: ISessionObserver (add it to the host's ``SessionRegistry.observers``).
+    """
 
     def __init__(self, queue_stats: QueueStats | None = None) -> None:
         prom = _prometheus()
@@ -51,7 +57,7 @@ class Metrics:
         self.active = prom.Gauge(
             "mailhost_connections_active", "Open connections", ["protocol"], registry=r)
         self.messages = prom.Counter(
-            "mailhost_smtp_messages", "SMTP transactions by result and reply code",
+            "mailhost_smtp_messages", "SMTP messages by result and final reply code",
             ["protocol", "result", "code"], registry=r)
         self.recipients = prom.Counter(
             "mailhost_smtp_recipients", "RCPT decisions by reply code", ["code"], registry=r)
@@ -65,7 +71,7 @@ class Metrics:
         self.sessions = prom.Counter(
             "mailhost_sessions_ended", "POP3/IMAP sessions ended", ["protocol"], registry=r)
         self.latency = prom.Histogram(
-            "mailhost_command_duration_seconds", "Time from command line to final reply",
+            "mailhost_command_duration_seconds", "Time from command to final reply",
             ["protocol", "command"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_size = prom.Gauge(
             "mailhost_queue_messages", "Messages in the outbound queue", registry=r)
@@ -75,51 +81,62 @@ class Metrics:
         if queue_stats is not None:
             self.queue_size.set_function(lambda: queue_stats()[0])
             self.queue_oldest.set_function(lambda: queue_stats()[1])
+        # When each session's command under way started (sessions are few and short).
+        self._started: dict[Any, float] = {}
+        # SMTP sessions inside a MAIL transaction not yet answered or ended.
+        self._open: set[Any] = set()
 
-    # -- log events -> counters ---------------------------------------------------
-    def __call__(self, event: dict) -> None:
-        name = event.get("event")
-        if not name:
-            return
-        try:
-            self._count(name, event)
-        except Exception:  # noqa: BLE001 - a metric must never break logging
-            pass
+    # -- ISessionObserver -----------------------------------------------------------
+    def session_opened(self, session: Any) -> None:
+        self.connections.labels(session.protocol).inc()
+        self.active.labels(session.protocol).inc()
 
-    def _count(self, name: str, event: dict) -> None:
-        if name == "smtp.transaction":
-            outcome = str(event.get("outcome") or "")
-            code = outcome[:3] if outcome[:3].isdigit() else "none"
-            result = ("accepted" if code.startswith("2") else
-                      "aborted" if code == "none" else "rejected")
-            proto = "submission" if event.get("submission") else "smtp"
-            self.messages.labels(proto, result, code).inc()
-            if result == "accepted" and event.get("size"):
-                self.received_bytes.inc(event["size"])
-            for item in event.get("recipients") or ():
-                reply = str(item[1] if isinstance(item, list | tuple) and len(item) > 1 else "")
-                self.recipients.labels(reply[:3] if reply[:3].isdigit() else "none").inc()
-        elif name == "login":
-            self.logins.labels(str(event.get("protocol")), str(event.get("outcome"))).inc()
-        elif name in ("pop3_session_end", "imap_session_end"):
-            self.sessions.labels(name.split("_", 1)[0]).inc()
-        elif name == "outbound_attempt":
-            # recipients: ["addr=kind:reply", ...], kind delivered/temporary/permanent
-            for item in event.get("recipients") or ():
-                kind = str(item).rpartition("=")[2].partition(":")[0] or "unknown"
-                self.deliveries.labels(kind).inc()
+    def session_closed(self, session: Any) -> None:
+        self.active.labels(session.protocol).dec()
+        self._started.pop(session, None)
+        self._end_transaction(session, "aborted", "none")
+        if session.protocol in ("pop3", "imap"):
+            self.sessions.labels(session.protocol).inc()
 
-    # -- listeners ----------------------------------------------------------------
-    def attach(self, tracker: Any) -> None:
-        """Take connection counts and command latencies from a SessionTracker."""
-        tracker.command_observers.append(
-            lambda kind, verb, seconds: self.latency.labels(kind, verb).observe(seconds))
-        tracker.connection_observers.append(self._connection)
+    def command_started(self, session: Any, verb: str) -> None:
+        self._started[session] = time.monotonic()
 
-    def _connection(self, kind: str, delta: int) -> None:
-        if delta > 0:
-            self.connections.labels(kind).inc()
-        self.active.labels(kind).inc(delta)
+    def command_finished(self, session: Any, verb: str, status: str, octets: int) -> None:
+        started = self._started.pop(session, None)
+        if started is not None:
+            self.latency.labels(session.protocol, verb).observe(time.monotonic() - started)
+        if verb == "RCPT":
+            self.recipients.labels(status).inc()
+        elif verb == "MAIL" and status.startswith("2"):
+            self._open.add(session)
+        elif verb in ("DATA-END", "BDAT-LAST") or (verb == "BDAT" and status[:1] in ("4", "5")):
+            # A message's final reply (a refused chunk ends its transaction too).
+            if self._end_transaction(session, "accepted" if status.startswith("2")
+                                     else "rejected", status) and octets:
+                self.received_bytes.inc(octets)
+        elif verb in _TRANSACTION_ENDERS:
+            self._end_transaction(session, "aborted", "none")
+
+    def _end_transaction(self, session: Any, result: str, code: str) -> bool:
+        """Count the session's open SMTP transaction once; False if none was open."""
+        if session not in self._open:
+            return False
+        self._open.discard(session)
+        self.messages.labels(session.protocol, result, code).inc()
+        return True
+
+    # -- the other feeds ------------------------------------------------------------
+    def login(self, protocol: str, outcome: str) -> None:
+        """A login attempt's outcome (``LoginService`` observer): ok, failed, throttled
+        or error."""
+        self.logins.labels(protocol, outcome).inc()
+
+    def attempt(self, recipients: list[str]) -> None:
+        """An outbound delivery attempt (scheduler observer); each item is
+        ``addr=kind:reply``, kind delivered/temporary/permanent."""
+        for item in recipients:
+            kind = str(item).rpartition("=")[2].partition(":")[0] or "unknown"
+            self.deliveries.labels(kind).inc()
 
     def resource(self) -> Any:
         """A twisted.web resource tree serving ``/metrics``."""

@@ -21,7 +21,7 @@ from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mailhost.auth.aliases import AliasesFile
@@ -34,7 +34,7 @@ from mailhost.auth.realm import MailRealm
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config, ConfigError, as_dict, load, store_modes
 from mailhost.limits import ConnectionLimits, chain
-from mailhost.sessions import SessionTracker
+from mailhost.sessions import IDispatchHook, SessionRegistry
 from mailhost.store.interfaces import IMailStore
 from mailhost.tls import HandshakeDeadlineFactory, server_options
 
@@ -185,7 +185,8 @@ class MailHostService(service.MultiService):
         self.queue: Any = None
         self.outbound: Any = None
         self.metrics: Any = None
-        self.tracker: SessionTracker | None = None
+        # Every live session of this host (mailhost.sessions): drain, metrics, faults.
+        self.sessions: SessionRegistry | None = None
         # twistd sets this; an embedding application keeps SIGHUP for itself.
         self.handle_sighup = False
         self._previous_sighup: Any = None
@@ -320,8 +321,8 @@ class MailHostService(service.MultiService):
             self._previous_sighup = None
         listeners = [svc for svcs in self.listeners.values() for svc in svcs]
         d = defer.gatherResults([defer.maybeDeferred(svc.stopService) for svc in listeners])
-        if self.tracker is not None:
-            d.addCallback(lambda _: self.tracker.drain(self.config.server.shutdown_grace))
+        if self.sessions is not None:
+            d.addCallback(lambda _: self.sessions.drain(self.config.server.shutdown_grace))
         d.addCallback(lambda _: super(MailHostService, self).stopService())
         d.addCallback(lambda _: self.store.close())
         return d
@@ -335,6 +336,7 @@ def makeService(
     realm: IRealm | None = None,
     directory: UserDirectory | None = None,
     wrap_factory: Callable[[str, IProtocolFactory], IProtocolFactory] | None = None,
+    dispatch_hook: IDispatchHook | None = None,
     reactor: Any = None,
 ) -> MailHostService:
     """Build the mail host described by ``config``.
@@ -342,7 +344,8 @@ def makeService(
     ``store``, ``checkers``, ``realm`` and ``directory`` replace the defaults (the
     configured store, the passwd file, ``MailRealm`` and the passwd/aliases directory).
     ``wrap_factory(kind, factory)`` may wrap each listener's protocol factory; ``kind``
-    is "smtp", "submission", "pop3" or "imap".
+    is "smtp", "submission", "pop3" or "imap". ``dispatch_hook`` (an ``IDispatchHook``)
+    is asked before every session command runs (``mailhost.testing`` injects faults so).
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -376,16 +379,11 @@ def makeService(
     if auth_pool is not None:
         ThreadPoolService(auth_pool).setServiceParent(root)
     limits = ConnectionLimits.from_config(config, reactor=reactor)
-    root.tracker = SessionTracker(config.server.hostname, reactor)
-    if config.metrics.listen:
-        from mailhost.metrics import Metrics
-
-        root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
-        root.metrics.attach(root.tracker)
-        MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
-    # Outermost first: limits refuse before anything else runs; the embedder's (or
-    # mailhost.testing's) wrapper sits closest to the protocol.
-    root.wrap_factory = chain(limits.wrap, root.tracker.wrap, wrap_factory)
+    # One registry per host, handed to every protocol factory below.
+    sessions = root.sessions = SessionRegistry(reactor, hook=dispatch_hook)
+    # Outermost first: limits refuse before anything else runs; the embedder's
+    # wrapper sits closest to the protocol.
+    root.wrap_factory = chain(limits.wrap, wrap_factory)
     if config.auth.create_postmaster and any(isinstance(c, PasswdFileChecker) for c in checkers):
         PostmasterBootstrap(passwd, config.server.domains[0]).setServiceParent(root)
 
@@ -397,6 +395,14 @@ def makeService(
     outbound.setServiceParent(root)
     root.outbound = outbound
     root.queue = outbound.queue
+    if config.metrics.listen:
+        from mailhost.metrics import Metrics
+
+        root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
+        sessions.observers.append(root.metrics)
+        login.observers.append(root.metrics.login)
+        outbound.attempt_observers.append(root.metrics.attempt)
+        MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
 
     from mailhost.smtp.factory import SMTPFactory
 
@@ -405,7 +411,8 @@ def makeService(
         for description, wrap in _listen_specs(section):
             factory = SMTPFactory(config, store, directory, login, queue=root.queue,
                                   submission=submission,
-                                  tls_options=None if wrap else tls_options, reactor=reactor)
+                                  tls_options=None if wrap else tls_options, reactor=reactor,
+                                  sessions=sessions)
             root.add_listener(kind, description, factory, reactor,
                               implicit_tls=tls_options if wrap else None)
 
@@ -415,7 +422,7 @@ def makeService(
     pop3_locks = MaildropLocks()  # one lock set: 110 and 995 guard the same maildrops
     for description, wrap in _listen_specs(config.pop3):
         factory = POP3Factory(config, login, tls_options=None if wrap else tls_options,
-                              reactor=reactor, locks=pop3_locks)
+                              reactor=reactor, locks=pop3_locks, sessions=sessions)
         root.add_listener("pop3", description, factory, reactor,
                           implicit_tls=tls_options if wrap else None)
 
@@ -423,7 +430,7 @@ def makeService(
 
     for description, wrap in _listen_specs(config.imap):
         factory = IMAPFactory(config, login, tls_options=None if wrap else tls_options,
-                              reactor=reactor)
+                              reactor=reactor, sessions=sessions)
         root.add_listener("imap", description, factory, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root
@@ -445,7 +452,7 @@ class ThreadPoolService(service.Service):
 
 
 class MetricsService(service.Service):
-    """Serves ``/metrics`` on an endpoint and feeds the registry from the log."""
+    """Serves ``/metrics`` on an endpoint (the feeds are wired in ``makeService``)."""
 
     def __init__(self, metrics: Any, description: str, reactor: Any) -> None:
         self.metrics = metrics
@@ -457,7 +464,6 @@ class MetricsService(service.Service):
         from twisted.web.server import Site
 
         super().startService()
-        globalLogPublisher.addObserver(self.metrics)
         site = Site(self.metrics.resource())
         site.noisy = False
         d = parse_endpoint(self.reactor, self.description, "metrics.listen").listen(site)
@@ -469,7 +475,6 @@ class MetricsService(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        globalLogPublisher.removeObserver(self.metrics)
         if self.port is not None:
             return self.port.stopListening()
         return None

@@ -1,280 +1,195 @@
-"""Live sessions of every listener: who is mid-command, and a graceful drain.
+"""Sessions report themselves: ``ISession``, the per-host ``SessionRegistry`` and its drain.
 
-A protocol-agnostic ``ProtocolWrapper`` follows each connection's command/reply
-rhythm on the wire (SMTP final ``NNN`` replies and DATA bodies, POP3 ``+OK``/``-ERR``,
-IMAP tags and literals). That one piece of wire-reading serves two needs:
-- metrics time each command from its line to its final reply;
-- on shutdown, ``drain`` closes idle sessions at once with the protocol's own goodbye
-  (SMTP ``421 4.3.2``, IMAP ``* BYE``), lets an SMTP transaction that is under way
-  finish (its ``250`` means the mail is durable) within a grace period, and ends POP3
-  sessions without a QUIT, so no pending DELE is applied (RFC 1939).
+Each protocol (SMTP, POP3, IMAP) already knows where its commands begin and end, so
+it says so, instead of something beside it parsing the wire a second time:
+
+- it registers with the host's ``SessionRegistry`` when the connection is made and
+  leaves when it is lost;
+- before it runs a command it asks the registry's dispatch hook (``before_command``),
+  which may let it run (``None``), refuse it (``Refuse``), let it run and then cut the
+  connection before the outcome reaches the client (``CUT``), or hold it for a while
+  (a Deferred firing with one of those). The greeting is asked about as the command
+  ``GREETING``. ``mailhost.testing`` injects its faults through this hook;
+- it reports ``command_started`` and ``command_finished`` (with the verb and the
+  reply's status) to the registry's observers. ``mailhost.metrics`` counts and times
+  from these, per host.
+
+On shutdown ``drain`` says ``goodbye`` to idle sessions at once (SMTP ``421 4.3.2``,
+IMAP ``* BYE``, POP3 a close without UPDATE, so no pending DELE is applied, RFC 1939),
+lets busy ones finish the work under way (an SMTP transaction's ``250`` means the
+mail is durable) and aborts whatever is left after the grace period.
+
+The registry is one object per mail host, handed to the protocol factories by
+``service.py``; nothing here is global, so two hosts in one process never see each
+other's sessions.
 """
 
 from __future__ import annotations
 
-import re
-import time
-from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocolFactory
-from twisted.protocols.policies import WrappingFactory
+from zope.interface import Attribute, Interface
 
-from mailhost.wrapping import InterfaceCopyingWrapper
-
-_SMTP_REPLY = re.compile(rb"^(\d{3})(?: |\r?$)")
-_LITERAL = re.compile(rb"\{(\d+)\+?\}\r?\n?$")
-
-CommandObserver = Callable[[str, str, float], None]  # (kind, verb, seconds)
+#: The pseudo-verb under which the greeting is offered to the dispatch hook.
+GREETING = "GREETING"
 
 
-class TrackedProtocol(InterfaceCopyingWrapper):
-    """Follows one session's commands and replies; see the module docstring."""
+class ISession(Interface):
+    """One live protocol session, as the mail host sees it."""
 
-    def __init__(self, factory: TrackingFactory, wrapped: Any) -> None:
-        super().__init__(factory, wrapped)
-        self.kind = factory.kind
-        self.tracker = factory.tracker
-        self.pending: deque[tuple[str, str, float]] = deque(maxlen=256)
-        self.inbuf = b""
-        self.in_data = False  # SMTP: between 354 and the final dot
-        self.in_transaction = False  # SMTP: from MAIL until the final reply or RSET
-        self.skip = 0  # IMAP literal / SMTP BDAT chunk octets still to pass
-        self.draining = False
-        self.closed = False
+    protocol = Attribute("'smtp', 'submission', 'pop3' or 'imap'")
+    busy = Attribute(
+        "True while ending the session now would cut off work under way (an SMTP "
+        "transaction, a running command); False when idle (IMAP IDLE counts as idle)")
+    transport = Attribute("The session's transport (for an abort at the end of a drain)")
 
-    # -- bookkeeping --------------------------------------------------------------
-    def connectionMade(self) -> None:  # noqa: N802
-        self.tracker.sessions.add(self)
-        self.tracker.connected(self.kind)
-        super().connectionMade()
-
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        self.closed = True
-        self.tracker.sessions.discard(self)
-        self.tracker.disconnected(self.kind, self)
-        super().connectionLost(reason)
-
-    @property
-    def busy(self) -> bool:
-        """True while ending the session now would cut off work under way."""
-        if self.kind in ("smtp", "submission"):
-            return self.in_transaction or self.in_data or bool(self.pending)
-        if self.kind == "imap":
-            return any(verb != "IDLE" for _, verb, _ in self.pending)
-        return False
-
-    # -- client -> server ---------------------------------------------------------
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        try:
-            refuse = self._scan_input(data)
-        except Exception:  # noqa: BLE001 - tracking must never break a session
-            self.inbuf, refuse = b"", False
-        if refuse:
-            self.goodbye()
-            return
-        super().dataReceived(data)
-
-    def _scan_input(self, data: bytes) -> bool:
-        """Track commands in ``data``; True if a new command arrives while draining."""
-        if self.in_data:
-            buf = self.inbuf[-4:] + data
-            end = buf.find(b"\r\n.\r\n")
-            if end < 0:
-                self.inbuf = buf[-4:]
-                return False
-            self.in_data = False
-            self.pending.append(("", "DATA-END", time.monotonic()))
-            data = buf[end + 5:]
-            self.inbuf = b""
-        buf = self.inbuf + data
-        pos, size = 0, len(buf)
-        while pos < size:
-            if self.skip:
-                n = min(self.skip, size - pos)
-                self.skip -= n
-                pos += n
-                continue
-            nl = buf.find(b"\n", pos)
-            if nl < 0:
-                break
-            line, pos = buf[pos:nl + 1], nl + 1
-            if self._command(line) and self.draining and not self.busy_before(line):
-                return True
-            if self.in_data:
-                self.inbuf = b""
-                return self._scan_input(buf[pos:])
-        self.inbuf = buf[pos:][-8192:]
-        return False
-
-    def busy_before(self, line: bytes) -> bool:
-        """While draining, SMTP lines inside an open transaction still go through."""
-        return self.kind in ("smtp", "submission") and self.in_transaction
-
-    def _command(self, line: bytes) -> bool:
-        words = line.strip().split(None, 3)
-        if self.kind == "imap":
-            lit = _LITERAL.search(line)
-            if lit:
-                self.skip = int(lit.group(1))
-            if len(words) >= 2 and words[0] not in (b"*", b"+"):
-                verb = words[1].upper()
-                if verb == b"UID" and len(words) >= 3:
-                    verb = b"UID " + words[2].upper()
-                self.pending.append((words[0].decode("ascii", "replace"),
-                                     verb.decode("ascii", "replace")[:20], time.monotonic()))
-                return True
-            return False
-        if not words:
-            return False
-        verb = words[0].upper().decode("ascii", "replace")[:12]
-        if not verb.isalpha():
-            return False
-        if self.kind in ("smtp", "submission"):
-            if verb == "MAIL":
-                self.in_transaction = True
-            elif verb == "BDAT" and len(words) > 1 and words[1].isdigit():
-                self.skip = int(words[1])  # the chunk's octets are not commands
-                if len(words) > 2 and words[2].upper() == b"LAST":
-                    verb = "BDAT-LAST"
-        self.pending.append(("", verb, time.monotonic()))
-        return True
-
-    # -- server -> client ---------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        if self.pending:
-            try:
-                self._scan_output(data)
-            except Exception:  # noqa: BLE001
-                self.pending.clear()
-        super().write(data)
-        if self.draining and not self.busy and not self.closed:
-            self.tracker.reactor.callLater(0, self.goodbye)
-
-    def writeSequence(self, data: list[bytes]) -> None:  # noqa: N802
-        self.write(b"".join(data))
-
-    def _scan_output(self, data: bytes) -> None:
-        for line in data.split(b"\n", 63):  # the first 64 lines; never the whole chunk
-            if not self.pending:
-                return
-            if self.kind == "imap":
-                tag = line.split(b" ", 1)[0].decode("ascii", "replace")
-                if tag in ("*", "+"):
-                    continue
-                for i, (t, verb, start) in enumerate(self.pending):
-                    if t == tag:
-                        del self.pending[i]
-                        self.tracker.observe(self.kind, verb, start)
-                        break
-            elif self.kind == "pop3":
-                if line.startswith((b"+OK", b"-ERR")):
-                    _, verb, start = self.pending.popleft()
-                    self.tracker.observe(self.kind, verb, start)
-            else:
-                m = _SMTP_REPLY.match(line)
-                if not m:
-                    continue
-                _, verb, start = self.pending.popleft()
-                self.tracker.observe(self.kind, verb, start)
-                code = m.group(1)
-                if verb == "DATA" and code == b"354":
-                    self.in_data = True
-                elif verb in ("DATA-END", "BDAT-LAST", "RSET") or (verb in ("MAIL", "DATA")
-                                                     and code[:1] != b"2"
-                                                     and code != b"354"):
-                    self.in_transaction = False
-
-    # -- shutdown -----------------------------------------------------------------
-    def goodbye(self) -> None:
-        """End the session the way this protocol says goodbye, and close."""
-        if self.closed or self.transport is None:
-            return
-        self.closed = True
-        hostname = self.tracker.hostname
-        if self.kind in ("smtp", "submission"):
-            self.transport.write(
-                f"421 4.3.2 {hostname} Service shutting down\r\n".encode())
-        elif self.kind == "imap":
-            self.transport.write(b"* BYE Server shutting down\r\n")
-        # POP3: no QUIT, so nothing marked with DELE is deleted (RFC 1939).
-        # Only idle sessions are told goodbye, so no transfer is under way; a producer
-        # still registered (IMAP's output gate) would keep a TLS transport from ever
-        # starting its close (close_notify, FIN) until the drain's abort, a reset.
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
+    def goodbye(reason: str) -> None:
+        """End the session the way its protocol says goodbye (SMTP ``421 4.3.2``, IMAP
+        ``* BYE``, POP3 a close without UPDATE) and close the connection."""
 
 
-class TrackingFactory(WrappingFactory):
-    protocol = TrackedProtocol
-    noisy = False
+class ISessionObserver(Interface):
+    """Hears what every session of one mail host does (metrics)."""
 
-    def __init__(self, wrapped: IProtocolFactory, kind: str, tracker: SessionTracker) -> None:
-        super().__init__(wrapped)
-        self.kind = kind
-        self.tracker = tracker
+    def session_opened(session: ISession) -> None:
+        """A connection was accepted and its session started."""
 
-    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
-        wrapped = self.wrappedFactory.buildProtocol(addr)
-        if wrapped is None:
-            return None
-        return self.protocol(self, wrapped)
+    def session_closed(session: ISession) -> None:
+        """The session's connection is gone."""
+
+    def command_started(session: ISession, verb: str) -> None:
+        """A command begins to run. ``verb`` is the upper-case command name; SMTP adds
+        ``DATA-END`` (final dot to final reply) and ``BDAT-LAST``."""
+
+    def command_finished(session: ISession, verb: str, status: str, octets: int) -> None:
+        """The command's final reply is going out. ``status`` is the SMTP reply code
+        (``"250"``), POP3 ``"+OK"``/``"-ERR"`` or IMAP ``"OK"``/``"NO"``/``"BAD"``;
+        ``octets`` the message size an SMTP ``DATA-END``/``BDAT-LAST`` accepted, else 0."""
 
 
-class SessionTracker:
-    """Every live session of a mail host, with metrics hooks and a graceful drain."""
+class IDispatchHook(Interface):
+    """Decides, before a session runs a command, whether it runs (fault injection)."""
 
-    def __init__(self, hostname: str, reactor: Any = None) -> None:
+    def dispatch(session: ISession, verb: str, line: str) -> Any:
+        """``None`` to run the command, a ``Refuse``, ``CUT``, or a Deferred firing with
+        one of those later (the session reads nothing more meanwhile). ``verb`` is the
+        upper-case command (IMAP ``UID FETCH`` for a UID command; ``GREETING`` for the
+        greeting), ``line`` the command's first line as text."""
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Answer the command with an error instead of running it: SMTP ``code text``,
+    POP3 ``-ERR text``, IMAP ``<tag> NO text``; a refused greeting closes."""
+
+    code: int | None
+    text: str
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Run the command, then cut the connection before its outcome reaches the client
+    (SMTP DATA/BDAT: once the message is in, before it is committed)."""
+
+
+CUT = Cut()
+
+
+class SessionRegistry:
+    """Every live session of one mail host, its observers and dispatch hook, and drain."""
+
+    def __init__(self, reactor: Any = None, hook: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        self.hostname = hostname
         self.reactor = reactor
-        self.sessions: set[TrackedProtocol] = set()
-        self.command_observers: list[CommandObserver] = []
-        self.connection_observers: list[Callable[[str, int], None]] = []
+        self.hook = hook
+        self.sessions: set[Any] = set()
+        self.observers: list[Any] = []
+        self.draining = False
         self._drained: defer.Deferred | None = None
+        self._empty: list[defer.Deferred] = []
 
-    def wrap(self, kind: str, factory: IProtocolFactory) -> IProtocolFactory:
-        return TrackingFactory(factory, kind, self)
+    # -- what sessions report -----------------------------------------------------
 
-    def observe(self, kind: str, verb: str, start: float) -> None:
-        elapsed = time.monotonic() - start
-        for observer in self.command_observers:
-            observer(kind, verb, elapsed)
+    def opened(self, session: Any) -> None:
+        self.sessions.add(session)
+        for observer in self.observers:
+            observer.session_opened(session)
 
-    def connected(self, kind: str) -> None:
-        for observer in self.connection_observers:
-            observer(kind, +1)
+    def closed(self, session: Any) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        for observer in self.observers:
+            observer.session_closed(session)
+        if not self.sessions:
+            waiters, self._empty = self._empty, []
+            for d in waiters:
+                d.callback(None)
+            if self._drained is not None and not self._drained.called:
+                self._drained.callback(None)
 
-    def disconnected(self, kind: str, session: TrackedProtocol) -> None:
-        for observer in self.connection_observers:
-            observer(kind, -1)
-        if self._drained is not None and not self.sessions and not self._drained.called:
-            self._drained.callback(None)
+    def before_command(self, session: Any, verb: str, line: str) -> Any:
+        """Called by a session before it runs a command; see ``IDispatchHook``.
+
+        While draining, a session that is idle is told goodbye instead (the session
+        sees itself closed and runs nothing)."""
+        if self.draining and not session.busy:
+            session.goodbye("Server shutting down")
+            return None
+        if self.hook is None:
+            return None
+        return self.hook.dispatch(session, verb, line)
+
+    def started(self, session: Any, verb: str) -> None:
+        for observer in self.observers:
+            observer.command_started(session, verb)
+
+    def finished(self, session: Any, verb: str, status: str, octets: int = 0) -> None:
+        for observer in self.observers:
+            observer.command_finished(session, verb, status, octets)
+        if self.draining:
+            # After the reply has been written (it follows this call).
+            self.reactor.callLater(0, self._goodbye_if_idle, session)
+
+    def _goodbye_if_idle(self, session: Any) -> None:
+        if session in self.sessions and not session.busy:
+            session.goodbye("Server shutting down")
+
+    # -- shutdown and tests ---------------------------------------------------------
 
     def drain(self, grace: float) -> defer.Deferred:
         """Say goodbye to idle sessions now and to busy ones when their work is done;
         abort whatever is still open after ``grace`` seconds. Fires when all are gone."""
+        self.draining = True
         self._drained = defer.Deferred()
         for session in list(self.sessions):
-            session.draining = True
             if not session.busy:
-                session.goodbye()
+                session.goodbye("Server shutting down")
         if not self.sessions:
             self._drained.callback(None)
             return self._drained
 
         def abort() -> None:
             for session in list(self.sessions):
-                if session.transport is not None:
-                    session.transport.abortConnection()
+                session.transport.abortConnection()
             if self._drained is not None and not self._drained.called:
                 self._drained.callback(None)
 
         timer = self.reactor.callLater(grace, abort)
         self._drained.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         return self._drained
+
+    def abort_all(self) -> defer.Deferred:
+        """Abort every open connection; fires once all of them are gone (test resets)."""
+        if not self.sessions:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._empty.append(d)
+        for session in list(self.sessions):
+            session.transport.abortConnection()
+        return d

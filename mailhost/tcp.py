@@ -1,8 +1,32 @@
-"""TCP socket options shared by the request/response protocols."""
+"""TCP socket options shared by the request/response protocols.
+
+Two halves of one problem, Nagle's algorithm meeting delayed ACKs:
+
+- **Our replies** must not wait for the client's ACK of the previous one:
+  ``send_at_once`` turns Nagle off on every connection.
+- **The client's split writes** must not wait for our ACK. A client that sends a
+  request in two writes (Python's imaplib sends an APPEND literal, then the final CRLF;
+  an SMTP client may send the body, then ``.\\r\\n``) has Nagle on: its second, small
+  write waits until the first is acknowledged. The kernel delays that ACK (40 ms on
+  Linux) hoping to piggyback it on our reply, but there is no reply until the
+  request is complete. ``QuickAck.now`` is called by a protocol whenever it has read
+  bytes it will not answer at once; it sets ``TCP_QUICKACK``, which sends the
+  pending ACK immediately (Linux; elsewhere it does nothing). Dovecot does the same
+  before each read of a literal.
+"""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
+
+from twisted.internet.interfaces import ISystemHandle
+from twisted.protocols.policies import ProtocolWrapper
+
+#: Linux only; on other systems ``QuickAck`` does nothing.
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+#: Transport wrappers (limits, TLS) above the TCP transport are at most this deep.
+_MAX_WRAPPERS = 8
 
 
 def send_at_once(transport: Any) -> None:
@@ -21,3 +45,42 @@ def send_at_once(transport: Any) -> None:
         set_no_delay(True)
     except OSError:  # not a TCP socket (a UNIX socket endpoint)
         pass
+
+
+def tcp_socket(transport: Any) -> socket.socket | None:
+    """The TCP socket under ``transport`` and its protocol wrappers, or None.
+
+    ``getHandle()`` (ISystemHandle) is the public way to a transport's socket; a TLS
+    wrapper answers it with its TLS connection instead, so wrappers are walked down
+    through their ``transport``.
+    """
+    for _ in range(_MAX_WRAPPERS):
+        if ISystemHandle.providedBy(transport):
+            handle = transport.getHandle()
+            if isinstance(handle, socket.socket):
+                tcp = handle.family in (socket.AF_INET, socket.AF_INET6)
+                return handle if tcp and handle.type == socket.SOCK_STREAM else None
+        if not isinstance(transport, ProtocolWrapper):
+            return None
+        transport = transport.transport
+    return None
+
+
+class QuickAck:
+    """Acknowledge received bytes now, for a connection's protocol (see the module).
+
+    Built once per connection (the socket is looked up once); ``now()`` costs one
+    ``setsockopt`` and is meant for reads that leave a request incomplete, not for
+    every read: when a reply follows at once it carries the ACK for free.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._socket = tcp_socket(transport) if _TCP_QUICKACK is not None else None
+
+    def now(self) -> None:
+        if self._socket is None:
+            return
+        try:
+            self._socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:  # closed under us; nothing to acknowledge any more
+            self._socket = None

@@ -30,3 +30,18 @@ def mailhost_factory(tmp_path):
     yield make
     for proc in made:
         proc.kill()
+
+
+@pytest.fixture
+def dns_server():
+    """A started ``mailhost.testing.dns.TestDNSServer`` with no zones; fill
+    ``dns_server.zones`` in the test. Stopped after."""
+    import pytest_twisted
+    from twisted.internet.defer import Deferred
+
+    from mailhost.testing.dns import TestDNSServer
+
+    server = TestDNSServer()
+    pytest_twisted.blockon(Deferred.fromCoroutine(server.start()))
+    yield server
+    pytest_twisted.blockon(Deferred.fromCoroutine(server.stop()))

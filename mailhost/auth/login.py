@@ -11,6 +11,7 @@ a backend error is logged here and answered as a temporary failure.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any, Literal
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -76,6 +77,12 @@ class LoginService:
             reactor = _reactor
         self.reactor = reactor
         self._locks: dict[str, defer.DeferredLock] = {}
+        #: ``(protocol, outcome)`` callables told of every attempt (this host's metrics).
+        self.observers: list[Callable[[str, str], None]] = []
+
+    def _outcome(self, protocol: str, outcome: str) -> None:
+        for observer in self.observers:
+            observer(protocol, outcome)
 
     @classmethod
     def for_tests(cls, directory: Any, store: Any, allow_plaintext: PlaintextPolicy = "yes",
@@ -121,6 +128,7 @@ class LoginService:
         if self.throttle.locked(client_ip):
             log.warn("login refused (throttled) user={user} protocol={protocol} client={client}",
                      outcome="throttled", **fields)
+            self._outcome(protocol, "throttled")
             raise LoginFailed("too many failed logins; try again later", temporary=True)
         wait = self.throttle.delay(client_ip)
         if wait:
@@ -133,14 +141,17 @@ class LoginService:
             self.throttle.failed(client_ip)
             log.info("login failed user={user} protocol={protocol} client={client}",
                      outcome="failed", **fields)
+            self._outcome(protocol, "failed")
             raise LoginFailed("authentication failed") from None
         except Exception:
             # A store or directory error (say, a user name the store refuses): the
             # client gets the protocol's temporary failure, never the exception's text.
             log.failure("login error user={user} protocol={protocol} client={client}",
                         outcome="error", **fields)
+            self._outcome(protocol, "error")
             raise LoginFailed("temporary failure", temporary=True) from None
         self.throttle.succeeded(client_ip, avatar.user)
         log.info("login ok user={user} protocol={protocol} client={client}",
                  outcome="ok", **fields)
+        self._outcome(protocol, "ok")
         return avatar

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
 
 DELIM = "."
-_FLAG_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 APPEND_CHUNK = 64 * 1024
 
 
@@ -36,11 +35,6 @@ def mailbox_name(token: object) -> str:
 
 def wire_name(name: str) -> bytes:
     return encoding.astring(mutf7.encode(name))
-
-
-def _flags_line(keywords: set[str]) -> bytes:
-    return b"(" + b" ".join(f.encode("ascii", "replace")
-                            for f in (*_FLAG_ORDER, *sorted(keywords))) + b")"
 
 
 async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
@@ -60,12 +54,7 @@ async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
     sel.load_columns(uids, flags, recent)
     s.select(sel)
     first_unseen = next((n for n, f in enumerate(flags, 1) if "\\Seen" not in f), None)
-    flags = _flags_line(sel.keywords)
-    out = [b"* FLAGS " + flags + b"\r\n"]
-    if readonly:
-        out.append(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
-    else:
-        out.append(b"* OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] Flags permitted\r\n")
+    out = sel.flags_lines()
     out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), len(recent)))
     if first_unseen is not None:
         out.append(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)

@@ -90,7 +90,7 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
     infos = [i for i in map(folder.get, sel.uids) if i is not None]
     seqs = {u: n for n, u in enumerate(sel.uids, 1)}
     try:
-        found = await searching.search(folder, infos, seqs, key, charset)
+        found = await searching.search(folder, infos, seqs, key, charset, sel.recent)
     except searching.BadCharset:
         raise No("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset") from None
     nums = found if cmd.uid else [seqs[u] for u in found if u in seqs]
@@ -292,8 +292,10 @@ async def store(s: IMAPServer, cmd: parser.Command) -> bytes:
         return b"STORE completed"
     infos = await sel.folder.set_flags(uids, flags, mode)
     sel.forget_flags(i.uid for i in infos)
+    if mode != "remove":
+        sel.note_keywords(flags)
+    out = sel.keyword_updates()  # a new keyword: FLAGS before any FETCH shows it
     if not silent:
-        out = []
         for i in infos:
             seq = sel.seq_of(i.uid)
             if seq is None:
@@ -304,10 +306,8 @@ async def store(s: IMAPServer, cmd: parser.Command) -> bytes:
                            % (seq, i.uid, encoding.format_flags(fl)))
             else:
                 out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, encoding.format_flags(fl)))
+    if out:
         s.send(b"".join(out))
-    for f in flags:
-        if not f.startswith("\\"):
-            sel.keywords.add(f)
     return b"STORE completed"
 
 
@@ -347,12 +347,31 @@ async def move(s: IMAPServer, cmd: parser.Command) -> bytes:
     if not uids:
         return b"MOVE completed"
     if dest is sel.folder:
-        raise No("[CANNOT] Source and destination are the same mailbox")
-    pairs = await sel.folder.move(uids, dest)
+        pairs, moved = await _move_within(sel, uids)
+    else:
+        pairs = await sel.folder.move(uids, dest)
+        moved = [p[0] for p in pairs]
     if pairs:
         s.send(b"* OK " + _copyuid(dest, pairs) + b" Moved\r\n")
-        sel.note_expunged(p[0] for p in pairs)
+        sel.note_expunged(moved)
     return b"MOVE completed"
+
+
+async def _move_within(sel: SelectedMailbox,
+                       uids: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """MOVE to the selected mailbox itself: RFC 6851 defines MOVE as COPY then expunge
+    of the originals, which is legal here; each message comes back with a new UID.
+    The store's move is a rename into another folder, so this is copy, \\Deleted on
+    the originals only (this session reports no FETCH for them), expunge them.
+    Returns the (old, new) UID pairs and the originals expunged."""
+    folder = sel.folder
+    pairs = await folder.copy(uids, folder)
+    originals = [p[0] for p in pairs]
+    if not originals:
+        return pairs, []
+    await folder.set_flags(originals, ["\\Deleted"], "add")
+    sel.forget_flags(originals)
+    return pairs, await folder.expunge(originals)
 
 
 HANDLERS = {

@@ -2,7 +2,9 @@
 
 A value that cannot be quoted (CR, LF, NUL, 8-bit bytes, or long) goes out as a
 literal, so 8-bit header bytes never crash a response (the stock Twisted server
-raised UnicodeEncodeError there).
+raised UnicodeEncodeError there). A literal never carries a NUL (RFC 3501 section 4.3
+excludes it outside BINARY's literal8): a NUL in a header value becomes U+FFFD, as
+Dovecot 2.3 sends it in ENVELOPE and BODYSTRUCTURE strings.
 """
 
 from __future__ import annotations
@@ -32,8 +34,12 @@ def quote(value: str | bytes) -> bytes:
     return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
+#: What a NUL in a string value (ENVELOPE, BODYSTRUCTURE) is sent as: U+FFFD in UTF-8.
+NUL_IN_STRING = "\ufffd".encode()
+
+
 def literal(value: str | bytes) -> bytes:
-    data = _b(value)
+    data = _b(value).replace(b"\0", NUL_IN_STRING)
     return b"{%d}\r\n" % len(data) + data
 
 

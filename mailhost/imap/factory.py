@@ -9,6 +9,7 @@ from twisted.internet.protocol import ServerFactory
 from mailhost.auth.login import LoginService
 from mailhost.config import Config
 from mailhost.imap.server import IMAPServer
+from mailhost.sessions import SessionRegistry
 
 
 class IMAPFactory(ServerFactory):
@@ -21,7 +22,7 @@ class IMAPFactory(ServerFactory):
     protocol = IMAPServer
 
     def __init__(self, config: Config, login: LoginService, tls_options: Any = None,
-                 reactor: Any = None) -> None:
+                 reactor: Any = None, sessions: SessionRegistry | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -31,6 +32,8 @@ class IMAPFactory(ServerFactory):
         self.tls_options = tls_options
         self.reactor = reactor
         self.sessions: set[IMAPServer] = set()
+        # The host's registry (service.py passes one to every listener's factory).
+        self.registry = sessions if sessions is not None else SessionRegistry(reactor)
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         p = IMAPServer(self)

@@ -7,7 +7,7 @@ structure comes from the folder's cache (``get_cached(uid, "mime")``) when it is
 there, so a second ENVELOPE/BODYSTRUCTURE fetch opens no file; FLAGS, UID,
 RFC822.SIZE and INTERNALDATE come from the index alone. Every read and scan goes
 through the folder's ``IMessageReader`` (``read_message``), which runs it off the
-reactor thread.
+reactor thread. Body literals carry 0x80 for each NUL (``output.without_nul``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 
 from mailhost.imap import bodystructure, envelope, mime
 from mailhost.imap.encoding import format_datetime, format_flags
+from mailhost.imap.output import without_nul
 from mailhost.imap.parser import FetchItem, Section
 from mailhost.store.interfaces import IFolder, MessageInfo
 from mailhost.store.reader import skip_to
@@ -218,7 +219,7 @@ def _read_specs(f: IO[bytes], specs: list[_Spec]) -> None:
 def _literal(data: bytes) -> bytes:
     if not data:
         return b'""'
-    return b"{%d}\r\n" % len(data) + data
+    return b"{%d}\r\n" % len(data) + without_nul(data)
 
 
 async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> list:

@@ -30,6 +30,7 @@ class NeedContinuation:
     """A synchronizing literal is announced: the server must send ``+`` now."""
 
     tag: str
+    line: bytes = b""  # the command's first line (the server's dispatch hook sees it)
 
 
 @dataclass
@@ -111,6 +112,15 @@ class Framer:
         sink_for = self.sink_for
         self.__init__(self.max_line, self.max_literal, self._marker, self.max_command)
         self.sink_for = sink_for
+
+    def abandon(self) -> None:
+        """Forget the command under way, which waits for its synchronizing literal's
+        ``+`` (the server refused it instead): what follows is a new command."""
+        self._segments = []
+        self._size = 0
+        self._literal_left = 0
+        self._literal_parts = []
+        self._sink = None
 
     def next_line(self) -> bytes | None:
         """Pop one raw line without its CRLF (AUTHENTICATE and IDLE continuations).
@@ -248,7 +258,7 @@ class Framer:
             if n == 0:
                 self._segments.append(b"")
             if not non_sync:
-                return NeedContinuation(tag or "*")
+                return NeedContinuation(tag or "*", self._segments[0])
 
     def _tag_of(self, line: bytes) -> str | None:
         first = self._segments[0] if self._segments else line

@@ -12,7 +12,14 @@ The result is a tree of ``Part``: header block ``[header_start, body_start)``
 (including the blank line), body ``[body_start, body_end)`` (a part's body ends
 before the CRLF that precedes the next boundary, RFC 2046), ``lines`` in the body,
 the parsed Content-* fields, ``children`` of a multipart and ``message`` (the
-embedded message) of a message/rfc822 part. It serialises to compact JSON for
+embedded message) of a message/rfc822 part.
+
+Past the limits (``MAX_DEPTH`` levels, ``MAX_PARTS`` parts) nothing more is recorded,
+but nothing is lost either: the part that holds the unparsed rest gets ``overflow``,
+the offset from which its body is raw, unparsed MIME (a multipart whose further parts
+were not recorded, or a multipart or message/rfc822 nested too deep). SEARCH reads
+that range as flat text, as Dovecot does, so content cannot hide from BODY/TEXT
+behind a wide or deep structure (issue 17, item 6). It serialises to compact JSON for
 ``IFolder.set_cached(uid, "mime", ...)``. Header strings are the raw bytes decoded
 as UTF-8 with ``surrogateescape``, so 8-bit bytes survive the round trip exactly.
 """
@@ -29,7 +36,7 @@ MAX_FIELD = 16 * 1024  # a kept header field value is capped at this size
 MAX_BOUNDARY_LINE = 1024  # longer lines cannot be boundary delimiters
 MAX_DEPTH = 40  # deeper nesting is treated as an opaque leaf
 MAX_PARTS = 5000  # further parts are absorbed into the body they appear in
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: ``overflow``
 
 ENVELOPE_FIELDS = (
     "date", "subject", "from", "sender", "reply-to", "to", "cc", "bcc", "in-reply-to",
@@ -57,7 +64,7 @@ class Part:
     __slots__ = (
         "header_start", "body_start", "body_end", "lines", "type", "subtype", "params",
         "has_type", "disposition", "id", "description", "encoding", "language", "location",
-        "md5", "children", "message", "env", "_lf0", "_boundary", "_fields", "_flen", "_message_level",
+        "md5", "children", "message", "env", "overflow", "_lf0", "_boundary", "_fields", "_flen", "_message_level",
     )
 
     def __init__(self, header_start: int, message_level: bool = False,
@@ -80,6 +87,8 @@ class Part:
         self.children: list[Part] = []
         self.message: Part | None = None
         self.env: dict[str, str] | None = {} if message_level else None
+        #: Offset from which the body is unparsed MIME past the limits, or -1.
+        self.overflow = -1
         self._lf0 = 0
         self._boundary: bytes | None = None
         self._fields: list[bytes] = []
@@ -112,6 +121,7 @@ class Part:
             self.description, self.encoding, self.language, self.location, self.md5,
             [c.to_list() for c in self.children],
             self.message.to_list() if self.message is not None else None, self.env,
+            self.overflow,
         ]
 
     @classmethod
@@ -119,7 +129,7 @@ class Part:
         p = cls.__new__(cls)
         (p.header_start, p.body_start, p.body_end, p.lines, p.type, p.subtype, p.params,
          has_type, p.disposition, p.id, p.description, p.encoding, p.language, p.location,
-         p.md5, children, message, p.env) = data
+         p.md5, children, message, p.env, p.overflow) = data
         p.has_type = bool(has_type)
         p.children = [cls.from_list(c) for c in children]
         p.message = cls.from_list(message) if message is not None else None
@@ -421,8 +431,11 @@ class Scanner:
 
     def _start_child(self, parent: Part, start: int) -> None:
         if self.nparts >= MAX_PARTS:
-            # Too many parts: keep scanning, but do not record more.
+            # Too many parts: keep scanning, but do not record more; the rest of the
+            # parent's body is searched as flat text.
             parent._boundary = None
+            if parent.overflow < 0:
+                parent.overflow = start
             return
         self.nparts += 1
         default = ("MESSAGE", "RFC822") if parent.subtype == "DIGEST" else ("TEXT", "PLAIN")
@@ -519,6 +532,8 @@ class Scanner:
             boundary = next((v for k, v in p.params if k.lower() == "boundary"), None)
             if boundary and depth < MAX_DEPTH:
                 p._boundary = raw(boundary).rstrip(b" \t")
+            elif boundary:
+                p.overflow = body_start  # nested too deep: its body is flat text
             # Without a boundary its body is opaque; ``finish`` gives it one empty part.
         elif (p.type, p.subtype) == ("MESSAGE", "RFC822") and depth < MAX_DEPTH and (
                 self.nparts < MAX_PARTS):
@@ -530,6 +545,8 @@ class Scanner:
             p.message = child
             self.open.append(child)
             self.in_header = True
+        elif (p.type, p.subtype) == ("MESSAGE", "RFC822"):
+            p.overflow = body_start  # past the limits: the embedded message is flat text
 
     # -- end
 

@@ -16,6 +16,14 @@ from zope.interface import implementer
 from mailhost.store.interfaces import IMessageReader
 
 CHUNK = 64 * 1024
+#: A NUL in message data goes out as this octet: RFC 3501 excludes NUL from a literal,
+#: and the same length keeps RFC822.SIZE and partial offsets true (Dovecot does this).
+NUL_IN_BODY = b"\x80"
+
+
+def without_nul(data: bytes) -> bytes:
+    """Message octets fit for a literal: each NUL replaced by 0x80, length kept."""
+    return data.replace(b"\0", NUL_IN_BODY) if b"\0" in data else data
 
 
 @implementer(IPushProducer)
@@ -61,7 +69,7 @@ async def stream_message(reader: IMessageReader, length: int, write, gate: Outpu
 
     A short message is padded with spaces so the literal length announced before the
     data stays true (the protocol would otherwise desynchronise); returns the number
-    of octets that really came from the message.
+    of octets that really came from the message. NULs go out as 0x80 (``without_nul``).
     """
     left = length
     got = 0
@@ -76,7 +84,7 @@ async def stream_message(reader: IMessageReader, length: int, write, gate: Outpu
                 left -= n
             break
         chunk = chunk[:left]
-        write(chunk)
+        write(without_nul(chunk))
         got += len(chunk)
         left -= len(chunk)
         if on_progress is not None:

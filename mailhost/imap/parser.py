@@ -85,7 +85,7 @@ class Command:
 _LITERAL_RE = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
 
 # ATOM-CHAR plus what astring, list-mailbox, flags and sequence sets allow:
-# every printable ASCII byte except SP ( ) { " -- brackets are handled apart.
+# every printable ASCII byte except SP ( ) { " -- "[" is handled apart (read_atom).
 # 8-bit bytes are accepted in atoms when the atom is valid UTF-8 (lenient: some clients
 # send UTF-8 mailbox names and search strings unquoted).
 _ATOM_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b'(){"[') | frozenset(range(0x80, 0x100))
@@ -192,11 +192,12 @@ class _Tokenizer:
             c = line[i]
             if c in _ATOM_BYTES:
                 i += 1
-            elif c == 0x5B:  # "[": a section; runs to the matching "]", spaces allowed
+            elif c == 0x5B:
+                # "[" opens a section that runs to the matching "]", spaces allowed
+                # (BODY[HEADER.FIELDS (A B)]). Unmatched it is an ordinary ATOM-CHAR
+                # (only "]" is a resp-special): SELECT foo[bar, LIST "" foo[%.
                 j = self._match_bracket(i, end)
-                if j is None:
-                    raise self.error("Unbalanced [ in atom")
-                i = j + 1
+                i = i + 1 if j is None else j + 1
             else:
                 break
         if i == self.pos:
@@ -210,13 +211,15 @@ class _Tokenizer:
             raise self.error("Invalid 8-bit character in atom") from None
 
     def _match_bracket(self, i: int, end: int) -> int | None:
+        """Index of the "]" closing the "[" at ``i``; None if the line has none (or
+        a byte no section may hold comes first)."""
         line = self.line
         depth = 0
         in_quote = False
         while i < end:
             c = line[i]
             if c < 0x20 or c > 0x7E:
-                raise self.error("Bad character in section")
+                return None
             if in_quote:
                 if c == 0x5C:
                     i += 1
@@ -394,7 +397,8 @@ def parse_sequence_set(token: object) -> SequenceSet:
 
 
 def parse_flag(token: object, allow_recent: bool = False, allow_wildcard: bool = False) -> str:
-    if not isinstance(token, Atom) or not token or token.is_nil or not token.isascii():
+    """A system flag (canonical case) or a keyword; ``NIL`` is a keyword like any atom."""
+    if not isinstance(token, Atom) or not token or not token.isascii():
         raise _err("Expected a flag")
     if token.startswith("\\"):
         up = token.upper()
@@ -685,7 +689,8 @@ class SearchKey:
     """One node of a search program.
 
     ``op`` is the upper-cased key (``ALL``, ``FLAG``, ``UNFLAG``, ``AND``, ``OR``, ``NOT``,
-    ``SEQ``, ``UID``, ``HEADER``, ``BODY``, ``TEXT``, ``LARGER``, ``SMALLER``, ``BEFORE``,
+    ``SEQ``, ``UID``, ``HEADER``, ``ADDRESS`` (FROM/TO/CC/BCC: field name, string),
+    ``BODY``, ``TEXT``, ``LARGER``, ``SMALLER``, ``BEFORE``,
     ``ON``, ``SINCE``, ``SENTBEFORE``, ``SENTON``, ``SENTSINCE``, ``NEW``, ``OLD``,
     ``RECENT``); ``args`` its operands (sub-keys, flag names, bytes, dates, numbers).
     """
@@ -706,7 +711,9 @@ _FLAG_KEYS = {
     "UNFLAGGED": ("UNFLAG", "\\Flagged"),
     "UNSEEN": ("UNFLAG", "\\Seen"),
 }
-_HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
+#: Address keys match the addresses as ENVELOPE shows them, not the raw header text
+#: (``HEADER FROM x`` still searches the raw text, as RFC 3501 says).
+_ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 _NULLARY = {"ALL", "NEW", "OLD", "RECENT"}
 
@@ -746,7 +753,9 @@ class _SearchParser:
         if up in ("KEYWORD", "UNKEYWORD"):
             flag = parse_flag(self.next("keyword"))
             return SearchKey("FLAG" if up == "KEYWORD" else "UNFLAG", (flag,))
-        if up in _HEADER_KEYS:
+        if up in _ADDRESS_KEYS:
+            return SearchKey("ADDRESS", (up, as_string(self.next("string"))))
+        if up == "SUBJECT":
             return SearchKey("HEADER", (up, as_string(self.next("string"))))
         if up == "HEADER":
             name = as_string(self.next("header name")).decode("ascii", "replace")

@@ -7,7 +7,13 @@ opened, one at a time, and read in a thread in bounded chunks: the header block
 (capped) for header keys and SENT* dates, then the decoded text parts (base64
 and quoted-printable, in the part's charset) for BODY/TEXT until every string is
 found. Matching is a case-insensitive substring test on decoded text, as RFC 3501
-asks; header values are RFC 2047-decoded first.
+asks; header values are RFC 2047-decoded first. FROM/TO/CC/BCC match the addresses as
+ENVELOPE parses them (``name <mailbox@host>``, comments and quoting gone), like Dovecot,
+not the raw field; RECENT/NEW/OLD use the session's \\Recent set. What the MIME
+scanner left unparsed past its limits (``mime.Part.overflow``: the parts after the
+5,000th, nesting deeper than ``mime.MAX_DEPTH``) is searched as flat text of the part
+that holds it, as Dovecot does, never skipped; it streams like any part, so time and
+memory stay bounded by the message's size.
 """
 
 from __future__ import annotations
@@ -19,13 +25,13 @@ import datetime
 import email.errors
 import email.header
 import email.utils
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 
-from mailhost.imap import mime
+from mailhost.imap import envelope, mime
 from mailhost.imap.parser import SearchKey
 from mailhost.store.interfaces import MessageInfo, StoreError
 
@@ -63,10 +69,15 @@ def _utc_date(ts: float) -> datetime.date:
 
 
 class _Ctx:
-    def __init__(self, infos: Sequence[MessageInfo], seqs: dict[int, int]) -> None:
+    def __init__(self, infos: Sequence[MessageInfo], seqs: dict[int, int],
+                 recent: Collection[int] | None = None) -> None:
         self.max_uid = infos[-1].uid if infos else 0
         self.max_seq = max((seqs.get(i.uid, 0) for i in infos), default=0)
         self.seqs = seqs
+        self.recent = recent
+
+    def is_recent(self, info: MessageInfo) -> bool:
+        return info.recent if self.recent is None else info.uid in self.recent
 
 
 def _has_flag(info: MessageInfo, flag: str) -> bool:
@@ -109,11 +120,11 @@ def _index(key: SearchKey, info: MessageInfo, ctx: _Ctx) -> bool | None:
     if op == "UNFLAG":
         return not _has_flag(info, args[0])
     if op == "RECENT":
-        return info.recent
+        return ctx.is_recent(info)
     if op == "NEW":
-        return info.recent and "\\Seen" not in info.flags
+        return ctx.is_recent(info) and "\\Seen" not in info.flags
     if op == "OLD":
-        return not info.recent
+        return not ctx.is_recent(info)
     if op == "LARGER":
         return info.size > args[0]
     if op == "SMALLER":
@@ -125,7 +136,7 @@ def _index(key: SearchKey, info: MessageInfo, ctx: _Ctx) -> bool | None:
         return seq is not None and args[0].contains(seq, ctx.max_seq)
     if op in ("BEFORE", "ON", "SINCE"):
         return _compare_date(op, _utc_date(info.internal_date), args[0])
-    return None  # HEADER, BODY, TEXT, SENT*
+    return None  # HEADER, ADDRESS, BODY, TEXT, SENT*
 
 
 def _compare_date(op: str, have: datetime.date | None, want: datetime.date) -> bool:
@@ -146,6 +157,7 @@ class _Needs:
     """Everything the undecided keys ask of a message's content."""
 
     headers: set[tuple[str, str]] = field(default_factory=set)  # (lower name, needle)
+    addresses: set[tuple[str, str]] = field(default_factory=set)  # (lower name, needle)
     body: set[str] = field(default_factory=set)
     text: set[str] = field(default_factory=set)
     date: bool = False
@@ -157,6 +169,8 @@ class _Needs:
                 self.collect(k)
         elif op == "HEADER":
             self.headers.add((args[0].lower(), _needle(args[1])))
+        elif op == "ADDRESS":
+            self.addresses.add((args[0].lower(), _needle(args[1])))
         elif op == "BODY":
             self.body.add(_needle(args[0]))
         elif op == "TEXT":
@@ -168,6 +182,7 @@ class _Needs:
 @dataclass
 class _Found:
     headers: set[tuple[str, str]] = field(default_factory=set)
+    addresses: set[tuple[str, str]] = field(default_factory=set)
     body: set[str] = field(default_factory=set)
     text: set[str] = field(default_factory=set)
     date: datetime.date | None = None
@@ -181,6 +196,26 @@ def _decode_header_value(value: bytes) -> str:
         return str(email.header.make_header(email.header.decode_header(text)))
     except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
         return text
+
+
+def _address_text(value: bytes) -> str:
+    """An address field as FROM/TO/CC/BCC search it: each address parsed as for
+    ENVELOPE and written ``name <mailbox@host>`` (the name RFC 2047-decoded), a group
+    by its name. ``<user (comment)@ (comment) domain.org>`` is ``user@domain.org``."""
+    parts = []
+    for a in envelope.parse_addresses(value.decode("utf-8", "replace")):
+        if a.host is None:  # a group's start (its name) or end
+            if a.mailbox:
+                parts.append(_decode_header_value(a.mailbox.encode()) + ":")
+            continue
+        mailbox = "" if a.mailbox == envelope.MISSING_MAILBOX else a.mailbox or ""
+        host = "" if a.host == envelope.MISSING_DOMAIN else a.host
+        spec = f"{mailbox}@{host}" if host else mailbox
+        if a.name:
+            parts.append(f"{_decode_header_value(a.name.encode())} <{spec}>")
+        else:
+            parts.append(spec)
+    return ", ".join(parts)
 
 
 def _header_fields(block: bytes) -> Iterator[tuple[str, bytes]]:
@@ -261,12 +296,25 @@ def _decoded_chunks(f: IO[bytes], part: mime.Part) -> Iterator[str]:
     yield decoder.decode(b"", final=True)
 
 
+def _flat_chunks(f: IO[bytes], start: int, end: int) -> Iterator[str]:
+    """Raw octets ``[start, end)`` as UTF-8 text (unparsed MIME past the limits)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for chunk in _read(f, start, end):
+        yield decoder.decode(chunk)
+    yield decoder.decode(b"", final=True)
+
+
 def _search_text(f: IO[bytes], part: mime.Part, needles: set[str]) -> set[str]:
     """Which of ``needles`` occur in the decoded text of ``part`` (stops early)."""
+    return _find(_decoded_chunks(f, part), needles)
+
+
+def _find(chunks: Iterator[str], needles: set[str]) -> set[str]:
+    """Which of ``needles`` occur in the text of ``chunks`` (stops early)."""
     found: set[str] = set()
     keep = max((len(n) for n in needles), default=1)
     tail = ""
-    for chunk in _decoded_chunks(f, part):
+    for chunk in chunks:
         window = tail + chunk.casefold()
         for n in needles - found:
             if n in window:
@@ -284,7 +332,7 @@ def _examine(f: IO[bytes], struct: mime.Part | None,
     if struct is None:
         struct = mime.scan_file(f)
     found = _Found()
-    if needs.headers or needs.text or needs.date:
+    if needs.headers or needs.addresses or needs.text or needs.date:
         end = min(struct.body_start, struct.header_start + MAX_HEADER_READ)
         block = b"".join(_read(f, struct.header_start, end))
         header_text = []
@@ -293,6 +341,11 @@ def _examine(f: IO[bytes], struct: mime.Part | None,
             for hname, needle in needs.headers:
                 if hname == name and needle in decoded:
                     found.headers.add((hname, needle))
+            if any(aname == name for aname, _ in needs.addresses):
+                addresses = _address_text(value).casefold()
+                for aname, needle in needs.addresses:
+                    if aname == name and needle in addresses:
+                        found.addresses.add((aname, needle))
             if needs.date and name == "date" and found.date is None:
                 found.date = _sent_date(value)
             if needs.text:
@@ -302,12 +355,15 @@ def _examine(f: IO[bytes], struct: mime.Part | None,
     body_needles = needs.body | (needs.text - found.text)
     if body_needles:
         for part in struct.walk():
-            if part.type != "TEXT" or part.is_multipart or part.size <= 0:
-                continue
             remaining = (needs.body - found.body) | (needs.text - found.text)
             if not remaining:
                 break
-            hits = _search_text(f, part, remaining)
+            if 0 <= part.overflow < part.body_end:
+                hits = _find(_flat_chunks(f, part.overflow, part.body_end), remaining)
+            elif part.type != "TEXT" or part.is_multipart or part.size <= 0:
+                continue
+            else:
+                hits = _search_text(f, part, remaining)
             found.body |= hits & needs.body
             found.text |= hits & needs.text
     return struct, found, fresh
@@ -323,6 +379,8 @@ def _full(key: SearchKey, info: MessageInfo, ctx: _Ctx, found: _Found) -> bool:
         return not _full(args[0], info, ctx, found)
     if op == "HEADER":
         return (args[0].lower(), _needle(args[1])) in found.headers
+    if op == "ADDRESS":
+        return (args[0].lower(), _needle(args[1])) in found.addresses
     if op == "BODY":
         return _needle(args[0]) in found.body
     if op == "TEXT":
@@ -335,9 +393,10 @@ def _full(key: SearchKey, info: MessageInfo, ctx: _Ctx, found: _Found) -> bool:
 
 
 async def _search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int],
-                  key: SearchKey, charset: str | None) -> list[int]:
+                  key: SearchKey, charset: str | None,
+                  recent: Collection[int] | None) -> list[int]:
     check_charset(charset)
-    ctx = _Ctx(infos, seqs)
+    ctx = _Ctx(infos, seqs, recent)
     matched: list[int] = []
     undecided: list[MessageInfo] = []
     for info in infos:
@@ -368,10 +427,12 @@ async def _search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int
 
 
 def search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int], key: SearchKey,
-           charset: str | None) -> Deferred:
+           charset: str | None, recent: Collection[int] | None = None) -> Deferred:
     """Deferred firing with the ascending UIDs in ``infos`` that match ``key``.
 
-    ``seqs`` maps UID → sequence number (for sequence-set keys). Fails with
-    ``BadCharset`` for a charset other than UTF-8/US-ASCII.
+    ``seqs`` maps UID → sequence number (for sequence-set keys). ``recent`` is the
+    session's \\Recent set for RECENT/NEW/OLD (a session claims new messages at SELECT,
+    after which the store calls none of them recent); None takes the store's view.
+    Fails with ``BadCharset`` for a charset other than UTF-8/US-ASCII.
     """
-    return Deferred.fromCoroutine(_search(folder, infos, seqs, key, charset))
+    return Deferred.fromCoroutine(_search(folder, infos, seqs, key, charset, recent))

@@ -44,6 +44,10 @@ async def dates_ready(folder: IFolder, uids: Iterable[int] | None = None) -> Non
         await folder.fill_dates(uids)
 
 
+#: The system flags, in the order FLAGS and PERMANENTFLAGS list them.
+FLAG_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
 class BadSequence(ValueError):
     """A sequence number beyond the mailbox (RFC 3501: BAD)."""
 
@@ -62,6 +66,7 @@ class SelectedMailbox:
         self._expunged: set[int] = set()
         self._flags: dict[int, frozenset[str]] = {}
         self.keywords: set[str] = set()
+        self._keywords_grew = False  # FLAGS/PERMANENTFLAGS must be sent again
 
     # -- set-up / tear-down ---------------------------------------------------------
 
@@ -144,13 +149,13 @@ class SelectedMailbox:
     def messages_added(self, folder, infos: Sequence[MessageInfo]) -> None:
         self._added.extend(i.uid for i in infos)
         for i in infos:
-            self.keywords.update(f for f in i.flags if not f.startswith("\\"))
+            self.note_keywords(i.flags)
         self._poke()
 
     def flags_changed(self, folder, infos: Sequence[MessageInfo]) -> None:
         for i in infos:
             self._flags[i.uid] = i.flags
-            self.keywords.update(f for f in i.flags if not f.startswith("\\"))
+            self.note_keywords(i.flags)
         self._poke()
 
     def messages_expunged(self, folder, uids: Sequence[int]) -> None:
@@ -160,6 +165,33 @@ class SelectedMailbox:
     def _poke(self) -> None:
         if self._notify is not None:
             self._notify()
+
+    # -- FLAGS and PERMANENTFLAGS ----------------------------------------------------
+
+    def note_keywords(self, flags: Iterable[str]) -> None:
+        """Keywords now in use in the folder; a new one means FLAGS must be sent again."""
+        new = {f for f in flags if not f.startswith("\\")} - self.keywords
+        if new:
+            self.keywords |= new
+            self._keywords_grew = True
+
+    def flags_lines(self) -> list[bytes]:
+        """The untagged FLAGS and ``OK [PERMANENTFLAGS ...]`` lines for this folder."""
+        flags = b"(" + b" ".join(f.encode("ascii", "replace")
+                                 for f in (*FLAG_ORDER, *sorted(self.keywords))) + b")"
+        if self.readonly:
+            permanent = b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
+        else:
+            permanent = b"* OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] Flags permitted\r\n"
+        return [b"* FLAGS " + flags + b"\r\n", permanent]
+
+    def keyword_updates(self) -> list[bytes]:
+        """FLAGS and PERMANENTFLAGS again if a keyword came into use since they were last
+        sent (RFC 3501 7.2.6: before any FETCH shows it); else nothing."""
+        if not self._keywords_grew:
+            return []
+        self._keywords_grew = False
+        return self.flags_lines()
 
     # -- own changes ------------------------------------------------------------------
 
@@ -174,7 +206,7 @@ class SelectedMailbox:
 
     @property
     def has_pending(self) -> bool:
-        return bool(self._added or self._expunged or self._flags)
+        return bool(self._added or self._expunged or self._flags or self._keywords_grew)
 
     def pending_updates(self, allow_expunge: bool, with_uid: bool = False) -> list[bytes]:
         """Untagged lines for queued changes, applying them to the seq map.
@@ -182,7 +214,7 @@ class SelectedMailbox:
         With ``allow_expunge`` False, expunged messages keep their numbers (they
         stay in the map) and only EXISTS/FETCH are sent.
         """
-        out: list[bytes] = []
+        out: list[bytes] = self.keyword_updates()
         if allow_expunge and self._expunged:
             gone = sorted(self._expunged)
             self._expunged.clear()

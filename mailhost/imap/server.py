@@ -33,6 +33,7 @@ from mailhost.imap.selected import BadSequence, SelectedMailbox
 from mailhost.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
 from mailhost.limits import IEvictable
 from mailhost.replytext import clean_bytes
+from mailhost.sessions import CUT, GREETING, ISession, Refuse
 from mailhost.store.interfaces import (
     FolderExists,
     IMailAccount,
@@ -42,7 +43,7 @@ from mailhost.store.interfaces import (
     QuotaExceeded,
     StoreError,
 )
-from mailhost.tcp import send_at_once
+from mailhost.tcp import QuickAck, send_at_once
 from mailhost.tls import start_tls
 
 if TYPE_CHECKING:
@@ -83,15 +84,19 @@ def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
 NO_EXPUNGE_AFTER = frozenset({"FETCH", "STORE", "SEARCH"})
 
 
-@implementer(IEvictable)
+@implementer(IEvictable, ISession)
 class IMAPServer(Protocol, TimeoutMixin):
     """One IMAP connection.
 
-    Implements: IEvictable (idle before login). Before login, ``imap.preauth_timeout``
-    is a deadline for each whole command: bytes that do not complete one do not
-    restart it, so a client trickling a byte at a time cannot hold a slot.
+    Implements: IEvictable (idle before login) and ISession (it reports its commands
+    to the host's ``SessionRegistry`` and asks its dispatch hook first; a command with
+    a synchronizing literal is asked about before its ``+``). Before login,
+    ``imap.preauth_timeout`` is a deadline for each whole command: bytes that do not
+    complete one do not restart it, so a client trickling a byte at a time cannot
+    hold a slot.
     """
 
+    protocol = "imap"
     _handlers: dict[str, tuple[frozenset[str], Handler]] | None = None
 
     def __init__(self, factory: IMAPFactory) -> None:
@@ -109,7 +114,10 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.framer = framing.Framer(self.config.max_line_length,
                                      min(self.config.max_literal_size, PREAUTH_MAX_LITERAL))
         self.gate = OutputGate()
-        self.busy = False
+        self.registry = factory.registry
+        self._running = False  # a command runs (or waits for its dispatch verdict)
+        self._early: Any = None  # verdict given before a synchronizing literal's '+'
+        self._held: defer.Deferred | None = None  # a dispatch verdict not given yet
         self._pumping = False
         self._line_waiter: defer.Deferred | None = None
         self._read_paused = False
@@ -124,6 +132,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.append_writer: Any = None  # the running command's streamed APPEND message
         self._abort_call: Any = None
         self._progress = 0.0  # when the last complete command arrived (or connect)
+        self.quick_ack: QuickAck | None = None
 
     # -- connection life cycle ------------------------------------------------------
 
@@ -134,11 +143,13 @@ class IMAPServer(Protocol, TimeoutMixin):
         return IMAPServer._handlers
 
     def connectionMade(self) -> None:
+        self.registry.opened(self)
         self._started = time.monotonic()
         self._progress = self._now()
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         send_at_once(self.transport)
+        self.quick_ack = QuickAck(self.transport)
         self.transport.registerProducer(self.gate, True)
         if self.reactor is not None:
             self.callLater = self.reactor.callLater
@@ -147,11 +158,63 @@ class IMAPServer(Protocol, TimeoutMixin):
             self.send(b"* BYE Too many connections, try again later\r\n")
             self.close()
             return
-        self.send(b"* OK [CAPABILITY " + self.capability_string() + b"] mailhost ready\r\n")
+        verdict = self.registry.before_command(self, GREETING, "")
+        if isinstance(verdict, defer.Deferred):
+            self._running = True  # nothing is read before the greeting
+            self._hold(verdict, self._greet)
+        else:
+            self._greet(verdict)
+
+    def _greet(self, verdict: Any) -> None:
+        self._running = False
+        if isinstance(verdict, Refuse):
+            self._reply(None, b"NO", verdict.text.encode("utf-8", "replace"))
+            self.close()
+        elif verdict is CUT:
+            self._cut_now()
+        else:
+            self.send(b"* OK [CAPABILITY " + self.capability_string()
+                      + b"] mailhost ready\r\n")
+            self._pump()
+
+    def _hold(self, verdict: defer.Deferred, then: Callable[..., None], *args: Any) -> None:
+        """Wait for a dispatch verdict; a lost connection cancels the wait."""
+        self._held = verdict
+
+        def given(result: Any) -> None:
+            self._held = None
+            if not self._closed:
+                then(result, *args)
+
+        verdict.addCallback(given)
+        verdict.addErrback(lambda f: None if self._closed else log.failure(
+            "IMAP dispatch hook failed", f))
+
+    # -- ISession -------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """See ISession: a command runs; IDLE counts as idle."""
+        return self._running and not self.idling
+
+    def goodbye(self, reason: str) -> None:
+        """See ISession: ``* BYE`` and close."""
+        if not self._closed:
+            self.send(b"* BYE " + reason.encode("utf-8", "replace") + b"\r\n")
+            self.close()
+
+    def _cut_now(self) -> None:
+        """The dispatch hook's CUT: the client hears nothing more."""
+        self._closed = True
+        if not self._lost:
+            self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
         self._lost = True
+        if self._held is not None:
+            held, self._held = self._held, None
+            held.cancel()
         for writer in (self._streamed, self.append_writer):
             if writer is not None:
                 writer.abort()
@@ -177,6 +240,7 @@ class IMAPServer(Protocol, TimeoutMixin):
             event="imap_session_end", user=self.user, client=self.peer,
             duration=time.monotonic() - self._started, commands=self._commands,
         )
+        self.registry.closed(self)
 
     def timeoutConnection(self) -> None:
         self.send(b"* BYE Autologout; idle for too long\r\n")
@@ -187,7 +251,7 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def idle_since(self) -> float | None:
         """See IEvictable: not logged in, no command running or half read."""
-        if (self._closed or self.busy or self.state != NOT_AUTHENTICATED
+        if (self._closed or self._running or self.state != NOT_AUTHENTICATED
                 or self.framer.in_command):
             return None
         return self._progress
@@ -264,6 +328,10 @@ class IMAPServer(Protocol, TimeoutMixin):
             self.resetTimeout()  # before login only whole commands count (_dispatch)
         self.framer.feed(data)
         self._pump()
+        if (self.framer.in_command or self.framer.buffered) and self.quick_ack is not None:
+            # Part of a command, no reply yet: the client may hold the rest until we
+            # acknowledge (imaplib's APPEND sends the literal and its CRLF apart).
+            self.quick_ack.now()
         if self.framer.buffered > INPUT_HIGH_WATER and not self._read_paused:
             self._read_paused = True
             self.transport.pauseProducing()
@@ -290,7 +358,7 @@ class IMAPServer(Protocol, TimeoutMixin):
                     d, self._line_waiter = self._line_waiter, None
                     d.callback(line)
                     continue
-                if self.busy:
+                if self._running:
                     break
                 event = self.framer.next_event()
                 if event is None:
@@ -306,8 +374,22 @@ class IMAPServer(Protocol, TimeoutMixin):
         if isinstance(event, framing.FramedCommand):
             self._dispatch(event.segments)
         elif isinstance(event, framing.NeedContinuation):
-            self.send(b"+ Ready for literal data\r\n")
-        elif isinstance(event, framing.LineTooLong):
+            if self._early is not None:  # asked already (a later literal of the command)
+                self.send(b"+ Ready for literal data\r\n")
+                return
+            verb = _verb_of(event.line)
+            verdict = self.registry.before_command(self, verb, event.line.decode(
+                "utf-8", "replace")) if verb else None
+            if self._closed:
+                return
+            if isinstance(verdict, defer.Deferred):
+                self._running = True
+                self._hold(verdict, self._continue, event.tag)
+            else:
+                self._continue(verdict, event.tag)
+        else:
+            self._early = None  # the command was dropped
+        if isinstance(event, framing.LineTooLong):
             self._bad(event.tag, b"Line too long")
         elif isinstance(event, framing.LiteralTooBig):
             if event.name == "APPEND":
@@ -316,6 +398,21 @@ class IMAPServer(Protocol, TimeoutMixin):
                 self._bad(event.tag, b"[TOOBIG] Literal too large")
         elif isinstance(event, framing.TooLong):
             self._bad(event.tag, b"[TOOBIG] Command too long")
+
+    def _continue(self, verdict: Any, tag: str) -> None:
+        """The verdict on a command waiting for its synchronizing literal's ``+``."""
+        self._running = False
+        if isinstance(verdict, Refuse):
+            # Instead of '+': the client sends no literal, and the next line is a command.
+            if self._streamed is not None:
+                self._streamed.abort()
+                self._streamed = None
+            self.framer.abandon()
+            self._reply(tag, b"NO", verdict.text.encode("utf-8", "replace"))
+        else:
+            self._early = CUT if verdict is CUT else _ASKED
+            self.send(b"+ Ready for literal data\r\n")
+        self._pump()
 
     def _reply(self, tag: str | None, status: bytes, text: bytes) -> None:
         self.send((tag or "*").encode("ascii", "replace") + b" " + status + b" "
@@ -338,6 +435,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         return self._streamed
 
     def _dispatch(self, segments: list[bytes]) -> None:
+        early, self._early = self._early, None
         self._progress = self._now()
         self.resetTimeout()
         if self.append_writer is not None:
@@ -358,19 +456,46 @@ class IMAPServer(Protocol, TimeoutMixin):
             self._bad(cmd.tag, cmd.name.encode("ascii") + b" not allowed in " +
                       self.state.encode("ascii") + b" state")
             return
-        self.busy = True
+        verb = "UID " + cmd.name if cmd.uid else cmd.name
+        if early is not None:
+            verdict = None if early is _ASKED else early
+        else:
+            verdict = self.registry.before_command(
+                self, verb, segments[0].decode("utf-8", "replace"))
+            if self._closed:
+                return
+        self._running = True
+        if isinstance(verdict, defer.Deferred):
+            self._hold(verdict, self._execute, verb, handler, cmd)
+        else:
+            self._execute(verdict, verb, handler, cmd)
+
+    def _execute(self, verdict: Any, verb: str, handler: Handler, cmd: parser.Command) -> None:
+        """Run one command (or refuse it, as the dispatch hook said) and report it."""
+        self.registry.started(self, verb)
+        if isinstance(verdict, Refuse):
+            if self.append_writer is not None:  # a streamed APPEND literal: not stored
+                self.append_writer.abort()
+                self.append_writer = None
+            self.registry.finished(self, verb, "NO", 0)
+            self._reply(cmd.tag, b"NO", verdict.text.encode("utf-8", "replace"))
+            self._running = False
+            self._pump()
+            return
         self.current = cmd
-        d = defer.ensureDeferred(self._run(handler, cmd))
+        d = defer.ensureDeferred(self._run(handler, cmd, verb, verdict is CUT))
         d.addErrback(lambda f: log.failure("imap command crashed", f))
 
-    async def _run(self, handler: Handler, cmd: parser.Command) -> None:
+    async def _run(self, handler: Handler, cmd: parser.Command, verb: str,
+                   cut: bool) -> None:
         status, text = b"OK", b""
         try:
             result = await handler(self, cmd)
             text = result if result is not None else cmd.name.encode("ascii") + b" completed"
         except AlreadyReplied:
             self.current = None
-            self.busy = False
+            self.registry.finished(self, verb, "OK", 0)
+            self._running = False
             self._pump()
             return
         except parser.ParseError as e:
@@ -391,6 +516,10 @@ class IMAPServer(Protocol, TimeoutMixin):
                 self.append_writer = None
         if self._lost:
             return
+        self.registry.finished(self, verb, status.decode("ascii"), 0)
+        if cut:
+            self._cut_now()
+            return
         if status == b"BAD":
             self._bad_count += 1
         else:
@@ -407,7 +536,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         if self.state == LOGOUT:
             self.close()
             return
-        self.busy = False
+        self._running = False
         self._pump()
 
     # -- the selected mailbox -------------------------------------------------------
@@ -460,6 +589,21 @@ class IMAPServer(Protocol, TimeoutMixin):
         start_tls(self.transport, self.tls_options, self.factory.config.tls.handshake_timeout,
                   self.reactor)
         self.tls_started = True
+
+
+#: ``IMAPServer._early`` when the command was let through before its literal's '+'.
+_ASKED = object()
+
+
+def _verb_of(line: bytes) -> str:
+    """The upper-case command of a first command line (``UID FETCH`` for UID ones)."""
+    parts = line.split(None, 3)
+    if len(parts) < 2:
+        return ""
+    verb = parts[1].decode("ascii", "replace").upper()
+    if verb == "UID" and len(parts) > 2:
+        verb = "UID " + parts[2].decode("ascii", "replace").upper()
+    return verb
 
 
 def store_error_text(e: StoreError) -> bytes:

@@ -126,8 +126,11 @@ class Scheduler:
         is_local_domain: Callable[[str], bool],
         reactor: Any,
         local_addresses: Iterable[tuple[str, int]] = (),
+        attempt_observers: list[Callable[[list[str]], None]] | None = None,
     ) -> None:
         self.config = config
+        # Told of each attempt's ``addr=kind:reply`` results (the host's metrics).
+        self.attempt_observers = attempt_observers if attempt_observers is not None else []
         self.settings = config.outbound
         self.files = files
         self.router = router
@@ -770,6 +773,8 @@ class Scheduler:
             recipients=results,
             event="outbound_attempt",
         )
+        for observe in self.attempt_observers:
+            observe(results)
         if env.id not in self.envelopes:
             return  # deleted meanwhile
         if env.finished and env.id not in self._locks and not self._reports_due(env):

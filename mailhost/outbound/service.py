@@ -136,6 +136,8 @@ class OutboundService(service.Service):
         self.local_addresses = set(local_addresses or ())
         self.local_addresses |= listen_addresses(config.smtp.listen)
         self.scheduler: Scheduler | None = None
+        #: Told of every delivery attempt's per-recipient results (this host's metrics).
+        self.attempt_observers: list[Any] = []
 
     def add_local_address(self, address: str, port: int) -> None:
         self.local_addresses.add((address, port))
@@ -161,6 +163,7 @@ class OutboundService(service.Service):
             is_local_domain=self.directory.is_local_domain,
             reactor=self.reactor,
             local_addresses=self.local_addresses,
+            attempt_observers=self.attempt_observers,
         )
         self.queue.scheduler = self.scheduler
         self._started = defer.ensureDeferred(self.scheduler.start())

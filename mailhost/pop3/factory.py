@@ -16,6 +16,7 @@ from mailhost.auth.login import LoginService
 from mailhost.config import Config
 from mailhost.pop3.lock import MaildropLocks
 from mailhost.pop3.server import POP3Server
+from mailhost.sessions import SessionRegistry
 
 
 class POP3Factory(ServerFactory):
@@ -26,13 +27,16 @@ class POP3Factory(ServerFactory):
     """
 
     def __init__(self, config: Config, login: LoginService, tls_options: Any = None,
-                 reactor: Any = None, locks: MaildropLocks | None = None) -> None:
+                 reactor: Any = None, locks: MaildropLocks | None = None,
+                 sessions: SessionRegistry | None = None) -> None:
         self.config = config
         self.login = login
         self.tls_options = tls_options
         self.reactor = reactor
         self.locks = locks if locks is not None else MaildropLocks()
         self.sessions: set[POP3Server] = set()
+        # The host's registry (service.py passes one to every listener's factory).
+        self.registry = sessions if sessions is not None else SessionRegistry(reactor)
 
     def buildProtocol(self, addr: Any) -> POP3Server:
         pop3 = self.config.pop3
@@ -40,7 +44,7 @@ class POP3Factory(ServerFactory):
             self.login, self.locks, pop3.delete, pop3.timeout, tls_options=self.tls_options,
             reactor=self.reactor, on_close=self.sessions.discard,
             handshake_timeout=self.config.tls.handshake_timeout,
-            preauth_timeout=pop3.preauth_timeout,
+            preauth_timeout=pop3.preauth_timeout, registry=self.registry,
         )
         session.factory = self
         self.sessions.add(session)

@@ -37,8 +37,9 @@ from mailhost.pop3.lock import MaildropLocks
 from mailhost.pop3.maildrop import DeletePolicy, Maildrop
 from mailhost.pop3.transfer import MessageSender
 from mailhost.replytext import clean
+from mailhost.sessions import CUT, GREETING, ISession, Refuse, SessionRegistry
 from mailhost.store.interfaces import NoSuchMessage
-from mailhost.tcp import send_at_once
+from mailhost.tcp import QuickAck, send_at_once
 from mailhost.tls import start_tls
 
 log = Logger()
@@ -69,22 +70,30 @@ def parse_number(text: str) -> int | None:
 SEEN_BATCH = 64
 SEEN_DELAY = 0.2
 
-@implementer(IEvictable)
+@implementer(IEvictable, ISession)
 class POP3Server(Protocol, TimeoutMixin):
     """One POP3 session.
 
-    Implements: IEvictable (idle in the AUTHORIZATION state).
+    Implements: IEvictable (idle in the AUTHORIZATION state) and ISession (it reports
+    its commands to the host's ``SessionRegistry`` and asks its dispatch hook first).
     """
+
+    protocol = "pop3"
 
     def __init__(self, login: LoginService, locks: MaildropLocks, delete_policy: DeletePolicy,
                  timeout: float, tls_options: Any = None, reactor: Any = None,
                  handshake_timeout: float = 30.0,
                  on_close: Callable[[POP3Server], None] | None = None,
-                 preauth_timeout: float = 0.0) -> None:
+                 preauth_timeout: float = 0.0,
+                 registry: SessionRegistry | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
+        self.registry = registry if registry is not None else SessionRegistry(reactor)
+        self._verb: str | None = None  # the command whose status line is awaited
+        self._cut = False  # the dispatch hook said CUT for it
+        self._held: defer.Deferred | None = None  # a dispatch verdict not given yet
         self.login = login
         self.locks = locks
         self.delete_policy = delete_policy
@@ -117,6 +126,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self._retrieved = 0
         self._retrieved_octets = 0
         self._deleted = 0
+        self._quick_ack: QuickAck | None = None
         self._end_reason = "disconnected"
         self._logged = False
         self._table = self._handlers()
@@ -130,13 +140,66 @@ class POP3Server(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "")
+        self.registry.opened(self)
         send_at_once(self.transport)
+        self._quick_ack = QuickAck(self.transport)
         self._progress = self.reactor.seconds()
         self.setTimeout(self.timeout)
         if self.preauth_timeout > 0:
             self._preauth_call = self.reactor.callLater(self.preauth_timeout,
                                                         self._preauth_deadline)
-        self._send("+OK mailhost POP3 server ready")
+        verdict = self.registry.before_command(self, GREETING, "")
+        if isinstance(verdict, defer.Deferred):
+            self._busy = True  # nothing is read before the greeting
+            self._hold(verdict, self._greet)
+        else:
+            self._greet(verdict)
+
+    def _greet(self, verdict: Any) -> None:
+        self._busy = False
+        if isinstance(verdict, Refuse):
+            self._send(f"-ERR {verdict.text}")
+            self._close()
+        elif verdict is CUT:
+            self._cut_now()
+        else:
+            self._send("+OK mailhost POP3 server ready")
+            self._process()
+
+    def _hold(self, verdict: defer.Deferred, then: Callable[..., None], *args: Any) -> None:
+        """Wait for a dispatch verdict; a lost connection cancels the wait."""
+        self._held = verdict
+
+        def given(result: Any) -> None:
+            self._held = None
+            if not self._closed:
+                then(result, *args)
+
+        verdict.addCallback(given)
+        verdict.addErrback(lambda f: None if self._closed else log.failure(
+            "POP3 dispatch hook failed", f))
+
+    # -- ISession ----------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """See ISession: a command (a transfer, the UPDATE state) is running."""
+        return self._busy
+
+    def goodbye(self, reason: str) -> None:
+        """See ISession: close without a word and without UPDATE, so no message
+        marked with DELE is deleted (RFC 1939)."""
+        if self._closed:
+            return
+        self._end_reason = "shutdown"
+        self._close()
+
+    def _cut_now(self) -> None:
+        """The dispatch hook's CUT: the client hears nothing more."""
+        self._cut = False
+        self._closed = True
+        self._cancel_preauth()
+        self.transport.abortConnection()
 
     def _preauth_deadline(self) -> None:
         """``pop3.preauth_timeout`` passed before a login. A login still being checked
@@ -181,8 +244,12 @@ class POP3Server(Protocol, TimeoutMixin):
         if self.state != UPDATE:
             # A dropped connection or a timeout deletes nothing (RFC 1939 section 6).
             self._release()
+        if self._held is not None:
+            held, self._held = self._held, None
+            held.cancel()
         if self._on_close is not None:
             self._on_close(self)
+        self.registry.closed(self)
 
     def timeoutConnection(self) -> None:
         if self.state == UPDATE:
@@ -234,6 +301,9 @@ class POP3Server(Protocol, TimeoutMixin):
             self._reading_paused = True
             self.transport.pauseProducing()
         self._process()
+        if self._buf and self._quick_ack is not None:
+            # Half a line, no reply yet: the client may hold the rest until we ACK.
+            self._quick_ack.now()
 
     def _process(self) -> None:
         """Run buffered command lines until one goes asynchronous."""
@@ -284,9 +354,34 @@ class POP3Server(Protocol, TimeoutMixin):
             self._sasl_response(text.strip())
             return
         command, _, arg = text.partition(" ")
-        handler = self._table.get((self.state, command.upper()))
+        verb = command.upper()
+        handler = self._table.get((self.state, verb))
         if handler is None:
             self._fail("-ERR Unknown command or not allowed now")
+            return
+        verdict = self.registry.before_command(self, verb, text)
+        if self._closed:
+            return  # told goodbye (drain)
+        if isinstance(verdict, defer.Deferred):
+            self._busy = True  # held: later pipelined lines wait
+            self._hold(verdict, self._resume, verb, handler, arg)
+            return
+        self._execute(verdict, verb, handler, arg)
+
+    def _resume(self, verdict: Any, verb: str, handler: Callable[[str], None],
+                arg: str) -> None:
+        self._busy = False
+        self._execute(verdict, verb, handler, arg)
+        self._process()
+
+    def _execute(self, verdict: Any, verb: str, handler: Callable[[str], None],
+                 arg: str) -> None:
+        """Run one command (or refuse it, as the dispatch hook said) and report it."""
+        self._verb = verb
+        self._cut = verdict is CUT
+        self.registry.started(self, verb)
+        if isinstance(verdict, Refuse):
+            self._send(f"-ERR {verdict.text}")
             return
         handler(arg)
 
@@ -302,15 +397,29 @@ class POP3Server(Protocol, TimeoutMixin):
 
     # -- output ------------------------------------------------------------------
 
+    def _finish(self, status_line: str) -> bool:
+        """A status line goes out: report the command's end; False if it is cut."""
+        if self._verb is None or status_line.startswith("+ ") or status_line == "+":
+            return True  # no command under way, or a SASL continuation
+        verb, self._verb = self._verb, None
+        self.registry.finished(self, verb, "+OK" if status_line.startswith("+OK") else "-ERR", 0)
+        if self._cut:
+            self._cut_now()
+            return False
+        return True
+
     def _send(self, line: str) -> None:
         """One response line, cleaned of control characters (mailhost.replytext)."""
-        self.transport.write(clean(line, 510).encode("utf-8") + b"\r\n")
+        if self._finish(line):
+            self.transport.write(clean(line, 510).encode("utf-8") + b"\r\n")
 
     def _send_lines(self, first: str, lines: list[str]) -> None:
         """A multi-line response; no line here starts with '.', so no stuffing is needed.
 
         Only the status line can carry outside text; the others are ours (numbers,
         sizes, UIDLs, capability names), so they are not cleaned one by one."""
+        if not self._finish(first):
+            return
         body = "".join(f"{line}\r\n" for line in lines)
         self.transport.write(f"{clean(first, 510)}\r\n{body}.\r\n".encode())
 
@@ -349,6 +458,8 @@ class POP3Server(Protocol, TimeoutMixin):
         self._discarding = False
         self._user_arg = None
         self._send("+OK Begin TLS negotiation")
+        if self._closed:
+            return  # cut by the dispatch hook
         start_tls(self.transport, self.tls_options, self.handshake_timeout, self.reactor)
 
     def do_USER(self, arg: str) -> None:
@@ -515,6 +626,9 @@ class POP3Server(Protocol, TimeoutMixin):
             self._send(f"+OK {info.size} octets")
         else:
             self._send("+OK Top of message follows")
+        if self._closed:  # cut by the dispatch hook
+            reader.close()
+            return
         self._sender = MessageSender(self.transport, reader, top_lines, reactor=self.reactor,
                                      on_progress=self.resetTimeout)
         try:

@@ -51,13 +51,14 @@ from mailhost.message.headers import received_header
 from mailhost.message.hops import HopCounter
 from mailhost.message.newlines import BareNewlines
 from mailhost.outbound.interfaces import QueueRecipient
+from mailhost.sessions import CUT, GREETING, ISession, Refuse
 from mailhost.smtp.data import ChunkReader, DataReader
 from mailhost.smtp.delivery import Delivery, targets_for
 from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg
 from mailhost.smtp.policy import Decision
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.session import Session, Transaction, new_transaction_id
-from mailhost.tcp import send_at_once
+from mailhost.tcp import QuickAck, send_at_once
 from mailhost.tls import start_tls
 
 log = Logger()
@@ -78,15 +79,23 @@ class _LineTooLong(Exception):
     """An overlong line arrived where an AUTH exchange waited for its response."""
 
 
-@implementer(IEvictable)
+@implementer(IEvictable, ISession)
 class SMTPServer(Protocol, TimeoutMixin):
     """One ESMTP session. Built by ``SMTPFactory``.
 
-    Implements: IEvictable (idle until its first MAIL, not authenticated).
+    Implements: IEvictable (idle until its first MAIL, not authenticated) and ISession
+    (it reports its commands to the host's ``SessionRegistry`` and asks its dispatch
+    hook before running each; a message's end is the pseudo-command ``DATA-END``).
     """
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
+        self.registry = factory.registry
+        self.protocol = "submission" if factory.submission else "smtp"
+        self._verb: str | None = None  # the command whose final reply is awaited
+        self._octets = 0  # message octets its reply accepts (DATA-END, BDAT-LAST)
+        self._cut = False  # the dispatch hook said CUT for the command under way
+        self._held: defer.Deferred | None = None  # a dispatch verdict not given yet
         self.config = factory.config
         self.limits = factory.config.smtp
         self.session: Session | None = None
@@ -114,6 +123,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._progress = 0.0  # reactor time of the last complete command line
         self._data_budget = 0.0  # seconds left for DATA/BDAT (see _charge_data)
         self._data_stamp = 0.0
+        self._quick_ack: QuickAck | None = None
 
     # -- timers -------------------------------------------------------------------
 
@@ -172,6 +182,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.session = Session(client_ip=getattr(peer, "host", "unknown"),
                                client_port=getattr(peer, "port", 0),
                                tls=interfaces.ISSLTransport.providedBy(self.transport))
+        self.registry.opened(self)
         refusal = self.factory.admit(self)
         if refusal is not None:
             self._send(refusal)
@@ -179,21 +190,82 @@ class SMTPServer(Protocol, TimeoutMixin):
             return
         self._registered = True
         send_at_once(self.transport)
+        self._quick_ack = QuickAck(self.transport)
         self._progress = self.factory.reactor.seconds()
         self.setTimeout(self.limits.command_timeout)
         if self.limits.pre_mail_timeout > 0:
             self._pre_mail_call = self.factory.reactor.callLater(
                 self.limits.pre_mail_timeout, self._pre_mail_deadline)
-        self._send(Reply(220, "", f"{self.config.server.hostname} ESMTP mailhost"))
+        verdict = self.registry.before_command(self, GREETING, "")
+        if isinstance(verdict, defer.Deferred):
+            self._busy = True  # nothing is read before the greeting
+            self._hold(verdict, self._greet)
+        else:
+            self._greet(verdict)
+
+    def _greet(self, verdict: Any) -> None:
+        if self._closing:
+            return
+        if isinstance(verdict, Refuse):
+            self._send(Reply(verdict.code or 451, "", verdict.text))
+            self._close()
+        elif verdict is CUT:
+            self._cut_now()
+        else:
+            self._send(Reply(220, "", f"{self.config.server.hostname} ESMTP mailhost"))
+        if self._busy and not self._closing:
+            self._unbusy(None)
+
+    def _hold(self, verdict: defer.Deferred, then: Any, *args: Any) -> None:
+        """Wait for a dispatch verdict; a lost connection cancels the wait."""
+        self._held = verdict
+
+        def given(result: Any) -> None:
+            self._held = None
+            if not self._closing:
+                then(result, *args)
+
+        verdict.addCallback(given)
+        verdict.addErrback(lambda f: None if self._closing else log.failure(
+            "SMTP dispatch hook failed", f))
 
     def connectionLost(self, reason=None) -> None:  # noqa: N802
         self._closing = True
         self.setTimeout(None)
         self._cancel_pre_mail()
+        if self._held is not None:
+            held, self._held = self._held, None
+            held.cancel()
         if self._registered:
             self._registered = False
             self.factory.release(self)
         self._abandon("disconnected")
+        self.registry.closed(self)
+
+    # -- ISession -----------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """See ISession: a transaction or a command is under way."""
+        return (self._busy or self._reader is not None or self._committing
+                or (self.session is not None and self.session.transaction is not None))
+
+    def goodbye(self, reason: str) -> None:
+        """See ISession: ``421 4.3.2`` and close."""
+        if self._closing:
+            return
+        self.transport.write(Reply(421, "4.3.2", f"{self.config.server.hostname} "
+                                                 f"{reason}").to_bytes())
+        self._abandon("shutdown")
+        self._close()
+
+    def _cut_now(self) -> None:
+        """The dispatch hook's CUT: the client hears nothing more."""
+        self._cut = False
+        self._closing = True
+        self.setTimeout(None)
+        self._cancel_pre_mail()
+        self.transport.abortConnection()
 
     def _close(self) -> None:
         self._closing = True
@@ -232,6 +304,10 @@ class SMTPServer(Protocol, TimeoutMixin):
         else:
             self._buffer += data
         self._process()
+        if (self._reader is not None or self._buffer) and self._quick_ack is not None:
+            # Read, but no reply yet (a message body, half a line): a client with Nagle
+            # on holds its next write (the final dot) until we acknowledge.
+            self._quick_ack.now()
 
     def _start_data_budget(self) -> None:
         """DATA or BDAT begins: a full budget of ``smtp.data_timeout`` seconds."""
@@ -320,6 +396,13 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._process()
 
     def _send(self, reply: Reply) -> None:
+        if self._verb is not None:
+            verb, self._verb = self._verb, None
+            self.registry.finished(self, verb, str(reply.code), self._octets)
+            self._octets = 0
+            if self._cut and reply.code != 354:
+                self._cut_now()
+                return
         if reply.code in _JUNK_CODES:
             self._junk += 1
             if self._junk > self.limits.max_junk_commands:
@@ -375,13 +458,62 @@ class SMTPServer(Protocol, TimeoutMixin):
         handler = getattr(self, "smtp_" + verb.upper(), None) if verb.isalpha() else None
         if handler is None:
             return self._answer(Reply(500, "5.5.1", "Error: command not recognized"))
+        verb = verb.upper()
+        arg = arg.strip(" ")
+        verdict = self.registry.before_command(self, verb, text)
+        if self._closing:
+            return None  # told goodbye (drain)
+        if isinstance(verdict, defer.Deferred):
+            self._busy = True  # held: nothing more is read meanwhile
+            self._hold(verdict, self._resume, verb, handler, arg)
+            return None
+        return self._run(verdict, verb, handler, arg)
+
+    def _resume(self, verdict: Any, verb: str, handler: Any, arg: str) -> None:
+        """A held command's verdict came: run it as ``_process`` would have."""
+        self._busy = False
+        result = self._run(verdict, verb, handler, arg)
+        if isinstance(result, defer.Deferred):
+            self._busy = True
+            result.addBoth(self._unbusy)
+        elif not self._busy and not self._closing:
+            self._unbusy(None)
+
+    def _run(self, verdict: Any, verb: str, handler: Any, arg: str) -> defer.Deferred | None:
+        """Run one command (or refuse it, as the dispatch hook said) and report it."""
+        event = verb
+        if verb == "BDAT" and arg.upper().endswith(" LAST"):
+            event = "BDAT-LAST"
+        self._verb = event
+        self._cut = verdict is CUT
+        self.registry.started(self, event)
+        if isinstance(verdict, Refuse):
+            self._refuse(verdict, verb, arg)
+            return None
         try:
-            result = handler(arg.strip(" "))
+            result = handler(arg)
         except Reply as reply:
             return self._answer(reply)
         if isinstance(result, Reply):
             return self._answer(result)
         return result
+
+    def _refuse(self, verdict: Refuse, verb: str, arg: str) -> None:
+        """The dispatch hook refused the command. A refused BDAT's chunk is still
+        read (the client sends it regardless) and, as at a server whose chunk failed,
+        the transaction ends, so no later chunk commits a message with a hole in it."""
+        reply = Reply(verdict.code or 451, "", verdict.text)
+        bdat = _bdat_args(arg) if verb == "BDAT" else None
+        if bdat is None:
+            self._send(reply)
+            return
+        length, last = bdat
+        self._abandon("refused")
+        self._chunk = (last, reply)
+        self._reader = ChunkReader(None, length, self.limits.max_message_size, 0)
+        self._start_data_budget()
+        if length == 0:
+            self._feed_data(b"")
 
     def smtp_HELO(self, arg: str) -> Reply:  # noqa: N802
         if not arg:
@@ -442,6 +574,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         if arg:
             return Reply(501, "5.5.4", "Syntax: STARTTLS")
         self._send(Reply(220, "2.0.0", "Ready to start TLS"))
+        if self._closing:
+            return None  # cut by the dispatch hook
         # CVE-2011-0411: anything the client sent after STARTTLS, before the
         # handshake, is plaintext an attacker could have injected. Drop it.
         self._buffer.clear()
@@ -665,12 +799,10 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def smtp_BDAT(self, arg: str) -> Reply | None:  # noqa: N802
         """RFC 3030 CHUNKING. The chunk is read even when it will be refused."""
-        words = arg.split(" ")
-        if (not 1 <= len(words) <= 2 or not (words[0].isascii() and words[0].isdigit())
-                or len(words[0]) > 12
-                or (len(words) == 2 and words[1].upper() != "LAST")):
+        parsed = _bdat_args(arg)
+        if parsed is None:
             return Reply(501, "5.5.4", "Syntax: BDAT <size> [LAST]")
-        length, last = int(words[0]), len(words) == 2
+        length, last = parsed
         txn = self.session.transaction
         error = None
         if txn is None:
@@ -744,6 +876,13 @@ class SMTPServer(Protocol, TimeoutMixin):
                 reader.error = self._bare_newline_reply()
         self._reader = self._delivery = self._hops = self._newlines = None
         self.setTimeout(None)  # a slow disk is not the client's fault
+        if self._verb is None:  # DATA: the body is in; BDAT-LAST is still under way
+            self._verb = "DATA-END"
+            self.registry.started(self, "DATA-END")
+        if self._cut:  # the dispatch hook's CUT: nothing is committed
+            delivery.abort()
+            self._cut_now()
+            return defer.succeed(None)
         if reader.error is not None:
             delivery.abort()
             self._answer_data(txn, reader.size, reader.error)
@@ -768,6 +907,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._committing = False
         if reply.code == 250:
             self._errors = 0  # the error limits count errors without a delivery
+            self._octets = size
         self._log_transaction(txn, size, reply.to_bytes().decode("utf-8", "replace").strip())
         self.session.reset_transaction()
         if not self._closing:
@@ -786,6 +926,16 @@ class SMTPServer(Protocol, TimeoutMixin):
             size=size, outcome=outcome, user=self.session.user,
             submission=self.factory.submission,
         )
+
+
+def _bdat_args(arg: str) -> tuple[int, bool] | None:
+    """(chunk size, LAST?) of a well-formed BDAT argument, else None (no chunk follows)."""
+    words = arg.split(" ")
+    if (not 1 <= len(words) <= 2 or not (words[0].isascii() and words[0].isdigit())
+            or len(words[0]) > 12
+            or (len(words) == 2 and words[1].upper() != "LAST")):
+        return None
+    return int(words[0]), len(words) == 2
 
 
 __all__ = ["SMTPServer", "MAX_COMMAND_LINE", "NULL_ADDRESS"]

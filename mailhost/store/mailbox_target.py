@@ -4,8 +4,8 @@ Final delivery: the copy starts with ``Return-Path:`` (RFC 5321 §4.4), whoever
 delivers it (SMTP, local delivery of queued mail when an MX points back at us, DSNs to
 local senders). It is written on the store contract only (``new_message`` and
 ``IMessageWriter``), so every store gets it, and how a store commits several copies
-(Maildir: one tmp file linked into each folder, one fsync round) stays inside that
-store's writer.
+(Maildir: one tmp file, linked into every folder as one unit through a commit
+journal, maildir_io._commit_all) stays inside that store's writer.
 
 The store has no held state: its ``commit`` makes every copy durable and visible at
 once. So ``prepare`` is the store's commit, ``holds`` is False, and ``commit`` has

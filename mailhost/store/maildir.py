@@ -10,7 +10,9 @@ UIDNEXT and base name -> UID, shared live with Dovecot (maildir_uids); our priva
 and ``mailhost-cache`` the IMAP metadata cache. A ``mailhost-uidlist`` of an older
 mailhost is migrated on first open and renamed ``mailhost-uidlist.migrated``. Per
 user, ``subscriptions`` and ``mailhost-special-use``. Messages being received live in
-``<root>/.tmp/``.
+``<root>/.tmp/``, beside the journals of messages being committed to several folders
+at once (maildir_io: all copies or none); a crash's journals are finished before the
+store opens its first account.
 Everything created here is private (files 0600, directories 0700) unless the store's
 ``FileModes`` says otherwise, whatever the umask.
 
@@ -69,6 +71,8 @@ class MaildirStore:
         self._opening: dict[str, list[defer.Deferred]] = {}
         self._sync = GroupSync()
         self._tmp_ready = False
+        self._recovery: defer.Deferred | None = None  # of crashed multi-folder commits
+        self._recovered = False
         self._watcher = ChangeWatcher(reactor, self.run_blocking, watch)
 
     def run_blocking(self, fn, *args) -> defer.Deferred:
@@ -101,6 +105,34 @@ class MaildirStore:
             d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))
         return path
 
+    def _recover(self) -> defer.Deferred:
+        """Fires once the commits a crash interrupted are finished (all copies of such
+        a message or none, see maildir_io.recover_commits); run once, before any
+        account is opened, so no folder is read in between. A failure is logged: the
+        journals stay for the next start, and the store serves meanwhile."""
+        if self._recovery is None:
+            d = self.run_blocking(maildir_io.recover_commits, self._tmp_dir(), self.syncer)
+
+            def report(done) -> None:
+                for journal, forward, count in done:
+                    self.log.warn("finished a commit a crash interrupted: {journal} "
+                                  "{how} ({count} copies)", journal=journal, count=count,
+                                  how="rolled forward" if forward else "rolled back",
+                                  event="commit_recovered")
+
+            d.addCallback(report)
+            d.addErrback(lambda f: self.log.failure(
+                "recovering interrupted commits in {path} failed", f, path=self._tmp_dir()))
+
+            def finished(_):
+                self._recovered = True
+
+            d.addCallback(finished)
+            self._recovery = d
+        waiter: defer.Deferred = defer.Deferred()
+        self._recovery.addCallback(lambda r: (waiter.callback(None), r)[1])
+        return waiter
+
     def _user_root(self, user: str) -> str:
         local, domain = split_user(user)
         return os.path.join(self.root, domain, local)
@@ -109,6 +141,11 @@ class MaildirStore:
         account = self._accounts.get(user)
         if account is not None:
             return account
+        if not self._recovered:
+            await self._recover()
+            account = self._accounts.get(user)
+            if account is not None:
+                return account
         root = self._user_root(user)
         if user in self._opening:
             d: defer.Deferred = defer.Deferred()

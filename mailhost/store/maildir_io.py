@@ -5,6 +5,8 @@ worker thread, never on the reactor thread. Everything it creates gets the store
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import os
 import shutil
 import threading
@@ -73,6 +75,10 @@ def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileMod
     group commit ``syncer``, None when fsync is off) make the links and uidlist records
     durable.
 
+    One target: one link into new/, which is atomic. Several: the copies are committed
+    as one unit through a commit journal (``_commit_all``), so a crash at any instant
+    leaves the message, once recovery has run, in every target or in none.
+
     ``date`` becomes the file's mtime, which is its INTERNALDATE for Dovecot too.
     ``jobs``: (folder path, file name, base name, CRLF size, folder file lock,
     KeywordFile, FolderUids, ticket list that receives the UID handed out); the lock
@@ -82,21 +88,27 @@ def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileMod
     the tmp file is written here). The tmp file is closed and removed whatever happens.
     """
     fsync = syncer is not None
+    journal = None
     try:
         if data is not None:
             file = os.fdopen(modes.open_new(tmp_path), "wb")  # closed in finally
             file.write(data)
         file.flush()
-        for folder_path, name, _base, _size, lock, kwfile, _uids, _ticket in jobs:
+        for folder_path, _name, _base, _size, lock, kwfile, _uids, _ticket in jobs:
             if kwfile is not None:
                 kwfile.write_if_needed(folder_path, lock, fsync)
-            link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync, modes)
-        # The date goes on after the links (the tmp cleaner would take a file with an
-        # old mtime for a crash's leftover), before the fsync (which makes it durable,
-        # hence fsync, not fdatasync) and before anyone is told a UID.
-        os.utime(file.fileno(), (date, date))
-        if fsync:
-            os.fsync(file.fileno())
+        if len(jobs) > 1:
+            journal = _commit_all(file, tmp_path, date,
+                                  [(p, name) for p, name, *_ in jobs], syncer, modes)
+        else:
+            for folder_path, name, *_ in jobs:
+                link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync, modes)
+            # The date goes on after the links (the tmp cleaner would take a file with
+            # an old mtime for a crash's leftover), before the fsync (which makes it
+            # durable, hence fsync, not fdatasync) and before anyone is told a UID.
+            os.utime(file.fileno(), (date, date))
+            if fsync:
+                os.fsync(file.fileno())
         for _path, _name, base, size, _lock, _kwfile, uids, ticket in jobs:
             if uids is not None:
                 uids.assign([base], ticket, [(date, size, False)])
@@ -104,13 +116,173 @@ def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileMod
             syncer.sync({os.path.join(p, "new") for p, *_ in jobs}
                         | {os.path.join(p, UIDLIST_FILE) for p, *_, u, _t in jobs
                            if u is not None})
+        if journal is not None:
+            os.unlink(tmp_path + JOURNAL_SUFFIX)  # done: nothing left to recover
     finally:
+        if journal is not None:
+            os.close(journal)  # releases its lock; a journal left behind is recovered
         if file is not None:
             file.close()
         try:
             os.unlink(tmp_path)
         except FileNotFoundError:
             pass
+
+
+# -- committing one message to several folders as one unit -----------------------------
+#
+# A message for several local recipients must not end up in some of their mailboxes
+# only: the client, which got no 250, sends it again, and the mailboxes that had it
+# would hold it twice. One link is atomic, several are not, so the copies go through
+# a journal beside the tmp file in the store's .tmp/ (``<tmp name>.commit``):
+#
+#   1. the journal lists every (target tmp/ path, target new/ path);
+#   2. the file is linked into every target's tmp/, invisible to every reader;
+#   3. the file and those tmp/ directories are fsynced (and .tmp/, the journal's);
+#   4. ``commit`` is appended to the journal and fdatasynced: the commit point;
+#   5. every tmp/ link is renamed into new/; the new/ directories are fsynced (the
+#      delivery's usual group-commit round); the journal is unlinked; then the 250.
+#
+# ``recover_commits`` (run before the store opens its first account) finishes what a
+# crash interrupted: a journal without ``commit`` is rolled back (its tmp/ links are
+# removed), one with ``commit`` is rolled forward (the tmp/ links still there are
+# renamed into new/). A journal whose writer is alive holds an flock, and is left
+# alone. Steps 3 and 4 order the disk for a power cut; for a killed process the order
+# of the system calls alone gives the same guarantee. What stays non-atomic is said in
+# docs/operations.md ("A message for several local recipients").
+
+#: The suffix of a commit journal in the store's .tmp/.
+JOURNAL_SUFFIX = ".commit"
+_JOURNAL_HEAD = b"mailhost-commit 1\n"
+_JOURNAL_COMMIT = b"commit\n"
+
+
+def _commit_all(file, tmp_path: str, date: float, targets: list[tuple[str, str]],
+                syncer, modes: FileModes) -> int:
+    """Steps 1-5 above but the last fsync round and the unlink; returns the journal's
+    (locked) descriptor. ``targets``: (folder path, file name)."""
+    fsync = syncer is not None
+    pairs = [(os.path.join(p, "tmp", name), os.path.join(p, "new", name))
+             for p, name in targets]
+    journal_path = tmp_path + JOURNAL_SUFFIX
+    fd = modes.open_new(journal_path)
+    committed = False
+    linked: list[str] = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _write_all(fd, _JOURNAL_HEAD + b"".join(
+            json.dumps(pair).encode() + b"\n" for pair in pairs))
+        for tmp, _new in pairs:
+            try:
+                link_or_copy(tmp_path, tmp, fsync, modes)
+            except FileNotFoundError:
+                # A Maildir another program made without tmp/ (a single-folder delivery
+                # never needs it): make it. A folder that is gone stays an error.
+                if not os.path.isdir(os.path.dirname(os.path.dirname(tmp))):
+                    raise
+                modes.makedirs(os.path.dirname(tmp))
+                link_or_copy(tmp_path, tmp, fsync, modes)
+            linked.append(tmp)
+        os.utime(file.fileno(), (date, date))  # see deliver_files
+        if fsync:
+            os.fsync(file.fileno())
+            syncer.sync({os.path.dirname(t) for t, _ in pairs}
+                        | {os.path.dirname(journal_path)})
+        _write_all(fd, _JOURNAL_COMMIT)
+        if fsync:
+            fdatasync(fd)
+        committed = True
+        for tmp, new in pairs:
+            os.rename(tmp, new)
+    except BaseException:
+        if not committed:  # roll back: no reader has seen any copy
+            unlink_all(linked)
+            try:
+                os.unlink(journal_path)
+            except FileNotFoundError:
+                pass
+        # Committed but a rename failed: the journal stays, and the next start rolls
+        # the rest forward.
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_journal(data: bytes) -> tuple[list[tuple[str, str]], bool]:
+    """(pairs, committed) of a journal; a line cut short by a crash is ignored."""
+    lines = data.split(b"\n")[:-1]  # the part after the last newline is incomplete
+    if not lines or lines[0] + b"\n" != _JOURNAL_HEAD:
+        return [], False
+    pairs, committed = [], False
+    for line in lines[1:]:
+        if line + b"\n" == _JOURNAL_COMMIT:
+            committed = True
+            break
+        try:
+            tmp, new = json.loads(line)
+        except ValueError:
+            break
+        pairs.append((tmp, new))
+    return pairs, committed
+
+
+def recover_commits(tmp_dir: str, syncer) -> list[tuple[str, bool, int]]:
+    """Finish the multi-folder commits a crash interrupted (see above); returns
+    (journal, rolled forward, copies moved or removed) for each one handled. Run
+    before any folder of the store is read; ``syncer`` None: fsync off."""
+    done = []
+    try:
+        names = os.listdir(tmp_dir)
+    except FileNotFoundError:
+        return done
+    for name in names:
+        if not name.endswith(JOURNAL_SUFFIX):
+            continue
+        path = os.path.join(tmp_dir, name)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its writer is alive and finishing it
+            if os.fstat(fd).st_nlink == 0:
+                continue  # finished and unlinked while we opened it
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            pairs, committed = _read_journal(b"".join(chunks))
+            count = 0
+            if committed:
+                for tmp, new in pairs:
+                    if not os.path.lexists(tmp):
+                        continue  # renamed before the crash
+                    if os.path.lexists(new):
+                        os.unlink(tmp)
+                    else:
+                        os.rename(tmp, new)
+                    count += 1
+                if syncer is not None and count:
+                    syncer.sync({os.path.dirname(n) for _, n in pairs})
+            else:
+                count = len(pairs) - len(unlink_all([t for t, _ in pairs]))
+            for leftover in (path[:-len(JOURNAL_SUFFIX)], path):
+                try:
+                    os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
+            done.append((path, committed, count))
+        finally:
+            os.close(fd)
+    return done
 
 
 #: Maildir convention: a tmp file untouched this long was left by a crash.
@@ -122,6 +294,8 @@ def clean_tmp(path: str) -> None:
     cutoff = time.time() - TMP_MAX_AGE
     with os.scandir(path) as it:
         for entry in it:
+            if entry.name.endswith(JOURNAL_SUFFIX):
+                continue  # never aged out: recover_commits finishes it
             try:
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
@@ -235,27 +409,36 @@ def unlink_all(paths: list[str]) -> list[str]:
 
 
 def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, uids, ticket,
-                   syncer, modes: FileModes) -> tuple[list[bool], list[int]]:
+                   syncer, modes: FileModes, src_uids=None) -> tuple[list[bool], list[int]]:
     """Link (COPY) or rename (MOVE) files into dest/new/, give them UIDs there
     (``uids``: the destination's FolderUids, handing them out through ``ticket``), and
     make that durable through ``syncer`` (None: fsync off). ``ops``: (source path,
     destination path, base, date, CRLF size, wrap). Returns (done per op, the UIDs of
     the done ones). Links and renames keep the file's inode and so its mode; a
-    cross-device copy gets ``modes``."""
+    cross-device copy gets ``modes``. A MOVE renames out of the source folder under
+    its ``src_uids`` lock (see FolderUids.locked); the destination's lock is taken
+    after, never both at once."""
     fsync = syncer is not None
     kwfile.write_if_needed(dest_path, lock, fsync)
     ok, bases, rows = [], [], []
-    for src, dst, base, date, size, wrap in ops:
-        try:
-            if move:
-                os.rename(src, dst)
-            else:
-                link_or_copy(src, dst, fsync, modes)
-            ok.append(True)
-            bases.append(base)
-            rows.append((date, size, wrap))
-        except FileNotFoundError:
-            ok.append(False)
+
+    def place() -> None:
+        for src, dst, base, date, size, wrap in ops:
+            try:
+                if move:
+                    os.rename(src, dst)
+                else:
+                    link_or_copy(src, dst, fsync, modes)
+                ok.append(True)
+                bases.append(base)
+                rows.append((date, size, wrap))
+            except FileNotFoundError:
+                ok.append(False)
+
+    if move and src_uids is not None:
+        src_uids.locked(place)
+    else:
+        place()
     got = uids.assign(bases, ticket, rows) if bases else []
     if bases and fsync:
         dirs = {os.path.dirname(op[0]) for op in ops} if move else set()

@@ -33,6 +33,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from mailhost.store import uidcache
 from mailhost.store.dotlock import DotLock
@@ -41,6 +42,7 @@ from mailhost.store.maildir_io import Located, locate_files, names_by_base
 from mailhost.store.modes import PRIVATE, FileModes
 
 CacheRow = tuple[int, float, int, bool]  # uid, date, size, wrap
+T = TypeVar("T")
 
 
 class FolderUids:
@@ -191,6 +193,17 @@ class FolderUids:
                     self._cache([(u, *r) for u, r in zip(found, cache_rows, strict=True)])
                 return found
         return self.assign(bases, ticket, cache_rows)
+
+    def locked(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn`` holding dovecot-uidlist.lock. Dovecot lists a folder for a full
+        sync, and moves files new/ -> cur/, only while it holds that lock: a file being
+        renamed during a listing may be missed by it, taken for expunged and, when
+        seen again, numbered anew (maildir-sync.c: "If another process is rename()ing
+        files while we are readdir()ing ..."; Dovecot then logs "Expunged message
+        reappeared" or "Duplicate file entry"). So our renames and unlinks of message
+        files, and our "is it really gone?" listings, take it too."""
+        with self.mutex, self.dotlock():
+            return fn(*args)
 
     def close(self) -> None:
         """Let go of the uidlist file held open (the folder is forgotten or the store

@@ -10,8 +10,9 @@ and the store's ``run_blocking``, ``syncer`` and ``tmp_dir``, never their privat
 tmp file only past ``MEMORY_LIMIT``, so the reactor thread never opens or writes a
 file for it: creating a file can stall behind a journal commit that another thread's
 fsync started. ``commit`` then, in one worker-thread hop: write the tmp file (if it is
-still in memory), fsync it, hard-link it into each target's new/ (copy on EXDEV),
-give it a UID there (dovecot-uidlist, under Dovecot's lock: maildir_uids); then a
+still in memory), fsync it, hard-link it into each target's new/ (copy on EXDEV;
+for several targets all copies as one unit, through tmp/ and a commit journal:
+maildir_io._commit_all), give it a UID there (dovecot-uidlist, under Dovecot's lock: maildir_uids); then a
 group-commit round fsyncs the new/ directories and uidlists. The Deferred fires only
 after that, and after the UIDs are visible in the folder index.
 

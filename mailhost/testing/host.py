@@ -2,7 +2,7 @@
 
 It is the real ``makeService`` with a test configuration: an in-memory user directory,
 a memory (or temporary Maildir) store, plaintext auth allowed, no login lockouts, and
-fault injection around every listener. Nothing leaves the machine: by default remote
+fault injection in every session. Nothing leaves the machine: by default remote
 recipients are refused (``554 5.7.1``); with ``outbound=True`` mail for remote
 recipients is accepted from authenticated users and captured in memory
 (``outbound_messages()``) instead of being queued for delivery.
@@ -39,7 +39,7 @@ from mailhost.store.interfaces import (
     MessageInfo,
 )
 from mailhost.store.reader import read_all
-from mailhost.testing.faults import Fault, FaultFactory, FaultSet, make_wrapper
+from mailhost.testing.faults import Fault, FaultHook, FaultSet
 
 log = Logger()
 
@@ -184,7 +184,8 @@ class MailHost:
     ``store`` is ``"memory"`` (default) or ``"maildir"`` (a temporary directory).
     ``tls=True`` adds STARTTLS/STLS and implicit-TLS listeners with a throwaway
     certificate (``ca_file``). ``outbound=True`` captures mail for remote recipients
-    instead of refusing it.
+    instead of refusing it. ``metrics=True`` keeps this host's Prometheus metrics
+    (``metric()``; needs ``prometheus_client``).
     """
 
     host = LOOPBACK
@@ -193,7 +194,8 @@ class MailHost:
                  users: Mapping[str, str] | None = None,
                  aliases: Mapping[str, list[str]] | None = None,
                  store: str = "memory", tls: bool = False, outbound: bool = False,
-                 hostname: str = "localhost", reactor: Any = None) -> None:
+                 hostname: str = "localhost", reactor: Any = None,
+                 metrics: bool = False) -> None:
         if store not in ("memory", "maildir"):
             raise ValueError(f"store must be 'memory' or 'maildir', not {store!r}")
         if reactor is None:
@@ -206,6 +208,7 @@ class MailHost:
         self.store_kind = store
         self.tls = tls
         self.outbound = outbound
+        self.with_metrics = metrics
         self._initial_users = {normalize_address(u): p for u, p in (users or {}).items()}
         self._aliases = dict(aliases or {})
         self._registry: list[Fault] = []
@@ -216,7 +219,7 @@ class MailHost:
         self._waiters: list[tuple[int, defer.Deferred, Any]] = []
         self._reads = defer.DeferredLock()
         self._capture = _CaptureQueue()
-        self._factories: list[FaultFactory] = []
+        self._factories: list[tuple[str, Any]] = []  # (kind, protocol factory)
         self._listening: dict[str, list[Any]] = {}
         self._watched: dict[str, tuple[Any, _InboxListener]] = {}
         self._tmpdir: str | None = None
@@ -254,6 +257,7 @@ class MailHost:
         for section in (config.smtp, config.submission, config.pop3, config.imap):
             section.listen = [_EPHEMERAL]
             section.listen_tls = []
+        config.metrics.listen = _EPHEMERAL if self.with_metrics else ""
         if self.tls:
             from mailhost.tls import write_selfsigned
 
@@ -287,10 +291,15 @@ class MailHost:
             self.directory = UserDirectory.in_memory(self.domains, self._initial_users,
                                                      self._aliases)
             self._factories = []
-            wrap = make_wrapper(self._registry, self.reactor, self._factories)
+
+            def note(kind: str, factory: Any) -> Any:
+                self._factories.append((kind, factory))
+                return factory
+
             self.service = makeService(config, store=self.store,
                                        checkers=[self.directory.checker],
-                                       directory=self.directory, wrap_factory=wrap,
+                                       directory=self.directory, wrap_factory=note,
+                                       dispatch_hook=FaultHook(self._registry, self.reactor),
                                        reactor=self.reactor)
             self._set_outbound_policy()
             self.service.startService()
@@ -304,9 +313,8 @@ class MailHost:
         return self
 
     def _set_outbound_policy(self) -> None:
-        for factory in self._factories:
-            smtp = factory.wrappedFactory
-            if factory.kind not in ("smtp", "submission") or not hasattr(smtp, "policy"):
+        for kind, smtp in self._factories:
+            if kind not in ("smtp", "submission"):
                 continue
             if self.outbound:
                 smtp.queue = self._capture
@@ -347,11 +355,9 @@ class MailHost:
 
     def _drop_connections(self) -> defer.Deferred:
         """Abort every open client connection; fires once all of them are closed."""
-        waits = []
-        for factory in self._factories:
-            waits.append(factory.wait_empty())
-            factory.drop_connections()
-        d = defer.gatherResults(waits)
+        if self.service is None or self.service.sessions is None:
+            return defer.succeed(None)
+        d = self.service.sessions.abort_all()
         # Bounded: an abort is immediate, but never let stop() hang a test run.
         d.addTimeout(5.0, self.reactor)
         d.addErrback(lambda f: log.warn("connections still open after abort: {e}",
@@ -501,6 +507,15 @@ class MailHost:
             if timer.active():
                 timer.cancel()
             d.callback(list(self.received))
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one of this host's Prometheus samples (``metrics=True``), such
+        as ``metric("mailhost_connections_total", protocol="smtp")``; 0 if none yet."""
+        self._require_running()
+        if self.service.metrics is None:
+            raise RuntimeError("this MailHost keeps no metrics (pass metrics=True)")
+        value = self.service.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else float(value)
 
     def outbound_messages(self) -> list[OutboundMessage]:
         """Mail accepted for remote recipients (only with ``outbound=True``)."""

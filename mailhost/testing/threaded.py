@@ -134,6 +134,9 @@ class SyncMailHost:
     def outbound_messages(self) -> list:
         return call(self._host.outbound_messages)
 
+    def metric(self, name: str, **labels: str) -> float:
+        return call(self._host.metric, name, **labels)
+
     def faults(self) -> list:
         return call(self._host.faults)
 

