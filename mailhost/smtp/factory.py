@@ -27,7 +27,8 @@ class SMTPFactory(ServerFactory):
     def __init__(self, config: Config, store: Any, directory: Any, login: Any,
                  queue: Any | None = None, submission: bool = False,
                  tls_options: Any | None = None, reactor: Any = None,
-                 sessions: SessionRegistry | None = None) -> None:
+                 sessions: SessionRegistry | None = None,
+                 space: Any | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -42,6 +43,8 @@ class SMTPFactory(ServerFactory):
         self.reactor = reactor
         # The host's registry (service.py passes one to every listener's factory).
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)
+        # mailhost.diskspace.FreeSpace: 452 4.3.1 at MAIL/RCPT on a full disk; None = no check
+        self.space = space
         try:
             self.policy = RecipientPolicy(directory, config.smtp.relay_networks,
                                           can_queue=queue is not None,
