@@ -476,7 +476,7 @@ def makeService(
 
     for description, wrap in _listen_specs(config.imap):
         imap = IMAPFactory(settings.imap, login, tls_options=None if wrap else tls_options,
-                           reactor=reactor, store=store, sessions=sessions)
+                           reactor=reactor, sessions=sessions)
         root.factories.setdefault("imap", []).append(imap)
         root.add_listener("imap", description, imap, reactor,
                           implicit_tls=tls_options if wrap else None)

@@ -73,7 +73,6 @@ class Host:
                                reactor=self.clock,
                                sessions=self.registry)
         return IMAPFactory(IMAPSettings.from_config(self.config), self.login, reactor=self.clock,
-                           store=self.store,
                            sessions=self.registry)
 
     def connect(self, kind: str):
