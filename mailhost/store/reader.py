@@ -131,7 +131,7 @@ class MessageReader:
             try:
                 data = self._file.read(self._want())
             except Exception:
-                self._failed(Failure())  # type: ignore[no-untyped-call]  # Twisted leaves Failure() unannotated
+                self._failed(Failure())
             else:
                 self._arrived(data)
         else:
