@@ -408,9 +408,10 @@ def _located(path: str, sub: str, name: str) -> Located | None:
 
 
 def rename_all(path: str, renames: Iterable[tuple[str, str]], kwfile: KeywordFile | None,
-               lock: threading.Lock, fsync: bool) -> list[bool]:
+               lock: threading.Lock | None, fsync: bool) -> list[bool]:
     """Rename files inside a folder; False where the file vanished meanwhile."""
     if kwfile is not None:
+        assert lock is not None  # keywords are written under the folder's file lock
         kwfile.write_if_needed(path, lock, fsync)
     ok = []
     for old, new in renames:
