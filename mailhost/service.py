@@ -404,6 +404,7 @@ def makeService(
         outbound.attempt_observers.append(root.metrics.attempt)
         MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
 
+    pipeline = _make_pipeline(config, reactor)
     from mailhost.smtp.factory import SMTPFactory
 
     for submission, section in ((False, config.smtp), (True, config.submission)):
@@ -412,7 +413,7 @@ def makeService(
             factory = SMTPFactory(config, store, directory, login, queue=root.queue,
                                   submission=submission,
                                   tls_options=None if wrap else tls_options, reactor=reactor,
-                                  sessions=sessions)
+                                  sessions=sessions, pipeline=pipeline)
             root.add_listener(kind, description, factory, reactor,
                               implicit_tls=tls_options if wrap else None)
 
@@ -434,6 +435,22 @@ def makeService(
         root.add_listener("imap", description, factory, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root
+
+
+def _make_pipeline(config: Config, reactor: Any) -> Any:
+    """The message pipeline of ``[pipeline]``, over the ``[dns]`` lookup."""
+    from mailhost.pipeline import PipelineConfigError, PipelineSettings, build_pipeline
+
+    try:
+        settings = PipelineSettings.from_config(config)
+        if not settings.stages:
+            return None
+        from mailhost.dns import DNSSettings, make_lookup
+
+        lookup = make_lookup(DNSSettings.from_config(config), reactor=reactor)
+        return build_pipeline(settings, lookup, reactor=reactor)
+    except PipelineConfigError as e:
+        raise ConfigError(str(e)) from None
 
 
 class ThreadPoolService(service.Service):
@@ -486,7 +503,8 @@ class MetricsService(service.Service):
 _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "server.log_max_files", "server.hostname", "metrics.listen",
                  "outbound.queue_dir", "outbound.resolver", "auth.passwd_file",
-                 "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks")
+                 "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
+                 "pipeline.")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.protocol import ServerFactory
 
 from mailhost.config import Config, ConfigError
+from mailhost.message.stage import Pipeline
 from mailhost.sessions import SessionRegistry
 from mailhost.smtp.policy import RecipientPolicy
 from mailhost.smtp.reply import Reply
@@ -27,7 +28,8 @@ class SMTPFactory(ServerFactory):
     def __init__(self, config: Config, store: Any, directory: Any, login: Any,
                  queue: Any | None = None, submission: bool = False,
                  tls_options: Any | None = None, reactor: Any = None,
-                 sessions: SessionRegistry | None = None) -> None:
+                 sessions: SessionRegistry | None = None,
+                 pipeline: Pipeline | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -40,6 +42,8 @@ class SMTPFactory(ServerFactory):
         self.submission = submission
         self.tls_options = tls_options
         self.reactor = reactor
+        # The message pipeline's stages (service.py builds them from [pipeline]).
+        self.pipeline = pipeline if pipeline is not None else Pipeline(())
         # The host's registry (service.py passes one to every listener's factory).
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)
         try:
