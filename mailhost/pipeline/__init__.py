@@ -70,9 +70,6 @@ class PipelineSettings:
             (domain.strip().lower().rstrip("."),
              tuple(s for s in value.replace(",", " ").split() if s))
             for domain, value in p.dkim_selectors.items()))
-        if "dkim_sign" in stages and not any(sels for _d, sels in selectors):
-            raise PipelineConfigError(
-                "pipeline.dkim_selectors: 'dkim_sign' needs a selector for at least one domain")
         return cls(stages, p.authserv_id or server.hostname, p.dmarc_mode, selectors,
                    config.data_path("dkim"))  # type: ignore[attr-defined]
 
