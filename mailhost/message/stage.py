@@ -130,8 +130,11 @@ class IStage(Interface):
 class Pipeline:
     """The configured stages in order; ``run`` drives one message through them."""
 
-    def __init__(self, stages: Sequence[IStage]) -> None:
+    def __init__(self, stages: Sequence[IStage], spool_dir: str | None = None) -> None:
         self.stages = tuple(stages)
+        #: Where a message too large to hold in memory waits for the verdict (on disk:
+        #: /tmp may be a tmpfs, i.e. memory); None: the system's temporary directory.
+        self.spool_dir = spool_dir
 
     def __bool__(self) -> bool:
         return bool(self.stages)

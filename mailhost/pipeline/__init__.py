@@ -44,6 +44,8 @@ class PipelineSettings:
     #: (domain, (selector, ...)) for ``dkim_sign``.
     dkim_selectors: tuple[tuple[str, tuple[str, ...]], ...] = ()
     dkim_dir: str = "dkim"
+    #: Messages too large for memory wait here for the stages' verdict.
+    spool_dir: str | None = None
 
     @classmethod
     def from_config(cls, config: object) -> PipelineSettings:
@@ -71,7 +73,7 @@ class PipelineSettings:
              tuple(s for s in value.replace(",", " ").split() if s))
             for domain, value in p.dkim_selectors.items()))
         return cls(stages, p.authserv_id or server.hostname, p.dmarc_mode, selectors,
-                   config.data_path("dkim"))  # type: ignore[attr-defined]
+                   config.data_path("dkim"), config.data_path("spool"))  # type: ignore[attr-defined]
 
     def signing_keys(self, load: Callable[[str, str, str], SigningKey] = load_key) -> list[SigningKey]:
         """Every configured key, read from ``<data_dir>/dkim/<domain>/<selector>.pem``
@@ -120,7 +122,9 @@ def build_pipeline(settings: PipelineSettings, lookup: IDNSLookup | None,
 
             stages.append(DKIMSignStage(DKIMSigner(
                 keys if keys is not None else settings.signing_keys())))
-    return Pipeline(stages)
+    if stages and settings.spool_dir:
+        os.makedirs(settings.spool_dir, mode=0o700, exist_ok=True)
+    return Pipeline(stages, spool_dir=settings.spool_dir)
 
 
 __all__ = ["STAGES", "PipelineConfigError", "PipelineSettings", "build_pipeline"]

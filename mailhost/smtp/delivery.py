@@ -97,7 +97,7 @@ class Delivery:
             self._pipeline, self._context, self._route = pipeline, context, route
             self._header = header
             self._splitter = HeaderSplitter(pipeline, context)
-            self._spool = Spool(reactor)
+            self._spool = Spool(reactor, directory=pipeline.spool_dir)
             return
         # Stable: targets that can hold come first, the rest keep their order after them.
         self.targets = sorted(targets, key=lambda t: not t.holds)
