@@ -106,6 +106,10 @@ class SMTPConfig:
     listen_tls: list[str] = field(default_factory=list)
     max_message_size: int = 32 * 1024 * 1024
     max_recipients: int = 1000
+    # Bytes that must stay free on the data directory, the Maildir root and the queue
+    # (each file system) for MAIL and RCPT to be accepted; below it, or below it plus
+    # a declared SIZE, 452 4.3.1 (Postfix queue_minfree). 0 = no check.
+    min_free_space: int = 50 * 1024 * 1024
     max_line_length: int = 65536
     # Seconds to send a whole command line (bytes that do not end it do not count).
     command_timeout: float = 300.0
@@ -499,6 +503,8 @@ def validate(config: Config) -> None:
     for sec in ("smtp", "submission", "pop3", "imap"):
         if getattr(config, sec).listen_tls and not config.tls_enabled:
             raise ConfigError(f"{sec}.listen_tls: needs tls.cert and tls.key")
+    if config.smtp.min_free_space < 0:
+        raise ConfigError("smtp.min_free_space: must be 0 (no check) or a number of bytes")
     if config.smtp.max_message_size < 1024:
         raise ConfigError("smtp.max_message_size: must be at least 1024")
     host = config.outbound.smarthost

@@ -33,6 +33,7 @@ from mailhost.auth.passwd import PasswdEntry, PasswdFile
 from mailhost.auth.realm import MailRealm
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config, ConfigError, as_dict, load, store_modes
+from mailhost.diskspace import FreeSpace, check_writable
 from mailhost.limits import ConnectionLimits, chain
 from mailhost.sessions import IDispatchHook, SessionRegistry
 from mailhost.store.interfaces import IMailStore
@@ -352,6 +353,11 @@ def makeService(
 
         reactor = _reactor
     os.makedirs(os.path.abspath(config.server.data_dir), exist_ok=True)
+    # What mail is written to; a read-only one stops the start here, in one line.
+    storage_paths = [config.server.data_dir, config.data_path(config.outbound.queue_dir)]
+    if store is None and config.store.backend == "maildir":
+        storage_paths.append(config.data_path(config.store.path))
+    check_writable(storage_paths)
     store = store if store is not None else make_store(config)
 
     passwd = PasswdFile(config.data_path(config.auth.passwd_file))
@@ -404,6 +410,9 @@ def makeService(
         outbound.attempt_observers.append(root.metrics.attempt)
         MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
 
+    space = FreeSpace(storage_paths, lambda: config.smtp.min_free_space, reactor=reactor)
+    space.setServiceParent(root)
+
     pipeline = _make_pipeline(config, reactor)
     from mailhost.smtp.factory import SMTPFactory
 
@@ -413,7 +422,7 @@ def makeService(
             factory = SMTPFactory(config, store, directory, login, queue=root.queue,
                                   submission=submission,
                                   tls_options=None if wrap else tls_options, reactor=reactor,
-                                  sessions=sessions, pipeline=pipeline)
+                                  sessions=sessions, space=space, pipeline=pipeline)
             root.add_listener(kind, description, factory, reactor,
                               implicit_tls=tls_options if wrap else None)
 

@@ -156,10 +156,12 @@ class UserDirectory:
         return next(iter(users), None)
 
     def addresses_for(self, user: str) -> set[str]:
+        """Only addresses in a local domain: an alias elsewhere (``evil@other.test``,
+        written by hand or by an old CLI) never lets a user send as it."""
         user = normalize_address(user)
         owned = {user}
         owned.update(self._users().get(user, []))
         for name, targets in self._aliases().items():
             if not name.startswith("@") and user in targets:
                 owned.add(name)
-        return owned
+        return {a for a in owned if a == user or self.is_local_domain(a.rpartition("@")[2])}

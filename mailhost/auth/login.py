@@ -24,6 +24,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from mailhost.auth.realm import IMailUser, MailRealm
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.auth.verify_queue import PrioritizedUsernamePassword
+from mailhost.diskspace import describe
 from mailhost.netkey import client_key
 
 log = Logger()
@@ -143,11 +144,16 @@ class LoginService:
                      outcome="failed", **fields)
             self._outcome(protocol, "failed")
             raise LoginFailed("authentication failed") from None
-        except Exception:
+        except Exception as e:
             # A store or directory error (say, a user name the store refuses): the
             # client gets the protocol's temporary failure, never the exception's text.
-            log.failure("login error user={user} protocol={protocol} client={client}",
-                        outcome="error", **fields)
+            # A full or read-only disk (OSError) is logged in one line, a bug in full.
+            if isinstance(e, OSError):
+                log.error("login error user={user} protocol={protocol} client={client}: "
+                          "{error}", outcome="error", error=describe(e), **fields)
+            else:
+                log.failure("login error user={user} protocol={protocol} client={client}",
+                            outcome="error", **fields)
             self._outcome(protocol, "error")
             raise LoginFailed("temporary failure", temporary=True) from None
         self.throttle.succeeded(client_ip, avatar.user)

@@ -1,7 +1,10 @@
 """``mailhost user add|del|passwd|list``: manage the passwd file.
 
 Passwords are read from a prompt (or one line of standard input when it is not a
-terminal), never from argv, where other users could see them in ``ps``.
+terminal), never from argv, where other users could see them in ``ps``. Names and
+aliases pass the server's one validation (``mailhost.store.names.check_address``,
+through ``validate_user``) and must be in a local domain, so the CLI cannot write a
+name the server would skip or could not serve.
 """
 
 from __future__ import annotations
@@ -50,16 +53,43 @@ def _read_password() -> str:
     return password
 
 
+def _local_domains(config: Config) -> set[str]:
+    return {d.strip().lower().rstrip(".") for d in config.server.domains}
+
+
 def _user(config: Config, address: str) -> str:
     try:
         user = validate_user(address)
     except PasswdError as e:
         raise SystemExit(f"mailhost: {e}") from None
     domain = user.rpartition("@")[2]
-    if domain not in config.server.domains:
+    if domain not in _local_domains(config):
         raise SystemExit(f"mailhost: {domain} is not a local domain "
                          f"(server.domains = {config.server.domains})")
     return user
+
+
+def _aliases(config: Config, user: str, given: list[str],
+             entries: dict[str, PasswdEntry]) -> list[str]:
+    """The --alias addresses, validated like user names and in a local domain (an
+    alias elsewhere would let the user send as someone else's address)."""
+    aliases: list[str] = []
+    for raw in given:
+        if "," in raw:
+            raise SystemExit(f"mailhost: --alias {raw!r}: one address per --alias")
+        try:
+            alias = validate_user(raw)
+        except PasswdError as e:
+            raise SystemExit(f"mailhost: --alias: {e}") from None
+        domain = alias.rpartition("@")[2]
+        if domain not in _local_domains(config):
+            raise SystemExit(f"mailhost: --alias {alias}: {domain} is not a local domain "
+                             f"(server.domains = {config.server.domains})")
+        if alias == user or alias in entries:
+            raise SystemExit(f"mailhost: --alias {alias}: that is a user, not an alias")
+        if alias not in aliases:
+            aliases.append(alias)
+    return aliases
 
 
 def cmd_add(args: argparse.Namespace, config: Config) -> int:
@@ -70,9 +100,13 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
         print(f"mailhost: {user} exists (use 'user passwd' to change the password)",
               file=sys.stderr)
         return 1
-    extra = {"aliases": ",".join(a.lower() for a in args.alias)} if args.alias else {}
+    aliases = _aliases(config, user, args.alias, entries)
+    extra = {"aliases": ",".join(aliases)} if aliases else {}
     entries[user] = PasswdEntry(user, hash_password(_read_password()), extra)
-    passwd.save(entries)
+    try:
+        passwd.save(entries)
+    except PasswdError as e:  # the writer's own check; the file is left as it was
+        raise SystemExit(f"mailhost: {e}") from None
     print(f"added {user} to {passwd.path}")
     return 0
 

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.imap import framing, parser
 from mailhost.imap.output import OutputGate
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
@@ -36,6 +37,7 @@ from mailhost.replytext import clean_bytes
 from mailhost.sessions import CUT, GREETING, ISession, Refuse
 from mailhost.store.interfaces import (
     FolderExists,
+    IMessageWriter,
     InvalidFolderName,
     NoSuchFolder,
     NoSuchMessage,
@@ -430,7 +432,7 @@ class IMAPServer(Protocol, TimeoutMixin):
             return None
         if self._streamed is not None:
             self._streamed.abort()
-        self._streamed = self.store.new_message()
+        self._streamed = StreamedMessage(self.store)
         return self._streamed
 
     def _dispatch(self, segments: list[bytes]) -> None:
@@ -505,6 +507,10 @@ class IMAPServer(Protocol, TimeoutMixin):
             status, text = e.status, e.text.encode("utf-8", "replace")
         except StoreError as e:
             status, text = b"NO", store_error_text(e)
+        except OSError as e:  # the disk's fault (full, read-only, I/O), not a bug: one line
+            log.error("imap command {name} failed: {error}", name=cmd.name, error=describe(e),
+                      user=self.user, event="storage.error")
+            status, text = b"NO", storage_error_text(e)
         except Exception:
             log.failure("imap command {name} failed", name=cmd.name)
             status, text = b"NO", b"[SERVERBUG] Internal error"
@@ -596,6 +602,57 @@ class IMAPServer(Protocol, TimeoutMixin):
         start_tls(self.transport, self.tls_options, self.factory.config.tls.handshake_timeout,
                   self.reactor)
         self.tls_started = True
+
+
+@implementer(IMessageWriter)
+class StreamedMessage:
+    """Implements: IMessageWriter, around the store's writer of a streamed APPEND literal.
+
+    The literal is written as it arrives, from the framer, where an exception would
+    drop the connection. A full or read-only disk (OSError) is kept instead, the rest
+    of the literal is read and dropped, and the APPEND fails with that error (NO
+    [OVERQUOTA] / [UNAVAILABLE]), as it would for a literal held in memory.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.error: OSError | None = None
+        self._writer: Any = None
+        try:
+            self._writer = store.new_message()
+        except OSError as e:
+            self.error = e
+
+    @property
+    def size(self) -> int:
+        return 0 if self._writer is None else self._writer.size
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            self._writer.write(data)
+        except OSError as e:
+            self.error = e
+            self._writer.abort()
+
+    def commit(self, targets: Any) -> defer.Deferred:
+        if self.error is not None:
+            return defer.fail(self.error)
+        return self._writer.commit(targets)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+
+
+def storage_error_text(e: OSError) -> bytes:
+    """RFC 5530 codes for a storage failure, as Dovecot words them."""
+    problem = storage_problem(e)
+    if problem == FULL:
+        return b"[OVERQUOTA] Not enough disk space"
+    if problem == READ_ONLY:
+        return b"[UNAVAILABLE] Mail storage is read-only, try again later"
+    return b"[CANNOT] Mail storage error, try again later"
 
 
 #: ``IMAPServer._early`` when the command was let through before its literal's '+'.

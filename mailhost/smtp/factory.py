@@ -29,7 +29,7 @@ class SMTPFactory(ServerFactory):
                  queue: Any | None = None, submission: bool = False,
                  tls_options: Any | None = None, reactor: Any = None,
                  sessions: SessionRegistry | None = None,
-                 pipeline: Pipeline | None = None) -> None:
+                 space: Any | None = None, pipeline: Pipeline | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -46,6 +46,8 @@ class SMTPFactory(ServerFactory):
         self.pipeline = pipeline if pipeline is not None else Pipeline(())
         # The host's registry (service.py passes one to every listener's factory).
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)
+        # mailhost.diskspace.FreeSpace: 452 4.3.1 at MAIL/RCPT on a full disk; None = no check
+        self.space = space
         try:
             self.policy = RecipientPolicy(directory, config.smtp.relay_networks,
                                           can_queue=queue is not None,

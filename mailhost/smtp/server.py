@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from mailhost.auth.login import LoginFailed
 from mailhost.auth.sasl import SASLError, decode_plain
+from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.limits import IEvictable
 from mailhost.message.headers import received_header
 from mailhost.message.hops import HopCounter
@@ -721,6 +722,9 @@ class SMTPServer(Protocol, TimeoutMixin):
                 and (sender.is_null or sender.canonical()
                      not in {a.lower() for a in self.factory.directory.addresses_for(session.user)})):
             return Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not owned by user")
+        refused = self._storage_refusal(params.size)
+        if refused is not None:
+            return refused
         session.transaction = Transaction(id=new_transaction_id(), sender=sender, params=params)
         if self.factory.pipeline:  # the message pipeline's envelope stages (SPF) start now
             session.transaction.context = self.factory.pipeline.start(MessageContext(
@@ -741,6 +745,10 @@ class SMTPServer(Protocol, TimeoutMixin):
             reply = Reply(452, "4.5.3", "Error: Too many recipients")
             txn.record(arg[3:].strip(), reply.code)
             return reply
+        refused = self._storage_refusal(txn.params.size)
+        if refused is not None:
+            txn.record(arg[3:].strip(), refused.code)
+            return refused
         try:
             rcpt, params = parse_rcpt_arg(arg[3:], utf8=txn.params.smtputf8)
         except Reply as reply:
@@ -763,6 +771,33 @@ class SMTPServer(Protocol, TimeoutMixin):
             if key not in txn.remote:
                 txn.remote[key] = QueueRecipient(decision.remote, params.notify, params.orcpt)
         return decision.reply
+
+    def _storage_refusal(self, size: int | None) -> Reply | None:
+        """At MAIL and RCPT, before the client uploads anything: 452 4.3.1 when a file
+        system mail goes to has less than smtp.min_free_space (plus the declared SIZE)
+        free, 451 when one is read-only (mailhost.diskspace)."""
+        space = self.factory.space
+        problem = None if space is None else space.shortage(size or 0)
+        if problem is None:
+            return None
+        if problem == READ_ONLY:
+            return Reply(451, "4.3.0", "Error: mail storage is read-only, try again later")
+        return Reply(452, "4.3.1", "Insufficient system storage")
+
+    def _storage_failed(self, what: str, failure: Failure) -> Reply:
+        """The reply to a failed store or queue write: 452 4.3.1 when the disk is full,
+        else 451 4.3.0. An OSError is the disk's fault and gets one log line; anything
+        else is a bug and keeps its traceback."""
+        tid = self.session.transaction.id if self.session.transaction else None
+        problem = storage_problem(failure.value)
+        if problem is None:
+            log.failure("{what} for {id}", failure, what=what, id=tid)
+        else:
+            log.error("{what} for {id}: {error}", what=what, id=tid,
+                      error=describe(failure.value), event="storage.error")
+        if problem == FULL:
+            return Reply(452, "4.3.1", "Insufficient system storage")
+        return Reply(451, "4.3.0", "Error: queue file write error")
 
     def smtp_DATA(self, arg: str) -> Reply | None:  # noqa: N802
         txn = self.session.transaction
@@ -805,8 +840,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             else:
                 self._delivery = Delivery(route(), header=received)
         except Exception:
-            log.failure("cannot start message {id}", id=txn.id)
-            return Reply(451, "4.3.0", "Error: queue file write error")
+            return self._storage_failed("cannot start message", Failure())
         self._hops = HopCounter()
         self._newlines = BareNewlines(self.limits.bare_newline)
         self._bdat_total = 0
@@ -872,8 +906,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         try:
             self._delivery.write(data)
         except Exception:
-            log.failure("store write failed for {id}", id=self.session.transaction.id)
-            reader.error = Reply(451, "4.3.0", "Error: queue file write error")
+            reader.error = self._storage_failed("store write failed", Failure())
 
     def _bare_newline_reply(self) -> Reply:
         """``smtp.bare_newline = "reject"``: Postfix's reply (and, as Postfix does, the
@@ -913,8 +946,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         def failed(failure: Failure) -> Reply:
             if failure.check(Reply):  # the message pipeline refused it
                 return failure.value
-            log.failure("commit failed for {id}", failure, id=txn.id)
-            return Reply(451, "4.3.0", "Error: queue file write error")
+            return self._storage_failed("commit failed", failure)
 
         d = delivery.commit()
         d.addCallbacks(committed, failed)

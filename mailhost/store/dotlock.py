@@ -148,8 +148,13 @@ class DotLock:
         try:
             os.write(fd, f"{os.getpid()}:{_HOSTNAME}".encode())
             st = os.fstat(fd)
-        finally:
+        except BaseException:
+            # A full disk fails the write: take the empty lock file away again, or
+            # every later locker would wait for it to turn stale.
             os.close(fd)
+            os.unlink(self.lock_path)
+            raise
+        os.close(fd)
         self._ident = (st.st_ino, st.st_dev)
         with _held_lock:
             _held.add(self.lock_path)

@@ -121,12 +121,14 @@ def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileMod
     finally:
         if journal is not None:
             os.close(journal)  # releases its lock; a journal left behind is recovered
-        if file is not None:
-            file.close()
         try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
+            if file is not None:
+                file.close()  # may raise (ENOSPC flushing the last bytes)
+        finally:
+            try:
+                os.unlink(tmp_path)  # never left for the tmp cleaner on a full disk
+            except FileNotFoundError:
+                pass
 
 
 # -- committing one message to several folders as one unit -----------------------------

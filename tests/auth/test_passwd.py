@@ -49,10 +49,84 @@ def test_bad_lines_are_skipped(tmp_path):
 
 @pytest.mark.parametrize("user", ["noat", "@example.test", "a@", "../x@example.test",
                                   "a/b@example.test", "a:b@example.test", ".a@example.test",
-                                  "a@localhost"])
+                                  "a@localhost", "a@b@example.test", "x,y@example.test",
+                                  "x" * 65 + "@example.test", "a\nb@example.test",
+                                  "a%b@example.test", "a!b@example.test", "#a@example.test",
+                                  "a@exa_mple.test", "a@-example.test", "a.@example.test"])
 def test_invalid_users(user):
     with pytest.raises(PasswdError):
         validate_user(user)
+
+
+FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
+
+
+@pytest.mark.parametrize("alias", ["info:x@example.test", "info@example.test\nmallory@example.test:h",
+                                   "a@b@example.test", "x,y@example.test", " sp@example.test",
+                                   "info@example.test\r", "x" * 65 + "@example.test"])
+def test_writer_refuses_fields_that_would_not_parse_back(tmp_path, alias):
+    """Issue 17, item 2: the writer refuses, and the file stays as it was."""
+    pf = make_passwd(tmp_path, {"alice@example.test": "pw"})
+    before = open(pf.path, "rb").read()
+    entries = dict(pf.entries())
+    entries["bob@example.test"] = PasswdEntry("bob@example.test", FAKE_HASH, {"aliases": alias})
+    with pytest.raises(PasswdError):
+        pf.save(entries)
+    assert open(pf.path, "rb").read() == before
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".passwd.")]
+
+
+@pytest.mark.parametrize("entry", [
+    PasswdEntry("bob@example.test", "has:colon"),
+    PasswdEntry("bob@example.test", "has space"),
+    PasswdEntry("bob@example.test", ""),
+    PasswdEntry("bob@example.test", FAKE_HASH, {"quota": "1\nmallory@example.test:x"}),
+    PasswdEntry("bob@example.test", FAKE_HASH, {"bad key": "1"}),
+    PasswdEntry("bob@example.test", FAKE_HASH, {"k": "v:w"}),
+    PasswdEntry("a@b@example.test", FAKE_HASH),
+])
+def test_writer_refuses_bad_entries(entry):
+    with pytest.raises(PasswdError):
+        entry.to_line()
+
+
+def test_loader_skips_bad_lines_and_keeps_the_first_of_a_user(tmp_path):
+    p = tmp_path / "passwd"
+    p.write_bytes(b"alice@example.test:h1\n"
+                  b"b\xffad@example.test:h2\n"  # not UTF-8
+                  b"x,y@example.test:h3\n"
+                  + ("x" * 65 + "@example.test:h4\n").encode()
+                  + b"carol@example.test:h5:aliases=ok@example.test,a b@example.test\n"
+                  b"alice@example.test:evil\n"
+                  b"dave@example.test:h6:aliases=d1@example.test\r\n")
+    entries = PasswdFile(str(p)).entries()
+    assert sorted(entries) == ["alice@example.test", "dave@example.test"]
+    assert entries["alice@example.test"].password_hash == "h1"
+    assert entries["dave@example.test"].aliases == ["d1@example.test"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.text(max_size=30), alias=st.text(max_size=30), value=st.text(max_size=20))
+def test_what_the_writer_writes_reads_back(user, alias, value):
+    """Whatever an entry holds, to_line either refuses it or writes one line that
+    parses back to the same entry."""
+    entry = PasswdEntry(user, FAKE_HASH, {"aliases": alias, "quota": value})
+    try:
+        line = entry.to_line()
+    except PasswdError:
+        return
+    assert "\n" not in line and "\r" not in line and len(line.splitlines()) == 1
+    back = parse_line(line)
+    assert (back.user, back.password_hash, back.extra) == (user.lower().strip(), FAKE_HASH,
+                                                           entry.extra)
+
+
+def test_directory_ignores_foreign_aliases_for_sending():
+    """Issue 17, item 2: an alias outside the local domains never widens what a user
+    may send as (submission.enforce_sender)."""
+    d = UserDirectory(["example.test"],
+                      lambda: {"u@example.test": ["ok@example.test", "evil@other.test"]})
+    assert d.addresses_for("u@example.test") == {"u@example.test", "ok@example.test"}
 
 
 @settings(max_examples=300, deadline=None)

@@ -100,6 +100,10 @@ class MailHostServiceMaker:
             svc = makeService(options.config)
         except ConfigError as e:
             raise SystemExit(f"mailhost: config error: {e}") from None
+        except OSError as e:  # a read-only or unwritable data directory: one line, exit 1
+            from mailhost.diskspace import describe
+
+            raise SystemExit(f"mailhost: cannot start: {describe(e)}") from None
         svc.handle_sighup = True
         svc.exit_on_listen_error = True
         # Store fsyncs, argon2 and DNS share the reactor's thread pool; 10 threads
