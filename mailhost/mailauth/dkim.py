@@ -103,6 +103,45 @@ def _gen_header_rsa(d: dkim.DKIM, fields: list[tuple[bytes, bytes]], include: Se
     return dkim.fold(value, namelen=len(name), linesep=b"\r\n")
 
 
+def _verify_rsa(d: dkim.DKIM, sig: dict[bytes, bytes], include: list[bytes],
+                header: tuple[bytes, bytes], pk: dict[str, int]) -> bool:
+    """dkimpy's ``verify_sig_process`` for an RSA key, the body hash left out (ours)
+    and the signature checked by OpenSSL.
+
+    dkimpy verifies RSA in Python (``pow`` and its integer/bytes conversions: 0.4 ms
+    of the 0.5 ms that verifying one signature costs); the header hash below is its
+    own code, line for line (1.1.x). The OpenDKIM interop test and the changed-header
+    and changed-body tests guard it against a dkimpy change.
+    """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+    try:
+        policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+    except InvalidCanonicalizationPolicyError as e:
+        raise dkim.MessageFormatError(f"invalid c= value: {e.args[0]}") from None
+    algorithm = {b"rsa-sha256": hashes.SHA256(), b"rsa-sha1": hashes.SHA1()}.get(sig[b"a"])
+    if algorithm is None:
+        raise dkim.ValidationError(f"unknown signature algorithm: {sig[b'a']!r}")
+    if b"from" in include:
+        include.append(b"from")  # as dkimpy (its bug#644046): a second From breaks it
+    h = dkim.HashThrough(HASH_ALGORITHMS[sig[b"a"]](), False)
+    dkim.hash_headers(h, policy, policy.canonicalize_headers(d.headers), include, header, sig)
+    try:
+        signature = base64.b64decode(re.sub(rb"\s+", b"", sig[b"b"]))
+    except ValueError as e:
+        raise dkim.MessageFormatError(str(e)) from None
+    try:
+        key = rsa.RSAPublicNumbers(pk["publicExponent"], pk["modulus"]).public_key()
+        key.verify(signature, h.digest(), padding.PKCS1v15(), utils.Prehashed(algorithm))
+    except InvalidSignature:
+        return False
+    except (ValueError, TypeError) as e:
+        raise dkim.KeyFormatError(f"unusable key: {e}") from None
+    return True
+
+
 class DKIMSigning:
     """One message being signed with ``keys``; see the module docstring."""
 
@@ -356,7 +395,10 @@ class DKIMVerification:
         without_bh = {k: v for k, v in sig.items() if k != b"bh"}
         header = self._signature_headers[p.index]
         try:
-            ok = self._dkim.verify_sig(without_bh, list(p.include), header, dnsfunc)
+            if _ktag == b"rsa" and not _tlsrpt:
+                ok = _verify_rsa(self._dkim, without_bh, list(p.include), header, _pk)
+            else:
+                ok = self._dkim.verify_sig(without_bh, list(p.include), header, dnsfunc)
         except dkim.DKIMException as e:
             return self._result("permerror", sig, str(e), bits)
         if ok:
