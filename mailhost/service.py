@@ -440,7 +440,7 @@ def makeService(
 
     for description, wrap in _listen_specs(config.imap):
         factory = IMAPFactory(config, login, tls_options=None if wrap else tls_options,
-                              reactor=reactor, store=store, sessions=sessions)
+                              reactor=reactor, sessions=sessions)
         root.add_listener("imap", description, factory, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root

@@ -66,7 +66,7 @@ class Host:
         if kind == "pop3":
             return POP3Factory(self.config, self.login, reactor=self.clock,
                                sessions=self.registry)
-        return IMAPFactory(self.config, self.login, reactor=self.clock, store=self.store,
+        return IMAPFactory(self.config, self.login, reactor=self.clock,
                            sessions=self.registry)
 
     def connect(self, kind: str):

@@ -14,7 +14,7 @@ from mailhost.imap import encoding, mutf7, parser
 from mailhost.imap.responses import Bad, No
 from mailhost.imap.selected import SelectedMailbox, folder_columns
 from mailhost.imap.states import AUTH
-from mailhost.store.interfaces import SYSTEM_FLAGS, DeliveryTarget, NoSuchFolder
+from mailhost.store.interfaces import SYSTEM_FLAGS, NoSuchFolder
 
 if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
@@ -292,22 +292,18 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
     for f in flags:
         if f.startswith("\\") and f not in SYSTEM_FLAGS:
             raise Bad(f"Invalid flag {f}")
-    try:
-        folder = await s.account.open_folder(name)
-    except NoSuchFolder:
-        raise No("[TRYCREATE] Mailbox does not exist") from None
+    account = s.account
     if streamed is not None:
         writer = streamed
     else:
-        writer = s.store.new_message()
+        writer = account.new_message()
         for i in range(0, len(message), APPEND_CHUNK):
             writer.write(message[i:i + APPEND_CHUNK])
     try:
-        uids = await writer.commit([DeliveryTarget(s.user, folder.name, frozenset(flags), date)])
-    except BaseException:
-        writer.abort()
-        raise
-    return b"[APPENDUID %d %d] APPEND completed" % (folder.uid_validity, uids[0])
+        validity, uid = await account.append(name, writer, frozenset(flags), date)
+    except NoSuchFolder:
+        raise No("[TRYCREATE] Mailbox does not exist") from None
+    return b"[APPENDUID %d %d] APPEND completed" % (validity, uid)
 
 
 HANDLERS = {

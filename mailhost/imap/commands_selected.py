@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailhost.imap import encoding, parser
 from mailhost.imap.commands_mailbox import mailbox_name
-from mailhost.imap.output import stream_file
+from mailhost.imap.output import stream_message
 from mailhost.imap.responses import Bad, No, format_set
 from mailhost.imap.selected import dates_ready, folder_columns
 from mailhost.imap.states import SEL
@@ -272,7 +272,7 @@ async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list
                 s.send(bytes(p))
             else:
                 s.send(b"{%d}\r\n" % p.length)
-                await stream_file(next(files), p.length, s.send, s.gate, s.resetTimeout)
+                await stream_message(next(files), p.length, s.send, s.gate, s.resetTimeout)
         s.send(b")\r\n")
     finally:
         for f in opened:

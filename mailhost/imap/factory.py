@@ -15,15 +15,14 @@ from mailhost.sessions import SessionRegistry
 class IMAPFactory(ServerFactory):
     """Builds IMAP sessions sharing one config, login service and TLS context.
 
-    ``store`` is only needed when the avatars do not carry one and the login
-    service's portal realm has none (APPEND writes through ``store.new_message``).
+    Sessions reach the store only through the logged-in user's ``IMailAccount``
+    (folders and APPEND), so the factory holds no store.
     """
 
     protocol = IMAPServer
 
     def __init__(self, config: Config, login: LoginService, tls_options: Any = None,
-                 reactor: Any = None, store: Any = None,
-                 sessions: SessionRegistry | None = None) -> None:
+                 reactor: Any = None, sessions: SessionRegistry | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -32,7 +31,6 @@ class IMAPFactory(ServerFactory):
         self.login = login
         self.tls_options = tls_options
         self.reactor = reactor
-        self.store = store
         self.sessions: set[IMAPServer] = set()
         # The host's registry (service.py passes one to every listener's factory).
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)

@@ -2,28 +2,28 @@
 
 ``fetch_message`` returns the pieces that go between ``* n FETCH (`` and ``)``:
 ``bytes`` for small items and ``BodyRange`` for body sections too large to hold,
-which the protocol streams as a literal straight from the store file. The MIME
+which the protocol streams as a literal from the store's message reader. The MIME
 structure comes from the folder's cache (``get_cached(uid, "mime")``) when it is
 there, so a second ENVELOPE/BODYSTRUCTURE fetch opens no file; FLAGS, UID,
-RFC822.SIZE and INTERNALDATE come from the index alone. Every file read and scan
-runs in a thread. Body literals carry 0x80 for each NUL (``output.without_nul``).
+RFC822.SIZE and INTERNALDATE come from the index alone. Every read and scan goes
+through the folder's ``IMessageReader`` (``read_message``), which runs it off the
+reactor thread. Body literals carry 0x80 for each NUL (``output.without_nul``).
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.threads import deferToThread
+from twisted.internet.defer import Deferred
 
 from mailhost.imap import bodystructure, envelope, mime
 from mailhost.imap.encoding import format_datetime, format_flags
 from mailhost.imap.output import without_nul
 from mailhost.imap.parser import FetchItem, Section
-from mailhost.store.interfaces import MessageInfo
+from mailhost.store.interfaces import IFolder, MessageInfo
+from mailhost.store.reader import skip_to
 
 #: Body sections up to this size are read and sent inline; larger ones stream.
 INLINE_MAX = 64 * 1024
@@ -46,47 +46,27 @@ def needs_seen(items: Sequence[FetchItem]) -> bool:
 
 
 class BodyRange:
-    """``length`` octets of a message file from ``offset``, for the protocol to stream.
+    """``length`` octets of a message from ``offset``, for the protocol to stream.
 
-    ``open()`` fires with the message file positioned at ``offset``; the caller
-    reads exactly ``length`` octets in chunks and closes it.
+    ``open()`` fires with an ``IMessageReader`` of that range; the caller reads it
+    to the end (or ``length`` octets) and closes it.
     """
 
-    def __init__(self, folder: Any, uid: int, offset: int, length: int) -> None:
+    def __init__(self, folder: IFolder, uid: int, offset: int, length: int) -> None:
         self.folder = folder
         self.uid = uid
         self.offset = offset
         self.length = length
 
     def open(self) -> Deferred:
-        d = maybeDeferred(self.folder.open_message, self.uid)
-        d.addCallback(lambda f: deferToThread(_seek, f, self.offset))
-        return d
+        return self.folder.read_message(self.uid, self.offset, self.length)
 
     def __repr__(self) -> str:
         return f"BodyRange(uid={self.uid}, offset={self.offset}, length={self.length})"
 
 
-def _seek(f: IO[bytes], offset: int) -> IO[bytes]:
-    try:
-        _skip_to(f, offset)
-    except BaseException:
-        f.close()
-        raise
-    return f
-
-
 def _skip_to(f: IO[bytes], offset: int) -> None:
-    try:
-        f.seek(offset)
-    except (OSError, io.UnsupportedOperation, AttributeError):
-        # A forward-only stream: read and drop, in bounded chunks.
-        left = offset
-        while left > 0:
-            chunk = f.read(min(left, READ_CHUNK))
-            if not chunk:
-                break
-            left -= len(chunk)
+    skip_to(f, offset, READ_CHUNK)
 
 
 # ------------------------------------------------------------------------- planning
@@ -247,11 +227,11 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
     if any(_needs_structure(i) for i in items):
         cached = folder.get_cached(info.uid, "mime")
         struct = mime.loads(cached) if cached else None
-    f = None
+    reader = None
     try:
         if struct is None and any(_needs_structure(i) for i in items):
-            f = await maybeDeferred(folder.open_message, info.uid)
-            struct = await deferToThread(_scan, f)
+            reader = await folder.read_message(info.uid)
+            struct = await reader.call(_scan)
             folder.set_cached(info.uid, "mime", mime.dumps(struct))
         specs: dict[int, _Spec] = {}
         for n, item in enumerate(items):
@@ -260,12 +240,12 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
                 specs[n] = _plan(section, item.partial, struct, info.size)
         wanted = [s for s in specs.values() if s.inline()]
         if wanted:
-            if f is None:
-                f = await maybeDeferred(folder.open_message, info.uid)
-            await deferToThread(_read_specs, f, wanted)
+            if reader is None:
+                reader = await folder.read_message(info.uid)
+            await reader.call(_read_specs, wanted)
     finally:
-        if f is not None:
-            f.close()
+        if reader is not None:
+            reader.close()
 
     pieces: list = []
     buf = bytearray()
@@ -333,11 +313,11 @@ def structure(folder: Any, info: MessageInfo) -> Deferred:
         part = mime.loads(cached) if cached else None
         if part is not None:
             return part
-        f = await maybeDeferred(folder.open_message, info.uid)
+        reader = await folder.read_message(info.uid)
         try:
-            part = await deferToThread(_scan, f)
+            part = await reader.call(_scan)
         finally:
-            f.close()
+            reader.close()
         folder.set_cached(info.uid, "mime", mime.dumps(part))
         return part
 

@@ -9,11 +9,11 @@ gate.wait()`` between chunks.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
+
+from mailhost.store.interfaces import IMessageReader
 
 CHUNK = 64 * 1024
 #: A NUL in message data goes out as this octet: RFC 3501 excludes NUL from a literal,
@@ -61,25 +61,29 @@ class OutputGate:
         return d
 
 
-async def stream_file(f: Any, length: int, write, gate: OutputGate, on_progress=None) -> int:
-    """Copy exactly ``length`` octets from ``f`` to ``write`` in bounded chunks.
+async def stream_message(reader: IMessageReader, length: int, write, gate: OutputGate,
+                         on_progress=None) -> int:
+    """Copy exactly ``length`` octets from the message ``reader`` to ``write``, a chunk
+    at a time as the reader delivers them (off the reactor thread) and the transport
+    takes them.
 
-    A short file is padded with spaces so the literal length announced before the
+    A short message is padded with spaces so the literal length announced before the
     data stays true (the protocol would otherwise desynchronise); returns the number
-    of octets that really came from the file. NULs go out as 0x80 (``without_nul``).
+    of octets that really came from the message. NULs go out as 0x80 (``without_nul``).
     """
     left = length
     got = 0
     while left > 0:
         if gate.stopped:
             break
-        chunk = f.read(min(CHUNK, left))
+        chunk = await reader.read()
         if not chunk:
             while left > 0:
                 n = min(CHUNK, left)
                 write(b" " * n)
                 left -= n
             break
+        chunk = chunk[:left]
         write(without_nul(chunk))
         got += len(chunk)
         left -= len(chunk)

@@ -29,8 +29,7 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.threads import deferToThread
+from twisted.internet.defer import Deferred
 
 from mailhost.imap import envelope, mime
 from mailhost.imap.parser import SearchKey
@@ -413,13 +412,13 @@ async def _search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int
             cached = folder.get_cached(info.uid, "mime")
             struct = mime.loads(cached) if cached else None
             try:
-                f = await maybeDeferred(folder.open_message, info.uid)
+                reader = await folder.read_message(info.uid)
             except StoreError:  # expunged meanwhile: it cannot match
                 continue
             try:
-                struct, found, fresh = await deferToThread(_examine, f, struct, needs)
+                struct, found, fresh = await reader.call(_examine, struct, needs)
             finally:
-                f.close()
+                reader.close()
             if fresh:
                 folder.set_cached(info.uid, "mime", mime.dumps(struct))
             if _full(key, info, ctx, found):

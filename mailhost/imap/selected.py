@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from mailhost.imap.encoding import format_flags
 from mailhost.imap.parser import SequenceSet
-from mailhost.store.interfaces import IFolder, IFolderListener, MessageInfo
+from mailhost.store.interfaces import IFolder, IFolderListener, IIndexedFolder, MessageInfo
 
 log = Logger()
 
@@ -26,12 +26,11 @@ log = Logger()
 def folder_columns(folder: IFolder) -> tuple[Sequence[int], Sequence[frozenset[str]],
                                             Sequence[int], Sequence[int], Sequence[float]]:
     """(uids, flags, recent, sizes, dates) of every message, position-aligned and in UID
-    order. A store with a compact index offers ``columns()`` (not part of IFolder) so a
+    order. A store with a compact index (``IIndexedFolder``) offers ``columns()``, so a
     100k-message SELECT or FETCH builds no MessageInfo per message; others fall back to
     ``messages()``."""
-    fast = getattr(folder, "columns", None)
-    if fast is not None:
-        return tuple(fast())
+    if IIndexedFolder.providedBy(folder):
+        return tuple(folder.columns())
     infos = folder.messages()
     return ([i.uid for i in infos], [i.flags for i in infos], [i.recent for i in infos],
             [i.size for i in infos], [i.internal_date for i in infos])
@@ -39,11 +38,10 @@ def folder_columns(folder: IFolder) -> tuple[Sequence[int], Sequence[frozenset[s
 
 async def dates_ready(folder: IFolder, uids: Iterable[int] | None = None) -> None:
     """Wait until the folder knows the dates of these messages (all if None). A store
-    that reads dates lazily offers ``fill_dates()`` (not part of IFolder) to read them
+    that reads dates lazily (``IIndexedFolder``) offers ``fill_dates()`` to read them
     in bulk off the reactor, instead of one stat per message as they are asked for."""
-    fill = getattr(folder, "fill_dates", None)
-    if fill is not None:
-        await fill(uids)
+    if IIndexedFolder.providedBy(folder):
+        await folder.fill_dates(uids)
 
 
 #: The system flags, in the order FLAGS and PERMANENTFLAGS list them.

@@ -37,6 +37,7 @@ from mailhost.replytext import clean_bytes
 from mailhost.sessions import CUT, GREETING, ISession, Refuse
 from mailhost.store.interfaces import (
     FolderExists,
+    IMailAccount,
     IMessageWriter,
     InvalidFolderName,
     NoSuchFolder,
@@ -432,7 +433,7 @@ class IMAPServer(Protocol, TimeoutMixin):
             return None
         if self._streamed is not None:
             self._streamed.abort()
-        self._streamed = StreamedMessage(self.store)
+        self._streamed = StreamedMessage(self.account)
         return self._streamed
 
     def _dispatch(self, segments: list[bytes]) -> None:
@@ -583,18 +584,10 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.setTimeout(self.config.timeout)
 
     @property
-    def account(self) -> Any:
+    def account(self) -> IMailAccount:
+        """The logged-in user's IMailAccount (``IMailUser.account``): the session's one
+        route to the store, APPEND included."""
         return self.avatar.account
-
-    @property
-    def store(self) -> Any:
-        """The IMailStore, for APPEND's message writer."""
-        store = getattr(self.avatar, "store", None)
-        if store is None:
-            store = self.factory.store
-        if store is None:
-            store = self.login_service.portal.realm.store
-        return store
 
     def start_tls(self) -> None:
         """Discard anything pipelined behind STARTTLS (CVE-2011-0411), then upgrade."""
@@ -606,7 +599,7 @@ class IMAPServer(Protocol, TimeoutMixin):
 
 @implementer(IMessageWriter)
 class StreamedMessage:
-    """Implements: IMessageWriter, around the store's writer of a streamed APPEND literal.
+    """Implements: IMessageWriter, around the account's writer of a streamed APPEND literal.
 
     The literal is written as it arrives, from the framer, where an exception would
     drop the connection. A full or read-only disk (OSError) is kept instead, the rest
@@ -614,11 +607,11 @@ class StreamedMessage:
     [OVERQUOTA] / [UNAVAILABLE]), as it would for a literal held in memory.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, account: IMailAccount) -> None:
         self.error: OSError | None = None
         self._writer: Any = None
         try:
-            self._writer = store.new_message()
+            self._writer = account.new_message()
         except OSError as e:
             self.error = e
 

@@ -25,11 +25,13 @@ one small state machine:
   Nothing is marked delivered before the final dot (or the BDAT chunk) is written and
   its reply read.
 - **The body** streams from the spool's ``MessageFile`` (which notices a recycled
-  file) in ``CHUNK``-sized reads through a pull producer, so a 100 MB message costs
-  one chunk of memory; ``wire.DataEncoder`` writes CRLF line ends only and stuffs dots
-  at any chunk boundary. Messages up to ``SMALL_MESSAGE`` take one read and one write,
-  as one ``BDAT n LAST`` pipelined with MAIL and RCPT when the server offers CHUNKING
-  and PIPELINING (RFC 3030; one round trip per message).
+  file) through the store's one message reader (``spool.message_reader``: bounded
+  chunks, read off the reactor thread unless the message is small) and a push
+  producer, so a 100 MB message costs a chunk or two of memory; ``wire.DataEncoder``
+  writes CRLF line ends only and stuffs dots at any chunk boundary. Messages up to
+  ``SMALL_MESSAGE`` take one read, as one ``BDAT n LAST`` pipelined with MAIL and
+  RCPT when the server offers CHUNKING and PIPELINING (RFC 3030; one round trip per
+  message).
 - **Connection setup:** EHLO, HELO if EHLO is refused; STARTTLS per the TLS policy
   (``opportunistic`` carries on in plaintext after a refused STARTTLS and reports a
   failed handshake as ``tls_failed`` for the caller's plaintext retry; ``verify``
@@ -52,24 +54,23 @@ from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet import defer, protocol
 from twisted.internet import error as ierror
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFNormalizer
 from mailhost.outbound.envelope import Envelope, RecipientState
 from mailhost.outbound.replies import Reply, ReplyError, ReplyReader
 from mailhost.outbound.routing import describe_error
-from mailhost.outbound.spool import MessageFile
+from mailhost.outbound.spool import message_reader
 from mailhost.outbound.wire import DataEncoder
+from mailhost.store.interfaces import IMessageReader
 from mailhost.tcp import send_at_once
 
-# Messages up to this size are sent with one read and one write (and as one BDAT
-# chunk when the server offers CHUNKING).
+# Messages up to this size are sent as one BDAT chunk when the server offers CHUNKING.
 SMALL_MESSAGE = 64 * 1024
-# Larger ones stream in reads of this size.
-CHUNK = 64 * 1024
 
 # Outcome kinds of one recipient.
 DELIVERED = "delivered"
@@ -584,7 +585,18 @@ class RelayClient(LineReceiver, TimeoutMixin):
             self._rcpt_lines = deque(rcpts)
             self._send(mail.encode("utf-8"), "MAIL", self._on_mail_alone)
             return
-        body = self._small_body() if "CHUNKING" in self.extensions else None
+        if "CHUNKING" in self.extensions and env.size <= SMALL_MESSAGE:
+            d = defer.Deferred.fromCoroutine(self._small_body())
+            d.addCallback(lambda body: self._pipeline(job, mail, rcpts, body))
+            d.addErrback(lambda f: self._fatal(f"relaying failed: {f.value}"))
+            return
+        self._pipeline(job, mail, rcpts, None)
+
+    def _pipeline(self, job: Job, mail: str, rcpts: list[tuple[bytes, Handler]],
+                  body: bytes | None) -> None:
+        """MAIL, the RCPTs and the message (``body``: one BDAT LAST) or DATA, pipelined."""
+        if self._closed or self.job is not job:
+            return
         out = [mail.encode("utf-8") + b"\r\n"]
         self._expect("MAIL", self._on_mail)
         for line, handler in rcpts:
@@ -706,24 +718,28 @@ class RelayClient(LineReceiver, TimeoutMixin):
             self._outcomes[address] = Outcome(kind, reply.text)
         self._finish_job(self._outcomes, rset=True)
 
-    def _small_body(self) -> bytes | None:
-        """The message for a BDAT chunk, when small enough to read at once (one
-        bounded read on the reactor); None sends it with DATA instead."""
+    async def _small_body(self) -> bytes | None:
+        """The message for a BDAT chunk, when small enough to take at once (one bounded
+        read, by the reader's policy); None sends it with DATA instead."""
         assert self.job is not None
         env = self.job.envelope
-        if env.size > SMALL_MESSAGE:
-            return None
         try:
-            with MessageFile(self.job.path) as f:
-                f.seek(env.offset)
-                data = f.read(SMALL_MESSAGE + 1)
+            reader = message_reader(self.job.path, env.offset, env.size)
         except OSError:
             return None  # the DATA path reports the vanished file
+        data = bytearray()
+        try:
+            while len(data) <= SMALL_MESSAGE and (chunk := await reader.read()):
+                data += chunk
+        except OSError:
+            return None
+        finally:
+            reader.close()
         if len(data) > SMALL_MESSAGE:
             return None
         crlf = CRLFNormalizer()
-        data = crlf(data)
-        return data + crlf.final_crlf()  # as DataEncoder.terminator does for DATA
+        out = crlf(bytes(data))
+        return out + crlf.final_crlf()  # as DataEncoder.terminator does for DATA
 
     def _on_bdat_reply(self, reply: Reply) -> None:
         """The reply to the pipelined ``BDAT LAST``: the message's final reply."""
@@ -737,28 +753,19 @@ class RelayClient(LineReceiver, TimeoutMixin):
 
     def _start_body(self) -> None:
         assert self.job is not None
-        offset = self.job.envelope.offset  # past the envelope embedded in the file
-        encoder = DataEncoder()
+        env = self.job.envelope
         try:
             # MessageFile: a message deleted meanwhile has its file recycled, and
             # another message's bytes must never follow ours.
-            f = MessageFile(self.job.path)
-            f.seek(offset)
-            first = b""
-            if self.job.envelope.size <= SMALL_MESSAGE:
-                first = f.read(SMALL_MESSAGE + 1)
-                if len(first) <= SMALL_MESSAGE:
-                    # One bounded read and one write for the common small message.
-                    f.close()
-                    self._body_written(encoder(first) + encoder.terminator())
-                    return
+            reader = message_reader(self.job.path, env.offset, env.size)
         except OSError as e:
             # The spool file is gone (deleted by `mailhost queue delete`): abandon.
             self._fatal(f"spool file unreadable: {e}")
             return
-        self._body = _BodySender(self, f, encoder, first)
+        self._body = _BodySender(self, reader, DataEncoder())
         self._arm()
-        self.transport.registerProducer(self._body, False)
+        self.transport.registerProducer(self._body, True)
+        self._body.pump()
 
     def _body_written(self, tail: bytes) -> None:
         """The last chunk and the terminator are written: the final reply is due."""
@@ -809,38 +816,61 @@ class RelayClient(LineReceiver, TimeoutMixin):
             self._give_up(f"RSET refused by {self.policy.mx_name}: {reply.text}")
 
 
+@implementer(IPushProducer)
 class _BodySender:
-    """A pull producer (IPullProducer) that feeds the message to the transport one
-    chunk each time it asks, so memory stays at one chunk whatever the size."""
+    """Implements: IPushProducer. Feeds the message to the transport a chunk at a time
+    as the reader delivers them, while the transport takes them, so memory stays at a
+    chunk or two whatever the size."""
 
-    def __init__(self, client: RelayClient, f: MessageFile, encoder: DataEncoder,
-                 first: bytes) -> None:
+    def __init__(self, client: RelayClient, reader: IMessageReader,
+                 encoder: DataEncoder) -> None:
         self.client = client
-        self.f = f
+        self.reader = reader
         self.encoder = encoder
-        self.first = first
         self.stopped = False
+        self._paused = False
+        self._reading = False
+        self._pumping = False
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def pump(self) -> None:
+        """Ask for chunks while the transport takes them; a read that is already done
+        comes back at once, so this loops instead of recursing."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not (self._paused or self.stopped or self._reading):
+                self._reading = True
+                self.reader.read().addCallbacks(self._got, self._failed)
+        finally:
+            self._pumping = False
+
+    def _got(self, data: bytes) -> None:
+        self._reading = False
         if self.stopped:
             return
         client = self.client
         client.resetTimeout()  # the transport took the last chunk: a new data block
-        if self.first:
-            data, self.first = self.first, b""
-        else:
-            try:
-                data = self.f.read(CHUNK)
-            except OSError as e:
-                client._fatal(f"spool file unreadable: {e}")
-                return
         if data:
             client.transport.write(self.encoder(data))
+            self.pump()
             return
         self.stop()
         client._body = None
         client.transport.unregisterProducer()
         client._body_written(self.encoder.terminator())
+
+    def _failed(self, failure: Failure) -> None:
+        self._reading = False
+        if not self.stopped:
+            self.client._fatal(f"spool file unreadable: {failure.value}")
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self._paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._paused = False
+        self.pump()
 
     def stopProducing(self) -> None:  # noqa: N802
         self.stop()
@@ -848,7 +878,7 @@ class _BodySender:
     def stop(self) -> None:
         if not self.stopped:
             self.stopped = True
-            self.f.close()
+            self.reader.close()
 
 
 class _RelayFactory(protocol.Factory):

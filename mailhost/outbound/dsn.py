@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, formatdate
 
-from twisted.internet import threads
-
-from mailhost.outbound.spool import MessageFile, read_headers
+from mailhost.outbound.spool import header_block, open_message_reader
 
 FAILED = "failed"
 DELAYED = "delayed"
@@ -27,8 +25,6 @@ RELAYED = "relayed"
 EXPANDED = "expanded"
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-CHUNK = 64 * 1024
 
 
 @dataclass
@@ -190,7 +186,8 @@ async def write_dsn(
     now: float,
     original_offset: int = 0,
 ) -> None:
-    """Stream a whole DSN into ``write``; the original is read in a thread."""
+    """Stream a whole DSN into ``write``; the original comes through the store's message
+    reader (bounded chunks, off the reactor thread)."""
     full = (ret or "").upper() == "FULL"
     head, tail = render_head(
         hostname=hostname,
@@ -202,24 +199,17 @@ async def write_dsn(
         now=now,
     )
     write(head)
-    if full:
-        f = await threads.deferToThread(MessageFile, original_path)
-        try:
-            f.seek(original_offset)
+    reader = await open_message_reader(original_path, original_offset)
+    try:
+        if full:
             last = b""
-            while True:
-                chunk = await threads.deferToThread(f.read, CHUNK)
-                if not chunk:
-                    break
+            while chunk := await reader.read():
                 write(chunk)
                 last = chunk
             if not last.endswith(b"\n"):
                 write(b"\r\n")
-        finally:
-            f.close()
-    else:
-        headers = await threads.deferToThread(
-            read_headers, original_path, offset=original_offset
-        )
-        write(headers)
+        else:
+            write(await reader.call(header_block))
+    finally:
+        reader.close()
     write(tail)

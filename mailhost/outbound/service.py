@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -26,14 +26,13 @@ from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter, QueueReci
 from mailhost.outbound.queue_target import QueueTarget
 from mailhost.outbound.routing import Router, make_resolver, resolver_name
 from mailhost.outbound.scheduler import Scheduler
-from mailhost.outbound.spool import MessageFile, SpoolFiles
+from mailhost.outbound.spool import SpoolFiles, open_message_reader
 from mailhost.outbound.spool_writer import SpoolWriter
 from mailhost.store.interfaces import DeliveryTarget, IMailStore
 from mailhost.store.mailbox_target import MailboxTarget
 
 log = Logger()
 
-CHUNK = 64 * 1024
 #: How long stopService waits for spool writes in flight (a hung disk must not
 #: hang the shutdown).
 SPOOL_DRAIN_TIMEOUT = 30.0
@@ -277,17 +276,17 @@ class OutboundService(service.Service):
                     targets.append(DeliveryTarget(u))
         if targets:
             # MessageFile: never another message's bytes if this one is deleted meanwhile.
-            f = await threads.deferToThread(MessageFile, job.path)
+            reader = await open_message_reader(job.path, job.envelope.offset,
+                                               job.envelope.size)
 
             async def copy(write: Callable[[bytes], None]) -> None:
-                f.seek(job.envelope.offset)  # past the embedded envelope
-                while chunk := await threads.deferToThread(f.read, CHUNK):
+                while chunk := await reader.read():
                     write(chunk)
 
             try:
                 await deliver(MailboxTarget(self.store, job.envelope.sender, targets), copy)
             finally:
-                f.close()
+                reader.close()
             for r in job.recipients:
                 outcomes.setdefault(r.address, Outcome(DELIVERED, "250 2.0.0 delivered locally"))
         return outcomes

@@ -43,6 +43,7 @@ Messages come in through ``spool_writer.SpoolWriter``.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import secrets
@@ -51,12 +52,13 @@ import time
 from collections import deque
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mailhost.groupsync import GroupSync
 from mailhost.outbound.envelope import Envelope, valid_queue_id
 from mailhost.outbound.spool_workers import Op, SpoolBatches
+from mailhost.store.reader import MessageReader
 
 log = Logger()
 
@@ -82,7 +84,7 @@ class MessageGone(FileNotFoundError):
     """A message file left the queue while open for reading (see ``MessageFile``)."""
 
 
-class MessageFile:
+class MessageFile(io.BufferedIOBase):
     """A queued message opened for reading, which notices being taken out of the queue.
 
     Removal renames ``msg/ID`` into ``free/`` and a later commit refills that inode,
@@ -91,10 +93,12 @@ class MessageFile:
     with another message's bytes. After each read, ``msg/ID`` must still be this
     file: recycling renames it away before truncating or reusing it, so what was
     read before a passing check is this message's. Blocking (threads, or the
-    bounded reads the relay client does on the reactor).
+    bounded reads the relay client does on the reactor). Buffered: ``read(n)`` is short
+    only at the end (``MessageReader`` then needs no extra read to find the end).
     """
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
         self._f = open(path, "rb")  # noqa: SIM115 - closed by close()/__exit__
         st = os.fstat(self._f.fileno())
@@ -122,8 +126,15 @@ class MessageFile:
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return self._f.seek(offset, whence)
 
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
     def close(self) -> None:
         self._f.close()
+        super().close()
 
     def __enter__(self) -> MessageFile:
         return self
@@ -581,14 +592,36 @@ class SpoolFiles:
 def read_headers(path: str, limit: int = 256 * 1024, offset: int = 0) -> bytes:
     """The header block of the message at ``offset`` in a file, CRLF ends, at most
     ``limit`` octets (blocking: call in a thread)."""
-    out = bytearray()
     with MessageFile(path) as f:
         f.seek(offset)
-        while len(out) < limit:
-            line = f.readline(8192)
-            if not line or line in (b"\r\n", b"\n"):
-                break
-            if not line.endswith(b"\n"):
-                line += b"\r\n"
-            out += line
+        return header_block(f, limit)
+
+
+def header_block(f: Any, limit: int = 256 * 1024) -> bytes:
+    """The header block read from ``f``'s position, CRLF ends, at most ``limit`` octets
+    (blocking: a ``MessageReader.call``)."""
+    out = bytearray()
+    while len(out) < limit:
+        line = f.readline(8192)
+        if not line or line in (b"\r\n", b"\n"):
+            break
+        if not line.endswith(b"\n"):
+            line += b"\r\n"
+        out += line
     return bytes(out)
+
+
+def message_reader(path: str, offset: int, size_hint: int | None = None) -> MessageReader:
+    """The queued message in ``path`` from ``offset`` (past the embedded envelope) to
+    the end, as the store's one message reader: bounded chunks, off the reactor by
+    its policy, a small message in one read. Opens the file here: a read-only open
+    is a path lookup, cheap enough for the reactor (as in the store's open_message).
+    Raises OSError if the message is gone."""
+    return MessageReader(MessageFile(path), None, offset=offset, size_hint=size_hint)
+
+
+async def open_message_reader(path: str, offset: int,
+                              size_hint: int | None = None) -> MessageReader:
+    """``message_reader`` with the open in a thread (for callers off the hot path)."""
+    f = await threads.deferToThread(MessageFile, path)
+    return MessageReader(f, None, offset=offset, size_hint=size_hint)

@@ -13,8 +13,7 @@ from typing import Any, Literal, NamedTuple
 
 from twisted.internet import defer
 
-from mailhost.pop3.transfer import INLINE_READ, ChunkReader
-from mailhost.store.interfaces import IFolder, MessageInfo
+from mailhost.store.interfaces import IFolder, IIndexedFolder, IMessageReader, MessageInfo
 
 DeletePolicy = Literal["expunge", "flag"]
 
@@ -40,16 +39,15 @@ class Maildrop:
         self.folder = folder
         self._infos = infos
         self._deleted: set[int] = set()  # message numbers marked by DELE
-        self._ahead: tuple[int, defer.Deferred[ChunkReader]] | None = None  # (number, opening)
+        self._ahead: tuple[int, defer.Deferred[IMessageReader]] | None = None  # (number, opening)
 
     @classmethod
     async def open(cls, folder: IFolder) -> Maildrop:
         """Rescan the folder, then freeze its visible messages."""
         await folder.refresh()
-        columns = getattr(folder, "columns", None)  # a compact index: no MessageInfo
-        if columns is None:
+        if not IIndexedFolder.providedBy(folder):
             return cls(folder, [i for i in folder.messages() if "\\Deleted" not in i.flags])
-        cols = columns()
+        cols = folder.columns()  # a compact index: no MessageInfo per message
         return cls(folder, [m for m in map(PopMessage, cols.uids, cols.sizes, cols.flags)
                             if "\\Deleted" not in m.flags])
 
@@ -73,8 +71,8 @@ class Maildrop:
             octets += info.size
         return count, octets
 
-    def open_message(self, number: int) -> defer.Deferred[ChunkReader]:
-        """Open message ``number``: a Deferred firing with its ChunkReader, or NoSuchMessage.
+    def open_message(self, number: int) -> defer.Deferred[IMessageReader]:
+        """Open message ``number``: a Deferred firing with its reader, or NoSuchMessage.
 
         Clients RETR in order, so the next live message is opened (and its first chunk
         read) in the background: the store's open is a thread hop, and hiding it behind
@@ -93,10 +91,14 @@ class Maildrop:
             self._ahead = (following, self._open(following))
         return opening
 
-    def _open(self, number: int) -> defer.Deferred[ChunkReader]:
+    def _open(self, number: int) -> defer.Deferred[IMessageReader]:
         info = self._infos[number - 1]
-        inline = info.size <= INLINE_READ
-        return self.folder.open_message(info.uid).addCallback(ChunkReader, inline=inline)
+
+        def started(reader: IMessageReader) -> IMessageReader:
+            reader.start()
+            return reader
+
+        return self.folder.read_message(info.uid).addCallback(started)
 
     def discard_prefetch(self) -> None:
         """Close the message opened ahead, if any (it may still be opening)."""

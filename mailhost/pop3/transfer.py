@@ -7,33 +7,25 @@ ended a line, the last bytes of the header section, the body lines still wanted)
 any chunking gives the same bytes as stuffing the whole message at once. Line endings
 are never touched: the store already yields CRLF.
 
-Reads run on the thread pool, one chunk ahead of the wire (``ChunkReader``):
-measured on a busy host, a 64 KiB read from a just-written file cost up to half a
-millisecond, too long to spend on the reactor thread for every chunk of every
-session. The push-producer protocol means a session holds a few chunks at most,
-whatever the message size.
+Reads come from the store's ``IMessageReader`` (mailhost.store.reader: a small
+message in one read, a big one on the thread pool one chunk ahead of the wire).
+The push-producer protocol means a session holds a few chunks at most, whatever
+the message size.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhost.message.dotstuffing import DotStuffer
+from mailhost.store.interfaces import IMessageReader
 
-# Reads of 256 KiB: on the benchmark host they cost 40% less CPU per MiB than 64 KiB
-# reads (each is a thread hop) and doubled large-RETR throughput, while a session
-# still holds about 1 MiB at most (the transport's buffer, one chunk ready, one read).
-CHUNK_SIZE = 256 * 1024
-# Messages up to this size are read in one go on the reactor thread (a bounded read
-# from the page cache is cheaper than the thread hop; most mail is this small).
-INLINE_READ = 64 * 1024
 # Chunks written in one reactor turn when the transport never pushes back, so a fast
 # reader cannot keep the reactor from serving other sessions.
 _CHUNKS_PER_TURN = 8
@@ -84,94 +76,6 @@ class TopFilter:
         return pos
 
 
-class ChunkReader:
-    """A message file read in bounded chunks on the thread pool, one chunk ahead.
-
-    The next chunk is already being read while the current one is on the wire, so
-    neither disk latency nor a slow read ever stalls the reactor, and at most two
-    chunks of a message are in memory. ``read()`` returns a Deferred firing with the
-    next chunk (``b""`` at the end). ``run`` is how a read gets off the reactor
-    thread (``deferToThread``; tests pass a synchronous stand-in).
-
-    A buffered file's ``read(n)`` is short only at the end, so a short chunk ends the
-    message without another read: most messages then cost one read, not two.
-    """
-
-    def __init__(self, message: BinaryIO, chunk_size: int = CHUNK_SIZE,
-                 run: Callable[..., defer.Deferred[bytes]] | None = None,
-                 inline: bool = False) -> None:
-        self._file = message
-        self._chunk_size = chunk_size
-        self._run = run or threads.deferToThread
-        self._short_read_is_eof = isinstance(message, io.BufferedIOBase)
-        self._eof = False
-        self._reading = False  # a read is running in the pool
-        self._ready: bytes | None = None  # a finished read nobody asked for yet
-        self._error: Failure | None = None
-        self._waiter: defer.Deferred[bytes] | None = None
-        self._closed = False
-        if inline:
-            # A small message (at most INLINE_READ octets) is one bounded read, done
-            # right here: a thread hop would cost more than the read itself.
-            self._reading = True
-            try:
-                data = self._file.read(self._chunk_size)
-            except Exception:
-                self._failed(Failure())
-            else:
-                self._arrived(data)
-        else:
-            self._start()
-
-    def _start(self) -> None:
-        self._reading = True
-        self._run(self._file.read, self._chunk_size).addCallbacks(self._arrived, self._failed)
-
-    def _arrived(self, data: bytes) -> None:
-        self._reading = False
-        if not data or (self._short_read_is_eof and len(data) < self._chunk_size):
-            self._eof = True
-        if self._closed:
-            self._file.close()
-        elif self._waiter is not None:
-            waiter, self._waiter = self._waiter, None
-            if not self._eof:
-                self._start()
-            waiter.callback(data)
-        else:
-            self._ready = data
-
-    def _failed(self, failure: Failure) -> None:
-        self._reading = False
-        if self._closed:
-            self._file.close()
-        elif self._waiter is not None:
-            waiter, self._waiter = self._waiter, None
-            waiter.errback(failure)
-        else:
-            self._error = failure
-
-    def read(self) -> defer.Deferred[bytes]:
-        if self._ready is not None:
-            data, self._ready = self._ready, None
-            if not self._eof:
-                self._start()
-            return defer.succeed(data)
-        if self._error is not None:
-            return defer.fail(self._error)
-        if self._eof:
-            return defer.succeed(b"")
-        self._waiter = defer.Deferred()
-        return self._waiter
-
-    def close(self) -> None:
-        """Close the file now, or once the read in flight lands."""
-        if not self._closed:
-            self._closed = True
-            if not self._reading:
-                self._file.close()
-
-
 @implementer(IPushProducer)
 class MessageSender:
     """Write one message as a POP3 multi-line response body, with transport backpressure.
@@ -182,7 +86,7 @@ class MessageSender:
     is closed either way.
     """
 
-    def __init__(self, transport: Any, reader: ChunkReader, top_lines: int | None = None,
+    def __init__(self, transport: Any, reader: IMessageReader, top_lines: int | None = None,
                  reactor: Any = None, on_progress: Callable[[], None] | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor

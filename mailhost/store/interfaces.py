@@ -14,12 +14,20 @@ Conventions shared by every implementation:
   flag; see ``MessageInfo.recent``.
 - Message bytes are CRLF-terminated on every read path, whatever is on disk, and
   ``MessageInfo.size`` is the exact number of octets ``open_message`` yields.
+- Protocols read messages through ``IFolder.read_message`` (an ``IMessageReader``:
+  bounded chunks, reads off the reactor thread by one policy, ``mailhost.store.reader``),
+  never by reading a file object themselves.
+- A protocol reaches the store only through what these interfaces declare: the
+  logged-in user's ``IMailAccount`` (folders, APPEND) and, for SMTP delivery, the
+  ``IMailStore``'s message writer. Optional powers are declared interfaces
+  (``IIndexedFolder``), tested with ``providedBy``, never probed with ``getattr``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from zope.interface import Attribute, Interface
 
@@ -85,6 +93,47 @@ class DeliveryTarget:
     want_uid: bool = True
 
 
+class Columns(NamedTuple):
+    """The whole index of a folder as position-aligned sequences in UID order, with no
+    per-message object (``IIndexedFolder.columns``)."""
+
+    uids: Sequence[int]
+    flags: Sequence[frozenset[str]]
+    recent: Sequence[int]  # true (non-zero) while the message is recent
+    sizes: Sequence[int]
+    dates: Sequence[float]
+
+
+class IMessageReader(Interface):
+    """One stored message (or a byte range of it), read asynchronously in bounded chunks.
+
+    Every consumer of message bytes uses one: IMAP (FETCH, SEARCH), POP3 (RETR, TOP),
+    the relay client and DSNs. The reader, not its caller, decides where a read runs
+    (``mailhost.store.reader``: a small whole read at once, everything else in the
+    thread pool, one chunk ahead), so no caller blocks the reactor on a big read.
+    """
+
+    size = Attribute("int: the octets this reader yields in all (the range's length; for "
+                     "a whole message, its index size: the reader reads to the end).")
+
+    def read() -> object:
+        """Deferred firing with the next chunk (at most the reader's chunk size), or
+        ``b""`` at the end. One read at a time."""
+
+    def start() -> None:
+        """Begin reading the first chunk now, before anyone asks (POP3 opens the next
+        message while the current one is on the wire)."""
+
+    def call(fn: Callable[..., Any], *args: Any) -> object:
+        """Deferred firing with ``fn(file, *args)`` run in the thread pool, ``file``
+        being the message as a blocking binary file (seekable, positioned at the
+        range's start the first time): for parsers that read the message their own
+        way (a MIME scan, a header search). Not mixed with ``read`` on one reader."""
+
+    def close() -> None:
+        """Release the message (at once, or when a read in flight lands); idempotent."""
+
+
 class IFolderListener(Interface):
     """Told about changes to a folder, whoever made them (IMAP IDLE, other sessions).
 
@@ -148,7 +197,13 @@ class IFolder(Interface):
     def open_message(uid: int) -> object:
         """Deferred firing with a readable binary file object positioned at 0 that yields
         exactly ``info.size`` CRLF-normalised octets. The caller closes it and reads it
-        in bounded chunks; the whole message is never loaded by the store."""
+        in bounded chunks; the whole message is never loaded by the store. Blocking:
+        for work already in a thread; protocols use ``read_message``."""
+
+    def read_message(uid: int, offset: int = 0, length: int | None = None) -> object:
+        """Deferred firing with an ``IMessageReader`` of ``length`` octets (to the end if
+        None) from ``offset`` of the message; NoSuchMessage if it is gone. A store
+        wraps its file with ``mailhost.store.reader.reader_for``."""
 
     def set_flags(uids: Iterable[int], flags: Iterable[str], mode: str) -> object:
         """mode is 'add', 'remove' or 'replace'. Deferred firing with the updated
@@ -185,10 +240,40 @@ class IFolder(Interface):
         """Cache a value; persisted lazily and dropped with the message."""
 
 
+class IIndexedFolder(IFolder):
+    """An IFolder with a compact index: bulk reads for big folders (optional).
+
+    IMAP SELECT and ``FETCH 1:* (FLAGS)`` and a POP3 login on 100k messages read these
+    columns instead of building a MessageInfo per message. Protocols test
+    ``IIndexedFolder.providedBy(folder)`` and fall back to ``messages()``.
+    """
+
+    def columns() -> Columns:
+        """Every message as ``Columns`` (synchronous, no file I/O; a date the store has
+        not read yet may be read on first access to ``dates``, so call ``fill_dates``
+        before reading many)."""
+
+    def fill_dates(uids: Iterable[int] | None = None) -> object:
+        """Deferred firing once the INTERNALDATE of every message (or of ``uids``) is
+        known, read in bulk off the reactor thread: for SEARCH or FETCH about to read
+        many dates."""
+
+
 class IMailAccount(Interface):
-    """One user's folders and subscriptions."""
+    """One user's folders and subscriptions, and APPEND into them: a logged-in session's
+    one route to the store."""
 
     user = Attribute("The user's address.")
+
+    def new_message() -> IMessageWriter:
+        """Start receiving a message to ``append`` (IMAP streams a big APPEND literal
+        into it as it arrives, before the command is parsed)."""
+
+    def append(name: str, message: IMessageWriter, flags: Iterable[str] = (),
+               internal_date: float | None = None) -> object:
+        """Commit ``message`` (from ``new_message``) into folder ``name`` with these
+        flags and date (None: now). Deferred firing with ``(uid_validity, uid)`` for
+        APPENDUID; NoSuchFolder if absent (then the message is aborted)."""
 
     def list_folders() -> object:
         """Deferred firing with every folder name, INBOX first, then sorted."""

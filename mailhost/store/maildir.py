@@ -73,18 +73,35 @@ class MaildirStore:
         self._tmp_ready = False
         self._recovery: defer.Deferred | None = None  # of crashed multi-folder commits
         self._recovered = False
-        self._watcher = ChangeWatcher(reactor, self._in_thread, watch)
+        self._watcher = ChangeWatcher(reactor, self.run_blocking, watch)
 
-    def _in_thread(self, fn, *args) -> defer.Deferred:
+    def run_blocking(self, fn, *args) -> defer.Deferred:
+        """Run ``fn(*args)`` in the reactor's thread pool: the store's one thread hop, for
+        every blocking file-system call its folders, accounts, writers and message
+        readers make (never the reactor thread's business; see maildir_io)."""
         return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn,
                                          *args)
+
+    @property
+    def syncer(self) -> GroupSync | None:
+        """The group commit that fsyncs directories and uidlists, None with fsync off."""
+        return self._sync if self.fsync else None
+
+    def account(self, user: str):
+        """Coroutine: the live MaildirAccount of ``user`` (for the store's own parts;
+        protocols use ``open_account``)."""
+        return self._account(user)
+
+    def tmp_dir(self) -> str:
+        """Where writers keep messages being received (made, and cleaned, on first use)."""
+        return self._tmp_dir()
 
     def _tmp_dir(self) -> str:
         path = os.path.join(self.root, TMP_DIR)
         if not self._tmp_ready:
             self.modes.makedirs(path)  # once; a mkdir is a metadata-only syscall
             self._tmp_ready = True
-            d = self._in_thread(maildir_io.clean_tmp, path)
+            d = self.run_blocking(maildir_io.clean_tmp, path)
             d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))
         return path
 
@@ -94,8 +111,7 @@ class MaildirStore:
         account is opened, so no folder is read in between. A failure is logged: the
         journals stay for the next start, and the store serves meanwhile."""
         if self._recovery is None:
-            d = self._in_thread(maildir_io.recover_commits, self._tmp_dir(),
-                                self._sync if self.fsync else None)
+            d = self.run_blocking(maildir_io.recover_commits, self._tmp_dir(), self.syncer)
 
             def report(done) -> None:
                 for journal, forward, count in done:

@@ -9,6 +9,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from mailhost.store import maildir_io
+from mailhost.store.append import append_message
 from mailhost.store.interfaces import (
     FolderExists,
     IMailAccount,
@@ -38,7 +39,7 @@ class MaildirAccount:
                                                              maildir_io.folder_dir_name(name))
 
     async def _setup(self) -> None:
-        self._special, self._subs = await self._store._in_thread(
+        self._special, self._subs = await self._store.run_blocking(
             maildir_io.setup_account, self._root, self._store.fsync, self._store.modes)
 
     async def _folder(self, name: str) -> MaildirFolder:
@@ -78,6 +79,24 @@ class MaildirAccount:
             self._opening[INBOX].append(d)
             d.addCallbacks(lambda f: f._delivered([row], expected=False), lambda _: None)
 
+    # -- the delivery API: what MaildirMessageWriter may use of an account ---------------
+
+    async def folder(self, name: str) -> MaildirFolder:
+        """The live folder (loaded on first use); NoSuchFolder if absent."""
+        return await self._folder(name)
+
+    def loaded_folder(self, name: str) -> MaildirFolder | None:
+        """The live folder if it is open in this process, else None (nothing is read)."""
+        return self._folders.get(canonical_folder(name))
+
+    def folder_path(self, name: str) -> str:
+        """The directory of folder ``name`` (canonical), open or not."""
+        return self._dir(name)
+
+    def number_unopened(self, row) -> None:
+        """A copy delivered into INBOX while it was not open, its UID to come."""
+        self._delivered_unopened(row)
+
     def _tree(self, fn, *args) -> defer.Deferred:
         async def run():
             await self._lock.acquire()
@@ -88,9 +107,15 @@ class MaildirAccount:
 
         return defer.Deferred.fromCoroutine(run())
 
+    def new_message(self):
+        return self._store.new_message()
+
+    def append(self, name: str, message, flags=(), internal_date: float | None = None):
+        return append_message(self, name, message, flags, internal_date)
+
     def list_folders(self):
         async def run():
-            names = await self._store._in_thread(maildir_io.list_folder_names, self._root)
+            names = await self._store.run_blocking(maildir_io.list_folder_names, self._root)
             return [INBOX, *sorted(names)]
 
         return defer.Deferred.fromCoroutine(run())
@@ -104,14 +129,14 @@ class MaildirAccount:
     async def _create(self, name: str, special_use: str | None) -> None:
         canon = canonical_folder(name)
         paths = [(p, self._dir(p)) for p in [*parents(canon), canon]]
-        await self._store._in_thread(maildir_io.create_dirs, paths, canon, self._store.modes)
+        await self._store.run_blocking(maildir_io.create_dirs, paths, canon, self._store.modes)
         if special_use:
             self._special[canon] = special_use
             await self._save_special()
 
     async def _save_special(self) -> None:
         text = "".join(f"{n}\t{u}\n" for n, u in sorted(self._special.items()))
-        await self._store._in_thread(maildir_io.write_atomic,
+        await self._store.run_blocking(maildir_io.write_atomic,
                                      os.path.join(self._root, maildir_io.SPECIAL_USE_FILE),
                                      text, self._store.fsync, self._store.modes)
 
@@ -128,7 +153,7 @@ class MaildirAccount:
             folder._unwatch()  # before its directories go (INotify would close itself)
         try:
             try:
-                await self._store._in_thread(maildir_io.delete_dir, self._dir(canon),
+                await self._store.run_blocking(maildir_io.delete_dir, self._dir(canon),
                                              self._root, canon)
             except BaseException:
                 if folder is not None:
@@ -158,7 +183,7 @@ class MaildirAccount:
             target = await self._folder(dst)
             await inbox.move(list(inbox.columns().uids), target)  # no per-message dates
             return
-        existing = set(await self._store._in_thread(maildir_io.list_folder_names,
+        existing = set(await self._store.run_blocking(maildir_io.list_folder_names,
                                                     self._root))
         if src not in existing:
             raise NoSuchFolder(src)
@@ -170,7 +195,7 @@ class MaildirAccount:
         for folder in locked:
             await folder._lock.acquire()
         try:
-            await self._store._in_thread(
+            await self._store.run_blocking(
                 maildir_io.rename_dirs, [(self._dir(a), self._dir(b)) for a, b in plan],
                 [self._dir(p) for p in parents(dst)], self._store.modes)
             for a, b in plan:
@@ -200,7 +225,7 @@ class MaildirAccount:
         if subs == self._subs:
             return
         text = "".join(f"{n}\n" for n in sorted(subs))
-        await self._store._in_thread(maildir_io.write_atomic,
+        await self._store.run_blocking(maildir_io.write_atomic,
                                      os.path.join(self._root, maildir_io.SUBSCRIPTIONS_FILE),
                                      text, self._store.fsync, self._store.modes)
         self._subs = subs

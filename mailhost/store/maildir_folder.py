@@ -37,6 +37,7 @@ from mailhost.store.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
     IFolder,
+    IIndexedFolder,
     MessageInfo,
     NoSuchFolder,
     NoSuchMessage,
@@ -58,6 +59,7 @@ from mailhost.store.maildir_io import rename_all, transfer_files, unlink_all
 from mailhost.store.maildir_names import Keywords, filename, info_letters, make_info, unique_base
 from mailhost.store.maildir_uids import FolderUids
 from mailhost.store.maildir_watch import APPEARED, COALESCE_DELAY
+from mailhost.store.reader import reader_for
 
 CACHE_FLUSH_DELAY = 2.0
 #: Bulk-adopted files get their real dates this long after the folder opens, in
@@ -76,9 +78,14 @@ NUMBER_DELAY = 0.05
 Row = tuple[str, bool, str | None, bool, int, float]
 
 
-@implementer(IFolder)
+def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
+    """The Row of a copy a writer just linked into new/ (stored CRLF: no wrap)."""
+    return base, True, part, False, size, float(date)
+
+
+@implementer(IIndexedFolder)
 class MaildirFolder:
-    """Implements: IFolder. One live object per (user, folder) in a MaildirStore."""
+    """Implements: IIndexedFolder. One live object per (user, folder) in a MaildirStore."""
 
     log = Logger()
 
@@ -156,7 +163,7 @@ class MaildirFolder:
             return stamp, generation, load_folder(path, fsync, modes, True, uids,
                                                   Keywords(by_index))
 
-        stamp, self._kw_generation, loaded = await self._store._in_thread(load)
+        stamp, self._kw_generation, loaded = await self._store.run_blocking(load)
         self._stamp = stamp
         self.uid_validity = loaded.validity
         self.uid_next = loaded.uid_next
@@ -164,11 +171,11 @@ class MaildirFolder:
         self._index.path = self._path
         self._keywords = loaded.index.keywords
         self._stale = loaded.stale
-        cache, cache_lines = await self._store._in_thread(
+        cache, cache_lines = await self._store.run_blocking(
             maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
         self._cache = cache
         if cache_lines > 2 * sum(len(v) for v in cache.values()) + COMPACT_MIN_STALE:
-            await self._store._in_thread(self._rewrite_cache, dict(cache))
+            await self._store.run_blocking(self._rewrite_cache, dict(cache))
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         if loaded.foreign:
@@ -232,7 +239,7 @@ class MaildirFolder:
                 uids.cache(facts)
             return dates, missing
 
-        dates, missing = await self._store._in_thread(work, todo)
+        dates, missing = await self._store.run_blocking(work, todo)
         for uid, mtime in dates:
             index.set_date(uid, float(mtime))
         if missing:
@@ -247,7 +254,7 @@ class MaildirFolder:
                     retry.append((uid, self._relpath_at(i), index.sizes[i],
                                   bool(index.wrap[i]), index.keys[i], UNKNOWN_DATE))
             if retry:
-                dates, missing = await self._store._in_thread(work, retry)
+                dates, missing = await self._store.run_blocking(work, retry)
                 for uid, mtime in dates:
                     index.set_date(uid, float(mtime))
                 for uid in missing:  # still not found: racing; use the name's time
@@ -276,7 +283,7 @@ class MaildirFolder:
                     pass  # renamed or gone: read on demand (FolderIndex.date_at)
             return found
 
-        found = await self._store._in_thread(work)
+        found = await self._store.run_blocking(work)
         if index is not self._index:
             return
         for uid, date in found:
@@ -290,7 +297,7 @@ class MaildirFolder:
     def fill_dates(self, uids: Iterable[int] | None = None) -> defer.Deferred:
         """Fires once the date of every message (or of these UIDs) is known, read in
         bulk in a worker thread (at once when none is missing): for callers about to
-        read many INTERNALDATEs, such as SEARCH or FETCH (not part of IFolder)."""
+        read many INTERNALDATEs, such as SEARCH or FETCH (IIndexedFolder)."""
         if not self._index.unknown_dates:
             return defer.succeed(None)
         return self._run(self._read_dates, None if uids is None else list(uids))
@@ -332,7 +339,7 @@ class MaildirFolder:
         names = [f for f in flags if not f.startswith("\\")]
         if all(self._keywords.index_of(n) is not None for n in names):
             return
-        got = await self._store._in_thread(self._kwfile.learn, names,
+        got = await self._store.run_blocking(self._kwfile.learn, names,
                                            self._index.unmapped_letters())
         self._apply_keywords(got)
 
@@ -472,7 +479,7 @@ class MaildirFolder:
         self.batches += 1
         bases = [row[0] for row in batch]
         uids, ticket = self._uids, []
-        syncer = self._store._sync if self._store.fsync else None
+        syncer = self._store.syncer
         facts = [(date, size, wrap) for _, _, _, wrap, size, date in batch]
 
         def work():
@@ -483,7 +490,7 @@ class MaildirFolder:
 
         try:
             try:
-                got = await self._store._in_thread(work)
+                got = await self._store.run_blocking(work)
             except BaseException:
                 self._settle([(uid, None) for uid in ticket])
                 raise
@@ -533,7 +540,7 @@ class MaildirFolder:
         """Recreate dovecot-uidlist without the records of expunged files (in a
         thread, under its lock; see FolderUids.compact)."""
         live = set(self._index.by_base) | set(self._pending_bases)
-        await self._store._in_thread(self._uids.compact, live)
+        await self._store.run_blocking(self._uids.compact, live)
         self._stale = 0
 
     # -- IFolder: reads -------------------------------------------------------------------
@@ -546,11 +553,19 @@ class MaildirFolder:
 
     def columns(self) -> Columns:
         """The whole index as position-aligned sequences, with no per-message object:
-        the bulk path for IMAP SELECT and FETCH on big folders (not part of IFolder)."""
+        the bulk path for IMAP SELECT and FETCH on big folders (IIndexedFolder)."""
         return self._index.columns()
 
     def open_message(self, uid: int):
         return defer.Deferred.fromCoroutine(self._open_message(uid))
+
+    def read_message(self, uid: int, offset: int = 0, length: int | None = None):
+        i = self._index.pos(uid)
+        size = self._index.sizes[i] if i >= 0 else 0
+        d = self.open_message(uid)
+        d.addCallback(lambda f: reader_for(f, size, offset, length,
+                                           run=self._store.run_blocking))
+        return d
 
     async def _open_message(self, uid: int):
         for attempt in range(3):
@@ -639,7 +654,7 @@ class MaildirFolder:
                 diff = uids.locked(diff_folder, path, snapshot, None)
             return keywords, diff, uids.next_uid_nowait()
 
-        keywords, (stamp, renamed, gone, foreign), next_uid = await self._store._in_thread(
+        keywords, (stamp, renamed, gone, foreign), next_uid = await self._store.run_blocking(
             work, index.snapshot(), last)
         self._apply_keywords(keywords)
         self.uid_next = max(self.uid_next, next_uid)
@@ -687,7 +702,7 @@ class MaildirFolder:
                 return examined, got
 
             try:
-                examined, got = await self._store._in_thread(work)
+                examined, got = await self._store.run_blocking(work)
             except BaseException:
                 self._settle([(uid, None) for uid in ticket])
                 raise
@@ -783,8 +798,8 @@ class MaildirFolder:
             # cost no rescan (see _explained).
             self._own_names.update(os.path.split(new) for _, new in renames)
         try:
-            return await self._store._in_thread(self._uids.locked, rename_all, self._path,
-                                                renames, kwfile, lock, fsync)
+            return await self._store.run_blocking(self._uids.locked, rename_all, self._path,
+                                                  renames, kwfile, lock, fsync)
         finally:
             moving.clear()  # renames are serialised by the folder lock
 
@@ -799,7 +814,7 @@ class MaildirFolder:
         if not victims:
             return []
         paths = [os.path.join(self._path, self._relpath_at(index.pos(u))) for u in victims]
-        missing = await self._store._in_thread(self._uids.locked, unlink_all, paths)
+        missing = await self._store.run_blocking(self._uids.locked, unlink_all, paths)
         if missing:
             # Another program renamed (flagged) or removed some: learn their current
             # names (the gone leave the index, listeners hear of it), then remove the
@@ -810,7 +825,7 @@ class MaildirFolder:
             index = self._index
             again = [u for u in retry if (i := index.pos(u)) >= 0
                      and "\\Deleted" in index.state_at(i).flags]
-            await self._store._in_thread(
+            await self._store.run_blocking(
                 self._uids.locked, unlink_all,
                 [os.path.join(self._path, self._relpath_at(index.pos(u))) for u in again])
             keep = {u for u in retry if u in index} - set(again)  # no longer \Deleted
@@ -870,12 +885,12 @@ class MaildirFolder:
                 base, int(info.internal_date), info.size, wrap)
                for _, info, wrap, base, new_part, rel in plan]
         bases = [base for _, _, _, base, _, _ in plan]
-        syncer = self._store._sync if self._store.fsync else None
+        syncer = self._store.syncer
         ticket: list[int] = []
         dest._expect(bases)
         try:
             try:
-                ok, got = await self._store._in_thread(
+                ok, got = await self._store.run_blocking(
                     transfer_files, ops, move, dest._path, dest._kwfile, dest._file_lock,
                     dest._uids, ticket, syncer, self._store.modes, self._uids)
             except BaseException:
@@ -1038,6 +1053,49 @@ class MaildirFolder:
             return current or (sub, name) in own
         return not current  # an old name of ours went away
 
+    # -- the delivery API: what MaildirMessageWriter may use of a folder ------------------
+    #
+    # A writer links one tmp file into several folders in one thread hop (maildir_io.
+    # deliver_files) and hands each folder its outcome. These names are that contract
+    # inside the Maildir store; nothing else of the folder is the writer's business.
+
+    @property
+    def path(self) -> str:
+        """The folder's directory (its new/ takes deliveries)."""
+        return self._path
+
+    async def learn_keywords(self, flags: Iterable[str]) -> None:
+        """Give every keyword among ``flags`` a letter before a file name uses it."""
+        await self._learn_keywords(flags)
+
+    def letters(self, flags: frozenset[str]) -> str:
+        """The Maildir info letters of ``flags`` (after ``learn_keywords``)."""
+        return self._letters(flags)
+
+    def delivery_handles(self) -> tuple[threading.Lock, KeywordFile, FolderUids]:
+        """(file lock, dovecot-keywords, UID assigner) for a deliver_files job: what the
+        worker thread uses to write keywords and give the copy its UID."""
+        return self._file_lock, self._kwfile, self._uids
+
+    def expect_files(self, bases: Iterable[str]) -> None:
+        """These files are being linked in by a writer: a rescan meanwhile leaves them
+        alone (the writer's thread numbers them)."""
+        self._expect(bases)
+
+    def unexpect_files(self, bases: Iterable[str]) -> None:
+        """The writer is done with these files (numbered, dropped, or handed over)."""
+        self._unexpect(bases)
+
+    def settle_uids(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred:
+        """The outcome of UIDs a writer's thread handed out (None: dropped); fires once
+        each is visible (listeners told) or dropped."""
+        return self._settle(items)
+
+    def number_later(self, rows: Sequence[Row]) -> None:
+        """Durable copies that want no UID now (SMTP): numbered in the next batch; the
+        writer ``expect_files``-ed them before linking."""
+        self._delivered(rows, expected=True)
+
     # -- cached metadata -----------------------------------------------------------------
 
     def get_cached(self, uid: int, key: str) -> str | None:
@@ -1073,7 +1131,7 @@ class MaildirFolder:
             with lock:
                 maildir_cache.append(path, validity, pending, self._store.modes)
 
-        d = self._store._in_thread(work)
+        d = self._store.run_blocking(work)
         d.addErrback(lambda f: self.log.failure("cache flush failed", f))
         return d
 
@@ -1085,7 +1143,7 @@ class MaildirFolder:
     def _close_uids(self) -> defer.Deferred:
         """Close the dovecot-uidlist fd the folder holds (see dovecot_uidlist), in a
         thread: it waits for the folder's thread mutex."""
-        d = self._store._in_thread(self._uids.close)
+        d = self._store.run_blocking(self._uids.close)
         d.addErrback(lambda f: self.log.failure("closing {path}'s uidlist failed", f,
                                                 path=self._path))
         return d

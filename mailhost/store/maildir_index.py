@@ -32,7 +32,7 @@ from typing import NamedTuple
 from mailhost.message.crlf import crlf_size
 from mailhost.store import legacy_uidlist, uidcache
 from mailhost.store.dovecot_uidlist import new_uid_validity
-from mailhost.store.interfaces import MessageInfo
+from mailhost.store.interfaces import Columns, MessageInfo
 from mailhost.store.maildir_io import list_names
 from mailhost.store.maildir_names import (
     KEYWORDS_FILE,
@@ -78,17 +78,6 @@ class State(NamedTuple):
     recent: bool
     flags: frozenset[str]
     extra: str  # letters no keyword maps, kept verbatim on renames
-
-
-class Columns(NamedTuple):
-    """A snapshot of the index as position-aligned sequences (for bulk readers such as
-    IMAP SELECT and ``FETCH 1:* (UID FLAGS)``), with no per-message object."""
-
-    uids: array
-    flags: list[frozenset[str]]
-    recent: bytes
-    sizes: array
-    dates: Sequence[float]
 
 
 #: The date of a file adopted in bulk whose mtime has not been read yet (in the index

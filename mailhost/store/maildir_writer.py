@@ -1,6 +1,11 @@
 """MaildirMessageWriter: one incoming message, streamed to a tmp file, then committed
 durably to every target folder (Implements: IMessageWriter).
 
+It uses the folder's and account's named delivery API (``MaildirFolder.path``,
+``learn_keywords``, ``delivery_handles``, ``expect_files``, ``settle_uids``,
+``number_later``; ``MaildirAccount.folder``, ``loaded_folder``, ``number_unopened``)
+and the store's ``run_blocking``, ``syncer`` and ``tmp_dir``, never their privates.
+
 ``write`` keeps a small message in memory (most mail is a few KiB) and spills to a
 tmp file only past ``MEMORY_LIMIT``, so the reactor thread never opens or writes a
 file for it: creating a file can stall behind a journal commit that another thread's
@@ -15,7 +20,7 @@ A target with ``want_uid=False`` (SMTP: nobody reads the UID) skips the UID step
 file is as durable when the Deferred fires, and gets its UID afterwards, off the
 delivery's path, as mail another MDA drops into new/ does. If its folder is open in
 this process the folder is told on the reactor and numbers what arrived meanwhile in
-one batch (MaildirFolder._delivered: one lock round for many deliveries); else the
+one batch (MaildirFolder.number_later: one lock round for many deliveries); else the
 file is adopted when the folder is next opened, and an unopened INBOX is not opened
 for it. A crash in between leaves a durable file in new/, numbered at the next open.
 """
@@ -32,6 +37,7 @@ from zope.interface import implementer
 from mailhost.message.crlf import CRLFNormalizer
 from mailhost.store.flags import normalize_flags
 from mailhost.store.interfaces import DeliveryTarget, IMessageWriter, StoreError
+from mailhost.store.maildir_folder import delivered_row
 from mailhost.store.maildir_io import deliver_files
 from mailhost.store.maildir_names import Keywords, filename, make_info, unique_base
 from mailhost.store.names import INBOX, canonical_folder
@@ -50,7 +56,7 @@ class MaildirMessageWriter:
         self._norm = CRLFNormalizer(keep_bare_cr=True)  # as Dovecot stores it
         self.size = 0
         self._done = False
-        self._path = os.path.join(store._tmp_dir(), unique_base(0).split(",")[0])
+        self._path = os.path.join(store.tmp_dir(), unique_base(0).split(",")[0])
         self._file = None
         self._buffer: bytearray | None = bytearray()
 
@@ -89,49 +95,50 @@ class MaildirMessageWriter:
             raise
         for folder, _, _, base, _ in plan:
             if folder is not None:
-                folder._expect([base])
+                folder.expect_files([base])
         tickets: list[list[int] | None] = [[] if t.want_uid else None for t in targets]
         jobs = []
         for (folder, _, path, base, part), ticket in zip(plan, tickets, strict=True):
-            kw = (None, None) if folder is None else (folder._file_lock, folder._kwfile)
-            jobs.append((path, filename(base, part), base, self.size, *kw,
-                         None if ticket is None else folder._uids, ticket))
+            lock, kwfile, uids = (None, None, None) if folder is None \
+                else folder.delivery_handles()
+            jobs.append((path, filename(base, part), base, self.size, lock, kwfile,
+                         None if ticket is None else uids, ticket))
         told = False
         try:
             try:
-                await store._in_thread(deliver_files, self._file, self._path, date, jobs,
-                                       store._sync if store.fsync else None, store.modes,
+                await store.run_blocking(deliver_files, self._file, self._path, date, jobs,
+                                       store.syncer, store.modes,
                                        None if self._buffer is None else bytes(self._buffer))
                 self._buffer = None
             except BaseException:
                 for (folder, _, _, _, _), ticket in zip(plan, tickets, strict=True):
                     if ticket is not None:
-                        folder._settle([(uid, None) for uid in ticket])
+                        folder.settle_uids([(uid, None) for uid in ticket])
                 raise
             # Durable now. Copies nobody waits a UID for are numbered in the folder's
             # next batch (or when it is opened); the others are settled here.
             for (folder, account, _, base, part), ticket in zip(plan, tickets,
                                                                  strict=True):
                 if ticket is None:
-                    row = (base, True, part, False, self.size, float(date))
+                    row = delivered_row(base, part, self.size, date)
                     if folder is not None:
-                        folder._delivered([row], expected=True)
+                        folder.number_later([row])
                     else:
-                        account._delivered_unopened(row)
+                        account.number_unopened(row)
             told = True
             by_folder: dict[int, tuple[object, list]] = {}
             for (folder, _, _, base, part), ticket in zip(plan, tickets, strict=True):
                 if ticket is None:
                     continue
-                row = folder._row(base, True, part, False, self.size, date, ticket[0])
+                row = delivered_row(base, part, self.size, date)
                 by_folder.setdefault(id(folder), (folder, []))[1].append((ticket[0], row))
-            await defer.gatherResults([f._settle(items) for f, items in by_folder.values()],
+            await defer.gatherResults([f.settle_uids(items) for f, items in by_folder.values()],
                                       consumeErrors=True)
         finally:
             for (folder, _, _, base, _), ticket in zip(plan, tickets, strict=True):
                 # A copy handed to the numbering batch stays expected until numbered.
                 if folder is not None and not (told and ticket is None):
-                    folder._unexpect([base])
+                    folder.unexpect_files([base])
         return [None if ticket is None else ticket[0] for ticket in tickets]
 
     async def _place(self, target: DeliveryTarget):
@@ -140,22 +147,22 @@ class MaildirMessageWriter:
         folder: an unopened INBOX gets the file, numbered when the folder is opened."""
         store = self._store
         flags = normalize_flags(target.flags)
-        account = await store._account(target.user)
+        account = await store.account(target.user)
         canon = canonical_folder(target.folder)
         if target.want_uid:
-            folder = await account._folder(canon)
+            folder = await account.folder(canon)
         else:
-            folder = account._folders.get(canon)
+            folder = account.loaded_folder(canon)
             if folder is None and (canon != INBOX
                                    or any(not f.startswith("\\") for f in flags)):
                 # Another folder must exist (opening checks), and keywords need the
                 # folder's letter map: open it.
-                folder = await account._folder(canon)
+                folder = await account.folder(canon)
         if folder is None:
-            path, letters = account._dir(INBOX), Keywords().letters_of(flags)
+            path, letters = account.folder_path(INBOX), Keywords().letters_of(flags)
         else:
-            await folder._learn_keywords(flags)
-            path, letters = folder._path, folder._letters(flags)
+            await folder.learn_keywords(flags)
+            path, letters = folder.path, folder.letters(flags)
         return (folder, account, path, unique_base(self.size),
                 make_info(letters, in_new=True))
 

@@ -20,6 +20,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFNormalizer
+from mailhost.store.append import append_message
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
     DEFAULT_SPECIAL_FOLDERS,
@@ -37,6 +38,7 @@ from mailhost.store.interfaces import (
 )
 from mailhost.store.listeners import ListenerSet
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents, split_user
+from mailhost.store.reader import reader_for
 
 #: Bodies up to this size stay in RAM; larger ones spill to a temporary file.
 SPOOL_MAX = 1024 * 1024
@@ -221,6 +223,12 @@ class MemoryFolder:
             return defer.fail(NoSuchMessage(uid))
         return defer.succeed(body.open())
 
+    def read_message(self, uid: int, offset: int = 0, length: int | None = None):
+        body = self._bodies.get(uid)
+        if body is None:
+            return defer.fail(NoSuchMessage(uid))
+        return defer.succeed(reader_for(body.open(), body.size, offset, length))
+
     def set_flags(self, uids: Iterable[int], flags: Iterable[str], mode: str):
         try:
             wanted = normalize_flags(flags)
@@ -328,6 +336,12 @@ class MemoryAccount:
         if folder is None:
             raise NoSuchFolder(name)
         return folder
+
+    def new_message(self):
+        return self._store.new_message()
+
+    def append(self, name: str, message, flags=(), internal_date: float | None = None):
+        return append_message(self, name, message, flags, internal_date)
 
     def list_folders(self):
         names = sorted(n for n in self._folders if n != INBOX)

@@ -38,6 +38,7 @@ from mailhost.store.interfaces import (
     IFolderListener,
     MessageInfo,
 )
+from mailhost.store.reader import read_all
 from mailhost.testing.faults import Fault, FaultHook, FaultSet
 
 log = Logger()
@@ -441,16 +442,11 @@ class MailHost:
     @defer.inlineCallbacks
     def _read(self, folder: Any, uid: int):
         try:
-            fh = yield folder.open_message(uid)
+            reader = yield folder.read_message(uid)
         except Exception:
             return None  # expunged before we got to it
-        try:
-            if self.store_kind == "memory":
-                return fh.read()
-            data = yield threads.deferToThread(fh.read)
-            return data
-        finally:
-            fh.close()
+        data = yield defer.ensureDeferred(read_all(reader))  # closes the reader
+        return data
 
     def _mailboxes(self, address: str) -> list[str]:
         self._require_running()

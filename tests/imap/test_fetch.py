@@ -9,6 +9,7 @@ from mailhost.imap import fetch, parser
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
 from mailhost.store.memory import MemoryStore
+from mailhost.store.reader import read_all
 from tests.imap.test_mime import NESTED, RFC3501
 
 USER = "alice@example.test"
@@ -22,15 +23,15 @@ def store(request, tmp_path):
 
 
 class CountingFolder:
-    """Wraps an IFolder and counts open_message calls."""
+    """Wraps an IFolder and counts read_message calls (each opens the message)."""
 
     def __init__(self, folder):
         self._folder = folder
         self.opens = 0
 
-    def open_message(self, uid):
+    def read_message(self, uid, offset=0, length=None):
         self.opens += 1
-        return self._folder.open_message(uid)
+        return self._folder.read_message(uid, offset, length)
 
     def __getattr__(self, name):
         return getattr(self._folder, name)
@@ -59,11 +60,7 @@ async def render(folder, uid, spec):
     out = b""
     for p in pieces:
         if isinstance(p, fetch.BodyRange):
-            f = await p.open()
-            try:
-                data = f.read(p.length)
-            finally:
-                f.close()
+            data = await read_all(await p.open())
             assert len(data) == p.length
             out += b"{%d}\r\n" % p.length + data
         else:

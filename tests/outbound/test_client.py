@@ -403,14 +403,15 @@ async def test_message_recycled_while_streaming_is_never_sent_with_another_ones_
     """``mailhost queue delete`` (or an early final reply) while a large message is
     streamed: the spool recycles its file, and the next commit refills the same inode.
     The stream must stop there, not go on with the other message's bytes."""
-    from mailhost.outbound import client as client_mod
+    from mailhost.outbound import spool as spool_mod
     from mailhost.outbound.spool import SpoolFiles
     from mailhost.outbound.spool_writer import SpoolWriter
+    from mailhost.store.reader import CHUNK_SIZE
 
     files = SpoolFiles(str(tmp_path / "q"), fsync=False)
     files.ensure_sync()
 
-    doomed = b"Subject: doomed\r\n\r\n" + b"a" * (3 * SMALL_MESSAGE) + b"\r\n"
+    doomed = b"Subject: doomed\r\n\r\n" + b"a" * (3 * CHUNK_SIZE) + b"\r\n"
     other = b"Subject: other\r\n\r\n" + b"b" * (3 * SMALL_MESSAGE) + b"\r\n"
     w = SpoolWriter(files, "a@b.test", None, None, lambda e: None, time.time)
     w.write(doomed)
@@ -418,7 +419,7 @@ async def test_message_recycled_while_streaming_is_never_sent_with_another_ones_
     env = files.load_envelope_sync(qid)
     env.recipients = [RecipientState("a@remote.test")]
 
-    class SwapAfterFirstRead(client_mod.MessageFile):
+    class SwapAfterFirstRead(spool_mod.MessageFile):
         calls = 0
 
         def read(self, size=-1):
@@ -433,7 +434,7 @@ async def test_message_recycled_while_streaming_is_never_sent_with_another_ones_
                     recipients=[RecipientState("z@else.test")]), bytes(w2._buffer))
             return data
 
-    monkeypatch.setattr(client_mod, "MessageFile", SwapAfterFirstRead)
+    monkeypatch.setattr(spool_mod, "MessageFile", SwapAfterFirstRead)
     f = ScriptedFactory()
     port = await listen(f)
     try:

@@ -89,7 +89,7 @@ async def test_list_size_equals_octets_sent(pop3):
 @pytest_twisted.ensureDeferred
 async def test_dot_lines_at_every_chunk_position_byte_for_byte(pop3):
     """'.' at the start of the message and of lines straddling read-chunk boundaries."""
-    from mailhost.pop3.transfer import CHUNK_SIZE
+    from mailhost.store.reader import CHUNK_SIZE
 
     host = await pop3()
     messages = []

@@ -10,7 +10,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from mailhost.pop3.transfer import ChunkReader, DotStuffer, MessageSender, TopFilter
+from mailhost.pop3.transfer import DotStuffer, MessageSender, TopFilter
+from mailhost.store.reader import MessageReader
 
 # Messages made of the interesting pieces: dots, CRLFs, lone CR/LF, text.
 pieces = st.sampled_from([b".", b"..", b"\r\n", b"\r", b"\n", b"a", b"Subject: x", b" "])
@@ -71,12 +72,12 @@ def test_top_is_chunking_invariant(data, n, cuts):
 
 
 def sync_run(fn, *args):
-    """ChunkReader's thread hop, made synchronous for StringTransport tests."""
+    """The reader's thread hop, made synchronous for StringTransport tests."""
     return defer.succeed(fn(*args))
 
 
 class ManualRun:
-    """ChunkReader's thread hop, completed by hand: lets a test hold reads in flight."""
+    """The reader's thread hop, completed by hand: lets a test hold reads in flight."""
 
     def __init__(self) -> None:
         self.pending: list[tuple[defer.Deferred, bytes]] = []
@@ -96,7 +97,7 @@ def test_sender_streams_with_backpressure_and_stuffs_across_chunks():
     transport = StringTransport()
     f = io.BytesIO(data)
     clock = Clock()
-    sender = MessageSender(transport, ChunkReader(f, 4, run=sync_run), reactor=clock)
+    sender = MessageSender(transport, MessageReader(f, None, chunk_size=4, run=sync_run), reactor=clock)
     d = sender.start()
     # Without push-back it still yields to the reactor after a few chunks.
     assert transport.producer is sender and transport.streaming and not d.called
@@ -112,7 +113,7 @@ def test_sender_waits_for_reads_and_for_the_transport():
     transport = StringTransport()
     f = io.BytesIO(b"z" * 100)
     run = ManualRun()
-    reader = ChunkReader(f, 10, run=run)
+    reader = MessageReader(f, None, chunk_size=10, run=run)
     sender = MessageSender(transport, reader, reactor=Clock())
     d = sender.start()
     assert transport.value() == b"" and len(run.pending) == 1  # first read in flight
@@ -135,7 +136,7 @@ def test_sender_stop_producing_closes_the_file_once_the_read_lands():
     transport = StringTransport()
     f = io.BytesIO(b"z" * 1000)
     run = ManualRun()
-    sender = MessageSender(transport, ChunkReader(f, 10, run=run), reactor=Clock())
+    sender = MessageSender(transport, MessageReader(f, None, chunk_size=10, run=run), reactor=Clock())
     d = sender.start()
     failures = []
     d.addErrback(failures.append)
@@ -153,7 +154,7 @@ def test_read_error_fails_the_transfer():
 
     transport = StringTransport()
     f = Broken(b"x")
-    sender = MessageSender(transport, ChunkReader(f, 10, run=lambda fn, *a: defer.maybeDeferred(fn, *a)),
+    sender = MessageSender(transport, MessageReader(f, None, chunk_size=10, run=lambda fn, *a: defer.maybeDeferred(fn, *a)),
                            reactor=Clock())
     failures = []
     sender.start().addErrback(failures.append)
@@ -166,33 +167,7 @@ def test_interfaces_and_exports():
 
     import mailhost.pop3
 
-    sender = MessageSender(StringTransport(), ChunkReader(io.BytesIO(b""), run=sync_run),
+    sender = MessageSender(StringTransport(), MessageReader(io.BytesIO(b""), None, run=sync_run).start(),
                            reactor=Clock())
     assert verifyObject(IPushProducer, sender)
     assert mailhost.pop3.__all__ == ["POP3Factory", "MaildropLocks"]
-
-
-def test_short_read_ends_a_buffered_file_but_not_a_raw_one():
-    run = ManualRun()
-    reader = ChunkReader(io.BytesIO(b"abc"), 10, run=run)
-    run.land()
-    got = []
-    reader.read().addCallback(got.append)
-    reader.read().addCallback(got.append)
-    assert got == [b"abc", b""] and not run.pending  # one read for a short message
-
-    class Trickle(io.RawIOBase):  # a raw file may return less than asked, mid-file
-        def __init__(self):
-            self.parts = [b"ab", b"cd", b""]
-
-        def readable(self):
-            return True
-
-        def read(self, n=-1):
-            return self.parts.pop(0)
-
-    reader = ChunkReader(Trickle(), 10, run=sync_run)
-    got = []
-    for _ in range(3):
-        reader.read().addCallback(got.append)
-    assert got == [b"ab", b"cd", b""]

@@ -1,4 +1,5 @@
-"""Fixtures: every contract test runs against both stores."""
+"""Fixtures: every contract test runs against every store: MemoryStore, MaildirStore
+and DictStore (written in the tests, from the contract alone)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from zope.interface import implementer
 from mailhost.store.interfaces import IFolderListener
 from mailhost.store.maildir import MaildirStore
 from mailhost.store.memory import MemoryStore
+from tests.store.dictstore import DictStore
 
 
-@pytest.fixture(params=["memory", "maildir"])
+@pytest.fixture(params=["memory", "maildir", "dict"])
 def store(request, tmp_path):
     if request.param == "memory":
         return MemoryStore()
+    if request.param == "dict":
+        return DictStore()
     return MaildirStore(str(tmp_path / "mail"), fsync=True)
 
 

@@ -1,4 +1,9 @@
-"""The IMailStore contract, run against MemoryStore and MaildirStore alike."""
+"""The IMailStore contract, run against MemoryStore, MaildirStore and DictStore alike.
+
+It covers everything a protocol uses of a store (IMAP, POP3, SMTP delivery, the
+outbound service's local delivery): DictStore, written in tests/store/dictstore.py
+from the contract alone, passes it and serves all three protocols
+(tests/e2e/test_foreign_store.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +22,10 @@ from mailhost.store.interfaces import (
     FolderExists,
     IFolder,
     IFolderListener,
+    IIndexedFolder,
     IMailAccount,
     IMailStore,
+    IMessageReader,
     IMessageWriter,
     InvalidFolderName,
     NoSuchFolder,
@@ -26,6 +33,7 @@ from mailhost.store.interfaces import (
     StoreError,
 )
 from mailhost.store.maildir import MaildirStore
+from mailhost.store.reader import read_all as read_reader
 from tests.store.conftest import Recorder
 
 A = "alice@example.test"
@@ -469,3 +477,130 @@ async def test_20mb_message_streams_in_bounded_memory(store):
         tracemalloc.stop()
     assert n == expected
     assert peak < 4 * 1024 * 1024, peak
+
+
+# -- what the protocols use beyond the basics -------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_message_streams_ranges_in_bounded_chunks(store):
+    """IMAP FETCH, POP3 RETR, SEARCH: every read goes through IFolder.read_message."""
+    big = b"".join(b"line %07d\r\n" % i for i in range(100_000))  # 1.3 MB
+    small = MSG
+    await deliver(store, small)
+    await deliver(store, big)
+    folder = await inbox(store)
+    reader = await folder.read_message(1)
+    assert verifyObject(IMessageReader, reader)
+    assert reader.size == len(small)
+    assert await read_reader(reader) == small
+    reader = await folder.read_message(2)
+    chunks = []
+    while chunk := await reader.read():
+        assert len(chunk) <= 256 * 1024
+        chunks.append(chunk)
+    reader.close()
+    assert b"".join(chunks) == big and len(chunks) > 1
+    for offset, length in [(0, 10), (5, 100), (70_000, 70_000), (len(big) - 3, 10),
+                           (len(big) + 5, 10), (1000, None)]:
+        reader = await folder.read_message(2, offset, length)
+        want = big[offset:] if length is None else big[offset:offset + length]
+        assert reader.size == len(want)
+        assert await read_reader(reader) == want, (offset, length)
+    with pytest.raises(NoSuchMessage):
+        await folder.read_message(99)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reader_call_runs_a_parser_on_the_message(store):
+    """The MIME scan and SEARCH read the message their own way, off the reactor."""
+    await deliver(store, MSG)
+    folder = await inbox(store)
+    reader = await folder.read_message(1, 6)
+    try:
+        head = await reader.call(lambda f, n: f.read(n), 13)
+    finally:
+        reader.close()
+    assert head == MSG[6:19]
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_on_the_account(store, recorder):
+    """IMAP APPEND: through the account, the session's one route to the store."""
+    account = await store.open_account(A)
+    sent = await account.open_folder("Sent")
+    sent.add_listener(recorder)
+    writer = account.new_message()
+    assert verifyObject(IMessageWriter, writer)
+    writer.write(MSG)
+    validity, uid = await account.append("Sent", writer, ["\\Seen", "Work"], 837570205.0)
+    assert (validity, uid) == (sent.uid_validity, 1)
+    info = sent.get(1)
+    assert info.flags == {"\\Seen", "Work"} and info.internal_date == 837570205.0
+    assert await read_all(sent, 1) == MSG
+    assert recorder.events == [("added", [1])]
+    doomed = account.new_message()
+    doomed.write(MSG)
+    with pytest.raises(NoSuchFolder):
+        await account.append("Nope", doomed)
+    with pytest.raises(StoreError):  # thrown away: NoSuchFolder aborted it
+        doomed.write(b"more")
+    big = account.new_message()
+    body = b"x" * (2 * 1024 * 1024)
+    for i in range(0, len(body), 65536):
+        big.write(body[i:i + 65536])
+    _, uid = await account.append("INBOX", big)
+    assert (await inbox(store)).get(uid).size == len(body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivery_wanting_no_uid_is_seen_after_refresh(store):
+    """SMTP delivers with want_uid=False; a client that got the 250 and then looks
+    (POP3 login, IMAP SELECT refresh) finds the message."""
+    folder = await inbox(store)
+    got = await deliver(store, MSG, DeliveryTarget(A, want_uid=False))
+    assert got[0] is None or isinstance(got[0], int)
+    await folder.refresh()
+    [info] = folder.messages()
+    assert await read_all(folder, info.uid) == MSG
+    assert folder.uid_next > info.uid
+
+
+@pytest_twisted.ensureDeferred
+async def test_indexed_folder_columns_agree_with_messages(store):
+    """IIndexedFolder is optional; where a store declares it, its columns are the
+    index that messages() gives, and fill_dates() fires."""
+    await deliver(store, MSG, DeliveryTarget(A, internal_date=1_000_000.0))
+    await deliver(store, MSG + b"x", DeliveryTarget(A, flags=frozenset({"\\Seen"})))
+    folder = await inbox(store)
+    await folder.claim_recent()
+    await deliver(store)
+    if not IIndexedFolder.providedBy(folder):
+        return
+    assert verifyObject(IIndexedFolder, folder)
+    await folder.fill_dates()
+    await folder.fill_dates([1])
+    cols = folder.columns()
+    infos = folder.messages()
+    assert list(cols.uids) == [i.uid for i in infos]
+    assert list(cols.flags) == [i.flags for i in infos]
+    assert [bool(r) for r in cols.recent] == [i.recent for i in infos]
+    assert list(cols.sizes) == [i.size for i in infos]
+    assert list(cols.dates) == [i.internal_date for i in infos]
+    assert cols.dates[0] == 1_000_000.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_folder_attributes_protocols_show(store):
+    """STATUS, SELECT and UIDL show these: stable while nothing changes."""
+    account = await store.open_account(A)
+    folder = await account.open_folder("INBOX")
+    validity, next_uid = folder.uid_validity, folder.uid_next
+    assert isinstance(validity, int) and validity > 0 and next_uid == 1
+    assert folder.name == "INBOX" and folder.special_use is None
+    await folder.refresh()
+    again = await (await store.open_account(A)).open_folder("inbox")
+    assert again.uid_validity == validity
+    await deliver(store)
+    assert folder.uid_next == 2
+    await store.close()

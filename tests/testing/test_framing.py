@@ -106,7 +106,7 @@ def test_imap_literals_never_read_as_commands(body, plus, cuts):
     clock = task.Clock()
     config, store, _directory, login = _host()
     hook = Recorder(faults, clock)
-    factory = IMAPFactory(config, login, reactor=clock, store=store,
+    factory = IMAPFactory(config, login, reactor=clock,
                           sessions=SessionRegistry(clock, hook=hook))
     proto, transport = _connect(factory)
     _feed(proto, clock, b"a0 LOGIN alice@example.test secret\r\n", [])
