@@ -265,3 +265,39 @@ async def test_large_message_is_held_on_disk_and_still_verifies(world):
     (ar,) = ours(got, "mx.b.test")
     assert ar.count("dkim=pass") == 2
     assert got.get_content().replace("\r\n", "\n") == body.replace("\r\n", "\n")
+
+
+def bdat(host: Host, sender: str, rcpt: str, message: bytes, source: str) -> bytes:
+    """One message in two BDAT chunks over a raw socket; the reply to BDAT LAST."""
+    import socket
+
+    with socket.create_connection((host.ip, host.port), timeout=30,
+                                  source_address=(source, 0)) as s:
+        f = s.makefile("rb")
+
+        def reply() -> bytes:
+            while True:
+                line = f.readline()
+                if line[3:4] != b"-":
+                    return line
+
+        reply()
+        s.sendall(b"EHLO client.example\r\n")
+        reply()
+        s.sendall(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{rcpt}>\r\n".encode())
+        reply(), reply()
+        half = len(message) // 2
+        s.sendall(b"BDAT %d\r\n" % half + message[:half])
+        assert reply().startswith(b"250")
+        s.sendall(b"BDAT %d LAST\r\n" % (len(message) - half) + message[half:])
+        return reply()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bdat_forged_from_of_a_reject_domain_gets_550_5_7_1(world):
+    a, b = world
+    answer = await threads.deferToThread(
+        bdat, b, "ceo@a.test", "bob@b.test", message("ceo@a.test", "bob@b.test", "chunked"),
+        STRANGER)
+    assert answer.startswith(b"550 5.7.1 "), answer
+    assert await b.folder("bob@b.test") == []
