@@ -24,7 +24,7 @@ session is cut only when someone else needs its slot.
 
 Wiring, in ``mailhost.service.makeService``::
 
-    limits = ConnectionLimits.from_config(config, reactor=reactor)
+    limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
     root.wrap_factory = limits.wrap   # (kind, factory) -> factory
 """
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -42,8 +42,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import Interface
 
-from mailhost.config import Config, ConfigError
+from mailhost.config import ConfigError
 from mailhost.netkey import client_key
+from mailhost.settings import KindLimitSettings, LimitsSettings
 from mailhost.wrapping import InterfaceCopyingWrapper
 
 log = Logger()
@@ -133,8 +134,10 @@ class ConnectionLimiter:
                  clock: IReactorTime | None = None, max_tracked: int = 100000,
                  evict_idle: bool = True) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
-        self.clock = clock
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock: IReactorTime = clock
         self.rate = rate / 60.0
         self.burst = max(1, burst)
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in exempt]
@@ -276,9 +279,10 @@ class _Refuser(Protocol):
         self._abort: IDelayedCall | None = None
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted hook)
-        self._abort = self.clock.callLater(REFUSAL_TIMEOUT, self.transport.abortConnection)
-        self.transport.write(self.line)
-        self.transport.loseConnection()
+        transport: Any = self.transport  # a TCP transport: ITCPTransport
+        self._abort = self.clock.callLater(REFUSAL_TIMEOUT, transport.abortConnection)
+        transport.write(self.line)
+        transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         """Whatever the client says is ignored: no command runs on a refused connection."""
@@ -293,7 +297,7 @@ class _CountedProtocol(InterfaceCopyingWrapper):
     """An admitted connection; releases its count when it ends (or is evicted)."""
 
     def __init__(self, factory: LimitingFactory, wrapped: Any, host: str) -> None:
-        super().__init__(factory, wrapped)
+        super().__init__(factory, wrapped)  # type: ignore[arg-type]  # stubs: WrappingFactory[T]
         self.host = host
         self.released = False
         self.evictable = _evictable(wrapped)
@@ -324,7 +328,7 @@ class LimitingFactory(WrappingFactory):
         self.hostname = hostname
         self.refused = 0
 
-    def buildProtocol(self, addr: Any) -> Protocol | None:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 (a wrapper, or a _Refuser)
         host = getattr(addr, "host", None) or "unix"
         reason = self.limiter.admit(self.kind, host, self.limits)
         if reason is not None:
@@ -353,7 +357,7 @@ class LimitingFactory(WrappingFactory):
 
 
 class ConnectionLimits:
-    """Per-kind limits from config over one shared ``ConnectionLimiter``.
+    """Per-kind limits from settings over one shared ``ConnectionLimiter``.
 
     ``wrap`` is the ``wrap_factory(kind, factory)`` hook of ``makeService``.
     """
@@ -365,26 +369,27 @@ class ConnectionLimits:
         self.hostname = hostname
 
     @classmethod
-    def from_config(cls, config: Config, reactor: IReactorTime | None = None,
-                    ) -> ConnectionLimits:
-        lim = config.limits
+    def from_settings(cls, settings: LimitsSettings, reactor: IReactorTime | None = None,
+                      ) -> ConnectionLimits:
         try:
-            limiter = ConnectionLimiter(lim.connection_rate, lim.connection_burst,
-                                        lim.exempt_networks, clock=reactor,
-                                        evict_idle=lim.evict_idle)
+            limiter = ConnectionLimiter(settings.connection_rate, settings.connection_burst,
+                                        list(settings.exempt_networks), clock=reactor,
+                                        evict_idle=settings.evict_idle)
         except ValueError as e:
             raise ConfigError(f"limits.exempt_networks: {e}") from None
-        smtp = KindLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip)
+
+        def kind(caps: KindLimitSettings) -> KindLimits:
+            return KindLimits(caps.max_connections, caps.max_connections_per_ip)
+
+        smtp = kind(settings.smtp)
         kinds = {
             "smtp": smtp,
             # Submission has no limits of its own; it counts separately with SMTP's.
             "submission": smtp,
-            "pop3": KindLimits(config.pop3.max_connections,
-                               config.pop3.max_connections_per_ip),
-            "imap": KindLimits(config.imap.max_connections,
-                               config.imap.max_connections_per_ip),
+            "pop3": kind(settings.pop3),
+            "imap": kind(settings.imap),
         }
-        return cls(limiter, kinds, config.server.hostname)
+        return cls(limiter, kinds, settings.hostname)
 
     def wrap(self, kind: str, factory: IProtocolFactory) -> IProtocolFactory:
         """Put the limits of ``kind`` in front of ``factory``.

@@ -23,8 +23,9 @@ import re
 import signal
 import sys
 from collections import OrderedDict
-from typing import IO, Any
+from typing import IO, Any, cast
 
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
@@ -71,7 +72,9 @@ def drop_dns_client_noise(event: dict[str, Any]) -> PredicateResult:
 def quiet(observer: ILogObserver) -> ILogObserver:
     """``observer`` without the DNS client's per-query lines, and with repeated
     identical warnings and errors held back (``RepeatLimiter``)."""
-    return FilteringLogObserver(RepeatLimiter(observer), [drop_dns_client_noise])
+    # A plain callable is a predicate (ILogFilterPredicate has only __call__).
+    return FilteringLogObserver(RepeatLimiter(observer),
+                                [drop_dns_client_noise])  # type: ignore[list-item]
 
 
 def json_observer() -> ILogObserver:
@@ -101,7 +104,7 @@ def _log_file(options: Any) -> IO[Any]:
         def rotate(signum: int, frame: Any) -> None:
             from twisted.internet import reactor
 
-            reactor.callFromThread(f.rotate)
+            cast(IReactorFromThreads, reactor).callFromThread(f.rotate)
 
         signal.signal(signal.SIGUSR1, rotate)
     return f

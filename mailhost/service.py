@@ -8,11 +8,12 @@ embedder can pass its own store, checkers or realm to plug in other backends.
 
 from __future__ import annotations
 
+import copy
 import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.cred.checkers import ICredentialsChecker
@@ -20,7 +21,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory, IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -31,11 +32,12 @@ from mailhost.auth.hashing import VerificationCache, hash_password
 from mailhost.auth.login import LoginService
 from mailhost.auth.passwd import PasswdEntry, PasswdFile
 from mailhost.auth.realm import MailRealm
-from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config, ConfigError, as_dict, load, store_modes
 from mailhost.diskspace import FreeSpace, check_writable
 from mailhost.limits import ConnectionLimits, chain
+from mailhost.outbound.interfaces import IOutboundQueue
 from mailhost.sessions import IDispatchHook, SessionRegistry
+from mailhost.settings import Settings
 from mailhost.store.interfaces import IMailStore
 from mailhost.tls import HandshakeDeadlineFactory, server_options
 
@@ -177,12 +179,19 @@ class MailHostService(service.MultiService):
     """The running mail host; the public pieces are attributes for embedders and tests."""
 
     def __init__(self, config: Config, store: IMailStore, directory: UserDirectory,
-                 login: LoginService) -> None:
+                 login: LoginService, settings: Settings | None = None) -> None:
         super().__init__()
         self.config = config
+        self.settings = settings if settings is not None else Settings.from_config(config)
         self.store = store
         self.directory = directory
         self.login = login
+        # The directory makeService built from the config (not one passed in): a
+        # reload hands it the new domains and postmaster.
+        self.own_directory: UserDirectory | None = None
+        # The protocol factories by kind, as built (before any wrapping): a reload
+        # hands them new settings.
+        self.factories: dict[str, list[Any]] = {}
         self.queue: Any = None
         self.outbound: Any = None
         self.metrics: Any = None
@@ -261,16 +270,18 @@ class MailHostService(service.MultiService):
 
             from twisted.internet import reactor
 
+            from_thread = cast(IReactorFromThreads, reactor)
             self._previous_sighup = signal.signal(
-                signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))
+                signal.SIGHUP, lambda *_: from_thread.callFromThread(self.reload))
 
     def reload(self) -> tuple[list[str], list[str]]:
         """Re-read the config file (SIGHUP): apply what can change live, log the rest.
 
-        Sections are updated in place, because every part reads its section object at
-        the moment of use. Copies taken at start-up (domains, plaintext policy,
-        throttle) are refreshed here. The passwd and aliases files need no reload:
-        they are re-read whenever they change.
+        The running config is never changed: the keys that can change live are taken
+        from the file into a new ``Config`` (the others keep their running values),
+        new frozen settings are made from it, and each part is handed its own
+        (``_use_settings``). The passwd and aliases files need no reload: they are
+        re-read whenever they change.
         """
         if not self.config.source:
             log.warn("reload: no config file to re-read", event="reload")
@@ -282,35 +293,38 @@ class MailHostService(service.MultiService):
                       event="reload")
             return [], []
         applied, restart = [], []
+        effective = copy.deepcopy(self.config)
         for section, values in as_dict(new).items():
-            live = getattr(self.config, section)
+            running = getattr(effective, section)
             for key, value in values.items():
-                if getattr(live, key) == value:
+                if getattr(running, key) == value:
                     continue
                 name = f"{section}.{key}"
                 if needs_restart(name):
                     restart.append(name)
                 else:
-                    setattr(live, key, value)
+                    setattr(running, key, getattr(getattr(new, section), key))
                     applied.append(name)
-        self._refresh_copies()
+        self.config = effective
+        self._use_settings(Settings.from_config(effective))
         log.info("reloaded {config}: applied {applied}; needs a restart: {restart}",
                  config=self.config.source, applied=applied or "nothing",
                  restart=restart or "nothing", event="reload")
         return applied, restart
 
-    def _refresh_copies(self) -> None:
-        cfg = self.config
-        if hasattr(self.directory, "domains"):
-            self.directory.domains = {d.strip().lower().rstrip(".") for d in cfg.server.domains}
-            self.directory.postmaster = cfg.auth.postmaster
-            self.directory.first_domain = cfg.server.domains[0].strip().lower().rstrip(".")
-        self.login.allow_plaintext = cfg.server.allow_plaintext_auth
-        throttle = self.login.throttle
-        throttle.max_failures = cfg.auth.max_failures
-        throttle.window = cfg.auth.failure_window
-        throttle.lockout = cfg.auth.lockout
-        throttle.known_good_ttl = cfg.auth.known_good_ttl
+    def _use_settings(self, settings: Settings) -> None:
+        """Hand each part its new settings; sessions that start later use them."""
+        self.settings = settings
+        for kind, factories in self.factories.items():
+            part = {"smtp": settings.smtp, "submission": settings.smtp,
+                    "pop3": settings.pop3, "imap": settings.imap}[kind]
+            for factory in factories:
+                factory.settings = part
+        if self.own_directory is not None:
+            self.own_directory.use_settings(settings.directory)
+        self.login.use_settings(settings.auth)
+        if self.outbound is not None:
+            self.outbound.use_settings(settings.outbound)
 
     def stopService(self) -> defer.Deferred:
         """Graceful stop: no new connections, drain sessions (see mailhost.sessions),
@@ -322,8 +336,9 @@ class MailHostService(service.MultiService):
             self._previous_sighup = None
         listeners = [svc for svcs in self.listeners.values() for svc in svcs]
         d = defer.gatherResults([defer.maybeDeferred(svc.stopService) for svc in listeners])
-        if self.sessions is not None:
-            d.addCallback(lambda _: self.sessions.drain(self.config.server.shutdown_grace))
+        sessions = self.sessions
+        if sessions is not None:
+            d.addCallback(lambda _: sessions.drain(self.config.server.shutdown_grace))
         d.addCallback(lambda _: super(MailHostService, self).stopService())
         d.addCallback(lambda _: self.store.close())
         return d
@@ -337,6 +352,8 @@ def makeService(
     realm: IRealm | None = None,
     directory: UserDirectory | None = None,
     wrap_factory: Callable[[str, IProtocolFactory], IProtocolFactory] | None = None,
+    queue: IOutboundQueue | None = None,
+    relay: bool = True,
     dispatch_hook: IDispatchHook | None = None,
     reactor: Any = None,
 ) -> MailHostService:
@@ -345,13 +362,20 @@ def makeService(
     ``store``, ``checkers``, ``realm`` and ``directory`` replace the defaults (the
     configured store, the passwd file, ``MailRealm`` and the passwd/aliases directory).
     ``wrap_factory(kind, factory)`` may wrap each listener's protocol factory; ``kind``
-    is "smtp", "submission", "pop3" or "imap". ``dispatch_hook`` (an ``IDispatchHook``)
-    is asked before every session command runs (``mailhost.testing`` injects faults so).
+    is "smtp", "submission", "pop3" or "imap". ``queue`` (an ``IOutboundQueue``)
+    takes the mail SMTP accepts for remote domains instead of the spool;
+    ``relay=False`` gives SMTP no queue at all, so remote recipients are refused
+    (``554 5.7.1``). ``dispatch_hook`` (an ``IDispatchHook``) is asked before every
+    session command runs (``mailhost.testing`` injects faults so).
+
+    This is the one place that builds the graph: every part gets its frozen settings
+    (``mailhost.settings``) and the collaborators it needs.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    settings = Settings.from_config(config)
     os.makedirs(os.path.abspath(config.server.data_dir), exist_ok=True)
     # What mail is written to; a read-only one stops the start here, in one line.
     storage_paths = [config.server.data_dir, config.data_path(config.outbound.queue_dir)]
@@ -362,12 +386,13 @@ def makeService(
 
     passwd = PasswdFile(config.data_path(config.auth.passwd_file))
     aliases = AliasesFile(config.data_path(config.auth.aliases_file))
+    own_directory = None
     if directory is None:
-        directory = UserDirectory(
-            config.server.domains,
+        directory = own_directory = UserDirectory(
+            settings.directory.domains,
             passwd.aliases_by_user,
             aliases.table,
-            postmaster=config.auth.postmaster,
+            postmaster=settings.directory.postmaster,
         )
     if checkers is None:
         # Two argon2 checks at a time at most: bounded memory and CPU under a login flood.
@@ -377,14 +402,13 @@ def makeService(
     else:
         auth_pool = None
     portal = Portal(realm if realm is not None else MailRealm(store), checkers)
-    throttle = LoginThrottle(config.auth.max_failures, config.auth.failure_window,
-                             config.auth.lockout, known_good_ttl=config.auth.known_good_ttl)
-    login = LoginService(portal, throttle, config.server.allow_plaintext_auth, reactor=reactor)
+    login = LoginService.from_settings(portal, settings.auth, reactor=reactor)
 
-    root = MailHostService(config, store, directory, login)
+    root = MailHostService(config, store, directory, login, settings)
+    root.own_directory = own_directory
     if auth_pool is not None:
         ThreadPoolService(auth_pool).setServiceParent(root)
-    limits = ConnectionLimits.from_config(config, reactor=reactor)
+    limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
     # One registry per host, handed to every protocol factory below.
     sessions = root.sessions = SessionRegistry(reactor, hook=dispatch_hook)
     # Outermost first: limits refuse before anything else runs; the embedder's
@@ -395,12 +419,15 @@ def makeService(
 
     tls_options = server_options(config.tls)
 
-    from mailhost.outbound.service import OutboundService
+    from mailhost.outbound.service import OutboundService, listen_addresses
 
-    outbound = OutboundService(config, store, directory, reactor=reactor)
+    outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
+                               local_addresses=listen_addresses(config.smtp.listen),
+                               listening=root.wait_listening)
     outbound.setServiceParent(root)
     root.outbound = outbound
     root.queue = outbound.queue
+    smtp_queue = None if not relay else queue if queue is not None else outbound.queue
     if config.metrics.listen:
         from mailhost.metrics import Metrics
 
@@ -410,19 +437,28 @@ def makeService(
         outbound.attempt_observers.append(root.metrics.attempt)
         MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
 
-    space = FreeSpace(storage_paths, lambda: config.smtp.min_free_space, reactor=reactor)
+    # root.config: a reload replaces it, so a new smtp.min_free_space applies.
+    space = FreeSpace(storage_paths, lambda: root.config.smtp.min_free_space, reactor=reactor)
     space.setServiceParent(root)
 
     pipeline = _make_pipeline(config, reactor)
     from mailhost.smtp.factory import SMTPFactory
+    from mailhost.smtp.policy import RecipientPolicy
 
+    try:
+        policy = RecipientPolicy(directory, settings.relay.relay_networks,
+                                 can_queue=smtp_queue is not None,
+                                 default_domain=settings.relay.default_domain)
+    except ValueError as e:
+        raise ConfigError(f"smtp.relay_networks: {e}") from None
     for submission, section in ((False, config.smtp), (True, config.submission)):
         kind = "submission" if submission else "smtp"
         for description, wrap in _listen_specs(section):
-            factory = SMTPFactory(config, store, directory, login, queue=root.queue,
-                                  submission=submission,
+            factory = SMTPFactory(settings.smtp, store, directory, login, policy,
+                                  queue=smtp_queue, submission=submission,
                                   tls_options=None if wrap else tls_options, reactor=reactor,
                                   sessions=sessions, space=space, pipeline=pipeline)
+            root.factories.setdefault(kind, []).append(factory)
             root.add_listener(kind, description, factory, reactor,
                               implicit_tls=tls_options if wrap else None)
 
@@ -431,17 +467,19 @@ def makeService(
 
     pop3_locks = MaildropLocks()  # one lock set: 110 and 995 guard the same maildrops
     for description, wrap in _listen_specs(config.pop3):
-        factory = POP3Factory(config, login, tls_options=None if wrap else tls_options,
-                              reactor=reactor, locks=pop3_locks, sessions=sessions)
-        root.add_listener("pop3", description, factory, reactor,
+        pop3 = POP3Factory(settings.pop3, login, tls_options=None if wrap else tls_options,
+                           reactor=reactor, locks=pop3_locks, sessions=sessions)
+        root.factories.setdefault("pop3", []).append(pop3)
+        root.add_listener("pop3", description, pop3, reactor,
                           implicit_tls=tls_options if wrap else None)
 
     from mailhost.imap.factory import IMAPFactory
 
     for description, wrap in _listen_specs(config.imap):
-        factory = IMAPFactory(config, login, tls_options=None if wrap else tls_options,
-                              reactor=reactor, sessions=sessions)
-        root.add_listener("imap", description, factory, reactor,
+        imap = IMAPFactory(settings.imap, login, tls_options=None if wrap else tls_options,
+                           reactor=reactor, sessions=sessions)
+        root.factories.setdefault("imap", []).append(imap)
+        root.add_listener("imap", description, imap, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root
 

@@ -71,11 +71,12 @@ def server_options(tls: TLSConfig) -> ssl.CertificateOptions | None:
         "1.2": ssl.TLSVersion.TLSv1_2,
         "1.3": ssl.TLSVersion.TLSv1_3,
     }[tls.min_version]
-    # The leaf first, then the intermediates that follow it in the cert file.
+    # The leaf first, then the intermediates that follow it in the cert file. (Twisted
+    # takes cryptography's objects; its annotations still name pyOpenSSL's.)
     return ssl.CertificateOptions(
-        privateKey=key,
-        certificate=certs[0],
-        extraCertChain=certs[1:] or None,
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=certs[0],  # type: ignore[arg-type]
+        extraCertChain=certs[1:] or None,  # type: ignore[arg-type]
         raiseMinimumTo=minimum,
         acceptableCiphers=acceptable_ciphers(tls.ciphers),
     )
@@ -101,7 +102,7 @@ def write_selfsigned(hostname: str, cert_path: str, key_path: str, days: int = 8
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    alt = [x509.DNSName(hostname)]
+    alt: list[x509.GeneralName] = [x509.DNSName(hostname)]
     if hostname != "localhost":
         alt.append(x509.DNSName("localhost"))
     alt += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
@@ -130,6 +131,16 @@ def write_selfsigned(hostname: str, cert_path: str, key_path: str, days: int = 8
         f.write(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def handshake_done(tls: TLSMemoryBIOProtocol) -> bool:
+    """True once the TLS handshake of ``tls`` (a server connection) has completed.
+
+    Asked through public API only: the OpenSSL connection (``getHandle``) holds the
+    peer's Finished message once the handshake is over (TLS 1.2 and 1.3 alike), and
+    Twisted's own flag is private.
+    """
+    return tls.getHandle().get_peer_finished() is not None
+
+
 class _DeadlineTLS(BufferingTLSTransport):
     """Implicit-TLS server connection that must finish its handshake in time.
 
@@ -147,7 +158,7 @@ class _DeadlineTLS(BufferingTLSTransport):
         super().makeConnection(transport)
 
     def _expire(self) -> None:
-        if not self._handshakeDone:
+        if not handshake_done(self):
             self.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
@@ -183,7 +194,7 @@ def start_tls(transport: Any, options: Any, timeout: float, clock: Any = None) -
         from twisted.internet import reactor as clock
 
     def expire() -> None:
-        if not tls._handshakeDone and not getattr(tcp, "disconnected", False):
+        if not handshake_done(tls) and not getattr(tcp, "disconnected", False):
             tcp.abortConnection()
 
     clock.callLater(timeout, expire)

@@ -33,4 +33,5 @@ class InterfaceCopyingWrapper(ProtocolWrapper):
         self.__provides__ = declaration
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
-        self.wrappedProtocol.makeConnection(self)
+        # A wrapper is its protocol's transport (the stubs do not say ProtocolWrapper is one).
+        self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]

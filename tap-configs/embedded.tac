@@ -12,11 +12,10 @@ import os
 from twisted.application import service, strports
 from twisted.web import resource, server
 
-from mailhost.config import load
-from mailhost.service import makeService
+import mailhost
 
 env = os.environ.get
-config = load(None, [
+config = mailhost.load(None, [
     'server.domains=["example.test"]',
     f'server.data_dir="{env("MAILHOST_DATA", "./mailhost-data-embedded")}"',
     'server.allow_plaintext_auth="loopback"',
@@ -27,7 +26,7 @@ config = load(None, [
 ])
 
 application = service.Application("web app with mail")
-mail = makeService(config)
+mail = mailhost.makeService(config)
 mail.setServiceParent(application)
 
 

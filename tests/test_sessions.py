@@ -13,14 +13,16 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mailhost.auth.directory import UserDirectory
-from mailhost.auth.login import LoginService
 from mailhost.config import Config
 from mailhost.imap.factory import IMAPFactory
 from mailhost.pop3.factory import POP3Factory
 from mailhost.sessions import IDispatchHook, ISession, ISessionObserver, SessionRegistry
+from mailhost.settings import IMAPSettings, POP3Settings, SMTPSettings
 from mailhost.smtp.factory import SMTPFactory
+from mailhost.smtp.policy import RecipientPolicy
 from mailhost.store.memory import MemoryStore
 from mailhost.testing.faults import FaultHook
+from tests.logins import login_service
 
 PEER = IPv4Address("TCP", "127.0.0.1", 1)
 
@@ -56,17 +58,21 @@ class Host:
         self.store = MemoryStore()
         self.directory = UserDirectory.in_memory(
             domains=["example.test"], users={"alice@example.test": "secret"}, aliases={})
-        self.login = LoginService.for_tests(self.directory, self.store)
+        self.login = login_service(self.directory, self.store)
 
     def factory(self, kind: str):
         if kind in ("smtp", "submission"):
-            return SMTPFactory(self.config, self.store, self.directory, self.login,
+            policy = RecipientPolicy(self.directory, (), can_queue=False,
+                                     default_domain="example.test")
+            return SMTPFactory(SMTPSettings.from_config(self.config), self.store,
+                               self.directory, self.login, policy,
                                submission=kind == "submission", reactor=self.clock,
                                sessions=self.registry)
         if kind == "pop3":
-            return POP3Factory(self.config, self.login, reactor=self.clock,
+            return POP3Factory(POP3Settings.from_config(self.config), self.login,
+                               reactor=self.clock,
                                sessions=self.registry)
-        return IMAPFactory(self.config, self.login, reactor=self.clock,
+        return IMAPFactory(IMAPSettings.from_config(self.config), self.login, reactor=self.clock,
                            sessions=self.registry)
 
     def connect(self, kind: str):

@@ -53,10 +53,10 @@ class PasswdFileChecker:
         self.queue = VerifyQueue(threadpool, reactor)
         self._dummy_hash: str | None = None
 
-    def _verify(self, password_hash: str, password: str, priority: int) -> defer.Deferred:
+    def _verify(self, password_hash: str, password: str, priority: int) -> defer.Deferred[bool]:
         return self.queue.submit(priority, verify_password, password_hash, password)
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred:
+    def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred[Any]:
         user = normalize_address(_text(credentials.username))
         password = _text(credentials.password)
         priority = priority_of(credentials)
@@ -91,7 +91,7 @@ class InMemoryChecker:
     def add_user(self, user: str, password: str) -> None:
         self.users[normalize_address(user)] = password
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred:
+    def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred[Any]:
         user = normalize_address(_text(credentials.username))
         expected = self.users.get(user)
         given = _text(credentials.password).encode("utf-8", "surrogateescape")

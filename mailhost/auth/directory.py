@@ -14,10 +14,15 @@ added before the first start (so no postmaster user was made) still gets its mai
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from zope.interface import Interface, implementer
 
 from mailhost.auth.passwd import normalize_address
+from mailhost.settings import DirectorySettings
+
+if TYPE_CHECKING:
+    from mailhost.auth.checkers import InMemoryChecker
 
 UsersSource = Callable[[], Mapping[str, list[str]]]
 AliasSource = Callable[[], Mapping[str, list[str]]]
@@ -54,16 +59,23 @@ class UserDirectory:
     def __init__(self, domains: Iterable[str], users: UsersSource,
                  aliases: AliasSource | None = None, recipient_delimiter: str = "+",
                  postmaster: str = "") -> None:
+        self._set_domains(domains, postmaster)
+        self._users = users
+        self._aliases = aliases or (lambda: {})
+        self.recipient_delimiter = recipient_delimiter
+        self.checker: InMemoryChecker | None = None  # set by in_memory(); the service wires its own
+        self._table_cache: tuple[object, object, dict[str, list[str]]] | None = None
+
+    def _set_domains(self, domains: Iterable[str], postmaster: str) -> None:
         ordered = [d.strip().lower().rstrip(".") for d in domains]
         self.domains = set(ordered)
         self.first_domain = ordered[0] if ordered else ""
         # Mailbox (or local alias) for postmaster mail nobody else claims; "" = default.
         self.postmaster = postmaster
-        self._users = users
-        self._aliases = aliases or (lambda: {})
-        self.recipient_delimiter = recipient_delimiter
-        self.checker = None  # set by in_memory(); the service wires its own
-        self._table_cache: tuple[object, object, dict[str, list[str]]] | None = None
+
+    def use_settings(self, settings: DirectorySettings) -> None:
+        """Reload: the local domains and the postmaster mailbox from now on."""
+        self._set_domains(settings.domains, settings.postmaster)
 
     @classmethod
     def in_memory(cls, domains: Iterable[str], users: Mapping[str, str],

@@ -6,26 +6,31 @@ throttling with growing delays, password checks ordered so that a flood cannot
 starve known users (``verify_queue``), and one structured log event per attempt.
 Passwords never reach the log, and no exception text of a backend reaches a client:
 a backend error is logged here and answered as a temporary failure.
+
+A login is a ``Login``: the avatar with cred's logout callable. Every protocol ends
+its session with ``Login.logout()``, the one place that calls it (once, whatever the
+realm), so a realm's cleanup runs the same way for SMTP, POP3 and IMAP.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Literal
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer, task
 from twisted.internet.interfaces import ISSLTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import ProtocolWrapper
 
-from mailhost.auth.realm import IMailUser, MailRealm
+from mailhost.auth.realm import IMailUser
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.auth.verify_queue import PrioritizedUsernamePassword
 from mailhost.diskspace import describe
 from mailhost.netkey import client_key
+from mailhost.settings import AuthSettings
 
 log = Logger()
 
@@ -64,8 +69,49 @@ def transport_is_tls(transport: Any) -> bool:
     return False
 
 
+class Login:
+    """A successful login: the ``IMailUser`` avatar and cred's logout callable.
+
+    ``user`` and ``account`` are the avatar's. ``logout()`` calls the realm's logout
+    callable exactly once (later calls do nothing) and logs, never raises, its error:
+    a session ending must not fail because a realm's cleanup did.
+    """
+
+    def __init__(self, avatar: Any, logout: Callable[[], object], protocol: str = "") -> None:
+        self.avatar = avatar
+        self.protocol = protocol
+        self._logout: Callable[[], object] | None = logout
+
+    @property
+    def user(self) -> str:
+        return str(self.avatar.user)
+
+    @property
+    def account(self) -> Any:
+        return self.avatar.account
+
+    @property
+    def logged_out(self) -> bool:
+        return self._logout is None
+
+    def logout(self) -> None:
+        """End the login: the realm's logout callable runs now, once."""
+        logout, self._logout = self._logout, None
+        if logout is None:
+            return
+        try:
+            logout()
+        except Exception:
+            log.failure("logout failed user={user} protocol={protocol}", user=self.user,
+                        protocol=self.protocol, event="logout_error")
+
+
 class LoginService:
-    """Authenticate through a Portal with throttling, policy and logging."""
+    """Authenticate through a Portal with throttling, policy and logging.
+
+    ``from_settings`` builds one with its throttle from ``AuthSettings``; a reload hands
+    new settings over with ``use_settings`` (the throttle keeps its counts).
+    """
 
     def __init__(self, portal: Portal, throttle: LoginThrottle | None = None,
                  allow_plaintext: PlaintextPolicy = "no", reactor: Any = None) -> None:
@@ -86,10 +132,16 @@ class LoginService:
             observer(protocol, outcome)
 
     @classmethod
-    def for_tests(cls, directory: Any, store: Any, allow_plaintext: PlaintextPolicy = "yes",
-                  throttle: LoginThrottle | None = None) -> LoginService:
-        portal = Portal(MailRealm(store), [directory.checker])
-        return cls(portal, throttle or LoginThrottle(max_failures=0), allow_plaintext)
+    def from_settings(cls, portal: Portal, settings: AuthSettings,
+                      reactor: Any = None) -> LoginService:
+        throttle = LoginThrottle(settings.max_failures, settings.failure_window,
+                                 settings.lockout, known_good_ttl=settings.known_good_ttl)
+        return cls(portal, throttle, settings.allow_plaintext, reactor=reactor)
+
+    def use_settings(self, settings: AuthSettings) -> None:
+        """Reload: the plaintext policy and the throttle's limits from now on."""
+        self.allow_plaintext = settings.allow_plaintext
+        self.throttle.use_settings(settings)
 
     def plaintext_allowed(self, transport: Any) -> bool:
         if transport_is_tls(transport):
@@ -102,8 +154,9 @@ class LoginService:
         return False
 
     def login(self, username: str, password: str, client_ip: str,
-              protocol: str) -> defer.Deferred:
-        """Deferred firing with the IMailUser avatar; LoginFailed otherwise.
+              protocol: str) -> defer.Deferred[Login]:
+        """Deferred firing with a ``Login`` (the IMailUser avatar and its logout);
+        LoginFailed otherwise. The caller must ``logout()`` it when its session ends.
 
         Attempts from one address run one at a time, so the failure count is exact
         when each starts: parallel wrong guesses cannot all slip past the lockout,
@@ -124,7 +177,8 @@ class LoginService:
         return d.addBoth(done)
 
     @defer.inlineCallbacks
-    def _attempt(self, username: str, password: str, client_ip: str, protocol: str):
+    def _attempt(self, username: str, password: str, client_ip: str, protocol: str,
+                 ) -> Generator[defer.Deferred[Any], Any, Login]:
         fields = dict(event="login", user=username, protocol=protocol, client=client_ip)
         if self.throttle.locked(client_ip):
             log.warn("login refused (throttled) user={user} protocol={protocol} client={client}",
@@ -137,7 +191,7 @@ class LoginService:
         credentials = PrioritizedUsernamePassword(
             username, password, self.throttle.priority(client_ip, username))
         try:
-            _iface, avatar, _logout = yield self.portal.login(credentials, None, IMailUser)
+            _iface, avatar, logout = yield self.portal.login(credentials, None, IMailUser)
         except (UnauthorizedLogin, UnhandledCredentials):
             self.throttle.failed(client_ip)
             log.info("login failed user={user} protocol={protocol} client={client}",
@@ -153,11 +207,11 @@ class LoginService:
                           "{error}", outcome="error", error=describe(e), **fields)
             else:
                 log.failure("login error user={user} protocol={protocol} client={client}",
-                            outcome="error", **fields)
+                            None, LogLevel.critical, outcome="error", **fields)
             self._outcome(protocol, "error")
             raise LoginFailed("temporary failure", temporary=True) from None
         self.throttle.succeeded(client_ip, avatar.user)
         log.info("login ok user={user} protocol={protocol} client={client}",
                  outcome="ok", **fields)
         self._outcome(protocol, "ok")
-        return avatar
+        return Login(avatar, logout, protocol)

@@ -1,13 +1,15 @@
 """The cred realm: hands each protocol the logged-in user's mail account.
 
 Protocols ask for ``IMailUser``; the avatar carries the canonical user name and the
-opened ``IMailAccount``. ``avatars`` lets an embedder map further interfaces to
-their own factories without this package importing any protocol.
+opened ``IMailAccount``. Cleanup at the end of a session is cred's: the logout
+callable a realm returns, which ``mailhost.auth.login.Login.logout`` calls once.
+``avatars`` lets an embedder map further interfaces to their own factories without
+this package importing any protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 from twisted.cred.portal import IRealm
@@ -23,9 +25,6 @@ class IMailUser(Interface):
     user = Attribute("Canonical address, e.g. 'alice@example.test'.")
     account = Attribute("The user's IMailAccount.")
 
-    def logout() -> None:
-        """Called when the session ends."""
-
 
 @implementer(IMailUser)
 class MailUser:
@@ -35,8 +34,9 @@ class MailUser:
         self.user = user
         self.account = account
 
-    def logout(self) -> None:
-        pass
+
+def _nothing_to_do() -> None:
+    """The logout of a ``MailUser``: the account needs no cleanup."""
 
 
 AvatarFactory = Callable[[str, IMailStore], Any]
@@ -51,16 +51,16 @@ class MailRealm:
         self.avatars = dict(avatars or {})
 
     @defer.inlineCallbacks
-    def _make(self, interface: Any, avatar_id: str):
+    def _make(self, interface: Any, avatar_id: str,
+              ) -> Generator[Any, Any, tuple[Any, Any, Callable[[], object]]]:
         if interface is IMailUser:
             account = yield self.store.open_account(avatar_id)
-            avatar = MailUser(avatar_id, account)
-        else:
-            avatar = yield self.avatars[interface](avatar_id, self.store)
-        logout = getattr(avatar, "logout", lambda: None)
+            return (interface, MailUser(avatar_id, account), _nothing_to_do)
+        avatar = yield self.avatars[interface](avatar_id, self.store)
+        logout = getattr(avatar, "logout", _nothing_to_do)
         return (interface, avatar, logout)
 
-    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> defer.Deferred[Any]:
         user = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
         for interface in interfaces:
             if interface is IMailUser or interface in self.avatars:

@@ -25,8 +25,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mailhost.netkey import client_key
+from mailhost.settings import AuthSettings
 
 #: ``priority`` values: lower is checked first.
 KNOWN_GOOD, KNOWN_USER, NO_FAILURES, FAILING = 0, 1, 2, 3
@@ -60,6 +62,13 @@ class LoginThrottle:
         self._good: OrderedDict[tuple[str, str], float] = OrderedDict()
         # user -> time of the user's last successful login from any client.
         self._good_users: OrderedDict[str, float] = OrderedDict()
+
+    def use_settings(self, settings: AuthSettings) -> None:
+        """Reload: new limits apply from now on; the clients tracked stay tracked."""
+        self.max_failures = settings.max_failures
+        self.window = settings.failure_window
+        self.lockout = settings.lockout
+        self.known_good_ttl = settings.known_good_ttl
 
     def _expired(self, rec: _Record, now: float) -> bool:
         if rec.locked_until:
@@ -129,13 +138,16 @@ class LoginThrottle:
         if user is not None and self.known_good_ttl > 0:
             now = self._clock()
             user = user.strip().lower()
-            for table, k in ((self._good, (user, key)), (self._good_users, user)):
-                table[k] = now
-                table.move_to_end(k)
-                while len(table) > self._max_tracked:
-                    table.popitem(last=False)
+            self._remember(self._good, (user, key), now)
+            self._remember(self._good_users, user, now)
 
-    def _fresh(self, table: OrderedDict, k: object) -> bool:
+    def _remember(self, table: OrderedDict[Any, float], k: object, now: float) -> None:
+        table[k] = now
+        table.move_to_end(k)
+        while len(table) > self._max_tracked:
+            table.popitem(last=False)
+
+    def _fresh(self, table: OrderedDict[Any, float], k: object) -> bool:
         stamp = table.get(k)
         if stamp is None:
             return False

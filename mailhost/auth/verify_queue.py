@@ -73,16 +73,17 @@ class VerifyQueue:
             workers = threadpool.max if threadpool is not None else 2
         self.workers = max(1, workers)
         self.running = 0
-        self._waiting: list[tuple[int, int, defer.Deferred, Callable[..., Any], tuple]] = []
+        self._waiting: list[tuple[int, int, defer.Deferred[Any], Callable[..., Any],
+                                 tuple[Any, ...]]] = []
         self._seq = itertools.count()
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def submit(self, priority: int, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+    def submit(self, priority: int, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         """Deferred firing with ``fn(*args)``, run in a thread when its turn comes."""
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
         heapq.heappush(self._waiting, (priority, next(self._seq), d, fn, args))
         self._next()
         return d
@@ -93,7 +94,7 @@ class VerifyQueue:
             self.running += 1
             self._run(fn, args).addBoth(self._done, d)
 
-    def _run(self, fn: Callable[..., Any], args: tuple) -> defer.Deferred:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> defer.Deferred[Any]:
         if self.threadpool is None:
             return threads.deferToThread(fn, *args)
         reactor = self.reactor
@@ -101,7 +102,7 @@ class VerifyQueue:
             from twisted.internet import reactor
         return threads.deferToThreadPool(reactor, self.threadpool, fn, *args)
 
-    def _done(self, result: Any, d: defer.Deferred) -> None:
+    def _done(self, result: Any, d: defer.Deferred[Any]) -> None:
         self.running -= 1
         self._next()
         if isinstance(result, Failure):

@@ -7,13 +7,16 @@ from typing import Any
 from twisted.internet.protocol import ServerFactory
 
 from mailhost.auth.login import LoginService
-from mailhost.config import Config
 from mailhost.imap.server import IMAPServer
 from mailhost.sessions import SessionRegistry
+from mailhost.settings import IMAPSettings
 
 
 class IMAPFactory(ServerFactory):
-    """Builds IMAP sessions sharing one config, login service and TLS context.
+    """Builds IMAP sessions sharing one login service and TLS context.
+
+    A session runs under the ``settings`` the factory had when it started; a reload
+    replaces ``settings`` with a new frozen object for the sessions after it.
 
     Sessions reach the store only through the logged-in user's ``IMailAccount``
     (folders and APPEND), so the factory holds no store.
@@ -21,13 +24,13 @@ class IMAPFactory(ServerFactory):
 
     protocol = IMAPServer
 
-    def __init__(self, config: Config, login: LoginService, tls_options: Any = None,
+    def __init__(self, settings: IMAPSettings, login: LoginService, tls_options: Any = None,
                  reactor: Any = None, sessions: SessionRegistry | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        self.config = config
+        self.settings = settings
         self.login = login
         self.tls_options = tls_options
         self.reactor = reactor

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mailhost.imap.parser import literal_marker as _literal_marker
 
@@ -92,8 +93,8 @@ class Framer:
         #: ``sink_for(segments, n)`` may return an object with ``write(bytes)`` that takes
         #: a literal's octets as they arrive (APPEND streams into the store this way);
         #: the command then carries an empty ``{0}`` literal in its place.
-        self.sink_for: Callable[[list[bytes], int], object | None] | None = None
-        self._sink = None
+        self.sink_for: Callable[[list[bytes], int], Any] | None = None
+        self._sink: Any = None
 
     @property
     def buffered(self) -> int:
@@ -110,7 +111,7 @@ class Framer:
     def clear(self) -> None:
         """Forget everything buffered (STARTTLS: never run plaintext-injected input)."""
         sink_for = self.sink_for
-        self.__init__(self.max_line, self.max_literal, self._marker, self.max_command)
+        Framer.__init__(self, self.max_line, self.max_literal, self._marker, self.max_command)
         self.sink_for = sink_for
 
     def abandon(self) -> None:

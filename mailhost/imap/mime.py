@@ -508,9 +508,9 @@ class Scanner:
                 p.encoding = v[0].upper()
         elif key == "content-disposition":
             if p.disposition is None:
-                v, params = parse_header_params(value)
-                if v:
-                    p.disposition = [v, params]
+                disposition, params = parse_header_params(value)
+                if disposition:
+                    p.disposition = [disposition, params]
         elif key == "content-language":
             if p.language is None:
                 langs = [x.split()[0] for x in _strip_comments(value).split(",") if x.strip()]

@@ -419,7 +419,7 @@ async def _search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int
                 struct, found, fresh = await reader.call(_examine, struct, needs)
             finally:
                 reader.close()
-            if fresh:
+            if fresh and struct is not None:
                 folder.set_cached(info.uid, "mime", mime.dumps(struct))
             if _full(key, info, ctx, found):
                 matched.append(info.uid)

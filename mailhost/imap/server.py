@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from mailhost.auth.login import Login
 from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.imap import framing, parser
 from mailhost.imap.output import OutputGate
@@ -35,6 +36,7 @@ from mailhost.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELEC
 from mailhost.limits import IEvictable
 from mailhost.replytext import clean_bytes
 from mailhost.sessions import CUT, GREETING, ISession, Refuse
+from mailhost.settings import IMAPSettings
 from mailhost.store.interfaces import (
     FolderExists,
     IMailAccount,
@@ -103,7 +105,8 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def __init__(self, factory: IMAPFactory) -> None:
         self.factory = factory
-        self.config = factory.config.imap
+        # The settings this session started with (a reload applies to later sessions).
+        self.settings: IMAPSettings = factory.settings
         self.login_service = factory.login
         self.tls_options = factory.tls_options
         self.reactor = factory.reactor
@@ -113,8 +116,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.selected: SelectedMailbox | None = None
         self.idling = False
         self.tls_started = False
-        self.framer = framing.Framer(self.config.max_line_length,
-                                     min(self.config.max_literal_size, PREAUTH_MAX_LITERAL))
+        self.framer = framing.Framer(self.settings.max_line_length,
+                                     min(self.settings.max_literal_size, PREAUTH_MAX_LITERAL))
         self.gate = OutputGate()
         self.registry = factory.registry
         self._running = False  # a command runs (or waits for its dispatch verdict)
@@ -155,7 +158,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.transport.registerProducer(self.gate, True)
         if self.reactor is not None:
             self.callLater = self.reactor.callLater
-        self.setTimeout(self.config.preauth_timeout)
+        self.setTimeout(self.settings.preauth_timeout)
         if not self.factory.connection_opened(self):
             self.send(b"* BYE Too many connections, try again later\r\n")
             self.close()
@@ -231,10 +234,7 @@ class IMAPServer(Protocol, TimeoutMixin):
             d, self._line_waiter = self._line_waiter, None
             d.callback(None)
         if self.avatar is not None:
-            try:
-                self.avatar.logout()
-            except Exception:
-                log.failure("avatar logout failed")
+            self.avatar.logout()
         self.factory.connection_closed(self)
         log.info(
             "imap session end user={user} client={client} duration={duration:.1f}s "
@@ -574,14 +574,17 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     # -- authentication -------------------------------------------------------------
 
-    def logged_in(self, avatar: Any) -> None:
+    def logged_in(self, avatar: Login) -> None:
+        if self._lost:  # the client left while the password was checked
+            avatar.logout()
+            return
         self.avatar = avatar
         self.user = avatar.user
         self.state = AUTHENTICATED
-        self.framer.max_literal = self.config.max_literal_size
-        self.framer.max_command = self.config.max_literal_size + 4 * self.config.max_line_length
+        self.framer.max_literal = self.settings.max_literal_size
+        self.framer.max_command = self.settings.max_literal_size + 4 * self.settings.max_line_length
         self.framer.sink_for = self._literal_sink
-        self.setTimeout(self.config.timeout)
+        self.setTimeout(self.settings.timeout)
 
     @property
     def account(self) -> IMailAccount:
@@ -592,7 +595,7 @@ class IMAPServer(Protocol, TimeoutMixin):
     def start_tls(self) -> None:
         """Discard anything pipelined behind STARTTLS (CVE-2011-0411), then upgrade."""
         self.framer.clear()
-        start_tls(self.transport, self.tls_options, self.factory.config.tls.handshake_timeout,
+        start_tls(self.transport, self.tls_options, self.settings.handshake_timeout,
                   self.reactor)
         self.tls_started = True
 

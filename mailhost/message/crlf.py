@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Any, BinaryIO
 
 READ_CHUNK = 64 * 1024
 
@@ -93,7 +94,7 @@ class CRLFReader(io.RawIOBase):
     treat it like the plain file they get for files already stored in CRLF.
     """
 
-    def __init__(self, raw) -> None:
+    def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
         self._raw = raw
         self._norm = CRLFNormalizer(keep_bare_cr=True)
@@ -109,7 +110,7 @@ class CRLFReader(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
-    def readinto(self, buf) -> int:
+    def readinto(self, buf: Any) -> int:  # a writable buffer (memoryview, bytearray)
         want = len(buf)
         while len(self._pending) < want:
             chunk = self._raw.read(READ_CHUNK)

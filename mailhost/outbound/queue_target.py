@@ -12,6 +12,7 @@ then delivers it at the next start (at least once).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -37,7 +38,7 @@ class QueueTarget:
         self.recipients = list(recipients)
         self._envid = envid
         self._ret = ret
-        self._writer = None
+        self._writer: Any = None  # an IQueueWriter from begin() on
         self._held = False  # prepared: durable, waiting for commit or abort
 
     def begin(self) -> None:

@@ -86,14 +86,14 @@ def order_mx(
     records: Iterable[tuple[int, str]], rng: random.Random | None = None
 ) -> list[tuple[int, str]]:
     """Sort by preference; shuffle hosts of equal preference (RFC 5321 §5.1)."""
-    rng = rng or random
+    shuffle = (rng or random).shuffle
     by_pref: dict[int, list[str]] = {}
     for pref, name in records:
         by_pref.setdefault(pref, []).append(name)
-    out = []
+    out: list[tuple[int, str]] = []
     for pref in sorted(by_pref):
         names = by_pref[pref]
-        rng.shuffle(names)
+        shuffle(names)
         out.extend((pref, n) for n in names)
     return out
 

@@ -46,7 +46,6 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from mailhost.config import Config
 from mailhost.outbound import dsn
 from mailhost.outbound.client import (
     DELIVERED,
@@ -63,6 +62,7 @@ from mailhost.outbound.envelope import DELIVERED as ST_DELIVERED
 from mailhost.outbound.envelope import FAILED, PENDING, Envelope, RecipientState
 from mailhost.outbound.routing import Hop, Router, RoutingError, is_ip
 from mailhost.outbound.spool import SpoolFiles
+from mailhost.settings import OutboundSettings
 
 log = Logger()
 
@@ -114,11 +114,15 @@ class _DomainSource:
 
 
 class Scheduler:
-    """Runs the queue; see the module docstring. Timers start in ``start``."""
+    """Runs the queue; see the module docstring. Timers start in ``start``.
+
+    ``settings`` are read at the moment of use, so a reload that hands over new ones
+    (``use_settings``) applies to the next decision without a restart.
+    """
 
     def __init__(
         self,
-        config: Config,
+        settings: OutboundSettings,
         files: SpoolFiles,
         router: Router,
         bounce: BounceFn,
@@ -128,10 +132,9 @@ class Scheduler:
         local_addresses: Iterable[tuple[str, int]] = (),
         attempt_observers: list[Callable[[list[str]], None]] | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         # Told of each attempt's ``addr=kind:reply`` results (the host's metrics).
         self.attempt_observers = attempt_observers if attempt_observers is not None else []
-        self.settings = config.outbound
         self.files = files
         self.router = router
         self.bounce = bounce
@@ -174,6 +177,13 @@ class Scheduler:
         # (arrival + lifetime, queue id): the clock's lifetime check.
         self._expiry: list[tuple[float, str]] = []
         self._verify_contexts: OrderedDict[str, Any] = OrderedDict()
+
+    def use_settings(self, settings: OutboundSettings, router: Router | None = None) -> None:
+        """Reload: later decisions use ``settings``, and sessions started from now on
+        route through ``router`` (a new one when the port or smarthost changed)."""
+        self.settings = settings
+        if router is not None:
+            self.router = router
 
     # Lifecycle.
 
@@ -224,9 +234,9 @@ class Scheduler:
                 waiting.popleft().callback(False)
         pending = list(self._session_ds)
         if pending:
-            waiting = defer.DeferredList(pending, consumeErrors=True)
+            sessions = defer.DeferredList(pending, consumeErrors=True)
             timeout = self.reactor.callLater(grace, self._abort_all)
-            await waiting
+            await sessions
             if timeout.active():
                 timeout.cancel()
         if self._settling:
@@ -234,8 +244,9 @@ class Scheduler:
 
     def _abort_all(self) -> None:
         for proto in list(self.connections):
-            if proto.transport is not None:
-                proto.transport.abortConnection()
+            transport: Any = proto.transport  # TCP or TLS: ITCPTransport
+            if transport is not None:
+                transport.abortConnection()
 
     # Intake.
 
@@ -254,7 +265,7 @@ class Scheduler:
         # The hop count was taken by the SpoolWriter as the message streamed in, our
         # own Received: line included; SMTP allowed max_hops before it, so one more
         # here (else mail accepted with 250 would bounce on relay but not locally).
-        if check_hops and env.hops > self.config.smtp.max_hops + 1:
+        if check_hops and env.hops > self.settings.max_hops + 1:
             text = f"554 5.4.6 too many hops ({env.hops} Received: headers), mail loop?"
             now = self.now()
             for r in env.pending():
@@ -455,7 +466,11 @@ class Scheduler:
 
         d: defer.Deferred = defer.Deferred(canceller=forget)
         timer = self.reactor.callLater(timeout, expire)
-        d.addBoth(lambda r: (forget(d), r)[1])
+        def forgotten(result: Any) -> Any:
+            forget(d)
+            return result
+
+        d.addBoth(forgotten)
         waiting.append(d)
         return d
 
@@ -470,9 +485,6 @@ class Scheduler:
             )
 
     async def _run_domain(self, domain: str) -> None:
-        # Picked up at every session, so a reloaded config applies without a restart.
-        self.router.port = self.settings.port
-        self.router.smarthost = self.settings.smarthost
         cohort = self._cohort.get(domain, 0)
         try:
             route = await self.router.route(domain)
@@ -623,7 +635,7 @@ class Scheduler:
                         r.address: Outcome(TEMPORARY, f"451 4.3.0 local delivery failed: {e}")
                         for r in job.recipients
                     }
-                self._job_done(job, outcomes, {"mx": self.config.server.hostname, "tls": False})
+                self._job_done(job, outcomes, {"mx": self.settings.hostname, "tls": False})
         else:
             self._drain(
                 domain,
@@ -631,7 +643,7 @@ class Scheduler:
             )
 
     def _is_self(self, hop: Hop) -> bool:
-        me = self.config.server.hostname.rstrip(".").lower()
+        me = self.settings.hostname.rstrip(".").lower()
         if hop.name.rstrip(".").lower() == me:
             return True
         for address in hop.addresses:
@@ -661,7 +673,7 @@ class Scheduler:
             context = self._tls_context
         loopback = is_ip(address) and ipaddress.ip_address(address).is_loopback
         return ClientPolicy(
-            hostname=self.config.server.hostname,
+            hostname=self.settings.hostname,
             mx_name=hop.name,
             address=address,
             port=hop.port,

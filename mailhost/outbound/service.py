@@ -17,7 +17,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailhost.config import Config
 from mailhost.message.target import IDeliveryTarget
 from mailhost.outbound import dsn
 from mailhost.outbound.client import DELIVERED, PERMANENT, Job, Outcome
@@ -28,6 +27,7 @@ from mailhost.outbound.routing import Router, make_resolver, resolver_name
 from mailhost.outbound.scheduler import Scheduler
 from mailhost.outbound.spool import SpoolFiles, open_message_reader
 from mailhost.outbound.spool_writer import SpoolWriter
+from mailhost.settings import OutboundSettings
 from mailhost.store.interfaces import DeliveryTarget, IMailStore
 from mailhost.store.mailbox_target import MailboxTarget
 
@@ -101,41 +101,42 @@ def listen_addresses(descriptions: Iterable[str]) -> set[tuple[str, int]]:
 class OutboundService(service.Service):
     """The queue runner; ``.queue`` provides IOutboundQueue.
 
-    ``resolver`` (an IResolver) overrides ``config.outbound.resolver``.
+    ``resolver`` (an IResolver) overrides ``settings.resolver``.
     ``local_addresses`` are (address, port) pairs we accept SMTP on, so an MX that
-    points back at us is recognised; the ``smtp.listen`` endpoints are added
-    automatically, and ``add_local_address`` adds ports learnt after listening.
+    points back at us is recognised (the composition root passes those of the
+    ``smtp.listen`` endpoints, see ``listen_addresses``); ``add_local_address`` adds
+    ports learnt after listening: ``listening()`` (the composition root's
+    ``wait_listening``) fires with ``{kind: [IListeningPort]}`` once they are bound.
+    ``use_settings`` hands over reloaded settings.
     """
 
     name = "outbound"
 
     def __init__(
         self,
-        config: Config,
+        settings: OutboundSettings,
         store: IMailStore,
         directory: Any,
         reactor: Any = None,
         resolver: Any = None,
         local_addresses: Iterable[tuple[str, int]] | None = None,
+        listening: Callable[[], defer.Deferred[Any]] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        self.config = config
+        self.settings = settings
         self.store = store
         self.directory = directory
         self.reactor = reactor
         self._resolver = resolver
-        self.files = SpoolFiles(
-            config.data_path(config.outbound.queue_dir),
-            fsync=config.outbound.fsync,
-            reactor=reactor,
-        )
+        self.files = SpoolFiles(settings.queue_dir, fsync=settings.fsync, reactor=reactor)
         self.queue = OutboundQueue(self.files, reactor)
         self.local_addresses = set(local_addresses or ())
-        self.local_addresses |= listen_addresses(config.smtp.listen)
         self.scheduler: Scheduler | None = None
+        self._resolver_in_use: Any = None
+        self._listening = listening
         #: Told of every delivery attempt's per-recipient results (this host's metrics).
         self.attempt_observers: list[Any] = []
 
@@ -144,18 +145,33 @@ class OutboundService(service.Service):
         if self.scheduler is not None:
             self.scheduler.local_addresses.add((address, port))
 
+    def use_settings(self, settings: OutboundSettings) -> None:
+        """Reload: hand new settings to the scheduler, with a new router when the port
+        or smarthost changed (the resolver stays: ``outbound.resolver`` needs a restart)."""
+        old, self.settings = self.settings, settings
+        if self.scheduler is None:
+            return
+        router = None
+        if (settings.port, settings.smarthost) != (old.port, old.smarthost):
+            router = self._router(self._resolver_in_use)
+        self.scheduler.use_settings(settings, router)
+
+    def _router(self, resolver: Any) -> Router:
+        return Router(
+            resolver, port=self.settings.port, smarthost=self.settings.smarthost,
+            resolver_name=(resolver_name(self.settings.resolver)
+                           if self._resolver is None else ""),
+        )
+
     def startService(self) -> None:
         super().startService()
         resolver = self._resolver
         if resolver is None:
-            resolver = make_resolver(self.config.outbound.resolver, self.reactor)
-        router = Router(
-            resolver, port=self.config.outbound.port, smarthost=self.config.outbound.smarthost,
-            resolver_name=(resolver_name(self.config.outbound.resolver)
-                           if self._resolver is None else ""),
-        )
+            resolver = make_resolver(self.settings.resolver, self.reactor)
+        self._resolver_in_use = resolver
+        router = self._router(resolver)
         self.scheduler = Scheduler(
-            self.config,
+            self.settings,
             self.files,
             router,
             bounce=self.send_dsn,
@@ -168,12 +184,12 @@ class OutboundService(service.Service):
         self.queue.scheduler = self.scheduler
         self._started = defer.ensureDeferred(self.scheduler.start())
         self._started.addErrback(lambda f: log.failure("outbound queue failed to start", f))
-        # Our parent's SMTP listeners start after us: learn their real addresses (tcp:0
-        # ports included) once they are bound, for MX loop detection.
+        # The SMTP listeners start after us: learn their real addresses (tcp:0 ports
+        # included) once they are bound, for MX loop detection.
         self.reactor.callLater(0, self._learn_listeners)
 
     def _learn_listeners(self) -> None:
-        wait = getattr(self.parent, "wait_listening", None)
+        wait = self._listening
         if wait is None or not self.running:
             return
 
@@ -196,7 +212,7 @@ class OutboundService(service.Service):
         async def stop() -> None:
             if scheduler is not None:
                 await self._started
-                await scheduler.stop(self.config.server.shutdown_grace)
+                await scheduler.stop(self.settings.shutdown_grace)
             await self._drain_spool()
 
         return defer.ensureDeferred(stop())
@@ -225,7 +241,7 @@ class OutboundService(service.Service):
             return
         domain = env.sender.rpartition("@")[2]
         kw = dict(
-            hostname=self.config.server.hostname,
+            hostname=self.settings.hostname,
             sender=env.sender,
             reports=reports,
             arrival=env.arrival,

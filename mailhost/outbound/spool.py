@@ -563,7 +563,7 @@ class SpoolFiles:
         )
 
     def take_triggers_sync(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         try:
             names = sorted(os.listdir(self.trigger_dir))
         except FileNotFoundError:

@@ -187,7 +187,7 @@ class SpoolBatches:
                 done.append((False, Failure(), ()))
                 continue
             dirs.update(need)
-            done.append((True, value, need))
+            done.append((True, value, tuple(need)))
         if dirs:
             try:
                 self._sync_dirs(dirs)

@@ -12,21 +12,27 @@ from typing import Any
 
 from twisted.internet.protocol import ServerFactory
 
-from mailhost.config import Config, ConfigError
 from mailhost.message.stage import Pipeline
 from mailhost.sessions import SessionRegistry
+from mailhost.settings import SMTPSettings
 from mailhost.smtp.policy import RecipientPolicy
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.server import SMTPServer
 
 
 class SMTPFactory(ServerFactory):
-    """Builds ``SMTPServer`` sessions for one listener (inbound or submission)."""
+    """Builds ``SMTPServer`` sessions for one listener (inbound or submission).
+
+    Every collaborator is given: the recipient ``policy`` decides RCPT (its
+    ``can_queue`` says whether mail for remote domains may go to ``queue``). A
+    session runs under the ``settings`` the factory had when it started; a reload
+    replaces ``settings`` with a new frozen object for the sessions after it.
+    """
 
     protocol = SMTPServer
 
-    def __init__(self, config: Config, store: Any, directory: Any, login: Any,
-                 queue: Any | None = None, submission: bool = False,
+    def __init__(self, settings: SMTPSettings, store: Any, directory: Any, login: Any,
+                 policy: RecipientPolicy, queue: Any | None = None, submission: bool = False,
                  tls_options: Any | None = None, reactor: Any = None,
                  sessions: SessionRegistry | None = None,
                  space: Any | None = None, pipeline: Pipeline | None = None) -> None:
@@ -34,7 +40,7 @@ class SMTPFactory(ServerFactory):
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        self.config = config
+        self.settings = settings
         self.store = store
         self.directory = directory
         self.login = login
@@ -46,14 +52,9 @@ class SMTPFactory(ServerFactory):
         self.pipeline = pipeline if pipeline is not None else Pipeline(())
         # The host's registry (service.py passes one to every listener's factory).
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)
+        self.policy = policy
         # mailhost.diskspace.FreeSpace: 452 4.3.1 at MAIL/RCPT on a full disk; None = no check
         self.space = space
-        try:
-            self.policy = RecipientPolicy(directory, config.smtp.relay_networks,
-                                          can_queue=queue is not None,
-                                          default_domain=config.server.domains[0])
-        except ValueError as e:
-            raise ConfigError(f"smtp.relay_networks: {e}") from None
         self.sessions: set[SMTPServer] = set()
         # Set by the service on shutdown: new sessions are told to come back later.
         self.draining = False
@@ -64,7 +65,7 @@ class SMTPFactory(ServerFactory):
 
     def admit(self, proto: SMTPServer) -> Reply | None:
         """Register a new session, or return the 421 it must be greeted with."""
-        host = self.config.server.hostname
+        host = self.settings.hostname
         if self.draining:
             return Reply(421, "4.3.2", f"{host} Service shutting down, try again later")
         self.sessions.add(proto)

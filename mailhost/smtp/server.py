@@ -54,6 +54,7 @@ from mailhost.message.newlines import BareNewlines
 from mailhost.message.stage import MessageContext
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.sessions import CUT, GREETING, ISession, Refuse
+from mailhost.settings import SMTPSettings
 from mailhost.smtp.data import ChunkReader, DataReader
 from mailhost.smtp.delivery import Delivery, targets_for
 from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg
@@ -98,8 +99,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._octets = 0  # message octets its reply accepts (DATA-END, BDAT-LAST)
         self._cut = False  # the dispatch hook said CUT for the command under way
         self._held: defer.Deferred | None = None  # a dispatch verdict not given yet
-        self.config = factory.config
-        self.limits = factory.config.smtp
+        # The settings this session started with (a reload applies to later sessions).
+        self.settings: SMTPSettings = factory.settings
         self.session: Session | None = None
         self._buffer = bytearray()
         self._busy = False
@@ -137,7 +138,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._timed_out(what)
 
     def _timed_out(self, what: str) -> None:
-        self._send(Reply(421, "4.4.2", f"{self.config.server.hostname} Error: timeout exceeded "
+        self._send(Reply(421, "4.4.2", f"{self.settings.hostname} Error: timeout exceeded "
                                        f"waiting for {what}"))
         self._abandon("timeout")
         self._close()
@@ -194,10 +195,10 @@ class SMTPServer(Protocol, TimeoutMixin):
         send_at_once(self.transport)
         self._quick_ack = QuickAck(self.transport)
         self._progress = self.factory.reactor.seconds()
-        self.setTimeout(self.limits.command_timeout)
-        if self.limits.pre_mail_timeout > 0:
+        self.setTimeout(self.settings.command_timeout)
+        if self.settings.pre_mail_timeout > 0:
             self._pre_mail_call = self.factory.reactor.callLater(
-                self.limits.pre_mail_timeout, self._pre_mail_deadline)
+                self.settings.pre_mail_timeout, self._pre_mail_deadline)
         verdict = self.registry.before_command(self, GREETING, "")
         if isinstance(verdict, defer.Deferred):
             self._busy = True  # nothing is read before the greeting
@@ -214,7 +215,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         elif verdict is CUT:
             self._cut_now()
         else:
-            self._send(Reply(220, "", f"{self.config.server.hostname} ESMTP mailhost"))
+            self._send(Reply(220, "", f"{self.settings.hostname} ESMTP mailhost"))
         if self._busy and not self._closing:
             self._unbusy(None)
 
@@ -256,7 +257,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         """See ISession: ``421 4.3.2`` and close."""
         if self._closing:
             return
-        self.transport.write(Reply(421, "4.3.2", f"{self.config.server.hostname} "
+        self.transport.write(Reply(421, "4.3.2", f"{self.settings.hostname} "
                                                  f"{reason}").to_bytes())
         self._abandon("shutdown")
         self._close()
@@ -313,20 +314,20 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def _start_data_budget(self) -> None:
         """DATA or BDAT begins: a full budget of ``smtp.data_timeout`` seconds."""
-        self._data_budget = self.limits.data_timeout
+        self._data_budget = self.settings.data_timeout
         self._data_stamp = self.factory.reactor.seconds()
-        self.setTimeout(self.limits.data_timeout)
+        self.setTimeout(self.settings.data_timeout)
 
     def _charge_data(self, n: int) -> None:
         """Spend the time since the last read, earn ``n / min_data_rate`` seconds,
         never more than ``data_timeout`` in hand: a client that uploads at the minimum
         rate never runs out, one that trickles does, however often it sends a byte."""
         now = self.factory.reactor.seconds()
-        rate = self.limits.min_data_rate
+        rate = self.settings.min_data_rate
         if rate <= 0:
-            budget = self.limits.data_timeout
+            budget = self.settings.data_timeout
         else:
-            budget = min(self.limits.data_timeout,
+            budget = min(self.settings.data_timeout,
                          self._data_budget - (now - self._data_stamp) + n / rate)
         self._data_budget, self._data_stamp = budget, now
         self.setTimeout(max(budget, 0.0))
@@ -407,18 +408,18 @@ class SMTPServer(Protocol, TimeoutMixin):
                 return
         if reply.code in _JUNK_CODES:
             self._junk += 1
-            if self._junk > self.limits.max_junk_commands:
+            if self._junk > self.settings.max_junk_commands:
                 self._too_many_errors()
                 return
         if reply.code >= 400 and reply.code != 421:
             self._errors += 1
-            if self._errors > self.limits.hard_error_limit:
+            if self._errors > self.settings.hard_error_limit:
                 self._too_many_errors()
                 return
         self.transport.write(reply.to_bytes())
 
     def _too_many_errors(self) -> None:
-        reply = Reply(421, "4.7.0", f"{self.config.server.hostname} Error: too many errors")
+        reply = Reply(421, "4.7.0", f"{self.settings.hostname} Error: too many errors")
         self.transport.write(reply.to_bytes())
         self._abandon("too many errors")
         self._close()
@@ -428,10 +429,10 @@ class SMTPServer(Protocol, TimeoutMixin):
         limit; then ``error_sleep_time`` times the errors over it, bounded."""
         if reply.code < 400 or reply.code == 421:
             return 0.0
-        over = self._errors + 1 - self.limits.soft_error_limit
-        if over <= 0 or self.limits.error_sleep_time <= 0:
+        over = self._errors + 1 - self.settings.soft_error_limit
+        if over <= 0 or self.settings.error_sleep_time <= 0:
             return 0.0
-        return min(MAX_ERROR_SLEEP, over * self.limits.error_sleep_time)
+        return min(MAX_ERROR_SLEEP, over * self.settings.error_sleep_time)
 
     def _answer(self, reply: Reply) -> defer.Deferred | None:
         """Send a command's reply; an error past the soft limit goes out late, and the
@@ -512,7 +513,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         length, last = bdat
         self._abandon("refused")
         self._chunk = (last, reply)
-        self._reader = ChunkReader(None, length, self.limits.max_message_size, 0)
+        self._reader = ChunkReader(None, length, self.settings.max_message_size, 0)
         self._start_data_budget()
         if length == 0:
             self._feed_data(b"")
@@ -523,7 +524,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.session.helo = arg
         self.session.esmtp = False
         self._reset_transaction()
-        return Reply(250, "", self.config.server.hostname)
+        return Reply(250, "", self.settings.hostname)
 
     def smtp_EHLO(self, arg: str) -> Reply:  # noqa: N802
         if not arg:
@@ -531,7 +532,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.session.helo = arg
         self.session.esmtp = True
         self._reset_transaction()
-        lines = [self.config.server.hostname, "PIPELINING", f"SIZE {self.limits.max_message_size}",
+        lines = [self.settings.hostname, "PIPELINING", f"SIZE {self.settings.max_message_size}",
                  "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "DSN", "CHUNKING"]
         if self.factory.tls_options is not None and not self.session.tls:
             lines.append("STARTTLS")
@@ -583,7 +584,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._buffer.clear()
         self._discarding_line = False
         start_tls(self.transport, self.factory.tls_options,
-                  self.config.tls.handshake_timeout, self.factory.reactor)
+                  self.settings.handshake_timeout, self.factory.reactor)
         self._reset_transaction("starttls")
         self.session.reset_after_tls()
         self.session.tls = True
@@ -672,12 +673,11 @@ class SMTPServer(Protocol, TimeoutMixin):
             except Exception:
                 log.failure("SMTP AUTH backend error")
                 raise Reply(454, "4.7.0", "Temporary authentication failure") from None
+            # SMTP keeps only the user name, so the login ends at once.
+            avatar.logout()
             if self._closing:
                 return
             self.session.user = avatar.user
-            logout = getattr(avatar, "logout", None)
-            if logout is not None:
-                logout()
             self._send(Reply(235, "2.7.0", "Authentication successful"))
         except Reply as reply:
             if not self._closing:
@@ -716,9 +716,9 @@ class SMTPServer(Protocol, TimeoutMixin):
             raise
         if not session.esmtp and params != type(params)():
             return Reply(555, "5.5.4", "Error: ESMTP parameters need EHLO")
-        if params.size is not None and params.size > self.limits.max_message_size:
+        if params.size is not None and params.size > self.settings.max_message_size:
             return Reply(552, "5.3.4", "Message size exceeds fixed limit")
-        if (self.factory.submission and self.config.submission.enforce_sender
+        if (self.factory.submission and self.settings.enforce_sender
                 and (sender.is_null or sender.canonical()
                      not in {a.lower() for a in self.factory.directory.addresses_for(session.user)})):
             return Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not owned by user")
@@ -741,7 +741,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             return Reply(503, "5.5.1", "Error: need MAIL command")
         if arg[:3].upper() != "TO:":
             return Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
-        if len(txn.accepted) >= self.limits.max_recipients:
+        if len(txn.accepted) >= self.settings.max_recipients:
             reply = Reply(452, "4.5.3", "Error: Too many recipients")
             txn.record(arg[3:].strip(), reply.code)
             return reply
@@ -814,8 +814,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         error = self._start_delivery(txn)
         if error is not None:
             return error
-        self._reader = DataReader(self._data_chunk, self.limits.max_message_size,
-                                  self.limits.max_line_length)
+        self._reader = DataReader(self._data_chunk, self.settings.max_message_size,
+                                  self.settings.max_line_length)
         self._start_data_budget()
         return Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 
@@ -823,7 +823,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         """Open the writers for the accepted recipients (at DATA or the first BDAT)."""
         received = received_header(
             helo=self.session.helo, client_ip=self.session.client_ip,
-            hostname=self.config.server.hostname, protocol=self.session.protocol_name,
+            hostname=self.settings.hostname, protocol=self.session.protocol_name,
             tid=txn.id, recipient=txn.accepted[0] if len(txn.accepted) == 1 else None)
         try:
             def route(quarantined: bool = False) -> list:
@@ -842,7 +842,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         except Exception:
             return self._storage_failed("cannot start message", Failure())
         self._hops = HopCounter()
-        self._newlines = BareNewlines(self.limits.bare_newline)
+        self._newlines = BareNewlines(self.settings.bare_newline)
         self._bdat_total = 0
         return None
 
@@ -867,7 +867,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         offset = self._bdat_total if error is None else 0
         self._chunk = (last, error)
         self._reader = ChunkReader(self._data_chunk if error is None else None, length,
-                                   self.limits.max_message_size, offset)
+                                   self.settings.max_message_size, offset)
         self._start_data_budget()
         if length == 0:
             self._feed_data(b"")
@@ -878,7 +878,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         last, error = self._chunk
         reader = self._reader
         self._chunk = None
-        self.setTimeout(self.limits.command_timeout)
+        self.setTimeout(self.settings.command_timeout)
         if error is not None:
             self._reader = None
             self._send(error)
@@ -900,7 +900,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             return
         if self._hops is not None and not self._hops.done:
             self._hops.feed(data)
-            if self._hops.count > self.limits.max_hops:
+            if self._hops.count > self.settings.max_hops:
                 reader.error = Reply(554, "5.4.6", "Too many hops")
                 return
         try:
@@ -960,7 +960,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._log_transaction(txn, size, reply.to_bytes().decode("utf-8", "replace").strip())
         self.session.reset_transaction()
         if not self._closing:
-            self.setTimeout(self.limits.command_timeout)
+            self.setTimeout(self.settings.command_timeout)
             self._send(reply)
 
     def _log_transaction(self, txn: Transaction | None, size: int | None, outcome: str) -> None:

@@ -15,6 +15,7 @@ nothing left to do; a coordinator prepares this target after the ones that can h
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -34,7 +35,7 @@ class MailboxTarget:
         self._store = store
         self._sender = sender
         self.copies = list(copies)
-        self._writer = None
+        self._writer: Any = None  # an IMessageWriter from begin() on
         #: The UIDs the store's commit gave, one per copy (None where not wanted).
         self.uids: list[int | None] = []
 

@@ -28,6 +28,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailhost.auth.checkers import InMemoryChecker
 from mailhost.auth.directory import UserDirectory
 from mailhost.auth.passwd import normalize_address
 from mailhost.config import Config
@@ -151,7 +152,8 @@ class _CaptureWriter:
         return defer.succeed(f"capture{next(self.queue.ids)}")
 
     def release(self) -> None:
-        self.queue.captured.append(self._prepared)
+        if self._prepared is not None:
+            self.queue.captured.append(self._prepared)
         self._prepared = None
 
     def withdraw(self) -> defer.Deferred:
@@ -219,7 +221,6 @@ class MailHost:
         self._waiters: list[tuple[int, defer.Deferred, Any]] = []
         self._reads = defer.DeferredLock()
         self._capture = _CaptureQueue()
-        self._factories: list[tuple[str, Any]] = []  # (kind, protocol factory)
         self._listening: dict[str, list[Any]] = {}
         self._watched: dict[str, tuple[Any, _InboxListener]] = {}
         self._tmpdir: str | None = None
@@ -290,18 +291,13 @@ class MailHost:
                 self.store = MaildirStore(config.store.path, fsync=False)
             self.directory = UserDirectory.in_memory(self.domains, self._initial_users,
                                                      self._aliases)
-            self._factories = []
-
-            def note(kind: str, factory: Any) -> Any:
-                self._factories.append((kind, factory))
-                return factory
-
+            # Remote mail is captured (outbound=True) or refused: never the spool.
             self.service = makeService(config, store=self.store,
                                        checkers=[self.directory.checker],
-                                       directory=self.directory, wrap_factory=note,
+                                       directory=self.directory,
+                                       queue=self._capture, relay=self.outbound,
                                        dispatch_hook=FaultHook(self._registry, self.reactor),
                                        reactor=self.reactor)
-            self._set_outbound_policy()
             self.service.startService()
             self.running = True
             self._listening = yield self.service.wait_listening()
@@ -311,17 +307,6 @@ class MailHost:
             yield self._teardown()
             raise
         return self
-
-    def _set_outbound_policy(self) -> None:
-        for kind, smtp in self._factories:
-            if kind not in ("smtp", "submission"):
-                continue
-            if self.outbound:
-                smtp.queue = self._capture
-                smtp.policy.can_queue = True
-            else:
-                smtp.queue = None
-                smtp.policy.can_queue = False
 
     @defer.inlineCallbacks
     def stop(self):
@@ -409,11 +394,17 @@ class MailHost:
     def add_user(self, address: str, password: str) -> defer.Deferred:
         """Create a user (its mailbox exists at once); Deferred firing when watched."""
         self._require_running()
-        self.directory.checker.add_user(address, password)
+        self._checker().add_user(address, password)
         return self._watch(normalize_address(address))
 
     def users(self) -> list[str]:
-        return sorted(self.directory.checker.users) if self.directory else []
+        return sorted(self._checker().users) if self.directory else []
+
+    def _checker(self) -> InMemoryChecker:
+        """The in-memory checker of the directory ``start`` made."""
+        if self.directory is None or self.directory.checker is None:
+            raise RuntimeError("MailHost is not started (call start() first)")
+        return self.directory.checker
 
     @defer.inlineCallbacks
     def _watch(self, user: str):
@@ -450,6 +441,7 @@ class MailHost:
 
     def _mailboxes(self, address: str) -> list[str]:
         self._require_running()
+        assert self.directory is not None  # made by start()
         found = self.directory.lookup(address)
         if not found:
             raise KeyError(f"{address}: no such local user (add it with add_user)")

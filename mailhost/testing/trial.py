@@ -36,7 +36,7 @@ class MailHostTestMixin:
     mailhost: MailHost
 
     def setUp(self) -> defer.Deferred:  # noqa: N802
-        d = defer.maybeDeferred(super().setUp)  # type: ignore[misc]
+        d = defer.maybeDeferred(super().setUp)  # type: ignore[misc, call-overload]
 
         def start(_: Any) -> defer.Deferred:
             return start_mailhost(self, **self.mailhost_options)

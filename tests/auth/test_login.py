@@ -7,29 +7,55 @@ import pytest_twisted
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import globalLogPublisher
 from zope.interface import directlyProvides
 
 from mailhost.auth.directory import UserDirectory
-from mailhost.auth.login import LoginFailed, LoginService
-from mailhost.auth.realm import IMailUser
+from mailhost.auth.login import Login, LoginFailed
+from mailhost.auth.realm import IMailUser, MailUser
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.store.memory import MemoryStore
+from tests.logins import login_service
 
 
 def service(throttle=None, policy="yes", password="pw"):
     d = UserDirectory.in_memory(["example.test"], {"alice@example.test": password})
-    svc = LoginService.for_tests(d, MemoryStore(), allow_plaintext=policy, throttle=throttle)
+    svc = login_service(d, MemoryStore(), allow_plaintext=policy, throttle=throttle)
     svc.reactor = task.Clock()
     return svc
 
 
 @pytest_twisted.inlineCallbacks
 def test_login_gives_account():
-    avatar = yield service().login("Alice@example.test", "pw", "127.0.0.1", "imap")
-    assert IMailUser.providedBy(avatar)
-    assert avatar.user == "alice@example.test"
-    folders = yield avatar.account.list_folders()
+    login = yield service().login("Alice@example.test", "pw", "127.0.0.1", "imap")
+    assert isinstance(login, Login)
+    assert IMailUser.providedBy(login.avatar)
+    assert login.user == "alice@example.test"
+    folders = yield login.account.list_folders()
     assert folders[0] == "INBOX"
+
+
+def test_logout_calls_the_realms_logout_once_and_never_raises():
+    """cred's logout callable is honoured in one place, ``Login.logout``: once, however
+    often a protocol ends its session, and a failing one is logged, not raised."""
+    avatar = MailUser("alice@example.test", account=None)
+    calls = []
+    login = Login(avatar, lambda: calls.append("out"), "pop3")
+    assert not login.logged_out
+    login.logout()
+    login.logout()
+    assert calls == ["out"] and login.logged_out
+
+    def broken():
+        raise RuntimeError("realm cleanup failed")
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        Login(avatar, broken, "imap").logout()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e.get("event") for e in events] == ["logout_error"]
 
 
 @pytest_twisted.inlineCallbacks

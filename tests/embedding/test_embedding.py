@@ -1,7 +1,9 @@
 """Embedding mailhost in an existing Twisted application, with pluggable auth.
 
-The checker and the realm are written here, in the test, as an embedder would: the
-"pluggable" promise is that mailhost uses them without knowing them.
+The checker and the realm are written here, in the test, as an embedder would, and
+everything of mailhost this module uses comes through the front door
+(``mailhost/__init__.py``; a test below reads this file's imports): the "pluggable"
+promise is that mailhost uses them without knowing them.
 """
 
 from __future__ import annotations
@@ -15,15 +17,12 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, threads
+from twisted.internet.task import deferLater
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from mailhost.auth.directory import UserDirectory
-from mailhost.auth.realm import IMailUser, MailUser
-from mailhost.config import Config
-from mailhost.service import makeService
-from mailhost.store.memory import MemoryStore
+from mailhost import Config, IMailUser, MailUser, MemoryStore, UserDirectory, makeService
 
 
 @implementer(ICredentialsChecker)
@@ -53,6 +52,7 @@ class TenantRealm:
     def __init__(self, store) -> None:
         self.store = store
         self.avatars: list[str] = []
+        self.logouts: list[str] = []
 
     @defer.inlineCallbacks
     def requestAvatar(self, avatarId, mind, *interfaces):
@@ -60,7 +60,7 @@ class TenantRealm:
         mailbox = "tenant-" + avatarId
         account = yield self.store.open_account(mailbox)
         self.avatars.append(mailbox)
-        return IMailUser, MailUser(mailbox, account), lambda: None
+        return IMailUser, MailUser(mailbox, account), lambda: self.logouts.append(mailbox)
 
 
 def embedded_config() -> Config:
@@ -88,6 +88,7 @@ def test_custom_checker_and_realm_are_used(tmp_path):
     try:
         ports = yield svc.wait_listening()
         smtp = ports["smtp"][0].getHost().port
+        submission = ports["submission"][0].getHost().port
         imap = ports["imap"][0].getHost().port
         pop3 = ports["pop3"][0].getHost().port
 
@@ -95,6 +96,8 @@ def test_custom_checker_and_realm_are_used(tmp_path):
             with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as s:
                 s.sendmail("x@elsewhere.test", ["alice@example.test"],
                            b"Subject: embedded\r\n\r\nhi\r\n")
+            with smtplib.SMTP("127.0.0.1", submission, timeout=30) as s:
+                s.login("alice@example.test", "token-alice")
             m = imaplib.IMAP4("127.0.0.1", imap, timeout=30)
             try:
                 m.login("alice@example.test", "wrong")
@@ -112,10 +115,17 @@ def test_custom_checker_and_realm_are_used(tmp_path):
             return folders, count
 
         folders, count = yield threads.deferToThread(client_side)
+        # Each protocol ended its login through cred's logout callable; IMAP's and
+        # POP3's when the server side of the connection is gone.
+        for _ in range(100):
+            if len(realm.logouts) == 3:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
     finally:
         yield svc.stopService()
-    assert checker.calls.count("alice@example.test") == 3  # wrong IMAP, IMAP, POP3
-    assert realm.avatars == ["tenant-alice@example.test"] * 2
+    assert checker.calls.count("alice@example.test") == 4  # SMTP, wrong IMAP, IMAP, POP3
+    assert realm.avatars == ["tenant-alice@example.test"] * 3
+    assert realm.logouts == realm.avatars
     assert any(b"INBOX" in f for f in folders)
     # The SMTP delivery went to alice's own mailbox; the realm mapped logins to the
     # tenant mailbox, which is empty: proof the custom realm chose the account.
@@ -160,3 +170,14 @@ def test_embedded_tac_runs_beside_a_web_site(tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_this_module_uses_mailhost_through_the_front_door_only():
+    import ast
+
+    tree = ast.parse(open(__file__).read())
+    used = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            and node.module and node.module.split(".")[0] == "mailhost"}
+    used |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names if alias.name.split(".")[0] == "mailhost"}
+    assert used == {"mailhost"}

@@ -18,12 +18,13 @@ from twisted.internet import reactor, threads
 from twisted.internet.endpoints import serverFromString
 
 from mailhost.auth.directory import UserDirectory
-from mailhost.auth.login import LoginService
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config
 from mailhost.imap.factory import IMAPFactory
 from mailhost.limits import ConnectionLimits
+from mailhost.settings import IMAPSettings, LimitsSettings
 from mailhost.store.interfaces import DeliveryTarget
+from tests.logins import login_service
 
 USERS = {"alice@example.test": "secret", "bob@example.test": "hunter2"}
 ALICE = ("alice@example.test", "secret")
@@ -104,8 +105,8 @@ def imap_host_fixture(tmp_path):
             setattr(config.imap, k, v)
         store = store if store is not None else make_store(tmp_path, kind or store_kind())
         directory = UserDirectory.in_memory(domains=["example.test"], users=USERS)
-        login = LoginService.for_tests(directory, store, allow_plaintext=allow_plaintext,
-                                       throttle=throttle)
+        login = login_service(directory, store, allow_plaintext=allow_plaintext,
+                              throttle=throttle)
         tls_options = cafile = None
         if tls:
             from mailhost.tls import server_options, write_selfsigned
@@ -114,13 +115,13 @@ def imap_host_fixture(tmp_path):
             write_selfsigned("localhost", cafile, str(tmp_path / "key.pem"))
             config.tls.cert, config.tls.key = cafile, str(tmp_path / "key.pem")
             tls_options = server_options(config.tls)
-        factory = IMAPFactory(config, login, tls_options=tls_options)
+        factory = IMAPFactory(IMAPSettings.from_config(config), login, tls_options=tls_options)
         # Connection limits sit in front of every listener, as makeService wires them.
         config.limits.exempt_networks = []
         config.limits.connection_rate = 0
         endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
         listening = await endpoint.listen(
-            ConnectionLimits.from_config(config).wrap("imap", factory))
+            ConnectionLimits.from_settings(LimitsSettings.from_config(config)).wrap("imap", factory))
         host = ImapHost(store, factory, listening.getHost().port, config, listening, cafile)
         hosts.append(host)
         return host

@@ -26,6 +26,7 @@ from mailhost.outbound.routing import Hop, Route
 from mailhost.outbound.scheduler import Scheduler
 from mailhost.outbound.spool import SpoolFiles
 from mailhost.outbound.spool_writer import SpoolWriter
+from mailhost.settings import OutboundSettings
 from tests.mailhost_process import MailHostProcess, write_config
 from tests.outbound.remote import ScriptedFactory, listen
 from tests.outbound.test_client import ListSource, make_job
@@ -81,7 +82,7 @@ class Relay:
             self.bounces.append((env.id, reports))
             return defer.succeed(None)
 
-        self.s = Scheduler(config, self.files, OneHop(port), bounce,
+        self.s = Scheduler(OutboundSettings.from_config(config), self.files, OneHop(port), bounce,
                            lambda job: defer.succeed({}), lambda d: False, reactor)
         make_endpoint = self.s._endpoint
 

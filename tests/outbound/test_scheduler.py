@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
@@ -11,6 +13,7 @@ from mailhost.outbound.routing import PermanentRoutingError, TemporaryRoutingErr
 from mailhost.outbound.scheduler import Scheduler, retry_delay
 from mailhost.outbound.spool import SpoolFiles
 from mailhost.outbound.spool_writer import SpoolWriter
+from mailhost.settings import OutboundSettings
 
 
 class FakeRouter:
@@ -54,8 +57,8 @@ async def make(tmp_path, router, **outbound):
         bounces.append((env.id, reports))
         return defer.succeed(None)
 
-    s = Scheduler(config, files, router, bounce, lambda job: defer.succeed({}),
-                  lambda d: d == "example.test", clock)
+    s = Scheduler(OutboundSettings.from_config(config), files, router, bounce,
+                  lambda job: defer.succeed({}), lambda d: d == "example.test", clock)
     await s.start()
     return s, clock, files, bounces
 
@@ -140,7 +143,7 @@ async def test_too_many_hops_bounces_before_relay(tmp_path):
     message is relayed, one more line bounces (before any routing)."""
     router = FakeRouter(TemporaryRoutingError("4.4.3", "unused"))
     s, clock, files, bounces = await make(tmp_path, router)
-    s.config.smtp.max_hops = 3
+    s.use_settings(dataclasses.replace(s.settings, max_hops=3))
     ours = b"Received: from client by us\r\n"
     w = SpoolWriter(files, "alice@example.test", None, None, s.add, clock.seconds)
     w.write(ours + b"Received: a\r\nReceived: b\r\nReceived: c\r\n\r\nat the limit\r\n")

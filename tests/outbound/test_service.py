@@ -18,6 +18,7 @@ from mailhost.auth.directory import UserDirectory
 from mailhost.config import Config
 from mailhost.outbound.interfaces import IOutboundQueue, QueueRecipient
 from mailhost.outbound.service import OutboundService, listen_addresses
+from mailhost.settings import OutboundSettings
 from mailhost.store.memory import MemoryStore
 from tests.mailhost_process import free_port
 from tests.outbound.fakes import FakeResolver
@@ -85,7 +86,8 @@ def test_listen_addresses_parses_endpoints():
 
 @pytest_twisted.ensureDeferred
 async def test_queue_interface_and_clean_stop(tmp_path):
-    svc = OutboundService(make_config(tmp_path), MemoryStore(), directory(), resolver=FakeResolver())
+    svc = OutboundService(OutboundSettings.from_config(make_config(tmp_path)), MemoryStore(),
+                          directory(), resolver=FakeResolver())
     verifyObject(IOutboundQueue, svc.queue)
     await started(svc)
     await svc.stopService()
@@ -98,7 +100,7 @@ async def test_mx_pointing_at_ourselves_bounces_5_4_6(tmp_path):
     store = MemoryStore()
     resolver = FakeResolver(mx={"loop.example": [(10, "mx.loop.example")]},
                             a={"mx.loop.example": ["127.0.0.1"]})
-    svc = await started(OutboundService(config, store, directory(), resolver=resolver,
+    svc = await started(OutboundService(OutboundSettings.from_config(config), store, directory(), resolver=resolver,
                                         local_addresses=[("127.0.0.1", port)]))
     try:
         await send(svc, "alice@example.test", ["x@loop.example"])
@@ -116,7 +118,7 @@ async def test_mx_named_like_us_for_a_local_domain_delivers_locally(tmp_path):
     store = MemoryStore()
     resolver = FakeResolver(mx={"example.test": [(10, "mail.example.test")]},
                             a={"mail.example.test": ["192.0.2.1"]})
-    svc = await started(OutboundService(config, store, directory(), resolver=resolver))
+    svc = await started(OutboundService(OutboundSettings.from_config(config), store, directory(), resolver=resolver))
     try:
         await send(svc, "someone@remote.example", ["bob@example.test"])
         (msg,) = await wait_for(lambda: inbox(store, "bob@example.test"))
@@ -145,7 +147,7 @@ async def test_smarthost_with_auth_via_aiosmtpd(tmp_path):
     c.start()
     config = make_config(tmp_path, smarthost=f"127.0.0.1:{port}", smarthost_user="relay",
                          smarthost_password="s3cret", tls_policy="none")
-    svc = await started(OutboundService(config, MemoryStore(), directory(), resolver=FakeResolver()))
+    svc = await started(OutboundService(OutboundSettings.from_config(config), MemoryStore(), directory(), resolver=FakeResolver()))
     try:
         await send(svc, "alice@example.test", ["x@far.example", "y@other.example"])
         await wait_for(lambda: _async(len(seen.get("rcpts", [])) >= 1))
@@ -177,7 +179,7 @@ async def test_opportunistic_tls_failure_falls_back_to_plaintext(tmp_path, serve
     port = await listen(remote)
     config = make_config(tmp_path, port=port.getHost().port)
     resolver = FakeResolver(a={"tls.example": ["127.0.0.1"]})
-    svc = await started(OutboundService(config, MemoryStore(), directory(), resolver=resolver))
+    svc = await started(OutboundService(OutboundSettings.from_config(config), MemoryStore(), directory(), resolver=resolver))
     try:
         await send(svc, "alice@example.test", ["x@tls.example"])
         (got,) = await wait_for(lambda: _async(remote.received))
@@ -195,7 +197,7 @@ async def test_stop_waits_for_grace_then_leaves_mail_queued(tmp_path):
     config = make_config(tmp_path, port=port.getHost().port)
     config.server.shutdown_grace = 0.5
     resolver = FakeResolver(a={"hang.example": ["127.0.0.1"]})
-    svc = await started(OutboundService(config, MemoryStore(), directory(), resolver=resolver))
+    svc = await started(OutboundService(OutboundSettings.from_config(config), MemoryStore(), directory(), resolver=resolver))
     qid = await send(svc, "alice@example.test", ["x@hang.example"])
     await wait_for(lambda: _async(any(c == "DATA" for c in remote.commands)))
     t0 = time.monotonic()
@@ -236,7 +238,7 @@ async def test_dsn_for_a_remote_sender_is_queued_from_the_null_sender(tmp_path):
     config = make_config(tmp_path, port=port.getHost().port)
     resolver = FakeResolver(mx={"nomail.example": [(0, "")]},
                             a={"sender.example": ["127.0.0.1"]})
-    svc = await started(OutboundService(config, MemoryStore(), directory(), resolver=resolver))
+    svc = await started(OutboundService(OutboundSettings.from_config(config), MemoryStore(), directory(), resolver=resolver))
     try:
         await send(svc, "carol@sender.example", ["x@nomail.example"])
         (got,) = await wait_for(lambda: _async(remote.received))
@@ -255,7 +257,7 @@ def test_per_domain_tls_policy_override(tmp_path):
 
     config = make_config(tmp_path, tls_policy="opportunistic",
                          tls_policy_domains={"strict.example": "verify", "old.example": "none"})
-    svc = OutboundService(config, MemoryStore(), directory(), resolver=FakeResolver())
+    svc = OutboundService(OutboundSettings.from_config(config), MemoryStore(), directory(), resolver=FakeResolver())
     svc.startService()
     try:
         s = svc.scheduler
@@ -280,11 +282,11 @@ async def test_message_with_an_oversized_envelope_is_delivered_after_restart(tmp
     port = await listen(remote)
     config = make_config(tmp_path, port=port.getHost().port)
     resolver = FakeResolver(a={"far.example": ["127.0.0.1"]})
-    first = OutboundService(config, MemoryStore(), directory(), resolver=resolver)
+    first = OutboundService(OutboundSettings.from_config(config), MemoryStore(), directory(), resolver=resolver)
     rcpts = [f"r{i}@far.example" for i in range(5)]
     qid = await send(first, "alice@example.test", rcpts)  # not started: stays in the spool
     assert qid in os.listdir(first.files.env_dir)
-    svc = await started(OutboundService(config, MemoryStore(), directory(), resolver=resolver))
+    svc = await started(OutboundService(OutboundSettings.from_config(config), MemoryStore(), directory(), resolver=resolver))
     try:
         await wait_for(lambda: _async(sorted(r for m in remote.received for r in m.rcpts) == rcpts))
         assert remote.received[0].data.endswith(b"hello\r\n")
@@ -292,3 +294,25 @@ async def test_message_with_an_oversized_envelope_is_delivered_after_restart(tmp
     finally:
         await svc.stopService()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloaded_settings_reach_the_scheduler_and_a_new_router(tmp_path):
+    """Reload hands the running scheduler the new settings, and a new Router when the
+    port or smarthost changed: nothing mutates the router in use."""
+    import dataclasses
+
+    settings = OutboundSettings.from_config(make_config(tmp_path))
+    svc = await started(OutboundService(settings, MemoryStore(), directory(),
+                                        resolver=FakeResolver()))
+    try:
+        router = svc.scheduler.router
+        svc.use_settings(dataclasses.replace(settings, lifetime=60.0))
+        assert svc.scheduler.settings.lifetime == 60.0 and svc.scheduler.router is router
+        svc.use_settings(dataclasses.replace(settings, port=2526, smarthost="127.0.0.1:9"))
+        assert svc.scheduler.router is not router
+        assert (router.port, router.smarthost) == (settings.port, settings.smarthost)
+        assert (svc.scheduler.router.port, svc.scheduler.router.smarthost) == (2526, "127.0.0.1:9")
+        assert svc.scheduler.router.resolver is router.resolver
+    finally:
+        await svc.stopService()

@@ -310,11 +310,12 @@ async def test_service_stop_drains_the_spool_threads(tmp_path):
     import threading
 
     from mailhost.outbound.service import OutboundService
+    from mailhost.settings import OutboundSettings
     from mailhost.store.memory import MemoryStore
     from tests.outbound.fakes import FakeResolver
     from tests.outbound.test_service import directory, make_config, started
 
-    svc = await started(OutboundService(make_config(tmp_path), MemoryStore(), directory(),
+    svc = await started(OutboundService(OutboundSettings.from_config(make_config(tmp_path)), MemoryStore(), directory(),
                                         resolver=FakeResolver()))
     release = threading.Event()
     files = svc.files
@@ -334,6 +335,7 @@ async def test_spool_threads_call_back_through_the_injected_reactor(tmp_path):
     from twisted.internet import reactor
 
     from mailhost.outbound.service import OutboundService
+    from mailhost.settings import OutboundSettings
     from mailhost.store.memory import MemoryStore
     from tests.outbound.fakes import FakeResolver
     from tests.outbound.test_service import directory, make_config
@@ -353,7 +355,7 @@ async def test_spool_threads_call_back_through_the_injected_reactor(tmp_path):
     files.ensure_sync()
     await _writer(files).commit([QueueRecipient("x@y")])
     assert calls
-    svc = OutboundService(make_config(tmp_path), MemoryStore(), directory(), reactor=proxy,
+    svc = OutboundService(OutboundSettings.from_config(make_config(tmp_path)), MemoryStore(), directory(), reactor=proxy,
                           resolver=FakeResolver())
     assert svc.files.reactor is proxy
 

@@ -11,12 +11,13 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
 
 from mailhost.auth.directory import UserDirectory
-from mailhost.auth.login import LoginService
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config
 from mailhost.pop3.factory import POP3Factory
+from mailhost.settings import POP3Settings
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
+from tests.logins import login_service
 
 USERS = {"alice@example.test": "secret", "bob@example.test": "hunter2"}
 
@@ -61,8 +62,8 @@ def pop3(tmp_path):
         config.pop3.timeout = timeout
         store = store if store is not None else make_store(tmp_path)
         directory = UserDirectory.in_memory(domains=["example.test"], users=USERS)
-        login = LoginService.for_tests(directory, store, allow_plaintext=allow_plaintext,
-                                       throttle=throttle)
+        login = login_service(directory, store, allow_plaintext=allow_plaintext,
+                              throttle=throttle)
         tls_options = cafile = None
         if tls:
             from mailhost.tls import server_options, write_selfsigned
@@ -71,7 +72,7 @@ def pop3(tmp_path):
             write_selfsigned("localhost", cafile, str(tmp_path / "key.pem"))
             config.tls.cert, config.tls.key = cafile, str(tmp_path / "key.pem")
             tls_options = server_options(config.tls)
-        factory = POP3Factory(config, login, tls_options=tls_options)
+        factory = POP3Factory(POP3Settings.from_config(config), login, tls_options=tls_options)
         endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
         listening = await endpoint.listen(factory)
         host = Pop3Host(store, factory, listening.getHost().port, config, listening, cafile)

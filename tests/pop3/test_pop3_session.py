@@ -539,7 +539,7 @@ async def test_lock_shared_by_two_listeners(pop3):
     from mailhost.pop3.factory import POP3Factory
 
     host = await pop3()
-    other = POP3Factory(host.config, host.factory.login, locks=host.factory.locks)
+    other = POP3Factory(host.factory.settings, host.factory.login, locks=host.factory.locks)
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(other)
 
     def session():

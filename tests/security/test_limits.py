@@ -28,6 +28,7 @@ from mailhost.limits import (
     client_key,
     refusal,
 )
+from mailhost.settings import LimitsSettings
 from mailhost.tls import server_options, write_selfsigned
 
 
@@ -294,7 +295,7 @@ def test_implicit_tls_listener_refuses_inside_tls(listen, tmp_path):
     c.limits.exempt_networks = []
     c.limits.connection_rate = 0
     c.imap.max_connections_per_ip = 1
-    limits = ConnectionLimits.from_config(c, reactor=reactor)
+    limits = ConnectionLimits.from_settings(LimitsSettings.from_config(c), reactor=reactor)
     inner = GreeterFactory()
     wrapped = limits.wrap("imap", TLSMemoryBIOFactory(options, False, inner))
     assert isinstance(wrapped, TLSMemoryBIOFactory)
@@ -318,9 +319,9 @@ def test_implicit_tls_listener_refuses_inside_tls(listen, tmp_path):
     assert inner.built == 1
 
 
-def test_from_config_uses_each_kinds_limits():
+def test_limits_from_settings_uses_each_kinds_limits():
     c = cfg.Config()
-    limits = ConnectionLimits.from_config(c, reactor=task.Clock())
+    limits = ConnectionLimits.from_settings(LimitsSettings.from_config(c), reactor=task.Clock())
     assert limits.kinds["smtp"] == KindLimits(c.smtp.max_connections,
                                               c.smtp.max_connections_per_ip)
     assert limits.kinds["submission"] == limits.kinds["smtp"]
@@ -334,7 +335,7 @@ def test_bad_exempt_network_is_a_one_line_config_error():
     c = cfg.Config()
     c.limits.exempt_networks = ["10.0.0.0/33"]
     with pytest.raises(cfg.ConfigError, match=r"^limits\.exempt_networks: "):
-        ConnectionLimits.from_config(c, reactor=task.Clock())
+        ConnectionLimits.from_settings(LimitsSettings.from_config(c), reactor=task.Clock())
 
 
 def test_limits_keys_load_from_toml(tmp_path):

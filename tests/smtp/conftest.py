@@ -15,13 +15,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhost.auth.directory import UserDirectory
-from mailhost.auth.login import LoginService
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.config import Config
 from mailhost.limits import ConnectionLimits
 from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter
+from mailhost.settings import LimitsSettings, RelaySettings, SMTPSettings
 from mailhost.smtp.factory import SMTPFactory
+from mailhost.smtp.policy import RecipientPolicy
 from mailhost.store.memory import MemoryStore
+from tests.logins import login_service
 
 USERS = {"alice@example.test": "secret", "bob@example.test": "hunter2",
          "carol@example.test": "pw3"}
@@ -131,8 +133,8 @@ def smtp_host(tmp_path):
         store = store if store is not None else MemoryStore()
         directory = UserDirectory.in_memory(domains=["example.test", "example.org"],
                                             users=USERS, aliases=ALIASES)
-        login = LoginService.for_tests(directory, store, allow_plaintext=allow_plaintext,
-                                       throttle=throttle)
+        login = login_service(directory, store, allow_plaintext=allow_plaintext,
+                              throttle=throttle)
         tls_options = cafile = None
         if tls:
             from mailhost.tls import server_options, write_selfsigned
@@ -143,13 +145,17 @@ def smtp_host(tmp_path):
             config.tls.cert, config.tls.key = cafile, str(tmp_path / "key.pem")
             tls_options = server_options(config.tls)
         fake_queue = FakeQueue() if queue else None
-        factory = SMTPFactory(config, store, directory, login, queue=fake_queue,
-                              submission=submission, tls_options=tls_options)
+        relay = RelaySettings.from_config(config)
+        policy = RecipientPolicy(directory, relay.relay_networks, can_queue=queue,
+                                 default_domain=relay.default_domain)
+        factory = SMTPFactory(SMTPSettings.from_config(config), store, directory, login,
+                              policy, queue=fake_queue, submission=submission,
+                              tls_options=tls_options)
         # Connection limits live in front of every listener, as makeService wires them;
         # loopback is not exempt here, so the per-address limit is testable.
         config.limits.exempt_networks = []
         config.limits.connection_rate = 0
-        limited = ConnectionLimits.from_config(config).wrap(
+        limited = ConnectionLimits.from_settings(LimitsSettings.from_config(config)).wrap(
             "submission" if submission else "smtp", factory)
         endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
         listening = _result(endpoint.listen(limited))

@@ -223,15 +223,16 @@ async def test_swaks_end_to_end(smtp_host):
     assert b"secure swaks" in second and b"with ESMTPSA id" in second
 
 
-def test_fakes_and_factory_contracts():
-    """The test doubles honour the shared interfaces; bad relay networks are a config error."""
+def test_fakes_and_factory_contracts(tmp_path):
+    """The test doubles honour the shared interfaces; bad relay networks are a config error
+    (of makeService, which builds SMTP's recipient policy)."""
     import pytest
     from zope.interface.verify import verifyObject
 
     from mailhost.auth.directory import UserDirectory
     from mailhost.config import Config, ConfigError
     from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter
-    from mailhost.smtp.factory import SMTPFactory
+    from mailhost.service import makeService
     from tests.smtp.conftest import FakeQueue
 
     queue = FakeQueue()
@@ -239,10 +240,12 @@ def test_fakes_and_factory_contracts():
     assert verifyObject(IQueueWriter, queue.new_message("a@b.test"))
     assert verifyObject(IMailStore, FailingStore())
     config = Config()
+    config.server.data_dir = str(tmp_path)
     config.smtp.relay_networks = ["10.0.0.0/8", "not-a-network"]
     directory = UserDirectory.in_memory(domains=["example.test"], users={})
     with pytest.raises(ConfigError, match="smtp.relay_networks"):
-        SMTPFactory(config, MemoryStore(), directory, None, queue=queue)
+        makeService(config, store=MemoryStore(), directory=directory,
+                    checkers=[directory.checker], queue=queue)
 
 
 @pytest_twisted.ensureDeferred

@@ -17,13 +17,15 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from mailhost.auth.directory import UserDirectory
-from mailhost.auth.login import LoginService
 from mailhost.config import Config
 from mailhost.imap.factory import IMAPFactory
 from mailhost.sessions import IDispatchHook, SessionRegistry
+from mailhost.settings import IMAPSettings, RelaySettings, SMTPSettings
 from mailhost.smtp.factory import SMTPFactory
+from mailhost.smtp.policy import RecipientPolicy
 from mailhost.store.memory import MemoryStore
 from mailhost.testing.faults import Fault, FaultHook, FaultSet
+from tests.logins import login_service
 
 PEER = IPv4Address("TCP", "127.0.0.1", 1)
 
@@ -48,7 +50,15 @@ def _host():
     directory = UserDirectory.in_memory(
         domains=["example.test"], aliases={},
         users={"alice@example.test": "secret", "bob@example.test": "secret"})
-    return config, store, directory, LoginService.for_tests(directory, store)
+    return config, store, directory, login_service(directory, store)
+
+
+def _smtp_factory(config, store, directory, login, **kw):
+    """An SMTP factory as makeService builds one: settings and recipient policy given."""
+    relay = RelaySettings.from_config(config)
+    policy = RecipientPolicy(directory, relay.relay_networks, can_queue=False,
+                             default_domain=relay.default_domain)
+    return SMTPFactory(SMTPSettings.from_config(config), store, directory, login, policy, **kw)
 
 
 def _connect(factory):
@@ -79,7 +89,7 @@ def test_smtp_body_never_read_as_commands(body, cuts):
     clock = task.Clock()
     config, store, directory, login = _host()
     hook = Recorder(faults, clock)
-    factory = SMTPFactory(config, store, directory, login, reactor=clock,
+    factory = _smtp_factory(config, store, directory, login, reactor=clock,
                           sessions=SessionRegistry(clock, hook=hook))
     proto, transport = _connect(factory)
     client = (b"EHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\n"
@@ -106,7 +116,7 @@ def test_imap_literals_never_read_as_commands(body, plus, cuts):
     clock = task.Clock()
     config, store, _directory, login = _host()
     hook = Recorder(faults, clock)
-    factory = IMAPFactory(config, login, reactor=clock,
+    factory = IMAPFactory(IMAPSettings.from_config(config), login, reactor=clock,
                           sessions=SessionRegistry(clock, hook=hook))
     proto, transport = _connect(factory)
     _feed(proto, clock, b"a0 LOGIN alice@example.test secret\r\n", [])
