@@ -39,11 +39,11 @@ class Spool:
         self._held: list[bytes] = []
         self._held_size = 0
         self._file: Any = None
-        self._writing: defer.Deferred = defer.succeed(None)
+        self._writing: defer.Deferred[Any] = defer.succeed(None)
         self._error: BaseException | None = None
         self._spilled = False  # some of the message went to the file
 
-    def _in_thread(self, fn: Callable, *args: Any) -> defer.Deferred:
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
 
     def write(self, data: bytes) -> None:
@@ -69,7 +69,7 @@ class Spool:
             self._file = tempfile.TemporaryFile(dir=self.directory, prefix="mailhost-spool-")
         self._file.write(data)
 
-    def read(self, offset: int, sink: Callable[[bytes], None]) -> defer.Deferred:
+    def read(self, offset: int, sink: Callable[[bytes], None]) -> defer.Deferred[None]:
         """Give every octet from ``offset`` on to ``sink`` (on the reactor thread, in
         chunks); Deferred firing when done."""
         return defer.Deferred.fromCoroutine(self._read(offset, sink))

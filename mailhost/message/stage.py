@@ -83,7 +83,7 @@ class MessageContext:
     #: Stage results by name (``spf``, ``dkim``, ``dmarc``) for Authentication-Results.
     results: dict[str, Any] = field(default_factory=dict)
     #: Work started at MAIL FROM, by stage name.
-    pending: dict[str, defer.Deferred] = field(default_factory=dict)
+    pending: dict[str, defer.Deferred[Any]] = field(default_factory=dict)
     #: A stage's own per-message objects (a running hash), by stage name.
     state: dict[str, Any] = field(default_factory=dict)
     quarantined: bool = False
@@ -122,7 +122,7 @@ class IStage(Interface):
         """The header block is complete (``ctx.header_block``): a consumer for the
         body chunks, or None."""
 
-    def finish(ctx: MessageContext) -> defer.Deferred | Verdict | None:
+    def finish(ctx: MessageContext) -> defer.Deferred[Verdict | None] | Verdict | None:
         """The whole message is in: record results, add fields; a Verdict (or a
         Deferred firing with one), None for accept."""
 
@@ -153,7 +153,7 @@ class Pipeline:
                 consumers.append(consumer)
         return consumers
 
-    def finish(self, ctx: MessageContext) -> defer.Deferred:
+    def finish(self, ctx: MessageContext) -> defer.Deferred[Verdict]:
         """Deferred firing with the final Verdict (``ACCEPT``, ``quarantine`` or the
         first refusal). A stage that fails unexpectedly is logged and skipped: a bug
         in a check must not lose mail."""
@@ -163,7 +163,8 @@ class Pipeline:
         outcome = ACCEPT
         for stage in self.stages:
             try:
-                verdict = await defer.maybeDeferred(stage.finish, ctx)
+                result = stage.finish(ctx)
+                verdict = (await result) if isinstance(result, defer.Deferred) else result
             except Exception:
                 log.failure("pipeline stage {stage} failed", stage=stage.name)
                 continue

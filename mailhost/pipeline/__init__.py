@@ -90,11 +90,11 @@ class PipelineSettings:
         return keys
 
 
-def build_pipeline(settings: PipelineSettings, lookup: IDNSLookup | None,
+def build_pipeline(settings: PipelineSettings, lookup: IDNSLookup,
                    reactor: object = None,
                    keys: Sequence[SigningKey] | None = None) -> Pipeline:
-    """The configured stages, in order, over ``lookup`` (None only if no stage needs
-    DNS). ``keys`` replaces the key files for ``dkim_sign``."""
+    """The configured stages, in order, over ``lookup``. ``keys`` replaces the key
+    files for ``dkim_sign``."""
     stages: list[IStage] = []
     for name in settings.stages:
         if name == "spf":

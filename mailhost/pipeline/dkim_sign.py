@@ -45,7 +45,9 @@ class DKIMSignStage:
         if not ctx.trusted:
             return None
         domain = from_domain(ctx.header_block)
-        signing = self.signer.start(ctx.header_block, domain) if domain else None
+        if not domain:
+            return None
+        signing = self.signer.start(ctx.header_block, domain)
         if signing is None:
             return None
         consumer = _Consumer(signing, domain)
