@@ -41,14 +41,23 @@ durable single-process Twisted server can reach against the stock one.
 loopback), so the folder is open and every delivery is numbered and pushed as it
 arrives; without it nobody opens the INBOX during the runs.
 
+``--pipeline`` (issue 15) runs instead only mailhost, at 20 sessions x 4 KiB, three
+ways in the same interleaved runs: no pipeline stages; the checks (``spf``, ``dkim``,
+``dmarc``, ``auth_results``); and DKIM signing (``dkim_sign``, the client in
+``smtp.relay_networks``). Every row gets the same message (``smtp-source -F``), one
+signed with an RSA-2048 key published, with SPF and DMARC records, by a
+``TestDNSServer`` in a child process; after the warm-up every answer comes from
+mailhost's DNS cache. The table gives the server CPU each stage set adds per message.
+
 Usage: python3 bench/smtp_ingest.py [--runs 3] [--scale 1.0] [--workdir DIR]
                                     [--no-postfix] [--no-durable-twisted] [--no-fsync-row]
-                                    [--idle]
+                                    [--idle] [--pipeline]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pwd
 import shutil
@@ -165,6 +174,9 @@ class Server:
 class Mailhost(Server):
     fsync = True
     idle = False  # --idle: an IMAP client IDLEs on INBOX throughout
+    extra = ""  # more TOML (--pipeline: [pipeline], [dns], relay networks)
+    keys: dict[str, bytes] = {}  # (--pipeline) "<domain>/<selector>" -> PEM, into data/dkim/
+    relay_networks: list[str] = []  # smtp.relay_networks (--pipeline: dkim_sign's clients)
 
     def start(self) -> None:
         if self.idle:
@@ -181,6 +193,11 @@ class Mailhost(Server):
         os.makedirs(data, exist_ok=True)
         PasswdFile(os.path.join(data, "passwd")).save(
             {"bench@example.test": PasswdEntry("bench@example.test", hash_password("bench"))})
+        for name, pem in self.keys.items():
+            path = os.path.join(data, "dkim", name + ".pem")
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(pem)
         config = os.path.join(self.workdir, "mailhost.toml")
         with open(config, "w") as f:
             f.write(f"""[server]
@@ -198,13 +215,14 @@ fsync = {"true" if self.fsync else "false"}
 listen = ["tcp:{self.port}:interface=127.0.0.1:backlog=256"]
 max_connections = 500
 max_connections_per_ip = 500
+relay_networks = {json.dumps(self.relay_networks)}
 [submission]
 listen = []
 [pop3]
 listen = []
 [imap]
 listen = [{f'"tcp:{self.imap_port}:interface=127.0.0.1"' if self.idle else ""}]
-""")
+{self.extra}""")
         return [sys.executable, TWISTD, "-n", "--pidfile=", "mailhost", "--config", config], {
             "PYTHONPATH": ROOT}
 
@@ -425,7 +443,8 @@ append_dot_mydomain = no
                 pass
 
 
-def drive(server: Server, sessions: int, length: int, count: int) -> tuple[float, float]:
+def drive(server: Server, sessions: int, length: int, count: int,
+          message_file: str | None = None) -> tuple[float, float]:
     """One load run: (msg/s, server CPU ms per message); exits if mail went missing.
 
     The clock runs from the start of smtp-source until the last message is in the
@@ -435,7 +454,8 @@ def drive(server: Server, sessions: int, length: int, count: int) -> tuple[float
     before_files = count_files(server.maildir_root)
     cpu0 = server.cpu_seconds()
     t0 = time.time()  # wall clock, comparable with directory mtimes
-    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(count), "-l", str(length),
+    body = ["-F", message_file] if message_file else ["-l", str(length)]
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(count), *body,
                     "-f", "a@example.test", "-t", "bench@example.test",
                     f"127.0.0.1:{server.port}"], check=True, timeout=600)
     t_sent = time.time()
@@ -467,11 +487,16 @@ def main() -> None:
                     help="keep an IMAP client in IDLE on mailhost's INBOX (folder open)")
     ap.add_argument("--no-postfix", action="store_true",
                     help="skip the private Postfix instance (on by default if postfix is installed)")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="only mailhost, with the message pipeline's stages off and on")
     args = ap.parse_args()
     Mailhost.idle = args.idle
     if shutil.which("smtp-source") is None:
         raise SystemExit("smtp-source not found: apt-get install -y postfix")
     workdir = args.workdir or tempfile.mkdtemp(prefix="smtp-ingest-")
+    if args.pipeline:
+        pipeline_bench(workdir, args.runs, args.scale)
+        return
     servers = [Mailhost("mailhost", os.path.join(workdir, "mailhost")),
                Aiosmtpd("aiosmtpd", os.path.join(workdir, "aiosmtpd")),
                StockTwisted("twisted", os.path.join(workdir, "twisted"))]
@@ -538,6 +563,88 @@ def main() -> None:
             n, t = med(label, "mailhost-nofsync", 0), med(label, "twisted", 0)
             nc = med(label, "mailhost-nofsync", 1)
             print(f"| {label} | {n:.0f} msg/s; {nc:.2f} ms CPU | {n / t:.2f}x |")
+    print(f"\nworkdir: {workdir}")
+
+
+PIPELINE_ROWS = [
+    ("no stages", ""),
+    ("spf+dkim+dmarc+A-R", '[pipeline]\nstages = ["spf", "dkim", "dmarc", "auth_results"]\n'),
+    ("dkim_sign", '[pipeline]\nstages = ["dkim_sign"]\n'
+                  'dkim_selectors = { "example.test" = "bench" }\n'),
+]
+
+DNS_CHILD = """
+import json, sys
+from twisted.internet import reactor, defer
+from mailhost.testing.dns import TestDNSServer
+server = TestDNSServer(json.loads(sys.argv[1]), ttl=86400)
+def up(address):
+    print(address[1], flush=True)
+defer.Deferred.fromCoroutine(server.start()).addCallback(up)
+reactor.run()
+"""
+
+
+def pipeline_bench(workdir: str, runs: int, scale: float) -> None:
+    """--pipeline: see the module docstring."""
+    from mailhost.mailauth.dkim import DKIMSigner
+    from mailhost.mailauth.dkim_keys import generate_pem, key_from_pem
+
+    pem = generate_pem("rsa")
+    key = key_from_pem("example.test", "bench", pem)
+    body = "".join(f"line {i:04d} of the benchmark message body, sixty-four octets long..\n"
+                   for i in range(60))
+    head = ("From: a@example.test\nTo: bench@example.test\nSubject: bench\n"
+            "Date: Sat, 05 Dec 2026 00:00:00 +0000\nMessage-ID: <bench@example.test>\n")
+    crlf = (head + "\n" + body).replace("\n", "\r\n").encode()
+    signature = DKIMSigner([key]).sign(crlf, "example.test").replace(b"\r\n", b"\n")
+    message_file = os.path.join(workdir, "message.eml")
+    os.makedirs(workdir, exist_ok=True)
+    with open(message_file, "wb") as f:  # smtp-source appends CRLF to every line
+        f.write(signature + (head + "\n" + body).encode())
+    zones = {"example.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+             "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject"]},
+             "bench._domainkey.example.test": {"TXT": [key.public_record]}}
+    dns = subprocess.Popen([sys.executable, "-c", DNS_CHILD, json.dumps(zones)],
+                           stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT})
+    servers: list[Mailhost] = []
+    results: dict[str, list[tuple[float, float]]] = {}
+    try:
+        port = int(dns.stdout.readline())
+        for i, (label, extra) in enumerate(PIPELINE_ROWS):
+            server = Mailhost(label, os.path.join(workdir, f"mailhost-{i}"))
+            server.extra = (extra + f'[dns]\nnameservers = ["127.0.0.1:{port}"]\n'
+                            if extra else "")
+            if "dkim_sign" in extra:  # signs for relay-network clients only
+                server.keys = {"example.test/bench": pem}
+                server.relay_networks = ["127.0.0.0/8"]
+            servers.append(server)
+        for s in servers:
+            s.start()
+        label, sessions, length, count = LOADS[0]
+        for s in servers:  # warm-up: fills the DNS cache
+            drive(s, 2, length, 20, message_file)
+        n = max(10, int(count * scale))
+        for run in range(runs):
+            k = run % len(servers)
+            for s in servers[k:] + servers[:k]:
+                rate, cpu = drive(s, sessions, length, n, message_file)
+                results.setdefault(s.name, []).append((rate, cpu))
+                print(f"run {run + 1} {label} {s.name:20} {rate:8.0f} msg/s "
+                      f"{cpu:6.2f} ms CPU/msg", file=sys.stderr)
+    finally:
+        for s in servers:
+            s.stop()
+        dns.terminate()
+        dns.wait(10)
+    base = statistics.median(r[1] for r in results[PIPELINE_ROWS[0][0]])
+    print(f"\nmailhost, {label}, median of {runs} interleaved runs\n")
+    print("| stages | msg/s | server CPU ms/msg | added by the stages |")
+    print("|---|---|---|---|")
+    for name, _ in PIPELINE_ROWS:
+        rate = statistics.median(r[0] for r in results[name])
+        cpu = statistics.median(r[1] for r in results[name])
+        print(f"| {name} | {rate:.0f} | {cpu:.2f} | {cpu - base:+.2f} ms |")
     print(f"\nworkdir: {workdir}")
 
 

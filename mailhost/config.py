@@ -264,6 +264,20 @@ class DNSConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """The message pipeline after DATA (mailhost.pipeline): checks and modifiers."""
+
+    # Stage names in order: spf, dkim, dmarc, auth_results, dkim_sign; empty: none.
+    stages: list[str] = field(default_factory=list)
+    # The authserv-id of our Authentication-Results fields; empty: server.hostname.
+    authserv_id: str = ""
+    # On a DMARC fail: "enforce" applies the domain's p= (reject, Junk); "monitor" records.
+    dmarc_mode: Literal["enforce", "monitor"] = "enforce"
+    # dkim_sign: domain -> selectors ("2026r 2026e"), keys in <data_dir>/dkim/<domain>/.
+    dkim_selectors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -277,6 +291,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     # Where the config was read from, for resolving relative paths; not a TOML key.
     source: str = field(default="", metadata={"internal": True})
     # Command-line overrides, re-applied when the file is reloaded; not a TOML key.

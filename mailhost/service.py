@@ -441,6 +441,7 @@ def makeService(
     space = FreeSpace(storage_paths, lambda: root.config.smtp.min_free_space, reactor=reactor)
     space.setServiceParent(root)
 
+    pipeline = _make_pipeline(config, reactor)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 
@@ -456,7 +457,7 @@ def makeService(
             factory = SMTPFactory(settings.smtp, store, directory, login, policy,
                                   queue=smtp_queue, submission=submission,
                                   tls_options=None if wrap else tls_options, reactor=reactor,
-                                  sessions=sessions, space=space)
+                                  sessions=sessions, space=space, pipeline=pipeline)
             root.factories.setdefault(kind, []).append(factory)
             root.add_listener(kind, description, factory, reactor,
                               implicit_tls=tls_options if wrap else None)
@@ -481,6 +482,22 @@ def makeService(
         root.add_listener("imap", description, imap, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root
+
+
+def _make_pipeline(config: Config, reactor: Any) -> Any:
+    """The message pipeline of ``[pipeline]``, over the ``[dns]`` lookup."""
+    from mailhost.pipeline import PipelineConfigError, PipelineSettings, build_pipeline
+
+    try:
+        settings = PipelineSettings.from_config(config)
+        if not settings.stages:
+            return None
+        from mailhost.dns import DNSSettings, make_lookup
+
+        lookup = make_lookup(DNSSettings.from_config(config), reactor=reactor)
+        return build_pipeline(settings, lookup, reactor=reactor)
+    except PipelineConfigError as e:
+        raise ConfigError(str(e)) from None
 
 
 class ThreadPoolService(service.Service):
@@ -533,7 +550,8 @@ class MetricsService(service.Service):
 _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "server.log_max_files", "server.hostname", "metrics.listen",
                  "outbound.queue_dir", "outbound.resolver", "auth.passwd_file",
-                 "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks")
+                 "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
+                 "pipeline.")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
 
 

@@ -17,6 +17,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@functools.lru_cache(maxsize=4096)  # five lookups per message, for a few domains
 def organizational_domain(domain: str) -> str:
     """The registered domain of ``domain`` (``mail.example.co.uk`` → ``example.co.uk``);
     a public suffix itself, or a name the list cannot place, is its own."""

@@ -14,23 +14,39 @@ target that cannot hold, a failure of a later one would leave the earlier one's
 copies delivered; routing makes at most one, ``MailboxTarget`` covering every local
 mailbox.)
 
-Where the message pipeline (checks and modifiers, issue 15) plugs in: its checks run
-in ``commit`` before the first ``prepare`` (``_before_prepare``), on the message the
-targets have received so far, and may refuse it, which aborts every target; routing
-(``targets_for``) decides which targets a message gets.
+The message pipeline (checks and modifiers, ``mailhost.message.stage``, issue 15):
+when stages are configured, ``Delivery`` holds the message in a ``Spool`` (memory,
+or a temporary file written and read in the thread pool) while the stages hash it,
+and opens the targets only at ``commit``, after the stages' verdict: a refusal
+becomes the end-of-data reply and no target ever sees the message; ``quarantine``
+routes the local copies to Junk; otherwise every target gets the stages' new header
+fields, our ``Received:``, the (possibly rewritten) header block and the held body.
+
+Why hold the message rather than teach the targets to "prepend these fields at
+prepare": the verdict also decides *which* targets there are (Junk or INBOX, or none
+at all for a reject), the header block itself may change (forged
+Authentication-Results removed), and a second mechanism in every target (the
+outbound spool's envelope, the Maildir writer's tmp file) would be needed for what
+one extra sequential write and read of the message gives here, once, for every
+target alike. With no stages configured, nothing is held: the message streams
+straight into the targets as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailhost.message.spool import Spool
+from mailhost.message.stage import HeaderSplitter, MessageContext, Pipeline
 from mailhost.message.target import IDeliveryTarget
 from mailhost.outbound.interfaces import IOutboundQueue, QueueRecipient
 from mailhost.outbound.queue_target import QueueTarget
+from mailhost.smtp.reply import Reply
 from mailhost.store.interfaces import DeliveryTarget, IMailStore
 from mailhost.store.mailbox_target import MailboxTarget
 
@@ -39,14 +55,17 @@ log = Logger()
 
 def targets_for(store: IMailStore, queue: IOutboundQueue | None, sender: str,
                 mailboxes: Sequence[str], remote: Sequence[QueueRecipient],
-                envid: str | None = None, ret: str | None = None) -> list[IDeliveryTarget]:
-    """Routing of one SMTP transaction: one mailbox target for every local mailbox, one
-    queue target for every remote recipient."""
+                envid: str | None = None, ret: str | None = None,
+                folder: str = "INBOX") -> list[IDeliveryTarget]:
+    """Routing of one SMTP transaction: one mailbox target for every local mailbox
+    (into ``folder``: Junk for quarantined mail), one queue target for every remote
+    recipient."""
     targets: list[IDeliveryTarget] = []
     if mailboxes:
         # No UID wanted: the store numbers the copies after the 250 (see want_uid).
-        targets.append(MailboxTarget(store, sender,
-                                     [DeliveryTarget(user=m, want_uid=False) for m in mailboxes]))
+        targets.append(MailboxTarget(
+            store, sender, [DeliveryTarget(user=m, folder=folder, want_uid=False)
+                            for m in mailboxes]))
     if remote:
         if queue is None:
             raise ValueError("remote recipients without an outbound queue")
@@ -59,14 +78,29 @@ class Delivery:
 
     ``header`` (SMTP's ``Received:``) goes into every copy, after what each target
     adds in front (a mailbox's ``Return-Path:``).
+
+    With a non-empty ``pipeline`` (and the message's ``context``), ``targets`` is not
+    used: ``route(quarantined)`` gives the targets at commit (see the module
+    docstring).
     """
 
-    def __init__(self, targets: Sequence[IDeliveryTarget], header: bytes = b"") -> None:
-        # Stable: targets that can hold come first, the rest keep their order after them.
-        self.targets = sorted(targets, key=lambda t: not t.holds)
+    def __init__(self, targets: Sequence[IDeliveryTarget], header: bytes = b"", *,
+                 pipeline: Pipeline | None = None, context: MessageContext | None = None,
+                 route: Callable[[bool], Sequence[IDeliveryTarget]] | None = None,
+                 reactor: Any = None) -> None:
         self._begun: list[IDeliveryTarget] = []
         self._ids: list[str] = []
         self._finished = False
+        self._spool: Spool | None = None
+        if pipeline and context is not None and route is not None:
+            self.targets: list[IDeliveryTarget] = []
+            self._pipeline, self._context, self._route = pipeline, context, route
+            self._header = header
+            self._splitter = HeaderSplitter(pipeline, context)
+            self._spool = Spool(reactor, directory=pipeline.spool_dir)
+            return
+        # Stable: targets that can hold come first, the rest keep their order after them.
+        self.targets = sorted(targets, key=lambda t: not t.holds)
         try:
             for target in self.targets:
                 target.begin()
@@ -78,6 +112,10 @@ class Delivery:
             raise
 
     def write(self, data: bytes) -> None:
+        if self._spool is not None:
+            self._spool.write(data)
+            self._splitter.feed(data)
+            return
         for target in self.targets:
             target.write(data)
 
@@ -89,14 +127,43 @@ class Delivery:
         ingest hot path.)
         """
         self._finished = True
-        d = defer.maybeDeferred(self._before_prepare)
+        if self._spool is not None:
+            d = defer.Deferred.fromCoroutine(self._run_pipeline())
+        else:
+            d = defer.succeed(None)
+        d.addCallback(self._prepare_all)
+        d.addCallback(self._commit_all)
+        d.addErrback(self._failed)
+        if self._spool is not None:
+            d.addBoth(self._close_spool)
+        return d
+
+    async def _run_pipeline(self) -> None:
+        """The stages' verdict, then the targets it routes to get the message."""
+        self._splitter.close()
+        verdict = await self._pipeline.finish(self._context)
+        if verdict.refuses:
+            raise Reply(verdict.code, verdict.status, verdict.text)
+        self.targets = sorted(self._route(self._context.quarantined), key=lambda t: not t.holds)
+        for target in self.targets:
+            target.begin()
+            self._begun.append(target)
+        self._fan(self._context.prepended + self._header + self._context.header_block)
+        await self._spool.read(self._splitter.header_length, self._fan)
+
+    def _fan(self, data: bytes) -> None:
+        for target in self.targets:
+            target.write(data)
+
+    def _close_spool(self, result: object) -> object:
+        self._spool.close()
+        return result
+
+    def _prepare_all(self, _: object) -> defer.Deferred:
+        d = defer.succeed(None)
         for target in self.targets:
             d.addCallback(self._prepare, target)
-        d.addCallback(self._commit_all)
-        return d.addErrback(self._failed)
-
-    def _before_prepare(self) -> None:
-        """The seam for the message pipeline's checks (issue 15): nothing yet."""
+        return d
 
     def _prepare(self, _: object, target: IDeliveryTarget) -> defer.Deferred:
         return defer.maybeDeferred(target.prepare).addCallback(self._prepared)
@@ -128,4 +195,6 @@ class Delivery:
         if self._finished:
             return
         self._finished = True
+        if self._spool is not None:
+            self._spool.close()
         self._abort_targets()

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet.protocol import ServerFactory
 
+from mailhost.message.stage import Pipeline
 from mailhost.sessions import SessionRegistry
 from mailhost.settings import SMTPSettings
 from mailhost.smtp.policy import RecipientPolicy
@@ -34,7 +35,7 @@ class SMTPFactory(ServerFactory):
                  policy: RecipientPolicy, queue: Any | None = None, submission: bool = False,
                  tls_options: Any | None = None, reactor: Any = None,
                  sessions: SessionRegistry | None = None,
-                 space: Any | None = None) -> None:
+                 space: Any | None = None, pipeline: Pipeline | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -47,6 +48,8 @@ class SMTPFactory(ServerFactory):
         self.submission = submission
         self.tls_options = tls_options
         self.reactor = reactor
+        # The message pipeline's stages (service.py builds them from [pipeline]).
+        self.pipeline = pipeline if pipeline is not None else Pipeline(())
         # The host's registry (service.py passes one to every listener's factory).
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)
         self.policy = policy

@@ -51,6 +51,7 @@ from mailhost.limits import IEvictable
 from mailhost.message.headers import received_header
 from mailhost.message.hops import HopCounter
 from mailhost.message.newlines import BareNewlines
+from mailhost.message.stage import MessageContext
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.sessions import CUT, GREETING, ISession, Refuse
 from mailhost.settings import SMTPSettings
@@ -725,6 +726,11 @@ class SMTPServer(Protocol, TimeoutMixin):
         if refused is not None:
             return refused
         session.transaction = Transaction(id=new_transaction_id(), sender=sender, params=params)
+        if self.factory.pipeline:  # the message pipeline's envelope stages (SPF) start now
+            session.transaction.context = self.factory.pipeline.start(MessageContext(
+                session.client_ip, session.helo or "", str(sender), session.user,
+                self.factory.submission,
+                trusted=self.factory.policy.may_relay(session.client_ip, session.user)))
         self._mailed = True
         self._cancel_pre_mail()
         return Reply(250, "2.1.0", "Ok")
@@ -820,10 +826,19 @@ class SMTPServer(Protocol, TimeoutMixin):
             hostname=self.settings.hostname, protocol=self.session.protocol_name,
             tid=txn.id, recipient=txn.accepted[0] if len(txn.accepted) == 1 else None)
         try:
-            targets = targets_for(self.factory.store, self.factory.queue, str(txn.sender),
-                                  list(txn.mailboxes), list(txn.remote.values()),
-                                  envid=txn.params.envid, ret=txn.params.ret)
-            self._delivery = Delivery(targets, header=received)
+            def route(quarantined: bool = False) -> list:
+                return targets_for(self.factory.store, self.factory.queue, str(txn.sender),
+                                   list(txn.mailboxes), list(txn.remote.values()),
+                                   envid=txn.params.envid, ret=txn.params.ret,
+                                   folder="Junk" if quarantined else "INBOX")
+
+            if txn.context is not None:  # the pipeline decides the targets at the end
+                txn.context.recipients = list(txn.accepted)
+                self._delivery = Delivery((), header=received, pipeline=self.factory.pipeline,
+                                          context=txn.context, route=route,
+                                          reactor=self.factory.reactor)
+            else:
+                self._delivery = Delivery(route(), header=received)
         except Exception:
             return self._storage_failed("cannot start message", Failure())
         self._hops = HopCounter()
@@ -929,6 +944,8 @@ class SMTPServer(Protocol, TimeoutMixin):
                          + (f" (outbound {', '.join(queue_ids)})" if queue_ids else ""))
 
         def failed(failure: Failure) -> Reply:
+            if failure.check(Reply):  # the message pipeline refused it
+                return failure.value
             return self._storage_failed("commit failed", failure)
 
         d = delivery.commit()

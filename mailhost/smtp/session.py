@@ -10,6 +10,7 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.smtp.params import Address, MailParams
@@ -45,6 +46,8 @@ class Transaction:
     results: list[tuple[str, int]] = field(default_factory=list)
     rcpt_count: int = 0
     accepted: list[str] = field(default_factory=list)
+    # The message pipeline's view of this message (mailhost.message.stage), if any.
+    context: Any = None
 
     MAX_RESULTS = 50
 

@@ -53,3 +53,19 @@ def test_long_line_memory_is_bounded():
         assert len(h._held) <= dkim_body.MAX_HELD
     h.update(b"\r\n")
     assert h.digest() == dkimpy_hash(chunk * 50 + b"\r\n", "relaxed")
+
+
+def test_cut_before_a_split_crlf_leaves_no_trailing_blank():
+    """A long line cut just before a CR whose LF comes in the next chunk: the blank
+    before the CR is trailing whitespace (relaxed drops it), not body (found by a
+    fuzz run of 60,000 inputs; hypothesis had not met it)."""
+    old = dkim_body.MAX_HELD
+    dkim_body.MAX_HELD = 3
+    try:
+        for canon in ("relaxed", "simple"):
+            h = BodyHasher(canon)
+            h.update(b" y\t\r")
+            h.update(b"\n")
+            assert h.digest() == dkimpy_hash(b" y\t\r\n", canon), canon
+    finally:
+        dkim_body.MAX_HELD = old

@@ -1,0 +1,130 @@
+"""The stages of the message pipeline, and the chain the config names.
+
+``mailhost.message.stage`` defines the seam (``IStage``, ``Pipeline``); this package
+holds the stages, one small module each, as maddy's ``check/`` and ``modify/``:
+
+============== =========================================================
+``spf``         SPF of MAIL FROM and HELO, started at MAIL FROM
+``dkim``        DKIM verification of every signature
+``dmarc``       DMARC, and its policy (``pipeline.dmarc_mode``)
+``auth_results`` one Authentication-Results field; forged ones removed
+``dkim_sign``   DKIM signature for mail of our domains that we relay
+============== =========================================================
+
+``service.py`` calls ``build_pipeline`` with the frozen ``PipelineSettings`` and the
+collaborators (the DNS lookup); SMTP gets the ``Pipeline`` and knows nothing of what
+is in it. Only ``service.py`` imports this package.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mailhost.dns.interfaces import IDNSLookup
+from mailhost.mailauth.dkim_keys import SigningKey, load_key
+from mailhost.message.stage import IStage, Pipeline
+
+STAGES = ("spf", "dkim", "dmarc", "auth_results", "dkim_sign")
+_CHECKS = ("spf", "dkim", "dmarc")
+
+
+class PipelineConfigError(ValueError):
+    """A ``[pipeline]`` setting that cannot work; the message names the key."""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What the pipeline reads: ``[pipeline]``."""
+
+    stages: tuple[str, ...] = ()
+    authserv_id: str = ""
+    dmarc_mode: str = "enforce"
+    #: (domain, (selector, ...)) for ``dkim_sign``.
+    dkim_selectors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    dkim_dir: str = "dkim"
+    #: Messages too large for memory wait here for the stages' verdict.
+    spool_dir: str | None = None
+
+    @classmethod
+    def from_config(cls, config: object) -> PipelineSettings:
+        p = config.pipeline  # type: ignore[attr-defined]
+        server = config.server  # type: ignore[attr-defined]
+        stages = tuple(s.strip().lower() for s in p.stages)
+        for name in stages:
+            if name not in STAGES:
+                raise PipelineConfigError(
+                    f"pipeline.stages: unknown stage {name!r} (known: {', '.join(STAGES)})")
+        if len(set(stages)) != len(stages):
+            raise PipelineConfigError("pipeline.stages: a stage is listed twice")
+        if "dmarc" in stages:
+            for before in ("spf", "dkim"):
+                if before in stages and stages.index(before) > stages.index("dmarc"):
+                    raise PipelineConfigError(f"pipeline.stages: {before!r} must come before 'dmarc'")
+        if "auth_results" in stages:
+            late = [c for c in _CHECKS if c in stages
+                    and stages.index(c) > stages.index("auth_results")]
+            if late:
+                raise PipelineConfigError(
+                    f"pipeline.stages: 'auth_results' must come after {', '.join(late)}")
+        selectors = tuple(sorted(
+            (domain.strip().lower().rstrip("."),
+             tuple(s for s in value.replace(",", " ").split() if s))
+            for domain, value in p.dkim_selectors.items()))
+        return cls(stages, p.authserv_id or server.hostname, p.dmarc_mode, selectors,
+                   config.data_path("dkim"), config.data_path("spool"))  # type: ignore[attr-defined]
+
+    def signing_keys(self, load: Callable[[str, str, str], SigningKey] = load_key) -> list[SigningKey]:
+        """Every configured key, read from ``<data_dir>/dkim/<domain>/<selector>.pem``
+        (as ``mailhost dkim keygen`` writes them)."""
+        keys = []
+        for domain, selectors in self.dkim_selectors:
+            for selector in selectors:
+                path = os.path.join(self.dkim_dir, domain, f"{selector}.pem")
+                try:
+                    keys.append(load(domain, selector, path))
+                except (OSError, ValueError) as e:
+                    raise PipelineConfigError(
+                        f"pipeline.dkim_selectors: {domain} {selector}: {e}") from None
+        return keys
+
+
+def build_pipeline(settings: PipelineSettings, lookup: IDNSLookup,
+                   reactor: object = None,
+                   keys: Sequence[SigningKey] | None = None) -> Pipeline:
+    """The configured stages, in order, over ``lookup``. ``keys`` replaces the key
+    files for ``dkim_sign``."""
+    stages: list[IStage] = []
+    for name in settings.stages:
+        if name == "spf":
+            from mailhost.mailauth.spf import SPFChecker
+            from mailhost.pipeline.spf import SPFStage
+
+            stages.append(SPFStage(SPFChecker(lookup, reactor=reactor)))
+        elif name == "dkim":
+            from mailhost.mailauth.dkim import DKIMVerifier
+            from mailhost.pipeline.dkim_verify import DKIMVerifyStage
+
+            stages.append(DKIMVerifyStage(DKIMVerifier(lookup)))
+        elif name == "dmarc":
+            from mailhost.mailauth.dmarc import DMARCChecker
+            from mailhost.pipeline.dmarc import DMARCStage
+
+            stages.append(DMARCStage(DMARCChecker(lookup), settings.dmarc_mode))
+        elif name == "auth_results":
+            from mailhost.pipeline.auth_results import AuthResultsStage
+
+            stages.append(AuthResultsStage(settings.authserv_id))
+        elif name == "dkim_sign":
+            from mailhost.mailauth.dkim import DKIMSigner
+            from mailhost.pipeline.dkim_sign import DKIMSignStage
+
+            stages.append(DKIMSignStage(DKIMSigner(
+                keys if keys is not None else settings.signing_keys())))
+    if stages and settings.spool_dir:
+        os.makedirs(settings.spool_dir, mode=0o700, exist_ok=True)
+    return Pipeline(stages, spool_dir=settings.spool_dir)
+
+
+__all__ = ["STAGES", "PipelineConfigError", "PipelineSettings", "build_pipeline"]
