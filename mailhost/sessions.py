@@ -110,8 +110,8 @@ class SessionRegistry:
         self.sessions: set[Any] = set()
         self.observers: list[Any] = []
         self.draining = False
-        self._drained: defer.Deferred | None = None
-        self._empty: list[defer.Deferred] = []
+        self._drained: defer.Deferred[None] | None = None
+        self._empty: list[defer.Deferred[None]] = []
 
     # -- what sessions report -----------------------------------------------------
 
@@ -162,7 +162,7 @@ class SessionRegistry:
 
     # -- shutdown and tests ---------------------------------------------------------
 
-    def drain(self, grace: float) -> defer.Deferred:
+    def drain(self, grace: float) -> defer.Deferred[None]:
         """Say goodbye to idle sessions now and to busy ones when their work is done;
         abort whatever is still open after ``grace`` seconds. Fires when all are gone."""
         self.draining = True
@@ -184,11 +184,11 @@ class SessionRegistry:
         self._drained.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         return self._drained
 
-    def abort_all(self) -> defer.Deferred:
+    def abort_all(self) -> defer.Deferred[None]:
         """Abort every open connection; fires once all of them are gone (test resets)."""
         if not self.sessions:
             return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._empty.append(d)
         for session in list(self.sessions):
             session.transport.abortConnection()

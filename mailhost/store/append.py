@@ -23,7 +23,10 @@ async def _append(account: IMailAccount, name: str, message: IMessageWriter,
     except BaseException:
         message.abort()  # idempotent; a no-op after a commit
         raise
-    return folder.uid_validity, uids[0]
+    uid = uids[0]
+    assert uid is not None  # a target wants its UID by default: numbered now
+    uid_validity: int = folder.uid_validity
+    return uid_validity, uid
 
 
 def append_message(account: IMailAccount, name: str, message: IMessageWriter,

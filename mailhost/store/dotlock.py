@@ -55,11 +55,15 @@ _held: set[str] = set()
 _held_lock = threading.Lock()
 
 
+#: (inode, device, ctime, mtime, size): a file changed when any of these did.
+_ChangeInfo = tuple[int, int, float, float, int]
+
+
 class LockTimeout(OSError):
     """The dotlock stayed taken (by a live holder) for longer than the timeout."""
 
 
-def _change_info(st: os.stat_result) -> tuple:
+def _change_info(st: os.stat_result) -> _ChangeInfo:
     return st.st_ino, st.st_dev, st.st_ctime, st.st_mtime, st.st_size
 
 
@@ -96,8 +100,8 @@ class _Watch:
     """What one waiter has seen of a lock and of the file it protects."""
 
     def __init__(self) -> None:
-        self.lock_info: tuple | None = None
-        self.file_info: tuple | None = None
+        self.lock_info: _ChangeInfo | None = None
+        self.file_info: _ChangeInfo | None = None
         self.last_change = 0.0
 
 
@@ -122,7 +126,7 @@ class DotLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     def acquire(self) -> None:
@@ -199,7 +203,7 @@ class DotLock:
                 return self._break(info)
         return False
 
-    def _break(self, seen: tuple) -> bool:
+    def _break(self, seen: _ChangeInfo) -> bool:
         """Unlink a stale lock, if it is still the one judged stale."""
         try:
             if _change_info(os.lstat(self.lock_path)) != seen:

@@ -476,7 +476,7 @@ class UidList:
 
 def _read_from(fd: int, offset: int) -> bytes:
     """Everything from ``offset`` to the end (pread: the fd's position is not used)."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.pread(fd, 1 << 20, offset)
         if not chunk:

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+_T = TypeVar("_T")
 
 SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
 
@@ -116,15 +119,15 @@ class IMessageReader(Interface):
     size = Attribute("int: the octets this reader yields in all (the range's length; for "
                      "a whole message, its index size: the reader reads to the end).")
 
-    def read() -> object:
+    def read() -> Deferred[bytes]:
         """Deferred firing with the next chunk (at most the reader's chunk size), or
         ``b""`` at the end. One read at a time."""
 
-    def start() -> None:
+    def start() -> IMessageReader:
         """Begin reading the first chunk now, before anyone asks (POP3 opens the next
         message while the current one is on the wire)."""
 
-    def call(fn: Callable[..., Any], *args: Any) -> object:
+    def call(fn: Callable[..., _T], *args: Any) -> Deferred[_T]:
         """Deferred firing with ``fn(file, *args)`` run in the thread pool, ``file``
         being the message as a blocking binary file (seekable, positioned at the
         range's start the first time): for parsers that read the message their own
@@ -165,7 +168,7 @@ class IMessageWriter(Interface):
         """Append raw message bytes. Bare LF is normalised to CRLF; the caller does no
         dot-unstuffing here (that is the protocol's job)."""
 
-    def commit(targets: Sequence[DeliveryTarget]) -> object:
+    def commit(targets: Sequence[DeliveryTarget]) -> Deferred[list[int | None]]:
         """Deliver one copy per target. Returns a Deferred firing with the list of
         new UIDs, one per target, in order (None for a target with ``want_uid=False``
         that the store numbers later). Fails with NoSuchFolder/QuotaExceeded."""
@@ -189,38 +192,40 @@ class IFolder(Interface):
     def get(uid: int) -> MessageInfo | None:
         """One message's index entry, or None."""
 
-    def refresh() -> object:
+    def refresh() -> Deferred[None]:
         """Pick up what other programs added, renamed (flags) or removed; Deferred firing
         with None. Listeners hear about what changed. Cheap when nothing changed (a
         store that watches the folder answers from its watch)."""
 
-    def open_message(uid: int) -> object:
+    def open_message(uid: int) -> Deferred[BinaryIO]:
         """Deferred firing with a readable binary file object positioned at 0 that yields
         exactly ``info.size`` CRLF-normalised octets. The caller closes it and reads it
         in bounded chunks; the whole message is never loaded by the store. Blocking:
         for work already in a thread; protocols use ``read_message``."""
 
-    def read_message(uid: int, offset: int = 0, length: int | None = None) -> object:
+    def read_message(uid: int, offset: int = 0,
+                     length: int | None = None) -> Deferred[IMessageReader]:
         """Deferred firing with an ``IMessageReader`` of ``length`` octets (to the end if
         None) from ``offset`` of the message; NoSuchMessage if it is gone. A store
         wraps its file with ``mailhost.store.reader.reader_for``."""
 
-    def set_flags(uids: Iterable[int], flags: Iterable[str], mode: str) -> object:
+    def set_flags(uids: Iterable[int], flags: Iterable[str],
+                  mode: str) -> Deferred[list[MessageInfo]]:
         """mode is 'add', 'remove' or 'replace'. Deferred firing with the updated
         MessageInfos (unknown UIDs are skipped). Listeners hear flags_changed."""
 
-    def expunge(uids: Iterable[int] | None = None) -> object:
+    def expunge(uids: Iterable[int] | None = None) -> Deferred[list[int]]:
         """Remove messages flagged \\Deleted (restricted to ``uids`` if given).
         Deferred firing with the sorted list of removed UIDs."""
 
-    def copy(uids: Iterable[int], dest: IFolder) -> object:
+    def copy(uids: Iterable[int], dest: IFolder) -> Deferred[list[tuple[int, int]]]:
         """Copy messages with their flags. Deferred firing with [(src_uid, dest_uid)]."""
 
-    def move(uids: Iterable[int], dest: IFolder) -> object:
+    def move(uids: Iterable[int], dest: IFolder) -> Deferred[list[tuple[int, int]]]:
         """Atomic move (a rename on Maildir). Deferred firing with [(src_uid, dest_uid)];
         this folder's listeners hear messages_expunged."""
 
-    def claim_recent() -> object:
+    def claim_recent() -> Deferred[set[int]]:
         """Deferred firing with the set of UIDs that were recent; they stop being recent
         for everyone (Maildir: new/ -> cur/)."""
 
@@ -253,7 +258,7 @@ class IIndexedFolder(IFolder):
         not read yet may be read on first access to ``dates``, so call ``fill_dates``
         before reading many)."""
 
-    def fill_dates(uids: Iterable[int] | None = None) -> object:
+    def fill_dates(uids: Iterable[int] | None = None) -> Deferred[None]:
         """Deferred firing once the INTERNALDATE of every message (or of ``uids``) is
         known, read in bulk off the reactor thread: for SEARCH or FETCH about to read
         many dates."""
@@ -270,48 +275,48 @@ class IMailAccount(Interface):
         into it as it arrives, before the command is parsed)."""
 
     def append(name: str, message: IMessageWriter, flags: Iterable[str] = (),
-               internal_date: float | None = None) -> object:
+               internal_date: float | None = None) -> Deferred[tuple[int, int]]:
         """Commit ``message`` (from ``new_message``) into folder ``name`` with these
         flags and date (None: now). Deferred firing with ``(uid_validity, uid)`` for
         APPENDUID; NoSuchFolder if absent (then the message is aborted)."""
 
-    def list_folders() -> object:
+    def list_folders() -> Deferred[list[str]]:
         """Deferred firing with every folder name, INBOX first, then sorted."""
 
-    def open_folder(name: str) -> object:
+    def open_folder(name: str) -> Deferred[IFolder]:
         """Deferred firing with the IFolder; NoSuchFolder if absent. 'inbox' in any case
         means INBOX."""
 
-    def create_folder(name: str, special_use: str | None = None) -> object:
+    def create_folder(name: str, special_use: str | None = None) -> Deferred[None]:
         """Deferred; FolderExists, InvalidFolderName. Creates missing parents."""
 
-    def delete_folder(name: str) -> object:
+    def delete_folder(name: str) -> Deferred[None]:
         """Deferred; NoSuchFolder; deleting INBOX is InvalidFolderName."""
 
-    def rename_folder(old: str, new: str) -> object:
+    def rename_folder(old: str, new: str) -> Deferred[None]:
         """Deferred. Renames children too. Renaming INBOX moves its messages into a new
         folder and leaves INBOX empty (RFC 3501)."""
 
-    def subscriptions() -> object:
+    def subscriptions() -> Deferred[set[str]]:
         """Deferred firing with the set of subscribed names."""
 
-    def subscribe(name: str) -> object:
+    def subscribe(name: str) -> Deferred[None]:
         """Deferred."""
 
-    def unsubscribe(name: str) -> object:
+    def unsubscribe(name: str) -> Deferred[None]:
         """Deferred."""
 
 
 class IMailStore(Interface):
     """The root of the store: accounts and message writers."""
 
-    def open_account(user: str) -> object:
+    def open_account(user: str) -> Deferred[IMailAccount]:
         """Deferred firing with the IMailAccount, created (with INBOX and the default
         special folders) on first use."""
 
     def new_message() -> IMessageWriter:
         """Start receiving a message; see IMessageWriter."""
 
-    def close() -> object:
+    def close() -> Deferred[None]:
         """Flush indexes; Deferred. Called on service stop."""
 

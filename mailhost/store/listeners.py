@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from twisted.logger import Logger
 
-from mailhost.store.interfaces import MessageInfo
+from mailhost.store.interfaces import IFolder, IFolderListener, MessageInfo
 
 
 class ListenerSet:
@@ -15,20 +15,21 @@ class ListenerSet:
     log = Logger()
 
     def __init__(self) -> None:
-        self._listeners: list = []
+        self._listeners: list[IFolderListener] = []
 
     def __len__(self) -> int:
         return len(self._listeners)
 
-    def add(self, listener) -> None:
+    def add(self, listener: IFolderListener) -> None:
         if listener not in self._listeners:
             self._listeners.append(listener)
 
-    def remove(self, listener) -> None:
+    def remove(self, listener: IFolderListener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def _emit(self, method: str, folder, arg) -> None:
+    def _emit(self, method: str, folder: IFolder,
+              arg: list[MessageInfo] | list[int]) -> None:
         if not arg:
             return
         for listener in list(self._listeners):
@@ -37,11 +38,11 @@ class ListenerSet:
             except Exception:
                 self.log.failure("folder listener {method} failed", method=method)
 
-    def added(self, folder, infos: Sequence[MessageInfo]) -> None:
+    def added(self, folder: IFolder, infos: Sequence[MessageInfo]) -> None:
         self._emit("messages_added", folder, list(infos))
 
-    def changed(self, folder, infos: Sequence[MessageInfo]) -> None:
+    def changed(self, folder: IFolder, infos: Sequence[MessageInfo]) -> None:
         self._emit("flags_changed", folder, list(infos))
 
-    def expunged(self, folder, uids: Sequence[int]) -> None:
+    def expunged(self, folder: IFolder, uids: Sequence[int]) -> None:
         self._emit("messages_expunged", folder, list(uids))

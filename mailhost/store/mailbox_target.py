@@ -46,7 +46,7 @@ class MailboxTarget:
     def write(self, data: bytes) -> None:
         self._writer.write(data)
 
-    def prepare(self) -> defer.Deferred:
+    def prepare(self) -> defer.Deferred[None]:
         d = defer.maybeDeferred(self._writer.commit, self.copies)
         return d.addCallback(self._committed)
 

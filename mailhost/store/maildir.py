@@ -24,14 +24,17 @@ maildir_watch (noticing other programs' changes: inotify, or polling).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, cast
 
 from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorFDSet, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.groupsync import GroupSync
 from mailhost.store import maildir_io
-from mailhost.store.interfaces import IMailStore
+from mailhost.store.interfaces import IMailAccount, IMailStore
 from mailhost.store.maildir_account import MaildirAccount
 from mailhost.store.maildir_folder import MaildirFolder
 from mailhost.store.maildir_watch import ChangeWatcher
@@ -42,6 +45,13 @@ from mailhost.store.names import split_user
 __all__ = ["MaildirStore", "MaildirAccount", "MaildirFolder", "MaildirMessageWriter"]
 
 TMP_DIR = ".tmp"  # under the store root; a leading '.' can never be a domain
+
+_T = TypeVar("_T")
+
+
+class IStoreReactor(IReactorTime, IReactorThreads, IReactorFDSet):
+    """What the store asks of its reactor: timers (its folders' batching), the thread
+    pool (every blocking file-system call) and readers (the inotify descriptor)."""
 
 
 @implementer(IMailStore)
@@ -59,23 +69,25 @@ class MaildirStore:
 
     log = Logger()
 
-    def __init__(self, root: str, fsync: bool = True, reactor=None,
+    def __init__(self, root: str, fsync: bool = True, reactor: IStoreReactor | None = None,
                  modes: FileModes = PRIVATE, watch: str = "inotify") -> None:
         self.root = os.path.abspath(root)
         self.fsync = fsync
         self.modes = modes
         if reactor is None:
-            from twisted.internet import reactor
-        self._reactor = reactor
+            from twisted.internet import reactor as global_reactor
+
+            reactor = cast(IStoreReactor, global_reactor)
+        self._reactor: IStoreReactor = reactor
         self._accounts: dict[str, MaildirAccount] = {}
-        self._opening: dict[str, list[defer.Deferred]] = {}
+        self._opening: dict[str, list[defer.Deferred[MaildirAccount]]] = {}
         self._sync = GroupSync()
         self._tmp_ready = False
-        self._recovery: defer.Deferred | None = None  # of crashed multi-folder commits
+        self._recovery: defer.Deferred[None] | None = None  # of crashed multi-folder commits
         self._recovered = False
         self._watcher = ChangeWatcher(reactor, self.run_blocking, watch)
 
-    def run_blocking(self, fn, *args) -> defer.Deferred:
+    def run_blocking(self, fn: Callable[..., _T], *args: object) -> defer.Deferred[_T]:
         """Run ``fn(*args)`` in the reactor's thread pool: the store's one thread hop, for
         every blocking file-system call its folders, accounts, writers and message
         readers make (never the reactor thread's business; see maildir_io)."""
@@ -87,7 +99,7 @@ class MaildirStore:
         """The group commit that fsyncs directories and uidlists, None with fsync off."""
         return self._sync if self.fsync else None
 
-    def account(self, user: str):
+    def account(self, user: str) -> Coroutine[Any, Any, MaildirAccount]:
         """Coroutine: the live MaildirAccount of ``user`` (for the store's own parts;
         protocols use ``open_account``)."""
         return self._account(user)
@@ -105,7 +117,7 @@ class MaildirStore:
             d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))
         return path
 
-    def _recover(self) -> defer.Deferred:
+    def _recover(self) -> defer.Deferred[None]:
         """Fires once the commits a crash interrupted are finished (all copies of such
         a message or none, see maildir_io.recover_commits); run once, before any
         account is opened, so no folder is read in between. A failure is logged: the
@@ -113,24 +125,28 @@ class MaildirStore:
         if self._recovery is None:
             d = self.run_blocking(maildir_io.recover_commits, self._tmp_dir(), self.syncer)
 
-            def report(done) -> None:
+            def report(done: list[tuple[str, bool, int]]) -> None:
                 for journal, forward, count in done:
                     self.log.warn("finished a commit a crash interrupted: {journal} "
                                   "{how} ({count} copies)", journal=journal, count=count,
                                   how="rolled forward" if forward else "rolled back",
                                   event="commit_recovered")
 
-            d.addCallback(report)
-            d.addErrback(lambda f: self.log.failure(
+            reported = d.addCallback(report)
+            reported.addErrback(lambda f: self.log.failure(
                 "recovering interrupted commits in {path} failed", f, path=self._tmp_dir()))
 
-            def finished(_):
+            def finished(_: object) -> None:
                 self._recovered = True
 
-            d.addCallback(finished)
-            self._recovery = d
-        waiter: defer.Deferred = defer.Deferred()
-        self._recovery.addCallback(lambda r: (waiter.callback(None), r)[1])
+            self._recovery = reported.addCallback(finished)
+        waiter: defer.Deferred[None] = defer.Deferred()
+
+        def wake(result: None) -> None:
+            waiter.callback(None)
+            return result
+
+        self._recovery.addCallback(wake)
         return waiter
 
     def _user_root(self, user: str) -> str:
@@ -148,9 +164,9 @@ class MaildirStore:
                 return account
         root = self._user_root(user)
         if user in self._opening:
-            d: defer.Deferred = defer.Deferred()
-            self._opening[user].append(d)
-            return await d
+            opened: defer.Deferred[MaildirAccount] = defer.Deferred()
+            self._opening[user].append(opened)
+            return await opened
         self._opening[user] = []
         account = MaildirAccount(self, user, root)
         try:
@@ -168,13 +184,13 @@ class MaildirStore:
         account = await self._account(user)
         return await account._folder(name)
 
-    def open_account(self, user: str):
+    def open_account(self, user: str) -> defer.Deferred[IMailAccount]:
         return defer.Deferred.fromCoroutine(self._account(user))
 
     def new_message(self) -> MaildirMessageWriter:
         return MaildirMessageWriter(self)
 
-    def close(self):
+    def close(self) -> defer.Deferred[None]:
         """Number the deliveries still waiting for a UID (their files are durable
         either way), flush the metadata caches (UIDs and flags are always already on
         disk), stop watching folders and close the uidlist files they hold open."""
@@ -182,8 +198,11 @@ class MaildirStore:
         for folder in folders:
             folder._unwatch()
         self._watcher.close()
-        flushes = [f._numbered_all()
-                   .addCallback(lambda _, f=f: f._flush_cache())
-                   .addCallback(lambda _, f=f: f._close_uids())
-                   for f in folders]
+
+        def flush(folder: MaildirFolder) -> defer.Deferred[None]:
+            d = folder._numbered_all()
+            d.addCallback(lambda _: folder._flush_cache())
+            return d.addCallback(lambda _: folder._close_uids())
+
+        flushes = [flush(f) for f in folders]
         return defer.gatherResults(flushes, consumeErrors=True).addCallback(lambda _: None)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -12,24 +14,31 @@ from mailhost.store import maildir_io
 from mailhost.store.append import append_message
 from mailhost.store.interfaces import (
     FolderExists,
+    IFolder,
     IMailAccount,
+    IMessageWriter,
     InvalidFolderName,
     NoSuchFolder,
 )
-from mailhost.store.maildir_folder import MaildirFolder
+from mailhost.store.maildir_folder import MaildirFolder, Row
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents
+
+if TYPE_CHECKING:  # it imports this module
+    from mailhost.store.maildir import MaildirStore
+
+_T = TypeVar("_T")
 
 
 @implementer(IMailAccount)
 class MaildirAccount:
     """Implements: IMailAccount over one user's Maildir++ root."""
 
-    def __init__(self, store, user: str, root: str) -> None:
+    def __init__(self, store: MaildirStore, user: str, root: str) -> None:
         self._store = store
         self.user = user
         self._root = root
         self._folders: dict[str, MaildirFolder] = {}
-        self._opening: dict[str, list[defer.Deferred]] = {}
+        self._opening: dict[str, list[defer.Deferred[MaildirFolder]]] = {}
         self._special: dict[str, str] = {}
         self._subs: set[str] = set()
         self._lock = defer.DeferredLock()
@@ -49,9 +58,9 @@ class MaildirAccount:
         if folder is not None:
             return folder
         if canon in self._opening:
-            d: defer.Deferred = defer.Deferred()
-            self._opening[canon].append(d)
-            return await d
+            opened: defer.Deferred[MaildirFolder] = defer.Deferred()
+            self._opening[canon].append(opened)
+            return await opened
         self._opening[canon] = []
         folder = MaildirFolder(self._store, self, canon, self._dir(canon))
         try:
@@ -67,7 +76,7 @@ class MaildirAccount:
             d.callback(folder)
         return folder
 
-    def _delivered_unopened(self, row) -> None:
+    def _delivered_unopened(self, row: Row) -> None:
         """A copy was delivered into INBOX, not open then, with its UID to come (see
         maildir_writer): if INBOX was opened meanwhile, or is being opened, it numbers
         the file unless its listing already did; else its next open adopts it."""
@@ -75,7 +84,7 @@ class MaildirAccount:
         if folder is not None:
             folder._delivered([row], expected=False)
         elif INBOX in self._opening:
-            d: defer.Deferred = defer.Deferred()
+            d: defer.Deferred[MaildirFolder] = defer.Deferred()
             self._opening[INBOX].append(d)
             d.addCallbacks(lambda f: f._delivered([row], expected=False), lambda _: None)
 
@@ -93,12 +102,12 @@ class MaildirAccount:
         """The directory of folder ``name`` (canonical), open or not."""
         return self._dir(name)
 
-    def number_unopened(self, row) -> None:
+    def number_unopened(self, row: Row) -> None:
         """A copy delivered into INBOX while it was not open, its UID to come."""
         self._delivered_unopened(row)
 
-    def _tree(self, fn, *args) -> defer.Deferred:
-        async def run():
+    def _tree(self, fn: Callable[..., Awaitable[_T]], *args: object) -> defer.Deferred[_T]:
+        async def run() -> _T:
             await self._lock.acquire()
             try:
                 return await fn(*args)
@@ -107,23 +116,25 @@ class MaildirAccount:
 
         return defer.Deferred.fromCoroutine(run())
 
-    def new_message(self):
+    def new_message(self) -> IMessageWriter:
         return self._store.new_message()
 
-    def append(self, name: str, message, flags=(), internal_date: float | None = None):
+    def append(self, name: str, message: IMessageWriter, flags: Iterable[str] = (),
+               internal_date: float | None = None) -> defer.Deferred[tuple[int, int]]:
         return append_message(self, name, message, flags, internal_date)
 
-    def list_folders(self):
-        async def run():
+    def list_folders(self) -> defer.Deferred[list[str]]:
+        async def run() -> list[str]:
             names = await self._store.run_blocking(maildir_io.list_folder_names, self._root)
             return [INBOX, *sorted(names)]
 
         return defer.Deferred.fromCoroutine(run())
 
-    def open_folder(self, name: str):
+    def open_folder(self, name: str) -> defer.Deferred[IFolder]:
         return defer.Deferred.fromCoroutine(self._folder(name))
 
-    def create_folder(self, name: str, special_use: str | None = None):
+    def create_folder(self, name: str,
+                      special_use: str | None = None) -> defer.Deferred[None]:
         return self._tree(self._create, name, special_use)
 
     async def _create(self, name: str, special_use: str | None) -> None:
@@ -140,7 +151,7 @@ class MaildirAccount:
                                      os.path.join(self._root, maildir_io.SPECIAL_USE_FILE),
                                      text, self._store.fsync, self._store.modes)
 
-    def delete_folder(self, name: str):
+    def delete_folder(self, name: str) -> defer.Deferred[None]:
         return self._tree(self._delete, name)
 
     async def _delete(self, name: str) -> None:
@@ -168,7 +179,7 @@ class MaildirAccount:
         if self._special.pop(canon, None) is not None:
             await self._save_special()
 
-    def rename_folder(self, old: str, new: str):
+    def rename_folder(self, old: str, new: str) -> defer.Deferred[None]:
         return self._tree(self._rename, old, new)
 
     async def _rename(self, old: str, new: str) -> None:
@@ -199,10 +210,10 @@ class MaildirAccount:
                 maildir_io.rename_dirs, [(self._dir(a), self._dir(b)) for a, b in plan],
                 [self._dir(p) for p in parents(dst)], self._store.modes)
             for a, b in plan:
-                folder = self._folders.pop(a, None)
-                if folder is not None:
-                    folder.name, folder._path = b, self._dir(b)
-                    self._folders[b] = folder
+                moved = self._folders.pop(a, None)
+                if moved is not None:
+                    moved.name, moved._path = b, self._dir(b)
+                    self._folders[b] = moved
                 if a in self._special:
                     self._special[b] = self._special.pop(a)
         finally:
@@ -210,13 +221,13 @@ class MaildirAccount:
                 folder._lock.release()
         await self._save_special()
 
-    def subscriptions(self):
+    def subscriptions(self) -> defer.Deferred[set[str]]:
         return defer.succeed(set(self._subs))
 
-    def subscribe(self, name: str):
+    def subscribe(self, name: str) -> defer.Deferred[None]:
         return self._tree(self._set_subscribed, name, True)
 
-    def unsubscribe(self, name: str):
+    def unsubscribe(self, name: str) -> defer.Deferred[None]:
         return self._tree(self._set_subscribed, name, False)
 
     async def _set_subscribed(self, name: str, on: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Container
+from collections.abc import Container, Iterable
 
 from mailhost.store.modes import FileModes
 
@@ -41,7 +41,7 @@ def read(path: str, validity: int, live: Container[int]) -> tuple[dict[int, dict
     return cache, lines
 
 
-def _lines(entries) -> str:
+def _lines(entries: Iterable[tuple[int, str, str]]) -> str:
     return "".join(json.dumps([u, k, v], ensure_ascii=False) + "\n" for u, k, v in entries)
 
 

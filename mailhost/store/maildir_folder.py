@@ -25,9 +25,11 @@ import io
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -36,8 +38,11 @@ from mailhost.store import maildir_cache
 from mailhost.store.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
+    Columns,
     IFolder,
+    IFolderListener,
     IIndexedFolder,
+    IMessageReader,
     MessageInfo,
     NoSuchFolder,
     NoSuchMessage,
@@ -46,8 +51,9 @@ from mailhost.store.interfaces import (
 from mailhost.store.listeners import ListenerSet
 from mailhost.store.maildir_index import (
     UNKNOWN_DATE,
-    Columns,
     FolderIndex,
+    Loaded,
+    Snapshot,
     diff_folder,
     dir_stamp,
     examine_foreign,
@@ -61,6 +67,12 @@ from mailhost.store.maildir_uids import FolderUids
 from mailhost.store.maildir_watch import APPEARED, COALESCE_DELAY
 from mailhost.store.reader import reader_for
 
+if TYPE_CHECKING:  # they import this module
+    from mailhost.store.maildir import MaildirStore
+    from mailhost.store.maildir_account import MaildirAccount
+
+_T = TypeVar("_T")
+
 CACHE_FLUSH_DELAY = 2.0
 #: Bulk-adopted files get their real dates this long after the folder opens, in
 #: batches (thread work that would otherwise compete with the first SELECT/FETCH).
@@ -72,6 +84,11 @@ COMPACT_MIN_STALE = 1000
 #: anyone who needs the UIDs starts the batch at once). Each batch costs a dotlock
 #: round and a uidlist fsync; one SMTP session sends a message every few ms.
 NUMBER_DELAY = 0.05
+
+#: ``diff_folder``'s answer: (stamp, renamed [(uid, recent, part)], gone UIDs, unknown
+#: files [(subdir, name)]).
+Diff = tuple[tuple[int, int] | None, list[tuple[int, bool, str | None]], list[int],
+             list[tuple[str, str]]]
 
 #: What a settled reservation adds to the index:
 #: (base name, in new/, info part, needs CRLF wrap, CRLF size, internal date).
@@ -89,7 +106,8 @@ class MaildirFolder:
 
     log = Logger()
 
-    def __init__(self, store, account, name: str, path: str) -> None:
+    def __init__(self, store: MaildirStore, account: MaildirAccount, name: str,
+                 path: str) -> None:
         self._store = store
         self._account = account
         self.name = name
@@ -107,25 +125,25 @@ class MaildirFolder:
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
         self._settled: dict[int, Row | None] = {}
-        self._waiting: dict[int, list[defer.Deferred]] = {}
+        self._waiting: dict[int, list[defer.Deferred[None]]] = {}
         self._pending_bases: Counter[str] = Counter()  # being linked in by us
         self._stale = 0
         self._cache: dict[int, dict[str, str]] = {}
         self._cache_pending: list[tuple[int, str, str]] = []
-        self._cache_call = None
+        self._cache_call: IDelayedCall | None = None
         self._gone = False
         self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
-        self._fill_call = None
+        self._fill_call: IDelayedCall | None = None
         self._disk_events: list[tuple[str, str, int] | None] = []  # not yet looked at
-        self._disk_call = None
+        self._disk_call: IDelayedCall | None = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
-        self._claim_waiters: list[defer.Deferred] | None = None  # a claim awaits the lock
+        self._claim_waiters: list[defer.Deferred[set[int]]] | None = None  # a claim awaits the lock
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
         self._numbering = False  # a batch is scheduled or running
-        self._number_call = None  # the scheduled start of the next batch
+        self._number_call: IDelayedCall | None = None  # the scheduled start of the next batch
         self._queued = 0  # rows ever queued for numbering
         self._numbered = 0  # of those, how many are done (numbered, or failed)
-        self._number_waiters: list[tuple[int, defer.Deferred]] = []
+        self._number_waiters: list[tuple[int, defer.Deferred[None]]] = []
         #: UID batches run for deliveries (a test and benchmark hook).
         self.batches = 0
         #: Directory listings done to pick up others' changes (a test hook).
@@ -155,11 +173,13 @@ class MaildirFolder:
         path, fsync, modes, uids = self._path, self._store.fsync, self._store.modes, self._uids
         kwfile = self._kwfile
 
-        def load():
+        def load() -> tuple[tuple[int, int] | None, int, Loaded]:
             # Dir times from before the listing: a later change moves them, so the
             # first rescan (SELECT, STATUS) can skip its listing when nothing changed.
             stamp = dir_stamp(path)
-            generation, by_index = kwfile.current()
+            current = kwfile.current()
+            assert current is not None  # current() waits for the map
+            generation, by_index = current
             return stamp, generation, load_folder(path, fsync, modes, True, uids,
                                                   Keywords(by_index))
 
@@ -194,19 +214,18 @@ class MaildirFolder:
             self._fill_call.cancel()
         self._fill_call = None
 
-    def _fill_dates(self) -> defer.Deferred:
+    def _fill_dates(self) -> defer.Deferred[None]:
         """Read the dates bulk adoption skipped, a batch at a time in a thread, and
         record them in mailhost-uidcache, so INTERNALDATE needs no stat later (even
         after a restart). Runs after the first burst of client commands, not during it;
         goes on at once only while a batch made progress."""
         self._fill_call = None
-        d = self._run(self._fill_batch)
 
-        def next_batch(more):
+        def next_batch(more: bool) -> None:
             if more:
                 self._schedule_fill(0)
 
-        d.addCallback(next_batch)
+        d = self._run(self._fill_batch).addCallback(next_batch)
         d.addErrback(lambda f: None if f.check(NoSuchFolder)
                      else self.log.failure("reading message dates failed", f))
         return d
@@ -222,8 +241,11 @@ class MaildirFolder:
             return False
         path, uids = self._path, self._uids
 
-        def work(rows):
-            dates, facts, missing = [], [], []
+        def work(rows: list[tuple[int, str, int, bool, str, float]],
+                 ) -> tuple[list[tuple[int, int]], list[int]]:
+            dates: list[tuple[int, int]] = []
+            facts: list[tuple[int, float, int, bool]] = []
+            missing: list[int] = []
             for uid, rel, size, wrap, _base, date in rows:
                 if date == UNKNOWN_DATE:
                     try:
@@ -274,8 +296,8 @@ class MaildirFolder:
             return
         path = self._path
 
-        def work():
-            found = []
+        def work() -> list[tuple[int, float]]:
+            found: list[tuple[int, float]] = []
             for uid, rel, _base in rows:
                 try:
                     found.append((uid, float(int(os.stat(os.path.join(path, rel)).st_mtime))))
@@ -294,7 +316,7 @@ class MaildirFolder:
         if found:
             self._schedule_fill(DATE_FILL_DELAY)
 
-    def fill_dates(self, uids: Iterable[int] | None = None) -> defer.Deferred:
+    def fill_dates(self, uids: Iterable[int] | None = None) -> defer.Deferred[None]:
         """Fires once the date of every message (or of these UIDs) is known, read in
         bulk in a worker thread (at once when none is missing): for callers about to
         read many INTERNALDATEs, such as SEARCH or FETCH (IIndexedFolder)."""
@@ -373,7 +395,7 @@ class MaildirFolder:
             if self._pending_bases[base] <= 0:
                 del self._pending_bases[base]
 
-    def _settle(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred:
+    def _settle(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred[None]:
         """Record the outcome of UIDs a thread handed out (None: dropped). Fires once
         each is visible or dropped; listeners hear of each visible batch at once. UIDs
         become visible in the order they were handed out (``FolderUids.handed``), so
@@ -399,7 +421,8 @@ class MaildirFolder:
                 continue  # settled already (the queue is ascending)
             if row is not None or settled.get(uid) is None:
                 settled[uid] = row
-        added, fire = [], []
+        added: list[MessageInfo] = []
+        fire: list[defer.Deferred[None]] = []
         handed = uids.handed
         while True:
             done = uids.peek()
@@ -412,16 +435,18 @@ class MaildirFolder:
             handed.popleft()
             fire.extend(self._waiting.pop(done, ()))
         self._listeners.added(self, added)
-        waits = []
+        waits: list[defer.Deferred[None]] = []
         for uid, _row in items:
             if uid in settled:  # behind a handed UID that has not settled yet
                 # A list: one UID may have two callers waiting (see above).
-                d = defer.Deferred()
+                d: defer.Deferred[None] = defer.Deferred()
                 self._waiting.setdefault(uid, []).append(d)
                 waits.append(d)
         for waiter in fire:
             waiter.callback(None)
-        return defer.gatherResults(waits) if waits else defer.succeed(None)
+        if not waits:
+            return defer.succeed(None)
+        return defer.gatherResults(waits).addCallback(lambda _: None)
 
     # -- deliveries numbered in batches ------------------------------------------------
 
@@ -478,11 +503,12 @@ class MaildirFolder:
         release) and one uidlist fsync in a thread, then visible, in UID order."""
         self.batches += 1
         bases = [row[0] for row in batch]
-        uids, ticket = self._uids, []
+        uids = self._uids
+        ticket: list[int] = []
         syncer = self._store.syncer
         facts = [(date, size, wrap) for _, _, _, wrap, size, date in batch]
 
-        def work():
+        def work() -> list[int]:
             got = uids.assign(bases, ticket, facts)
             if syncer is not None:
                 syncer.sync([uids.uidlist.path])
@@ -506,13 +532,13 @@ class MaildirFolder:
             for d in ready:
                 d.callback(None)
 
-    def _numbered_all(self) -> defer.Deferred:
+    def _numbered_all(self) -> defer.Deferred[None]:
         """Fires once every delivery queued so far is numbered (or its batch failed)."""
         if self._numbered >= self._queued:
             return defer.succeed(None)
         if self._number_call is not None and self._number_call.active():
             self._number_call.reset(0)  # someone waits: no point collecting more
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._number_waiters.append((self._queued, d))
         return d
 
@@ -522,7 +548,7 @@ class MaildirFolder:
         if self._gone:
             raise NoSuchFolder(self.name)
 
-    async def _locked(self, fn, *args):
+    async def _locked(self, fn: Callable[..., Awaitable[_T]], *args: object) -> _T:
         await self._lock.acquire()
         try:
             self._check()
@@ -530,7 +556,7 @@ class MaildirFolder:
         finally:
             self._lock.release()
 
-    def _run(self, fn, *args) -> defer.Deferred:
+    def _run(self, fn: Callable[..., Awaitable[_T]], *args: object) -> defer.Deferred[_T]:
         return defer.Deferred.fromCoroutine(self._locked(fn, *args))
 
     def _cache_path(self) -> str:
@@ -556,18 +582,18 @@ class MaildirFolder:
         the bulk path for IMAP SELECT and FETCH on big folders (IIndexedFolder)."""
         return self._index.columns()
 
-    def open_message(self, uid: int):
+    def open_message(self, uid: int) -> defer.Deferred[BinaryIO]:
         return defer.Deferred.fromCoroutine(self._open_message(uid))
 
-    def read_message(self, uid: int, offset: int = 0, length: int | None = None):
+    def read_message(self, uid: int, offset: int = 0,
+                     length: int | None = None) -> defer.Deferred[IMessageReader]:
         i = self._index.pos(uid)
         size = self._index.sizes[i] if i >= 0 else 0
         d = self.open_message(uid)
-        d.addCallback(lambda f: reader_for(f, size, offset, length,
-                                           run=self._store.run_blocking))
-        return d
+        return d.addCallback(lambda f: reader_for(f, size, offset, length,
+                                                  run=self._store.run_blocking))
 
-    async def _open_message(self, uid: int):
+    async def _open_message(self, uid: int) -> BinaryIO:
         for attempt in range(3):
             i = self._index.pos(uid)
             if i < 0 or self._gone:
@@ -600,7 +626,7 @@ class MaildirFolder:
 
     # -- IFolder: changes ----------------------------------------------------------------
 
-    def refresh(self):
+    def refresh(self) -> defer.Deferred[None]:
         if (self._watching == "inotify" and self._numbered >= self._queued
                 and self._nothing_foreign()):
             return defer.succeed(None)
@@ -619,7 +645,7 @@ class MaildirFolder:
             return True
         if None in events:
             return False
-        final = {(sub, name): mask for sub, name, mask in events}
+        final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
         return all(self._explained(sub, name, mask, self._own_names)
                    for (sub, name), mask in final.items())
 
@@ -640,7 +666,8 @@ class MaildirFolder:
         path, uids, kwfile = self._path, self._uids, self._kwfile
         last = None if force else self._stamp
 
-        def work(snapshot, last_stamp):
+        def work(snapshot: Snapshot, last_stamp: tuple[int, int] | None,
+                 ) -> tuple[KeywordMap | None, Diff, int]:
             # UIDNEXT moves when another program gives out UIDs, even for mail it
             # expunged before we listed it; dovecot-keywords when it gives out letters
             # (read before the listing, so names using them are understood).
@@ -663,7 +690,7 @@ class MaildirFolder:
         # Our own renames change the directories too, so only a stamp taken here, with
         # no change of ours in between (the lock is held), may skip the next listing.
         self._stamp = stamp
-        changed = []
+        changed: list[MessageInfo] = []
         for uid, recent, part in renamed:
             i = index.pos(uid)
             if i < 0:
@@ -692,7 +719,7 @@ class MaildirFolder:
         try:
             path, uids = self._path, self._uids
 
-            def work():
+            def work() -> tuple[list[tuple[str, str, int, bool, int]], list[int]]:
                 examined = examine_foreign(path, foreign)
                 if not examined:
                     return examined, []
@@ -706,7 +733,7 @@ class MaildirFolder:
             except BaseException:
                 self._settle([(uid, None) for uid in ticket])
                 raise
-            rows = []
+            rows: list[tuple[int, Row | None]] = []
             for (sub, name, size, wrap, mtime), uid in zip(examined, got, strict=True):
                 base, sep, part = name.partition(":")
                 rows.append((uid, (base, sub == "new", part if sep else None, wrap, size,
@@ -716,7 +743,8 @@ class MaildirFolder:
         finally:
             self._unexpect(bases)
 
-    def set_flags(self, uids: Iterable[int], flags: Iterable[str], mode: str):
+    def set_flags(self, uids: Iterable[int], flags: Iterable[str],
+                  mode: str) -> defer.Deferred[list[MessageInfo]]:
         try:
             wanted = normalize_flags(flags)
             apply_mode(frozenset(), wanted, mode)
@@ -724,7 +752,8 @@ class MaildirFolder:
             return defer.fail()
         return self._run(self._set_flags, list(uids), wanted, mode)
 
-    async def _set_flags(self, uids: list[int], wanted: frozenset[str], mode: str):
+    async def _set_flags(self, uids: list[int], wanted: frozenset[str],
+                         mode: str) -> list[MessageInfo]:
         if self._index.unknown_dates:
             await self._read_dates(uids)  # the results carry dates: no stat each here
         result: dict[int, MessageInfo] = {}
@@ -746,7 +775,8 @@ class MaildirFolder:
         if mode != "remove":
             await self._learn_keywords(wanted)
         index = self._index
-        renames, updates = [], []
+        renames: list[tuple[str, str]] = []
+        updates: list[tuple[int, str | None, bool]] = []
         new_part_memo: dict[tuple[str | None, frozenset[str], bool], str | None] = {}
         for uid in uids:
             i = index.pos(uid)
@@ -768,11 +798,11 @@ class MaildirFolder:
             renames.append((os.path.join(sub, filename(base, st.part)),
                             os.path.join(sub, filename(base, new_part))))
             updates.append((uid, new_part, st.recent))
-        missed = []
+        missed: list[int] = []
         if renames:
             ok = await self._renaming(renames, self._kwfile, self._file_lock,
                                       self._store.fsync)
-            changed = []
+            changed: list[MessageInfo] = []
             for (uid, new_part, recent), done in zip(updates, ok, strict=True):
                 i = index.pos(uid)
                 if i < 0:
@@ -786,8 +816,8 @@ class MaildirFolder:
             self._listeners.changed(self, changed)
         return missed
 
-    async def _renaming(self, renames: list[tuple[str, str]], kwfile, lock,
-                        fsync: bool) -> list[bool]:
+    async def _renaming(self, renames: list[tuple[str, str]], kwfile: KeywordFile | None,
+                        lock: threading.Lock | None, fsync: bool) -> list[bool]:
         """rename_all in a thread; meanwhile a date read on the reactor thread may find
         the file under its new name (see FolderIndex.date_at)."""
         moving = self._index.renaming
@@ -798,15 +828,16 @@ class MaildirFolder:
             # cost no rescan (see _explained).
             self._own_names.update(os.path.split(new) for _, new in renames)
         try:
-            return await self._store.run_blocking(self._uids.locked, rename_all, self._path,
-                                                  renames, kwfile, lock, fsync)
+            ok: list[bool] = await self._store.run_blocking(
+                self._uids.locked, rename_all, self._path, renames, kwfile, lock, fsync)
+            return ok
         finally:
             moving.clear()  # renames are serialised by the folder lock
 
-    def expunge(self, uids: Iterable[int] | None = None):
+    def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
         return self._run(self._expunge, None if uids is None else set(uids))
 
-    async def _expunge(self, among: set[int] | None):
+    async def _expunge(self, among: set[int] | None) -> list[int]:
         index = self._index
         deleted = {sid for sid, st in enumerate(index.table) if "\\Deleted" in st.flags}
         victims = [uid for uid, sid in zip(index.uids, index.states, strict=True)
@@ -837,13 +868,14 @@ class MaildirFolder:
             await self._compact()
         return victims
 
-    def copy(self, uids: Iterable[int], dest: IFolder):
+    def copy(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
         return self._run(self._transfer, list(uids), dest, False)
 
-    def move(self, uids: Iterable[int], dest: IFolder):
+    def move(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
         return self._run(self._transfer, list(uids), dest, True)
 
-    async def _transfer(self, uids: list[int], dest: MaildirFolder, move: bool):
+    async def _transfer(self, uids: list[int], dest: IFolder,
+                        move: bool) -> list[tuple[int, int]]:
         if not isinstance(dest, MaildirFolder) or dest._gone:
             raise NoSuchFolder(getattr(dest, "name", repr(dest)))
         if self._index.unknown_dates:
@@ -915,19 +947,19 @@ class MaildirFolder:
             self._listeners.expunged(self, moved)
         return pairs, missed
 
-    def claim_recent(self):
+    def claim_recent(self) -> defer.Deferred[set[int]]:
         if self._claim_waiters is not None:
             # A claim already waits for the lock and reads the recent set only once it
             # runs, so it takes these too: this caller claims nothing, and hears so
             # when that claim is done. (Every IMAP session that reports new mail asks
             # for a claim; under load they queued up behind each other for the lock.)
-            d: defer.Deferred = defer.Deferred()
+            d: defer.Deferred[set[int]] = defer.Deferred()
             self._claim_waiters.append(d)
             return d
-        waiters: list[defer.Deferred] = []
+        waiters: list[defer.Deferred[set[int]]] = []
         self._claim_waiters = waiters
 
-        def done(result):
+        def done(result: _T) -> _T:
             if self._claim_waiters is waiters:  # it never ran (folder gone)
                 self._claim_waiters = None
             for w in waiters:
@@ -936,13 +968,14 @@ class MaildirFolder:
 
         return self._run(self._claim_recent).addBoth(done)
 
-    async def _claim_recent(self):
+    async def _claim_recent(self) -> set[int]:
         self._claim_waiters = None  # running: a later call needs a claim of its own
         index = self._index
         recent = index.recent_uids()
         if not recent:
             return set()
-        renames, parts = [], []
+        renames: list[tuple[str, str]] = []
+        parts: list[str | None] = []
         for uid in recent:
             i = index.pos(uid)
             base, part = index.keys[i], index.state_at(i).part
@@ -951,7 +984,7 @@ class MaildirFolder:
                             os.path.join("cur", filename(base, new_part))))
             parts.append(new_part)
         ok = await self._renaming(renames, None, None, False)
-        claimed = set()
+        claimed: set[int] = set()
         for uid, new_part, done in zip(recent, parts, ok, strict=True):
             i = index.pos(uid)
             if done and i >= 0:
@@ -959,11 +992,11 @@ class MaildirFolder:
                 claimed.add(uid)
         return claimed
 
-    def add_listener(self, listener) -> None:
+    def add_listener(self, listener: IFolderListener) -> None:
         self._listeners.add(listener)
         self._watch_if_listened()
 
-    def remove_listener(self, listener) -> None:
+    def remove_listener(self, listener: IFolderListener) -> None:
         self._listeners.remove(listener)
         if not len(self._listeners):
             self._unwatch()
@@ -1027,7 +1060,7 @@ class MaildirFolder:
         # Only the last event of each name counts: a file of ours created and then
         # renamed (delivered, then claimed into cur/), or a flag set, cleared and set
         # again, left nothing the index does not know.
-        final = {(sub, name): mask for sub, name, mask in events}
+        final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
         if not all(self._explained(sub, name, mask, own)
                    for (sub, name), mask in final.items()):
             await self._refresh(True)
@@ -1086,7 +1119,7 @@ class MaildirFolder:
         """The writer is done with these files (numbered, dropped, or handed over)."""
         self._unexpect(bases)
 
-    def settle_uids(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred:
+    def settle_uids(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred[None]:
         """The outcome of UIDs a writer's thread handed out (None: dropped); fires once
         each is visible (listeners told) or dropped."""
         return self._settle(items)
@@ -1112,13 +1145,13 @@ class MaildirFolder:
             self._cache_call = self._store._reactor.callLater(CACHE_FLUSH_DELAY,
                                                               self._write_cache)
 
-    def _flush_cache(self) -> defer.Deferred:
+    def _flush_cache(self) -> defer.Deferred[None]:
         """Write pending cache entries; the store calls this as it closes, so background
         date reading stops here too (it resumes on the next open)."""
         self._stop_fill()
         return self._write_cache()
 
-    def _write_cache(self) -> defer.Deferred:
+    def _write_cache(self) -> defer.Deferred[None]:
         if self._cache_call is not None and self._cache_call.active():
             self._cache_call.cancel()
         self._cache_call = None
@@ -1127,7 +1160,7 @@ class MaildirFolder:
             return defer.succeed(None)
         path, validity, lock = self._cache_path(), self.uid_validity, self._file_lock
 
-        def work():
+        def work() -> None:
             with lock:
                 maildir_cache.append(path, validity, pending, self._store.modes)
 
@@ -1140,7 +1173,7 @@ class MaildirFolder:
             maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache,
                                   self._store.modes)
 
-    def _close_uids(self) -> defer.Deferred:
+    def _close_uids(self) -> defer.Deferred[None]:
         """Close the dovecot-uidlist fd the folder holds (see dovecot_uidlist), in a
         thread: it waits for the folder's thread mutex."""
         d = self._store.run_blocking(self._uids.close)
@@ -1148,7 +1181,7 @@ class MaildirFolder:
                                                 path=self._path))
         return d
 
-    def _forget(self) -> defer.Deferred:
+    def _forget(self) -> defer.Deferred[None]:
         """The folder was deleted: tell listeners everything is gone. The Deferred
         fires once its uidlist fd is closed."""
         uids = list(self._index.uids)

@@ -23,11 +23,11 @@ import re
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import itemgetter
-from typing import NamedTuple
+from typing import NamedTuple, cast, overload
 
 from mailhost.message.crlf import crlf_size
 from mailhost.store import legacy_uidlist, uidcache
@@ -47,7 +47,7 @@ from mailhost.store.modes import PRIVATE, FileModes
 _new = object.__new__
 
 
-def fast_info(uid: int, key: str, size: int, flags: frozenset[str], date: float,
+def _fast_info(uid: int, key: str, size: int, flags: frozenset[str], date: float,
               recent: bool) -> MessageInfo:
     """A MessageInfo built without the frozen-dataclass __init__ (several times faster).
     Equal to a normal one."""
@@ -57,18 +57,20 @@ def fast_info(uid: int, key: str, size: int, flags: frozenset[str], date: float,
     return info
 
 
-def _check_fast_info():
+def _check_fast_info() -> Callable[[int, str, int, frozenset[str], float, bool],
+                                  MessageInfo]:
     """Fall back to the plain constructor should MessageInfo ever lose its __dict__."""
     try:
-        sample = fast_info(1, "k", 2, frozenset(), 3.0, True)
+        sample = _fast_info(1, "k", 2, frozenset(), 3.0, True)
         if sample == MessageInfo(1, "k", 2, frozenset(), 3.0, True):
-            return fast_info
+            return _fast_info
     except (AttributeError, TypeError):
         pass
     return MessageInfo
 
 
-fast_info = _check_fast_info()  # noqa: F811
+#: Build a MessageInfo fast (``_fast_info``, or the constructor where that fails).
+fast_info = _check_fast_info()
 
 
 class State(NamedTuple):
@@ -79,6 +81,9 @@ class State(NamedTuple):
     flags: frozenset[str]
     extra: str  # letters no keyword maps, kept verbatim on renames
 
+
+#: ``FolderIndex.snapshot()``: (base names, UIDs, state ids, the state table).
+Snapshot = tuple[list[str], "array[int]", "array[int]", list[State]]
 
 #: The date of a file adopted in bulk whose mtime has not been read yet (in the index
 #: and in mailhost-uidcache lines); ``FolderIndex.date_at`` reads it on first use.
@@ -93,13 +98,15 @@ def name_time(base: str) -> float:
 
 
 _ORDER_RE = re.compile(r"(\d*)(?:\.[^.:]*?M(\d*))?")
+#: ``_ORDER_RE.match``, which never fails (every part of the pattern is optional).
+_order_match = cast("Callable[[str], re.Match[str]]", _ORDER_RE.match)
 
 
 def name_order(name: str) -> tuple[int, int, str]:
     """Sort key of Dovecot's ``maildir_filename_sort_cmp``: the seconds the name starts
     with, then the microseconds of its ``M<usec>`` part, then the name. Bulk adoption
     gives UIDs in this order, as Dovecot would, without a stat per file."""
-    secs, usec = _ORDER_RE.match(name).groups()
+    secs, usec = _order_match(name).groups()
     return int(secs or 0), (-1 if usec is None else int(usec or 0)), name
 
 
@@ -130,7 +137,7 @@ def sort_by_name_order(names: list[str]) -> None:
 
 def _sort_by_key(names: list[str]) -> None:
     """The general case: a stable sort on one integer per name after the name sort."""
-    match = _ORDER_RE.match
+    match = _order_match
     parsed = [match(name).groups() for name in names]
     width = 10 ** max((len(u) for _, u in parsed if u), default=1)
     keys = [int(secs or 0) * width * 10 + (0 if usec is None else int(usec or 0) + 1)
@@ -140,17 +147,22 @@ def _sort_by_key(names: list[str]) -> None:
     names[:] = [names[i] for i in order]
 
 
-class _LazyDates(Sequence):
+class _LazyDates(Sequence[float]):
     """The date column of a Columns snapshot, reading unknown mtimes on first use."""
 
-    def __init__(self, index: FolderIndex, uids: array, keys: list[str],
-                 dates: array) -> None:
+    def __init__(self, index: FolderIndex, uids: array[int], keys: list[str],
+                 dates: array[float]) -> None:
         self._index, self._uids, self._keys, self._dates = index, uids, keys, dates
 
     def __len__(self) -> int:
         return len(self._dates)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> float: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[float]: ...
+
+    def __getitem__(self, i: int | slice) -> float | list[float]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         date = self._dates[i]
@@ -277,7 +289,7 @@ class FolderIndex:
             where: Iterable[int] = [i for i, d in enumerate(dates) if d == UNKNOWN_DATE]
         else:
             where = [i for i in map(self.pos, uids) if i >= 0 and dates[i] == UNKNOWN_DATE]
-        out = []
+        out: list[tuple[int, str, str]] = []
         for i in where:
             st = table[states[i]]
             out.append((self.uids[i], os.path.join("new" if st.recent else "cur",
@@ -292,7 +304,7 @@ class FolderIndex:
         Unknown dates are scanned from ``fill_cursor`` on (and the cursor moved past
         them), so a row whose date could not be read does not come back every batch;
         the cursor wraps to the start once the scan reaches the end."""
-        out = []
+        out: list[tuple[int, str, int, bool, str, float]] = []
         dates, table = self.dates, self.table
 
         def row(i: int) -> tuple[int, str, int, bool, str, float]:
@@ -428,7 +440,7 @@ class FolderIndex:
         self.unknown_dates = 0
         self.unsaved_dates.clear()
 
-    def snapshot(self) -> tuple[list[str], array, array, list[State]]:
+    def snapshot(self) -> Snapshot:
         """Copies for a thread to compare against the directory (C-speed copies)."""
         return list(self.keys), array("q", self.uids), array("I", self.states), list(self.table)
 
@@ -598,7 +610,8 @@ def load_folder(path: str, fsync: bool, modes: FileModes = PRIVATE, adopt: bool 
 
 
 def _fill_sizes(path: str, uids: FolderUids, bases: list[str], uid_col: list[int],
-                states: list[tuple[str | None, bool]], sizes: list[int], wraps,
+                states: list[tuple[str | None, bool]], sizes: list[int],
+                wraps: bytearray | list[bool],
                 missing: list[int], facts: dict[int, tuple[float, int, bool]]) -> None:
     """Sizes of names without ``,S=``/``,W=``: from the cache, else read the file once
     (and remember it in the cache). A file gone meanwhile gets size 0."""
@@ -640,12 +653,16 @@ def _bulk_sizes(bases: list[str]) -> tuple[list[int], bytearray | list[bool]]:
     if len(found) == len(bases):
         return ([int(w) for _, w in found],
                 [s != w and int(s) != int(w) for s, w in found])
-    sizes, wraps = [], []
+    sizes: list[int] = []
+    wraps: list[bool] = []
     for base in bases:
         s, w = sizes_from_base(base)
-        ok = s is not None and w is not None
-        sizes.append(w if ok else -1)
-        wraps.append(ok and s != w)
+        if s is not None and w is not None:
+            sizes.append(w)
+            wraps.append(s != w)
+        else:
+            sizes.append(-1)
+            wraps.append(False)
     return sizes, wraps
 
 
@@ -695,15 +712,17 @@ def _adopt_all(path: str, uids: FolderUids, index: FolderIndex, cur: list[str],
     if in_new:
         keys = list(zip(parts, [name in in_new for name in names], strict=True))
         sid_of = {k: index.state(*k) for k in set(keys)}
+        sids = list(map(sid_of.__getitem__, keys))
+        del keys
     else:
-        keys = parts
-        sid_of = {k: index.state(k, False) for k in set(keys)}
-    sids = list(map(sid_of.__getitem__, keys))
-    del keys, parts, names
+        sid_of_part = {k: index.state(k, False) for k in set(parts)}
+        sids = list(map(sid_of_part.__getitem__, parts))
+    del parts, names
     if keep is not None:  # files that vanished since the listing
         learnt = [sum(keep[:i]) for i in learnt]
-        bases, sizes, wraps, sids = (list(compress(col, keep))
-                                     for col in (bases, sizes, wraps, sids))
+        bases, sizes, sids = (list(compress(bases, keep)), list(compress(sizes, keep)),
+                              list(compress(sids, keep)))
+        wraps = [bool(w) for w in compress(wraps, keep)]
     n = len(bases)
     got, newcomers = uids.assign_loading(bases)
     for uid, (base, recent, part, wrap, size, mtime) in newcomers:
@@ -731,8 +750,8 @@ def examine_foreign(path: str, files: list[tuple[str, str]],
                     ) -> list[tuple[str, str, int, bool, int]]:
     """[(subdir, name, CRLF size, needs CRLF wrapping, mtime)] of files another program
     dropped in, in ``name_order``; files gone meanwhile are left out."""
-    out = []
-    fds = {}
+    out: list[tuple[str, str, int, bool, int]] = []
+    fds: dict[str, int] = {}
     try:
         for sub in ("new", "cur"):
             try:
@@ -784,7 +803,7 @@ def dir_stamp(path: str) -> tuple[int, int] | None:
     return stamp
 
 
-def diff_folder(path: str, snapshot: tuple[list[str], array, array, list[State]],
+def diff_folder(path: str, snapshot: Snapshot,
                 last_stamp: tuple[int, int] | None,
                 ) -> tuple[tuple[int, int] | None, list[tuple[int, bool, str | None]],
                            list[int], list[tuple[str, str]]]:
@@ -822,8 +841,8 @@ def diff_folder(path: str, snapshot: tuple[list[str], array, array, list[State]]
                 continue
             seen[i] = 1
             st = table[states[i]]
-            part = part if sep else None
-            if st.recent != recent or st.part != part:
-                renamed[uids[i]] = (uids[i], recent, part)
+            info = part if sep else None
+            if st.recent != recent or st.part != info:
+                renamed[uids[i]] = (uids[i], recent, info)
     gone = [uid for uid, s in zip(uids, seen, strict=True) if not s]
     return stamp, list(renamed.values()), gone, foreign

@@ -11,16 +11,36 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.logger import Logger
 
+from mailhost.groupsync import GroupSync
 from mailhost.message.crlf import crlf_size
 from mailhost.store import mutf7
+from mailhost.store.dovecot_keywords import KeywordFile
 from mailhost.store.dovecot_uidlist import UIDLIST_FILE
-from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
+from mailhost.store.interfaces import (
+    DEFAULT_SPECIAL_FOLDERS,
+    FolderExists,
+    InvalidFolderName,
+    NoSuchFolder,
+)
 from mailhost.store.maildir_names import sizes_from_base
 from mailhost.store.modes import FileModes
-from mailhost.store.names import INBOX, InvalidFolderName, canonical_folder
+from mailhost.store.names import INBOX, canonical_folder
+
+if TYPE_CHECKING:  # it imports this module
+    from mailhost.store.maildir_uids import FolderUids
+
+#: One copy for ``deliver_files``: (folder path, file name, base name, CRLF size, folder
+#: file lock, KeywordFile, FolderUids, ticket); see there.
+DeliveryJob = tuple[str, str, str, int, "threading.Lock | None", "KeywordFile | None",
+                    "FolderUids | None", "list[int] | None"]
+#: One file for ``transfer_files``: (source path, destination path, base, date, CRLF
+#: size, wrap).
+TransferOp = tuple[str, str, str, float, int, bool]
 
 log = Logger()
 
@@ -68,7 +88,8 @@ def link_or_copy(src: str, dest: str, fsync: bool, modes: FileModes) -> None:
         copy_durable(src, dest, fsync, modes)
 
 
-def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileModes,
+def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
+                  jobs: Sequence[DeliveryJob], syncer: GroupSync | None, modes: FileModes,
                   data: bytes | None = None) -> None:
     """Make the tmp file durable, link it into each target's new/, give it a UID there
     (dovecot-uidlist, under its lock) unless the job says later, and (through the
@@ -93,9 +114,11 @@ def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileMod
         if data is not None:
             file = os.fdopen(modes.open_new(tmp_path), "wb")  # closed in finally
             file.write(data)
+        assert file is not None  # given, or made from ``data`` just above
         file.flush()
         for folder_path, _name, _base, _size, lock, kwfile, _uids, _ticket in jobs:
             if kwfile is not None:
+                assert lock is not None  # an open folder's job has both, others neither
                 kwfile.write_if_needed(folder_path, lock, fsync)
         if len(jobs) > 1:
             journal = _commit_all(file, tmp_path, date,
@@ -112,7 +135,7 @@ def deliver_files(file, tmp_path: str, date: float, jobs, syncer, modes: FileMod
         for _path, _name, base, size, _lock, _kwfile, uids, ticket in jobs:
             if uids is not None:
                 uids.assign([base], ticket, [(date, size, False)])
-        if fsync:
+        if syncer is not None:
             syncer.sync({os.path.join(p, "new") for p, *_ in jobs}
                         | {os.path.join(p, UIDLIST_FILE) for p, *_, u, _t in jobs
                            if u is not None})
@@ -159,8 +182,8 @@ _JOURNAL_HEAD = b"mailhost-commit 1\n"
 _JOURNAL_COMMIT = b"commit\n"
 
 
-def _commit_all(file, tmp_path: str, date: float, targets: list[tuple[str, str]],
-                syncer, modes: FileModes) -> int:
+def _commit_all(file: BinaryIO, tmp_path: str, date: float, targets: list[tuple[str, str]],
+                syncer: GroupSync | None, modes: FileModes) -> int:
     """Steps 1-5 above but the last fsync round and the unlink; returns the journal's
     (locked) descriptor. ``targets``: (folder path, file name)."""
     fsync = syncer is not None
@@ -186,7 +209,7 @@ def _commit_all(file, tmp_path: str, date: float, targets: list[tuple[str, str]]
                 link_or_copy(tmp_path, tmp, fsync, modes)
             linked.append(tmp)
         os.utime(file.fileno(), (date, date))  # see deliver_files
-        if fsync:
+        if syncer is not None:
             os.fsync(file.fileno())
             syncer.sync({os.path.dirname(t) for t, _ in pairs}
                         | {os.path.dirname(journal_path)})
@@ -234,11 +257,11 @@ def _read_journal(data: bytes) -> tuple[list[tuple[str, str]], bool]:
     return pairs, committed
 
 
-def recover_commits(tmp_dir: str, syncer) -> list[tuple[str, bool, int]]:
+def recover_commits(tmp_dir: str, syncer: GroupSync | None) -> list[tuple[str, bool, int]]:
     """Finish the multi-folder commits a crash interrupted (see above); returns
     (journal, rolled forward, copies moved or removed) for each one handled. Run
     before any folder of the store is read; ``syncer`` None: fsync off."""
-    done = []
+    done: list[tuple[str, bool, int]] = []
     try:
         names = os.listdir(tmp_dir)
     except FileNotFoundError:
@@ -384,9 +407,11 @@ def _located(path: str, sub: str, name: str) -> Located | None:
     return base, sub == "new", part if sep else None, wrap, size, mtime
 
 
-def rename_all(path: str, renames, kwfile, lock, fsync: bool) -> list[bool]:
+def rename_all(path: str, renames: Iterable[tuple[str, str]], kwfile: KeywordFile | None,
+               lock: threading.Lock | None, fsync: bool) -> list[bool]:
     """Rename files inside a folder; False where the file vanished meanwhile."""
     if kwfile is not None:
+        assert lock is not None  # keywords are written under the folder's file lock
         kwfile.write_if_needed(path, lock, fsync)
     ok = []
     for old, new in renames:
@@ -410,8 +435,10 @@ def unlink_all(paths: list[str]) -> list[str]:
     return missing
 
 
-def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, uids, ticket,
-                   syncer, modes: FileModes, src_uids=None) -> tuple[list[bool], list[int]]:
+def transfer_files(ops: Sequence[TransferOp], move: bool, dest_path: str,
+                   kwfile: KeywordFile, lock: threading.Lock, uids: FolderUids,
+                   ticket: list[int], syncer: GroupSync | None, modes: FileModes,
+                   src_uids: FolderUids | None = None) -> tuple[list[bool], list[int]]:
     """Link (COPY) or rename (MOVE) files into dest/new/, give them UIDs there
     (``uids``: the destination's FolderUids, handing them out through ``ticket``), and
     make that durable through ``syncer`` (None: fsync off). ``ops``: (source path,
@@ -422,7 +449,9 @@ def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, uids, ticket,
     after, never both at once."""
     fsync = syncer is not None
     kwfile.write_if_needed(dest_path, lock, fsync)
-    ok, bases, rows = [], [], []
+    ok: list[bool] = []
+    bases: list[str] = []
+    rows: list[tuple[float, int, bool]] = []
 
     def place() -> None:
         for src, dst, base, date, size, wrap in ops:
@@ -442,7 +471,7 @@ def transfer_files(ops, move: bool, dest_path: str, kwfile, lock, uids, ticket,
     else:
         place()
     got = uids.assign(bases, ticket, rows) if bases else []
-    if bases and fsync:
+    if bases and syncer is not None:
         dirs = {os.path.dirname(op[0]) for op in ops} if move else set()
         syncer.sync(dirs | {os.path.join(dest_path, "new"),
                             os.path.join(dest_path, UIDLIST_FILE)})

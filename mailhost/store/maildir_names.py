@@ -57,12 +57,13 @@ def sizes_from_base(base: str) -> tuple[int | None, int | None]:
     files parses 100k names)."""
     head, sep, tail = base.rpartition(",S=")
     if sep:
-        s, sep, w = tail.partition(",W=")
-        if sep and s.isdecimal() and w.isdecimal():  # Dovecot's ",S=<n>,W=<n>" ending
-            return int(s), int(w)
+        size, sep, wsize = tail.partition(",W=")
+        if sep and size.isdecimal() and wsize.isdecimal():  # Dovecot's ",S=<n>,W=<n>"
+            return int(size), int(wsize)
     if "," not in base:
         return None, None
-    s = w = None
+    s: int | None = None
+    w: int | None = None
     for seg in base.split(",")[1:]:
         tag = seg[:2]
         if tag != "S=" and tag != "W=":

@@ -33,7 +33,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from mailhost.store import uidcache
 from mailhost.store.dotlock import DotLock
@@ -188,10 +188,11 @@ class FolderUids:
                                             for u in found) else ()
             if ul.exists and all(u is not None and (u > handed or b in kept)
                                  for u, b in zip(found, bases, strict=True)):
-                self._hand(bases, found, ticket)
+                known = cast(list[int], found)  # every one is recorded (checked above)
+                self._hand(bases, known, ticket)
                 if cache_rows is not None:
-                    self._cache([(u, *r) for u, r in zip(found, cache_rows, strict=True)])
-                return found
+                    self._cache([(u, *r) for u, r in zip(known, cache_rows, strict=True)])
+                return known
         return self.assign(bases, ticket, cache_rows)
 
     def locked(self, fn: Callable[..., T], *args: object) -> T:

@@ -34,20 +34,27 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from mailhost.store.maildir_index import MTIME_SETTLE
 from mailhost.store.maildir_names import KEYWORDS_FILE
 
+if TYPE_CHECKING:  # they import this module
+    from mailhost.store.maildir import IStoreReactor
+    from mailhost.store.maildir_folder import MaildirFolder
+
 try:
     from twisted.internet import inotify as _inotify
 except ImportError:  # not Linux: polling only
-    _inotify = None
+    HAVE_INOTIFY = False
+else:
+    HAVE_INOTIFY = True
 
 #: Events of one folder are collected this long before the folder looks at them.
 COALESCE_DELAY = 0.05
@@ -58,7 +65,11 @@ DRAIN_READS = 64
 
 WATCH_MODES = ("inotify", "poll")
 
-if _inotify is not None:
+_R = TypeVar("_R")
+#: An inotify watch's callback: (the INotify, the path the event is about, its mask).
+_Callback = Callable[[object, "FilePath[bytes]", int], None]
+
+if HAVE_INOTIFY:
     APPEARED = _inotify.IN_CREATE | _inotify.IN_MOVED_TO
     VANISHED = _inotify.IN_DELETE | _inotify.IN_MOVED_FROM
     _GONE_SELF = _inotify.IN_DELETE_SELF | _inotify.IN_MOVE_SELF | _inotify.IN_UNMOUNT
@@ -70,12 +81,13 @@ if _inotify is not None:
     class _Notifier(_inotify.INotify):
         """An INotify that says when it closed itself (a watched directory was deleted)."""
 
-        def __init__(self, reactor: Any, on_lost: Callable[[Any], None]) -> None:
-            super().__init__(reactor)
-            self.on_lost: Callable[[Any], None] | None = on_lost
+        def __init__(self, reactor: IStoreReactor,
+                     on_lost: Callable[[_Notifier], None]) -> None:
+            super().__init__(reactor)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            self.on_lost: Callable[[_Notifier], None] | None = on_lost
 
-        def connectionLost(self, reason: Any) -> None:  # noqa: N802 - Twisted's name
-            super().connectionLost(reason)
+        def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]  # likewise
             on_lost, self.on_lost = self.on_lost, None
             if on_lost is not None:
                 on_lost(self)
@@ -114,7 +126,8 @@ class ChangeWatcher:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, in_thread: Callable[..., defer.Deferred],
+    def __init__(self, reactor: IStoreReactor,
+                 in_thread: Callable[..., defer.Deferred[list[tuple[int, int, int] | None]]],
                  mode: str = "inotify", poll_interval: float = POLL_INTERVAL) -> None:
         if mode not in WATCH_MODES:
             raise ValueError(f"watch mode must be one of {WATCH_MODES}, not {mode!r}")
@@ -122,9 +135,11 @@ class ChangeWatcher:
         self._reactor = reactor
         self._in_thread = in_thread
         self._poll_interval = poll_interval
-        self._notifier: Any = None
-        self._watched: dict[Any, list[FilePath]] = {}  # folder -> its watched dirs
-        self._polled: dict[Any, tuple[int, int, int] | None] = {}  # folder -> last times
+        self._notifier: _Notifier | None = None
+        # folder -> its watched dirs
+        self._watched: dict[MaildirFolder, list[FilePath[str]]] = {}
+        # folder -> last times
+        self._polled: dict[MaildirFolder, tuple[int, int, int] | None] = {}
         self._poll_call: LoopingCall | None = None
         self._polling = False
         self._events = 0  # inotify events handed to folders so far
@@ -132,14 +147,14 @@ class ChangeWatcher:
 
     # -- folders -----------------------------------------------------------------------
 
-    def start(self, folder: Any) -> str:
+    def start(self, folder: MaildirFolder) -> str:
         """Watch a folder; returns how ("inotify" or "poll")."""
         if self.mode == "inotify" and self._add_watches(folder):
             return "inotify"
         self._start_polling(folder)
         return "poll"
 
-    def stop(self, folder: Any) -> None:
+    def stop(self, folder: MaildirFolder) -> None:
         paths = self._watched.pop(folder, None)
         if paths is not None and self._notifier is not None:
             for path in paths:
@@ -174,8 +189,8 @@ class ChangeWatcher:
 
     # -- inotify -----------------------------------------------------------------------
 
-    def _get_notifier(self) -> Any:
-        if self._notifier is None and _inotify is not None:
+    def _get_notifier(self) -> _Notifier | None:
+        if self._notifier is None and HAVE_INOTIFY:
             try:
                 notifier = _Notifier(self._reactor, self._lost)
             except (_inotify.INotifyError, OSError) as e:
@@ -186,11 +201,11 @@ class ChangeWatcher:
             self._notifier = notifier
         return self._notifier
 
-    def _add_watches(self, folder: Any) -> bool:
+    def _add_watches(self, folder: MaildirFolder) -> bool:
         notifier = self._get_notifier()
         if notifier is None:
             return False
-        paths: list[FilePath] = []
+        paths: list[FilePath[str]] = []
         try:
             for sub in ("new", "cur"):
                 path = FilePath(os.path.join(folder._path, sub))
@@ -221,8 +236,8 @@ class ChangeWatcher:
         self._warned = True
         emit(text, event="maildir_watch_fallback", **kw)
 
-    def _callback(self, folder: Any, sub: str) -> Callable[[Any, FilePath, int], None]:
-        def event(_ignored: Any, path: FilePath, mask: int) -> None:
+    def _callback(self, folder: MaildirFolder, sub: str) -> _Callback:
+        def event(_ignored: object, path: FilePath[bytes], mask: int) -> None:
             if self._watched.get(folder) is None:
                 return  # a late event for a folder no longer watched
             if mask & _GONE_SELF:
@@ -235,8 +250,8 @@ class ChangeWatcher:
 
         return event
 
-    def _keywords_callback(self, folder: Any) -> Callable[[Any, FilePath, int], None]:
-        def event(_ignored: Any, path: FilePath, mask: int) -> None:
+    def _keywords_callback(self, folder: MaildirFolder) -> _Callback:
+        def event(_ignored: object, path: FilePath[bytes], mask: int) -> None:
             if self._watched.get(folder) is None or os.fsdecode(path.basename()) != KEYWORDS_FILE:
                 return  # the uidlist, caches, Dovecot's index files, subfolders
             self._events += 1
@@ -244,7 +259,7 @@ class ChangeWatcher:
 
         return event
 
-    def _gone_self(self, folder: Any) -> None:
+    def _gone_self(self, folder: MaildirFolder) -> None:
         """A watched directory itself went away or moved (another program deleted or
         renamed the folder): stop trusting its watches, poll it instead."""
         if folder not in self._watched:
@@ -254,7 +269,7 @@ class ChangeWatcher:
         folder._watch_moved("poll")
         folder._disk_event(None)
 
-    def _lost(self, notifier: Any) -> None:
+    def _lost(self, notifier: _Notifier) -> None:
         """Twisted closed the descriptor (a watched directory was deleted): watch the
         rest again on a new one, and have each of them rescan once."""
         if notifier is not self._notifier:
@@ -264,7 +279,7 @@ class ChangeWatcher:
         self._watched.clear()
         self._reactor.callLater(0, self._rewatch, folders)
 
-    def _rewatch(self, folders: list[Any]) -> None:
+    def _rewatch(self, folders: list[MaildirFolder]) -> None:
         for folder in folders:
             if folder in self._watched or folder in self._polled or not folder._watching:
                 continue  # unwatched meanwhile, or already back
@@ -275,7 +290,7 @@ class ChangeWatcher:
 
     # -- polling -----------------------------------------------------------------------
 
-    def _start_polling(self, folder: Any) -> None:
+    def _start_polling(self, folder: MaildirFolder) -> None:
         self._polled.setdefault(folder, None)
         if self._poll_call is None:
             self._poll_call = LoopingCall(self._poll)
@@ -301,7 +316,7 @@ class ChangeWatcher:
                 self._polled[folder] = stamp
                 folder._disk_event(None)
 
-        def done(result: Any) -> Any:
+        def done(result: _R) -> _R:
             self._polling = False
             return result
 

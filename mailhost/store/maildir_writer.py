@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -37,27 +38,33 @@ from zope.interface import implementer
 from mailhost.message.crlf import CRLFNormalizer
 from mailhost.store.flags import normalize_flags
 from mailhost.store.interfaces import DeliveryTarget, IMessageWriter, StoreError
-from mailhost.store.maildir_folder import delivered_row
-from mailhost.store.maildir_io import deliver_files
+from mailhost.store.maildir_folder import MaildirFolder, Row, delivered_row
+from mailhost.store.maildir_io import DeliveryJob, deliver_files
 from mailhost.store.maildir_names import Keywords, filename, make_info, unique_base
 from mailhost.store.names import INBOX, canonical_folder
+
+if TYPE_CHECKING:  # these import this module
+    from mailhost.store.maildir import MaildirStore
+    from mailhost.store.maildir_account import MaildirAccount
 
 WRITE_BUFFER = 64 * 1024
 #: Messages up to this size stay in memory until commit; larger ones stream to disk.
 MEMORY_LIMIT = 256 * 1024
+#: Where one copy goes: (open folder or None, account, folder path, base name, info).
+_Placed = tuple["MaildirFolder | None", "MaildirAccount", str, str, str | None]
 
 
 @implementer(IMessageWriter)
 class MaildirMessageWriter:
     """Implements: IMessageWriter. One tmp file, linked into every target on commit."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store: MaildirStore) -> None:
         self._store = store
         self._norm = CRLFNormalizer(keep_bare_cr=True)  # as Dovecot stores it
         self.size = 0
         self._done = False
         self._path = os.path.join(store.tmp_dir(), unique_base(0).split(",")[0])
-        self._file = None
+        self._file: BinaryIO | None = None
         self._buffer: bytearray | None = bytearray()
 
     def write(self, data: bytes) -> None:
@@ -66,6 +73,7 @@ class MaildirMessageWriter:
         out = self._norm.feed(data)
         self.size += len(out)
         if self._buffer is None:
+            assert self._file is not None  # the buffer went to this file
             self._file.write(out)
             return
         self._buffer += out
@@ -76,7 +84,7 @@ class MaildirMessageWriter:
             self._file.write(self._buffer)
             self._buffer = None
 
-    def commit(self, targets: Sequence[DeliveryTarget]):
+    def commit(self, targets: Sequence[DeliveryTarget]) -> defer.Deferred[list[int | None]]:
         if self._done:
             return defer.fail(StoreError("commit after commit/abort"))
         self._done = True
@@ -97,7 +105,7 @@ class MaildirMessageWriter:
             if folder is not None:
                 folder.expect_files([base])
         tickets: list[list[int] | None] = [[] if t.want_uid else None for t in targets]
-        jobs = []
+        jobs: list[DeliveryJob] = []
         for (folder, _, path, base, part), ticket in zip(plan, tickets, strict=True):
             lock, kwfile, uids = (None, None, None) if folder is None \
                 else folder.delivery_handles()
@@ -113,6 +121,7 @@ class MaildirMessageWriter:
             except BaseException:
                 for (folder, _, _, _, _), ticket in zip(plan, tickets, strict=True):
                     if ticket is not None:
+                        assert folder is not None  # a copy that wants a UID opens it
                         folder.settle_uids([(uid, None) for uid in ticket])
                 raise
             # Durable now. Copies nobody waits a UID for are numbered in the folder's
@@ -126,10 +135,11 @@ class MaildirMessageWriter:
                     else:
                         account.number_unopened(row)
             told = True
-            by_folder: dict[int, tuple[object, list]] = {}
+            by_folder: dict[int, tuple[MaildirFolder, list[tuple[int, Row]]]] = {}
             for (folder, _, _, base, part), ticket in zip(plan, tickets, strict=True):
                 if ticket is None:
                     continue
+                assert folder is not None  # a copy that wants a UID opens it
                 row = delivered_row(base, part, self.size, date)
                 by_folder.setdefault(id(folder), (folder, []))[1].append((ticket[0], row))
             await defer.gatherResults([f.settle_uids(items) for f, items in by_folder.values()],
@@ -141,7 +151,7 @@ class MaildirMessageWriter:
                     folder.unexpect_files([base])
         return [None if ticket is None else ticket[0] for ticket in tickets]
 
-    async def _place(self, target: DeliveryTarget):
+    async def _place(self, target: DeliveryTarget) -> _Placed:
         """(open folder or None, account, folder path, base name, info part) of one
         copy. A copy that wants no UID does not open its
         folder: an unopened INBOX gets the file, numbered when the folder is opened."""
@@ -149,6 +159,7 @@ class MaildirMessageWriter:
         flags = normalize_flags(target.flags)
         account = await store.account(target.user)
         canon = canonical_folder(target.folder)
+        folder: MaildirFolder | None
         if target.want_uid:
             folder = await account.folder(canon)
         else:

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -27,8 +28,10 @@ from mailhost.store.interfaces import (
     DeliveryTarget,
     FolderExists,
     IFolder,
+    IFolderListener,
     IMailAccount,
     IMailStore,
+    IMessageReader,
     IMessageWriter,
     InvalidFolderName,
     MessageInfo,
@@ -39,6 +42,9 @@ from mailhost.store.interfaces import (
 from mailhost.store.listeners import ListenerSet
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents, split_user
 from mailhost.store.reader import reader_for
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 #: Bodies up to this size stay in RAM; larger ones spill to a temporary file.
 SPOOL_MAX = 1024 * 1024
@@ -74,7 +80,8 @@ class _PreadReader(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def readinto(self, buf) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        buf = memoryview(buffer)  # BufferedReader hands a memoryview already
         n = min(len(buf), self._size - self._pos)
         if n <= 0:
             return 0
@@ -92,23 +99,24 @@ class _PreadReader(io.RawIOBase):
 class _Body:
     """Immutable message bytes shared by every copy; freed when the last copy goes."""
 
-    def __init__(self, spool: tempfile.SpooledTemporaryFile, size: int) -> None:
+    def __init__(self, spool: tempfile.SpooledTemporaryFile[bytes], size: int) -> None:
         self.size = size
         self.refs = 0
         if size <= SPOOL_MAX:
             spool.seek(0)
             self._data: bytes | None = spool.read()
             spool.close()
-            self._spool = None
+            self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         else:
             spool.rollover()
             spool.flush()
             self._data = None
             self._spool = spool
 
-    def open(self):
+    def open(self) -> BinaryIO:
         if self._data is not None:
             return io.BytesIO(self._data)
+        assert self._spool is not None  # a body not kept in memory keeps its spool
         return io.BufferedReader(_PreadReader(self._spool.fileno(), self.size))
 
     def incref(self) -> _Body:
@@ -128,7 +136,8 @@ class MemoryMessageWriter:
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
-        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX)
+        self._spool: tempfile.SpooledTemporaryFile[bytes] | None = \
+            tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX)
         self._norm = CRLFNormalizer(keep_bare_cr=True)  # as Dovecot stores it
         self._done = False
         self.size = 0
@@ -137,10 +146,11 @@ class MemoryMessageWriter:
         if self._done:
             raise StoreError("write after commit/abort")
         out = self._norm.feed(data)
+        assert self._spool is not None  # until commit/abort (refused above)
         self._spool.write(out)
         self.size += len(out)
 
-    def commit(self, targets: Sequence[DeliveryTarget]):
+    def commit(self, targets: Sequence[DeliveryTarget]) -> defer.Deferred[list[int | None]]:
         if self._done:
             return defer.fail(StoreError("commit after commit/abort"))
         try:
@@ -148,9 +158,10 @@ class MemoryMessageWriter:
         except StoreError:
             return defer.fail()
         self._done = True
+        assert self._spool is not None  # not committed or aborted yet
         body = _Body(self._spool, self.size)
         self._spool = None
-        uids = []
+        uids: list[int | None] = []
         for folder, target in zip(folders, targets, strict=True):
             info = folder._append(body, normalize_flags(target.flags), target.internal_date)
             uids.append(info.uid)
@@ -160,6 +171,7 @@ class MemoryMessageWriter:
     def abort(self) -> None:
         if not self._done:
             self._done = True
+            assert self._spool is not None  # not committed or aborted yet
             self._spool.close()
             self._spool = None
 
@@ -214,25 +226,28 @@ class MemoryFolder:
     def get(self, uid: int) -> MessageInfo | None:
         return self._infos.get(uid)
 
-    def refresh(self):
+    def refresh(self) -> defer.Deferred[None]:
         return defer.succeed(None)
 
-    def open_message(self, uid: int):
+    def open_message(self, uid: int) -> defer.Deferred[BinaryIO]:
         body = self._bodies.get(uid)
         if body is None:
             return defer.fail(NoSuchMessage(uid))
         return defer.succeed(body.open())
 
-    def read_message(self, uid: int, offset: int = 0, length: int | None = None):
+    def read_message(self, uid: int, offset: int = 0,
+                     length: int | None = None) -> defer.Deferred[IMessageReader]:
         body = self._bodies.get(uid)
         if body is None:
             return defer.fail(NoSuchMessage(uid))
         return defer.succeed(reader_for(body.open(), body.size, offset, length))
 
-    def set_flags(self, uids: Iterable[int], flags: Iterable[str], mode: str):
+    def set_flags(self, uids: Iterable[int], flags: Iterable[str],
+                  mode: str) -> defer.Deferred[list[MessageInfo]]:
         try:
             wanted = normalize_flags(flags)
-            result, changed = [], []
+            result: list[MessageInfo] = []
+            changed: list[MessageInfo] = []
             for uid in sorted(set(uids)):
                 info = self._infos.get(uid)
                 if info is None:
@@ -248,7 +263,7 @@ class MemoryFolder:
         self._listeners.changed(self, changed)
         return defer.succeed(result)
 
-    def expunge(self, uids: Iterable[int] | None = None):
+    def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
         among = self._infos.keys() if uids is None else set(uids)
         gone = sorted(u for u in among
                       if u in self._infos and "\\Deleted" in self._infos[u].flags)
@@ -259,7 +274,8 @@ class MemoryFolder:
     def _copy_to(self, uids: Iterable[int], dest: IFolder) -> list[tuple[int, int]]:
         if not isinstance(dest, MemoryFolder) or not dest._account._has(dest):
             raise NoSuchFolder(getattr(dest, "name", dest))
-        pairs, added = [], []
+        pairs: list[tuple[int, int]] = []
+        added: list[MessageInfo] = []
         for uid in sorted(set(uids)):
             info = self._infos.get(uid)
             if info is None:
@@ -270,13 +286,13 @@ class MemoryFolder:
         dest._listeners.added(dest, added)
         return pairs
 
-    def copy(self, uids: Iterable[int], dest: IFolder):
+    def copy(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
         try:
             return defer.succeed(self._copy_to(uids, dest))
         except StoreError:
             return defer.fail()
 
-    def move(self, uids: Iterable[int], dest: IFolder):
+    def move(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
         try:
             pairs = self._copy_to(uids, dest)
         except StoreError:
@@ -286,18 +302,18 @@ class MemoryFolder:
         self._listeners.expunged(self, gone)
         return defer.succeed(pairs)
 
-    def claim_recent(self):
-        claimed = set()
+    def claim_recent(self) -> defer.Deferred[set[int]]:
+        claimed: set[int] = set()
         for uid, info in self._infos.items():
             if info.recent:
                 self._infos[uid] = replace(info, recent=False)
                 claimed.add(uid)
         return defer.succeed(claimed)
 
-    def add_listener(self, listener) -> None:
+    def add_listener(self, listener: IFolderListener) -> None:
         self._listeners.add(listener)
 
-    def remove_listener(self, listener) -> None:
+    def remove_listener(self, listener: IFolderListener) -> None:
         self._listeners.remove(listener)
 
     def get_cached(self, uid: int, key: str) -> str | None:
@@ -337,23 +353,25 @@ class MemoryAccount:
             raise NoSuchFolder(name)
         return folder
 
-    def new_message(self):
+    def new_message(self) -> IMessageWriter:
         return self._store.new_message()
 
-    def append(self, name: str, message, flags=(), internal_date: float | None = None):
+    def append(self, name: str, message: IMessageWriter, flags: Iterable[str] = (),
+               internal_date: float | None = None) -> defer.Deferred[tuple[int, int]]:
         return append_message(self, name, message, flags, internal_date)
 
-    def list_folders(self):
+    def list_folders(self) -> defer.Deferred[list[str]]:
         names = sorted(n for n in self._folders if n != INBOX)
         return defer.succeed([INBOX, *names])
 
-    def open_folder(self, name: str):
+    def open_folder(self, name: str) -> defer.Deferred[IFolder]:
         try:
             return defer.succeed(self._folder(name))
         except StoreError:
             return defer.fail()
 
-    def create_folder(self, name: str, special_use: str | None = None):
+    def create_folder(self, name: str,
+                      special_use: str | None = None) -> defer.Deferred[None]:
         try:
             canon = canonical_folder(name)
             if canon in self._folders:
@@ -366,7 +384,7 @@ class MemoryAccount:
         self._make(canon, special_use)
         return defer.succeed(None)
 
-    def delete_folder(self, name: str):
+    def delete_folder(self, name: str) -> defer.Deferred[None]:
         try:
             canon = canonical_folder(name)
             if canon == INBOX:
@@ -378,7 +396,7 @@ class MemoryAccount:
         folder._drop_all()
         return defer.succeed(None)
 
-    def rename_folder(self, old: str, new: str):
+    def rename_folder(self, old: str, new: str) -> defer.Deferred[None]:
         try:
             src, dst = canonical_folder(old), canonical_folder(new)
             folder = self._folder(src)
@@ -402,17 +420,17 @@ class MemoryAccount:
             self._folders[obj.name] = obj
         return defer.succeed(None)
 
-    def subscriptions(self):
+    def subscriptions(self) -> defer.Deferred[set[str]]:
         return defer.succeed(set(self._subscriptions))
 
-    def subscribe(self, name: str):
+    def subscribe(self, name: str) -> defer.Deferred[None]:
         try:
             self._subscriptions.add(canonical_folder(name))
         except StoreError:
             return defer.fail()
         return defer.succeed(None)
 
-    def unsubscribe(self, name: str):
+    def unsubscribe(self, name: str) -> defer.Deferred[None]:
         try:
             self._subscriptions.discard(canonical_folder(name))
         except StoreError:
@@ -442,7 +460,7 @@ class MemoryStore:
     def _target_folder(self, target: DeliveryTarget) -> MemoryFolder:
         return self._account(target.user)._folder(target.folder)
 
-    def open_account(self, user: str):
+    def open_account(self, user: str) -> defer.Deferred[IMailAccount]:
         try:
             return defer.succeed(self._account(user))
         except StoreError:
@@ -451,5 +469,5 @@ class MemoryStore:
     def new_message(self) -> MemoryMessageWriter:
         return MemoryMessageWriter(self)
 
-    def close(self):
+    def close(self) -> defer.Deferred[None]:
         return defer.succeed(None)

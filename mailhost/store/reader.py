@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
@@ -33,11 +33,13 @@ from zope.interface import implementer
 
 from mailhost.store.interfaces import IMessageReader
 
+_T = TypeVar("_T")
+
 CHUNK_SIZE = 256 * 1024
 #: A range up to this size is read in one go where the reader is made.
 INLINE_READ = 64 * 1024
 
-Run = Callable[..., defer.Deferred]
+Run = Callable[..., defer.Deferred[Any]]
 
 
 def reader_for(file: BinaryIO, size: int, offset: int = 0, length: int | None = None,
@@ -195,11 +197,11 @@ class MessageReader:
             self._begin()
         return self
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+    def call(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
         if self._closed or self._started:
             return defer.fail(ValueError("call() on a closed or streaming MessageReader"))
 
-        def work():
+        def work() -> _T:
             if self._offset:
                 skip_to(self._file, self._offset)
                 self._offset = 0
@@ -207,7 +209,7 @@ class MessageReader:
 
         self._reading = True
 
-        def done(result):
+        def done(result: _T) -> _T:
             self._reading = False
             if self._closed:
                 self._file.close()
