@@ -26,14 +26,48 @@ other's sessions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import Attribute, Interface
+
+log = Logger()
 
 #: The pseudo-verb under which the greeting is offered to the dispatch hook.
 GREETING = "GREETING"
+
+
+class HeldVerdict:
+    """The one dispatch verdict a session may be waiting for (the hook answered with a
+    Deferred). ``closed`` says whether the connection is gone: a verdict arriving
+    after that is dropped, and ``cancel`` (from ``connectionLost``) stops the wait."""
+
+    def __init__(self, protocol: str, closed: Callable[[], bool]) -> None:
+        self._protocol = protocol
+        self._closed = closed
+        self._held: defer.Deferred[Any] | None = None
+
+    def wait(self, verdict: defer.Deferred[Any], then: Callable[..., None],
+             *args: Any) -> None:
+        """Call ``then(verdict's result, *args)`` once it comes, unless closed by then."""
+        self._held = verdict
+
+        def given(result: Any) -> None:
+            self._held = None
+            if not self._closed():
+                then(result, *args)
+
+        verdict.addCallback(given)
+        verdict.addErrback(lambda f: None if self._closed() else log.failure(
+            "{protocol} dispatch hook failed", f, protocol=self._protocol))
+
+    def cancel(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.cancel()
 
 
 class ISession(Interface):

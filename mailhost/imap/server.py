@@ -35,7 +35,7 @@ from mailhost.imap.selected import BadSequence, SelectedMailbox
 from mailhost.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
 from mailhost.limits import IEvictable
 from mailhost.replytext import clean_bytes
-from mailhost.sessions import CUT, GREETING, ISession, Refuse
+from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse
 from mailhost.settings import IMAPSettings
 from mailhost.store.interfaces import (
     FolderExists,
@@ -122,7 +122,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.registry = factory.registry
         self._running = False  # a command runs (or waits for its dispatch verdict)
         self._early: Any = None  # verdict given before a synchronizing literal's '+'
-        self._held: defer.Deferred | None = None  # a dispatch verdict not given yet
+        self._held = HeldVerdict("IMAP", lambda: self._closed)
         self._pumping = False
         self._line_waiter: defer.Deferred | None = None
         self._read_paused = False
@@ -166,7 +166,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         verdict = self.registry.before_command(self, GREETING, "")
         if isinstance(verdict, defer.Deferred):
             self._running = True  # nothing is read before the greeting
-            self._hold(verdict, self._greet)
+            self._held.wait(verdict, self._greet)
         else:
             self._greet(verdict)
 
@@ -181,19 +181,6 @@ class IMAPServer(Protocol, TimeoutMixin):
             self.send(b"* OK [CAPABILITY " + self.capability_string()
                       + b"] mailhost ready\r\n")
             self._pump()
-
-    def _hold(self, verdict: defer.Deferred, then: Callable[..., None], *args: Any) -> None:
-        """Wait for a dispatch verdict; a lost connection cancels the wait."""
-        self._held = verdict
-
-        def given(result: Any) -> None:
-            self._held = None
-            if not self._closed:
-                then(result, *args)
-
-        verdict.addCallback(given)
-        verdict.addErrback(lambda f: None if self._closed else log.failure(
-            "IMAP dispatch hook failed", f))
 
     # -- ISession -------------------------------------------------------------------
 
@@ -217,9 +204,7 @@ class IMAPServer(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
         self._lost = True
-        if self._held is not None:
-            held, self._held = self._held, None
-            held.cancel()
+        self._held.cancel()
         for writer in (self._streamed, self.append_writer):
             if writer is not None:
                 writer.abort()
@@ -386,7 +371,7 @@ class IMAPServer(Protocol, TimeoutMixin):
                 return
             if isinstance(verdict, defer.Deferred):
                 self._running = True
-                self._hold(verdict, self._continue, event.tag)
+                self._held.wait(verdict, self._continue, event.tag)
             else:
                 self._continue(verdict, event.tag)
         else:
@@ -468,7 +453,7 @@ class IMAPServer(Protocol, TimeoutMixin):
                 return
         self._running = True
         if isinstance(verdict, defer.Deferred):
-            self._hold(verdict, self._execute, verb, handler, cmd)
+            self._held.wait(verdict, self._execute, verb, handler, cmd)
         else:
             self._execute(verdict, verb, handler, cmd)
 

@@ -37,7 +37,7 @@ from mailhost.pop3.lock import MaildropLocks
 from mailhost.pop3.maildrop import DeletePolicy, Maildrop
 from mailhost.pop3.transfer import MessageSender
 from mailhost.replytext import clean
-from mailhost.sessions import CUT, GREETING, ISession, Refuse, SessionRegistry
+from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse, SessionRegistry
 from mailhost.store.interfaces import NoSuchMessage
 from mailhost.tcp import QuickAck, send_at_once
 from mailhost.tls import start_tls
@@ -93,7 +93,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self.registry = registry if registry is not None else SessionRegistry(reactor)
         self._verb: str | None = None  # the command whose status line is awaited
         self._cut = False  # the dispatch hook said CUT for it
-        self._held: defer.Deferred | None = None  # a dispatch verdict not given yet
+        self._held = HeldVerdict("POP3", lambda: self._closed)
         self.login = login
         self.locks = locks
         self.delete_policy = delete_policy
@@ -151,7 +151,7 @@ class POP3Server(Protocol, TimeoutMixin):
         verdict = self.registry.before_command(self, GREETING, "")
         if isinstance(verdict, defer.Deferred):
             self._busy = True  # nothing is read before the greeting
-            self._hold(verdict, self._greet)
+            self._held.wait(verdict, self._greet)
         else:
             self._greet(verdict)
 
@@ -165,19 +165,6 @@ class POP3Server(Protocol, TimeoutMixin):
         else:
             self._send("+OK mailhost POP3 server ready")
             self._process()
-
-    def _hold(self, verdict: defer.Deferred, then: Callable[..., None], *args: Any) -> None:
-        """Wait for a dispatch verdict; a lost connection cancels the wait."""
-        self._held = verdict
-
-        def given(result: Any) -> None:
-            self._held = None
-            if not self._closed:
-                then(result, *args)
-
-        verdict.addCallback(given)
-        verdict.addErrback(lambda f: None if self._closed else log.failure(
-            "POP3 dispatch hook failed", f))
 
     # -- ISession ----------------------------------------------------------------
 
@@ -244,9 +231,7 @@ class POP3Server(Protocol, TimeoutMixin):
         if self.state != UPDATE:
             # A dropped connection or a timeout deletes nothing (RFC 1939 section 6).
             self._release()
-        if self._held is not None:
-            held, self._held = self._held, None
-            held.cancel()
+        self._held.cancel()
         if self._on_close is not None:
             self._on_close(self)
         self.registry.closed(self)
@@ -364,7 +349,7 @@ class POP3Server(Protocol, TimeoutMixin):
             return  # told goodbye (drain)
         if isinstance(verdict, defer.Deferred):
             self._busy = True  # held: later pipelined lines wait
-            self._hold(verdict, self._resume, verb, handler, arg)
+            self._held.wait(verdict, self._resume, verb, handler, arg)
             return
         self._execute(verdict, verb, handler, arg)
 

@@ -53,7 +53,7 @@ from mailhost.message.hops import HopCounter
 from mailhost.message.newlines import BareNewlines
 from mailhost.message.stage import MessageContext
 from mailhost.outbound.interfaces import QueueRecipient
-from mailhost.sessions import CUT, GREETING, ISession, Refuse
+from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse
 from mailhost.settings import SMTPSettings
 from mailhost.smtp.data import ChunkReader, DataReader
 from mailhost.smtp.delivery import Delivery, targets_for
@@ -98,7 +98,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._verb: str | None = None  # the command whose final reply is awaited
         self._octets = 0  # message octets its reply accepts (DATA-END, BDAT-LAST)
         self._cut = False  # the dispatch hook said CUT for the command under way
-        self._held: defer.Deferred | None = None  # a dispatch verdict not given yet
+        self._held = HeldVerdict("SMTP", lambda: self._closing)
         # The settings this session started with (a reload applies to later sessions).
         self.settings: SMTPSettings = factory.settings
         self.session: Session | None = None
@@ -202,7 +202,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         verdict = self.registry.before_command(self, GREETING, "")
         if isinstance(verdict, defer.Deferred):
             self._busy = True  # nothing is read before the greeting
-            self._hold(verdict, self._greet)
+            self._held.wait(verdict, self._greet)
         else:
             self._greet(verdict)
 
@@ -219,26 +219,11 @@ class SMTPServer(Protocol, TimeoutMixin):
         if self._busy and not self._closing:
             self._unbusy(None)
 
-    def _hold(self, verdict: defer.Deferred, then: Any, *args: Any) -> None:
-        """Wait for a dispatch verdict; a lost connection cancels the wait."""
-        self._held = verdict
-
-        def given(result: Any) -> None:
-            self._held = None
-            if not self._closing:
-                then(result, *args)
-
-        verdict.addCallback(given)
-        verdict.addErrback(lambda f: None if self._closing else log.failure(
-            "SMTP dispatch hook failed", f))
-
     def connectionLost(self, reason=None) -> None:  # noqa: N802
         self._closing = True
         self.setTimeout(None)
         self._cancel_pre_mail()
-        if self._held is not None:
-            held, self._held = self._held, None
-            held.cancel()
+        self._held.cancel()
         if self._registered:
             self._registered = False
             self.factory.release(self)
@@ -468,7 +453,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             return None  # told goodbye (drain)
         if isinstance(verdict, defer.Deferred):
             self._busy = True  # held: nothing more is read meanwhile
-            self._hold(verdict, self._resume, verb, handler, arg)
+            self._held.wait(verdict, self._resume, verb, handler, arg)
             return None
         return self._run(verdict, verb, handler, arg)
 
