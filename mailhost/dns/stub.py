@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet import error as ierror
@@ -127,8 +128,15 @@ def _text(name: dns.Name) -> str:
     return name.name.decode("ascii", "replace").rstrip(".").lower()
 
 
+def _payload(rr: dns.RRHeader) -> Any:
+    """The record in ``rr``, of the class its ``type`` names. Any, because the
+    header types it as the interface, and Twisted's record classes declare their
+    fields ``None`` at class level, so a cast to one would not type them either."""
+    return rr.payload
+
+
 def _record_value(rtype: str, rr: dns.RRHeader) -> object:
-    p = rr.payload
+    p = _payload(rr)
     if rtype == "TXT":
         return b"".join(p.data)
     if rtype == "MX":
@@ -164,7 +172,7 @@ def answer_from_message(name: str, rtype: str, message: dns.Message) -> Answer:
                  if rr.type == dns.CNAME and _text(rr.name) == owner and code != dns.CNAME]
         if not cname:
             break
-        owner = _text(cname[0].payload.name)
+        owner = _text(_payload(cname[0]).name)
     values, ttls = [], []
     for rr in message.answers:
         if rr.type == code and _text(rr.name) == owner:
@@ -181,7 +189,7 @@ def answer_from_message(name: str, rtype: str, message: dns.Message) -> Answer:
 def _negative_ttl(message: dns.Message) -> float:
     for rr in message.authority:
         if rr.type == dns.SOA:
-            return float(min(rr.ttl, rr.payload.minimum))
+            return float(min(rr.ttl, _payload(rr).minimum))
     return DEFAULT_NEGATIVE_TTL
 
 
