@@ -254,7 +254,7 @@ def _lenient_tags(value: bytes) -> dict[bytes, bytes]:
     try:
         return parse_tag_value(value)
     except (InvalidTagValueList, ValueError, IndexError):
-        tags = {}
+        tags: dict[bytes, bytes] = {}
         for part in value.split(b";"):
             k, sep, v = part.partition(b"=")
             if sep:
