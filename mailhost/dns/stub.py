@@ -85,7 +85,7 @@ def parse_server(spec: str) -> tuple[str, int]:
 class _ADDatagram(dns.DNSDatagramProtocol):
     """UDP DNS client protocol whose queries ask for the AD bit (RFC 6840 §5.7)."""
 
-    def __init__(self, controller: object, reactor: object) -> None:
+    def __init__(self, controller: object, reactor: Any) -> None:
         super().__init__(controller, reactor)
         self.udp_reactor = reactor
 
@@ -96,7 +96,7 @@ class _ADDatagram(dns.DNSDatagramProtocol):
     def startListening(self) -> None:
         # Twisted's own listens with maxPacketSize=512 and so cuts an over-long
         # reply (Twisted's own server sends them) into a garbled one.
-        self.udp_reactor.listenUDP(0, self, maxPacketSize=65535)  # type: ignore[attr-defined]
+        self.udp_reactor.listenUDP(0, self, maxPacketSize=65535)
 
 
 class _ADStream(dns.DNSProtocol):
@@ -201,7 +201,7 @@ class StubLookup:
     """
 
     def __init__(self, servers: Sequence[tuple[str, int]] | None = None, timeout: float = 5.0,
-                 reactor: object | None = None, resolv_conf: str = "/etc/resolv.conf") -> None:
+                 reactor: Any = None, resolv_conf: str = "/etc/resolv.conf") -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -228,7 +228,7 @@ class StubLookup:
         return defer.Deferred.fromCoroutine(self._lookup(asked, rtype))
 
     async def _lookup(self, name: str, rtype: str) -> Answer:
-        clock: IReactorTime = self.reactor  # type: ignore[assignment]
+        clock: IReactorTime = self.reactor
         deadline = clock.seconds() + self.timeout
         query = dns.Query(name, TYPE_CODES[rtype], dns.IN)
         servers = self.servers
