@@ -33,12 +33,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.groupsync import GroupSync
-from mailhost.store import maildir_io
+from mailhost.store._maildir import maildir_io
+from mailhost.store._maildir.maildir_account import MaildirAccount
+from mailhost.store._maildir.maildir_folder import MaildirFolder
+from mailhost.store._maildir.maildir_watch import ChangeWatcher
+from mailhost.store._maildir.maildir_writer import MaildirMessageWriter
 from mailhost.store.interfaces import IMailAccount, IMailStore
-from mailhost.store.maildir_account import MaildirAccount
-from mailhost.store.maildir_folder import MaildirFolder
-from mailhost.store.maildir_watch import ChangeWatcher
-from mailhost.store.maildir_writer import MaildirMessageWriter
 from mailhost.store.modes import PRIVATE, FileModes
 from mailhost.store.names import split_user
 

@@ -4,7 +4,7 @@ unit (issue 17, item 15).
 Before the fix, ``kill -9`` while a two-recipient message was being committed left
 copies in the first mailbox only; the client, which never got its 250, sent the
 message again, and the first mailbox then held it twice, the others once. Now the
-copies go through a commit journal (mailhost/store/maildir_io.py ``_commit_all``):
+copies go through a commit journal (mailhost/store/_maildir/maildir_io.py ``_commit_all``):
 linked into every recipient's tmp/ first, then renamed into new/ after a commit
 record; at the next start a crash's journal is rolled back (before the commit
 record) or forward (after it). So whatever the instant of the kill, once the client

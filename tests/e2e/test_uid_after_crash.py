@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from mailhost.store.dotlock import DotLock
-from mailhost.store.dovecot_uidlist import UIDLIST_FILE, UidList
+from mailhost.store._maildir.dotlock import DotLock
+from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE, UidList
 from tests.e2e.test_imap_dovecot import Dovecot
 from tests.e2e.test_uidlist_dovecot import dovecot_view, msg, need_dovecot
 

@@ -20,8 +20,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from mailhost.store.dotlock import DotLock
-from mailhost.store.dovecot_uidlist import UIDLIST_FILE, UidList
+from mailhost.store._maildir.dotlock import DotLock
+from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE, UidList
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
 from tests.e2e.test_imap_dovecot import Dovecot

@@ -360,7 +360,7 @@ async def test_watch_limit_falls_back_to_polling(imap_host, tmp_path, monkeypatc
     """inotify_add_watch failing (ENOSPC: max_user_watches reached) means polling."""
     from twisted.internet import inotify
 
-    from mailhost.store import maildir_watch
+    from mailhost.store._maildir import maildir_watch
 
     def full(self, *args, **kwargs):
         raise inotify.INotifyError("No space left on device")

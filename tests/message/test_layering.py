@@ -57,3 +57,11 @@ def test_outbound_imports_no_store_implementation():
         for m in imports(path):
             if m.startswith("mailhost.store"):
                 assert m in allowed, (path, m)
+
+
+def test_maildir_internals_are_private_to_the_store():
+    # Only the store (MaildirStore, its public face) reaches into store._maildir.
+    for path in ROOT.rglob("*.py"):
+        if path.is_relative_to(ROOT / "store"):
+            continue
+        assert not any(m.startswith("mailhost.store._maildir") for m in imports(path)), path

@@ -14,7 +14,7 @@ import os
 import pytest
 import pytest_twisted
 
-from mailhost.store import maildir_io
+from mailhost.store._maildir import maildir_io
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import TMP_DIR, MaildirStore
 

@@ -14,8 +14,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from mailhost.store.dotlock import DotLock
-from mailhost.store.dovecot_uidlist import UIDLIST_FILE, UidList
+from mailhost.store._maildir.dotlock import DotLock
+from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE, UidList
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
 from tests.store.test_maildir import A, folder_of, read_all, user_dir

@@ -15,14 +15,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from mailhost.store.dotlock import DotLock, LockTimeout
-from mailhost.store.dovecot_uidlist import UIDLIST_FILE, UidList
-from mailhost.store.maildir_index import load_folder
-from mailhost.store.maildir_uids import FolderUids
+from mailhost.store._maildir.dotlock import DotLock, LockTimeout
+from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE, UidList
+from mailhost.store._maildir.maildir_index import load_folder
+from mailhost.store._maildir.maildir_uids import FolderUids
 
 HOLDER = """
 import sys, time
-from mailhost.store.dotlock import DotLock
+from mailhost.store._maildir.dotlock import DotLock
 lock = DotLock(sys.argv[1])
 lock.acquire()
 print("held", flush=True)

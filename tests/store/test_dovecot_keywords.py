@@ -14,12 +14,12 @@ import time
 import pytest
 import pytest_twisted
 
-from mailhost.store.dotlock import DotLock
-from mailhost.store.dovecot_keywords import KeywordFile
-from mailhost.store.dovecot_uidlist import UIDLIST_FILE
+from mailhost.store._maildir.dotlock import DotLock
+from mailhost.store._maildir.dovecot_keywords import KeywordFile
+from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
+from mailhost.store._maildir.maildir_names import KEYWORDS_FILE, Keywords
 from mailhost.store.interfaces import StoreError
 from mailhost.store.maildir import MaildirStore
-from mailhost.store.maildir_names import KEYWORDS_FILE, Keywords
 from mailhost.store.modes import PRIVATE
 from tests.store.test_maildir import MSG, deliver, folder_of, user_dir
 from tests.store.test_maildir_live import Recorder, sleep

@@ -8,7 +8,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhost.store.dovecot_uidlist import (
+from mailhost.store._maildir.dovecot_uidlist import (
     UIDLIST_FILE,
     UidList,
     parse_header,

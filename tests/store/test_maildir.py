@@ -12,11 +12,11 @@ import pytest_twisted
 from twisted.internet import defer
 
 from mailhost import groupsync
-from mailhost.store import maildir_folder
-from mailhost.store.dovecot_uidlist import UIDLIST_FILE
+from mailhost.store._maildir import maildir_folder
+from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
+from mailhost.store._maildir.uidcache import CACHE_FILE as UIDCACHE_FILE
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
-from mailhost.store.uidcache import CACHE_FILE as UIDCACHE_FILE
 from tests.store.conftest import Recorder
 
 A = "alice@example.test"
@@ -130,7 +130,7 @@ async def test_index_survives_restart(root):
 
 @pytest_twisted.ensureDeferred
 async def test_expunged_uids_never_reused_after_compaction(root, monkeypatch):
-    monkeypatch.setattr("mailhost.store.maildir_folder.COMPACT_MIN_STALE", 3)
+    monkeypatch.setattr("mailhost.store._maildir.maildir_folder.COMPACT_MIN_STALE", 3)
     store = MaildirStore(root, fsync=False)
     for _ in range(10):
         await deliver(store)
@@ -375,7 +375,7 @@ async def test_100k_folder_loads_fast_without_stat(root, monkeypatch):
 @pytest_twisted.ensureDeferred
 async def test_failed_commit_releases_its_uid_and_leaves_no_file(root, monkeypatch):
     """A delivery that fails on disk must not block later ones (UIDs settle in order)."""
-    from mailhost.store import maildir_io
+    from mailhost.store._maildir import maildir_io
 
     store = MaildirStore(root)
     box = await folder_of(store)
@@ -561,7 +561,7 @@ async def test_duplicate_base_next_to_a_uidlist_line_opens(root):
 async def test_date_fill_ends_when_files_vanish_or_are_renamed(root, monkeypatch):
     """Rows whose file another program renamed or deleted before the background pass
     read its date: the pass still reaches every later row and then stops."""
-    from mailhost.store import maildir_folder
+    from mailhost.store._maildir import maildir_folder
 
     monkeypatch.setattr(maildir_folder, "DATE_FILL_BATCH", 2)
     home = _maildir(root)

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from mailhost.store import maildir_io
+from mailhost.store._maildir import maildir_io
 from mailhost.store.modes import PRIVATE, FileModes
 
 SHARED = FileModes(0o660, 0o770, grp.getgrnam("mail").gr_gid)

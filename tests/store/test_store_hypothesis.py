@@ -11,15 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailhost.message.crlf import CRLFNormalizer, CRLFReader
-from mailhost.store import legacy_uidlist
-from mailhost.store.interfaces import SYSTEM_FLAGS, InvalidFolderName
-from mailhost.store.maildir_index import (
+from mailhost.store._maildir import legacy_uidlist
+from mailhost.store._maildir.maildir_index import (
     FolderIndex,
     _bulk_sizes,
     name_order,
     sort_by_name_order,
 )
-from mailhost.store.maildir_names import (
+from mailhost.store._maildir.maildir_names import (
     Keywords,
     filename,
     info_letters,
@@ -28,6 +27,7 @@ from mailhost.store.maildir_names import (
     split_name,
     unique_base,
 )
+from mailhost.store.interfaces import SYSTEM_FLAGS, InvalidFolderName
 from mailhost.store.names import InvalidUserName, canonical_folder, split_user
 
 FAST = settings(max_examples=300, deadline=None)

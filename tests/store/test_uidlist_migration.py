@@ -7,7 +7,7 @@ import os
 
 import pytest_twisted
 
-from mailhost.store.dovecot_uidlist import UIDLIST_FILE, UidList
+from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE, UidList
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
 

@@ -19,20 +19,20 @@ from twisted.logger import Logger
 from mailhost.groupsync import GroupSync
 from mailhost.message.crlf import crlf_size
 from mailhost.store import mutf7
-from mailhost.store.dovecot_keywords import KeywordFile
-from mailhost.store.dovecot_uidlist import UIDLIST_FILE
+from mailhost.store._maildir.dovecot_keywords import KeywordFile
+from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
+from mailhost.store._maildir.maildir_names import sizes_from_base
 from mailhost.store.interfaces import (
     DEFAULT_SPECIAL_FOLDERS,
     FolderExists,
     InvalidFolderName,
     NoSuchFolder,
 )
-from mailhost.store.maildir_names import sizes_from_base
 from mailhost.store.modes import FileModes
 from mailhost.store.names import INBOX, canonical_folder
 
 if TYPE_CHECKING:  # it imports this module
-    from mailhost.store.maildir_uids import FolderUids
+    from mailhost.store._maildir.maildir_uids import FolderUids
 
 #: One copy for ``deliver_files``: (folder path, file name, base name, CRLF size, folder
 #: file lock, KeywordFile, FolderUids, ticket); see there.

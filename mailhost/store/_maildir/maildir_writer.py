@@ -36,16 +36,16 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFNormalizer
+from mailhost.store._maildir.maildir_folder import MaildirFolder, Row, delivered_row
+from mailhost.store._maildir.maildir_io import DeliveryJob, deliver_files
+from mailhost.store._maildir.maildir_names import Keywords, filename, make_info, unique_base
 from mailhost.store.flags import normalize_flags
 from mailhost.store.interfaces import DeliveryTarget, IMessageWriter, StoreError
-from mailhost.store.maildir_folder import MaildirFolder, Row, delivered_row
-from mailhost.store.maildir_io import DeliveryJob, deliver_files
-from mailhost.store.maildir_names import Keywords, filename, make_info, unique_base
 from mailhost.store.names import INBOX, canonical_folder
 
 if TYPE_CHECKING:  # these import this module
+    from mailhost.store._maildir.maildir_account import MaildirAccount
     from mailhost.store.maildir import MaildirStore
-    from mailhost.store.maildir_account import MaildirAccount
 
 WRITE_BUFFER = 64 * 1024
 #: Messages up to this size stay in memory until commit; larger ones stream to disk.

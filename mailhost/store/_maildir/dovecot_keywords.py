@@ -29,8 +29,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from mailhost.store.dotlock import LOCK_SUFFIX, DotLock
-from mailhost.store.maildir_names import KEYWORDS_FILE, Keywords
+from mailhost.store._maildir.dotlock import LOCK_SUFFIX, DotLock
+from mailhost.store._maildir.maildir_names import KEYWORDS_FILE, Keywords
 from mailhost.store.modes import FileModes
 
 #: What a reader gets: (generation of the map, {index: keyword}).

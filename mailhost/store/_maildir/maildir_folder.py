@@ -34,8 +34,30 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFReader
-from mailhost.store import maildir_cache
-from mailhost.store.dovecot_keywords import KeywordFile, KeywordMap
+from mailhost.store._maildir import maildir_cache
+from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
+from mailhost.store._maildir.maildir_index import (
+    UNKNOWN_DATE,
+    FolderIndex,
+    Loaded,
+    Snapshot,
+    diff_folder,
+    dir_stamp,
+    examine_foreign,
+    fast_info,
+    load_folder,
+    name_time,
+)
+from mailhost.store._maildir.maildir_io import rename_all, transfer_files, unlink_all
+from mailhost.store._maildir.maildir_names import (
+    Keywords,
+    filename,
+    info_letters,
+    make_info,
+    unique_base,
+)
+from mailhost.store._maildir.maildir_uids import FolderUids
+from mailhost.store._maildir.maildir_watch import APPEARED, COALESCE_DELAY
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
     Columns,
@@ -49,27 +71,11 @@ from mailhost.store.interfaces import (
     StoreError,
 )
 from mailhost.store.listeners import ListenerSet
-from mailhost.store.maildir_index import (
-    UNKNOWN_DATE,
-    FolderIndex,
-    Loaded,
-    Snapshot,
-    diff_folder,
-    dir_stamp,
-    examine_foreign,
-    fast_info,
-    load_folder,
-    name_time,
-)
-from mailhost.store.maildir_io import rename_all, transfer_files, unlink_all
-from mailhost.store.maildir_names import Keywords, filename, info_letters, make_info, unique_base
-from mailhost.store.maildir_uids import FolderUids
-from mailhost.store.maildir_watch import APPEARED, COALESCE_DELAY
 from mailhost.store.reader import reader_for
 
 if TYPE_CHECKING:  # they import this module
+    from mailhost.store._maildir.maildir_account import MaildirAccount
     from mailhost.store.maildir import MaildirStore
-    from mailhost.store.maildir_account import MaildirAccount
 
 _T = TypeVar("_T")
 

@@ -42,12 +42,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
-from mailhost.store.maildir_index import MTIME_SETTLE
-from mailhost.store.maildir_names import KEYWORDS_FILE
+from mailhost.store._maildir.maildir_index import MTIME_SETTLE
+from mailhost.store._maildir.maildir_names import KEYWORDS_FILE
 
 if TYPE_CHECKING:  # they import this module
+    from mailhost.store._maildir.maildir_folder import MaildirFolder
     from mailhost.store.maildir import IStoreReactor
-    from mailhost.store.maildir_folder import MaildirFolder
 
 try:
     from twisted.internet import inotify as _inotify

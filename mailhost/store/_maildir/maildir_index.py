@@ -30,18 +30,18 @@ from operator import itemgetter
 from typing import NamedTuple, cast, overload
 
 from mailhost.message.crlf import crlf_size
-from mailhost.store import legacy_uidlist, uidcache
-from mailhost.store.dovecot_uidlist import new_uid_validity
-from mailhost.store.interfaces import Columns, MessageInfo
-from mailhost.store.maildir_io import list_names
-from mailhost.store.maildir_names import (
+from mailhost.store._maildir import legacy_uidlist, uidcache
+from mailhost.store._maildir.dovecot_uidlist import new_uid_validity
+from mailhost.store._maildir.maildir_io import list_names
+from mailhost.store._maildir.maildir_names import (
     KEYWORDS_FILE,
     Keywords,
     filename,
     info_letters,
     sizes_from_base,
 )
-from mailhost.store.maildir_uids import FolderUids
+from mailhost.store._maildir.maildir_uids import FolderUids
+from mailhost.store.interfaces import Columns, MessageInfo
 from mailhost.store.modes import PRIVATE, FileModes
 
 _new = object.__new__

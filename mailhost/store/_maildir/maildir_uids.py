@@ -35,10 +35,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar, cast
 
-from mailhost.store import uidcache
-from mailhost.store.dotlock import DotLock
-from mailhost.store.dovecot_uidlist import UIDLIST_FILE, UidList
-from mailhost.store.maildir_io import Located, locate_files, names_by_base
+from mailhost.store._maildir import uidcache
+from mailhost.store._maildir.dotlock import DotLock
+from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE, UidList
+from mailhost.store._maildir.maildir_io import Located, locate_files, names_by_base
 from mailhost.store.modes import PRIVATE, FileModes
 
 CacheRow = tuple[int, float, int, bool]  # uid, date, size, wrap

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, TypeVar
 from twisted.internet import defer
 from zope.interface import implementer
 
-from mailhost.store import maildir_io
+from mailhost.store._maildir import maildir_io
+from mailhost.store._maildir.maildir_folder import MaildirFolder, Row
 from mailhost.store.append import append_message
 from mailhost.store.interfaces import (
     FolderExists,
@@ -20,7 +21,6 @@ from mailhost.store.interfaces import (
     InvalidFolderName,
     NoSuchFolder,
 )
-from mailhost.store.maildir_folder import MaildirFolder, Row
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents
 
 if TYPE_CHECKING:  # it imports this module
