@@ -9,7 +9,7 @@ creates no per-message Deferred. Bodies stream with backpressure.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mailhost.imap import encoding, parser
@@ -106,6 +106,8 @@ class _IndexRenderer:
         self.names = [it.name for it in items]
         self._flags: dict[frozenset[str], bytes] = {}
         self._recent_flags: dict[frozenset[str], bytes] = {}
+        #: ``line(seq, uid, flags, size, date, recent)``: one message's FETCH line.
+        self.line: Callable[[int, int, frozenset[str], int, float, bool], bytes] = self._line
         if self.names == ["UID", "FLAGS"]:
             self.line = self._uid_flags  # what every client syncs with: one format op
 
@@ -134,8 +136,8 @@ class _IndexRenderer:
                 flags | {"\\Recent"} if recent else flags)
         return out
 
-    def line(self, seq: int, uid: int, flags: frozenset[str], size: int, date: float,
-             recent: bool) -> bytes:
+    def _line(self, seq: int, uid: int, flags: frozenset[str], size: int, date: float,
+              recent: bool) -> bytes:
         parts = []
         for name in self.names:
             if name == "UID":
@@ -266,7 +268,10 @@ async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list
         return False
     files = iter(opened)
     try:
-        s.send(b"* %d FETCH (" % sel.seq_of(info.uid))
+        seq = sel.seq_of(info.uid)
+        if seq is None:  # no longer in this session's numbering: answer as for a gone one
+            return False
+        s.send(b"* %d FETCH (" % seq)
         for p in pieces:
             if isinstance(p, bytes | bytearray):
                 s.send(bytes(p))

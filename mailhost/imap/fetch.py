@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
 
@@ -65,7 +65,7 @@ class BodyRange:
         return f"BodyRange(uid={self.uid}, offset={self.offset}, length={self.length})"
 
 
-def _skip_to(f: IO[bytes], offset: int) -> None:
+def _skip_to(f: BinaryIO, offset: int) -> None:
     skip_to(f, offset, READ_CHUNK)
 
 
@@ -139,7 +139,7 @@ def _clip(spec: _Spec, partial: tuple[int, int] | None) -> _Spec:
 # --------------------------------------------------------------------- file reading
 
 
-def _read_range(f: IO[bytes], start: int, end: int) -> bytes:
+def _read_range(f: BinaryIO, start: int, end: int) -> bytes:
     _skip_to(f, start)
     out = bytearray()
     left = end - start
@@ -152,7 +152,7 @@ def _read_range(f: IO[bytes], start: int, end: int) -> bytes:
     return bytes(out)
 
 
-def _iter_lines(f: IO[bytes], start: int, end: int):
+def _iter_lines(f: BinaryIO, start: int, end: int):
     """Lines (with their newline) of ``[start, end)``, read in bounded chunks."""
     _skip_to(f, start)
     left = end - start
@@ -171,7 +171,7 @@ def _iter_lines(f: IO[bytes], start: int, end: int):
         yield pending
 
 
-def _header_fields(f: IO[bytes], spec: _Spec) -> bytes:
+def _header_fields(f: BinaryIO, spec: _Spec) -> bytes:
     """The header fields of ``[start, end)`` named (or, negated, not named) in ``spec``,
     with their original lines, order and duplicates, plus the closing blank line."""
     out = bytearray()
@@ -197,11 +197,11 @@ def _header_fields(f: IO[bytes], spec: _Spec) -> bytes:
     return bytes(out)
 
 
-def _scan(f: IO[bytes]) -> mime.Part:
+def _scan(f: BinaryIO) -> mime.Part:
     return mime.scan_file(f)
 
 
-def _read_specs(f: IO[bytes], specs: list[_Spec]) -> None:
+def _read_specs(f: BinaryIO, specs: list[_Spec]) -> None:
     for spec in specs:
         if spec.kind == "fields":
             data = _header_fields(f, spec)

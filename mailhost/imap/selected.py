@@ -18,22 +18,21 @@ from zope.interface import implementer
 
 from mailhost.imap.encoding import format_flags
 from mailhost.imap.parser import SequenceSet
-from mailhost.store.interfaces import IFolder, IFolderListener, IIndexedFolder, MessageInfo
+from mailhost.store.interfaces import Columns, IFolder, IFolderListener, IIndexedFolder, MessageInfo
 
 log = Logger()
 
 
-def folder_columns(folder: IFolder) -> tuple[Sequence[int], Sequence[frozenset[str]],
-                                            Sequence[int], Sequence[int], Sequence[float]]:
+def folder_columns(folder: IFolder) -> Columns:
     """(uids, flags, recent, sizes, dates) of every message, position-aligned and in UID
     order. A store with a compact index (``IIndexedFolder``) offers ``columns()``, so a
     100k-message SELECT or FETCH builds no MessageInfo per message; others fall back to
     ``messages()``."""
     if IIndexedFolder.providedBy(folder):
-        return tuple(folder.columns())
+        return folder.columns()
     infos = folder.messages()
-    return ([i.uid for i in infos], [i.flags for i in infos], [i.recent for i in infos],
-            [i.size for i in infos], [i.internal_date for i in infos])
+    return Columns([i.uid for i in infos], [i.flags for i in infos], [i.recent for i in infos],
+                   [i.size for i in infos], [i.internal_date for i in infos])
 
 
 async def dates_ready(folder: IFolder, uids: Iterable[int] | None = None) -> None:
@@ -247,14 +246,14 @@ class SelectedMailbox:
         if self._flags:
             changed, self._flags = self._flags, {}
             for u in sorted(changed):
-                s = self.seq_of(u)
-                if s is None:
+                seq = self.seq_of(u)
+                if seq is None:
                     continue
                 flags = set(changed[u])
                 if u in self.recent:
                     flags.add("\\Recent")
                 if with_uid:
-                    out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (s, u, format_flags(flags)))
+                    out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, u, format_flags(flags)))
                 else:
-                    out.append(b"* %d FETCH (FLAGS %s)\r\n" % (s, format_flags(flags)))
+                    out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, format_flags(flags)))
         return out

@@ -102,6 +102,10 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     protocol = "imap"
     _handlers: dict[str, tuple[frozenset[str], Handler]] | None = None
+    # A TCP or TLS transport, set before connectionMade: ITCPTransport, IConsumer (the
+    # output gate registers on it) and IPushProducer (input is paused) at once, which no
+    # one interface (Protocol's ITransport | None) spells.
+    transport: Any
 
     def __init__(self, factory: IMAPFactory) -> None:
         self.factory = factory
@@ -147,6 +151,12 @@ class IMAPServer(Protocol, TimeoutMixin):
             IMAPServer._handlers = _registry()
         return IMAPServer._handlers
 
+    def callLater(self, period: float, func: Callable[[], object]) -> Any:
+        """TimeoutMixin's clock: the factory's reactor (a test's Clock) when it has one."""
+        if self.reactor is not None:
+            return self.reactor.callLater(period, func)
+        return super().callLater(period, func)
+
     def connectionMade(self) -> None:
         self.registry.opened(self)
         self._started = time.monotonic()
@@ -156,8 +166,6 @@ class IMAPServer(Protocol, TimeoutMixin):
         send_at_once(self.transport)
         self.quick_ack = QuickAck(self.transport)
         self.transport.registerProducer(self.gate, True)
-        if self.reactor is not None:
-            self.callLater = self.reactor.callLater
         self.setTimeout(self.settings.preauth_timeout)
         if not self.factory.connection_opened(self):
             self.send(b"* BYE Too many connections, try again later\r\n")
