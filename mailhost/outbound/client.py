@@ -50,7 +50,7 @@ import base64
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from twisted.internet import defer, protocol
 from twisted.internet import error as ierror
@@ -199,6 +199,9 @@ class RelayClient(LineReceiver, TimeoutMixin):
     """The relay's SMTP session; see the module docstring."""
 
     delimiter = b"\n"  # a CR before it is stripped by ReplyReader
+    # The connected TCP or TLS transport (also ITCPTransport, ITLSTransport, IConsumer,
+    # IPushProducer); Twisted declares only ITransport | None.
+    transport: Any
 
     def __init__(
         self,
@@ -915,7 +918,7 @@ async def run_session(
             where += f" [{policy.address}]" + (f":{policy.port}" if policy.port else "")
         return SessionResult(error=f"cannot connect to {where}: {describe_error(e)}")
     if track is not None:
-        track.add(proto)
+        track.add(cast(RelayClient, proto))  # what _RelayFactory builds
     try:
         return await done
     finally:

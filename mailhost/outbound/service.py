@@ -45,7 +45,7 @@ async def deliver(target: IDeliveryTarget,
     try:
         target.begin()
         await produce(target.write)
-        await target.prepare()
+        await defer.maybeDeferred(target.prepare)
     except BaseException:
         await defer.maybeDeferred(target.abort)
         raise
@@ -110,8 +110,6 @@ class OutboundService(service.Service):
     ``use_settings`` hands over reloaded settings.
     """
 
-    name = "outbound"
-
     def __init__(
         self,
         settings: OutboundSettings,
@@ -122,6 +120,7 @@ class OutboundService(service.Service):
         local_addresses: Iterable[tuple[str, int]] | None = None,
         listening: Callable[[], defer.Deferred[Any]] | None = None,
     ) -> None:
+        self.setName("outbound")  # Service declares name as None: set, not overridden
         if reactor is None:
             from twisted.internet import reactor as _reactor
 

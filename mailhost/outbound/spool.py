@@ -50,7 +50,7 @@ import secrets
 import shutil
 import time
 from collections import deque
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -113,12 +113,12 @@ class MessageFile(io.BufferedIOBase):
         if st is None or (st.st_dev, st.st_ino) != self._ident:
             raise MessageGone(errno.ENOENT, "message left the queue while being read", self.path)
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         data = self._f.read(size)
         self.verify()
         return data
 
-    def readline(self, size: int = -1) -> bytes:
+    def readline(self, size: int | None = -1) -> bytes:
         data = self._f.readline(size)
         self.verify()
         return data
@@ -617,11 +617,13 @@ def message_reader(path: str, offset: int, size_hint: int | None = None) -> Mess
     its policy, a small message in one read. Opens the file here: a read-only open
     is a path lookup, cheap enough for the reactor (as in the store's open_message).
     Raises OSError if the message is gone."""
-    return MessageReader(MessageFile(path), None, offset=offset, size_hint=size_hint)
+    # A BufferedIOBase is a binary file, but not nominally a typing.BinaryIO.
+    return MessageReader(cast(BinaryIO, MessageFile(path)), None, offset=offset,
+                         size_hint=size_hint)
 
 
 async def open_message_reader(path: str, offset: int,
                               size_hint: int | None = None) -> MessageReader:
     """``message_reader`` with the open in a thread (for callers off the hot path)."""
     f = await threads.deferToThread(MessageFile, path)
-    return MessageReader(f, None, offset=offset, size_hint=size_hint)
+    return MessageReader(cast(BinaryIO, f), None, offset=offset, size_hint=size_hint)

@@ -8,7 +8,7 @@ another program mid-session just fails to open. Messages already flagged ``\\Del
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 from twisted.internet import defer
@@ -37,7 +37,7 @@ class Maildrop:
 
     def __init__(self, folder: IFolder, infos: list[MessageInfo] | list[PopMessage]) -> None:
         self.folder = folder
-        self._infos = infos
+        self._infos: Sequence[MessageInfo | PopMessage] = infos
         self._deleted: set[int] = set()  # message numbers marked by DELE
         self._ahead: tuple[int, defer.Deferred[IMessageReader]] | None = None  # (number, opening)
 

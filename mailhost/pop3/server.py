@@ -78,6 +78,10 @@ class POP3Server(Protocol, TimeoutMixin):
     its commands to the host's ``SessionRegistry`` and asks its dispatch hook first).
     """
 
+    # The connected TCP or TLS transport (also ITCPTransport, ITLSTransport, IConsumer,
+    # IPushProducer); Twisted declares only ITransport | None.
+    transport: Any
+
     protocol = "pop3"
 
     def __init__(self, login: LoginService, locks: MaildropLocks, delete_policy: DeletePolicy,
@@ -371,7 +375,7 @@ class POP3Server(Protocol, TimeoutMixin):
         handler(arg)
 
     def _handlers(self) -> dict[tuple[str, str], Callable[[str], None]]:
-        both = {"CAPA": self.do_CAPA, "QUIT": self.do_QUIT}
+        both: dict[str, Callable[[str], None]] = {"CAPA": self.do_CAPA, "QUIT": self.do_QUIT}
         table = {(AUTHORIZATION, name): fn for name, fn in both.items()}
         table.update({(TRANSACTION, name): fn for name, fn in both.items()})
         for name in ("USER", "PASS", "AUTH", "STLS"):

@@ -149,6 +149,7 @@ class Delivery:
             target.begin()
             self._begun.append(target)
         self._fan(self._context.prepended + self._header + self._context.header_block)
+        assert self._spool is not None  # commit runs the pipeline only with a spool
         await self._spool.read(self._splitter.header_length, self._fan)
 
     def _fan(self, data: bytes) -> None:
@@ -156,6 +157,7 @@ class Delivery:
             target.write(data)
 
     def _close_spool(self, result: object) -> object:
+        assert self._spool is not None  # added only with a spool
         self._spool.close()
         return result
 

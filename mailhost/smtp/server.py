@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, interfaces, task
@@ -91,6 +92,10 @@ class SMTPServer(Protocol, TimeoutMixin):
     hook before running each; a message's end is the pseudo-command ``DATA-END``).
     """
 
+    # The connected TCP or TLS transport (also ITCPTransport, ITLSTransport, IConsumer,
+    # IPushProducer); Twisted declares only ITransport | None.
+    transport: Any
+
     def __init__(self, factory: Any) -> None:
         self.factory = factory
         self.registry = factory.registry
@@ -110,7 +115,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._paused = False
         self._registered = False
         self._junk = 0
-        self._line_handler = self._command
+        # _command takes bytes; an AUTH exchange's handler also takes _LineTooLong.
+        self._line_handler: Callable[[Any], defer.Deferred | None] = self._command
         self._reader: DataReader | ChunkReader | None = None
         self._delivery: Delivery | None = None
         self._committing = False  # final dot / BDAT LAST seen, commit under way
@@ -158,6 +164,12 @@ class SMTPServer(Protocol, TimeoutMixin):
         if self._pre_mail_call is not None and self._pre_mail_call.active():
             self._pre_mail_call.cancel()
         self._pre_mail_call = None
+
+    @property
+    def _session(self) -> Session:
+        """The session, made in connectionMade: commands and data only come after it."""
+        assert self.session is not None
+        return self.session
 
     # -- eviction under pressure (mailhost.limits) ---------------------------------
 
@@ -318,6 +330,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.setTimeout(max(budget, 0.0))
 
     def _feed_data(self, data: bytes) -> None:
+        assert self._reader is not None  # called only while a message is read
         rest = self._reader.feed(data)
         if rest is not None:
             self._buffer[:0] = rest
@@ -506,20 +519,20 @@ class SMTPServer(Protocol, TimeoutMixin):
     def smtp_HELO(self, arg: str) -> Reply:  # noqa: N802
         if not arg:
             return Reply(501, "5.5.4", "Syntax: HELO hostname")
-        self.session.helo = arg
-        self.session.esmtp = False
+        self._session.helo = arg
+        self._session.esmtp = False
         self._reset_transaction()
         return Reply(250, "", self.settings.hostname)
 
     def smtp_EHLO(self, arg: str) -> Reply:  # noqa: N802
         if not arg:
             return Reply(501, "5.5.4", "Syntax: EHLO hostname")
-        self.session.helo = arg
-        self.session.esmtp = True
+        self._session.helo = arg
+        self._session.esmtp = True
         self._reset_transaction()
         lines = [self.settings.hostname, "PIPELINING", f"SIZE {self.settings.max_message_size}",
                  "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "DSN", "CHUNKING"]
-        if self.factory.tls_options is not None and not self.session.tls:
+        if self.factory.tls_options is not None and not self._session.tls:
             lines.append("STARTTLS")
         if self._auth_allowed():
             lines.append("AUTH PLAIN LOGIN")
@@ -555,7 +568,7 @@ class SMTPServer(Protocol, TimeoutMixin):
     # -- STARTTLS -----------------------------------------------------------------
 
     def smtp_STARTTLS(self, arg: str) -> Reply | None:  # noqa: N802
-        if self.session.tls:
+        if self._session.tls:
             return Reply(503, "5.5.1", "Error: TLS already active")
         if self.factory.tls_options is None:
             return Reply(502, "5.5.1", "Error: command not implemented")
@@ -571,21 +584,21 @@ class SMTPServer(Protocol, TimeoutMixin):
         start_tls(self.transport, self.factory.tls_options,
                   self.settings.handshake_timeout, self.factory.reactor)
         self._reset_transaction("starttls")
-        self.session.reset_after_tls()
-        self.session.tls = True
+        self._session.reset_after_tls()
+        self._session.tls = True
         return None
 
     # -- AUTH ---------------------------------------------------------------------
 
     def _auth_allowed(self) -> bool:
-        return self.session.tls or self.factory.login.plaintext_allowed(self.transport)
+        return self._session.tls or self.factory.login.plaintext_allowed(self.transport)
 
     def smtp_AUTH(self, arg: str) -> Reply | defer.Deferred:  # noqa: N802
-        if not self.session.esmtp:
+        if not self._session.esmtp:
             return Reply(503, "5.5.1", "Error: send EHLO first")
-        if self.session.user is not None:
+        if self._session.user is not None:
             return Reply(503, "5.5.1", "Error: already authenticated")
-        if self.session.transaction is not None:
+        if self._session.transaction is not None:
             return Reply(503, "5.5.1", "Error: MAIL transaction in progress")
         if not self._auth_allowed():
             return Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
@@ -598,7 +611,7 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def _challenge(self, text: bytes) -> defer.Deferred:
         """Send a 334 challenge; fire with the client's next line (never logged)."""
-        d = defer.Deferred()
+        d: defer.Deferred[bytes] = defer.Deferred()
         self.transport.write(b"334 " + base64.b64encode(text) + b"\r\n")
 
         def on_line(line: bytes | _LineTooLong) -> None:
@@ -650,7 +663,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                 password = pass_raw.decode("utf-8", "replace")
             try:
                 avatar = yield self.factory.login.login(username, password,
-                                                        self.session.client_ip, "smtp")
+                                                        self._session.client_ip, "smtp")
             except LoginFailed as e:
                 if e.temporary:
                     raise Reply(454, "4.7.0", "Temporary authentication failure") from None
@@ -662,7 +675,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             avatar.logout()
             if self._closing:
                 return
-            self.session.user = avatar.user
+            self._session.user = avatar.user
             self._send(Reply(235, "2.7.0", "Authentication successful"))
         except Reply as reply:
             if not self._closing:
@@ -679,12 +692,12 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._delivery.abort()
             self._delivery = None
             self._hops = self._newlines = None
-        if self.session.transaction is not None:
-            self._log_transaction(self.session.transaction, size, why)
-        self.session.reset_transaction()
+        if self._session.transaction is not None:
+            self._log_transaction(self._session.transaction, size, why)
+        self._session.reset_transaction()
 
     def smtp_MAIL(self, arg: str) -> Reply:  # noqa: N802
-        session = self.session
+        session = self._session
         if session.helo is None:
             return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
         if session.transaction is not None:
@@ -721,7 +734,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         return Reply(250, "2.1.0", "Ok")
 
     def smtp_RCPT(self, arg: str) -> Reply:  # noqa: N802
-        txn = self.session.transaction
+        txn = self._session.transaction
         if txn is None:
             return Reply(503, "5.5.1", "Error: need MAIL command")
         if arg[:3].upper() != "TO:":
@@ -743,7 +756,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             raise reply from None
         try:
             decision: Decision = self.factory.policy.decide(
-                rcpt, params, self.session.client_ip, self.session.user)
+                rcpt, params, self._session.client_ip, self._session.user)
         except Reply as reply:
             txn.record(str(rcpt), reply.code)
             raise
@@ -773,7 +786,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         """The reply to a failed store or queue write: 452 4.3.1 when the disk is full,
         else 451 4.3.0. An OSError is the disk's fault and gets one log line; anything
         else is a bug and keeps its traceback."""
-        tid = self.session.transaction.id if self.session.transaction else None
+        tid = self._session.transaction.id if self._session.transaction else None
         problem = storage_problem(failure.value)
         if problem is None:
             log.failure("{what} for {id}", failure, what=what, id=tid)
@@ -785,7 +798,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         return Reply(451, "4.3.0", "Error: queue file write error")
 
     def smtp_DATA(self, arg: str) -> Reply | None:  # noqa: N802
-        txn = self.session.transaction
+        txn = self._session.transaction
         if txn is None:
             return Reply(503, "5.5.1", "Error: need MAIL command")
         if arg:
@@ -807,8 +820,8 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _start_delivery(self, txn: Transaction) -> Reply | None:
         """Open the writers for the accepted recipients (at DATA or the first BDAT)."""
         received = received_header(
-            helo=self.session.helo, client_ip=self.session.client_ip,
-            hostname=self.settings.hostname, protocol=self.session.protocol_name,
+            helo=self._session.helo, client_ip=self._session.client_ip,
+            hostname=self.settings.hostname, protocol=self._session.protocol_name,
             tid=txn.id, recipient=txn.accepted[0] if len(txn.accepted) == 1 else None)
         try:
             def route(quarantined: bool = False) -> list:
@@ -837,7 +850,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         if parsed is None:
             return Reply(501, "5.5.4", "Syntax: BDAT <size> [LAST]")
         length, last = parsed
-        txn = self.session.transaction
+        txn = self._session.transaction
         error = None
         if txn is None:
             error = Reply(503, "5.5.1", "Error: need MAIL command")
@@ -848,7 +861,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         elif self._delivery is None:
             error = self._start_delivery(txn)
             if error is not None:
-                self.session.reset_transaction()
+                self._session.reset_transaction()
         offset = self._bdat_total if error is None else 0
         self._chunk = (last, error)
         self._reader = ChunkReader(self._data_chunk if error is None else None, length,
@@ -860,6 +873,7 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def _chunk_done(self) -> bool:
         """A BDAT chunk was consumed: answer it. True when the message must commit."""
+        assert self._chunk is not None and self._reader is not None  # a chunk was read
         last, error = self._chunk
         reader = self._reader
         self._chunk = None
@@ -878,7 +892,8 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _data_chunk(self, data: bytes) -> None:
         """DataReader sink: apply the bare CR/LF policy, count hops in the header
         block, stream into the delivery targets."""
-        reader = self._reader
+        reader, delivery = self._reader, self._delivery
+        assert reader is not None and delivery is not None and self._newlines is not None
         data = self._newlines.feed(data)
         if self._newlines.found is not None:
             reader.error = self._bare_newline_reply()
@@ -889,7 +904,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                 reader.error = Reply(554, "5.4.6", "Too many hops")
                 return
         try:
-            self._delivery.write(data)
+            delivery.write(data)
         except Exception:
             reader.error = self._storage_failed("store write failed", Failure())
 
@@ -897,12 +912,14 @@ class SMTPServer(Protocol, TimeoutMixin):
         """``smtp.bare_newline = "reject"``: Postfix's reply (and, as Postfix does, the
         session is closed after it: the client's idea of where the message ended is
         not ours)."""
+        assert self._newlines is not None
         return Reply(550, "5.5.2", f"Error: bare {self._newlines.found} received")
 
     def _end_of_data(self) -> defer.Deferred:
         """Final dot (or BDAT LAST) seen: commit or refuse, answer, back to commands."""
-        reader, delivery, txn = self._reader, self._delivery, self.session.transaction
+        reader, delivery, txn = self._reader, self._delivery, self._session.transaction
         newlines = self._newlines
+        assert reader is not None and delivery is not None and newlines is not None
         if reader.error is None:  # the whole message is in: a CR it ended with is bare
             newlines.finish()
             if newlines.found is not None:
@@ -925,6 +942,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._committing = True
 
         def committed(queue_ids: list[str]) -> Reply:
+            assert txn is not None  # DATA and BDAT need a transaction
             return Reply(250, "2.0.0", f"Ok: queued as {txn.id}"
                          + (f" (outbound {', '.join(queue_ids)})" if queue_ids else ""))
 
@@ -937,13 +955,13 @@ class SMTPServer(Protocol, TimeoutMixin):
         d.addCallbacks(committed, failed)
         return d.addCallback(lambda reply: self._answer_data(txn, reader.size, reply))
 
-    def _answer_data(self, txn: Transaction, size: int, reply: Reply) -> None:
+    def _answer_data(self, txn: Transaction | None, size: int, reply: Reply) -> None:
         self._committing = False
         if reply.code == 250:
             self._errors = 0  # the error limits count errors without a delivery
             self._octets = size
         self._log_transaction(txn, size, reply.to_bytes().decode("utf-8", "replace").strip())
-        self.session.reset_transaction()
+        self._session.reset_transaction()
         if not self._closing:
             self.setTimeout(self.settings.command_timeout)
             self._send(reply)
@@ -954,10 +972,10 @@ class SMTPServer(Protocol, TimeoutMixin):
         log.info(
             "smtp {tid} client={client} helo={helo} from=<{sender}> rcpts={recipients} "
             "rcpt_count={rcpt_count} size={size} result={outcome}",
-            event="smtp.transaction", tid=txn.id, client=self.session.client_ip,
-            helo=self.session.helo, sender=str(txn.sender), recipients=list(txn.results),
+            event="smtp.transaction", tid=txn.id, client=self._session.client_ip,
+            helo=self._session.helo, sender=str(txn.sender), recipients=list(txn.results),
             rcpt_count=txn.rcpt_count,
-            size=size, outcome=outcome, user=self.session.user,
+            size=size, outcome=outcome, user=self._session.user,
             submission=self.factory.submission,
         )
 
