@@ -78,7 +78,7 @@ class QuickAck:
         self._socket = tcp_socket(transport) if _TCP_QUICKACK is not None else None
 
     def now(self) -> None:
-        if self._socket is None:
+        if self._socket is None or _TCP_QUICKACK is None:
             return
         try:
             self._socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)

@@ -8,6 +8,7 @@ Tests hand in the same interface pointed at ``mailhost.testing.dns.TestDNSServer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mailhost.dns.cache import CachingLookup
 from mailhost.dns.interfaces import RTYPES, Answer, DNSNameInvalid, DNSTemporaryError, IDNSLookup
@@ -26,13 +27,14 @@ class DNSSettings:
     cache_entries: int = 10000
 
     @classmethod
-    def from_config(cls, config: object) -> DNSSettings:
-        d = config.dns  # type: ignore[attr-defined]
+    def from_config(cls, config: Any) -> DNSSettings:
+        # Any, not mailhost.config.Config: the DNS layer imports nothing else of mailhost.
+        d = config.dns
         return cls(tuple(d.nameservers), d.timeout, d.cache_entries)
 
 
-def make_lookup(settings: DNSSettings, reactor: object | None = None) -> CachingLookup:
+def make_lookup(settings: DNSSettings, reactor: Any = None) -> CachingLookup:
     """The cached lookup for ``settings``; opens no socket until the first lookup."""
     servers = [parse_server(s) for s in settings.nameservers] or None
     stub = StubLookup(servers, timeout=settings.timeout, reactor=reactor)
-    return CachingLookup(stub, clock=reactor, max_entries=settings.cache_entries)  # type: ignore[arg-type]
+    return CachingLookup(stub, clock=reactor, max_entries=settings.cache_entries)

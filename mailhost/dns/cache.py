@@ -15,9 +15,11 @@ bound on its size.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhost.dns.interfaces import Answer, IDNSLookup
@@ -31,9 +33,11 @@ class CachingLookup:
                  max_entries: int = 10000, min_ttl: float = 0.0, max_ttl: float = 86400.0,
                  max_negative_ttl: float = 3600.0) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as global_reactor
+
+            clock = cast(IReactorTime, global_reactor)
         self.upstream = upstream
-        self.clock = clock
+        self.clock: IReactorTime = clock
         self.max_entries = max_entries
         self.min_ttl = min_ttl
         self.max_ttl = max_ttl
@@ -67,7 +71,7 @@ class CachingLookup:
         self.upstream.lookup(name, rtype).addBoth(self._settle, key)
         return result
 
-    def _settle(self, outcome: object, key: tuple[str, str]) -> None:
+    def _settle(self, outcome: Answer | Failure, key: tuple[str, str]) -> None:
         waiters = self._inflight.pop(key, [])
         if isinstance(outcome, Answer):
             self._store(key, outcome)

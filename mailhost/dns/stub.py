@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet import error as ierror
@@ -84,7 +85,7 @@ def parse_server(spec: str) -> tuple[str, int]:
 class _ADDatagram(dns.DNSDatagramProtocol):
     """UDP DNS client protocol whose queries ask for the AD bit (RFC 6840 §5.7)."""
 
-    def __init__(self, controller: object, reactor: object) -> None:
+    def __init__(self, controller: object, reactor: Any) -> None:
         super().__init__(controller, reactor)
         self.udp_reactor = reactor
 
@@ -95,7 +96,7 @@ class _ADDatagram(dns.DNSDatagramProtocol):
     def startListening(self) -> None:
         # Twisted's own listens with maxPacketSize=512 and so cuts an over-long
         # reply (Twisted's own server sends them) into a garbled one.
-        self.udp_reactor.listenUDP(0, self, maxPacketSize=65535)  # type: ignore[attr-defined]
+        self.udp_reactor.listenUDP(0, self, maxPacketSize=65535)
 
 
 class _ADStream(dns.DNSProtocol):
@@ -127,8 +128,15 @@ def _text(name: dns.Name) -> str:
     return name.name.decode("ascii", "replace").rstrip(".").lower()
 
 
+def _payload(rr: dns.RRHeader) -> Any:
+    """The record in ``rr``, of the class its ``type`` names. Any, because the
+    header types it as the interface, and Twisted's record classes declare their
+    fields ``None`` at class level, so a cast to one would not type them either."""
+    return rr.payload
+
+
 def _record_value(rtype: str, rr: dns.RRHeader) -> object:
-    p = rr.payload
+    p = _payload(rr)
     if rtype == "TXT":
         return b"".join(p.data)
     if rtype == "MX":
@@ -164,7 +172,7 @@ def answer_from_message(name: str, rtype: str, message: dns.Message) -> Answer:
                  if rr.type == dns.CNAME and _text(rr.name) == owner and code != dns.CNAME]
         if not cname:
             break
-        owner = _text(cname[0].payload.name)
+        owner = _text(_payload(cname[0]).name)
     values, ttls = [], []
     for rr in message.answers:
         if rr.type == code and _text(rr.name) == owner:
@@ -181,7 +189,7 @@ def answer_from_message(name: str, rtype: str, message: dns.Message) -> Answer:
 def _negative_ttl(message: dns.Message) -> float:
     for rr in message.authority:
         if rr.type == dns.SOA:
-            return float(min(rr.ttl, rr.payload.minimum))
+            return float(min(rr.ttl, _payload(rr).minimum))
     return DEFAULT_NEGATIVE_TTL
 
 
@@ -193,7 +201,7 @@ class StubLookup:
     """
 
     def __init__(self, servers: Sequence[tuple[str, int]] | None = None, timeout: float = 5.0,
-                 reactor: object | None = None, resolv_conf: str = "/etc/resolv.conf") -> None:
+                 reactor: Any = None, resolv_conf: str = "/etc/resolv.conf") -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -220,7 +228,7 @@ class StubLookup:
         return defer.Deferred.fromCoroutine(self._lookup(asked, rtype))
 
     async def _lookup(self, name: str, rtype: str) -> Answer:
-        clock: IReactorTime = self.reactor  # type: ignore[assignment]
+        clock: IReactorTime = self.reactor
         deadline = clock.seconds() + self.timeout
         query = dns.Query(name, TYPE_CODES[rtype], dns.IN)
         servers = self.servers

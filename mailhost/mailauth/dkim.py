@@ -35,6 +35,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
@@ -88,7 +89,7 @@ def _gen_header_rsa(d: dkim.DKIM, fields: list[tuple[bytes, bytes]], include: Se
     (``tests/mailauth/test_opendkim_interop.py``) guards it against a dkimpy change.
     """
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding, utils
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
     header_value = b"; ".join(b"=".join(x) for x in fields)
     header_value = dkim.fold(header_value, namelen=len(name), linesep=b"\r\n")
@@ -96,8 +97,8 @@ def _gen_header_rsa(d: dkim.DKIM, fields: list[tuple[bytes, bytes]], include: Se
     h = dkim.HashThrough(d.hasher(), False)
     headers = policy.canonicalize_headers(d.headers)
     dkim.hash_headers(h, policy, headers, include, (name, b" " + header_value), dict(fields))
-    signature = pk.sign(h.digest(), padding.PKCS1v15(),  # type: ignore[attr-defined]
-                        utils.Prehashed(hashes.SHA256()))
+    signature = cast(rsa.RSAPrivateKey, pk).sign(h.digest(), padding.PKCS1v15(),
+                                                 utils.Prehashed(hashes.SHA256()))
     fields = [(k, base64.b64encode(signature) if k == b"b" else v) for k, v in fields]
     value = b"; ".join(b"=".join(x) for x in fields) + b"\r\n"
     return dkim.fold(value, namelen=len(name), linesep=b"\r\n")
@@ -254,7 +255,7 @@ def _lenient_tags(value: bytes) -> dict[bytes, bytes]:
     try:
         return parse_tag_value(value)
     except (InvalidTagValueList, ValueError, IndexError):
-        tags = {}
+        tags: dict[bytes, bytes] = {}
         for part in value.split(b";"):
             k, sep, v = part.partition(b"=")
             if sep:

@@ -94,10 +94,10 @@ def from_domain(header_block: bytes) -> str | None:
     if len(fields) != 1:
         return None
     addresses = email.utils.getaddresses([re.sub(r"\r?\n", "", fields[0])])
-    addresses = [a for _n, a in addresses if a]
-    if len(addresses) != 1:
+    found = [a for _n, a in addresses if a]
+    if len(found) != 1:
         return None
-    _local, at, domain = addresses[0].rpartition("@")
+    _local, at, domain = found[0].rpartition("@")
     domain = domain.strip().rstrip(".").lower()
     if not at or not domain or not re.fullmatch(r"[a-z0-9._-]+", domain) or ".." in domain:
         return None

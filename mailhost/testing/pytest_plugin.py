@@ -96,7 +96,13 @@ def pytest_runtest_call(item: Any) -> None:
         # Trial's own _wait runs reactor.run(); pytest-twisted's reactor is already
         # running in its greenlet, so switch to it until d has fired instead.
         done: defer.Deferred = defer.Deferred()
-        d.addBoth(lambda result: (done.called or done.callback(None), result)[1])
+
+        def settled(result: object) -> object:
+            if not done.called:
+                done.callback(None)
+            return result
+
+        d.addBoth(settled)
         if not done.called:
             blockon(done)
 
