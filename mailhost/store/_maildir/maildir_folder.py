@@ -144,6 +144,7 @@ class MaildirFolder:
         self._disk_call: IDelayedCall | None = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
         self._claim_waiters: list[defer.Deferred[set[int]]] | None = None  # a claim awaits the lock
+        self._claims = 0  # \Recent claims queued or running (see refresh)
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
         self._numbering = False  # a batch is scheduled or running
         self._number_call: IDelayedCall | None = None  # the scheduled start of the next batch
@@ -634,7 +635,9 @@ class MaildirFolder:
 
     def refresh(self) -> defer.Deferred[None]:
         if (self._watching == "inotify" and self._numbered >= self._queued
-                and self._nothing_foreign()):
+                and not self._claims and self._nothing_foreign()):
+            # (A \Recent claim queued or running must land first: a session opening
+            # the folder now must not count as recent what another already reported.)
             return defer.succeed(None)
         return self._run(self._refresh_now)
 
@@ -964,8 +967,10 @@ class MaildirFolder:
             return d
         waiters: list[defer.Deferred[set[int]]] = []
         self._claim_waiters = waiters
+        self._claims += 1
 
         def done(result: _T) -> _T:
+            self._claims -= 1
             if self._claim_waiters is waiters:  # it never ran (folder gone)
                 self._claim_waiters = None
             for w in waiters:
