@@ -57,16 +57,22 @@ def _local_domains(config: Config) -> set[str]:
     return {d.strip().lower().rstrip(".") for d in config.server.domains}
 
 
-def _user(config: Config, address: str) -> str:
+def _local_address(config: Config, address: str, what: str = "") -> str:
+    """``address`` checked as a user name and in a local domain; ``what`` prefixes the
+    error ("--alias x: ")."""
     try:
-        user = validate_user(address)
+        checked = validate_user(address)
     except PasswdError as e:
-        raise SystemExit(f"mailhost: {e}") from None
-    domain = user.rpartition("@")[2]
+        raise SystemExit(f"mailhost: {what}{e}") from None
+    domain = checked.rpartition("@")[2]
     if domain not in _local_domains(config):
-        raise SystemExit(f"mailhost: {domain} is not a local domain "
+        raise SystemExit(f"mailhost: {what}{domain} is not a local domain "
                          f"(server.domains = {config.server.domains})")
-    return user
+    return checked
+
+
+def _user(config: Config, address: str) -> str:
+    return _local_address(config, address)
 
 
 def _aliases(config: Config, user: str, given: list[str],
@@ -77,14 +83,7 @@ def _aliases(config: Config, user: str, given: list[str],
     for raw in given:
         if "," in raw:
             raise SystemExit(f"mailhost: --alias {raw!r}: one address per --alias")
-        try:
-            alias = validate_user(raw)
-        except PasswdError as e:
-            raise SystemExit(f"mailhost: --alias: {e}") from None
-        domain = alias.rpartition("@")[2]
-        if domain not in _local_domains(config):
-            raise SystemExit(f"mailhost: --alias {alias}: {domain} is not a local domain "
-                             f"(server.domains = {config.server.domains})")
+        alias = _local_address(config, raw, f"--alias {raw}: ")
         if alias == user or alias in entries:
             raise SystemExit(f"mailhost: --alias {alias}: that is a user, not an alias")
         if alias not in aliases:
