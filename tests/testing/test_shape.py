@@ -150,3 +150,14 @@ async def test_deferred_host_has_the_same_shape():
         await threads.deferToThread(pop_login)
     finally:
         await host.stop()
+
+
+def test_the_capture_example_of_the_docs_runs(mailhost_sync):
+    """The capture-mode snippet of docs/testing.md runs as written."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "testing.md").read_text()
+    section = doc[doc.index("## Capture mode, chosen ports"):]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    exec(compile(code, "docs/testing.md", "exec"), {})
