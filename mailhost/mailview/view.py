@@ -217,7 +217,9 @@ class StoreMailView:
                 except NoSuchFolder:
                     continue  # deleted meanwhile
                 await folder.refresh()
-                if IIndexedFolder.providedBy(folder) and (query.since or query.before):
+                if IIndexedFolder.providedBy(folder):
+                    # Dates not read yet (files adopted in bulk) are read here, in
+                    # the pool, not one stat at a time on the reactor by messages().
                     await folder.fill_dates()
                 found.extend(_Candidate(mailbox, folder, info) for info in folder.messages()
                              if date_matches(query, _received(info)))
