@@ -94,7 +94,7 @@ async def test_capture_host_has_no_outbound_service_or_queue():
         assert host.service.outbound is None and host.service.queue is None
         refused = await threads.deferToThread(_send_to_everyone, host.smtp_port)
         assert refused == {}
-        await host.wait_for_messages(20, timeout=20)
+        await host.wait_for_messages(20, timeout=60)
         assert host.outbound_messages() == []
         assert not os.path.exists(os.path.join(host._tmpdir, "queue"))
     finally:
