@@ -76,14 +76,38 @@ async def examine(s: IMAPServer, cmd: parser.Command) -> bytes:
     return await _select(s, cmd, readonly=True)
 
 
+#: Special uses a real folder can carry (RFC 6154 2); \\All and \\Flagged would be
+#: virtual folders, which this store has not.
+CREATABLE_USES = {u.upper(): u for u in ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")}
+
+
 async def create(s: IMAPServer, cmd: parser.Command) -> bytes:
-    if len(cmd.args) != 1:
+    if len(cmd.args) not in (1, 2):
         raise Bad("CREATE expects a mailbox name")
     name = mailbox_name(cmd.args[0]).rstrip(DELIM)
+    use = _create_use(cmd.args[1]) if len(cmd.args) == 2 else None
     if name == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
-    await s.account.create_folder(name)
+    await s.account.create_folder(name, use)
     return b"CREATE completed"
+
+
+def _create_use(token: object) -> str | None:
+    """CREATE-SPECIAL-USE (RFC 6154 3): ``(USE (\\Drafts))``; one use per folder here."""
+    if not (isinstance(token, list) and len(token) == 2 and isinstance(token[0], parser.Atom)
+            and token[0].upper() == "USE" and isinstance(token[1], list)):
+        raise Bad("CREATE parameters must be (USE (attributes))")
+    uses = [u for u in token[1] if isinstance(u, parser.Atom)]
+    if len(uses) != len(token[1]):
+        raise Bad("USE expects attribute names")
+    if not uses:
+        return None
+    if len(uses) > 1:
+        raise No("[USEATTR] A mailbox can have one special use here")
+    use = CREATABLE_USES.get(uses[0].upper())
+    if use is None:
+        raise No(f"[USEATTR] {uses[0]} is not a special use a mailbox can be created with")
+    return use
 
 
 async def delete(s: IMAPServer, cmd: parser.Command) -> bytes:

@@ -59,8 +59,8 @@ log = Logger()
 #: Extensions advertised once logged in; before login some are left out.
 CAPABILITIES = (
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
-    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"LIST-EXTENDED",
-    b"LIST-STATUS", b"STATUS=SIZE",
+    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CREATE-SPECIAL-USE",
+    b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
