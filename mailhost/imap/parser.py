@@ -122,7 +122,10 @@ class _Tokenizer:
             m = _LITERAL_RE.search(self.line)
             if m is None:
                 raise self.error("Literal data without a literal marker")
-            return m.start()
+            start = m.start()
+            if start and self.line[start - 1] == 0x7E:  # "~{n}": a literal8 (RFC 3516)
+                start -= 1
+            return start
         return len(self.line)
 
     def _line_end(self) -> int:
@@ -568,7 +571,11 @@ class FetchItem:
     def response_name(self) -> str:
         if self.section is None:
             return self.name
-        out = "BODY" + self.section.render()
+        if self.name.startswith("BINARY"):  # RFC 3516
+            out = ("BINARY.SIZE" if self.name == "BINARY.SIZE" else "BINARY") \
+                + self.section.render()
+        else:
+            out = "BODY" + self.section.render()
         if self.partial is not None:
             out += f"<{self.partial[0]}>"
         return out
@@ -584,6 +591,8 @@ _MACROS = {
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
 }
 _FETCH_RE = re.compile(r"(BODY(?:\.PEEK)?)\[(.*)\](?:<(\d+)\.(\d+)>)?\Z", re.S | re.I | re.A)
+_BINARY_RE = re.compile(r"(BINARY(?:\.PEEK|\.SIZE)?)\[([0-9.]*)\](?:<(\d+)\.(\d+)>)?\Z",
+                        re.I | re.A)
 _PART_RE = re.compile(r"([1-9]\d*)(\.|\Z)", re.ASCII)
 _SECTION_TEXTS = ("HEADER.FIELDS.NOT", "HEADER.FIELDS", "HEADER", "TEXT", "MIME")
 _BAD_FIELD_BYTES = frozenset(b'(){"\\%*]:')
@@ -652,9 +661,11 @@ def parse_fetch_att(token: object) -> FetchItem:
     up = token.upper()
     if up in _SIMPLE_ITEMS:
         return FetchItem(up)
-    m = _FETCH_RE.match(token)
+    m = _FETCH_RE.match(token) or _BINARY_RE.match(token)
     if m is None:
         raise _err(f"Invalid FETCH attribute {token!s}")
+    if m.re is _BINARY_RE and m.group(1).upper() == "BINARY.SIZE" and m.group(3) is not None:
+        raise _err("BINARY.SIZE takes no partial range")
     name, section_s, start, length = m.groups()
     partial = None
     if start is not None:

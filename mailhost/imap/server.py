@@ -61,6 +61,7 @@ CAPABILITIES = (
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
     b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CREATE-SPECIAL-USE",
     b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"PREVIEW",
+    b"BINARY",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
