@@ -112,3 +112,13 @@ async def test_capture_host_has_no_outbound_service_or_queue():
         assert not os.path.exists(os.path.join(host._tmpdir, "queue"))
     finally:
         await host.stop()
+
+
+def test_capture_toml_listens_on_loopback_only():
+    from mailhost.config import load
+
+    config = load(CAPTURE_TOML)
+    assert config.capture.enabled
+    endpoints = [e for section in (config.smtp, config.submission, config.pop3, config.imap)
+                 for e in section.listen + section.listen_tls]
+    assert endpoints and all(e.endswith(":interface=127.0.0.1") for e in endpoints), endpoints
