@@ -27,11 +27,12 @@ from twisted.python.threadpool import ThreadPool
 
 from mailhost.auth.aliases import AliasesFile
 from mailhost.auth.checkers import PasswdFileChecker
-from mailhost.auth.directory import UserDirectory
+from mailhost.auth.directory import IUserDirectory, UserDirectory
 from mailhost.auth.hashing import VerificationCache, hash_password
 from mailhost.auth.login import LoginService
 from mailhost.auth.passwd import PasswdEntry, PasswdFile
 from mailhost.auth.realm import MailRealm
+from mailhost.auth.users import directory_among, users_of
 from mailhost.config import Config, ConfigError, as_dict, load, store_modes
 from mailhost.diskspace import FreeSpace, check_writable
 from mailhost.limits import ConnectionLimits, chain
@@ -178,7 +179,7 @@ class ListenerService(service.Service):
 class MailHostService(service.MultiService):
     """The running mail host; the public pieces are attributes for embedders and tests."""
 
-    def __init__(self, config: Config, store: IMailStore, directory: UserDirectory,
+    def __init__(self, config: Config, store: IMailStore, directory: IUserDirectory,
                  login: LoginService, settings: Settings | None = None) -> None:
         super().__init__()
         self.config = config
@@ -350,7 +351,7 @@ def makeService(
     store: IMailStore | None = None,
     checkers: Sequence[ICredentialsChecker] | None = None,
     realm: IRealm | None = None,
-    directory: UserDirectory | None = None,
+    directory: IUserDirectory | None = None,
     wrap_factory: Callable[[str, IProtocolFactory], IProtocolFactory] | None = None,
     queue: IOutboundQueue | None = None,
     relay: bool = True,
@@ -361,6 +362,10 @@ def makeService(
 
     ``store``, ``checkers``, ``realm`` and ``directory`` replace the defaults (the
     configured store, the passwd file, ``MailRealm`` and the passwd/aliases directory).
+    Without ``directory``, the checkers say who receives mail too (one user source,
+    ``mailhost.auth.users``): a checker that is an ``IUserDirectory`` is the directory,
+    else the users of the checkers' ``IUserSource`` (or Twisted's in-memory and file
+    checkers) with the aliases file; ``NoUserSource`` (a ValueError) if none has users.
     ``wrap_factory(kind, factory)`` may wrap each listener's protocol factory; ``kind``
     is "smtp", "submission", "pop3" or "imap". ``queue`` (an ``IOutboundQueue``)
     takes the mail SMTP accepts for remote domains instead of the spool;
@@ -386,14 +391,6 @@ def makeService(
 
     passwd = PasswdFile(config.data_path(config.auth.passwd_file))
     aliases = AliasesFile(config.data_path(config.auth.aliases_file))
-    own_directory = None
-    if directory is None:
-        directory = own_directory = UserDirectory(
-            settings.directory.domains,
-            passwd.aliases_by_user,
-            aliases.table,
-            postmaster=settings.directory.postmaster,
-        )
     if checkers is None:
         # Two argon2 checks at a time at most: bounded memory and CPU under a login flood.
         auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="mailhost-auth")
@@ -401,6 +398,19 @@ def makeService(
                                       threadpool=auth_pool, reactor=reactor)]
     else:
         auth_pool = None
+    # One user source for login and delivery (mailhost.auth.users): unless the
+    # embedder passes a directory, a checker that is one decides delivery, else the
+    # checkers' users (and the aliases file) do.
+    own_directory = None
+    if directory is None:
+        directory = directory_among(checkers)
+    if directory is None:
+        directory = own_directory = UserDirectory(
+            settings.directory.domains,
+            users_of(checkers),
+            aliases.table,
+            postmaster=settings.directory.postmaster,
+        )
     portal = Portal(realm if realm is not None else MailRealm(store), checkers)
     login = LoginService.from_settings(portal, settings.auth, reactor=reactor)
 
