@@ -381,12 +381,20 @@ def makeService(
 
         reactor = _reactor
     settings = Settings.from_config(config)
-    os.makedirs(os.path.abspath(config.server.data_dir), exist_ok=True)
-    # What mail is written to; a read-only one stops the start here, in one line.
-    storage_paths = [config.server.data_dir, config.data_path(config.outbound.queue_dir)]
-    if store is None and config.store.backend == "maildir":
-        storage_paths.append(config.data_path(config.store.path))
-    check_writable(storage_paths)
+    # outbound.enabled = false: no spool, no relay client, no resolver (remote mail is
+    # refused unless the embedder's own queue= takes it).
+    outbound_on = config.outbound.enabled
+    # What mail is written to; a read-only one stops the start here, in one line. A
+    # memory store with its own checkers and no outbound writes nothing to disk.
+    on_disk = [path for path, used in (
+        (config.data_path(config.outbound.queue_dir), outbound_on),
+        (config.data_path(config.store.path), store is None and config.store.backend == "maildir"),
+    ) if used]
+    storage_paths: list[str] = []
+    if on_disk or checkers is None:  # the passwd file lives in data_dir
+        storage_paths = [config.server.data_dir, *on_disk]
+        os.makedirs(os.path.abspath(config.server.data_dir), exist_ok=True)
+        check_writable(storage_paths)
     store = store if store is not None else make_store(config)
 
     passwd = PasswdFile(config.data_path(config.auth.passwd_file))
@@ -429,22 +437,24 @@ def makeService(
 
     tls_options = server_options(config.tls)
 
-    from mailhost.outbound.service import OutboundService, listen_addresses
+    if outbound_on:
+        from mailhost.outbound.service import OutboundService, listen_addresses
 
-    outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
-                               local_addresses=listen_addresses(config.smtp.listen),
-                               listening=root.wait_listening)
-    outbound.setServiceParent(root)
-    root.outbound = outbound
-    root.queue = outbound.queue
-    smtp_queue = None if not relay else queue if queue is not None else outbound.queue
+        outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
+                                   local_addresses=listen_addresses(config.smtp.listen),
+                                   listening=root.wait_listening)
+        outbound.setServiceParent(root)
+        root.outbound = outbound
+        root.queue = outbound.queue
+    smtp_queue = None if not relay else queue if queue is not None else root.queue
     if config.metrics.listen:
         from mailhost.metrics import Metrics
 
         root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
         sessions.observers.append(root.metrics)
         login.observers.append(root.metrics.login)
-        outbound.attempt_observers.append(root.metrics.attempt)
+        if root.outbound is not None:
+            root.outbound.attempt_observers.append(root.metrics.attempt)
         MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
 
     # root.config: a reload replaces it, so a new smtp.min_free_space applies.
@@ -559,7 +569,8 @@ class MetricsService(service.Service):
 # objects (RecipientPolicy, ConnectionLimits), so they are restart-only too.
 _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "server.log_max_files", "server.hostname", "metrics.listen",
-                 "outbound.queue_dir", "outbound.resolver", "auth.passwd_file",
+                 "outbound.enabled", "outbound.queue_dir", "outbound.resolver",
+                 "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
                  "pipeline.")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
