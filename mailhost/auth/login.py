@@ -117,7 +117,8 @@ class Login:
 
     @property
     def user(self) -> str:
-        return str(self.avatar.user)
+        user = self.avatar.user
+        return user.decode("utf-8") if isinstance(user, bytes) else str(user)
 
     @property
     def account(self) -> Any:
