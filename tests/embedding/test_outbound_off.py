@@ -27,8 +27,8 @@ def config(*extra):
 
 def resolver_timers():
     """Delayed calls of a twisted.names resolver (its resolv.conf re-read)."""
-    return [c for c in reactor.getDelayedCalls()
-            if "maybeParseConfig" in getattr(c.func, "__qualname__", "")]
+    return {c for c in reactor.getDelayedCalls()
+            if "maybeParseConfig" in getattr(c.func, "__qualname__", "")}
 
 
 def smtp_session(ports):
@@ -52,15 +52,16 @@ async def test_memory_host_without_outbound_creates_no_queue_and_starts_no_resol
     monkeypatch.chdir(tmp_path)  # the default data_dir is ./mailhost-data
     svc = makeService(config("outbound.enabled=false"), store=MemoryStore(),
                       checkers=[InMemoryChecker({"alice@example.test": "pw"})])
+    before = resolver_timers()  # other tests' hosts in this process may leave theirs
     svc.startService()
     try:
         ports = {k: v[0].getHost().port for k, v in (await svc.wait_listening()).items()}
-        timers = resolver_timers()
+        timers = resolver_timers() - before
         replies = await threads.deferToThread(smtp_session, ports)
     finally:
         await svc.stopService()
     assert svc.outbound is None and svc.queue is None
-    assert timers == []
+    assert timers == set()
     assert list(tmp_path.iterdir()) == []  # nothing on disk at all
     assert replies["local"][0] == 250
     assert replies["remote"] == (554, b"5.7.1 <customer@gmail.example>: Relay access denied")
@@ -74,10 +75,11 @@ async def test_with_outbound_on_the_queue_and_resolver_are_there(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     svc = makeService(config(), store=MemoryStore(),
                       checkers=[InMemoryChecker({"alice@example.test": "pw"})])
+    before = resolver_timers()
     svc.startService()
     try:
         await svc.wait_listening()
-        timers = resolver_timers()
+        timers = resolver_timers() - before
         queue = svc.queue
     finally:
         await svc.stopService()
