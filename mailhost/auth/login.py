@@ -11,9 +11,11 @@ the throttle's "too many failed logins" (``LoginFailed.reason``).
 Checkers get credentials as cred's own checkers expect them: an ``IUsernamePassword``
 whose ``username`` and ``password`` are bytes (UTF-8), and whose ``checkPassword``
 takes a stored password as bytes or str. The user name is normalised once, here,
-before any checker sees it: stripped and lower-cased (``normalize_address``), and a
-name no mailbox can have (``mailhost.store.names.check_address``) fails as a wrong
-user name without asking a checker.
+before any checker sees it: stripped and lower-cased (``normalize_address``, the rule
+of the passwd file, the CLI and the directory). It is not otherwise judged: whether a
+name that is not an address (``alice``) may log in is the checker's business (capture
+mode's accept-anything maps it to a mailbox); a realm whose store refuses the name it
+was handed fails as a server error.
 
 A login is a ``Login``: the avatar with cred's logout callable. Every protocol ends
 its session with ``Login.logout()``, the one place that calls it (once, whatever the
@@ -40,7 +42,6 @@ from mailhost.auth.verify_queue import PrioritizedUsernamePassword
 from mailhost.diskspace import describe
 from mailhost.netkey import client_key
 from mailhost.settings import AuthSettings
-from mailhost.store.names import InvalidUserName, check_address
 
 log = Logger()
 
@@ -65,17 +66,6 @@ class LoginFailed(Exception):
     def temporary(self) -> bool:
         """Throttled or a server error: the client may try again later."""
         return self.reason != "failed"
-
-
-def user_bytes(user: str) -> bytes:
-    """A normalised user name as the bytes cred's checkers compare, or InvalidUserName
-    (no checker is asked about a name no mailbox can have: a login failure, not a
-    server error when the store refuses it later)."""
-    check_address(user)
-    try:
-        return user.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
-        raise InvalidUserName(repr(user)) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -233,12 +223,12 @@ class LoginService:
         if wait:
             yield task.deferLater(self.reactor, wait, lambda: None)
         try:
-            name = user_bytes(user)
-        except InvalidUserName:
+            name = user.encode("utf-8")
+            secret = password.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate: no stored name or password has one
             raise self._failed(client_ip, protocol, fields) from None
         credentials = PrioritizedUsernamePassword(
-            name, password.encode("utf-8", "surrogateescape"),
-            self.throttle.priority(client_ip, user))
+            name, secret, self.throttle.priority(client_ip, user))
         try:
             _iface, avatar, logout = yield self.portal.login(credentials, None, IMailUser)
         except (UnauthorizedLogin, UnhandledCredentials):

@@ -147,8 +147,8 @@ async def test_throttled_login_still_gets_the_throttle_reply(tmp_path, login_eve
 @pytest_twisted.ensureDeferred
 async def test_a_name_no_mailbox_can_have_is_a_wrong_user_not_a_server_error(
         tmp_path, login_events):
-    """``a@b@example.test`` never reaches a checker or the store: it is normalised and
-    checked once, before cred, and answered as a wrong user name."""
+    """``a@b@example.test``: the checker does not know it, so it is a wrong user name,
+    never the store's refusal answered as a server error."""
     svc, ports = await start(tmp_path)
     try:
         typ, text = await threads.deferToThread(imap_login, ports["imap"],
