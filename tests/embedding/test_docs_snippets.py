@@ -138,3 +138,14 @@ def test_app_tac_runs_under_twistd(tmp_path):
     assert data[0][1].strip() == b"Subject: from app.tac"
     assert (tmp_path / "mailhost-data" / "passwd").exists()
     assert not (tmp_path / "mailhost-data" / "queue").exists()  # outbound.enabled=false
+
+
+def test_the_command_that_finds_the_packaged_tac_finds_it(tmp_path):
+    """The page's shell line runs ``python -c '...'`` to find embedded.tac: run that part."""
+    m = re.search(r"""twistd -n -y "\$\(python -c '([^']+)'\)\"""", DOC.read_text())
+    assert m, "the twistd line for the packaged embedded.tac is gone"
+    result = subprocess.run([sys.executable, "-c", m.group(1)], cwd=tmp_path, env=_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path.name == "embedded.tac" and "mailhost.makeService" in path.read_text()
