@@ -16,6 +16,7 @@ DNS timeout (the lookups are bounded by it and run in parallel per name).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -91,14 +92,14 @@ class FCrDNSCheck:
         if not names:
             return ReverseResult("fail")
         rtype = "A" if addr.version == 4 else "AAAA"
-        outcomes = await defer.DeferredList(
+        outcomes: list[tuple[bool, Any]] = await defer.DeferredList(
             [self.lookup.lookup(n, rtype) for n in names], consumeErrors=True)
         temporary = False
-        for name, (ok, answer) in zip(names, outcomes, strict=True):
-            if not ok:
-                temporary = temporary or answer.check(DNSTemporaryError) is not None
+        for name, (ok, outcome) in zip(names, outcomes, strict=True):
+            if not ok:  # a Failure
+                temporary = temporary or outcome.check(DNSTemporaryError) is not None
                 continue
-            if any(client_address(a) == addr for a in answer.records):
+            if any(client_address(a) == addr for a in outcome.records):
                 return ReverseResult("pass", name)
         return ReverseResult("temperror" if temporary else "fail", names[0])
 

@@ -134,7 +134,8 @@ class EnvelopeChecks:
     async def _ask(check: IEnvelopeCheck, method: Any, *args: Any) -> Verdict | None:
         try:
             result = method(*args)
-            verdict = (await result) if isinstance(result, defer.Deferred) else result
+            verdict: Verdict | None = (
+                (await result) if isinstance(result, defer.Deferred) else result)
         except Exception:
             log.failure("envelope check {check} failed", check=check.name)
             return None

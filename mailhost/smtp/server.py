@@ -702,7 +702,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._log_transaction(self._session.transaction, size, why)
         self._session.reset_transaction()
 
-    def smtp_MAIL(self, arg: str) -> Reply:  # noqa: N802
+    def smtp_MAIL(self, arg: str) -> Reply | defer.Deferred:  # noqa: N802
         session = self._session
         if session.helo is None:
             return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
@@ -748,7 +748,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._cancel_pre_mail()
         return Reply(250, "2.1.0", "Ok")
 
-    def smtp_RCPT(self, arg: str) -> Reply:  # noqa: N802
+    def smtp_RCPT(self, arg: str) -> Reply | defer.Deferred:  # noqa: N802
         txn = self._session.transaction
         if txn is None:
             return Reply(503, "5.5.1", "Error: need MAIL command")
