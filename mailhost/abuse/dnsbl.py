@@ -20,6 +20,7 @@ the relay networks are not looked up.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,11 +55,15 @@ class Zone:
     #: Inclusive ranges of IPv4 answers (as integers) that count as a listing.
     codes: tuple[tuple[int, int], ...] = _DEFAULT_CODES
     weight: int = 1
+    #: Postfix-style per-octet patterns (``127.0.[0..255].[1..3]``): for each of the
+    #: four octets, the inclusive ranges it may be in.
+    octets: tuple[tuple[tuple[tuple[int, int], ...], ...], ...] = ()
 
     @classmethod
     def parse(cls, spec: str) -> Zone:
-        """``zone[=codes][*weight]``: codes are addresses and ``first-last`` ranges,
-        separated by ``,`` or ``;`` (``zen.example=127.0.0.2-127.0.0.11*2``)."""
+        """``zone[=codes][*weight]``: codes are addresses, ``first-last`` ranges and
+        Postfix's per-octet patterns (``127.0.[0..255].[1..3]``, ``127.0.0.[2;4]``),
+        separated by ``,`` (``zen.example=127.0.0.2-127.0.0.11*2``)."""
         text = spec.strip()
         weight = 1
         if "*" in text:
@@ -74,9 +79,10 @@ class Zone:
         if not eq:
             return cls(name, _DEFAULT_CODES, weight)
         codes = []
-        for part in codes_text.replace(";", ",").split(","):
-            part = part.strip()
-            if not part:
+        octets = []
+        for part in _split_codes(codes_text):
+            if "[" in part:
+                octets.append(_octet_pattern(spec, part))
                 continue
             first, dash, last = part.partition("-")
             try:
@@ -88,9 +94,9 @@ class Zone:
             if hi < lo:
                 raise ZoneSpecError(f"{spec!r}: range {part!r} ends before it starts")
             codes.append((lo, hi))
-        if not codes:
+        if not codes and not octets:
             raise ZoneSpecError(f"{spec!r}: no return codes after '='")
-        return cls(name, tuple(codes), weight)
+        return cls(name, tuple(codes), weight, tuple(octets))
 
     def counts(self, answer: str) -> bool:
         """Whether an A answer of this zone is one of its listing codes."""
@@ -98,7 +104,51 @@ class Zone:
             value = int(ipaddress.IPv4Address(answer))
         except ValueError:
             return False
-        return any(lo <= value <= hi for lo, hi in self.codes)
+        if any(lo <= value <= hi for lo, hi in self.codes):
+            return True
+        parts = [int(p) for p in answer.split(".")]
+        return any(all(any(lo <= v <= hi for lo, hi in ranges)
+                       for v, ranges in zip(parts, pattern, strict=True))
+                   for pattern in self.octets)
+
+
+def _split_codes(text: str) -> list[str]:
+    """Codes separated by ``,`` (or ``;`` outside brackets, where Postfix uses it to
+    list octet values)."""
+    out, depth, current = [], 0, ""
+    for c in text:
+        depth += c == "["
+        depth -= c == "]"
+        if c == "," or (c == ";" and depth == 0):
+            out.append(current)
+            current = ""
+        else:
+            current += c
+    out.append(current)
+    return [p.strip() for p in out if p.strip()]
+
+
+def _octet_pattern(spec: str, part: str) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """``127.0.[0..255].[1;2;3]`` → for each octet, its inclusive ranges."""
+    octets = re.findall(r"\[[^\]]*\]|[^.\[\]]+", part)
+    bad = ZoneSpecError(f"{spec!r}: {part!r} is not an address pattern")
+    if len(octets) != 4 or ".".join(octets) != part:
+        raise bad
+    out = []
+    for octet in octets:
+        body = octet[1:-1] if octet.startswith("[") and octet.endswith("]") else octet
+        ranges = []
+        for item in body.split(";"):
+            lo_text, dots, hi_text = item.partition("..")
+            if not lo_text.strip().isdigit() or (dots and not hi_text.strip().isdigit()):
+                raise bad
+            lo = int(lo_text)
+            hi = int(hi_text) if dots else lo
+            if not 0 <= lo <= hi <= 255:
+                raise bad
+            ranges.append((lo, hi))
+        out.append(tuple(ranges))
+    return tuple(out)
 
 
 def query_name(ip: str, zone: str) -> str:

@@ -32,10 +32,14 @@ def test_zone_spec():
     assert (z.name, z.weight) == ("zen.example", 3)
     assert [z.counts(f"127.0.0.{i}") for i in (1, 2, 11, 12, 20)] == [
         False, True, True, False, True]
+    wl = Zone.parse("list.dnswl.example=127.0.[0..255].[1;2..3]")
+    assert [wl.counts(a) for a in ("127.0.10.1", "127.0.0.3", "127.0.5.0", "127.0.0.255",
+                                   "127.1.0.1")] == [True, True, False, False, False]
     assert Zone.parse("b.example").counts("127.0.0.2")
     assert not Zone.parse("b.example").counts("127.255.255.254")  # a list's error code
     for bad in ("", "=127.0.0.2", "z.example=", "z.example=1.2.3", "z.example*x",
-                "z.example=127.0.0.9-127.0.0.2"):
+                "z.example=127.0.0.9-127.0.0.2",
+                "z.example=127.0.[1..].1", "z.example=127.0.[3..2].1", "z.example=127.[0].1"):
         with pytest.raises(ZoneSpecError):
             Zone.parse(bad)
 

@@ -127,3 +127,14 @@ def test_allowlist_clients_and_senders():
     assert client_address("fe80::1%eth0") == ipaddress.ip_address("fe80::1")
     with pytest.raises(ValueError, match="greylist.allow_clients"):
         Allowlist.parse(["300.1.1.1"], key="greylist.allow")
+
+
+@given(st.text(max_size=60))
+def test_zone_spec_parser_never_crashes(spec):
+    from mailhost.abuse.dnsbl import Zone, ZoneSpecError
+
+    try:
+        zone = Zone.parse(spec)
+    except ZoneSpecError:
+        return
+    zone.counts("127.0.0.2")
