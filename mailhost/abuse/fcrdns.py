@@ -2,7 +2,7 @@
 
 As Postfix does before its greeting: the client's PTR names are looked up, and a
 name counts only if it resolves (A for an IPv4 client, AAAA for IPv6) back to the
-client's address (RFC 8601 §3 "iprev"). The confirmed name goes into ``Received:``
+client's address (RFC 8601 §3 "iprev", recorded in Authentication-Results too). The confirmed name goes into ``Received:``
 as ``from helo (name [ip])``, anything else as ``from helo (unknown [ip])``, so a
 reader can trust the name in parentheses and never the HELO. The lookups start at
 connect and are settled before MAIL FROM's checks, so no reply waits longer than the
@@ -71,6 +71,8 @@ class FCrDNSCheck:
     async def _look(self, client: ClientContext) -> None:
         result = await self.verify(client.ip)
         client.results[self.name] = result
+        client.message_results["iprev"] = (result.result, client.ip,
+                                           result.name if result.result == "pass" else None)
         if result.result == "pass":
             client.name = result.name
         elif result.result == "temperror":

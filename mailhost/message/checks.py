@@ -55,8 +55,11 @@ class ClientContext:
     allowlisted: bool = False
     #: Lookups started at connect, by check name; settled before MAIL FROM's checks.
     pending: dict[str, defer.Deferred[Any]] = field(default_factory=dict)
-    #: What the checks found, by check name (for logs and Authentication-Results).
+    #: What the checks found, by check name (for logs).
     results: dict[str, Any] = field(default_factory=dict)
+    #: Results that every message of this connection starts with in its
+    #: ``MessageContext.results`` (``iprev`` for Authentication-Results).
+    message_results: dict[str, Any] = field(default_factory=dict)
 
 
 class IEnvelopeCheck(Interface):

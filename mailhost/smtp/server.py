@@ -743,7 +743,8 @@ class SMTPServer(Protocol, TimeoutMixin):
             session.transaction.context = self.factory.pipeline.start(MessageContext(
                 session.client_ip, session.helo or "", str(sender), session.user,
                 self.factory.submission,
-                trusted=self.factory.policy.may_relay(session.client_ip, session.user)))
+                trusted=self.factory.policy.may_relay(session.client_ip, session.user),
+                results=dict(self._client.message_results) if self._client is not None else {}))
         self._mailed = True
         self._cancel_pre_mail()
         return Reply(250, "2.1.0", "Ok")

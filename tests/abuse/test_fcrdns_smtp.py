@@ -80,3 +80,20 @@ async def test_a_silent_dns_costs_at_most_the_dns_timeout(make_host, dns_server)
     await threads.deferToThread(send, host, "x@sender.test", ["alice@example.test"])
     (got,) = await host.inbox("alice@example.test")
     assert "(unknown [127.0.0.1])" in received(got)
+
+
+@pytest_twisted.ensureDeferred
+async def test_iprev_result_in_authentication_results(make_host, reverse_zones):
+    host = make_host()
+    host.config.smtp.fcrdns = "record"
+    host.config.pipeline.stages = ["spf", "auth_results"]
+    await host.start()
+    await threads.deferToThread(send, host, "x@sender.test", ["alice@example.test"])
+    await threads.deferToThread(send, host, "x@sender.test", ["alice@example.test"],
+                                source="127.0.0.3")
+    first, second = await host.inbox("alice@example.test")
+    ar = " ".join(str(email.message_from_bytes(first)["Authentication-Results"]).split())
+    assert ar.startswith("mx.example.test; iprev=pass policy.iprev=127.0.0.1 "
+                         "(client.sender.test); spf=none")
+    ar = " ".join(str(email.message_from_bytes(second)["Authentication-Results"]).split())
+    assert "iprev=fail policy.iprev=127.0.0.3;" in ar
