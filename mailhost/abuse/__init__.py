@@ -53,6 +53,8 @@ class AbuseSettings:
     messages_per_hour: int = 0
     recipients_per_message: int = 0
     relay_networks: tuple[str, ...] = ()
+    #: ``dns.timeout``: the connect lookups are settled this long after the connect.
+    dns_timeout: float = 5.0
 
     @classmethod
     def from_config(cls, config: Any) -> AbuseSettings:
@@ -61,7 +63,7 @@ class AbuseSettings:
                    g.enabled, g.delay, g.pending_ttl, g.passed_ttl, config.data_path(g.path),
                    tuple(g.allow_clients), tuple(g.allow_sender_domains),
                    tuple(g.allow_recipients), r.messages_per_hour, r.recipients_per_message,
-                   tuple(config.smtp.relay_networks))
+                   tuple(config.smtp.relay_networks), config.dns.timeout)
 
     @property
     def needs_dns(self) -> bool:
@@ -122,7 +124,8 @@ def build_checks(settings: AbuseSettings, lookup: IDNSLookup | None,
                         passed_ttl=settings.greylist_passed_ttl)
         services.append(GreylistService(db))
         checks.append(GreylistCheck(db, allow, exempt))
-    return EnvelopeChecks(checks), services
+    return EnvelopeChecks(checks, deadline=settings.dns_timeout,
+                          clock=clock if clock is not None else reactor), services
 
 
 __all__ = ["AbuseConfigError", "AbuseSettings", "build_checks"]

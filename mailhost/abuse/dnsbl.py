@@ -231,17 +231,19 @@ class DNSBLCheck:
         listing = Listing()
         client.results[self.name] = listing
         ip = client.ip
+        # Allow- and blocklists at once: the answer is as late as the slowest list,
+        # not the sum of two rounds.
+        zones = self.allowlists + self.blocklists
         hits: list[Any] = await defer.gatherResults(
-            [defer.Deferred.fromCoroutine(self._ask(ip, z, listing)) for z in self.allowlists])
-        for zone, hit in zip(self.allowlists, hits, strict=True):
+            [defer.Deferred.fromCoroutine(self._ask(ip, z, listing)) for z in zones])
+        allow_hits, hits = hits[:len(self.allowlists)], hits[len(self.allowlists):]
+        for zone, hit in zip(self.allowlists, allow_hits, strict=True):
             if hit:
                 listing.allowlisted_by = zone.name
                 client.allowlisted = True
                 log.info("dnswl {zone} lists {ip}: exempt from DNSBLs and greylisting",
                          zone=zone.name, ip=ip, event="dnswl.listed")
                 return
-        hits = await defer.gatherResults(
-            [defer.Deferred.fromCoroutine(self._ask(ip, z, listing)) for z in self.blocklists])
         listing.listed_by = [(z.name, z.weight) for z, hit in zip(self.blocklists, hits,
                                                                   strict=True) if hit]
         listing.score = sum(w for _, w in listing.listed_by)

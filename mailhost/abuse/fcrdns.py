@@ -66,6 +66,9 @@ class FCrDNSCheck:
         if client_address(client.ip) is None:
             return
         client.name = "unknown"
+        # (until the lookups are done, or if they never are: the DNS did not answer)
+        client.results[self.name] = ReverseResult("temperror")
+        client.message_results["iprev"] = ("temperror", client.ip, None)
         client.pending[self.name] = defer.Deferred.fromCoroutine(self._look(client))
 
     async def _look(self, client: ClientContext) -> None:
@@ -98,8 +101,8 @@ class FCrDNSCheck:
             [self.lookup.lookup(n, rtype) for n in names], consumeErrors=True)
         temporary = False
         for name, (ok, outcome) in zip(names, outcomes, strict=True):
-            if not ok:  # a Failure
-                temporary = temporary or outcome.check(DNSTemporaryError) is not None
+            if not ok:  # a Failure: only a name that cannot be asked is no answer
+                temporary = temporary or outcome.check(DNSNameInvalid) is None
                 continue
             if any(client_address(a) == addr for a in outcome.records):
                 return ReverseResult("pass", name)

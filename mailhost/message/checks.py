@@ -13,9 +13,11 @@ A check sees one connection in three steps, each on the reactor thread:
 
 1. ``connect(client)`` when the client connects: start lookups about its address
    and keep their Deferreds in ``client.pending`` (never wait here: the greeting is
-   not held back).
-2. ``mail(client, sender)`` at MAIL FROM, after every pending lookup has settled
-   (each is bounded by the DNS timeout): a ``Verdict`` that refuses, or None.
+   not held back). Whatever is still pending ``deadline`` seconds after the connect
+   (the DNS timeout) is cancelled, however many lookups a check makes in a row,
+   so no reply ever waits longer than that for them.
+2. ``mail(client, sender)`` at MAIL FROM, after every pending lookup has settled:
+   a ``Verdict`` that refuses, or None.
 3. ``rcpt(client, sender, recipient, accepted)`` at each RCPT the recipient policy
    accepted (``accepted``: recipients taken so far in this transaction).
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
@@ -83,8 +86,12 @@ class IEnvelopeCheck(Interface):
 class EnvelopeChecks:
     """The configured envelope checks in order; SMTP's one handle on them."""
 
-    def __init__(self, checks: Sequence[IEnvelopeCheck] = ()) -> None:
+    def __init__(self, checks: Sequence[IEnvelopeCheck] = (), deadline: float | None = None,
+                 clock: IReactorTime | None = None) -> None:
         self.checks = tuple(checks)
+        #: Seconds after connect by which the connect lookups are settled (cancelled).
+        self.deadline = deadline
+        self.clock = clock
 
     def __bool__(self) -> bool:
         return bool(self.checks)
@@ -95,6 +102,9 @@ class EnvelopeChecks:
                 check.connect(client)
             except Exception:
                 log.failure("envelope check {check} failed at connect", check=check.name)
+        if self.deadline is not None and self.clock is not None:
+            for d in client.pending.values():
+                d.addTimeout(self.deadline, self.clock)
         return client
 
     def mail(self, client: ClientContext, sender: str) -> defer.Deferred[Verdict | None]:
@@ -112,6 +122,10 @@ class EnvelopeChecks:
             name, d = next(iter(client.pending.items()))
             try:
                 await d
+            except (defer.CancelledError, defer.TimeoutError):  # the deadline
+                log.info("envelope check {check}: lookups not done within {deadline} s "
+                         "of connect; going on without them", check=name,
+                         deadline=self.deadline, event="checks.deadline")
             except Exception:
                 log.failure("envelope check {check}: lookup failed", check=name)
             client.pending.pop(name, None)

@@ -161,3 +161,38 @@ async def test_greylist_expiry_with_an_injected_clock(tmp_path):
         assert await db.count() == 0
     finally:
         await db.stop()
+
+
+def test_connect_lookups_are_cut_at_the_deadline_however_many_in_a_row():
+    """A DNS that answers each lookup just before its own timeout would make a check
+    of two lookups in a row (PTR, then A) take twice the DNS timeout; the deadline
+    counts from the connect instead."""
+    from mailhost.dns.interfaces import Answer
+
+    clock = task.Clock()
+    asked: list[tuple[str, str]] = []
+
+    class SlowLookup:
+        def lookup(self, name, rtype):
+            asked.append((name, rtype))
+            d = defer.Deferred()
+            answer = (Answer(name, rtype, ("ptr.example",)) if rtype == "PTR"
+                      else Answer(name, rtype, ("192.0.2.1",)))
+            clock.callLater(0.9, d.callback, answer)
+            return d
+
+    checks = EnvelopeChecks([FCrDNSCheck(SlowLookup(), require=True)], deadline=1.0,
+                            clock=clock)
+    client = checks.connect(ClientContext("192.0.2.1"))
+    result: list = []
+    checks.mail(client, "s@x.test").addBoth(result.append)
+    clock.advance(0.9)  # the PTR answer; the A lookup starts
+    assert asked == [("1.2.0.192.in-addr.arpa", "PTR"), ("ptr.example", "A")]
+    assert result == []
+    clock.advance(0.1)  # the deadline: the A lookup is given up
+    assert result == [None] and client.pending == {}
+    assert client.name == "unknown"
+    verdict: list = []
+    checks.rcpt(client, "s@x.test", "r@y.test", 0).addBoth(verdict.append)
+    assert (verdict[0].code, verdict[0].status) == (450, "4.7.25")  # temporary, never 5xx
+    clock.advance(5)  # the late answer changes nothing and raises nothing
