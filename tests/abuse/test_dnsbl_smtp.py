@@ -130,3 +130,35 @@ async def test_ipv6_client_is_asked_by_reversed_nibbles(make_host, dns_server):
     assert text == b"5.7.1 Service unavailable; client [::1] blocked using zen.example; v6 listed"
     assert (f"{nibbles}.zen.example", "A") in dns_server.queries
     assert len(nibbles.split(".")) == 32
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lists_txt_cannot_inject_reply_lines(make_host, dns_server):
+    """A hostile list (or a forged DNS answer) puts CR LF and a fake reply in its TXT:
+    the refusal stays one line of printable ASCII, bounded."""
+    listed(dns_server, text=b"bad\r\n250 2.0.0 Ok\r\n\x00\xff" + b"x" * 400)
+    host = make_host()
+    host.config.dnsbl.zones = [ZONE]
+    await host.start()
+    line = await threads.deferToThread(_rcpt_reply, host.port)
+    assert line.startswith(b"554 5.7.1 Service unavailable; client [127.0.0.1] blocked "
+                           b"using zen.example; bad 250 2.0.0 Ok xxx")
+    assert line.endswith(b"\r\n") and b"\r" not in line[:-2] and b"\n" not in line[:-2]
+    assert len(line) < 320
+
+
+def _rcpt_reply(port: int) -> bytes:
+    """The raw reply line to one RCPT (a raw socket: smtplib would join lines)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"EHLO c.test\r\n")
+        while not f.readline().startswith(b"250 "):  # the EHLO lines
+            pass
+        s.sendall(b"MAIL FROM:<x@sender.test>\r\n")
+        assert f.readline().startswith(b"250 ")
+        s.sendall(b"RCPT TO:<alice@example.test>\r\n")
+        line = f.readline()
+        s.sendall(b"QUIT\r\n")
+        assert f.readline().startswith(b"221 ")
+        return line
