@@ -57,8 +57,10 @@ class RateLimiter:
         self.messages_per_hour = messages_per_hour
         self.recipients_per_message = recipients_per_message
         self.fields = fields
-        #: user -> (tokens, time they were counted)
-        self._buckets: dict[str, tuple[float, float]] = {}
+        #: user -> (tokens, time they were counted, the user's limit then)
+        self._buckets: dict[str, tuple[float, float, int]] = {}
+        #: The table is swept for refilled buckets when it reaches this size.
+        self._sweep_at = 1024
 
     def _limit(self, user: str, key: str, default: int) -> int:
         value = self.fields(user).get(key)
@@ -88,25 +90,25 @@ class RateLimiter:
             self._buckets.pop(user, None)
             return 0.0
         now = self.clock.seconds()
-        tokens, then = self._buckets.get(user, (float(limit), now))
+        tokens, then, _ = self._buckets.get(user, (float(limit), now, limit))
         rate = limit / HOUR
         tokens = min(float(limit), tokens + (now - then) * rate)
         if tokens < 1.0:
-            self._buckets[user] = (tokens, now)
+            self._buckets[user] = (tokens, now, limit)
             return (1.0 - tokens) / rate
-        self._buckets[user] = (tokens - 1.0, now)
-        self._forget_full(now)
+        self._buckets[user] = (tokens - 1.0, now, limit)
+        if len(self._buckets) >= self._sweep_at:
+            self._forget_full(now)
         return 0.0
 
     def _forget_full(self, now: float) -> None:
         """Drop buckets that have refilled, so the table holds only recent senders.
-        Runs when the table has grown, so its cost is spread over many messages."""
-        if len(self._buckets) < 1024:
-            return
-        for user, (tokens, then) in list(self._buckets.items()):
-            limit = self.messages_limit(user)
-            if limit <= 0 or tokens + (now - then) * limit / HOUR >= limit:
+        The next sweep waits until the table has doubled, so the cost per message
+        stays constant however many users are sending."""
+        for user, (tokens, then, limit) in list(self._buckets.items()):
+            if tokens + (now - then) * limit / HOUR >= limit:
                 del self._buckets[user]
+        self._sweep_at = max(1024, 2 * len(self._buckets))
 
 
 @implementer(IEnvelopeCheck)
