@@ -116,9 +116,11 @@ class GreylistDB:
             folder = os.path.dirname(self.path)
             if folder:
                 os.makedirs(folder, mode=0o700, exist_ok=True)
+            # 0600 from the start (sqlite gives its -wal and -shm files the same mode):
+            # who mails whom is private.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
             try:
-                os.chmod(self.path, 0o600)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(_SCHEMA)

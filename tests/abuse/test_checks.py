@@ -163,6 +163,9 @@ async def test_greylist_expiry_with_an_injected_clock(tmp_path):
         assert await db.count() == 0
     finally:
         await db.stop()
+    for suffix in ("", "-wal", "-shm"):
+        path = tmp_path / f"g.sqlite{suffix}"
+        assert not path.exists() or path.stat().st_mode & 0o777 == 0o600, suffix
 
 
 def test_connect_lookups_are_cut_at_the_deadline_however_many_in_a_row():
