@@ -59,7 +59,8 @@ log = Logger()
 #: Extensions advertised once logged in; before login some are left out.
 CAPABILITIES = (
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
-    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE",
+    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CREATE-SPECIAL-USE",
+    b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
@@ -314,6 +315,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         caps = list(CAPABILITIES)
         if self.state != NOT_AUTHENTICATED and self._deflater is None:
             caps.append(b"COMPRESS=DEFLATE")
+        caps.append(b"APPENDLIMIT=%d" % self.settings.max_literal_size)
         if self.state == NOT_AUTHENTICATED:
             if self.tls_options is not None and not self.tls_active:
                 caps.append(b"STARTTLS")
