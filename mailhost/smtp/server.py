@@ -10,7 +10,8 @@ either: it throws away the buffer after an overlong line and re-splits its whole
 buffer for every line, while we need to discard up to the next CRLF and stay in sync.
 
 How it stays correct under pipelining: commands are taken from the input buffer one
-at a time; a command whose answer is asynchronous (AUTH, end of DATA) makes the
+at a time; a command whose answer is asynchronous (AUTH, MAIL and RCPT while the
+envelope checks of ``mailhost.message.checks`` decide, end of DATA) makes the
 protocol *busy*, and nothing after it is read until its reply has been written, so
 replies always leave in command order. While DATA streams, input goes in whole TCP
 chunks to ``DataReader``, through the bare CR/LF policy (``smtp.bare_newline``,
