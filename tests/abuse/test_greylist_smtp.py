@@ -124,3 +124,32 @@ async def test_allowlisted_sender_domain_and_authenticated_users_pass(make_host)
     assert await threads.deferToThread(
         send, host, "bob@example.test", ["alice@example.test"],
         login=("bob@example.test", "bob-pw")) == {}
+
+
+def _pipelined(port: int) -> list[bytes]:
+    """MAIL, two RCPTs and DATA in one write (RFC 2920), then the body: the reply
+    lines in the order they came."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"EHLO c.test\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        s.sendall(b"MAIL FROM:<p@sender.test>\r\nRCPT TO:<alice@example.test>\r\n"
+                  b"RCPT TO:<postmaster@example.test>\r\nDATA\r\n")
+        replies = [f.readline() for _ in range(4)]
+        s.sendall(b"Subject: p\r\n\r\nHello.\r\n.\r\nQUIT\r\n")
+        replies += [f.readline(), f.readline()]
+        return replies
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_replies_stay_in_order_while_checks_decide(make_host):
+    host = make_host()
+    greylisting(host)  # postmaster@ is on the default recipient allowlist
+    await host.start()
+    replies = await threads.deferToThread(_pipelined, host.port)
+    assert [r[:3] for r in replies] == [b"250", b"451", b"250", b"354", b"250", b"221"], replies
+    assert b"<alice@example.test>" in replies[1]
