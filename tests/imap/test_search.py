@@ -265,7 +265,8 @@ def test_body_search_streams_in_bounded_memory():
     body = base64.encodebytes(text).replace(b"\n", b"\r\n")
     msg = (b"Subject: big\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
            b"Content-Transfer-Encoding: base64\r\n\r\n" + body + b"needle-in-raw\r\n")
-    needs = search._Needs(body={"münchen.", "zzz-absent"}, text={"subject: big"})
+    needs = search._Needs(body={search._needle("münchen.".encode()), "ZZZ-ABSENT"},
+                          text={search._needle(b"subject: big")})
     f = io.BytesIO(msg)
     tracemalloc.start()
     try:
@@ -273,5 +274,6 @@ def test_body_search_streams_in_bounded_memory():
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert fresh and found.body == {"münchen."} and found.text == {"subject: big"}
+    assert fresh and found.body == {search._needle("münchen.".encode())}
+    assert found.text == {search._needle(b"subject: big")}
     assert peak < 2 * 1024 * 1024, peak
