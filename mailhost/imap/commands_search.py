@@ -46,9 +46,15 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
     except searching.BadCharset:
         raise No(_BADCHARSET) from None
     folder = sel.folder
-    if key.op == "ALL":  # SORT/THREAD ... ALL: no MessageInfo per message
+    matcher = searching.fields_matcher(key)
+    if key.op == "ALL" or matcher is not None:
+        # SORT/THREAD ... ALL, SEARCH SUBJECT x: no MessageInfo per message
         present = set(folder_columns(folder).uids)
-        return [u for u in sel.uids if u in present]
+        uids = [u for u in sel.uids if u in present]
+        if matcher is None:
+            return uids
+        table = await _table(s, sel).get(folder, uids)
+        return [u for u in uids if (f := table.get(u)) is not None and matcher(f)]
     await dates_ready(folder)  # every MessageInfo below carries its date
     infos = [i for i in map(folder.get, sel.uids) if i is not None]
     seqs = {u: n for n, u in enumerate(sel.uids, 1)}
@@ -138,21 +144,26 @@ async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
     charset = parser.as_string(cmd.args[1], "charset").decode("ascii", "replace")
     _, key = parser.parse_search(cmd.args[2:])
     found = await _matching(s, sel, key, charset)
-    fields = await _table(s, sel).get(sel.folder, found)
-    dates, _ = await _index_maps(sel, [("DATE", False)])
-    items = []
-    for pos, u in enumerate(found):
-        number = u if cmd.uid else sel.seq_of(u)
-        if number is None:
-            continue
-        f = fields.get(u)
-        sent = f.date if f is not None and f.date is not None else dates.get(u, 0.0)
-        items.append(threading.Item(number, pos, sent, f))
-    if algorithm == "REFERENCES":
-        roots = threading.references(items)
-    else:
-        roots = threading.ordered_subject(items)
-    data = threading.format_threads(roots)
+    table = _table(s, sel)
+    # The threads depend only on which messages take part (their fields never change),
+    # so the last answer per algorithm is kept: a repeated THREAD only formats it.
+    memo_key = (algorithm, tuple(found))
+    roots = table.threads.get(algorithm, (None, None))
+    if roots[0] != memo_key:
+        fields = await table.get(sel.folder, found)
+        dates, _ = await _index_maps(sel, [("DATE", False)])
+        items = []
+        for pos, u in enumerate(found):
+            f = fields.get(u)
+            sent = f.date if f is not None and f.date is not None else dates.get(u, 0.0)
+            items.append(threading.Item(u, pos, sent, f))
+        if algorithm == "REFERENCES":
+            tree = threading.references(items)
+        else:
+            tree = threading.ordered_subject(items)
+        table.threads[algorithm] = roots = (memo_key, tree)
+    numbers = None if cmd.uid else {u: n for n, u in enumerate(sel.uids, 1)}
+    data = threading.format_threads(roots[1], numbers)
     s.send(b"* THREAD" + (b" " + data if data else b"") + b"\r\n")
     return b"THREAD completed"
 

@@ -23,12 +23,13 @@ hops, not 100k, and the reactor only files the results between batches.
 
 from __future__ import annotations
 
+import calendar
 import datetime
 import email.utils
 import json
 import re
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any, NamedTuple
 
 from twisted.internet.defer import Deferred, DeferredLock
@@ -36,7 +37,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 from mailhost.imap import envelope
 from mailhost.imap.basesubject import base_subject
 from mailhost.imap.casemap import casemap
-from mailhost.imap.search import _address_text, _decode_header_value, _header_fields
+from mailhost.imap.search import _address_text, _decode_header_value
 from mailhost.imap.selected import folder_columns
 from mailhost.store.interfaces import IFolder, StoreError
 
@@ -48,6 +49,19 @@ BATCH = 256
 MAX_HEAD = 256 * 1024
 _HEAD_CHUNK = 16 * 1024
 _MSGID = re.compile(r"<([^<>\s]+)>")
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+#: ``Name <mailbox@host>`` with a plain (unencoded, unquoted or simply quoted) name: the
+#: usual From/To, parsed without the full tokenizer (the same result).
+_NAMED_ADDR = re.compile(
+    r"\s*(?:\"([^\"\\]*)\"|([A-Za-z0-9!#$%&'*+/?^_`{|}~.-]+(?: [A-Za-z0-9!#$%&'*+/?^_`{|}~.-]+)*))"
+    r"\s*<([^\s<>()\",;:@\\\[\]]+)@([^\s<>()\",;:@\\\[\]]+)>\s*\Z")
+#: The usual ``Date:`` (RFC 5322 3.3 with a numeric zone); anything else goes through
+#: ``email.utils``.
+_DATE = re.compile(
+    r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d{1,2}):(\d{2})"
+    r"(?::(\d{2}))?\s+([+-])(\d{2})(\d{2})\s*(?:\([^()]*\)\s*)?\Z")
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
 _SIMPLE_ADDR = re.compile(r"\s*([^\s<>()\",;:@\\\[\]]+)@([^\s<>()\",;:@\\\[\]]+)\s*\Z")
 
 
@@ -93,11 +107,51 @@ def _head(f: IO[bytes]) -> bytes:
     return bytes(out)
 
 
+def _sent(value: bytes) -> tuple[float | None, int | None]:
+    """(UTC timestamp, the header's own day as an ordinal) of a Date field."""
+    text = value.decode("ascii", "replace")
+    m = _DATE.match(text)
+    if m is not None and m.group(2).lower() in _MONTHS:
+        day, mon, year = int(m.group(1)), _MONTHS[m.group(2).lower()], int(m.group(3))
+        hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6) or 0)
+        offset = (int(m.group(8)) * 3600 + int(m.group(9)) * 60) * (
+            -1 if m.group(7) == "-" else 1)
+        try:
+            d = datetime.date(year, mon, day)
+        except ValueError:
+            d = None
+        if d is not None and hour < 24 and minute < 60 and second < 61:
+            return (float(calendar.timegm((year, mon, day, hour, minute, second)) - offset),
+                    d.toordinal())
+    parsed = email.utils.parsedate_tz(text)
+    if parsed is None:
+        return None, None
+    try:
+        return (float(email.utils.mktime_tz(parsed)),
+                datetime.date(parsed[0], parsed[1], parsed[2]).toordinal())
+    except (ValueError, TypeError, OverflowError):
+        return None, None
+
+
+def _fields_of(block: bytes) -> Iterator[tuple[str, bytes]]:
+    """(lower-case name, unfolded value) of each field of a header block: what
+    ``search._header_fields`` yields, with one regex doing the unfolding."""
+    for line in _FOLD.sub(b"", block).split(b"\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name:
+            yield name.strip().decode("ascii", "replace").lower(), value.strip()
+
+
 def _first_address(value: str) -> tuple[str, str]:
     """(mailbox, display) of the first address of an address-list field."""
     m = _SIMPLE_ADDR.match(value)
     if m is not None:
         return m.group(1), f"{m.group(1)}@{m.group(2)}"
+    m = _NAMED_ADDR.match(value)
+    if m is not None:
+        name = m.group(1) if m.group(1) is not None else m.group(2)
+        if name.strip():
+            return m.group(3), name.strip()
     for a in envelope.parse_addresses(value):
         if a.host is None:
             continue
@@ -115,22 +169,14 @@ def parse_fields(block: bytes) -> Fields:
     """``Fields`` of a header block (pure; runs in a worker thread)."""
     first: dict[str, bytes] = {}
     subjects: list[str] = []
-    for name, value in _header_fields(block):
+    for name, value in _fields_of(block):
         if name not in _WANTED:
             continue
         if name == "subject":
             subjects.append(_decode_header_value(value))
         first.setdefault(name, value)
-    date = day = None
     raw_date = first.get("date")
-    if raw_date is not None:
-        parsed = email.utils.parsedate_tz(raw_date.decode("ascii", "replace"))
-        if parsed is not None:
-            try:
-                date = float(email.utils.mktime_tz(parsed))
-                day = datetime.date(parsed[0], parsed[1], parsed[2]).toordinal()
-            except (ValueError, TypeError, OverflowError):
-                date = day = None
+    date, day = _sent(raw_date) if raw_date is not None else (None, None)
     base, reply = base_subject(subjects[0] if subjects else "")
 
     def addresses(name: str) -> tuple[str | None, str, str]:
@@ -140,7 +186,14 @@ def parse_fields(block: bytes) -> Fields:
         text = value.decode("utf-8", "replace")
         mailbox, display = _first_address(text)
         m = _SIMPLE_ADDR.match(text)
-        search_text = f"{m.group(1)}@{m.group(2)}" if m is not None else _address_text(value)
+        if m is not None:
+            search_text = f"{m.group(1)}@{m.group(2)}"
+        elif (n := _NAMED_ADDR.match(text)) is not None and \
+                (n.group(1) if n.group(1) is not None else n.group(2)).strip():
+            name = n.group(1) if n.group(1) is not None else n.group(2)
+            search_text = f"{name.strip()} <{n.group(3)}@{n.group(4)}>"
+        else:
+            search_text = _address_text(value)
         return casemap(search_text), casemap(mailbox), casemap(display)
 
     from_text, from_mailbox, from_display = addresses("from")
@@ -202,6 +255,8 @@ class HeaderTable:
         self._lock = DeferredLock()
         #: Messages read from their files (not the cache): for tests and the bench.
         self.files_read = 0
+        #: THREAD's last answer per algorithm: ((algorithm, UIDs), root nodes).
+        self.threads: dict[str, tuple[Any, Any]] = {}
 
     def get(self, folder: IFolder, uids: Iterable[int]) -> Deferred[dict[int, Fields]]:
         """Deferred firing with this table's ``fields`` once every one of ``uids`` still

@@ -208,6 +208,35 @@ class _Needs:
         return found
 
 
+def fields_matcher(key: SearchKey) -> Callable[[Any], bool] | None:
+    """A test of one message's ``headerindex.Fields`` equivalent to ``key``, or None
+    when ``key`` needs more than the header table holds (flags, sizes, bodies, other
+    headers): SEARCH SUBJECT/FROM/TO/CC/SENT* then needs no MessageInfo at all."""
+    op, args = key.op, key.args
+    if op in ("AND", "OR"):
+        subs = [fields_matcher(k) for k in args]
+        if any(m is None for m in subs):
+            return None
+        tests = [m for m in subs if m is not None]
+        if op == "AND":
+            return lambda f: all(t(f) for t in tests)
+        return lambda f: any(t(f) for t in tests)
+    if op == "NOT":
+        sub = fields_matcher(args[0])
+        return None if sub is None else (lambda f: not sub(f))
+    if op == "HEADER" and args[0].lower() == "subject":
+        needle = _needle(args[1])
+        return lambda f: f.subject is not None and needle in f.subject
+    if op == "ADDRESS" and args[0].lower() in ("from", "to", "cc"):
+        needle, attr = _needle(args[1]), args[0].lower() + "_text"
+        return lambda f: (t := getattr(f, attr)) is not None and needle in t
+    if op.startswith("SENT"):
+        want = args[0]
+        return lambda f: _compare_date(
+            op, datetime.date.fromordinal(f.day) if f.day is not None else _EPOCH, want)
+    return None
+
+
 #: ``HeaderTable.get`` bound to a folder: UIDs -> Deferred of {uid: Fields}.
 FieldsLookup = Callable[[list[int]], Deferred]
 

@@ -14,7 +14,7 @@ before parents, a dummy taking its first child's date. Ties go by sequence numbe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mailhost.imap.headerindex import Fields
@@ -23,7 +23,7 @@ from mailhost.imap.headerindex import Fields
 MAX_DEPTH = 100_000
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One message to thread."""
 
@@ -33,7 +33,7 @@ class Item:
     fields: Fields | None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """A thread tree node; ``item`` None is a dummy (a message referred to, not here)."""
 
@@ -245,12 +245,13 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
 # --------------------------------------------------------------------------- output
 
 
-def format_threads(roots: Iterable[Node]) -> bytes:
-    """The thread list of ``* THREAD`` (without the ``* THREAD`` itself)."""
-    return b"".join(b"(" + _format(n) + b")" for n in roots)
+def format_threads(roots: Iterable[Node], numbers: Mapping[int, int] | None = None) -> bytes:
+    """The thread list of ``* THREAD`` (without the ``* THREAD`` itself); ``numbers``
+    maps each item's number to the one to show (UIDs to sequence numbers)."""
+    return b"".join(b"(" + _format(n, numbers) + b")" for n in roots)
 
 
-def _format(node: Node) -> bytes:
+def _format(node: Node, numbers: Mapping[int, int] | None) -> bytes:
     """One thread's list contents; iterative for the same reason as ``_prune``."""
     out: list[bytes] = []
     stack: list[Node | bytes] = [node]
@@ -263,7 +264,8 @@ def _format(node: Node) -> bytes:
         chain: list[bytes] = []
         for _ in range(MAX_DEPTH):
             if n.item is not None:
-                chain.append(b"%d" % n.item.number)
+                chain.append(b"%d" % (n.item.number if numbers is None
+                                      else numbers[n.item.number]))
             if len(n.children) == 1 and n.item is not None:
                 n = n.children[0]
                 continue

@@ -305,3 +305,27 @@ def test_deep_thread_needs_no_recursion():
         spec.append(("x", f"c{i}", (f"c{i - 1}",) if i else (), float(2 * i)))
         spec.append(("x", f"l{i}", (f"c{i - 1}",) if i else ("none",), float(2 * i + 1)))
     assert format_threads(references(_items(spec))).count(b"(") >= n // 2
+
+
+_WORD = st.text("abcXYZ019.'-_!", min_size=1, max_size=6)
+
+
+@given(st.one_of(st.none(), st.lists(_WORD, min_size=1, max_size=3).map(" ".join)),
+       st.booleans(), st.text("abc.+-", min_size=1, max_size=6),
+       st.text("abc.-", min_size=1, max_size=6), st.sampled_from(["", " ", "  "]))
+@settings(max_examples=300, deadline=None)
+def test_address_fast_paths_agree_with_the_envelope_parser(name, quote, local, host, pad):
+    """The regex fast paths for ``a@b`` and ``Name <a@b>`` give what the full RFC 5322
+    tokenizer (ENVELOPE's, and SEARCH FROM's) gives."""
+    from mailhost.imap import envelope, search
+
+    if name is None:
+        value = f"{pad}{local}@{host}{pad}"
+    else:
+        value = f'{pad}"{name}"{pad}<{local}@{host}>' if quote else f"{name}{pad} <{local}@{host}>"
+    f = parse_fields(b"From: " + value.encode() + b"\r\n\r\n")
+    first = next(a for a in envelope.parse_addresses(value) if a.host is not None)
+    assert f.from_mailbox == casemap(first.mailbox)
+    spec = f"{first.mailbox}@{first.host}"
+    assert f.from_display == casemap(first.name or spec)
+    assert f.from_text == casemap(search._address_text(value.encode()))
