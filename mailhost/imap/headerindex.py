@@ -28,6 +28,7 @@ import datetime
 import email.utils
 import json
 import re
+import sys
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any, NamedTuple
@@ -211,9 +212,23 @@ def parse_fields(block: bytes) -> Fields:
     if not parents and first.get("in-reply-to") is not None:
         ids = _MSGID.findall(first["in-reply-to"].decode("utf-8", "replace"))
         parents = tuple(ids[:1])
-    return Fields(date, day, casemap("\n".join(subjects)) if subjects else None,
-                  casemap(base), reply, from_text, from_mailbox, from_display,
-                  to_text, to_mailbox, to_display, cc_text, cc_mailbox, mid, parents)
+    return _shared(Fields(date, day, casemap("\n".join(subjects)) if subjects else None,
+                          casemap(base), reply, from_text, from_mailbox, from_display,
+                          to_text, to_mailbox, to_display, cc_text, cc_mailbox, mid, parents))
+
+
+def _shared(f: Fields) -> Fields:
+    """``f`` with its strings interned: a folder repeats the same few To/From
+    addresses, base subjects and message-ids (a reply's parent is another message's
+    id) thousands of times, and 100k messages must fit the memory budget."""
+    i = sys.intern
+    return Fields(f.date, f.day, f.subject, i(f.base), f.reply,
+                  None if f.from_text is None else i(f.from_text), i(f.from_mailbox),
+                  i(f.from_display), None if f.to_text is None else i(f.to_text),
+                  i(f.to_mailbox), i(f.to_display),
+                  None if f.cc_text is None else i(f.cc_text), i(f.cc_mailbox),
+                  None if f.message_id is None else i(f.message_id),
+                  tuple(i(p) for p in f.parents))
 
 
 def _dumps(f: Fields) -> str:
@@ -224,7 +239,7 @@ def _loads(text: str) -> Fields | None:
     try:
         v = json.loads(text)
         v[14] = tuple(v[14])
-        return Fields(*v)
+        return _shared(Fields(*v))
     except (ValueError, TypeError, IndexError):
         return None
 
