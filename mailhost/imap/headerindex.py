@@ -75,7 +75,7 @@ class Fields(NamedTuple):
     base: str  # the casemapped base subject of the first Subject (RFC 5256 2.1)
     reply: bool  # the subject is a reply or forward (RFC 5256 2.1)
     from_text: str | None  # FROM as SEARCH matches it (search._address_text), casemapped
-    from_mailbox: str  # the first From address's mailbox (SORT FROM)
+    from_mailbox: str  # the first From address's mailbox, or a leading group's name (SORT FROM)
     from_display: str  # the first From's display name, else its address (DISPLAYFROM)
     to_text: str | None
     to_mailbox: str
@@ -155,6 +155,9 @@ def _first_address(value: str) -> tuple[str, str]:
             return m.group(3), name.strip()
     for a in envelope.parse_addresses(value):
         if a.host is None:
+            if a.mailbox:  # a group comes first: its name stands for it, as in Dovecot
+                name = _decode_header_value(a.mailbox.encode())
+                return name, name
             continue
         mailbox = "" if a.mailbox in (None, envelope.MISSING_MAILBOX) else a.mailbox
         host = "" if a.host == envelope.MISSING_DOMAIN else a.host
