@@ -44,8 +44,8 @@ from mailhost.store.interfaces import IFolder, StoreError
 
 #: The key under which a message's fields live in the store's per-message cache.
 CACHE_KEY = "sortf1"
-#: Messages whose headers one thread job reads.
-BATCH = 256
+#: Messages whose headers one thread job reads (and whose files are open at once).
+BATCH = 128
 #: Header bytes read per message; fields beyond are ignored (as SEARCH's own limit).
 MAX_HEAD = 256 * 1024
 _HEAD_CHUNK = 16 * 1024
@@ -321,8 +321,8 @@ class HeaderTable:
                     continue  # expunged meanwhile: no fields, it matches nothing
             if reader is None:
                 return
-            rest, opened = opened, []
-            results = await reader.call(_read_batch, rest, first_uid)
+            results = await reader.call(_read_batch, opened, first_uid)
+            opened = []  # _read_batch closed them
         finally:
             for _, f in opened:
                 f.close()

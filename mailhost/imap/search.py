@@ -188,7 +188,6 @@ class _Needs:
         elif op.startswith("SENT"):
             self.date = True
 
-
     def indexed(self) -> bool:
         """Whether the header table (``headerindex.Fields``) answers all of this."""
         return (not self.body and not self.text
