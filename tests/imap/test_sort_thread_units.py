@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import calendar
+import datetime
 import unicodedata
 
 import pytest
@@ -211,9 +213,11 @@ def test_parse_fields_from_a_header_block():
     assert f.base == casemap("München") and f.reply
     assert f.from_mailbox == "JURGEN" and f.from_display == casemap("Jürgen")
     assert f.to_mailbox == "A" and f.to_display == "A@EXAMPLE.TEST"
-    assert f.cc_mailbox == "" and f.cc_text is not None
-    assert f.date == 1793583000.0 + 0 or f.date is not None
-    assert f.day is not None
+    assert f.cc_mailbox == "UNDISCLOSED-RECIPIENTS"  # a leading group: its name (Dovecot)
+    assert f.date == calendar.timegm((2026, 11, 2, 1, 30, 0))  # in UTC
+    assert f.day == datetime.date(2026, 11, 1).toordinal()  # SENTON: the header's own day
+    assert parse_fields(b"Date: 1 Nov 26 23:30 EST\r\n\r\n").date == \
+        calendar.timegm((2026, 11, 2, 4, 30, 0))  # the email.utils path
     assert f.message_id == "m1@x" and f.parents == ("p1@x",)
     f = parse_fields(b"Subject: x\r\nReferences: <a@x>\r\n <b@x>\r\nIn-Reply-To: <c@x>\r\n\r\n")
     assert f.parents == ("a@x", "b@x") and f.date is None and f.from_text is None
