@@ -9,6 +9,7 @@ threads the result from the same table and the folder's index columns.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from mailhost.imap import esearch, parser
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
 
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+_NUMBER = re.compile(rb"\d+")
 _BADCHARSET = "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset"
 
 
@@ -146,10 +148,12 @@ async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
     found = await _matching(s, sel, key, charset)
     table = _table(s, sel)
     # The threads depend only on which messages take part (their fields never change),
-    # so the last answer per algorithm is kept: a repeated THREAD only formats it.
+    # so the last answer per algorithm is kept: a repeated THREAD only renumbers it.
     memo_key = (algorithm, tuple(found))
-    roots = table.threads.get(algorithm, (None, None))
-    if roots[0] != memo_key:
+    memo = table.threads.get(algorithm)
+    if memo is not None and memo[0] == memo_key:
+        data = memo[1]
+    else:
         fields = await table.get(sel.folder, found)
         dates, _ = await _index_maps(sel, [("DATE", False)])
         items = []
@@ -161,9 +165,12 @@ async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
             tree = threading.references(items)
         else:
             tree = threading.ordered_subject(items)
-        table.threads[algorithm] = roots = (memo_key, tree)
-    numbers = None if cmd.uid else {u: n for n, u in enumerate(sel.uids, 1)}
-    data = threading.format_threads(roots[1], numbers)
+        data = threading.format_threads(tree)
+        del tree, items
+        table.threads[algorithm] = (memo_key, data)
+    if not cmd.uid:
+        seqs = {u: b"%d" % n for n, u in enumerate(sel.uids, 1)}
+        data = _NUMBER.sub(lambda m: seqs[int(m.group())], data)
     s.send(b"* THREAD" + (b" " + data if data else b"") + b"\r\n")
     return b"THREAD completed"
 

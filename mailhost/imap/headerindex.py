@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any, NamedTuple
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, FirstError, gatherResults
 
 from mailhost.imap import envelope
 from mailhost.imap.basesubject import base_subject
@@ -45,7 +45,9 @@ from mailhost.store.interfaces import IFolder, StoreError
 #: The key under which a message's fields live in the store's per-message cache.
 CACHE_KEY = "sortf1"
 #: Messages whose headers one thread job reads (and whose files are open at once).
-BATCH = 128
+BATCH = 64
+#: Batches in flight at once (so at most BATCH * PARALLEL files open per fill).
+PARALLEL = 3
 #: Header bytes read per message; fields beyond are ignored (as SEARCH's own limit).
 MAX_HEAD = 256 * 1024
 _HEAD_CHUNK = 16 * 1024
@@ -273,8 +275,9 @@ class HeaderTable:
         self._lock = DeferredLock()
         #: Messages read from their files (not the cache): for tests and the bench.
         self.files_read = 0
-        #: THREAD's last answer per algorithm: ((algorithm, UIDs), root nodes).
-        self.threads: dict[str, tuple[Any, Any]] = {}
+        #: THREAD's last answer per algorithm: ((algorithm, UIDs), its ``* THREAD`` data
+        #: by UID), kept as bytes: a tree of 100k nodes would cost tens of MB.
+        self.threads: dict[str, tuple[Any, bytes]] = {}
 
     def get(self, folder: IFolder, uids: Iterable[int]) -> Deferred[dict[int, Fields]]:
         """Deferred firing with this table's ``fields`` once every one of ``uids`` still
@@ -297,8 +300,19 @@ class HeaderTable:
                     unread.append(u)
                 else:
                     known[u] = f
-            for i in range(0, len(unread), BATCH):
-                await self._fill(folder, unread[i:i + BATCH])
+            batches = iter([unread[i:i + BATCH] for i in range(0, len(unread), BATCH)])
+
+            async def worker() -> None:
+                for batch in batches:
+                    await self._fill(folder, batch)
+
+            # A few batches in flight: one opens its files while others are read, so
+            # the disk sees more than one request at a time on a cold cache.
+            try:
+                await gatherResults([Deferred.fromCoroutine(worker())
+                                     for _ in range(PARALLEL)], consumeErrors=True)
+            except FirstError as e:
+                e.subFailure.raiseException()
             if len(known) > 2 * len(uids) + 1024:
                 self._prune(folder)
         finally:
