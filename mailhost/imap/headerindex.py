@@ -227,7 +227,7 @@ def _shared(f: Fields) -> Fields:
     addresses, base subjects and message-ids (a reply's parent is another message's
     id) thousands of times, and 100k messages must fit the memory budget."""
     i = sys.intern
-    return Fields(f.date, f.day, f.subject, i(f.base), f.reply,
+    return Fields(f.date, f.day, None if f.subject is None else i(f.subject), i(f.base), f.reply,
                   None if f.from_text is None else i(f.from_text), i(f.from_mailbox),
                   i(f.from_display), None if f.to_text is None else i(f.to_text),
                   i(f.to_mailbox), i(f.to_display),
