@@ -122,7 +122,10 @@ class _Tokenizer:
             m = _LITERAL_RE.search(self.line)
             if m is None:
                 raise self.error("Literal data without a literal marker")
-            return m.start()
+            start = m.start()
+            if start and self.line[start - 1] == 0x7E:  # "~{n}": a literal8 (RFC 3516)
+                start -= 1
+            return start
         return len(self.line)
 
     def _line_end(self) -> int:
@@ -521,7 +524,7 @@ def parse_append(args: list) -> tuple[bytes, list[str], float | None, bytes]:
     return mailbox, flags, date, bytes(message)
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
 
 
 def parse_status_items(token: object) -> list[str]:
@@ -565,6 +568,8 @@ class FetchItem:
     name: str
     section: Section | None = None
     partial: tuple[int, int] | None = None
+    #: ``PREVIEW (LAZY)`` (RFC 8970): NIL rather than wait for a preview not yet made.
+    lazy: bool = False
 
     @property
     def peek(self) -> bool:
@@ -574,7 +579,11 @@ class FetchItem:
     def response_name(self) -> str:
         if self.section is None:
             return self.name
-        out = "BODY" + self.section.render()
+        if self.name.startswith("BINARY"):  # RFC 3516
+            out = ("BINARY.SIZE" if self.name == "BINARY.SIZE" else "BINARY") \
+                + self.section.render()
+        else:
+            out = "BODY" + self.section.render()
         if self.partial is not None:
             out += f"<{self.partial[0]}>"
         return out
@@ -582,7 +591,7 @@ class FetchItem:
 
 _SIMPLE_ITEMS = {
     "FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
-    "RFC822", "RFC822.HEADER", "RFC822.TEXT",
+    "RFC822", "RFC822.HEADER", "RFC822.TEXT", "PREVIEW",
 }
 _MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
@@ -590,6 +599,8 @@ _MACROS = {
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
 }
 _FETCH_RE = re.compile(r"(BODY(?:\.PEEK)?)\[(.*)\](?:<(\d+)\.(\d+)>)?\Z", re.S | re.I | re.A)
+_BINARY_RE = re.compile(r"(BINARY(?:\.PEEK|\.SIZE)?)\[([0-9.]*)\](?:<(\d+)\.(\d+)>)?\Z",
+                        re.I | re.A)
 _PART_RE = re.compile(r"([1-9]\d*)(\.|\Z)", re.ASCII)
 _SECTION_TEXTS = ("HEADER.FIELDS.NOT", "HEADER.FIELDS", "HEADER", "TEXT", "MIME")
 _BAD_FIELD_BYTES = frozenset(b'(){"\\%*]:')
@@ -658,9 +669,11 @@ def parse_fetch_att(token: object) -> FetchItem:
     up = token.upper()
     if up in _SIMPLE_ITEMS:
         return FetchItem(up)
-    m = _FETCH_RE.match(token)
+    m = _FETCH_RE.match(token) or _BINARY_RE.match(token)
     if m is None:
         raise _err(f"Invalid FETCH attribute {token!s}")
+    if m.re is _BINARY_RE and m.group(1).upper() == "BINARY.SIZE" and m.group(3) is not None:
+        raise _err("BINARY.SIZE takes no partial range")
     name, section_s, start, length = m.groups()
     partial = None
     if start is not None:
@@ -682,8 +695,16 @@ def parse_fetch_items(args: list) -> list[FetchItem]:
     if not atts:
         raise _err("Empty FETCH item list")
     out: list[FetchItem] = []
-    for att in atts:
-        item = parse_fetch_att(att)
+    i = 0
+    while i < len(atts):
+        item = parse_fetch_att(atts[i])
+        i += 1
+        if item.name == "PREVIEW" and i < len(atts) and isinstance(atts[i], list):
+            modifiers = [m.upper() for m in atts[i] if isinstance(m, Atom)]
+            if len(modifiers) != len(atts[i]) or set(modifiers) - {"LAZY"}:
+                raise _err("PREVIEW takes only the LAZY modifier")
+            item = FetchItem("PREVIEW", lazy="LAZY" in modifiers)
+            i += 1
         if item not in out:
             out.append(item)
     return out

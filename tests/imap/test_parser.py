@@ -147,7 +147,7 @@ def test_fetch_macros_and_items():
 @pytest.mark.parametrize(
     "att",
     ["BODY[MIME]", "BODY[0]", "BODY[1.]", "BODY[HEADER.FIELDS]", "BODY[TEXT (A)]",
-     "BODY[]<1>", "BODY[]<1.0>", "BINARY[1]", "BODY[1.X]", "BODY[HEADER.FIELDS ()]"],
+     "BODY[]<1>", "BODY[]<1.0>", "BINARY[1.TEXT]", "BINARY.SIZE[1]<0.5>", "BINARY[0]", "BODY[1.X]", "BODY[HEADER.FIELDS ()]"],
 )
 def test_bad_fetch_atts(att):
     with pytest.raises(ParseError):
@@ -200,7 +200,8 @@ def test_status_items():
     assert parser.parse_status_items([Atom("uidnext"), Atom("MESSAGES")]) == [
         "UIDNEXT", "MESSAGES"]
     with pytest.raises(ParseError):
-        parser.parse_status_items([Atom("SIZE")])
+        parser.parse_status_items([Atom("BOGUS")])
+    assert parser.parse_status_items([Atom("size"), Atom("AppendLimit")]) == ["SIZE", "APPENDLIMIT"]
 
 
 def test_search_rfc3501_examples():
