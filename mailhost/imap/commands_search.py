@@ -67,6 +67,18 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
     return found
 
 
+def _parse_saving(sel: SelectedMailbox, opts: frozenset[str] | None,
+                  parse: Any) -> tuple[Any, parser.SearchKey]:
+    """``parse()``'s (what else it parsed, key) with ``$`` made the saved result; with
+    RETURN (SAVE) the saved result is emptied first, so a command that fails from here
+    on (BAD or NO) leaves ``$`` empty (RFC 5182 2.1)."""
+    saved = sel.saved
+    if opts is not None and "SAVE" in opts:
+        sel.saved = []
+    charset, key = parse()
+    return charset, esearch.substitute_saved(key, saved)
+
+
 def _numbers(sel: SelectedMailbox, uids: list[int], by_uid: bool) -> list[int]:
     if by_uid:
         return uids
@@ -77,11 +89,7 @@ def _numbers(sel: SelectedMailbox, uids: list[int], by_uid: bool) -> list[int]:
 async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
     sel = _selected(s)
     opts, args = esearch.parse_return(cmd.args)
-    charset, key = parser.parse_search(args)
-    if opts is not None and "SAVE" in opts:
-        saved_before = sel.saved
-        sel.saved = []  # a failing SEARCH leaves $ empty (RFC 5182 2.1)
-        key = esearch.substitute_saved(key, saved_before)
+    charset, key = _parse_saving(sel, opts, lambda: parser.parse_search(args))
     found = await _matching(s, sel, key, charset)
     nums = _numbers(sel, found, cmd.uid)
     if opts is None:
@@ -96,15 +104,15 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
 async def sort(s: IMAPServer, cmd: parser.Command) -> bytes:
     sel = _selected(s)
     opts, args = esearch.parse_return(cmd.args)
-    if len(args) < 3:
-        raise parser.ParseError(None, "SORT expects sort keys, a charset and search keys")
-    criteria = sorting.parse_criteria(args[0])
-    charset = parser.as_string(args[1], "charset").decode("ascii", "replace")
-    _, key = parser.parse_search(args[2:])
-    if opts is not None and "SAVE" in opts:
-        saved_before = sel.saved
-        sel.saved = []
-        key = esearch.substitute_saved(key, saved_before)
+
+    def parse() -> tuple[tuple[list[tuple[str, bool]], str], parser.SearchKey]:
+        if len(args) < 3:
+            raise parser.ParseError(None, "SORT expects sort keys, a charset and search keys")
+        criteria = sorting.parse_criteria(args[0])
+        charset = parser.as_string(args[1], "charset").decode("ascii", "replace")
+        return (criteria, charset), parser.parse_search(args[2:])[1]
+
+    (criteria, charset), key = _parse_saving(sel, opts, parse)
     found = await _matching(s, sel, key, charset)
     fields: dict[int, Fields] = {}
     if any(name in sorting.HEADER_KEYS for name, _ in criteria):

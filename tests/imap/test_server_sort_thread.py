@@ -119,6 +119,13 @@ async def test_searchres_dollar_in_later_commands(imap_host):
         assert out[-1].startswith(b"B1 NO [BADCHARSET"), out
         out = raw(c, b"B2 SEARCH $")
         assert out[0] == b"* SEARCH", out
+        # So does a SAVE search that is BAD, and a SAVE sort with a bad program.
+        raw(c, b"B4 SEARCH RETURN (SAVE) ALL")
+        assert raw(c, b"B5 SEARCH RETURN (SAVE) SINCE 99-Foo-2026")[-1].startswith(b"B5 BAD")
+        assert raw(c, b"B6 SEARCH $")[0] == b"* SEARCH", "BAD SAVE left $ set"
+        raw(c, b"B7 SEARCH RETURN (SAVE) ALL")
+        assert raw(c, b"B8 SORT RETURN (SAVE) (BOGUS) UTF-8 ALL")[-1].startswith(b"B8 BAD")
+        assert raw(c, b"B9 SEARCH $")[0] == b"* SEARCH"
         # UID COPY $ with an empty result: nothing, OK.
         assert raw(c, b"B3 UID COPY $ Trash")[-1].startswith(b"B3 OK")
         c.logout()
