@@ -502,26 +502,29 @@ def parse_date(value: str | bytes) -> datetime.date:
         raise _err(f"Invalid date {value!s}") from None
 
 
-def parse_append(args: list) -> tuple[bytes, list[str], float | None, bytes]:
-    """``(mailbox, flags, date, message)`` from APPEND's arguments."""
+def parse_append(args: list) -> tuple[bytes, list[tuple[list[str], float | None, bytes]]]:
+    """``(mailbox, [(flags, date, message), ...])`` from APPEND's arguments: one message,
+    or several (MULTIAPPEND, RFC 3502), each with its own optional flags and date."""
     if len(args) < 2:
         raise _err("APPEND expects a mailbox and a message literal")
     mailbox = as_string(args[0], "mailbox name")
     rest = list(args[1:])
-    message = rest.pop()
-    if not isinstance(message, Literal):
-        raise _err("APPEND message must be a literal")
-    flags: list[str] = []
-    date = None
-    if rest and isinstance(rest[0], list):
-        flags = parse_flag_list(rest.pop(0))
-    if rest:
-        if not isinstance(rest[0], bytes) or isinstance(rest[0], Literal):
-            raise _err("APPEND date-time must be a quoted string")
-        date = parse_datetime(rest.pop(0))
-    if rest:
-        raise _err("Too many APPEND arguments")
-    return mailbox, flags, date, bytes(message)
+    messages: list[tuple[list[str], float | None, bytes]] = []
+    while rest:
+        flags: list[str] = []
+        date = None
+        if isinstance(rest[0], list):
+            flags = parse_flag_list(rest.pop(0))
+        if rest and isinstance(rest[0], bytes) and not isinstance(rest[0], Literal):
+            date = parse_datetime(rest.pop(0))
+        if not rest:
+            raise _err("APPEND message must be a literal")
+        message = rest.pop(0)
+        if not isinstance(message, Literal):
+            raise _err("APPEND message must be a literal" if not messages
+                       else "Too many APPEND arguments")
+        messages.append((flags, date, bytes(message)))
+    return mailbox, messages
 
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
