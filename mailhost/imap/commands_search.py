@@ -55,15 +55,15 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
         uids = [u for u in sel.uids if u in present]
         if matcher is None:
             return uids
-        table = await _table(s, sel).get(folder, uids)
-        return [u for u in uids if (f := table.get(u)) is not None and matcher(f)]
+        known = await _table(s, sel).get(folder, uids)
+        return [u for u in uids if (f := known.get(u)) is not None and matcher(f)]
     await dates_ready(folder)  # every MessageInfo below carries its date
     infos = [i for i in map(folder.get, sel.uids) if i is not None]
     seqs = {u: n for n, u in enumerate(sel.uids, 1)}
-    table = _table(s, sel)
+    header_table = _table(s, sel)
     found: list[int] = await searching.search(
         folder, infos, seqs, key, charset, sel.recent,
-        fields=lambda uids: table.get(folder, uids))
+        fields=lambda uids: header_table.get(folder, uids))
     return found
 
 
