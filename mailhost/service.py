@@ -195,6 +195,9 @@ class MailHostService(service.MultiService):
         self.queue: Any = None
         self.outbound: Any = None
         self.metrics: Any = None
+        # The operator's view over every mailbox (mailhost.mailview.IMailView), or None
+        # when the store cannot list its accounts (IAccountListing).
+        self.mail_view: Any = None
         # Every live session of this host (mailhost.sessions): drain, metrics, faults.
         self.sessions: SessionRegistry | None = None
         # twistd sets this; an embedding application keeps SIGHUP for itself.
@@ -340,6 +343,8 @@ class MailHostService(service.MultiService):
         if sessions is not None:
             d.addCallback(lambda _: sessions.drain(self.config.server.shutdown_grace))
         d.addCallback(lambda _: super(MailHostService, self).stopService())
+        if self.mail_view is not None:
+            d.addCallback(lambda _: self.mail_view.close())
         d.addCallback(lambda _: self.store.close())
         return d
 
@@ -406,6 +411,7 @@ def makeService(
 
     root = MailHostService(config, store, directory, login, settings)
     root.own_directory = own_directory
+    root.mail_view = _make_mail_view(store, config, reactor)
     if auth_pool is not None:
         ThreadPoolService(auth_pool).setServiceParent(root)
     limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
@@ -482,6 +488,16 @@ def makeService(
         root.add_listener("imap", description, imap, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root
+
+
+def _make_mail_view(store: IMailStore, config: Config, reactor: Any) -> Any:
+    """The operator's view over ``store`` (test host helpers, capture mode, web UI)."""
+    from mailhost.mailview import StoreMailView
+    from mailhost.store.interfaces import IAccountListing
+
+    if not IAccountListing.providedBy(store):
+        return None
+    return StoreMailView(store, hostname=config.server.hostname, reactor=reactor)
 
 
 def _make_pipeline(config: Config, reactor: Any) -> Any:
