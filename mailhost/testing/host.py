@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -41,6 +42,8 @@ from mailhost.store.interfaces import (
 )
 from mailhost.store.reader import read_all
 from mailhost.testing.faults import Fault, FaultHook, FaultSet
+from mailhost.testing.faults.control import FaultScript
+from mailhost.web.interfaces import IQueueListing, QueuedMessage, QueuedRecipient
 
 log = Logger()
 
@@ -81,6 +84,7 @@ class OutboundMessage:
     recipients: list[str]
     message: EmailMessage = field(repr=False)
     raw: bytes = field(repr=False)
+    arrival: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
 
 
 def parse_message(raw: bytes) -> EmailMessage:
@@ -166,9 +170,10 @@ class _CaptureWriter:
             self._spool = None
 
 
-@implementer(IOutboundQueue)
+@implementer(IOutboundQueue, IQueueListing)
 class _CaptureQueue:
-    """Implements: IOutboundQueue; keeps "relayed" mail in memory, sends nothing."""
+    """Implements: IOutboundQueue, IQueueListing; keeps "relayed" mail in memory,
+    sends nothing, and lists it (the web UI's queue panel)."""
 
     def __init__(self) -> None:
         self.captured: list[OutboundMessage] = []
@@ -177,6 +182,12 @@ class _CaptureQueue:
     def new_message(self, sender: str, envid: str | None = None,
                     ret: str | None = None) -> _CaptureWriter:
         return _CaptureWriter(self, sender)
+
+    def queued(self) -> list[QueuedMessage]:
+        return [QueuedMessage(f"capture{n}", m.sender,
+                              tuple(QueuedRecipient(r, "captured") for r in m.recipients),
+                              m.arrival, len(m.raw))
+                for n, m in enumerate(self.captured, 1)]
 
 
 class MailHost:
@@ -187,7 +198,8 @@ class MailHost:
     ``tls=True`` adds STARTTLS/STLS and implicit-TLS listeners with a throwaway
     certificate (``ca_file``). ``outbound=True`` captures mail for remote recipients
     instead of refusing it. ``metrics=True`` keeps this host's Prometheus metrics
-    (``metric()``; needs ``prometheus_client``).
+    (``metric()``; needs ``prometheus_client``). ``web=True`` serves the web UI and
+    REST API on loopback (``web_url``), with this host's faults and captured mail.
     """
 
     host = LOOPBACK
@@ -197,7 +209,7 @@ class MailHost:
                  aliases: Mapping[str, list[str]] | None = None,
                  store: str = "memory", tls: bool = False, outbound: bool = False,
                  hostname: str = "localhost", reactor: Any = None,
-                 metrics: bool = False) -> None:
+                 metrics: bool = False, web: bool = False) -> None:
         if store not in ("memory", "maildir"):
             raise ValueError(f"store must be 'memory' or 'maildir', not {store!r}")
         if reactor is None:
@@ -211,6 +223,7 @@ class MailHost:
         self.tls = tls
         self.outbound = outbound
         self.with_metrics = metrics
+        self.with_web = web
         self._initial_users = {normalize_address(u): p for u, p in (users or {}).items()}
         self._aliases = dict(aliases or {})
         self._registry: list[Fault] = []
@@ -259,6 +272,8 @@ class MailHost:
             section.listen = [_EPHEMERAL]
             section.listen_tls = []
         config.metrics.listen = _EPHEMERAL if self.with_metrics else ""
+        config.web.listen = _EPHEMERAL if self.with_web else ""
+        config.web.faults = self.with_web
         if self.tls:
             from mailhost.tls import write_selfsigned
 
@@ -297,6 +312,8 @@ class MailHost:
                                        directory=self.directory,
                                        queue=self._capture, relay=self.outbound,
                                        dispatch_hook=FaultHook(self._registry, self.reactor),
+                                       faults=FaultScript(self._registry),
+                                       queue_listing=self._capture,
                                        reactor=self.reactor)
             self.service.startService()
             self.running = True
@@ -375,6 +392,18 @@ class MailHost:
     @property
     def imap_port(self) -> int:
         return self._port("imap", 0)
+
+    @property
+    def web_port(self) -> int:
+        """The web UI and REST API (``web=True``)."""
+        if self.running and not self.with_web:
+            raise AttributeError("no web listener (pass web=True)")
+        return self._port("web", 0)
+
+    @property
+    def web_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the web UI; the API is under ``/api/``."""
+        return f"http://{LOOPBACK}:{self.web_port}"
 
     @property
     def smtps_port(self) -> int:

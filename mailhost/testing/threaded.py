@@ -101,7 +101,8 @@ class SyncMailHost:
 
     def __getattr__(self, name: str) -> Any:
         # Ports, ca_file, domains...: plain reads, safe from any thread.
-        if name.endswith("_port") or name in ("ca_file", "domains", "hostname", "running"):
+        if name.endswith("_port") or name in ("ca_file", "domains", "hostname", "running",
+                                              "web_url"):
             return getattr(self._host, name)
         raise AttributeError(name)
 

@@ -12,8 +12,6 @@ composition root) builds it from ``WebSettings``.
 """
 
 from mailhost.web.interfaces import IFaultControl, IQueueListing, QueuedMessage, QueuedRecipient
-from mailhost.web.service import WebService
 from mailhost.web.settings import WebSettings
 
-__all__ = ["IFaultControl", "IQueueListing", "QueuedMessage", "QueuedRecipient", "WebService",
-           "WebSettings"]
+__all__ = ["IFaultControl", "IQueueListing", "QueuedMessage", "QueuedRecipient", "WebSettings"]

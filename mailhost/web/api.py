@@ -32,7 +32,7 @@ from mailhost.web.shapes import attachment_json, fault_json, queued_json, summar
 
 log = Logger()
 
-_ID = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,255}")
+_ID = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,1023}")
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Fa-f:.]{2,45}")
 _FILTERS = ("mailbox", "domain", "folder", "sender", "recipient", "subject", "body", "text")
 MAX_BODY = 64 * 1024

@@ -128,9 +128,10 @@ def _text(part: Message | None) -> str | None:
     data = _payload(part)
     charset = part.get_content_charset() or "utf-8"
     try:
-        return data.decode(charset, "replace")
+        text = data.decode(charset, "replace")
     except LookupError:  # an unknown charset name
-        return data.decode("utf-8", "replace")
+        text = data.decode("utf-8", "replace")
+    return text.replace("\r\n", "\n")
 
 
 def _filename(part: Message) -> str | None:

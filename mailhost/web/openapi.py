@@ -12,7 +12,7 @@ from typing import Any
 
 _ID = {"name": "id", "in": "path", "required": True,
        "description": "An opaque message id from a list.",
-       "schema": {"type": "string", "pattern": "^[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,255}$"}}
+       "schema": {"type": "string", "pattern": "^[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,1023}$"}}
 
 _FILTERS = [
     {"name": name, "in": "query", "required": False, "description": text,
