@@ -3,7 +3,7 @@
 The composition root (``mailhost.service``) binds the listener itself (so the port is
 reported with the others by ``wait_listening``) and serves ``factory``; this service
 starts the live-event feed with the host and, on stop, ends the event streams and
-aborts the connections still open (a browser keeps them alive), so a stopped host
+closes the connections still open (a browser keeps them alive), so a stopped host
 leaves nothing behind in the reactor.
 """
 
@@ -53,4 +53,6 @@ class WebService(service.Service):
         super().stopService()
         self.events.stop()
         for protocol in list(self.factory.protocols):
-            protocol.transport.abortConnection()
+            # After what was written (the streams' last chunk) is sent; stopService
+            # does not wait for it, so a client that reads nothing holds up nothing.
+            protocol.transport.loseConnection()
