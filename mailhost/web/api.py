@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -55,7 +55,7 @@ class ApiError(Exception):
         self.allow = allow
 
 
-Handler = Callable[..., Awaitable[Any]]
+Handler = Callable[..., Coroutine[Any, Any, Any]]
 
 
 class Api:
@@ -299,7 +299,8 @@ class Api:
 def _args(request: Request) -> dict[str, str]:
     """Query arguments (the last of repeated ones), as text."""
     out: dict[str, str] = {}
-    for key, values in (request.args or {}).items():
+    given: dict[bytes, list[bytes]] = request.args or {}
+    for key, values in given.items():
         try:
             out[key.decode()] = values[-1].decode()
         except UnicodeDecodeError:
@@ -329,7 +330,7 @@ def _time_arg(args: dict[str, str], name: str) -> datetime | None:
 
 def _query(request: Request) -> MessageQuery:
     args = _args(request)
-    texts = {name: args[name] for name in _FILTERS if args.get(name)}
+    texts: dict[str, Any] = {name: args[name] for name in _FILTERS if args.get(name)}
     return MessageQuery(since=_time_arg(args, "since"), before=_time_arg(args, "before"),
                         **texts)
 

@@ -59,7 +59,7 @@ class WebRoot(Resource):
         request.setHeader(b"cache-control", b"no-store")
         try:
             self._check_access(request)
-            segments = [s.decode("utf-8") for s in request.postpath]
+            segments = [s.decode("utf-8") for s in request.postpath or []]
         except ApiError as e:
             return self._error(request, e)
         except UnicodeDecodeError:
@@ -114,7 +114,7 @@ class WebRoot(Resource):
             return self._error(request, e)
         done = [False]
         request.notifyFinish().addBoth(lambda _: done.__setitem__(0, True))
-        d = defer.ensureDeferred(handler(request, *args))
+        d: defer.Deferred[Any] = defer.ensureDeferred(handler(request, *args))
 
         def answer(result: Any) -> None:
             if done[0] or result is None:  # gone, or an open event stream
