@@ -390,7 +390,9 @@ def makeService(
     settings = Settings.from_config(config)
     os.makedirs(os.path.abspath(config.server.data_dir), exist_ok=True)
     # What mail is written to; a read-only one stops the start here, in one line.
-    storage_paths = [config.server.data_dir, config.data_path(config.outbound.queue_dir)]
+    storage_paths = [config.server.data_dir]
+    if not settings.capture.enabled:  # capture mode has no queue
+        storage_paths.append(config.data_path(config.outbound.queue_dir))
     if store is None and config.store.backend == "maildir":
         storage_paths.append(config.data_path(config.store.path))
     check_writable(storage_paths)
@@ -399,6 +401,17 @@ def makeService(
     passwd = PasswdFile(config.data_path(config.auth.passwd_file))
     aliases = AliasesFile(config.data_path(config.auth.aliases_file))
     own_directory = None
+    capture = settings.capture.enabled
+    if capture:
+        # Capture mode (mailhost.auth.capture): every address is a local mailbox and
+        # any login succeeds; nothing below relays, queues or looks names up.
+        from mailhost.auth.capture import AcceptAnyChecker, CaptureDirectory
+
+        relay = False
+        if directory is None:  # an IUserDirectory, as an embedder's may be
+            directory = cast(Any, CaptureDirectory(settings.directory.domains))
+        if checkers is None:
+            checkers = [AcceptAnyChecker(settings.directory.domains[0])]
     if directory is None:
         directory = own_directory = UserDirectory(
             settings.directory.domains,
@@ -442,20 +455,22 @@ def makeService(
 
     from mailhost.outbound.service import OutboundService, listen_addresses
 
-    outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
-                               local_addresses=listen_addresses(config.smtp.listen),
-                               listening=root.wait_listening)
-    outbound.setServiceParent(root)
-    root.outbound = outbound
-    root.queue = outbound.queue
-    smtp_queue = None if not relay else queue if queue is not None else outbound.queue
+    if not capture:  # capture mode has no outbound: no spool, scheduler or resolver
+        outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
+                                   local_addresses=listen_addresses(config.smtp.listen),
+                                   listening=root.wait_listening)
+        outbound.setServiceParent(root)
+        root.outbound = outbound
+        root.queue = outbound.queue
+    smtp_queue = None if not relay else queue if queue is not None else root.queue
     if config.metrics.listen:
         from mailhost.metrics import Metrics
 
         root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
         sessions.observers.append(root.metrics)
         login.observers.append(root.metrics.login)
-        outbound.attempt_observers.append(root.metrics.attempt)
+        if root.outbound is not None:
+            root.outbound.attempt_observers.append(root.metrics.attempt)
         MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
 
     if web.enabled:
@@ -466,7 +481,7 @@ def makeService(
     space = FreeSpace(storage_paths, lambda: root.config.smtp.min_free_space, reactor=reactor)
     space.setServiceParent(root)
 
-    pipeline = _make_pipeline(config, reactor)
+    pipeline = None if capture else _make_pipeline(config, reactor)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 
@@ -528,9 +543,9 @@ def _add_web(root: MailHostService, settings: WebSettings, reactor: Any,
 
     if root.mail_view is None:
         raise ConfigError("web.listen: this store cannot list its accounts, so it has no web UI")
-    web = WebService(settings, root.mail_view, reactor,
-                     queue=queue_listing if queue_listing is not None
-                     else SpoolListing(root.outbound), faults=faults)
+    if queue_listing is None and root.outbound is not None:
+        queue_listing = SpoolListing(root.outbound)  # capture mode has none: empty
+    web = WebService(settings, root.mail_view, reactor, queue=queue_listing, faults=faults)
     web.setServiceParent(root)
     endpoint = parse_endpoint(reactor, settings.listen, "web.listen")
     listener = ListenerService("web.listen", settings.listen, endpoint, web.factory)
@@ -606,7 +621,7 @@ _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "server.log_max_files", "server.hostname", "metrics.listen",
                  "outbound.queue_dir", "outbound.resolver", "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
-                 "pipeline.", "web.")
+                 "pipeline.", "capture.", "web.")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
 
 

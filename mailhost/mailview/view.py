@@ -70,6 +70,9 @@ CACHE_KEY = "mailview.summary"
 
 Listener = Callable[[MessageSummary], None]
 
+#: Seconds before a new account was opened from which its messages count as new.
+NEW_ACCOUNT_SLACK = 2
+
 
 @dataclass(frozen=True)
 class _Candidate:
@@ -109,7 +112,9 @@ class _AccountWatch:
         self.view = view
 
     def account_opened(self, user: str) -> None:
-        self.view._watch_account(user, since=math.floor(time.time()))
+        # A delivery dates its message (whole seconds, on Maildir) just before it
+        # opens the account: allow for a second boundary in between.
+        self.view._watch_account(user, since=math.floor(time.time()) - NEW_ACCOUNT_SLACK)
 
 
 @implementer(IMailView)

@@ -49,3 +49,17 @@ def test_stopping_the_host_ends_open_streams(mailhost_sync):
     call(mailhost_sync._host.stop)
     assert stream.read() in (b"", b": open\n\n")  # ended, not hanging until the timeout
     stream.close()
+
+
+@pytest.mark.mailhost(web=True, capture=True)
+def test_capture_mode_shows_mail_for_any_domain(mailhost_sync):
+    stream = urllib.request.urlopen(mailhost_sync.web_url + "/api/events", timeout=10)
+    try:
+        send(mailhost_sync.smtp_port, message("order shipped", to="customer@gmail.com"))
+        assert _events(stream, "message")["mailbox"] == "customer@gmail.com"
+    finally:
+        stream.close()
+    base = mailhost_sync.web_url
+    assert request(base + "/api/messages?domain=gmail.com").json()["total"] == 1
+    assert "customer@gmail.com" in request(base + "/api/mailboxes").json()["mailboxes"]
+    assert request(base + "/api/queue").json() == {"messages": []}  # nothing relayed

@@ -70,15 +70,15 @@ def test_basic_auth_and_faults_off(mailhost_factory):
     proc.stop()
 
 
-@pytest.mark.parametrize("name", ["dev.toml", "production.toml"])
-def test_web_is_on_in_dev_and_off_in_production(name):
+@pytest.mark.parametrize("name", ["dev.toml", "capture.toml", "production.toml"])
+def test_web_is_on_in_dev_and_capture_and_off_in_production(name):
     import os
     import tomllib
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(root, "tap-configs", name), "rb") as f:
         web = tomllib.load(f).get("web", {})
-    if name == "dev.toml":
+    if name in ("dev.toml", "capture.toml"):
         assert web["listen"] == "tcp:8025:interface=127.0.0.1"
         assert "username" not in web  # loopback only
     else:
