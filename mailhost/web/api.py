@@ -34,12 +34,14 @@ log = Logger()
 
 _ID = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,1023}")
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Fa-f:.]{2,45}")
+_CID = re.compile(r"""(["'])cid:([^"'<>\s]{1,256})\1""", re.I)
 _FILTERS = ("mailbox", "domain", "folder", "sender", "recipient", "subject", "body", "text")
 MAX_BODY = 64 * 1024
 DEFAULT_LIMIT = 50
 
-#: CSP of the HTML body: no script, no network, styles and inline images only.
-HTML_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+#: CSP of the HTML body: no script, no network, styles and the message's own images
+#: only (``cid:`` references point at its attachments).
+HTML_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
             "font-src data:; form-action 'none'; frame-ancestors 'self'; base-uri 'none'")
 #: CSP of downloads: never run as a page of this origin.
 DOWNLOAD_CSP = "sandbox; default-src 'none'"
@@ -154,7 +156,16 @@ class Api:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", HTML_CSP.encode())
         request.setHeader(b"referrer-policy", b"no-referrer")
-        return parsed.html.encode("utf-8", "replace")
+        by_cid = {a.content_id: a.index for a in parsed.attachments if a.content_id}
+
+        def inline(match: re.Match[str]) -> str:
+            index = by_cid.get(match.group(2))
+            if index is None:
+                return match.group(0)
+            quote_char = match.group(1)
+            return f"{quote_char}/api/messages/{message_id}/attachments/{index}{quote_char}"
+
+        return _CID.sub(inline, parsed.html).encode("utf-8", "replace")
 
     async def attachments(self, request: Request, message_id: str) -> Any:
         message_id = _message_id(message_id)

@@ -117,3 +117,53 @@ def test_a_script_in_an_html_message_does_not_run(mailhost_sync, browser):
     _wait(browser, lambda d: d.find_elements(By.ID, "shown"), "the HTML body")
     assert browser.title == "mail"
     assert browser.get_cookies() == []
+
+
+@pytest.mark.mailhost(web=True, outbound=True, users={"alice@example.test": "pw"})
+def test_faults_queue_and_release_panels(mailhost_sync, browser):
+    import smtplib
+
+    from selenium.webdriver.common.by import By
+
+    from mailhost.testing import running
+
+    _open_page(browser, mailhost_sync.web_url)
+
+    # A fault added from the page answers the next MAIL; clearing it from the page ends it.
+    browser.find_element(By.CSS_SELECTOR, '.tab[data-panel="faults"]').click()
+    browser.find_element(By.ID, "fault-command").send_keys("MAIL")
+    browser.find_element(By.ID, "fault-code").send_keys("421")
+    browser.find_element(By.ID, "fault-message").send_keys("4.3.2 chaos from the page")
+    browser.find_element(By.CSS_SELECTOR, "#fault-form button[type=submit]").click()
+    _wait(browser, lambda d: "smtp fail MAIL -> 421" in d.find_element(By.ID, "faults").text,
+          "the fault in the list")
+    with smtplib.SMTP("127.0.0.1", mailhost_sync.smtp_port, timeout=10) as s:
+        s.ehlo()
+        assert s.mail("bob@example.test") == (421, b"4.3.2 chaos from the page")
+    browser.find_element(By.ID, "faults-clear").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "faults").text == "", "the list to clear")
+    assert mailhost_sync.faults() == []
+
+    # Mail for a remote domain, captured by the test host, shows in the queue panel.
+    with smtplib.SMTP("127.0.0.1", mailhost_sync.submission_port, timeout=10) as s:
+        s.login("alice@example.test", "pw")
+        s.send_message(message("to the world", sender="alice@example.test",
+                               to="someone@remote.example"))
+    browser.find_element(By.CSS_SELECTOR, '.tab[data-panel="queue"]').click()
+    _wait(browser, lambda d: "someone@remote.example (captured)" in
+          d.find_element(By.ID, "queue").text, "the queue entry")
+
+    # Release a stored message from the page to another SMTP server.
+    browser.find_element(By.CSS_SELECTOR, '.tab[data-panel="inbox"]').click()
+    send(mailhost_sync.smtp_port, message("release me"))
+    with running(users={"dave@example.test": "pw"}) as other:
+        _wait(browser, lambda d: _row(d, "release me"), "the message").click()
+        _wait(browser, lambda d: d.find_element(By.ID, "subject").text == "release me",
+              "the message view")
+        browser.find_element(By.ID, "release-port").send_keys(str(other.smtp_port))
+        browser.find_element(By.ID, "release-to").send_keys("dave@example.test")
+        browser.find_element(By.CSS_SELECTOR, "#release-form button").click()
+        got = other.wait_for_messages(1, timeout=15)
+        assert got[0].subject == "release me"
+        _wait(browser, lambda d: "Released to 127.0.0.1:" in d.find_element(By.ID, "status").text,
+              "the confirmation")

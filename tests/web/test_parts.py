@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from zope.interface.verify import verifyObject
@@ -77,3 +78,16 @@ async def test_a_big_message_is_parsed_in_a_thread():
     finally:
         mime.parse = original
     assert seen == [True, False]
+
+
+@pytest.mark.mailhost(web=True, users={"alice@example.test": "pw"})
+def test_cid_images_point_at_the_messages_attachments(mailhost_sync):
+    from tests.web.helpers import request
+
+    m = message("logo", "see logo\n", html='<img src="cid:logo@x"><img src="cid:none@x">')
+    m.get_payload()[1].add_related(b"\x89PNG", maintype="image", subtype="png", cid="<logo@x>")
+    mailhost_sync.deliver("alice@example.test", bytes(m))
+    mid = request(mailhost_sync.web_url + "/api/messages").json()["messages"][0]["id"]
+    html = request(mailhost_sync.web_url + f"/api/messages/{mid}/html").body.decode()
+    assert f'src="/api/messages/{mid}/attachments/0"' in html
+    assert 'src="cid:none@x"' in html  # no such part: left alone (and loads nothing)

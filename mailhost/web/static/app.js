@@ -300,6 +300,7 @@ async function loadFaults() {
   $("faults-off").hidden = result.enabled;
   for (const control of $("fault-form").elements) control.disabled = !result.enabled;
   $("faults").replaceChildren(...result.faults.map((f) => el("li", null, f.description)));
+  $("faults-none").hidden = result.faults.length > 0;
 }
 
 async function addFault(event) {
