@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -112,6 +112,7 @@ class _AccountWatch:
         self.view = view
 
     def account_opened(self, user: str) -> None:
+        self.view._known.add(user)
         # A delivery dates its message (whole seconds, on Maildir) just before it
         # opens the account: allow for a second boundary in between.
         self.view._watch_account(user, since=math.floor(time.time()) - NEW_ACCOUNT_SLACK)
@@ -133,6 +134,10 @@ class StoreMailView:
 
             reactor = _reactor
         self.store = store
+        self._listing = cast(IAccountListing, store)
+        # Accounts seen so far: a store never removes one, so an id naming one of
+        # these needs no listing to be looked up (the Maildir listing scans a tree).
+        self._known: set[str] = set()
         self.hostname = hostname
         self.reactor = reactor
         self._listeners: list[Listener] = []
@@ -144,7 +149,12 @@ class StoreMailView:
     # -- reading --------------------------------------------------------------------
 
     def mailboxes(self) -> defer.Deferred[list[str]]:
-        return self.store.accounts()  # type: ignore[attr-defined, no-any-return]
+        return defer.Deferred.fromCoroutine(self._accounts())
+
+    async def _accounts(self) -> list[str]:
+        users: list[str] = await self._listing.accounts()
+        self._known.update(users)
+        return users
 
     def messages(self, query: MessageQuery | None = None) -> defer.Deferred[list[MessageSummary]]:
         return defer.Deferred.fromCoroutine(self._messages(query or MessageQuery()))
@@ -171,8 +181,8 @@ class StoreMailView:
 
     async def _locate(self, ref: MessageRef, message_id: str) -> tuple[IFolder, MessageInfo]:
         """The live folder and index entry of ``ref``; NoSuchMessageId if it is gone."""
-        accounts = await self.store.accounts()  # type: ignore[attr-defined]
-        if ref.mailbox not in accounts:
+        # open_account would make a missing account: look it up first.
+        if ref.mailbox not in self._known and ref.mailbox not in await self._accounts():
             raise NoSuchMessageId(message_id)
         try:
             account = await self.store.open_account(ref.mailbox)
@@ -194,7 +204,7 @@ class StoreMailView:
         newest first; no message file is opened."""
         wanted_folder = None if query.folder is None else canonical_folder(query.folder)
         found: list[_Candidate] = []
-        for mailbox in await self.store.accounts():  # type: ignore[attr-defined]
+        for mailbox in await self._accounts():
             if not mailbox_matches(query, mailbox):
                 continue
             account = await self.store.open_account(mailbox)
@@ -207,7 +217,9 @@ class StoreMailView:
                 except NoSuchFolder:
                     continue  # deleted meanwhile
                 await folder.refresh()
-                if IIndexedFolder.providedBy(folder) and (query.since or query.before):
+                if IIndexedFolder.providedBy(folder):
+                    # Dates not read yet (files adopted in bulk) are read here, in
+                    # the pool, not one stat at a time on the reactor by messages().
                     await folder.fill_dates()
                 found.extend(_Candidate(mailbox, folder, info) for info in folder.messages()
                              if date_matches(query, _received(info)))
@@ -327,8 +339,8 @@ class StoreMailView:
         self._listeners.append(listener)
         if self._account_watch is None:
             self._account_watch = _AccountWatch(self)
-            self.store.add_account_listener(self._account_watch)  # type: ignore[attr-defined]
-            d = self.store.accounts()  # type: ignore[attr-defined]
+            self._listing.add_account_listener(self._account_watch)
+            d = self.mailboxes()
 
             def watch_all(users: list[str]) -> None:
                 for user in users:
@@ -349,7 +361,7 @@ class StoreMailView:
         """Stop watching (every subscriber is dropped); the view itself stays usable."""
         self._listeners = []
         if self._account_watch is not None:
-            self.store.remove_account_listener(self._account_watch)  # type: ignore[attr-defined]
+            self._listing.remove_account_listener(self._account_watch)
             self._account_watch = None
         watched, self._watched = self._watched, {}
         for pairs in watched.values():

@@ -232,7 +232,8 @@ class MailHost:
         if unknown or not self.protocols:
             raise ValueError(f"protocols must name some of {', '.join(PROTOCOLS)}, "
                              f"not {list(self.protocols)!r}")
-        known_ports = {key for kind in self.protocols for key in _PORT_KEYS[kind] if key}
+        known_ports = {key for kind in self.protocols
+                       for key in _PORT_KEYS[kind][: 2 if tls else 1] if key}
         self.ports = dict(ports or {})
         if set(self.ports) - known_ports:
             raise ValueError(f"ports for {sorted(set(self.ports) - known_ports)}: "
