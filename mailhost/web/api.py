@@ -129,8 +129,8 @@ class Api:
 
     async def message(self, request: Request, message_id: str) -> Any:
         message_id = _message_id(message_id)
-        summary = await self._call(self.view.summary, message_id)
         parsed = await self._parse(message_id)
+        summary = await self._call(self.view.summary, message_id)
         return {
             "summary": summary_json(summary),
             "headers": [{"name": n, "value": v} for n, v in parsed.headers],
@@ -297,6 +297,8 @@ class Api:
     async def _parse(self, message_id: str) -> ParsedMessage:
         cached = self._parsed.get(message_id)
         if cached is not None:
+            # Still there? (IMAP, POP3 or another page may have deleted it.)
+            await self._call(self.view.summary, message_id)
             self._parsed.move_to_end(message_id)
             return cached
         raw = await self._call(self.view.raw, message_id)

@@ -119,3 +119,18 @@ def test_a_message_that_breaks_mime_parsing_still_shows(mailhost_sync):
     got = request(mailhost_sync.web_url + f"/api/messages/{listed[0]['id']}")
     assert got.status == 200, got.body
     assert got.json()["summary"]["subject"] == "broken"
+
+
+@pytest.mark.mailhost(web=True, users={"alice@example.test": "pw"})
+def test_a_message_deleted_elsewhere_is_gone_from_every_endpoint(mailhost_sync):
+    """The parse cache never serves a message another client deleted."""
+    send(mailhost_sync.smtp_port, message("short-lived", html="<p>bye</p>",
+                                          attachment=("a.txt", b"A")))
+    mailhost_sync.wait_for_messages(1)
+    base = mailhost_sync.web_url
+    mid = request(base + "/api/messages").json()["messages"][0]["id"]
+    assert request(base + f"/api/messages/{mid}/html").status == 200  # parsed and cached
+    mailhost_sync.mail_view.delete(mid)
+    for path in ("", "/html", "/attachments", "/attachments/0", "/raw"):
+        got = request(base + f"/api/messages/{mid}{path}")
+        assert got.status == 404, (path, got.body)
