@@ -196,7 +196,10 @@ class Api:
         faults = self.faults.faults() if self.faults is not None else []
         return {"enabled": self.faults is not None, "faults": [fault_json(f) for f in faults]}
 
-    async def stream(self, request: Request) -> None:
+    async def stream(self, request: Request) -> bytes | None:
+        if request.method == b"HEAD":  # headers only: no stream to hold open
+            request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+            return b""
         self.events.open(request)
         return None  # the stream stays open
 
