@@ -29,6 +29,7 @@ from zope.interface import implementer
 from mailhost.auth.login import Login
 from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.imap import framing, parser
+from mailhost.imap.compress import DeflateError, Deflater, Inflater
 from mailhost.imap.output import OutputGate
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
 from mailhost.imap.selected import BadSequence, SelectedMailbox
@@ -58,11 +59,15 @@ log = Logger()
 #: Extensions advertised once logged in; before login some are left out.
 CAPABILITIES = (
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
-    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE",
+    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CREATE-SPECIAL-USE",
+    b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"PREVIEW",
+    b"BINARY", b"MULTIAPPEND",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
 PREAUTH_MAX_LITERAL = 64 * 1024
+#: Compressed input is inflated at most this much at a time (see mailhost.imap.compress).
+INFLATE_PIECE = 64 * 1024
 #: Consecutive BAD replies before the server gives up on a client.
 MAX_BAD_COMMANDS = 20
 #: APPEND literals at least this big stream into the store as they arrive.
@@ -130,6 +135,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._pumping = False
         self._line_waiter: defer.Deferred | None = None
         self._read_paused = False
+        self._inflater: Inflater | None = None  # COMPRESS=DEFLATE, once active
+        self._deflater: Deflater | None = None
         self._bad_count = 0
         self._commands = 0
         self._started = 0.0
@@ -137,8 +144,10 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._lost = False  # the transport is gone
         self.peer = "?"
         self.current: parser.Command | None = None
-        self._streamed: Any = None  # message writer filled by the next command's literal
-        self.append_writer: Any = None  # the running command's streamed APPEND message
+        #: Message writers filled by the next command's literals, as they arrived.
+        self._streamed: list[StreamedMessage] = []
+        #: The running command's streamed APPEND messages (one per MULTIAPPEND literal).
+        self.append_writers: list[StreamedMessage] = []
         self._abort_call: Any = None
         self._progress = 0.0  # when the last complete command arrived (or connect)
         self.quick_ack: QuickAck | None = None
@@ -213,10 +222,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._closed = True
         self._lost = True
         self._held.cancel()
-        for writer in (self._streamed, self.append_writer):
-            if writer is not None:
-                writer.abort()
-        self._streamed = self.append_writer = None
+        self._drop_streamed()
+        self._drop_appends()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -285,6 +292,8 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def send(self, data: bytes) -> None:
         if not self._lost:
+            if self._deflater is not None:
+                data = self._deflater.deflate(data)
             self.transport.write(data)
 
     def drain(self) -> defer.Deferred:
@@ -305,6 +314,9 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def capability_string(self) -> bytes:
         caps = list(CAPABILITIES)
+        if self.state != NOT_AUTHENTICATED and self._deflater is None:
+            caps.append(b"COMPRESS=DEFLATE")
+        caps.append(b"APPENDLIMIT=%d" % self.settings.max_literal_size)
         if self.state == NOT_AUTHENTICATED:
             if self.tls_options is not None and not self.tls_active:
                 caps.append(b"STARTTLS")
@@ -321,13 +333,20 @@ class IMAPServer(Protocol, TimeoutMixin):
             return
         if self.state != NOT_AUTHENTICATED:
             self.resetTimeout()  # before login only whole commands count (_dispatch)
-        self.framer.feed(data)
+        if self._inflater is not None:
+            self._inflater.push(data)
+            self._inflate()
+            if self._closed:  # corrupt input
+                return
+        else:
+            self.framer.feed(data)
         self._pump()
         if (self.framer.in_command or self.framer.buffered) and self.quick_ack is not None:
             # Part of a command, no reply yet: the client may hold the rest until we
             # acknowledge (imaplib's APPEND sends the literal and its CRLF apart).
             self.quick_ack.now()
-        if self.framer.buffered > INPUT_HIGH_WATER and not self._read_paused:
+        if (self.framer.buffered > INPUT_HIGH_WATER or self._inflating()) \
+                and not self._read_paused:
             self._read_paused = True
             self.transport.pauseProducing()
 
@@ -357,11 +376,14 @@ class IMAPServer(Protocol, TimeoutMixin):
                     break
                 event = self.framer.next_event()
                 if event is None:
+                    if self._inflating() and self._inflate():
+                        continue
                     break
                 self._on_event(event)
         finally:
             self._pumping = False
-        if self._read_paused and self.framer.buffered < INPUT_HIGH_WATER // 2 and not self._closed:
+        if self._read_paused and self.framer.buffered < INPUT_HIGH_WATER // 2 \
+                and not self._inflating() and not self._closed:
             self._read_paused = False
             self.transport.resumeProducing()
 
@@ -383,7 +405,8 @@ class IMAPServer(Protocol, TimeoutMixin):
             else:
                 self._continue(verdict, event.tag)
         else:
-            self._early = None  # the command was dropped
+            self._early = None  # the command was dropped, and the literals it streamed
+            self._drop_streamed()
         if isinstance(event, framing.LineTooLong):
             self._bad(event.tag, b"Line too long")
         elif isinstance(event, framing.LiteralTooBig):
@@ -399,9 +422,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._running = False
         if isinstance(verdict, Refuse):
             # Instead of '+': the client sends no literal, and the next line is a command.
-            if self._streamed is not None:
-                self._streamed.abort()
-                self._streamed = None
+            self._drop_streamed()
             self.framer.abandon()
             self._reply(tag, b"NO", verdict.text.encode("utf-8", "replace"))
         else:
@@ -424,18 +445,27 @@ class IMAPServer(Protocol, TimeoutMixin):
         """Stream a big APPEND literal straight into a store message writer."""
         if n < STREAM_APPEND_OVER or framing._head(segments[0])[1] != "APPEND":
             return None
-        if self._streamed is not None:
-            self._streamed.abort()
-        self._streamed = StreamedMessage(self.account)
-        return self._streamed
+        writer = StreamedMessage(self.account)
+        self._streamed.append(writer)
+        return writer
+
+    def _drop_streamed(self) -> None:
+        for writer in self._streamed:
+            writer.abort()
+        self._streamed = []
+
+    def _drop_appends(self) -> None:
+        """The command is over: what it did not commit is aborted (a no-op after commit)."""
+        for writer in self.append_writers:
+            writer.abort()
+        self.append_writers = []
 
     def _dispatch(self, segments: list[bytes]) -> None:
         early, self._early = self._early, None
         self._progress = self._now()
         self.resetTimeout()
-        if self.append_writer is not None:
-            self.append_writer.abort()
-        self.append_writer, self._streamed = self._streamed, None
+        self._drop_appends()
+        self.append_writers, self._streamed = self._streamed, []
         try:
             cmd = parser.parse_command(segments)
         except parser.ParseError as e:
@@ -469,9 +499,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         """Run one command (or refuse it, as the dispatch hook said) and report it."""
         self.registry.started(self, verb)
         if isinstance(verdict, Refuse):
-            if self.append_writer is not None:  # a streamed APPEND literal: not stored
-                self.append_writer.abort()
-                self.append_writer = None
+            self._drop_appends()  # streamed APPEND literals: not stored
             self.registry.finished(self, verb, "NO", 0)
             self._reply(cmd.tag, b"NO", verdict.text.encode("utf-8", "replace"))
             self._running = False
@@ -510,9 +538,7 @@ class IMAPServer(Protocol, TimeoutMixin):
             status, text = b"NO", b"[SERVERBUG] Internal error"
         finally:
             self.current = None
-            if self.append_writer is not None:
-                self.append_writer.abort()  # idempotent; a no-op after commit
-                self.append_writer = None
+            self._drop_appends()
         if self._lost:
             return
         self.registry.finished(self, verb, status.decode("ascii"), 0)
@@ -584,6 +610,43 @@ class IMAPServer(Protocol, TimeoutMixin):
         """The logged-in user's IMailAccount (``IMailUser.account``): the session's one
         route to the store, APPEND included."""
         return self.avatar.account
+
+    def start_compress(self) -> None:
+        """COMPRESS=DEFLATE from the next octet on, both ways (the tagged OK went out
+        uncompressed); anything the client sent after the command is compressed already."""
+        log.info("imap: {peer} turned on COMPRESS=DEFLATE", peer=self.peer,
+                 event="imap_compress")
+        self._deflater = Deflater()
+        self._inflater = Inflater()
+        self._inflater.push(self.framer.take_buffered())
+        self._inflate()
+
+    @property
+    def compressing(self) -> bool:
+        return self._deflater is not None
+
+    def _inflating(self) -> bool:
+        """Compressed input waits for room in the framer."""
+        return self._inflater is not None and self._inflater.pending
+
+    def _inflate(self) -> bool:
+        """Move inflated input into the framer while it has room; True if any moved.
+        Corrupt input closes the connection."""
+        assert self._inflater is not None
+        fed = False
+        try:
+            while self.framer.buffered < INPUT_HIGH_WATER and self._inflater.pending:
+                piece = self._inflater.pull(INFLATE_PIECE)
+                if piece:
+                    self.framer.feed(piece)
+                    fed = True
+        except DeflateError as e:
+            log.info("imap: corrupt compressed input from {peer}: {error}", peer=self.peer,
+                     error=str(e), event="imap_deflate_error")
+            self.send(b"* BYE Corrupt compressed data\r\n")
+            self.close()
+            return False
+        return fed
 
     def start_tls(self) -> None:
         """Discard anything pipelined behind STARTTLS (CVE-2011-0411), then upgrade."""

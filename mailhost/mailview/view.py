@@ -16,9 +16,9 @@ blocks the reactor.
   client).
 - **Subscribing** watches every folder of every account (``IFolderListener``) and
   hears of new accounts from the store (``IAccountListener``); it starts with the
-  first subscriber and stops with the last (or ``close``). A message that reached a
-  new account before its folders were watched is announced too: what arrived since
-  the store first opened that account.
+  first subscriber and stops with the last (or ``close``). An account that was not
+  there when watching started is new, so everything in it is announced when its
+  folders are first watched: its first message may land before they are.
 
 Built by whoever composes the host (``mailhost.service``, the test host); nothing
 registers itself.
@@ -27,8 +27,6 @@ registers itself.
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,9 +68,6 @@ CACHE_KEY = "mailview.summary"
 
 Listener = Callable[[MessageSummary], None]
 
-#: Seconds before a new account was opened from which its messages count as new.
-NEW_ACCOUNT_SLACK = 2
-
 
 @dataclass(frozen=True)
 class _Candidate:
@@ -112,10 +107,7 @@ class _AccountWatch:
         self.view = view
 
     def account_opened(self, user: str) -> None:
-        self.view._known.add(user)
-        # A delivery dates its message (whole seconds, on Maildir) just before it
-        # opens the account: allow for a second boundary in between.
-        self.view._watch_account(user, since=math.floor(time.time()) - NEW_ACCOUNT_SLACK)
+        self.view._account_opened(user)
 
 
 @implementer(IMailView)
@@ -145,6 +137,9 @@ class StoreMailView:
         # mailbox -> [(folder, listener)] while anyone subscribes.
         self._watched: dict[str, list[tuple[IFolder, _FolderWatch]]] = {}
         self._announcing: defer.Deferred[None] = defer.succeed(None)
+        # Accounts opened while the first listing of a subscription runs: new ones
+        # unless that listing names them.
+        self._opened_early: list[str] | None = None
 
     # -- reading --------------------------------------------------------------------
 
@@ -340,11 +335,15 @@ class StoreMailView:
         if self._account_watch is None:
             self._account_watch = _AccountWatch(self)
             self._listing.add_account_listener(self._account_watch)
+            self._opened_early = []
             d = self.mailboxes()
 
             def watch_all(users: list[str]) -> None:
+                early, self._opened_early = self._opened_early or [], None
                 for user in users:
                     self._watch_account(user, since=None)
+                for user in early:  # not listed: made after watching began
+                    self._watch_account(user, since=0.0)
 
             d.addCallback(watch_all)
             d.addErrback(lambda f: log.failure("listing accounts to watch failed", f))
@@ -360,6 +359,7 @@ class StoreMailView:
     def close(self) -> None:
         """Stop watching (every subscriber is dropped); the view itself stays usable."""
         self._listeners = []
+        self._opened_early = None
         if self._account_watch is not None:
             self._listing.remove_account_listener(self._account_watch)
             self._account_watch = None
@@ -367,6 +367,16 @@ class StoreMailView:
         for pairs in watched.values():
             for folder, watch in pairs:
                 folder.remove_listener(watch)
+
+    def _account_opened(self, user: str) -> None:
+        """The store opened ``user``'s account for the first time. Every account there
+        when watching began is watched already; this one is new (or new to us, made
+        by another program meanwhile), so all its mail is news."""
+        self._known.add(user)
+        if self._opened_early is not None:  # the first listing is still running
+            self._opened_early.append(user)
+            return
+        self._watch_account(user, since=0.0)
 
     def _watch_account(self, mailbox: str, since: float | None) -> None:
         """Watch every folder of ``mailbox``; announce what is there already from

@@ -299,7 +299,7 @@ class MailHost:
         config.outbound.resolver = f"{LOOPBACK}:9"
         config.capture.enabled = self.capture
         sections: dict[str, Any] = {"smtp": config.smtp, "submission": config.submission,
-                    "pop3": config.pop3, "imap": config.imap}
+                                    "pop3": config.pop3, "imap": config.imap}
         for kind, section in sections.items():
             section.listen = [self._endpoint(kind, 0)] if kind in self.protocols else []
             section.listen_tls = []

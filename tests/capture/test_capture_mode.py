@@ -30,7 +30,7 @@ def newsletter(subject: str, to: list[str], body: str = "Hello from the app") ->
 
 
 def assert_each_recipient_has_its_own_mailbox(host, subject: str, logins=()) -> None:
-    host.wait_for_messages(20, timeout=20)
+    host.wait_for_messages(20, timeout=60)
     view = host.mail_view
     # A login opens (so makes) its own, empty, mailbox too.
     assert view.mailboxes() == sorted([*RECIPIENTS, *logins])
@@ -85,7 +85,7 @@ def test_a_name_that_is_not_an_address_logs_in_and_reads_its_mail(mailhost_sync)
         with smtplib.SMTP("127.0.0.1", host.smtp_port, timeout=10) as smtp:
             smtp.sendmail("a@app.test", ["dev@capture.test", "qa@x.test"],
                           newsletter("Read me", ["dev@capture.test"]).as_bytes())
-        host.wait_for_messages(2)
+        host.wait_for_messages(2, timeout=60)
         # A recipient reads its mail over IMAP and POP3 with any password.
         imap = imaplib.IMAP4("127.0.0.1", host.imap_port, timeout=10)
         imap.login("qa@x.test", "whatever")
@@ -119,7 +119,7 @@ def test_search_delete_purge_through_the_view(mailhost_sync):
             for i, rcpt in enumerate(RECIPIENTS[:10]):
                 body = f"Your code is {1000 + i}"
                 smtp.send_message(newsletter(f"Code {i}", [rcpt], body=body))
-        host.wait_for_messages(10)
+        host.wait_for_messages(10, timeout=60)
         view = host.mail_view
         newest = view.messages(limit=3)
         assert len(newest) == 3
@@ -166,7 +166,7 @@ def test_release_delivers_byte_for_byte_to_a_scripted_server(mailhost_sync):
             original = original.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
             with smtplib.SMTP("127.0.0.1", host.smtp_port, timeout=10) as smtp:
                 smtp.sendmail("noreply@app.test", ["customer@gmail.test"], original)
-            host.wait_for_messages(1)
+            host.wait_for_messages(1, timeout=60)
             view = host.mail_view
             (summary,) = view.messages()
             view.release(summary.id, f"tcp:host=127.0.0.1:port={port}")

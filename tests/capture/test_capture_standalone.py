@@ -54,10 +54,16 @@ async def test_twistd_capture_toml_stores_mail_for_anyone_and_looks_nothing_up(
         tmp_path, dns_server):
     data = tmp_path / "data"
     ports = {p: free_port() for p in PROTOCOLS}
+    # A smarthost nobody may ever connect to: were anything relayed, it would go here.
+    smarthost = socket.socket()
+    smarthost.bind(("127.0.0.1", 0))
+    smarthost.listen()
+    smarthost.setblocking(False)
     overrides = [f"server.data_dir={data}"]
     overrides += [f'{p}.listen=["tcp:{port}:interface=127.0.0.1"]' for p, port in ports.items()]
     # Were anything relayed, routed or checked, it would ask this server.
     overrides += [f"outbound.resolver={dns_server.nameserver}",
+                  f"outbound.smarthost=127.0.0.1:{smarthost.getsockname()[1]}",
                   f'dns.nameservers=["{dns_server.nameserver}"]',
                   'pipeline.stages=["spf", "dkim", "dmarc"]']
     log = str(tmp_path / "twistd.log")
@@ -84,6 +90,13 @@ async def test_twistd_capture_toml_stores_mail_for_anyone_and_looks_nothing_up(
     await store.close()
     assert not os.path.exists(data / "queue")  # no spool was ever made
     assert dns_server.queries == []
+    try:
+        smarthost.accept()
+        raise AssertionError("capture mode connected to the smarthost")
+    except BlockingIOError:
+        pass
+    finally:
+        smarthost.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -94,8 +107,18 @@ async def test_capture_host_has_no_outbound_service_or_queue():
         assert host.service.outbound is None and host.service.queue is None
         refused = await threads.deferToThread(_send_to_everyone, host.smtp_port)
         assert refused == {}
-        await host.wait_for_messages(20, timeout=20)
+        await host.wait_for_messages(20, timeout=60)
         assert host.outbound_messages() == []
         assert not os.path.exists(os.path.join(host._tmpdir, "queue"))
     finally:
         await host.stop()
+
+
+def test_capture_toml_listens_on_loopback_only():
+    from mailhost.config import load
+
+    config = load(CAPTURE_TOML)
+    assert config.capture.enabled
+    endpoints = [e for section in (config.smtp, config.submission, config.pop3, config.imap)
+                 for e in section.listen + section.listen_tls]
+    assert endpoints and all(e.endswith(":interface=127.0.0.1") for e in endpoints), endpoints

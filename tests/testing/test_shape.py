@@ -35,7 +35,7 @@ def test_protocols_and_ports_choose_the_listeners(mailhost_sync):
         assert (host.smtp_port, host.imap_port) == (smtp, imap)
         assert host.protocols == ("smtp", "imap")
         clients.smtp_send(smtp, "a@example.test", "chosen ports")
-        host.wait_for_messages(1)
+        host.wait_for_messages(1, timeout=60)
         assert clients.imap_subjects(imap, "a@example.test", "pw") == ["chosen ports"]
         for name in ("pop3_port", "submission_port"):
             with pytest.raises(AttributeError, match="protocols="):
@@ -81,7 +81,7 @@ def test_sync_reset_keeps_users_when_asked_and_helpers(mailhost_sync):
         host.add_user("bob@b.test", "pw2")
         clients.smtp_send(host.smtp_port, ["ann@a.test", "bob@b.test"], "one")
         clients.smtp_send(host.smtp_port, "bob@b.test", "two")
-        host.wait_for_messages(3)
+        host.wait_for_messages(3, timeout=60)
         got = host.messages_for_domain("b.test")
         assert [(m.user, m.subject) for m in got] == [("bob@b.test", "one"), ("bob@b.test", "two")]
         assert [m.subject for m in host.messages_for_domain("A.TEST")] == ["one"]
@@ -97,7 +97,7 @@ def test_sync_reset_keeps_users_when_asked_and_helpers(mailhost_sync):
         assert clients.pop3_subjects(host.pop3_port, "bob@b.test", "pw2") == []
 
         clients.smtp_send(host.smtp_port, "bob@b.test", "three")
-        host.wait_for_messages(1)
+        host.wait_for_messages(1, timeout=60)
         assert host.purge() == 1
         assert host.received == [] and view.messages() == []
         assert host.users() == ["ann@a.test", "bob@b.test"]  # purge keeps users
@@ -113,11 +113,11 @@ def test_sync_reset_keeps_users_when_asked_and_helpers(mailhost_sync):
 def test_capture_reset_empties_every_mailbox(mailhost_sync):
     with running(capture=True) as host:
         clients.smtp_send(host.smtp_port, ["x@one.test", "y@two.test"], "captured")
-        host.wait_for_messages(2)
+        host.wait_for_messages(2, timeout=60)
         host.reset()
         assert host.mail_view.messages() == [] and host.received == []
         clients.smtp_send(host.smtp_port, "x@one.test", "again")
-        assert [m.subject for m in host.wait_for_messages(1)] == ["again"]
+        assert [m.subject for m in host.wait_for_messages(1, timeout=60)] == ["again"]
 
 
 @pytest_twisted.ensureDeferred
@@ -131,7 +131,7 @@ async def test_deferred_host_has_the_same_shape():
         await host.add_user("bob@a.test", "pw")
         await threads.deferToThread(clients.smtp_send, host.smtp_port,
                                     ["ann@a.test", "bob@a.test"], "hello")
-        await host.wait_for_messages(2)
+        await host.wait_for_messages(2, timeout=60)
         got = await host.messages_for_domain("a.test")
         assert sorted(m.user for m in got) == ["ann@a.test", "bob@a.test"]
         assert await host.purge() == 2
