@@ -500,8 +500,9 @@ def makeService(
     space = FreeSpace(storage_paths, lambda: root.config.smtp.min_free_space, reactor=reactor)
     space.setServiceParent(root)
 
+    # Capture mode checks nothing (no DNS, no greylisting of the app under test).
     pipeline = None if capture else _make_pipeline(config, reactor)
-    checks = _make_checks(config, reactor, passwd, root)
+    checks = None if capture else _make_checks(config, reactor, passwd, root)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 
@@ -666,8 +667,8 @@ _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "outbound.enabled", "outbound.queue_dir", "outbound.resolver",
                  "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
-                 "pipeline.", "capture.", "web.", "dnsbl.", "greylist.", "ratelimit.",
-                 "smtp.fcrdns")
+                 "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns",
+                 "capture.", "web.")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
 
 

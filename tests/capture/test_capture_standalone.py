@@ -65,7 +65,9 @@ async def test_twistd_capture_toml_stores_mail_for_anyone_and_looks_nothing_up(
     overrides += [f"outbound.resolver={dns_server.nameserver}",
                   f"outbound.smarthost=127.0.0.1:{smarthost.getsockname()[1]}",
                   f'dns.nameservers=["{dns_server.nameserver}"]',
-                  'pipeline.stages=["spf", "dkim", "dmarc"]']
+                  'pipeline.stages=["spf", "dkim", "dmarc"]',
+                  'dnsbl.zones=["bl.capture.test"]', "smtp.fcrdns=require",
+                  "greylist.enabled=true"]
     log = str(tmp_path / "twistd.log")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
