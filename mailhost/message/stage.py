@@ -27,7 +27,7 @@ every part).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,8 @@ log = Logger()
 @dataclass(frozen=True)
 class Verdict:
     """What a check decides: ``accept``, ``reject``/``tempfail`` (with the SMTP reply
-    to give), or ``quarantine`` (delivered to the recipients' Junk folder)."""
+    to give), ``quarantine`` (delivered to the recipients' Junk folder) or ``discard``
+    (250, delivered nowhere; ends the run like a refusal)."""
 
     action: str
     code: int = 0
@@ -59,6 +60,10 @@ class Verdict:
     @classmethod
     def quarantine(cls, text: str = "") -> Verdict:
         return cls("quarantine", text=text)
+
+    @classmethod
+    def discard(cls, text: str = "") -> Verdict:
+        return cls("discard", text=text)
 
     @property
     def refuses(self) -> bool:
@@ -87,6 +92,17 @@ class MessageContext:
     #: A stage's own per-message objects (a running hash), by stage name.
     state: dict[str, Any] = field(default_factory=dict)
     quarantined: bool = False
+    #: For stages that replay the transaction (milters): the SMTP transaction id, the
+    #: client's port and verified name ("" unknown), our address, MAIL FROM's ESMTP
+    #: parameters as sent, and ``read_body(sink)`` (set at end of data): gives the
+    #: held body to ``sink`` chunk by chunk, waiting on a Deferred ``sink`` returns.
+    queue_id: str = ""
+    client_port: int = 0
+    client_name: str = ""
+    local_ip: str = ""
+    mail_params: tuple[str, ...] = ()
+    read_body: Callable[[Callable[[bytes], defer.Deferred[None] | None]],
+                        defer.Deferred[None]] | None = None
     notes: list[str] = field(default_factory=list)  # for the transaction log
     _prepended: list[bytes] = field(default_factory=list)
 
@@ -171,7 +187,7 @@ class Pipeline:
             if verdict is None or verdict.action == "accept":
                 continue
             ctx.notes.append(f"{stage.name}={verdict.action}")
-            if verdict.refuses:
+            if verdict.refuses or verdict.action == "discard":
                 return verdict
             if verdict.action == "quarantine":
                 ctx.quarantined = True

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, interfaces, task
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -58,7 +59,7 @@ from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse
 from mailhost.settings import SMTPSettings
 from mailhost.smtp.data import ChunkReader, DataReader
 from mailhost.smtp.delivery import Delivery, targets_for
-from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg
+from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg, split_path
 from mailhost.smtp.policy import Decision
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.session import Session, Transaction, new_transaction_id
@@ -728,7 +729,10 @@ class SMTPServer(Protocol, TimeoutMixin):
             session.transaction.context = self.factory.pipeline.start(MessageContext(
                 session.client_ip, session.helo or "", str(sender), session.user,
                 self.factory.submission,
-                trusted=self.factory.policy.may_relay(session.client_ip, session.user)))
+                trusted=self.factory.policy.may_relay(session.client_ip, session.user),
+                queue_id=session.transaction.id, client_port=session.client_port,
+                local_ip=_local_ip(self.transport),
+                mail_params=tuple(split_path(arg[5:])[1].split())))
         self._mailed = True
         self._cancel_pre_mail()
         return Reply(250, "2.1.0", "Ok")
@@ -978,6 +982,12 @@ class SMTPServer(Protocol, TimeoutMixin):
             size=size, outcome=outcome, user=self._session.user,
             submission=self.factory.submission,
         )
+
+
+def _local_ip(transport: Any) -> str:
+    """Our address on this connection ("" on a UNIX socket), for the pipeline."""
+    host = transport.getHost()
+    return host.host if isinstance(host, IPv4Address | IPv6Address) else ""
 
 
 def _bdat_args(arg: str) -> tuple[int, bool] | None:
