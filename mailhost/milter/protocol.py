@@ -36,7 +36,7 @@ C_ABORT, C_BODY, C_CONNECT, C_MACRO = b"A", b"B", b"C", b"D"
 C_BODYEOB, C_HELO, C_QUIT_NC, C_HEADER = b"E", b"H", b"K", b"L"
 C_MAIL, C_EOH, C_OPTNEG, C_QUIT = b"M", b"N", b"O", b"Q"
 C_RCPT, C_DATA, C_UNKNOWN = b"R", b"T", b"U"
-COMMANDS = frozenset(b"ABCDEHKLMNOQRTU")
+COMMANDS = frozenset(bytes([c]) for c in b"ABCDEHKLMNOQRTU")
 
 # Replies (milter → MTA).
 R_ADDRCPT, R_DELRCPT, R_ADDRCPT_PAR, R_SHUTDOWN = b"+", b"-", b"2", b"4"
@@ -45,7 +45,7 @@ R_CHGFROM, R_CONN_FAIL, R_ADDHEADER, R_INSHEADER = b"e", b"f", b"h", b"i"
 R_SETSYMLIST, R_CHGHEADER, R_PROGRESS, R_QUARANTINE = b"l", b"m", b"p", b"q"
 R_REJECT, R_SKIP, R_TEMPFAIL, R_REPLYCODE = b"r", b"s", b"t", b"y"
 R_OPTNEG = b"O"
-REPLIES = frozenset(b"+-24abcdefhilmpqrsty" + b"O")
+REPLIES = frozenset(bytes([c]) for c in b"+-24abcdefhilmpqrstyO")
 
 # Actions a milter may ask for (SMFIF_*).
 F_ADDHDRS, F_CHGBODY, F_ADDRCPT, F_DELRCPT = 0x01, 0x02, 0x04, 0x08
