@@ -1,0 +1,114 @@
+"""Private instances of real milters for the tests, on loopback, started and
+stopped by the test (by PID): rspamd's milter proxy and OpenDKIM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from tests.mailhost_process import free_port
+
+RSPAMD_DISABLED = ("fuzzy_check", "rbl", "surbl", "asn", "phishing", "rspamd_update",
+                   "url_redirector", "emails", "mx_check", "neural", "reputation", "ratelimit",
+                   "greylist", "history_redis", "replies", "dcc", "bimi", "whitelist",
+                   "mime_types", "multimap")
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"not listening on {port} after {timeout} s:\n{_tail(log)}")
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-40:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+class Rspamd:
+    """rspamd 3.x with only its milter proxy worker (scanning itself, no normal or
+    controller worker), a private config, database and log directory, DNS from the
+    test's own server (so nothing leaves the machine), no redis."""
+
+    def __init__(self, root: str, dns: tuple[str, int]) -> None:
+        if shutil.which("rspamd") is None:
+            raise RuntimeError("rspamd is not installed (Debian package rspamd)")
+        self.root = root
+        self.port = free_port("127.0.0.1")
+        self.log = os.path.join(root, "rspamd.log")
+        conf = os.path.join(root, "conf")
+        for d in ("local.d", "override.d"):
+            os.makedirs(os.path.join(conf, d), exist_ok=True)
+        for d in ("db", "run"):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        files = {
+            "override.d/worker-proxy.inc": f"""
+bind_socket = "127.0.0.1:{self.port}";
+milter = yes;
+timeout = 60s;
+count = 1;
+upstream "local" {{ default = yes; self_scan = yes; }}
+reject_message = "Spam message rejected";
+""",
+            "override.d/worker-normal.inc": "enabled = false;\n",
+            "override.d/worker-controller.inc": "enabled = false;\n",
+            "override.d/logging.inc": f'type = "file";\nfilename = "{self.log}";\nlevel = "info";\n',
+            "local.d/options.inc": f"""
+dns {{ nameserver = ["{dns[0]}:{dns[1]}"]; timeout = 1s; retransmits = 1; }}
+local_addrs = [];
+""",
+            "local.d/milter_headers.conf": """
+use = ["x-spamd-result", "x-rspamd-server", "x-rspamd-queue-id", "x-spam-status"];
+skip_local = false;
+skip_authenticated = false;
+""",
+        }
+        for module in RSPAMD_DISABLED:
+            files[f"override.d/{module}.conf"] = "enabled = false;\n"
+        for name, text in files.items():
+            with open(os.path.join(conf, name), "w") as f:
+                f.write(text)
+        self.conf = conf
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Rspamd:
+        argv = ["rspamd", "-f", "-c", "/etc/rspamd/rspamd.conf",
+                f"--var=LOCAL_CONFDIR={self.conf}", f"--var=DBDIR={self.root}/db",
+                f"--var=RUNDIR={self.root}/run", f"--var=LOGDIR={self.root}",
+                "-p", f"{self.root}/run/rspamd.pid"]
+        if os.geteuid() == 0:
+            argv.append("--insecure")  # root in CI: workers stay root, in a private dir
+        out = open(os.path.join(self.root, "stdout.log"), "wb")
+        self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        out.close()
+        _wait_port(self.port, self.proc, self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
