@@ -94,6 +94,10 @@ class DeliveryTarget:
     #: in a batch right after, or when the folder is next opened). The copy is durable
     #: when ``commit`` fires either way; the commit's list then holds None for it.
     want_uid: bool = True
+    #: A role (``\\Junk``): the copy goes to the account's folder with this RFC 6154
+    #: attribute, or to ``folder``, created with it, when the account has none (as
+    #: Dovecot's LDA with ``lda_mailbox_autocreate``). Resolved by the mailbox target.
+    special_use: str | None = None
 
 
 class Columns(NamedTuple):
