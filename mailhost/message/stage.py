@@ -100,6 +100,7 @@ class MessageContext:
     client_port: int = 0
     client_name: str = ""
     local_ip: str = ""
+    auth_mechanism: str = ""  # the SASL mechanism of ``user``'s login
     mail_params: tuple[str, ...] = ()
     read_body: Callable[[Callable[[bytes], defer.Deferred[None] | None]],
                         defer.Deferred[None]] | None = None

@@ -218,6 +218,7 @@ class _Conversation:
             "_": f"{name} [{ctx.client_ip}]", "{client_addr}": ctx.client_ip,
             "{client_name}": name, "{client_port}": str(ctx.client_port) if ctx.client_port else "",
             "i": ctx.queue_id, "{auth_authen}": ctx.user or "",
+            "{auth_type}": ctx.auth_mechanism if ctx.user else "",
             "{mail_addr}": ctx.sender, "{mail_host}": ctx.sender.rpartition("@")[2],
             "{mail_mailer}": "smtp",
             "{rcpt_addr}": rcpt, "{rcpt_host}": rcpt.rpartition("@")[2] if rcpt else "",

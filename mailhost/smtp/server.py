@@ -677,6 +677,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             if self._closing:
                 return
             self._session.user = avatar.user
+            self._session.auth_mechanism = mech
             self._send(Reply(235, "2.7.0", "Authentication successful"))
         except Reply as reply:
             if not self._closing:
@@ -731,6 +732,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                 self.factory.submission,
                 trusted=self.factory.policy.may_relay(session.client_ip, session.user),
                 queue_id=session.transaction.id, client_port=session.client_port,
+                auth_mechanism=session.auth_mechanism if session.user else "",
                 local_ip=_local_ip(self.transport),
                 mail_params=tuple(split_path(arg[5:])[1].split())))
         self._mailed = True

@@ -72,6 +72,7 @@ class Session:
     helo: str | None = None
     esmtp: bool = False
     user: str | None = None  # authenticated user address
+    auth_mechanism: str = ""  # the SASL mechanism of that login (milter {auth_type})
     transaction: Transaction | None = None
 
     def reset_transaction(self) -> None:
@@ -82,6 +83,7 @@ class Session:
         self.helo = None
         self.esmtp = False
         self.user = None
+        self.auth_mechanism = ""
         self.transaction = None
 
     @property

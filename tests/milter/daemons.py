@@ -118,7 +118,8 @@ class OpenDKIM:
     """OpenDKIM as a signing milter on a loopback port, for ``domain`` with one
     private key (``selector``), a private config, no syslog."""
 
-    def __init__(self, root: str, domain: str, selector: str, key_pem: bytes) -> None:
+    def __init__(self, root: str, domain: str, selector: str, key_pem: bytes,
+                 internal_hosts: str = "127.0.0.0/8") -> None:
         if shutil.which("opendkim") is None:
             raise RuntimeError("opendkim is not installed (Debian package opendkim)")
         os.makedirs(root, exist_ok=True)
@@ -139,7 +140,7 @@ KeyFile {key}
 RequireSafeKeys no
 Canonicalization relaxed/relaxed
 OversignHeaders From
-InternalHosts 127.0.0.0/8
+InternalHosts {internal_hosts}
 Socket inet:{self.port}@127.0.0.1
 PidFile {root}/opendkim.pid
 """)

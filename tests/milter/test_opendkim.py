@@ -14,10 +14,14 @@ from tests.e2e.test_pipeline import Host, message, ours, send, wait_for
 from tests.milter.daemons import OpenDKIM
 
 
-@pytest.fixture
-def world(tmp_path, dns_server):
+@pytest.fixture(params=["internal host", "authenticated"])
+def world(request, tmp_path, dns_server):
+    """OpenDKIM signs for a client in its InternalHosts; or, with no internal host
+    but 192.0.2.1, for an authenticated client (the {auth_type} and {auth_authen}
+    macros, as Postfix sends them)."""
     pem = generate_pem("rsa")
-    dkim = OpenDKIM(str(tmp_path / "opendkim"), "a.test", "m1", pem).start()
+    internal = "127.0.0.0/8" if request.param == "internal host" else "192.0.2.1"
+    dkim = OpenDKIM(str(tmp_path / "opendkim"), "a.test", "m1", pem, internal).start()
     dns = dns_server.address
     a = Host(tmp_path, "a", "127.0.0.1", "a.test", {"alice@a.test": "pw"}, dns)
     b = Host(tmp_path, "b", "127.0.0.2", "b.test", {"bob@b.test": "pw"}, dns)
