@@ -96,6 +96,9 @@ class MessageContext:
     #: client's port and verified name ("" unknown), our address, MAIL FROM's ESMTP
     #: parameters as sent, and ``read_body(sink)`` (set at end of data): gives the
     #: held body to ``sink`` chunk by chunk, waiting on a Deferred ``sink`` returns.
+    #: A stage that replaces the body replaces ``read_body``; the targets read the
+    #: body through it. (Body consumers of earlier stages saw the original: a
+    #: ``dkim_sign`` signature no longer matches a replaced body.)
     queue_id: str = ""
     client_port: int = 0
     client_name: str = ""

@@ -32,15 +32,17 @@ from twisted.internet import defer, error
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.logger import Logger
 
+from mailhost.message.crlf import CRLFNormalizer
+from mailhost.message.spool import Spool
 from mailhost.message.stage import MessageContext
 from mailhost.milter import protocol as p
 from mailhost.milter.headers import HeaderEditor, fields_for_milter
 
 log = Logger()
 
-#: What we let a milter do (SMFIF_*). Body, recipient and sender changes are not
-#: offered (not implemented); a milter that sends them anyway is logged and ignored.
-OFFER_ACTIONS = p.F_ADDHDRS | p.F_CHGHDRS | p.F_QUARANTINE | p.F_SETSYMLIST
+#: What we let a milter do (SMFIF_*). Recipient and sender changes are not offered
+#: (not implemented); a milter that sends them anyway is logged and ignored.
+OFFER_ACTIONS = p.F_ADDHDRS | p.F_CHGHDRS | p.F_QUARANTINE | p.F_SETSYMLIST | p.F_CHGBODY
 #: Protocol steps a milter may switch off or leave unanswered (all but RCPT_REJ: we
 #: never send recipients that SMTP refused).
 OFFER_PROTOCOL = 0x1FFFFF & ~p.P_RCPT_REJ
@@ -137,6 +139,8 @@ class MilterOutcome:
     action: str = "continue"
     reply: tuple[int, str, str] = (0, "", "")
     header_block: bytes | None = None
+    #: The new body (SMFIR_REPLBODY), held like the message: a ``Spool`` read from 0.
+    body: Spool | None = None
     reason: str = ""
     ignored: list[str] = field(default_factory=list)
 
@@ -156,7 +160,7 @@ class MilterClient:
     """Talks to one milter; keeps no per-message state (each ``check`` has its own)."""
 
     def __init__(self, spec: MilterSpec, hostname: str, daemon_name: str = "mailhost",
-                 reactor: Any = None) -> None:
+                 reactor: Any = None, spool_dir: str | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -165,6 +169,8 @@ class MilterClient:
         self.hostname = hostname
         self.daemon_name = daemon_name
         self.reactor = reactor
+        #: Where a replaced body too large for memory waits (the pipeline's spool).
+        self.spool_dir = spool_dir
 
     def check(self, ctx: MessageContext) -> defer.Deferred[MilterOutcome]:
         """The milter's outcome for the message; fails with ``MilterError``."""
@@ -178,8 +184,9 @@ class MilterClient:
             proto = await d
         except Exception as e:
             raise MilterError(f"cannot connect to {self.spec.endpoint}: {e}") from e
+        conversation = _Conversation(self, proto, ctx)
         try:
-            return await _Conversation(self, proto, ctx).run()
+            return await conversation.run()
         except _Done as e:
             return e.outcome
         except (defer.CancelledError, defer.TimeoutError, error.TimeoutError) as e:
@@ -191,6 +198,7 @@ class MilterClient:
         except Exception as e:
             raise MilterError(f"{type(e).__name__}: {e}") from e
         finally:
+            conversation.discard_body()  # kept only by a final continue or accept
             proto.send(p.C_QUIT)
             if proto.transport is not None:
                 proto.transport.loseConnection()
@@ -207,6 +215,7 @@ class _Conversation:
         self.flags = 0
         self.actions = 0
         self.macros = dict(DEFAULT_MACROS)
+        self.body: Spool | None = None  # a replacement body, while it comes in
 
     def _macro_values(self, rcpt: str = "") -> dict[str, str]:
         ctx = self.ctx
@@ -337,7 +346,9 @@ class _Conversation:
             await self._step(p.C_BODY, chunk[i:i + p.CHUNK_SIZE], p.P_NR_BODY, body=True)
 
     async def _end_of_message(self, leading_space: bool) -> MilterOutcome:
+        """The replies to SMFIC_BODYEOB: modifications, then one final verdict."""
         editor: HeaderEditor | None = None
+        crlf = CRLFNormalizer()
         quarantine = ""
         ignored: list[str] = []
         while True:
@@ -352,21 +363,35 @@ class _Conversation:
                 {p.R_ADDHEADER: editor.add, p.R_INSHEADER: editor.insert,
                  p.R_CHGHEADER: editor.change}[reply](change)
                 continue
+            if reply == p.R_REPLBODY:
+                if not self.actions & p.F_CHGBODY:
+                    raise p.MilterProtocolError("REPLBODY without the negotiated action")
+                if self.body is None:  # the chunks, in order, are the new body
+                    self.body = Spool(self.client.reactor, directory=self.client.spool_dir)
+                self.body.write(crlf.feed(data))
+                continue
             if reply == p.R_QUARANTINE:
                 (reason,) = p.decode_reply(reply, data) or [b""]
                 quarantine = reason.decode("utf-8", "replace") or "quarantined by milter"
                 continue
-            if reply in (p.R_REPLBODY, p.R_ADDRCPT, p.R_DELRCPT, p.R_ADDRCPT_PAR, p.R_CHGFROM):
+            if reply in (p.R_ADDRCPT, p.R_DELRCPT, p.R_ADDRCPT_PAR, p.R_CHGFROM):
                 p.decode_reply(reply, data)  # well formed, at least
                 ignored.append(reply.decode())
                 continue
             outcome = self._final(reply, data)
             if outcome.action in ("continue", "accept"):
                 outcome.header_block = editor.block if editor is not None else None
+                outcome.body, self.body = self.body, None
                 if quarantine:
                     outcome.action, outcome.reason = "quarantine", quarantine
             outcome.ignored = sorted(set(ignored))
             return outcome
+
+    def discard_body(self) -> None:
+        """Forget a new body the milter sent (it refused, or failed, before the end)."""
+        if self.body is not None:
+            body, self.body = self.body, None
+            body.close()
 
     def _connect_info(self) -> p.Connect:
         ctx = self.ctx

@@ -139,7 +139,8 @@ def build_pipeline(settings: PipelineSettings, lookup: IDNSLookup,
             from mailhost.milter.client import MilterClient
             from mailhost.pipeline.milter import MilterStage
 
-            stages.append(MilterStage([MilterClient(spec, settings.hostname, reactor=reactor)
+            stages.append(MilterStage([MilterClient(spec, settings.hostname, reactor=reactor,
+                                                    spool_dir=settings.spool_dir)
                                        for spec in settings.milters]))
     if stages and settings.spool_dir:
         os.makedirs(settings.spool_dir, mode=0o700, exist_ok=True)

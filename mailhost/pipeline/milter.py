@@ -5,7 +5,9 @@ Like Postfix's ``smtpd_milters``: each milter sees the whole transaction (see
 nothing more to say), continue, reject (its ``SMFIR_REPLYCODE`` text, else
 ``550 5.7.1``), tempfail (``451 4.7.1``), discard (250, delivered nowhere), header
 edits (add, insert, change, delete: applied to ``ctx.header_block``, so the next
-milter and the later stages see them) and quarantine (the recipients' Junk folder,
+milter and the later stages see them), a new body (``SMFIR_REPLBODY``: the
+targets and the next milter read it; ``dkim_sign`` has hashed the old one, so sign
+after such a milter with a milter, not with ``dkim_sign``) and quarantine (the recipients' Junk folder,
 the pipeline's quarantine verdict). A milter that is down, times out or breaks the
 protocol follows its ``default_action``: ``tempfail`` (``451 4.7.1``) or ``accept``
 (as if it were not configured). The first refusal ends the run; the milters after
@@ -17,12 +19,13 @@ Results for the transaction log are in ``ctx.results["milter"]``: one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailhost.message.spool import Spool
 from mailhost.message.stage import IStage, MessageContext, Verdict
 from mailhost.milter.client import MilterClient, MilterError
 
@@ -71,6 +74,8 @@ class MilterStage:
                       tid=ctx.queue_id)
             if outcome.header_block is not None:
                 ctx.header_block = outcome.header_block
+            if outcome.body is not None:  # later milters and the targets read the new body
+                ctx.read_body = _reader(outcome.body)
             code, status, text = outcome.reply
             if outcome.action == "reject":
                 return Verdict.reject(text, code, status)
@@ -81,3 +86,8 @@ class MilterStage:
             if outcome.action == "quarantine":
                 quarantine = Verdict.quarantine(outcome.reason)
         return quarantine
+
+
+def _reader(body: Spool) -> Callable[[Callable[[bytes], defer.Deferred[None] | None]],
+                                     defer.Deferred[None]]:
+    return lambda sink: body.read(0, sink)

@@ -155,7 +155,8 @@ class Delivery:
             target.begin()
             self._begun.append(target)
         self._fan(self._context.prepended + self._header + self._context.header_block)
-        await spool.read(offset, self._fan)
+        # Through the context: a stage may have replaced the body (a milter's SMFIR_REPLBODY).
+        await self._context.read_body(self._fan)
 
     def _fan(self, data: bytes) -> None:
         for target in self.targets:

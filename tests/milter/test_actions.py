@@ -172,6 +172,45 @@ async def test_header_edits_are_applied(tmp_path):
         await stop(milter, host)
 
 
+@pytest.mark.parametrize("size", [30, 300_000])
+@pytest_twisted.ensureDeferred
+async def test_a_new_body_replaces_the_old_one(tmp_path, size):
+    """SMFIR_REPLBODY in chunks (the large one goes through the spool's file); a bare
+    LF in it becomes CRLF; a second milter reads the new body too."""
+    line = b"n" * 98 + b"\n"
+    new = line * (size // len(line) + 1)
+    chunks = [(p.R_REPLBODY, new[i:i + 65535]) for i in range(0, len(new), 65535)]
+    options = p.Options(6, p.F_CHGBODY, 0)
+    first = await scripted.start({p.C_BODYEOB: chunks + [(p.R_CONTINUE, None)]}, options=options)
+    second = await scripted.start()
+    host = milter_host(tmp_path, {"one": f"inet:{first.port}@127.0.0.1",
+                                  "two": f"inet:{second.port}@127.0.0.1"})
+    await host.start()
+    try:
+        assert (await smtp_send(host, MSG))[0] == 250
+        (got,) = await inbox(host)
+        crlf = new.replace(b"\n", b"\r\n")
+        assert got.get_content().encode() == crlf
+        assert b"".join(second.named(p.C_BODY)) == crlf
+        # Refused after a new body: nothing is delivered.
+        first.script[p.C_BODYEOB] = chunks + [(p.R_REJECT, None)]
+        assert (await smtp_send(host, MSG))[0] == 550
+        assert len(await inbox(host)) == 1
+    finally:
+        await host.stop()
+        await first.stop()
+        await second.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_body_without_the_negotiated_action_is_a_protocol_error(tmp_path):
+    milter, host = await run(tmp_path, {p.C_BODYEOB: [(p.R_REPLBODY, b"x"), (p.R_CONTINUE, None)]})
+    try:
+        assert (await smtp_send(host, MSG))[0] == 451  # the default action
+    finally:
+        await stop(milter, host)
+
+
 @pytest_twisted.ensureDeferred
 async def test_quarantine_files_the_message_in_junk(tmp_path):
     replies = [(p.R_QUARANTINE, [b"looks bad"]), (p.R_CONTINUE, None)]
