@@ -340,3 +340,33 @@ async def test_two_milters_in_order_the_second_sees_the_firsts_edits(tmp_path):
         await first.stop()
         await second.stop()
 
+
+
+def _aborted_session(host):
+    import smtplib
+
+    s = smtplib.SMTP(host.ip, host.port, timeout=30)
+    s.ehlo("client.example")
+    s.mail("alice@a.test")
+    s.rcpt("bob@b.test")
+    s.rset()
+    s.mail("alice@a.test")
+    s.rcpt("bob@b.test")
+    s.putcmd("DATA")
+    s.getreply()
+    s.send(b"Subject: cut\r\n\r\npart of a body")
+    s.close()  # the connection drops mid-DATA
+
+
+@pytest_twisted.ensureDeferred
+async def test_rset_quit_and_a_dropped_client_never_reach_the_milter(tmp_path):
+    from twisted.internet import threads
+
+    milter, host = await run(tmp_path)
+    try:
+        await threads.deferToThread(_aborted_session, host)
+        assert milter.sessions == []  # no connection: the milter sees whole messages only
+        assert (await smtp_send(host, MSG))[0] == 250
+        assert len(milter.sessions) == 1
+    finally:
+        await stop(milter, host)
