@@ -216,6 +216,7 @@ class _Conversation:
         self.actions = 0
         self.macros = dict(DEFAULT_MACROS)
         self.body: Spool | None = None  # a replacement body, while it comes in
+        self._pending = bytearray()  # body octets not yet sent (< CHUNK_SIZE)
 
     def _macro_values(self, rcpt: str = "") -> dict[str, str]:
         ctx = self.ctx
@@ -329,21 +330,29 @@ class _Conversation:
         if not self.flags & p.P_NOBODY and ctx.read_body is not None:
             try:
                 await ctx.read_body(self._body_chunk)
+                await self._body_pieces(final=True)
             except _SkipBody:
                 pass
+            self._pending.clear()
         self._send_macros(p.M_EOM)
         proto.send(p.C_BODYEOB)
         return await self._end_of_message(leading_space)
 
     def _body_chunk(self, chunk: bytes) -> defer.Deferred[None] | None:
-        if len(chunk) <= p.CHUNK_SIZE and self.flags & p.P_NR_BODY:
-            self.proto.send(p.C_BODY, chunk)
+        """The spool's chunks, re-cut to SMFIC_BODY packets of exactly CHUNK_SIZE
+        (the rest waits for the next chunk, or ``_body_rest``)."""
+        self._pending += chunk
+        if len(self._pending) < p.CHUNK_SIZE:
             return None
-        return defer.Deferred.fromCoroutine(self._body_pieces(chunk))
+        return defer.Deferred.fromCoroutine(self._body_pieces(final=False))
 
-    async def _body_pieces(self, chunk: bytes) -> None:
-        for i in range(0, len(chunk), p.CHUNK_SIZE):
-            await self._step(p.C_BODY, chunk[i:i + p.CHUNK_SIZE], p.P_NR_BODY, body=True)
+    async def _body_pieces(self, final: bool) -> None:
+        while len(self._pending) >= p.CHUNK_SIZE or (final and self._pending):
+            piece = bytes(self._pending[:p.CHUNK_SIZE])
+            del self._pending[:p.CHUNK_SIZE]
+            if self.flags & p.P_NR_BODY:  # no reply to wait for: wait for the socket
+                await self.proto.writable()
+            await self._step(p.C_BODY, piece, p.P_NR_BODY, body=True)
 
     async def _end_of_message(self, leading_space: bool) -> MilterOutcome:
         """The replies to SMFIC_BODYEOB: modifications, then one final verdict."""

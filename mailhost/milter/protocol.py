@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 VERSION = 6
 #: The largest body chunk a milter accepts (libmilter's MILTER_CHUNK_SIZE).
@@ -321,11 +323,16 @@ def _is_status(word: str, code: int) -> bool:
 # -- the Twisted protocol -----------------------------------------------------
 
 
+@implementer(IPushProducer)
 class MilterProtocol(protocol.Protocol):
     """Frames packets both ways; ``next_reply`` gives the milter's packets in order.
 
     A framing error or a lost connection fails every waiter (and every later call)
-    with the reason, so the conversation above ends in its default action."""
+    with the reason, so the conversation above ends in its default action.
+
+    It is its own transport's producer, so ``writable()`` can hold back a body the
+    milter does not acknowledge chunk by chunk (``SMFIP_NR_BODY``) while the socket's
+    buffer is full: the body then waits in the spool, not in memory."""
 
     def __init__(self) -> None:
         self._decoder = PacketDecoder()
@@ -333,10 +340,33 @@ class MilterProtocol(protocol.Protocol):
         self._waiting: deque[defer.Deferred[tuple[bytes, bytes]]] = deque()
         self._error: Failure | None = None
         self.connected_d: defer.Deferred[MilterProtocol] = defer.Deferred()
+        self._paused = False
+        self._writable: list[defer.Deferred[None]] = []
 
     def connectionMade(self) -> None:  # noqa: N802
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         d, self.connected_d = self.connected_d, defer.Deferred()
         d.callback(self)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self._paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._paused = False
+        waiting, self._writable = self._writable, []
+        for d in waiting:
+            d.callback(None)
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.resumeProducing()
+
+    def writable(self) -> defer.Deferred[None]:
+        """Fires once the transport takes more data (at once unless it is full)."""
+        if not self._paused or self._error is not None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._writable.append(d)
+        return d
 
     def send(self, command: bytes, data: bytes = b"") -> None:
         if self._error is not None:
@@ -381,6 +411,7 @@ class MilterProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
         self._fail(reason)
+        self.resumeProducing()
 
 
 __all__ = [
