@@ -84,6 +84,9 @@ class MessageContext:
     submission: bool = False  # came in on the submission listener
     trusted: bool = False  # authenticated, or from a relay network: ours to sign
     recipients: list[str] = field(default_factory=list)
+    #: A stage (a milter) added or removed recipients: routing then follows
+    #: ``recipients`` instead of what SMTP decided at RCPT time.
+    recipients_changed: bool = False
     header_block: bytes = b""  # the client's header block, up to its empty line
     #: Stage results by name (``spf``, ``dkim``, ``dmarc``) for Authentication-Results.
     results: dict[str, Any] = field(default_factory=dict)

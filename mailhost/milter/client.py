@@ -40,9 +40,10 @@ from mailhost.milter.headers import HeaderEditor, fields_for_milter
 
 log = Logger()
 
-#: What we let a milter do (SMFIF_*). Recipient and sender changes are not offered
-#: (not implemented); a milter that sends them anyway is logged and ignored.
-OFFER_ACTIONS = p.F_ADDHDRS | p.F_CHGHDRS | p.F_QUARANTINE | p.F_SETSYMLIST | p.F_CHGBODY
+#: What we let a milter do (SMFIF_*). Changing the sender is not offered (not
+#: implemented); a milter that sends SMFIR_CHGFROM anyway is logged and ignored.
+OFFER_ACTIONS = (p.F_ADDHDRS | p.F_CHGHDRS | p.F_QUARANTINE | p.F_SETSYMLIST | p.F_CHGBODY
+                 | p.F_ADDRCPT | p.F_DELRCPT | p.F_ADDRCPT_PAR)
 #: Protocol steps a milter may switch off or leave unanswered (all but RCPT_REJ: we
 #: never send recipients that SMTP refused).
 OFFER_PROTOCOL = 0x1FFFFF & ~p.P_RCPT_REJ
@@ -141,6 +142,9 @@ class MilterOutcome:
     header_block: bytes | None = None
     #: The new body (SMFIR_REPLBODY), held like the message: a ``Spool`` read from 0.
     body: Spool | None = None
+    #: Recipients added (SMFIR_ADDRCPT, _PAR) and removed (SMFIR_DELRCPT), bare addresses.
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
     reason: str = ""
     ignored: list[str] = field(default_factory=list)
 
@@ -360,6 +364,8 @@ class _Conversation:
         crlf = CRLFNormalizer()
         quarantine = ""
         ignored: list[str] = []
+        added: list[str] = []
+        removed: list[str] = []
         while True:
             reply, data = await self._reply(self.spec.eom_timeout)
             if reply in (p.R_ADDHEADER, p.R_INSHEADER, p.R_CHGHEADER):
@@ -383,7 +389,17 @@ class _Conversation:
                 (reason,) = p.decode_reply(reply, data) or [b""]
                 quarantine = reason.decode("utf-8", "replace") or "quarantined by milter"
                 continue
-            if reply in (p.R_ADDRCPT, p.R_DELRCPT, p.R_ADDRCPT_PAR, p.R_CHGFROM):
+            if reply in (p.R_ADDRCPT, p.R_ADDRCPT_PAR, p.R_DELRCPT):
+                flag = {p.R_ADDRCPT: p.F_ADDRCPT, p.R_ADDRCPT_PAR: p.F_ADDRCPT_PAR,
+                        p.R_DELRCPT: p.F_DELRCPT}[reply]
+                if not self.actions & flag:
+                    raise p.MilterProtocolError(f"{reply!r} without the negotiated action")
+                args = p.decode_reply(reply, data)
+                address = _address(args[0] if args else b"")
+                if address:  # (ESMTP arguments of ADDRCPT_PAR are not used)
+                    (removed if reply == p.R_DELRCPT else added).append(address)
+                continue
+            if reply == p.R_CHGFROM:
                 p.decode_reply(reply, data)  # well formed, at least
                 ignored.append(reply.decode())
                 continue
@@ -391,6 +407,7 @@ class _Conversation:
             if outcome.action in ("continue", "accept"):
                 outcome.header_block = editor.block if editor is not None else None
                 outcome.body, self.body = self.body, None
+                outcome.added, outcome.removed = added, removed
                 if quarantine:
                     outcome.action, outcome.reason = "quarantine", quarantine
             outcome.ignored = sorted(set(ignored))
@@ -415,6 +432,14 @@ class _Conversation:
             except OSError:
                 return p.Connect(name, b"L")
         return p.Connect(name, family, ctx.client_port, _b(ctx.client_ip))
+
+
+def _address(raw: bytes) -> str:
+    """``<a@b>`` (or a bare ``a@b``) as a milter names a recipient → ``a@b``."""
+    text = raw.decode("utf-8", "replace").strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    return text.strip() if "@" in text and not any(c in text for c in "<>\r\n ") else ""
 
 
 def _b(text: str) -> bytes:

@@ -8,7 +8,10 @@ edits (add, insert, change, delete: applied to ``ctx.header_block``, so the next
 milter and the later stages see them), a new body (``SMFIR_REPLBODY``: the
 targets and the next milter read it; ``dkim_sign`` has hashed the old one, so sign
 after such a milter with a milter, not with ``dkim_sign``) and quarantine (the recipients' Junk folder,
-the pipeline's quarantine verdict). A milter that is down, times out or breaks the
+the pipeline's quarantine verdict), and recipients added and removed
+(``SMFIR_ADDRCPT``, ``SMFIR_DELRCPT``: ``ctx.recipients``, which routing then
+follows; an added one goes through the recipient policy, and is left out, logged,
+if that refuses it). A milter that is down, times out or breaks the
 protocol follows its ``default_action``: ``tempfail`` (``451 4.7.1``) or ``accept``
 (as if it were not configured). The first refusal ends the run; the milters after
 it are not asked.
@@ -76,6 +79,15 @@ class MilterStage:
                 ctx.header_block = outcome.header_block
             if outcome.body is not None:  # later milters and the targets read the new body
                 ctx.read_body = _reader(outcome.body)
+            if outcome.added or outcome.removed:  # routing follows ctx.recipients now
+                gone = {a.lower() for a in outcome.removed}
+                kept = [r for r in ctx.recipients if r.lower() not in gone]
+                ctx.recipients = kept + [a for a in outcome.added
+                                         if a.lower() not in {r.lower() for r in kept}]
+                ctx.recipients_changed = True
+                log.info("milter {milter} changed the recipients: +{added} -{removed}",
+                         event="milter.recipients", milter=spec.name, added=outcome.added,
+                         removed=outcome.removed, tid=ctx.queue_id)
             code, status, text = outcome.reply
             if outcome.action == "reject":
                 return Verdict.reject(text, code, status)

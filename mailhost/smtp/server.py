@@ -770,10 +770,13 @@ class SMTPServer(Protocol, TimeoutMixin):
         txn.accepted.append(str(rcpt))
         for mailbox in decision.mailboxes:
             txn.mailboxes[mailbox] = None
+        queued = None
         if decision.remote is not None:
             key = decision.remote.lower()
+            queued = QueueRecipient(decision.remote, params.notify, params.orcpt)
             if key not in txn.remote:
-                txn.remote[key] = QueueRecipient(decision.remote, params.notify, params.orcpt)
+                txn.remote[key] = queued
+        txn.routes[str(rcpt)] = (tuple(decision.mailboxes), queued)
         return decision.reply
 
     def _storage_refusal(self, size: int | None) -> Reply | None:
@@ -831,8 +834,11 @@ class SMTPServer(Protocol, TimeoutMixin):
             tid=txn.id, recipient=txn.accepted[0] if len(txn.accepted) == 1 else None)
         try:
             def route(quarantined: bool = False) -> list:
+                mailboxes, remote = list(txn.mailboxes), list(txn.remote.values())
+                if txn.context is not None and txn.context.recipients_changed:
+                    mailboxes, remote = self._reroute(txn, txn.context.recipients)
                 return targets_for(self.factory.store, self.factory.queue, str(txn.sender),
-                                   list(txn.mailboxes), list(txn.remote.values()),
+                                   mailboxes, remote,
                                    envid=txn.params.envid, ret=txn.params.ret,
                                    quarantined=quarantined)
 
@@ -849,6 +855,34 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._newlines = BareNewlines(self.settings.bare_newline)
         self._bdat_total = 0
         return None
+
+    def _reroute(self, txn: Transaction, recipients: list[str]
+                 ) -> tuple[list[str], list[QueueRecipient]]:
+        """Routing for the recipients a pipeline stage (a milter) left and added: the
+        RCPT-time decision for those SMTP accepted, the recipient policy for new ones
+        (one it refuses, such as a relay the client may not use, is logged and left out)."""
+        mailboxes: dict[str, None] = {}
+        remote: dict[str, QueueRecipient] = {}
+        for address in recipients:
+            route = txn.routes.get(address)
+            if route is None:
+                try:
+                    rcpt, params = parse_rcpt_arg(f"<{address}>", utf8=txn.params.smtputf8)
+                    decision = self.factory.policy.decide(
+                        rcpt, params, self._session.client_ip, self._session.user)
+                except Reply as reply:
+                    log.warn("{tid}: recipient <{rcpt}> added by the pipeline refused: {reply}",
+                             event="smtp.added_rcpt_refused", tid=txn.id, rcpt=address,
+                             reply=reply.to_bytes().decode("utf-8", "replace").strip())
+                    continue
+                queued = (QueueRecipient(decision.remote, params.notify, params.orcpt)
+                          if decision.remote is not None else None)
+                route = (tuple(decision.mailboxes), queued)
+            for mailbox in route[0]:
+                mailboxes[mailbox] = None
+            if route[1] is not None:
+                remote.setdefault(route[1].address.lower(), route[1])
+        return list(mailboxes), list(remote.values())
 
     def smtp_BDAT(self, arg: str) -> Reply | None:  # noqa: N802
         """RFC 3030 CHUNKING. The chunk is read even when it will be refused."""

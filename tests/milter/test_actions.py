@@ -212,6 +212,33 @@ async def test_a_new_body_without_the_negotiated_action_is_a_protocol_error(tmp_
 
 
 @pytest_twisted.ensureDeferred
+async def test_recipients_added_and_removed_are_routed(tmp_path):
+    """DELRCPT bob, ADDRCPT carol (a local user) and a remote address the client may
+    not relay to (left out by the recipient policy, logged)."""
+    milter = await scripted.start({p.C_BODYEOB: [
+        (p.R_DELRCPT, [b"<Bob@b.test>"]),
+        (p.R_ADDRCPT, [b"<carol@b.test>"]),
+        (p.R_ADDRCPT_PAR, [b"<someone@elsewhere.example>", b"NOTIFY=NEVER"]),
+        (p.R_CONTINUE, None)]},
+        options=p.Options(6, p.F_ADDRCPT | p.F_DELRCPT | p.F_ADDRCPT_PAR, 0))
+    host = milter_host(tmp_path, {"m": f"inet:{milter.port}@127.0.0.1"},
+                       users={"bob@b.test": "pw", "carol@b.test": "pw"})
+    await host.start()
+    try:
+        assert (await smtp_send(host, MSG))[0] == 250
+        assert await host.folder("bob@b.test") == []
+        assert len(await host.folder("carol@b.test")) == 1
+        # Every recipient removed: accepted, delivered nowhere.
+        milter.script[p.C_BODYEOB] = [(p.R_DELRCPT, [b"<bob@b.test>"]), (p.R_CONTINUE, None)]
+        assert (await smtp_send(host, MSG))[0] == 250
+        assert await host.folder("bob@b.test") == []
+        assert len(await host.folder("carol@b.test")) == 1
+    finally:
+        await host.stop()
+        await milter.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_quarantine_files_the_message_in_junk(tmp_path):
     replies = [(p.R_QUARANTINE, [b"looks bad"]), (p.R_CONTINUE, None)]
     milter, host = await run(tmp_path, {p.C_BODYEOB: replies})
