@@ -110,6 +110,10 @@ class MessageContext:
     mail_params: tuple[str, ...] = ()
     read_body: Callable[[Callable[[bytes], defer.Deferred[None] | None]],
                         defer.Deferred[None]] | None = None
+    #: State a stage keeps for the SMTP session (a milter's connection), shared by
+    #: the session's messages, by stage; released by ``Pipeline.close_session``.
+    #: None: the message has no session (each stage keeps nothing beyond it).
+    session: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)  # for the transaction log
     _prepended: list[bytes] = field(default_factory=list)
 
@@ -150,6 +154,14 @@ class IStage(Interface):
         Deferred firing with one), None for accept."""
 
 
+class ISessionStage(IStage):
+    """A stage that keeps something for a whole SMTP session (in ``ctx.session``)."""
+
+    def session_closed(session: dict[str, Any]) -> None:
+        """The SMTP session ended (QUIT, a dropped client, shutdown): release what this
+        stage keeps in ``session``. Must not raise."""
+
+
 class Pipeline:
     """The configured stages in order; ``run`` drives one message through them."""
 
@@ -167,6 +179,15 @@ class Pipeline:
         for stage in self.stages:
             stage.envelope(ctx)
         return ctx
+
+    def close_session(self, session: dict[str, Any]) -> None:
+        """An SMTP session that gave its messages ``session`` ended."""
+        for stage in self.stages:
+            if ISessionStage.providedBy(stage):
+                try:
+                    stage.session_closed(session)
+                except Exception:
+                    log.failure("pipeline stage {stage}: session_closed failed", stage=stage.name)
 
     def headers_done(self, ctx: MessageContext) -> list[IBodyConsumer]:
         consumers = []

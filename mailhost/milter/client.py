@@ -9,12 +9,17 @@ Before each step go the macros of that stage: Postfix's defaults, or the lists t
 milter asked for in its OPTNEG reply. The milter's answer is a ``MilterOutcome``:
 what to do with the message, and the header block after its edits.
 
-Why one connection per message, opened only when the message is complete: the
-pipeline's stages see a message once it is in (``IStage.finish``), and a stage has
-no hook for the SMTP session's start, RSET or QUIT. Replaying the envelope at the
-end costs a few loopback round trips per message, and in exchange no connection is
-ever held for an idle or aborted session, so abort and QUIT need no handling at
-all: a milter only ever sees whole transactions, each ended by ``SMFIC_QUIT``.
+One connection per SMTP session, as Postfix keeps one: opened when the session's
+first message is complete (a stage sees a message at ``IStage.finish``), kept in
+``ctx.session`` for the next ones, and ended by ``SMFIC_QUIT`` when SMTP closes the
+session (``ISessionStage.session_closed``: QUIT, a dropped client, shutdown). The
+option negotiation and connect are sent once, HELO again only when the client
+changed its name; each message then goes MAIL ... end of message, and one that
+ends early (refused at MAIL or RCPT) is followed by ``SMFIC_ABORT``, so the milter
+is ready for the next. A verdict at connect or HELO holds for the whole session. A
+transaction the client abandons (RSET, QUIT, a drop mid-DATA) never reaches the
+milter at all, since nothing is sent before the message is complete; a
+connection that fails is closed and the next message opens a new one.
 
 Timeouts (``connect_timeout``, ``command_timeout`` for each reply, ``eom_timeout``
 for the end-of-message reply) restart at every ``SMFIR_PROGRESS``. A milter that
@@ -150,10 +155,12 @@ class MilterOutcome:
 
 
 class _Done(Exception):
-    """A step's reply ended the conversation early."""
+    """A step's reply ended the conversation early (``session_wide``: at connect or
+    HELO, so it holds for the rest of the SMTP session, as in Postfix)."""
 
-    def __init__(self, outcome: MilterOutcome) -> None:
+    def __init__(self, outcome: MilterOutcome, session_wide: bool = False) -> None:
         self.outcome = outcome
+        self.session_wide = session_wide
 
 
 class _SkipBody(Exception):
@@ -180,18 +187,43 @@ class MilterClient:
         """The milter's outcome for the message; fails with ``MilterError``."""
         return defer.Deferred.fromCoroutine(self._check(ctx))
 
-    async def _check(self, ctx: MessageContext) -> MilterOutcome:
+    @property
+    def session_key(self) -> str:
+        return f"milter:{self.spec.name}"
+
+    async def _connect(self) -> _Link:
         try:
             endpoint = clientFromString(self.reactor, self.spec.endpoint)
             d = connectProtocol(endpoint, p.MilterProtocol())
             d.addTimeout(self.spec.connect_timeout, self.reactor)
-            proto = await d
+            return _Link(await d)
         except Exception as e:
             raise MilterError(f"cannot connect to {self.spec.endpoint}: {e}") from e
-        conversation = _Conversation(self, proto, ctx)
+
+    async def _check(self, ctx: MessageContext) -> MilterOutcome:
+        link = ctx.session.get(self.session_key) if ctx.session is not None else None
+        if link is not None and link.verdict is not None:
+            return link.verdict  # decided at connect or HELO, for the whole session
+        if link is not None and not link.usable:
+            link.close()
+            link = None
+        if link is None:
+            link = await self._connect()
+            if ctx.session is not None:
+                ctx.session[self.session_key] = link
+        link.busy = True
+        conversation = _Conversation(self, link, ctx)
+        keep = False
         try:
-            return await conversation.run()
+            outcome = await conversation.run()
+            keep = True
+            return outcome
         except _Done as e:
+            keep = True
+            if e.session_wide:
+                link.verdict = e.outcome
+            else:  # ended before end of message: the milter forgets the message
+                link.proto.send(p.C_ABORT)
             return e.outcome
         except (defer.CancelledError, defer.TimeoutError, error.TimeoutError) as e:
             raise MilterError("timed out") from e
@@ -202,23 +234,63 @@ class MilterClient:
         except Exception as e:
             raise MilterError(f"{type(e).__name__}: {e}") from e
         finally:
+            link.busy = False
             conversation.discard_body()  # kept only by a final continue or accept
-            proto.send(p.C_QUIT)
-            if proto.transport is not None:
-                proto.transport.loseConnection()
+            if not keep or ctx.session is None or link.closed:
+                link.close()
+                if ctx.session is not None and ctx.session.get(self.session_key) is link:
+                    del ctx.session[self.session_key]
+
+    def session_closed(self, session: dict[str, Any]) -> None:
+        """The SMTP session ended: SMFIC_QUIT, now or when its message is done."""
+        link = session.pop(self.session_key, None)
+        if link is None:
+            return
+        if link.busy:
+            link.closed = True  # the running check closes it
+        else:
+            link.close()
+
+
+class _Link:
+    """One connection to a milter, kept for an SMTP session: what was negotiated
+    and which session steps (connect, HELO) it has seen."""
+
+    def __init__(self, proto: p.MilterProtocol) -> None:
+        self.proto = proto
+        self.negotiated = False
+        self.flags = 0
+        self.actions = 0
+        self.macros = dict(DEFAULT_MACROS)
+        self.connected = False  # SMFIC_CONNECT sent
+        self.helo: str | None = None  # the HELO name last sent
+        self.verdict: MilterOutcome | None = None  # from connect or HELO: the session's
+        self.busy = False
+        self.closed = False
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.proto.usable
+
+    def close(self) -> None:
+        self.closed = True
+        self.proto.send(p.C_QUIT)
+        if self.proto.transport is not None:
+            self.proto.transport.loseConnection()
 
 
 class _Conversation:
     """One message's steps with one milter."""
 
-    def __init__(self, client: MilterClient, proto: p.MilterProtocol, ctx: MessageContext) -> None:
+    def __init__(self, client: MilterClient, link: _Link, ctx: MessageContext) -> None:
         self.client = client
         self.spec = client.spec
-        self.proto = proto
+        self.link = link
+        self.proto = link.proto
         self.ctx = ctx
-        self.flags = 0
-        self.actions = 0
-        self.macros = dict(DEFAULT_MACROS)
+        self.flags = link.flags
+        self.actions = link.actions
+        self.macros = link.macros
         self.body: Spool | None = None  # a replacement body, while it comes in
         self._pending = bytearray()  # body octets not yet sent (< CHUNK_SIZE)
 
@@ -259,7 +331,8 @@ class _Conversation:
             if command != p.R_PROGRESS:
                 return command, data
 
-    async def _step(self, command: bytes, data: bytes, no_reply: int, body: bool = False) -> None:
+    async def _step(self, command: bytes, data: bytes, no_reply: int, body: bool = False,
+                    session_wide: bool = False) -> None:
         """Send one command; unless the milter said it will not answer it, wait for
         its verdict and end the conversation on anything but continue."""
         self.proto.send(command, data)
@@ -270,7 +343,7 @@ class _Conversation:
             return
         if reply == p.R_SKIP and body:
             raise _SkipBody()
-        raise _Done(self._final(reply, payload))
+        raise _Done(self._final(reply, payload), session_wide)
 
     def _final(self, reply: bytes, payload: bytes) -> MilterOutcome:
         if reply == p.R_ACCEPT:
@@ -292,27 +365,40 @@ class _Conversation:
             raise MilterError(f"milter said {reply.decode()!r} (shut down / connection failure)")
         raise p.MilterProtocolError(f"unexpected reply {reply!r} here")
 
-    async def run(self) -> MilterOutcome:
-        ctx, proto = self.ctx, self.proto
-        proto.send(p.C_OPTNEG, p.encode_options(p.Options(p.VERSION, OFFER_ACTIONS, OFFER_PROTOCOL)))
+    async def _negotiate(self) -> None:
+        self.proto.send(p.C_OPTNEG, p.encode_options(
+            p.Options(p.VERSION, OFFER_ACTIONS, OFFER_PROTOCOL)))
         reply, data = await self._reply(self.spec.command_timeout)
         if reply != p.R_OPTNEG:
             raise p.MilterProtocolError(f"expected OPTNEG, got {reply!r}")
         options = p.decode_options(data)
         if not 2 <= options.version <= p.VERSION:
             raise p.MilterProtocolError(f"milter protocol version {options.version}")
-        self.actions = options.actions & OFFER_ACTIONS
-        self.flags = options.protocol & OFFER_PROTOCOL
+        link = self.link
+        link.actions = self.actions = options.actions & OFFER_ACTIONS
+        link.flags = self.flags = options.protocol & OFFER_PROTOCOL
         for stage, names in options.macros:
             if stage in _STAGE_COMMAND:
-                self.macros[stage] = tuple(names.decode("ascii", "replace").split())
+                link.macros[stage] = tuple(names.decode("ascii", "replace").split())
+        link.negotiated = True
 
-        if not self.flags & p.P_NOCONNECT:
-            self._send_macros(p.M_CONNECT)
-            await self._step(p.C_CONNECT, p.encode_connect(self._connect_info()), p.P_NR_CONN)
-        if not self.flags & p.P_NOHELO and ctx.helo:
-            self._send_macros(p.M_HELO)
-            await self._step(p.C_HELO, p.encode_args(_b(ctx.helo)), p.P_NR_HELO)
+    async def run(self) -> MilterOutcome:
+        """The steps the milter has not seen on this connection, then the message's."""
+        ctx, proto, link = self.ctx, self.proto, self.link
+        if not link.negotiated:
+            await self._negotiate()
+        if not link.connected:
+            link.connected = True
+            if not self.flags & p.P_NOCONNECT:
+                self._send_macros(p.M_CONNECT)
+                await self._step(p.C_CONNECT, p.encode_connect(self._connect_info()),
+                                 p.P_NR_CONN, session_wide=True)
+        if ctx.helo and ctx.helo != link.helo:  # the first HELO, or a new one (EHLO again)
+            link.helo = ctx.helo
+            if not self.flags & p.P_NOHELO:
+                self._send_macros(p.M_HELO)
+                await self._step(p.C_HELO, p.encode_args(_b(ctx.helo)), p.P_NR_HELO,
+                                 session_wide=True)
         if not self.flags & p.P_NOMAIL:
             self._send_macros(p.M_ENVFROM)
             await self._step(p.C_MAIL, p.encode_args(

@@ -368,6 +368,11 @@ class MilterProtocol(protocol.Protocol):
         self._writable.append(d)
         return d
 
+    @property
+    def usable(self) -> bool:
+        """Still connected, with nothing unread: fit for the next message."""
+        return self._error is None and not self._replies and self.transport is not None
+
     def send(self, command: bytes, data: bytes = b"") -> None:
         if self._error is not None:
             return

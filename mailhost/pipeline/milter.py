@@ -23,21 +23,23 @@ Results for the transaction log are in ``ctx.results["milter"]``: one
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.message.spool import Spool
-from mailhost.message.stage import IStage, MessageContext, Verdict
+from mailhost.message.stage import ISessionStage, MessageContext, Verdict
 from mailhost.milter.client import MilterClient, MilterError
 
 log = Logger()
 
 
-@implementer(IStage)
+@implementer(ISessionStage)
 class MilterStage:
-    """Implements: IStage (``milter``)."""
+    """Implements: ISessionStage (``milter``): each milter's connection is kept for
+    the SMTP session (``ctx.session``), as Postfix does."""
 
     name = "milter"
 
@@ -46,6 +48,10 @@ class MilterStage:
 
     def envelope(self, ctx: MessageContext) -> None:
         pass
+
+    def session_closed(self, session: dict[str, Any]) -> None:
+        for client in self.clients:
+            client.session_closed(session)
 
     def message(self, ctx: MessageContext) -> None:
         return None

@@ -102,6 +102,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.registry = factory.registry
         self.protocol = "submission" if factory.submission else "smtp"
         self._verb: str | None = None  # the command whose final reply is awaited
+        # What pipeline stages keep for this session (a milter's connection).
+        self._stage_session: dict[str, Any] = {}
         self._octets = 0  # message octets its reply accepts (DATA-END, BDAT-LAST)
         self._cut = False  # the dispatch hook said CUT for the command under way
         self._held = HeldVerdict("SMTP", lambda: self._closing)
@@ -241,6 +243,8 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._registered = False
             self.factory.release(self)
         self._abandon("disconnected")
+        if self.factory.pipeline:
+            self.factory.pipeline.close_session(self._stage_session)
         self.registry.closed(self)
 
     # -- ISession -----------------------------------------------------------------
@@ -733,6 +737,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                 trusted=self.factory.policy.may_relay(session.client_ip, session.user),
                 queue_id=session.transaction.id, client_port=session.client_port,
                 auth_mechanism=session.auth_mechanism if session.user else "",
+                session=self._stage_session,
                 local_ip=_local_ip(self.transport),
                 mail_params=tuple(split_path(arg[5:])[1].split())))
         self._mailed = True

@@ -8,7 +8,7 @@ import email.policy
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, task, threads
 
 from mailhost.milter import protocol as p
 from tests.milter import scripted
@@ -30,6 +30,14 @@ async def stop(milter, host):
     await milter.stop()
 
 
+async def until(predicate, timeout=10.0):
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await task.deferLater(reactor, 0.02)
+    raise AssertionError("timed out")
+
+
 async def inbox(host, folder="INBOX"):
     return await host.folder("bob@b.test", folder)
 
@@ -41,6 +49,7 @@ async def test_continue_delivers_and_the_milter_sees_the_whole_transaction(tmp_p
         code, _ = await smtp_send(host, MSG, mail_options=("SIZE=1000", "BODY=8BITMIME"))
         assert code == 250
         assert len(await inbox(host)) == 1
+        await until(lambda: p.C_QUIT in {c for c, _ in milter.commands})  # at the SMTP QUIT
         commands = [c for c, _ in milter.commands if c != p.C_MACRO]
         assert commands[:6] == [p.C_OPTNEG, p.C_CONNECT, p.C_HELO, p.C_MAIL, p.C_RCPT, p.C_DATA]
         assert commands[-3:] == [p.C_BODY, p.C_BODYEOB, p.C_QUIT]
@@ -393,13 +402,72 @@ def _aborted_session(host):
 
 @pytest_twisted.ensureDeferred
 async def test_rset_quit_and_a_dropped_client_never_reach_the_milter(tmp_path):
-    from twisted.internet import threads
-
     milter, host = await run(tmp_path)
     try:
         await threads.deferToThread(_aborted_session, host)
         assert milter.sessions == []  # no connection: the milter sees whole messages only
         assert (await smtp_send(host, MSG))[0] == 250
         assert len(milter.sessions) == 1
+    finally:
+        await stop(milter, host)
+
+
+def _one_session(host, messages, helo2=None):
+    """Several transactions on one SMTP connection: the reply code of each."""
+    import smtplib
+
+    codes = []
+    with smtplib.SMTP(host.ip, host.port, timeout=30) as s:
+        s.ehlo("client.example")
+        for i, data in enumerate(messages):
+            if helo2 and i == 1:
+                s.ehlo(helo2)
+            try:
+                s.sendmail("alice@a.test", ["bob@b.test"], data)
+                codes.append(250)
+            except smtplib.SMTPResponseException as e:
+                codes.append(e.smtp_code)
+            except smtplib.SMTPRecipientsRefused as e:
+                codes.append(next(iter(e.recipients.values()))[0])
+    return codes
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_milter_connection_per_smtp_session(tmp_path):
+    """Three messages, the second refused at MAIL (then SMFIC_ABORT), a new EHLO
+    name before it: one connection, one OPTNEG and CONNECT, HELO again only when
+    it changed, QUIT when the SMTP session ends."""
+    milter, host = await run(tmp_path)
+    try:
+        first, second, third = (message("alice@a.test", "bob@b.test", n) for n in
+                                ("first", "second", "third"))
+        replies = iter([[(p.R_CONTINUE, None)], [(p.R_REJECT, None)], [(p.R_CONTINUE, None)]])
+        milter.script[p.C_MAIL] = lambda m, d: next(replies)
+        codes = await threads.deferToThread(_one_session, host, [first, second, third],
+                                            "client2.example")
+        assert codes == [250, 550, 250]
+        await until(lambda: p.C_QUIT in {c for c, _ in milter.commands})
+        assert len(milter.sessions) == 1
+        commands = [c for c, _ in milter.commands if c != p.C_MACRO]
+        assert commands.count(p.C_OPTNEG) == commands.count(p.C_CONNECT) == 1
+        assert [p.decode_args(h) for h in milter.named(p.C_HELO)] == [
+            [b"client.example"], [b"client2.example"]]
+        assert commands.count(p.C_BODYEOB) == 2
+        assert commands[commands.index(p.C_MAIL, commands.index(p.C_BODYEOB)) + 1] == p.C_ABORT
+        assert len(await inbox(host)) == 2
+    finally:
+        await stop(milter, host)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reject_at_connect_holds_for_the_session_and_a_new_session_asks_again(tmp_path):
+    milter, host = await run(tmp_path, {p.C_CONNECT: [(p.R_TEMPFAIL, None)]})
+    try:
+        msgs = [message("alice@a.test", "bob@b.test", n) for n in ("one", "two")]
+        assert await threads.deferToThread(_one_session, host, msgs) == [451, 451]
+        assert len(milter.named(p.C_CONNECT)) == 1
+        milter.script[p.C_CONNECT] = [(p.R_CONTINUE, None)]
+        assert await threads.deferToThread(_one_session, host, msgs) == [250, 250]
+        assert len(milter.sessions) == 2
     finally:
         await stop(milter, host)
