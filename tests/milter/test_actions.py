@@ -471,3 +471,15 @@ async def test_a_reject_at_connect_holds_for_the_session_and_a_new_session_asks_
         assert len(milter.sessions) == 2
     finally:
         await stop(milter, host)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_milter_that_closes_between_messages_is_reconnected(tmp_path):
+    milter, host = await run(tmp_path, {p.C_BODYEOB: [(p.R_CONTINUE, None), (b"close", None)]})
+    try:
+        msgs = [message("alice@a.test", "bob@b.test", n) for n in ("one", "two")]
+        assert await threads.deferToThread(_one_session, host, msgs) == [250, 250]
+        assert len(milter.sessions) == 2
+        assert len(await inbox(host)) == 2
+    finally:
+        await stop(milter, host)
