@@ -513,7 +513,7 @@ def parse_append(args: list) -> tuple[bytes, list[str], float | None, bytes]:
     return mailbox, flags, date, bytes(message)
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
 
 
 def parse_status_items(token: object) -> list[str]:

@@ -321,6 +321,12 @@ class IMailStore(Interface):
     def new_message() -> IMessageWriter:
         """Start receiving a message; see IMessageWriter."""
 
+    def start() -> Deferred[None]:
+        """Finish what a crash interrupted (the Maildir store: multi-folder commit
+        journals) before anything is served; Deferred. Called on service start, so a
+        crash's leftovers are settled then, not when some user next logs in; opening an
+        account waits for it too. Calling it again is harmless."""
+
     def close() -> Deferred[None]:
         """Flush indexes; Deferred. Called on service stop."""
 
