@@ -1,4 +1,4 @@
-"""One conversation with one milter, for one message.
+"""The conversation with one milter: a message at a time, a connection per SMTP session.
 
 ``MilterClient.check(ctx)`` connects, negotiates (``SMFIC_OPTNEG``), and replays the
 SMTP transaction as Postfix's ``smtpd_milters`` would: connect (client address and
