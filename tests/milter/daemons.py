@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 from tests.mailhost_process import free_port
@@ -18,7 +19,12 @@ RSPAMD_DISABLED = ("fuzzy_check", "rbl", "surbl", "asn", "phishing", "rspamd_upd
                    "mime_types", "multimap")
 
 
-def _wait_port(port: int, proc: subprocess.Popen, log: str, timeout: float = 60.0) -> None:
+#: rspamd's compiled hyperscan databases (content-addressed), kept between tests and
+#: runs: compiling its TLD list alone takes 10-30 s on a busy 2-core machine.
+HS_CACHE = os.path.join(tempfile.gettempdir(), "mailhost-tests-rspamd-hs")
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: str, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -65,6 +71,7 @@ class Rspamd:
             os.makedirs(os.path.join(conf, d), exist_ok=True)
         for d in ("db", "run"):
             os.makedirs(os.path.join(root, d), exist_ok=True)
+        os.makedirs(HS_CACHE, mode=0o700, exist_ok=True)
         files = {
             "override.d/worker-proxy.inc": f"""
 bind_socket = "127.0.0.1:{self.port}";
@@ -80,6 +87,7 @@ reject_message = "Spam message rejected";
             "local.d/options.inc": f"""
 dns {{ nameserver = ["{dns[0]}:{dns[1]}"]; timeout = 1s; retransmits = 1; }}
 local_addrs = [];
+hs_cache_dir = "{HS_CACHE}";
 """,
             "local.d/milter_headers.conf": """
 use = ["x-spamd-result", "x-rspamd-server", "x-rspamd-queue-id", "x-spam-status"];
@@ -96,6 +104,8 @@ skip_authenticated = false;
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Rspamd:
+        """Start and wait until it listens (blocking: from a thread when the reactor
+        must go on, as for the test's DNS server, see ``started``)."""
         argv = ["rspamd", "-f", "-c", "/etc/rspamd/rspamd.conf",
                 f"--var=LOCAL_CONFDIR={self.conf}", f"--var=DBDIR={self.root}/db",
                 f"--var=RUNDIR={self.root}/run", f"--var=LOGDIR={self.root}",
@@ -112,6 +122,15 @@ skip_authenticated = false;
     def stop(self) -> None:
         if self.proc is not None:
             _stop(self.proc)
+
+
+def started(daemon):
+    """``daemon.start()`` in a thread, the reactor running meanwhile (rspamd asks the
+    test's DNS server while it starts), for a pytest fixture."""
+    import pytest_twisted
+    from twisted.internet import threads
+
+    return pytest_twisted.blockon(threads.deferToThread(daemon.start))
 
 
 class OpenDKIM:

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 
 from mailhost.mailauth.dkim_keys import generate_pem, key_from_pem
 from tests.e2e.test_pipeline import Host, message, ours, send, wait_for
-from tests.milter.daemons import OpenDKIM
+from tests.milter.daemons import OpenDKIM, started
 
 
 @pytest.fixture(params=["internal host", "authenticated"])
@@ -21,7 +21,7 @@ def world(request, tmp_path, dns_server):
     macros, as Postfix sends them)."""
     pem = generate_pem("rsa")
     internal = "127.0.0.0/8" if request.param == "internal host" else "192.0.2.1"
-    dkim = OpenDKIM(str(tmp_path / "opendkim"), "a.test", "m1", pem, internal).start()
+    dkim = started(OpenDKIM(str(tmp_path / "opendkim"), "a.test", "m1", pem, internal))
     dns = dns_server.address
     a = Host(tmp_path, "a", "127.0.0.1", "a.test", {"alice@a.test": "pw"}, dns)
     b = Host(tmp_path, "b", "127.0.0.2", "b.test", {"bob@b.test": "pw"}, dns)

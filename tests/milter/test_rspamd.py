@@ -7,7 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
-from tests.milter.daemons import Rspamd
+from tests.milter.daemons import Rspamd, started
 from tests.milter.hosts import message, milter_host, smtp_send
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -15,7 +15,7 @@ GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 @pytest.fixture
 def rspamd(tmp_path, dns_server):
-    daemon = Rspamd(str(tmp_path / "rspamd"), dns_server.address).start()
+    daemon = started(Rspamd(str(tmp_path / "rspamd"), dns_server.address))
     yield daemon
     daemon.stop()
 
