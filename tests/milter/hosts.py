@@ -14,9 +14,9 @@ __all__ = ["Host", "message", "milter_host", "smtp_send", "wait_for"]
 
 def milter_host(tmp_path, milters: dict[str, str], stages: list[str] | None = None,
                 default_action: str = "tempfail", name: str = "b",
-                users: dict[str, str] | None = None) -> Host:
-    host = Host(tmp_path, name, "127.0.0.1", "b.test", users or {"bob@b.test": "pw"},
-                ("127.0.0.1", 9))
+                users: dict[str, str] | None = None,
+                dns: tuple[str, int] = ("127.0.0.1", 9)) -> Host:
+    host = Host(tmp_path, name, "127.0.0.1", "b.test", users or {"bob@b.test": "pw"}, dns)
     host.config.pipeline.stages = stages or ["milter"]
     host.config.pipeline.milters = dict(milters)
     host.config.pipeline.milter_default_action = default_action  # type: ignore[assignment]

@@ -483,3 +483,23 @@ async def test_a_milter_that_closes_between_messages_is_reconnected(tmp_path):
         assert len(await inbox(host)) == 2
     finally:
         await stop(milter, host)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_milter_gets_the_clients_fcrdns_name(tmp_path, dns_server):
+    dns_server.zones.update({
+        "1.0.0.127.in-addr.arpa": {"PTR": ["client.sender.test"]},
+        "client.sender.test": {"A": ["127.0.0.1"]},
+    })
+    milter = await scripted.start()
+    host = milter_host(tmp_path, {"m": f"inet:{milter.port}@127.0.0.1"}, dns=dns_server.address)
+    host.config.smtp.fcrdns = "record"
+    await host.start()
+    try:
+        assert (await smtp_send(host, MSG))[0] == 250
+        connect = p.decode_connect(milter.named(p.C_CONNECT)[0])
+        assert connect.hostname == b"client.sender.test"
+        assert milter.macros()[p.C_CONNECT][b"_"] == b"client.sender.test [127.0.0.1]"
+    finally:
+        await host.stop()
+        await milter.stop()
