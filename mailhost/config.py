@@ -294,6 +294,10 @@ class PipelineConfig:
     dmarc_mode: Literal["enforce", "monitor"] = "enforce"
     # dkim_sign: domain -> selectors ("2026r 2026e"), keys in <data_dir>/dkim/<domain>/.
     dkim_selectors: dict[str, str] = field(default_factory=dict)
+    # milter: name -> "inet:11332@127.0.0.1 [default_action=accept] [command_timeout=30] ...".
+    milters: dict[str, str] = field(default_factory=dict)
+    # What a milter that is down or times out means, unless its own default_action says.
+    milter_default_action: Literal["tempfail", "accept"] = "tempfail"
 
 
 @dataclass
