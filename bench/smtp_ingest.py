@@ -48,6 +48,9 @@ ways in the same interleaved runs: no pipeline stages; the checks (``spf``, ``dk
 signed with an RSA-2048 key published, with SPF and DMARC records, by a
 ``TestDNSServer`` in a child process; after the warm-up every answer comes from
 mailhost's DNS cache. The table gives the server CPU each stage set adds per message.
+Two more rows measure one milter round trip per message (the ``milter`` stage): a
+trivial accept-all milter (a child process on our codec that asks for every step),
+and rspamd 3.x's milter proxy as the tests run it (tests/milter/daemons.py).
 
 ``--capture`` (issue 20) runs instead only mailhost, at 20 sessions x 4 KiB, in the same
 interleaved runs: the ordinary server (fsync on) and capture mode (``[capture]``) as
@@ -588,7 +591,40 @@ PIPELINE_ROWS = [
     ("spf+dkim+dmarc+A-R", '[pipeline]\nstages = ["spf", "dkim", "dmarc", "auth_results"]\n'),
     ("dkim_sign", '[pipeline]\nstages = ["dkim_sign"]\n'
                   'dkim_selectors = { "example.test" = "bench" }\n'),
+    # One milter round trip (connect, every step answered, end of message, quit):
+    # a trivial accept-all milter in a child process, and rspamd's milter proxy.
+    ("milter (accept-all)", '[pipeline]\nstages = ["milter"]\n'
+                            'milters = { bench = "inet:{accept_port}@127.0.0.1" }\n'),
+    ("milter (rspamd)", '[pipeline]\nstages = ["milter"]\n'
+                        'milters = { rspamd = "inet:{rspamd_port}@127.0.0.1" }\n'),
 ]
+
+#: A milter that asks for every step and answers each with continue: the cost of
+#: the protocol itself, on mailhost's side.
+ACCEPT_MILTER_CHILD = """
+from twisted.internet import reactor, protocol
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from mailhost.milter import protocol as p
+
+class Accept(protocol.Protocol):
+    def connectionMade(self):
+        self.decoder = p.PacketDecoder()
+    def dataReceived(self, data):
+        for command, _ in self.decoder.feed(data):
+            if command == p.C_OPTNEG:
+                options = p.encode_options(p.Options(6, 0, 0))
+                self.transport.write(p.encode_packet(p.R_OPTNEG, options))
+            elif command == p.C_QUIT:
+                self.transport.loseConnection()
+            elif command != p.C_MACRO:
+                self.transport.write(p.encode_packet(p.R_CONTINUE))
+
+def up(port):
+    print(port.getHost().port, flush=True)
+TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+    protocol.Factory.forProtocol(Accept)).addCallback(up)
+reactor.run()
+"""
 
 DNS_CHILD = """
 import json, sys
@@ -626,9 +662,20 @@ def pipeline_bench(workdir: str, runs: int, scale: float) -> None:
                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT})
     servers: list[Mailhost] = []
     results: dict[str, list[tuple[float, float]]] = {}
+    accept = subprocess.Popen([sys.executable, "-c", ACCEPT_MILTER_CHILD],
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT})
+    rspamd = None
     try:
         port = int(dns.stdout.readline())
+        if ROOT not in sys.path:
+            sys.path.insert(0, ROOT)
+        from tests.milter.daemons import Rspamd
+
+        rspamd = Rspamd(os.path.join(workdir, "rspamd"), ("127.0.0.1", port)).start()
+        ports = {"accept_port": int(accept.stdout.readline()), "rspamd_port": rspamd.port}
         for i, (label, extra) in enumerate(PIPELINE_ROWS):
+            extra = extra.replace("{accept_port}", str(ports["accept_port"])).replace(
+                "{rspamd_port}", str(ports["rspamd_port"]))
             server = Mailhost(label, os.path.join(workdir, f"mailhost-{i}"))
             server.extra = (extra + f'[dns]\nnameservers = ["127.0.0.1:{port}"]\n'
                             if extra else "")
@@ -652,8 +699,11 @@ def pipeline_bench(workdir: str, runs: int, scale: float) -> None:
     finally:
         for s in servers:
             s.stop()
-        dns.terminate()
-        dns.wait(10)
+        if rspamd is not None:
+            rspamd.stop()
+        for child in (accept, dns):
+            child.terminate()
+            child.wait(10)
     base = statistics.median(r[1] for r in results[PIPELINE_ROWS[0][0]])
     print(f"\nmailhost, {label}, median of {runs} interleaved runs\n")
     print("| stages | msg/s | server CPU ms/msg | added by the stages |")

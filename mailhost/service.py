@@ -41,6 +41,8 @@ from mailhost.sessions import IDispatchHook, SessionRegistry
 from mailhost.settings import Settings
 from mailhost.store.interfaces import IMailStore
 from mailhost.tls import HandshakeDeadlineFactory, server_options
+from mailhost.web.interfaces import IFaultControl, IQueueListing
+from mailhost.web.settings import WebSettings
 
 log = Logger()
 
@@ -363,6 +365,8 @@ def makeService(
     queue: IOutboundQueue | None = None,
     relay: bool = True,
     dispatch_hook: IDispatchHook | None = None,
+    faults: IFaultControl | None = None,
+    queue_listing: IQueueListing | None = None,
     reactor: Any = None,
 ) -> MailHostService:
     """Build the mail host described by ``config``.
@@ -378,7 +382,10 @@ def makeService(
     takes the mail SMTP accepts for remote domains instead of the spool;
     ``relay=False`` gives SMTP no queue at all, so remote recipients are refused
     (``554 5.7.1``). ``dispatch_hook`` (an ``IDispatchHook``) is asked before every
-    session command runs (``mailhost.testing`` injects faults so).
+    session command runs (``mailhost.testing`` injects faults so). ``faults`` and
+    ``queue_listing`` are what the web UI (``[web]``) shows and scripts: the test host
+    passes its fault script and captured queue; by default it lists the spool, and
+    ``web.faults`` gives a standalone server a fault script of its own.
 
     This is the one place that builds the graph: every part gets its frozen settings
     (``mailhost.settings``) and the collaborators it needs.
@@ -447,6 +454,14 @@ def makeService(
     if auth_pool is not None:
         ThreadPoolService(auth_pool).setServiceParent(root)
     limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
+    web = WebSettings.from_config(config)
+    if web.enabled and web.faults and dispatch_hook is None:
+        # A standalone dev server scripts its faults from the page (Mailpit's chaos).
+        from mailhost.testing.faults import FaultHook
+        from mailhost.testing.faults.control import FaultScript
+
+        script: list[Any] = []
+        dispatch_hook, faults = FaultHook(script, reactor), FaultScript(script)
     # One registry per host, handed to every protocol factory below.
     sessions = root.sessions = SessionRegistry(reactor, hook=dispatch_hook)
     # Outermost first: limits refuse before anything else runs; the embedder's
@@ -476,6 +491,10 @@ def makeService(
         if root.outbound is not None:
             root.outbound.attempt_observers.append(root.metrics.attempt)
         MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
+
+    if web.enabled:
+        _add_web(root, web, reactor, faults=faults if web.faults else None,
+                 queue_listing=queue_listing)
 
     # root.config: a reload replaces it, so a new smtp.min_free_space applies.
     space = FreeSpace(storage_paths, lambda: root.config.smtp.min_free_space, reactor=reactor)
@@ -535,6 +554,26 @@ def _make_mail_view(store: IMailStore, config: Config, reactor: Any) -> Any:
     if not IAccountListing.providedBy(store):
         return None
     return StoreMailView(store, hostname=config.server.hostname, reactor=reactor)
+
+
+def _add_web(root: MailHostService, settings: WebSettings, reactor: Any,
+             faults: IFaultControl | None, queue_listing: IQueueListing | None) -> None:
+    """The web UI and REST API on ``web.listen``: its listener is one of the root's
+    (``wait_listening`` reports it as "web"), outside the mail connection limits."""
+    from mailhost.web.queue import SpoolListing
+    from mailhost.web.service import WebService
+
+    if root.mail_view is None:
+        raise ConfigError("web.listen: this store cannot list its accounts, so it has no web UI")
+    if queue_listing is None and root.outbound is not None:
+        queue_listing = SpoolListing(root.outbound)  # capture mode has none: empty
+    web = WebService(settings, root.mail_view, reactor, queue=queue_listing, faults=faults)
+    web.setServiceParent(root)
+    endpoint = parse_endpoint(reactor, settings.listen, "web.listen")
+    listener = ListenerService("web.listen", settings.listen, endpoint, web.factory)
+    listener.setName(f"web:{settings.listen}")
+    listener.setServiceParent(root)
+    root.listeners.setdefault("web", []).append(listener)
 
 
 def _make_pipeline(config: Config, reactor: Any) -> Any:
@@ -629,7 +668,7 @@ _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
                  "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns",
-                 "capture.")
+                 "capture.", "web.")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
 
 

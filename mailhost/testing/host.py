@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -44,6 +45,8 @@ from mailhost.store.interfaces import (
 )
 from mailhost.store.reader import read_all
 from mailhost.testing.faults import Fault, FaultHook, FaultSet
+from mailhost.testing.faults.control import FaultScript
+from mailhost.web.interfaces import IQueueListing, QueuedMessage, QueuedRecipient
 
 log = Logger()
 
@@ -89,6 +92,7 @@ class OutboundMessage:
     recipients: list[str]
     message: EmailMessage = field(repr=False)
     raw: bytes = field(repr=False)
+    arrival: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
 
 
 def parse_message(raw: bytes) -> EmailMessage:
@@ -174,9 +178,10 @@ class _CaptureWriter:
             self._spool = None
 
 
-@implementer(IOutboundQueue)
+@implementer(IOutboundQueue, IQueueListing)
 class _CaptureQueue:
-    """Implements: IOutboundQueue; keeps "relayed" mail in memory, sends nothing."""
+    """Implements: IOutboundQueue, IQueueListing; keeps "relayed" mail in memory,
+    sends nothing, and lists it (the web UI's queue panel)."""
 
     def __init__(self) -> None:
         self.captured: list[OutboundMessage] = []
@@ -185,6 +190,12 @@ class _CaptureQueue:
     def new_message(self, sender: str, envid: str | None = None,
                     ret: str | None = None) -> _CaptureWriter:
         return _CaptureWriter(self, sender)
+
+    def queued(self) -> list[QueuedMessage]:
+        return [QueuedMessage(f"capture{n}", m.sender,
+                              tuple(QueuedRecipient(r, "captured") for r in m.recipients),
+                              m.arrival, len(m.raw))
+                for n, m in enumerate(self.captured, 1)]
 
 
 class MailHost:
@@ -200,6 +211,8 @@ class MailHost:
     ``protocols`` names the listeners to run (of ``smtp``, ``submission``, ``pop3``,
     ``imap``; all by default); ``ports`` fixes a port per listener (``{"smtp": 2525}``;
     with ``tls=True`` also ``smtps``, ``pop3s``, ``imaps``), the others are ephemeral.
+    ``web=True`` serves the web UI and REST API on loopback (``web_url``), with this
+    host's faults and captured mail.
     """
 
     host = LOOPBACK
@@ -211,7 +224,7 @@ class MailHost:
                  hostname: str = "localhost", reactor: Any = None,
                  metrics: bool = False, capture: bool = False,
                  protocols: Iterable[str] | None = None,
-                 ports: Mapping[str, int] | None = None) -> None:
+                 ports: Mapping[str, int] | None = None, web: bool = False) -> None:
         if store not in ("memory", "maildir"):
             raise ValueError(f"store must be 'memory' or 'maildir', not {store!r}")
         self.protocols = tuple(PROTOCOLS if protocols is None else protocols)
@@ -236,6 +249,7 @@ class MailHost:
         self.tls = tls
         self.outbound = outbound
         self.with_metrics = metrics
+        self.with_web = web
         self.capture = capture
         self._initial_users = {normalize_address(u): p for u, p in (users or {}).items()}
         self._aliases = dict(aliases or {})
@@ -290,6 +304,8 @@ class MailHost:
             section.listen = [self._endpoint(kind, 0)] if kind in self.protocols else []
             section.listen_tls = []
         config.metrics.listen = _EPHEMERAL if self.with_metrics else ""
+        config.web.listen = _EPHEMERAL if self.with_web else ""
+        config.web.faults = self.with_web
         if self.tls:
             from mailhost.tls import write_selfsigned
 
@@ -344,6 +360,8 @@ class MailHost:
                                        directory=directory,
                                        queue=self._capture, relay=self.outbound,
                                        dispatch_hook=FaultHook(self._registry, self.reactor),
+                                       faults=FaultScript(self._registry),
+                                       queue_listing=self._capture,
                                        reactor=self.reactor)
             self.directory = self.service.directory
             self.service.startService()
@@ -431,6 +449,20 @@ class MailHost:
     @property
     def imap_port(self) -> int:
         return self._port("imap", 0)
+
+    @property
+    def web_port(self) -> int:
+        """The web UI and REST API (``web=True``)."""
+        if not self.running:
+            raise RuntimeError("MailHost is not started")
+        if not self.with_web:
+            raise AttributeError("no web listener (pass web=True)")
+        return self._listening["web"][0].getHost().port
+
+    @property
+    def web_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the web UI; the API is under ``/api/``."""
+        return f"http://{LOOPBACK}:{self.web_port}"
 
     @property
     def smtps_port(self) -> int:

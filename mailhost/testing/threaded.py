@@ -102,7 +102,7 @@ class SyncMailHost:
     def __getattr__(self, name: str) -> Any:
         # Ports, ca_file, domains...: plain reads, safe from any thread.
         if name.endswith("_port") or name in ("ca_file", "domains", "hostname", "running",
-                                              "protocols", "ports", "capture"):
+                                              "protocols", "ports", "capture", "web_url"):
             return getattr(self._host, name)
         raise AttributeError(name)
 
