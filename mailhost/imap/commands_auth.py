@@ -1,8 +1,8 @@
 """Commands of any state and of the not-authenticated state (RFC 3501 6.1, 6.2).
 
-CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), ENABLE (RFC 5161), STARTTLS, LOGIN and
-AUTHENTICATE PLAIN (with SASL-IR, RFC 4959). Authentication always goes through
-``LoginService`` so throttling and logging are the same as for SMTP and POP3.
+CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), STARTTLS, LOGIN and
+AUTHENTICATE PLAIN (with SASL-IR, RFC 4959); ENABLE (RFC 5161) is in condstore.py.
+Authentication always goes through ``LoginService`` so throttling and logging are the same as for SMTP and POP3.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from mailhost.auth.login import LoginFailed
 from mailhost.auth.sasl import SASLError, decode_plain
 from mailhost.imap import parser
 from mailhost.imap.responses import AlreadyReplied, Bad, No
-from mailhost.imap.states import ANY, AUTH, LOGOUT, NOAUTH
+from mailhost.imap.states import ANY, LOGOUT, NOAUTH
 
 if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
@@ -53,14 +53,6 @@ async def id_(s: IMAPServer, cmd: parser.Command) -> bytes:
         raise Bad("ID expects NIL or a parameter list")
     s.send(b'* ID ("name" "mailhost" "vendor" "mailhost")\r\n')
     return b"ID completed"
-
-
-async def enable(s: IMAPServer, cmd: parser.Command) -> bytes:
-    if not cmd.args:
-        raise Bad("ENABLE expects capability names")
-    # No ENABLE-able extension (CONDSTORE, QRESYNC, UTF8=ACCEPT) is implemented.
-    s.send(b"* ENABLED\r\n")
-    return b"ENABLE completed"
 
 
 async def starttls(s: IMAPServer, cmd: parser.Command) -> bytes | None:
@@ -133,7 +125,6 @@ HANDLERS = {
     "NOOP": (ANY, noop),
     "LOGOUT": (ANY, logout),
     "ID": (ANY, id_),
-    "ENABLE": (AUTH, enable),
     "STARTTLS": (NOAUTH, starttls),
     "LOGIN": (NOAUTH, login),
     "AUTHENTICATE": (NOAUTH, authenticate),

@@ -269,6 +269,7 @@ async def status(s: IMAPServer, cmd: parser.Command) -> bytes:
         "UIDNEXT": lambda: folder.uid_next,
         "UIDVALIDITY": lambda: folder.uid_validity,
         "UNSEEN": lambda: sum(1 for f in flags if "\\Seen" not in f),
+        "HIGHESTMODSEQ": lambda: folder.highest_modseq,
     }
     body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
     s.send(b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n")

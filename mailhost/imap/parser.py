@@ -513,7 +513,7 @@ def parse_append(args: list) -> tuple[bytes, list[str], float | None, bytes]:
     return mailbox, flags, date, bytes(message)
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
 
 
 def parse_status_items(token: object) -> list[str]:
@@ -777,6 +777,12 @@ class _SearchParser:
             return SearchKey("OR", (a, b))
         if up == "UID":
             return SearchKey("UID", (parse_sequence_set(self.next("UID set")),))
+        if up == "MODSEQ":  # RFC 7162 3.1.5: MODSEQ [entry-name entry-type] n
+            value = self.next("mod-sequence")
+            if not isinstance(value, Atom) or not value.isdigit():
+                self.next("entry type")  # a (quoted) entry name: its type follows
+                value = self.next("mod-sequence")
+            return SearchKey("MODSEQ", (parse_number(value),))
         if up and (up[0].isdigit() or up[0] == "*"):
             return SearchKey("SEQ", (parse_sequence_set(t),))
         raise _err(f"Unknown SEARCH key {t!s}")

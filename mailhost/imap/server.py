@@ -58,7 +58,7 @@ log = Logger()
 #: Extensions advertised once logged in; before login some are left out.
 CAPABILITIES = (
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
-    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE",
+    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CONDSTORE", b"QRESYNC",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
@@ -76,10 +76,11 @@ Handler = Callable[["IMAPServer", parser.Command], Awaitable[bytes | None]]
 
 
 def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
-    from mailhost.imap import commands_auth, commands_mailbox, commands_selected, idle
+    from mailhost.imap import commands_auth, commands_mailbox, commands_selected, condstore, idle
 
     table: dict[str, tuple[frozenset[str], Handler]] = {}
-    for module in (commands_auth, commands_mailbox, commands_selected, idle):
+    # condstore last: it takes over the commands RFC 7162 extends.
+    for module in (commands_auth, commands_mailbox, commands_selected, idle, condstore):
         table.update(module.HANDLERS)
     return table
 
@@ -118,6 +119,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.avatar: Any = None
         self.user: str | None = None
         self.selected: SelectedMailbox | None = None
+        self.enabled: set[str] = set()  # ENABLEd extensions (mailhost.imap.condstore)
         self.idling = False
         self.tls_started = False
         self.framer = framing.Framer(self.settings.max_line_length,

@@ -44,8 +44,10 @@ def with_modseq(info: MessageInfo, modseq: int) -> MessageInfo:
 class ModSeqs:
     """The mod-sequences of one folder's messages and its remembered expunges."""
 
-    def __init__(self, highest: int = 0, keep: int = VANISHED_KEEP) -> None:
-        self.highest = highest
+    def __init__(self, highest: int = 1, keep: int = VANISHED_KEEP) -> None:
+        # 1, not 0: a HIGHESTMODSEQ is positive, and no change ever gets the one an
+        # empty folder reports.
+        self.highest = max(1, highest)
         self.by_uid: dict[int, int] = {}
         self.keep = keep
         self.gone_uids = array("q")  # expunged UIDs, in order of their modseq

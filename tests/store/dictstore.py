@@ -154,7 +154,7 @@ class DictFolder:
         self._cache: dict[int, dict[str, str]] = {}
         self._listeners = _Listeners()
         self._deleted = False
-        self.highest_modseq = 0
+        self.highest_modseq = 1  # positive even for an empty folder (RFC 7162)
         self._gone: list[tuple[int, int]] = []  # (modseq, uid), every expunge kept
 
     def _bump(self, uids: Iterable[int]) -> int:

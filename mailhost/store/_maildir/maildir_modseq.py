@@ -66,13 +66,13 @@ def read(path: str) -> Journal:
                     kind, n = parts[0], int(parts[1])
                     if kind == "S":
                         for item in parts[2:]:
-                            uid, _, letters = item.partition(":")
-                            state[int(uid)] = (n, letters)
+                            num, _, letters = item.partition(":")
+                            state[int(num)] = (n, letters)
                     elif kind == "G":
-                        uids = [int(u) for u in parts[2:]]
-                        for uid in uids:
+                        gone_uids = [int(u) for u in parts[2:]]
+                        for uid in gone_uids:
                             state.pop(uid, None)
-                        gone.append((n, uids))
+                        gone.append((n, gone_uids))
                     elif kind == "R":
                         out.reserved = max(out.reserved, n)
                         continue
