@@ -135,6 +135,7 @@ class MaildirFolder:
         self._reserved = 0  # modseqs up to here are reserved on disk (maildir_modseq)
         self._journal_lines: list[str] = []
         self._journal_call: IDelayedCall | None = None
+        self._journal_lock = defer.DeferredLock()  # appends land in order
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
         self._settled: dict[int, Row | None] = {}
@@ -266,14 +267,15 @@ class MaildirFolder:
         if closing:
             lines.append(f"C {self._modseqs.highest}\n")
         if not lines or self._gone:
-            return defer.succeed(None)
+            # Fires once the writes already started have landed.
+            return self._journal_lock.run(defer.succeed, None)
         path, lock, modes, fsync = self._path, self._file_lock, self._store.modes, self._store.fsync
 
         def work() -> None:
             with lock:
                 maildir_modseq.append(path, lines, modes, fsync)
 
-        d = self._store.run_blocking(work)
+        d = self._journal_lock.run(self._store.run_blocking, work)
         d.addErrback(lambda f: self.log.failure("modseq journal write failed", f))
         return d
 
