@@ -356,3 +356,56 @@ def test_vanished_past_horizon_is_the_complement(ranges, present):
     parsed = parser.parse_sequence_set(parser.Atom(got.decode())) if got else None
     have = sorted({u for lo, hi in parsed.ranges for u in range(lo, hi + 1)}) if parsed else []
     assert have == want
+
+
+# -- a real client ------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_imapclient_condstore_and_qresync(imap_host):
+    """imapclient's own CONDSTORE/QRESYNC calls: enable, select (HIGHESTMODSEQ), fetch
+    MODSEQ and CHANGEDSINCE, search MODSEQ, STATUS HIGHESTMODSEQ, and an IDLE that
+    hears another session's flag change and expunge."""
+    from imapclient import IMAPClient
+
+    host = await imap_host()
+    await _fill(host, 5)
+
+    def run():
+        c = IMAPClient("127.0.0.1", port=host.port, ssl=False, timeout=10)
+        c.login("alice@example.test", "secret")
+        assert c.has_capability("CONDSTORE") and c.has_capability("QRESYNC")
+        assert set(c.enable("CONDSTORE", "QRESYNC")) == {b"CONDSTORE", b"QRESYNC"}
+        info = c.select_folder("INBOX")
+        highest = info[b"HIGHESTMODSEQ"]
+        got = c.fetch([1, 2, 3, 4, 5], ["FLAGS", "MODSEQ"])
+        assert sorted(got) == [1, 2, 3, 4, 5]
+        assert all(0 < d[b"MODSEQ"][0] <= highest for d in got.values())
+        c.add_flags([2, 4], [b"\\Flagged"])
+        changed = c.fetch([1, 2, 3, 4, 5], ["FLAGS"], modifiers=[f"CHANGEDSINCE {highest}"])
+        assert sorted(changed) == [2, 4]
+        assert all(d[b"MODSEQ"][0] > highest for d in changed.values())
+        found = c.search(["MODSEQ", str(highest + 1)])
+        assert sorted(found) == [2, 4] and found.modseq == changed[2][b"MODSEQ"][0]
+        status = c.folder_status("INBOX", ["HIGHESTMODSEQ"])
+        assert status[b"HIGHESTMODSEQ"] == changed[2][b"MODSEQ"][0]
+
+        other = IMAPClient("127.0.0.1", port=host.port, ssl=False, timeout=10)
+        other.login("alice@example.test", "secret")
+        other.select_folder("INBOX")
+        c.idle()
+        other.add_flags([1], [b"$Label1"])
+        other.delete_messages([5])
+        other.expunge()
+        seen = []
+        for _ in range(20):
+            seen += c.idle_check(timeout=0.5)
+            if any(r and r[0] == b"VANISHED" or b"VANISHED" in r for r in seen):
+                break
+        c.idle_done()
+        text = repr(seen)
+        assert "MODSEQ" in text and "$Label1" in text and "VANISHED" in text, seen
+        other.logout()
+        c.logout()
+
+    await host.in_thread(run)
