@@ -198,3 +198,29 @@ async def test_reservation_is_renewed_before_it_runs_out(tmp_path):
     with open(os.path.join(folder.path, MODSEQ_FILE)) as f:
         assert f"R {folder._reserved}\n" in f.read()
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_journal_is_compacted_while_running(tmp_path):
+    """Appends that outgrow the state they describe are replaced by the state, written
+    whole; a restart then reads the same modseqs."""
+    root = str(tmp_path / "mail")
+    store = MaildirStore(root, fsync=False)
+    folder = await _three(store)
+    for i in range(40):
+        await folder.set_flags([1 + i % 3], ["\\Seen"], "add" if i % 2 else "remove")
+    await folder.set_flags([2], ["\\Deleted"], "add")
+    await folder.expunge()
+    folder._journal_appended = 10**6  # as if it had grown for long
+    await folder._write_journal()
+    with open(os.path.join(folder.path, MODSEQ_FILE)) as f:
+        text = f.read()
+    assert len(text.splitlines()) <= 5, text  # header, R, one G, at most two S
+    mods = {i.uid: i.modseq for i in folder.messages()}
+    highest, gone = folder.highest_modseq, folder.expunged_since(0)
+    await store.close()
+    again = MaildirStore(root, fsync=False)
+    folder = await inbox(again)
+    assert {i.uid: i.modseq for i in folder.messages()} == mods
+    assert folder.highest_modseq == highest and folder.expunged_since(0) == gone == [2]
+    await again.close()

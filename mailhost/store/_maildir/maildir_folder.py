@@ -136,6 +136,7 @@ class MaildirFolder:
         self._journal_lines: list[str] = []
         self._journal_call: IDelayedCall | None = None
         self._journal_lock = defer.DeferredLock()  # appends land in order
+        self._journal_appended = 0  # lines since the journal was last written whole
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
         self._settled: dict[int, Row | None] = {}
@@ -270,10 +271,25 @@ class MaildirFolder:
             # Fires once the writes already started have landed.
             return self._journal_lock.run(defer.succeed, None)
         path, lock, modes, fsync = self._path, self._file_lock, self._store.modes, self._store.fsync
+        self._journal_appended += len(lines)
+        index = self._index
+        if self._journal_appended > 2 * len(index) + COMPACT_MIN_STALE:
+            # Appends outgrew the state they describe: write it whole instead
+            # (a snapshot, taken here on the reactor thread).
+            self._journal_appended = 0
+            args = (path, self.uid_validity, self._reserved,
+                    maildir_modseq.snapshot(self._modseqs),
+                    dict(zip(index.uids, index.letters(), strict=True)), modes, fsync)
 
-        def work() -> None:
-            with lock:
-                maildir_modseq.append(path, lines, modes, fsync)
+            def work() -> None:
+                with lock:
+                    maildir_modseq.compact(*args)
+                    if closing:
+                        maildir_modseq.append(path, lines[-1:], modes, fsync)
+        else:
+            def work() -> None:
+                with lock:
+                    maildir_modseq.append(path, lines, modes, fsync)
 
         d = self._journal_lock.run(self._store.run_blocking, work)
         d.addErrback(lambda f: self.log.failure("modseq journal write failed", f))

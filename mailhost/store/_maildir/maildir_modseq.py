@@ -131,16 +131,40 @@ def load(path: str, validity: int, uids: Sequence[int], letters: Sequence[str],
     if vanished:
         mods.expunge(vanished)
     reserved = mods.highest + RESERVE
-    where = dict(zip(uids, letters, strict=True))
+    write_atomic(path, validity, reserved, mods, dict(zip(uids, letters, strict=True)),
+                 modes, fsync)
+    return mods, reserved
+
+
+def write_atomic(path: str, validity: int, reserved: int, mods: ModSeqs,
+                 letters: dict[int, str], modes: FileModes, fsync: bool) -> None:
+    """The whole journal, compacted: the reservation, the remembered expunges and one
+    ``S`` line per modseq still carried by a message (``letters``: uid -> letters)."""
     groups: dict[int, list[int]] = {}
-    for uid, modseq in by_uid.items():
+    for uid, modseq in mods.by_uid.items():
         groups.setdefault(modseq, []).append(uid)
     lines = [f"{_MAGIC} {validity}\n", reserve_line(reserved)]
     lines += [gone_line(m, u) for m, u in _gone_groups(mods)]
-    lines += [set_line(m, [(u, where[u]) for u in sorted(us)])
+    lines += [set_line(m, [(u, letters.get(u, "")) for u in sorted(us)])
               for m, us in sorted(groups.items())]
     modes.write_atomic(path, "".join(lines).encode("ascii"), fsync=fsync)
-    return mods, reserved
+
+
+def compact(path: str, validity: int, reserved: int, mods: ModSeqs,
+            letters: dict[int, str], modes: FileModes, fsync: bool) -> None:
+    """Rewrite a folder's journal (``path`` is the folder) from a snapshot."""
+    write_atomic(os.path.join(path, MODSEQ_FILE), validity, reserved, mods, letters,
+                 modes, fsync)
+
+
+def snapshot(mods: ModSeqs) -> ModSeqs:
+    """A copy for a thread to write while the live one goes on changing."""
+    copy = ModSeqs(mods.highest, mods.keep)
+    copy.by_uid = dict(mods.by_uid)
+    copy.gone_uids = mods.gone_uids[:]
+    copy.gone_mods = mods.gone_mods[:]
+    copy.horizon = mods.horizon
+    return copy
 
 
 def _gone_groups(mods: ModSeqs) -> list[tuple[int, list[int]]]:
