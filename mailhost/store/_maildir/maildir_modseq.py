@@ -43,7 +43,10 @@ class Journal:
         self.reserved = 0
         self.highest = 0  # the largest modseq named anywhere
         self.clean: int | None = None  # HIGHESTMODSEQ of a clean close, if last
-        self.state: dict[int, tuple[int, str]] = {}  # uid -> (modseq, letters)
+        #: uid -> modseq << 16 | letters id (one int per message, not a tuple: 100k
+        #: of them are read at once), ``letters`` the ids' strings.
+        self.state: dict[int, int] = {}
+        self.letters: list[str] = []
         self.gone: list[tuple[int, list[int]]] = []  # (modseq, uids), ascending
 
 
@@ -57,6 +60,7 @@ def read(path: str) -> Journal:
                 return out
             out.validity = int(head[2])
             state, gone = out.state, out.gone
+            ids: dict[str, int] = {}
             for line in f:
                 if not line.endswith("\n"):
                     break  # torn append
@@ -67,7 +71,14 @@ def read(path: str) -> Journal:
                     if kind == "S":
                         for item in parts[2:]:
                             num, _, letters = item.partition(":")
-                            state[int(num)] = (n, letters)
+                            lid = ids.get(letters)
+                            if lid is None:
+                                if len(out.letters) >= 0xFFFF:
+                                    lid = 0xFFFF  # too many: compares unequal (a new modseq)
+                                else:
+                                    lid = ids[letters] = len(out.letters)
+                                    out.letters.append(letters)
+                            state[int(num)] = n << 16 | lid
                     elif kind == "G":
                         gone_uids = [int(u) for u in parts[2:]]
                         for uid in gone_uids:
@@ -113,19 +124,20 @@ def load(path: str, validity: int, uids: Sequence[int], letters: Sequence[str],
     start = j.clean if j.clean is not None else max(j.reserved, j.highest)
     mods = ModSeqs(start)
     by_uid = mods.by_uid
-    logged = j.state
+    logged, names = j.state, j.letters
     fresh: list[int] = []
+    same: dict[int, int] = {}  # one int object per distinct modseq, shared
     for uid, let in zip(uids, letters, strict=True):
-        rec = logged.get(uid)
-        if rec is not None and rec[1] == let and rec[0] <= start:
-            by_uid[uid] = rec[0]
+        rec = logged.pop(uid, None)
+        if rec is not None and (rec & 0xFFFF) < len(names) and names[rec & 0xFFFF] == let:
+            modseq = rec >> 16
+            by_uid[uid] = same.setdefault(modseq, modseq)
         else:
             fresh.append(uid)
     for modseq, gone in j.gone:
         mods.expunge(gone, modseq)
-    live = set(uids)
-    vanished = sorted(u for u in logged if u not in live)
-    del live
+    vanished = sorted(logged)  # what is left was not found in the folder
+    del logged, j
     if fresh:
         mods.touch(fresh)
     if vanished:
