@@ -782,7 +782,9 @@ class _SearchParser:
             if not isinstance(value, Atom) or not value.isdigit():
                 self.next("entry type")  # a (quoted) entry name: its type follows
                 value = self.next("mod-sequence")
-            return SearchKey("MODSEQ", (parse_number(value),))
+            if not isinstance(value, Atom) or not value.isdigit() or int(value) >= 2**63:
+                raise _err("Invalid mod-sequence")
+            return SearchKey("MODSEQ", (int(value),))
         if up and (up[0].isdigit() or up[0] == "*"):
             return SearchKey("SEQ", (parse_sequence_set(t),))
         raise _err(f"Unknown SEARCH key {t!s}")

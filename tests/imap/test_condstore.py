@@ -331,7 +331,7 @@ def test_store_modifier_round_trip(modseq):
     assert condstore._modifiers(token, ("UNCHANGEDSINCE",)) == {"UNCHANGEDSINCE": modseq}
 
 
-@given(st.integers(min_value=1, max_value=2**32 - 1), st.booleans())
+@given(st.integers(min_value=0, max_value=2**63 - 1), st.booleans())
 def test_search_modseq_round_trip(modseq, entry):
     text = f'MODSEQ "/flags/\\\\seen" all {modseq}' if entry else f"MODSEQ {modseq}"
     _, key = parser.parse_search(_tokens(text))

@@ -224,3 +224,21 @@ async def test_journal_is_compacted_while_running(tmp_path):
     assert {i.uid: i.modseq for i in folder.messages()} == mods
     assert folder.highest_modseq == highest and folder.expunged_since(0) == gone == [2]
     await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lost_journal_never_goes_back(tmp_path):
+    """The journal deleted (or a backup restored without it): numbering starts above
+    anything it had given out, like UIDVALIDITY from the clock."""
+    root = str(tmp_path / "mail")
+    store = MaildirStore(root, fsync=False)
+    folder = await _three(store)
+    await folder.set_flags([2], ["\\Seen"], "add")
+    seen = folder.highest_modseq
+    await store.close()
+    os.unlink(os.path.join(folder.path, MODSEQ_FILE))
+    again = MaildirStore(root, fsync=False)
+    folder = await inbox(again)
+    assert min(i.modseq for i in folder.messages()) > seen
+    assert folder.highest_modseq > seen
+    await again.close()

@@ -18,12 +18,17 @@ we never wrote), and every recorded UID no longer there, gets a new number. New
 numbers never go below the last reservation: before the counter passes ``R`` a new
 one is appended with an fsync (``RESERVE`` ahead, renewed at half way), so a restart
 after a crash starts above anything a client may have seen. After a clean close the
-counter goes on from the ``C`` value exactly. All functions here run in a thread.
+counter goes on from the ``C`` value exactly. A journal that is missing or unreadable
+(lost, deleted, a new folder) starts the counter at the time in milliseconds, as
+UIDVALIDITY starts from the time: above anything an earlier journal of this folder can
+have given out unless it averaged more than a thousand changes a second since. All
+functions here run in a thread.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 
 from mailhost.store.modes import FileModes
@@ -122,6 +127,8 @@ def load(path: str, validity: int, uids: Sequence[int], letters: Sequence[str],
     if j.validity != validity:  # new UIDs: old numbers name other messages
         j.state, j.gone = {}, []
     start = j.clean if j.clean is not None else max(j.reserved, j.highest)
+    if not j.validity:  # no journal to go on (see the module docstring)
+        start = max(start, int(time.time() * 1000))
     mods = ModSeqs(start)
     by_uid = mods.by_uid
     logged, names = j.state, j.letters
