@@ -1,8 +1,8 @@
 """Commands of any state and of the not-authenticated state (RFC 3501 6.1, 6.2).
 
-CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), STARTTLS, LOGIN and
-AUTHENTICATE PLAIN (with SASL-IR, RFC 4959); ENABLE (RFC 5161) is in condstore.py.
-Authentication always goes through ``LoginService`` so throttling and logging are the same as for SMTP and POP3.
+CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), ENABLE (RFC 5161), COMPRESS (RFC 4978), STARTTLS, LOGIN and
+AUTHENTICATE PLAIN (with SASL-IR, RFC 4959). Authentication always goes through
+``LoginService`` so throttling and logging are the same as for SMTP and POP3.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from mailhost.auth.login import LoginFailed
 from mailhost.auth.sasl import SASLError, decode_plain
 from mailhost.imap import parser
 from mailhost.imap.responses import AlreadyReplied, Bad, No
-from mailhost.imap.states import ANY, LOGOUT, NOAUTH
+from mailhost.imap.states import ANY, AUTH, LOGOUT, NOAUTH
 
 if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
@@ -55,6 +55,18 @@ async def id_(s: IMAPServer, cmd: parser.Command) -> bytes:
     return b"ID completed"
 
 
+async def enable(s: IMAPServer, cmd: parser.Command) -> bytes:
+    """ENABLE (RFC 5161): each extension that needs enabling switches itself on
+    (CONDSTORE and QRESYNC: ``condstore.enable``); other names are ignored."""
+    from mailhost.imap import condstore
+
+    if not cmd.args or not all(isinstance(a, parser.Atom) for a in cmd.args):
+        raise Bad("ENABLE expects capability names")
+    done = condstore.enable(s, [a.upper() for a in cmd.args])
+    s.send(b"* ENABLED" + b"".join(b" " + n.encode("ascii") for n in done) + b"\r\n")
+    return b"ENABLE completed"
+
+
 async def starttls(s: IMAPServer, cmd: parser.Command) -> bytes | None:
     _no_args(cmd)
     if s.tls_options is None:
@@ -63,6 +75,19 @@ async def starttls(s: IMAPServer, cmd: parser.Command) -> bytes | None:
         raise Bad("TLS is already active")
     s.send(cmd.tag.encode("ascii") + b" OK Begin TLS negotiation now\r\n")
     s.start_tls()
+    raise AlreadyReplied()
+
+
+async def compress(s: IMAPServer, cmd: parser.Command) -> bytes | None:
+    """RFC 4978: the OK goes out plain, everything after it compressed."""
+    if len(cmd.args) != 1 or not isinstance(cmd.args[0], parser.Atom):
+        raise Bad("COMPRESS expects a mechanism")
+    if cmd.args[0].upper() != "DEFLATE":
+        raise Bad("Unknown compression mechanism")
+    if s.compressing:
+        raise No("[COMPRESSIONACTIVE] DEFLATE is already active")
+    s.send(cmd.tag.encode("ascii") + b" OK DEFLATE active\r\n")
+    s.start_compress()
     raise AlreadyReplied()
 
 
@@ -125,7 +150,9 @@ HANDLERS = {
     "NOOP": (ANY, noop),
     "LOGOUT": (ANY, logout),
     "ID": (ANY, id_),
+    "ENABLE": (AUTH, enable),
     "STARTTLS": (NOAUTH, starttls),
+    "COMPRESS": (AUTH, compress),
     "LOGIN": (NOAUTH, login),
     "AUTHENTICATE": (NOAUTH, authenticate),
 }

@@ -2,19 +2,22 @@
 
 Mailbox names are modified UTF-7 on the wire and unicode in the store; ``inbox`` in
 any case is INBOX. The hierarchy delimiter is the store's ``.``. LIST carries
-CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154) attributes.
+CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154) attributes, and takes LIST-EXTENDED's
+options (RFC 5258, mailhost.imap.list_extended) with LIST-STATUS (RFC 5819).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import compress
 from typing import TYPE_CHECKING
 
 from mailhost.imap import encoding, mutf7, parser
+from mailhost.imap.list_extended import parse_list
 from mailhost.imap.responses import Bad, No
 from mailhost.imap.selected import SelectedMailbox, folder_columns
 from mailhost.imap.states import AUTH
-from mailhost.store.interfaces import SYSTEM_FLAGS, NoSuchFolder
+from mailhost.store.interfaces import SYSTEM_FLAGS, IFolder, NoSuchFolder
 
 if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
@@ -189,11 +192,15 @@ def _sort_key(name: str) -> tuple[int, str]:
 
 
 async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
-    ref, pat = _list_pattern(cmd)
-    if pat == "":
+    req = parse_list(cmd.args)
+    if req.patterns == ("",) and not req.extended:
         s.send(b'* LIST (\\Noselect) "." ""\r\n')
         return b"LIST completed"
-    rx = pattern_regex(ref + pat)
+    matchers = [pattern_regex(req.reference + p) for p in req.patterns]
+
+    def matches(name: str) -> bool:
+        return any(m.fullmatch(name) for m in matchers)
+
     names = list(await s.account.list_folders())
     real = set(names)
     candidates = set(real)
@@ -202,18 +209,46 @@ async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
     parents = set()
     for n in candidates:
         parents.update(_ancestors(n))
+    wants_subs = "SUBSCRIBED" in req.select or "SUBSCRIBED" in req.returns
+    subs = set(await s.account.subscriptions()) if wants_subs else set()
+    uses = {n: await _special_use(s, n) for n in real} if (
+        "SPECIAL-USE" in req.select) else {}
+    # RFC 5258 3.1: what the selection options select; a parent that matches while
+    # only a descendant is selected is listed with CHILDINFO (RECURSIVEMATCH).
+    if "SUBSCRIBED" in req.select:
+        selected, criterion = subs, b"SUBSCRIBED"
+    elif "SPECIAL-USE" in req.select:
+        selected, criterion = {n for n, u in uses.items() if u}, b"SPECIAL-USE"
+    else:
+        selected, criterion = candidates, b""
+    shown = {n for n in selected if matches(n)}
+    childinfo: set[str] = set()
+    if "RECURSIVEMATCH" in req.select:
+        for n in selected:
+            if not matches(n):
+                childinfo.update(a for a in _ancestors(n) if matches(a))
     out = []
-    for name in sorted(candidates, key=_sort_key):
-        if not rx.fullmatch(name):
-            continue
-        attrs = [b"\\HasChildren" if name in parents else b"\\HasNoChildren"]
+    for name in sorted(shown | childinfo, key=_sort_key):
+        attrs = []
         if name not in real:
-            attrs.insert(0, b"\\Noselect")
-        else:
-            use = await _special_use(s, name)
+            attrs.append(b"\\NonExistent" if name not in candidates else b"\\Noselect")
+        attrs.append(b"\\HasChildren" if name in parents else b"\\HasNoChildren")
+        if wants_subs and name in subs:
+            attrs.append(b"\\Subscribed")
+        if name in real:
+            use = uses[name] if name in uses else await _special_use(s, name)
             if use:
                 attrs.append(use.encode("ascii"))
-        out.append(b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name) + b"\r\n")
+        line = b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name)
+        if name in childinfo and criterion:
+            line += b' ("CHILDINFO" ("' + criterion + b'"))'
+        out.append(line + b"\r\n")
+        if req.status_items and name in real:  # LIST-STATUS (RFC 5819)
+            try:
+                folder = await s.account.open_folder(name)
+            except NoSuchFolder:
+                continue
+            out.append(await status_response(s, folder, req.status_items))
     s.send(b"".join(out))
     return b"LIST completed"
 
@@ -261,19 +296,27 @@ async def status(s: IMAPServer, cmd: parser.Command) -> bytes:
         folder = await s.account.open_folder(name)
     except NoSuchFolder:
         raise No("[NONEXISTENT] Mailbox does not exist") from None
+    s.send(await status_response(s, folder, items))
+    return b"STATUS completed"
+
+
+async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) -> bytes:
+    """One ``* STATUS`` line (STATUS and LIST-STATUS): SIZE is RFC 8438's, APPENDLIMIT
+    RFC 7889's."""
     await folder.refresh()  # files other programs added, renamed or removed
-    _, flags, in_new, _, _ = folder_columns(folder)
+    _, flags, in_new, sizes, _ = folder_columns(folder)
     values = {
         "MESSAGES": lambda: len(flags),
         "RECENT": lambda: sum(1 for r in in_new if r),
         "UIDNEXT": lambda: folder.uid_next,
         "UIDVALIDITY": lambda: folder.uid_validity,
         "UNSEEN": lambda: sum(1 for f in flags if "\\Seen" not in f),
+        "SIZE": lambda: sum(sizes),
+        "APPENDLIMIT": lambda: s.settings.max_literal_size,
         "HIGHESTMODSEQ": lambda: folder.highest_modseq,
     }
     body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
-    s.send(b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n")
-    return b"STATUS completed"
+    return b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n"
 
 
 async def namespace(s: IMAPServer, cmd: parser.Command) -> bytes:

@@ -2,7 +2,7 @@
 
 The store numbers every change (``IFolder.highest_modseq``, ``MessageInfo.modseq``,
 ``changed_since``, ``expunged_since``; see ``mailhost.store.modseq``); this module
-is the protocol side. Its handlers take over ENABLE, SELECT/EXAMINE, FETCH and STORE,
+is the protocol side. Its handlers take over SELECT/EXAMINE, FETCH and STORE (ENABLE asks ``enable``),
 strip what RFC 7162 adds (SELECT parameters, FETCH and STORE modifiers, the MODSEQ
 fetch item) and hand the rest to the RFC 3501 handlers, which take a few keyword
 arguments for it (``pick``, ``modseq``). SEARCH MODSEQ and STATUS HIGHESTMODSEQ are
@@ -54,16 +54,12 @@ def enable_condstore(s: IMAPServer) -> None:
         s.send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % sel.folder.highest_modseq)
 
 
-async def enable(s: IMAPServer, cmd: parser.Command) -> bytes:
-    """ENABLE (RFC 5161): CONDSTORE and QRESYNC (which implies CONDSTORE) are the
-    extensions here that need enabling; others are ignored, as the RFC says."""
-    if not cmd.args:
-        raise Bad("ENABLE expects capability names")
-    done: list[bytes] = []
-    for arg in cmd.args:
-        if not isinstance(arg, parser.Atom):
-            raise Bad("ENABLE expects capability names")
-        name = arg.upper()
+def enable(s: IMAPServer, names: Sequence[str]) -> list[str]:
+    """ENABLE (RFC 5161, commands_auth) of these upper-cased names: CONDSTORE and
+    QRESYNC (which implies CONDSTORE) are switched on; returns those of ``names``
+    this module enabled, for ``* ENABLED``."""
+    done: list[str] = []
+    for name in names:
         if name not in (CONDSTORE, QRESYNC):
             continue
         if name == QRESYNC and QRESYNC not in s.enabled:
@@ -71,10 +67,9 @@ async def enable(s: IMAPServer, cmd: parser.Command) -> bytes:
             _follow(s, s.selected)
         if name == CONDSTORE or CONDSTORE not in s.enabled:
             enable_condstore(s)
-        if name.encode("ascii") not in done:
-            done.append(name.encode("ascii"))
-    s.send(b"* ENABLED" + b"".join(b" " + n for n in done) + b"\r\n")
-    return b"ENABLE completed"
+        if name not in done:
+            done.append(name)
+    return done
 
 
 def _number(token: object, what: str, zero: bool = False) -> int:
@@ -350,7 +345,6 @@ async def store(s: IMAPServer, cmd: parser.Command) -> bytes:
 
 
 HANDLERS = {
-    "ENABLE": (AUTH, enable),
     "SELECT": (AUTH, select),
     "EXAMINE": (AUTH, examine),
     "FETCH": (SEL, fetch),

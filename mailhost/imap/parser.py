@@ -513,7 +513,8 @@ def parse_append(args: list) -> tuple[bytes, list[str], float | None, bytes]:
     return mailbox, flags, date, bytes(message)
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT",
+                "HIGHESTMODSEQ")
 
 
 def parse_status_items(token: object) -> list[str]:
