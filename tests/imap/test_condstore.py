@@ -409,3 +409,29 @@ async def test_imapclient_condstore_and_qresync(imap_host):
         c.logout()
 
     await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_changedsince_with_body_items_and_move_under_qresync(imap_host):
+    """CHANGEDSINCE also filters FETCHes that open the message (MODSEQ after the
+    body); MOVE and UID EXPUNGE answer with VANISHED once QRESYNC is on."""
+    host = await imap_host()
+    await _fill(host, 4)
+
+    def run():
+        c = host.client()
+        raw(c, b"E ENABLE QRESYNC")
+        out = raw(c, b"S SELECT INBOX")
+        highest = _code(out, b"HIGHESTMODSEQ")
+        raw(c, b"S1 STORE 3 +FLAGS ($Later)")
+        out = raw(c, b"F1 UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)]) (CHANGEDSINCE %d)"
+                  % highest)
+        assert len(out) == 5 and out[0].startswith(b"* 3 FETCH (UID 3 BODY[HEADER.FIELDS")
+        assert b"Subject: m2" in out[1] and re.fullmatch(rb" MODSEQ \(\d+\)\)", out[3]), out
+        out = raw(c, b"M1 UID MOVE 2 Trash")
+        assert out[0].startswith(b"* OK [COPYUID ") and out[1] == b"* VANISHED 2", out
+        raw(c, b"S2 UID STORE 4 +FLAGS (\\Deleted)")
+        out = raw(c, b"X1 UID EXPUNGE 4")
+        assert out[0] == b"* VANISHED 4"
+
+    await host.in_thread(run)
