@@ -290,7 +290,7 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
     if "VANISHED" in mods and (not cmd.uid or QRESYNC not in s.enabled
                                or "CHANGEDSINCE" not in mods):
         raise Bad("VANISHED needs UID FETCH, QRESYNC enabled and CHANGEDSINCE")
-    if spec == []:
+    if spec == [] and asked:  # MODSEQ alone
         items: list = []
         if cmd.uid:
             items = [parser.FetchItem("UID")]

@@ -111,6 +111,7 @@ async def test_rfc7162_condstore_examples(imap_host):
         assert raw(c, b"B2 FETCH 1 (FLAGS) (CHANGEDSINCE x)")[-1].startswith(b"B2 BAD")
         assert raw(c, b"B3 FETCH 1 (FLAGS) (CHANGEDSINCE 1 VANISHED)")[-1].startswith(b"B3 BAD")
         assert raw(c, b"B4 STORE 1 (FOO 1) +FLAGS (x)")[-1].startswith(b"B4 BAD")
+        assert raw(c, b"B5 FETCH 1 ()")[-1].startswith(b"B5 BAD")  # as without CONDSTORE
 
     await host.in_thread(run)
 
