@@ -153,12 +153,16 @@ def vanished_since(folder: IFolder, modseq: int, within: list[tuple[int, int]],
                    present: Sequence[int]) -> bytes:
     """The UID set for ``VANISHED (EARLIER)``: what the folder expunged since
     ``modseq`` within ``within``; past its memory, every UID in ``within`` below
-    UIDNEXT that ``present`` (ascending) lacks."""
-    gone = folder.expunged_since(modseq)
+    UIDNEXT that ``present`` (ascending) lacks. So too for a modseq above the folder's
+    HIGHESTMODSEQ: not one of ours (another server's on the same Maildir, which
+    shares UIDVALIDITY with us; or from before a journal was lost)."""
+    gone = folder.expunged_since(modseq) if modseq <= folder.highest_modseq else None
     if gone is not None:
         return format_set([u for u in gone if _in(within, u)])
     out: list[tuple[int, int]] = []
+    top = folder.uid_next - 1
     for a, b in within:
+        b = min(b, top)
         i = bisect.bisect_left(present, a)
         cur = a
         while cur <= b:
@@ -230,7 +234,8 @@ def _resync(sel: SelectedMailbox, q: QresyncParams) -> list[bytes]:
     gone = vanished_since(folder, q.modseq, _ranges(q.known, top), sel.uids)
     if gone:
         out.append(b"* VANISHED (EARLIER) " + gone + b"\r\n")
-    changed = folder.changed_since(q.modseq)
+    # A modseq we never gave out (see vanished_since): every message is news.
+    changed = folder.changed_since(q.modseq if q.modseq <= folder.highest_modseq else 0)
     for uid in changed:
         seq = sel.seq_of(uid)
         info = folder.get(uid)
