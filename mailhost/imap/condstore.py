@@ -309,6 +309,8 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
     pick = None
     if "CHANGEDSINCE" in mods:
         since = int(mods["CHANGEDSINCE"])
+        if since > folder.highest_modseq:
+            since = 0  # never ours (see vanished_since): everything is news
 
         def pick(uids: list[int]) -> list[int]:
             if len(uids) < 64:
@@ -318,7 +320,8 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
 
         if "VANISHED" in mods:
             seqset = parser.parse_sequence_set(cmd.args[0])
-            gone = vanished_since(folder, since, _ranges(seqset, folder.uid_next - 1),
+            gone = vanished_since(folder, int(mods["CHANGEDSINCE"]),
+                                  _ranges(seqset, folder.uid_next - 1),
                                   sel.uids)
             if gone:
                 s.send(b"* VANISHED (EARLIER) " + gone + b"\r\n")

@@ -182,6 +182,8 @@ async def test_qresync_select_vanished_and_changes(imap_host):
         assert [int(re.search(rb"UID (\d+)", line).group(1)) for line in out[1:-1]] == [3, 4]
         out = raw(c, b"F2 UID FETCH 1:10 (FLAGS) (CHANGEDSINCE %d VANISHED)" % highest)
         assert out[0] == b"* VANISHED (EARLIER) 5:6"
+        out = raw(c, b"F3 UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)" % (new_high + 99))
+        assert out[0] == b"* VANISHED (EARLIER) 5:6,15" and len(out) == 1 + 17 + 1
         # Bad parameters.
         assert raw(c, b"B1 SELECT INBOX (QRESYNC (0 1))")[-1].startswith(b"B1 BAD")
         assert raw(c, b"B2 SELECT INBOX (QRESYNC (1))")[-1].startswith(b"B2 BAD")
