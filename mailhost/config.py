@@ -178,6 +178,8 @@ class IMAPConfig:
 class OutboundConfig:
     """The outbound queue and SMTP client."""
 
+    # false: no spool, relay client or resolver; mail for other domains is refused.
+    enabled: bool = True
     # Relative to server.data_dir.
     queue_dir: str = "queue"
     # "host:port" replaces MX routing when set.

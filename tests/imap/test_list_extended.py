@@ -183,3 +183,25 @@ def test_parser_only_accepts_or_says_bad(select, patterns, returns, trailing):
     assert req.select <= SELECT_OPTIONS and req.returns <= RETURN_OPTIONS
     assert list(req.patterns) == patterns
     assert not trailing
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_special_use(imap_host):
+    host, _ = await _prepared(imap_host)
+
+    def run():
+        c = host.client()
+        assert raw(c, b"C CREATE Archive.2026 (USE (\\Archive))")[-1].startswith(b"C OK")
+        assert raw(c, b'L LIST "" "Archive*"')[:-1] == [
+            b'* LIST (\\HasChildren) "." Archive',
+            b'* LIST (\\HasNoChildren \\Archive) "." Archive.2026']
+        assert raw(c, b"A CREATE Everything (USE (\\All))")[-1].startswith(b"A NO [USEATTR]")
+        assert raw(c, b"B CREATE Both (USE (\\Sent \\Drafts))")[-1].startswith(b"B NO [USEATTR]")
+        assert raw(c, b"D CREATE Odd (USE \\Sent)")[-1].startswith(b"D BAD")
+        assert raw(c, b"E CREATE Odd (COLOR (red))")[-1].startswith(b"E BAD")
+        assert raw(c, b'F LIST "" "%"')[-1].startswith(b"F OK")
+        names = b"".join(raw(c, b'G LIST "" "*"'))
+        assert b"Everything" not in names and b"Both" not in names and b"Odd" not in names
+        c.logout()
+
+    await host.in_thread(run)

@@ -19,10 +19,10 @@ numbers never go below the last reservation: before the counter passes ``R`` a n
 one is appended with an fsync (``RESERVE`` ahead, renewed at half way), so a restart
 after a crash starts above anything a client may have seen. After a clean close the
 counter goes on from the ``C`` value exactly. A journal that is missing or unreadable
-(lost, deleted, a new folder) starts the counter at the time in milliseconds, as
+(lost, deleted, a new folder) starts the counter at the time in microseconds, as
 UIDVALIDITY starts from the time: above anything an earlier journal of this folder can
-have given out unless it averaged more than a thousand changes a second since. All
-functions here run in a thread.
+have given out unless it averaged more than a million changes a second since (and
+still far below 2**63, RFC 7162's limit). All functions here run in a thread.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def load(path: str, validity: int, uids: Sequence[int], letters: Sequence[str],
         j.state, j.gone = {}, []
     start = j.clean if j.clean is not None else max(j.reserved, j.highest)
     if not j.validity:  # no journal to go on (see the module docstring)
-        start = max(start, int(time.time() * 1000))
+        start = max(start, time.time_ns() // 1000)
     mods = ModSeqs(start)
     by_uid = mods.by_uid
     logged, names = j.state, j.letters
