@@ -72,6 +72,23 @@ def enable(s: IMAPServer, names: Sequence[str]) -> list[str]:
     return done
 
 
+def _uses_modseq(key: parser.SearchKey) -> bool:
+    return key.op == "MODSEQ" or any(isinstance(k, parser.SearchKey) and _uses_modseq(k)
+                                     for k in key.args)
+
+
+def search_modseq(s: IMAPServer, key: parser.SearchKey, found: Sequence[int]) -> int | None:
+    """For a SEARCH with a MODSEQ key (CONDSTORE-enabling): the highest modseq among
+    the UIDs it found, for ``(MODSEQ n)`` (None: no MODSEQ key, or nothing found)."""
+    if not _uses_modseq(key):
+        return None
+    enable_condstore(s)
+    sel = s.selected
+    if not found or sel is None:
+        return None
+    return max(map(sel.folder.modseq_of, found))
+
+
 def _number(token: object, what: str, zero: bool = False) -> int:
     """A mod-sequence or UIDVALIDITY (63-bit, not the 32-bit parse_number)."""
     if not isinstance(token, parser.Atom) or not token.isdigit() or len(token) > 19:

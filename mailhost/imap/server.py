@@ -61,7 +61,9 @@ CAPABILITIES = (
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
     b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CREATE-SPECIAL-USE",
     b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"PREVIEW",
-    b"BINARY", b"MULTIAPPEND", b"CONDSTORE", b"QRESYNC",
+    b"BINARY", b"MULTIAPPEND",
+    b"ESEARCH", b"SEARCHRES", b"WITHIN", b"I18NLEVEL=1", b"SORT", b"SORT=DISPLAY", b"ESORT",
+    b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"CONDSTORE", b"QRESYNC",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
@@ -81,17 +83,25 @@ Handler = Callable[["IMAPServer", parser.Command], Awaitable[bytes | None]]
 
 
 def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
-    from mailhost.imap import commands_auth, commands_mailbox, commands_selected, condstore, idle
+    from mailhost.imap import (
+        commands_auth,
+        commands_mailbox,
+        commands_search,
+        commands_selected,
+        condstore,
+        idle,
+    )
 
     table: dict[str, tuple[frozenset[str], Handler]] = {}
     # condstore last: it takes over the commands RFC 7162 extends.
-    for module in (commands_auth, commands_mailbox, commands_selected, idle, condstore):
+    for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle,
+                   condstore):
         table.update(module.HANDLERS)
     return table
 
 
 #: Commands after which queued EXPUNGEs must not be sent (RFC 3501 7.4.1).
-NO_EXPUNGE_AFTER = frozenset({"FETCH", "STORE", "SEARCH"})
+NO_EXPUNGE_AFTER = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD"})
 
 
 @implementer(IEvictable, ISession)

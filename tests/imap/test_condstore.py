@@ -446,3 +446,24 @@ async def test_changedsince_with_body_items_and_move_under_qresync(imap_host):
         assert out[0] == b"* VANISHED 4"
 
     await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_esearch_with_modseq(imap_host):
+    """RFC 7162 3.1.5 with ESEARCH (RFC 4731): MODSEQ as return data."""
+    host = await imap_host()
+    await _fill(host, 4)
+
+    def run():
+        c = host.client()
+        out = raw(c, b"S SELECT INBOX (CONDSTORE)")
+        highest = _code(out, b"HIGHESTMODSEQ")
+        out = raw(c, b"S1 STORE 2,4 +FLAGS (\\Seen)")
+        m = _modseq(out[0])
+        out = raw(c, b"R1 UID SEARCH RETURN (ALL COUNT) MODSEQ %d" % (highest + 1))
+        assert out[0] == b'* ESEARCH (TAG "R1") UID ALL 2,4 COUNT 2 MODSEQ %d' % m \
+            or out[0] == b'* ESEARCH (TAG "R1") UID COUNT 2 ALL 2,4 MODSEQ %d' % m, out
+        out = raw(c, b"R2 SEARCH RETURN (COUNT) MODSEQ %d" % (m + 1))
+        assert out[0] == b'* ESEARCH (TAG "R2") COUNT 0', out
+
+    await host.in_thread(run)
