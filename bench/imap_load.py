@@ -409,11 +409,11 @@ def main() -> None:
                 results["big_dovecot"] = time_big(
                     dv.port, USER, PASSWORD, lambda: dovecot_imap_rss_kib(dv.proc.pid),
                     lambda: dovecot_imap_cpu(dv.proc.pid))
-                results["qresync_dovecot"] = time_qresync(
-                    dv.port, USER, PASSWORD, cpu_probe=lambda: dovecot_imap_cpu(dv.proc.pid))
                 if not opts.skip_sort:
                     results["sort_dovecot"] = time_sort(dv.port, USER, PASSWORD,
                                                         lambda: dovecot_imap_cpu(dv.proc.pid))
+                results["qresync_dovecot"] = time_qresync(
+                    dv.port, USER, PASSWORD, cpu_probe=lambda: dovecot_imap_cpu(dv.proc.pid))
             finally:
                 dv.stop()
             results["qresync_select_time_ratio"] = round(
