@@ -323,6 +323,15 @@ class RateLimitConfig:
 
 
 @dataclass
+class CaptureConfig:
+    """Capture mode: a development sink that keeps every message and sends none."""
+
+    # True: every recipient of every domain is accepted into its own mailbox (made on
+    # first delivery), any AUTH succeeds, nothing is queued, relayed or checked.
+    enabled: bool = False
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -340,6 +349,7 @@ class Config:
     dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     # Where the config was read from, for resolving relative paths; not a TOML key.
     source: str = field(default="", metadata={"internal": True})
     # Command-line overrides, re-applied when the file is reloaded; not a TOML key.

@@ -196,6 +196,9 @@ class MailHostService(service.MultiService):
         self.queue: Any = None
         self.outbound: Any = None
         self.metrics: Any = None
+        # The operator's view over every mailbox (mailhost.mailview.IMailView), or None
+        # when the store cannot list its accounts (IAccountListing).
+        self.mail_view: Any = None
         # Every live session of this host (mailhost.sessions): drain, metrics, faults.
         self.sessions: SessionRegistry | None = None
         # twistd sets this; an embedding application keeps SIGHUP for itself.
@@ -343,6 +346,8 @@ class MailHostService(service.MultiService):
         if sessions is not None:
             d.addCallback(lambda _: sessions.drain(self.config.server.shutdown_grace))
         d.addCallback(lambda _: super(MailHostService, self).stopService())
+        if self.mail_view is not None:
+            d.addCallback(lambda _: self.mail_view.close())
         d.addCallback(lambda _: self.store.close())
         return d
 
@@ -385,7 +390,8 @@ def makeService(
     settings = Settings.from_config(config)
     # outbound.enabled = false: no spool, no relay client, no resolver (remote mail is
     # refused unless the embedder's own queue= takes it).
-    outbound_on = config.outbound.enabled
+    # Capture mode (mailhost.auth.capture) has no outbound either: nothing leaves.
+    outbound_on = config.outbound.enabled and not settings.capture.enabled
     # What mail is written to; a read-only one stops the start here, in one line. A
     # memory store with its own checkers and no outbound writes nothing to disk.
     on_disk = [path for path, used in (
@@ -401,6 +407,17 @@ def makeService(
 
     passwd = PasswdFile(config.data_path(config.auth.passwd_file))
     aliases = AliasesFile(config.data_path(config.auth.aliases_file))
+    capture = settings.capture.enabled
+    if capture:
+        # Capture mode (mailhost.auth.capture): every address is a local mailbox and
+        # any login succeeds; nothing below relays, queues or looks names up.
+        from mailhost.auth.capture import AcceptAnyChecker, CaptureDirectory
+
+        relay = False
+        if directory is None:
+            directory = CaptureDirectory(settings.directory.domains)
+        if checkers is None:
+            checkers = [AcceptAnyChecker(settings.directory.domains[0])]
     if checkers is None:
         # Two argon2 checks at a time at most: bounded memory and CPU under a login flood.
         auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="mailhost-auth")
@@ -426,6 +443,7 @@ def makeService(
 
     root = MailHostService(config, store, directory, login, settings)
     root.own_directory = own_directory
+    root.mail_view = _make_mail_view(store, config, reactor)
     if auth_pool is not None:
         ThreadPoolService(auth_pool).setServiceParent(root)
     limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
@@ -463,8 +481,9 @@ def makeService(
     space = FreeSpace(storage_paths, lambda: root.config.smtp.min_free_space, reactor=reactor)
     space.setServiceParent(root)
 
-    pipeline = _make_pipeline(config, reactor)
-    checks = _make_checks(config, reactor, passwd, root)
+    # Capture mode checks nothing (no DNS, no greylisting of the app under test).
+    pipeline = None if capture else _make_pipeline(config, reactor)
+    checks = None if capture else _make_checks(config, reactor, passwd, root)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 
@@ -506,6 +525,16 @@ def makeService(
         root.add_listener("imap", description, imap, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root
+
+
+def _make_mail_view(store: IMailStore, config: Config, reactor: Any) -> Any:
+    """The operator's view over ``store`` (test host helpers, capture mode, web UI)."""
+    from mailhost.mailview import StoreMailView
+    from mailhost.store.interfaces import IAccountListing
+
+    if not IAccountListing.providedBy(store):
+        return None
+    return StoreMailView(store, hostname=config.server.hostname, reactor=reactor)
 
 
 def _make_pipeline(config: Config, reactor: Any) -> Any:
@@ -599,7 +628,8 @@ _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "outbound.enabled", "outbound.queue_dir", "outbound.resolver",
                  "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
-                 "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns")
+                 "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns",
+                 "capture.")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
 
 
