@@ -63,7 +63,7 @@ CAPABILITIES = (
     b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"PREVIEW",
     b"BINARY", b"MULTIAPPEND",
     b"ESEARCH", b"SEARCHRES", b"WITHIN", b"I18NLEVEL=1", b"SORT", b"SORT=DISPLAY", b"ESORT",
-    b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+    b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"CONDSTORE", b"QRESYNC",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
@@ -88,11 +88,14 @@ def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
         commands_mailbox,
         commands_search,
         commands_selected,
+        condstore,
         idle,
     )
 
     table: dict[str, tuple[frozenset[str], Handler]] = {}
-    for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle):
+    # condstore last: it takes over the commands RFC 7162 extends.
+    for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle,
+                   condstore):
         table.update(module.HANDLERS)
     return table
 
@@ -131,6 +134,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.avatar: Any = None
         self.user: str | None = None
         self.selected: SelectedMailbox | None = None
+        self.enabled: set[str] = set()  # ENABLEd extensions (mailhost.imap.condstore)
         self.idling = False
         self.tls_started = False
         self.framer = framing.Framer(self.settings.max_line_length,
