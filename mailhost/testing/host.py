@@ -40,6 +40,7 @@ from mailhost.store.interfaces import (
     MessageInfo,
 )
 from mailhost.store.reader import read_all
+from mailhost.testing import ownership
 from mailhost.testing.faults import Fault, FaultHook, FaultSet
 
 log = Logger()
@@ -300,6 +301,7 @@ class MailHost:
                                        reactor=self.reactor)
             self.service.startService()
             self.running = True
+            ownership.host_started(self)
             self._listening = yield self.service.wait_listening()
             for user in self._initial_users:
                 yield self._watch(user)
@@ -326,6 +328,7 @@ class MailHost:
         self._watched = {}
         yield self._drop_connections()
         self.running = False
+        ownership.host_stopped(self)
         if self.service is not None and self.service.running:
             # Also after a failed start: stop what did bind.
             yield self.service.stopService()
