@@ -56,3 +56,18 @@ def test_running_from_the_reactor_thread_is_refused():
     assert reactor.running and threadable.isInIOThread()
     with pytest.raises(ReactorInThisThread, match="mailhost_sync"):
         call(lambda: None)
+
+
+def test_the_testing_package_patches_no_trial_or_pytest_internals():
+    """Issue 14/20: the pytest plugin used to patch trial's private _wait/_cleanUp/... on
+    every mailhost_trial TestCase. The hand-over of the reactor uses public APIs only."""
+    import re
+    from pathlib import Path
+
+    import mailhost.testing
+
+    root = Path(mailhost.testing.__file__).parent
+    source = "\n".join(p.read_text() for p in root.glob("*.py"))
+    for private in ("._wait", "._cleanUp", "._classCleanUp", "._observer", "._passed",
+                    "._removeObserver", "._instances", "._fixtureinfo", "._reactorMethods"):
+        assert not re.search(re.escape(private) + r"\b", source), private
