@@ -260,6 +260,8 @@ class MailHostService(service.MultiService):
         raise SystemExit(1) from None
 
     def startService(self) -> None:
+        started = self.store.start()  # crash leftovers settle now; accounts wait for it
+        started.addErrback(lambda f: log.failure("store start failed", f, event="store_start"))
         try:
             super().startService()
         except ListenError as e:

@@ -1,6 +1,6 @@
 """Commands of any state and of the not-authenticated state (RFC 3501 6.1, 6.2).
 
-CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), ENABLE (RFC 5161), STARTTLS, LOGIN and
+CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), ENABLE (RFC 5161), COMPRESS (RFC 4978), STARTTLS, LOGIN and
 AUTHENTICATE PLAIN (with SASL-IR, RFC 4959). Authentication always goes through
 ``LoginService`` so throttling and logging are the same as for SMTP and POP3.
 """
@@ -74,6 +74,19 @@ async def starttls(s: IMAPServer, cmd: parser.Command) -> bytes | None:
     raise AlreadyReplied()
 
 
+async def compress(s: IMAPServer, cmd: parser.Command) -> bytes | None:
+    """RFC 4978: the OK goes out plain, everything after it compressed."""
+    if len(cmd.args) != 1 or not isinstance(cmd.args[0], parser.Atom):
+        raise Bad("COMPRESS expects a mechanism")
+    if cmd.args[0].upper() != "DEFLATE":
+        raise Bad("Unknown compression mechanism")
+    if s.compressing:
+        raise No("[COMPRESSIONACTIVE] DEFLATE is already active")
+    s.send(cmd.tag.encode("ascii") + b" OK DEFLATE active\r\n")
+    s.start_compress()
+    raise AlreadyReplied()
+
+
 def _text(token: object, what: str) -> str:
     raw = parser.as_string(token, what)
     try:
@@ -135,6 +148,7 @@ HANDLERS = {
     "ID": (ANY, id_),
     "ENABLE": (AUTH, enable),
     "STARTTLS": (NOAUTH, starttls),
+    "COMPRESS": (AUTH, compress),
     "LOGIN": (NOAUTH, login),
     "AUTHENTICATE": (NOAUTH, authenticate),
 }

@@ -2,19 +2,22 @@
 
 Mailbox names are modified UTF-7 on the wire and unicode in the store; ``inbox`` in
 any case is INBOX. The hierarchy delimiter is the store's ``.``. LIST carries
-CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154) attributes.
+CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154) attributes, and takes LIST-EXTENDED's
+options (RFC 5258, mailhost.imap.list_extended) with LIST-STATUS (RFC 5819).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import compress
 from typing import TYPE_CHECKING
 
 from mailhost.imap import encoding, mutf7, parser
+from mailhost.imap.list_extended import parse_list
 from mailhost.imap.responses import Bad, No
 from mailhost.imap.selected import SelectedMailbox, folder_columns
 from mailhost.imap.states import AUTH
-from mailhost.store.interfaces import SYSTEM_FLAGS, NoSuchFolder
+from mailhost.store.interfaces import SYSTEM_FLAGS, IFolder, NoSuchFolder
 
 if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
@@ -73,14 +76,38 @@ async def examine(s: IMAPServer, cmd: parser.Command) -> bytes:
     return await _select(s, cmd, readonly=True)
 
 
+#: Special uses a real folder can carry (RFC 6154 2); \\All and \\Flagged would be
+#: virtual folders, which this store has not.
+CREATABLE_USES = {u.upper(): u for u in ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")}
+
+
 async def create(s: IMAPServer, cmd: parser.Command) -> bytes:
-    if len(cmd.args) != 1:
+    if len(cmd.args) not in (1, 2):
         raise Bad("CREATE expects a mailbox name")
     name = mailbox_name(cmd.args[0]).rstrip(DELIM)
+    use = _create_use(cmd.args[1]) if len(cmd.args) == 2 else None
     if name == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
-    await s.account.create_folder(name)
+    await s.account.create_folder(name, use)
     return b"CREATE completed"
+
+
+def _create_use(token: object) -> str | None:
+    """CREATE-SPECIAL-USE (RFC 6154 3): ``(USE (\\Drafts))``; one use per folder here."""
+    if not (isinstance(token, list) and len(token) == 2 and isinstance(token[0], parser.Atom)
+            and token[0].upper() == "USE" and isinstance(token[1], list)):
+        raise Bad("CREATE parameters must be (USE (attributes))")
+    uses = [u for u in token[1] if isinstance(u, parser.Atom)]
+    if len(uses) != len(token[1]):
+        raise Bad("USE expects attribute names")
+    if not uses:
+        return None
+    if len(uses) > 1:
+        raise No("[USEATTR] A mailbox can have one special use here")
+    use = CREATABLE_USES.get(uses[0].upper())
+    if use is None:
+        raise No(f"[USEATTR] {uses[0]} is not a special use a mailbox can be created with")
+    return use
 
 
 async def delete(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -189,11 +216,15 @@ def _sort_key(name: str) -> tuple[int, str]:
 
 
 async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
-    ref, pat = _list_pattern(cmd)
-    if pat == "":
+    req = parse_list(cmd.args)
+    if req.patterns == ("",) and not req.extended:
         s.send(b'* LIST (\\Noselect) "." ""\r\n')
         return b"LIST completed"
-    rx = pattern_regex(ref + pat)
+    matchers = [pattern_regex(req.reference + p) for p in req.patterns]
+
+    def matches(name: str) -> bool:
+        return any(m.fullmatch(name) for m in matchers)
+
     names = list(await s.account.list_folders())
     real = set(names)
     candidates = set(real)
@@ -202,18 +233,46 @@ async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
     parents = set()
     for n in candidates:
         parents.update(_ancestors(n))
+    wants_subs = "SUBSCRIBED" in req.select or "SUBSCRIBED" in req.returns
+    subs = set(await s.account.subscriptions()) if wants_subs else set()
+    uses = {n: await _special_use(s, n) for n in real} if (
+        "SPECIAL-USE" in req.select) else {}
+    # RFC 5258 3.1: what the selection options select; a parent that matches while
+    # only a descendant is selected is listed with CHILDINFO (RECURSIVEMATCH).
+    if "SUBSCRIBED" in req.select:
+        selected, criterion = subs, b"SUBSCRIBED"
+    elif "SPECIAL-USE" in req.select:
+        selected, criterion = {n for n, u in uses.items() if u}, b"SPECIAL-USE"
+    else:
+        selected, criterion = candidates, b""
+    shown = {n for n in selected if matches(n)}
+    childinfo: set[str] = set()
+    if "RECURSIVEMATCH" in req.select:
+        for n in selected:
+            if not matches(n):
+                childinfo.update(a for a in _ancestors(n) if matches(a))
     out = []
-    for name in sorted(candidates, key=_sort_key):
-        if not rx.fullmatch(name):
-            continue
-        attrs = [b"\\HasChildren" if name in parents else b"\\HasNoChildren"]
+    for name in sorted(shown | childinfo, key=_sort_key):
+        attrs = []
         if name not in real:
-            attrs.insert(0, b"\\Noselect")
-        else:
-            use = await _special_use(s, name)
+            attrs.append(b"\\NonExistent" if name not in candidates else b"\\Noselect")
+        attrs.append(b"\\HasChildren" if name in parents else b"\\HasNoChildren")
+        if wants_subs and name in subs:
+            attrs.append(b"\\Subscribed")
+        if name in real:
+            use = uses[name] if name in uses else await _special_use(s, name)
             if use:
                 attrs.append(use.encode("ascii"))
-        out.append(b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name) + b"\r\n")
+        line = b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name)
+        if name in childinfo and criterion:
+            line += b' ("CHILDINFO" ("' + criterion + b'"))'
+        out.append(line + b"\r\n")
+        if req.status_items and name in real:  # LIST-STATUS (RFC 5819)
+            try:
+                folder = await s.account.open_folder(name)
+            except NoSuchFolder:
+                continue
+            out.append(await status_response(s, folder, req.status_items))
     s.send(b"".join(out))
     return b"LIST completed"
 
@@ -261,18 +320,26 @@ async def status(s: IMAPServer, cmd: parser.Command) -> bytes:
         folder = await s.account.open_folder(name)
     except NoSuchFolder:
         raise No("[NONEXISTENT] Mailbox does not exist") from None
+    s.send(await status_response(s, folder, items))
+    return b"STATUS completed"
+
+
+async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) -> bytes:
+    """One ``* STATUS`` line (STATUS and LIST-STATUS): SIZE is RFC 8438's, APPENDLIMIT
+    RFC 7889's."""
     await folder.refresh()  # files other programs added, renamed or removed
-    _, flags, in_new, _, _ = folder_columns(folder)
+    _, flags, in_new, sizes, _ = folder_columns(folder)
     values = {
         "MESSAGES": lambda: len(flags),
         "RECENT": lambda: sum(1 for r in in_new if r),
         "UIDNEXT": lambda: folder.uid_next,
         "UIDVALIDITY": lambda: folder.uid_validity,
         "UNSEEN": lambda: sum(1 for f in flags if "\\Seen" not in f),
+        "SIZE": lambda: sum(sizes),
+        "APPENDLIMIT": lambda: s.settings.max_literal_size,
     }
     body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
-    s.send(b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n")
-    return b"STATUS completed"
+    return b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n"
 
 
 async def namespace(s: IMAPServer, cmd: parser.Command) -> bytes:

@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from mailhost.imap import bodystructure, envelope, mime
-from mailhost.imap.encoding import format_datetime, format_flags
+from mailhost.imap.encoding import format_datetime, format_flags, nstring
 from mailhost.imap.output import without_nul
 from mailhost.imap.parser import FetchItem, Section
+from mailhost.imap.preview import make_preview, read_part, text_part
 from mailhost.store.interfaces import IFolder, MessageInfo
 from mailhost.store.reader import skip_to
+
+log = Logger()
 
 #: Body sections up to this size are read and sent inline; larger ones stream.
 INLINE_MAX = 64 * 1024
@@ -224,12 +228,20 @@ def _literal(data: bytes) -> bytes:
 
 async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> list:
     struct: mime.Part | None = None
-    if any(_needs_structure(i) for i in items):
+    preview_of: str | None = None
+    wants_preview = [i for i in items if i.name == "PREVIEW"]
+    if wants_preview:
+        preview_of = folder.get_cached(info.uid, "preview")
+        if preview_of is None and all(i.lazy for i in wants_preview):
+            _make_preview_later(folder, info)
+    need_structure = any(_needs_structure(i) for i in items) or (
+        wants_preview and preview_of is None and not all(i.lazy for i in wants_preview))
+    if need_structure:
         cached = folder.get_cached(info.uid, "mime")
         struct = mime.loads(cached) if cached else None
     reader = None
     try:
-        if struct is None and any(_needs_structure(i) for i in items):
+        if struct is None and need_structure:
             reader = await folder.read_message(info.uid)
             struct = await reader.call(_scan)
             folder.set_cached(info.uid, "mime", mime.dumps(struct))
@@ -243,6 +255,11 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
             if reader is None:
                 reader = await folder.read_message(info.uid)
             await reader.call(_read_specs, wanted)
+        if need_structure and wants_preview and preview_of is None:
+            assert struct is not None
+            if reader is None:
+                reader = await folder.read_message(info.uid)
+            preview_of = await _preview(folder, info, struct, reader)
     finally:
         if reader is not None:
             reader.close()
@@ -265,6 +282,9 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
                 pieces.append(bytes(buf))
                 buf = bytearray()
                 pieces.append(BodyRange(folder, info.uid, spec.start, spec.end - spec.start))
+            continue
+        if item.name == "PREVIEW":
+            buf += nstring(preview_of)
             continue
         buf += _simple(item, info, struct)
     if buf:
@@ -293,6 +313,21 @@ def _simple(item: FetchItem, info: MessageInfo, struct: mime.Part | None) -> byt
     if name == "BODY":
         return bodystructure.render(struct, extended=False)
     raise ValueError(f"unknown FETCH item {name}")
+
+
+async def _preview(folder: Any, info: MessageInfo, struct: mime.Part, reader: Any) -> str:
+    """RFC 8970's preview of the message, made once and kept in the folder's cache."""
+    part = text_part(struct)
+    text = make_preview(await reader.call(read_part, part), part) if part is not None else ""
+    folder.set_cached(info.uid, "preview", text)
+    return text
+
+
+def _make_preview_later(folder: Any, info: MessageInfo) -> None:
+    """``PREVIEW (LAZY)`` answered NIL: make the preview now, for the next FETCH."""
+    d = Deferred.fromCoroutine(_fetch(folder, info, [FetchItem("PREVIEW")]))
+    d.addErrback(lambda f: log.failure("making the preview of UID {uid} failed", f,
+                                       uid=info.uid))
 
 
 def fetch_message(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> Deferred:

@@ -108,6 +108,13 @@ class Framer:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
+    def take_buffered(self) -> bytes:
+        """The octets received after the last whole command, removed (COMPRESS: what
+        follows the command is already compressed)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     def clear(self) -> None:
         """Forget everything buffered (STARTTLS: never run plaintext-injected input)."""
         sink_for = self.sink_for

@@ -513,7 +513,7 @@ def parse_append(args: list) -> tuple[bytes, list[str], float | None, bytes]:
     return mailbox, flags, date, bytes(message)
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
 
 
 def parse_status_items(token: object) -> list[str]:
@@ -557,6 +557,8 @@ class FetchItem:
     name: str
     section: Section | None = None
     partial: tuple[int, int] | None = None
+    #: ``PREVIEW (LAZY)`` (RFC 8970): NIL rather than wait for a preview not yet made.
+    lazy: bool = False
 
     @property
     def peek(self) -> bool:
@@ -574,7 +576,7 @@ class FetchItem:
 
 _SIMPLE_ITEMS = {
     "FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
-    "RFC822", "RFC822.HEADER", "RFC822.TEXT",
+    "RFC822", "RFC822.HEADER", "RFC822.TEXT", "PREVIEW",
 }
 _MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
@@ -674,8 +676,16 @@ def parse_fetch_items(args: list) -> list[FetchItem]:
     if not atts:
         raise _err("Empty FETCH item list")
     out: list[FetchItem] = []
-    for att in atts:
-        item = parse_fetch_att(att)
+    i = 0
+    while i < len(atts):
+        item = parse_fetch_att(atts[i])
+        i += 1
+        if item.name == "PREVIEW" and i < len(atts) and isinstance(atts[i], list):
+            modifiers = [m.upper() for m in atts[i] if isinstance(m, Atom)]
+            if len(modifiers) != len(atts[i]) or set(modifiers) - {"LAZY"}:
+                raise _err("PREVIEW takes only the LAZY modifier")
+            item = FetchItem("PREVIEW", lazy="LAZY" in modifiers)
+            i += 1
         if item not in out:
             out.append(item)
     return out

@@ -29,6 +29,7 @@ from zope.interface import implementer
 from mailhost.auth.login import Login
 from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.imap import framing, parser
+from mailhost.imap.compress import DeflateError, Deflater, Inflater
 from mailhost.imap.output import OutputGate
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
 from mailhost.imap.selected import BadSequence, SelectedMailbox
@@ -58,11 +59,14 @@ log = Logger()
 #: Extensions advertised once logged in; before login some are left out.
 CAPABILITIES = (
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
-    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE",
+    b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CREATE-SPECIAL-USE",
+    b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"PREVIEW",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
 PREAUTH_MAX_LITERAL = 64 * 1024
+#: Compressed input is inflated at most this much at a time (see mailhost.imap.compress).
+INFLATE_PIECE = 64 * 1024
 #: Consecutive BAD replies before the server gives up on a client.
 MAX_BAD_COMMANDS = 20
 #: APPEND literals at least this big stream into the store as they arrive.
@@ -132,6 +136,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._pumping = False
         self._line_waiter: defer.Deferred | None = None
         self._read_paused = False
+        self._inflater: Inflater | None = None  # COMPRESS=DEFLATE, once active
+        self._deflater: Deflater | None = None
         self._bad_count = 0
         self._commands = 0
         self._started = 0.0
@@ -288,6 +294,8 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def send(self, data: bytes) -> None:
         if not self._lost:
+            if self._deflater is not None:
+                data = self._deflater.deflate(data)
             self.transport.write(data)
 
     def drain(self) -> defer.Deferred:
@@ -308,6 +316,9 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def capability_string(self) -> bytes:
         caps = list(CAPABILITIES)
+        if self.state != NOT_AUTHENTICATED and self._deflater is None:
+            caps.append(b"COMPRESS=DEFLATE")
+        caps.append(b"APPENDLIMIT=%d" % self.settings.max_literal_size)
         if self.state == NOT_AUTHENTICATED:
             if self.tls_options is not None and not self.tls_active:
                 caps.append(b"STARTTLS")
@@ -324,13 +335,20 @@ class IMAPServer(Protocol, TimeoutMixin):
             return
         if self.state != NOT_AUTHENTICATED:
             self.resetTimeout()  # before login only whole commands count (_dispatch)
-        self.framer.feed(data)
+        if self._inflater is not None:
+            self._inflater.push(data)
+            self._inflate()
+            if self._closed:  # corrupt input
+                return
+        else:
+            self.framer.feed(data)
         self._pump()
         if (self.framer.in_command or self.framer.buffered) and self.quick_ack is not None:
             # Part of a command, no reply yet: the client may hold the rest until we
             # acknowledge (imaplib's APPEND sends the literal and its CRLF apart).
             self.quick_ack.now()
-        if self.framer.buffered > INPUT_HIGH_WATER and not self._read_paused:
+        if (self.framer.buffered > INPUT_HIGH_WATER or self._inflating()) \
+                and not self._read_paused:
             self._read_paused = True
             self.transport.pauseProducing()
 
@@ -360,11 +378,14 @@ class IMAPServer(Protocol, TimeoutMixin):
                     break
                 event = self.framer.next_event()
                 if event is None:
+                    if self._inflating() and self._inflate():
+                        continue
                     break
                 self._on_event(event)
         finally:
             self._pumping = False
-        if self._read_paused and self.framer.buffered < INPUT_HIGH_WATER // 2 and not self._closed:
+        if self._read_paused and self.framer.buffered < INPUT_HIGH_WATER // 2 \
+                and not self._inflating() and not self._closed:
             self._read_paused = False
             self.transport.resumeProducing()
 
@@ -587,6 +608,43 @@ class IMAPServer(Protocol, TimeoutMixin):
         """The logged-in user's IMailAccount (``IMailUser.account``): the session's one
         route to the store, APPEND included."""
         return self.avatar.account
+
+    def start_compress(self) -> None:
+        """COMPRESS=DEFLATE from the next octet on, both ways (the tagged OK went out
+        uncompressed); anything the client sent after the command is compressed already."""
+        log.info("imap: {peer} turned on COMPRESS=DEFLATE", peer=self.peer,
+                 event="imap_compress")
+        self._deflater = Deflater()
+        self._inflater = Inflater()
+        self._inflater.push(self.framer.take_buffered())
+        self._inflate()
+
+    @property
+    def compressing(self) -> bool:
+        return self._deflater is not None
+
+    def _inflating(self) -> bool:
+        """Compressed input waits for room in the framer."""
+        return self._inflater is not None and self._inflater.pending
+
+    def _inflate(self) -> bool:
+        """Move inflated input into the framer while it has room; True if any moved.
+        Corrupt input closes the connection."""
+        assert self._inflater is not None
+        fed = False
+        try:
+            while self.framer.buffered < INPUT_HIGH_WATER and self._inflater.pending:
+                piece = self._inflater.pull(INFLATE_PIECE)
+                if piece:
+                    self.framer.feed(piece)
+                    fed = True
+        except DeflateError as e:
+            log.info("imap: corrupt compressed input from {peer}: {error}", peer=self.peer,
+                     error=str(e), event="imap_deflate_error")
+            self.send(b"* BYE Corrupt compressed data\r\n")
+            self.close()
+            return False
+        return fed
 
     def start_tls(self) -> None:
         """Discard anything pipelined behind STARTTLS (CVE-2011-0411), then upgrade."""

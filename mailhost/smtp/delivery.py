@@ -56,16 +56,17 @@ log = Logger()
 def targets_for(store: IMailStore, queue: IOutboundQueue | None, sender: str,
                 mailboxes: Sequence[str], remote: Sequence[QueueRecipient],
                 envid: str | None = None, ret: str | None = None,
-                folder: str = "INBOX") -> list[IDeliveryTarget]:
+                quarantined: bool = False) -> list[IDeliveryTarget]:
     """Routing of one SMTP transaction: one mailbox target for every local mailbox
-    (into ``folder``: Junk for quarantined mail), one queue target for every remote
-    recipient."""
+    (INBOX, or the Junk folder for quarantined mail), one queue target for every
+    remote recipient."""
     targets: list[IDeliveryTarget] = []
     if mailboxes:
+        folder, role = ("Junk", "\\Junk") if quarantined else ("INBOX", None)
         # No UID wanted: the store numbers the copies after the 250 (see want_uid).
         targets.append(MailboxTarget(
-            store, sender, [DeliveryTarget(user=m, folder=folder, want_uid=False)
-                            for m in mailboxes]))
+            store, sender, [DeliveryTarget(user=m, folder=folder, special_use=role,
+                                           want_uid=False) for m in mailboxes]))
     if remote:
         if queue is None:
             raise ValueError("remote recipients without an outbound queue")

@@ -831,7 +831,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                 return targets_for(self.factory.store, self.factory.queue, str(txn.sender),
                                    list(txn.mailboxes), list(txn.remote.values()),
                                    envid=txn.params.envid, ret=txn.params.ret,
-                                   folder="Junk" if quarantined else "INBOX")
+                                   quarantined=quarantined)
 
             if txn.context is not None:  # the pipeline decides the targets at the end
                 txn.context.recipients = list(txn.accepted)

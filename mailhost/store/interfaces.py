@@ -94,6 +94,10 @@ class DeliveryTarget:
     #: in a batch right after, or when the folder is next opened). The copy is durable
     #: when ``commit`` fires either way; the commit's list then holds None for it.
     want_uid: bool = True
+    #: A role (``\\Junk``): the copy goes to the account's folder with this RFC 6154
+    #: attribute, or to ``folder``, created with it, when the account has none (as
+    #: Dovecot's LDA with ``lda_mailbox_autocreate``). Resolved by the mailbox target.
+    special_use: str | None = None
 
 
 class Columns(NamedTuple):
@@ -316,6 +320,12 @@ class IMailStore(Interface):
 
     def new_message() -> IMessageWriter:
         """Start receiving a message; see IMessageWriter."""
+
+    def start() -> Deferred[None]:
+        """Finish what a crash interrupted (the Maildir store: multi-folder commit
+        journals) before anything is served; Deferred. Called on service start, so a
+        crash's leftovers are settled then, not when some user next logs in; opening an
+        account waits for it too. Calling it again is harmless."""
 
     def close() -> Deferred[None]:
         """Flush indexes; Deferred. Called on service stop."""

@@ -15,6 +15,7 @@ nothing left to do; a coordinator prepares this target after the ones that can h
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
@@ -22,7 +23,7 @@ from zope.interface import implementer
 
 from mailhost.message.headers import return_path_header
 from mailhost.message.target import IDeliveryTarget
-from mailhost.store.interfaces import DeliveryTarget, IMailStore
+from mailhost.store.interfaces import DeliveryTarget, FolderExists, IMailAccount, IMailStore
 
 
 @implementer(IDeliveryTarget)
@@ -47,8 +48,15 @@ class MailboxTarget:
         self._writer.write(data)
 
     def prepare(self) -> defer.Deferred[None]:
-        d = defer.maybeDeferred(self._writer.commit, self.copies)
-        return d.addCallback(self._committed)
+        return defer.Deferred.fromCoroutine(self._prepare())
+
+    async def _prepare(self) -> None:
+        for i, copy in enumerate(self.copies):
+            if copy.special_use is not None:
+                account = await self._store.open_account(copy.user)
+                name = await folder_with_role(account, copy.special_use, copy.folder)
+                self.copies[i] = replace(copy, folder=name, special_use=None)
+        self._committed(await defer.maybeDeferred(self._writer.commit, self.copies))
 
     def _committed(self, uids: list[int | None]) -> None:
         self.uids = list(uids)
@@ -59,3 +67,21 @@ class MailboxTarget:
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.abort()  # a no-op once the store committed
+
+
+async def folder_with_role(account: IMailAccount, special_use: str, default: str) -> str:
+    """The account's folder marked ``special_use`` (a user may have renamed Junk to
+    Spam), else ``default``, created with that mark if it is missing: quarantined mail
+    is filed, never refused, because the user deleted a folder."""
+    names = await account.list_folders()
+    if default in names and (await account.open_folder(default)).special_use == special_use:
+        return default
+    for name in names:
+        if (await account.open_folder(name)).special_use == special_use:
+            return name
+    if default not in names:
+        try:
+            await account.create_folder(default, special_use)
+        except FolderExists:  # a concurrent delivery made it first
+            pass
+    return default

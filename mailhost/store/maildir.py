@@ -184,6 +184,9 @@ class MaildirStore:
         account = await self._account(user)
         return await account._folder(name)
 
+    def start(self) -> defer.Deferred[None]:
+        return self._recover()
+
     def open_account(self, user: str) -> defer.Deferred[IMailAccount]:
         return defer.Deferred.fromCoroutine(self._account(user))
 

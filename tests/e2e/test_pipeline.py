@@ -232,6 +232,34 @@ async def test_quarantine_domain_lands_in_junk(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_regression_quarantine_without_a_junk_folder_was_451(world):
+    """The user deleted Junk: quarantined mail re-creates it (marked \\Junk) and is
+    filed there, where it used to be refused with 451."""
+    a, b = world
+    account = await b.store.open_account("bob@b.test")
+    await account.delete_folder("Junk")
+    await threads.deferToThread(send, b, "news@q.test", ["bob@b.test"],
+                                message("news@q.test", "bob@b.test", "offer"), source=STRANGER)
+    (junk,) = await wait_for(lambda: b.folder("bob@b.test", "Junk"))
+    assert junk["Subject"] == "offer"
+    assert (await account.open_folder("Junk")).special_use == "\\Junk"
+    assert await b.folder("bob@b.test") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_quarantine_goes_to_the_folder_marked_junk_whatever_its_name(world):
+    a, b = world
+    account = await b.store.open_account("bob@b.test")
+    await account.delete_folder("Junk")
+    await account.create_folder("Spam", "\\Junk")
+    await threads.deferToThread(send, b, "news@q.test", ["bob@b.test"],
+                                message("news@q.test", "bob@b.test", "offer"), source=STRANGER)
+    (spam,) = await wait_for(lambda: b.folder("bob@b.test", "Spam"))
+    assert spam["Subject"] == "offer"
+    assert "Junk" not in await account.list_folders()
+
+
+@pytest_twisted.ensureDeferred
 async def test_monitor_mode_only_records(tmp_path, dns_server):
     dns_server.zones.update({
         "a.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},

@@ -200,7 +200,8 @@ def test_status_items():
     assert parser.parse_status_items([Atom("uidnext"), Atom("MESSAGES")]) == [
         "UIDNEXT", "MESSAGES"]
     with pytest.raises(ParseError):
-        parser.parse_status_items([Atom("SIZE")])
+        parser.parse_status_items([Atom("BOGUS")])
+    assert parser.parse_status_items([Atom("size"), Atom("AppendLimit")]) == ["SIZE", "APPENDLIMIT"]
 
 
 def test_search_rfc3501_examples():

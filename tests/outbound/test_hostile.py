@@ -230,8 +230,12 @@ async def test_regression_354_and_250_together_is_never_delivered(tmp_path):
                     and relay.s.envelopes[q_big].recipients[0].attempts >= 2
                     and q_small not in relay.s.envelopes, what="second attempts")
         assert [r.data for r in f.received] == [small]
-        (cut,) = [b for b in f.bodies_cut if b]
-        assert 16384 <= len(cut) < len(big) and big.startswith(cut)  # ours alone
+        # One cut body per attempt of the big one (a loaded machine may fit a third
+        # attempt, 1 s later, before this test looks); each is a prefix of ours alone.
+        cuts = [b for b in f.bodies_cut if b]
+        assert cuts
+        for cut in cuts:
+            assert 16384 <= len(cut) < len(big) and big.startswith(cut)
         # Nothing of another transaction was ever written into a body
         # (the remote stays in DATA after its early 250: anything we wrote is here)
         for body in f.bodies_cut:

@@ -9,7 +9,9 @@ Here the verification cache is off, so every login costs a real argon2 check (ab
 0.1-0.3 s on the shared test machine, two at a time), and 200 loopback addresses
 (127.0.1.1-200) keep sending wrong passwords for a real user over IMAP. Bob logged in
 once before the flood; during it his logins from the same address, and one from an
-address he never used, must each be answered within 5 s.
+address he never used, must each be answered within 5 s, or within four times one
+login's time (plus a second) where the machine is so loaded that one login alone
+takes over a second.
 """
 
 from __future__ import annotations
@@ -99,8 +101,16 @@ def login_seconds(host, source: str) -> tuple[float, bytes]:
 
 @pytest.mark.slow
 def test_known_users_log_in_promptly_during_a_many_address_flood(host):
-    took, reply = login_seconds(host, "127.0.0.1")  # bob's usual client, before the flood
-    assert reply.startswith(b"a OK"), reply
+    # Bob's usual client, before the flood; how long one login (one argon2 check) takes
+    # on this machine now sets the bound, since a loaded CI machine is several times
+    # slower. First come, first served would make him wait ~100 checks (200 queued, two
+    # at a time); the priority queue, about two (the check running, then his).
+    baseline = 0.0
+    for _ in range(3):
+        took, reply = login_seconds(host, "127.0.0.1")
+        assert reply.startswith(b"a OK"), reply
+        baseline = max(baseline, took)
+    limit = max(5.0, 4 * baseline + 1.0)
     flood = Flood(host.ports["imap"]).start()
     try:
         time.sleep(3)  # the queue fills: 200 checks ask for ~30 s of argon2
@@ -116,7 +126,8 @@ def test_known_users_log_in_promptly_during_a_many_address_flood(host):
         flood.stop()
     print(f"\nflood attempts {flood.attempts}, answers {flood.answers}; bob's logins took "
           f"{', '.join(f'{t:.2f}' for t in latencies)} s from his usual address, "
-          f"{new_address:.2f} s from a new one")
+          f"{new_address:.2f} s from a new one (one login alone: {baseline:.2f} s, "
+          f"limit {limit:.1f} s)")
     assert flood.attempts >= 200
-    assert max(latencies) < 5.0, latencies
-    assert new_address < 5.0, new_address
+    assert max(latencies) < limit, latencies
+    assert new_address < limit, new_address

@@ -122,6 +122,9 @@ class FailingStore:
 
         return Writer()
 
+    def start(self):
+        return self.inner.start()
+
     def close(self):
         return self.inner.close()
 

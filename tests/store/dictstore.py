@@ -388,6 +388,9 @@ class DictStore:
     def new_message(self) -> DictWriter:
         return DictWriter(self)
 
+    def start(self):
+        return defer.succeed(None)
+
     def close(self):
         self._spill.cleanup()
         return defer.succeed(None)

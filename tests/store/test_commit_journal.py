@@ -197,3 +197,35 @@ async def test_a_maildir_without_tmp_gets_one(root):
     for user in USERS:
         assert await messages(store, user) == 2
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_regression_recovery_waited_for_the_first_login(tmp_path):
+    """A crash's journal is finished when the service starts, with no account opened:
+    before, it waited until some user logged in or got mail."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from mailhost.config import Config
+    from mailhost.service import makeService
+
+    c = Config()
+    c.server.data_dir = str(tmp_path)
+    c.server.domains = ["example.test"]
+    c.auth.create_postmaster = False
+    c.store.fsync = False
+    c.smtp.listen = c.submission.listen = c.pop3.listen = c.imap.listen = []
+    c.outbound.queue_dir = str(tmp_path / "queue")
+    root = c.data_path(c.store.path)
+    name = crashed_commit(root, committed=True)
+    svc = makeService(c, reactor=reactor)
+    svc.startService()
+    try:
+        for _ in range(200):  # at most 10 s
+            if all(files(root, u, "new") == [name] for u in USERS):
+                break
+            await deferLater(reactor, 0.05)
+        assert all(files(root, u, "new") == [name] for u in USERS)
+        assert os.listdir(os.path.join(root, TMP_DIR)) == []
+    finally:
+        await svc.stopService()
