@@ -15,7 +15,7 @@ from mailhost.testing import host as host_module
 def test_exports_are_pinned():
     assert sorted(mailhost.testing.__all__) == [
         "Fault", "FaultSet", "MailHost", "MailHostTimeout", "OutboundMessage",
-        "ReceivedMessage", "SyncMailHost", "running"]
+        "ReactorConflict", "ReactorInThisThread", "ReceivedMessage", "SyncMailHost", "running"]
     assert issubclass(mailhost.testing.MailHostTimeout, TimeoutError)
 
 
