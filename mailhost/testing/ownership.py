@@ -29,13 +29,14 @@ Only public APIs of Twisted, greenlet and pytest-twisted are used.
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from twisted.internet import defer, task, threads
-from twisted.python import threadable
+from twisted.internet import defer, task
+from twisted.python import failure, threadable
 
 #: The fixes, named once for every message.
 SYNC_FIXES = ("use the mailhost_sync fixture (or mailhost_sync_class/_module/_session), whose "
@@ -114,7 +115,7 @@ def block(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn`` in the reactor's thread (it may return a Deferred); wait for its result."""
     reactor = _reactor()
     if reactor.running and not threadable.isInIOThread():
-        return threads.blockingCallFromThread(reactor, fn, *args, **kwargs)
+        return _from_thread(reactor, fn, *args, **kwargs)
     if pytest_twisted_drives() and _in_main_thread():
         if _in_reactor_greenlet():
             raise refuse_here("a blocking mail host call")
@@ -128,6 +129,33 @@ def block(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise refuse_here("a blocking mail host call")
     raise RuntimeError("the Twisted reactor is not running: start a blocking host with "
                        "mailhost.testing.running() or SyncMailHost.start()")
+
+
+#: How long a blocking call waits for the reactor's thread beyond the call's own timeout.
+WATCHDOG = 120.0
+
+
+def _from_thread(reactor: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``blockingCallFromThread`` with a watchdog: a reactor whose thread is itself blocked
+    (say, a test body inside the reactor waiting for this thread) is an error, not a hang."""
+    results: queue.Queue[Any] = queue.Queue()
+
+    def run() -> None:
+        defer.maybeDeferred(fn, *args, **kwargs).addBoth(results.put)
+
+    reactor.callFromThread(run)
+    limit = WATCHDOG + float(kwargs.get("timeout") or 0)
+    try:
+        result = results.get(timeout=limit)
+    except queue.Empty:
+        raise ReactorConflict(
+            f"the Twisted reactor did not answer within {limit:g}s: the thread that runs it "
+            "is blocked (a blocking call inside the reactor, such as a test body that waits "
+            "for this thread?). Run blocking code in a worker thread and wait for it there "
+            "with a Deferred (threads.deferToThread).") from None
+    if isinstance(result, failure.Failure):
+        result.raiseException()
+    return result
 
 
 def hold(guard: bool = True) -> None:

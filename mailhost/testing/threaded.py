@@ -88,7 +88,7 @@ class SyncMailHost:
         return call(self._host.deliver, address, message, folder)
 
     def wait_for_messages(self, n: int, timeout: float = 5.0) -> list:
-        return call(self._host.wait_for_messages, n, timeout)
+        return call(self._host.wait_for_messages, n, timeout=timeout)
 
     def outbound_messages(self) -> list:
         return call(self._host.outbound_messages)
