@@ -57,6 +57,7 @@ _thread: threading.Thread | None = None  # our background reactor thread, while 
 _holders = 0  # blocking hosts running now
 _pytest_twisted = False  # pytest-twisted drives the reactor (in the main thread)
 _live: weakref.WeakSet[Any] = weakref.WeakSet()  # started MailHosts, on any reactor
+_trial_turn = False  # a trial TestCase has the reactor (trial_turn)
 
 
 def _reactor() -> Any:
@@ -74,7 +75,8 @@ def use_pytest_twisted(active: bool) -> None:
 def pytest_twisted_drives() -> bool:
     """True under pytest-twisted in its usual mode (its greenlet, in the main thread)."""
     reactor = _reactor()
-    return _pytest_twisted and not (reactor.running and not threadable.isInIOThread())
+    return (_pytest_twisted and not _trial_turn
+            and not (reactor.running and not threadable.isInIOThread()))
 
 
 def _in_main_thread() -> bool:
@@ -100,7 +102,7 @@ def reactor_here() -> bool:
 
 def refuse_here(what: str) -> ReactorInThisThread:
     """The ``ReactorInThisThread`` for ``what``, naming the fix for where we are."""
-    if _pytest_twisted and _in_main_thread():
+    if pytest_twisted_drives() and _in_main_thread():
         return ReactorInThisThread(
             f"{what}: pytest-twisted runs the Twisted reactor in this thread (test bodies "
             "inside it, fixtures and unittest setUp beside it), so a blocking mail client "
@@ -172,6 +174,11 @@ def hold(guard: bool = True) -> None:
                              and not _in_reactor_greenlet())
     if reactor_here() and (guard or not beside_pytest_twisted):
         raise refuse_here("starting a blocking mail host")
+    if _trial_turn and _in_main_thread():
+        raise ReactorInThisThread(
+            "starting a blocking mail host: this trial TestCase spins the Twisted reactor in "
+            "this thread. Use MailHostTestMixin or start_mailhost (Deferreds), or start the "
+            "blocking host from a worker thread (threads.deferToThread).")
     with _lock:
         if _thread is not None or (reactor.running and not threadable.isInIOThread()):
             _holders += 1  # our thread, or the application's, drives it already
@@ -285,6 +292,7 @@ def trial_turn(what: str = "a trial TestCase") -> Iterator[None]:
             "or pytest-twisted's external-reactor mode), and trial spins the reactor in its "
             "own thread. Fix: run trial TestCases in a process of their own "
             "(python -m twisted.trial, or a separate pytest run).")
+    global _trial_turn
     taken = False
     if reactor.running:
         if not _pytest_twisted or _in_reactor_greenlet():
@@ -298,9 +306,11 @@ def trial_turn(what: str = "a trial TestCase") -> Iterator[None]:
         reactor.crash()
         loop.switch()
         taken = True
+    _trial_turn = True
     try:
         yield
     finally:
+        _trial_turn = False
         if taken:
             import pytest_twisted
 

@@ -144,24 +144,32 @@ class TrialWithoutMixin(trial_unittest.TestCase):
             with smtplib.SMTP("127.0.0.1", host.smtp_port, timeout=5) as s:
                 return s.noop()[0]
         self.assertEqual(await threads.deferToThread(noop), 250)
+
+
+class TrialCallsRunning(trial_unittest.TestCase):
+    def test_running_in_trial(self):
+        with running():
+            pass
 '''
 
 
 @pytest.mark.slow
 def test_misuse_under_pytest_twisted_fails_fast_and_says_why(tmp_path):
     """``running()`` where pytest-twisted drives the reactor in this thread (unittest
-    setUp, a fixture, a test body) raises ReactorInThisThread naming the fixes instead of
-    deadlocking; a trial TestCase without the mixin, after pytest-twisted has started its
-    reactor, passes."""
+    setUp, a fixture, a test body) or inside a trial TestCase raises ReactorInThisThread
+    naming the fixes instead of deadlocking; a trial TestCase without the mixin, after
+    pytest-twisted has started its reactor, passes."""
     _copy_examples(tmp_path)
     (tmp_path / "test_misuse.py").write_text(MISUSE)
     counts, out = _pytest(tmp_path, "-W", "error", DEFERRED, "test_misuse.py")
-    assert counts == {"passed": 3, "failed": 2, "error": 1}, out
-    assert out.count("ReactorInThisThread") >= 3, out
+    assert counts == {"passed": 3, "failed": 3, "error": 1}, out
+    assert out.count("ReactorInThisThread") >= 4, out
     assert "SyncMailHostTestMixin" in out and "-p no:twisted" in out, out
-    # Without pytest-twisted, the blocking ones work and trial has its reactor back.
+    # Without pytest-twisted, the blocking ones work and trial has its reactor back; a
+    # trial test that starts a blocking host in its own (reactor) thread is still refused.
     counts, out = _pytest(tmp_path, "-p", "no:twisted", "-W", "error", SYNC, "test_misuse.py")
-    assert counts == {"passed": 7}, out
+    assert counts == {"passed": 7, "failed": 1}, out
+    assert "TrialCallsRunning" in out and "start_mailhost" in out, out
 
 
 @pytest.mark.slow
