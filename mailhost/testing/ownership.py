@@ -36,7 +36,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.logger import Logger
 from twisted.python import failure, threadable
+
+log = Logger()
 
 #: The fixes, named once for every message.
 SYNC_FIXES = ("use the mailhost_sync fixture (or mailhost_sync_class/_module/_session), whose "
@@ -265,6 +268,24 @@ def _describe(hosts: list[Any]) -> str:
     return ", ".join(parts)
 
 
+def _set_aside(reactor: Any) -> list[tuple[Any, bool, bool]]:
+    """What earlier non-trial tests left in the reactor, out of trial's way.
+
+    trial judges a test by what is in the reactor after it, and removes all of it; under
+    pytest the reactor may hold what pytest-twisted tests left behind (they are not held
+    to that rule). So each test is judged by its own framework: timers still pending are
+    cancelled now (trial's janitor would cancel them after the test anyway, and blame
+    it), and sockets are taken out and put back after the test (public IReactorFDSet).
+    """
+    for call in reactor.getDelayedCalls():
+        if call.active():
+            log.warn("cancelled a timer left in the reactor before trial TestCase: {call}",
+                     call=str(call))
+            call.cancel()
+    readers, writers = set(reactor.getReaders()), set(reactor.getWriters())
+    return [(s, s in readers, s in writers) for s in reactor.removeAll()]
+
+
 @contextlib.contextmanager
 def trial_turn(what: str = "a trial TestCase") -> Iterator[None]:
     """Hand the global reactor to ``what`` (trial spins and crashes it itself), and back.
@@ -306,11 +327,17 @@ def trial_turn(what: str = "a trial TestCase") -> Iterator[None]:
         reactor.crash()
         loop.switch()
         taken = True
+    hidden = _set_aside(reactor)
     _trial_turn = True
     try:
         yield
     finally:
         _trial_turn = False
+        for selectable, reading, writing in hidden:
+            if reading:
+                reactor.addReader(selectable)
+            if writing:
+                reactor.addWriter(selectable)
         if taken:
             import pytest_twisted
 

@@ -137,6 +137,16 @@ def test_running_in_a_test_body():
         pass
 
 
+def test_leaves_a_timer_and_a_port():
+    # pytest-twisted does not hold its tests to trial's clean-reactor rule.
+    global PORT
+    from twisted.internet import protocol, reactor
+
+    reactor.callLater(100, lambda: None)
+    PORT = reactor.listenTCP(0, protocol.Factory.forProtocol(protocol.Protocol),
+                             interface="127.0.0.1")
+
+
 class TrialWithoutMixin(trial_unittest.TestCase):
     async def test_start_mailhost(self):
         host = await start_mailhost(self, users={"bob@example.test": "pw"})
@@ -150,6 +160,13 @@ class TrialCallsRunning(trial_unittest.TestCase):
     def test_running_in_trial(self):
         with running():
             pass
+
+
+def test_the_port_left_earlier_is_back():
+    from twisted.internet import reactor
+
+    assert PORT in reactor.getReaders()
+    PORT.stopListening()
 '''
 
 
@@ -158,17 +175,18 @@ def test_misuse_under_pytest_twisted_fails_fast_and_says_why(tmp_path):
     """``running()`` where pytest-twisted drives the reactor in this thread (unittest
     setUp, a fixture, a test body) or inside a trial TestCase raises ReactorInThisThread
     naming the fixes instead of deadlocking; a trial TestCase without the mixin, after
-    pytest-twisted has started its reactor, passes."""
+    pytest-twisted has started its reactor, passes, also when earlier pytest tests left a
+    timer and a listening port in the reactor (the port is back after it)."""
     _copy_examples(tmp_path)
     (tmp_path / "test_misuse.py").write_text(MISUSE)
     counts, out = _pytest(tmp_path, "-W", "error", DEFERRED, "test_misuse.py")
-    assert counts == {"passed": 3, "failed": 3, "error": 1}, out
+    assert counts == {"passed": 5, "failed": 3, "error": 1}, out
     assert out.count("ReactorInThisThread") >= 4, out
     assert "SyncMailHostTestMixin" in out and "-p no:twisted" in out, out
     # Without pytest-twisted, the blocking ones work and trial has its reactor back; a
     # trial test that starts a blocking host in its own (reactor) thread is still refused.
     counts, out = _pytest(tmp_path, "-p", "no:twisted", "-W", "error", SYNC, "test_misuse.py")
-    assert counts == {"passed": 7, "failed": 1}, out
+    assert counts == {"passed": 9, "failed": 1}, out
     assert "TrialCallsRunning" in out and "start_mailhost" in out, out
 
 
