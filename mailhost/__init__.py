@@ -7,8 +7,9 @@ pins ``__all__``. Everything else is internal and may change.
   ``makeService(config, store=..., checkers=..., realm=..., directory=..., queue=...)``
   gives a ``MailHostService`` to parent under your application.
 - Plug in your own parts: the store contract (``IMailStore`` and the interfaces it
-  hands out), cred checkers and a realm that returns ``IMailUser`` avatars, an
-  ``IUserDirectory``, an ``IOutboundQueue``.
+  hands out), cred checkers (an ``IUserSource`` one also says who receives mail) and
+  a realm that returns ``IMailUser`` avatars, an ``IUserDirectory``, an
+  ``IOutboundQueue``.
 - Test with it: ``mailhost.testing`` (``MailHost``, ``running()``, fixtures).
 
 The names are imported on first use (PEP 562), so ``import mailhost`` stays cheap:
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from mailhost.auth.checkers import InMemoryChecker, PasswdFileChecker
     from mailhost.auth.directory import IUserDirectory, UserDirectory
     from mailhost.auth.realm import IMailUser, MailRealm, MailUser
+    from mailhost.auth.users import IUserSource
     from mailhost.config import Config, ConfigError, load
     from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter, QueueRecipient
     from mailhost.service import MailHostService, makeService
@@ -76,6 +78,7 @@ _EXPORTS: dict[str, str] = {
     "PasswdFileChecker": "mailhost.auth.checkers",
     "IUserDirectory": "mailhost.auth.directory",
     "UserDirectory": "mailhost.auth.directory",
+    "IUserSource": "mailhost.auth.users",
     # The outbound queue SMTP hands remote mail to (makeService(queue=...)).
     "IOutboundQueue": "mailhost.outbound.interfaces",
     "IQueueWriter": "mailhost.outbound.interfaces",
@@ -106,6 +109,7 @@ __all__ = [
     "ISession",
     "ISessionObserver",
     "IUserDirectory",
+    "IUserSource",
     "InMemoryChecker",
     "MailHostService",
     "MailRealm",

@@ -27,11 +27,12 @@ from twisted.python.threadpool import ThreadPool
 
 from mailhost.auth.aliases import AliasesFile
 from mailhost.auth.checkers import PasswdFileChecker
-from mailhost.auth.directory import UserDirectory
+from mailhost.auth.directory import IUserDirectory, UserDirectory
 from mailhost.auth.hashing import VerificationCache, hash_password
 from mailhost.auth.login import LoginService
 from mailhost.auth.passwd import PasswdEntry, PasswdFile
 from mailhost.auth.realm import MailRealm
+from mailhost.auth.users import directory_among, users_of
 from mailhost.config import Config, ConfigError, as_dict, load, store_modes
 from mailhost.diskspace import FreeSpace, check_writable
 from mailhost.limits import ConnectionLimits, chain
@@ -178,7 +179,7 @@ class ListenerService(service.Service):
 class MailHostService(service.MultiService):
     """The running mail host; the public pieces are attributes for embedders and tests."""
 
-    def __init__(self, config: Config, store: IMailStore, directory: UserDirectory,
+    def __init__(self, config: Config, store: IMailStore, directory: IUserDirectory,
                  login: LoginService, settings: Settings | None = None) -> None:
         super().__init__()
         self.config = config
@@ -352,7 +353,7 @@ def makeService(
     store: IMailStore | None = None,
     checkers: Sequence[ICredentialsChecker] | None = None,
     realm: IRealm | None = None,
-    directory: UserDirectory | None = None,
+    directory: IUserDirectory | None = None,
     wrap_factory: Callable[[str, IProtocolFactory], IProtocolFactory] | None = None,
     queue: IOutboundQueue | None = None,
     relay: bool = True,
@@ -363,6 +364,10 @@ def makeService(
 
     ``store``, ``checkers``, ``realm`` and ``directory`` replace the defaults (the
     configured store, the passwd file, ``MailRealm`` and the passwd/aliases directory).
+    Without ``directory``, the checkers say who receives mail too (one user source,
+    ``mailhost.auth.users``): a checker that is an ``IUserDirectory`` is the directory,
+    else the users of the checkers' ``IUserSource`` (or Twisted's in-memory and file
+    checkers) with the aliases file; ``NoUserSource`` (a ValueError) if none has users.
     ``wrap_factory(kind, factory)`` may wrap each listener's protocol factory; ``kind``
     is "smtp", "submission", "pop3" or "imap". ``queue`` (an ``IOutboundQueue``)
     takes the mail SMTP accepts for remote domains instead of the spool;
@@ -378,24 +383,24 @@ def makeService(
 
         reactor = _reactor
     settings = Settings.from_config(config)
-    os.makedirs(os.path.abspath(config.server.data_dir), exist_ok=True)
-    # What mail is written to; a read-only one stops the start here, in one line.
-    storage_paths = [config.server.data_dir, config.data_path(config.outbound.queue_dir)]
-    if store is None and config.store.backend == "maildir":
-        storage_paths.append(config.data_path(config.store.path))
-    check_writable(storage_paths)
+    # outbound.enabled = false: no spool, no relay client, no resolver (remote mail is
+    # refused unless the embedder's own queue= takes it).
+    outbound_on = config.outbound.enabled
+    # What mail is written to; a read-only one stops the start here, in one line. A
+    # memory store with its own checkers and no outbound writes nothing to disk.
+    on_disk = [path for path, used in (
+        (config.data_path(config.outbound.queue_dir), outbound_on),
+        (config.data_path(config.store.path), store is None and config.store.backend == "maildir"),
+    ) if used]
+    storage_paths: list[str] = []
+    if on_disk or checkers is None:  # the passwd file lives in data_dir
+        storage_paths = [config.server.data_dir, *on_disk]
+        os.makedirs(os.path.abspath(config.server.data_dir), exist_ok=True)
+        check_writable(storage_paths)
     store = store if store is not None else make_store(config)
 
     passwd = PasswdFile(config.data_path(config.auth.passwd_file))
     aliases = AliasesFile(config.data_path(config.auth.aliases_file))
-    own_directory = None
-    if directory is None:
-        directory = own_directory = UserDirectory(
-            settings.directory.domains,
-            passwd.aliases_by_user,
-            aliases.table,
-            postmaster=settings.directory.postmaster,
-        )
     if checkers is None:
         # Two argon2 checks at a time at most: bounded memory and CPU under a login flood.
         auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="mailhost-auth")
@@ -403,6 +408,19 @@ def makeService(
                                       threadpool=auth_pool, reactor=reactor)]
     else:
         auth_pool = None
+    # One user source for login and delivery (mailhost.auth.users): unless the
+    # embedder passes a directory, a checker that is one decides delivery, else the
+    # checkers' users (and the aliases file) do.
+    own_directory = None
+    if directory is None:
+        directory = directory_among(checkers)
+    if directory is None:
+        directory = own_directory = UserDirectory(
+            settings.directory.domains,
+            users_of(checkers),
+            aliases.table,
+            postmaster=settings.directory.postmaster,
+        )
     portal = Portal(realm if realm is not None else MailRealm(store), checkers)
     login = LoginService.from_settings(portal, settings.auth, reactor=reactor)
 
@@ -421,22 +439,24 @@ def makeService(
 
     tls_options = server_options(config.tls)
 
-    from mailhost.outbound.service import OutboundService, listen_addresses
+    if outbound_on:
+        from mailhost.outbound.service import OutboundService, listen_addresses
 
-    outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
-                               local_addresses=listen_addresses(config.smtp.listen),
-                               listening=root.wait_listening)
-    outbound.setServiceParent(root)
-    root.outbound = outbound
-    root.queue = outbound.queue
-    smtp_queue = None if not relay else queue if queue is not None else outbound.queue
+        outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
+                                   local_addresses=listen_addresses(config.smtp.listen),
+                                   listening=root.wait_listening)
+        outbound.setServiceParent(root)
+        root.outbound = outbound
+        root.queue = outbound.queue
+    smtp_queue = None if not relay else queue if queue is not None else root.queue
     if config.metrics.listen:
         from mailhost.metrics import Metrics
 
         root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
         sessions.observers.append(root.metrics)
         login.observers.append(root.metrics.login)
-        outbound.attempt_observers.append(root.metrics.attempt)
+        if root.outbound is not None:
+            root.outbound.attempt_observers.append(root.metrics.attempt)
         MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
 
     # root.config: a reload replaces it, so a new smtp.min_free_space applies.
@@ -444,6 +464,7 @@ def makeService(
     space.setServiceParent(root)
 
     pipeline = _make_pipeline(config, reactor)
+    checks = _make_checks(config, reactor, passwd, root)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 
@@ -459,7 +480,8 @@ def makeService(
             factory = SMTPFactory(settings.smtp, store, directory, login, policy,
                                   queue=smtp_queue, submission=submission,
                                   tls_options=None if wrap else tls_options, reactor=reactor,
-                                  sessions=sessions, space=space, pipeline=pipeline)
+                                  sessions=sessions, space=space, pipeline=pipeline,
+                                  checks=checks)
             root.factories.setdefault(kind, []).append(factory)
             root.add_listener(kind, description, factory, reactor,
                               implicit_tls=tls_options if wrap else None)
@@ -500,6 +522,29 @@ def _make_pipeline(config: Config, reactor: Any) -> Any:
         return build_pipeline(settings, lookup, reactor=reactor)
     except PipelineConfigError as e:
         raise ConfigError(str(e)) from None
+
+
+def _make_checks(config: Config, reactor: Any, passwd: PasswdFile,
+                 root: MailHostService) -> Any:
+    """The envelope checks (``mailhost.abuse``: FCrDNS, DNSBL, rate limits,
+    greylisting) over their own ``[dns]`` lookup; their services join ``root``."""
+    from mailhost.abuse import AbuseConfigError, AbuseSettings, build_checks
+    from mailhost.abuse.ratelimit import passwd_fields
+
+    settings = AbuseSettings.from_config(config)
+    lookup = None
+    if settings.needs_dns:
+        from mailhost.dns import DNSSettings, make_lookup
+
+        lookup = make_lookup(DNSSettings.from_config(config), reactor=reactor)
+    try:
+        checks, services = build_checks(settings, lookup, fields=passwd_fields(passwd),
+                                        reactor=reactor)
+    except AbuseConfigError as e:
+        raise ConfigError(str(e)) from None
+    for svc in services:
+        svc.setServiceParent(root)
+    return checks
 
 
 class ThreadPoolService(service.Service):
@@ -551,9 +596,10 @@ class MetricsService(service.Service):
 # objects (RecipientPolicy, ConnectionLimits), so they are restart-only too.
 _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "server.log_max_files", "server.hostname", "metrics.listen",
-                 "outbound.queue_dir", "outbound.resolver", "auth.passwd_file",
+                 "outbound.enabled", "outbound.queue_dir", "outbound.resolver",
+                 "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
-                 "pipeline.")
+                 "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
 
 

@@ -24,6 +24,7 @@ PUBLIC = [
     "ISession",
     "ISessionObserver",
     "IUserDirectory",
+    "IUserSource",
     "InMemoryChecker",
     "MailHostService",
     "MailRealm",

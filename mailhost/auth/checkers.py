@@ -1,7 +1,9 @@
 """Credential checkers: the passwd file (argon2id) and an in-memory one for tests.
 
-Both implement ``ICredentialsChecker`` for ``IUsernamePassword`` and resolve to the
-canonical (lower-cased) user address as the avatar id. argon2 runs in a thread: it
+Both implement ``ICredentialsChecker`` for ``IUsernamePassword`` (bytes or str, as
+cred hands them) and resolve to the canonical (lower-cased) user address as the avatar
+id. Both declare ``IUserSource`` too: the users who can log in are the users who
+receive mail (``mailhost.auth.users``). argon2 runs in a thread: it
 is deliberately slow and must not stall the reactor. Each check costs tens of MiB and
 real CPU, so checks run in their own small pool: a flood of logins from many
 addresses queues there instead of exhausting memory or starving store fsyncs, and
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -25,6 +28,7 @@ from zope.interface import implementer
 
 from mailhost.auth.hashing import VerificationCache, hash_password, verify_password
 from mailhost.auth.passwd import PasswdFile, normalize_address
+from mailhost.auth.users import IUserSource, NoAliases
 from mailhost.auth.verify_queue import VerifyQueue, priority_of
 
 
@@ -38,9 +42,9 @@ def _fail() -> str:
     raise UnauthorizedLogin("unknown user or wrong password")
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, IUserSource)
 class PasswdFileChecker:
-    """Implements: ICredentialsChecker over a PasswdFile."""
+    """Implements: ICredentialsChecker, IUserSource over a PasswdFile."""
 
     credentialInterfaces = (IUsernamePassword,)
 
@@ -52,6 +56,10 @@ class PasswdFileChecker:
         self.reactor = reactor
         self.queue = VerifyQueue(threadpool, reactor)
         self._dummy_hash: str | None = None
+
+    def mail_users(self) -> Mapping[str, Sequence[str]]:
+        """The passwd file's users and their ``aliases=`` (one dict until it changes)."""
+        return self.passwd.aliases_by_user()
 
     def _verify(self, password_hash: str, password: str, priority: int) -> defer.Deferred[bool]:
         return self.queue.submit(priority, verify_password, password_hash, password)
@@ -79,14 +87,21 @@ class PasswdFileChecker:
         return self._verify(entry.password_hash, password, priority).addCallback(checked)
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, IUserSource)
 class InMemoryChecker:
-    """Implements: ICredentialsChecker over a dict of plaintext passwords (tests, embedding)."""
+    """Implements: ICredentialsChecker, IUserSource over a dict of plaintext passwords
+    (tests, embedding). ``users`` may be changed in place; delivery sees it at once."""
 
     credentialInterfaces = (IUsernamePassword,)
 
     def __init__(self, users: dict[str, str] | None = None) -> None:
         self.users = {normalize_address(u): p for u, p in (users or {}).items()}
+        self._view = NoAliases(self.users)
+
+    def mail_users(self) -> Mapping[str, Sequence[str]]:
+        if not self._view.over(self.users):  # ``users`` was replaced wholesale
+            self._view = NoAliases(self.users)
+        return self._view
 
     def add_user(self, user: str, password: str) -> None:
         self.users[normalize_address(user)] = password

@@ -13,7 +13,7 @@ added before the first start (so no postmaster user was made) still gets its mai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from zope.interface import Interface, implementer
@@ -24,7 +24,7 @@ from mailhost.settings import DirectorySettings
 if TYPE_CHECKING:
     from mailhost.auth.checkers import InMemoryChecker
 
-UsersSource = Callable[[], Mapping[str, list[str]]]
+UsersSource = Callable[[], Mapping[str, Sequence[str]]]
 AliasSource = Callable[[], Mapping[str, list[str]]]
 
 
@@ -86,7 +86,7 @@ class UserDirectory:
         checker = InMemoryChecker(dict(users))
         table = {normalize_address(k): [normalize_address(t) for t in v]
                  for k, v in (aliases or {}).items()}
-        directory = cls(domains, lambda: {u: [] for u in checker.users}, lambda: table)
+        directory = cls(domains, checker.mail_users, lambda: table)
         directory.checker = checker
         return directory
 
@@ -96,7 +96,7 @@ class UserDirectory:
     def user_exists(self, user: str) -> bool:
         return normalize_address(user) in self._users()
 
-    def _alias_table(self, users: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    def _alias_table(self, users: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         """Aliases file plus per-user aliases, rebuilt only when either source changed
         (the file-backed sources return the same objects until their file changes;
         every RCPT asks, so an O(users) rebuild each time would be a hot path)."""
@@ -154,7 +154,7 @@ class UserDirectory:
                 resolve(target, 1)
         return found
 
-    def postmaster_mailbox(self, users: Mapping[str, list[str]] | None = None) -> str | None:
+    def postmaster_mailbox(self, users: Mapping[str, Sequence[str]] | None = None) -> str | None:
         """Where postmaster mail goes when no user or alias is named postmaster: the
         configured ``postmaster``, else ``postmaster@<first domain>`` if it is a user,
         else the first user; None only when there are no users at all."""

@@ -5,7 +5,17 @@ POP3 and IMAP: plaintext mechanisms only over TLS (or loopback in dev), per-addr
 throttling with growing delays, password checks ordered so that a flood cannot
 starve known users (``verify_queue``), and one structured log event per attempt.
 Passwords never reach the log, and no exception text of a backend reaches a client:
-a backend error is logged here and answered as a temporary failure.
+a backend error is logged here and answered as a temporary failure, distinct from
+the throttle's "too many failed logins" (``LoginFailed.reason``).
+
+Checkers get credentials as cred's own checkers expect them: an ``IUsernamePassword``
+whose ``username`` and ``password`` are bytes (UTF-8), and whose ``checkPassword``
+takes a stored password as bytes or str. The user name is normalised once, here,
+before any checker sees it: stripped and lower-cased (``normalize_address``, the rule
+of the passwd file, the CLI and the directory). It is not otherwise judged: whether a
+name that is not an address (``alice``) may log in is the checker's business (capture
+mode's accept-anything maps it to a mailbox); a realm whose store refuses the name it
+was handed fails as a server error.
 
 A login is a ``Login``: the avatar with cred's logout callable. Every protocol ends
 its session with ``Login.logout()``, the one place that calls it (once, whatever the
@@ -25,6 +35,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import ProtocolWrapper
 
+from mailhost.auth.passwd import normalize_address
 from mailhost.auth.realm import IMailUser
 from mailhost.auth.throttle import LoginThrottle
 from mailhost.auth.verify_queue import PrioritizedUsernamePassword
@@ -37,12 +48,24 @@ log = Logger()
 PlaintextPolicy = Literal["no", "loopback", "yes"]
 
 
-class LoginFailed(Exception):
-    """Authentication did not succeed. ``temporary`` means: throttled, try later."""
+LoginFailure = Literal["failed", "throttled", "error"]
 
-    def __init__(self, message: str, temporary: bool = False) -> None:
+
+class LoginFailed(Exception):
+    """Authentication did not succeed; ``reason`` says why, and so what a protocol
+    answers: ``"failed"`` (wrong credentials: the permanent failure), ``"throttled"``
+    (too many failures from this client: try later) or ``"error"`` (the server could
+    not check them, a backend or store error logged here: try later, but no "too many
+    failed logins" that would send the user hunting for a typo)."""
+
+    def __init__(self, message: str, reason: LoginFailure = "failed") -> None:
         super().__init__(message)
-        self.temporary = temporary
+        self.reason: LoginFailure = reason
+
+    @property
+    def temporary(self) -> bool:
+        """Throttled or a server error: the client may try again later."""
+        return self.reason != "failed"
 
 
 def is_loopback(host: str) -> bool:
@@ -84,7 +107,8 @@ class Login:
 
     @property
     def user(self) -> str:
-        return str(self.avatar.user)
+        user = self.avatar.user
+        return user.decode("utf-8") if isinstance(user, bytes) else str(user)
 
     @property
     def account(self) -> Any:
@@ -176,28 +200,39 @@ class LoginService:
         d = lock.run(self._attempt, username, password, client_ip, protocol)
         return d.addBoth(done)
 
+    def _failed(self, client_ip: str, protocol: str, fields: dict[str, Any]) -> LoginFailed:
+        """Count and log a wrong user name or password; the error to raise."""
+        self.throttle.failed(client_ip)
+        log.info("login failed user={user} protocol={protocol} client={client}",
+                 outcome="failed", **fields)
+        self._outcome(protocol, "failed")
+        return LoginFailed("authentication failed")
+
     @defer.inlineCallbacks
     def _attempt(self, username: str, password: str, client_ip: str, protocol: str,
                  ) -> Generator[defer.Deferred[Any], Any, Login]:
-        fields = dict(event="login", user=username, protocol=protocol, client=client_ip)
+        # Normalised once, here, before any checker sees it (cred's convention).
+        user = normalize_address(username)
+        fields = dict(event="login", user=user, protocol=protocol, client=client_ip)
         if self.throttle.locked(client_ip):
             log.warn("login refused (throttled) user={user} protocol={protocol} client={client}",
                      outcome="throttled", **fields)
             self._outcome(protocol, "throttled")
-            raise LoginFailed("too many failed logins; try again later", temporary=True)
+            raise LoginFailed("too many failed logins; try again later", "throttled")
         wait = self.throttle.delay(client_ip)
         if wait:
             yield task.deferLater(self.reactor, wait, lambda: None)
+        try:
+            name = user.encode("utf-8")
+            secret = password.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate: no stored name or password has one
+            raise self._failed(client_ip, protocol, fields) from None
         credentials = PrioritizedUsernamePassword(
-            username, password, self.throttle.priority(client_ip, username))
+            name, secret, self.throttle.priority(client_ip, user))
         try:
             _iface, avatar, logout = yield self.portal.login(credentials, None, IMailUser)
         except (UnauthorizedLogin, UnhandledCredentials):
-            self.throttle.failed(client_ip)
-            log.info("login failed user={user} protocol={protocol} client={client}",
-                     outcome="failed", **fields)
-            self._outcome(protocol, "failed")
-            raise LoginFailed("authentication failed") from None
+            raise self._failed(client_ip, protocol, fields) from None
         except Exception as e:
             # A store or directory error (say, a user name the store refuses): the
             # client gets the protocol's temporary failure, never the exception's text.
@@ -209,7 +244,7 @@ class LoginService:
                 log.failure("login error user={user} protocol={protocol} client={client}",
                             None, LogLevel.critical, outcome="error", **fields)
             self._outcome(protocol, "error")
-            raise LoginFailed("temporary failure", temporary=True) from None
+            raise LoginFailed("temporary failure", "error") from None
         self.throttle.succeeded(client_ip, avatar.user)
         log.info("login ok user={user} protocol={protocol} client={client}",
                  outcome="ok", **fields)

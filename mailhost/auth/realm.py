@@ -30,8 +30,9 @@ class IMailUser(Interface):
 class MailUser:
     """Implements: IMailUser."""
 
-    def __init__(self, user: str, account: IMailAccount) -> None:
-        self.user = user
+    def __init__(self, user: str | bytes, account: IMailAccount) -> None:
+        # cred avatar ids are often bytes (Twisted's own checkers return them).
+        self.user = user.decode("utf-8") if isinstance(user, bytes) else user
         self.account = account
 
 

@@ -26,6 +26,7 @@ other credentials get ``DEFAULT_PRIORITY``.
 from __future__ import annotations
 
 import heapq
+import hmac
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,18 @@ class PrioritizedUsernamePassword(UsernamePassword):
     def __init__(self, username: Any, password: Any, priority: int) -> None:
         super().__init__(username, password)
         self.priority = priority
+
+    def checkPassword(self, password: Any) -> bool:  # noqa: N802 (IUsernamePassword)
+        """Compare in constant time with a stored password given as bytes (cred's
+        convention, e.g. Twisted's own checkers) or as str (UTF-8)."""
+        if isinstance(password, str):
+            password = password.encode("utf-8", "surrogateescape")
+        mine = self.password
+        if isinstance(mine, str):
+            mine = mine.encode("utf-8", "surrogateescape")
+        if not isinstance(password, bytes) or not isinstance(mine, bytes):
+            return False
+        return hmac.compare_digest(mine, password)
 
 
 def priority_of(credentials: Any) -> int:

@@ -99,8 +99,10 @@ async def _login(s: IMAPServer, user: str, password: str) -> bytes:
     try:
         avatar = await s.login_service.login(user, password, s.peer, "imap")
     except LoginFailed as e:
-        if e.temporary:
+        if e.reason == "throttled":
             raise No("[UNAVAILABLE] Too many failed logins; try again later") from None
+        if e.reason == "error":  # logged by the LoginService
+            raise No("[UNAVAILABLE] Temporary server failure; try again later") from None
         raise No("[AUTHENTICATIONFAILED] Authentication failed") from None
     s.logged_in(avatar)
     return b"[CAPABILITY " + s.capability_string() + b"] Logged in"

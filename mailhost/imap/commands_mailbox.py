@@ -14,10 +14,16 @@ from typing import TYPE_CHECKING
 
 from mailhost.imap import encoding, mutf7, parser
 from mailhost.imap.list_extended import parse_list
-from mailhost.imap.responses import Bad, No
+from mailhost.imap.responses import Bad, No, format_set
 from mailhost.imap.selected import SelectedMailbox, folder_columns
 from mailhost.imap.states import AUTH
-from mailhost.store.interfaces import SYSTEM_FLAGS, IFolder, NoSuchFolder
+from mailhost.store.interfaces import (
+    SYSTEM_FLAGS,
+    IFolder,
+    IMailAccount,
+    IMessageWriter,
+    NoSuchFolder,
+)
 
 if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
@@ -350,27 +356,53 @@ async def namespace(s: IMAPServer, cmd: parser.Command) -> bytes:
 
 
 async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
-    raw_name, flags, date, message = parser.parse_append(cmd.args)
+    """APPEND of one message, or several at once (MULTIAPPEND, RFC 3502): all or none."""
+    raw_name, messages = parser.parse_append(cmd.args)
     name = mailbox_name(raw_name)
-    streamed = s.append_writer  # set when the literal was streamed as it arrived
-    if not message and (streamed is None or streamed.size == 0):
-        raise No("Cannot append an empty message")
-    flags = [f for f in flags if f != "\\Recent"]
-    for f in flags:
-        if f.startswith("\\") and f not in SYSTEM_FLAGS:
-            raise Bad(f"Invalid flag {f}")
+    streamed = list(s.append_writers)  # literals streamed as they arrived, in order
     account = s.account
-    if streamed is not None:
-        writer = streamed
-    else:
-        writer = account.new_message()
-        for i in range(0, len(message), APPEND_CHUNK):
-            writer.write(message[i:i + APPEND_CHUNK])
+    plan: list[tuple[IMessageWriter, frozenset[str], float | None]] = []
+    for flags, date, message in messages:
+        stream = streamed.pop(0) if not message and streamed else None
+        if not message and (stream is None or stream.size == 0):
+            raise No("Cannot append an empty message")
+        for f in flags:
+            if f.startswith("\\") and f not in SYSTEM_FLAGS and f != "\\Recent":
+                raise Bad(f"Invalid flag {f}")
+        writer: IMessageWriter
+        if stream is not None:
+            writer = stream
+        else:
+            writer = account.new_message()
+            for i in range(0, len(message), APPEND_CHUNK):
+                writer.write(message[i:i + APPEND_CHUNK])
+        plan.append((writer, frozenset(f for f in flags if f != "\\Recent"), date))
+    uids: list[int] = []
+    validity = 0
     try:
-        validity, uid = await account.append(name, writer, frozenset(flags), date)
+        for n, (writer, keep, date) in enumerate(plan):
+            try:
+                validity, uid = await account.append(name, writer, keep, date)
+            except BaseException:
+                for later, _, _ in plan[n + 1:]:
+                    later.abort()
+                raise
+            uids.append(uid)
     except NoSuchFolder:
         raise No("[TRYCREATE] Mailbox does not exist") from None
-    return b"[APPENDUID %d %d] APPEND completed" % (validity, uid)
+    except BaseException:
+        await _take_back(account, name, uids)
+        raise
+    return b"[APPENDUID %d %s] APPEND completed" % (validity, format_set(uids))
+
+
+async def _take_back(account: IMailAccount, name: str, uids: list[int]) -> None:
+    """A later message of a MULTIAPPEND failed: the earlier ones go too (RFC 3502 6.3.11)."""
+    if not uids:
+        return
+    folder = await account.open_folder(name)
+    await folder.set_flags(uids, ["\\Deleted"], "add")
+    await folder.expunge(uids)
 
 
 HANDLERS = {

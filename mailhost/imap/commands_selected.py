@@ -276,8 +276,9 @@ async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list
             if isinstance(p, bytes | bytearray):
                 s.send(bytes(p))
             else:
-                s.send(b"{%d}\r\n" % p.length)
-                await stream_message(next(files), p.length, s.send, s.gate, s.resetTimeout)
+                s.send(p.prefix)
+                await stream_message(next(files), p.length, s.send, s.gate, s.resetTimeout,
+                                     keep_nul=p.keep_nul)
         s.send(b")\r\n")
     finally:
         for f in opened:

@@ -19,11 +19,12 @@ from typing import Any, BinaryIO
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from mailhost.imap import bodystructure, envelope, mime
+from mailhost.imap import binary, bodystructure, envelope, mime
 from mailhost.imap.encoding import format_datetime, format_flags, nstring
 from mailhost.imap.output import without_nul
 from mailhost.imap.parser import FetchItem, Section
 from mailhost.imap.preview import make_preview, read_part, text_part
+from mailhost.imap.responses import No
 from mailhost.store.interfaces import IFolder, MessageInfo
 from mailhost.store.reader import skip_to
 
@@ -42,9 +43,11 @@ _SECTION_FOR = {
 
 
 def needs_seen(items: Sequence[FetchItem]) -> bool:
-    """True if fetching ``items`` sets ``\\Seen`` (non-PEEK BODY[...], RFC822, RFC822.TEXT)."""
+    """True if fetching ``items`` sets ``\\Seen`` (non-PEEK BODY[...] and BINARY[...],
+    RFC822, RFC822.TEXT)."""
     return any(
-        (i.name == "BODY" and i.section is not None) or i.name in ("RFC822", "RFC822.TEXT")
+        (i.name in ("BODY", "BINARY") and i.section is not None)
+        or i.name in ("RFC822", "RFC822.TEXT")
         for i in items
     )
 
@@ -62,11 +65,37 @@ class BodyRange:
         self.offset = offset
         self.length = length
 
+    #: NULs go out as 0x80: a plain literal may not carry them.
+    keep_nul = False
+
+    @property
+    def prefix(self) -> bytes:
+        return b"{%d}\r\n" % self.length
+
     def open(self) -> Deferred:
         return self.folder.read_message(self.uid, self.offset, self.length)
 
     def __repr__(self) -> str:
         return f"BodyRange(uid={self.uid}, offset={self.offset}, length={self.length})"
+
+
+class BinaryRange:
+    """A BINARY section too large to hold: ``length`` decoded octets after ``skip``, of
+    the encoded bytes ``start``..``end``; a literal8 (``~{n}``) when it holds a NUL."""
+
+    def __init__(self, folder: IFolder, uid: int, start: int, end: int, encoding: str,
+                 skip: int, length: int, literal8: bool) -> None:
+        self.folder, self.uid, self.start, self.end = folder, uid, start, end
+        self.encoding, self.skip, self.length = encoding, skip, length
+        self.keep_nul = literal8
+
+    @property
+    def prefix(self) -> bytes:
+        return (b"~{%d}\r\n" if self.keep_nul else b"{%d}\r\n") % self.length
+
+    def open(self) -> Deferred:
+        d = self.folder.read_message(self.uid, self.start, self.end - self.start)
+        return d.addCallback(binary.DecodedReader, self.encoding, self.skip)
 
 
 def _skip_to(f: BinaryIO, offset: int) -> None:
@@ -234,7 +263,9 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
         preview_of = folder.get_cached(info.uid, "preview")
         if preview_of is None and all(i.lazy for i in wants_preview):
             _make_preview_later(folder, info)
-    need_structure = any(_needs_structure(i) for i in items) or (
+    binaries = {n: i for n, i in enumerate(items) if i.name.startswith("BINARY")}
+    binary_out: dict[int, Any] = {}
+    need_structure = bool(binaries) or any(_needs_structure(i) for i in items) or (
         wants_preview and preview_of is None and not all(i.lazy for i in wants_preview))
     if need_structure:
         cached = folder.get_cached(info.uid, "mime")
@@ -248,13 +279,20 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
         specs: dict[int, _Spec] = {}
         for n, item in enumerate(items):
             section = item.section if item.section is not None else _SECTION_FOR.get(item.name)
-            if section is not None and (item.section is not None or item.name in _SECTION_FOR):
+            if section is not None and (item.section is not None or item.name in _SECTION_FOR) \
+                    and n not in binaries:
                 specs[n] = _plan(section, item.partial, struct, info.size)
         wanted = [s for s in specs.values() if s.inline()]
         if wanted:
             if reader is None:
                 reader = await folder.read_message(info.uid)
             await reader.call(_read_specs, wanted)
+        if binaries:
+            assert struct is not None
+            if reader is None:
+                reader = await folder.read_message(info.uid)
+            for n, item in binaries.items():
+                binary_out[n] = await _binary(folder, info, item, struct, reader)
         if need_structure and wants_preview and preview_of is None:
             assert struct is not None
             if reader is None:
@@ -286,6 +324,15 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
         if item.name == "PREVIEW":
             buf += nstring(preview_of)
             continue
+        if n in binary_out:
+            got = binary_out[n]
+            if isinstance(got, BinaryRange):
+                pieces.append(bytes(buf))
+                buf = bytearray()
+                pieces.append(got)
+            else:
+                buf += got
+            continue
         buf += _simple(item, info, struct)
     if buf:
         pieces.append(bytes(buf))
@@ -313,6 +360,43 @@ def _simple(item: FetchItem, info: MessageInfo, struct: mime.Part | None) -> byt
     if name == "BODY":
         return bodystructure.render(struct, extended=False)
     raise ValueError(f"unknown FETCH item {name}")
+
+
+async def _binary(folder: Any, info: MessageInfo, item: FetchItem, struct: mime.Part,
+                  reader: Any) -> bytes | BinaryRange:
+    """One BINARY[...], BINARY.PEEK[...] or BINARY.SIZE[...] (RFC 3516): inline bytes,
+    or a range to stream decoded."""
+    assert item.section is not None
+    path = item.section.part
+    node = struct.find(path) if path else struct
+    if node is None:
+        return b"0" if item.name == "BINARY.SIZE" else b'""'
+    try:
+        encoding = binary.encoding_of(node) if path else "7BIT"
+    except binary.UnknownEncoding as e:
+        raise No(f"[UNKNOWN-CTE] Cannot decode the transfer encoding {e}") from None
+    start, end = (node.body_start, node.body_end) if path else (0, info.size)
+    key = "binary:" + ".".join(map(str, path))
+    cached = folder.get_cached(info.uid, key)
+    if cached:
+        size_s, nul_s = cached.split()
+        size, nul = int(size_s), nul_s == "1"
+    else:
+        size, nul = await reader.call(binary.measure, start, end, encoding)
+        folder.set_cached(info.uid, key, f"{size} {int(nul)}")
+    if item.name == "BINARY.SIZE":
+        return b"%d" % size
+    first, count = item.partial if item.partial is not None else (0, size)
+    first = min(first, size)
+    length = max(0, min(count, size - first))
+    if end - start <= INLINE_MAX:
+        data = (await reader.call(binary.decode_all, start, end, encoding))[first:first + length]
+        if not data:
+            return b'""'
+        return (b"~{%d}\r\n" if b"\0" in data else b"{%d}\r\n") % len(data) + data
+    if length == 0:
+        return b'""'
+    return BinaryRange(folder, info.uid, start, end, encoding, first, length, nul)
 
 
 async def _preview(folder: Any, info: MessageInfo, struct: mime.Part, reader: Any) -> str:

@@ -62,14 +62,15 @@ class OutputGate:
 
 
 async def stream_message(reader: IMessageReader, length: int, write, gate: OutputGate,
-                         on_progress=None) -> int:
+                         on_progress=None, keep_nul: bool = False) -> int:
     """Copy exactly ``length`` octets from the message ``reader`` to ``write``, a chunk
     at a time as the reader delivers them (off the reactor thread) and the transport
     takes them.
 
     A short message is padded with spaces so the literal length announced before the
     data stays true (the protocol would otherwise desynchronise); returns the number
-    of octets that really came from the message. NULs go out as 0x80 (``without_nul``).
+    of octets that really came from the message. NULs go out as 0x80 (``without_nul``)
+    unless ``keep_nul`` (a BINARY literal8).
     """
     left = length
     got = 0
@@ -84,7 +85,7 @@ async def stream_message(reader: IMessageReader, length: int, write, gate: Outpu
                 left -= n
             break
         chunk = chunk[:left]
-        write(without_nul(chunk))
+        write(chunk if keep_nul else without_nul(chunk))
         got += len(chunk)
         left -= len(chunk)
         if on_progress is not None:

@@ -122,7 +122,10 @@ class _Tokenizer:
             m = _LITERAL_RE.search(self.line)
             if m is None:
                 raise self.error("Literal data without a literal marker")
-            return m.start()
+            start = m.start()
+            if start and self.line[start - 1] == 0x7E:  # "~{n}": a literal8 (RFC 3516)
+                start -= 1
+            return start
         return len(self.line)
 
     def _line_end(self) -> int:
@@ -491,26 +494,29 @@ def parse_date(value: str | bytes) -> datetime.date:
         raise _err(f"Invalid date {value!s}") from None
 
 
-def parse_append(args: list) -> tuple[bytes, list[str], float | None, bytes]:
-    """``(mailbox, flags, date, message)`` from APPEND's arguments."""
+def parse_append(args: list) -> tuple[bytes, list[tuple[list[str], float | None, bytes]]]:
+    """``(mailbox, [(flags, date, message), ...])`` from APPEND's arguments: one message,
+    or several (MULTIAPPEND, RFC 3502), each with its own optional flags and date."""
     if len(args) < 2:
         raise _err("APPEND expects a mailbox and a message literal")
     mailbox = as_string(args[0], "mailbox name")
     rest = list(args[1:])
-    message = rest.pop()
-    if not isinstance(message, Literal):
-        raise _err("APPEND message must be a literal")
-    flags: list[str] = []
-    date = None
-    if rest and isinstance(rest[0], list):
-        flags = parse_flag_list(rest.pop(0))
-    if rest:
-        if not isinstance(rest[0], bytes) or isinstance(rest[0], Literal):
-            raise _err("APPEND date-time must be a quoted string")
-        date = parse_datetime(rest.pop(0))
-    if rest:
-        raise _err("Too many APPEND arguments")
-    return mailbox, flags, date, bytes(message)
+    messages: list[tuple[list[str], float | None, bytes]] = []
+    while rest:
+        flags: list[str] = []
+        date = None
+        if isinstance(rest[0], list):
+            flags = parse_flag_list(rest.pop(0))
+        if rest and isinstance(rest[0], bytes) and not isinstance(rest[0], Literal):
+            date = parse_datetime(rest.pop(0))
+        if not rest:
+            raise _err("APPEND message must be a literal")
+        message = rest.pop(0)
+        if not isinstance(message, Literal):
+            raise _err("APPEND message must be a literal" if not messages
+                       else "Too many APPEND arguments")
+        messages.append((flags, date, bytes(message)))
+    return mailbox, messages
 
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
@@ -568,7 +574,11 @@ class FetchItem:
     def response_name(self) -> str:
         if self.section is None:
             return self.name
-        out = "BODY" + self.section.render()
+        if self.name.startswith("BINARY"):  # RFC 3516
+            out = ("BINARY.SIZE" if self.name == "BINARY.SIZE" else "BINARY") \
+                + self.section.render()
+        else:
+            out = "BODY" + self.section.render()
         if self.partial is not None:
             out += f"<{self.partial[0]}>"
         return out
@@ -584,6 +594,8 @@ _MACROS = {
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
 }
 _FETCH_RE = re.compile(r"(BODY(?:\.PEEK)?)\[(.*)\](?:<(\d+)\.(\d+)>)?\Z", re.S | re.I | re.A)
+_BINARY_RE = re.compile(r"(BINARY(?:\.PEEK|\.SIZE)?)\[([0-9.]*)\](?:<(\d+)\.(\d+)>)?\Z",
+                        re.I | re.A)
 _PART_RE = re.compile(r"([1-9]\d*)(\.|\Z)", re.ASCII)
 _SECTION_TEXTS = ("HEADER.FIELDS.NOT", "HEADER.FIELDS", "HEADER", "TEXT", "MIME")
 _BAD_FIELD_BYTES = frozenset(b'(){"\\%*]:')
@@ -652,9 +664,11 @@ def parse_fetch_att(token: object) -> FetchItem:
     up = token.upper()
     if up in _SIMPLE_ITEMS:
         return FetchItem(up)
-    m = _FETCH_RE.match(token)
+    m = _FETCH_RE.match(token) or _BINARY_RE.match(token)
     if m is None:
         raise _err(f"Invalid FETCH attribute {token!s}")
+    if m.re is _BINARY_RE and m.group(1).upper() == "BINARY.SIZE" and m.group(3) is not None:
+        raise _err("BINARY.SIZE takes no partial range")
     name, section_s, start, length = m.groups()
     partial = None
     if start is not None:

@@ -61,6 +61,7 @@ CAPABILITIES = (
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
     b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CREATE-SPECIAL-USE",
     b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"PREVIEW",
+    b"BINARY", b"MULTIAPPEND",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
@@ -145,8 +146,10 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._lost = False  # the transport is gone
         self.peer = "?"
         self.current: parser.Command | None = None
-        self._streamed: Any = None  # message writer filled by the next command's literal
-        self.append_writer: Any = None  # the running command's streamed APPEND message
+        #: Message writers filled by the next command's literals, as they arrived.
+        self._streamed: list[StreamedMessage] = []
+        #: The running command's streamed APPEND messages (one per MULTIAPPEND literal).
+        self.append_writers: list[StreamedMessage] = []
         self._abort_call: Any = None
         self._progress = 0.0  # when the last complete command arrived (or connect)
         self.quick_ack: QuickAck | None = None
@@ -222,10 +225,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._lost = True
         cancel_deadline(self._tls_deadline)
         self._held.cancel()
-        for writer in (self._streamed, self.append_writer):
-            if writer is not None:
-                writer.abort()
-        self._streamed = self.append_writer = None
+        self._drop_streamed()
+        self._drop_appends()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -407,7 +408,8 @@ class IMAPServer(Protocol, TimeoutMixin):
             else:
                 self._continue(verdict, event.tag)
         else:
-            self._early = None  # the command was dropped
+            self._early = None  # the command was dropped, and the literals it streamed
+            self._drop_streamed()
         if isinstance(event, framing.LineTooLong):
             self._bad(event.tag, b"Line too long")
         elif isinstance(event, framing.LiteralTooBig):
@@ -423,9 +425,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._running = False
         if isinstance(verdict, Refuse):
             # Instead of '+': the client sends no literal, and the next line is a command.
-            if self._streamed is not None:
-                self._streamed.abort()
-                self._streamed = None
+            self._drop_streamed()
             self.framer.abandon()
             self._reply(tag, b"NO", verdict.text.encode("utf-8", "replace"))
         else:
@@ -448,18 +448,27 @@ class IMAPServer(Protocol, TimeoutMixin):
         """Stream a big APPEND literal straight into a store message writer."""
         if n < STREAM_APPEND_OVER or framing._head(segments[0])[1] != "APPEND":
             return None
-        if self._streamed is not None:
-            self._streamed.abort()
-        self._streamed = StreamedMessage(self.account)
-        return self._streamed
+        writer = StreamedMessage(self.account)
+        self._streamed.append(writer)
+        return writer
+
+    def _drop_streamed(self) -> None:
+        for writer in self._streamed:
+            writer.abort()
+        self._streamed = []
+
+    def _drop_appends(self) -> None:
+        """The command is over: what it did not commit is aborted (a no-op after commit)."""
+        for writer in self.append_writers:
+            writer.abort()
+        self.append_writers = []
 
     def _dispatch(self, segments: list[bytes]) -> None:
         early, self._early = self._early, None
         self._progress = self._now()
         self.resetTimeout()
-        if self.append_writer is not None:
-            self.append_writer.abort()
-        self.append_writer, self._streamed = self._streamed, None
+        self._drop_appends()
+        self.append_writers, self._streamed = self._streamed, []
         try:
             cmd = parser.parse_command(segments)
         except parser.ParseError as e:
@@ -493,9 +502,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         """Run one command (or refuse it, as the dispatch hook said) and report it."""
         self.registry.started(self, verb)
         if isinstance(verdict, Refuse):
-            if self.append_writer is not None:  # a streamed APPEND literal: not stored
-                self.append_writer.abort()
-                self.append_writer = None
+            self._drop_appends()  # streamed APPEND literals: not stored
             self.registry.finished(self, verb, "NO", 0)
             self._reply(cmd.tag, b"NO", verdict.text.encode("utf-8", "replace"))
             self._running = False
@@ -534,9 +541,7 @@ class IMAPServer(Protocol, TimeoutMixin):
             status, text = b"NO", b"[SERVERBUG] Internal error"
         finally:
             self.current = None
-            if self.append_writer is not None:
-                self.append_writer.abort()  # idempotent; a no-op after commit
-                self.append_writer = None
+            self._drop_appends()
         if self._lost:
             return
         self.registry.finished(self, verb, status.decode("ascii"), 0)

@@ -514,8 +514,10 @@ class POP3Server(Protocol, TimeoutMixin):
             avatar = await self.login.login(username, password, self.client_ip, "pop3")
         except LoginFailed as e:
             if not self._closed:
-                if e.temporary:
+                if e.reason == "throttled":
                     self._send("-ERR [SYS/TEMP] Too many failed logins, try again later")
+                elif e.reason == "error":  # logged by the LoginService
+                    self._send("-ERR [SYS/TEMP] Temporary server failure, try again later")
                 else:
                     self._send("-ERR [AUTH] Invalid user name or password")
             return

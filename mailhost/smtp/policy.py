@@ -74,6 +74,10 @@ class RecipientPolicy:
             if not mailboxes:
                 raise Reply(550, "5.1.1", f"<{shown}>: Recipient address rejected: User unknown")
             return Decision(Reply(250, "2.1.5", "Ok"), mailboxes=tuple(mailboxes))
-        if self.can_queue and self.may_relay(client_ip, user):
-            return Decision(Reply(250, "2.1.5", "Ok"), remote=str(rcpt))
+        if self.may_relay(client_ip, user):
+            if self.can_queue:
+                return Decision(Reply(250, "2.1.5", "Ok"), remote=str(rcpt))
+            # A client that could relay, on a host that delivers to no other domain.
+            raise Reply(554, "5.7.1", f"<{shown}>: Relay access denied "
+                        "(this host does not deliver to other domains)")
         raise Reply(554, "5.7.1", f"<{shown}>: Relay access denied")

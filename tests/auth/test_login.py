@@ -73,7 +73,7 @@ def test_failure_and_lockout():
     # Locked now: even the right password is refused, temporarily.
     with pytest.raises(LoginFailed) as e:
         yield svc.login("alice@example.test", "pw", "10.0.0.1", "pop3")
-    assert e.value.temporary
+    assert e.value.temporary and e.value.reason == "throttled"
     # Another address is not affected.
     yield svc.login("alice@example.test", "pw", "10.0.0.2", "pop3")
     now[0] = 101
@@ -148,3 +148,46 @@ def test_parallel_attempts_from_one_address():
         consumeErrors=True)
     temporary = [r.value.temporary for success, r in results if not success]
     assert len(temporary) == 8 and temporary.count(False) == 3
+
+
+@pytest_twisted.inlineCallbacks
+def test_checkers_get_bytes_credentials_with_the_name_normalised_once():
+    """cred's convention: ``IUsernamePassword`` with bytes, as Twisted's own checkers
+    compare them. Before, checkers got str, so every bytes-based checker (Twisted's
+    ``InMemoryUsernamePasswordDatabaseDontUse``, ``FilePasswordDB``) failed silently."""
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.portal import Portal
+
+    from mailhost.auth.login import LoginService
+    from mailhost.auth.realm import MailRealm
+
+    seen = []
+    db = InMemoryUsernamePasswordDatabaseDontUse()
+    db.addUser(b"alice@example.test", "pässword".encode())
+    original = db.requestAvatarId
+
+    def recording(credentials):
+        seen.append((credentials.username, credentials.password))
+        return original(credentials)
+
+    db.requestAvatarId = recording
+    svc = LoginService(Portal(MailRealm(MemoryStore()), [db]), LoginThrottle(max_failures=0))
+    login = yield svc.login("  Alice@EXAMPLE.test ", "pässword", "127.0.0.1", "imap")
+    assert login.user == "alice@example.test"  # the bytes avatar id, decoded by the realm
+    with pytest.raises(LoginFailed) as e:
+        yield svc.login("alice@example.test", "passwörd", "127.0.0.1", "imap")
+    assert e.value.reason == "failed" and not e.value.temporary
+    assert seen == [(b"alice@example.test", "pässword".encode()),
+                    (b"alice@example.test", "passwörd".encode())]
+    # A name that is not an address is the checker's to judge (capture mode takes any).
+    with pytest.raises(LoginFailed) as e:
+        yield svc.login(" Bob ", "pässword", "127.0.0.1", "imap")
+    assert e.value.reason == "failed" and seen[2] == (b"bob", "pässword".encode())
+
+
+def test_credentials_check_a_stored_password_given_as_bytes_or_str():
+    from mailhost.auth.verify_queue import PrioritizedUsernamePassword
+
+    creds = PrioritizedUsernamePassword(b"alice@example.test", "pw€".encode(), 0)
+    assert creds.checkPassword("pw€".encode()) and creds.checkPassword("pw€")
+    assert not creds.checkPassword(b"pw") and not creds.checkPassword(None)

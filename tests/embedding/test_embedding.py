@@ -9,6 +9,7 @@ promise is that mailhost uses them without knowing them.
 from __future__ import annotations
 
 import imaplib
+import os
 import poplib
 import smtplib
 
@@ -135,8 +136,16 @@ def test_custom_checker_and_realm_are_used(tmp_path):
     assert len(inbox.messages()) == 1
 
 
+def installed_tac():
+    """The example .tac where the installed package has it (package data)."""
+    import importlib.resources
+
+    return str(importlib.resources.files("mailhost") / "embedded.tac")
+
+
 def test_embedded_tac_runs_beside_a_web_site(tmp_path):
-    """tap-configs/embedded.tac: one twistd process serving a web page and SMTP/IMAP."""
+    """The packaged embedded.tac: one twistd process serving a web page and SMTP/IMAP,
+    relaying nothing (no queue directory in its data)."""
     import os
     import subprocess
     import sys
@@ -144,13 +153,12 @@ def test_embedded_tac_runs_beside_a_web_site(tmp_path):
 
     from tests.mailhost_process import TWISTD, free_port
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     web, smtp, imap = free_port(), free_port(), free_port()
     env = dict(os.environ, MAILHOST_WEB_PORT=str(web), MAILHOST_SMTP_PORT=str(smtp),
                MAILHOST_IMAP_PORT=str(imap), MAILHOST_DATA=str(tmp_path / "data"))
     proc = subprocess.Popen(
         [sys.executable, TWISTD, "-n", "--pidfile=", "-y",
-         os.path.join(root, "tap-configs", "embedded.tac")],
+         installed_tac()],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -170,6 +178,33 @@ def test_embedded_tac_runs_beside_a_web_site(tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+    assert not (tmp_path / "data" / "queue").exists()
+
+
+def test_embedded_tac_is_package_data(tmp_path):
+    """Regression: the example lived in tap-configs/, which no installed package has.
+    setup.cfg must copy it into the package (setuptools' build_py, as a wheel does)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    assert installed_tac().endswith(os.path.join("mailhost", "embedded.tac"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    for name in ("mailhost", "twisted"):
+        shutil.copytree(root / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "mailhost-data*"))
+    result = subprocess.run(
+        [sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_py",
+         "--build-lib", str(tmp_path / "lib")],
+        cwd=src, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    built = tmp_path / "lib" / "mailhost" / "embedded.tac"
+    assert built.read_text() == (root / "mailhost" / "embedded.tac").read_text()
 
 
 def test_this_module_uses_mailhost_through_the_front_door_only():

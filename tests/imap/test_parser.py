@@ -147,7 +147,7 @@ def test_fetch_macros_and_items():
 @pytest.mark.parametrize(
     "att",
     ["BODY[MIME]", "BODY[0]", "BODY[1.]", "BODY[HEADER.FIELDS]", "BODY[TEXT (A)]",
-     "BODY[]<1>", "BODY[]<1.0>", "BINARY[1]", "BODY[1.X]", "BODY[HEADER.FIELDS ()]"],
+     "BODY[]<1>", "BODY[]<1.0>", "BINARY[1.TEXT]", "BINARY.SIZE[1]<0.5>", "BINARY[0]", "BODY[1.X]", "BODY[HEADER.FIELDS ()]"],
 )
 def test_bad_fetch_atts(att):
     with pytest.raises(ParseError):
@@ -176,14 +176,21 @@ def test_8bit_atoms_are_utf8():
 def test_append():
     c = cmd(b'A APPEND saved-messages (\\Seen) " 7-Feb-1994 21:52:25 -0800" {5}', b"hello",
             b"")
-    mailbox, flags, date, msg = parser.parse_append(c.args)
+    mailbox, [(flags, date, msg)] = parser.parse_append(c.args)
     assert mailbox == b"saved-messages" and flags == ["\\Seen"] and msg == b"hello"
     assert date == datetime.datetime(1994, 2, 8, 5, 52, 25,
                                      tzinfo=datetime.UTC).timestamp()
-    assert parser.parse_append(cmd(b"A APPEND INBOX {1}", b"x", b"").args)[1:] == (
-        [], None, b"x")
+    assert parser.parse_append(cmd(b"A APPEND INBOX {1}", b"x", b"").args)[1] == [
+        ([], None, b"x")]
     with pytest.raises(ParseError):
         parser.parse_append(cmd(b'A APPEND INBOX "quoted"').args)
+    # MULTIAPPEND (RFC 3502): each message with its own flags and date.
+    c = cmd(b"A APPEND INBOX (\\Seen) {1}", b"x", b' " 7-Feb-1994 21:52:25 -0800" {1}', b"y",
+            b" {1}", b"z", b"")
+    assert [(f, d is not None, m) for f, d, m in parser.parse_append(c.args)[1]] == [
+        (["\\Seen"], False, b"x"), ([], True, b"y"), ([], False, b"z")]
+    with pytest.raises(ParseError):
+        parser.parse_append(cmd(b"A APPEND INBOX {1}", b"x", b" (\\Seen)").args)
 
 
 def test_dates():

@@ -1,9 +1,13 @@
 # Embedding mailhost in an existing Twisted application, next to a twisted.web site.
 #
-#   twistd -n -y tap-configs/embedded.tac
+# This file ships inside the package (docs/embedding.md); run it where it is installed:
 #
-# The web app and the mail host share one process and one reactor; the web app can
-# read the same store mailhost delivers into (here: a page listing the postmaster INBOX).
+#   twistd -n -y "$(python -c 'import importlib.resources as r; print(r.files("mailhost") / "embedded.tac")')"
+#
+# or copy it next to your application and edit it. The web app and the mail host share
+# one process and one reactor; the web app reads the same store mailhost delivers into
+# (here: a page listing the postmaster INBOX). Mail for other domains is refused
+# (outbound.enabled=false: no queue, no DNS resolver); drop that line to relay.
 # Ports come from the environment so the example can run beside a dev server:
 #   MAILHOST_WEB_PORT (8080), MAILHOST_SMTP_PORT (2525), MAILHOST_IMAP_PORT (2143),
 #   MAILHOST_DATA (./mailhost-data-embedded)
@@ -23,6 +27,7 @@ config = mailhost.load(None, [
     'submission.listen=[]',
     'pop3.listen=[]',
     f'imap.listen=["tcp:{env("MAILHOST_IMAP_PORT", "2143")}:interface=127.0.0.1"]',
+    'outbound.enabled=false',
 ])
 
 application = service.Application("web app with mail")
