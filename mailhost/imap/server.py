@@ -49,7 +49,7 @@ from mailhost.store.interfaces import (
     StoreError,
 )
 from mailhost.tcp import QuickAck, send_at_once
-from mailhost.tls import start_tls
+from mailhost.tls import cancel_deadline, start_tls
 
 if TYPE_CHECKING:
     from mailhost.imap.factory import IMAPFactory
@@ -122,6 +122,8 @@ class IMAPServer(Protocol, TimeoutMixin):
     # output gate registers on it) and IPushProducer (input is paused) at once, which no
     # one interface (Protocol's ITransport | None) spells.
     transport: Any
+    # The STARTTLS handshake deadline, cancelled when the connection closes.
+    _tls_deadline: Any = None
 
     def __init__(self, factory: IMAPFactory) -> None:
         self.factory = factory
@@ -233,6 +235,7 @@ class IMAPServer(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
         self._lost = True
+        cancel_deadline(self._tls_deadline)
         self._held.cancel()
         self._drop_streamed()
         self._drop_appends()
@@ -663,8 +666,8 @@ class IMAPServer(Protocol, TimeoutMixin):
     def start_tls(self) -> None:
         """Discard anything pipelined behind STARTTLS (CVE-2011-0411), then upgrade."""
         self.framer.clear()
-        start_tls(self.transport, self.tls_options, self.settings.handshake_timeout,
-                  self.reactor)
+        self._tls_deadline = start_tls(self.transport, self.tls_options,
+                                       self.settings.handshake_timeout, self.reactor)
         self.tls_started = True
 
 
