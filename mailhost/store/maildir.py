@@ -41,6 +41,7 @@ from mailhost.store._maildir.maildir_writer import MaildirMessageWriter
 from mailhost.store.interfaces import IMailAccount, IMailStore
 from mailhost.store.modes import PRIVATE, FileModes
 from mailhost.store.names import split_user
+from mailhost.store.quota import IQuotaStore, QuotaLimits, QuotaUsage
 
 __all__ = ["MaildirStore", "MaildirAccount", "MaildirFolder", "MaildirMessageWriter"]
 
@@ -54,9 +55,9 @@ class IStoreReactor(IReactorTime, IReactorThreads, IReactorFDSet):
     pool (every blocking file-system call) and readers (the inotify descriptor)."""
 
 
-@implementer(IMailStore)
+@implementer(IMailStore, IQuotaStore)
 class MaildirStore:
-    """Implements: IMailStore on a Maildir++ tree at ``root``.
+    """Implements: IMailStore and IQuotaStore on a Maildir++ tree at ``root``.
 
     ``fsync=False`` skips every fsync (tests, throwaway dev data): a crash may then lose
     acknowledged mail. ``reactor`` defaults to the global one; its thread pool runs
@@ -86,6 +87,7 @@ class MaildirStore:
         self._recovery: defer.Deferred[None] | None = None  # of crashed multi-folder commits
         self._recovered = False
         self._watcher = ChangeWatcher(reactor, self.run_blocking, watch)
+        self._quota_limits: QuotaLimits = lambda user: 0
 
     def run_blocking(self, fn: Callable[..., _T], *args: object) -> defer.Deferred[_T]:
         """Run ``fn(*args)`` in the reactor's thread pool: the store's one thread hop, for
@@ -186,6 +188,18 @@ class MaildirStore:
 
     def start(self) -> defer.Deferred[None]:
         return self._recover()
+
+    def set_quota_limits(self, limits: QuotaLimits) -> None:
+        self._quota_limits = limits
+
+    def quota_limit(self, user: str) -> int:
+        return self._quota_limits(user)
+
+    def quota(self, user: str) -> defer.Deferred[QuotaUsage]:
+        async def usage() -> QuotaUsage:
+            return await (await self._account(user)).quota()
+
+        return defer.Deferred.fromCoroutine(usage())
 
     def open_account(self, user: str) -> defer.Deferred[IMailAccount]:
         return defer.Deferred.fromCoroutine(self._account(user))
