@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from mailhost.imap import encoding, mutf7, parser
 from mailhost.imap.list_extended import parse_list
+from mailhost.imap.quota import check_room
 from mailhost.imap.responses import Bad, No, format_set
 from mailhost.imap.selected import SelectedMailbox, folder_columns
 from mailhost.imap.states import AUTH
@@ -379,6 +380,12 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
         plan.append((writer, frozenset(f for f in flags if f != "\\Recent"), date))
     uids: list[int] = []
     validity = 0
+    try:  # the whole MULTIAPPEND must fit
+        await check_room(account, sum(w.size for w, _, _ in plan), len(plan))
+    except BaseException:
+        for writer, _, _ in plan:
+            writer.abort()
+        raise
     try:
         for n, (writer, keep, date) in enumerate(plan):
             try:
