@@ -223,3 +223,14 @@ class MaildirStore:
 
         flushes = [flush(f) for f in folders]
         return defer.gatherResults(flushes, consumeErrors=True).addCallback(lambda _: None)
+
+
+def usage_on_disk(root: str, user: str) -> tuple[int, int]:
+    """(octets, messages) ``user`` holds in the Maildir store at ``root``, from their
+    ``maildirsize`` (or counted), writing nothing: for ``mailhost user quota``."""
+    import time
+
+    from mailhost.store._maildir import maildirsize
+
+    local, domain = split_user(user)
+    return maildirsize.peek(os.path.join(os.path.abspath(root), domain, local), time.time())

@@ -188,6 +188,22 @@ def current(root: str, limits: tuple[int, int], now: float, modes: FileModes,
         return parsed[1], parsed[2]
 
 
+def peek(root: str, now: float) -> tuple[int, int]:
+    """(octets, messages) without writing anything (for the CLI, which may run as
+    another user than the server): the file if it is usable, else a count."""
+    try:
+        with open(os.path.join(root, FILENAME), "rb") as f:
+            data = f.read(MAX_LENGTH)
+            mtime = os.fstat(f.fileno()).st_mtime
+    except FileNotFoundError:
+        data, mtime = b"", 0.0
+    parsed = parse(data) if len(data) < MAX_LENGTH else None
+    if parsed is not None and mtime >= now - STALE_SECONDS:
+        return parsed[1], parsed[2]
+    octets, messages, _ = count(root)
+    return octets, messages
+
+
 def add(root: str, octets: int, messages: int, lock: threading.Lock) -> None:
     """Append one change line, if the file exists (else the next reader rebuilds it)."""
     if not octets and not messages:
