@@ -39,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     qu = users.add_parser("quota", help="show a user's storage usage and limit, or set the "
                           "limit (--set 500M; 0: the store.default_quota)")
     qu.add_argument("address")
-    qu.add_argument("--set", metavar="SIZE", help="the new limit: 500M, 2G, 10240; 0 for "
-                    "the default")
+    # dest: the global --set (config overrides) owns args.set.
+    qu.add_argument("--set", dest="quota_size", metavar="SIZE",
+                    help="the new limit: 500M, 2G, 10240; 0 for the default")
     qu.set_defaults(func=cmd_quota)
 
 
@@ -172,9 +173,9 @@ def cmd_quota(args: argparse.Namespace, config: Config) -> int:
     if entry is None:
         print(f"mailhost: no such user {user}", file=sys.stderr)
         return 1
-    if args.set is not None:
+    if args.quota_size is not None:
         try:
-            limit = parse_size(args.set)
+            limit = parse_size(args.quota_size)
         except ValueError as e:
             raise SystemExit(f"mailhost: --set: {e}") from None
         if limit:
