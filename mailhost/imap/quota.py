@@ -1,8 +1,8 @@
 """QUOTA (RFC 9208): GETQUOTA, GETQUOTAROOT, SETQUOTA, and the checks APPEND and COPY make.
 
 Each user has one quota root, named ``""``, over all their folders, with one resource,
-STORAGE (in units of 1024 octets, as the RFC counts it; usage rounded down, as
-Dovecot does). A user without a limit has no quota root: GETQUOTAROOT lists none and
+STORAGE (in units of 1024 octets, as the RFC counts it; rounded up, as Dovecot
+does). A user without a limit has no quota root: GETQUOTAROOT lists none and
 GETQUOTA of ``""`` is NO. Limits are the administrator's (the passwd file's ``quota=``,
 ``mailhost user quota``), so SETQUOTA is always NO and QUOTASET is not advertised.
 
@@ -40,10 +40,14 @@ async def _usage(account: IMailAccount) -> QuotaUsage | None:
     return usage if usage.storage_limit or usage.message_limit else None
 
 
+def _kib(octets: int) -> int:
+    return (octets + 1023) // 1024  # rounded up, as Dovecot reports it
+
+
 def _quota_line(usage: QuotaUsage) -> bytes:
     resources = []
     if usage.storage_limit:
-        resources.append(b"STORAGE %d %d" % (usage.storage // 1024, usage.storage_limit // 1024))
+        resources.append(b"STORAGE %d %d" % (_kib(usage.storage), _kib(usage.storage_limit)))
     if usage.message_limit:
         resources.append(b"MESSAGE %d %d" % (usage.messages, usage.message_limit))
     return b'* QUOTA "" (' + b" ".join(resources) + b")\r\n"

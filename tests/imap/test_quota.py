@@ -19,6 +19,11 @@ from tests.imap.test_server_harness import imap_host_fixture, make_message  # no
 LIMIT = 20 * 1024  # octets
 
 
+def kib(octets: int) -> int:
+    """RFC 9208 STORAGE units, rounded up (as Dovecot reports them)."""
+    return -(-octets // 1024)
+
+
 def _limit(limit: int):
     return lambda user: limit if user == "alice@example.test" else 0
 
@@ -41,7 +46,7 @@ async def test_getquotaroot_and_getquota_with_imaplib(imap_host):
         assert data == [[b'INBOX ""'], [b'"" (STORAGE 0 20)']], data
         assert c.append("INBOX", None, None, message)[0] == "OK"
         typ, data = c.getquota('""')
-        assert typ == "OK" and data == [b'"" (STORAGE %d 20)' % (len(message) // 1024)], data
+        assert typ == "OK" and data == [b'"" (STORAGE %d 20)' % kib(len(message))], data
         typ, data = c.setquota('""', "(STORAGE 100)")
         assert typ == "NO" and b"[NOPERM]" in data[0]
         typ, data = c.getquota('"other"')
@@ -80,7 +85,7 @@ async def test_append_over_quota_is_overquota(imap_host):
         assert c.search("ALL") == [1]
         roots, quotas = c.get_quota_root("INBOX")
         assert quotas[0].resource == "STORAGE" and quotas[0].limit == 20
-        assert quotas[0].usage == len(fits) // 1024
+        assert quotas[0].usage == kib(len(fits))
         # Expunging frees the room again.
         c.delete_messages([1])
         c.expunge()
@@ -132,7 +137,7 @@ async def test_copy_over_quota_is_overquota_and_move_is_not(imap_host):
         c.move([1, 2], "Archive")  # same quota root: frees what it takes
         assert c.folder_status("Archive", ["MESSAGES"])[b"MESSAGES"] == 2
         usage = c.get_quota_root("INBOX")[1][0].usage
-        assert usage == 2 * len(message) // 1024
+        assert usage == kib(2 * len(message))
         c.logout()
 
     await host.in_thread(run)
