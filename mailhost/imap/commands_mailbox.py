@@ -333,7 +333,7 @@ async def status(s: IMAPServer, cmd: parser.Command) -> bytes:
 
 async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) -> bytes:
     """One ``* STATUS`` line (STATUS and LIST-STATUS): SIZE is RFC 8438's, APPENDLIMIT
-    RFC 7889's."""
+    RFC 7889's, DELETED and DELETED-STORAGE RFC 9208's."""
     await folder.refresh()  # files other programs added, renamed or removed
     _, flags, in_new, sizes, _ = folder_columns(folder)
     values = {
@@ -344,6 +344,10 @@ async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) 
         "UNSEEN": lambda: sum(1 for f in flags if "\\Seen" not in f),
         "SIZE": lambda: sum(sizes),
         "APPENDLIMIT": lambda: s.settings.max_literal_size,
+        # RFC 9051 and RFC 9208 (QUOTA): what an EXPUNGE would free.
+        "DELETED": lambda: sum(1 for f in flags if "\\Deleted" in f),
+        "DELETED-STORAGE": lambda: sum(n for f, n in zip(flags, sizes, strict=True)
+                                       if "\\Deleted" in f),
     }
     body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
     return b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n"

@@ -527,7 +527,8 @@ def parse_append(args: list) -> tuple[bytes, list[tuple[list[str], float | None,
     return mailbox, messages
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT",
+                "DELETED", "DELETED-STORAGE")
 
 
 def parse_status_items(token: object) -> list[str]:

@@ -163,3 +163,22 @@ async def test_usage_is_kept_in_maildirsize(imap_host):
     with open(path) as f:
         lines = f.read().splitlines()
     assert lines == [f"{LIMIT}S", "0 0", f"{len(message)} 1", f"{len(message)} 1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_deleted_and_deleted_storage(imap_host):
+    """RFC 9208 4.2: what an EXPUNGE would free, before it is done."""
+    host = await imap_host(kind="maildir")
+    small, big = make_message("small", size=1000), make_message("big", size=5000)
+
+    def run():
+        c = Raw(host.port)
+        c.cmd(b"L LOGIN alice@example.test secret")
+        for n, m in enumerate((small, big, small)):
+            assert c.append(b"A%d" % n, b"INBOX", [(b"", m)])[-1].startswith(b"A%d OK" % n)
+        c.cmd(b"S SELECT INBOX")
+        c.cmd(b"F STORE 2:3 +FLAGS (\\Deleted)")
+        got = b"".join(c.cmd(b"T STATUS INBOX (DELETED DELETED-STORAGE MESSAGES)"))
+        assert b"(DELETED 2 DELETED-STORAGE %d MESSAGES 3)" % (len(big) + len(small)) in got, got
+
+    await host.in_thread(run)
