@@ -4,7 +4,8 @@ Each user has one quota root, named ``""``, over all their folders, with one res
 STORAGE (in units of 1024 octets, as the RFC counts it; rounded up, as Dovecot
 does). A user without a limit has no quota root: GETQUOTAROOT lists none and
 GETQUOTA of ``""`` is NO. Limits are the administrator's (the passwd file's ``quota=``,
-``mailhost user quota``), so SETQUOTA is always NO and QUOTASET is not advertised. STATUS has DELETED and DELETED-STORAGE (commands_mailbox).
+``mailhost user quota``), so SETQUOTA is always NO and QUOTASET is not advertised.
+STATUS has DELETED and DELETED-STORAGE (commands_mailbox).
 
 APPEND (all messages of a MULTIAPPEND together) and COPY that would take the user
 past the limit fail with ``NO [OVERQUOTA]`` before anything is stored. MOVE is not
