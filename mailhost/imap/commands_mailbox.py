@@ -348,6 +348,7 @@ async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) 
         "DELETED": lambda: sum(1 for f in flags if "\\Deleted" in f),
         "DELETED-STORAGE": lambda: sum(n for f, n in zip(flags, sizes, strict=True)
                                        if "\\Deleted" in f),
+        "HIGHESTMODSEQ": lambda: folder.highest_modseq,
     }
     body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
     return b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n"
