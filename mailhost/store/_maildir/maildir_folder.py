@@ -959,8 +959,8 @@ class MaildirFolder:
         present = [u for u in victims if u in self._index]
         freed = sum(self._index.info_at(self._index.pos(u)).size for u in present)
         self._remove(present)
-        await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
         self._listeners.expunged(self, present)
+        await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         return victims
