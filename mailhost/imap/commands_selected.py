@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mailhost.imap import encoding, parser
 from mailhost.imap.commands_mailbox import mailbox_name
 from mailhost.imap.output import stream_message
+from mailhost.imap.quota import check_copy
 from mailhost.imap.responses import Bad, No, format_set
 from mailhost.imap.selected import dates_ready, folder_columns
 from mailhost.imap.states import SEL
@@ -356,6 +357,7 @@ async def copy(s: IMAPServer, cmd: parser.Command) -> bytes:
     uids, dest = await _target(s, cmd)
     if not uids:
         return b"COPY completed"
+    await check_copy(s.account, _selected(s).folder, uids)
     pairs = await _selected(s).folder.copy(uids, dest)
     if not pairs:
         return b"COPY completed"

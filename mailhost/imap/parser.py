@@ -528,7 +528,7 @@ def parse_append(args: list) -> tuple[bytes, list[tuple[list[str], float | None,
 
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT",
-                "HIGHESTMODSEQ")
+                "DELETED", "DELETED-STORAGE", "HIGHESTMODSEQ")
 
 
 def parse_status_items(token: object) -> list[str]:

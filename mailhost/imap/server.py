@@ -31,6 +31,7 @@ from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.imap import framing, parser
 from mailhost.imap.compress import DeflateError, Deflater, Inflater
 from mailhost.imap.output import OutputGate
+from mailhost.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
 from mailhost.imap.selected import BadSequence, SelectedMailbox
 from mailhost.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
@@ -90,12 +91,13 @@ def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
         commands_selected,
         condstore,
         idle,
+        quota,
     )
 
     table: dict[str, tuple[frozenset[str], Handler]] = {}
     # condstore last: it takes over the commands RFC 7162 extends.
     for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle,
-                   condstore):
+                   quota, condstore):
         table.update(module.HANDLERS)
     return table
 
@@ -332,6 +334,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         if self.state != NOT_AUTHENTICATED and self._deflater is None:
             caps.append(b"COMPRESS=DEFLATE")
         caps.append(b"APPENDLIMIT=%d" % self.settings.max_literal_size)
+        if self.state != NOT_AUTHENTICATED:
+            caps.extend(QUOTA_CAPABILITIES)
         if self.state == NOT_AUTHENTICATED:
             if self.tls_options is not None and not self.tls_active:
                 caps.append(b"STARTTLS")

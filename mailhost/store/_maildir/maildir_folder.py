@@ -957,8 +957,10 @@ class MaildirFolder:
             keep = {u for u in retry if u in index} - set(again)  # no longer \Deleted
             victims = [u for u in victims if u not in keep]
         present = [u for u in victims if u in self._index]
+        freed = sum(self._index.info_at(self._index.pos(u)).size for u in present)
         self._remove(present)
         self._listeners.expunged(self, present)
+        await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         return victims
@@ -1040,6 +1042,12 @@ class MaildirFolder:
             moved = [src for src, _ in pairs]
             self._remove(moved)
             self._listeners.expunged(self, moved)
+        if not move or dest._account is not self._account:  # quota (maildir_quota)
+            sizes = {uid: info.size for uid, info, _, _, _, _ in plan}
+            copied = sum(sizes[src] for src, _ in pairs)
+            await dest._account.charge(copied, len(pairs))
+            if move:
+                await self._account.charge(-copied, -len(pairs))
         return pairs, missed
 
     def claim_recent(self) -> defer.Deferred[set[int]]:
