@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import pytest_twisted
@@ -196,6 +198,27 @@ async def test_sts_testing_mode_delivers_and_records_the_failure(site, ca, tmp_p
         day_files = os.listdir(tmp_path / "a" / "tls-reports")
         (line,) = open(tmp_path / "a" / "tls-reports" / day_files[0]).read().splitlines()
         assert json.loads(line)["result"] == "certificate-host-mismatch"
+        # The day's report in RFC 8460's shape, by the admin command.
+        (tmp_path / "m.toml").write_text(
+            '[server]\nhostname = "mail.example.test"\ndomains = ["example.test"]\n'
+            f'data_dir = "{tmp_path / "a"}"\n')
+        day = day_files[0].removesuffix(".jsonl")
+        done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mailhost"),
+                               "-c", str(tmp_path / "m.toml"), "tls-report", "--day", day],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        rpt = json.loads(done.stdout)
+        assert rpt["date-range"]["start-datetime"] == f"{day}T00:00:00Z"
+        (pol,) = rpt["policies"]
+        assert pol["policy"]["policy-type"] == "sts"
+        assert pol["policy"]["policy-domain"] == "sts.test"
+        assert "mode: testing" in pol["policy"]["policy-string"]
+        assert pol["summary"] == {"total-successful-session-count": 0,
+                                  "total-failure-session-count": 1}
+        (detail,) = pol["failure-details"]
+        assert detail["result-type"] == "certificate-host-mismatch"
+        assert detail["receiving-mx-hostname"] == "mx.sts.test"
+        assert detail["receiving-ip"] == "127.0.0.1"
     finally:
         await svc.stopService()
 
