@@ -685,7 +685,10 @@ class Scheduler:
         tls = self._configured_tls(domain)
         context: Any = None
         verifier: Any = None
+        # A configured "verify" keeps its own verifying context unless DANE or an
+        # enforced MTA-STS policy takes over (a "testing" policy must not weaken it).
         checked = (hop_plan is not None and self.security is not None
+                   and (tls != "verify" or hop_plan.enforce)
                    and self.security.verifier(hop_plan, hop.name))
         if checked:
             # DANE or MTA-STS: their own context and check (security.py).

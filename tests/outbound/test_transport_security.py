@@ -391,3 +391,52 @@ async def test_dane_beats_mta_sts(dane_site, ca, tmp_path):
         assert got.tls
     finally:
         await svc.stopService()
+
+
+# Wired by makeService: the [dns] resolver routes, and the metrics count the results.
+
+
+@pytest_twisted.ensureDeferred
+async def test_make_service_routes_through_dns_nameservers_and_counts_tls_results(
+        dane_site, ca, tmp_path):
+    import urllib.request
+
+    from twisted.internet import threads
+
+    from mailhost import InMemoryChecker, load, makeService
+    from mailhost.outbound.interfaces import QueueRecipient
+
+    cert, key = ca.issue("mx.dane.test")
+    await dane_site.start_mx(server_options_for(cert, key))
+    dane_site.tlsa((3, 1, 1, spki_sha256(cert)))
+    config = load(None, [
+        'server.domains=["example.test"]', f'server.data_dir="{tmp_path / "h"}"',
+        'smtp.listen=["tcp:0:interface=127.0.0.1"]', "submission.listen=[]", "pop3.listen=[]",
+        "imap.listen=[]", 'metrics.listen="tcp:0:interface=127.0.0.1"',
+        f'dns.nameservers=["{dane_site.dns.nameserver}"]', "outbound.dane=true",
+        f"outbound.port={dane_site.smtp_port}", "outbound.fsync=false"])
+    svc = makeService(config, store=MemoryStore(),
+                      checkers=[InMemoryChecker({"alice@example.test": "pw"})])
+    svc.startService()
+    try:
+        await svc.wait_listening()
+        w = svc.queue.new_message("alice@example.test")
+        w.write(b"Subject: hi\r\n\r\nhello\r\n")
+        await w.commit([QueueRecipient("x@dane.test")])
+        (got,) = await dane_site.remote.wait_for(1)
+        assert got.tls
+        assert ("_%d._tcp.mx.dane.test" % dane_site.smtp_port, "TLSA") in dane_site.dns.queries
+        port = next(s for s in svc if type(s).__name__ == "MetricsService").port.getHost().port
+
+        async def counted():
+            def fetch():
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                    return r.read().decode()
+
+            page = await threads.deferToThread(fetch)
+            return ('mailhost_outbound_tls_results_total{domain="dane.test",policy="tlsa",'
+                    'result="success"} 1.0') in page
+
+        await wait_for(counted)
+    finally:
+        await svc.stopService()
