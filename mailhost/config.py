@@ -134,6 +134,9 @@ class SMTPConfig:
     bare_newline: Literal["normalize", "reject"] = "normalize"
     # Networks allowed to relay without AUTH (CIDR).
     relay_networks: list[str] = field(default_factory=list)
+    # Forward-confirmed reverse DNS of clients (mailhost.abuse.fcrdns): "off"; "record"
+    # the name in Received:; "require" it, refusing unconfirmed clients at RCPT.
+    fcrdns: Literal["off", "record", "require"] = "off"
 
 
 @dataclass
@@ -292,6 +295,46 @@ class PipelineConfig:
 
 
 @dataclass
+class DNSBLConfig:
+    """DNS block- and allowlists asked about SMTP clients (mailhost.abuse.dnsbl)."""
+
+    # "zone[=codes][*weight]", e.g. "zen.example=127.0.0.2-127.0.0.11*2".
+    zones: list[str] = field(default_factory=list)
+    # DNSWL zones, same form: a listed client skips the DNSBLs and greylisting.
+    allow_zones: list[str] = field(default_factory=list)
+    # Sum of the weights of listing zones at which a client is refused.
+    threshold: int = 1
+
+
+@dataclass
+class GreylistConfig:
+    """Greylisting of (client network, sender, recipient) at RCPT (mailhost.abuse.greylist)."""
+
+    enabled: bool = False
+    # Seconds a new triplet must wait before a retry passes.
+    delay: float = 300.0
+    # Seconds an unretried triplet is kept; a passed one, after it was last seen.
+    pending_ttl: float = 86400.0
+    passed_ttl: float = 36 * 86400.0
+    # The sqlite3 database; relative to server.data_dir.
+    path: str = "greylist.sqlite"
+    # Never greylisted: client networks (CIDR), sender domains, recipients.
+    allow_clients: list[str] = field(default_factory=list)
+    allow_sender_domains: list[str] = field(default_factory=list)
+    allow_recipients: list[str] = field(default_factory=lambda: ["postmaster@", "abuse@"])
+
+
+@dataclass
+class RateLimitConfig:
+    """Limits per authenticated user (mailhost.abuse.ratelimit); passwd fields override."""
+
+    # MAIL FROMs per hour (token bucket); 0 = no limit.
+    messages_per_hour: int = 0
+    # Recipients per message; 0 = only smtp.max_recipients.
+    recipients_per_message: int = 0
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -306,6 +349,9 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     # Where the config was read from, for resolving relative paths; not a TOML key.
     source: str = field(default="", metadata={"internal": True})
     # Command-line overrides, re-applied when the file is reloaded; not a TOML key.
@@ -339,6 +385,7 @@ PATH_KEYS: dict[str, Literal["base", "data"]] = {
     "auth.aliases_file": "data",
     "outbound.queue_dir": "data",
     "outbound.mta_sts_ca_file": "base",
+    "greylist.path": "data",
 }
 
 

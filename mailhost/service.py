@@ -468,6 +468,7 @@ def makeService(
     space.setServiceParent(root)
 
     pipeline = _make_pipeline(config, reactor)
+    checks = _make_checks(config, reactor, passwd, root)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 
@@ -483,7 +484,8 @@ def makeService(
             factory = SMTPFactory(settings.smtp, store, directory, login, policy,
                                   queue=smtp_queue, submission=submission,
                                   tls_options=None if wrap else tls_options, reactor=reactor,
-                                  sessions=sessions, space=space, pipeline=pipeline)
+                                  sessions=sessions, space=space, pipeline=pipeline,
+                                  checks=checks)
             root.factories.setdefault(kind, []).append(factory)
             root.add_listener(kind, description, factory, reactor,
                               implicit_tls=tls_options if wrap else None)
@@ -524,6 +526,29 @@ def _make_pipeline(config: Config, reactor: Any) -> Any:
         return build_pipeline(settings, lookup, reactor=reactor)
     except PipelineConfigError as e:
         raise ConfigError(str(e)) from None
+
+
+def _make_checks(config: Config, reactor: Any, passwd: PasswdFile,
+                 root: MailHostService) -> Any:
+    """The envelope checks (``mailhost.abuse``: FCrDNS, DNSBL, rate limits,
+    greylisting) over their own ``[dns]`` lookup; their services join ``root``."""
+    from mailhost.abuse import AbuseConfigError, AbuseSettings, build_checks
+    from mailhost.abuse.ratelimit import passwd_fields
+
+    settings = AbuseSettings.from_config(config)
+    lookup = None
+    if settings.needs_dns:
+        from mailhost.dns import DNSSettings, make_lookup
+
+        lookup = make_lookup(DNSSettings.from_config(config), reactor=reactor)
+    try:
+        checks, services = build_checks(settings, lookup, fields=passwd_fields(passwd),
+                                        reactor=reactor)
+    except AbuseConfigError as e:
+        raise ConfigError(str(e)) from None
+    for svc in services:
+        svc.setServiceParent(root)
+    return checks
 
 
 class ThreadPoolService(service.Service):
@@ -580,7 +605,7 @@ _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "outbound.mta_sts_port", "outbound.mta_sts_timeout",
                  "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
-                 "pipeline.")
+                 "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
 
 

@@ -28,9 +28,15 @@ def _reason(text: str) -> str | None:
 
 
 def build(authserv_id: str, spf: Sequence[SPFResult] = (), dkim: Sequence[DKIMResult] | None = None,
-          dmarc: DMARCResult | None = None) -> bytes:
-    """The whole header field, ``Authentication-Results: …`` ending in CRLF."""
+          dmarc: DMARCResult | None = None,
+          iprev: tuple[str, str, str | None] | None = None) -> bytes:
+    """The whole header field, ``Authentication-Results: …`` ending in CRLF.
+    ``iprev``: (result, client address, its confirmed name) of RFC 8601 §3."""
     results: list[object] = []
+    if iprev is not None:
+        result, address, name = iprev
+        results.append(authres.IPRevAuthenticationResult(
+            result=result, policy_iprev=address, policy_iprev_comment=name or None))
     for s in spf:
         if s.identity == "helo":
             results.append(authres.SPFAuthenticationResult(

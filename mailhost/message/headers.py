@@ -42,12 +42,17 @@ def return_path_header(sender: str) -> bytes:
 
 
 def received_header(*, helo: str | None, client_ip: str, hostname: str, protocol: str,
-                    tid: str, recipient: str | None, when: datetime | None = None) -> bytes:
-    """A Postfix-style ``Received:`` line (RFC 5321 section 4.4), folded, CRLF-ended."""
+                    tid: str, recipient: str | None, when: datetime | None = None,
+                    client_name: str | None = None) -> bytes:
+    """A Postfix-style ``Received:`` line (RFC 5321 section 4.4), folded, CRLF-ended.
+
+    ``client_name`` is the client's forward-confirmed reverse DNS name, or
+    ``"unknown"`` (``from helo (name [ip])``, as Postfix); None when nobody looked."""
     helo_part = _clean(helo) if helo else "unknown"
     ip_literal = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
+    name_part = f"{_clean(client_name)} " if client_name else ""
     lines = [
-        f"Received: from {helo_part} ([{ip_literal}])",
+        f"Received: from {helo_part} ({name_part}[{ip_literal}])",
         f"\tby {_clean(hostname)} (mailhost) with {protocol} id {tid}",
     ]
     date = _rfc5322_date(when)

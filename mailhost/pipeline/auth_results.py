@@ -34,5 +34,6 @@ class AuthResultsStage:
         if not any(k in results for k in ("spf", "dkim", "dmarc")):
             return None  # nothing was checked (an authenticated submission)
         ctx.prepend(build(self.authserv_id, spf=results.get("spf", ()),
-                          dkim=results.get("dkim"), dmarc=results.get("dmarc")))
+                          dkim=results.get("dkim"), dmarc=results.get("dmarc"),
+                          iprev=results.get("iprev")))
         return None

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet.protocol import ServerFactory
 
+from mailhost.message.checks import EnvelopeChecks
 from mailhost.message.stage import Pipeline
 from mailhost.sessions import SessionRegistry
 from mailhost.settings import SMTPSettings
@@ -35,7 +36,8 @@ class SMTPFactory(ServerFactory):
                  policy: RecipientPolicy, queue: Any | None = None, submission: bool = False,
                  tls_options: Any | None = None, reactor: Any = None,
                  sessions: SessionRegistry | None = None,
-                 space: Any | None = None, pipeline: Pipeline | None = None) -> None:
+                 space: Any | None = None, pipeline: Pipeline | None = None,
+                 checks: EnvelopeChecks | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -50,6 +52,8 @@ class SMTPFactory(ServerFactory):
         self.reactor = reactor
         # The message pipeline's stages (service.py builds them from [pipeline]).
         self.pipeline = pipeline if pipeline is not None else Pipeline(())
+        # The envelope checks at connect, MAIL and RCPT (service.py: mailhost.abuse).
+        self.checks = checks if checks is not None else EnvelopeChecks(())
         # The host's registry (service.py passes one to every listener's factory).
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)
         self.policy = policy

@@ -10,7 +10,8 @@ either: it throws away the buffer after an overlong line and re-splits its whole
 buffer for every line, while we need to discard up to the next CRLF and stay in sync.
 
 How it stays correct under pipelining: commands are taken from the input buffer one
-at a time; a command whose answer is asynchronous (AUTH, end of DATA) makes the
+at a time; a command whose answer is asynchronous (AUTH, MAIL and RCPT while the
+envelope checks of ``mailhost.message.checks`` decide, end of DATA) makes the
 protocol *busy*, and nothing after it is read until its reply has been written, so
 replies always leave in command order. While DATA streams, input goes in whole TCP
 chunks to ``DataReader``, through the bare CR/LF policy (``smtp.bare_newline``,
@@ -49,6 +50,7 @@ from mailhost.auth.login import LoginFailed
 from mailhost.auth.sasl import SASLError, decode_plain
 from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.limits import IEvictable
+from mailhost.message.checks import ClientContext
 from mailhost.message.headers import received_header
 from mailhost.message.hops import HopCounter
 from mailhost.message.newlines import BareNewlines
@@ -107,6 +109,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         # The settings this session started with (a reload applies to later sessions).
         self.settings: SMTPSettings = factory.settings
         self.session: Session | None = None
+        # The envelope checks' view of this client (DNSBL, greylisting, rate limits).
+        self._client: ClientContext | None = None
         self._buffer = bytearray()
         self._busy = False
         self._processing = False
@@ -204,6 +208,9 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._close()
             return
         self._registered = True
+        if self.factory.checks:  # their lookups (rDNS, DNSBL) start now, unwaited
+            self._client = self.factory.checks.connect(ClientContext(
+                self.session.client_ip, submission=self.factory.submission))
         send_at_once(self.transport)
         self._quick_ack = QuickAck(self.transport)
         self._progress = self.factory.reactor.seconds()
@@ -696,7 +703,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._log_transaction(self._session.transaction, size, why)
         self._session.reset_transaction()
 
-    def smtp_MAIL(self, arg: str) -> Reply:  # noqa: N802
+    def smtp_MAIL(self, arg: str) -> Reply | defer.Deferred:  # noqa: N802
         session = self._session
         if session.helo is None:
             return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
@@ -723,17 +730,27 @@ class SMTPServer(Protocol, TimeoutMixin):
         refused = self._storage_refusal(params.size)
         if refused is not None:
             return refused
+        if self._client is not None:
+            self._client.helo, self._client.user = session.helo or "", session.user
+            return self._checked(self.factory.checks.mail(self._client, str(sender)),
+                                 lambda: self._begin_transaction(sender, params))
+        return self._begin_transaction(sender, params)
+
+    def _begin_transaction(self, sender: Any, params: Any) -> Reply:
+        """MAIL FROM passed every check: the transaction starts."""
+        session = self._session
         session.transaction = Transaction(id=new_transaction_id(), sender=sender, params=params)
         if self.factory.pipeline:  # the message pipeline's envelope stages (SPF) start now
             session.transaction.context = self.factory.pipeline.start(MessageContext(
                 session.client_ip, session.helo or "", str(sender), session.user,
                 self.factory.submission,
-                trusted=self.factory.policy.may_relay(session.client_ip, session.user)))
+                trusted=self.factory.policy.may_relay(session.client_ip, session.user),
+                results=dict(self._client.message_results) if self._client is not None else {}))
         self._mailed = True
         self._cancel_pre_mail()
         return Reply(250, "2.1.0", "Ok")
 
-    def smtp_RCPT(self, arg: str) -> Reply:  # noqa: N802
+    def smtp_RCPT(self, arg: str) -> Reply | defer.Deferred:  # noqa: N802
         txn = self._session.transaction
         if txn is None:
             return Reply(503, "5.5.1", "Error: need MAIL command")
@@ -760,6 +777,16 @@ class SMTPServer(Protocol, TimeoutMixin):
         except Reply as reply:
             txn.record(str(rcpt), reply.code)
             raise
+        if self._client is not None:
+            return self._checked(
+                self.factory.checks.rcpt(self._client, str(txn.sender), str(rcpt),
+                                         len(txn.accepted)),
+                lambda: self._accept_rcpt(txn, rcpt, params, decision),
+                lambda reply: txn.record(str(rcpt), reply.code))
+        return self._accept_rcpt(txn, rcpt, params, decision)
+
+    def _accept_rcpt(self, txn: Transaction, rcpt: Any, params: Any, decision: Decision) -> Reply:
+        """RCPT passed the recipient policy and every check: the recipient is taken."""
         txn.record(str(rcpt), decision.reply.code)
         txn.accepted.append(str(rcpt))
         for mailbox in decision.mailboxes:
@@ -769,6 +796,32 @@ class SMTPServer(Protocol, TimeoutMixin):
             if key not in txn.remote:
                 txn.remote[key] = QueueRecipient(decision.remote, params.notify, params.orcpt)
         return decision.reply
+
+    def _checked(self, decided: defer.Deferred, accept: Callable[[], Reply],
+                 refused: Callable[[Reply], None] | None = None) -> defer.Deferred:
+        """Answer a command once the envelope checks (``mailhost.message.checks``)
+        decided: with their refusal, or with ``accept()``'s reply. The session is busy
+        meanwhile, so pipelined commands wait their turn."""
+        def answer(verdict: Any) -> defer.Deferred | None:
+            if self._closing:
+                return None
+            if verdict is not None:
+                reply = Reply(verdict.code, verdict.status, verdict.text)
+                if refused is not None:
+                    refused(reply)
+                return self._answer(reply)
+            try:
+                return self._answer(accept())
+            except Reply as reply:
+                return self._answer(reply)
+
+        def failed(failure: Failure) -> defer.Deferred | None:
+            log.failure("envelope checks failed", failure)
+            if self._closing:
+                return None
+            return self._answer(Reply(451, "4.3.0", "Error: internal error, try again later"))
+
+        return decided.addCallback(answer).addErrback(failed)
 
     def _storage_refusal(self, size: int | None) -> Reply | None:
         """At MAIL and RCPT, before the client uploads anything: 452 4.3.1 when a file
@@ -822,7 +875,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         received = received_header(
             helo=self._session.helo, client_ip=self._session.client_ip,
             hostname=self.settings.hostname, protocol=self._session.protocol_name,
-            tid=txn.id, recipient=txn.accepted[0] if len(txn.accepted) == 1 else None)
+            tid=txn.id, recipient=txn.accepted[0] if len(txn.accepted) == 1 else None,
+            client_name=self._client.name if self._client is not None else None)
         try:
             def route(quarantined: bool = False) -> list:
                 return targets_for(self.factory.store, self.factory.queue, str(txn.sender),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import imaplib
 import poplib
 import smtplib
+import time
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -39,10 +40,21 @@ def check_alive(host: TLSHost) -> None:
     assert host.alive(), host.proc.log()
     with smtplib.SMTP(HOST, host.ports["smtp"], timeout=30) as smtp:
         assert smtp.noop()[0] == 250
-    pop = poplib.POP3(HOST, host.ports["pop3"], timeout=30)
-    pop.user(USER)
-    pop.pass_(PASSWORD)
-    pop.quit()
+    # The last fuzz session's close may still be on its way to the server, which then
+    # still holds the maildrop lock ([IN-USE]); give it a few seconds, as a client would.
+    for attempt in range(40):
+        pop = poplib.POP3(HOST, host.ports["pop3"], timeout=30)
+        pop.user(USER)
+        try:
+            pop.pass_(PASSWORD)
+        except poplib.error_proto as e:
+            pop.close()
+            if b"[IN-USE]" not in e.args[0] or attempt == 39:
+                raise
+            time.sleep(0.25)
+            continue
+        pop.quit()
+        break
     with imaplib.IMAP4(HOST, host.ports["imap"], timeout=30) as imap:
         imap.login(USER, PASSWORD)
         assert imap.select("INBOX")[0] == "OK"
