@@ -29,10 +29,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import defer, protocol, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
-from twisted.web.client import Agent, ResponseDone
+from twisted.web.client import Agent, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -318,15 +319,15 @@ class MTASTS:
 
 
 def _classify(host: str, e: Exception) -> PolicyError:
-    """A failed HTTPS request: a certificate problem or any other fetch error."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    reasons = getattr(e, "reasons", None) or []
-    for reason in reasons:
-        value = getattr(reason, "value", None)
-        if value is not None and "certificate" in repr(value).lower():
-            return PolicyError(STS_WEBPKI_INVALID, f"certificate of {host} not valid: {value!r}")
-        if value is not None and "VerificationError" in type(value).__name__:
-            return PolicyError(STS_WEBPKI_INVALID, f"certificate of {host} not valid: {value}")
+    """A failed HTTPS request: a certificate problem (``sts-webpki-invalid``) or any
+    other fetch error. Agent wraps what went wrong in ``reasons`` (Failures)."""
+    reasons: list[Any] = []
+    if isinstance(e, (ResponseFailed, ResponseNeverReceived)):
+        reasons = [r.value for r in e.reasons]
+    for value in reasons:
+        if isinstance(value, SSL.Error) and "certificate" in str(value).lower():
+            return PolicyError(STS_WEBPKI_INVALID, f"certificate of {host} not valid: {value}"[:300])
+    text = " ".join(str(reasons[0] if reasons else e).split()) or type(e).__name__
     return PolicyError(STS_POLICY_FETCH_ERROR, f"fetching from {host} failed: {text}"[:300])
 
 

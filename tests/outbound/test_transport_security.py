@@ -440,3 +440,19 @@ async def test_make_service_routes_through_dns_nameservers_and_counts_tls_result
         await wait_for(counted)
     finally:
         await svc.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sts_policy_host_with_untrusted_certificate_gives_no_policy(site, ca, tmp_path):
+    await site.start_mx(None)
+    site.serve_policy(policy_text("enforce", site.mx))
+    site.ca = TestCA("a CA nobody trusts")  # what the MTA-STS client is told to trust
+    svc = await started(site.service(tmp_path / "a"))
+    try:
+        await send(svc, "alice@example.test", ["x@sts.test"])
+        (got,) = await site.remote.wait_for(1)  # no policy: delivered as usual
+        assert not got.tls
+        await wait_for(lambda: _async(site.records))
+        assert site.records[0].result == "sts-webpki-invalid"
+    finally:
+        await svc.stopService()
