@@ -343,6 +343,7 @@ async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) 
         "UNSEEN": lambda: sum(1 for f in flags if "\\Seen" not in f),
         "SIZE": lambda: sum(sizes),
         "APPENDLIMIT": lambda: s.settings.max_literal_size,
+        "HIGHESTMODSEQ": lambda: folder.highest_modseq,
     }
     body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
     return b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n"

@@ -66,7 +66,7 @@ from mailhost.smtp.policy import Decision
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.session import Session, Transaction, new_transaction_id
 from mailhost.tcp import QuickAck, send_at_once
-from mailhost.tls import start_tls
+from mailhost.tls import cancel_deadline, start_tls
 
 log = Logger()
 
@@ -98,6 +98,8 @@ class SMTPServer(Protocol, TimeoutMixin):
     # The connected TCP or TLS transport (also ITCPTransport, ITLSTransport, IConsumer,
     # IPushProducer); Twisted declares only ITransport | None.
     transport: Any
+    # The STARTTLS handshake deadline, cancelled when the connection closes.
+    _tls_deadline: Any = None
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -244,6 +246,7 @@ class SMTPServer(Protocol, TimeoutMixin):
     def connectionLost(self, reason=None) -> None:  # noqa: N802
         self._closing = True
         self.setTimeout(None)
+        cancel_deadline(self._tls_deadline)
         self._cancel_pre_mail()
         self._held.cancel()
         if self._registered:
@@ -593,8 +596,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         # handshake, is plaintext an attacker could have injected. Drop it.
         self._buffer.clear()
         self._discarding_line = False
-        start_tls(self.transport, self.factory.tls_options,
-                  self.settings.handshake_timeout, self.factory.reactor)
+        self._tls_deadline = start_tls(self.transport, self.factory.tls_options,
+                                       self.settings.handshake_timeout, self.factory.reactor)
         self._reset_transaction("starttls")
         self._session.reset_after_tls()
         self._session.tls = True
