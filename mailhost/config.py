@@ -192,7 +192,8 @@ class OutboundConfig:
     smarthost: str = ""
     smarthost_user: str = ""
     smarthost_password: str = ""
-    # "system" uses /etc/resolv.conf; "host:port" points at one DNS server.
+    # "system": route with the [dns] resolver; "host:port" (deprecated) points the
+    # router alone at one DNS server, without the AD bit (no DANE).
     resolver: str = "system"
     # SMTP port used for MX hosts (25 in production; tests use others).
     port: int = 25
@@ -228,6 +229,17 @@ class OutboundConfig:
     scan_interval: float = 30.0
     # fsync spool files before SMTP answers 250 (turn off only for benchmarks/tests).
     fsync: bool = True
+    # MTA-STS (RFC 8461): fetch and honour recipient domains' policies.
+    mta_sts: bool = False
+    # DANE (RFC 7672): TLSA records, believed only with the AD bit of the [dns] resolver.
+    dane: bool = False
+    # For tests: the only CA trusted for MTA-STS (policy host and MX certificates);
+    # empty: the system's trust store.
+    mta_sts_ca_file: str = ""
+    # For tests: the HTTPS port of mta-sts.<domain> (443).
+    mta_sts_port: int = 443
+    # Seconds a policy fetch may take in all.
+    mta_sts_timeout: float = 30.0
 
 
 @dataclass
@@ -404,6 +416,7 @@ PATH_KEYS: dict[str, Literal["base", "data"]] = {
     "auth.passwd_file": "data",
     "auth.aliases_file": "data",
     "outbound.queue_dir": "data",
+    "outbound.mta_sts_ca_file": "base",
     "greylist.path": "data",
 }
 

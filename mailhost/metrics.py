@@ -68,6 +68,10 @@ class Metrics:
         self.deliveries = prom.Counter(
             "mailhost_delivery_attempts", "Outbound delivery attempts per recipient",
             ["result"], registry=r)
+        self.tls_results = prom.Counter(
+            "mailhost_outbound_tls_results", "Outbound TLS sessions by recipient domain, "
+            "policy (sts, tlsa, no-policy-found) and RFC 8460 result type or success",
+            ["domain", "policy", "result"], registry=r)
         self.sessions = prom.Counter(
             "mailhost_sessions_ended", "POP3/IMAP sessions ended", ["protocol"], registry=r)
         self.latency = prom.Histogram(
@@ -137,6 +141,10 @@ class Metrics:
         for item in recipients:
             kind = str(item).rpartition("=")[2].partition(":")[0] or "unknown"
             self.deliveries.labels(kind).inc()
+
+    def tls_result(self, record: Any) -> None:
+        """An outbound TLS result (``tlsrpt.TLSRecord``, TLSReporter observer)."""
+        self.tls_results.labels(record.domain, record.policy_type, record.result).inc()
 
     def resource(self) -> Any:
         """A twisted.web resource tree serving ``/metrics``."""

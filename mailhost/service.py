@@ -477,11 +477,14 @@ def makeService(
     tls_options = server_options(config.tls)
 
     if outbound_on:
+        from mailhost.dns import DNSSettings, make_lookup
         from mailhost.outbound.service import OutboundService, listen_addresses
 
+        # The [dns] resolver routes too (MX/A/AAAA with the AD bit, for DANE).
         outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
                                    local_addresses=listen_addresses(config.smtp.listen),
-                                   listening=root.wait_listening)
+                                   listening=root.wait_listening,
+                                   lookup=make_lookup(DNSSettings.from_config(config), reactor))
         outbound.setServiceParent(root)
         root.outbound = outbound
         root.queue = outbound.queue
@@ -494,6 +497,7 @@ def makeService(
         login.observers.append(root.metrics.login)
         if root.outbound is not None:
             root.outbound.attempt_observers.append(root.metrics.attempt)
+            root.outbound.tls_reports.observers.append(root.metrics.tls_result)
         MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
 
     if web.enabled:
@@ -669,6 +673,8 @@ class MetricsService(service.Service):
 _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "server.log_max_files", "server.hostname", "metrics.listen",
                  "outbound.enabled", "outbound.queue_dir", "outbound.resolver",
+                 "outbound.mta_sts", "outbound.dane", "outbound.mta_sts_ca_file",
+                 "outbound.mta_sts_port", "outbound.mta_sts_timeout",
                  "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
                  "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns",

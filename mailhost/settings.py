@@ -226,6 +226,14 @@ class OutboundSettings:
     hold_off_max: float = 3600.0
     scan_interval: float = 30.0
     fsync: bool = True
+    mta_sts: bool = False
+    dane: bool = False
+    mta_sts_ca_file: str = ""
+    mta_sts_port: int = 443
+    mta_sts_timeout: float = 30.0
+    # Under server.data_dir: cached MTA-STS policies, and TLS-RPT records by day.
+    mta_sts_cache_dir: str = ""
+    tls_report_dir: str = ""
 
     @classmethod
     def from_config(cls, config: Config) -> OutboundSettings:
@@ -261,6 +269,13 @@ class OutboundSettings:
             hold_off_max=o.hold_off_max,
             scan_interval=o.scan_interval,
             fsync=o.fsync,
+            mta_sts=o.mta_sts,
+            dane=o.dane,
+            mta_sts_ca_file=o.mta_sts_ca_file,
+            mta_sts_port=o.mta_sts_port,
+            mta_sts_timeout=o.mta_sts_timeout,
+            mta_sts_cache_dir=config.data_path("mta-sts"),
+            tls_report_dir=config.data_path("tls-reports"),
         )
 
 

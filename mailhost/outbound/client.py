@@ -65,6 +65,7 @@ from mailhost.outbound.envelope import Envelope, RecipientState
 from mailhost.outbound.replies import Reply, ReplyError, ReplyReader
 from mailhost.outbound.routing import describe_error
 from mailhost.outbound.spool import message_reader
+from mailhost.outbound.tlsrpt import STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE, TLSProblem
 from mailhost.outbound.wire import DataEncoder
 from mailhost.store.interfaces import IMessageReader
 from mailhost.tcp import send_at_once
@@ -128,6 +129,8 @@ class SessionResult:
     tls: bool = False
     tls_failed: bool = False
     jobs: int = 0
+    # What the TLS check (DANE, MTA-STS) found wrong: an RFC 8460 result type and why.
+    tls_problem: TLSProblem | None = None
 
 
 @dataclass
@@ -141,6 +144,9 @@ class ClientPolicy:
     port: int = 0
     tls: str = "opportunistic"  # opportunistic / verify / none
     tls_context: object | None = None
+    # Checks the server's certificates after the handshake (security.TLSVerifier);
+    # when it ``enforce``s, a problem ends the session with 4.7.5 before MAIL.
+    tls_verifier: Any = None
     username: str = ""
     password: str = ""
     allow_plain_auth: bool = False
@@ -415,6 +421,10 @@ class RelayClient(LineReceiver, TimeoutMixin):
             self.result.tls_failed = True
             detail = " ".join(reason.getErrorMessage().split())[:200]
             self.result.error = self.result.error or f"TLS handshake with {mx} failed: {detail}"
+            if self.policy.tls_verifier is not None and self.result.tls_problem is None:
+                self.result.tls_problem = TLSProblem(VALIDATION_FAILURE, self.result.error)
+            if self.policy.tls_verifier is not None and self.policy.tls_verifier.enforce:
+                self.result.error = f"451 4.7.5 {self.result.error}"
         if not self._closed and not self.result.error:
             if self._replies.partial:
                 self.result.error = (
@@ -454,6 +464,8 @@ class RelayClient(LineReceiver, TimeoutMixin):
             if self._tls_handshaking:
                 self._tls_handshaking = False
                 self._tls = self.result.tls = True
+                if not self._tls_checked():
+                    return
             self._after_hello()
         elif 500 <= reply.code < 600 and not self._tls:
             self._send(b"HELO " + self.policy.hostname.encode("idna"), "HELO", self._on_helo)
@@ -473,6 +485,13 @@ class RelayClient(LineReceiver, TimeoutMixin):
             if "STARTTLS" in self.extensions:
                 self._send(b"STARTTLS", "STARTTLS", self._on_starttls)
                 return
+            if p.tls_verifier is not None:
+                self.result.tls_problem = TLSProblem(
+                    STARTTLS_NOT_SUPPORTED, f"{p.mx_name} does not offer STARTTLS")
+                if p.tls_verifier.enforce:
+                    self._give_up(f"451 4.7.5 {p.mx_name} does not offer STARTTLS, which "
+                                  "its domain's DANE or MTA-STS policy requires")
+                    return
             if p.tls == "verify":
                 self._give_up(f"{p.mx_name} does not offer STARTTLS (TLS policy verify)")
                 return
@@ -480,6 +499,23 @@ class RelayClient(LineReceiver, TimeoutMixin):
             self._give_up(f"no TLS context for {p.mx_name} (TLS policy verify)")
             return
         self._authenticate()
+
+    def _tls_checked(self) -> bool:
+        """After the handshake: the certificate check of DANE or MTA-STS, if any.
+        False when it failed under enforcement (the session is given up: only EHLO
+        has been said over the connection, nothing of the mail)."""
+        verifier = self.policy.tls_verifier
+        if verifier is None:
+            return True
+        problem = verifier.check()
+        if problem is None:
+            return True
+        self.result.tls_problem = problem
+        if not verifier.enforce:
+            return True
+        self._give_up(f"451 4.7.5 TLS authentication of {self.policy.mx_name} failed "
+                      f"({problem.result_type}): {problem.detail}")
+        return False
 
     def _on_starttls(self, reply: Reply) -> None:
         if reply.code == 220:
@@ -494,6 +530,10 @@ class RelayClient(LineReceiver, TimeoutMixin):
             )
         elif self.policy.tls == "opportunistic" and _failure_kind(reply.code):
             self._authenticate()  # refused: carry on in plaintext
+        elif self.policy.tls_verifier is not None and self.policy.tls_verifier.enforce:
+            self.result.tls_problem = TLSProblem(
+                STARTTLS_NOT_SUPPORTED, f"STARTTLS refused by {self.policy.mx_name}: {reply.text}")
+            self._give_up(f"451 4.7.5 STARTTLS refused by {self.policy.mx_name}: {reply.text}")
         else:
             self._give_up(f"STARTTLS refused by {self.policy.mx_name}: {reply.text}")
 

@@ -15,10 +15,14 @@ import random
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet import defer
 from twisted.names import dns, error
 from twisted.names.client import Resolver as NamesResolver
+from zope.interface import implementer
+
+from mailhost.dns.interfaces import Answer, DNSNameInvalid, DNSTemporaryError, IDNSLookup
 
 
 class RoutingError(Exception):
@@ -48,6 +52,8 @@ class Hop:
     port: int
     addresses: list[str] = field(default_factory=list)
     preference: int = 0
+    # Its addresses came with the AD bit (DANE needs them and the MX answer so).
+    secure: bool = False
 
 
 @dataclass
@@ -55,6 +61,8 @@ class Route:
     domain: str
     hops: list[Hop]
     smarthost: bool = False
+    # The MX answer (or, with no MX, the domain's addresses) came with the AD bit.
+    mx_secure: bool = False
 
 
 def is_ip(host: str) -> bool:
@@ -99,7 +107,8 @@ def order_mx(
 
 
 class Router:
-    """Resolves domains to routes with an injected ``IResolver``."""
+    """Resolves domains to routes with an injected ``IDNSLookup`` (or an ``IResolver``,
+    asked through ``ResolverLookup``)."""
 
     def __init__(
         self,
@@ -111,6 +120,8 @@ class Router:
         resolver_name: str = "",
     ) -> None:
         self.resolver = resolver
+        self.lookup: IDNSLookup = (resolver if IDNSLookup.providedBy(resolver)
+                                   else ResolverLookup(resolver))
         # Named in lookup failures ("… (resolver 127.0.0.1:53)"): the DNS errors
         # themselves do not say which server failed.
         self.resolver_name = resolver_name
@@ -131,25 +142,26 @@ class Router:
             if not is_ip(literal):
                 raise PermanentRoutingError("5.1.2", f"bad address literal {domain}")
             return Route(domain, [Hop(literal, self.port, [literal])])
-        mx = await self._lookup_mx(domain)
+        mx, mx_secure = await self._lookup_mx(domain)
         if mx is None:
             # No MX: the domain itself is the implicit MX, preference 0 (RFC 5321 §5.1).
-            addresses, temp = await self._addresses(domain)
+            addresses, temp, secure = await self._addresses(domain)
             if not addresses:
                 if temp:
                     raise TemporaryRoutingError(
                         "4.4.3", f"cannot resolve {domain}: {temp}{self._which()}")
                 raise PermanentRoutingError("5.1.2", f"no MX or address records for {domain}")
-            return Route(domain, [Hop(domain, self.port, addresses)])
+            return Route(domain, [Hop(domain, self.port, addresses, secure=secure)],
+                         mx_secure=mx_secure and secure)
         hops = []
         errors = []
         for pref, name in mx[: self.max_hosts]:
             if is_ip(name):
                 hops.append(Hop(name, self.port, [name], pref))
                 continue
-            addresses, temp = await self._addresses(name)
+            addresses, temp, secure = await self._addresses(name)
             if addresses:
-                hops.append(Hop(name, self.port, addresses, pref))
+                hops.append(Hop(name, self.port, addresses, pref, secure=secure))
             else:
                 errors.append(f"{name}: {temp or 'no address'}")
         if not hops:
@@ -157,56 +169,92 @@ class Router:
             raise TemporaryRoutingError(
                 "4.4.3", f"no usable MX host for {domain} ({'; '.join(errors)}){self._which()}"
             )
-        return Route(domain, hops)
+        return Route(domain, hops, mx_secure=mx_secure)
 
     def _which(self) -> str:
         return f" (resolver {self.resolver_name})" if self.resolver_name else ""
 
-    async def _lookup_mx(self, domain: str) -> list[tuple[int, str]] | None:
-        """Ordered MX hosts, or None when the domain has no MX records."""
+    async def _lookup_mx(self, domain: str) -> tuple[list[tuple[int, str]] | None, bool]:
+        """Ordered MX hosts, or None when the domain has no MX records, and whether
+        the answer came with the AD bit (for DANE)."""
         try:
-            answers, _auth, _add = await self.resolver.lookupMailExchange(domain)  # type: ignore[union-attr]
-        except error.DNSNameError:
-            raise PermanentRoutingError("5.1.2", f"domain {domain} does not exist") from None
+            answer = await self.lookup.lookup(domain, "MX")
+        except DNSNameInvalid:
+            raise PermanentRoutingError("5.1.2", f"bad domain name {domain}") from None
         except Exception as e:
             raise TemporaryRoutingError(
                 "4.4.3", f"MX lookup for {domain} failed: {describe_error(e)}{self._which()}"
             ) from None
-        records = []
-        for rr in answers:
-            if rr.type == dns.MX:
-                records.append(
-                    (rr.payload.preference, _norm(rr.payload.name.name.decode("ascii", "replace")))
-                )
+        if not answer.exists:
+            raise PermanentRoutingError("5.1.2", f"domain {domain} does not exist")
+        records = [(int(pref), _norm(name)) for pref, name in answer.records]
         if not records:
-            return None
+            return None, answer.authenticated
         if any(name == "" for _, name in records):
             if len(records) == 1:
                 raise PermanentRoutingError(
                     "5.1.10", f"domain {domain} does not accept mail (null MX)"
                 )
             records = [r for r in records if r[1] != ""]
-        return order_mx(records, self.rng)
+        return order_mx(records, self.rng), answer.authenticated
 
-    async def _addresses(self, name: str) -> tuple[list[str], str]:
-        """A then AAAA addresses of ``name``, and a temporary error text if any."""
+    async def _addresses(self, name: str) -> tuple[list[str], str, bool]:
+        """A then AAAA addresses of ``name``, a temporary error text if any, and
+        whether every answer came with the AD bit."""
         out: list[str] = []
         temp = ""
-        for method, rtype in (("lookupAddress", dns.A), ("lookupIPV6Address", dns.AAAA)):
-            lookup = getattr(self.resolver, method, None)
-            if lookup is None:
-                continue
+        secure = True
+        for rtype in ("A", "AAAA"):
             try:
-                answers, _auth, _add = await lookup(name)
-            except error.DNSNameError:
+                answer = await self.lookup.lookup(name, rtype)
+            except DNSNameInvalid:
+                secure = False
                 continue
             except Exception as e:
                 temp = temp or describe_error(e)
+                secure = False
                 continue
-            for rr in answers:
-                if rr.type == rtype:
-                    out.append(rr.payload.dottedQuad() if rtype == dns.A else _ipv6(rr.payload))
-        return out, ("" if out else temp)
+            secure = secure and answer.authenticated
+            out.extend(str(a) for a in answer.records)
+        return out, ("" if out else temp), secure and bool(out)
+
+
+@implementer(IDNSLookup)
+class ResolverLookup:
+    """Implements: IDNSLookup over a ``twisted.names`` IResolver, for MX, A and AAAA.
+
+    What ``outbound.resolver = "host:port"`` (deprecated) and tests that hand in an
+    IResolver route through. Its answers never carry the AD bit (the IResolver
+    methods drop the reply header), so DANE never applies through it."""
+
+    METHODS = {"MX": "lookupMailExchange", "A": "lookupAddress", "AAAA": "lookupIPV6Address"}
+
+    def __init__(self, resolver: Any) -> None:
+        self.resolver = resolver
+
+    def lookup(self, name: str, rtype: str) -> defer.Deferred[Answer]:
+        return defer.Deferred.fromCoroutine(self._lookup(name, rtype))
+
+    async def _lookup(self, name: str, rtype: str) -> Answer:
+        method = self.METHODS.get(rtype)
+        if method is None:
+            raise ValueError(f"unsupported record type {rtype}")
+        try:
+            answers, _auth, _add = await getattr(self.resolver, method)(name)
+        except error.DNSNameError:
+            return Answer(name, rtype, (), exists=False)
+        except Exception as e:
+            raise DNSTemporaryError(describe_error(e)) from None
+        values: list[Any] = []
+        for rr in answers:
+            if rtype == "MX" and rr.type == dns.MX:
+                values.append((rr.payload.preference,
+                               _norm(rr.payload.name.name.decode("ascii", "replace"))))
+            elif rtype == "A" and rr.type == dns.A:
+                values.append(rr.payload.dottedQuad())
+            elif rtype == "AAAA" and rr.type == dns.AAAA:
+                values.append(_ipv6(rr.payload))
+        return Answer(name, rtype, tuple(values), exists=True, ttl=0.0)
 
 
 def _ipv6(payload: dns.Record_AAAA) -> str:

@@ -61,6 +61,7 @@ from mailhost.outbound.client import (
 from mailhost.outbound.envelope import DELIVERED as ST_DELIVERED
 from mailhost.outbound.envelope import FAILED, PENDING, Envelope, RecipientState
 from mailhost.outbound.routing import Hop, Router, RoutingError, is_ip
+from mailhost.outbound.security import HopPlan, TransportSecurity
 from mailhost.outbound.spool import SpoolFiles
 from mailhost.settings import OutboundSettings
 
@@ -131,8 +132,11 @@ class Scheduler:
         reactor: Any,
         local_addresses: Iterable[tuple[str, int]] = (),
         attempt_observers: list[Callable[[list[str]], None]] | None = None,
+        security: TransportSecurity | None = None,
     ) -> None:
         self.settings = settings
+        # DANE and MTA-STS (None: the configured tls_policy alone).
+        self.security = security
         # Told of each attempt's ``addr=kind:reply`` results (the host's metrics).
         self.attempt_observers = attempt_observers if attempt_observers is not None else []
         self.files = files
@@ -510,14 +514,27 @@ class Scheduler:
         last_error = ""
         smarthost = route.smarthost
         tried = 0
+        plan = None
+        if self.security is not None and not smarthost and self._configured_tls(domain) != "none":
+            plan = await self.security.for_domain(domain, route)
         for hop in hops:
+            hop_plan = None
+            if plan is not None and self.security is not None:
+                hop_plan = await self.security.for_hop(plan, hop)
+                if hop_plan.skip is not None:
+                    last_error = f"451 4.7.5 {hop_plan.skip.detail}"
+                    log.warn("outbound: {domain}: {mx} not used: {error}", domain=domain,
+                             mx=hop.name, error=last_error)
+                    continue
             for address in hop.addresses or [hop.name]:
                 if self.stopping or tried >= 10:
                     break
                 tried += 1
-                policy = self._policy(domain, hop, smarthost, address)
+                policy = self._policy(domain, hop, smarthost, address, hop_plan)
                 endpoint = self._endpoint(address, hop.port)
                 result = await self._connect_and_run(address, endpoint, policy, source)
+                if plan is not None and hop_plan is not None and self.security is not None:
+                    self.security.report(plan, hop_plan, hop, address, result)
                 if result.tls_failed and policy.tls == "opportunistic" and not result.transacted:
                     log.info(
                         "outbound: TLS handshake with {mx} failed; retrying without TLS",
@@ -657,13 +674,29 @@ class Scheduler:
                         return True
         return False
 
-    def _policy(self, domain: str, hop: Hop, smarthost: bool, address: str) -> ClientPolicy:
+    def _configured_tls(self, domain: str) -> str:
         s = self.settings
         tls = s.tls_policy_domains.get(domain, s.tls_policy)
-        if tls not in ("opportunistic", "verify", "none"):
-            tls = s.tls_policy
+        return tls if tls in ("opportunistic", "verify", "none") else s.tls_policy
+
+    def _policy(self, domain: str, hop: Hop, smarthost: bool, address: str,
+                hop_plan: HopPlan | None = None) -> ClientPolicy:
+        s = self.settings
+        tls = self._configured_tls(domain)
         context: Any = None
-        if tls == "verify":
+        verifier: Any = None
+        # A configured "verify" keeps its own verifying context unless DANE or an
+        # enforced MTA-STS policy takes over (a "testing" policy must not weaken it).
+        checked = (hop_plan is not None and self.security is not None
+                   and (tls != "verify" or hop_plan.enforce)
+                   and self.security.verifier(hop_plan, hop.name))
+        if checked:
+            # DANE or MTA-STS: their own context and check (security.py).
+            assert hop_plan is not None
+            context, verifier = checked
+            if hop_plan.tls == "verify":
+                tls = "verify"
+        elif tls == "verify":
             context = self._verify_context(hop.name)
         elif tls == "opportunistic":
             if self._tls_context is None:
@@ -679,6 +712,7 @@ class Scheduler:
             port=hop.port,
             tls=tls,
             tls_context=context,
+            tls_verifier=verifier,
             username=s.smarthost_user if smarthost else "",
             password=s.smarthost_password if smarthost else "",
             allow_plain_auth=loopback or hop.name in ("localhost",),

@@ -22,11 +22,14 @@ from mailhost.outbound import dsn
 from mailhost.outbound.client import DELIVERED, PERMANENT, Job, Outcome
 from mailhost.outbound.envelope import Envelope
 from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter, QueueRecipient
+from mailhost.outbound.mtasts import MTASTS
 from mailhost.outbound.queue_target import QueueTarget
 from mailhost.outbound.routing import Router, make_resolver, resolver_name
 from mailhost.outbound.scheduler import Scheduler
+from mailhost.outbound.security import TransportSecurity
 from mailhost.outbound.spool import SpoolFiles, open_message_reader
 from mailhost.outbound.spool_writer import SpoolWriter
+from mailhost.outbound.tlsrpt import TLSReporter
 from mailhost.settings import OutboundSettings
 from mailhost.store.interfaces import DeliveryTarget, IMailStore
 from mailhost.store.mailbox_target import MailboxTarget
@@ -119,6 +122,7 @@ class OutboundService(service.Service):
         resolver: Any = None,
         local_addresses: Iterable[tuple[str, int]] | None = None,
         listening: Callable[[], defer.Deferred[Any]] | None = None,
+        lookup: Any = None,
     ) -> None:
         self.setName("outbound")  # Service declares name as None: set, not overridden
         if reactor is None:
@@ -130,6 +134,9 @@ class OutboundService(service.Service):
         self.directory = directory
         self.reactor = reactor
         self._resolver = resolver
+        # The host's IDNSLookup ([dns]): routing (unless ``resolver`` or a deprecated
+        # ``outbound.resolver`` says otherwise), TLSA and MTA-STS lookups.
+        self._lookup = lookup
         self.files = SpoolFiles(settings.queue_dir, fsync=settings.fsync, reactor=reactor)
         self.queue = OutboundQueue(self.files, reactor)
         self.local_addresses = set(local_addresses or ())
@@ -138,6 +145,9 @@ class OutboundService(service.Service):
         self._listening = listening
         #: Told of every delivery attempt's per-recipient results (this host's metrics).
         self.attempt_observers: list[Any] = []
+        #: Records TLS results per recipient domain in TLS-RPT's shape (tlsrpt.py);
+        #: its ``observers`` are told of each (this host's metrics).
+        self.tls_reports = TLSReporter(settings.tls_report_dir, reactor.seconds)
 
     def add_local_address(self, address: str, port: int) -> None:
         self.local_addresses.add((address, port))
@@ -162,11 +172,38 @@ class OutboundService(service.Service):
                            if self._resolver is None else ""),
         )
 
+    def dns_lookup(self) -> Any:
+        """The IDNSLookup of this host (made from default ``[dns]`` settings if none
+        was handed in: resolv.conf's servers, read at the first lookup)."""
+        if self._lookup is None:
+            from mailhost.dns import DNSSettings, make_lookup
+
+            self._lookup = make_lookup(DNSSettings(), reactor=self.reactor)
+        return self._lookup
+
+    def _security(self) -> TransportSecurity | None:
+        s = self.settings
+        if not (s.mta_sts or s.dane):
+            return None
+        mtasts = None
+        if s.mta_sts:
+            mtasts = MTASTS(self.dns_lookup(), s.mta_sts_cache_dir, self.reactor,
+                            port=s.mta_sts_port, ca_file=s.mta_sts_ca_file,
+                            timeout=s.mta_sts_timeout)
+        return TransportSecurity(self.dns_lookup(), self.tls_reports, dane_on=s.dane,
+                                 mtasts=mtasts, ca_file=s.mta_sts_ca_file)
+
     def startService(self) -> None:
         super().startService()
         resolver = self._resolver
-        if resolver is None:
+        if resolver is None and self.settings.resolver != "system":
+            log.warn(
+                "outbound.resolver is deprecated: set dns.nameservers instead (the router "
+                "then shares the [dns] resolver, whose AD bit DANE needs); routing asks "
+                "{resolver} without DNSSEC for now", resolver=self.settings.resolver)
             resolver = make_resolver(self.settings.resolver, self.reactor)
+        elif resolver is None:
+            resolver = self.dns_lookup()
         self._resolver_in_use = resolver
         router = self._router(resolver)
         self.scheduler = Scheduler(
@@ -179,6 +216,7 @@ class OutboundService(service.Service):
             reactor=self.reactor,
             local_addresses=self.local_addresses,
             attempt_observers=self.attempt_observers,
+            security=self._security(),
         )
         self.queue.scheduler = self.scheduler
         self._started = defer.ensureDeferred(self.scheduler.start())
@@ -213,6 +251,7 @@ class OutboundService(service.Service):
                 await self._started
                 await scheduler.stop(self.settings.shutdown_grace)
             await self._drain_spool()
+            await self.tls_reports.drain()
 
         return defer.ensureDeferred(stop())
 
