@@ -272,7 +272,8 @@ class DNSConfig:
 class PipelineConfig:
     """The message pipeline after DATA (mailhost.pipeline): checks and modifiers."""
 
-    # Stage names in order: spf, dkim, dmarc, auth_results, dkim_sign; empty: none.
+    # Stage names in order: spf, dkim, dmarc, arc, auth_results, dkim_sign, arc_seal;
+    # empty: none.
     stages: list[str] = field(default_factory=list)
     # The authserv-id of our Authentication-Results fields; empty: server.hostname.
     authserv_id: str = ""
@@ -280,6 +281,9 @@ class PipelineConfig:
     dmarc_mode: Literal["enforce", "monitor"] = "enforce"
     # dkim_sign: domain -> selectors ("2026r 2026e"), keys in <data_dir>/dkim/<domain>/.
     dkim_selectors: dict[str, str] = field(default_factory=dict)
+    # arc_seal: "<domain>:<selector>" of the RSA key that seals; empty: the first RSA key
+    # of dkim_selectors.
+    arc_selector: str = ""
 
 
 @dataclass

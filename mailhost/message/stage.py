@@ -79,6 +79,9 @@ class MessageContext:
     submission: bool = False  # came in on the submission listener
     trusted: bool = False  # authenticated, or from a relay network: ours to sign
     recipients: list[str] = field(default_factory=list)
+    #: Remote addresses a local alias forwards this message to (through the outbound
+    #: queue, with the other remote copies): ``arc_seal`` seals the message for them.
+    forwarded: list[str] = field(default_factory=list)
     header_block: bytes = b""  # the client's header block, up to its empty line
     #: Stage results by name (``spf``, ``dkim``, ``dmarc``) for Authentication-Results.
     results: dict[str, Any] = field(default_factory=dict)

@@ -795,6 +795,9 @@ class SMTPServer(Protocol, TimeoutMixin):
             key = decision.remote.lower()
             if key not in txn.remote:
                 txn.remote[key] = QueueRecipient(decision.remote, params.notify, params.orcpt)
+        for target in decision.forwards:  # a local alias forwarding to another domain
+            txn.remote.setdefault(target.lower(), QueueRecipient(target, params.notify, params.orcpt))
+            txn.forwarded[target.lower()] = None
         return decision.reply
 
     def _checked(self, decided: defer.Deferred, accept: Callable[[], Reply],
@@ -886,6 +889,7 @@ class SMTPServer(Protocol, TimeoutMixin):
 
             if txn.context is not None:  # the pipeline decides the targets at the end
                 txn.context.recipients = list(txn.accepted)
+                txn.context.forwarded = list(txn.forwarded)
                 self._delivery = Delivery((), header=received, pipeline=self.factory.pipeline,
                                           context=txn.context, route=route,
                                           reactor=self.factory.reactor)
