@@ -28,7 +28,7 @@ from mailhost.dns.interfaces import IDNSLookup
 from mailhost.mailauth.dkim_keys import SigningKey, load_key
 from mailhost.message.stage import IStage, Pipeline
 
-STAGES = ("spf", "dkim", "dmarc", "auth_results", "dkim_sign", "arc", "arc_seal")
+STAGES = ("spf", "dkim", "dmarc", "arc", "auth_results", "dkim_sign", "arc_seal")
 _CHECKS = ("spf", "dkim", "dmarc", "arc")
 
 
@@ -125,10 +125,11 @@ class PipelineSettings:
 def _check_arc_order(stages: tuple[str, ...]) -> None:
     """``arc_seal`` vouches for the chain ``arc`` verified and for our results, and
     signs the header fields as they leave: after ``arc`` and ``auth_results`` and
-    every stage that changes the message (``dkim_sign``)."""
+    ``dkim_sign``. (A milter that changes the message after it breaks the seal; that
+    is the site's order to choose, as with ``dkim_sign``.)"""
     if "arc_seal" not in stages:
         return
-    for before in ("arc", "spf", "dkim", "dmarc", "auth_results", "dkim_sign", "milter"):
+    for before in ("arc", "spf", "dkim", "dmarc", "auth_results", "dkim_sign"):
         if before in stages and stages.index(before) > stages.index("arc_seal"):
             raise PipelineConfigError(f"pipeline.stages: {before!r} must come before 'arc_seal'")
     if "arc" not in stages:

@@ -17,8 +17,8 @@ import smtplib
 import pytest
 import pytest_twisted
 from twisted.internet import threads
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from mailhost.auth.directory import UserDirectory
 from mailhost.outbound.scheduler import Scheduler
