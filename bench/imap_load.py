@@ -7,6 +7,10 @@
 2. Large mailbox: a 100k-message Maildir generated directly on disk; times SELECT
    and ``UID FETCH 1:* (UID FLAGS)`` (cold: first open builds the index; warm: a
    second session) and the server's peak RSS.
+3. Sort and search on the same mailbox, in a new session after step 2:
+   ``UID SEARCH SUBJECT x`` (first: no header read yet; then repeated), ``SORT (DATE)``
+   (first and repeated), ``SORT (SUBJECT)``, ``THREAD REFERENCES``, each to its tagged
+   OK; wall seconds and the server's CPU seconds.
 
 Targets: >= 0.5x Dovecot's command throughput with 0 errors; <= 2x its time on the
 large mailbox; mailhost peak RSS <= 200 MB.
@@ -142,8 +146,18 @@ def generate_maildir(root: str, n: int) -> None:
     start = int(time.time()) - n
     filler = b"x" * 300 + b"\r\n"
     for i in range(n):
-        data = (b"From: bench@example.test\r\nTo: alice@example.test\r\nSubject: bench %d\r\n"
-                b"Message-ID: <b%d@example.test>\r\n\r\n" % (i, i)) + filler
+        # Threads of up to 5 (each a reply to the one before), 997 distinct senders,
+        # sent dates that are not in arrival order.
+        parent = b"" if i % 5 == 0 else (
+            b"In-Reply-To: <b%d@example.test>\r\nReferences: <b%d@example.test>\r\n"
+            % (i - 1, i - 1))
+        sent = time.strftime("%a, %d %b %Y %H:%M:%S +0000",
+                             time.gmtime(start - (i * 7919) % n)).encode()
+        data = (b"From: Sender %d <s%d@example.test>\r\nTo: alice@example.test\r\n"
+                b"Subject: %sbench %d\r\nDate: %s\r\n"
+                b"Message-ID: <b%d@example.test>\r\n%s\r\n"
+                % (i % 997, i % 997, b"Re: " if i % 5 else b"", i // 5, sent, i, parent)
+                ) + filler
         name = "%d.M%dP1Q%d.bench,S=%d,W=%d:2,%s" % (
             start + i, i, i, len(data), len(data), "S" if i % 2 else "")
         with open(os.path.join(root, "cur", name), "wb") as f:
@@ -195,6 +209,47 @@ def time_big(port: int, user: str, password: str, rss_probe=None, cpu_probe=None
     return out
 
 
+SORT_COMMANDS = [
+    ("search_subject_first", b"UID SEARCH SUBJECT \"bench 1234\""),
+    ("search_subject_repeat", b"UID SEARCH SUBJECT \"bench 1234\""),
+    ("sort_date_first", b"SORT (DATE) UTF-8 ALL"),
+    ("sort_date_repeat", b"SORT (DATE) UTF-8 ALL"),
+    ("sort_subject", b"SORT (SUBJECT) UTF-8 ALL"),
+    ("thread_references", b"THREAD REFERENCES UTF-8 ALL"),
+    ("thread_references_repeat", b"THREAD REFERENCES UTF-8 ALL"),
+]
+
+
+def time_sort(port: int, user: str, password: str, cpu_probe=None) -> dict:
+    """Step 3: each of SORT_COMMANDS in one session, in order (wall and CPU seconds,
+    and the size of the answer as a sanity check)."""
+    out: dict = {}
+    c = imaplib.IMAP4("127.0.0.1", port, timeout=600)
+    c.login(user, password)
+    c.select("INBOX")
+    for n, (label, command) in enumerate(SORT_COMMANDS):
+        tag = b"S%d" % n
+        cpu0 = cpu_probe() if cpu_probe is not None else 0.0
+        t0 = time.monotonic()
+        c.send(tag + b" " + command + b"\r\n")
+        size = 0
+        while True:
+            line = c.readline()
+            if not line:
+                raise RuntimeError("connection closed")
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    raise RuntimeError(line)
+                break
+            size += len(line)
+        t1 = time.monotonic()
+        out[label] = {"s": round(t1 - t0, 3), "bytes": size}
+        if cpu_probe is not None:
+            out[label]["cpu_s"] = round(cpu_probe() - cpu0, 2)
+    c.logout()
+    return out
+
+
 def dovecot_imap_pids(master_pid: int) -> list[int]:
     """Dovecot's per-user imap processes (children of the master)."""
     out = []
@@ -239,6 +294,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--skip-sort", action="store_true")
     opts = ap.parse_args()
     results: dict = {"clients": opts.clients, "duration": opts.duration,
                      "messages": opts.messages}
@@ -278,6 +334,9 @@ def main() -> None:
                 results["big_mailhost"] = time_big(mh.ports["imap"], USER, PASSWORD,
                                                    lambda: rss_kib(mh.pid, "VmRSS"),
                                                    lambda: cpu_seconds(mh.pid))
+                if not opts.skip_sort:
+                    results["sort_mailhost"] = time_sort(mh.ports["imap"], USER, PASSWORD,
+                                                         lambda: cpu_seconds(mh.pid))
                 results["big_mailhost"]["peak_rss_mb"] = round(rss_kib(mh.pid, "VmHWM") / 1024)
             finally:
                 mh.stop()
@@ -286,12 +345,20 @@ def main() -> None:
                 results["big_dovecot"] = time_big(
                     dv.port, USER, PASSWORD, lambda: dovecot_imap_rss_kib(dv.proc.pid),
                     lambda: dovecot_imap_cpu(dv.proc.pid))
+                if not opts.skip_sort:
+                    results["sort_dovecot"] = time_sort(dv.port, USER, PASSWORD,
+                                                        lambda: dovecot_imap_cpu(dv.proc.pid))
             finally:
                 dv.stop()
             for label in ("cold", "warm"):
                 m, d = results["big_mailhost"][label], results["big_dovecot"][label]
                 results[f"big_{label}_time_ratio"] = round(
                     (m["select_s"] + m["fetch_s"]) / max(d["select_s"] + d["fetch_s"], 0.001), 2)
+            if not opts.skip_sort:
+                results["sort_time_ratio"] = {
+                    label: round(results["sort_mailhost"][label]["s"]
+                                 / max(results["sort_dovecot"][label]["s"], 0.001), 2)
+                    for label, _ in SORT_COMMANDS}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))

@@ -1,4 +1,5 @@
-"""Selected-state commands (RFC 3501 6.4) plus UIDPLUS, MOVE and UNSELECT.
+"""Selected-state commands (RFC 3501 6.4) plus UIDPLUS, MOVE and UNSELECT (SEARCH, SORT
+and THREAD are in ``commands_search``).
 
 FETCH renders through ``fetch.fetch_message`` except for index-only items (UID,
 FLAGS, RFC822.SIZE, INTERNALDATE), which are formatted here straight from the
@@ -78,24 +79,6 @@ async def expunge(s: IMAPServer, cmd: parser.Command) -> bytes:
         removed = await sel.folder.expunge()
     sel.note_expunged(removed)
     return b"EXPUNGE completed"
-
-
-async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
-    from mailhost.imap import search as searching
-
-    sel = _selected(s)
-    charset, key = parser.parse_search(cmd.args)
-    folder = sel.folder
-    await dates_ready(folder)  # every MessageInfo below carries its date
-    infos = [i for i in map(folder.get, sel.uids) if i is not None]
-    seqs = {u: n for n, u in enumerate(sel.uids, 1)}
-    try:
-        found = await searching.search(folder, infos, seqs, key, charset, sel.recent)
-    except searching.BadCharset:
-        raise No("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset") from None
-    nums = found if cmd.uid else [seqs[u] for u in found if u in seqs]
-    s.send(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + b"\r\n")
-    return b"SEARCH completed"
 
 
 class _IndexRenderer:
@@ -385,7 +368,6 @@ HANDLERS = {
     "CLOSE": (SEL, close),
     "UNSELECT": (SEL, unselect),
     "EXPUNGE": (SEL, expunge),
-    "SEARCH": (SEL, search),
     "FETCH": (SEL, fetch),
     "STORE": (SEL, store),
     "COPY": (SEL, copy),

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet.protocol import ServerFactory
 
 from mailhost.auth.login import LoginService
+from mailhost.imap.headerindex import HeaderTables
 from mailhost.imap.server import IMAPServer
 from mailhost.sessions import SessionRegistry
 from mailhost.settings import IMAPSettings
@@ -37,6 +38,8 @@ class IMAPFactory(ServerFactory):
         self.sessions: set[IMAPServer] = set()
         # The host's registry (service.py passes one to every listener's factory).
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)
+        #: SORT/THREAD/SEARCH header fields per folder, shared by the sessions.
+        self.header_tables = HeaderTables()
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         p = IMAPServer(self)

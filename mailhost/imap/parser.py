@@ -309,7 +309,8 @@ def parse_command(segments: list[bytes]) -> Command:
         if not args or not isinstance(args[0], Atom):
             raise ParseError(tag, "UID needs a command")
         name = args[0].upper()
-        if name not in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"):
+        if name not in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE", "SORT",
+                        "THREAD"):
             raise ParseError(tag, f"Unknown UID command {name}")
         uid = True
         args = args[1:]
@@ -344,9 +345,12 @@ def parse_number(token: object, nonzero: bool = False) -> int:
 
 @dataclass(frozen=True)
 class SequenceSet:
-    """A parsed sequence set; ``None`` in a range stands for ``*`` (the largest)."""
+    """A parsed sequence set; ``None`` in a range stands for ``*`` (the largest).
+    ``saved`` is SEARCHRES's ``$`` (RFC 5182): the session's saved search result, which
+    ``SelectedMailbox.resolve`` and SEARCH substitute; its ``ranges`` are empty."""
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    saved: bool = False
 
     def _bounds(self, largest: int) -> Iterable[tuple[int, int]]:
         for lo, hi in self.ranges:
@@ -370,6 +374,8 @@ class SequenceSet:
         return any(a <= n <= b for a, b in self._bounds(largest))
 
     def __str__(self) -> str:
+        if self.saved:
+            return "$"
         parts = []
         for lo, hi in self.ranges:
             s = "*" if lo is None else str(lo)
@@ -385,6 +391,8 @@ _SEQ_RE = re.compile(r"(?:\d+|\*)(?::(?:\d+|\*))?\Z", re.ASCII)
 def parse_sequence_set(token: object) -> SequenceSet:
     if not isinstance(token, Atom) or not token:
         raise _err("Expected a sequence set")
+    if token == "$":
+        return SequenceSet((), saved=True)
     ranges = []
     for part in token.split(","):
         if not _SEQ_RE.match(part):
@@ -716,7 +724,7 @@ class SearchKey:
     ``SEQ``, ``UID``, ``HEADER``, ``ADDRESS`` (FROM/TO/CC/BCC: field name, string),
     ``BODY``, ``TEXT``, ``LARGER``, ``SMALLER``, ``BEFORE``,
     ``ON``, ``SINCE``, ``SENTBEFORE``, ``SENTON``, ``SENTSINCE``, ``NEW``, ``OLD``,
-    ``RECENT``); ``args`` its operands (sub-keys, flag names, bytes, dates, numbers).
+    ``RECENT``, ``OLDER``, ``YOUNGER`` (seconds)); ``args`` its operands (sub-keys, flag names, bytes, dates, numbers).
     """
 
     op: str
@@ -793,6 +801,8 @@ class _SearchParser:
             return SearchKey(up, (parse_date(as_string(d)),))
         if up in ("LARGER", "SMALLER"):
             return SearchKey(up, (parse_number(self.next("number")),))
+        if up in ("OLDER", "YOUNGER"):  # WITHIN (RFC 5032): seconds before now
+            return SearchKey(up, (parse_number(self.next("interval"), nonzero=True),))
         if up == "NOT":
             return SearchKey("NOT", (self.key(depth + 1),))
         if up == "OR":
@@ -801,7 +811,7 @@ class _SearchParser:
             return SearchKey("OR", (a, b))
         if up == "UID":
             return SearchKey("UID", (parse_sequence_set(self.next("UID set")),))
-        if up and (up[0].isdigit() or up[0] == "*"):
+        if up and (up[0].isdigit() or up[0] in "*$"):
             return SearchKey("SEQ", (parse_sequence_set(t),))
         raise _err(f"Unknown SEARCH key {t!s}")
 

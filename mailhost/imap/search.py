@@ -6,8 +6,11 @@ internal-date keys never open a file; only the messages still undecided are
 opened, one at a time, and read in a thread in bounded chunks: the header block
 (capped) for header keys and SENT* dates, then the decoded text parts (base64
 and quoted-printable, in the part's charset) for BODY/TEXT until every string is
-found. Matching is a case-insensitive substring test on decoded text, as RFC 3501
-asks; header values are RFC 2047-decoded first. FROM/TO/CC/BCC match the addresses as
+found. Matching is a substring test on decoded text under the i;unicode-casemap
+comparator (RFC 5255 I18NLEVEL=1, ``casemap``); header values are RFC 2047-decoded
+first. SUBJECT, FROM, TO, CC and SENT* are answered from the folder's header table
+(``headerindex``, the caller's ``fields``) when given, so a repeated search opens no
+file. FROM/TO/CC/BCC match the addresses as
 ENVELOPE parses them (``name <mailbox@host>``, comments and quoting gone), like Dovecot,
 not the raw field; RECENT/NEW/OLD use the session's \\Recent set. What the MIME
 scanner left unparsed past its limits (``mime.Part.overflow``: the parts after the
@@ -25,13 +28,15 @@ import datetime
 import email.errors
 import email.header
 import email.utils
-from collections.abc import Collection, Iterator, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 
 from mailhost.imap import envelope, mime
+from mailhost.imap.casemap import casemap
 from mailhost.imap.parser import SearchKey
 from mailhost.store.interfaces import MessageInfo, StoreError
 
@@ -55,7 +60,7 @@ def check_charset(charset: str | None) -> None:
 
 
 def _needle(value: bytes) -> str:
-    return value.decode("utf-8", "replace").casefold()
+    return casemap(value.decode("utf-8", "replace"))
 
 
 _EPOCH = datetime.date(1970, 1, 1)
@@ -75,6 +80,7 @@ class _Ctx:
         self.max_seq = max((seqs.get(i.uid, 0) for i in infos), default=0)
         self.seqs = seqs
         self.recent = recent
+        self.now = time.time()  # WITHIN (RFC 5032): OLDER/YOUNGER count back from here
 
     def is_recent(self, info: MessageInfo) -> bool:
         return info.recent if self.recent is None else info.uid in self.recent
@@ -136,6 +142,10 @@ def _index(key: SearchKey, info: MessageInfo, ctx: _Ctx) -> bool | None:
         return seq is not None and args[0].contains(seq, ctx.max_seq)
     if op in ("BEFORE", "ON", "SINCE"):
         return _compare_date(op, _utc_date(info.internal_date), args[0])
+    if op == "OLDER":
+        return info.internal_date <= ctx.now - args[0]
+    if op == "YOUNGER":
+        return info.internal_date > ctx.now - args[0]
     return None  # HEADER, ADDRESS, BODY, TEXT, SENT*
 
 
@@ -177,6 +187,57 @@ class _Needs:
             self.text.add(_needle(args[0]))
         elif op.startswith("SENT"):
             self.date = True
+
+    def indexed(self) -> bool:
+        """Whether the header table (``headerindex.Fields``) answers all of this."""
+        return (not self.body and not self.text
+                and all(h == "subject" for h, _ in self.headers)
+                and all(a in ("from", "to", "cc") for a, _ in self.addresses))
+
+    def found_in(self, f: Any) -> _Found:
+        """What ``_examine`` would have found, from a message's ``Fields``."""
+        found = _Found()
+        if f.subject is not None:
+            found.headers = {(h, n) for h, n in self.headers if n in f.subject}
+        texts = {"from": f.from_text, "to": f.to_text, "cc": f.cc_text}
+        found.addresses = {(a, n) for a, n in self.addresses
+                           if texts[a] is not None and n in texts[a]}
+        if f.day is not None:
+            found.date = datetime.date.fromordinal(f.day)
+        return found
+
+
+def fields_matcher(key: SearchKey) -> Callable[[Any], bool] | None:
+    """A test of one message's ``headerindex.Fields`` equivalent to ``key``, or None
+    when ``key`` needs more than the header table holds (flags, sizes, bodies, other
+    headers): SEARCH SUBJECT/FROM/TO/CC/SENT* then needs no MessageInfo at all."""
+    op, args = key.op, key.args
+    if op in ("AND", "OR"):
+        subs = [fields_matcher(k) for k in args]
+        if any(m is None for m in subs):
+            return None
+        tests = [m for m in subs if m is not None]
+        if op == "AND":
+            return lambda f: all(t(f) for t in tests)
+        return lambda f: any(t(f) for t in tests)
+    if op == "NOT":
+        sub = fields_matcher(args[0])
+        return None if sub is None else (lambda f: not sub(f))
+    if op == "HEADER" and args[0].lower() == "subject":
+        needle = _needle(args[1])
+        return lambda f: f.subject is not None and needle in f.subject
+    if op == "ADDRESS" and args[0].lower() in ("from", "to", "cc"):
+        needle, attr = _needle(args[1]), args[0].lower() + "_text"
+        return lambda f: (t := getattr(f, attr)) is not None and needle in t
+    if op.startswith("SENT"):
+        want = args[0]
+        return lambda f: _compare_date(
+            op, datetime.date.fromordinal(f.day) if f.day is not None else _EPOCH, want)
+    return None
+
+
+#: ``HeaderTable.get`` bound to a folder: UIDs -> Deferred of {uid: Fields}.
+FieldsLookup = Callable[[list[int]], Deferred]
 
 
 @dataclass
@@ -315,7 +376,7 @@ def _find(chunks: Iterator[str], needles: set[str]) -> set[str]:
     keep = max((len(n) for n in needles), default=1)
     tail = ""
     for chunk in chunks:
-        window = tail + chunk.casefold()
+        window = tail + casemap(chunk)
         for n in needles - found:
             if n in window:
                 found.add(n)
@@ -337,19 +398,19 @@ def _examine(f: IO[bytes], struct: mime.Part | None,
         block = b"".join(_read(f, struct.header_start, end))
         header_text = []
         for name, value in _header_fields(block):
-            decoded = _decode_header_value(value).casefold()
+            decoded = casemap(_decode_header_value(value))
             for hname, needle in needs.headers:
                 if hname == name and needle in decoded:
                     found.headers.add((hname, needle))
             if any(aname == name for aname, _ in needs.addresses):
-                addresses = _address_text(value).casefold()
+                addresses = casemap(_address_text(value))
                 for aname, needle in needs.addresses:
                     if aname == name and needle in addresses:
                         found.addresses.add((aname, needle))
             if needs.date and name == "date" and found.date is None:
                 found.date = _sent_date(value)
             if needs.text:
-                header_text.append(f"{name}: {decoded}")
+                header_text.append(f"{casemap(name)}: {decoded}")
         joined = "\n".join(header_text)
         found.text = {n for n in needs.text if n in joined}
     body_needles = needs.body | (needs.text - found.text)
@@ -394,7 +455,7 @@ def _full(key: SearchKey, info: MessageInfo, ctx: _Ctx, found: _Found) -> bool:
 
 async def _search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int],
                   key: SearchKey, charset: str | None,
-                  recent: Collection[int] | None) -> list[int]:
+                  recent: Collection[int] | None, fields: FieldsLookup | None) -> list[int]:
     check_charset(charset)
     ctx = _Ctx(infos, seqs, recent)
     matched: list[int] = []
@@ -408,6 +469,13 @@ async def _search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int
     if undecided:
         needs = _Needs()
         needs.collect(key)
+        if fields is not None and needs.indexed():
+            table = await fields([i.uid for i in undecided])
+            for info in undecided:
+                f = table.get(info.uid)
+                if f is not None and _full(key, info, ctx, needs.found_in(f)):
+                    matched.append(info.uid)
+            return sorted(matched)
         for info in undecided:
             cached = folder.get_cached(info.uid, "mime")
             struct = mime.loads(cached) if cached else None
@@ -427,12 +495,14 @@ async def _search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int
 
 
 def search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int], key: SearchKey,
-           charset: str | None, recent: Collection[int] | None = None) -> Deferred:
+           charset: str | None, recent: Collection[int] | None = None,
+           fields: FieldsLookup | None = None) -> Deferred:
     """Deferred firing with the ascending UIDs in ``infos`` that match ``key``.
 
     ``seqs`` maps UID → sequence number (for sequence-set keys). ``recent`` is the
     session's \\Recent set for RECENT/NEW/OLD (a session claims new messages at SELECT,
     after which the store calls none of them recent); None takes the store's view.
-    Fails with ``BadCharset`` for a charset other than UTF-8/US-ASCII.
+    Fails with ``BadCharset`` for a charset other than UTF-8/US-ASCII. ``fields``
+    (``HeaderTable.get`` bound to the folder) answers the header keys it covers.
     """
-    return Deferred.fromCoroutine(_search(folder, infos, seqs, key, charset, recent))
+    return Deferred.fromCoroutine(_search(folder, infos, seqs, key, charset, recent, fields))

@@ -65,6 +65,8 @@ class SelectedMailbox:
         self._expunged: set[int] = set()
         self._flags: dict[int, frozenset[str]] = {}
         self.keywords: set[str] = set()
+        #: SEARCHRES (RFC 5182): the UIDs of the last ``RETURN (SAVE)``, ``$`` later.
+        self.saved: list[int] = []
         self._keywords_grew = False  # FLAGS/PERMANENTFLAGS must be sent again
 
     # -- set-up / tear-down ---------------------------------------------------------
@@ -111,8 +113,11 @@ class SelectedMailbox:
         ``UID FETCH 1:4294967295`` costs O(messages), not O(range). Raises
         BadSequence for sequence numbers beyond EXISTS.
         """
-        ranges = seqset.ranges
         uids = self.uids
+        if seqset.saved:  # ``$``: what is left of the saved result, by UID either way
+            present = set(uids)
+            return [u for u in self.saved if u in present]
+        ranges = seqset.ranges
         picked: set[int] = set()
         if uid:
             largest = uids[-1] if uids else 0

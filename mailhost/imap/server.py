@@ -62,6 +62,8 @@ CAPABILITIES = (
     b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CREATE-SPECIAL-USE",
     b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"PREVIEW",
     b"BINARY", b"MULTIAPPEND",
+    b"ESEARCH", b"SEARCHRES", b"WITHIN", b"I18NLEVEL=1", b"SORT", b"SORT=DISPLAY", b"ESORT",
+    b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
@@ -81,16 +83,22 @@ Handler = Callable[["IMAPServer", parser.Command], Awaitable[bytes | None]]
 
 
 def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
-    from mailhost.imap import commands_auth, commands_mailbox, commands_selected, idle
+    from mailhost.imap import (
+        commands_auth,
+        commands_mailbox,
+        commands_search,
+        commands_selected,
+        idle,
+    )
 
     table: dict[str, tuple[frozenset[str], Handler]] = {}
-    for module in (commands_auth, commands_mailbox, commands_selected, idle):
+    for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle):
         table.update(module.HANDLERS)
     return table
 
 
 #: Commands after which queued EXPUNGEs must not be sent (RFC 3501 7.4.1).
-NO_EXPUNGE_AFTER = frozenset({"FETCH", "STORE", "SEARCH"})
+NO_EXPUNGE_AFTER = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD"})
 
 
 @implementer(IEvictable, ISession)

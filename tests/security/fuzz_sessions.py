@@ -103,6 +103,10 @@ IMAP_COMMANDS = st.one_of(
         b"a UID FETCH 1:* (FLAGS)\r\n", b"a STORE 1:* +FLAGS (\\Seen $junk)\r\n",
         b"a SEARCH ALL\r\n", b"a SEARCH TEXT hello\r\n", b"a SEARCH OR OR OR 1 2 3 4\r\n",
         b"a SEARCH CHARSET X-UNKNOWN TEXT a\r\n", b"a SEARCH NOT NOT NOT NOT ALL\r\n",
+        b"a SEARCH RETURN (SAVE MIN) SUBJECT a\r\n", b"a FETCH $ FLAGS\r\n",
+        b"a UID SORT RETURN (ALL) (REVERSE DATE SUBJECT) UTF-8 $\r\n",
+        b"a SORT (DISPLAYFROM SIZE) UTF-8 OLDER 1\r\n", b"a THREAD REFERENCES UTF-8 ALL\r\n",
+        b"a UID THREAD ORDEREDSUBJECT US-ASCII YOUNGER 99\r\n", b"a SORT () UTF-8 ALL\r\n",
         b"a COPY 1:* INBOX\r\n", b"a MOVE 1 Trash\r\n", b"a EXPUNGE\r\n", b"a CLOSE\r\n",
         b"a UNSELECT\r\n", b"a IDLE\r\n", b"DONE\r\n", b"a ENABLE X\r\n",
         b"a ID (\"name\" \"fuzz\")\r\n", b"a NAMESPACE\r\n", b"* OK\r\n", b"+\r\n",
@@ -118,7 +122,8 @@ IMAP_COMMANDS = st.one_of(
               st.binary(max_size=150))
     .map(lambda t: t[0] + _literal(t[1], t[2]) + t[3]),
     st.tuples(st.sampled_from([b"a", b"*", b"+", b"x" * 100, b"\0"]),
-              st.sampled_from([b"LOGIN", b"FETCH", b"UID", b"SEARCH", b"STORE", b"SELECT"]),
+              st.sampled_from([b"LOGIN", b"FETCH", b"UID", b"SEARCH", b"STORE", b"SELECT",
+                               b"SORT", b"THREAD"]),
               st.binary(max_size=60)).map(lambda t: _line(t[0], t[1], t[2])),
 )
 

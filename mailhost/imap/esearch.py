@@ -1,0 +1,83 @@
+"""ESEARCH (RFC 4731), SEARCHRES (RFC 5182) and ESORT (RFC 5267) result options.
+
+``SEARCH RETURN (MIN MAX ALL COUNT SAVE) ...`` and ``SORT RETURN (...) ...`` answer
+with one ``* ESEARCH (TAG "t") [UID] ...`` line instead of ``* SEARCH``/``* SORT``;
+``RETURN ()`` means ``RETURN (ALL)``. For SORT the numbers keep the sort order: MIN
+is the first message in it, MAX the last, ALL lists them in order (runs that ascend
+by one written ``a:b``). SAVE keeps the result, as UIDs, for ``$`` in later commands
+(``SelectedMailbox.saved``): all of it, or only the MIN and/or MAX message when those
+are asked for too; SAVE alone sends no ESEARCH line.
+"""
+
+from __future__ import annotations
+
+from mailhost.imap.encoding import quote
+from mailhost.imap.parser import Atom, ParseError, SearchKey, SequenceSet
+from mailhost.imap.responses import format_set
+
+OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+
+
+def parse_return(args: list) -> tuple[frozenset[str] | None, list]:
+    """(the RETURN options, or None without RETURN; the remaining arguments)."""
+    if not args or not isinstance(args[0], Atom) or args[0].upper() != "RETURN":
+        return None, args
+    if len(args) < 2 or not isinstance(args[1], list):
+        raise ParseError(None, "RETURN needs a list of options")
+    opts = set()
+    for o in args[1]:
+        if not isinstance(o, Atom) or o.upper() not in OPTIONS:
+            raise ParseError(None, f"Unknown RETURN option {o!s}")
+        opts.add(o.upper())
+    return frozenset(opts or {"ALL"}), args[2:]
+
+
+def substitute_saved(key: SearchKey, saved: list[int]) -> SearchKey:
+    """``key`` with every ``$`` (a SEQ or UID key with a saved set) made the UID set
+    of the saved result, which is what it stands for either way (RFC 5182 2.1)."""
+    if key.op in ("SEQ", "UID") and key.args[0].saved:
+        return SearchKey("UID", (SequenceSet(tuple((u, u) for u in saved)),))
+    if key.op in ("AND", "OR", "NOT"):
+        return SearchKey(key.op, tuple(substitute_saved(k, saved) for k in key.args))
+    return key
+
+
+def uses_saved(key: SearchKey) -> bool:
+    if key.op in ("SEQ", "UID"):
+        return bool(key.args[0].saved)
+    if key.op in ("AND", "OR", "NOT"):
+        return any(uses_saved(k) for k in key.args)
+    return False
+
+
+def saved_result(opts: frozenset[str], uids: list[int]) -> list[int]:
+    """What SAVE keeps of a result (``uids`` in result order), ascending."""
+    if not uids:
+        return []
+    if "MIN" in opts or "MAX" in opts:
+        keep = set()
+        if "MIN" in opts:
+            keep.add(uids[0])
+        if "MAX" in opts:
+            keep.add(uids[-1])
+        return sorted(keep)
+    return sorted(uids)
+
+
+def response(tag: str, uid: bool, opts: frozenset[str], nums: list[int]) -> bytes:
+    """The ``* ESEARCH`` line for ``nums`` (in result order), or b"" for SAVE alone."""
+    if not opts - {"SAVE"}:
+        return b""
+    out = [b"* ESEARCH (TAG " + quote(tag) + b")"]
+    if uid:
+        out.append(b"UID")
+    if nums:
+        if "MIN" in opts:
+            out.append(b"MIN %d" % nums[0])
+        if "MAX" in opts:
+            out.append(b"MAX %d" % nums[-1])
+        if "ALL" in opts:
+            out.append(b"ALL " + format_set(nums))
+    if "COUNT" in opts:
+        out.append(b"COUNT %d" % len(nums))
+    return b" ".join(out) + b"\r\n"

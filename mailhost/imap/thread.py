@@ -1,0 +1,281 @@
+"""THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256 section 3).
+
+Both take the matching messages as ``Item``s (the number to answer with, the sequence
+position for ties, the sent date, the header ``Fields``) and return the thread tree,
+which ``format_threads`` writes as the ``* THREAD`` data: ``(3 6 (4 23)(44 7 96))``,
+a dummy parent written as a bare list of its children ``((3)(5))``.
+
+REFERENCES is the RFC's algorithm step by step (after Jamie Zawinski's): link the
+References chains without making loops, give every message its parent, gather the
+parentless, prune dummies, sort the root set by sent date, merge roots with the same
+base subject (steps 5 and 6), and sort every sibling list by sent date, children
+before parents, a dummy taking its first child's date. Ties go by sequence number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mailhost.imap.headerindex import Fields
+
+#: Bounds the parent walks that look for loops.
+MAX_DEPTH = 100_000
+
+
+@dataclass(slots=True)
+class Item:
+    """One message to thread."""
+
+    number: int  # what the answer shows: a sequence number or a UID
+    position: int  # its place in sequence order (ties)
+    date: float  # sent date (the Date header, else INTERNALDATE)
+    fields: Fields | None
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    """A thread tree node; ``item`` None is a dummy (a message referred to, not here)."""
+
+    item: Item | None = None
+    parent: Node | None = None
+    children: list[Node] = field(default_factory=list)
+
+    def sort_key(self) -> tuple[float, int]:
+        node: Node = self
+        for _ in range(MAX_DEPTH):
+            if node.item is not None:
+                return node.item.date, node.item.position
+            if not node.children:
+                break
+            node = node.children[0]
+        return 0.0, 0
+
+
+# ------------------------------------------------------------------ ORDEREDSUBJECT
+
+
+def ordered_subject(items: Sequence[Item]) -> list[Node]:
+    """Messages grouped by base subject; each group's first (by sent date) is the parent
+    of the rest, in sent-date order; the groups go by their first message's date."""
+    ordered = sorted(items, key=lambda i: (_base(i), i.date, i.position))
+    roots: list[Node] = []
+    current: Node | None = None
+    current_base: str | None = None
+    for it in ordered:
+        base = _base(it)
+        if current is None or base != current_base:
+            current, current_base = Node(it), base
+            roots.append(current)
+        else:
+            current.children.append(Node(it, current))
+    roots.sort(key=Node.sort_key)
+    return roots
+
+
+def _base(it: Item) -> str:
+    return it.fields.base if it.fields is not None else ""
+
+
+# ----------------------------------------------------------------------- REFERENCES
+
+
+def _is_ancestor(a: Node, b: Node) -> bool:
+    """Whether ``a`` is ``b`` or above it."""
+    node: Node | None = b
+    for _ in range(MAX_DEPTH):
+        if node is None:
+            return False
+        if node is a:
+            return True
+        node = node.parent
+    return True  # too deep to tell: treat as a loop, make no link
+
+
+def _link(parent: Node, child: Node) -> None:
+    if child.parent is not None:
+        child.parent.children.remove(child)
+    child.parent = parent
+    parent.children.append(child)
+
+
+def references(items: Sequence[Item]) -> list[Node]:
+    """The REFERENCES threads of ``items``."""
+    table: dict[str, Node] = {}
+    unique = 0
+    for it in sorted(items, key=lambda i: i.position):
+        f = it.fields
+        mid = f.message_id if f is not None else None
+        node = table.get(mid) if mid is not None else None
+        if node is not None and node.item is not None:
+            node = None  # a duplicate Message-ID: this one gets an id of its own
+        if node is None:
+            unique += 1
+            node = Node()
+            table[mid if mid is not None and mid not in table else f"\0{unique}"] = node
+        node.item = it
+        # (1A) link the References chain, never making a loop or moving a parent
+        prev: Node | None = None
+        for ref in (f.parents if f is not None else ()):
+            ref_node = table.get(ref)
+            if ref_node is None:
+                ref_node = table[ref] = Node()
+            if (prev is not None and ref_node.parent is None
+                    and not _is_ancestor(ref_node, prev)):
+                _link(prev, ref_node)
+            prev = ref_node
+        # (1B) the last reference is this message's parent
+        if prev is not None and prev is not node and not _is_ancestor(node, prev):
+            _link(prev, node)
+        elif prev is None and node.parent is not None:
+            node.parent.children.remove(node)
+            node.parent = None
+    # (2) the root set; (3) the id table is no longer needed
+    roots = [n for n in table.values() if n.parent is None]
+    del table
+    # (4) prune dummies
+    roots = _prune(roots)
+    # (5) sort the root set by sent date (children first, for dummies' dates)
+    _sort_tree(roots)
+    # (6) merge roots by base subject
+    roots = _group_by_subject(roots)
+    # (7) sort every sibling list, the root set too
+    _sort_tree(roots)
+    return roots
+
+
+def _prune(roots: list[Node]) -> list[Node]:
+    """(4) Dummies without children go; a dummy's children take its place, except at
+    the root when it has more than one. Iterative, children before parents, so a
+    deep thread cannot exhaust the stack."""
+    order: list[Node] = []
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        order.append(n)
+        stack.extend(n.children)
+    for n in reversed(order):
+        kept: list[Node] = []
+        for c in n.children:
+            if c.item is None:
+                for g in c.children:
+                    g.parent = n
+                kept.extend(c.children)  # already pruned: no dummy among them
+            else:
+                kept.append(c)
+        n.children = kept
+    out: list[Node] = []
+    for n in roots:
+        if n.item is None:
+            if not n.children:
+                continue
+            if len(n.children) == 1:
+                n.children[0].parent = None
+                out.append(n.children[0])
+                continue
+        out.append(n)
+    return out
+
+
+def _sort_tree(nodes: list[Node]) -> None:
+    stack: list[list[Node]] = [nodes]
+    order: list[list[Node]] = []
+    while stack:
+        siblings = stack.pop()
+        order.append(siblings)
+        stack.extend(n.children for n in siblings if n.children)
+    for siblings in reversed(order):  # children before parents
+        siblings.sort(key=Node.sort_key)
+
+
+def _subject_of(n: Node) -> tuple[str, bool, bool]:
+    """(base subject, reply?, dummy?) of a root: a dummy's is its first child's."""
+    dummy = n.item is None
+    item = n.item if not dummy else (n.children[0].item if n.children else None)
+    f = item.fields if item is not None else None
+    if f is None:
+        return "", False, dummy
+    return f.base, f.reply, dummy
+
+
+def _group_by_subject(roots: list[Node]) -> list[Node]:
+    table: dict[str, Node] = {}
+    for n in roots:  # (6B)
+        subject, reply, dummy = _subject_of(n)
+        if not subject:
+            continue
+        old = table.get(subject)
+        if old is None:
+            table[subject] = n
+            continue
+        _, old_reply, old_dummy = _subject_of(old)
+        if (dummy and not old_dummy) or (old_reply and not reply and not old_dummy):
+            table[subject] = n
+    out: list[Node] = []
+    replaced: dict[int, Node] = {}  # id(table node) -> the dummy now standing for it
+    for n in roots:  # (6C)
+        subject, reply, dummy = _subject_of(n)
+        old = table.get(subject) if subject else None
+        if old is None or old is n:
+            out.append(replaced.get(id(n), n))
+            continue
+        _, old_reply, old_dummy = _subject_of(old)
+        target = replaced.get(id(old), old)
+        if target is not old:
+            # the table's message already shares a new dummy: this one joins it
+            _link(target, n)
+        elif old_dummy and dummy:
+            for c in list(n.children):
+                _link(old, c)
+        elif old_dummy:
+            _link(old, n)
+        elif reply and not old_reply:
+            _link(old, n)
+        else:
+            parent = Node()
+            replaced[id(old)] = parent
+            if old in out:
+                out[out.index(old)] = parent
+            old.parent = None
+            _link(parent, old)
+            _link(parent, n)
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_threads(roots: Iterable[Node], numbers: Mapping[int, int] | None = None) -> bytes:
+    """The thread list of ``* THREAD`` (without the ``* THREAD`` itself); ``numbers``
+    maps each item's number to the one to show (UIDs to sequence numbers)."""
+    return b"".join(b"(" + _format(n, numbers) + b")" for n in roots)
+
+
+def _format(node: Node, numbers: Mapping[int, int] | None) -> bytes:
+    """One thread's list contents; iterative for the same reason as ``_prune``."""
+    out: list[bytes] = []
+    stack: list[Node | bytes] = [node]
+    while stack:
+        w = stack.pop()
+        if isinstance(w, bytes):
+            out.append(w)
+            continue
+        n = w
+        chain: list[bytes] = []
+        for _ in range(MAX_DEPTH):
+            if n.item is not None:
+                chain.append(b"%d" % (n.item.number if numbers is None
+                                      else numbers[n.item.number]))
+            if len(n.children) == 1 and n.item is not None:
+                n = n.children[0]
+                continue
+            break
+        out.append(b" ".join(chain))
+        if n.children:
+            if chain:
+                out.append(b" ")
+            pending: list[Node | bytes] = []
+            for c in n.children:
+                pending += [b"(", c, b")"]
+            stack.extend(reversed(pending))
+    return b"".join(out)
