@@ -284,6 +284,9 @@ class PipelineConfig:
     # arc_seal: "<domain>:<selector>" of the RSA key that seals; empty: the first RSA key
     # of dkim_selectors.
     arc_selector: str = ""
+    # dmarc: don't enforce a DMARC fail of mail these sealers' passing ARC chain says
+    # passed DMARC with them (forwarders you trust); needs "arc" before "dmarc".
+    arc_trusted_sealers: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -65,6 +65,9 @@ class ARCResult:
     domain: str = ""  # d= of the newest ARC-Seal (who sealed last)
     reason: str = ""
     remote_ip: str = ""  # the client that gave us the message (smtp.remote-ip)
+    #: The ``dmarc=`` result the newest sealer recorded in its AAR ("" if none): what
+    #: a receiver that trusts that sealer may use (``pipeline.arc_trusted_sealers``).
+    sealer_dmarc: str = ""
 
 
 def _body_key(tags: dict[bytes, bytes]) -> tuple[str, str, int | None] | None:
@@ -205,7 +208,15 @@ class ARCVerification:
             if not r["ams-valid"]:
                 oldest = r["instance"] + 1
                 break
-        return ARCResult("pass", instances, oldest, self._domain)
+        return ARCResult("pass", instances, oldest, self._domain,
+                         sealer_dmarc=_dmarc_of(data[0].get("aar-value", b"")))
+
+
+def _dmarc_of(aar: bytes) -> str:
+    """The ``dmarc=`` result in an ARC-Authentication-Results value, comments aside."""
+    text = re.sub(rb"\([^)]*\)", b" ", aar).decode("ascii", "replace")
+    m = re.search(r"(?:^|;)\s*dmarc\s*=\s*([A-Za-z]+)", text)
+    return m.group(1).lower() if m else ""
 
 
 class ARCVerifier:

@@ -51,6 +51,8 @@ class PipelineSettings:
     #: For ``arc_seal``: (domain, selector) of its RSA key; ("", "") the first RSA
     #: key of ``dkim_selectors``.
     arc_selector: tuple[str, str] = ("", "")
+    #: ARC sealers whose vouching for a DMARC pass the ``dmarc`` stage accepts.
+    arc_trusted_sealers: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: object) -> PipelineSettings:
@@ -74,6 +76,11 @@ class PipelineSettings:
                 raise PipelineConfigError(
                     f"pipeline.stages: 'auth_results' must come after {', '.join(late)}")
         _check_arc_order(stages)
+        trusted = frozenset(d.strip().lower().rstrip(".") for d in p.arc_trusted_sealers)
+        if trusted and "dmarc" in stages and ("arc" not in stages
+                                              or stages.index("arc") > stages.index("dmarc")):
+            raise PipelineConfigError(
+                "pipeline.arc_trusted_sealers: 'arc' must come before 'dmarc'")
         arc_selector = ("", "")
         if p.arc_selector:
             domain, sep, selector = p.arc_selector.partition(":")
@@ -87,7 +94,7 @@ class PipelineSettings:
             for domain, value in p.dkim_selectors.items()))
         return cls(stages, p.authserv_id or server.hostname, p.dmarc_mode, selectors,
                    config.data_path("dkim"), config.data_path("spool"),  # type: ignore[attr-defined]
-                   arc_selector=arc_selector)
+                   arc_selector=arc_selector, arc_trusted_sealers=trusted)
 
     def signing_keys(self, load: Callable[[str, str, str], SigningKey] = load_key) -> list[SigningKey]:
         """Every configured key, read from ``<data_dir>/dkim/<domain>/<selector>.pem``
@@ -158,7 +165,8 @@ def build_pipeline(settings: PipelineSettings, lookup: IDNSLookup,
             from mailhost.mailauth.dmarc import DMARCChecker
             from mailhost.pipeline.dmarc import DMARCStage
 
-            stages.append(DMARCStage(DMARCChecker(lookup), settings.dmarc_mode))
+            stages.append(DMARCStage(DMARCChecker(lookup), settings.dmarc_mode,
+                                     settings.arc_trusted_sealers))
         elif name == "auth_results":
             from mailhost.pipeline.auth_results import AuthResultsStage
 

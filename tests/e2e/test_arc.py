@@ -26,7 +26,7 @@ from tests.e2e.test_pipeline import Host, message, ours, send, wait_for
 from tests.mailauth.test_arc import arcverify_cli
 
 B_STAGES = ["spf", "dkim", "dmarc", "arc", "auth_results", "dkim_sign", "arc_seal"]
-C_STAGES = ["spf", "dkim", "dmarc", "arc", "auth_results"]
+C_STAGES = ["spf", "dkim", "arc", "dmarc", "auth_results"]
 
 
 async def raw(host: Host, user: str) -> list[bytes]:
@@ -64,7 +64,8 @@ def send_from(monkeypatch, port: int, source: str) -> None:
 
 
 @pytest.fixture
-def three(tmp_path, dns_server, monkeypatch):
+def three(tmp_path, dns_server, monkeypatch, request):
+    """A, B, C and the DNS keys; C trusts the ARC sealers of ``request.param`` (none)."""
     dns = dns_server.address
     a = Host(tmp_path, "a", "127.0.0.1", "a.test", {"alice@a.test": "pw"}, dns,
              selectors={"a.test": "r1"})
@@ -79,6 +80,7 @@ def three(tmp_path, dns_server, monkeypatch):
     b.config.pipeline.stages = list(B_STAGES)
     b.config.pipeline.arc_selector = "b.test:arc1"
     c.config.pipeline.stages = list(C_STAGES)
+    c.config.pipeline.arc_trusted_sealers = list(getattr(request, "param", ()))
     rsa_record = a.add_key("r1", "rsa")
     b_record = b.add_key("arc1", "rsa")
     dns_server.zones.update({
@@ -174,3 +176,21 @@ async def test_unknown_user_of_the_forwarding_domain_still_refused(three):
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         await threads.deferToThread(send, b, "x@a.test", ["nobody@b.test"],
                                     message("x@a.test", "nobody@b.test", "x"), source="127.0.0.1")
+
+
+@pytest.mark.parametrize("three", [["b.test"]], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_c_trusting_bs_seal_takes_unsigned_mail_dmarc_would_reject(three):
+    """A's MTA sends unsigned mail for the alias (SPF and so DMARC pass at B); at C
+    SPF fails and there is no DKIM: DMARC fails and a.test says p=reject, but C
+    trusts b.test's seals and b.test recorded dmarc=pass, so C delivers it."""
+    a, b, c, _records = three
+    await threads.deferToThread(send, b, "alice@a.test", ["fwd@b.test"],
+                                message("alice@a.test", "fwd@b.test", "unsigned"),
+                                source="127.0.0.1")
+    stored = (await wait_for(lambda: raw(c, "carol@c.test"), timeout=30))[-1]
+    got = email.message_from_bytes(stored, policy=email.policy.default)
+    (ar,) = ours(got, "mx.c.test")
+    assert "spf=fail" in ar and "dkim=none" in ar and "dmarc=fail" in ar
+    assert "local policy: dmarc=pass at trusted ARC sealer b.test" in " ".join(ar.split())
+    assert "arc=pass" in ar

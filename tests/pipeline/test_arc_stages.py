@@ -82,6 +82,38 @@ async def test_forwarded_message_is_sealed_and_the_seal_verifies():
 
 
 @pytest_twisted.ensureDeferred
+async def test_dmarc_fail_of_mail_a_trusted_sealer_vouches_for_is_not_enforced():
+    """Sealed at b.test after DMARC passed there (SPF from 192.0.2.1), then received
+    from an address a.test's SPF does not name, unsigned: DMARC fails, p=reject. A
+    receiver that trusts b.test's seals accepts it; one that does not refuses it."""
+    ctx = MessageContext("192.0.2.1", "mx.a.test", "alice@a.test", forwarded=["c@c.test"])
+    await run(pipeline(), ctx, MESSAGE)
+    sealed = ctx.prepended + ctx.header_block + MESSAGE.split(b"\r\n\r\n", 1)[1]
+    order = ["spf", "dkim", "arc", "dmarc", "auth_results"]
+    lookup = StaticLookup(LOOKUP_ZONES)
+    strict = build_pipeline(settings(stages=order, authserv_id="mx.c.test"), lookup)
+    refused = await run(strict, MessageContext("192.0.2.2", "mx.b.test", "alice@a.test"), sealed)
+    assert refused.action == "reject"
+    trusting = build_pipeline(settings(stages=order, authserv_id="mx.c.test",
+                                       arc_trusted_sealers=["B.test"]), lookup)
+    nxt = MessageContext("192.0.2.2", "mx.b.test", "alice@a.test")
+    assert await run(trusting, nxt, sealed) == ACCEPT
+    dmarc = nxt.results["dmarc"]
+    assert dmarc.result == "fail" and dmarc.disposition == "none"
+    assert "trusted ARC sealer b.test" in dmarc.reason
+    # A sealer not on the list vouches for nothing.
+    other = build_pipeline(settings(stages=order, authserv_id="mx.c.test",
+                                    arc_trusted_sealers=["x.test"]), lookup)
+    refused = await run(other, MessageContext("192.0.2.2", "mx.b.test", "alice@a.test"), sealed)
+    assert refused.action == "reject"
+
+
+def test_trusted_sealers_need_arc_before_dmarc():
+    with pytest.raises(PipelineConfigError, match="'arc' must come before 'dmarc'"):
+        settings(stages=["spf", "dkim", "dmarc", "arc"], arc_trusted_sealers=["b.test"])
+
+
+@pytest_twisted.ensureDeferred
 async def test_not_forwarded_or_authenticated_is_not_sealed():
     plain = MessageContext("192.0.2.1", "mx.a.test", "alice@a.test")
     await run(pipeline(), plain, MESSAGE)
