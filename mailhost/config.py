@@ -256,6 +256,20 @@ class MetricsConfig:
 
 
 @dataclass
+class WebConfig:
+    """The web UI and REST API (mailhost.web) for a test or development server."""
+
+    # Endpoint string, e.g. "tcp:8025:interface=127.0.0.1"; empty disables it.
+    listen: str = ""
+    # HTTP basic auth for every request when both are set; otherwise only loopback
+    # clients (and Host: names of loopback) are served.
+    username: str = ""
+    password: str = ""
+    # Scripted SMTP/POP3/IMAP faults added and cleared from the page (Mailpit's chaos).
+    faults: bool = False
+
+
+@dataclass
 class DNSConfig:
     """The resolver that mail authentication asks (SPF, DKIM, DMARC, DANE)."""
 
@@ -287,6 +301,10 @@ class PipelineConfig:
     # dmarc: don't enforce a DMARC fail of mail these sealers' passing ARC chain says
     # passed DMARC with them (forwarders you trust); needs "arc" before "dmarc".
     arc_trusted_sealers: list[str] = field(default_factory=list)
+    # milter: name -> "inet:11332@127.0.0.1 [default_action=accept] [command_timeout=30] ...".
+    milters: dict[str, str] = field(default_factory=dict)
+    # What a milter that is down or times out means, unless its own default_action says.
+    milter_default_action: Literal["tempfail", "accept"] = "tempfail"
 
 
 @dataclass
@@ -330,6 +348,15 @@ class RateLimitConfig:
 
 
 @dataclass
+class CaptureConfig:
+    """Capture mode: a development sink that keeps every message and sends none."""
+
+    # True: every recipient of every domain is accepted into its own mailbox (made on
+    # first delivery), any AUTH succeeds, nothing is queued, relayed or checked.
+    enabled: bool = False
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -342,11 +369,13 @@ class Config:
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     # Where the config was read from, for resolving relative paths; not a TOML key.
     source: str = field(default="", metadata={"internal": True})
     # Command-line overrides, re-applied when the file is reloaded; not a TOML key.

@@ -41,6 +41,8 @@ from mailhost.sessions import IDispatchHook, SessionRegistry
 from mailhost.settings import Settings
 from mailhost.store.interfaces import IMailStore
 from mailhost.tls import HandshakeDeadlineFactory, server_options
+from mailhost.web.interfaces import IFaultControl, IQueueListing
+from mailhost.web.settings import WebSettings
 
 log = Logger()
 
@@ -196,6 +198,9 @@ class MailHostService(service.MultiService):
         self.queue: Any = None
         self.outbound: Any = None
         self.metrics: Any = None
+        # The operator's view over every mailbox (mailhost.mailview.IMailView), or None
+        # when the store cannot list its accounts (IAccountListing).
+        self.mail_view: Any = None
         # Every live session of this host (mailhost.sessions): drain, metrics, faults.
         self.sessions: SessionRegistry | None = None
         # twistd sets this; an embedding application keeps SIGHUP for itself.
@@ -343,6 +348,8 @@ class MailHostService(service.MultiService):
         if sessions is not None:
             d.addCallback(lambda _: sessions.drain(self.config.server.shutdown_grace))
         d.addCallback(lambda _: super(MailHostService, self).stopService())
+        if self.mail_view is not None:
+            d.addCallback(lambda _: self.mail_view.close())
         d.addCallback(lambda _: self.store.close())
         return d
 
@@ -358,6 +365,8 @@ def makeService(
     queue: IOutboundQueue | None = None,
     relay: bool = True,
     dispatch_hook: IDispatchHook | None = None,
+    faults: IFaultControl | None = None,
+    queue_listing: IQueueListing | None = None,
     reactor: Any = None,
 ) -> MailHostService:
     """Build the mail host described by ``config``.
@@ -373,7 +382,10 @@ def makeService(
     takes the mail SMTP accepts for remote domains instead of the spool;
     ``relay=False`` gives SMTP no queue at all, so remote recipients are refused
     (``554 5.7.1``). ``dispatch_hook`` (an ``IDispatchHook``) is asked before every
-    session command runs (``mailhost.testing`` injects faults so).
+    session command runs (``mailhost.testing`` injects faults so). ``faults`` and
+    ``queue_listing`` are what the web UI (``[web]``) shows and scripts: the test host
+    passes its fault script and captured queue; by default it lists the spool, and
+    ``web.faults`` gives a standalone server a fault script of its own.
 
     This is the one place that builds the graph: every part gets its frozen settings
     (``mailhost.settings``) and the collaborators it needs.
@@ -385,7 +397,8 @@ def makeService(
     settings = Settings.from_config(config)
     # outbound.enabled = false: no spool, no relay client, no resolver (remote mail is
     # refused unless the embedder's own queue= takes it).
-    outbound_on = config.outbound.enabled
+    # Capture mode (mailhost.auth.capture) has no outbound either: nothing leaves.
+    outbound_on = config.outbound.enabled and not settings.capture.enabled
     # What mail is written to; a read-only one stops the start here, in one line. A
     # memory store with its own checkers and no outbound writes nothing to disk.
     on_disk = [path for path, used in (
@@ -401,6 +414,17 @@ def makeService(
 
     passwd = PasswdFile(config.data_path(config.auth.passwd_file))
     aliases = AliasesFile(config.data_path(config.auth.aliases_file))
+    capture = settings.capture.enabled
+    if capture:
+        # Capture mode (mailhost.auth.capture): every address is a local mailbox and
+        # any login succeeds; nothing below relays, queues or looks names up.
+        from mailhost.auth.capture import AcceptAnyChecker, CaptureDirectory
+
+        relay = False
+        if directory is None:
+            directory = CaptureDirectory(settings.directory.domains)
+        if checkers is None:
+            checkers = [AcceptAnyChecker(settings.directory.domains[0])]
     if checkers is None:
         # Two argon2 checks at a time at most: bounded memory and CPU under a login flood.
         auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="mailhost-auth")
@@ -426,9 +450,18 @@ def makeService(
 
     root = MailHostService(config, store, directory, login, settings)
     root.own_directory = own_directory
+    root.mail_view = _make_mail_view(store, config, reactor)
     if auth_pool is not None:
         ThreadPoolService(auth_pool).setServiceParent(root)
     limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
+    web = WebSettings.from_config(config)
+    if web.enabled and web.faults and dispatch_hook is None:
+        # A standalone dev server scripts its faults from the page (Mailpit's chaos).
+        from mailhost.testing.faults import FaultHook
+        from mailhost.testing.faults.control import FaultScript
+
+        script: list[Any] = []
+        dispatch_hook, faults = FaultHook(script, reactor), FaultScript(script)
     # One registry per host, handed to every protocol factory below.
     sessions = root.sessions = SessionRegistry(reactor, hook=dispatch_hook)
     # Outermost first: limits refuse before anything else runs; the embedder's
@@ -459,12 +492,17 @@ def makeService(
             root.outbound.attempt_observers.append(root.metrics.attempt)
         MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
 
+    if web.enabled:
+        _add_web(root, web, reactor, faults=faults if web.faults else None,
+                 queue_listing=queue_listing)
+
     # root.config: a reload replaces it, so a new smtp.min_free_space applies.
     space = FreeSpace(storage_paths, lambda: root.config.smtp.min_free_space, reactor=reactor)
     space.setServiceParent(root)
 
-    pipeline = _make_pipeline(config, reactor)
-    checks = _make_checks(config, reactor, passwd, root)
+    # Capture mode checks nothing (no DNS, no greylisting of the app under test).
+    pipeline = None if capture else _make_pipeline(config, reactor)
+    checks = None if capture else _make_checks(config, reactor, passwd, root)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 
@@ -506,6 +544,36 @@ def makeService(
         root.add_listener("imap", description, imap, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root
+
+
+def _make_mail_view(store: IMailStore, config: Config, reactor: Any) -> Any:
+    """The operator's view over ``store`` (test host helpers, capture mode, web UI)."""
+    from mailhost.mailview import StoreMailView
+    from mailhost.store.interfaces import IAccountListing
+
+    if not IAccountListing.providedBy(store):
+        return None
+    return StoreMailView(store, hostname=config.server.hostname, reactor=reactor)
+
+
+def _add_web(root: MailHostService, settings: WebSettings, reactor: Any,
+             faults: IFaultControl | None, queue_listing: IQueueListing | None) -> None:
+    """The web UI and REST API on ``web.listen``: its listener is one of the root's
+    (``wait_listening`` reports it as "web"), outside the mail connection limits."""
+    from mailhost.web.queue import SpoolListing
+    from mailhost.web.service import WebService
+
+    if root.mail_view is None:
+        raise ConfigError("web.listen: this store cannot list its accounts, so it has no web UI")
+    if queue_listing is None and root.outbound is not None:
+        queue_listing = SpoolListing(root.outbound)  # capture mode has none: empty
+    web = WebService(settings, root.mail_view, reactor, queue=queue_listing, faults=faults)
+    web.setServiceParent(root)
+    endpoint = parse_endpoint(reactor, settings.listen, "web.listen")
+    listener = ListenerService("web.listen", settings.listen, endpoint, web.factory)
+    listener.setName(f"web:{settings.listen}")
+    listener.setServiceParent(root)
+    root.listeners.setdefault("web", []).append(listener)
 
 
 def _make_pipeline(config: Config, reactor: Any) -> Any:
@@ -599,7 +667,8 @@ _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "outbound.enabled", "outbound.queue_dir", "outbound.resolver",
                  "auth.passwd_file",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
-                 "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns")
+                 "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns",
+                 "capture.", "web.")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
 
 

@@ -72,7 +72,8 @@ class SMTPSettings:
             max_hops=s.max_hops,
             bare_newline=s.bare_newline,
             handshake_timeout=config.tls.handshake_timeout,
-            enforce_sender=config.submission.enforce_sender,
+            # Capture mode: an app logged in as anyone may send as anyone.
+            enforce_sender=config.submission.enforce_sender and not config.capture.enabled,
         )
 
 
@@ -264,6 +265,18 @@ class OutboundSettings:
 
 
 @dataclass(frozen=True)
+class CaptureSettings:
+    """``[capture]``: whether the composition root builds the capture sink (every
+    address local, any login accepted, no outbound) instead of the real directory."""
+
+    enabled: bool = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> CaptureSettings:
+        return cls(config.capture.enabled)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every part's settings, made from one ``Config`` at once."""
 
@@ -275,6 +288,7 @@ class Settings:
     directory: DirectorySettings
     limits: LimitsSettings
     outbound: OutboundSettings
+    capture: CaptureSettings = CaptureSettings()
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
@@ -287,4 +301,5 @@ class Settings:
             directory=DirectorySettings.from_config(config),
             limits=LimitsSettings.from_config(config),
             outbound=OutboundSettings.from_config(config),
+            capture=CaptureSettings.from_config(config),
         )

@@ -24,7 +24,7 @@ def _toml_value(value: object) -> str:
 
 
 # Keys whose values are secrets: shown as set or not, never printed.
-SECRET_KEYS = {"outbound.smarthost_password"}
+SECRET_KEYS = {"outbound.smarthost_password", "web.password"}
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:

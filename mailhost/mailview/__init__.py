@@ -6,5 +6,8 @@ the test helpers never reach into a store implementation.
 """
 
 from mailhost.mailview.interfaces import IMailView, MessageQuery, MessageSummary, NoSuchMessageId
+from mailhost.mailview.release import ReleaseFailed
+from mailhost.mailview.view import StoreMailView
 
-__all__ = ["IMailView", "MessageQuery", "MessageSummary", "NoSuchMessageId"]
+__all__ = ["IMailView", "MessageQuery", "MessageSummary", "NoSuchMessageId", "ReleaseFailed",
+           "StoreMailView"]

@@ -69,16 +69,22 @@ class Spool:
             self._file = tempfile.TemporaryFile(dir=self.directory, prefix="mailhost-spool-")
         self._file.write(data)
 
-    def read(self, offset: int, sink: Callable[[bytes], None]) -> defer.Deferred[None]:
+    def read(self, offset: int, sink: Callable[[bytes], defer.Deferred[None] | None]
+             ) -> defer.Deferred[None]:
         """Give every octet from ``offset`` on to ``sink`` (on the reactor thread, in
-        chunks); Deferred firing when done."""
+        chunks); Deferred firing when done. A sink that returns a Deferred (a milter
+        waiting for its reply) gets the next chunk only once it fires; may be called
+        more than once (each stage that reads the body, then the targets)."""
         return defer.Deferred.fromCoroutine(self._read(offset, sink))
 
-    async def _read(self, offset: int, sink: Callable[[bytes], None]) -> None:
+    async def _read(self, offset: int, sink: Callable[[bytes], defer.Deferred[None] | None]
+                    ) -> None:
         if not self._spilled:
             data = b"".join(self._held)
             for i in range(offset, len(data), CHUNK):
-                sink(data[i:i + CHUNK])
+                waiting = sink(data[i:i + CHUNK])
+                if waiting is not None:
+                    await waiting
             return
         if self._held:
             self._flush()
@@ -90,7 +96,9 @@ class Spool:
             chunk = await self._in_thread(self._file.read, CHUNK)
             if not chunk:
                 return
-            sink(chunk)
+            waiting = sink(chunk)
+            if waiting is not None:
+                await waiting
 
     def close(self) -> None:
         """Forget the message; the file (already unlinked) closes once pending writes

@@ -27,7 +27,7 @@ every part).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,8 @@ log = Logger()
 @dataclass(frozen=True)
 class Verdict:
     """What a check decides: ``accept``, ``reject``/``tempfail`` (with the SMTP reply
-    to give), or ``quarantine`` (delivered to the recipients' Junk folder)."""
+    to give), ``quarantine`` (delivered to the recipients' Junk folder) or ``discard``
+    (250, delivered nowhere; ends the run like a refusal)."""
 
     action: str
     code: int = 0
@@ -59,6 +60,10 @@ class Verdict:
     @classmethod
     def quarantine(cls, text: str = "") -> Verdict:
         return cls("quarantine", text=text)
+
+    @classmethod
+    def discard(cls, text: str = "") -> Verdict:
+        return cls("discard", text=text)
 
     @property
     def refuses(self) -> bool:
@@ -82,6 +87,9 @@ class MessageContext:
     #: Remote addresses a local alias forwards this message to (through the outbound
     #: queue, with the other remote copies): ``arc_seal`` seals the message for them.
     forwarded: list[str] = field(default_factory=list)
+    #: A stage (a milter) added or removed recipients: routing then follows
+    #: ``recipients`` instead of what SMTP decided at RCPT time.
+    recipients_changed: bool = False
     header_block: bytes = b""  # the client's header block, up to its empty line
     #: Stage results by name (``spf``, ``dkim``, ``dmarc``) for Authentication-Results.
     results: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +98,25 @@ class MessageContext:
     #: A stage's own per-message objects (a running hash), by stage name.
     state: dict[str, Any] = field(default_factory=dict)
     quarantined: bool = False
+    #: For stages that replay the transaction (milters): the SMTP transaction id, the
+    #: client's port and verified name ("" unknown), our address, MAIL FROM's ESMTP
+    #: parameters as sent, and ``read_body(sink)`` (set at end of data): gives the
+    #: held body to ``sink`` chunk by chunk, waiting on a Deferred ``sink`` returns.
+    #: A stage that replaces the body replaces ``read_body``; the targets read the
+    #: body through it. (Body consumers of earlier stages saw the original: a
+    #: ``dkim_sign`` signature no longer matches a replaced body.)
+    queue_id: str = ""
+    client_port: int = 0
+    client_name: str = ""
+    local_ip: str = ""
+    auth_mechanism: str = ""  # the SASL mechanism of ``user``'s login
+    mail_params: tuple[str, ...] = ()
+    read_body: Callable[[Callable[[bytes], defer.Deferred[None] | None]],
+                        defer.Deferred[None]] | None = None
+    #: State a stage keeps for the SMTP session (a milter's connection), shared by
+    #: the session's messages, by stage; released by ``Pipeline.close_session``.
+    #: None: the message has no session (each stage keeps nothing beyond it).
+    session: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)  # for the transaction log
     _prepended: list[bytes] = field(default_factory=list)
 
@@ -130,6 +157,14 @@ class IStage(Interface):
         Deferred firing with one), None for accept."""
 
 
+class ISessionStage(IStage):
+    """A stage that keeps something for a whole SMTP session (in ``ctx.session``)."""
+
+    def session_closed(session: dict[str, Any]) -> None:
+        """The SMTP session ended (QUIT, a dropped client, shutdown): release what this
+        stage keeps in ``session``. Must not raise."""
+
+
 class Pipeline:
     """The configured stages in order; ``run`` drives one message through them."""
 
@@ -147,6 +182,15 @@ class Pipeline:
         for stage in self.stages:
             stage.envelope(ctx)
         return ctx
+
+    def close_session(self, session: dict[str, Any]) -> None:
+        """An SMTP session that gave its messages ``session`` ended."""
+        for stage in self.stages:
+            if ISessionStage.providedBy(stage):
+                try:
+                    stage.session_closed(session)
+                except Exception:
+                    log.failure("pipeline stage {stage}: session_closed failed", stage=stage.name)
 
     def headers_done(self, ctx: MessageContext) -> list[IBodyConsumer]:
         consumers = []
@@ -174,7 +218,7 @@ class Pipeline:
             if verdict is None or verdict.action == "accept":
                 continue
             ctx.notes.append(f"{stage.name}={verdict.action}")
-            if verdict.refuses:
+            if verdict.refuses or verdict.action == "discard":
                 return verdict
             if verdict.action == "quarantine":
                 ctx.quarantined = True

@@ -11,6 +11,7 @@ holds the stages, one small module each, as maddy's ``check/`` and ``modify/``:
 ``auth_results`` one Authentication-Results field; forged ones removed
 ``dkim_sign``   DKIM signature for mail of our domains that we relay
 ``arc_seal``    ARC set on mail a local alias forwards to another domain
+``milter``      the milters of ``pipeline.milters`` (rspamd, OpenDKIM, ...)
 ============== =========================================================
 
 ``service.py`` calls ``build_pipeline`` with the frozen ``PipelineSettings`` and the
@@ -27,8 +28,9 @@ from dataclasses import dataclass
 from mailhost.dns.interfaces import IDNSLookup
 from mailhost.mailauth.dkim_keys import SigningKey, load_key
 from mailhost.message.stage import IStage, Pipeline
+from mailhost.milter.client import MilterSpec, MilterSpecError
 
-STAGES = ("spf", "dkim", "dmarc", "arc", "auth_results", "dkim_sign", "arc_seal")
+STAGES = ("spf", "dkim", "dmarc", "arc", "auth_results", "dkim_sign", "arc_seal", "milter")
 _CHECKS = ("spf", "dkim", "dmarc", "arc")
 
 
@@ -48,6 +50,9 @@ class PipelineSettings:
     dkim_dir: str = "dkim"
     #: Messages too large for memory wait here for the stages' verdict.
     spool_dir: str | None = None
+    #: For ``milter``: the milters in order, and our name in their ``j`` macro.
+    milters: tuple[MilterSpec, ...] = ()
+    hostname: str = ""
     #: For ``arc_seal``: (domain, selector) of its RSA key; ("", "") the first RSA
     #: key of ``dkim_selectors``.
     arc_selector: tuple[str, str] = ("", "")
@@ -92,9 +97,17 @@ class PipelineSettings:
             (domain.strip().lower().rstrip("."),
              tuple(s for s in value.replace(",", " ").split() if s))
             for domain, value in p.dkim_selectors.items()))
+        try:
+            milters = tuple(MilterSpec.parse(name, text, p.milter_default_action)
+                            for name, text in p.milters.items())
+        except MilterSpecError as e:
+            raise PipelineConfigError(f"pipeline.milters: {e}") from None
+        if "milter" in stages and not milters:
+            raise PipelineConfigError("pipeline.stages: 'milter' needs pipeline.milters")
         return cls(stages, p.authserv_id or server.hostname, p.dmarc_mode, selectors,
                    config.data_path("dkim"), config.data_path("spool"),  # type: ignore[attr-defined]
-                   arc_selector=arc_selector, arc_trusted_sealers=trusted)
+                   milters, server.hostname, arc_selector=arc_selector,
+                   arc_trusted_sealers=trusted)
 
     def signing_keys(self, load: Callable[[str, str, str], SigningKey] = load_key) -> list[SigningKey]:
         """Every configured key, read from ``<data_dir>/dkim/<domain>/<selector>.pem``
@@ -188,6 +201,13 @@ def build_pipeline(settings: PipelineSettings, lookup: IDNSLookup,
 
             stages.append(ARCSealStage(ARCSealer(arc_key or settings.arc_key()),
                                        settings.authserv_id))
+        elif name == "milter":
+            from mailhost.milter.client import MilterClient
+            from mailhost.pipeline.milter import MilterStage
+
+            stages.append(MilterStage([MilterClient(spec, settings.hostname, reactor=reactor,
+                                                    spool_dir=settings.spool_dir)
+                                       for spec in settings.milters]))
     if stages and settings.spool_dir:
         os.makedirs(settings.spool_dir, mode=0o700, exist_ok=True)
     return Pipeline(stages, spool_dir=settings.spool_dir)

@@ -142,16 +142,21 @@ class Delivery:
     async def _run_pipeline(self) -> None:
         """The stages' verdict, then the targets it routes to get the message."""
         self._splitter.close()
+        assert self._spool is not None  # commit runs the pipeline only with a spool
+        spool, offset = self._spool, self._splitter.header_length
+        self._context.read_body = lambda sink: spool.read(offset, sink)
         verdict = await self._pipeline.finish(self._context)
         if verdict.refuses:
             raise Reply(verdict.code, verdict.status, verdict.text)
+        if verdict.action == "discard":  # accepted, and delivered nowhere
+            return
         self.targets = sorted(self._route(self._context.quarantined), key=lambda t: not t.holds)
         for target in self.targets:
             target.begin()
             self._begun.append(target)
         self._fan(self._context.prepended + self._header + self._context.header_block)
-        assert self._spool is not None  # commit runs the pipeline only with a spool
-        await self._spool.read(self._splitter.header_length, self._fan)
+        # Through the context: a stage may have replaced the body (a milter's SMFIR_REPLBODY).
+        await self._context.read_body(self._fan)
 
     def _fan(self, data: bytes) -> None:
         for target in self.targets:

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, interfaces, task
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -60,7 +61,7 @@ from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse
 from mailhost.settings import SMTPSettings
 from mailhost.smtp.data import ChunkReader, DataReader
 from mailhost.smtp.delivery import Delivery, targets_for
-from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg
+from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg, split_path
 from mailhost.smtp.policy import Decision
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.session import Session, Transaction, new_transaction_id
@@ -103,6 +104,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.registry = factory.registry
         self.protocol = "submission" if factory.submission else "smtp"
         self._verb: str | None = None  # the command whose final reply is awaited
+        # What pipeline stages keep for this session (a milter's connection).
+        self._stage_session: dict[str, Any] = {}
         self._octets = 0  # message octets its reply accepts (DATA-END, BDAT-LAST)
         self._cut = False  # the dispatch hook said CUT for the command under way
         self._held = HeldVerdict("SMTP", lambda: self._closing)
@@ -247,6 +250,8 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._registered = False
             self.factory.release(self)
         self._abandon("disconnected")
+        if self.factory.pipeline:
+            self.factory.pipeline.close_session(self._stage_session)
         self.registry.closed(self)
 
     # -- ISession -----------------------------------------------------------------
@@ -683,6 +688,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             if self._closing:
                 return
             self._session.user = avatar.user
+            self._session.auth_mechanism = mech
             self._send(Reply(235, "2.7.0", "Authentication successful"))
         except Reply as reply:
             if not self._closing:
@@ -730,13 +736,15 @@ class SMTPServer(Protocol, TimeoutMixin):
         refused = self._storage_refusal(params.size)
         if refused is not None:
             return refused
+        esmtp = tuple(split_path(arg[5:])[1].split())  # as sent, for milters
         if self._client is not None:
             self._client.helo, self._client.user = session.helo or "", session.user
             return self._checked(self.factory.checks.mail(self._client, str(sender)),
-                                 lambda: self._begin_transaction(sender, params))
-        return self._begin_transaction(sender, params)
+                                 lambda: self._begin_transaction(sender, params, esmtp))
+        return self._begin_transaction(sender, params, esmtp)
 
-    def _begin_transaction(self, sender: Any, params: Any) -> Reply:
+    def _begin_transaction(self, sender: Any, params: Any,
+                           mail_params: tuple[str, ...] = ()) -> Reply:
         """MAIL FROM passed every check: the transaction starts."""
         session = self._session
         session.transaction = Transaction(id=new_transaction_id(), sender=sender, params=params)
@@ -745,7 +753,12 @@ class SMTPServer(Protocol, TimeoutMixin):
                 session.client_ip, session.helo or "", str(sender), session.user,
                 self.factory.submission,
                 trusted=self.factory.policy.may_relay(session.client_ip, session.user),
-                results=dict(self._client.message_results) if self._client is not None else {}))
+                results=dict(self._client.message_results) if self._client is not None else {},
+                queue_id=session.transaction.id, client_port=session.client_port,
+                client_name=(self._client.name or "") if self._client is not None else "",
+                auth_mechanism=session.auth_mechanism if session.user else "",
+                session=self._stage_session,
+                local_ip=_local_ip(self.transport), mail_params=mail_params))
         self._mailed = True
         self._cancel_pre_mail()
         return Reply(250, "2.1.0", "Ok")
@@ -791,13 +804,19 @@ class SMTPServer(Protocol, TimeoutMixin):
         txn.accepted.append(str(rcpt))
         for mailbox in decision.mailboxes:
             txn.mailboxes[mailbox] = None
+        queued = None
         if decision.remote is not None:
             key = decision.remote.lower()
+            queued = QueueRecipient(decision.remote, params.notify, params.orcpt)
             if key not in txn.remote:
-                txn.remote[key] = QueueRecipient(decision.remote, params.notify, params.orcpt)
+                txn.remote[key] = queued
+        forwards = []
         for target in decision.forwards:  # a local alias forwarding to another domain
-            txn.remote.setdefault(target.lower(), QueueRecipient(target, params.notify, params.orcpt))
+            forwards.append(QueueRecipient(target, params.notify, params.orcpt))
+            txn.remote.setdefault(target.lower(), forwards[-1])
             txn.forwarded[target.lower()] = None
+        txn.routes[str(rcpt)] = (tuple(decision.mailboxes),
+                                 ((queued,) if queued is not None else ()) + tuple(forwards))
         return decision.reply
 
     def _checked(self, decided: defer.Deferred, accept: Callable[[], Reply],
@@ -882,8 +901,11 @@ class SMTPServer(Protocol, TimeoutMixin):
             client_name=self._client.name if self._client is not None else None)
         try:
             def route(quarantined: bool = False) -> list:
+                mailboxes, remote = list(txn.mailboxes), list(txn.remote.values())
+                if txn.context is not None and txn.context.recipients_changed:
+                    mailboxes, remote = self._reroute(txn, txn.context.recipients)
                 return targets_for(self.factory.store, self.factory.queue, str(txn.sender),
-                                   list(txn.mailboxes), list(txn.remote.values()),
+                                   mailboxes, remote,
                                    envid=txn.params.envid, ret=txn.params.ret,
                                    quarantined=quarantined)
 
@@ -901,6 +923,35 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._newlines = BareNewlines(self.settings.bare_newline)
         self._bdat_total = 0
         return None
+
+    def _reroute(self, txn: Transaction, recipients: list[str]
+                 ) -> tuple[list[str], list[QueueRecipient]]:
+        """Routing for the recipients a pipeline stage (a milter) left and added: the
+        RCPT-time decision for those SMTP accepted, the recipient policy for new ones
+        (one it refuses, such as a relay the client may not use, is logged and left out)."""
+        mailboxes: dict[str, None] = {}
+        remote: dict[str, QueueRecipient] = {}
+        for address in recipients:
+            route = txn.routes.get(address)
+            if route is None:
+                try:
+                    rcpt, params = parse_rcpt_arg(f"<{address}>", utf8=txn.params.smtputf8)
+                    decision = self.factory.policy.decide(
+                        rcpt, params, self._session.client_ip, self._session.user)
+                except Reply as reply:
+                    log.warn("{tid}: recipient <{rcpt}> added by the pipeline refused: {reply}",
+                             event="smtp.added_rcpt_refused", tid=txn.id, rcpt=address,
+                             reply=reply.to_bytes().decode("utf-8", "replace").strip())
+                    continue
+                route = (tuple(decision.mailboxes), tuple(
+                    QueueRecipient(a, params.notify, params.orcpt)
+                    for a in ((decision.remote,) if decision.remote is not None else ())
+                    + decision.forwards))
+            for mailbox in route[0]:
+                mailboxes[mailbox] = None
+            for queued in route[1]:
+                remote.setdefault(queued.address.lower(), queued)
+        return list(mailboxes), list(remote.values())
 
     def smtp_BDAT(self, arg: str) -> Reply | None:  # noqa: N802
         """RFC 3030 CHUNKING. The chunk is read even when it will be refused."""
@@ -1036,6 +1087,12 @@ class SMTPServer(Protocol, TimeoutMixin):
             size=size, outcome=outcome, user=self._session.user,
             submission=self.factory.submission,
         )
+
+
+def _local_ip(transport: Any) -> str:
+    """Our address on this connection ("" on a UNIX socket), for the pipeline."""
+    host = transport.getHost()
+    return host.host if isinstance(host, IPv4Address | IPv6Address) else ""
 
 
 def _bdat_args(arg: str) -> tuple[int, bool] | None:

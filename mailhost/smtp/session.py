@@ -48,6 +48,11 @@ class Transaction:
     results: list[tuple[str, int]] = field(default_factory=list)
     rcpt_count: int = 0
     accepted: list[str] = field(default_factory=list)
+    # Each accepted address's routing (its mailboxes, its queue recipient), for a
+    # pipeline stage that removes recipients again (a milter's SMFIR_DELRCPT).
+    # (Its queue recipients: the remote address, or what a local alias forwards to.)
+    routes: dict[str, tuple[tuple[str, ...], tuple[QueueRecipient, ...]]] = field(
+        default_factory=dict)
     # The message pipeline's view of this message (mailhost.message.stage), if any.
     context: Any = None
 
@@ -74,6 +79,7 @@ class Session:
     helo: str | None = None
     esmtp: bool = False
     user: str | None = None  # authenticated user address
+    auth_mechanism: str = ""  # the SASL mechanism of that login (milter {auth_type})
     transaction: Transaction | None = None
 
     def reset_transaction(self) -> None:
@@ -84,6 +90,7 @@ class Session:
         self.helo = None
         self.esmtp = False
         self.user = None
+        self.auth_mechanism = ""
         self.transaction = None
 
     @property

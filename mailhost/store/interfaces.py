@@ -330,3 +330,27 @@ class IMailStore(Interface):
     def close() -> Deferred[None]:
         """Flush indexes; Deferred. Called on service stop."""
 
+
+
+class IAccountListener(Interface):
+    """Told when a store first serves an account in this process (``IAccountListing``)."""
+
+    def account_opened(user: str) -> None:
+        """``user``'s account was opened for the first time since the store started:
+        made by its first delivery or login, or an existing one first used. Called on
+        the reactor thread; a failing listener never breaks the store."""
+
+
+class IAccountListing(Interface):
+    """A store that can name its accounts (optional; ``providedBy``): the operator's
+    view across every mailbox (``mailhost.mailview``) needs it, protocols never do."""
+
+    def accounts() -> Deferred[list[str]]:
+        """Deferred firing with every account the store holds, sorted (Maildir: its
+        ``<domain>/<localpart>`` Maildirs, listed off the reactor thread)."""
+
+    def add_account_listener(listener: IAccountListener) -> None:
+        """Hear of every account opened from now on."""
+
+    def remove_account_listener(listener: IAccountListener) -> None:
+        pass

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from twisted.logger import Logger
 
-from mailhost.store.interfaces import IFolder, IFolderListener, MessageInfo
+from mailhost.store.interfaces import IAccountListener, IFolder, IFolderListener, MessageInfo
 
 
 class ListenerSet:
@@ -46,3 +46,27 @@ class ListenerSet:
 
     def expunged(self, folder: IFolder, uids: Sequence[int]) -> None:
         self._emit("messages_expunged", folder, list(uids))
+
+
+class AccountListenerSet:
+    """The store's IAccountListeners; a failing listener never breaks the store."""
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._listeners: list[IAccountListener] = []
+
+    def add(self, listener: IAccountListener) -> None:
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def remove(self, listener: IAccountListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def opened(self, user: str) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener.account_opened(user)
+            except Exception:
+                self.log.failure("account listener failed for {user}", user=user)

@@ -38,9 +38,15 @@ from mailhost.store._maildir.maildir_account import MaildirAccount
 from mailhost.store._maildir.maildir_folder import MaildirFolder
 from mailhost.store._maildir.maildir_watch import ChangeWatcher
 from mailhost.store._maildir.maildir_writer import MaildirMessageWriter
-from mailhost.store.interfaces import IMailAccount, IMailStore
+from mailhost.store.interfaces import (
+    IAccountListener,
+    IAccountListing,
+    IMailAccount,
+    IMailStore,
+)
+from mailhost.store.listeners import AccountListenerSet
 from mailhost.store.modes import PRIVATE, FileModes
-from mailhost.store.names import split_user
+from mailhost.store.names import check_address, split_user
 
 __all__ = ["MaildirStore", "MaildirAccount", "MaildirFolder", "MaildirMessageWriter"]
 
@@ -54,9 +60,9 @@ class IStoreReactor(IReactorTime, IReactorThreads, IReactorFDSet):
     pool (every blocking file-system call) and readers (the inotify descriptor)."""
 
 
-@implementer(IMailStore)
+@implementer(IMailStore, IAccountListing)
 class MaildirStore:
-    """Implements: IMailStore on a Maildir++ tree at ``root``.
+    """Implements: IMailStore and IAccountListing on a Maildir++ tree at ``root``.
 
     ``fsync=False`` skips every fsync (tests, throwaway dev data): a crash may then lose
     acknowledged mail. ``reactor`` defaults to the global one; its thread pool runs
@@ -86,6 +92,7 @@ class MaildirStore:
         self._recovery: defer.Deferred[None] | None = None  # of crashed multi-folder commits
         self._recovered = False
         self._watcher = ChangeWatcher(reactor, self.run_blocking, watch)
+        self._account_listeners = AccountListenerSet()
 
     def run_blocking(self, fn: Callable[..., _T], *args: object) -> defer.Deferred[_T]:
         """Run ``fn(*args)`` in the reactor's thread pool: the store's one thread hop, for
@@ -178,6 +185,7 @@ class MaildirStore:
         self._accounts[user] = account
         for d in self._opening.pop(user):
             d.callback(account)
+        self._account_listeners.opened(user)
         return account
 
     async def _folder(self, user: str, name: str) -> MaildirFolder:
@@ -192,6 +200,21 @@ class MaildirStore:
 
     def new_message(self) -> MaildirMessageWriter:
         return MaildirMessageWriter(self)
+
+    def accounts(self) -> defer.Deferred[list[str]]:
+        """Every ``<domain>/<localpart>`` Maildir under the root (a directory with
+        ``cur/``), listed in the thread pool, plus accounts opened but not yet made."""
+
+        def add_open(found: list[str]) -> list[str]:
+            return sorted(set(found) | set(self._accounts))
+
+        return self.run_blocking(_list_accounts, self.root).addCallback(add_open)
+
+    def add_account_listener(self, listener: IAccountListener) -> None:
+        self._account_listeners.add(listener)
+
+    def remove_account_listener(self, listener: IAccountListener) -> None:
+        self._account_listeners.remove(listener)
 
     def close(self) -> defer.Deferred[None]:
         """Number the deliveries still waiting for a UID (their files are durable
@@ -209,3 +232,30 @@ class MaildirStore:
 
         flushes = [flush(f) for f in folders]
         return defer.gatherResults(flushes, consumeErrors=True).addCallback(lambda _: None)
+
+
+def _list_accounts(root: str) -> list[str]:
+    """Thread side of ``accounts``: the user address of every Maildir two levels down
+    whose name is a valid address (so no stray directory becomes an account)."""
+    found: list[str] = []
+    try:
+        domains = os.listdir(root)
+    except FileNotFoundError:
+        return found
+    for domain in domains:
+        if domain.startswith("."):
+            continue  # .tmp and other private directories
+        try:
+            locals_ = os.listdir(os.path.join(root, domain))
+        except (NotADirectoryError, FileNotFoundError):
+            continue
+        for local in locals_:
+            user = f"{local}@{domain}"
+            if not os.path.isdir(os.path.join(root, domain, local, "cur")):
+                continue
+            try:
+                check_address(user)
+            except Exception:
+                continue
+            found.append(user)
+    return found

@@ -27,6 +27,8 @@ from mailhost.store.interfaces import (
     DEFAULT_SPECIAL_FOLDERS,
     DeliveryTarget,
     FolderExists,
+    IAccountListener,
+    IAccountListing,
     IFolder,
     IFolderListener,
     IMailAccount,
@@ -39,7 +41,7 @@ from mailhost.store.interfaces import (
     NoSuchMessage,
     StoreError,
 )
-from mailhost.store.listeners import ListenerSet
+from mailhost.store.listeners import AccountListenerSet, ListenerSet
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents, split_user
 from mailhost.store.reader import reader_for
 
@@ -438,13 +440,15 @@ class MemoryAccount:
         return defer.succeed(None)
 
 
-@implementer(IMailStore)
+@implementer(IMailStore, IAccountListing)
 class MemoryStore:
-    """Implements: IMailStore, entirely in process (bodies may spill to temp files)."""
+    """Implements: IMailStore and IAccountListing, entirely in process (bodies may
+    spill to temp files)."""
 
     def __init__(self) -> None:
         self._accounts: dict[str, MemoryAccount] = {}
         self._last_validity = 0
+        self._account_listeners = AccountListenerSet()
 
     def _next_uid_validity(self) -> int:
         self._last_validity = max(self._last_validity + 1, int(time.time()))
@@ -455,6 +459,7 @@ class MemoryStore:
         account = self._accounts.get(user)
         if account is None:
             account = self._accounts[user] = MemoryAccount(self, user)
+            self._account_listeners.opened(user)
         return account
 
     def _target_folder(self, target: DeliveryTarget) -> MemoryFolder:
@@ -468,6 +473,15 @@ class MemoryStore:
 
     def new_message(self) -> MemoryMessageWriter:
         return MemoryMessageWriter(self)
+
+    def accounts(self) -> defer.Deferred[list[str]]:
+        return defer.succeed(sorted(self._accounts))
+
+    def add_account_listener(self, listener: IAccountListener) -> None:
+        self._account_listeners.add(listener)
+
+    def remove_account_listener(self, listener: IAccountListener) -> None:
+        self._account_listeners.remove(listener)
 
     def start(self) -> defer.Deferred[None]:
         """Nothing survives a crash, so nothing is left to finish."""

@@ -5,7 +5,9 @@ a memory (or temporary Maildir) store, plaintext auth allowed, no login lockouts
 fault injection in every session. Nothing leaves the machine: by default remote
 recipients are refused (``554 5.7.1``); with ``outbound=True`` mail for remote
 recipients is accepted from authenticated users and captured in memory
-(``outbound_messages()``) instead of being queued for delivery.
+(``outbound_messages()``) instead of being queued for delivery. With ``capture=True``
+the host is in capture mode (``[capture]``): every recipient of every domain gets a
+mailbox of its own and any login succeeds.
 
 Every method is for the reactor thread and returns a Deferred where it waits;
 ``mailhost.testing.running()`` gives a blocking proxy for code without Twisted.
@@ -21,6 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -32,6 +35,7 @@ from mailhost.auth.checkers import InMemoryChecker
 from mailhost.auth.directory import UserDirectory
 from mailhost.auth.passwd import normalize_address
 from mailhost.config import Config
+from mailhost.mailview import MessageQuery, MessageSummary, NoSuchMessageId
 from mailhost.outbound.interfaces import IOutboundQueue, IQueueWriter
 from mailhost.store.interfaces import (
     DEFAULT_SPECIAL_FOLDERS,
@@ -41,6 +45,8 @@ from mailhost.store.interfaces import (
 )
 from mailhost.store.reader import read_all
 from mailhost.testing.faults import Fault, FaultHook, FaultSet
+from mailhost.testing.faults.control import FaultScript
+from mailhost.web.interfaces import IQueueListing, QueuedMessage, QueuedRecipient
 
 log = Logger()
 
@@ -48,6 +54,11 @@ LOOPBACK = "127.0.0.1"
 _EPHEMERAL = f"tcp:0:interface={LOOPBACK}"
 # The same endpoint spelled differently: the service names listeners by description.
 _EPHEMERAL_TLS = f"tcp:port=0:interface={LOOPBACK}"
+
+#: Listener kinds ``protocols=`` may name, and the ``ports=`` keys of each (plain, TLS).
+PROTOCOLS = ("smtp", "submission", "pop3", "imap")
+_PORT_KEYS = {"smtp": ("smtp", None), "submission": ("submission", "smtps"),
+              "pop3": ("pop3", "pop3s"), "imap": ("imap", "imaps")}
 
 
 class MailHostTimeout(TimeoutError):
@@ -81,6 +92,7 @@ class OutboundMessage:
     recipients: list[str]
     message: EmailMessage = field(repr=False)
     raw: bytes = field(repr=False)
+    arrival: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
 
 
 def parse_message(raw: bytes) -> EmailMessage:
@@ -166,9 +178,10 @@ class _CaptureWriter:
             self._spool = None
 
 
-@implementer(IOutboundQueue)
+@implementer(IOutboundQueue, IQueueListing)
 class _CaptureQueue:
-    """Implements: IOutboundQueue; keeps "relayed" mail in memory, sends nothing."""
+    """Implements: IOutboundQueue, IQueueListing; keeps "relayed" mail in memory,
+    sends nothing, and lists it (the web UI's queue panel)."""
 
     def __init__(self) -> None:
         self.captured: list[OutboundMessage] = []
@@ -177,6 +190,12 @@ class _CaptureQueue:
     def new_message(self, sender: str, envid: str | None = None,
                     ret: str | None = None) -> _CaptureWriter:
         return _CaptureWriter(self, sender)
+
+    def queued(self) -> list[QueuedMessage]:
+        return [QueuedMessage(f"capture{n}", m.sender,
+                              tuple(QueuedRecipient(r, "captured") for r in m.recipients),
+                              m.arrival, len(m.raw))
+                for n, m in enumerate(self.captured, 1)]
 
 
 class MailHost:
@@ -187,7 +206,13 @@ class MailHost:
     ``tls=True`` adds STARTTLS/STLS and implicit-TLS listeners with a throwaway
     certificate (``ca_file``). ``outbound=True`` captures mail for remote recipients
     instead of refusing it. ``metrics=True`` keeps this host's Prometheus metrics
-    (``metric()``; needs ``prometheus_client``).
+    (``metric()``; needs ``prometheus_client``). ``capture=True``: capture mode, every
+    recipient accepted into its own mailbox, any login accepted, nothing relayed.
+    ``protocols`` names the listeners to run (of ``smtp``, ``submission``, ``pop3``,
+    ``imap``; all by default); ``ports`` fixes a port per listener (``{"smtp": 2525}``;
+    with ``tls=True`` also ``smtps``, ``pop3s``, ``imaps``), the others are ephemeral.
+    ``web=True`` serves the web UI and REST API on loopback (``web_url``), with this
+    host's faults and captured mail.
     """
 
     host = LOOPBACK
@@ -197,9 +222,22 @@ class MailHost:
                  aliases: Mapping[str, list[str]] | None = None,
                  store: str = "memory", tls: bool = False, outbound: bool = False,
                  hostname: str = "localhost", reactor: Any = None,
-                 metrics: bool = False) -> None:
+                 metrics: bool = False, capture: bool = False,
+                 protocols: Iterable[str] | None = None,
+                 ports: Mapping[str, int] | None = None, web: bool = False) -> None:
         if store not in ("memory", "maildir"):
             raise ValueError(f"store must be 'memory' or 'maildir', not {store!r}")
+        self.protocols = tuple(PROTOCOLS if protocols is None else protocols)
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols:
+            raise ValueError(f"protocols must name some of {', '.join(PROTOCOLS)}, "
+                             f"not {list(self.protocols)!r}")
+        known_ports = {key for kind in self.protocols
+                       for key in _PORT_KEYS[kind][: 2 if tls else 1] if key}
+        self.ports = dict(ports or {})
+        if set(self.ports) - known_ports:
+            raise ValueError(f"ports for {sorted(set(self.ports) - known_ports)}: "
+                             f"no such listener (of {sorted(known_ports)})")
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -211,6 +249,8 @@ class MailHost:
         self.tls = tls
         self.outbound = outbound
         self.with_metrics = metrics
+        self.with_web = web
+        self.capture = capture
         self._initial_users = {normalize_address(u): p for u, p in (users or {}).items()}
         self._aliases = dict(aliases or {})
         self._registry: list[Fault] = []
@@ -226,7 +266,9 @@ class MailHost:
         self._tmpdir: str | None = None
         self.service: Any = None
         self.store: Any = None
-        self.directory: UserDirectory | None = None
+        self.directory: Any = None  # a UserDirectory (CaptureDirectory in capture mode)
+        self._users: InMemoryChecker | None = None  # who add_user made (and their passwords)
+        self._unsubscribe: Any = None
         self.ca_file: str | None = None
         self.running = False
 
@@ -255,10 +297,15 @@ class MailHost:
         # The system resolver leaves a resolv.conf re-read timer behind (trial calls
         # that a dirty reactor); nothing here needs DNS.
         config.outbound.resolver = f"{LOOPBACK}:9"
-        for section in (config.smtp, config.submission, config.pop3, config.imap):
-            section.listen = [_EPHEMERAL]
+        config.capture.enabled = self.capture
+        sections: dict[str, Any] = {"smtp": config.smtp, "submission": config.submission,
+                                    "pop3": config.pop3, "imap": config.imap}
+        for kind, section in sections.items():
+            section.listen = [self._endpoint(kind, 0)] if kind in self.protocols else []
             section.listen_tls = []
         config.metrics.listen = _EPHEMERAL if self.with_metrics else ""
+        config.web.listen = _EPHEMERAL if self.with_web else ""
+        config.web.faults = self.with_web
         if self.tls:
             from mailhost.tls import write_selfsigned
 
@@ -267,9 +314,18 @@ class MailHost:
             write_selfsigned(self.hostname, cert, key)
             config.tls.cert, config.tls.key = cert, key
             self.ca_file = cert
-            for section in (config.submission, config.pop3, config.imap):
-                section.listen_tls = [_EPHEMERAL_TLS]
+            for kind in ("submission", "pop3", "imap"):
+                if kind in self.protocols:
+                    sections[kind].listen_tls = [self._endpoint(kind, 1)]
         return config
+
+    def _endpoint(self, kind: str, index: int) -> str:
+        """The endpoint of listener ``kind`` (plain: 0, implicit TLS: 1): the port
+        ``ports`` gives it, else an ephemeral one."""
+        port = self.ports.get(_PORT_KEYS[kind][index] or "", 0)
+        if index:
+            return f"tcp:port={port}:interface={LOOPBACK}" if port else _EPHEMERAL_TLS
+        return f"tcp:{port}:interface={LOOPBACK}" if port else _EPHEMERAL
 
     @defer.inlineCallbacks
     def start(self):
@@ -289,18 +345,31 @@ class MailHost:
                 from mailhost.store.maildir import MaildirStore
 
                 self.store = MaildirStore(config.store.path, fsync=False)
-            self.directory = UserDirectory.in_memory(self.domains, self._initial_users,
-                                                     self._aliases)
+            if self.capture:
+                # Capture mode: makeService builds the accept-everything directory and
+                # checker; the users made here are only remembered (for reset).
+                self._users = InMemoryChecker(dict(self._initial_users))
+                directory, checkers = None, None
+            else:
+                directory = UserDirectory.in_memory(self.domains, self._initial_users,
+                                                    self._aliases)
+                self._users = directory.checker
+                checkers = [directory.checker]
             # Remote mail is captured (outbound=True) or refused: never the spool.
-            self.service = makeService(config, store=self.store,
-                                       checkers=[self.directory.checker],
-                                       directory=self.directory,
+            self.service = makeService(config, store=self.store, checkers=checkers,
+                                       directory=directory,
                                        queue=self._capture, relay=self.outbound,
                                        dispatch_hook=FaultHook(self._registry, self.reactor),
+                                       faults=FaultScript(self._registry),
+                                       queue_listing=self._capture,
                                        reactor=self.reactor)
+            self.directory = self.service.directory
             self.service.startService()
             self.running = True
             self._listening = yield self.service.wait_listening()
+            if self.capture:
+                # Mailboxes appear with their first message: hear of every arrival.
+                self._unsubscribe = self.service.mail_view.subscribe(self._viewed)
             for user in self._initial_users:
                 yield self._watch(user)
         except BaseException:
@@ -324,6 +393,9 @@ class MailHost:
         for folder, listener in self._watched.values():
             folder.remove_listener(listener)
         self._watched = {}
+        if self._unsubscribe is not None:
+            self._unsubscribe, unsubscribe = None, self._unsubscribe
+            unsubscribe()
         yield self._drop_connections()
         self.running = False
         if self.service is not None and self.service.running:
@@ -354,6 +426,8 @@ class MailHost:
     def _port(self, kind: str, index: int) -> int:
         if not self.running:
             raise RuntimeError("MailHost is not started")
+        if kind not in self.protocols:
+            raise AttributeError(f"no {kind} listener (protocols={list(self.protocols)!r})")
         ports = self._listening.get(kind, [])
         if index >= len(ports):
             raise AttributeError(f"no {'TLS ' if index else ''}{kind} listener"
@@ -377,6 +451,20 @@ class MailHost:
         return self._port("imap", 0)
 
     @property
+    def web_port(self) -> int:
+        """The web UI and REST API (``web=True``)."""
+        if not self.running:
+            raise RuntimeError("MailHost is not started")
+        if not self.with_web:
+            raise AttributeError("no web listener (pass web=True)")
+        return self._listening["web"][0].getHost().port
+
+    @property
+    def web_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the web UI; the API is under ``/api/``."""
+        return f"http://{LOOPBACK}:{self.web_port}"
+
+    @property
     def smtps_port(self) -> int:
         """Implicit-TLS submission (like 465)."""
         return self._port("submission", 1)
@@ -398,13 +486,13 @@ class MailHost:
         return self._watch(normalize_address(address))
 
     def users(self) -> list[str]:
-        return sorted(self._checker().users) if self.directory else []
+        return sorted(self._checker().users) if self._users is not None else []
 
     def _checker(self) -> InMemoryChecker:
-        """The in-memory checker of the directory ``start`` made."""
-        if self.directory is None or self.directory.checker is None:
+        """The in-memory checker of the users ``start`` and ``add_user`` made."""
+        if self._users is None:
             raise RuntimeError("MailHost is not started (call start() first)")
-        return self.directory.checker
+        return self._users
 
     @defer.inlineCallbacks
     def _watch(self, user: str):
@@ -415,6 +503,30 @@ class MailHost:
         listener = _InboxListener(self, user)
         folder.add_listener(listener)
         self._watched[user] = (folder, listener)
+
+    def _viewed(self, summary: MessageSummary) -> None:
+        """Capture mode: a message arrived in some mailbox (the mail view says)."""
+        if summary.folder != "INBOX" or summary.mailbox in self._watched:
+            return  # not an arrival, or a watched user's INBOX reports it itself
+        view = self.service.mail_view
+
+        def read() -> defer.Deferred:
+            d = view.raw(summary.id)
+            d.addErrback(lambda f: f.trap(NoSuchMessageId) and None)
+            return d
+
+        d = self._reads.run(read)
+
+        def record(raw: bytes | None) -> None:
+            if raw is None:
+                return
+            msg = parse_message(raw)
+            self.received.append(ReceivedMessage(summary.mailbox, summary.folder, summary.uid,
+                                                 _return_path(msg), msg, raw))
+            self._check_waiters()
+
+        d.addCallback(record)
+        d.addErrback(lambda f: log.failure("reading a captured message failed", f))
 
     def _arrived(self, user: str, folder: Any, info: MessageInfo) -> None:
         d = self._reads.run(self._read, folder, info.uid)
@@ -522,16 +634,58 @@ class MailHost:
     def clear_faults(self) -> None:
         self._registry[:] = []
 
+    # -- the mail view: every mailbox at once ------------------------------------------
+
+    @property
+    def mail_view(self) -> Any:
+        """The host's ``IMailView`` (``mailhost.mailview``): list, search, delete, purge
+        and release the mail of every mailbox, and subscribe to arrivals."""
+        self._require_running()
+        return self.service.mail_view
+
+    @defer.inlineCallbacks
+    def messages_for_domain(self, domain: str):
+        """Deferred firing with the messages in the INBOX of every mailbox of ``domain``
+        (``ReceivedMessage``s, oldest first), like GreenMail's
+        ``getReceivedMessagesForDomain``."""
+        view = self.mail_view
+        found = yield view.messages(MessageQuery(domain=domain, folder="INBOX"))
+        out = []
+        for summary in reversed(found):
+            try:
+                raw = yield view.raw(summary.id)
+            except NoSuchMessageId:
+                continue  # deleted meanwhile
+            msg = parse_message(raw)
+            out.append(ReceivedMessage(summary.mailbox, summary.folder, summary.uid,
+                                       _return_path(msg), msg, raw))
+        return out
+
+    @defer.inlineCallbacks
+    def purge(self):
+        """Delete every stored message of every mailbox (users and folders stay), like
+        GreenMail's ``purgeEmailFromAllMailboxes``; Deferred firing with how many.
+        ``received`` is emptied too: its messages are gone."""
+        count = yield self.mail_view.purge()
+        yield self._reads.run(defer.succeed, None)  # reads in flight land first
+        self.received.clear()
+        return count
+
     # -- isolation ------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def reset(self):
-        """Back to the state just after start: no mail, no extra users or folders,
-        no faults, no open connections."""
+    def reset(self, keep_users: bool = False):
+        """Back to the state just after start: no mail in any mailbox, no extra folders,
+        no faults, no open connections, and only the users given to the constructor
+        (with their passwords). ``keep_users=True`` keeps every user as it is now."""
         self._require_running()
         self.clear_faults()
         yield self._drop_connections()
-        for user in list(self.directory.checker.users):
+        users = self._checker().users
+        mailboxes = set(users)
+        if self.service.mail_view is not None:
+            mailboxes.update((yield self.service.mail_view.mailboxes()))
+        for user in sorted(mailboxes):
             account = yield self.store.open_account(user)
             names = yield account.list_folders()
             for name in names:
@@ -546,13 +700,14 @@ class MailHost:
                 if uids:
                     yield box.set_flags(uids, ["\\Deleted"], "add")
                     yield box.expunge(uids)
-            if user not in self._initial_users:
-                del self.directory.checker.users[user]
+            if not keep_users and user in users and user not in self._initial_users:
+                del users[user]
                 watched = self._watched.pop(user, None)
                 if watched is not None:
                     watched[0].remove_listener(watched[1])
-        for user, password in self._initial_users.items():
-            self.directory.checker.users[user] = password
+        if not keep_users:
+            for user, password in self._initial_users.items():
+                users[user] = password
         # Let in-flight reads of just-expunged messages finish before clearing.
         yield self._reads.run(defer.succeed, None)
         self.received.clear()

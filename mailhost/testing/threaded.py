@@ -101,7 +101,8 @@ class SyncMailHost:
 
     def __getattr__(self, name: str) -> Any:
         # Ports, ca_file, domains...: plain reads, safe from any thread.
-        if name.endswith("_port") or name in ("ca_file", "domains", "hostname", "running"):
+        if name.endswith("_port") or name in ("ca_file", "domains", "hostname", "running",
+                                              "protocols", "ports", "capture", "web_url"):
             return getattr(self._host, name)
         raise AttributeError(name)
 
@@ -143,8 +144,62 @@ class SyncMailHost:
     def clear_faults(self) -> None:
         call(self._host.clear_faults)
 
-    def reset(self) -> None:
-        call(self._host.reset)
+    def reset(self, keep_users: bool = False) -> None:
+        call(self._host.reset, keep_users)
+
+    def messages_for_domain(self, domain: str) -> list:
+        return call(self._host.messages_for_domain, domain)
+
+    def purge(self) -> int:
+        return call(self._host.purge)
+
+    @property
+    def mail_view(self) -> SyncMailView:
+        """The host's mail view, blocking (``mailhost.mailview.IMailView``'s methods)."""
+        return SyncMailView(call(lambda: self._host.mail_view))
+
+
+class SyncMailView:
+    """An ``IMailView`` whose methods block for their result (run on the reactor)."""
+
+    def __init__(self, view: Any) -> None:
+        self._view = view
+
+    def mailboxes(self) -> list[str]:
+        return call(self._view.mailboxes)
+
+    def messages(self, query: Any = None, **filters: Any) -> list:
+        """``query`` (a ``MessageQuery``) or its fields as keywords."""
+        if query is None and filters:
+            from mailhost.mailview import MessageQuery
+
+            query = MessageQuery(**filters)
+        return call(self._view.messages, query)
+
+    def summary(self, message_id: str) -> Any:
+        return call(self._view.summary, message_id)
+
+    def raw(self, message_id: str) -> bytes:
+        return call(self._view.raw, message_id)
+
+    def delete(self, message_id: str) -> None:
+        call(self._view.delete, message_id)
+
+    def purge(self, query: Any = None, **filters: Any) -> int:
+        if query is None and filters:
+            from mailhost.mailview import MessageQuery
+
+            query = MessageQuery(**filters)
+        return call(self._view.purge, query)
+
+    def release(self, message_id: str, endpoint: str, recipients: Any = None,
+                sender: str | None = None) -> None:
+        call(self._view.release, message_id, endpoint, recipients, sender)
+
+    def subscribe(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+        """``listener`` is called on the reactor thread; the unsubscribe blocks."""
+        unsubscribe = call(self._view.subscribe, listener)
+        return lambda: call(unsubscribe)
 
 
 class _SyncFaults:

@@ -12,7 +12,14 @@ def test_no_protocol_imports_the_pipeline_package():
             assert not any(m.startswith("mailhost.pipeline") for m in imports(path)), path
 
 
-def test_stages_import_only_message_mailauth_and_dns():
-    allowed = ("mailhost.pipeline", "mailhost.message", "mailhost.mailauth", "mailhost.dns")
+def test_stages_import_only_message_mailauth_dns_and_milter():
+    allowed = ("mailhost.pipeline", "mailhost.message", "mailhost.mailauth", "mailhost.dns",
+               "mailhost.milter")
     for path in modules("pipeline"):
         assert all(m.startswith(allowed) for m in imports(path)), path
+
+
+def test_the_milter_client_uses_no_protocol_and_no_stage():
+    for path in modules("milter"):
+        assert all(m.startswith(("mailhost.milter", "mailhost.message"))
+                   for m in imports(path) if m.startswith("mailhost")), path

@@ -29,6 +29,8 @@ def settings(**pipeline) -> PipelineSettings:
     c = Config()
     c.server.hostname = "mx.b.test"
     c.pipeline.stages = list(STAGES)
+    # Nothing listens on port 1: the milter stage follows its default action, accept.
+    c.pipeline.milters = {"none": "inet:1@127.0.0.1 default_action=accept"}
     for k, v in pipeline.items():
         setattr(c.pipeline, k, v)
     return PipelineSettings.from_config(c)
