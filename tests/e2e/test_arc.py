@@ -21,9 +21,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from mailhost.auth.directory import UserDirectory
+from mailhost.milter import protocol as p
 from mailhost.outbound.scheduler import Scheduler
 from tests.e2e.test_pipeline import Host, message, ours, send, wait_for
 from tests.mailauth.test_arc import arcverify_cli
+from tests.milter import scripted
 
 B_STAGES = ["spf", "dkim", "dmarc", "arc", "auth_results", "dkim_sign", "arc_seal"]
 C_STAGES = ["spf", "dkim", "arc", "dmarc", "auth_results"]
@@ -65,7 +67,9 @@ def send_from(monkeypatch, port: int, source: str) -> None:
 
 @pytest.fixture
 def three(tmp_path, dns_server, monkeypatch, request):
-    """A, B, C and the DNS keys; C trusts the ARC sealers of ``request.param`` (none)."""
+    """A, B, C and the DNS keys. ``request.param`` (optional): ``trusted``, the ARC
+    sealers C trusts; ``milter``, a script for a scripted milter in B's pipeline."""
+    param = getattr(request, "param", {})
     dns = dns_server.address
     a = Host(tmp_path, "a", "127.0.0.1", "a.test", {"alice@a.test": "pw"}, dns,
              selectors={"a.test": "r1"})
@@ -80,7 +84,13 @@ def three(tmp_path, dns_server, monkeypatch, request):
     b.config.pipeline.stages = list(B_STAGES)
     b.config.pipeline.arc_selector = "b.test:arc1"
     c.config.pipeline.stages = list(C_STAGES)
-    c.config.pipeline.arc_trusted_sealers = list(getattr(request, "param", ()))
+    c.config.pipeline.arc_trusted_sealers = list(param.get("trusted", ()))
+    milter = None
+    if "milter" in param:
+        milter = pytest_twisted.blockon(scripted.start(
+            param["milter"], options=p.Options(6, p.F_ADDRCPT | p.F_DELRCPT, 0)))
+        b.config.pipeline.milters = {"m": f"inet:{milter.port}@127.0.0.1"}
+        b.config.pipeline.stages = B_STAGES[:-2] + ["milter"] + B_STAGES[-2:]
     rsa_record = a.add_key("r1", "rsa")
     b_record = b.add_key("arc1", "rsa")
     dns_server.zones.update({
@@ -96,6 +106,8 @@ def three(tmp_path, dns_server, monkeypatch, request):
     yield a, b, c, {"arc1._domainkey.b.test": b_record, "r1._domainkey.a.test": rsa_record}
     for host in hosts:
         pytest_twisted.blockon(Deferred.fromCoroutine(host.stop()))
+    if milter is not None:
+        pytest_twisted.blockon(Deferred.fromCoroutine(milter.stop()))
 
 
 async def forward_one(a: Host, c: Host, subject: str, to: str = "fwd@b.test") -> bytes:
@@ -178,7 +190,7 @@ async def test_unknown_user_of_the_forwarding_domain_still_refused(three):
                                     message("x@a.test", "nobody@b.test", "x"), source="127.0.0.1")
 
 
-@pytest.mark.parametrize("three", [["b.test"]], indirect=True)
+@pytest.mark.parametrize("three", [{"trusted": ["b.test"]}], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_c_trusting_bs_seal_takes_unsigned_mail_dmarc_would_reject(three):
     """A's MTA sends unsigned mail for the alias (SPF and so DMARC pass at B); at C
@@ -194,3 +206,19 @@ async def test_c_trusting_bs_seal_takes_unsigned_mail_dmarc_would_reject(three):
     assert "spf=fail" in ar and "dkim=none" in ar and "dmarc=fail" in ar
     assert "local policy: dmarc=pass at trusted ARC sealer b.test" in " ".join(ar.split())
     assert "arc=pass" in ar
+
+
+@pytest.mark.parametrize("three", [{"milter": {p.C_BODYEOB: [
+    (p.R_DELRCPT, [b"<bob@b.test>"]), (p.R_CONTINUE, None)]}}], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_alias_forward_survives_a_milter_changing_the_recipients(three):
+    """A milter removes bob: routing then follows the milter's recipient list, and
+    the alias's forward to C is kept (and sealed)."""
+    a, b, c, _records = three
+    await threads.deferToThread(
+        send, a, "alice@a.test", ["bob@b.test", "fwd@b.test"],
+        message("alice@a.test", "fwd@b.test", "milter and alias"),
+        login=("alice@a.test", "pw"), submission=True)
+    stored = (await wait_for(lambda: raw(c, "carol@c.test"), timeout=30))[-1]
+    assert b"arc=pass (i=1 sealed by b.test)" in stored
+    assert await b.folder("bob@b.test") == []
