@@ -11,6 +11,10 @@
    ``UID SEARCH SUBJECT x`` (first: no header read yet; then repeated), ``SORT (DATE)``
    (first and repeated), ``SORT (SUBJECT)``, ``THREAD REFERENCES``, each to its tagged
    OK; wall seconds and the server's CPU seconds.
+4. Resync (RFC 7162, on the same large mailbox): a QRESYNC client remembers
+   UIDVALIDITY and HIGHESTMODSEQ, another session changes the flags of 100 messages,
+   and the first one comes back with ``SELECT INBOX (QRESYNC (v m))``: its time (wall
+   and server CPU) and the FETCH lines it got.
 
 Targets: >= 0.5x Dovecot's command throughput with 0 errors; <= 2x its time on the
 large mailbox; mailhost peak RSS <= 200 MB.
@@ -209,6 +213,64 @@ def time_big(port: int, user: str, password: str, rss_probe=None, cpu_probe=None
     return out
 
 
+def _code(lines: list[bytes], code: bytes) -> int:
+    for line in lines:
+        if b"[" + code + b" " in line:
+            return int(line.split(b"[" + code + b" ", 1)[1].split(b"]", 1)[0])
+    raise RuntimeError(f"no {code!r} in {lines[-5:]!r}")
+
+
+def _command(c: imaplib.IMAP4, tag: bytes, line: bytes) -> list[bytes]:
+    """Send a raw command; every response line up to its tagged reply."""
+    c.send(tag + b" " + line + b"\r\n")
+    out = []
+    while True:
+        resp = c.readline()
+        if not resp:
+            raise RuntimeError("connection closed")
+        out.append(resp)
+        if resp.startswith(tag + b" "):
+            if not resp.startswith(tag + b" OK"):
+                raise RuntimeError(resp)
+            return out
+
+
+def time_qresync(port: int, user: str, password: str, changes: int = 100,
+                 cpu_probe=None) -> dict:
+    """A QRESYNC client's reconnect after another session changed ``changes`` messages'
+    flags: ``SELECT INBOX (QRESYNC (uidvalidity modseq))``."""
+    c = imaplib.IMAP4("127.0.0.1", port, timeout=600)
+    c.login(user, password)
+    _command(c, b"E1", b"ENABLE QRESYNC")
+    lines = _command(c, b"S1", b"SELECT INBOX")
+    validity, modseq = _code(lines, b"UIDVALIDITY"), _code(lines, b"HIGHESTMODSEQ")
+    exists = next(int(x.split()[1]) for x in lines if x.endswith(b" EXISTS\r\n"))
+    c.logout()
+    other = imaplib.IMAP4("127.0.0.1", port, timeout=600)
+    other.login(user, password)
+    other.select("INBOX")
+    step = max(1, exists // changes)
+    for i in range(changes):
+        typ, _ = other.store(str(1 + (i * step) % exists), "+FLAGS", "(\\Flagged)")
+        assert typ == "OK"
+    other.logout()
+    c = imaplib.IMAP4("127.0.0.1", port, timeout=600)
+    c.login(user, password)
+    _command(c, b"E1", b"ENABLE QRESYNC")
+    cpu0 = cpu_probe() if cpu_probe is not None else 0.0
+    t0 = time.monotonic()
+    lines = _command(c, b"S2", b"SELECT INBOX (QRESYNC (%d %d))" % (validity, modseq))
+    took = time.monotonic() - t0
+    cpu1 = cpu_probe() if cpu_probe is not None else 0.0
+    c.logout()
+    out = {"select_s": round(took, 4),
+           "fetch_lines": sum(1 for x in lines if b" FETCH " in x),
+           "vanished_lines": sum(1 for x in lines if x.startswith(b"* VANISHED"))}
+    if cpu_probe is not None:
+        out["select_cpu_s"] = round(cpu1 - cpu0, 3)
+    return out
+
+
 SORT_COMMANDS = [
     ("search_subject_first", b"UID SEARCH SUBJECT \"bench 1234\""),
     ("search_subject_repeat", b"UID SEARCH SUBJECT \"bench 1234\""),
@@ -338,6 +400,8 @@ def main() -> None:
                     results["sort_mailhost"] = time_sort(mh.ports["imap"], USER, PASSWORD,
                                                          lambda: cpu_seconds(mh.pid))
                 results["big_mailhost"]["peak_rss_mb"] = round(rss_kib(mh.pid, "VmHWM") / 1024)
+                results["qresync_mailhost"] = time_qresync(mh.ports["imap"], USER, PASSWORD,
+                                                           cpu_probe=lambda: cpu_seconds(mh.pid))
             finally:
                 mh.stop()
             dv = Dovecot(pristine, {USER: PASSWORD}).start()
@@ -348,8 +412,13 @@ def main() -> None:
                 if not opts.skip_sort:
                     results["sort_dovecot"] = time_sort(dv.port, USER, PASSWORD,
                                                         lambda: dovecot_imap_cpu(dv.proc.pid))
+                results["qresync_dovecot"] = time_qresync(
+                    dv.port, USER, PASSWORD, cpu_probe=lambda: dovecot_imap_cpu(dv.proc.pid))
             finally:
                 dv.stop()
+            results["qresync_select_time_ratio"] = round(
+                results["qresync_mailhost"]["select_s"]
+                / max(results["qresync_dovecot"]["select_s"], 0.0001), 2)
             for label in ("cold", "warm"):
                 m, d = results["big_mailhost"][label], results["big_dovecot"][label]
                 results[f"big_{label}_time_ratio"] = round(

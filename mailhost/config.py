@@ -58,6 +58,9 @@ class StoreConfig:
     file_mode: str = "0600"
     dir_mode: str = "0700"
     group: str | int = ""
+    # Storage limit of a user whose passwd line has no quota= (or quota=0): "500M",
+    # "2G"; "0" = unlimited.
+    default_quota: str = "0"
 
 
 @dataclass
@@ -596,6 +599,12 @@ def validate(config: Config) -> None:
     if host and not host.rpartition(":")[2].isdigit():
         raise ConfigError(f"outbound.smarthost: expected host:port, got {host!r}")
     store_modes(config.store)
+    from mailhost.store.quota import parse_size
+
+    try:
+        parse_size(config.store.default_quota)
+    except ValueError as e:
+        raise ConfigError(f"store.default_quota: {e}") from None
 
 
 def _octal_mode(key: str, text: str, allowed: int, required: int, what: str) -> int:

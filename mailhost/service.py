@@ -31,6 +31,7 @@ from mailhost.auth.directory import IUserDirectory, UserDirectory
 from mailhost.auth.hashing import VerificationCache, hash_password
 from mailhost.auth.login import LoginService
 from mailhost.auth.passwd import PasswdEntry, PasswdFile
+from mailhost.auth.quota_limits import limits as quota_limits
 from mailhost.auth.realm import MailRealm
 from mailhost.auth.users import directory_among, users_of
 from mailhost.config import Config, ConfigError, as_dict, load, store_modes
@@ -40,6 +41,7 @@ from mailhost.outbound.interfaces import IOutboundQueue
 from mailhost.sessions import IDispatchHook, SessionRegistry
 from mailhost.settings import Settings
 from mailhost.store.interfaces import IMailStore
+from mailhost.store.quota import IQuotaStore
 from mailhost.tls import HandshakeDeadlineFactory, server_options
 from mailhost.web.interfaces import IFaultControl, IQueueListing
 from mailhost.web.settings import WebSettings
@@ -449,6 +451,8 @@ def makeService(
     login = LoginService.from_settings(portal, settings.auth, reactor=reactor)
 
     root = MailHostService(config, store, directory, login, settings)
+    if IQuotaStore.providedBy(store):  # limits: passwd quota=, else store.default_quota
+        store.set_quota_limits(quota_limits(passwd, lambda: root.config.store.default_quota))
     root.own_directory = own_directory
     root.mail_view = _make_mail_view(store, config, reactor)
     if auth_pool is not None:
@@ -674,6 +678,8 @@ _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connect
 
 def needs_restart(name: str) -> bool:
     """True if config key ``section.key`` cannot change in a running server."""
+    if name == "store.default_quota":  # read at each quota check (quota_limits)
+        return False
     return (name.startswith(("store.", "tls.")) or name.endswith(_RESTART_SUFFIXES)
             or any(name == k or (k.endswith(".") and name.startswith(k))
                    for k in _RESTART_KEYS))

@@ -179,17 +179,22 @@ class HandshakeDeadlineFactory(TLSMemoryBIOFactory):
         self.clock = clock
 
 
-def start_tls(transport: Any, options: Any, timeout: float, clock: Any = None) -> None:
+def start_tls(transport: Any, options: Any, timeout: float, clock: Any = None) -> Any:
     """STARTTLS/STLS with the deadline of ``_DeadlineTLS``: a client that asked for TLS
     and then never completes the handshake is disconnected after ``timeout`` seconds
-    (closing it politely would wait for the handshake forever)."""
+    (closing it politely would wait for the handshake forever).
+
+    Returns the deadline's ``IDelayedCall`` (or None): the protocol cancels it in its
+    ``connectionLost``, so a closed connection leaves no timer behind (trial reports a
+    pending timer as a dirty reactor).
+    """
     transport.startTLS(options)
     tcp = transport
     while isinstance(tcp, ProtocolWrapper):  # our wrappers, down to the socket
         tcp = tcp.transport
     tls = getattr(tcp, "protocol", None)
     if not isinstance(tls, TLSMemoryBIOProtocol):
-        return
+        return None
     if clock is None:
         from twisted.internet import reactor as clock
 
@@ -197,4 +202,10 @@ def start_tls(transport: Any, options: Any, timeout: float, clock: Any = None) -
         if not handshake_done(tls) and not getattr(tcp, "disconnected", False):
             tcp.abortConnection()
 
-    clock.callLater(timeout, expire)
+    return clock.callLater(timeout, expire)
+
+
+def cancel_deadline(call: Any) -> None:
+    """Cancel a deadline ``start_tls`` returned, if it is still pending."""
+    if call is not None and call.active():
+        call.cancel()

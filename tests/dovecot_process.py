@@ -113,8 +113,9 @@ class Dovecot:
     """
 
     def __init__(self, mail_root: str, users: dict[str, str], *, share: bool = False,
-                 workdir: str | None = None) -> None:
+                 workdir: str | None = None, extra_config: str = "") -> None:
         self.owns_workdir = workdir is None
+        self.extra_config = extra_config  # appended to the config (plugins: quota)
         self.workdir = workdir or world_dir("mailhost-dovecot-")
         os.makedirs(self.workdir, exist_ok=True)
         self.share = share
@@ -227,7 +228,7 @@ service submission-login {{
     port = 0
   }}
 }}
-"""
+""" + self.extra_config
 
     def start(self, timeout: float = 15.0) -> Dovecot:
         w, u = self.workdir, self.user

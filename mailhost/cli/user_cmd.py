@@ -1,4 +1,4 @@
-"""``mailhost user add|del|passwd|list``: manage the passwd file.
+"""``mailhost user add|del|passwd|list|quota``: manage the passwd file.
 
 Passwords are read from a prompt (or one line of standard input when it is not a
 terminal), never from argv, where other users could see them in ``ps``. Names and
@@ -16,7 +16,9 @@ import sys
 
 from mailhost.auth.hashing import hash_password
 from mailhost.auth.passwd import PasswdEntry, PasswdError, PasswdFile, validate_user
+from mailhost.auth.quota_limits import entry_limit
 from mailhost.config import Config
+from mailhost.store.quota import format_size, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     pw.set_defaults(func=cmd_passwd)
     ls = users.add_parser("list", help="list users")
     ls.set_defaults(func=cmd_list)
+    qu = users.add_parser("quota", help="show a user's storage usage and limit, or set the "
+                          "limit (--set 500M; 0: the store.default_quota)")
+    qu.add_argument("address")
+    # dest: the global --set (config overrides) owns args.set.
+    qu.add_argument("--set", dest="quota_size", metavar="SIZE",
+                    help="the new limit: 500M, 2G, 10240; 0 for the default")
+    qu.set_defaults(func=cmd_quota)
 
 
 def _passwd(config: Config) -> PasswdFile:
@@ -150,4 +159,47 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
     for user, entry in sorted(entries.items()):
         aliases = ", ".join(entry.aliases)
         print(f"{user}" + (f"  (aliases: {aliases})" if aliases else ""))
+    return 0
+
+
+def cmd_quota(args: argparse.Namespace, config: Config) -> int:
+    """Show usage against the limit (from the Maildir's ``maildirsize``, written by the
+    server; this command writes nothing there) or, with ``--set``, change the user's
+    ``quota=`` field: the running server applies it at its next check."""
+    user = _user(config, args.address)
+    passwd = _passwd(config)
+    entries = dict(passwd.entries())
+    entry = entries.get(user)
+    if entry is None:
+        print(f"mailhost: no such user {user}", file=sys.stderr)
+        return 1
+    if args.quota_size is not None:
+        try:
+            limit = parse_size(args.quota_size)
+        except ValueError as e:
+            raise SystemExit(f"mailhost: --set: {e}") from None
+        if limit:
+            entry.extra["quota"] = format_size(limit)
+        else:
+            entry.extra.pop("quota", None)
+        passwd.save(entries)
+        print(f"quota of {user}: " + (format_size(limit) if limit else
+                                      f"the default ({config.store.default_quota})"))
+        return 0
+    own = entry_limit(entry)
+    limit = own or parse_size(config.store.default_quota)
+    source = "quota=" if own else "store.default_quota"
+    if config.store.backend != "maildir":
+        print(f"{user}: limit {format_size(limit) if limit else 'none'} ({source}); "
+              "usage is not kept by the memory store")
+        return 0
+    from mailhost.store.maildir import usage_on_disk
+
+    octets, messages = usage_on_disk(config.data_path(config.store.path), user)
+    if limit:
+        shown = f"{octets} of {limit} octets ({100 * octets // limit}%), limit " \
+                f"{format_size(limit)} ({source})"
+    else:
+        shown = f"{octets} octets, no limit"
+    print(f"{user}: {shown}, {messages} messages")
     return 0

@@ -56,10 +56,14 @@ async def id_(s: IMAPServer, cmd: parser.Command) -> bytes:
 
 
 async def enable(s: IMAPServer, cmd: parser.Command) -> bytes:
-    if not cmd.args:
+    """ENABLE (RFC 5161): each extension that needs enabling switches itself on
+    (CONDSTORE and QRESYNC: ``condstore.enable``); other names are ignored."""
+    from mailhost.imap import condstore
+
+    if not cmd.args or not all(isinstance(a, parser.Atom) for a in cmd.args):
         raise Bad("ENABLE expects capability names")
-    # No ENABLE-able extension (CONDSTORE, QRESYNC, UTF8=ACCEPT) is implemented.
-    s.send(b"* ENABLED\r\n")
+    done = condstore.enable(s, [a.upper() for a in cmd.args])
+    s.send(b"* ENABLED" + b"".join(b" " + n.encode("ascii") for n in done) + b"\r\n")
     return b"ENABLE completed"
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from mailhost.imap import encoding, mutf7, parser
 from mailhost.imap.list_extended import parse_list
+from mailhost.imap.quota import check_room
 from mailhost.imap.responses import Bad, No, format_set
 from mailhost.imap.selected import SelectedMailbox, folder_columns
 from mailhost.imap.states import AUTH
@@ -332,7 +333,7 @@ async def status(s: IMAPServer, cmd: parser.Command) -> bytes:
 
 async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) -> bytes:
     """One ``* STATUS`` line (STATUS and LIST-STATUS): SIZE is RFC 8438's, APPENDLIMIT
-    RFC 7889's."""
+    RFC 7889's, DELETED and DELETED-STORAGE RFC 9208's."""
     await folder.refresh()  # files other programs added, renamed or removed
     _, flags, in_new, sizes, _ = folder_columns(folder)
     values = {
@@ -343,6 +344,11 @@ async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) 
         "UNSEEN": lambda: sum(1 for f in flags if "\\Seen" not in f),
         "SIZE": lambda: sum(sizes),
         "APPENDLIMIT": lambda: s.settings.max_literal_size,
+        # RFC 9051 and RFC 9208 (QUOTA): what an EXPUNGE would free.
+        "DELETED": lambda: sum(1 for f in flags if "\\Deleted" in f),
+        "DELETED-STORAGE": lambda: sum(n for f, n in zip(flags, sizes, strict=True)
+                                       if "\\Deleted" in f),
+        "HIGHESTMODSEQ": lambda: folder.highest_modseq,
     }
     body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
     return b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n"
@@ -379,6 +385,12 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
         plan.append((writer, frozenset(f for f in flags if f != "\\Recent"), date))
     uids: list[int] = []
     validity = 0
+    try:  # the whole MULTIAPPEND must fit
+        await check_room(account, sum(w.size for w, _, _ in plan), len(plan))
+    except BaseException:
+        for writer, _, _ in plan:
+            writer.abort()
+        raise
     try:
         for n, (writer, keep, date) in enumerate(plan):
             try:

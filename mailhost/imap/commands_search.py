@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from mailhost.imap import esearch, parser
+from mailhost.imap import condstore, esearch, parser
 from mailhost.imap import search as searching
 from mailhost.imap import sort as sorting
 from mailhost.imap import thread as threading
@@ -92,12 +92,17 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
     charset, key = _parse_saving(sel, opts, lambda: parser.parse_search(args))
     found = await _matching(s, sel, key, charset)
     nums = _numbers(sel, found, cmd.uid)
+    modseq = condstore.search_modseq(s, key, found)  # SEARCH MODSEQ (RFC 7162 3.1.5)
     if opts is None:
-        s.send(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + b"\r\n")
+        tail = b"" if modseq is None else b" (MODSEQ %d)" % modseq
+        s.send(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + tail + b"\r\n")
         return b"SEARCH completed"
     if "SAVE" in opts:
         sel.saved = esearch.saved_result(opts, found)
-    s.send(esearch.response(cmd.tag, cmd.uid, opts, nums))
+    line = esearch.response(cmd.tag, cmd.uid, opts, nums)
+    if modseq is not None:
+        line = line[:-2] + b" MODSEQ %d\r\n" % modseq
+    s.send(line)
     return b"SEARCH completed"
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mailhost.imap import encoding, parser
 from mailhost.imap.commands_mailbox import mailbox_name
 from mailhost.imap.output import stream_message
+from mailhost.imap.quota import check_copy
 from mailhost.imap.responses import Bad, No, format_set
 from mailhost.imap.selected import dates_ready, folder_columns
 from mailhost.imap.states import SEL
@@ -85,8 +86,11 @@ class _IndexRenderer:
     """Formats index-only FETCH lines; flag lists are memoised per distinct flag set
     (a mailbox has few), which keeps 100k-message FETCHes cheap."""
 
-    def __init__(self, items: list) -> None:
+    def __init__(self, items: list, modseq_of: Callable[[int], int] | None = None) -> None:
         self.names = [it.name for it in items]
+        self.modseq_of = modseq_of
+        if modseq_of is not None:
+            self.names.append("MODSEQ")  # CONDSTORE (mailhost.imap.condstore)
         self._flags: dict[frozenset[str], bytes] = {}
         self._recent_flags: dict[frozenset[str], bytes] = {}
         #: ``line(seq, uid, flags, size, date, recent)``: one message's FETCH line.
@@ -129,6 +133,9 @@ class _IndexRenderer:
                 parts.append(self.flags(flags, recent))
             elif name == "RFC822.SIZE":
                 parts.append(b"RFC822.SIZE %d" % size)
+            elif name == "MODSEQ":
+                assert self.modseq_of is not None
+                parts.append(b"MODSEQ (%d)" % self.modseq_of(uid))
             else:
                 parts.append(b"INTERNALDATE " + encoding.format_datetime(date))
         return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
@@ -181,13 +188,21 @@ def _index_batches(sel: SelectedMailbox, uids: list[int], render: _IndexRenderer
         yield b"".join(batch), missing
 
 
-async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
+async def fetch(s: IMAPServer, cmd: parser.Command, items: list | None = None,
+                pick: Callable[[list[int]], list[int]] | None = None,
+                modseq: bool = False) -> bytes:
+    """FETCH; CONDSTORE's handler (``condstore.fetch``) passes the items it parsed,
+    ``pick`` (CHANGEDSINCE: which of the named UIDs to answer for) and ``modseq``
+    (add MODSEQ to every line)."""
     sel = _selected(s)
-    if len(cmd.args) != 2:
-        raise Bad("FETCH expects a sequence set and items")
+    if items is None:
+        if len(cmd.args) != 2:
+            raise Bad("FETCH expects a sequence set and items")
+        items = parser.parse_fetch_items(cmd.args[1:])
     seqset = parser.parse_sequence_set(cmd.args[0])
-    items = parser.parse_fetch_items(cmd.args[1:])
     uids = sel.resolve(seqset, cmd.uid)
+    if pick is not None:
+        uids = pick(uids)
     if cmd.uid and not any(it.name == "UID" for it in items):
         items = [parser.FetchItem("UID"), *items]
     folder = sel.folder
@@ -205,7 +220,8 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
                 sel.forget_flags(unseen)  # this FETCH shows them; no second update
     missing = False
     if index_only:
-        for data, gone in _index_batches(sel, uids, _IndexRenderer(items)):
+        render = _IndexRenderer(items, folder.modseq_of if modseq else None)
+        for data, gone in _index_batches(sel, uids, render):
             missing = missing or gone > 0
             if data:
                 s.send(data)
@@ -213,7 +229,7 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
     else:
         for u in uids:
             info = folder.get(u)
-            if info is None or not await _fetch_one(s, sel, info, items, fetching):
+            if info is None or not await _fetch_one(s, sel, info, items, fetching, modseq):
                 missing = True
             await s.drain()
             if not s.alive:
@@ -227,7 +243,7 @@ async def fetch(s: IMAPServer, cmd: parser.Command) -> bytes:
 
 
 async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list,
-                     fetching: Any) -> bool:
+                     fetching: Any, modseq: bool = False) -> bool:
     opened: list = []
     try:
         for attempt in range(2):
@@ -262,6 +278,8 @@ async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list
                 s.send(p.prefix)
                 await stream_message(next(files), p.length, s.send, s.gate, s.resetTimeout,
                                      keep_nul=p.keep_nul)
+        if modseq:
+            s.send(b" MODSEQ (%d)" % sel.folder.modseq_of(info.uid))
         s.send(b")\r\n")
     finally:
         for f in opened:
@@ -269,7 +287,12 @@ async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list
     return True
 
 
-async def store(s: IMAPServer, cmd: parser.Command) -> bytes:
+async def store(s: IMAPServer, cmd: parser.Command,
+                pick: Callable[[list[int]], list[int]] | None = None,
+                modseq: bool = False) -> bytes:
+    """STORE; CONDSTORE's handler (``condstore.store``) passes ``pick`` (UNCHANGEDSINCE:
+    which of the named UIDs to change) and ``modseq`` (MODSEQ in the FETCH lines, sent
+    even for .SILENT, RFC 7162 3.1.3), with its modifier already taken out of the args."""
     sel = _writable(s, "STORE")
     if len(cmd.args) < 3:
         raise Bad("STORE expects a sequence set, an item and flags")
@@ -277,6 +300,8 @@ async def store(s: IMAPServer, cmd: parser.Command) -> bytes:
     mode, silent, flags = parser.parse_store(cmd.args[1:])
     flags = [f for f in flags if f != "\\Recent"]
     uids = sel.resolve(seqset, cmd.uid)
+    if pick is not None:
+        uids = pick(uids)
     if not uids:
         return b"STORE completed"
     infos = await sel.folder.set_flags(uids, flags, mode)
@@ -284,7 +309,15 @@ async def store(s: IMAPServer, cmd: parser.Command) -> bytes:
     if mode != "remove":
         sel.note_keywords(flags)
     out = sel.keyword_updates()  # a new keyword: FLAGS before any FETCH shows it
-    if not silent:
+    if modseq:
+        for i in infos:
+            seq = sel.seq_of(i.uid)
+            if seq is not None:
+                fl = i.flags | {"\\Recent"} if i.uid in sel.recent else i.flags
+                shown = b"" if silent else b" FLAGS " + encoding.format_flags(fl)
+                out.append(b"* %d FETCH (UID %d%s MODSEQ (%d))\r\n"
+                           % (seq, i.uid, shown, i.modseq))
+    elif not silent:
         for i in infos:
             seq = sel.seq_of(i.uid)
             if seq is None:
@@ -324,6 +357,7 @@ async def copy(s: IMAPServer, cmd: parser.Command) -> bytes:
     uids, dest = await _target(s, cmd)
     if not uids:
         return b"COPY completed"
+    await check_copy(s.account, _selected(s).folder, uids)
     pairs = await _selected(s).folder.copy(uids, dest)
     if not pairs:
         return b"COPY completed"

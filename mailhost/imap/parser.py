@@ -527,7 +527,8 @@ def parse_append(args: list) -> tuple[bytes, list[tuple[list[str], float | None,
     return mailbox, messages
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT",
+                "DELETED", "DELETED-STORAGE", "HIGHESTMODSEQ")
 
 
 def parse_status_items(token: object) -> list[str]:
@@ -811,6 +812,14 @@ class _SearchParser:
             return SearchKey("OR", (a, b))
         if up == "UID":
             return SearchKey("UID", (parse_sequence_set(self.next("UID set")),))
+        if up == "MODSEQ":  # RFC 7162 3.1.5: MODSEQ [entry-name entry-type] n
+            value = self.next("mod-sequence")
+            if not isinstance(value, Atom) or not value.isdigit():
+                self.next("entry type")  # a (quoted) entry name: its type follows
+                value = self.next("mod-sequence")
+            if not isinstance(value, Atom) or not value.isdigit() or int(value) >= 2**63:
+                raise _err("Invalid mod-sequence")
+            return SearchKey("MODSEQ", (int(value),))
         if up and (up[0].isdigit() or up[0] in "*$"):
             return SearchKey("SEQ", (parse_sequence_set(t),))
         raise _err(f"Unknown SEARCH key {t!s}")

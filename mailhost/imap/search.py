@@ -137,6 +137,8 @@ def _index(key: SearchKey, info: MessageInfo, ctx: _Ctx) -> bool | None:
         return info.size < args[0]
     if op == "UID":
         return args[0].contains(info.uid, ctx.max_uid)
+    if op == "MODSEQ":
+        return info.modseq >= args[0]
     if op == "SEQ":
         seq = ctx.seqs.get(info.uid)
         return seq is not None and args[0].contains(seq, ctx.max_seq)

@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from mailhost.imap.encoding import format_flags
 from mailhost.imap.parser import SequenceSet
+from mailhost.imap.responses import format_set
 from mailhost.store.interfaces import Columns, IFolder, IFolderListener, IIndexedFolder, MessageInfo
 
 log = Logger()
@@ -68,6 +69,10 @@ class SelectedMailbox:
         #: SEARCHRES (RFC 5182): the UIDs of the last ``RETURN (SAVE)``, ``$`` later.
         self.saved: list[int] = []
         self._keywords_grew = False  # FLAGS/PERMANENTFLAGS must be sent again
+        #: CONDSTORE enabled: flag updates carry MODSEQ (RFC 7162 3.1.4).
+        self.modseq = False
+        #: QRESYNC enabled: VANISHED instead of EXPUNGE, UID in flag updates (3.2.10).
+        self.vanished = False
 
     # -- set-up / tear-down ---------------------------------------------------------
 
@@ -225,8 +230,12 @@ class SelectedMailbox:
             # Each EXPUNGE renumbers the rest: report from the highest seq down so the
             # numbers sent are valid at the moment each line is read.
             seqs = [s for s in (self.seq_of(u) for u in gone) if s is not None]
+            if self.vanished and seqs:
+                out.append(b"* VANISHED " + format_set([self.uids[s - 1] for s in seqs])
+                           + b"\r\n")
             for s in sorted(seqs, reverse=True):
-                out.append(b"* %d EXPUNGE\r\n" % s)
+                if not self.vanished:
+                    out.append(b"* %d EXPUNGE\r\n" % s)
                 del self.uids[s - 1]
             for u in gone:
                 self._flags.pop(u, None)
@@ -257,7 +266,10 @@ class SelectedMailbox:
                 flags = set(changed[u])
                 if u in self.recent:
                     flags.add("\\Recent")
-                if with_uid:
+                if self.modseq:
+                    out.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
+                               % (seq, u, format_flags(flags), self.folder.modseq_of(u)))
+                elif with_uid:
                     out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, u, format_flags(flags)))
                 else:
                     out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, format_flags(flags)))

@@ -31,6 +31,7 @@ from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.imap import framing, parser
 from mailhost.imap.compress import DeflateError, Deflater, Inflater
 from mailhost.imap.output import OutputGate
+from mailhost.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
 from mailhost.imap.selected import BadSequence, SelectedMailbox
 from mailhost.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
@@ -49,7 +50,7 @@ from mailhost.store.interfaces import (
     StoreError,
 )
 from mailhost.tcp import QuickAck, send_at_once
-from mailhost.tls import start_tls
+from mailhost.tls import cancel_deadline, start_tls
 
 if TYPE_CHECKING:
     from mailhost.imap.factory import IMAPFactory
@@ -63,7 +64,7 @@ CAPABILITIES = (
     b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"PREVIEW",
     b"BINARY", b"MULTIAPPEND",
     b"ESEARCH", b"SEARCHRES", b"WITHIN", b"I18NLEVEL=1", b"SORT", b"SORT=DISPLAY", b"ESORT",
-    b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+    b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"CONDSTORE", b"QRESYNC",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
@@ -88,11 +89,15 @@ def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
         commands_mailbox,
         commands_search,
         commands_selected,
+        condstore,
         idle,
+        quota,
     )
 
     table: dict[str, tuple[frozenset[str], Handler]] = {}
-    for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle):
+    # condstore last: it takes over the commands RFC 7162 extends.
+    for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle,
+                   quota, condstore):
         table.update(module.HANDLERS)
     return table
 
@@ -119,6 +124,8 @@ class IMAPServer(Protocol, TimeoutMixin):
     # output gate registers on it) and IPushProducer (input is paused) at once, which no
     # one interface (Protocol's ITransport | None) spells.
     transport: Any
+    # The STARTTLS handshake deadline, cancelled when the connection closes.
+    _tls_deadline: Any = None
 
     def __init__(self, factory: IMAPFactory) -> None:
         self.factory = factory
@@ -131,6 +138,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.avatar: Any = None
         self.user: str | None = None
         self.selected: SelectedMailbox | None = None
+        self.enabled: set[str] = set()  # ENABLEd extensions (mailhost.imap.condstore)
         self.idling = False
         self.tls_started = False
         self.framer = framing.Framer(self.settings.max_line_length,
@@ -229,6 +237,7 @@ class IMAPServer(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
         self._lost = True
+        cancel_deadline(self._tls_deadline)
         self._held.cancel()
         self._drop_streamed()
         self._drop_appends()
@@ -325,6 +334,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         if self.state != NOT_AUTHENTICATED and self._deflater is None:
             caps.append(b"COMPRESS=DEFLATE")
         caps.append(b"APPENDLIMIT=%d" % self.settings.max_literal_size)
+        if self.state != NOT_AUTHENTICATED:
+            caps.extend(QUOTA_CAPABILITIES)
         if self.state == NOT_AUTHENTICATED:
             if self.tls_options is not None and not self.tls_active:
                 caps.append(b"STARTTLS")
@@ -659,8 +670,8 @@ class IMAPServer(Protocol, TimeoutMixin):
     def start_tls(self) -> None:
         """Discard anything pipelined behind STARTTLS (CVE-2011-0411), then upgrade."""
         self.framer.clear()
-        start_tls(self.transport, self.tls_options, self.settings.handshake_timeout,
-                  self.reactor)
+        self._tls_deadline = start_tls(self.transport, self.tls_options,
+                                       self.settings.handshake_timeout, self.reactor)
         self.tls_started = True
 
 

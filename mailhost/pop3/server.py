@@ -40,7 +40,7 @@ from mailhost.replytext import clean
 from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse, SessionRegistry
 from mailhost.store.interfaces import NoSuchMessage
 from mailhost.tcp import QuickAck, send_at_once
-from mailhost.tls import start_tls
+from mailhost.tls import cancel_deadline, start_tls
 
 log = Logger()
 
@@ -81,6 +81,8 @@ class POP3Server(Protocol, TimeoutMixin):
     # The connected TCP or TLS transport (also ITCPTransport, ITLSTransport, IConsumer,
     # IPushProducer); Twisted declares only ITransport | None.
     transport: Any
+    # The STARTTLS handshake deadline, cancelled when the connection closes.
+    _tls_deadline: Any = None
 
     protocol = "pop3"
 
@@ -227,6 +229,7 @@ class POP3Server(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closed = True
         self.setTimeout(None)
+        cancel_deadline(self._tls_deadline)
         self._cancel_preauth()
         if self._sender is not None:
             self._sender.stopProducing()
@@ -449,7 +452,8 @@ class POP3Server(Protocol, TimeoutMixin):
         self._send("+OK Begin TLS negotiation")
         if self._closed:
             return  # cut by the dispatch hook
-        start_tls(self.transport, self.tls_options, self.handshake_timeout, self.reactor)
+        self._tls_deadline = start_tls(self.transport, self.tls_options,
+                                       self.handshake_timeout, self.reactor)
 
     def do_USER(self, arg: str) -> None:
         if not self.login.plaintext_allowed(self.transport):

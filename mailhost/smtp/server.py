@@ -63,10 +63,11 @@ from mailhost.smtp.data import ChunkReader, DataReader
 from mailhost.smtp.delivery import Delivery, targets_for
 from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg, split_path
 from mailhost.smtp.policy import Decision
+from mailhost.smtp.quota import data_refusal, rcpt_refusal
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.session import Session, Transaction, new_transaction_id
 from mailhost.tcp import QuickAck, send_at_once
-from mailhost.tls import start_tls
+from mailhost.tls import cancel_deadline, start_tls
 
 log = Logger()
 
@@ -98,6 +99,8 @@ class SMTPServer(Protocol, TimeoutMixin):
     # The connected TCP or TLS transport (also ITCPTransport, ITLSTransport, IConsumer,
     # IPushProducer); Twisted declares only ITransport | None.
     transport: Any
+    # The STARTTLS handshake deadline, cancelled when the connection closes.
+    _tls_deadline: Any = None
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -244,6 +247,7 @@ class SMTPServer(Protocol, TimeoutMixin):
     def connectionLost(self, reason=None) -> None:  # noqa: N802
         self._closing = True
         self.setTimeout(None)
+        cancel_deadline(self._tls_deadline)
         self._cancel_pre_mail()
         self._held.cancel()
         if self._registered:
@@ -593,8 +597,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         # handshake, is plaintext an attacker could have injected. Drop it.
         self._buffer.clear()
         self._discarding_line = False
-        start_tls(self.transport, self.factory.tls_options,
-                  self.settings.handshake_timeout, self.factory.reactor)
+        self._tls_deadline = start_tls(self.transport, self.factory.tls_options,
+                                       self.settings.handshake_timeout, self.factory.reactor)
         self._reset_transaction("starttls")
         self._session.reset_after_tls()
         self._session.tls = True
@@ -790,12 +794,17 @@ class SMTPServer(Protocol, TimeoutMixin):
         except Reply as reply:
             txn.record(str(rcpt), reply.code)
             raise
+        decided = None
         if self._client is not None:
-            return self._checked(
-                self.factory.checks.rcpt(self._client, str(txn.sender), str(rcpt),
-                                         len(txn.accepted)),
-                lambda: self._accept_rcpt(txn, rcpt, params, decision),
-                lambda reply: txn.record(str(rcpt), reply.code))
+            decided = self.factory.checks.rcpt(self._client, str(txn.sender), str(rcpt),
+                                               len(txn.accepted))
+        quota = rcpt_refusal(self.factory.store, decision.mailboxes, txn.params.size)
+        if quota is not None:  # mailhost.smtp.quota: after the envelope checks' verdict
+            decided = quota if decided is None else decided.addCallback(
+                lambda verdict: verdict if verdict is not None else quota)
+        if decided is not None:
+            return self._checked(decided, lambda: self._accept_rcpt(txn, rcpt, params, decision),
+                                 lambda reply: txn.record(str(rcpt), reply.code))
         return self._accept_rcpt(txn, rcpt, params, decision)
 
     def _accept_rcpt(self, txn: Transaction, rcpt: Any, params: Any, decision: Decision) -> Reply:
@@ -1047,6 +1056,13 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._answer_data(txn, reader.size, reader.error)
             if newlines.found is not None:
                 self._close()
+            return defer.succeed(None)
+        assert txn is not None  # DATA and BDAT need a transaction
+        too_big = data_refusal(self.factory.store, list(txn.mailboxes), bool(txn.remote),
+                               reader.size)
+        if too_big is not None:  # larger than the whole quota (mailhost.smtp.quota)
+            delivery.abort()
+            self._answer_data(txn, reader.size, too_big)
             return defer.succeed(None)
         self._committing = True
 

@@ -79,6 +79,9 @@ class MessageInfo:
     flags: frozenset[str]
     internal_date: float  # POSIX timestamp (IMAP INTERNALDATE)
     recent: bool = False  # still in new/ (never seen by any IMAP session)
+    #: RFC 7162 mod-sequence of the last change to this message (its append or a flag
+    #: change); 0 from a store that has none.
+    modseq: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,8 @@ class IFolderListener(Interface):
         """These messages now carry the flags in the given infos."""
 
     def messages_expunged(folder: IFolder, uids: Sequence[int]) -> None:
-        """These UIDs are gone for good."""
+        """These UIDs are gone for good (``folder.highest_modseq`` is the expunge's
+        mod-sequence)."""
 
 
 class IMessageWriter(Interface):
@@ -189,6 +193,11 @@ class IFolder(Interface):
     uid_validity = Attribute("int; changes only if UIDs cannot be kept.")
     uid_next = Attribute("int; the UID the next message will get.")
     special_use = Attribute("'\\\\Sent' etc., or None.")
+    highest_modseq = Attribute(
+        "int: RFC 7162 HIGHESTMODSEQ, the mod-sequence of the folder's latest change "
+        "(append, flag change or expunge, whoever made it). Never decreases, not even "
+        "across a restart; a change another program made on disk gets a new one when "
+        "the store sees it. MessageInfo.modseq is each message's own.")
 
     def messages() -> list[MessageInfo]:
         """Every message, ascending by UID, from the index (synchronous, no file I/O)."""
@@ -240,6 +249,20 @@ class IFolder(Interface):
 
     def remove_listener(listener: IFolderListener) -> None:
         pass
+
+    def modseq_of(uid: int) -> int:
+        """The message's mod-sequence (``MessageInfo.modseq``), 0 if there is no such
+        message; synchronous, from the index."""
+
+    def changed_since(modseq: int) -> list[int]:
+        """Ascending UIDs of the messages whose mod-sequence is above ``modseq``
+        (appended or flagged since): CONDSTORE's CHANGEDSINCE."""
+
+    def expunged_since(modseq: int) -> list[int] | None:
+        """Ascending UIDs expunged with a mod-sequence above ``modseq`` (QRESYNC's
+        VANISHED), or None when the folder no longer remembers that far back (it keeps
+        a bounded number of expunges, as Dovecot does): the caller then counts every
+        UID it knows of that is not in the folder as expunged."""
 
     def get_cached(uid: int, key: str) -> str | None:
         """Per-message metadata cached in the index (IMAP stores ENVELOPE and

@@ -47,6 +47,7 @@ from mailhost.store.interfaces import (
 from mailhost.store.listeners import AccountListenerSet
 from mailhost.store.modes import PRIVATE, FileModes
 from mailhost.store.names import check_address, split_user
+from mailhost.store.quota import IQuotaStore, QuotaLimits, QuotaUsage
 
 __all__ = ["MaildirStore", "MaildirAccount", "MaildirFolder", "MaildirMessageWriter"]
 
@@ -60,9 +61,9 @@ class IStoreReactor(IReactorTime, IReactorThreads, IReactorFDSet):
     pool (every blocking file-system call) and readers (the inotify descriptor)."""
 
 
-@implementer(IMailStore, IAccountListing)
+@implementer(IMailStore, IAccountListing, IQuotaStore)
 class MaildirStore:
-    """Implements: IMailStore and IAccountListing on a Maildir++ tree at ``root``.
+    """Implements: IMailStore, IAccountListing and IQuotaStore on a Maildir++ tree at ``root``.
 
     ``fsync=False`` skips every fsync (tests, throwaway dev data): a crash may then lose
     acknowledged mail. ``reactor`` defaults to the global one; its thread pool runs
@@ -92,6 +93,7 @@ class MaildirStore:
         self._recovery: defer.Deferred[None] | None = None  # of crashed multi-folder commits
         self._recovered = False
         self._watcher = ChangeWatcher(reactor, self.run_blocking, watch)
+        self._quota_limits: QuotaLimits = lambda user: 0
         self._account_listeners = AccountListenerSet()
 
     def run_blocking(self, fn: Callable[..., _T], *args: object) -> defer.Deferred[_T]:
@@ -195,6 +197,18 @@ class MaildirStore:
     def start(self) -> defer.Deferred[None]:
         return self._recover()
 
+    def set_quota_limits(self, limits: QuotaLimits) -> None:
+        self._quota_limits = limits
+
+    def quota_limit(self, user: str) -> int:
+        return self._quota_limits(user)
+
+    def quota(self, user: str) -> defer.Deferred[QuotaUsage]:
+        async def usage() -> QuotaUsage:
+            return await (await self._account(user)).quota()
+
+        return defer.Deferred.fromCoroutine(usage())
+
     def open_account(self, user: str) -> defer.Deferred[IMailAccount]:
         return defer.Deferred.fromCoroutine(self._account(user))
 
@@ -232,6 +246,17 @@ class MaildirStore:
 
         flushes = [flush(f) for f in folders]
         return defer.gatherResults(flushes, consumeErrors=True).addCallback(lambda _: None)
+
+
+def usage_on_disk(root: str, user: str) -> tuple[int, int]:
+    """(octets, messages) ``user`` holds in the Maildir store at ``root``, from their
+    ``maildirsize`` (or counted), writing nothing: for ``mailhost user quota``."""
+    import time
+
+    from mailhost.store._maildir import maildirsize
+
+    local, domain = split_user(user)
+    return maildirsize.peek(os.path.join(os.path.abspath(root), domain, local), time.time())
 
 
 def _list_accounts(root: str) -> list[str]:

@@ -41,7 +41,8 @@ from mailhost.store.interfaces import (
     NoSuchMessage,
     StoreError,
 )
-from mailhost.store.listeners import AccountListenerSet, ListenerSet
+from mailhost.store.listeners import AccountListenerSet
+from mailhost.store.modseq import ModSeqListeners, ModSeqs, with_modseq
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents, split_user
 from mailhost.store.reader import reader_for
 
@@ -192,7 +193,15 @@ class MemoryFolder:
         self._infos: dict[int, MessageInfo] = {}  # insertion order == UID order
         self._bodies: dict[int, _Body] = {}
         self._cache: dict[int, dict[str, str]] = {}
-        self._listeners = ListenerSet()
+        self._modseqs = ModSeqs()
+        self._listeners = ModSeqListeners(self._modseqs)
+
+    @property
+    def highest_modseq(self) -> int:
+        return self._modseqs.highest
+
+    def _with_modseq(self, info: MessageInfo) -> MessageInfo:
+        return with_modseq(info, self._modseqs.get(info.uid))
 
     # -- internal, used by writers and other folders --------------------------------
 
@@ -207,7 +216,7 @@ class MemoryFolder:
         self._bodies[uid] = body.incref()
         if notify:
             self._listeners.added(self, [info])
-        return info
+        return self._with_modseq(info)
 
     def _remove(self, uids: Sequence[int]) -> None:
         for uid in uids:
@@ -223,10 +232,20 @@ class MemoryFolder:
     # -- IFolder --------------------------------------------------------------------
 
     def messages(self) -> list[MessageInfo]:
-        return list(self._infos.values())
+        return [self._with_modseq(i) for i in self._infos.values()]
 
     def get(self, uid: int) -> MessageInfo | None:
-        return self._infos.get(uid)
+        info = self._infos.get(uid)
+        return None if info is None else self._with_modseq(info)
+
+    def modseq_of(self, uid: int) -> int:
+        return self._modseqs.get(uid)
+
+    def changed_since(self, modseq: int) -> list[int]:
+        return self._modseqs.changed_since(modseq)
+
+    def expunged_since(self, modseq: int) -> list[int] | None:
+        return self._modseqs.expunged_since(modseq)
 
     def refresh(self) -> defer.Deferred[None]:
         return defer.succeed(None)
@@ -263,7 +282,7 @@ class MemoryFolder:
         except StoreError:
             return defer.fail()
         self._listeners.changed(self, changed)
-        return defer.succeed(result)
+        return defer.succeed([self._with_modseq(i) for i in result])
 
     def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
         among = self._infos.keys() if uids is None else set(uids)

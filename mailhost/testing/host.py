@@ -44,6 +44,7 @@ from mailhost.store.interfaces import (
     MessageInfo,
 )
 from mailhost.store.reader import read_all
+from mailhost.testing import ownership
 from mailhost.testing.faults import Fault, FaultHook, FaultSet
 from mailhost.testing.faults.control import FaultScript
 from mailhost.web.interfaces import IQueueListing, QueuedMessage, QueuedRecipient
@@ -366,6 +367,7 @@ class MailHost:
             self.directory = self.service.directory
             self.service.startService()
             self.running = True
+            ownership.host_started(self)
             self._listening = yield self.service.wait_listening()
             if self.capture:
                 # Mailboxes appear with their first message: hear of every arrival.
@@ -398,6 +400,7 @@ class MailHost:
             unsubscribe()
         yield self._drop_connections()
         self.running = False
+        ownership.host_stopped(self)
         if self.service is not None and self.service.running:
             # Also after a failed start: stop what did bind.
             yield self.service.stopService()

@@ -1,34 +1,69 @@
 """pytest fixtures for the test mail host (loaded through the ``pytest11`` entry point).
 
-- ``mailhost``: a started ``MailHost`` per test, for pytest-twisted tests (Deferreds).
-- ``mailhost_session``: one ``MailHost`` for the whole session (call ``reset()``).
-- ``mailhost_sync``: a blocking ``SyncMailHost`` per test; no Twisted in the test.
-  Under pytest-twisted every test body runs inside the reactor, where a blocking
-  client would freeze the server, so a test using this fixture has its body run in
-  a worker thread while the reactor keeps serving.
+Fixtures, at four scopes (a wider-scoped host is shared: call ``reset()`` for a clean
+slate):
 
-- trial ``TestCase``s using ``MailHostTestMixin`` (or with ``mailhost_trial = True``)
-  also run under pytest-twisted: trial would spin the reactor itself, which pytest-twisted
-  already runs in a greenlet, so their waits go through ``pytest_twisted.blockon``.
+=========================  ==========================  ==============================
+scope                      Twisted API (Deferreds)     blocking API (``SyncMailHost``)
+=========================  ==========================  ==============================
+function                   ``mailhost``                ``mailhost_sync``
+class                      ``mailhost_class``          ``mailhost_sync_class``
+module                     ``mailhost_module``         ``mailhost_sync_module``
+session                    ``mailhost_session``        ``mailhost_sync_session``
+=========================  ==========================  ==============================
 
-Options: ``@pytest.mark.mailhost(tls=True, users={...}, ...)`` (the MailHost
-arguments) on a test. This module imports nothing heavy at import time: pytest loads
-it for every run, and it must never fail to import.
+Options: ``@pytest.mark.mailhost(users={...}, tls=True, ...)`` (the MailHost arguments)
+on the test (function scope), its class (class scope) or module (``pytestmark``, module
+scope); for the session hosts, override the ``mailhost_session_options`` fixture.
+
+How the reactor is shared (see ``mailhost.testing.ownership``):
+
+- The Twisted-API fixtures need pytest-twisted, which runs each test inside the reactor;
+  without it (``-p no:twisted``) they fail at once, saying so.
+- The blocking fixtures work with and without pytest-twisted. Under pytest-twisted the
+  body of a test that uses one runs in a worker thread while the reactor serves (a
+  blocking client inside the reactor would freeze the host).
+- Each trial ``TestCase`` gets the reactor to itself: trial spins it for each test, so
+  pytest-twisted's loop is paused around it (no trial internals are touched). Where that
+  is impossible (a wider-scoped host still runs in the reactor), the test fails with a
+  ``ReactorConflict`` naming the fix.
+
+This module imports nothing heavy at import time: pytest loads it for every run, and it
+must never fail to import.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+SYNC_FIXTURES = frozenset({"mailhost_sync", "mailhost_sync_class", "mailhost_sync_module",
+                           "mailhost_sync_session"})
+
+
+def _pytest_twisted_active(config: Any) -> bool:
+    return bool(config.pluginmanager.hasplugin("twisted"))
 
 
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line(
         "markers",
-        "mailhost(**options): MailHost arguments for the mailhost/mailhost_sync fixtures",
+        "mailhost(**options): MailHost arguments for the mailhost fixtures of this test, "
+        "class (class-scoped fixtures) or module (module-scoped fixtures)",
     )
+    if _pytest_twisted_active(config):
+        from mailhost.testing import ownership
+
+        ownership.use_pytest_twisted(True)
+
+
+def pytest_unconfigure(config: Any) -> None:
+    if "mailhost.testing.ownership" in sys.modules:
+        sys.modules["mailhost.testing.ownership"].use_pytest_twisted(False)
 
 
 def _options(request: Any) -> dict[str, Any]:
@@ -36,112 +71,127 @@ def _options(request: Any) -> dict[str, Any]:
     return dict(marker.kwargs) if marker is not None else {}
 
 
-def _block(fn: Any, *args: Any) -> Any:
-    from mailhost.testing.threaded import call, ensure_reactor_thread
+def _twisted_host(request: Any, options: dict[str, Any]) -> Iterator[Any]:
+    if not _pytest_twisted_active(request.config):
+        pytest.fail(
+            f"{request.fixturename} is the Twisted API (Deferreds) and needs pytest-twisted, "
+            "which is not active (-p no:twisted?). Fix: run with pytest-twisted, or use the "
+            f"blocking {request.fixturename.replace('mailhost', 'mailhost_sync', 1)} fixture.",
+            pytrace=False)
+    from mailhost.testing.host import MailHost
+    from mailhost.testing.ownership import block
 
-    ensure_reactor_thread()
-    return call(fn, *args)
+    host = MailHost(**options)
+    block(host.start)
+    try:
+        yield host
+    finally:
+        if host.running:
+            block(host.stop)
+
+
+def _sync_host(options: dict[str, Any]) -> Iterator[Any]:
+    from mailhost.testing.threaded import start_sync
+
+    # Unguarded: under pytest-twisted this runs beside the reactor's greenlet, and the
+    # bodies of the tests that use it run in a worker thread (pytest_pyfunc_call).
+    host = start_sync(options, guard=False)
+    try:
+        yield host
+    finally:
+        host.stop()
 
 
 @pytest.fixture
-def mailhost(request: Any):
+def mailhost(request: Any) -> Iterator[Any]:
     """A started MailHost for this test (Twisted API); stopped afterwards."""
-    from mailhost.testing.host import MailHost
+    yield from _twisted_host(request, _options(request))
 
-    host = MailHost(**_options(request))
-    _block(host.start)
-    yield host
-    _block(host.stop)
+
+@pytest.fixture(scope="class")
+def mailhost_class(request: Any) -> Iterator[Any]:
+    """One MailHost (Twisted API) for the tests of a class; call ``reset()``."""
+    yield from _twisted_host(request, _options(request))
+
+
+@pytest.fixture(scope="module")
+def mailhost_module(request: Any) -> Iterator[Any]:
+    """One MailHost (Twisted API) for the tests of a module; call ``reset()``."""
+    yield from _twisted_host(request, _options(request))
 
 
 @pytest.fixture(scope="session")
-def mailhost_session():
-    """One MailHost shared by the session; call ``reset()`` for a clean slate."""
-    from mailhost.testing.host import MailHost
+def mailhost_session_options() -> dict[str, Any]:
+    """The MailHost arguments of the session hosts; override it in a conftest.py."""
+    return {}
 
-    host = MailHost()
-    _block(host.start)
-    yield host
-    _block(host.stop)
+
+@pytest.fixture(scope="session")
+def mailhost_session(request: Any, mailhost_session_options: dict[str, Any]) -> Iterator[Any]:
+    """One MailHost (Twisted API) for the session; call ``reset()`` for a clean slate."""
+    yield from _twisted_host(request, dict(mailhost_session_options))
 
 
 @pytest.fixture
-def mailhost_sync(request: Any):
+def mailhost_sync(request: Any) -> Iterator[Any]:
     """A started SyncMailHost (blocking API) for this test; stopped afterwards."""
-    from mailhost.testing.host import MailHost
-    from mailhost.testing.threaded import SyncMailHost
-
-    host = SyncMailHost(MailHost(**_options(request)))
-    _block(host._host.start)
-    yield host
-    _block(host._host.stop)
+    yield from _sync_host(_options(request))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_call(item: Any) -> None:
-    """Let a trial TestCase with ``mailhost_trial`` wait through pytest-twisted's reactor."""
-    testcase = getattr(item, "_testcase", None)
-    if testcase is None or not getattr(testcase, "mailhost_trial", False):
-        return
-    try:
-        from mailhost.testing.threaded import _greenlet_blockon
-    except Exception:
-        return
-    blockon = _greenlet_blockon()
-    if blockon is None:
-        return  # no pytest-twisted: trial spins the reactor itself, as usual
-    from twisted.internet import defer
+@pytest.fixture(scope="class")
+def mailhost_sync_class(request: Any) -> Iterator[Any]:
+    """One SyncMailHost for the tests of a class; call ``reset()``."""
+    yield from _sync_host(_options(request))
 
-    def wait(d: defer.Deferred, running: Any = None) -> None:
-        # Trial's own _wait runs reactor.run(); pytest-twisted's reactor is already
-        # running in its greenlet, so switch to it until d has fired instead.
-        done: defer.Deferred = defer.Deferred()
 
-        def settled(result: object) -> object:
-            if not done.called:
-                done.callback(None)
-            return result
+@pytest.fixture(scope="module")
+def mailhost_sync_module(request: Any) -> Iterator[Any]:
+    """One SyncMailHost for the tests of a module; call ``reset()``."""
+    yield from _sync_host(_options(request))
 
-        d.addBoth(settled)
-        if not done.called:
-            blockon(done)
 
-    def clean_up(result: Any) -> None:
-        # Trial's janitor would iterate the reactor from outside its greenlet (running
-        # callbacks twice) and cancel every timer of the shared reactor; keep only its
-        # logged-error check. MailHost.stop() already leaves nothing behind.
-        for error in testcase._observer.getErrors():
-            result.addError(testcase, error)
-            testcase._passed = False
-        testcase.flushLoggedErrors()
-        testcase._removeObserver()
-        if testcase._passed:
-            result.addSuccess(testcase)
+@pytest.fixture(scope="session")
+def mailhost_sync_session(mailhost_session_options: dict[str, Any]) -> Iterator[Any]:
+    """One SyncMailHost for the session; call ``reset()`` for a clean slate."""
+    yield from _sync_host(dict(mailhost_session_options))
 
-    # Private trial hooks, patched on this one instance only.
-    testcase._wait = wait
-    testcase._cleanUp = clean_up
-    testcase._classCleanUp = lambda result: None
+
+def _is_trial_case(item: Any) -> bool:
+    """A ``twisted.trial.unittest.TestCase`` (which spins the reactor) item."""
+    trial = sys.modules.get("twisted.trial.unittest")
+    cls = getattr(item, "cls", None)
+    return trial is not None and isinstance(cls, type) and issubclass(cls, trial.TestCase)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: Any) -> Any:
+    """Give each trial TestCase the reactor to itself (trial spins it per test)."""
+    if not _is_trial_case(item):
+        return (yield)
+    from mailhost.testing.ownership import trial_turn
+
+    with trial_turn(f"trial TestCase {item.nodeid}"):
+        return (yield)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: Any) -> bool | None:
-    """Run the body of a plain test that uses ``mailhost_sync`` in a worker thread
-    when pytest-twisted runs the reactor in this thread."""
-    if "mailhost_sync" not in getattr(pyfuncitem, "fixturenames", ()):
+    """Under pytest-twisted, run the body of a plain test that uses a blocking host in a
+    worker thread, while the reactor (in this thread) serves."""
+    if not SYNC_FIXTURES & set(getattr(pyfuncitem, "fixturenames", ())):
+        return None
+    if not _pytest_twisted_active(pyfuncitem.config):
         return None
     func = pyfuncitem.obj
-    if inspect.iscoroutinefunction(func) or getattr(func, "_pytest_twisted_mark", None):
-        return None
-    try:
-        from mailhost.testing.threaded import _greenlet_blockon
-    except Exception:
-        return None
-    blockon = _greenlet_blockon()
-    if blockon is None:
+    if inspect.iscoroutinefunction(func) or inspect.isgeneratorfunction(inspect.unwrap(func)):
+        return None  # a Twisted test (async, inlineCallbacks): pytest-twisted runs it
+    from mailhost.testing import ownership
+
+    if not (ownership.reactor_here() and ownership.pytest_twisted_drives()):
         return None
     from twisted.internet import threads
 
-    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    blockon(threads.deferToThread(func, **kwargs))
+    names = inspect.signature(func).parameters
+    kwargs = {name: value for name, value in pyfuncitem.funcargs.items() if name in names}
+    ownership.block(threads.deferToThread, func, **kwargs)
     return True

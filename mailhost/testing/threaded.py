@@ -1,89 +1,30 @@
 """Threaded mode: the test mail host for code that knows nothing of Twisted.
 
-``running()`` runs the reactor in a daemon thread (started once per process, since a
-reactor cannot be restarted; reused if it is already running in another thread) and
-returns a ``SyncMailHost``: the ``MailHost`` API, blocking. Under pytest-twisted the
-reactor lives in a greenlet of the main thread; calls from that thread then go
-through ``pytest_twisted.blockon`` (see ``mailhost_sync`` in the pytest plugin).
+``running()`` and ``SyncMailHost`` give the ``MailHost`` API, blocking. The host lives
+in Twisted's global reactor, which some other thread must drive meanwhile: the
+application's, pytest-twisted's (from a fixture; the test body then runs in a worker
+thread) or, when nobody drives it, a background thread started for as long as a
+blocking host runs (``mailhost.testing.ownership`` says who drives it when, and
+refuses instead of deadlocking where a blocking call would block the reactor itself).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from twisted.internet import defer, threads
-from twisted.python import threadable
-
+from mailhost.testing import ownership
 from mailhost.testing.host import MailHost
+from mailhost.testing.ownership import ReactorConflict, ReactorInThisThread
 
-_start_lock = threading.Lock()
-_reactor_thread: threading.Thread | None = None
-
-
-class ReactorInThisThread(RuntimeError):
-    """Blocking calls here would deadlock: this thread runs the reactor."""
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
-def _greenlet_blockon() -> Callable[[defer.Deferred], Any] | None:
-    """pytest-twisted's ``blockon`` when we are in its main greenlet, else None."""
-    try:
-        import greenlet
-        import pytest_twisted
-    except ImportError:
-        return None
-    gr_twisted = getattr(pytest_twisted._instances, "gr_twisted", None)
-    if gr_twisted is None or gr_twisted.dead or greenlet.getcurrent() is gr_twisted:
-        return None
-    return pytest_twisted.blockon
-
-
-def ensure_reactor_thread(timeout: float = 10.0) -> Any:
-    """Make sure some thread runs the reactor; start a daemon thread if none does."""
-    global _reactor_thread
-    reactor = _reactor()
-    with _start_lock:
-        if reactor.running or _greenlet_blockon() is not None:
-            return reactor
-        if _reactor_thread is not None and _reactor_thread.is_alive():
-            return reactor
-        started = threading.Event()
-        reactor.callWhenRunning(started.set)
-        thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
-                                  name="mailhost-reactor", daemon=True)
-        thread.start()
-        if not started.wait(timeout):
-            raise RuntimeError("the Twisted reactor did not start (was it stopped before? "
-                               "a reactor cannot be restarted)")
-        _reactor_thread = thread
-        return reactor
+__all__ = ["ReactorConflict", "ReactorInThisThread", "SyncMailHost", "call", "running"]
 
 
 def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn`` on the reactor and block for its (Deferred) result."""
-    reactor = _reactor()
-    if reactor.running and not threadable.isInIOThread():
-        return threads.blockingCallFromThread(reactor, fn, *args, **kwargs)
-    blockon = _greenlet_blockon()
-    if blockon is not None:
-        d: defer.Deferred = defer.Deferred()
-        reactor.callLater(0, lambda: defer.maybeDeferred(fn, *args, **kwargs).chainDeferred(d))
-        return blockon(d)
-    if reactor.running:
-        raise ReactorInThisThread(
-            "the Twisted reactor runs in this thread, so blocking calls would deadlock. "
-            "Use MailHost (Deferreds) here; under pytest-twisted use the mailhost_sync "
-            "fixture, which runs the test body in a worker thread, or -p no:twisted.")
-    raise RuntimeError("the Twisted reactor is not running (use mailhost.testing.running())")
+    return ownership.block(fn, *args, **kwargs)
 
 
 class SyncMailHost:
@@ -91,6 +32,7 @@ class SyncMailHost:
 
     def __init__(self, host: MailHost) -> None:
         self._host = host
+        self._held = False
         self.smtp = _SyncFaults(host.smtp)
         self.pop3 = _SyncFaults(host.pop3)
         self.imap = _SyncFaults(host.imap)
@@ -110,12 +52,29 @@ class SyncMailHost:
     def received(self) -> list:
         return call(lambda: list(self._host.received))
 
-    def start(self) -> SyncMailHost:
-        call(self._host.start)
+    def start(self, _guard: bool = True) -> SyncMailHost:
+        """Start the host; refused (``ReactorInThisThread``) where this thread drives the
+        reactor, since a blocking client here would then freeze the host."""
+        ownership.hold(guard=_guard)
+        self._held = True
+        try:
+            call(self._host.start)
+        except BaseException:
+            self._release()
+            raise
         return self
 
     def stop(self) -> None:
-        call(self._host.stop)
+        try:
+            if self._host.running:
+                call(self._host.stop)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            ownership.release()
 
     def add_user(self, address: str, password: str) -> None:
         call(self._host.add_user, address, password)
@@ -130,7 +89,7 @@ class SyncMailHost:
         return call(self._host.deliver, address, message, folder)
 
     def wait_for_messages(self, n: int, timeout: float = 5.0) -> list:
-        return call(self._host.wait_for_messages, n, timeout)
+        return call(self._host.wait_for_messages, n, timeout=timeout)
 
     def outbound_messages(self) -> list:
         return call(self._host.outbound_messages)
@@ -219,12 +178,19 @@ class _SyncFaults:
 def running(**kwargs: Any) -> Iterator[SyncMailHost]:
     """A started test mail host for blocking code; stopped on exit.
 
-    Takes the ``MailHost`` arguments (``users=``, ``domains=``, ``tls=``, ...).
+    Takes the ``MailHost`` arguments (``users=``, ``domains=``, ``tls=``, ...). Raises
+    ``ReactorInThisThread`` where this thread drives the reactor (a callback, or the main
+    thread under pytest-twisted) instead of deadlocking; the message names the fix.
     """
-    ensure_reactor_thread()
-    host = SyncMailHost(call(MailHost, **kwargs))
-    host.start()
+    host = start_sync(kwargs)
     try:
         yield host
     finally:
         host.stop()
+
+
+def start_sync(options: dict[str, Any], guard: bool = True) -> SyncMailHost:
+    """A started ``SyncMailHost`` with ``options`` (the MailHost arguments)."""
+    if guard and ownership.reactor_here():
+        raise ownership.refuse_here("running()")
+    return SyncMailHost(MailHost(**options)).start(_guard=guard)

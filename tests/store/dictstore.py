@@ -154,6 +154,26 @@ class DictFolder:
         self._cache: dict[int, dict[str, str]] = {}
         self._listeners = _Listeners()
         self._deleted = False
+        self.highest_modseq = 1  # positive even for an empty folder (RFC 7162)
+        self._gone: list[tuple[int, int]] = []  # (modseq, uid), every expunge kept
+
+    def _bump(self, uids: Iterable[int]) -> int:
+        """A new mod-sequence for one change of these messages."""
+        self.highest_modseq += 1
+        for uid in uids:
+            if uid in self._infos:
+                self._infos[uid] = replace(self._infos[uid], modseq=self.highest_modseq)
+        return self.highest_modseq
+
+    def modseq_of(self, uid: int) -> int:
+        info = self._infos.get(uid)
+        return 0 if info is None else info.modseq
+
+    def changed_since(self, modseq: int) -> list[int]:
+        return sorted(u for u, i in self._infos.items() if i.modseq > modseq)
+
+    def expunged_since(self, modseq: int) -> list[int] | None:
+        return sorted(u for m, u in self._gone if m > modseq)
 
     def _add(self, body: _Body, flags: frozenset[str], date: float | None,
              notify: bool = True) -> MessageInfo:
@@ -164,13 +184,18 @@ class DictFolder:
         self._infos[uid] = info
         self._bodies[uid] = body
         if notify:
+            self._bump([uid])
+            info = self._infos[uid]
             self._listeners.tell("messages_added", self, [info])
         return info
 
     def _drop(self, uids: Sequence[int]) -> None:
+        if uids:
+            self.highest_modseq += 1
         for uid in uids:
             del self._infos[uid], self._bodies[uid]
             self._cache.pop(uid, None)
+            self._gone.append((self.highest_modseq, uid))
         self._listeners.tell("messages_expunged", self, list(uids))
 
     def messages(self) -> list[MessageInfo]:
@@ -204,10 +229,12 @@ class DictFolder:
                 new = apply_mode(info.flags, wanted, mode)
                 if new != info.flags:
                     info = self._infos[uid] = replace(info, flags=new)
-                    changed.append(info)
-                result.append(info)
-            self._listeners.tell("flags_changed", self, changed)
-            return result
+                    changed.append(uid)
+                result.append(uid)
+            if changed:
+                self._bump(changed)
+            self._listeners.tell("flags_changed", self, [self._infos[u] for u in changed])
+            return [self._infos[u] for u in result]
 
         return _succeed_or_fail(run)
 
@@ -227,8 +254,10 @@ class DictFolder:
                 info = self._infos[uid]
                 new = dest._add(self._bodies[uid], info.flags, info.internal_date, False)
                 pairs.append((uid, new.uid))
-                added.append(new)
-        dest._listeners.tell("messages_added", dest, added)
+                added.append(new.uid)
+        if added:
+            dest._bump(added)
+        dest._listeners.tell("messages_added", dest, [dest._infos[u] for u in added])
         return pairs
 
     def copy(self, uids: Iterable[int], dest: IFolder):

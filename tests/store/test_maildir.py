@@ -14,6 +14,7 @@ from twisted.internet import defer
 from mailhost import groupsync
 from mailhost.store._maildir import maildir_folder
 from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
+from mailhost.store._maildir.maildir_modseq import MODSEQ_FILE
 from mailhost.store._maildir.uidcache import CACHE_FILE as UIDCACHE_FILE
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
@@ -78,7 +79,7 @@ async def test_layout_and_dovecot_file_names(root):
     home = user_dir(root)
     assert sorted(os.listdir(home)) == sorted([
         ".Drafts", ".Junk", ".Sent", ".Trash", "cur", "new", "tmp", UIDLIST_FILE,
-        UIDCACHE_FILE, "mailhost-special-use", "subscriptions"])
+        UIDCACHE_FILE, "mailhost-special-use", "subscriptions", MODSEQ_FILE])
     [name] = os.listdir(os.path.join(home, "new"))
     m = NAME_RE.match(name)
     assert m and m.group(1) == m.group(2) == "6" and m.group(3) is None

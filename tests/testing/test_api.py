@@ -15,7 +15,7 @@ from mailhost.testing import host as host_module
 def test_exports_are_pinned():
     assert sorted(mailhost.testing.__all__) == [
         "Fault", "FaultSet", "MailHost", "MailHostTimeout", "OutboundMessage",
-        "ReceivedMessage", "SyncMailHost", "running"]
+        "ReactorConflict", "ReactorInThisThread", "ReceivedMessage", "SyncMailHost", "running"]
     assert issubclass(mailhost.testing.MailHostTimeout, TimeoutError)
 
 
@@ -56,3 +56,44 @@ def test_running_from_the_reactor_thread_is_refused():
     assert reactor.running and threadable.isInIOThread()
     with pytest.raises(ReactorInThisThread, match="mailhost_sync"):
         call(lambda: None)
+
+
+def test_the_testing_package_patches_no_trial_or_pytest_internals():
+    """Issue 14/20: the pytest plugin used to patch trial's private _wait/_cleanUp/... on
+    every mailhost_trial TestCase. The hand-over of the reactor uses public APIs only."""
+    import re
+    from pathlib import Path
+
+    import mailhost.testing
+
+    root = Path(mailhost.testing.__file__).parent
+    source = "\n".join(p.read_text() for p in root.glob("*.py"))
+    for private in ("._wait", "._cleanUp", "._classCleanUp", "._observer", "._passed",
+                    "._removeObserver", "._instances", "._fixtureinfo", "._reactorMethods"):
+        assert not re.search(re.escape(private) + r"\b", source), private
+
+
+def test_a_blocked_reactor_is_an_error_not_a_hang(monkeypatch):
+    """A thread waiting on a reactor whose own thread waits for it: ReactorConflict after
+    the watchdog, instead of both waiting for ever."""
+    import threading
+
+    from mailhost.testing import ownership
+    from mailhost.testing.threaded import call
+
+    monkeypatch.setattr(ownership, "WATCHDOG", 0.5)
+    errors: list[BaseException] = []
+
+    def worker():
+        try:
+            call(lambda: None)
+        except BaseException as e:
+            errors.append(e)
+
+    # This body runs inside pytest-twisted's reactor; joining blocks the reactor.
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], ownership.ReactorConflict)
+    assert "did not answer" in str(errors[0])

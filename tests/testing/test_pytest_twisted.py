@@ -79,11 +79,18 @@ async def test_outbound_capture(mailhost):
 
 
 @pytest_twisted.ensureDeferred
-async def test_session_host_with_reset(mailhost_session):
-    host = mailhost_session
+async def test_module_host_with_reset(mailhost_module):
+    # (mailhost_session is exercised by docs/examples/test_lifecycle.py in a subprocess:
+    # a session host would still run when this suite's trial TestCases do.)
+    host = mailhost_module
     await host.add_user("dave@example.test", "pw")
     await host.deliver("dave@example.test", b"Subject: s\r\n\r\nx\r\n")
     assert len(await host.wait_for_messages(1)) == 1
     await host.reset()
     assert host.received == []
     assert "dave@example.test" not in host.users()
+
+
+@pytest_twisted.ensureDeferred
+async def test_module_host_is_shared(mailhost_module):
+    assert mailhost_module.running and mailhost_module.received == []

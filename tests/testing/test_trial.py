@@ -33,7 +33,7 @@ class MixinTests(MailHostTestMixin, unittest.TestCase):
 
 
 class HelperTests(unittest.TestCase):
-    mailhost_trial = True  # lets the pytest plugin run it under pytest-twisted too
+    # No mixin and no marker: the pytest plugin hands the reactor to every trial TestCase.
 
     async def test_start_mailhost_helper(self):
         host = await start_mailhost(self, users={"bob@example.test": "pw"})

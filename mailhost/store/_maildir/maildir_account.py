@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -12,6 +13,7 @@ from zope.interface import implementer
 
 from mailhost.store._maildir import maildir_io
 from mailhost.store._maildir.maildir_folder import MaildirFolder, Row
+from mailhost.store._maildir.maildir_quota import MaildirQuotaRoot
 from mailhost.store.append import append_message
 from mailhost.store.interfaces import (
     FolderExists,
@@ -22,6 +24,7 @@ from mailhost.store.interfaces import (
     NoSuchFolder,
 )
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents
+from mailhost.store.quota import IQuotaRoot
 
 if TYPE_CHECKING:  # it imports this module
     from mailhost.store.maildir import MaildirStore
@@ -29,9 +32,9 @@ if TYPE_CHECKING:  # it imports this module
 _T = TypeVar("_T")
 
 
-@implementer(IMailAccount)
-class MaildirAccount:
-    """Implements: IMailAccount over one user's Maildir++ root."""
+@implementer(IMailAccount, IQuotaRoot)
+class MaildirAccount(MaildirQuotaRoot):
+    """Implements: IMailAccount and IQuotaRoot over one user's Maildir++ root."""
 
     def __init__(self, store: MaildirStore, user: str, root: str) -> None:
         self._store = store
@@ -42,6 +45,7 @@ class MaildirAccount:
         self._special: dict[str, str] = {}
         self._subs: set[str] = set()
         self._lock = defer.DeferredLock()
+        self._quota_lock = threading.Lock()  # maildirsize, in the thread pool
 
     def _dir(self, name: str) -> str:
         return self._root if name == INBOX else os.path.join(self._root,
@@ -170,6 +174,7 @@ class MaildirAccount:
                 if folder is not None:
                     folder._watch_if_listened()
                 raise
+            await self.quota_recount()  # its messages no longer count
             if folder is not None:
                 self._folders.pop(canon, None)
                 await folder._forget()

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFReader
-from mailhost.store._maildir import maildir_cache
+from mailhost.store._maildir import maildir_cache, maildir_modseq
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store._maildir.maildir_index import (
     UNKNOWN_DATE,
@@ -70,7 +70,7 @@ from mailhost.store.interfaces import (
     NoSuchMessage,
     StoreError,
 )
-from mailhost.store.listeners import ListenerSet
+from mailhost.store.modseq import ModSeqListeners, ModSeqs, with_modseq
 from mailhost.store.reader import reader_for
 
 if TYPE_CHECKING:  # they import this module
@@ -90,6 +90,9 @@ COMPACT_MIN_STALE = 1000
 #: anyone who needs the UIDs starts the batch at once). Each batch costs a dotlock
 #: round and a uidlist fsync; one SMTP session sends a message every few ms.
 NUMBER_DELAY = 0.05
+
+#: Modseq journal lines wait this long for others to share their write.
+JOURNAL_DELAY = 1.0
 
 #: ``diff_folder``'s answer: (stamp, renamed [(uid, recent, part)], gone UIDs, unknown
 #: files [(subdir, name)]).
@@ -127,7 +130,13 @@ class MaildirFolder:
         self._kwfile = KeywordFile(path, store.modes, store.fsync, self._uids.dotlock)
         self._kw_generation = 0  # of the KeywordFile map self._keywords follows
         self._path = path
-        self._listeners = ListenerSet()
+        self._modseqs = ModSeqs()
+        self._listeners = ModSeqListeners(self._modseqs, self._journal)
+        self._reserved = 0  # modseqs up to here are reserved on disk (maildir_modseq)
+        self._journal_lines: list[str] = []
+        self._journal_call: IDelayedCall | None = None
+        self._journal_lock = defer.DeferredLock()  # appends land in order
+        self._journal_appended = 0  # lines since the journal was last written whole
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
         self._settled: dict[int, Row | None] = {}
@@ -198,6 +207,12 @@ class MaildirFolder:
         self._index.path = self._path
         self._keywords = loaded.index.keywords
         self._stale = loaded.stale
+        index = self._index
+        mods, self._reserved = await self._store.run_blocking(
+            maildir_modseq.load, self._path, self.uid_validity, list(index.uids),
+            index.letters(), self._store.modes, self._store.fsync)
+        self._modseqs = self._listeners.modseqs = mods
+        index.modseqs = mods.by_uid
         cache, cache_lines = await self._store.run_blocking(
             maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
         self._cache = cache
@@ -209,6 +224,76 @@ class MaildirFolder:
             await self._adopt(loaded.foreign)
         if self._index.unknown_dates:
             self._schedule_fill(DATE_FILL_DELAY)
+
+    # -- mod-sequences (RFC 7162; numbered by ModSeqListeners, kept by maildir_modseq) --
+
+    @property
+    def highest_modseq(self) -> int:
+        return self._modseqs.highest
+
+    def modseq_of(self, uid: int) -> int:
+        return self._modseqs.get(uid)
+
+    def changed_since(self, modseq: int) -> list[int]:
+        return self._modseqs.changed_since(modseq)
+
+    def expunged_since(self, modseq: int) -> list[int] | None:
+        return self._modseqs.expunged_since(modseq)
+
+    def _journal(self, kind: str, uids: Sequence[int], modseq: int) -> None:
+        """Record a numbered change for the next journal write; a reservation runs
+        out at half way, and then the write (with its fsync) starts at once."""
+        if self._gone:
+            return
+        if kind == "set":
+            index = self._index
+            items = [(u, index.letters_at(i)) for u in uids if (i := index.pos(u)) >= 0]
+            if items:
+                self._journal_lines.append(maildir_modseq.set_line(modseq, items))
+        else:
+            self._journal_lines.append(maildir_modseq.gone_line(modseq, uids))
+        if modseq + maildir_modseq.RESERVE // 2 > self._reserved:
+            self._reserved = modseq + maildir_modseq.RESERVE
+            self._journal_lines.append(maildir_modseq.reserve_line(self._reserved))
+            self._write_journal()
+        elif self._journal_call is None:
+            self._journal_call = self._store._reactor.callLater(JOURNAL_DELAY,
+                                                                self._write_journal)
+
+    def _write_journal(self, closing: bool = False) -> defer.Deferred[None]:
+        if self._journal_call is not None and self._journal_call.active():
+            self._journal_call.cancel()
+        self._journal_call = None
+        lines, self._journal_lines = self._journal_lines, []
+        if closing:
+            lines.append(f"C {self._modseqs.highest}\n")
+        if not lines or self._gone:
+            # Fires once the writes already started have landed.
+            return self._journal_lock.run(defer.succeed, None)
+        path, lock, modes, fsync = self._path, self._file_lock, self._store.modes, self._store.fsync
+        self._journal_appended += len(lines)
+        index = self._index
+        if self._journal_appended > 2 * len(index) + COMPACT_MIN_STALE:
+            # Appends outgrew the state they describe: write it whole instead
+            # (a snapshot, taken here on the reactor thread).
+            self._journal_appended = 0
+            args = (path, self.uid_validity, self._reserved,
+                    maildir_modseq.snapshot(self._modseqs),
+                    dict(zip(index.uids, index.letters(), strict=True)), modes, fsync)
+
+            def work() -> None:
+                with lock:
+                    maildir_modseq.compact(*args)
+                    if closing:
+                        maildir_modseq.append(path, lines[-1:], modes, fsync)
+        else:
+            def work() -> None:
+                with lock:
+                    maildir_modseq.append(path, lines, modes, fsync)
+
+        d = self._journal_lock.run(self._store.run_blocking, work)
+        d.addErrback(lambda f: self.log.failure("modseq journal write failed", f))
+        return d
 
     # -- dates of files adopted in bulk ---------------------------------------------------
 
@@ -775,7 +860,8 @@ class MaildirFolder:
                 result.pop(uid, None)
             await self._set_flags_once([u for u in missed if u in self._index], wanted,
                                        mode, result)
-        return [result[u] for u in sorted(result) if u in self._index]
+        get = self._modseqs.get
+        return [with_modseq(result[u], get(u)) for u in sorted(result) if u in self._index]
 
     async def _set_flags_once(self, uids: list[int], wanted: frozenset[str], mode: str,
                               result: dict[int, MessageInfo]) -> list[int]:
@@ -871,8 +957,10 @@ class MaildirFolder:
             keep = {u for u in retry if u in index} - set(again)  # no longer \Deleted
             victims = [u for u in victims if u not in keep]
         present = [u for u in victims if u in self._index]
+        freed = sum(self._index.info_at(self._index.pos(u)).size for u in present)
         self._remove(present)
         self._listeners.expunged(self, present)
+        await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         return victims
@@ -954,6 +1042,12 @@ class MaildirFolder:
             moved = [src for src, _ in pairs]
             self._remove(moved)
             self._listeners.expunged(self, moved)
+        if not move or dest._account is not self._account:  # quota (maildir_quota)
+            sizes = {uid: info.size for uid, info, _, _, _, _ in plan}
+            copied = sum(sizes[src] for src, _ in pairs)
+            await dest._account.charge(copied, len(pairs))
+            if move:
+                await self._account.charge(-copied, -len(pairs))
         return pairs, missed
 
     def claim_recent(self) -> defer.Deferred[set[int]]:
@@ -1160,7 +1254,8 @@ class MaildirFolder:
         """Write pending cache entries; the store calls this as it closes, so background
         date reading stops here too (it resumes on the next open)."""
         self._stop_fill()
-        return self._write_cache()
+        d = self._write_journal(closing=True)
+        return d.addCallback(lambda _: self._write_cache())
 
     def _write_cache(self) -> defer.Deferred[None]:
         if self._cache_call is not None and self._cache_call.active():
@@ -1202,6 +1297,10 @@ class MaildirFolder:
         if self._cache_call is not None and self._cache_call.active():
             self._cache_call.cancel()
         self._cache_call = None
+        if self._journal_call is not None and self._journal_call.active():
+            self._journal_call.cancel()
+        self._journal_call = None
+        self._journal_lines.clear()
         self._unwatch()
         self._index.clear()
         self._cache.clear()

@@ -48,21 +48,20 @@ _new = object.__new__
 
 
 def _fast_info(uid: int, key: str, size: int, flags: frozenset[str], date: float,
-              recent: bool) -> MessageInfo:
+              recent: bool, modseq: int = 0) -> MessageInfo:
     """A MessageInfo built without the frozen-dataclass __init__ (several times faster).
     Equal to a normal one."""
     info = _new(MessageInfo)
     info.__dict__.update(uid=uid, key=key, size=size, flags=flags, internal_date=date,
-                         recent=recent)
+                         recent=recent, modseq=modseq)
     return info
 
 
-def _check_fast_info() -> Callable[[int, str, int, frozenset[str], float, bool],
-                                  MessageInfo]:
+def _check_fast_info() -> Callable[..., MessageInfo]:
     """Fall back to the plain constructor should MessageInfo ever lose its __dict__."""
     try:
-        sample = _fast_info(1, "k", 2, frozenset(), 3.0, True)
-        if sample == MessageInfo(1, "k", 2, frozenset(), 3.0, True):
+        sample = _fast_info(1, "k", 2, frozenset(), 3.0, True, 4)
+        if sample == MessageInfo(1, "k", 2, frozenset(), 3.0, True, 4):
             return _fast_info
     except (AttributeError, TypeError):
         pass
@@ -195,6 +194,9 @@ class FolderIndex:
         self.by_base: dict[str, int] = {}
         self.table: list[State] = []
         self._state_ids: dict[tuple[str | None, bool], int] = {}
+        #: uid -> RFC 7162 modseq: the folder's ``ModSeqs.by_uid``, shared (it keeps
+        #: them; the index only shows them in the infos it makes).
+        self.modseqs: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -244,8 +246,9 @@ class FolderIndex:
         date = self.dates[i]
         if date == UNKNOWN_DATE:
             date = self.date_at(i)
-        return fast_info(self.uids[i], self.keys[i], self.sizes[i], st.flags, date,
-                         st.recent)
+        uid = self.uids[i]
+        return fast_info(uid, self.keys[i], self.sizes[i], st.flags, date, st.recent,
+                         self.modseqs.get(uid, 0))
 
     def date_at(self, i: int) -> float:
         """The internal date at a position, reading the file's mtime if it is not known
@@ -335,6 +338,16 @@ class FolderIndex:
     def state_at(self, i: int) -> State:
         return self.table[self.states[i]]
 
+    def letters_at(self, i: int) -> str:
+        """The flag letters of the file at a position, sorted (the modseq journal's
+        record of what the file said)."""
+        return "".join(sorted(info_letters(self.table[self.states[i]].part)))
+
+    def letters(self) -> list[str]:
+        """``letters_at`` of every position (computed once per state)."""
+        per_state = ["".join(sorted(info_letters(st.part))) for st in self.table]
+        return [per_state[s] for s in self.states]
+
     def infos(self) -> list[MessageInfo]:
         """Every message as a MessageInfo (made now: the index keeps none)."""
         dates = self.dates
@@ -351,9 +364,11 @@ class FolderIndex:
         paused = gc.isenabled()
         gc.disable()
         try:
+            modseqs = self.modseqs
             return list(map(fast_info, self.uids, self.keys, self.sizes,
                             [flags[s] for s in states], dates,
-                            [recent[s] for s in states]))
+                            [recent[s] for s in states],
+                            [modseqs.get(u, 0) for u in self.uids]))
         finally:
             if paused:
                 gc.enable()

@@ -124,6 +124,7 @@ class MaildirMessageWriter:
                         assert folder is not None  # a copy that wants a UID opens it
                         folder.settle_uids([(uid, None) for uid in ticket])
                 raise
+            await _charge(plan, self.size)  # the copies count against quota now
             # Durable now. Copies nobody waits a UID for are numbered in the folder's
             # next batch (or when it is opened); the others are settled here.
             for (folder, account, _, base, part), ticket in zip(plan, tickets,
@@ -191,3 +192,12 @@ class MaildirMessageWriter:
         if not self._done:
             self._done = True
             self._discard()
+
+
+async def _charge(plan: list[_Placed], size: int) -> None:
+    """Count the copies in their users' quota (maildir_quota), one line per account."""
+    counts: dict[int, tuple[MaildirAccount, int]] = {}
+    for _, account, _, _, _ in plan:
+        counts[id(account)] = (account, counts.get(id(account), (account, 0))[1] + 1)
+    for account, n in counts.values():
+        await account.charge(size * n, n)
