@@ -301,7 +301,8 @@ class DNSConfig:
 class PipelineConfig:
     """The message pipeline after DATA (mailhost.pipeline): checks and modifiers."""
 
-    # Stage names in order: spf, dkim, dmarc, auth_results, dkim_sign; empty: none.
+    # Stage names in order: spf, dkim, dmarc, arc, auth_results, dkim_sign, arc_seal;
+    # empty: none.
     stages: list[str] = field(default_factory=list)
     # The authserv-id of our Authentication-Results fields; empty: server.hostname.
     authserv_id: str = ""
@@ -309,6 +310,12 @@ class PipelineConfig:
     dmarc_mode: Literal["enforce", "monitor"] = "enforce"
     # dkim_sign: domain -> selectors ("2026r 2026e"), keys in <data_dir>/dkim/<domain>/.
     dkim_selectors: dict[str, str] = field(default_factory=dict)
+    # arc_seal: "<domain>:<selector>" of the RSA key that seals; empty: the first RSA key
+    # of dkim_selectors.
+    arc_selector: str = ""
+    # dmarc: don't enforce a DMARC fail of mail these sealers' passing ARC chain says
+    # passed DMARC with them (forwarders you trust); needs "arc" before "dmarc".
+    arc_trusted_sealers: list[str] = field(default_factory=list)
     # milter: name -> "inet:11332@127.0.0.1 [default_action=accept] [command_timeout=30] ...".
     milters: dict[str, str] = field(default_factory=dict)
     # What a milter that is down or times out means, unless its own default_action says.

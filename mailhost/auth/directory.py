@@ -44,7 +44,18 @@ class IUserDirectory(Interface):
         """True if ``user`` has a mailbox here."""
 
 
-@implementer(IUserDirectory)
+class IForwardingDirectory(Interface):
+    """A directory whose aliases may name addresses of other domains (forwarding).
+
+    Separate from ``IUserDirectory`` so an embedder's own directory need not know of
+    it: SMTP forwards only through a directory that provides this."""
+
+    def forwards(address: str) -> list[str]:
+        """The remote addresses (other domains) the aliases of ``address`` expand
+        to, besides its local mailboxes; [] if none."""
+
+
+@implementer(IUserDirectory, IForwardingDirectory)
 class UserDirectory:
     """Implements: IUserDirectory over a users source and an alias table.
 
@@ -114,9 +125,19 @@ class UserDirectory:
         return table
 
     def lookup(self, address: str) -> list[str]:
+        return self.expand(address)[0]
+
+    def forwards(self, address: str) -> list[str]:
+        return self.expand(address)[1]
+
+    def expand(self, address: str) -> tuple[list[str], list[str]]:
+        """(local mailboxes, remote addresses) that mail for ``address`` goes to.
+        An alias target in another domain is forwarded there through the outbound
+        queue (the ARC seal says what we found, ``mailhost.pipeline.arc_seal``)."""
         users = self._users()
         table = self._alias_table(users)
         found: list[str] = []
+        remote: list[str] = []
         seen: set[str] = set()
 
         def resolve(addr: str, depth: int) -> None:
@@ -125,7 +146,9 @@ class UserDirectory:
             seen.add(addr)
             local, _, domain = addr.rpartition("@")
             if not self.is_local_domain(domain):
-                return  # remote alias targets are not forwarded
+                if depth > 0 and domain and addr not in remote:
+                    remote.append(addr)  # an alias target elsewhere: forwarded
+                return
             if addr in users:
                 if addr not in found:
                     found.append(addr)
@@ -152,7 +175,7 @@ class UserDirectory:
             target = self.postmaster_mailbox(users)
             if target is not None:
                 resolve(target, 1)
-        return found
+        return found, remote
 
     def postmaster_mailbox(self, users: Mapping[str, Sequence[str]] | None = None) -> str | None:
         """Where postmaster mail goes when no user or alias is named postmaster: the

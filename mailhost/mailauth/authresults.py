@@ -2,7 +2,8 @@
 
 Built with the ``authres`` package (its quoting and property syntax), one field per
 message, SPF (MAIL FROM and HELO), every DKIM signature (with ``header.b`` of RFC
-6008 so two signatures of one domain can be told apart), and DMARC. Before we add
+6008 so two signatures of one domain can be told apart), DMARC and ARC (RFC 8617
+§10.2: ``arc=pass (i=N sealed by D) header.oldest-pass=0 smtp.remote-ip=...``). Before we add
 ours, ``strip_ours`` removes every incoming field that claims our authserv-id
 (RFC 8601 §5): otherwise a sender could forge our verdict.
 """
@@ -13,8 +14,10 @@ import re
 from collections.abc import Sequence
 
 import authres
+import authres.arc
 import authres.dmarc
 
+from mailhost.mailauth.arc import ARCResult
 from mailhost.mailauth.dkim import DKIMResult
 from mailhost.mailauth.dmarc import DMARCResult
 from mailhost.mailauth.spf import SPFResult
@@ -29,7 +32,8 @@ def _reason(text: str) -> str | None:
 
 def build(authserv_id: str, spf: Sequence[SPFResult] = (), dkim: Sequence[DKIMResult] | None = None,
           dmarc: DMARCResult | None = None,
-          iprev: tuple[str, str, str | None] | None = None) -> bytes:
+          iprev: tuple[str, str, str | None] | None = None,
+          arc: ARCResult | None = None) -> bytes:
     """The whole header field, ``Authentication-Results: …`` ending in CRLF.
     ``iprev``: (result, client address, its confirmed name) of RFC 8601 §3."""
     results: list[object] = []
@@ -58,6 +62,13 @@ def build(authserv_id: str, spf: Sequence[SPFResult] = (), dkim: Sequence[DKIMRe
             result=dmarc.result, header_from=dmarc.from_domain or None,
             policy=dmarc.policy if dmarc.result in ("pass", "fail") else None,
             reason=_reason(dmarc.reason)))
+    if arc is not None:  # RFC 8617 §10.2: header.oldest-pass, smtp.remote-ip
+        passed = arc.result == "pass"
+        results.append(authres.arc.ARCAuthenticationResult(
+            result=arc.result,
+            result_comment=f"i={arc.instances} sealed by {arc.domain}" if passed else None,
+            header_oldest_pass=str(arc.oldest_pass) if passed else None,
+            smtp_remote_ip=arc.remote_ip or None, reason=_reason(arc.reason)))
     header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)
     text = str(header)
     if not results:

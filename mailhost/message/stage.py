@@ -84,6 +84,9 @@ class MessageContext:
     submission: bool = False  # came in on the submission listener
     trusted: bool = False  # authenticated, or from a relay network: ours to sign
     recipients: list[str] = field(default_factory=list)
+    #: Remote addresses a local alias forwards this message to (through the outbound
+    #: queue, with the other remote copies): ``arc_seal`` seals the message for them.
+    forwarded: list[str] = field(default_factory=list)
     #: A stage (a milter) added or removed recipients: routing then follows
     #: ``recipients`` instead of what SMTP decided at RCPT time.
     recipients_changed: bool = False

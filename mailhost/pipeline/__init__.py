@@ -7,8 +7,10 @@ holds the stages, one small module each, as maddy's ``check/`` and ``modify/``:
 ``spf``         SPF of MAIL FROM and HELO, started at MAIL FROM
 ``dkim``        DKIM verification of every signature
 ``dmarc``       DMARC, and its policy (``pipeline.dmarc_mode``)
+``arc``         ARC chain verification (RFC 8617)
 ``auth_results`` one Authentication-Results field; forged ones removed
 ``dkim_sign``   DKIM signature for mail of our domains that we relay
+``arc_seal``    ARC set on mail a local alias forwards to another domain
 ``milter``      the milters of ``pipeline.milters`` (rspamd, OpenDKIM, ...)
 ============== =========================================================
 
@@ -28,8 +30,8 @@ from mailhost.mailauth.dkim_keys import SigningKey, load_key
 from mailhost.message.stage import IStage, Pipeline
 from mailhost.milter.client import MilterSpec, MilterSpecError
 
-STAGES = ("spf", "dkim", "dmarc", "auth_results", "dkim_sign", "milter")
-_CHECKS = ("spf", "dkim", "dmarc")
+STAGES = ("spf", "dkim", "dmarc", "arc", "auth_results", "dkim_sign", "arc_seal", "milter")
+_CHECKS = ("spf", "dkim", "dmarc", "arc")
 
 
 class PipelineConfigError(ValueError):
@@ -51,6 +53,11 @@ class PipelineSettings:
     #: For ``milter``: the milters in order, and our name in their ``j`` macro.
     milters: tuple[MilterSpec, ...] = ()
     hostname: str = ""
+    #: For ``arc_seal``: (domain, selector) of its RSA key; ("", "") the first RSA
+    #: key of ``dkim_selectors``.
+    arc_selector: tuple[str, str] = ("", "")
+    #: ARC sealers whose vouching for a DMARC pass the ``dmarc`` stage accepts.
+    arc_trusted_sealers: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: object) -> PipelineSettings:
@@ -73,6 +80,19 @@ class PipelineSettings:
             if late:
                 raise PipelineConfigError(
                     f"pipeline.stages: 'auth_results' must come after {', '.join(late)}")
+        _check_arc_order(stages)
+        trusted = frozenset(d.strip().lower().rstrip(".") for d in p.arc_trusted_sealers)
+        if trusted and "dmarc" in stages and ("arc" not in stages
+                                              or stages.index("arc") > stages.index("dmarc")):
+            raise PipelineConfigError(
+                "pipeline.arc_trusted_sealers: 'arc' must come before 'dmarc'")
+        arc_selector = ("", "")
+        if p.arc_selector:
+            domain, sep, selector = p.arc_selector.partition(":")
+            if not sep or not domain.strip() or not selector.strip():
+                raise PipelineConfigError(
+                    f"pipeline.arc_selector: {p.arc_selector!r} is not '<domain>:<selector>'")
+            arc_selector = (domain.strip().lower().rstrip("."), selector.strip())
         selectors = tuple(sorted(
             (domain.strip().lower().rstrip("."),
              tuple(s for s in value.replace(",", " ").split() if s))
@@ -86,7 +106,8 @@ class PipelineSettings:
             raise PipelineConfigError("pipeline.stages: 'milter' needs pipeline.milters")
         return cls(stages, p.authserv_id or server.hostname, p.dmarc_mode, selectors,
                    config.data_path("dkim"), config.data_path("spool"),  # type: ignore[attr-defined]
-                   milters, server.hostname)
+                   milters, server.hostname, arc_selector=arc_selector,
+                   arc_trusted_sealers=trusted)
 
     def signing_keys(self, load: Callable[[str, str, str], SigningKey] = load_key) -> list[SigningKey]:
         """Every configured key, read from ``<data_dir>/dkim/<domain>/<selector>.pem``
@@ -102,12 +123,45 @@ class PipelineSettings:
                         f"pipeline.dkim_selectors: {domain} {selector}: {e}") from None
         return keys
 
+    def arc_key(self, load: Callable[[str, str, str], SigningKey] = load_key) -> SigningKey:
+        """The RSA key ``arc_seal`` seals with (RFC 8617 allows only rsa-sha256)."""
+        domain, selector = self.arc_selector
+        if domain:
+            candidates = [(domain, selector)]
+        else:
+            candidates = [(d, s) for d, sels in self.dkim_selectors for s in sels]
+        for d, s in candidates:
+            path = os.path.join(self.dkim_dir, d, f"{s}.pem")
+            try:
+                key = load(d, s, path)
+            except (OSError, ValueError) as e:
+                raise PipelineConfigError(f"pipeline.arc_selector: {d}:{s}: {e}") from None
+            if key.algorithm == "rsa":
+                return key
+        raise PipelineConfigError("pipeline.stages: 'arc_seal' needs an RSA key "
+                                  "(pipeline.arc_selector or pipeline.dkim_selectors)")
+
+
+def _check_arc_order(stages: tuple[str, ...]) -> None:
+    """``arc_seal`` vouches for the chain ``arc`` verified and for our results, and
+    signs the header fields as they leave: after ``arc`` and ``auth_results`` and
+    ``dkim_sign``. (A milter that changes the message after it breaks the seal; that
+    is the site's order to choose, as with ``dkim_sign``.)"""
+    if "arc_seal" not in stages:
+        return
+    for before in ("arc", "spf", "dkim", "dmarc", "auth_results", "dkim_sign"):
+        if before in stages and stages.index(before) > stages.index("arc_seal"):
+            raise PipelineConfigError(f"pipeline.stages: {before!r} must come before 'arc_seal'")
+    if "arc" not in stages:
+        raise PipelineConfigError("pipeline.stages: 'arc_seal' needs 'arc' (its cv=) before it")
+
 
 def build_pipeline(settings: PipelineSettings, lookup: IDNSLookup,
                    reactor: object = None,
-                   keys: Sequence[SigningKey] | None = None) -> Pipeline:
+                   keys: Sequence[SigningKey] | None = None,
+                   arc_key: SigningKey | None = None) -> Pipeline:
     """The configured stages, in order, over ``lookup``. ``keys`` replaces the key
-    files for ``dkim_sign``."""
+    files for ``dkim_sign``, ``arc_key`` the one of ``arc_seal``."""
     stages: list[IStage] = []
     for name in settings.stages:
         if name == "spf":
@@ -124,7 +178,8 @@ def build_pipeline(settings: PipelineSettings, lookup: IDNSLookup,
             from mailhost.mailauth.dmarc import DMARCChecker
             from mailhost.pipeline.dmarc import DMARCStage
 
-            stages.append(DMARCStage(DMARCChecker(lookup), settings.dmarc_mode))
+            stages.append(DMARCStage(DMARCChecker(lookup), settings.dmarc_mode,
+                                     settings.arc_trusted_sealers))
         elif name == "auth_results":
             from mailhost.pipeline.auth_results import AuthResultsStage
 
@@ -135,6 +190,17 @@ def build_pipeline(settings: PipelineSettings, lookup: IDNSLookup,
 
             stages.append(DKIMSignStage(DKIMSigner(
                 keys if keys is not None else settings.signing_keys())))
+        elif name == "arc":
+            from mailhost.mailauth.arc import ARCVerifier
+            from mailhost.pipeline.arc_verify import ARCVerifyStage
+
+            stages.append(ARCVerifyStage(ARCVerifier(lookup)))
+        elif name == "arc_seal":
+            from mailhost.mailauth.arc import ARCSealer
+            from mailhost.pipeline.arc_seal import ARCSealStage
+
+            stages.append(ARCSealStage(ARCSealer(arc_key or settings.arc_key()),
+                                       settings.authserv_id))
         elif name == "milter":
             from mailhost.milter.client import MilterClient
             from mailhost.pipeline.milter import MilterStage

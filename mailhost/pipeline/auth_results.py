@@ -31,9 +31,9 @@ class AuthResultsStage:
     def finish(self, ctx: MessageContext) -> None:
         ctx.header_block = strip_ours(ctx.header_block, self.authserv_id)
         results = ctx.results
-        if not any(k in results for k in ("spf", "dkim", "dmarc")):
+        if not any(k in results for k in ("spf", "dkim", "dmarc", "arc")):
             return None  # nothing was checked (an authenticated submission)
         ctx.prepend(build(self.authserv_id, spf=results.get("spf", ()),
                           dkim=results.get("dkim"), dmarc=results.get("dmarc"),
-                          iprev=results.get("iprev")))
+                          iprev=results.get("iprev"), arc=results.get("arc")))
         return None

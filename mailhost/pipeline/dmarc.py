@@ -6,9 +6,17 @@ domain's disposition (after ``pct``) is applied in ``enforce`` mode: ``reject`` 
 Junk folder; ``monitor`` mode only records the result in Authentication-Results.
 Mail authenticated on submission is never checked against its own domain's policy
 (the user may send as their domain from anywhere).
+
+Forwarded mail (RFC 8617 §7.2, RFC 7489 §6.7 local policy): a ``fail`` is not
+enforced when ``arc`` (listed before ``dmarc``) found a passing chain whose newest
+seal is of a domain in ``pipeline.arc_trusted_sealers`` and whose AAR recorded
+``dmarc=pass`` there: the sealer vouches that the message authenticated before it
+forwarded it. The result stays ``fail``, with the override in its reason.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -23,11 +31,13 @@ class DMARCStage:
 
     name = "dmarc"
 
-    def __init__(self, checker: DMARCChecker, mode: str = "enforce") -> None:
+    def __init__(self, checker: DMARCChecker, mode: str = "enforce",
+                 trusted_sealers: frozenset[str] = frozenset()) -> None:
         if mode not in ("enforce", "monitor"):
             raise ValueError(f"DMARC mode must be enforce or monitor, not {mode!r}")
         self.checker = checker
         self.mode = mode
+        self.trusted_sealers = trusted_sealers
 
     def envelope(self, ctx: MessageContext) -> None:
         pass
@@ -41,6 +51,11 @@ class DMARCStage:
         spf = next((r for r in ctx.results.get("spf", ()) if r.identity == "mailfrom"), None)
         domain = from_domain(ctx.header_block)
         result = await self.checker.check(domain, spf, ctx.results.get("dkim", ()))
+        arc = ctx.results.get("arc")
+        if (result.result == "fail" and arc is not None and arc.result == "pass"
+                and arc.domain in self.trusted_sealers and arc.sealer_dmarc == "pass"):
+            result = replace(result, disposition="none", reason=(
+                f"{result.reason}; local policy: dmarc=pass at trusted ARC sealer {arc.domain}"))
         ctx.results["dmarc"] = result
         if result.result != "fail" or self.mode != "enforce":
             return None

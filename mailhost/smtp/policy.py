@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from mailhost.auth.directory import IForwardingDirectory
 from mailhost.smtp.params import Address, RcptParams
 from mailhost.smtp.reply import Reply
 
@@ -26,11 +27,13 @@ _ROUTING_CHARS = ("%", "!", "@")
 
 @dataclass(frozen=True)
 class Decision:
-    """An accepted recipient: its local mailboxes, or a remote address to queue."""
+    """An accepted recipient: its local mailboxes, or a remote address to queue;
+    ``forwards``: remote addresses a local alias expands to (queued too)."""
 
     reply: Reply
     mailboxes: tuple[str, ...] = ()
     remote: str | None = None
+    forwards: tuple[str, ...] = ()
 
 
 def parse_networks(networks: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -57,6 +60,18 @@ class RecipientPolicy:
         self.can_queue = can_queue
         self.default_domain = default_domain
 
+    def _forwards(self, address: str) -> list[str]:
+        """Remote alias targets of ``address``, if the directory forwards and there is
+        a queue to forward through (without one they are left out, and logged)."""
+        if not IForwardingDirectory.providedBy(self.directory):
+            return []
+        forwards = self.directory.forwards(address)
+        if forwards and not self.can_queue:
+            log.warn("alias {address} forwards to {targets}, but there is no outbound "
+                     "queue: not forwarded", address=address, targets=forwards)
+            return []
+        return list(forwards)
+
     def may_relay(self, client_ip: str, user: str | None) -> bool:
         return user is not None or ip_in_networks(client_ip, self.networks)
 
@@ -71,9 +86,11 @@ class RecipientPolicy:
             if any(c in rcpt.local for c in _ROUTING_CHARS):
                 raise Reply(550, "5.1.1", f"<{shown}>: Recipient address rejected: User unknown")
             mailboxes = self.directory.lookup(rcpt.canonical())
-            if not mailboxes:
+            forwards = self._forwards(rcpt.canonical())
+            if not mailboxes and not forwards:
                 raise Reply(550, "5.1.1", f"<{shown}>: Recipient address rejected: User unknown")
-            return Decision(Reply(250, "2.1.5", "Ok"), mailboxes=tuple(mailboxes))
+            return Decision(Reply(250, "2.1.5", "Ok"), mailboxes=tuple(mailboxes),
+                            forwards=tuple(forwards))
         if self.may_relay(client_ip, user):
             if self.can_queue:
                 return Decision(Reply(250, "2.1.5", "Ok"), remote=str(rcpt))

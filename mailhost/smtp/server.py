@@ -819,7 +819,13 @@ class SMTPServer(Protocol, TimeoutMixin):
             queued = QueueRecipient(decision.remote, params.notify, params.orcpt)
             if key not in txn.remote:
                 txn.remote[key] = queued
-        txn.routes[str(rcpt)] = (tuple(decision.mailboxes), queued)
+        forwards = []
+        for target in decision.forwards:  # a local alias forwarding to another domain
+            forwards.append(QueueRecipient(target, params.notify, params.orcpt))
+            txn.remote.setdefault(target.lower(), forwards[-1])
+            txn.forwarded[target.lower()] = None
+        txn.routes[str(rcpt)] = (tuple(decision.mailboxes),
+                                 ((queued,) if queued is not None else ()) + tuple(forwards))
         return decision.reply
 
     def _checked(self, decided: defer.Deferred, accept: Callable[[], Reply],
@@ -914,6 +920,7 @@ class SMTPServer(Protocol, TimeoutMixin):
 
             if txn.context is not None:  # the pipeline decides the targets at the end
                 txn.context.recipients = list(txn.accepted)
+                txn.context.forwarded = list(txn.forwarded)
                 self._delivery = Delivery((), header=received, pipeline=self.factory.pipeline,
                                           context=txn.context, route=route,
                                           reactor=self.factory.reactor)
@@ -945,13 +952,14 @@ class SMTPServer(Protocol, TimeoutMixin):
                              event="smtp.added_rcpt_refused", tid=txn.id, rcpt=address,
                              reply=reply.to_bytes().decode("utf-8", "replace").strip())
                     continue
-                queued = (QueueRecipient(decision.remote, params.notify, params.orcpt)
-                          if decision.remote is not None else None)
-                route = (tuple(decision.mailboxes), queued)
+                route = (tuple(decision.mailboxes), tuple(
+                    QueueRecipient(a, params.notify, params.orcpt)
+                    for a in ((decision.remote,) if decision.remote is not None else ())
+                    + decision.forwards))
             for mailbox in route[0]:
                 mailboxes[mailbox] = None
-            if route[1] is not None:
-                remote.setdefault(route[1].address.lower(), route[1])
+            for queued in route[1]:
+                remote.setdefault(queued.address.lower(), queued)
         return list(mailboxes), list(remote.values())
 
     def smtp_BDAT(self, arg: str) -> Reply | None:  # noqa: N802

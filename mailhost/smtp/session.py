@@ -40,6 +40,8 @@ class Transaction:
     mailboxes: dict[str, None] = field(default_factory=dict)
     # Remote recipients for the outbound queue, keyed by canonical address (dedupe).
     remote: dict[str, QueueRecipient] = field(default_factory=dict)
+    # Of those, the ones a local alias forwards to (the pipeline's ARC seal wants them).
+    forwarded: dict[str, None] = field(default_factory=dict)
     # The first RCPTs as given (MAX_RESULTS), with the reply code each got, for the
     # transaction log; rcpt_count counts them all. A harvest of 10,000 RCPTs must not
     # make a 357 KB log line (or hold 10,000 strings).
@@ -48,7 +50,9 @@ class Transaction:
     accepted: list[str] = field(default_factory=list)
     # Each accepted address's routing (its mailboxes, its queue recipient), for a
     # pipeline stage that removes recipients again (a milter's SMFIR_DELRCPT).
-    routes: dict[str, tuple[tuple[str, ...], QueueRecipient | None]] = field(default_factory=dict)
+    # (Its queue recipients: the remote address, or what a local alias forwards to.)
+    routes: dict[str, tuple[tuple[str, ...], tuple[QueueRecipient, ...]]] = field(
+        default_factory=dict)
     # The message pipeline's view of this message (mailhost.message.stage), if any.
     context: Any = None
 

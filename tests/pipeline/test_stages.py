@@ -15,6 +15,7 @@ from mailhost.pipeline import STAGES, PipelineConfigError, PipelineSettings, bui
 from mailhost.testing.dns import StaticLookup
 
 KEY = key_from_pem("a.test", "s1", generate_pem("ed25519"))
+ARC_KEY = key_from_pem("b.test", "arc1", generate_pem("rsa"))
 ZONES = {
     "a.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
     "_dmarc.a.test": {"TXT": ["v=DMARC1; p=reject"]},
@@ -36,7 +37,7 @@ def settings(**pipeline) -> PipelineSettings:
 
 
 def pipeline(**kw) -> Pipeline:
-    return build_pipeline(settings(**kw), StaticLookup(ZONES), keys=[KEY])
+    return build_pipeline(settings(**kw), StaticLookup(ZONES), keys=[KEY], arc_key=ARC_KEY)
 
 
 async def run(p: Pipeline, ctx: MessageContext, message: bytes, chunk: int = 7) -> Verdict:
