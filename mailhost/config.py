@@ -10,6 +10,7 @@ the key and the problem.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -208,6 +209,11 @@ class OutboundConfig:
     max_concurrency: int = 20
     max_per_domain: int = 5
     connect_timeout: float = 30.0
+    # The local address outbound connections leave from (Postfix's smtp_bind_address and
+    # smtp_bind_address6); empty: the kernel's choice. Matters on a host with several
+    # addresses, where SPF and the PTR record name one of them.
+    source_address: str = ""
+    source_address6: str = ""
     # Waits for the server, RFC 5321 §4.5.3.2 (seconds): the greeting, each command's
     # reply (MAIL, RCPT, EHLO ...), the 354 to DATA, the transport taking each chunk
     # of the message, and the reply after the final dot or BDAT LAST.
@@ -611,6 +617,14 @@ def validate(config: Config) -> None:
     host = config.outbound.smarthost
     if host and not host.rpartition(":")[2].isdigit():
         raise ConfigError(f"outbound.smarthost: expected host:port, got {host!r}")
+    for key, version in (("source_address", 4), ("source_address6", 6)):
+        value = getattr(config.outbound, key)
+        try:
+            if value and ipaddress.ip_address(value).version != version:
+                raise ValueError(f"not an IPv{version} address")
+        except ValueError:
+            raise ConfigError(f"outbound.{key}: expected an IPv{version} address, "
+                              f"got {value!r}") from None
     store_modes(config.store)
     from mailhost.store.quota import parse_size
 

@@ -214,6 +214,8 @@ class OutboundSettings:
     max_concurrency: int = 20
     max_per_domain: int = 5
     connect_timeout: float = 30.0
+    source_address: str = ""
+    source_address6: str = ""
     greeting_timeout: float = 300.0
     command_timeout: float = 300.0
     data_init_timeout: float = 120.0
@@ -257,6 +259,8 @@ class OutboundSettings:
             max_concurrency=o.max_concurrency,
             max_per_domain=o.max_per_domain,
             connect_timeout=o.connect_timeout,
+            source_address=o.source_address,
+            source_address6=o.source_address6,
             greeting_timeout=o.greeting_timeout,
             command_timeout=o.command_timeout,
             data_init_timeout=o.data_init_timeout,

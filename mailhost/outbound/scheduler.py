@@ -741,12 +741,20 @@ class Scheduler:
         return context
 
     def _endpoint(self, address: str, port: int) -> IStreamClientEndpoint:
+        """The connection to ``address``, from ``outbound.source_address[6]`` if set."""
         timeout = self.settings.connect_timeout
+        v4, v6 = self.settings.source_address, self.settings.source_address6
         if is_ip(address):
             if ":" in address:
-                return TCP6ClientEndpoint(self.reactor, address, port, timeout=timeout)
-            return TCP4ClientEndpoint(self.reactor, address, port, timeout=timeout)
-        return HostnameEndpoint(self.reactor, address, port, timeout=timeout)
+                return TCP6ClientEndpoint(self.reactor, address, port, timeout=timeout,
+                                          bindAddress=(v6, 0) if v6 else None)
+            return TCP4ClientEndpoint(self.reactor, address, port, timeout=timeout,
+                                      bindAddress=(v4, 0) if v4 else None)
+        # A smarthost by name: one bind address for every attempt; an attempt of the
+        # other family then fails at once and happy eyeballs takes the one that works.
+        source = v4 or v6
+        return HostnameEndpoint(self.reactor, address, port, timeout=timeout,
+                                bindAddress=(source, 0) if source else None)
 
     # Results.
 

@@ -18,11 +18,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from mailhost.auth.directory import UserDirectory
 from mailhost.milter import protocol as p
-from mailhost.outbound.scheduler import Scheduler
 from tests.e2e.test_pipeline import Host, message, ours, send, wait_for
 from tests.mailauth.test_arc import arcverify_cli
 from tests.milter import scripted
@@ -50,23 +48,8 @@ def as_received(stored: bytes) -> bytes:
     return stored[start:]
 
 
-def send_from(monkeypatch, port: int, source: str) -> None:
-    """Outbound connections to ``port`` leave from ``source`` (mailhost has no outbound
-    bind address; B's mail to C must come from B's address for C's SPF to see B)."""
-    original = Scheduler._endpoint
-
-    def endpoint(self, address: str, to_port: int):
-        if to_port != port:
-            return original(self, address, to_port)
-        return TCP4ClientEndpoint(self.reactor, address, to_port,
-                                  timeout=self.settings.connect_timeout,
-                                  bindAddress=(source, 0))
-
-    monkeypatch.setattr(Scheduler, "_endpoint", endpoint)
-
-
 @pytest.fixture
-def three(tmp_path, dns_server, monkeypatch, request):
+def three(tmp_path, dns_server, request):
     """A, B, C and the DNS keys. ``request.param`` (optional): ``trusted``, the ARC
     sealers C trusts; ``milter``, a script for a scripted milter in B's pipeline."""
     param = getattr(request, "param", {})
@@ -80,7 +63,7 @@ def three(tmp_path, dns_server, monkeypatch, request):
                                            "both@b.test": ["bob@b.test", "carol@c.test"]})
     a.config.outbound.smarthost = f"127.0.0.2:{b.port}"
     b.config.outbound.smarthost = f"127.0.0.3:{c.port}"
-    send_from(monkeypatch, c.port, b.ip)
+    b.config.outbound.source_address = b.ip  # B's mail to C leaves from B's address (SPF)
     b.config.pipeline.stages = list(B_STAGES)
     b.config.pipeline.arc_selector = "b.test:arc1"
     c.config.pipeline.stages = list(C_STAGES)

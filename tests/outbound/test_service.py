@@ -316,3 +316,41 @@ async def test_reloaded_settings_reach_the_scheduler_and_a_new_router(tmp_path):
         assert svc.scheduler.router.resolver is router.resolver
     finally:
         await svc.stopService()
+
+
+@pytest.mark.parametrize("smarthost", ["127.0.0.1", "localhost"])
+@pytest_twisted.ensureDeferred
+async def test_outbound_connections_leave_from_source_address(tmp_path, smarthost):
+    """``outbound.source_address`` (Postfix's smtp_bind_address): the remote sees our
+    connection come from it, for an IP smarthost and for one given by name."""
+    seen = {}
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            seen["peer"] = session.peer[0]
+            return "250 2.0.0 ok"
+
+    port = free_port()
+    c = Controller(Handler(), hostname="127.0.0.1", port=port)
+    c.start()
+    config = make_config(tmp_path, smarthost=f"{smarthost}:{port}", tls_policy="none",
+                         source_address="127.0.0.7")
+    svc = await started(OutboundService(OutboundSettings.from_config(config), MemoryStore(),
+                                        directory(), resolver=FakeResolver()))
+    try:
+        await send(svc, "alice@example.test", ["x@far.example"])
+        await wait_for(lambda: _async("peer" in seen))
+        assert seen["peer"] == "127.0.0.7"
+    finally:
+        await svc.stopService()
+        c.stop()
+
+
+@pytest.mark.parametrize("key,value", [("source_address", "::1"), ("source_address6", "127.0.0.1"),
+                                       ("source_address", "mx.example.test")])
+def test_source_address_must_be_an_address_of_its_family(tmp_path, key, value):
+    from mailhost.config import ConfigError, validate
+
+    config = make_config(tmp_path, **{key: value})
+    with pytest.raises(ConfigError, match=f"outbound.{key}: expected an IPv"):
+        validate(config)
