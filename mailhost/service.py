@@ -476,15 +476,18 @@ def makeService(
 
     tls_options = server_options(config.tls)
 
+    # One [dns] lookup, so one TTL cache, for everything that asks DNS: routing (MX/A/AAAA
+    # with the AD bit, for DANE), the pipeline (SPF, DKIM, DMARC, ARC) and the envelope
+    # checks (FCrDNS, DNSBL). Nothing is read or opened before its first lookup.
+    from mailhost.dns import DNSSettings, make_lookup
+
+    lookup = make_lookup(DNSSettings.from_config(config), reactor=reactor)
     if outbound_on:
-        from mailhost.dns import DNSSettings, make_lookup
         from mailhost.outbound.service import OutboundService, listen_addresses
 
-        # The [dns] resolver routes too (MX/A/AAAA with the AD bit, for DANE).
         outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
                                    local_addresses=listen_addresses(config.smtp.listen),
-                                   listening=root.wait_listening,
-                                   lookup=make_lookup(DNSSettings.from_config(config), reactor))
+                                   listening=root.wait_listening, lookup=lookup)
         outbound.setServiceParent(root)
         root.outbound = outbound
         root.queue = outbound.queue
@@ -509,8 +512,8 @@ def makeService(
     space.setServiceParent(root)
 
     # Capture mode checks nothing (no DNS, no greylisting of the app under test).
-    pipeline = None if capture else _make_pipeline(config, reactor)
-    checks = None if capture else _make_checks(config, reactor, passwd, root)
+    pipeline = None if capture else _make_pipeline(config, reactor, lookup)
+    checks = None if capture else _make_checks(config, reactor, passwd, root, lookup)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 
@@ -584,7 +587,7 @@ def _add_web(root: MailHostService, settings: WebSettings, reactor: Any,
     root.listeners.setdefault("web", []).append(listener)
 
 
-def _make_pipeline(config: Config, reactor: Any) -> Any:
+def _make_pipeline(config: Config, reactor: Any, lookup: Any) -> Any:
     """The message pipeline of ``[pipeline]``, over the ``[dns]`` lookup."""
     from mailhost.pipeline import PipelineConfigError, PipelineSettings, build_pipeline
 
@@ -592,29 +595,22 @@ def _make_pipeline(config: Config, reactor: Any) -> Any:
         settings = PipelineSettings.from_config(config)
         if not settings.stages:
             return None
-        from mailhost.dns import DNSSettings, make_lookup
-
-        lookup = make_lookup(DNSSettings.from_config(config), reactor=reactor)
         return build_pipeline(settings, lookup, reactor=reactor)
     except PipelineConfigError as e:
         raise ConfigError(str(e)) from None
 
 
 def _make_checks(config: Config, reactor: Any, passwd: PasswdFile,
-                 root: MailHostService) -> Any:
+                 root: MailHostService, lookup: Any) -> Any:
     """The envelope checks (``mailhost.abuse``: FCrDNS, DNSBL, rate limits,
-    greylisting) over their own ``[dns]`` lookup; their services join ``root``."""
+    greylisting) over the ``[dns]`` lookup; their services join ``root``."""
     from mailhost.abuse import AbuseConfigError, AbuseSettings, build_checks
     from mailhost.abuse.ratelimit import passwd_fields
 
     settings = AbuseSettings.from_config(config)
-    lookup = None
-    if settings.needs_dns:
-        from mailhost.dns import DNSSettings, make_lookup
-
-        lookup = make_lookup(DNSSettings.from_config(config), reactor=reactor)
     try:
-        checks, services = build_checks(settings, lookup, fields=passwd_fields(passwd),
+        checks, services = build_checks(settings, lookup if settings.needs_dns else None,
+                                        fields=passwd_fields(passwd),
                                         reactor=reactor)
     except AbuseConfigError as e:
         raise ConfigError(str(e)) from None
