@@ -289,11 +289,7 @@ def resolver_name(spec: str) -> str:
 
 
 def make_resolver(spec: str, reactor: object | None = None) -> object:
-    """``outbound.resolver`` → IResolver. Call from startService: the system resolver
-    schedules a resolv.conf re-read timer as it is created."""
-    if spec == "system":
-        from twisted.names import client
-
-        return client.createResolver()
+    """The deprecated ``outbound.resolver = "host:port"`` → IResolver (``"system"``
+    routes through the ``[dns]`` lookup instead, see OutboundService.startService)."""
     host, port = split_hostport(spec, 53)
     return NamesResolver(servers=[(host, port)], reactor=reactor)
