@@ -17,7 +17,7 @@ change with it:
 The internal API between these modules is the named methods of ``MaildirStore``
 (``account``, ``tmp_dir``, ``syncer``, ``run_blocking``), ``MaildirAccount``
 (``folder``, ``loaded_folder``, ``folder_path``, ``number_unopened``) and
-``MaildirFolder`` (``path``, ``learn_keywords``, ``letters``, ``delivery_handles``,
+``MaildirFolder`` (``path``, ``learn_keywords``, ``letters``, ``delivery_uids``,
 ``expect_files``, ``unexpect_files``, ``settle_uids``, ``number_later``,
 ``delivered_row`` beside it). Nothing outside ``mailhost/store/`` imports from here
 (``tests/message/test_layering.py``).

@@ -170,6 +170,3 @@ class KeywordFile:
             pass
         self._stamp, self._mtime = _stamp(st), mtime
 
-    def write_if_needed(self, folder_path: str, lock: threading.Lock, fsync: bool) -> None:
-        """Nothing to do: ``learn`` writes new letters before any name can use them.
-        (Kept for the writer threads that still call it before creating names.)"""

@@ -895,8 +895,7 @@ class MaildirFolder:
             updates.append((uid, new_part, st.recent))
         missed: list[int] = []
         if renames:
-            ok = await self._renaming(renames, self._kwfile, self._file_lock,
-                                      self._store.fsync)
+            ok = await self._renaming(renames)
             changed: list[MessageInfo] = []
             for (uid, new_part, recent), done in zip(updates, ok, strict=True):
                 i = index.pos(uid)
@@ -911,8 +910,7 @@ class MaildirFolder:
             self._listeners.changed(self, changed)
         return missed
 
-    async def _renaming(self, renames: list[tuple[str, str]], kwfile: KeywordFile | None,
-                        lock: threading.Lock | None, fsync: bool) -> list[bool]:
+    async def _renaming(self, renames: list[tuple[str, str]]) -> list[bool]:
         """rename_all in a thread; meanwhile a date read on the reactor thread may find
         the file under its new name (see FolderIndex.date_at)."""
         moving = self._index.renaming
@@ -924,7 +922,7 @@ class MaildirFolder:
             self._own_names.update(os.path.split(new) for _, new in renames)
         try:
             ok: list[bool] = await self._store.run_blocking(
-                self._uids.locked, rename_all, self._path, renames, kwfile, lock, fsync)
+                self._uids.locked, rename_all, self._path, renames)
             return ok
         finally:
             moving.clear()  # renames are serialised by the folder lock
@@ -1020,8 +1018,8 @@ class MaildirFolder:
         try:
             try:
                 ok, got = await self._store.run_blocking(
-                    transfer_files, ops, move, dest._path, dest._kwfile, dest._file_lock,
-                    dest._uids, ticket, syncer, self._store.modes, self._uids)
+                    transfer_files, ops, move, dest._path, dest._uids, ticket, syncer,
+                    self._store.modes, self._uids)
             except BaseException:
                 dest._settle([(duid, None) for duid in ticket])
                 raise
@@ -1088,7 +1086,7 @@ class MaildirFolder:
             renames.append((os.path.join("new", filename(base, part)),
                             os.path.join("cur", filename(base, new_part))))
             parts.append(new_part)
-        ok = await self._renaming(renames, None, None, False)
+        ok = await self._renaming(renames)
         claimed: set[int] = set()
         for uid, new_part, done in zip(recent, parts, ok, strict=True):
             i = index.pos(uid)
@@ -1210,10 +1208,9 @@ class MaildirFolder:
         """The Maildir info letters of ``flags`` (after ``learn_keywords``)."""
         return self._letters(flags)
 
-    def delivery_handles(self) -> tuple[threading.Lock, KeywordFile, FolderUids]:
-        """(file lock, dovecot-keywords, UID assigner) for a deliver_files job: what the
-        worker thread uses to write keywords and give the copy its UID."""
-        return self._file_lock, self._kwfile, self._uids
+    def delivery_uids(self) -> FolderUids:
+        """The UID assigner a deliver_files job uses to give the copy its UID."""
+        return self._uids
 
     def expect_files(self, bases: Iterable[str]) -> None:
         """These files are being linked in by a writer: a rescan meanwhile leaves them

@@ -19,7 +19,6 @@ from twisted.logger import Logger
 from mailhost.groupsync import GroupSync
 from mailhost.message.crlf import crlf_size
 from mailhost.store import mutf7
-from mailhost.store._maildir.dovecot_keywords import KeywordFile
 from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store._maildir.maildir_names import sizes_from_base
 from mailhost.store.interfaces import (
@@ -34,10 +33,9 @@ from mailhost.store.names import INBOX, canonical_folder
 if TYPE_CHECKING:  # it imports this module
     from mailhost.store._maildir.maildir_uids import FolderUids
 
-#: One copy for ``deliver_files``: (folder path, file name, base name, CRLF size, folder
-#: file lock, KeywordFile, FolderUids, ticket); see there.
-DeliveryJob = tuple[str, str, str, int, "threading.Lock | None", "KeywordFile | None",
-                    "FolderUids | None", "list[int] | None"]
+#: One copy for ``deliver_files``: (folder path, file name, base name, CRLF size,
+#: FolderUids, ticket); see there.
+DeliveryJob = tuple[str, str, str, int, "FolderUids | None", "list[int] | None"]
 #: One file for ``transfer_files``: (source path, destination path, base, date, CRLF
 #: size, wrap).
 TransferOp = tuple[str, str, str, float, int, bool]
@@ -101,10 +99,10 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     leaves the message, once recovery has run, in every target or in none.
 
     ``date`` becomes the file's mtime, which is its INTERNALDATE for Dovecot too.
-    ``jobs``: (folder path, file name, base name, CRLF size, folder file lock,
-    KeywordFile, FolderUids, ticket list that receives the UID handed out); the lock
-    and KeywordFile are None for a folder that is not open (no keywords then), the
-    FolderUids and ticket None for a copy numbered later.
+    ``jobs``: (folder path, file name, base name, CRLF size, FolderUids, ticket list
+    that receives the UID handed out); the FolderUids and ticket are None for a copy
+    numbered later. (Keywords need nothing here: ``KeywordFile.learn`` writes new
+    letters before any file name can use them.)
     ``data``: the whole message when it was kept in memory (``file`` is then None and
     the tmp file is written here). The tmp file is closed and removed whatever happens.
     """
@@ -116,10 +114,6 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
             file.write(data)
         assert file is not None  # given, or made from ``data`` just above
         file.flush()
-        for folder_path, _name, _base, _size, lock, kwfile, _uids, _ticket in jobs:
-            if kwfile is not None:
-                assert lock is not None  # an open folder's job has both, others neither
-                kwfile.write_if_needed(folder_path, lock, fsync)
         if len(jobs) > 1:
             journal = _commit_all(file, tmp_path, date,
                                   [(p, name) for p, name, *_ in jobs], syncer, modes)
@@ -132,7 +126,7 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
             os.utime(file.fileno(), (date, date))
             if fsync:
                 os.fsync(file.fileno())
-        for _path, _name, base, size, _lock, _kwfile, uids, ticket in jobs:
+        for _path, _name, base, size, uids, ticket in jobs:
             if uids is not None:
                 uids.assign([base], ticket, [(date, size, False)])
         if syncer is not None:
@@ -407,12 +401,8 @@ def _located(path: str, sub: str, name: str) -> Located | None:
     return base, sub == "new", part if sep else None, wrap, size, mtime
 
 
-def rename_all(path: str, renames: Iterable[tuple[str, str]], kwfile: KeywordFile | None,
-               lock: threading.Lock | None, fsync: bool) -> list[bool]:
+def rename_all(path: str, renames: Iterable[tuple[str, str]]) -> list[bool]:
     """Rename files inside a folder; False where the file vanished meanwhile."""
-    if kwfile is not None:
-        assert lock is not None  # keywords are written under the folder's file lock
-        kwfile.write_if_needed(path, lock, fsync)
     ok = []
     for old, new in renames:
         try:
@@ -435,8 +425,7 @@ def unlink_all(paths: list[str]) -> list[str]:
     return missing
 
 
-def transfer_files(ops: Sequence[TransferOp], move: bool, dest_path: str,
-                   kwfile: KeywordFile, lock: threading.Lock, uids: FolderUids,
+def transfer_files(ops: Sequence[TransferOp], move: bool, dest_path: str, uids: FolderUids,
                    ticket: list[int], syncer: GroupSync | None, modes: FileModes,
                    src_uids: FolderUids | None = None) -> tuple[list[bool], list[int]]:
     """Link (COPY) or rename (MOVE) files into dest/new/, give them UIDs there
@@ -448,7 +437,6 @@ def transfer_files(ops: Sequence[TransferOp], move: bool, dest_path: str,
     its ``src_uids`` lock (see FolderUids.locked); the destination's lock is taken
     after, never both at once."""
     fsync = syncer is not None
-    kwfile.write_if_needed(dest_path, lock, fsync)
     ok: list[bool] = []
     bases: list[str] = []
     rows: list[tuple[float, int, bool]] = []

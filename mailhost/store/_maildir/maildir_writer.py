@@ -2,7 +2,7 @@
 durably to every target folder (Implements: IMessageWriter).
 
 It uses the folder's and account's named delivery API (``MaildirFolder.path``,
-``learn_keywords``, ``delivery_handles``, ``expect_files``, ``settle_uids``,
+``learn_keywords``, ``delivery_uids``, ``expect_files``, ``settle_uids``,
 ``number_later``; ``MaildirAccount.folder``, ``loaded_folder``, ``number_unopened``)
 and the store's ``run_blocking``, ``syncer`` and ``tmp_dir``, never their privates.
 
@@ -107,10 +107,8 @@ class MaildirMessageWriter:
         tickets: list[list[int] | None] = [[] if t.want_uid else None for t in targets]
         jobs: list[DeliveryJob] = []
         for (folder, _, path, base, part), ticket in zip(plan, tickets, strict=True):
-            lock, kwfile, uids = (None, None, None) if folder is None \
-                else folder.delivery_handles()
-            jobs.append((path, filename(base, part), base, self.size, lock, kwfile,
-                         None if ticket is None else uids, ticket))
+            uids = None if folder is None or ticket is None else folder.delivery_uids()
+            jobs.append((path, filename(base, part), base, self.size, uids, ticket))
         told = False
         try:
             try:
