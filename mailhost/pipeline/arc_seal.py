@@ -19,20 +19,12 @@ from __future__ import annotations
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailhost.mailauth.arc import ARCSealer, ARCSealing
+from mailhost.mailauth.arc import ARCSealer
 from mailhost.mailauth.authresults import build
-from mailhost.message.stage import IBodyConsumer, IStage, MessageContext
+from mailhost.message.stage import Feeding, IBodyConsumer, IStage, MessageContext
 
 log = Logger()
 
-
-@implementer(IBodyConsumer)
-class _Consumer:
-    def __init__(self, sealing: ARCSealing) -> None:
-        self.sealing = sealing
-
-    def update(self, chunk: bytes) -> None:
-        self.sealing.update(chunk)
 
 
 @implementer(IStage)
@@ -51,7 +43,7 @@ class ARCSealStage:
     def message(self, ctx: MessageContext) -> IBodyConsumer | None:
         if not ctx.forwarded or ctx.user is not None:
             return None
-        consumer = _Consumer(self.sealer.start())
+        consumer = Feeding(self.sealer.start())
         ctx.state[self.name] = consumer
         return consumer
 
@@ -65,7 +57,7 @@ class ARCSealStage:
         results = ours.split(b":", 1)[1].split(b";", 1)[1] if b";" in ours else b" none"
         arc = r.get("arc")
         try:
-            ctx.prepend(consumer.sealing.finish(
+            ctx.prepend(consumer.target.finish(
                 ctx.prepended + ctx.header_block, self.authserv_id, results.strip(),
                 arc.result if arc is not None else "none"))
         except Exception:  # a message we cannot seal still goes, unsealed

@@ -14,17 +14,8 @@ from dataclasses import replace
 from twisted.internet import defer
 from zope.interface import implementer
 
-from mailhost.mailauth.arc import ARCVerification, ARCVerifier
-from mailhost.message.stage import IBodyConsumer, IStage, MessageContext
-
-
-@implementer(IBodyConsumer)
-class _Consumer:
-    def __init__(self, verification: ARCVerification) -> None:
-        self.verification = verification
-
-    def update(self, chunk: bytes) -> None:
-        self.verification.update(chunk)
+from mailhost.mailauth.arc import ARCVerifier
+from mailhost.message.stage import Feeding, IBodyConsumer, IStage, MessageContext
 
 
 @implementer(IStage)
@@ -42,14 +33,14 @@ class ARCVerifyStage:
     def message(self, ctx: MessageContext) -> IBodyConsumer | None:
         if ctx.user is not None:
             return None
-        consumer = _Consumer(self.verifier.start(ctx.header_block))
+        consumer = Feeding(self.verifier.start(ctx.header_block))
         ctx.state[self.name] = consumer
         return consumer
 
     async def _finish(self, ctx: MessageContext) -> None:
         consumer = ctx.state.pop(self.name, None)
         if consumer is not None:
-            result = await consumer.verification.finish()
+            result = await consumer.target.finish()
             ctx.results["arc"] = replace(result, remote_ip=ctx.client_ip)
 
     def finish(self, ctx: MessageContext) -> defer.Deferred:

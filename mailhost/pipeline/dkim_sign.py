@@ -14,19 +14,10 @@ from zope.interface import implementer
 
 from mailhost.mailauth.dkim import DKIMSigner, DKIMSigning
 from mailhost.mailauth.dmarc import from_domain
-from mailhost.message.stage import IBodyConsumer, IStage, MessageContext
+from mailhost.message.stage import Feeding, IBodyConsumer, IStage, MessageContext
 
 log = Logger()
 
-
-@implementer(IBodyConsumer)
-class _Consumer:
-    def __init__(self, signing: DKIMSigning, domain: str) -> None:
-        self.signing = signing
-        self.domain = domain
-
-    def update(self, chunk: bytes) -> None:
-        self.signing.update(chunk)
 
 
 @implementer(IStage)
@@ -50,18 +41,20 @@ class DKIMSignStage:
         signing = self.signer.start(ctx.header_block, domain)
         if signing is None:
             return None
-        consumer = _Consumer(signing, domain)
-        ctx.state[self.name] = consumer
+        consumer = Feeding(signing)
+        ctx.state[self.name] = (consumer, domain)
         return consumer
 
     def finish(self, ctx: MessageContext) -> None:
-        consumer = ctx.state.pop(self.name, None)
-        if consumer is None:
+        started = ctx.state.pop(self.name, None)
+        if started is None:
             return None
+        consumer, domain = started
+        signing: DKIMSigning = consumer.target
         # Sign the header block as delivered (a modifier before us may have changed it).
-        consumer.signing.header_block = ctx.header_block
+        signing.header_block = ctx.header_block
         try:
-            ctx.prepend(consumer.signing.finish())
+            ctx.prepend(signing.finish())
         except Exception:  # a message dkimpy cannot sign still goes, unsigned
-            log.failure("DKIM signing for {domain} failed", domain=consumer.domain)
+            log.failure("DKIM signing for {domain} failed", domain=domain)
         return None

@@ -8,17 +8,8 @@ from __future__ import annotations
 from twisted.internet import defer
 from zope.interface import implementer
 
-from mailhost.mailauth.dkim import DKIMVerification, DKIMVerifier
-from mailhost.message.stage import IBodyConsumer, IStage, MessageContext
-
-
-@implementer(IBodyConsumer)
-class _Consumer:
-    def __init__(self, verification: DKIMVerification) -> None:
-        self.verification = verification
-
-    def update(self, chunk: bytes) -> None:
-        self.verification.update(chunk)
+from mailhost.mailauth.dkim import DKIMVerifier
+from mailhost.message.stage import Feeding, IBodyConsumer, IStage, MessageContext
 
 
 @implementer(IStage)
@@ -37,14 +28,14 @@ class DKIMVerifyStage:
     def message(self, ctx: MessageContext) -> IBodyConsumer | None:
         if ctx.user is not None:
             return None
-        consumer = _Consumer(self.verifier.start(ctx.header_block))
+        consumer = Feeding(self.verifier.start(ctx.header_block))
         ctx.state[self.name] = consumer
         return consumer
 
     async def _finish(self, ctx: MessageContext) -> None:
         consumer = ctx.state.pop(self.name, None)
         if consumer is not None:
-            ctx.results["dkim"] = await consumer.verification.finish()
+            ctx.results["dkim"] = await consumer.target.finish()
 
     def finish(self, ctx: MessageContext) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._finish(ctx))
