@@ -20,9 +20,14 @@ def browser():
 
 
 def _wait(driver, condition, what: str):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT, poll_frequency=0.05).until(condition, what)
+    # The page re-renders its list on every event (replaceChildren): an element read a
+    # moment ago may be gone, which only means "look again".
+    return WebDriverWait(driver, WAIT, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(condition, what)
 
 
 def _open_page(driver, url: str) -> None:
