@@ -25,6 +25,12 @@ MESSAGE = (b"Authentication-Results: mx.b.test; dkim=pass (forged)\r\n"
            b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: hi\r\n\r\nHello.\r\n")
 
 
+@pytest.fixture(autouse=True)
+def _data_dir_in_tmp(tmp_path, monkeypatch):
+    """``Config()``'s relative data_dir (the pipeline's spool) lands in tmp, not the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def settings(**pipeline) -> PipelineSettings:
     c = Config()
     c.server.hostname = "mx.b.test"
