@@ -10,6 +10,7 @@ threads the result from the same table and the folder's index columns.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mailhost.imap import condstore, esearch, parser
@@ -119,7 +120,7 @@ async def sort(s: IMAPServer, cmd: parser.Command) -> bytes:
 
     (criteria, charset), key = _parse_saving(sel, opts, parse)
     found = await _matching(s, sel, key, charset)
-    fields: dict[int, Fields] = {}
+    fields: Mapping[int, Fields] = {}
     if any(name in sorting.HEADER_KEYS for name, _ in criteria):
         fields = await _table(s, sel).get(sel.folder, found)
     dates, sizes = await _index_maps(sel, criteria)
