@@ -460,7 +460,7 @@ def main() -> None:
                     for label, _ in SORT_COMMANDS}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))  # what was measured, even if a step failed
 
 
 if __name__ == "__main__":

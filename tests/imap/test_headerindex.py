@@ -67,3 +67,13 @@ async def test_first_search_subject_derives_only_the_subject():
     rows = await again.get(folder, uids)
     assert again.files_read == 0
     assert rows[uids[2]].parents == ("a@x", "b@x")
+
+
+def test_stray_close_paren_in_an_address_ends():
+    """Regression (found by test_raw_record_round_trips): a ')' outside any comment,
+    as in ``To: :x)``, made envelope's tokenizer append empty atoms forever until the
+    process ran out of memory (ENVELOPE, SORT and SEARCH of such a message)."""
+    from mailhost.imap import envelope
+
+    assert envelope.parse_addresses("a@b)") == envelope.parse_addresses("a@b)")
+    assert parse_fields(b"To: :\xc1'r)\r\nCc: x)\r\n\r\n").cc_text is not None
