@@ -13,6 +13,7 @@ import poplib
 import signal
 import smtplib
 import socket
+import socketserver
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -270,3 +271,78 @@ def test_a_dead_worker_is_restarted_and_logged(workers_proc):
     assert f"pid={before[0]} died" in proc.log_since_start()
     # and the server still takes mail on every worker
     assert len(send_all(proc, 20, connections=4)) == 20
+
+
+class _Sink(socketserver.ThreadingTCPServer):
+    """A minimal SMTP server (the smarthost): records each message's X-Seq."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _SinkHandler)
+        self.seqs: list[int] = []
+        self.lock = threading.Lock()
+
+
+class _SinkHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.request.settimeout(30)
+        self.wfile.write(b"220 sink\r\n")
+        while line := self.rfile.readline():
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                self.wfile.write(b"354 go\r\n")
+                body = b""
+                while (chunk := self.rfile.readline()) and chunk != b".\r\n":
+                    body += chunk
+                with self.server.lock:
+                    self.server.seqs.append(int(body.split(b"X-Seq: ", 1)[1][:5]))
+                self.wfile.write(b"250 ok\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            elif verb == b"EHLO":
+                self.wfile.write(b"250 sink\r\n")
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+def test_one_scheduler_relays_what_every_worker_spools(tmp_path):
+    sink = _Sink()
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    proc = MailHostProcess(str(tmp_path), extra={
+        "server": {"workers": WORKERS},
+        "smtp": {"relay_networks": ["127.0.0.0/8"]},
+        "outbound": {"smarthost": f"127.0.0.1:{sink.server_address[1]}",
+                     "tls_policy": "none", "scan_interval": 30.0},
+    }).start()
+    try:
+        proc.wait_workers(WORKERS)
+        served_by = set()
+        for n in range(20):
+            with smtplib.SMTP("127.0.0.1", proc.ports["smtp"], timeout=30) as s:
+                served_by.add(worker_of(proc, s.sock))
+                s.sendmail("sender@elsewhere.test", ["bob@remote.test"],
+                           message(n).replace(b"alice@example.test", b"bob@remote.test"))
+        assert len(served_by) == WORKERS, "the kernel used one worker only"
+        deadline = time.monotonic() + 20  # far below scan_interval: told, not rescanned
+        while len(sink.seqs) < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(sink.seqs) == list(range(20))
+        log = proc.log_since_start()
+        assert log.count("outbound queue started") == 1, "one scheduler, in worker 0"
+    finally:
+        proc.kill()
+        sink.shutdown()
+        sink.server_close()
+
+
+def test_sighup_reloads_every_worker(workers_proc):
+    proc = workers_proc
+    os.kill(proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while proc.log_since_start().count("reloaded ") < WORKERS:
+        assert time.monotonic() < deadline, proc.log()
+        time.sleep(0.1)
+    assert len(proc.worker_pids()) == WORKERS
