@@ -531,9 +531,13 @@ def makeService(
         if root.outbound is not None:
             root.outbound.attempt_observers.append(root.metrics.attempt)
             root.outbound.tls_reports.observers.append(root.metrics.tls_result)
-        MetricsService(root.metrics, config.metrics.listen, reactor,
-                       endpoint=root.endpoint(reactor, config.metrics.listen,
-                                              "metrics.listen")).setServiceParent(root)
+        metrics_service = MetricsService(root.metrics, config.metrics.listen, reactor)
+        if worker is not None:  # a worker's own page, which the supervisor merges
+            from mailhost.workers.metrics import worker_resource
+
+            metrics_service.endpoint = worker.metrics_endpoint(reactor, config.data_path("run"))
+            metrics_service.resource = worker_resource(root.metrics)
+        metrics_service.setServiceParent(root)
 
     if web.enabled:
         _add_web(root, web, reactor, faults=faults if web.faults else None,
@@ -680,19 +684,20 @@ class ThreadPoolService(service.Service):
 class MetricsService(service.Service):
     """Serves ``/metrics`` on an endpoint (the feeds are wired in ``makeService``)."""
 
-    def __init__(self, metrics: Any, description: str, reactor: Any,
-                 endpoint: Any = None) -> None:
+    def __init__(self, metrics: Any, description: str, reactor: Any) -> None:
         self.metrics = metrics
         self.description = description
         self.reactor = reactor
-        self.endpoint = endpoint
+        # A worker of server.workers serves its page elsewhere (mailhost.workers.metrics).
+        self.endpoint: Any = None
+        self.resource: Any = None
         self.port: Any = None
 
     def startService(self) -> defer.Deferred:
         from twisted.web.server import Site
 
         super().startService()
-        site = Site(self.metrics.resource())
+        site = Site(self.resource or self.metrics.resource())
         site.noisy = False
         endpoint = self.endpoint or parse_endpoint(self.reactor, self.description,
                                                    "metrics.listen")

@@ -64,6 +64,21 @@ class WorkerContext:
     fds: dict[str, tuple[int, int]] = field(default_factory=dict)
     channel: Any = None
 
+    def metrics_endpoint(self, reactor: Any, run_dir: str) -> Any:
+        """Where this worker serves its own metrics for the supervisor to merge
+        (``metrics.py``): a UNIX socket only its user can reach."""
+        from twisted.internet.endpoints import UNIXServerEndpoint
+
+        from mailhost.workers.metrics import worker_metrics_path
+
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        path = worker_metrics_path(run_dir, self.index)
+        try:
+            os.unlink(path)  # left by this worker's previous life (killed)
+        except FileNotFoundError:
+            pass
+        return UNIXServerEndpoint(reactor, path, mode=0o600)
+
     @property
     def owns_scheduler(self) -> bool:
         """Worker 0 runs the outbound scheduler (a restarted worker 0 again)."""

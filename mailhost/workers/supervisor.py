@@ -50,9 +50,7 @@ def listener_specs(config: Config) -> list[tuple[str, str]]:
         out += [(f"{section}.listen_tls", d) for d in sec.listen_tls]
     if config.web.listen:
         out.append(("web.listen", config.web.listen))
-    if config.metrics.listen:
-        out.append(("metrics.listen", config.metrics.listen))
-    return out
+    return out  # metrics.listen is the supervisor's own (workers/metrics.py)
 
 
 def _family(port: Any) -> int:
@@ -130,6 +128,7 @@ class Supervisor(service.Service):
         self._connections: dict[int, Counter[tuple[str, str]]] = {}
         self._pending: dict[int, Any] = {}
         self._previous_sighup: Any = None
+        self.metrics_port: Any = None
         self.setName("workers")
 
     # Start.
@@ -154,6 +153,16 @@ class Supervisor(service.Service):
             port = ports[0]
             port.stopReading()  # the workers accept; we only hold the socket open
             self.ports.append((key + " " + description, port, _family(port)))
+        if self.config.metrics.listen:
+            from mailhost.workers.metrics import metrics_site
+
+            site = metrics_site(self, self.config.data_path("run"), self.reactor)
+            d = parse_endpoint(self.reactor, self.config.metrics.listen,
+                               "metrics.listen").listen(site)
+            d.addCallback(lambda port: setattr(self, "metrics_port", port))
+            d.addErrback(lambda f: log.error("metrics.listen {description}: cannot listen: "
+                                             "{reason}", description=self.config.metrics.listen,
+                                             reason=f.getErrorMessage()))
 
     def startService(self) -> None:
         super().startService()
@@ -297,6 +306,9 @@ class Supervisor(service.Service):
                 kill.cancel()
             ports = [p for _, p, _ in self.ports]
             self.ports = []
+            if self.metrics_port is not None:
+                ports.append(self.metrics_port)
+                self.metrics_port = None
             return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
 
         return d.addCallback(done)

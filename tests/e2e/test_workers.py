@@ -14,13 +14,14 @@ import signal
 import smtplib
 import socket
 import socketserver
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.mailhost_process import MailHostProcess
+from tests.mailhost_process import MailHostProcess, free_port
 
 WORKERS = 2
 
@@ -346,3 +347,28 @@ def test_sighup_reloads_every_worker(workers_proc):
         assert time.monotonic() < deadline, proc.log()
         time.sleep(0.1)
     assert len(proc.worker_pids()) == WORKERS
+
+
+def test_metrics_are_one_view_of_every_worker(tmp_path):
+    mport = free_port()
+    proc = MailHostProcess(str(tmp_path), extra={
+        "server": {"workers": WORKERS},
+        "metrics": {"listen": f"tcp:{mport}:interface=127.0.0.1"},
+    }).start()
+    try:
+        proc.wait_workers(WORKERS)
+        served_by = set()
+        for n in range(12):
+            with smtplib.SMTP("127.0.0.1", proc.ports["smtp"], timeout=30) as s:
+                served_by.add(worker_of(proc, s.sock))
+                s.sendmail("sender@elsewhere.test", ["alice@example.test"], message(n))
+        assert len(served_by) == WORKERS
+        page = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{mport}/metrics"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout
+        accepted = [line for line in page.splitlines()
+                    if line.startswith("mailhost_smtp_messages_total{")
+                    and 'result="accepted"' in line]
+        assert sum(float(line.rpartition(" ")[2]) for line in accepted) == 12, page
+        assert f"mailhost_workers {WORKERS}.0" in page
+    finally:
+        proc.kill()
