@@ -49,19 +49,21 @@ from mailhost.web.settings import WebSettings
 log = Logger()
 
 
-def make_store(config: Config) -> IMailStore:
-    """The configured store backend."""
+def make_store(config: Config, shared: bool = False) -> IMailStore:
+    """The configured store backend; ``shared``: other workers of this server use it
+    at the same time (``server.workers``)."""
     if config.store.backend == "memory":
         from mailhost.store.memory import MemoryStore
 
         return MemoryStore()
     from mailhost.store.maildir import MaildirStore
     from mailhost.store.modes import FileModes
+    from mailhost.store.modseq import time_clock
 
     file_mode, dir_mode, group = store_modes(config.store)
     return MaildirStore(config.data_path(config.store.path), fsync=config.store.fsync,
                         modes=FileModes(file_mode, dir_mode, group),
-                        watch=config.store.watch)
+                        watch=config.store.watch, modseq_clock=time_clock if shared else None)
 
 
 class PostmasterBootstrap(service.Service):
@@ -427,7 +429,7 @@ def makeService(
         storage_paths = [config.server.data_dir, *on_disk]
         os.makedirs(os.path.abspath(config.server.data_dir), exist_ok=True)
         check_writable(storage_paths)
-    store = store if store is not None else make_store(config)
+    store = store if store is not None else make_store(config, shared=worker is not None)
 
     passwd = PasswdFile(config.data_path(config.auth.passwd_file))
     aliases = AliasesFile(config.data_path(config.auth.aliases_file))

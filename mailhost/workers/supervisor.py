@@ -22,6 +22,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 
 from mailhost.config import Config
@@ -92,6 +93,14 @@ class WorkerProcess(protocol.ProcessProtocol):
         for line in lines:
             if line:
                 self.supervisor.from_worker(self, line)
+
+    def signal(self, name: str) -> None:
+        """Send signal ``name`` ("TERM", "HUP", "KILL"), unless it is gone already."""
+        if self.transport is not None and not self.ended.called:
+            try:
+                self.transport.signalProcess(name)
+            except ProcessExitedAlready:
+                pass
 
     def send(self, line: bytes) -> None:
         if self.transport is not None and self.transport.pid is not None:
@@ -197,9 +206,9 @@ class Supervisor(service.Service):
             fds[name] = (FIRST_LISTEN_FD + i, family)
         worker = WorkerProcess(self, index)
         args = self._args(index, fds)
-        self.reactor.spawnProcess(worker, args[0], args, env=os.environ.copy(),
-                                  childFDs=child_fds)
-        worker.pid = worker.transport.pid
+        transport = self.reactor.spawnProcess(worker, args[0], args, env=os.environ.copy(),
+                                              childFDs=child_fds)
+        worker.pid = transport.pid
         self.workers[index] = worker
         log.info("worker {index} started pid={pid}", index=index, pid=worker.pid,
                  event="worker_started")
@@ -277,7 +286,7 @@ class Supervisor(service.Service):
         """SIGHUP: every worker re-reads the config (each logs what it applied)."""
         log.info("reload: telling {count} workers", count=len(self.workers), event="reload")
         for worker in self.workers.values():
-            worker.transport.signalProcess("HUP")
+            worker.signal("HUP")
 
     def stopService(self) -> defer.Deferred:
         """SIGTERM: every worker drains (mailhost.service's graceful stop), then the
@@ -293,10 +302,7 @@ class Supervisor(service.Service):
         self._pending.clear()
         workers = list(self.workers.values())
         for worker in workers:
-            try:
-                worker.transport.signalProcess("TERM")
-            except Exception:  # already gone
-                pass
+            worker.signal("TERM")
         kill = self.reactor.callLater(self.config.server.shutdown_grace + KILL_AFTER,
                                       self._kill, workers)
         d = defer.DeferredList([w.ended for w in workers])
@@ -318,10 +324,7 @@ class Supervisor(service.Service):
             if not worker.ended.called:
                 log.warn("worker {index} still running after the grace; killing it",
                          index=worker.index)
-                try:
-                    worker.transport.signalProcess("KILL")
-                except Exception:
-                    pass
+                worker.signal("KILL")
 
 
 def listener_names(config: Config) -> list[str]:

@@ -372,3 +372,45 @@ def test_metrics_are_one_view_of_every_worker(tmp_path):
         assert f"mailhost_workers {WORKERS}.0" in page
     finally:
         proc.kill()
+
+
+def test_condstore_changes_made_in_one_worker_are_newer_in_the_other(workers_proc):
+    proc = workers_proc
+    for n in range(3):
+        with smtplib.SMTP("127.0.0.1", proc.ports["smtp"], timeout=30) as s:
+            s.sendmail("sender@elsewhere.test", ["alice@example.test"], message(n))
+
+    def imap_client() -> imaplib.IMAP4:
+        return imaplib.IMAP4("127.0.0.1", proc.ports["imap"], timeout=30)
+
+    def highest(imap: imaplib.IMAP4) -> int:
+        typ, data = imap.status("INBOX", "(HIGHESTMODSEQ)")
+        assert typ == "OK", data
+        return int(data[0].split(b"HIGHESTMODSEQ ")[1].rstrip(b")"))
+
+    reader = imap_client()
+    reader.login("alice@example.test", "alice-pw")
+    reader.enable("CONDSTORE")
+    reader.select("INBOX")
+    seen = highest(reader)
+    writer = connect_to_other(proc, worker_of(proc, reader.sock), imap_client)
+    writer.login("alice@example.test", "alice-pw")
+    writer.select("INBOX")
+    typ, _ = writer.store("2", "+FLAGS", "(\\Flagged)")
+    assert typ == "OK"
+    # A client that saw ``seen`` in the other worker asks this one what changed since.
+    typ, data = writer.uid("FETCH", "1:*", f"(FLAGS) (CHANGEDSINCE {seen})")
+    assert any(d and b"\\Flagged" in d for d in data), data
+    writer.logout()
+    # The reader's worker saw the change on disk and numbered it above what it had
+    # shown: CHANGEDSINCE finds it, and HIGHESTMODSEQ moved on.
+    deadline = time.monotonic() + 5
+    while True:
+        typ, data = reader.uid("FETCH", "1:*", f"(FLAGS) (CHANGEDSINCE {seen})")
+        changed = [d for d in data if d and b"\\Flagged" in d]
+        if changed or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert changed, data
+    assert highest(reader) > seen
+    reader.logout()
