@@ -499,7 +499,8 @@ def makeService(
     # Outermost first: limits refuse before anything else runs; the embedder's
     # wrapper sits closest to the protocol.
     root.wrap_factory = chain(limits.wrap, wrap_factory)
-    if config.auth.create_postmaster and any(isinstance(c, PasswdFileChecker) for c in checkers):
+    if (config.auth.create_postmaster and any(isinstance(c, PasswdFileChecker) for c in checkers)
+            and (worker is None or worker.index == 0)):  # one postmaster, not one per worker
         PostmasterBootstrap(passwd, config.server.domains[0]).setServiceParent(root)
 
     tls_options = server_options(config.tls)
