@@ -414,3 +414,28 @@ def test_condstore_changes_made_in_one_worker_are_newer_in_the_other(workers_pro
     assert changed, data
     assert highest(reader) > seen
     reader.logout()
+
+
+def test_connection_limit_per_address_counts_every_worker(tmp_path):
+    proc = MailHostProcess(str(tmp_path), extra={
+        "server": {"workers": WORKERS},
+        "limits": {"exempt_networks": []},
+        "imap": {"max_connections_per_ip": 2},
+    }).start()
+    try:
+        proc.wait_workers(WORKERS)
+        first = imaplib.IMAP4("127.0.0.1", proc.ports["imap"], timeout=30)
+        second = connect_to_other(proc, worker_of(proc, first.sock),
+                                  lambda: imaplib.IMAP4("127.0.0.1", proc.ports["imap"],
+                                                        timeout=30))
+        time.sleep(0.5)  # each worker has heard of the other's connection
+        for _ in range(4):  # whichever worker takes it, the third is refused
+            with pytest.raises((imaplib.IMAP4.error, OSError, EOFError)):
+                third = imaplib.IMAP4("127.0.0.1", proc.ports["imap"], timeout=30)
+                third.noop()
+        second.logout()
+        time.sleep(0.5)
+        imaplib.IMAP4("127.0.0.1", proc.ports["imap"], timeout=30).logout()
+        first.logout()
+    finally:
+        proc.kill()
