@@ -28,8 +28,8 @@ deriving all fifteen fields, and the derived text per message, held both as a
 - the fill extracts only the raw values of the eight header fields that matter
   (``raw_record``: one unfolding regex and a split, no decoding) and keeps them as one
   JSON text, which is also the store's cache text (the same string object, held once);
-- the derived forms are computed per group of columns (the date; the subject; each
-  address field; the message-id; the parents) the first time a command reads one,
+- the derived forms are computed per group of columns (the date; the subject; the
+  base subject; each address field; the message-id; the parents) the first time a command reads one,
   for the messages it reads, and kept in position-indexed column lists: SEARCH
   SUBJECT decodes subjects only, SORT (DATE) parses dates only.
 
@@ -269,13 +269,17 @@ def _date_of(value: bytes | None) -> tuple[float | None, int | None]:
     return _sent(value) if value is not None else (None, None)
 
 
-def _subject_of(values: list[bytes] | None) -> tuple[str | None, str, bool]:
-    """(every Subject decoded, casemapped and "\n"-joined; the casemapped base subject
-    of the first; whether that is a reply)."""
-    subjects = [_decode_header_value(v) for v in values] if values else []
-    base, reply = base_subject(subjects[0] if subjects else "")
-    i = sys.intern
-    return (i(casemap("\n".join(subjects))) if subjects else None, i(casemap(base)), reply)
+def _subject_of(values: list[bytes] | None) -> str | None:
+    """Every Subject decoded, casemapped and "\n"-joined (what SEARCH SUBJECT reads)."""
+    if not values:
+        return None
+    return sys.intern(casemap("\n".join(_decode_header_value(v) for v in values)))
+
+
+def _base_of(values: list[bytes] | None) -> tuple[str, bool]:
+    """(the casemapped base subject of the first Subject, whether it is a reply)."""
+    base, reply = base_subject(_decode_header_value(values[0]) if values else "")
+    return sys.intern(casemap(base)), reply
 
 
 def _message_id_of(value: bytes | None) -> str | None:
@@ -297,7 +301,8 @@ def _parents_of(refs: bytes | None, in_reply_to: bytes | None) -> tuple[str, ...
 
 def _fields_from(values: list[Any]) -> Fields:
     date, day = _date_of(values[0])
-    subject, base, reply = _subject_of(values[1])
+    subject = _subject_of(values[1])
+    base, reply = _base_of(values[1])
     from_text, from_mailbox, from_display = _addresses(values[2])
     to_text, to_mailbox, to_display = _addresses(values[3])
     cc_text, cc_mailbox, _ = _addresses(values[4])
@@ -332,7 +337,8 @@ def _read_batch(first: IO[bytes], rest: Sequence[tuple[int, IO[bytes]]],
 #: Each column's group (derived together, from the same raw values) and place in it.
 _GROUPS: dict[str, tuple[Any, ...]] = {
     "date": (lambda v: _date_of(v[0]), ("date", "day")),
-    "subject": (lambda v: _subject_of(v[1]), ("subject", "base", "reply")),
+    "subject": (lambda v: (_subject_of(v[1]),), ("subject",)),
+    "base": (lambda v: _base_of(v[1]), ("base", "reply")),
     "from": (lambda v: _addresses(v[2]), ("from_text", "from_mailbox", "from_display")),
     "to": (lambda v: _addresses(v[3]), ("to_text", "to_mailbox", "to_display")),
     "cc": (lambda v: _addresses(v[4])[:2], ("cc_text", "cc_mailbox")),

@@ -60,7 +60,7 @@ async def test_first_search_subject_derives_only_the_subject():
     rows = await table.get(folder, uids)
     assert table._columns == {}
     assert [rows[u].subject for u in uids] == [parse_fields(b).subject for b in BLOCKS[:3]]
-    assert set(table._columns) == {"subject", "base", "reply"}
+    assert set(table._columns) == {"subject"}
     assert folder.get_cached(uids[0], headerindex.CACHE_KEY) is table._records[0]
     # A second table (another process after a restart) reads the cache, no file.
     again = HeaderTable()
