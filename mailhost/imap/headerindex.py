@@ -359,10 +359,26 @@ class _Row:
         self._table = table
         self._row = row
 
-    def __getattr__(self, name: str) -> Any:
-        if name not in _COLUMN_GROUP:
-            raise AttributeError(name)
-        return self._table.column_value(name, self._row)
+
+
+def _column(name: str) -> property:
+    """A ``_Row`` attribute: the column's value, derived on first read. A property per
+    column, not ``__getattr__``, which runs only after a failed lookup (SORT reads one
+    of these per message per comparison key)."""
+
+    def get(row: _Row) -> Any:
+        col = row._table._columns.get(name)
+        if col is not None and row._row < len(col):
+            value = col[row._row]
+            if value is not _UNSET:
+                return value
+        return row._table.column_value(name, row._row)
+
+    return property(get)
+
+
+for _name in _COLUMN_GROUP:
+    setattr(_Row, _name, _column(_name))
 
 
 class _Rows(Mapping[int, Any]):
