@@ -273,7 +273,7 @@ class SelectedMailbox:
                 if self.modseq:
                     out.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
                                % (seq, u, format_flags(flags), self.folder.modseq_of(u)))
-                elif with_uid:
+                elif with_uid or self.rev2:  # RFC 9051 7.5.2: unsolicited ones carry UID
                     out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, u, format_flags(flags)))
                 else:
                     out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, format_flags(flags)))

@@ -128,6 +128,42 @@ async def test_no_recent_flag_or_response_after_enable(imap_host):
 
 
 @pytest_twisted.ensureDeferred
+async def test_another_sessions_changes_reach_rev2_with_uid_and_without_recent(imap_host):
+    host = await _host(imap_host)
+
+    def run():
+        a, b = host.client(), host.client()
+        _enable_rev2(a)
+        _untagged(a, b"S SELECT INBOX")
+        _untagged(b, b"S SELECT INBOX")
+        _untagged(b, b"F STORE 2 +FLAGS.SILENT (\\Flagged)")
+        b.logout()
+        return a
+
+    a = await host.in_thread(run)
+    await host.deliver(make_message("late"))
+
+    def idle():
+        a.send(b"I IDLE\r\n")
+        assert a.readline().startswith(b"+")
+        seen = []
+        for _ in range(10):
+            try:
+                seen.append(a.readline().rstrip(b"\r\n"))
+            except TimeoutError:
+                raise AssertionError(seen) from None
+            if any(b"EXISTS" in x for x in seen) and any(b"FETCH" in x for x in seen):
+                break
+        a.send(b"DONE\r\n")
+        seen += _untagged(a, b"N NOOP")
+        assert b"* 2 FETCH (UID 2 FLAGS (\\Flagged))" in seen, seen
+        assert b"* 3 EXISTS" in seen and not any(b"RECENT" in x for x in seen), seen
+        a.logout()
+
+    await host.in_thread(idle)
+
+
+@pytest_twisted.ensureDeferred
 async def test_recent_response_still_comes_without_enable(imap_host):
     host = await _host(imap_host)
     c = await host.in_thread(lambda: host.client())
