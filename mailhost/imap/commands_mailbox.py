@@ -275,7 +275,7 @@ async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
     for name in sorted(shown | childinfo, key=_sort_key):
         attrs = []
         if name not in real:
-            # rev2 (RFC 9051 7.3.1) says \\NonExistent for a hierarchy name that is no mailbox
+            # rev2 (RFC 9051 7.3.1) says \NonExistent for a hierarchy name that is no mailbox
             attrs.append(b"\\NonExistent" if name not in candidates or new_rev
                          else b"\\Noselect")
         attrs.append(b"\\HasChildren" if name in parents else b"\\HasNoChildren")
