@@ -190,6 +190,8 @@ def _parse_events(token: object, selected: bool) -> tuple[tuple[str, ...], tuple
     if unsupported:
         raise No(_BADEVENT + "Unsupported event " + unsupported[0])
     have = set(events)
+    if selected and have - set(MESSAGE_EVENTS):
+        raise parser.ParseError(None, "selected takes message events only")
     if ("MessageNew" in have) != ("MessageExpunge" in have):
         raise parser.ParseError(None, "MessageNew and MessageExpunge go together")
     if "FlagChange" in have and "MessageNew" not in have:
@@ -405,11 +407,8 @@ class Notifier:
         self.flush()
 
     def _wants(self, event: str, name: str) -> bool:
-        for g in self.spec.others:
-            if g.matches(name, self.subscribed):
-                return event in g.events
-        sel = self.spec.selected
-        return sel is not None and self._is_selected(name) and event in sel.events
+        g = next((g for g in self.spec.others if g.matches(name, self.subscribed)), None)
+        return g is not None and event in g.events
 
     def flush(self, now: bool = False) -> None:
         """Send what is held back, unless a command is sending (``now``: it is done

@@ -50,6 +50,7 @@ async def test_badevent_and_bad_combinations(imap_host):
                     b"(personal (MessageNew (FLAGS) MessageExpunge))",
                     b"(selected (MessageNew MessageExpunge)) (selected-delayed NONE)",
                     b"(subtree (MessageNew MessageExpunge))", b"(elsewhere NONE)",
+                    b"(selected (MailboxName))",
                     b"(selected (MessageNew (NOSUCHITEM) MessageExpunge))"):
             out = raw(c, b"N3 NOTIFY SET " + bad)
             assert out[-1].startswith(b"N3 BAD"), (bad, out)
@@ -263,7 +264,7 @@ def _group(draw, selected: bool):
                                 ["INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE", "MAILBOXES"]))
     names = tuple(draw(st.lists(_name, min_size=1, max_size=3, unique=True))) \
         if kind in ("SUBTREE", "MAILBOXES") else ()
-    events = draw(_message_events) + tuple(draw(_mailbox_events))
+    events = draw(_message_events) + (() if selected else tuple(draw(_mailbox_events)))
     fetch = tuple(draw(_fetch)) if selected and "MessageNew" in events else ()
     return notify.Group(kind, names, events, fetch)
 
