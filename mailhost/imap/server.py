@@ -612,9 +612,9 @@ class IMAPServer(Protocol, TimeoutMixin):
         sel = self.selected
         last = sel.uids[-1] if sel is not None and sel.uids else 0
         self.send_updates(allow_expunge, with_uid)
-        await context.send_updates(self, allow_seqs=allow_expunge)
         if self.notifier is not None:
             await self.notifier.after_updates(last)
+        await context.send_updates(self, allow_seqs=allow_expunge)
 
     def on_folder_event(self) -> None:
         """A listener event arrived: push it now if the client is in IDLE, or (NOTIFY
