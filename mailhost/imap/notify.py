@@ -229,8 +229,9 @@ _HUB: weakref.WeakKeyDictionary[Any, dict[str, weakref.WeakSet[Notifier]]] = \
 
 
 def _peers(s: IMAPServer) -> weakref.WeakSet[Notifier]:
-    """The notifiers of this user's sessions on this server."""
-    by_user = _HUB.setdefault(s.factory, {})
+    """The notifiers of this user's sessions on this server: keyed by the login service,
+    which every IMAP listener of one host shares (143 and 993 have a factory each)."""
+    by_user = _HUB.setdefault(s.login_service, {})
     return by_user.setdefault(s.user or "", weakref.WeakSet())
 
 
@@ -490,7 +491,13 @@ def _wrap(name: str, event: str) -> Any:
                 line = _list_line(b"", target)
             elif name == "DELETE":
                 line = _list_line(b"\\NonExistent", target)
-            elif name == "RENAME":
+            elif name == "RENAME":  # the children moved with it: one LIST each
+                if _peers(s):
+                    prefix = target + DELIM
+                    for child in await s.account.list_folders():
+                        if child.startswith(prefix):
+                            was = names[0] + DELIM + child[len(prefix):]
+                            publish(s, event, child, _list_line(b"", child, old=was), old=was)
                 line = _list_line(b"", target, old=names[0])
             elif name == "SUBSCRIBE":
                 line = _list_line(b"\\Subscribed", target)

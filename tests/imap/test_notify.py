@@ -180,10 +180,15 @@ async def test_mailbox_name_and_subscription_change_from_another_session(imap_ho
         assert _lines(a, 1) == [b'* LIST () "." Projects']
         raw(b, b"B2 SUBSCRIBE Projects")
         assert _lines(a, 1) == [b'* LIST (\\Subscribed) "." Projects']
+        raw(b, b"B2a CREATE Projects.Q1")
+        assert _lines(a, 1) == [b'* LIST () "." Projects.Q1']
         raw(b, b"B3 RENAME Projects Done")
-        assert _lines(a, 1) == [b'* LIST () "." Done ("OLDNAME" (Projects))']
+        assert sorted(_lines(a, 2)) == [b'* LIST () "." Done ("OLDNAME" (Projects))',
+                                        b'* LIST () "." Done.Q1 ("OLDNAME" (Projects.Q1))']
         raw(b, b"B4 UNSUBSCRIBE Done")
         assert _lines(a, 1) == [b'* LIST () "." Done']
+        raw(b, b"B4a DELETE Done.Q1")
+        assert _lines(a, 1) == [b'* LIST (\\NonExistent) "." Done.Q1']
         raw(b, b"B5 DELETE Done")
         assert _lines(a, 1) == [b'* LIST (\\NonExistent) "." Done']
         # The session's own CREATE is reported too, before its tagged OK.
