@@ -299,15 +299,16 @@ class Notifier:
 
     async def resolve(self) -> None:
         """(Re)compute the watched folders: at SET, and after a mailbox-name change."""
-        others = [g for g in self.spec.others if set(g.events) & set(MESSAGE_EVENTS)]
+        others = self.spec.others
         account = self.s.account
-        names = await account.list_folders() if others else []
+        watching = any(set(g.events) & set(MESSAGE_EVENTS) for g in others)
+        names = await account.list_folders() if watching else []
         if any(g.filter == "SUBSCRIBED" for g in self.spec.groups):
             self.subscribed = set(await account.subscriptions())
         wanted: dict[str, Group] = {}
-        for name in names:
+        for name in names:  # the first group that takes a folder in decides (RFC 5465 3)
             g = next((g for g in others if g.matches(name, self.subscribed)), None)
-            if g is not None:
+            if g is not None and set(g.events) & set(MESSAGE_EVENTS):
                 wanted[name] = g
         for name in list(self.watches):
             if name not in wanted or self.watches[name].group != wanted[name]:

@@ -298,3 +298,27 @@ def test_unknown_event_is_badevent_not_bad():
     else:
         raise AssertionError("accepted")
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_first_group_that_takes_a_mailbox_decides(imap_host):
+    """RFC 5465 3: ``(mailboxes INBOX NONE)`` before ``personal`` silences INBOX only."""
+    host = await imap_host()
+    account = await host.store.open_account("alice@example.test")
+    await account.create_folder("Lists")
+
+    def start():
+        a = host.client()
+        out = raw(a, b"N1 NOTIFY SET (mailboxes INBOX NONE) (personal (MessageNew MessageExpunge))")
+        assert out[-1].startswith(b"N1 OK"), out
+        return a
+
+    a = await host.in_thread(start)
+    await host.deliver(msg("quiet"))
+    await host.deliver(msg("loud"), folder="Lists")
+
+    def later():
+        assert _lines(a, 1) == [b"* STATUS Lists (MESSAGES 1 UIDNEXT 2 UNSEEN 1)"]
+        assert _nothing(a)
+
+    await host.in_thread(later)
