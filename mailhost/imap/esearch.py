@@ -17,7 +17,7 @@ from mailhost.imap.encoding import quote
 from mailhost.imap.parser import Atom, ParseError, SearchKey, SequenceSet
 from mailhost.imap.responses import format_set
 
-OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "PARTIAL"})
+OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "PARTIAL", "CONTEXT"})
 #: The options that return (part of) the result; UPDATE without one of them means ALL.
 _RESULTS = frozenset({"MIN", "MAX", "ALL", "COUNT", "PARTIAL"})
 
@@ -45,7 +45,8 @@ def parse_return(args: list) -> tuple[ReturnOptions | None, list]:
             if partial is not None:
                 raise ParseError(None, "PARTIAL can be given once")
             partial = parse_partial(next(items, None))
-        opts.add(o.upper())
+        if o.upper() != "CONTEXT":  # RFC 5267 4.2: a hint that more PARTIALs will come
+            opts.add(o.upper())
     if "PARTIAL" in opts and "ALL" in opts:
         raise ParseError(None, "PARTIAL conflicts with ALL")
     if not opts & _RESULTS and (not opts or "UPDATE" in opts):

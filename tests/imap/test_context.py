@@ -149,6 +149,10 @@ async def test_partial_and_noupdate(imap_host):
         assert out[0] == b'* ESEARCH (TAG "P2") UID PARTIAL (7:9 NIL) COUNT 6', out
         out = raw(c, b"P3 SORT RETURN (PARTIAL 1:2) (REVERSE SUBJECT) UTF-8 ALL")
         assert out[0] == b'* ESEARCH (TAG "P3") PARTIAL (1:2 6,5)', out
+        out = raw(c, b"P3a SEARCH RETURN (CONTEXT PARTIAL 5:6) ALL")  # CONTEXT: a hint
+        assert out[0] == b'* ESEARCH (TAG "P3a") PARTIAL (5:6 5:6)', out
+        out = raw(c, b"P3b SEARCH RETURN (CONTEXT) ALL")
+        assert out[0] == b'* ESEARCH (TAG "P3b") ALL 1:6', out
         assert raw(c, b"P4 SEARCH RETURN (PARTIAL 1:2 ALL) ALL")[-1].startswith(b"P4 BAD")
         assert raw(c, b"P5 SEARCH RETURN (PARTIAL 0:2) ALL")[-1].startswith(b"P5 BAD")
         for i in range(context.MAX_CONTEXTS):
