@@ -353,6 +353,12 @@ class Notifier:
             return None
         return g.filter == SELECTED
 
+    def selected_silent(self) -> bool:
+        """``(selected NONE)``: nothing about the selected mailbox unless a command
+        asks, not even in IDLE."""
+        g = self.spec.selected
+        return g is not None and not g.events
+
     async def after_updates(self, last: int) -> None:
         """After the selected mailbox's EXISTS and friends: FETCH for messages above
         UID ``last`` (MessageNew's attributes), then whatever else is held back."""

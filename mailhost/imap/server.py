@@ -621,8 +621,9 @@ class IMAPServer(Protocol, TimeoutMixin):
         with ``selected``) whenever no command runs."""
         if self._closed:
             return
-        if self.idling:
-            allow = self.notifier.selected_push() if self.notifier is not None else True
+        if self.idling:  # IDLE pushes everything, unless NOTIFY said (selected NONE)
+            allow = None if self.notifier is not None and self.notifier.selected_silent() \
+                else True
         elif self.notifier is not None and not self._running:
             allow = self.notifier.selected_push()
         else:

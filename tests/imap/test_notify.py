@@ -322,3 +322,35 @@ async def test_the_first_group_that_takes_a_mailbox_decides(imap_host):
         assert _nothing(a)
 
     await host.in_thread(later)
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_under_selected_delayed_and_selected_none(imap_host):
+    """IDLE allows expunges, so selected-delayed pushes them there; (selected NONE)
+    silences even IDLE until a command asks."""
+    host = await imap_host()
+    for i in range(3):
+        await host.deliver(msg(f"m{i}"))
+
+    def run():
+        a, b = host.client(), host.client()
+        raw(b, b"S1 SELECT INBOX")
+        raw(a, b"S1 SELECT INBOX")
+        raw(a, b"N1 NOTIFY SET (selected-delayed (MessageNew MessageExpunge))")
+        a.send(b"I1 IDLE\r\n")
+        assert a.readline().startswith(b"+ ")
+        raw(b, b"B1 STORE 3 +FLAGS (\\Deleted)")
+        raw(b, b"B2 EXPUNGE")
+        assert _lines(a, 2) == [b"* 3 FETCH (FLAGS (\\Deleted))", b"* 3 EXPUNGE"]
+        a.send(b"DONE\r\n")
+        assert a.readline().startswith(b"I1 OK")
+        raw(a, b"N2 NOTIFY SET (selected NONE)")
+        a.send(b"I2 IDLE\r\n")
+        assert a.readline().startswith(b"+ ")
+        raw(b, b"B3 STORE 2 +FLAGS (\\Deleted)")
+        raw(b, b"B4 EXPUNGE")
+        assert _nothing(a)
+        a.send(b"DONE\r\n")  # the end of a command reports it, as IMAP requires
+        assert _lines(a, 2) == [b"* 2 EXPUNGE", b"I2 OK IDLE terminated"]
+
+    await host.in_thread(run)
