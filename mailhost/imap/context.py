@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from twisted.logger import Logger
+
 from mailhost.imap import parser
 from mailhost.imap.encoding import quote
 from mailhost.imap.responses import Bad, format_set
@@ -39,6 +41,8 @@ from mailhost.imap.states import SEL
 if TYPE_CHECKING:
     from mailhost.imap.selected import SelectedMailbox
     from mailhost.imap.server import IMAPServer
+
+log = Logger()
 
 #: Update contexts one session may keep at once (Dovecot keeps 10).
 MAX_CONTEXTS = 10
@@ -147,7 +151,12 @@ async def send_updates(s: IMAPServer, allow_seqs: bool) -> None:
         if ctx.modseq == sel.folder.highest_modseq and ctx.size == sel.exists:
             continue
         ctx.modseq, ctx.size = sel.folder.highest_modseq, sel.exists
-        new = await ctx.rerun(sel)
+        try:
+            new = await ctx.rerun(sel)
+        except Exception:  # the folder went away, a bug: the command's reply still goes
+            log.failure("CONTEXT: updating search {tag} failed; dropped", tag=ctx.tag)
+            contexts(sel).pop(ctx.tag, None)
+            continue
         if s.selected is not sel or contexts(sel).get(ctx.tag) is not ctx:
             return  # unselected or cancelled meanwhile
         line = update_line(ctx, sel, new)

@@ -383,6 +383,8 @@ class Notifier:
             await commands_selected.fetch(self.s, cmd, items=items)
         except (StoreError, Bad, No, OSError) as e:
             log.info("NOTIFY MessageNew FETCH failed: {e}", e=str(e))
+        except Exception:  # a bug: the command's tagged reply must still go out
+            log.failure("NOTIFY MessageNew FETCH failed")
 
     def _is_selected(self, name: str) -> bool:
         sel = self.s.selected

@@ -226,3 +226,31 @@ def test_return_options_round_trip(options, partial):
     if not set(options) & {"MIN", "MAX", "COUNT", "ALL"} and partial is None and \
             (not options or "UPDATE" in options):
         assert "ALL" in opts
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_update_drops_the_context_not_the_reply(imap_host):
+    host = await imap_host()
+    await host.deliver(msg("x"))
+
+    def start():
+        c = host.client()
+        raw(c, b"S1 SELECT INBOX")
+        raw(c, b"A1 SEARCH RETURN (UPDATE) UNSEEN")
+        return c
+
+    c = await host.in_thread(start)
+    (session,) = list(host.factory.sessions)
+
+    async def broken(sel):
+        raise OSError("disk on fire")
+
+    context.contexts(session.selected)["A1"].rerun = broken
+
+    def later():
+        out = raw(c, b"B1 STORE 1 +FLAGS (\\Seen)")
+        assert out[-1].startswith(b"B1 OK"), out
+        assert raw(c, b"N1 NOOP") == [b"N1 OK NOOP completed"]  # seq contexts run here
+        assert raw(c, b'C1 CANCELUPDATE "A1"')[-1].startswith(b"C1 BAD")
+
+    await host.in_thread(later)
