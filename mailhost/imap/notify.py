@@ -20,7 +20,9 @@ Where the changes come from:
   program such as Dovecot), answered with ``* STATUS``;
 * mailbox names and subscriptions: CREATE/DELETE/RENAME/SUBSCRIBE/UNSUBSCRIBE of any
   session of this server for the same user (this module wraps those commands) answered
-  with ``* LIST``. A folder another program creates on disk is not reported.
+  with ``* LIST``. A folder another program creates on disk is not reported, nor
+  (with ``[server] workers`` above 1) one a session in another worker process
+  creates: the hub is per process (message events cross through the Maildir watch).
 
 Nothing is written while a command is sending its own responses: what arrives then
 queues and goes out before the command's tagged reply. If the client stops reading
