@@ -46,6 +46,7 @@ from mailhost.imap import commands_mailbox, parser
 from mailhost.imap.commands_mailbox import mailbox_name, wire_name
 from mailhost.imap.condstore import CONDSTORE
 from mailhost.imap.responses import Bad, No, format_set
+from mailhost.imap.rev2 import utf8_names
 from mailhost.imap.selected import folder_columns
 from mailhost.imap.states import AUTH
 from mailhost.store.interfaces import IFolder, IFolderListener, MessageInfo, StoreError
@@ -470,7 +471,8 @@ class Notifier:
         items.append(b"UNSEEN %d" % sum(1 for f in cols.flags if "\\Seen" not in f))
         if CONDSTORE in self.s.enabled:
             items.append(b"HIGHESTMODSEQ %d" % folder.highest_modseq)
-        return b"* STATUS " + wire_name(folder.name) + b" (" + b" ".join(items) + b")\r\n"
+        return (b"* STATUS " + wire_name(folder.name, utf8_names(self.s)) + b" ("
+                + b" ".join(items) + b")\r\n")
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -494,7 +496,8 @@ def _wrap(name: str, event: str) -> Any:
     inner = commands_mailbox.HANDLERS[name][1]
 
     async def handler(s: IMAPServer, cmd: parser.Command) -> bytes | None:
-        names = [mailbox_name(a) for a in cmd.args[:2] if isinstance(a, (bytes, str))]
+        utf8 = utf8_names(s)
+        names = [mailbox_name(a, utf8) for a in cmd.args[:2] if isinstance(a, (bytes, str))]
         result = await inner(s, cmd)
         if names:
             target = names[-1].rstrip(DELIM) if name in ("CREATE", "RENAME") else names[0]
