@@ -514,6 +514,8 @@ def makeService(
     # Capture mode checks nothing (no DNS, no greylisting of the app under test).
     pipeline = None if capture else _make_pipeline(config, reactor, lookup)
     checks = None if capture else _make_checks(config, reactor, passwd, root, lookup)
+    if checks is not None and pipeline is not None:  # milters answer at MAIL and RCPT too
+        checks = checks.joined(pipeline.stages)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 
