@@ -413,7 +413,7 @@ class SPFChecker:
             address = address.ipv4_mapped
         evaluation = _Evaluation(self, address, sender, helo)
         run = defer.Deferred.fromCoroutine(evaluation.check_host(domain))
-        if self.timeout:
+        if self.timeout and not run.called:  # (answered from the DNS cache: no timer)
             if self.reactor is None:
                 from twisted.internet import reactor as default_reactor
 

@@ -143,6 +143,17 @@ def test_from_domain_fast_path_agrees_with_getaddresses(local, domain, phrase, a
     assert from_domain(f"From: {value}\r\nTo: x@y.test\r\n\r\n".encode()) == expected
 
 
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from([b";", b" ", b"\r", b"\n", b"b", b"=", b"A", b"/", b"x", b"\t",
+                                 b"\r\n", b"; b=", b" b =", b"!", b"+"]), max_size=30).map(b"".join))
+def test_our_btag_pattern_blanks_what_dkimpys_does(value):
+    import dkim
+
+    from mailhost.mailauth.dkim import RE_BTAG
+
+    assert RE_BTAG.sub(b"\\1", value) == dkim.RE_BTAG.sub(b"\\1", value)
+
+
 def test_strip_ours_without_any_authentication_results_is_the_block_itself():
     block = b"From: a@b.test\r\nSubject: x\r\n\r\n"
     assert strip_ours(block, "mx.test") is block
