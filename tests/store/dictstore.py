@@ -152,6 +152,8 @@ class DictFolder:
         self._infos: dict[int, MessageInfo] = {}
         self._bodies: dict[int, _Body] = {}
         self._cache: dict[int, dict[str, str]] = {}
+        self._saved: dict[int, float] = {}
+        self.mailbox_id = f"dict{next(_serial)}"  # RFC 8474, kept by RENAME
         self._listeners = _Listeners()
         self._deleted = False
         self.highest_modseq = 1  # positive even for an empty folder (RFC 7162)
@@ -183,6 +185,7 @@ class DictFolder:
                            time.time() if date is None else date, recent=True)
         self._infos[uid] = info
         self._bodies[uid] = body
+        self._saved[uid] = time.time()
         if notify:
             self._bump([uid])
             info = self._infos[uid]
@@ -193,7 +196,7 @@ class DictFolder:
         if uids:
             self.highest_modseq += 1
         for uid in uids:
-            del self._infos[uid], self._bodies[uid]
+            del self._infos[uid], self._bodies[uid], self._saved[uid]
             self._cache.pop(uid, None)
             self._gone.append((self.highest_modseq, uid))
         self._listeners.tell("messages_expunged", self, list(uids))
@@ -283,6 +286,9 @@ class DictFolder:
     def remove_listener(self, listener) -> None:
         if listener in self._listeners.all:
             self._listeners.all.remove(listener)
+
+    def save_dates(self, uids: Iterable[int]):
+        return defer.succeed({u: self._saved[u] for u in uids if u in self._saved})
 
     def get_cached(self, uid: int, key: str) -> str | None:
         return self._cache.get(uid, {}).get(key)
