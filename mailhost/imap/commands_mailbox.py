@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from itertools import compress
 from typing import TYPE_CHECKING
 
-from mailhost.imap import encoding, mutf7, parser
+from mailhost.imap import encoding, mutf7, objects, parser
 from mailhost.imap.list_extended import parse_list
 from mailhost.imap.quota import check_room
 from mailhost.imap.responses import Bad, No, format_set
@@ -70,6 +70,7 @@ async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
         out.append(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
     out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
     out.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % folder.uid_next)
+    out.append(objects.mailbox_id_line(folder))  # RFC 8474
     s.send(b"".join(out))
     mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
     return mode + b" " + cmd.name.encode("ascii") + b" completed"
@@ -96,7 +97,7 @@ async def create(s: IMAPServer, cmd: parser.Command) -> bytes:
     if name == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
     await s.account.create_folder(name, use)
-    return b"CREATE completed"
+    return objects.mailbox_id_code(await s.account.open_folder(name)) + b"CREATE completed"
 
 
 def _create_use(token: object) -> str | None:
@@ -349,8 +350,10 @@ async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) 
         "DELETED-STORAGE": lambda: sum(n for f, n in zip(flags, sizes, strict=True)
                                        if "\\Deleted" in f),
         "HIGHESTMODSEQ": lambda: folder.highest_modseq,
+        "MAILBOXID": lambda: objects.status_value(folder),  # RFC 8474
     }
-    body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
+    body = b" ".join(b"%s %s" % (it.encode("ascii"), b"%d" % v if isinstance(v, int) else v)
+                     for it in items for v in [values[it]()])
     return b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n"
 
 

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from mailhost.imap import binary, bodystructure, envelope, mime
+from mailhost.imap import binary, bodystructure, envelope, mime, objects
 from mailhost.imap.encoding import format_datetime, format_flags, nstring
 from mailhost.imap.output import without_nul
 from mailhost.imap.parser import FetchItem, Section
@@ -263,6 +263,9 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
         preview_of = folder.get_cached(info.uid, "preview")
         if preview_of is None and all(i.lazy for i in wants_preview):
             _make_preview_later(folder, info)
+    saved = None  # RFC 8514
+    if any(i.name == "SAVEDATE" for i in items):
+        saved = await folder.save_dates([info.uid])
     binaries = {n: i for n, i in enumerate(items) if i.name.startswith("BINARY")}
     binary_out: dict[int, Any] = {}
     need_structure = bool(binaries) or any(_needs_structure(i) for i in items) or (
@@ -323,6 +326,9 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
             continue
         if item.name == "PREVIEW":
             buf += nstring(preview_of)
+            continue
+        if item.name in ("SAVEDATE", "EMAILID", "THREADID"):
+            buf += objects.fetch_value(item.name, folder, info, saved)
             continue
         if n in binary_out:
             got = binary_out[n]

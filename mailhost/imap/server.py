@@ -31,6 +31,7 @@ from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.imap import framing, parser
 from mailhost.imap.compress import DeflateError, Deflater, Inflater
 from mailhost.imap.output import OutputGate
+from mailhost.imap.objects import CAPABILITIES as OBJECT_CAPABILITIES
 from mailhost.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
 from mailhost.imap.selected import BadSequence, SelectedMailbox
@@ -331,6 +332,7 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def capability_string(self) -> bytes:
         caps = list(CAPABILITIES)
+        caps.extend(OBJECT_CAPABILITIES)
         if self.state != NOT_AUTHENTICATED and self._deflater is None:
             caps.append(b"COMPRESS=DEFLATE")
         caps.append(b"APPENDLIMIT=%d" % self.settings.max_literal_size)

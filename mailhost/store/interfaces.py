@@ -245,11 +245,13 @@ class IFolder(Interface):
         Deferred firing with the sorted list of removed UIDs."""
 
     def copy(uids: Iterable[int], dest: IFolder) -> Deferred[list[tuple[int, int]]]:
-        """Copy messages with their flags. Deferred firing with [(src_uid, dest_uid)]."""
+        """Copy messages with their flags. Deferred firing with [(src_uid, dest_uid)].
+        Each copy keeps its source's RFC 8474 EMAILID (``objectid.carry``)."""
 
     def move(uids: Iterable[int], dest: IFolder) -> Deferred[list[tuple[int, int]]]:
         """Atomic move (a rename on Maildir). Deferred firing with [(src_uid, dest_uid)];
-        this folder's listeners hear messages_expunged."""
+        this folder's listeners hear messages_expunged. The EMAILID goes along, as in
+        ``copy``."""
 
     def claim_recent() -> Deferred[set[int]]:
         """Deferred firing with the set of UIDs that were recent; they stop being recent

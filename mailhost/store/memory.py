@@ -43,7 +43,7 @@ from mailhost.store.interfaces import (
 )
 from mailhost.store.listeners import AccountListenerSet
 from mailhost.store.modseq import ModSeqListeners, ModSeqs, with_modseq
-from mailhost.store.objectid import new_mailbox_id
+from mailhost.store.objectid import carry, email_ids, new_mailbox_id
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents, split_user
 from mailhost.store.reader import reader_for
 
@@ -300,6 +300,8 @@ class MemoryFolder:
     def _copy_to(self, uids: Iterable[int], dest: IFolder) -> list[tuple[int, int]]:
         if not isinstance(dest, MemoryFolder) or not dest._account._has(dest):
             raise NoSuchFolder(getattr(dest, "name", dest))
+        uids = sorted(set(uids))
+        ids = email_ids(self, uids)  # RFC 8474: copies keep their EMAILID
         pairs: list[tuple[int, int]] = []
         added: list[MessageInfo] = []
         for uid in sorted(set(uids)):
@@ -310,7 +312,7 @@ class MemoryFolder:
             pairs.append((uid, new.uid))
             added.append(new)
         dest._listeners.added(dest, added)
-        return pairs
+        return carry(pairs, dest, ids)
 
     def copy(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
         try:

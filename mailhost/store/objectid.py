@@ -14,6 +14,12 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Iterable
+from typing import Any
+
+#: The folder-cache key (``IFolder.get_cached``) of an EMAILID a message brought with it
+#: from the folder it was copied or moved from.
+EMAIL_ID_KEY = "emailid"
 
 _OBJECTID = re.compile(r"[A-Za-z0-9_-]{1,255}\Z")
 
@@ -32,3 +38,33 @@ def email_id(key: str) -> str:
     """The EMAILID of the message stored under ``key``: ``M`` and 24 hex digits (96 bits
     of SHA-256), so it never starts with a digit (RFC 8474 section 5.1's advice)."""
     return "M" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def email_id_in(folder: Any, uid: int) -> str | None:
+    """The EMAILID of message ``uid`` of ``folder`` (an ``IFolder``), or None if there is
+    no such message: the one it was copied or moved with, else its key's."""
+    carried = folder.get_cached(uid, EMAIL_ID_KEY)
+    if carried is not None:
+        return str(carried)
+    info = folder.get(uid)
+    return None if info is None else email_id(info.key)
+
+
+def email_ids(folder: Any, uids: Iterable[int]) -> dict[int, str]:
+    """``email_id_in`` of each of ``uids`` that exists, taken before a COPY or MOVE."""
+    out = {}
+    for uid in uids:
+        got = email_id_in(folder, uid)
+        if got is not None:
+            out[uid] = got
+    return out
+
+
+def carry(pairs: list[tuple[int, int]], dest: Any,
+          ids: dict[int, str]) -> list[tuple[int, int]]:
+    """After a COPY or MOVE: each new message keeps its source's EMAILID (RFC 8474 5.1),
+    cached in the destination folder; returns ``pairs`` for the caller's chain."""
+    for src, new in pairs:
+        if src in ids:
+            dest.set_cached(new, EMAIL_ID_KEY, ids[src])
+    return pairs

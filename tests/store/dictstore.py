@@ -27,6 +27,7 @@ from itertools import count
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mailhost.store import objectid
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
     DEFAULT_SPECIAL_FOLDERS,
@@ -252,7 +253,9 @@ class DictFolder:
         if not isinstance(dest, DictFolder) or dest._deleted:
             raise NoSuchFolder(dest.name)
         pairs, added = [], []
-        for uid in sorted(set(uids)):
+        uids = sorted(set(uids))
+        ids = objectid.email_ids(self, uids)
+        for uid in uids:
             if uid in self._infos:
                 info = self._infos[uid]
                 new = dest._add(self._bodies[uid], info.flags, info.internal_date, False)
@@ -261,7 +264,7 @@ class DictFolder:
         if added:
             dest._bump(added)
         dest._listeners.tell("messages_added", dest, [dest._infos[u] for u in added])
-        return pairs
+        return objectid.carry(pairs, dest, ids)
 
     def copy(self, uids: Iterable[int], dest: IFolder):
         return _succeed_or_fail(self._copy, uids, dest)

@@ -77,3 +77,22 @@ async def test_maildir_ids_and_save_dates_survive_restart(tmp_path):
     with open(os.path.join(path, "dovecot-uidlist")) as f:
         assert f" g{mailbox_id}" in f.readline().lower()
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_copy_and_move_keep_the_email_id(store):
+    from mailhost.store.objectid import email_id_in
+
+    await deliver(store)
+    await deliver(store)
+    account = await store.open_account(A)
+    box = await account.open_folder("INBOX")
+    sent = await account.open_folder("Sent")
+    first, second = email_id_in(box, 1), email_id_in(box, 2)
+    assert first != second and is_objectid(first)
+    (_, copied), = await box.copy([1], sent)
+    (_, moved), = await box.move([2], sent)
+    assert email_id_in(sent, copied) == first and email_id_in(sent, moved) == second
+    (_, back), = await sent.copy([moved], box)
+    assert email_id_in(box, back) == second
+    assert email_id_in(box, 99) is None

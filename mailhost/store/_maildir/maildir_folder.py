@@ -58,6 +58,7 @@ from mailhost.store._maildir.maildir_names import (
 )
 from mailhost.store._maildir.maildir_uids import FolderUids
 from mailhost.store._maildir.maildir_watch import APPEARED, COALESCE_DELAY
+from mailhost.store import objectid
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
     Columns,
@@ -966,10 +967,14 @@ class MaildirFolder:
         return victims
 
     def copy(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
-        return self._run(self._transfer, list(uids), dest, False)
+        uids = list(uids)
+        ids = objectid.email_ids(self, uids)  # RFC 8474: copies keep their EMAILID
+        return self._run(self._transfer, uids, dest, False).addCallback(objectid.carry, dest, ids)
 
     def move(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
-        return self._run(self._transfer, list(uids), dest, True)
+        uids = list(uids)
+        ids = objectid.email_ids(self, uids)
+        return self._run(self._transfer, uids, dest, True).addCallback(objectid.carry, dest, ids)
 
     async def _transfer(self, uids: list[int], dest: IFolder,
                         move: bool) -> list[tuple[int, int]]:
