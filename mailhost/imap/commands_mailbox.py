@@ -386,6 +386,13 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
             for i in range(0, len(message), APPEND_CHUNK):
                 writer.write(message[i:i + APPEND_CHUNK])
         plan.append((writer, frozenset(f for f in flags if f != "\\Recent"), date))
+    return await commit_appends(account, name, plan)
+
+
+async def commit_appends(account: IMailAccount, name: str,
+                         plan: list[tuple[IMessageWriter, frozenset[str], float | None]]) -> bytes:
+    """Commit APPEND's messages (one, a MULTIAPPEND's, or CATENATE's) all or none; the
+    tagged OK's text."""
     uids: list[int] = []
     validity = 0
     try:  # the whole MULTIAPPEND must fit

@@ -447,3 +447,38 @@ def structure(folder: Any, info: MessageInfo) -> Deferred:
         return part
 
     return Deferred.fromCoroutine(run())
+
+
+async def _section_bytes(folder: Any, info: MessageInfo, section: Section,
+                         partial: tuple[int, int] | None) -> tuple[int, int] | bytes:
+    struct = None
+    if section != Section():
+        cached = folder.get_cached(info.uid, "mime")
+        struct = mime.loads(cached) if cached else None
+        if struct is None:
+            reader = await folder.read_message(info.uid)
+            try:
+                struct = await reader.call(_scan)
+            finally:
+                reader.close()
+            folder.set_cached(info.uid, "mime", mime.dumps(struct))
+    spec = _plan(section, partial, struct, info.size)
+    if spec.kind == "nil":
+        return b""
+    if spec.kind == "range":
+        return spec.start, max(spec.start, spec.end)
+    reader = await folder.read_message(info.uid)
+    try:
+        await reader.call(_read_specs, [spec])
+    finally:
+        reader.close()
+    return spec.data or b""
+
+
+def section_bytes(folder: Any, info: MessageInfo, section: Section,
+                  partial: tuple[int, int] | None = None) -> Deferred:
+    """Deferred firing with what ``BODY.PEEK[section]<partial>`` would send: a
+    ``(start, end)`` byte range of the message (read it with ``read_message``, so a big
+    part streams), or the bytes themselves when they are no range (HEADER.FIELDS). For
+    CATENATE and URLFETCH (mailhost.imap.catenate, mailhost.imap.urlauth)."""
+    return Deferred.fromCoroutine(_section_bytes(folder, info, section, partial))

@@ -30,8 +30,9 @@ from mailhost.auth.login import Login
 from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.imap import framing, parser
 from mailhost.imap.compress import DeflateError, Deflater, Inflater
-from mailhost.imap.output import OutputGate
+from mailhost.imap.catenate import CAPABILITIES as CATENATE_CAPABILITIES
 from mailhost.imap.objects import CAPABILITIES as OBJECT_CAPABILITIES
+from mailhost.imap.output import OutputGate
 from mailhost.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
 from mailhost.imap.selected import BadSequence, SelectedMailbox
@@ -86,6 +87,7 @@ Handler = Callable[["IMAPServer", parser.Command], Awaitable[bytes | None]]
 
 def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
     from mailhost.imap import (
+        catenate,
         commands_auth,
         commands_mailbox,
         commands_search,
@@ -98,7 +100,7 @@ def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
     table: dict[str, tuple[frozenset[str], Handler]] = {}
     # condstore last: it takes over the commands RFC 7162 extends.
     for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle,
-                   quota, condstore):
+                   quota, catenate, condstore):
         table.update(module.HANDLERS)
     return table
 
@@ -332,7 +334,7 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def capability_string(self) -> bytes:
         caps = list(CAPABILITIES)
-        caps.extend(OBJECT_CAPABILITIES)
+        caps.extend(OBJECT_CAPABILITIES + CATENATE_CAPABILITIES)
         if self.state != NOT_AUTHENTICATED and self._deflater is None:
             caps.append(b"COMPRESS=DEFLATE")
         caps.append(b"APPENDLIMIT=%d" % self.settings.max_literal_size)
@@ -466,6 +468,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         """Stream a big APPEND literal straight into a store message writer."""
         if n < STREAM_APPEND_OVER or framing._head(segments[0])[1] != "APPEND":
             return None
+        if any(b"CATENATE" in seg.upper() for seg in segments):
+            return None  # CATENATE's TEXT parts are read from memory (mailhost.imap.catenate)
         writer = StreamedMessage(self.account)
         self._streamed.append(writer)
         return writer

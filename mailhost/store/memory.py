@@ -43,8 +43,8 @@ from mailhost.store.interfaces import (
 )
 from mailhost.store.listeners import AccountListenerSet
 from mailhost.store.modseq import ModSeqListeners, ModSeqs, with_modseq
-from mailhost.store.objectid import carry, email_ids, new_mailbox_id
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents, split_user
+from mailhost.store.objectid import carry, email_ids, new_mailbox_id
 from mailhost.store.reader import reader_for
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import pytest_twisted
 from mailhost.store.interfaces import DeliveryTarget
 from mailhost.store.maildir import MaildirStore
 from mailhost.store.objectid import email_id, is_objectid
-from tests.store.test_contract import A, MSG, deliver
+from tests.store.test_contract import MSG, A, deliver
 
 
 @pytest_twisted.ensureDeferred

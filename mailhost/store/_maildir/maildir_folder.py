@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFReader
+from mailhost.store import objectid
 from mailhost.store._maildir import maildir_cache, maildir_modseq
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store._maildir.maildir_index import (
@@ -58,7 +59,6 @@ from mailhost.store._maildir.maildir_names import (
 )
 from mailhost.store._maildir.maildir_uids import FolderUids
 from mailhost.store._maildir.maildir_watch import APPEARED, COALESCE_DELAY
-from mailhost.store import objectid
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
     Columns,
@@ -1269,7 +1269,8 @@ class MaildirFolder:
                 break
             path = self._path
 
-            def work(missing: list[tuple[int, str]] = missing) -> list[tuple[int, int]]:
+            def work(missing: list[tuple[int, str]] = missing,
+                     path: str = path) -> list[tuple[int, int]]:
                 found: list[tuple[int, int]] = []
                 for uid, rel in missing:
                     try:
