@@ -29,8 +29,8 @@ from zope.interface import implementer
 from mailhost.auth.login import Login
 from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.imap import framing, parser
-from mailhost.imap.compress import DeflateError, Deflater, Inflater
 from mailhost.imap.catenate import CAPABILITIES as CATENATE_CAPABILITIES
+from mailhost.imap.compress import DeflateError, Deflater, Inflater
 from mailhost.imap.objects import CAPABILITIES as OBJECT_CAPABILITIES
 from mailhost.imap.output import OutputGate
 from mailhost.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
