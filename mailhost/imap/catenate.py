@@ -21,7 +21,14 @@ from mailhost.imap.fetch import section_bytes
 from mailhost.imap.parser import Atom, Literal
 from mailhost.imap.responses import Bad, No
 from mailhost.imap.states import AUTH
-from mailhost.store.interfaces import SYSTEM_FLAGS, IMessageWriter, NoSuchFolder
+from mailhost.store.interfaces import (
+    SYSTEM_FLAGS,
+    IFolder,
+    IMailAccount,
+    IMessageWriter,
+    MessageInfo,
+    NoSuchFolder,
+)
 
 if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
@@ -81,7 +88,8 @@ def _bad_url(text: bytes, why: str) -> No:
     return No(f"[BADURL {shown.decode('ascii', 'replace')}] {why}")
 
 
-def _store_name(name: str) -> str:
+def store_name(name: str) -> str:
+    """A URL's mailbox name (UTF-8 already) as the store spells it (INBOX folded)."""
     if name.upper() == "INBOX":
         return "INBOX"
     if name.upper().startswith("INBOX."):
@@ -89,34 +97,44 @@ def _store_name(name: str) -> str:
     return name
 
 
+async def open_url(account: IMailAccount, url: imapurl.ImapUrl
+                   ) -> tuple[IFolder, MessageInfo, tuple[int, int] | bytes]:
+    """The folder, message and ``fetch.section_bytes`` answer of a URL of ``account``'s
+    (CATENATE; URLFETCH once the authorization is checked); ``imapurl.BadUrl`` saying
+    why not."""
+    if url.user is not None and url.user.lower() != account.user.lower():
+        raise imapurl.BadUrl("The URL names another user's mailbox")
+    try:
+        folder = await account.open_folder(store_name(url.mailbox))
+    except NoSuchFolder:
+        raise imapurl.BadUrl("No such mailbox") from None
+    if url.uidvalidity is not None and url.uidvalidity != folder.uid_validity:
+        raise imapurl.BadUrl("UIDVALIDITY changed")
+    info = folder.get(url.uid)
+    if info is None:
+        raise imapurl.BadUrl("No such message")
+    try:
+        section = parser.parse_section(url.section or "")
+    except parser.ParseError:
+        raise imapurl.BadUrl("Invalid section") from None
+    partial = None
+    if url.partial is not None:  # RFC 5550
+        off, length = url.partial
+        partial = (off, length if length is not None else max(1, info.size))
+    return folder, info, await section_bytes(folder, info, section, partial)
+
+
 async def copy_url(s: IMAPServer, text: bytes, writer: IMessageWriter, limit: int) -> None:
     """Write what the IMAP URL ``text`` names into ``writer``, chunk by chunk."""
     try:
         url = imapurl.parse(text.decode("ascii"))
-    except (UnicodeDecodeError, imapurl.BadUrl) as e:
-        raise _bad_url(text, f"Invalid IMAP URL: {e}") from None
-    if url.access is not None or url.expire is not None:
-        raise _bad_url(text, "URLAUTH-authorized URLs are not accepted here")
-    if url.user is not None and url.user.lower() != s.account.user.lower():
-        raise _bad_url(text, "The URL names another user's mailbox")
-    try:
-        folder = await s.account.open_folder(_store_name(url.mailbox))
-    except NoSuchFolder:
-        raise _bad_url(text, "No such mailbox") from None
-    if url.uidvalidity is not None and url.uidvalidity != folder.uid_validity:
-        raise _bad_url(text, "UIDVALIDITY changed")
-    info = folder.get(url.uid)
-    if info is None:
-        raise _bad_url(text, "No such message")
-    try:
-        section = parser.parse_section(url.section or "")
-    except parser.ParseError:
-        raise _bad_url(text, "Invalid section") from None
-    partial = None
-    if url.partial is not None:
-        off, length = url.partial
-        partial = (off, length if length is not None else max(1, info.size))
-    got = await section_bytes(folder, info, section, partial)
+        if url.access is not None or url.expire is not None:
+            raise imapurl.BadUrl("URLAUTH-authorized URLs are not accepted here")
+        folder, info, got = await open_url(s.account, url)
+    except UnicodeDecodeError:
+        raise _bad_url(text, "Invalid IMAP URL") from None
+    except imapurl.BadUrl as e:
+        raise _bad_url(text, str(e)) from None
     if isinstance(got, bytes):
         if writer.size + len(got) > limit:
             raise No("[TOOBIG] The message would be larger than APPENDLIMIT")

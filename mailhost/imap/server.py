@@ -37,6 +37,7 @@ from mailhost.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
 from mailhost.imap.selected import BadSequence, SelectedMailbox
 from mailhost.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
+from mailhost.imap.urlauth import CAPABILITIES as URLAUTH_CAPABILITIES
 from mailhost.limits import IEvictable
 from mailhost.replytext import clean_bytes
 from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse
@@ -95,12 +96,13 @@ def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
         condstore,
         idle,
         quota,
+        urlauth,
     )
 
     table: dict[str, tuple[frozenset[str], Handler]] = {}
     # condstore last: it takes over the commands RFC 7162 extends.
     for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle,
-                   quota, catenate, condstore):
+                   quota, catenate, urlauth, condstore):
         table.update(module.HANDLERS)
     return table
 
@@ -340,6 +342,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         caps.append(b"APPENDLIMIT=%d" % self.settings.max_literal_size)
         if self.state != NOT_AUTHENTICATED:
             caps.extend(QUOTA_CAPABILITIES)
+            if self.settings.urlauth_dir:
+                caps.extend(URLAUTH_CAPABILITIES)
         if self.state == NOT_AUTHENTICATED:
             if self.tls_options is not None and not self.tls_active:
                 caps.append(b"STARTTLS")
