@@ -24,7 +24,7 @@ import hmac
 from typing import TYPE_CHECKING
 
 from mailhost.imap import imapurl, parser
-from mailhost.imap.catenate import store_name, open_url
+from mailhost.imap.catenate import open_url, store_name
 from mailhost.imap.encoding import astring
 from mailhost.imap.output import stream_message
 from mailhost.imap.responses import Bad, No
