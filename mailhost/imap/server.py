@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from mailhost.auth.login import Login
 from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
-from mailhost.imap import framing, parser
+from mailhost.imap import context, framing, parser
 from mailhost.imap.catenate import CAPABILITIES as CATENATE_CAPABILITIES
 from mailhost.imap.compress import DeflateError, Deflater, Inflater
 from mailhost.imap.objects import CAPABILITIES as OBJECT_CAPABILITIES
@@ -57,6 +57,7 @@ from mailhost.tls import cancel_deadline, start_tls
 
 if TYPE_CHECKING:
     from mailhost.imap.factory import IMAPFactory
+    from mailhost.imap.notify import Notifier
 
 log = Logger()
 
@@ -68,6 +69,7 @@ CAPABILITIES = (
     b"BINARY", b"MULTIAPPEND",
     b"ESEARCH", b"SEARCHRES", b"WITHIN", b"I18NLEVEL=1", b"SORT", b"SORT=DISPLAY", b"ESORT",
     b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"CONDSTORE", b"QRESYNC",
+    b"CONTEXT=SEARCH", b"CONTEXT=SORT", b"NOTIFY",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
@@ -94,15 +96,18 @@ def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
         commands_search,
         commands_selected,
         condstore,
+        context,
         idle,
+        notify,
         quota,
         urlauth,
     )
 
     table: dict[str, tuple[frozenset[str], Handler]] = {}
-    # condstore last: it takes over the commands RFC 7162 extends.
+    # condstore after those: it takes over the commands RFC 7162 extends; notify last:
+    # it wraps the mailbox commands whose effects NOTIFY reports.
     for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle,
-                   quota, catenate, urlauth, condstore):
+                   quota, catenate, urlauth, context, condstore, notify):
         table.update(module.HANDLERS)
     return table
 
@@ -144,6 +149,9 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.user: str | None = None
         self.selected: SelectedMailbox | None = None
         self.enabled: set[str] = set()  # ENABLEd extensions (mailhost.imap.condstore)
+        self.notifier: Notifier | None = None  # NOTIFY SET in force (mailhost.imap.notify)
+        self._pushing = False  # unsolicited updates are being sent (_push)
+        self._push_again = False
         self.idling = False
         self.tls_started = False
         self.framer = framing.Framer(self.settings.max_line_length,
@@ -252,6 +260,9 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.setTimeout(None)
         self.gate.stopProducing()
         self.unselect()
+        if self.notifier is not None:
+            self.notifier.stop()
+            self.notifier = None
         if self._line_waiter is not None:
             d, self._line_waiter = self._line_waiter, None
             d.callback(None)
@@ -579,8 +590,10 @@ class IMAPServer(Protocol, TimeoutMixin):
         else:
             self._bad_count = 0
         if self.state != LOGOUT:
-            self.send_updates(allow_expunge=cmd.name not in NO_EXPUNGE_AFTER or cmd.uid,
-                              with_uid=cmd.uid)
+            await self.send_all_updates(
+                allow_expunge=cmd.name not in NO_EXPUNGE_AFTER or cmd.uid, with_uid=cmd.uid)
+            if self._lost:
+                return
         # The text may quote the client (a mailbox name) or an exception: no control
         # character of either reaches the wire (mailhost.replytext).
         self.send(cmd.tag.encode("ascii") + b" " + status + b" " + clean_bytes(text) + b"\r\n")
@@ -602,10 +615,55 @@ class IMAPServer(Protocol, TimeoutMixin):
             if lines:
                 self.send(b"".join(lines))
 
+    async def send_all_updates(self, allow_expunge: bool = True,
+                               with_uid: bool = False) -> None:
+        """``send_updates``, then what CONTEXT=SEARCH (``context``) and NOTIFY
+        (``notify``: FETCH for new messages, other mailboxes' STATUS) add to it."""
+        sel = self.selected
+        last = sel.uids[-1] if sel is not None and sel.uids else 0
+        self.send_updates(allow_expunge, with_uid)
+        if self.notifier is not None:
+            await self.notifier.after_updates(last)
+        await context.send_updates(self, allow_seqs=allow_expunge)
+
     def on_folder_event(self) -> None:
-        """A listener event arrived: push it now if the client is in IDLE."""
-        if self.idling and not self._closed:
-            self.send_updates(allow_expunge=True)
+        """A listener event arrived: push it now if the client is in IDLE, or (NOTIFY
+        with ``selected``) whenever no command runs."""
+        if self._closed:
+            return
+        if self.idling:  # IDLE pushes everything, unless NOTIFY said (selected NONE)
+            allow = None if self.notifier is not None and self.notifier.selected_silent() \
+                else True
+        elif self.notifier is not None and not self._running:
+            allow = self.notifier.selected_push()
+        else:
+            return
+        if allow is None:
+            return
+        if self._pushing:
+            self._push_again = True
+            return
+        d = defer.ensureDeferred(self._push(allow))
+        d.addErrback(lambda f: log.failure("imap unsolicited update failed", f))
+
+    async def _push(self, allow_expunge: bool) -> None:
+        """Send what changed; between commands the next command waits until it is out
+        (a FETCH for NOTIFY's MessageNew takes a while)."""
+        held = not self._running
+        if held:
+            self._running = True
+        self._pushing = True
+        try:
+            for _ in range(100):  # bounded: each round sends what queued meanwhile
+                self._push_again = False
+                await self.send_all_updates(allow_expunge=allow_expunge)
+                if not self._push_again or self._closed:
+                    break
+        finally:
+            self._pushing = False
+            if held:
+                self._running = False
+                self._pump()
 
     def select(self, sel: SelectedMailbox) -> None:
         self.unselect()
