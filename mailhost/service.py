@@ -560,6 +560,8 @@ def makeService(
         for check in checks.checks:
             if isinstance(check, RateLimitCheck):
                 check.limiter = SharedRateLimiter.adopt(check.limiter, channel)
+    if checks is not None and pipeline is not None:  # milters answer at MAIL and RCPT too
+        checks = checks.joined(pipeline.stages)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 

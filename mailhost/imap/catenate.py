@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailhost.imap import commands_mailbox, imapurl, parser
+from mailhost.imap import commands_mailbox, imapurl, parser, rev2
 from mailhost.imap.fetch import section_bytes
 from mailhost.imap.parser import Atom, Literal
 from mailhost.imap.responses import Bad, No
@@ -158,7 +158,7 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
     if not _is_catenate(cmd.args):
         return await commands_mailbox.append(s, cmd)
     raw_name, messages = parse_append(cmd.args)
-    name = commands_mailbox.mailbox_name(raw_name)
+    name = commands_mailbox.mailbox_name(raw_name, rev2.utf8_names(s))
     limit = s.settings.max_literal_size
     account = s.account
     for flags, _, _ in messages:

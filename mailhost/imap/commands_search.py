@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from mailhost.imap import condstore, context, esearch, parser
+from mailhost.imap import condstore, context, esearch, parser, rev2
 from mailhost.imap import search as searching
 from mailhost.imap import sort as sorting
 from mailhost.imap import thread as threading
@@ -43,6 +43,7 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
                     charset: str | None) -> list[int]:
     """Ascending UIDs of the session's messages that match ``key``."""
     key = esearch.substitute_saved(key, sel.saved)
+    rev2.check_search_key(s, key)
     try:
         searching.check_charset(charset)
     except searching.BadCharset:
@@ -90,6 +91,9 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
     sel = _selected(s)
     opts, args = esearch.parse_return(cmd.args)
     charset, key = _parse_saving(sel, opts, lambda: parser.parse_search(args))
+    rev2.check_search_charset(s, charset)
+    if opts is None and rev2.is_rev2(s):  # RFC 9051 6.4.4: ESEARCH, ALL by default
+        opts = esearch.ReturnOptions({"ALL"})
     found = await _matching(s, sel, key, charset)
     nums = _numbers(sel, found, cmd.uid)
     modseq = condstore.search_modseq(s, key, found)  # SEARCH MODSEQ (RFC 7162 3.1.5)

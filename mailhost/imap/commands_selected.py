@@ -18,6 +18,7 @@ from mailhost.imap.commands_mailbox import mailbox_name
 from mailhost.imap.output import stream_message
 from mailhost.imap.quota import check_copy
 from mailhost.imap.responses import Bad, No, format_set
+from mailhost.imap.rev2 import utf8_names
 from mailhost.imap.selected import dates_ready, folder_columns
 from mailhost.imap.states import SEL
 from mailhost.store.interfaces import NoSuchFolder, NoSuchMessage
@@ -340,7 +341,7 @@ async def _target(s: IMAPServer, cmd: parser.Command) -> tuple[list[int], Any]:
         raise Bad(f"{cmd.name} expects a sequence set and a mailbox name")
     sel = _selected(s)
     seqset = parser.parse_sequence_set(cmd.args[0])
-    name = mailbox_name(cmd.args[1])
+    name = mailbox_name(cmd.args[1], utf8_names(s))
     uids = sel.resolve(seqset, cmd.uid)
     try:
         dest = await s.account.open_folder(name)

@@ -46,6 +46,7 @@ from mailhost.imap import commands_mailbox, parser
 from mailhost.imap.commands_mailbox import mailbox_name, wire_name
 from mailhost.imap.condstore import CONDSTORE
 from mailhost.imap.responses import Bad, No, format_set
+from mailhost.imap.rev2 import IMAP4REV2, utf8_names
 from mailhost.imap.selected import folder_columns
 from mailhost.imap.states import AUTH
 from mailhost.store.interfaces import IFolder, IFolderListener, MessageInfo, StoreError
@@ -115,10 +116,10 @@ class Spec:
 # -- parsing ---------------------------------------------------------------------------
 
 
-def parse_notify(args: list) -> Spec | None:
+def parse_notify(args: list, utf8: bool = False) -> Spec | None:
     """NOTIFY's arguments: None for NONE, else the Spec. ParseError (BAD) for bad
     syntax or a combination RFC 5465 forbids; ``No`` with BADEVENT for an event this
-    server does not support."""
+    server does not support. ``utf8``: mailbox names are UTF-8 (``rev2.utf8_names``)."""
     if len(args) == 1 and isinstance(args[0], parser.Atom) and args[0].upper() == "NONE":
         return None
     if not args or not isinstance(args[0], parser.Atom) or args[0].upper() != "SET":
@@ -129,13 +130,13 @@ def parse_notify(args: list) -> Spec | None:
         rest = rest[1:]
     if not rest:
         raise parser.ParseError(None, "NOTIFY SET expects event groups")
-    groups = tuple(_parse_group(g) for g in rest)
+    groups = tuple(_parse_group(g, utf8) for g in rest)
     if sum(1 for g in groups if g.filter in (SELECTED, DELAYED)) > 1:
         raise parser.ParseError(None, "selected and selected-delayed may be given once")
     return Spec(status, groups)
 
 
-def _parse_group(token: object) -> Group:
+def _parse_group(token: object, utf8: bool = False) -> Group:
     if not isinstance(token, list) or len(token) < 2 or not isinstance(token[0], parser.Atom):
         raise parser.ParseError(None, "An event group is (filter events)")
     kind = token[0].upper()
@@ -149,7 +150,7 @@ def _parse_group(token: object) -> Group:
         one = rest[0] if isinstance(rest[0], list) else [rest[0]]
         if not one:
             raise parser.ParseError(None, f"{kind.lower()} expects at least one mailbox")
-        names = tuple(mailbox_name(m) for m in one)
+        names = tuple(mailbox_name(m, utf8) for m in one)
         rest = rest[1:]
     if len(rest) != 1:
         raise parser.ParseError(None, "An event group is (filter events)")
@@ -201,7 +202,7 @@ def _parse_events(token: object, selected: bool) -> tuple[tuple[str, ...], tuple
     return tuple(events), fetch
 
 
-def format_spec(spec: Spec | None) -> bytes:
+def format_spec(spec: Spec | None, utf8: bool = False) -> bytes:
     """NOTIFY's arguments for ``spec`` (the inverse of ``parse_notify``)."""
     if spec is None:
         return b"NONE"
@@ -211,7 +212,7 @@ def format_spec(spec: Spec | None) -> bytes:
     for g in spec.groups:
         head = g.filter.lower().encode("ascii")
         if g.names:
-            head += b" (" + b" ".join(wire_name(n) for n in g.names) + b")"
+            head += b" (" + b" ".join(wire_name(n, utf8) for n in g.names) + b")"
         if not g.events:
             out.append(b"(" + head + b" NONE)")
             continue
@@ -237,17 +238,18 @@ def _peers(s: IMAPServer) -> weakref.WeakSet[Notifier]:
     return by_user.setdefault(s.user or "", weakref.WeakSet())
 
 
-def _list_line(attrs: bytes, name: str, old: str | None = None) -> bytes:
-    line = b"* LIST (" + attrs + b') "." ' + wire_name(name)
+def _list_line(attrs: bytes, name: str, old: str | None = None, utf8: bool = False) -> bytes:
+    line = b"* LIST (" + attrs + b') "." ' + wire_name(name, utf8)
     if old is not None:
-        line += b' ("OLDNAME" (' + wire_name(old) + b"))"
+        line += b' ("OLDNAME" (' + wire_name(old, utf8) + b"))"
     return line + b"\r\n"
 
 
-def publish(s: IMAPServer, event: str, name: str, line: bytes, old: str | None = None) -> None:
-    """Tell this user's notifying sessions (this one too) a mailbox changed."""
+def publish(s: IMAPServer, event: str, name: str, attrs: bytes, old: str | None = None) -> None:
+    """Tell this user's notifying sessions (this one too) a mailbox changed; each
+    builds its ``* LIST`` line in its own name encoding (UTF-8 or modified UTF-7)."""
     for n in list(_peers(s)):
-        n.mailbox_event(event, name, line, old)
+        n.mailbox_event(event, name, attrs, old, origin=s)
 
 
 # -- one session's notifications --------------------------------------------------------
@@ -401,18 +403,22 @@ class Notifier:
         self._queued += 1
         self.flush()
 
-    def mailbox_event(self, event: str, name: str, line: bytes, old: str | None) -> None:
+    def mailbox_event(self, event: str, name: str, attrs: bytes, old: str | None,
+                      origin: IMAPServer | None = None) -> None:
         """Another (or this) session created, deleted, renamed, (un)subscribed ``name``."""
         if self.stopped:
             return
         if event == "SubscriptionChange":
-            if line.startswith(b"* LIST (\\Subscribed)"):
+            if attrs == b"\\Subscribed":
                 self.subscribed.add(name)
             else:
                 self.subscribed.discard(name)
         names = [name] if old is None else [name, old]
-        if any(self._wants(event, n) for n in names):
-            self._lines.append(line)
+        utf8 = utf8_names(self.s)
+        # A rev2 session's own RENAME already answered with this LIST (OLDNAME).
+        own_rename = origin is self.s and old is not None and IMAP4REV2 in self.s.enabled
+        if not own_rename and any(self._wants(event, n) for n in names):
+            self._lines.append(_list_line(attrs, name, old, utf8))
             self._queued += 1
         d = defer.ensureDeferred(self.resolve())  # folders to watch may have changed
         d.addErrback(lambda f: log.failure("NOTIFY: watching folders failed", f))
@@ -470,14 +476,15 @@ class Notifier:
         items.append(b"UNSEEN %d" % sum(1 for f in cols.flags if "\\Seen" not in f))
         if CONDSTORE in self.s.enabled:
             items.append(b"HIGHESTMODSEQ %d" % folder.highest_modseq)
-        return b"* STATUS " + wire_name(folder.name) + b" (" + b" ".join(items) + b")\r\n"
+        return (b"* STATUS " + wire_name(folder.name, utf8_names(self.s)) + b" ("
+                + b" ".join(items) + b")\r\n")
 
 
 # -- commands ---------------------------------------------------------------------------
 
 
 async def notify(s: IMAPServer, cmd: parser.Command) -> bytes:
-    spec = parse_notify(cmd.args)
+    spec = parse_notify(cmd.args, utf8_names(s))
     if s.notifier is not None:
         s.notifier.stop()
         s.notifier = None
@@ -494,27 +501,28 @@ def _wrap(name: str, event: str) -> Any:
     inner = commands_mailbox.HANDLERS[name][1]
 
     async def handler(s: IMAPServer, cmd: parser.Command) -> bytes | None:
-        names = [mailbox_name(a) for a in cmd.args[:2] if isinstance(a, (bytes, str))]
+        utf8 = utf8_names(s)
+        names = [mailbox_name(a, utf8) for a in cmd.args[:2] if isinstance(a, (bytes, str))]
         result = await inner(s, cmd)
         if names:
             target = names[-1].rstrip(DELIM) if name in ("CREATE", "RENAME") else names[0]
             if name == "CREATE":
-                line = _list_line(b"", target)
+                attrs = b""
             elif name == "DELETE":
-                line = _list_line(b"\\NonExistent", target)
+                attrs = b"\\NonExistent"
             elif name == "RENAME":  # the children moved with it: one LIST each
                 if _peers(s):
                     prefix = target + DELIM
                     for child in await s.account.list_folders():
                         if child.startswith(prefix):
                             was = names[0] + DELIM + child[len(prefix):]
-                            publish(s, event, child, _list_line(b"", child, old=was), old=was)
-                line = _list_line(b"", target, old=names[0])
+                            publish(s, event, child, b"", old=was)
+                attrs = b""
             elif name == "SUBSCRIBE":
-                line = _list_line(b"\\Subscribed", target)
+                attrs = b"\\Subscribed"
             else:
-                line = _list_line(b"", target)
-            publish(s, event, target, line, old=names[0] if name == "RENAME" else None)
+                attrs = b""
+            publish(s, event, target, attrs, old=names[0] if name == "RENAME" else None)
         return result
 
     handler.__name__ = name.lower()

@@ -64,6 +64,7 @@ log = Logger()
 #: Extensions advertised once logged in; before login some are left out.
 CAPABILITIES = (
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
+    b"IMAP4rev2", b"LITERAL-", b"UTF8=ACCEPT",  # RFC 9051, 7888, 6855: mailhost.imap.rev2
     b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CREATE-SPECIAL-USE",
     b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"PREVIEW",
     b"BINARY", b"MULTIAPPEND",

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 from typing import TYPE_CHECKING
 
-from mailhost.imap import imapurl, parser
+from mailhost.imap import imapurl, parser, rev2
 from mailhost.imap.catenate import open_url, store_name
 from mailhost.imap.encoding import astring
 from mailhost.imap.output import stream_message
@@ -111,7 +111,7 @@ async def resetkey(s: IMAPServer, cmd: parser.Command) -> bytes:
         if not isinstance(mech, parser.Atom) or mech.upper() != MECHANISM:
             raise Bad("Only the INTERNAL mechanism is supported")
     try:
-        folder = await s.account.open_folder(mailbox_name(cmd.args[0]))
+        folder = await s.account.open_folder(mailbox_name(cmd.args[0], rev2.utf8_names(s)))
     except NoSuchFolder:
         raise No("[NONEXISTENT] No such mailbox") from None
     await keys.reset(s.account.user, folder.mailbox_id)

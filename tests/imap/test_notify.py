@@ -205,6 +205,31 @@ async def test_mailbox_name_and_subscription_change_from_another_session(imap_ho
 
 
 @pytest_twisted.ensureDeferred
+async def test_mailbox_events_reach_a_rev2_session_in_utf8_and_its_own_rename_once(imap_host):
+    """Each session hears mailbox names in its own encoding: UTF-8 after ENABLE IMAP4rev2,
+    modified UTF-7 otherwise; a rev2 RENAME's OLDNAME LIST is not sent twice."""
+    host = await imap_host()
+
+    def run():
+        a, b = host.client(), host.client()
+        assert raw(a, b"E1 ENABLE IMAP4rev2")[-1].startswith(b"E1 OK")
+        raw(a, b"N1 NOTIFY SET (personal (MailboxName SubscriptionChange))")
+        raw(b, b"N1 NOTIFY SET (personal (MailboxName SubscriptionChange))")
+        raw(b, b"B1 CREATE R&AOk-sum&AOk-")
+        assert _lines(a, 1) == ['* LIST () "." "Résumé"'.encode()]
+        out = raw(a, 'A1 RENAME "Résumé" "Café"'.encode())
+        assert out == ['* LIST () "." "Café" ("OLDNAME" ("Résumé"))'.encode(),
+                       b"A1 OK RENAME completed"], out
+        assert _lines(b, 1) == [b'* LIST () "." Caf&AOk- ("OLDNAME" (R&AOk-sum&AOk-))']
+        # NOTIFY's own mailbox names are UTF-8 for this session too.
+        raw(a, 'N2 NOTIFY SET (mailboxes "Café" (MailboxName))'.encode())
+        raw(b, b"B2 DELETE Caf&AOk-")
+        assert _lines(a, 1) == ['* LIST (\\NonExistent) "." "Café"'.encode()]
+
+    await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_message_another_program_drops_into_the_maildir(imap_host, tmp_path):
     """Dovecot, procmail or mutt writing the Maildir: the store's watch reports it."""
     host = await imap_host(kind="maildir")
