@@ -182,6 +182,8 @@ class IMAPConfig:
     max_connections: int = 500
     # Concurrent connections from one client address (IPv6: one /64); 0 = unlimited.
     max_connections_per_ip: int = 50
+    # URLAUTH (RFC 4467) mailbox access keys, one 0600 file per user; "" = no URLAUTH.
+    urlauth_dir: str = "urlauth"
 
 
 @dataclass
@@ -434,6 +436,7 @@ PATH_KEYS: dict[str, Literal["base", "data"]] = {
     "outbound.queue_dir": "data",
     "outbound.mta_sts_ca_file": "base",
     "greylist.path": "data",
+    "imap.urlauth_dir": "data",
 }
 
 
