@@ -47,9 +47,11 @@ class ServerConfig:
 class StoreConfig:
     """The mail store backend."""
 
-    backend: Literal["maildir", "memory"] = "maildir"
+    backend: Literal["maildir", "memory", "postgresql"] = "maildir"
     # Maildir root; relative paths are under server.data_dir.
     path: str = "mail"
+    # backend = "postgresql": the database (libpq URI or key=value string).
+    dsn: str = ""
     fsync: bool = True
     # How open folders notice other programs' changes (Dovecot, mutt, an MDA):
     # "inotify" (polling where it is unavailable) or "poll".
@@ -626,6 +628,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"outbound.{key}: expected an IPv{version} address, "
                               f"got {value!r}") from None
     store_modes(config.store)
+    if config.store.backend == "postgresql" and not config.store.dsn:
+        raise ConfigError('store.dsn: backend = "postgresql" needs a dsn ("postgresql://…")')
     from mailhost.store.quota import parse_size
 
     try:

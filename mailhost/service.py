@@ -55,6 +55,10 @@ def make_store(config: Config) -> IMailStore:
         from mailhost.store.memory import MemoryStore
 
         return MemoryStore()
+    if config.store.backend == "postgresql":
+        from mailhost.store.postgresql.startup import open_store
+
+        return open_store(config.store.dsn)
     from mailhost.store.maildir import MaildirStore
     from mailhost.store.modes import FileModes
 

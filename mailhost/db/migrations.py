@@ -114,6 +114,8 @@ def upgrade(conn: psycopg.Connection[Any]) -> list[int]:
     """Apply every missing migration, each in its own transaction; the versions applied.
     Two upgrades at once are serialized by an advisory lock."""
     applied: list[int] = []
+    if not conn.autocommit:
+        conn.rollback()  # nothing of ours is pending: leave whatever read was open
     conn.autocommit = True
     conn.execute("SELECT pg_advisory_lock(7419001)")
     try:
