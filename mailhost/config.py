@@ -70,6 +70,10 @@ class StoreConfig:
 class AuthConfig:
     """Credential files; relative paths are under server.data_dir."""
 
+    # "passwd": the passwd file; "postgresql": the users table of auth.dsn (or, when
+    # that is empty, store.dsn), shared by every node.
+    backend: Literal["passwd", "postgresql"] = "passwd"
+    dsn: str = ""
     passwd_file: str = "passwd"
     aliases_file: str = "aliases"
     # Create postmaster@<first domain> with a random password when passwd is empty.
@@ -630,6 +634,8 @@ def validate(config: Config) -> None:
     store_modes(config.store)
     if config.store.backend == "postgresql" and not config.store.dsn:
         raise ConfigError('store.dsn: backend = "postgresql" needs a dsn ("postgresql://…")')
+    if config.auth.backend == "postgresql" and not (config.auth.dsn or config.store.dsn):
+        raise ConfigError('auth.dsn: backend = "postgresql" needs auth.dsn or store.dsn')
     from mailhost.store.quota import parse_size
 
     try:

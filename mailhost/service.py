@@ -418,7 +418,12 @@ def makeService(
         check_writable(storage_paths)
     store = store if store is not None else make_store(config)
 
-    passwd = PasswdFile(config.data_path(config.auth.passwd_file))
+    if config.auth.backend == "postgresql":  # the users table, shared by every node
+        from mailhost.auth.pg_users import make_users
+
+        passwd: PasswdFile = make_users(config.auth.dsn or config.store.dsn)
+    else:
+        passwd = PasswdFile(config.data_path(config.auth.passwd_file))
     aliases = AliasesFile(config.data_path(config.auth.aliases_file))
     capture = settings.capture.enabled
     if capture:
@@ -461,6 +466,14 @@ def makeService(
     root.mail_view = _make_mail_view(store, config, reactor)
     if auth_pool is not None:
         ThreadPoolService(auth_pool).setServiceParent(root)
+    if config.auth.backend == "postgresql":  # other nodes' user changes reach this one
+        from mailhost.auth.pg_users import PostgresUsers
+        from mailhost.db.notify import ListeningService
+
+        assert isinstance(passwd, PostgresUsers)
+        users = passwd
+        ListeningService(lambda: users.start_listening(reactor),
+                         users.stop_listening).setServiceParent(root)
     limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
     web = WebSettings.from_config(config)
     if web.enabled and web.faults and dispatch_hook is None:
@@ -675,7 +688,7 @@ _RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
                  "outbound.enabled", "outbound.queue_dir", "outbound.resolver",
                  "outbound.mta_sts", "outbound.dane", "outbound.mta_sts_ca_file",
                  "outbound.mta_sts_port", "outbound.mta_sts_timeout",
-                 "auth.passwd_file",
+                 "auth.passwd_file", "auth.backend", "auth.dsn",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
                  "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns",
                  "capture.", "web.")

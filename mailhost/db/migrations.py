@@ -20,6 +20,11 @@ The store's layout (version 1):
 - ``body_cache``: ENVELOPE/BODYSTRUCTURE and the like, per body (they depend on the
   bytes alone), so a copy to another folder or user needs no second parse.
 - ``subscriptions``.
+
+Version 2: ``users`` for ``[auth] backend = "postgresql"``: the passwd file's lines as
+rows (name, argon2 hash, the key=value fields such as ``aliases`` and ``quota`` as
+jsonb); any change notifies ``mailhost_users`` (a statement trigger, so an edit made
+with psql reaches every node too).
 """
 
 from __future__ import annotations
@@ -90,6 +95,20 @@ CREATE TABLE body_cache (
     value text NOT NULL,
     PRIMARY KEY (hash, key)
 );
+"""),
+    (2, """
+CREATE TABLE users (
+    name text PRIMARY KEY,
+    password_hash text NOT NULL,
+    extra jsonb NOT NULL DEFAULT '{}'
+);
+CREATE FUNCTION mailhost_users_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('mailhost_users', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION mailhost_users_changed();
 """),
 ]
 

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 
 import psycopg
+from twisted.application import service
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
@@ -70,3 +71,20 @@ class NotifyListener:
                          error=str(e).strip(), event="db_listen_lost")
                 first = False
                 self._stopping.wait(1.0)
+
+
+class ListeningService(service.Service):
+    """Runs ``start()`` and ``stop()`` with the mail host: keeps a node's cache of a
+    table (the users) current while the node runs."""
+
+    def __init__(self, start: Callable[[], None], stop: Callable[[], None]) -> None:
+        self._start = start
+        self._stop = stop
+
+    def startService(self) -> None:
+        super().startService()
+        self._start()
+
+    def stopService(self) -> object:
+        self._stop()
+        return super().stopService()
