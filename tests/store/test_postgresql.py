@@ -142,3 +142,28 @@ def test_mailhost_db_upgrade_command(pg_cluster, tmp_path, capsys):
     assert main(["--config", str(conf), "db", "upgrade"]) == 0
     assert "schema is current" in capsys.readouterr().out
     assert main(["--config", str(conf), "db", "version"]) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_resumes_by_itself_after_a_database_restart(two_nodes, pg_cluster):
+    """Connections cut by a restart are replaced (the pool checks each one it hands
+    out), and the LISTEN connection comes back and resynchronises open folders."""
+    from twisted.internet import reactor
+
+    a, b = two_nodes
+    assert await b.wait_listening()
+    watched = await (await b.open_account(A)).open_folder("INBOX")
+    await deliver(a)
+    await watched.refresh()
+    pg_cluster.restart()
+    for _ in range(50):  # the first tries may meet a connection cut by the restart
+        try:
+            await deliver(a)
+            break
+        except psycopg.OperationalError:
+            await task.deferLater(reactor, 0.1, lambda: None)
+    for _ in range(300):
+        if len(watched.messages()) == 2:
+            break
+        await task.deferLater(reactor, 0.02, lambda: None)
+    assert [i.uid for i in watched.messages()] == [1, 2]
