@@ -60,7 +60,9 @@ class PgCluster:
 
     def __init__(self) -> None:
         self.bin = bin_dir()
-        self.root = tempfile.mkdtemp(prefix="mailhost-pg-")
+        # As root, under /tmp whatever TMPDIR says: the postgres user must reach it.
+        where = "/tmp" if os.geteuid() == 0 and os.path.isdir("/tmp") else None
+        self.root = tempfile.mkdtemp(prefix="mailhost-pg-", dir=where)
         self.data = os.path.join(self.root, "data")
         self.log = os.path.join(self.root, "server.log")
         self.port = 0
