@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 
 from tests.mailhost_process import MailHostProcess
+
+# Hypothesis's per-example deadline is a timed assertion: on a shared 2-core machine a
+# 200 ms budget fails for load, not for a bug. Examples are bounded by max_examples.
+settings.register_profile("mailhost", deadline=None)
+settings.load_profile("mailhost")
 
 
 @pytest.fixture
