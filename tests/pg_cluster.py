@@ -116,11 +116,19 @@ class PgCluster:
 
     def restart(self) -> None:
         """Stop (fast: connections are cut) and start again on the same port."""
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self.halt()
+        self.resume()
+
+    def halt(self) -> None:
+        """Stop the server (fast: connections are cut), keeping its data."""
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start a halted server again on the same port."""
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         r = self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", opts, "-w", "start")
         if r.returncode != 0:
-            raise RuntimeError(f"pg_ctl restart failed: {r.stderr.strip()}")
+            raise RuntimeError(f"pg_ctl start failed: {r.stderr.strip()}")
 
     def stop(self) -> None:
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):

@@ -14,6 +14,11 @@ Prepared statements: every connection prepares each statement on its first use
 (``prepare_threshold=0``), so the few statements the store issues are parsed and
 planned once per connection.
 
+A database that cannot be reached (refused, cut, no connection within ``timeout``)
+raises ``unavailable`` (``DatabaseUnavailable`` unless the caller names its own, as the
+store does with ``StoreUnavailable``), so protocols answer with a temporary error and
+log one line, not a traceback.
+
 Deadlocks and serialization failures (two nodes locking folders in opposite orders
 in spite of our id ordering, say) are retried a bounded number of times.
 """
@@ -25,7 +30,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads
 from twisted.python.threadpool import ThreadPool
@@ -37,6 +42,13 @@ RETRIES = 3
 
 Work = Callable[..., _T]
 
+#: Seconds a transaction waits for a connection before the database counts as down.
+TIMEOUT = 5.0
+
+
+class DatabaseUnavailable(ConnectionError):
+    """The database cannot be reached now."""
+
 
 class Database:
     """A pool of connections to one PostgreSQL database and the threads that use them.
@@ -47,7 +59,8 @@ class Database:
     """
 
     def __init__(self, dsn: str, *, max_size: int = 8, reactor: IReactorThreads | None = None,
-                 name: str = "mailhost-db") -> None:
+                 name: str = "mailhost-db", timeout: float = TIMEOUT,
+                 unavailable: Callable[[str], Exception] = DatabaseUnavailable) -> None:
         if reactor is None:
             from twisted.internet import reactor as default
 
@@ -56,9 +69,11 @@ class Database:
         self._reactor = reactor
         self._pool = ConnectionPool(dsn, min_size=1, max_size=max_size, open=False,
                                     kwargs={"prepare_threshold": 0}, name=name,
+                                    timeout=timeout,
                                     check=ConnectionPool.check_connection)
         self._threads = ThreadPool(minthreads=0, maxthreads=max_size, name=name)
         self._running = False
+        self._unavailable = unavailable
 
     def start(self) -> None:
         """Open the pool (connections are made in the background) and the threads."""
@@ -78,6 +93,10 @@ class Database:
             except (errors.DeadlockDetected, errors.SerializationFailure):
                 if attempt == RETRIES - 1:
                     raise
+            except (psycopg.OperationalError, PoolTimeout) as e:
+                raise self._unavailable(f"database unavailable: {type(e).__name__}: "
+                                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                                        ) from e
         raise AssertionError("unreachable")
 
     def run(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:

@@ -110,6 +110,17 @@ END $$;
 CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users
     FOR EACH STATEMENT EXECUTE FUNCTION mailhost_users_changed();
 """),
+    # RFC 8474 MAILBOXID (32 hex digits, as Dovecot's mailbox GUIDs; RENAME keeps the
+    # row, so the id), EMAILID (M and 24 hex digits; COPY and MOVE carry it over) and
+    # RFC 8514 save dates (an insert is a save: append, delivery, COPY, MOVE).
+    (3, """
+ALTER TABLE folders ADD COLUMN mailbox_id text NOT NULL
+    DEFAULT replace(gen_random_uuid()::text, '-', '');
+ALTER TABLE messages ADD COLUMN saved double precision NOT NULL
+    DEFAULT extract(epoch FROM clock_timestamp());
+ALTER TABLE messages ADD COLUMN email_id text NOT NULL
+    DEFAULT 'M' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 24);
+"""),
 ]
 
 #: The schema version this code reads and writes.

@@ -51,6 +51,7 @@ from mailhost.store.interfaces import (
     NoSuchMessage,
     QuotaExceeded,
     StoreError,
+    StoreUnavailable,
 )
 from mailhost.tcp import QuickAck, send_at_once
 from mailhost.tls import cancel_deadline, start_tls
@@ -569,6 +570,9 @@ class IMAPServer(Protocol, TimeoutMixin):
         except CommandFailed as e:
             status, text = e.status, e.text.encode("utf-8", "replace")
         except StoreError as e:
+            if isinstance(e, StoreUnavailable):
+                log.error("imap command {name} failed: {error}", name=cmd.name, error=str(e),
+                          user=self.user, event="storage.error")
             status, text = b"NO", store_error_text(e)
         except OSError as e:  # the disk's fault (full, read-only, I/O), not a bug: one line
             log.error("imap command {name} failed: {error}", name=cmd.name, error=describe(e),
@@ -822,4 +826,6 @@ def store_error_text(e: StoreError) -> bytes:
         return b"[OVERQUOTA] " + (msg or b"Quota exceeded")
     if isinstance(e, NoSuchMessage):
         return b"[EXPUNGEISSUED] " + (msg or b"Message was expunged")
+    if isinstance(e, StoreUnavailable):
+        return b"[UNAVAILABLE] Mail storage is unavailable, try again later"
     return msg or b"Failed"

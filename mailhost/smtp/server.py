@@ -66,6 +66,7 @@ from mailhost.smtp.policy import Decision
 from mailhost.smtp.quota import data_refusal, rcpt_refusal
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.session import Session, Transaction, new_transaction_id
+from mailhost.store.interfaces import StoreUnavailable
 from mailhost.tcp import QuickAck, send_at_once
 from mailhost.tls import cancel_deadline, start_tls
 
@@ -884,6 +885,8 @@ class SMTPServer(Protocol, TimeoutMixin):
                       error=describe(failure.value), event="storage.error")
         if problem == FULL:
             return Reply(452, "4.3.1", "Insufficient system storage")
+        if isinstance(failure.value, StoreUnavailable):
+            return Reply(451, "4.3.0", "Error: mail storage is unavailable, try again later")
         return Reply(451, "4.3.0", "Error: queue file write error")
 
     def smtp_DATA(self, arg: str) -> Reply | None:  # noqa: N802

@@ -69,6 +69,13 @@ class QuotaExceeded(StoreError):
     pass
 
 
+class StoreUnavailable(StoreError, ConnectionError):
+    """The store's backend cannot be reached now (its database is down): temporary, so
+    protocols answer ``451 4.3.0``, ``NO [UNAVAILABLE]`` or ``-ERR [SYS/TEMP]``. A
+    ConnectionError too, so code that treats OSErrors as the environment's fault (one
+    log line, no traceback) treats this one alike."""
+
+
 @dataclass(frozen=True)
 class MessageInfo:
     """A snapshot of one message's index entry; cheap, no file is opened."""

@@ -23,10 +23,10 @@ from mailhost.store.names import INBOX, is_inferior, parents
 from mailhost.store.postgresql.bodies import store_body
 
 Conn = psycopg.Connection[Any]
-#: (uid, flags, size, internal_date, recent, modseq, body hash)
-MessageRow = tuple[int, list[str], int, float, bool, int, bytes]
-#: (name, uid_validity, uid_next, highest_modseq, special_use)
-FolderMeta = tuple[str, int, int, int, str | None]
+#: (uid, flags, size, internal_date, recent, modseq, body hash, RFC 8474 EMAILID)
+MessageRow = tuple[int, list[str], int, float, bool, int, bytes, str]
+#: (name, uid_validity, uid_next, highest_modseq, special_use, mailbox_id)
+FolderMeta = tuple[str, int, int, int, str | None, str]
 
 
 def _notify(conn: Conn, folder_ids: Iterable[int]) -> None:
@@ -122,11 +122,11 @@ def sync(conn: Conn, folder_id: int, since: int,
     snapshot: (meta or None if the folder is gone, message rows by UID, expunges by
     modseq, cached values of the new rows)."""
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-    meta = conn.execute("SELECT name, uid_validity, uid_next, highest_modseq, special_use"
-                        " FROM folders WHERE id = %s", (folder_id,)).fetchone()
+    meta = conn.execute("SELECT name, uid_validity, uid_next, highest_modseq, special_use,"
+                        " mailbox_id FROM folders WHERE id = %s", (folder_id,)).fetchone()
     if meta is None:
         return None, [], [], []
-    rows = conn.execute("SELECT uid, flags, size, internal_date, recent, modseq, body"
+    rows = conn.execute("SELECT uid, flags, size, internal_date, recent, modseq, body, email_id"
                         " FROM messages WHERE folder_id = %s AND modseq > %s ORDER BY uid",
                         (folder_id, since)).fetchall()
     gone = conn.execute("SELECT uid, modseq FROM expunged WHERE folder_id = %s AND modseq > %s"
@@ -134,11 +134,18 @@ def sync(conn: Conn, folder_id: int, since: int,
     cached = conn.execute("SELECT m.uid, c.key, c.value FROM messages m"
                           " JOIN body_cache c ON c.hash = m.body"
                           " WHERE m.folder_id = %s AND m.modseq > %s", (folder_id, since)).fetchall()
-    return ((meta[0], int(meta[1]), int(meta[2]), int(meta[3]), meta[4]),
-            [(int(r[0]), list(r[1]), int(r[2]), float(r[3]), bool(r[4]), int(r[5]), bytes(r[6]))
-             for r in rows],
+    return ((meta[0], int(meta[1]), int(meta[2]), int(meta[3]), meta[4], meta[5]),
+            [(int(r[0]), list(r[1]), int(r[2]), float(r[3]), bool(r[4]), int(r[5]), bytes(r[6]),
+              r[7]) for r in rows],
             [(int(u), int(m)) for u, m in gone],
             [(int(u), k, v) for u, k, v in cached])
+
+
+def save_dates(conn: Conn, folder_id: int, uids: list[int]) -> dict[int, float]:
+    """RFC 8514 save dates of those of ``uids`` still in the folder."""
+    rows = conn.execute("SELECT uid, saved FROM messages WHERE folder_id = %s AND uid = ANY(%s)",
+                        (folder_id, uids)).fetchall()
+    return {int(uid): float(saved) for uid, saved in rows}
 
 
 def set_flags(conn: Conn, folder_id: int, uids: list[int], wanted: frozenset[str],
@@ -208,13 +215,13 @@ def expunge(conn: Conn, folder_id: int, uids: list[int] | None) -> list[int]:
 
 
 def copy(conn: Conn, src: int, dest: int, uids: list[int], move: bool) -> list[tuple[int, int]]:
-    """Copy (or move) messages with their flags and dates; [(src uid, dest uid)]."""
+    """Copy (or move) messages with their flags, dates and EMAILIDs; [(src uid, dest uid)]."""
     alive = lock_folders(conn, [src, dest])
     if dest not in alive:
         raise NoSuchFolder("destination deleted")
     if src not in alive:
         return []
-    rows = conn.execute("SELECT uid, body, size, flags, internal_date FROM messages"
+    rows = conn.execute("SELECT uid, body, size, flags, internal_date, email_id FROM messages"
                         " WHERE folder_id = %s AND uid = ANY(%s) ORDER BY uid",
                         (src, uids)).fetchall()
     if not rows:
@@ -223,8 +230,8 @@ def copy(conn: Conn, src: int, dest: int, uids: list[int], move: bool) -> list[t
     pairs = [(int(r[0]), first + i) for i, r in enumerate(rows)]
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO messages (folder_id, uid, body, size, flags, internal_date,"
-                        " modseq) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        [(dest, new, r[1], r[2], r[3], r[4], modseq)
+                        " modseq, email_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                        [(dest, new, r[1], r[2], r[3], r[4], modseq, r[5])
                          for (_, new), r in zip(pairs, rows, strict=True)])
     _notify(conn, [dest])
     if move:

@@ -47,10 +47,12 @@ from mailhost.store.interfaces import (
     NoSuchFolder,
     NoSuchMessage,
     StoreError,
+    StoreUnavailable,
 )
 from mailhost.store.listeners import AccountListenerSet, ListenerSet
 from mailhost.store.modseq import ModSeqs
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, split_user
+from mailhost.store.objectid import EMAIL_ID_KEY
 from mailhost.store.postgresql import sql
 from mailhost.store.postgresql.bodies import PostgresMessageWriter, open_body
 from mailhost.store.postgresql.sql import FolderMeta, MessageRow
@@ -80,9 +82,11 @@ class PostgresFolder:
         self.uid_validity = uid_validity
         self.uid_next = 1
         self.special_use = special_use
+        self.mailbox_id = ""  # RFC 8474; read with the folder's first sync
         self.deleted = False
         self._infos: dict[int, MessageInfo] = {}
         self._hashes: dict[int, bytes] = {}
+        self._email_ids: dict[int, str] = {}  # RFC 8474, a column: COPY/MOVE carry it
         self._cache: dict[int, dict[str, str]] = {}
         self._modseqs = ModSeqs()
         self._listeners = ListenerSet()
@@ -110,12 +114,12 @@ class PostgresFolder:
         if meta is None:
             self._vanish()
             return
-        name, self.uid_validity, self.uid_next, highest, self.special_use = meta
+        name, self.uid_validity, self.uid_next, highest, self.special_use, self.mailbox_id = meta
         if name != self.name:
             self._store._renamed(self, name)
         added: list[MessageInfo] = []
         changed: list[MessageInfo] = []
-        for uid, flags, size, date, recent, modseq, digest in rows:
+        for uid, flags, size, date, recent, modseq, digest, email_id in rows:
             old = self._infos.get(uid)
             info = MessageInfo(uid=uid, key=f"pg.{self.id}.{uid}", size=size,
                                flags=frozenset(flags), internal_date=date,
@@ -124,6 +128,7 @@ class PostgresFolder:
             (added if old is None else changed).append(info)
             self._infos[uid] = info
             self._hashes[uid] = digest
+            self._email_ids[uid] = email_id
             self._modseqs.by_uid[uid] = modseq
         for uid, key, value in cached:
             self._cache.setdefault(uid, {})[key] = value
@@ -136,6 +141,7 @@ class PostgresFolder:
             for uid in uids:
                 if self._infos.pop(uid, None) is not None:
                     self._hashes.pop(uid, None)
+                    self._email_ids.pop(uid, None)
                     self._cache.pop(uid, None)
                     expunged.append(uid)
         self._modseqs.highest = max(self._modseqs.highest, highest)
@@ -267,10 +273,20 @@ class PostgresFolder:
         self._listeners.remove(listener)
 
     def get_cached(self, uid: int, key: str) -> str | None:
+        if key == EMAIL_ID_KEY:
+            return self._email_ids.get(uid)
         return self._cache.get(uid, {}).get(key)
 
+    def save_dates(self, uids: Iterable[int]) -> defer.Deferred[dict[int, float]]:
+        wanted = [u for u in uids if u in self._infos]
+        if not wanted:
+            return defer.succeed({})
+        return self._store.db.run(sql.save_dates, self.id, wanted)
+
     def set_cached(self, uid: int, key: str, value: str) -> None:
-        if uid not in self._infos:
+        # The cache is per body (shared by every copy); an EMAILID is per message and
+        # the database carried it over already.
+        if uid not in self._infos or key == EMAIL_ID_KEY:
             return
         self._cache.setdefault(uid, {})[key] = value
         d = self._store.db.run(sql.set_cached, self._hashes[uid], key, value)
@@ -349,7 +365,7 @@ class PostgresStore:
 
             reactor = default
         self._reactor: IReactorThreads = reactor
-        self.db = Database(dsn, max_size=pool_size, reactor=reactor)
+        self.db = Database(dsn, max_size=pool_size, reactor=reactor, unavailable=StoreUnavailable)
         self._notes = NotifyListener(dsn, self._notified, reactor)
         self._accounts: dict[str, PostgresAccount] = {}
         self._opened: set[str] = set()  # accounts the listeners have heard of
