@@ -357,6 +357,8 @@ def main() -> None:
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--skip-sort", action="store_true")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="also load mailhost with server.workers = N (issue 18)")
     opts = ap.parse_args()
     results: dict = {"clients": opts.clients, "duration": opts.duration,
                      "messages": opts.messages}
@@ -381,6 +383,20 @@ def main() -> None:
             results["throughput_ratio"] = round(
                 results["load_mailhost"]["commands_per_s"]
                 / max(results["load_dovecot"]["commands_per_s"], 0.1), 2)
+            if opts.workers:
+                mh = MailHostProcess(os.path.join(work, "mh-workers"),
+                                     extra={"server": {"workers": opts.workers}})
+                os.makedirs(mh.workdir)
+                mh.start()
+                mh.wait_workers(opts.workers)
+                try:
+                    results["load_mailhost_workers"] = run_load(mh.ports["imap"], opts.clients,
+                                                                opts.duration)
+                finally:
+                    mh.stop()
+                results["workers_throughput_ratio"] = round(
+                    results["load_mailhost_workers"]["commands_per_s"]
+                    / max(results["load_dovecot"]["commands_per_s"], 0.1), 2)
         if not opts.skip_big:
             mh = MailHostProcess(os.path.join(work, "mh-big"))
             os.makedirs(mh.workdir)

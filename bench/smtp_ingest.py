@@ -265,6 +265,42 @@ class IdleClient:
             pass
 
 
+class MailhostWorkers(Mailhost):
+    """``--workers N``: the same server with ``server.workers = N``. Its CPU is the
+    supervisor's plus every worker's (live, plus the reaped ones' cutime+cstime)."""
+
+    workers = 2
+
+    def command(self):
+        cmd, env = super().command()
+        config = os.path.join(self.workdir, "mailhost.toml")
+        with open(config) as f:
+            text = f.read()
+        with open(config, "w") as f:
+            f.write(text.replace("[server]\n", f"[server]\nworkers = {self.workers}\n", 1))
+        return cmd, env
+
+    def cpu_seconds(self) -> float:
+        total = cpu_seconds(self.proc.pid)
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[13]) + int(fields[14])) / CLK_TCK  # cutime, cstime
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                        total += cpu_seconds(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
+    def wait_for_banner(self) -> None:
+        super().wait_for_banner()
+        time.sleep(3)  # every worker up, not only the first to answer
+
+
 class MailhostNoFsync(Mailhost):
     """Same server, fsync off: isolates protocol cost from disk latency."""
 
@@ -506,6 +542,8 @@ def main() -> None:
                     help="only mailhost, with the message pipeline's stages off and on")
     ap.add_argument("--capture", action="store_true",
                     help="only mailhost, ordinary and in capture mode")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="also run mailhost with server.workers = N (issue 18)")
     args = ap.parse_args()
     Mailhost.idle = args.idle
     if shutil.which("smtp-source") is None:
@@ -529,6 +567,9 @@ def main() -> None:
         servers.append(DurableTwisted("twisted-durable", os.path.join(workdir, "twisted-dur")))
     if args.no_fsync_row:
         servers.append(MailhostNoFsync("mailhost-nofsync", os.path.join(workdir, "nofsync")))
+    if args.workers:
+        MailhostWorkers.workers = args.workers
+        servers.append(MailhostWorkers("mailhost-workers", os.path.join(workdir, "workers")))
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
         for s in servers:
@@ -583,6 +624,19 @@ def main() -> None:
             n, t = med(label, "mailhost-nofsync", 0), med(label, "twisted", 0)
             nc = med(label, "mailhost-nofsync", 1)
             print(f"| {label} | {n:.0f} msg/s; {nc:.2f} ms CPU | {n / t:.2f}x |")
+    if args.workers:
+        print(f"\nmailhost with server.workers = {args.workers} (CPU: supervisor and every "
+              "worker), against workers = 1 and the peers\n")
+        print("| load | workers = N | vs workers = 1 | vs aiosmtpd "
+              + ("| vs Postfix " if postfix else "") + "|")
+        print("|---|---|---|---" + ("|---" if postfix else "") + "|")
+        for label, *_ in LOADS:
+            w, wc = med(label, "mailhost-workers", 0), med(label, "mailhost-workers", 1)
+            cells = [f"{w:.0f}; {wc:.2f} ms", f"{w / med(label, 'mailhost', 0):.2f}x",
+                     f"{w / med(label, 'aiosmtpd', 0):.2f}x"]
+            if postfix:
+                cells.append(f"{w / med(label, 'postfix', 0):.2f}x")
+            print(f"| {label} | " + " | ".join(cells) + " |")
     print(f"\nworkdir: {workdir}")
 
 

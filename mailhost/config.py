@@ -41,6 +41,9 @@ class ServerConfig:
     log_max_files: int = 10
     # Seconds given to in-flight transactions on shutdown.
     shutdown_grace: float = 30.0
+    # Reactor processes serving the same listeners (mailhost.workers); "auto" = one
+    # per core. 1 runs everything in the twistd process itself.
+    workers: int | Literal["auto"] = 1
 
 
 @dataclass
@@ -625,6 +628,11 @@ def validate(config: Config) -> None:
         except ValueError:
             raise ConfigError(f"outbound.{key}: expected an IPv{version} address, "
                               f"got {value!r}") from None
+    if config.server.workers == 0:
+        raise ConfigError('server.workers: must be at least 1 (or "auto")')
+    if config.server.workers != 1 and config.store.backend != "maildir":
+        raise ConfigError("server.workers: several workers need the maildir store "
+                          "(a memory store is private to one process)")
     store_modes(config.store)
     from mailhost.store.quota import parse_size
 

@@ -49,19 +49,21 @@ from mailhost.web.settings import WebSettings
 log = Logger()
 
 
-def make_store(config: Config) -> IMailStore:
-    """The configured store backend."""
+def make_store(config: Config, shared: bool = False) -> IMailStore:
+    """The configured store backend; ``shared``: other workers of this server use it
+    at the same time (``server.workers``)."""
     if config.store.backend == "memory":
         from mailhost.store.memory import MemoryStore
 
         return MemoryStore()
     from mailhost.store.maildir import MaildirStore
     from mailhost.store.modes import FileModes
+    from mailhost.store.modseq import time_clock
 
     file_mode, dir_mode, group = store_modes(config.store)
     return MaildirStore(config.data_path(config.store.path), fsync=config.store.fsync,
                         modes=FileModes(file_mode, dir_mode, group),
-                        watch=config.store.watch)
+                        watch=config.store.watch, modseq_clock=time_clock if shared else None)
 
 
 class PostmasterBootstrap(service.Service):
@@ -214,6 +216,18 @@ class MailHostService(service.MultiService):
         # (kind, factory) -> factory: wraps every listener's factory (limits, fault
         # injection in mailhost.testing).
         self.wrap_factory: Callable[[str, IProtocolFactory], IProtocolFactory] | None = None
+        # A worker of ``server.workers > 1`` (mailhost.workers): its listeners adopt
+        # the sockets the supervisor bound, ``listen_key`` -> (fd, address family).
+        self.inherited: dict[str, tuple[int, int]] = {}
+
+    def endpoint(self, reactor: Any, description: str, key: str) -> Any:
+        """The endpoint of a listener: the inherited socket in a worker, else parsed."""
+        inherited = self.inherited.get(f"{key} {description}")
+        if inherited is not None:
+            from mailhost.workers.shared import AdoptedEndpoint
+
+            return AdoptedEndpoint(reactor, *inherited)
+        return parse_endpoint(reactor, description, key)
 
     def add_listener(self, kind: str, description: str, factory: IProtocolFactory,
                      reactor: Any, implicit_tls: Any = None) -> ListenerService:
@@ -225,7 +239,7 @@ class MailHostService(service.MultiService):
             factory = HandshakeDeadlineFactory(implicit_tls, factory,
                                                self.config.tls.handshake_timeout, reactor)
         key = f"{kind}.listen_tls" if implicit_tls is not None else f"{kind}.listen"
-        endpoint = parse_endpoint(reactor, description, key)
+        endpoint = self.endpoint(reactor, description, key)
         svc = ListenerService(key, description, endpoint, factory)
         svc.setName(f"{kind}{'+tls' if implicit_tls is not None else ''}:{description}")
         svc.setServiceParent(self)
@@ -370,6 +384,7 @@ def makeService(
     faults: IFaultControl | None = None,
     queue_listing: IQueueListing | None = None,
     reactor: Any = None,
+    worker: Any = None,
 ) -> MailHostService:
     """Build the mail host described by ``config``.
 
@@ -387,7 +402,9 @@ def makeService(
     session command runs (``mailhost.testing`` injects faults so). ``faults`` and
     ``queue_listing`` are what the web UI (``[web]``) shows and scripts: the test host
     passes its fault script and captured queue; by default it lists the spool, and
-    ``web.faults`` gives a standalone server a fault script of its own.
+    ``web.faults`` gives a standalone server a fault script of its own. ``worker`` (a
+    ``mailhost.workers.WorkerContext``) builds one worker of ``server.workers > 1``:
+    inherited listeners, and the limits, throttle and locks shared across workers.
 
     This is the one place that builds the graph: every part gets its frozen settings
     (``mailhost.settings``) and the collaborators it needs.
@@ -412,7 +429,7 @@ def makeService(
         storage_paths = [config.server.data_dir, *on_disk]
         os.makedirs(os.path.abspath(config.server.data_dir), exist_ok=True)
         check_writable(storage_paths)
-    store = store if store is not None else make_store(config)
+    store = store if store is not None else make_store(config, shared=worker is not None)
 
     passwd = PasswdFile(config.data_path(config.auth.passwd_file))
     aliases = AliasesFile(config.data_path(config.auth.aliases_file))
@@ -450,7 +467,14 @@ def makeService(
     portal = Portal(realm if realm is not None else MailRealm(store), checkers)
     login = LoginService.from_settings(portal, settings.auth, reactor=reactor)
 
+    channel = worker.channel if worker is not None else None
+    if channel is not None:
+        from mailhost.workers.shared import SharedThrottle
+
+        login.throttle = SharedThrottle.adopt(login.throttle, channel)
     root = MailHostService(config, store, directory, login, settings)
+    if worker is not None:
+        root.inherited = dict(worker.fds)
     if IQuotaStore.providedBy(store):  # limits: passwd quota=, else store.default_quota
         store.set_quota_limits(quota_limits(passwd, lambda: root.config.store.default_quota))
     root.own_directory = own_directory
@@ -458,6 +482,10 @@ def makeService(
     if auth_pool is not None:
         ThreadPoolService(auth_pool).setServiceParent(root)
     limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
+    if channel is not None:
+        from mailhost.workers.shared import SharedConnectionLimiter
+
+        limits.limiter = SharedConnectionLimiter.adopt(limits.limiter, channel)
     web = WebSettings.from_config(config)
     if web.enabled and web.faults and dispatch_hook is None:
         # A standalone dev server scripts its faults from the page (Mailpit's chaos).
@@ -471,7 +499,8 @@ def makeService(
     # Outermost first: limits refuse before anything else runs; the embedder's
     # wrapper sits closest to the protocol.
     root.wrap_factory = chain(limits.wrap, wrap_factory)
-    if config.auth.create_postmaster and any(isinstance(c, PasswdFileChecker) for c in checkers):
+    if (config.auth.create_postmaster and any(isinstance(c, PasswdFileChecker) for c in checkers)
+            and (worker is None or worker.index == 0)):  # one postmaster, not one per worker
         PostmasterBootstrap(passwd, config.server.domains[0]).setServiceParent(root)
 
     tls_options = server_options(config.tls)
@@ -487,7 +516,11 @@ def makeService(
 
         outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
                                    local_addresses=listen_addresses(config.smtp.listen),
-                                   listening=root.wait_listening, lookup=lookup)
+                                   listening=root.wait_listening, lookup=lookup,
+                                   run_scheduler=worker is None or worker.owns_scheduler)
+        if channel is not None:  # one scheduler (worker 0), every worker spools
+            outbound.queue.on_spooled = lambda qid: channel.publish("spool.new", qid)
+            channel.on("spool.new", lambda _src, qid: outbound.adopt_spooled(qid))
         outbound.setServiceParent(root)
         root.outbound = outbound
         root.queue = outbound.queue
@@ -501,7 +534,13 @@ def makeService(
         if root.outbound is not None:
             root.outbound.attempt_observers.append(root.metrics.attempt)
             root.outbound.tls_reports.observers.append(root.metrics.tls_result)
-        MetricsService(root.metrics, config.metrics.listen, reactor).setServiceParent(root)
+        metrics_service = MetricsService(root.metrics, config.metrics.listen, reactor)
+        if worker is not None:  # a worker's own page, which the supervisor merges
+            from mailhost.workers.metrics import worker_resource
+
+            metrics_service.endpoint = worker.metrics_endpoint(reactor, config.data_path("run"))
+            metrics_service.resource = worker_resource(root.metrics)
+        metrics_service.setServiceParent(root)
 
     if web.enabled:
         _add_web(root, web, reactor, faults=faults if web.faults else None,
@@ -514,6 +553,13 @@ def makeService(
     # Capture mode checks nothing (no DNS, no greylisting of the app under test).
     pipeline = None if capture else _make_pipeline(config, reactor, lookup)
     checks = None if capture else _make_checks(config, reactor, passwd, root, lookup)
+    if channel is not None and checks is not None:
+        from mailhost.abuse.ratelimit import RateLimitCheck
+        from mailhost.workers.shared import SharedRateLimiter
+
+        for check in checks.checks:
+            if isinstance(check, RateLimitCheck):
+                check.limiter = SharedRateLimiter.adopt(check.limiter, channel)
     from mailhost.smtp.factory import SMTPFactory
     from mailhost.smtp.policy import RecipientPolicy
 
@@ -539,6 +585,10 @@ def makeService(
     from mailhost.pop3.factory import POP3Factory
 
     pop3_locks = MaildropLocks()  # one lock set: 110 and 995 guard the same maildrops
+    if worker is not None:  # ... and every worker's sessions: a lock file per user
+        from mailhost.pop3 import FileMaildropLocks
+
+        pop3_locks = FileMaildropLocks(config.data_path("pop3-locks"))
     for description, wrap in _listen_specs(config.pop3):
         pop3 = POP3Factory(settings.pop3, login, tls_options=None if wrap else tls_options,
                            reactor=reactor, locks=pop3_locks, sessions=sessions)
@@ -580,7 +630,7 @@ def _add_web(root: MailHostService, settings: WebSettings, reactor: Any,
         queue_listing = SpoolListing(root.outbound)  # capture mode has none: empty
     web = WebService(settings, root.mail_view, reactor, queue=queue_listing, faults=faults)
     web.setServiceParent(root)
-    endpoint = parse_endpoint(reactor, settings.listen, "web.listen")
+    endpoint = root.endpoint(reactor, settings.listen, "web.listen")
     listener = ListenerService("web.listen", settings.listen, endpoint, web.factory)
     listener.setName(f"web:{settings.listen}")
     listener.setServiceParent(root)
@@ -641,15 +691,20 @@ class MetricsService(service.Service):
         self.metrics = metrics
         self.description = description
         self.reactor = reactor
+        # A worker of server.workers serves its page elsewhere (mailhost.workers.metrics).
+        self.endpoint: Any = None
+        self.resource: Any = None
         self.port: Any = None
 
     def startService(self) -> defer.Deferred:
         from twisted.web.server import Site
 
         super().startService()
-        site = Site(self.metrics.resource())
+        site = Site(self.resource or self.metrics.resource())
         site.noisy = False
-        d = parse_endpoint(self.reactor, self.description, "metrics.listen").listen(site)
+        endpoint = self.endpoint or parse_endpoint(self.reactor, self.description,
+                                                   "metrics.listen")
+        d = endpoint.listen(site)
 
         def listening(port: Any) -> None:
             self.port = port
@@ -666,7 +721,7 @@ class MetricsService(service.Service):
 # Keys whose new value only a restart can apply (listeners, files opened at start).
 # smtp.relay_networks and the connection limits are parsed once into their policy
 # objects (RecipientPolicy, ConnectionLimits), so they are restart-only too.
-_RESTART_KEYS = ("server.data_dir", "server.log_format", "server.log_max_bytes",
+_RESTART_KEYS = ("server.data_dir", "server.workers", "server.log_format", "server.log_max_bytes",
                  "server.log_max_files", "server.hostname", "metrics.listen",
                  "outbound.enabled", "outbound.queue_dir", "outbound.resolver",
                  "outbound.mta_sts", "outbound.dane", "outbound.mta_sts_ca_file",

@@ -59,6 +59,23 @@ def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
     raise LookupError(field_name)
 
 
+def children_of(pid: int) -> list[int]:
+    """Pids of the live children of ``pid`` (read from /proc, one pass)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
+            out.append(int(name))
+    return sorted(out)
+
+
 @dataclass
 class MailHostProcess:
     """A running (or stopped) ``twistd mailhost`` and everything needed to reach it."""
@@ -144,6 +161,8 @@ class MailHostProcess:
 
     def _start(self, timeout: float) -> MailHostProcess:
         log_start = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        self._log_start = log_start
+        self._adopted_before = 0
         log = open(self.log_path, "ab")
         privileges = []
         if self.uid is not None:
@@ -193,7 +212,46 @@ class MailHostProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
+    def worker_pids(self) -> list[int]:
+        """The pids of this server's worker processes (``server.workers > 1``): the
+        children of twistd, found by their parent pid."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return children_of(self.proc.pid)
+
+    def wait_workers(self, count: int, started: int | None = None,
+                     timeout: float = 60.0) -> list[int]:
+        """Wait until ``count`` workers run and ``started`` (default: all) more have
+        adopted their listeners since the last wait (a worker's IMAP listener, the
+        last one, logged "starting on"); their pids."""
+        started_wanted = count if started is None else started
+        deadline = time.monotonic() + timeout
+        needle = f"(LimitingFactory) starting on {self.ports['imap']}"
+        while True:
+            pids = self.worker_pids()
+            adopted = self.log_since_start().count(needle)
+            if len(pids) == count and adopted >= self._adopted_before + started_wanted:
+                self._adopted_before = adopted
+                return pids
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{count} workers not ready ({pids}):\n{self.log()}")
+            time.sleep(0.1)
+
+    def log_since_start(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                return f.read().decode(errors="replace")
+        except (FileNotFoundError, AttributeError):
+            return ""
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            workers = self.worker_pids()
             self.proc.kill()
+            for pid in workers:  # by pid: a worker must not outlive the test
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc.wait(10)

@@ -15,8 +15,8 @@ Both limits come from ``[ratelimit]``, and a user's passwd line may override the
 
 The state is one ``RateLimiter`` in memory, shared by every SMTP listener of the
 host, so the limit holds across ports and connections; it does not survive a
-restart (the worst case is one more hour's allowance) and is per process (with
-``workers = N`` it would have to move to the store).
+restart (the worst case is one more hour's allowance). With ``server.workers = N``
+each worker's limiter is replicated to the others (``mailhost.workers.shared``).
 """
 
 from __future__ import annotations

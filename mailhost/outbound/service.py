@@ -64,6 +64,9 @@ class OutboundQueue:
         self.reactor = reactor
         self.scheduler: Scheduler | None = None
         self._ready_dirs = False
+        #: With no scheduler in this process (a worker of ``server.workers`` other
+        #: than the one that runs it), told the id of each message committed.
+        self.on_spooled: Callable[[str], None] | None = None
 
     def new_message(
         self, sender: str, envid: str | None = None, ret: str | None = None
@@ -76,6 +79,8 @@ class OutboundQueue:
     def _committed(self, env: Envelope) -> None:
         if self.scheduler is not None:
             self.scheduler.add(env)
+        elif self.on_spooled is not None:
+            self.on_spooled(env.id)
         # Otherwise the scheduler finds it in the spool when it starts.
 
 
@@ -123,6 +128,7 @@ class OutboundService(service.Service):
         local_addresses: Iterable[tuple[str, int]] | None = None,
         listening: Callable[[], defer.Deferred[Any]] | None = None,
         lookup: Any = None,
+        run_scheduler: bool = True,
     ) -> None:
         self.setName("outbound")  # Service declares name as None: set, not overridden
         if reactor is None:
@@ -143,6 +149,9 @@ class OutboundService(service.Service):
         self.scheduler: Scheduler | None = None
         self._resolver_in_use: Any = None
         self._listening = listening
+        # False in all workers of ``server.workers`` but one: they only write to the
+        # spool (``queue``), and the one scheduler learns of it (``adopt_spooled``).
+        self.run_scheduler = run_scheduler
         #: Told of every delivery attempt's per-recipient results (this host's metrics).
         self.attempt_observers: list[Any] = []
         #: Records TLS results per recipient domain in TLS-RPT's shape (tlsrpt.py);
@@ -195,6 +204,8 @@ class OutboundService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        if not self.run_scheduler:
+            return
         resolver = self._resolver
         if resolver is None and self.settings.resolver != "system":
             log.warn(
@@ -224,6 +235,24 @@ class OutboundService(service.Service):
         # The SMTP listeners start after us: learn their real addresses (tcp:0 ports
         # included) once they are bound, for MX loop detection.
         self.reactor.callLater(0, self._learn_listeners)
+
+    def adopt_spooled(self, qid: str) -> None:
+        """A message another process committed to the spool: load it and schedule it
+        (if this process runs the scheduler and does not know it yet). One that is
+        missed is not lost: the scheduler loads the whole spool when it starts."""
+        scheduler = self.scheduler
+        if scheduler is None or qid in scheduler.envelopes:
+            return
+        from twisted.internet import threads
+
+        d = threads.deferToThread(self.files.load_envelope_sync, qid)
+
+        def add(env: Any) -> None:
+            if env is not None and env.id not in scheduler.envelopes:
+                scheduler.add(env)
+
+        d.addCallback(add)
+        d.addErrback(lambda f: log.failure("outbound: loading {qid}", f, qid=qid))
 
     def _learn_listeners(self) -> None:
         wait = self._listening

@@ -5,6 +5,6 @@ one ``MaildropLocks`` so a maildrop has one POP3 session at a time.
 """
 
 from mailhost.pop3.factory import POP3Factory
-from mailhost.pop3.lock import MaildropLocks
+from mailhost.pop3.lock import FileMaildropLocks, MaildropLocks
 
-__all__ = ["POP3Factory", "MaildropLocks"]
+__all__ = ["POP3Factory", "MaildropLocks", "FileMaildropLocks"]

@@ -78,8 +78,12 @@ class MaildirStore:
     log = Logger()
 
     def __init__(self, root: str, fsync: bool = True, reactor: IStoreReactor | None = None,
-                 modes: FileModes = PRIVATE, watch: str = "inotify") -> None:
+                 modes: FileModes = PRIVATE, watch: str = "inotify",
+                 modseq_clock: Callable[[], int] | None = None) -> None:
         self.root = os.path.abspath(root)
+        #: Other processes of this server number changes too (``server.workers``):
+        #: mod-sequences follow this clock (``mailhost.store.modseq``).
+        self.modseq_clock = modseq_clock
         self.fsync = fsync
         self.modes = modes
         if reactor is None:

@@ -15,10 +15,21 @@ Every change reaches a folder's listeners through one ``ListenerSet``;
 ``ModSeqListeners`` is that set with numbering in front, so no change (ours, another
 session's, another program's seen on disk) can be announced without a new number,
 and listeners see infos that carry it. A store that persists them passes a journal.
+
+**Several processes on one folder** (``server.workers``): each process numbers the
+changes it makes or sees on disk in its own counter, so the numbers must agree in
+order across processes without a shared counter. With a ``clock`` (``time_clock``:
+microseconds since the epoch) a new number is never below the time it is given, so a
+change made after a client saw HIGHESTMODSEQ X in one process is numbered above X in
+every process. The one gap is a change already on disk but not yet seen by the
+process that answered X (the Maildir watch's delay); ``changed_since`` and
+``expunged_since`` therefore look ``CLOCK_MARGIN`` further back, which reports a few
+changes twice (RFC 7162 allows more, never fewer).
 """
 
 from __future__ import annotations
 
+import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +39,14 @@ from mailhost.store.listeners import ListenerSet
 
 #: Expunges remembered for VANISHED (EARLIER); older ones raise the horizon.
 VANISHED_KEEP = 100_000
+#: With a clock: how far (µs) ``changed_since`` looks back beyond what it is asked,
+#: for changes another process numbered before this one saw them (the watch's delay).
+CLOCK_MARGIN = 5_000_000
+
+
+def time_clock() -> int:
+    """Microseconds since the epoch: the floor of new modseqs across processes."""
+    return time.time_ns() // 1000
 
 _new = object.__new__
 
@@ -53,10 +72,17 @@ class ModSeqs:
         self.gone_uids = array("q")  # expunged UIDs, in order of their modseq
         self.gone_mods = array("q")  # ascending
         self.horizon = 0  # expunges with a modseq at or below this are forgotten
+        #: Set when other processes number this folder's changes too (see above).
+        self.clock: Callable[[], int] | None = None
 
     def next(self) -> int:
         self.highest += 1
+        if self.clock is not None:
+            self.highest = max(self.highest, self.clock())
         return self.highest
+
+    def _margin(self, modseq: int) -> int:
+        return modseq - CLOCK_MARGIN if self.clock is not None else modseq
 
     def get(self, uid: int) -> int:
         return self.by_uid.get(uid, 0)
@@ -86,9 +112,11 @@ class ModSeqs:
         return modseq
 
     def changed_since(self, modseq: int) -> list[int]:
+        modseq = self._margin(modseq)
         return sorted([u for u, m in self.by_uid.items() if m > modseq])
 
     def expunged_since(self, modseq: int) -> list[int] | None:
+        modseq = self._margin(modseq)
         if modseq < self.horizon:
             return None
         i = bisect_right(self.gone_mods, modseq)

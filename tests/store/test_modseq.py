@@ -4,6 +4,7 @@ store's journal across restarts, crashes and changes made on disk by others."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest_twisted
 
@@ -242,3 +243,35 @@ async def test_lost_journal_never_goes_back(tmp_path):
     assert min(i.modseq for i in folder.messages()) > seen
     assert folder.highest_modseq > seen
     await again.close()
+
+
+def test_two_processes_with_the_modseq_clock_agree_in_order():
+    """server.workers: a change one process numbers after a client saw HIGHESTMODSEQ in
+    another is above it, however far the other's own counter had run ahead (without
+    the clock it would be 2, below the 1001 the client knows)."""
+    from mailhost.store.modseq import CLOCK_MARGIN, ModSeqs, time_clock
+
+    ahead, behind = ModSeqs(), ModSeqs()
+    ahead.clock = behind.clock = time_clock
+    for _ in range(1000):
+        ahead.touch([1])
+    seen = ahead.highest  # may run a little ahead of the clock: the margin covers it
+    behind.touch([2])
+    assert behind.changed_since(seen) == [2]
+    time.sleep(0.01)
+    assert behind.touch([4]) > seen
+    # and a change numbered a little before ``seen`` (seen on disk late) is reported
+    behind.by_uid[3] = seen - CLOCK_MARGIN // 2
+    assert behind.changed_since(seen) == [2, 3, 4]
+
+
+@pytest_twisted.ensureDeferred
+async def test_modseq_clock_store_numbers_from_the_time(tmp_path):
+    from mailhost.store.modseq import time_clock
+
+    store = MaildirStore(str(tmp_path / "mail"), fsync=False, modseq_clock=time_clock)
+    folder = await _three(store)
+    before = time_clock()
+    await folder.set_flags([2], ["\\Seen"], "add")
+    assert folder.modseq_of(2) >= before
+    await store.close()

@@ -25,6 +25,9 @@ class Options(usage.Options):
         ["data-dir", "d", None, "Data directory (server.data_dir)."],
         ["hostname", None, None, "This host's name (server.hostname)."],
         ["log-format", None, None, "text or json (server.log_format)."],
+        # Set by the supervisor of server.workers > 1 for each worker it spawns.
+        ["worker", None, None, "Internal: run as worker N of the supervisor."],
+        ["worker-fds", None, None, "Internal: the listening sockets handed down."],
     ]
 
     def __init__(self) -> None:
@@ -95,9 +98,17 @@ class MailHostServiceMaker:
     def makeService(self, options: Options):
         from mailhost.config import ConfigError
         from mailhost.service import makeService
+        from mailhost.workers import worker_count
 
+        worker = None
+        if options["worker"] is not None:
+            worker = _worker_context(options)
+        elif worker_count(options.config.server.workers) > 1:
+            from mailhost.workers.supervisor import Supervisor
+
+            return Supervisor(options.config, worker_count(options.config.server.workers))
         try:
-            svc = makeService(options.config)
+            svc = makeService(options.config, worker=worker)
         except ConfigError as e:
             raise SystemExit(f"mailhost: config error: {e}") from None
         except OSError as e:  # a read-only or unwritable data directory: one line, exit 1
@@ -112,6 +123,27 @@ class MailHostServiceMaker:
 
         reactor.suggestThreadPoolSize(20)
         return svc
+
+
+def _worker_context(options: Options):
+    """A worker's number, inherited sockets and channel to the supervisor; the worker
+    stops (gracefully) when the supervisor goes away."""
+    import json
+
+    from twisted.internet import reactor, stdio
+
+    from mailhost.workers import CHANNEL_IN, CHANNEL_OUT, WorkerContext
+    from mailhost.workers.channel import WorkerChannel
+
+    fds = {k: (int(v[0]), int(v[1])) for k, v in json.loads(options["worker-fds"]).items()}
+
+    def lost() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    channel = WorkerChannel(on_lost=lost)
+    stdio.StandardIO(channel, stdin=CHANNEL_IN, stdout=CHANNEL_OUT, reactor=reactor)
+    return WorkerContext(int(options["worker"]), fds, channel)
 
 
 serviceMaker = MailHostServiceMaker()

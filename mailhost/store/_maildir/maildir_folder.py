@@ -211,6 +211,7 @@ class MaildirFolder:
         mods, self._reserved = await self._store.run_blocking(
             maildir_modseq.load, self._path, self.uid_validity, list(index.uids),
             index.letters(), self._store.modes, self._store.fsync)
+        mods.clock = self._store.modseq_clock
         self._modseqs = self._listeners.modseqs = mods
         index.modseqs = mods.by_uid
         cache, cache_lines = await self._store.run_blocking(
@@ -252,7 +253,9 @@ class MaildirFolder:
                 self._journal_lines.append(maildir_modseq.set_line(modseq, items))
         else:
             self._journal_lines.append(maildir_modseq.gone_line(modseq, uids))
-        if modseq + maildir_modseq.RESERVE // 2 > self._reserved:
+        # (With a modseq clock every restart starts above the time: nothing to reserve.)
+        if (self._modseqs.clock is None
+                and modseq + maildir_modseq.RESERVE // 2 > self._reserved):
             self._reserved = modseq + maildir_modseq.RESERVE
             self._journal_lines.append(maildir_modseq.reserve_line(self._reserved))
             self._write_journal()

@@ -1,0 +1,332 @@
+"""The supervisor: binds the listeners, runs N workers on them, relays, restarts.
+
+See the package docstring for the design. This process serves no connection
+itself: it holds the listening sockets (so they stay open while a worker restarts),
+the workers' pipes, and a short memory of the replicated facts, which a new or
+restarted worker is given first so it starts with the server's view (the throttle's
+failures and the rate limits of the last hour, the other workers' connections).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import ProcessExitedAlready
+from twisted.logger import Logger
+
+from mailhost.config import Config
+from mailhost.workers import CHANNEL_IN, CHANNEL_OUT, FIRST_LISTEN_FD, listen_key
+
+log = Logger()
+
+#: Facts a new worker is told first: (kinds, how long they matter).
+REPLAYED = ("throttle.failed", "throttle.ok", "rate.take")
+REPLAY_SECONDS = 3600.0
+REPLAY_MAX = 100_000
+#: A worker that dies sooner than this after its start is restarted after a growing
+#: pause (1 s doubling, at most MAX_BACKOFF) instead of at once.
+STABLE_SECONDS = 10.0
+MAX_BACKOFF = 30.0
+#: After SIGTERM, workers get shutdown_grace plus this long before SIGKILL.
+KILL_AFTER = 15.0
+
+
+def listener_specs(config: Config) -> list[tuple[str, str]]:
+    """(config key, endpoint description) of every listener the workers share."""
+    out = []
+    for section in ("smtp", "submission", "pop3", "imap"):
+        sec = getattr(config, section)
+        out += [(f"{section}.listen", d) for d in sec.listen]
+        out += [(f"{section}.listen_tls", d) for d in sec.listen_tls]
+    if config.web.listen:
+        out.append(("web.listen", config.web.listen))
+    return out  # metrics.listen is the supervisor's own (workers/metrics.py)
+
+
+def _family(port: Any) -> int:
+    host = port.getHost()
+    if isinstance(host, UNIXAddress):
+        return socket.AF_UNIX
+    if isinstance(host, IPv6Address):
+        return socket.AF_INET6
+    if isinstance(host, IPv4Address):
+        return socket.AF_INET
+    raise ValueError(f"cannot hand a {type(host).__name__} listener to workers")
+
+
+class _Unused(protocol.Factory):
+    """The supervisor's own ports never accept (they stop reading at once)."""
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> None:  # noqa: N802 (Twisted hook)
+        return None
+
+
+class WorkerProcess(protocol.ProcessProtocol):
+    """One worker: its pipe (JSON lines on the worker's fd 3) and its end."""
+
+    def __init__(self, supervisor: Supervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.started = time.monotonic()
+        self.buffer = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self.pid: int | None = None
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
+        if fd != CHANNEL_OUT:
+            return
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if line:
+                self.supervisor.from_worker(self, line)
+
+    def signal(self, name: str) -> None:
+        """Send signal ``name`` ("TERM", "HUP", "KILL"), unless it is gone already."""
+        if self.transport is not None and not self.ended.called:
+            try:
+                self.transport.signalProcess(name)
+            except ProcessExitedAlready:
+                pass
+
+    def send(self, line: bytes) -> None:
+        if self.transport is not None and self.transport.pid is not None:
+            self.transport.writeToChild(CHANNEL_IN, line + b"\n")
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        self.supervisor.worker_ended(self, reason)
+        self.ended.callback(None)
+
+
+class Supervisor(service.Service):
+    """Runs ``count`` workers over the listeners of ``config`` (see module docstring).
+
+    ``worker_args(index, fds)`` is the argument list of one worker process.
+    """
+
+    def __init__(self, config: Config, count: int, reactor: Any = None,
+                 argv: Sequence[str] | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self.count = count
+        self.reactor = reactor
+        self.argv = list(argv) if argv is not None else None
+        self.ports: list[tuple[str, Any, int]] = []  # (listen key, port, family)
+        self.workers: dict[int, WorkerProcess] = {}
+        self.failures: Counter[int] = Counter()
+        self.stopping = False
+        self.restarts = 0
+        self._replay: deque[tuple[float, bytes]] = deque(maxlen=REPLAY_MAX)
+        # Connections each worker holds now (for a worker that starts after them).
+        self._connections: dict[int, Counter[tuple[str, str]]] = {}
+        self._pending: dict[int, Any] = {}
+        self._previous_sighup: Any = None
+        self.metrics_port: Any = None
+        self.setName("workers")
+
+    # Start.
+
+    def privilegedStartService(self) -> None:
+        """Bind every listener here, as the one-process server does (before --uid)."""
+        super().privilegedStartService()
+        from mailhost.service import ListenError, parse_endpoint
+
+        for key, description in listener_specs(self.config):
+            endpoint = parse_endpoint(self.reactor, description, key)
+            d = endpoint.listen(_Unused())
+            failure: list[Any] = []
+            ports: list[Any] = []
+            d.addCallbacks(ports.append, failure.append)
+            if failure or not ports:
+                reason = failure[0].getErrorMessage() if failure else "not bound at once"
+                log.critical("{key} {description}: cannot listen: {reason}; not starting",
+                             key=key, description=description, reason=reason,
+                             event="listen_failed")
+                raise SystemExit(1) from ListenError(reason)
+            port = ports[0]
+            port.stopReading()  # the workers accept; we only hold the socket open
+            self.ports.append((key + " " + description, port, _family(port)))
+        if self.config.metrics.listen:
+            from mailhost.workers.metrics import metrics_site
+
+            site = metrics_site(self, self.config.data_path("run"), self.reactor)
+            d = parse_endpoint(self.reactor, self.config.metrics.listen,
+                               "metrics.listen").listen(site)
+            d.addCallback(lambda port: setattr(self, "metrics_port", port))
+            d.addErrback(lambda f: log.error("metrics.listen {description}: cannot listen: "
+                                             "{reason}", description=self.config.metrics.listen,
+                                             reason=f.getErrorMessage()))
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.ports:
+            self.privilegedStartService()
+        for index in range(self.count):
+            self._spawn(index)
+        self._previous_sighup = signal.signal(
+            signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        log.info("started {count} workers", count=self.count, event="workers_started")
+
+    def _args(self, index: int, fds: dict[str, tuple[int, int]]) -> list[str]:
+        if self.argv is not None:
+            base = list(self.argv)
+        else:
+            base = [sys.executable, "-c",
+                    "import sys; from twisted.scripts.twistd import run; "
+                    "sys.argv[0] = 'twistd'; run()",
+                    "-n", "--pidfile=", "mailhost"]
+            if self.config.source:
+                base += ["--config", self.config.source]
+            for override in self.config.overrides:
+                base += ["--set", override]
+        return base + ["--worker", str(index), "--worker-fds", json.dumps(fds)]
+
+    def _spawn(self, index: int) -> None:
+        self._pending.pop(index, None)
+        fds: dict[str, tuple[int, int]] = {}
+        child_fds: dict[int, Any] = {1: 1, 2: 2, CHANNEL_OUT: "r", CHANNEL_IN: "w"}
+        for i, (name, port, family) in enumerate(self.ports):
+            child_fds[FIRST_LISTEN_FD + i] = port.fileno()
+            fds[name] = (FIRST_LISTEN_FD + i, family)
+        worker = WorkerProcess(self, index)
+        args = self._args(index, fds)
+        transport = self.reactor.spawnProcess(worker, args[0], args, env=os.environ.copy(),
+                                              childFDs=child_fds)
+        worker.pid = transport.pid
+        self.workers[index] = worker
+        log.info("worker {index} started pid={pid}", index=index, pid=worker.pid,
+                 event="worker_started")
+        self._brief(worker)
+
+    def _brief(self, worker: WorkerProcess) -> None:
+        """Tell a new worker what the others counted: recent facts, open connections."""
+        now = time.monotonic()
+        while self._replay and now - self._replay[0][0] > REPLAY_SECONDS:
+            self._replay.popleft()
+        for _, line in self._replay:
+            worker.send(line)
+        for source, counts in self._connections.items():
+            if source == worker.index:
+                continue
+            for (kind, host), n in counts.items():
+                line = json.dumps(["conn.open", source, kind, host]).encode()
+                for _ in range(n):
+                    worker.send(line)
+
+    # Relay.
+
+    def from_worker(self, worker: WorkerProcess, line: bytes) -> None:
+        try:
+            kind, *args = json.loads(line)
+        except ValueError:
+            log.warn("worker {index}: unreadable line {line!r}", index=worker.index,
+                     line=line[:200])
+            return
+        if kind == "conn.open" or kind == "conn.close":
+            counts = self._connections.setdefault(worker.index, Counter())
+            key = (args[0], args[1])
+            counts[key] += 1 if kind == "conn.open" else -1
+            if counts[key] <= 0:
+                del counts[key]
+        out = json.dumps([kind, worker.index, *args], separators=(",", ":")).encode()
+        if kind in REPLAYED:
+            self._replay.append((time.monotonic(), out))
+        for other in self.workers.values():
+            if other is not worker:
+                other.send(out)
+
+    # Ends and restarts.
+
+    def worker_ended(self, worker: WorkerProcess, reason: Any) -> None:
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        self._connections.pop(worker.index, None)
+        gone = json.dumps(["worker.gone", worker.index]).encode()
+        for other in self.workers.values():
+            other.send(gone)
+        status = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        if self.stopping:
+            log.info("worker {index} pid={pid} stopped (exit {status})", index=worker.index,
+                     pid=worker.pid, status=status)
+            return
+        lived = time.monotonic() - worker.started
+        if lived < STABLE_SECONDS:
+            self.failures[worker.index] += 1
+        else:
+            self.failures[worker.index] = 0
+        failures = self.failures[worker.index]
+        delay = 0.0 if failures == 0 else min(MAX_BACKOFF, 2.0 ** (failures - 1))
+        self.restarts += 1
+        log.error("worker {index} pid={pid} died (exit status {status}, signal {signal}) "
+                  "after {lived:.1f}s; restarting it in {delay:.0f}s", index=worker.index,
+                  pid=worker.pid,
+                  status=status, signal=sig, lived=lived, delay=delay, event="worker_died")
+        self._pending[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
+
+    # Signals.
+
+    def reload(self) -> None:
+        """SIGHUP: every worker re-reads the config (each logs what it applied)."""
+        log.info("reload: telling {count} workers", count=len(self.workers), event="reload")
+        for worker in self.workers.values():
+            worker.signal("HUP")
+
+    def stopService(self) -> defer.Deferred:
+        """SIGTERM: every worker drains (mailhost.service's graceful stop), then the
+        sockets close; a worker still running after the grace is killed."""
+        super().stopService()
+        self.stopping = True
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        for call in self._pending.values():
+            if call.active():
+                call.cancel()
+        self._pending.clear()
+        workers = list(self.workers.values())
+        for worker in workers:
+            worker.signal("TERM")
+        kill = self.reactor.callLater(self.config.server.shutdown_grace + KILL_AFTER,
+                                      self._kill, workers)
+        d = defer.DeferredList([w.ended for w in workers])
+
+        def done(_: Any) -> Any:
+            if kill.active():
+                kill.cancel()
+            ports = [p for _, p, _ in self.ports]
+            self.ports = []
+            if self.metrics_port is not None:
+                ports.append(self.metrics_port)
+                self.metrics_port = None
+            return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
+
+        return d.addCallback(done)
+
+    def _kill(self, workers: list[WorkerProcess]) -> None:
+        for worker in workers:
+            if not worker.ended.called:
+                log.warn("worker {index} still running after the grace; killing it",
+                         index=worker.index)
+                worker.signal("KILL")
+
+
+def listener_names(config: Config) -> list[str]:
+    """The ``listen_key`` of every shared listener (for tests and docs)."""
+    return [listen_key(k, d) for k, d in listener_specs(config)]
