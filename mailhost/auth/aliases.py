@@ -7,9 +7,10 @@ Re-read when the file changes on disk.
 
 from __future__ import annotations
 
+import os
+
 from twisted.logger import Logger
 
-from mailhost.auth.filestamp import FileStamp
 from mailhost.auth.passwd import normalize_address
 
 log = Logger()
@@ -38,11 +39,14 @@ class AliasesFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._stamp: tuple[int, int] | None = None
-        self._file_stamp = FileStamp(path)
         self._table: dict[str, list[str]] = {}
 
     def table(self) -> dict[str, list[str]]:
-        stamp = self._file_stamp.current()
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
         if stamp != self._stamp:
             self._stamp = stamp
             if stamp is None:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
-from mailhost.auth.filestamp import FileStamp
 from mailhost.store.names import InvalidUserName, check_address
 
 log = Logger()
@@ -129,14 +128,17 @@ class PasswdFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
-        self._file_stamp = FileStamp(path)
+        self._stamp: tuple[float, int] | None = None
         self._entries: dict[str, PasswdEntry] = {}
         self._aliases_for: dict[str, PasswdEntry] | None = None
         self._aliases: dict[str, list[str]] = {}
 
-    def _current_stamp(self) -> tuple[int, int] | None:
-        return self._file_stamp.current()
+    def _current_stamp(self) -> tuple[float, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     def entries(self) -> dict[str, PasswdEntry]:
         """All entries by user; re-read if the file changed since last time."""
@@ -203,4 +205,3 @@ class PasswdFile:
                 os.unlink(tmp)
             raise
         self._stamp = None
-        self._file_stamp.forget()
