@@ -57,12 +57,14 @@ async def id_(s: IMAPServer, cmd: parser.Command) -> bytes:
 
 async def enable(s: IMAPServer, cmd: parser.Command) -> bytes:
     """ENABLE (RFC 5161): each extension that needs enabling switches itself on
-    (CONDSTORE and QRESYNC: ``condstore.enable``); other names are ignored."""
-    from mailhost.imap import condstore
+    (CONDSTORE and QRESYNC: ``condstore.enable``; IMAP4rev2 and UTF8=ACCEPT:
+    ``rev2.enable``); other names are ignored."""
+    from mailhost.imap import condstore, rev2
 
     if not cmd.args or not all(isinstance(a, parser.Atom) for a in cmd.args):
         raise Bad("ENABLE expects capability names")
-    done = condstore.enable(s, [a.upper() for a in cmd.args])
+    names = [a.upper() for a in cmd.args]
+    done = rev2.enable(s, names) + condstore.enable(s, names)
     s.send(b"* ENABLED" + b"".join(b" " + n.encode("ascii") for n in done) + b"\r\n")
     return b"ENABLE completed"
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from itertools import compress
 from typing import TYPE_CHECKING
 
-from mailhost.imap import encoding, mutf7, parser
+from mailhost.imap import objects, parser, rev2
 from mailhost.imap.list_extended import parse_list
 from mailhost.imap.quota import check_room
 from mailhost.imap.responses import Bad, No, format_set
@@ -33,9 +33,10 @@ DELIM = "."
 APPEND_CHUNK = 64 * 1024
 
 
-def mailbox_name(token: object) -> str:
-    """Wire mailbox name → store name (INBOX case-folded, trailing delimiter dropped)."""
-    name = mutf7.decode(parser.as_string(token, "mailbox name"))
+def mailbox_name(token: object, utf8: bool = False) -> str:
+    """Wire mailbox name → store name (INBOX case-folded, trailing delimiter dropped);
+    ``utf8``: the session enabled UTF-8 names (``rev2.utf8_names``)."""
+    name = rev2.decode_name(parser.as_string(token, "mailbox name"), utf8)
     if name.upper() == "INBOX":
         return "INBOX"
     if name.upper().startswith("INBOX" + DELIM):
@@ -43,14 +44,14 @@ def mailbox_name(token: object) -> str:
     return name
 
 
-def wire_name(name: str) -> bytes:
-    return encoding.astring(mutf7.encode(name))
+def wire_name(name: str, utf8: bool = False) -> bytes:
+    return rev2.encode_name(name, utf8)
 
 
 async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
     if len(cmd.args) != 1:
         raise Bad(f"{cmd.name} expects a mailbox name")
-    name = mailbox_name(cmd.args[0])
+    name = mailbox_name(cmd.args[0], rev2.utf8_names(s))
     s.unselect()  # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected
     try:
         folder = await s.account.open_folder(name)
@@ -61,15 +62,21 @@ async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
     uids, flags, in_new, _, _ = folder_columns(folder)
     recent = claimed if claimed is not None else set(compress(uids, in_new))
     sel = SelectedMailbox(folder, readonly, notify=s.on_folder_event)
-    sel.load_columns(uids, flags, recent)
+    new_rev = sel.rev2 = rev2.is_rev2(s)  # RFC 9051: no RECENT, no [UNSEEN], a LIST
+    sel.load_columns(uids, flags, () if new_rev else recent)
     s.select(sel)
     first_unseen = next((n for n, f in enumerate(flags, 1) if "\\Seen" not in f), None)
     out = sel.flags_lines()
-    out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), len(recent)))
-    if first_unseen is not None:
+    out.append(b"* %d EXISTS\r\n" % len(uids))
+    if new_rev:
+        out.append(await rev2.select_list(s, folder, parser.as_string(cmd.args[0])))
+    else:
+        out.append(b"* %d RECENT\r\n" % len(recent))
+    if first_unseen is not None and not new_rev:
         out.append(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
     out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
     out.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % folder.uid_next)
+    out.append(objects.mailbox_id_line(folder))  # RFC 8474
     s.send(b"".join(out))
     mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
     return mode + b" " + cmd.name.encode("ascii") + b" completed"
@@ -91,12 +98,12 @@ CREATABLE_USES = {u.upper(): u for u in ("\\Archive", "\\Drafts", "\\Junk", "\\S
 async def create(s: IMAPServer, cmd: parser.Command) -> bytes:
     if len(cmd.args) not in (1, 2):
         raise Bad("CREATE expects a mailbox name")
-    name = mailbox_name(cmd.args[0]).rstrip(DELIM)
+    name = mailbox_name(cmd.args[0], rev2.utf8_names(s)).rstrip(DELIM)
     use = _create_use(cmd.args[1]) if len(cmd.args) == 2 else None
     if name == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
     await s.account.create_folder(name, use)
-    return b"CREATE completed"
+    return objects.mailbox_id_code(await s.account.open_folder(name)) + b"CREATE completed"
 
 
 def _create_use(token: object) -> str | None:
@@ -120,7 +127,7 @@ def _create_use(token: object) -> str | None:
 async def delete(s: IMAPServer, cmd: parser.Command) -> bytes:
     if len(cmd.args) != 1:
         raise Bad("DELETE expects a mailbox name")
-    name = mailbox_name(cmd.args[0])
+    name = mailbox_name(cmd.args[0], rev2.utf8_names(s))
     if name == "INBOX":
         raise No("[CANNOT] INBOX cannot be deleted")
     if s.selected is not None and s.selected.folder.name == name:
@@ -132,24 +139,28 @@ async def delete(s: IMAPServer, cmd: parser.Command) -> bytes:
 async def rename(s: IMAPServer, cmd: parser.Command) -> bytes:
     if len(cmd.args) != 2:
         raise Bad("RENAME expects two mailbox names")
-    old, new = mailbox_name(cmd.args[0]), mailbox_name(cmd.args[1]).rstrip(DELIM)
+    utf8 = rev2.utf8_names(s)
+    old = mailbox_name(cmd.args[0], utf8)
+    new = mailbox_name(cmd.args[1], utf8).rstrip(DELIM)
     if new == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
     await s.account.rename_folder(old, new)
+    if rev2.is_rev2(s):
+        s.send(rev2.renamed_line(old, new))
     return b"RENAME completed"
 
 
 async def subscribe(s: IMAPServer, cmd: parser.Command) -> bytes:
     if len(cmd.args) != 1:
         raise Bad("SUBSCRIBE expects a mailbox name")
-    await s.account.subscribe(mailbox_name(cmd.args[0]))
+    await s.account.subscribe(mailbox_name(cmd.args[0], rev2.utf8_names(s)))
     return b"SUBSCRIBE completed"
 
 
 async def unsubscribe(s: IMAPServer, cmd: parser.Command) -> bytes:
     if len(cmd.args) != 1:
         raise Bad("UNSUBSCRIBE expects a mailbox name")
-    await s.account.unsubscribe(mailbox_name(cmd.args[0]))
+    await s.account.unsubscribe(mailbox_name(cmd.args[0], rev2.utf8_names(s)))
     return b"UNSUBSCRIBE completed"
 
 
@@ -205,11 +216,12 @@ def pattern_regex(pattern: str) -> ListPattern:
     return ListPattern(pattern)
 
 
-def _list_pattern(cmd: parser.Command) -> tuple[str, str]:
+def _list_pattern(s: IMAPServer, cmd: parser.Command) -> tuple[str, str]:
     if len(cmd.args) != 2:
         raise Bad(f"{cmd.name} expects a reference and a mailbox pattern")
-    ref = mutf7.decode(parser.as_string(cmd.args[0], "reference"))
-    pat = mutf7.decode(parser.as_string(cmd.args[1], "mailbox pattern"))
+    utf8 = rev2.utf8_names(s)
+    ref = rev2.decode_name(parser.as_string(cmd.args[0], "reference"), utf8)
+    pat = rev2.decode_name(parser.as_string(cmd.args[1], "mailbox pattern"), utf8)
     return ref, pat
 
 
@@ -223,7 +235,9 @@ def _sort_key(name: str) -> tuple[int, str]:
 
 
 async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
-    req = parse_list(cmd.args)
+    req = parse_list(cmd.args, rev2.utf8_names(s))
+    utf8, new_rev = rev2.utf8_names(s), rev2.is_rev2(s)
+    rev2.check_status_items(s, req.status_items)
     if req.patterns == ("",) and not req.extended:
         s.send(b'* LIST (\\Noselect) "." ""\r\n')
         return b"LIST completed"
@@ -262,7 +276,9 @@ async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
     for name in sorted(shown | childinfo, key=_sort_key):
         attrs = []
         if name not in real:
-            attrs.append(b"\\NonExistent" if name not in candidates else b"\\Noselect")
+            # rev2 (RFC 9051 7.3.1) says \NonExistent for a hierarchy name that is no mailbox
+            attrs.append(b"\\NonExistent" if name not in candidates or new_rev
+                         else b"\\Noselect")
         attrs.append(b"\\HasChildren" if name in parents else b"\\HasNoChildren")
         if wants_subs and name in subs:
             attrs.append(b"\\Subscribed")
@@ -270,7 +286,7 @@ async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
             use = uses[name] if name in uses else await _special_use(s, name)
             if use:
                 attrs.append(use.encode("ascii"))
-        line = b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name)
+        line = b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name, utf8)
         if name in childinfo and criterion:
             line += b' ("CHILDINFO" ("' + criterion + b'"))'
         out.append(line + b"\r\n")
@@ -295,7 +311,7 @@ async def _special_use(s: IMAPServer, name: str) -> str | None:
 
 
 async def lsub(s: IMAPServer, cmd: parser.Command) -> bytes:
-    ref, pat = _list_pattern(cmd)
+    ref, pat = _list_pattern(s, cmd)
     if pat == "":
         s.send(b'* LSUB (\\Noselect) "." ""\r\n')
         return b"LSUB completed"
@@ -313,7 +329,8 @@ async def lsub(s: IMAPServer, cmd: parser.Command) -> bytes:
             if anc not in subs and anc not in shown and rx.fullmatch(anc):
                 shown.add(anc)
                 out.append((anc, b"\\Noselect"))
-    s.send(b"".join(b"* LSUB (" + attrs + b') "." ' + wire_name(n) + b"\r\n"
+    utf8 = rev2.utf8_names(s)
+    s.send(b"".join(b"* LSUB (" + attrs + b') "." ' + wire_name(n, utf8) + b"\r\n"
                     for n, attrs in sorted(out, key=lambda x: _sort_key(x[0]))))
     return b"LSUB completed"
 
@@ -321,8 +338,9 @@ async def lsub(s: IMAPServer, cmd: parser.Command) -> bytes:
 async def status(s: IMAPServer, cmd: parser.Command) -> bytes:
     if len(cmd.args) != 2:
         raise Bad("STATUS expects a mailbox name and a list of items")
-    name = mailbox_name(cmd.args[0])
+    name = mailbox_name(cmd.args[0], rev2.utf8_names(s))
     items = parser.parse_status_items(cmd.args[1])
+    rev2.check_status_items(s, items)
     try:
         folder = await s.account.open_folder(name)
     except NoSuchFolder:
@@ -349,9 +367,12 @@ async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) 
         "DELETED-STORAGE": lambda: sum(n for f, n in zip(flags, sizes, strict=True)
                                        if "\\Deleted" in f),
         "HIGHESTMODSEQ": lambda: folder.highest_modseq,
+        "MAILBOXID": lambda: objects.status_value(folder),  # RFC 8474
     }
-    body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
-    return b"* STATUS " + wire_name(folder.name) + b" (" + body + b")\r\n"
+    body = b" ".join(b"%s %s" % (it.encode("ascii"), b"%d" % v if isinstance(v, int) else v)
+                     for it in items for v in [values[it]()])
+    return (b"* STATUS " + wire_name(folder.name, rev2.utf8_names(s)) + b" (" + body
+            + b")\r\n")
 
 
 async def namespace(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -363,8 +384,8 @@ async def namespace(s: IMAPServer, cmd: parser.Command) -> bytes:
 
 async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
     """APPEND of one message, or several at once (MULTIAPPEND, RFC 3502): all or none."""
-    raw_name, messages = parser.parse_append(cmd.args)
-    name = mailbox_name(raw_name)
+    raw_name, messages = parser.parse_append(rev2.unwrap_append(s, cmd.args))
+    name = mailbox_name(raw_name, rev2.utf8_names(s))
     streamed = list(s.append_writers)  # literals streamed as they arrived, in order
     account = s.account
     plan: list[tuple[IMessageWriter, frozenset[str], float | None]] = []
@@ -383,6 +404,13 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
             for i in range(0, len(message), APPEND_CHUNK):
                 writer.write(message[i:i + APPEND_CHUNK])
         plan.append((writer, frozenset(f for f in flags if f != "\\Recent"), date))
+    return await commit_appends(account, name, plan)
+
+
+async def commit_appends(account: IMailAccount, name: str,
+                         plan: list[tuple[IMessageWriter, frozenset[str], float | None]]) -> bytes:
+    """Commit APPEND's messages (one, a MULTIAPPEND's, or CATENATE's) all or none; the
+    tagged OK's text."""
     uids: list[int] = []
     validity = 0
     try:  # the whole MULTIAPPEND must fit

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from mailhost.imap import condstore, esearch, parser
+from mailhost.imap import condstore, context, esearch, parser, rev2
 from mailhost.imap import search as searching
 from mailhost.imap import sort as sorting
 from mailhost.imap import thread as threading
@@ -43,6 +43,7 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
                     charset: str | None) -> list[int]:
     """Ascending UIDs of the session's messages that match ``key``."""
     key = esearch.substitute_saved(key, sel.saved)
+    rev2.check_search_key(s, key)
     try:
         searching.check_charset(charset)
     except searching.BadCharset:
@@ -90,6 +91,9 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
     sel = _selected(s)
     opts, args = esearch.parse_return(cmd.args)
     charset, key = _parse_saving(sel, opts, lambda: parser.parse_search(args))
+    rev2.check_search_charset(s, charset)
+    if opts is None and rev2.is_rev2(s):  # RFC 9051 6.4.4: ESEARCH, ALL by default
+        opts = esearch.ReturnOptions({"ALL"})
     found = await _matching(s, sel, key, charset)
     nums = _numbers(sel, found, cmd.uid)
     modseq = condstore.search_modseq(s, key, found)  # SEARCH MODSEQ (RFC 7162 3.1.5)
@@ -99,6 +103,9 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
         return b"SEARCH completed"
     if "SAVE" in opts:
         sel.saved = esearch.saved_result(opts, found)
+    if "UPDATE" in opts:  # CONTEXT=SEARCH (RFC 5267)
+        context.start(s, sel, cmd.tag, cmd.uid, False, "COUNT" in opts, found,
+                      lambda now: _matching(s, now, key, charset))
     line = esearch.response(cmd.tag, cmd.uid, opts, nums)
     if modseq is not None:
         line = line[:-2] + b" MODSEQ %d\r\n" % modseq
@@ -118,20 +125,29 @@ async def sort(s: IMAPServer, cmd: parser.Command) -> bytes:
         return (criteria, charset), parser.parse_search(args[2:])[1]
 
     (criteria, charset), key = _parse_saving(sel, opts, parse)
-    found = await _matching(s, sel, key, charset)
-    fields: dict[int, Fields] = {}
-    if any(name in sorting.HEADER_KEYS for name, _ in criteria):
-        fields = await _table(s, sel).get(sel.folder, found)
-    dates, sizes = await _index_maps(sel, criteria)
-    ordered = sorting.sort_uids(found, criteria, fields, dates, sizes)
+    ordered = await _sorted(s, sel, key, charset, criteria)
     nums = _numbers(sel, ordered, cmd.uid)
     if opts is None:
         s.send(b"* SORT" + b"".join(b" %d" % n for n in nums) + b"\r\n")
         return b"SORT completed"
     if "SAVE" in opts:
         sel.saved = esearch.saved_result(opts, ordered)
+    if "UPDATE" in opts:  # CONTEXT=SORT (RFC 5267)
+        context.start(s, sel, cmd.tag, cmd.uid, True, "COUNT" in opts, ordered,
+                      lambda now: _sorted(s, now, key, charset, criteria))
     s.send(esearch.response(cmd.tag, cmd.uid, opts, nums))
     return b"SORT completed"
+
+
+async def _sorted(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
+                  charset: str | None, criteria: Any) -> list[int]:
+    """UIDs of the matching messages in sort order."""
+    found = await _matching(s, sel, key, charset)
+    fields: dict[int, Fields] = {}
+    if any(name in sorting.HEADER_KEYS for name, _ in criteria):
+        fields = await _table(s, sel).get(sel.folder, found)
+    dates, sizes = await _index_maps(sel, criteria)
+    return sorting.sort_uids(found, criteria, fields, dates, sizes)
 
 
 async def _index_maps(sel: SelectedMailbox, criteria: Any) -> tuple[dict[int, float],

@@ -18,6 +18,7 @@ from mailhost.imap.commands_mailbox import mailbox_name
 from mailhost.imap.output import stream_message
 from mailhost.imap.quota import check_copy
 from mailhost.imap.responses import Bad, No, format_set
+from mailhost.imap.rev2 import utf8_names
 from mailhost.imap.selected import dates_ready, folder_columns
 from mailhost.imap.states import SEL
 from mailhost.store.interfaces import NoSuchFolder, NoSuchMessage
@@ -209,6 +210,8 @@ async def fetch(s: IMAPServer, cmd: parser.Command, items: list | None = None,
     index_only = all(it.name in INDEX_ITEMS for it in items)
     if not index_only or any(it.name == "INTERNALDATE" for it in items):
         await dates_ready(folder, uids)  # no stat per message on the reactor below
+    if any(it.name == "SAVEDATE" for it in items):
+        await folder.save_dates(uids)  # RFC 8514: read in one pass, kept for below
     if not index_only:
         from mailhost.imap import fetch as fetching
     if not index_only and not sel.readonly and fetching.needs_seen(items):
@@ -338,7 +341,7 @@ async def _target(s: IMAPServer, cmd: parser.Command) -> tuple[list[int], Any]:
         raise Bad(f"{cmd.name} expects a sequence set and a mailbox name")
     sel = _selected(s)
     seqset = parser.parse_sequence_set(cmd.args[0])
-    name = mailbox_name(cmd.args[1])
+    name = mailbox_name(cmd.args[1], utf8_names(s))
     uids = sel.resolve(seqset, cmd.uid)
     try:
         dest = await s.account.open_folder(name)

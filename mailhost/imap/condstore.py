@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from mailhost.imap import commands_mailbox, commands_selected, encoding, parser
 from mailhost.imap.responses import Bad, format_set
+from mailhost.imap.rev2 import IMAP4REV2
 from mailhost.imap.states import AUTH, SEL
 from mailhost.store.interfaces import IFolder
 
@@ -219,8 +220,8 @@ async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
     condstore, qresync = _select_params(cmd.args[1:])
     if qresync is not None and QRESYNC not in s.enabled:
         raise Bad("QRESYNC must be enabled first")
-    if s.selected is not None and QRESYNC in s.enabled:
-        # RFC 7162 3.2.11: the end of the old mailbox's responses.
+    if s.selected is not None and (QRESYNC in s.enabled or IMAP4REV2 in s.enabled):
+        # RFC 7162 3.2.11 and RFC 9051 6.3.2: the end of the old mailbox's responses.
         s.send(b"* OK [CLOSED] Previous mailbox closed\r\n")
     if condstore:
         s.enabled.add(CONDSTORE)  # the SELECT's own HIGHESTMODSEQ says it

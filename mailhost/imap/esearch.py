@@ -11,25 +11,59 @@ are asked for too; SAVE alone sends no ESEARCH line.
 
 from __future__ import annotations
 
+import re
+
 from mailhost.imap.encoding import quote
 from mailhost.imap.parser import Atom, ParseError, SearchKey, SequenceSet
 from mailhost.imap.responses import format_set
 
-OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "PARTIAL", "CONTEXT"})
+#: The options that return (part of) the result; UPDATE without one of them means ALL.
+_RESULTS = frozenset({"MIN", "MAX", "ALL", "COUNT", "PARTIAL"})
 
 
-def parse_return(args: list) -> tuple[frozenset[str] | None, list]:
+class ReturnOptions(frozenset):
+    """The upper-cased RETURN options; ``partial`` is PARTIAL's ``(first, last)``
+    (CONTEXT=SEARCH, RFC 5267 4.4: 1-based positions in the result), else None."""
+
+    partial: tuple[int, int] | None = None
+
+
+def parse_return(args: list) -> tuple[ReturnOptions | None, list]:
     """(the RETURN options, or None without RETURN; the remaining arguments)."""
     if not args or not isinstance(args[0], Atom) or args[0].upper() != "RETURN":
         return None, args
     if len(args) < 2 or not isinstance(args[1], list):
         raise ParseError(None, "RETURN needs a list of options")
     opts = set()
-    for o in args[1]:
+    partial = None
+    items = iter(args[1])
+    for o in items:
         if not isinstance(o, Atom) or o.upper() not in OPTIONS:
             raise ParseError(None, f"Unknown RETURN option {o!s}")
-        opts.add(o.upper())
-    return frozenset(opts or {"ALL"}), args[2:]
+        if o.upper() == "PARTIAL":
+            if partial is not None:
+                raise ParseError(None, "PARTIAL can be given once")
+            partial = parse_partial(next(items, None))
+        if o.upper() != "CONTEXT":  # RFC 5267 4.2: a hint that more PARTIALs will come
+            opts.add(o.upper())
+    if "PARTIAL" in opts and "ALL" in opts:
+        raise ParseError(None, "PARTIAL conflicts with ALL")
+    if not opts & _RESULTS and (not opts or "UPDATE" in opts):
+        opts.add("ALL")
+    out = ReturnOptions(opts)
+    out.partial = partial
+    return out, args[2:]
+
+
+def parse_partial(token: object) -> tuple[int, int]:
+    """PARTIAL's ``n:m`` range (RFC 5267 4.4), in either order, both nonzero 32-bit."""
+    if not isinstance(token, str) or not re.fullmatch(r"[1-9][0-9]{0,9}:[1-9][0-9]{0,9}", token):
+        raise ParseError(None, "PARTIAL needs a range n:m")
+    a, b = (int(x) for x in token.split(":"))
+    if max(a, b) > 0xFFFFFFFF:
+        raise ParseError(None, "PARTIAL range out of bounds")
+    return (a, b) if a <= b else (b, a)
 
 
 def substitute_saved(key: SearchKey, saved: list[int]) -> SearchKey:
@@ -68,6 +102,7 @@ def response(tag: str, uid: bool, opts: frozenset[str], nums: list[int]) -> byte
     """The ``* ESEARCH`` line for ``nums`` (in result order), or b"" for SAVE alone."""
     if not opts - {"SAVE"}:
         return b""
+    partial = getattr(opts, "partial", None)
     out = [b"* ESEARCH (TAG " + quote(tag) + b")"]
     if uid:
         out.append(b"UID")
@@ -78,6 +113,10 @@ def response(tag: str, uid: bool, opts: frozenset[str], nums: list[int]) -> byte
             out.append(b"MAX %d" % nums[-1])
         if "ALL" in opts:
             out.append(b"ALL " + format_set(nums))
+    if partial is not None:
+        window = nums[partial[0] - 1:partial[1]]
+        out.append(b"PARTIAL (%d:%d %s)" % (partial[0], partial[1],
+                                           format_set(window) if window else b"NIL"))
     if "COUNT" in opts:
         out.append(b"COUNT %d" % len(nums))
     return b" ".join(out) + b"\r\n"

@@ -39,7 +39,7 @@ async def idle(s: IMAPServer, cmd: parser.Command) -> bytes:
         if not s.alive:
             s.idling = False
             return b"IDLE terminated"
-    s.send_updates(allow_expunge=True)
+    await s.send_all_updates(allow_expunge=True)  # with CONTEXT and NOTIFY updates
     keepalive = LoopingCall(s.send, b"* OK Still here\r\n")
     keepalive.clock = s.reactor
     keepalive.start(KEEPALIVE, now=False)

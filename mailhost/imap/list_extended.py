@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mailhost.imap import mutf7, parser
+from mailhost.imap import parser, rev2
 from mailhost.imap.responses import Bad
 
 SELECT_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
@@ -42,13 +42,14 @@ def _atoms(token: object, what: str) -> list[str]:
     return out
 
 
-def _name(token: object, what: str) -> str:
-    return mutf7.decode(parser.as_string(token, what))
+def _name(token: object, what: str, utf8: bool) -> str:
+    return rev2.decode_name(parser.as_string(token, what), utf8)
 
 
-def parse_list(args: list[object]) -> ListRequest:
+def parse_list(args: list[object], utf8: bool = False) -> ListRequest:
     """The LIST command's arguments as a request; ``Bad`` for anything RFC 5258's
-    grammar does not allow (unknown options, RECURSIVEMATCH alone, no pattern)."""
+    grammar does not allow (unknown options, RECURSIVEMATCH alone, no pattern).
+    ``utf8``: names are UTF-8, not modified UTF-7 (mailhost.imap.rev2)."""
     args = list(args)
     select: list[str] = []
     if args and isinstance(args[0], list):
@@ -60,14 +61,14 @@ def parse_list(args: list[object]) -> ListRequest:
             raise Bad("RECURSIVEMATCH needs another selection option")
     if len(args) < 2:
         raise Bad("LIST expects a reference and a mailbox pattern")
-    reference = _name(args.pop(0), "reference")
+    reference = _name(args.pop(0), "reference", utf8)
     pattern = args.pop(0)
     if isinstance(pattern, list):
         if not pattern:
             raise Bad("LIST expects at least one pattern")
-        patterns = tuple(_name(p, "mailbox pattern") for p in pattern)
+        patterns = tuple(_name(p, "mailbox pattern", utf8) for p in pattern)
     else:
-        patterns = (_name(pattern, "mailbox pattern"),)
+        patterns = (_name(pattern, "mailbox pattern", utf8),)
     returns: list[str] = []
     items: list[str] = []
     if args:

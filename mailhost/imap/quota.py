@@ -56,16 +56,17 @@ def _quota_line(usage: QuotaUsage) -> bytes:
 
 async def getquotaroot(s: IMAPServer, cmd: parser.Command) -> bytes:
     from mailhost.imap.commands_mailbox import mailbox_name, wire_name
+    from mailhost.imap.rev2 import utf8_names
 
     if len(cmd.args) != 1:
         raise Bad("GETQUOTAROOT expects a mailbox name")
-    name = mailbox_name(cmd.args[0])
+    name = mailbox_name(cmd.args[0], utf8_names(s))
     try:
         folder = await s.account.open_folder(name)
     except NoSuchFolder:
         raise No("[NONEXISTENT] Mailbox does not exist") from None
     usage = await _usage(s.account)
-    line = b"* QUOTAROOT " + wire_name(folder.name)
+    line = b"* QUOTAROOT " + wire_name(folder.name, utf8_names(s))
     if usage is None:
         s.send(line + b"\r\n")
     else:

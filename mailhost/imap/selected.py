@@ -73,6 +73,8 @@ class SelectedMailbox:
         self.modseq = False
         #: QRESYNC enabled: VANISHED instead of EXPUNGE, UID in flag updates (3.2.10).
         self.vanished = False
+        #: IMAP4rev2 is enabled (mailhost.imap.rev2): no \Recent, no RECENT responses.
+        self.rev2 = False
 
     # -- set-up / tear-down ---------------------------------------------------------
 
@@ -251,12 +253,14 @@ class SelectedMailbox:
                 if fresh and not self.readonly:
                     # Like Dovecot: the session that first reports a new message owns
                     # its \Recent; claim it in the store so other sessions see it as old.
-                    self.recent.update(fresh)
+                    if not self.rev2:
+                        self.recent.update(fresh)
                     d = self.folder.claim_recent()
                     if hasattr(d, "addErrback"):
                         d.addErrback(lambda f: log.failure("claim_recent failed", f))
                 out.append(b"* %d EXISTS\r\n" % len(self.uids))
-                out.append(b"* %d RECENT\r\n" % len(self.recent))
+                if not self.rev2:
+                    out.append(b"* %d RECENT\r\n" % len(self.recent))
         if self._flags:
             changed, self._flags = self._flags, {}
             for u in sorted(changed):
@@ -269,7 +273,7 @@ class SelectedMailbox:
                 if self.modseq:
                     out.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
                                % (seq, u, format_flags(flags), self.folder.modseq_of(u)))
-                elif with_uid:
+                elif with_uid or self.rev2:  # RFC 9051 7.5.2: unsolicited ones carry UID
                     out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, u, format_flags(flags)))
                 else:
                     out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, format_flags(flags)))

@@ -28,13 +28,16 @@ from zope.interface import implementer
 
 from mailhost.auth.login import Login
 from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
-from mailhost.imap import framing, parser
+from mailhost.imap import context, framing, parser
+from mailhost.imap.catenate import CAPABILITIES as CATENATE_CAPABILITIES
 from mailhost.imap.compress import DeflateError, Deflater, Inflater
+from mailhost.imap.objects import CAPABILITIES as OBJECT_CAPABILITIES
 from mailhost.imap.output import OutputGate
 from mailhost.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
 from mailhost.imap.selected import BadSequence, SelectedMailbox
 from mailhost.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
+from mailhost.imap.urlauth import CAPABILITIES as URLAUTH_CAPABILITIES
 from mailhost.limits import IEvictable
 from mailhost.replytext import clean_bytes
 from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse
@@ -54,17 +57,20 @@ from mailhost.tls import cancel_deadline, start_tls
 
 if TYPE_CHECKING:
     from mailhost.imap.factory import IMAPFactory
+    from mailhost.imap.notify import Notifier
 
 log = Logger()
 
 #: Extensions advertised once logged in; before login some are left out.
 CAPABILITIES = (
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
+    b"IMAP4rev2", b"LITERAL-", b"UTF8=ACCEPT",  # RFC 9051, 7888, 6855: mailhost.imap.rev2
     b"UNSELECT", b"CHILDREN", b"ID", b"ENABLE", b"SPECIAL-USE", b"CREATE-SPECIAL-USE",
     b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"PREVIEW",
     b"BINARY", b"MULTIAPPEND",
     b"ESEARCH", b"SEARCHRES", b"WITHIN", b"I18NLEVEL=1", b"SORT", b"SORT=DISPLAY", b"ESORT",
     b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"CONDSTORE", b"QRESYNC",
+    b"CONTEXT=SEARCH", b"CONTEXT=SORT", b"NOTIFY",
 )
 
 #: Preauth literals are capped so an anonymous client cannot make us buffer much.
@@ -85,19 +91,24 @@ Handler = Callable[["IMAPServer", parser.Command], Awaitable[bytes | None]]
 
 def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
     from mailhost.imap import (
+        catenate,
         commands_auth,
         commands_mailbox,
         commands_search,
         commands_selected,
         condstore,
+        context,
         idle,
+        notify,
         quota,
+        urlauth,
     )
 
     table: dict[str, tuple[frozenset[str], Handler]] = {}
-    # condstore last: it takes over the commands RFC 7162 extends.
+    # condstore after those: it takes over the commands RFC 7162 extends; notify last:
+    # it wraps the mailbox commands whose effects NOTIFY reports.
     for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle,
-                   quota, condstore):
+                   quota, catenate, urlauth, context, condstore, notify):
         table.update(module.HANDLERS)
     return table
 
@@ -139,6 +150,9 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.user: str | None = None
         self.selected: SelectedMailbox | None = None
         self.enabled: set[str] = set()  # ENABLEd extensions (mailhost.imap.condstore)
+        self.notifier: Notifier | None = None  # NOTIFY SET in force (mailhost.imap.notify)
+        self._pushing = False  # unsolicited updates are being sent (_push)
+        self._push_again = False
         self.idling = False
         self.tls_started = False
         self.framer = framing.Framer(self.settings.max_line_length,
@@ -247,6 +261,9 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.setTimeout(None)
         self.gate.stopProducing()
         self.unselect()
+        if self.notifier is not None:
+            self.notifier.stop()
+            self.notifier = None
         if self._line_waiter is not None:
             d, self._line_waiter = self._line_waiter, None
             d.callback(None)
@@ -331,11 +348,14 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def capability_string(self) -> bytes:
         caps = list(CAPABILITIES)
+        caps.extend(OBJECT_CAPABILITIES + CATENATE_CAPABILITIES)
         if self.state != NOT_AUTHENTICATED and self._deflater is None:
             caps.append(b"COMPRESS=DEFLATE")
         caps.append(b"APPENDLIMIT=%d" % self.settings.max_literal_size)
         if self.state != NOT_AUTHENTICATED:
             caps.extend(QUOTA_CAPABILITIES)
+            if self.settings.urlauth_dir:
+                caps.extend(URLAUTH_CAPABILITIES)
         if self.state == NOT_AUTHENTICATED:
             if self.tls_options is not None and not self.tls_active:
                 caps.append(b"STARTTLS")
@@ -464,6 +484,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         """Stream a big APPEND literal straight into a store message writer."""
         if n < STREAM_APPEND_OVER or framing._head(segments[0])[1] != "APPEND":
             return None
+        if any(b"CATENATE" in seg.upper() for seg in segments):
+            return None  # CATENATE's TEXT parts are read from memory (mailhost.imap.catenate)
         writer = StreamedMessage(self.account)
         self._streamed.append(writer)
         return writer
@@ -569,8 +591,10 @@ class IMAPServer(Protocol, TimeoutMixin):
         else:
             self._bad_count = 0
         if self.state != LOGOUT:
-            self.send_updates(allow_expunge=cmd.name not in NO_EXPUNGE_AFTER or cmd.uid,
-                              with_uid=cmd.uid)
+            await self.send_all_updates(
+                allow_expunge=cmd.name not in NO_EXPUNGE_AFTER or cmd.uid, with_uid=cmd.uid)
+            if self._lost:
+                return
         # The text may quote the client (a mailbox name) or an exception: no control
         # character of either reaches the wire (mailhost.replytext).
         self.send(cmd.tag.encode("ascii") + b" " + status + b" " + clean_bytes(text) + b"\r\n")
@@ -592,10 +616,55 @@ class IMAPServer(Protocol, TimeoutMixin):
             if lines:
                 self.send(b"".join(lines))
 
+    async def send_all_updates(self, allow_expunge: bool = True,
+                               with_uid: bool = False) -> None:
+        """``send_updates``, then what CONTEXT=SEARCH (``context``) and NOTIFY
+        (``notify``: FETCH for new messages, other mailboxes' STATUS) add to it."""
+        sel = self.selected
+        last = sel.uids[-1] if sel is not None and sel.uids else 0
+        self.send_updates(allow_expunge, with_uid)
+        if self.notifier is not None:
+            await self.notifier.after_updates(last)
+        await context.send_updates(self, allow_seqs=allow_expunge)
+
     def on_folder_event(self) -> None:
-        """A listener event arrived: push it now if the client is in IDLE."""
-        if self.idling and not self._closed:
-            self.send_updates(allow_expunge=True)
+        """A listener event arrived: push it now if the client is in IDLE, or (NOTIFY
+        with ``selected``) whenever no command runs."""
+        if self._closed:
+            return
+        if self.idling:  # IDLE pushes everything, unless NOTIFY said (selected NONE)
+            allow = None if self.notifier is not None and self.notifier.selected_silent() \
+                else True
+        elif self.notifier is not None and not self._running:
+            allow = self.notifier.selected_push()
+        else:
+            return
+        if allow is None:
+            return
+        if self._pushing:
+            self._push_again = True
+            return
+        d = defer.ensureDeferred(self._push(allow))
+        d.addErrback(lambda f: log.failure("imap unsolicited update failed", f))
+
+    async def _push(self, allow_expunge: bool) -> None:
+        """Send what changed; between commands the next command waits until it is out
+        (a FETCH for NOTIFY's MessageNew takes a while)."""
+        held = not self._running
+        if held:
+            self._running = True
+        self._pushing = True
+        try:
+            for _ in range(100):  # bounded: each round sends what queued meanwhile
+                self._push_again = False
+                await self.send_all_updates(allow_expunge=allow_expunge)
+                if not self._push_again or self._closed:
+                    break
+        finally:
+            self._pushing = False
+            if held:
+                self._running = False
+                self._pump()
 
     def select(self, sel: SelectedMailbox) -> None:
         self.unselect()

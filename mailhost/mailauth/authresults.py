@@ -94,6 +94,8 @@ def claimed_authserv_id(value: str) -> str:
 def strip_ours(header_block: bytes, authserv_id: str) -> bytes:
     """``header_block`` without the Authentication-Results fields that claim
     ``authserv_id`` (case-insensitively); every other field is kept byte for byte."""
+    if b"authentication-results" not in header_block.lower():
+        return header_block  # the usual case: nothing to look at line by line
     lines = re.split(rb"(?<=\n)", header_block)
     out: list[bytes] = []
     dropping = False

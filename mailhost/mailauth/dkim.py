@@ -35,7 +35,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
@@ -50,6 +50,26 @@ from mailhost.mailauth.dkim_keys import SigningKey
 log = Logger()
 
 MAX_SIGNATURES = 10  # verified per message; more are permerror (a cheap DoS otherwise)
+
+
+#: dkimpy's ``RE_BTAG`` (the b= value, blanked before hashing), the same language
+#: written without its nested optional FWS groups: ``(?:(?:\s*\r?\n)?\s+)?`` is
+#: any run of white space, so each base64 octet is ``\s*[...]``. dkimpy's takes
+#: ~140 us on a 2048-bit signature (backtracking at every octet), this ~5 us;
+#: ``tests/mailauth/test_parse_caches.py`` checks them equal (hypothesis).
+RE_BTAG = re.compile(rb"([;\s]b\s*=)(?:\s*[a-zA-Z0-9+/=])*(?:\r?\n\Z)?")
+
+
+def _hash_headers(hasher: Any, policy: CanonicalizationPolicy,
+                  headers: list[tuple[bytes, bytes]], include: Sequence[bytes],
+                  sigheader: tuple[bytes, bytes]) -> None:
+    """``dkim.hash_headers`` (1.1.x) line for line, with ``RE_BTAG`` above."""
+    sign_headers = dkim.select_headers(headers, include)
+    cheaders = policy.canonicalize_headers([(sigheader[0], RE_BTAG.sub(b"\\1", sigheader[1]))])
+    for x, y in sign_headers + [(x, y.rstrip()) for x, y in cheaders]:
+        hasher.update(x)
+        hasher.update(b":")
+        hasher.update(y)
 
 
 def _as_header_message(header_block: bytes) -> bytes:
@@ -93,10 +113,10 @@ def _gen_header_rsa(d: dkim.DKIM, fields: list[tuple[bytes, bytes]], include: Se
 
     header_value = b"; ".join(b"=".join(x) for x in fields)
     header_value = dkim.fold(header_value, namelen=len(name), linesep=b"\r\n")
-    header_value = dkim.RE_BTAG.sub(b"\\1", header_value)
+    header_value = RE_BTAG.sub(b"\\1", header_value)
     h = dkim.HashThrough(d.hasher(), False)
-    headers = policy.canonicalize_headers(d.headers)
-    dkim.hash_headers(h, policy, headers, include, (name, b" " + header_value), dict(fields))
+    headers = policy.canonicalize_headers(_signed_fields(d.headers, include))
+    _hash_headers(h, policy, headers, include, (name, b" " + header_value))
     signature = cast(rsa.RSAPrivateKey, pk).sign(h.digest(), padding.PKCS1v15(),
                                                  utils.Prehashed(hashes.SHA256()))
     fields = [(k, base64.b64encode(signature) if k == b"b" else v) for k, v in fields]
@@ -105,14 +125,17 @@ def _gen_header_rsa(d: dkim.DKIM, fields: list[tuple[bytes, bytes]], include: Se
 
 
 def _verify_rsa(d: dkim.DKIM, sig: dict[bytes, bytes], include: list[bytes],
-                header: tuple[bytes, bytes], pk: dict[str, int]) -> bool:
+                header: tuple[bytes, bytes], key: object) -> bool:
     """dkimpy's ``verify_sig_process`` for an RSA key, the body hash left out (ours)
     and the signature checked by OpenSSL.
 
     dkimpy verifies RSA in Python (``pow`` and its integer/bytes conversions: 0.4 ms
     of the 0.5 ms that verifying one signature costs); the header hash below is its
-    own code, line for line (1.1.x). The OpenDKIM interop test and the changed-header
-    and changed-body tests guard it against a dkimpy change.
+    own code, line for line (1.1.x), except that only the fields ``h=`` names are
+    canonicalized (dkimpy canonicalizes them all and then picks; the pick is the
+    same, see ``_signed_fields``). ``key`` is the OpenSSL public key, built once per
+    key record (``KeyCache``). The OpenDKIM interop test and the changed-header and
+    changed-body tests guard it against a dkimpy change.
     """
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
@@ -128,19 +151,73 @@ def _verify_rsa(d: dkim.DKIM, sig: dict[bytes, bytes], include: list[bytes],
     if b"from" in include:
         include.append(b"from")  # as dkimpy (its bug#644046): a second From breaks it
     h = dkim.HashThrough(HASH_ALGORITHMS[sig[b"a"]](), False)
-    dkim.hash_headers(h, policy, policy.canonicalize_headers(d.headers), include, header, sig)
+    _hash_headers(h, policy, policy.canonicalize_headers(_signed_fields(d.headers, include)),
+                  include, header)
     try:
         signature = base64.b64decode(re.sub(rb"\s+", b"", sig[b"b"]))
     except ValueError as e:
         raise dkim.MessageFormatError(str(e)) from None
     try:
-        key = rsa.RSAPublicNumbers(pk["publicExponent"], pk["modulus"]).public_key()
-        key.verify(signature, h.digest(), padding.PKCS1v15(), utils.Prehashed(algorithm))
+        cast(rsa.RSAPublicKey, key).verify(signature, h.digest(), padding.PKCS1v15(),
+                                           utils.Prehashed(algorithm))
     except InvalidSignature:
         return False
     except (ValueError, TypeError) as e:
         raise dkim.KeyFormatError(f"unusable key: {e}") from None
     return True
+
+
+def _signed_fields(headers: list[tuple[bytes, bytes]],
+                   include: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+    """The header fields whose names ``h=`` lists, in order: ``dkim.select_headers``
+    picks by name from the bottom, so leaving the others out changes nothing it
+    picks, and spares canonicalizing fields no signature covers (Received, ...)."""
+    wanted = set(include)
+    return [field for field in headers if field[0].lower() in wanted]
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One key record, parsed: dkimpy's ``evaluate_pk`` answer, and for RSA the
+    OpenSSL public key."""
+
+    pk: object
+    bits: int
+    ktag: bytes
+    tlsrpt: bool
+    rsa: object | None
+
+
+class KeyCache:
+    """Parsed DKIM key records, by name and record text, so a warm DNS cache does
+    not mean parsing the same key (base64, ASN.1, an RSA public key) for every
+    message. Keyed by the text itself, so a changed record is a new entry and the
+    DNS cache's TTL alone decides when the text is asked again. Bounded: cleared
+    when full (a flood of distinct keys costs what it cost before)."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._keys: dict[tuple[str, bytes], _Key] = {}
+
+    def get(self, name: str, txt: bytes) -> _Key:
+        """The parsed key; dkimpy's exceptions (and ValueError etc.) propagate."""
+        found = self._keys.get((name, txt))
+        if found is not None:
+            return found
+        pk, bits, ktag, tlsrpt = dkim.evaluate_pk(name.encode(), txt)
+        public = None
+        if ktag == b"rsa" and not tlsrpt:
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            try:
+                public = rsa.RSAPublicNumbers(pk["publicExponent"], pk["modulus"]).public_key()
+            except (ValueError, TypeError) as e:
+                raise dkim.KeyFormatError(f"unusable key: {e}") from None
+        key = _Key(pk, bits, ktag, tlsrpt, public)
+        if len(self._keys) >= self.size:
+            self._keys.clear()
+        self._keys[name, txt] = key
+        return key
 
 
 class DKIMSigning:
@@ -280,9 +357,10 @@ class DKIMVerification:
     """Every DKIM-Signature of one message, verified as the body streams past."""
 
     def __init__(self, lookup: IDNSLookup, header_block: bytes, minkey: int = 1024,
-                 max_signatures: int = MAX_SIGNATURES) -> None:
+                 max_signatures: int = MAX_SIGNATURES, keys: KeyCache | None = None) -> None:
         self.lookup = lookup
         self.minkey = minkey
+        self.keys = keys if keys is not None else KeyCache()
         self._message = _as_header_message(header_block)
         self._pending: list[_Pending] = []
         self._hashers: dict[tuple[str, str, int | None], BodyHasher] = {}
@@ -312,10 +390,10 @@ class DKIMVerification:
                           reason, bits)
 
     def _prepare(self, index: int, value: bytes) -> _Pending:
-        tags = _lenient_tags(value)
         try:
             prep = self._dkim.verify_headerprep(index)
         except (dkim.DKIMException, KeyError, ValueError, IndexError, TypeError) as e:
+            tags = _lenient_tags(value)
             return _Pending(index, tags, early=self._result("permerror", tags, str(e)))
         sig, include, _headers = prep
         if sig[b"a"] == b"rsa-sha1":
@@ -384,10 +462,11 @@ class DKIMVerification:
             return self._result("permerror", sig, "no key" if not records else "several keys")
         txt = records[0]
         try:
-            _pk, bits, _ktag, _tlsrpt = dkim.evaluate_pk(name.encode(), txt)
+            key = self.keys.get(name, txt)
         except (dkim.DKIMException, ValueError, IndexError, TypeError) as e:
             return self._result("permerror", sig, f"bad key: {e or 'unusable'}")
-        if bits and bits < self.minkey and _ktag == b"rsa":
+        bits = key.bits
+        if bits and bits < self.minkey and key.ktag == b"rsa":
             return self._result("permerror", sig, f"key of {bits} bits is too small", bits)
 
         def dnsfunc(_name: bytes, timeout: float = 5) -> bytes:
@@ -396,8 +475,8 @@ class DKIMVerification:
         without_bh = {k: v for k, v in sig.items() if k != b"bh"}
         header = self._signature_headers[p.index]
         try:
-            if _ktag == b"rsa" and not _tlsrpt:
-                ok = _verify_rsa(self._dkim, without_bh, list(p.include), header, _pk)
+            if key.rsa is not None:
+                ok = _verify_rsa(self._dkim, without_bh, list(p.include), header, key.rsa)
             else:
                 ok = self._dkim.verify_sig(without_bh, list(p.include), header, dnsfunc)
         except dkim.DKIMException as e:
@@ -413,9 +492,10 @@ class DKIMVerifier:
     def __init__(self, lookup: IDNSLookup, minkey: int = 1024) -> None:
         self.lookup = lookup
         self.minkey = minkey
+        self.keys = KeyCache()
 
     def start(self, header_block: bytes) -> DKIMVerification:
-        return DKIMVerification(self.lookup, header_block, self.minkey)
+        return DKIMVerification(self.lookup, header_block, self.minkey, keys=self.keys)
 
     async def verify(self, message: bytes) -> list[DKIMResult]:
         """Every signature of a whole message in memory (tests, small messages)."""

@@ -86,15 +86,26 @@ def parse_record(text: str) -> DMARCRecord:
                        aspf if aspf in ("r", "s") else "r", min(max(pct, 0), 100))
 
 
+_FROM_FIELD = re.compile(r"(?im)^from:((?:.*)(?:\r?\n[ \t].*)*)")
+#: A From value that is one address and nothing getaddresses could read otherwise:
+#: ``a@b``, or ``Plain Words <a@b>`` (no quotes, comments, commas or groups).
+_ADDR = r"[A-Za-z0-9._%+=&'/!#$*?^`{|}~-]+@[A-Za-z0-9.-]+"
+_SIMPLE_FROM = re.compile(rf"\s*(?:({_ADDR})|[A-Za-z0-9 .'_-]*<({_ADDR})>)\s*$")
+
+
 def from_domain(header_block: bytes) -> str | None:
     """The one domain of the message's From: field, or None when there is not
     exactly one From: with exactly one address that has a domain (§6.6.1)."""
     text = header_block.decode("utf-8", "replace")
-    fields = re.findall(r"(?im)^from:((?:.*)(?:\r?\n[ \t].*)*)", text)
+    fields = _FROM_FIELD.findall(text)
     if len(fields) != 1:
         return None
-    addresses = email.utils.getaddresses([re.sub(r"\r?\n", "", fields[0])])
-    found = [a for _n, a in addresses if a]
+    value = fields[0].replace("\r", "").replace("\n", "")
+    simple = _SIMPLE_FROM.match(value)
+    if simple is not None:  # one plain address: what getaddresses would find, cheaper
+        found = [simple.group(1) or simple.group(2)]
+    else:
+        found = [a for _n, a in email.utils.getaddresses([value]) if a]
     if len(found) != 1:
         return None
     _local, at, domain = found[0].rpartition("@")
@@ -113,6 +124,18 @@ class DMARCChecker:
     def __init__(self, lookup: IDNSLookup, rng: Callable[[], float] = random.random) -> None:
         self.lookup = lookup
         self.rng = rng
+        #: Parsed records by their text, as ``SPFChecker.parsed``; cleared when full.
+        self._records: dict[str, DMARCRecord] = {}
+
+    def parsed(self, text: str) -> DMARCRecord:
+        """``parse_record(text)``, parsed once; NoPolicy is not kept."""
+        record = self._records.get(text)
+        if record is None:
+            record = parse_record(text)
+            if len(self._records) >= 1024:
+                self._records.clear()
+            self._records[text] = record
+        return record
 
     async def find_record(self, domain: str) -> tuple[DMARCRecord, str] | None:
         """(record, where found) by §6.6.3; DNSTemporaryError propagates."""
@@ -130,7 +153,7 @@ class DMARCChecker:
             if len(records) != 1:
                 continue  # none, or several: no policy here (§6.6.3)
             try:
-                return parse_record(records[0]), where
+                return self.parsed(records[0]), where
             except NoPolicy:
                 continue
         return None

@@ -62,7 +62,7 @@ class SPFResult:
     sender: str = ""  # the address checked (postmaster@helo for an empty MAIL FROM)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Term:
     qualifier: str
     name: str
@@ -70,11 +70,13 @@ class _Term:
     cidr4: int
     cidr6: int
     text: str
+    #: ip4/ip6: the network, parsed once with the record.
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Record:
-    directives: list[_Term]
+    directives: tuple[_Term, ...]
     redirect: str | None
     exp: str | None
 
@@ -112,7 +114,7 @@ def parse_record(text: str) -> _Record:
                 exp = value
             continue  # unknown modifiers are ignored (§6)
         directives.append(_parse_directive(term))
-    return _Record(directives, redirect, exp)
+    return _Record(tuple(directives), redirect, exp)
 
 
 def _parse_directive(term: str) -> _Term:
@@ -126,6 +128,7 @@ def _parse_directive(term: str) -> _Term:
     name, tail = m.group(1).lower(), m.group(2)
     argument = ""
     cidr4, cidr6 = 32, 128
+    network = None
     if name == "all":
         if tail:
             raise PermError(f"bad term {term!r}")
@@ -168,7 +171,7 @@ def _parse_directive(term: str) -> _Term:
         if (network.version == 4) != (name == "ip4") or "/" in argument and \
                 not re.fullmatch(r"(0|[1-9][0-9]{0,2})", argument.rsplit("/", 1)[1]):
             raise PermError(f"bad address in {term!r}")
-    return _Term(qualifier, name, argument, cidr4, cidr6, term)
+    return _Term(qualifier, name, argument, cidr4, cidr6, term, network)
 
 
 def _check_macro_string(value: str) -> None:
@@ -242,7 +245,7 @@ class _Evaluation:
             return "none", f"no SPF record at {domain}"
         if len(records) > 1:
             raise PermError(f"{len(records)} SPF records at {domain}")
-        record = parse_record(records[0])
+        record = self.checker.parsed(records[0])
         for term in record.directives:
             if await self.matches(term, domain, depth):
                 return QUALIFIERS[term.qualifier], f"{term.text} matched at {domain}"
@@ -260,7 +263,7 @@ class _Evaluation:
         if name == "all":
             return True
         if name in ("ip4", "ip6"):
-            network = ipaddress.ip_network(term.argument, strict=False)
+            network = term.network or ipaddress.ip_network(term.argument, strict=False)
             return self.ip.version == network.version and self.ip in network
         self.count_lookup()
         target = self.expand(term.argument, domain) if term.argument else domain
@@ -385,6 +388,19 @@ class SPFChecker:
         self.max_void_lookups = max_void_lookups
         self.timeout = timeout
         self.reactor = reactor
+        #: Parsed records by their text (the DNS cache's TTL decides when the text
+        #: is asked again; a changed record is a new entry); cleared when full.
+        self._records: dict[str, _Record] = {}
+
+    def parsed(self, text: str) -> _Record:
+        """``parse_record(text)``, parsed once; PermError is not kept (it is rare)."""
+        record = self._records.get(text)
+        if record is None:
+            record = parse_record(text)
+            if len(self._records) >= 1024:
+                self._records.clear()
+            self._records[text] = record
+        return record
 
     async def check_host(self, ip: str, domain: str, sender: str, helo: str = "",
                          identity: str = "mailfrom") -> SPFResult:
@@ -397,7 +413,7 @@ class SPFChecker:
             address = address.ipv4_mapped
         evaluation = _Evaluation(self, address, sender, helo)
         run = defer.Deferred.fromCoroutine(evaluation.check_host(domain))
-        if self.timeout:
+        if self.timeout and not run.called:  # (answered from the DNS cache: no timer)
             if self.reactor is None:
                 from twisted.internet import reactor as default_reactor
 

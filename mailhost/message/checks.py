@@ -63,6 +63,18 @@ class ClientContext:
     #: Results that every message of this connection starts with in its
     #: ``MessageContext.results`` (``iprev`` for Authentication-Results).
     message_results: dict[str, Any] = field(default_factory=dict)
+    #: For checks that converse about the transaction (milters, their macros): the
+    #: client's port and our address, set at connect; the login's SASL mechanism,
+    #: MAIL FROM's ESMTP parameters as sent (set before MAIL FROM's checks) and the
+    #: transaction's id ("" at MAIL FROM, as Postfix's ``i``; set before RCPT's).
+    port: int = 0
+    local_ip: str = ""
+    auth_mechanism: str = ""
+    mail_params: tuple[str, ...] = ()
+    transaction_id: str = ""
+    #: What the pipeline's stages keep for this SMTP session (``MessageContext.session``,
+    #: the same dict): a milter's connection, shared by its envelope and content steps.
+    session: dict[str, Any] | None = None
 
 
 class IEnvelopeCheck(Interface):
@@ -95,6 +107,12 @@ class EnvelopeChecks:
 
     def __bool__(self) -> bool:
         return bool(self.checks)
+
+    def joined(self, stages: Sequence[Any]) -> EnvelopeChecks:
+        """These checks, then the pipeline stages that answer at SMTP time too (a
+        stage that provides ``IEnvelopeCheck``: the milters), in their order."""
+        extra: tuple[Any, ...] = tuple(s for s in stages if IEnvelopeCheck.providedBy(s))
+        return EnvelopeChecks(self.checks + extra, self.deadline, self.clock) if extra else self
 
     def connect(self, client: ClientContext) -> ClientContext:
         for check in self.checks:

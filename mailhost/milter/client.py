@@ -9,17 +9,25 @@ Before each step go the macros of that stage: Postfix's defaults, or the lists t
 milter asked for in its OPTNEG reply. The milter's answer is a ``MilterOutcome``:
 what to do with the message, and the header block after its edits.
 
-One connection per SMTP session, as Postfix keeps one: opened when the session's
-first message is complete (a stage sees a message at ``IStage.finish``), kept in
-``ctx.session`` for the next ones, and ended by ``SMFIC_QUIT`` when SMTP closes the
-session (``ISessionStage.session_closed``: QUIT, a dropped client, shutdown). The
-option negotiation and connect are sent once, HELO again only when the client
-changed its name; each message then goes MAIL ... end of message, and one that
-ends early (refused at MAIL or RCPT) is followed by ``SMFIC_ABORT``, so the milter
-is ready for the next. A verdict at connect or HELO holds for the whole session. A
-transaction the client abandons (RSET, QUIT, a drop mid-DATA) never reaches the
-milter at all, since nothing is sent before the message is complete; a
-connection that fails is closed and the next message opens a new one.
+One connection per SMTP session, as Postfix keeps one, and the envelope at SMTP
+time, as Postfix's ``smtpd_milters`` sends it: ``mail(ctx)`` at MAIL FROM opens the
+connection (negotiation, connect with the client's FCrDNS name, HELO) and sends MAIL,
+``rcpt(ctx, address)`` sends each RCPT the other checks let through, and the milter's
+answer is the command's (a reject or tempfail at RCPT refuses that recipient only;
+the others go on). ``check(ctx)`` at the end of the message then goes on from DATA
+on the same connection. A message whose envelope no one sent (``mail`` was not
+called: the stage used on its own) gets the whole transaction at ``check``. The
+connection lives in ``ctx.session`` and ends with ``SMFIC_QUIT`` when SMTP closes
+the session (``ISessionStage.session_closed``: QUIT, a dropped client, shutdown).
+The option negotiation and connect are sent once, HELO again only when the client
+changed its name. A transaction that ends early (refused at MAIL, accepted or
+discarded before its data, or abandoned by the client with RSET, a refused DATA, a
+drop) is followed by ``SMFIC_ABORT`` (at the latest before the next MAIL), so the
+milter is ready for the next. A verdict at connect or HELO holds for the whole
+session; it is answered at MAIL FROM, the first command that waits for the client's
+name (Postfix sends connect once it knows it). A connection that fails is closed;
+the transaction then follows the milter's ``default_action``, and the next one
+opens a new connection.
 
 Timeouts (``connect_timeout``, ``command_timeout`` for each reply, ``eom_timeout``
 for the end-of-message reply) restart at every ``SMFIR_PROGRESS``. A milter that
@@ -30,6 +38,7 @@ the stage applies the milter's ``default_action``.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,12 +193,28 @@ class MilterClient:
         self.spool_dir = spool_dir
 
     def check(self, ctx: MessageContext) -> defer.Deferred[MilterOutcome]:
-        """The milter's outcome for the message; fails with ``MilterError``."""
+        """The milter's outcome for the message at its end; fails with ``MilterError``."""
         return defer.Deferred.fromCoroutine(self._check(ctx))
+
+    def mail(self, ctx: MessageContext) -> defer.Deferred[MilterOutcome | None]:
+        """MAIL FROM (``ctx.session`` must be set): the milter's outcome if it ended
+        the transaction there (a refusal, accept, discard, or the session's verdict
+        from connect or HELO), else None; fails with ``MilterError``."""
+        return defer.Deferred.fromCoroutine(self._mail(ctx))
+
+    def rcpt(self, ctx: MessageContext, address: str) -> defer.Deferred[MilterOutcome | None]:
+        """One RCPT after ``mail``: a reject or tempfail of this recipient, or None
+        (accepted, or the milter decided for the whole message: ``check`` says so);
+        fails with ``MilterError``."""
+        return defer.Deferred.fromCoroutine(self._rcpt(ctx, address))
 
     @property
     def session_key(self) -> str:
         return f"milter:{self.spec.name}"
+
+    @property
+    def envelope_key(self) -> str:
+        return f"milter:{self.spec.name}:envelope"
 
     async def _connect(self) -> _Link:
         try:
@@ -200,14 +225,73 @@ class MilterClient:
         except Exception as e:
             raise MilterError(f"cannot connect to {self.spec.endpoint}: {e}") from e
 
+    async def _mail(self, ctx: MessageContext) -> MilterOutcome | None:
+        assert ctx.session is not None
+        envelope = ctx.session[self.envelope_key] = _Envelope()
+        try:
+            outcome = await self._converse(ctx, _Conversation.envelope_from, fresh=True)
+        except MilterError as e:
+            envelope.failed = str(e)
+            raise
+        if outcome is not None:  # decided for the whole transaction
+            envelope.outcome = outcome
+        return outcome
+
+    async def _rcpt(self, ctx: MessageContext, address: str) -> MilterOutcome | None:
+        envelope = ctx.session.get(self.envelope_key) if ctx.session is not None else None
+        if envelope is None or envelope.outcome is not None:
+            return None  # not sent at MAIL (check sends it all), or already decided
+        if envelope.failed is not None:
+            raise MilterError(envelope.failed)
+
+        async def step(conversation: _Conversation) -> MilterOutcome | None:
+            try:
+                await conversation.envelope_rcpt(address)
+            except _Done as e:
+                if e.outcome.action in ("reject", "tempfail"):
+                    return e.outcome  # this recipient only: the transaction goes on
+                raise
+            return None
+
+        try:
+            outcome = await self._converse(ctx, step, fresh=False)
+        except MilterError as e:
+            envelope.failed = str(e)
+            raise
+        if outcome is not None and outcome.action not in ("reject", "tempfail"):
+            envelope.outcome = outcome  # accept or discard: the whole message
+            return None
+        return outcome
+
     async def _check(self, ctx: MessageContext) -> MilterOutcome:
+        envelope = ctx.session.pop(self.envelope_key, None) if ctx.session is not None else None
+        if envelope is None:  # nothing was sent at SMTP time: the whole transaction now
+            outcome = await self._converse(ctx, _Conversation.run, fresh=True)
+        elif envelope.failed is not None:
+            raise MilterError(envelope.failed)
+        elif envelope.outcome is not None:
+            return envelope.outcome
+        else:
+            outcome = await self._converse(ctx, _Conversation.content, fresh=False)
+        assert outcome is not None
+        return outcome
+
+    async def _converse(self, ctx: MessageContext,
+                        steps: Callable[[_Conversation], Awaitable[MilterOutcome | None]],
+                        fresh: bool) -> MilterOutcome | None:
+        """Run ``steps`` on the session's connection (``fresh``: opening one if
+        needed; otherwise the transaction's must still be there)."""
         link = ctx.session.get(self.session_key) if ctx.session is not None else None
         if link is not None and link.verdict is not None:
             return link.verdict  # decided at connect or HELO, for the whole session
         if link is not None and not link.usable:
             link.close()
+            if ctx.session is not None:
+                del ctx.session[self.session_key]
             link = None
         if link is None:
+            if not fresh:
+                raise MilterError("connection lost during the transaction")
             link = await self._connect()
             if ctx.session is not None:
                 ctx.session[self.session_key] = link
@@ -215,7 +299,7 @@ class MilterClient:
         conversation = _Conversation(self, link, ctx)
         keep = False
         try:
-            outcome = await conversation.run()
+            outcome = await steps(conversation)
             keep = True
             return outcome
         except _Done as e:
@@ -223,7 +307,7 @@ class MilterClient:
             if e.session_wide:
                 link.verdict = e.outcome
             else:  # ended before end of message: the milter forgets the message
-                link.proto.send(p.C_ABORT)
+                link.abort()
             return e.outcome
         except (defer.CancelledError, defer.TimeoutError, error.TimeoutError) as e:
             raise MilterError("timed out") from e
@@ -252,6 +336,18 @@ class MilterClient:
             link.close()
 
 
+class _Envelope:
+    """What one milter made of a transaction's envelope at SMTP time (in the
+    session, for ``check``)."""
+
+    def __init__(self) -> None:
+        #: The milter decided for the whole message before its data (accept, discard,
+        #: or a refusal at MAIL FROM).
+        self.outcome: MilterOutcome | None = None
+        #: The milter failed during the envelope: its default action applies.
+        self.failed: str | None = None
+
+
 class _Link:
     """One connection to a milter, kept for an SMTP session: what was negotiated
     and which session steps (connect, HELO) it has seen."""
@@ -265,12 +361,18 @@ class _Link:
         self.connected = False  # SMFIC_CONNECT sent
         self.helo: str | None = None  # the HELO name last sent
         self.verdict: MilterOutcome | None = None  # from connect or HELO: the session's
+        self.in_transaction = False  # MAIL sent, neither end of message nor ABORT yet
         self.busy = False
         self.closed = False
 
     @property
     def usable(self) -> bool:
         return not self.closed and self.proto.usable
+
+    def abort(self) -> None:
+        """SMFIC_ABORT: the milter forgets the transaction under way."""
+        self.in_transaction = False
+        self.proto.send(p.C_ABORT)
 
     def close(self) -> None:
         self.closed = True
@@ -383,8 +485,18 @@ class _Conversation:
         link.negotiated = True
 
     async def run(self) -> MilterOutcome:
-        """The steps the milter has not seen on this connection, then the message's."""
-        ctx, proto, link = self.ctx, self.proto, self.link
+        """The whole transaction at once: the envelope, then the content."""
+        await self.envelope_from()
+        if not self.flags & p.P_NORCPT:
+            for rcpt in self.ctx.recipients:
+                await self.envelope_rcpt(rcpt)
+        return await self.content()
+
+    async def envelope_from(self) -> None:
+        """The session steps the milter has not seen on this connection, then MAIL."""
+        ctx, link = self.ctx, self.link
+        if link.in_transaction:  # one the client abandoned (RSET, a refused DATA)
+            link.abort()
         if not link.negotiated:
             await self._negotiate()
         if not link.connected:
@@ -399,14 +511,20 @@ class _Conversation:
                 self._send_macros(p.M_HELO)
                 await self._step(p.C_HELO, p.encode_args(_b(ctx.helo)), p.P_NR_HELO,
                                  session_wide=True)
+        link.in_transaction = True
         if not self.flags & p.P_NOMAIL:
             self._send_macros(p.M_ENVFROM)
             await self._step(p.C_MAIL, p.encode_args(
                 _b(f"<{ctx.sender}>"), *(_b(a) for a in ctx.mail_params)), p.P_NR_MAIL)
+
+    async def envelope_rcpt(self, rcpt: str) -> None:
         if not self.flags & p.P_NORCPT:
-            for rcpt in ctx.recipients:
-                self._send_macros(p.M_ENVRCPT, rcpt)
-                await self._step(p.C_RCPT, p.encode_args(_b(f"<{rcpt}>")), p.P_NR_RCPT)
+            self._send_macros(p.M_ENVRCPT, rcpt)
+            await self._step(p.C_RCPT, p.encode_args(_b(f"<{rcpt}>")), p.P_NR_RCPT)
+
+    async def content(self) -> MilterOutcome:
+        """DATA, the header fields, the body and end of message."""
+        ctx, proto = self.ctx, self.proto
         if not self.flags & p.P_NODATA:
             self._send_macros(p.M_DATA)
             await self._step(p.C_DATA, b"", p.P_NR_DATA)
@@ -426,7 +544,9 @@ class _Conversation:
             self._pending.clear()
         self._send_macros(p.M_EOM)
         proto.send(p.C_BODYEOB)
-        return await self._end_of_message(leading_space)
+        outcome = await self._end_of_message(leading_space)
+        self.link.in_transaction = False
+        return outcome
 
     def _body_chunk(self, chunk: bytes) -> defer.Deferred[None] | None:
         """The spool's chunks, re-cut to SMFIC_BODY packets of exactly CHUNK_SIZE

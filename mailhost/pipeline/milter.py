@@ -1,7 +1,15 @@
 """The milter check (``milter``): every milter of ``pipeline.milters``, in order.
 
 Like Postfix's ``smtpd_milters``: each milter sees the whole transaction (see
-``mailhost.milter.client``) and its answer is honoured: accept (this milter has
+``mailhost.milter.client``), the envelope when it happens. The stage is also an
+envelope check (``IEnvelopeCheck``, which ``service.py`` appends to the SMTP-phase
+checks): at MAIL FROM each milter gets connect, HELO and MAIL, and its refusal there
+(or at connect or HELO) is the answer to MAIL; at each RCPT it gets the recipient,
+and its reject or tempfail refuses that recipient alone (``550``/``450`` or its own
+``SMFIR_REPLYCODE``), the others go on. A milter that fails then follows its
+``default_action`` at that command. The rest of the conversation (DATA, header,
+body) runs at the end of the message, on the same connection, and its answer is
+honoured: accept (this milter has
 nothing more to say), continue, reject (its ``SMFIR_REPLYCODE`` text, else
 ``550 5.7.1``), tempfail (``451 4.7.1``), discard (250, delivered nowhere), header
 edits (add, insert, change, delete: applied to ``ctx.header_block``, so the next
@@ -29,22 +37,86 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailhost.message.checks import ClientContext, IEnvelopeCheck
 from mailhost.message.spool import Spool
 from mailhost.message.stage import ISessionStage, MessageContext, Verdict
-from mailhost.milter.client import MilterClient, MilterError
+from mailhost.milter.client import MilterClient, MilterError, MilterOutcome
 
 log = Logger()
 
 
-@implementer(ISessionStage)
+@implementer(ISessionStage, IEnvelopeCheck)
 class MilterStage:
-    """Implements: ISessionStage (``milter``): each milter's connection is kept for
-    the SMTP session (``ctx.session``), as Postfix does."""
+    """Implements: ISessionStage, IEnvelopeCheck (``milter``): each milter's
+    connection is kept for the SMTP session (``ctx.session``, the same dict as the
+    client's ``ClientContext.session``), as Postfix does."""
 
     name = "milter"
 
     def __init__(self, clients: Sequence[MilterClient]) -> None:
         self.clients = tuple(clients)
+
+    # -- IEnvelopeCheck: the envelope at SMTP time ------------------------------------
+
+    def connect(self, client: ClientContext) -> None:
+        pass  # connect goes at MAIL FROM, with the client's FCrDNS name settled
+
+    def mail(self, client: ClientContext, sender: str) -> defer.Deferred[Verdict | None] | None:
+        if client.session is None:  # nowhere to keep the conversation: all at the end
+            return None
+        return defer.Deferred.fromCoroutine(self._mail(_envelope(client, sender)))
+
+    def rcpt(self, client: ClientContext, sender: str, recipient: str,
+             accepted: int) -> defer.Deferred[Verdict | None] | None:
+        if client.session is None:
+            return None
+        return defer.Deferred.fromCoroutine(self._rcpt(_envelope(client, sender), recipient))
+
+    async def _mail(self, ctx: MessageContext) -> Verdict | None:
+        for client in self.clients:
+            try:
+                outcome = await client.mail(ctx)
+            except MilterError as e:
+                verdict = self._failed(client, e, "MAIL FROM")
+                if verdict is not None:
+                    return verdict
+                continue
+            verdict = _refusal(outcome)
+            if verdict is not None:
+                log.info("milter {milter} refused MAIL FROM <{sender}>: {code} {text}",
+                         event="milter.refused", milter=client.spec.name, sender=ctx.sender,
+                         code=verdict.code, text=verdict.text)
+                return verdict
+        return None
+
+    async def _rcpt(self, ctx: MessageContext, recipient: str) -> Verdict | None:
+        for client in self.clients:
+            try:
+                outcome = await client.rcpt(ctx, recipient)
+            except MilterError as e:
+                verdict = self._failed(client, e, "RCPT TO", ctx.queue_id)
+                if verdict is not None:
+                    return verdict
+                continue
+            verdict = _refusal(outcome)
+            if verdict is not None:
+                log.info("milter {milter} refused RCPT TO <{rcpt}>: {code} {text}",
+                         event="milter.refused", milter=client.spec.name, rcpt=recipient,
+                         code=verdict.code, text=verdict.text, tid=ctx.queue_id)
+                return verdict
+        return None
+
+    @staticmethod
+    def _failed(client: MilterClient, e: MilterError, where: str, tid: str = "") -> Verdict | None:
+        spec = client.spec
+        log.warn("milter {milter} failed at {where} ({error}): default action {action}",
+                 event="milter.failed", milter=spec.name, where=where, error=str(e),
+                 action=spec.default_action, tid=tid)
+        if spec.default_action == "tempfail":
+            return Verdict.tempfail("Service unavailable - try again later")
+        return None
+
+    # -- ISessionStage: the content at the end of the message --------------------------
 
     def envelope(self, ctx: MessageContext) -> None:
         pass
@@ -104,6 +176,27 @@ class MilterStage:
             if outcome.action == "quarantine":
                 quarantine = Verdict.quarantine(outcome.reason)
         return quarantine
+
+
+def _refusal(outcome: MilterOutcome | None) -> Verdict | None:
+    if outcome is None:
+        return None
+    code, status, text = outcome.reply
+    if outcome.action == "reject":
+        return Verdict.reject(text, code, status)
+    if outcome.action == "tempfail":
+        return Verdict.tempfail(text, code, status)
+    return None  # accept or discard: for the whole message, answered at its end
+
+
+def _envelope(client: ClientContext, sender: str) -> MessageContext:
+    """The transaction so far, as the milter conversation reads it (its macros)."""
+    return MessageContext(
+        client.ip, client.helo, sender, client.user, client.submission,
+        queue_id=client.transaction_id, client_port=client.port,
+        client_name=client.name or "", local_ip=client.local_ip,
+        auth_mechanism=client.auth_mechanism if client.user else "",
+        mail_params=client.mail_params, session=client.session)
 
 
 def _reader(body: Spool) -> Callable[[Callable[[bytes], defer.Deferred[None] | None]],

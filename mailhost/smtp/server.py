@@ -219,7 +219,9 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._registered = True
         if self.factory.checks:  # their lookups (rDNS, DNSBL) start now, unwaited
             self._client = self.factory.checks.connect(ClientContext(
-                self.session.client_ip, submission=self.factory.submission))
+                self.session.client_ip, submission=self.factory.submission,
+                port=self.session.client_port, local_ip=_local_ip(self.transport),
+                session=self._stage_session))
         send_at_once(self.transport)
         self._quick_ack = QuickAck(self.transport)
         self._progress = self.factory.reactor.seconds()
@@ -756,6 +758,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         esmtp = tuple(split_path(arg[5:])[1].split())  # as sent, for milters
         if self._client is not None:
             self._client.helo, self._client.user = session.helo or "", session.user
+            self._client.auth_mechanism, self._client.mail_params = session.auth_mechanism, esmtp
+            self._client.transaction_id = ""
             return self._checked(self.factory.checks.mail(self._client, str(sender)),
                                  lambda: self._begin_transaction(sender, params, esmtp))
         return self._begin_transaction(sender, params, esmtp)
@@ -809,6 +813,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             raise
         decided = None
         if self._client is not None:
+            self._client.transaction_id = txn.id
             decided = self.factory.checks.rcpt(self._client, str(txn.sender), str(rcpt),
                                                len(txn.accepted))
         quota = rcpt_refusal(self.factory.store, decision.mailboxes, txn.params.size)

@@ -68,7 +68,9 @@ async def test_continue_delivers_and_the_milter_sees_the_whole_transaction(tmp_p
         assert macros[p.C_CONNECT][b"{daemon_name}"] == b"mailhost"
         assert macros[p.C_CONNECT][b"{if_name}"] == b"mx.b.test"
         assert macros[p.C_CONNECT][b"_"] == b"unknown [127.0.0.1]"
-        queue_id = macros[p.C_MAIL][b"i"]
+        # No queue id at MAIL FROM yet, as in Postfix (smtpd_delay_open_until_valid_rcpt)
+        assert b"i" not in macros[p.C_MAIL]
+        queue_id = macros[p.C_RCPT][b"i"]
         assert queue_id and macros[p.C_BODYEOB][b"i"] == queue_id
         assert macros[p.C_MAIL][b"{mail_addr}"] == b"alice@a.test"
         assert macros[p.C_RCPT][b"{rcpt_addr}"] == b"bob@b.test"
@@ -401,13 +403,21 @@ def _aborted_session(host):
 
 
 @pytest_twisted.ensureDeferred
-async def test_rset_quit_and_a_dropped_client_never_reach_the_milter(tmp_path):
+async def test_rset_and_a_dropped_client_abort_the_milters_transaction(tmp_path):
+    """The envelope goes to the milter at SMTP time; a transaction the client
+    abandons (RSET, a drop mid-DATA) is aborted (SMFIC_ABORT before the next MAIL,
+    SMFIC_QUIT when the connection ends) and its content never reaches the milter."""
     milter, host = await run(tmp_path)
     try:
         await threads.deferToThread(_aborted_session, host)
-        assert milter.sessions == []  # no connection: the milter sees whole messages only
+        await until(lambda: p.C_QUIT in {c for c, _ in milter.commands})
+        (seen,) = milter.sessions
+        commands = [c for c, _ in seen if c != p.C_MACRO]
+        assert commands == [p.C_OPTNEG, p.C_CONNECT, p.C_HELO, p.C_MAIL, p.C_RCPT,
+                            p.C_ABORT, p.C_MAIL, p.C_RCPT, p.C_QUIT]
         assert (await smtp_send(host, MSG))[0] == 250
-        assert len(milter.sessions) == 1
+        assert len(milter.sessions) == 2
+        assert len(await inbox(host)) == 1
     finally:
         await stop(milter, host)
 

@@ -1,0 +1,209 @@
+"""CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267 4): results that keep themselves current.
+
+``SEARCH RETURN (UPDATE) ...`` (or ``SORT RETURN (UPDATE) ...``) answers as usual and
+then keeps the search: whenever the selected mailbox changes (this session's STORE or
+APPEND, another session, an SMTP delivery, Dovecot on the same Maildir) the session
+runs it again and tells the client how the result moved, in an ESEARCH line tagged
+like the original command::
+
+    * ESEARCH (TAG "A1") UID REMOVEFROM (2 7) ADDTO (4 12:13)
+
+For SEARCH the position is 0 (the result is a set). For SORT it is the 1-based place
+in the sorted result, and the updates are ordered so that a client applying them one
+after the other, left to right, gets the new result (RFC 5267 4.3): every REMOVEFROM
+first, numbered as the list stands after the ones before it, then every ADDTO in
+ascending final position, each run of neighbours in one ADDTO. A result of sequence
+numbers is sent only when expunges cannot be pending, so the numbers are the client's.
+Messages the session has been told are expunged leave the result silently (the
+client saw the EXPUNGE or VANISHED). ``CANCELUPDATE "tag"`` stops one; selecting
+another mailbox stops all. At most ``MAX_CONTEXTS`` run at once per session; one more
+gets ``* NO [NOUPDATE "tag"]`` and an ordinary answer.
+
+The search is run again in full when the folder's HIGHESTMODSEQ moved (any append,
+flag change or expunge): O(messages) per change and context, like the first search
+(the header table makes text keys cheap after the first run).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from mailhost.imap import parser
+from mailhost.imap.encoding import quote
+from mailhost.imap.responses import Bad, format_set
+from mailhost.imap.states import SEL
+
+if TYPE_CHECKING:
+    from mailhost.imap.selected import SelectedMailbox
+    from mailhost.imap.server import IMAPServer
+
+log = Logger()
+
+#: Update contexts one session may keep at once (Dovecot keeps 10).
+MAX_CONTEXTS = 10
+
+#: ``(selected mailbox) -> the result now``, in result order, as UIDs. It must not hold
+#: the mailbox itself: contexts live in a WeakKeyDictionary keyed by it.
+Rerun = Callable[["SelectedMailbox"], Awaitable[list[int]]]
+
+
+@dataclass
+class Context:
+    """One ``RETURN (UPDATE)`` search of the selected mailbox."""
+
+    tag: str
+    uid: bool  # UID SEARCH/SORT: updates carry UIDs
+    sorted: bool  # SORT: positions matter
+    count: bool  # COUNT was asked for: updates carry the new COUNT too
+    rerun: Rerun
+    result: list[int] = field(default_factory=list)
+    modseq: int = 0  # the folder's HIGHESTMODSEQ the result is current for
+    size: int = 0  # EXISTS when it was computed
+
+
+_CONTEXTS: weakref.WeakKeyDictionary[SelectedMailbox, dict[str, Context]] = \
+    weakref.WeakKeyDictionary()
+
+
+def contexts(sel: SelectedMailbox) -> dict[str, Context]:
+    """The update contexts of one selected mailbox (they end with it)."""
+    found = _CONTEXTS.get(sel)
+    if found is None:
+        found = _CONTEXTS[sel] = {}
+    return found
+
+
+def start(s: IMAPServer, sel: SelectedMailbox, tag: str, uid: bool, sorted_: bool,
+          count: bool, result: list[int], rerun: Rerun) -> bool:
+    """Keep a search that asked for UPDATE; False (and ``* NO [NOUPDATE]``) if not."""
+    live = contexts(sel)
+    if tag in live:
+        raise Bad("A search with this tag is already being updated")
+    if len(live) >= MAX_CONTEXTS:
+        s.send(b"* NO [NOUPDATE " + quote(tag) + b"] Too many updating searches\r\n")
+        return False
+    live[tag] = Context(tag, uid, sorted_, count, rerun, list(result),
+                        sel.folder.highest_modseq, sel.exists)
+    return True
+
+
+def diff_set(old: list[int], new: list[int]) -> tuple[list[int], list[int]]:
+    """(removed, added) between two unordered results, each ascending."""
+    before, after = set(old), set(new)
+    return sorted(before - after), sorted(after - before)
+
+
+def diff_sorted(old: list[int], new: list[int]) -> list[tuple[str, int, list[int]]]:
+    """The REMOVEFROM and ADDTO steps that turn ``old`` into ``new`` (RFC 5267 4.3).
+
+    Messages kept keep their relative order (sort keys never change), so removing
+    what went, left to right, then inserting what came at its final position, in
+    ascending order, rebuilds ``new`` exactly. Each step is ``(kind, position, run)``.
+    """
+    after = set(new)
+    steps: list[tuple[str, int, list[int]]] = []
+    pos = 0  # position in the list as it stands after the removals so far
+    for u in old:
+        if u in after:
+            pos += 1
+        elif steps and steps[-1][0] == "REMOVEFROM" and steps[-1][1] == pos + 1:
+            steps[-1][2].append(u)
+        else:
+            steps.append(("REMOVEFROM", pos + 1, [u]))
+    before = set(old)
+    last = -2
+    for i, u in enumerate(new):
+        if u in before:
+            continue
+        if steps and steps[-1][0] == "ADDTO" and last == i - 1:
+            steps[-1][2].append(u)
+        else:
+            steps.append(("ADDTO", i + 1, [u]))
+        last = i
+    return steps
+
+
+def apply_steps(old: list[int], steps: list[tuple[str, int, list[int]]]) -> list[int]:
+    """What a client does with the steps (the tests check ``diff_sorted`` with it)."""
+    out = list(old)
+    for kind, pos, run in steps:
+        if kind == "REMOVEFROM":
+            del out[pos - 1:pos - 1 + len(run)]
+        else:
+            out[pos - 1:pos - 1] = run
+    return out
+
+
+async def send_updates(s: IMAPServer, allow_seqs: bool) -> None:
+    """Run every context whose folder changed and send what moved. ``allow_seqs``:
+    numbering is settled (no expunge pending), so sequence-number contexts may go."""
+    sel = s.selected
+    if sel is None or sel not in _CONTEXTS:
+        return
+    for ctx in list(contexts(sel).values()):
+        if not ctx.uid and not allow_seqs:
+            continue
+        if ctx.modseq == sel.folder.highest_modseq and ctx.size == sel.exists:
+            continue
+        ctx.modseq, ctx.size = sel.folder.highest_modseq, sel.exists
+        try:
+            new = await ctx.rerun(sel)
+        except Exception:  # the folder went away, a bug: the command's reply still goes
+            log.failure("CONTEXT: updating search {tag} failed; dropped", tag=ctx.tag)
+            contexts(sel).pop(ctx.tag, None)
+            continue
+        if s.selected is not sel or contexts(sel).get(ctx.tag) is not ctx:
+            return  # unselected or cancelled meanwhile
+        line = update_line(ctx, sel, new)
+        ctx.result = new
+        if line:
+            s.send(line)
+
+
+def update_line(ctx: Context, sel: SelectedMailbox, new: list[int]) -> bytes:
+    """The ESEARCH line for a result that went from ``ctx.result`` to ``new``; b"" if
+    nothing moved that the client does not know already."""
+    present = set(sel.uids)
+    old = [u for u in ctx.result if u in present]  # expunges the client was told of
+    if ctx.sorted:
+        steps = diff_sorted(old, new)
+    else:
+        removed, added = diff_set(old, new)
+        steps = [(kind, 0, run) for kind, run in (("REMOVEFROM", removed), ("ADDTO", added))
+                 if run]
+    if not steps:
+        return b""
+    out = [b"* ESEARCH (TAG " + quote(ctx.tag) + b")"]
+    if ctx.uid:
+        out.append(b"UID")
+    for kind, pos, run in steps:
+        nums = run if ctx.uid else [n for n in map(sel.seq_of, run) if n is not None]
+        if not ctx.sorted:
+            nums.sort()
+        out.append(b"%s (%d %s)" % (kind.encode("ascii"), pos, format_set(nums)))
+    if ctx.count:
+        out.append(b"COUNT %d" % len(new))
+    return b" ".join(out) + b"\r\n"
+
+
+async def cancelupdate(s: IMAPServer, cmd: parser.Command) -> bytes:
+    """CANCELUPDATE "tag" ... (RFC 5267 4.2): stop updating these searches."""
+    if not cmd.args:
+        raise Bad("CANCELUPDATE expects tags")
+    assert s.selected is not None
+    live = contexts(s.selected)
+    tags = [parser.as_string(t, "tag").decode("ascii", "replace") for t in cmd.args]
+    unknown = [t for t in tags if t not in live]
+    if unknown:
+        raise Bad("No updating search has tag " + unknown[0])
+    for t in tags:
+        del live[t]
+    return b"CANCELUPDATE completed"
+
+
+HANDLERS = {"CANCELUPDATE": (SEL, cancelupdate)}
