@@ -50,9 +50,11 @@ class ServerConfig:
 class StoreConfig:
     """The mail store backend."""
 
-    backend: Literal["maildir", "memory"] = "maildir"
+    backend: Literal["maildir", "memory", "postgresql"] = "maildir"
     # Maildir root; relative paths are under server.data_dir.
     path: str = "mail"
+    # backend = "postgresql": the database (libpq URI or key=value string).
+    dsn: str = ""
     fsync: bool = True
     # How open folders notice other programs' changes (Dovecot, mutt, an MDA):
     # "inotify" (polling where it is unavailable) or "poll".
@@ -71,6 +73,10 @@ class StoreConfig:
 class AuthConfig:
     """Credential files; relative paths are under server.data_dir."""
 
+    # "passwd": the passwd file; "postgresql": the users table of auth.dsn (or, when
+    # that is empty, store.dsn), shared by every node.
+    backend: Literal["passwd", "postgresql"] = "passwd"
+    dsn: str = ""
     passwd_file: str = "passwd"
     aliases_file: str = "aliases"
     # Create postmaster@<first domain> with a random password when passwd is empty.
@@ -182,6 +188,8 @@ class IMAPConfig:
     max_connections: int = 500
     # Concurrent connections from one client address (IPv6: one /64); 0 = unlimited.
     max_connections_per_ip: int = 50
+    # URLAUTH (RFC 4467) mailbox access keys, one 0600 file per user; "" = no URLAUTH.
+    urlauth_dir: str = "urlauth"
 
 
 @dataclass
@@ -434,6 +442,7 @@ PATH_KEYS: dict[str, Literal["base", "data"]] = {
     "outbound.queue_dir": "data",
     "outbound.mta_sts_ca_file": "base",
     "greylist.path": "data",
+    "imap.urlauth_dir": "data",
 }
 
 
@@ -634,6 +643,10 @@ def validate(config: Config) -> None:
         raise ConfigError("server.workers: several workers need the maildir store "
                           "(a memory store is private to one process)")
     store_modes(config.store)
+    if config.store.backend == "postgresql" and not config.store.dsn:
+        raise ConfigError('store.dsn: backend = "postgresql" needs a dsn ("postgresql://…")')
+    if config.auth.backend == "postgresql" and not (config.auth.dsn or config.store.dsn):
+        raise ConfigError('auth.dsn: backend = "postgresql" needs auth.dsn or store.dsn')
     from mailhost.store.quota import parse_size
 
     try:

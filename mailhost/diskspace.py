@@ -55,7 +55,7 @@ def storage_problem(exc: BaseException) -> str | None:
 
 def describe(exc: BaseException) -> str:
     """One line for the log: the OS's words and the file, never a traceback."""
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and exc.errno is not None:
         where = f": {exc.filename}" if exc.filename else ""
         return f"[Errno {exc.errno}] {exc.strerror or exc}{where}"
     return f"{type(exc).__name__}: {exc}"

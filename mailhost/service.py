@@ -56,6 +56,10 @@ def make_store(config: Config, shared: bool = False) -> IMailStore:
         from mailhost.store.memory import MemoryStore
 
         return MemoryStore()
+    if config.store.backend == "postgresql":
+        from mailhost.store.postgresql.startup import open_store
+
+        return open_store(config.store.dsn)
     from mailhost.store.maildir import MaildirStore
     from mailhost.store.modes import FileModes
     from mailhost.store.modseq import time_clock
@@ -431,7 +435,12 @@ def makeService(
         check_writable(storage_paths)
     store = store if store is not None else make_store(config, shared=worker is not None)
 
-    passwd = PasswdFile(config.data_path(config.auth.passwd_file))
+    if config.auth.backend == "postgresql":  # the users table, shared by every node
+        from mailhost.auth.pg_users import make_users
+
+        passwd: PasswdFile = make_users(config.auth.dsn or config.store.dsn)
+    else:
+        passwd = PasswdFile(config.data_path(config.auth.passwd_file))
     aliases = AliasesFile(config.data_path(config.auth.aliases_file))
     capture = settings.capture.enabled
     if capture:
@@ -481,6 +490,14 @@ def makeService(
     root.mail_view = _make_mail_view(store, config, reactor)
     if auth_pool is not None:
         ThreadPoolService(auth_pool).setServiceParent(root)
+    if config.auth.backend == "postgresql":  # other nodes' user changes reach this one
+        from mailhost.auth.pg_users import PostgresUsers
+        from mailhost.db.notify import ListeningService
+
+        assert isinstance(passwd, PostgresUsers)
+        users = passwd
+        ListeningService(lambda: users.start_listening(reactor),
+                         users.stop_listening).setServiceParent(root)
     limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
     if channel is not None:
         from mailhost.workers.shared import SharedConnectionLimiter
@@ -728,7 +745,7 @@ _RESTART_KEYS = ("server.data_dir", "server.workers", "server.log_format", "serv
                  "outbound.enabled", "outbound.queue_dir", "outbound.resolver",
                  "outbound.mta_sts", "outbound.dane", "outbound.mta_sts_ca_file",
                  "outbound.mta_sts_port", "outbound.mta_sts_timeout",
-                 "auth.passwd_file",
+                 "auth.passwd_file", "auth.backend", "auth.dsn",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
                  "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns",
                  "capture.", "web.")

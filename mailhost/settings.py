@@ -114,12 +114,15 @@ class IMAPSettings:
     timeout: float = 1800.0
     preauth_timeout: float = 60.0
     handshake_timeout: float = 30.0
+    #: URLAUTH (RFC 4467) key files; "" turns URLAUTH off.
+    urlauth_dir: str = ""
 
     @classmethod
     def from_config(cls, config: Config) -> IMAPSettings:
         i = config.imap
         return cls(i.max_literal_size, i.max_line_length, i.timeout, i.preauth_timeout,
-                   config.tls.handshake_timeout)
+                   config.tls.handshake_timeout,
+                   config.data_path(i.urlauth_dir) if i.urlauth_dir else "")
 
 
 @dataclass(frozen=True)

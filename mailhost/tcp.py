@@ -20,7 +20,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet.interfaces import ISystemHandle
+from twisted.internet.interfaces import ISSLTransport, ISystemHandle
+from twisted.internet.tcp import Connection
 from twisted.protocols.policies import ProtocolWrapper
 
 #: Linux only; on other systems ``QuickAck`` does nothing.
@@ -84,3 +85,56 @@ class QuickAck:
             self._socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         except OSError:  # closed under us; nothing to acknowledge any more
             self._socket = None
+
+
+def plain_socket(transport: Any) -> socket.socket | None:
+    """The TCP socket under ``transport`` when every layer above it passes writes
+    through unchanged (``ProtocolWrapper``'s own ``write``) and none is TLS; else None."""
+    for _ in range(_MAX_WRAPPERS):
+        if ISSLTransport.providedBy(transport):
+            return None
+        if isinstance(transport, ProtocolWrapper):
+            if type(transport).write is not ProtocolWrapper.write:
+                return None
+            transport = transport.transport
+            continue
+        if isinstance(transport, Connection):
+            return tcp_socket(transport)
+        return None
+    return None
+
+
+class DirectWriter:
+    """Writes a connection's replies straight to its socket while nothing is queued.
+
+    Twisted's ``write`` queues the bytes, asks the reactor to watch the socket for
+    writing (one ``epoll_ctl``), sends on the next turn and stops watching (another):
+    for a short reply that the kernel takes whole, that is two system calls and a
+    reactor event more than the ``send`` itself, which SMTP paid seven times a
+    message. Here a reply is sent at once; only when the kernel does not take all of
+    it does the rest go to ``transport.write``, and from then on everything does (so
+    bytes never overtake queued ones). Every write of the protocol must go through
+    ``write``; ``stop()`` before TLS starts. Without a plain TCP socket (TLS, a UNIX
+    socket, a test transport) this is just ``transport.write``.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._socket = plain_socket(transport)
+
+    def write(self, data: bytes) -> None:
+        sock = self._socket
+        if sock is not None:
+            try:
+                sent = sock.send(data)
+            except OSError:  # full (EAGAIN) or broken: Twisted takes it from here
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._socket = None
+        self._transport.write(data)
+
+    def stop(self) -> None:
+        """From now on through the transport (TLS is about to start, or it closed)."""
+        self._socket = None

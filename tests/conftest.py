@@ -52,3 +52,20 @@ def dns_server():
     pytest_twisted.blockon(Deferred.fromCoroutine(server.start()))
     yield server
     pytest_twisted.blockon(Deferred.fromCoroutine(server.stop()))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster (tests/pg_cluster.py), one per test process, started
+    on first use and torn down at the end of the session."""
+    from tests.pg_cluster import PgCluster
+
+    cluster = PgCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster):
+    """The DSN of a fresh, empty database of ``pg_cluster``: the test's own."""
+    return pg_cluster.new_database()

@@ -46,7 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _passwd(config: Config) -> PasswdFile:
-    return PasswdFile(config.data_path(config.auth.passwd_file))
+    """The passwd file, or the users table with ``[auth] backend = "postgresql"``."""
+    from mailhost.auth.pg_users import open_passwd
+
+    return open_passwd(config)
 
 
 def _read_password() -> str:
@@ -148,7 +151,7 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
     """One user a line on stdout; when there is none, a note on stderr naming the file,
     so an admin pointed at the wrong data directory is told, not shown nothing."""
     passwd = _passwd(config)
-    if not os.path.exists(passwd.path):
+    if config.auth.backend == "passwd" and not os.path.exists(passwd.path):
         print(f"mailhost: no passwd file at {passwd.path} (no users: the server creates it "
               "on its first start, 'mailhost user add' too)", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from itertools import compress
 from typing import TYPE_CHECKING
 
-from mailhost.imap import parser, rev2
+from mailhost.imap import objects, parser, rev2
 from mailhost.imap.list_extended import parse_list
 from mailhost.imap.quota import check_room
 from mailhost.imap.responses import Bad, No, format_set
@@ -76,6 +76,7 @@ async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
         out.append(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
     out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
     out.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % folder.uid_next)
+    out.append(objects.mailbox_id_line(folder))  # RFC 8474
     s.send(b"".join(out))
     mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
     return mode + b" " + cmd.name.encode("ascii") + b" completed"
@@ -102,7 +103,7 @@ async def create(s: IMAPServer, cmd: parser.Command) -> bytes:
     if name == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
     await s.account.create_folder(name, use)
-    return b"CREATE completed"
+    return objects.mailbox_id_code(await s.account.open_folder(name)) + b"CREATE completed"
 
 
 def _create_use(token: object) -> str | None:
@@ -366,8 +367,10 @@ async def status_response(s: IMAPServer, folder: IFolder, items: Sequence[str]) 
         "DELETED-STORAGE": lambda: sum(n for f, n in zip(flags, sizes, strict=True)
                                        if "\\Deleted" in f),
         "HIGHESTMODSEQ": lambda: folder.highest_modseq,
+        "MAILBOXID": lambda: objects.status_value(folder),  # RFC 8474
     }
-    body = b" ".join(b"%s %d" % (it.encode("ascii"), values[it]()) for it in items)
+    body = b" ".join(b"%s %s" % (it.encode("ascii"), b"%d" % v if isinstance(v, int) else v)
+                     for it in items for v in [values[it]()])
     return (b"* STATUS " + wire_name(folder.name, rev2.utf8_names(s)) + b" (" + body
             + b")\r\n")
 
@@ -401,6 +404,13 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
             for i in range(0, len(message), APPEND_CHUNK):
                 writer.write(message[i:i + APPEND_CHUNK])
         plan.append((writer, frozenset(f for f in flags if f != "\\Recent"), date))
+    return await commit_appends(account, name, plan)
+
+
+async def commit_appends(account: IMailAccount, name: str,
+                         plan: list[tuple[IMessageWriter, frozenset[str], float | None]]) -> bytes:
+    """Commit APPEND's messages (one, a MULTIAPPEND's, or CATENATE's) all or none; the
+    tagged OK's text."""
     uids: list[int] = []
     validity = 0
     try:  # the whole MULTIAPPEND must fit

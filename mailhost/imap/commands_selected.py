@@ -210,6 +210,8 @@ async def fetch(s: IMAPServer, cmd: parser.Command, items: list | None = None,
     index_only = all(it.name in INDEX_ITEMS for it in items)
     if not index_only or any(it.name == "INTERNALDATE" for it in items):
         await dates_ready(folder, uids)  # no stat per message on the reactor below
+    if any(it.name == "SAVEDATE" for it in items):
+        await folder.save_dates(uids)  # RFC 8514: read in one pass, kept for below
     if not index_only:
         from mailhost.imap import fetch as fetching
     if not index_only and not sel.readonly and fetching.needs_seen(items):

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from mailhost.imap import binary, bodystructure, envelope, mime
+from mailhost.imap import binary, bodystructure, envelope, mime, objects
 from mailhost.imap.encoding import format_datetime, format_flags, nstring
 from mailhost.imap.output import without_nul
 from mailhost.imap.parser import FetchItem, Section
@@ -263,6 +263,9 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
         preview_of = folder.get_cached(info.uid, "preview")
         if preview_of is None and all(i.lazy for i in wants_preview):
             _make_preview_later(folder, info)
+    saved = None  # RFC 8514
+    if any(i.name == "SAVEDATE" for i in items):
+        saved = await folder.save_dates([info.uid])
     binaries = {n: i for n, i in enumerate(items) if i.name.startswith("BINARY")}
     binary_out: dict[int, Any] = {}
     need_structure = bool(binaries) or any(_needs_structure(i) for i in items) or (
@@ -323,6 +326,9 @@ async def _fetch(folder: Any, info: MessageInfo, items: Sequence[FetchItem]) -> 
             continue
         if item.name == "PREVIEW":
             buf += nstring(preview_of)
+            continue
+        if item.name in ("SAVEDATE", "EMAILID", "THREADID"):
+            buf += objects.fetch_value(item.name, folder, info, saved)
             continue
         if n in binary_out:
             got = binary_out[n]
@@ -441,3 +447,38 @@ def structure(folder: Any, info: MessageInfo) -> Deferred:
         return part
 
     return Deferred.fromCoroutine(run())
+
+
+async def _section_bytes(folder: Any, info: MessageInfo, section: Section,
+                         partial: tuple[int, int] | None) -> tuple[int, int] | bytes:
+    struct = None
+    if section != Section():
+        cached = folder.get_cached(info.uid, "mime")
+        struct = mime.loads(cached) if cached else None
+        if struct is None:
+            reader = await folder.read_message(info.uid)
+            try:
+                struct = await reader.call(_scan)
+            finally:
+                reader.close()
+            folder.set_cached(info.uid, "mime", mime.dumps(struct))
+    spec = _plan(section, partial, struct, info.size)
+    if spec.kind == "nil":
+        return b""
+    if spec.kind == "range":
+        return spec.start, max(spec.start, spec.end)
+    reader = await folder.read_message(info.uid)
+    try:
+        await reader.call(_read_specs, [spec])
+    finally:
+        reader.close()
+    return spec.data or b""
+
+
+def section_bytes(folder: Any, info: MessageInfo, section: Section,
+                  partial: tuple[int, int] | None = None) -> Deferred:
+    """Deferred firing with what ``BODY.PEEK[section]<partial>`` would send: a
+    ``(start, end)`` byte range of the message (read it with ``read_message``, so a big
+    part streams), or the bytes themselves when they are no range (HEADER.FIELDS). For
+    CATENATE and URLFETCH (mailhost.imap.catenate, mailhost.imap.urlauth)."""
+    return Deferred.fromCoroutine(_section_bytes(folder, info, section, partial))

@@ -528,7 +528,7 @@ def parse_append(args: list) -> tuple[bytes, list[tuple[list[str], float | None,
 
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT",
-                "DELETED", "DELETED-STORAGE", "HIGHESTMODSEQ")
+                "DELETED", "DELETED-STORAGE", "HIGHESTMODSEQ", "MAILBOXID")
 
 
 def parse_status_items(token: object) -> list[str]:
@@ -596,6 +596,7 @@ class FetchItem:
 _SIMPLE_ITEMS = {
     "FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
     "RFC822", "RFC822.HEADER", "RFC822.TEXT", "PREVIEW",
+    "SAVEDATE", "EMAILID", "THREADID",  # RFC 8514, RFC 8474 (mailhost.imap.objects)
 }
 _MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
@@ -747,8 +748,9 @@ _FLAG_KEYS = {
 #: Address keys match the addresses as ENVELOPE shows them, not the raw header text
 #: (``HEADER FROM x`` still searches the raw text, as RFC 3501 says).
 _ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO"}
-_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
-_NULLARY = {"ALL", "NEW", "OLD", "RECENT"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+              "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}  # RFC 8514
+_NULLARY = {"ALL", "NEW", "OLD", "RECENT", "SAVEDATESUPPORTED"}
 
 
 class _SearchParser:
@@ -812,6 +814,11 @@ class _SearchParser:
             return SearchKey("OR", (a, b))
         if up == "UID":
             return SearchKey("UID", (parse_sequence_set(self.next("UID set")),))
+        if up in ("EMAILID", "THREADID"):  # RFC 8474
+            value = self.next("object id")
+            if isinstance(value, list):
+                raise _err(f"Invalid {up}")
+            return SearchKey(up, (as_string(value).decode("ascii", "replace"),))
         if up == "MODSEQ":  # RFC 7162 3.1.5: MODSEQ [entry-name entry-type] n
             value = self.next("mod-sequence")
             if not isinstance(value, Atom) or not value.isdigit():

@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 
-from mailhost.imap import envelope, mime
+from mailhost.imap import envelope, mime, objects
 from mailhost.imap.casemap import casemap
 from mailhost.imap.parser import SearchKey
 from mailhost.store.interfaces import MessageInfo, StoreError
@@ -80,6 +80,8 @@ class _Ctx:
         self.max_seq = max((seqs.get(i.uid, 0) for i in infos), default=0)
         self.seqs = seqs
         self.recent = recent
+        self.saved: dict[int, float] | None = None  # RFC 8514 save dates, if a key asks
+        self.folder: Any = None  # for EMAILID (RFC 8474)
         self.now = time.time()  # WITHIN (RFC 5032): OLDER/YOUNGER count back from here
 
     def is_recent(self, info: MessageInfo) -> bool:
@@ -148,7 +150,9 @@ def _index(key: SearchKey, info: MessageInfo, ctx: _Ctx) -> bool | None:
         return info.internal_date <= ctx.now - args[0]
     if op == "YOUNGER":
         return info.internal_date > ctx.now - args[0]
-    return None  # HEADER, ADDRESS, BODY, TEXT, SENT*
+    # SAVED*, SAVEDATESUPPORTED, EMAILID, THREADID; else None: HEADER, ADDRESS, BODY,
+    # TEXT, SENT*
+    return objects.matches(op, args[0] if args else None, ctx.folder, info, ctx.saved)
 
 
 def _compare_date(op: str, have: datetime.date | None, want: datetime.date) -> bool:
@@ -460,6 +464,9 @@ async def _search(folder: Any, infos: Sequence[MessageInfo], seqs: dict[int, int
                   recent: Collection[int] | None, fields: FieldsLookup | None) -> list[int]:
     check_charset(charset)
     ctx = _Ctx(infos, seqs, recent)
+    ctx.folder = folder
+    if objects.uses(key, objects.SAVED_KEYS):
+        ctx.saved = await folder.save_dates([i.uid for i in infos])
     matched: list[int] = []
     undecided: list[MessageInfo] = []
     for info in infos:

@@ -29,12 +29,15 @@ from zope.interface import implementer
 from mailhost.auth.login import Login
 from mailhost.diskspace import FULL, READ_ONLY, describe, storage_problem
 from mailhost.imap import context, framing, parser
+from mailhost.imap.catenate import CAPABILITIES as CATENATE_CAPABILITIES
 from mailhost.imap.compress import DeflateError, Deflater, Inflater
+from mailhost.imap.objects import CAPABILITIES as OBJECT_CAPABILITIES
 from mailhost.imap.output import OutputGate
 from mailhost.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
 from mailhost.imap.responses import AlreadyReplied, CommandFailed
 from mailhost.imap.selected import BadSequence, SelectedMailbox
 from mailhost.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
+from mailhost.imap.urlauth import CAPABILITIES as URLAUTH_CAPABILITIES
 from mailhost.limits import IEvictable
 from mailhost.replytext import clean_bytes
 from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse
@@ -48,6 +51,7 @@ from mailhost.store.interfaces import (
     NoSuchMessage,
     QuotaExceeded,
     StoreError,
+    StoreUnavailable,
 )
 from mailhost.tcp import QuickAck, send_at_once
 from mailhost.tls import cancel_deadline, start_tls
@@ -88,6 +92,7 @@ Handler = Callable[["IMAPServer", parser.Command], Awaitable[bytes | None]]
 
 def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
     from mailhost.imap import (
+        catenate,
         commands_auth,
         commands_mailbox,
         commands_search,
@@ -97,13 +102,14 @@ def _registry() -> dict[str, tuple[frozenset[str], Handler]]:
         idle,
         notify,
         quota,
+        urlauth,
     )
 
     table: dict[str, tuple[frozenset[str], Handler]] = {}
     # condstore after those: it takes over the commands RFC 7162 extends; notify last:
     # it wraps the mailbox commands whose effects NOTIFY reports.
     for module in (commands_auth, commands_mailbox, commands_selected, commands_search, idle,
-                   quota, context, condstore, notify):
+                   quota, catenate, urlauth, context, condstore, notify):
         table.update(module.HANDLERS)
     return table
 
@@ -343,11 +349,14 @@ class IMAPServer(Protocol, TimeoutMixin):
 
     def capability_string(self) -> bytes:
         caps = list(CAPABILITIES)
+        caps.extend(OBJECT_CAPABILITIES + CATENATE_CAPABILITIES)
         if self.state != NOT_AUTHENTICATED and self._deflater is None:
             caps.append(b"COMPRESS=DEFLATE")
         caps.append(b"APPENDLIMIT=%d" % self.settings.max_literal_size)
         if self.state != NOT_AUTHENTICATED:
             caps.extend(QUOTA_CAPABILITIES)
+            if self.settings.urlauth_dir:
+                caps.extend(URLAUTH_CAPABILITIES)
         if self.state == NOT_AUTHENTICATED:
             if self.tls_options is not None and not self.tls_active:
                 caps.append(b"STARTTLS")
@@ -476,6 +485,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         """Stream a big APPEND literal straight into a store message writer."""
         if n < STREAM_APPEND_OVER or framing._head(segments[0])[1] != "APPEND":
             return None
+        if any(b"CATENATE" in seg.upper() for seg in segments):
+            return None  # CATENATE's TEXT parts are read from memory (mailhost.imap.catenate)
         writer = StreamedMessage(self.account)
         self._streamed.append(writer)
         return writer
@@ -559,6 +570,9 @@ class IMAPServer(Protocol, TimeoutMixin):
         except CommandFailed as e:
             status, text = e.status, e.text.encode("utf-8", "replace")
         except StoreError as e:
+            if isinstance(e, StoreUnavailable):
+                log.error("imap command {name} failed: {error}", name=cmd.name, error=str(e),
+                          user=self.user, event="storage.error")
             status, text = b"NO", store_error_text(e)
         except OSError as e:  # the disk's fault (full, read-only, I/O), not a bug: one line
             log.error("imap command {name} failed: {error}", name=cmd.name, error=describe(e),
@@ -812,4 +826,6 @@ def store_error_text(e: StoreError) -> bytes:
         return b"[OVERQUOTA] " + (msg or b"Quota exceeded")
     if isinstance(e, NoSuchMessage):
         return b"[EXPUNGEISSUED] " + (msg or b"Message was expunged")
+    if isinstance(e, StoreUnavailable):
+        return b"[UNAVAILABLE] Mail storage is unavailable, try again later"
     return msg or b"Failed"

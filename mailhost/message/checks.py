@@ -127,12 +127,47 @@ class EnvelopeChecks:
 
     def mail(self, client: ClientContext, sender: str) -> defer.Deferred[Verdict | None]:
         """Deferred firing with the first refusal, or None."""
-        return defer.Deferred.fromCoroutine(self._mail(client, sender))
+        return self._first_refusal(client, "mail", (sender,))
 
     def rcpt(self, client: ClientContext, sender: str, recipient: str,
              accepted: int) -> defer.Deferred[Verdict | None]:
         """Deferred firing with the first refusal, or None."""
-        return defer.Deferred.fromCoroutine(self._rcpt(client, sender, recipient, accepted))
+        return self._first_refusal(client, "rcpt", (sender, recipient, accepted))
+
+    def _first_refusal(self, client: ClientContext, step: str,
+                       args: tuple[Any, ...]) -> defer.Deferred[Verdict | None]:
+        """The checks' answer for ``step``, already fired when nothing is pending and
+        every check answers at once (the rate limits do, and they are always there):
+        this runs at every MAIL and RCPT, and a coroutine per check cost more than the
+        checks. The first check that returns a Deferred hands the rest to the coroutine."""
+        if client.pending:
+            return defer.Deferred.fromCoroutine(self._step(client, step, args, 0, None))
+        for i, check in enumerate(self.checks):
+            try:
+                result = getattr(check, step)(client, *args)
+            except Exception:
+                log.failure("envelope check {check} failed", check=check.name)
+                continue
+            if isinstance(result, defer.Deferred):
+                return defer.Deferred.fromCoroutine(self._step(client, step, args, i, result))
+            if result is not None and result.refuses:
+                return defer.succeed(result)
+        return defer.succeed(None)
+
+    async def _step(self, client: ClientContext, step: str, args: tuple[Any, ...],
+                    start: int, first: defer.Deferred[Any] | None) -> Verdict | None:
+        """``step`` from check number ``start`` on (whose answer, when given, is the
+        Deferred ``first``), once the connect lookups have settled."""
+        await self.settle(client)
+        for check in self.checks[start:]:
+            if first is not None:
+                verdict = await self._ask(check, lambda d=first: d)
+                first = None
+            else:
+                verdict = await self._ask(check, getattr(check, step), client, *args)
+            if verdict is not None:
+                return verdict
+        return None
 
     async def settle(self, client: ClientContext) -> None:
         """Wait for the lookups started at connect (each bounded in time)."""
@@ -147,23 +182,6 @@ class EnvelopeChecks:
             except Exception:
                 log.failure("envelope check {check}: lookup failed", check=name)
             client.pending.pop(name, None)
-
-    async def _mail(self, client: ClientContext, sender: str) -> Verdict | None:
-        await self.settle(client)
-        for check in self.checks:
-            verdict = await self._ask(check, check.mail, client, sender)
-            if verdict is not None:
-                return verdict
-        return None
-
-    async def _rcpt(self, client: ClientContext, sender: str, recipient: str,
-                    accepted: int) -> Verdict | None:
-        await self.settle(client)
-        for check in self.checks:
-            verdict = await self._ask(check, check.rcpt, client, sender, recipient, accepted)
-            if verdict is not None:
-                return verdict
-        return None
 
     @staticmethod
     async def _ask(check: IEnvelopeCheck, method: Any, *args: Any) -> Verdict | None:

@@ -66,7 +66,8 @@ from mailhost.smtp.policy import Decision
 from mailhost.smtp.quota import data_refusal, rcpt_refusal
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.session import Session, Transaction, new_transaction_id
-from mailhost.tcp import QuickAck, send_at_once
+from mailhost.store.interfaces import StoreUnavailable
+from mailhost.tcp import DirectWriter, QuickAck, send_at_once
 from mailhost.tls import cancel_deadline, start_tls
 
 log = Logger()
@@ -143,6 +144,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._data_budget = 0.0  # seconds left for DATA/BDAT (see _charge_data)
         self._data_stamp = 0.0
         self._quick_ack: QuickAck | None = None
+        # Every reply goes out through it (mailhost.tcp.DirectWriter); made at connect.
+        self._writer: DirectWriter | None = None
 
     # -- timers -------------------------------------------------------------------
 
@@ -196,13 +199,14 @@ class SMTPServer(Protocol, TimeoutMixin):
         """See IEvictable."""
         if self._closing:
             return
-        self.transport.write(line)
+        self._write(line)
         self._abandon("evicted")
         self._close()
 
     # -- connection ---------------------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
+        self._writer = DirectWriter(self.transport)
         peer = self.transport.getPeer()
         self.session = Session(client_ip=getattr(peer, "host", "unknown"),
                                client_port=getattr(peer, "port", 0),
@@ -248,6 +252,8 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason=None) -> None:  # noqa: N802
         self._closing = True
+        if self._writer is not None:
+            self._writer.stop()
         self.setTimeout(None)
         cancel_deadline(self._tls_deadline)
         self._cancel_pre_mail()
@@ -272,7 +278,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         """See ISession: ``421 4.3.2`` and close."""
         if self._closing:
             return
-        self.transport.write(Reply(421, "4.3.2", f"{self.settings.hostname} "
+        self._write(Reply(421, "4.3.2", f"{self.settings.hostname} "
                                                  f"{reason}").to_bytes())
         self._abandon("shutdown")
         self._close()
@@ -432,11 +438,17 @@ class SMTPServer(Protocol, TimeoutMixin):
             if self._errors > self.settings.hard_error_limit:
                 self._too_many_errors()
                 return
-        self.transport.write(reply.to_bytes())
+        self._write(reply.to_bytes())
+
+    def _write(self, data: bytes) -> None:
+        if self._writer is None:  # not connected yet (nothing writes before connect)
+            self.transport.write(data)
+        else:
+            self._writer.write(data)
 
     def _too_many_errors(self) -> None:
         reply = Reply(421, "4.7.0", f"{self.settings.hostname} Error: too many errors")
-        self.transport.write(reply.to_bytes())
+        self._write(reply.to_bytes())
         self._abandon("too many errors")
         self._close()
 
@@ -599,6 +611,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         # handshake, is plaintext an attacker could have injected. Drop it.
         self._buffer.clear()
         self._discarding_line = False
+        assert self._writer is not None  # made at connect
+        self._writer.stop()  # TLS wraps the transport: writes go through it from now on
         self._tls_deadline = start_tls(self.transport, self.factory.tls_options,
                                        self.settings.handshake_timeout, self.factory.reactor)
         self._reset_transaction("starttls")
@@ -630,7 +644,7 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _challenge(self, text: bytes) -> defer.Deferred:
         """Send a 334 challenge; fire with the client's next line (never logged)."""
         d: defer.Deferred[bytes] = defer.Deferred()
-        self.transport.write(b"334 " + base64.b64encode(text) + b"\r\n")
+        self._write(b"334 " + base64.b64encode(text) + b"\r\n")
 
         def on_line(line: bytes | _LineTooLong) -> None:
             self._line_handler = self._command
@@ -884,6 +898,8 @@ class SMTPServer(Protocol, TimeoutMixin):
                       error=describe(failure.value), event="storage.error")
         if problem == FULL:
             return Reply(452, "4.3.1", "Insufficient system storage")
+        if isinstance(failure.value, StoreUnavailable):
+            return Reply(451, "4.3.0", "Error: mail storage is unavailable, try again later")
         return Reply(451, "4.3.0", "Error: queue file write error")
 
     def smtp_DATA(self, arg: str) -> Reply | None:  # noqa: N802

@@ -69,6 +69,13 @@ class QuotaExceeded(StoreError):
     pass
 
 
+class StoreUnavailable(StoreError, ConnectionError):
+    """The store's backend cannot be reached now (its database is down): temporary, so
+    protocols answer ``451 4.3.0``, ``NO [UNAVAILABLE]`` or ``-ERR [SYS/TEMP]``. A
+    ConnectionError too, so code that treats OSErrors as the environment's fault (one
+    log line, no traceback) treats this one alike."""
+
+
 @dataclass(frozen=True)
 class MessageInfo:
     """A snapshot of one message's index entry; cheap, no file is opened."""
@@ -199,6 +206,19 @@ class IFolder(Interface):
         "across a restart; a change another program made on disk gets a new one when "
         "the store sees it. MessageInfo.modseq is each message's own.")
 
+    mailbox_id = Attribute(
+        "str: the folder's RFC 8474 MAILBOXID (1-255 of ALPHA, DIGIT, '_', '-'): the same "
+        "for the folder's whole life, across RENAME and restarts; a folder created anew "
+        "under an old name gets a new one. Maildir: the mailbox GUID in dovecot-uidlist's "
+        "header, as Dovecot shows it (mailhost.store.objectid).")
+
+    def save_dates(uids: Iterable[int]) -> Deferred[dict[int, float]]:
+        """Deferred firing with RFC 8514 save dates (POSIX seconds) of these messages:
+        when each was saved into this folder (append, delivery, COPY or MOVE), which
+        never changes afterwards. A UID that is gone, or whose date cannot be known, is
+        left out. Maildir does as Dovecot does (the file's ctime, read off the reactor
+        thread) and keeps the value once read, so a later rename does not move it."""
+
     def messages() -> list[MessageInfo]:
         """Every message, ascending by UID, from the index (synchronous, no file I/O)."""
 
@@ -232,11 +252,13 @@ class IFolder(Interface):
         Deferred firing with the sorted list of removed UIDs."""
 
     def copy(uids: Iterable[int], dest: IFolder) -> Deferred[list[tuple[int, int]]]:
-        """Copy messages with their flags. Deferred firing with [(src_uid, dest_uid)]."""
+        """Copy messages with their flags. Deferred firing with [(src_uid, dest_uid)].
+        Each copy keeps its source's RFC 8474 EMAILID (``objectid.carry``)."""
 
     def move(uids: Iterable[int], dest: IFolder) -> Deferred[list[tuple[int, int]]]:
         """Atomic move (a rename on Maildir). Deferred firing with [(src_uid, dest_uid)];
-        this folder's listeners hear messages_expunged."""
+        this folder's listeners hear messages_expunged. The EMAILID goes along, as in
+        ``copy``."""
 
     def claim_recent() -> Deferred[set[int]]:
         """Deferred firing with the set of UIDs that were recent; they stop being recent

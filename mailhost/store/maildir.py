@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from mailhost.groupsync import GroupSync
 from mailhost.store._maildir import maildir_io
+from mailhost.store._maildir.batch_commit import BatchCommitter
 from mailhost.store._maildir.maildir_account import MaildirAccount
 from mailhost.store._maildir.maildir_folder import MaildirFolder
 from mailhost.store._maildir.maildir_watch import ChangeWatcher
@@ -93,6 +94,8 @@ class MaildirStore:
         self._accounts: dict[str, MaildirAccount] = {}
         self._opening: dict[str, list[defer.Deferred[MaildirAccount]]] = {}
         self._sync = GroupSync()
+        #: Where message writers commit (batches of deliveries per thread hop).
+        self.committer = BatchCommitter(self.run_blocking, lambda: self.syncer)
         self._tmp_ready = False
         self._recovery: defer.Deferred[None] | None = None  # of crashed multi-folder commits
         self._recovered = False

@@ -44,6 +44,7 @@ from mailhost.store.interfaces import (
 from mailhost.store.listeners import AccountListenerSet
 from mailhost.store.modseq import ModSeqListeners, ModSeqs, with_modseq
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, parents, split_user
+from mailhost.store.objectid import carry, email_ids, new_mailbox_id
 from mailhost.store.reader import reader_for
 
 if TYPE_CHECKING:
@@ -193,6 +194,8 @@ class MemoryFolder:
         self._infos: dict[int, MessageInfo] = {}  # insertion order == UID order
         self._bodies: dict[int, _Body] = {}
         self._cache: dict[int, dict[str, str]] = {}
+        self._saved: dict[int, float] = {}  # RFC 8514 save dates
+        self.mailbox_id = new_mailbox_id()  # RFC 8474; RENAME keeps this object
         self._modseqs = ModSeqs()
         self._listeners = ModSeqListeners(self._modseqs)
 
@@ -214,6 +217,7 @@ class MemoryFolder:
                            recent=True)
         self._infos[uid] = info
         self._bodies[uid] = body.incref()
+        self._saved[uid] = time.time()
         if notify:
             self._listeners.added(self, [info])
         return self._with_modseq(info)
@@ -223,6 +227,7 @@ class MemoryFolder:
             del self._infos[uid]
             self._bodies.pop(uid).decref()
             self._cache.pop(uid, None)
+            self._saved.pop(uid, None)
 
     def _drop_all(self) -> None:
         uids = list(self._infos)
@@ -295,6 +300,8 @@ class MemoryFolder:
     def _copy_to(self, uids: Iterable[int], dest: IFolder) -> list[tuple[int, int]]:
         if not isinstance(dest, MemoryFolder) or not dest._account._has(dest):
             raise NoSuchFolder(getattr(dest, "name", dest))
+        uids = sorted(set(uids))
+        ids = email_ids(self, uids)  # RFC 8474: copies keep their EMAILID
         pairs: list[tuple[int, int]] = []
         added: list[MessageInfo] = []
         for uid in sorted(set(uids)):
@@ -305,7 +312,7 @@ class MemoryFolder:
             pairs.append((uid, new.uid))
             added.append(new)
         dest._listeners.added(dest, added)
-        return pairs
+        return carry(pairs, dest, ids)
 
     def copy(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
         try:
@@ -336,6 +343,9 @@ class MemoryFolder:
 
     def remove_listener(self, listener: IFolderListener) -> None:
         self._listeners.remove(listener)
+
+    def save_dates(self, uids: Iterable[int]) -> defer.Deferred[dict[int, float]]:
+        return defer.succeed({u: self._saved[u] for u in uids if u in self._saved})
 
     def get_cached(self, uid: int, key: str) -> str | None:
         return self._cache.get(uid, {}).get(key)

@@ -141,6 +141,9 @@ def test_chunked_decoding_matches_the_stdlib(data, cuts, encoding):
     if encoding == "BASE64":
         blob, want = base64.encodebytes(data).replace(b"\n", b"\r\n"), data
     elif encoding == "QUOTED-PRINTABLE":
+        # quopri leaves a CR before LF unquoted: the blob would hold a bare CR, which
+        # RFC 2045 6.7 forbids in quoted-printable and leaves undefined; feed valid QP only.
+        data = data.replace(b"\r", b"")
         blob = quopri.encodestring(data).replace(b"\n", b"\r\n")
         want = quopri.decodestring(blob)
     else:

@@ -170,4 +170,4 @@ def test_interfaces_and_exports():
     sender = MessageSender(StringTransport(), MessageReader(io.BytesIO(b""), None, run=sync_run).start(),
                            reactor=Clock())
     assert verifyObject(IPushProducer, sender)
-    assert mailhost.pop3.__all__ == ["POP3Factory", "MaildropLocks"]
+    assert mailhost.pop3.__all__ == ["POP3Factory", "MaildropLocks", "FileMaildropLocks"]

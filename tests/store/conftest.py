@@ -1,5 +1,6 @@
-"""Fixtures: every contract test runs against every store: MemoryStore, MaildirStore
-and DictStore (written in the tests, from the contract alone)."""
+"""Fixtures: every contract test runs against every store: MemoryStore, MaildirStore,
+PostgresStore (on a private cluster) and DictStore (written in the tests, from the
+contract alone)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,32 @@ from mailhost.store.memory import MemoryStore
 from tests.store.dictstore import DictStore
 
 
-@pytest.fixture(params=["memory", "maildir", "dict"])
+@pytest.fixture(params=["memory", "maildir", "dict", "postgresql"])
 def store(request, tmp_path):
     if request.param == "memory":
-        return MemoryStore()
-    if request.param == "dict":
-        return DictStore()
-    return MaildirStore(str(tmp_path / "mail"), fsync=True)
+        yield MemoryStore()
+    elif request.param == "dict":
+        yield DictStore()
+    elif request.param == "postgresql":
+        yield from postgres_store(request.getfixturevalue("pg_dsn"))
+    else:
+        yield MaildirStore(str(tmp_path / "mail"), fsync=True)
+
+
+def postgres_store(dsn):
+    """A started PostgresStore on a fresh, upgraded database; closed after."""
+    import psycopg
+    import pytest_twisted
+
+    from mailhost.db import migrations
+    from mailhost.store.postgresql import PostgresStore
+
+    with psycopg.connect(dsn) as conn:
+        migrations.upgrade(conn)
+    pg = PostgresStore(dsn, pool_size=4)
+    pytest_twisted.blockon(pg.start())
+    yield pg
+    pytest_twisted.blockon(pg.close())
 
 
 @implementer(IFolderListener)

@@ -27,6 +27,7 @@ from itertools import count
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mailhost.store import objectid
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
     DEFAULT_SPECIAL_FOLDERS,
@@ -152,6 +153,8 @@ class DictFolder:
         self._infos: dict[int, MessageInfo] = {}
         self._bodies: dict[int, _Body] = {}
         self._cache: dict[int, dict[str, str]] = {}
+        self._saved: dict[int, float] = {}
+        self.mailbox_id = f"dict{next(_serial)}"  # RFC 8474, kept by RENAME
         self._listeners = _Listeners()
         self._deleted = False
         self.highest_modseq = 1  # positive even for an empty folder (RFC 7162)
@@ -183,6 +186,7 @@ class DictFolder:
                            time.time() if date is None else date, recent=True)
         self._infos[uid] = info
         self._bodies[uid] = body
+        self._saved[uid] = time.time()
         if notify:
             self._bump([uid])
             info = self._infos[uid]
@@ -193,7 +197,7 @@ class DictFolder:
         if uids:
             self.highest_modseq += 1
         for uid in uids:
-            del self._infos[uid], self._bodies[uid]
+            del self._infos[uid], self._bodies[uid], self._saved[uid]
             self._cache.pop(uid, None)
             self._gone.append((self.highest_modseq, uid))
         self._listeners.tell("messages_expunged", self, list(uids))
@@ -249,7 +253,9 @@ class DictFolder:
         if not isinstance(dest, DictFolder) or dest._deleted:
             raise NoSuchFolder(dest.name)
         pairs, added = [], []
-        for uid in sorted(set(uids)):
+        uids = sorted(set(uids))
+        ids = objectid.email_ids(self, uids)
+        for uid in uids:
             if uid in self._infos:
                 info = self._infos[uid]
                 new = dest._add(self._bodies[uid], info.flags, info.internal_date, False)
@@ -258,7 +264,7 @@ class DictFolder:
         if added:
             dest._bump(added)
         dest._listeners.tell("messages_added", dest, [dest._infos[u] for u in added])
-        return pairs
+        return objectid.carry(pairs, dest, ids)
 
     def copy(self, uids: Iterable[int], dest: IFolder):
         return _succeed_or_fail(self._copy, uids, dest)
@@ -283,6 +289,9 @@ class DictFolder:
     def remove_listener(self, listener) -> None:
         if listener in self._listeners.all:
             self._listeners.all.remove(listener)
+
+    def save_dates(self, uids: Iterable[int]):
+        return defer.succeed({u: self._saved[u] for u in uids if u in self._saved})
 
     def get_cached(self, uid: int, key: str) -> str | None:
         return self._cache.get(uid, {}).get(key)

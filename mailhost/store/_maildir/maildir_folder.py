@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFReader
+from mailhost.store import objectid
 from mailhost.store._maildir import maildir_cache, maildir_modseq
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store._maildir.maildir_index import (
@@ -86,6 +87,8 @@ DATE_FILL_DELAY = 5.0
 DATE_FILL_BATCH = 5000
 CACHE_FLUSH_BATCH = 2000
 COMPACT_MIN_STALE = 1000
+#: The folder-cache key of a message's RFC 8514 save date (whole POSIX seconds).
+SAVE_DATE_KEY = "savedate"
 #: Deliveries wait this long for others to share their UID batch (a refresh, close or
 #: anyone who needs the UIDs starts the batch at once). Each batch costs a dotlock
 #: round and a uidlist fsync; one SMTP session sends a message every few ms.
@@ -967,10 +970,14 @@ class MaildirFolder:
         return victims
 
     def copy(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
-        return self._run(self._transfer, list(uids), dest, False)
+        uids = list(uids)
+        ids = objectid.email_ids(self, uids)  # RFC 8474: copies keep their EMAILID
+        return self._run(self._transfer, uids, dest, False).addCallback(objectid.carry, dest, ids)
 
     def move(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
-        return self._run(self._transfer, list(uids), dest, True)
+        uids = list(uids)
+        ids = objectid.email_ids(self, uids)
+        return self._run(self._transfer, uids, dest, True).addCallback(objectid.carry, dest, ids)
 
     async def _transfer(self, uids: list[int], dest: IFolder,
                         move: bool) -> list[tuple[int, int]]:
@@ -1233,6 +1240,57 @@ class MaildirFolder:
         """Durable copies that want no UID now (SMTP): numbered in the next batch; the
         writer ``expect_files``-ed them before linking."""
         self._delivered(rows, expected=True)
+
+    # -- RFC 8474 / RFC 8514 ---------------------------------------------------------------
+
+    @property
+    def mailbox_id(self) -> str:
+        """Dovecot's mailbox GUID (the ``G`` of dovecot-uidlist's header; every header we
+        write has one), so ``doveadm mailbox status guid`` names the folder the same."""
+        header = self._uids.uidlist.header
+        if header is not None and header.guid:
+            return header.guid.lower()
+        return "V%d" % self.uid_validity  # a header Dovecot will recreate with a GUID
+
+    def save_dates(self, uids: Iterable[int]) -> defer.Deferred[dict[int, float]]:
+        return defer.Deferred.fromCoroutine(self._save_dates(list(uids)))
+
+    async def _save_dates(self, uids: list[int]) -> dict[int, float]:
+        """Dovecot's maildir save date without its cache is the file's ctime
+        (maildir-mail.c, maildir_mail_get_save_date); a flag change renames the file and
+        so moves its ctime, so the first value read is kept in the folder's cache."""
+        out: dict[int, float] = {}
+        for attempt in range(2):
+            missing: list[tuple[int, str]] = []
+            for uid in uids:
+                got = self.get_cached(uid, SAVE_DATE_KEY)
+                if got is not None:
+                    out[uid] = float(got)
+                elif uid in self._index:
+                    missing.append((uid, self._relpath_at(self._index.pos(uid))))
+            if not missing:
+                break
+            path = self._path
+
+            def work(missing: list[tuple[int, str]] = missing,
+                     path: str = path) -> list[tuple[int, int]]:
+                found: list[tuple[int, int]] = []
+                for uid, rel in missing:
+                    try:
+                        found.append((uid, int(os.stat(os.path.join(path, rel)).st_ctime)))
+                    except OSError:
+                        pass  # renamed meanwhile: looked up again below
+                return found
+
+            found = await self._store.run_blocking(work)
+            for uid, ctime in found:
+                if self.get_cached(uid, SAVE_DATE_KEY) is None:
+                    self.set_cached(uid, SAVE_DATE_KEY, str(ctime))
+                out[uid] = float(self.get_cached(uid, SAVE_DATE_KEY) or ctime)
+            if len(found) == len(missing) or attempt:
+                break
+            await self.refresh()  # a rename by another program: find the new names
+        return out
 
     # -- cached metadata -----------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.logger import Logger
@@ -88,7 +88,7 @@ def link_or_copy(src: str, dest: str, fsync: bool, modes: FileModes) -> None:
 
 def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
                   jobs: Sequence[DeliveryJob], syncer: GroupSync | None, modes: FileModes,
-                  data: bytes | None = None) -> None:
+                  data: bytes | None = None, sync_later: bool = False) -> set[str]:
     """Make the tmp file durable, link it into each target's new/, give it a UID there
     (dovecot-uidlist, under its lock) unless the job says later, and (through the
     group commit ``syncer``, None when fsync is off) make the links and uidlist records
@@ -105,16 +105,26 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     letters before any file name can use them.)
     ``data``: the whole message when it was kept in memory (``file`` is then None and
     the tmp file is written here). The tmp file is closed and removed whatever happens.
+    ``sync_later``: a single-folder delivery leaves its last group-commit round to the
+    caller and returns the paths that round must fsync (``deliver_batch``); the links
+    are not durable until then. Otherwise the returned set is empty.
     """
     fsync = syncer is not None
     journal = None
+    fd = -1  # the tmp file written from ``data`` (no buffered file object needed)
+    later: set[str] = set()
     try:
         if data is not None:
-            file = os.fdopen(modes.open_new(tmp_path), "wb")  # closed in finally
-            file.write(data)
-        assert file is not None  # given, or made from ``data`` just above
-        file.flush()
+            fd = modes.open_new(tmp_path)  # closed in finally
+            _write_all(fd, data)
+        else:
+            assert file is not None  # given when ``data`` is not
+            file.flush()
+        fileno = fd if file is None else file.fileno()
         if len(jobs) > 1:
+            if file is None:  # the journal commit wants a file object
+                file = os.fdopen(fd, "wb")
+                fd = -1
             journal = _commit_all(file, tmp_path, date,
                                   [(p, name) for p, name, *_ in jobs], syncer, modes)
         else:
@@ -123,16 +133,20 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
             # The date goes on after the links (the tmp cleaner would take a file with
             # an old mtime for a crash's leftover), before the fsync (which makes it
             # durable, hence fsync, not fdatasync) and before anyone is told a UID.
-            os.utime(file.fileno(), (date, date))
+            os.utime(fileno, (date, date))
             if fsync:
-                os.fsync(file.fileno())
+                os.fsync(fileno)
         for _path, _name, base, size, uids, ticket in jobs:
             if uids is not None:
                 uids.assign([base], ticket, [(date, size, False)])
         if syncer is not None:
-            syncer.sync({os.path.join(p, "new") for p, *_ in jobs}
-                        | {os.path.join(p, UIDLIST_FILE) for p, *_, u, _t in jobs
-                           if u is not None})
+            paths = ({os.path.join(p, "new") for p, *_ in jobs}
+                     | {os.path.join(p, UIDLIST_FILE) for p, *_, u, _t in jobs
+                        if u is not None})
+            if sync_later and journal is None:
+                later = paths
+            else:
+                syncer.sync(paths)
         if journal is not None:
             os.unlink(tmp_path + JOURNAL_SUFFIX)  # done: nothing left to recover
     finally:
@@ -141,11 +155,51 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
         try:
             if file is not None:
                 file.close()  # may raise (ENOSPC flushing the last bytes)
+            elif fd >= 0:
+                os.close(fd)
         finally:
             try:
                 os.unlink(tmp_path)  # never left for the tmp cleaner on a full disk
             except FileNotFoundError:
                 pass
+    return later
+
+
+#: One message for ``deliver_batch``: ``deliver_files``' arguments but ``syncer``, then
+#: calls to make once it is durable (its quota lines), which must not raise.
+BatchJob = tuple["BinaryIO | None", str, float, Sequence[DeliveryJob], FileModes,
+                 "bytes | None", Sequence[Callable[[], None]]]
+
+
+def deliver_batch(batch: Sequence[BatchJob], syncer: GroupSync | None
+                  ) -> list[BaseException | None]:
+    """``deliver_files`` for several messages in one thread hop, with one group-commit
+    round for all of them at the end; each message's outcome (None: durable) in order.
+
+    Why: a thread hop per message cost more CPU than the message's own work under
+    load (every worker woke for every round, and each one's system calls handed the
+    GIL to and fro). A message that failed does not fail the others; a failed final
+    round fails every message that waited for it.
+    """
+    results: list[BaseException | None] = []
+    paths: set[str] = set()
+    for file, tmp_path, date, jobs, modes, data, _after in batch:
+        try:
+            paths |= deliver_files(file, tmp_path, date, jobs, syncer, modes, data,
+                                   sync_later=True)
+            results.append(None)
+        except BaseException as e:  # reported to this message's caller only
+            results.append(e)
+    if syncer is not None and paths:
+        try:
+            syncer.sync(paths)
+        except BaseException as e:
+            results = [r if r is not None else e for r in results]
+    for (*_, after), result in zip(batch, results, strict=True):
+        if result is None:
+            for call in after:
+                call()
+    return results
 
 
 # -- committing one message to several folders as one unit -----------------------------

@@ -4,13 +4,14 @@ durably to every target folder (Implements: IMessageWriter).
 It uses the folder's and account's named delivery API (``MaildirFolder.path``,
 ``learn_keywords``, ``delivery_uids``, ``expect_files``, ``settle_uids``,
 ``number_later``; ``MaildirAccount.folder``, ``loaded_folder``, ``number_unopened``)
-and the store's ``run_blocking``, ``syncer`` and ``tmp_dir``, never their privates.
+and the store's ``committer`` and ``tmp_dir``, never their privates.
 
 ``write`` keeps a small message in memory (most mail is a few KiB) and spills to a
 tmp file only past ``MEMORY_LIMIT``, so the reactor thread never opens or writes a
 file for it: creating a file can stall behind a journal commit that another thread's
-fsync started. ``commit`` then, in one worker-thread hop: write the tmp file (if it is
-still in memory), fsync it, hard-link it into each target's new/ (copy on EXDEV;
+fsync started. ``commit`` then, in one worker-thread hop (shared with the messages
+committing at the same time: batch_commit): write the tmp file (if it is still in
+memory), fsync it, hard-link it into each target's new/ (copy on EXDEV;
 for several targets all copies as one unit, through tmp/ and a commit journal:
 maildir_io._commit_all), give it a UID there (dovecot-uidlist, under Dovecot's lock: maildir_uids); then a
 group-commit round fsyncs the new/ directories and uidlists. The Deferred fires only
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.internet import defer
@@ -37,7 +38,7 @@ from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFNormalizer
 from mailhost.store._maildir.maildir_folder import MaildirFolder, Row, delivered_row
-from mailhost.store._maildir.maildir_io import DeliveryJob, deliver_files
+from mailhost.store._maildir.maildir_io import DeliveryJob
 from mailhost.store._maildir.maildir_names import Keywords, filename, make_info, unique_base
 from mailhost.store.flags import normalize_flags
 from mailhost.store.interfaces import DeliveryTarget, IMessageWriter, StoreError
@@ -112,9 +113,11 @@ class MaildirMessageWriter:
         told = False
         try:
             try:
-                await store.run_blocking(deliver_files, self._file, self._path, date, jobs,
-                                       store.syncer, store.modes,
-                                       None if self._buffer is None else bytes(self._buffer))
+                # The copies count against quota once durable, in the same hop.
+                await store.committer.commit(
+                    (self._file, self._path, date, jobs, store.modes,
+                     None if self._buffer is None else bytes(self._buffer),
+                     _charges(plan, self.size)))
                 self._buffer = None
             except BaseException:
                 for (folder, _, _, _, _), ticket in zip(plan, tickets, strict=True):
@@ -122,7 +125,6 @@ class MaildirMessageWriter:
                         assert folder is not None  # a copy that wants a UID opens it
                         folder.settle_uids([(uid, None) for uid in ticket])
                 raise
-            await _charge(plan, self.size)  # the copies count against quota now
             # Durable now. Copies nobody waits a UID for are numbered in the folder's
             # next batch (or when it is opened); the others are settled here.
             for (folder, account, _, base, part), ticket in zip(plan, tickets,
@@ -192,10 +194,10 @@ class MaildirMessageWriter:
             self._discard()
 
 
-async def _charge(plan: list[_Placed], size: int) -> None:
-    """Count the copies in their users' quota (maildir_quota), one line per account."""
+def _charges(plan: list[_Placed], size: int) -> list[Callable[[], None]]:
+    """The calls that count the copies in their users' quota (maildir_quota), one line
+    per account, made in the commit's worker thread once the copies are durable."""
     counts: dict[int, tuple[MaildirAccount, int]] = {}
     for _, account, _, _, _ in plan:
         counts[id(account)] = (account, counts.get(id(account), (account, 0))[1] + 1)
-    for account, n in counts.values():
-        await account.charge(size * n, n)
+    return [account.charge_in_thread(size * n, n) for account, n in counts.values()]

@@ -1,0 +1,131 @@
+"""The driver seam: psycopg 3 with its connection pool, run in a thread pool of our own.
+
+Why threads and not psycopg's non-blocking connection driven by the reactor: psycopg's
+asynchronous API is written for asyncio (``AsyncConnection`` needs an asyncio loop, and
+the generators that drive libpq are psycopg internals), while mailhost runs the plain
+epoll reactor. A blocking connection in a bounded pool of threads is psycopg's
+best-tested path, keeps the pool's health checks and reconnection, and never blocks
+the reactor: every query runs through ``Database.run`` (``deferToThreadPool``), one
+transaction per call. The thread pool is exactly as large as the connection pool, so
+a thread never waits for a connection, and database work cannot starve the reactor's
+own thread pool (fsync, big reads) or be starved by it.
+
+Prepared statements: every connection prepares each statement on its first use
+(``prepare_threshold=0``), so the few statements the store issues are parsed and
+planned once per connection.
+
+A database that cannot be reached (refused, cut, no connection within ``timeout``)
+raises ``unavailable`` (``DatabaseUnavailable`` unless the caller names its own, as the
+store does with ``StoreUnavailable``), so protocols answer with a temporary error and
+log one line, not a traceback.
+
+Deadlocks and serialization failures (two nodes locking folders in opposite orders
+in spite of our id ordering, say) are retried a bounded number of times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads
+from twisted.python.threadpool import ThreadPool
+
+_T = TypeVar("_T")
+
+#: Attempts of one transaction that fails with a deadlock or serialization failure.
+RETRIES = 3
+
+Work = Callable[..., _T]
+
+#: Seconds a transaction waits for a connection before the database counts as down.
+TIMEOUT = 5.0
+
+
+class DatabaseUnavailable(ConnectionError):
+    """The database cannot be reached now."""
+
+
+class Database:
+    """A pool of connections to one PostgreSQL database and the threads that use them.
+
+    ``run(fn, *args)`` calls ``fn(conn, *args)`` in a pool thread inside one
+    transaction (committed when ``fn`` returns, rolled back when it raises) and
+    returns a Deferred of its result.
+    """
+
+    def __init__(self, dsn: str, *, max_size: int = 8, reactor: IReactorThreads | None = None,
+                 name: str = "mailhost-db", timeout: float = TIMEOUT,
+                 unavailable: Callable[[str], Exception] = DatabaseUnavailable) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default
+
+            reactor = default  # type: ignore[assignment]
+        self.dsn = dsn
+        self._reactor = reactor
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=max_size, open=False,
+                                    kwargs={"prepare_threshold": 0}, name=name,
+                                    timeout=timeout,
+                                    check=ConnectionPool.check_connection)
+        self._threads = ThreadPool(minthreads=0, maxthreads=max_size, name=name)
+        self._running = False
+        self._unavailable = unavailable
+
+    def start(self) -> None:
+        """Open the pool (connections are made in the background) and the threads."""
+        if not self._running:
+            self._running = True
+            self._pool.open(wait=False)
+            self._threads.start()
+
+    def transact(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(conn, *args)`` in one transaction, here, blocking: for code already in a
+        thread (a message body read by a reader's thread)."""
+        for attempt in range(RETRIES):
+            try:
+                with self._pool.connection() as conn:
+                    with conn.transaction():
+                        return fn(conn, *args)
+            except (errors.DeadlockDetected, errors.SerializationFailure):
+                if attempt == RETRIES - 1:
+                    raise
+            except (psycopg.OperationalError, PoolTimeout) as e:
+                raise self._unavailable(f"database unavailable: {type(e).__name__}: "
+                                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                                        ) from e
+        raise AssertionError("unreachable")
+
+    def run(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
+        """``transact(fn, *args)`` in a database thread: the reactor never waits."""
+        return threads.deferToThreadPool(self._reactor, self._threads,  # type: ignore[arg-type]
+                                         self.transact, fn, *args)
+
+    def hop(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
+        """``fn(*args)`` in a database thread, no transaction (a message reader's thread
+        hop: its reads take a connection themselves)."""
+        return threads.deferToThreadPool(self._reactor, self._threads,  # type: ignore[arg-type]
+                                         fn, *args)
+
+    def close(self) -> defer.Deferred[None]:
+        """Close every connection and stop the threads (off the reactor thread: closing
+        waits for connections in use)."""
+        if not self._running:
+            return defer.succeed(None)
+        self._running = False
+        d = threads.deferToThread(self._pool.close)
+
+        def stop_threads(result: object) -> object:
+            self._threads.stop()
+            return result
+
+        d.addBoth(stop_threads)
+        return d
+
+
+def connect(dsn: str) -> psycopg.Connection[Any]:
+    """One plain blocking connection (the admin command, the schema check at start)."""
+    return psycopg.connect(dsn)

@@ -1,0 +1,181 @@
+"""The schema, as numbered migrations, and the version check a node makes at start.
+
+Each migration is one SQL script applied in one transaction with the new version
+number, so a failed upgrade leaves the previous version whole. ``mailhost db
+upgrade`` applies what is missing; a node refuses to start on a schema that is not
+exactly the code's (older: run the upgrade; newer: this node's code is older than the
+database, and writing to it could lose what the newer schema means).
+
+The store's layout (version 1):
+
+- ``accounts``; ``folders`` with UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ. Every write
+  to a folder locks its row first (``SELECT … FOR UPDATE``), which numbers UIDs and
+  mod-sequences atomically across every node and orders commits by mod-sequence, so a
+  node that reads "everything above the modseq I know" never misses a change.
+- ``messages``: UID, flags and keywords (one ``text[]``), INTERNALDATE, size, modseq,
+  recent, and the content hash of the body.
+- ``bodies`` and ``body_chunks``: each distinct message stored once per SHA-256,
+  in chunks, so five copies cost one body and a 100 MB message streams chunk by chunk.
+- ``expunged``: (folder, UID, modseq) for QRESYNC's VANISHED and for other nodes.
+- ``body_cache``: ENVELOPE/BODYSTRUCTURE and the like, per body (they depend on the
+  bytes alone), so a copy to another folder or user needs no second parse.
+- ``subscriptions``.
+
+Version 2: ``users`` for ``[auth] backend = "postgresql"``: the passwd file's lines as
+rows (name, argon2 hash, the key=value fields such as ``aliases`` and ``quota`` as
+jsonb); any change notifies ``mailhost_users`` (a statement trigger, so an edit made
+with psql reaches every node too).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE accounts (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL UNIQUE
+);
+DO $$ BEGIN
+    EXECUTE format('CREATE SEQUENCE uid_validity_seq START %s',
+                   extract(epoch FROM now())::bigint);
+END $$;
+CREATE TABLE folders (
+    id bigserial PRIMARY KEY,
+    account_id bigint NOT NULL REFERENCES accounts ON DELETE CASCADE,
+    name text NOT NULL,
+    uid_validity bigint NOT NULL DEFAULT nextval('uid_validity_seq'),
+    uid_next bigint NOT NULL DEFAULT 1,
+    highest_modseq bigint NOT NULL DEFAULT 1,
+    special_use text,
+    UNIQUE (account_id, name)
+);
+CREATE TABLE subscriptions (
+    account_id bigint NOT NULL REFERENCES accounts ON DELETE CASCADE,
+    name text NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+CREATE TABLE bodies (
+    hash bytea PRIMARY KEY,
+    size bigint NOT NULL,
+    chunk_size integer NOT NULL
+);
+CREATE TABLE body_chunks (
+    hash bytea NOT NULL REFERENCES bodies ON DELETE CASCADE,
+    seq integer NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (hash, seq)
+);
+CREATE TABLE messages (
+    folder_id bigint NOT NULL REFERENCES folders ON DELETE CASCADE,
+    uid bigint NOT NULL,
+    body bytea NOT NULL REFERENCES bodies (hash),
+    size bigint NOT NULL,
+    flags text[] NOT NULL DEFAULT '{}',
+    internal_date double precision NOT NULL,
+    recent boolean NOT NULL DEFAULT true,
+    modseq bigint NOT NULL,
+    PRIMARY KEY (folder_id, uid)
+);
+CREATE INDEX messages_modseq ON messages (folder_id, modseq);
+CREATE INDEX messages_body ON messages (body);
+CREATE TABLE expunged (
+    folder_id bigint NOT NULL REFERENCES folders ON DELETE CASCADE,
+    uid bigint NOT NULL,
+    modseq bigint NOT NULL,
+    PRIMARY KEY (folder_id, uid)
+);
+CREATE INDEX expunged_modseq ON expunged (folder_id, modseq);
+CREATE TABLE body_cache (
+    hash bytea NOT NULL REFERENCES bodies ON DELETE CASCADE,
+    key text NOT NULL,
+    value text NOT NULL,
+    PRIMARY KEY (hash, key)
+);
+"""),
+    (2, """
+CREATE TABLE users (
+    name text PRIMARY KEY,
+    password_hash text NOT NULL,
+    extra jsonb NOT NULL DEFAULT '{}'
+);
+CREATE FUNCTION mailhost_users_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('mailhost_users', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION mailhost_users_changed();
+"""),
+    # RFC 8474 MAILBOXID (32 hex digits, as Dovecot's mailbox GUIDs; RENAME keeps the
+    # row, so the id), EMAILID (M and 24 hex digits; COPY and MOVE carry it over) and
+    # RFC 8514 save dates (an insert is a save: append, delivery, COPY, MOVE).
+    (3, """
+ALTER TABLE folders ADD COLUMN mailbox_id text NOT NULL
+    DEFAULT replace(gen_random_uuid()::text, '-', '');
+ALTER TABLE messages ADD COLUMN saved double precision NOT NULL
+    DEFAULT extract(epoch FROM clock_timestamp());
+ALTER TABLE messages ADD COLUMN email_id text NOT NULL
+    DEFAULT 'M' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 24);
+"""),
+]
+
+#: The schema version this code reads and writes.
+CURRENT = MIGRATIONS[-1][0]
+
+
+class SchemaMismatch(Exception):
+    """The database's schema is not the one this code speaks (one line, for the log)."""
+
+
+def version_of(conn: psycopg.Connection[Any]) -> int:
+    """The schema version of the database (0: never upgraded)."""
+    row = conn.execute("SELECT to_regclass('mailhost_schema') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    got = conn.execute("SELECT max(version) FROM mailhost_schema").fetchone()
+    return int(got[0]) if got and got[0] is not None else 0
+
+
+def upgrade(conn: psycopg.Connection[Any]) -> list[int]:
+    """Apply every missing migration, each in its own transaction; the versions applied.
+    Two upgrades at once are serialized by an advisory lock."""
+    applied: list[int] = []
+    if not conn.autocommit:
+        conn.rollback()  # nothing of ours is pending: leave whatever read was open
+    conn.autocommit = True
+    conn.execute("SELECT pg_advisory_lock(7419001)")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS mailhost_schema ("
+                     " version integer PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())")
+        have = version_of(conn)
+        if have > CURRENT:
+            raise SchemaMismatch(f"database schema version {have} is newer than this mailhost "
+                                 f"({CURRENT}); upgrade mailhost")
+        for version, sql in MIGRATIONS:
+            if version <= have:
+                continue
+            with conn.transaction():
+                conn.execute(sql)
+                conn.execute("INSERT INTO mailhost_schema (version) VALUES (%s)", (version,))
+            applied.append(version)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(7419001)")
+    return applied
+
+
+def check(conn: psycopg.Connection[Any]) -> None:
+    """Refuse (SchemaMismatch, one line) a schema that is not exactly this code's."""
+    have = version_of(conn)
+    if have == CURRENT:
+        return
+    if have == 0:
+        raise SchemaMismatch("the database has no mailhost schema; run 'mailhost db upgrade'")
+    if have < CURRENT:
+        raise SchemaMismatch(f"database schema version {have} is older than this mailhost's "
+                             f"({CURRENT}); run 'mailhost db upgrade'")
+    raise SchemaMismatch(f"database schema version {have} is newer than this mailhost's "
+                         f"({CURRENT}); upgrade mailhost on this node")

@@ -1,0 +1,328 @@
+"""The PostgreSQL store's transactions: plain functions of a connection, run in a
+database thread by ``Database.run`` (one transaction each).
+
+Every write to a folder first locks the folder's row (``lock_folders``, in id order
+so two transactions never wait on each other in a circle), then takes its UIDs and
+its one new mod-sequence from that row, and sends ``pg_notify`` with the folder's id:
+UIDs can never repeat across nodes, and commits to one folder are ordered by their
+mod-sequence, which is what lets a node catch up with ``sync(since)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors
+
+from mailhost.db.notify import CHANNEL
+from mailhost.store.flags import apply_mode
+from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
+from mailhost.store.names import INBOX, is_inferior, parents
+from mailhost.store.postgresql.bodies import store_body
+
+Conn = psycopg.Connection[Any]
+#: (uid, flags, size, internal_date, recent, modseq, body hash, RFC 8474 EMAILID)
+MessageRow = tuple[int, list[str], int, float, bool, int, bytes, str]
+#: (name, uid_validity, uid_next, highest_modseq, special_use, mailbox_id)
+FolderMeta = tuple[str, int, int, int, str | None, str]
+
+
+def _notify(conn: Conn, folder_ids: Iterable[int]) -> None:
+    for folder_id in sorted(set(folder_ids)):
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(folder_id)))
+
+
+def ensure_account(conn: Conn, user: str) -> tuple[int, bool]:
+    """The account's id, made with INBOX and the special folders if new; (id, made)."""
+    row = conn.execute("SELECT id FROM accounts WHERE name = %s", (user,)).fetchone()
+    if row:
+        return int(row[0]), False
+    row = conn.execute("INSERT INTO accounts (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
+                       " RETURNING id", (user,)).fetchone()
+    if not row:  # another node made it meanwhile (its transaction has committed)
+        again = conn.execute("SELECT id FROM accounts WHERE name = %s", (user,)).fetchone()
+        assert again is not None
+        return int(again[0]), False
+    account_id = int(row[0])
+    for name, use in [(INBOX, None), *DEFAULT_SPECIAL_FOLDERS.items()]:
+        conn.execute("INSERT INTO folders (account_id, name, special_use) VALUES (%s, %s, %s)",
+                     (account_id, name, use))
+        conn.execute("INSERT INTO subscriptions (account_id, name) VALUES (%s, %s)",
+                     (account_id, name))
+    return account_id, True
+
+
+def accounts(conn: Conn) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM accounts ORDER BY name")]
+
+
+def find_folder(conn: Conn, account_id: int, name: str) -> tuple[int, int, str | None] | None:
+    """(id, uid_validity, special_use) of the folder, or None."""
+    row = conn.execute("SELECT id, uid_validity, special_use FROM folders"
+                       " WHERE account_id = %s AND name = %s", (account_id, name)).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]), row[2])
+
+
+def lock_folders(conn: Conn, folder_ids: Iterable[int]) -> set[int]:
+    """Lock these folders' rows, in id order; the ids that still exist."""
+    ids = sorted(set(folder_ids))
+    rows = conn.execute("SELECT id FROM folders WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                        (ids,)).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def bump(conn: Conn, folder_id: int, uids: int = 0) -> tuple[int, int]:
+    """One new mod-sequence of a locked folder and ``uids`` new UIDs: (modseq, first uid)."""
+    row = conn.execute("UPDATE folders SET highest_modseq = highest_modseq + 1,"
+                       " uid_next = uid_next + %s WHERE id = %s"
+                       " RETURNING highest_modseq, uid_next - %s", (uids, folder_id, uids)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def deliver(conn: Conn, spool: Any, digest: bytes, size: int,
+            targets: Sequence[tuple[str, str, list[str], float]]) -> list[tuple[int, int]]:
+    """Store the body once and one message per target (user, folder, flags, date);
+    [(folder id, uid)] in target order. NoSuchFolder rolls everything back."""
+    folder_ids = []
+    for user, name, _flags, _date in targets:
+        account_id, _ = ensure_account(conn, user)
+        found = find_folder(conn, account_id, name)
+        if found is None:
+            raise NoSuchFolder(name)
+        folder_ids.append(found[0])
+    if len(lock_folders(conn, folder_ids)) != len(set(folder_ids)):
+        raise NoSuchFolder("deleted meanwhile")
+    store_body(conn, spool, digest, size)
+    counts: dict[int, int] = {}
+    for fid in folder_ids:
+        counts[fid] = counts.get(fid, 0) + 1
+    next_uid: dict[int, int] = {}
+    modseqs: dict[int, int] = {}
+    for fid, n in sorted(counts.items()):
+        modseqs[fid], next_uid[fid] = bump(conn, fid, n)
+    out: list[tuple[int, int]] = []
+    for fid, (_user, _name, flags, date) in zip(folder_ids, targets, strict=True):
+        uid = next_uid[fid]
+        next_uid[fid] += 1
+        conn.execute("INSERT INTO messages (folder_id, uid, body, size, flags, internal_date,"
+                     " modseq) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                     (fid, uid, digest, size, flags, date, modseqs[fid]))
+        out.append((fid, uid))
+    _notify(conn, folder_ids)
+    return out
+
+
+def sync(conn: Conn, folder_id: int, since: int,
+         ) -> tuple[FolderMeta | None, list[MessageRow], list[tuple[int, int]],
+                    list[tuple[int, str, str]]]:
+    """Everything about a folder that changed after mod-sequence ``since``, in one
+    snapshot: (meta or None if the folder is gone, message rows by UID, expunges by
+    modseq, cached values of the new rows)."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    meta = conn.execute("SELECT name, uid_validity, uid_next, highest_modseq, special_use,"
+                        " mailbox_id FROM folders WHERE id = %s", (folder_id,)).fetchone()
+    if meta is None:
+        return None, [], [], []
+    rows = conn.execute("SELECT uid, flags, size, internal_date, recent, modseq, body, email_id"
+                        " FROM messages WHERE folder_id = %s AND modseq > %s ORDER BY uid",
+                        (folder_id, since)).fetchall()
+    gone = conn.execute("SELECT uid, modseq FROM expunged WHERE folder_id = %s AND modseq > %s"
+                        " ORDER BY modseq, uid", (folder_id, since)).fetchall()
+    cached = conn.execute("SELECT m.uid, c.key, c.value FROM messages m"
+                          " JOIN body_cache c ON c.hash = m.body"
+                          " WHERE m.folder_id = %s AND m.modseq > %s", (folder_id, since)).fetchall()
+    return ((meta[0], int(meta[1]), int(meta[2]), int(meta[3]), meta[4], meta[5]),
+            [(int(r[0]), list(r[1]), int(r[2]), float(r[3]), bool(r[4]), int(r[5]), bytes(r[6]),
+              r[7]) for r in rows],
+            [(int(u), int(m)) for u, m in gone],
+            [(int(u), k, v) for u, k, v in cached])
+
+
+def save_dates(conn: Conn, folder_id: int, uids: list[int]) -> dict[int, float]:
+    """RFC 8514 save dates of those of ``uids`` still in the folder."""
+    rows = conn.execute("SELECT uid, saved FROM messages WHERE folder_id = %s AND uid = ANY(%s)",
+                        (folder_id, uids)).fetchall()
+    return {int(uid): float(saved) for uid, saved in rows}
+
+
+def set_flags(conn: Conn, folder_id: int, uids: list[int], wanted: frozenset[str],
+              mode: str) -> None:
+    if not lock_folders(conn, [folder_id]):
+        return
+    rows = conn.execute("SELECT uid, flags FROM messages WHERE folder_id = %s AND uid = ANY(%s)",
+                        (folder_id, uids)).fetchall()
+    changes = []
+    for uid, flags in rows:
+        old = frozenset(flags)
+        new = apply_mode(old, wanted, mode)
+        if new != old:
+            changes.append((int(uid), sorted(new)))
+    if not changes:
+        return
+    modseq, _ = bump(conn, folder_id)
+    with conn.cursor() as cur:
+        cur.executemany("UPDATE messages SET flags = %s, modseq = %s"
+                        " WHERE folder_id = %s AND uid = %s",
+                        [(flags, modseq, folder_id, uid) for uid, flags in changes])
+    _notify(conn, [folder_id])
+
+
+def _remove(conn: Conn, folder_id: int, uids: list[int]) -> None:
+    """Delete these messages of a locked folder as one expunge, and their bodies if no
+    other message uses them."""
+    if not uids:
+        return
+    modseq, _ = bump(conn, folder_id)
+    bodies = conn.execute("DELETE FROM messages WHERE folder_id = %s AND uid = ANY(%s)"
+                          " RETURNING body", (folder_id, uids)).fetchall()
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO expunged (folder_id, uid, modseq) VALUES (%s, %s, %s)"
+                        " ON CONFLICT DO NOTHING", [(folder_id, u, modseq) for u in uids])
+    collect_bodies(conn, {bytes(b[0]) for b in bodies})
+    _notify(conn, [folder_id])
+
+
+def collect_bodies(conn: Conn, hashes: set[bytes]) -> None:
+    """Delete bodies no message uses any more. A delivery that reuses one at the same
+    moment holds its row lock and wins: the delete then fails its foreign-key check and
+    is dropped (in a savepoint), not the expunge."""
+    if not hashes:
+        return
+    try:
+        with conn.transaction():
+            conn.execute("DELETE FROM bodies b WHERE b.hash = ANY(%s) AND NOT EXISTS"
+                         " (SELECT 1 FROM messages m WHERE m.body = b.hash)", (list(hashes),))
+    except errors.ForeignKeyViolation:
+        pass
+
+
+def expunge(conn: Conn, folder_id: int, uids: list[int] | None) -> list[int]:
+    if not lock_folders(conn, [folder_id]):
+        return []
+    if uids is None:
+        rows = conn.execute("SELECT uid FROM messages WHERE folder_id = %s"
+                            " AND '\\Deleted' = ANY(flags) ORDER BY uid", (folder_id,)).fetchall()
+    else:
+        rows = conn.execute("SELECT uid FROM messages WHERE folder_id = %s AND uid = ANY(%s)"
+                            " AND '\\Deleted' = ANY(flags) ORDER BY uid",
+                            (folder_id, uids)).fetchall()
+    gone = [int(r[0]) for r in rows]
+    _remove(conn, folder_id, gone)
+    return gone
+
+
+def copy(conn: Conn, src: int, dest: int, uids: list[int], move: bool) -> list[tuple[int, int]]:
+    """Copy (or move) messages with their flags, dates and EMAILIDs; [(src uid, dest uid)]."""
+    alive = lock_folders(conn, [src, dest])
+    if dest not in alive:
+        raise NoSuchFolder("destination deleted")
+    if src not in alive:
+        return []
+    rows = conn.execute("SELECT uid, body, size, flags, internal_date, email_id FROM messages"
+                        " WHERE folder_id = %s AND uid = ANY(%s) ORDER BY uid",
+                        (src, uids)).fetchall()
+    if not rows:
+        return []
+    modseq, first = bump(conn, dest, len(rows))
+    pairs = [(int(r[0]), first + i) for i, r in enumerate(rows)]
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO messages (folder_id, uid, body, size, flags, internal_date,"
+                        " modseq, email_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                        [(dest, new, r[1], r[2], r[3], r[4], modseq, r[5])
+                         for (_, new), r in zip(pairs, rows, strict=True)])
+    _notify(conn, [dest])
+    if move:
+        _remove(conn, src, [old for old, _ in pairs])
+    return pairs
+
+
+def claim_recent(conn: Conn, folder_id: int) -> list[int]:
+    rows = conn.execute("UPDATE messages SET recent = false WHERE folder_id = %s AND recent"
+                        " RETURNING uid", (folder_id,)).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def set_cached(conn: Conn, digest: bytes, key: str, value: str) -> None:
+    conn.execute("INSERT INTO body_cache (hash, key, value) VALUES (%s, %s, %s)"
+                 " ON CONFLICT (hash, key) DO UPDATE SET value = EXCLUDED.value",
+                 (digest, key, value))
+
+
+def list_folders(conn: Conn, account_id: int) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM folders WHERE account_id = %s",
+                                       (account_id,))]
+
+
+def create_folder(conn: Conn, account_id: int, canon: str, special_use: str | None) -> None:
+    conn.execute("SELECT id FROM accounts WHERE id = %s FOR UPDATE", (account_id,))
+    if find_folder(conn, account_id, canon) is not None:
+        raise FolderExists(canon)
+    for parent in parents(canon):
+        conn.execute("INSERT INTO folders (account_id, name) VALUES (%s, %s)"
+                     " ON CONFLICT DO NOTHING", (account_id, parent))
+    conn.execute("INSERT INTO folders (account_id, name, special_use) VALUES (%s, %s, %s)",
+                 (account_id, canon, special_use))
+
+
+def delete_folder(conn: Conn, account_id: int, canon: str) -> int:
+    """Delete the folder and its messages; its id."""
+    found = find_folder(conn, account_id, canon)
+    if found is None:
+        raise NoSuchFolder(canon)
+    folder_id = found[0]
+    lock_folders(conn, [folder_id])
+    bodies = conn.execute("DELETE FROM messages WHERE folder_id = %s RETURNING body",
+                          (folder_id,)).fetchall()
+    conn.execute("DELETE FROM folders WHERE id = %s", (folder_id,))
+    collect_bodies(conn, {bytes(b[0]) for b in bodies})
+    _notify(conn, [folder_id])
+    return folder_id
+
+
+def rename_folder(conn: Conn, account_id: int, src: str, dst: str) -> list[tuple[int, str]]:
+    """Rename ``src`` and its children to ``dst``; INBOX's messages move to a new
+    ``dst`` instead (RFC 3501). The (id, new name) of every folder renamed or filled."""
+    conn.execute("SELECT id FROM accounts WHERE id = %s FOR UPDATE", (account_id,))
+    found = find_folder(conn, account_id, src)
+    if found is None:
+        raise NoSuchFolder(src)
+    if find_folder(conn, account_id, dst) is not None:
+        raise FolderExists(dst)
+    for parent in parents(dst):
+        conn.execute("INSERT INTO folders (account_id, name) VALUES (%s, %s)"
+                     " ON CONFLICT DO NOTHING", (account_id, parent))
+    if src == INBOX:
+        row = conn.execute("INSERT INTO folders (account_id, name) VALUES (%s, %s) RETURNING id",
+                           (account_id, dst)).fetchone()
+        assert row is not None
+        new_id = int(row[0])
+        uids = [int(r[0]) for r in conn.execute(
+            "SELECT uid FROM messages WHERE folder_id = %s", (found[0],))]
+        copy(conn, found[0], new_id, uids, move=True)
+        return [(found[0], INBOX), (new_id, dst)]
+    rows = conn.execute("SELECT id, name FROM folders WHERE account_id = %s", (account_id,))
+    moving = [(int(i), n) for i, n in rows if n == src or is_inferior(n, src)]
+    out = []
+    for folder_id, name in moving:
+        new = dst + name[len(src):]
+        conn.execute("UPDATE folders SET name = %s WHERE id = %s", (new, folder_id))
+        out.append((folder_id, new))
+    _notify(conn, [i for i, _ in out])
+    return out
+
+
+def subscriptions(conn: Conn, account_id: int) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM subscriptions WHERE account_id = %s",
+                                       (account_id,))}
+
+
+def subscribe(conn: Conn, account_id: int, name: str, on: bool) -> None:
+    if on:
+        conn.execute("INSERT INTO subscriptions (account_id, name) VALUES (%s, %s)"
+                     " ON CONFLICT DO NOTHING", (account_id, name))
+    else:
+        conn.execute("DELETE FROM subscriptions WHERE account_id = %s AND name = %s",
+                     (account_id, name))

@@ -1,0 +1,536 @@
+"""PostgresStore: the store contract on PostgreSQL, for several nodes on one database.
+
+The contract answers message lists, flags and modseqs synchronously, from an index.
+Here each open folder keeps that index in memory and brings it up to date with one
+query, ``sql.sync(since)``: "every message whose modseq is above the highest I know,
+and every expunge since". Every change goes through it, ours and other nodes' alike:
+after our own write commits, the folder syncs before the write's Deferred fires (so
+the caller sees its change, and listeners hear of it, at once), and a ``NOTIFY`` from
+any node makes the folder sync again (IDLE on node B hears of a delivery on node A).
+Syncs of one folder run one at a time, and since writes to a folder are ordered by
+its mod-sequence (sql.py), nothing is ever skipped.
+
+Not yet here (issue 19): quotas, ``IIndexedFolder`` columns (protocols take their
+fallback), the recent state is per database rather than per node, and a rename seen
+from another node renames its live folder only when that folder next syncs.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, BinaryIO, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorThreads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailhost.db import migrations
+from mailhost.db.database import Database
+from mailhost.db.notify import NotifyListener
+from mailhost.store.append import append_message
+from mailhost.store.flags import normalize_flags
+from mailhost.store.interfaces import (
+    DeliveryTarget,
+    IAccountListener,
+    IAccountListing,
+    IFolder,
+    IFolderListener,
+    IMailAccount,
+    IMailStore,
+    IMessageReader,
+    IMessageWriter,
+    InvalidFolderName,
+    MessageInfo,
+    NoSuchFolder,
+    NoSuchMessage,
+    StoreError,
+    StoreUnavailable,
+)
+from mailhost.store.listeners import AccountListenerSet, ListenerSet
+from mailhost.store.modseq import ModSeqs
+from mailhost.store.names import INBOX, canonical_folder, is_inferior, split_user
+from mailhost.store.objectid import EMAIL_ID_KEY
+from mailhost.store.postgresql import sql
+from mailhost.store.postgresql.bodies import PostgresMessageWriter, open_body
+from mailhost.store.postgresql.sql import FolderMeta, MessageRow
+from mailhost.store.reader import INLINE_READ, range_length, reader_for
+
+log = Logger()
+_T = TypeVar("_T")
+
+
+def _guard(fn: Callable[[], defer.Deferred[_T]]) -> defer.Deferred[_T]:
+    """``fn()``, with a StoreError it raises at once as a failed Deferred."""
+    try:
+        return fn()
+    except StoreError:
+        return defer.fail()
+
+
+@implementer(IFolder)
+class PostgresFolder:
+    """Implements: IFolder. One live object per folder (by database id) in a store."""
+
+    def __init__(self, store: PostgresStore, folder_id: int, name: str, uid_validity: int,
+                 special_use: str | None) -> None:
+        self._store = store
+        self.id = folder_id
+        self.name = name
+        self.uid_validity = uid_validity
+        self.uid_next = 1
+        self.special_use = special_use
+        self.mailbox_id = ""  # RFC 8474; read with the folder's first sync
+        self.deleted = False
+        self._infos: dict[int, MessageInfo] = {}
+        self._hashes: dict[int, bytes] = {}
+        self._email_ids: dict[int, str] = {}  # RFC 8474, a column: COPY/MOVE carry it
+        self._cache: dict[int, dict[str, str]] = {}
+        self._modseqs = ModSeqs()
+        self._listeners = ListenerSet()
+        self._synced = 0
+        self._lock = defer.DeferredLock()
+
+    @property
+    def highest_modseq(self) -> int:
+        return self._modseqs.highest
+
+    # -- catching up with the database ----------------------------------------------
+
+    def sync(self) -> defer.Deferred[None]:
+        """Bring the index up to date (one at a time); listeners hear what changed."""
+        return self._lock.run(self._sync_once)
+
+    def _sync_once(self) -> defer.Deferred[None]:
+        if self.deleted:
+            return defer.succeed(None)
+        d = self._store.db.run(sql.sync, self.id, self._synced)
+        return d.addCallback(lambda got: self._apply(*got))
+
+    def _apply(self, meta: FolderMeta | None, rows: list[MessageRow],
+               gone: list[tuple[int, int]], cached: list[tuple[int, str, str]]) -> None:
+        if meta is None:
+            self._vanish()
+            return
+        name, self.uid_validity, self.uid_next, highest, self.special_use, self.mailbox_id = meta
+        if name != self.name:
+            self._store._renamed(self, name)
+        added: list[MessageInfo] = []
+        changed: list[MessageInfo] = []
+        for uid, flags, size, date, recent, modseq, digest, email_id in rows:
+            old = self._infos.get(uid)
+            info = MessageInfo(uid=uid, key=f"pg.{self.id}.{uid}", size=size,
+                               flags=frozenset(flags), internal_date=date,
+                               recent=recent if old is None else old.recent and recent,
+                               modseq=modseq)
+            (added if old is None else changed).append(info)
+            self._infos[uid] = info
+            self._hashes[uid] = digest
+            self._email_ids[uid] = email_id
+            self._modseqs.by_uid[uid] = modseq
+        for uid, key, value in cached:
+            self._cache.setdefault(uid, {})[key] = value
+        expunged: list[int] = []
+        by_modseq: dict[int, list[int]] = {}
+        for uid, modseq in gone:
+            by_modseq.setdefault(modseq, []).append(uid)
+        for modseq, uids in sorted(by_modseq.items()):
+            self._modseqs.expunge(uids, modseq)
+            for uid in uids:
+                if self._infos.pop(uid, None) is not None:
+                    self._hashes.pop(uid, None)
+                    self._email_ids.pop(uid, None)
+                    self._cache.pop(uid, None)
+                    expunged.append(uid)
+        self._modseqs.highest = max(self._modseqs.highest, highest)
+        self._synced = max(self._synced, highest)
+        if added:
+            self._listeners.added(self, added)
+        if changed:
+            self._listeners.changed(self, changed)
+        if expunged:
+            self._listeners.expunged(self, sorted(expunged))
+
+    def _vanish(self) -> None:
+        """The folder was deleted (here or on another node): every message is gone."""
+        if self.deleted:
+            return
+        self.deleted = True
+        uids = list(self._infos)
+        self._infos.clear()
+        self._hashes.clear()
+        self._cache.clear()
+        if uids:
+            self._modseqs.expunge(uids)
+            self._listeners.expunged(self, uids)
+        self._store._forget(self)
+
+    def _write(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
+        """Run a write, then sync, then fire with the write's result."""
+        d = self._store.db.run(fn, *args)
+        d.addCallback(lambda result: self.sync().addCallback(lambda _: result))
+        return d
+
+    # -- IFolder ----------------------------------------------------------------------
+
+    def messages(self) -> list[MessageInfo]:
+        return list(self._infos.values())
+
+    def get(self, uid: int) -> MessageInfo | None:
+        return self._infos.get(uid)
+
+    def modseq_of(self, uid: int) -> int:
+        return self._modseqs.get(uid)
+
+    def changed_since(self, modseq: int) -> list[int]:
+        return self._modseqs.changed_since(modseq)
+
+    def expunged_since(self, modseq: int) -> list[int] | None:
+        return self._modseqs.expunged_since(modseq)
+
+    def refresh(self) -> defer.Deferred[None]:
+        return self.sync()
+
+    def open_message(self, uid: int) -> defer.Deferred[BinaryIO]:
+        info = self._infos.get(uid)
+        if info is None:
+            return defer.fail(NoSuchMessage(uid))
+        return defer.succeed(open_body(self._store.db, self._hashes[uid], info.size))
+
+    def read_message(self, uid: int, offset: int = 0,
+                     length: int | None = None) -> defer.Deferred[IMessageReader]:
+        info = self._infos.get(uid)
+        if info is None:
+            return defer.fail(NoSuchMessage(uid))
+        db, digest, size = self._store.db, self._hashes[uid], info.size
+        want = range_length(size, offset, length)
+        if want <= INLINE_READ:
+            # The reader would read this inline, on our thread: fetch it in a database
+            # thread first, so the reactor never waits on a query.
+            def fetch() -> bytes:
+                f = open_body(db, digest, size)
+                try:
+                    f.seek(offset)
+                    return f.read(want)
+                finally:
+                    f.close()
+
+            d = db.hop(fetch)
+            return d.addCallback(lambda data: reader_for(io.BytesIO(data), len(data)))
+        return defer.succeed(reader_for(open_body(db, digest, size), size, offset, length,
+                                        run=db.hop))
+
+    def set_flags(self, uids: Iterable[int], flags: Iterable[str],
+                  mode: str) -> defer.Deferred[list[MessageInfo]]:
+        if mode not in ("add", "remove", "replace"):
+            return defer.fail(StoreError(f"unknown flag mode {mode!r}"))
+        wanted = normalize_flags(flags)
+        asked = sorted({u for u in uids if u in self._infos})
+        d = self._write(sql.set_flags, self.id, asked, wanted, mode)
+        return d.addCallback(
+            lambda _: [i for i in (self._infos.get(u) for u in asked) if i is not None])
+
+    def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
+        return self._write(sql.expunge, self.id, None if uids is None else sorted(set(uids)))
+
+    def _copy(self, uids: Iterable[int], dest: IFolder,
+              move: bool) -> defer.Deferred[list[tuple[int, int]]]:
+        if not isinstance(dest, PostgresFolder) or dest._store is not self._store or dest.deleted:
+            return defer.fail(NoSuchFolder(getattr(dest, "name", "?")))
+        d = self._store.db.run(sql.copy, self.id, dest.id, sorted(set(uids)), move)
+
+        def synced(pairs: list[tuple[int, int]]) -> defer.Deferred[list[tuple[int, int]]]:
+            both = defer.gatherResults([dest.sync(), self.sync()], consumeErrors=True)
+            return both.addCallback(lambda _: pairs)
+
+        return d.addCallback(synced)
+
+    def copy(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
+        return self._copy(uids, dest, move=False)
+
+    def move(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
+        return self._copy(uids, dest, move=True)
+
+    def claim_recent(self) -> defer.Deferred[set[int]]:
+        d = self._store.db.run(sql.claim_recent, self.id)
+
+        def claimed(uids: list[int]) -> set[int]:
+            mine = {u for u, i in self._infos.items() if i.recent}
+            for uid in mine:
+                info = self._infos[uid]
+                self._infos[uid] = MessageInfo(info.uid, info.key, info.size, info.flags,
+                                               info.internal_date, False, info.modseq)
+            return mine | (set(uids) & set(self._infos))
+
+        return d.addCallback(claimed)
+
+    def add_listener(self, listener: IFolderListener) -> None:
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: IFolderListener) -> None:
+        self._listeners.remove(listener)
+
+    def get_cached(self, uid: int, key: str) -> str | None:
+        if key == EMAIL_ID_KEY:
+            return self._email_ids.get(uid)
+        return self._cache.get(uid, {}).get(key)
+
+    def save_dates(self, uids: Iterable[int]) -> defer.Deferred[dict[int, float]]:
+        wanted = [u for u in uids if u in self._infos]
+        if not wanted:
+            return defer.succeed({})
+        return self._store.db.run(sql.save_dates, self.id, wanted)
+
+    def set_cached(self, uid: int, key: str, value: str) -> None:
+        # The cache is per body (shared by every copy); an EMAILID is per message and
+        # the database carried it over already.
+        if uid not in self._infos or key == EMAIL_ID_KEY:
+            return
+        self._cache.setdefault(uid, {})[key] = value
+        d = self._store.db.run(sql.set_cached, self._hashes[uid], key, value)
+        d.addErrback(lambda f: log.failure("caching {key} failed", f, key=key))
+
+
+@implementer(IMailAccount)
+class PostgresAccount:
+    """Implements: IMailAccount."""
+
+    def __init__(self, store: PostgresStore, user: str, account_id: int) -> None:
+        self._store = store
+        self.user = user
+        self.id = account_id
+
+    def new_message(self) -> IMessageWriter:
+        return self._store.new_message()
+
+    def append(self, name: str, message: IMessageWriter, flags: Iterable[str] = (),
+               internal_date: float | None = None) -> defer.Deferred[tuple[int, int]]:
+        return append_message(self, name, message, flags, internal_date)
+
+    def list_folders(self) -> defer.Deferred[list[str]]:
+        d = self._store.db.run(sql.list_folders, self.id)
+        return d.addCallback(lambda names: [INBOX, *sorted(n for n in names if n != INBOX)])
+
+    def open_folder(self, name: str) -> defer.Deferred[IFolder]:
+        return _guard(lambda: self._store._open_folder(self.id, canonical_folder(name)))
+
+    def create_folder(self, name: str,
+                      special_use: str | None = None) -> defer.Deferred[None]:
+        return _guard(lambda: self._store.db.run(sql.create_folder, self.id,
+                                                 canonical_folder(name), special_use))
+
+    def delete_folder(self, name: str) -> defer.Deferred[None]:
+        def run() -> defer.Deferred[None]:
+            canon = canonical_folder(name)
+            if canon == INBOX:
+                raise InvalidFolderName("INBOX cannot be deleted")
+            d = self._store.db.run(sql.delete_folder, self.id, canon)
+            return d.addCallback(self._store._deleted)
+
+        return _guard(run)
+
+    def rename_folder(self, old: str, new: str) -> defer.Deferred[None]:
+        def run() -> defer.Deferred[None]:
+            src, dst = canonical_folder(old), canonical_folder(new)
+            if dst == src or is_inferior(dst, src):
+                raise InvalidFolderName(f"cannot rename {src} into itself")
+            d = self._store.db.run(sql.rename_folder, self.id, src, dst)
+            return d.addCallback(self._store._after_rename)
+
+        return _guard(run)
+
+    def subscriptions(self) -> defer.Deferred[set[str]]:
+        return self._store.db.run(sql.subscriptions, self.id)
+
+    def subscribe(self, name: str) -> defer.Deferred[None]:
+        return _guard(lambda: self._store.db.run(sql.subscribe, self.id,
+                                                 canonical_folder(name), True))
+
+    def unsubscribe(self, name: str) -> defer.Deferred[None]:
+        return _guard(lambda: self._store.db.run(sql.subscribe, self.id,
+                                                 canonical_folder(name), False))
+
+
+@implementer(IMailStore, IAccountListing)
+class PostgresStore:
+    """Implements: IMailStore and IAccountListing, on one PostgreSQL database (``dsn``)
+    that any number of nodes share. The schema must be current (``mailhost db
+    upgrade``); ``start`` refuses any other with ``SchemaMismatch``."""
+
+    def __init__(self, dsn: str, *, pool_size: int = 8, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default
+
+            reactor = default
+        self._reactor: IReactorThreads = reactor
+        self.db = Database(dsn, max_size=pool_size, reactor=reactor, unavailable=StoreUnavailable)
+        self._notes = NotifyListener(dsn, self._notified, reactor)
+        self._accounts: dict[str, PostgresAccount] = {}
+        self._opened: set[str] = set()  # accounts the listeners have heard of
+        self._live: dict[int, PostgresFolder] = {}
+        self._account_listeners = AccountListenerSet()
+        self._started: defer.Deferred[None] | None = None
+
+    # -- life ---------------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred[None]:
+        if self._started is None:
+            self.db.start()
+            self._notes.start()
+
+            def check(conn: Any) -> None:
+                migrations.check(conn)
+
+            d = self.db.run(check)
+            self._started = d
+        out: defer.Deferred[None] = defer.Deferred()
+
+        def relay(result: object) -> object:
+            if isinstance(result, Failure):
+                self._started = None  # the next start tries again
+                out.errback(result)
+                return None
+            out.callback(None)
+            return result
+
+        self._started.addBoth(relay)
+        return out
+
+    def wait_listening(self, timeout: float = 10.0) -> defer.Deferred[bool]:
+        """Deferred firing True once this node hears other nodes' changes."""
+        from twisted.internet import threads
+
+        return threads.deferToThread(self._notes.wait_ready, timeout)
+
+    def close(self) -> defer.Deferred[None]:
+        self._notes.stop()
+        return self.db.close()
+
+    def _ready(self, fn: Callable[[], defer.Deferred[_T]]) -> defer.Deferred[_T]:
+        started = self.start()
+        started.addCallback(lambda _: fn())
+        return started  # type: ignore[return-value]
+
+    # -- notifications and the live folders ------------------------------------------
+
+    def _notified(self, payload: str | None) -> None:
+        if payload is None:
+            folders = list(self._live.values())
+        else:
+            try:
+                folder = self._live.get(int(payload))
+            except ValueError:
+                return
+            folders = [] if folder is None else [folder]
+        for folder in folders:
+            folder.sync().addErrback(
+                lambda f: log.failure("folder sync failed", f, event="pg_sync"))
+
+    def _forget(self, folder: PostgresFolder) -> None:
+        if self._live.get(folder.id) is folder:
+            del self._live[folder.id]
+
+    def _deleted(self, folder_id: int) -> None:
+        folder = self._live.get(folder_id)
+        if folder is not None:
+            folder._vanish()
+
+    def _renamed(self, folder: PostgresFolder, name: str) -> None:
+        folder.name = name
+
+    def _after_rename(self, renamed: list[tuple[int, str]]) -> defer.Deferred[None]:
+        syncs = []
+        for folder_id, name in renamed:
+            folder = self._live.get(folder_id)
+            if folder is not None:
+                folder.name = name
+                syncs.append(folder.sync())
+        d = defer.gatherResults(syncs, consumeErrors=True)
+        return d.addCallback(lambda _: None)
+
+    def _open_folder(self, account_id: int, canon: str) -> defer.Deferred[IFolder]:
+        d = self.db.run(sql.find_folder, account_id, canon)
+
+        def found(row: tuple[int, int, str | None] | None) -> defer.Deferred[IFolder]:
+            if row is None:
+                raise NoSuchFolder(canon)
+            folder_id, validity, special_use = row
+            folder = self._live.get(folder_id)
+            if folder is None:
+                folder = self._live[folder_id] = PostgresFolder(self, folder_id, canon, validity,
+                                                                special_use)
+            return folder.sync().addCallback(lambda _: folder)
+
+        return d.addCallback(found)
+
+    # -- IMailStore ---------------------------------------------------------------------
+
+    def _account(self, user: str, account_id: int) -> PostgresAccount:
+        account = self._accounts.get(user)
+        if account is None:
+            account = self._accounts[user] = PostgresAccount(self, user, account_id)
+            self._tell_opened(user)
+        return account
+
+    def _tell_opened(self, user: str) -> None:
+        if user not in self._opened:
+            self._opened.add(user)
+            self._account_listeners.opened(user)
+
+    def open_account(self, user: str) -> defer.Deferred[IMailAccount]:
+        try:
+            split_user(user)
+        except StoreError:
+            return defer.fail()
+        account = self._accounts.get(user)
+        if account is not None:
+            return defer.succeed(account)
+
+        def made(got: tuple[int, bool]) -> IMailAccount:
+            return self._account(user, got[0])
+
+        return self._ready(lambda: self.db.run(sql.ensure_account, user).addCallback(made))
+
+    def new_message(self) -> IMessageWriter:
+        return PostgresMessageWriter(self)
+
+    def _deliver(self, spool: Any, digest: bytes, size: int,
+                 targets: Sequence[DeliveryTarget]) -> defer.Deferred[list[int | None]]:
+        import time
+
+        try:
+            plan = []
+            for t in targets:
+                split_user(t.user)
+                date = time.time() if t.internal_date is None else t.internal_date
+                plan.append((t.user, canonical_folder(t.folder), sorted(normalize_flags(t.flags)),
+                             date))
+        except StoreError:
+            return defer.fail()
+
+        def done(placed: list[tuple[int, int]]) -> defer.Deferred[list[int | None]]:
+            for user in sorted({t.user for t in targets}):
+                self._tell_opened(user)
+            syncs = [self._live[fid].sync() for fid in sorted({f for f, _ in placed})
+                     if fid in self._live]
+            d = defer.gatherResults(syncs, consumeErrors=True)
+            uids: list[int | None] = [uid for _, uid in placed]
+            return d.addCallback(lambda _: uids)
+
+        return self._ready(lambda: self.db.run(sql.deliver, spool, digest, size, plan)
+                           .addCallback(done))
+
+    # -- IAccountListing ----------------------------------------------------------------
+
+    def accounts(self) -> defer.Deferred[list[str]]:
+        return self._ready(lambda: self.db.run(sql.accounts))
+
+    def add_account_listener(self, listener: IAccountListener) -> None:
+        self._account_listeners.add(listener)
+
+    def remove_account_listener(self, listener: IAccountListener) -> None:
+        self._account_listeners.remove(listener)
+
+

@@ -1,0 +1,169 @@
+"""What the PostgreSQL store does beyond the contract: bodies stored once, UIDs that
+two nodes never share, changes heard across nodes, and the versioned schema."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from mailhost.db import migrations
+from mailhost.store.interfaces import DeliveryTarget
+from mailhost.store.postgresql import PostgresStore
+from tests.store.conftest import Recorder, postgres_store
+
+A = "alice@example.test"
+MSG = b"From: x@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+def two_nodes(pg_dsn):
+    """Two PostgresStores on one database, as two nodes have."""
+    first = postgres_store(pg_dsn)
+    a = next(first)
+    b = PostgresStore(pg_dsn, pool_size=4)
+    pytest_twisted.blockon(b.start())
+    yield a, b
+    pytest_twisted.blockon(b.close())
+    next(first, None)
+
+
+async def deliver(store, data=MSG, *targets):
+    w = store.new_message()
+    w.write(data)
+    return await w.commit(list(targets) or [DeliveryTarget(A)])
+
+
+def count(dsn: str, table: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_for_five_users_is_stored_once(store_pg):
+    store, dsn = store_pg
+    users = [f"u{i}@example.test" for i in range(5)]
+    await deliver(store, MSG, *[DeliveryTarget(u) for u in users])
+    account = await store.open_account(users[0])
+    inbox = await account.open_folder("INBOX")
+    await inbox.copy([1], await account.open_folder("Trash"))
+    assert (count(dsn, "messages"), count(dsn, "bodies")) == (6, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_go_with_their_last_message(store_pg):
+    store, dsn = store_pg
+    await deliver(store)
+    inbox = await (await store.open_account(A)).open_folder("INBOX")
+    await inbox.set_flags([1], ["\\Deleted"], "add")
+    assert await inbox.expunge() == [1]
+    assert (count(dsn, "messages"), count(dsn, "bodies"), count(dsn, "body_chunks")) == (0, 0, 0)
+
+
+@pytest.fixture
+def store_pg(pg_dsn):
+    gen = postgres_store(pg_dsn)
+    yield next(gen), pg_dsn
+    next(gen, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_never_hand_out_the_same_uid(two_nodes):
+    a, b = two_nodes
+    results = await defer.gatherResults(
+        [defer.Deferred.fromCoroutine(deliver(s, MSG + b"%d" % i))
+         for i in range(20) for s in (a, b)])
+    uids = sorted(r[0] for r in results)
+    assert uids == list(range(1, 41))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delivery_on_one_node_is_heard_on_the_other_within_a_second(two_nodes):
+    from twisted.internet import reactor
+
+    a, b = two_nodes
+    assert await b.wait_listening()
+    watched = await (await b.open_account(A)).open_folder("INBOX")
+    heard = Recorder()
+    watched.add_listener(heard)
+    t0 = time.monotonic()
+    await deliver(a)
+    for _ in range(100):
+        if heard.events:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert heard.events == [("added", [1])]
+    assert time.monotonic() - t0 < 1.0
+    # Flags and expunges likewise.
+    mine = await (await a.open_account(A)).open_folder("INBOX")
+    await mine.set_flags([1], ["\\Deleted"], "add")
+    await mine.expunge()
+    for _ in range(100):
+        if len(heard.events) == 3:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert heard.events[1:] == [("flags", {1: {"\\Deleted"}}), ("expunged", [1])]
+    assert watched.messages() == [] and watched.highest_modseq == mine.highest_modseq
+
+
+def test_upgrade_is_idempotent_and_check_refuses_other_versions(pg_cluster, monkeypatch):
+    dsn = pg_cluster.new_database()
+    with psycopg.connect(dsn) as conn:
+        with pytest.raises(migrations.SchemaMismatch, match="no mailhost schema"):
+            migrations.check(conn)
+        assert migrations.upgrade(conn) == [v for v, _ in migrations.MIGRATIONS]
+        assert migrations.upgrade(conn) == []
+        migrations.check(conn)
+        conn.execute("INSERT INTO mailhost_schema (version) VALUES (%s)",
+                     (migrations.CURRENT + 1,))
+        with pytest.raises(migrations.SchemaMismatch, match="newer than this mailhost's"):
+            migrations.check(conn)
+        with pytest.raises(migrations.SchemaMismatch, match="newer than this mailhost"):
+            migrations.upgrade(conn)
+        conn.execute("DELETE FROM mailhost_schema WHERE version > %s", (migrations.CURRENT,))
+        monkeypatch.setattr(migrations, "CURRENT", migrations.CURRENT + 1)  # newer code
+        with pytest.raises(migrations.SchemaMismatch, match="older than this mailhost's"):
+            migrations.check(conn)
+
+
+def test_mailhost_db_upgrade_command(pg_cluster, tmp_path, capsys):
+    from mailhost.cli.main import main
+
+    dsn = pg_cluster.new_database()
+    conf = tmp_path / "mailhost.toml"
+    conf.write_text(f'[server]\ndomains = ["example.test"]\n[store]\nbackend = "postgresql"\n'
+                    f'dsn = "{dsn}"\n')
+    assert main(["--config", str(conf), "db", "version"]) == 1
+    assert main(["--config", str(conf), "db", "upgrade"]) == 0
+    assert f"schema upgraded to version {migrations.CURRENT}" in capsys.readouterr().out
+    assert main(["--config", str(conf), "db", "upgrade"]) == 0
+    assert "schema is current" in capsys.readouterr().out
+    assert main(["--config", str(conf), "db", "version"]) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_resumes_by_itself_after_a_database_restart(two_nodes, pg_cluster):
+    """Connections cut by a restart are replaced (the pool checks each one it hands
+    out), and the LISTEN connection comes back and resynchronises open folders."""
+    from twisted.internet import reactor
+
+    a, b = two_nodes
+    assert await b.wait_listening()
+    watched = await (await b.open_account(A)).open_folder("INBOX")
+    await deliver(a)
+    await watched.refresh()
+    pg_cluster.restart()
+    for _ in range(50):  # the first tries may meet a connection cut by the restart
+        try:
+            await deliver(a)
+            break
+        except psycopg.OperationalError:
+            await task.deferLater(reactor, 0.1, lambda: None)
+    for _ in range(300):
+        if len(watched.messages()) == 2:
+            break
+        await task.deferLater(reactor, 0.02, lambda: None)
+    assert [i.uid for i in watched.messages()] == [1, 2]
