@@ -10,6 +10,7 @@ threads the result from the same table and the folder's index columns.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mailhost.imap import condstore, context, esearch, parser, rev2
@@ -143,7 +144,7 @@ async def _sorted(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
                   charset: str | None, criteria: Any) -> list[int]:
     """UIDs of the matching messages in sort order."""
     found = await _matching(s, sel, key, charset)
-    fields: dict[int, Fields] = {}
+    fields: Mapping[int, Fields] = {}
     if any(name in sorting.HEADER_KEYS for name, _ in criteria):
         fields = await _table(s, sel).get(sel.folder, found)
     dates, sizes = await _index_maps(sel, criteria)

@@ -100,7 +100,11 @@ def _tokens(value: str) -> list[tuple[str, str]]:
             j = i
             while j < n and value[j] not in ' \t\r\n"()' and value[j] not in _SPECIALS:
                 j += 1
-            out.append(("atom", value[i:j]))
+            if j == i:  # a stray ')': a special of its own (an empty atom looped forever)
+                out.append((ch, ch))
+                j += 1
+            else:
+                out.append(("atom", value[i:j]))
             i = j
     return out
 

@@ -19,6 +19,22 @@ Messages not yet known are read in batches of ``BATCH``: the files of a batch ar
 the reactor thread) and one ``IMessageReader.call`` runs the header reading and parsing
 of the whole batch in the store's thread pool, so 100k messages cost 100k/BATCH thread
 hops, not 100k, and the reactor only files the results between batches.
+
+What is kept per message is small, and derived only when asked (issue 16: the first
+``SEARCH SUBJECT`` on 100k messages spent ~100 us per message in ``parse_fields``
+deriving all fifteen fields, and the derived text per message, held both as a
+``Fields`` tuple and as the store's cache text, was ~100 MB):
+
+- the fill extracts only the raw values of the eight header fields that matter
+  (``raw_record``: one unfolding regex and a split, no decoding) and keeps them as one
+  JSON text, which is also the store's cache text (the same string object, held once);
+- the derived forms are computed per group of columns (the date; the subject; the
+  base subject; each address field; the message-id; the parents) the first time a command reads one,
+  for the messages it reads, and kept in position-indexed column lists: SEARCH
+  SUBJECT decodes subjects only, SORT (DATE) parses dates only.
+
+``get`` answers with a mapping of UID to a ``Fields``-like row view; ``parse_fields``
+still derives a whole ``Fields`` from a header block (the same functions do both).
 """
 
 from __future__ import annotations
@@ -30,7 +46,7 @@ import json
 import re
 import sys
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, NamedTuple
 
 from twisted.internet.defer import Deferred, DeferredLock, FirstError, gatherResults
@@ -42,8 +58,9 @@ from mailhost.imap.search import _address_text, _decode_header_value
 from mailhost.imap.selected import folder_columns
 from mailhost.store.interfaces import IFolder, StoreError
 
-#: The key under which a message's fields live in the store's per-message cache.
-CACHE_KEY = "sortf1"
+#: The key under which a message's raw header values live in the store's per-message
+#: cache (``sortf1`` held the derived ``Fields``; its entries are no longer read).
+CACHE_KEY = "sortf2"
 #: Messages whose headers one thread job reads (and whose files are open at once).
 BATCH = 64
 #: Batches in flight at once (so at most BATCH * PARALLEL files open per fill).
@@ -171,107 +188,232 @@ def _first_address(value: str) -> tuple[str, str]:
     return "", ""
 
 
-def parse_fields(block: bytes) -> Fields:
-    """``Fields`` of a header block (pure; runs in a worker thread)."""
-    first: dict[str, bytes] = {}
-    subjects: list[str] = []
+#: The raw values a ``raw_record`` keeps, in its order (subject: every Subject field).
+_SLOTS = ("date", "subject", "from", "to", "cc", "message-id", "references", "in-reply-to")
+_SLOT = {name: i for i, name in enumerate(_SLOTS)}
+
+
+def _raw_values(block: bytes) -> list[Any]:
+    """The first value of each of ``_SLOTS`` in a header block (None: absent), with
+    the subject slot a list of every Subject field's value (None: none)."""
+    values: list[Any] = [None] * len(_SLOTS)
     for name, value in _fields_of(block):
-        if name not in _WANTED:
+        i = _SLOT.get(name)
+        if i is None:
             continue
-        if name == "subject":
-            subjects.append(_decode_header_value(value))
-        first.setdefault(name, value)
-    raw_date = first.get("date")
-    date, day = _sent(raw_date) if raw_date is not None else (None, None)
-    base, reply = base_subject(subjects[0] if subjects else "")
+        if i == 1:
+            if values[1] is None:
+                values[1] = [value]
+            else:
+                values[1].append(value)
+        elif values[i] is None:
+            values[i] = value
+    return values
 
-    def addresses(name: str) -> tuple[str | None, str, str]:
-        value = first.get(name)
-        if value is None:
-            return None, "", ""
-        text = value.decode("utf-8", "replace")
-        mailbox, display = _first_address(text)
-        m = _SIMPLE_ADDR.match(text)
-        if m is not None:
-            search_text = f"{m.group(1)}@{m.group(2)}"
-        elif (n := _NAMED_ADDR.match(text)) is not None and \
-                (n.group(1) if n.group(1) is not None else n.group(2)).strip():
-            name = n.group(1) if n.group(1) is not None else n.group(2)
-            search_text = f"{name.strip()} <{n.group(3)}@{n.group(4)}>"
+
+def raw_record(block: bytes) -> str:
+    """What the table keeps of a header block (pure; runs in a worker thread): the
+    ``_raw_values`` as JSON text, octets as latin-1 characters so any header round-trips
+    and an ASCII one stays a compact string."""
+    values = _raw_values(block)
+    out: list[Any] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+        elif i == 1:
+            out.append([x.decode("latin-1") for x in v])
         else:
-            search_text = _address_text(value)
-        return casemap(search_text), casemap(mailbox), casemap(display)
-
-    from_text, from_mailbox, from_display = addresses("from")
-    to_text, to_mailbox, to_display = addresses("to")
-    cc_text, cc_mailbox, _ = addresses("cc")
-    mid_raw = first.get("message-id")
-    mid = None
-    if mid_raw is not None:
-        m = _MSGID.search(mid_raw.decode("utf-8", "replace"))
-        mid = m.group(1) if m is not None else None
-    parents: tuple[str, ...] = ()
-    refs = first.get("references")
-    if refs is not None:
-        parents = tuple(_MSGID.findall(refs.decode("utf-8", "replace")))
-    if not parents and first.get("in-reply-to") is not None:
-        ids = _MSGID.findall(first["in-reply-to"].decode("utf-8", "replace"))
-        parents = tuple(ids[:1])
-    return _shared(Fields(date, day, casemap("\n".join(subjects)) if subjects else None,
-                          casemap(base), reply, from_text, from_mailbox, from_display,
-                          to_text, to_mailbox, to_display, cc_text, cc_mailbox, mid, parents))
+            out.append(v.decode("latin-1"))
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
 
 
-def _shared(f: Fields) -> Fields:
-    """``f`` with its strings interned: a folder repeats the same few To/From
-    addresses, base subjects and message-ids (a reply's parent is another message's
-    id) thousands of times, and 100k messages must fit the memory budget."""
-    i = sys.intern
-    return Fields(f.date, f.day, None if f.subject is None else i(f.subject), i(f.base), f.reply,
-                  None if f.from_text is None else i(f.from_text), i(f.from_mailbox),
-                  i(f.from_display), None if f.to_text is None else i(f.to_text),
-                  i(f.to_mailbox), i(f.to_display),
-                  None if f.cc_text is None else i(f.cc_text), i(f.cc_mailbox),
-                  None if f.message_id is None else i(f.message_id),
-                  tuple(i(p) for p in f.parents))
-
-
-def _dumps(f: Fields) -> str:
-    return json.dumps(list(f), ensure_ascii=False, separators=(",", ":"))
-
-
-def _loads(text: str) -> Fields | None:
+def _record_values(text: str) -> list[Any] | None:
+    """``_raw_values`` back from a ``raw_record`` text (None: not one)."""
     try:
         v = json.loads(text)
-        v[14] = tuple(v[14])
-        return _shared(Fields(*v))
-    except (ValueError, TypeError, IndexError):
+        if not isinstance(v, list) or len(v) != len(_SLOTS):
+            return None
+        out: list[Any] = []
+        for i, x in enumerate(v):
+            if x is None:
+                out.append(None)
+            elif i == 1:
+                out.append([y.encode("latin-1") for y in x])
+            else:
+                out.append(x.encode("latin-1"))
+        return out
+    except (ValueError, TypeError, AttributeError, UnicodeEncodeError):
         return None
 
 
+def _addresses(value: bytes | None) -> tuple[str | None, str, str]:
+    """(SEARCH text, SORT mailbox, DISPLAY name), casemapped, of an address field."""
+    if value is None:
+        return None, "", ""
+    text = value.decode("utf-8", "replace")
+    mailbox, display = _first_address(text)
+    m = _SIMPLE_ADDR.match(text)
+    if m is not None:
+        search_text = f"{m.group(1)}@{m.group(2)}"
+    elif (n := _NAMED_ADDR.match(text)) is not None and \
+            (n.group(1) if n.group(1) is not None else n.group(2)).strip():
+        name = n.group(1) if n.group(1) is not None else n.group(2)
+        search_text = f"{name.strip()} <{n.group(3)}@{n.group(4)}>"
+    else:
+        search_text = _address_text(value)
+    i = sys.intern
+    return i(casemap(search_text)), i(casemap(mailbox)), i(casemap(display))
+
+
+def _date_of(value: bytes | None) -> tuple[float | None, int | None]:
+    return _sent(value) if value is not None else (None, None)
+
+
+def _subject_of(values: list[bytes] | None) -> str | None:
+    """Every Subject decoded, casemapped and "\n"-joined (what SEARCH SUBJECT reads)."""
+    if not values:
+        return None
+    return sys.intern(casemap("\n".join(_decode_header_value(v) for v in values)))
+
+
+def _base_of(values: list[bytes] | None) -> tuple[str, bool]:
+    """(the casemapped base subject of the first Subject, whether it is a reply)."""
+    base, reply = base_subject(_decode_header_value(values[0]) if values else "")
+    return sys.intern(casemap(base)), reply
+
+
+def _message_id_of(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    m = _MSGID.search(value.decode("utf-8", "replace"))
+    return sys.intern(m.group(1)) if m is not None else None
+
+
+def _parents_of(refs: bytes | None, in_reply_to: bytes | None) -> tuple[str, ...]:
+    """References, else the first In-Reply-To id (RFC 5256 3)."""
+    parents: tuple[str, ...] = ()
+    if refs is not None:
+        parents = tuple(_MSGID.findall(refs.decode("utf-8", "replace")))
+    if not parents and in_reply_to is not None:
+        parents = tuple(_MSGID.findall(in_reply_to.decode("utf-8", "replace"))[:1])
+    return tuple(sys.intern(p) for p in parents)
+
+
+def _fields_from(values: list[Any]) -> Fields:
+    date, day = _date_of(values[0])
+    subject = _subject_of(values[1])
+    base, reply = _base_of(values[1])
+    from_text, from_mailbox, from_display = _addresses(values[2])
+    to_text, to_mailbox, to_display = _addresses(values[3])
+    cc_text, cc_mailbox, _ = _addresses(values[4])
+    return Fields(date, day, subject, base, reply, from_text, from_mailbox, from_display,
+                  to_text, to_mailbox, to_display, cc_text, cc_mailbox,
+                  _message_id_of(values[5]), _parents_of(values[6], values[7]))
+
+
+def parse_fields(block: bytes) -> Fields:
+    """``Fields`` of a header block (pure)."""
+    return _fields_from(_raw_values(block))
+
+
 def _read_batch(first: IO[bytes], rest: Sequence[tuple[int, IO[bytes]]],
-                first_uid: int) -> list[tuple[int, Fields, str]]:
-    """Run in a thread: (uid, fields, cache text) of each opened message."""
+                first_uid: int) -> list[tuple[int, str]]:
+    """Run in a thread: (uid, ``raw_record`` text) of each opened message."""
     out = []
     for uid, f in ((first_uid, first), *rest):
         try:
             if f is not first:
                 f.seek(0)
-            fields = parse_fields(_head(f))
+            text = raw_record(_head(f))
         except OSError:
             continue
         finally:
             if f is not first:
                 f.close()
-        out.append((uid, fields, _dumps(fields)))
+        out.append((uid, text))
     return out
 
 
+#: Each column's group (derived together, from the same raw values) and place in it.
+_GROUPS: dict[str, tuple[Any, ...]] = {
+    "date": (lambda v: _date_of(v[0]), ("date", "day")),
+    "subject": (lambda v: (_subject_of(v[1]),), ("subject",)),
+    "base": (lambda v: _base_of(v[1]), ("base", "reply")),
+    "from": (lambda v: _addresses(v[2]), ("from_text", "from_mailbox", "from_display")),
+    "to": (lambda v: _addresses(v[3]), ("to_text", "to_mailbox", "to_display")),
+    "cc": (lambda v: _addresses(v[4])[:2], ("cc_text", "cc_mailbox")),
+    "message_id": (lambda v: (_message_id_of(v[5]),), ("message_id",)),
+    "parents": (lambda v: (_parents_of(v[6], v[7]),), ("parents",)),
+}
+_COLUMN_GROUP = {col: group for group, (_, cols) in _GROUPS.items() for col in cols}
+_UNSET: Any = object()
+_EMPTY = _fields_from([None] * len(_SLOTS))
+
+
+class _Row:
+    """One message's ``Fields``, as attributes derived on first read (see the module)."""
+
+    __slots__ = ("_table", "_row")
+
+    def __init__(self, table: HeaderTable, row: int) -> None:
+        self._table = table
+        self._row = row
+
+
+
+def _column(name: str) -> property:
+    """A ``_Row`` attribute: the column's value, derived on first read. A property per
+    column, not ``__getattr__``, which runs only after a failed lookup (SORT reads one
+    of these per message per comparison key)."""
+
+    def get(row: _Row) -> Any:
+        col = row._table._columns.get(name)
+        if col is not None and row._row < len(col):
+            value = col[row._row]
+            if value is not _UNSET:
+                return value
+        return row._table.column_value(name, row._row)
+
+    return property(get)
+
+
+for _name in _COLUMN_GROUP:
+    setattr(_Row, _name, _column(_name))
+
+
+class _Rows(Mapping[int, Any]):
+    """The table as ``{uid: Fields-like row}`` (what ``HeaderTable.get`` fires with)."""
+
+    def __init__(self, table: HeaderTable) -> None:
+        self._table = table
+
+    def __getitem__(self, uid: int) -> Any:
+        return _Row(self._table, self._table.rows[uid])
+
+    def get(self, uid: int, default: Any = None) -> Any:
+        row = self._table.rows.get(uid)
+        return default if row is None else _Row(self._table, row)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._table.rows
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._table.rows)
+
+    def __len__(self) -> int:
+        return len(self._table.rows)
+
+
 class HeaderTable:
-    """The ``Fields`` of one folder's messages, by UID, filled on demand."""
+    """The raw header values of one folder's messages, by UID, filled on demand, and
+    their derived ``Fields`` columns, filled on first read."""
 
     def __init__(self) -> None:
-        self.fields: dict[int, Fields] = {}
+        #: UID -> row in ``_records`` and the columns.
+        self.rows: dict[int, int] = {}
+        self._records: list[str] = []
+        self._columns: dict[str, list[Any]] = {}
+        self._last: tuple[int, list[Any]] = (-1, [])  # the last row's raw values
         self._lock = DeferredLock()
         #: Messages read from their files (not the cache): for tests and the bench.
         self.files_read = 0
@@ -279,27 +421,67 @@ class HeaderTable:
         #: by UID), kept as bytes: a tree of 100k nodes would cost tens of MB.
         self.threads: dict[str, tuple[Any, bytes]] = {}
 
-    def get(self, folder: IFolder, uids: Iterable[int]) -> Deferred[dict[int, Fields]]:
+    @property
+    def fields(self) -> Mapping[int, Any]:
+        """``{uid: Fields-like row}`` of every message known so far."""
+        return _Rows(self)
+
+    def _add(self, uid: int, record: str) -> None:
+        row = self.rows.get(uid)
+        if row is None:
+            self.rows[uid] = len(self._records)
+            self._records.append(record)
+        else:
+            self._records[row] = record
+
+    def column_value(self, name: str, row: int) -> Any:
+        """A derived field of a row; its group is derived first if need be."""
+        col = self._columns.get(name)
+        if col is None or row >= len(col) or col[row] is _UNSET:
+            self._derive(_COLUMN_GROUP[name], row)
+            col = self._columns[name]
+        return col[row]
+
+    def _derive(self, group: str, row: int) -> None:
+        last_row, values = self._last
+        if last_row != row:
+            parsed = _record_values(self._records[row])
+            values = parsed if parsed is not None else [None] * len(_SLOTS)
+            self._last = (row, values)
+        derive, names = _GROUPS[group]
+        try:
+            got = derive(values)
+        except Exception:  # a header no parser foresaw: as if absent, never a failure
+            got = tuple(getattr(_EMPTY, n) for n in names)
+        size = len(self._records)
+        for name, value in zip(names, got, strict=True):
+            col = self._columns.get(name)
+            if col is None:
+                col = self._columns[name] = []
+            if len(col) < size:
+                col.extend([_UNSET] * (size - len(col)))
+            col[row] = value
+
+    def get(self, folder: IFolder, uids: Iterable[int]) -> Deferred[Mapping[int, Any]]:
         """Deferred firing with this table's ``fields`` once every one of ``uids`` still
         in the folder is in it (a message gone meanwhile is simply absent)."""
         return Deferred.fromCoroutine(self._get(folder, list(uids)))
 
-    async def _get(self, folder: IFolder, uids: list[int]) -> dict[int, Fields]:
-        known = self.fields
+    async def _get(self, folder: IFolder, uids: list[int]) -> Mapping[int, Any]:
+        known = self.rows
         missing = [u for u in uids if u not in known]
         if not missing:
-            return known
+            return self.fields
         await self._lock.acquire()
         try:
             missing = [u for u in missing if u not in known]
             unread = []
             for u in missing:
                 cached = folder.get_cached(u, CACHE_KEY)
-                f = _loads(cached) if cached is not None else None
-                if f is None:
+                if cached is None:
                     unread.append(u)
                 else:
-                    known[u] = f
+                    self._add(u, cached)  # the store's own string: held once
             batches = iter([unread[i:i + BATCH] for i in range(0, len(unread), BATCH)])
 
             async def worker() -> None:
@@ -317,7 +499,7 @@ class HeaderTable:
                 self._prune(folder)
         finally:
             self._lock.release()
-        return known
+        return self.fields
 
     async def _fill(self, folder: IFolder, uids: list[int]) -> None:
         opened: list[tuple[int, IO[bytes]]] = []
@@ -343,14 +525,19 @@ class HeaderTable:
             if reader is not None:
                 reader.close()
         self.files_read += len(results)
-        for uid, fields, text in results:
-            self.fields[uid] = fields
+        for uid, text in results:
+            self._add(uid, text)
             folder.set_cached(uid, CACHE_KEY, text)
 
     def _prune(self, folder: IFolder) -> None:
+        """Forget messages no longer in the folder (rows renumbered, columns kept)."""
         live = set(folder_columns(folder).uids)
-        for u in [u for u in self.fields if u not in live]:
-            del self.fields[u]
+        keep = [(u, r) for u, r in self.rows.items() if u in live]
+        self.rows = {u: n for n, (u, _) in enumerate(keep)}
+        self._records = [self._records[r] for _, r in keep]
+        for name, col in self._columns.items():
+            self._columns[name] = [col[r] if r < len(col) else _UNSET for _, r in keep]
+        self._last = (-1, [])
 
 
 class HeaderTables:

@@ -1,0 +1,79 @@
+"""The header table keeps raw header values and derives each column on first read
+(issue 16: the first SEARCH SUBJECT on 100k messages derived every field of every
+message, ~100 us each, and held them twice)."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailhost.imap import headerindex
+from mailhost.imap.headerindex import HeaderTable, parse_fields, raw_record
+from mailhost.store.memory import MemoryStore
+from tests.imap.test_fetch import deliver
+
+BLOCKS = [
+    b"From: Sender 6 <s6@example.test>\r\nTo: alice@example.test\r\nSubject: Re: bench 1\r\n"
+    b"Date: Sat, 05 Dec 2026 03:00:00 +0000\r\nMessage-ID: <b6@example.test>\r\n"
+    b"In-Reply-To: <b5@example.test>\r\nReferences: <b5@example.test>\r\n\r\n",
+    b"Subject: =?utf-8?q?caf=C3=A9?=\r\nSubject: second\r\nFrom: \"A, B\" <a@x>, c@y\r\n"
+    b"Cc: group: d@z;\r\nDate: 1 Nov 26 23:30 EST\r\n\r\n",
+    b"Subject: 8bit \xc3\xa9t\xc3\xa9 \xff and \x00 nul\r\nTo: <user (c)@ (c) dom.org>\r\n"
+    b"References: <a@x>\r\n <b@x>\r\nIn-Reply-To: <c@x>\r\n\r\n",
+    b"\r\n",
+    b"X-Other: 1\r\nFrom:\r\nDate: nonsense\r\n\r\n",
+]
+
+
+def _row_fields(block: bytes) -> tuple:
+    """The Fields a table row shows for ``block`` (through its cache text)."""
+    table = HeaderTable()
+    table._add(7, raw_record(block))
+    row = table.fields[7]
+    return tuple(getattr(row, name) for name in headerindex.Fields._fields)
+
+
+def test_table_rows_equal_parse_fields():
+    for block in BLOCKS:
+        assert _row_fields(block) == tuple(parse_fields(block)), block
+
+
+@given(st.lists(st.tuples(st.sampled_from(
+    ["Subject", "subject", "From", "To", "Cc", "Date", "Message-ID", "References",
+     "In-Reply-To", "X-Any"]), st.binary(max_size=40)), max_size=8))
+@settings(max_examples=200, deadline=None)
+def test_raw_record_round_trips(fields):
+    block = b"".join(name.encode() + b": " + value.replace(b"\n", b" ") + b"\r\n"
+                     for name, value in fields) + b"\r\n"
+    assert headerindex._record_values(raw_record(block)) == headerindex._raw_values(block)
+    assert _row_fields(block) == tuple(parse_fields(block))
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_search_subject_derives_only_the_subject():
+    """Regression (issue 16, first UID SEARCH SUBJECT 3.2x Dovecot): filling the table
+    derives nothing; reading subjects derives the subject group only, and the cache
+    text is the table's own record, held once."""
+    folder, uids = await deliver(MemoryStore(), *(b + b"body\r\n" for b in BLOCKS[:3]))
+    table = HeaderTable()
+    rows = await table.get(folder, uids)
+    assert table._columns == {}
+    assert [rows[u].subject for u in uids] == [parse_fields(b).subject for b in BLOCKS[:3]]
+    assert set(table._columns) == {"subject"}
+    assert folder.get_cached(uids[0], headerindex.CACHE_KEY) is table._records[0]
+    # A second table (another process after a restart) reads the cache, no file.
+    again = HeaderTable()
+    rows = await again.get(folder, uids)
+    assert again.files_read == 0
+    assert rows[uids[2]].parents == ("a@x", "b@x")
+
+
+def test_stray_close_paren_in_an_address_ends():
+    """Regression (found by test_raw_record_round_trips): a ')' outside any comment,
+    as in ``To: :x)``, made envelope's tokenizer append empty atoms forever until the
+    process ran out of memory (ENVELOPE, SORT and SEARCH of such a message)."""
+    from mailhost.imap import envelope
+
+    assert envelope.parse_addresses("a@b)") == envelope.parse_addresses("a@b)")
+    assert parse_fields(b"To: :\xc1'r)\r\nCc: x)\r\n\r\n").cc_text is not None
