@@ -10,7 +10,10 @@ any node makes the folder sync again (IDLE on node B hears of a delivery on node
 Syncs of one folder run one at a time, and since writes to a folder are ordered by
 its mod-sequence (sql.py), nothing is ever skipped.
 
-Not yet here (issue 19): quotas, ``IIndexedFolder`` columns (protocols take their
+Quota usage is each account row's running count, kept by triggers on ``messages``
+(schema 5), so every node's every write counts in its own transaction.
+
+Not yet here (issue 19): ``IIndexedFolder`` columns (protocols take their
 fallback), the recent state is per database rather than per node, and a rename seen
 from another node renames its live folder only when that folder next syncs.
 """
@@ -56,6 +59,7 @@ from mailhost.store.objectid import EMAIL_ID_KEY
 from mailhost.store.postgresql import sql
 from mailhost.store.postgresql.bodies import PostgresMessageWriter, open_body
 from mailhost.store.postgresql.sql import FolderMeta, MessageRow
+from mailhost.store.quota import IQuotaRoot, IQuotaStore, QuotaLimits, QuotaUsage
 from mailhost.store.reader import INLINE_READ, range_length, reader_for
 
 log = Logger()
@@ -293,9 +297,9 @@ class PostgresFolder:
         d.addErrback(lambda f: log.failure("caching {key} failed", f, key=key))
 
 
-@implementer(IMailAccount)
+@implementer(IMailAccount, IQuotaRoot)
 class PostgresAccount:
-    """Implements: IMailAccount."""
+    """Implements: IMailAccount and IQuotaRoot (the user's usage, ``PostgresStore.quota``)."""
 
     def __init__(self, store: PostgresStore, user: str, account_id: int) -> None:
         self._store = store
@@ -304,6 +308,9 @@ class PostgresAccount:
 
     def new_message(self) -> IMessageWriter:
         return self._store.new_message()
+
+    def quota(self) -> defer.Deferred[QuotaUsage]:
+        return self._store.quota(self.user)
 
     def append(self, name: str, message: IMessageWriter, flags: Iterable[str] = (),
                internal_date: float | None = None) -> defer.Deferred[tuple[int, int]]:
@@ -353,9 +360,9 @@ class PostgresAccount:
                                                  canonical_folder(name), False))
 
 
-@implementer(IMailStore, IAccountListing)
+@implementer(IMailStore, IAccountListing, IQuotaStore)
 class PostgresStore:
-    """Implements: IMailStore and IAccountListing, on one PostgreSQL database (``dsn``)
+    """Implements: IMailStore, IAccountListing and IQuotaStore, on one PostgreSQL database (``dsn``)
     that any number of nodes share. The schema must be current (``mailhost db
     upgrade``); ``start`` refuses any other with ``SchemaMismatch``."""
 
@@ -372,6 +379,7 @@ class PostgresStore:
         self._live: dict[int, PostgresFolder] = {}
         self._account_listeners = AccountListenerSet()
         self._started: defer.Deferred[None] | None = None
+        self._quota_limits: QuotaLimits = lambda user: 0
 
     # -- life ---------------------------------------------------------------------------
 
@@ -529,6 +537,18 @@ class PostgresStore:
 
     def add_account_listener(self, listener: IAccountListener) -> None:
         self._account_listeners.add(listener)
+
+    # -- IQuotaStore: usage is the account row's count, kept by triggers (schema 5) ------
+
+    def set_quota_limits(self, limits: QuotaLimits) -> None:
+        self._quota_limits = limits
+
+    def quota_limit(self, user: str) -> int:
+        return self._quota_limits(user)
+
+    def quota(self, user: str) -> defer.Deferred[QuotaUsage]:
+        d = self._ready(lambda: self.db.run(sql.usage, user))
+        return d.addCallback(lambda got: QuotaUsage(got[0], got[1], self.quota_limit(user)))
 
     def remove_account_listener(self, listener: IAccountListener) -> None:
         self._account_listeners.remove(listener)
