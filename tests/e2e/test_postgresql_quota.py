@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import imaplib
 import smtplib
+import subprocess
+import sys
 
 import psycopg
 import pytest_twisted
@@ -72,3 +74,10 @@ def test_postgresql_store_quota_smtp_452_imap_getquota_and_overquota(tmp_path, p
                                " ON f.id = m.folder_id JOIN accounts a ON a.id = f.account_id"
                                " WHERE a.name = %s", (USER,)).fetchone()
     assert kept == (counted[0], counted[1]) and kept[1] == 2
+    # The admin's view: the same count.
+    shown = subprocess.run([sys.executable, "-m", "mailhost.cli.main", "--set",
+                            f"server.data_dir={tmp_path}", "--set", "store.backend=postgresql",
+                            "--set", f"store.dsn={pg_dsn}", "--set", "store.default_quota=20K",
+                            "user", "quota", USER], capture_output=True, text=True, timeout=60)
+    assert shown.stdout == (f"{USER}: {kept[0]} of 20480 octets ({100 * kept[0] // 20480}%), "
+                            f"limit 20K (store.default_quota), 2 messages\n"), shown.stderr
