@@ -13,8 +13,7 @@ its mod-sequence (sql.py), nothing is ever skipped.
 Quota usage is each account row's running count, kept by triggers on ``messages``
 (schema 5), so every node's every write counts in its own transaction.
 
-Not yet here (issue 19): ``IIndexedFolder`` columns (protocols take their
-fallback), the recent state is per database rather than per node, and a rename seen
+Not yet here (issue 19): the recent state is per database rather than per node, and a rename seen
 from another node renames its live folder only when that folder next syncs.
 """
 
@@ -36,11 +35,13 @@ from mailhost.db.notify import NotifyListener
 from mailhost.store.append import append_message
 from mailhost.store.flags import normalize_flags
 from mailhost.store.interfaces import (
+    Columns,
     DeliveryTarget,
     IAccountListener,
     IAccountListing,
     IFolder,
     IFolderListener,
+    IIndexedFolder,
     IMailAccount,
     IMailStore,
     IMessageReader,
@@ -74,9 +75,12 @@ def _guard(fn: Callable[[], defer.Deferred[_T]]) -> defer.Deferred[_T]:
         return defer.fail()
 
 
-@implementer(IFolder)
+@implementer(IIndexedFolder)
 class PostgresFolder:
-    """Implements: IFolder. One live object per folder (by database id) in a store."""
+    """Implements: IIndexedFolder. One live object per folder (by database id) in a
+    store. ``columns()`` is built from the index once per change and kept until the
+    next one, so repeated SELECTs and ``FETCH 1:* (FLAGS)`` of a big folder build no
+    MessageInfo list; every date is in the index already (``fill_dates`` is a no-op)."""
 
     def __init__(self, store: PostgresStore, folder_id: int, name: str, uid_validity: int,
                  special_use: str | None) -> None:
@@ -96,6 +100,7 @@ class PostgresFolder:
         self._listeners = ListenerSet()
         self._synced = 0
         self._lock = defer.DeferredLock()
+        self._columns: Columns | None = None  # built on demand; dropped at any change
 
     @property
     def highest_modseq(self) -> int:
@@ -150,6 +155,8 @@ class PostgresFolder:
                     expunged.append(uid)
         self._modseqs.highest = max(self._modseqs.highest, highest)
         self._synced = max(self._synced, highest)
+        if added or changed or expunged:
+            self._columns = None
         if added:
             self._listeners.added(self, added)
         if changed:
@@ -162,6 +169,7 @@ class PostgresFolder:
         if self.deleted:
             return
         self.deleted = True
+        self._columns = None
         uids = list(self._infos)
         self._infos.clear()
         self._hashes.clear()
@@ -184,6 +192,18 @@ class PostgresFolder:
 
     def get(self, uid: int) -> MessageInfo | None:
         return self._infos.get(uid)
+
+    def columns(self) -> Columns:
+        if self._columns is None:
+            infos = self._infos.values()  # UID order: sync adds rows by ascending UID
+            self._columns = Columns(tuple(i.uid for i in infos), tuple(i.flags for i in infos),
+                                    tuple(int(i.recent) for i in infos),
+                                    tuple(i.size for i in infos),
+                                    tuple(i.internal_date for i in infos))
+        return self._columns
+
+    def fill_dates(self, uids: Iterable[int] | None = None) -> defer.Deferred[None]:
+        return defer.succeed(None)
 
     def modseq_of(self, uid: int) -> int:
         return self._modseqs.get(uid)
@@ -262,6 +282,8 @@ class PostgresFolder:
 
         def claimed(uids: list[int]) -> set[int]:
             mine = {u for u, i in self._infos.items() if i.recent}
+            if mine:
+                self._columns = None
             for uid in mine:
                 info = self._infos[uid]
                 self._infos[uid] = MessageInfo(info.uid, info.key, info.size, info.flags,
