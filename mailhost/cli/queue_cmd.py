@@ -48,8 +48,9 @@ def _files(config: Config) -> SpoolFiles:
         from mailhost.db.database import Database
         from mailhost.outbound.pg_queue import PgSpoolFiles
 
-        return PgSpoolFiles(config.data_path(config.outbound.queue_dir),
-                            Database(config.queue.dsn or config.store.dsn, max_size=1),
+        db = Database(config.queue.dsn or config.store.dsn, max_size=1)
+        db.start()  # the pool; its work runs here, blocking (``transact``)
+        return PgSpoolFiles(config.data_path(config.outbound.queue_dir), db,
                             node="mailhost-queue-cli")
     return SpoolFiles(config.data_path(config.outbound.queue_dir), fsync=config.outbound.fsync)
 

@@ -221,15 +221,20 @@ class PgSpoolFiles(SpoolFiles):
 
     # Leases (thread side, from QueueLeases).
 
-    def renew_sync(self, held: list[str]) -> set[str]:
-        """Extend this node's leases on ``held``; the ids still ours."""
-        def renew(conn: psycopg.Connection[Any]) -> list[Any]:
-            return conn.execute(
+    def renew_sync(self, held: list[str]) -> tuple[set[str], set[str]]:
+        """Extend this node's leases on ``held``: the ids still ours, and those another
+        node holds now (the rest were deleted: delivered, or ``mailhost queue delete``)."""
+        def renew(conn: psycopg.Connection[Any]) -> tuple[set[str], set[str]]:
+            kept = {row[0] for row in conn.execute(
                 f"UPDATE queue SET lease_until = {_NOW} + %s"
                 " WHERE lease_owner = %s AND id = ANY(%s) RETURNING id",
-                (self.lease, self.node, held)).fetchall()
+                (self.lease, self.node, held)).fetchall()}
+            lost = [qid for qid in held if qid not in kept]
+            taken = {row[0] for row in conn.execute(
+                "SELECT id FROM queue WHERE id = ANY(%s)", (lost,)).fetchall()} if lost else set()
+            return kept, taken
 
-        return {row[0] for row in self.db.transact(renew)} if held else set()
+        return self.db.transact(renew) if held else (set(), set())
 
     def claim_sync(self, limit: int) -> list[Envelope]:
         """Claim up to ``limit`` due messages nobody holds, and write their working
@@ -343,13 +348,15 @@ class QueueLeases:
         db = self.files.db
         held = list(self.scheduler.envelopes)
         try:
-            kept = await db.hop(self.files.renew_sync, held)
+            kept, taken = await db.hop(self.files.renew_sync, held)
         except Exception:
             if self.reactor.seconds() - self._renewed > self.files.lease / 2:
                 self._forget(self.scheduler.envelopes, "leases not renewed")
             raise
         self._renewed = self.reactor.seconds()
-        self._forget([qid for qid in held if qid not in kept], "lease lost")
+        self._forget(taken, "its lease was taken over by another node")
+        self._forget([qid for qid in held if qid not in kept and qid not in taken],
+                     "deleted from the queue", quiet=True)
         room = min(CLAIM_BATCH, HOLD_MAX - len(self.scheduler.envelopes))
         if room <= 0 or not self.scheduler.running:
             return
@@ -360,11 +367,14 @@ class QueueLeases:
         if claimed:
             log.info("outbound queue: claimed {n} messages", n=len(claimed))
 
-    def _forget(self, qids: Iterable[str], why: str) -> None:
-        """Stop working on ``qids``: another node may hold them now."""
+    def _forget(self, qids: Iterable[str], why: str, quiet: bool = False) -> None:
+        """Stop working on ``qids``: they are gone, or another node may hold them now."""
         for qid in list(qids):
             if self.scheduler.envelopes.pop(qid, None) is not None:
-                log.warn("outbound queue: {qid} dropped ({why})", qid=qid, why=why)
+                if quiet:
+                    log.info("outbound queue: {qid} dropped ({why})", qid=qid, why=why)
+                else:
+                    log.warn("outbound queue: {qid} dropped ({why})", qid=qid, why=why)
                 self.files.drop_copy(qid)
 
     async def stop(self) -> None:
