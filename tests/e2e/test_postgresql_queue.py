@@ -12,6 +12,8 @@ lists, shows, retries and deletes on the rows.
 
 from __future__ import annotations
 
+import imaplib
+import json
 import smtplib
 import socketserver
 import subprocess
@@ -65,6 +67,8 @@ class RemoteHandler(socketserver.StreamRequestHandler):
             verb = line[:4].upper()
             if verb in (b"EHLO", b"HELO"):
                 w.write(b"250-remote.test\r\n250 PIPELINING\r\n")
+            elif verb == b"RCPT" and b"refuse@" in line:
+                w.write(b"550 5.1.1 no such user\r\n")
             elif verb == b"RCPT" and b"later@" in line:
                 w.write(b"451 4.3.0 not now\r\n")
             elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
@@ -195,6 +199,7 @@ def run(mailhost_factory, dsn, remote, remote_port) -> None:
           f"holding {a_leased}, all acknowledged at {done - started:.1f}s")
 
     queue_commands(b, remote)
+    bounce(b)
 
 
 def mailhost_cli(node, *args: str) -> subprocess.CompletedProcess:
@@ -209,13 +214,15 @@ def queue_commands(b, remote) -> None:
         s.sendmail("sender@a.test", ["later@remote.test"], message("c", 0))
     qid = ""
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not qid:
+    while time.monotonic() < deadline and not qid:  # until its first retry is recorded
         out = mailhost_cli(b, "queue", "list", "--json")
         assert out.returncode == 0, out.stderr
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-        qid = __import__("json").loads(lines[0])["id"] if lines else ""
+        listed = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if listed and listed[0]["recipients"][0]["attempts"] >= 1:
+            qid = listed[0]["id"]
         time.sleep(0.2)
     assert qid
+    assert "451 4.3.0 not now" in mailhost_cli(b, "queue", "list").stdout
     shown = mailhost_cli(b, "queue", "show", qid)
     assert shown.returncode == 0, shown.stderr
     assert "X-Seq: c-0" in shown.stdout
@@ -229,3 +236,24 @@ def queue_commands(b, remote) -> None:
         time.sleep(0.2)
     else:
         raise AssertionError(f"B never heard that {qid} was deleted")
+
+
+def bounce(b) -> None:
+    """A recipient the remote refuses (550): the queue on PostgreSQL sends the sender a
+    DSN as the spool does, into the PostgreSQL store, read over IMAP on B."""
+    user, password = "alice@example.test", "alice-pw"
+    with smtplib.SMTP(b.host, b.ports["smtp"], timeout=30) as s:
+        s.sendmail(user, ["refuse@remote.test"], message("d", 0))
+    m = imaplib.IMAP4(b.host, b.ports["imap"], timeout=30)
+    m.login(user, password)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        typ, data = m.select("INBOX")
+        if data[0] != b"0":
+            break
+        time.sleep(0.2)
+    typ, data = m.fetch("1", "(BODY.PEEK[])")
+    dsn = data[0][1]
+    assert b"refuse@remote.test" in dsn and b"550 5.1.1 no such user" in dsn
+    assert b"X-Seq: d-0" in dsn
+    m.logout()
