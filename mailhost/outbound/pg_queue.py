@@ -178,12 +178,19 @@ class PgSpoolFiles(SpoolFiles):
 
     def load_all_sync(self) -> tuple[list[Envelope], list[str]]:
         """Nothing is loaded at start: ``QueueLeases`` claims work. The working copies of
-        a previous process are stale (its leases died with it) and are removed."""
+        a previous process are stale (its leases died with it) and are removed, but not
+        a young file: SMTP may be committing a message right now (a stale copy left
+        is harmless, a claim rewrites it); files in ``tmp/`` go after an hour, as in
+        the spool (a large message streams there while it arrives)."""
         self.ensure_sync()
-        for d in (self.msg_dir, self.env_dir, self.tmp_dir, self.free_dir):
+        now = time.time()
+        for d, age in ((self.msg_dir, 60.0), (self.env_dir, 60.0), (self.free_dir, 0.0),
+                       (self.tmp_dir, 3600.0)):
             for name in os.listdir(d):
+                path = os.path.join(d, name)
                 try:
-                    os.unlink(os.path.join(d, name))
+                    if os.stat(path).st_mtime < now - age:
+                        os.unlink(path)
                 except OSError:
                     pass
         return [], []
