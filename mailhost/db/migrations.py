@@ -25,6 +25,13 @@ Version 2: ``users`` for ``[auth] backend = "postgresql"``: the passwd file's li
 rows (name, argon2 hash, the key=value fields such as ``aliases`` and ``quota`` as
 jsonb); any change notifies ``mailhost_users`` (a statement trigger, so an edit made
 with psql reaches every node too).
+
+Version 4: the outbound queue for ``[queue] backend = "postgresql"``
+(``outbound/pg_queue.py``): ``queue`` holds each message's envelope (the spool's
+JSON), when it is next due, and its lease (owner and expiry, epoch seconds of the
+database's clock); ``queue_chunks`` its bytes in chunks as the store's bodies (not
+deduplicated: a queued message is deleted once delivered); ``queue_requests`` the
+``mailhost queue`` commands every running node picks up.
 """
 
 from __future__ import annotations
@@ -121,10 +128,32 @@ ALTER TABLE messages ADD COLUMN saved double precision NOT NULL
 ALTER TABLE messages ADD COLUMN email_id text NOT NULL
     DEFAULT 'M' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 24);
 """),
+    (4, """
+CREATE TABLE queue (
+    id text PRIMARY KEY,
+    envelope text NOT NULL,
+    next_due double precision NOT NULL,
+    lease_owner text,
+    lease_until double precision NOT NULL
+);
+CREATE INDEX queue_due ON queue (next_due);
+CREATE INDEX queue_owner ON queue (lease_owner);
+CREATE TABLE queue_chunks (
+    id text NOT NULL REFERENCES queue ON DELETE CASCADE,
+    seq integer NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (id, seq)
+);
+CREATE TABLE queue_requests (
+    seq bigserial PRIMARY KEY,
+    action text NOT NULL,
+    qid text,
+    made double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
+);
+"""),
     # Quota (issue 19): each account's usage, kept by triggers on messages, so every
     # path that adds or removes a message (delivery, APPEND, COPY, MOVE, EXPUNGE, a
     # folder's delete, an import, an edit in psql) counts, in its own transaction.
-    # Version 4 is the queue's (another branch); this one is 5.
     (5, """
 ALTER TABLE accounts ADD COLUMN storage bigint NOT NULL DEFAULT 0;
 ALTER TABLE accounts ADD COLUMN messages bigint NOT NULL DEFAULT 0;

@@ -102,10 +102,13 @@ async def test_a_delivery_on_one_node_is_heard_on_the_other_within_a_second(two_
     await mine.set_flags([1], ["\\Deleted"], "add")
     await mine.expunge()
     for _ in range(100):
-        if len(heard.events) == 3:
+        if heard.events[-1][0] == "expunged":
             break
         await task.deferLater(reactor, 0.01, lambda: None)
-    assert heard.events[1:] == [("flags", {1: {"\\Deleted"}}), ("expunged", [1])]
+    # B catches up per notification: when both commits are in before its catch-up, the
+    # message is simply gone (no flags event for a row that no longer exists).
+    assert heard.events[-1] == ("expunged", [1])
+    assert heard.events[1:-1] in ([], [("flags", {1: {"\\Deleted"}})]), heard.events
     assert watched.messages() == [] and watched.highest_modseq == mine.highest_modseq
 
 
