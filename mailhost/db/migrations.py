@@ -151,6 +151,30 @@ CREATE TABLE queue_requests (
     made double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
 );
 """),
+    # Quota (issue 19): each account's usage, kept by triggers on messages, so every
+    # path that adds or removes a message (delivery, APPEND, COPY, MOVE, EXPUNGE, a
+    # folder's delete, an import, an edit in psql) counts, in its own transaction.
+    (5, """
+ALTER TABLE accounts ADD COLUMN storage bigint NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN messages bigint NOT NULL DEFAULT 0;
+UPDATE accounts a SET storage = u.storage, messages = u.messages
+    FROM (SELECT f.account_id, sum(m.size) AS storage, count(*) AS messages
+          FROM messages m JOIN folders f ON f.id = m.folder_id GROUP BY f.account_id) u
+    WHERE a.id = u.account_id;
+CREATE FUNCTION mailhost_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        UPDATE accounts SET storage = storage + NEW.size, messages = messages + 1
+            WHERE id = (SELECT account_id FROM folders WHERE id = NEW.folder_id);
+    ELSE
+        UPDATE accounts SET storage = storage - OLD.size, messages = messages - 1
+            WHERE id = (SELECT account_id FROM folders WHERE id = OLD.folder_id);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER messages_usage AFTER INSERT OR DELETE ON messages
+    FOR EACH ROW EXECUTE FUNCTION mailhost_usage();
+"""),
 ]
 
 #: The schema version this code reads and writes.
