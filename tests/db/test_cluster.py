@@ -10,11 +10,11 @@ def test_cluster_answers_on_loopback_as_unprivileged_user(pg_dsn):
         addr, owner_is_super = conn.execute(
             "SELECT inet_server_addr()::text, rolsuper FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
-        pid = conn.info.backend_pid
+        # Read while connected: the backend process ends with the connection.
+        with open(f"/proc/{conn.info.backend_pid}/status") as f:
+            uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
     assert addr == "127.0.0.1/32" or addr == "127.0.0.1"
     assert owner_is_super
-    with open(f"/proc/{pid}/status") as f:
-        uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
     assert uid != 0
 
 

@@ -121,8 +121,11 @@ def test_killed_writer_loses_no_acknowledged_message(tmp_path, form):
     assert set(acked) <= ids
     for e in envelopes:
         assert os.path.getsize(files.message_path(e.id)) == e.offset + e.size
-    # Nothing half-written is left behind as a message.
-    assert set(os.listdir(files.msg_dir)) == ids
+    # Nothing half-written is loaded as a message. The one commit the kill cut between
+    # its renames may leave a message file without envelope; the loader leaves a young
+    # one alone (a live commit looks the same) and removes it after 10 minutes.
+    orphans = set(os.listdir(files.msg_dir)) - ids
+    assert len(orphans) <= 1 and not orphans & set(acked), orphans
 
 
 @pytest_twisted.ensureDeferred
