@@ -331,6 +331,9 @@ class PostgresAccount:
     def new_message(self) -> IMessageWriter:
         return self._store.new_message()
 
+    def quota_limit(self) -> int:
+        return self._store.quota_limit(self.user)
+
     def quota(self) -> defer.Deferred[QuotaUsage]:
         return self._store.quota(self.user)
 
