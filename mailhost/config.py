@@ -389,6 +389,22 @@ class CaptureConfig:
 
 
 @dataclass
+class QueueConfig:
+    """Where the outbound queue lives."""
+
+    # "spool": files under outbound.queue_dir; "postgresql": one queue in queue.dsn (or,
+    # when that is empty, store.dsn) that every node writes to and any live node
+    # delivers from, each message claimed under a lease (docs/scale-out.md).
+    backend: Literal["spool", "postgresql"] = "spool"
+    dsn: str = ""
+    # Seconds a claim lasts without renewal (renewed every third of it): a node killed
+    # mid-delivery has its messages delivered by another node this long after.
+    lease: float = 60.0
+    # Seconds between looks for unclaimed or expired work (and lease renewals).
+    poll: float = 1.0
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -399,6 +415,7 @@ class Config:
     pop3: POP3Config = field(default_factory=POP3Config)
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     web: WebConfig = field(default_factory=WebConfig)
@@ -647,6 +664,14 @@ def validate(config: Config) -> None:
         raise ConfigError('store.dsn: backend = "postgresql" needs a dsn ("postgresql://…")')
     if config.auth.backend == "postgresql" and not (config.auth.dsn or config.store.dsn):
         raise ConfigError('auth.dsn: backend = "postgresql" needs auth.dsn or store.dsn')
+    if config.queue.backend == "postgresql":
+        if not (config.queue.dsn or config.store.dsn):
+            raise ConfigError('queue.dsn: backend = "postgresql" needs queue.dsn or store.dsn')
+        if config.server.workers != 1:
+            raise ConfigError('server.workers: the "postgresql" queue runs with one worker '
+                              "per node (its nodes share the work instead)")
+        if not config.queue.lease >= 3 * config.queue.poll or config.queue.poll <= 0:
+            raise ConfigError("queue.lease: must be at least three times queue.poll (> 0)")
     from mailhost.store.quota import parse_size
 
     try:

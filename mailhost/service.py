@@ -748,7 +748,7 @@ _RESTART_KEYS = ("server.data_dir", "server.workers", "server.log_format", "serv
                  "auth.passwd_file", "auth.backend", "auth.dsn",
                  "auth.aliases_file", "auth.cache_ttl", "limits.", "smtp.relay_networks",
                  "pipeline.", "dnsbl.", "greylist.", "ratelimit.", "smtp.fcrdns",
-                 "capture.", "web.")
+                 "capture.", "web.", "queue.")
 _RESTART_SUFFIXES = (".listen", ".listen_tls", ".max_connections", ".max_connections_per_ip")
 
 

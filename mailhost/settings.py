@@ -239,6 +239,11 @@ class OutboundSettings:
     # Under server.data_dir: cached MTA-STS policies, and TLS-RPT records by day.
     mta_sts_cache_dir: str = ""
     tls_report_dir: str = ""
+    # [queue]: "spool" or "postgresql" (then the database, the lease and the poll).
+    queue_backend: str = "spool"
+    queue_dsn: str = field(default="", repr=False)
+    queue_lease: float = 60.0
+    queue_poll: float = 1.0
 
     @classmethod
     def from_config(cls, config: Config) -> OutboundSettings:
@@ -283,6 +288,10 @@ class OutboundSettings:
             mta_sts_timeout=o.mta_sts_timeout,
             mta_sts_cache_dir=config.data_path("mta-sts"),
             tls_report_dir=config.data_path("tls-reports"),
+            queue_backend=config.queue.backend,
+            queue_dsn=config.queue.dsn or config.store.dsn,
+            queue_lease=config.queue.lease,
+            queue_poll=config.queue.poll,
         )
 
 

@@ -21,12 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
         dkim_cmd,
         dns_records_cmd,
         queue_cmd,
+        store_cmd,
         tls_report_cmd,
         user_cmd,
     )
 
     modules = [user_cmd, queue_cmd, check_config_cmd, cert_cmd, dkim_cmd, dns_records_cmd,
-               tls_report_cmd, db_cmd]
+               tls_report_cmd, db_cmd, store_cmd]
     parser = argparse.ArgumentParser(prog="mailhost", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", help="TOML config file (as for twistd mailhost)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

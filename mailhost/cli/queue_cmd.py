@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from mailhost.config import Config
 from mailhost.outbound.envelope import PENDING, Envelope, valid_queue_id
-from mailhost.outbound.spool import SpoolFiles, read_headers
+from mailhost.outbound.spool import SpoolFiles
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _files(config: Config) -> SpoolFiles:
+    if config.queue.backend == "postgresql":  # the shared queue; nodes hear via requests
+        from mailhost.db.database import Database
+        from mailhost.outbound.pg_queue import PgSpoolFiles
+
+        db = Database(config.queue.dsn or config.store.dsn, max_size=1)
+        db.start()  # the pool; its work runs here, blocking (``transact``)
+        return PgSpoolFiles(config.data_path(config.outbound.queue_dir), db,
+                            node="mailhost-queue-cli")
     return SpoolFiles(config.data_path(config.outbound.queue_dir), fsync=config.outbound.fsync)
 
 
@@ -103,7 +111,7 @@ def cmd_show(args: argparse.Namespace, config: Config) -> int:
         return 1
     print(json.dumps(json.loads(env.to_json()), indent=2))
     try:
-        headers = read_headers(files.message_path(env.id), offset=env.offset)
+        headers = files.headers_sync(env)
     except OSError as e:
         print(f"mailhost: {env.id}: message file unreadable: {e.strerror}", file=sys.stderr)
         return 1

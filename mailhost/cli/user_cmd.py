@@ -1,4 +1,5 @@
-"""``mailhost user add|del|passwd|list|quota``: manage the passwd file.
+"""``mailhost user add|del|passwd|list|quota|alias``: manage the passwd file (or the
+``users`` table with ``[auth] backend = "postgresql"``).
 
 Passwords are read from a prompt (or one line of standard input when it is not a
 terminal), never from argv, where other users could see them in ``ps``. Names and
@@ -43,6 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     qu.add_argument("--set", dest="quota_size", metavar="SIZE",
                     help="the new limit: 500M, 2G, 10240; 0 for the default")
     qu.set_defaults(func=cmd_quota)
+    al = users.add_parser("alias", help="add or remove a user's extra addresses (aliases=)")
+    al.add_argument("address")
+    al.add_argument("--add", action="append", default=[], metavar="ALIAS",
+                    help="an address to add (repeatable)")
+    al.add_argument("--del", dest="remove", action="append", default=[], metavar="ALIAS",
+                    help="an address to remove (repeatable)")
+    al.set_defaults(func=cmd_alias)
 
 
 def _passwd(config: Config) -> PasswdFile:
@@ -165,6 +173,48 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_alias(args: argparse.Namespace, config: Config) -> int:
+    """Change a user's ``aliases=`` (the passwd file, or the users table's ``extra``,
+    which every node hears of at once); without --add/--del, show them."""
+    user = _user(config, args.address)
+    passwd = _passwd(config)
+    entries = dict(passwd.entries())
+    entry = entries.get(user)
+    if entry is None:
+        print(f"mailhost: no such user {user}", file=sys.stderr)
+        return 1
+    others = {u: e for u, e in entries.items() if u != user}
+    taken = {a for e in others.values() for a in e.aliases}
+    added = _aliases(config, user, args.add, entries)
+    for alias in added:
+        if alias in taken:
+            raise SystemExit(f"mailhost: --add {alias}: another user has that alias")
+    gone = {_local_address(config, a, f"--del {a}: ") for a in args.remove}
+    aliases = [a for a in entry.aliases if a not in gone]
+    aliases += [a for a in added if a not in aliases]
+    if args.add or args.remove:
+        if aliases:
+            entry.extra["aliases"] = ",".join(aliases)
+        else:
+            entry.extra.pop("aliases", None)
+        passwd.save(entries)
+    print(f"{user}: " + (", ".join(aliases) if aliases else "no aliases"))
+    return 0
+
+
+def _usage_in_database(config: Config, user: str) -> tuple[int, int]:
+    """(octets, messages) the PostgreSQL store counts for ``user`` (schema 5)."""
+    import psycopg
+
+    from mailhost.store.postgresql import sql
+
+    try:
+        with psycopg.connect(config.store.dsn, connect_timeout=10) as conn:
+            return sql.usage(conn, user)
+    except psycopg.Error as e:
+        raise SystemExit(f"mailhost: database error: {str(e).strip().splitlines()[0]}") from None
+
+
 def cmd_quota(args: argparse.Namespace, config: Config) -> int:
     """Show usage against the limit (from the Maildir's ``maildirsize``, written by the
     server; this command writes nothing there) or, with ``--set``, change the user's
@@ -192,13 +242,16 @@ def cmd_quota(args: argparse.Namespace, config: Config) -> int:
     own = entry_limit(entry)
     limit = own or parse_size(config.store.default_quota)
     source = "quota=" if own else "store.default_quota"
-    if config.store.backend != "maildir":
+    if config.store.backend == "postgresql":
+        octets, messages = _usage_in_database(config, user)
+    elif config.store.backend != "maildir":
         print(f"{user}: limit {format_size(limit) if limit else 'none'} ({source}); "
               "usage is not kept by the memory store")
         return 0
-    from mailhost.store.maildir import usage_on_disk
+    else:
+        from mailhost.store.maildir import usage_on_disk
 
-    octets, messages = usage_on_disk(config.data_path(config.store.path), user)
+        octets, messages = usage_on_disk(config.data_path(config.store.path), user)
     if limit:
         shown = f"{octets} of {limit} octets ({100 * octets // limit}%), limit " \
                 f"{format_size(limit)} ({source})"

@@ -25,6 +25,13 @@ Version 2: ``users`` for ``[auth] backend = "postgresql"``: the passwd file's li
 rows (name, argon2 hash, the key=value fields such as ``aliases`` and ``quota`` as
 jsonb); any change notifies ``mailhost_users`` (a statement trigger, so an edit made
 with psql reaches every node too).
+
+Version 4: the outbound queue for ``[queue] backend = "postgresql"``
+(``outbound/pg_queue.py``): ``queue`` holds each message's envelope (the spool's
+JSON), when it is next due, and its lease (owner and expiry, epoch seconds of the
+database's clock); ``queue_chunks`` its bytes in chunks as the store's bodies (not
+deduplicated: a queued message is deleted once delivered); ``queue_requests`` the
+``mailhost queue`` commands every running node picks up.
 """
 
 from __future__ import annotations
@@ -120,6 +127,53 @@ ALTER TABLE messages ADD COLUMN saved double precision NOT NULL
     DEFAULT extract(epoch FROM clock_timestamp());
 ALTER TABLE messages ADD COLUMN email_id text NOT NULL
     DEFAULT 'M' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 24);
+"""),
+    (4, """
+CREATE TABLE queue (
+    id text PRIMARY KEY,
+    envelope text NOT NULL,
+    next_due double precision NOT NULL,
+    lease_owner text,
+    lease_until double precision NOT NULL
+);
+CREATE INDEX queue_due ON queue (next_due);
+CREATE INDEX queue_owner ON queue (lease_owner);
+CREATE TABLE queue_chunks (
+    id text NOT NULL REFERENCES queue ON DELETE CASCADE,
+    seq integer NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (id, seq)
+);
+CREATE TABLE queue_requests (
+    seq bigserial PRIMARY KEY,
+    action text NOT NULL,
+    qid text,
+    made double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
+);
+"""),
+    # Quota (issue 19): each account's usage, kept by triggers on messages, so every
+    # path that adds or removes a message (delivery, APPEND, COPY, MOVE, EXPUNGE, a
+    # folder's delete, an import, an edit in psql) counts, in its own transaction.
+    (5, """
+ALTER TABLE accounts ADD COLUMN storage bigint NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN messages bigint NOT NULL DEFAULT 0;
+UPDATE accounts a SET storage = u.storage, messages = u.messages
+    FROM (SELECT f.account_id, sum(m.size) AS storage, count(*) AS messages
+          FROM messages m JOIN folders f ON f.id = m.folder_id GROUP BY f.account_id) u
+    WHERE a.id = u.account_id;
+CREATE FUNCTION mailhost_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        UPDATE accounts SET storage = storage + NEW.size, messages = messages + 1
+            WHERE id = (SELECT account_id FROM folders WHERE id = NEW.folder_id);
+    ELSE
+        UPDATE accounts SET storage = storage - OLD.size, messages = messages - 1
+            WHERE id = (SELECT account_id FROM folders WHERE id = OLD.folder_id);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER messages_usage AFTER INSERT OR DELETE ON messages
+    FOR EACH ROW EXECUTE FUNCTION mailhost_usage();
 """),
 ]
 

@@ -238,10 +238,11 @@ async def fetch(s: IMAPServer, cmd: parser.Command, items: list | None = None,
             if not s.alive:
                 break
     if missing:
-        # Like Dovecot: the data of what still exists, then NO (RFC 2180 4.1.2, RFC
-        # 5530), never OK with data missing; the EXPUNGE follows at the next point
-        # RFC 3501 7.4.1 allows.
-        raise No("[EXPUNGEISSUED] Some of the requested messages no longer exist")
+        # Like Dovecot 2.3 (cmd-fetch.c): the data of what still exists, then OK with
+        # the RFC 5530 code (RFC 2180 4.1.3), not NO: a FETCH that ends in NO reads as a
+        # failed command to clients and load tools, while nothing failed - another
+        # session expunged. The EXPUNGE follows at the next point RFC 3501 7.4.1 allows.
+        return b"[EXPUNGEISSUED] Some messages were already expunged"
     return b"FETCH completed"
 
 

@@ -35,8 +35,8 @@ ROOT = b""
 
 async def _usage(account: IMailAccount) -> QuotaUsage | None:
     """The account's usage and limits, or None when it has no limit."""
-    if not IQuotaRoot.providedBy(account):
-        return None
+    if not IQuotaRoot.providedBy(account) or not account.quota_limit():
+        return None  # no limit: no maildirsize read (a thread hop) on every APPEND
     usage: QuotaUsage = await account.quota()
     return usage if usage.storage_limit or usage.message_limit else None
 

@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from mailhost.dns.interfaces import DNSNameInvalid, DNSTemporaryError, IDNSLookup
 from mailhost.mailauth.dkim_body import BodyHasher
 from mailhost.mailauth.dkim_keys import SigningKey
+from mailhost.mailauth.textcache import ParsedByText
 
 log = Logger()
 
@@ -189,35 +190,28 @@ class _Key:
 
 
 class KeyCache:
-    """Parsed DKIM key records, by name and record text, so a warm DNS cache does
-    not mean parsing the same key (base64, ASN.1, an RSA public key) for every
-    message. Keyed by the text itself, so a changed record is a new entry and the
-    DNS cache's TTL alone decides when the text is asked again. Bounded: cleared
-    when full (a flood of distinct keys costs what it cost before)."""
+    """Parsed DKIM key records (base64, ASN.1, an RSA public key) by name and record
+    text (``textcache.ParsedByText``)."""
 
     def __init__(self, size: int = 1024) -> None:
-        self.size = size
-        self._keys: dict[tuple[str, bytes], _Key] = {}
+        self._keys: ParsedByText[tuple[str, bytes], _Key] = ParsedByText(size)
 
     def get(self, name: str, txt: bytes) -> _Key:
         """The parsed key; dkimpy's exceptions (and ValueError etc.) propagate."""
-        found = self._keys.get((name, txt))
-        if found is not None:
-            return found
-        pk, bits, ktag, tlsrpt = dkim.evaluate_pk(name.encode(), txt)
-        public = None
-        if ktag == b"rsa" and not tlsrpt:
-            from cryptography.hazmat.primitives.asymmetric import rsa
+        return self._keys.get((name, txt), lambda: _parse_key(name, txt))
 
-            try:
-                public = rsa.RSAPublicNumbers(pk["publicExponent"], pk["modulus"]).public_key()
-            except (ValueError, TypeError) as e:
-                raise dkim.KeyFormatError(f"unusable key: {e}") from None
-        key = _Key(pk, bits, ktag, tlsrpt, public)
-        if len(self._keys) >= self.size:
-            self._keys.clear()
-        self._keys[name, txt] = key
-        return key
+
+def _parse_key(name: str, txt: bytes) -> _Key:
+    pk, bits, ktag, tlsrpt = dkim.evaluate_pk(name.encode(), txt)
+    public = None
+    if ktag == b"rsa" and not tlsrpt:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        try:
+            public = rsa.RSAPublicNumbers(pk["publicExponent"], pk["modulus"]).public_key()
+        except (ValueError, TypeError) as e:
+            raise dkim.KeyFormatError(f"unusable key: {e}") from None
+    return _Key(pk, bits, ktag, tlsrpt, public)
 
 
 class DKIMSigning:

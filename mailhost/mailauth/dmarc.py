@@ -25,6 +25,7 @@ from mailhost.dns.interfaces import DNSNameInvalid, DNSTemporaryError, IDNSLooku
 from mailhost.mailauth.dkim import DKIMResult
 from mailhost.mailauth.orgdomain import aligned, organizational_domain
 from mailhost.mailauth.spf import SPFResult
+from mailhost.mailauth.textcache import ParsedByText
 
 POLICIES = ("none", "quarantine", "reject")
 
@@ -124,18 +125,11 @@ class DMARCChecker:
     def __init__(self, lookup: IDNSLookup, rng: Callable[[], float] = random.random) -> None:
         self.lookup = lookup
         self.rng = rng
-        #: Parsed records by their text, as ``SPFChecker.parsed``; cleared when full.
-        self._records: dict[str, DMARCRecord] = {}
+        self._records: ParsedByText[str, DMARCRecord] = ParsedByText()
 
     def parsed(self, text: str) -> DMARCRecord:
         """``parse_record(text)``, parsed once; NoPolicy is not kept."""
-        record = self._records.get(text)
-        if record is None:
-            record = parse_record(text)
-            if len(self._records) >= 1024:
-                self._records.clear()
-            self._records[text] = record
-        return record
+        return self._records.get(text, lambda: parse_record(text))
 
     async def find_record(self, domain: str) -> tuple[DMARCRecord, str] | None:
         """(record, where found) by §6.6.3; DNSTemporaryError propagates."""

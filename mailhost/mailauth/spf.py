@@ -34,6 +34,7 @@ from typing import Any
 from twisted.internet import defer
 
 from mailhost.dns.interfaces import Answer, DNSNameInvalid, DNSTemporaryError, IDNSLookup
+from mailhost.mailauth.textcache import ParsedByText
 
 RESULTS = ("none", "neutral", "pass", "fail", "softfail", "temperror", "permerror")
 QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
@@ -388,19 +389,11 @@ class SPFChecker:
         self.max_void_lookups = max_void_lookups
         self.timeout = timeout
         self.reactor = reactor
-        #: Parsed records by their text (the DNS cache's TTL decides when the text
-        #: is asked again; a changed record is a new entry); cleared when full.
-        self._records: dict[str, _Record] = {}
+        self._records: ParsedByText[str, _Record] = ParsedByText()
 
     def parsed(self, text: str) -> _Record:
         """``parse_record(text)``, parsed once; PermError is not kept (it is rare)."""
-        record = self._records.get(text)
-        if record is None:
-            record = parse_record(text)
-            if len(self._records) >= 1024:
-                self._records.clear()
-            self._records[text] = record
-        return record
+        return self._records.get(text, lambda: parse_record(text))
 
     async def check_host(self, ip: str, domain: str, sender: str, helo: str = "",
                          identity: str = "mailfrom") -> SPFResult:

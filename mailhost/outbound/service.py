@@ -84,6 +84,20 @@ class OutboundQueue:
         # Otherwise the scheduler finds it in the spool when it starts.
 
 
+def make_spool(settings: OutboundSettings, reactor: Any) -> SpoolFiles:
+    """The queue's storage: the spool directory, or (``[queue] backend = "postgresql"``)
+    the shared PostgreSQL queue with the directory for this node's working copies."""
+    if settings.queue_backend == "postgresql":
+        from mailhost.db.database import Database
+        from mailhost.outbound.pg_queue import PgSpoolFiles, check_schema
+
+        check_schema(settings.queue_dsn)
+        db = Database(settings.queue_dsn, max_size=4, reactor=reactor, name="mailhost-queue")
+        return PgSpoolFiles(settings.queue_dir, db, lease=settings.queue_lease,
+                            reactor=reactor)
+    return SpoolFiles(settings.queue_dir, fsync=settings.fsync, reactor=reactor)
+
+
 def listen_addresses(descriptions: Iterable[str]) -> set[tuple[str, int]]:
     """(interface, port) of 'tcp:PORT:interface=ADDR' endpoint strings ('' = any)."""
     out = set()
@@ -143,7 +157,9 @@ class OutboundService(service.Service):
         # The host's IDNSLookup ([dns]): routing (unless ``resolver`` or a deprecated
         # ``outbound.resolver`` says otherwise), TLSA and MTA-STS lookups.
         self._lookup = lookup
-        self.files = SpoolFiles(settings.queue_dir, fsync=settings.fsync, reactor=reactor)
+        self.files = make_spool(settings, reactor)
+        # [queue] backend = "postgresql": claims and leases for this node's scheduler.
+        self.leases: Any = None
         self.queue = OutboundQueue(self.files, reactor)
         self.local_addresses = set(local_addresses or ())
         self.scheduler: Scheduler | None = None
@@ -232,6 +248,14 @@ class OutboundService(service.Service):
         self.queue.scheduler = self.scheduler
         self._started = defer.ensureDeferred(self.scheduler.start())
         self._started.addErrback(lambda f: log.failure("outbound queue failed to start", f))
+        if self.settings.queue_backend == "postgresql":
+            from mailhost.outbound.pg_queue import PgSpoolFiles, QueueLeases
+
+            assert isinstance(self.files, PgSpoolFiles)  # make_spool's choice
+            self.files.db.start()
+            self.leases = QueueLeases(self.files, self.scheduler, self.reactor,
+                                      poll=self.settings.queue_poll)
+            self._started.addCallback(lambda _: self.leases.start())
         # The SMTP listeners start after us: learn their real addresses (tcp:0 ports
         # included) once they are bound, for MX loop detection.
         self.reactor.callLater(0, self._learn_listeners)
@@ -276,10 +300,15 @@ class OutboundService(service.Service):
         scheduler = self.scheduler
 
         async def stop() -> None:
+            if self.leases is not None:
+                await self.leases.stop()
             if scheduler is not None:
                 await self._started
                 await scheduler.stop(self.settings.shutdown_grace)
             await self._drain_spool()
+            if self.leases is not None:
+                await self.leases.release()
+                await self.leases.files.db.close()
             await self.tls_reports.drain()
 
         return defer.ensureDeferred(stop())

@@ -415,6 +415,10 @@ class SpoolFiles:
         env.offset = len(MAGIC) + len(line)
         return env
 
+    def headers_sync(self, env: Envelope, limit: int = 256 * 1024) -> bytes:
+        """The header block of a queued message, CRLF ends (for ``mailhost queue show``)."""
+        return read_headers(self.message_path(env.id), limit, offset=env.offset)
+
     def iter_sync(self) -> list[tuple[str, Envelope | Exception]]:
         """Every queued message's id and envelope (or why it is unreadable), sorted by
         id, without cleaning anything up (for the CLI and tests)."""

@@ -37,6 +37,7 @@ from mailhost.store._maildir import maildir_io
 from mailhost.store._maildir.batch_commit import BatchCommitter
 from mailhost.store._maildir.maildir_account import MaildirAccount
 from mailhost.store._maildir.maildir_folder import MaildirFolder
+from mailhost.store._maildir.maildir_load import MaildirLoader
 from mailhost.store._maildir.maildir_watch import ChangeWatcher
 from mailhost.store._maildir.maildir_writer import MaildirMessageWriter
 from mailhost.store.interfaces import (
@@ -291,3 +292,10 @@ def _list_accounts(root: str) -> list[str]:
                 continue
             found.append(user)
     return found
+
+
+def account_loader(root: str, user: str, fsync: bool = True,
+                   modes: FileModes = PRIVATE) -> MaildirLoader:
+    """An ``IAccountLoader`` writing ``user``'s new Maildir under ``root`` with the UIDs
+    it is given (``mailhost.store.transfer``)."""
+    return MaildirLoader(root, user, fsync=fsync, modes=modes)

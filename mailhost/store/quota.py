@@ -80,6 +80,10 @@ class IQuotaRoot(Interface):
         running count (never a walk of every folder, except when the count must be
         rebuilt)."""
 
+    def quota_limit() -> int:
+        """The storage limit in octets, 0 for none (synchronous, cheap): lets a
+        caller that only enforces limits skip reading the usage when there is none."""
+
 
 class IQuotaStore(Interface):
     """An ``IMailStore`` that counts usage per user (optional power)."""

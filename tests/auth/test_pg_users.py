@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import smtplib
 import subprocess
 import sys
 import time
@@ -89,3 +90,49 @@ def test_a_running_node_hears_a_user_added_on_another_machine(tmp_path, pg_dsn):
         assert (yield threads.deferToThread(imap_login, imap, "carol@example.test", "pw3"))
     finally:
         yield svc.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_user_alias_edits_the_users_table_and_a_running_node_delivers_to_it(tmp_path, pg_dsn):
+    setup(tmp_path, pg_dsn)
+    assert run(tmp_path, "user", "add", "alice@example.test", stdin="pw1\n").returncode == 0
+    assert run(tmp_path, "user", "add", "bob@example.test", "--alias", "b@example.test",
+               stdin="pw2\n").returncode == 0
+    config = config_in(str(tmp_path / "node"))
+    config.store.backend = config.auth.backend = "postgresql"
+    config.store.dsn = pg_dsn
+    svc = makeService(config)
+    svc.startService()
+    try:
+        ports = yield svc.wait_listening()
+        smtp = ports["smtp"][0].getHost().port
+
+        def rcpt(address: str) -> int:
+            with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as s:
+                s.ehlo("client.test")
+                s.mail("carol@remote.test")
+                return s.rcpt(address)[0]
+
+        assert (yield threads.deferToThread(rcpt, "team@example.test")) == 550
+        r = yield threads.deferToThread(run, tmp_path, "user", "alias", "alice@example.test",
+                                        "--add", "team@example.test", "--add", "a@example.test")
+        assert r.returncode == 0 and r.stdout == (
+            "alice@example.test: team@example.test, a@example.test\n"), r.stderr
+        for _ in range(50):  # the node hears of it by NOTIFY
+            if (yield threads.deferToThread(rcpt, "team@example.test")) == 250:
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        else:
+            raise AssertionError("the running node never took the new alias")
+        taken = yield threads.deferToThread(run, tmp_path, "user", "alias", "alice@example.test",
+                                            "--add", "b@example.test")
+        assert taken.returncode == 1 and "another user has that alias" in taken.stderr
+        r = yield threads.deferToThread(run, tmp_path, "user", "alias", "alice@example.test",
+                                        "--del", "team@example.test")
+        assert r.stdout == "alice@example.test: a@example.test\n"
+    finally:
+        yield svc.stopService()
+    with psycopg.connect(pg_dsn) as conn:
+        extra = conn.execute("SELECT extra FROM users WHERE name = 'alice@example.test'"
+                             ).fetchone()[0]
+    assert extra == {"aliases": "a@example.test"}

@@ -182,3 +182,28 @@ async def test_status_deleted_and_deleted_storage(imap_host):
         assert b"(DELETED 2 DELETED-STORAGE %d MESSAGES 3)" % (len(big) + len(small)) in got, got
 
     await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_without_a_limit_reads_no_maildirsize(imap_host, monkeypatch):
+    """Under bench/imap_load.py every APPEND read ``maildirsize`` in the thread pool
+    (its usage) though the user had no limit to check it against."""
+    from mailhost.store._maildir import maildirsize
+
+    host = await imap_host(kind="maildir")
+    host.store.set_quota_limits(_limit(LIMIT))  # bob has none
+    reads = []
+    real = maildirsize.current
+    monkeypatch.setattr(maildirsize, "current", lambda *a: reads.append(a) or real(*a))
+
+    def run(user, password):
+        c = imaplib.IMAP4("127.0.0.1", host.port)
+        c.login(user, password)
+        for n in range(3):
+            assert c.append("INBOX", None, None, make_message(f"m{n}"))[0] == "OK"
+        c.logout()
+
+    await host.in_thread(run, "bob@example.test", "hunter2")
+    assert reads == []
+    await host.in_thread(run, "alice@example.test", "secret")
+    assert len(reads) == 3  # a user with a limit is still checked on every APPEND

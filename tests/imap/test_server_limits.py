@@ -281,7 +281,10 @@ async def test_idle_is_bounded_by_the_session_timeout(imap_host):
 
 _literal_cmd = st.tuples(
     st.sampled_from([b"A1 LOGIN ", b"A2 APPEND INBOX ", b"A3 SELECT ", b"A4 ", b"", b"A5 CREATE "]),
-    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    # No "ZZ": that is the closing NOOP's tag, and junk tagged ZZ (a BAD) would be taken
+    # for its answer.
+    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")
+                               .replace(b"ZZ", b"Zz")),
     st.binary(max_size=100),
 )
 

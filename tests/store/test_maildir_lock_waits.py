@@ -8,6 +8,8 @@ reported new mail queued a claim of its own (2.8 claims per new message).
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import pytest_twisted
 
@@ -52,6 +54,53 @@ async def test_refresh_does_not_wait_for_the_lock_when_only_our_changes_happened
         box._lock.release()
     await d
     assert box.get(1).flags == frozenset({"\\Flagged", "\\Seen"})
+
+
+@pytest.mark.parametrize("op", ["store", "expunge"])
+@pytest_twisted.ensureDeferred
+async def test_refresh_does_not_wait_for_our_store_or_expunge_still_in_flight(
+        root, monkeypatch, op):
+    """Under bench/imap_load.py a NOOP still queued behind another session's STORE or
+    EXPUNGE: the watch reported the old name gone while the index still had it (the
+    index learns of the rename or unlink only when its thread hop returns)."""
+    from mailhost.store._maildir import maildir_folder
+
+    store = MaildirStore(root, fsync=False)
+    box = await claimed(store)
+    await watched(box)
+    if op == "expunge":
+        await box.set_flags([1], ["\\Deleted"], "add")
+        await watched(box)
+    name = "unlink_all" if op == "expunge" else "rename_all"
+    real, release = getattr(maildir_folder, name), threading.Event()
+
+    def held(*args):  # the files are renamed or gone; the index not told yet
+        done = real(*args)
+        release.wait(10)
+        return done
+
+    monkeypatch.setattr(maildir_folder, name, held)
+    busy = box.expunge([1]) if op == "expunge" else box.set_flags([1], ["\\Seen"], "add")
+    try:
+        for _ in range(250):  # until the watch has reported it (bounded)
+            await sleep(0.02)
+            store._watcher.drain()
+            if box._disk_events:
+                break
+        assert box._disk_events and box._lock.locked
+        d = box.refresh()
+        assert d.called, "refresh queued behind our own %s in flight" % op
+    finally:
+        release.set()
+    await busy
+    # Under the lock, the flush still looks at what happened, exactly.
+    if op == "store":
+        rename_flags(user_dir(root), "FS")  # another program's: seen after our STORE
+        await box.refresh()
+        assert box.get(1).flags == frozenset({"\\Flagged", "\\Seen"})
+    else:
+        await box.refresh()
+        assert box.get(1) is None
 
 
 @pytest_twisted.ensureDeferred

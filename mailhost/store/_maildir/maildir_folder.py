@@ -155,6 +155,7 @@ class MaildirFolder:
         self._disk_events: list[tuple[str, str, int] | None] = []  # not yet looked at
         self._disk_call: IDelayedCall | None = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
+        self._leaving: set[tuple[str, str]] = set()  # names our rename/unlink in flight drops
         self._claim_waiters: list[defer.Deferred[set[int]]] | None = None  # a claim awaits the lock
         self._claims = 0  # \Recent claims queued or running (see refresh)
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
@@ -736,9 +737,11 @@ class MaildirFolder:
         """Whether every change the watch has reported so far is one of ours, so a
         refresh has nothing to apply and need not queue for the folder lock behind
         other sessions' STOREs and EXPUNGEs (issue 16: under a 10-client load an IMAP
-        NOOP waited 18 ms on average for the lock, to find nothing). Conservative: a
-        change of ours still in flight may look foreign here; then the refresh takes
-        the lock as before. The events stay queued for the usual flush."""
+        NOOP waited 18 ms on average for the lock, to find nothing). A STORE rename or
+        EXPUNGE unlink of ours still in its thread hop counts as ours (``_leaving``);
+        other changes of ours in flight may still look foreign here, and then the
+        refresh takes the lock as before. The events stay queued for the usual flush,
+        which looks at them exactly, under the lock."""
         self._store._watcher.drain()  # what the kernel holds counts too
         events = self._disk_events
         if not events:
@@ -746,7 +749,7 @@ class MaildirFolder:
         if None in events:
             return False
         final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
-        return all(self._explained(sub, name, mask, self._own_names)
+        return all(self._explained(sub, name, mask, self._own_names, self._leaving)
                    for (sub, name), mask in final.items())
 
     async def _refresh_now(self) -> None:
@@ -924,26 +927,38 @@ class MaildirFolder:
             moving[os.path.basename(old).partition(":")[0]] = new
         if self._watching == "inotify":
             # The names our renames pass through, so the watch's events for them
-            # cost no rescan (see _explained).
+            # cost no rescan (see _explained); the names they leave, so a NOOP
+            # meanwhile need not wait on the lock for them (_nothing_foreign).
             self._own_names.update(os.path.split(new) for _, new in renames)
+            self._leaving.update(os.path.split(old) for old, _ in renames)
         try:
             ok: list[bool] = await self._store.run_blocking(
                 self._uids.locked, rename_all, self._path, renames)
             return ok
         finally:
             moving.clear()  # renames are serialised by the folder lock
+            self._leaving.clear()
 
     def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
         return self._run(self._expunge, None if uids is None else set(uids))
 
     async def _expunge(self, among: set[int] | None) -> list[int]:
+        try:
+            return await self._expunge_locked(among)
+        finally:
+            self._leaving.clear()  # expunges are serialised by the folder lock
+
+    async def _expunge_locked(self, among: set[int] | None) -> list[int]:
         index = self._index
         deleted = {sid for sid, st in enumerate(index.table) if "\\Deleted" in st.flags}
         victims = [uid for uid, sid in zip(index.uids, index.states, strict=True)
                    if sid in deleted and (among is None or uid in among)]
         if not victims:
             return []
-        paths = [os.path.join(self._path, self._relpath_at(index.pos(u))) for u in victims]
+        rels = [self._relpath_at(index.pos(u)) for u in victims]
+        if self._watching == "inotify":
+            self._leaving.update(os.path.split(rel) for rel in rels)  # see _nothing_foreign
+        paths = [os.path.join(self._path, rel) for rel in rels]
         missing = await self._store.run_blocking(self._uids.locked, unlink_all, paths)
         if missing:
             # Another program renamed (flagged) or removed some: learn their current
@@ -1178,11 +1193,15 @@ class MaildirFolder:
                    for (sub, name), mask in final.items()):
             await self._refresh(True)
 
-    def _explained(self, sub: str, name: str, mask: int, own: set[tuple[str, str]]) -> bool:
+    def _explained(self, sub: str, name: str, mask: int, own: set[tuple[str, str]],
+                   leaving: set[tuple[str, str]] | None = None) -> bool:
         """Whether the index already accounts for a file appearing (``mask`` has
         APPEARED) or vanishing in new/ or cur/: our own delivery, COPY or adoption in
         flight, a rename or expunge of ours. Another program's change always leaves a
-        name the index does not have, or removes the name it has."""
+        name the index does not have, or removes the name it has. ``leaving``: the old
+        names a rename or unlink of ours still in flight is taking away (only the
+        lock-free look of ``_nothing_foreign`` passes them: under the lock the index
+        already says what became of them)."""
         base, sep, part = name.partition(":")
         if base in self._pending_bases:
             return True  # being delivered, copied or adopted
@@ -1197,7 +1216,8 @@ class MaildirFolder:
                                                                           else None)
         if appeared:
             return current or (sub, name) in own
-        return not current  # an old name of ours went away
+        # An old name of ours went away, or one our STORE/EXPUNGE in flight drops.
+        return not current or (leaving is not None and (sub, name) in leaving)
 
     # -- the delivery API: what MaildirMessageWriter may use of a folder ------------------
     #

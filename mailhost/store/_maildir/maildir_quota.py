@@ -34,6 +34,9 @@ class MaildirQuotaRoot:
     user: str
     _quota_lock: threading.Lock
 
+    def quota_limit(self) -> int:
+        return self._store.quota_limit(self.user)
+
     def quota(self) -> defer.Deferred[QuotaUsage]:
         return defer.Deferred.fromCoroutine(self._quota())
 

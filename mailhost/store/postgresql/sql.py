@@ -54,6 +54,13 @@ def ensure_account(conn: Conn, user: str) -> tuple[int, bool]:
     return account_id, True
 
 
+def usage(conn: Conn, user: str) -> tuple[int, int]:
+    """(octets, messages) stored for ``user`` (0, 0 for an account not made yet)."""
+    row = conn.execute("SELECT storage, messages FROM accounts WHERE name = %s",
+                       (user,)).fetchone()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
 def accounts(conn: Conn) -> list[str]:
     return [r[0] for r in conn.execute("SELECT name FROM accounts ORDER BY name")]
 

@@ -10,8 +10,10 @@ any node makes the folder sync again (IDLE on node B hears of a delivery on node
 Syncs of one folder run one at a time, and since writes to a folder are ordered by
 its mod-sequence (sql.py), nothing is ever skipped.
 
-Not yet here (issue 19): quotas, ``IIndexedFolder`` columns (protocols take their
-fallback), the recent state is per database rather than per node, and a rename seen
+Quota usage is each account row's running count, kept by triggers on ``messages``
+(schema 5), so every node's every write counts in its own transaction.
+
+Not yet here (issue 19): the recent state is per database rather than per node, and a rename seen
 from another node renames its live folder only when that folder next syncs.
 """
 
@@ -33,11 +35,13 @@ from mailhost.db.notify import NotifyListener
 from mailhost.store.append import append_message
 from mailhost.store.flags import normalize_flags
 from mailhost.store.interfaces import (
+    Columns,
     DeliveryTarget,
     IAccountListener,
     IAccountListing,
     IFolder,
     IFolderListener,
+    IIndexedFolder,
     IMailAccount,
     IMailStore,
     IMessageReader,
@@ -56,6 +60,7 @@ from mailhost.store.objectid import EMAIL_ID_KEY
 from mailhost.store.postgresql import sql
 from mailhost.store.postgresql.bodies import PostgresMessageWriter, open_body
 from mailhost.store.postgresql.sql import FolderMeta, MessageRow
+from mailhost.store.quota import IQuotaRoot, IQuotaStore, QuotaLimits, QuotaUsage
 from mailhost.store.reader import INLINE_READ, range_length, reader_for
 
 log = Logger()
@@ -70,9 +75,12 @@ def _guard(fn: Callable[[], defer.Deferred[_T]]) -> defer.Deferred[_T]:
         return defer.fail()
 
 
-@implementer(IFolder)
+@implementer(IIndexedFolder)
 class PostgresFolder:
-    """Implements: IFolder. One live object per folder (by database id) in a store."""
+    """Implements: IIndexedFolder. One live object per folder (by database id) in a
+    store. ``columns()`` is built from the index once per change and kept until the
+    next one, so repeated SELECTs and ``FETCH 1:* (FLAGS)`` of a big folder build no
+    MessageInfo list; every date is in the index already (``fill_dates`` is a no-op)."""
 
     def __init__(self, store: PostgresStore, folder_id: int, name: str, uid_validity: int,
                  special_use: str | None) -> None:
@@ -92,6 +100,7 @@ class PostgresFolder:
         self._listeners = ListenerSet()
         self._synced = 0
         self._lock = defer.DeferredLock()
+        self._columns: Columns | None = None  # built on demand; dropped at any change
 
     @property
     def highest_modseq(self) -> int:
@@ -146,6 +155,8 @@ class PostgresFolder:
                     expunged.append(uid)
         self._modseqs.highest = max(self._modseqs.highest, highest)
         self._synced = max(self._synced, highest)
+        if added or changed or expunged:
+            self._columns = None
         if added:
             self._listeners.added(self, added)
         if changed:
@@ -158,6 +169,7 @@ class PostgresFolder:
         if self.deleted:
             return
         self.deleted = True
+        self._columns = None
         uids = list(self._infos)
         self._infos.clear()
         self._hashes.clear()
@@ -180,6 +192,18 @@ class PostgresFolder:
 
     def get(self, uid: int) -> MessageInfo | None:
         return self._infos.get(uid)
+
+    def columns(self) -> Columns:
+        if self._columns is None:
+            infos = self._infos.values()  # UID order: sync adds rows by ascending UID
+            self._columns = Columns(tuple(i.uid for i in infos), tuple(i.flags for i in infos),
+                                    tuple(int(i.recent) for i in infos),
+                                    tuple(i.size for i in infos),
+                                    tuple(i.internal_date for i in infos))
+        return self._columns
+
+    def fill_dates(self, uids: Iterable[int] | None = None) -> defer.Deferred[None]:
+        return defer.succeed(None)
 
     def modseq_of(self, uid: int) -> int:
         return self._modseqs.get(uid)
@@ -258,6 +282,8 @@ class PostgresFolder:
 
         def claimed(uids: list[int]) -> set[int]:
             mine = {u for u, i in self._infos.items() if i.recent}
+            if mine:
+                self._columns = None
             for uid in mine:
                 info = self._infos[uid]
                 self._infos[uid] = MessageInfo(info.uid, info.key, info.size, info.flags,
@@ -293,9 +319,9 @@ class PostgresFolder:
         d.addErrback(lambda f: log.failure("caching {key} failed", f, key=key))
 
 
-@implementer(IMailAccount)
+@implementer(IMailAccount, IQuotaRoot)
 class PostgresAccount:
-    """Implements: IMailAccount."""
+    """Implements: IMailAccount and IQuotaRoot (the user's usage, ``PostgresStore.quota``)."""
 
     def __init__(self, store: PostgresStore, user: str, account_id: int) -> None:
         self._store = store
@@ -304,6 +330,12 @@ class PostgresAccount:
 
     def new_message(self) -> IMessageWriter:
         return self._store.new_message()
+
+    def quota_limit(self) -> int:
+        return self._store.quota_limit(self.user)
+
+    def quota(self) -> defer.Deferred[QuotaUsage]:
+        return self._store.quota(self.user)
 
     def append(self, name: str, message: IMessageWriter, flags: Iterable[str] = (),
                internal_date: float | None = None) -> defer.Deferred[tuple[int, int]]:
@@ -353,9 +385,9 @@ class PostgresAccount:
                                                  canonical_folder(name), False))
 
 
-@implementer(IMailStore, IAccountListing)
+@implementer(IMailStore, IAccountListing, IQuotaStore)
 class PostgresStore:
-    """Implements: IMailStore and IAccountListing, on one PostgreSQL database (``dsn``)
+    """Implements: IMailStore, IAccountListing and IQuotaStore, on one PostgreSQL database (``dsn``)
     that any number of nodes share. The schema must be current (``mailhost db
     upgrade``); ``start`` refuses any other with ``SchemaMismatch``."""
 
@@ -372,6 +404,7 @@ class PostgresStore:
         self._live: dict[int, PostgresFolder] = {}
         self._account_listeners = AccountListenerSet()
         self._started: defer.Deferred[None] | None = None
+        self._quota_limits: QuotaLimits = lambda user: 0
 
     # -- life ---------------------------------------------------------------------------
 
@@ -529,6 +562,18 @@ class PostgresStore:
 
     def add_account_listener(self, listener: IAccountListener) -> None:
         self._account_listeners.add(listener)
+
+    # -- IQuotaStore: usage is the account row's count, kept by triggers (schema 5) ------
+
+    def set_quota_limits(self, limits: QuotaLimits) -> None:
+        self._quota_limits = limits
+
+    def quota_limit(self, user: str) -> int:
+        return self._quota_limits(user)
+
+    def quota(self, user: str) -> defer.Deferred[QuotaUsage]:
+        d = self._ready(lambda: self.db.run(sql.usage, user))
+        return d.addCallback(lambda got: QuotaUsage(got[0], got[1], self.quota_limit(user)))
 
     def remove_account_listener(self, listener: IAccountListener) -> None:
         self._account_listeners.remove(listener)
