@@ -39,7 +39,7 @@ from mailhost.pop3.transfer import MessageSender
 from mailhost.replytext import clean
 from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse, SessionRegistry
 from mailhost.store.interfaces import NoSuchMessage
-from mailhost.tcp import QuickAck, send_at_once
+from mailhost.tcp import DirectWriter, QuickAck, send_at_once
 from mailhost.tls import cancel_deadline, start_tls
 
 log = Logger()
@@ -124,6 +124,9 @@ class POP3Server(Protocol, TimeoutMixin):
         self._user_arg: str | None = None
         self._sasl_pending = False
         self._sender: MessageSender | None = None
+        # Every response goes out through it (mailhost.tcp.DirectWriter): a RETR's
+        # status line and body leave at once instead of on the reactor's next turn.
+        self._writer: DirectWriter | None = None
         self._pending_flags: set[defer.Deferred[Any]] = set()  # \Seen updates in flight
         self._seen_queue: list[int] = []  # retrieved, \Seen not yet asked of the store
         self._seen_timer: Any = None
@@ -149,6 +152,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self.registry.opened(self)
         send_at_once(self.transport)
         self._quick_ack = QuickAck(self.transport)
+        self._writer = DirectWriter(self.transport)
         self._progress = self.reactor.seconds()
         self.setTimeout(self.timeout)
         if self.preauth_timeout > 0:
@@ -223,11 +227,13 @@ class POP3Server(Protocol, TimeoutMixin):
         if self._closed:
             return
         self._end_reason = "evicted"
-        self.transport.write(line)
+        self._write(line)
         self._close()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closed = True
+        if self._writer is not None:
+            self._writer.stop()
         self.setTimeout(None)
         cancel_deadline(self._tls_deadline)
         self._cancel_preauth()
@@ -403,7 +409,7 @@ class POP3Server(Protocol, TimeoutMixin):
     def _send(self, line: str) -> None:
         """One response line, cleaned of control characters (mailhost.replytext)."""
         if self._finish(line):
-            self.transport.write(clean(line, 510).encode("utf-8") + b"\r\n")
+            self._write(clean(line, 510).encode("utf-8") + b"\r\n")
 
     def _send_lines(self, first: str, lines: list[str]) -> None:
         """A multi-line response; no line here starts with '.', so no stuffing is needed.
@@ -413,7 +419,13 @@ class POP3Server(Protocol, TimeoutMixin):
         if not self._finish(first):
             return
         body = "".join(f"{line}\r\n" for line in lines)
-        self.transport.write(f"{clean(first, 510)}\r\n{body}.\r\n".encode())
+        self._write(f"{clean(first, 510)}\r\n{body}.\r\n".encode())
+
+    def _write(self, data: bytes) -> None:
+        if self._writer is None:  # not connected yet (nothing writes before connect)
+            self.transport.write(data)
+        else:
+            self._writer.write(data)
 
     def _fail(self, reply: str) -> None:
         """A protocol error: answer it, and give up on a client that keeps erring."""
@@ -452,6 +464,8 @@ class POP3Server(Protocol, TimeoutMixin):
         self._send("+OK Begin TLS negotiation")
         if self._closed:
             return  # cut by the dispatch hook
+        if self._writer is not None:
+            self._writer.stop()  # TLS wraps the transport: writes go through it from now on
         self._tls_deadline = start_tls(self.transport, self.tls_options,
                                        self.handshake_timeout, self.reactor)
 
@@ -617,15 +631,14 @@ class POP3Server(Protocol, TimeoutMixin):
         if self._closed:
             reader.close()
             return
-        if top_lines is None:
-            self._send(f"+OK {info.size} octets")
-        else:
-            self._send("+OK Top of message follows")
-        if self._closed:  # cut by the dispatch hook
+        status = f"+OK {info.size} octets" if top_lines is None else "+OK Top of message follows"
+        if not self._finish(status) or self._closed:  # cut by the dispatch hook
             reader.close()
             return
+        # The status line leaves with the body's first piece (one send for most mail).
         self._sender = MessageSender(self.transport, reader, top_lines, reactor=self.reactor,
-                                     on_progress=self.resetTimeout)
+                                     on_progress=self.resetTimeout, write=self._write,
+                                     prefix=clean(status, 510).encode("utf-8") + b"\r\n")
         try:
             octets = await self._sender.start()
         except Exception as e:

@@ -11,6 +11,13 @@ Reads come from the store's ``IMessageReader`` (mailhost.store.reader: a small
 message in one read, a big one on the thread pool one chunk ahead of the wire).
 The push-producer protocol means a session holds a few chunks at most, whatever
 the message size.
+
+Writes go through the session's ``mailhost.tcp.DirectWriter``: while the kernel takes
+every byte, the status line, a small message and its terminator leave in one ``send``
+as the RETR is read, instead of being queued for the reactor's next turn (two
+``epoll_ctl`` calls and a wake-up more per RETR, on a client that waits for each
+response before it asks for the next one). Once the socket pushes back, everything
+goes through the transport, whose buffer pauses this producer as before.
 """
 
 from __future__ import annotations
@@ -87,12 +94,19 @@ class MessageSender:
     """
 
     def __init__(self, transport: Any, reader: IMessageReader, top_lines: int | None = None,
-                 reactor: Any = None, on_progress: Callable[[], None] | None = None) -> None:
+                 reactor: Any = None, on_progress: Callable[[], None] | None = None,
+                 write: Callable[[bytes], None] | None = None, prefix: bytes = b"") -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self._transport = transport
+        # ``write``: the session's own writer (mailhost.tcp.DirectWriter), so this body
+        # and its other responses keep one order; the transport's by default.
+        self._write = write if write is not None else transport.write
+        # What one pump produced, written at its end in one piece: a small message
+        # and its terminator are one send, not two.
+        self._out: list[bytes] = [prefix] if prefix else []
         self._reader = reader
         self._stuffer = DotStuffer()
         self._top = TopFilter(top_lines) if top_lines is not None else None
@@ -140,6 +154,13 @@ class MessageSender:
                 self._reader.read().addCallbacks(self._got, self._read_failed)
         finally:
             self._pumping = False
+            self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = []
+            self._write(out[0] if len(out) == 1 else b"".join(out))
 
     def _resume_turn(self) -> None:
         self._scheduled = None
@@ -153,14 +174,16 @@ class MessageSender:
             data = self._top.feed(data)
         if data:
             self.octets += len(data)
-            self._transport.write(self._stuffer.feed(data))
+            self._out.append(self._stuffer.feed(data))
             if self._on_progress is not None:
                 self._on_progress()
         if not data or (self._top is not None and self._top.done):
-            self._transport.write(self._stuffer.terminator())
+            self._out.append(self._stuffer.terminator())
             self._finish(None)
             return
         self._pump()
+        if not self._pumping:  # (a pump flushes when it ends)
+            self._flush()
 
     def _read_failed(self, failure: Failure) -> None:
         self._waiting = False
@@ -170,6 +193,10 @@ class MessageSender:
         if self._finished:
             return
         self._finished = True
+        if error is None:
+            self._flush()
+        else:
+            self._out = []
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         self._scheduled = None

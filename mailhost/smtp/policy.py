@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from mailhost.auth.directory import IForwardingDirectory
+from mailhost.auth.directory import IForwardingDirectory, UserDirectory
 from mailhost.smtp.params import Address, RcptParams
 from mailhost.smtp.reply import Reply
 
@@ -60,17 +60,24 @@ class RecipientPolicy:
         self.can_queue = can_queue
         self.default_domain = default_domain
 
-    def _forwards(self, address: str) -> list[str]:
-        """Remote alias targets of ``address``, if the directory forwards and there is
-        a queue to forward through (without one they are left out, and logged)."""
-        if not IForwardingDirectory.providedBy(self.directory):
-            return []
-        forwards = self.directory.forwards(address)
+    def _resolve(self, address: str) -> tuple[list[str], list[str]]:
+        """(local mailboxes, remote alias targets) of ``address``. A ``UserDirectory``
+        answers both from one expansion (each lookup re-checks the passwd and aliases
+        files for changes, and every RCPT asks). Remote targets count only if the
+        directory forwards and there is a queue to forward through (without one they
+        are left out, and logged)."""
+        directory = self.directory
+        if isinstance(directory, UserDirectory):
+            mailboxes, forwards = directory.expand(address)
+        else:
+            mailboxes = directory.lookup(address)
+            forwards = (directory.forwards(address)
+                        if IForwardingDirectory.providedBy(directory) else [])
         if forwards and not self.can_queue:
             log.warn("alias {address} forwards to {targets}, but there is no outbound "
                      "queue: not forwarded", address=address, targets=forwards)
-            return []
-        return list(forwards)
+            return mailboxes, []
+        return mailboxes, list(forwards)
 
     def may_relay(self, client_ip: str, user: str | None) -> bool:
         return user is not None or ip_in_networks(client_ip, self.networks)
@@ -85,8 +92,7 @@ class RecipientPolicy:
         if self.directory.is_local_domain(rcpt.domain):
             if any(c in rcpt.local for c in _ROUTING_CHARS):
                 raise Reply(550, "5.1.1", f"<{shown}>: Recipient address rejected: User unknown")
-            mailboxes = self.directory.lookup(rcpt.canonical())
-            forwards = self._forwards(rcpt.canonical())
+            mailboxes, forwards = self._resolve(rcpt.canonical())
             if not mailboxes and not forwards:
                 raise Reply(550, "5.1.1", f"<{shown}>: Recipient address rejected: User unknown")
             return Decision(Reply(250, "2.1.5", "Ok"), mailboxes=tuple(mailboxes),

@@ -399,7 +399,8 @@ class SMTPServer(Protocol, TimeoutMixin):
                         self._send(Reply(500, "5.5.2", "Error: line too long"))
                     continue
                 result = self._line_handler(line)
-                if isinstance(result, defer.Deferred):
+                # (most handlers answer at once and return None: skip the ABC check)
+                if result is not None and isinstance(result, defer.Deferred):
                     self._busy = True
                     result.addBoth(self._unbusy)
             if self._busy and len(self._buffer) > MAX_PIPELINE_BUFFER and not self._paused:

@@ -109,6 +109,20 @@ def test_sender_streams_with_backpressure_and_stuffs_across_chunks():
     assert f.closed and transport.producer is None
 
 
+def test_small_retr_was_three_queued_writes_now_one_write_with_its_status_line():
+    """A small message is read at once: its status line, body and terminator go to the
+    session's writer in one piece (one send), not as three transport writes."""
+    transport = StringTransport()
+    writes: list[bytes] = []
+    data = b"Subject: s\r\n\r\n.dot\r\nbody\r\n"
+    sender = MessageSender(transport, MessageReader(io.BytesIO(data), len(data), run=sync_run),
+                           reactor=Clock(), write=writes.append, prefix=b"+OK 27 octets\r\n")
+    d = sender.start()
+    assert d.called and d.result == len(data)
+    assert writes == [b"+OK 27 octets\r\nSubject: s\r\n\r\n..dot\r\nbody\r\n.\r\n"]
+    assert transport.value() == b"" and transport.producer is None
+
+
 def test_sender_waits_for_reads_and_for_the_transport():
     transport = StringTransport()
     f = io.BytesIO(b"z" * 100)
