@@ -72,7 +72,13 @@ def worker_of(proc: MailHostProcess, sock: socket.socket) -> int:
 def connect_to_other(proc: MailHostProcess, than: int, make):
     """A new client (``make()``) served by another worker than pid ``than``."""
     for _ in range(100):
-        client = make()
+        try:
+            client = make()
+        except (imaplib.IMAP4.error, OSError, EOFError):
+            # Refused by a connection limit: a client this loop closed has not yet
+            # reached the other worker through the supervisor.
+            time.sleep(0.2)
+            continue
         if worker_of(proc, client.sock) != than:
             return client
         client.sock.close()
