@@ -10,38 +10,23 @@ of mail forwarded by a sealer it trusts, but no such local policy is configured
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
-from twisted.internet import defer
 from zope.interface import implementer
 
 from mailhost.mailauth.arc import ARCVerifier
-from mailhost.message.stage import Feeding, IBodyConsumer, IStage, MessageContext
+from mailhost.message.stage import IStage, MessageContext
+from mailhost.pipeline.inbound_verify import StreamingVerifyStage
 
 
 @implementer(IStage)
-class ARCVerifyStage:
+class ARCVerifyStage(StreamingVerifyStage):
     """Implements: IStage (``arc``)."""
 
     name = "arc"
 
     def __init__(self, verifier: ARCVerifier) -> None:
-        self.verifier = verifier
+        super().__init__(verifier)
 
-    def envelope(self, ctx: MessageContext) -> None:
-        pass
-
-    def message(self, ctx: MessageContext) -> IBodyConsumer | None:
-        if ctx.user is not None:
-            return None
-        consumer = Feeding(self.verifier.start(ctx.header_block))
-        ctx.state[self.name] = consumer
-        return consumer
-
-    async def _finish(self, ctx: MessageContext) -> None:
-        consumer = ctx.state.pop(self.name, None)
-        if consumer is not None:
-            result = await consumer.target.finish()
-            ctx.results["arc"] = replace(result, remote_ip=ctx.client_ip)
-
-    def finish(self, ctx: MessageContext) -> defer.Deferred:
-        return defer.Deferred.fromCoroutine(self._finish(ctx))
+    def record(self, ctx: MessageContext, result: Any) -> None:
+        ctx.results["arc"] = replace(result, remote_ip=ctx.client_ip)
