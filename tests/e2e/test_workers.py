@@ -75,13 +75,18 @@ def connect_to_other(proc: MailHostProcess, than: int, make):
         try:
             client = make()
         except (imaplib.IMAP4.error, OSError, EOFError):
-            # Refused by a connection limit: a client this loop closed has not yet
-            # reached the other worker through the supervisor.
+            # Refused by a connection limit: a probe closed here has not yet reached
+            # the other worker through the supervisor.
             time.sleep(0.2)
             continue
         if worker_of(proc, client.sock) != than:
             return client
-        client.sock.close()
+        # Close the file the client made of its socket too: sock.close() alone leaves
+        # the connection open (the file holds the descriptor), and a limit counts it.
+        if isinstance(client, imaplib.IMAP4):
+            client.shutdown()
+        else:  # smtplib, poplib
+            client.close()
     raise AssertionError("the kernel never picked the other worker")
 
 
@@ -214,7 +219,7 @@ def test_login_throttle_holds_across_workers(workers_proc):
             imap = imaplib.IMAP4("127.0.0.1", proc.ports["imap"], timeout=30)
             if worker_of(proc, imap.sock) == failing_worker:
                 break
-            imap.sock.close()
+            imap.shutdown()
         with pytest.raises(imaplib.IMAP4.error):
             imap.login("alice@example.test", "wrong")
         imap.logout()
