@@ -146,7 +146,7 @@ class MaildirFolder:
         self._waiting: dict[int, list[defer.Deferred[None]]] = {}
         self._pending_bases: Counter[str] = Counter()  # being linked in by us
         self._stale = 0
-        self._cache: dict[int, dict[str, str]] = {}
+        self._cache: maildir_cache.Cache = {}  # key -> {uid: value}
         self._cache_pending: list[tuple[int, str, str]] = []
         self._cache_call: IDelayedCall | None = None
         self._gone = False
@@ -218,11 +218,12 @@ class MaildirFolder:
         mods.clock = self._store.modseq_clock
         self._modseqs = self._listeners.modseqs = mods
         index.modseqs = mods.by_uid
-        cache, cache_lines = await self._store.run_blocking(
+        cache, cache_stale, retired = await self._store.run_blocking(
             maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
         self._cache = cache
-        if cache_lines > 2 * sum(len(v) for v in cache.values()) + COMPACT_MIN_STALE:
-            await self._store.run_blocking(self._rewrite_cache, dict(cache))
+        if retired or cache_stale > maildir_cache.entries(cache) + COMPACT_MIN_STALE:
+            await self._store.run_blocking(self._rewrite_cache,
+                                           {k: dict(v) for k, v in cache.items()})
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         if loaded.foreign:
@@ -442,9 +443,11 @@ class MaildirFolder:
         return fast_info(uid, base, size, index.table[sid].flags, date, recent)
 
     def _remove(self, uids: Iterable[int]) -> None:
-        for uid in self._index.remove(uids):
-            self._cache.pop(uid, None)
-            self._stale += 1
+        gone = self._index.remove(uids)
+        for by_uid in self._cache.values():
+            for uid in gone:
+                by_uid.pop(uid, None)
+        self._stale += len(gone)
 
     def _letters(self, flags: frozenset[str], extra: str = "") -> str:
         """Maildir letters for flags; their keywords must have letters already
@@ -1315,12 +1318,13 @@ class MaildirFolder:
     # -- cached metadata -----------------------------------------------------------------
 
     def get_cached(self, uid: int, key: str) -> str | None:
-        return self._cache.get(uid, {}).get(key)
+        by_uid = self._cache.get(key)
+        return None if by_uid is None else by_uid.get(uid)
 
     def set_cached(self, uid: int, key: str, value: str) -> None:
         if uid not in self._index:
             return
-        self._cache.setdefault(uid, {})[key] = value
+        self._cache.setdefault(key, {})[uid] = value
         self._cache_pending.append((uid, key, value))
         if len(self._cache_pending) >= CACHE_FLUSH_BATCH:
             self._write_cache()
@@ -1352,7 +1356,7 @@ class MaildirFolder:
         d.addErrback(lambda f: self.log.failure("cache flush failed", f))
         return d
 
-    def _rewrite_cache(self, cache: dict[int, dict[str, str]]) -> None:
+    def _rewrite_cache(self, cache: maildir_cache.Cache) -> None:
         with self._file_lock:
             maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache,
                                   self._store.modes)
