@@ -10,14 +10,16 @@ threads the result from the same table and the folder's index columns.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from array import array
+from bisect import bisect_left
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mailhost.imap import condstore, context, esearch, parser, rev2
 from mailhost.imap import search as searching
 from mailhost.imap import sort as sorting
 from mailhost.imap import thread as threading
-from mailhost.imap.headerindex import Fields, HeaderTable
+from mailhost.imap.headerindex import HeaderTable
 from mailhost.imap.responses import No
 from mailhost.imap.selected import dates_ready, folder_columns
 from mailhost.imap.states import SEL
@@ -53,8 +55,7 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
     matcher = searching.fields_matcher(key)
     if key.op == "ALL" or matcher is not None:
         # SORT/THREAD ... ALL, SEARCH SUBJECT x: no MessageInfo per message
-        present = set(folder_columns(folder).uids)
-        uids = [u for u in sel.uids if u in present]
+        uids = _present(sel.uids, folder_columns(folder).uids)
         if matcher is None:
             return uids
         known = await _table(s, sel).get(folder, uids)
@@ -67,6 +68,29 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
         folder, infos, seqs, key, charset, sel.recent,
         fields=lambda uids: header_table.get(folder, uids))
     return found
+
+
+def _present(uids: list[int], present: Sequence[int]) -> list[int]:
+    """The session's ``uids`` (ascending) still in the folder (``present``, ascending):
+    usually all of them, found with one comparison, not a set of 100k UIDs per
+    command."""
+    if len(uids) == len(present) and array("q", uids) == array("q", present):
+        return list(uids)
+    there = set(present)
+    return [u for u in uids if u in there]
+
+
+def _aligned(found: list[int], uids: Sequence[int], column: Sequence[Any],
+             default: Any) -> list[Any]:
+    """``column`` (position-aligned with the folder's ascending ``uids``) at each of
+    ``found`` (ascending): the column itself when they are the same messages."""
+    if len(found) == len(uids) and array("q", found) == array("q", uids):
+        return list(column)
+    out = []
+    for u in found:
+        i = bisect_left(uids, u)
+        out.append(column[i] if i < len(uids) and uids[i] == u else default)
+    return out
 
 
 def _parse_saving(sel: SelectedMailbox, opts: frozenset[str] | None,
@@ -142,28 +166,43 @@ async def sort(s: IMAPServer, cmd: parser.Command) -> bytes:
 
 async def _sorted(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
                   charset: str | None, criteria: Any) -> list[int]:
-    """UIDs of the matching messages in sort order."""
+    """UIDs of the matching messages in sort order, each key's values read as one
+    column (of the header table, or of the folder's index)."""
     found = await _matching(s, sel, key, charset)
-    fields: Mapping[int, Fields] = {}
+    table = _table(s, sel)
+    rows: list[int] = []
     if any(name in sorting.HEADER_KEYS for name, _ in criteria):
-        fields = await _table(s, sel).get(sel.folder, found)
-    dates, sizes = await _index_maps(sel, criteria)
-    return sorting.sort_uids(found, criteria, fields, dates, sizes)
-
-
-async def _index_maps(sel: SelectedMailbox, criteria: Any) -> tuple[dict[int, float],
-                                                                   dict[int, int]]:
-    """INTERNALDATE and size by UID, when the sort program needs them."""
+        await table.get(sel.folder, found)
+        rows = table.positions(found)
     names = {name for name, _ in criteria}
-    if not names & {"ARRIVAL", "SIZE", "DATE"}:
-        return {}, {}
     if names & {"ARRIVAL", "DATE"}:
         await dates_ready(sel.folder)
-    cols = folder_columns(sel.folder)
-    dates = dict(zip(cols.uids, cols.dates, strict=True)) \
-        if names & {"ARRIVAL", "DATE"} else {}
-    sizes = dict(zip(cols.uids, cols.sizes, strict=True)) if "SIZE" in names else {}
-    return dates, sizes
+    cols = folder_columns(sel.folder) if names & {"ARRIVAL", "DATE", "SIZE"} else None
+
+    def values(name: str) -> Sequence[Any]:
+        if name == "SIZE":
+            assert cols is not None
+            return _aligned(found, cols.uids, cols.sizes, 0)
+        if name == "ARRIVAL":
+            assert cols is not None
+            return _aligned(found, cols.uids, cols.dates, 0.0)
+        if name == "DATE":
+            assert cols is not None
+            return _sent_dates(table, rows, found, cols)
+        return table.values(sorting.FIELD[name], rows)
+
+    order = sorting.sort_positions(len(found), criteria, values)
+    return [found[i] for i in order]
+
+
+def _sent_dates(table: HeaderTable, rows: list[int], found: list[int],
+                cols: Any) -> list[float]:
+    """Each message's Date header, else its INTERNALDATE (SORT DATE, THREAD)."""
+    sent = table.values("date", rows)
+    if None in sent:
+        internal = _aligned(found, cols.uids, cols.dates, 0.0)
+        sent = [d if d is not None else i for d, i in zip(sent, internal, strict=True)]
+    return sent
 
 
 async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -185,12 +224,13 @@ async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
         data = memo[1]
     else:
         fields = await table.get(sel.folder, found)
-        dates, _ = await _index_maps(sel, [("DATE", False)])
-        items = []
-        for pos, u in enumerate(found):
-            f = fields.get(u)
-            sent = f.date if f is not None and f.date is not None else dates.get(u, 0.0)
-            items.append(threading.Item(u, pos, sent, f))
+        await dates_ready(sel.folder)
+        rows = table.positions(found)
+        sent = _sent_dates(table, rows, found, folder_columns(sel.folder))
+        del rows
+        items = [threading.Item(u, pos, date, fields.get(u))
+                 for pos, (u, date) in enumerate(zip(found, sent, strict=True))]
+        del sent
         if algorithm == "REFERENCES":
             tree = threading.references(items)
         else:

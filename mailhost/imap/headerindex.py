@@ -434,6 +434,30 @@ class HeaderTable:
         else:
             self._records[row] = record
 
+    def positions(self, uids: Iterable[int]) -> list[int]:
+        """The row of each UID (-1: not in the table)."""
+        get = self.rows.get
+        return [get(u, -1) for u in uids]
+
+    def values(self, name: str, rows: Sequence[int]) -> list[Any]:
+        """A column's values at these rows (-1: the value of a message without that
+        header), derived first where need be: SORT and THREAD read whole columns
+        this way, with no row object per message."""
+        col = self._columns.get(name)
+        size = len(self._records)
+        if col is None or len(col) < size or _UNSET in col:
+            group = _COLUMN_GROUP[name]
+            for r in rows:
+                if r >= 0 and (col is None or r >= len(col) or col[r] is _UNSET):
+                    self._derive(group, r)
+                    col = self._columns[name]
+        default = getattr(_EMPTY, name)
+        if col is None:
+            return [default] * len(rows)
+        if -1 not in rows:
+            return list(map(col.__getitem__, rows))
+        return [col[r] if r >= 0 else default for r in rows]
+
     def column_value(self, name: str, row: int) -> Any:
         """A derived field of a row; its group is derived first if need be."""
         col = self._columns.get(name)
