@@ -223,14 +223,17 @@ async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
     if memo is not None and memo[0] == memo_key:
         data = memo[1]
     else:
-        fields = await table.get(sel.folder, found)
+        await table.get(sel.folder, found)
         await dates_ready(sel.folder)
         rows = table.positions(found)
         sent = _sent_dates(table, rows, found, folder_columns(sel.folder))
-        del rows
-        items = [threading.Item(u, pos, date, fields.get(u))
-                 for pos, (u, date) in enumerate(zip(found, sent, strict=True))]
-        del sent
+        if algorithm == "REFERENCES":
+            ids, parents = table.values("message_id", rows), table.values("parents", rows)
+        else:
+            ids, parents = [None] * len(rows), [()] * len(rows)  # ORDEREDSUBJECT: unused
+        items = list(map(threading.Item, found, range(len(found)), sent, ids, parents,
+                         table.values("base", rows), table.values("reply", rows)))
+        del rows, sent, ids, parents
         if algorithm == "REFERENCES":
             tree = threading.references(items)
         else:
