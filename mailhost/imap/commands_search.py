@@ -175,9 +175,10 @@ async def _sorted(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
         await table.get(sel.folder, found)
         rows = table.positions(found)
     names = {name for name, _ in criteria}
-    if names & {"ARRIVAL", "DATE"}:
+    sent = await _sent_dates(sel, table, rows, found) if "DATE" in names else []
+    if "ARRIVAL" in names:
         await dates_ready(sel.folder)
-    cols = folder_columns(sel.folder) if names & {"ARRIVAL", "DATE", "SIZE"} else None
+    cols = folder_columns(sel.folder) if names & {"ARRIVAL", "SIZE"} else None
 
     def values(name: str) -> Sequence[Any]:
         if name == "SIZE":
@@ -187,21 +188,27 @@ async def _sorted(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
             assert cols is not None
             return _aligned(found, cols.uids, cols.dates, 0.0)
         if name == "DATE":
-            assert cols is not None
-            return _sent_dates(table, rows, found, cols)
+            return sent
         return table.values(sorting.FIELD[name], rows)
 
     order = sorting.sort_positions(len(found), criteria, values)
     return [found[i] for i in order]
 
 
-def _sent_dates(table: HeaderTable, rows: list[int], found: list[int],
-                cols: Any) -> list[float]:
-    """Each message's Date header, else its INTERNALDATE (SORT DATE, THREAD)."""
+async def _sent_dates(sel: SelectedMailbox, table: HeaderTable, rows: list[int],
+                      found: list[int]) -> list[float]:
+    """Each message's Date header, else its INTERNALDATE (SORT DATE, THREAD). Only the
+    messages without a usable Date need their INTERNALDATE, so only theirs is read:
+    not a stat of every file in a folder whose dates the store has not read yet."""
     sent = table.values("date", rows)
-    if None in sent:
-        internal = _aligned(found, cols.uids, cols.dates, 0.0)
-        sent = [d if d is not None else i for d, i in zip(sent, internal, strict=True)]
+    missing = [i for i, d in enumerate(sent) if d is None]
+    if missing:
+        await dates_ready(sel.folder, [found[i] for i in missing])
+        cols = folder_columns(sel.folder)
+        uids, dates = cols.uids, cols.dates
+        for i in missing:
+            j = bisect_left(uids, found[i])
+            sent[i] = dates[j] if j < len(uids) and uids[j] == found[i] else 0.0
     return sent
 
 
@@ -224,9 +231,8 @@ async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
         data = memo[1]
     else:
         await table.get(sel.folder, found)
-        await dates_ready(sel.folder)
         rows = table.positions(found)
-        sent = _sent_dates(table, rows, found, folder_columns(sel.folder))
+        sent = await _sent_dates(sel, table, rows, found)
         if algorithm == "REFERENCES":
             ids, parents = table.values("message_id", rows), table.values("parents", rows)
         else:
