@@ -439,12 +439,18 @@ class HeaderTable:
         get = self.rows.get
         return [get(u, -1) for u in uids]
 
-    def values(self, name: str, rows: Sequence[int]) -> list[Any]:
+    def values(self, name: str, rows: Sequence[int], keep: bool = True) -> list[Any]:
         """A column's values at these rows (-1: the value of a message without that
         header), derived first where need be: SORT and THREAD read whole columns
-        this way, with no row object per message."""
+        this way, with no row object per message. With ``keep`` false, a column not
+        derived yet is derived for this answer only, and not kept."""
         col = self._columns.get(name)
         size = len(self._records)
+        if not keep and col is None:
+            derive, names = _GROUPS[_COLUMN_GROUP[name]]
+            at, default = names.index(name), getattr(_EMPTY, name)
+            return [self._derived(derive, names, r)[at] if r >= 0 else default
+                    for r in rows]
         if col is None or len(col) < size or _UNSET in col:
             group = _COLUMN_GROUP[name]
             for r in rows:
@@ -466,17 +472,21 @@ class HeaderTable:
             col = self._columns[name]
         return col[row]
 
-    def _derive(self, group: str, row: int) -> None:
+    def _derived(self, derive: Any, names: tuple[str, ...], row: int) -> tuple[Any, ...]:
+        """A column group's values of a row (``_GROUPS``), computed now."""
         last_row, values = self._last
         if last_row != row:
             parsed = _record_values(self._records[row])
             values = parsed if parsed is not None else [None] * len(_SLOTS)
             self._last = (row, values)
-        derive, names = _GROUPS[group]
         try:
-            got = derive(values)
+            return tuple(derive(values))
         except Exception:  # a header no parser foresaw: as if absent, never a failure
-            got = tuple(getattr(_EMPTY, n) for n in names)
+            return tuple(getattr(_EMPTY, n) for n in names)
+
+    def _derive(self, group: str, row: int) -> None:
+        derive, names = _GROUPS[group]
+        got = self._derived(derive, names, row)
         size = len(self._records)
         for name, value in zip(names, got, strict=True):
             col = self._columns.get(name)

@@ -257,35 +257,40 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
 
 def format_threads(roots: Iterable[Node], numbers: Mapping[int, int] | None = None) -> bytes:
     """The thread list of ``* THREAD`` (without the ``* THREAD`` itself); ``numbers``
-    maps each item's number to the one to show (UIDs to sequence numbers)."""
-    return b"".join(b"(" + _format(n, numbers) + b")" for n in roots)
+    maps each item's number to the one to show (UIDs to sequence numbers). Written
+    into one buffer, not a list of a small bytes object per message."""
+    out = bytearray()
+    for n in roots:
+        out += b"("
+        _format(n, numbers, out)
+        out += b")"
+    return bytes(out)
 
 
-def _format(node: Node, numbers: Mapping[int, int] | None) -> bytes:
+def _format(node: Node, numbers: Mapping[int, int] | None, out: bytearray) -> None:
     """One thread's list contents; iterative for the same reason as ``_prune``."""
-    out: list[bytes] = []
     stack: list[Node | bytes] = [node]
     while stack:
         w = stack.pop()
         if isinstance(w, bytes):
-            out.append(w)
+            out += w
             continue
         n = w
-        chain: list[bytes] = []
+        first = True
         for _ in range(MAX_DEPTH):
             if n.item is not None:
-                chain.append(b"%d" % (n.item.number if numbers is None
-                                      else numbers[n.item.number]))
+                if not first:
+                    out += b" "
+                out += b"%d" % (n.item.number if numbers is None else numbers[n.item.number])
+                first = False
             if len(n.children) == 1 and n.item is not None:
                 n = n.children[0]
                 continue
             break
-        out.append(b" ".join(chain))
         if n.children:
-            if chain:
-                out.append(b" ")
+            if not first:
+                out += b" "
             pending: list[Node | bytes] = []
             for c in n.children:
                 pending += [b"(", c, b")"]
             stack.extend(reversed(pending))
-    return b"".join(out)

@@ -270,6 +270,34 @@ async def test_thread_references_and_orderedsubject(imap_host):
 
 
 @pytest_twisted.ensureDeferred
+async def test_thread_and_sort_date_after_an_expunge_and_without_date_headers(imap_host):
+    """THREAD answers sequence numbers, not UIDs, once they differ (the answer is
+    renumbered unless the UIDs are 1..n); SORT (DATE) and THREAD take INTERNALDATE
+    for a message without a usable Date header, and read no other's."""
+    host = await imap_host(kind="maildir")
+    await host.deliver(msg("gone", mid="g@x"))
+    for i, (subject, mid, refs) in enumerate(THREAD_SET):
+        date = "no date here" if i == 4 else f"Sun, 01 Nov 2026 10:{i:02d}:00 +0000"
+        await host.deliver(msg(subject, mid=mid, refs=refs, date=date))
+
+    def run():
+        c = host.client()
+        c.select("INBOX")
+        c.store("1", "+FLAGS", "(\\Deleted)")
+        c.expunge()
+        out = raw(c, b"T1 THREAD REFERENCES UTF-8 ALL")
+        # message 5 has no Date: delivered now, after every 1 Nov date
+        assert out[0] == b"* THREAD (1 (2 3)(4))((6)(5))(7 8)", out
+        out = raw(c, b"T2 UID THREAD REFERENCES UTF-8 ALL")
+        assert out[0] == b"* THREAD (2 (3 4)(5))((7)(6))(8 9)", out
+        out = raw(c, b"S1 SORT (DATE) UTF-8 ALL")
+        assert out[0] == b"* SORT 1 2 3 4 6 7 8 5", out
+        c.logout()
+
+    await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
 async def test_imapclient_sort_and_thread(imap_host):
     host = await imap_host()
     uids = [await host.deliver(m) for m in SORT_SET]
