@@ -106,10 +106,21 @@ def _parse_saving(sel: SelectedMailbox, opts: frozenset[str] | None,
 
 
 def _numbers(sel: SelectedMailbox, uids: list[int], by_uid: bool) -> list[int]:
-    if by_uid:
-        return uids
+    all_uids = sel.uids
+    if by_uid or (all_uids and all_uids[-1] == len(all_uids)):
+        return uids  # (ascending UIDs whose last is their count are 1..n)
     seqs = [sel.seq_of(u) for u in uids]
     return [n for n in seqs if n is not None]
+
+
+def _number_line(head: bytes, nums: list[int], tail: bytes = b"") -> bytes:
+    """``head``, the numbers and ``tail`` as one response line, written into one
+    buffer (a join would first hold a bytes object per number: 100k of them)."""
+    out = bytearray(head)
+    for n in nums:
+        out += b" %d" % n
+    out += tail + b"\r\n"
+    return bytes(out)
 
 
 async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -124,7 +135,7 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
     modseq = condstore.search_modseq(s, key, found)  # SEARCH MODSEQ (RFC 7162 3.1.5)
     if opts is None:
         tail = b"" if modseq is None else b" (MODSEQ %d)" % modseq
-        s.send(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + tail + b"\r\n")
+        s.send(_number_line(b"* SEARCH", nums, tail))
         return b"SEARCH completed"
     if "SAVE" in opts:
         sel.saved = esearch.saved_result(opts, found)
@@ -153,7 +164,7 @@ async def sort(s: IMAPServer, cmd: parser.Command) -> bytes:
     ordered = await _sorted(s, sel, key, charset, criteria)
     nums = _numbers(sel, ordered, cmd.uid)
     if opts is None:
-        s.send(b"* SORT" + b"".join(b" %d" % n for n in nums) + b"\r\n")
+        s.send(_number_line(b"* SORT", nums))
         return b"SORT completed"
     if "SAVE" in opts:
         sel.saved = esearch.saved_result(opts, ordered)
