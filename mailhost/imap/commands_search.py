@@ -58,8 +58,10 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
         uids = _present(sel.uids, folder_columns(folder).uids)
         if matcher is None:
             return uids
-        known = await _table(s, sel).get(folder, uids)
-        return [u for u in uids if (f := known.get(u)) is not None and matcher(f)]
+        table = _table(s, sel)
+        await table.get(folder, uids)
+        return [u for u, r in zip(uids, table.positions(uids), strict=True)
+                if r >= 0 and matcher(table.row(r))]
     await dates_ready(folder)  # every MessageInfo below carries its date
     infos = [i for i in map(folder.get, sel.uids) if i is not None]
     seqs = {u: n for n, u in enumerate(sel.uids, 1)}
