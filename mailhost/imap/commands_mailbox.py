@@ -103,6 +103,7 @@ async def create(s: IMAPServer, cmd: parser.Command) -> bytes:
     if name == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
     await s.account.create_folder(name, use)
+    s.send(rev2.oldname_line(s, parser.as_string(cmd.args[0]), name))
     return objects.mailbox_id_code(await s.account.open_folder(name)) + b"CREATE completed"
 
 
@@ -133,6 +134,7 @@ async def delete(s: IMAPServer, cmd: parser.Command) -> bytes:
     if s.selected is not None and s.selected.folder.name == name:
         s.unselect()
     await s.account.delete_folder(name)
+    s.send(rev2.oldname_line(s, parser.as_string(cmd.args[0]), name, b"\\NonExistent"))
     return b"DELETE completed"
 
 
@@ -145,8 +147,9 @@ async def rename(s: IMAPServer, cmd: parser.Command) -> bytes:
     if new == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
     await s.account.rename_folder(old, new)
-    if rev2.is_rev2(s):
-        s.send(rev2.renamed_line(old, new))
+    if rev2.is_rev2(s):  # OLDNAME: the name as given, if it was normalized (6.3.6)
+        given = rev2.denormalized(s, parser.as_string(cmd.args[0]))
+        s.send(rev2.renamed_line(old if given is None else given, new))
     return b"RENAME completed"
 
 
@@ -404,7 +407,9 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
             for i in range(0, len(message), APPEND_CHUNK):
                 writer.write(message[i:i + APPEND_CHUNK])
         plan.append((writer, frozenset(f for f in flags if f != "\\Recent"), date))
-    return await commit_appends(account, name, plan)
+    done = await commit_appends(account, name, plan)
+    s.send(rev2.oldname_line(s, parser.as_string(raw_name), name))  # RFC 9051 6.3.12
+    return done
 
 
 async def commit_appends(account: IMailAccount, name: str,
