@@ -14,8 +14,11 @@ after the other, left to right, gets the new result (RFC 5267 4.3): every REMOVE
 first, numbered as the list stands after the ones before it, then every ADDTO in
 ascending final position, each run of neighbours in one ADDTO. A result of sequence
 numbers is sent only when expunges cannot be pending, so the numbers are the client's.
-Messages the session has been told are expunged leave the result silently (the
-client saw the EXPUNGE or VANISHED). ``CANCELUPDATE "tag"`` stops one; selecting
+An expunged message leaves a UID result with a REMOVEFROM like any other change
+(RFC 5267 4.3 and the example of 4.3.4), after the EXPUNGE or VANISHED, which is
+fine for UIDs; it leaves a sequence-number result silently, as its number is gone with
+the EXPUNGE the client saw (4.3.4 would have the REMOVEFROM come before the EXPUNGE:
+not done, the EXPUNGE lines are written before the contexts run). ``CANCELUPDATE "tag"`` stops one; selecting
 another mailbox stops all. At most ``MAX_CONTEXTS`` run at once per session; one more
 gets ``* NO [NOUPDATE "tag"]`` and an ordinary answer.
 
@@ -168,8 +171,11 @@ async def send_updates(s: IMAPServer, allow_seqs: bool) -> None:
 def update_line(ctx: Context, sel: SelectedMailbox, new: list[int]) -> bytes:
     """The ESEARCH line for a result that went from ``ctx.result`` to ``new``; b"" if
     nothing moved that the client does not know already."""
-    present = set(sel.uids)
-    old = [u for u in ctx.result if u in present]  # expunges the client was told of
+    if ctx.uid:  # UIDs outlive an expunge: it is news like any other (RFC 5267 4.3)
+        old = ctx.result
+    else:  # a sequence number is gone with its EXPUNGE, which the client was told of
+        present = set(sel.uids)
+        old = [u for u in ctx.result if u in present]
     if ctx.sorted:
         steps = diff_sorted(old, new)
     else:
