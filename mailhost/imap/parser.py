@@ -91,7 +91,8 @@ _LITERAL_RE = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
 # 8-bit bytes are accepted in atoms when the atom is valid UTF-8 (lenient: some clients
 # send UTF-8 mailbox names and search strings unquoted).
 _ATOM_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b'(){"[') | frozenset(range(0x80, 0x100))
-_TAG_BYTES = _ATOM_BYTES - frozenset(b"+*%]\\") - frozenset(range(0x80, 0x100))
+#: tag = 1*<any ASTRING-CHAR except "+"> (RFC 9051 9, RFC 3501 9): "[" and "]" included.
+_TAG_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b'(){%*"\\+')
 
 
 def literal_marker(line: bytes) -> tuple[int, bool] | None:

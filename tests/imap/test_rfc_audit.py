@@ -385,3 +385,46 @@ async def test_uid_update_context_hears_removefrom_for_an_expunge(imap_host):
 
     await host.in_thread(run)
 
+
+
+# -- RFC 9051 9 / RFC 3501 9: tag = 1*<any ASTRING-CHAR except "+"> -------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_tags_may_hold_brackets_but_not_plus(imap_host):
+    host = await imap_host(kind="maildir")
+
+    def run():
+        c = host.client()
+        assert raw(c, b"a]1 NOOP") == [b"a]1 OK NOOP completed"]
+        assert raw(c, b"[x] NOOP") == [b"[x] OK NOOP completed"]
+        assert raw(c, b"a+1 NOOP", tag=b"*") == [b"* BAD Missing or invalid tag"]
+        c.logout()
+
+    await host.in_thread(run)
+
+
+# -- RFC 9051 6.3.6: renaming INBOX creates a new INBOX; no OLDNAME for it ------------------
+
+@pytest_twisted.ensureDeferred
+async def test_rename_of_inbox_is_no_rename_of_inbox_to_listeners(imap_host):
+    """"When INBOX is successfully renamed, it is assumed that a new INBOX is created."
+    An OLDNAME (INBOX) line would tell a rev2 or NOTIFY client that INBOX is gone; the
+    session hears nothing, a NOTIFY peer hears of a new mailbox."""
+    host = await imap_host(kind="maildir")
+    await host.deliver(make_message("one"))
+
+    def run():
+        c, peer = host.client(), host.client()
+        raw(peer, b"E ENABLE IMAP4rev2")
+        _ok(raw(peer, b"N NOTIFY SET (personal (MailboxName))"), b"N")
+        raw(c, b"E ENABLE IMAP4rev2")
+        assert _ok(raw(c, b"R RENAME INBOX Old"), b"R") == []
+        assert _ok(raw(peer, b"P NOOP"), b"P") == [b'* LIST () "." Old']
+        # Any other rename is one, with OLDNAME, for both.
+        assert _ok(raw(c, b"R2 RENAME Old Older"), b"R2") == [
+            b'* LIST () "." Older ("OLDNAME" (Old))']
+        assert _ok(raw(peer, b"P2 NOOP"), b"P2") == [b'* LIST () "." Older ("OLDNAME" (Old))']
+        c.logout()
+        peer.logout()
+
+    await host.in_thread(run)
