@@ -147,7 +147,9 @@ async def rename(s: IMAPServer, cmd: parser.Command) -> bytes:
     if new == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
     await s.account.rename_folder(old, new)
-    if rev2.is_rev2(s):  # OLDNAME: the name as given, if it was normalized (6.3.6)
+    # OLDNAME: the name as given, if it was normalized (RFC 9051 6.3.6). Not for INBOX:
+    # "it is assumed that a new INBOX is created", so nothing tells INBOX went away.
+    if rev2.is_rev2(s) and old != "INBOX":
         given = rev2.denormalized(s, parser.as_string(cmd.args[0]))
         s.send(rev2.renamed_line(old if given is None else given, new))
     return b"RENAME completed"

@@ -522,7 +522,10 @@ def _wrap(name: str, event: str) -> Any:
                 attrs = b"\\Subscribed"
             else:
                 attrs = b""
-            publish(s, event, target, attrs, old=names[0] if name == "RENAME" else None)
+            # Renaming INBOX leaves a new, empty INBOX (RFC 9051 6.3.6): "Old" is news,
+            # INBOX is not gone, so no OLDNAME (INBOX).
+            renamed = name == "RENAME" and names[0] != "INBOX"
+            publish(s, event, target, attrs, old=names[0] if renamed else None)
         return result
 
     handler.__name__ = name.lower()
