@@ -274,9 +274,13 @@ async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
     shown = {n for n in selected if matches(n)}
     childinfo: set[str] = set()
     if "RECURSIVEMATCH" in req.select:
+        # RFC 9051 6.3.9.6 (RFC 5258 3.5): CHILDINFO for a listed name with a selected
+        # descendant, whether the descendant matches the pattern or not (Table 3, and
+        # "eps2" in example 8); a name that is listed only for its CHILDINFO is left
+        # out when every such descendant is listed anyway ("suppress redundant").
         for n in selected:
-            if not matches(n):
-                childinfo.update(a for a in _ancestors(n) if matches(a))
+            up = [a for a in _ancestors(n) if matches(a)]
+            childinfo.update(a for a in up if a in shown or not matches(n))
     out = []
     for name in sorted(shown | childinfo, key=_sort_key):
         attrs = []
@@ -295,7 +299,9 @@ async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
         if name in childinfo and criterion:
             line += b' ("CHILDINFO" ("' + criterion + b'"))'
         out.append(line + b"\r\n")
-        if req.status_items and name in real:  # LIST-STATUS (RFC 5819)
+        # LIST-STATUS (RFC 5819, RFC 9051 6.3.9.2): for selectable mailboxes that meet
+        # the selection options, not for those listed only for CHILDINFO (example 11).
+        if req.status_items and name in real and name in shown:
             try:
                 folder = await s.account.open_folder(name)
             except NoSuchFolder:

@@ -428,3 +428,188 @@ async def test_rename_of_inbox_is_no_rename_of_inbox_to_listeners(imap_host):
         peer.logout()
 
     await host.in_thread(run)
+
+
+# -- RFC 9051 6.3.9.8 (= RFC 5258 5): the LIST examples, "/" written "." ------------------
+
+_LIST_RE = re.compile(rb'\* LIST \(([^)]*)\) "\." ("[^"]*"|\S+)(?: (.*))?$')
+_CHILD_ATTRS = {"\\HASCHILDREN", "\\HASNOCHILDREN"}
+
+
+def _listed(out: list[bytes], children: bool = False) -> dict:
+    """{name: (attributes, extended data)} of the LIST lines; the CHILDREN attributes
+    only when asked for (RFC 9051 6.3.9.5: a server MAY send them anyway, as ours does),
+    INBOX's attributes never (the RFC's inbox is \\NoInferiors; ours can have children)."""
+    got = {}
+    for line in out:
+        if not line.startswith(b"* LIST "):
+            continue
+        m = _LIST_RE.match(line)
+        assert m, line
+        name = m.group(2).strip(b'"').decode()
+        attrs = {a.upper() for a in m.group(1).decode().split()}
+        if not children:
+            attrs -= _CHILD_ATTRS
+        if name.upper() == "INBOX":
+            attrs &= {"\\SUBSCRIBED"}
+        ext = (m.group(3) or b"").decode().replace('"CHILDINFO"', "CHILDINFO")
+        got[name] = (attrs, ext[1:-1] if ext.startswith("(") else ext)
+    return got
+
+
+def _want(*entries: tuple) -> dict:
+    return {name: ({a.upper() for a in attrs.split()}, ext) for name, attrs, ext in entries}
+
+
+@pytest_twisted.ensureDeferred
+async def test_rfc9051_list_examples(imap_host):
+    host = await imap_host(kind="maildir")
+    account = await host.store.open_account("alice@example.test")
+    for name in ("Drafts", "Junk", "Sent", "Trash"):  # the default folders: not the RFC's
+        await account.delete_folder(name)
+    for name in await account.subscriptions():
+        await account.unsubscribe(name)
+    for name in ("Fruit", "Fruit.Apple", "Fruit.Banana", "Tofu", "Vegetable",
+                 "Vegetable.Broccoli", "Vegetable.Corn"):
+        await account.create_folder(name)
+    for name in ("INBOX", "Fruit.Banana", "Fruit.Peach", "Vegetable", "Vegetable.Broccoli"):
+        await account.subscribe(name)
+    for i in range(3):
+        await host.deliver(make_message(f"m{i}"), folder="Tofu", flags=("\\Seen",) if i else ())
+
+    def run():
+        c = host.client()
+        raw(c, b"E ENABLE IMAP4rev2")
+        # 1 and 2.
+        assert set(_listed(_ok(raw(c, b'A01 LIST "" "*"'), b"A01"))) == {
+            "INBOX", "Fruit", "Fruit.Apple", "Fruit.Banana", "Tofu", "Vegetable",
+            "Vegetable.Broccoli", "Vegetable.Corn"}
+        assert _listed(_ok(raw(c, b'A02 LIST (SUBSCRIBED) "" "*"'), b"A02")) == _want(
+            ("INBOX", "\\Subscribed", ""), ("Fruit.Banana", "\\Subscribed", ""),
+            ("Fruit.Peach", "\\Subscribed \\NonExistent", ""),
+            ("Vegetable", "\\Subscribed", ""), ("Vegetable.Broccoli", "\\Subscribed", ""))
+        # 3 and 4 (no remote mailboxes here: REMOTE adds nothing).
+        for tag, cmd in ((b"A03", b'LIST () "" "%" RETURN (CHILDREN)'),
+                         (b"A04", b'LIST (REMOTE) "" "%" RETURN (CHILDREN)')):
+            assert _listed(_ok(raw(c, tag + b" " + cmd), tag), children=True) == _want(
+                ("INBOX", "", ""), ("Fruit", "\\HasChildren", ""),
+                ("Tofu", "\\HasNoChildren", ""), ("Vegetable", "\\HasChildren", ""))
+        # 5 and 6: a selection option lists Fruit.Peach; a return option does not.
+        assert "Fruit.Peach" in _listed(_ok(raw(c, b'A05 LIST (REMOTE SUBSCRIBED) "" "*"'),
+                                            b"A05"))
+        assert _listed(_ok(raw(c, b'A06 LIST (REMOTE) "" "*" RETURN (SUBSCRIBED)'),
+                           b"A06")) == _want(
+            ("INBOX", "\\Subscribed", ""), ("Fruit", "", ""), ("Fruit.Apple", "", ""),
+            ("Fruit.Banana", "\\Subscribed", ""), ("Tofu", "", ""),
+            ("Vegetable", "\\Subscribed", ""), ("Vegetable.Broccoli", "\\Subscribed", ""),
+            ("Vegetable.Corn", "", ""))
+        # 9: CHILDINFO without \HasChildren (the subscribed child does not exist).
+        raw(c, b"C1 CREATE foo")
+        raw(c, b"C2 SUBSCRIBE foo.bar")
+        assert _listed(_ok(raw(c, b'a1 LIST "" ("foo")'), b"a1")) == _want(("foo", "", ""))
+        assert _listed(_ok(raw(c, b'a2 LIST (SUBSCRIBED) "" "foo.*"'), b"a2")) == _want(
+            ("foo.bar", "\\Subscribed \\NonExistent", ""))
+        out = _ok(raw(c, b'a3 LIST (SUBSCRIBED RECURSIVEMATCH) "" foo RETURN (CHILDREN)'),
+                  b"a3")
+        assert _listed(out, children=True) == _want(
+            ("foo", "\\HasNoChildren", 'CHILDINFO ("SUBSCRIBED")'))
+        raw(c, b"C3 DELETE foo")
+        raw(c, b"C4 UNSUBSCRIBE foo.bar")
+        # 10: a mailbox whose parent does not exist.
+        raw(c, b"C5 CREATE music.rock")
+        raw(c, b"C6 DELETE music")
+        assert _listed(_ok(raw(c, b'b2 LIST () "" "m%"'), b"b2"), children=True) == _want(
+            ("music", "\\NonExistent \\HasChildren", ""))
+        assert _listed(_ok(raw(c, b'b3 LIST "" ("m%" music.rock)'), b"b3")) == _want(
+            ("music", "\\NonExistent", ""), ("music.rock", "", ""))
+        raw(c, b"C7 DELETE music.rock")
+        # 11: STATUS only for selectable mailboxes matching the selection.
+        out = _ok(raw(c, b'd1 LIST "" "%" RETURN (STATUS (MESSAGES UNSEEN))'), b"d1")
+        assert b"* STATUS Tofu (MESSAGES 3 UNSEEN 1)" in out
+        assert out[out.index(b"* STATUS Tofu (MESSAGES 3 UNSEEN 1)") - 1].endswith(b" Tofu")
+        assert sum(1 for x in out if x.startswith(b"* STATUS")) == 4  # INBOX Fruit Tofu Veg.
+        out = _ok(raw(c, b'd2 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%" RETURN (STATUS (MESSAGES))'),
+                  b"d2")
+        assert [x for x in out if x.startswith(b"* STATUS")] == [
+            b"* STATUS INBOX (MESSAGES 0)", b"* STATUS Vegetable (MESSAGES 0)"]
+        assert _listed(out) == _want(
+            ("INBOX", "\\Subscribed", ""), ("Fruit", "", 'CHILDINFO ("SUBSCRIBED")'),
+            ("Vegetable", "\\Subscribed", 'CHILDINFO ("SUBSCRIBED")'))
+        c.logout()
+
+    await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rfc9051_list_examples_7_and_8_childinfo(imap_host):
+    host = await imap_host(kind="maildir")
+    account = await host.store.open_account("bob@example.test")
+    for name in await account.list_folders():
+        if name != "INBOX":
+            await account.delete_folder(name)
+    for name in await account.subscriptions():
+        await account.unsubscribe(name)
+    for name in ("Foo", "Foo.Bar", "Foo.Baz", "Moo", "foo2", "foo2.bar1", "foo2.bar2", "baz2",
+                 "baz2.bar2", "baz2.bar22", "baz2.bar222", "eps2", "eps2.mamba", "qux2.bar2"):
+        await account.create_folder(name)
+    await account.delete_folder("qux2") if "qux2" in await account.list_folders() else None
+
+    def run():
+        c = imaplib.IMAP4("127.0.0.1", host.port, timeout=10)
+        c.login("bob@example.test", "hunter2")
+        raw(c, b"E ENABLE IMAP4rev2")
+        sub = b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'
+        # 7 A: only Foo.Baz subscribed.
+        raw(c, b"S1 SUBSCRIBE Foo.Baz")
+        assert _listed(_ok(raw(c, b'C03 LIST (SUBSCRIBED) "" "%"'), b"C03")) == {}
+        assert _listed(_ok(raw(c, b"C04 " + sub), b"C04")) == _want(
+            ("Foo", "", 'CHILDINFO ("SUBSCRIBED")'))
+        # A1: Foo subscribed too.
+        raw(c, b"S2 SUBSCRIBE Foo")
+        assert _listed(_ok(raw(c, b"C05 " + sub), b"C05")) == _want(
+            ("Foo", "\\Subscribed", 'CHILDINFO ("SUBSCRIBED")'))
+        # A2: Foo gone and not subscribed.
+        raw(c, b"S3 UNSUBSCRIBE Foo")
+        raw(c, b"S4 DELETE Foo")
+        assert _listed(_ok(raw(c, b"C06 " + sub), b"C06")) == _want(
+            ("Foo", "\\NonExistent", 'CHILDINFO ("SUBSCRIBED")'))
+        raw(c, b"S5 CREATE Foo")
+        # B: nothing subscribed, nothing listed.
+        raw(c, b"S6 UNSUBSCRIBE Foo.Baz")
+        assert _listed(_ok(raw(c, b"C07 " + sub), b"C07")) == {}
+        # C: Foo and Moo subscribed, none of Foo's children.
+        raw(c, b"S7 SUBSCRIBE Foo")
+        raw(c, b"S8 SUBSCRIBE Moo")
+        out = _ok(raw(c, b"C08 " + sub + b" RETURN (CHILDREN)"), b"C08")
+        assert _listed(out, children=True) == _want(
+            ("Foo", "\\HasChildren \\Subscribed", ""), ("Moo", "\\HasNoChildren \\Subscribed", ""))
+        raw(c, b"S9 UNSUBSCRIBE Foo")
+        raw(c, b"SA UNSUBSCRIBE Moo")
+        # 8.
+        for name in (b"foo2.bar1", b"foo2.bar2", b"baz2.bar2", b"baz2.bar22", b"baz2.bar222",
+                     b"eps2", b"eps2.mamba", b"qux2.bar2"):
+            raw(c, b"S SUBSCRIBE " + name)
+        required = _want(
+            ("foo2", "", 'CHILDINFO ("SUBSCRIBED")'), ("foo2.bar2", "\\Subscribed", ""),
+            ("baz2.bar2", "\\Subscribed", ""), ("baz2.bar22", "\\Subscribed", ""),
+            ("baz2.bar222", "\\Subscribed", ""),
+            ("eps2", "\\Subscribed", 'CHILDINFO ("SUBSCRIBED")'),
+            ("qux2.bar2", "\\Subscribed", ""))
+        optional = _want(("baz2", "", 'CHILDINFO ("SUBSCRIBED")'),
+                         ("qux2", "\\NonExistent", 'CHILDINFO ("SUBSCRIBED")'))
+        got = _listed(_ok(raw(c, b'D03 LIST (RECURSIVEMATCH SUBSCRIBED) "" "*2"'), b"D03"))
+        assert {k: v for k, v in got.items() if k in required} == required, got
+        assert {k: v for k, v in got.items() if k not in required} \
+            == {k: v for k, v in optional.items() if k in got}, got
+        got = _listed(_ok(raw(c, b'D04 LIST (RECURSIVEMATCH SUBSCRIBED) "" "*"'), b"D04"))
+        for name in ("foo2.bar1", "eps2.mamba"):
+            assert got.pop(name) == ({"\\SUBSCRIBED"}, "")
+        assert got.pop("eps2") == ({"\\SUBSCRIBED"}, 'CHILDINFO ("SUBSCRIBED")')
+        for name, (attrs, ext) in got.items():  # the rest as 3 says; CHILDINFO may be left out
+            if name in required:
+                assert attrs == required[name][0], (name, attrs)
+            else:
+                assert name in ("foo2", "baz2", "qux2") and ext == 'CHILDINFO ("SUBSCRIBED")'
+        c.logout()
+
+    await host.in_thread(run)
