@@ -298,8 +298,11 @@ class Notifier:
         if self.spec.status:
             for name in sorted(self.watches):
                 if not self._is_selected(name):
-                    self.s.send(self._status_line(self.watches[name].folder, True,
-                                                  with_validity=True))
+                    # RFC 5465 3: with FlagChange, HIGHESTMODSEQ too (this server
+                    # has CONDSTORE), as Dovecot sends it.
+                    self.s.send(self._status_line(
+                        self.watches[name].folder, True, with_validity=True,
+                        with_modseq=self._wants("FlagChange", name)))
 
     async def resolve(self) -> None:
         """(Re)compute the watched folders: at SET, and after a mailbox-name change."""
@@ -466,15 +469,20 @@ class Notifier:
         if self.s.notifier is self:
             self.s.notifier = None
 
-    def _status_line(self, folder: IFolder, counts: bool, with_validity: bool = False) -> bytes:
+    def _status_line(self, folder: IFolder, counts: bool, with_validity: bool = False,
+                     with_modseq: bool = False) -> bytes:
+        """``* STATUS``: HIGHESTMODSEQ once CONDSTORE is enabled (or ``with_modseq``),
+        and then UIDVALIDITY with it (RFC 5465 5.1: "at least HIGHESTMODSEQ and
+        UIDVALIDITY")."""
         cols = folder_columns(folder)
+        modseq = with_modseq or CONDSTORE in self.s.enabled
         items = []
         if counts:
             items += [b"MESSAGES %d" % len(cols.uids), b"UIDNEXT %d" % folder.uid_next]
-        if with_validity:
+        if with_validity or modseq:
             items.append(b"UIDVALIDITY %d" % folder.uid_validity)
         items.append(b"UNSEEN %d" % sum(1 for f in cols.flags if "\\Seen" not in f))
-        if CONDSTORE in self.s.enabled:
+        if modseq:
             items.append(b"HIGHESTMODSEQ %d" % folder.highest_modseq)
         return (b"* STATUS " + wire_name(folder.name, utf8_names(self.s)) + b" ("
                 + b" ".join(items) + b")\r\n")

@@ -613,3 +613,52 @@ async def test_rfc9051_list_examples_7_and_8_childinfo(imap_host):
         c.logout()
 
     await host.in_thread(run)
+
+
+# -- RFC 5465 3 and 5.1: what NOTIFY's STATUS responses carry --------------------------------
+
+def _status_items(line: bytes) -> dict[str, int]:
+    m = re.match(rb"\* STATUS \S+ \((.*)\)$", line)
+    assert m, line
+    words = m.group(1).decode().split()
+    return {words[i]: int(words[i + 1]) for i in range(0, len(words), 2)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_rfc5465_status_items(imap_host):
+    """3: with FlagChange, NOTIFY SET STATUS's answer holds UIDVALIDITY and HIGHESTMODSEQ
+    (this server has CONDSTORE); MessageNew: MESSAGES, UIDNEXT, UIDVALIDITY. 5.1, with
+    CONDSTORE enabled: a flag change elsewhere is a STATUS with HIGHESTMODSEQ and
+    UIDVALIDITY (the example: ``* STATUS Lists/Lemonade (HIGHESTMODSEQ 65666665
+    UIDVALIDITY 101)``). The RFC's own NOTIFY SET lines of section 6 are accepted."""
+    host = await imap_host(kind="maildir")
+    uid = await host.deliver(make_message("in sent"), folder="Sent")
+
+    def run():
+        c, other = host.client(), host.client()
+        for tag, cmd in ((b"a1", b"NOTIFY SET (mailboxes INBOX (Messagenew messageExpunge))"
+                          b" (personal (SubscriptionChange))"),
+                         (b"a2", b"NOTIFY SET (selected (Messagenew (uid flags) messageExpunge))"
+                          b" (personal (MessageNew FlagChange MessageExpunge))")):
+            _ok(raw(c, tag + b" " + cmd), tag)
+        out = _ok(raw(c, b"N1 NOTIFY SET STATUS (mailboxes Sent (MessageNew MessageExpunge))"),
+                  b"N1")
+        assert {"MESSAGES", "UIDNEXT", "UIDVALIDITY"} <= set(_status_items(out[0]))
+        out = _ok(raw(c, b"N2 NOTIFY SET STATUS (mailboxes Sent (MessageNew MessageExpunge"
+                         b" FlagChange))"), b"N2")
+        items = _status_items(out[0])
+        assert {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "HIGHESTMODSEQ"} <= set(items), out
+        raw(c, b"E ENABLE CONDSTORE")
+        _ok(raw(c, b"N3 NOTIFY SET (mailboxes Sent (MessageNew MessageExpunge FlagChange))"),
+            b"N3")
+        raw(other, b"S SELECT Sent")
+        raw(other, b"F UID STORE %d +FLAGS ($Junk)" % uid)
+        out = _ok(raw(c, b"P NOOP"), b"P")
+        [line] = [x for x in out if x.startswith(b"* STATUS Sent")]
+        got = _status_items(line)
+        assert got["UIDVALIDITY"] == items["UIDVALIDITY"]
+        assert got["HIGHESTMODSEQ"] > items["HIGHESTMODSEQ"]
+        c.logout()
+        other.logout()
+
+    await host.in_thread(run)
