@@ -106,7 +106,7 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
         sel.saved = esearch.saved_result(opts, found)
     if "UPDATE" in opts:  # CONTEXT=SEARCH (RFC 5267)
         context.start(s, sel, cmd.tag, cmd.uid, False, "COUNT" in opts, found,
-                      lambda now: _matching(s, now, key, charset))
+                      lambda now: _matching(s, now, key, charset), opts.update_fetch)
     line = esearch.response(cmd.tag, cmd.uid, opts, nums)
     if modseq is not None:
         line = line[:-2] + b" MODSEQ %d\r\n" % modseq
@@ -135,7 +135,7 @@ async def sort(s: IMAPServer, cmd: parser.Command) -> bytes:
         sel.saved = esearch.saved_result(opts, ordered)
     if "UPDATE" in opts:  # CONTEXT=SORT (RFC 5267)
         context.start(s, sel, cmd.tag, cmd.uid, True, "COUNT" in opts, ordered,
-                      lambda now: _sorted(s, now, key, charset, criteria))
+                      lambda now: _sorted(s, now, key, charset, criteria), opts.update_fetch)
     s.send(esearch.response(cmd.tag, cmd.uid, opts, nums))
     return b"SORT completed"
 

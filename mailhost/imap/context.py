@@ -30,7 +30,7 @@ flag change or expunge): O(messages) per change and context, like the first sear
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,8 +38,9 @@ from twisted.logger import Logger
 
 from mailhost.imap import parser
 from mailhost.imap.encoding import quote
-from mailhost.imap.responses import Bad, format_set
+from mailhost.imap.responses import Bad, No, format_set
 from mailhost.imap.states import SEL
+from mailhost.store.interfaces import StoreError
 
 if TYPE_CHECKING:
     from mailhost.imap.selected import SelectedMailbox
@@ -67,6 +68,9 @@ class Context:
     result: list[int] = field(default_factory=list)
     modseq: int = 0  # the folder's HIGHESTMODSEQ the result is current for
     size: int = 0  # EXISTS when it was computed
+    #: ``UPDATE (fetch-att ...)`` (RFC 5465 7): FETCH these for new messages it adds.
+    fetch: tuple[parser.FetchItem, ...] = ()
+    last_uid: int = 0  # the mailbox's highest UID when the result was computed
 
 
 _CONTEXTS: weakref.WeakKeyDictionary[SelectedMailbox, dict[str, Context]] = \
@@ -82,8 +86,10 @@ def contexts(sel: SelectedMailbox) -> dict[str, Context]:
 
 
 def start(s: IMAPServer, sel: SelectedMailbox, tag: str, uid: bool, sorted_: bool,
-          count: bool, result: list[int], rerun: Rerun) -> bool:
-    """Keep a search that asked for UPDATE; False (and ``* NO [NOUPDATE]``) if not."""
+          count: bool, result: list[int], rerun: Rerun,
+          fetch: tuple[parser.FetchItem, ...] = ()) -> bool:
+    """Keep a search that asked for UPDATE; False (and ``* NO [NOUPDATE]``) if not.
+    ``fetch``: UPDATE's FETCH attributes (RFC 5465 7)."""
     live = contexts(sel)
     if tag in live:
         raise Bad("A search with this tag is already being updated")
@@ -91,7 +97,8 @@ def start(s: IMAPServer, sel: SelectedMailbox, tag: str, uid: bool, sorted_: boo
         s.send(b"* NO [NOUPDATE " + quote(tag) + b"] Too many updating searches\r\n")
         return False
     live[tag] = Context(tag, uid, sorted_, count, rerun, list(result),
-                        sel.folder.highest_modseq, sel.exists)
+                        sel.folder.highest_modseq, sel.exists, fetch,
+                        sel.uids[-1] if sel.uids else 0)
     return True
 
 
@@ -163,9 +170,32 @@ async def send_updates(s: IMAPServer, allow_seqs: bool) -> None:
         if s.selected is not sel or contexts(sel).get(ctx.tag) is not ctx:
             return  # unselected or cancelled meanwhile
         line = update_line(ctx, sel, new)
+        if line and ctx.fetch:  # RFC 5465 7: FETCH of new members, before the ESEARCH
+            known = set(ctx.result)
+            arrived = sorted(u for u in new if u > ctx.last_uid and u not in known)
+            if arrived:
+                await push_fetch(s, arrived, ctx.fetch)
         ctx.result = new
+        ctx.last_uid = sel.uids[-1] if sel.uids else 0
         if line:
             s.send(line)
+
+
+async def push_fetch(s: IMAPServer, uids: list[int], items: Sequence[parser.FetchItem]) -> None:
+    """An unsolicited ``* n FETCH`` of these messages (NOTIFY's MessageNew and UPDATE's
+    attributes, RFC 5465 5.2 and 7). Looking must not change \\Seen behind the client's
+    back: BODY[] is read as BODY.PEEK[]. A failure is logged; the command goes on."""
+    from mailhost.imap import commands_selected
+
+    peek = [parser.FetchItem("BODY.PEEK", it.section, it.partial, it.lazy)
+            if it.name == "BODY" and it.section is not None else it for it in items]
+    cmd = parser.Command("*", "FETCH", True, [parser.Atom(format_set(uids).decode("ascii"))])
+    try:
+        await commands_selected.fetch(s, cmd, items=peek)
+    except (StoreError, Bad, No, OSError) as e:
+        log.info("unsolicited FETCH failed: {e}", e=str(e))
+    except Exception:  # a bug: the command's tagged reply must still go out
+        log.failure("unsolicited FETCH failed")
 
 
 def update_line(ctx: Context, sel: SelectedMailbox, new: list[int]) -> bytes:

@@ -42,10 +42,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailhost.imap import commands_mailbox, parser
+from mailhost.imap import commands_mailbox, context, parser
 from mailhost.imap.commands_mailbox import mailbox_name, wire_name
 from mailhost.imap.condstore import CONDSTORE
-from mailhost.imap.responses import Bad, No, format_set
+from mailhost.imap.responses import No
 from mailhost.imap.rev2 import IMAP4REV2, utf8_names
 from mailhost.imap.selected import folder_columns
 from mailhost.imap.states import AUTH
@@ -378,20 +378,8 @@ class Notifier:
         self.flush(now=True)
 
     async def _fetch(self, uids: list[int], g: Group) -> None:
-        from mailhost.imap import commands_selected
-
         items = parser.parse_fetch_items([[parser.Atom(a) for a in g.fetch]])
-        # Looking must not change \Seen behind the client's back: BODY[] as BODY.PEEK[].
-        items = [parser.FetchItem("BODY.PEEK", it.section, it.partial, it.lazy)
-                 if it.name == "BODY" and it.section is not None else it for it in items]
-        cmd = parser.Command("*", "FETCH", True,
-                             [parser.Atom(format_set(uids).decode("ascii"))])
-        try:
-            await commands_selected.fetch(self.s, cmd, items=items)
-        except (StoreError, Bad, No, OSError) as e:
-            log.info("NOTIFY MessageNew FETCH failed: {e}", e=str(e))
-        except Exception:  # a bug: the command's tagged reply must still go out
-            log.failure("NOTIFY MessageNew FETCH failed")
+        await context.push_fetch(self.s, uids, items)
 
     def _is_selected(self, name: str) -> bool:
         sel = self.s.selected

@@ -662,3 +662,40 @@ async def test_rfc5465_status_items(imap_host):
         other.logout()
 
     await host.in_thread(run)
+
+
+# -- RFC 5465 7: UPDATE (fetch-att ...) with CONTEXT=SEARCH ----------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_rfc5465_update_with_fetch_attributes(imap_host):
+    host = await imap_host(kind="maildir")
+    await host.deliver(make_message("one"))
+    state = {}
+
+    def first():
+        c = state["c"] = host.client()
+        raw(c, b"S SELECT INBOX")
+        out = _ok(raw(c, b"a00 SEARCH RETURN (COUNT UPDATE (UID BODY[HEADER.FIELDS (TO FROM"
+                         b" SUBJECT)])) FROM \"bob\""), b"a00")
+        assert out == [b'* ESEARCH (TAG "a00") COUNT 1']
+        assert raw(c, b"a01 SEARCH RETURN (UPDATE (NOSUCH)) ALL")[-1].startswith(b"a01 BAD")
+        assert raw(c, b"a02 SEARCH RETURN (UPDATE ()) ALL")[-1].startswith(b"a02 BAD")
+        out = _ok(raw(c, b"b00 UID SEARCH RETURN (UPDATE (FLAGS)) FLAGGED"), b"b00")
+        assert out == [b'* ESEARCH (TAG "b00") UID']
+
+    def second():
+        c = state["c"]
+        out = _ok(raw(c, b"N NOOP"), b"N")
+        fetch = [i for i, x in enumerate(out) if x.startswith(b"* 2 FETCH (UID 2 BODY[HEADER."
+                                                              b"FIELDS (TO FROM SUBJECT)] {")]
+        assert out[0] == b"* 2 EXISTS" and len(fetch) == 1, out
+        assert out[-1] == b'* ESEARCH (TAG "a00") ADDTO (0 2) COUNT 2', out
+        assert b"\\Seen" not in _ok(raw(c, b"F FETCH 2 FLAGS"), b"F")[0]  # BODY.PEEK
+        # Joining by a flag change: the ADDTO, no FETCH.
+        out = _ok(raw(c, b"T STORE 1 +FLAGS.SILENT (\\Flagged)"), b"T")
+        assert out == [b'* ESEARCH (TAG "b00") UID ADDTO (0 1)'], out
+        c.logout()
+
+    await host.in_thread(first)
+    await host.deliver(make_message("two"))
+    await host.in_thread(second)
