@@ -699,3 +699,44 @@ async def test_rfc5465_update_with_fetch_attributes(imap_host):
     await host.in_thread(first)
     await host.deliver(make_message("two"))
     await host.in_thread(second)
+
+
+# -- RFC 7162 3.1.9, 3.1.10, 3.2.7, 3.2.9: MODSEQ in SORT and ESEARCH, HIGHESTMODSEQ on EXPUNGE
+
+@pytest_twisted.ensureDeferred
+async def test_rfc7162_modseq_in_sort_esearch_and_expunge(imap_host):
+    host = await imap_host(kind="maildir")
+    for i in range(3):
+        await host.deliver(make_message(f"m{i}"))
+
+    def run():
+        c = host.client()
+        raw(c, b"E ENABLE QRESYNC")
+        out = raw(c, b"S SELECT INBOX")
+        highest = int(re.search(rb"HIGHESTMODSEQ (\d+)", b"".join(out)).group(1))
+        # Example 20 and 3.1.9: SORT with a MODSEQ key carries the highest modseq found.
+        out = _ok(raw(c, b"a SORT RETURN (ALL) (DATE) UTF-8 MODSEQ 1"), b"a")
+        assert out == [b'* ESEARCH (TAG "a") ALL 1:3 MODSEQ %d' % highest], out
+        assert _ok(raw(c, b"b SORT (DATE) UTF-8 MODSEQ 1"), b"b") == [
+            b"* SORT 1 2 3 (MODSEQ %d)" % highest]
+        assert _ok(raw(c, b"b2 SORT (DATE) UTF-8 MODSEQ %d" % (highest + 1)), b"b2") == [b"* SORT"]
+        # Example 19; SAVE alone sends no ESEARCH, so no MODSEQ either (it sent a bare
+        # " MODSEQ n" line).
+        assert _ok(raw(c, b"c SEARCH RETURN (ALL) MODSEQ 1"), b"c") == [
+            b'* ESEARCH (TAG "c") ALL 1:3 MODSEQ %d' % highest]
+        assert _ok(raw(c, b"d SEARCH RETURN (SAVE) MODSEQ 1"), b"d") == []
+        # 3.2.7, 3.2.9: EXPUNGE and UID EXPUNGE under QRESYNC end with [HIGHESTMODSEQ].
+        raw(c, b"f STORE 1 +FLAGS.SILENT (\\Deleted)")
+        out = raw(c, b"g EXPUNGE")
+        after = int(re.match(rb"g OK \[HIGHESTMODSEQ (\d+)\]", out[-1]).group(1))
+        assert out[:-1] == [b"* VANISHED 1"] and after > highest, out
+        raw(c, b"h STORE 1 +FLAGS.SILENT (\\Deleted)")
+        out = raw(c, b"i UID EXPUNGE 1:*")
+        assert re.match(rb"i OK \[HIGHESTMODSEQ (\d+)\]", out[-1]), out
+        # Nothing expunged, or CLOSE (3.2.8: MUST NOT): no code.
+        assert raw(c, b"j EXPUNGE") == [b"j OK EXPUNGE completed"]
+        raw(c, b"k STORE 1 +FLAGS.SILENT (\\Deleted)")
+        assert raw(c, b"l CLOSE") == [b"l OK CLOSE completed"]
+        c.logout()
+
+    await host.in_thread(run)
