@@ -740,3 +740,34 @@ async def test_rfc7162_modseq_in_sort_esearch_and_expunge(imap_host):
         c.logout()
 
     await host.in_thread(run)
+
+
+# -- RFC 4469 3 (with RFC 5092 7): relative URLs in CATENATE ---------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_rfc4469_relative_urls(imap_host):
+    """"The base URL ... is considered imap://user@server/" and, selected, ".../mailbox":
+    ``INBOX/;UID=1`` always names INBOX's message 1, ``;UID=1`` the selected mailbox's
+    (BADURL when none is selected), as Dovecot resolves them."""
+    host = await imap_host(kind="maildir")
+    msg = make_message("joined")
+    await host.deliver(msg)
+    header = msg[:msg.index(b"\r\n\r\n") + 4]
+
+    def run():
+        c = host.client()
+        out = raw(c, b'A APPEND Sent CATENATE (URL "INBOX/;UID=1/;SECTION=HEADER" TEXT {3+}\r\n'
+                     b'x\r\n)')
+        assert out[-1].startswith(b"A OK [APPENDUID"), out
+        out = raw(c, b'B APPEND Sent CATENATE (URL ";UID=1" TEXT {0+}\r\n)')
+        assert out[-1].startswith(b"B NO [BADURL ;UID=1]"), out
+        raw(c, b"S SELECT INBOX")
+        out = raw(c, b'C APPEND Sent CATENATE (URL ";UID=1/;SECTION=HEADER" TEXT {3+}\r\nx\r\n)')
+        assert out[-1].startswith(b"C OK [APPENDUID"), out
+        raw(c, b"S2 EXAMINE Sent")
+        for uid in (1, 2):
+            out = _ok(raw(c, b"F UID FETCH %d BODY.PEEK[]" % uid), b"F")
+            assert b"\r\n".join(out[1:-1]) + b"\r\n" == header + b"x\r\n"
+        c.logout()
+
+    await host.in_thread(run)
