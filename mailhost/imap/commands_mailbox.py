@@ -295,18 +295,21 @@ async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
             use = uses[name] if name in uses else await _special_use(s, name)
             if use:
                 attrs.append(use.encode("ascii"))
-        line = b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name, utf8)
-        if name in childinfo and criterion:
-            line += b' ("CHILDINFO" ("' + criterion + b'"))'
-        out.append(line + b"\r\n")
-        # LIST-STATUS (RFC 5819, RFC 9051 6.3.9.2): for selectable mailboxes that meet
-        # the selection options, not for those listed only for CHILDINFO (example 11).
+        # LIST-STATUS (RFC 5819 2, RFC 9051 6.3.9.2): for selectable mailboxes that meet
+        # the selection options, not for those listed only for CHILDINFO (example 11);
+        # one that went away meanwhile is listed \Noselect, without STATUS.
+        status = b""
         if req.status_items and name in real and name in shown:
             try:
                 folder = await s.account.open_folder(name)
             except NoSuchFolder:
-                continue
-            out.append(await status_response(s, folder, req.status_items))
+                attrs.insert(0, b"\\Noselect")
+            else:
+                status = await status_response(s, folder, req.status_items)
+        line = b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name, utf8)
+        if name in childinfo and criterion:
+            line += b' ("CHILDINFO" ("' + criterion + b'"))'
+        out.append(line + b"\r\n" + status)
     s.send(b"".join(out))
     return b"LIST completed"
 

@@ -771,3 +771,32 @@ async def test_rfc4469_relative_urls(imap_host):
         c.logout()
 
     await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_status_of_a_mailbox_gone_meanwhile_is_noselect(imap_host, monkeypatch):
+    """RFC 5819 2: a listed mailbox whose STATUS fails (it went away between LIST and
+    STATUS) gets no STATUS and a LIST with \\Noselect (it had neither)."""
+    from mailhost.store._maildir.maildir_account import MaildirAccount
+    from mailhost.store.interfaces import NoSuchFolder
+
+    host = await imap_host(kind="maildir")
+    account = await host.store.open_account("alice@example.test")
+    await account.create_folder("Gone")
+    opened = MaildirAccount.open_folder
+
+    def open_folder(self, name):
+        if name == "Gone":
+            from twisted.internet import defer
+            return defer.fail(NoSuchFolder(name))
+        return opened(self, name)
+
+    monkeypatch.setattr(MaildirAccount, "open_folder", open_folder)
+
+    def run():
+        c = host.client()
+        out = _ok(raw(c, b'L LIST "" "G*" RETURN (STATUS (MESSAGES))'), b"L")
+        assert out == [b'* LIST (\\Noselect \\HasNoChildren) "." Gone'], out
+        c.logout()
+
+    await host.in_thread(run)
