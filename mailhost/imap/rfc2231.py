@@ -29,6 +29,8 @@ _SAFE = frozenset(b"!#$&+-.^_`{|}~0123456789"
 def merge(params: list[list[str]]) -> list[list[str]]:
     """``[[name, value], ...]`` with RFC 2231 segments joined and extended values in
     UTF-8; each merged parameter takes the place of its first segment."""
+    if not any("*" in name for name, _ in params):
+        return params  # the usual case, on every BODYSTRUCTURE: nothing to do
     groups: dict[str, list[tuple[int, bool, str, int]]] = {}
     plain: set[str] = set()
     for pos, (name, value) in enumerate(params):
