@@ -97,7 +97,9 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
         opts = esearch.ReturnOptions({"ALL"})
     found = await _matching(s, sel, key, charset)
     nums = _numbers(sel, found, cmd.uid)
-    modseq = condstore.search_modseq(s, key, found)  # SEARCH MODSEQ (RFC 7162 3.1.5)
+    # SEARCH MODSEQ (RFC 7162 3.1.5); with MIN/MAX alone, of those (RFC 4731 3.2).
+    modseq = condstore.search_modseq(
+        s, key, found if opts is None else esearch.saved_result(opts, found))
     if opts is None:
         tail = b"" if modseq is None else b" (MODSEQ %d)" % modseq
         s.send(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + tail + b"\r\n")
@@ -128,7 +130,8 @@ async def sort(s: IMAPServer, cmd: parser.Command) -> bytes:
     (criteria, charset), key = _parse_saving(sel, opts, parse)
     ordered = await _sorted(s, sel, key, charset, criteria)
     nums = _numbers(sel, ordered, cmd.uid)
-    modseq = condstore.search_modseq(s, key, ordered)  # RFC 7162 3.1.9, 3.1.10
+    modseq = condstore.search_modseq(  # RFC 7162 3.1.9, 3.1.10; RFC 4731 3.2
+        s, key, ordered if opts is None else esearch.saved_result(opts, ordered))
     if opts is None:
         tail = b"" if modseq is None else b" (MODSEQ %d)" % modseq
         s.send(b"* SORT" + b"".join(b" %d" % n for n in nums) + tail + b"\r\n")

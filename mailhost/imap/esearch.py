@@ -110,7 +110,8 @@ def uses_saved(key: SearchKey) -> bool:
 def saved_result(opts: frozenset[str], uids: list[int]) -> list[int]:
     """What SAVE keeps of a result (``uids`` in result order), ascending: MIN and/or
     MAX alone keep just those; with ALL or COUNT, everything found (RFC 9051 6.4.4.1,
-    Table 4, and RFC 5182 2.4)."""
+    Table 4, and RFC 5182 2.4). The MODSEQ an ESEARCH carries is that of the same
+    messages (RFC 4731 3.2)."""
     if not uids:
         return []
     if ("MIN" in opts or "MAX" in opts) and not {"ALL", "COUNT"} & opts:

@@ -800,3 +800,34 @@ async def test_list_status_of_a_mailbox_gone_meanwhile_is_noselect(imap_host, mo
         c.logout()
 
     await host.in_thread(run)
+
+
+# -- RFC 4731 3.2 (and Dovecot's imaptest esearch-condstore): which MODSEQ ESEARCH gives -----
+
+@pytest_twisted.ensureDeferred
+async def test_rfc4731_esearch_modseq_is_that_of_what_is_returned(imap_host):
+    """MIN or MAX alone: the modseq of that message; MIN and MAX: the higher of the two;
+    with ALL or COUNT: the highest of all found."""
+    host = await imap_host(kind="maildir")
+    for i in range(4):
+        await host.deliver(make_message(f"m{i}"))
+
+    def run():
+        c = host.client()
+        raw(c, b"C ENABLE CONDSTORE")
+        raw(c, b"S SELECT INBOX")
+        mod = {}
+        for seq in (1, 3, 2, 4):  # the order imaptest uses: 2 changes after 3
+            out = _ok(raw(c, b"T STORE %d +FLAGS (\\Seen)" % seq), b"T")
+            mod[seq] = int(re.search(rb"MODSEQ \((\d+)\)", out[-1]).group(1))
+        key = b'MODSEQ "/flags/\\\\seen" all 1'
+        for opts, range_, want in ((b"MIN", b"1:3", b"MIN 1 MODSEQ %d" % mod[1]),
+                                   (b"MAX", b"1:3", b"MAX 3 MODSEQ %d" % mod[3]),
+                                   (b"", b"1:3", b"ALL 1:3 MODSEQ %d" % mod[2]),
+                                   (b"MIN MAX", b"2:3", b"MIN 2 MAX 3 MODSEQ %d" % mod[2]),
+                                   (b"MIN COUNT", b"1:4", b"MIN 1 COUNT 4 MODSEQ %d" % mod[4])):
+            out = _ok(raw(c, b"E SEARCH RETURN (" + opts + b") " + range_ + b" " + key), b"E")
+            assert out == [b'* ESEARCH (TAG "E") ' + want], (opts, out)
+        c.logout()
+
+    await host.in_thread(run)
