@@ -831,3 +831,72 @@ async def test_rfc4731_esearch_modseq_is_that_of_what_is_returned(imap_host):
         c.logout()
 
     await host.in_thread(run)
+
+
+# -- Dovecot's imaptest "listext" script (LIST-EXTENDED), "." for $sep ------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_imaptest_listext_script(imap_host):
+    """The expectations of imaptest's src/tests/listext, as its matcher reads them:
+    listed names carry at least the given attributes and none of the banned ones;
+    "!" names are not listed; optional ones may be."""
+    host = await imap_host(kind="maildir")
+    box = "imaptest"
+
+    def run():
+        c = host.client()
+        for name in ("", ".test1", ".test2.", ".test2.test1", ".test3", ".test4.test5",
+                     ".test4.test52", ".test6", ".test7.test7", ".test8.test8", ".test8.test9"):
+            _ok(raw(c, b"C CREATE " + (box + name).encode()), b"C")
+        for name in (".test1", ".test2.test1", ".test6", ".test7.test7", ".test8.test8",
+                     ".test8.test9"):
+            _ok(raw(c, b"S SUBSCRIBE " + (box + name).encode()), b"S")
+        _ok(raw(c, b"D DELETE imaptest.test6"), b"D")
+
+        def check(cmd: bytes, present: dict, absent=(), optional=(), banned=None) -> None:
+            got = _listed(_ok(raw(c, b"L LIST " + cmd), b"L"), children=True)
+            for name, attrs in present.items():
+                assert name in got and {a.upper() for a in attrs} <= got[name][0], (cmd, got)
+            for name, bad in (banned or {}).items():
+                assert not {a.upper() for a in bad} & got[name][0], (cmd, name, got[name])
+            for name in absent:
+                assert name not in got, (cmd, name, got)
+            assert set(got) <= set(present) | set(optional), (cmd, got)
+
+        check(b'"" (imaptest.*2 imaptest.test3)',
+              {"imaptest.test2": (), "imaptest.test3": (), "imaptest.test4.test52": ()},
+              absent=("imaptest.test1", "imaptest.test2.test1", "imaptest.test4"))
+        for bad in (b'(imaptest) "" ""', b'(recursivematch) "" ""',
+                    b'(recursivematch remote) "" ""', b'"" "" return (imaptest)'):
+            assert raw(c, b"B LIST " + bad)[-1].startswith(b"B BAD"), bad
+        check(b'(subscribed) "" imaptest.*',
+              {"imaptest.test1": ["\\Subscribed"], "imaptest.test2.test1": ["\\Subscribed"],
+               "imaptest.test6": ["\\Subscribed", "\\NonExistent"],
+               "imaptest.test7.test7": ["\\Subscribed"], "imaptest.test8.test8": ["\\Subscribed"],
+               "imaptest.test8.test9": ["\\Subscribed"]},
+              banned={"imaptest.test6": ["\\Noselect"]})
+        got = _listed(_ok(raw(c, b'L LIST (subscribed recursivematch) "" imaptest.test2% return'
+                                 b' (children)'), b"L"), children=True)
+        assert got == {"imaptest.test2": ({"\\HASCHILDREN"}, 'CHILDINFO ("SUBSCRIBED")')}, got
+        check(b'"" imaptest.% return (children subscribed)',
+              {"imaptest.test1": ["\\Subscribed"], "imaptest.test2": ["\\HasChildren"],
+               "imaptest.test3": [], "imaptest.test4": ["\\HasChildren"],
+               "imaptest.test7": ["\\HasChildren"], "imaptest.test8": ["\\HasChildren"]},
+              banned={"imaptest.test1": ["\\HasChildren"], "imaptest.test2": ["\\Subscribed"],
+                      "imaptest.test3": ["\\Subscribed", "\\HasChildren"],
+                      "imaptest.test4": ["\\Subscribed"], "imaptest.test7": ["\\Subscribed"],
+                      "imaptest.test8": ["\\Subscribed"]})
+        check(b'(subscribed recursivematch) "" imaptest*test7',
+              {"imaptest.test7.test7": ["\\Subscribed"]}, absent=("imaptest.test7",))
+        check(b'(subscribed recursivematch) "" imaptest*test8',
+              {"imaptest.test8.test8": ["\\Subscribed"]}, optional=("imaptest.test8",),
+              banned={"imaptest.test8.test8": []})
+        got = _listed(_ok(raw(c, b'L LIST (subscribed recursivematch) "" (imaptest.test2)'), b"L"))
+        assert got == {"imaptest.test2": (set(), 'CHILDINFO ("SUBSCRIBED")')}, got
+        check(b'(subscribed recursivematch) "" (imaptest.test2 imaptest.test2.test1)',
+              {"imaptest.test2.test1": ["\\Subscribed"]}, absent=("imaptest.test2",))
+        check(b'"" (imaptest.test7 imaptest.test7.test7)', {"imaptest.test7.test7": []},
+              optional=("imaptest.test7",))
+        c.logout()
+
+    await host.in_thread(run)
