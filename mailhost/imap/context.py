@@ -12,13 +12,12 @@ For SEARCH the position is 0 (the result is a set). For SORT it is the 1-based p
 in the sorted result, and the updates are ordered so that a client applying them one
 after the other, left to right, gets the new result (RFC 5267 4.3): every REMOVEFROM
 first, numbered as the list stands after the ones before it, then every ADDTO in
-ascending final position, each run of neighbours in one ADDTO. A result of sequence
-numbers is sent only when expunges cannot be pending, so the numbers are the client's.
-An expunged message leaves a UID result with a REMOVEFROM like any other change
-(RFC 5267 4.3 and the example of 4.3.4), after the EXPUNGE or VANISHED, which is
-fine for UIDs; it leaves a sequence-number result silently, as its number is gone with
-the EXPUNGE the client saw (4.3.4 would have the REMOVEFROM come before the EXPUNGE:
-not done, the EXPUNGE lines are written before the contexts run). ``CANCELUPDATE "tag"`` stops one; selecting
+ascending final position, each run of neighbours in one ADDTO. Updates use the
+numbers the client has: a new message joins after its EXISTS, and a message expunged
+keeps its number until its EXPUNGE is sent. An expunged message leaves a result with a REMOVEFROM like any other change (RFC 5267
+4.3 and the example of 4.3.4): a UID result after the EXPUNGE or VANISHED (UIDs stay
+valid), a sequence-number result just before it, with the numbers the client still
+has (``removals_before_expunge``, 4.3.4's MUST). ``CANCELUPDATE "tag"`` stops one; selecting
 another mailbox stops all. At most ``MAX_CONTEXTS`` run at once per session; one more
 gets ``* NO [NOUPDATE "tag"]`` and an ordinary answer.
 
@@ -149,15 +148,45 @@ def apply_steps(old: list[int], steps: list[tuple[str, int, list[int]]]) -> list
     return out
 
 
-async def send_updates(s: IMAPServer, allow_seqs: bool) -> None:
-    """Run every context whose folder changed and send what moved. ``allow_seqs``:
-    numbering is settled (no expunge pending), so sequence-number contexts may go."""
+def removals_before_expunge(s: IMAPServer) -> None:
+    """Before the EXPUNGE lines go: ``REMOVEFROM`` for the members of sequence-number
+    contexts about to be expunged, numbered as the client still numbers them (RFC 5267
+    4.3.4: "MUST be sent prior to the expunge notification itself"; Dovecot's imaptest
+    search-context-update checks it). UID contexts hear of it after (``update_line``)."""
+    sel = s.selected
+    if sel is None or sel not in _CONTEXTS:
+        return
+    going = sel.expunges_pending
+    if not going:
+        return
+    for ctx in list(contexts(sel).values()):
+        if ctx.uid or not going.intersection(ctx.result):
+            continue
+        kept = [u for u in ctx.result if u not in going or sel.seq_of(u) is None]
+        if ctx.sorted:
+            steps = diff_sorted(ctx.result, kept)
+        else:
+            steps = [("REMOVEFROM", 0, [u for u in ctx.result if u not in kept])]
+        out = [b"* ESEARCH (TAG " + quote(ctx.tag) + b")"]
+        for kind, pos, run in steps:
+            nums = [n for n in map(sel.seq_of, run) if n is not None]
+            out.append(b"%s (%d %s)" % (kind.encode("ascii"), pos,
+                                         format_set(nums if ctx.sorted else sorted(nums))))
+        if ctx.count:
+            out.append(b"COUNT %d" % len(kept))
+        ctx.result = kept
+        s.send(b" ".join(out) + b"\r\n")
+
+
+async def send_updates(s: IMAPServer, allow_seqs: bool = True) -> None:
+    """Run every context whose folder changed and send what moved, in the numbers the
+    client has: a message it has not heard EXISTS for waits, one expunged but not yet
+    reported keeps its number (so sequence-number contexts go during any command, as
+    Dovecot's do; ``allow_seqs`` is kept for callers and no longer needed)."""
     sel = s.selected
     if sel is None or sel not in _CONTEXTS:
         return
     for ctx in list(contexts(sel).values()):
-        if not ctx.uid and not allow_seqs:
-            continue
         if ctx.modseq == sel.folder.highest_modseq and ctx.size == sel.exists:
             continue
         ctx.modseq, ctx.size = sel.folder.highest_modseq, sel.exists
@@ -169,6 +198,8 @@ async def send_updates(s: IMAPServer, allow_seqs: bool) -> None:
             continue
         if s.selected is not sel or contexts(sel).get(ctx.tag) is not ctx:
             return  # unselected or cancelled meanwhile
+        present = set(sel.uids)
+        new = [u for u in new if u in present]  # no ADDTO before its EXISTS (4.3.3)
         line = update_line(ctx, sel, new)
         if line and ctx.fetch:  # RFC 5465 7: FETCH of new members, before the ESEARCH
             known = set(ctx.result)

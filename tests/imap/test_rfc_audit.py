@@ -900,3 +900,43 @@ async def test_imaptest_listext_script(imap_host):
         c.logout()
 
     await host.in_thread(run)
+
+
+# -- imaptest search-context-update{,2}: sequence-number contexts and expunges ----------------
+
+@pytest_twisted.ensureDeferred
+async def test_imaptest_search_context_update_scripts(imap_host):
+    """imaptest's search-context-update: a sequence-number context hears REMOVEFROM for
+    an expunged member with the number it had, before the EXPUNGE (RFC 5267 4.3.4's
+    MUST); ADDTO after EXISTS for an APPEND; nothing after CANCELUPDATE. A SORT context
+    gets the member's place."""
+    host = await imap_host(kind="maildir")
+    for i in range(5):
+        await host.deliver(make_message(f"s{i}"))
+
+    def run():
+        c = host.client()
+        raw(c, b"S SELECT INBOX")
+        assert _ok(raw(c, b"U1 SEARCH RETURN (UPDATE) SEEN"), b"U1") == [b'* ESEARCH (TAG "U1")']
+        assert _ok(raw(c, b"U2 SORT RETURN (UPDATE) (REVERSE SUBJECT) UTF-8 ALL"), b"U2") == [
+            b'* ESEARCH (TAG "U2") ALL 5,4,3,2,1']
+        out = _ok(raw(c, b"A STORE 1,2,4 +FLAGS.SILENT (\\Seen)"), b"A")
+        assert out == [b'* ESEARCH (TAG "U1") ADDTO (0 1:2,4)'], out
+        out = _ok(raw(c, b"B STORE 1,2 -FLAGS.SILENT (\\Seen)"), b"B")
+        assert out == [b'* ESEARCH (TAG "U1") REMOVEFROM (0 1:2)'], out
+        raw(c, b"C STORE 3:5 +FLAGS.SILENT (\\Deleted)")
+        out = _ok(raw(c, b"D EXPUNGE"), b"D")
+        first = out.index(b"* 5 EXPUNGE")
+        assert set(out[:first]) == {b'* ESEARCH (TAG "U1") REMOVEFROM (0 4)',
+                                    b'* ESEARCH (TAG "U2") REMOVEFROM (1 5,4,3)'}, out
+        assert out[first:] == [b"* 5 EXPUNGE", b"* 4 EXPUNGE", b"* 3 EXPUNGE"], out
+        msg = make_message("s9")
+        out = _ok(raw(c, b"E APPEND INBOX (\\Seen) {%d+}\r\n" % len(msg) + msg), b"E")
+        assert out[0] == b"* 3 EXISTS", out
+        assert set(out[1:]) - {b"* 3 RECENT"} == {b'* ESEARCH (TAG "U1") ADDTO (0 3)',
+                                b'* ESEARCH (TAG "U2") ADDTO (1 3)'}, out
+        _ok(raw(c, b'F CANCELUPDATE "U1" "U2"'), b"F")
+        assert _ok(raw(c, b"G STORE 1 +FLAGS.SILENT (\\Seen)"), b"G") == []
+        c.logout()
+
+    await host.in_thread(run)
