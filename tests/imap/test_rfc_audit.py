@@ -940,3 +940,40 @@ async def test_imaptest_search_context_update_scripts(imap_host):
         c.logout()
 
     await host.in_thread(run)
+
+
+# -- imaptest search-partial and sort-partial (RFC 5267 4.4) --------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_imaptest_partial_scripts(imap_host):
+    host = await imap_host(kind="maildir")
+    for i in range(5):
+        await host.deliver(make_message(f"p{i}"))
+
+    def run():
+        c = host.client()
+        raw(c, b"S SELECT INBOX")
+        for cmd, want in ((b"SEARCH RETURN (PARTIAL 1:1) ALL", b"PARTIAL (1:1 1)"),
+                          (b"SEARCH RETURN (PARTIAL 2:4) ALL", b"PARTIAL (2:4 2:4)"),
+                          (b"SEARCH RETURN (PARTIAL 4:2) ALL", b"PARTIAL (2:4 2:4)"),
+                          (b"SEARCH RETURN (PARTIAL 1:6) ALL", b"PARTIAL (1:6 1:5)"),
+                          (b"SEARCH RETURN (PARTIAL 6:6) ALL", b"PARTIAL (6:6 NIL)"),
+                          (b"SEARCH RETURN (PARTIAL 1:3) 1:2,4:5", b"PARTIAL (1:3 1:2,4)"),
+                          (b"SEARCH RETURN (PARTIAL 2:3) 1:2,4:5", b"PARTIAL (2:3 2,4)"),
+                          (b"SEARCH RETURN (PARTIAL 2:4) 1:2,4:5", b"PARTIAL (2:4 2,4:5)"),
+                          (b"SEARCH RETURN (PARTIAL 2:10) 1:2,4:5", b"PARTIAL (2:10 2,4:5)"),
+                          (b"UID SEARCH RETURN (PARTIAL 2:2) ALL", b"UID PARTIAL (2:2 2)"),
+                          (b"SORT RETURN (PARTIAL 2:4) (ARRIVAL) US-ASCII ALL",
+                           b"PARTIAL (2:4 2:4)"),
+                          (b"SORT RETURN (PARTIAL 4:2) (ARRIVAL) US-ASCII ALL",
+                           b"PARTIAL (2:4 2:4)"),
+                          (b"SORT RETURN (PARTIAL 1:6) (REVERSE SUBJECT) US-ASCII ALL",
+                           b"PARTIAL (1:6 5,4,3,2,1)")):
+            out = _ok(raw(c, b"P " + cmd), b"P")
+            assert out == [b'* ESEARCH (TAG "P") ' + want], (cmd, out)
+        for bad in (b"(PARTIAL 1)", b"(PARTIAL 1:*)", b"(PARTIAL *:1)"):
+            out = raw(c, b"B SORT RETURN " + bad + b" (ARRIVAL) US-ASCII ALL")
+            assert out[-1].startswith(b"B BAD"), (bad, out)
+        c.logout()
+
+    await host.in_thread(run)
