@@ -86,15 +86,31 @@ def link_or_copy(src: str, dest: str, fsync: bool, modes: FileModes) -> None:
         copy_durable(src, dest, fsync, modes)
 
 
+def move_or_copy(src: str, dest: str, fsync: bool, modes: FileModes) -> bool:
+    """Rename ``src`` to ``dest`` (True), or copy it where a rename cannot cross file
+    systems (False: ``src`` is still there). One system call where a link and the
+    tmp file's unlink took two: in a worker thread each call hands the GIL to the
+    reactor and back (issue 18). The name is unique, so nothing is overwritten."""
+    try:
+        os.rename(src, dest)
+        return True
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    copy_durable(src, dest, fsync, modes)
+    return False
+
+
 def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
                   jobs: Sequence[DeliveryJob], syncer: GroupSync | None, modes: FileModes,
                   data: bytes | None = None, sync_later: bool = False) -> set[str]:
-    """Make the tmp file durable, link it into each target's new/, give it a UID there
+    """Make the tmp file durable, move it into its target's new/ (link it into each of
+    several targets'), give it a UID there
     (dovecot-uidlist, under its lock) unless the job says later, and (through the
     group commit ``syncer``, None when fsync is off) make the links and uidlist records
     durable.
 
-    One target: one link into new/, which is atomic. Several: the copies are committed
+    One target: one rename into new/, which is atomic. Several: the copies are committed
     as one unit through a commit journal (``_commit_all``), so a crash at any instant
     leaves the message, once recovery has run, in every target or in none.
 
@@ -113,6 +129,7 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     journal = None
     fd = -1  # the tmp file written from ``data`` (no buffered file object needed)
     later: set[str] = set()
+    moved = False  # the tmp file was renamed into new/: nothing left to unlink
     try:
         if data is not None:
             fd = modes.open_new(tmp_path)  # closed in finally
@@ -129,8 +146,9 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
                                   [(p, name) for p, name, *_ in jobs], syncer, modes)
         else:
             for folder_path, name, *_ in jobs:
-                link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync, modes)
-            # The date goes on after the links (the tmp cleaner would take a file with
+                moved = move_or_copy(tmp_path, os.path.join(folder_path, "new", name),
+                                     fsync, modes)
+            # The date goes on after the move (the tmp cleaner would take a file with
             # an old mtime for a crash's leftover), before the fsync (which makes it
             # durable, hence fsync, not fdatasync) and before anyone is told a UID.
             os.utime(fileno, (date, date))
@@ -159,7 +177,8 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
                 os.close(fd)
         finally:
             try:
-                os.unlink(tmp_path)  # never left for the tmp cleaner on a full disk
+                if not moved:
+                    os.unlink(tmp_path)  # never left for the tmp cleaner on a full disk
             except FileNotFoundError:
                 pass
     return later
