@@ -440,8 +440,8 @@ def makeService(
 
         passwd: PasswdFile = make_users(config.auth.dsn or config.store.dsn)
     else:
-        passwd = PasswdFile(config.data_path(config.auth.passwd_file))
-    aliases = AliasesFile(config.data_path(config.auth.aliases_file))
+        passwd = PasswdFile(config.data_path(config.auth.passwd_file), reactor=reactor)
+    aliases = AliasesFile(config.data_path(config.auth.aliases_file), reactor=reactor)
     capture = settings.capture.enabled
     if capture:
         # Capture mode (mailhost.auth.capture): every address is a local mailbox and
