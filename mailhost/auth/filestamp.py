@@ -40,7 +40,7 @@ class FileStamp:
             stamp: Stamp = (st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             stamp = None
-        if self._reactor is not None and isInIOThread():
+        if self._reactor is not None and isInIOThread():  # type: ignore[no-untyped-call]
             self._kept, self._stamp = True, stamp
             self._reactor.callLater(0, self.forget)  # the next turn stats again
         return stamp
