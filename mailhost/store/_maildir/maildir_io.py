@@ -11,7 +11,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.logger import Logger
@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from mailhost.groupsync import GroupSync
 from mailhost.message.crlf import crlf_size
 from mailhost.store import mutf7
+from mailhost.store._maildir import maildirsize
 from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store._maildir.maildir_names import sizes_from_base
 from mailhost.store.interfaces import (
@@ -185,9 +186,9 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
 
 
 #: One message for ``deliver_batch``: ``deliver_files``' arguments but ``syncer``, then
-#: calls to make once it is durable (its quota lines), which must not raise.
+#: the quota changes to count once it is durable (``maildirsize.add_all``).
 BatchJob = tuple["BinaryIO | None", str, float, Sequence[DeliveryJob], FileModes,
-                 "bytes | None", Sequence[Callable[[], None]]]
+                 "bytes | None", Sequence[maildirsize.Change]]
 
 
 def deliver_batch(batch: Sequence[BatchJob], syncer: GroupSync | None
@@ -214,10 +215,8 @@ def deliver_batch(batch: Sequence[BatchJob], syncer: GroupSync | None
             syncer.sync(paths)
         except BaseException as e:
             results = [r if r is not None else e for r in results]
-    for (*_, after), result in zip(batch, results, strict=True):
-        if result is None:
-            for call in after:
-                call()
+    maildirsize.add_all(change for (*_, changes), result in zip(batch, results, strict=True)
+                        if result is None for change in changes)
     return results
 
 
