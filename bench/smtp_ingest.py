@@ -67,10 +67,13 @@ Usage: python3 bench/smtp_ingest.py [--runs 3] [--scale 1.0] [--workdir DIR]
                                     [--no-postfix] [--no-durable-twisted] [--no-fsync-row]
                                     [--idle] [--pipeline] [--capture]
                                     [--load I] [--only mailhost,aiosmtpd] [--profile FILE]
+                                    [--baseline DIR]
 
 ``--load I`` runs only row I of the loads (0: 20 sessions x 4 KiB), ``--only`` only the
 named servers (one row each, CPU against aiosmtpd's), and ``--profile FILE`` runs the
 mailhost server under twistd's cProfile, its pstats saved to FILE when it stops.
+``--baseline DIR`` adds the row ``mailhost-base``: the same server run from another source
+tree (``git archive main | tar -x -C DIR``), for a before/after in the same runs.
 """
 
 from __future__ import annotations
@@ -197,6 +200,7 @@ class Mailhost(Server):
     keys: dict[str, bytes] = {}  # (--pipeline) "<domain>/<selector>" -> PEM, into data/dkim/
     relay_networks: list[str] = []  # smtp.relay_networks (--pipeline: dkim_sign's clients)
     profile = ""  # --profile FILE: twistd's cProfile of the server, saved at stop
+    root = ROOT  # the source tree it runs (--baseline: another checkout)
 
     def start(self) -> None:
         if self.idle:
@@ -246,7 +250,7 @@ listen = [{f'"tcp:{self.imap_port}:interface=127.0.0.1"' if self.idle else ""}]
         prof = ([f"--profile={self.profile}", "--profiler=cprofile", "--savestats"]
                 if self.profile else [])
         return [sys.executable, TWISTD, "-n", "--pidfile=", *prof, "mailhost",
-                "--config", config], {"PYTHONPATH": ROOT}
+                "--config", config], {"PYTHONPATH": self.root}
 
 
 class IdleClient:
@@ -556,6 +560,9 @@ def main() -> None:
                     help="only this row of LOADS (0: 20 sessions x 4 KiB)")
     ap.add_argument("--profile", default="",
                     help="cProfile the (first) mailhost server into FILE (pstats), saved at stop")
+    ap.add_argument("--baseline", default="",
+                    help="also run mailhost from this source tree (e.g. `git archive` of "
+                         "main), as the row mailhost-base")
     ap.add_argument("--only", default="",
                     help="comma-separated server names to run (e.g. mailhost,aiosmtpd)")
     args = ap.parse_args()
@@ -586,8 +593,13 @@ def main() -> None:
     if args.workers:
         MailhostWorkers.workers = args.workers
         servers.append(MailhostWorkers("mailhost-workers", os.path.join(workdir, "workers")))
+    if args.baseline:
+        base = Mailhost("mailhost-base", os.path.join(workdir, "base"))
+        base.root = os.path.abspath(args.baseline)
+        servers.append(base)
     if args.only:
-        servers = [s for s in servers if s.name in args.only.split(",")]
+        servers = [s for s in servers
+                   if s.name in args.only.split(",") or s.name == "mailhost-base"]
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
         for s in servers:
