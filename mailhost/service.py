@@ -534,8 +534,12 @@ def makeService(
         outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
                                    local_addresses=listen_addresses(config.smtp.listen),
                                    listening=root.wait_listening, lookup=lookup,
-                                   run_scheduler=worker is None or worker.owns_scheduler)
-        if channel is not None:  # one scheduler (worker 0), every worker spools
+                                   run_scheduler=(worker is None or worker.owns_scheduler
+                                                  or config.queue.backend == "postgresql"),
+                                   worker=None if worker is None else worker.index)
+        # The spool: one scheduler (worker 0), every worker spools and tells it. The
+        # PostgreSQL queue: every worker claims and delivers, as a node of its own.
+        if channel is not None and config.queue.backend != "postgresql":
             outbound.queue.on_spooled = lambda qid: channel.publish("spool.new", qid)
             channel.on("spool.new", lambda _src, qid: outbound.adopt_spooled(qid))
         outbound.setServiceParent(root)
