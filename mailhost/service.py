@@ -549,7 +549,10 @@ def makeService(
     if config.metrics.listen:
         from mailhost.metrics import Metrics
 
-        root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
+        # The shared queue's gauges from one worker only: the supervisor sums workers.
+        shared = worker is None or worker.index == 0
+        root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound, shared),
+                               queue_held=lambda: _queue_held(root.outbound))
         sessions.observers.append(root.metrics)
         login.observers.append(root.metrics.login)
         if root.outbound is not None:
@@ -765,14 +768,27 @@ def needs_restart(name: str) -> bool:
                    for k in _RESTART_KEYS))
 
 
-def _queue_stats(outbound: Any) -> tuple[int, float]:
-    """(queued messages, age of the oldest in seconds) for the metrics gauges."""
+def _queue_stats(outbound: Any, shared: bool = True) -> tuple[int, float]:
+    """(queued messages, age of the oldest in seconds) for the metrics gauges: what the
+    scheduler holds, or with the PostgreSQL queue the whole shared queue, as last
+    counted (reported by one worker of ``server.workers``, ``shared``)."""
+    leases = getattr(outbound, "leases", None)
+    if leases is not None:
+        if not shared or leases.shared is None:
+            return 0, 0.0
+        count, oldest = leases.shared
+        return count, 0.0 if oldest is None else max(0.0, time.time() - oldest)
     scheduler = getattr(outbound, "scheduler", None)
     envelopes = list(getattr(scheduler, "envelopes", {}).values())
     if not envelopes:
         return 0, 0.0
     oldest = min(env.arrival for env in envelopes)
     return len(envelopes), max(0.0, time.time() - oldest)
+
+
+def _queue_held(outbound: Any) -> int:
+    """Queued messages this process's scheduler holds (claimed, with PostgreSQL)."""
+    return len(getattr(getattr(outbound, "scheduler", None), "envelopes", {}))
 
 
 def parse_endpoint(reactor: Any, description: str, key: str) -> Any:

@@ -74,6 +74,8 @@ CLAIM_BATCH = 200
 HOLD_MAX = 2000
 #: ``queue_requests`` rows older than this (seconds) are deleted.
 REQUEST_KEEP = 3600.0
+#: Seconds between two counts of the whole queue (the metrics' gauges).
+STATS_EVERY = 5.0
 
 _NOW = "extract(epoch FROM clock_timestamp())"
 #: A lease is claimable once it ended and the database has been up for a lease's
@@ -381,6 +383,21 @@ class PgSpoolFiles(SpoolFiles):
                 seq += 1
         os.replace(tmp, self.message_path(qid))
 
+    def stats_sync(self) -> tuple[int, float | None]:
+        """The whole shared queue: how many messages, and when the oldest arrived (its
+        id begins with its arrival in hex milliseconds, ``new_queue_id``; None when
+        the queue is empty). One index read, whatever the queue's size."""
+        def count(conn: psycopg.Connection[Any]) -> tuple[int, str | None]:
+            row = conn.execute("SELECT count(*), min(id) FROM queue").fetchone()
+            return (int(row[0]), row[1]) if row else (0, None)
+
+        n, oldest = self.db.transact(count)
+        try:
+            arrival = int(oldest[:11], 16) / 1000 if oldest else None
+        except ValueError:
+            arrival = None
+        return n, arrival
+
     def release_all_sync(self) -> int:
         """A clean stop: this node's leases end now, so another node takes the work
         (after the results kept while the database was away, if any)."""
@@ -440,6 +457,9 @@ class QueueLeases:
         self._round_d: defer.Deferred | None = None
         self._renewed = reactor.seconds()
         self._failing = False
+        #: The whole queue (count, oldest arrival), as of the last count; None before.
+        self.shared: tuple[int, float | None] | None = None
+        self._counted = -STATS_EVERY
 
     def start(self) -> None:
         self._renewed = self.reactor.seconds()
@@ -487,6 +507,9 @@ class QueueLeases:
                      "deleted from the queue", quiet=True)
         if self.scheduler.paused:
             self.scheduler.set_paused(False)
+        if self.reactor.seconds() - self._counted >= STATS_EVERY:
+            self._counted = self.reactor.seconds()
+            self.shared = await db.hop(self.files.stats_sync)
         room = min(CLAIM_BATCH, HOLD_MAX - len(self.scheduler.envelopes))
         if room <= 0 or not self.scheduler.running:
             return
