@@ -441,7 +441,16 @@ def makeService(
         passwd: PasswdFile = make_users(config.auth.dsn or config.store.dsn)
     else:
         passwd = PasswdFile(config.data_path(config.auth.passwd_file))
-    aliases = AliasesFile(config.data_path(config.auth.aliases_file))
+    # The lists and catch-alls: the aliases file, or with the users in PostgreSQL the
+    # aliases table every node shares (mailhost alias; heard of by NOTIFY).
+    aliases: Any = AliasesFile(config.data_path(config.auth.aliases_file))
+    if config.auth.backend == "postgresql":
+        from mailhost.auth.pg_aliases import make_aliases
+
+        if aliases.table():
+            log.warn("{path}: not read with auth.backend = \"postgresql\" (the aliases "
+                     "table is); 'mailhost alias import' copies it there", path=aliases.path)
+        aliases = make_aliases(config.auth.dsn or config.store.dsn)
     capture = settings.capture.enabled
     if capture:
         # Capture mode (mailhost.auth.capture): every address is a local mailbox and
@@ -498,6 +507,8 @@ def makeService(
         users = passwd
         ListeningService(lambda: users.start_listening(reactor),
                          users.stop_listening).setServiceParent(root)
+        ListeningService(lambda: aliases.start_listening(reactor),
+                         aliases.stop_listening).setServiceParent(root)
     limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
     if channel is not None:
         from mailhost.workers.shared import SharedConnectionLimiter
