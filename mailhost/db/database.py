@@ -19,6 +19,14 @@ raises ``unavailable`` (``DatabaseUnavailable`` unless the caller names its own,
 store does with ``StoreUnavailable``), so protocols answer with a temporary error and
 log one line, not a traceback.
 
+Coming back: the pool replaces lost connections in the background with a backoff that
+doubles after each failure, up to ``reconnect_timeout`` (psycopg-pool's default, five
+minutes, would leave a node trying only every minute or two after a long outage, so
+a database back for a minute could still see none of it). ``RECONNECT`` ends each
+attempt's backoff after a few seconds; the next transaction that needs a connection
+starts a new attempt at once, so a node finds the database again within seconds of
+its return however long it was away.
+
 Deadlocks and serialization failures (two nodes locking folders in opposite orders
 in spite of our id ordering, say) are retried a bounded number of times.
 """
@@ -44,6 +52,9 @@ Work = Callable[..., _T]
 
 #: Seconds a transaction waits for a connection before the database counts as down.
 TIMEOUT = 5.0
+#: Seconds one reconnection attempt (with its backoff: 1, 2, 4 s) lasts before it
+#: gives up, and a transaction that needs a connection starts another.
+RECONNECT = 8.0
 
 
 class DatabaseUnavailable(ConnectionError):
@@ -69,7 +80,7 @@ class Database:
         self._reactor = reactor
         self._pool = ConnectionPool(dsn, min_size=1, max_size=max_size, open=False,
                                     kwargs={"prepare_threshold": 0}, name=name,
-                                    timeout=timeout,
+                                    timeout=timeout, reconnect_timeout=RECONNECT,
                                     check=ConnectionPool.check_connection)
         self._threads = ThreadPool(minthreads=0, maxthreads=max_size, name=name)
         self._running = False

@@ -272,8 +272,10 @@ def run(mailhost_factory, cluster: PgCluster, dsn: str, remote: CountingRemote,
     odd = {seq: kind for seq, (kind, _) in results.items() if kind not in ("ok", "temp")}
     assert odd == {}, odd
     assert [e for s in senders for e in s.errors] == []
+    # (Refusals are likely, not certain: a commit waits up to the pool's 5 s for a
+    # connection and may get one when the database is back; the log lines below show
+    # that the database was away.)
     temp = {seq for seq, (kind, _) in results.items() if kind == "temp"}
-    assert temp, "the restart refused nothing: did the database go away?"
     assert poller.bad == [], poller.bad
     local_ok = {seq for seq, (kind, rcpt) in results.items() if kind == "ok" and rcpt == USER}
     remote_ok = {seq for seq, (kind, rcpt) in results.items() if kind == "ok" and rcpt != USER}
