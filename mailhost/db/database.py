@@ -33,6 +33,7 @@ in spite of our id ordering, say) are retried a bounded number of times.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,6 +42,7 @@ from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 _T = TypeVar("_T")
@@ -61,6 +63,27 @@ class DatabaseUnavailable(ConnectionError):
     """The database cannot be reached now."""
 
 
+_pool_log = Logger(namespace="mailhost.db.pool")
+
+
+class _PoolLog(logging.Handler):
+    """psycopg-pool's own messages (a failed reconnection, a connection given up) into
+    the mail host's log, one line each, instead of Python's last-resort handler
+    writing them to stderr (which twistd logs as errors)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().strip().splitlines()
+        _pool_log.warn("{message}", message=text[0] if text else "", event="db_pool")
+
+
+def _route_pool_log() -> None:
+    pool_log = logging.getLogger("psycopg.pool")
+    if not any(isinstance(h, _PoolLog) for h in pool_log.handlers):
+        pool_log.addHandler(_PoolLog(logging.WARNING))
+        pool_log.setLevel(logging.WARNING)
+        pool_log.propagate = False
+
+
 class Database:
     """A pool of connections to one PostgreSQL database and the threads that use them.
 
@@ -78,6 +101,7 @@ class Database:
             reactor = default  # type: ignore[assignment]
         self.dsn = dsn
         self._reactor = reactor
+        _route_pool_log()
         self._pool = ConnectionPool(dsn, min_size=1, max_size=max_size, open=False,
                                     kwargs={"prepare_threshold": 0}, name=name,
                                     timeout=timeout, reconnect_timeout=RECONNECT,
