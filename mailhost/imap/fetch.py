@@ -128,10 +128,12 @@ class _Spec:
 
 
 def _needs_structure(item: FetchItem) -> bool:
-    if item.name in _STRUCTURE_ITEMS:
-        return True
     s = item.section
-    return s is not None and (bool(s.part) or s.text is not None)
+    if s is None:
+        return item.name in _STRUCTURE_ITEMS
+    # BODY[...] is named "BODY" like the BODY structure item: only its section decides
+    # (BODY[] without PEEK loaded, or scanned, the MIME structure of every message).
+    return bool(s.part) or s.text is not None
 
 
 def _plan(section: Section, partial: tuple[int, int] | None, struct: mime.Part | None,

@@ -76,7 +76,9 @@ class _Raw:
             if line.startswith(tag + b" "):
                 assert line.startswith(tag + b" OK"), line
                 return bodies
-            assert line.startswith(b"* ") and line.endswith(b"}"), line
+            assert line.startswith(b"* "), line
+            if not line.endswith(b"}"):  # a flag update (\\Seen set by BODY[])
+                continue
             bodies.append(self.take(int(line[line.rindex(b"{") + 1:-1])))
             assert self.line() == b")"
         raise AssertionError("no tagged reply")
@@ -180,3 +182,30 @@ async def test_folder_fetch_gives_up_the_reactor_while_the_client_keeps_up(imap_
     biggest = max(len(m) for m in msgs) + 100
     assert total > 3 * imap_server.TURN_OCTETS
     assert most[0] <= imap_server.TURN_OCTETS + biggest, (most[0], total)
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_without_peek_does_not_scan_the_mime_structure(imap_host):
+    """``BODY[]`` (not PEEK) shares its item name with the BODY structure item, so every
+    message it fetched was scanned for its MIME structure (a thread hop and a parse of
+    the whole message) that a whole-message literal does not need."""
+    host = await imap_host()
+    msgs = _messages(3)
+    uids = [await host.deliver(m) for m in msgs]
+
+    def run():
+        c = _Raw(host.port)
+        c.command(b"a LOGIN alice@example.test secret")
+        c.command(b"b SELECT INBOX")
+        c.sock.sendall(b"c UID FETCH 1:2 BODY[]\r\n")
+        got = c.fetch_bodies(b"c")
+        c.command(b"d UID FETCH 3 BODYSTRUCTURE")
+        c.sock.close()
+        return got
+
+    c_got = await threads.deferToThread(run)
+    assert c_got == msgs[:2]
+    folder = await host.folder()
+    assert folder.get_cached(uids[2], "mime") is not None  # a structure item scans
+    assert folder.get_cached(uids[0], "mime") is None
+    assert folder.get_cached(uids[1], "mime") is None
