@@ -17,8 +17,18 @@ default TLS 1.3 context.
 Reported: MiB/s and server CPU (ms) per MiB sent, medians of interleaved runs, and the
 ratios mailhost/Dovecot (targets, as for POP3: >= 0.8x MiB/s, CPU <= 1.5x). Server CPU
 is the whole process tree's (mailhost's one process; Dovecot's master, its login
-processes, which proxy TLS, and the per-session ``imap`` processes, reaped or live).
+processes, which proxy TLS, and the per-session ``imap`` process), read just before
+and after the FETCH (login and SELECT not counted). A last load fetches ``BODY[]``
+without PEEK, so every message gets ``\\Seen`` (a rename in both servers' Maildir); its
+flags are cleared before, untimed.
 Both servers are stopped by PID afterwards.
+
+Measured (2026-12-05, 2 shared cores at load 17-19, ``--runs 3``; MiB/s and server CPU
+ms per MiB, mailhost vs Dovecot): 1000 x 50 KiB 162 vs 90, 2.50 vs 1.88 (1.33x; 5.84 vs
+2.09, 2.8x, before the FETCH path was cut); 1 x 100 MiB 263 vs 181, 1.20 vs 1.20; TLS
+1000 x 50 KiB 58 vs 29, 5.01 vs 8.76; TLS 1 x 100 MiB 154 vs 27, 2.80 vs 8.30; BODY[]
+setting \\Seen 70 vs 78, 3.96 vs 2.50 (1.58x: the 1,000 renames and their inotify
+events). Single runs swing by 2x or more on this machine.
 
 Needs Debian's ``dovecot-imapd`` (the package's own service must not be running).
 Usage: python3 bench/imap_fetch.py [--runs 3] [--workdir DIR]
@@ -51,7 +61,11 @@ MiB = 1024 * 1024
 LOADS = [("small@example.test", False, b"UID FETCH 1:* BODY.PEEK[]", "1000 x 50 KiB, 1 FETCH"),
          ("big@example.test", False, b"FETCH 1 BODY.PEEK[]", "1 x 100 MiB"),
          ("small@example.test", True, b"UID FETCH 1:* BODY.PEEK[]", "TLS 1000 x 50 KiB"),
-         ("big@example.test", True, b"FETCH 1 BODY.PEEK[]", "TLS 1 x 100 MiB")]
+         ("big@example.test", True, b"FETCH 1 BODY.PEEK[]", "TLS 1 x 100 MiB"),
+         # not PEEK: every message gets \Seen (a Maildir rename each); reset, untimed, first
+         ("small@example.test", False, b"UID FETCH 1:* BODY[]", "1000 x 50 KiB BODY[] +Seen")]
+#: Run before a load's FETCH, neither timed nor counted in its CPU.
+RESET = {b"UID FETCH 1:* BODY[]": b"UID STORE 1:* -FLAGS.SILENT (\\Seen)"}
 USERS = {"small@example.test": "small-pw", "big@example.test": "big-pw"}
 RECV = 1 << 20
 
@@ -93,7 +107,7 @@ class Client:
             if line.startswith(tag):
                 assert line[len(tag):].startswith(b"OK"), line
                 return literals, octets
-            if line.endswith(b"}"):
+            if line.endswith(b"}") and b"FETCH" in line:
                 n = int(line[line.rindex(b"{") + 1:-1])
                 literals += 1
                 octets += n
@@ -115,18 +129,25 @@ class Client:
 
 
 def fetch_all(port: int, user: str, command: bytes, expected: list[int],
-              tls: bool = False) -> tuple[int, float]:
-    """(body octets, seconds) for one FETCH of the bodies in one session."""
+              tls: bool = False, cpu=None) -> tuple[int, float, float]:
+    """(body octets, seconds, server CPU seconds) for one FETCH of the bodies in one
+    session; ``cpu()`` is the server's CPU so far (read before and after the FETCH, so
+    login, SELECT and a ``RESET`` are not counted; a Dovecot session process is alive
+    then and counted)."""
     c = Client(port, tls)
     c.command(b'LOGIN "%s" "%s"' % (user.encode(), USERS[user].encode()))
     c.command(b"SELECT INBOX")
+    if command in RESET:
+        c.command(RESET[command])
+    before = cpu() if cpu is not None else 0.0
     started = time.perf_counter()
     literals, octets = c.command(command)
     elapsed = time.perf_counter() - started
+    used = cpu() - before if cpu is not None else 0.0
     c.logout()
     # every literal is a whole message, nothing else is a literal
     assert (literals, octets) == (len(expected), sum(expected)), (literals, octets)
-    return octets, elapsed
+    return octets, elapsed, used
 
 
 def sizes_in(maildir: str) -> list[int]:
@@ -262,11 +283,11 @@ def main() -> None:
             for load in LOADS:
                 user, tls, command = load[0], load[1], load[2]
                 for name, port in servers.items():
-                    before = tree_cpu(pids[name])
-                    octets, seconds = fetch_all(tls_ports[name] if tls else port, user,
-                                                command, expected[user], tls)
+                    pid = pids[name]
+                    octets, seconds, used = fetch_all(
+                        tls_ports[name] if tls else port, user, command, expected[user], tls,
+                        cpu=lambda pid=pid: tree_cpu(pid))
                     time.sleep(0.3)  # let Dovecot reap the session process
-                    used = tree_cpu(pids[name]) - before
                     results.setdefault((load, name), []).append(octets / MiB / seconds)
                     cpu.setdefault((load, name), []).append(used * 1000 / (octets / MiB))
         load_avg.append(os.getloadavg()[0])
