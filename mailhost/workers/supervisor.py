@@ -244,9 +244,16 @@ class Supervisor(service.Service):
         transport = self.reactor.spawnProcess(worker, args[0], args, env=os.environ.copy(),
                                               childFDs=child_fds)
         worker.pid = transport.pid
-        self.workers[index] = worker
         log.info("worker {index} started pid={pid}", index=index, pid=worker.pid,
                  event="worker_started")
+        self._join(worker)
+
+    def _join(self, worker: WorkerProcess) -> None:
+        """Add ``worker`` to those relayed to, briefed: facts still waiting to be relayed
+        go to the others first (the brief already counts them; relayed to the new worker
+        too they would count twice)."""
+        self._relay()
+        self.workers[worker.index] = worker
         self._brief(worker)
 
     def _brief(self, worker: WorkerProcess) -> None:
@@ -305,6 +312,8 @@ class Supervisor(service.Service):
     def _relay(self) -> None:
         """Every fact that arrived this turn, to every worker but its source, in one
         write each."""
+        if self._relay_call is not None and self._relay_call.active():
+            self._relay_call.cancel()
         self._relay_call = None
         outbox, self._outbox = self._outbox, []
         for index, other in self.workers.items():
@@ -316,9 +325,9 @@ class Supervisor(service.Service):
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
         self._connections.pop(worker.index, None)
-        gone = json.dumps(["worker.gone", worker.index]).encode()
-        for other in self.workers.values():
-            other.send(gone)
+        # After its last facts, which may still wait for this turn's relay.
+        self._outbox.append((worker.index, json.dumps(["worker.gone", worker.index]).encode()))
+        self._relay()
         status = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         if self.stopping:

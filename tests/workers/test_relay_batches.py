@@ -123,3 +123,32 @@ def test_the_supervisor_relays_a_turn_in_one_write_per_worker():
     assert ["conns", 0, [["smtp", "192.0.2.7", 3, 0]]] in facts
     assert ["conns", 1, [["smtp", "192.0.2.7", 1, 0]]] in facts
     assert ["throttle.failed", 0, "192.0.2.8"] in facts
+
+
+def test_a_worker_joining_or_leaving_mid_turn_counts_each_connection_once():
+    """Facts wait for the end of the turn: a worker started meanwhile is briefed with
+    them (and must not get them again), and a worker's end follows its last facts (a
+    'gone' before them would leave its connections counted for ever)."""
+    supervisor, clock, workers = _supervisor(2)
+    workers[0].childDataReceived(3, b'["conns",[["smtp","192.0.2.7",2,0]]]\n')
+    late = WorkerProcess(supervisor, 2)
+    late.transport = _Child()  # type: ignore[assignment]
+    supervisor._join(late)
+    clock.advance(0)
+    facts = [json.loads(x) for w in late.transport.writes for x in w.splitlines()]
+    assert facts == [["conns", 0, [["smtp", "192.0.2.7", 2, 0]]]]
+    assert [json.loads(x) for x in workers[1].transport.writes[0].splitlines()] == [
+        ["conns", 0, [["smtp", "192.0.2.7", 2, 0]]]]
+
+    workers[1].transport.writes.clear()
+    workers[0].childDataReceived(3, b'["conns",[["smtp","192.0.2.8",1,0]]]\n')
+    supervisor.worker_ended(workers[0], _Ended())
+    clock.advance(0)
+    facts = [json.loads(x) for w in workers[1].transport.writes for x in w.splitlines()]
+    assert facts == [["conns", 0, [["smtp", "192.0.2.8", 1, 0]]], ["worker.gone", 0]]
+
+
+class _Ended:
+    class value:  # noqa: N801 (a Failure's value, as processEnded gets it)
+        exitCode = 0
+        signal = None
