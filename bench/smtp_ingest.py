@@ -66,6 +66,14 @@ varied by up to 40% with the other load on the machine.
 Usage: python3 bench/smtp_ingest.py [--runs 3] [--scale 1.0] [--workdir DIR]
                                     [--no-postfix] [--no-durable-twisted] [--no-fsync-row]
                                     [--idle] [--pipeline] [--capture]
+                                    [--load I] [--only mailhost,aiosmtpd] [--profile FILE]
+                                    [--baseline DIR]
+
+``--load I`` runs only row I of the loads (0: 20 sessions x 4 KiB), ``--only`` only the
+named servers (one row each, CPU against aiosmtpd's), and ``--profile FILE`` runs the
+mailhost server under twistd's cProfile, its pstats saved to FILE when it stops.
+``--baseline DIR`` adds the row ``mailhost-base``: the same server run from another source
+tree (``git archive main | tar -x -C DIR``), for a before/after in the same runs.
 """
 
 from __future__ import annotations
@@ -191,6 +199,8 @@ class Mailhost(Server):
     extra = ""  # more TOML (--pipeline: [pipeline], [dns], relay networks)
     keys: dict[str, bytes] = {}  # (--pipeline) "<domain>/<selector>" -> PEM, into data/dkim/
     relay_networks: list[str] = []  # smtp.relay_networks (--pipeline: dkim_sign's clients)
+    profile = ""  # --profile FILE: twistd's cProfile of the server, saved at stop
+    root = ROOT  # the source tree it runs (--baseline: another checkout)
 
     def start(self) -> None:
         if self.idle:
@@ -237,8 +247,10 @@ listen = []
 [imap]
 listen = [{f'"tcp:{self.imap_port}:interface=127.0.0.1"' if self.idle else ""}]
 {self.extra}""")
-        return [sys.executable, TWISTD, "-n", "--pidfile=", "mailhost", "--config", config], {
-            "PYTHONPATH": ROOT}
+        prof = ([f"--profile={self.profile}", "--profiler=cprofile", "--savestats"]
+                if self.profile else [])
+        return [sys.executable, TWISTD, "-n", "--pidfile=", *prof, "mailhost",
+                "--config", config], {"PYTHONPATH": self.root}
 
 
 class IdleClient:
@@ -544,8 +556,19 @@ def main() -> None:
                     help="only mailhost, ordinary and in capture mode")
     ap.add_argument("--workers", type=int, default=0,
                     help="also run mailhost with server.workers = N (issue 18)")
+    ap.add_argument("--load", type=int, default=None, choices=range(len(LOADS)),
+                    help="only this row of LOADS (0: 20 sessions x 4 KiB)")
+    ap.add_argument("--profile", default="",
+                    help="cProfile the (first) mailhost server into FILE (pstats), saved at stop")
+    ap.add_argument("--baseline", default="",
+                    help="also run mailhost from this source tree (e.g. `git archive` of "
+                         "main), as the row mailhost-base")
+    ap.add_argument("--only", default="",
+                    help="comma-separated server names to run (e.g. mailhost,aiosmtpd)")
     args = ap.parse_args()
     Mailhost.idle = args.idle
+    Mailhost.profile = os.path.abspath(args.profile) if args.profile else ""
+    loads = LOADS if args.load is None else [LOADS[args.load]]
     if shutil.which("smtp-source") is None:
         raise SystemExit("smtp-source not found: apt-get install -y postfix")
     workdir = args.workdir or tempfile.mkdtemp(prefix="smtp-ingest-")
@@ -570,6 +593,13 @@ def main() -> None:
     if args.workers:
         MailhostWorkers.workers = args.workers
         servers.append(MailhostWorkers("mailhost-workers", os.path.join(workdir, "workers")))
+    if args.baseline:
+        base = Mailhost("mailhost-base", os.path.join(workdir, "base"))
+        base.root = os.path.abspath(args.baseline)
+        servers.append(base)
+    if args.only:
+        servers = [s for s in servers
+                   if s.name in args.only.split(",") or s.name == "mailhost-base"]
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
         for s in servers:
@@ -577,7 +607,7 @@ def main() -> None:
         for s in servers:  # warm-up
             drive(s, 2, 4096, 20)
         for run in range(args.runs):
-            for label, sessions, length, count in LOADS:
+            for label, sessions, length, count in loads:
                 n = max(10, int(count * args.scale))
                 k = run % len(servers)
                 order = servers[k:] + servers[:k]  # interleave, rotate the order
@@ -594,13 +624,22 @@ def main() -> None:
         return statistics.median(r[i] for r in results[(label, name)])
 
     print(f"\nmedian of {args.runs} interleaved runs (msg/s; server CPU ms/msg)\n")
+    if args.only:  # a subset of the servers: one row each, CPU against aiosmtpd's
+        for label, *_ in loads:
+            for s in servers:
+                ratio = (f" ({med(label, s.name, 1) / med(label, 'aiosmtpd', 1):.2f}x "
+                         "aiosmtpd's CPU)" if (label, "aiosmtpd") in results else "")
+                print(f"| {label} | {s.name} | {med(label, s.name, 0):.0f}; "
+                      f"{med(label, s.name, 1):.2f} ms |{ratio}")
+        print(f"\nworkdir: {workdir}")
+        return
     names = ["mailhost", "aiosmtpd", "twisted"] + (["postfix"] if postfix else [])
     print("| load | mailhost (fsync) | aiosmtpd (fsync) | stock Twisted (no fsync) "
           + ("| Postfix (fsync) " if postfix else "")
           + "| vs aiosmtpd | vs Twisted " + ("| vs Postfix | Postfix vs Twisted " if postfix else "")
           + "|")
     print("|---" * (len(names) + 3 + (2 if postfix else 0)) + "|")
-    for label, *_ in LOADS:
+    for label, *_ in loads:
         rate = {n: med(label, n, 0) for n in names}
         cpu = {n: med(label, n, 1) for n in names}
         cells = [f"{rate[n]:.0f}; {cpu[n]:.2f} ms" for n in names]
@@ -614,13 +653,13 @@ def main() -> None:
               "stock Twisted, and mailhost's against it\n")
         print("| load | Twisted + fsync | vs stock Twisted | mailhost vs Twisted + fsync |")
         print("|---|---|---|---|")
-        for label, *_ in LOADS:
+        for label, *_ in loads:
             d, t = med(label, "twisted-durable", 0), med(label, "twisted", 0)
             dc, m = med(label, "twisted-durable", 1), med(label, "mailhost", 0)
             print(f"| {label} | {d:.0f}; {dc:.2f} ms | {d / t:.2f}x | {m / d:.2f}x |")
     if args.no_fsync_row:
         print("\nmailhost with fsync off (protocol cost only), vs stock Twisted (also no fsync):\n")
-        for label, *_ in LOADS:
+        for label, *_ in loads:
             n, t = med(label, "mailhost-nofsync", 0), med(label, "twisted", 0)
             nc = med(label, "mailhost-nofsync", 1)
             print(f"| {label} | {n:.0f} msg/s; {nc:.2f} ms CPU | {n / t:.2f}x |")
@@ -630,7 +669,7 @@ def main() -> None:
         print("| load | workers = N | vs workers = 1 | vs aiosmtpd "
               + ("| vs Postfix " if postfix else "") + "|")
         print("|---|---|---|---" + ("|---" if postfix else "") + "|")
-        for label, *_ in LOADS:
+        for label, *_ in loads:
             w, wc = med(label, "mailhost-workers", 0), med(label, "mailhost-workers", 1)
             cells = [f"{w:.0f}; {wc:.2f} ms", f"{w / med(label, 'mailhost', 0):.2f}x",
                      f"{w / med(label, 'aiosmtpd', 0):.2f}x"]

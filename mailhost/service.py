@@ -440,10 +440,10 @@ def makeService(
 
         passwd: PasswdFile = make_users(config.auth.dsn or config.store.dsn)
     else:
-        passwd = PasswdFile(config.data_path(config.auth.passwd_file))
+        passwd = PasswdFile(config.data_path(config.auth.passwd_file), reactor=reactor)
     # The lists and catch-alls: the aliases file, or with the users in PostgreSQL the
     # aliases table every node shares (mailhost alias; heard of by NOTIFY).
-    aliases: Any = AliasesFile(config.data_path(config.auth.aliases_file))
+    aliases: Any = AliasesFile(config.data_path(config.auth.aliases_file), reactor=reactor)
     if config.auth.backend == "postgresql":
         from mailhost.auth.pg_aliases import make_aliases
 
