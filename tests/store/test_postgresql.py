@@ -200,3 +200,31 @@ async def test_columns_are_built_once_per_change_and_follow_other_nodes(two_node
     cols = folder.columns()
     assert (list(cols.uids), list(cols.sizes)) == ([1, 3], [len(MSG)] * 2)
     assert folder.columns() is cols
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_deliveries_into_one_folder_commit_together(store_pg):
+    """Group commit (bench/smtp_ingest.py --store postgresql: one transaction per
+    delivery made deliveries into one mailbox wait for each other's folder lock and
+    WAL flush in turn): 30 concurrent deliveries take a few transactions (a few new
+    mod-sequences, one per batch and folder), get distinct
+    consecutive UIDs, and one to a folder that does not exist fails alone."""
+    store, dsn = store_pg
+    await deliver(store)  # the account exists
+    with psycopg.connect(dsn) as conn:
+        modseq0 = int(conn.execute("SELECT highest_modseq FROM folders f JOIN accounts a"
+                                   " ON a.id = f.account_id WHERE a.name = %s"
+                                   " AND f.name = 'INBOX'", (A,)).fetchone()[0])
+    wanted = [defer.Deferred.fromCoroutine(deliver(store, MSG + b"%d" % i)) for i in range(30)]
+    missing = defer.Deferred.fromCoroutine(deliver(store, MSG, DeliveryTarget(A, "Nowhere")))
+    results = await defer.gatherResults(wanted)
+    with pytest.raises(Exception, match="Nowhere"):
+        await missing
+    assert sorted(r[0] for r in results) == list(range(2, 32))
+    inbox = await (await store.open_account(A)).open_folder("INBOX")
+    assert [i.uid for i in inbox.messages()] == list(range(1, 32))
+    with psycopg.connect(dsn) as conn:
+        modseq1 = int(conn.execute("SELECT highest_modseq FROM folders WHERE id = %s",
+                                   (inbox.id,)).fetchone()[0])
+    # One new mod-sequence per batch: far fewer than one per delivery.
+    assert modseq1 - modseq0 < 10, modseq1 - modseq0

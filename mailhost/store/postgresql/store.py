@@ -58,6 +58,7 @@ from mailhost.store.modseq import ModSeqs
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, split_user
 from mailhost.store.objectid import EMAIL_ID_KEY
 from mailhost.store.postgresql import sql
+from mailhost.store.postgresql.batches import GroupCommit
 from mailhost.store.postgresql.bodies import PostgresMessageWriter, open_body
 from mailhost.store.postgresql.sql import FolderMeta, MessageRow
 from mailhost.store.quota import IQuotaRoot, IQuotaStore, QuotaLimits, QuotaUsage
@@ -405,6 +406,8 @@ class PostgresStore:
         self._account_listeners = AccountListenerSet()
         self._started: defer.Deferred[None] | None = None
         self._quota_limits: QuotaLimits = lambda user: 0
+        self._deliveries: GroupCommit[sql.Delivery, list[tuple[int, int]]] = GroupCommit(
+            self._commit_batch, self._after_batch)
 
     # -- life ---------------------------------------------------------------------------
 
@@ -543,17 +546,27 @@ class PostgresStore:
         except StoreError:
             return defer.fail()
 
-        def done(placed: list[tuple[int, int]]) -> defer.Deferred[list[int | None]]:
+        def done(placed: list[tuple[int, int]]) -> list[int | None]:
             for user in sorted({t.user for t in targets}):
                 self._tell_opened(user)
-            syncs = [self._live[fid].sync() for fid in sorted({f for f, _ in placed})
-                     if fid in self._live]
-            d = defer.gatherResults(syncs, consumeErrors=True)
-            uids: list[int | None] = [uid for _, uid in placed]
-            return d.addCallback(lambda _: uids)
+            return [uid for _, uid in placed]
 
-        return self._ready(lambda: self.db.run(sql.deliver, spool, digest, size, plan)
+        return self._ready(lambda: self._deliveries.submit((spool, digest, size, plan))
                            .addCallback(done))
+
+    def _commit_batch(self, batch: list[sql.Delivery],
+                      ) -> defer.Deferred[Sequence[list[tuple[int, int]] | Exception]]:
+        return self.db.run(sql.deliver_batch, batch)
+
+    def _after_batch(self, placed: list[list[tuple[int, int]]]) -> defer.Deferred[object]:
+        """Sync each live folder a batch wrote to, once, before its deliveries' Deferreds
+        fire (the caller, IDLE and other sessions see the new messages at once)."""
+        folders = sorted({fid for each in placed for fid, _ in each if fid in self._live})
+        syncs = [self._live[fid].sync() for fid in folders]
+        d: defer.Deferred[Any] = defer.gatherResults(syncs, consumeErrors=True)
+        d.addErrback(lambda f: log.failure("folder sync after delivery failed", f,
+                                           event="pg_sync"))
+        return d
 
     # -- IAccountListing ----------------------------------------------------------------
 
