@@ -228,3 +228,31 @@ async def test_concurrent_deliveries_into_one_folder_commit_together(store_pg):
                                    (inbox.id,)).fetchone()[0])
     # One new mod-sequence per batch: far fewer than one per delivery.
     assert modseq1 - modseq0 < 10, modseq1 - modseq0
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncs_asked_while_one_waits_share_it(store_pg):
+    """Every write and every NOTIFY asks its folder for a sync; under the IMAP load
+    (bench/imap_load.py --postgresql) they queued one query each behind the other,
+    and a NOOP waited behind them all. Asked while one runs, they now share the next."""
+    from mailhost.store.postgresql import sql
+
+    store, _dsn = store_pg
+    await deliver(store)
+    inbox = await (await store.open_account(A)).open_folder("INBOX")
+    runs = []
+    real = store.db.run
+
+    def counting(fn, *args):
+        if fn is sql.sync:
+            runs.append(args)
+        return real(fn, *args)
+
+    store.db.run = counting
+    try:
+        await defer.gatherResults([inbox.sync() for _ in range(10)])
+        assert len(runs) == 2  # the one that started at once, and one for the other nine
+        await deliver(store, MSG + b"again")
+    finally:
+        store.db.run = real
+    assert [i.uid for i in inbox.messages()] == [1, 2]
