@@ -135,7 +135,7 @@ def deliver_batch(conn: Conn, batch: Sequence[Delivery]) -> list[list[tuple[int,
     The round trips do not grow with the batch: folders are looked up in one query,
     bodies and messages are written with pipelined ``executemany``, and every folder
     is locked, numbered (once: one new mod-sequence for all its new messages) and
-    notified once. The folder locks are taken after the bodies are written, so they
+    notified once, in the same statement when the batch writes to one folder only. The folder locks are taken after the bodies are written, so they
     are held only for the numbering, the message rows and the commit."""
     found = _resolve(conn, {(user, name) for *_, targets in batch
                             for user, name, _f, _d in targets})
@@ -146,16 +146,19 @@ def deliver_batch(conn: Conn, batch: Sequence[Delivery]) -> list[list[tuple[int,
     live = [item for item, got in zip(batch, out, strict=True) if not isinstance(got, Exception)]
     store_bodies(conn, [(spool, digest, size) for spool, digest, size, _t in live])
     stored = {digest for _s, digest, _z, _t in live}
-    alive = lock_folders(conn, {found[(u, n)] for *_, targets in live for u, n, _f, _d in targets})
+    fids = {found[(u, n)] for *_, targets in live for u, n, _f, _d in targets}
+    # One folder (the usual batch: SMTP into one mailbox, an APPEND): the numbering's
+    # UPDATE below locks it and says whether it still exists, one round trip less.
+    alive = lock_folders(conn, fids) if len(fids) > 1 else fids
     counts: dict[int, int] = {}
     for i, (*_, targets) in enumerate(batch):
         if isinstance(out[i], Exception):
             continue
-        fids = [found[(u, n)] for u, n, _f, _d in targets]
-        if not set(fids) <= alive:
+        mine = [found[(u, n)] for u, n, _f, _d in targets]
+        if not set(mine) <= alive:
             out[i] = NoSuchFolder("deleted meanwhile")  # its body may stay: collected below
             continue
-        for fid in fids:
+        for fid in mine:
             counts[fid] = counts.get(fid, 0) + 1
     if not counts:
         collect_bodies(conn, stored)
@@ -165,6 +168,12 @@ def deliver_batch(conn: Conn, batch: Sequence[Delivery]) -> list[list[tuple[int,
         " FROM unnest(%s::bigint[], %s::bigint[]) AS c(id, n) WHERE f.id = c.id"
         " RETURNING f.id, f.highest_modseq, f.uid_next - c.n, pg_notify(%s, f.id::text)",
         (list(counts), list(counts.values()), CHANNEL)).fetchall()
+    if len(rows) < len(counts):  # the one folder was deleted meanwhile: nothing is placed
+        for i, got in enumerate(out):
+            if not isinstance(got, Exception):
+                out[i] = NoSuchFolder("deleted meanwhile")
+        collect_bodies(conn, stored)
+        return out
     modseqs = {int(fid): int(m) for fid, m, _, _ in rows}
     next_uid = {int(fid): int(u) for fid, _, u, _ in rows}
     inserts = []
