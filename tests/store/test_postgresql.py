@@ -251,7 +251,9 @@ async def test_syncs_asked_while_one_waits_share_it(store_pg):
     store.db.run = counting
     try:
         await defer.gatherResults([inbox.sync() for _ in range(10)])
-        assert len(runs) == 2  # the one that started at once, and one for the other nine
+        # The one that started at once and one for the other nine (or one for all ten,
+        # when the NOTIFY of the delivery above had a sync running already).
+        assert 1 <= len(runs) <= 2, runs
         await deliver(store, MSG + b"again")
     finally:
         store.db.run = real
