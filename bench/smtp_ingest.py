@@ -63,9 +63,20 @@ capture.toml runs it 534 msg/s, 1.00 ms; capture with fsync 341 msg/s, 1.40 ms; 
 with 5 recipients a message 356 msg/s (1780 stored copies/s), 1.83 ms. Single runs
 varied by up to 40% with the other load on the machine.
 
+``--store postgresql`` (issue 19) runs instead only mailhost, in the same interleaved
+runs and at every load: the Maildir store (fsync on), one node on the PostgreSQL store,
+and ``--nodes N`` (default 2) nodes on 127.0.0.1, 127.0.0.2, ... on one database, the
+sessions and messages split among them (one smtp-source each, at once). The database
+is a private cluster (``bench/bench_pg.py``) with PostgreSQL's durable defaults (fsync,
+synchronous_commit; ``--pg-nofsync`` turns them off), a database per row. A message
+counts when its row is committed (before the 250). The table gives mailhost's CPU (all
+nodes) and the whole cluster's CPU per message, then the statements that took the
+database's time (pg_stat_statements).
+
 Usage: python3 bench/smtp_ingest.py [--runs 3] [--scale 1.0] [--workdir DIR]
                                     [--no-postfix] [--no-durable-twisted] [--no-fsync-row]
                                     [--idle] [--pipeline] [--capture]
+                                    [--store postgresql [--nodes 2] [--pg-nofsync]]
 """
 
 from __future__ import annotations
