@@ -258,3 +258,35 @@ async def test_syncs_asked_while_one_waits_share_it(store_pg):
     finally:
         store.db.run = real
     assert [i.uid for i in inbox.messages()] == [1, 2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_import_writes_messages_in_batches_with_their_uids(store_pg):
+    """``store import`` (PostgresLoader) writes a few hundred messages per round trip
+    (a 100,000-message import took minutes of round trips, three per message): 1,201
+    messages cross FLUSH_COUNT twice, with a body shared by two of them, and come back
+    with their UIDs, flags and bytes."""
+    import io
+
+    from mailhost.store.postgresql.load import FLUSH_COUNT, PostgresLoader
+
+    store, dsn = store_pg
+    n = 2 * FLUSH_COUNT + 201
+    loader = PostgresLoader(dsn, "imported@example.test")
+    loader.folder("INBOX", 1234, n + 10, 1, None, "")
+    for uid in range(1, n + 1):
+        body = MSG + (b"%d" % uid if uid != n else b"1")  # the last one's body is the first's
+        loader.message(uid * 2, frozenset({"\\Seen"} if uid % 3 else ()), 1e9 + uid, 1,
+                       io.BytesIO(body))
+    loader.finish(["INBOX"])
+    inbox = await (await store.open_account("imported@example.test")).open_folder("INBOX")
+    infos = inbox.messages()
+    assert [i.uid for i in infos] == [2 * u for u in range(1, n + 1)]
+    assert [("\\Seen" in i.flags) for i in infos] == [bool(u % 3) for u in range(1, n + 1)]
+    assert inbox.uid_validity == 1234
+    for uid, want in [(2, MSG + b"1"), (2 * FLUSH_COUNT + 2, MSG + b"%d" % (FLUSH_COUNT + 1)),
+                      (2 * n, MSG + b"1")]:
+        reader = await inbox.open_message(uid)
+        assert reader.read() == want
+        reader.close()
+    assert count(dsn, "bodies") == n - 1  # the last message shares the first one's body
