@@ -19,6 +19,12 @@ Then ``VACUUM ANALYZE``, ``pg_database_size``, each table's size (heap, TOAST,
 indexes), and bytes per message above the empty database's size.
 
     python3 bench/pg_size.py [--messages 100000] [--in-flight 20]
+
+Measured (2026-12-05, ``--messages 20000``, scaled to 100,000; load 15-20, so the
+fill rates say little): one copy each, 2,639 bytes per message, 252 MiB per 100,000
+(body_chunks 2,048 bytes a message: pglz halves the text; messages 335 with indexes;
+bodies 162); 5 copies each, 3,611 bytes per message, 722 per stored copy, 344 MiB per
+100,000 messages (500,000 copies): the bodies once, the 5 message rows 1,305 bytes.
 """
 
 from __future__ import annotations
