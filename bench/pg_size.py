@@ -22,7 +22,7 @@ indexes), and bytes per message above the empty database's size.
 
 Measured (2026-12-05, ``--messages 20000``, scaled to 100,000; load 15-20, so the
 fill rates say little): one copy each, 2,639 bytes per message, 252 MiB per 100,000
-(body_chunks 2,048 bytes a message: pglz halves the text; messages 335 with indexes;
+(body_chunks 2,126 bytes a message: pglz halves the text; messages 335 with indexes;
 bodies 162); 5 copies each, 3,611 bytes per message, 722 per stored copy, 344 MiB per
 100,000 messages (500,000 copies): the bodies once, the 5 message rows 1,305 bytes.
 """
