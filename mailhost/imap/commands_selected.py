@@ -80,6 +80,8 @@ async def expunge(s: IMAPServer, cmd: parser.Command) -> bytes:
             raise Bad("EXPUNGE takes no arguments")
         removed = await sel.folder.expunge()
     sel.note_expunged(removed)
+    if removed and "QRESYNC" in s.enabled:  # RFC 7162 3.2.7 and 3.2.9: a MUST
+        return b"[HIGHESTMODSEQ %d] EXPUNGE completed" % sel.folder.highest_modseq
     return b"EXPUNGE completed"
 
 

@@ -626,6 +626,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         (``notify``: FETCH for new messages, other mailboxes' STATUS) add to it."""
         sel = self.selected
         last = sel.uids[-1] if sel is not None and sel.uids else 0
+        if allow_expunge:  # CONTEXT: REMOVEFROM before the EXPUNGE (RFC 5267 4.3.4)
+            context.removals_before_expunge(self)
         self.send_updates(allow_expunge, with_uid)
         if self.notifier is not None:
             await self.notifier.after_updates(last)
