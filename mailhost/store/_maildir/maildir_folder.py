@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFReader
@@ -156,8 +157,8 @@ class MaildirFolder:
         self._disk_call: IDelayedCall | None = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
         self._leaving: set[tuple[str, str]] = set()  # names our rename/unlink in flight drops
-        self._claim_waiters: list[defer.Deferred[set[int]]] | None = None  # a claim awaits the lock
-        self._claims = 0  # \Recent claims queued or running (see refresh)
+        #: \Recent claims whose renames wait for the lock (see claim_recent).
+        self._claim_batch: list[tuple[list[int], defer.Deferred[set[int]]]] | None = None
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
         self._numbering = False  # a batch is scheduled or running
         self._number_call: IDelayedCall | None = None  # the scheduled start of the next batch
@@ -726,10 +727,10 @@ class MaildirFolder:
     # -- IFolder: changes ----------------------------------------------------------------
 
     def refresh(self) -> defer.Deferred[None]:
+        # A \Recent claim in flight needs no waiting for: it took its messages out of
+        # the recent set when it was made (claim_recent).
         if (self._watching == "inotify" and self._numbered >= self._queued
-                and not self._claims and self._nothing_foreign()):
-            # (A \Recent claim queued or running must land first: a session opening
-            # the folder now must not count as recent what another already reported.)
+                and self._nothing_foreign()):
             return defer.succeed(None)
         return self._run(self._refresh_now)
 
@@ -1074,51 +1075,69 @@ class MaildirFolder:
         return pairs, missed
 
     def claim_recent(self) -> defer.Deferred[set[int]]:
-        if self._claim_waiters is not None:
-            # A claim already waits for the lock and reads the recent set only once it
-            # runs, so it takes these too: this caller claims nothing, and hears so
-            # when that claim is done. (Every IMAP session that reports new mail asks
-            # for a claim; under load they queued up behind each other for the lock.)
-            d: defer.Deferred[set[int]] = defer.Deferred()
-            self._claim_waiters.append(d)
-            return d
-        waiters: list[defer.Deferred[set[int]]] = []
-        self._claim_waiters = waiters
-        self._claims += 1
-
-        def done(result: _T) -> _T:
-            self._claims -= 1
-            if self._claim_waiters is waiters:  # it never ran (folder gone)
-                self._claim_waiters = None
-            for w in waiters:
-                w.callback(set())
-            return result
-
-        return self._run(self._claim_recent).addBoth(done)
-
-    async def _claim_recent(self) -> set[int]:
-        self._claim_waiters = None  # running: a later call needs a claim of its own
+        """The claim takes effect at once, on the reactor thread: its messages leave
+        the recent set (``FolderIndex.claimed``) before this returns, so a session
+        that looks next (NOOP, SELECT, EXAMINE, STATUS) sees them as not recent
+        without waiting for anything. Their renames new/ -> cur/ follow under the
+        folder lock, and the Deferred fires with those that moved (a file another
+        program renamed meanwhile stays the other's). Claims made while renames wait
+        for the lock share one pass. (Issue 16: under a 10-client load, most NOOPs
+        waited on the lock for another session's claim to land.)"""
         index = self._index
-        recent = index.recent_uids()
-        if not recent:
-            return set()
+        fresh = index.recent_uids()
+        if not fresh:
+            return defer.succeed(set())
+        index.claimed.update(fresh)
+        d: defer.Deferred[set[int]] = defer.Deferred()
+        batch = self._claim_batch
+        if batch is not None:
+            batch.append((fresh, d))  # renames not started yet: they take these too
+        else:
+            batch = self._claim_batch = [(fresh, d)]
+
+            def failed(f: Failure, batch: list[tuple[list[int], defer.Deferred[set[int]]]]
+                       = batch) -> None:
+                if self._claim_batch is batch:  # it never ran (folder gone)
+                    self._claim_batch = None
+                for uids, waiter in batch:
+                    index.claimed.difference_update(uids)
+                    if f.check(NoSuchFolder):
+                        waiter.callback(set())  # nothing left to claim
+                    else:
+                        waiter.errback(f)
+
+            self._run(self._claim_recent, batch).addErrback(failed)
+        return d
+
+    async def _claim_recent(self,
+                            batch: list[tuple[list[int], defer.Deferred[set[int]]]]) -> None:
+        if self._claim_batch is batch:
+            self._claim_batch = None  # running: a later claim starts a pass of its own
+        index = self._index
+        wanted = sorted({uid for uids, _ in batch for uid in uids})
         renames: list[tuple[str, str]] = []
-        parts: list[str | None] = []
-        for uid in recent:
+        moves: list[tuple[int, str | None]] = []
+        for uid in wanted:
             i = index.pos(uid)
-            base, part = index.keys[i], index.state_at(i).part
-            new_part = make_info(info_letters(part), in_new=False)
-            renames.append((os.path.join("new", filename(base, part)),
+            if i < 0:
+                continue  # expunged meanwhile
+            base, st = index.keys[i], index.state_at(i)
+            if not st.recent:
+                continue  # another program moved it to cur/ meanwhile
+            new_part = make_info(info_letters(st.part), in_new=False)
+            renames.append((os.path.join("new", filename(base, st.part)),
                             os.path.join("cur", filename(base, new_part))))
-            parts.append(new_part)
-        ok = await self._renaming(renames)
-        claimed: set[int] = set()
-        for uid, new_part, done in zip(recent, parts, ok, strict=True):
+            moves.append((uid, new_part))
+        ok = await self._renaming(renames) if renames else []
+        moved: set[int] = set()
+        for (uid, new_part), done in zip(moves, ok, strict=True):
             i = index.pos(uid)
             if done and i >= 0:
                 index.states[i] = index.state(new_part, False)
-                claimed.add(uid)
-        return claimed
+                moved.add(uid)
+        index.claimed.difference_update(wanted)
+        for uids, waiter in batch:
+            waiter.callback(moved.intersection(uids))
 
     def add_listener(self, listener: IFolderListener) -> None:
         self._listeners.add(listener)
