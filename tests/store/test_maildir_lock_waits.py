@@ -8,6 +8,7 @@ reported new mail queued a claim of its own (2.8 claims per new message).
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -125,3 +126,58 @@ async def test_claims_that_wait_for_the_lock_are_one_claim(root):
         box._lock.release()
     assert set(await first) == {3}
     assert set(await box.claim_recent()) == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_does_not_wait_for_a_claim_queued_for_the_lock(root):
+    """Under bench/imap_load.py 226 of 285 NOOPs waited for the lock behind another
+    session's \\Recent claim: a refresh queued whenever a claim was queued or running.
+    A claim now takes effect when made (the messages leave the recent set at once), so
+    there is nothing to wait for."""
+    store = MaildirStore(root, fsync=False)
+    box = await folder_of(store)
+    await watched(box)
+    for _ in range(2):
+        await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
+    await box.refresh()
+    await box._lock.acquire()  # another session's STORE holds the lock
+    try:
+        claim = box.claim_recent()
+        assert not claim.called and box._lock.waiting
+        assert [i.recent for i in box.messages()] == [False, False]
+        assert not any(box.columns().recent)
+        d = box.refresh()
+        assert d.called, "refresh queued behind another session's claim"
+        assert set(box.claim_recent().result) == set()  # nothing left to claim
+    finally:
+        box._lock.release()
+    assert set(await claim) == {1, 2}
+    assert [i.recent for i in box.messages()] == [False, False]
+    assert sorted(os.listdir(os.path.join(user_dir(root), "new"))) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_expunge_counts_quota_in_its_unlinks_thread_hop(root):
+    """An EXPUNGE held the folder lock for two thread hops, the unlinks and then the
+    quota line in maildirsize; now one, and the count stays exact."""
+    store = MaildirStore(root, fsync=False)
+    store.set_quota_limits(lambda user: 10_000)
+    box = await claimed(store)
+    await box.set_flags([1], ["\\Deleted"], "add")
+    assert (await store.quota(A)).messages == 1
+    hops = []
+    real = store.run_blocking
+
+    def counted(fn, *args):
+        hops.append(fn)
+        return real(fn, *args)
+
+    store.run_blocking = counted
+    try:
+        assert await box.expunge() == [1]
+    finally:
+        del store.run_blocking
+    assert len(hops) == 1, hops
+    usage = await store.quota(A)
+    assert (usage.storage, usage.messages) == (0, 0)
+    await store.close()

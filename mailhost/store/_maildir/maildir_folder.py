@@ -960,7 +960,20 @@ class MaildirFolder:
         if self._watching == "inotify":
             self._leaving.update(os.path.split(rel) for rel in rels)  # see _nothing_foreign
         paths = [os.path.join(self._path, rel) for rel in rels]
-        missing = await self._store.run_blocking(self._uids.locked, unlink_all, paths)
+        # Quota (maildir_quota): counted in the unlinks' own thread hop when every
+        # file went, as it usually does; a second hop held the folder lock as long
+        # as the unlinks (issue 16: EXPUNGE and STORE queued on this lock under load).
+        charge = self._account.charge_in_thread(
+            -sum(index.sizes[index.pos(u)] for u in victims), -len(victims))
+        locked = self._uids.locked
+
+        def work() -> list[str]:
+            gone = locked(unlink_all, paths)
+            if not gone:
+                charge()
+            return gone
+
+        missing = await self._store.run_blocking(work)
         if missing:
             # Another program renamed (flagged) or removed some: learn their current
             # names (the gone leave the index, listeners hear of it), then remove the
@@ -980,7 +993,8 @@ class MaildirFolder:
         freed = sum(self._index.info_at(self._index.pos(u)).size for u in present)
         self._remove(present)
         self._listeners.expunged(self, present)
-        await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
+        if missing:
+            await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         return victims
