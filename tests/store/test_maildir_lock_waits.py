@@ -181,3 +181,47 @@ async def test_expunge_counts_quota_in_its_unlinks_thread_hop(root):
     usage = await store.quota(A)
     assert (usage.storage, usage.messages) == (0, 0)
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_flag_changes_that_wait_for_the_lock_share_one_pass(root, monkeypatch):
+    """Under bench/imap_load.py every STORE queued on the folder lock for a thread hop
+    of its own. Those waiting together now run as one pass, in the order asked, with
+    one rename per file; each caller still gets the flags its own change left."""
+    from mailhost.store._maildir import maildir_folder
+
+    store = MaildirStore(root, fsync=False)
+    for _ in range(2):
+        await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
+    box = await folder_of(store)
+    await box.claim_recent()
+    await box.set_flags([2], ["$Label"], "add")  # a keyword with a letter already
+    rec = Recorder()
+    box.add_listener(rec)
+    real, calls = maildir_folder.rename_all, []
+
+    def counted(path, renames):
+        calls.append(list(renames))
+        return real(path, renames)
+
+    monkeypatch.setattr(maildir_folder, "rename_all", counted)
+    await box._lock.acquire()  # another session's EXPUNGE holds the lock
+    try:
+        asked = [box.set_flags([1], ["\\Seen"], "add"),
+                 box.set_flags([2, 1], ["\\Flagged"], "add"),
+                 box.set_flags([1], ["\\Seen"], "remove"),
+                 box.set_flags([2], ["$Label"], "remove")]
+        assert len(box._lock.waiting) == 1
+    finally:
+        box._lock.release()
+    got = [{i.uid: set(i.flags) for i in await d} for d in asked]
+    assert got == [{1: {"\\Seen"}},
+                   {1: {"\\Seen", "\\Flagged"}, 2: {"\\Flagged", "$Label"}},
+                   {1: {"\\Flagged"}},
+                   {2: {"\\Flagged"}}]
+    assert len(calls) == 1 and len(calls[0]) == 2  # one hop, one rename per file
+    assert box.get(1).flags == {"\\Flagged"} and box.get(2).flags == {"\\Flagged"}
+    names = sorted(n.partition(":")[2] for n in os.listdir(os.path.join(user_dir(root), "cur")))
+    assert names == ["2,F", "2,F"]
+    assert sorted(i.uid for i in rec.changed) == [1, 2]  # each heard of once
+    await store.close()
