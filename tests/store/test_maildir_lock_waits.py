@@ -225,3 +225,35 @@ async def test_flag_changes_that_wait_for_the_lock_share_one_pass(root, monkeypa
     assert names == ["2,F", "2,F"]
     assert sorted(i.uid for i in rec.changed) == [1, 2]  # each heard of once
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_expunges_that_wait_for_the_lock_share_one_pass(root, monkeypatch):
+    """As flag changes: one thread hop for every expunge waiting for the lock, each
+    removed UID reported to the first caller, in the order asked, that named it."""
+    from mailhost.store._maildir import maildir_folder
+
+    store = MaildirStore(root, fsync=False)
+    store.set_quota_limits(lambda user: 10_000)
+    for _ in range(4):
+        await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
+    box = await folder_of(store)
+    await box.set_flags([1, 2, 3], ["\\Deleted"], "add")
+    real, calls = maildir_folder.unlink_all, []
+
+    def counted(paths):
+        calls.append(list(paths))
+        return real(paths)
+
+    monkeypatch.setattr(maildir_folder, "unlink_all", counted)
+    await box._lock.acquire()
+    try:
+        asked = [box.expunge([1]), box.expunge(), box.expunge([2, 3, 4])]
+        assert len(box._lock.waiting) == 1
+    finally:
+        box._lock.release()
+    assert [await d for d in asked] == [[1], [2, 3], []]
+    assert len(calls) == 1 and len(calls[0]) == 3
+    assert [i.uid for i in box.messages()] == [4]
+    assert (await store.quota(A)).messages == 1
+    await store.close()

@@ -112,6 +112,10 @@ Row = tuple[str, bool, str | None, bool, int, float]
 #: One ``set_flags`` call waiting for its pass: (UIDs ascending, flags, mode, caller).
 FlagRequest = tuple[list[int], frozenset[str], str, "defer.Deferred[list[MessageInfo]]"]
 
+#: One ``expunge`` call waiting for its pass: (the UIDs it is restricted to, or None
+#: for every \Deleted message; the caller).
+ExpungeRequest = tuple["set[int] | None", "defer.Deferred[list[int]]"]
+
 
 def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
     """The Row of a copy a writer just linked into new/ (stored CRLF: no wrap)."""
@@ -164,6 +168,8 @@ class MaildirFolder:
         self._leaving: set[tuple[str, str]] = set()  # names our rename/unlink in flight drops
         #: Flag changes that wait for the lock, to run as one pass (see set_flags).
         self._flag_batch: list[FlagRequest] | None = None
+        #: Expunges that wait for the lock, to run as one pass (see expunge).
+        self._expunge_batch: list[ExpungeRequest] | None = None
         #: \Recent claims whose renames wait for the lock (see claim_recent).
         self._claim_batch: list[tuple[list[int], defer.Deferred[set[int]]]] | None = None
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
@@ -994,13 +1000,42 @@ class MaildirFolder:
             self._leaving.clear()
 
     def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
-        return self._run(self._expunge, None if uids is None else set(uids))
+        """Expunges that wait for the folder lock together run as one pass with one
+        thread hop (issue 16, as ``set_flags``); a UID goes to the first of them, in
+        the order asked, whose selection has it."""
+        d: defer.Deferred[list[int]] = defer.Deferred()
+        request = (None if uids is None else set(uids), d)
+        batch = self._expunge_batch
+        if batch is not None:
+            batch.append(request)  # not started yet: it takes this one too
+            return d
+        batch = self._expunge_batch = [request]
 
-    async def _expunge(self, among: set[int] | None) -> list[int]:
+        def failed(f: Failure, batch: list[ExpungeRequest] = batch) -> None:
+            if self._expunge_batch is batch:  # it never ran (folder gone)
+                self._expunge_batch = None
+            for _, waiter in batch:
+                if not waiter.called:
+                    waiter.errback(f)
+
+        self._run(self._expunge, batch).addErrback(failed)
+        return d
+
+    async def _expunge(self, batch: list[ExpungeRequest]) -> None:
+        if self._expunge_batch is batch:
+            self._expunge_batch = None  # running: a later one starts a pass of its own
+        among: set[int] | None = set()
+        for uids, _ in batch:
+            among = None if uids is None or among is None else among | uids
         try:
-            return await self._expunge_locked(among)
+            victims = await self._expunge_locked(among)
         finally:
             self._leaving.clear()  # expunges are serialised by the folder lock
+        left = set(victims)
+        for uids, waiter in batch:
+            mine = [u for u in victims if u in left and (uids is None or u in uids)]
+            left.difference_update(mine)
+            waiter.callback(mine)
 
     async def _expunge_locked(self, among: set[int] | None) -> list[int]:
         index = self._index
