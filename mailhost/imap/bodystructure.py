@@ -1,7 +1,8 @@
 """FETCH BODY and BODYSTRUCTURE (RFC 3501 section 7.4.2) from a scanned ``Part`` tree.
 
 Types and subtypes are upper-cased (as Dovecot does); parameter names and values,
-dispositions and the other fields are sent as they appear in the message. A part
+dispositions and the other fields are sent as they appear in the message, but for
+RFC 2231 parameter continuations and charsets, which are decoded (``rfc2231``). A part
 without Content-Type gets the RFC 2045 default ``TEXT/PLAIN; CHARSET=US-ASCII``
 (``MESSAGE/RFC822`` inside multipart/digest). ``BODY`` is the non-extensible form,
 ``BODYSTRUCTURE`` adds the extension data.
@@ -9,6 +10,7 @@ without Content-Type gets the RFC 2045 default ``TEXT/PLAIN; CHARSET=US-ASCII``
 
 from __future__ import annotations
 
+from mailhost.imap import rfc2231
 from mailhost.imap.encoding import nstring, string
 from mailhost.imap.envelope import render_envelope
 from mailhost.imap.mime import Part, raw
@@ -25,7 +27,8 @@ def _ns(value: str | None) -> bytes:
 def _params(params: list[list[str]] | None) -> bytes:
     if not params:
         return b"NIL"
-    return b"(" + b" ".join(_s(k) + b" " + _s(v) for k, v in params) + b")"
+    # RFC 2231 continuations and charsets decoded (RFC 9051 7.5.2; rfc2231.py).
+    return b"(" + b" ".join(_s(k) + b" " + _s(v) for k, v in rfc2231.merge(params)) + b")"
 
 
 def _disposition(disp: list | None) -> bytes:

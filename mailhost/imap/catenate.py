@@ -127,7 +127,8 @@ async def open_url(account: IMailAccount, url: imapurl.ImapUrl
 async def copy_url(s: IMAPServer, text: bytes, writer: IMessageWriter, limit: int) -> None:
     """Write what the IMAP URL ``text`` names into ``writer``, chunk by chunk."""
     try:
-        url = imapurl.parse(text.decode("ascii"))
+        selected = s.selected.folder.name if s.selected is not None else None
+        url = imapurl.parse(imapurl.resolve(text.decode("ascii"), selected))
         if url.access is not None or url.expire is not None:
             raise imapurl.BadUrl("URLAUTH-authorized URLs are not accepted here")
         folder, info, got = await open_url(s.account, url)

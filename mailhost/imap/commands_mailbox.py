@@ -103,6 +103,7 @@ async def create(s: IMAPServer, cmd: parser.Command) -> bytes:
     if name == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
     await s.account.create_folder(name, use)
+    s.send(rev2.oldname_line(s, parser.as_string(cmd.args[0]), name))
     return objects.mailbox_id_code(await s.account.open_folder(name)) + b"CREATE completed"
 
 
@@ -133,6 +134,7 @@ async def delete(s: IMAPServer, cmd: parser.Command) -> bytes:
     if s.selected is not None and s.selected.folder.name == name:
         s.unselect()
     await s.account.delete_folder(name)
+    s.send(rev2.oldname_line(s, parser.as_string(cmd.args[0]), name, b"\\NonExistent"))
     return b"DELETE completed"
 
 
@@ -145,8 +147,11 @@ async def rename(s: IMAPServer, cmd: parser.Command) -> bytes:
     if new == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
     await s.account.rename_folder(old, new)
-    if rev2.is_rev2(s):
-        s.send(rev2.renamed_line(old, new))
+    # OLDNAME: the name as given, if it was normalized (RFC 9051 6.3.6). Not for INBOX:
+    # "it is assumed that a new INBOX is created", so nothing tells INBOX went away.
+    if rev2.is_rev2(s) and old != "INBOX":
+        given = rev2.denormalized(s, parser.as_string(cmd.args[0]))
+        s.send(rev2.renamed_line(old if given is None else given, new))
     return b"RENAME completed"
 
 
@@ -269,9 +274,13 @@ async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
     shown = {n for n in selected if matches(n)}
     childinfo: set[str] = set()
     if "RECURSIVEMATCH" in req.select:
+        # RFC 9051 6.3.9.6 (RFC 5258 3.5): CHILDINFO for a listed name with a selected
+        # descendant, whether the descendant matches the pattern or not (Table 3, and
+        # "eps2" in example 8); a name that is listed only for its CHILDINFO is left
+        # out when every such descendant is listed anyway ("suppress redundant").
         for n in selected:
-            if not matches(n):
-                childinfo.update(a for a in _ancestors(n) if matches(a))
+            up = [a for a in _ancestors(n) if matches(a)]
+            childinfo.update(a for a in up if a in shown or not matches(n))
     out = []
     for name in sorted(shown | childinfo, key=_sort_key):
         attrs = []
@@ -286,16 +295,21 @@ async def list_(s: IMAPServer, cmd: parser.Command) -> bytes:
             use = uses[name] if name in uses else await _special_use(s, name)
             if use:
                 attrs.append(use.encode("ascii"))
-        line = b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name, utf8)
-        if name in childinfo and criterion:
-            line += b' ("CHILDINFO" ("' + criterion + b'"))'
-        out.append(line + b"\r\n")
-        if req.status_items and name in real:  # LIST-STATUS (RFC 5819)
+        # LIST-STATUS (RFC 5819 2, RFC 9051 6.3.9.2): for selectable mailboxes that meet
+        # the selection options, not for those listed only for CHILDINFO (example 11);
+        # one that went away meanwhile is listed \Noselect, without STATUS.
+        status = b""
+        if req.status_items and name in real and name in shown:
             try:
                 folder = await s.account.open_folder(name)
             except NoSuchFolder:
-                continue
-            out.append(await status_response(s, folder, req.status_items))
+                attrs.insert(0, b"\\Noselect")
+            else:
+                status = await status_response(s, folder, req.status_items)
+        line = b"* LIST (" + b" ".join(attrs) + b') "." ' + wire_name(name, utf8)
+        if name in childinfo and criterion:
+            line += b' ("CHILDINFO" ("' + criterion + b'"))'
+        out.append(line + b"\r\n" + status)
     s.send(b"".join(out))
     return b"LIST completed"
 
@@ -404,7 +418,9 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
             for i in range(0, len(message), APPEND_CHUNK):
                 writer.write(message[i:i + APPEND_CHUNK])
         plan.append((writer, frozenset(f for f in flags if f != "\\Recent"), date))
-    return await commit_appends(account, name, plan)
+    done = await commit_appends(account, name, plan)
+    s.send(rev2.oldname_line(s, parser.as_string(raw_name), name))  # RFC 9051 6.3.12
+    return done
 
 
 async def commit_appends(account: IMailAccount, name: str,

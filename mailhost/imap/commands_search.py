@@ -97,7 +97,9 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
         opts = esearch.ReturnOptions({"ALL"})
     found = await _matching(s, sel, key, charset)
     nums = _numbers(sel, found, cmd.uid)
-    modseq = condstore.search_modseq(s, key, found)  # SEARCH MODSEQ (RFC 7162 3.1.5)
+    # SEARCH MODSEQ (RFC 7162 3.1.5); with MIN/MAX alone, of those (RFC 4731 3.2).
+    modseq = condstore.search_modseq(
+        s, key, found if opts is None else esearch.saved_result(opts, found))
     if opts is None:
         tail = b"" if modseq is None else b" (MODSEQ %d)" % modseq
         s.send(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + tail + b"\r\n")
@@ -106,9 +108,9 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
         sel.saved = esearch.saved_result(opts, found)
     if "UPDATE" in opts:  # CONTEXT=SEARCH (RFC 5267)
         context.start(s, sel, cmd.tag, cmd.uid, False, "COUNT" in opts, found,
-                      lambda now: _matching(s, now, key, charset))
+                      lambda now: _matching(s, now, key, charset), opts.update_fetch)
     line = esearch.response(cmd.tag, cmd.uid, opts, nums)
-    if modseq is not None:
+    if modseq is not None and line:  # SAVE alone: no ESEARCH line to extend
         line = line[:-2] + b" MODSEQ %d\r\n" % modseq
     s.send(line)
     return b"SEARCH completed"
@@ -128,15 +130,21 @@ async def sort(s: IMAPServer, cmd: parser.Command) -> bytes:
     (criteria, charset), key = _parse_saving(sel, opts, parse)
     ordered = await _sorted(s, sel, key, charset, criteria)
     nums = _numbers(sel, ordered, cmd.uid)
+    modseq = condstore.search_modseq(  # RFC 7162 3.1.9, 3.1.10; RFC 4731 3.2
+        s, key, ordered if opts is None else esearch.saved_result(opts, ordered))
     if opts is None:
-        s.send(b"* SORT" + b"".join(b" %d" % n for n in nums) + b"\r\n")
+        tail = b"" if modseq is None else b" (MODSEQ %d)" % modseq
+        s.send(b"* SORT" + b"".join(b" %d" % n for n in nums) + tail + b"\r\n")
         return b"SORT completed"
     if "SAVE" in opts:
         sel.saved = esearch.saved_result(opts, ordered)
     if "UPDATE" in opts:  # CONTEXT=SORT (RFC 5267)
         context.start(s, sel, cmd.tag, cmd.uid, True, "COUNT" in opts, ordered,
-                      lambda now: _sorted(s, now, key, charset, criteria))
-    s.send(esearch.response(cmd.tag, cmd.uid, opts, nums))
+                      lambda now: _sorted(s, now, key, charset, criteria), opts.update_fetch)
+    line = esearch.response(cmd.tag, cmd.uid, opts, nums)
+    if modseq is not None and line:
+        line = line[:-2] + b" MODSEQ %d\r\n" % modseq
+    s.send(line)
     return b"SORT completed"
 
 

@@ -81,6 +81,8 @@ async def expunge(s: IMAPServer, cmd: parser.Command) -> bytes:
             raise Bad("EXPUNGE takes no arguments")
         removed = await sel.folder.expunge()
     sel.note_expunged(removed)
+    if removed and "QRESYNC" in s.enabled:  # RFC 7162 3.2.7 and 3.2.9: a MUST
+        return b"[HIGHESTMODSEQ %d] EXPUNGE completed" % sel.folder.highest_modseq
     return b"EXPUNGE completed"
 
 
@@ -284,17 +286,19 @@ async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list
         seq = sel.seq_of(info.uid)
         if seq is None:  # no longer in this session's numbering: answer as for a gone one
             return False
-        s.send(b"* %d FETCH (" % seq)
+        # The whole line is held and written once (a big literal streams in between).
+        out = [b"* %d FETCH (" % seq]
         for p in pieces:
             if isinstance(p, bytes | bytearray):
-                s.send(bytes(p))
+                out.append(bytes(p))
             else:
-                s.send(p.prefix)
+                out.append(p.prefix)
                 await stream_message(next(files), p.length, s.send, s.gate, s.resetTimeout,
-                                     keep_nul=p.keep_nul)
+                                     keep_nul=p.keep_nul, out=out)
         if modseq:
-            s.send(b" MODSEQ (%d)" % sel.folder.modseq_of(info.uid))
-        s.send(b")\r\n")
+            out.append(b" MODSEQ (%d)" % sel.folder.modseq_of(info.uid))
+        out.append(b")\r\n")
+        s.send(b"".join(out))
     finally:
         for f in opened:
             f.close()

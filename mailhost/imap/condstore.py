@@ -109,26 +109,56 @@ class QresyncParams:
         self.uid_validity = _number(token[0], "UIDVALIDITY")
         self.modseq = _number(token[1], "mod-sequence")
         self.known: parser.SequenceSet | None = None
+        #: The client's (sequence number, UID) pairs, in its order (RFC 7162 3.2.5.2).
+        self.pairs: list[tuple[int, int]] = []
         if len(token) >= 3:
             if isinstance(token[2], list):
                 if len(token) == 4:
                     raise Bad("QRESYNC: known-uids before seq-match-data")
-                self.seq_match(token[2])
+                self.pairs = self.seq_match(token[2])
             else:
                 self.known = parser.parse_sequence_set(token[2])
         if len(token) == 4:
-            self.seq_match(token[3])
+            self.pairs = self.seq_match(token[3])
 
     @staticmethod
-    def seq_match(token: object) -> None:
-        """Checked, then not used: the folder remembers expunges (``expunged_since``),
-        and past its horizon every UID not in the folder is reported, which RFC 7162
-        3.2.5.2 allows."""
+    def seq_match(token: object) -> list[tuple[int, int]]:
+        """The pairs of ``(sequence-set uid-set)``; empty when either holds ``*`` or
+        more than ``MAX_MATCH_PAIRS`` (the data is a hint the server may ignore)."""
         if not isinstance(token, list) or len(token) != 2:
             raise Bad("QRESYNC: seq-match-data is (sequence-set uid-set)")
         seqs, uids = parser.parse_sequence_set(token[0]), parser.parse_sequence_set(token[1])
-        if _count(seqs) != _count(uids):
+        n = _count(seqs)
+        if n != _count(uids):
             raise Bad("QRESYNC: seq-match-data sets differ in size")
+        if not 0 < n <= MAX_MATCH_PAIRS:
+            return []
+        return list(zip(_numbers(seqs), _numbers(uids), strict=True))
+
+
+#: Sequence match pairs used at most; a longer sample is ignored, as the RFC allows.
+MAX_MATCH_PAIRS = 10_000
+
+
+def _numbers(seqset: parser.SequenceSet) -> list[int]:
+    """A set without ``*``, in the order written (ranges as written, a:b or b:a)."""
+    out: list[int] = []
+    for lo, hi in seqset.ranges:
+        assert lo is not None and hi is not None
+        out.extend(range(lo, hi + 1) if lo <= hi else range(lo, hi - 1, -1))
+    return out
+
+
+def known_floor(pairs: Sequence[tuple[int, int]], present: Sequence[int]) -> int:
+    """RFC 7162 3.2.5.2: the UID up to which the client knows every expunge: that of
+    the last pair, in the client's order, whose sequence number still holds its UID
+    before the first pair that does not (0 if the first does not)."""
+    floor = 0
+    for seq, uid in pairs:
+        if not 0 < seq <= len(present) or present[seq - 1] != uid:
+            break
+        floor = uid
+    return floor
 
 
 def _count(seqset: parser.SequenceSet) -> int:
@@ -168,19 +198,21 @@ def _render_ranges(ranges: list[tuple[int, int]]) -> bytes:
 
 
 def vanished_since(folder: IFolder, modseq: int, within: list[tuple[int, int]],
-                   present: Sequence[int]) -> bytes:
+                   present: Sequence[int], floor: int = 0) -> bytes:
     """The UID set for ``VANISHED (EARLIER)``: what the folder expunged since
     ``modseq`` within ``within``; past its memory, every UID in ``within`` below
     UIDNEXT that ``present`` (ascending) lacks. So too for a modseq above the folder's
     HIGHESTMODSEQ: not one of ours (another server's on the same Maildir, which
-    shares UIDVALIDITY with us; or from before a journal was lost)."""
+    shares UIDVALIDITY with us; or from before a journal was lost). There, ``floor``
+    (``known_floor`` of the client's sequence match data) cuts what the client is
+    known to have seen: only UIDs above it are listed."""
     gone = folder.expunged_since(modseq) if modseq <= folder.highest_modseq else None
     if gone is not None:
         return format_set([u for u in gone if _in(within, u)])
     out: list[tuple[int, int]] = []
     top = folder.uid_next - 1
     for a, b in within:
-        b = min(b, top)
+        a, b = max(a, floor + 1), min(b, top)
         i = bisect.bisect_left(present, a)
         cur = a
         while cur <= b:
@@ -249,7 +281,8 @@ def _resync(sel: SelectedMailbox, q: QresyncParams) -> list[bytes]:
     folder = sel.folder
     out = []
     top = folder.uid_next - 1
-    gone = vanished_since(folder, q.modseq, _ranges(q.known, top), sel.uids)
+    gone = vanished_since(folder, q.modseq, _ranges(q.known, top), sel.uids,
+                          known_floor(q.pairs, sel.uids))
     if gone:
         out.append(b"* VANISHED (EARLIER) " + gone + b"\r\n")
     # A modseq we never gave out (see vanished_since): every message is news.

@@ -12,10 +12,12 @@ For SEARCH the position is 0 (the result is a set). For SORT it is the 1-based p
 in the sorted result, and the updates are ordered so that a client applying them one
 after the other, left to right, gets the new result (RFC 5267 4.3): every REMOVEFROM
 first, numbered as the list stands after the ones before it, then every ADDTO in
-ascending final position, each run of neighbours in one ADDTO. A result of sequence
-numbers is sent only when expunges cannot be pending, so the numbers are the client's.
-Messages the session has been told are expunged leave the result silently (the
-client saw the EXPUNGE or VANISHED). ``CANCELUPDATE "tag"`` stops one; selecting
+ascending final position, each run of neighbours in one ADDTO. Updates use the
+numbers the client has: a new message joins after its EXISTS, and a message expunged
+keeps its number until its EXPUNGE is sent. An expunged message leaves a result with a REMOVEFROM like any other change (RFC 5267
+4.3 and the example of 4.3.4): a UID result after the EXPUNGE or VANISHED (UIDs stay
+valid), a sequence-number result just before it, with the numbers the client still
+has (``removals_before_expunge``, 4.3.4's MUST). ``CANCELUPDATE "tag"`` stops one; selecting
 another mailbox stops all. At most ``MAX_CONTEXTS`` run at once per session; one more
 gets ``* NO [NOUPDATE "tag"]`` and an ordinary answer.
 
@@ -27,7 +29,7 @@ flag change or expunge): O(messages) per change and context, like the first sear
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,8 +37,9 @@ from twisted.logger import Logger
 
 from mailhost.imap import parser
 from mailhost.imap.encoding import quote
-from mailhost.imap.responses import Bad, format_set
+from mailhost.imap.responses import Bad, No, format_set
 from mailhost.imap.states import SEL
+from mailhost.store.interfaces import StoreError
 
 if TYPE_CHECKING:
     from mailhost.imap.selected import SelectedMailbox
@@ -64,6 +67,9 @@ class Context:
     result: list[int] = field(default_factory=list)
     modseq: int = 0  # the folder's HIGHESTMODSEQ the result is current for
     size: int = 0  # EXISTS when it was computed
+    #: ``UPDATE (fetch-att ...)`` (RFC 5465 7): FETCH these for new messages it adds.
+    fetch: tuple[parser.FetchItem, ...] = ()
+    last_uid: int = 0  # the mailbox's highest UID when the result was computed
 
 
 _CONTEXTS: weakref.WeakKeyDictionary[SelectedMailbox, dict[str, Context]] = \
@@ -79,8 +85,10 @@ def contexts(sel: SelectedMailbox) -> dict[str, Context]:
 
 
 def start(s: IMAPServer, sel: SelectedMailbox, tag: str, uid: bool, sorted_: bool,
-          count: bool, result: list[int], rerun: Rerun) -> bool:
-    """Keep a search that asked for UPDATE; False (and ``* NO [NOUPDATE]``) if not."""
+          count: bool, result: list[int], rerun: Rerun,
+          fetch: tuple[parser.FetchItem, ...] = ()) -> bool:
+    """Keep a search that asked for UPDATE; False (and ``* NO [NOUPDATE]``) if not.
+    ``fetch``: UPDATE's FETCH attributes (RFC 5465 7)."""
     live = contexts(sel)
     if tag in live:
         raise Bad("A search with this tag is already being updated")
@@ -88,7 +96,8 @@ def start(s: IMAPServer, sel: SelectedMailbox, tag: str, uid: bool, sorted_: boo
         s.send(b"* NO [NOUPDATE " + quote(tag) + b"] Too many updating searches\r\n")
         return False
     live[tag] = Context(tag, uid, sorted_, count, rerun, list(result),
-                        sel.folder.highest_modseq, sel.exists)
+                        sel.folder.highest_modseq, sel.exists, fetch,
+                        sel.uids[-1] if sel.uids else 0)
     return True
 
 
@@ -139,15 +148,45 @@ def apply_steps(old: list[int], steps: list[tuple[str, int, list[int]]]) -> list
     return out
 
 
-async def send_updates(s: IMAPServer, allow_seqs: bool) -> None:
-    """Run every context whose folder changed and send what moved. ``allow_seqs``:
-    numbering is settled (no expunge pending), so sequence-number contexts may go."""
+def removals_before_expunge(s: IMAPServer) -> None:
+    """Before the EXPUNGE lines go: ``REMOVEFROM`` for the members of sequence-number
+    contexts about to be expunged, numbered as the client still numbers them (RFC 5267
+    4.3.4: "MUST be sent prior to the expunge notification itself"; Dovecot's imaptest
+    search-context-update checks it). UID contexts hear of it after (``update_line``)."""
+    sel = s.selected
+    if sel is None or sel not in _CONTEXTS:
+        return
+    going = sel.expunges_pending
+    if not going:
+        return
+    for ctx in list(contexts(sel).values()):
+        if ctx.uid or not going.intersection(ctx.result):
+            continue
+        kept = [u for u in ctx.result if u not in going or sel.seq_of(u) is None]
+        if ctx.sorted:
+            steps = diff_sorted(ctx.result, kept)
+        else:
+            steps = [("REMOVEFROM", 0, [u for u in ctx.result if u not in kept])]
+        out = [b"* ESEARCH (TAG " + quote(ctx.tag) + b")"]
+        for kind, pos, run in steps:
+            nums = [n for n in map(sel.seq_of, run) if n is not None]
+            out.append(b"%s (%d %s)" % (kind.encode("ascii"), pos,
+                                         format_set(nums if ctx.sorted else sorted(nums))))
+        if ctx.count:
+            out.append(b"COUNT %d" % len(kept))
+        ctx.result = kept
+        s.send(b" ".join(out) + b"\r\n")
+
+
+async def send_updates(s: IMAPServer, allow_seqs: bool = True) -> None:
+    """Run every context whose folder changed and send what moved, in the numbers the
+    client has: a message it has not heard EXISTS for waits, one expunged but not yet
+    reported keeps its number (so sequence-number contexts go during any command, as
+    Dovecot's do; ``allow_seqs`` is kept for callers and no longer needed)."""
     sel = s.selected
     if sel is None or sel not in _CONTEXTS:
         return
     for ctx in list(contexts(sel).values()):
-        if not ctx.uid and not allow_seqs:
-            continue
         if ctx.modseq == sel.folder.highest_modseq and ctx.size == sel.exists:
             continue
         ctx.modseq, ctx.size = sel.folder.highest_modseq, sel.exists
@@ -159,17 +198,45 @@ async def send_updates(s: IMAPServer, allow_seqs: bool) -> None:
             continue
         if s.selected is not sel or contexts(sel).get(ctx.tag) is not ctx:
             return  # unselected or cancelled meanwhile
+        present = set(sel.uids)
+        new = [u for u in new if u in present]  # no ADDTO before its EXISTS (4.3.3)
         line = update_line(ctx, sel, new)
+        if line and ctx.fetch:  # RFC 5465 7: FETCH of new members, before the ESEARCH
+            known = set(ctx.result)
+            arrived = sorted(u for u in new if u > ctx.last_uid and u not in known)
+            if arrived:
+                await push_fetch(s, arrived, ctx.fetch)
         ctx.result = new
+        ctx.last_uid = sel.uids[-1] if sel.uids else 0
         if line:
             s.send(line)
+
+
+async def push_fetch(s: IMAPServer, uids: list[int], items: Sequence[parser.FetchItem]) -> None:
+    """An unsolicited ``* n FETCH`` of these messages (NOTIFY's MessageNew and UPDATE's
+    attributes, RFC 5465 5.2 and 7). Looking must not change \\Seen behind the client's
+    back: BODY[] is read as BODY.PEEK[]. A failure is logged; the command goes on."""
+    from mailhost.imap import commands_selected
+
+    peek = [parser.FetchItem("BODY.PEEK", it.section, it.partial, it.lazy)
+            if it.name == "BODY" and it.section is not None else it for it in items]
+    cmd = parser.Command("*", "FETCH", True, [parser.Atom(format_set(uids).decode("ascii"))])
+    try:
+        await commands_selected.fetch(s, cmd, items=peek)
+    except (StoreError, Bad, No, OSError) as e:
+        log.info("unsolicited FETCH failed: {e}", e=str(e))
+    except Exception:  # a bug: the command's tagged reply must still go out
+        log.failure("unsolicited FETCH failed")
 
 
 def update_line(ctx: Context, sel: SelectedMailbox, new: list[int]) -> bytes:
     """The ESEARCH line for a result that went from ``ctx.result`` to ``new``; b"" if
     nothing moved that the client does not know already."""
-    present = set(sel.uids)
-    old = [u for u in ctx.result if u in present]  # expunges the client was told of
+    if ctx.uid:  # UIDs outlive an expunge: it is news like any other (RFC 5267 4.3)
+        old = ctx.result
+    else:  # a sequence number is gone with its EXPUNGE, which the client was told of
+        present = set(sel.uids)
+        old = [u for u in ctx.result if u in present]
     if ctx.sorted:
         steps = diff_sorted(old, new)
     else:

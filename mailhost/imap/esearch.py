@@ -14,7 +14,14 @@ from __future__ import annotations
 import re
 
 from mailhost.imap.encoding import quote
-from mailhost.imap.parser import Atom, ParseError, SearchKey, SequenceSet
+from mailhost.imap.parser import (
+    Atom,
+    FetchItem,
+    ParseError,
+    SearchKey,
+    SequenceSet,
+    parse_fetch_items,
+)
 from mailhost.imap.responses import format_set
 
 OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "PARTIAL", "CONTEXT"})
@@ -24,9 +31,12 @@ _RESULTS = frozenset({"MIN", "MAX", "ALL", "COUNT", "PARTIAL"})
 
 class ReturnOptions(frozenset):
     """The upper-cased RETURN options; ``partial`` is PARTIAL's ``(first, last)``
-    (CONTEXT=SEARCH, RFC 5267 4.4: 1-based positions in the result), else None."""
+    (CONTEXT=SEARCH, RFC 5267 4.4: 1-based positions in the result), else None;
+    ``update_fetch`` the FETCH attributes of ``UPDATE (fetch-att ...)`` (NOTIFY, RFC
+    5465 7)."""
 
     partial: tuple[int, int] | None = None
+    update_fetch: tuple[FetchItem, ...] = ()
 
 
 def parse_return(args: list) -> tuple[ReturnOptions | None, list]:
@@ -37,14 +47,26 @@ def parse_return(args: list) -> tuple[ReturnOptions | None, list]:
         raise ParseError(None, "RETURN needs a list of options")
     opts = set()
     partial = None
-    items = iter(args[1])
-    for o in items:
+    update_fetch: tuple[FetchItem, ...] = ()
+    given = list(args[1])
+    i = 0
+    while i < len(given):
+        o = given[i]
+        i += 1
         if not isinstance(o, Atom) or o.upper() not in OPTIONS:
             raise ParseError(None, f"Unknown RETURN option {o!s}")
         if o.upper() == "PARTIAL":
             if partial is not None:
                 raise ParseError(None, "PARTIAL can be given once")
-            partial = parse_partial(next(items, None))
+            partial = parse_partial(given[i] if i < len(given) else None)
+            i += 1
+        if o.upper() == "UPDATE" and i < len(given) and isinstance(given[i], list):
+            # RFC 5465 7: modifier-update = "UPDATE" ["(" fetch-att *(SP fetch-att) ")"]
+            atts = given[i]
+            i += 1
+            if not atts:
+                raise ParseError(None, "UPDATE expects FETCH attributes in its list")
+            update_fetch = tuple(parse_fetch_items([list(atts)]))  # BAD now if bad
         if o.upper() != "CONTEXT":  # RFC 5267 4.2: a hint that more PARTIALs will come
             opts.add(o.upper())
     if "PARTIAL" in opts and "ALL" in opts:
@@ -53,6 +75,7 @@ def parse_return(args: list) -> tuple[ReturnOptions | None, list]:
         opts.add("ALL")
     out = ReturnOptions(opts)
     out.partial = partial
+    out.update_fetch = update_fetch
     return out, args[2:]
 
 
@@ -85,10 +108,13 @@ def uses_saved(key: SearchKey) -> bool:
 
 
 def saved_result(opts: frozenset[str], uids: list[int]) -> list[int]:
-    """What SAVE keeps of a result (``uids`` in result order), ascending."""
+    """What SAVE keeps of a result (``uids`` in result order), ascending: MIN and/or
+    MAX alone keep just those; with ALL or COUNT, everything found (RFC 9051 6.4.4.1,
+    Table 4, and RFC 5182 2.4). The MODSEQ an ESEARCH carries is that of the same
+    messages (RFC 4731 3.2)."""
     if not uids:
         return []
-    if "MIN" in opts or "MAX" in opts:
+    if ("MIN" in opts or "MAX" in opts) and not {"ALL", "COUNT"} & opts:
         keep = set()
         if "MIN" in opts:
             keep.add(uids[0])

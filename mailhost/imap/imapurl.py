@@ -96,6 +96,22 @@ def _dec(text: str, what: str) -> str:
         raise BadUrl(f"{what} is not UTF-8") from None
 
 
+def resolve(text: str, selected: str | None) -> str:
+    """A relative IMAP URL made server-relative (RFC 5092 7, RFC 3986 5.2): the base is
+    ``imap://user@server/`` and, in the selected state, the selected mailbox (RFC 4469
+    3). ``INBOX/;UID=1`` is ``/INBOX/;UID=1``; ``;UID=1`` is a message of the selected
+    mailbox (as Dovecot reads it); what else is relative names no message here."""
+    if text[:7].lower() == "imap://" or text.startswith("/"):
+        return text
+    if text[:5].upper() == ";UID=":
+        if selected is None:
+            raise BadUrl("a mailbox-relative URL, but no mailbox is selected")
+        return "/" + _enc(selected, _MAILBOX_SAFE) + "/" + text
+    if text.startswith(";") or not text:
+        raise BadUrl("not a URL of one message")
+    return "/" + text
+
+
 def parse(text: str) -> ImapUrl:
     """An ``ImapUrl`` from absolute or server-relative text; ``BadUrl`` otherwise."""
     user = auth = host = None

@@ -52,6 +52,9 @@ def parse_list(args: list[object], utf8: bool = False) -> ListRequest:
     ``utf8``: names are UTF-8, not modified UTF-7 (mailhost.imap.rev2)."""
     args = list(args)
     select: list[str] = []
+    # RFC 5258 3 (RFC 9051 6.3.9): selection options, a list of patterns or return
+    # options make the syntax extended, where an empty pattern means nothing at all.
+    extended = len(args) > 2 or any(isinstance(a, list) for a in args[:2])
     if args and isinstance(args[0], list):
         select = _atoms(args.pop(0), "selection options")
         unknown = set(select) - SELECT_OPTIONS
@@ -69,6 +72,8 @@ def parse_list(args: list[object], utf8: bool = False) -> ListRequest:
         patterns = tuple(_name(p, "mailbox pattern", utf8) for p in pattern)
     else:
         patterns = (_name(pattern, "mailbox pattern", utf8),)
+    if extended:
+        patterns = tuple(p for p in patterns if p)
     returns: list[str] = []
     items: list[str] = []
     if args:

@@ -42,10 +42,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailhost.imap import commands_mailbox, parser
+from mailhost.imap import commands_mailbox, context, parser
 from mailhost.imap.commands_mailbox import mailbox_name, wire_name
 from mailhost.imap.condstore import CONDSTORE
-from mailhost.imap.responses import Bad, No, format_set
+from mailhost.imap.responses import No
 from mailhost.imap.rev2 import IMAP4REV2, utf8_names
 from mailhost.imap.selected import folder_columns
 from mailhost.imap.states import AUTH
@@ -298,8 +298,11 @@ class Notifier:
         if self.spec.status:
             for name in sorted(self.watches):
                 if not self._is_selected(name):
-                    self.s.send(self._status_line(self.watches[name].folder, True,
-                                                  with_validity=True))
+                    # RFC 5465 3: with FlagChange, HIGHESTMODSEQ too (this server
+                    # has CONDSTORE), as Dovecot sends it.
+                    self.s.send(self._status_line(
+                        self.watches[name].folder, True, with_validity=True,
+                        with_modseq=self._wants("FlagChange", name)))
 
     async def resolve(self) -> None:
         """(Re)compute the watched folders: at SET, and after a mailbox-name change."""
@@ -375,20 +378,8 @@ class Notifier:
         self.flush(now=True)
 
     async def _fetch(self, uids: list[int], g: Group) -> None:
-        from mailhost.imap import commands_selected
-
         items = parser.parse_fetch_items([[parser.Atom(a) for a in g.fetch]])
-        # Looking must not change \Seen behind the client's back: BODY[] as BODY.PEEK[].
-        items = [parser.FetchItem("BODY.PEEK", it.section, it.partial, it.lazy)
-                 if it.name == "BODY" and it.section is not None else it for it in items]
-        cmd = parser.Command("*", "FETCH", True,
-                             [parser.Atom(format_set(uids).decode("ascii"))])
-        try:
-            await commands_selected.fetch(self.s, cmd, items=items)
-        except (StoreError, Bad, No, OSError) as e:
-            log.info("NOTIFY MessageNew FETCH failed: {e}", e=str(e))
-        except Exception:  # a bug: the command's tagged reply must still go out
-            log.failure("NOTIFY MessageNew FETCH failed")
+        await context.push_fetch(self.s, uids, items)
 
     def _is_selected(self, name: str) -> bool:
         sel = self.s.selected
@@ -466,15 +457,20 @@ class Notifier:
         if self.s.notifier is self:
             self.s.notifier = None
 
-    def _status_line(self, folder: IFolder, counts: bool, with_validity: bool = False) -> bytes:
+    def _status_line(self, folder: IFolder, counts: bool, with_validity: bool = False,
+                     with_modseq: bool = False) -> bytes:
+        """``* STATUS``: HIGHESTMODSEQ once CONDSTORE is enabled (or ``with_modseq``),
+        and then UIDVALIDITY with it (RFC 5465 5.1: "at least HIGHESTMODSEQ and
+        UIDVALIDITY")."""
         cols = folder_columns(folder)
+        modseq = with_modseq or CONDSTORE in self.s.enabled
         items = []
         if counts:
             items += [b"MESSAGES %d" % len(cols.uids), b"UIDNEXT %d" % folder.uid_next]
-        if with_validity:
+        if with_validity or modseq:
             items.append(b"UIDVALIDITY %d" % folder.uid_validity)
         items.append(b"UNSEEN %d" % sum(1 for f in cols.flags if "\\Seen" not in f))
-        if CONDSTORE in self.s.enabled:
+        if modseq:
             items.append(b"HIGHESTMODSEQ %d" % folder.highest_modseq)
         return (b"* STATUS " + wire_name(folder.name, utf8_names(self.s)) + b" ("
                 + b" ".join(items) + b")\r\n")
@@ -522,7 +518,10 @@ def _wrap(name: str, event: str) -> Any:
                 attrs = b"\\Subscribed"
             else:
                 attrs = b""
-            publish(s, event, target, attrs, old=names[0] if name == "RENAME" else None)
+            # Renaming INBOX leaves a new, empty INBOX (RFC 9051 6.3.6): "Old" is news,
+            # INBOX is not gone, so no OLDNAME (INBOX).
+            renamed = name == "RENAME" and names[0] != "INBOX"
+            publish(s, event, target, attrs, old=names[0] if renamed else None)
         return result
 
     handler.__name__ = name.lower()

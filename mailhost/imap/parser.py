@@ -29,6 +29,8 @@ MAX_DEPTH = 32  # parenthesised lists
 # lists, yet far from Python's recursion limit.
 MAX_SEARCH_DEPTH = 256
 MAX_NUMBER = 2**32 - 1
+#: number64 (RFC 9051 9): message sizes and partial ranges, ``LARGER``/``SMALLER``.
+MAX_NUMBER64 = 2**63 - 1
 
 SYSTEM_FLAGS = {
     "\\SEEN": "\\Seen",
@@ -89,7 +91,8 @@ _LITERAL_RE = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
 # 8-bit bytes are accepted in atoms when the atom is valid UTF-8 (lenient: some clients
 # send UTF-8 mailbox names and search strings unquoted).
 _ATOM_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b'(){"[') | frozenset(range(0x80, 0x100))
-_TAG_BYTES = _ATOM_BYTES - frozenset(b"+*%]\\") - frozenset(range(0x80, 0x100))
+#: tag = 1*<any ASTRING-CHAR except "+"> (RFC 9051 9, RFC 3501 9): "[" and "]" included.
+_TAG_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b'(){%*"\\+')
 
 
 def literal_marker(line: bytes) -> tuple[int, bool] | None:
@@ -334,11 +337,14 @@ def as_string(token: object, what: str = "string") -> bytes:
     raise _err(f"Expected {what}")
 
 
-def parse_number(token: object, nonzero: bool = False) -> int:
+def parse_number(token: object, nonzero: bool = False, top: int = MAX_NUMBER) -> int:
+    """A number (32-bit unless ``top`` says otherwise: ``MAX_NUMBER64``)."""
     if not isinstance(token, Atom) or not token.isdigit() or not token.isascii():
         raise _err("Expected a number")
+    if len(token) > 20:
+        raise _err("Number out of range")
     n = int(token)
-    if n > MAX_NUMBER or (nonzero and n == 0):
+    if n > top or (nonzero and n == 0):
         raise _err("Number out of range")
     return n
 
@@ -682,8 +688,10 @@ def parse_fetch_att(token: object) -> FetchItem:
     name, section_s, start, length = m.groups()
     partial = None
     if start is not None:
+        if len(start) > 20 or len(length) > 20:
+            raise _err("Invalid partial range")
         s, n = int(start), int(length)
-        if s > MAX_NUMBER or n > MAX_NUMBER or n == 0:
+        if s > MAX_NUMBER64 or n > MAX_NUMBER64 or n == 0:  # number64 (RFC 9051)
             raise _err("Invalid partial range")
         partial = (s, n)
     return FetchItem(name.upper(), parse_section(section_s), partial)
@@ -803,7 +811,7 @@ class _SearchParser:
                 raise _err("Invalid date")
             return SearchKey(up, (parse_date(as_string(d)),))
         if up in ("LARGER", "SMALLER"):
-            return SearchKey(up, (parse_number(self.next("number")),))
+            return SearchKey(up, (parse_number(self.next("number"), top=MAX_NUMBER64),))
         if up in ("OLDER", "YOUNGER"):  # WITHIN (RFC 5032): seconds before now
             return SearchKey(up, (parse_number(self.next("interval"), nonzero=True),))
         if up == "NOT":

@@ -100,6 +100,28 @@ def renamed_line(old: str, new: str) -> bytes:
             + encode_name(old, True) + b"))\r\n")
 
 
+def denormalized(s: IMAPServer, given: bytes) -> str | None:
+    """The name a rev2 client gave, if it was not in NFC (so the server normalized
+    it, RFC 9051 5.1); None otherwise, and always for rev1 and INBOX."""
+    if not is_rev2(s):
+        return None
+    raw = given.decode("utf-8", "replace")
+    if raw == unicodedata.normalize("NFC", raw) or raw.upper() == "INBOX":
+        return None
+    return raw
+
+
+def oldname_line(s: IMAPServer, given: bytes, name: str, attrs: bytes = b"") -> bytes:
+    """``* LIST (attrs) "." name ("OLDNAME" (given))`` when CREATE, DELETE or APPEND
+    normalized the name a rev2 client gave (RFC 9051 6.3.4, 6.3.5, 6.3.12, 6.3.9.7);
+    b"" when the name was already the one the server uses."""
+    raw = denormalized(s, given)
+    if raw is None:
+        return b""
+    return (b"* LIST (" + attrs + b') "." ' + encode_name(name, True) + b' ("OLDNAME" ('
+            + encode_name(raw, True) + b"))\r\n")
+
+
 async def select_list(s: IMAPServer, folder: IFolder, given: bytes) -> bytes:
     """The untagged LIST of a rev2 SELECT/EXAMINE (RFC 9051 6.3.2): the mailbox's name
     as stored and its attributes; ``OLDNAME`` when the client's spelling was not NFC."""
@@ -110,8 +132,8 @@ async def select_list(s: IMAPServer, folder: IFolder, given: bytes) -> bytes:
     if use:
         attrs.append(use.encode("ascii"))
     line = b"* LIST (" + b" ".join(attrs) + b') "." ' + encode_name(name, True)
-    raw = given.decode("utf-8", "replace")
-    if raw != unicodedata.normalize("NFC", raw) and raw.upper() != "INBOX":
+    raw = denormalized(s, given)
+    if raw is not None:
         line += b' ("OLDNAME" (' + encode_name(raw, True) + b"))"
     return line + b"\r\n"
 

@@ -216,6 +216,12 @@ class SelectedMailbox:
             self._flags.pop(u, None)
 
     @property
+    def expunges_pending(self) -> frozenset[int]:
+        """UIDs expunged whose EXPUNGE (or VANISHED) the client has not been sent yet:
+        CONTEXT=SEARCH reports them to sequence-number contexts first (``context``)."""
+        return frozenset(self._expunged)
+
+    @property
     def has_pending(self) -> bool:
         return bool(self._added or self._expunged or self._flags or self._keywords_grew)
 

@@ -223,7 +223,10 @@ def run_session(session: Session, port: int, host: str = "127.0.0.1") -> str:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return "dropped"
         if session.ending == "halfclose":
-            sock.shutdown(socket.SHUT_WR)
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:  # the server closed first (e.g. after junk): a clean end too
+                return "closed"
             return _await(sock, session, lambda data: False)
         if session.has_endless_literal or session.may_start_tls:
             return "dropped"

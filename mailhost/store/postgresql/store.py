@@ -562,6 +562,14 @@ class PostgresStore:
                      if fid in self._live]
             d = defer.gatherResults(syncs, consumeErrors=True)
             uids: list[int | None] = [uid for _, uid in placed]
+            # Committed: the delivery succeeded whatever the refresh of an open folder
+            # does next (a database gone just after the commit must not turn a stored
+            # message into a 451, which the sender would retry into a second copy; the
+            # folder catches up on its next sync, as after a lost notification).
+            d.addErrback(lambda f: log.warn("folder refresh after a delivery failed: {e}",
+                                            e=f.value.subFailure.getErrorMessage()
+                                            if isinstance(f.value, defer.FirstError)
+                                            else f.getErrorMessage()))
             return d.addCallback(lambda _: uids)
 
         return self._ready(lambda: self.db.run(sql.deliver, spool, digest, size, plan)
