@@ -2,8 +2,9 @@
 
 1. Load: N concurrent client processes for D seconds, each LOGIN/SELECT then a loop
    of APPEND, FETCH, STORE, UID EXPUNGE, NOOP (and re-LOGIN every 20 rounds).
-   Reports commands/s, errors and each command's median and mean latency (imaplib's
-   APPEND sends its literal and the final CRLF in two writes, as many clients do).
+   Reports commands/s, errors and each command's median, 90th percentile and mean
+   latency, for both servers, and the ratio of the medians (imaplib's APPEND sends its
+   literal and the final CRLF in two writes, as many clients do).
 2. Large mailbox: a 100k-message Maildir generated directly on disk; times SELECT
    and ``UID FETCH 1:* (UID FLAGS)`` (cold: first open builds the index; warm: a
    second session) and the server's peak RSS.
@@ -132,6 +133,12 @@ def _client(args: tuple[int, float, int]) -> tuple[int, int, str, dict[str, list
     return commands, errors, last_error, latencies
 
 
+def _p90(values: list[float]) -> float:
+    """The 90th percentile (the value 90% of the samples are at or below)."""
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, (9 * len(ordered)) // 10)], 2)
+
+
 def run_load(port: int, clients: int, duration: float, cpu_probe=None) -> dict:
     """The mixed load; with ``cpu_probe``, also the server's CPU milliseconds per
     command (the steadier figure on a shared machine: 10 clients in lock-step wait
@@ -157,9 +164,11 @@ def run_load(port: int, clients: int, duration: float, cpu_probe=None) -> dict:
             "commands_per_s": round(commands / elapsed, 1),
             "latency_ms": {
                 name: {"median": round(statistics.median(values), 2),
+                       "p90": _p90(values),
                        "mean": round(statistics.fmean(values), 2), "n": len(values)}
                 for name, values in sorted(merged.items())},
             "median_latency_ms": round(statistics.median(every), 2) if every else None,
+            "p90_latency_ms": _p90(every) if every else None,
             "last_error": next((r[2] for r in results if r[2]), "")}
 
 
@@ -463,6 +472,9 @@ def main() -> None:
             results["throughput_ratio"] = round(
                 results["load_mailhost"]["commands_per_s"]
                 / max(results["load_dovecot"]["commands_per_s"], 0.1), 2)
+            results["median_latency_ratio"] = round(
+                (results["load_mailhost"]["median_latency_ms"] or 0)
+                / max(results["load_dovecot"]["median_latency_ms"] or 0, 0.01), 2)
             if opts.workers:
                 mh = MailHostProcess(os.path.join(work, "mh-workers"),
                                      extra={"server": {"workers": opts.workers}})

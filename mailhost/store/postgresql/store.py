@@ -305,19 +305,31 @@ class PostgresFolder:
         return self._copy(uids, dest, move=True)
 
     def claim_recent(self) -> defer.Deferred[set[int]]:
+        # What this node shows as recent stops being so at once (the contract: a
+        # session that looks next must not wait for the database); the UPDATE then
+        # claims them, and whatever other nodes added meanwhile, for everyone.
+        known = set(self._infos)
+        mine = self._unrecent({u for u, i in self._infos.items() if i.recent})
         d = self._store.db.run(sql.claim_recent, self.id)
 
         def claimed(uids: list[int]) -> set[int]:
-            mine = {u for u, i in self._infos.items() if i.recent}
-            if mine:
-                self._columns = None
-            for uid in mine:
-                info = self._infos[uid]
-                self._infos[uid] = MessageInfo(info.uid, info.key, info.size, info.flags,
-                                               info.internal_date, False, info.modseq)
-            return mine | (set(uids) & set(self._infos))
+            # Of what the UPDATE took, what this node learnt of only since and still
+            # shows recent: what it knew then was ours above or another claim's.
+            late = {u for u in uids if u not in known
+                    and (i := self._infos.get(u)) is not None and i.recent}
+            return mine | self._unrecent(late)
 
         return d.addCallback(claimed)
+
+    def _unrecent(self, mine: set[int]) -> set[int]:
+        """Show these messages as not recent in this node's index; returns them."""
+        if mine:
+            self._columns = None
+        for uid in mine:
+            info = self._infos[uid]
+            self._infos[uid] = MessageInfo(info.uid, info.key, info.size, info.flags,
+                                           info.internal_date, False, info.modseq)
+        return mine
 
     def add_listener(self, listener: IFolderListener) -> None:
         self._listeners.add(listener)
