@@ -63,9 +63,36 @@ capture.toml runs it 534 msg/s, 1.00 ms; capture with fsync 341 msg/s, 1.40 ms; 
 with 5 recipients a message 356 msg/s (1780 stored copies/s), 1.83 ms. Single runs
 varied by up to 40% with the other load on the machine.
 
+``--store postgresql`` (issue 19) runs instead only mailhost, in the same interleaved
+runs and at every load: the Maildir store (fsync on), one node on the PostgreSQL store,
+and ``--nodes N`` (default 2) nodes on 127.0.0.1, 127.0.0.2, ... on one database, the
+sessions and messages split among them (one smtp-source each, at once). The database
+is a private cluster (``bench/bench_pg.py``) with PostgreSQL's durable defaults (fsync,
+synchronous_commit; ``--pg-nofsync`` turns them off), a database per row. A message
+counts when its row is committed (before the 250). The table gives mailhost's CPU (all
+nodes) and the whole cluster's CPU per message, then the statements that took the
+database's time (pg_stat_statements). Measured (2026-12-05, 2 shared cores, load
+14-16, ``--store postgresql --nodes 2 --runs 3 --scale 0.5``, medians; msg/s, mailhost
+CPU + PostgreSQL CPU per message): 20 sessions x 4 KiB: Maildir 328, 2.18 ms; 1 node
+295, 1.26 + 0.36 ms (0.90x); 2 nodes 271, 1.48 + 0.49 ms (0.83x). 1 session: 96; 89
+(0.93x); 109 (1.14x). 20 x 100 KiB: 157; 145 (0.93x); 134 (0.86x). Before the store's
+group commit (one transaction per delivery, each waiting on the folder lock through
+the one before's WAL flush; one run, scale 0.1, load 9) the 1-node row was 0.42x, 0.74x
+and 0.47x. Two nodes on one database do not add throughput into one mailbox: both
+number UIDs under the same folder lock.
+
 Usage: python3 bench/smtp_ingest.py [--runs 3] [--scale 1.0] [--workdir DIR]
                                     [--no-postfix] [--no-durable-twisted] [--no-fsync-row]
                                     [--idle] [--pipeline] [--capture]
+                                    [--load I] [--only mailhost,aiosmtpd] [--profile FILE]
+                                    [--baseline DIR]
+                                    [--store postgresql [--nodes 2] [--pg-nofsync]]
+
+``--load I`` runs only row I of the loads (0: 20 sessions x 4 KiB), ``--only`` only the
+named servers (one row each, CPU against aiosmtpd's), and ``--profile FILE`` runs the
+mailhost server under twistd's cProfile, its pstats saved to FILE when it stops.
+``--baseline DIR`` adds the row ``mailhost-base``: the same server run from another source
+tree (``git archive main | tar -x -C DIR``), for a before/after in the same runs.
 """
 
 from __future__ import annotations
@@ -134,10 +161,19 @@ class Server:
     workdir: str
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    host: str = "127.0.0.1"
 
     @property
     def maildir_root(self) -> str:
         return os.path.join(self.workdir, "mail")
+
+    def targets(self) -> list[str]:
+        """Where smtp-source sends (``host:port``); a load is split among them."""
+        return [f"{self.host}:{self.port}"]
+
+    def delivered(self) -> tuple[int, float]:
+        """(messages stored so far, epoch seconds of the last store or 0 if unknown)."""
+        return maildir_state(self.maildir_root)
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         raise NotImplementedError
@@ -165,7 +201,7 @@ class Server:
             if not self.running():
                 raise SystemExit(f"{self.name} exited; see {self.workdir}/server.log")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                with socket.create_connection((self.host, self.port), timeout=1) as s:
                     if s.recv(512).startswith(b"220"):
                         return
             except OSError:
@@ -191,6 +227,8 @@ class Mailhost(Server):
     extra = ""  # more TOML (--pipeline: [pipeline], [dns], relay networks)
     keys: dict[str, bytes] = {}  # (--pipeline) "<domain>/<selector>" -> PEM, into data/dkim/
     relay_networks: list[str] = []  # smtp.relay_networks (--pipeline: dkim_sign's clients)
+    profile = ""  # --profile FILE: twistd's cProfile of the server, saved at stop
+    root = ROOT  # the source tree it runs (--baseline: another checkout)
 
     def start(self) -> None:
         if self.idle:
@@ -221,12 +259,9 @@ data_dir = "{data}"
 allow_plaintext_auth = "loopback"
 [auth]
 create_postmaster = false
-[store]
-backend = "maildir"
-path = "{self.maildir_root}"
-fsync = {"true" if self.fsync else "false"}
+{self.store_section()}
 [smtp]
-listen = ["tcp:{self.port}:interface=127.0.0.1:backlog=256"]
+listen = ["tcp:{self.port}:interface={self.host}:backlog=256"]
 max_connections = 500
 max_connections_per_ip = 500
 relay_networks = {json.dumps(self.relay_networks)}
@@ -237,8 +272,14 @@ listen = []
 [imap]
 listen = [{f'"tcp:{self.imap_port}:interface=127.0.0.1"' if self.idle else ""}]
 {self.extra}""")
-        return [sys.executable, TWISTD, "-n", "--pidfile=", "mailhost", "--config", config], {
-            "PYTHONPATH": ROOT}
+        prof = ([f"--profile={self.profile}", "--profiler=cprofile", "--savestats"]
+                if self.profile else [])
+        return [sys.executable, TWISTD, "-n", "--pidfile=", *prof, "mailhost",
+                "--config", config], {"PYTHONPATH": self.root}
+
+    def store_section(self) -> str:
+        return (f'[store]\nbackend = "maildir"\npath = "{self.maildir_root}"\n'
+                f'fsync = {"true" if self.fsync else "false"}')
 
 
 class IdleClient:
@@ -299,6 +340,57 @@ class MailhostWorkers(Mailhost):
     def wait_for_banner(self) -> None:
         super().wait_for_banner()
         time.sleep(3)  # every worker up, not only the first to answer
+
+
+class MailhostPostgres(Mailhost):
+    """``--store postgresql``: one node on the bench's PostgreSQL database (``dsn``);
+    a message counts as delivered when its row is committed (before the 250)."""
+
+    dsn = ""
+
+    def store_section(self) -> str:
+        return f'[store]\nbackend = "postgresql"\ndsn = "{self.dsn}"'
+
+    def delivered(self) -> tuple[int, float]:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT coalesce(sum(messages), 0) FROM accounts").fetchone()
+        return int(row[0]), 0.0
+
+
+class PostgresNodes(Server):
+    """N ``MailhostPostgres`` nodes on one database, on 127.0.0.1, 127.0.0.2, ...: the
+    load is split among them; the CPU is every node's."""
+
+    def __init__(self, name: str, workdir: str, dsn: str, nodes: int) -> None:
+        super().__init__(name, workdir)
+        self.nodes = []
+        for i in range(nodes):
+            node = MailhostPostgres(f"{name}-{i + 1}", os.path.join(workdir, f"node{i + 1}"),
+                                    host=f"127.0.0.{i + 1}")
+            node.dsn = dsn
+            self.nodes.append(node)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def running(self) -> bool:
+        return all(node.running() for node in self.nodes)
+
+    def targets(self) -> list[str]:
+        return [t for node in self.nodes for t in node.targets()]
+
+    def delivered(self) -> tuple[int, float]:
+        return self.nodes[0].delivered()
+
+    def cpu_seconds(self) -> float:
+        return sum(node.cpu_seconds() for node in self.nodes)
 
 
 class MailhostNoFsync(Mailhost):
@@ -501,19 +593,27 @@ def drive(server: Server, sessions: int, length: int, count: int,
     Maildir: smtp-source's exit, or the newest mtime of a new/ or cur/ directory if
     that is later (Postfix delivers from its queue after answering 250).
     """
-    before_files = count_files(server.maildir_root)
+    before_files = server.delivered()[0]
     cpu0 = server.cpu_seconds()
     t0 = time.time()  # wall clock, comparable with directory mtimes
     body = ["-F", message_file] if message_file else ["-l", str(length)]
     rcpts = ["-r", str(recipients)] if recipients > 1 else []
-    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(count), *body, *rcpts,
-                    "-f", "a@example.test", "-t", "bench@example.test",
-                    f"127.0.0.1:{server.port}"], check=True, timeout=600)
+    # Several targets (nodes): the sessions and messages are split among them, one
+    # smtp-source each, all at once.
+    targets = server.targets()[:sessions]
+    shares = [(sessions // len(targets) + (i < sessions % len(targets)),
+               count // len(targets) + (i < count % len(targets))) for i in range(len(targets))]
+    sources = [subprocess.Popen(["smtp-source", "-s", str(s), "-m", str(m), *body, *rcpts,
+                                 "-f", "a@example.test", "-t", "bench@example.test", target])
+               for target, (s, m) in zip(targets, shares, strict=True)]
+    for source in sources:
+        if source.wait(600):
+            raise SystemExit(f"smtp-source failed ({source.returncode}) on {server.name}")
     t_sent = time.time()
     # Wait (bounded) for delivery: the queue to drain for Postfix, stragglers otherwise.
     deadline = time.monotonic() + 120
     while True:
-        delivered, newest = maildir_state(server.maildir_root)
+        delivered, newest = server.delivered()
         delivered -= before_files
         if delivered >= count * recipients or time.monotonic() > deadline:
             break
@@ -544,8 +644,26 @@ def main() -> None:
                     help="only mailhost, ordinary and in capture mode")
     ap.add_argument("--workers", type=int, default=0,
                     help="also run mailhost with server.workers = N (issue 18)")
+    ap.add_argument("--load", type=int, default=None, choices=range(len(LOADS)),
+                    help="only this row of LOADS (0: 20 sessions x 4 KiB)")
+    ap.add_argument("--profile", default="",
+                    help="cProfile the (first) mailhost server into FILE (pstats), saved at stop")
+    ap.add_argument("--baseline", default="",
+                    help="also run mailhost from this source tree (e.g. `git archive` of "
+                         "main), as the row mailhost-base")
+    ap.add_argument("--only", default="",
+                    help="comma-separated server names to run (e.g. mailhost,aiosmtpd)")
+    ap.add_argument("--store", choices=["maildir", "postgresql"], default="maildir",
+                    help="postgresql: only mailhost, Maildir beside 1 and --nodes PostgreSQL "
+                         "nodes on one private database cluster")
+    ap.add_argument("--nodes", type=int, default=2,
+                    help="--store postgresql: also run this many nodes (127.0.0.1, .2, ...)")
+    ap.add_argument("--pg-nofsync", action="store_true",
+                    help="--store postgresql: the cluster without fsync/synchronous_commit")
     args = ap.parse_args()
     Mailhost.idle = args.idle
+    Mailhost.profile = os.path.abspath(args.profile) if args.profile else ""
+    loads = LOADS if args.load is None else [LOADS[args.load]]
     if shutil.which("smtp-source") is None:
         raise SystemExit("smtp-source not found: apt-get install -y postfix")
     workdir = args.workdir or tempfile.mkdtemp(prefix="smtp-ingest-")
@@ -554,6 +672,9 @@ def main() -> None:
         return
     if args.capture:
         capture_bench(workdir, args.runs, args.scale)
+        return
+    if args.store == "postgresql":
+        postgres_bench(workdir, args.runs, args.scale, args.nodes, not args.pg_nofsync)
         return
     servers = [Mailhost("mailhost", os.path.join(workdir, "mailhost")),
                Aiosmtpd("aiosmtpd", os.path.join(workdir, "aiosmtpd")),
@@ -570,6 +691,13 @@ def main() -> None:
     if args.workers:
         MailhostWorkers.workers = args.workers
         servers.append(MailhostWorkers("mailhost-workers", os.path.join(workdir, "workers")))
+    if args.baseline:
+        base = Mailhost("mailhost-base", os.path.join(workdir, "base"))
+        base.root = os.path.abspath(args.baseline)
+        servers.append(base)
+    if args.only:
+        servers = [s for s in servers
+                   if s.name in args.only.split(",") or s.name == "mailhost-base"]
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
         for s in servers:
@@ -577,7 +705,7 @@ def main() -> None:
         for s in servers:  # warm-up
             drive(s, 2, 4096, 20)
         for run in range(args.runs):
-            for label, sessions, length, count in LOADS:
+            for label, sessions, length, count in loads:
                 n = max(10, int(count * args.scale))
                 k = run % len(servers)
                 order = servers[k:] + servers[:k]  # interleave, rotate the order
@@ -594,13 +722,22 @@ def main() -> None:
         return statistics.median(r[i] for r in results[(label, name)])
 
     print(f"\nmedian of {args.runs} interleaved runs (msg/s; server CPU ms/msg)\n")
+    if args.only:  # a subset of the servers: one row each, CPU against aiosmtpd's
+        for label, *_ in loads:
+            for s in servers:
+                ratio = (f" ({med(label, s.name, 1) / med(label, 'aiosmtpd', 1):.2f}x "
+                         "aiosmtpd's CPU)" if (label, "aiosmtpd") in results else "")
+                print(f"| {label} | {s.name} | {med(label, s.name, 0):.0f}; "
+                      f"{med(label, s.name, 1):.2f} ms |{ratio}")
+        print(f"\nworkdir: {workdir}")
+        return
     names = ["mailhost", "aiosmtpd", "twisted"] + (["postfix"] if postfix else [])
     print("| load | mailhost (fsync) | aiosmtpd (fsync) | stock Twisted (no fsync) "
           + ("| Postfix (fsync) " if postfix else "")
           + "| vs aiosmtpd | vs Twisted " + ("| vs Postfix | Postfix vs Twisted " if postfix else "")
           + "|")
     print("|---" * (len(names) + 3 + (2 if postfix else 0)) + "|")
-    for label, *_ in LOADS:
+    for label, *_ in loads:
         rate = {n: med(label, n, 0) for n in names}
         cpu = {n: med(label, n, 1) for n in names}
         cells = [f"{rate[n]:.0f}; {cpu[n]:.2f} ms" for n in names]
@@ -614,13 +751,13 @@ def main() -> None:
               "stock Twisted, and mailhost's against it\n")
         print("| load | Twisted + fsync | vs stock Twisted | mailhost vs Twisted + fsync |")
         print("|---|---|---|---|")
-        for label, *_ in LOADS:
+        for label, *_ in loads:
             d, t = med(label, "twisted-durable", 0), med(label, "twisted", 0)
             dc, m = med(label, "twisted-durable", 1), med(label, "mailhost", 0)
             print(f"| {label} | {d:.0f}; {dc:.2f} ms | {d / t:.2f}x | {m / d:.2f}x |")
     if args.no_fsync_row:
         print("\nmailhost with fsync off (protocol cost only), vs stock Twisted (also no fsync):\n")
-        for label, *_ in LOADS:
+        for label, *_ in loads:
             n, t = med(label, "mailhost-nofsync", 0), med(label, "twisted", 0)
             nc = med(label, "mailhost-nofsync", 1)
             print(f"| {label} | {n:.0f} msg/s; {nc:.2f} ms CPU | {n / t:.2f}x |")
@@ -630,7 +767,7 @@ def main() -> None:
         print("| load | workers = N | vs workers = 1 | vs aiosmtpd "
               + ("| vs Postfix " if postfix else "") + "|")
         print("|---|---|---|---" + ("|---" if postfix else "") + "|")
-        for label, *_ in LOADS:
+        for label, *_ in loads:
             w, wc = med(label, "mailhost-workers", 0), med(label, "mailhost-workers", 1)
             cells = [f"{w:.0f}; {wc:.2f} ms", f"{w / med(label, 'mailhost', 0):.2f}x",
                      f"{w / med(label, 'aiosmtpd', 0):.2f}x"]
@@ -766,6 +903,69 @@ def pipeline_bench(workdir: str, runs: int, scale: float) -> None:
         rate = statistics.median(r[0] for r in results[name])
         cpu = statistics.median(r[1] for r in results[name])
         print(f"| {name} | {rate:.0f} | {cpu:.2f} | {cpu - base:+.2f} ms |")
+    print(f"\nworkdir: {workdir}")
+
+
+def postgres_bench(workdir: str, runs: int, scale: float, nodes: int, durable: bool) -> None:
+    """--store postgresql: see the module docstring."""
+    from bench_pg import BenchCluster, reset_statements, top_statements
+
+    cluster = BenchCluster(durable=durable).start()
+    servers: list[Server] = [Mailhost("maildir", os.path.join(workdir, "maildir"))]
+    results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    dsns: dict[str, str] = {}
+    load0 = os.getloadavg()
+    try:
+        for n in sorted({1, nodes}):
+            name = f"pg {n} node" + ("s" if n > 1 else "")
+            dsns[name] = cluster.database()
+            servers.append(PostgresNodes(name, os.path.join(workdir, f"pg{n}"), dsns[name], n))
+        for s in servers:
+            s.start()
+        for s in servers:  # warm-up (makes the account, fills the connection pools)
+            drive(s, 2, 4096, 20)
+        for dsn in dsns.values():
+            reset_statements(dsn)
+        for run in range(runs):
+            for label, sessions, length, count in LOADS:
+                n = max(10, int(count * scale))
+                k = run % len(servers)
+                for s in servers[k:] + servers[:k]:
+                    db0 = cluster.cpu_seconds()
+                    rate, cpu = drive(s, sessions, length, n)
+                    db = (cluster.cpu_seconds() - db0) / n * 1000
+                    results.setdefault((label, s.name), []).append((rate, cpu, db))
+                    print(f"run {run + 1} {label:24} {s.name:10} {rate:8.0f} msg/s "
+                          f"{cpu:6.2f} ms CPU/msg, database {db:5.2f} ms/msg", file=sys.stderr)
+        statements = {name: top_statements(dsn, 8) for name, dsn in dsns.items()}
+    finally:
+        for s in servers:
+            s.stop()
+        cluster.stop()
+    load1 = os.getloadavg()
+
+    def med(label: str, name: str, i: int) -> float:
+        return statistics.median(r[i] for r in results[(label, name)])
+
+    names = [s.name for s in servers]
+    print(f"\nmedian of {runs} interleaved runs: msg/s; mailhost CPU ms/msg (all nodes) "
+          f"+ PostgreSQL CPU ms/msg; PostgreSQL {'durable (fsync, synchronous_commit)' if durable else 'without fsync'}; "
+          f"load average {load0[0]:.1f} before, {load1[0]:.1f} after\n")
+    print("| load | " + " | ".join(names) + " | " +
+          " | ".join(f"{n} vs maildir" for n in names[1:]) + " |")
+    print("|---" * (2 * len(names)) + "|")
+    for label, *_ in LOADS:
+        cells = [f"{med(label, 'maildir', 0):.0f}; {med(label, 'maildir', 1):.2f} ms"]
+        cells += [f"{med(label, n, 0):.0f}; {med(label, n, 1):.2f} + {med(label, n, 2):.2f} ms"
+                  for n in names[1:]]
+        cells += [f"{med(label, n, 0) / med(label, 'maildir', 0):.2f}x" for n in names[1:]]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    for name, rows in statements.items():
+        print(f"\n{name}: statements by total time (pg_stat_statements, timed runs)\n")
+        print("| calls | total ms | mean ms | statement |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['calls']} | {r['total_ms']} | {r['mean_ms']} | `{r['query']}` |")
     print(f"\nworkdir: {workdir}")
 
 

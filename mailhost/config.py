@@ -667,9 +667,6 @@ def validate(config: Config) -> None:
     if config.queue.backend == "postgresql":
         if not (config.queue.dsn or config.store.dsn):
             raise ConfigError('queue.dsn: backend = "postgresql" needs queue.dsn or store.dsn')
-        if config.server.workers != 1:
-            raise ConfigError('server.workers: the "postgresql" queue runs with one worker '
-                              "per node (its nodes share the work instead)")
         if not config.queue.lease >= 3 * config.queue.poll or config.queue.poll <= 0:
             raise ConfigError("queue.lease: must be at least three times queue.poll (> 0)")
     from mailhost.store.quota import parse_size

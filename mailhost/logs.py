@@ -41,6 +41,8 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 _twistd_options: Any = None
+#: The stream this process's observer writes to (``text_observer``/``json_observer``).
+_output: IO[Any] | None = None
 # (rotate at bytes, rotated files kept; 0 = all), from server.log_max_*.
 _rotation: tuple[int, int] = (10_000_000, 10)
 
@@ -79,6 +81,8 @@ def quiet(observer: ILogObserver) -> ILogObserver:
 
 def json_observer() -> ILogObserver:
     """A twistd ``--logger`` factory: JSON lines on standard output."""
+    global _output
+    _output = sys.stdout
     return quiet(jsonFileLogObserver(sys.stdout))
 
 
@@ -86,7 +90,16 @@ def text_observer() -> ILogObserver:
     """A twistd ``--logger`` factory: twistd's text log, in the file twistd would
     choose (``--logfile``; standard output with ``-n`` and no file), rotated within
     bounds."""
-    return quiet(FileLogObserver(_log_file(_twistd_options or {}), ClassicTextFormat()))
+    global _output
+    _output = _log_file(_twistd_options or {})
+    return quiet(FileLogObserver(_output, ClassicTextFormat()))
+
+
+def log_output() -> IO[Any] | None:
+    """Where this process's log goes: standard output, the rotated ``--logfile``, or
+    None when twistd logs its own way (``--syslog``, an admin's ``--logger``). The
+    supervisor of ``server.workers`` writes its workers' lines there too."""
+    return _output
 
 
 def _log_file(options: Any) -> IO[Any]:

@@ -39,6 +39,7 @@ def _prometheus() -> Any:
 
 
 QueueStats = Callable[[], tuple[int, float]]
+QueueHeld = Callable[[], int]
 
 
 @implementer(ISessionObserver)
@@ -48,7 +49,8 @@ class Metrics:
     Implements: ISessionObserver (add it to the host's ``SessionRegistry.observers``).
     """
 
-    def __init__(self, queue_stats: QueueStats | None = None) -> None:
+    def __init__(self, queue_stats: QueueStats | None = None,
+                 queue_held: QueueHeld | None = None) -> None:
         prom = _prometheus()
         self.registry = prom.CollectorRegistry()
         r = self.registry
@@ -77,14 +79,24 @@ class Metrics:
         self.latency = prom.Histogram(
             "mailhost_command_duration_seconds", "Time from command to final reply",
             ["protocol", "command"], buckets=LATENCY_BUCKETS, registry=r)
+        # With [queue] backend = "postgresql" these two are the whole shared queue
+        # (every node reports the same: aggregate nodes with max, not sum), and the
+        # held gauge is this node's claimed share.
         self.queue_size = prom.Gauge(
-            "mailhost_queue_messages", "Messages in the outbound queue", registry=r)
+            "mailhost_queue_messages", "Messages in the outbound queue (the whole queue, "
+            "shared by every node with the PostgreSQL queue)", registry=r)
         self.queue_oldest = prom.Gauge(
-            "mailhost_queue_oldest_age_seconds", "Age of the oldest queued message", registry=r)
+            "mailhost_queue_oldest_age_seconds", "Age of the oldest queued message",
+            registry=r)
+        self.queue_held = prom.Gauge(
+            "mailhost_queue_held_messages", "Queued messages this node's scheduler holds "
+            "(the spool: all of them; the PostgreSQL queue: those it has claimed)", registry=r)
         self._queue_stats = queue_stats
         if queue_stats is not None:
             self.queue_size.set_function(lambda: queue_stats()[0])
             self.queue_oldest.set_function(lambda: queue_stats()[1])
+        if queue_held is not None:
+            self.queue_held.set_function(queue_held)
         # When each session's command under way started (sessions are few and short).
         self._started: dict[Any, float] = {}
         # SMTP sessions inside a MAIL transaction not yet answered or ended.

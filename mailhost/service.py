@@ -440,8 +440,17 @@ def makeService(
 
         passwd: PasswdFile = make_users(config.auth.dsn or config.store.dsn)
     else:
-        passwd = PasswdFile(config.data_path(config.auth.passwd_file))
-    aliases = AliasesFile(config.data_path(config.auth.aliases_file))
+        passwd = PasswdFile(config.data_path(config.auth.passwd_file), reactor=reactor)
+    # The lists and catch-alls: the aliases file, or with the users in PostgreSQL the
+    # aliases table every node shares (mailhost alias; heard of by NOTIFY).
+    aliases: Any = AliasesFile(config.data_path(config.auth.aliases_file), reactor=reactor)
+    if config.auth.backend == "postgresql":
+        from mailhost.auth.pg_aliases import make_aliases
+
+        if aliases.table():
+            log.warn("{path}: not read with auth.backend = \"postgresql\" (the aliases "
+                     "table is); 'mailhost alias import' copies it there", path=aliases.path)
+        aliases = make_aliases(config.auth.dsn or config.store.dsn)
     capture = settings.capture.enabled
     if capture:
         # Capture mode (mailhost.auth.capture): every address is a local mailbox and
@@ -498,6 +507,8 @@ def makeService(
         users = passwd
         ListeningService(lambda: users.start_listening(reactor),
                          users.stop_listening).setServiceParent(root)
+        ListeningService(lambda: aliases.start_listening(reactor),
+                         aliases.stop_listening).setServiceParent(root)
     limits = ConnectionLimits.from_settings(settings.limits, reactor=reactor)
     if channel is not None:
         from mailhost.workers.shared import SharedConnectionLimiter
@@ -534,8 +545,12 @@ def makeService(
         outbound = OutboundService(settings.outbound, store, directory, reactor=reactor,
                                    local_addresses=listen_addresses(config.smtp.listen),
                                    listening=root.wait_listening, lookup=lookup,
-                                   run_scheduler=worker is None or worker.owns_scheduler)
-        if channel is not None:  # one scheduler (worker 0), every worker spools
+                                   run_scheduler=(worker is None or worker.owns_scheduler
+                                                  or config.queue.backend == "postgresql"),
+                                   worker=None if worker is None else worker.index)
+        # The spool: one scheduler (worker 0), every worker spools and tells it. The
+        # PostgreSQL queue: every worker claims and delivers, as a node of its own.
+        if channel is not None and config.queue.backend != "postgresql":
             outbound.queue.on_spooled = lambda qid: channel.publish("spool.new", qid)
             channel.on("spool.new", lambda _src, qid: outbound.adopt_spooled(qid))
         outbound.setServiceParent(root)
@@ -545,7 +560,10 @@ def makeService(
     if config.metrics.listen:
         from mailhost.metrics import Metrics
 
-        root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound))
+        # The shared queue's gauges from one worker only: the supervisor sums workers.
+        shared = worker is None or worker.index == 0
+        root.metrics = Metrics(queue_stats=lambda: _queue_stats(root.outbound, shared),
+                               queue_held=lambda: _queue_held(root.outbound))
         sessions.observers.append(root.metrics)
         login.observers.append(root.metrics.login)
         if root.outbound is not None:
@@ -761,14 +779,27 @@ def needs_restart(name: str) -> bool:
                    for k in _RESTART_KEYS))
 
 
-def _queue_stats(outbound: Any) -> tuple[int, float]:
-    """(queued messages, age of the oldest in seconds) for the metrics gauges."""
+def _queue_stats(outbound: Any, shared: bool = True) -> tuple[int, float]:
+    """(queued messages, age of the oldest in seconds) for the metrics gauges: what the
+    scheduler holds, or with the PostgreSQL queue the whole shared queue, as last
+    counted (reported by one worker of ``server.workers``, ``shared``)."""
+    leases = getattr(outbound, "leases", None)
+    if leases is not None:
+        if not shared or leases.shared is None:
+            return 0, 0.0
+        count, oldest = leases.shared
+        return count, 0.0 if oldest is None else max(0.0, time.time() - oldest)
     scheduler = getattr(outbound, "scheduler", None)
     envelopes = list(getattr(scheduler, "envelopes", {}).values())
     if not envelopes:
         return 0, 0.0
     oldest = min(env.arrival for env in envelopes)
     return len(envelopes), max(0.0, time.time() - oldest)
+
+
+def _queue_held(outbound: Any) -> int:
+    """Queued messages this process's scheduler holds (claimed, with PostgreSQL)."""
+    return len(getattr(getattr(outbound, "scheduler", None), "envelopes", {}))
 
 
 def parse_endpoint(reactor: Any, description: str, key: str) -> Any:

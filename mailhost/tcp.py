@@ -121,6 +121,7 @@ class DirectWriter:
     def __init__(self, transport: Any) -> None:
         self._transport = transport
         self._socket = plain_socket(transport)
+        self._plain = self._socket  # kept for ``resume``; None once stopped
 
     def write(self, data: bytes) -> None:
         sock = self._socket
@@ -135,6 +136,16 @@ class DirectWriter:
             self._socket = None
         self._transport.write(data)
 
+    def resume(self) -> None:
+        """Straight to the socket again: the transport has sent everything it held.
+
+        For a streaming producer's ``resumeProducing``: Twisted's transports resume a
+        paused producer only once their write buffer is empty (``FileDescriptor.doWrite``),
+        so nothing queued can be overtaken. A long response (FETCH of a whole folder)
+        then goes out in direct sends again after each time the client fell behind,
+        instead of through the reactor for the rest of the connection."""
+        self._socket = self._plain
+
     def stop(self) -> None:
         """From now on through the transport (TLS is about to start, or it closed)."""
-        self._socket = None
+        self._socket = self._plain = None

@@ -96,6 +96,8 @@ class MailHostProcess:
     # them at start, so the server can write its data and log.
     uid: int | None = None
     gid: int | None = None
+    #: twistd's own options, before ``mailhost`` (``--logfile=...``).
+    twistd_args: list[str] = field(default_factory=list)
 
     @property
     def data_dir(self) -> str:
@@ -170,7 +172,8 @@ class MailHostProcess:
             privileges = [f"--uid={self.uid}", f"--gid={gid}"]
             subprocess.run(["chown", "-R", f"{self.uid}:{gid}", self.workdir], check=True)
         self.proc = subprocess.Popen(
-            [sys.executable, TWISTD, "-n", "--pidfile=", *privileges, "mailhost",
+            [sys.executable, TWISTD, "-n", "--pidfile=", *privileges, *self.twistd_args,
+             "mailhost",
              "--config", self.config_path],
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             umask=self.umask,

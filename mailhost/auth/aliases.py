@@ -7,10 +7,11 @@ Re-read when the file changes on disk.
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
 from twisted.logger import Logger
 
+from mailhost.auth.filestamp import FileStamp
 from mailhost.auth.passwd import normalize_address
 
 log = Logger()
@@ -36,17 +37,16 @@ def parse_aliases(text: str, source: str = "aliases") -> dict[str, list[str]]:
 class AliasesFile:
     """An aliases table loaded from a file and reloaded when it changes."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, reactor: Any = None) -> None:
+        """``reactor``: given, the file is stat'ed at most once per reactor turn
+        (mailhost.auth.filestamp)."""
         self.path = path
+        self._file_stamp = FileStamp(path, reactor)
         self._stamp: tuple[int, int] | None = None
         self._table: dict[str, list[str]] = {}
 
     def table(self) -> dict[str, list[str]]:
-        try:
-            st = os.stat(self.path)
-            stamp = (st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            stamp = None
+        stamp = self._file_stamp.current()
         if stamp != self._stamp:
             self._stamp = stamp
             if stamp is None:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.logger import Logger
 
+from mailhost.auth.filestamp import FileStamp
 from mailhost.store.names import InvalidUserName, check_address
 
 log = Logger()
@@ -126,19 +128,18 @@ def parse_line(line: str, lineno: int = 0) -> PasswdEntry | None:
 class PasswdFile:
     """A passwd file, cached in memory and reloaded when it changes on disk."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, reactor: Any = None) -> None:
+        """``reactor``: given, the file is stat'ed at most once per reactor turn
+        (mailhost.auth.filestamp); else at every look, as the CLI needs."""
         self.path = path
-        self._stamp: tuple[float, int] | None = None
+        self._file_stamp = FileStamp(path, reactor)
+        self._stamp: tuple[int, int] | None = None
         self._entries: dict[str, PasswdEntry] = {}
         self._aliases_for: dict[str, PasswdEntry] | None = None
         self._aliases: dict[str, list[str]] = {}
 
-    def _current_stamp(self) -> tuple[float, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+    def _current_stamp(self) -> tuple[int, int] | None:
+        return self._file_stamp.current()
 
     def entries(self) -> dict[str, PasswdEntry]:
         """All entries by user; re-read if the file changed since last time."""
@@ -205,3 +206,4 @@ class PasswdFile:
                 os.unlink(tmp)
             raise
         self._stamp = None
+        self._file_stamp.forget()

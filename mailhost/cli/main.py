@@ -15,6 +15,7 @@ from mailhost.config import ConfigError, load
 
 def build_parser() -> argparse.ArgumentParser:
     from mailhost.cli import (
+        alias_cmd,
         cert_cmd,
         check_config_cmd,
         db_cmd,
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         user_cmd,
     )
 
-    modules = [user_cmd, queue_cmd, check_config_cmd, cert_cmd, dkim_cmd, dns_records_cmd,
+    modules = [user_cmd, alias_cmd, queue_cmd, check_config_cmd, cert_cmd, dkim_cmd, dns_records_cmd,
                tls_report_cmd, db_cmd, store_cmd]
     parser = argparse.ArgumentParser(prog="mailhost", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", help="TOML config file (as for twistd mailhost)")

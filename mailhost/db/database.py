@@ -19,12 +19,21 @@ raises ``unavailable`` (``DatabaseUnavailable`` unless the caller names its own,
 store does with ``StoreUnavailable``), so protocols answer with a temporary error and
 log one line, not a traceback.
 
+Coming back: the pool replaces lost connections in the background with a backoff that
+doubles after each failure, up to ``reconnect_timeout`` (psycopg-pool's default, five
+minutes, would leave a node trying only every minute or two after a long outage, so
+a database back for a minute could still see none of it). ``RECONNECT`` ends each
+attempt's backoff after a few seconds; the next transaction that needs a connection
+starts a new attempt at once, so a node finds the database again within seconds of
+its return however long it was away.
+
 Deadlocks and serialization failures (two nodes locking folders in opposite orders
 in spite of our id ordering, say) are retried a bounded number of times.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,6 +42,7 @@ from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 _T = TypeVar("_T")
@@ -44,10 +54,34 @@ Work = Callable[..., _T]
 
 #: Seconds a transaction waits for a connection before the database counts as down.
 TIMEOUT = 5.0
+#: Seconds one reconnection attempt (with its backoff: 1, 2, 4 s) lasts before it
+#: gives up, and a transaction that needs a connection starts another.
+RECONNECT = 8.0
 
 
 class DatabaseUnavailable(ConnectionError):
     """The database cannot be reached now."""
+
+
+_pool_log = Logger(namespace="mailhost.db.pool")
+
+
+class _PoolLog(logging.Handler):
+    """psycopg-pool's own messages (a failed reconnection, a connection given up) into
+    the mail host's log, one line each, instead of Python's last-resort handler
+    writing them to stderr (which twistd logs as errors)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().strip().splitlines()
+        _pool_log.warn("{message}", message=text[0] if text else "", event="db_pool")
+
+
+def _route_pool_log() -> None:
+    pool_log = logging.getLogger("psycopg.pool")
+    if not any(isinstance(h, _PoolLog) for h in pool_log.handlers):
+        pool_log.addHandler(_PoolLog(logging.WARNING))
+        pool_log.setLevel(logging.WARNING)
+        pool_log.propagate = False
 
 
 class Database:
@@ -67,9 +101,10 @@ class Database:
             reactor = default  # type: ignore[assignment]
         self.dsn = dsn
         self._reactor = reactor
+        _route_pool_log()
         self._pool = ConnectionPool(dsn, min_size=1, max_size=max_size, open=False,
                                     kwargs={"prepare_threshold": 0}, name=name,
-                                    timeout=timeout,
+                                    timeout=timeout, reconnect_timeout=RECONNECT,
                                     check=ConnectionPool.check_connection)
         self._threads = ThreadPool(minthreads=0, maxthreads=max_size, name=name)
         self._running = False

@@ -32,6 +32,10 @@ JSON), when it is next due, and its lease (owner and expiry, epoch seconds of th
 database's clock); ``queue_chunks`` its bytes in chunks as the store's bodies (not
 deduplicated: a queued message is deleted once delivered); ``queue_requests`` the
 ``mailhost queue`` commands every running node picks up.
+
+Version 6: ``aliases`` for ``[auth] backend = "postgresql"``: the aliases file's lists
+and catch-alls as (name, target) rows, managed by ``mailhost alias``; any change
+notifies ``mailhost_aliases``.
 """
 
 from __future__ import annotations
@@ -174,6 +178,24 @@ BEGIN
 END $$;
 CREATE TRIGGER messages_usage AFTER INSERT OR DELETE ON messages
     FOR EACH ROW EXECUTE FUNCTION mailhost_usage();
+"""),
+    # The aliases file as rows (issue 19), for [auth] backend = "postgresql": one row
+    # per (name, target); a name "@domain" is that domain's catch-all. Any change
+    # notifies mailhost_aliases, as the users table does.
+    (6, """
+CREATE TABLE aliases (
+    name text NOT NULL,
+    target text NOT NULL,
+    added timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (name, target)
+);
+CREATE FUNCTION mailhost_aliases_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('mailhost_aliases', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER aliases_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON aliases
+    FOR EACH STATEMENT EXECUTE FUNCTION mailhost_aliases_changed();
 """),
 ]
 

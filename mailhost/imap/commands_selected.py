@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mailhost.imap import encoding, parser
@@ -21,7 +22,7 @@ from mailhost.imap.responses import Bad, No, format_set
 from mailhost.imap.rev2 import utf8_names
 from mailhost.imap.selected import dates_ready, folder_columns
 from mailhost.imap.states import SEL
-from mailhost.store.interfaces import NoSuchFolder, NoSuchMessage
+from mailhost.store.interfaces import MessageInfo, NoSuchFolder, NoSuchMessage
 
 if TYPE_CHECKING:
     from mailhost.imap.selected import SelectedMailbox
@@ -248,9 +249,18 @@ async def fetch(s: IMAPServer, cmd: parser.Command, items: list | None = None,
     return b"FETCH completed"
 
 
+def _as_seen(sel: SelectedMailbox, info: MessageInfo) -> MessageInfo:
+    """``info`` with this session's \\Recent (RFC 3501 2.3.2: the session that was
+    first told of a message has it), not the store's: the store's claim takes the
+    message out of its recent set as this session reports it."""
+    recent = info.uid in sel.recent
+    return info if info.recent == recent else replace(info, recent=recent)
+
+
 async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list,
                      fetching: Any, modseq: bool = False) -> bool:
     opened: list = []
+    info = _as_seen(sel, info)
     try:
         for attempt in range(2):
             pieces = await fetching.fetch_message(sel.folder, info, items)
@@ -266,7 +276,7 @@ async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list
             # Maildir rename): answer with what is true now.
             for f in opened:
                 f.close()
-            opened, info = [], fresh
+            opened, info = [], _as_seen(sel, fresh)
     except (NoSuchMessage, FileNotFoundError):
         for f in opened:
             f.close()
@@ -276,17 +286,19 @@ async def _fetch_one(s: IMAPServer, sel: SelectedMailbox, info: Any, items: list
         seq = sel.seq_of(info.uid)
         if seq is None:  # no longer in this session's numbering: answer as for a gone one
             return False
-        s.send(b"* %d FETCH (" % seq)
+        # The whole line is held and written once (a big literal streams in between).
+        out = [b"* %d FETCH (" % seq]
         for p in pieces:
             if isinstance(p, bytes | bytearray):
-                s.send(bytes(p))
+                out.append(bytes(p))
             else:
-                s.send(p.prefix)
+                out.append(p.prefix)
                 await stream_message(next(files), p.length, s.send, s.gate, s.resetTimeout,
-                                     keep_nul=p.keep_nul)
+                                     keep_nul=p.keep_nul, out=out)
         if modseq:
-            s.send(b" MODSEQ (%d)" % sel.folder.modseq_of(info.uid))
-        s.send(b")\r\n")
+            out.append(b" MODSEQ (%d)" % sel.folder.modseq_of(info.uid))
+        out.append(b")\r\n")
+        s.send(b"".join(out))
     finally:
         for f in opened:
             f.close()

@@ -9,6 +9,8 @@ gate.wait()`` between chunks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -34,12 +36,17 @@ class OutputGate:
         self.paused = False
         self.stopped = False
         self._waiters: list[defer.Deferred] = []
+        #: Called when the transport resumes us (its buffer has drained), before the
+        #: waiters run: the session's ``DirectWriter.resume``.
+        self.on_resume: Callable[[], None] | None = None
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
+        if self.on_resume is not None:
+            self.on_resume()
         self._release()
 
     def stopProducing(self) -> None:
@@ -62,34 +69,58 @@ class OutputGate:
 
 
 async def stream_message(reader: IMessageReader, length: int, write, gate: OutputGate,
-                         on_progress=None, keep_nul: bool = False) -> int:
+                         on_progress=None, keep_nul: bool = False,
+                         out: list[bytes] | None = None) -> int:
     """Copy exactly ``length`` octets from the message ``reader`` to ``write``, a chunk
     at a time as the reader delivers them (off the reactor thread) and the transport
     takes them.
+
+    ``out`` is the response around the literal, held by the caller: what it holds goes
+    out with the first chunk, and the last chunk is left in it for the caller to write
+    with the rest of the response, so a small message's whole FETCH line is one write
+    (one ``send`` on plain TCP, one TLS record batch), not five. Without ``out`` every
+    chunk is written as it arrives. Held bytes are written before waiting for a read
+    that is not done yet, so nothing due sits behind the disk.
 
     A short message is padded with spaces so the literal length announced before the
     data stays true (the protocol would otherwise desynchronise); returns the number
     of octets that really came from the message. NULs go out as 0x80 (``without_nul``)
     unless ``keep_nul`` (a BINARY literal8).
     """
+    held = out if out is not None else []
     left = length
     got = 0
     while left > 0:
         if gate.stopped:
             break
-        chunk = await reader.read()
+        d = reader.read()
+        if held and not d.called:
+            _flush(held, write)
+        chunk = await d
         if not chunk:
             while left > 0:
+                if held:
+                    _flush(held, write)
                 n = min(CHUNK, left)
-                write(b" " * n)
+                held.append(b" " * n)
                 left -= n
             break
-        chunk = chunk[:left]
-        write(chunk if keep_nul else without_nul(chunk))
+        if len(chunk) > left:
+            chunk = chunk[:left]
+        held.append(chunk if keep_nul else without_nul(chunk))
         got += len(chunk)
         left -= len(chunk)
         if on_progress is not None:
             on_progress()
-        if gate.paused:
-            await gate.wait()
+        if left > 0:
+            _flush(held, write)
+            if gate.paused:
+                await gate.wait()
+    if out is None and held:
+        _flush(held, write)
     return got
+
+
+def _flush(held: list[bytes], write) -> None:
+    write(held[0] if len(held) == 1 else b"".join(held))
+    held.clear()

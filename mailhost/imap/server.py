@@ -53,7 +53,7 @@ from mailhost.store.interfaces import (
     StoreError,
     StoreUnavailable,
 )
-from mailhost.tcp import QuickAck, send_at_once
+from mailhost.tcp import DirectWriter, QuickAck, send_at_once
 from mailhost.tls import cancel_deadline, start_tls
 
 if TYPE_CHECKING:
@@ -84,6 +84,10 @@ MAX_BAD_COMMANDS = 20
 STREAM_APPEND_OVER = 64 * 1024
 #: After BYE, a client that does not read what is left gets cut off this much later.
 CLOSE_GRACE = 10.0
+#: Octets a long response (FETCH of a folder) writes before ``drain`` yields a reactor
+#: turn: straight-to-socket writes never pause the output gate, so without this a
+#: client that keeps up would hold the reactor for the whole response.
+TURN_OCTETS = 256 * 1024
 #: Pause reading when this much unprocessed input is buffered.
 INPUT_HIGH_WATER = 1024 * 1024
 
@@ -182,6 +186,10 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._abort_call: Any = None
         self._progress = 0.0  # when the last complete command arrived (or connect)
         self.quick_ack: QuickAck | None = None
+        # Every write goes through it (mailhost.tcp.DirectWriter): on plain TCP a FETCH
+        # line goes to the socket at once, not through the reactor's next turn.
+        self._writer: DirectWriter | None = None
+        self._unyielded = 0  # octets sent since ``drain`` last gave up the turn
 
     # -- connection life cycle ------------------------------------------------------
 
@@ -205,6 +213,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         self.peer = getattr(peer, "host", str(peer))
         send_at_once(self.transport)
         self.quick_ack = QuickAck(self.transport)
+        self._writer = DirectWriter(self.transport)
+        self.gate.on_resume = self._writer.resume
         self.transport.registerProducer(self.gate, True)
         self.setTimeout(self.settings.preauth_timeout)
         if not self.factory.connection_opened(self):
@@ -252,6 +262,8 @@ class IMAPServer(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
         self._lost = True
+        if self._writer is not None:
+            self._writer.stop()
         cancel_deadline(self._tls_deadline)
         self._held.cancel()
         self._drop_streamed()
@@ -312,6 +324,8 @@ class IMAPServer(Protocol, TimeoutMixin):
         self._closed = True
         if self.transport is not None and not self._lost:
             if not already:
+                if self._writer is not None:
+                    self._writer.stop()  # what is written after this waits its turn
                 self.transport.unregisterProducer()
                 self.gate.stopProducing()  # nothing more will be written: release waiters
             self.transport.loseConnection()
@@ -329,12 +343,22 @@ class IMAPServer(Protocol, TimeoutMixin):
         if not self._lost:
             if self._deflater is not None:
                 data = self._deflater.deflate(data)
-            self.transport.write(data)
+            if self._writer is not None:
+                self._writer.write(data)
+            else:  # not connected yet
+                self.transport.write(data)
+            self._unyielded += len(data)
 
     def drain(self) -> defer.Deferred:
-        """Wait until the transport's send buffer has room."""
+        """Wait until the transport's send buffer has room, and give other sessions
+        the reactor after each ``TURN_OCTETS`` written."""
         self.resetTimeout()
-        return self.gate.wait()
+        if self.gate.paused or self.gate.stopped or self._unyielded < TURN_OCTETS:
+            return self.gate.wait()
+        self._unyielded = 0
+        d: defer.Deferred = defer.Deferred()
+        self.callLater(0, lambda: d.callback(None))
+        return d
 
     @property
     def alive(self) -> bool:
@@ -745,6 +769,8 @@ class IMAPServer(Protocol, TimeoutMixin):
     def start_tls(self) -> None:
         """Discard anything pipelined behind STARTTLS (CVE-2011-0411), then upgrade."""
         self.framer.clear()
+        if self._writer is not None:
+            self._writer.stop()  # TLS wraps the transport: writes go through it now
         self._tls_deadline = start_tls(self.transport, self.tls_options,
                                        self.settings.handshake_timeout, self.reactor)
         self.tls_started = True

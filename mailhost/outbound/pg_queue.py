@@ -27,6 +27,16 @@ a node starting up discards them, since its claims died with its previous proces
 - **Results**: envelope updates (attempts, next try, DSN state) and removal are
   updates and deletes of the row; ``next_due`` is the earliest pending recipient's
   next attempt, so a message whose node dies is claimed when it is due.
+- **The database away** (restarted, failed over, unreachable): SMTP gets 451 for
+  what it would queue. A result that cannot be written is kept in memory and written,
+  before anything else, by the first lease round that reaches the database again (a
+  message delivered while the database was away is deleted then, not delivered a
+  second time). After half a lease without renewal the scheduler is paused: sessions
+  finish the job they carry, none starts, since another node may claim the work once
+  the leases run out. Leases count database uptime: one that expired while the
+  database was down lasts until ``lease`` seconds after the database started again,
+  which gives its owner that long to come back and renew it (a renewal needs only
+  the row still to be its own) before another node may claim it.
 - **mailhost queue**: list/show/flush/retry/delete read and change the rows; requests
   for running nodes go to ``queue_requests``, which every node reads each second.
 
@@ -40,6 +50,7 @@ import io
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -49,7 +60,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from mailhost.db.database import Database
+from mailhost.db.database import Database, DatabaseUnavailable
 from mailhost.outbound.envelope import PENDING, Envelope
 from mailhost.outbound.spool import SpoolFiles, header_block
 
@@ -63,8 +74,21 @@ CLAIM_BATCH = 200
 HOLD_MAX = 2000
 #: ``queue_requests`` rows older than this (seconds) are deleted.
 REQUEST_KEEP = 3600.0
+#: Seconds between two counts of the whole queue (the metrics' gauges).
+STATS_EVERY = 5.0
+#: After the database failed a commit or a result, the queue's other operations fail
+#: (commits: 451) or are kept (results) at once for this long, rather than each
+#: waiting the pool's timeout in turn (a batch runs its operations one by one).
+FAIL_FAST = 2.0
 
 _NOW = "extract(epoch FROM clock_timestamp())"
+#: A lease is claimable once it ended and the database has been up for a lease's
+#: length (the owner's grace after a database restart); a released one at once.
+_CLAIMABLE = ("(lease_owner IS NULL OR greatest(lease_until,"
+              f" extract(epoch FROM pg_postmaster_start_time()) + %s) < {_NOW})")
+
+#: A result not yet written: the envelope's JSON and next_due, or None for a removal.
+Result = tuple[str, float] | None
 
 
 def check_schema(dsn: str) -> None:
@@ -110,6 +134,14 @@ class PgSpoolFiles(SpoolFiles):
         self.lease = lease
         self.node = node or node_name()
         self._request_seq: int | None = None
+        # Results the database was away for (qid -> Result), written by the next
+        # renewal that reaches it; the newest result of a message replaces older ones.
+        self._unsaved: dict[str, Result] = {}
+        # Results asked for and not yet written or kept (qid -> how many): the
+        # scheduler has let go of a removed message before its row is deleted.
+        self._writing: dict[str, int] = {}
+        self._unsaved_lock = threading.Lock()
+        self._failed_at = -FAIL_FAST  # time.monotonic() of the last DatabaseUnavailable
 
     # Commit, update, removal (thread side, from the spool's batches).
 
@@ -122,7 +154,7 @@ class PgSpoolFiles(SpoolFiles):
                 f.write(data)
         os.replace(tmp_path, path)
         try:
-            self.db.transact(self._insert, envelope, path)
+            self._transact(self._insert, envelope, path)
         except BaseException:
             try:
                 os.unlink(path)
@@ -144,27 +176,94 @@ class PgSpoolFiles(SpoolFiles):
                 seq += 1
 
     def save_envelope(self, envelope: Envelope) -> defer.Deferred:
+        self._note_writing(envelope.id)
         return self.run_batch(self._update_op, envelope.id, envelope.to_json(),
                               next_due(envelope))
 
+    def remove(self, qid: str) -> defer.Deferred:
+        self._note_writing(qid)
+        return self.run_batch(self._remove_op, qid)
+
+    def _note_writing(self, qid: str) -> None:
+        with self._unsaved_lock:
+            self._writing[qid] = self._writing.get(qid, 0) + 1
+
+    def in_hand(self) -> set[str]:
+        """Messages whose results this node has yet to write (being written, or kept
+        while the database is away): still this node's work, though the scheduler
+        holds them no more."""
+        with self._unsaved_lock:
+            return set(self._writing) | set(self._unsaved)
+
     def save_envelope_sync(self, envelope: Envelope) -> None:
+        self._note_writing(envelope.id)
         self._update_op(envelope.id, envelope.to_json(), next_due(envelope))
 
     def _update_op(self, qid: str, raw: bytes, due: float) -> tuple[None, tuple[str, ...]]:
-        def update(conn: psycopg.Connection[Any]) -> None:
-            conn.execute("UPDATE queue SET envelope = %s, next_due = %s WHERE id = %s",
-                         (raw.decode(), due, qid))
-
-        self.db.transact(update)
+        self._write_result(qid, (raw.decode(), due))
         return None, ()
 
     def _remove_op(self, qid: str) -> tuple[None, tuple[str, ...]]:
-        def delete(conn: psycopg.Connection[Any]) -> None:
-            conn.execute("DELETE FROM queue WHERE id = %s", (qid,))
-
-        self.db.transact(delete)
+        self._write_result(qid, None)
         self.drop_copy(qid)
         return None, ()
+
+    def _write_result(self, qid: str, result: Result) -> None:
+        """Write one result now, or keep it for the next renewal if the database is
+        away (or an older result of ``qid`` still waits: they go in order)."""
+        try:
+            with self._unsaved_lock:
+                if qid in self._unsaved:
+                    self._unsaved[qid] = result
+                    return
+            try:
+                self._transact(self._apply, [(qid, result)], False)
+            except DatabaseUnavailable as e:
+                with self._unsaved_lock:
+                    first = not self._unsaved
+                    self._unsaved[qid] = result
+                if first:
+                    log.warn("outbound queue: results kept until the database returns ({e})",
+                             e=e, event="queue_results_kept")
+        finally:
+            with self._unsaved_lock:
+                left = self._writing.get(qid, 1) - 1
+                if left > 0:
+                    self._writing[qid] = left
+                else:
+                    self._writing.pop(qid, None)
+
+    def _transact(self, fn: Any, *args: Any) -> None:
+        """``db.transact`` for commits and results, failing at once for ``FAIL_FAST``
+        seconds after the database failed one."""
+        if time.monotonic() - self._failed_at < FAIL_FAST:
+            raise DatabaseUnavailable("database unavailable (it failed the queue just now)")
+        try:
+            self.db.transact(fn, *args)
+        except DatabaseUnavailable:
+            self._failed_at = time.monotonic()
+            raise
+
+    def _apply(self, conn: psycopg.Connection[Any], results: Iterable[tuple[str, Result]],
+               kept: bool) -> None:
+        """Write ``results``; a ``kept`` update only if the row is still this node's
+        (another may have claimed it while the database was away from us; a removal is
+        made anyway: the message was delivered, or an operator deleted it)."""
+        for qid, result in results:
+            if result is None:
+                conn.execute("DELETE FROM queue WHERE id = %s", (qid,))
+            elif kept:
+                conn.execute("UPDATE queue SET envelope = %s, next_due = %s"
+                             " WHERE id = %s AND lease_owner = %s",
+                             (result[0], result[1], qid, self.node))
+            else:
+                conn.execute("UPDATE queue SET envelope = %s, next_due = %s WHERE id = %s",
+                             (result[0], result[1], qid))
+
+    def unsaved(self) -> int:
+        """How many results wait for the database."""
+        with self._unsaved_lock:
+            return len(self._unsaved)
 
     def drop_copy(self, qid: str) -> None:
         """Remove this node's working copy of ``qid`` (blocking, but one unlink)."""
@@ -229,9 +328,21 @@ class PgSpoolFiles(SpoolFiles):
     # Leases (thread side, from QueueLeases).
 
     def renew_sync(self, held: list[str]) -> tuple[set[str], set[str]]:
-        """Extend this node's leases on ``held``: the ids still ours, and those another
-        node holds now (the rest were deleted: delivered, or ``mailhost queue delete``)."""
+        """Write the results kept while the database was away, then extend this node's
+        leases on ``held``: the ids still ours, and those another node holds now (the
+        rest were deleted: delivered, or ``mailhost queue delete``)."""
+        with self._unsaved_lock:
+            pending = dict(self._unsaved)
+            writing = sorted(self._writing)
+
         def renew(conn: psycopg.Connection[Any]) -> tuple[set[str], set[str]]:
+            self._apply(conn, pending.items(), True)
+            if writing:  # no other node takes a message while its result is on the way
+                conn.execute(f"UPDATE queue SET lease_until = {_NOW} + %s"
+                             " WHERE lease_owner = %s AND id = ANY(%s)",
+                             (self.lease, self.node, writing))
+            if not held:
+                return set(), set()
             kept = {row[0] for row in conn.execute(
                 f"UPDATE queue SET lease_until = {_NOW} + %s"
                 " WHERE lease_owner = %s AND id = ANY(%s) RETURNING id",
@@ -241,7 +352,17 @@ class PgSpoolFiles(SpoolFiles):
                 "SELECT id FROM queue WHERE id = ANY(%s)", (lost,)).fetchall()} if lost else set()
             return kept, taken
 
-        return self.db.transact(renew) if held else (set(), set())
+        if not (held or pending or writing):
+            return set(), set()
+        out = self.db.transact(renew)
+        if pending:
+            with self._unsaved_lock:
+                for qid, result in pending.items():
+                    if qid in self._unsaved and self._unsaved[qid] is result:
+                        del self._unsaved[qid]
+            log.info("outbound queue: {n} results kept while the database was away written",
+                     n=len(pending), event="queue_results_written")
+        return out
 
     def claim_sync(self, limit: int) -> list[Envelope]:
         """Claim up to ``limit`` due messages nobody holds, and write their working
@@ -250,10 +371,10 @@ class PgSpoolFiles(SpoolFiles):
             rows = conn.execute(
                 f"UPDATE queue SET lease_owner = %s, lease_until = {_NOW} + %s"
                 " WHERE id IN (SELECT id FROM queue"
-                f"  WHERE next_due <= %s AND lease_until < {_NOW}"
+                f"  WHERE next_due <= %s AND {_CLAIMABLE}"
                 "  ORDER BY next_due LIMIT %s FOR UPDATE SKIP LOCKED)"
                 " RETURNING id, envelope",
-                (self.node, self.lease, time.time(), limit)).fetchall()
+                (self.node, self.lease, time.time(), self.lease, limit)).fetchall()
             out = []
             for qid, raw in rows:
                 env = Envelope.from_json(raw.encode())
@@ -278,11 +399,28 @@ class PgSpoolFiles(SpoolFiles):
                 seq += 1
         os.replace(tmp, self.message_path(qid))
 
+    def stats_sync(self) -> tuple[int, float | None]:
+        """The whole shared queue: how many messages, and when the oldest arrived (its
+        id begins with its arrival in hex milliseconds, ``new_queue_id``; None when
+        the queue is empty). One index read, whatever the queue's size."""
+        def count(conn: psycopg.Connection[Any]) -> tuple[int, str | None]:
+            row = conn.execute("SELECT count(*), min(id) FROM queue").fetchone()
+            return (int(row[0]), row[1]) if row else (0, None)
+
+        n, oldest = self.db.transact(count)
+        try:
+            arrival = int(oldest[:11], 16) / 1000 if oldest else None
+        except ValueError:
+            arrival = None
+        return n, arrival
+
     def release_all_sync(self) -> int:
-        """A clean stop: this node's leases end now, so another node takes the work."""
+        """A clean stop: this node's leases end now, so another node takes the work
+        (after the results kept while the database was away, if any)."""
+        self.renew_sync([])
         def release(conn: psycopg.Connection[Any]) -> int:
-            return conn.execute("UPDATE queue SET lease_until = 0 WHERE lease_owner = %s",
-                                (self.node,)).rowcount
+            return conn.execute("UPDATE queue SET lease_owner = NULL, lease_until = 0"
+                                " WHERE lease_owner = %s", (self.node,)).rowcount
 
         return self.db.transact(release)
 
@@ -312,7 +450,10 @@ class PgSpoolFiles(SpoolFiles):
             return conn.execute("SELECT seq, action, qid FROM queue_requests WHERE seq > %s"
                                 " ORDER BY seq", (self._request_seq,)).fetchall()
 
-        rows = self.db.transact(take)
+        try:
+            rows = self.db.transact(take)
+        except DatabaseUnavailable:
+            return []  # the lease round says so, once; requests wait in the table
         if rows:
             self._request_seq = int(rows[-1][0])
         return [{"action": action, "id": qid} for _seq, action, qid in rows]
@@ -331,6 +472,10 @@ class QueueLeases:
         self._loop: LoopingCall | None = None
         self._round_d: defer.Deferred | None = None
         self._renewed = reactor.seconds()
+        self._failing = False
+        #: The whole queue (count, oldest arrival), as of the last count; None before.
+        self.shared: tuple[int, float | None] | None = None
+        self._counted = -STATS_EVERY
 
     def start(self) -> None:
         self._renewed = self.reactor.seconds()
@@ -343,33 +488,55 @@ class QueueLeases:
             return  # the last round is still running (a slow database)
         d = defer.ensureDeferred(self._round())
         self._round_d = d
-        d.addErrback(lambda f: log.warn("outbound queue: lease round failed: {e}",
-                                        e=f.getErrorMessage()))
+        d.addErrback(self._round_failed)
 
         def done(_: object) -> None:
             self._round_d = None
 
         d.addBoth(done)
 
+    def _round_failed(self, f: Any) -> None:
+        """One line when rounds start failing (not one per round while the database is
+        away); held work pauses after half a lease without renewal."""
+        if not self._failing:
+            self._failing = True
+            log.warn("outbound queue: lease round failed: {e}", e=f.getErrorMessage(),
+                     event="queue_lease_failed")
+        if (self.reactor.seconds() - self._renewed > self.files.lease / 2
+                and not self.scheduler.paused):
+            log.warn("outbound queue: leases not renewed for {t:.0f}s: no new deliveries"
+                     " until the database answers", t=self.reactor.seconds() - self._renewed,
+                     event="queue_paused")
+            self.scheduler.set_paused(True)
+
     async def _round(self) -> None:
         db = self.files.db
         held = list(self.scheduler.envelopes)
-        try:
-            kept, taken = await db.hop(self.files.renew_sync, held)
-        except Exception:
-            if self.reactor.seconds() - self._renewed > self.files.lease / 2:
-                self._forget(self.scheduler.envelopes, "leases not renewed")
-            raise
+        kept, taken = await db.hop(self.files.renew_sync, held)
         self._renewed = self.reactor.seconds()
+        if self._failing:
+            self._failing = False
+            log.info("outbound queue: the database answers again; leases renewed",
+                     event="queue_lease_renewed")
         self._forget(taken, "its lease was taken over by another node")
         self._forget([qid for qid in held if qid not in kept and qid not in taken],
                      "deleted from the queue", quiet=True)
+        if self.scheduler.paused:
+            self.scheduler.set_paused(False)
+        if self.reactor.seconds() - self._counted >= STATS_EVERY:
+            self._counted = self.reactor.seconds()
+            self.shared = await db.hop(self.files.stats_sync)
         room = min(CLAIM_BATCH, HOLD_MAX - len(self.scheduler.envelopes))
         if room <= 0 or not self.scheduler.running:
             return
         claimed = await db.hop(self.files.claim_sync, room)
+        in_hand = self.files.in_hand()
         for env in claimed:
-            if env.id not in self.scheduler.envelopes:
+            # Ours already (its lease ran out while the database was away): the result
+            # on its way decides, not a second delivery.
+            if env.id in in_hand and env.id not in self.scheduler.envelopes:
+                self.files.drop_copy(env.id)
+            elif env.id not in self.scheduler.envelopes:
                 self.scheduler.add(env)
         if claimed:
             log.info("outbound queue: claimed {n} messages", n=len(claimed))

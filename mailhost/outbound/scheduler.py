@@ -157,6 +157,10 @@ class Scheduler:
         self.total_sessions = 0
         self.running = False
         self.stopping = False
+        # True while this node cannot confirm it still owns its work (the PostgreSQL
+        # queue's leases went unrenewed, pg_queue.QueueLeases): sessions finish the
+        # job they carry, no new one starts.
+        self.paused = False
         self._timer: Any = None
         self._loops: list[LoopingCall] = []
         self._session_ds: set[defer.Deferred] = set()
@@ -376,8 +380,14 @@ class Scheduler:
 
     # Sessions.
 
+    def set_paused(self, paused: bool) -> None:
+        """Hold new work back (``paused``), or take it up again at once."""
+        self.paused = paused
+        if not paused:
+            self._tick()
+
     def _dispatch(self) -> None:
-        if not self.running:
+        if not self.running or self.paused:
             return
         limit_total = max(self.settings.max_concurrency, 1)
         limit_domain = max(self.settings.max_per_domain, 1)
@@ -427,7 +437,7 @@ class Scheduler:
         d.addBoth(finished)
 
     def _next_job(self, domain: str) -> Job | None:
-        if self.stopping:
+        if self.stopping or self.paused:
             return None
         queue = self.ready.get(domain)
         now = self.now()

@@ -8,6 +8,7 @@ MX points back at us for one of our own domains.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -84,17 +85,21 @@ class OutboundQueue:
         # Otherwise the scheduler finds it in the spool when it starts.
 
 
-def make_spool(settings: OutboundSettings, reactor: Any) -> SpoolFiles:
+def make_spool(settings: OutboundSettings, reactor: Any, worker: int | None = None) -> SpoolFiles:
     """The queue's storage: the spool directory, or (``[queue] backend = "postgresql"``)
-    the shared PostgreSQL queue with the directory for this node's working copies."""
+    the shared PostgreSQL queue with the directory for this node's working copies (a
+    directory per worker of ``server.workers``: each is a node of its own, and a
+    worker that starts clears its directory of its predecessor's copies)."""
     if settings.queue_backend == "postgresql":
         from mailhost.db.database import Database
         from mailhost.outbound.pg_queue import PgSpoolFiles, check_schema
 
         check_schema(settings.queue_dsn)
         db = Database(settings.queue_dsn, max_size=4, reactor=reactor, name="mailhost-queue")
-        return PgSpoolFiles(settings.queue_dir, db, lease=settings.queue_lease,
-                            reactor=reactor)
+        copies = settings.queue_dir
+        if worker is not None:
+            copies = os.path.join(copies, f"worker-{worker}")
+        return PgSpoolFiles(copies, db, lease=settings.queue_lease, reactor=reactor)
     return SpoolFiles(settings.queue_dir, fsync=settings.fsync, reactor=reactor)
 
 
@@ -143,6 +148,7 @@ class OutboundService(service.Service):
         listening: Callable[[], defer.Deferred[Any]] | None = None,
         lookup: Any = None,
         run_scheduler: bool = True,
+        worker: int | None = None,
     ) -> None:
         self.setName("outbound")  # Service declares name as None: set, not overridden
         if reactor is None:
@@ -157,7 +163,7 @@ class OutboundService(service.Service):
         # The host's IDNSLookup ([dns]): routing (unless ``resolver`` or a deprecated
         # ``outbound.resolver`` says otherwise), TLSA and MTA-STS lookups.
         self._lookup = lookup
-        self.files = make_spool(settings, reactor)
+        self.files = make_spool(settings, reactor, worker)
         # [queue] backend = "postgresql": claims and leases for this node's scheduler.
         self.leases: Any = None
         self.queue = OutboundQueue(self.files, reactor)
@@ -167,6 +173,8 @@ class OutboundService(service.Service):
         self._listening = listening
         # False in all workers of ``server.workers`` but one: they only write to the
         # spool (``queue``), and the one scheduler learns of it (``adopt_spooled``).
+        # The PostgreSQL queue runs a scheduler in every worker (claims and leases
+        # share the work between them as between nodes).
         self.run_scheduler = run_scheduler
         #: Told of every delivery attempt's per-recipient results (this host's metrics).
         self.attempt_observers: list[Any] = []

@@ -38,7 +38,7 @@ from mailhost.pop3.maildrop import DeletePolicy, Maildrop
 from mailhost.pop3.transfer import MessageSender
 from mailhost.replytext import clean
 from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse, SessionRegistry
-from mailhost.store.interfaces import NoSuchMessage
+from mailhost.store.interfaces import NoSuchMessage, StoreUnavailable
 from mailhost.tcp import DirectWriter, QuickAck, send_at_once
 from mailhost.tls import cancel_deadline, start_tls
 
@@ -547,8 +547,11 @@ class POP3Server(Protocol, TimeoutMixin):
         try:
             folder = await avatar.account.open_folder("INBOX")
             maildrop = await Maildrop.open(folder)
-        except Exception:
-            log.failure("pop3: cannot open maildrop of {user}", user=avatar.user)
+        except Exception as e:
+            if isinstance(e, StoreUnavailable):  # the database away: one line, no traceback
+                log.warn("pop3: cannot open maildrop of {user}: {e}", user=avatar.user, e=e)
+            else:
+                log.failure("pop3: cannot open maildrop of {user}", user=avatar.user)
             if not self._closed:
                 self._unlock()  # the session stays in AUTHORIZATION
                 self._send("-ERR [SYS/TEMP] Cannot open maildrop, try again later")

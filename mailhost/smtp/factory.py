@@ -62,6 +62,14 @@ class SMTPFactory(ServerFactory):
         self.sessions: set[SMTPServer] = set()
         # Set by the service on shutdown: new sessions are told to come back later.
         self.draining = False
+        self._greeting: tuple[str, Reply] | None = None
+
+    def greeting(self, hostname: str) -> Reply:
+        """The ``220`` for ``hostname``, made once per name rather than per connection
+        (its wire form too: issue 18)."""
+        if self._greeting is None or self._greeting[0] != hostname:
+            self._greeting = (hostname, Reply(220, "", f"{hostname} ESMTP mailhost"))
+        return self._greeting[1]
 
     def buildProtocol(self, addr: Any) -> SMTPServer:  # noqa: N802
         proto = self.protocol(self)

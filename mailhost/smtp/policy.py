@@ -23,6 +23,8 @@ from mailhost.smtp.reply import Reply
 log = Logger()
 
 _ROUTING_CHARS = ("%", "!", "@")
+#: Every accepted recipient gets this one reply (made once: issue 18).
+_RCPT_OK = Reply(250, "2.1.5", "Ok")
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,11 @@ class RecipientPolicy:
             mailboxes, forwards = self._resolve(rcpt.canonical())
             if not mailboxes and not forwards:
                 raise Reply(550, "5.1.1", f"<{shown}>: Recipient address rejected: User unknown")
-            return Decision(Reply(250, "2.1.5", "Ok"), mailboxes=tuple(mailboxes),
+            return Decision(_RCPT_OK, mailboxes=tuple(mailboxes),
                             forwards=tuple(forwards))
         if self.may_relay(client_ip, user):
             if self.can_queue:
-                return Decision(Reply(250, "2.1.5", "Ok"), remote=str(rcpt))
+                return Decision(_RCPT_OK, remote=str(rcpt))
             # A client that could relay, on a host that delivers to no other domain.
             raise Reply(554, "5.7.1", f"<{shown}>: Relay access denied "
                         "(this host does not deliver to other domains)")

@@ -32,12 +32,17 @@ class Reply(Exception):
         return self.code < 400
 
     def to_bytes(self) -> bytes:
-        """Wire form: continuation lines use ``code-``, the last ``code SP``."""
-        prefix = f"{self.status} " if self.status else ""
-        last = len(self.lines) - 1
-        out = [f"{self.code}{' ' if i == last else '-'}{prefix}{clean(line)}\r\n"
-               for i, line in enumerate(self.lines)]
-        return "".join(out).encode("utf-8", "replace")
+        """Wire form: continuation lines use ``code-``, the last ``code SP``. Made
+        once per reply: the constant ones (``Ok``, ``354``, the greeting) are sent
+        for every message (issue 18)."""
+        wire: bytes | None = self.__dict__.get("_wire")
+        if wire is None:
+            prefix = f"{self.status} " if self.status else ""
+            last = len(self.lines) - 1
+            out = [f"{self.code}{' ' if i == last else '-'}{prefix}{clean(line)}\r\n"
+                   for i, line in enumerate(self.lines)]
+            wire = self._wire = "".join(out).encode("utf-8", "replace")
+        return wire
 
     def __repr__(self) -> str:
         return f"Reply({self.code}, {self.status!r}, {self.lines!r})"

@@ -82,6 +82,10 @@ _JUNK_CODES = frozenset({500, 501, 502, 503, 504, 555})
 MAX_ERROR_SLEEP = 10.0
 
 _OK = Reply(250, "2.0.0", "Ok")
+# Sent for every message: made (and encoded, Reply.to_bytes) once (issue 18).
+_MAIL_OK = Reply(250, "2.1.0", "Ok")
+_GO_AHEAD = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+_BYE = Reply(221, "2.0.0", "Bye")
 
 
 class _LineTooLong(Exception):
@@ -246,7 +250,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         elif verdict is CUT:
             self._cut_now()
         else:
-            self._send(Reply(220, "", f"{self.settings.hostname} ESMTP mailhost"))
+            self._send(self.factory.greeting(self.settings.hostname))
         if self._busy and not self._closing:
             self._unbusy(None)
 
@@ -592,7 +596,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                                     "See RFC 5321"])
 
     def smtp_QUIT(self, arg: str) -> None:  # noqa: N802
-        self._send(Reply(221, "2.0.0", "Bye"))
+        self._send(_BYE)
         self._reset_transaction("quit")
         self._close()
 
@@ -784,7 +788,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                 local_ip=_local_ip(self.transport), mail_params=mail_params))
         self._mailed = True
         self._cancel_pre_mail()
-        return Reply(250, "2.1.0", "Ok")
+        return _MAIL_OK
 
     def smtp_RCPT(self, arg: str) -> Reply | defer.Deferred:  # noqa: N802
         txn = self._session.transaction
@@ -921,7 +925,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._reader = DataReader(self._data_chunk, self.settings.max_message_size,
                                   self.settings.max_line_length)
         self._start_data_budget()
-        return Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+        return _GO_AHEAD
 
     def _start_delivery(self, txn: Transaction) -> Reply | None:
         """Open the writers for the accepted recipients (at DATA or the first BDAT)."""

@@ -228,7 +228,11 @@ class IFolder(Interface):
     def refresh() -> Deferred[None]:
         """Pick up what other programs added, renamed (flags) or removed; Deferred firing
         with None. Listeners hear about what changed. Cheap when nothing changed (a
-        store that watches the folder answers from its watch)."""
+        store that watches the folder answers from its watch). A ``claim_recent`` in
+        flight, whoever made it, is no reason to wait: a claim has taken effect when
+        it returns, so a refresh with nothing else to apply fires without waiting for
+        the claim's own work (issue 16: NOOPs queued behind other sessions' claims).
+        A store may still queue a refresh behind it for work of its own (a listing)."""
 
     def open_message(uid: int) -> Deferred[BinaryIO]:
         """Deferred firing with a readable binary file object positioned at 0 that yields
@@ -262,7 +266,11 @@ class IFolder(Interface):
 
     def claim_recent() -> Deferred[set[int]]:
         """Deferred firing with the set of UIDs that were recent; they stop being recent
-        for everyone (Maildir: new/ -> cur/)."""
+        for everyone (Maildir: new/ -> cur/). At once: before this returns, ``get``,
+        ``messages`` and ``columns`` show them not recent to every session, whatever
+        work (a rename, a database UPDATE) is still in flight, so the next session to
+        look (NOOP, SELECT, EXAMINE, STATUS) sees them old without waiting for that
+        work; two claims in one process never both get a UID."""
 
     def add_listener(listener: IFolderListener) -> None:
         """Hear of every change from now on, ours or (within about a second, without

@@ -9,6 +9,8 @@ create a name that another part cannot serve (issue 17, items 2 and 11).
 
 from __future__ import annotations
 
+import functools
+
 from mailhost.store import mutf7
 from mailhost.store.interfaces import InvalidFolderName, StoreError
 
@@ -50,6 +52,13 @@ def canonical_folder(name: str) -> str:
     """
     if not isinstance(name, str):
         raise InvalidFolderName(repr(name))
+    return _canonical_folder(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _canonical_folder(name: str) -> str:
+    """``canonical_folder`` of a string, remembered: every delivery asks for its folder
+    twice, mostly "INBOX" (issue 18). A refused name raises, and is not remembered."""
     parts = name.split(DELIMITER)
     if any(_bad_component(p) for p in parts):
         raise InvalidFolderName(name)

@@ -21,7 +21,8 @@ the workers through the supervisor (each worker tells it what it counted, it tel
 the others; ``channel.py``), the POP3 maildrop lock is a file lock, the Maildir store
 is already safe with other writers (it is shared live with Dovecot), and only worker
 0 runs the outbound scheduler; the others write to the spool and tell it each new
-message id. The supervisor restarts a worker that dies, forwards SIGHUP, and on
+message id (with ``[queue] backend = "postgresql"`` every worker runs one, a node of
+the shared queue of its own: claims and leases share the work). The supervisor restarts a worker that dies, forwards SIGHUP, and on
 SIGTERM has every worker drain before it exits.
 
 ``mailhost.testing`` and ``workers = 1`` never come here: one process, as before.

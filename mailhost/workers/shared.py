@@ -93,6 +93,10 @@ class SharedConnectionLimiter(ConnectionLimiter):
     a token of the connection rate) as that worker reports them, and remembered by
     worker, so that a worker that dies takes its counts with it ("worker.gone").
     Eviction stays local: a worker closes only its own idle sessions.
+
+    Opens and closes travel as a tally (``WorkerChannel.tally``): one ``conns`` row
+    per protocol and client address per batch, ``[kind, host, opens, closes]``,
+    applied opens first (a close in the batch may be of a connection opened in it).
     """
 
     channel: Any
@@ -104,19 +108,25 @@ class SharedConnectionLimiter(ConnectionLimiter):
 
     def listen(self) -> None:
         self.remote = {}
-        self.channel.on("conn.open", self._remote_open)
-        self.channel.on("conn.close", self._remote_close)
+        self.channel.on("conns", self._remote_conns)
         self.channel.on("worker.gone", self._gone)
 
     def admit(self, kind: str, host: str, limits: KindLimits) -> str | None:
         why = super().admit(kind, host, limits)
         if why is None:
-            self.channel.publish("conn.open", kind, host)
+            self.channel.tally("conns", (kind, host), 0, 2)
         return why
 
     def release(self, kind: str, host: str) -> None:
         super().release(kind, host)
-        self.channel.publish("conn.close", kind, host)
+        self.channel.tally("conns", (kind, host), 1, 2)
+
+    def _remote_conns(self, source: int, rows: list[list[Any]]) -> None:
+        for kind, host, opens, closes in rows:
+            for _ in range(opens):
+                self._remote_open(source, kind, host)
+            for _ in range(closes):
+                self._remote_close(source, kind, host)
 
     def _remote_open(self, source: int, kind: str, host: str) -> None:
         self.total[kind] = self.total.get(kind, 0) + 1

@@ -5,6 +5,17 @@ itself: it holds the listening sockets (so they stay open while a worker restart
 the workers' pipes, and a short memory of the replicated facts, which a new or
 restarted worker is given first so it starts with the server's view (the throttle's
 failures and the rate limits of the last hour, the other workers' connections).
+
+Workers send their facts in batches (``channel.py``); what arrives from all of them in
+one reactor turn goes to each worker in one write.
+
+**One log.** Workers log to their standard output. When the supervisor logs there too
+(``-n``, journald) they simply share it. When it logs to a file (``--logfile``, or
+daemonised to ``twistd.log``), their output comes to it through a pipe and it writes
+their lines into its own file, whole lines at a time: one file, rotated by one process
+(``server.log_max_bytes``, SIGUSR1), as Dovecot's log process and syslog give a
+Postfix or Dovecot admin. Several processes each rotating one file would rename it
+from under each other.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 
 from mailhost.config import Config
+from mailhost.logs import log_output
 from mailhost.workers import CHANNEL_IN, CHANNEL_OUT, FIRST_LISTEN_FD, listen_key
 
 log = Logger()
@@ -40,6 +52,8 @@ STABLE_SECONDS = 10.0
 MAX_BACKOFF = 30.0
 #: After SIGTERM, workers get shutdown_grace plus this long before SIGKILL.
 KILL_AFTER = 15.0
+#: A worker's log output without a newline for this long goes to the log as it is.
+LOG_LINE_MAX = 64 * 1024
 
 
 def listener_specs(config: Config) -> list[tuple[str, str]]:
@@ -84,8 +98,12 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.buffer = b""
         self.ended: defer.Deferred = defer.Deferred()
         self.pid: int | None = None
+        self.log_tails: dict[int, bytes] = {}  # stdout/stderr since their last newline
 
     def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
+        if fd in (1, 2):
+            self.supervisor.worker_log(self, fd, data)
+            return
         if fd != CHANNEL_OUT:
             return
         self.buffer += data
@@ -103,10 +121,17 @@ class WorkerProcess(protocol.ProcessProtocol):
                 pass
 
     def send(self, line: bytes) -> None:
-        if self.transport is not None and self.transport.pid is not None:
-            self.transport.writeToChild(CHANNEL_IN, line + b"\n")
+        self.send_lines([line])
+
+    def send_lines(self, lines: list[bytes]) -> None:
+        """One write of ``lines`` to the worker."""
+        if lines and self.transport is not None and self.transport.pid is not None:
+            self.transport.writeToChild(CHANNEL_IN, b"\n".join(lines) + b"\n")
 
     def processEnded(self, reason: Any) -> None:  # noqa: N802
+        for fd, tail in list(self.log_tails.items()):
+            if tail:
+                self.supervisor.worker_log(self, fd, b"\n")
         self.supervisor.worker_ended(self, reason)
         self.ended.callback(None)
 
@@ -136,8 +161,14 @@ class Supervisor(service.Service):
         # Connections each worker holds now (for a worker that starts after them).
         self._connections: dict[int, Counter[tuple[str, str]]] = {}
         self._pending: dict[int, Any] = {}
+        # Facts to relay at the end of this reactor turn: (source index, line).
+        self._outbox: list[tuple[int, bytes]] = []
+        self._relay_call: Any = None
         self._previous_sighup: Any = None
         self.metrics_port: Any = None
+        # The log file the workers' output is written into (see the module docstring);
+        # None: they share the supervisor's standard output and stderr.
+        self.log_file: Any = None
         self.setName("workers")
 
     # Start.
@@ -200,7 +231,11 @@ class Supervisor(service.Service):
     def _spawn(self, index: int) -> None:
         self._pending.pop(index, None)
         fds: dict[str, tuple[int, int]] = {}
-        child_fds: dict[int, Any] = {1: 1, 2: 2, CHANNEL_OUT: "r", CHANNEL_IN: "w"}
+        output = log_output()
+        self.log_file = output if output is not None and output is not sys.stdout else None
+        logs: Any = "r" if self.log_file is not None else None
+        child_fds: dict[int, Any] = {1: logs or 1, 2: logs or 2,
+                                     CHANNEL_OUT: "r", CHANNEL_IN: "w"}
         for i, (name, port, family) in enumerate(self.ports):
             child_fds[FIRST_LISTEN_FD + i] = port.fileno()
             fds[name] = (FIRST_LISTEN_FD + i, family)
@@ -209,9 +244,16 @@ class Supervisor(service.Service):
         transport = self.reactor.spawnProcess(worker, args[0], args, env=os.environ.copy(),
                                               childFDs=child_fds)
         worker.pid = transport.pid
-        self.workers[index] = worker
         log.info("worker {index} started pid={pid}", index=index, pid=worker.pid,
                  event="worker_started")
+        self._join(worker)
+
+    def _join(self, worker: WorkerProcess) -> None:
+        """Add ``worker`` to those relayed to, briefed: facts still waiting to be relayed
+        go to the others first (the brief already counts them; relayed to the new worker
+        too they would count twice)."""
+        self._relay()
+        self.workers[worker.index] = worker
         self._brief(worker)
 
     def _brief(self, worker: WorkerProcess) -> None:
@@ -219,15 +261,30 @@ class Supervisor(service.Service):
         now = time.monotonic()
         while self._replay and now - self._replay[0][0] > REPLAY_SECONDS:
             self._replay.popleft()
-        for _, line in self._replay:
-            worker.send(line)
+        lines = [line for _, line in self._replay]
         for source, counts in self._connections.items():
-            if source == worker.index:
+            if source == worker.index or not counts:
                 continue
-            for (kind, host), n in counts.items():
-                line = json.dumps(["conn.open", source, kind, host]).encode()
-                for _ in range(n):
-                    worker.send(line)
+            rows = [[kind, host, n, 0] for (kind, host), n in counts.items()]
+            lines.append(json.dumps(["conns", source, rows], separators=(",", ":")).encode())
+        worker.send_lines(lines)
+
+    # Logs.
+
+    def worker_log(self, worker: WorkerProcess, fd: int, data: bytes) -> None:
+        """A worker's standard output or error, into the supervisor's log file, in whole
+        lines (two workers' lines never interleave mid-line)."""
+        text = worker.log_tails.get(fd, b"") + data
+        end = text.rfind(b"\n") + 1
+        if len(text) - end > LOG_LINE_MAX:
+            end = len(text)
+        worker.log_tails[fd] = text[end:]
+        if end and self.log_file is not None:
+            try:  # text, as the supervisor's own observer writes (LogFile encodes it)
+                self.log_file.write(text[:end].decode("utf-8", "replace"))
+                self.log_file.flush()
+            except (OSError, ValueError):  # a full disk or a closed file: not fatal
+                pass
 
     # Relay.
 
@@ -238,18 +295,29 @@ class Supervisor(service.Service):
             log.warn("worker {index}: unreadable line {line!r}", index=worker.index,
                      line=line[:200])
             return
-        if kind == "conn.open" or kind == "conn.close":
+        if kind == "conns":  # [[protocol, client address, opens, closes], ...]
             counts = self._connections.setdefault(worker.index, Counter())
-            key = (args[0], args[1])
-            counts[key] += 1 if kind == "conn.open" else -1
-            if counts[key] <= 0:
-                del counts[key]
+            for conn_kind, host, opens, closes in args[0]:
+                key = (conn_kind, host)
+                counts[key] += opens - closes
+                if counts[key] <= 0:
+                    del counts[key]
         out = json.dumps([kind, worker.index, *args], separators=(",", ":")).encode()
         if kind in REPLAYED:
             self._replay.append((time.monotonic(), out))
-        for other in self.workers.values():
-            if other is not worker:
-                other.send(out)
+        self._outbox.append((worker.index, out))
+        if self._relay_call is None:
+            self._relay_call = self.reactor.callLater(0, self._relay)
+
+    def _relay(self) -> None:
+        """Every fact that arrived this turn, to every worker but its source, in one
+        write each."""
+        if self._relay_call is not None and self._relay_call.active():
+            self._relay_call.cancel()
+        self._relay_call = None
+        outbox, self._outbox = self._outbox, []
+        for index, other in self.workers.items():
+            other.send_lines([line for source, line in outbox if source != index])
 
     # Ends and restarts.
 
@@ -257,9 +325,9 @@ class Supervisor(service.Service):
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
         self._connections.pop(worker.index, None)
-        gone = json.dumps(["worker.gone", worker.index]).encode()
-        for other in self.workers.values():
-            other.send(gone)
+        # After its last facts, which may still wait for this turn's relay.
+        self._outbox.append((worker.index, json.dumps(["worker.gone", worker.index]).encode()))
+        self._relay()
         status = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         if self.stopping:

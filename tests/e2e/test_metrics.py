@@ -85,3 +85,50 @@ def test_metrics_queue_and_delivery_attempts(mailhost_factory):
     assert value(text, "mailhost_queue_oldest_age_seconds") >= 0
     assert value(text, "mailhost_smtp_messages_total", protocol="submission",
                  result="accepted", code="250") == 1
+
+
+def test_metrics_queue_gauges_report_the_shared_postgresql_queue(mailhost_factory, pg_dsn):
+    """``[queue] backend = "postgresql"``, two nodes, a smarthost that refuses every
+    connection: each node reports the whole shared queue (5 messages, whichever node
+    took them) and, as held, the share its own scheduler has claimed (3 and 2)."""
+    import time
+
+    import psycopg
+
+    from mailhost.db import migrations
+
+    with psycopg.connect(pg_dsn) as conn:
+        migrations.upgrade(conn)
+    dead = free_port()
+    nodes = []
+    for name, host in (("a", "127.0.0.1"), ("b", "127.0.0.2")):
+        mport = free_port(host)
+        node = mailhost_factory(name, host=host, extra={
+            "metrics": {"listen": f"tcp:{mport}:interface={host}"},
+            "queue": {"backend": "postgresql", "dsn": pg_dsn, "lease": 30.0, "poll": 0.5},
+            "smtp": {"relay_networks": ["127.0.0.0/8"]},
+            "outbound": {"smarthost": f"127.0.0.1:{dead}", "connect_timeout": 2.0,
+                         "retry_initial": 3600.0}}).start()
+        nodes.append((node, mport))
+    for (node, _), count in zip(nodes, (3, 2), strict=True):
+        with smtplib.SMTP(node.host, node.ports["smtp"], timeout=30) as s:
+            for n in range(count):
+                s.sendmail("sender@a.test", ["friend@remote.test"],
+                           f"Subject: out {n}\r\n\r\nx\r\n".encode())
+    seen = {}
+    deadline = time.monotonic() + 30  # the next count of the queue (every 5 s)
+    while time.monotonic() < deadline:
+        seen = {}
+        for node, mport in nodes:
+            r = subprocess.run(["curl", "-sf", f"http://{node.host}:{mport}/metrics"],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            seen[node.host] = (value(r.stdout, "mailhost_queue_messages"),
+                               value(r.stdout, "mailhost_queue_held_messages"),
+                               value(r.stdout, "mailhost_queue_oldest_age_seconds"))
+        if all(total == 5 for total, _, _ in seen.values()):
+            break
+        time.sleep(0.3)
+    assert {h: (total, held) for h, (total, held, _) in seen.items()} == {
+        "127.0.0.1": (5, 3), "127.0.0.2": (5, 2)}, seen
+    assert all(0 <= age < 60 for _, _, age in seen.values()), seen

@@ -50,6 +50,8 @@ class CountingRemote(socketserver.ThreadingTCPServer):
         self.hold_from = hold_from
         self.holding = threading.Event()
         self.held = 0
+        #: Seconds each final dot waits for its 250 (a slow remote).
+        self.delay = 0.0
 
 
 class RemoteHandler(socketserver.StreamRequestHandler):
@@ -101,6 +103,7 @@ class RemoteHandler(socketserver.StreamRequestHandler):
                     while self.rfile.readline(4096):  # no answer, ever: until A dies
                         pass
                     return
+                time.sleep(server.delay)
                 w.write(b"250 2.0.0 queued\r\n")
             else:
                 w.write(b"502 what\r\n")

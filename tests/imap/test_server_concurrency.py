@@ -173,3 +173,27 @@ async def test_recent_belongs_to_the_session_that_first_reports_it(imap_host):
             x.logout()
 
     await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_fetch_with_a_body_shows_the_sessions_recent_not_the_stores(imap_host):
+    """A FETCH that reads the message showed the store's \\Recent: the session that
+    reported the message lost it once its claim landed (now at once: issue 16), and
+    RFC 3501 2.3.2 gives it to that session alone."""
+    host = await imap_host()
+
+    def run():
+        a = _client(host)
+        a.select_folder("INBOX")
+        b = _client(host)
+        b.append("INBOX", make_message("new one"))
+        assert (1, b"RECENT") in a.noop()[1]
+        items = ["FLAGS", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]
+        assert b"\\Recent" in a.fetch([1], items)[1][b"FLAGS"]
+        assert b"\\Recent" in a.fetch([1], ["FLAGS"])[1][b"FLAGS"]
+        b.select_folder("INBOX")
+        assert b"\\Recent" not in b.fetch([1], items)[1][b"FLAGS"]
+        for x in (a, b):
+            x.logout()
+
+    await host.in_thread(run)

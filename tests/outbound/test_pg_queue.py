@@ -43,9 +43,14 @@ def commit(files: PgSpoolFiles, due: float = 0.0) -> Envelope:
     return env
 
 
-def expire(dsn: str, owner: str) -> None:
+def expire(dsn: str, owner: str, lease: float = 2.0) -> None:
+    """End ``owner``'s leases, as its death would; and wait, if the cluster is younger
+    than a lease, for the grace a lease gets after the database starts."""
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE queue SET lease_until = 0 WHERE lease_owner = %s", (owner,))
+        up = conn.execute("SELECT extract(epoch FROM clock_timestamp()"
+                          " - pg_postmaster_start_time())").fetchone()[0]
+    time.sleep(max(0.0, lease - float(up) + 0.1))
 
 
 def test_a_committed_message_is_its_node_s_until_the_lease_expires(nodes, pg_dsn):
@@ -112,3 +117,92 @@ def test_requests_reach_a_running_node_once_and_not_a_later_one(nodes):
     a.add_trigger_sync("retry", "X1")
     assert b.take_triggers_sync() == [{"action": "retry", "id": "X1"}]
     assert b.take_triggers_sync() == []
+
+
+def test_a_result_the_database_is_away_for_is_kept_and_written_before_anything_else(
+        nodes, pg_dsn):
+    """A delivery finished while the database was away: its removal waits in memory
+    (the scheduler is told it is done), the message stays this node's (``in_hand``: a
+    claim does not adopt it again), and the first renewal that reaches the database
+    deletes the row; an update waits likewise and lands only on a row still ours."""
+    from mailhost.outbound.envelope import PENDING
+
+    a, b = nodes
+    delivered, deferred = commit(a), commit(a)
+    good = a.db
+    a.db = Database("postgresql://nobody@127.0.0.1:1/none", max_size=1, timeout=0.5)
+    a.db.start()
+    try:
+        a._remove_op(delivered.id)  # no exception: kept
+        deferred.recipients[0].attempts = 1
+        assert deferred.recipients[0].status == PENDING
+        a.save_envelope_sync(deferred)
+        assert a.unsaved() == 2 and a.in_hand() == {delivered.id, deferred.id}
+        with pytest.raises(Exception, match="database unavailable"):
+            a.renew_sync([deferred.id])
+    finally:
+        a.db._pool.close()  # (this test runs in the reactor's greenlet: no blockon)
+        a.db._threads.stop()
+        a.db = good
+    assert a.renew_sync([deferred.id]) == ({deferred.id}, set())
+    assert a.unsaved() == 0 and a.in_hand() == set()
+    assert a.load_envelope_sync(delivered.id) is None
+    assert a.load_envelope_sync(deferred.id).recipients[0].attempts == 1
+    assert b.claim_sync(10) == []  # the deferred one: its lease was renewed
+
+
+def test_results_kept_for_a_message_another_node_took_do_not_overwrite_its_row(nodes, pg_dsn):
+    a, b = nodes
+    env = commit(a)
+    a._unsaved[env.id] = ('{"broken": "kept update"}', 0.0)  # as if kept while away
+    expire(pg_dsn, "node-a")
+    assert [e.id for e in b.claim_sync(10)] == [env.id]
+    assert a.renew_sync([env.id]) == (set(), {env.id})  # taken; the update not applied
+    assert b.load_envelope_sync(env.id).id == env.id
+
+
+def test_a_lease_that_ran_out_while_the_database_was_down_is_still_its_owner_s(tmp_path):
+    """Leases count database uptime: after a restart longer than the lease, another node
+    may not claim the message until a lease after the database started, and the owner,
+    back in time, renews it (a renewal needs only the row to be its own); a lease not
+    renewed after that ends as any other."""
+    from tests.pg_cluster import PgCluster
+
+    cluster = PgCluster().start()
+    try:
+        dsn = cluster.new_database()
+        with psycopg.connect(dsn) as conn:
+            migrations.upgrade(conn)
+        made = []
+
+        def node(name: str) -> PgSpoolFiles:
+            files = PgSpoolFiles(str(tmp_path / name), Database(dsn, max_size=1), lease=3.0,
+                                 node=f"node-{name}")
+            files.ensure_sync()
+            files.db.start()
+            made.append(files)
+            return files
+
+        a = node("a")
+        env = commit(a)
+        cluster.halt()
+        time.sleep(3.5)  # longer than the lease
+        cluster.resume()
+        b = node("b")  # a node (re)connecting at once
+        assert b.claim_sync(10) == []
+        deadline = time.monotonic() + 20
+        while True:  # A's pool reconnects in the background
+            try:
+                assert a.renew_sync([env.id]) == ({env.id}, set())
+                break
+            except Exception:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert b.claim_sync(10) == []
+        time.sleep(3.3)  # A renews no more (as if it died now): the lease is over
+        assert [e.id for e in b.claim_sync(10)] == [env.id]
+    finally:
+        for files in made:
+            files.db._pool.close()  # (the reactor's greenlet: no blockon of close())
+            files.db._threads.stop()
+        cluster.stop()

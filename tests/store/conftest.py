@@ -61,3 +61,45 @@ class Recorder:
 @pytest.fixture
 def recorder():
     return Recorder()
+
+
+@pytest.fixture
+def hold_claims(request):
+    """``release = await hold_claims(store, folder)`` keeps a ``claim_recent`` made
+    from then on from finishing its own work until ``release()``: on Maildir its
+    rename waits for the folder lock (as behind another session's STORE; white-box),
+    on PostgreSQL its UPDATE waits for row locks another transaction holds. Memory
+    and dict stores claim synchronously: nothing to hold."""
+    releases = []
+
+    async def hold(store, folder):
+        if isinstance(store, MaildirStore):
+            lock = folder._lock  # white-box: the folder's own lock
+            await lock.acquire()
+            release = lock.release
+        elif type(store).__name__ == "PostgresStore":
+            import psycopg
+
+            conn = psycopg.connect(request.getfixturevalue("pg_dsn"))
+            conn.execute("SELECT uid FROM messages WHERE folder_id = %s FOR UPDATE",
+                         (folder.id,))
+
+            def release():
+                conn.rollback()
+                conn.close()
+        else:
+            def release():
+                pass
+        done = []
+
+        def once():
+            if not done:
+                done.append(True)
+                release()
+
+        releases.append(once)
+        return once
+
+    yield hold
+    for release in releases:
+        release()

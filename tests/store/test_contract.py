@@ -13,7 +13,7 @@ import tracemalloc
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from zope.interface.verify import verifyObject
 
 from mailhost.store.interfaces import (
@@ -551,6 +551,39 @@ async def test_append_on_the_account(store, recorder):
         big.write(body[i:i + 65536])
     _, uid = await account.append("INBOX", big)
     assert (await inbox(store)).get(uid).size == len(body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_is_not_held_by_a_claim_in_flight(store, hold_claims):
+    """Issue 16: under a 10-client IMAP load most NOOPs waited for the folder lock
+    behind another session's \\Recent claim. A claim takes effect when it is made:
+    while its own work (a rename, an UPDATE) is held up, every look at the folder
+    already shows the messages old, a second claim gets none of them, and a refresh
+    fires. (The bound only turns a hang into a failure; nothing here is timed.)"""
+    folder = await inbox(store)
+    folder.add_listener(Recorder())  # as a selected IMAP session does
+    await folder.refresh()
+    await deliver(store)
+    await deliver(store)
+    await folder.refresh()
+    assert [i.recent for i in folder.messages()] == [True, True]
+    release = await hold_claims(store, folder)
+    try:
+        claim = folder.claim_recent()
+        assert not any(i.recent for i in folder.messages())
+        assert not folder.get(1).recent and not folder.get(2).recent
+        if IIndexedFolder.providedBy(folder):
+            assert not any(folder.columns().recent)
+        second = folder.claim_recent()  # another session: nothing is left for it
+        await folder.refresh().addTimeout(30, reactor)
+        assert not any(i.recent for i in folder.messages())
+    finally:
+        release()
+    assert await claim == {1, 2}
+    assert await second == set()
+    assert not any(i.recent for i in folder.messages())
+    await deliver(store)
+    assert await folder.claim_recent() == {3}
 
 
 @pytest_twisted.ensureDeferred

@@ -380,16 +380,16 @@ async def test_failed_commit_releases_its_uid_and_leaves_no_file(root, monkeypat
 
     store = MaildirStore(root)
     box = await folder_of(store)
-    real = maildir_io.link_or_copy
+    real = maildir_io.move_or_copy
     calls = []
 
     def flaky(src, dest, fsync, modes):
         calls.append(dest)
         if len(calls) == 1:
             raise OSError(28, "No space left on device")
-        real(src, dest, fsync, modes)
+        return real(src, dest, fsync, modes)
 
-    monkeypatch.setattr(maildir_io, "link_or_copy", flaky)
+    monkeypatch.setattr(maildir_io, "move_or_copy", flaky)
     first, second = store.new_message(), store.new_message()
     first.write(MSG)
     second.write(MSG)

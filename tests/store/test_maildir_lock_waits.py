@@ -8,6 +8,7 @@ reported new mail queued a claim of its own (2.8 claims per new message).
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -125,3 +126,134 @@ async def test_claims_that_wait_for_the_lock_are_one_claim(root):
         box._lock.release()
     assert set(await first) == {3}
     assert set(await box.claim_recent()) == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_does_not_wait_for_a_claim_queued_for_the_lock(root):
+    """Under bench/imap_load.py 226 of 285 NOOPs waited for the lock behind another
+    session's \\Recent claim: a refresh queued whenever a claim was queued or running.
+    A claim now takes effect when made (the messages leave the recent set at once), so
+    there is nothing to wait for."""
+    store = MaildirStore(root, fsync=False)
+    box = await folder_of(store)
+    await watched(box)
+    for _ in range(2):
+        await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
+    await box.refresh()
+    await box._lock.acquire()  # another session's STORE holds the lock
+    try:
+        claim = box.claim_recent()
+        assert not claim.called and box._lock.waiting
+        assert [i.recent for i in box.messages()] == [False, False]
+        assert not any(box.columns().recent)
+        d = box.refresh()
+        assert d.called, "refresh queued behind another session's claim"
+        assert set(box.claim_recent().result) == set()  # nothing left to claim
+    finally:
+        box._lock.release()
+    assert set(await claim) == {1, 2}
+    assert [i.recent for i in box.messages()] == [False, False]
+    assert sorted(os.listdir(os.path.join(user_dir(root), "new"))) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_expunge_counts_quota_in_its_unlinks_thread_hop(root):
+    """An EXPUNGE held the folder lock for two thread hops, the unlinks and then the
+    quota line in maildirsize; now one, and the count stays exact."""
+    store = MaildirStore(root, fsync=False)
+    store.set_quota_limits(lambda user: 10_000)
+    box = await claimed(store)
+    await box.set_flags([1], ["\\Deleted"], "add")
+    assert (await store.quota(A)).messages == 1
+    hops = []
+    real = store.run_blocking
+
+    def counted(fn, *args):
+        hops.append(fn)
+        return real(fn, *args)
+
+    store.run_blocking = counted
+    try:
+        assert await box.expunge() == [1]
+    finally:
+        del store.run_blocking
+    assert len(hops) == 1, hops
+    usage = await store.quota(A)
+    assert (usage.storage, usage.messages) == (0, 0)
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_flag_changes_that_wait_for_the_lock_share_one_pass(root, monkeypatch):
+    """Under bench/imap_load.py every STORE queued on the folder lock for a thread hop
+    of its own. Those waiting together now run as one pass, in the order asked, with
+    one rename per file; each caller still gets the flags its own change left."""
+    from mailhost.store._maildir import maildir_folder
+
+    store = MaildirStore(root, fsync=False)
+    for _ in range(2):
+        await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
+    box = await folder_of(store)
+    await box.claim_recent()
+    await box.set_flags([2], ["$Label"], "add")  # a keyword with a letter already
+    rec = Recorder()
+    box.add_listener(rec)
+    real, calls = maildir_folder.rename_all, []
+
+    def counted(path, renames):
+        calls.append(list(renames))
+        return real(path, renames)
+
+    monkeypatch.setattr(maildir_folder, "rename_all", counted)
+    await box._lock.acquire()  # another session's EXPUNGE holds the lock
+    try:
+        asked = [box.set_flags([1], ["\\Seen"], "add"),
+                 box.set_flags([2, 1], ["\\Flagged"], "add"),
+                 box.set_flags([1], ["\\Seen"], "remove"),
+                 box.set_flags([2], ["$Label"], "remove")]
+        assert len(box._lock.waiting) == 1
+    finally:
+        box._lock.release()
+    got = [{i.uid: set(i.flags) for i in await d} for d in asked]
+    assert got == [{1: {"\\Seen"}},
+                   {1: {"\\Seen", "\\Flagged"}, 2: {"\\Flagged", "$Label"}},
+                   {1: {"\\Flagged"}},
+                   {2: {"\\Flagged"}}]
+    assert len(calls) == 1 and len(calls[0]) == 2  # one hop, one rename per file
+    assert box.get(1).flags == {"\\Flagged"} and box.get(2).flags == {"\\Flagged"}
+    names = sorted(n.partition(":")[2] for n in os.listdir(os.path.join(user_dir(root), "cur")))
+    assert names == ["2,F", "2,F"]
+    assert sorted(i.uid for i in rec.changed) == [1, 2]  # each heard of once
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_expunges_that_wait_for_the_lock_share_one_pass(root, monkeypatch):
+    """As flag changes: one thread hop for every expunge waiting for the lock, each
+    removed UID reported to the first caller, in the order asked, that named it."""
+    from mailhost.store._maildir import maildir_folder
+
+    store = MaildirStore(root, fsync=False)
+    store.set_quota_limits(lambda user: 10_000)
+    for _ in range(4):
+        await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
+    box = await folder_of(store)
+    await box.set_flags([1, 2, 3], ["\\Deleted"], "add")
+    real, calls = maildir_folder.unlink_all, []
+
+    def counted(paths):
+        calls.append(list(paths))
+        return real(paths)
+
+    monkeypatch.setattr(maildir_folder, "unlink_all", counted)
+    await box._lock.acquire()
+    try:
+        asked = [box.expunge([1]), box.expunge(), box.expunge([2, 3, 4])]
+        assert len(box._lock.waiting) == 1
+    finally:
+        box._lock.release()
+    assert [await d for d in asked] == [[1], [2, 3], []]
+    assert len(calls) == 1 and len(calls[0]) == 3
+    assert [i.uid for i in box.messages()] == [4]
+    assert (await store.quota(A)).messages == 1
+    await store.close()

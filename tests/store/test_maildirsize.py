@@ -109,6 +109,20 @@ def test_changes_are_appended_and_summed(tmp_path):
         assert f.read() == "0S\n0 0\n100 1\n50 1\n-100 -1\n"
 
 
+def test_a_batch_appends_one_line_per_maildir(tmp_path):
+    """A batch of deliveries opens each account's file once (issue 18)."""
+    a, b = maildir(tmp_path / "a"), maildir(tmp_path / "b")
+    for root in (a, b):
+        maildirsize.current(root, (0, 0), time.time(), PRIVATE, LOCK)
+    Change = maildirsize.Change
+    maildirsize.add_all([Change(a, 100, 1, LOCK), Change(b, 7, 1, LOCK),
+                         Change(a, 50, 2, LOCK), Change(str(tmp_path / "gone"), 1, 1, LOCK)])
+    with open(os.path.join(a, "maildirsize")) as f:
+        assert f.read() == "0S\n0 0\n150 3\n"
+    with open(os.path.join(b, "maildirsize")) as f:
+        assert f.read() == "0S\n0 0\n7 1\n"
+
+
 def test_rebuilt_when_stale_too_long_or_limits_changed(tmp_path):
     root = maildir(tmp_path / "u")
     path = os.path.join(root, "maildirsize")

@@ -39,3 +39,15 @@ def test_accepted_names_are_servable(address):
 async def test_store_refuses_what_the_cli_refuses(user):
     with pytest.raises(InvalidUserName):
         await defer.maybeDeferred(MemoryStore().open_account, user)
+
+
+def test_canonical_folder_is_remembered_and_refusals_still_raise():
+    """canonical_folder keeps what it worked out (issue 18); a refused name is refused
+    every time, and a non-string is refused, not an unhashable TypeError."""
+    from mailhost.store.interfaces import InvalidFolderName
+    from mailhost.store.names import canonical_folder
+
+    assert canonical_folder("inbox.Sent") == canonical_folder("inbox.Sent") == "INBOX.Sent"
+    for bad in ("a..b", "a..b", ["INBOX"], "x/y"):
+        with pytest.raises(InvalidFolderName):
+            canonical_folder(bad)

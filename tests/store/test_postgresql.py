@@ -200,3 +200,93 @@ async def test_columns_are_built_once_per_change_and_follow_other_nodes(two_node
     cols = folder.columns()
     assert (list(cols.uids), list(cols.sizes)) == ([1, 3], [len(MSG)] * 2)
     assert folder.columns() is cols
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_deliveries_into_one_folder_commit_together(store_pg):
+    """Group commit (bench/smtp_ingest.py --store postgresql: one transaction per
+    delivery made deliveries into one mailbox wait for each other's folder lock and
+    WAL flush in turn): 30 concurrent deliveries take a few transactions (a few new
+    mod-sequences, one per batch and folder), get distinct
+    consecutive UIDs, and one to a folder that does not exist fails alone."""
+    store, dsn = store_pg
+    await deliver(store)  # the account exists
+    with psycopg.connect(dsn) as conn:
+        modseq0 = int(conn.execute("SELECT highest_modseq FROM folders f JOIN accounts a"
+                                   " ON a.id = f.account_id WHERE a.name = %s"
+                                   " AND f.name = 'INBOX'", (A,)).fetchone()[0])
+    wanted = [defer.Deferred.fromCoroutine(deliver(store, MSG + b"%d" % i)) for i in range(30)]
+    missing = defer.Deferred.fromCoroutine(deliver(store, MSG, DeliveryTarget(A, "Nowhere")))
+    results = await defer.gatherResults(wanted)
+    with pytest.raises(Exception, match="Nowhere"):
+        await missing
+    assert sorted(r[0] for r in results) == list(range(2, 32))
+    inbox = await (await store.open_account(A)).open_folder("INBOX")
+    assert [i.uid for i in inbox.messages()] == list(range(1, 32))
+    with psycopg.connect(dsn) as conn:
+        modseq1 = int(conn.execute("SELECT highest_modseq FROM folders WHERE id = %s",
+                                   (inbox.id,)).fetchone()[0])
+    # One new mod-sequence per batch: far fewer than one per delivery.
+    assert modseq1 - modseq0 < 10, modseq1 - modseq0
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncs_asked_while_one_waits_share_it(store_pg):
+    """Every write and every NOTIFY asks its folder for a sync; under the IMAP load
+    (bench/imap_load.py --postgresql) they queued one query each behind the other,
+    and a NOOP waited behind them all. Asked while one runs, they now share the next."""
+    from mailhost.store.postgresql import sql
+
+    store, _dsn = store_pg
+    await deliver(store)
+    inbox = await (await store.open_account(A)).open_folder("INBOX")
+    runs = []
+    real = store.db.run
+
+    def counting(fn, *args):
+        if fn is sql.sync:
+            runs.append(args)
+        return real(fn, *args)
+
+    store.db.run = counting
+    try:
+        await defer.gatherResults([inbox.sync() for _ in range(10)])
+        # The one that started at once and one for the other nine (or one for all ten,
+        # when the NOTIFY of the delivery above had a sync running already).
+        assert 1 <= len(runs) <= 2, runs
+        await deliver(store, MSG + b"again")
+    finally:
+        store.db.run = real
+    assert [i.uid for i in inbox.messages()] == [1, 2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_import_writes_messages_in_batches_with_their_uids(store_pg):
+    """``store import`` (PostgresLoader) writes a few hundred messages per round trip
+    (a 100,000-message import took minutes of round trips, three per message): 1,201
+    messages cross FLUSH_COUNT twice, with a body shared by two of them, and come back
+    with their UIDs, flags and bytes."""
+    import io
+
+    from mailhost.store.postgresql.load import FLUSH_COUNT, PostgresLoader
+
+    store, dsn = store_pg
+    n = 2 * FLUSH_COUNT + 201
+    loader = PostgresLoader(dsn, "imported@example.test")
+    loader.folder("INBOX", 1234, n + 10, 1, None, "")
+    for uid in range(1, n + 1):
+        body = MSG + (b"%d" % uid if uid != n else b"1")  # the last one's body is the first's
+        loader.message(uid * 2, frozenset({"\\Seen"} if uid % 3 else ()), 1e9 + uid, 1,
+                       io.BytesIO(body))
+    loader.finish(["INBOX"])
+    inbox = await (await store.open_account("imported@example.test")).open_folder("INBOX")
+    infos = inbox.messages()
+    assert [i.uid for i in infos] == [2 * u for u in range(1, n + 1)]
+    assert [("\\Seen" in i.flags) for i in infos] == [bool(u % 3) for u in range(1, n + 1)]
+    assert inbox.uid_validity == 1234
+    for uid, want in [(2, MSG + b"1"), (2 * FLUSH_COUNT + 2, MSG + b"%d" % (FLUSH_COUNT + 1)),
+                      (2 * n, MSG + b"1")]:
+        reader = await inbox.open_message(uid)
+        assert reader.read() == want
+        reader.close()
+    assert count(dsn, "bodies") == n - 1  # the last message shares the first one's body

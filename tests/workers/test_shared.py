@@ -28,6 +28,7 @@ class _Relay:
             channel = WorkerChannel()
             channel.connected_to_supervisor = True
             channel.publish = self._publisher(index)  # type: ignore[method-assign]
+            channel.tally = self._tallier(index)  # type: ignore[method-assign]
             self.channels.append(channel)
 
     def _publisher(self, index: int):
@@ -37,6 +38,16 @@ class _Relay:
                 if i != index:
                     other.lineReceived(line)
         return publish
+
+    def _tallier(self, index: int):
+        """A tally is sent at once, as a batch of one fact."""
+        publish = self._publisher(index)
+
+        def tally(kind: str, key: tuple, column: int, columns: int) -> None:
+            counts = [0] * columns
+            counts[column] = 1
+            publish(kind, [[*key, *counts]])
+        return tally
 
 
 def test_a_lockout_counts_failures_from_every_worker():

@@ -26,11 +26,13 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFReader
@@ -107,6 +109,14 @@ Diff = tuple[tuple[int, int] | None, list[tuple[int, bool, str | None]], list[in
 Row = tuple[str, bool, str | None, bool, int, float]
 
 
+#: One ``set_flags`` call waiting for its pass: (UIDs ascending, flags, mode, caller).
+FlagRequest = tuple[list[int], frozenset[str], str, "defer.Deferred[list[MessageInfo]]"]
+
+#: One ``expunge`` call waiting for its pass: (the UIDs it is restricted to, or None
+#: for every \Deleted message; the caller).
+ExpungeRequest = tuple["set[int] | None", "defer.Deferred[list[int]]"]
+
+
 def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
     """The Row of a copy a writer just linked into new/ (stored CRLF: no wrap)."""
     return base, True, part, False, size, float(date)
@@ -156,8 +166,12 @@ class MaildirFolder:
         self._disk_call: IDelayedCall | None = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
         self._leaving: set[tuple[str, str]] = set()  # names our rename/unlink in flight drops
-        self._claim_waiters: list[defer.Deferred[set[int]]] | None = None  # a claim awaits the lock
-        self._claims = 0  # \Recent claims queued or running (see refresh)
+        #: Flag changes that wait for the lock, to run as one pass (see set_flags).
+        self._flag_batch: list[FlagRequest] | None = None
+        #: Expunges that wait for the lock, to run as one pass (see expunge).
+        self._expunge_batch: list[ExpungeRequest] | None = None
+        #: \Recent claims whose renames wait for the lock (see claim_recent).
+        self._claim_batch: list[tuple[list[int], defer.Deferred[set[int]]]] | None = None
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
         self._numbering = False  # a batch is scheduled or running
         self._number_call: IDelayedCall | None = None  # the scheduled start of the next batch
@@ -740,10 +754,10 @@ class MaildirFolder:
     # -- IFolder: changes ----------------------------------------------------------------
 
     def refresh(self) -> defer.Deferred[None]:
+        # A \Recent claim in flight needs no waiting for: it took its messages out of
+        # the recent set when it was made (claim_recent).
         if (self._watching == "inotify" and self._numbered >= self._queued
-                and not self._claims and self._nothing_foreign()):
-            # (A \Recent claim queued or running must land first: a session opening
-            # the folder now must not count as recent what another already reported.)
+                and self._nothing_foreign()):
             return defer.succeed(None)
         return self._run(self._refresh_now)
 
@@ -862,75 +876,121 @@ class MaildirFolder:
 
     def set_flags(self, uids: Iterable[int], flags: Iterable[str],
                   mode: str) -> defer.Deferred[list[MessageInfo]]:
+        """Changes that wait for the folder lock together run as one pass, in the
+        order they were asked for, with one thread hop for all their renames (issue
+        16: under a 10-client load, STOREs queued on the lock one hop each)."""
         try:
             wanted = normalize_flags(flags)
             apply_mode(frozenset(), wanted, mode)
         except StoreError:
             return defer.fail()
-        return self._run(self._set_flags, list(uids), wanted, mode)
+        d: defer.Deferred[list[MessageInfo]] = defer.Deferred()
+        request = (sorted(set(uids)), wanted, mode, d)
+        batch = self._flag_batch
+        if batch is not None:
+            batch.append(request)  # not started yet: it takes this one too
+            return d
+        batch = self._flag_batch = [request]
 
-    async def _set_flags(self, uids: list[int], wanted: frozenset[str],
-                         mode: str) -> list[MessageInfo]:
+        def failed(f: Failure, batch: list[FlagRequest] = batch) -> None:
+            if self._flag_batch is batch:  # it never ran (folder gone)
+                self._flag_batch = None
+            for *_, waiter in batch:
+                if not waiter.called:
+                    waiter.errback(f)
+
+        self._run(self._set_flags, batch).addErrback(failed)
+        return d
+
+    async def _set_flags(self, batch: list[FlagRequest]) -> None:
+        if self._flag_batch is batch:
+            self._flag_batch = None  # running: a later change starts a pass of its own
         if self._index.unknown_dates:
-            await self._read_dates(uids)  # the results carry dates: no stat each here
-        result: dict[int, MessageInfo] = {}
-        missed = await self._set_flags_once(sorted(set(uids)), wanted, mode, result)
+            # The results carry dates: no stat each here.
+            await self._read_dates(sorted({u for uids, *_ in batch for u in uids}))
+        results: list[dict[int, MessageInfo]] = [{} for _ in batch]
+        missed = await self._set_flags_once([r[:3] for r in batch], results)
         if missed:
             # Another program renamed (flagged) or removed these files meanwhile: learn
-            # their names, then apply the change once more to what is still there.
+            # their names, then apply the changes once more to what is still there.
             await self._refresh(True)
-            for uid in missed:
-                result.pop(uid, None)
-            await self._set_flags_once([u for u in missed if u in self._index], wanted,
-                                       mode, result)
+            for result in results:
+                for uid in missed:
+                    result.pop(uid, None)
+            index = self._index
+            await self._set_flags_once(
+                [([u for u in uids if u in missed and u in index], wanted, mode)
+                 for uids, wanted, mode, _ in batch], results)
         get = self._modseqs.get
-        return [with_modseq(result[u], get(u)) for u in sorted(result) if u in self._index]
+        for (*_, waiter), result in zip(batch, results, strict=True):
+            waiter.callback([with_modseq(result[u], get(u)) for u in sorted(result)
+                             if u in self._index])
 
-    async def _set_flags_once(self, uids: list[int], wanted: frozenset[str], mode: str,
-                              result: dict[int, MessageInfo]) -> list[int]:
-        """Rename the files of ``uids`` (ascending) to carry the new flags, filling in
-        ``result``; returns the UIDs whose file was not under its indexed name."""
-        if mode != "remove":
-            await self._learn_keywords(wanted)
+    async def _set_flags_once(self, requests: list[tuple[list[int], frozenset[str], str]],
+                              results: list[dict[int, MessageInfo]]) -> set[int]:
+        """Rename the files of the requests' UIDs (each ascending) to carry the flags
+        the requests leave them with, applied in order, one rename per file; fills in
+        each request's ``results`` (the message as that request left it). Returns the
+        UIDs whose file was not under its indexed name."""
+        learn = set().union(*(wanted for _, wanted, mode in requests if mode != "remove"))
+        if learn:
+            await self._learn_keywords(learn)
         index = self._index
+        final: dict[int, str | None] = {}  # uid -> info part after the requests so far
+        after: list[dict[int, str | None]] = [{} for _ in requests]
+        new_part_memo: dict[tuple[str | None, frozenset[str], bool], str | None] = {}
+        for (uids, wanted, mode), seen in zip(requests, after, strict=True):
+            for uid in uids:
+                i = index.pos(uid)
+                if i < 0:
+                    continue
+                st = index.state_at(i)
+                part = final.get(uid, st.part)
+                cur = st if part == st.part else index.table[index.state(part, st.recent)]
+                new_flags = apply_mode(cur.flags, wanted, mode)
+                if new_flags != cur.flags:
+                    key = (part, new_flags, st.recent)
+                    if key not in new_part_memo:
+                        new_part_memo[key] = make_info(self._letters(new_flags, cur.extra),
+                                                       st.recent)
+                    part = final[uid] = new_part_memo[key]
+                seen[uid] = part
         renames: list[tuple[str, str]] = []
         updates: list[tuple[int, str | None, bool]] = []
-        new_part_memo: dict[tuple[str | None, frozenset[str], bool], str | None] = {}
-        for uid in uids:
+        for uid, part in sorted(final.items()):
             i = index.pos(uid)
-            if i < 0:
-                continue
             st = index.state_at(i)
-            new_flags = apply_mode(st.flags, wanted, mode)
-            if new_flags == st.flags:
-                result[uid] = index.info_at(i)
-                continue
-            key = (st.part, new_flags, st.recent)
-            if key in new_part_memo:
-                new_part = new_part_memo[key]
-            else:
-                new_part = make_info(self._letters(new_flags, st.extra), st.recent)
-                new_part_memo[key] = new_part
+            if part == st.part:
+                continue  # changed and changed back
             sub = "new" if st.recent else "cur"
             base = index.keys[i]
             renames.append((os.path.join(sub, filename(base, st.part)),
-                            os.path.join(sub, filename(base, new_part))))
-            updates.append((uid, new_part, st.recent))
-        missed: list[int] = []
+                            os.path.join(sub, filename(base, part))))
+            updates.append((uid, part, st.recent))
+        missed: set[int] = set()
         if renames:
             ok = await self._renaming(renames)
             changed: list[MessageInfo] = []
-            for (uid, new_part, recent), done in zip(updates, ok, strict=True):
+            for (uid, part, recent), done in zip(updates, ok, strict=True):
                 i = index.pos(uid)
                 if i < 0:
                     continue
                 if done:
-                    index.states[i] = index.state(new_part, recent)
+                    index.states[i] = index.state(part, recent)
                     changed.append(index.info_at(i))
                 else:
-                    missed.append(uid)
-                result[uid] = index.info_at(i)
+                    missed.add(uid)
             self._listeners.changed(self, changed)
+        for seen, result in zip(after, results, strict=True):
+            for uid, part in seen.items():
+                i = index.pos(uid)
+                if uid in missed or i < 0:
+                    continue
+                info = index.info_at(i)
+                st = index.state_at(i)
+                if part != st.part:  # a later request of the pass changed it again
+                    info = replace(info, flags=index.table[index.state(part, st.recent)].flags)
+                result[uid] = info
         return missed
 
     async def _renaming(self, renames: list[tuple[str, str]]) -> list[bool]:
@@ -954,13 +1014,42 @@ class MaildirFolder:
             self._leaving.clear()
 
     def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
-        return self._run(self._expunge, None if uids is None else set(uids))
+        """Expunges that wait for the folder lock together run as one pass with one
+        thread hop (issue 16, as ``set_flags``); a UID goes to the first of them, in
+        the order asked, whose selection has it."""
+        d: defer.Deferred[list[int]] = defer.Deferred()
+        request = (None if uids is None else set(uids), d)
+        batch = self._expunge_batch
+        if batch is not None:
+            batch.append(request)  # not started yet: it takes this one too
+            return d
+        batch = self._expunge_batch = [request]
 
-    async def _expunge(self, among: set[int] | None) -> list[int]:
+        def failed(f: Failure, batch: list[ExpungeRequest] = batch) -> None:
+            if self._expunge_batch is batch:  # it never ran (folder gone)
+                self._expunge_batch = None
+            for _, waiter in batch:
+                if not waiter.called:
+                    waiter.errback(f)
+
+        self._run(self._expunge, batch).addErrback(failed)
+        return d
+
+    async def _expunge(self, batch: list[ExpungeRequest]) -> None:
+        if self._expunge_batch is batch:
+            self._expunge_batch = None  # running: a later one starts a pass of its own
+        among: set[int] | None = set()
+        for uids, _ in batch:
+            among = None if uids is None or among is None else among | uids
         try:
-            return await self._expunge_locked(among)
+            victims = await self._expunge_locked(among)
         finally:
             self._leaving.clear()  # expunges are serialised by the folder lock
+        left = set(victims)
+        for uids, waiter in batch:
+            mine = [u for u in victims if u in left and (uids is None or u in uids)]
+            left.difference_update(mine)
+            waiter.callback(mine)
 
     async def _expunge_locked(self, among: set[int] | None) -> list[int]:
         index = self._index
@@ -973,7 +1062,20 @@ class MaildirFolder:
         if self._watching == "inotify":
             self._leaving.update(os.path.split(rel) for rel in rels)  # see _nothing_foreign
         paths = [os.path.join(self._path, rel) for rel in rels]
-        missing = await self._store.run_blocking(self._uids.locked, unlink_all, paths)
+        # Quota (maildir_quota): counted in the unlinks' own thread hop when every
+        # file went, as it usually does; a second hop held the folder lock as long
+        # as the unlinks (issue 16: EXPUNGE and STORE queued on this lock under load).
+        charge = self._account.charge_in_thread(
+            -sum(index.sizes[index.pos(u)] for u in victims), -len(victims))
+        locked = self._uids.locked
+
+        def work() -> list[str]:
+            gone = locked(unlink_all, paths)
+            if not gone:
+                charge()
+            return gone
+
+        missing = await self._store.run_blocking(work)
         if missing:
             # Another program renamed (flagged) or removed some: learn their current
             # names (the gone leave the index, listeners hear of it), then remove the
@@ -993,7 +1095,8 @@ class MaildirFolder:
         freed = sum(self._index.info_at(self._index.pos(u)).size for u in present)
         self._remove(present)
         self._listeners.expunged(self, present)
-        await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
+        if missing:
+            await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         return victims
@@ -1088,51 +1191,69 @@ class MaildirFolder:
         return pairs, missed
 
     def claim_recent(self) -> defer.Deferred[set[int]]:
-        if self._claim_waiters is not None:
-            # A claim already waits for the lock and reads the recent set only once it
-            # runs, so it takes these too: this caller claims nothing, and hears so
-            # when that claim is done. (Every IMAP session that reports new mail asks
-            # for a claim; under load they queued up behind each other for the lock.)
-            d: defer.Deferred[set[int]] = defer.Deferred()
-            self._claim_waiters.append(d)
-            return d
-        waiters: list[defer.Deferred[set[int]]] = []
-        self._claim_waiters = waiters
-        self._claims += 1
-
-        def done(result: _T) -> _T:
-            self._claims -= 1
-            if self._claim_waiters is waiters:  # it never ran (folder gone)
-                self._claim_waiters = None
-            for w in waiters:
-                w.callback(set())
-            return result
-
-        return self._run(self._claim_recent).addBoth(done)
-
-    async def _claim_recent(self) -> set[int]:
-        self._claim_waiters = None  # running: a later call needs a claim of its own
+        """The claim takes effect at once, on the reactor thread: its messages leave
+        the recent set (``FolderIndex.claimed``) before this returns, so a session
+        that looks next (NOOP, SELECT, EXAMINE, STATUS) sees them as not recent
+        without waiting for anything. Their renames new/ -> cur/ follow under the
+        folder lock, and the Deferred fires with those that moved (a file another
+        program renamed meanwhile stays the other's). Claims made while renames wait
+        for the lock share one pass. (Issue 16: under a 10-client load, most NOOPs
+        waited on the lock for another session's claim to land.)"""
         index = self._index
-        recent = index.recent_uids()
-        if not recent:
-            return set()
+        fresh = index.recent_uids()
+        if not fresh:
+            return defer.succeed(set())
+        index.claimed.update(fresh)
+        d: defer.Deferred[set[int]] = defer.Deferred()
+        batch = self._claim_batch
+        if batch is not None:
+            batch.append((fresh, d))  # renames not started yet: they take these too
+        else:
+            batch = self._claim_batch = [(fresh, d)]
+
+            def failed(f: Failure, batch: list[tuple[list[int], defer.Deferred[set[int]]]]
+                       = batch) -> None:
+                if self._claim_batch is batch:  # it never ran (folder gone)
+                    self._claim_batch = None
+                for uids, waiter in batch:
+                    index.claimed.difference_update(uids)
+                    if f.check(NoSuchFolder):
+                        waiter.callback(set())  # nothing left to claim
+                    else:
+                        waiter.errback(f)
+
+            self._run(self._claim_recent, batch).addErrback(failed)
+        return d
+
+    async def _claim_recent(self,
+                            batch: list[tuple[list[int], defer.Deferred[set[int]]]]) -> None:
+        if self._claim_batch is batch:
+            self._claim_batch = None  # running: a later claim starts a pass of its own
+        index = self._index
+        wanted = sorted({uid for uids, _ in batch for uid in uids})
         renames: list[tuple[str, str]] = []
-        parts: list[str | None] = []
-        for uid in recent:
+        moves: list[tuple[int, str | None]] = []
+        for uid in wanted:
             i = index.pos(uid)
-            base, part = index.keys[i], index.state_at(i).part
-            new_part = make_info(info_letters(part), in_new=False)
-            renames.append((os.path.join("new", filename(base, part)),
+            if i < 0:
+                continue  # expunged meanwhile
+            base, st = index.keys[i], index.state_at(i)
+            if not st.recent:
+                continue  # another program moved it to cur/ meanwhile
+            new_part = make_info(info_letters(st.part), in_new=False)
+            renames.append((os.path.join("new", filename(base, st.part)),
                             os.path.join("cur", filename(base, new_part))))
-            parts.append(new_part)
-        ok = await self._renaming(renames)
-        claimed: set[int] = set()
-        for uid, new_part, done in zip(recent, parts, ok, strict=True):
+            moves.append((uid, new_part))
+        ok = await self._renaming(renames) if renames else []
+        moved: set[int] = set()
+        for (uid, new_part), done in zip(moves, ok, strict=True):
             i = index.pos(uid)
             if done and i >= 0:
                 index.states[i] = index.state(new_part, False)
-                claimed.add(uid)
-        return claimed
+                moved.add(uid)
+        index.claimed.difference_update(wanted)
+        for uids, waiter in batch:
+            waiter.callback(moved.intersection(uids))
 
     def add_listener(self, listener: IFolderListener) -> None:
         self._listeners.add(listener)

@@ -185,6 +185,10 @@ class FolderIndex:
         self.fill_cursor = 0  # the background date pass goes on after this UID
         self.unsaved_dates: set[int] = set()  # UIDs whose date was read but not recorded
         self.renaming: dict[str, str] = {}  # base -> new relative path, while renaming
+        #: UIDs a \Recent claim took whose file still waits in new/ for the claim's
+        #: rename: the index says where the file is (new/), but shows it not recent
+        #: (MaildirFolder.claim_recent).
+        self.claimed: set[int] = set()
         self.uids = array("q")
         self.sizes = array("q")
         self.dates = array("d")
@@ -247,8 +251,8 @@ class FolderIndex:
         if date == UNKNOWN_DATE:
             date = self.date_at(i)
         uid = self.uids[i]
-        return fast_info(uid, self.keys[i], self.sizes[i], st.flags, date, st.recent,
-                         self.modseqs.get(uid, 0))
+        return fast_info(uid, self.keys[i], self.sizes[i], st.flags, date,
+                         st.recent and uid not in self.claimed, self.modseqs.get(uid, 0))
 
     def date_at(self, i: int) -> float:
         """The internal date at a position, reading the file's mtime if it is not known
@@ -365,9 +369,12 @@ class FolderIndex:
         gc.disable()
         try:
             modseqs = self.modseqs
+            shown = [recent[s] for s in states]
+            for uid in self.claimed:
+                if (i := self.pos(uid)) >= 0:
+                    shown[i] = False
             return list(map(fast_info, self.uids, self.keys, self.sizes,
-                            [flags[s] for s in states], dates,
-                            [recent[s] for s in states],
+                            [flags[s] for s in states], dates, shown,
                             [modseqs.get(u, 0) for u in self.uids]))
         finally:
             if paused:
@@ -380,14 +387,23 @@ class FolderIndex:
         states, uids, dates = self.states, array("q", self.uids), array("d", self.dates)
         lazy = (_LazyDates(self, uids, list(self.keys), dates)
                 if self.unknown_dates else dates)
-        return Columns(uids, list(map(flags.__getitem__, states)),
-                       bytes(map(recent.__getitem__, states)), array("q", self.sizes), lazy)
+        shown: bytes | bytearray = bytes(map(recent.__getitem__, states))
+        if self.claimed:
+            shown = bytearray(shown)
+            for uid in self.claimed:
+                if (i := self.pos(uid)) >= 0:
+                    shown[i] = 0
+        return Columns(uids, list(map(flags.__getitem__, states)), shown,
+                       array("q", self.sizes), lazy)
 
     def recent_uids(self) -> list[int]:
+        """The UIDs shown recent: in new/ and not claimed."""
         recent = {i for i, st in enumerate(self.table) if st.recent}
         if not recent:
             return []
-        return [u for u, s in zip(self.uids, self.states, strict=True) if s in recent]
+        claimed = self.claimed
+        return [u for u, s in zip(self.uids, self.states, strict=True)
+                if s in recent and u not in claimed]
 
     # -- changes -------------------------------------------------------------------
 
@@ -425,6 +441,7 @@ class FolderIndex:
         if not positions:
             return []
         removed = [self.uids[p] for p in positions]
+        self.claimed.difference_update(removed)
         dates = self.dates
         for p in positions:
             self.by_base.pop(self.keys[p], None)
@@ -454,6 +471,7 @@ class FolderIndex:
         self.by_base.clear()
         self.unknown_dates = 0
         self.unsaved_dates.clear()
+        self.claimed.clear()
 
     def snapshot(self) -> Snapshot:
         """Copies for a thread to compare against the directory (C-speed copies)."""

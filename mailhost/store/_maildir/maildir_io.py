@@ -11,7 +11,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.logger import Logger
@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from mailhost.groupsync import GroupSync
 from mailhost.message.crlf import crlf_size
 from mailhost.store import mutf7
+from mailhost.store._maildir import maildirsize
 from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store._maildir.maildir_names import sizes_from_base
 from mailhost.store.interfaces import (
@@ -86,15 +87,31 @@ def link_or_copy(src: str, dest: str, fsync: bool, modes: FileModes) -> None:
         copy_durable(src, dest, fsync, modes)
 
 
+def move_or_copy(src: str, dest: str, fsync: bool, modes: FileModes) -> bool:
+    """Rename ``src`` to ``dest`` (True), or copy it where a rename cannot cross file
+    systems (False: ``src`` is still there). One system call where a link and the
+    tmp file's unlink took two: in a worker thread each call hands the GIL to the
+    reactor and back (issue 18). The name is unique, so nothing is overwritten."""
+    try:
+        os.rename(src, dest)
+        return True
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    copy_durable(src, dest, fsync, modes)
+    return False
+
+
 def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
                   jobs: Sequence[DeliveryJob], syncer: GroupSync | None, modes: FileModes,
                   data: bytes | None = None, sync_later: bool = False) -> set[str]:
-    """Make the tmp file durable, link it into each target's new/, give it a UID there
+    """Make the tmp file durable, move it into its target's new/ (link it into each of
+    several targets'), give it a UID there
     (dovecot-uidlist, under its lock) unless the job says later, and (through the
     group commit ``syncer``, None when fsync is off) make the links and uidlist records
     durable.
 
-    One target: one link into new/, which is atomic. Several: the copies are committed
+    One target: one rename into new/, which is atomic. Several: the copies are committed
     as one unit through a commit journal (``_commit_all``), so a crash at any instant
     leaves the message, once recovery has run, in every target or in none.
 
@@ -113,6 +130,7 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     journal = None
     fd = -1  # the tmp file written from ``data`` (no buffered file object needed)
     later: set[str] = set()
+    moved = False  # the tmp file was renamed into new/: nothing left to unlink
     try:
         if data is not None:
             fd = modes.open_new(tmp_path)  # closed in finally
@@ -129,8 +147,9 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
                                   [(p, name) for p, name, *_ in jobs], syncer, modes)
         else:
             for folder_path, name, *_ in jobs:
-                link_or_copy(tmp_path, os.path.join(folder_path, "new", name), fsync, modes)
-            # The date goes on after the links (the tmp cleaner would take a file with
+                moved = move_or_copy(tmp_path, os.path.join(folder_path, "new", name),
+                                     fsync, modes)
+            # The date goes on after the move (the tmp cleaner would take a file with
             # an old mtime for a crash's leftover), before the fsync (which makes it
             # durable, hence fsync, not fdatasync) and before anyone is told a UID.
             os.utime(fileno, (date, date))
@@ -159,16 +178,17 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
                 os.close(fd)
         finally:
             try:
-                os.unlink(tmp_path)  # never left for the tmp cleaner on a full disk
+                if not moved:
+                    os.unlink(tmp_path)  # never left for the tmp cleaner on a full disk
             except FileNotFoundError:
                 pass
     return later
 
 
 #: One message for ``deliver_batch``: ``deliver_files``' arguments but ``syncer``, then
-#: calls to make once it is durable (its quota lines), which must not raise.
+#: the quota changes to count once it is durable (``maildirsize.add_all``).
 BatchJob = tuple["BinaryIO | None", str, float, Sequence[DeliveryJob], FileModes,
-                 "bytes | None", Sequence[Callable[[], None]]]
+                 "bytes | None", Sequence[maildirsize.Change]]
 
 
 def deliver_batch(batch: Sequence[BatchJob], syncer: GroupSync | None
@@ -195,10 +215,8 @@ def deliver_batch(batch: Sequence[BatchJob], syncer: GroupSync | None
             syncer.sync(paths)
         except BaseException as e:
             results = [r if r is not None else e for r in results]
-    for (*_, after), result in zip(batch, results, strict=True):
-        if result is None:
-            for call in after:
-                call()
+    maildirsize.add_all(change for (*_, changes), result in zip(batch, results, strict=True)
+                        if result is None for change in changes)
     return results
 
 

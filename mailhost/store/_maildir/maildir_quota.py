@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
@@ -58,18 +57,11 @@ class MaildirQuotaRoot:
                                            root=self._root))
         return d
 
-    def charge_in_thread(self, octets: int, messages: int) -> Callable[[], None]:
-        """``charge`` as a call for a worker thread that is there anyway (a delivery's
-        commit: batch_commit), saving a thread hop per message. It never raises."""
-        root, lock = self._root, self._quota_lock
-
-        def charge() -> None:
-            try:
-                maildirsize.add(root, octets, messages, lock)
-            except Exception:
-                log.failure("updating {root}/maildirsize failed", root=root)
-
-        return charge
+    def charge_in_thread(self, octets: int, messages: int) -> maildirsize.Change:
+        """``charge`` for a worker thread that is there anyway (a delivery's commit:
+        batch_commit, which sums a batch's changes per account), saving a thread hop
+        per message."""
+        return maildirsize.Change(self._root, octets, messages, self._quota_lock)
 
     def quota_recount(self) -> defer.Deferred[None]:
         """Have usage rebuilt at the next look (a whole folder went away)."""

@@ -11,7 +11,7 @@ tmp file only past ``MEMORY_LIMIT``, so the reactor thread never opens or writes
 file for it: creating a file can stall behind a journal commit that another thread's
 fsync started. ``commit`` then, in one worker-thread hop (shared with the messages
 committing at the same time: batch_commit): write the tmp file (if it is still in
-memory), fsync it, hard-link it into each target's new/ (copy on EXDEV;
+memory), fsync it, move it into its target's new/ (copy on EXDEV;
 for several targets all copies as one unit, through tmp/ and a commit journal:
 maildir_io._commit_all), give it a UID there (dovecot-uidlist, under Dovecot's lock: maildir_uids); then a
 group-commit round fsyncs the new/ directories and uidlists. The Deferred fires only
@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFNormalizer
+from mailhost.store._maildir import maildirsize
 from mailhost.store._maildir.maildir_folder import MaildirFolder, Row, delivered_row
 from mailhost.store._maildir.maildir_io import DeliveryJob
 from mailhost.store._maildir.maildir_names import Keywords, filename, make_info, unique_base
@@ -194,9 +195,9 @@ class MaildirMessageWriter:
             self._discard()
 
 
-def _charges(plan: list[_Placed], size: int) -> list[Callable[[], None]]:
-    """The calls that count the copies in their users' quota (maildir_quota), one line
-    per account, made in the commit's worker thread once the copies are durable."""
+def _charges(plan: list[_Placed], size: int) -> list[maildirsize.Change]:
+    """The changes that count the copies in their users' quota (maildir_quota), one
+    per account, added in the commit's worker thread once the copies are durable."""
     counts: dict[int, tuple[MaildirAccount, int]] = {}
     for _, account, _, _, _ in plan:
         counts[id(account)] = (account, counts.get(id(account), (account, 0))[1] + 1)

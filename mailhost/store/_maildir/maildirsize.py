@@ -22,8 +22,14 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from twisted.logger import Logger
 
 from mailhost.store.modes import FileModes
+
+log = Logger()
 
 FILENAME = "maildirsize"
 #: A file this long or longer is rebuilt (the Maildir++ rule).
@@ -218,6 +224,32 @@ def add(root: str, octets: int, messages: int, lock: threading.Lock) -> None:
             os.write(fd, line)
         finally:
             os.close(fd)
+
+
+class Change(NamedTuple):
+    """A change in one Maildir's usage, for ``add_all``."""
+
+    root: str
+    octets: int
+    messages: int
+    lock: threading.Lock
+
+
+def add_all(changes: Iterable[Change]) -> None:
+    """``add`` for many changes, one line per Maildir: a batch of deliveries to one
+    account opens its file once (in a worker thread every open hands the GIL to the
+    reactor and back: issue 18). Never raises: a lost line is made good by the file's
+    next rebuild, so it is logged."""
+    totals: dict[str, Change] = {}
+    for c in changes:
+        t = totals.get(c.root)
+        totals[c.root] = c if t is None else t._replace(octets=t.octets + c.octets,
+                                                        messages=t.messages + c.messages)
+    for c in totals.values():
+        try:
+            add(c.root, c.octets, c.messages, c.lock)
+        except Exception:
+            log.failure("updating {root}/maildirsize failed", root=c.root)
 
 
 def remove(root: str) -> None:

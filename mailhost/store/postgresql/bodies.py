@@ -49,6 +49,47 @@ def store_body(conn: psycopg.Connection[Any], spool: Any, digest: bytes, size: i
         seq += 1
 
 
+def store_bodies(conn: psycopg.Connection[Any], bodies: Sequence[tuple[Any, bytes, int]]) -> None:
+    """``store_body`` for several (spool, hash, size) at once, in hash order (so two
+    nodes' batches lock body rows in the same order): the rows of the bodies and of
+    their one-chunk contents go in pipelined ``executemany`` calls, so a batch costs
+    a few round trips, not a few per message. A body of more than one chunk is
+    written chunk by chunk, in bounded memory, as ``store_body`` does."""
+    unique: dict[bytes, tuple[Any, int]] = {}
+    for spool, digest, size in bodies:
+        unique.setdefault(digest, (spool, size))
+    items = sorted(unique.items())
+    if not items:
+        return
+    fresh: list[tuple[bytes, Any, int]] = []
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO bodies (hash, size, chunk_size) VALUES (%s, %s, %s)"
+                        " ON CONFLICT (hash) DO UPDATE SET size = bodies.size"
+                        " RETURNING (xmax = 0)",
+                        [(digest, size, CHUNK_SIZE) for digest, (_, size) in items],
+                        returning=True)
+        for digest, (spool, size) in items:
+            row = cur.fetchone()
+            if row and row[0]:
+                fresh.append((digest, spool, size))
+            cur.nextset()
+        small = []
+        for digest, spool, size in fresh:
+            spool.seek(0)
+            if size <= CHUNK_SIZE:
+                if size:  # an empty body has no chunk (store_body writes none)
+                    small.append((digest, 0, spool.read()))
+                continue
+            seq = 0
+            while chunk := spool.read(CHUNK_SIZE):
+                cur.execute("INSERT INTO body_chunks (hash, seq, data) VALUES (%s, %s, %s)",
+                            (digest, seq, chunk))
+                seq += 1
+        if small:
+            cur.executemany("INSERT INTO body_chunks (hash, seq, data) VALUES (%s, %s, %s)",
+                            small)
+
+
 @implementer(IMessageWriter)
 class PostgresMessageWriter:
     """Implements: IMessageWriter. Spools and hashes; the commit is one transaction."""

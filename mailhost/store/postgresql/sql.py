@@ -20,7 +20,7 @@ from mailhost.db.notify import CHANNEL
 from mailhost.store.flags import apply_mode
 from mailhost.store.interfaces import DEFAULT_SPECIAL_FOLDERS, FolderExists, NoSuchFolder
 from mailhost.store.names import INBOX, is_inferior, parents
-from mailhost.store.postgresql.bodies import store_body
+from mailhost.store.postgresql.bodies import store_bodies
 
 Conn = psycopg.Connection[Any]
 #: (uid, flags, size, internal_date, recent, modseq, body hash, RFC 8474 EMAILID)
@@ -30,8 +30,11 @@ FolderMeta = tuple[str, int, int, int, str | None, str]
 
 
 def _notify(conn: Conn, folder_ids: Iterable[int]) -> None:
-    for folder_id in sorted(set(folder_ids)):
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(folder_id)))
+    ids = [str(i) for i in sorted(set(folder_ids))]
+    if len(ids) == 1:
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, ids[0]))
+    elif ids:
+        conn.execute("SELECT pg_notify(%s, i) FROM unnest(%s::text[]) AS i", (CHANNEL, ids))
 
 
 def ensure_account(conn: Conn, user: str) -> tuple[int, bool]:
@@ -81,44 +84,114 @@ def lock_folders(conn: Conn, folder_ids: Iterable[int]) -> set[int]:
 
 
 def bump(conn: Conn, folder_id: int, uids: int = 0) -> tuple[int, int]:
-    """One new mod-sequence of a locked folder and ``uids`` new UIDs: (modseq, first uid)."""
+    """One new mod-sequence of a locked folder and ``uids`` new UIDs: (modseq, first uid).
+    The folder's NOTIFY goes in the same statement (a folder whose modseq moves has
+    changed; the notification leaves only if the transaction commits): one round trip
+    less while the folder's lock is held."""
     row = conn.execute("UPDATE folders SET highest_modseq = highest_modseq + 1,"
                        " uid_next = uid_next + %s WHERE id = %s"
-                       " RETURNING highest_modseq, uid_next - %s", (uids, folder_id, uids)).fetchone()
+                       " RETURNING highest_modseq, uid_next - %s, pg_notify(%s, id::text)",
+                       (uids, folder_id, uids, CHANNEL)).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+#: One delivery of a batch: (spool, body hash, size, [(user, folder, flags, date)]).
+Delivery = tuple[Any, bytes, int, Sequence[tuple[str, str, list[str], float]]]
 
 
 def deliver(conn: Conn, spool: Any, digest: bytes, size: int,
             targets: Sequence[tuple[str, str, list[str], float]]) -> list[tuple[int, int]]:
     """Store the body once and one message per target (user, folder, flags, date);
     [(folder id, uid)] in target order. NoSuchFolder rolls everything back."""
-    folder_ids = []
-    for user, name, _flags, _date in targets:
+    got = deliver_batch(conn, [(spool, digest, size, targets)])[0]
+    if isinstance(got, Exception):
+        raise got
+    return got
+
+
+def _resolve(conn: Conn, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Folder ids of (user, folder) pairs, accounts made as needed (one query when every
+    account exists); a pair whose folder does not exist is left out."""
+    users, names = zip(*sorted(pairs), strict=True) if pairs else ((), ())
+    rows = conn.execute("SELECT a.name, f.name, f.id FROM accounts a"
+                        " JOIN folders f ON f.account_id = a.id"
+                        " JOIN unnest(%s::text[], %s::text[]) AS p(u, n)"
+                        " ON a.name = p.u AND f.name = p.n", (list(users), list(names))).fetchall()
+    found = {(u, n): int(i) for u, n, i in rows}
+    for user, name in sorted(pairs - set(found)):
         account_id, _ = ensure_account(conn, user)
-        found = find_folder(conn, account_id, name)
-        if found is None:
-            raise NoSuchFolder(name)
-        folder_ids.append(found[0])
-    if len(lock_folders(conn, folder_ids)) != len(set(folder_ids)):
-        raise NoSuchFolder("deleted meanwhile")
-    store_body(conn, spool, digest, size)
+        folder = find_folder(conn, account_id, name)
+        if folder is not None:
+            found[(user, name)] = folder[0]
+    return found
+
+
+def deliver_batch(conn: Conn, batch: Sequence[Delivery]) -> list[list[tuple[int, int]] | Exception]:
+    """Several deliveries in one transaction (a node's group commit): each one's
+    [(folder id, uid)] in target order, or NoSuchFolder for a delivery to a folder that
+    does not exist (that delivery alone stores nothing).
+
+    The round trips do not grow with the batch: folders are looked up in one query,
+    bodies and messages are written with pipelined ``executemany``, and every folder
+    is locked, numbered (once: one new mod-sequence for all its new messages) and
+    notified once, in the same statement when the batch writes to one folder only. The folder locks are taken after the bodies are written, so they
+    are held only for the numbering, the message rows and the commit."""
+    found = _resolve(conn, {(user, name) for *_, targets in batch
+                            for user, name, _f, _d in targets})
+    out: list[list[tuple[int, int]] | Exception] = []
+    for *_, targets in batch:
+        missing = [name for user, name, _f, _d in targets if (user, name) not in found]
+        out.append(NoSuchFolder(missing[0]) if missing else [])
+    live = [item for item, got in zip(batch, out, strict=True) if not isinstance(got, Exception)]
+    store_bodies(conn, [(spool, digest, size) for spool, digest, size, _t in live])
+    stored = {digest for _s, digest, _z, _t in live}
+    fids = {found[(u, n)] for *_, targets in live for u, n, _f, _d in targets}
+    # One folder (the usual batch: SMTP into one mailbox, an APPEND): the numbering's
+    # UPDATE below locks it and says whether it still exists, one round trip less.
+    alive = lock_folders(conn, fids) if len(fids) > 1 else fids
     counts: dict[int, int] = {}
-    for fid in folder_ids:
-        counts[fid] = counts.get(fid, 0) + 1
-    next_uid: dict[int, int] = {}
-    modseqs: dict[int, int] = {}
-    for fid, n in sorted(counts.items()):
-        modseqs[fid], next_uid[fid] = bump(conn, fid, n)
-    out: list[tuple[int, int]] = []
-    for fid, (_user, _name, flags, date) in zip(folder_ids, targets, strict=True):
-        uid = next_uid[fid]
-        next_uid[fid] += 1
-        conn.execute("INSERT INTO messages (folder_id, uid, body, size, flags, internal_date,"
-                     " modseq) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                     (fid, uid, digest, size, flags, date, modseqs[fid]))
-        out.append((fid, uid))
-    _notify(conn, folder_ids)
+    for i, (*_, targets) in enumerate(batch):
+        if isinstance(out[i], Exception):
+            continue
+        mine = [found[(u, n)] for u, n, _f, _d in targets]
+        if not set(mine) <= alive:
+            out[i] = NoSuchFolder("deleted meanwhile")  # its body may stay: collected below
+            continue
+        for fid in mine:
+            counts[fid] = counts.get(fid, 0) + 1
+    if not counts:
+        collect_bodies(conn, stored)
+        return out
+    rows = conn.execute(
+        "UPDATE folders f SET highest_modseq = highest_modseq + 1, uid_next = uid_next + c.n"
+        " FROM unnest(%s::bigint[], %s::bigint[]) AS c(id, n) WHERE f.id = c.id"
+        " RETURNING f.id, f.highest_modseq, f.uid_next - c.n, pg_notify(%s, f.id::text)",
+        (list(counts), list(counts.values()), CHANNEL)).fetchall()
+    if len(rows) < len(counts):  # the one folder was deleted meanwhile: nothing is placed
+        for i, got in enumerate(out):
+            if not isinstance(got, Exception):
+                out[i] = NoSuchFolder("deleted meanwhile")
+        collect_bodies(conn, stored)
+        return out
+    modseqs = {int(fid): int(m) for fid, m, _, _ in rows}
+    next_uid = {int(fid): int(u) for fid, _, u, _ in rows}
+    inserts = []
+    for i, (_spool, digest, size, targets) in enumerate(batch):
+        placed = out[i]
+        if isinstance(placed, Exception):
+            continue
+        for user, name, flags, date in targets:
+            fid = found[(user, name)]
+            uid = next_uid[fid]
+            next_uid[fid] += 1
+            inserts.append((fid, uid, digest, size, flags, date, modseqs[fid]))
+            placed.append((fid, uid))
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO messages (folder_id, uid, body, size, flags, internal_date,"
+                        " modseq) VALUES (%s, %s, %s, %s, %s, %s, %s)", inserts)
+    collect_bodies(conn, {d for (_s, d, _z, _t), got in zip(batch, out, strict=True)
+                          if isinstance(got, Exception) and d in stored})
     return out
 
 
@@ -174,7 +247,6 @@ def set_flags(conn: Conn, folder_id: int, uids: list[int], wanted: frozenset[str
         cur.executemany("UPDATE messages SET flags = %s, modseq = %s"
                         " WHERE folder_id = %s AND uid = %s",
                         [(flags, modseq, folder_id, uid) for uid, flags in changes])
-    _notify(conn, [folder_id])
 
 
 def _remove(conn: Conn, folder_id: int, uids: list[int]) -> None:
@@ -189,7 +261,6 @@ def _remove(conn: Conn, folder_id: int, uids: list[int]) -> None:
         cur.executemany("INSERT INTO expunged (folder_id, uid, modseq) VALUES (%s, %s, %s)"
                         " ON CONFLICT DO NOTHING", [(folder_id, u, modseq) for u in uids])
     collect_bodies(conn, {bytes(b[0]) for b in bodies})
-    _notify(conn, [folder_id])
 
 
 def collect_bodies(conn: Conn, hashes: set[bytes]) -> None:
@@ -240,19 +311,27 @@ def copy(conn: Conn, src: int, dest: int, uids: list[int], move: bool) -> list[t
                         " modseq, email_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                         [(dest, new, r[1], r[2], r[3], r[4], modseq, r[5])
                          for (_, new), r in zip(pairs, rows, strict=True)])
-    _notify(conn, [dest])
     if move:
         _remove(conn, src, [old for old, _ in pairs])
     return pairs
 
 
+def _relaxed(conn: Conn) -> None:
+    """This transaction's commit does not wait for its WAL flush: for what a crash may
+    lose harmlessly (a cached ENVELOPE is parsed again, a message is \\Recent again),
+    so that it does not queue for the disk beside the commits that must."""
+    conn.execute("SET LOCAL synchronous_commit = off")
+
+
 def claim_recent(conn: Conn, folder_id: int) -> list[int]:
+    _relaxed(conn)
     rows = conn.execute("UPDATE messages SET recent = false WHERE folder_id = %s AND recent"
                         " RETURNING uid", (folder_id,)).fetchall()
     return [int(r[0]) for r in rows]
 
 
 def set_cached(conn: Conn, digest: bytes, key: str, value: str) -> None:
+    _relaxed(conn)
     conn.execute("INSERT INTO body_cache (hash, key, value) VALUES (%s, %s, %s)"
                  " ON CONFLICT (hash, key) DO UPDATE SET value = EXCLUDED.value",
                  (digest, key, value))
