@@ -290,3 +290,27 @@ async def test_an_import_writes_messages_in_batches_with_their_uids(store_pg):
         assert reader.read() == want
         reader.close()
     assert count(dsn, "bodies") == n - 1  # the last message shares the first one's body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_committed_copy_whose_refresh_fails_is_still_answered(store_pg):
+    """A COPY that committed must not fail because the folders' refresh right after it
+    did (the database went away between the two): the client would retry and copy
+    twice. Found by the database-restart load test's review (issue 19)."""
+    from mailhost.store.interfaces import StoreUnavailable
+
+    store, dsn = store_pg
+    await deliver(store)
+    account = await store.open_account(A)
+    inbox = await account.open_folder("INBOX")
+    trash = await account.open_folder("Trash")
+    real_sync = type(inbox).sync
+    type(inbox).sync = lambda self: defer.fail(StoreUnavailable("gone"))
+    try:
+        pairs = await inbox.copy([1], trash)
+    finally:
+        type(inbox).sync = real_sync
+    assert pairs == [(1, 1)]
+    assert count(dsn, "messages") == 2
+    await trash.sync()
+    assert [i.uid for i in trash.messages()] == [1]

@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFReader
 from mailhost.store import objectid
-from mailhost.store._maildir import maildir_cache, maildir_modseq
+from mailhost.store._maildir import maildir_cache, maildir_modseq, maildirsize
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store._maildir.maildir_index import (
     UNKNOWN_DATE,
@@ -1072,7 +1072,7 @@ class MaildirFolder:
         def work() -> list[str]:
             gone = locked(unlink_all, paths)
             if not gone:
-                charge()
+                maildirsize.add_all((charge,))
             return gone
 
         missing = await self._store.run_blocking(work)

@@ -76,6 +76,14 @@ def _guard(fn: Callable[[], defer.Deferred[_T]]) -> defer.Deferred[_T]:
         return defer.fail()
 
 
+def _warn_refresh(failure: Failure, after: str) -> None:
+    """A refresh failed after a write committed: one warning line, not an error."""
+    e = failure.value
+    why = (e.subFailure.getErrorMessage() if isinstance(e, defer.FirstError)
+           else failure.getErrorMessage())
+    log.warn("folder refresh after a {after} failed: {e}", after=after, e=why, event="pg_sync")
+
+
 @implementer(IIndexedFolder)
 class PostgresFolder:
     """Implements: IIndexedFolder. One live object per folder (by database id) in a
@@ -294,6 +302,10 @@ class PostgresFolder:
 
         def synced(pairs: list[tuple[int, int]]) -> defer.Deferred[list[tuple[int, int]]]:
             both = defer.gatherResults([dest.sync(), self.sync()], consumeErrors=True)
+            # Committed: a database gone right after must not answer NO for a copy that
+            # exists (the client's retry would copy twice); the folders catch up on
+            # their next sync, as after a lost notification.
+            both.addErrback(_warn_refresh, "copy")
             return both.addCallback(lambda _: pairs)
 
         return d.addCallback(synced)
@@ -606,10 +618,7 @@ class PostgresStore:
         # does next (a database gone just after the commit must not turn a stored
         # message into a 451, which the sender would retry into a second copy; the
         # folder catches up on its next sync, as after a lost notification).
-        d.addErrback(lambda f: log.warn("folder refresh after a delivery failed: {e}",
-                                        e=f.value.subFailure.getErrorMessage()
-                                        if isinstance(f.value, defer.FirstError)
-                                        else f.getErrorMessage(), event="pg_sync"))
+        d.addErrback(_warn_refresh, "delivery")
         return d
 
     # -- IAccountListing ----------------------------------------------------------------
