@@ -21,7 +21,7 @@ Targets: >= 0.5x Dovecot's command throughput with 0 errors; <= 2x its time on t
 large mailbox; mailhost peak RSS <= 200 MB.
 
     python bench/imap_load.py [--clients 10] [--duration 30] [--messages 100000]
-                              [--postgresql]
+                              [--skip-load] [--maildir-copy DIR] [--postgresql]
 
 ``--postgresql`` runs every step on mailhost's PostgreSQL store too (one node, a
 private cluster with PostgreSQL's durable defaults, ``bench/bench_pg.py``), in the
@@ -339,9 +339,10 @@ SORT_COMMANDS = [
 ]
 
 
-def time_sort(port: int, user: str, password: str, cpu_probe=None) -> dict:
+def time_sort(port: int, user: str, password: str, cpu_probe=None, hwm_probe=None) -> dict:
     """Step 3: each of SORT_COMMANDS in one session, in order (wall and CPU seconds,
-    and the size of the answer as a sanity check)."""
+    the size of the answer as a sanity check and, with ``hwm_probe``, the server's
+    peak RSS so far: which step makes the peak)."""
     out: dict = {}
     c = imaplib.IMAP4("127.0.0.1", port, timeout=600)
     c.login(user, password)
@@ -365,6 +366,8 @@ def time_sort(port: int, user: str, password: str, cpu_probe=None) -> dict:
         out[label] = {"s": round(t1 - t0, 3), "bytes": size}
         if cpu_probe is not None:
             out[label]["cpu_s"] = round(cpu_probe() - cpu0, 2)
+        if hwm_probe is not None:
+            out[label]["peak_rss_mb"] = round(hwm_probe() / 1024)
     c.logout()
     return out
 
@@ -434,6 +437,9 @@ def main() -> None:
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--skip-sort", action="store_true")
+    ap.add_argument("--maildir-copy", metavar="DIR",
+                    help="keep the generated large mailbox in DIR and reuse it next time "
+                         "(generating 100k messages takes minutes)")
     ap.add_argument("--workers", type=int, default=0,
                     help="also load mailhost with server.workers = N (issue 18)")
     ap.add_argument("--postgresql", action="store_true",
@@ -494,7 +500,14 @@ def main() -> None:
             os.makedirs(mh.workdir)
             mh.configure()
             t0 = time.monotonic()
-            generate_maildir(mh.maildir(USER), opts.messages)
+            saved = opts.maildir_copy and os.path.join(opts.maildir_copy, str(opts.messages))
+            if saved and os.path.isdir(saved):
+                shutil.copytree(saved, mh.maildir(USER))
+            else:
+                generate_maildir(mh.maildir(USER), opts.messages)
+                if saved:
+                    shutil.copytree(mh.maildir(USER), saved + ".tmp")
+                    os.rename(saved + ".tmp", saved)
             results["generate_s"] = round(time.monotonic() - t0, 1)
             # Dovecot gets its own copy before mailhost adds its index files.
             pristine = os.path.join(work, "big-pristine")
@@ -506,10 +519,13 @@ def main() -> None:
                                                    lambda: cpu_seconds(mh.pid))
                 if not opts.skip_sort:
                     results["sort_mailhost"] = time_sort(mh.ports["imap"], USER, PASSWORD,
-                                                         lambda: cpu_seconds(mh.pid))
+                                                         lambda: cpu_seconds(mh.pid),
+                                                         lambda: rss_kib(mh.pid, "VmHWM"))
                 results["big_mailhost"]["peak_rss_mb"] = round(rss_kib(mh.pid, "VmHWM") / 1024)
                 results["qresync_mailhost"] = time_qresync(mh.ports["imap"], USER, PASSWORD,
                                                            cpu_probe=lambda: cpu_seconds(mh.pid))
+                results["big_mailhost"]["peak_rss_mb_after_qresync"] = round(
+                    rss_kib(mh.pid, "VmHWM") / 1024)
             finally:
                 mh.stop()
             dv = Dovecot(pristine, {USER: PASSWORD}).start()

@@ -10,14 +10,16 @@ threads the result from the same table and the folder's index columns.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from array import array
+from bisect import bisect_left
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mailhost.imap import condstore, context, esearch, parser, rev2
 from mailhost.imap import search as searching
 from mailhost.imap import sort as sorting
 from mailhost.imap import thread as threading
-from mailhost.imap.headerindex import Fields, HeaderTable
+from mailhost.imap.headerindex import HeaderTable
 from mailhost.imap.responses import No
 from mailhost.imap.selected import dates_ready, folder_columns
 from mailhost.imap.states import SEL
@@ -53,12 +55,13 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
     matcher = searching.fields_matcher(key)
     if key.op == "ALL" or matcher is not None:
         # SORT/THREAD ... ALL, SEARCH SUBJECT x: no MessageInfo per message
-        present = set(folder_columns(folder).uids)
-        uids = [u for u in sel.uids if u in present]
+        uids = _present(sel.uids, folder_columns(folder).uids)
         if matcher is None:
             return uids
-        known = await _table(s, sel).get(folder, uids)
-        return [u for u in uids if (f := known.get(u)) is not None and matcher(f)]
+        table = _table(s, sel)
+        await table.get(folder, uids)
+        return [u for u, r in zip(uids, table.positions(uids), strict=True)
+                if r >= 0 and matcher(table.row(r))]
     await dates_ready(folder)  # every MessageInfo below carries its date
     infos = [i for i in map(folder.get, sel.uids) if i is not None]
     seqs = {u: n for n, u in enumerate(sel.uids, 1)}
@@ -67,6 +70,29 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
         folder, infos, seqs, key, charset, sel.recent,
         fields=lambda uids: header_table.get(folder, uids))
     return found
+
+
+def _present(uids: list[int], present: Sequence[int]) -> list[int]:
+    """The session's ``uids`` (ascending) still in the folder (``present``, ascending):
+    usually all of them, found with one comparison, not a set of 100k UIDs per
+    command."""
+    if len(uids) == len(present) and array("q", uids) == array("q", present):
+        return list(uids)
+    there = set(present)
+    return [u for u in uids if u in there]
+
+
+def _aligned(found: list[int], uids: Sequence[int], column: Sequence[Any],
+             default: Any) -> list[Any]:
+    """``column`` (position-aligned with the folder's ascending ``uids``) at each of
+    ``found`` (ascending): the column itself when they are the same messages."""
+    if len(found) == len(uids) and array("q", found) == array("q", uids):
+        return list(column)
+    out = []
+    for u in found:
+        i = bisect_left(uids, u)
+        out.append(column[i] if i < len(uids) and uids[i] == u else default)
+    return out
 
 
 def _parse_saving(sel: SelectedMailbox, opts: frozenset[str] | None,
@@ -82,10 +108,21 @@ def _parse_saving(sel: SelectedMailbox, opts: frozenset[str] | None,
 
 
 def _numbers(sel: SelectedMailbox, uids: list[int], by_uid: bool) -> list[int]:
-    if by_uid:
-        return uids
+    all_uids = sel.uids
+    if by_uid or (all_uids and all_uids[-1] == len(all_uids)):
+        return uids  # (ascending UIDs whose last is their count are 1..n)
     seqs = [sel.seq_of(u) for u in uids]
     return [n for n in seqs if n is not None]
+
+
+def _number_line(head: bytes, nums: list[int], tail: bytes = b"") -> bytes:
+    """``head``, the numbers and ``tail`` as one response line, written into one
+    buffer (a join would first hold a bytes object per number: 100k of them)."""
+    out = bytearray(head)
+    for n in nums:
+        out += b" %d" % n
+    out += tail + b"\r\n"
+    return bytes(out)
 
 
 async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -102,7 +139,7 @@ async def search(s: IMAPServer, cmd: parser.Command) -> bytes:
         s, key, found if opts is None else esearch.saved_result(opts, found))
     if opts is None:
         tail = b"" if modseq is None else b" (MODSEQ %d)" % modseq
-        s.send(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + tail + b"\r\n")
+        s.send(_number_line(b"* SEARCH", nums, tail))
         return b"SEARCH completed"
     if "SAVE" in opts:
         sel.saved = esearch.saved_result(opts, found)
@@ -134,7 +171,7 @@ async def sort(s: IMAPServer, cmd: parser.Command) -> bytes:
         s, key, ordered if opts is None else esearch.saved_result(opts, ordered))
     if opts is None:
         tail = b"" if modseq is None else b" (MODSEQ %d)" % modseq
-        s.send(b"* SORT" + b"".join(b" %d" % n for n in nums) + tail + b"\r\n")
+        s.send(_number_line(b"* SORT", nums, tail))
         return b"SORT completed"
     if "SAVE" in opts:
         sel.saved = esearch.saved_result(opts, ordered)
@@ -150,28 +187,50 @@ async def sort(s: IMAPServer, cmd: parser.Command) -> bytes:
 
 async def _sorted(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
                   charset: str | None, criteria: Any) -> list[int]:
-    """UIDs of the matching messages in sort order."""
+    """UIDs of the matching messages in sort order, each key's values read as one
+    column (of the header table, or of the folder's index)."""
     found = await _matching(s, sel, key, charset)
-    fields: Mapping[int, Fields] = {}
+    table = _table(s, sel)
+    rows: list[int] = []
     if any(name in sorting.HEADER_KEYS for name, _ in criteria):
-        fields = await _table(s, sel).get(sel.folder, found)
-    dates, sizes = await _index_maps(sel, criteria)
-    return sorting.sort_uids(found, criteria, fields, dates, sizes)
-
-
-async def _index_maps(sel: SelectedMailbox, criteria: Any) -> tuple[dict[int, float],
-                                                                   dict[int, int]]:
-    """INTERNALDATE and size by UID, when the sort program needs them."""
+        await table.get(sel.folder, found)
+        rows = table.positions(found)
     names = {name for name, _ in criteria}
-    if not names & {"ARRIVAL", "SIZE", "DATE"}:
-        return {}, {}
-    if names & {"ARRIVAL", "DATE"}:
+    sent = await _sent_dates(sel, table, rows, found) if "DATE" in names else []
+    if "ARRIVAL" in names:
         await dates_ready(sel.folder)
-    cols = folder_columns(sel.folder)
-    dates = dict(zip(cols.uids, cols.dates, strict=True)) \
-        if names & {"ARRIVAL", "DATE"} else {}
-    sizes = dict(zip(cols.uids, cols.sizes, strict=True)) if "SIZE" in names else {}
-    return dates, sizes
+    cols = folder_columns(sel.folder) if names & {"ARRIVAL", "SIZE"} else None
+
+    def values(name: str) -> Sequence[Any]:
+        if name == "SIZE":
+            assert cols is not None
+            return _aligned(found, cols.uids, cols.sizes, 0)
+        if name == "ARRIVAL":
+            assert cols is not None
+            return _aligned(found, cols.uids, cols.dates, 0.0)
+        if name == "DATE":
+            return sent
+        return table.values(sorting.FIELD[name], rows)
+
+    order = sorting.sort_positions(len(found), criteria, values)
+    return [found[i] for i in order]
+
+
+async def _sent_dates(sel: SelectedMailbox, table: HeaderTable, rows: list[int],
+                      found: list[int]) -> list[float]:
+    """Each message's Date header, else its INTERNALDATE (SORT DATE, THREAD). Only the
+    messages without a usable Date need their INTERNALDATE, so only theirs is read:
+    not a stat of every file in a folder whose dates the store has not read yet."""
+    sent = table.values("date", rows)
+    missing = [i for i, d in enumerate(sent) if d is None]
+    if missing:
+        await dates_ready(sel.folder, [found[i] for i in missing])
+        cols = folder_columns(sel.folder)
+        uids, dates = cols.uids, cols.dates
+        for i in missing:
+            j = bisect_left(uids, found[i])
+            sent[i] = dates[j] if j < len(uids) and uids[j] == found[i] else 0.0
+    return sent
 
 
 async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -192,13 +251,19 @@ async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
     if memo is not None and memo[0] == memo_key:
         data = memo[1]
     else:
-        fields = await table.get(sel.folder, found)
-        dates, _ = await _index_maps(sel, [("DATE", False)])
-        items = []
-        for pos, u in enumerate(found):
-            f = fields.get(u)
-            sent = f.date if f is not None and f.date is not None else dates.get(u, 0.0)
-            items.append(threading.Item(u, pos, sent, f))
+        await table.get(sel.folder, found)
+        rows = table.positions(found)
+        sent = await _sent_dates(sel, table, rows, found)
+        if algorithm == "REFERENCES":
+            # Not kept: a repeated THREAD answers from its memo, and 100k message-ids
+            # and parent tuples held for good were ~12 MB.
+            ids = table.values("message_id", rows, keep=False)
+            parents = table.values("parents", rows, keep=False)
+        else:
+            ids, parents = [None] * len(rows), [()] * len(rows)  # ORDEREDSUBJECT: unused
+        items = list(map(threading.Item, found, range(len(found)), sent, ids, parents,
+                         table.values("base", rows), table.values("reply", rows)))
+        del rows, sent, ids, parents
         if algorithm == "REFERENCES":
             tree = threading.references(items)
         else:
@@ -206,9 +271,11 @@ async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
         data = threading.format_threads(tree)
         del tree, items
         table.threads[algorithm] = (memo_key, data)
-    if not cmd.uid:
-        seqs = {u: b"%d" % n for n, u in enumerate(sel.uids, 1)}
-        data = _NUMBER.sub(lambda m: seqs[int(m.group())], data)
+    uids = sel.uids
+    if not cmd.uid and not (uids and uids[-1] == len(uids)):
+        # (Ascending UIDs whose last is their count are 1..n: numbers as they are.)
+        seqs = dict(zip(uids, range(1, len(uids) + 1), strict=True))
+        data = _NUMBER.sub(lambda m: b"%d" % seqs[int(m.group())], data)
     s.send(b"* THREAD" + (b" " + data if data else b"") + b"\r\n")
     return b"THREAD completed"
 

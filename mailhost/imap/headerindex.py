@@ -46,7 +46,10 @@ import json
 import re
 import sys
 import weakref
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import pairwise
 from typing import IO, Any, NamedTuple
 
 from twisted.internet.defer import Deferred, DeferredLock, FirstError, gatherResults
@@ -381,6 +384,55 @@ for _name in _COLUMN_GROUP:
     setattr(_Row, _name, _column(_name))
 
 
+class _UidRows:
+    """UID -> row of the table, as two arrays in UID order (a dict of 100k UIDs to
+    row numbers was ~8 MB held for good, issue 16). Lookups of many ascending UIDs at
+    once (``positions``) are one comparison when they are all the table holds."""
+
+    def __init__(self, uids: Iterable[int] = (), rows: Iterable[int] = ()) -> None:
+        self.uids = array("q", uids)
+        self.rows = array("q", rows)
+
+    def get(self, uid: int, default: Any = None) -> Any:
+        uids = self.uids
+        i = bisect_left(uids, uid)
+        return self.rows[i] if i < len(uids) and uids[i] == uid else default
+
+    def __contains__(self, uid: object) -> bool:
+        return isinstance(uid, int) and self.get(uid) is not None
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.uids)
+
+    def add(self, uid: int, row: int) -> None:
+        uids = self.uids
+        if not uids or uid > uids[-1]:
+            uids.append(uid)
+            self.rows.append(row)
+        else:
+            i = bisect_left(uids, uid)
+            uids.insert(i, uid)
+            self.rows.insert(i, row)
+
+    def positions(self, want: Sequence[int]) -> list[int]:
+        """The row of each of ``want`` (-1: not in the table)."""
+        uids, rows = self.uids, self.rows
+        if len(want) == len(uids) and array("q", want) == uids:
+            return list(rows)
+        if any(a >= b for a, b in pairwise(want)):  # not ascending: one by one
+            return [self.get(u, -1) for u in want]
+        out = []
+        i, n = 0, len(uids)
+        for u in want:  # a merge of two ascending sequences
+            while i < n and uids[i] < u:
+                i += 1
+            out.append(rows[i] if i < n and uids[i] == u else -1)
+        return out
+
+
 class _Rows(Mapping[int, Any]):
     """The table as ``{uid: Fields-like row}`` (what ``HeaderTable.get`` fires with)."""
 
@@ -388,7 +440,10 @@ class _Rows(Mapping[int, Any]):
         self._table = table
 
     def __getitem__(self, uid: int) -> Any:
-        return _Row(self._table, self._table.rows[uid])
+        row = self._table.rows.get(uid)
+        if row is None:
+            raise KeyError(uid)
+        return _Row(self._table, row)
 
     def get(self, uid: int, default: Any = None) -> Any:
         row = self._table.rows.get(uid)
@@ -410,7 +465,7 @@ class HeaderTable:
 
     def __init__(self) -> None:
         #: UID -> row in ``_records`` and the columns.
-        self.rows: dict[int, int] = {}
+        self.rows = _UidRows()
         self._records: list[str] = []
         self._columns: dict[str, list[Any]] = {}
         self._last: tuple[int, list[Any]] = (-1, [])  # the last row's raw values
@@ -429,10 +484,43 @@ class HeaderTable:
     def _add(self, uid: int, record: str) -> None:
         row = self.rows.get(uid)
         if row is None:
-            self.rows[uid] = len(self._records)
+            self.rows.add(uid, len(self._records))
             self._records.append(record)
         else:
             self._records[row] = record
+
+    def positions(self, uids: Sequence[int]) -> list[int]:
+        """The row of each UID (-1: not in the table)."""
+        return self.rows.positions(uids)
+
+    def row(self, row: int) -> Any:
+        """The ``Fields``-like view of a row (``positions``)."""
+        return _Row(self, row)
+
+    def values(self, name: str, rows: Sequence[int], keep: bool = True) -> list[Any]:
+        """A column's values at these rows (-1: the value of a message without that
+        header), derived first where need be: SORT and THREAD read whole columns
+        this way, with no row object per message. With ``keep`` false, a column not
+        derived yet is derived for this answer only, and not kept."""
+        col = self._columns.get(name)
+        size = len(self._records)
+        if not keep and col is None:
+            derive, names = _GROUPS[_COLUMN_GROUP[name]]
+            at, default = names.index(name), getattr(_EMPTY, name)
+            return [self._derived(derive, names, r)[at] if r >= 0 else default
+                    for r in rows]
+        if col is None or len(col) < size or _UNSET in col:
+            group = _COLUMN_GROUP[name]
+            for r in rows:
+                if r >= 0 and (col is None or r >= len(col) or col[r] is _UNSET):
+                    self._derive(group, r)
+                    col = self._columns[name]
+        default = getattr(_EMPTY, name)
+        if col is None:
+            return [default] * len(rows)
+        if -1 not in rows:
+            return list(map(col.__getitem__, rows))
+        return [col[r] if r >= 0 else default for r in rows]
 
     def column_value(self, name: str, row: int) -> Any:
         """A derived field of a row; its group is derived first if need be."""
@@ -442,17 +530,21 @@ class HeaderTable:
             col = self._columns[name]
         return col[row]
 
-    def _derive(self, group: str, row: int) -> None:
+    def _derived(self, derive: Any, names: tuple[str, ...], row: int) -> tuple[Any, ...]:
+        """A column group's values of a row (``_GROUPS``), computed now."""
         last_row, values = self._last
         if last_row != row:
             parsed = _record_values(self._records[row])
             values = parsed if parsed is not None else [None] * len(_SLOTS)
             self._last = (row, values)
-        derive, names = _GROUPS[group]
         try:
-            got = derive(values)
+            return tuple(derive(values))
         except Exception:  # a header no parser foresaw: as if absent, never a failure
-            got = tuple(getattr(_EMPTY, n) for n in names)
+            return tuple(getattr(_EMPTY, n) for n in names)
+
+    def _derive(self, group: str, row: int) -> None:
+        derive, names = _GROUPS[group]
+        got = self._derived(derive, names, row)
         size = len(self._records)
         for name, value in zip(names, got, strict=True):
             col = self._columns.get(name)
@@ -468,13 +560,13 @@ class HeaderTable:
         return Deferred.fromCoroutine(self._get(folder, list(uids)))
 
     async def _get(self, folder: IFolder, uids: list[int]) -> Mapping[int, Any]:
-        known = self.rows
-        missing = [u for u in uids if u not in known]
+        missing = [u for u, r in zip(uids, self.positions(uids), strict=True) if r < 0]
         if not missing:
             return self.fields
         await self._lock.acquire()
         try:
-            missing = [u for u in missing if u not in known]
+            missing = [u for u, r in zip(missing, self.positions(missing), strict=True)
+                       if r < 0]
             unread = []
             for u in missing:
                 cached = folder.get_cached(u, CACHE_KEY)
@@ -495,7 +587,7 @@ class HeaderTable:
                                      for _ in range(PARALLEL)], consumeErrors=True)
             except FirstError as e:
                 e.subFailure.raiseException()
-            if len(known) > 2 * len(uids) + 1024:
+            if len(self.rows) > 2 * len(uids) + 1024:
                 self._prune(folder)
         finally:
             self._lock.release()
@@ -532,8 +624,9 @@ class HeaderTable:
     def _prune(self, folder: IFolder) -> None:
         """Forget messages no longer in the folder (rows renumbered, columns kept)."""
         live = set(folder_columns(folder).uids)
-        keep = [(u, r) for u, r in self.rows.items() if u in live]
-        self.rows = {u: n for n, (u, _) in enumerate(keep)}
+        keep = [(u, r) for u, r in zip(self.rows.uids, self.rows.rows, strict=True)
+                if u in live]
+        self.rows = _UidRows([u for u, _ in keep], range(len(keep)))
         self._records = [self._records[r] for _, r in keep]
         for name, col in self._columns.items():
             self._columns[name] = [col[r] if r < len(col) else _UNSET for _, r in keep]

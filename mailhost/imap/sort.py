@@ -10,7 +10,7 @@ a stable sort, last key first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mailhost.imap.headerindex import Fields
@@ -20,7 +20,8 @@ KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
                   "DISPLAYFROM", "DISPLAYTO"})
 #: Keys that need the header table (the others come from the folder's index).
 HEADER_KEYS = frozenset({"CC", "DATE", "FROM", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
-_FIELD = {"CC": "cc_mailbox", "FROM": "from_mailbox", "TO": "to_mailbox",
+#: The header table column each header key sorts by (DATE: ``date``, else INTERNALDATE).
+FIELD = {"CC": "cc_mailbox", "FROM": "from_mailbox", "TO": "to_mailbox",
           "SUBJECT": "base", "DISPLAYFROM": "from_display", "DISPLAYTO": "to_display"}
 
 
@@ -51,10 +52,22 @@ def sort_uids(uids: Sequence[int], criteria: Sequence[tuple[str, bool]],
               sizes: Mapping[int, int]) -> list[int]:
     """``uids`` (in sequence order) sorted by ``criteria``. ``dates``/``sizes`` give
     INTERNALDATE and size by UID (needed for ARRIVAL/SIZE, and DATE's fallback)."""
-    out = list(uids)
+    def values(name: str) -> list[Any]:
+        return list(map(_key_function(name, fields, dates, sizes), uids))
+
+    return [uids[i] for i in sort_positions(len(uids), criteria, values)]
+
+
+def sort_positions(n: int, criteria: Sequence[tuple[str, bool]],
+                   values: Callable[[str], Sequence[Any]]) -> list[int]:
+    """The positions ``0..n-1`` of the messages (in sequence order) sorted by
+    ``criteria``; ``values(key)`` gives that sort key's value of each, by position.
+    One stable pass per key, last key first: a key list per key and one int per
+    message, no object per message per key (issue 16: SORT's peak memory)."""
+    order = list(range(n))
     for name, reverse in reversed(criteria):
-        out.sort(key=_key_function(name, fields, dates, sizes), reverse=reverse)
-    return out
+        order.sort(key=values(name).__getitem__, reverse=reverse)
+    return order
 
 
 def _key_function(name: str, fields: Mapping[int, Fields], dates: Mapping[int, float],
@@ -69,7 +82,7 @@ def _key_function(name: str, fields: Mapping[int, Fields], dates: Mapping[int, f
             d = f.date if f is not None else None
             return d if d is not None else dates.get(u, 0.0)
         return sent
-    attr = _FIELD[name]
+    attr = FIELD[name]
 
     def text(u: int) -> str:
         f = fields.get(u)

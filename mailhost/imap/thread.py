@@ -25,12 +25,24 @@ MAX_DEPTH = 100_000
 
 @dataclass(slots=True)
 class Item:
-    """One message to thread."""
+    """One message to thread: what the algorithms read of it, and nothing else (a
+    100k-message THREAD makes one per message; issue 16: peak RSS)."""
 
     number: int  # what the answer shows: a sequence number or a UID
     position: int  # its place in sequence order (ties)
     date: float  # sent date (the Date header, else INTERNALDATE)
-    fields: Fields | None
+    message_id: str | None = None
+    parents: tuple[str, ...] = ()  # References, else In-Reply-To (``Fields.parents``)
+    base: str = ""  # the base subject
+    reply: bool = False  # the subject is a reply or forward
+
+
+def item(number: int, position: int, date: float, fields: Fields | None) -> Item:
+    """The Item of a message with these header ``Fields`` (None: none known)."""
+    if fields is None:
+        return Item(number, position, date)
+    return Item(number, position, date, fields.message_id, fields.parents, fields.base,
+                fields.reply)
 
 
 @dataclass(eq=False, slots=True)
@@ -74,7 +86,7 @@ def ordered_subject(items: Sequence[Item]) -> list[Node]:
 
 
 def _base(it: Item) -> str:
-    return it.fields.base if it.fields is not None else ""
+    return it.base
 
 
 # ----------------------------------------------------------------------- REFERENCES
@@ -104,8 +116,7 @@ def references(items: Sequence[Item]) -> list[Node]:
     table: dict[str, Node] = {}
     unique = 0
     for it in sorted(items, key=lambda i: i.position):
-        f = it.fields
-        mid = f.message_id if f is not None else None
+        mid = it.message_id
         node = table.get(mid) if mid is not None else None
         if node is not None and node.item is not None:
             node = None  # a duplicate Message-ID: this one gets an id of its own
@@ -116,7 +127,7 @@ def references(items: Sequence[Item]) -> list[Node]:
         node.item = it
         # (1A) link the References chain, never making a loop or moving a parent
         prev: Node | None = None
-        for ref in (f.parents if f is not None else ()):
+        for ref in it.parents:
             ref_node = table.get(ref)
             if ref_node is None:
                 ref_node = table[ref] = Node()
@@ -191,11 +202,10 @@ def _sort_tree(nodes: list[Node]) -> None:
 def _subject_of(n: Node) -> tuple[str, bool, bool]:
     """(base subject, reply?, dummy?) of a root: a dummy's is its first child's."""
     dummy = n.item is None
-    item = n.item if not dummy else (n.children[0].item if n.children else None)
-    f = item.fields if item is not None else None
-    if f is None:
+    it = n.item if not dummy else (n.children[0].item if n.children else None)
+    if it is None:
         return "", False, dummy
-    return f.base, f.reply, dummy
+    return it.base, it.reply, dummy
 
 
 def _group_by_subject(roots: list[Node]) -> list[Node]:
@@ -247,35 +257,40 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
 
 def format_threads(roots: Iterable[Node], numbers: Mapping[int, int] | None = None) -> bytes:
     """The thread list of ``* THREAD`` (without the ``* THREAD`` itself); ``numbers``
-    maps each item's number to the one to show (UIDs to sequence numbers)."""
-    return b"".join(b"(" + _format(n, numbers) + b")" for n in roots)
+    maps each item's number to the one to show (UIDs to sequence numbers). Written
+    into one buffer, not a list of a small bytes object per message."""
+    out = bytearray()
+    for n in roots:
+        out += b"("
+        _format(n, numbers, out)
+        out += b")"
+    return bytes(out)
 
 
-def _format(node: Node, numbers: Mapping[int, int] | None) -> bytes:
+def _format(node: Node, numbers: Mapping[int, int] | None, out: bytearray) -> None:
     """One thread's list contents; iterative for the same reason as ``_prune``."""
-    out: list[bytes] = []
     stack: list[Node | bytes] = [node]
     while stack:
         w = stack.pop()
         if isinstance(w, bytes):
-            out.append(w)
+            out += w
             continue
         n = w
-        chain: list[bytes] = []
+        first = True
         for _ in range(MAX_DEPTH):
             if n.item is not None:
-                chain.append(b"%d" % (n.item.number if numbers is None
-                                      else numbers[n.item.number]))
+                if not first:
+                    out += b" "
+                out += b"%d" % (n.item.number if numbers is None else numbers[n.item.number])
+                first = False
             if len(n.children) == 1 and n.item is not None:
                 n = n.children[0]
                 continue
             break
-        out.append(b" ".join(chain))
         if n.children:
-            if chain:
-                out.append(b" ")
+            if not first:
+                out += b" "
             pending: list[Node | bytes] = []
             for c in n.children:
                 pending += [b"(", c, b")"]
             stack.extend(reversed(pending))
-    return b"".join(out)

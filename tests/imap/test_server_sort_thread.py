@@ -270,6 +270,34 @@ async def test_thread_references_and_orderedsubject(imap_host):
 
 
 @pytest_twisted.ensureDeferred
+async def test_thread_and_sort_date_after_an_expunge_and_without_date_headers(imap_host):
+    """THREAD answers sequence numbers, not UIDs, once they differ (the answer is
+    renumbered unless the UIDs are 1..n); SORT (DATE) and THREAD take INTERNALDATE
+    for a message without a usable Date header, and read no other's."""
+    host = await imap_host(kind="maildir")
+    await host.deliver(msg("gone", mid="g@x"))
+    for i, (subject, mid, refs) in enumerate(THREAD_SET):
+        date = "no date here" if i == 4 else f"Sun, 01 Nov 2026 10:{i:02d}:00 +0000"
+        await host.deliver(msg(subject, mid=mid, refs=refs, date=date))
+
+    def run():
+        c = host.client()
+        c.select("INBOX")
+        c.store("1", "+FLAGS", "(\\Deleted)")
+        c.expunge()
+        out = raw(c, b"T1 THREAD REFERENCES UTF-8 ALL")
+        # message 5 has no Date: delivered now, after every 1 Nov date
+        assert out[0] == b"* THREAD (1 (2 3)(4))((6)(5))(7 8)", out
+        out = raw(c, b"T2 UID THREAD REFERENCES UTF-8 ALL")
+        assert out[0] == b"* THREAD (2 (3 4)(5))((7)(6))(8 9)", out
+        out = raw(c, b"S1 SORT (DATE) UTF-8 ALL")
+        assert out[0] == b"* SORT 1 2 3 4 6 7 8 5", out
+        c.logout()
+
+    await host.in_thread(run)
+
+
+@pytest_twisted.ensureDeferred
 async def test_imapclient_sort_and_thread(imap_host):
     host = await imap_host()
     uids = [await host.deliver(m) for m in SORT_SET]
@@ -341,3 +369,56 @@ async def test_repeated_sort_and_search_open_no_message_file(imap_host, tmp_path
 
     folder2.open_message = folder2.read_message = no_files
     await host2.in_thread(sort_and_search)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sort_and_thread_build_no_object_per_message_and_stat_no_file(
+        imap_host, monkeypatch):
+    """Regression (issue 16: peak RSS 269 MB on 100k messages): SORT and THREAD read
+    whole columns of the header table; they make no row view per message (only the
+    SEARCH SUBJECT matcher does), and SORT (DATE)/THREAD of messages that all have a
+    Date header read no INTERNALDATE, so a folder whose dates the store has not read
+    yet is not stat'ed file by file. The message-id and parent columns THREAD derives
+    are not kept."""
+    from mailhost.imap import headerindex
+
+    n = 300
+    host = await imap_host(kind="maildir")
+    for i in range(n):
+        refs = f"<m{i - 1}@x>" if i % 3 else None
+        await host.deliver(msg(f"{'Re: ' if i % 3 else ''}topic {i // 3}", mid=f"m{i}@x",
+                               refs=refs, date=f"Sun, 01 Nov 2026 10:{i % 60:02d}:00 +0000"))
+    folder = await host.folder()
+    made = [0]
+    real_init = headerindex._Row.__init__
+
+    def counting_init(self, table, row):
+        made[0] += 1
+        real_init(self, table, row)
+
+    monkeypatch.setattr(headerindex._Row, "__init__", counting_init)
+    dates_asked: list[object] = []
+    real_fill = folder.fill_dates
+
+    def fill_dates(uids=None):
+        dates_asked.append(uids)
+        return real_fill(uids)
+
+    folder.fill_dates = fill_dates
+
+    def run():
+        c = host.client()
+        c.select("INBOX")
+        for tag, line in ((b"S1", b"SORT (DATE) UTF-8 ALL"),
+                          (b"S2", b"SORT (SUBJECT REVERSE FROM) UTF-8 ALL"),
+                          (b"T1", b"THREAD REFERENCES UTF-8 ALL"),
+                          (b"T2", b"THREAD ORDEREDSUBJECT UTF-8 ALL")):
+            out = raw(c, tag + b" " + line)
+            assert out[-1].startswith(tag + b" OK"), out
+        c.logout()
+
+    await host.in_thread(run)
+    assert made[0] == 0
+    assert dates_asked == []
+    table = host.factory.header_tables.table(folder)
+    assert not {"message_id", "parents"} & set(table._columns)

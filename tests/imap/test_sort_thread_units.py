@@ -16,7 +16,7 @@ from mailhost.imap.basesubject import base_subject
 from mailhost.imap.casemap import casemap
 from mailhost.imap.headerindex import Fields, parse_fields
 from mailhost.imap.sort import parse_criteria, sort_uids
-from mailhost.imap.thread import Item, format_threads, ordered_subject, references
+from mailhost.imap.thread import format_threads, item, ordered_subject, references
 
 
 @pytest.mark.parametrize(("subject", "base", "reply"), [
@@ -228,7 +228,7 @@ def test_parse_fields_from_a_header_block():
 
 def _items(spec):
     """(subject, message-id, parents, date) -> Items numbered from 1."""
-    return [Item(n, n, date, _fields(subject, date=date, mid=mid, parents=parents))
+    return [item(n, n, date, _fields(subject, date=date, mid=mid, parents=parents))
             for n, (subject, mid, parents, date) in enumerate(spec, 1)]
 
 

@@ -686,3 +686,35 @@ async def test_folders_hold_one_uidlist_fd_and_let_go_when_deleted_or_closed(
     monkeypatch.undo()
     await store.close()
     assert open_fds(root) == before - 1 == 0  # INBOX's too
+
+
+@pytest_twisted.ensureDeferred
+async def test_retired_sortf1_cache_entries_are_not_loaded_and_compacted_away(
+        root, monkeypatch):
+    """Regression (issue 16): IMAP's header index moved its cache key from ``sortf1``
+    to ``sortf2``; the old entries were loaded on every open and kept in memory until
+    their messages went. They are skipped, and the next compaction drops them. The
+    cache in memory is one dict per key, not one per message."""
+    monkeypatch.setattr("mailhost.store._maildir.maildir_folder.COMPACT_MIN_STALE", 3)
+    store = MaildirStore(root, fsync=False)
+    for _ in range(5):
+        await deliver(store)
+    box = await folder_of(store)
+    for uid in range(1, 6):
+        box.set_cached(uid, "sortf1", "old fields %d" % uid)
+        box.set_cached(uid, "sortf2", "raw values %d" % uid)
+    await box.expunge()  # nothing deleted: a no-op
+    await store.close()
+    path = os.path.join(root, "example.test", "alice", "mailhost-cache")
+    with open(path) as f:
+        assert sum('"sortf1"' in line for line in f) == 5
+
+    again = MaildirStore(root, fsync=False)
+    box2 = await folder_of(again)
+    assert box2.get_cached(3, "sortf1") is None
+    assert box2.get_cached(3, "sortf2") == "raw values 3"
+    assert set(box2._cache) == {"sortf2"}
+    await again.close()
+    with open(path) as f:
+        text = f.read()
+    assert '"sortf1"' not in text and text.count('"sortf2"') == 5
