@@ -22,12 +22,12 @@ from __future__ import annotations
 import re
 import signal
 import sys
+import threading
 from collections import OrderedDict
 from typing import IO, Any, cast
 
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import (
-    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
@@ -37,7 +37,9 @@ from twisted.logger import (
     formatTime,
     jsonFileLogObserver,
 )
+from twisted.python.compat import ioType
 from twisted.python.logfile import LogFile
+from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
 _twistd_options: Any = None
@@ -83,7 +85,7 @@ def json_observer() -> ILogObserver:
     """A twistd ``--logger`` factory: JSON lines on standard output."""
     global _output
     _output = sys.stdout
-    return quiet(jsonFileLogObserver(sys.stdout))
+    return quiet(TurnFlushedObserver(sys.stdout, jsonFileLogObserver(sys.stdout).formatEvent))
 
 
 def text_observer() -> ILogObserver:
@@ -92,7 +94,7 @@ def text_observer() -> ILogObserver:
     bounds."""
     global _output
     _output = _log_file(_twistd_options or {})
-    return quiet(FileLogObserver(_output, ClassicTextFormat()))
+    return quiet(TurnFlushedObserver(_output, ClassicTextFormat()))
 
 
 def log_output() -> IO[Any] | None:
@@ -170,6 +172,71 @@ class RepeatLimiter:
         entry[1] += 1
         if entry[1] <= self.burst:
             self.observer(event)
+
+
+@implementer(ILogObserver)
+class TurnFlushedObserver:
+    """``FileLogObserver`` that writes the lines of one reactor turn with one write.
+
+    Twisted's observer writes and flushes every line at once: a system call per event
+    on the reactor thread (twistd's log file is unbuffered, standard output is flushed),
+    which for one line per SMTP message was about 3 % of a busy listener's reactor time
+    (issue 18). Here a line logged on the running reactor's thread waits for the end of
+    the reactor turn (``callLater(0)``), and every line of that turn goes out in one
+    write. Anything else writes at once, after what is waiting, so the order holds: a
+    worker thread's events, and everything before the reactor runs or once it stops
+    (the waiting lines are written when it shuts down). A ``kill -9`` can lose the
+    lines of the turn it interrupts, no more.
+    """
+
+    def __init__(self, out: IO[Any], format_event: Any) -> None:
+        self._out = out
+        self._format = format_event
+        self._encode = ioType(out) is not str
+        self._lock = threading.Lock()  # the waiting lines, and the order of writes
+        self._waiting: list[str] = []
+        self._scheduled = False  # a drain is due this turn (reactor thread only)
+        self._at_shutdown = False  # the shutdown trigger that drains is added
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        text = self._format(event)
+        if not text:
+            return
+        if isInIOThread():  # type: ignore[no-untyped-call]
+            from twisted.internet import reactor
+
+            if reactor.running:  # type: ignore[attr-defined]
+                with self._lock:
+                    self._waiting.append(text)
+                if not self._scheduled:
+                    self._scheduled = True
+                    reactor.callLater(0, self._turn_ended)  # type: ignore[attr-defined]
+                    if not self._at_shutdown:
+                        self._at_shutdown = True
+                        reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+                            "after", "shutdown", self.drain)
+                return
+        with self._lock:
+            self._waiting.append(text)
+            self._write()
+
+    def _turn_ended(self) -> None:
+        self._scheduled = False
+        self.drain()
+
+    def drain(self) -> None:
+        """Write the lines waiting for the end of the reactor turn."""
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
+        """Write and flush the waiting lines (the lock is held)."""
+        if not self._waiting:
+            return
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        self._out.write(text.encode("utf-8") if self._encode else text)  # type: ignore[arg-type]
+        self._out.flush()
 
 
 class ClassicTextFormat:

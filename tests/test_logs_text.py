@@ -101,3 +101,61 @@ def test_log_file_rotation_is_bounded(tmp_path, monkeypatch):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["twistd.log", "twistd.log.1", "twistd.log.2", "twistd.log.3"]
     assert logs._log_file({"nodaemon": True}) is __import__("sys").stdout
+
+
+_TURN_SCRIPT = r'''
+import threading
+from twisted.internet import reactor
+from mailhost.logs import TurnFlushedObserver
+
+class Out:
+    encoding = "utf-8"
+    def __init__(self):
+        self.writes = []
+    def write(self, text):
+        self.writes.append(text)
+    def flush(self):
+        pass
+
+out = Out()
+log = TurnFlushedObserver(out, lambda event: event["text"] + "\n")
+log({"text": "before"})
+assert out.writes == ["before\n"], out.writes
+
+def turn():
+    log({"text": "a"})
+    log({"text": "b"})
+    assert out.writes == ["before\n"], out.writes
+    t = threading.Thread(target=log, args=({"text": "thread"},))
+    t.start()
+    t.join()
+    assert out.writes == ["before\n", "a\nb\nthread\n"], out.writes
+    log({"text": "c"})
+    log({"text": "d"})
+    reactor.callLater(0.05, next_turn)
+
+def next_turn():
+    assert out.writes[-1] == "c\nd\n", out.writes
+    log({"text": "last"})
+    reactor.stop()
+
+reactor.callWhenRunning(turn)
+reactor.run()
+assert out.writes[-1] == "last\n", out.writes
+log({"text": "after"})
+assert out.writes[-1] == "after\n", out.writes
+print("ok")
+'''
+
+
+def test_log_lines_of_one_reactor_turn_go_out_in_one_write():
+    """Issue 18: a write and flush per event cost the SMTP listener a system call per
+    message; the reactor's lines wait for the end of its turn, in order with a worker
+    thread's, and nothing waits once the reactor stops."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _TURN_SCRIPT], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
