@@ -197,24 +197,27 @@ class TurnFlushedObserver:
         self._waiting: list[str] = []
         self._scheduled = False  # a drain is due this turn (reactor thread only)
         self._at_shutdown = False  # the shutdown trigger that drains is added
+        self._reactor: Any = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         text = self._format(event)
         if not text:
             return
         if isInIOThread():  # type: ignore[no-untyped-call]
-            from twisted.internet import reactor
+            reactor = self._reactor
+            if reactor is None:  # the one installed by now: it runs on this thread
+                from twisted.internet import reactor as installed
 
-            if reactor.running:  # type: ignore[attr-defined]
+                reactor = self._reactor = installed
+            if reactor.running:
                 with self._lock:
                     self._waiting.append(text)
                 if not self._scheduled:
                     self._scheduled = True
-                    reactor.callLater(0, self._turn_ended)  # type: ignore[attr-defined]
+                    reactor.callLater(0, self._turn_ended)
                     if not self._at_shutdown:
                         self._at_shutdown = True
-                        reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
-                            "after", "shutdown", self.drain)
+                        reactor.addSystemEventTrigger("after", "shutdown", self.drain)
                 return
         with self._lock:
             self._waiting.append(text)
