@@ -183,18 +183,23 @@ class TurnFlushedObserver:
     which for one line per SMTP message was about 3 % of a busy listener's reactor time
     (issue 18). Here a line logged on the running reactor's thread waits for the end of
     the reactor turn (``callLater(0)``), and every line of that turn goes out in one
-    write. Anything else writes at once, after what is waiting, so the order holds: a
-    worker thread's events, and everything before the reactor runs or once it stops
-    (the waiting lines are written when it shuts down). A ``kill -9`` can lose the
-    lines of the turn it interrupts, no more.
+    write; once the reactor stops (a shutdown trigger), or before it runs, lines are
+    written at once, after any still waiting. A worker thread's line is written at
+    once, so it may come before reactor lines of the same turn. A ``kill -9`` can
+    lose the lines of the turn it interrupts, no more.
+
+    The reactor's side takes no lock: twistd logs from its signal handlers ("Received
+    SIGTERM"), which run on the reactor thread between any two bytecodes, also in the
+    middle of a write here. So the waiting list is only appended to and swapped, never
+    cleared, and writes hold a reentrant lock (against worker threads).
     """
 
     def __init__(self, out: IO[Any], format_event: Any) -> None:
         self._out = out
         self._format = format_event
         self._encode = ioType(out) is not str
-        self._lock = threading.Lock()  # the waiting lines, and the order of writes
-        self._waiting: list[str] = []
+        self._write_lock = threading.RLock()
+        self._waiting: list[str] = []  # reactor thread only
         self._scheduled = False  # a drain is due this turn (reactor thread only)
         self._at_shutdown = False  # the shutdown trigger that drains is added
         self._reactor: Any = None
@@ -210,8 +215,7 @@ class TurnFlushedObserver:
 
                 reactor = self._reactor = installed
             if reactor.running:
-                with self._lock:
-                    self._waiting.append(text)
+                self._waiting.append(text)
                 if not self._scheduled:
                     self._scheduled = True
                     reactor.callLater(0, self._turn_ended)
@@ -219,27 +223,27 @@ class TurnFlushedObserver:
                         self._at_shutdown = True
                         reactor.addSystemEventTrigger("after", "shutdown", self.drain)
                 return
-        with self._lock:
-            self._waiting.append(text)
-            self._write()
+            self.drain()  # what waits goes first
+        self._emit(text)
 
     def _turn_ended(self) -> None:
         self._scheduled = False
         self.drain()
 
     def drain(self) -> None:
-        """Write the lines waiting for the end of the reactor turn."""
-        with self._lock:
-            self._write()
-
-    def _write(self) -> None:
-        """Write and flush the waiting lines (the lock is held)."""
-        if not self._waiting:
+        """Write the lines waiting for the end of the reactor turn (reactor thread)."""
+        waiting = self._waiting
+        if not waiting:
             return
-        text = "".join(self._waiting)
-        self._waiting.clear()
-        self._out.write(text.encode("utf-8") if self._encode else text)  # type: ignore[arg-type]
-        self._out.flush()
+        # Swap, then join: a line a signal handler appends in between lands in one of
+        # the two lists, and neither is lost.
+        self._waiting = []
+        self._emit("".join(waiting))
+
+    def _emit(self, text: str) -> None:
+        with self._write_lock:
+            self._out.write(text.encode("utf-8") if self._encode else text)  # type: ignore[arg-type]
+            self._out.flush()
 
 
 class ClassicTextFormat:

@@ -104,6 +104,7 @@ def test_log_file_rotation_is_bounded(tmp_path, monkeypatch):
 
 
 _TURN_SCRIPT = r'''
+import signal
 import threading
 from twisted.internet import reactor
 from mailhost.logs import TurnFlushedObserver
@@ -112,8 +113,12 @@ class Out:
     encoding = "utf-8"
     def __init__(self):
         self.writes = []
+        self.signal_in_write = False
     def write(self, text):
         self.writes.append(text)
+        if self.signal_in_write:  # a signal arriving mid-write (no deadlock)
+            self.signal_in_write = False
+            signal.raise_signal(signal.SIGUSR2)
     def flush(self):
         pass
 
@@ -121,6 +126,7 @@ out = Out()
 log = TurnFlushedObserver(out, lambda event: event["text"] + "\n")
 log({"text": "before"})
 assert out.writes == ["before\n"], out.writes
+signal.signal(signal.SIGUSR2, lambda *_: log({"text": "signal"}))
 
 def turn():
     log({"text": "a"})
@@ -129,13 +135,19 @@ def turn():
     t = threading.Thread(target=log, args=({"text": "thread"},))
     t.start()
     t.join()
-    assert out.writes == ["before\n", "a\nb\nthread\n"], out.writes
+    assert out.writes == ["before\n", "thread\n"], out.writes
+    signal.raise_signal(signal.SIGUSR2)  # its handler logs, as twistd's do
+    reactor.callLater(0.05, signalled)
+
+def signalled():
+    assert out.writes[-1] == "a\nb\nsignal\n", out.writes
+    out.signal_in_write = True
     log({"text": "c"})
     log({"text": "d"})
     reactor.callLater(0.05, next_turn)
 
 def next_turn():
-    assert out.writes[-1] == "c\nd\n", out.writes
+    assert out.writes[-2:] == ["c\nd\n", "signal\n"], out.writes
     log({"text": "last"})
     reactor.stop()
 
