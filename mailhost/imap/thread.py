@@ -32,28 +32,40 @@ class Node:
     One object per message (issue 16: peak RSS; a 100k-message THREAD once made an
     ``Item``, a ``Node`` and an empty child list per message, ~22 MB). The message-id and
     References chain are not kept here: ``references`` reads them once, as it links.
-    Ties go by ``number``, which follows sequence order (UIDs and sequence numbers both
-    ascend with it)."""
+    ``children`` is None for a leaf and the node itself for an only child (most
+    messages have at most one reply): a list only from two children on; ``kids()``
+    reads it as a sequence. Ties go by ``number``, which follows sequence order (UIDs
+    and sequence numbers both ascend with it)."""
 
     number: int = 0  # what the answer shows: a sequence number or a UID; 0: a dummy
     date: float = 0.0  # sent date (the Date header, else INTERNALDATE)
     base: str = ""  # the base subject
     reply: bool = False  # the subject is a reply or forward
     parent: Node | None = None
-    children: list[Node] | None = None  # None until it has one: most messages are leaves
+    children: Node | list[Node] | None = None  # none, the only one, or two and more
 
     @property
     def dummy(self) -> bool:
         return self.number == 0
+
+    def kids(self) -> Sequence[Node]:
+        """The children, in order."""
+        c = self.children
+        if c is None:
+            return ()
+        if isinstance(c, Node):
+            return (c,)
+        return c
 
     def sort_key(self) -> tuple[float, int]:
         node: Node = self
         for _ in range(MAX_DEPTH):
             if node.number:
                 return node.date, node.number
-            if not node.children:
+            c = node.children
+            if c is None:
                 break
-            node = node.children[0]
+            node = c if isinstance(c, Node) else c[0]
         return 0.0, 0
 
 
@@ -111,19 +123,33 @@ def _is_ancestor(a: Node, b: Node) -> bool:
 
 def _append(parent: Node, child: Node) -> None:
     child.parent = parent
-    if parent.children is None:
-        parent.children = [child]
+    c = parent.children
+    if c is None:
+        parent.children = child
+    elif isinstance(c, Node):
+        parent.children = [c, child]
     else:
-        parent.children.append(child)
+        c.append(child)
+
+
+def _packed(kids: list[Node]) -> Node | list[Node] | None:
+    """``Node.children`` holding these."""
+    if not kids:
+        return None
+    return kids[0] if len(kids) == 1 else kids
 
 
 def _unlink(child: Node) -> None:
     parent = child.parent
     if parent is not None:
-        assert parent.children is not None
-        parent.children.remove(child)
-        if not parent.children:
+        c = parent.children
+        if c is child:
             parent.children = None
+        else:
+            assert isinstance(c, list)
+            c.remove(child)
+            if len(c) == 1:
+                parent.children = c[0]
         child.parent = None
 
 
@@ -146,11 +172,14 @@ def references(nodes: Sequence[Node], ids: Iterable[str | None] = (),
         if other is not None and other.number == 0:
             # a dummy made for an earlier reference: this message takes its place
             node.parent, node.children = other.parent, other.children
-            if other.parent is not None:
-                assert other.parent.children is not None
-                siblings = other.parent.children
-                siblings[siblings.index(other)] = node
-            for c in other.children or ():
+            up = other.parent
+            if up is not None:
+                if up.children is other:
+                    up.children = node
+                else:
+                    assert isinstance(up.children, list)
+                    up.children[up.children.index(other)] = node
+            for c in other.kids():
                 c.parent = node
             table[mid] = node  # type: ignore[index]
         else:
@@ -194,42 +223,47 @@ def _prune(roots: list[Node]) -> list[Node]:
     stack = list(roots)
     while stack:
         n = stack.pop()
-        if n.children:
+        if n.children is not None:
             order.append(n)
-            stack.extend(n.children)
+            stack.extend(n.kids())
     for n in reversed(order):
-        assert n.children is not None
-        if all(c.number for c in n.children):
+        if all(c.number for c in n.kids()):
             continue
         kept: list[Node] = []
-        for c in n.children:
+        for c in n.kids():
             if c.number == 0:
-                for g in c.children or ():
+                for g in c.kids():
                     g.parent = n
-                kept.extend(c.children or ())  # already pruned: no dummy among them
+                kept.extend(c.kids())  # already pruned: no dummy among them
             else:
                 kept.append(c)
-        n.children = kept or None
+        n.children = _packed(kept)
     out: list[Node] = []
     for n in roots:
         if n.number == 0:
-            if not n.children:
+            if n.children is None:
                 continue
-            if len(n.children) == 1:
-                n.children[0].parent = None
-                out.append(n.children[0])
+            if isinstance(n.children, Node):
+                n.children.parent = None
+                out.append(n.children)
                 continue
         out.append(n)
     return out
 
 
 def _sort_tree(nodes: list[Node]) -> None:
-    stack: list[list[Node]] = [nodes]
-    order: list[list[Node]] = []
+    """Sort ``nodes`` and every sibling list under them (an only child has none)."""
+    order: list[list[Node]] = [nodes]
+    stack = list(nodes)
     while stack:
-        siblings = stack.pop()
-        order.append(siblings)
-        stack.extend(n.children for n in siblings if n.children)
+        c = stack.pop().children
+        if c is None:
+            continue
+        if isinstance(c, Node):
+            stack.append(c)
+        else:
+            order.append(c)  # after the list holding its parent
+            stack.extend(c)
     for siblings in reversed(order):  # children before parents
         siblings.sort(key=Node.sort_key)
 
@@ -237,7 +271,7 @@ def _sort_tree(nodes: list[Node]) -> None:
 def _subject_of(n: Node) -> tuple[str, bool, bool]:
     """(base subject, reply?, dummy?) of a root: a dummy's is its first child's."""
     dummy = n.number == 0
-    it = n if not dummy else (n.children[0] if n.children else None)
+    it = n if not dummy else (n.kids()[0] if n.children is not None else None)
     if it is None or it.number == 0:
         return "", False, dummy
     return it.base, it.reply, dummy
@@ -270,7 +304,7 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
             # the table's message already shares a new dummy: this one joins it
             _link(target, n)
         elif old_dummy and dummy:
-            for c in list(n.children or ()):
+            for c in list(n.kids()):
                 _link(old, c)
         elif old_dummy:
             _link(old, n)
@@ -318,14 +352,14 @@ def _format(node: Node, numbers: Mapping[int, int] | None, out: bytearray) -> No
                     out += b" "
                 out += b"%d" % (n.number if numbers is None else numbers[n.number])
                 first = False
-            if n.children is not None and len(n.children) == 1 and n.number:
-                n = n.children[0]
+            if isinstance(n.children, Node) and n.number:
+                n = n.children
                 continue
             break
-        if n.children:
+        if n.children is not None:
             if not first:
                 out += b" "
             pending: list[Node | bytes] = []
-            for c in n.children:
+            for c in n.kids():
                 pending += [b"(", c, b")"]
             stack.extend(reversed(pending))

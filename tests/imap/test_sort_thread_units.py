@@ -321,7 +321,7 @@ def test_references_makes_one_node_per_message_and_no_list_per_leaf():
     an empty child list per message, and held every message-id and parent tuple in
     lists; its transient was ~41 MB of the peak): the message's own Node is the tree
     node, a leaf has no child list, and the ids and chains are read as one-shot
-    iterators, in step with the nodes."""
+    iterators, in step with the nodes. An only child is held without a list."""
     n = 1000
     spec = [(f"{'Re: ' if i % 5 else ''}t{i // 5}", f"m{i}", (f"m{i - 1}",) if i % 5 else (),
              float(i)) for i in range(n)]
@@ -343,9 +343,10 @@ def test_references_makes_one_node_per_message_and_no_list_per_leaf():
     while stack:
         node = stack.pop()
         seen.append(node)
-        stack.extend(node.children or ())
+        stack.extend(node.kids())
     assert sorted(map(id, seen)) == sorted(map(id, nodes))  # no dummy, no other object
     assert sum(node.children is not None for node in seen) == n // 5 * 4
+    assert not any(isinstance(node.children, list) for node in seen)  # only children
     assert format_threads(roots) == b"".join(
         b"(%d %d %d %d %d)" % tuple(range(i + 1, i + 6)) for i in range(0, n, 5))
 
