@@ -338,6 +338,8 @@ async def test_header_blocks_of_many_messages_come_in_one_query(store_pg):
     empty line and a body two messages share still come whole."""
     import io
 
+    from zope.interface.verify import verifyObject
+
     from mailhost.store.interfaces import IHeaderBlocks
     from mailhost.store.postgresql.bodies import CHUNK_SIZE
     from mailhost.store.postgresql.load import PostgresLoader
@@ -355,7 +357,7 @@ async def test_header_blocks_of_many_messages_come_in_one_query(store_pg):
         loader.message(uid, frozenset(), 1e9, 1, io.BytesIO(data))
     loader.finish(["INBOX"])
     inbox = await (await store.open_account("many@example.test")).open_folder("INBOX")
-    assert IHeaderBlocks.providedBy(inbox)
+    assert verifyObject(IHeaderBlocks, inbox)
     uids = [i.uid for i in inbox.messages()]
     calls, restore = _counting_transactions(store)
     try:
