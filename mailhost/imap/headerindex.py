@@ -535,6 +535,21 @@ class HeaderTable:
             return list(map(col.__getitem__, rows))
         return [col[r] if r >= 0 else default for r in rows]
 
+    def iter_values(self, name: str, rows: Sequence[int]) -> Iterator[Any]:
+        """``values(name, rows, keep=False)`` one at a time: a column not derived yet
+        is derived row by row and not kept, with no list of it (THREAD's message-ids
+        and parent chains: two columns read by one walk share each row's parse)."""
+        col = self._columns.get(name)
+        derive, names = _GROUPS[_COLUMN_GROUP[name]]
+        at, default = names.index(name), getattr(_EMPTY, name)
+        for r in rows:
+            if r < 0:
+                yield default
+            elif col is not None and r < len(col) and col[r] is not _UNSET:
+                yield col[r]
+            else:
+                yield self._derived(derive, names, r)[at]
+
     def column_value(self, name: str, row: int) -> Any:
         """A derived field of a row; its group is derived first if need be."""
         col = self._columns.get(name)
