@@ -254,22 +254,19 @@ async def thread(s: IMAPServer, cmd: parser.Command) -> bytes:
         await table.get(sel.folder, found)
         rows = table.positions(found)
         sent = await _sent_dates(sel, table, rows, found)
+        # One Node per message; the message-ids and References chains are read one
+        # message at a time as REFERENCES links them, not kept (issue 16: peak RSS).
+        nodes = list(map(threading.Node, found, sent, table.values("base", rows),
+                         table.values("reply", rows)))
+        del sent
         if algorithm == "REFERENCES":
-            # Not kept: a repeated THREAD answers from its memo, and 100k message-ids
-            # and parent tuples held for good were ~12 MB.
-            ids = table.values("message_id", rows, keep=False)
-            parents = table.values("parents", rows, keep=False)
+            tree = threading.references(nodes, table.iter_values("message_id", rows),
+                                        table.iter_values("parents", rows))
         else:
-            ids, parents = [None] * len(rows), [()] * len(rows)  # ORDEREDSUBJECT: unused
-        items = list(map(threading.Item, found, range(len(found)), sent, ids, parents,
-                         table.values("base", rows), table.values("reply", rows)))
-        del rows, sent, ids, parents
-        if algorithm == "REFERENCES":
-            tree = threading.references(items)
-        else:
-            tree = threading.ordered_subject(items)
+            tree = threading.ordered_subject(nodes)
+        del rows, nodes
         data = threading.format_threads(tree)
-        del tree, items
+        del tree
         table.threads[algorithm] = (memo_key, data)
     uids = sel.uids
     if not cmd.uid and not (uids and uids[-1] == len(uids)):

@@ -18,7 +18,10 @@ Messages not yet known are read in batches of ``BATCH``: the files of a batch ar
 (``IFolder.open_message``; on Maildir a dentry lookup, which the store itself does on
 the reactor thread) and one ``IMessageReader.call`` runs the header reading and parsing
 of the whole batch in the store's thread pool, so 100k messages cost 100k/BATCH thread
-hops, not 100k, and the reactor only files the results between batches.
+hops, not 100k, and the reactor only files the results between batches. A store where
+each message opened is a round trip (PostgreSQL) offers ``IHeaderBlocks`` instead: the
+header blocks of ``BULK`` messages come in one call (a query or two) and are parsed in
+its thread.
 
 What is kept per message is small, and derived only when asked (issue 16: the first
 ``SEARCH SUBJECT`` on 100k messages spent ~100 us per message in ``parse_fields``
@@ -59,13 +62,15 @@ from mailhost.imap.basesubject import base_subject
 from mailhost.imap.casemap import casemap
 from mailhost.imap.search import _address_text, _decode_header_value
 from mailhost.imap.selected import folder_columns
-from mailhost.store.interfaces import IFolder, StoreError
+from mailhost.store.interfaces import IFolder, IHeaderBlocks, StoreError
 
 #: The key under which a message's raw header values live in the store's per-message
 #: cache (``sortf1`` held the derived ``Fields``; its entries are no longer read).
 CACHE_KEY = "sortf2"
 #: Messages whose headers one thread job reads (and whose files are open at once).
 BATCH = 64
+#: Messages whose header blocks one ``IHeaderBlocks.read_headers`` call reads.
+BULK = 1000
 #: Batches in flight at once (so at most BATCH * PARALLEL files open per fill).
 PARALLEL = 3
 #: Header bytes read per message; fields beyond are ignored (as SEARCH's own limit).
@@ -337,6 +342,14 @@ def _read_batch(first: IO[bytes], rest: Sequence[tuple[int, IO[bytes]]],
     return out
 
 
+def _record_of(f: IO[bytes]) -> str | None:
+    """Run in a store thread: the ``raw_record`` text of one message (None: unreadable)."""
+    try:
+        return raw_record(_head(f))
+    except OSError:
+        return None
+
+
 #: Each column's group (derived together, from the same raw values) and place in it.
 _GROUPS: dict[str, tuple[Any, ...]] = {
     "date": (lambda v: _date_of(v[0]), ("date", "day")),
@@ -522,6 +535,21 @@ class HeaderTable:
             return list(map(col.__getitem__, rows))
         return [col[r] if r >= 0 else default for r in rows]
 
+    def iter_values(self, name: str, rows: Sequence[int]) -> Iterator[Any]:
+        """``values(name, rows, keep=False)`` one at a time: a column not derived yet
+        is derived row by row and not kept, with no list of it (THREAD's message-ids
+        and parent chains: two columns read by one walk share each row's parse)."""
+        col = self._columns.get(name)
+        derive, names = _GROUPS[_COLUMN_GROUP[name]]
+        at, default = names.index(name), getattr(_EMPTY, name)
+        for r in rows:
+            if r < 0:
+                yield default
+            elif col is not None and r < len(col) and col[r] is not _UNSET:
+                yield col[r]
+            else:
+                yield self._derived(derive, names, r)[at]
+
     def column_value(self, name: str, row: int) -> Any:
         """A derived field of a row; its group is derived first if need be."""
         col = self._columns.get(name)
@@ -574,11 +602,16 @@ class HeaderTable:
                     unread.append(u)
                 else:
                     self._add(u, cached)  # the store's own string: held once
-            batches = iter([unread[i:i + BATCH] for i in range(0, len(unread), BATCH)])
+            bulk = IHeaderBlocks.providedBy(folder)
+            size = BULK if bulk else BATCH
+            batches = iter([unread[i:i + size] for i in range(0, len(unread), size)])
 
             async def worker() -> None:
                 for batch in batches:
-                    await self._fill(folder, batch)
+                    if bulk:
+                        await self._fill_bulk(folder, batch)
+                    else:
+                        await self._fill(folder, batch)
 
             # A few batches in flight: one opens its files while others are read, so
             # the disk sees more than one request at a time on a cold cache.
@@ -616,6 +649,14 @@ class HeaderTable:
                 f.close()
             if reader is not None:
                 reader.close()
+        self._file(folder, results)
+
+    async def _fill_bulk(self, folder: IFolder, uids: list[int]) -> None:
+        results = await IHeaderBlocks(folder).read_headers(uids, _record_of)
+        self._file(folder, [(u, text) for u, text in results if text is not None])
+
+    def _file(self, folder: IFolder, results: list[tuple[int, str]]) -> None:
+        """Keep the records read, here and in the store's cache."""
         self.files_read += len(results)
         for uid, text in results:
             self._add(uid, text)

@@ -227,9 +227,15 @@ def test_parse_fields_from_a_header_block():
 
 
 def _items(spec):
-    """(subject, message-id, parents, date) -> Items numbered from 1."""
-    return [item(n, n, date, _fields(subject, date=date, mid=mid, parents=parents))
+    """(subject, message-id, parents, date) -> Nodes numbered from 1."""
+    return [item(n, date, _fields(subject, date=date, mid=mid, parents=parents))
             for n, (subject, mid, parents, date) in enumerate(spec, 1)]
+
+
+def _references(spec):
+    """The REFERENCES threads of ``spec``, its ids and chains read as iterators."""
+    return references(_items(spec), iter([mid for _, mid, _, _ in spec]),
+                      iter([tuple(parents) for _, _, parents, _ in spec]))
 
 
 def test_orderedsubject_groups_by_base_subject_and_date():
@@ -251,23 +257,23 @@ def test_references_rfc5256_shapes():
         ("b", "6", ("gone",), 6.0),
         ("c", "7", ("gone",), 7.0),
     ]
-    assert format_threads(references(_items(spec))) == b"(1 (2 (3)(4))(5))((6)(7))"
+    assert format_threads(_references(spec)) == b"(1 (2 (3)(4))(5))((6)(7))"
 
 
 def test_references_truncated_chain_and_missing_parents():
     # Message 2 (id 3) names only id 2; message 3 (id 2) arrives later naming id 1:
     # the chain is 1 -> id 2 -> id 3.
     spec = [("x", "1", (), 1.0), ("Re: x", "3", ("2",), 3.0), ("Re: x", "2", ("1",), 2.0)]
-    assert format_threads(references(_items(spec))) == b"(1 3 2)"
+    assert format_threads(_references(spec)) == b"(1 3 2)"
     # A dummy chain (missing ids) is pruned: the message hangs under the real root.
     spec = [("x", "1", (), 1.0), ("Re: x", "2", ("1", "m1", "m2"), 2.0)]
-    assert format_threads(references(_items(spec))) == b"(1 2)"
+    assert format_threads(_references(spec)) == b"(1 2)"
 
 
 def test_references_loops_and_duplicates_are_harmless():
     spec = [("x", "1", ("2",), 1.0), ("x", "2", ("1",), 2.0), ("x", "1", (), 3.0),
             ("y", "3", ("3",), 4.0)]
-    out = format_threads(references(_items(spec)))
+    out = format_threads(_references(spec))
     assert sorted(int(n) for n in out.replace(b"(", b" ").replace(b")", b" ").split()) == \
         [1, 2, 3, 4]
 
@@ -275,13 +281,13 @@ def test_references_loops_and_duplicates_are_harmless():
 def test_references_subject_merge():
     # Same base subject, no references: the reply goes under the original.
     spec = [("hello", "1", (), 1.0), ("Re: hello", "2", (), 2.0)]
-    assert format_threads(references(_items(spec))) == b"(1 2)"
+    assert format_threads(_references(spec)) == b"(1 2)"
     # Neither a reply: both under a new dummy.
     spec = [("hello", "1", (), 1.0), ("hello", "2", (), 2.0)]
-    assert format_threads(references(_items(spec))) == b"((1)(2))"
+    assert format_threads(_references(spec)) == b"((1)(2))"
     # Empty subjects never merge.
     spec = [("", "1", (), 1.0), ("", "2", (), 2.0)]
-    assert format_threads(references(_items(spec))) == b"(1)(2)"
+    assert format_threads(_references(spec)) == b"(1)(2)"
 
 
 @given(st.lists(st.tuples(st.sampled_from(["a", "Re: a", "b", "Re: b", ""]),
@@ -289,26 +295,60 @@ def test_references_subject_merge():
                           st.integers(0, 5)), max_size=20))
 @settings(max_examples=300, deadline=None)
 def test_every_message_appears_once_in_either_algorithm(spec):
-    items = _items([(s, str(m), tuple(str(p) for p in ps), float(d))
-                    for s, m, ps, d in spec])
-    for algorithm in (references, ordered_subject):
-        out = format_threads(algorithm(items))
+    spec = [(s, str(m), tuple(str(p) for p in ps), float(d)) for s, m, ps, d in spec]
+    for out in (format_threads(_references(spec)),
+                format_threads(ordered_subject(_items(spec)))):
         numbers = [int(n) for n in out.replace(b"(", b" ").replace(b")", b" ").split()]
-        assert sorted(numbers) == list(range(1, len(items) + 1))
+        assert sorted(numbers) == list(range(1, len(spec) + 1))
         assert out.count(b"(") == out.count(b")")
 
 
 def test_deep_thread_needs_no_recursion():
     n = 5000
     spec = [("x", str(i), (str(i - 1),) if i else (), float(i)) for i in range(n)]
-    out = format_threads(references(_items(spec)))
+    out = format_threads(_references(spec))
     assert out == b"(" + b" ".join(b"%d" % i for i in range(1, n + 1)) + b")"
     # a comb: each message has a reply and a leaf
     spec = []
     for i in range(n // 2):
         spec.append(("x", f"c{i}", (f"c{i - 1}",) if i else (), float(2 * i)))
         spec.append(("x", f"l{i}", (f"c{i - 1}",) if i else ("none",), float(2 * i + 1)))
-    assert format_threads(references(_items(spec))).count(b"(") >= n // 2
+    assert format_threads(_references(spec)).count(b"(") >= n // 2
+
+
+def test_references_makes_one_node_per_message_and_no_list_per_leaf():
+    """Regression (issue 16: THREAD REFERENCES on 100k messages made an Item, a Node and
+    an empty child list per message, and held every message-id and parent tuple in
+    lists; its transient was ~41 MB of the peak): the message's own Node is the tree
+    node, a leaf has no child list, and the ids and chains are read as one-shot
+    iterators, in step with the nodes. An only child is held without a list."""
+    n = 1000
+    spec = [(f"{'Re: ' if i % 5 else ''}t{i // 5}", f"m{i}", (f"m{i - 1}",) if i % 5 else (),
+             float(i)) for i in range(n)]
+    nodes = _items(spec)
+    read = [0]
+
+    def ids():
+        for k, (_, mid, _, _) in enumerate(spec):
+            assert read[0] == k  # chains and ids advance together, one message at a time
+            yield mid
+
+    def chains():
+        for _, _, parents, _ in spec:
+            read[0] += 1
+            yield parents
+
+    roots = references(nodes, ids(), chains())
+    seen, stack = [], list(roots)
+    while stack:
+        node = stack.pop()
+        seen.append(node)
+        stack.extend(node.kids())
+    assert sorted(map(id, seen)) == sorted(map(id, nodes))  # no dummy, no other object
+    assert sum(node.children is not None for node in seen) == n // 5 * 4
+    assert not any(isinstance(node.children, list) for node in seen)  # only children
+    assert format_threads(roots) == b"".join(
+        b"(%d %d %d %d %d)" % tuple(range(i + 1, i + 6)) for i in range(0, n, 5))
 
 
 _WORD = st.text("abcXYZ019.'-_!", min_size=1, max_size=6)

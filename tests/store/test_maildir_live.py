@@ -281,3 +281,27 @@ async def test_a_renamed_folder_is_watched_at_its_new_place(root):
     assert [i.key for i in rec.added] == ["3.M3P3.other"]
     await store.close()
     assert store._watcher.watching == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_rescan_reads_cur_names_one_at_a_time_not_as_a_list(root, monkeypatch):
+    """Regression (issue 16: a QRESYNC SELECT of a 100k-message folder no session was
+    watching rescanned it holding every cur/ name in a list, ~10 MB of the peak): the
+    rescan reads cur/ as a directory stream and still finds another program's change."""
+    store = MaildirStore(root, fsync=False)
+    box = await claimed(store)
+    rename_flags(user_dir(root), "S")
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def listdir(path="."):
+        listed.append(os.path.basename(os.fspath(path)))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    before = box.listings
+    await box._run(box._refresh, True)
+    assert box.listings == before + 1
+    assert "new" in listed and "cur" not in listed
+    assert box.get(1).flags == frozenset({"\\Seen"})
+    await store.close()

@@ -314,3 +314,101 @@ async def test_a_committed_copy_whose_refresh_fails_is_still_answered(store_pg):
     assert count(dsn, "messages") == 2
     await trash.sync()
     assert [i.uid for i in trash.messages()] == [1]
+
+
+def _counting_transactions(store):
+    """Count the store's transactions (``Database.transact``: every ``run`` and every
+    body chunk a message file reads) until the returned callable restores it."""
+    calls = []
+    real = store.db.transact
+
+    def counting(fn, *args):
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return real(fn, *args)
+
+    store.db.transact = counting
+    return calls, lambda: setattr(store.db, "transact", real)
+
+
+@pytest_twisted.ensureDeferred
+async def test_header_blocks_of_many_messages_come_in_one_query(store_pg):
+    """Regression (issue 19, the first SEARCH SUBJECT on 20k messages: 47 s, one query
+    per message): ``read_headers`` reads the header blocks of many bodies in one query,
+    only their header octets; a header longer than a body chunk, a message with no
+    empty line and a body two messages share still come whole."""
+    import io
+
+    from zope.interface.verify import verifyObject
+
+    from mailhost.store.interfaces import IHeaderBlocks
+    from mailhost.store.postgresql.bodies import CHUNK_SIZE
+    from mailhost.store.postgresql.load import PostgresLoader
+    from mailhost.store.postgresql.store import HEADER_QUERY
+
+    store, _dsn = store_pg
+    messages = [b"Subject: m%d\r\nFrom: x@example.test\r\n\r\nbody %d\r\n" % (i, i)
+                for i in range(HEADER_QUERY + 5)]
+    long_header = b"Subject: long\r\nX-Pad: " + b"p" * (CHUNK_SIZE + 10) + b"\r\n\r\nafter\r\n"
+    no_body = b"Subject: header only\r\nFrom: y@example.test\r\n"
+    messages += [long_header, no_body, messages[0]]  # the last shares the first's body
+    loader = PostgresLoader(_dsn, "many@example.test")
+    loader.folder("INBOX", 77, len(messages) + 1, 1, None, "")
+    for uid, data in enumerate(messages, 1):
+        loader.message(uid, frozenset(), 1e9, 1, io.BytesIO(data))
+    loader.finish(["INBOX"])
+    inbox = await (await store.open_account("many@example.test")).open_folder("INBOX")
+    assert verifyObject(IHeaderBlocks, inbox)
+    uids = [i.uid for i in inbox.messages()]
+    calls, restore = _counting_transactions(store)
+    try:
+        got = await inbox.read_headers(uids + [99_999], lambda f: f.read())
+    finally:
+        restore()
+    assert [u for u, _ in got] == uids
+    want = [data[:data.index(b"\r\n\r\n") + 4] if b"\r\n\r\n" in data else data
+            for data in messages]
+    # Only the header octets, but the long header's message is read whole.
+    assert [block for _, block in got] == [*want[:-3], long_header, *want[-2:]]
+    # Two queries for the 1,006 distinct bodies, and the long header's two chunks.
+    assert calls.count("header_blocks") == 2, calls
+    assert len(calls) == 4, calls
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_values_are_written_in_batches(store_pg):
+    """Regression (issue 19): a SEARCH caches every message's header fields, which
+    was one transaction each; values cached together go in one statement (or a few),
+    and another node reads them all when it opens the folder."""
+    from twisted.internet import reactor
+
+    store, dsn = store_pg
+    for i in range(300):
+        await deliver(store, MSG + b"%d" % i)
+    inbox = await (await store.open_account(A)).open_folder("INBOX")
+    runs = []
+    real = store.db.run
+
+    def counting(fn, *args):
+        if fn.__name__ == "set_cached":
+            runs.append(len(args[0]))
+        return real(fn, *args)
+
+    store.db.run = counting
+    try:
+        for info in inbox.messages():
+            inbox.set_cached(info.uid, "k", "v%d" % info.uid)
+        inbox.set_cached(1, "k", "again")  # while written: the newest value wins
+        deadline = time.monotonic() + 30
+        while count(dsn, "body_cache") < 300 and time.monotonic() < deadline:
+            await task.deferLater(reactor, 0.05, lambda: None)
+    finally:
+        store.db.run = real
+    assert sum(runs) == 301 and len(runs) <= 3, runs
+    other = PostgresStore(dsn, pool_size=2)
+    try:
+        await other.start()
+        there = await (await other.open_account(A)).open_folder("INBOX")
+        assert there.get_cached(1, "k") == "again"
+        assert there.get_cached(300, "k") == "v300"
+    finally:
+        await other.close()

@@ -32,7 +32,7 @@ from typing import NamedTuple, cast, overload
 from mailhost.message.crlf import crlf_size
 from mailhost.store._maildir import legacy_uidlist, uidcache
 from mailhost.store._maildir.dovecot_uidlist import new_uid_validity
-from mailhost.store._maildir.maildir_io import list_names
+from mailhost.store._maildir.maildir_io import list_names, stream_names
 from mailhost.store._maildir.maildir_names import (
     KEYWORDS_FILE,
     Keywords,
@@ -848,7 +848,7 @@ def diff_folder(path: str, snapshot: Snapshot,
     stamp = dir_stamp(path)
     if stamp is not None and stamp == last_stamp:
         return stamp, [], [], []
-    cur, new = list_names(path)
+    cur, new = stream_names(path)  # cur/'s names one at a time, not a list of 100k
     keys, uids, states, table = snapshot
     where = dict(zip(keys, range(len(keys)), strict=True))
     # Where each indexed base was first listed (0: not yet, 1: cur/, 2: new/): a

@@ -330,11 +330,32 @@ def claim_recent(conn: Conn, folder_id: int) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def set_cached(conn: Conn, digest: bytes, key: str, value: str) -> None:
+def set_cached(conn: Conn, entries: Sequence[tuple[bytes, str, str]]) -> None:
+    """Cache values (hash, key, value), one statement for them all: the first SEARCH
+    of a big folder caches every message's header fields at once (issue 19: one
+    transaction each made 20k of them). ``entries`` has each (hash, key) once, in hash
+    order (two nodes' batches lock rows in one order); a body collected meanwhile is
+    skipped, not an error for the whole batch."""
     _relaxed(conn)
-    conn.execute("INSERT INTO body_cache (hash, key, value) VALUES (%s, %s, %s)"
+    conn.execute("INSERT INTO body_cache (hash, key, value)"
+                 " SELECT c.h, c.k, c.v FROM unnest(%s::bytea[], %s::text[], %s::text[])"
+                 " AS c(h, k, v) WHERE EXISTS (SELECT 1 FROM bodies b WHERE b.hash = c.h)"
                  " ON CONFLICT (hash, key) DO UPDATE SET value = EXCLUDED.value",
-                 (digest, key, value))
+                 ([h for h, _, _ in entries], [k for _, k, _ in entries],
+                  [v for _, _, v in entries]))
+
+
+def header_blocks(conn: Conn, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
+    """Each body's first chunk up to and including the empty line that ends its
+    header block (the whole chunk if it has none), for many bodies in one query: only
+    the header octets cross the wire. A body with no chunk (empty, or collected
+    meanwhile) is absent."""
+    rows = conn.execute(
+        "SELECT hash, CASE WHEN p > 0 THEN substring(data FROM 1 FOR p + 3) ELSE data END"
+        " FROM (SELECT hash, data, position(%s::bytea IN data) AS p FROM body_chunks"
+        " WHERE hash = ANY(%s) AND seq = 0) c", (b"\r\n\r\n", list(hashes)),
+        binary=True).fetchall()
+    return {bytes(h): bytes(block) for h, block in rows}
 
 
 def list_folders(conn: Conn, account_id: int) -> list[str]:

@@ -41,6 +41,7 @@ from mailhost.store.interfaces import (
     IAccountListing,
     IFolder,
     IFolderListener,
+    IHeaderBlocks,
     IIndexedFolder,
     IMailAccount,
     IMailStore,
@@ -67,6 +68,11 @@ from mailhost.store.reader import INLINE_READ, range_length, reader_for
 log = Logger()
 _T = TypeVar("_T")
 
+#: Bodies whose header blocks one query reads (``read_headers``).
+HEADER_QUERY = 1000
+#: Cached values written in one statement at most (``set_cached``).
+CACHE_BATCH = 2000
+
 
 def _guard(fn: Callable[[], defer.Deferred[_T]]) -> defer.Deferred[_T]:
     """``fn()``, with a StoreError it raises at once as a failed Deferred."""
@@ -84,12 +90,18 @@ def _warn_refresh(failure: Failure, after: str) -> None:
     log.warn("folder refresh after a {after} failed: {e}", after=after, e=why, event="pg_sync")
 
 
-@implementer(IIndexedFolder)
+@implementer(IIndexedFolder, IHeaderBlocks)
 class PostgresFolder:
-    """Implements: IIndexedFolder. One live object per folder (by database id) in a
-    store. ``columns()`` is built from the index once per change and kept until the
-    next one, so repeated SELECTs and ``FETCH 1:* (FLAGS)`` of a big folder build no
-    MessageInfo list; every date is in the index already (``fill_dates`` is a no-op)."""
+    """Implements: IIndexedFolder and IHeaderBlocks. One live object per folder (by
+    database id) in a store. ``columns()`` is built from the index once per change and
+    kept until the next one, so repeated SELECTs and ``FETCH 1:* (FLAGS)`` of a big
+    folder build no MessageInfo list; every date is in the index already
+    (``fill_dates`` is a no-op).
+
+    The first SORT or SEARCH on header fields reads every message's header: through
+    ``read_headers``, a thousand bodies' header octets per query, and its cache entries
+    go back a few thousand per statement (``set_cached``), not one transaction each
+    (issue 19: 47 s for 20k messages, against Maildir's 5.6 s)."""
 
     def __init__(self, store: PostgresStore, folder_id: int, name: str, uid_validity: int,
                  special_use: str | None) -> None:
@@ -111,6 +123,8 @@ class PostgresFolder:
         self._lock = defer.DeferredLock()
         self._queued: list[defer.Deferred[None]] | None = None  # waiting for the next sync
         self._columns: Columns | None = None  # built on demand; dropped at any change
+        self._cache_writes: dict[tuple[bytes, str], str] = {}  # not yet written
+        self._cache_writing = False
 
     @property
     def highest_modseq(self) -> int:
@@ -366,8 +380,59 @@ class PostgresFolder:
         if uid not in self._infos or key == EMAIL_ID_KEY:
             return
         self._cache.setdefault(uid, {})[key] = value
-        d = self._store.db.run(sql.set_cached, self._hashes[uid], key, value)
-        d.addErrback(lambda f: log.failure("caching {key} failed", f, key=key))
+        self._cache_writes[(self._hashes[uid], key)] = value
+        self._write_cache()
+
+    def _write_cache(self) -> None:
+        """Write the values cached so far, one statement at a time: those cached while
+        one is written go together in the next (a SEARCH caches thousands at once)."""
+        if self._cache_writing or not self._cache_writes:
+            return
+        keys = sorted(self._cache_writes)[:CACHE_BATCH]
+        entries = [(digest, key, self._cache_writes.pop((digest, key))) for digest, key in keys]
+        self._cache_writing = True
+        d = self._store.db.run(sql.set_cached, entries)
+        d.addErrback(lambda f: log.failure("caching {n} values failed", f, n=len(entries)))
+
+        def next_batch(_: object) -> None:
+            self._cache_writing = False
+            self._write_cache()
+
+        d.addCallback(next_batch)
+
+    def read_headers(self, uids: Sequence[int],
+                     fn: Callable[[BinaryIO], _T]) -> defer.Deferred[list[tuple[int, _T]]]:
+        db = self._store.db
+        wanted = [(u, self._hashes[u], info.size) for u in uids
+                  if (info := self._infos.get(u)) is not None]
+        if not wanted:
+            return defer.succeed([])
+
+        def read() -> list[tuple[int, _T]]:
+            # In a database thread, outside any transaction: a header longer than the
+            # first chunk is read through the message's own file, whose reads take a
+            # connection each.
+            blocks: dict[bytes, bytes] = {}
+            hashes = sorted({digest for _, digest, _ in wanted})
+            for i in range(0, len(hashes), HEADER_QUERY):
+                blocks.update(db.transact(sql.header_blocks, hashes[i:i + HEADER_QUERY]))
+            out = []
+            for uid, digest, size in wanted:
+                block = blocks.get(digest, b"")
+                if size and not block:
+                    continue  # expunged and its body collected meanwhile
+                f: BinaryIO
+                if block.endswith(b"\r\n\r\n") or len(block) >= size:
+                    f = io.BytesIO(block)
+                else:
+                    f = open_body(db, digest, size)
+                try:
+                    out.append((uid, fn(f)))
+                finally:
+                    f.close()
+            return out
+
+        return db.hop(read)
 
 
 @implementer(IMailAccount, IQuotaRoot)
