@@ -22,12 +22,12 @@ from __future__ import annotations
 import re
 import signal
 import sys
+import threading
 from collections import OrderedDict
 from typing import IO, Any, cast
 
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import (
-    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
@@ -37,7 +37,9 @@ from twisted.logger import (
     formatTime,
     jsonFileLogObserver,
 )
+from twisted.python.compat import ioType
 from twisted.python.logfile import LogFile
+from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
 _twistd_options: Any = None
@@ -83,7 +85,7 @@ def json_observer() -> ILogObserver:
     """A twistd ``--logger`` factory: JSON lines on standard output."""
     global _output
     _output = sys.stdout
-    return quiet(jsonFileLogObserver(sys.stdout))
+    return quiet(TurnFlushedObserver(sys.stdout, jsonFileLogObserver(sys.stdout).formatEvent))
 
 
 def text_observer() -> ILogObserver:
@@ -92,7 +94,7 @@ def text_observer() -> ILogObserver:
     bounds."""
     global _output
     _output = _log_file(_twistd_options or {})
-    return quiet(FileLogObserver(_output, ClassicTextFormat()))
+    return quiet(TurnFlushedObserver(_output, ClassicTextFormat()))
 
 
 def log_output() -> IO[Any] | None:
@@ -170,6 +172,78 @@ class RepeatLimiter:
         entry[1] += 1
         if entry[1] <= self.burst:
             self.observer(event)
+
+
+@implementer(ILogObserver)
+class TurnFlushedObserver:
+    """``FileLogObserver`` that writes the lines of one reactor turn with one write.
+
+    Twisted's observer writes and flushes every line at once: a system call per event
+    on the reactor thread (twistd's log file is unbuffered, standard output is flushed),
+    which for one line per SMTP message was about 3 % of a busy listener's reactor time
+    (issue 18). Here a line logged on the running reactor's thread waits for the end of
+    the reactor turn (``callLater(0)``), and every line of that turn goes out in one
+    write; once the reactor stops (a shutdown trigger), or before it runs, lines are
+    written at once, after any still waiting. A worker thread's line is written at
+    once, so it may come before reactor lines of the same turn. A ``kill -9`` can
+    lose the lines of the turn it interrupts, no more.
+
+    The reactor's side takes no lock: twistd logs from its signal handlers ("Received
+    SIGTERM"), which run on the reactor thread between any two bytecodes, also in the
+    middle of a write here. So the waiting list is only appended to and swapped, never
+    cleared, and writes hold a reentrant lock (against worker threads).
+    """
+
+    def __init__(self, out: IO[Any], format_event: Any) -> None:
+        self._out = out
+        self._format = format_event
+        self._encode = ioType(out) is not str
+        self._write_lock = threading.RLock()
+        self._waiting: list[str] = []  # reactor thread only
+        self._scheduled = False  # a drain is due this turn (reactor thread only)
+        self._at_shutdown = False  # the shutdown trigger that drains is added
+        self._reactor: Any = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        text = self._format(event)
+        if not text:
+            return
+        if isInIOThread():  # type: ignore[no-untyped-call]
+            reactor = self._reactor
+            if reactor is None:  # the one installed by now: it runs on this thread
+                from twisted.internet import reactor as installed
+
+                reactor = self._reactor = installed
+            if reactor.running:
+                self._waiting.append(text)
+                if not self._scheduled:
+                    self._scheduled = True
+                    reactor.callLater(0, self._turn_ended)
+                    if not self._at_shutdown:
+                        self._at_shutdown = True
+                        reactor.addSystemEventTrigger("after", "shutdown", self.drain)
+                return
+            self.drain()  # what waits goes first
+        self._emit(text)
+
+    def _turn_ended(self) -> None:
+        self._scheduled = False
+        self.drain()
+
+    def drain(self) -> None:
+        """Write the lines waiting for the end of the reactor turn (reactor thread)."""
+        waiting = self._waiting
+        if not waiting:
+            return
+        # Swap, then join: a line a signal handler appends in between lands in one of
+        # the two lists, and neither is lost.
+        self._waiting = []
+        self._emit("".join(waiting))
+
+    def _emit(self, text: str) -> None:
+        with self._write_lock:
+            self._out.write(text.encode("utf-8") if self._encode else text)  # type: ignore[arg-type]
+            self._out.flush()
 
 
 class ClassicTextFormat:

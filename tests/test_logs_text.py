@@ -101,3 +101,73 @@ def test_log_file_rotation_is_bounded(tmp_path, monkeypatch):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["twistd.log", "twistd.log.1", "twistd.log.2", "twistd.log.3"]
     assert logs._log_file({"nodaemon": True}) is __import__("sys").stdout
+
+
+_TURN_SCRIPT = r'''
+import signal
+import threading
+from twisted.internet import reactor
+from mailhost.logs import TurnFlushedObserver
+
+class Out:
+    encoding = "utf-8"
+    def __init__(self):
+        self.writes = []
+        self.signal_in_write = False
+    def write(self, text):
+        self.writes.append(text)
+        if self.signal_in_write:  # a signal arriving mid-write (no deadlock)
+            self.signal_in_write = False
+            signal.raise_signal(signal.SIGUSR2)
+    def flush(self):
+        pass
+
+out = Out()
+log = TurnFlushedObserver(out, lambda event: event["text"] + "\n")
+log({"text": "before"})
+assert out.writes == ["before\n"], out.writes
+signal.signal(signal.SIGUSR2, lambda *_: log({"text": "signal"}))
+
+def turn():
+    log({"text": "a"})
+    log({"text": "b"})
+    assert out.writes == ["before\n"], out.writes
+    t = threading.Thread(target=log, args=({"text": "thread"},))
+    t.start()
+    t.join()
+    assert out.writes == ["before\n", "thread\n"], out.writes
+    signal.raise_signal(signal.SIGUSR2)  # its handler logs, as twistd's do
+    reactor.callLater(0.05, signalled)
+
+def signalled():
+    assert out.writes[-1] == "a\nb\nsignal\n", out.writes
+    out.signal_in_write = True
+    log({"text": "c"})
+    log({"text": "d"})
+    reactor.callLater(0.05, next_turn)
+
+def next_turn():
+    assert out.writes[-2:] == ["c\nd\n", "signal\n"], out.writes
+    log({"text": "last"})
+    reactor.stop()
+
+reactor.callWhenRunning(turn)
+reactor.run()
+assert out.writes[-1] == "last\n", out.writes
+log({"text": "after"})
+assert out.writes[-1] == "after\n", out.writes
+print("ok")
+'''
+
+
+def test_log_lines_of_one_reactor_turn_go_out_in_one_write():
+    """Issue 18: a write and flush per event cost the SMTP listener a system call per
+    message; the reactor's lines wait for the end of its turn, in order with a worker
+    thread's, and nothing waits once the reactor stops."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _TURN_SCRIPT], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"

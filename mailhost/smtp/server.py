@@ -150,6 +150,15 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._quick_ack: QuickAck | None = None
         # Every reply goes out through it (mailhost.tcp.DirectWriter); made at connect.
         self._writer: DirectWriter | None = None
+        self._writes = 0  # replies written so far (dataReceived: did one carry the ACK?)
+        self._our_ip: str | None = None  # _local_ip(transport), asked once (getsockname)
+
+    def _our_address(self) -> str:
+        """Our address on this connection, asked of the socket once (at connect, for
+        the checks) and reused at MAIL (a getsockname per message saved: issue 18)."""
+        if self._our_ip is None:
+            self._our_ip = _local_ip(self.transport)
+        return self._our_ip
 
     # -- timers -------------------------------------------------------------------
 
@@ -225,7 +234,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         if self.factory.checks:  # their lookups (rDNS, DNSBL) start now, unwaited
             self._client = self.factory.checks.connect(ClientContext(
                 self.session.client_ip, submission=self.factory.submission,
-                port=self.session.client_port, local_ip=_local_ip(self.transport),
+                port=self.session.client_port, local_ip=self._our_address(),
                 session=self._stage_session))
         send_at_once(self.transport)
         self._quick_ack = QuickAck(self.transport)
@@ -327,14 +336,18 @@ class SMTPServer(Protocol, TimeoutMixin):
         # the deadline is for the whole line, restarted when a line is complete.
         if self._reader is not None:
             self._charge_data(len(data))
+        writes = self._writes
         if self._reader is not None and not self._buffer:
             self._feed_data(data)
         else:
             self._buffer += data
         self._process()
-        if (self._reader is not None or self._buffer) and self._quick_ack is not None:
+        if ((self._reader is not None or self._buffer) and self._quick_ack is not None
+                and self._writes == writes):
             # Read, but no reply yet (a message body, half a line): a client with Nagle
-            # on holds its next write (the final dot) until we acknowledge.
+            # on holds its next write (the final dot) until we acknowledge. A reply
+            # written meanwhile (DATA's 354) carried the ACK already (issue 18: a
+            # setsockopt per message saved).
             self._quick_ack.now()
 
     def _start_data_budget(self) -> None:
@@ -446,6 +459,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._write(reply.to_bytes())
 
     def _write(self, data: bytes) -> None:
+        self._writes += 1
         if self._writer is None:  # not connected yet (nothing writes before connect)
             self.transport.write(data)
         else:
@@ -785,7 +799,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                 client_name=(self._client.name or "") if self._client is not None else "",
                 auth_mechanism=session.auth_mechanism if session.user else "",
                 session=self._stage_session,
-                local_ip=_local_ip(self.transport), mail_params=mail_params))
+                local_ip=self._our_address(), mail_params=mail_params))
         self._mailed = True
         self._cancel_pre_mail()
         return _MAIL_OK

@@ -17,11 +17,21 @@ from mailhost.smtp.params import Address, MailParams
 
 _counter = itertools.count(1)
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
+# os.getpid() is a system call each time; asked once per process (issue 18).
+_pid = os.getpid() & 0xFFF
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid() & 0xFFF
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def new_transaction_id() -> str:
     """A short, unique-enough id for logs, Received headers and the 250 reply."""
-    n = (int(time.time() * 1000) << 20) | (os.getpid() & 0xFFF) << 8 | (next(_counter) & 0xFF)
+    n = (int(time.time() * 1000) << 20) | _pid << 8 | (next(_counter) & 0xFF)
     out = []
     while n:
         n, r = divmod(n, len(_ALPHABET))

@@ -30,6 +30,17 @@ def _hostname() -> str:
 
 
 _HOST = _hostname()
+# os.getpid() is a system call each time, and a delivery names two files: asked once
+# per process (issue 18).
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def unique_base(size: int, crlf_on_disk: bool = True) -> str:
@@ -42,7 +53,7 @@ def unique_base(size: int, crlf_on_disk: bool = True) -> str:
     with _counter_lock:
         n = next(_counter)
     sizes = f",S={size},W={size}" if crlf_on_disk else f",W={size}"
-    return f"{int(now)}.M{int(now % 1 * 1_000_000)}P{os.getpid()}Q{n}.{_HOST}{sizes}"
+    return f"{int(now)}.M{int(now % 1 * 1_000_000)}P{_pid}Q{n}.{_HOST}{sizes}"
 
 
 def split_name(filename: str) -> tuple[str, str | None]:

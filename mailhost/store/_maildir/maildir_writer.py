@@ -144,8 +144,10 @@ class MaildirMessageWriter:
                 assert folder is not None  # a copy that wants a UID opens it
                 row = delivered_row(base, part, self.size, date)
                 by_folder.setdefault(id(folder), (folder, []))[1].append((ticket[0], row))
-            await defer.gatherResults([f.settle_uids(items) for f, items in by_folder.values()],
-                                      consumeErrors=True)
+            if by_folder:  # SMTP's copies want no UID: no DeferredList to wait on
+                await defer.gatherResults(
+                    [f.settle_uids(items) for f, items in by_folder.values()],
+                    consumeErrors=True)
         finally:
             for (folder, _, _, base, _), ticket in zip(plan, tickets, strict=True):
                 # A copy handed to the numbering batch stays expected until numbered.
