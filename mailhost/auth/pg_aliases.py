@@ -17,13 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
-from twisted.internet import threads
-from twisted.logger import Logger
 
 from mailhost.auth.passwd import normalize_address
-from mailhost.db.notify import NotifyListener
-
-log = Logger()
+from mailhost.db.table_mirror import TableMirror, opened
 
 CHANNEL = "mailhost_aliases"
 
@@ -43,13 +39,10 @@ class PostgresAliases:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._table = read_aliases(dsn)
-        self._listener: NotifyListener | None = None
-        self._reloading = False
-        self._again = False
+        self._mirror = TableMirror(dsn, read_aliases, CHANNEL, "aliases")
 
     def table(self) -> dict[str, list[str]]:
-        return self._table
+        return self._mirror.value
 
     # -- edits (the admin command) ----------------------------------------------------
 
@@ -61,8 +54,7 @@ class PostgresAliases:
                 for target in targets:
                     conn.execute("INSERT INTO aliases (name, target) VALUES (%s, %s)"
                                  " ON CONFLICT DO NOTHING", (name, normalize_address(target)))
-        self._table = read_aliases(self.dsn)
-        return self._table.get(name, [])
+        return self._mirror.reload_now().get(name, [])
 
     def remove(self, name: str, targets: Iterable[str] | None = None) -> list[str]:
         """Remove ``targets`` from ``name`` (None: the whole alias); its targets now."""
@@ -74,8 +66,7 @@ class PostgresAliases:
                 else:
                     conn.execute("DELETE FROM aliases WHERE name = %s AND target = ANY(%s)",
                                  (name, [normalize_address(t) for t in targets]))
-        self._table = read_aliases(self.dsn)
-        return self._table.get(name, [])
+        return self._mirror.reload_now().get(name, [])
 
     def replace(self, table: dict[str, list[str]]) -> None:
         """Make the table hold exactly ``table`` (``mailhost alias import``), in one
@@ -88,53 +79,17 @@ class PostgresAliases:
                     for target in dict.fromkeys(targets):
                         conn.execute("INSERT INTO aliases (name, target) VALUES (%s, %s)",
                                      (name, target))
-        self._table = read_aliases(self.dsn)
+        self._mirror.reload_now()
 
     # -- hearing of changes -----------------------------------------------------------
 
-    def _changed(self, payload: str | None) -> None:
-        """A change (or, with None, a lost LISTEN connection): read the table again, in
-        a thread, one read at a time."""
-        if self._reloading:
-            self._again = True
-            return
-        self._reloading = True
-        self._again = False
-        d = threads.deferToThread(read_aliases, self.dsn)
-
-        def loaded(table: dict[str, list[str]]) -> None:
-            self._table = table
-
-        def done(_: Any) -> None:
-            self._reloading = False
-            if self._again:
-                self._changed(None)
-
-        d.addCallback(loaded)
-        d.addErrback(lambda f: log.warn("reading the aliases table failed: {e}",
-                                        e=f.getErrorMessage(), event="pg_aliases_reload"))
-        d.addBoth(done)
-
     def start_listening(self, reactor: Any) -> None:
-        if self._listener is None:
-            self._listener = NotifyListener(self.dsn, self._changed, reactor, channel=CHANNEL)
-            self._listener.start()
+        self._mirror.start_listening(reactor)
 
     def stop_listening(self) -> None:
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
+        self._mirror.stop_listening()
 
 
 def make_aliases(dsn: str) -> PostgresAliases:
     """The aliases of ``dsn``; ConfigError (one line) if the table cannot be read."""
-    from mailhost.config import ConfigError
-
-    try:
-        return PostgresAliases(dsn)
-    except psycopg.errors.UndefinedTable:
-        raise ConfigError("auth.dsn: the database has no aliases table; run "
-                          "'mailhost db upgrade'") from None
-    except psycopg.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"auth.dsn: cannot read the aliases table: {first}") from None
+    return opened(PostgresAliases, dsn, "aliases")

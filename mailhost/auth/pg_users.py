@@ -17,11 +17,10 @@ import json
 from typing import Any
 
 import psycopg
-from twisted.internet import threads
 from twisted.logger import Logger
 
 from mailhost.auth.passwd import PasswdEntry, PasswdError, PasswdFile
-from mailhost.db.notify import NotifyListener
+from mailhost.db.table_mirror import TableMirror, opened
 
 log = Logger()
 
@@ -52,13 +51,10 @@ class PostgresUsers(PasswdFile):
     def __init__(self, dsn: str) -> None:
         super().__init__("postgresql users table")
         self.dsn = dsn
-        self._entries = read_users(dsn)
-        self._listener: NotifyListener | None = None
-        self._reloading = False
-        self._again = False
+        self._mirror = TableMirror(dsn, read_users, CHANNEL, "users")
 
     def entries(self) -> dict[str, PasswdEntry]:
-        return self._entries
+        return self._mirror.value
 
     def save(self, entries: dict[str, PasswdEntry]) -> None:
         """Make the table hold exactly ``entries`` (one transaction; PasswdError, with
@@ -78,56 +74,20 @@ class PostgresUsers(PasswdFile):
                         " WHERE (users.password_hash, users.extra)"
                         " IS DISTINCT FROM (EXCLUDED.password_hash, EXCLUDED.extra)",
                         (user, entry.password_hash, json.dumps(entry.extra)))
-        self._entries = read_users(self.dsn)
+        self._mirror.reload_now()
 
     # -- hearing of changes -----------------------------------------------------------
 
-    def _changed(self, payload: str | None) -> None:
-        """A change (or, with None, a lost LISTEN connection): read the table again, in
-        a thread, one read at a time."""
-        if self._reloading:
-            self._again = True
-            return
-        self._reloading = True
-        self._again = False
-        d = threads.deferToThread(read_users, self.dsn)
-
-        def loaded(entries: dict[str, PasswdEntry]) -> None:
-            self._entries = entries
-
-        def done(_: Any) -> None:
-            self._reloading = False
-            if self._again:
-                self._changed(None)
-
-        d.addCallback(loaded)
-        d.addErrback(lambda f: log.failure("reading the users table failed", f,
-                                           event="pg_users_reload"))
-        d.addBoth(done)
-
     def start_listening(self, reactor: Any) -> None:
-        if self._listener is None:
-            self._listener = NotifyListener(self.dsn, self._changed, reactor, channel=CHANNEL)
-            self._listener.start()
+        self._mirror.start_listening(reactor)
 
     def stop_listening(self) -> None:
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
+        self._mirror.stop_listening()
 
 
 def make_users(dsn: str) -> PostgresUsers:
     """The users of ``dsn``; ConfigError (one line) if the database cannot be read."""
-    from mailhost.config import ConfigError
-
-    try:
-        return PostgresUsers(dsn)
-    except psycopg.errors.UndefinedTable:
-        raise ConfigError("auth.dsn: the database has no users table; run "
-                          "'mailhost db upgrade'") from None
-    except psycopg.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"auth.dsn: cannot read the users table: {first}") from None
+    return opened(PostgresUsers, dsn, "users")
 
 
 def open_passwd(config: Any) -> PasswdFile:
