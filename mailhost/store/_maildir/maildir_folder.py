@@ -39,6 +39,7 @@ from mailhost.message.crlf import CRLFReader
 from mailhost.store import objectid
 from mailhost.store._maildir import maildir_cache, maildir_modseq, maildirsize
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
+from mailhost.store._maildir.lock_passes import LockPasses
 from mailhost.store._maildir.maildir_index import (
     UNKNOWN_DATE,
     FolderIndex,
@@ -116,6 +117,9 @@ FlagRequest = tuple[list[int], frozenset[str], str, "defer.Deferred[list[Message
 #: for every \Deleted message; the caller).
 ExpungeRequest = tuple["set[int] | None", "defer.Deferred[list[int]]"]
 
+#: One ``claim_recent`` whose renames wait for their pass: (UIDs, caller).
+ClaimRequest = tuple[list[int], "defer.Deferred[set[int]]"]
+
 
 def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
     """The Row of a copy a writer just linked into new/ (stored CRLF: no wrap)."""
@@ -166,12 +170,13 @@ class MaildirFolder:
         self._disk_call: IDelayedCall | None = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
         self._leaving: set[tuple[str, str]] = set()  # names our rename/unlink in flight drops
-        #: Flag changes that wait for the lock, to run as one pass (see set_flags).
-        self._flag_batch: list[FlagRequest] | None = None
-        #: Expunges that wait for the lock, to run as one pass (see expunge).
-        self._expunge_batch: list[ExpungeRequest] | None = None
-        #: \Recent claims whose renames wait for the lock (see claim_recent).
-        self._claim_batch: list[tuple[list[int], defer.Deferred[set[int]]]] | None = None
+        #: Flag changes, expunges and \Recent claims that wait for the lock, each kind
+        #: to run as one pass (see set_flags, expunge, claim_recent).
+        self._flag_passes: LockPasses[FlagRequest] = LockPasses(self._run, self._set_flags)
+        self._expunge_passes: LockPasses[ExpungeRequest] = LockPasses(self._run,
+                                                                      self._expunge)
+        self._claim_passes: LockPasses[ClaimRequest] = LockPasses(
+            self._run, self._claim_recent, self._claims_failed)
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
         self._numbering = False  # a batch is scheduled or running
         self._number_call: IDelayedCall | None = None  # the scheduled start of the next batch
@@ -885,26 +890,10 @@ class MaildirFolder:
         except StoreError:
             return defer.fail()
         d: defer.Deferred[list[MessageInfo]] = defer.Deferred()
-        request = (sorted(set(uids)), wanted, mode, d)
-        batch = self._flag_batch
-        if batch is not None:
-            batch.append(request)  # not started yet: it takes this one too
-            return d
-        batch = self._flag_batch = [request]
-
-        def failed(f: Failure, batch: list[FlagRequest] = batch) -> None:
-            if self._flag_batch is batch:  # it never ran (folder gone)
-                self._flag_batch = None
-            for *_, waiter in batch:
-                if not waiter.called:
-                    waiter.errback(f)
-
-        self._run(self._set_flags, batch).addErrback(failed)
+        self._flag_passes.join((sorted(set(uids)), wanted, mode, d))
         return d
 
     async def _set_flags(self, batch: list[FlagRequest]) -> None:
-        if self._flag_batch is batch:
-            self._flag_batch = None  # running: a later change starts a pass of its own
         if self._index.unknown_dates:
             # The results carry dates: no stat each here.
             await self._read_dates(sorted({u for uids, *_ in batch for u in uids}))
@@ -1018,26 +1007,10 @@ class MaildirFolder:
         thread hop (issue 16, as ``set_flags``); a UID goes to the first of them, in
         the order asked, whose selection has it."""
         d: defer.Deferred[list[int]] = defer.Deferred()
-        request = (None if uids is None else set(uids), d)
-        batch = self._expunge_batch
-        if batch is not None:
-            batch.append(request)  # not started yet: it takes this one too
-            return d
-        batch = self._expunge_batch = [request]
-
-        def failed(f: Failure, batch: list[ExpungeRequest] = batch) -> None:
-            if self._expunge_batch is batch:  # it never ran (folder gone)
-                self._expunge_batch = None
-            for _, waiter in batch:
-                if not waiter.called:
-                    waiter.errback(f)
-
-        self._run(self._expunge, batch).addErrback(failed)
+        self._expunge_passes.join((None if uids is None else set(uids), d))
         return d
 
     async def _expunge(self, batch: list[ExpungeRequest]) -> None:
-        if self._expunge_batch is batch:
-            self._expunge_batch = None  # running: a later one starts a pass of its own
         among: set[int] | None = set()
         for uids, _ in batch:
             among = None if uids is None or among is None else among | uids
@@ -1205,30 +1178,18 @@ class MaildirFolder:
             return defer.succeed(set())
         index.claimed.update(fresh)
         d: defer.Deferred[set[int]] = defer.Deferred()
-        batch = self._claim_batch
-        if batch is not None:
-            batch.append((fresh, d))  # renames not started yet: they take these too
-        else:
-            batch = self._claim_batch = [(fresh, d)]
-
-            def failed(f: Failure, batch: list[tuple[list[int], defer.Deferred[set[int]]]]
-                       = batch) -> None:
-                if self._claim_batch is batch:  # it never ran (folder gone)
-                    self._claim_batch = None
-                for uids, waiter in batch:
-                    index.claimed.difference_update(uids)
-                    if f.check(NoSuchFolder):
-                        waiter.callback(set())  # nothing left to claim
-                    else:
-                        waiter.errback(f)
-
-            self._run(self._claim_recent, batch).addErrback(failed)
+        self._claim_passes.join((fresh, d))
         return d
 
-    async def _claim_recent(self,
-                            batch: list[tuple[list[int], defer.Deferred[set[int]]]]) -> None:
-        if self._claim_batch is batch:
-            self._claim_batch = None  # running: a later claim starts a pass of its own
+    def _claims_failed(self, batch: list[ClaimRequest], f: Failure) -> None:
+        for uids, waiter in batch:
+            self._index.claimed.difference_update(uids)
+            if f.check(NoSuchFolder):
+                waiter.callback(set())  # nothing left to claim
+            else:
+                waiter.errback(f)
+
+    async def _claim_recent(self, batch: list[ClaimRequest]) -> None:
         index = self._index
         wanted = sorted({uid for uids, _ in batch for uid in uids})
         renames: list[tuple[str, str]] = []
