@@ -13,8 +13,9 @@ its mod-sequence (sql.py), nothing is ever skipped.
 Quota usage is each account row's running count, kept by triggers on ``messages``
 (schema 5), so every node's every write counts in its own transaction.
 
-Not yet here (issue 19): the recent state is per database rather than per node, and a rename seen
-from another node renames its live folder only when that folder next syncs.
+The \\Recent flag: a claim takes effect on this node at once and in the database by one UPDATE;
+sessions on two nodes that claim in the same instant can both see a message as recent.
+A rename seen from another node renames its live folder only when that folder next syncs.
 """
 
 from __future__ import annotations
