@@ -412,3 +412,69 @@ async def test_cached_values_are_written_in_batches(store_pg):
         assert there.get_cached(300, "k") == "v300"
     finally:
         await other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_stores_expunges_and_appends_share_transactions(store_pg):
+    """Regression (bench/imap_load.py --postgresql: ten sessions' STOREs and EXPUNGEs on
+    one folder took one transaction each, and each waited for the one before's folder
+    lock and WAL flush: 12.6 ms mean in ``SELECT … FOR UPDATE``): writes asked while one
+    commits go in one transaction with one folder lock, in the order they were asked
+    (an EXPUNGE asked after a STORE of \\Deleted removes that message), each STORE or
+    EXPUNGE that changes something with its own mod-sequence (RFC 7162 section 3.1),
+    one that changes nothing with none."""
+    from mailhost.store.postgresql import writes
+
+    store, dsn = store_pg
+    for i in range(15):
+        await deliver(store, MSG + b"%d" % i)
+    inbox = await (await store.open_account(A)).open_folder("INBOX")
+    with psycopg.connect(dsn) as conn:
+        modseq0 = int(conn.execute("SELECT highest_modseq FROM folders WHERE id = %s",
+                                   (inbox.id,)).fetchone()[0])
+    batches, locks = [], []
+    real_run, real_lock = store.db.run, writes.lock_folders
+
+    def counting(fn, *args):
+        if fn is writes.write_batch:
+            batches.append(len(args[0]))
+        return real_run(fn, *args)
+
+    def locking(conn, ids):
+        locks.append(sorted(ids))
+        return real_lock(conn, ids)
+
+    store.db.run, writes.lock_folders = counting, locking
+    try:
+        asked = []
+        for uid in range(1, 11):
+            asked.append(inbox.set_flags([uid], ["\\Deleted"], "add"))
+            asked.append(inbox.expunge([uid]))
+        flagged = [inbox.set_flags([uid], ["\\Flagged"], "add") for uid in range(11, 16)]
+        again = inbox.set_flags([11], ["\\Flagged"], "add")  # changes nothing
+        appended = [defer.Deferred.fromCoroutine(deliver(store, MSG + b"new %d" % i))
+                    for i in range(5)]
+        results = await defer.gatherResults(asked + flagged + [again] + appended)
+    finally:
+        store.db.run, writes.lock_folders = real_run, real_lock
+    # 31 writes: the first batch starts alone, the rest wait and go together.
+    assert sum(batches) == 31 and len(batches) <= 3, batches
+    assert len(locks) == len(batches) and all(ids == [inbox.id] for ids in locks), locks
+    assert [results[i] for i in range(1, 20, 2)] == [[uid] for uid in range(1, 11)]
+    assert sorted(r[0] for r in results[-5:]) == list(range(16, 21))
+    assert [i.uid for i in inbox.messages()] == list(range(11, 21))
+    store_modseqs = [r[0].modseq for r in results[20:25]]
+    assert [r[0].flags for r in results[20:25]] == [frozenset({"\\Flagged"})] * 5
+    with psycopg.connect(dsn) as conn:
+        gone = dict(conn.execute("SELECT uid, modseq FROM expunged WHERE folder_id = %s",
+                                 (inbox.id,)).fetchall())
+        modseq1 = int(conn.execute("SELECT highest_modseq FROM folders WHERE id = %s",
+                                   (inbox.id,)).fetchone()[0])
+    assert sorted(gone) == list(range(1, 11))
+    # Each change its own mod-sequence, in the order asked (STORE of 1, EXPUNGE of 1,
+    # STORE of 2, ...; then the five \Flagged), whatever the batches; the no-op none;
+    # the appends one per batch they went in.
+    assert [gone[uid] for uid in range(1, 11)] == [modseq0 + 2 * k for k in range(1, 11)]
+    assert store_modseqs == [modseq0 + 20 + k for k in range(1, 6)]
+    assert 25 < modseq1 - modseq0 <= 25 + len(batches), (modseq0, modseq1)
+    assert inbox.highest_modseq == modseq1

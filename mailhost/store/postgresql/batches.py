@@ -33,11 +33,12 @@ MAX_BATCH = 64
 
 class GroupCommit(Generic[_Item, _Result]):
     """Runs ``commit(items)`` (a Deferred of one result or exception per item, in
-    order) for batches of submitted items, one batch at a time, then ``after(results)``
-    before any item's Deferred fires (the store syncs the folders it wrote there)."""
+    order) for batches of submitted items, one batch at a time, then ``after(done)``
+    with the (item, result) pairs that succeeded before any item's Deferred fires (the
+    store syncs the folders it wrote there)."""
 
     def __init__(self, commit: Callable[[list[_Item]], defer.Deferred[Sequence[_Result | Exception]]],
-                 after: Callable[[list[_Result]], defer.Deferred[object]]) -> None:
+                 after: Callable[[list[tuple[_Item, _Result]]], defer.Deferred[object]]) -> None:
         self._commit = commit
         self._after = after
         self._waiting: list[tuple[_Item, defer.Deferred[_Result]]] = []
@@ -61,7 +62,8 @@ class GroupCommit(Generic[_Item, _Result]):
 
     def _settle(self, results: Sequence[_Result | Exception],
                 batch: list[tuple[_Item, defer.Deferred[_Result]]]) -> defer.Deferred[None]:
-        done = [r for r in results if not isinstance(r, Exception)]
+        done = [(item, r) for (item, _), r in zip(batch, results, strict=True)
+                if not isinstance(r, Exception)]
         d = self._after(done)
 
         def fire(_: object) -> None:

@@ -59,10 +59,11 @@ from mailhost.store.listeners import AccountListenerSet, ListenerSet
 from mailhost.store.modseq import ModSeqs
 from mailhost.store.names import INBOX, canonical_folder, is_inferior, split_user
 from mailhost.store.objectid import EMAIL_ID_KEY
-from mailhost.store.postgresql import sql
+from mailhost.store.postgresql import sql, writes
 from mailhost.store.postgresql.batches import GroupCommit
 from mailhost.store.postgresql.bodies import PostgresMessageWriter, open_body
 from mailhost.store.postgresql.sql import FolderMeta, MessageRow
+from mailhost.store.postgresql.writes import Expunge, SetFlags
 from mailhost.store.quota import IQuotaRoot, IQuotaStore, QuotaLimits, QuotaUsage
 from mailhost.store.reader import INLINE_READ, range_length, reader_for
 
@@ -229,12 +230,6 @@ class PostgresFolder:
             self._listeners.expunged(self, uids)
         self._store._forget(self)
 
-    def _write(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
-        """Run a write, then sync, then fire with the write's result."""
-        d = self._store.db.run(fn, *args)
-        d.addCallback(lambda result: self.sync().addCallback(lambda _: result))
-        return d
-
     # -- IFolder ----------------------------------------------------------------------
 
     def messages(self) -> list[MessageInfo]:
@@ -302,12 +297,13 @@ class PostgresFolder:
             return defer.fail(StoreError(f"unknown flag mode {mode!r}"))
         wanted = normalize_flags(flags)
         asked = sorted({u for u in uids if u in self._infos})
-        d = self._write(sql.set_flags, self.id, asked, wanted, mode)
+        d = self._store._submit(SetFlags(self.id, asked, wanted, mode))
         return d.addCallback(
             lambda _: [i for i in (self._infos.get(u) for u in asked) if i is not None])
 
     def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
-        return self._write(sql.expunge, self.id, None if uids is None else sorted(set(uids)))
+        d = self._store._submit(Expunge(self.id, None if uids is None else sorted(set(uids))))
+        return d  # type: ignore[return-value]
 
     def _copy(self, uids: Iterable[int], dest: IFolder,
               move: bool) -> defer.Deferred[list[tuple[int, int]]]:
@@ -522,7 +518,7 @@ class PostgresStore:
         self._account_listeners = AccountListenerSet()
         self._started: defer.Deferred[None] | None = None
         self._quota_limits: QuotaLimits = lambda user: 0
-        self._deliveries: GroupCommit[sql.Delivery, list[tuple[int, int]]] = GroupCommit(
+        self._writes: GroupCommit[writes.Op, writes.Result] = GroupCommit(
             self._commit_batch, self._after_batch)
 
     # -- life ---------------------------------------------------------------------------
@@ -662,29 +658,34 @@ class PostgresStore:
         except StoreError:
             return defer.fail()
 
-        def done(placed: list[tuple[int, int]]) -> list[int | None]:
+        def done(placed: Any) -> list[int | None]:  # a delivery's [(folder id, uid)]
             for user in sorted({t.user for t in targets}):
                 self._tell_opened(user)
             return [uid for _, uid in placed]
 
-        return self._ready(lambda: self._deliveries.submit((spool, digest, size, plan))
+        return self._ready(lambda: self._submit((spool, digest, size, plan))
                            .addCallback(done))
 
-    def _commit_batch(self, batch: list[sql.Delivery],
-                      ) -> defer.Deferred[Sequence[list[tuple[int, int]] | Exception]]:
-        return self.db.run(sql.deliver_batch, batch)
+    def _submit(self, op: writes.Op) -> defer.Deferred[writes.Result]:
+        """A delivery, flag change or expunge, in the next batch (``writes``)."""
+        return self._writes.submit(op)
 
-    def _after_batch(self, placed: list[list[tuple[int, int]]]) -> defer.Deferred[object]:
-        """Sync each live folder a batch wrote to, once, before its deliveries' Deferreds
-        fire (the caller, IDLE and other sessions see the new messages at once)."""
-        folders = sorted({fid for each in placed for fid, _ in each if fid in self._live})
+    def _commit_batch(self, batch: list[writes.Op],
+                      ) -> defer.Deferred[Sequence[writes.Result | Exception]]:
+        return self.db.run(writes.write_batch, batch)
+
+    def _after_batch(self, done: list[tuple[writes.Op, writes.Result]]) -> defer.Deferred[object]:
+        """Sync each live folder a batch wrote to, once, before its writes' Deferreds
+        fire (the caller, IDLE and other sessions see the change at once)."""
+        folders = sorted({fid for op, result in done for fid in writes.folders_of(op, result)
+                          if fid in self._live})
         syncs = [self._live[fid].sync() for fid in folders]
         d: defer.Deferred[Any] = defer.gatherResults(syncs, consumeErrors=True)
         # Committed: the deliveries succeeded whatever the refresh of an open folder
         # does next (a database gone just after the commit must not turn a stored
         # message into a 451, which the sender would retry into a second copy; the
         # folder catches up on its next sync, as after a lost notification).
-        d.addErrback(_warn_refresh, "delivery")
+        d.addErrback(_warn_refresh, "write")
         return d
 
     # -- IAccountListing ----------------------------------------------------------------
