@@ -39,6 +39,7 @@ in spite of our id ordering, say) are retried a bounded number of times.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
@@ -137,11 +138,28 @@ class Database:
     def transact(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(conn, *args)`` in one transaction, here, blocking: for code already in a
         thread (a message body read by a reader's thread)."""
+        return self._attempt(False, fn, args)
+
+    def statement(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(conn, *args)`` for an ``fn`` that runs one statement (a read: a folder's
+        sync, a body chunk), which is its own transaction: no BEGIN and COMMIT around
+        it, two round trips fewer (about a third of such a read's CPU in the node)."""
+        return self._attempt(True, fn, args)
+
+    def _attempt(self, single: bool, fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
         for attempt in range(RETRIES):
             try:
                 with self._pool.connection() as conn:
-                    with conn.transaction():
-                        result = fn(conn, *args)
+                    if single:
+                        conn.autocommit = True
+                        try:
+                            result = fn(conn, *args)
+                        finally:
+                            with contextlib.suppress(psycopg.Error):
+                                conn.autocommit = False
+                    else:
+                        with conn.transaction():
+                            result = fn(conn, *args)
                     self._last_used[conn] = time.monotonic()
                     return result
             except (errors.DeadlockDetected, errors.SerializationFailure):
@@ -157,6 +175,11 @@ class Database:
         """``transact(fn, *args)`` in a database thread: the reactor never waits."""
         return threads.deferToThreadPool(self._reactor, self._threads,  # type: ignore[arg-type]
                                          self.transact, fn, *args)
+
+    def run_statement(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
+        """``statement(fn, *args)`` in a database thread."""
+        return threads.deferToThreadPool(self._reactor, self._threads,  # type: ignore[arg-type]
+                                         self.statement, fn, *args)
 
     def hop(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
         """``fn(*args)`` in a database thread, no transaction (a message reader's thread

@@ -241,14 +241,14 @@ async def test_syncs_asked_while_one_waits_share_it(store_pg):
     await deliver(store)
     inbox = await (await store.open_account(A)).open_folder("INBOX")
     runs = []
-    real = store.db.run
+    real = store.db.run_statement
 
     def counting(fn, *args):
         if fn is sql.sync:
             runs.append(args)
         return real(fn, *args)
 
-    store.db.run = counting
+    store.db.run_statement = counting
     try:
         await defer.gatherResults([inbox.sync() for _ in range(10)])
         # The one that started at once and one for the other nine (or one for all ten,
@@ -256,7 +256,7 @@ async def test_syncs_asked_while_one_waits_share_it(store_pg):
         assert 1 <= len(runs) <= 2, runs
         await deliver(store, MSG + b"again")
     finally:
-        store.db.run = real
+        store.db.run_statement = real
     assert [i.uid for i in inbox.messages()] == [1, 2]
 
 
@@ -317,17 +317,24 @@ async def test_a_committed_copy_whose_refresh_fails_is_still_answered(store_pg):
 
 
 def _counting_transactions(store):
-    """Count the store's transactions (``Database.transact``: every ``run`` and every
-    body chunk a message file reads) until the returned callable restores it."""
+    """Count the store's transactions (``Database.transact`` and ``statement``: every
+    ``run`` and every body chunk a message file reads) until the returned callable
+    restores them."""
     calls = []
-    real = store.db.transact
+    real = store.db.transact, store.db.statement
 
-    def counting(fn, *args):
-        calls.append(getattr(fn, "__name__", repr(fn)))
-        return real(fn, *args)
+    def counting(real_fn):
+        def count(fn, *args):
+            calls.append(getattr(fn, "__name__", repr(fn)))
+            return real_fn(fn, *args)
+        return count
 
-    store.db.transact = counting
-    return calls, lambda: setattr(store.db, "transact", real)
+    store.db.transact, store.db.statement = counting(real[0]), counting(real[1])
+
+    def restore():
+        store.db.transact, store.db.statement = real
+
+    return calls, restore
 
 
 @pytest_twisted.ensureDeferred
@@ -478,3 +485,57 @@ async def test_concurrent_stores_expunges_and_appends_share_transactions(store_p
     assert store_modseqs == [modseq0 + 20 + k for k in range(1, 6)]
     assert 25 < modseq1 - modseq0 <= 25 + len(batches), (modseq0, modseq1)
     assert inbox.highest_modseq == modseq1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_open_folder_is_found_by_name_and_appended_to_without_a_lookup(two_nodes):
+    """Every APPEND opened its folder (a lookup by name and a sync) before its write
+    and its sync after (bench/imap_load.py --postgresql): a folder open on the node is
+    now found by name without the lookup, and APPEND goes straight into the write
+    batch. Renamed on another node and made again there under the same name, the
+    name leads to the new folder, and APPENDUID carries its UIDVALIDITY."""
+    a, b = two_nodes
+    alice = await a.open_account(A)
+    await alice.create_folder("Work")
+    work = await alice.open_folder("Work")
+    lookups = []
+    real = a.db.run_statement
+
+    def counting(fn, *args):
+        lookups.append(fn.__name__)
+        return real(fn, *args)
+
+    a.db.run_statement = counting
+    try:
+        assert await alice.open_folder("Work") is work
+        w = a.new_message()
+        w.write(MSG)
+        assert await alice.append("Work", w, ["\\Seen"]) == (work.uid_validity, 1)
+    finally:
+        a.db.run_statement = real
+    # Syncs only: the open's, the write's (and one for the write's own NOTIFY).
+    assert set(lookups) == {"sync"}, lookups
+    assert [(i.uid, i.flags) for i in work.messages()] == [(1, frozenset({"\\Seen"}))]
+
+    bob_side = await b.open_account(A)
+    work.sync = lambda: defer.succeed(None)  # node A has not heard of what follows yet
+    try:
+        await bob_side.rename_folder("Work", "Play")
+        await bob_side.create_folder("Work")
+        again = await bob_side.open_folder("Work")
+        w = a.new_message()
+        w.write(MSG + b"2")
+        assert work.name == "Work"
+        assert await alice.append("Work", w) == (again.uid_validity, 1)
+    finally:
+        del work.sync
+    assert again.uid_validity != work.uid_validity
+    opened = await alice.open_folder("Work")
+    assert opened is not work and opened.uid_validity == again.uid_validity
+    assert [i.uid for i in opened.messages()] == [1]
+    await work.sync()
+    assert work.name == "Play" and [i.uid for i in work.messages()] == [1]
+    with pytest.raises(Exception, match="Nowhere"):
+        w = a.new_message()
+        w.write(MSG)
+        await alice.append("Nowhere", w)

@@ -113,12 +113,18 @@ class PostgresMessageWriter:
         self.size += len(out)
 
     def commit(self, targets: Sequence[DeliveryTarget]) -> defer.Deferred[list[int | None]]:
+        d = self.commit_placed(targets)
+        return d.addCallback(lambda placed: [uid for _, uid in placed])
+
+    def commit_placed(self, targets: Sequence[DeliveryTarget],
+                      ) -> defer.Deferred[list[tuple[int, int]]]:
+        """``commit``, answering [(folder id, uid)] (PostgresAccount.append's APPENDUID)."""
         if self._done:
             return defer.fail(StoreError("commit after commit/abort"))
         self._done = True
         spool, self._spool = self._spool, None
         assert spool is not None
-        d = self._store._deliver(spool, self._hash.digest(), self.size, list(targets))
+        d = self._store._deliver_placed(spool, self._hash.digest(), self.size, list(targets))
 
         def close(result: object) -> object:
             spool.close()
@@ -169,7 +175,7 @@ class BodyFile(io.RawIOBase):
                                (self._hash, seq), binary=True).fetchone()
             return bytes(row[0]) if row else b""
 
-        return self._db.transact(run)
+        return self._db.statement(run)
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         buf = memoryview(buffer).cast("B")

@@ -75,6 +75,12 @@ def find_folder(conn: Conn, account_id: int, name: str) -> tuple[int, int, str |
     return None if row is None else (int(row[0]), int(row[1]), row[2])
 
 
+def uid_validity(conn: Conn, folder_id: int) -> int | None:
+    """The folder's UIDVALIDITY, or None if it is gone."""
+    row = conn.execute("SELECT uid_validity FROM folders WHERE id = %s", (folder_id,)).fetchone()
+    return None if row is None else int(row[0])
+
+
 def lock_folders(conn: Conn, folder_ids: Iterable[int]) -> set[int]:
     """Lock these folders' rows, in id order; the ids that still exist."""
     ids = sorted(set(folder_ids))
