@@ -22,6 +22,15 @@ different connections still get different mod-sequences); the batch's deliveries
 a folder come after them, with one more, shared. A STORE or EXPUNGE that changes
 nothing costs no mod-sequence, as before. A folder deleted meanwhile: its STOREs do
 nothing, its EXPUNGEs remove nothing, its deliveries fail with NoSuchFolder alone.
+
+Durability: every batch waits for its WAL flush, flag changes and expunges too.
+Dovecot's ``mail_fsync = optimized`` does not fsync those, and ``SET LOCAL
+synchronous_commit = off`` would do the same here, but it is weaker than Dovecot's:
+an asynchronous commit is lost when the database server crashes, not only when the
+machine does, and with it the mod-sequences it took, which the next writes then hand
+out again. A client (CONDSTORE/QRESYNC) or a node (``sync(since)``) that had seen the
+lost one would then skip the new changes that reuse it. Batching already shares one
+flush among everything waiting.
 """
 
 from __future__ import annotations
