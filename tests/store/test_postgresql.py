@@ -539,3 +539,41 @@ async def test_an_open_folder_is_found_by_name_and_appended_to_without_a_lookup(
         w = a.new_message()
         w.write(MSG)
         await alice.append("Nowhere", w)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_just_written_or_read_is_read_again_without_a_query(store_pg):
+    """Regression (bench/imap_load.py --postgresql: 0.3 body queries per command, as a
+    client FETCHes the header and ENVELOPE of what was just appended, and those read
+    the same chunk twice): a small body's chunk is kept from its write and its first
+    read (ChunkCache, bounded), so reading it again runs no query; a body not kept
+    is read once, then kept."""
+    from mailhost.store.postgresql.bodies import CACHE_ITEM
+    from tests.store.test_contract import read_all
+
+    store, _dsn = store_pg
+    await deliver(store)
+    big = MSG + b"x" * CACHE_ITEM  # too big to keep
+    await deliver(store, big)
+    inbox = await (await store.open_account(A)).open_folder("INBOX")
+    other = PostgresStore(_dsn, pool_size=2)  # a node that wrote neither
+    await other.start()
+    try:
+        there = await (await other.open_account(A)).open_folder("INBOX")
+        calls, restore = _counting_transactions(store)
+        theirs, restore_theirs = _counting_transactions(other)
+        try:
+            assert await read_all(inbox, 1) == MSG
+            reader = await inbox.read_message(1, 5, 10)
+            assert await reader.read() == MSG[5:15]
+            reader.close()
+            for _ in range(2):
+                assert await read_all(there, 1) == MSG
+            assert await read_all(inbox, 2) == big
+        finally:
+            restore()
+            restore_theirs()
+    finally:
+        await other.close()
+    assert calls == ["run"], calls  # only the big one's chunk
+    assert theirs == ["run"], theirs  # read once, then kept

@@ -61,7 +61,7 @@ from mailhost.store.names import INBOX, canonical_folder, is_inferior, split_use
 from mailhost.store.objectid import EMAIL_ID_KEY
 from mailhost.store.postgresql import sql, writes
 from mailhost.store.postgresql.batches import GroupCommit
-from mailhost.store.postgresql.bodies import PostgresMessageWriter, open_body
+from mailhost.store.postgresql.bodies import ChunkCache, PostgresMessageWriter, open_body
 from mailhost.store.postgresql.sql import FolderMeta, MessageRow
 from mailhost.store.postgresql.writes import Expunge, SetFlags
 from mailhost.store.quota import IQuotaRoot, IQuotaStore, QuotaLimits, QuotaUsage
@@ -267,7 +267,8 @@ class PostgresFolder:
         info = self._infos.get(uid)
         if info is None:
             return defer.fail(NoSuchMessage(uid))
-        return defer.succeed(open_body(self._store.db, self._hashes[uid], info.size))
+        return defer.succeed(open_body(self._store.db, self._hashes[uid], info.size,
+                                       self._store.chunks))
 
     def read_message(self, uid: int, offset: int = 0,
                      length: int | None = None) -> defer.Deferred[IMessageReader]:
@@ -276,11 +277,15 @@ class PostgresFolder:
             return defer.fail(NoSuchMessage(uid))
         db, digest, size = self._store.db, self._hashes[uid], info.size
         want = range_length(size, offset, length)
+        kept = self._store.chunks.get(digest, 0)
+        if kept is not None and offset + want <= len(kept):  # no thread hop, no query
+            data = kept[offset:offset + want]
+            return defer.succeed(reader_for(io.BytesIO(data), len(data)))
         if want <= INLINE_READ:
             # The reader would read this inline, on our thread: fetch it in a database
             # thread first, so the reactor never waits on a query.
             def fetch() -> bytes:
-                f = open_body(db, digest, size)
+                f = open_body(db, digest, size, self._store.chunks)
                 try:
                     f.seek(offset)
                     return f.read(want)
@@ -289,7 +294,8 @@ class PostgresFolder:
 
             d = db.hop(fetch)
             return d.addCallback(lambda data: reader_for(io.BytesIO(data), len(data)))
-        return defer.succeed(reader_for(open_body(db, digest, size), size, offset, length,
+        return defer.succeed(reader_for(open_body(db, digest, size, self._store.chunks), size,
+                                        offset, length,
                                         run=db.hop))
 
     def set_flags(self, uids: Iterable[int], flags: Iterable[str],
@@ -549,6 +555,7 @@ class PostgresStore:
         #: Live folders by (account id, name) as last known: a hint, checked by the
         #: sync that opening a folder does anyway (``_open_folder``).
         self._by_name: dict[tuple[int, str], PostgresFolder] = {}
+        self.chunks = ChunkCache()  # the small body chunks read or written last
         self._account_listeners = AccountListenerSet()
         self._started: defer.Deferred[None] | None = None
         self._quota_limits: QuotaLimits = lambda user: 0
