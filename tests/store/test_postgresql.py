@@ -440,7 +440,7 @@ async def test_concurrent_stores_expunges_and_appends_share_transactions(store_p
         modseq0 = int(conn.execute("SELECT highest_modseq FROM folders WHERE id = %s",
                                    (inbox.id,)).fetchone()[0])
     batches, locks = [], []
-    real_run, real_lock = store.db.run, writes.lock_folders
+    real_run, real_lock = store.db.run, writes.lock_statement
 
     def counting(fn, *args):
         if fn is writes.write_batch:
@@ -451,7 +451,7 @@ async def test_concurrent_stores_expunges_and_appends_share_transactions(store_p
         locks.append(sorted(ids))
         return real_lock(conn, ids)
 
-    store.db.run, writes.lock_folders = counting, locking
+    store.db.run, writes.lock_statement = counting, locking
     try:
         asked = []
         for uid in range(1, 11):
@@ -463,7 +463,7 @@ async def test_concurrent_stores_expunges_and_appends_share_transactions(store_p
                     for i in range(5)]
         results = await defer.gatherResults(asked + flagged + [again] + appended)
     finally:
-        store.db.run, writes.lock_folders = real_run, real_lock
+        store.db.run, writes.lock_statement = real_run, real_lock
     # 31 writes: the first batch starts alone, the rest wait and go together.
     assert sum(batches) == 31 and len(batches) <= 3, batches
     assert len(locks) == len(batches) and all(ids == [inbox.id] for ids in locks), locks

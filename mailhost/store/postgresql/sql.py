@@ -83,10 +83,14 @@ def uid_validity(conn: Conn, folder_id: int) -> int | None:
 
 def lock_folders(conn: Conn, folder_ids: Iterable[int]) -> set[int]:
     """Lock these folders' rows, in id order; the ids that still exist."""
-    ids = sorted(set(folder_ids))
-    rows = conn.execute("SELECT id FROM folders WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                        (ids,)).fetchall()
-    return {int(r[0]) for r in rows}
+    return {int(r[0]) for r in lock_statement(conn, folder_ids).fetchall()}
+
+
+def lock_statement(conn: Conn, folder_ids: Iterable[int]) -> psycopg.Cursor[Any]:
+    """``lock_folders``' statement, its rows (the ids) read when the caller wants them
+    (after more statements, in a pipeline)."""
+    return conn.execute("SELECT id FROM folders WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                        (sorted(set(folder_ids)),))
 
 
 def bump(conn: Conn, folder_id: int, uids: int = 0) -> tuple[int, int]:

@@ -37,6 +37,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
 
 from mailhost.db.notify import CHANNEL
 from mailhost.store.flags import apply_mode
@@ -47,6 +50,7 @@ from mailhost.store.postgresql.sql import (
     Delivery,
     collect_bodies,
     lock_folders,
+    lock_statement,
     resolve_folders,
 )
 
@@ -86,22 +90,25 @@ def folders_of(op: Op, result: Result) -> list[int]:
     return [fid for fid, _uid in result]  # type: ignore[misc]
 
 
-def _load(conn: Conn, edits: Sequence[SetFlags | Expunge],
-          ) -> dict[int, dict[int, frozenset[str]]]:
+def _load(conn: Conn, edits: Sequence[SetFlags | Expunge]) -> psycopg.Cursor[Any]:
     """Flags of every message the edits name, and of every \\Deleted message of the
-    folders an unrestricted EXPUNGE clears, by folder and UID: one query."""
+    folders an unrestricted EXPUNGE clears: one query (its rows: ``_by_folder``)."""
     wanted = sorted({(op.folder_id, uid) for op in edits if op.uids is not None
                      for uid in op.uids})
     clear_all = sorted({op.folder_id for op in edits
                         if isinstance(op, Expunge) and op.uids is None})
-    rows = conn.execute(
+    return conn.execute(
         "SELECT m.folder_id, m.uid, m.flags FROM messages m"
         " JOIN unnest(%s::bigint[], %s::bigint[]) AS w(f, u)"
         " ON m.folder_id = w.f AND m.uid = w.u"
         " UNION SELECT folder_id, uid, flags FROM messages"
         " WHERE folder_id = ANY(%s::bigint[]) AND %s::text = ANY(flags)",
-        ([f for f, _ in wanted], [u for _, u in wanted], clear_all, DELETED)).fetchall()
-    out: dict[int, dict[int, frozenset[str]]] = {op.folder_id: {} for op in edits}
+        ([f for f, _ in wanted], [u for _, u in wanted], clear_all, DELETED))
+
+
+def _by_folder(rows: Sequence[tuple[int, int, list[str]]], folder_ids: set[int],
+               ) -> dict[int, dict[int, frozenset[str]]]:
+    out: dict[int, dict[int, frozenset[str]]] = {fid: {} for fid in folder_ids}
     for fid, uid, flags in rows:
         out[int(fid)][int(uid)] = frozenset(flags)
     return out
@@ -126,14 +133,23 @@ def write_batch(conn: Conn, ops: Sequence[Op]) -> list[Result | Exception]:
     fids |= {op.folder_id for _i, op in edits}
     # Deliveries into one folder and nothing else (SMTP into one mailbox, an APPEND):
     # the numbering's UPDATE below locks it and says whether it still exists.
-    alive = lock_folders(conn, fids) if len(fids) > 1 or edits else fids
+    rows: dict[int, dict[int, frozenset[str]]] = {}
+    if edits:
+        # The lock and the read of the rows the edits touch in one round trip: the
+        # read runs once the lock is held, so it sees every commit before ours.
+        with conn.pipeline():
+            locked = lock_statement(conn, fids)
+            loaded = _load(conn, [op for _i, op in edits])
+            alive = {int(r[0]) for r in locked.fetchall()}
+            rows = _by_folder(loaded.fetchall(), alive & {op.folder_id for _i, op in edits})
+    else:
+        alive = lock_folders(conn, fids) if len(fids) > 1 else fids
 
     # The edits, applied in memory in order: which flags each row ends with, which
     # rows go, and the how-manieth new mod-sequence of its folder each change takes.
     bumps: dict[int, int] = {}
     flag_writes: dict[tuple[int, int], tuple[list[str], int]] = {}
     gone: list[tuple[int, int, int]] = []
-    rows = _load(conn, [op for _i, op in edits if op.folder_id in alive]) if edits else {}
     for i, op in edits:
         current = rows.get(op.folder_id)
         if current is None:  # deleted meanwhile
@@ -192,39 +208,43 @@ def write_batch(conn: Conn, ops: Sequence[Op]) -> list[Result | Exception]:
     def modseq(fid: int, n: int) -> int:
         return top[fid] - bumps[fid] + n
 
+    inserts = []
+    for i, (_spool, digest, size, targets) in deliveries:
+        placed = out[i]
+        if isinstance(placed, Exception):
+            continue
+        assert isinstance(placed, list)
+        for user, name, flags, date in targets:
+            fid = found[(user, name)]
+            uid = next_uid[fid]
+            next_uid[fid] += 1
+            inserts.append((fid, uid, digest, size, flags, date, top[fid]))
+            placed.append((fid, uid))  # type: ignore[arg-type]
+    # The writes in one round trip (a pipeline): the lock is held until the commit.
     bodies: set[bytes] = set()
-    with conn.cursor() as cur:
+    with conn.pipeline(), conn.cursor() as cur:
+        deleted = None
+        if gone:
+            deleted = conn.execute(
+                "DELETE FROM messages m USING unnest(%s::bigint[], %s::bigint[])"
+                " AS g(f, u) WHERE m.folder_id = g.f AND m.uid = g.u RETURNING m.body",
+                ([f for f, _u, _n in gone], [u for _f, u, _n in gone]))
+            conn.execute("INSERT INTO expunged (folder_id, uid, modseq)"
+                         " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[])"
+                         " ON CONFLICT DO NOTHING",
+                         ([f for f, _u, _n in gone], [u for _f, u, _n in gone],
+                          [modseq(f, n) for f, _u, n in gone]))
         if flag_writes:
             cur.executemany("UPDATE messages SET flags = %s, modseq = %s"
                             " WHERE folder_id = %s AND uid = %s",
                             [(flags, modseq(fid, n), fid, uid)
                              for (fid, uid), (flags, n) in sorted(flag_writes.items())])
-        if gone:
-            cur.execute("DELETE FROM messages m USING unnest(%s::bigint[], %s::bigint[])"
-                        " AS g(f, u) WHERE m.folder_id = g.f AND m.uid = g.u RETURNING m.body",
-                        ([f for f, _u, _n in gone], [u for _f, u, _n in gone]))
-            bodies = {bytes(r[0]) for r in cur.fetchall()}
-            cur.execute("INSERT INTO expunged (folder_id, uid, modseq)"
-                        " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[])"
-                        " ON CONFLICT DO NOTHING",
-                        ([f for f, _u, _n in gone], [u for _f, u, _n in gone],
-                         [modseq(f, n) for f, _u, n in gone]))
-        inserts = []
-        for i, (_spool, digest, size, targets) in deliveries:
-            placed = out[i]
-            if isinstance(placed, Exception):
-                continue
-            assert isinstance(placed, list)
-            for user, name, flags, date in targets:
-                fid = found[(user, name)]
-                uid = next_uid[fid]
-                next_uid[fid] += 1
-                inserts.append((fid, uid, digest, size, flags, date, top[fid]))
-                placed.append((fid, uid))  # type: ignore[arg-type]
         if inserts:
             cur.executemany("INSERT INTO messages (folder_id, uid, body, size, flags,"
                             " internal_date, modseq) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                             inserts)
+        if deleted is not None:
+            bodies = {bytes(r[0]) for r in deleted.fetchall()}
     failed = {op[1] for i, op in deliveries if isinstance(out[i], Exception)}
     collect_bodies(conn, bodies | (failed & stored))
     return out
