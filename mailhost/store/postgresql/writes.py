@@ -131,8 +131,6 @@ def write_batch(conn: Conn, ops: Sequence[Op]) -> list[Result | Exception]:
     stored = {digest for _s, digest, _z, _t in live}
     fids = {found[(u, n)] for *_, targets in live for u, n, _f, _d in targets}
     fids |= {op.folder_id for _i, op in edits}
-    # Deliveries into one folder and nothing else (SMTP into one mailbox, an APPEND):
-    # the numbering's UPDATE below locks it and says whether it still exists.
     rows: dict[int, dict[int, frozenset[str]]] = {}
     if edits:
         # The lock and the read of the rows the edits touch in one round trip: the
@@ -143,6 +141,8 @@ def write_batch(conn: Conn, ops: Sequence[Op]) -> list[Result | Exception]:
             alive = {int(r[0]) for r in locked.fetchall()}
             rows = _by_folder(loaded.fetchall(), alive & {op.folder_id for _i, op in edits})
     else:
+        # Deliveries into one folder and nothing else (SMTP into one mailbox, an
+        # APPEND): the numbering's UPDATE below locks it and says whether it still exists.
         alive = lock_folders(conn, fids) if len(fids) > 1 else fids
 
     # The edits, applied in memory in order: which flags each row ends with, which
