@@ -19,9 +19,11 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from mailhost.config import Config
-from mailhost.outbound.client import DELIVERED, TEMPORARY, ClientPolicy, run_session
+from mailhost.outbound.client import run_session
+from mailhost.outbound.client_policy import ClientPolicy
 from mailhost.outbound.envelope import PENDING
 from mailhost.outbound.interfaces import QueueRecipient
+from mailhost.outbound.jobs import DELIVERED, TEMPORARY
 from mailhost.outbound.routing import Hop, Route
 from mailhost.outbound.scheduler import Scheduler
 from mailhost.outbound.spool import SpoolFiles
