@@ -29,6 +29,7 @@ def cmd_upgrade(args: argparse.Namespace, config: Config) -> int:
     import psycopg
 
     from mailhost.db import migrations
+    from mailhost.db.database import error_line
 
     try:
         with psycopg.connect(_dsn(args, config)) as conn:
@@ -37,7 +38,7 @@ def cmd_upgrade(args: argparse.Namespace, config: Config) -> int:
         print(f"mailhost: {e}")
         return 1
     except psycopg.Error as e:
-        print(f"mailhost: database error: {str(e).strip().splitlines()[0]}")
+        print(f"mailhost: database error: {error_line(e)}")
         return 1
     if applied:
         print(f"schema upgraded to version {applied[-1]} (applied {', '.join(map(str, applied))})")
@@ -50,12 +51,13 @@ def cmd_version(args: argparse.Namespace, config: Config) -> int:
     import psycopg
 
     from mailhost.db import migrations
+    from mailhost.db.database import error_line
 
     try:
         with psycopg.connect(_dsn(args, config)) as conn:
             have = migrations.version_of(conn)
     except psycopg.Error as e:
-        print(f"mailhost: database error: {str(e).strip().splitlines()[0]}")
+        print(f"mailhost: database error: {error_line(e)}")
         return 1
     print(f"database schema {have}, mailhost schema {migrations.CURRENT}")
     return 0 if have == migrations.CURRENT else 1

@@ -214,13 +214,14 @@ def _usage_in_database(config: Config, user: str) -> tuple[int, int]:
     """(octets, messages) the PostgreSQL store counts for ``user`` (schema 5)."""
     import psycopg
 
+    from mailhost.db.database import error_line
     from mailhost.store.postgresql import sql
 
     try:
         with psycopg.connect(config.store.dsn, connect_timeout=10) as conn:
             return sql.usage(conn, user)
     except psycopg.Error as e:
-        raise SystemExit(f"mailhost: database error: {str(e).strip().splitlines()[0]}") from None
+        raise SystemExit(f"mailhost: database error: {error_line(e)}") from None
 
 
 def cmd_quota(args: argparse.Namespace, config: Config) -> int:

@@ -243,6 +243,22 @@ def upgrade(conn: psycopg.Connection[Any]) -> list[int]:
     return applied
 
 
+def require_current(dsn: str, key: str) -> None:
+    """Refuse to start (ConfigError, one line naming the setting ``key``) on a database
+    that is unreachable or whose schema is not this code's. One short blocking
+    connection: this runs while the service is built, before anything listens."""
+    from mailhost.config import ConfigError
+    from mailhost.db.database import error_line
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            check(conn)
+    except SchemaMismatch as e:
+        raise ConfigError(f"{key}: {e}") from None
+    except psycopg.Error as e:
+        raise ConfigError(f"{key}: cannot reach the database: {error_line(e)}") from None
+
+
 def check(conn: psycopg.Connection[Any]) -> None:
     """Refuse (SchemaMismatch, one line) a schema that is not exactly this code's."""
     have = version_of(conn)
