@@ -44,6 +44,12 @@ def age(env: Envelope, now: float) -> str:
     return f"{secs:.0f} seconds"
 
 
+def _status_code(reply: str, permanent: bool, klass: str) -> str:
+    """The reply's enhanced status code, or ``<klass>.0.0`` when it has none of that class."""
+    code = dsn.enhanced_status(reply, permanent)
+    return code if code.startswith(klass) else f"{klass}.0.0"
+
+
 def record_outcome(env: Envelope, r: RecipientState, o: Outcome, now: float, remote: str,
                    settings: OutboundSettings) -> None:
     """Apply one attempt's outcome to ``r``: delivered, failed, or due again later."""
@@ -52,20 +58,14 @@ def record_outcome(env: Envelope, r: RecipientState, o: Outcome, now: float, rem
     r.last_error = o.reply
     if o.kind == DELIVERED:
         r.status = ST_DELIVERED
-        r.status_code = dsn.enhanced_status(o.reply, False)
-        if not r.status_code.startswith("2"):
-            r.status_code = "2.0.0"
+        r.status_code = _status_code(o.reply, False, "2")
         r.relayed = o.dsn_passed
     elif o.kind == PERMANENT:
         r.status = FAILED
-        r.status_code = dsn.enhanced_status(o.reply, True)
-        if not r.status_code.startswith("5"):
-            r.status_code = "5.0.0"
+        r.status_code = _status_code(o.reply, True, "5")
     else:
         r.attempts += 1
-        r.status_code = dsn.enhanced_status(o.reply, False)
-        if not r.status_code.startswith("4"):
-            r.status_code = "4.0.0"
+        r.status_code = _status_code(o.reply, False, "4")
         expires = env.arrival + settings.lifetime
         if now >= expires - 1e-6:
             r.status = FAILED
