@@ -313,8 +313,13 @@ class Scheduler:
                 continue
             expired = False
             for r in env.pending():
-                if (qid, r.domain) in self.inflight:
-                    continue  # its session records the outcome (and sees the expiry)
+                key = (qid, r.domain)
+                if key in self.inflight or (key in self.ready_keys
+                                            and self.sessions.get(r.domain)):
+                    # Its session records the outcome (and sees the expiry); one
+                    # still routing or connecting takes it next: its last try is under
+                    # way (after a restart past the lifetime, too).
+                    continue
                 r.status = FAILED
                 if not r.status_code.startswith("4"):
                     r.status_code = "4.4.7"
