@@ -88,13 +88,7 @@ def _bad_url(text: bytes, why: str) -> No:
     return No(f"[BADURL {shown.decode('ascii', 'replace')}] {why}")
 
 
-def store_name(name: str) -> str:
-    """A URL's mailbox name (UTF-8 already) as the store spells it (INBOX folded)."""
-    if name.upper() == "INBOX":
-        return "INBOX"
-    if name.upper().startswith("INBOX."):
-        return "INBOX" + name[5:]
-    return name
+store_name = imapurl.store_name
 
 
 async def open_url(account: IMailAccount, url: imapurl.ImapUrl

@@ -78,6 +78,8 @@ async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
     out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
     out.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % folder.uid_next)
     out.append(objects.mailbox_id_line(folder))  # RFC 8474
+    if s.settings.urlauth_dir:  # RFC 4467 8: the URLAUTH mechanisms, at SELECT/EXAMINE
+        out.append(b"* OK [URLMECH INTERNAL] URLAUTH mechanisms\r\n")
     s.send(b"".join(out))
     mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
     return mode + b" " + cmd.name.encode("ascii") + b" completed"
