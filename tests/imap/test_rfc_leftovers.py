@@ -165,6 +165,12 @@ async def test_append_refuses_nul_in_a_literal_and_keeps_it_from_a_literal8(imap
         for tag, data in ((b"b1", BINARY_MESSAGE), (b"b2", big)):
             out = raw(c, tag + b" APPEND INBOX ~{%d+}\r\n" % len(data) + data)
             assert _tagged(out, tag).startswith(b"OK [APPENDUID"), out
+        # CATENATE: NUL in a TEXT literal is BAD, in a TEXT literal8 NO [UNKNOWN-CTE].
+        part = b"Subject: c\r\n\r\na\0b\r\n"
+        out = raw(c, b"c1 APPEND INBOX CATENATE (TEXT {%d+}\r\n" % len(part) + part + b")")
+        assert _tagged(out, b"c1").startswith(b"BAD"), out
+        out = raw(c, b"c2 APPEND INBOX CATENATE (TEXT ~{%d+}\r\n" % len(part) + part + b")")
+        assert _tagged(out, b"c2").startswith(b"NO [UNKNOWN-CTE]"), out
         assert c.select("INBOX")[1] == [b"2"]
         for seq, data in ((1, BINARY_MESSAGE), (2, big)):
             part = data.split(b"binary\r\n\r\n", 1)[1].split(b"\r\n--b", 1)[0]
