@@ -1039,7 +1039,8 @@ class SMTPServer(Protocol, TimeoutMixin):
             arg, fetcher=self.factory.url_fetcher, submission=self.factory.submission,
             user=self._session.user, state=self._burl_state,
             room=lambda: self.settings.max_message_size - self._bdat_total,
-            add_chunk=self._burl_chunk, answer=self._answer,
+            add_chunk=self._burl_chunk,
+            answer=lambda reply: None if self._closing else self._answer(reply),
             reset=lambda: self._reset_transaction("BURL failed"))
 
     def _burl_state(self) -> Reply | None:
@@ -1054,11 +1055,15 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def _burl_chunk(self, data: bytes, last: bool) -> defer.Deferred | None:
         """BURL's octets as a BDAT chunk of their size, fed whole at once."""
+        if self._closing:  # gone (or told goodbye) while the URL was read: nothing opens
+            return None
         txn = self._session.transaction
         error = self._burl_state()
         if error is None and self._delivery is None:
             assert txn is not None  # _burl_state saw it
             error = self._start_delivery(txn)
+            if error is not None:
+                self._session.reset_transaction()
         if error is not None:
             return self._answer(error)
         self._chunk = (last, None)
