@@ -1,5 +1,6 @@
 """IMAP URLs (RFC 5092) naming a message or a part of one on this server, as CATENATE
-(RFC 4469), GENURLAUTH/URLFETCH (RFC 4467) and URL-PARTIAL (RFC 5550) use them.
+(RFC 4469), GENURLAUTH/URLFETCH (RFC 4467), URL-PARTIAL (RFC 5550) and SMTP's BURL
+(RFC 4468) use them.
 
 Only the forms that name one message are parsed: ``imap://[user[;AUTH=...]@]host[:port]
 /mailbox[;UIDVALIDITY=n]/;UID=n[/;SECTION=s][/;PARTIAL=o[.l]][;EXPIRE=t][;URLAUTH=a:m:t]``

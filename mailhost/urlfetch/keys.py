@@ -2,8 +2,10 @@
 
 A user's keys live in one file, ``<dir>/<sha256(user)[:32]>.json`` (mode 0600 in a
 0700 directory), as ``{mailbox id: hex key}``. Keys are indexed by the folder's RFC 8474
-MAILBOXID, so a RENAME keeps a folder's URLs working and a folder deleted and created
-again under the same name gets a new key (the old URLs stop working), as RFC 4467 asks.
+MAILBOXID, so a RENAME keeps a folder's key (its old URLs name a mailbox that is gone and
+stop working; new ones verify) and a folder deleted and created again under the same name
+gets a new key (the old URLs stop working), as RFC 4467 asks. ``has_keys`` lets a URL's
+owner be checked before any account is opened for that name.
 Files are read and written in a worker thread (write to a temporary file, fsync,
 rename), one change at a time; what was read is kept in memory.
 """
