@@ -28,9 +28,10 @@ starts a new attempt at once, so a node finds the database again within seconds 
 its return however long it was away.
 
 Health checks: a connection taken from the pool is checked with an empty query only
-if it has been idle more than ``CHECK_IDLE`` seconds (a connection that lived through
-a database restart is idle that long, and would otherwise fail its first transaction);
-one used a moment ago goes straight to work. Checking every one cost a round trip and
+if it has been idle more than ``CHECK_IDLE`` seconds, or the server has written to it
+since its last use (a restart tells each connection "terminating connection"; without
+the check its first transaction would fail); one used a moment ago with nothing to
+read goes straight to work. Checking every one cost a round trip and
 about a fifth of each transaction's CPU in the node (measured under the IMAP load).
 
 Deadlocks and serialization failures (two nodes locking folders in opposite orders
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import time
 import weakref
 from collections.abc import Callable
@@ -75,6 +77,14 @@ CHECK_IDLE = 1.0
 #: Seconds one reconnection attempt (with its backoff: 1, 2, 4 s) lasts before it
 #: gives up, and a transaction that needs a connection starts another.
 RECONNECT = 8.0
+
+
+def _input_waiting(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection has something to read (one poll, no round trip)."""
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 class DatabaseUnavailable(ConnectionError):
@@ -138,8 +148,11 @@ class Database:
             self._threads.start()
 
     def _check(self, conn: psycopg.Connection[Any]) -> None:
-        """The pool's check of a connection it hands out: only one idle a while."""
-        if time.monotonic() - self._last_used.get(conn, 0.0) > CHECK_IDLE:
+        """The pool's check of a connection it hands out: only one idle a while, or one
+        the server has written to while it sat in the pool (a restart's "terminating
+        connection" arrives that way a moment after the connection's last use)."""
+        if (time.monotonic() - self._last_used.get(conn, 0.0) > CHECK_IDLE
+                or _input_waiting(conn)):
             ConnectionPool.check_connection(conn)
 
     def transact(self, fn: Callable[..., _T], *args: Any) -> _T:
