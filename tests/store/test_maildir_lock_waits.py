@@ -257,3 +257,79 @@ async def test_expunges_that_wait_for_the_lock_share_one_pass(root, monkeypatch)
     assert [i.uid for i in box.messages()] == [4]
     assert (await store.quota(A)).messages == 1
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_claim_store_and_expunge_that_wait_for_the_lock_share_one_thread_hop(
+        root, monkeypatch):
+    """Under bench/imap_load.py a new message's \\Recent claim (another session's NOOP),
+    its STORE +FLAGS \\Deleted and its UID EXPUNGE each queued a pass and a thread hop
+    of its own on the folder lock, which was then busy ~70% of the time. Waiting
+    together, they now run as one pass with one hop, in the order asked: the claimed
+    message goes from new/ straight to its flagged name in cur/, and the expunged one
+    is unlinked under its indexed name, never renamed first."""
+    from mailhost.store._maildir import maildir_folder
+
+    store = MaildirStore(root, fsync=False)
+    store.set_quota_limits(lambda user: 10_000)
+    for _ in range(3):
+        await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
+    box = await folder_of(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    await watched(box)
+    renames, unlinks, hops = [], [], []
+    real_rename, real_unlink, real_run = (maildir_folder.rename_all,
+                                          maildir_folder.unlink_all, store.run_blocking)
+
+    def renamed(path, pairs):
+        renames.append(list(pairs))
+        return real_rename(path, pairs)
+
+    def unlinked(paths):
+        unlinks.append([os.path.basename(p) for p in paths])
+        return real_unlink(paths)
+
+    def counted(fn, *args):
+        hops.append(fn)
+        return real_run(fn, *args)
+
+    monkeypatch.setattr(maildir_folder, "rename_all", renamed)
+    monkeypatch.setattr(maildir_folder, "unlink_all", unlinked)
+    await box._lock.acquire()  # another session's change holds the lock
+    try:
+        store.run_blocking = counted
+        claim = box.claim_recent()
+        flags = box.set_flags([1, 3], ["\\Flagged"], "add")
+        deleted = box.set_flags([2], ["\\Deleted"], "add")
+        gone = box.expunge([2])
+        assert len(box._lock.waiting) == 1  # one pass queued, not three
+    finally:
+        box._lock.release()
+    try:
+        assert set(await claim) == {1, 3}
+        assert [(i.uid, set(i.flags)) for i in await flags] == [(1, {"\\Flagged"}),
+                                                               (3, {"\\Flagged"})]
+        assert [(i.uid, set(i.flags)) for i in await deleted] == [(2, {"\\Deleted"})]
+        assert await gone == [2]
+    finally:
+        del store.run_blocking
+    assert len(hops) == 1, hops
+    assert len(renames) == 1 and sorted((o.split(os.sep)[0], n.split(os.sep)[0],
+                                         n.partition(":")[2]) for o, n in renames[0]) \
+        == [("new", "cur", "2,F"), ("new", "cur", "2,F")]
+    assert len(unlinks) == 1 and len(unlinks[0]) == 1 and ":" not in unlinks[0][0]
+    assert [(i.uid, i.recent, set(i.flags)) for i in box.messages()] \
+        == [(1, False, {"\\Flagged"}), (3, False, {"\\Flagged"})]
+    assert sorted(os.listdir(os.path.join(user_dir(root), "new"))) == []
+    assert sorted(n.partition(":")[2]
+                  for n in os.listdir(os.path.join(user_dir(root), "cur"))) == ["2,F", "2,F"]
+    assert sorted(i.uid for i in rec.changed) == [1, 3]
+    assert rec.expunged == [2]
+    usage = await store.quota(A)
+    assert usage.messages == 2
+    # The watch saw only our own changes: nothing to list again.
+    listings = box.listings
+    await box.refresh()
+    assert box.listings == listings
+    await store.close()
