@@ -333,3 +333,39 @@ async def test_claim_store_and_expunge_that_wait_for_the_lock_share_one_thread_h
     await box.refresh()
     assert box.listings == listings
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_message_does_not_wait_for_our_rename_in_flight(root, monkeypatch):
+    """Under bench/imap_load.py a third of the FETCH BODY[HEADER]s of a just-appended
+    message found it already renamed by another session's \\Recent claim (new/ ->
+    cur/) still in its thread hop, and waited for the folder lock behind every pass
+    queued on it. The in-flight rename's new name is tried at once."""
+    from mailhost.store._maildir import maildir_folder
+
+    store = MaildirStore(root, fsync=False)
+    await deliver(store, b"Subject: x\r\n\r\nbody\r\n", DeliveryTarget(A, want_uid=True))
+    box = await folder_of(store)
+    real, release = maildir_folder.rename_all, threading.Event()
+
+    def held(*args):  # renamed on disk; the index not told yet
+        done = real(*args)
+        release.wait(10)
+        return done
+
+    monkeypatch.setattr(maildir_folder, "rename_all", held)
+    claim = box.claim_recent()
+    try:
+        for _ in range(250):  # until the thread has renamed it (bounded)
+            if os.listdir(os.path.join(user_dir(root), "cur")):
+                break
+            await sleep(0.02)
+        assert box._lock.locked and not os.listdir(os.path.join(user_dir(root), "new"))
+        d = box.open_message(1)
+        assert d.called, "open_message queued for the lock behind our own rename"
+        with d.result as f:
+            assert f.read() == b"Subject: x\r\n\r\nbody\r\n"
+    finally:
+        release.set()
+    assert await claim == {1}
+    await store.close()

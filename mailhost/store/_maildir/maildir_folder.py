@@ -734,6 +734,19 @@ class MaildirFolder:
                 # and are the caller's business (thread pool or small chunks).
                 raw = open(path, "rb")  # noqa: SIM115 - the caller closes it
             except FileNotFoundError:
+                moving = self._index.renaming.get(self._index.keys[i])
+                if moving is not None:
+                    # A rename of ours (flags, new/ -> cur/) is in flight in a thread and
+                    # has happened: the new name, at once. (Issue 16: under the 10-client
+                    # load a third of FETCH BODY[HEADER]s of a just-appended message
+                    # met another session's \Recent claim and waited for the folder
+                    # lock, 3.5 ms median, behind every pass queued on it.)
+                    try:
+                        raw = open(os.path.join(self._path, moving), "rb")  # noqa: SIM115
+                    except FileNotFoundError:
+                        pass
+                    else:
+                        return io.BufferedReader(CRLFReader(raw)) if wrap else raw
                 if attempt == 0:
                     # A rename of ours (flags, new/ -> cur/) may be in flight: let it
                     # finish, retry.
