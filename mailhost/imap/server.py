@@ -193,7 +193,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         # Every write goes through it (mailhost.tcp.DirectWriter): on plain TCP a FETCH
         # line goes to the socket at once, not through the reactor's next turn.
         self._writer: DirectWriter | None = None
-        self._unyielded = 0  # octets sent since ``drain`` last gave up the turn
+        self._unyielded = 0  # octets ``send`` took since ``drain`` last gave up the turn
         #: The running command's output not written yet (``send``), or None.
         self._cork: list[bytes] | None = None
         self._corked = 0  # octets in it
@@ -359,6 +359,7 @@ class IMAPServer(Protocol, TimeoutMixin):
         output gate still see the transport fill."""
         if self._lost:
             return
+        self._unyielded += len(data)
         cork = self._cork
         if cork is not None and not data.startswith(b"+"):
             cork.append(data)
@@ -392,15 +393,15 @@ class IMAPServer(Protocol, TimeoutMixin):
                 self._writer.write(data)
             else:  # not connected yet
                 self.transport.write(data)
-            self._unyielded += len(data)
 
     def drain(self) -> defer.Deferred:
         """Wait until the transport's send buffer has room, and give other sessions
-        the reactor after each ``TURN_OCTETS`` written."""
+        the reactor after each ``TURN_OCTETS`` sent."""
         self.resetTimeout()
         if self.gate.paused or self.gate.stopped or self._unyielded < TURN_OCTETS:
             return self.gate.wait()
         self._unyielded = 0
+        self.flush()  # the client reads what there is while others have their turn
         d: defer.Deferred = defer.Deferred()
         self.callLater(0, lambda: d.callback(None))
         return d
