@@ -8,10 +8,8 @@ lock the same way, so each waits for the other:
   ``dotlock_use_excl = yes``; its other way, a temp file hard-linked into place, is
   equally atomic) and write ``<pid>:<hostname>`` into it.
 - **Wait** while it exists: Dovecot sleeps 0.1-0.2 s, growing by half each second up to
-  3 s, and wakes early on inotify; we poll from 1 ms up to 0.25 s, so we never sleep
-  long past a release (the uidlist lock is mostly held for well under a millisecond:
-  with 10 ms first, a STORE of one ``server.workers`` process that met the other's
-  lock waited 10 ms for it; issue 16). Give up after ``timeout`` (Dovecot: the stale timeout + 2 s,
+  3 s, and wakes early on inotify; we poll from 10 ms up to 0.25 s, so we never sleep
+  long past a release. Give up after ``timeout`` (Dovecot: the stale timeout + 2 s,
   122 s, unless ``mail_max_lock_timeout`` is lower).
 - **Stale**: a lock at least 2 s old that names a pid of *this* host that no longer
   exists (kill -9) is broken at once. A lock without a readable local pid (another
@@ -23,8 +21,7 @@ lock the same way, so each waits for the other:
 
 Dovecot replaces ``dovecot-uidlist`` by writing ``dovecot-uidlist.tmp`` and renaming it
 over the file while holding the lock, and appends to it in place otherwise (see
-dovecot_uidlist.py). All of this blocks: call it in a worker thread only (but
-``try_acquire``, one attempt, which FolderUids.try_locked makes on the reactor).
+dovecot_uidlist.py). All of this blocks: call it in a worker thread only.
 """
 
 from __future__ import annotations
@@ -48,7 +45,7 @@ UIDLIST_STALE_TIMEOUT = 120
 UIDLIST_LOCK_TIMEOUT = UIDLIST_STALE_TIMEOUT + 2
 #: Dovecot reads the pid of a lock only once the lock is this old (STALE_PID_CHECK_SECS).
 PID_CHECK_SECS = 2
-POLL_FIRST = 0.001
+POLL_FIRST = 0.01
 POLL_MAX = 0.25
 
 _HOSTNAME = socket.gethostname()
