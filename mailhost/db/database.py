@@ -27,13 +27,22 @@ attempt's backoff after a few seconds; the next transaction that needs a connect
 starts a new attempt at once, so a node finds the database again within seconds of
 its return however long it was away.
 
+Health checks: a connection taken from the pool is checked with an empty query only
+if it has been idle more than ``CHECK_IDLE`` seconds (a connection that lived through
+a database restart is idle that long, and would otherwise fail its first transaction);
+one used a moment ago goes straight to work. Checking every one cost a round trip and
+about a fifth of each transaction's CPU in the node (measured under the IMAP load).
+
 Deadlocks and serialization failures (two nodes locking folders in opposite orders
 in spite of our id ordering, say) are retried a bounded number of times.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -52,8 +61,17 @@ RETRIES = 3
 
 Work = Callable[..., _T]
 
+def error_line(e: BaseException) -> str:
+    """The first line of a database error, for a one-line message (its type's name when
+    it says nothing)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 #: Seconds a transaction waits for a connection before the database counts as down.
 TIMEOUT = 5.0
+#: Seconds a pooled connection may have been idle and still skip the health check.
+CHECK_IDLE = 1.0
 #: Seconds one reconnection attempt (with its backoff: 1, 2, 4 s) lasts before it
 #: gives up, and a transaction that needs a connection starts another.
 RECONNECT = 8.0
@@ -105,7 +123,9 @@ class Database:
         self._pool = ConnectionPool(dsn, min_size=1, max_size=max_size, open=False,
                                     kwargs={"prepare_threshold": 0}, name=name,
                                     timeout=timeout, reconnect_timeout=RECONNECT,
-                                    check=ConnectionPool.check_connection)
+                                    check=self._check)
+        self._last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary())
         self._threads = ThreadPool(minthreads=0, maxthreads=max_size, name=name)
         self._running = False
         self._unavailable = unavailable
@@ -117,14 +137,38 @@ class Database:
             self._pool.open(wait=False)
             self._threads.start()
 
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it hands out: only one idle a while."""
+        if time.monotonic() - self._last_used.get(conn, 0.0) > CHECK_IDLE:
+            ConnectionPool.check_connection(conn)
+
     def transact(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(conn, *args)`` in one transaction, here, blocking: for code already in a
         thread (a message body read by a reader's thread)."""
+        return self._attempt(False, fn, args)
+
+    def statement(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(conn, *args)`` for an ``fn`` that runs one statement (a read: a folder's
+        sync, a body chunk), which is its own transaction: no BEGIN and COMMIT around
+        it, two round trips fewer (about a third of such a read's CPU in the node)."""
+        return self._attempt(True, fn, args)
+
+    def _attempt(self, single: bool, fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
         for attempt in range(RETRIES):
             try:
                 with self._pool.connection() as conn:
-                    with conn.transaction():
-                        return fn(conn, *args)
+                    if single:
+                        conn.autocommit = True
+                        try:
+                            result = fn(conn, *args)
+                        finally:
+                            with contextlib.suppress(psycopg.Error):
+                                conn.autocommit = False
+                    else:
+                        with conn.transaction():
+                            result = fn(conn, *args)
+                    self._last_used[conn] = time.monotonic()
+                    return result
             except (errors.DeadlockDetected, errors.SerializationFailure):
                 if attempt == RETRIES - 1:
                     raise
@@ -138,6 +182,11 @@ class Database:
         """``transact(fn, *args)`` in a database thread: the reactor never waits."""
         return threads.deferToThreadPool(self._reactor, self._threads,  # type: ignore[arg-type]
                                          self.transact, fn, *args)
+
+    def run_statement(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
+        """``statement(fn, *args)`` in a database thread."""
+        return threads.deferToThreadPool(self._reactor, self._threads,  # type: ignore[arg-type]
+                                         self.statement, fn, *args)
 
     def hop(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
         """``fn(*args)`` in a database thread, no transaction (a message reader's thread

@@ -52,16 +52,18 @@ def test_first_search_subject_on_a_big_folder_reads_headers_in_bulk(tmp_path, pg
     during: list[str] = []
     everything: list[str] = []
     counting = [False]
-    transact = Database.transact
+    def recorder(real):
+        def recording(self, fn, *args):
+            name = getattr(fn, "__name__", repr(fn))
+            everything.append(name)
+            if counting[0]:
+                during.append(name)
+            return real(self, fn, *args)
+        return recording
 
-    def recording(self, fn, *args):
-        name = getattr(fn, "__name__", repr(fn))
-        everything.append(name)
-        if counting[0]:
-            during.append(name)
-        return transact(self, fn, *args)
-
-    monkeypatch.setattr(Database, "transact", recording)
+    # Every transaction: those of several statements and those of one.
+    monkeypatch.setattr(Database, "transact", recorder(Database.transact))
+    monkeypatch.setattr(Database, "statement", recorder(Database.statement))
     svc = makeService(pg_config(tmp_path, dsn))
     svc.startService()
     try:
