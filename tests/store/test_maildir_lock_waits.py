@@ -374,14 +374,17 @@ async def test_open_message_does_not_wait_for_our_rename_in_flight(root, monkeyp
 
 
 @pytest_twisted.ensureDeferred
-async def test_store_renames_on_the_reactor_thread_when_the_uidlist_lock_is_free(root):
+async def test_store_renames_on_the_reactor_thread_when_the_uidlist_lock_is_free(
+        root, monkeypatch):
     """Under bench/imap_load.py a STORE's or claim's pass held the folder lock for a
     thread hop, 3-5 ms, mostly waiting for the busy reactor to take the result back.
     A few renames now happen at once when dovecot-uidlist.lock can be had without
     waiting; when another program holds it, the pass waits for it in a thread."""
+    from mailhost.store._maildir import maildir_folder
     from mailhost.store._maildir.dotlock import DotLock
     from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
 
+    monkeypatch.setattr(maildir_folder, "INLINE_RENAMES", 16)  # off by default
     store = MaildirStore(root, fsync=False)
     for _ in range(2):
         await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))

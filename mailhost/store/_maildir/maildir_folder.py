@@ -101,8 +101,11 @@ NUMBER_DELAY = 0.05
 JOURNAL_DELAY = 1.0
 
 #: A pass of at most this many renames and no unlinks renames on the reactor thread
-#: when the uidlist lock is free at once (see ``_rename_and_unlink``); 0: never.
-INLINE_RENAMES = 16
+#: when the uidlist lock is free at once (see ``_rename_and_unlink``); 0: never. Off
+#: until measured on a quiet host: in the loaded runs of bench/imap_load.py it cut the
+#: folder lock's hold time, but NOOP and APPEND medians got worse in the same runs
+#: (the reactor may block on the directory and journal that fsyncing APPENDs share).
+INLINE_RENAMES = 0
 
 #: ``diff_folder``'s answer: (stamp, renamed [(uid, recent, part)], gone UIDs, unknown
 #: files [(subdir, name)]).
@@ -1353,8 +1356,9 @@ class MaildirFolder:
         the same hop when every victim's file went. A date read on the reactor thread
         meanwhile may find a renamed file under its new name (FolderIndex.date_at).
 
-        A few renames alone (a STORE, a \\Recent claim) are done here, on the reactor
-        thread, when the uidlist lock can be had at once: a rename is a directory
+        With ``INLINE_RENAMES`` (off by default, see there), a few renames alone (a
+        STORE, a \\Recent claim) are done here, on the reactor thread, when the uidlist
+        lock can be had at once: a rename is a directory
         update, like the lock file's create and unlink, with no data I/O and no fsync
         (Dovecot renames in its process too, and fsyncs neither). Issue 16: under the
         10-client load the thread hop held the folder lock 3-5 ms a pass, most of it
