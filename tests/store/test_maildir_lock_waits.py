@@ -74,6 +74,7 @@ async def test_refresh_does_not_wait_for_our_store_or_expunge_still_in_flight(
         await watched(box)
     name = "unlink_all" if op == "expunge" else "rename_all"
     real, release = getattr(maildir_folder, name), threading.Event()
+    monkeypatch.setattr(maildir_folder, "INLINE_RENAMES", 0)  # a STORE's rename in a thread
 
     def held(*args):  # the files are renamed or gone; the index not told yet
         done = real(*args)
@@ -256,4 +257,163 @@ async def test_expunges_that_wait_for_the_lock_share_one_pass(root, monkeypatch)
     assert len(calls) == 1 and len(calls[0]) == 3
     assert [i.uid for i in box.messages()] == [4]
     assert (await store.quota(A)).messages == 1
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_claim_store_and_expunge_that_wait_for_the_lock_share_one_thread_hop(
+        root, monkeypatch):
+    """Under bench/imap_load.py a new message's \\Recent claim (another session's NOOP),
+    its STORE +FLAGS \\Deleted and its UID EXPUNGE each queued a pass and a thread hop
+    of its own on the folder lock, which was then busy ~70% of the time. Waiting
+    together, they now run as one pass with one hop, in the order asked: the claimed
+    message goes from new/ straight to its flagged name in cur/, and the expunged one
+    is unlinked under its indexed name, never renamed first."""
+    from mailhost.store._maildir import maildir_folder
+
+    store = MaildirStore(root, fsync=False)
+    store.set_quota_limits(lambda user: 10_000)
+    for _ in range(3):
+        await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
+    box = await folder_of(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    await watched(box)
+    renames, unlinks, hops = [], [], []
+    real_rename, real_unlink, real_run = (maildir_folder.rename_all,
+                                          maildir_folder.unlink_all, store.run_blocking)
+
+    def renamed(path, pairs):
+        renames.append(list(pairs))
+        return real_rename(path, pairs)
+
+    def unlinked(paths):
+        unlinks.append([os.path.basename(p) for p in paths])
+        return real_unlink(paths)
+
+    def counted(fn, *args):
+        hops.append(fn)
+        return real_run(fn, *args)
+
+    monkeypatch.setattr(maildir_folder, "rename_all", renamed)
+    monkeypatch.setattr(maildir_folder, "unlink_all", unlinked)
+    await box._lock.acquire()  # another session's change holds the lock
+    try:
+        store.run_blocking = counted
+        claim = box.claim_recent()
+        flags = box.set_flags([1, 3], ["\\Flagged"], "add")
+        deleted = box.set_flags([2], ["\\Deleted"], "add")
+        gone = box.expunge([2])
+        assert len(box._lock.waiting) == 1  # one pass queued, not three
+    finally:
+        box._lock.release()
+    try:
+        assert set(await claim) == {1, 3}
+        assert [(i.uid, set(i.flags)) for i in await flags] == [(1, {"\\Flagged"}),
+                                                               (3, {"\\Flagged"})]
+        assert [(i.uid, set(i.flags)) for i in await deleted] == [(2, {"\\Deleted"})]
+        assert await gone == [2]
+    finally:
+        del store.run_blocking
+    assert len(hops) == 1, hops
+    assert len(renames) == 1 and sorted((o.split(os.sep)[0], n.split(os.sep)[0],
+                                         n.partition(":")[2]) for o, n in renames[0]) \
+        == [("new", "cur", "2,F"), ("new", "cur", "2,F")]
+    assert len(unlinks) == 1 and len(unlinks[0]) == 1 and ":" not in unlinks[0][0]
+    assert [(i.uid, i.recent, set(i.flags)) for i in box.messages()] \
+        == [(1, False, {"\\Flagged"}), (3, False, {"\\Flagged"})]
+    assert sorted(os.listdir(os.path.join(user_dir(root), "new"))) == []
+    assert sorted(n.partition(":")[2]
+                  for n in os.listdir(os.path.join(user_dir(root), "cur"))) == ["2,F", "2,F"]
+    assert sorted(i.uid for i in rec.changed) == [1, 3]
+    assert rec.expunged == [2]
+    usage = await store.quota(A)
+    assert usage.messages == 2
+    # The watch saw only our own changes: nothing to list again.
+    listings = box.listings
+    await box.refresh()
+    assert box.listings == listings
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_message_does_not_wait_for_our_rename_in_flight(root, monkeypatch):
+    """Under bench/imap_load.py a third of the FETCH BODY[HEADER]s of a just-appended
+    message found it already renamed by another session's \\Recent claim (new/ ->
+    cur/) still in its thread hop, and waited for the folder lock behind every pass
+    queued on it. The in-flight rename's new name is tried at once."""
+    from mailhost.store._maildir import maildir_folder
+
+    store = MaildirStore(root, fsync=False)
+    await deliver(store, b"Subject: x\r\n\r\nbody\r\n", DeliveryTarget(A, want_uid=True))
+    box = await folder_of(store)
+    real, release = maildir_folder.rename_all, threading.Event()
+    monkeypatch.setattr(maildir_folder, "INLINE_RENAMES", 0)  # the claim's rename in a thread
+
+    def held(*args):  # renamed on disk; the index not told yet
+        done = real(*args)
+        release.wait(10)
+        return done
+
+    monkeypatch.setattr(maildir_folder, "rename_all", held)
+    claim = box.claim_recent()
+    try:
+        for _ in range(250):  # until the thread has renamed it (bounded)
+            if os.listdir(os.path.join(user_dir(root), "cur")):
+                break
+            await sleep(0.02)
+        assert box._lock.locked and not os.listdir(os.path.join(user_dir(root), "new"))
+        d = box.open_message(1)
+        assert d.called, "open_message queued for the lock behind our own rename"
+        with d.result as f:
+            assert f.read() == b"Subject: x\r\n\r\nbody\r\n"
+    finally:
+        release.set()
+    assert await claim == {1}
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_renames_on_the_reactor_thread_when_the_uidlist_lock_is_free(
+        root, monkeypatch):
+    """Under bench/imap_load.py a STORE's or claim's pass held the folder lock for a
+    thread hop, 3-5 ms, mostly waiting for the busy reactor to take the result back.
+    A few renames now happen at once when dovecot-uidlist.lock can be had without
+    waiting; when another program holds it, the pass waits for it in a thread."""
+    from mailhost.store._maildir import maildir_folder
+    from mailhost.store._maildir.dotlock import DotLock
+    from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
+
+    monkeypatch.setattr(maildir_folder, "INLINE_RENAMES", 16)  # off by default
+    store = MaildirStore(root, fsync=False)
+    for _ in range(2):
+        await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
+    box = await folder_of(store)
+    hops = []
+    real = store.run_blocking
+
+    def counted(fn, *args):
+        hops.append(fn)
+        return real(fn, *args)
+
+    store.run_blocking = counted
+    try:
+        claim = box.claim_recent()
+        assert claim.called and set(claim.result) == {1, 2}
+        d = box.set_flags([1], ["\\Seen"], "add")
+        assert d.called and [set(i.flags) for i in d.result] == [{"\\Seen"}]
+        assert hops == []
+        assert sorted(n.partition(":")[2]
+                      for n in os.listdir(os.path.join(user_dir(root), "cur"))) == ["2,", "2,S"]
+        other = DotLock(os.path.join(user_dir(root), UIDLIST_FILE))
+        other.acquire()  # another program (Dovecot) holds the uidlist lock
+        try:
+            d = box.set_flags([2], ["\\Flagged"], "add")
+            assert not d.called and len(hops) == 1
+        finally:
+            other.release()
+        assert [set(i.flags) for i in await d] == [{"\\Flagged"}]
+    finally:
+        del store.run_blocking
+    assert box.get(2).flags == {"\\Flagged"}
     await store.close()

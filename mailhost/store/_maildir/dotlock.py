@@ -143,6 +143,10 @@ class DotLock:
             time.sleep(poll)
             poll = min(poll * 1.5, POLL_MAX)
 
+    def try_acquire(self) -> bool:
+        """One attempt, no waiting: True if the lock is now ours."""
+        return self._try_create()
+
     def _try_create(self) -> bool:
         try:
             fd = self.modes.open_new(self.lock_path,

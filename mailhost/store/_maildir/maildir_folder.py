@@ -27,7 +27,7 @@ import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
@@ -100,6 +100,13 @@ NUMBER_DELAY = 0.05
 #: Modseq journal lines wait this long for others to share their write.
 JOURNAL_DELAY = 1.0
 
+#: A pass of at most this many renames and no unlinks renames on the reactor thread
+#: when the uidlist lock is free at once (see ``_rename_and_unlink``); 0: never. Off
+#: until measured on a quiet host: in the loaded runs of bench/imap_load.py it cut the
+#: folder lock's hold time, but NOOP and APPEND medians got worse in the same runs
+#: (the reactor may block on the directory and journal that fsyncing APPENDs share).
+INLINE_RENAMES = 0
+
 #: ``diff_folder``'s answer: (stamp, renamed [(uid, recent, part)], gone UIDs, unknown
 #: files [(subdir, name)]).
 Diff = tuple[tuple[int, int] | None, list[tuple[int, bool, str | None]], list[int],
@@ -110,15 +117,13 @@ Diff = tuple[tuple[int, int] | None, list[tuple[int, bool, str | None]], list[in
 Row = tuple[str, bool, str | None, bool, int, float]
 
 
-#: One ``set_flags`` call waiting for its pass: (UIDs ascending, flags, mode, caller).
-FlagRequest = tuple[list[int], frozenset[str], str, "defer.Deferred[list[MessageInfo]]"]
-
-#: One ``expunge`` call waiting for its pass: (the UIDs it is restricted to, or None
-#: for every \Deleted message; the caller).
-ExpungeRequest = tuple["set[int] | None", "defer.Deferred[list[int]]"]
-
-#: One ``claim_recent`` whose renames wait for their pass: (UIDs, caller).
-ClaimRequest = tuple[list[int], "defer.Deferred[set[int]]"]
+#: One change waiting for its pass (``_changes``), the caller last:
+#: (FLAGS, UIDs ascending, flags, mode, caller) of ``set_flags``;
+#: (EXPUNGE, the UIDs it is restricted to or None for every \Deleted message, None,
+#: None, caller) of ``expunge``; (CLAIM, UIDs, None, None, caller) of the renames
+#: new/ -> cur/ of ``claim_recent``.
+ChangeRequest = tuple[str, Any, Any, Any, "defer.Deferred[Any]"]
+FLAGS, EXPUNGE, CLAIM = "flags", "expunge", "claim"
 
 
 def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
@@ -170,13 +175,10 @@ class MaildirFolder:
         self._disk_call: IDelayedCall | None = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
         self._leaving: set[tuple[str, str]] = set()  # names our rename/unlink in flight drops
-        #: Flag changes, expunges and \Recent claims that wait for the lock, each kind
-        #: to run as one pass (see set_flags, expunge, claim_recent).
-        self._flag_passes: LockPasses[FlagRequest] = LockPasses(self._run, self._set_flags)
-        self._expunge_passes: LockPasses[ExpungeRequest] = LockPasses(self._run,
-                                                                      self._expunge)
-        self._claim_passes: LockPasses[ClaimRequest] = LockPasses(
-            self._run, self._claim_recent, self._claims_failed)
+        #: Flag changes, expunges and \Recent claims that wait for the lock run as one
+        #: pass, with one thread hop (see ``_changes``).
+        self._change_passes: LockPasses[ChangeRequest] = LockPasses(
+            self._run, self._changes, self._changes_failed)
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
         self._numbering = False  # a batch is scheduled or running
         self._number_call: IDelayedCall | None = None  # the scheduled start of the next batch
@@ -739,6 +741,19 @@ class MaildirFolder:
                 # and are the caller's business (thread pool or small chunks).
                 raw = open(path, "rb")  # noqa: SIM115 - the caller closes it
             except FileNotFoundError:
+                moving = self._index.renaming.get(self._index.keys[i])
+                if moving is not None:
+                    # A rename of ours (flags, new/ -> cur/) is in flight in a thread and
+                    # has happened: the new name, at once. (Issue 16: under the 10-client
+                    # load a third of FETCH BODY[HEADER]s of a just-appended message
+                    # met another session's \Recent claim and waited for the folder
+                    # lock, 3.5 ms median, behind every pass queued on it.)
+                    try:
+                        raw = open(os.path.join(self._path, moving), "rb")  # noqa: SIM115
+                    except FileNotFoundError:
+                        pass
+                    else:
+                        return io.BufferedReader(CRLFReader(raw)) if wrap else raw
                 if attempt == 0:
                     # A rename of ours (flags, new/ -> cur/) may be in flight: let it
                     # finish, retry.
@@ -890,30 +905,8 @@ class MaildirFolder:
         except StoreError:
             return defer.fail()
         d: defer.Deferred[list[MessageInfo]] = defer.Deferred()
-        self._flag_passes.join((sorted(set(uids)), wanted, mode, d))
+        self._change_passes.join((FLAGS, sorted(set(uids)), wanted, mode, d))
         return d
-
-    async def _set_flags(self, batch: list[FlagRequest]) -> None:
-        if self._index.unknown_dates:
-            # The results carry dates: no stat each here.
-            await self._read_dates(sorted({u for uids, *_ in batch for u in uids}))
-        results: list[dict[int, MessageInfo]] = [{} for _ in batch]
-        missed = await self._set_flags_once([r[:3] for r in batch], results)
-        if missed:
-            # Another program renamed (flagged) or removed these files meanwhile: learn
-            # their names, then apply the changes once more to what is still there.
-            await self._refresh(True)
-            for result in results:
-                for uid in missed:
-                    result.pop(uid, None)
-            index = self._index
-            await self._set_flags_once(
-                [([u for u in uids if u in missed and u in index], wanted, mode)
-                 for uids, wanted, mode, _ in batch], results)
-        get = self._modseqs.get
-        for (*_, waiter), result in zip(batch, results, strict=True):
-            waiter.callback([with_modseq(result[u], get(u)) for u in sorted(result)
-                             if u in self._index])
 
     async def _set_flags_once(self, requests: list[tuple[list[int], frozenset[str], str]],
                               results: list[dict[int, MessageInfo]]) -> set[int]:
@@ -1007,22 +1000,9 @@ class MaildirFolder:
         thread hop (issue 16, as ``set_flags``); a UID goes to the first of them, in
         the order asked, whose selection has it."""
         d: defer.Deferred[list[int]] = defer.Deferred()
-        self._expunge_passes.join((None if uids is None else set(uids), d))
+        self._change_passes.join((EXPUNGE, None if uids is None else set(uids), None, None,
+                                  d))
         return d
-
-    async def _expunge(self, batch: list[ExpungeRequest]) -> None:
-        among: set[int] | None = set()
-        for uids, _ in batch:
-            among = None if uids is None or among is None else among | uids
-        try:
-            victims = await self._expunge_locked(among)
-        finally:
-            self._leaving.clear()  # expunges are serialised by the folder lock
-        left = set(victims)
-        for uids, waiter in batch:
-            mine = [u for u in victims if u in left and (uids is None or u in uids)]
-            left.difference_update(mine)
-            waiter.callback(mine)
 
     async def _expunge_locked(self, among: set[int] | None) -> list[int]:
         index = self._index
@@ -1178,43 +1158,259 @@ class MaildirFolder:
             return defer.succeed(set())
         index.claimed.update(fresh)
         d: defer.Deferred[set[int]] = defer.Deferred()
-        self._claim_passes.join((fresh, d))
+        self._change_passes.join((CLAIM, fresh, None, None, d))
         return d
 
-    def _claims_failed(self, batch: list[ClaimRequest], f: Failure) -> None:
-        for uids, waiter in batch:
-            self._index.claimed.difference_update(uids)
-            if f.check(NoSuchFolder):
-                waiter.callback(set())  # nothing left to claim
-            else:
-                waiter.errback(f)
+    def _changes_failed(self, batch: list[ChangeRequest], f: Failure) -> None:
+        """A pass that could not run: claims give their messages back to the recent
+        set (a folder gone has nothing left to claim); other callers get the error."""
+        for kind, uids, _, _, waiter in batch:
+            if waiter.called:
+                continue
+            if kind == CLAIM:
+                self._index.claimed.difference_update(uids)
+                if f.check(NoSuchFolder):
+                    waiter.callback(set())
+                    continue
+            waiter.errback(f)
 
-    async def _claim_recent(self, batch: list[ClaimRequest]) -> None:
+    async def _changes(self, batch: list[ChangeRequest]) -> None:
+        """Flag changes, expunges and \\Recent claims that waited for the lock together,
+        applied in the order asked, with one thread hop for all their renames and
+        unlinks, each file renamed at most once (a claimed message whose flags change
+        goes from new/ to its final name in cur/; one expunged goes from its indexed
+        name). Issue 16: under a 10-client load each kind queued a pass and a thread
+        hop of its own, and the lock was busy most of the time.
+
+        Each flag caller gets the flags its own change left; each removed UID goes to
+        the first expunge, in order, whose selection has it; each claim gets the
+        messages it moved. When another program renamed or removed a file meanwhile,
+        the folder is listed again and what failed is done once more (as
+        ``_set_flags_once`` and ``_expunge_locked`` do)."""
+        flagged = sorted({u for kind, uids, *_ in batch if kind == FLAGS for u in uids})
+        if flagged and self._index.unknown_dates:
+            await self._read_dates(flagged)  # the results carry dates: no stat each here
+        learn: set[str] = set()
+        for kind, _, wanted, mode, _ in batch:
+            if kind == FLAGS and mode != "remove":
+                learn |= wanted
+        if learn:
+            await self._learn_keywords(learn)
         index = self._index
-        wanted = sorted({uid for uids, _ in batch for uid in uids})
+        plan: dict[int, tuple[bool, str | None]] = {}  # uid -> (in new/, info part)
+        gone: set[int] = set()  # expunged by the pass
+        outcome: list[Any] = []  # per request: moved UIDs, {uid: (recent, part)}, victims
+        for kind, uids, wanted, mode, _ in batch:
+            if kind == CLAIM:
+                moved = []
+                for uid in uids:
+                    i = index.pos(uid)
+                    if i < 0 or uid in gone:
+                        continue  # expunged meanwhile
+                    st = index.state_at(i)
+                    recent, part = plan.get(uid, (st.recent, st.part))
+                    if recent:  # else another program moved it to cur/ meanwhile
+                        plan[uid] = (False, make_info(info_letters(part), in_new=False))
+                        moved.append(uid)
+                outcome.append(moved)
+            elif kind == FLAGS:
+                seen: dict[int, tuple[bool, str | None]] = {}
+                for uid in uids:
+                    i = index.pos(uid)
+                    if i < 0 or uid in gone:
+                        continue
+                    st = index.state_at(i)
+                    recent, part = plan.get(uid, (st.recent, st.part))
+                    cur = index.table[index.state(part, recent)]
+                    new_flags = apply_mode(cur.flags, wanted, mode)
+                    if new_flags != cur.flags:
+                        part = make_info(self._letters(new_flags, cur.extra), recent)
+                        plan[uid] = (recent, part)
+                    seen[uid] = (recent, part)
+                outcome.append(seen)
+            else:
+                victims = self._deleted_among(uids, plan, gone)
+                gone.update(victims)
+                outcome.append(victims)
         renames: list[tuple[str, str]] = []
-        moves: list[tuple[int, str | None]] = []
-        for uid in wanted:
+        moves: list[tuple[int, bool, str | None]] = []
+        for uid, (recent, part) in sorted(plan.items()):
+            i = index.pos(uid)
+            st = index.state_at(i)
+            if uid in gone or (recent, part) == (st.recent, st.part):
+                continue
+            base = index.keys[i]
+            renames.append((self._relpath_at(i),
+                            os.path.join("new" if recent else "cur", filename(base, part))))
+            moves.append((uid, recent, part))
+        victims_all = sorted(gone)
+        ok, missing = await self._rename_and_unlink(renames, victims_all)
+        # What was done goes into the index; then what another program got in the way of.
+        changed: list[MessageInfo] = []
+        missed: set[int] = set()
+        for (uid, recent, part), done in zip(moves, ok, strict=True):
             i = index.pos(uid)
             if i < 0:
-                continue  # expunged meanwhile
-            base, st = index.keys[i], index.state_at(i)
-            if not st.recent:
-                continue  # another program moved it to cur/ meanwhile
-            new_part = make_info(info_letters(st.part), in_new=False)
-            renames.append((os.path.join("new", filename(base, st.part)),
-                            os.path.join("cur", filename(base, new_part))))
-            moves.append((uid, new_part))
-        ok = await self._renaming(renames) if renames else []
-        moved: set[int] = set()
-        for (uid, new_part), done in zip(moves, ok, strict=True):
-            i = index.pos(uid)
-            if done and i >= 0:
-                index.states[i] = index.state(new_part, False)
-                moved.add(uid)
-        index.claimed.difference_update(wanted)
-        for uids, waiter in batch:
-            waiter.callback(moved.intersection(uids))
+                continue
+            if not done:
+                missed.add(uid)
+                continue
+            old_flags = index.state_at(i).flags
+            index.states[i] = index.state(part, recent)
+            if index.table[index.states[i]].flags != old_flags:
+                changed.append(index.info_at(i))
+        self._listeners.changed(self, changed)
+        # Each flag caller's messages as its change left them (one expunged later in
+        # the pass too: it was there for that change), taken before the removal.
+        answers: list[dict[int, MessageInfo]] = []
+        for (kind, *_), out in zip(batch, outcome, strict=True):
+            if kind != FLAGS:
+                continue
+            result: dict[int, MessageInfo] = {}
+            for uid, (recent, part) in out.items():
+                i = index.pos(uid)
+                if uid in missed or i < 0:
+                    continue
+                info = index.info_at(i)
+                st = index.state_at(i)
+                if (recent, part) != (st.recent, st.part):  # changed by another request
+                    info = replace(info, flags=index.table[index.state(part, recent)].flags)
+                result[uid] = info
+            answers.append(result)
+        lost = missing
+        present = [u for u in victims_all if u not in lost and u in index]
+        freed = sum(index.sizes[index.pos(u)] for u in present)
+        self._remove(present)
+        self._listeners.expunged(self, present)
+        if lost:
+            await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
+        claimed_uids = {u for kind, uids, *_ in batch if kind == CLAIM for u in uids}
+        index.claimed.difference_update(claimed_uids)
+        kept: set[int] = set()
+        results: list[dict[int, MessageInfo]] = []
+        if missed or lost:
+            # Another program renamed (flagged) or removed these files meanwhile: learn
+            # their names, then apply the changes once more to what is still there (a
+            # claim leaves a file the other program moved to it).
+            await self._refresh(True)
+            index = self._index
+            if missed:
+                redo: list[tuple[list[int], frozenset[str], str]] = []
+                for kind, uids, wanted, mode, _ in batch:
+                    if kind == FLAGS:
+                        redo.append(([u for u in uids if u in missed and u in index],
+                                     wanted, mode))
+                results = [{} for _ in redo]
+                await self._set_flags_once(redo, results)
+            if lost:
+                try:
+                    again = set(await self._expunge_locked({u for u in lost if u in index}))
+                finally:
+                    self._leaving.clear()
+                kept = {u for u in lost if u in self._index} - again
+        if gone and self._stale > max(COMPACT_MIN_STALE, len(self._index)):
+            await self._compact()
+        get = self._modseqs.get
+        redone, answered = iter(results), iter(answers)
+        removed = gone - kept
+        for (kind, _, _, _, waiter), out in zip(batch, outcome, strict=True):
+            if kind == CLAIM:
+                waiter.callback({u for u in out if u not in missed and u not in gone})
+            elif kind == EXPUNGE:
+                waiter.callback([u for u in out if u not in kept])
+            else:
+                result = next(answered)
+                if missed:
+                    result.update(next(redone))
+                waiter.callback([with_modseq(result[u], get(u)) for u in sorted(result)
+                                 if u in self._index or u in removed])
+
+    def _deleted_among(self, among: set[int] | None, plan: dict[int, tuple[bool, str | None]],
+                       gone: set[int]) -> list[int]:
+        """The UIDs (of ``among``, or all) that are \\Deleted once the pass so far has
+        run (``plan``), leaving out those it expunges already (``gone``)."""
+        index = self._index
+        table = index.table
+        deleted = {sid for sid, st in enumerate(table) if "\\Deleted" in st.flags}
+        if among is None:
+            found = [uid for uid, sid in zip(index.uids, index.states, strict=True)
+                     if sid in deleted and uid not in plan and uid not in gone]
+            planned = plan.keys() - gone
+        else:
+            found = []
+            for uid in among:
+                i = index.pos(uid)
+                if i >= 0 and uid not in plan and uid not in gone \
+                        and index.states[i] in deleted:
+                    found.append(uid)
+            planned = {u for u in among if u in plan and u not in gone}
+        found += [u for u in planned
+                  if "\\Deleted" in table[index.state(plan[u][1], plan[u][0])].flags]
+        return sorted(found)
+
+    async def _rename_and_unlink(self, renames: list[tuple[str, str]], victims: list[int],
+                                 ) -> tuple[list[bool], set[int]]:
+        """One thread hop under the uidlist lock (see FolderUids.locked): the renames
+        (relative paths; done or not, each), then unlinking the files of ``victims``
+        under their indexed names (those whose file was not there). Quota is counted in
+        the same hop when every victim's file went. A date read on the reactor thread
+        meanwhile may find a renamed file under its new name (FolderIndex.date_at).
+
+        With ``INLINE_RENAMES`` (off by default, see there), a few renames alone (a
+        STORE, a \\Recent claim) are done here, on the reactor thread, when the uidlist
+        lock can be had at once: a rename is a directory
+        update, like the lock file's create and unlink, with no data I/O and no fsync
+        (Dovecot renames in its process too, and fsyncs neither). Issue 16: under the
+        10-client load the thread hop held the folder lock 3-5 ms a pass, most of it
+        waiting for the busy reactor to take the result back, and every STORE, EXPUNGE
+        and claim queued behind it. Unlinks (the blocks a big file frees, and quota's
+        maildirsize line) stay in the thread, as does any pass when a thread or
+        another program holds the lock."""
+        index = self._index
+        rels = [self._relpath_at(index.pos(u)) for u in victims]
+        paths = [os.path.join(self._path, rel) for rel in rels]
+        if not renames and not paths:
+            return [], set()
+        path, locked = self._path, self._uids.locked
+        watched = self._watching == "inotify"
+        if not paths and len(renames) <= INLINE_RENAMES:
+            done, inline = self._uids.try_locked(rename_all, path, renames)
+            if done:
+                assert inline is not None
+                if watched:  # the watch's events for them cost no rescan (_explained)
+                    self._own_names.update(os.path.split(new) for _, new in renames)
+                return inline, set()
+        moving = index.renaming
+        for old, new in renames:
+            moving[os.path.basename(old).partition(":")[0]] = new
+        if watched:
+            # The names our renames pass through, so the watch's events for them
+            # cost no rescan (see _explained); the names they leave, so a NOOP
+            # meanwhile need not wait on the lock for them (_nothing_foreign).
+            self._own_names.update(os.path.split(new) for _, new in renames)
+            self._leaving.update(os.path.split(old) for old, _ in renames)
+            self._leaving.update(os.path.split(rel) for rel in rels)
+        charge = self._account.charge_in_thread(
+            -sum(index.sizes[index.pos(u)] for u in victims), -len(victims)) if victims \
+            else None
+
+        def both() -> tuple[list[bool], list[str]]:
+            ok = rename_all(path, renames) if renames else []
+            return ok, unlink_all(paths) if paths else []
+
+        def work() -> tuple[list[bool], list[str]]:
+            ok, missing = locked(both)
+            if charge is not None and not missing:
+                maildirsize.add_all((charge,))
+            return ok, missing
+
+        try:
+            ok, missing = await self._store.run_blocking(work)
+        finally:
+            moving.clear()  # renames are serialised by the folder lock
+            self._leaving.clear()
+        lost = set(missing)
+        return ok, {u for u, p in zip(victims, paths, strict=True) if p in lost}
 
     def add_listener(self, listener: IFolderListener) -> None:
         self._listeners.add(listener)

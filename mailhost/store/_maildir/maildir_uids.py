@@ -206,6 +206,23 @@ class FolderUids:
         with self.mutex, self.dotlock():
             return fn(*args)
 
+    def try_locked(self, fn: Callable[..., T], *args: object) -> tuple[bool, T | None]:
+        """``locked`` without waiting, for a caller that must not block (the reactor
+        thread): (False, None) when another thread holds the folder's mutex or
+        another program dovecot-uidlist.lock; else (True, what ``fn`` returned)."""
+        if not self.mutex.acquire(blocking=False):
+            return False, None
+        try:
+            lock = self.dotlock()
+            if not lock.try_acquire():
+                return False, None
+            try:
+                return True, fn(*args)
+            finally:
+                lock.release()
+        finally:
+            self.mutex.release()
+
     def close(self) -> None:
         """Let go of the uidlist file held open (the folder is forgotten or the store
         closes); under the mutex, so no thread is reading through that fd."""
