@@ -330,6 +330,7 @@ async def test_repeated_sort_and_search_open_no_message_file(imap_host, tmp_path
     folder = await host.folder()
     opened: list[int] = []
     real_open, real_read = folder.open_message, folder.read_message
+    real_headers = folder.read_headers
 
     def count_open(uid, *a, **kw):
         opened.append(uid)
@@ -339,7 +340,12 @@ async def test_repeated_sort_and_search_open_no_message_file(imap_host, tmp_path
         opened.append(uid)
         return real_read(uid, *a, **kw)
 
+    def count_headers(uids, fn):
+        opened.extend(uids)
+        return real_headers(uids, fn)
+
     folder.open_message, folder.read_message = count_open, count_read
+    folder.read_headers = count_headers
 
     def sort_and_search():
         c = host.client()
@@ -367,7 +373,7 @@ async def test_repeated_sort_and_search_open_no_message_file(imap_host, tmp_path
     def no_files(*a, **kw):
         raise AssertionError("a message file was opened after the restart")
 
-    folder2.open_message = folder2.read_message = no_files
+    folder2.open_message = folder2.read_message = folder2.read_headers = no_files
     await host2.in_thread(sort_and_search)
 
 
