@@ -274,6 +274,28 @@ def _record_values(text: str) -> list[Any] | None:
     return values
 
 
+def _record_subjects(text: str) -> list[Any]:
+    """``_record_values`` with the subject slot only (the others None; all None for
+    what is not a record), for the columns derived from it (SEARCH SUBJECT, SORT
+    (SUBJECT), THREAD's base subjects): the fixed lines are checked, not parsed."""
+    if text.startswith("["):
+        return _record_values(text) or [None] * len(_SLOTS)
+    values: list[Any] = [None] * len(_SLOTS)
+    n = len(_LINE_SLOTS)
+    parts = text.split("\n", n)
+    if len(parts) < n or any(p and p[0] != "=" for p in parts[:n]):
+        return values
+    if len(parts) > n:
+        subjects = parts[n].split("\n")
+        if any(p[:1] != "=" for p in subjects):
+            return values
+        try:
+            values[1] = [p[1:].encode("latin-1") for p in subjects]
+        except UnicodeEncodeError:
+            pass
+    return values
+
+
 def _json_record_values(text: str) -> list[Any] | None:
     """``_record_values`` of a record as an older mailhost cached it (a JSON list)."""
     try:
@@ -401,6 +423,8 @@ _GROUPS: dict[str, tuple[Any, ...]] = {
     "parents": (lambda v: (_parents_of(v[6], v[7]),), ("parents",)),
 }
 _COLUMN_GROUP = {col: group for group, (_, cols) in _GROUPS.items() for col in cols}
+#: The groups that read the subject slot only (``_record_subjects`` parses no other).
+_SUBJECT_DERIVES = frozenset({_GROUPS["subject"][0], _GROUPS["base"][0]})
 _UNSET: Any = object()
 _EMPTY = _fields_from([None] * len(_SLOTS))
 
@@ -603,6 +627,12 @@ class HeaderTable:
 
     def _derived(self, derive: Any, names: tuple[str, ...], row: int) -> tuple[Any, ...]:
         """A column group's values of a row (``_GROUPS``), computed now."""
+        if derive in _SUBJECT_DERIVES:
+            values = _record_subjects(self._records[row])
+            try:
+                return tuple(derive(values))
+            except Exception:  # as below
+                return tuple(getattr(_EMPTY, n) for n in names)
         last_row, values = self._last
         if last_row != row:
             parsed = _record_values(self._records[row])
