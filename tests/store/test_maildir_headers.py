@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
@@ -12,15 +13,21 @@ from mailhost.imap.headerindex import _head
 from mailhost.store._maildir import maildir_headers, uidcache
 from mailhost.store.interfaces import IHeaderBlocks
 from mailhost.store.maildir import MaildirStore
-from tests.store.test_maildir import (  # noqa: F401 - root is a fixture
+from tests.store.test_maildir import (
     deliver,
     folder_of,
     foreign_file,
     maildir_dirs,
     read_all,
-    root,
     user_dir,
 )
+
+
+
+@pytest.fixture
+def root(tmp_path):
+    return str(tmp_path / "mail")
+
 
 LONG = b"X-Long: " + b"y" * (maildir_headers.HEAD_CHUNK + 100) + b"\r\n"
 
