@@ -23,7 +23,6 @@ from tests.store.test_maildir import (
 )
 
 
-
 @pytest.fixture
 def root(tmp_path):
     return str(tmp_path / "mail")
