@@ -14,14 +14,13 @@ kept:
   bytes never change under its UID, so an entry is valid until the message goes, and
   the store drops it then.
 
-Messages not yet known are read in batches of ``BATCH``: the files of a batch are opened
-(``IFolder.open_message``; on Maildir a dentry lookup, which the store itself does on
-the reactor thread) and one ``IMessageReader.call`` runs the header reading and parsing
-of the whole batch in the store's thread pool, so 100k messages cost 100k/BATCH thread
-hops, not 100k, and the reactor only files the results between batches. A store where
-each message opened is a round trip (PostgreSQL) offers ``IHeaderBlocks`` instead: the
-header blocks of ``BULK`` messages come in one call (a query or two) and are parsed in
-its thread.
+Messages not yet known are read ``BULK`` at a time through ``IHeaderBlocks``, which
+Maildir and PostgreSQL offer: one call reads the header blocks of the whole batch in
+the store's thread (Maildir: a few system calls per file; PostgreSQL: a query or two)
+and parses them there, so the reactor only files the results between batches. A store
+without it (memory) has the files of a batch of ``BATCH`` opened
+(``IFolder.open_message``) and one ``IMessageReader.call`` runs the reading and
+parsing of the whole batch in the store's thread pool.
 
 What is kept per message is small, and derived only when asked (issue 16: the first
 ``SEARCH SUBJECT`` on 100k messages spent ~100 us per message in ``parse_fields``
@@ -29,8 +28,9 @@ deriving all fifteen fields, and the derived text per message, held both as a
 ``Fields`` tuple and as the store's cache text, was ~100 MB):
 
 - the fill extracts only the raw values of the eight header fields that matter
-  (``raw_record``: one unfolding regex and a split, no decoding) and keeps them as one
-  JSON text, which is also the store's cache text (the same string object, held once);
+  (``raw_record``: one regex finds their lines, no decoding) and keeps them as one
+  text of a line per field, which is also the store's cache text (the same string
+  object, held once);
 - the derived forms are computed per group of columns (the date; the subject; the
   base subject; each address field; the message-id; the parents) the first time a command reads one,
   for the messages it reads, and kept in position-indexed column lists: SEARCH
