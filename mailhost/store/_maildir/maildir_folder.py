@@ -793,7 +793,10 @@ class MaildirFolder:
             if dates:
                 # Dates learnt on the way (fstat of the open file), recorded as the
                 # background date pass would, which then has none of them to stat.
-                uid_files.cache([(uid, date, *facts[uid]) for uid, date in dates])
+                try:
+                    uid_files.cache([(uid, date, *facts[uid]) for uid, date in dates])
+                except OSError:
+                    pass  # only a cache: a restart reads these dates again
             return out, missing, dates
 
         out, missing, dates = await self._store.run_blocking(work)
