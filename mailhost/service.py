@@ -606,6 +606,7 @@ def makeService(
                                  default_domain=settings.relay.default_domain)
     except ValueError as e:
         raise ConfigError(f"smtp.relay_networks: {e}") from None
+    url_fetcher = _url_fetcher(store, settings.imap)  # URLFETCH and BURL (RFC 4467, 4468)
     for submission, section in ((False, config.smtp), (True, config.submission)):
         kind = "submission" if submission else "smtp"
         for description, wrap in _listen_specs(section):
@@ -613,7 +614,7 @@ def makeService(
                                   queue=smtp_queue, submission=submission,
                                   tls_options=None if wrap else tls_options, reactor=reactor,
                                   sessions=sessions, space=space, pipeline=pipeline,
-                                  checks=checks)
+                                  checks=checks, url_fetcher=url_fetcher if submission else None)
             root.factories.setdefault(kind, []).append(factory)
             root.add_listener(kind, description, factory, reactor,
                               implicit_tls=tls_options if wrap else None)
@@ -637,11 +638,23 @@ def makeService(
 
     for description, wrap in _listen_specs(config.imap):
         imap = IMAPFactory(settings.imap, login, tls_options=None if wrap else tls_options,
-                           reactor=reactor, sessions=sessions)
+                           reactor=reactor, sessions=sessions, url_fetcher=url_fetcher)
         root.factories.setdefault("imap", []).append(imap)
         root.add_listener("imap", description, imap, reactor,
                           implicit_tls=tls_options if wrap else None)
     return root
+
+
+def _url_fetcher(store: IMailStore, imap: Any) -> Any:
+    """The one ``mailhost.urlfetch.IUrlFetcher`` of the host: IMAP's URLFETCH and the
+    submission listeners' BURL resolve URLAUTH URLs through it (None without
+    ``imap.urlauth_dir``: no URLAUTH, no BURL)."""
+    if not imap.urlauth_dir:
+        return None
+    from mailhost.imap.catenate import open_url
+    from mailhost.urlfetch.fetcher import UrlAuthFetcher
+
+    return UrlAuthFetcher(store.open_account, imap.urlauth_dir, open_url)
 
 
 def _make_mail_view(store: IMailStore, config: Config, reactor: Any) -> Any:

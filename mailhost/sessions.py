@@ -209,7 +209,13 @@ class SessionRegistry:
             return self._drained
 
         def abort() -> None:
-            for session in list(self.sessions):
+            left = list(self.sessions)
+            if left:
+                kinds = sorted({str(session.protocol) for session in left})
+                log.warn("shutdown: {count} sessions still open after the {grace:g} s grace "
+                         "({kinds}); cutting them", count=len(left), grace=grace,
+                         kinds=", ".join(kinds), event="drain_timeout")
+            for session in left:
                 session.transport.abortConnection()
             if self._drained is not None and not self._drained.called:
                 self._drained.callback(None)

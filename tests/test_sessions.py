@@ -166,13 +166,23 @@ def test_drain_says_goodbye_to_idle_sessions_and_waits_for_a_transaction(host):
 
 
 def test_drain_aborts_what_is_left_after_the_grace(host):
-    proto, transport = host.connect("smtp")
-    host.send(proto, b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\n")
-    d = host.registry.drain(5.0)
-    host.clock.advance(4.9)
-    assert not d.called and not transport.disconnecting
-    host.clock.advance(0.2)
-    assert d.called
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        proto, transport = host.connect("smtp")
+        host.send(proto, b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\n")
+        d = host.registry.drain(5.0)
+        host.clock.advance(4.9)
+        assert not d.called and not transport.disconnecting
+        host.clock.advance(0.2)
+        assert d.called
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    # Cut, and said so: how many, after how long, which protocols.
+    (cut,) = [e for e in events if e.get("event") == "drain_timeout"]
+    assert cut["count"] == 1 and cut["grace"] == 5.0 and cut["kinds"] == "smtp"
 
 
 def test_metrics_count_each_smtp_transaction_once(host):

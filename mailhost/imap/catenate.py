@@ -8,7 +8,8 @@ message reader into the new message's writer chunk by chunk, so a big part never
 in memory. A URL that does not resolve fails the whole APPEND with ``NO [BADURL url]``,
 a result over APPENDLIMIT with ``NO [TOOBIG]``. TEXT parts are literals read in memory
 (each at most ``imap.max_literal_size``; the server does not stream a CATENATE
-command's literals into the store). Commit is ``commands_mailbox.commit_appends``: all
+command's literals into the store); NUL in a TEXT literal8 is ``NO [UNKNOWN-CTE]`` (a
+fragment cannot be re-encoded as ``imap.binary_append`` does a whole message). Commit is ``commands_mailbox.commit_appends``: all
 or none, with the quota check.
 """
 
@@ -88,13 +89,7 @@ def _bad_url(text: bytes, why: str) -> No:
     return No(f"[BADURL {shown.decode('ascii', 'replace')}] {why}")
 
 
-def store_name(name: str) -> str:
-    """A URL's mailbox name (UTF-8 already) as the store spells it (INBOX folded)."""
-    if name.upper() == "INBOX":
-        return "INBOX"
-    if name.upper().startswith("INBOX."):
-        return "INBOX" + name[5:]
-    return name
+store_name = imapurl.store_name
 
 
 async def open_url(account: IMailAccount, url: imapurl.ImapUrl
@@ -177,6 +172,9 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
                     continue
                 if writer.size + len(value) > limit:
                     raise No("[TOOBIG] The message would be larger than APPENDLIMIT")
+                if b"\0" in value:  # only a literal8 gets here with NUL (parser)
+                    raise No("[UNKNOWN-CTE] NUL octets in a CATENATE TEXT part cannot be"
+                             " stored; APPEND the whole message as a literal8 (RFC 3516)")
                 for i in range(0, len(value), CHUNK):
                     writer.write(value[i:i + CHUNK])
             if writer.size == 0:

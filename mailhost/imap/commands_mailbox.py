@@ -13,6 +13,7 @@ from itertools import compress
 from typing import TYPE_CHECKING
 
 from mailhost.imap import objects, parser, rev2
+from mailhost.imap.binary_append import without_nul
 from mailhost.imap.list_extended import parse_list
 from mailhost.imap.quota import check_room
 from mailhost.imap.responses import Bad, No, format_set
@@ -77,6 +78,8 @@ async def _select(s: IMAPServer, cmd: parser.Command, readonly: bool) -> bytes:
     out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
     out.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % folder.uid_next)
     out.append(objects.mailbox_id_line(folder))  # RFC 8474
+    if s.settings.urlauth_dir:  # RFC 4467 8: the URLAUTH mechanisms, at SELECT/EXAMINE
+        out.append(b"* OK [URLMECH INTERNAL] URLAUTH mechanisms\r\n")
     s.send(b"".join(out))
     mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
     return mode + b" " + cmd.name.encode("ascii") + b" completed"
@@ -102,6 +105,7 @@ async def create(s: IMAPServer, cmd: parser.Command) -> bytes:
     use = _create_use(cmd.args[1]) if len(cmd.args) == 2 else None
     if name == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
+    rev2.check_new_name(name)
     await s.account.create_folder(name, use)
     s.send(rev2.oldname_line(s, parser.as_string(cmd.args[0]), name))
     return objects.mailbox_id_code(await s.account.open_folder(name)) + b"CREATE completed"
@@ -146,6 +150,7 @@ async def rename(s: IMAPServer, cmd: parser.Command) -> bytes:
     new = mailbox_name(cmd.args[1], utf8).rstrip(DELIM)
     if new == "INBOX":
         raise No("[ALREADYEXISTS] INBOX always exists")
+    rev2.check_new_name(new)
     await s.account.rename_folder(old, new)
     # OLDNAME: the name as given, if it was normalized (RFC 9051 6.3.6). Not for INBOX:
     # "it is assumed that a new INBOX is created", so nothing tells INBOX went away.
@@ -412,8 +417,11 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
                 raise Bad(f"Invalid flag {f}")
         writer: IMessageWriter
         if stream is not None:
+            if stream.nul:  # a plain literal, streamed as it came: NUL is not CHAR8
+                raise Bad("NUL in a literal: binary data goes in a literal8, ~{n} (RFC 3516)")
             writer = stream
         else:
+            message = without_nul(message)  # only a literal8 can hold NUL (RFC 3516 4.4)
             writer = account.new_message()
             for i in range(0, len(message), APPEND_CHUNK):
                 writer.write(message[i:i + APPEND_CHUNK])

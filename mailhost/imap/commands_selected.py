@@ -19,7 +19,7 @@ from mailhost.imap.commands_mailbox import mailbox_name
 from mailhost.imap.output import stream_message
 from mailhost.imap.quota import check_copy
 from mailhost.imap.responses import Bad, No, format_set
-from mailhost.imap.rev2 import utf8_names
+from mailhost.imap.rev2 import utf8_items, utf8_names
 from mailhost.imap.selected import dates_ready, folder_columns
 from mailhost.imap.states import SEL
 from mailhost.store.interfaces import MessageInfo, NoSuchFolder, NoSuchMessage
@@ -209,6 +209,7 @@ async def fetch(s: IMAPServer, cmd: parser.Command, items: list | None = None,
         uids = pick(uids)
     if cmd.uid and not any(it.name == "UID" for it in items):
         items = [parser.FetchItem("UID"), *items]
+    items = utf8_items(s, items)
     folder = sel.folder
     index_only = all(it.name in INDEX_ITEMS for it in items)
     if not index_only or any(it.name == "INTERNALDATE" for it in items):

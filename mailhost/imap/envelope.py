@@ -2,7 +2,11 @@
 
 Addresses are parsed with our own small RFC 5322 tokenizer because the envelope
 must keep every string as sent: RFC 2047 encoded words stay encoded, 8-bit bytes
-stay bytes (they go out as literals), group syntax becomes the
+stay bytes (they go out as literals; to a session that enabled IMAP4rev2 or UTF8=ACCEPT,
+valid UTF-8 goes out as a quoted string, RFC 9051 4.3 and RFC 6855 3: "IMAP4rev2
+implementations MUST accept and MAY transmit [UTF-8] text in quoted-strings"; RFC 9051
+7.5.2 defines ENVELOPE as the header's parsed components, so nothing is decoded: an
+RFC 2047 word is sent as it stands in the header), group syntax becomes the
 ``(NIL NIL "group" NIL) ... (NIL NIL NIL NIL)`` markers. Malformed input never
 raises; it degrades to what can be recognised, like Dovecot does
 (``MISSING_MAILBOX`` / ``MISSING_DOMAIN`` where a part is absent, since a NIL host
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mailhost.imap.encoding import nstring
+from mailhost.imap.encoding import MAX_QUOTED, nstring
 from mailhost.imap.mime import raw
 
 MISSING_MAILBOX = "MISSING_MAILBOX"
@@ -32,13 +36,23 @@ class Address:
     mailbox: str | None
     host: str | None
 
-    def render(self) -> bytes:
-        return b"(" + b" ".join(_ns(v) for v in (self.name, self.adl, self.mailbox, self.host)) \
-            + b")"
+    def render(self, utf8: bool = False) -> bytes:
+        return b"(" + b" ".join(_ns(v, utf8) for v in (self.name, self.adl, self.mailbox,
+                                                         self.host)) + b")"
 
 
-def _ns(value: str | None) -> bytes:
-    return nstring(None if value is None else raw(value))
+def _ns(value: str | None, utf8: bool = False) -> bytes:
+    if value is None:
+        return b"NIL"
+    data = raw(value)
+    if utf8 and len(data) <= MAX_QUOTED and b"\0" not in data and b"\n" not in data \
+            and b"\r" not in data:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return nstring(data)  # not UTF-8: 8-bit bytes go in a literal, as to rev1
+        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return nstring(data)
 
 
 # ------------------------------------------------------------------------ tokenizer
@@ -203,36 +217,37 @@ def parse_addresses(value: str) -> list[Address]:
     return out
 
 
-def render_addresses(value: str | None) -> bytes:
+def render_addresses(value: str | None, utf8: bool = False) -> bytes:
     if value is None:
         return b"NIL"
     addrs = parse_addresses(value)
     if not addrs:
         return b"NIL"
-    return b"(" + b"".join(a.render() for a in addrs) + b")"
+    return b"(" + b"".join(a.render(utf8) for a in addrs) + b")"
 
 
-def render_envelope(env: dict[str, str] | None) -> bytes:
-    """The parenthesised ENVELOPE from a message-level Part's ``env`` fields."""
+def render_envelope(env: dict[str, str] | None, utf8: bool = False) -> bytes:
+    """The parenthesised ENVELOPE from a message-level Part's ``env`` fields; ``utf8``:
+    the session takes UTF-8 in quoted strings (IMAP4rev2 or UTF8=ACCEPT enabled)."""
     env = env or {}
-    from_ = render_addresses(env.get("from"))
-    sender = render_addresses(env.get("sender"))
-    reply_to = render_addresses(env.get("reply-to"))
+    from_ = render_addresses(env.get("from"), utf8)
+    sender = render_addresses(env.get("sender"), utf8)
+    reply_to = render_addresses(env.get("reply-to"), utf8)
     # RFC 3501: absent (or empty) Sender/Reply-To take the From value.
     if sender == b"NIL":
         sender = from_
     if reply_to == b"NIL":
         reply_to = from_
     fields = [
-        _ns(env.get("date")),
-        _ns(env.get("subject")),
+        _ns(env.get("date"), utf8),
+        _ns(env.get("subject"), utf8),
         from_,
         sender,
         reply_to,
-        render_addresses(env.get("to")),
-        render_addresses(env.get("cc")),
-        render_addresses(env.get("bcc")),
-        _ns(env.get("in-reply-to")),
-        _ns(env.get("message-id")),
+        render_addresses(env.get("to"), utf8),
+        render_addresses(env.get("cc"), utf8),
+        render_addresses(env.get("bcc"), utf8),
+        _ns(env.get("in-reply-to"), utf8),
+        _ns(env.get("message-id"), utf8),
     ]
     return b"(" + b" ".join(fields) + b")"

@@ -20,13 +20,15 @@ class IMAPFactory(ServerFactory):
     replaces ``settings`` with a new frozen object for the sessions after it.
 
     Sessions reach the store only through the logged-in user's ``IMailAccount``
-    (folders and APPEND), so the factory holds no store.
+    (folders and APPEND), so the factory holds no store; URLFETCH of another user's
+    URL goes through ``url_fetcher`` when service.py gives one.
     """
 
     protocol = IMAPServer
 
     def __init__(self, settings: IMAPSettings, login: LoginService, tls_options: Any = None,
-                 reactor: Any = None, sessions: SessionRegistry | None = None) -> None:
+                 reactor: Any = None, sessions: SessionRegistry | None = None,
+                 url_fetcher: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -40,6 +42,9 @@ class IMAPFactory(ServerFactory):
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)
         #: SORT/THREAD/SEARCH header fields per folder, shared by the sessions.
         self.header_tables = HeaderTables()
+        #: URLFETCH's ``mailhost.urlfetch.IUrlFetcher`` over the whole store (service.py);
+        #: None: a session's URLFETCH reaches its own account only (mailhost.imap.urlauth).
+        self.url_fetcher = url_fetcher
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         p = IMAPServer(self)

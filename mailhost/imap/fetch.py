@@ -351,7 +351,7 @@ def _simple(item: FetchItem, info: MessageInfo, struct: mime.Part | None) -> byt
         return b"%d" % info.size
     assert struct is not None
     if name == "ENVELOPE":
-        return envelope.render_envelope(struct.env)
+        return envelope.render_envelope(struct.env, item.utf8)
     if name == "BODYSTRUCTURE":
         return bodystructure.render(struct, extended=True)
     if name == "BODY":

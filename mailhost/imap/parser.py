@@ -74,6 +74,16 @@ class Literal(bytes):
         return f"Literal({bytes.__repr__(self)})"
 
 
+class Literal8(Literal):
+    """A ``~{n}`` literal8 (RFC 3516): the one string that may hold NUL octets; a plain
+    literal is ``*CHAR8``, NUL excluded (RFC 9051 9, RFC 3501 9), so NUL in one is BAD."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Literal8({bytes.__repr__(self)})"
+
+
 @dataclass
 class Command:
     tag: str
@@ -160,11 +170,15 @@ class _Tokenizer:
         assert m is not None
         if int(m.group(1)) != len(data):
             raise self.error("Literal length does not match its data")
+        binary = m.start() > 0 and self.line[m.start() - 1] == 0x7E  # "~{n}"
+        if not binary and b"\0" in data:
+            raise self.error("NUL in a literal: binary data goes in a literal8, ~{n}"
+                             " (RFC 3516)")
         self.seg += 2
         self.line = self.segments[self.seg]
         self.pos = 0
         self.end = self._compute_end()
-        return Literal(data)
+        return Literal8(data) if binary else Literal(data)
 
     def read_quoted(self) -> bytes:
         line = self.line
@@ -580,6 +594,8 @@ class FetchItem:
     partial: tuple[int, int] | None = None
     #: ``PREVIEW (LAZY)`` (RFC 8970): NIL rather than wait for a preview not yet made.
     lazy: bool = False
+    #: ENVELOPE to a session that takes UTF-8 in quoted strings (``rev2.utf8_items``).
+    utf8: bool = False
 
     @property
     def peek(self) -> bool:

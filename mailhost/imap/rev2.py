@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mailhost.imap import encoding, mutf7, parser
-from mailhost.imap.responses import Bad
+from mailhost.imap.responses import Bad, No
 
 if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
@@ -80,6 +81,27 @@ def decode_name(data: bytes, utf8: bool) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+#: Code points a mailbox name must not hold (RFC 6855 3, which RFC 9051 5.1 points at
+#: through Net-Unicode, RFC 5198 2): C0 and C1 controls, DEL, LINE SEPARATOR and
+#: PARAGRAPH SEPARATOR. Unassigned code points and surrogates are refused too (Net-Unicode
+#: text is assigned Unicode, and a surrogate is no character).
+_FORBIDDEN_IN_NAMES = frozenset([*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029])
+
+
+def check_new_name(name: str) -> None:
+    """CREATE and RENAME: refuse a name RFC 6855 3 / RFC 9051 5.1 forbids, in rev1
+    (modified UTF-7 or 8-bit) and in rev2 alike, with ``NO [CANNOT]`` naming the
+    offending code point (existing folders with such names can still be used)."""
+    for ch in name:
+        cp = ord(ch)
+        if cp in _FORBIDDEN_IN_NAMES:
+            raise No(f"[CANNOT] Mailbox name contains the control character U+{cp:04X}"
+                     " (RFC 9051 5.1, RFC 6855 3)")
+        if cp >= 0x80 and unicodedata.category(ch) in ("Cn", "Cs"):
+            raise No(f"[CANNOT] Mailbox name contains U+{cp:04X}, which is no assigned"
+                     " character (RFC 9051 5.1: Net-Unicode)")
+
+
 def encode_name(name: str, utf8: bool) -> bytes:
     """A store name for the wire: astring of modified UTF-7, or of UTF-8 (quoted; a
     literal only for what a quoted string cannot hold)."""
@@ -124,18 +146,30 @@ def oldname_line(s: IMAPServer, given: bytes, name: str, attrs: bytes = b"") -> 
 
 async def select_list(s: IMAPServer, folder: IFolder, given: bytes) -> bytes:
     """The untagged LIST of a rev2 SELECT/EXAMINE (RFC 9051 6.3.2): the mailbox's name
-    as stored and its attributes; ``OLDNAME`` when the client's spelling was not NFC."""
+    as stored and its attributes ("The list of mailbox attributes MUST be accurate":
+    children, special use and ``\\Subscribed``); ``OLDNAME`` when the client's
+    spelling was not NFC."""
     name = folder.name
     kids = any(n.startswith(name + DELIM) for n in await s.account.list_folders())
     attrs = [b"\\HasChildren" if kids else b"\\HasNoChildren"]
     use = folder.special_use if name != "INBOX" else None
     if use:
         attrs.append(use.encode("ascii"))
+    if name in await s.account.subscriptions():  # "attributes MUST be accurate"
+        attrs.append(b"\\Subscribed")
     line = b"* LIST (" + b" ".join(attrs) + b') "." ' + encode_name(name, True)
     raw = denormalized(s, given)
     if raw is not None:
         line += b' ("OLDNAME" (' + encode_name(raw, True) + b"))"
     return line + b"\r\n"
+
+
+def utf8_items(s: IMAPServer, items: list[parser.FetchItem]) -> list[parser.FetchItem]:
+    """FETCH items, ENVELOPE marked to send UTF-8 header text in quoted strings when the
+    session enabled IMAP4rev2 or UTF8=ACCEPT (RFC 9051 4.3, RFC 6855 3)."""
+    if not utf8_names(s) or not any(it.name == "ENVELOPE" for it in items):
+        return items
+    return [replace(it, utf8=True) if it.name == "ENVELOPE" else it for it in items]
 
 
 # -- commands whose grammar rev2 / UTF8=ACCEPT changes -----------------------------------

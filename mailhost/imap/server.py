@@ -511,6 +511,8 @@ class IMAPServer(Protocol, TimeoutMixin):
             return None
         if any(b"CATENATE" in seg.upper() for seg in segments):
             return None  # CATENATE's TEXT parts are read from memory (mailhost.imap.catenate)
+        if segments[-1].rstrip(b"+}0123456789").endswith(b"~{"):
+            return None  # a literal8 may hold NUL, re-encoded in memory (imap.binary_append)
         writer = StreamedMessage(self.account)
         self._streamed.append(writer)
         return writer
@@ -788,6 +790,7 @@ class StreamedMessage:
 
     def __init__(self, account: IMailAccount) -> None:
         self.error: OSError | None = None
+        self.nul = False
         self._writer: Any = None
         try:
             self._writer = account.new_message()
@@ -801,6 +804,8 @@ class StreamedMessage:
     def write(self, data: bytes) -> None:
         if self.error is not None:
             return
+        if b"\0" in data:
+            self.nul = True  # NUL in a plain literal: APPEND answers BAD (RFC 3516)
         try:
             self._writer.write(data)
         except OSError as e:

@@ -2,26 +2,28 @@
 
 GENURLAUTH signs a URL of one of the user's messages for an access identifier
 (``anonymous``, ``authuser``, ``user+<name>``, ``submit+<name>``) with the INTERNAL
-mechanism: the token is HMAC-SHA-256, under the mailbox's access key
-(``urlauth_keys``), of the URL up to its ``;URLAUTH=<access>`` in the form
-``imapurl.ImapUrl.format`` writes (so a client's spelling of the same URL verifies).
-RESETKEY replaces a mailbox's key, or drops all of the user's, which voids every URL
-made with them. URLFETCH answers each URL with its data (``;PARTIAL=`` ranges included,
-streamed from the store's reader) or NIL when it does not verify.
+mechanism (``mailhost.urlfetch.authorize``: HMAC-SHA-256 of the URL rump under the
+mailbox's access key, ``mailhost.urlfetch.keys``). A URL it cannot sign is a tagged BAD
+(RFC 4467 7: "If any of the above checks fail, the server MUST return a tagged BAD
+response"): not absolute, another user's, no ``;URLAUTH=<access>`` or a bad one, already
+signed, expired, an unknown mechanism, a mailbox that does not exist. RESETKEY replaces
+a mailbox's key, or drops all of the user's, which voids every URL made with them, and
+says ``[URLMECH INTERNAL]`` (RFC 4467 8), as SELECT/EXAMINE do.
 
-What this server can serve: a session reaches only its own user's account (the store
-contract gives a protocol the logged-in user's ``IMailAccount`` and nothing else), so
-URLFETCH answers URLs of the session's own user: ``anonymous``, ``authuser`` and
-``user+<self>``. ``submit+`` URLs are for a submission server (BURL, RFC 4468), which
-mailhost has not, so URLFETCH answers them NIL.
+URLFETCH answers each URL with its data (``;PARTIAL=`` ranges included, streamed from
+the store's reader) or NIL when it does not verify, for any reason (RFC 4467 7). It runs
+"with the access of the userid in the server component of the URL": through the
+listener's ``IUrlFetcher`` (service.py gives it one over the whole store), another
+user's ``anonymous``, ``authuser`` or ``user+<me>`` URL is answered too. A listener
+without one (an embedded factory) answers the session's own user's URLs only.
+``submit+`` URLs are for the submission server (BURL, ``mailhost.smtp.burl``): NIL here.
 """
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import hmac
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
 
 from mailhost.imap import imapurl, parser, rev2
 from mailhost.imap.catenate import open_url, store_name
@@ -29,20 +31,20 @@ from mailhost.imap.encoding import astring
 from mailhost.imap.output import stream_message
 from mailhost.imap.responses import Bad, No
 from mailhost.imap.states import AUTH
-from mailhost.imap.urlauth_keys import keys_in
-from mailhost.store.interfaces import IFolder, NoSuchFolder
+from mailhost.store.interfaces import IFolder, IMailAccount, NoSuchFolder
+from mailhost.urlfetch import IMAP_SESSION, IUrlFetcher, authorize
+from mailhost.urlfetch.fetcher import UrlAuthFetcher
+from mailhost.urlfetch.keys import keys_in
 
 if TYPE_CHECKING:
     from mailhost.imap.server import IMAPServer
 
 CAPABILITIES = (b"URLAUTH", b"URL-PARTIAL")
-MECHANISM = "INTERNAL"
+MECHANISM = authorize.MECHANISM
+#: RFC 4467 8: the mechanisms this server has, for RESETKEY's OK and SELECT.
+URLMECH = b"[URLMECH INTERNAL]"
 
-
-def token(key: bytes, url: imapurl.ImapUrl) -> str:
-    """The INTERNAL token of ``url`` (its rump, mechanism and token left out)."""
-    rump = url.format(with_authorization=False).encode("utf-8")
-    return hmac.new(key, rump, hashlib.sha256).hexdigest()
+token = authorize.token  # (kept: tests and older callers name it here)
 
 
 def _keys(s: IMAPServer):
@@ -51,20 +53,26 @@ def _keys(s: IMAPServer):
     return keys_in(s.settings.urlauth_dir)
 
 
-def _expired(url: imapurl.ImapUrl) -> bool:
-    if url.expire is None:
-        return False
-    when = datetime.datetime.fromisoformat(url.expire.replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return when <= datetime.datetime.now(datetime.UTC)
+def fetcher(s: IMAPServer) -> IUrlFetcher:
+    """The listener's fetcher, or one that reaches the session's own account only."""
+    shared = s.factory.url_fetcher
+    if shared is not None:
+        return shared
+    account = s.account
+
+    def own(user: str) -> defer.Deferred[IMailAccount]:
+        if user.lower() != account.user.lower():
+            return defer.fail(LookupError(user))
+        return defer.succeed(account)
+
+    return UrlAuthFetcher(own, s.settings.urlauth_dir, open_url)
 
 
 async def _folder(s: IMAPServer, url: imapurl.ImapUrl) -> IFolder:
     try:
         return await s.account.open_folder(store_name(url.mailbox))
     except NoSuchFolder:
-        raise No("[NONEXISTENT] No such mailbox") from None
+        raise Bad("[NONEXISTENT] No such mailbox") from None
 
 
 async def genurlauth(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -77,25 +85,27 @@ async def genurlauth(s: IMAPServer, cmd: parser.Command) -> bytes:
         text = parser.as_string(args[i], "URL").decode("ascii", "replace")
         mech = args[i + 1]
         if not isinstance(mech, parser.Atom) or mech.upper() != MECHANISM:
-            raise No("[BADURL " + text.replace("]", "") + "] Only INTERNAL is supported")
+            raise Bad("Only the INTERNAL mechanism is supported")
         try:
             url = imapurl.parse(text)
         except imapurl.BadUrl as e:
-            raise No(f"[BADURL {text.replace(']', '')}] {e}") from None
+            raise Bad(f"Invalid URL: {e}") from None
         problem = None
         if url.host is None or url.user is None:
             problem = "The URL must be absolute and name its user"
         elif url.access is None or url.mechanism is not None:
             problem = "The URL must end in ;URLAUTH=<access>"
+        elif not authorize.valid_access(url.access):
+            problem = "Unknown access identifier"
         elif url.user.lower() != s.account.user.lower():
             problem = "The URL names another user's mailbox"
-        elif _expired(url):
+        elif authorize.expired(url):
             problem = "The URL has expired"
         if problem is not None:
-            raise No(f"[BADURL {text.replace(']', '')}] {problem}")
+            raise Bad(problem)
         folder = await _folder(s, url)
         key = await keys.key(s.account.user, folder.mailbox_id, create=True)
-        made.append(astring(f"{text}:{MECHANISM}:{token(key, url)}".encode("ascii")))
+        made.append(astring(f"{text}:{MECHANISM}:{authorize.token(key, url)}".encode("ascii")))
     s.send(b"* GENURLAUTH " + b" ".join(made) + b"\r\n")
     return b"GENURLAUTH completed"
 
@@ -104,7 +114,7 @@ async def resetkey(s: IMAPServer, cmd: parser.Command) -> bytes:
     keys = _keys(s)
     if not cmd.args:
         await keys.reset(s.account.user)
-        return b"RESETKEY completed"
+        return URLMECH + b" RESETKEY completed"
     from mailhost.imap.commands_mailbox import mailbox_name
 
     for mech in cmd.args[1:]:
@@ -115,40 +125,7 @@ async def resetkey(s: IMAPServer, cmd: parser.Command) -> bytes:
     except NoSuchFolder:
         raise No("[NONEXISTENT] No such mailbox") from None
     await keys.reset(s.account.user, folder.mailbox_id)
-    return b"RESETKEY completed"
-
-
-def _allowed(s: IMAPServer, access: str) -> bool:
-    low = access.lower()
-    me = s.account.user.lower()
-    if low in ("anonymous", "authuser"):
-        return True
-    if low.startswith("user+"):
-        return low[5:] == me
-    return False  # submit+<user>: for a BURL submission server; others unknown
-
-
-async def _verified(s: IMAPServer, text: str):
-    """The ``open_url`` answer of an authorized URL, or None."""
-    try:
-        url = imapurl.parse(text)
-    except imapurl.BadUrl:
-        return None
-    if (url.host is None or url.user is None or url.access is None
-            or url.mechanism != MECHANISM or not url.token or _expired(url)
-            or url.user.lower() != s.account.user.lower() or not _allowed(s, url.access)):
-        return None
-    try:
-        folder = await s.account.open_folder(store_name(url.mailbox))
-    except NoSuchFolder:
-        return None
-    key = await keys_in(s.settings.urlauth_dir).key(s.account.user, folder.mailbox_id)
-    if key is None or not hmac.compare_digest(token(key, url), url.token):
-        return None
-    try:
-        return await open_url(s.account, url)
-    except imapurl.BadUrl:
-        return None
+    return URLMECH + b" RESETKEY completed"
 
 
 async def urlfetch(s: IMAPServer, cmd: parser.Command) -> bytes:
@@ -160,24 +137,23 @@ async def urlfetch(s: IMAPServer, cmd: parser.Command) -> bytes:
         if isinstance(arg, list):
             raise Bad("URLFETCH parameters (RFC 5524) are not supported")
         texts.append(parser.as_string(arg, "URL"))
+    fetch = fetcher(s)
     for raw_text in texts:
         head = b"* URLFETCH " + astring(raw_text) + b" "
-        got = await _verified(s, raw_text.decode("ascii", "replace"))
+        try:
+            text = raw_text.decode("ascii")
+        except UnicodeDecodeError:
+            text = ""  # an IMAP URL is ASCII (RFC 5092): names nothing
+        got = await fetch.fetch(text, s.account.user, IMAP_SESSION) if text else None
         if got is None:
             s.send(head + b"NIL\r\n")
             continue
-        folder, info, data = got
-        if isinstance(data, bytes):
-            s.send(head + b"{%d}\r\n" % len(data) + data + b"\r\n")
-            continue
-        start, end = data
-        s.send(head + b"{%d}\r\n" % (end - start))
-        if end > start:
-            reader = await folder.read_message(info.uid, start, end - start)
-            try:
-                await stream_message(reader, end - start, s.send, s.gate, s.resetTimeout)
-            finally:
-                reader.close()
+        s.send(head + b"{%d}\r\n" % got.size)
+        try:
+            reader: Any = got  # IFetchedPart reads (read/close) as an IMessageReader does
+            await stream_message(reader, got.size, s.send, s.gate, s.resetTimeout)
+        finally:
+            got.close()
         s.send(b"\r\n")
         await s.drain()
     return b"URLFETCH completed"

@@ -37,7 +37,7 @@ class SMTPFactory(ServerFactory):
                  tls_options: Any | None = None, reactor: Any = None,
                  sessions: SessionRegistry | None = None,
                  space: Any | None = None, pipeline: Pipeline | None = None,
-                 checks: EnvelopeChecks | None = None) -> None:
+                 checks: EnvelopeChecks | None = None, url_fetcher: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -57,6 +57,8 @@ class SMTPFactory(ServerFactory):
         # The host's registry (service.py passes one to every listener's factory).
         self.registry = sessions if sessions is not None else SessionRegistry(reactor)
         self.policy = policy
+        #: BURL's ``mailhost.urlfetch.IUrlFetcher`` (submission with IMAP URLAUTH), or None.
+        self.url_fetcher = url_fetcher
         # mailhost.diskspace.FreeSpace: 452 4.3.1 at MAIL/RCPT on a full disk; None = no check
         self.space = space
         self.sessions: set[SMTPServer] = set()

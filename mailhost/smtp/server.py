@@ -59,6 +59,7 @@ from mailhost.message.stage import MessageContext
 from mailhost.outbound.interfaces import QueueRecipient
 from mailhost.sessions import CUT, GREETING, HeldVerdict, ISession, Refuse
 from mailhost.settings import SMTPSettings
+from mailhost.smtp import burl
 from mailhost.smtp.data import ChunkReader, DataReader
 from mailhost.smtp.delivery import Delivery, targets_for
 from mailhost.smtp.params import NULL_ADDRESS, parse_mail_arg, parse_rcpt_arg, split_path
@@ -585,6 +586,9 @@ class SMTPServer(Protocol, TimeoutMixin):
             lines.append("STARTTLS")
         if self._auth_allowed():
             lines.append("AUTH PLAIN LOGIN")
+        burl_keyword = burl.ehlo_keyword(self.factory.url_fetcher, self.factory.submission)
+        if burl_keyword is not None:
+            lines.append(burl_keyword)
         return Reply(250, "", lines)
 
     def smtp_NOOP(self, arg: str) -> Reply:  # noqa: N802
@@ -1028,6 +1032,47 @@ class SMTPServer(Protocol, TimeoutMixin):
         if length == 0:
             self._feed_data(b"")
         return None
+
+    def smtp_BURL(self, arg: str) -> defer.Deferred:  # noqa: N802
+        """RFC 4468 BURL: a chunk fetched by IMAP URL (mailhost.smtp.burl)."""
+        return burl.command(
+            arg, fetcher=self.factory.url_fetcher, submission=self.factory.submission,
+            user=self._session.user, state=self._burl_state,
+            room=lambda: self.settings.max_message_size - self._bdat_total,
+            add_chunk=self._burl_chunk,
+            answer=lambda reply: None if self._closing else self._answer(reply),
+            reset=lambda: self._reset_transaction("BURL failed"))
+
+    def _burl_state(self) -> Reply | None:
+        txn = self._session.transaction
+        if txn is None:
+            return Reply(503, "5.5.1", "Error: need MAIL command")
+        if not txn.results:
+            return Reply(503, "5.5.1", "Error: need RCPT command")
+        if not txn.has_recipients:
+            return Reply(554, "5.5.1", "Error: no valid recipients")
+        return None
+
+    def _burl_chunk(self, data: bytes, last: bool) -> defer.Deferred | None:
+        """BURL's octets as a BDAT chunk of their size, fed whole at once."""
+        if self._closing:  # gone (or told goodbye) while the URL was read: nothing opens
+            return None
+        txn = self._session.transaction
+        error = self._burl_state()
+        if error is None and self._delivery is None:
+            assert txn is not None  # _burl_state saw it
+            error = self._start_delivery(txn)
+            if error is not None:
+                self._session.reset_transaction()
+        if error is not None:
+            return self._answer(error)
+        self._chunk = (last, None)
+        self._reader = ChunkReader(self._data_chunk, len(data), self.settings.max_message_size,
+                                   self._bdat_total)
+        self._reader.feed(data)
+        if not self._chunk_done():
+            return None
+        return self._end_of_data()
 
     def _chunk_done(self) -> bool:
         """A BDAT chunk was consumed: answer it. True when the message must commit."""

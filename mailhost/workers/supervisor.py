@@ -99,6 +99,10 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.ended: defer.Deferred = defer.Deferred()
         self.pid: int | None = None
         self.log_tails: dict[int, bytes] = {}  # stdout/stderr since their last newline
+        # False once the worker's end of CHANNEL_IN is closed: it exited (or closed
+        # it), and its processEnded may come turns later, after other workers' ends
+        # have been relayed to it (a write then raised KeyError and hung SIGTERM).
+        self.channel_open = True
 
     def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
         if fd in (1, 2):
@@ -124,16 +128,25 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.send_lines([line])
 
     def send_lines(self, lines: list[bytes]) -> None:
-        """One write of ``lines`` to the worker."""
-        if lines and self.transport is not None and self.transport.pid is not None:
+        """One write of ``lines`` to the worker; nothing once its channel is closed."""
+        if (lines and self.channel_open and self.transport is not None
+                and self.transport.pid is not None):
             self.transport.writeToChild(CHANNEL_IN, b"\n".join(lines) + b"\n")
 
+    def childConnectionLost(self, childFD: int) -> None:  # noqa: N802
+        if childFD == CHANNEL_IN:
+            self.channel_open = False
+
     def processEnded(self, reason: Any) -> None:  # noqa: N802
-        for fd, tail in list(self.log_tails.items()):
-            if tail:
-                self.supervisor.worker_log(self, fd, b"\n")
-        self.supervisor.worker_ended(self, reason)
-        self.ended.callback(None)
+        try:
+            for fd, tail in list(self.log_tails.items()):
+                if tail:
+                    self.supervisor.worker_log(self, fd, b"\n")
+            self.supervisor.worker_ended(self, reason)
+        finally:
+            # Whatever went wrong above, this worker has ended: a stop waiting for it
+            # must not wait for ever (SIGKILL cannot end a process already gone).
+            self.ended.callback(None)
 
 
 class Supervisor(service.Service):

@@ -128,8 +128,13 @@ async def test_append_takes_a_literal8(imap_host):
         c.sock.sendall(message + b"\r\n")
         assert c.f.readline().startswith(b"A OK [APPENDUID")
         c.cmd(b"S SELECT INBOX")
-        got = c.cmd(b"B FETCH 1 BINARY.PEEK[]")
-        assert b"BINARY[] ~{%d}\r\n" % len(message) + message in got
+        # RFC 3516 4.4: the part holding NUL is re-encoded (base64), nothing lost:
+        # BINARY[1] gives the octets sent, BODY[] a textual form (imap.binary_append).
+        body = b"before\0after\r\n"
+        got = c.cmd(b"B FETCH 1 BINARY.PEEK[1]")
+        assert b"BINARY[1] ~{%d}\r\n" % len(body) + body in got
+        got = c.cmd(b"C FETCH 1 BODY.PEEK[]")
+        assert b"\0" not in got and b"Content-Transfer-Encoding: base64" in got
 
     await host.in_thread(run)
 

@@ -7,11 +7,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailhost.imap import parser
-from mailhost.imap.parser import Atom, Literal, ParseError, parse_command
+from mailhost.imap.parser import Atom, Literal, Literal8, ParseError, parse_command
 
 
 def cmd(*segments: bytes) -> parser.Command:
     return parse_command(list(segments))
+
+
+def test_nul_is_refused_in_a_literal_and_kept_in_a_literal8():
+    """RFC 9051 9: literal = "{" number64 ["+"] "}" CRLF *CHAR8 (no NUL); literal8 holds
+    any OCTET (RFC 3516)."""
+    with pytest.raises(ParseError, match="NUL in a literal"):
+        cmd(b"A1 APPEND INBOX {3}", b"a\0b", b"")
+    got = cmd(b"A1 APPEND INBOX ~{3}", b"a\0b", b"").args[1]
+    assert type(got) is Literal8 and got == b"a\0b"
+    assert type(cmd(b"A1 APPEND INBOX {3}", b"abc", b"").args[1]) is Literal
 
 
 def test_literal_marker():
@@ -302,7 +312,9 @@ _atom = st.text(alphabet="abcdefghijXYZ0123456789-_.:$/", min_size=1, max_size=8
 _string = st.binary(max_size=20).filter(lambda b: b"\r" not in b and b"\n" not in b
                                         and b"\0" not in b)
 _token = st.recursive(
-    st.one_of(_atom.map(Atom), _string, st.binary(max_size=20).map(Literal)),
+    st.one_of(_atom.map(Atom), _string,
+              # NUL only in a literal8 (RFC 3516): a plain literal is *CHAR8.
+              st.binary(max_size=20).map(lambda b: Literal8(b) if b"\0" in b else Literal(b))),
     lambda inner: st.lists(inner, max_size=4),
     max_leaves=12,
 )
@@ -320,7 +332,8 @@ def _to_wire(tokens, segments):
             parts = [b""]  # force a separator before the next token
             continue
         if isinstance(t, Literal):
-            segments[-1] += b" ".join(parts) + (b" " if parts else b"") + b"{%d}" % len(t)
+            marker = b"~{%d}" if isinstance(t, Literal8) else b"{%d}"
+            segments[-1] += b" ".join(parts) + (b" " if parts else b"") + marker % len(t)
             segments.append(bytes(t))
             segments.append(b"")
             parts = [b""]

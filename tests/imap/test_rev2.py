@@ -95,7 +95,7 @@ async def test_select_has_recent_and_unseen_in_rev1_and_a_list_in_rev2(imap_host
         after = _untagged(c, b"S2 EXAMINE INBOX")
         assert after[0] == b"* OK [CLOSED] Previous mailbox closed"
         assert b"* 2 EXISTS" in after
-        assert b'* LIST (\\HasNoChildren) "." INBOX' in after
+        assert b'* LIST (\\HasNoChildren \\Subscribed) "." INBOX' in after
         assert not any(b"RECENT" in x or b"UNSEEN" in x for x in after), after
         c.logout()
 

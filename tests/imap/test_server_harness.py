@@ -99,7 +99,7 @@ def imap_host_fixture(tmp_path):
 
     async def start(allow_plaintext: str = "yes", tls: bool = False, store: Any = None,
                     kind: str | None = None, throttle: LoginThrottle | None = None,
-                    **imap_options: Any) -> ImapHost:
+                    url_fetcher: bool = False, **imap_options: Any) -> ImapHost:
         config = Config()
         for k, v in imap_options.items():
             setattr(config.imap, k, v)
@@ -115,7 +115,14 @@ def imap_host_fixture(tmp_path):
             write_selfsigned("localhost", cafile, str(tmp_path / "key.pem"))
             config.tls.cert, config.tls.key = cafile, str(tmp_path / "key.pem")
             tls_options = server_options(config.tls)
-        factory = IMAPFactory(IMAPSettings.from_config(config), login, tls_options=tls_options)
+        settings = IMAPSettings.from_config(config)
+        fetcher = None
+        if url_fetcher:  # URLFETCH over the whole store, as service.py wires it
+            from mailhost.imap.catenate import open_url
+            from mailhost.urlfetch.fetcher import UrlAuthFetcher
+
+            fetcher = UrlAuthFetcher(store.open_account, settings.urlauth_dir, open_url)
+        factory = IMAPFactory(settings, login, tls_options=tls_options, url_fetcher=fetcher)
         # Connection limits sit in front of every listener, as makeService wires them.
         config.limits.exempt_networks = []
         config.limits.connection_rate = 0

@@ -11,8 +11,8 @@ import stat
 
 import pytest_twisted
 
-from mailhost.imap import urlauth_keys
 from mailhost.store.maildir import MaildirStore
+from mailhost.urlfetch import keys as urlauth_keys
 from tests.imap.test_server_harness import imap_host_fixture, raw  # noqa: F401
 
 MSG = (b"From: a@example.test\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
@@ -77,18 +77,18 @@ async def test_urlauth(imap_host, tmp_path):
         assert fetch(c, b"t5", gen(c, b"g2", URL + ";urlauth=user+alice@example.test")) == \
             b"second part text"
         assert fetch(c, b"t6", gen(c, b"g3", URL + ";urlauth=submit+alice@example.test")) is None
-        # GENURLAUTH refuses: relative, another user's, no ;URLAUTH=, expired, unknown
-        # mechanism, no such mailbox.
+        # GENURLAUTH refuses with BAD (RFC 4467 7): relative, another user's, no
+        # ;URLAUTH=, expired, unknown mechanism, no such mailbox.
         for tag, url in ((b"n1", "/INBOX/;uid=1;urlauth=anonymous"),
                          (b"n2", URL.replace("alice", "bob") + ";urlauth=anonymous"),
                          (b"n3", URL),
                          (b"n4", URL + ";EXPIRE=2001-01-01T00:00:00Z;urlauth=anonymous")):
             out = gen(c, tag, url)
-            assert isinstance(out, list) and out[-1].startswith(tag + b" NO [BADURL"), out
+            assert isinstance(out, list) and out[-1].startswith(tag + b" BAD"), out
         out = gen(c, b"n5", URL + ";urlauth=anonymous", mech=b"XSHA")
-        assert out[-1].startswith(b"n5 NO"), out
+        assert out[-1].startswith(b"n5 BAD"), out
         out = gen(c, b"n6", URL.replace("INBOX", "Nope") + ";urlauth=anonymous")
-        assert out[-1].startswith(b"n6 NO [NONEXISTENT]"), out
+        assert out[-1].startswith(b"n6 BAD [NONEXISTENT]"), out
         assert raw(c, b"b1 GENURLAUTH")[-1].startswith(b"b1 BAD")
         assert raw(c, b"b2 URLFETCH")[-1].startswith(b"b2 BAD")
         # EXPIRE in the future works.
@@ -115,7 +115,8 @@ async def test_urlauth(imap_host, tmp_path):
         assert fetch(c, b"k9", fresh) is None
         final = gen(c, b"k10", URL + ";urlauth=anonymous")
         c.logout()
-        # Bob cannot fetch Alice's URLs (a session reaches only its own account).
+        # Bob cannot fetch Alice's URLs here: this listener has no store-wide fetcher
+        # (a session reaches only its own account; test_urlauth_rfc4467 has one).
         b = host.client(login=False)
         b.login("bob@example.test", "hunter2")
         assert fetch(b, b"x1", final) is None

@@ -9,8 +9,9 @@ from twisted.internet import defer, reactor, task
 
 from mailhost.config import Config
 from mailhost.outbound.interfaces import QueueRecipient
+from mailhost.outbound.retry import retry_delay
 from mailhost.outbound.routing import PermanentRoutingError, TemporaryRoutingError
-from mailhost.outbound.scheduler import Scheduler, retry_delay
+from mailhost.outbound.scheduler import Scheduler
 from mailhost.outbound.spool import SpoolFiles
 from mailhost.outbound.spool_writer import SpoolWriter
 from mailhost.settings import OutboundSettings
@@ -236,7 +237,7 @@ async def test_a_domain_whose_hosts_all_refuse_is_held_off_until_flush(tmp_path)
     first = await queue(s, files, clock, "alice@example.test", ["a@remote.example"])
     await idle(s)
     assert Refusing.connects == 1 and s.envelopes[first].recipients[0].attempts == 1
-    assert s.down["remote.example"] == clock.seconds() + 60  # min(retry_initial, 60 s)
+    assert s.destinations.down["remote.example"] == clock.seconds() + 60  # min(retry_initial, 60 s)
     # Mail arriving meanwhile waits: no connection attempt per message.
     later = [await queue(s, files, clock, "alice@example.test", [f"b{i}@remote.example"])
              for i in range(3)]
@@ -253,3 +254,65 @@ async def test_a_domain_whose_hosts_all_refuse_is_held_off_until_flush(tmp_path)
     assert Refusing.connects >= 3
     assert not bounces
     await s.stop(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_regression_restart_past_lifetime_expired_the_message_its_retry_was_routing(
+        tmp_path):
+    """kill -9 mid-delivery, restart after the lifetime had passed: start() began the
+    message's retry (its session routing) and then, in the same turn, the lifetime
+    clock failed it as 'never tried', so the retry found nothing to send and the
+    message bounced untried (tests/e2e/test_outbound_relay.py's kill -9 test under
+    load, lifetime 5 s). The try under way is the last try: its outcome decides."""
+    gate = defer.Deferred()
+
+    class SlowRouter:
+        calls: list[str] = []
+
+        async def route(self, domain):
+            self.calls.append(domain)
+            await gate
+            raise TemporaryRoutingError("4.4.3", "SERVFAIL after the restart")
+
+    config = Config()
+    config.server.hostname = "a.test"
+    config.outbound.retry_initial = 1.0
+    config.outbound.lifetime = 5.0
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    files = SpoolFiles(str(tmp_path / "q"), fsync=False)
+    files.ensure_sync()
+    # Spooled by the process that was killed (its delivery never recorded an attempt).
+    writer = SpoolWriter(files, "kim@example.test", None, None, lambda env: None,
+                         clock.seconds)
+    writer.write(b"Subject: survive\r\n\r\nbody\r\n")
+    qid = await writer.commit([QueueRecipient("dana@slow.example")])
+    clock.advance(10.0)  # down for longer than lifetime + grace
+    bounces = []
+
+    def bounce(env, reports):
+        bounces.append((env.id, reports))
+        return defer.succeed(None)
+
+    router = SlowRouter()
+    s = Scheduler(OutboundSettings.from_config(config), files, router, bounce,
+                  lambda job: defer.succeed({}), lambda d: d == "example.test", clock)
+    await s.start()
+    try:
+        await idle(s)
+        assert router.calls == ["slow.example"]
+        assert not bounces, "failed by the clock while its retry was under way"
+        (r,) = s.envelopes[qid].recipients
+        assert r.status == "pending"
+        clock.advance(config.outbound.scan_interval)  # a later scan leaves it alone too
+        await idle(s)
+        assert not bounces
+        gate.callback(None)  # the retry ends: its outcome is the message's last word
+        await until(lambda: bounces)
+        ((bid, reports),) = bounces
+        assert bid == qid and reports[0].action == "failed"
+        assert "SERVFAIL after the restart" in r.last_error and r.attempts == 1
+    finally:
+        if not gate.called:
+            gate.callback(None)
+        await s.stop(1)
