@@ -60,7 +60,11 @@ async def _matching(s: IMAPServer, sel: SelectedMailbox, key: parser.SearchKey,
             return uids
         table = _table(s, sel)
         await table.get(folder, uids)
-        return [u for u, r in zip(uids, table.positions(uids), strict=True)
+        rows = table.positions(uids)
+        columns = searching.fields_columns(key)
+        if len(columns) == 1:  # read for every message: derived in one pass first
+            table.derive(columns, rows)
+        return [u for u, r in zip(uids, rows, strict=True)
                 if r >= 0 and matcher(table.row(r))]
     await dates_ready(folder)  # every MessageInfo below carries its date
     infos = [i for i in map(folder.get, sel.uids) if i is not None]

@@ -14,14 +14,13 @@ kept:
   bytes never change under its UID, so an entry is valid until the message goes, and
   the store drops it then.
 
-Messages not yet known are read in batches of ``BATCH``: the files of a batch are opened
-(``IFolder.open_message``; on Maildir a dentry lookup, which the store itself does on
-the reactor thread) and one ``IMessageReader.call`` runs the header reading and parsing
-of the whole batch in the store's thread pool, so 100k messages cost 100k/BATCH thread
-hops, not 100k, and the reactor only files the results between batches. A store where
-each message opened is a round trip (PostgreSQL) offers ``IHeaderBlocks`` instead: the
-header blocks of ``BULK`` messages come in one call (a query or two) and are parsed in
-its thread.
+Messages not yet known are read ``BULK`` at a time through ``IHeaderBlocks``, which
+Maildir and PostgreSQL offer: one call reads the header blocks of the whole batch in
+the store's thread (Maildir: a few system calls per file; PostgreSQL: a query or two)
+and parses them there, so the reactor only files the results between batches. A store
+without it (memory) has the files of a batch of ``BATCH`` opened
+(``IFolder.open_message``) and one ``IMessageReader.call`` runs the reading and
+parsing of the whole batch in the store's thread pool.
 
 What is kept per message is small, and derived only when asked (issue 16: the first
 ``SEARCH SUBJECT`` on 100k messages spent ~100 us per message in ``parse_fields``
@@ -29,8 +28,9 @@ deriving all fifteen fields, and the derived text per message, held both as a
 ``Fields`` tuple and as the store's cache text, was ~100 MB):
 
 - the fill extracts only the raw values of the eight header fields that matter
-  (``raw_record``: one unfolding regex and a split, no decoding) and keeps them as one
-  JSON text, which is also the store's cache text (the same string object, held once);
+  (``raw_record``: one regex finds their lines, no decoding) and keeps them as one
+  text of a line per field, which is also the store's cache text (the same string
+  object, held once);
 - the derived forms are computed per group of columns (the date; the subject; the
   base subject; each address field; the message-id; the parents) the first time a command reads one,
   for the messages it reads, and kept in position-indexed column lists: SEARCH
@@ -161,15 +161,6 @@ def _sent(value: bytes) -> tuple[float | None, int | None]:
         return None, None
 
 
-def _fields_of(block: bytes) -> Iterator[tuple[str, bytes]]:
-    """(lower-case name, unfolded value) of each field of a header block: what
-    ``search._header_fields`` yields, with one regex doing the unfolding."""
-    for line in _FOLD.sub(b"", block).split(b"\n"):
-        name, colon, value = line.partition(b":")
-        if colon and name:
-            yield name.strip().decode("ascii", "replace").lower(), value.strip()
-
-
 def _first_address(value: str) -> tuple[str, str]:
     """(mailbox, display) of the first address of an address-list field."""
     m = _SIMPLE_ADDR.match(value)
@@ -201,14 +192,32 @@ _SLOTS = ("date", "subject", "from", "to", "cc", "message-id", "references", "in
 _SLOT = {name: i for i, name in enumerate(_SLOTS)}
 
 
+#: A line of an unfolded header block that is one of ``_SLOTS``: (name, value). The
+#: whitespace allowed around the name is what ``bytes.strip`` drops.
+_WANTED_LINE = re.compile(
+    rb"^[ \t\r\x0b\x0c]*(" + b"|".join(re.escape(n.encode()) for n in _SLOTS)
+    + rb")[ \t\r\x0b\x0c]*:([^\n]*)", re.IGNORECASE | re.MULTILINE)
+
+
 def _raw_values(block: bytes) -> list[Any]:
     """The first value of each of ``_SLOTS`` in a header block (None: absent), with
-    the subject slot a list of every Subject field's value (None: none)."""
+    the subject slot a list of every Subject field's value (None: none).
+
+    Each line of the unfolded block is a field: its name is what precedes the first
+    colon, stripped and lower-cased, its value what follows, stripped (lines with no
+    colon are no field). One regex finds the lines of the wanted fields, so a
+    message's Received, DKIM and other lines cost no Python step each (issue 16: the
+    first SEARCH SUBJECT reads 100k headers; tests/imap/test_headerindex.py checks it
+    against the line-by-line reading it replaced)."""
     values: list[Any] = [None] * len(_SLOTS)
-    for name, value in _fields_of(block):
-        i = _SLOT.get(name)
+    slot = _SLOT
+    if b"\n " in block or b"\n\t" in block:  # folded lines (else _FOLD finds none)
+        block = _FOLD.sub(b"", block)
+    for name, value in _WANTED_LINE.findall(block):
+        i = slot.get(name.decode("ascii").lower())
         if i is None:
             continue
+        value = value.strip()
         if i == 1:
             if values[1] is None:
                 values[1] = [value]
@@ -219,24 +228,76 @@ def _raw_values(block: bytes) -> list[Any]:
     return values
 
 
+#: The slots a record holds one line each of, in order; every Subject value follows.
+_LINE_SLOTS = tuple(i for i in range(len(_SLOTS)) if i != 1)
+
+
 def raw_record(block: bytes) -> str:
     """What the table keeps of a header block (pure; runs in a worker thread): the
-    ``_raw_values`` as JSON text, octets as latin-1 characters so any header round-trips
-    and an ASCII one stays a compact string."""
+    ``_raw_values`` as text, octets as latin-1 characters so any header round-trips
+    and an ASCII one stays a compact string.
+
+    One line per slot but the subject (``_LINE_SLOTS``; empty: absent, else ``=`` and
+    the value), then ``=`` and each Subject value: an unfolded value holds no LF, so
+    a split parses it, where JSON cost a C encoder and decoder pass each (issue 16).
+    Records cached by an older mailhost are JSON lists (they start with ``[``, which
+    this never does) and are still read."""
     values = _raw_values(block)
-    out: list[Any] = []
-    for i, v in enumerate(values):
-        if v is None:
-            out.append(None)
-        elif i == 1:
-            out.append([x.decode("latin-1") for x in v])
-        else:
-            out.append(v.decode("latin-1"))
-    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+    parts = [b"" if (v := values[i]) is None else b"=" + v for i in _LINE_SLOTS]
+    if values[1] is not None:
+        parts += [b"=" + v for v in values[1]]
+    return b"\n".join(parts).decode("latin-1")
 
 
 def _record_values(text: str) -> list[Any] | None:
     """``_raw_values`` back from a ``raw_record`` text (None: not one)."""
+    if text.startswith("["):
+        return _json_record_values(text)
+    try:
+        parts = text.encode("latin-1").split(b"\n")
+    except UnicodeEncodeError:
+        return None
+    n = len(_LINE_SLOTS)
+    if len(parts) < n:
+        return None
+    values: list[Any] = [None] * len(_SLOTS)
+    for i, part in zip(_LINE_SLOTS, parts, strict=False):
+        if part:
+            if part[:1] != b"=":
+                return None
+            values[i] = part[1:]
+    if len(parts) > n:
+        subjects = parts[n:]
+        if any(part[:1] != b"=" for part in subjects):
+            return None
+        values[1] = [part[1:] for part in subjects]
+    return values
+
+
+def _record_subjects(text: str) -> list[Any]:
+    """``_record_values`` with the subject slot only (the others None; all None for
+    what is not a record), for the columns derived from it (SEARCH SUBJECT, SORT
+    (SUBJECT), THREAD's base subjects): the fixed lines are checked, not parsed."""
+    if text.startswith("["):
+        return _record_values(text) or [None] * len(_SLOTS)
+    values: list[Any] = [None] * len(_SLOTS)
+    n = len(_LINE_SLOTS)
+    parts = text.split("\n", n)
+    if len(parts) < n or any(p and p[0] != "=" for p in parts[:n]):
+        return values
+    if len(parts) > n:
+        subjects = parts[n].split("\n")
+        if any(p[:1] != "=" for p in subjects):
+            return values
+        try:
+            values[1] = [p[1:].encode("latin-1") for p in subjects]
+        except UnicodeEncodeError:
+            pass
+    return values
+
+
+def _json_record_values(text: str) -> list[Any] | None:
+    """``_record_values`` of a record as an older mailhost cached it (a JSON list)."""
     try:
         v = json.loads(text)
         if not isinstance(v, list) or len(v) != len(_SLOTS):
@@ -362,6 +423,8 @@ _GROUPS: dict[str, tuple[Any, ...]] = {
     "parents": (lambda v: (_parents_of(v[6], v[7]),), ("parents",)),
 }
 _COLUMN_GROUP = {col: group for group, (_, cols) in _GROUPS.items() for col in cols}
+#: The groups that read the subject slot only (``_record_subjects`` parses no other).
+_SUBJECT_DERIVES = frozenset({_GROUPS["subject"][0], _GROUPS["base"][0]})
 _UNSET: Any = object()
 _EMPTY = _fields_from([None] * len(_SLOTS))
 
@@ -523,17 +586,21 @@ class HeaderTable:
             return [self._derived(derive, names, r)[at] if r >= 0 else default
                     for r in rows]
         if col is None or len(col) < size or _UNSET in col:
-            group = _COLUMN_GROUP[name]
-            for r in rows:
-                if r >= 0 and (col is None or r >= len(col) or col[r] is _UNSET):
-                    self._derive(group, r)
-                    col = self._columns[name]
+            self._derive_rows(_COLUMN_GROUP[name], rows)
+            col = self._columns[name]
         default = getattr(_EMPTY, name)
         if col is None:
             return [default] * len(rows)
         if -1 not in rows:
             return list(map(col.__getitem__, rows))
         return [col[r] if r >= 0 else default for r in rows]
+
+    def derive(self, names: Iterable[str], rows: Sequence[int]) -> None:
+        """Derive these columns at these rows where not done yet (and keep them): what a
+        search reads row by row next, derived in one loop per column group rather than
+        on each first read."""
+        for group in {_COLUMN_GROUP[name] for name in names}:
+            self._derive_rows(group, rows)
 
     def iter_values(self, name: str, rows: Sequence[int]) -> Iterator[Any]:
         """``values(name, rows, keep=False)`` one at a time: a column not derived yet
@@ -560,6 +627,12 @@ class HeaderTable:
 
     def _derived(self, derive: Any, names: tuple[str, ...], row: int) -> tuple[Any, ...]:
         """A column group's values of a row (``_GROUPS``), computed now."""
+        if derive in _SUBJECT_DERIVES:
+            values = _record_subjects(self._records[row])
+            try:
+                return tuple(derive(values))
+            except Exception:  # as below
+                return tuple(getattr(_EMPTY, n) for n in names)
         last_row, values = self._last
         if last_row != row:
             parsed = _record_values(self._records[row])
@@ -581,6 +654,27 @@ class HeaderTable:
             if len(col) < size:
                 col.extend([_UNSET] * (size - len(col)))
             col[row] = value
+
+    def _derive_rows(self, group: str, rows: Sequence[int]) -> None:
+        """``_derive`` of a column group at each of ``rows`` (-1: none) not derived yet
+        (a group's columns are always derived together, so its first tells)."""
+        derive, names = _GROUPS[group]
+        size = len(self._records)
+        cols = []
+        for name in names:
+            col = self._columns.get(name)
+            if col is None:
+                col = self._columns[name] = []
+            if len(col) < size:
+                col.extend([_UNSET] * (size - len(col)))
+            cols.append(col)
+        first, derived = cols[0], self._derived
+        for r in rows:
+            if r >= 0 and first[r] is _UNSET:
+                got = derived(derive, names, r)
+                first[r] = got[0]
+                for col, value in zip(cols[1:], got[1:], strict=True):
+                    col[r] = value
 
     def get(self, folder: IFolder, uids: Iterable[int]) -> Deferred[Mapping[int, Any]]:
         """Deferred firing with this table's ``fields`` once every one of ``uids`` still

@@ -242,6 +242,21 @@ def fields_matcher(key: SearchKey) -> Callable[[Any], bool] | None:
     return None
 
 
+def fields_columns(key: SearchKey) -> set[str]:
+    """The ``headerindex.Fields`` columns ``fields_matcher(key)`` reads (the table
+    derives them in one pass before the matching)."""
+    op, args = key.op, key.args
+    if op in ("AND", "OR", "NOT"):
+        return set().union(*(fields_columns(k) for k in args))
+    if op == "HEADER" and args[0].lower() == "subject":
+        return {"subject"}
+    if op == "ADDRESS" and args[0].lower() in ("from", "to", "cc"):
+        return {args[0].lower() + "_text"}
+    if op.startswith("SENT"):
+        return {"day"}
+    return set()
+
+
 #: ``HeaderTable.get`` bound to a folder: UIDs -> Deferred of {uid: Fields}.
 FieldsLookup = Callable[[list[int]], Deferred]
 

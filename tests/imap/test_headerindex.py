@@ -77,3 +77,66 @@ def test_stray_close_paren_in_an_address_ends():
 
     assert envelope.parse_addresses("a@b)") == envelope.parse_addresses("a@b)")
     assert parse_fields(b"To: :\xc1'r)\r\nCc: x)\r\n\r\n").cc_text is not None
+
+
+def _fields_line_by_line(block: bytes) -> list:
+    """``_raw_values`` as it was before one regex found the wanted lines: every line of
+    the unfolded block split at its first colon (the reference for the regex)."""
+    values: list = [None] * len(headerindex._SLOTS)
+    for line in headerindex._FOLD.sub(b"", block).split(b"\n"):
+        name, colon, value = line.partition(b":")
+        if not (colon and name):
+            continue
+        i = headerindex._SLOT.get(name.strip().decode("ascii", "replace").lower())
+        if i == 1:
+            values[1] = (values[1] or []) + [value.strip()]
+        elif i is not None and values[i] is None:
+            values[i] = value.strip()
+    return values
+
+
+_NAMES = st.sampled_from(["Subject", "SUBJECT", "subject", " Subject", "Subject ",
+                          "Subject\t", "From", "fRoM", "To", "Cc", "Date", "Message-ID",
+                          "References", "In-Reply-To", "X-Subject", "Subjects", "Resent-From",
+                          "Received", ""])
+_VALUES = st.binary(max_size=30).map(lambda b: b.replace(b"\n", b" "))
+_SEPARATORS = st.sampled_from([b"\r\n", b"\n", b"\r\n ", b"\n\t", b"\r\r\n", b"\r\n\r\n "])
+
+
+@given(st.lists(st.tuples(_NAMES, st.sampled_from([b":", b" :", b"", b"::"]), _VALUES,
+                          _SEPARATORS), max_size=10))
+@settings(max_examples=400, deadline=None)
+def test_wanted_lines_regex_reads_what_a_line_loop_reads(lines):
+    """The regex behind ``_raw_values`` (issue 16) against the line-by-line reading it
+    replaced: names in any case, white space around them, folded lines, bare CRs, lines
+    without a colon, any octet in the values."""
+    block = b"".join(name.encode() + colon + value + sep for name, colon, value, sep in lines)
+    assert headerindex._raw_values(block) == _fields_line_by_line(block)
+    assert headerindex._record_values(raw_record(block)) == headerindex._raw_values(block)
+
+
+def test_records_cached_as_json_by_an_older_mailhost_are_still_read():
+    """Records were JSON lists (``sortf2`` entries written before issue 16's line
+    format); the same cache key still reads them, every column the same."""
+    import json
+
+    for block in BLOCKS:
+        values = headerindex._raw_values(block)
+        legacy = json.dumps([None if v is None else [x.decode("latin-1") for x in v]
+                             if i == 1 else v.decode("latin-1")
+                             for i, v in enumerate(values)],
+                            ensure_ascii=False, separators=(",", ":"))
+        assert headerindex._record_values(legacy) == values
+        table = HeaderTable()
+        table._add(7, legacy)
+        row = table.fields[7]
+        assert tuple(getattr(row, n) for n in headerindex.Fields._fields) == tuple(
+            parse_fields(block)), block
+
+
+def test_records_that_are_not_records_read_as_empty():
+    for text in ["", "garbage", "=a\n=b", "x\n\n\n\n\n\n\n=s", "\n\n\n\n\n\n\nsubject"]:
+        table = HeaderTable()
+        table._add(1, text)
+        assert table.fields[1].subject is None, text
+        assert table.fields[1].base == "", text

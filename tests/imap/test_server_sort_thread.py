@@ -330,6 +330,7 @@ async def test_repeated_sort_and_search_open_no_message_file(imap_host, tmp_path
     folder = await host.folder()
     opened: list[int] = []
     real_open, real_read = folder.open_message, folder.read_message
+    real_headers = folder.read_headers
 
     def count_open(uid, *a, **kw):
         opened.append(uid)
@@ -339,7 +340,12 @@ async def test_repeated_sort_and_search_open_no_message_file(imap_host, tmp_path
         opened.append(uid)
         return real_read(uid, *a, **kw)
 
+    def count_headers(uids, fn):
+        opened.extend(uids)
+        return real_headers(uids, fn)
+
     folder.open_message, folder.read_message = count_open, count_read
+    folder.read_headers = count_headers
 
     def sort_and_search():
         c = host.client()
@@ -367,7 +373,7 @@ async def test_repeated_sort_and_search_open_no_message_file(imap_host, tmp_path
     def no_files(*a, **kw):
         raise AssertionError("a message file was opened after the restart")
 
-    folder2.open_message = folder2.read_message = no_files
+    folder2.open_message = folder2.read_message = folder2.read_headers = no_files
     await host2.in_thread(sort_and_search)
 
 
@@ -422,3 +428,69 @@ async def test_sort_and_thread_build_no_object_per_message_and_stat_no_file(
     assert dates_asked == []
     table = host.factory.header_tables.table(folder)
     assert not {"message_id", "parents"} & set(table._columns)
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_search_subject_on_maildir_decodes_every_kind_of_subject(imap_host,
+                                                                            tmp_path):
+    """Regression (issue 16): the first header SEARCH on Maildir reads header blocks in
+    bulk (maildir_headers) and finds the Subject lines with one regex; the subjects it
+    matches are decoded as before: RFC 2047 encoded words, folded lines, raw UTF-8 and
+    invalid 8-bit octets, several Subject fields, none at all, and an LF-only file
+    another program dropped in. The same searches answer the same from the header
+    table's cache afterwards."""
+    host = await imap_host(kind="maildir")
+    heads = [
+        b"Subject: =?utf-8?q?caf=C3=A9_cr=C3=A8me?= and =?iso-8859-1?q?na=EFve?=",
+        b"Subject: a long\r\n  folded\r\n\tsubject",
+        b"Subject: Gr\xc3\xbc\xc3\x9fe aus M\xc3\xbcnchen",
+        b"Subject: caf\xe9 latin-1 octets",
+        b"X-Note: no subject at all",
+        b"Subject: first\r\nsubject: second one",
+        b"Subject: =?x-unknown?q?raw=20word?= plain",
+    ]
+    uids = [await host.deliver(h + b"\r\nFrom: a@example.test\r\n\r\nbody\r\n") for h in heads]
+    new = tmp_path / "mail" / "example.test" / "alice" / "new"  # (the harness's store)
+    with open(new / "1600000000.lf.host", "wb") as f:
+        f.write(b"From: b@example.test\nSubject: lf only\n line ends\n\nbody\n")
+    queries = [
+        (b"SUBJECT \"CAF\xc3\x89 CR\xc3\x88ME\"", [1]),
+        (b"SUBJECT \"na\xc3\xafve\"", [1]),
+        (b"SUBJECT \"long  folded\tsubject\"", [2]),
+        (b"SUBJECT \"gr\xc3\xbc\xc3\x9fe aus m\xc3\xbcnchen\"", [3]),
+        (b"SUBJECT \"latin-1 octets\"", [4]),
+        (b"SUBJECT \"\"", [1, 2, 3, 4, 6, 7, 8]),
+        (b"NOT SUBJECT \"\"", [5]),
+        (b"SUBJECT \"second one\"", [6]),
+        (b"SUBJECT \"=?x-unknown?q?raw=20word?=\"", [7]),
+        (b"SUBJECT \"lf only line ends\"", [8]),
+    ]
+
+    def search_all():
+        c = host.client()
+        c.select("INBOX")
+        answers = []
+        for n, (key, _) in enumerate(queries):
+            line = b"S%d UID SEARCH CHARSET UTF-8 " % n
+            out = []
+            # 8-bit strings go as literals (LITERAL+)
+            if any(b > 127 for b in key):
+                word = key.split(b" ", 1)[1].strip(b'"')
+                c.send(line + key.split(b" ", 1)[0] + b" {%d+}\r\n" % len(word) + word + b"\r\n")
+                for _ in range(100):
+                    resp = c.readline().rstrip(b"\r\n")
+                    out.append(resp)
+                    if resp.startswith(b"S%d " % n):
+                        break
+            else:
+                out = raw(c, line + key)
+            assert out[-1].startswith(b"S%d OK" % n), out
+            found = [line for line in out if line.startswith(b"* SEARCH")]
+            answers.append(sorted(int(x) for x in found[0].split()[2:]))
+        c.logout()
+        return answers
+
+    first = await host.in_thread(search_all)
+    assert first == [[uids[i - 1] if i <= len(uids) else i for i in want]
+                     for _, want in queries]
+    assert await host.in_thread(search_all) == first

@@ -68,6 +68,45 @@ def test_base_subject_is_a_fixed_point(subject):
     assert not base.lower().startswith(("re:", "fw:", "fwd:"))
 
 
+def _base_subject_with_every_regex(subject: str) -> tuple[str, bool]:
+    """``base_subject`` as it was before the first/last character checks (issue 16):
+    every regex tried at every step (the reference for the shortcut)."""
+    from mailhost.imap import basesubject as b
+
+    s = b._WSP_RUN.sub(" ", subject)
+    reply = False
+    while True:
+        m = b._TRAILER.search(s)
+        if m is not None:
+            reply = reply or "(" in m.group(0)
+            s = s[:m.start()]
+        while True:
+            changed = False
+            while (m := b._LEADER.match(s)) is not None and m.group(0):
+                reply = reply or bool(m.group(0).strip())
+                s = s[m.end():]
+                changed = True
+            m = b._BLOB_RE.match(s)
+            if m is not None and s[m.end():]:
+                s = s[m.end():]
+                changed = True
+            if not changed:
+                break
+        if len(s) >= 6 and s[:5].lower() == "[fwd:" and s.endswith("]"):
+            s = s[5:-1]
+            reply = True
+            continue
+        return s, reply
+
+
+@given(st.lists(st.one_of(_SUBJECT_ALPHABET, st.sampled_from(
+    ["FWD:", "RE:", "R", "F", ")", "(", "\r\n", "\n", "  ", "(FWD)", "Re ", "[x] "])),
+    max_size=12).map("".join))
+@settings(max_examples=600, deadline=None)
+def test_base_subject_shortcuts_change_nothing(subject):
+    assert base_subject(subject) == _base_subject_with_every_regex(subject)
+
+
 @given(st.text(max_size=30))
 @settings(max_examples=200, deadline=None)
 def test_base_subject_never_fails(subject):

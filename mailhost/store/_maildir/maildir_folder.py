@@ -40,6 +40,7 @@ from mailhost.store import objectid
 from mailhost.store._maildir import maildir_cache, maildir_modseq, maildirsize
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store._maildir.lock_passes import LockPasses
+from mailhost.store._maildir.maildir_headers import HeaderJob, read_blocks
 from mailhost.store._maildir.maildir_index import (
     UNKNOWN_DATE,
     FolderIndex,
@@ -67,6 +68,7 @@ from mailhost.store.interfaces import (
     Columns,
     IFolder,
     IFolderListener,
+    IHeaderBlocks,
     IIndexedFolder,
     IMessageReader,
     MessageInfo,
@@ -131,9 +133,16 @@ def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
     return base, True, part, False, size, float(date)
 
 
-@implementer(IIndexedFolder)
+def _call_closing(fn: Callable[[BinaryIO], _T], f: BinaryIO) -> _T:
+    """Run in a thread: ``fn(f)``, then ``f`` closed."""
+    with f:
+        return fn(f)
+
+
+@implementer(IIndexedFolder, IHeaderBlocks)
 class MaildirFolder:
-    """Implements: IIndexedFolder. One live object per (user, folder) in a MaildirStore."""
+    """Implements: IIndexedFolder and IHeaderBlocks (maildir_headers). One live object
+    per (user, folder) in a MaildirStore."""
 
     log = Logger()
 
@@ -770,6 +779,55 @@ class MaildirFolder:
                 continue
             return io.BufferedReader(CRLFReader(raw)) if wrap else raw
         raise NoSuchMessage(uid)
+
+    def read_headers(self, uids: Sequence[int], fn: Callable[[BinaryIO], _T],
+                     ) -> defer.Deferred[list[tuple[int, _T]]]:
+        """IHeaderBlocks: a batch of header blocks in one thread job (maildir_headers)."""
+        return defer.Deferred.fromCoroutine(self._read_headers(uids, fn))
+
+    async def _read_headers(self, uids: Sequence[int], fn: Callable[[BinaryIO], _T],
+                            ) -> list[tuple[int, _T]]:
+        index = self._index
+        if self._gone:
+            return []
+        jobs: list[HeaderJob] = []
+        facts: dict[int, tuple[int, bool]] = {}  # uid -> (size, wrap) of unknown dates
+        for uid in uids:
+            i = index.pos(uid)
+            if i >= 0:
+                st, wrap = index.state_at(i), bool(index.wrap[i])
+                unknown = index.dates[i] == UNKNOWN_DATE
+                jobs.append((uid, "new" if st.recent else "cur",
+                             filename(index.keys[i], st.part), wrap, unknown))
+                if unknown:
+                    facts[uid] = (index.sizes[i], wrap)
+        path, uid_files = self._path, self._uids
+
+        def work() -> tuple[list[tuple[int, _T]], list[int], list[tuple[int, float]]]:
+            out, missing, dates = read_blocks(path, jobs, fn)
+            if dates:
+                # Dates learnt on the way (fstat of the open file), recorded as the
+                # background date pass would, which then has none of them to stat.
+                try:
+                    uid_files.cache([(uid, date, *facts[uid]) for uid, date in dates])
+                except OSError:
+                    pass  # only a cache: a restart reads these dates again
+            return out, missing, dates
+
+        out, missing, dates = await self._store.run_blocking(work)
+        if index is self._index:
+            for uid, date in dates:
+                index.set_date(uid, date)
+        if missing:
+            for uid in missing:  # renamed or gone meanwhile: the careful way
+                try:
+                    f = await self._open_message(uid)
+                except NoSuchMessage:
+                    continue
+                out.append((uid, await self._store.run_blocking(_call_closing, fn, f)))
+            order = {uid: n for n, uid in enumerate(uids)}
+            out.sort(key=lambda row: order[row[0]])
+        return out
 
     # -- IFolder: changes ----------------------------------------------------------------
 
