@@ -252,3 +252,65 @@ async def test_listeners_hear_of_a_delivery_within_a_second_without_a_refresh(ro
         assert rec.added == list(range(1, n + 2))
         assert reactor.seconds() - started < 1.0
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_smtp_delivery_leaves_only_the_fsync_to_the_worker_thread(root, monkeypatch):
+    """Issue 18: a small one-folder SMTP delivery is created, written, moved into new/
+    and dated on the reactor; the worker thread only fsyncs it (each short call there
+    handed the GIL to the reactor and back). It is durable, private and dated as before."""
+    from mailhost.store._maildir import maildir_io
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def thread_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    def no_deliver_files(*args, **kwargs):
+        raise AssertionError("the thread wrote the file")
+
+    monkeypatch.setattr(maildir_io, "deliver_files", no_deliver_files)
+    monkeypatch.setattr(maildir_io.os, "fsync", thread_fsync)
+    store = MaildirStore(root, fsync=True)
+    old = os.umask(0o022)
+    try:
+        w = store.new_message()
+        w.write(msg(1))
+        date = 1_700_000_000
+        assert await w.commit([DeliveryTarget(A, want_uid=False, internal_date=date)]) == [None]
+    finally:
+        os.umask(old)
+    [name] = new_files(root)
+    st = os.stat(os.path.join(user_dir(root), "new", name))
+    assert (st.st_mode & 0o777, st.st_mtime) == (0o600, date)
+    assert len(synced) >= 2  # the file, then new/ in the group-commit round
+    assert os.listdir(store.tmp_dir()) == []
+    with open(os.path.join(user_dir(root), "new", name), "rb") as f:
+        assert f.read().endswith(msg(1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_smtp_delivery_across_file_systems_is_copied_in_the_thread(root, monkeypatch):
+    """The reactor's rename into new/ fails with EXDEV (the folder on another file
+    system than the store's .tmp/): the tmp file is removed and the worker thread
+    copies, as it always did."""
+    import errno
+
+    from mailhost.store._maildir import maildir_io
+
+    real_rename = os.rename
+
+    def cross_device(src, dst, *args, **kwargs):
+        if os.path.dirname(str(src)) == store.tmp_dir() and "/new/" in str(dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_rename(src, dst, *args, **kwargs)
+
+    store = MaildirStore(root, fsync=True)
+    monkeypatch.setattr(maildir_io.os, "rename", cross_device)
+    assert await smtp_deliver(store, 1) == [None]
+    [name] = new_files(root)
+    with open(os.path.join(user_dir(root), "new", name), "rb") as f:
+        assert f.read().endswith(msg(1))
+    assert os.listdir(store.tmp_dir()) == []
