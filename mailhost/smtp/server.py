@@ -232,9 +232,12 @@ class SMTPServer(Protocol, TimeoutMixin):
             return
         self._registered = True
         if self.factory.checks:  # their lookups (rDNS, DNSBL) start now, unwaited
+            # Our address is for the milters' macros only; they are pipeline stages
+            # (EnvelopeChecks.joined). Without one, a getsockname per connection saved.
             self._client = self.factory.checks.connect(ClientContext(
                 self.session.client_ip, submission=self.factory.submission,
-                port=self.session.client_port, local_ip=self._our_address(),
+                port=self.session.client_port,
+                local_ip=self._our_address() if self.factory.pipeline else "",
                 session=self._stage_session))
         send_at_once(self.transport)
         self._quick_ack = QuickAck(self.transport)
