@@ -870,10 +870,16 @@ class SMTPServer(Protocol, TimeoutMixin):
         return decision.reply
 
     def _checked(self, decided: defer.Deferred, accept: Callable[[], Reply],
-                 refused: Callable[[Reply], None] | None = None) -> defer.Deferred:
+                 refused: Callable[[Reply], None] | None = None) -> defer.Deferred | Reply:
         """Answer a command once the envelope checks (``mailhost.message.checks``)
         decided: with their refusal, or with ``accept()``'s reply. The session is busy
-        meanwhile, so pipelined commands wait their turn."""
+        meanwhile, so pipelined commands wait their turn.
+
+        Checks that passed at once (the usual case: only the rate limits, which answer
+        at once) give ``accept()``'s reply straight back, as a command without checks
+        does: no callbacks, no busy turn and timer reset around it (issue 18)."""
+        if decided.called and decided.result is None:
+            return accept()
         def answer(verdict: Any) -> defer.Deferred | None:
             if self._closing:
                 return None
