@@ -185,22 +185,9 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     return later
 
 
-def sync_placed(fd: int, jobs: Sequence[DeliveryJob], syncer: GroupSync | None) -> set[str]:
-    """The worker thread's part of a delivery its writer placed itself (a small message
-    for one folder, numbered later: ``MaildirMessageWriter``): the file was written,
-    renamed into new/ and dated on the reactor, as ``deliver_files`` would have done;
-    only its fsync is left here. Returns the new/ directory the batch's group-commit
-    round must fsync. The caller closes ``fd``."""
-    if syncer is None:
-        return set()
-    os.fsync(fd)
-    return {os.path.join(p, "new") for p, *_ in jobs}
-
-
 #: One message for ``deliver_batch``: ``deliver_files``' arguments but ``syncer``, then
-#: the quota changes to count once it is durable (``maildirsize.add_all``). A ``file``
-#: that is a descriptor (int) is a placed delivery (``sync_placed``).
-BatchJob = tuple["BinaryIO | int | None", str, float, Sequence[DeliveryJob], FileModes,
+#: the quota changes to count once it is durable (``maildirsize.add_all``).
+BatchJob = tuple["BinaryIO | None", str, float, Sequence[DeliveryJob], FileModes,
                  "bytes | None", Sequence[maildirsize.Change]]
 
 
@@ -218,11 +205,8 @@ def deliver_batch(batch: Sequence[BatchJob], syncer: GroupSync | None
     paths: set[str] = set()
     for file, tmp_path, date, jobs, modes, data, _after in batch:
         try:
-            if isinstance(file, int):
-                paths |= sync_placed(file, jobs, syncer)
-            else:
-                paths |= deliver_files(file, tmp_path, date, jobs, syncer, modes, data,
-                                       sync_later=True)
+            paths |= deliver_files(file, tmp_path, date, jobs, syncer, modes, data,
+                                   sync_later=True)
             results.append(None)
         except BaseException as e:  # reported to this message's caller only
             results.append(e)

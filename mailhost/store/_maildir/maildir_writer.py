@@ -7,23 +7,15 @@ It uses the folder's and account's named delivery API (``MaildirFolder.path``,
 and the store's ``committer`` and ``tmp_dir``, never their privates.
 
 ``write`` keeps a small message in memory (most mail is a few KiB) and spills to a
-tmp file only past ``MEMORY_LIMIT``, so nothing touches the disk while the body
-arrives. ``commit`` then, in one worker-thread hop (shared with the messages
+tmp file only past ``MEMORY_LIMIT``, so the reactor thread never opens or writes a
+file for it: creating a file can stall behind a journal commit that another thread's
+fsync started. ``commit`` then, in one worker-thread hop (shared with the messages
 committing at the same time: batch_commit): write the tmp file (if it is still in
 memory), fsync it, move it into its target's new/ (copy on EXDEV;
 for several targets all copies as one unit, through tmp/ and a commit journal:
 maildir_io._commit_all), give it a UID there (dovecot-uidlist, under Dovecot's lock: maildir_uids); then a
 group-commit round fsyncs the new/ directories and uidlists. The Deferred fires only
 after that, and after the UIDs are visible in the folder index.
-
-The common SMTP case (in memory, one folder, no UID wanted) does its short system
-calls here on the reactor instead (``_place_now``: create, write, rename into new/,
-date) and leaves only the fsyncs to the thread: in the thread each of them handed the
-GIL to the busy reactor and waited to get it back, which cost more CPU than the calls
-(issue 18). The price: such a call can wait behind a journal commit another thread's
-fsync started (measured at 20 sessions x 4 KiB on a loaded 2-core machine: open and
-rename 80 us on average, a few ms at worst; a 2026-11 profile with four commit jobs
-had found creation stalls worth keeping off the reactor, hence the thread before).
 
 A target with ``want_uid=False`` (SMTP: nobody reads the UID) skips the UID step: the
 file is as durable when the Deferred fires, and gets its UID afterwards, off the
@@ -36,7 +28,6 @@ for it. A crash in between leaves a durable file in new/, numbered at the next o
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Sequence
@@ -121,17 +112,12 @@ class MaildirMessageWriter:
             uids = None if folder is None or ticket is None else folder.delivery_uids()
             jobs.append((path, filename(base, part), base, self.size, uids, ticket))
         told = False
-        placed: int | None = None  # the descriptor of a file placed here (see _place_now)
         try:
             try:
-                if self._buffer is not None and len(jobs) == 1 and tickets[0] is None:
-                    placed = self._place_now(jobs[0], date)
                 # The copies count against quota once durable, in the same hop.
                 await store.committer.commit(
-                    (self._file if placed is None else placed, self._path, date, jobs,
-                     store.modes,
-                     None if self._buffer is None or placed is not None
-                     else bytes(self._buffer),
+                    (self._file, self._path, date, jobs, store.modes,
+                     None if self._buffer is None else bytes(self._buffer),
                      _charges(plan, self.size)))
                 self._buffer = None
             except BaseException:
@@ -163,51 +149,11 @@ class MaildirMessageWriter:
                     [f.settle_uids(items) for f, items in by_folder.values()],
                     consumeErrors=True)
         finally:
-            if placed is not None:
-                os.close(placed)
             for (folder, _, _, base, _), ticket in zip(plan, tickets, strict=True):
                 # A copy handed to the numbering batch stays expected until numbered.
                 if folder is not None and not (told and ticket is None):
                     folder.unexpect_files([base])
         return [None if ticket is None else ticket[0] for ticket in tickets]
-
-    def _place_now(self, job: DeliveryJob, date: int) -> int | None:
-        """Write the message kept in memory to its tmp file, rename that into its one
-        folder's new/ and give it ``date``, here on the reactor, as ``deliver_files``
-        does in the worker thread; the thread then only fsyncs it (``sync_placed``).
-
-        Why (issue 18): in the worker thread each of those five short system calls
-        gave the GIL to the busy reactor and had to wait to get it back (futex
-        wake-ups and context switches, a pair per call), which cost more CPU than the
-        calls themselves; here they are a few microseconds each. The blocking calls
-        (the fsyncs) stay in the thread. Returns the open descriptor (the caller closes
-        it once the commit is over), or None when the rename cannot cross file systems:
-        then the worker thread copies, as before."""
-        assert self._buffer is not None  # only a message kept in memory
-        path, name = job[0], job[1]
-        fd = self._store.modes.open_new(self._path)
-        try:
-            view = memoryview(self._buffer)
-            while view:
-                view = view[os.write(fd, view):]
-            os.rename(self._path, os.path.join(path, "new", name))
-        except BaseException as e:
-            os.close(fd)
-            try:
-                os.unlink(self._path)
-            except FileNotFoundError:
-                pass
-            if isinstance(e, OSError) and e.errno == errno.EXDEV:
-                return None
-            raise
-        try:
-            # After the move (the tmp cleaner takes old files for a crash's leftovers),
-            # before the fsync that makes it durable (as deliver_files).
-            os.utime(fd, (date, date))
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
 
     async def _place(self, target: DeliveryTarget) -> _Placed:
         """(open folder or None, account, folder path, base name, info part) of one
