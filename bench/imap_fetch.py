@@ -2,17 +2,17 @@
 """IMAP body benchmark: ``FETCH BODY.PEEK[]`` from mailhost (``twistd -n mailhost``) vs
 Dovecot's IMAP, same run, plaintext and over implicit TLS (IMAPS).
 
-The IMAP sibling of ``bench/pop3_retr.py`` (issue 18: "POP3 and IMAP bodies: cut the
-CPU per MiB sent"), built the same way and from the same pieces: one Maildir with
-``small@`` (1,000 messages of 50 KiB) and ``big@`` (one 100 MiB message), served by
-mailhost and, from a copy of the same files, by Dovecot (``dovecot -F -c <throwaway
-conf>``, passwd-file userdb, ``mail_location=maildir:``). One raw-socket client logs in,
-SELECTs INBOX and sends ``UID FETCH 1:* BODY.PEEK[]`` (small@, every body in one
-command, as a client syncing a folder does) or ``FETCH 1 BODY.PEEK[]`` (big@); it
-counts the literal octets and checks them against the message sizes. Each load runs
-plaintext and over IMAPS (RFC 8314: mailhost's ``imap.listen_tls``, Dovecot's
-``inet_listener imaps``) with one self-signed RSA-2048 certificate and the client's
-default TLS 1.3 context.
+The IMAP sibling of ``bench/pop3_retr.py`` (issue 18: "POP3 and IMAP bodies: cut the CPU
+per MiB sent"), built the same way and from the same pieces (``bench/body_peers.py``):
+one Maildir with ``small@`` (1,000 messages of 50 KiB) and ``big@`` (one 100 MiB
+message), served by mailhost and, from a copy of the same files, by Dovecot (``dovecot
+-F -c <throwaway conf>``, passwd-file userdb, ``mail_location=maildir:``). One
+raw-socket client logs in, SELECTs INBOX and sends ``UID FETCH 1:* BODY.PEEK[]``
+(small@, every body in one command, as a client syncing a folder does) or ``FETCH 1
+BODY.PEEK[]`` (big@); it counts the literal octets and checks them against the message
+sizes. Each load runs plaintext and over IMAPS (RFC 8314: mailhost's
+``imap.listen_tls``, Dovecot's ``inet_listener imaps``) with one self-signed RSA-2048
+certificate and the client's default TLS 1.3 context.
 
 Reported: MiB/s and server CPU (ms) per MiB sent, medians of interleaved runs, and the
 ratios mailhost/Dovecot (targets, as for POP3: >= 0.8x MiB/s, CPU <= 1.5x). Server CPU
@@ -38,12 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
-import socket
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,11 +47,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from pop3_retr import make_certificate, message, tree_cpu, write_maildir  # noqa: E402
+from body_peers import (  # noqa: E402
+    USERS,
+    DovecotPeer,
+    MiB,
+    connect,
+    mailhost_with_corpus,
+    make_certificate,
+    tree_cpu,
+)
 
-from tests.mailhost_process import MailHostProcess, free_port, rss_kib  # noqa: E402
+from tests.mailhost_process import rss_kib  # noqa: E402
 
-MiB = 1024 * 1024
 #: (user, over IMAPS, FETCH command, label)
 LOADS = [("small@example.test", False, b"UID FETCH 1:* BODY.PEEK[]", "1000 x 50 KiB, 1 FETCH"),
          ("big@example.test", False, b"FETCH 1 BODY.PEEK[]", "1 x 100 MiB"),
@@ -66,7 +68,6 @@ LOADS = [("small@example.test", False, b"UID FETCH 1:* BODY.PEEK[]", "1000 x 50 
          ("small@example.test", False, b"UID FETCH 1:* BODY[]", "1000 x 50 KiB BODY[] +Seen")]
 #: Run before a load's FETCH, neither timed nor counted in its CPU.
 RESET = {b"UID FETCH 1:* BODY[]": b"UID STORE 1:* -FLAGS.SILENT (\\Seen)"}
-USERS = {"small@example.test": "small-pw", "big@example.test": "big-pw"}
 RECV = 1 << 20
 
 
@@ -74,12 +75,7 @@ class Client:
     """Just enough IMAP to log in, SELECT and FETCH bodies fast, counting literals."""
 
     def __init__(self, port: int, tls: bool = False) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
-        if tls:  # IMAPS (RFC 8314 implicit TLS); the bench's own self-signed certificate
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            self.sock = ctx.wrap_socket(self.sock)
+        self.sock = connect(port, tls)  # tls: IMAPS
         self.buf = b""
         self.tags = 0
         assert self._line().startswith(b"* OK")
@@ -155,73 +151,16 @@ def sizes_in(maildir: str) -> list[int]:
     return [os.path.getsize(os.path.join(cur, name)) for name in os.listdir(cur)]
 
 
-def start_dovecot(work: str, mail_root: str, port: int, base: str,
-                  tls_port: int, cert: str, key: str) -> subprocess.Popen:
-    """Dovecot's IMAP in the foreground; ``base`` is its run directory (short: socket paths)."""
-    passwd = os.path.join(work, "dovecot.passwd")
-    uid = gid = 65534  # nobody: Dovecot will not access mail as root
-    for dirpath, _dirs, files in os.walk(mail_root):
-        os.chown(dirpath, uid, gid)
-        for name in files:
-            os.chown(os.path.join(dirpath, name), uid, gid)
-    os.makedirs(os.path.join(work, "dovecot-home"), exist_ok=True)
-    os.chown(os.path.join(work, "dovecot-home"), uid, gid)
-    with open(passwd, "w") as f:
-        for user, pw in USERS.items():
-            f.write(f"{user}:{{PLAIN}}{pw}:{uid}:{gid}::{work}/dovecot-home::\n")
-    conf = os.path.join(work, "dovecot.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-base_dir = {base}
-state_dir = {base}/state
-log_path = {work}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = yes
-ssl_cert = <{cert}
-ssl_key = <{key}
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = 1000
-last_valid_uid = 0
-mail_location = maildir:{mail_root}/%d/%n
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {passwd}
-}}
-userdb {{
-  driver = passwd-file
-  args = username_format=%u {passwd}
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    address = 127.0.0.1
-    port = {tls_port}
-    ssl = yes
-  }}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = 0
-  }}
-}}
-""")
-    proc = subprocess.Popen(["dovecot", "-F", "-c", conf], stdout=subprocess.DEVNULL,
-                            stderr=open(os.path.join(work, "dovecot.err"), "wb"))
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(open(os.path.join(work, "dovecot.err")).read()) from None
-            time.sleep(0.1)
+def print_rows(values: dict[tuple[tuple, str], list[float]], names: list[str],
+               median_digits: int, run_digits: int) -> None:
+    """Per load: the median of each server, their ratio (with two), then every run."""
+    for load in LOADS:
+        meds = [statistics.median(values[(load, n)]) for n in names]
+        ratio = f"{meds[0] / meds[1]:>8.2f}" if len(names) == 2 else ""
+        print(f"{load[3]:<28}" + "".join(f"{m:>10.{median_digits}f}" for m in meds) + ratio)
+        print(f"{'  (all runs)':<28}" + "  ".join(
+            "/".join(f"{r:.{run_digits}f}" for r in runs)
+            for runs in zip(*(values[(load, n)] for n in names), strict=True)))
 
 
 def main() -> None:
@@ -236,38 +175,21 @@ def main() -> None:
     os.chmod(work, 0o755)  # Dovecot's auth process (user dovecot) reads dovecot.passwd here
 
     cert, key = make_certificate(work)
-    mh = MailHostProcess(os.path.join(work, "mailhost"), users=dict(USERS),
-                         extra={"tls": {"cert": cert, "key": key}})
-    mh_tls_port = free_port()
-    mh.extra["imap"] = {"listen_tls": [f"tcp:{mh_tls_port}:interface=127.0.0.1"]}
-    os.makedirs(mh.workdir, exist_ok=True)
-    mh.configure()
-    print("writing maildirs ...", flush=True)
-    write_maildir(mh.maildir("small@example.test"),
-                  [message(50 * 1024, n) for n in range(1, 1001)])
-    write_maildir(mh.maildir("big@example.test"), big=100 * MiB)
+    mh, mh_tls_port = mailhost_with_corpus(work, "imap", cert, key)
     expected = {user: sizes_in(mh.maildir(user)) for user in USERS}
-    dovecot_mail = os.path.join(work, "dovecot-mail")
-    for user in USERS:
-        local, _, domain = user.partition("@")
-        src = mh.maildir(user)
-        dst = os.path.join(dovecot_mail, domain, local)
-        for sub in ("tmp", "new", "cur"):
-            shutil.copytree(os.path.join(src, sub), os.path.join(dst, sub))
+    dovecot = DovecotPeer(work, "imap", cert, key)
+    dovecot.copy_from(mh)
 
     mh.start()
-    dport, dport_tls = free_port(), free_port()
-    base = tempfile.mkdtemp(prefix="dci", dir="/tmp")
     try:
-        dovecot = start_dovecot(work, dovecot_mail, dport, base, dport_tls, cert, key)
+        dovecot.start()
     except Exception:
         mh.stop()
-        shutil.rmtree(base, ignore_errors=True)
         raise
-    servers = {"mailhost": mh.ports["imap"], "dovecot": dport}
+    servers = {"mailhost": mh.ports["imap"], "dovecot": dovecot.port}
     if args.only:
         servers = {args.only: servers[args.only]}
-    tls_ports = {"mailhost": mh_tls_port, "dovecot": dport_tls}
+    tls_ports = {"mailhost": mh_tls_port, "dovecot": dovecot.tls_port}
     pids = {"mailhost": mh.pid, "dovecot": dovecot.pid}
     results: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
@@ -294,32 +216,15 @@ def main() -> None:
     finally:
         hwm = rss_kib(mh.pid, "VmHWM")
         mh.stop()
-        dovecot.send_signal(signal.SIGTERM)
-        try:
-            dovecot.wait(15)
-        except subprocess.TimeoutExpired:
-            dovecot.kill()
-        shutil.rmtree(base, ignore_errors=True)
+        dovecot.stop()
 
     names = list(servers)
     print(f"\nIMAP FETCH BODY.PEEK[] throughput, median of {args.runs} interleaved runs (MiB/s)")
     print(f"{'load':<28}" + "".join(f"{n:>10}" for n in names)
           + (f"{'ratio':>8}" if len(names) == 2 else ""))
-    for load in LOADS:
-        meds = [statistics.median(results[(load, n)]) for n in names]
-        ratio = f"{meds[0] / meds[1]:>8.2f}" if len(names) == 2 else ""
-        print(f"{load[3]:<28}" + "".join(f"{m:>10.1f}" for m in meds) + ratio)
-        print(f"{'  (all runs)':<28}" + "  ".join(
-            "/".join(f"{r:.0f}" for r in runs)
-            for runs in zip(*(results[(load, n)] for n in names), strict=True)))
+    print_rows(results, names, median_digits=1, run_digits=0)
     print("\nServer CPU per MiB sent (ms), median; ratio mailhost/dovecot (<= 1.5 is the target)")
-    for load in LOADS:
-        meds = [statistics.median(cpu[(load, n)]) for n in names]
-        ratio = f"{meds[0] / meds[1]:>8.2f}" if len(names) == 2 else ""
-        print(f"{load[3]:<28}" + "".join(f"{m:>10.2f}" for m in meds) + ratio)
-        print(f"{'  (all runs)':<28}" + "  ".join(
-            "/".join(f"{r:.2f}" for r in runs)
-            for runs in zip(*(cpu[(load, n)] for n in names), strict=True)))
+    print_rows(cpu, names, median_digits=2, run_digits=2)
     print(f"\nmailhost RSS {mh_base / 1024:.1f} MiB after warm-up, VmHWM {hwm / 1024:.1f} MiB")
     print("load average (1 min) at each run's start and at the end: "
           + ", ".join(f"{a:.1f}" for a in load_avg))

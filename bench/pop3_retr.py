@@ -29,12 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
-import socket
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,51 +37,35 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from tests.mailhost_process import MailHostProcess, free_port, rss_kib  # noqa: E402
+from body_peers import (  # noqa: E402
+    BLOCK,
+    LINES,
+    USERS,
+    DovecotPeer,
+    MiB,
+    children,
+    connect,
+    mailhost_with_corpus,
+    make_certificate,
+    tree_cpu,
+)
 
-MiB = 1024 * 1024
+from tests.mailhost_process import rss_kib  # noqa: E402
+
 #: (user, over POP3S, label): the plaintext rows, then the same over implicit TLS
 LOADS = [("small@example.test", False, "1000 x 50 KiB, 1 session"),
          ("big@example.test", False, "1 x 100 MiB"),
          ("small@example.test", True, "TLS 1000 x 50 KiB"),
          ("big@example.test", True, "TLS 1 x 100 MiB")]
-USERS = {"small@example.test": "small-pw", "big@example.test": "big-pw"}
-LINES = [(b".stuffed %04d " % i if i % 4 == 0 else b"line %04d     " % i) + b"z" * 48 + b"\r\n"
-         for i in range(16)]
-BLOCK = b"".join(LINES)  # 1 KiB
-
-
-def message(size: int, n: int) -> bytes:
-    head = b"From: bench@example.test\r\nSubject: bench %d\r\nMessage-ID: <%d@bench>\r\n\r\n" % (
-        n, n)
-    return head + BLOCK * ((size - len(head)) // len(BLOCK))
-
-
-def write_maildir(root: str, messages: list[bytes] | None = None, big: int = 0) -> None:
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-    now = int(time.time())
-    for n, data in enumerate(messages or []):
-        with open(os.path.join(root, "cur", f"{now}.M{n}P1Q{n}.bench:2,"), "wb") as f:
-            f.write(data)
-    if big:
-        with open(os.path.join(root, "cur", f"{now}.M0P2Q0.bench:2,"), "wb") as f:
-            f.write(message(len(BLOCK) * 4, 0))
-            for _ in range(big // len(BLOCK)):
-                f.write(BLOCK)
 
 
 class Client:
     """Just enough POP3 to log in and RETR fast; checks each response's framing."""
 
     def __init__(self, port: int, tls: bool = False) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
-        if tls:  # POP3S (RFC 8314 implicit TLS); the bench's own self-signed certificate
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            self.sock = ctx.wrap_socket(self.sock)
+        self.sock = connect(port, tls)  # tls: POP3S
         self.buf = b""
         assert self.line().startswith(b"+OK")
 
@@ -173,126 +152,6 @@ class PeakRss(threading.Thread):
             time.sleep(0.005)
 
 
-def children(pid: int, any_name: bool = False) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                with open(f"/proc/{entry}/comm") as f:
-                    comm = f.read().strip()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and (any_name or comm == "pop3"):
-                out.append(int(entry))
-    return out
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _times(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/stat") as f:
-        return [int(x) for x in f.read().rsplit(")", 1)[1].split()[11:15]]
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid``, its reaped children, and its live children.
-
-    Wall-clock MB/s moves with whatever else the machine runs; server CPU per MiB
-    is the steadier figure on a shared box.
-    """
-    utime, stime, cutime, cstime = _times(pid)
-    total = utime + stime + cutime + cstime
-    for child in children(pid, any_name=True):
-        try:
-            total += sum(_times(child)[:2])
-        except OSError:
-            pass
-    return total / CLK_TCK
-
-
-def make_certificate(work: str) -> tuple[str, str]:
-    """A self-signed RSA-2048 certificate and key for both servers' POP3S listeners."""
-    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.chmod(key, 0o644)
-    return cert, key
-
-
-def start_dovecot(work: str, mail_root: str, port: int, base: str,
-                  tls_port: int, cert: str, key: str) -> subprocess.Popen:
-    """Dovecot in the foreground; ``base`` is its run directory (short: socket paths)."""
-    passwd = os.path.join(work, "dovecot.passwd")
-    uid = gid = 65534  # nobody: Dovecot will not access mail as root
-    for dirpath, _dirs, files in os.walk(mail_root):
-        os.chown(dirpath, uid, gid)
-        for name in files:
-            os.chown(os.path.join(dirpath, name), uid, gid)
-    os.makedirs(os.path.join(work, "dovecot-home"), exist_ok=True)
-    os.chown(os.path.join(work, "dovecot-home"), uid, gid)
-    with open(passwd, "w") as f:
-        for user, pw in USERS.items():
-            f.write(f"{user}:{{PLAIN}}{pw}:{uid}:{gid}::{work}/dovecot-home::\n")
-    conf = os.path.join(work, "dovecot.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-base_dir = {base}
-state_dir = {base}/state
-log_path = {work}/dovecot.log
-protocols = pop3
-listen = 127.0.0.1
-ssl = yes
-ssl_cert = <{cert}
-ssl_key = <{key}
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = 1000
-last_valid_uid = 0
-mail_location = maildir:{mail_root}/%d/%n
-pop3_uidl_format = %08Xu%08Xv
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {passwd}
-}}
-userdb {{
-  driver = passwd-file
-  args = username_format=%u {passwd}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener pop3s {{
-    address = 127.0.0.1
-    port = {tls_port}
-    ssl = yes
-  }}
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = 0
-  }}
-}}
-""")
-    proc = subprocess.Popen(["dovecot", "-F", "-c", conf], stdout=subprocess.DEVNULL,
-                            stderr=open(os.path.join(work, "dovecot.err"), "wb"))
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(open(os.path.join(work, "dovecot.err")).read()) from None
-            time.sleep(0.1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -303,41 +162,24 @@ def main() -> None:
     os.chmod(work, 0o755)  # Dovecot's auth process (user dovecot) reads dovecot.passwd here
 
     cert, key = make_certificate(work)
-    mh = MailHostProcess(os.path.join(work, "mailhost"), users=dict(USERS),
-                         extra={"tls": {"cert": cert, "key": key}})
-    mh_tls_port = free_port()
-    mh.extra["pop3"] = {"listen_tls": [f"tcp:{mh_tls_port}:interface=127.0.0.1"]}
-    os.makedirs(mh.workdir, exist_ok=True)
-    mh.configure()
-    print("writing maildirs ...", flush=True)
-    write_maildir(mh.maildir("small@example.test"),
-                  [message(50 * 1024, n) for n in range(1, 1001)])
-    write_maildir(mh.maildir("big@example.test"), big=100 * MiB)
-    dovecot_mail = os.path.join(work, "dovecot-mail")
-    for user in USERS:
-        local, _, domain = user.partition("@")
-        src = mh.maildir(user)
-        dst = os.path.join(dovecot_mail, domain, local)
-        for sub in ("tmp", "new", "cur"):
-            shutil.copytree(os.path.join(src, sub), os.path.join(dst, sub))
+    mh, mh_tls_port = mailhost_with_corpus(work, "pop3", cert, key)
+    dovecot = DovecotPeer(work, "pop3", cert, key)
+    dovecot.copy_from(mh)
 
     mh.start()
-    dport, dport_tls = free_port(), free_port()
-    base = tempfile.mkdtemp(prefix="dcb", dir="/tmp")
     try:
-        dovecot = start_dovecot(work, dovecot_mail, dport, base, dport_tls, cert, key)
+        dovecot.start()
     except Exception:
         mh.stop()
-        shutil.rmtree(base, ignore_errors=True)
         raise
-    servers = {"mailhost": mh.ports["pop3"], "dovecot": dport}
-    tls_ports = {"mailhost": mh_tls_port, "dovecot": dport_tls}
+    servers = {"mailhost": mh.ports["pop3"], "dovecot": dovecot.port}
+    tls_ports = {"mailhost": mh_tls_port, "dovecot": dovecot.tls_port}
     results: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     pids = {"mailhost": mh.pid, "dovecot": dovecot.pid}
     mh_base = rss_kib(mh.pid)
     mh_peak = PeakRss(lambda: [mh.pid])
-    dc_peak = PeakRss(lambda: children(dovecot.pid))
+    dc_peak = PeakRss(lambda: children(dovecot.pid, "pop3"))
     try:
         for port in servers.values():  # warm-up: index build, page cache
             for user in USERS:
@@ -360,12 +202,7 @@ def main() -> None:
         dc_peak.done.set()
         hwm = rss_kib(mh.pid, "VmHWM")
         mh.stop()
-        dovecot.send_signal(signal.SIGTERM)
-        try:
-            dovecot.wait(15)
-        except subprocess.TimeoutExpired:
-            dovecot.kill()
-        shutil.rmtree(base, ignore_errors=True)
+        dovecot.stop()
 
     print(f"\nPOP3 RETR throughput, median of {args.runs} interleaved runs (MiB/s)")
     print(f"{'load':<28}{'mailhost':>10}{'dovecot':>10}{'ratio':>8}")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from mailhost.config import Config, ConfigError
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,19 +29,28 @@ def _dsn(args: argparse.Namespace, config: Config) -> str:
     return str(dsn)
 
 
-def cmd_upgrade(args: argparse.Namespace, config: Config) -> int:
+def _on_database(args: argparse.Namespace, config: Config, work: Callable[[Any], T]) -> T | None:
+    """``work(connection)`` on the database; None once a failure is said in one line."""
     import psycopg
 
     from mailhost.db import migrations
+    from mailhost.db.database import error_line
 
     try:
         with psycopg.connect(_dsn(args, config)) as conn:
-            applied = migrations.upgrade(conn)
+            return work(conn)
     except migrations.SchemaMismatch as e:
         print(f"mailhost: {e}")
-        return 1
     except psycopg.Error as e:
-        print(f"mailhost: database error: {str(e).strip().splitlines()[0]}")
+        print(f"mailhost: database error: {error_line(e)}")
+    return None
+
+
+def cmd_upgrade(args: argparse.Namespace, config: Config) -> int:
+    from mailhost.db import migrations
+
+    applied = _on_database(args, config, migrations.upgrade)
+    if applied is None:
         return 1
     if applied:
         print(f"schema upgraded to version {applied[-1]} (applied {', '.join(map(str, applied))})")
@@ -47,15 +60,10 @@ def cmd_upgrade(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_version(args: argparse.Namespace, config: Config) -> int:
-    import psycopg
-
     from mailhost.db import migrations
 
-    try:
-        with psycopg.connect(_dsn(args, config)) as conn:
-            have = migrations.version_of(conn)
-    except psycopg.Error as e:
-        print(f"mailhost: database error: {str(e).strip().splitlines()[0]}")
+    have = _on_database(args, config, migrations.version_of)
+    if have is None:
         return 1
     print(f"database schema {have}, mailhost schema {migrations.CURRENT}")
     return 0 if have == migrations.CURRENT else 1

@@ -111,6 +111,20 @@ def _aliases(config: Config, user: str, given: list[str],
     return aliases
 
 
+def _existing_user(config: Config, address: str,
+                   ) -> tuple[str, PasswdFile, dict[str, PasswdEntry], PasswdEntry] | None:
+    """The user ``address`` names, the passwd store, all its entries (to change and save
+    back) and the user's own; None, said on stderr, when there is no such user."""
+    user = _user(config, address)
+    passwd = _passwd(config)
+    entries = dict(passwd.entries())
+    entry = entries.get(user)
+    if entry is None:
+        print(f"mailhost: no such user {user}", file=sys.stderr)
+        return None
+    return user, passwd, entries, entry
+
+
 def cmd_add(args: argparse.Namespace, config: Config) -> int:
     user = _user(config, args.address)
     passwd = _passwd(config)
@@ -131,25 +145,22 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_del(args: argparse.Namespace, config: Config) -> int:
-    user = _user(config, args.address)
-    passwd = _passwd(config)
-    entries = dict(passwd.entries())
-    if entries.pop(user, None) is None:
-        print(f"mailhost: no such user {user}", file=sys.stderr)
+    found = _existing_user(config, args.address)
+    if found is None:
         return 1
+    user, passwd, entries, _entry = found
+    del entries[user]
     passwd.save(entries)
     print(f"deleted {user}")
     return 0
 
 
 def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
-    user = _user(config, args.address)
-    passwd = _passwd(config)
-    entries = dict(passwd.entries())
-    if user not in entries:
-        print(f"mailhost: no such user {user}", file=sys.stderr)
+    found = _existing_user(config, args.address)
+    if found is None:
         return 1
-    entries[user].password_hash = hash_password(_read_password())
+    user, passwd, entries, entry = found
+    entry.password_hash = hash_password(_read_password())
     passwd.save(entries)
     print(f"password changed for {user}")
     return 0
@@ -176,13 +187,10 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
 def cmd_alias(args: argparse.Namespace, config: Config) -> int:
     """Change a user's ``aliases=`` (the passwd file, or the users table's ``extra``,
     which every node hears of at once); without --add/--del, show them."""
-    user = _user(config, args.address)
-    passwd = _passwd(config)
-    entries = dict(passwd.entries())
-    entry = entries.get(user)
-    if entry is None:
-        print(f"mailhost: no such user {user}", file=sys.stderr)
+    found = _existing_user(config, args.address)
+    if found is None:
         return 1
+    user, passwd, entries, entry = found
     others = {u: e for u, e in entries.items() if u != user}
     taken = {a for e in others.values() for a in e.aliases}
     added = _aliases(config, user, args.add, entries)
@@ -206,26 +214,24 @@ def _usage_in_database(config: Config, user: str) -> tuple[int, int]:
     """(octets, messages) the PostgreSQL store counts for ``user`` (schema 5)."""
     import psycopg
 
+    from mailhost.db.database import error_line
     from mailhost.store.postgresql import sql
 
     try:
         with psycopg.connect(config.store.dsn, connect_timeout=10) as conn:
             return sql.usage(conn, user)
     except psycopg.Error as e:
-        raise SystemExit(f"mailhost: database error: {str(e).strip().splitlines()[0]}") from None
+        raise SystemExit(f"mailhost: database error: {error_line(e)}") from None
 
 
 def cmd_quota(args: argparse.Namespace, config: Config) -> int:
     """Show usage against the limit (from the Maildir's ``maildirsize``, written by the
     server; this command writes nothing there) or, with ``--set``, change the user's
     ``quota=`` field: the running server applies it at its next check."""
-    user = _user(config, args.address)
-    passwd = _passwd(config)
-    entries = dict(passwd.entries())
-    entry = entries.get(user)
-    if entry is None:
-        print(f"mailhost: no such user {user}", file=sys.stderr)
+    found = _existing_user(config, args.address)
+    if found is None:
         return 1
+    user, passwd, entries, entry = found
     if args.quota_size is not None:
         try:
             limit = parse_size(args.quota_size)

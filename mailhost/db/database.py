@@ -52,6 +52,13 @@ RETRIES = 3
 
 Work = Callable[..., _T]
 
+def error_line(e: BaseException) -> str:
+    """The first line of a database error, for a one-line message (its type's name when
+    it says nothing)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 #: Seconds a transaction waits for a connection before the database counts as down.
 TIMEOUT = 5.0
 #: Seconds one reconnection attempt (with its backoff: 1, 2, 4 s) lasts before it

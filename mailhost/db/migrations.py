@@ -44,6 +44,20 @@ from typing import Any
 
 import psycopg
 
+
+def _notify_on_change(table: str) -> str:
+    """SQL: any change to ``table`` notifies ``mailhost_<table>`` (a statement trigger,
+    so an edit made with psql reaches every node too)."""
+    return f"""CREATE FUNCTION mailhost_{table}_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('mailhost_{table}', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER {table}_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION mailhost_{table}_changed();
+"""
+
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
 CREATE TABLE accounts (
@@ -113,14 +127,7 @@ CREATE TABLE users (
     password_hash text NOT NULL,
     extra jsonb NOT NULL DEFAULT '{}'
 );
-CREATE FUNCTION mailhost_users_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('mailhost_users', '');
-    RETURN NULL;
-END $$;
-CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users
-    FOR EACH STATEMENT EXECUTE FUNCTION mailhost_users_changed();
-"""),
+""" + _notify_on_change("users")),
     # RFC 8474 MAILBOXID (32 hex digits, as Dovecot's mailbox GUIDs; RENAME keeps the
     # row, so the id), EMAILID (M and 24 hex digits; COPY and MOVE carry it over) and
     # RFC 8514 save dates (an insert is a save: append, delivery, COPY, MOVE).
@@ -189,14 +196,7 @@ CREATE TABLE aliases (
     added timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (name, target)
 );
-CREATE FUNCTION mailhost_aliases_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('mailhost_aliases', '');
-    RETURN NULL;
-END $$;
-CREATE TRIGGER aliases_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON aliases
-    FOR EACH STATEMENT EXECUTE FUNCTION mailhost_aliases_changed();
-"""),
+""" + _notify_on_change("aliases")),
 ]
 
 #: The schema version this code reads and writes.
@@ -241,6 +241,22 @@ def upgrade(conn: psycopg.Connection[Any]) -> list[int]:
     finally:
         conn.execute("SELECT pg_advisory_unlock(7419001)")
     return applied
+
+
+def require_current(dsn: str, key: str) -> None:
+    """Refuse to start (ConfigError, one line naming the setting ``key``) on a database
+    that is unreachable or whose schema is not this code's. One short blocking
+    connection: this runs while the service is built, before anything listens."""
+    from mailhost.config import ConfigError
+    from mailhost.db.database import error_line
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            check(conn)
+    except SchemaMismatch as e:
+        raise ConfigError(f"{key}: {e}") from None
+    except psycopg.Error as e:
+        raise ConfigError(f"{key}: cannot reach the database: {error_line(e)}") from None
 
 
 def check(conn: psycopg.Connection[Any]) -> None:

@@ -16,6 +16,7 @@ import psycopg
 from twisted.internet import threads
 from twisted.logger import Logger
 
+from mailhost.db.database import error_line
 from mailhost.db.notify import NotifyListener
 
 log = Logger()
@@ -84,5 +85,4 @@ def opened(make: Callable[[str], T], dsn: str, table: str) -> T:
         raise ConfigError(f"auth.dsn: the database has no {table} table; run "
                           "'mailhost db upgrade'") from None
     except psycopg.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"auth.dsn: cannot read the {table} table: {first}") from None
+        raise ConfigError(f"auth.dsn: cannot read the {table} table: {error_line(e)}") from None

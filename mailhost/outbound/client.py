@@ -24,22 +24,19 @@ one small state machine:
   ended the previous one, so a server speaking ahead is caught rather than believed.
   Nothing is marked delivered before the final dot (or the BDAT chunk) is written and
   its reply read.
-- **The body** streams from the spool's ``MessageFile`` (which notices a recycled
-  file) through the store's one message reader (``spool.message_reader``: bounded
-  chunks, read off the reactor thread unless the message is small) and a push
-  producer, so a 100 MB message costs a chunk or two of memory; ``wire.DataEncoder``
-  writes CRLF line ends only and stuffs dots at any chunk boundary. Messages up to
-  ``SMALL_MESSAGE`` take one read, as one ``BDAT n LAST`` pipelined with MAIL and
-  RCPT when the server offers CHUNKING and PIPELINING (RFC 3030; one round trip per
-  message).
+- **The body** streams through a push producer in bounded chunks (body_sender.py), so
+  a 100 MB message costs a chunk or two of memory. Messages up to ``SMALL_MESSAGE``
+  take one read, as one ``BDAT n LAST`` pipelined with MAIL and RCPT when the server
+  offers CHUNKING and PIPELINING (RFC 3030; one round trip per message).
 - **Connection setup:** EHLO, HELO if EHLO is refused; STARTTLS per the TLS policy
   (``opportunistic`` carries on in plaintext after a refused STARTTLS and reports a
   failed handshake as ``tls_failed`` for the caller's plaintext retry; ``verify``
-  requires it); AUTH PLAIN or LOGIN for a smarthost, never without TLS unless allowed.
+  requires it; DANE and MTA-STS decide through client_tls.py); AUTH PLAIN or LOGIN for
+  a smarthost, never without TLS unless allowed.
   Lines that follow ``220`` to STARTTLS in the same read are an injection
   (CVE-2011-0411's pattern) and end the session.
 
-One connection carries several messages: the protocol pulls ``Job``s from a
+One connection carries several messages: the protocol pulls ``Job``s (jobs.py) from a
 ``JobSource`` until it runs dry; a ``WaitingJobSource`` (the scheduler) lets it wait
 ``idle_timeout`` seconds for more mail before QUIT. Results are per recipient.
 """
@@ -49,146 +46,41 @@ from __future__ import annotations
 import base64
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, cast
 
 from twisted.internet import defer, protocol
 from twisted.internet import error as ierror
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from mailhost.message.crlf import CRLFNormalizer
-from mailhost.outbound.envelope import Envelope, RecipientState
-from mailhost.outbound.replies import Reply, ReplyError, ReplyReader
+from mailhost.outbound import client_tls
+from mailhost.outbound.body_sender import SMALL_MESSAGE, BodySender, read_small_body
+from mailhost.outbound.client_policy import ClientPolicy
+from mailhost.outbound.envelope_commands import mail_command, needs_smtputf8, rcpt_command
+from mailhost.outbound.jobs import (
+    DELIVERED,
+    PERMANENT,
+    TEMPORARY,
+    Job,
+    JobSource,
+    Outcome,
+    SessionResult,
+    WaitingJobSource,
+    failure_kind,
+)
+from mailhost.outbound.replies import Reply, ReplyError, ReplyReader, show_line
 from mailhost.outbound.routing import describe_error
 from mailhost.outbound.spool import message_reader
-from mailhost.outbound.tlsrpt import STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE, TLSProblem
 from mailhost.outbound.wire import DataEncoder
-from mailhost.store.interfaces import IMessageReader
 from mailhost.tcp import send_at_once
 
-# Messages up to this size are sent as one BDAT chunk when the server offers CHUNKING.
-SMALL_MESSAGE = 64 * 1024
-
-# Outcome kinds of one recipient.
-DELIVERED = "delivered"
-TEMPORARY = "temporary"
-PERMANENT = "permanent"
-
-
-@dataclass
-class Outcome:
-    """What happened to one recipient in one attempt."""
-
-    kind: str
-    reply: str  # '250 2.0.0 ok', or a local description such as 'connection lost'
-    # The remote accepted with DSN support: it reports success/failure from now on.
-    dsn_passed: bool = False
-
-
-@dataclass
-class Job:
-    """One message for the recipients of one domain: a single SMTP transaction."""
-
-    envelope: Envelope
-    domain: str
-    recipients: list[RecipientState]
-    path: str
-    started: float = 0.0
-
-
-class JobSource(Protocol):
-    def next_job(self) -> Job | None: ...
-
-    def job_done(self, job: Job, outcomes: dict[str, Outcome], info: dict[str, Any]) -> None: ...
-
-
-@runtime_checkable
-class WaitingJobSource(Protocol):
-    """A source that can keep an idle connection: ``wait_job`` fires with True when
-    a job may be ready, False after ``timeout`` seconds (or when stopping); cancel it
-    when the connection goes away."""
-
-    def next_job(self) -> Job | None: ...
-
-    def job_done(self, job: Job, outcomes: dict[str, Outcome], info: dict[str, Any]) -> None: ...
-
-    def wait_job(self, timeout: float) -> defer.Deferred: ...
-
-
-@dataclass
-class SessionResult:
-    """How a connection went, for the caller's choice of the next MX host."""
-
-    # The server got as far as a MAIL command (so jobs were pulled and reported).
-    transacted: bool = False
-    error: str = ""
-    tls: bool = False
-    tls_failed: bool = False
-    jobs: int = 0
-    # What the TLS check (DANE, MTA-STS) found wrong: an RFC 8460 result type and why.
-    tls_problem: TLSProblem | None = None
-
-
-@dataclass
-class ClientPolicy:
-    """Per-connection settings chosen by the scheduler (timeouts in seconds)."""
-
-    hostname: str  # our EHLO name
-    mx_name: str  # the server's name (for logs, Remote-MTA and TLS verification)
-    # The address and port connected to, for error texts ("[192.0.2.1]:25").
-    address: str = ""
-    port: int = 0
-    tls: str = "opportunistic"  # opportunistic / verify / none
-    tls_context: object | None = None
-    # Checks the server's certificates after the handshake (security.TLSVerifier);
-    # when it ``enforce``s, a problem ends the session with 4.7.5 before MAIL.
-    tls_verifier: Any = None
-    username: str = ""
-    password: str = ""
-    allow_plain_auth: bool = False
-    # RFC 5321 §4.5.3.2: MAIL, RCPT and every other command's reply.
-    command_timeout: float = 300.0
-    greeting_timeout: float = 300.0
-    data_init_timeout: float = 120.0  # the 354 to DATA
-    data_block_timeout: float = 180.0  # the transport taking each chunk of the body
-    final_timeout: float = 600.0  # the reply after the final dot or BDAT LAST
-    reply_max_lines: int = 100
-    reply_max_bytes: int = 65536
-    max_messages: int = 100
-    # How long an idle connection waits for more mail for its domain before QUIT
-    # (like Postfix's smtp_connection_cache_time_limit); 0 quits at once.
-    idle_timeout: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _xtext(value: str) -> str:
-    """RFC 3461 xtext encoding for ENVID/ORCPT values."""
-    out = []
-    for ch in value:
-        o = ord(ch)
-        if 33 <= o <= 126 and ch not in "+=":
-            out.append(ch)
-        else:
-            out.extend(f"+{b:02X}" for b in ch.encode("utf-8"))
-    return "".join(out)
-
-
-def _failure_kind(code: int) -> str | None:
-    if 400 <= code < 500:
-        return TEMPORARY
-    if 500 <= code < 600:
-        return PERMANENT
-    return None
-
-
-def _show(line: bytes, limit: int = 60) -> str:
-    text = line[:limit].decode("utf-8", "replace")
-    return repr(text + ("…" if len(line) > limit else ""))
-
+# The relay client's public face: what the mail view's release and the outbound
+# service take from here (the jobs, outcomes and policy are defined in jobs.py and
+# client_policy.py).
+__all__ = ["DELIVERED", "PERMANENT", "TEMPORARY", "ClientPolicy", "Job", "Outcome",
+           "RelayClient", "SessionResult", "run_session"]
 
 Handler = Callable[[Reply], None]
 
@@ -238,7 +130,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self._in_batch = False
         self._after_batch: list[Callable[[], None]] = []
         self._in_body = False  # from the 354 until our final dot is written
-        self._body: _BodySender | None = None
+        self._body: BodySender | None = None
         self._idle: defer.Deferred | None = None
         self._outcomes: dict[str, Outcome] = {}
         self._accepted: list[str] = []
@@ -282,14 +174,14 @@ class RelayClient(LineReceiver, TimeoutMixin):
         mx = self.policy.mx_name
         if self._in_body:
             self._fatal(
-                f"{mx} replied before the end of the message ({_show(line)}); "
+                f"{mx} replied before the end of the message ({show_line(line)}); "
                 "the transaction is abandoned"
             )
             return
         if not self._pending:
             if self._tls_handshaking:
                 self._fatal(
-                    f"TLS handshake with {mx} failed: it sent {_show(line)} in plaintext "
+                    f"TLS handshake with {mx} failed: it sent {show_line(line)} in plaintext "
                     "after its 220 to STARTTLS"
                 )
                 return
@@ -298,7 +190,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
                 self._stop_idle()
                 self._close()
                 return
-            self._fatal(f"unexpected reply from {mx} ({_show(line)}) when no reply was due")
+            self._fatal(f"unexpected reply from {mx} ({show_line(line)}) when no reply was due")
             return
         stage = self._pending[0][0]
         try:
@@ -420,11 +312,9 @@ class RelayClient(LineReceiver, TimeoutMixin):
         if self._tls_handshaking:
             self.result.tls_failed = True
             detail = " ".join(reason.getErrorMessage().split())[:200]
-            self.result.error = self.result.error or f"TLS handshake with {mx} failed: {detail}"
-            if self.policy.tls_verifier is not None and self.result.tls_problem is None:
-                self.result.tls_problem = TLSProblem(VALIDATION_FAILURE, self.result.error)
-            if self.policy.tls_verifier is not None and self.policy.tls_verifier.enforce:
-                self.result.error = f"451 4.7.5 {self.result.error}"
+            error = self.result.error or f"TLS handshake with {mx} failed: {detail}"
+            self.result.error, self.result.tls_problem = client_tls.handshake_failed(
+                self.policy, error, self.result.tls_problem)
         if not self._closed and not self.result.error:
             if self._replies.partial:
                 self.result.error = (
@@ -464,7 +354,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
             if self._tls_handshaking:
                 self._tls_handshaking = False
                 self._tls = self.result.tls = True
-                if not self._tls_checked():
+                if not self._obey(client_tls.certificate_checked(self.policy)):
                     return
             self._after_hello()
         elif 500 <= reply.code < 600 and not self._tls:
@@ -485,37 +375,21 @@ class RelayClient(LineReceiver, TimeoutMixin):
             if "STARTTLS" in self.extensions:
                 self._send(b"STARTTLS", "STARTTLS", self._on_starttls)
                 return
-            if p.tls_verifier is not None:
-                self.result.tls_problem = TLSProblem(
-                    STARTTLS_NOT_SUPPORTED, f"{p.mx_name} does not offer STARTTLS")
-                if p.tls_verifier.enforce:
-                    self._give_up(f"451 4.7.5 {p.mx_name} does not offer STARTTLS, which "
-                                  "its domain's DANE or MTA-STS policy requires")
-                    return
-            if p.tls == "verify":
-                self._give_up(f"{p.mx_name} does not offer STARTTLS (TLS policy verify)")
+            if not self._obey(client_tls.without_starttls(p)):
                 return
         elif not self._tls and p.tls == "verify":
             self._give_up(f"no TLS context for {p.mx_name} (TLS policy verify)")
             return
         self._authenticate()
 
-    def _tls_checked(self) -> bool:
-        """After the handshake: the certificate check of DANE or MTA-STS, if any.
-        False when it failed under enforcement (the session is given up: only EHLO
-        has been said over the connection, nothing of the mail)."""
-        verifier = self.policy.tls_verifier
-        if verifier is None:
-            return True
-        problem = verifier.check()
-        if problem is None:
-            return True
-        self.result.tls_problem = problem
-        if not verifier.enforce:
-            return True
-        self._give_up(f"451 4.7.5 TLS authentication of {self.policy.mx_name} failed "
-                      f"({problem.result_type}): {problem.detail}")
-        return False
+    def _obey(self, verdict: client_tls.Verdict) -> bool:
+        """Record what a TLS decision found; False when it gave the session up."""
+        if verdict.problem is not None:
+            self.result.tls_problem = verdict.problem
+        if verdict.give_up:
+            self._give_up(verdict.give_up)
+            return False
+        return True
 
     def _on_starttls(self, reply: Reply) -> None:
         if reply.code == 220:
@@ -528,14 +402,8 @@ class RelayClient(LineReceiver, TimeoutMixin):
                     b"EHLO " + self.policy.hostname.encode("idna"), "EHLO", self._on_ehlo
                 )
             )
-        elif self.policy.tls == "opportunistic" and _failure_kind(reply.code):
+        elif self._obey(client_tls.starttls_refused(self.policy, reply)):
             self._authenticate()  # refused: carry on in plaintext
-        elif self.policy.tls_verifier is not None and self.policy.tls_verifier.enforce:
-            self.result.tls_problem = TLSProblem(
-                STARTTLS_NOT_SUPPORTED, f"STARTTLS refused by {self.policy.mx_name}: {reply.text}")
-            self._give_up(f"451 4.7.5 STARTTLS refused by {self.policy.mx_name}: {reply.text}")
-        else:
-            self._give_up(f"STARTTLS refused by {self.policy.mx_name}: {reply.text}")
 
     def _authenticate(self) -> None:
         p = self.policy
@@ -596,40 +464,24 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self._accepted = []
         self._mail_ok = False
         env = job.envelope
-        utf8 = not env.sender.isascii() or any(not r.address.isascii() for r in job.recipients)
+        utf8 = needs_smtputf8(env, job.recipients)
         if utf8 and "SMTPUTF8" not in self.extensions:
             text = "553 5.6.7 the server does not support SMTPUTF8 addresses"
             self._finish_job({r.address: Outcome(PERMANENT, text) for r in job.recipients},
                              rset=False)
             return
-        dsn = "DSN" in self.extensions
-        mail = f"MAIL FROM:<{env.sender}>"
-        if "SIZE" in self.extensions and env.size:
-            mail += f" SIZE={env.size}"
-        if "8BITMIME" in self.extensions:
-            mail += " BODY=8BITMIME"
-        if utf8:
-            mail += " SMTPUTF8"
-        if dsn and env.ret:
-            mail += f" RET={env.ret}"
-        if dsn and env.envid:
-            mail += f" ENVID={_xtext(env.envid)}"
-        rcpts: list[tuple[bytes, Handler]] = []
-        for r in job.recipients:
-            rcpt = f"RCPT TO:<{r.address}>"
-            if dsn and r.notify:
-                rcpt += " NOTIFY=" + ",".join(r.notify)
-            if dsn and r.orcpt:
-                kind, _, value = r.orcpt.partition(";")
-                rcpt += f" ORCPT={kind};{_xtext(value)}" if value else ""
-            rcpts.append((rcpt.encode("utf-8"), self._rcpt_handler(r.address)))
+        mail = mail_command(env, self.extensions, utf8)
+        rcpts: list[tuple[bytes, Handler]] = [
+            (rcpt_command(r, self.extensions), self._rcpt_handler(r.address))
+            for r in job.recipients
+        ]
         if "PIPELINING" not in self.extensions:
             # One command at a time: the RCPTs follow a successful MAIL.
             self._rcpt_lines = deque(rcpts)
             self._send(mail.encode("utf-8"), "MAIL", self._on_mail_alone)
             return
         if "CHUNKING" in self.extensions and env.size <= SMALL_MESSAGE:
-            d = defer.Deferred.fromCoroutine(self._small_body())
+            d = defer.Deferred.fromCoroutine(read_small_body(job.path, env.offset, env.size))
             d.addCallback(lambda body: self._pipeline(job, mail, rcpts, body))
             d.addErrback(lambda f: self._fatal(f"relaying failed: {f.value}"))
             return
@@ -682,7 +534,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self._mail_ok = 200 <= reply.code < 300
         if self._mail_ok:
             return
-        kind = _failure_kind(reply.code)
+        kind = failure_kind(reply.code)
         if kind is None:
             self._fatal(f"unexpected reply to MAIL from {self.policy.mx_name}: {reply.text}")
             return
@@ -718,7 +570,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
                 if self._mail_ok:
                     self._accepted.append(address)
                 return
-            kind = _failure_kind(reply.code)
+            kind = failure_kind(reply.code)
             if kind is None:
                 self._fatal(f"unexpected reply to RCPT from {self.policy.mx_name}: {reply.text}")
             elif self._mail_ok:
@@ -748,7 +600,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
 
                 self._after_this_read(empty)
             return
-        kind = _failure_kind(reply.code)
+        kind = failure_kind(reply.code)
         if kind is None:
             self._fatal(f"unexpected reply to DATA from {self.policy.mx_name}: {reply.text}")
         elif self._accepted:
@@ -761,34 +613,11 @@ class RelayClient(LineReceiver, TimeoutMixin):
             self._outcomes[address] = Outcome(kind, reply.text)
         self._finish_job(self._outcomes, rset=True)
 
-    async def _small_body(self) -> bytes | None:
-        """The message for a BDAT chunk, when small enough to take at once (one bounded
-        read, by the reader's policy); None sends it with DATA instead."""
-        assert self.job is not None
-        env = self.job.envelope
-        try:
-            reader = message_reader(self.job.path, env.offset, env.size)
-        except OSError:
-            return None  # the DATA path reports the vanished file
-        data = bytearray()
-        try:
-            while len(data) <= SMALL_MESSAGE and (chunk := await reader.read()):
-                data += chunk
-        except OSError:
-            return None
-        finally:
-            reader.close()
-        if len(data) > SMALL_MESSAGE:
-            return None
-        crlf = CRLFNormalizer()
-        out = crlf(bytes(data))
-        return out + crlf.final_crlf()  # as DataEncoder.terminator does for DATA
-
     def _on_bdat_reply(self, reply: Reply) -> None:
         """The reply to the pipelined ``BDAT LAST``: the message's final reply."""
         if self._accepted:
             self._on_final_reply(reply)
-        elif _failure_kind(reply.code) or 200 <= reply.code < 300:
+        elif failure_kind(reply.code) or 200 <= reply.code < 300:
             # No recipient: the server consumed the chunk and refused it (RFC 3030 §2).
             self._finish_job(self._outcomes, rset=True)
         else:
@@ -805,15 +634,18 @@ class RelayClient(LineReceiver, TimeoutMixin):
             # The spool file is gone (deleted by `mailhost queue delete`): abandon.
             self._fatal(f"spool file unreadable: {e}")
             return
-        self._body = _BodySender(self, reader, DataEncoder())
+        self._body = BodySender(reader, DataEncoder(), self.transport.write, self.resetTimeout,
+                                self._body_written, self._fatal)
         self._arm()
         self.transport.registerProducer(self._body, True)
         self._body.pump()
 
     def _body_written(self, tail: bytes) -> None:
-        """The last chunk and the terminator are written: the final reply is due."""
-        self._in_body = False
+        """The last chunk is written and ``tail`` (the terminator) is due: the final
+        reply follows."""
         self._body = None
+        self.transport.unregisterProducer()
+        self._in_body = False
         self.transport.write(tail)
         self._expect("final", self._on_final_reply)
 
@@ -828,7 +660,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
         if 200 <= reply.code < 300:
             kind = DELIVERED
         else:
-            failed = _failure_kind(reply.code)
+            failed = failure_kind(reply.code)
             if failed is None:
                 self._fatal(
                     f"unexpected reply after the message from {self.policy.mx_name}: "
@@ -857,71 +689,6 @@ class RelayClient(LineReceiver, TimeoutMixin):
             self._after_this_read(self._next_message)
         else:
             self._give_up(f"RSET refused by {self.policy.mx_name}: {reply.text}")
-
-
-@implementer(IPushProducer)
-class _BodySender:
-    """Implements: IPushProducer. Feeds the message to the transport a chunk at a time
-    as the reader delivers them, while the transport takes them, so memory stays at a
-    chunk or two whatever the size."""
-
-    def __init__(self, client: RelayClient, reader: IMessageReader,
-                 encoder: DataEncoder) -> None:
-        self.client = client
-        self.reader = reader
-        self.encoder = encoder
-        self.stopped = False
-        self._paused = False
-        self._reading = False
-        self._pumping = False
-
-    def pump(self) -> None:
-        """Ask for chunks while the transport takes them; a read that is already done
-        comes back at once, so this loops instead of recursing."""
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while not (self._paused or self.stopped or self._reading):
-                self._reading = True
-                self.reader.read().addCallbacks(self._got, self._failed)
-        finally:
-            self._pumping = False
-
-    def _got(self, data: bytes) -> None:
-        self._reading = False
-        if self.stopped:
-            return
-        client = self.client
-        client.resetTimeout()  # the transport took the last chunk: a new data block
-        if data:
-            client.transport.write(self.encoder(data))
-            self.pump()
-            return
-        self.stop()
-        client._body = None
-        client.transport.unregisterProducer()
-        client._body_written(self.encoder.terminator())
-
-    def _failed(self, failure: Failure) -> None:
-        self._reading = False
-        if not self.stopped:
-            self.client._fatal(f"spool file unreadable: {failure.value}")
-
-    def pauseProducing(self) -> None:  # noqa: N802
-        self._paused = True
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        self._paused = False
-        self.pump()
-
-    def stopProducing(self) -> None:  # noqa: N802
-        self.stop()
-
-    def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self.reader.close()
 
 
 class _RelayFactory(protocol.Factory):

@@ -93,19 +93,10 @@ Result = tuple[str, float] | None
 
 def check_schema(dsn: str) -> None:
     """Refuse to start (ConfigError, one line naming ``queue.dsn``) on a database that is
-    unreachable or whose schema is not this code's (one short blocking connection, made
-    while the service is built, before anything listens)."""
-    from mailhost.config import ConfigError
+    unreachable or whose schema is not this code's (migrations.require_current)."""
     from mailhost.db import migrations
 
-    try:
-        with psycopg.connect(dsn, connect_timeout=10) as conn:
-            migrations.check(conn)
-    except migrations.SchemaMismatch as e:
-        raise ConfigError(f"queue.dsn: {e}") from None
-    except psycopg.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"queue.dsn: cannot reach the database: {first}") from None
+    migrations.require_current(dsn, "queue.dsn")
 
 
 def next_due(env: Envelope) -> float:

@@ -36,7 +36,7 @@ class Reply:
         return self.text
 
 
-def _show(line: bytes, limit: int = 60) -> str:
+def show_line(line: bytes, limit: int = 60) -> str:
     text = line[:limit].decode("utf-8", "replace")
     return repr(text + ("…" if len(line) > limit else ""))
 
@@ -72,11 +72,11 @@ class ReplyReader:
             or code[1:2] not in b"012345"
             or sep not in (b"", b" ", b"-")
         ):
-            raise ReplyError(f"malformed reply line {_show(line)}")
+            raise ReplyError(f"malformed reply line {show_line(line)}")
         if self._lines and code != self._code:
             raise ReplyError(
                 f"reply code changed from {self._code.decode()} to {code.decode()} "
-                f"within one reply ({_show(line)})"
+                f"within one reply ({show_line(line)})"
             )
         self._bytes += len(line) + 2
         if len(self._lines) >= self.max_lines:

@@ -12,55 +12,41 @@ permanent ones (5xx, NXDOMAIN, null MX, routing loops, too many hops) fail it at
 once. The envelope on disk is updated after every job result, before any DSN is
 sent, so a crash repeats at most the delivery that was in flight.
 
-Backoff that no number of sessions can bypass (issue 21: five sessions failing at
-slightly different times once made 280,000 connections in 30 s, none of them an
-attempt):
+Backoff that no number of sessions can bypass (issue 21): a session that fails before
+MAIL counts as one failure of its destination, records an attempt against every
+message due there, and holds the destination off; one session at a time probes it
+until one delivers; new connections to a host are rate-limited (destinations.py). The
+lifetime is enforced by the clock: a recipient still pending ``EXPIRY_GRACE`` after
+``arrival + lifetime`` (its last try never happened) fails with a DSN, attempt or not.
 
-- every session that fails before MAIL (DNS, connect, greeting, EHLO, TLS) counts as
-  one failure of its *destination* (the domain), records an attempt against every
-  message due there, and holds the destination off: no new session for
-  ``min(retry_initial, 60) * 2**(failures-1)`` seconds, at most ``hold_off_max``.
-  Sessions that were already running when a failure was counted belong to the same
-  cohort and do not count again; while the count is not zero, one session at a time
-  probes the destination, and one that delivers resets the count;
-- a session that transacted but ended in an error (a timeout, a reply out of turn)
-  has recorded its message's attempt and counts as a failure too;
-- new connections to one host are capped at ``connect_rate`` per second after a
-  burst of ``connect_burst``, however many sessions want one;
-- the lifetime is enforced by the clock: a recipient still pending
-  ``EXPIRY_GRACE`` after ``arrival + lifetime`` (its last try never happened)
-  fails with a DSN, attempt or not.
+Kept apart: the retry formula and outcome bookkeeping (retry.py), which DSNs are due
+(dsn_due.py), each connection's policy, endpoint and TLS contexts
+(connection_plan.py), idle connections kept for their domain (idle_connections.py).
 """
 
 from __future__ import annotations
 
 import heapq
-import ipaddress
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer, threads
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from mailhost.outbound import dsn
-from mailhost.outbound.client import (
-    DELIVERED,
-    PERMANENT,
-    TEMPORARY,
-    ClientPolicy,
-    Job,
-    Outcome,
-    RelayClient,
-    SessionResult,
-    run_session,
-)
-from mailhost.outbound.envelope import DELIVERED as ST_DELIVERED
-from mailhost.outbound.envelope import FAILED, PENDING, Envelope, RecipientState
-from mailhost.outbound.routing import Hop, Router, RoutingError, is_ip
+from mailhost.outbound import connection_plan, dsn
+from mailhost.outbound.client import RelayClient, run_session
+from mailhost.outbound.client_policy import ClientPolicy
+from mailhost.outbound.connection_plan import TLSContexts, configured_tls
+from mailhost.outbound.destinations import Destinations
+from mailhost.outbound.dsn_due import reports_due
+from mailhost.outbound.envelope import FAILED, PENDING, Envelope
+from mailhost.outbound.idle_connections import IdleConnections
+from mailhost.outbound.jobs import PERMANENT, TEMPORARY, Job, Outcome, SessionResult
+from mailhost.outbound.retry import EXPIRY_GRACE, age, record_outcome
+from mailhost.outbound.routing import Hop, Router, RoutingError
 from mailhost.outbound.security import HopPlan, TransportSecurity
 from mailhost.outbound.spool import SpoolFiles
 from mailhost.settings import OutboundSettings
@@ -69,32 +55,9 @@ log = Logger()
 
 Key = tuple[str, str]  # (queue id, domain)
 
-#: Seconds a connection with nothing to send waits for more mail for its domain.
-IDLE_TIMEOUT = 2.0
-#: The first hold-off of a destination whose sessions fail is
-#: ``min(retry_initial, HOLD_OFF_BASE)``; it doubles with each failure in a row.
-HOLD_OFF_BASE = 60.0
-#: How long past its lifetime a pending recipient waits for its last try before the
-#: clock fails it (at most; ``retry_initial`` if shorter).
-EXPIRY_GRACE = 60.0
-#: Verify-policy TLS contexts kept (one per MX name).
-TLS_CONTEXTS = 1000
-
 # Callables the service provides.
 BounceFn = Callable[[Envelope, list[dsn.RecipientReport]], defer.Deferred]
 LocalFn = Callable[[Job], defer.Deferred]  # fires with {address: Outcome}
-
-
-def retry_delay(attempts: int, initial: float, maximum: float) -> float:
-    """The backoff after the ``attempts``-th failed try."""
-    return min(initial * 2 ** max(attempts - 1, 0), maximum)
-
-
-def notify_wants(rcpt: RecipientState, what: str) -> bool:
-    """RFC 3461 NOTIFY: empty means FAILURE and DELAY; NEVER means nothing."""
-    if not rcpt.notify:
-        return what in ("FAILURE", "DELAY")
-    return what in rcpt.notify
 
 
 class _DomainSource:
@@ -167,29 +130,20 @@ class Scheduler:
         self.connections: set[RelayClient] = set()
         self._locks: dict[str, defer.DeferredLock] = {}
         self._settling: set[defer.Deferred] = set()
-        self._tls_context: Any = None
+        self._tls_contexts = TLSContexts()
         self._early: list[Envelope] = []
         # Connections waiting for more mail for their domain (see RelayClient._wait_idle).
-        self._idle: dict[str, deque[defer.Deferred]] = {}
-        # Domains no host of which took a connection lately: until when no new session
-        # is tried for them (mail arriving meanwhile waits in ``ready``).
-        self.down: dict[str, float] = {}
-        self._wake: Any = None
-        # Per destination domain: failed sessions in a row, and the cohort number
-        # (bumped at each counted failure or success; a session counts only if
-        # nothing was counted since it started).
-        self.failures: dict[str, int] = {}
-        self._cohort: dict[str, int] = {}
-        # Connection token buckets per host: (tokens, when).
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._idle = IdleConnections(reactor)
+        # Failures, hold-offs and connection rates per destination.
+        self.destinations = Destinations(settings, reactor, self._dispatch)
         # (arrival + lifetime, queue id): the clock's lifetime check.
         self._expiry: list[tuple[float, str]] = []
-        self._verify_contexts: OrderedDict[str, Any] = OrderedDict()
 
     def use_settings(self, settings: OutboundSettings, router: Router | None = None) -> None:
         """Reload: later decisions use ``settings``, and sessions started from now on
         route through ``router`` (a new one when the port or smarthost changed)."""
         self.settings = settings
+        self.destinations.settings = settings
         if router is not None:
             self.router = router
 
@@ -234,12 +188,8 @@ class Scheduler:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self._wake is not None and self._wake.active():
-            self._wake.cancel()
-        self._wake = None
-        for waiting in list(self._idle.values()):
-            while waiting:
-                waiting.popleft().callback(False)
+        self.destinations.stop()
+        self._idle.release_all()
         pending = list(self._session_ds)
         if pending:
             sessions = defer.DeferredList(pending, consumeErrors=True)
@@ -277,7 +227,7 @@ class Scheduler:
             text = f"554 5.4.6 too many hops ({env.hops} Received: headers), mail loop?"
             now = self.now()
             for r in env.pending():
-                self._record(env, r, Outcome(PERMANENT, text), now, "")
+                record_outcome(env, r, Outcome(PERMANENT, text), now, "", self.settings)
             self._track(self._settle(env), "hop check of {qid}", env.id)
             return
         self._schedule(env)
@@ -369,7 +319,7 @@ class Scheduler:
                 if not r.status_code.startswith("4"):
                     r.status_code = "4.4.7"
                 why = r.last_error or "451 4.4.7 never tried: the destination was held off"
-                r.last_error = f"{why} (gave up after {self._age(env, now)})"
+                r.last_error = f"{why} (gave up after {age(env, now)})"
                 expired = True
             if not env.finished:
                 # Some recipients are in flight: look again a scan later.
@@ -394,20 +344,17 @@ class Scheduler:
         now = self.now()
         for domain in list(self.ready):
             queue = self.ready[domain]
-            if domain in self.down:
-                if self.down[domain] > now:
-                    continue
-                del self.down[domain]
-            idle = self._idle.get(domain)
+            if self.destinations.held_off(domain, now):
+                continue
             # Open connections first: each woken one takes a job from the queue at once.
-            while idle and queue:
-                idle.popleft().callback(True)
+            while queue and self._idle.wake(domain):
+                pass
             if not queue:
                 del self.ready[domain]
                 continue
             # A destination whose last session failed gets one probe at a time until
             # a session delivers again (as Postfix lowers its concurrency to 1).
-            limit = 1 if self.failures.get(domain) else limit_domain
+            limit = 1 if self.destinations.probing(domain) else limit_domain
             while (
                 self.total_sessions < limit_total
                 and self.sessions.get(domain, 0) < limit
@@ -464,29 +411,7 @@ class Scheduler:
         ``timeout`` seconds or at stop."""
         if self.stopping:
             return defer.succeed(False)
-        waiting = self._idle.setdefault(domain, deque())
-
-        def forget(d: defer.Deferred) -> None:
-            if timer.active():
-                timer.cancel()
-            if d in waiting:
-                waiting.remove(d)
-            if not waiting and self._idle.get(domain) is waiting:
-                del self._idle[domain]
-
-        def expire() -> None:
-            forget(d)
-            d.callback(False)
-
-        d: defer.Deferred = defer.Deferred(canceller=forget)
-        timer = self.reactor.callLater(timeout, expire)
-        def forgotten(result: Any) -> Any:
-            forget(d)
-            return result
-
-        d.addBoth(forgotten)
-        waiting.append(d)
-        return d
+        return self._idle.wait(domain, timeout)
 
     def _drain(self, domain: str, outcome: Outcome, remote: str = "") -> None:
         """Give every due job of ``domain`` the same outcome (a routing failure)."""
@@ -499,7 +424,7 @@ class Scheduler:
             )
 
     async def _run_domain(self, domain: str) -> None:
-        cohort = self._cohort.get(domain, 0)
+        cohort = self.destinations.cohort(domain)
         try:
             route = await self.router.route(domain)
         except RoutingError as e:
@@ -513,7 +438,7 @@ class Scheduler:
             return
         hops = route.hops
         for i, hop in enumerate(hops):
-            if self._is_self(hop):
+            if connection_plan.is_self(self.settings.hostname, self.local_addresses, hop):
                 if i == 0:
                     await self._loops_back(domain)
                     return
@@ -525,7 +450,8 @@ class Scheduler:
         smarthost = route.smarthost
         tried = 0
         plan = None
-        if self.security is not None and not smarthost and self._configured_tls(domain) != "none":
+        if (self.security is not None and not smarthost
+                and configured_tls(self.settings, domain) != "none"):
             plan = await self.security.for_domain(domain, route)
         for hop in hops:
             hop_plan = None
@@ -558,7 +484,7 @@ class Scheduler:
                         # Its message has its attempt; the destination has a failure.
                         self._session_failed(domain, cohort, result.error, drain=False)
                     else:
-                        self._session_ok(domain)
+                        self.destinations.session_ok(domain)
                     return
                 last_error = result.error or f"no answer from {hop.name}"
                 log.warn(
@@ -579,75 +505,17 @@ class Scheduler:
     async def _connect_and_run(
         self, host: str, endpoint: IStreamClientEndpoint, policy: ClientPolicy, source: Any
     ) -> SessionResult:
-        await self._connect_slot(host)
+        await self.destinations.connect_slot(host, lambda: self.stopping)
         if self.stopping:
             return SessionResult(error="stopping")
         return await run_session(endpoint, policy, source, self.connections, reactor=self.reactor)
 
-    async def _connect_slot(self, host: str) -> None:
-        """Wait for a token of ``host``'s bucket: ``connect_rate`` new connections a
-        second after a burst of ``connect_burst``, whatever the number of sessions."""
-        rate = max(self.settings.connect_rate, 0.001)
-        burst = float(max(self.settings.connect_burst, 1))
-        while not self.stopping:
-            now = self.now()
-            tokens, when = self._buckets.get(host, (burst, now))
-            tokens = min(burst, tokens + (now - when) * rate)
-            if tokens >= 1.0:
-                self._buckets[host] = (tokens - 1.0, now)
-                if len(self._buckets) > 4096:
-                    self._prune_buckets(now, rate, burst)
-                return
-            self._buckets[host] = (tokens, now)
-            await deferLater(self.reactor, (1.0 - tokens) / rate)
-
-    def _prune_buckets(self, now: float, rate: float, burst: float) -> None:
-        full = [h for h, (t, w) in self._buckets.items() if t + (now - w) * rate >= burst]
-        for h in full:
-            del self._buckets[h]
-
-    def _session_ok(self, domain: str) -> None:
-        if self.failures.pop(domain, 0):
-            log.info("outbound: {domain} takes mail again", domain=domain)
-        self._cohort[domain] = self._cohort.get(domain, 0) + 1
-        self.down.pop(domain, None)
-
     def _session_failed(self, domain: str, cohort: int, text: str, drain: bool = True) -> None:
         """A session to ``domain`` failed: count it (once per cohort), hold the
         destination off, and record the failure against every message due there."""
-        if self._cohort.get(domain, 0) == cohort:
-            self._cohort[domain] = cohort + 1
-            n = self.failures[domain] = self.failures.get(domain, 0) + 1
-            self._hold_off(domain, n)
-        elif domain not in self.down and self.failures.get(domain):
-            self._hold_off(domain, self.failures[domain])
+        self.destinations.session_failed(domain, cohort)
         if drain:
             self._drain(domain, Outcome(TEMPORARY, text))
-
-    def _hold_off(self, domain: str, failures: int = 1) -> None:
-        """Start no new session for ``domain`` for a while (like Postfix's dead
-        destinations): mail arriving meanwhile waits for the next try instead of
-        costing a connection each; ``flush`` ends it."""
-        base = min(self.settings.retry_initial, HOLD_OFF_BASE)
-        delay = min(base * 2 ** min(failures - 1, 30), max(self.settings.hold_off_max, base))
-        until = self.now() + max(delay, 1.0)
-        self.down[domain] = until
-        log.info(
-            "outbound: {domain} held off for {delay:.0f} s after {failures} failed sessions",
-            domain=domain, delay=until - self.now(), failures=failures,
-        )
-        if self._wake is None or not self._wake.active() or self._wake.getTime() > until:
-            if self._wake is not None and self._wake.active():
-                self._wake.cancel()
-            self._wake = self.reactor.callLater(until - self.now(), self._wake_up)
-
-    def _wake_up(self) -> None:
-        self._wake = None
-        now = self.now()
-        later = [t for t in self.down.values() if t > now]
-        if later:
-            self._wake = self.reactor.callLater(min(later) - now, self._wake_up)
-        self._dispatch()
 
     async def _loops_back(self, domain: str) -> None:
         if self.is_local_domain(domain):
@@ -669,148 +537,15 @@ class Scheduler:
                 Outcome(PERMANENT, f"554 5.4.6 mail for {domain} loops back to myself"),
             )
 
-    def _is_self(self, hop: Hop) -> bool:
-        me = self.settings.hostname.rstrip(".").lower()
-        if hop.name.rstrip(".").lower() == me:
-            return True
-        for address in hop.addresses:
-            for host, port in self.local_addresses:
-                if port != hop.port:
-                    continue
-                if host == address:
-                    return True
-                if host in ("", "0.0.0.0", "::") and is_ip(address):
-                    if ipaddress.ip_address(address).is_loopback:
-                        return True
-        return False
-
-    def _configured_tls(self, domain: str) -> str:
-        s = self.settings
-        tls = s.tls_policy_domains.get(domain, s.tls_policy)
-        return tls if tls in ("opportunistic", "verify", "none") else s.tls_policy
-
     def _policy(self, domain: str, hop: Hop, smarthost: bool, address: str,
                 hop_plan: HopPlan | None = None) -> ClientPolicy:
-        s = self.settings
-        tls = self._configured_tls(domain)
-        context: Any = None
-        verifier: Any = None
-        # A configured "verify" keeps its own verifying context unless DANE or an
-        # enforced MTA-STS policy takes over (a "testing" policy must not weaken it).
-        checked = (hop_plan is not None and self.security is not None
-                   and (tls != "verify" or hop_plan.enforce)
-                   and self.security.verifier(hop_plan, hop.name))
-        if checked:
-            # DANE or MTA-STS: their own context and check (security.py).
-            assert hop_plan is not None
-            context, verifier = checked
-            if hop_plan.tls == "verify":
-                tls = "verify"
-        elif tls == "verify":
-            context = self._verify_context(hop.name)
-        elif tls == "opportunistic":
-            if self._tls_context is None:
-                from twisted.internet import ssl
-
-                self._tls_context = ssl.CertificateOptions()
-            context = self._tls_context
-        loopback = is_ip(address) and ipaddress.ip_address(address).is_loopback
-        return ClientPolicy(
-            hostname=self.settings.hostname,
-            mx_name=hop.name,
-            address=address,
-            port=hop.port,
-            tls=tls,
-            tls_context=context,
-            tls_verifier=verifier,
-            username=s.smarthost_user if smarthost else "",
-            password=s.smarthost_password if smarthost else "",
-            allow_plain_auth=loopback or hop.name in ("localhost",),
-            greeting_timeout=s.greeting_timeout,
-            command_timeout=s.command_timeout,
-            data_init_timeout=s.data_init_timeout,
-            data_block_timeout=s.data_block_timeout,
-            final_timeout=s.final_timeout,
-            reply_max_lines=s.reply_max_lines,
-            reply_max_bytes=s.reply_max_bytes,
-            idle_timeout=IDLE_TIMEOUT,
-        )
-
-    def _verify_context(self, name: str) -> Any:
-        """One ``optionsForClientTLS`` per MX name, kept (it builds an OpenSSL context
-        and loads the trust store: once per session cost 169 MB in a reconnect storm)."""
-        context = self._verify_contexts.get(name)
-        if context is None:
-            from twisted.internet import ssl
-
-            context = self._verify_contexts[name] = ssl.optionsForClientTLS(name)
-            while len(self._verify_contexts) > TLS_CONTEXTS:
-                self._verify_contexts.popitem(last=False)
-        else:
-            self._verify_contexts.move_to_end(name)
-        return context
+        return connection_plan.client_policy(self.settings, self.security, self._tls_contexts,
+                                             domain, hop, smarthost, address, hop_plan)
 
     def _endpoint(self, address: str, port: int) -> IStreamClientEndpoint:
-        """The connection to ``address``, from ``outbound.source_address[6]`` if set."""
-        timeout = self.settings.connect_timeout
-        v4, v6 = self.settings.source_address, self.settings.source_address6
-        if is_ip(address):
-            if ":" in address:
-                return TCP6ClientEndpoint(self.reactor, address, port, timeout=timeout,
-                                          bindAddress=(v6, 0) if v6 else None)
-            return TCP4ClientEndpoint(self.reactor, address, port, timeout=timeout,
-                                      bindAddress=(v4, 0) if v4 else None)
-        # A smarthost by name: one bind address for every attempt; an attempt of the
-        # other family then fails at once and happy eyeballs takes the one that works.
-        source = v4 or v6
-        return HostnameEndpoint(self.reactor, address, port, timeout=timeout,
-                                bindAddress=(source, 0) if source else None)
+        return connection_plan.endpoint(self.reactor, self.settings, address, port)
 
     # Results.
-
-    def _record(
-        self, env: Envelope, r: RecipientState, o: Outcome, now: float, remote: str
-    ) -> None:
-        r.last_attempt = now
-        r.remote_mta = remote
-        r.last_error = o.reply
-        if o.kind == DELIVERED:
-            r.status = ST_DELIVERED
-            r.status_code = dsn.enhanced_status(o.reply, False)
-            if not r.status_code.startswith("2"):
-                r.status_code = "2.0.0"
-            r.relayed = o.dsn_passed
-        elif o.kind == PERMANENT:
-            r.status = FAILED
-            r.status_code = dsn.enhanced_status(o.reply, True)
-            if not r.status_code.startswith("5"):
-                r.status_code = "5.0.0"
-        else:
-            r.attempts += 1
-            r.status_code = dsn.enhanced_status(o.reply, False)
-            if not r.status_code.startswith("4"):
-                r.status_code = "4.0.0"
-            expires = env.arrival + self.settings.lifetime
-            if now >= expires - 1e-6:
-                r.status = FAILED
-                r.last_error = f"{o.reply} (gave up after {self._age(env, now)})"
-                if r.status_code == "4.0.0":
-                    r.status_code = "4.4.7"
-            else:
-                delay = retry_delay(
-                    r.attempts, self.settings.retry_initial, self.settings.retry_max
-                )
-                # At least a second, so a zero backoff cannot spin.
-                r.next_attempt = max(min(now + delay, expires), now + 1.0)
-
-    @staticmethod
-    def _age(env: Envelope, now: float) -> str:
-        secs = now - env.arrival
-        if secs >= 86400:
-            return f"{secs / 86400:.1f} days"
-        if secs >= 3600:
-            return f"{secs / 3600:.1f} hours"
-        return f"{secs:.0f} seconds"
 
     def _job_done(self, job: Job, outcomes: dict[str, Outcome], info: dict[str, Any]) -> None:
         env = job.envelope
@@ -824,7 +559,7 @@ class Scheduler:
             if self.stopping and o.kind == TEMPORARY:
                 continue  # interrupted by our own shutdown: not an attempt
             if r.status == PENDING:
-                self._record(env, r, o, now, remote)
+                record_outcome(env, r, o, now, remote, self.settings)
         log.info(
             "outbound attempt {queue_id} domain={domain} mx={mx} tls={tls} "
             "duration={duration:.3f}s {results}",
@@ -841,7 +576,7 @@ class Scheduler:
             observe(results)
         if env.id not in self.envelopes:
             return  # deleted meanwhile
-        if env.finished and env.id not in self._locks and not self._reports_due(env):
+        if env.finished and env.id not in self._locks and not reports_due(env, self.now(), self.settings):
             # The common end of a message: nothing to persist or report, just remove it
             # (no coroutine or lock; ``_settle`` does the same the long way).
             del self.envelopes[env.id]
@@ -858,7 +593,7 @@ class Scheduler:
         try:
             if env.id not in self.envelopes:
                 return
-            reports = self._reports_due(env)
+            reports = reports_due(env, self.now(), self.settings)
             if env.finished and not reports:
                 await self._remove(env)
                 return
@@ -883,50 +618,6 @@ class Scheduler:
             lock.release()
             if env.id not in self.envelopes:
                 self._locks.pop(env.id, None)
-
-    def _reports_due(self, env: Envelope) -> list[tuple[RecipientState, dsn.RecipientReport]]:
-        out = []
-        now = self.now()
-        delayed_now = False
-        for r in env.recipients:
-            if r.dsn_done:
-                continue
-            if r.status == FAILED:
-                if notify_wants(r, "FAILURE"):
-                    out.append((r, self._report(r, dsn.FAILED)))
-                else:
-                    r.dsn_done = True
-            elif r.status == ST_DELIVERED:
-                if notify_wants(r, "SUCCESS") and not r.relayed:
-                    out.append((r, self._report(r, dsn.RELAYED)))
-                else:
-                    r.dsn_done = True
-            elif (
-                self.settings.delay_warning > 0
-                and not env.delay_warned
-                and r.attempts > 0
-                and now - env.arrival >= self.settings.delay_warning
-                and notify_wants(r, "DELAY")
-            ):
-                rep = self._report(r, dsn.DELAYED)
-                rep.will_retry_until = env.arrival + self.settings.lifetime
-                out.append((r, rep))
-                delayed_now = True
-        if delayed_now:
-            env.delay_warned = True
-        return out
-
-    @staticmethod
-    def _report(r: RecipientState, action: str) -> dsn.RecipientReport:
-        return dsn.RecipientReport(
-            address=r.address,
-            action=action,
-            status=r.status_code or ("5.0.0" if action == dsn.FAILED else "4.0.0"),
-            orcpt=r.orcpt,
-            remote_mta=r.remote_mta,
-            diagnostic=r.last_error,
-            last_attempt=r.last_attempt or None,
-        )
 
     async def _remove(self, env: Envelope) -> None:
         self.envelopes.pop(env.id, None)
@@ -954,7 +645,7 @@ class Scheduler:
     def flush(self, qid: str | None = None) -> int:
         """Make pending recipients due now; returns how many messages were touched."""
         now = self.now()
-        self.down.clear()  # an operator who flushes wants a real try now
+        self.destinations.clear()  # an operator who flushes wants a real try now
         envs = [self.envelopes[qid]] if qid in self.envelopes else []
         if qid is None:
             envs = list(self.envelopes.values())

@@ -12,16 +12,11 @@ from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from mailhost.message.dotstuffing import DotStuffer
-from mailhost.outbound.client import (
-    DELIVERED,
-    PERMANENT,
-    SMALL_MESSAGE,
-    TEMPORARY,
-    ClientPolicy,
-    Job,
-    run_session,
-)
+from mailhost.outbound.body_sender import SMALL_MESSAGE
+from mailhost.outbound.client import run_session
+from mailhost.outbound.client_policy import ClientPolicy
 from mailhost.outbound.envelope import Envelope, RecipientState
+from mailhost.outbound.jobs import DELIVERED, PERMANENT, TEMPORARY, Job
 from tests.mailhost_process import free_port
 from tests.outbound.remote import ScriptedFactory, listen
 

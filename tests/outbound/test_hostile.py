@@ -19,9 +19,11 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from mailhost.config import Config
-from mailhost.outbound.client import DELIVERED, TEMPORARY, ClientPolicy, run_session
+from mailhost.outbound.client import run_session
+from mailhost.outbound.client_policy import ClientPolicy
 from mailhost.outbound.envelope import PENDING
 from mailhost.outbound.interfaces import QueueRecipient
+from mailhost.outbound.jobs import DELIVERED, TEMPORARY
 from mailhost.outbound.routing import Hop, Route
 from mailhost.outbound.scheduler import Scheduler
 from mailhost.outbound.spool import SpoolFiles
@@ -158,7 +160,8 @@ async def test_regression_reconnect_storm_five_held_sessions_then_refused(tmp_pa
         rcpts = relay.recipients()
         assert len(rcpts) == 8 and all(r.attempts >= 1 for r in rcpts), rcpts
         assert all(r.last_error for r in rcpts)
-        assert relay.s.failures["remote.test"] >= 2 and "remote.test" in relay.s.down
+        assert relay.s.destinations.failures["remote.test"] >= 2
+        assert "remote.test" in relay.s.destinations.down
         listed = relay.queue_list()
         assert "attempts=0" not in listed and listed.count("attempts=") == 8, listed
         assert "waiting for the greeting" in listed or "refused" in listed, listed

@@ -9,8 +9,9 @@ from twisted.internet import defer, reactor, task
 
 from mailhost.config import Config
 from mailhost.outbound.interfaces import QueueRecipient
+from mailhost.outbound.retry import retry_delay
 from mailhost.outbound.routing import PermanentRoutingError, TemporaryRoutingError
-from mailhost.outbound.scheduler import Scheduler, retry_delay
+from mailhost.outbound.scheduler import Scheduler
 from mailhost.outbound.spool import SpoolFiles
 from mailhost.outbound.spool_writer import SpoolWriter
 from mailhost.settings import OutboundSettings
@@ -236,7 +237,7 @@ async def test_a_domain_whose_hosts_all_refuse_is_held_off_until_flush(tmp_path)
     first = await queue(s, files, clock, "alice@example.test", ["a@remote.example"])
     await idle(s)
     assert Refusing.connects == 1 and s.envelopes[first].recipients[0].attempts == 1
-    assert s.down["remote.example"] == clock.seconds() + 60  # min(retry_initial, 60 s)
+    assert s.destinations.down["remote.example"] == clock.seconds() + 60  # min(retry_initial, 60 s)
     # Mail arriving meanwhile waits: no connection attempt per message.
     later = [await queue(s, files, clock, "alice@example.test", [f"b{i}@remote.example"])
              for i in range(3)]
