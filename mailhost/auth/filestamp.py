@@ -10,6 +10,9 @@ reply after the edit is always served from the new file (tests/e2e/test_reload.p
 
 Off the reactor thread (the CLI, worker threads), or without a reactor, every ask
 stats, as it always did.
+
+The stamps kept in one turn are forgotten together, by one ``callLater(0)`` per turn
+and reactor, not one per file (passwd and aliases: issue 18).
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ from twisted.python.threadable import isInIOThread
 
 #: (mtime in ns, size) of a file, or None when it does not exist.
 Stamp = tuple[int, int] | None
+
+#: id(reactor) -> the stamps kept in its current turn (reactor thread only).
+_kept_this_turn: dict[int, list[FileStamp]] = {}
+
+
+def _turn_over(key: int) -> None:
+    for stamp in _kept_this_turn.pop(key, ()):
+        stamp.forget()
 
 
 class FileStamp:
@@ -42,7 +53,12 @@ class FileStamp:
             stamp = None
         if self._reactor is not None and isInIOThread():  # type: ignore[no-untyped-call]
             self._kept, self._stamp = True, stamp
-            self._reactor.callLater(0, self.forget)  # the next turn stats again
+            key = id(self._reactor)
+            kept = _kept_this_turn.get(key)
+            if kept is None:
+                kept = _kept_this_turn[key] = []
+                self._reactor.callLater(0, _turn_over, key)  # the next turn stats again
+            kept.append(self)
         return stamp
 
     def forget(self) -> None:

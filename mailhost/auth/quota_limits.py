@@ -36,7 +36,23 @@ def limits(passwd: PasswdFile, default: Callable[[], str]) -> QuotaLimits:
     """user -> storage limit in octets, read through ``passwd``; ``default()`` gives the
     configured default's text (read at each call, so a reload applies)."""
 
+    # (quota= text, default's text) -> octets: SMTP asks at RCPT and again at the
+    # final dot, and both texts are the same for every message (issue 18). A bad
+    # quota= is thus logged once per spelling, not per message.
+    parsed: dict[tuple[str, str], int] = {}
+
     def limit(user: str) -> int:
-        return entry_limit(passwd.get(user)) or parse_size(default())
+        entry = passwd.get(user)
+        key = (entry.extra.get("quota", "") if entry is not None else "", default())
+        octets = parsed.get(key)
+        if octets is None:
+            if len(parsed) >= _MAX_PARSED:
+                parsed.clear()
+            octets = parsed[key] = entry_limit(entry) or parse_size(key[1])
+        return octets
 
     return limit
+
+
+#: Distinct (quota=, default) spellings remembered; past this the memo starts afresh.
+_MAX_PARSED = 1024

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from mailhost.smtp.reply import Reply
 
@@ -47,6 +48,13 @@ class Address:
         return (self.local + self.domain).isascii()
 
     def __str__(self) -> str:
+        return self._text
+
+    @cached_property
+    def _text(self) -> str:
+        """The path as written (quoted if it must be); kept, as a message's sender and
+        recipient are spelled about ten times each (logs, routing, the Received:
+        field: issue 18)."""
         if self.is_null:
             return ""
         local = self.local

@@ -233,9 +233,12 @@ class SMTPServer(Protocol, TimeoutMixin):
             return
         self._registered = True
         if self.factory.checks:  # their lookups (rDNS, DNSBL) start now, unwaited
+            # Our address is for the milters' macros only; they are pipeline stages
+            # (EnvelopeChecks.joined). Without one, a getsockname per connection saved.
             self._client = self.factory.checks.connect(ClientContext(
                 self.session.client_ip, submission=self.factory.submission,
-                port=self.session.client_port, local_ip=self._our_address(),
+                port=self.session.client_port,
+                local_ip=self._our_address() if self.factory.pipeline else "",
                 session=self._stage_session))
         send_at_once(self.transport)
         self._quick_ack = QuickAck(self.transport)
@@ -871,10 +874,16 @@ class SMTPServer(Protocol, TimeoutMixin):
         return decision.reply
 
     def _checked(self, decided: defer.Deferred, accept: Callable[[], Reply],
-                 refused: Callable[[Reply], None] | None = None) -> defer.Deferred:
+                 refused: Callable[[Reply], None] | None = None) -> defer.Deferred | Reply:
         """Answer a command once the envelope checks (``mailhost.message.checks``)
         decided: with their refusal, or with ``accept()``'s reply. The session is busy
-        meanwhile, so pipelined commands wait their turn."""
+        meanwhile, so pipelined commands wait their turn.
+
+        Checks that passed at once (the usual case: only the rate limits, which answer
+        at once) give ``accept()``'s reply straight back, as a command without checks
+        does: no callbacks, no busy turn and timer reset around it (issue 18)."""
+        if decided.called and decided.result is None:
+            return accept()
         def answer(verdict: Any) -> defer.Deferred | None:
             if self._closing:
                 return None

@@ -252,3 +252,46 @@ async def test_listeners_hear_of_a_delivery_within_a_second_without_a_refresh(ro
         assert rec.added == list(range(1, n + 2))
         assert reactor.seconds() - started < 1.0
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delivery_dated_now_keeps_the_mtime_its_write_gave(root, monkeypatch):
+    """Issue 18: one fstat after the write fixes the mode and shows the mtime; a
+    delivery dated now (SMTP) needs no utime, one with an older date still gets it.
+    Either way the file has our mode, whatever the umask, and its whole second is
+    the delivery's date."""
+    import time
+
+    from mailhost.store._maildir import maildir_io
+    from mailhost.store.modes import FileModes
+
+    dated: list[tuple] = []
+    real_utime = os.utime
+
+    def utime(path, *args, **kwargs):
+        dated.append(args)
+        return real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(maildir_io.os, "utime", utime)
+    store = MaildirStore(root, fsync=True, modes=FileModes(file_mode=0o640))
+    old = os.umask(0o077)
+    try:
+        before = int(time.time())
+        for n in range(3):
+            await smtp_deliver(store, n)
+        after = int(time.time())
+        # (The file system's clock may lag time.time() by a tick: at a second's edge
+        # the write gives the second before, and the date is set after all.)
+        assert len(dated) <= 1
+        w = store.new_message()
+        w.write(msg(3))
+        await w.commit([DeliveryTarget(A, want_uid=False, internal_date=1_600_000_000)])
+        assert len(dated) in (1, 2) and dated[-1] == ((1_600_000_000, 1_600_000_000),)
+    finally:
+        os.umask(old)
+    stats = [os.stat(os.path.join(user_dir(root), "new", name)) for name in new_files(root)]
+    seconds = sorted(int(st.st_mtime) for st in stats)
+    assert seconds[0] == 1_600_000_000
+    assert all(before - 1 <= s <= after for s in seconds[1:])
+    assert {st.st_mode & 0o777 for st in stats} == {0o640}
+    await store.close()

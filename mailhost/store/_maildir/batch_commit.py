@@ -22,6 +22,15 @@ message): 4 jobs 39 futex calls, 27 context switches and 85 system calls; 3 jobs
 another and its throughput fell to half. Two jobs keep fsyncs overlapping (a job
 that waits for the disk lets the other's files through) and their batches grow with
 the disk's latency.
+
+Why the second job waits for ``SECOND_JOB_AT`` commits (issue 18): started for every
+commit that found one job running, it mostly took one or two messages, so batches
+averaged under 3 messages, and each batch is a thread hop, a directory fsync round
+and a GIL contest of its own. Now what arrives while one job runs waits for it,
+unless that many have piled up (the disk is slow: then the overlap pays). Measured
+(``bench/smtp_ingest.py --load 0 --only mailhost,aiosmtpd --runs 5 --scale 0.5``,
+this against a start for every commit in the same runs, load 19-21): server CPU per
+message 1.09 vs 1.19 ms (lower in all 5 pairs), 300 vs 229 msg/s.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from mailhost.store._maildir.maildir_io import BatchJob, deliver_batch
 
 #: Thread-pool jobs committing at once (each a batch of messages).
 DEFAULT_LIMIT = 2
+#: Commits that must be waiting before a job starts beside one already running.
+SECOND_JOB_AT = 6
 
 
 class BatchCommitter:
@@ -54,9 +65,13 @@ class BatchCommitter:
         """Deferred firing once ``job``'s message is durable (see ``deliver_files``)."""
         d: defer.Deferred[None] = defer.Deferred()
         self._waiting.append((job, d))
-        if self._running < self._limit:
-            self._start()
+        self._maybe_start()
         return d
+
+    def _maybe_start(self) -> None:
+        if self._running == 0 or (self._running < self._limit
+                                  and len(self._waiting) >= SECOND_JOB_AT):
+            self._start()
 
     def _start(self) -> None:
         batch, self._waiting = self._waiting, []
@@ -67,7 +82,7 @@ class BatchCommitter:
     def _done(self, results: Any, waiters: list[defer.Deferred[None]]) -> None:
         self._running -= 1
         if self._waiting:
-            self._start()  # what queued meanwhile goes before these callbacks run
+            self._maybe_start()  # what queued meanwhile goes before these callbacks run
         for i, waiter in enumerate(waiters):
             if isinstance(results, Failure):
                 waiter.errback(results)

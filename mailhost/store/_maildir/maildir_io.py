@@ -131,10 +131,12 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     fd = -1  # the tmp file written from ``data`` (no buffered file object needed)
     later: set[str] = set()
     moved = False  # the tmp file was renamed into new/: nothing left to unlink
+    written = None  # the fstat of the tmp file written here from ``data``
     try:
         if data is not None:
-            fd = modes.open_new(tmp_path)  # closed in finally
+            fd = modes.open_new(tmp_path, fix=False)  # closed in finally
             _write_all(fd, data)
+            written = modes.fix_fd(fd)  # our mode, and the mtime the write gave
         else:
             assert file is not None  # given when ``data`` is not
             file.flush()
@@ -152,7 +154,10 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
             # The date goes on after the move (the tmp cleaner would take a file with
             # an old mtime for a crash's leftover), before the fsync (which makes it
             # durable, hence fsync, not fdatasync) and before anyone is told a UID.
-            os.utime(fileno, (date, date))
+            # Not when the write gave the file that second already (a delivery dated
+            # now): whole seconds are all Dovecot and the index read (issue 18).
+            if written is None or int(written.st_mtime) != int(date):
+                os.utime(fileno, (date, date))
             if fsync:
                 os.fsync(fileno)
         for _path, _name, base, size, uids, ticket in jobs:
