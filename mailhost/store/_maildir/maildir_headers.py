@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO, TypeVar
 
 from mailhost.message.crlf import CRLFNormalizer, CRLFReader
+from mailhost.store._maildir.maildir_io import subdir_fds
 
 _T = TypeVar("_T")
 
@@ -53,13 +54,7 @@ def read_blocks(path: str, jobs: Sequence[HeaderJob], fn: Callable[[BinaryIO], _
     out: list[tuple[int, _T]] = []
     missing: list[int] = []
     dates: list[tuple[int, float]] = []
-    dirs: dict[str, int] = {}
-    try:
-        for sub in ("cur", "new"):
-            try:
-                dirs[sub] = os.open(os.path.join(path, sub), os.O_RDONLY | os.O_DIRECTORY)
-            except FileNotFoundError:
-                pass
+    with subdir_fds(path, ("cur", "new")) as dirs:
         for uid, sub, name, wrap, want_date in jobs:
             dir_fd = dirs.get(sub)
             if dir_fd is None:
@@ -93,7 +88,4 @@ def read_blocks(path: str, jobs: Sequence[HeaderJob], fn: Callable[[BinaryIO], _
                 elif fd >= 0:
                     os.close(fd)
             out.append((uid, result))
-    finally:
-        for dir_fd in dirs.values():
-            os.close(dir_fd)
     return out, missing, dates

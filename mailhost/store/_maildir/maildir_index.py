@@ -32,7 +32,7 @@ from typing import NamedTuple, cast, overload
 from mailhost.message.crlf import crlf_size
 from mailhost.store._maildir import legacy_uidlist, uidcache
 from mailhost.store._maildir.dovecot_uidlist import new_uid_validity
-from mailhost.store._maildir.maildir_io import list_names, stream_names
+from mailhost.store._maildir.maildir_io import list_names, stream_names, subdir_fds
 from mailhost.store._maildir.maildir_names import (
     KEYWORDS_FILE,
     Keywords,
@@ -784,13 +784,7 @@ def examine_foreign(path: str, files: list[tuple[str, str]],
     """[(subdir, name, CRLF size, needs CRLF wrapping, mtime)] of files another program
     dropped in, in ``name_order``; files gone meanwhile are left out."""
     out: list[tuple[str, str, int, bool, int]] = []
-    fds: dict[str, int] = {}
-    try:
-        for sub in ("new", "cur"):
-            try:
-                fds[sub] = os.open(os.path.join(path, sub), os.O_RDONLY | os.O_DIRECTORY)
-            except FileNotFoundError:
-                pass
+    with subdir_fds(path, ("new", "cur")) as fds:
         stat = os.stat
         append = out.append
         taken: set[str] = set()
@@ -812,9 +806,6 @@ def examine_foreign(path: str, files: list[tuple[str, str]],
                 continue
             taken.add(base)
             append((sub, name, size, wrap, mtime))
-    finally:
-        for fd in fds.values():
-            os.close(fd)
     out.sort(key=lambda t: name_order(t[1]))
     return out
 

@@ -4,6 +4,7 @@ worker thread, never on the reactor thread. Everything it creates gets the store
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -45,6 +46,23 @@ log = Logger()
 
 SUBSCRIPTIONS_FILE = "subscriptions"
 SPECIAL_USE_FILE = "mailhost-special-use"
+
+
+@contextlib.contextmanager
+def subdir_fds(path: str, subs: Sequence[str]) -> Iterator[dict[str, int]]:
+    """Open directory fds of ``path``'s ``subs`` (those that exist), closed on exit: a
+    pass over many files opens or stats each relative to its directory, no path walk."""
+    fds: dict[str, int] = {}
+    try:
+        for sub in subs:
+            try:
+                fds[sub] = os.open(os.path.join(path, sub), os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                pass
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 def fdatasync(fd: int) -> None:
