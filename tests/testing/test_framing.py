@@ -126,9 +126,14 @@ def test_imap_literals_never_read_as_commands(body, plus, cuts):
     if not plus:
         assert transport.value().endswith(b"+ Ready for literal data\r\n")
     _feed(proto, clock, body + b"\r\na2 SELECT INBOX\r\na3 NOOP\r\n", cuts)
-    assert hook.lines == ["", "a0 LOGIN alice@example.test secret", first[:-2].decode(),
+    # NUL in a plain literal is refused (RFC 3516: binary data goes in a literal8) when the
+    # command is parsed; the hook saw its line already if the server asked it before
+    # sending '+' (a synchronizing literal). Either way the literal's lines are never commands.
+    nul = b"\x00" in body
+    appended = [] if nul and plus else [first[:-2].decode()]
+    assert hook.lines == ["", "a0 LOGIN alice@example.test secret", *appended,
                           "a2 SELECT INBOX", "a3 NOOP"]
     out = transport.value()
-    assert b"a1 OK" in out
+    assert (b"a1 BAD NUL in a literal" if nul else b"a1 OK") in out
     assert out.endswith(b"a2 NO nope\r\na3 OK NOOP completed\r\n")
     assert faults[0].hits == 1
