@@ -63,6 +63,7 @@ RETRIES = 3
 
 Work = Callable[..., _T]
 
+
 def error_line(e: BaseException) -> str:
     """The first line of a database error, for a one-line message (its type's name when
     it says nothing)."""
@@ -187,8 +188,7 @@ class Database:
                     raise
             except (psycopg.OperationalError, PoolTimeout) as e:
                 raise self._unavailable(f"database unavailable: {type(e).__name__}: "
-                                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                                        ) from e
+                                        f"{error_line(e)}") from e
         raise AssertionError("unreachable")
 
     def run(self, fn: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
