@@ -97,6 +97,12 @@ class FileModes:
             os.fchmod(fd, self.file_mode)
         return st
 
+    def fits(self, st: os.stat_result) -> bool:
+        """Whether a file with this stat already has our mode (and group): ``fix_fd``
+        changed nothing on it."""
+        return (stat.S_IMODE(st.st_mode) == self.file_mode
+                and (self.group is None or st.st_gid == self.group))
+
     def _fix_dir(self, fd: int) -> None:
         st = os.fstat(fd)
         if self.group is not None:

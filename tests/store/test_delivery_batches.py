@@ -295,3 +295,64 @@ async def test_a_delivery_dated_now_keeps_the_mtime_its_write_gave(root, monkeyp
     assert all(before - 1 <= s <= after for s in seconds[1:])
     assert {st.st_mode & 0o777 for st in stats} == {0o640}
     await store.close()
+
+
+async def test_a_delivery_written_with_o_sync_skips_the_file_fsync(root, monkeypatch):
+    """Issue 18: one target, fsync on: the tmp file is written with O_SYNC (durable
+    when the write returns), so the worker thread makes no fsync call for it; only
+    the new/ directory is fsynced. A file changed after that write (a utime for an
+    older date, a chmod the umask made necessary) is fsynced as before, and with
+    fsync off nothing is synchronous."""
+    import stat
+
+    from mailhost.store.modes import FileModes
+
+    real_open, real_fsync = os.open, os.fsync
+    sync_opens: list[bool] = []  # per tmp file: opened with O_SYNC?
+    fsynced: list[str] = []  # "dir" or "file", per fsync call
+
+    def open_(path, flags, *args, **kwargs):
+        if os.path.basename(os.path.dirname(str(path))) == ".tmp":
+            sync_opens.append(bool(flags & os.O_SYNC))
+        return real_open(path, flags, *args, **kwargs)
+
+    def fsync(fd):
+        fsynced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "fsync", fsync)
+    old = os.umask(0o077)
+    try:
+        store = MaildirStore(root, fsync=True)
+        await smtp_deliver(store, 0)  # makes the Maildir
+        del sync_opens[:], fsynced[:]
+        for n in range(1, 4):
+            await smtp_deliver(store, n)
+        assert sync_opens == [True] * 3
+        assert fsynced and set(fsynced) == {"dir"}
+
+        del sync_opens[:], fsynced[:]
+        w = store.new_message()
+        w.write(msg(4))
+        await w.commit([DeliveryTarget(A, want_uid=False, internal_date=1_600_000_000)])
+        assert sync_opens == [True] and fsynced.count("file") == 1  # after the utime
+        await store.close()
+
+        wide = MaildirStore(root, fsync=True, modes=FileModes(file_mode=0o640))
+        del sync_opens[:], fsynced[:]
+        await smtp_deliver(wide, 5)  # the umask narrowed it: chmod, then fsync
+        assert sync_opens == [True] and fsynced.count("file") == 1
+        await wide.close()
+
+        loose = MaildirStore(root, fsync=False)
+        del sync_opens[:], fsynced[:]
+        await smtp_deliver(loose, 6)
+        assert sync_opens == [False] and fsynced == []
+        await loose.close()
+    finally:
+        os.umask(old)
+    assert len(new_files(root)) == 7
+    modes = {os.stat(os.path.join(user_dir(root), "new", n)).st_mode & 0o777
+             for n in new_files(root)}
+    assert modes == {0o600, 0o640}

@@ -150,11 +150,21 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     later: set[str] = set()
     moved = False  # the tmp file was renamed into new/: nothing left to unlink
     written = None  # the fstat of the tmp file written here from ``data``
+    synced = False  # that file's data and inode are durable already (O_SYNC)
     try:
         if data is not None:
-            fd = modes.open_new(tmp_path, fix=False)  # closed in finally
+            # One target, fsync on: the write itself is synchronous (O_SYNC: data and
+            # inode durable when it returns, as fsync would make them), which spares
+            # the fsync call. Every system call of a worker thread hands the GIL to
+            # the reactor and back (issue 18). The journal commit of several targets
+            # fsyncs the file itself.
+            sync = os.O_SYNC if fsync and len(jobs) == 1 else 0
+            fd = modes.open_new(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | sync,
+                                fix=False)  # closed in finally
             _write_all(fd, data)
             written = modes.fix_fd(fd)  # our mode, and the mtime the write gave
+            # A mode or group the fix changed is a change after the synchronous write.
+            synced = bool(sync) and modes.fits(written)
         else:
             assert file is not None  # given when ``data`` is not
             file.flush()
@@ -176,7 +186,8 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
             # now): whole seconds are all Dovecot and the index read (issue 18).
             if written is None or int(written.st_mtime) != int(date):
                 os.utime(fileno, (date, date))
-            if fsync:
+                synced = False
+            if fsync and not synced:
                 os.fsync(fileno)
         for _path, _name, base, size, uids, ticket in jobs:
             if uids is not None:
