@@ -1,6 +1,6 @@
 """The ESMTP server protocol: command handling for inbound (25) and submission (587/465).
 
-Written on ``twisted.internet.protocol.Protocol`` + ``TimeoutMixin`` rather than by
+Written on ``twisted.internet.protocol.Protocol`` (with its own deadline timer) rather than by
 subclassing ``twisted.mail.smtp.ESMTP``: that class reads DATA line by line, falls into
 command mode on an overlong DATA line, runs commands pipelined after STARTTLS, gives
 one reply for all recipients and can reorder pipelined replies (see
@@ -43,7 +43,6 @@ from twisted.internet import defer, interfaces, task
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -81,6 +80,8 @@ MAX_PIPELINE_BUFFER = 64 * 1024
 _JUNK_CODES = frozenset({500, 501, 502, 503, 504, 555})
 #: Longest stretch of one error reply's delay (seconds).
 MAX_ERROR_SLEEP = 10.0
+#: A session timer firing this close to its deadline (float rounding) times out.
+_DEADLINE_SLACK = 0.001
 
 _OK = Reply(250, "2.0.0", "Ok")
 # Sent for every message: made (and encoded, Reply.to_bytes) once (issue 18).
@@ -94,7 +95,7 @@ class _LineTooLong(Exception):
 
 
 @implementer(IEvictable, ISession)
-class SMTPServer(Protocol, TimeoutMixin):
+class SMTPServer(Protocol):
     """One ESMTP session. Built by ``SMTPFactory``.
 
     Implements: IEvictable (idle until its first MAIL, not authenticated) and ISession
@@ -153,6 +154,11 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._writer: DirectWriter | None = None
         self._writes = 0  # replies written so far (dataReceived: did one carry the ACK?)
         self._our_ip: str | None = None  # _local_ip(transport), asked once (getsockname)
+        # The session's deadline (see setTimeout): the period a line restarts, the
+        # reactor time it falls due, and the one DelayedCall that watches it.
+        self._timeout: float | None = None
+        self._deadline: float | None = None
+        self._timer: Any = None
 
     def _our_address(self) -> str:
         """Our address on this connection, asked of the socket once (at connect, for
@@ -163,10 +169,57 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     # -- timers -------------------------------------------------------------------
 
-    def callLater(self, period, func):  # noqa: N802 (TimeoutMixin hook)
-        return self.factory.reactor.callLater(period, func)
+    # TimeoutMixin's interface (setTimeout, resetTimeout, timeoutConnection) over one
+    # DelayedCall per session, armed at connect and moved only when a deadline comes
+    # sooner: restarting the deadline, as every command line and DATA chunk does, is
+    # a float stored, and the call, when it fires before the deadline, re-arms itself
+    # for the rest. TimeoutMixin reset or replaced its DelayedCall for every line and
+    # chunk and around every commit: a dozen timer operations a message (issue 18).
 
-    def timeoutConnection(self) -> None:  # noqa: N802 (TimeoutMixin hook)
+    def setTimeout(self, period: float | None) -> None:  # noqa: N802
+        """Time out ``period`` seconds from now (restarted by ``resetTimeout``), or
+        never (None)."""
+        self._timeout = period
+        if period is None:
+            self._deadline = None
+        else:
+            self._set_deadline(period)
+
+    def resetTimeout(self) -> None:  # noqa: N802
+        """Restart the current period from now."""
+        if self._timeout is not None:
+            self._set_deadline(self._timeout)
+
+    def _set_deadline(self, period: float) -> None:
+        reactor = self.factory.reactor
+        deadline = self._deadline = reactor.seconds() + period
+        timer = self._timer
+        if timer is None:
+            self._timer = reactor.callLater(period, self._timer_fired)
+        elif timer.getTime() > deadline:
+            timer.reset(period)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self._closing:
+            return
+        reactor = self.factory.reactor
+        left = deadline - reactor.seconds()
+        if left > _DEADLINE_SLACK:  # restarted since it was armed: watch the rest
+            self._timer = reactor.callLater(left, self._timer_fired)
+            return
+        self._timeout = self._deadline = None
+        self.timeoutConnection()
+
+    def _stop_timer(self) -> None:
+        self._timeout = self._deadline = None
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def timeoutConnection(self) -> None:  # noqa: N802
         what = "data" if self._reader is not None else "command"
         self._timed_out(what)
 
@@ -271,7 +324,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._closing = True
         if self._writer is not None:
             self._writer.stop()
-        self.setTimeout(None)
+        self._stop_timer()
         cancel_deadline(self._tls_deadline)
         self._cancel_pre_mail()
         self._held.cancel()

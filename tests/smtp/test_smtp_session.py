@@ -349,6 +349,31 @@ async def test_command_timeout(smtp_host):
 
 
 @pytest_twisted.ensureDeferred
+async def test_each_command_line_restarts_the_command_deadline(smtp_host):
+    """Issue 18: the session's one timer is not moved for every line; a line only
+    moves the deadline, and the timer, firing before it, waits out the rest. So a
+    client that sends a command every 0.25 s outlives several 0.6 s periods, and one
+    that then stays silent is cut one period after its last line, not earlier."""
+    host = smtp_host(command_timeout=0.6)
+
+    def session():
+        c = RawClient(host.port)
+        assert c.greeting.startswith(b"220")
+        replies = []
+        for _ in range(6):
+            time.sleep(0.25)
+            replies.append(c.cmd(b"NOOP"))
+        last = time.monotonic()
+        reply = c.reply()
+        return replies, reply, time.monotonic() - last, c.closed()
+
+    replies, reply, silent, closed = await deferToThread(session)
+    assert all(r.startswith(b"250") for r in replies)
+    assert reply.startswith(b"421 4.4.2") and closed
+    assert 0.55 <= silent < 3.0
+
+
+@pytest_twisted.ensureDeferred
 async def test_data_timeout_stores_nothing(smtp_host):
     host = smtp_host(data_timeout=0.5)
 
