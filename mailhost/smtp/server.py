@@ -293,8 +293,8 @@ class SMTPServer(Protocol):
                 port=self.session.client_port,
                 local_ip=self._our_address() if self.factory.pipeline else "",
                 session=self._stage_session))
-        send_at_once(self.transport)
-        self._quick_ack = QuickAck(self.transport)
+        send_at_once(self.transport, self._writer.socket)
+        self._quick_ack = QuickAck(self.transport, self._writer.socket)
         self._progress = self.factory.reactor.seconds()
         self.setTimeout(self.settings.command_timeout)
         if self.settings.pre_mail_timeout > 0:
