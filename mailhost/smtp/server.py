@@ -835,7 +835,8 @@ class SMTPServer(Protocol):
         refused = self._storage_refusal(params.size)
         if refused is not None:
             return refused
-        esmtp = tuple(split_path(arg[5:])[1].split())  # as sent, for milters
+        # As sent, for milters (pipeline stages): nobody else reads them.
+        esmtp = tuple(split_path(arg[5:])[1].split()) if self.factory.pipeline else ()
         if self._client is not None:
             self._client.helo, self._client.user = session.helo or "", session.user
             self._client.auth_mechanism, self._client.mail_params = session.auth_mechanism, esmtp
