@@ -899,6 +899,7 @@ class SMTPServer(Protocol):
                                                len(txn.accepted))
         quota = rcpt_refusal(self.factory.store, decision.mailboxes, txn.params.size)
         if quota is not None:  # mailhost.smtp.quota: after the envelope checks' verdict
+            txn.quota_limited = True
             decided = quota if decided is None else decided.addCallback(
                 lambda verdict: verdict if verdict is not None else quota)
         if decided is not None:
@@ -1206,8 +1207,12 @@ class SMTPServer(Protocol):
                 self._close()
             return defer.succeed(None)
         assert txn is not None  # DATA and BDAT need a transaction
+        # Asked again only if a recipient had a limit at RCPT (or a pipeline stage
+        # changed the recipients): a quota= added in the seconds between applies from
+        # the next message (issue 18: two passwd look-ups a message saved).
         too_big = data_refusal(self.factory.store, list(txn.mailboxes), bool(txn.remote),
-                               reader.size)
+                               reader.size) if txn.quota_limited or (
+            txn.context is not None and txn.context.recipients_changed) else None
         if too_big is not None:  # larger than the whole quota (mailhost.smtp.quota)
             delivery.abort()
             self._answer_data(txn, reader.size, too_big)

@@ -98,6 +98,7 @@ class MaildirStore:
         #: Where message writers commit (batches of deliveries per thread hop).
         self.committer = BatchCommitter(self.run_blocking, lambda: self.syncer)
         self._tmp_ready = False
+        self._tmp_path = ""  # root/.tmp, once made
         self._recovery: defer.Deferred[None] | None = None  # of crashed multi-folder commits
         self._recovered = False
         self._watcher = ChangeWatcher(reactor, self.run_blocking, watch)
@@ -126,12 +127,13 @@ class MaildirStore:
         return self._tmp_dir()
 
     def _tmp_dir(self) -> str:
-        path = os.path.join(self.root, TMP_DIR)
-        if not self._tmp_ready:
-            self.modes.makedirs(path)  # once; a mkdir is a metadata-only syscall
-            self._tmp_ready = True
-            d = self.run_blocking(maildir_io.clean_tmp, path)
-            d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))
+        if self._tmp_ready:  # every message asks (issue 18)
+            return self._tmp_path
+        path = self._tmp_path = os.path.join(self.root, TMP_DIR)
+        self.modes.makedirs(path)  # once; a mkdir is a metadata-only syscall
+        self._tmp_ready = True
+        d = self.run_blocking(maildir_io.clean_tmp, path)
+        d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))
         return path
 
     def _recover(self) -> defer.Deferred[None]:

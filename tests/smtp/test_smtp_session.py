@@ -606,3 +606,34 @@ async def test_replies_go_out_at_once_not_after_the_clients_delayed_ack(smtp_hos
     assert [r[:3] for r in replies] == [b"250"] * 3
     [stored] = await host.read_messages()
     assert stored.endswith(body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_final_dot_asks_for_quota_limits_only_if_rcpt_found_one(smtp_host, tmp_path):
+    """Issue 18: a recipient without a limit at RCPT is not looked up again at the
+    final dot (two passwd look-ups a message); one with a limit is, and a message
+    larger than it, sent without SIZE=, still gets 552 5.2.2 there."""
+    from mailhost.store.maildir import MaildirStore
+
+    store = MaildirStore(str(tmp_path / "mail"), fsync=False)
+    asked: list[str] = []
+    limits = {"bob@example.test": 1000}
+    store.set_quota_limits(lambda user: asked.append(user) or limits.get(user, 0))
+    host = smtp_host(store=store)
+
+    def send(rcpt: bytes, size: int):
+        c = RawClient(host.port)
+        c.cmd(b"EHLO c")
+        c.cmd(b"MAIL FROM:<s@remote.test>")
+        assert c.cmd(b"RCPT TO:<" + rcpt + b">").startswith(b"250")
+        before = len(asked)
+        c.cmd(b"DATA")
+        reply = c.cmd(b"Subject: q\r\n\r\n" + b"x" * size + b"\r\n.")
+        c.cmd(b"QUIT")
+        return reply, len(asked) - before
+
+    reply, at_dot = await deferToThread(send, b"alice@example.test", 2000)
+    assert reply.startswith(b"250") and at_dot == 0
+    reply, at_dot = await deferToThread(send, b"bob@example.test", 2000)
+    assert reply.startswith(b"552 5.2.2") and at_dot == 1
+    await store.close()
