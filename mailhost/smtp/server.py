@@ -628,7 +628,7 @@ class SMTPServer(Protocol):
         self._session.helo = arg
         self._session.esmtp = False
         self._reset_transaction()
-        return Reply(250, "", self.settings.hostname)
+        return self.factory.reply(250, (self.settings.hostname,))
 
     def smtp_EHLO(self, arg: str) -> Reply:  # noqa: N802
         if not arg:
@@ -645,7 +645,7 @@ class SMTPServer(Protocol):
         burl_keyword = burl.ehlo_keyword(self.factory.url_fetcher, self.factory.submission)
         if burl_keyword is not None:
             lines.append(burl_keyword)
-        return Reply(250, "", lines)
+        return self.factory.reply(250, tuple(lines))
 
     def smtp_NOOP(self, arg: str) -> Reply:  # noqa: N802
         return _OK

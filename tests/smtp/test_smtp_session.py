@@ -637,3 +637,21 @@ async def test_the_final_dot_asks_for_quota_limits_only_if_rcpt_found_one(smtp_h
     reply, at_dot = await deferToThread(send, b"bob@example.test", 2000)
     assert reply.startswith(b"552 5.2.2") and at_dot == 1
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ehlo_replies_are_made_once_per_content(smtp_host):
+    """Issue 18: every session's EHLO gets the factory's one Reply for its content
+    (kept wire form), and a session whose offer differs (after AUTH is allowed or
+    TLS started) gets its own."""
+    host = smtp_host()
+
+    def ehlo_twice():
+        return [RawClient(host.port).cmd(b"EHLO c") for _ in range(2)]
+
+    first, second = await deferToThread(ehlo_twice)
+    assert first == second and b"PIPELINING" in first
+    factory = host.factory
+    assert factory.reply(250, ("a", "B")) is factory.reply(250, ("a", "B"))
+    assert factory.reply(250, ("a", "B")) is not factory.reply(250, ("a", "C"))
+    assert factory.reply(250, ("a", "B")).to_bytes() == b"250-a\r\n250 B\r\n"
