@@ -209,6 +209,63 @@ async def test_own_changes_are_not_rescanned(root):
 
 
 @pytest_twisted.ensureDeferred
+async def test_another_programs_renames_and_unlinks_cost_no_listing(root):
+    """Regression (issue 16): a flag change, new/ -> cur/ move or expunge by another
+    program (Dovecot, or another worker of ours) made the watching folder list new/ and
+    cur/ again under the locks; the watch's events say exactly what became of each
+    file, so they are applied as they are."""
+    store = MaildirStore(root, fsync=False)
+    box = await claimed(store)
+    await deliver(store)  # uid 2 stays in new/
+    await deliver(store)  # uid 3
+    await box.refresh()
+    rec = Recorder()
+    box.add_listener(rec)
+    await sleep(0.3)
+    await box.refresh()
+    listings, followed = box.listings, box.followed
+    home = user_dir(root)
+    first = rename_flags(home, "S")  # uid 1
+    second, third = sorted(os.listdir(os.path.join(home, "new")))
+    os.rename(os.path.join(home, "new", second), os.path.join(home, "cur", second + ":2,T"))
+    os.rename(os.path.join(home, "cur", second + ":2,T"),
+              os.path.join(home, "cur", second + ":2,FT"))
+    os.unlink(os.path.join(home, "new", third))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not rec.expunged:
+        await sleep(0.05)
+    await box.refresh()
+    assert rec.expunged == [3]
+    assert box.get(1).flags == frozenset({"\\Seen"})
+    assert box.get(2).flags == frozenset({"\\Flagged", "\\Deleted"})
+    assert sorted(os.listdir(os.path.join(home, "cur"))) == sorted(
+        [first, second + ":2,FT"])
+    assert await read_all(box, 2) == MSG
+    assert box.listings == listings and box.followed > followed
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_link_of_a_message_is_left_to_a_listing(root):
+    """Two files of one base name (a hard link another program made) are what only a
+    listing sorts out: the events are not followed, the folder lists."""
+    store = MaildirStore(root, fsync=False)
+    box = await claimed(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    await sleep(0.3)
+    listings = box.listings
+    home = user_dir(root)
+    name = the_file(home)
+    os.link(os.path.join(home, "cur", name), os.path.join(home, "cur", name + "S"))
+    await sleep(0.3)
+    await box.refresh()
+    assert box.listings == listings + 1
+    assert box.get(1).flags == frozenset()  # the name the index had stays the message
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_deleting_a_watched_folder_keeps_the_others_watched(root):
     """Twisted's INotify closes itself when a watched directory is deleted; the store
     stops that folder's watches first, and builds a new descriptor when another

@@ -40,6 +40,7 @@ from mailhost.store import objectid
 from mailhost.store._maildir import maildir_cache, maildir_modseq, maildirsize
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store._maildir.lock_passes import LockPasses
+from mailhost.store._maildir.maildir_events import fold_events
 from mailhost.store._maildir.maildir_headers import HeaderJob, read_blocks
 from mailhost.store._maildir.maildir_index import (
     UNKNOWN_DATE,
@@ -196,8 +197,10 @@ class MaildirFolder:
         self._number_waiters: list[tuple[int, defer.Deferred[None]]] = []
         #: UID batches run for deliveries (a test and benchmark hook).
         self.batches = 0
-        #: Directory listings done to pick up others' changes (a test hook).
+        #: Directory listings done to pick up others' changes, and runs of the watch's
+        #: events applied without one (test hooks).
         self.listings = 0
+        self.followed = 0
 
     @property
     def _path(self) -> str:
@@ -899,6 +902,14 @@ class MaildirFolder:
         # Our own renames change the directories too, so only a stamp taken here, with
         # no change of ours in between (the lock is held), may skip the next listing.
         self._stamp = stamp
+        await self._apply_diff(renamed, gone, foreign)
+
+    async def _apply_diff(self, renamed: list[tuple[int, bool, str | None]],
+                          gone: list[int], foreign: list[tuple[str, str]]) -> None:
+        """Others' changes, from a listing or from the watch's events: (uid, in new/,
+        info part) of renamed messages, the UIDs of gone ones, and (subdir, name) of
+        files to give UIDs to."""
+        index = self._index
         changed: list[MessageInfo] = []
         for uid, recent, part in renamed:
             i = index.pos(uid)
@@ -1541,7 +1552,42 @@ class MaildirFolder:
         final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
         if not all(self._explained(sub, name, mask, own)
                    for (sub, name), mask in final.items()):
+            await self._follow(events)
+
+    async def _follow(self, events: list[tuple[str, str, int] | None]) -> None:
+        """Apply another program's renames and unlinks as the events tell them
+        (maildir_events), or rescan when they do not say for sure."""
+        index = self._index
+
+        def current(base: str) -> tuple[str, str | None] | None:
+            uid = index.by_base.get(base)
+            i = -1 if uid is None else index.pos(uid)
+            if i < 0:
+                return None
+            st = index.state_at(i)
+            return ("new" if st.recent else "cur"), st.part
+
+        folded = fold_events(((e[0], e[1], bool(e[2] & APPEARED))
+                              for e in events if e is not None),
+                             current, self._pending_bases)
+        renamed: list[tuple[int, bool, str | None]] = []
+        if folded is not None:
+            for base, sub, name in folded.moved:
+                _, sep, part = name.partition(":")
+                info = part if sep else None
+                _, unmapped = self._keywords.flags_of(info_letters(info))
+                if any("a" <= c <= "z" for c in unmapped):
+                    # A keyword letter we have no keyword for: dovecot-keywords may
+                    # have a new one (a rescan reads it first).
+                    folded = None
+                    break
+                renamed.append((index.by_base[base], sub == "new", info))
+        if folded is None:
             await self._refresh(True)
+            return
+        self.followed += 1
+        await self._apply_diff(renamed, [index.by_base[b] for b in folded.gone],
+                               folded.unknown)
 
     def _explained(self, sub: str, name: str, mask: int, own: set[tuple[str, str]],
                    leaving: set[tuple[str, str]] | None = None) -> bool:
