@@ -556,8 +556,9 @@ def main() -> None:
                 mh.start()
                 mh.wait_workers(opts.workers)
                 try:
-                    results["load_mailhost_workers"] = run_load(mh.ports["imap"], opts.clients,
-                                                                opts.duration)
+                    results["load_mailhost_workers"] = run_load(
+                        mh.ports["imap"], opts.clients, opts.duration,
+                        lambda: tree_cpu_seconds(mh.pid))
                 finally:
                     mh.stop()
                 results["workers_throughput_ratio"] = round(
