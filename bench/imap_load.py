@@ -60,6 +60,7 @@ import imaplib
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -79,12 +80,15 @@ MESSAGE = (b"From: load@example.test\r\nTo: alice@example.test\r\nSubject: load\
 # ------------------------------------------------------------------------ load
 
 
-def _client(args: tuple[int, float, int]) -> tuple[int, int, str, dict[str, list[float]]]:
-    port, deadline, wid = args
+def _client(args: tuple[int, float, int, float],
+            ) -> tuple[int, int, str, dict[str, list[float]]]:
+    port, deadline, wid, interval = args
     commands = errors = 0
     last_error = ""
     latencies: dict[str, list[float]] = {}
     started = [0.0]
+    pace = random.Random(wid)
+    next_at = [time.perf_counter() + pace.uniform(0, interval)]
 
     def ok(result, name: str = "") -> None:
         nonlocal commands, errors, last_error
@@ -96,6 +100,14 @@ def _client(args: tuple[int, float, int]) -> tuple[int, int, str, dict[str, list
             last_error = repr(result)[:200]
 
     def start() -> None:
+        if interval:
+            # Paced (--rate): commands leave at Poisson arrival times, or at once when
+            # the client is behind them (it cannot send before the last answer), so
+            # a client that fell behind catches up and the rate is the one asked for.
+            now = time.perf_counter()
+            if next_at[0] > now:
+                time.sleep(next_at[0] - now)
+            next_at[0] += pace.expovariate(1 / interval)
         started[0] = time.perf_counter()
 
     rounds = 0
@@ -154,15 +166,20 @@ def _p90(values: list[float]) -> float:
     return round(ordered[min(len(ordered) - 1, (9 * len(ordered)) // 10)], 2)
 
 
-def run_load(port: int, clients: int, duration: float, cpu_probe=None) -> dict:
+def run_load(port: int, clients: int, duration: float, cpu_probe=None,
+             rate: float = 0.0) -> dict:
     """The mixed load; with ``cpu_probe``, also the server's CPU milliseconds per
     command (the steadier figure on a shared machine: 10 clients in lock-step wait
-    on a busy single-process server, so its latency follows its CPU per command)."""
+    on a busy single-process server, so its latency follows its CPU per command).
+    With ``rate``, the clients together send about that many commands a second
+    (each paced, Poisson arrivals) instead of each sending its next command as soon
+    as the last is answered."""
+    interval = clients / rate if rate else 0.0
     with multiprocessing.Pool(clients) as pool:
         cpu0 = cpu_probe() if cpu_probe is not None else 0.0
         deadline = time.time() + duration
         t0 = time.time()
-        results = pool.map(_client, [(port, deadline, i) for i in range(clients)])
+        results = pool.map(_client, [(port, deadline, i, interval) for i in range(clients)])
         elapsed = time.time() - t0
         cpu1 = cpu_probe() if cpu_probe is not None else 0.0
     commands = sum(r[0] for r in results)
@@ -457,10 +474,17 @@ def main() -> None:
                          "(generating 100k messages takes minutes)")
     ap.add_argument("--workers", type=int, default=0,
                     help="also load mailhost with server.workers = N (issue 18)")
+    ap.add_argument("--rate", default="",
+                    help="also run the load paced at these total commands/s (comma "
+                         "separated), both servers at the same rates")
+    ap.add_argument("--match-rate", action="store_true",
+                    help="also run mailhost paced at the commands/s Dovecot reached")
     ap.add_argument("--postgresql", action="store_true",
                     help="also run mailhost on the PostgreSQL store (a private durable "
                          "cluster, bench/bench_pg.py) in every step")
     opts = ap.parse_args()
+    rates = [float(r) for r in opts.rate.split(",") if r]
+    paced: dict = {}
     results: dict = {"clients": opts.clients, "duration": opts.duration,
                      "messages": opts.messages, "load_average_before": os.getloadavg()[0]}
     work = tempfile.mkdtemp(prefix="imap-bench-")
@@ -480,6 +504,10 @@ def main() -> None:
                 results["load_mailhost"] = run_load(mh.ports["imap"], opts.clients, opts.duration,
                                                    lambda: cpu_seconds(mh.pid))
                 results["load_mailhost"]["peak_rss_mb"] = round(rss_kib(mh.pid, "VmHWM") / 1024)
+                for rate in rates:
+                    paced.setdefault(rate, {})["mailhost"] = run_load(
+                        mh.ports["imap"], opts.clients, opts.duration,
+                        lambda: cpu_seconds(mh.pid), rate)
             finally:
                 mh.stop()
             empty = os.path.join(work, "dv-load-mail")
@@ -488,8 +516,33 @@ def main() -> None:
             try:
                 results["load_dovecot"] = run_load(dv.port, opts.clients, opts.duration,
                                                    lambda: tree_cpu_seconds(dv.proc.pid))
+                for rate in rates:
+                    paced[rate]["dovecot"] = run_load(
+                        dv.port, opts.clients, opts.duration,
+                        lambda: tree_cpu_seconds(dv.proc.pid), rate)
+                    paced[rate]["median_latency_ratio"] = round(
+                        (paced[rate]["mailhost"]["median_latency_ms"] or 0)
+                        / max(paced[rate]["dovecot"]["median_latency_ms"] or 0, 0.01), 2)
             finally:
                 dv.stop()
+            if paced:
+                results["load_paced"] = paced
+            if opts.match_rate:
+                # mailhost at the commands/s Dovecot reached in its closed loop: the same
+                # work rate, so the medians compare responsiveness, not saturation.
+                rate = results["load_dovecot"]["commands_per_s"]
+                mh = MailHostProcess(os.path.join(work, "mh-matched"))
+                os.makedirs(mh.workdir)
+                mh.start()
+                try:
+                    results["load_mailhost_at_dovecot_rate"] = run_load(
+                        mh.ports["imap"], opts.clients, opts.duration,
+                        lambda: cpu_seconds(mh.pid), rate)
+                finally:
+                    mh.stop()
+                results["median_latency_ratio_at_dovecot_rate"] = round(
+                    (results["load_mailhost_at_dovecot_rate"]["median_latency_ms"] or 0)
+                    / max(results["load_dovecot"]["median_latency_ms"] or 0, 0.01), 2)
             results["throughput_ratio"] = round(
                 results["load_mailhost"]["commands_per_s"]
                 / max(results["load_dovecot"]["commands_per_s"], 0.1), 2)
@@ -503,8 +556,9 @@ def main() -> None:
                 mh.start()
                 mh.wait_workers(opts.workers)
                 try:
-                    results["load_mailhost_workers"] = run_load(mh.ports["imap"], opts.clients,
-                                                                opts.duration)
+                    results["load_mailhost_workers"] = run_load(
+                        mh.ports["imap"], opts.clients, opts.duration,
+                        lambda: tree_cpu_seconds(mh.pid))
                 finally:
                     mh.stop()
                 results["workers_throughput_ratio"] = round(

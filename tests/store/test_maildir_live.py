@@ -194,7 +194,7 @@ async def test_own_changes_are_not_rescanned(root):
     rec = Recorder()
     box.add_listener(rec)
     await sleep(0.3)
-    before = box.listings
+    before, followed = box.listings, box.followed
     for n in range(5):
         await deliver(store)
         await box.set_flags([1], ["\\Seen"], "add" if n % 2 else "remove")
@@ -204,7 +204,91 @@ async def test_own_changes_are_not_rescanned(root):
     await box.expunge()
     await sleep(0.3)
     await box.refresh()
-    assert box.listings == before
+    assert box.listings == before and box.followed == followed
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_programs_renames_and_unlinks_cost_no_listing(root):
+    """Regression (issue 16): a flag change, new/ -> cur/ move or expunge by another
+    program (Dovecot, or another worker of ours) made the watching folder list new/ and
+    cur/ again under the locks; the watch's events say exactly what became of each
+    file, so they are applied as they are."""
+    store = MaildirStore(root, fsync=False)
+    box = await claimed(store)
+    await deliver(store)  # uid 2 stays in new/
+    await deliver(store)  # uid 3
+    await box.refresh()
+    rec = Recorder()
+    box.add_listener(rec)
+    await sleep(0.3)
+    await box.refresh()
+    listings, followed = box.listings, box.followed
+    home = user_dir(root)
+    first = rename_flags(home, "S")  # uid 1
+    second, third = sorted(os.listdir(os.path.join(home, "new")))
+    os.rename(os.path.join(home, "new", second), os.path.join(home, "cur", second + ":2,T"))
+    os.rename(os.path.join(home, "cur", second + ":2,T"),
+              os.path.join(home, "cur", second + ":2,FT"))
+    os.unlink(os.path.join(home, "new", third))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not rec.expunged:
+        await sleep(0.05)
+    await box.refresh()
+    assert rec.expunged == [3]
+    assert box.get(1).flags == frozenset({"\\Seen"})
+    assert box.get(2).flags == frozenset({"\\Flagged", "\\Deleted"})
+    assert sorted(os.listdir(os.path.join(home, "cur"))) == sorted(
+        [first, second + ":2,FT"])
+    assert await read_all(box, 2) == MSG
+    assert box.listings == listings and box.followed > followed
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_another_store_added_and_expunged_still_moves_uidnext(root):
+    """RFC 3501 2.3.1.1: UIDNEXT changes when a message is added, even if it is expunged
+    before we looked. Another store on the same Maildir (a second worker) delivers and
+    expunges one while we watch: the events alone say so, and UIDNEXT moves."""
+    store, other = MaildirStore(root, fsync=False), MaildirStore(root, fsync=False)
+    box = await claimed(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    await sleep(0.3)
+    listings, next_before = box.listings, box.uid_next
+    await deliver(other)
+    theirs = await folder_of(other)
+    await theirs.refresh()
+    await theirs.set_flags([2], ["\\Deleted"], "add")
+    assert await theirs.expunge() == [2]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and box.uid_next == next_before:
+        await sleep(0.05)
+        await box.refresh()
+    assert box.uid_next == next_before + 1 == 3
+    assert [m.uid for m in box.messages()] == [1] and not rec.added
+    assert box.listings == listings
+    await other.close()
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_link_of_a_message_is_left_to_a_listing(root):
+    """Two files of one base name (a hard link another program made) are what only a
+    listing sorts out: the events are not followed, the folder lists."""
+    store = MaildirStore(root, fsync=False)
+    box = await claimed(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    await sleep(0.3)
+    listings = box.listings
+    home = user_dir(root)
+    name = the_file(home)
+    os.link(os.path.join(home, "cur", name), os.path.join(home, "cur", name + "S"))
+    await sleep(0.3)
+    await box.refresh()
+    assert box.listings == listings + 1
+    assert box.get(1).flags == frozenset()  # the name the index had stays the message
     await store.close()
 
 

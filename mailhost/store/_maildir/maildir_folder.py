@@ -40,6 +40,7 @@ from mailhost.store import objectid
 from mailhost.store._maildir import maildir_cache, maildir_modseq, maildirsize
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store._maildir.lock_passes import LockPasses
+from mailhost.store._maildir.maildir_events import fold_events
 from mailhost.store._maildir.maildir_headers import HeaderJob, read_blocks
 from mailhost.store._maildir.maildir_index import (
     UNKNOWN_DATE,
@@ -184,6 +185,7 @@ class MaildirFolder:
         self._disk_call: IDelayedCall | None = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
         self._leaving: set[tuple[str, str]] = set()  # names our rename/unlink in flight drops
+        self._removed_bases: set[str] = set()  # left the index since the watch's last look
         #: Flag changes, expunges and \Recent claims that wait for the lock run as one
         #: pass, with one thread hop (see ``_changes``).
         self._change_passes: LockPasses[ChangeRequest] = LockPasses(
@@ -196,8 +198,10 @@ class MaildirFolder:
         self._number_waiters: list[tuple[int, defer.Deferred[None]]] = []
         #: UID batches run for deliveries (a test and benchmark hook).
         self.batches = 0
-        #: Directory listings done to pick up others' changes (a test hook).
+        #: Directory listings done to pick up others' changes, and runs of the watch's
+        #: events applied without one (test hooks).
         self.listings = 0
+        self.followed = 0
 
     @property
     def _path(self) -> str:
@@ -484,7 +488,12 @@ class MaildirFolder:
         return fast_info(uid, base, size, index.table[sid].flags, date, recent)
 
     def _remove(self, uids: Iterable[int]) -> None:
-        gone = self._index.remove(uids)
+        index = self._index
+        if self._watching == "inotify":
+            # The watch may still report their files: no arrivals (_arrivals).
+            uids = list(uids)
+            self._removed_bases.update(index.keys[i] for i in map(index.pos, uids) if i >= 0)
+        gone = index.remove(uids)
         for by_uid in self._cache.values():
             for uid in gone:
                 by_uid.pop(uid, None)
@@ -856,7 +865,8 @@ class MaildirFolder:
             return False
         final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
         return all(self._explained(sub, name, mask, self._own_names, self._leaving)
-                   for (sub, name), mask in final.items())
+                   for (sub, name), mask in final.items()
+                   ) and not self._arrivals(events, self._removed_bases)
 
     async def _refresh_now(self) -> None:
         if self._numbered < self._queued:
@@ -899,6 +909,14 @@ class MaildirFolder:
         # Our own renames change the directories too, so only a stamp taken here, with
         # no change of ours in between (the lock is held), may skip the next listing.
         self._stamp = stamp
+        await self._apply_diff(renamed, gone, foreign)
+
+    async def _apply_diff(self, renamed: list[tuple[int, bool, str | None]],
+                          gone: list[int], foreign: list[tuple[str, str]]) -> None:
+        """Others' changes, from a listing or from the watch's events: (uid, in new/,
+        info part) of renamed messages, the UIDs of gone ones, and (subdir, name) of
+        files to give UIDs to."""
+        index = self._index
         changed: list[MessageInfo] = []
         for uid, recent, part in renamed:
             i = index.pos(uid)
@@ -1502,6 +1520,7 @@ class MaildirFolder:
         self._disk_call = None
         self._disk_events.clear()
         self._own_names.clear()
+        self._removed_bases.clear()
 
     def _disk_event(self, event: tuple[str, str, int] | None) -> None:
         """From the watcher: (subdir, name, inotify mask) of a change to new/ or cur/,
@@ -1539,9 +1558,63 @@ class MaildirFolder:
         # renamed (delivered, then claimed into cur/), or a flag set, cleared and set
         # again, left nothing the index does not know.
         final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
+        removed, self._removed_bases = self._removed_bases, set()
         if not all(self._explained(sub, name, mask, own)
-                   for (sub, name), mask in final.items()):
+                   for (sub, name), mask in final.items()) or self._arrivals(events, removed):
+            await self._follow(events, removed)
+
+    def _arrivals(self, events: list[tuple[str, str, int] | None],
+                  removed: set[str]) -> bool:
+        """Whether another program added a file the index never had, even if it went
+        again before we looked: it may have given it a UID, and UIDNEXT must move
+        (RFC 3501 2.3.1.1). ``removed``: bases we took out of the index since the last
+        look (our expunges), whose events are no arrivals."""
+        by_base, pending = self._index.by_base, self._pending_bases
+        for e in events:
+            if e is not None and e[2] & APPEARED:
+                base = e[1].partition(":")[0]
+                if base not in by_base and base not in pending and base not in removed:
+                    return True
+        return False
+
+    async def _follow(self, events: list[tuple[str, str, int] | None],
+                      removed: set[str]) -> None:
+        """Apply another program's renames and unlinks as the events tell them
+        (maildir_events), or rescan when they do not say for sure."""
+        index = self._index
+
+        def current(base: str) -> tuple[str, str | None] | None:
+            uid = index.by_base.get(base)
+            i = -1 if uid is None else index.pos(uid)
+            if i < 0:
+                return None
+            st = index.state_at(i)
+            return ("new" if st.recent else "cur"), st.part
+
+        folded = fold_events(((e[0], e[1], bool(e[2] & APPEARED))
+                              for e in events if e is not None),
+                             current, self._pending_bases)
+        renamed: list[tuple[int, bool, str | None]] = []
+        if folded is not None:
+            for base, sub, name in folded.moved:
+                _, sep, part = name.partition(":")
+                info = part if sep else None
+                _, unmapped = self._keywords.flags_of(info_letters(info))
+                if any("a" <= c <= "z" for c in unmapped):
+                    # A keyword letter we have no keyword for: dovecot-keywords may
+                    # have a new one (a rescan reads it first).
+                    folded = None
+                    break
+                renamed.append((index.by_base[base], sub == "new", info))
+        if folded is None:
             await self._refresh(True)
+            return
+        self.followed += 1
+        if self._arrivals(events, removed):
+            next_uid = await self._store.run_blocking(self._uids.next_uid_nowait)
+            self.uid_next = max(self.uid_next, next_uid)
+        await self._apply_diff(renamed, [index.by_base[b] for b in folded.gone],
+                               folded.unknown)
 
     def _explained(self, sub: str, name: str, mask: int, own: set[tuple[str, str]],
                    leaving: set[tuple[str, str]] | None = None) -> bool:
