@@ -173,8 +173,9 @@ class MaildirMessageWriter:
                 # Another folder must exist (opening checks), and keywords need the
                 # folder's letter map: open it.
                 folder = await account.folder(canon)
-        if folder is None:
-            path, letters = account.folder_path(INBOX), Keywords().letters_of(flags)
+        if folder is None:  # (SMTP's copy has no flags: no letters to work out)
+            path = account.folder_path(INBOX)
+            letters = Keywords().letters_of(flags) if flags else ""
         else:
             await folder.learn_keywords(flags)
             path, letters = folder.path, folder.letters(flags)
