@@ -11,7 +11,8 @@ tmp file only past ``MEMORY_LIMIT``, so the reactor thread never opens or writes
 file for it: creating a file can stall behind a journal commit that another thread's
 fsync started. ``commit`` then, in one worker-thread hop (shared with the messages
 committing at the same time: batch_commit): write the tmp file (if it is still in
-memory), fsync it, move it into its target's new/ (copy on EXDEV;
+memory; with O_SYNC for one target, which makes it durable as an fsync would), fsync it
+(unless that write did), move it into its target's new/ (copy on EXDEV;
 for several targets all copies as one unit, through tmp/ and a commit journal:
 maildir_io._commit_all), give it a UID there (dovecot-uidlist, under Dovecot's lock: maildir_uids); then a
 group-commit round fsyncs the new/ directories and uidlists. The Deferred fires only
