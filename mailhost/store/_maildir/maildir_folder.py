@@ -40,6 +40,7 @@ from mailhost.store import objectid
 from mailhost.store._maildir import maildir_cache, maildir_modseq, maildirsize
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store._maildir.lock_passes import LockPasses
+from mailhost.store._maildir.maildir_dates import FolderDates
 from mailhost.store._maildir.maildir_events import fold_events
 from mailhost.store._maildir.maildir_headers import HeaderJob, read_blocks
 from mailhost.store._maildir.maildir_index import (
@@ -52,7 +53,6 @@ from mailhost.store._maildir.maildir_index import (
     examine_foreign,
     fast_info,
     load_folder,
-    name_time,
 )
 from mailhost.store._maildir.maildir_io import rename_all, transfer_files, unlink_all
 from mailhost.store._maildir.maildir_names import (
@@ -87,14 +87,8 @@ if TYPE_CHECKING:  # they import this module
 _T = TypeVar("_T")
 
 CACHE_FLUSH_DELAY = 2.0
-#: Bulk-adopted files get their real dates this long after the folder opens, in
-#: batches (thread work that would otherwise compete with the first SELECT/FETCH).
-DATE_FILL_DELAY = 5.0
-DATE_FILL_BATCH = 5000
 CACHE_FLUSH_BATCH = 2000
 COMPACT_MIN_STALE = 1000
-#: The folder-cache key of a message's RFC 8514 save date (whole POSIX seconds).
-SAVE_DATE_KEY = "savedate"
 #: Deliveries wait this long for others to share their UID batch (a refresh, close or
 #: anyone who needs the UIDs starts the batch at once). Each batch costs a dotlock
 #: round and a uidlist fsync; one SMTP session sends a message every few ms.
@@ -180,7 +174,6 @@ class MaildirFolder:
         self._cache_call: IDelayedCall | None = None
         self._gone = False
         self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
-        self._fill_call: IDelayedCall | None = None
         self._disk_events: list[tuple[str, str, int] | None] = []  # not yet looked at
         self._disk_call: IDelayedCall | None = None
         self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
@@ -189,6 +182,10 @@ class MaildirFolder:
         #: pass, with one thread hop (see ``_changes``).
         self._change_passes: LockPasses[ChangeRequest] = LockPasses(
             self._run, self._changes, self._changes_failed)
+        self._dates = FolderDates(store._reactor, store.run_blocking, self._uids,
+                                  lambda: self._index, lambda: self._path, self._run,
+                                  self._refresh, self.refresh, self.get_cached,
+                                  self.set_cached, lambda: self._gone)
         self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
         self._numbering = False  # a batch is scheduled or running
         self._number_call: IDelayedCall | None = None  # the scheduled start of the next batch
@@ -262,7 +259,7 @@ class MaildirFolder:
         if loaded.foreign:
             await self._adopt(loaded.foreign)
         if self._index.unknown_dates:
-            self._schedule_fill(DATE_FILL_DELAY)
+            self._dates.schedule()
 
     # -- mod-sequences (RFC 7162; numbered by ModSeqListeners, kept by maildir_modseq) --
 
@@ -336,144 +333,7 @@ class MaildirFolder:
         d.addErrback(lambda f: self.log.failure("modseq journal write failed", f))
         return d
 
-    # -- dates of files adopted in bulk ---------------------------------------------------
-
-    def _schedule_fill(self, delay: float) -> None:
-        if self._fill_call is None and not self._gone:
-            self._fill_call = self._store._reactor.callLater(delay, self._fill_dates)
-
-    def _stop_fill(self) -> None:
-        if self._fill_call is not None and self._fill_call.active():
-            self._fill_call.cancel()
-        self._fill_call = None
-
-    def _fill_dates(self) -> defer.Deferred[None]:
-        """Read the dates bulk adoption skipped, a batch at a time in a thread, and
-        record them in mailhost-uidcache, so INTERNALDATE needs no stat later (even
-        after a restart). Runs after the first burst of client commands, not during it;
-        goes on at once only while a batch made progress."""
-        self._fill_call = None
-
-        def next_batch(more: bool) -> None:
-            if more:
-                self._schedule_fill(0)
-
-        d = self._run(self._fill_batch).addCallback(next_batch)
-        d.addErrback(lambda f: None if f.check(NoSuchFolder)
-                     else self.log.failure("reading message dates failed", f))
-        return d
-
-    async def _fill_batch(self) -> bool:
-        """One batch of the date pass; True if there is more to do and this batch got
-        somewhere (a row it could not stat is looked for again after a refresh, then
-        given its name's time, so it never comes back)."""
-        index = self._index
-        before = index.unknown_dates + len(index.unsaved_dates)
-        todo = index.unknown(DATE_FILL_BATCH)
-        if not todo:
-            return False
-        path, uids = self._path, self._uids
-
-        def work(rows: list[tuple[int, str, int, bool, str, float]],
-                 ) -> tuple[list[tuple[int, int]], list[int]]:
-            dates: list[tuple[int, int]] = []
-            facts: list[tuple[int, float, int, bool]] = []
-            missing: list[int] = []
-            for uid, rel, size, wrap, _base, date in rows:
-                if date == UNKNOWN_DATE:
-                    try:
-                        mtime = int(os.stat(os.path.join(path, rel)).st_mtime)
-                    except OSError:
-                        missing.append(uid)  # renamed or deleted by another program
-                        continue
-                else:
-                    mtime = int(date)
-                dates.append((uid, mtime))
-                facts.append((uid, mtime, size, wrap))
-            if facts:
-                uids.cache(facts)
-            return dates, missing
-
-        dates, missing = await self._store.run_blocking(work, todo)
-        for uid, mtime in dates:
-            index.set_date(uid, float(mtime))
-        if missing:
-            # Another program renamed (flags) or deleted them: learn the new names,
-            # drop the gone, and try once more under the current names.
-            await self._refresh()
-            index = self._index
-            retry = []
-            for uid in missing:
-                i = index.pos(uid)
-                if i >= 0 and index.dates[i] == UNKNOWN_DATE:
-                    retry.append((uid, self._relpath_at(i), index.sizes[i],
-                                  bool(index.wrap[i]), index.keys[i], UNKNOWN_DATE))
-            if retry:
-                dates, missing = await self._store.run_blocking(work, retry)
-                for uid, mtime in dates:
-                    index.set_date(uid, float(mtime))
-                for uid in missing:  # still not found: racing; use the name's time
-                    i = index.pos(uid)
-                    if i >= 0:
-                        index.set_date(uid, name_time(index.keys[i]))
-        after = index.unknown_dates + len(index.unsaved_dates)
-        return after > 0 and after < before
-
-    async def _read_dates(self, uids: Iterable[int] | None = None) -> None:
-        """Read the still unknown dates of these messages (all if None) in one thread
-        pass, so callers that need them do not stat file after file on the reactor.
-        The background pass records them in mailhost-uidcache later."""
-        index = self._index
-        if uids is None:
-            uids = [u for u, d in zip(index.uids, index.dates, strict=True)
-                    if d == UNKNOWN_DATE]
-        else:
-            uids = list(uids)
-        path = self._path
-        any_found = False
-
-        def work(rows: list[tuple[int, str, str]]) -> list[tuple[int, float]]:
-            found: list[tuple[int, float]] = []
-            for uid, rel, _base in rows:
-                try:
-                    found.append((uid, float(int(os.stat(os.path.join(path, rel)).st_mtime))))
-                except OSError:
-                    pass  # renamed or gone: read on demand (FolderIndex.date_at)
-            return found
-
-        # A batch at a time: the paths of 100k messages at once were ~30 MB of the
-        # server's peak (issue 16), for no gain over a few thread hops.
-        for start in range(0, len(uids), DATE_FILL_BATCH):
-            rows = index.unknown_rows(uids[start:start + DATE_FILL_BATCH])
-            if not rows:
-                continue
-            found = await self._store.run_blocking(work, rows)
-            del rows
-            if index is not self._index:
-                return
-            for uid, date in found:
-                i = index.pos(uid)
-                if i >= 0 and index.dates[i] == UNKNOWN_DATE:
-                    index.set_date(uid, date)
-                    index.unsaved_dates.add(uid)
-            any_found = any_found or bool(found)
-        if any_found:
-            self._schedule_fill(DATE_FILL_DELAY)
-
-    def fill_dates(self, uids: Iterable[int] | None = None) -> defer.Deferred[None]:
-        """Fires once the date of every message (or of these UIDs) is known, read in
-        bulk in a worker thread (at once when none is missing): for callers about to
-        read many INTERNALDATEs, such as SEARCH or FETCH (IIndexedFolder)."""
-        if not self._index.unknown_dates:
-            return defer.succeed(None)
-        return self._run(self._read_dates, None if uids is None else list(uids))
-
     # -- index helpers ---------------------------------------------------------------
-
-    def _relpath_at(self, i: int) -> str:
-        st = self._index.state_at(i)
-        return os.path.join("new" if st.recent else "cur",
-                            filename(self._index.keys[i], st.part))
 
     def _row(self, base: str, recent: bool, part: str | None, wrap: bool, size: int,
              date: float, uid: int) -> Row:
@@ -744,7 +604,7 @@ class MaildirFolder:
             i = self._index.pos(uid)
             if i < 0 or self._gone:
                 raise NoSuchMessage(uid)
-            path = os.path.join(self._path, self._relpath_at(i))
+            path = os.path.join(self._path, self._index.relpath_at(i))
             wrap = self._index.wrap[i]
             try:
                 # A read-only open of an existing file is a path lookup in the dentry
@@ -1080,7 +940,7 @@ class MaildirFolder:
                    if sid in deleted and (among is None or uid in among)]
         if not victims:
             return []
-        rels = [self._relpath_at(index.pos(u)) for u in victims]
+        rels = [index.relpath_at(index.pos(u)) for u in victims]
         if self._watching == "inotify":
             self._leaving.update(os.path.split(rel) for rel in rels)  # see _nothing_foreign
         paths = [os.path.join(self._path, rel) for rel in rels]
@@ -1110,7 +970,7 @@ class MaildirFolder:
                      and "\\Deleted" in index.state_at(i).flags]
             await self._store.run_blocking(
                 self._uids.locked, unlink_all,
-                [os.path.join(self._path, self._relpath_at(index.pos(u))) for u in again])
+                [os.path.join(self._path, index.relpath_at(index.pos(u))) for u in again])
             keep = {u for u in retry if u in index} - set(again)  # no longer \Deleted
             victims = [u for u in victims if u not in keep]
         present = [u for u in victims if u in self._index]
@@ -1138,7 +998,7 @@ class MaildirFolder:
         if not isinstance(dest, MaildirFolder) or dest._gone:
             raise NoSuchFolder(getattr(dest, "name", repr(dest)))
         if self._index.unknown_dates:
-            await self._read_dates(uids)  # copies keep the date: no stat each here
+            await self._dates.read(uids)  # copies keep the date: no stat each here
         pairs, missed = await self._transfer_once(uids, dest, move)
         if missed:
             # Another program renamed (flagged) or removed these files meanwhile: learn
@@ -1168,7 +1028,7 @@ class MaildirFolder:
             info, st, wrap = index.info_at(i), index.state_at(i), bool(index.wrap[i])
             base = unique_base(info.size, crlf_on_disk=not wrap)
             new_part = make_info(dest._letters(info.flags, st.extra), in_new=True)
-            plan.append((uid, info, wrap, base, new_part, self._relpath_at(i)))
+            plan.append((uid, info, wrap, base, new_part, self._index.relpath_at(i)))
         if not plan:
             return [], []
         ops = [(os.path.join(self._path, rel),
@@ -1258,7 +1118,7 @@ class MaildirFolder:
         ``_set_flags_once`` and ``_expunge_locked`` do)."""
         flagged = sorted({u for kind, uids, *_ in batch if kind == FLAGS for u in uids})
         if flagged and self._index.unknown_dates:
-            await self._read_dates(flagged)  # the results carry dates: no stat each here
+            await self._dates.read(flagged)  # the results carry dates: no stat each here
         learn: set[str] = set()
         for kind, _, wanted, mode, _ in batch:
             if kind == FLAGS and mode != "remove":
@@ -1309,7 +1169,7 @@ class MaildirFolder:
             if uid in gone or (recent, part) == (st.recent, st.part):
                 continue
             base = index.keys[i]
-            renames.append((self._relpath_at(i),
+            renames.append((self._index.relpath_at(i),
                             os.path.join("new" if recent else "cur", filename(base, part))))
             moves.append((uid, recent, part))
         victims_all = sorted(gone)
@@ -1436,7 +1296,7 @@ class MaildirFolder:
         maildirsize line) stay in the thread, as does any pass when a thread or
         another program holds the lock."""
         index = self._index
-        rels = [self._relpath_at(index.pos(u)) for u in victims]
+        rels = [index.relpath_at(index.pos(u)) for u in victims]
         paths = [os.path.join(self._path, rel) for rel in rels]
         if not renames and not paths:
             return [], set()
@@ -1669,44 +1529,13 @@ class MaildirFolder:
         return "V%d" % self.uid_validity  # a header Dovecot will recreate with a GUID
 
     def save_dates(self, uids: Iterable[int]) -> defer.Deferred[dict[int, float]]:
-        return defer.Deferred.fromCoroutine(self._save_dates(list(uids)))
+        return defer.Deferred.fromCoroutine(self._dates.save_dates(list(uids)))
 
-    async def _save_dates(self, uids: list[int]) -> dict[int, float]:
-        """Dovecot's maildir save date without its cache is the file's ctime
-        (maildir-mail.c, maildir_mail_get_save_date); a flag change renames the file and
-        so moves its ctime, so the first value read is kept in the folder's cache."""
-        out: dict[int, float] = {}
-        for attempt in range(2):
-            missing: list[tuple[int, str]] = []
-            for uid in uids:
-                got = self.get_cached(uid, SAVE_DATE_KEY)
-                if got is not None:
-                    out[uid] = float(got)
-                elif uid in self._index:
-                    missing.append((uid, self._relpath_at(self._index.pos(uid))))
-            if not missing:
-                break
-            path = self._path
-
-            def work(missing: list[tuple[int, str]] = missing,
-                     path: str = path) -> list[tuple[int, int]]:
-                found: list[tuple[int, int]] = []
-                for uid, rel in missing:
-                    try:
-                        found.append((uid, int(os.stat(os.path.join(path, rel)).st_ctime)))
-                    except OSError:
-                        pass  # renamed meanwhile: looked up again below
-                return found
-
-            found = await self._store.run_blocking(work)
-            for uid, ctime in found:
-                if self.get_cached(uid, SAVE_DATE_KEY) is None:
-                    self.set_cached(uid, SAVE_DATE_KEY, str(ctime))
-                out[uid] = float(self.get_cached(uid, SAVE_DATE_KEY) or ctime)
-            if len(found) == len(missing) or attempt:
-                break
-            await self.refresh()  # a rename by another program: find the new names
-        return out
+    def fill_dates(self, uids: Iterable[int] | None = None) -> defer.Deferred[None]:
+        """Fires once the date of every message (or of these UIDs) is known, read in
+        bulk in a worker thread (at once when none is missing): for callers about to
+        read many INTERNALDATEs, such as SEARCH or FETCH (IIndexedFolder)."""
+        return self._dates.fill_dates(uids)
 
     # -- cached metadata -----------------------------------------------------------------
 
@@ -1728,7 +1557,7 @@ class MaildirFolder:
     def _flush_cache(self) -> defer.Deferred[None]:
         """Write pending cache entries; the store calls this as it closes, so background
         date reading stops here too (it resumes on the next open)."""
-        self._stop_fill()
+        self._dates.stop()
         d = self._write_journal(closing=True)
         return d.addCallback(lambda _: self._write_cache())
 
@@ -1768,7 +1597,7 @@ class MaildirFolder:
         uids = list(self._index.uids)
         self._gone = True
         closed = self._close_uids()
-        self._stop_fill()
+        self._dates.stop()
         if self._cache_call is not None and self._cache_call.active():
             self._cache_call.cancel()
         self._cache_call = None
