@@ -223,7 +223,7 @@ async def test_another_programs_renames_and_unlinks_cost_no_listing(root):
     box.add_listener(rec)
     await sleep(0.3)
     await box.refresh()
-    listings, followed = box.listings, box.followed
+    listings, followed = box.listings, box._disk.followed
     home = user_dir(root)
     first = rename_flags(home, "S")  # uid 1
     second, third = sorted(os.listdir(os.path.join(home, "new")))
@@ -241,7 +241,7 @@ async def test_another_programs_renames_and_unlinks_cost_no_listing(root):
     assert sorted(os.listdir(os.path.join(home, "cur"))) == sorted(
         [first, second + ":2,FT"])
     assert await read_all(box, 2) == MSG
-    assert box.listings == listings and box.followed > followed
+    assert box.listings == listings and box._disk.followed > followed
     await store.close()
 
 

@@ -31,7 +31,7 @@ async def watched(box) -> Recorder:
     box.add_listener(rec)
     for _ in range(100):
         await sleep(0.02)
-        if not box._disk_events and not box._lock.locked:
+        if not box._disk._events and not box._lock.locked:
             break
     assert box._watching == "inotify"
     return rec
@@ -87,9 +87,9 @@ async def test_refresh_does_not_wait_for_our_store_or_expunge_still_in_flight(
         for _ in range(250):  # until the watch has reported it (bounded)
             await sleep(0.02)
             store._watcher.drain()
-            if box._disk_events:
+            if box._disk._events:
                 break
-        assert box._disk_events and box._lock.locked
+        assert box._disk._events and box._lock.locked
         d = box.refresh()
         assert d.called, "refresh queued behind our own %s in flight" % op
     finally:

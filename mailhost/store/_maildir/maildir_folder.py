@@ -41,7 +41,7 @@ from mailhost.store._maildir import maildir_cache, maildir_modseq, maildirsize
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store._maildir.lock_passes import LockPasses
 from mailhost.store._maildir.maildir_dates import FolderDates
-from mailhost.store._maildir.maildir_events import fold_events
+from mailhost.store._maildir.maildir_disk_watch import DiskWatch
 from mailhost.store._maildir.maildir_headers import HeaderJob, read_blocks
 from mailhost.store._maildir.maildir_index import (
     UNKNOWN_DATE,
@@ -63,7 +63,6 @@ from mailhost.store._maildir.maildir_names import (
     unique_base,
 )
 from mailhost.store._maildir.maildir_uids import FolderUids
-from mailhost.store._maildir.maildir_watch import APPEARED, COALESCE_DELAY
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
     Columns,
@@ -152,9 +151,14 @@ class MaildirFolder:
         self._index = FolderIndex(self._keywords)
         self._uids = FolderUids(path, store.modes, store.fsync)
         self._uids.known = lambda base: self._index.by_base.get(base)
-        self._watching: str | None = None  # "inotify" or "poll" while listened to
         self._kwfile = KeywordFile(path, store.modes, store.fsync, self._uids.dotlock)
         self._kw_generation = 0  # of the KeywordFile map self._keywords follows
+        self._pending_bases: Counter[str] = Counter()  # being linked in by us
+        watcher = store._watcher
+        self._disk = DiskWatch(store._reactor, lambda: watcher.start(self),
+                               lambda: watcher.stop(self), watcher.drain, self._run,
+                               self._refresh, self._apply_diff, lambda: self._index,
+                               self._pending_bases, lambda: self._path)
         self._path = path
         self._modseqs = ModSeqs()
         self._listeners = ModSeqListeners(self._modseqs, self._journal)
@@ -167,17 +171,12 @@ class MaildirFolder:
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
         self._settled: dict[int, Row | None] = {}
         self._waiting: dict[int, list[defer.Deferred[None]]] = {}
-        self._pending_bases: Counter[str] = Counter()  # being linked in by us
         self._stale = 0
         self._cache: maildir_cache.Cache = {}  # key -> {uid: value}
         self._cache_pending: list[tuple[int, str, str]] = []
         self._cache_call: IDelayedCall | None = None
         self._gone = False
         self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
-        self._disk_events: list[tuple[str, str, int] | None] = []  # not yet looked at
-        self._disk_call: IDelayedCall | None = None
-        self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
-        self._leaving: set[tuple[str, str]] = set()  # names our rename/unlink in flight drops
         #: Flag changes, expunges and \Recent claims that wait for the lock run as one
         #: pass, with one thread hop (see ``_changes``).
         self._change_passes: LockPasses[ChangeRequest] = LockPasses(
@@ -194,10 +193,8 @@ class MaildirFolder:
         self._number_waiters: list[tuple[int, defer.Deferred[None]]] = []
         #: UID batches run for deliveries (a test and benchmark hook).
         self.batches = 0
-        #: Directory listings done to pick up others' changes, and runs of the watch's
-        #: events applied without one (test hooks).
+        #: Directory listings done to pick up others' changes (a test hook).
         self.listings = 0
-        self.followed = 0
 
     @property
     def _path(self) -> str:
@@ -209,8 +206,8 @@ class MaildirFolder:
         self._dir = self._index.path = path
         self._uids.set_path(path)
         self._kwfile.set_path(path)
-        if self._watching is not None:  # watch the new place
-            self._unwatch()
+        if self._disk.mode is not None:  # watch the new place
+            self._disk.stop()
             self._watch_if_listened()
 
     @property
@@ -697,37 +694,18 @@ class MaildirFolder:
     def refresh(self) -> defer.Deferred[None]:
         # A \Recent claim in flight needs no waiting for: it took its messages out of
         # the recent set when it was made (claim_recent).
-        if (self._watching == "inotify" and self._numbered >= self._queued
-                and self._nothing_foreign()):
+        if (self._disk.mode == "inotify" and self._numbered >= self._queued
+                and self._disk.nothing_foreign()):
             return defer.succeed(None)
         return self._run(self._refresh_now)
-
-    def _nothing_foreign(self) -> bool:
-        """Whether every change the watch has reported so far is one of ours, so a
-        refresh has nothing to apply and need not queue for the folder lock behind
-        other sessions' STOREs and EXPUNGEs (issue 16: under a 10-client load an IMAP
-        NOOP waited 18 ms on average for the lock, to find nothing). A STORE rename or
-        EXPUNGE unlink of ours still in its thread hop counts as ours (``_leaving``);
-        other changes of ours in flight may still look foreign here, and then the
-        refresh takes the lock as before. The events stay queued for the usual flush,
-        which looks at them exactly, under the lock."""
-        self._store._watcher.drain()  # what the kernel holds counts too
-        events = self._disk_events
-        if not events:
-            return True
-        if None in events:
-            return False
-        final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
-        return all(self._explained(sub, name, mask, self._own_names, self._leaving)
-                   for (sub, name), mask in final.items())
 
     async def _refresh_now(self) -> None:
         if self._numbered < self._queued:
             # Deliveries acknowledged before now are numbered first (no lock needed).
             await self._numbered_all()
-        if self._watching == "inotify":
+        if self._disk.mode == "inotify":
             # The watch has told us of every change so far (once its queue is read).
-            await self._sync_disk()
+            await self._disk.sync()
         else:
             await self._refresh()
 
@@ -910,19 +888,14 @@ class MaildirFolder:
         moving = self._index.renaming
         for old, new in renames:
             moving[os.path.basename(old).partition(":")[0]] = new
-        if self._watching == "inotify":
-            # The names our renames pass through, so the watch's events for them
-            # cost no rescan (see _explained); the names they leave, so a NOOP
-            # meanwhile need not wait on the lock for them (_nothing_foreign).
-            self._own_names.update(os.path.split(new) for _, new in renames)
-            self._leaving.update(os.path.split(old) for old, _ in renames)
+        self._disk.renaming(renames)
         try:
             ok: list[bool] = await self._store.run_blocking(
                 self._uids.locked, rename_all, self._path, renames)
             return ok
         finally:
             moving.clear()  # renames are serialised by the folder lock
-            self._leaving.clear()
+            self._disk.settled()
 
     def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
         """Expunges that wait for the folder lock together run as one pass with one
@@ -941,8 +914,7 @@ class MaildirFolder:
         if not victims:
             return []
         rels = [index.relpath_at(index.pos(u)) for u in victims]
-        if self._watching == "inotify":
-            self._leaving.update(os.path.split(rel) for rel in rels)  # see _nothing_foreign
+        self._disk.unlinking(rels)  # see DiskWatch.nothing_foreign
         paths = [os.path.join(self._path, rel) for rel in rels]
         # Quota (maildir_quota): counted in the unlinks' own thread hop when every
         # file went, as it usually does; a second hop held the folder lock as long
@@ -1235,7 +1207,7 @@ class MaildirFolder:
                 try:
                     again = set(await self._expunge_locked({u for u in lost if u in index}))
                 finally:
-                    self._leaving.clear()
+                    self._disk.settled()
                 kept = {u for u in lost if u in self._index} - again
         if gone and self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
@@ -1301,24 +1273,17 @@ class MaildirFolder:
         if not renames and not paths:
             return [], set()
         path, locked = self._path, self._uids.locked
-        watched = self._watching == "inotify"
         if not paths and len(renames) <= INLINE_RENAMES:
             done, inline = self._uids.try_locked(rename_all, path, renames)
             if done:
                 assert inline is not None
-                if watched:  # the watch's events for them cost no rescan (_explained)
-                    self._own_names.update(os.path.split(new) for _, new in renames)
+                self._disk.renamed(renames)
                 return inline, set()
         moving = index.renaming
         for old, new in renames:
             moving[os.path.basename(old).partition(":")[0]] = new
-        if watched:
-            # The names our renames pass through, so the watch's events for them
-            # cost no rescan (see _explained); the names they leave, so a NOOP
-            # meanwhile need not wait on the lock for them (_nothing_foreign).
-            self._own_names.update(os.path.split(new) for _, new in renames)
-            self._leaving.update(os.path.split(old) for old, _ in renames)
-            self._leaving.update(os.path.split(rel) for rel in rels)
+        self._disk.renaming(renames)
+        self._disk.unlinking(rels)
         charge = self._account.charge_in_thread(
             -sum(index.sizes[index.pos(u)] for u in victims), -len(victims)) if victims \
             else None
@@ -1337,7 +1302,7 @@ class MaildirFolder:
             ok, missing = await self._store.run_blocking(work)
         finally:
             moving.clear()  # renames are serialised by the folder lock
-            self._leaving.clear()
+            self._disk.settled()
         lost = set(missing)
         return ok, {u for u, p in zip(victims, paths, strict=True) if p in lost}
 
@@ -1354,126 +1319,28 @@ class MaildirFolder:
 
     def _watch_if_listened(self) -> None:
         """Have the store's watcher report changes to new/ and cur/ while someone
-        listens; a first rescan covers what changed before the watch began."""
-        if self._watching is None and len(self._listeners) and not self._gone:
-            self._watching = self._store._watcher.start(self)
-            self._disk_event(None)
+        listens (DiskWatch)."""
+        if len(self._listeners) and not self._gone:
+            self._disk.start()
+
+    @property
+    def _watching(self) -> str | None:
+        """How the watcher watches this folder ("inotify", "poll"), None if it does not."""
+        return self._disk.mode
 
     def _watch_moved(self, mode: str) -> None:
-        """The watcher now watches this folder another way (its inotify watch broke)."""
-        if self._watching is not None:
-            self._watching = mode
+        """From the watcher: it now watches this folder another way (its inotify watch
+        broke)."""
+        self._disk.moved(mode)
 
     def _unwatch(self) -> None:
-        if self._watching is not None:
-            self._watching = None
-            self._store._watcher.stop(self)
-        if self._disk_call is not None and self._disk_call.active():
-            self._disk_call.cancel()
-        self._disk_call = None
-        self._disk_events.clear()
-        self._own_names.clear()
+        self._disk.stop()
 
     def _disk_event(self, event: tuple[str, str, int] | None) -> None:
         """From the watcher: (subdir, name, inotify mask) of a change to new/ or cur/,
-        or None for "something may have changed". Collected for COALESCE_DELAY, then
-        looked at under the folder lock (``_sync_disk``)."""
-        if self._gone or self._watching is None:
-            return
-        self._disk_events.append(event)
-        if self._disk_call is None:
-            self._disk_call = self._store._reactor.callLater(COALESCE_DELAY,
-                                                             self._disk_flush)
-
-    def _disk_flush(self) -> None:
-        self._disk_call = None
-        d = self._run(self._sync_disk)
-        d.addErrback(lambda f: None if f.check(NoSuchFolder)
-                     else self.log.failure("rescanning {path} failed", f, path=self._path))
-
-    async def _sync_disk(self) -> None:
-        """Rescan if the collected events show a change the index does not know of
-        (runs under the lock, so every change of ours is in the index by now)."""
-        if self._watching == "inotify":
-            self._store._watcher.drain()  # events already queued in the kernel
-        events, self._disk_events = self._disk_events, []
-        if self._disk_call is not None and self._disk_call.active():
-            self._disk_call.cancel()
-        self._disk_call = None
-        own, self._own_names = self._own_names, set()
-        if not events:
-            return
-        if None in events:
-            await self._refresh()
-            return
-        # Only the last event of each name counts: a file of ours created and then
-        # renamed (delivered, then claimed into cur/), or a flag set, cleared and set
-        # again, left nothing the index does not know.
-        final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
-        if not all(self._explained(sub, name, mask, own)
-                   for (sub, name), mask in final.items()):
-            await self._follow(events)
-
-    async def _follow(self, events: list[tuple[str, str, int] | None]) -> None:
-        """Apply another program's renames and unlinks as the events tell them
-        (maildir_events), or rescan when they do not say for sure."""
-        index = self._index
-
-        def current(base: str) -> tuple[str, str | None] | None:
-            uid = index.by_base.get(base)
-            i = -1 if uid is None else index.pos(uid)
-            if i < 0:
-                return None
-            st = index.state_at(i)
-            return ("new" if st.recent else "cur"), st.part
-
-        folded = fold_events(((e[0], e[1], bool(e[2] & APPEARED))
-                              for e in events if e is not None),
-                             current, self._pending_bases)
-        renamed: list[tuple[int, bool, str | None]] = []
-        if folded is not None:
-            for base, sub, name in folded.moved:
-                _, sep, part = name.partition(":")
-                info = part if sep else None
-                _, unmapped = self._keywords.flags_of(info_letters(info))
-                if any("a" <= c <= "z" for c in unmapped):
-                    # A keyword letter we have no keyword for: dovecot-keywords may
-                    # have a new one (a rescan reads it first).
-                    folded = None
-                    break
-                renamed.append((index.by_base[base], sub == "new", info))
-        if folded is None:
-            await self._refresh(True)
-            return
-        self.followed += 1
-        await self._apply_diff(renamed, [index.by_base[b] for b in folded.gone],
-                               folded.unknown)
-
-    def _explained(self, sub: str, name: str, mask: int, own: set[tuple[str, str]],
-                   leaving: set[tuple[str, str]] | None = None) -> bool:
-        """Whether the index already accounts for a file appearing (``mask`` has
-        APPEARED) or vanishing in new/ or cur/: our own delivery, COPY or adoption in
-        flight, a rename or expunge of ours. Another program's change always leaves a
-        name the index does not have, or removes the name it has. ``leaving``: the old
-        names a rename or unlink of ours still in flight is taking away (only the
-        lock-free look of ``_nothing_foreign`` passes them: under the lock the index
-        already says what became of them)."""
-        base, sep, part = name.partition(":")
-        if base in self._pending_bases:
-            return True  # being delivered, copied or adopted
-        index = self._index
-        uid = index.by_base.get(base)
-        i = -1 if uid is None else index.pos(uid)
-        appeared = bool(mask & APPEARED)
-        if i < 0:
-            return not appeared  # a file we never had (or expunged) went away
-        st = index.state_at(i)
-        current = ("new" if st.recent else "cur") == sub and st.part == (part if sep
-                                                                          else None)
-        if appeared:
-            return current or (sub, name) in own
-        # An old name of ours went away, or one our STORE/EXPUNGE in flight drops.
-        return not current or (leaving is not None and (sub, name) in leaving)
+        or None for "something may have changed" (DiskWatch.event)."""
+        if not self._gone:
+            self._disk.event(event)
 
     # -- the delivery API: what MaildirMessageWriter may use of a folder ------------------
     #
