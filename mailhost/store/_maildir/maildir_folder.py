@@ -4,19 +4,12 @@ Reads (``messages``, ``get``, flags, sizes) come from the in-memory index and to
 no file. Changes run their file work in the reactor's thread pool, serialised per
 folder by a DeferredLock, and update the index and listeners on the reactor thread.
 
-UIDs are Dovecot's: every one is given out in a worker thread under
-``dovecot-uidlist.lock`` (maildir_uids.FolderUids), by the thread that linked the
-files, and handed to the index in ascending order; a message becomes visible only once
-every lower handed UID has settled, so no session ever sees a UID lower than one it
-has already seen appear later.
-
-SMTP deliveries are the exception: they answer once the file is durable in new/, and
-the folder numbers them afterwards, in batches (``_delivered``): collected for
-``NUMBER_DELAY``, and while a batch is in its thread the next one collects, so N
-deliveries cost about one lock, read, append and uidlist fsync, not N. IDLE hears of
-them when their batch settles. A refresh (SELECT, NOOP, a POP3 login) first has the
-batches already due run at once and waits for them, so a client that got the 250
-and then looks finds the message.
+Its parts, each a class of its own that the folder builds and delegates to:
+``maildir_numbering`` (new files' UIDs into the index, in order; SMTP deliveries
+numbered in batches), ``maildir_disk_watch`` (telling other programs' changes from ours
+in the watcher's events), ``maildir_dates`` (dates the index does not hold yet). The
+flag changes, expunges and \\Recent claims waiting for the lock run as one pass
+(``lock_passes``).
 """
 
 from __future__ import annotations
@@ -24,7 +17,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -62,6 +54,8 @@ from mailhost.store._maildir.maildir_names import (
     make_info,
     unique_base,
 )
+from mailhost.store._maildir.maildir_numbering import DeliveryNumbering, UidHandOver
+from mailhost.store._maildir.maildir_numbering import Row as Row  # maildir_writer's import
 from mailhost.store._maildir.maildir_uids import FolderUids
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
@@ -88,11 +82,6 @@ _T = TypeVar("_T")
 CACHE_FLUSH_DELAY = 2.0
 CACHE_FLUSH_BATCH = 2000
 COMPACT_MIN_STALE = 1000
-#: Deliveries wait this long for others to share their UID batch (a refresh, close or
-#: anyone who needs the UIDs starts the batch at once). Each batch costs a dotlock
-#: round and a uidlist fsync; one SMTP session sends a message every few ms.
-NUMBER_DELAY = 0.05
-
 #: Modseq journal lines wait this long for others to share their write.
 JOURNAL_DELAY = 1.0
 
@@ -107,10 +96,6 @@ INLINE_RENAMES = 0
 #: files [(subdir, name)]).
 Diff = tuple[tuple[int, int] | None, list[tuple[int, bool, str | None]], list[int],
              list[tuple[str, str]]]
-
-#: What a settled reservation adds to the index:
-#: (base name, in new/, info part, needs CRLF wrap, CRLF size, internal date).
-Row = tuple[str, bool, str | None, bool, int, float]
 
 
 #: One change waiting for its pass (``_changes``), the caller last:
@@ -153,12 +138,19 @@ class MaildirFolder:
         self._uids.known = lambda base: self._index.by_base.get(base)
         self._kwfile = KeywordFile(path, store.modes, store.fsync, self._uids.dotlock)
         self._kw_generation = 0  # of the KeywordFile map self._keywords follows
-        self._pending_bases: Counter[str] = Counter()  # being linked in by us
+        self._handover = UidHandOver(self._uids, self._seen_uid, self._insert,
+                                     lambda infos: self._listeners.added(self, infos),
+                                     lambda: self._gone)
+        self._numbering = DeliveryNumbering(store._reactor, store.run_blocking,
+                                            lambda: store.syncer, self._uids,
+                                            self._handover, lambda: self._index,
+                                            self._relist, lambda: self._gone,
+                                            lambda: self._path)
         watcher = store._watcher
         self._disk = DiskWatch(store._reactor, lambda: watcher.start(self),
                                lambda: watcher.stop(self), watcher.drain, self._run,
                                self._refresh, self._apply_diff, lambda: self._index,
-                               self._pending_bases, lambda: self._path)
+                               self._handover.pending, lambda: self._path)
         self._path = path
         self._modseqs = ModSeqs()
         self._listeners = ModSeqListeners(self._modseqs, self._journal)
@@ -169,8 +161,6 @@ class MaildirFolder:
         self._journal_appended = 0  # lines since the journal was last written whole
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
-        self._settled: dict[int, Row | None] = {}
-        self._waiting: dict[int, list[defer.Deferred[None]]] = {}
         self._stale = 0
         self._cache: maildir_cache.Cache = {}  # key -> {uid: value}
         self._cache_pending: list[tuple[int, str, str]] = []
@@ -185,14 +175,6 @@ class MaildirFolder:
                                   lambda: self._index, lambda: self._path, self._run,
                                   self._refresh, self.refresh, self.get_cached,
                                   self.set_cached, lambda: self._gone)
-        self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
-        self._numbering = False  # a batch is scheduled or running
-        self._number_call: IDelayedCall | None = None  # the scheduled start of the next batch
-        self._queued = 0  # rows ever queued for numbering
-        self._numbered = 0  # of those, how many are done (numbered, or failed)
-        self._number_waiters: list[tuple[int, defer.Deferred[None]]] = []
-        #: UID batches run for deliveries (a test and benchmark hook).
-        self.batches = 0
         #: Directory listings done to pick up others' changes (a test hook).
         self.listings = 0
 
@@ -385,165 +367,28 @@ class MaildirFolder:
                                            for i, sid in enumerate(index.states)
                                            if sid in moved])
 
-    # -- UID hand-over -------------------------------------------------------------------
+    # -- UIDs of new files (maildir_numbering) -------------------------------------------
 
-    def _expect(self, bases: Iterable[str]) -> None:
-        """These files are being linked in by us: a refresh meanwhile must not adopt
-        them (they get their UIDs from the thread that links them)."""
-        self._pending_bases.update(bases)
+    def _seen_uid(self, uid: int) -> None:
+        if uid >= self.uid_next:
+            self.uid_next = uid + 1
 
-    def _unexpect(self, bases: Iterable[str]) -> None:
-        self._pending_bases.subtract(bases)
-        for base in bases:
-            if self._pending_bases[base] <= 0:
-                del self._pending_bases[base]
-
-    def _settle(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred[None]:
-        """Record the outcome of UIDs a thread handed out (None: dropped). Fires once
-        each is visible or dropped; listeners hear of each visible batch at once. UIDs
-        become visible in the order they were handed out (``FolderUids.handed``), so
-        only those still waiting behind an earlier one get a Deferred (adopting 100k
-        files at once must not build 100k of them).
-
-        Other programs' messages handed out with ours (``FolderUids.found``) settle
-        here too, first. A UID handed out once may be brought again by the caller
-        that owns its file (its file was numbered before it asked): a UID already
-        settled is left as it is, and a dropped outcome never replaces a row."""
-        uids = self._uids
-        settled = self._settled
-        found = uids.found
-        while found:
-            uid, row = found.popleft()
-            if row is not None or uid not in settled:
-                settled[uid] = row
-        for uid, row in items:
-            if uid >= self.uid_next:
-                self.uid_next = uid + 1
-            head = uids.peek()
-            if head is None or uid < head:
-                continue  # settled already (the queue is ascending)
-            if row is not None or settled.get(uid) is None:
-                settled[uid] = row
-        added: list[MessageInfo] = []
-        fire: list[defer.Deferred[None]] = []
-        handed = uids.handed
-        while True:
-            done = uids.peek()
-            if done is None or done not in settled:
-                break
-            row = settled.pop(done)
-            if row is not None and not self._gone:
-                added.append(self._insert(done, row))
-            # Only now: a thread that finds it gone from the queue finds it indexed.
-            handed.popleft()
-            fire.extend(self._waiting.pop(done, ()))
-        self._listeners.added(self, added)
-        waits: list[defer.Deferred[None]] = []
-        for uid, _row in items:
-            if uid in settled:  # behind a handed UID that has not settled yet
-                # A list: one UID may have two callers waiting (see above).
-                d: defer.Deferred[None] = defer.Deferred()
-                self._waiting.setdefault(uid, []).append(d)
-                waits.append(d)
-        for waiter in fire:
-            waiter.callback(None)
-        if not waits:
-            return defer.succeed(None)
-        return defer.gatherResults(waits).addCallback(lambda _: None)
-
-    # -- deliveries numbered in batches ------------------------------------------------
+    def _relist(self) -> None:
+        """The next rescan lists the directories, whatever their times say."""
+        self._stamp = None
 
     def _delivered(self, rows: Sequence[Row], expected: bool) -> None:
-        """Files just made durable in new/ with no UID yet (SMTP; see the module
-        docstring): numbered in the next batch. ``expected``: the writer ``_expect``ed
-        them before linking (the folder was open then); else a listing may have
-        adopted them already, and those are left out."""
-        if self._gone:
-            if expected:
-                self._unexpect([r[0] for r in rows])
-            return
-        if not expected:
-            by_base, pending = self._index.by_base, self._pending_bases
-            rows = [r for r in rows if r[0] not in by_base and r[0] not in pending]
-            self._expect([r[0] for r in rows])
-        if not rows:
-            return
-        self._unnumbered.extend(rows)
-        self._queued += len(rows)
-        if not self._numbering:
-            self._numbering = True
-            self._number_call = self._store._reactor.callLater(NUMBER_DELAY,
-                                                               self._start_numbering)
-
-    def _start_numbering(self) -> None:
-        self._number_call = None
-        d = defer.Deferred.fromCoroutine(self._number_batches())
-        d.addErrback(lambda f: self.log.failure("numbering deliveries failed", f))
-
-    async def _number_batches(self) -> None:
-        try:
-            while self._unnumbered and not self._gone:
-                batch, self._unnumbered = self._unnumbered, []
-                try:
-                    await self._number(batch)
-                except Exception:
-                    # The files stay in new/ (durable); the next listing adopts them.
-                    self._stamp = None
-                    self.log.failure("giving UIDs to {n} delivered messages in {path} "
-                                     "failed; the next rescan will", n=len(batch),
-                                     path=self._path)
-                self._numbered += len(batch)
-                self._wake_numbered()
-        finally:
-            self._numbering = False
-            if self._gone:
-                self._unnumbered.clear()
-                self._numbered = self._queued
-                self._wake_numbered()
-
-    async def _number(self, batch: list[Row]) -> None:
-        """One batch: one dotlock round (lock, read what others appended, append,
-        release) and one uidlist fsync in a thread, then visible, in UID order."""
-        self.batches += 1
-        bases = [row[0] for row in batch]
-        uids = self._uids
-        ticket: list[int] = []
-        syncer = self._store.syncer
-        facts = [(date, size, wrap) for _, _, _, wrap, size, date in batch]
-
-        def work() -> list[int]:
-            got = uids.assign(bases, ticket, facts)
-            if syncer is not None:
-                syncer.sync([uids.uidlist.path])
-            return got
-
-        try:
-            try:
-                got = await self._store.run_blocking(work)
-            except BaseException:
-                self._settle([(uid, None) for uid in ticket])
-                raise
-            await self._settle(list(zip(got, batch, strict=True)))
-        finally:
-            self._unexpect(bases)
-
-    def _wake_numbered(self) -> None:
-        done = self._numbered
-        ready = [d for target, d in self._number_waiters if target <= done]
-        if ready:
-            self._number_waiters = [(t, d) for t, d in self._number_waiters if t > done]
-            for d in ready:
-                d.callback(None)
+        """Delivered files with no UID yet (DeliveryNumbering.delivered)."""
+        self._numbering.delivered(rows, expected)
 
     def _numbered_all(self) -> defer.Deferred[None]:
         """Fires once every delivery queued so far is numbered (or its batch failed)."""
-        if self._numbered >= self._queued:
-            return defer.succeed(None)
-        if self._number_call is not None and self._number_call.active():
-            self._number_call.reset(0)  # someone waits: no point collecting more
-        d: defer.Deferred[None] = defer.Deferred()
-        self._number_waiters.append((self._queued, d))
-        return d
+        return self._numbering.numbered_all()
+
+    @property
+    def batches(self) -> int:
+        """UID batches run for deliveries (a test and benchmark hook)."""
+        return self._numbering.batches
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -568,7 +413,7 @@ class MaildirFolder:
     async def _compact(self) -> None:
         """Recreate dovecot-uidlist without the records of expunged files (in a
         thread, under its lock; see FolderUids.compact)."""
-        live = set(self._index.by_base) | set(self._pending_bases)
+        live = set(self._index.by_base) | set(self._handover.pending)
         await self._store.run_blocking(self._uids.compact, live)
         self._stale = 0
 
@@ -694,13 +539,13 @@ class MaildirFolder:
     def refresh(self) -> defer.Deferred[None]:
         # A \Recent claim in flight needs no waiting for: it took its messages out of
         # the recent set when it was made (claim_recent).
-        if (self._disk.mode == "inotify" and self._numbered >= self._queued
+        if (self._disk.mode == "inotify" and self._numbering.done
                 and self._disk.nothing_foreign()):
             return defer.succeed(None)
         return self._run(self._refresh_now)
 
     async def _refresh_now(self) -> None:
-        if self._numbered < self._queued:
+        if not self._numbering.done:
             # Deliveries acknowledged before now are numbered first (no lock needed).
             await self._numbered_all()
         if self._disk.mode == "inotify":
@@ -761,8 +606,9 @@ class MaildirFolder:
         self._remove(gone)
         self._listeners.expunged(self, gone)
         self._listeners.changed(self, changed)
+        pending = self._handover.pending
         foreign = [(sub, name) for sub, name in foreign
-                   if name.partition(":")[0] not in self._pending_bases
+                   if name.partition(":")[0] not in pending
                    and name.partition(":")[0] not in index.by_base]
         if foreign:
             await self._adopt(foreign)
@@ -772,7 +618,7 @@ class MaildirFolder:
         uidlist already has for the name (Dovecot's APPEND, or Dovecot saw it first),
         else a new one under the lock."""
         bases = [name.partition(":")[0] for _, name in foreign]
-        self._expect(bases)
+        self._handover.expect(bases)
         ticket: list[int] = []
         try:
             path, uids = self._path, self._uids
@@ -789,7 +635,7 @@ class MaildirFolder:
             try:
                 examined, got = await self._store.run_blocking(work)
             except BaseException:
-                self._settle([(uid, None) for uid in ticket])
+                self._handover.settle([(uid, None) for uid in ticket])
                 raise
             rows: list[tuple[int, Row | None]] = []
             for (sub, name, size, wrap, mtime), uid in zip(examined, got, strict=True):
@@ -797,9 +643,9 @@ class MaildirFolder:
                 rows.append((uid, (base, sub == "new", part if sep else None, wrap, size,
                                    float(mtime))))
             if rows:
-                await self._settle(rows)
+                await self._handover.settle(rows)
         finally:
-            self._unexpect(bases)
+            self._handover.unexpect(bases)
 
     def set_flags(self, uids: Iterable[int], flags: Iterable[str],
                   mode: str) -> defer.Deferred[list[MessageInfo]]:
@@ -1010,14 +856,14 @@ class MaildirFolder:
         bases = [base for _, _, _, base, _, _ in plan]
         syncer = self._store.syncer
         ticket: list[int] = []
-        dest._expect(bases)
+        dest._handover.expect(bases)
         try:
             try:
                 ok, got = await self._store.run_blocking(
                     transfer_files, ops, move, dest._path, dest._uids, ticket, syncer,
                     self._store.modes, self._uids)
             except BaseException:
-                dest._settle([(duid, None) for duid in ticket])
+                dest._handover.settle([(duid, None) for duid in ticket])
                 raise
             settle, pairs, missed = [], [], []
             done = iter(got)
@@ -1029,9 +875,9 @@ class MaildirFolder:
                 settle.append((duid, dest._row(base, True, new_part, wrap, info.size,
                                                info.internal_date, duid)))
                 pairs.append((uid, duid))
-            await dest._settle(settle)
+            await dest._handover.settle(settle)
         finally:
-            dest._unexpect(bases)
+            dest._handover.unexpect(bases)
         if move:
             moved = [src for src, _ in pairs]
             self._remove(moved)
@@ -1368,21 +1214,21 @@ class MaildirFolder:
     def expect_files(self, bases: Iterable[str]) -> None:
         """These files are being linked in by a writer: a rescan meanwhile leaves them
         alone (the writer's thread numbers them)."""
-        self._expect(bases)
+        self._handover.expect(bases)
 
     def unexpect_files(self, bases: Iterable[str]) -> None:
         """The writer is done with these files (numbered, dropped, or handed over)."""
-        self._unexpect(bases)
+        self._handover.unexpect(bases)
 
     def settle_uids(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred[None]:
         """The outcome of UIDs a writer's thread handed out (None: dropped); fires once
         each is visible (listeners told) or dropped."""
-        return self._settle(items)
+        return self._handover.settle(items)
 
     def number_later(self, rows: Sequence[Row]) -> None:
         """Durable copies that want no UID now (SMTP): numbered in the next batch; the
         writer ``expect_files``-ed them before linking."""
-        self._delivered(rows, expected=True)
+        self._numbering.delivered(rows, expected=True)
 
     # -- RFC 8474 / RFC 8514 ---------------------------------------------------------------
 
@@ -1476,12 +1322,6 @@ class MaildirFolder:
         self._index.clear()
         self._cache.clear()
         self._cache_pending.clear()
-        self._unnumbered.clear()
-        self._numbered = self._queued
-        self._wake_numbered()
-        if self._number_call is not None and self._number_call.active():
-            self._number_call.cancel()
-            self._number_call = None
-            self._numbering = False
+        self._numbering.forget()
         self._listeners.expunged(self, uids)
         return closed
