@@ -47,6 +47,7 @@ from mailhost.store._maildir.maildir_index import (
     load_folder,
 )
 from mailhost.store._maildir.maildir_io import rename_all, transfer_files, unlink_all
+from mailhost.store._maildir.maildir_journal import ModSeqJournal
 from mailhost.store._maildir.maildir_names import (
     Keywords,
     filename,
@@ -82,9 +83,6 @@ _T = TypeVar("_T")
 CACHE_FLUSH_DELAY = 2.0
 CACHE_FLUSH_BATCH = 2000
 COMPACT_MIN_STALE = 1000
-#: Modseq journal lines wait this long for others to share their write.
-JOURNAL_DELAY = 1.0
-
 #: A pass of at most this many renames and no unlinks renames on the reactor thread
 #: when the uidlist lock is free at once (see ``_rename_and_unlink``); 0: never. Off
 #: until measured on a quiet host: in the loaded runs of bench/imap_load.py it cut the
@@ -153,14 +151,13 @@ class MaildirFolder:
                                self._handover.pending, lambda: self._path)
         self._path = path
         self._modseqs = ModSeqs()
-        self._listeners = ModSeqListeners(self._modseqs, self._journal)
-        self._reserved = 0  # modseqs up to here are reserved on disk (maildir_modseq)
-        self._journal_lines: list[str] = []
-        self._journal_call: IDelayedCall | None = None
-        self._journal_lock = defer.DeferredLock()  # appends land in order
-        self._journal_appended = 0  # lines since the journal was last written whole
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
+        self._journal = ModSeqJournal(store._reactor, store.run_blocking, self._file_lock,
+                                      lambda: self._index, lambda: self._modseqs,
+                                      lambda: self._path, lambda: self.uid_validity,
+                                      store.modes, store.fsync, lambda: self._gone)
+        self._listeners = ModSeqListeners(self._modseqs, self._journal.record)
         self._stale = 0
         self._cache: maildir_cache.Cache = {}  # key -> {uid: value}
         self._cache_pending: list[tuple[int, str, str]] = []
@@ -221,7 +218,7 @@ class MaildirFolder:
         self._keywords = loaded.index.keywords
         self._stale = loaded.stale
         index = self._index
-        mods, self._reserved = await self._store.run_blocking(
+        mods, self._journal.reserved = await self._store.run_blocking(
             maildir_modseq.load, self._path, self.uid_validity, list(index.uids),
             index.letters(), self._store.modes, self._store.fsync)
         mods.clock = self._store.modseq_clock
@@ -240,7 +237,7 @@ class MaildirFolder:
         if self._index.unknown_dates:
             self._dates.schedule()
 
-    # -- mod-sequences (RFC 7162; numbered by ModSeqListeners, kept by maildir_modseq) --
+    # -- mod-sequences (RFC 7162; numbered by ModSeqListeners, kept by maildir_journal) -
 
     @property
     def highest_modseq(self) -> int:
@@ -254,63 +251,6 @@ class MaildirFolder:
 
     def expunged_since(self, modseq: int) -> list[int] | None:
         return self._modseqs.expunged_since(modseq)
-
-    def _journal(self, kind: str, uids: Sequence[int], modseq: int) -> None:
-        """Record a numbered change for the next journal write; a reservation runs
-        out at half way, and then the write (with its fsync) starts at once."""
-        if self._gone:
-            return
-        if kind == "set":
-            index = self._index
-            items = [(u, index.letters_at(i)) for u in uids if (i := index.pos(u)) >= 0]
-            if items:
-                self._journal_lines.append(maildir_modseq.set_line(modseq, items))
-        else:
-            self._journal_lines.append(maildir_modseq.gone_line(modseq, uids))
-        # (With a modseq clock every restart starts above the time: nothing to reserve.)
-        if (self._modseqs.clock is None
-                and modseq + maildir_modseq.RESERVE // 2 > self._reserved):
-            self._reserved = modseq + maildir_modseq.RESERVE
-            self._journal_lines.append(maildir_modseq.reserve_line(self._reserved))
-            self._write_journal()
-        elif self._journal_call is None:
-            self._journal_call = self._store._reactor.callLater(JOURNAL_DELAY,
-                                                                self._write_journal)
-
-    def _write_journal(self, closing: bool = False) -> defer.Deferred[None]:
-        if self._journal_call is not None and self._journal_call.active():
-            self._journal_call.cancel()
-        self._journal_call = None
-        lines, self._journal_lines = self._journal_lines, []
-        if closing:
-            lines.append(f"C {self._modseqs.highest}\n")
-        if not lines or self._gone:
-            # Fires once the writes already started have landed.
-            return self._journal_lock.run(defer.succeed, None)
-        path, lock, modes, fsync = self._path, self._file_lock, self._store.modes, self._store.fsync
-        self._journal_appended += len(lines)
-        index = self._index
-        if self._journal_appended > 2 * len(index) + COMPACT_MIN_STALE:
-            # Appends outgrew the state they describe: write it whole instead
-            # (a snapshot, taken here on the reactor thread).
-            self._journal_appended = 0
-            args = (path, self.uid_validity, self._reserved,
-                    maildir_modseq.snapshot(self._modseqs),
-                    dict(zip(index.uids, index.letters(), strict=True)), modes, fsync)
-
-            def work() -> None:
-                with lock:
-                    maildir_modseq.compact(*args)
-                    if closing:
-                        maildir_modseq.append(path, lines[-1:], modes, fsync)
-        else:
-            def work() -> None:
-                with lock:
-                    maildir_modseq.append(path, lines, modes, fsync)
-
-        d = self._journal_lock.run(self._store.run_blocking, work)
-        d.addErrback(lambda f: self.log.failure("modseq journal write failed", f))
-        return d
 
     # -- index helpers ---------------------------------------------------------------
 
@@ -1271,7 +1211,7 @@ class MaildirFolder:
         """Write pending cache entries; the store calls this as it closes, so background
         date reading stops here too (it resumes on the next open)."""
         self._dates.stop()
-        d = self._write_journal(closing=True)
+        d = self._journal.write(closing=True)
         return d.addCallback(lambda _: self._write_cache())
 
     def _write_cache(self) -> defer.Deferred[None]:
@@ -1314,10 +1254,7 @@ class MaildirFolder:
         if self._cache_call is not None and self._cache_call.active():
             self._cache_call.cancel()
         self._cache_call = None
-        if self._journal_call is not None and self._journal_call.active():
-            self._journal_call.cancel()
-        self._journal_call = None
-        self._journal_lines.clear()
+        self._journal.forget()
         self._unwatch()
         self._index.clear()
         self._cache.clear()
