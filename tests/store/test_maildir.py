@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from mailhost import groupsync
-from mailhost.store._maildir import maildir_folder
+from mailhost.store._maildir import maildir_cache
 from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store._maildir.maildir_modseq import MODSEQ_FILE
 from mailhost.store._maildir.uidcache import CACHE_FILE as UIDCACHE_FILE
@@ -678,7 +678,7 @@ async def test_folders_hold_one_uidlist_fd_and_let_go_when_deleted_or_closed(
         raise OSError("cache unreadable")
 
     # A load that fails after the uidlist was read: the folder object is dropped.
-    monkeypatch.setattr(maildir_folder.maildir_cache, "read", broken)
+    monkeypatch.setattr(maildir_cache, "read", broken)
     for name in names[30:]:
         with pytest.raises(OSError, match="cache unreadable"):
             await account.open_folder(name)
@@ -713,7 +713,7 @@ async def test_retired_sortf1_cache_entries_are_not_loaded_and_compacted_away(
     box2 = await folder_of(again)
     assert box2.get_cached(3, "sortf1") is None
     assert box2.get_cached(3, "sortf2") == "raw values 3"
-    assert set(box2._cache) == {"sortf2"}
+    assert set(box2._cache.by_key) == {"sortf2"}
     await again.close()
     with open(path) as f:
         text = f.read()

@@ -22,16 +22,16 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhost.message.crlf import CRLFReader
 from mailhost.store import objectid
-from mailhost.store._maildir import maildir_cache, maildir_modseq, maildirsize
+from mailhost.store._maildir import maildir_modseq, maildirsize
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
 from mailhost.store._maildir.lock_passes import LockPasses
+from mailhost.store._maildir.maildir_cache import FolderCache
 from mailhost.store._maildir.maildir_dates import FolderDates
 from mailhost.store._maildir.maildir_disk_watch import DiskWatch
 from mailhost.store._maildir.maildir_headers import HeaderJob, read_blocks
@@ -80,8 +80,6 @@ if TYPE_CHECKING:  # they import this module
 
 _T = TypeVar("_T")
 
-CACHE_FLUSH_DELAY = 2.0
-CACHE_FLUSH_BATCH = 2000
 COMPACT_MIN_STALE = 1000
 #: A pass of at most this many renames and no unlinks renames on the reactor thread
 #: when the uidlist lock is free at once (see ``_rename_and_unlink``); 0: never. Off
@@ -159,9 +157,9 @@ class MaildirFolder:
                                       store.modes, store.fsync, lambda: self._gone)
         self._listeners = ModSeqListeners(self._modseqs, self._journal.record)
         self._stale = 0
-        self._cache: maildir_cache.Cache = {}  # key -> {uid: value}
-        self._cache_pending: list[tuple[int, str, str]] = []
-        self._cache_call: IDelayedCall | None = None
+        self._cache = FolderCache(store._reactor, store.run_blocking, self._file_lock,
+                                  lambda: self._path, lambda: self.uid_validity,
+                                  store.modes, lambda: self._gone)
         self._gone = False
         self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
         #: Flag changes, expunges and \Recent claims that wait for the lock run as one
@@ -224,12 +222,7 @@ class MaildirFolder:
         mods.clock = self._store.modseq_clock
         self._modseqs = self._listeners.modseqs = mods
         index.modseqs = mods.by_uid
-        cache, cache_stale, retired = await self._store.run_blocking(
-            maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
-        self._cache = cache
-        if retired or cache_stale > maildir_cache.entries(cache) + COMPACT_MIN_STALE:
-            await self._store.run_blocking(self._rewrite_cache,
-                                           {k: dict(v) for k, v in cache.items()})
+        await self._cache.load(self._index, COMPACT_MIN_STALE)
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         if loaded.foreign:
@@ -267,9 +260,7 @@ class MaildirFolder:
 
     def _remove(self, uids: Iterable[int]) -> None:
         gone = self._index.remove(uids)
-        for by_uid in self._cache.values():
-            for uid in gone:
-                by_uid.pop(uid, None)
+        self._cache.drop(gone)
         self._stale += len(gone)
 
     def _letters(self, flags: frozenset[str], extra: str = "") -> str:
@@ -346,9 +337,6 @@ class MaildirFolder:
 
     def _run(self, fn: Callable[..., Awaitable[_T]], *args: object) -> defer.Deferred[_T]:
         return defer.Deferred.fromCoroutine(self._locked(fn, *args))
-
-    def _cache_path(self) -> str:
-        return os.path.join(self._path, maildir_cache.CACHE_FILE)
 
     async def _compact(self) -> None:
         """Recreate dovecot-uidlist without the records of expunged files (in a
@@ -1193,48 +1181,18 @@ class MaildirFolder:
     # -- cached metadata -----------------------------------------------------------------
 
     def get_cached(self, uid: int, key: str) -> str | None:
-        by_uid = self._cache.get(key)
-        return None if by_uid is None else by_uid.get(uid)
+        return self._cache.get(uid, key)
 
     def set_cached(self, uid: int, key: str, value: str) -> None:
-        if uid not in self._index:
-            return
-        self._cache.setdefault(key, {})[uid] = value
-        self._cache_pending.append((uid, key, value))
-        if len(self._cache_pending) >= CACHE_FLUSH_BATCH:
-            self._write_cache()
-        elif self._cache_call is None:
-            self._cache_call = self._store._reactor.callLater(CACHE_FLUSH_DELAY,
-                                                              self._write_cache)
+        if uid in self._index:
+            self._cache.set(uid, key, value)
 
     def _flush_cache(self) -> defer.Deferred[None]:
         """Write pending cache entries; the store calls this as it closes, so background
         date reading stops here too (it resumes on the next open)."""
         self._dates.stop()
         d = self._journal.write(closing=True)
-        return d.addCallback(lambda _: self._write_cache())
-
-    def _write_cache(self) -> defer.Deferred[None]:
-        if self._cache_call is not None and self._cache_call.active():
-            self._cache_call.cancel()
-        self._cache_call = None
-        pending, self._cache_pending = self._cache_pending, []
-        if not pending or self._gone:
-            return defer.succeed(None)
-        path, validity, lock = self._cache_path(), self.uid_validity, self._file_lock
-
-        def work() -> None:
-            with lock:
-                maildir_cache.append(path, validity, pending, self._store.modes)
-
-        d = self._store.run_blocking(work)
-        d.addErrback(lambda f: self.log.failure("cache flush failed", f))
-        return d
-
-    def _rewrite_cache(self, cache: maildir_cache.Cache) -> None:
-        with self._file_lock:
-            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache,
-                                  self._store.modes)
+        return d.addCallback(lambda _: self._cache.write())
 
     def _close_uids(self) -> defer.Deferred[None]:
         """Close the dovecot-uidlist fd the folder holds (see dovecot_uidlist), in a
@@ -1251,14 +1209,10 @@ class MaildirFolder:
         self._gone = True
         closed = self._close_uids()
         self._dates.stop()
-        if self._cache_call is not None and self._cache_call.active():
-            self._cache_call.cancel()
-        self._cache_call = None
         self._journal.forget()
         self._unwatch()
         self._index.clear()
-        self._cache.clear()
-        self._cache_pending.clear()
+        self._cache.forget()
         self._numbering.forget()
         self._listeners.expunged(self, uids)
         return closed
