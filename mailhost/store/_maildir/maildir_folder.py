@@ -14,7 +14,6 @@ flag changes, expunges and \\Recent claims waiting for the lock run as one pass
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -26,7 +25,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailhost.message.crlf import CRLFReader
 from mailhost.store import objectid
 from mailhost.store._maildir import maildir_modseq, maildirsize
 from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
@@ -34,9 +32,7 @@ from mailhost.store._maildir.lock_passes import LockPasses
 from mailhost.store._maildir.maildir_cache import FolderCache
 from mailhost.store._maildir.maildir_dates import FolderDates
 from mailhost.store._maildir.maildir_disk_watch import DiskWatch
-from mailhost.store._maildir.maildir_headers import HeaderJob, read_blocks
 from mailhost.store._maildir.maildir_index import (
-    UNKNOWN_DATE,
     FolderIndex,
     Loaded,
     Snapshot,
@@ -57,6 +53,7 @@ from mailhost.store._maildir.maildir_names import (
 )
 from mailhost.store._maildir.maildir_numbering import DeliveryNumbering, UidHandOver
 from mailhost.store._maildir.maildir_numbering import Row as Row  # maildir_writer's import
+from mailhost.store._maildir.maildir_reader import FolderReader
 from mailhost.store._maildir.maildir_uids import FolderUids
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
@@ -68,11 +65,9 @@ from mailhost.store.interfaces import (
     IMessageReader,
     MessageInfo,
     NoSuchFolder,
-    NoSuchMessage,
     StoreError,
 )
 from mailhost.store.modseq import ModSeqListeners, ModSeqs, with_modseq
-from mailhost.store.reader import reader_for
 
 if TYPE_CHECKING:  # they import this module
     from mailhost.store._maildir.maildir_account import MaildirAccount
@@ -108,12 +103,6 @@ def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
     return base, True, part, False, size, float(date)
 
 
-def _call_closing(fn: Callable[[BinaryIO], _T], f: BinaryIO) -> _T:
-    """Run in a thread: ``fn(f)``, then ``f`` closed."""
-    with f:
-        return fn(f)
-
-
 @implementer(IIndexedFolder, IHeaderBlocks)
 class MaildirFolder:
     """Implements: IIndexedFolder and IHeaderBlocks (maildir_headers). One live object
@@ -134,44 +123,45 @@ class MaildirFolder:
         self._uids.known = lambda base: self._index.by_base.get(base)
         self._kwfile = KeywordFile(path, store.modes, store.fsync, self._uids.dotlock)
         self._kw_generation = 0  # of the KeywordFile map self._keywords follows
-        self._handover = UidHandOver(self._uids, self._seen_uid, self._insert,
-                                     lambda infos: self._listeners.added(self, infos),
-                                     lambda: self._gone)
-        self._numbering = DeliveryNumbering(store._reactor, store.run_blocking,
-                                            lambda: store.syncer, self._uids,
-                                            self._handover, lambda: self._index,
-                                            self._relist, lambda: self._gone,
-                                            lambda: self._path)
-        watcher = store._watcher
-        self._disk = DiskWatch(store._reactor, lambda: watcher.start(self),
-                               lambda: watcher.stop(self), watcher.drain, self._run,
-                               self._refresh, self._apply_diff, lambda: self._index,
-                               self._handover.pending, lambda: self._path)
-        self._path = path
         self._modseqs = ModSeqs()
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
-        self._journal = ModSeqJournal(store._reactor, store.run_blocking, self._file_lock,
-                                      lambda: self._index, lambda: self._modseqs,
-                                      lambda: self._path, lambda: self.uid_validity,
-                                      store.modes, store.fsync, lambda: self._gone)
-        self._listeners = ModSeqListeners(self._modseqs, self._journal.record)
         self._stale = 0
-        self._cache = FolderCache(store._reactor, store.run_blocking, self._file_lock,
-                                  lambda: self._path, lambda: self.uid_validity,
-                                  store.modes, lambda: self._gone)
         self._gone = False
         self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
+        #: Directory listings done to pick up others' changes (a test hook).
+        self.listings = 0
+
+        # Its parts: each reaches the folder only through what it is given here (the
+        # index, directory and UIDVALIDITY as the folder has them at the time).
+        reactor, run_blocking, watcher = store._reactor, store.run_blocking, store._watcher
+        index, where, gone = (lambda: self._index), (lambda: self._path), (lambda: self._gone)
+        self._handover = UidHandOver(self._uids, self._seen_uid, self._insert,
+                                     lambda infos: self._listeners.added(self, infos), gone)
+        self._numbering = DeliveryNumbering(reactor, run_blocking, lambda: store.syncer,
+                                            self._uids, self._handover, index,
+                                            self._relist, gone, where)
+        self._disk = DiskWatch(reactor, lambda: watcher.start(self),
+                               lambda: watcher.stop(self), watcher.drain, self._run,
+                               self._refresh, self._apply_diff, index,
+                               self._handover.pending, where)
+        self._reader = FolderReader(run_blocking, self._uids, index, where, self._lock,
+                                    lambda: self._run(self._refresh, True), gone)
+        self._journal = ModSeqJournal(reactor, run_blocking, self._file_lock, index,
+                                      lambda: self._modseqs, where,
+                                      lambda: self.uid_validity, store.modes,
+                                      store.fsync, gone)
+        self._listeners = ModSeqListeners(self._modseqs, self._journal.record)
+        self._cache = FolderCache(reactor, run_blocking, self._file_lock, where,
+                                  lambda: self.uid_validity, store.modes, gone)
+        self._dates = FolderDates(reactor, run_blocking, self._uids, index, where,
+                                  self._run, self._refresh, self.refresh,
+                                  self.get_cached, self.set_cached, gone)
         #: Flag changes, expunges and \Recent claims that wait for the lock run as one
         #: pass, with one thread hop (see ``_changes``).
         self._change_passes: LockPasses[ChangeRequest] = LockPasses(
             self._run, self._changes, self._changes_failed)
-        self._dates = FolderDates(store._reactor, store.run_blocking, self._uids,
-                                  lambda: self._index, lambda: self._path, self._run,
-                                  self._refresh, self.refresh, self.get_cached,
-                                  self.set_cached, lambda: self._gone)
-        #: Directory listings done to pick up others' changes (a test hook).
-        self.listings = 0
+        self._path = path  # (the setter tells the parts that keep it)
 
     @property
     def _path(self) -> str:
@@ -359,108 +349,16 @@ class MaildirFolder:
         return self._index.columns()
 
     def open_message(self, uid: int) -> defer.Deferred[BinaryIO]:
-        return defer.Deferred.fromCoroutine(self._open_message(uid))
+        return self._reader.open_message(uid)
 
     def read_message(self, uid: int, offset: int = 0,
                      length: int | None = None) -> defer.Deferred[IMessageReader]:
-        i = self._index.pos(uid)
-        size = self._index.sizes[i] if i >= 0 else 0
-        d = self.open_message(uid)
-        return d.addCallback(lambda f: reader_for(f, size, offset, length,
-                                                  run=self._store.run_blocking))
-
-    async def _open_message(self, uid: int) -> BinaryIO:
-        for attempt in range(3):
-            i = self._index.pos(uid)
-            if i < 0 or self._gone:
-                raise NoSuchMessage(uid)
-            path = os.path.join(self._path, self._index.relpath_at(i))
-            wrap = self._index.wrap[i]
-            try:
-                # A read-only open of an existing file is a path lookup in the dentry
-                # cache (no journal, no data I/O): cheaper here than a thread hop, which
-                # cost more than the whole read of a typical message. Reads stay bounded
-                # and are the caller's business (thread pool or small chunks).
-                raw = open(path, "rb")  # noqa: SIM115 - the caller closes it
-            except FileNotFoundError:
-                moving = self._index.renaming.get(self._index.keys[i])
-                if moving is not None:
-                    # A rename of ours (flags, new/ -> cur/) is in flight in a thread and
-                    # has happened: the new name, at once. (Issue 16: under the 10-client
-                    # load a third of FETCH BODY[HEADER]s of a just-appended message
-                    # met another session's \Recent claim and waited for the folder
-                    # lock, 3.5 ms median, behind every pass queued on it.)
-                    try:
-                        raw = open(os.path.join(self._path, moving), "rb")  # noqa: SIM115
-                    except FileNotFoundError:
-                        pass
-                    else:
-                        return io.BufferedReader(CRLFReader(raw)) if wrap else raw
-                if attempt == 0:
-                    # A rename of ours (flags, new/ -> cur/) may be in flight: let it
-                    # finish, retry.
-                    await self._lock.acquire()
-                    self._lock.release()
-                elif attempt == 1:
-                    # Another program renamed it (set a flag, moved it to cur/) or
-                    # deleted it: one listing finds it by its base name (and tells the
-                    # listeners what changed); a file really gone leaves the index.
-                    try:
-                        await self._run(self._refresh, True)
-                    except NoSuchFolder:
-                        raise NoSuchMessage(uid) from None
-                continue
-            return io.BufferedReader(CRLFReader(raw)) if wrap else raw
-        raise NoSuchMessage(uid)
+        return self._reader.read_message(uid, offset, length)
 
     def read_headers(self, uids: Sequence[int], fn: Callable[[BinaryIO], _T],
                      ) -> defer.Deferred[list[tuple[int, _T]]]:
-        """IHeaderBlocks: a batch of header blocks in one thread job (maildir_headers)."""
-        return defer.Deferred.fromCoroutine(self._read_headers(uids, fn))
-
-    async def _read_headers(self, uids: Sequence[int], fn: Callable[[BinaryIO], _T],
-                            ) -> list[tuple[int, _T]]:
-        index = self._index
-        if self._gone:
-            return []
-        jobs: list[HeaderJob] = []
-        facts: dict[int, tuple[int, bool]] = {}  # uid -> (size, wrap) of unknown dates
-        for uid in uids:
-            i = index.pos(uid)
-            if i >= 0:
-                st, wrap = index.state_at(i), bool(index.wrap[i])
-                unknown = index.dates[i] == UNKNOWN_DATE
-                jobs.append((uid, "new" if st.recent else "cur",
-                             filename(index.keys[i], st.part), wrap, unknown))
-                if unknown:
-                    facts[uid] = (index.sizes[i], wrap)
-        path, uid_files = self._path, self._uids
-
-        def work() -> tuple[list[tuple[int, _T]], list[int], list[tuple[int, float]]]:
-            out, missing, dates = read_blocks(path, jobs, fn)
-            if dates:
-                # Dates learnt on the way (fstat of the open file), recorded as the
-                # background date pass would, which then has none of them to stat.
-                try:
-                    uid_files.cache([(uid, date, *facts[uid]) for uid, date in dates])
-                except OSError:
-                    pass  # only a cache: a restart reads these dates again
-            return out, missing, dates
-
-        out, missing, dates = await self._store.run_blocking(work)
-        if index is self._index:
-            for uid, date in dates:
-                index.set_date(uid, date)
-        if missing:
-            for uid in missing:  # renamed or gone meanwhile: the careful way
-                try:
-                    f = await self._open_message(uid)
-                except NoSuchMessage:
-                    continue
-                out.append((uid, await self._store.run_blocking(_call_closing, fn, f)))
-            order = {uid: n for n, uid in enumerate(uids)}
-            out.sort(key=lambda row: order[row[0]])
-        return out
+        """IHeaderBlocks: a batch of header blocks in one thread job (maildir_reader)."""
+        return self._reader.read_headers(uids, fn)
 
     # -- IFolder: changes ----------------------------------------------------------------
 
