@@ -134,7 +134,13 @@ class MaildirFolder:
 
         # Its parts: each reaches the folder only through what it is given here (the
         # index, directory and UIDVALIDITY as the folder has them at the time).
-        reactor, run_blocking, watcher = store._reactor, store.run_blocking, store._watcher
+        reactor, watcher = store._reactor, store._watcher
+
+        def run_blocking(fn: Callable[..., _T], *args: object) -> defer.Deferred[_T]:
+            # The store's, looked up at each call (tests count thread hops by
+            # replacing it on the store).
+            return store.run_blocking(fn, *args)
+
         index, where, gone = (lambda: self._index), (lambda: self._path), (lambda: self._gone)
         self._handover = UidHandOver(self._uids, self._seen_uid, self._insert,
                                      lambda infos: self._listeners.added(self, infos), gone)
