@@ -357,7 +357,7 @@ async def test_rescan_reads_cur_names_one_at_a_time_not_as_a_list(root, monkeypa
 
     monkeypatch.setattr(os, "listdir", listdir)
     before = box.listings
-    await box._run(box._refresh, True)
+    await box._run(box._rescan.rescan, True)
     assert box.listings == before + 1
     assert "new" in listed and "cur" not in listed
     assert box.get(1).flags == frozenset({"\\Seen"})

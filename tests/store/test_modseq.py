@@ -167,7 +167,7 @@ async def test_changes_on_disk_get_new_modseqs(tmp_path):
 
     before = folder.highest_modseq
     rename_with(1, "F")
-    await folder._run(folder._refresh, True)
+    await folder._run(folder._rescan.rescan, True)
     assert folder.get(1).flags == frozenset({"\\Flagged"})
     assert folder.modseq_of(1) > before
     running = folder.highest_modseq

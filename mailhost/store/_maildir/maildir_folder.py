@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from mailhost.store import objectid
 from mailhost.store._maildir import maildir_modseq, maildirsize
-from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
+from mailhost.store._maildir.dovecot_keywords import KeywordFile
 from mailhost.store._maildir.lock_passes import LockPasses
 from mailhost.store._maildir.maildir_cache import FolderCache
 from mailhost.store._maildir.maildir_dates import FolderDates
@@ -35,15 +35,13 @@ from mailhost.store._maildir.maildir_disk_watch import DiskWatch
 from mailhost.store._maildir.maildir_index import (
     FolderIndex,
     Loaded,
-    Snapshot,
-    diff_folder,
     dir_stamp,
-    examine_foreign,
     fast_info,
     load_folder,
 )
 from mailhost.store._maildir.maildir_io import rename_all, transfer_files, unlink_all
 from mailhost.store._maildir.maildir_journal import ModSeqJournal
+from mailhost.store._maildir.maildir_keywords import FolderKeywords
 from mailhost.store._maildir.maildir_names import (
     Keywords,
     filename,
@@ -54,6 +52,7 @@ from mailhost.store._maildir.maildir_names import (
 from mailhost.store._maildir.maildir_numbering import DeliveryNumbering, UidHandOver
 from mailhost.store._maildir.maildir_numbering import Row as Row  # maildir_writer's import
 from mailhost.store._maildir.maildir_reader import FolderReader
+from mailhost.store._maildir.maildir_rescan import FolderRescan
 from mailhost.store._maildir.maildir_uids import FolderUids
 from mailhost.store.flags import apply_mode, normalize_flags
 from mailhost.store.interfaces import (
@@ -82,11 +81,6 @@ COMPACT_MIN_STALE = 1000
 #: folder lock's hold time, but NOOP and APPEND medians got worse in the same runs
 #: (the reactor may block on the directory and journal that fsyncing APPENDs share).
 INLINE_RENAMES = 0
-
-#: ``diff_folder``'s answer: (stamp, renamed [(uid, recent, part)], gone UIDs, unknown
-#: files [(subdir, name)]).
-Diff = tuple[tuple[int, int] | None, list[tuple[int, bool, str | None]], list[int],
-             list[tuple[str, str]]]
 
 
 #: One change waiting for its pass (``_changes``), the caller last:
@@ -117,20 +111,14 @@ class MaildirFolder:
         self.name = name
         self.uid_validity = 0
         self.uid_next = 1
-        self._keywords = Keywords()
-        self._index = FolderIndex(self._keywords)
+        self._index = FolderIndex(Keywords())
         self._uids = FolderUids(path, store.modes, store.fsync)
         self._uids.known = lambda base: self._index.by_base.get(base)
-        self._kwfile = KeywordFile(path, store.modes, store.fsync, self._uids.dotlock)
-        self._kw_generation = 0  # of the KeywordFile map self._keywords follows
         self._modseqs = ModSeqs()
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
         self._stale = 0
         self._gone = False
-        self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
-        #: Directory listings done to pick up others' changes (a test hook).
-        self.listings = 0
 
         # Its parts: each reaches the folder only through what it is given here (the
         # index, directory and UIDVALIDITY as the folder has them at the time).
@@ -144,15 +132,21 @@ class MaildirFolder:
         index, where, gone = (lambda: self._index), (lambda: self._path), (lambda: self._gone)
         self._handover = UidHandOver(self._uids, self._seen_uid, self._insert,
                                      lambda infos: self._listeners.added(self, infos), gone)
+        self._kw = FolderKeywords(
+            KeywordFile(path, store.modes, store.fsync, self._uids.dotlock), run_blocking,
+            index, self._changed, gone)
+        self._rescan = FolderRescan(run_blocking, self._uids, self._handover, self._kw,
+                                    index, where, self._uid_next_at_least, self._changed,
+                                    self._expunged)
         self._numbering = DeliveryNumbering(reactor, run_blocking, lambda: store.syncer,
                                             self._uids, self._handover, index,
-                                            self._relist, gone, where)
+                                            self._rescan.relist, gone, where)
         self._disk = DiskWatch(reactor, lambda: watcher.start(self),
                                lambda: watcher.stop(self), watcher.drain, self._run,
-                               self._refresh, self._apply_diff, index,
+                               self._rescan.rescan, self._rescan.apply, index,
                                self._handover.pending, where)
         self._reader = FolderReader(run_blocking, self._uids, index, where, self._lock,
-                                    lambda: self._run(self._refresh, True), gone)
+                                    lambda: self._run(self._rescan.rescan, True), gone)
         self._journal = ModSeqJournal(reactor, run_blocking, self._file_lock, index,
                                       lambda: self._modseqs, where,
                                       lambda: self.uid_validity, store.modes,
@@ -161,7 +155,7 @@ class MaildirFolder:
         self._cache = FolderCache(reactor, run_blocking, self._file_lock, where,
                                   lambda: self.uid_validity, store.modes, gone)
         self._dates = FolderDates(reactor, run_blocking, self._uids, index, where,
-                                  self._run, self._refresh, self.refresh,
+                                  self._run, self._rescan.rescan, self.refresh,
                                   self.get_cached, self.set_cached, gone)
         #: Flag changes, expunges and \Recent claims that wait for the lock run as one
         #: pass, with one thread hop (see ``_changes``).
@@ -178,7 +172,7 @@ class MaildirFolder:
         # Folder renames move the directory; the index reads dates from it.
         self._dir = self._index.path = path
         self._uids.set_path(path)
-        self._kwfile.set_path(path)
+        self._kw.file.set_path(path)
         if self._disk.mode is not None:  # watch the new place
             self._disk.stop()
             self._watch_if_listened()
@@ -191,7 +185,7 @@ class MaildirFolder:
 
     async def _load(self) -> None:
         path, fsync, modes, uids = self._path, self._store.fsync, self._store.modes, self._uids
-        kwfile = self._kwfile
+        kwfile = self._kw.file
 
         def load() -> tuple[tuple[int, int] | None, int, Loaded]:
             # Dir times from before the listing: a later change moves them, so the
@@ -203,13 +197,12 @@ class MaildirFolder:
             return stamp, generation, load_folder(path, fsync, modes, True, uids,
                                                   Keywords(by_index))
 
-        stamp, self._kw_generation, loaded = await self._store.run_blocking(load)
-        self._stamp = stamp
+        stamp, self._kw.generation, loaded = await self._store.run_blocking(load)
+        self._rescan.stamp = stamp
         self.uid_validity = loaded.validity
         self.uid_next = loaded.uid_next
         self._index = loaded.index
         self._index.path = self._path
-        self._keywords = loaded.index.keywords
         self._stale = loaded.stale
         index = self._index
         mods, self._journal.reserved = await self._store.run_blocking(
@@ -222,7 +215,7 @@ class MaildirFolder:
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
             await self._compact()
         if loaded.foreign:
-            await self._adopt(loaded.foreign)
+            await self._rescan.adopt(loaded.foreign)
         if self._index.unknown_dates:
             self._dates.schedule()
 
@@ -259,40 +252,19 @@ class MaildirFolder:
         self._cache.drop(gone)
         self._stale += len(gone)
 
-    def _letters(self, flags: frozenset[str], extra: str = "") -> str:
-        """Maildir letters for flags; their keywords must have letters already
-        (``_learn_keywords``)."""
-        return self._keywords.letters_of(flags, extra)
+    def _changed(self, infos: list[MessageInfo]) -> None:
+        """Tell listeners these messages changed (flags)."""
+        self._listeners.changed(self, infos)
 
-    async def _learn_keywords(self, flags: Iterable[str]) -> None:
-        """Make sure every keyword among ``flags`` has a letter in dovecot-keywords
-        before a file name uses it. A keyword we know costs nothing (as in Dovecot, a
-        letter once in the file keeps its keyword); for a new one a worker thread
-        re-reads the file if it changed and gives out letters under the uidlist lock,
-        never one the file or a file name already uses (see dovecot_keywords)."""
-        names = [f for f in flags if not f.startswith("\\")]
-        if all(self._keywords.index_of(n) is not None for n in names):
-            return
-        got = await self._store.run_blocking(self._kwfile.learn, names,
-                                           self._index.unmapped_letters())
-        self._apply_keywords(got)
+    def _expunged(self, uids: list[int]) -> None:
+        """Take these (indexed) messages out of the folder and tell listeners."""
+        self._remove(uids)
+        self._listeners.expunged(self, uids)
 
-    def _apply_keywords(self, got: KeywordMap | None) -> None:
-        """Follow the map a worker thread read or wrote (older results are dropped):
-        states get the flags their letters mean now, and listeners hear of messages
-        whose flags changed with it (letters Dovecot gave out that we now know)."""
-        if got is None or got[0] <= self._kw_generation:
-            return
-        self._kw_generation, by_index = got
-        if by_index == self._keywords.by_index:
-            return
-        self._keywords.replace(by_index)
-        index = self._index
-        moved = index.remap_keywords()
-        if moved and not self._gone:
-            self._listeners.changed(self, [index.info_at(i)
-                                           for i, sid in enumerate(index.states)
-                                           if sid in moved])
+    @property
+    def listings(self) -> int:
+        """Directory listings done to pick up others' changes (a test hook)."""
+        return self._rescan.listings
 
     # -- UIDs of new files (maildir_numbering) -------------------------------------------
 
@@ -300,9 +272,8 @@ class MaildirFolder:
         if uid >= self.uid_next:
             self.uid_next = uid + 1
 
-    def _relist(self) -> None:
-        """The next rescan lists the directories, whatever their times say."""
-        self._stamp = None
+    def _uid_next_at_least(self, uid_next: int) -> None:
+        self.uid_next = max(self.uid_next, uid_next)
 
     def _delivered(self, rows: Sequence[Row], expected: bool) -> None:
         """Delivered files with no UID yet (DeliveryNumbering.delivered)."""
@@ -384,100 +355,7 @@ class MaildirFolder:
             # The watch has told us of every change so far (once its queue is read).
             await self._disk.sync()
         else:
-            await self._refresh()
-
-    async def _refresh(self, force: bool = False) -> None:
-        """Compare the directories with the index (the listing is skipped when their
-        times say nothing changed, unless ``force``) and apply what others changed."""
-        index = self._index
-        path, uids, kwfile = self._path, self._uids, self._kwfile
-        last = None if force else self._stamp
-
-        def work(snapshot: Snapshot, last_stamp: tuple[int, int] | None,
-                 ) -> tuple[KeywordMap | None, Diff, int]:
-            # UIDNEXT moves when another program gives out UIDs, even for mail it
-            # expunged before we listed it; dovecot-keywords when it gives out letters
-            # (read before the listing, so names using them are understood).
-            keywords = kwfile.current(wait=False)
-            diff = diff_folder(path, snapshot, last_stamp)
-            if diff[2]:
-                # Some indexed files were not found. Another program may have been
-                # renaming them while we listed (Dovecot moves files new/ -> cur/
-                # under the uidlist lock): list again under it before calling them
-                # gone, or they would come back later under new UIDs.
-                diff = uids.locked(diff_folder, path, snapshot, None)
-            return keywords, diff, uids.next_uid_nowait()
-
-        keywords, (stamp, renamed, gone, foreign), next_uid = await self._store.run_blocking(
-            work, index.snapshot(), last)
-        self._apply_keywords(keywords)
-        self.uid_next = max(self.uid_next, next_uid)
-        if stamp is None or stamp != last:
-            self.listings += 1
-        # Our own renames change the directories too, so only a stamp taken here, with
-        # no change of ours in between (the lock is held), may skip the next listing.
-        self._stamp = stamp
-        await self._apply_diff(renamed, gone, foreign)
-
-    async def _apply_diff(self, renamed: list[tuple[int, bool, str | None]],
-                          gone: list[int], foreign: list[tuple[str, str]]) -> None:
-        """Others' changes, from a listing or from the watch's events: (uid, in new/,
-        info part) of renamed messages, the UIDs of gone ones, and (subdir, name) of
-        files to give UIDs to."""
-        index = self._index
-        changed: list[MessageInfo] = []
-        for uid, recent, part in renamed:
-            i = index.pos(uid)
-            if i < 0:
-                continue
-            old_flags = index.state_at(i).flags
-            index.states[i] = sid = index.state(part, recent)
-            if index.table[sid].flags != old_flags:
-                changed.append(index.info_at(i))
-        gone = [uid for uid in gone if uid in index]
-        self._remove(gone)
-        self._listeners.expunged(self, gone)
-        self._listeners.changed(self, changed)
-        pending = self._handover.pending
-        foreign = [(sub, name) for sub, name in foreign
-                   if name.partition(":")[0] not in pending
-                   and name.partition(":")[0] not in index.by_base]
-        if foreign:
-            await self._adopt(foreign)
-
-    async def _adopt(self, foreign: list[tuple[str, str]]) -> None:
-        """Give UIDs to files another program put in new/ or cur/: the UID the
-        uidlist already has for the name (Dovecot's APPEND, or Dovecot saw it first),
-        else a new one under the lock."""
-        bases = [name.partition(":")[0] for _, name in foreign]
-        self._handover.expect(bases)
-        ticket: list[int] = []
-        try:
-            path, uids = self._path, self._uids
-
-            def work() -> tuple[list[tuple[str, str, int, bool, int]], list[int]]:
-                examined = examine_foreign(path, foreign)
-                if not examined:
-                    return examined, []
-                got = uids.lookup([name.partition(":")[0] for _, name, *_ in examined],
-                                  ticket, [(mtime, size, wrap)
-                                           for _, _, size, wrap, mtime in examined])
-                return examined, got
-
-            try:
-                examined, got = await self._store.run_blocking(work)
-            except BaseException:
-                self._handover.settle([(uid, None) for uid in ticket])
-                raise
-            rows: list[tuple[int, Row | None]] = []
-            for (sub, name, size, wrap, mtime), uid in zip(examined, got, strict=True):
-                base, sep, part = name.partition(":")
-                rows.append((uid, (base, sub == "new", part if sep else None, wrap, size,
-                                   float(mtime))))
-            if rows:
-                await self._handover.settle(rows)
-        finally:
-            self._handover.unexpect(bases)
+            await self._rescan.rescan()
 
     def set_flags(self, uids: Iterable[int], flags: Iterable[str],
                   mode: str) -> defer.Deferred[list[MessageInfo]]:
@@ -501,7 +379,7 @@ class MaildirFolder:
         UIDs whose file was not under its indexed name."""
         learn = set().union(*(wanted for _, wanted, mode in requests if mode != "remove"))
         if learn:
-            await self._learn_keywords(learn)
+            await self._kw.learn(learn)
         index = self._index
         final: dict[int, str | None] = {}  # uid -> info part after the requests so far
         after: list[dict[int, str | None]] = [{} for _ in requests]
@@ -518,7 +396,7 @@ class MaildirFolder:
                 if new_flags != cur.flags:
                     key = (part, new_flags, st.recent)
                     if key not in new_part_memo:
-                        new_part_memo[key] = make_info(self._letters(new_flags, cur.extra),
+                        new_part_memo[key] = make_info(self._kw.letters(new_flags, cur.extra),
                                                        st.recent)
                     part = final[uid] = new_part_memo[key]
                 seen[uid] = part
@@ -547,7 +425,7 @@ class MaildirFolder:
                     changed.append(index.info_at(i))
                 else:
                     missed.add(uid)
-            self._listeners.changed(self, changed)
+            self._changed(changed)
         for seen, result in zip(after, results, strict=True):
             for uid, part in seen.items():
                 i = index.pos(uid)
@@ -614,7 +492,7 @@ class MaildirFolder:
             # renamed ones that are still \Deleted, under their new names.
             lost = {p: u for p, u in zip(paths, victims, strict=True)}
             retry = [lost[p] for p in missing]
-            await self._refresh(True)
+            await self._rescan.rescan(True)
             index = self._index
             again = [u for u in retry if (i := index.pos(u)) >= 0
                      and "\\Deleted" in index.state_at(i).flags]
@@ -625,8 +503,7 @@ class MaildirFolder:
             victims = [u for u in victims if u not in keep]
         present = [u for u in victims if u in self._index]
         freed = sum(self._index.info_at(self._index.pos(u)).size for u in present)
-        self._remove(present)
-        self._listeners.expunged(self, present)
+        self._expunged(present)
         if missing:
             await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
         if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
@@ -653,7 +530,7 @@ class MaildirFolder:
         if missed:
             # Another program renamed (flagged) or removed these files meanwhile: learn
             # their names, then copy or move once more what is still there.
-            await self._refresh(True)
+            await self._rescan.rescan(True)
             more, _ = await self._transfer_once([u for u in missed if u in self._index],
                                                 dest, move)
             pairs = sorted(pairs + more)
@@ -669,7 +546,7 @@ class MaildirFolder:
             i = index.pos(uid)
             if i >= 0:
                 needed.update(index.state_at(i).flags)
-        await dest._learn_keywords(needed)
+        await dest._kw.learn(needed)
         plan = []
         for uid in sorted(set(uids)):
             i = index.pos(uid)
@@ -677,7 +554,7 @@ class MaildirFolder:
                 continue
             info, st, wrap = index.info_at(i), index.state_at(i), bool(index.wrap[i])
             base = unique_base(info.size, crlf_on_disk=not wrap)
-            new_part = make_info(dest._letters(info.flags, st.extra), in_new=True)
+            new_part = make_info(dest._kw.letters(info.flags, st.extra), in_new=True)
             plan.append((uid, info, wrap, base, new_part, self._index.relpath_at(i)))
         if not plan:
             return [], []
@@ -712,8 +589,7 @@ class MaildirFolder:
             dest._handover.unexpect(bases)
         if move:
             moved = [src for src, _ in pairs]
-            self._remove(moved)
-            self._listeners.expunged(self, moved)
+            self._expunged(moved)
         if not move or dest._account is not self._account:  # quota (maildir_quota)
             sizes = {uid: info.size for uid, info, _, _, _, _ in plan}
             copied = sum(sizes[src] for src, _ in pairs)
@@ -774,7 +650,7 @@ class MaildirFolder:
             if kind == FLAGS and mode != "remove":
                 learn |= wanted
         if learn:
-            await self._learn_keywords(learn)
+            await self._kw.learn(learn)
         index = self._index
         plan: dict[int, tuple[bool, str | None]] = {}  # uid -> (in new/, info part)
         gone: set[int] = set()  # expunged by the pass
@@ -803,7 +679,7 @@ class MaildirFolder:
                     cur = index.table[index.state(part, recent)]
                     new_flags = apply_mode(cur.flags, wanted, mode)
                     if new_flags != cur.flags:
-                        part = make_info(self._letters(new_flags, cur.extra), recent)
+                        part = make_info(self._kw.letters(new_flags, cur.extra), recent)
                         plan[uid] = (recent, part)
                     seen[uid] = (recent, part)
                 outcome.append(seen)
@@ -838,7 +714,7 @@ class MaildirFolder:
             index.states[i] = index.state(part, recent)
             if index.table[index.states[i]].flags != old_flags:
                 changed.append(index.info_at(i))
-        self._listeners.changed(self, changed)
+        self._changed(changed)
         # Each flag caller's messages as its change left them (one expunged later in
         # the pass too: it was there for that change), taken before the removal.
         answers: list[dict[int, MessageInfo]] = []
@@ -859,8 +735,7 @@ class MaildirFolder:
         lost = missing
         present = [u for u in victims_all if u not in lost and u in index]
         freed = sum(index.sizes[index.pos(u)] for u in present)
-        self._remove(present)
-        self._listeners.expunged(self, present)
+        self._expunged(present)
         if lost:
             await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
         claimed_uids = {u for kind, uids, *_ in batch if kind == CLAIM for u in uids}
@@ -871,7 +746,7 @@ class MaildirFolder:
             # Another program renamed (flagged) or removed these files meanwhile: learn
             # their names, then apply the changes once more to what is still there (a
             # claim leaves a file the other program moved to it).
-            await self._refresh(True)
+            await self._rescan.rescan(True)
             index = self._index
             if missed:
                 redo: list[tuple[list[int], frozenset[str], str]] = []
@@ -1033,11 +908,11 @@ class MaildirFolder:
 
     async def learn_keywords(self, flags: Iterable[str]) -> None:
         """Give every keyword among ``flags`` a letter before a file name uses it."""
-        await self._learn_keywords(flags)
+        await self._kw.learn(flags)
 
     def letters(self, flags: frozenset[str]) -> str:
         """The Maildir info letters of ``flags`` (after ``learn_keywords``)."""
-        return self._letters(flags)
+        return self._kw.letters(flags)
 
     def delivery_uids(self) -> FolderUids:
         """The UID assigner a deliver_files job uses to give the copy its UID."""
