@@ -4,12 +4,20 @@ Reads (``messages``, ``get``, flags, sizes) come from the in-memory index and to
 no file. Changes run their file work in the reactor's thread pool, serialised per
 folder by a DeferredLock, and update the index and listeners on the reactor thread.
 
-Its parts, each a class of its own that the folder builds and delegates to:
-``maildir_numbering`` (new files' UIDs into the index, in order; SMTP deliveries
-numbered in batches), ``maildir_disk_watch`` (telling other programs' changes from ours
-in the watcher's events), ``maildir_dates`` (dates the index does not hold yet). The
-flag changes, expunges and \\Recent claims waiting for the lock run as one pass
-(``lock_passes``).
+The folder holds the index, the folder lock, the listeners and the UIDVALIDITY/UIDNEXT
+pair, and builds its parts, each a class with its own state that reaches the folder
+only through what it is given (``__init__``):
+
+- ``maildir_numbering``: UIDs threads handed out, into the index in order
+  (UidHandOver); SMTP deliveries numbered in batches (DeliveryNumbering);
+- ``maildir_rescan``: listings, and others' renames, unlinks and new files applied;
+- ``maildir_disk_watch``: the watcher's events, ours told from other programs';
+- ``maildir_changes``: flag changes, expunges and \\Recent claims, one pass per lock;
+- ``maildir_reader``: message files opened and header blocks read;
+- ``maildir_keywords``: keyword letters, following dovecot-keywords;
+- ``maildir_dates``: dates the index does not hold yet, and RFC 8514 save dates;
+- ``maildir_journal`` and ``maildir_cache``: the modseq journal and the folder cache
+  files, written in batches.
 """
 
 from __future__ import annotations
@@ -71,7 +79,11 @@ if TYPE_CHECKING:  # they import this module
 
 _T = TypeVar("_T")
 
+#: dovecot-uidlist (and mailhost-cache at load) is rewritten without the records of
+#: expunged messages once they outnumber the live ones and this many.
 COMPACT_MIN_STALE = 1000
+
+
 def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
     """The Row of a copy a writer just linked into new/ (stored CRLF: no wrap)."""
     return base, True, part, False, size, float(date)
