@@ -9,11 +9,10 @@ Dovecot 2.3 sends it in ENVELOPE and BODYSTRUCTURE strings.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 
-# Brackets are legal in an astring but quoted anyway: some clients misread them.
-_ASTRING_SAFE = frozenset(range(0x21, 0x7F)) - frozenset(b'(){"%*\\[]')
 MAX_QUOTED = 1024
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -22,8 +21,20 @@ def _b(value: str | bytes) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
+#: 7-bit bytes but NUL, CR and LF (one regex match, not a Python test per byte: an
+#: ENVELOPE has a dozen strings).
+_QUOTABLE = re.compile(rb"[\x01-\x09\x0b\x0c\x0e-\x7f]*")
+#: What goes out as an atom. Brackets are legal in an astring but quoted anyway: some
+#: clients misread them.
+_ASTRING = re.compile(rb"[^\x00-\x20\x7f-\xff(){\"%*\\\[\]]+")
+
+
 def quotable(data: bytes) -> bool:
-    return len(data) <= MAX_QUOTED and all(0 < c < 0x80 and c not in (0x0D, 0x0A) for c in data)
+    return len(data) <= MAX_QUOTED and _QUOTABLE.fullmatch(data) is not None
+
+
+def _quoted(data: bytes) -> bytes:
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def quote(value: str | bytes) -> bytes:
@@ -31,7 +42,7 @@ def quote(value: str | bytes) -> bytes:
     data = _b(value)
     if not quotable(data):
         raise ValueError("value needs a literal")
-    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return _quoted(data)
 
 
 #: What a NUL in a string value (ENVELOPE, BODYSTRUCTURE) is sent as: U+FFFD in UTF-8.
@@ -46,13 +57,13 @@ def literal(value: str | bytes) -> bytes:
 def string(value: str | bytes) -> bytes:
     """A quoted string if possible, else a literal."""
     data = _b(value)
-    return quote(data) if quotable(data) else literal(data)
+    return _quoted(data) if quotable(data) else literal(data)
 
 
 def astring(value: str | bytes) -> bytes:
     """An atom if safe, else a quoted string if safe, else a literal."""
     data = _b(value)
-    if data and data.upper() != b"NIL" and all(c in _ASTRING_SAFE for c in data):
+    if _ASTRING.fullmatch(data) is not None and data.upper() != b"NIL":
         return data
     return string(data)
 

@@ -323,7 +323,10 @@ class Scheduler:
                 r.status = FAILED
                 if not r.status_code.startswith("4"):
                     r.status_code = "4.4.7"
-                why = r.last_error or "451 4.4.7 never tried: the destination was held off"
+                # Held off, or the host (or the queue) was down the whole time: say
+                # only what is known.
+                why = r.last_error or ("451 4.4.7 no delivery attempt was made within"
+                                       " the queue lifetime")
                 r.last_error = f"{why} (gave up after {age(env, now)})"
                 expired = True
             if not env.finished:

@@ -94,8 +94,10 @@ class World:
             self.remotes[domain] = f
             self.listening.append(
                 reactor.listenTCP(self.mx_port, f, interface=MX_HOSTS[domain]))
+        # MX routing asks the [dns] resolver, as in production (outbound.resolver's
+        # "host:port" form is deprecated).
+        self.dns = {"nameservers": [f"127.0.0.1:{self.dns_port}"]}
         self.outbound = outbound = {
-            "resolver": f"127.0.0.1:{self.dns_port}",
             "port": self.mx_port,
             "retry_initial": 1.0,
             "retry_max": 2.0,
@@ -107,14 +109,15 @@ class World:
         }
         self.b = factory_fn(
             "b", host="127.0.0.2", domains=["b.test"],
-            extra={"server": {"hostname": "mail.b.test"}, "outbound": dict(outbound)},
+            extra={"server": {"hostname": "mail.b.test"}, "outbound": dict(outbound),
+                   "dns": self.dns},
             ports={"smtp": self.mx_port, "submission": free_port("127.0.0.2"),
                    "pop3": free_port("127.0.0.2"), "imap": free_port("127.0.0.2")},
         )
         self.a = factory_fn(
             "a", host="127.0.0.1", domains=["a.test"],
             extra={"server": {"hostname": "mail.a.test"}, "outbound": dict(outbound),
-                   "smtp": {"relay_networks": ["127.0.0.1/32"]}},
+                   "dns": self.dns, "smtp": {"relay_networks": ["127.0.0.1/32"]}},
         )
 
         prewrite_passwd(self.a, A_USERS, self.hashes)
@@ -125,7 +128,8 @@ class World:
         outbound = dict(self.outbound, retry_initial=3600.0, retry_max=3600.0, lifetime=86400.0)
         a2 = self.factory_fn(
             "a2", host="127.0.0.1", domains=["a.test"],
-            extra={"server": {"hostname": "mail2.a.test"}, "outbound": outbound},
+            extra={"server": {"hostname": "mail2.a.test"}, "outbound": outbound,
+                   "dns": self.dns},
         )
         prewrite_passwd(a2, ["quinn@a.test"], self.hashes)
         return a2

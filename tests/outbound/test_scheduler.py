@@ -316,3 +316,27 @@ async def test_regression_restart_past_lifetime_expired_the_message_its_retry_wa
         if not gate.called:
             gate.callback(None)
         await s.stop(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recipient_never_tried_expires_without_blaming_the_destination(tmp_path):
+    """A recipient no session ever tried (the queue paused, or the host down past the
+    lifetime) expired with "never tried: the destination was held off", which sent
+    the sender's postmaster after a destination that was never contacted; the report
+    now says only what is known: no attempt was made within the lifetime."""
+    router = FakeRouter(TemporaryRoutingError("4.4.3", "SERVFAIL"))
+    s, clock, files, bounces = await make(tmp_path, router, retry_initial=60, lifetime=300)
+    try:
+        s.set_paused(True)
+        qid = await queue(s, files, clock, "kim@example.test", ["dana@far.example"])
+        for _ in range(8):
+            clock.advance(60)
+            await idle(s)
+        await until(lambda: bounces)
+        ((bid, (report,)),) = bounces
+        assert bid == qid and report.action == "failed"
+        assert "no delivery attempt was made" in report.diagnostic, report.diagnostic
+        assert "held off" not in report.diagnostic
+        assert router.calls == []
+    finally:
+        await s.stop(1)

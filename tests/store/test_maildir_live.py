@@ -194,7 +194,7 @@ async def test_own_changes_are_not_rescanned(root):
     rec = Recorder()
     box.add_listener(rec)
     await sleep(0.3)
-    before = box.listings
+    before, followed = box.listings, box._disk.followed
     for n in range(5):
         await deliver(store)
         await box.set_flags([1], ["\\Seen"], "add" if n % 2 else "remove")
@@ -204,7 +204,7 @@ async def test_own_changes_are_not_rescanned(root):
     await box.expunge()
     await sleep(0.3)
     await box.refresh()
-    assert box.listings == before
+    assert box.listings == before and box._disk.followed == followed
     await store.close()
 
 
@@ -242,6 +242,33 @@ async def test_another_programs_renames_and_unlinks_cost_no_listing(root):
         [first, second + ":2,FT"])
     assert await read_all(box, 2) == MSG
     assert box.listings == listings and box._disk.followed > followed
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_another_store_added_and_expunged_still_moves_uidnext(root):
+    """RFC 3501 2.3.1.1: UIDNEXT changes when a message is added, even if it is expunged
+    before we looked. Another store on the same Maildir (a second worker) delivers and
+    expunges one while we watch: the events alone say so, and UIDNEXT moves."""
+    store, other = MaildirStore(root, fsync=False), MaildirStore(root, fsync=False)
+    box = await claimed(store)
+    rec = Recorder()
+    box.add_listener(rec)
+    await sleep(0.3)
+    listings, next_before = box.listings, box.uid_next
+    await deliver(other)
+    theirs = await folder_of(other)
+    await theirs.refresh()
+    await theirs.set_flags([2], ["\\Deleted"], "add")
+    assert await theirs.expunge() == [2]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and box.uid_next == next_before:
+        await sleep(0.05)
+        await box.refresh()
+    assert box.uid_next == next_before + 1 == 3
+    assert [m.uid for m in box.messages()] == [1] and not rec.added
+    assert box.listings == listings
+    await other.close()
     await store.close()
 
 

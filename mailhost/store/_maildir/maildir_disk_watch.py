@@ -21,7 +21,7 @@ applying a diff stay the folder's, reached through the callables it is built wit
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -31,16 +31,13 @@ from twisted.logger import Logger
 from mailhost.store._maildir.maildir_events import fold_events
 from mailhost.store._maildir.maildir_index import FolderIndex
 from mailhost.store._maildir.maildir_names import info_letters
+from mailhost.store._maildir.maildir_rescan import FolderRescan
 from mailhost.store._maildir.maildir_watch import APPEARED, COALESCE_DELAY
 from mailhost.store.interfaces import NoSuchFolder
 
 #: (subdir, file name, inotify mask) of one change, or None: "something may have
 #: changed".
 Event = tuple[str, str, int] | None
-#: Another program's changes, as the folder applies them: (uid, in new/, info part)
-#: of renamed messages, the UIDs of gone ones, (subdir, name) of files to adopt.
-Apply = Callable[[list[tuple[int, bool, str | None]], list[int], list[tuple[str, str]]],
-                 Awaitable[None]]
 
 
 class DiskWatch:
@@ -49,8 +46,8 @@ class DiskWatch:
     Built with: ``reactor`` (the coalescing timer); ``watch``, ``unwatch`` and
     ``drain`` (the store's ChangeWatcher's start, stop and drain, for this folder);
     ``run`` (runs a coroutine function under the folder lock, failing with
-    NoSuchFolder once the folder is gone); ``rescan(force)`` and ``apply`` (the
-    folder's rescan and how it applies others' changes, both with the lock held);
+    NoSuchFolder once the folder is gone); ``rescan`` (the folder's FolderRescan: a
+    listing, others' changes applied, UIDNEXT read, all with the lock held);
     ``index`` (the folder's current index); ``pending`` (the base names being linked
     in by us right now, which no event about them can be foreign); ``path`` (for the
     log)."""
@@ -59,8 +56,7 @@ class DiskWatch:
 
     def __init__(self, reactor: IReactorTime, watch: Callable[[], str],
                  unwatch: Callable[[], None], drain: Callable[[], None],
-                 run: Callable[..., defer.Deferred[Any]],
-                 rescan: Callable[[bool], Awaitable[None]], apply: Apply,
+                 run: Callable[..., defer.Deferred[Any]], rescan: FolderRescan,
                  index: Callable[[], FolderIndex], pending: Container[str],
                  path: Callable[[], str]) -> None:
         self._reactor = reactor
@@ -69,7 +65,6 @@ class DiskWatch:
         self._drain = drain
         self._run = run
         self._rescan = rescan
-        self._apply = apply
         self._index = index
         self._pending = pending
         self._path = path
@@ -78,6 +73,7 @@ class DiskWatch:
         self._call: IDelayedCall | None = None
         self._own: set[tuple[str, str]] = set()  # (subdir, name) our renames made
         self._leaving: set[tuple[str, str]] = set()  # names our rename/unlink in flight drops
+        self._removed: set[str] = set()  # bases that left the index since the last look
         #: Runs of events applied without a listing (a test hook).
         self.followed = 0
 
@@ -106,6 +102,7 @@ class DiskWatch:
         self._call = None
         self._events.clear()
         self._own.clear()
+        self._removed.clear()
 
     # -- our own changes in flight ---------------------------------------------------------
 
@@ -133,6 +130,12 @@ class DiskWatch:
     def settled(self) -> None:
         """The renames and unlinks in flight are done (and in the index)."""
         self._leaving.clear()
+
+    def removed(self, bases: Iterable[str]) -> None:
+        """These bases left the index (our expunges): the watch may still report their
+        files, and those are no arrivals (``_arrivals``). Only the inotify watch needs
+        telling."""
+        self._removed.update(bases)
 
     # -- events --------------------------------------------------------------------------
 
@@ -169,7 +172,8 @@ class DiskWatch:
             return False
         final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
         return all(self._explained(sub, name, mask, self._own, self._leaving)
-                   for (sub, name), mask in final.items())
+                   for (sub, name), mask in final.items()
+                   ) and not self._arrivals(events, self._removed)
 
     async def sync(self) -> None:
         """Rescan if the collected events show a change the index does not know of
@@ -184,17 +188,31 @@ class DiskWatch:
         if not events:
             return
         if None in events:
-            await self._rescan(False)
+            await self._rescan.rescan(False)
             return
         # Only the last event of each name counts: a file of ours created and then
         # renamed (delivered, then claimed into cur/), or a flag set, cleared and set
         # again, left nothing the index does not know.
         final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
+        removed, self._removed = self._removed, set()
         if not all(self._explained(sub, name, mask, own)
-                   for (sub, name), mask in final.items()):
-            await self._follow(events)
+                   for (sub, name), mask in final.items()) or self._arrivals(events, removed):
+            await self._follow(events, removed)
 
-    async def _follow(self, events: list[Event]) -> None:
+    def _arrivals(self, events: list[Event], removed: set[str]) -> bool:
+        """Whether another program added a file the index never had, even if it went
+        again before we looked: it may have given it a UID, and UIDNEXT must move
+        (RFC 3501 2.3.1.1). ``removed``: bases we took out of the index since the last
+        look (our expunges), whose events are no arrivals."""
+        by_base, pending = self._index().by_base, self._pending
+        for e in events:
+            if e is not None and e[2] & APPEARED:
+                base = e[1].partition(":")[0]
+                if base not in by_base and base not in pending and base not in removed:
+                    return True
+        return False
+
+    async def _follow(self, events: list[Event], removed: set[str]) -> None:
         """Apply another program's renames and unlinks as the events tell them
         (maildir_events), or rescan when they do not say for sure."""
         index = self._index()
@@ -223,10 +241,13 @@ class DiskWatch:
                     break
                 renamed.append((index.by_base[base], sub == "new", info))
         if folded is None:
-            await self._rescan(True)
+            await self._rescan.rescan(True)
             return
         self.followed += 1
-        await self._apply(renamed, [index.by_base[b] for b in folded.gone], folded.unknown)
+        if self._arrivals(events, removed):
+            await self._rescan.read_uid_next()
+        await self._rescan.apply(renamed, [index.by_base[b] for b in folded.gone],
+                                 folded.unknown)
 
     def _explained(self, sub: str, name: str, mask: int, own: set[tuple[str, str]],
                    leaving: set[tuple[str, str]] | None = None) -> bool:

@@ -135,8 +135,7 @@ class MaildirFolder:
                                             self._rescan.relist, gone, where)
         self._disk = DiskWatch(reactor, lambda: watcher.start(self),
                                lambda: watcher.stop(self), watcher.drain, self._run,
-                               self._rescan.rescan, self._rescan.apply, index,
-                               self._handover.pending, where)
+                               self._rescan, index, self._handover.pending, where)
         self._reader = FolderReader(run_blocking, self._uids, index, where, self._lock,
                                     lambda: self._run(self._rescan.rescan, True), gone)
         self._journal = ModSeqJournal(reactor, run_blocking, self._file_lock, index,
@@ -242,7 +241,12 @@ class MaildirFolder:
         return fast_info(uid, base, size, index.table[sid].flags, date, recent)
 
     def _remove(self, uids: Iterable[int]) -> None:
-        gone = self._index.remove(uids)
+        index = self._index
+        if self._disk.mode == "inotify":
+            # The watch may still report their files: no arrivals (DiskWatch.removed).
+            uids = list(uids)
+            self._disk.removed(index.keys[i] for i in map(index.pos, uids) if i >= 0)
+        gone = index.remove(uids)
         self._cache.drop(gone)
         self._stale += len(gone)
 

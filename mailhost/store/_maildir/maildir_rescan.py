@@ -104,6 +104,11 @@ class FolderRescan:
         self.stamp = stamp
         await self.apply(renamed, gone, foreign)
 
+    async def read_uid_next(self) -> None:
+        """UIDNEXT as the uidlist has it now (another program gave out UIDs)."""
+        next_uid: int = await self._run_blocking(self._uids.next_uid_nowait)
+        self._uid_next_at_least(next_uid)
+
     async def apply(self, renamed: list[tuple[int, bool, str | None]],
                     gone: list[int], foreign: list[tuple[str, str]]) -> None:
         """Others' changes, from a listing or from the watch's events: (uid, in new/,
