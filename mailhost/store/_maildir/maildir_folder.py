@@ -501,6 +501,8 @@ class MaildirFolder:
         await self._compact_if_stale()
         return victims
 
+    # -- COPY and MOVE ------------------------------------------------------------------
+
     def copy(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
         uids = list(uids)
         ids = objectid.email_ids(self, uids)  # RFC 8474: copies keep their EMAILID
@@ -588,6 +590,8 @@ class MaildirFolder:
             if move:
                 await self._account.charge(-copied, -len(pairs))
         return pairs, missed
+
+    # -- listeners ----------------------------------------------------------------------
 
     def add_listener(self, listener: IFolderListener) -> None:
         self._listeners.add(listener)
