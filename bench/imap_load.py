@@ -20,8 +20,19 @@
 Targets: >= 0.5x Dovecot's command throughput with 0 errors; <= 2x its time on the
 large mailbox; mailhost peak RSS <= 200 MB.
 
+The load is a closed loop: each client sends its next command as soon as the last is
+answered, so each server runs at its own saturation, and on this 2-core machine the
+10 client processes share the cores with it. A server that answers faster gets more
+commands and a longer run queue; its median follows its throughput. ``--rate R``
+(comma separated) also runs both servers paced at R commands/s in all (Poisson
+arrivals; a client behind its schedule sends at once), and ``--match-rate`` runs
+mailhost paced at the commands/s Dovecot reached in its closed loop: the same work
+in the same time, so the medians compare how fast each answers, not how far each is
+past saturation.
+
     python bench/imap_load.py [--clients 10] [--duration 30] [--messages 100000]
                               [--skip-load] [--maildir-copy DIR] [--postgresql]
+                              [--workers N] [--rate R,...] [--match-rate]
 
 ``--postgresql`` runs every step on mailhost's PostgreSQL store too (one node, a
 private cluster with PostgreSQL's durable defaults, ``bench/bench_pg.py``), in the

@@ -58,7 +58,7 @@ def dovecot_view(c: imaplib.IMAP4, folder: str = "INBOX") -> tuple[int, int, dic
 def our_view(box) -> tuple[int, int, dict]:
     out = {}
     for info in box.messages():
-        path = os.path.join(box._path, box._relpath_at(box._index.pos(info.uid)))
+        path = os.path.join(box._path, box._index.relpath_at(box._index.pos(info.uid)))
         with open(path, "rb") as f:
             out[re.search(rb"Message-ID: (\S+)", f.read()).group(1)] = info.uid
     return box.uid_validity, box.uid_next, out

@@ -131,7 +131,7 @@ async def test_search_and_fetch_internaldate_read_dates_off_the_reactor(imap_hos
         os.utime(path, (t, t))
     host = await imap_host(kind="maildir")
     folder = await host.folder()
-    folder._stop_fill()
+    folder._dates.stop()
     assert folder._index.unknown_dates == 40
     main, real, calls = threading.current_thread(), os.stat, []
 

@@ -87,7 +87,7 @@ class SecondWriter:
 async def check_kept(box, home: str, theirs: list[tuple[int, str]], rec: Recorder) -> None:
     """Their records keep their UIDs, on disk and in the index, after a full rescan;
     each base has one record; listeners heard UIDs in ascending order, each once."""
-    await box._run(box._refresh, True)
+    await box._run(box._rescan.rescan, True)
     on_disk = uidlist(home).by_base
     shown = {i.uid: i.key for i in box.messages()}
     for uid, base in theirs:
@@ -195,7 +195,7 @@ async def test_a_listing_that_found_dovecots_file_first_does_not_renumber_it(roo
     foreign = [("new", theirs[0][1])]
     [uid] = await deliver(store)  # hands Dovecot's UID 2 with our 3
     assert uid == 3
-    await box._run(box._adopt, foreign)  # as a listing made before that would
+    await box._run(box._rescan.adopt, foreign)  # as a listing made before that would
     await check_kept(box, home, theirs, rec)
     assert rec.added == [2, 3]
     await store.close()

@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from mailhost import groupsync
-from mailhost.store._maildir import maildir_folder
+from mailhost.store._maildir import maildir_cache
 from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
 from mailhost.store._maildir.maildir_modseq import MODSEQ_FILE
 from mailhost.store._maildir.uidcache import CACHE_FILE as UIDCACHE_FILE
@@ -438,7 +438,7 @@ async def test_first_open_adopts_foreign_files_in_name_order_without_stat(root, 
     # that path?); no message file is.
     assert [a for a in stats
             if os.path.basename(a[0]) not in ("new", "cur", UIDLIST_FILE)] == []
-    box._stop_fill()
+    box._dates.stop()
     infos = box.messages()
     assert [i.key.split(".")[1] for i in infos] == ["M7P1", "M9P1", "M100P1", "M5P1"]
     assert [i.uid for i in infos] == [1, 2, 3, 4]
@@ -453,10 +453,10 @@ async def test_first_open_adopts_foreign_files_in_name_order_without_stat(root, 
         # No date read yet; only the size of the file whose name carries none.
         assert f.read().splitlines()[1:] == [f"2 -1 {len(lf) + 3} 1"]
     # The background pass records the dates; a restart then needs no stat for them.
-    await box._fill_dates()
-    box._stop_fill()
+    await box._dates.fill()
+    box._dates.stop()
     again = await folder_of(MaildirStore(root))
-    again._stop_fill()
+    again._dates.stop()
     assert again._index.unknown_dates == 0
     monkeypatch.setattr(os, "stat", lambda *a, **k: (_ for _ in ()).throw(AssertionError()))
     assert [(i.uid, i.key, i.internal_date) for i in again.messages()] == \
@@ -472,13 +472,13 @@ async def test_unknown_dates_survive_restart_and_flag_renames(root):
     name = "1700000000.M1P1.h,S=3,W=3"
     foreign_file(home, os.path.join("new", name), b"x\r\n", 1_600_000_000)
     box = await folder_of(MaildirStore(root))
-    box._stop_fill()
+    box._dates.stop()
     await box.set_flags([1], ["\\Seen"], "add")
     await box.claim_recent()
     cols = box.columns()
     assert list(cols.uids) == [1] and cols.flags == [{"\\Seen"}] and cols.dates[0] == 1.6e9
     again = await folder_of(MaildirStore(root))
-    again._stop_fill()
+    again._dates.stop()
     assert again.get(1).internal_date == 1_600_000_000
     assert again.get(1).flags == {"\\Seen"} and not again.get(1).recent
 
@@ -490,7 +490,7 @@ async def test_unknown_date_is_read_under_the_new_name_while_a_flag_rename_runs(
     name = "1700000000.M1P1.h,S=3,W=3:2,"
     foreign_file(home, os.path.join("cur", name), b"x\r\n", 1_600_000_000)
     box = await folder_of(MaildirStore(root))
-    box._stop_fill()
+    box._dates.stop()
     # As if rename_all had just renamed the file in its thread:
     box._index.renaming[name.partition(":")[0]] = os.path.join("cur", name + "S")
     os.rename(os.path.join(home, "cur", name), os.path.join(home, "cur", name + "S"))
@@ -513,7 +513,7 @@ def _put(home, sub, name, data=b"x\r\n", mtime=1_600_000_000):
 
 async def _reopen(root):
     box = await folder_of(MaildirStore(root))
-    box._stop_fill()
+    box._dates.stop()
     return box
 
 
@@ -562,20 +562,20 @@ async def test_duplicate_base_next_to_a_uidlist_line_opens(root):
 async def test_date_fill_ends_when_files_vanish_or_are_renamed(root, monkeypatch):
     """Rows whose file another program renamed or deleted before the background pass
     read its date: the pass still reaches every later row and then stops."""
-    from mailhost.store._maildir import maildir_folder
+    from mailhost.store._maildir import maildir_dates
 
-    monkeypatch.setattr(maildir_folder, "DATE_FILL_BATCH", 2)
+    monkeypatch.setattr(maildir_dates, "DATE_FILL_BATCH", 2)
     home = _maildir(root)
     names = [f"17000000{i:02d}.M1P1.h,S=3,W=3:2," for i in range(10)]
     for i, name in enumerate(names):
         _put(home, "cur", name, mtime=1_600_000_000 + i)
     box = await folder_of(MaildirStore(root))
-    box._stop_fill()
+    box._dates.stop()
     for name in names[:4]:  # more than a batch, at the front
         os.unlink(os.path.join(home, "cur", name))
     os.rename(os.path.join(home, "cur", names[4]), os.path.join(home, "cur", names[4] + "S"))
     batches = 0
-    real = box._fill_batch
+    real = box._dates._fill_batch
 
     async def counted():
         nonlocal batches
@@ -583,13 +583,13 @@ async def test_date_fill_ends_when_files_vanish_or_are_renamed(root, monkeypatch
         assert batches < 50, "the date pass does not end"
         return await real()
 
-    box._fill_batch = counted
-    await box._fill_dates()
+    box._dates._fill_batch = counted
+    await box._dates.fill()
     deadline = time.monotonic() + 10
-    while box._fill_call is not None and time.monotonic() < deadline:
-        box._fill_call.cancel()
-        await box._fill_dates()
-    assert box._fill_call is None
+    while box._dates._call is not None and time.monotonic() < deadline:
+        box._dates._call.cancel()
+        await box._dates.fill()
+    assert box._dates._call is None
     assert box._index.unknown_dates == 0
     assert [(i.uid, i.internal_date) for i in box.messages()] == \
         [(5 + i, 1_600_000_004 + i) for i in range(6)]
@@ -634,8 +634,8 @@ async def test_bulk_date_reads_and_pop3_login_stat_nothing_on_the_reactor(root, 
     assert calls == []
     monkeypatch.undo()
     # The background pass records what the bulk reads found: a restart needs no stat.
-    await box._fill_dates()
-    box._stop_fill()
+    await box._dates.fill()
+    box._dates.stop()
     again = await _reopen(root)
     assert again._index.unknown_dates == 0
 
@@ -678,7 +678,7 @@ async def test_folders_hold_one_uidlist_fd_and_let_go_when_deleted_or_closed(
         raise OSError("cache unreadable")
 
     # A load that fails after the uidlist was read: the folder object is dropped.
-    monkeypatch.setattr(maildir_folder.maildir_cache, "read", broken)
+    monkeypatch.setattr(maildir_cache, "read", broken)
     for name in names[30:]:
         with pytest.raises(OSError, match="cache unreadable"):
             await account.open_folder(name)
@@ -713,7 +713,7 @@ async def test_retired_sortf1_cache_entries_are_not_loaded_and_compacted_away(
     box2 = await folder_of(again)
     assert box2.get_cached(3, "sortf1") is None
     assert box2.get_cached(3, "sortf2") == "raw values 3"
-    assert set(box2._cache) == {"sortf2"}
+    assert set(box2._cache.by_key) == {"sortf2"}
     await again.close()
     with open(path) as f:
         text = f.read()

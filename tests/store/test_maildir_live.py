@@ -194,7 +194,7 @@ async def test_own_changes_are_not_rescanned(root):
     rec = Recorder()
     box.add_listener(rec)
     await sleep(0.3)
-    before, followed = box.listings, box.followed
+    before, followed = box.listings, box._disk.followed
     for n in range(5):
         await deliver(store)
         await box.set_flags([1], ["\\Seen"], "add" if n % 2 else "remove")
@@ -204,7 +204,7 @@ async def test_own_changes_are_not_rescanned(root):
     await box.expunge()
     await sleep(0.3)
     await box.refresh()
-    assert box.listings == before and box.followed == followed
+    assert box.listings == before and box._disk.followed == followed
     await store.close()
 
 
@@ -223,7 +223,7 @@ async def test_another_programs_renames_and_unlinks_cost_no_listing(root):
     box.add_listener(rec)
     await sleep(0.3)
     await box.refresh()
-    listings, followed = box.listings, box.followed
+    listings, followed = box.listings, box._disk.followed
     home = user_dir(root)
     first = rename_flags(home, "S")  # uid 1
     second, third = sorted(os.listdir(os.path.join(home, "new")))
@@ -241,7 +241,7 @@ async def test_another_programs_renames_and_unlinks_cost_no_listing(root):
     assert sorted(os.listdir(os.path.join(home, "cur"))) == sorted(
         [first, second + ":2,FT"])
     assert await read_all(box, 2) == MSG
-    assert box.listings == listings and box.followed > followed
+    assert box.listings == listings and box._disk.followed > followed
     await store.close()
 
 
@@ -384,7 +384,7 @@ async def test_rescan_reads_cur_names_one_at_a_time_not_as_a_list(root, monkeypa
 
     monkeypatch.setattr(os, "listdir", listdir)
     before = box.listings
-    await box._run(box._refresh, True)
+    await box._run(box._rescan.rescan, True)
     assert box.listings == before + 1
     assert "new" in listed and "cur" not in listed
     assert box.get(1).flags == frozenset({"\\Seen"})

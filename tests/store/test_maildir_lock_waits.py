@@ -31,7 +31,7 @@ async def watched(box) -> Recorder:
     box.add_listener(rec)
     for _ in range(100):
         await sleep(0.02)
-        if not box._disk_events and not box._lock.locked:
+        if not box._disk._events and not box._lock.locked:
             break
     assert box._watching == "inotify"
     return rec
@@ -64,7 +64,7 @@ async def test_refresh_does_not_wait_for_our_store_or_expunge_still_in_flight(
     """Under bench/imap_load.py a NOOP still queued behind another session's STORE or
     EXPUNGE: the watch reported the old name gone while the index still had it (the
     index learns of the rename or unlink only when its thread hop returns)."""
-    from mailhost.store._maildir import maildir_folder
+    from mailhost.store._maildir import maildir_changes
 
     store = MaildirStore(root, fsync=False)
     box = await claimed(store)
@@ -73,23 +73,23 @@ async def test_refresh_does_not_wait_for_our_store_or_expunge_still_in_flight(
         await box.set_flags([1], ["\\Deleted"], "add")
         await watched(box)
     name = "unlink_all" if op == "expunge" else "rename_all"
-    real, release = getattr(maildir_folder, name), threading.Event()
-    monkeypatch.setattr(maildir_folder, "INLINE_RENAMES", 0)  # a STORE's rename in a thread
+    real, release = getattr(maildir_changes, name), threading.Event()
+    monkeypatch.setattr(maildir_changes, "INLINE_RENAMES", 0)  # a STORE's rename in a thread
 
     def held(*args):  # the files are renamed or gone; the index not told yet
         done = real(*args)
         release.wait(10)
         return done
 
-    monkeypatch.setattr(maildir_folder, name, held)
+    monkeypatch.setattr(maildir_changes, name, held)
     busy = box.expunge([1]) if op == "expunge" else box.set_flags([1], ["\\Seen"], "add")
     try:
         for _ in range(250):  # until the watch has reported it (bounded)
             await sleep(0.02)
             store._watcher.drain()
-            if box._disk_events:
+            if box._disk._events:
                 break
-        assert box._disk_events and box._lock.locked
+        assert box._disk._events and box._lock.locked
         d = box.refresh()
         assert d.called, "refresh queued behind our own %s in flight" % op
     finally:
@@ -189,7 +189,7 @@ async def test_flag_changes_that_wait_for_the_lock_share_one_pass(root, monkeypa
     """Under bench/imap_load.py every STORE queued on the folder lock for a thread hop
     of its own. Those waiting together now run as one pass, in the order asked, with
     one rename per file; each caller still gets the flags its own change left."""
-    from mailhost.store._maildir import maildir_folder
+    from mailhost.store._maildir import maildir_changes
 
     store = MaildirStore(root, fsync=False)
     for _ in range(2):
@@ -199,13 +199,13 @@ async def test_flag_changes_that_wait_for_the_lock_share_one_pass(root, monkeypa
     await box.set_flags([2], ["$Label"], "add")  # a keyword with a letter already
     rec = Recorder()
     box.add_listener(rec)
-    real, calls = maildir_folder.rename_all, []
+    real, calls = maildir_changes.rename_all, []
 
     def counted(path, renames):
         calls.append(list(renames))
         return real(path, renames)
 
-    monkeypatch.setattr(maildir_folder, "rename_all", counted)
+    monkeypatch.setattr(maildir_changes, "rename_all", counted)
     await box._lock.acquire()  # another session's EXPUNGE holds the lock
     try:
         asked = [box.set_flags([1], ["\\Seen"], "add"),
@@ -232,7 +232,7 @@ async def test_flag_changes_that_wait_for_the_lock_share_one_pass(root, monkeypa
 async def test_expunges_that_wait_for_the_lock_share_one_pass(root, monkeypatch):
     """As flag changes: one thread hop for every expunge waiting for the lock, each
     removed UID reported to the first caller, in the order asked, that named it."""
-    from mailhost.store._maildir import maildir_folder
+    from mailhost.store._maildir import maildir_changes
 
     store = MaildirStore(root, fsync=False)
     store.set_quota_limits(lambda user: 10_000)
@@ -240,13 +240,13 @@ async def test_expunges_that_wait_for_the_lock_share_one_pass(root, monkeypatch)
         await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
     box = await folder_of(store)
     await box.set_flags([1, 2, 3], ["\\Deleted"], "add")
-    real, calls = maildir_folder.unlink_all, []
+    real, calls = maildir_changes.unlink_all, []
 
     def counted(paths):
         calls.append(list(paths))
         return real(paths)
 
-    monkeypatch.setattr(maildir_folder, "unlink_all", counted)
+    monkeypatch.setattr(maildir_changes, "unlink_all", counted)
     await box._lock.acquire()
     try:
         asked = [box.expunge([1]), box.expunge(), box.expunge([2, 3, 4])]
@@ -269,7 +269,7 @@ async def test_claim_store_and_expunge_that_wait_for_the_lock_share_one_thread_h
     together, they now run as one pass with one hop, in the order asked: the claimed
     message goes from new/ straight to its flagged name in cur/, and the expunged one
     is unlinked under its indexed name, never renamed first."""
-    from mailhost.store._maildir import maildir_folder
+    from mailhost.store._maildir import maildir_changes
 
     store = MaildirStore(root, fsync=False)
     store.set_quota_limits(lambda user: 10_000)
@@ -280,8 +280,8 @@ async def test_claim_store_and_expunge_that_wait_for_the_lock_share_one_thread_h
     box.add_listener(rec)
     await watched(box)
     renames, unlinks, hops = [], [], []
-    real_rename, real_unlink, real_run = (maildir_folder.rename_all,
-                                          maildir_folder.unlink_all, store.run_blocking)
+    real_rename, real_unlink, real_run = (maildir_changes.rename_all,
+                                          maildir_changes.unlink_all, store.run_blocking)
 
     def renamed(path, pairs):
         renames.append(list(pairs))
@@ -295,8 +295,8 @@ async def test_claim_store_and_expunge_that_wait_for_the_lock_share_one_thread_h
         hops.append(fn)
         return real_run(fn, *args)
 
-    monkeypatch.setattr(maildir_folder, "rename_all", renamed)
-    monkeypatch.setattr(maildir_folder, "unlink_all", unlinked)
+    monkeypatch.setattr(maildir_changes, "rename_all", renamed)
+    monkeypatch.setattr(maildir_changes, "unlink_all", unlinked)
     await box._lock.acquire()  # another session's change holds the lock
     try:
         store.run_blocking = counted
@@ -342,20 +342,20 @@ async def test_open_message_does_not_wait_for_our_rename_in_flight(root, monkeyp
     message found it already renamed by another session's \\Recent claim (new/ ->
     cur/) still in its thread hop, and waited for the folder lock behind every pass
     queued on it. The in-flight rename's new name is tried at once."""
-    from mailhost.store._maildir import maildir_folder
+    from mailhost.store._maildir import maildir_changes
 
     store = MaildirStore(root, fsync=False)
     await deliver(store, b"Subject: x\r\n\r\nbody\r\n", DeliveryTarget(A, want_uid=True))
     box = await folder_of(store)
-    real, release = maildir_folder.rename_all, threading.Event()
-    monkeypatch.setattr(maildir_folder, "INLINE_RENAMES", 0)  # the claim's rename in a thread
+    real, release = maildir_changes.rename_all, threading.Event()
+    monkeypatch.setattr(maildir_changes, "INLINE_RENAMES", 0)  # the claim's rename in a thread
 
     def held(*args):  # renamed on disk; the index not told yet
         done = real(*args)
         release.wait(10)
         return done
 
-    monkeypatch.setattr(maildir_folder, "rename_all", held)
+    monkeypatch.setattr(maildir_changes, "rename_all", held)
     claim = box.claim_recent()
     try:
         for _ in range(250):  # until the thread has renamed it (bounded)
@@ -380,11 +380,11 @@ async def test_store_renames_on_the_reactor_thread_when_the_uidlist_lock_is_free
     thread hop, 3-5 ms, mostly waiting for the busy reactor to take the result back.
     A few renames now happen at once when dovecot-uidlist.lock can be had without
     waiting; when another program holds it, the pass waits for it in a thread."""
-    from mailhost.store._maildir import maildir_folder
+    from mailhost.store._maildir import maildir_changes
     from mailhost.store._maildir.dotlock import DotLock
     from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
 
-    monkeypatch.setattr(maildir_folder, "INLINE_RENAMES", 16)  # off by default
+    monkeypatch.setattr(maildir_changes, "INLINE_RENAMES", 16)  # off by default
     store = MaildirStore(root, fsync=False)
     for _ in range(2):
         await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))

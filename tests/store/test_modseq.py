@@ -127,7 +127,7 @@ async def test_crash_losing_the_journal_tail_never_goes_back(tmp_path):
     store = MaildirStore(root, fsync=False)
     folder = await _three(store)
     journal = os.path.join(folder.path, MODSEQ_FILE)
-    await folder._write_journal()
+    await folder._journal.write()
     with open(journal) as f:
         kept = f.read()
     await folder.set_flags([2], ["\\Flagged"], "add")
@@ -167,7 +167,7 @@ async def test_changes_on_disk_get_new_modseqs(tmp_path):
 
     before = folder.highest_modseq
     rename_with(1, "F")
-    await folder._run(folder._refresh, True)
+    await folder._run(folder._rescan.rescan, True)
     assert folder.get(1).flags == frozenset({"\\Flagged"})
     assert folder.modseq_of(1) > before
     running = folder.highest_modseq
@@ -191,13 +191,13 @@ async def test_reservation_is_renewed_before_it_runs_out(tmp_path):
     root = str(tmp_path / "mail")
     store = MaildirStore(root, fsync=False)
     folder = await _three(store)
-    first = folder._reserved
+    first = folder._journal.reserved
     folder._modseqs.highest = first - RESERVE // 2  # as if many changes went by
     await folder.set_flags([1], ["\\Seen"], "add")
-    assert folder._reserved > first
-    await folder._write_journal()
+    assert folder._journal.reserved > first
+    await folder._journal.write()
     with open(os.path.join(folder.path, MODSEQ_FILE)) as f:
-        assert f"R {folder._reserved}\n" in f.read()
+        assert f"R {folder._journal.reserved}\n" in f.read()
     await store.close()
 
 
@@ -212,8 +212,8 @@ async def test_journal_is_compacted_while_running(tmp_path):
         await folder.set_flags([1 + i % 3], ["\\Seen"], "add" if i % 2 else "remove")
     await folder.set_flags([2], ["\\Deleted"], "add")
     await folder.expunge()
-    folder._journal_appended = 10**6  # as if it had grown for long
-    await folder._write_journal()
+    folder._journal._appended = 10**6  # as if it had grown for long
+    await folder._journal.write()
     with open(os.path.join(folder.path, MODSEQ_FILE)) as f:
         text = f.read()
     assert len(text.splitlines()) <= 5, text  # header, R, one G, at most two S

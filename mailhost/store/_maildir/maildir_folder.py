@@ -4,67 +4,63 @@ Reads (``messages``, ``get``, flags, sizes) come from the in-memory index and to
 no file. Changes run their file work in the reactor's thread pool, serialised per
 folder by a DeferredLock, and update the index and listeners on the reactor thread.
 
-UIDs are Dovecot's: every one is given out in a worker thread under
-``dovecot-uidlist.lock`` (maildir_uids.FolderUids), by the thread that linked the
-files, and handed to the index in ascending order; a message becomes visible only once
-every lower handed UID has settled, so no session ever sees a UID lower than one it
-has already seen appear later.
+The folder holds the index, the folder lock, the listeners and the UIDVALIDITY/UIDNEXT
+pair, and builds its parts, each a class with its own state that reaches the folder
+only through what it is given (``__init__``):
 
-SMTP deliveries are the exception: they answer once the file is durable in new/, and
-the folder numbers them afterwards, in batches (``_delivered``): collected for
-``NUMBER_DELAY``, and while a batch is in its thread the next one collects, so N
-deliveries cost about one lock, read, append and uidlist fsync, not N. IDLE hears of
-them when their batch settles. A refresh (SELECT, NOOP, a POP3 login) first has the
-batches already due run at once and waits for them, so a client that got the 250
-and then looks finds the message.
+- ``maildir_numbering``: UIDs threads handed out, into the index in order
+  (UidHandOver); SMTP deliveries numbered in batches (DeliveryNumbering);
+- ``maildir_rescan``: listings, and others' renames, unlinks and new files applied;
+- ``maildir_disk_watch``: the watcher's events, ours told from other programs';
+- ``maildir_changes``: flag changes, expunges and \\Recent claims, one pass per lock;
+- ``maildir_reader``: message files opened and header blocks read;
+- ``maildir_keywords``: keyword letters, following dovecot-keywords;
+- ``maildir_dates``: dates the index does not hold yet, and RFC 8514 save dates;
+- ``maildir_journal`` and ``maildir_cache``: the modseq journal and the folder cache
+  files, written in batches.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import threading
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailhost.message.crlf import CRLFReader
 from mailhost.store import objectid
-from mailhost.store._maildir import maildir_cache, maildir_modseq, maildirsize
-from mailhost.store._maildir.dovecot_keywords import KeywordFile, KeywordMap
-from mailhost.store._maildir.lock_passes import LockPasses
-from mailhost.store._maildir.maildir_events import fold_events
-from mailhost.store._maildir.maildir_headers import HeaderJob, read_blocks
+from mailhost.store._maildir import maildir_modseq, maildirsize
+from mailhost.store._maildir.dovecot_keywords import KeywordFile
+from mailhost.store._maildir.maildir_cache import FolderCache
+from mailhost.store._maildir.maildir_changes import ChangePasses
+from mailhost.store._maildir.maildir_dates import FolderDates
+from mailhost.store._maildir.maildir_disk_watch import DiskWatch
 from mailhost.store._maildir.maildir_index import (
-    UNKNOWN_DATE,
     FolderIndex,
     Loaded,
-    Snapshot,
-    diff_folder,
     dir_stamp,
-    examine_foreign,
     fast_info,
     load_folder,
-    name_time,
 )
 from mailhost.store._maildir.maildir_io import rename_all, transfer_files, unlink_all
+from mailhost.store._maildir.maildir_journal import ModSeqJournal
+from mailhost.store._maildir.maildir_keywords import FolderKeywords
 from mailhost.store._maildir.maildir_names import (
     Keywords,
     filename,
-    info_letters,
     make_info,
     unique_base,
 )
+from mailhost.store._maildir.maildir_numbering import DeliveryNumbering, UidHandOver
+from mailhost.store._maildir.maildir_numbering import Row as Row  # maildir_writer's import
+from mailhost.store._maildir.maildir_reader import FolderReader
+from mailhost.store._maildir.maildir_rescan import FolderRescan
 from mailhost.store._maildir.maildir_uids import FolderUids
-from mailhost.store._maildir.maildir_watch import APPEARED, COALESCE_DELAY
-from mailhost.store.flags import apply_mode, normalize_flags
+from mailhost.store.flags import apply_mode
 from mailhost.store.interfaces import (
     Columns,
     IFolder,
@@ -74,11 +70,8 @@ from mailhost.store.interfaces import (
     IMessageReader,
     MessageInfo,
     NoSuchFolder,
-    NoSuchMessage,
-    StoreError,
 )
-from mailhost.store.modseq import ModSeqListeners, ModSeqs, with_modseq
-from mailhost.store.reader import reader_for
+from mailhost.store.modseq import ModSeqListeners, ModSeqs
 
 if TYPE_CHECKING:  # they import this module
     from mailhost.store._maildir.maildir_account import MaildirAccount
@@ -86,58 +79,14 @@ if TYPE_CHECKING:  # they import this module
 
 _T = TypeVar("_T")
 
-CACHE_FLUSH_DELAY = 2.0
-#: Bulk-adopted files get their real dates this long after the folder opens, in
-#: batches (thread work that would otherwise compete with the first SELECT/FETCH).
-DATE_FILL_DELAY = 5.0
-DATE_FILL_BATCH = 5000
-CACHE_FLUSH_BATCH = 2000
+#: dovecot-uidlist (and mailhost-cache at load) is rewritten without the records of
+#: expunged messages once they outnumber the live ones and this many.
 COMPACT_MIN_STALE = 1000
-#: The folder-cache key of a message's RFC 8514 save date (whole POSIX seconds).
-SAVE_DATE_KEY = "savedate"
-#: Deliveries wait this long for others to share their UID batch (a refresh, close or
-#: anyone who needs the UIDs starts the batch at once). Each batch costs a dotlock
-#: round and a uidlist fsync; one SMTP session sends a message every few ms.
-NUMBER_DELAY = 0.05
-
-#: Modseq journal lines wait this long for others to share their write.
-JOURNAL_DELAY = 1.0
-
-#: A pass of at most this many renames and no unlinks renames on the reactor thread
-#: when the uidlist lock is free at once (see ``_rename_and_unlink``); 0: never. Off
-#: until measured on a quiet host: in the loaded runs of bench/imap_load.py it cut the
-#: folder lock's hold time, but NOOP and APPEND medians got worse in the same runs
-#: (the reactor may block on the directory and journal that fsyncing APPENDs share).
-INLINE_RENAMES = 0
-
-#: ``diff_folder``'s answer: (stamp, renamed [(uid, recent, part)], gone UIDs, unknown
-#: files [(subdir, name)]).
-Diff = tuple[tuple[int, int] | None, list[tuple[int, bool, str | None]], list[int],
-             list[tuple[str, str]]]
-
-#: What a settled reservation adds to the index:
-#: (base name, in new/, info part, needs CRLF wrap, CRLF size, internal date).
-Row = tuple[str, bool, str | None, bool, int, float]
-
-
-#: One change waiting for its pass (``_changes``), the caller last:
-#: (FLAGS, UIDs ascending, flags, mode, caller) of ``set_flags``;
-#: (EXPUNGE, the UIDs it is restricted to or None for every \Deleted message, None,
-#: None, caller) of ``expunge``; (CLAIM, UIDs, None, None, caller) of the renames
-#: new/ -> cur/ of ``claim_recent``.
-ChangeRequest = tuple[str, Any, Any, Any, "defer.Deferred[Any]"]
-FLAGS, EXPUNGE, CLAIM = "flags", "expunge", "claim"
 
 
 def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
     """The Row of a copy a writer just linked into new/ (stored CRLF: no wrap)."""
     return base, True, part, False, size, float(date)
-
-
-def _call_closing(fn: Callable[[BinaryIO], _T], f: BinaryIO) -> _T:
-    """Run in a thread: ``fn(f)``, then ``f`` closed."""
-    with f:
-        return fn(f)
 
 
 @implementer(IIndexedFolder, IHeaderBlocks)
@@ -154,54 +103,59 @@ class MaildirFolder:
         self.name = name
         self.uid_validity = 0
         self.uid_next = 1
-        self._keywords = Keywords()
-        self._index = FolderIndex(self._keywords)
+        self._index = FolderIndex(Keywords())
         self._uids = FolderUids(path, store.modes, store.fsync)
         self._uids.known = lambda base: self._index.by_base.get(base)
-        self._watching: str | None = None  # "inotify" or "poll" while listened to
-        self._kwfile = KeywordFile(path, store.modes, store.fsync, self._uids.dotlock)
-        self._kw_generation = 0  # of the KeywordFile map self._keywords follows
-        self._path = path
         self._modseqs = ModSeqs()
-        self._listeners = ModSeqListeners(self._modseqs, self._journal)
-        self._reserved = 0  # modseqs up to here are reserved on disk (maildir_modseq)
-        self._journal_lines: list[str] = []
-        self._journal_call: IDelayedCall | None = None
-        self._journal_lock = defer.DeferredLock()  # appends land in order
-        self._journal_appended = 0  # lines since the journal was last written whole
         self._lock = defer.DeferredLock()  # serialises renames/unlinks/scans
         self._file_lock = threading.Lock()  # uidlist/keywords/cache files, in threads
-        self._settled: dict[int, Row | None] = {}
-        self._waiting: dict[int, list[defer.Deferred[None]]] = {}
-        self._pending_bases: Counter[str] = Counter()  # being linked in by us
         self._stale = 0
-        self._cache: maildir_cache.Cache = {}  # key -> {uid: value}
-        self._cache_pending: list[tuple[int, str, str]] = []
-        self._cache_call: IDelayedCall | None = None
         self._gone = False
-        self._stamp: tuple[int, int] | None = None  # dir mtimes at the last full scan
-        self._fill_call: IDelayedCall | None = None
-        self._disk_events: list[tuple[str, str, int] | None] = []  # not yet looked at
-        self._disk_call: IDelayedCall | None = None
-        self._own_names: set[tuple[str, str]] = set()  # (subdir, name) our renames made
-        self._leaving: set[tuple[str, str]] = set()  # names our rename/unlink in flight drops
-        self._removed_bases: set[str] = set()  # left the index since the watch's last look
-        #: Flag changes, expunges and \Recent claims that wait for the lock run as one
-        #: pass, with one thread hop (see ``_changes``).
-        self._change_passes: LockPasses[ChangeRequest] = LockPasses(
-            self._run, self._changes, self._changes_failed)
-        self._unnumbered: list[Row] = []  # delivered, durable, waiting for a UID batch
-        self._numbering = False  # a batch is scheduled or running
-        self._number_call: IDelayedCall | None = None  # the scheduled start of the next batch
-        self._queued = 0  # rows ever queued for numbering
-        self._numbered = 0  # of those, how many are done (numbered, or failed)
-        self._number_waiters: list[tuple[int, defer.Deferred[None]]] = []
-        #: UID batches run for deliveries (a test and benchmark hook).
-        self.batches = 0
-        #: Directory listings done to pick up others' changes, and runs of the watch's
-        #: events applied without one (test hooks).
-        self.listings = 0
-        self.followed = 0
+
+        # Its parts: each reaches the folder only through what it is given here (the
+        # index, directory and UIDVALIDITY as the folder has them at the time).
+        reactor, watcher = store._reactor, store._watcher
+
+        def run_blocking(fn: Callable[..., _T], *args: object) -> defer.Deferred[_T]:
+            # The store's, looked up at each call (tests count thread hops by
+            # replacing it on the store).
+            return store.run_blocking(fn, *args)
+
+        index, where, gone = (lambda: self._index), (lambda: self._path), (lambda: self._gone)
+        self._handover = UidHandOver(self._uids, self._seen_uid, self._insert,
+                                     lambda infos: self._listeners.added(self, infos), gone)
+        self._kw = FolderKeywords(
+            KeywordFile(path, store.modes, store.fsync, self._uids.dotlock), run_blocking,
+            index, self._changed, gone)
+        self._rescan = FolderRescan(run_blocking, self._uids, self._handover, self._kw,
+                                    index, where, self._uid_next_at_least, self._changed,
+                                    self._expunged)
+        self._numbering = DeliveryNumbering(reactor, run_blocking, lambda: store.syncer,
+                                            self._uids, self._handover, index,
+                                            self._rescan.relist, gone, where)
+        self._disk = DiskWatch(reactor, lambda: watcher.start(self),
+                               lambda: watcher.stop(self), watcher.drain, self._run,
+                               self._rescan, index, self._handover.pending, where)
+        self._reader = FolderReader(run_blocking, self._uids, index, where, self._lock,
+                                    lambda: self._run(self._rescan.rescan, True), gone)
+        self._journal = ModSeqJournal(reactor, run_blocking, self._file_lock, index,
+                                      lambda: self._modseqs, where,
+                                      lambda: self.uid_validity, store.modes,
+                                      store.fsync, gone)
+        self._listeners = ModSeqListeners(self._modseqs, self._journal.record)
+        self._cache = FolderCache(reactor, run_blocking, self._file_lock, where,
+                                  lambda: self.uid_validity, store.modes, gone)
+        self._dates = FolderDates(reactor, run_blocking, self._uids, index, where,
+                                  self._run, self._rescan.rescan, self.refresh,
+                                  self.get_cached, self.set_cached, gone)
+        self._changes = ChangePasses(
+            run=self._run, run_blocking=run_blocking, index=index, path=where,
+            account=account, uids=self._uids, disk=self._disk, dates=self._dates,
+            keywords=self._kw, rescan=self._rescan, changed=self._changed,
+            expunged=self._expunged, compact_if_stale=self._compact_if_stale,
+            modseq_of=self.modseq_of, flags_again=self._set_flags_once,
+            expunge_again=self._expunge_locked)
+        self._path = path  # (the setter tells the parts that keep it)
 
     @property
     def _path(self) -> str:
@@ -212,9 +166,9 @@ class MaildirFolder:
         # Folder renames move the directory; the index reads dates from it.
         self._dir = self._index.path = path
         self._uids.set_path(path)
-        self._kwfile.set_path(path)
-        if self._watching is not None:  # watch the new place
-            self._unwatch()
+        self._kw.file.set_path(path)
+        if self._disk.mode is not None:  # watch the new place
+            self._disk.stop()
             self._watch_if_listened()
 
     @property
@@ -225,7 +179,7 @@ class MaildirFolder:
 
     async def _load(self) -> None:
         path, fsync, modes, uids = self._path, self._store.fsync, self._store.modes, self._uids
-        kwfile = self._kwfile
+        kwfile = self._kw.file
 
         def load() -> tuple[tuple[int, int] | None, int, Loaded]:
             # Dir times from before the listing: a later change moves them, so the
@@ -237,35 +191,28 @@ class MaildirFolder:
             return stamp, generation, load_folder(path, fsync, modes, True, uids,
                                                   Keywords(by_index))
 
-        stamp, self._kw_generation, loaded = await self._store.run_blocking(load)
-        self._stamp = stamp
+        stamp, self._kw.generation, loaded = await self._store.run_blocking(load)
+        self._rescan.stamp = stamp
         self.uid_validity = loaded.validity
         self.uid_next = loaded.uid_next
         self._index = loaded.index
         self._index.path = self._path
-        self._keywords = loaded.index.keywords
         self._stale = loaded.stale
         index = self._index
-        mods, self._reserved = await self._store.run_blocking(
+        mods, self._journal.reserved = await self._store.run_blocking(
             maildir_modseq.load, self._path, self.uid_validity, list(index.uids),
             index.letters(), self._store.modes, self._store.fsync)
         mods.clock = self._store.modseq_clock
         self._modseqs = self._listeners.modseqs = mods
         index.modseqs = mods.by_uid
-        cache, cache_stale, retired = await self._store.run_blocking(
-            maildir_cache.read, self._cache_path(), self.uid_validity, self._index)
-        self._cache = cache
-        if retired or cache_stale > maildir_cache.entries(cache) + COMPACT_MIN_STALE:
-            await self._store.run_blocking(self._rewrite_cache,
-                                           {k: dict(v) for k, v in cache.items()})
-        if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
-            await self._compact()
+        await self._cache.load(self._index, COMPACT_MIN_STALE)
+        await self._compact_if_stale()
         if loaded.foreign:
-            await self._adopt(loaded.foreign)
+            await self._rescan.adopt(loaded.foreign)
         if self._index.unknown_dates:
-            self._schedule_fill(DATE_FILL_DELAY)
+            self._dates.schedule()
 
-    # -- mod-sequences (RFC 7162; numbered by ModSeqListeners, kept by maildir_modseq) --
+    # -- mod-sequences (RFC 7162; numbered by ModSeqListeners, kept by maildir_journal) -
 
     @property
     def highest_modseq(self) -> int:
@@ -280,201 +227,7 @@ class MaildirFolder:
     def expunged_since(self, modseq: int) -> list[int] | None:
         return self._modseqs.expunged_since(modseq)
 
-    def _journal(self, kind: str, uids: Sequence[int], modseq: int) -> None:
-        """Record a numbered change for the next journal write; a reservation runs
-        out at half way, and then the write (with its fsync) starts at once."""
-        if self._gone:
-            return
-        if kind == "set":
-            index = self._index
-            items = [(u, index.letters_at(i)) for u in uids if (i := index.pos(u)) >= 0]
-            if items:
-                self._journal_lines.append(maildir_modseq.set_line(modseq, items))
-        else:
-            self._journal_lines.append(maildir_modseq.gone_line(modseq, uids))
-        # (With a modseq clock every restart starts above the time: nothing to reserve.)
-        if (self._modseqs.clock is None
-                and modseq + maildir_modseq.RESERVE // 2 > self._reserved):
-            self._reserved = modseq + maildir_modseq.RESERVE
-            self._journal_lines.append(maildir_modseq.reserve_line(self._reserved))
-            self._write_journal()
-        elif self._journal_call is None:
-            self._journal_call = self._store._reactor.callLater(JOURNAL_DELAY,
-                                                                self._write_journal)
-
-    def _write_journal(self, closing: bool = False) -> defer.Deferred[None]:
-        if self._journal_call is not None and self._journal_call.active():
-            self._journal_call.cancel()
-        self._journal_call = None
-        lines, self._journal_lines = self._journal_lines, []
-        if closing:
-            lines.append(f"C {self._modseqs.highest}\n")
-        if not lines or self._gone:
-            # Fires once the writes already started have landed.
-            return self._journal_lock.run(defer.succeed, None)
-        path, lock, modes, fsync = self._path, self._file_lock, self._store.modes, self._store.fsync
-        self._journal_appended += len(lines)
-        index = self._index
-        if self._journal_appended > 2 * len(index) + COMPACT_MIN_STALE:
-            # Appends outgrew the state they describe: write it whole instead
-            # (a snapshot, taken here on the reactor thread).
-            self._journal_appended = 0
-            args = (path, self.uid_validity, self._reserved,
-                    maildir_modseq.snapshot(self._modseqs),
-                    dict(zip(index.uids, index.letters(), strict=True)), modes, fsync)
-
-            def work() -> None:
-                with lock:
-                    maildir_modseq.compact(*args)
-                    if closing:
-                        maildir_modseq.append(path, lines[-1:], modes, fsync)
-        else:
-            def work() -> None:
-                with lock:
-                    maildir_modseq.append(path, lines, modes, fsync)
-
-        d = self._journal_lock.run(self._store.run_blocking, work)
-        d.addErrback(lambda f: self.log.failure("modseq journal write failed", f))
-        return d
-
-    # -- dates of files adopted in bulk ---------------------------------------------------
-
-    def _schedule_fill(self, delay: float) -> None:
-        if self._fill_call is None and not self._gone:
-            self._fill_call = self._store._reactor.callLater(delay, self._fill_dates)
-
-    def _stop_fill(self) -> None:
-        if self._fill_call is not None and self._fill_call.active():
-            self._fill_call.cancel()
-        self._fill_call = None
-
-    def _fill_dates(self) -> defer.Deferred[None]:
-        """Read the dates bulk adoption skipped, a batch at a time in a thread, and
-        record them in mailhost-uidcache, so INTERNALDATE needs no stat later (even
-        after a restart). Runs after the first burst of client commands, not during it;
-        goes on at once only while a batch made progress."""
-        self._fill_call = None
-
-        def next_batch(more: bool) -> None:
-            if more:
-                self._schedule_fill(0)
-
-        d = self._run(self._fill_batch).addCallback(next_batch)
-        d.addErrback(lambda f: None if f.check(NoSuchFolder)
-                     else self.log.failure("reading message dates failed", f))
-        return d
-
-    async def _fill_batch(self) -> bool:
-        """One batch of the date pass; True if there is more to do and this batch got
-        somewhere (a row it could not stat is looked for again after a refresh, then
-        given its name's time, so it never comes back)."""
-        index = self._index
-        before = index.unknown_dates + len(index.unsaved_dates)
-        todo = index.unknown(DATE_FILL_BATCH)
-        if not todo:
-            return False
-        path, uids = self._path, self._uids
-
-        def work(rows: list[tuple[int, str, int, bool, str, float]],
-                 ) -> tuple[list[tuple[int, int]], list[int]]:
-            dates: list[tuple[int, int]] = []
-            facts: list[tuple[int, float, int, bool]] = []
-            missing: list[int] = []
-            for uid, rel, size, wrap, _base, date in rows:
-                if date == UNKNOWN_DATE:
-                    try:
-                        mtime = int(os.stat(os.path.join(path, rel)).st_mtime)
-                    except OSError:
-                        missing.append(uid)  # renamed or deleted by another program
-                        continue
-                else:
-                    mtime = int(date)
-                dates.append((uid, mtime))
-                facts.append((uid, mtime, size, wrap))
-            if facts:
-                uids.cache(facts)
-            return dates, missing
-
-        dates, missing = await self._store.run_blocking(work, todo)
-        for uid, mtime in dates:
-            index.set_date(uid, float(mtime))
-        if missing:
-            # Another program renamed (flags) or deleted them: learn the new names,
-            # drop the gone, and try once more under the current names.
-            await self._refresh()
-            index = self._index
-            retry = []
-            for uid in missing:
-                i = index.pos(uid)
-                if i >= 0 and index.dates[i] == UNKNOWN_DATE:
-                    retry.append((uid, self._relpath_at(i), index.sizes[i],
-                                  bool(index.wrap[i]), index.keys[i], UNKNOWN_DATE))
-            if retry:
-                dates, missing = await self._store.run_blocking(work, retry)
-                for uid, mtime in dates:
-                    index.set_date(uid, float(mtime))
-                for uid in missing:  # still not found: racing; use the name's time
-                    i = index.pos(uid)
-                    if i >= 0:
-                        index.set_date(uid, name_time(index.keys[i]))
-        after = index.unknown_dates + len(index.unsaved_dates)
-        return after > 0 and after < before
-
-    async def _read_dates(self, uids: Iterable[int] | None = None) -> None:
-        """Read the still unknown dates of these messages (all if None) in one thread
-        pass, so callers that need them do not stat file after file on the reactor.
-        The background pass records them in mailhost-uidcache later."""
-        index = self._index
-        if uids is None:
-            uids = [u for u, d in zip(index.uids, index.dates, strict=True)
-                    if d == UNKNOWN_DATE]
-        else:
-            uids = list(uids)
-        path = self._path
-        any_found = False
-
-        def work(rows: list[tuple[int, str, str]]) -> list[tuple[int, float]]:
-            found: list[tuple[int, float]] = []
-            for uid, rel, _base in rows:
-                try:
-                    found.append((uid, float(int(os.stat(os.path.join(path, rel)).st_mtime))))
-                except OSError:
-                    pass  # renamed or gone: read on demand (FolderIndex.date_at)
-            return found
-
-        # A batch at a time: the paths of 100k messages at once were ~30 MB of the
-        # server's peak (issue 16), for no gain over a few thread hops.
-        for start in range(0, len(uids), DATE_FILL_BATCH):
-            rows = index.unknown_rows(uids[start:start + DATE_FILL_BATCH])
-            if not rows:
-                continue
-            found = await self._store.run_blocking(work, rows)
-            del rows
-            if index is not self._index:
-                return
-            for uid, date in found:
-                i = index.pos(uid)
-                if i >= 0 and index.dates[i] == UNKNOWN_DATE:
-                    index.set_date(uid, date)
-                    index.unsaved_dates.add(uid)
-            any_found = any_found or bool(found)
-        if any_found:
-            self._schedule_fill(DATE_FILL_DELAY)
-
-    def fill_dates(self, uids: Iterable[int] | None = None) -> defer.Deferred[None]:
-        """Fires once the date of every message (or of these UIDs) is known, read in
-        bulk in a worker thread (at once when none is missing): for callers about to
-        read many INTERNALDATEs, such as SEARCH or FETCH (IIndexedFolder)."""
-        if not self._index.unknown_dates:
-            return defer.succeed(None)
-        return self._run(self._read_dates, None if uids is None else list(uids))
-
     # -- index helpers ---------------------------------------------------------------
-
-    def _relpath_at(self, i: int) -> str:
-        st = self._index.state_at(i)
-        return os.path.join("new" if st.recent else "cur",
-                            filename(self._index.keys[i], st.part))
 
     def _row(self, base: str, recent: bool, part: str | None, wrap: bool, size: int,
              date: float, uid: int) -> Row:
@@ -489,210 +242,49 @@ class MaildirFolder:
 
     def _remove(self, uids: Iterable[int]) -> None:
         index = self._index
-        if self._watching == "inotify":
-            # The watch may still report their files: no arrivals (_arrivals).
+        if self._disk.mode == "inotify":
+            # The watch may still report their files: no arrivals (DiskWatch.removed).
             uids = list(uids)
-            self._removed_bases.update(index.keys[i] for i in map(index.pos, uids) if i >= 0)
+            self._disk.removed(index.keys[i] for i in map(index.pos, uids) if i >= 0)
         gone = index.remove(uids)
-        for by_uid in self._cache.values():
-            for uid in gone:
-                by_uid.pop(uid, None)
+        self._cache.drop(gone)
         self._stale += len(gone)
 
-    def _letters(self, flags: frozenset[str], extra: str = "") -> str:
-        """Maildir letters for flags; their keywords must have letters already
-        (``_learn_keywords``)."""
-        return self._keywords.letters_of(flags, extra)
+    def _changed(self, infos: list[MessageInfo]) -> None:
+        """Tell listeners these messages changed (flags)."""
+        self._listeners.changed(self, infos)
 
-    async def _learn_keywords(self, flags: Iterable[str]) -> None:
-        """Make sure every keyword among ``flags`` has a letter in dovecot-keywords
-        before a file name uses it. A keyword we know costs nothing (as in Dovecot, a
-        letter once in the file keeps its keyword); for a new one a worker thread
-        re-reads the file if it changed and gives out letters under the uidlist lock,
-        never one the file or a file name already uses (see dovecot_keywords)."""
-        names = [f for f in flags if not f.startswith("\\")]
-        if all(self._keywords.index_of(n) is not None for n in names):
-            return
-        got = await self._store.run_blocking(self._kwfile.learn, names,
-                                           self._index.unmapped_letters())
-        self._apply_keywords(got)
+    def _expunged(self, uids: list[int]) -> None:
+        """Take these (indexed) messages out of the folder and tell listeners."""
+        self._remove(uids)
+        self._listeners.expunged(self, uids)
 
-    def _apply_keywords(self, got: KeywordMap | None) -> None:
-        """Follow the map a worker thread read or wrote (older results are dropped):
-        states get the flags their letters mean now, and listeners hear of messages
-        whose flags changed with it (letters Dovecot gave out that we now know)."""
-        if got is None or got[0] <= self._kw_generation:
-            return
-        self._kw_generation, by_index = got
-        if by_index == self._keywords.by_index:
-            return
-        self._keywords.replace(by_index)
-        index = self._index
-        moved = index.remap_keywords()
-        if moved and not self._gone:
-            self._listeners.changed(self, [index.info_at(i)
-                                           for i, sid in enumerate(index.states)
-                                           if sid in moved])
+    @property
+    def listings(self) -> int:
+        """Directory listings done to pick up others' changes (a test hook)."""
+        return self._rescan.listings
 
-    # -- UID hand-over -------------------------------------------------------------------
+    # -- UIDs of new files (maildir_numbering) -------------------------------------------
 
-    def _expect(self, bases: Iterable[str]) -> None:
-        """These files are being linked in by us: a refresh meanwhile must not adopt
-        them (they get their UIDs from the thread that links them)."""
-        self._pending_bases.update(bases)
+    def _seen_uid(self, uid: int) -> None:
+        if uid >= self.uid_next:
+            self.uid_next = uid + 1
 
-    def _unexpect(self, bases: Iterable[str]) -> None:
-        self._pending_bases.subtract(bases)
-        for base in bases:
-            if self._pending_bases[base] <= 0:
-                del self._pending_bases[base]
-
-    def _settle(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred[None]:
-        """Record the outcome of UIDs a thread handed out (None: dropped). Fires once
-        each is visible or dropped; listeners hear of each visible batch at once. UIDs
-        become visible in the order they were handed out (``FolderUids.handed``), so
-        only those still waiting behind an earlier one get a Deferred (adopting 100k
-        files at once must not build 100k of them).
-
-        Other programs' messages handed out with ours (``FolderUids.found``) settle
-        here too, first. A UID handed out once may be brought again by the caller
-        that owns its file (its file was numbered before it asked): a UID already
-        settled is left as it is, and a dropped outcome never replaces a row."""
-        uids = self._uids
-        settled = self._settled
-        found = uids.found
-        while found:
-            uid, row = found.popleft()
-            if row is not None or uid not in settled:
-                settled[uid] = row
-        for uid, row in items:
-            if uid >= self.uid_next:
-                self.uid_next = uid + 1
-            head = uids.peek()
-            if head is None or uid < head:
-                continue  # settled already (the queue is ascending)
-            if row is not None or settled.get(uid) is None:
-                settled[uid] = row
-        added: list[MessageInfo] = []
-        fire: list[defer.Deferred[None]] = []
-        handed = uids.handed
-        while True:
-            done = uids.peek()
-            if done is None or done not in settled:
-                break
-            row = settled.pop(done)
-            if row is not None and not self._gone:
-                added.append(self._insert(done, row))
-            # Only now: a thread that finds it gone from the queue finds it indexed.
-            handed.popleft()
-            fire.extend(self._waiting.pop(done, ()))
-        self._listeners.added(self, added)
-        waits: list[defer.Deferred[None]] = []
-        for uid, _row in items:
-            if uid in settled:  # behind a handed UID that has not settled yet
-                # A list: one UID may have two callers waiting (see above).
-                d: defer.Deferred[None] = defer.Deferred()
-                self._waiting.setdefault(uid, []).append(d)
-                waits.append(d)
-        for waiter in fire:
-            waiter.callback(None)
-        if not waits:
-            return defer.succeed(None)
-        return defer.gatherResults(waits).addCallback(lambda _: None)
-
-    # -- deliveries numbered in batches ------------------------------------------------
+    def _uid_next_at_least(self, uid_next: int) -> None:
+        self.uid_next = max(self.uid_next, uid_next)
 
     def _delivered(self, rows: Sequence[Row], expected: bool) -> None:
-        """Files just made durable in new/ with no UID yet (SMTP; see the module
-        docstring): numbered in the next batch. ``expected``: the writer ``_expect``ed
-        them before linking (the folder was open then); else a listing may have
-        adopted them already, and those are left out."""
-        if self._gone:
-            if expected:
-                self._unexpect([r[0] for r in rows])
-            return
-        if not expected:
-            by_base, pending = self._index.by_base, self._pending_bases
-            rows = [r for r in rows if r[0] not in by_base and r[0] not in pending]
-            self._expect([r[0] for r in rows])
-        if not rows:
-            return
-        self._unnumbered.extend(rows)
-        self._queued += len(rows)
-        if not self._numbering:
-            self._numbering = True
-            self._number_call = self._store._reactor.callLater(NUMBER_DELAY,
-                                                               self._start_numbering)
-
-    def _start_numbering(self) -> None:
-        self._number_call = None
-        d = defer.Deferred.fromCoroutine(self._number_batches())
-        d.addErrback(lambda f: self.log.failure("numbering deliveries failed", f))
-
-    async def _number_batches(self) -> None:
-        try:
-            while self._unnumbered and not self._gone:
-                batch, self._unnumbered = self._unnumbered, []
-                try:
-                    await self._number(batch)
-                except Exception:
-                    # The files stay in new/ (durable); the next listing adopts them.
-                    self._stamp = None
-                    self.log.failure("giving UIDs to {n} delivered messages in {path} "
-                                     "failed; the next rescan will", n=len(batch),
-                                     path=self._path)
-                self._numbered += len(batch)
-                self._wake_numbered()
-        finally:
-            self._numbering = False
-            if self._gone:
-                self._unnumbered.clear()
-                self._numbered = self._queued
-                self._wake_numbered()
-
-    async def _number(self, batch: list[Row]) -> None:
-        """One batch: one dotlock round (lock, read what others appended, append,
-        release) and one uidlist fsync in a thread, then visible, in UID order."""
-        self.batches += 1
-        bases = [row[0] for row in batch]
-        uids = self._uids
-        ticket: list[int] = []
-        syncer = self._store.syncer
-        facts = [(date, size, wrap) for _, _, _, wrap, size, date in batch]
-
-        def work() -> list[int]:
-            got = uids.assign(bases, ticket, facts)
-            if syncer is not None:
-                syncer.sync([uids.uidlist.path])
-            return got
-
-        try:
-            try:
-                got = await self._store.run_blocking(work)
-            except BaseException:
-                self._settle([(uid, None) for uid in ticket])
-                raise
-            await self._settle(list(zip(got, batch, strict=True)))
-        finally:
-            self._unexpect(bases)
-
-    def _wake_numbered(self) -> None:
-        done = self._numbered
-        ready = [d for target, d in self._number_waiters if target <= done]
-        if ready:
-            self._number_waiters = [(t, d) for t, d in self._number_waiters if t > done]
-            for d in ready:
-                d.callback(None)
+        """Delivered files with no UID yet (DeliveryNumbering.delivered)."""
+        self._numbering.delivered(rows, expected)
 
     def _numbered_all(self) -> defer.Deferred[None]:
         """Fires once every delivery queued so far is numbered (or its batch failed)."""
-        if self._numbered >= self._queued:
-            return defer.succeed(None)
-        if self._number_call is not None and self._number_call.active():
-            self._number_call.reset(0)  # someone waits: no point collecting more
-        d: defer.Deferred[None] = defer.Deferred()
-        self._number_waiters.append((self._queued, d))
-        return d
+        return self._numbering.numbered_all()
+
+    @property
+    def batches(self) -> int:
+        """UID batches run for deliveries (a test and benchmark hook)."""
+        return self._numbering.batches
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -711,15 +303,17 @@ class MaildirFolder:
     def _run(self, fn: Callable[..., Awaitable[_T]], *args: object) -> defer.Deferred[_T]:
         return defer.Deferred.fromCoroutine(self._locked(fn, *args))
 
-    def _cache_path(self) -> str:
-        return os.path.join(self._path, maildir_cache.CACHE_FILE)
-
     async def _compact(self) -> None:
         """Recreate dovecot-uidlist without the records of expunged files (in a
         thread, under its lock; see FolderUids.compact)."""
-        live = set(self._index.by_base) | set(self._pending_bases)
+        live = set(self._index.by_base) | set(self._handover.pending)
         await self._store.run_blocking(self._uids.compact, live)
         self._stale = 0
+
+    async def _compact_if_stale(self) -> None:
+        """``_compact`` once expunged records outnumber the live ones (and a minimum)."""
+        if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
+            await self._compact()
 
     # -- IFolder: reads -------------------------------------------------------------------
 
@@ -735,254 +329,48 @@ class MaildirFolder:
         return self._index.columns()
 
     def open_message(self, uid: int) -> defer.Deferred[BinaryIO]:
-        return defer.Deferred.fromCoroutine(self._open_message(uid))
+        return self._reader.open_message(uid)
 
     def read_message(self, uid: int, offset: int = 0,
                      length: int | None = None) -> defer.Deferred[IMessageReader]:
-        i = self._index.pos(uid)
-        size = self._index.sizes[i] if i >= 0 else 0
-        d = self.open_message(uid)
-        return d.addCallback(lambda f: reader_for(f, size, offset, length,
-                                                  run=self._store.run_blocking))
-
-    async def _open_message(self, uid: int) -> BinaryIO:
-        for attempt in range(3):
-            i = self._index.pos(uid)
-            if i < 0 or self._gone:
-                raise NoSuchMessage(uid)
-            path = os.path.join(self._path, self._relpath_at(i))
-            wrap = self._index.wrap[i]
-            try:
-                # A read-only open of an existing file is a path lookup in the dentry
-                # cache (no journal, no data I/O): cheaper here than a thread hop, which
-                # cost more than the whole read of a typical message. Reads stay bounded
-                # and are the caller's business (thread pool or small chunks).
-                raw = open(path, "rb")  # noqa: SIM115 - the caller closes it
-            except FileNotFoundError:
-                moving = self._index.renaming.get(self._index.keys[i])
-                if moving is not None:
-                    # A rename of ours (flags, new/ -> cur/) is in flight in a thread and
-                    # has happened: the new name, at once. (Issue 16: under the 10-client
-                    # load a third of FETCH BODY[HEADER]s of a just-appended message
-                    # met another session's \Recent claim and waited for the folder
-                    # lock, 3.5 ms median, behind every pass queued on it.)
-                    try:
-                        raw = open(os.path.join(self._path, moving), "rb")  # noqa: SIM115
-                    except FileNotFoundError:
-                        pass
-                    else:
-                        return io.BufferedReader(CRLFReader(raw)) if wrap else raw
-                if attempt == 0:
-                    # A rename of ours (flags, new/ -> cur/) may be in flight: let it
-                    # finish, retry.
-                    await self._lock.acquire()
-                    self._lock.release()
-                elif attempt == 1:
-                    # Another program renamed it (set a flag, moved it to cur/) or
-                    # deleted it: one listing finds it by its base name (and tells the
-                    # listeners what changed); a file really gone leaves the index.
-                    try:
-                        await self._run(self._refresh, True)
-                    except NoSuchFolder:
-                        raise NoSuchMessage(uid) from None
-                continue
-            return io.BufferedReader(CRLFReader(raw)) if wrap else raw
-        raise NoSuchMessage(uid)
+        return self._reader.read_message(uid, offset, length)
 
     def read_headers(self, uids: Sequence[int], fn: Callable[[BinaryIO], _T],
                      ) -> defer.Deferred[list[tuple[int, _T]]]:
-        """IHeaderBlocks: a batch of header blocks in one thread job (maildir_headers)."""
-        return defer.Deferred.fromCoroutine(self._read_headers(uids, fn))
-
-    async def _read_headers(self, uids: Sequence[int], fn: Callable[[BinaryIO], _T],
-                            ) -> list[tuple[int, _T]]:
-        index = self._index
-        if self._gone:
-            return []
-        jobs: list[HeaderJob] = []
-        facts: dict[int, tuple[int, bool]] = {}  # uid -> (size, wrap) of unknown dates
-        for uid in uids:
-            i = index.pos(uid)
-            if i >= 0:
-                st, wrap = index.state_at(i), bool(index.wrap[i])
-                unknown = index.dates[i] == UNKNOWN_DATE
-                jobs.append((uid, "new" if st.recent else "cur",
-                             filename(index.keys[i], st.part), wrap, unknown))
-                if unknown:
-                    facts[uid] = (index.sizes[i], wrap)
-        path, uid_files = self._path, self._uids
-
-        def work() -> tuple[list[tuple[int, _T]], list[int], list[tuple[int, float]]]:
-            out, missing, dates = read_blocks(path, jobs, fn)
-            if dates:
-                # Dates learnt on the way (fstat of the open file), recorded as the
-                # background date pass would, which then has none of them to stat.
-                try:
-                    uid_files.cache([(uid, date, *facts[uid]) for uid, date in dates])
-                except OSError:
-                    pass  # only a cache: a restart reads these dates again
-            return out, missing, dates
-
-        out, missing, dates = await self._store.run_blocking(work)
-        if index is self._index:
-            for uid, date in dates:
-                index.set_date(uid, date)
-        if missing:
-            for uid in missing:  # renamed or gone meanwhile: the careful way
-                try:
-                    f = await self._open_message(uid)
-                except NoSuchMessage:
-                    continue
-                out.append((uid, await self._store.run_blocking(_call_closing, fn, f)))
-            order = {uid: n for n, uid in enumerate(uids)}
-            out.sort(key=lambda row: order[row[0]])
-        return out
+        """IHeaderBlocks: a batch of header blocks in one thread job (maildir_reader)."""
+        return self._reader.read_headers(uids, fn)
 
     # -- IFolder: changes ----------------------------------------------------------------
 
     def refresh(self) -> defer.Deferred[None]:
         # A \Recent claim in flight needs no waiting for: it took its messages out of
         # the recent set when it was made (claim_recent).
-        if (self._watching == "inotify" and self._numbered >= self._queued
-                and self._nothing_foreign()):
+        if (self._disk.mode == "inotify" and self._numbering.done
+                and self._disk.nothing_foreign()):
             return defer.succeed(None)
         return self._run(self._refresh_now)
 
-    def _nothing_foreign(self) -> bool:
-        """Whether every change the watch has reported so far is one of ours, so a
-        refresh has nothing to apply and need not queue for the folder lock behind
-        other sessions' STOREs and EXPUNGEs (issue 16: under a 10-client load an IMAP
-        NOOP waited 18 ms on average for the lock, to find nothing). A STORE rename or
-        EXPUNGE unlink of ours still in its thread hop counts as ours (``_leaving``);
-        other changes of ours in flight may still look foreign here, and then the
-        refresh takes the lock as before. The events stay queued for the usual flush,
-        which looks at them exactly, under the lock."""
-        self._store._watcher.drain()  # what the kernel holds counts too
-        events = self._disk_events
-        if not events:
-            return True
-        if None in events:
-            return False
-        final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
-        return all(self._explained(sub, name, mask, self._own_names, self._leaving)
-                   for (sub, name), mask in final.items()
-                   ) and not self._arrivals(events, self._removed_bases)
-
     async def _refresh_now(self) -> None:
-        if self._numbered < self._queued:
+        if not self._numbering.done:
             # Deliveries acknowledged before now are numbered first (no lock needed).
             await self._numbered_all()
-        if self._watching == "inotify":
+        if self._disk.mode == "inotify":
             # The watch has told us of every change so far (once its queue is read).
-            await self._sync_disk()
+            await self._disk.sync()
         else:
-            await self._refresh()
-
-    async def _refresh(self, force: bool = False) -> None:
-        """Compare the directories with the index (the listing is skipped when their
-        times say nothing changed, unless ``force``) and apply what others changed."""
-        index = self._index
-        path, uids, kwfile = self._path, self._uids, self._kwfile
-        last = None if force else self._stamp
-
-        def work(snapshot: Snapshot, last_stamp: tuple[int, int] | None,
-                 ) -> tuple[KeywordMap | None, Diff, int]:
-            # UIDNEXT moves when another program gives out UIDs, even for mail it
-            # expunged before we listed it; dovecot-keywords when it gives out letters
-            # (read before the listing, so names using them are understood).
-            keywords = kwfile.current(wait=False)
-            diff = diff_folder(path, snapshot, last_stamp)
-            if diff[2]:
-                # Some indexed files were not found. Another program may have been
-                # renaming them while we listed (Dovecot moves files new/ -> cur/
-                # under the uidlist lock): list again under it before calling them
-                # gone, or they would come back later under new UIDs.
-                diff = uids.locked(diff_folder, path, snapshot, None)
-            return keywords, diff, uids.next_uid_nowait()
-
-        keywords, (stamp, renamed, gone, foreign), next_uid = await self._store.run_blocking(
-            work, index.snapshot(), last)
-        self._apply_keywords(keywords)
-        self.uid_next = max(self.uid_next, next_uid)
-        if stamp is None or stamp != last:
-            self.listings += 1
-        # Our own renames change the directories too, so only a stamp taken here, with
-        # no change of ours in between (the lock is held), may skip the next listing.
-        self._stamp = stamp
-        await self._apply_diff(renamed, gone, foreign)
-
-    async def _apply_diff(self, renamed: list[tuple[int, bool, str | None]],
-                          gone: list[int], foreign: list[tuple[str, str]]) -> None:
-        """Others' changes, from a listing or from the watch's events: (uid, in new/,
-        info part) of renamed messages, the UIDs of gone ones, and (subdir, name) of
-        files to give UIDs to."""
-        index = self._index
-        changed: list[MessageInfo] = []
-        for uid, recent, part in renamed:
-            i = index.pos(uid)
-            if i < 0:
-                continue
-            old_flags = index.state_at(i).flags
-            index.states[i] = sid = index.state(part, recent)
-            if index.table[sid].flags != old_flags:
-                changed.append(index.info_at(i))
-        gone = [uid for uid in gone if uid in index]
-        self._remove(gone)
-        self._listeners.expunged(self, gone)
-        self._listeners.changed(self, changed)
-        foreign = [(sub, name) for sub, name in foreign
-                   if name.partition(":")[0] not in self._pending_bases
-                   and name.partition(":")[0] not in index.by_base]
-        if foreign:
-            await self._adopt(foreign)
-
-    async def _adopt(self, foreign: list[tuple[str, str]]) -> None:
-        """Give UIDs to files another program put in new/ or cur/: the UID the
-        uidlist already has for the name (Dovecot's APPEND, or Dovecot saw it first),
-        else a new one under the lock."""
-        bases = [name.partition(":")[0] for _, name in foreign]
-        self._expect(bases)
-        ticket: list[int] = []
-        try:
-            path, uids = self._path, self._uids
-
-            def work() -> tuple[list[tuple[str, str, int, bool, int]], list[int]]:
-                examined = examine_foreign(path, foreign)
-                if not examined:
-                    return examined, []
-                got = uids.lookup([name.partition(":")[0] for _, name, *_ in examined],
-                                  ticket, [(mtime, size, wrap)
-                                           for _, _, size, wrap, mtime in examined])
-                return examined, got
-
-            try:
-                examined, got = await self._store.run_blocking(work)
-            except BaseException:
-                self._settle([(uid, None) for uid in ticket])
-                raise
-            rows: list[tuple[int, Row | None]] = []
-            for (sub, name, size, wrap, mtime), uid in zip(examined, got, strict=True):
-                base, sep, part = name.partition(":")
-                rows.append((uid, (base, sub == "new", part if sep else None, wrap, size,
-                                   float(mtime))))
-            if rows:
-                await self._settle(rows)
-        finally:
-            self._unexpect(bases)
+            await self._rescan.rescan()
 
     def set_flags(self, uids: Iterable[int], flags: Iterable[str],
                   mode: str) -> defer.Deferred[list[MessageInfo]]:
-        """Changes that wait for the folder lock together run as one pass, in the
-        order they were asked for, with one thread hop for all their renames (issue
-        16: under a 10-client load, STOREs queued on the lock one hop each)."""
-        try:
-            wanted = normalize_flags(flags)
-            apply_mode(frozenset(), wanted, mode)
-        except StoreError:
-            return defer.fail()
-        d: defer.Deferred[list[MessageInfo]] = defer.Deferred()
-        self._change_passes.join((FLAGS, sorted(set(uids)), wanted, mode, d))
-        return d
+        return self._changes.set_flags(uids, flags, mode)
+
+    def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
+        return self._changes.expunge(uids)
+
+    def claim_recent(self) -> defer.Deferred[set[int]]:
+        return self._changes.claim_recent()
+
+    # -- one change again, after a rescan (ChangePasses' flags_again, expunge_again) --
 
     async def _set_flags_once(self, requests: list[tuple[list[int], frozenset[str], str]],
                               results: list[dict[int, MessageInfo]]) -> set[int]:
@@ -992,7 +380,7 @@ class MaildirFolder:
         UIDs whose file was not under its indexed name."""
         learn = set().union(*(wanted for _, wanted, mode in requests if mode != "remove"))
         if learn:
-            await self._learn_keywords(learn)
+            await self._kw.learn(learn)
         index = self._index
         final: dict[int, str | None] = {}  # uid -> info part after the requests so far
         after: list[dict[int, str | None]] = [{} for _ in requests]
@@ -1009,7 +397,7 @@ class MaildirFolder:
                 if new_flags != cur.flags:
                     key = (part, new_flags, st.recent)
                     if key not in new_part_memo:
-                        new_part_memo[key] = make_info(self._letters(new_flags, cur.extra),
+                        new_part_memo[key] = make_info(self._kw.letters(new_flags, cur.extra),
                                                        st.recent)
                     part = final[uid] = new_part_memo[key]
                 seen[uid] = part
@@ -1038,7 +426,7 @@ class MaildirFolder:
                     changed.append(index.info_at(i))
                 else:
                     missed.add(uid)
-            self._listeners.changed(self, changed)
+            self._changed(changed)
         for seen, result in zip(after, results, strict=True):
             for uid, part in seen.items():
                 i = index.pos(uid)
@@ -1057,28 +445,14 @@ class MaildirFolder:
         moving = self._index.renaming
         for old, new in renames:
             moving[os.path.basename(old).partition(":")[0]] = new
-        if self._watching == "inotify":
-            # The names our renames pass through, so the watch's events for them
-            # cost no rescan (see _explained); the names they leave, so a NOOP
-            # meanwhile need not wait on the lock for them (_nothing_foreign).
-            self._own_names.update(os.path.split(new) for _, new in renames)
-            self._leaving.update(os.path.split(old) for old, _ in renames)
+        self._disk.renaming(renames)
         try:
             ok: list[bool] = await self._store.run_blocking(
                 self._uids.locked, rename_all, self._path, renames)
             return ok
         finally:
             moving.clear()  # renames are serialised by the folder lock
-            self._leaving.clear()
-
-    def expunge(self, uids: Iterable[int] | None = None) -> defer.Deferred[list[int]]:
-        """Expunges that wait for the folder lock together run as one pass with one
-        thread hop (issue 16, as ``set_flags``); a UID goes to the first of them, in
-        the order asked, whose selection has it."""
-        d: defer.Deferred[list[int]] = defer.Deferred()
-        self._change_passes.join((EXPUNGE, None if uids is None else set(uids), None, None,
-                                  d))
-        return d
+            self._disk.settled()
 
     async def _expunge_locked(self, among: set[int] | None) -> list[int]:
         index = self._index
@@ -1087,9 +461,8 @@ class MaildirFolder:
                    if sid in deleted and (among is None or uid in among)]
         if not victims:
             return []
-        rels = [self._relpath_at(index.pos(u)) for u in victims]
-        if self._watching == "inotify":
-            self._leaving.update(os.path.split(rel) for rel in rels)  # see _nothing_foreign
+        rels = [index.relpath_at(index.pos(u)) for u in victims]
+        self._disk.unlinking(rels)  # see DiskWatch.nothing_foreign
         paths = [os.path.join(self._path, rel) for rel in rels]
         # Quota (maildir_quota): counted in the unlinks' own thread hop when every
         # file went, as it usually does; a second hop held the folder lock as long
@@ -1111,24 +484,24 @@ class MaildirFolder:
             # renamed ones that are still \Deleted, under their new names.
             lost = {p: u for p, u in zip(paths, victims, strict=True)}
             retry = [lost[p] for p in missing]
-            await self._refresh(True)
+            await self._rescan.rescan(True)
             index = self._index
             again = [u for u in retry if (i := index.pos(u)) >= 0
                      and "\\Deleted" in index.state_at(i).flags]
             await self._store.run_blocking(
                 self._uids.locked, unlink_all,
-                [os.path.join(self._path, self._relpath_at(index.pos(u))) for u in again])
+                [os.path.join(self._path, index.relpath_at(index.pos(u))) for u in again])
             keep = {u for u in retry if u in index} - set(again)  # no longer \Deleted
             victims = [u for u in victims if u not in keep]
         present = [u for u in victims if u in self._index]
         freed = sum(self._index.info_at(self._index.pos(u)).size for u in present)
-        self._remove(present)
-        self._listeners.expunged(self, present)
+        self._expunged(present)
         if missing:
             await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
-        if self._stale > max(COMPACT_MIN_STALE, len(self._index)):
-            await self._compact()
+        await self._compact_if_stale()
         return victims
+
+    # -- COPY and MOVE ------------------------------------------------------------------
 
     def copy(self, uids: Iterable[int], dest: IFolder) -> defer.Deferred[list[tuple[int, int]]]:
         uids = list(uids)
@@ -1145,12 +518,12 @@ class MaildirFolder:
         if not isinstance(dest, MaildirFolder) or dest._gone:
             raise NoSuchFolder(getattr(dest, "name", repr(dest)))
         if self._index.unknown_dates:
-            await self._read_dates(uids)  # copies keep the date: no stat each here
+            await self._dates.read(uids)  # copies keep the date: no stat each here
         pairs, missed = await self._transfer_once(uids, dest, move)
         if missed:
             # Another program renamed (flagged) or removed these files meanwhile: learn
             # their names, then copy or move once more what is still there.
-            await self._refresh(True)
+            await self._rescan.rescan(True)
             more, _ = await self._transfer_once([u for u in missed if u in self._index],
                                                 dest, move)
             pairs = sorted(pairs + more)
@@ -1166,7 +539,7 @@ class MaildirFolder:
             i = index.pos(uid)
             if i >= 0:
                 needed.update(index.state_at(i).flags)
-        await dest._learn_keywords(needed)
+        await dest._kw.learn(needed)
         plan = []
         for uid in sorted(set(uids)):
             i = index.pos(uid)
@@ -1174,8 +547,8 @@ class MaildirFolder:
                 continue
             info, st, wrap = index.info_at(i), index.state_at(i), bool(index.wrap[i])
             base = unique_base(info.size, crlf_on_disk=not wrap)
-            new_part = make_info(dest._letters(info.flags, st.extra), in_new=True)
-            plan.append((uid, info, wrap, base, new_part, self._relpath_at(i)))
+            new_part = make_info(dest._kw.letters(info.flags, st.extra), in_new=True)
+            plan.append((uid, info, wrap, base, new_part, self._index.relpath_at(i)))
         if not plan:
             return [], []
         ops = [(os.path.join(self._path, rel),
@@ -1185,14 +558,14 @@ class MaildirFolder:
         bases = [base for _, _, _, base, _, _ in plan]
         syncer = self._store.syncer
         ticket: list[int] = []
-        dest._expect(bases)
+        dest._handover.expect(bases)
         try:
             try:
                 ok, got = await self._store.run_blocking(
                     transfer_files, ops, move, dest._path, dest._uids, ticket, syncer,
                     self._store.modes, self._uids)
             except BaseException:
-                dest._settle([(duid, None) for duid in ticket])
+                dest._handover.settle([(duid, None) for duid in ticket])
                 raise
             settle, pairs, missed = [], [], []
             done = iter(got)
@@ -1204,13 +577,12 @@ class MaildirFolder:
                 settle.append((duid, dest._row(base, True, new_part, wrap, info.size,
                                                info.internal_date, duid)))
                 pairs.append((uid, duid))
-            await dest._settle(settle)
+            await dest._handover.settle(settle)
         finally:
-            dest._unexpect(bases)
+            dest._handover.unexpect(bases)
         if move:
             moved = [src for src, _ in pairs]
-            self._remove(moved)
-            self._listeners.expunged(self, moved)
+            self._expunged(moved)
         if not move or dest._account is not self._account:  # quota (maildir_quota)
             sizes = {uid: info.size for uid, info, _, _, _, _ in plan}
             copied = sum(sizes[src] for src, _ in pairs)
@@ -1219,274 +591,7 @@ class MaildirFolder:
                 await self._account.charge(-copied, -len(pairs))
         return pairs, missed
 
-    def claim_recent(self) -> defer.Deferred[set[int]]:
-        """The claim takes effect at once, on the reactor thread: its messages leave
-        the recent set (``FolderIndex.claimed``) before this returns, so a session
-        that looks next (NOOP, SELECT, EXAMINE, STATUS) sees them as not recent
-        without waiting for anything. Their renames new/ -> cur/ follow under the
-        folder lock, and the Deferred fires with those that moved (a file another
-        program renamed meanwhile stays the other's). Claims made while renames wait
-        for the lock share one pass. (Issue 16: under a 10-client load, most NOOPs
-        waited on the lock for another session's claim to land.)"""
-        index = self._index
-        fresh = index.recent_uids()
-        if not fresh:
-            return defer.succeed(set())
-        index.claimed.update(fresh)
-        d: defer.Deferred[set[int]] = defer.Deferred()
-        self._change_passes.join((CLAIM, fresh, None, None, d))
-        return d
-
-    def _changes_failed(self, batch: list[ChangeRequest], f: Failure) -> None:
-        """A pass that could not run: claims give their messages back to the recent
-        set (a folder gone has nothing left to claim); other callers get the error."""
-        for kind, uids, _, _, waiter in batch:
-            if waiter.called:
-                continue
-            if kind == CLAIM:
-                self._index.claimed.difference_update(uids)
-                if f.check(NoSuchFolder):
-                    waiter.callback(set())
-                    continue
-            waiter.errback(f)
-
-    async def _changes(self, batch: list[ChangeRequest]) -> None:
-        """Flag changes, expunges and \\Recent claims that waited for the lock together,
-        applied in the order asked, with one thread hop for all their renames and
-        unlinks, each file renamed at most once (a claimed message whose flags change
-        goes from new/ to its final name in cur/; one expunged goes from its indexed
-        name). Issue 16: under a 10-client load each kind queued a pass and a thread
-        hop of its own, and the lock was busy most of the time.
-
-        Each flag caller gets the flags its own change left; each removed UID goes to
-        the first expunge, in order, whose selection has it; each claim gets the
-        messages it moved. When another program renamed or removed a file meanwhile,
-        the folder is listed again and what failed is done once more (as
-        ``_set_flags_once`` and ``_expunge_locked`` do)."""
-        flagged = sorted({u for kind, uids, *_ in batch if kind == FLAGS for u in uids})
-        if flagged and self._index.unknown_dates:
-            await self._read_dates(flagged)  # the results carry dates: no stat each here
-        learn: set[str] = set()
-        for kind, _, wanted, mode, _ in batch:
-            if kind == FLAGS and mode != "remove":
-                learn |= wanted
-        if learn:
-            await self._learn_keywords(learn)
-        index = self._index
-        plan: dict[int, tuple[bool, str | None]] = {}  # uid -> (in new/, info part)
-        gone: set[int] = set()  # expunged by the pass
-        outcome: list[Any] = []  # per request: moved UIDs, {uid: (recent, part)}, victims
-        for kind, uids, wanted, mode, _ in batch:
-            if kind == CLAIM:
-                moved = []
-                for uid in uids:
-                    i = index.pos(uid)
-                    if i < 0 or uid in gone:
-                        continue  # expunged meanwhile
-                    st = index.state_at(i)
-                    recent, part = plan.get(uid, (st.recent, st.part))
-                    if recent:  # else another program moved it to cur/ meanwhile
-                        plan[uid] = (False, make_info(info_letters(part), in_new=False))
-                        moved.append(uid)
-                outcome.append(moved)
-            elif kind == FLAGS:
-                seen: dict[int, tuple[bool, str | None]] = {}
-                for uid in uids:
-                    i = index.pos(uid)
-                    if i < 0 or uid in gone:
-                        continue
-                    st = index.state_at(i)
-                    recent, part = plan.get(uid, (st.recent, st.part))
-                    cur = index.table[index.state(part, recent)]
-                    new_flags = apply_mode(cur.flags, wanted, mode)
-                    if new_flags != cur.flags:
-                        part = make_info(self._letters(new_flags, cur.extra), recent)
-                        plan[uid] = (recent, part)
-                    seen[uid] = (recent, part)
-                outcome.append(seen)
-            else:
-                victims = self._deleted_among(uids, plan, gone)
-                gone.update(victims)
-                outcome.append(victims)
-        renames: list[tuple[str, str]] = []
-        moves: list[tuple[int, bool, str | None]] = []
-        for uid, (recent, part) in sorted(plan.items()):
-            i = index.pos(uid)
-            st = index.state_at(i)
-            if uid in gone or (recent, part) == (st.recent, st.part):
-                continue
-            base = index.keys[i]
-            renames.append((self._relpath_at(i),
-                            os.path.join("new" if recent else "cur", filename(base, part))))
-            moves.append((uid, recent, part))
-        victims_all = sorted(gone)
-        ok, missing = await self._rename_and_unlink(renames, victims_all)
-        # What was done goes into the index; then what another program got in the way of.
-        changed: list[MessageInfo] = []
-        missed: set[int] = set()
-        for (uid, recent, part), done in zip(moves, ok, strict=True):
-            i = index.pos(uid)
-            if i < 0:
-                continue
-            if not done:
-                missed.add(uid)
-                continue
-            old_flags = index.state_at(i).flags
-            index.states[i] = index.state(part, recent)
-            if index.table[index.states[i]].flags != old_flags:
-                changed.append(index.info_at(i))
-        self._listeners.changed(self, changed)
-        # Each flag caller's messages as its change left them (one expunged later in
-        # the pass too: it was there for that change), taken before the removal.
-        answers: list[dict[int, MessageInfo]] = []
-        for (kind, *_), out in zip(batch, outcome, strict=True):
-            if kind != FLAGS:
-                continue
-            result: dict[int, MessageInfo] = {}
-            for uid, (recent, part) in out.items():
-                i = index.pos(uid)
-                if uid in missed or i < 0:
-                    continue
-                info = index.info_at(i)
-                st = index.state_at(i)
-                if (recent, part) != (st.recent, st.part):  # changed by another request
-                    info = replace(info, flags=index.table[index.state(part, recent)].flags)
-                result[uid] = info
-            answers.append(result)
-        lost = missing
-        present = [u for u in victims_all if u not in lost and u in index]
-        freed = sum(index.sizes[index.pos(u)] for u in present)
-        self._remove(present)
-        self._listeners.expunged(self, present)
-        if lost:
-            await self._account.charge(-freed, -len(present))  # quota (maildir_quota)
-        claimed_uids = {u for kind, uids, *_ in batch if kind == CLAIM for u in uids}
-        index.claimed.difference_update(claimed_uids)
-        kept: set[int] = set()
-        results: list[dict[int, MessageInfo]] = []
-        if missed or lost:
-            # Another program renamed (flagged) or removed these files meanwhile: learn
-            # their names, then apply the changes once more to what is still there (a
-            # claim leaves a file the other program moved to it).
-            await self._refresh(True)
-            index = self._index
-            if missed:
-                redo: list[tuple[list[int], frozenset[str], str]] = []
-                for kind, uids, wanted, mode, _ in batch:
-                    if kind == FLAGS:
-                        redo.append(([u for u in uids if u in missed and u in index],
-                                     wanted, mode))
-                results = [{} for _ in redo]
-                await self._set_flags_once(redo, results)
-            if lost:
-                try:
-                    again = set(await self._expunge_locked({u for u in lost if u in index}))
-                finally:
-                    self._leaving.clear()
-                kept = {u for u in lost if u in self._index} - again
-        if gone and self._stale > max(COMPACT_MIN_STALE, len(self._index)):
-            await self._compact()
-        get = self._modseqs.get
-        redone, answered = iter(results), iter(answers)
-        removed = gone - kept
-        for (kind, _, _, _, waiter), out in zip(batch, outcome, strict=True):
-            if kind == CLAIM:
-                waiter.callback({u for u in out if u not in missed and u not in gone})
-            elif kind == EXPUNGE:
-                waiter.callback([u for u in out if u not in kept])
-            else:
-                result = next(answered)
-                if missed:
-                    result.update(next(redone))
-                waiter.callback([with_modseq(result[u], get(u)) for u in sorted(result)
-                                 if u in self._index or u in removed])
-
-    def _deleted_among(self, among: set[int] | None, plan: dict[int, tuple[bool, str | None]],
-                       gone: set[int]) -> list[int]:
-        """The UIDs (of ``among``, or all) that are \\Deleted once the pass so far has
-        run (``plan``), leaving out those it expunges already (``gone``)."""
-        index = self._index
-        table = index.table
-        deleted = {sid for sid, st in enumerate(table) if "\\Deleted" in st.flags}
-        if among is None:
-            found = [uid for uid, sid in zip(index.uids, index.states, strict=True)
-                     if sid in deleted and uid not in plan and uid not in gone]
-            planned = plan.keys() - gone
-        else:
-            found = []
-            for uid in among:
-                i = index.pos(uid)
-                if i >= 0 and uid not in plan and uid not in gone \
-                        and index.states[i] in deleted:
-                    found.append(uid)
-            planned = {u for u in among if u in plan and u not in gone}
-        found += [u for u in planned
-                  if "\\Deleted" in table[index.state(plan[u][1], plan[u][0])].flags]
-        return sorted(found)
-
-    async def _rename_and_unlink(self, renames: list[tuple[str, str]], victims: list[int],
-                                 ) -> tuple[list[bool], set[int]]:
-        """One thread hop under the uidlist lock (see FolderUids.locked): the renames
-        (relative paths; done or not, each), then unlinking the files of ``victims``
-        under their indexed names (those whose file was not there). Quota is counted in
-        the same hop when every victim's file went. A date read on the reactor thread
-        meanwhile may find a renamed file under its new name (FolderIndex.date_at).
-
-        With ``INLINE_RENAMES`` (off by default, see there), a few renames alone (a
-        STORE, a \\Recent claim) are done here, on the reactor thread, when the uidlist
-        lock can be had at once: a rename is a directory
-        update, like the lock file's create and unlink, with no data I/O and no fsync
-        (Dovecot renames in its process too, and fsyncs neither). Issue 16: under the
-        10-client load the thread hop held the folder lock 3-5 ms a pass, most of it
-        waiting for the busy reactor to take the result back, and every STORE, EXPUNGE
-        and claim queued behind it. Unlinks (the blocks a big file frees, and quota's
-        maildirsize line) stay in the thread, as does any pass when a thread or
-        another program holds the lock."""
-        index = self._index
-        rels = [self._relpath_at(index.pos(u)) for u in victims]
-        paths = [os.path.join(self._path, rel) for rel in rels]
-        if not renames and not paths:
-            return [], set()
-        path, locked = self._path, self._uids.locked
-        watched = self._watching == "inotify"
-        if not paths and len(renames) <= INLINE_RENAMES:
-            done, inline = self._uids.try_locked(rename_all, path, renames)
-            if done:
-                assert inline is not None
-                if watched:  # the watch's events for them cost no rescan (_explained)
-                    self._own_names.update(os.path.split(new) for _, new in renames)
-                return inline, set()
-        moving = index.renaming
-        for old, new in renames:
-            moving[os.path.basename(old).partition(":")[0]] = new
-        if watched:
-            # The names our renames pass through, so the watch's events for them
-            # cost no rescan (see _explained); the names they leave, so a NOOP
-            # meanwhile need not wait on the lock for them (_nothing_foreign).
-            self._own_names.update(os.path.split(new) for _, new in renames)
-            self._leaving.update(os.path.split(old) for old, _ in renames)
-            self._leaving.update(os.path.split(rel) for rel in rels)
-        charge = self._account.charge_in_thread(
-            -sum(index.sizes[index.pos(u)] for u in victims), -len(victims)) if victims \
-            else None
-
-        def both() -> tuple[list[bool], list[str]]:
-            ok = rename_all(path, renames) if renames else []
-            return ok, unlink_all(paths) if paths else []
-
-        def work() -> tuple[list[bool], list[str]]:
-            ok, missing = locked(both)
-            if charge is not None and not missing:
-                maildirsize.add_all((charge,))
-            return ok, missing
-
-        try:
-            ok, missing = await self._store.run_blocking(work)
-        finally:
-            moving.clear()  # renames are serialised by the folder lock
-            self._leaving.clear()
-        lost = set(missing)
-        return ok, {u for u, p in zip(victims, paths, strict=True) if p in lost}
+    # -- listeners ----------------------------------------------------------------------
 
     def add_listener(self, listener: IFolderListener) -> None:
         self._listeners.add(listener)
@@ -1501,146 +606,28 @@ class MaildirFolder:
 
     def _watch_if_listened(self) -> None:
         """Have the store's watcher report changes to new/ and cur/ while someone
-        listens; a first rescan covers what changed before the watch began."""
-        if self._watching is None and len(self._listeners) and not self._gone:
-            self._watching = self._store._watcher.start(self)
-            self._disk_event(None)
+        listens (DiskWatch)."""
+        if len(self._listeners) and not self._gone:
+            self._disk.start()
+
+    @property
+    def _watching(self) -> str | None:
+        """How the watcher watches this folder ("inotify", "poll"), None if it does not."""
+        return self._disk.mode
 
     def _watch_moved(self, mode: str) -> None:
-        """The watcher now watches this folder another way (its inotify watch broke)."""
-        if self._watching is not None:
-            self._watching = mode
+        """From the watcher: it now watches this folder another way (its inotify watch
+        broke)."""
+        self._disk.moved(mode)
 
     def _unwatch(self) -> None:
-        if self._watching is not None:
-            self._watching = None
-            self._store._watcher.stop(self)
-        if self._disk_call is not None and self._disk_call.active():
-            self._disk_call.cancel()
-        self._disk_call = None
-        self._disk_events.clear()
-        self._own_names.clear()
-        self._removed_bases.clear()
+        self._disk.stop()
 
     def _disk_event(self, event: tuple[str, str, int] | None) -> None:
         """From the watcher: (subdir, name, inotify mask) of a change to new/ or cur/,
-        or None for "something may have changed". Collected for COALESCE_DELAY, then
-        looked at under the folder lock (``_sync_disk``)."""
-        if self._gone or self._watching is None:
-            return
-        self._disk_events.append(event)
-        if self._disk_call is None:
-            self._disk_call = self._store._reactor.callLater(COALESCE_DELAY,
-                                                             self._disk_flush)
-
-    def _disk_flush(self) -> None:
-        self._disk_call = None
-        d = self._run(self._sync_disk)
-        d.addErrback(lambda f: None if f.check(NoSuchFolder)
-                     else self.log.failure("rescanning {path} failed", f, path=self._path))
-
-    async def _sync_disk(self) -> None:
-        """Rescan if the collected events show a change the index does not know of
-        (runs under the lock, so every change of ours is in the index by now)."""
-        if self._watching == "inotify":
-            self._store._watcher.drain()  # events already queued in the kernel
-        events, self._disk_events = self._disk_events, []
-        if self._disk_call is not None and self._disk_call.active():
-            self._disk_call.cancel()
-        self._disk_call = None
-        own, self._own_names = self._own_names, set()
-        if not events:
-            return
-        if None in events:
-            await self._refresh()
-            return
-        # Only the last event of each name counts: a file of ours created and then
-        # renamed (delivered, then claimed into cur/), or a flag set, cleared and set
-        # again, left nothing the index does not know.
-        final = {(e[0], e[1]): e[2] for e in events if e is not None}  # none is None
-        removed, self._removed_bases = self._removed_bases, set()
-        if not all(self._explained(sub, name, mask, own)
-                   for (sub, name), mask in final.items()) or self._arrivals(events, removed):
-            await self._follow(events, removed)
-
-    def _arrivals(self, events: list[tuple[str, str, int] | None],
-                  removed: set[str]) -> bool:
-        """Whether another program added a file the index never had, even if it went
-        again before we looked: it may have given it a UID, and UIDNEXT must move
-        (RFC 3501 2.3.1.1). ``removed``: bases we took out of the index since the last
-        look (our expunges), whose events are no arrivals."""
-        by_base, pending = self._index.by_base, self._pending_bases
-        for e in events:
-            if e is not None and e[2] & APPEARED:
-                base = e[1].partition(":")[0]
-                if base not in by_base and base not in pending and base not in removed:
-                    return True
-        return False
-
-    async def _follow(self, events: list[tuple[str, str, int] | None],
-                      removed: set[str]) -> None:
-        """Apply another program's renames and unlinks as the events tell them
-        (maildir_events), or rescan when they do not say for sure."""
-        index = self._index
-
-        def current(base: str) -> tuple[str, str | None] | None:
-            uid = index.by_base.get(base)
-            i = -1 if uid is None else index.pos(uid)
-            if i < 0:
-                return None
-            st = index.state_at(i)
-            return ("new" if st.recent else "cur"), st.part
-
-        folded = fold_events(((e[0], e[1], bool(e[2] & APPEARED))
-                              for e in events if e is not None),
-                             current, self._pending_bases)
-        renamed: list[tuple[int, bool, str | None]] = []
-        if folded is not None:
-            for base, sub, name in folded.moved:
-                _, sep, part = name.partition(":")
-                info = part if sep else None
-                _, unmapped = self._keywords.flags_of(info_letters(info))
-                if any("a" <= c <= "z" for c in unmapped):
-                    # A keyword letter we have no keyword for: dovecot-keywords may
-                    # have a new one (a rescan reads it first).
-                    folded = None
-                    break
-                renamed.append((index.by_base[base], sub == "new", info))
-        if folded is None:
-            await self._refresh(True)
-            return
-        self.followed += 1
-        if self._arrivals(events, removed):
-            next_uid = await self._store.run_blocking(self._uids.next_uid_nowait)
-            self.uid_next = max(self.uid_next, next_uid)
-        await self._apply_diff(renamed, [index.by_base[b] for b in folded.gone],
-                               folded.unknown)
-
-    def _explained(self, sub: str, name: str, mask: int, own: set[tuple[str, str]],
-                   leaving: set[tuple[str, str]] | None = None) -> bool:
-        """Whether the index already accounts for a file appearing (``mask`` has
-        APPEARED) or vanishing in new/ or cur/: our own delivery, COPY or adoption in
-        flight, a rename or expunge of ours. Another program's change always leaves a
-        name the index does not have, or removes the name it has. ``leaving``: the old
-        names a rename or unlink of ours still in flight is taking away (only the
-        lock-free look of ``_nothing_foreign`` passes them: under the lock the index
-        already says what became of them)."""
-        base, sep, part = name.partition(":")
-        if base in self._pending_bases:
-            return True  # being delivered, copied or adopted
-        index = self._index
-        uid = index.by_base.get(base)
-        i = -1 if uid is None else index.pos(uid)
-        appeared = bool(mask & APPEARED)
-        if i < 0:
-            return not appeared  # a file we never had (or expunged) went away
-        st = index.state_at(i)
-        current = ("new" if st.recent else "cur") == sub and st.part == (part if sep
-                                                                          else None)
-        if appeared:
-            return current or (sub, name) in own
-        # An old name of ours went away, or one our STORE/EXPUNGE in flight drops.
-        return not current or (leaving is not None and (sub, name) in leaving)
+        or None for "something may have changed" (DiskWatch.event)."""
+        if not self._gone:
+            self._disk.event(event)
 
     # -- the delivery API: what MaildirMessageWriter may use of a folder ------------------
     #
@@ -1655,11 +642,11 @@ class MaildirFolder:
 
     async def learn_keywords(self, flags: Iterable[str]) -> None:
         """Give every keyword among ``flags`` a letter before a file name uses it."""
-        await self._learn_keywords(flags)
+        await self._kw.learn(flags)
 
     def letters(self, flags: frozenset[str]) -> str:
         """The Maildir info letters of ``flags`` (after ``learn_keywords``)."""
-        return self._letters(flags)
+        return self._kw.letters(flags)
 
     def delivery_uids(self) -> FolderUids:
         """The UID assigner a deliver_files job uses to give the copy its UID."""
@@ -1668,21 +655,21 @@ class MaildirFolder:
     def expect_files(self, bases: Iterable[str]) -> None:
         """These files are being linked in by a writer: a rescan meanwhile leaves them
         alone (the writer's thread numbers them)."""
-        self._expect(bases)
+        self._handover.expect(bases)
 
     def unexpect_files(self, bases: Iterable[str]) -> None:
         """The writer is done with these files (numbered, dropped, or handed over)."""
-        self._unexpect(bases)
+        self._handover.unexpect(bases)
 
     def settle_uids(self, items: Sequence[tuple[int, Row | None]]) -> defer.Deferred[None]:
         """The outcome of UIDs a writer's thread handed out (None: dropped); fires once
         each is visible (listeners told) or dropped."""
-        return self._settle(items)
+        return self._handover.settle(items)
 
     def number_later(self, rows: Sequence[Row]) -> None:
         """Durable copies that want no UID now (SMTP): numbered in the next batch; the
         writer ``expect_files``-ed them before linking."""
-        self._delivered(rows, expected=True)
+        self._numbering.delivered(rows, expected=True)
 
     # -- RFC 8474 / RFC 8514 ---------------------------------------------------------------
 
@@ -1696,90 +683,29 @@ class MaildirFolder:
         return "V%d" % self.uid_validity  # a header Dovecot will recreate with a GUID
 
     def save_dates(self, uids: Iterable[int]) -> defer.Deferred[dict[int, float]]:
-        return defer.Deferred.fromCoroutine(self._save_dates(list(uids)))
+        return defer.Deferred.fromCoroutine(self._dates.save_dates(list(uids)))
 
-    async def _save_dates(self, uids: list[int]) -> dict[int, float]:
-        """Dovecot's maildir save date without its cache is the file's ctime
-        (maildir-mail.c, maildir_mail_get_save_date); a flag change renames the file and
-        so moves its ctime, so the first value read is kept in the folder's cache."""
-        out: dict[int, float] = {}
-        for attempt in range(2):
-            missing: list[tuple[int, str]] = []
-            for uid in uids:
-                got = self.get_cached(uid, SAVE_DATE_KEY)
-                if got is not None:
-                    out[uid] = float(got)
-                elif uid in self._index:
-                    missing.append((uid, self._relpath_at(self._index.pos(uid))))
-            if not missing:
-                break
-            path = self._path
-
-            def work(missing: list[tuple[int, str]] = missing,
-                     path: str = path) -> list[tuple[int, int]]:
-                found: list[tuple[int, int]] = []
-                for uid, rel in missing:
-                    try:
-                        found.append((uid, int(os.stat(os.path.join(path, rel)).st_ctime)))
-                    except OSError:
-                        pass  # renamed meanwhile: looked up again below
-                return found
-
-            found = await self._store.run_blocking(work)
-            for uid, ctime in found:
-                if self.get_cached(uid, SAVE_DATE_KEY) is None:
-                    self.set_cached(uid, SAVE_DATE_KEY, str(ctime))
-                out[uid] = float(self.get_cached(uid, SAVE_DATE_KEY) or ctime)
-            if len(found) == len(missing) or attempt:
-                break
-            await self.refresh()  # a rename by another program: find the new names
-        return out
+    def fill_dates(self, uids: Iterable[int] | None = None) -> defer.Deferred[None]:
+        """Fires once the date of every message (or of these UIDs) is known, read in
+        bulk in a worker thread (at once when none is missing): for callers about to
+        read many INTERNALDATEs, such as SEARCH or FETCH (IIndexedFolder)."""
+        return self._dates.fill_dates(uids)
 
     # -- cached metadata -----------------------------------------------------------------
 
     def get_cached(self, uid: int, key: str) -> str | None:
-        by_uid = self._cache.get(key)
-        return None if by_uid is None else by_uid.get(uid)
+        return self._cache.get(uid, key)
 
     def set_cached(self, uid: int, key: str, value: str) -> None:
-        if uid not in self._index:
-            return
-        self._cache.setdefault(key, {})[uid] = value
-        self._cache_pending.append((uid, key, value))
-        if len(self._cache_pending) >= CACHE_FLUSH_BATCH:
-            self._write_cache()
-        elif self._cache_call is None:
-            self._cache_call = self._store._reactor.callLater(CACHE_FLUSH_DELAY,
-                                                              self._write_cache)
+        if uid in self._index:
+            self._cache.set(uid, key, value)
 
     def _flush_cache(self) -> defer.Deferred[None]:
         """Write pending cache entries; the store calls this as it closes, so background
         date reading stops here too (it resumes on the next open)."""
-        self._stop_fill()
-        d = self._write_journal(closing=True)
-        return d.addCallback(lambda _: self._write_cache())
-
-    def _write_cache(self) -> defer.Deferred[None]:
-        if self._cache_call is not None and self._cache_call.active():
-            self._cache_call.cancel()
-        self._cache_call = None
-        pending, self._cache_pending = self._cache_pending, []
-        if not pending or self._gone:
-            return defer.succeed(None)
-        path, validity, lock = self._cache_path(), self.uid_validity, self._file_lock
-
-        def work() -> None:
-            with lock:
-                maildir_cache.append(path, validity, pending, self._store.modes)
-
-        d = self._store.run_blocking(work)
-        d.addErrback(lambda f: self.log.failure("cache flush failed", f))
-        return d
-
-    def _rewrite_cache(self, cache: maildir_cache.Cache) -> None:
-        with self._file_lock:
-            maildir_cache.rewrite(self._cache_path(), self.uid_validity, cache,
-                                  self._store.modes)
+        self._dates.stop()
+        d = self._journal.write(closing=True)
+        return d.addCallback(lambda _: self._cache.write())
 
     def _close_uids(self) -> defer.Deferred[None]:
         """Close the dovecot-uidlist fd the folder holds (see dovecot_uidlist), in a
@@ -1795,24 +721,11 @@ class MaildirFolder:
         uids = list(self._index.uids)
         self._gone = True
         closed = self._close_uids()
-        self._stop_fill()
-        if self._cache_call is not None and self._cache_call.active():
-            self._cache_call.cancel()
-        self._cache_call = None
-        if self._journal_call is not None and self._journal_call.active():
-            self._journal_call.cancel()
-        self._journal_call = None
-        self._journal_lines.clear()
+        self._dates.stop()
+        self._journal.forget()
         self._unwatch()
         self._index.clear()
-        self._cache.clear()
-        self._cache_pending.clear()
-        self._unnumbered.clear()
-        self._numbered = self._queued
-        self._wake_numbered()
-        if self._number_call is not None and self._number_call.active():
-            self._number_call.cancel()
-            self._number_call = None
-            self._numbering = False
+        self._cache.forget()
+        self._numbering.forget()
         self._listeners.expunged(self, uids)
         return closed

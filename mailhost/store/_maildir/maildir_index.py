@@ -342,6 +342,11 @@ class FolderIndex:
     def state_at(self, i: int) -> State:
         return self.table[self.states[i]]
 
+    def relpath_at(self, i: int) -> str:
+        """The indexed name of the file at a position, relative to the folder."""
+        st = self.table[self.states[i]]
+        return os.path.join("new" if st.recent else "cur", filename(self.keys[i], st.part))
+
     def letters_at(self, i: int) -> str:
         """The flag letters of the file at a position, sorted (the modseq journal's
         record of what the file said)."""
