@@ -47,7 +47,7 @@ from mailhost.store.interfaces import (
     IMailStore,
 )
 from mailhost.store.listeners import AccountListenerSet
-from mailhost.store.modes import PRIVATE, FileModes
+from mailhost.store.modes import PRIVATE, FileModes, process_umask
 from mailhost.store.names import check_address, split_user
 from mailhost.store.quota import IQuotaStore, QuotaLimits, QuotaUsage
 
@@ -99,6 +99,7 @@ class MaildirStore:
         self.committer = BatchCommitter(self.run_blocking, lambda: self.syncer)
         self._tmp_ready = False
         self._tmp_path = ""  # root/.tmp, once made
+        self._new_files_fit: bool | None = None  # see new_files_fit
         self._recovery: defer.Deferred[None] | None = None  # of crashed multi-folder commits
         self._recovered = False
         self._watcher = ChangeWatcher(reactor, self.run_blocking, watch)
@@ -121,6 +122,17 @@ class MaildirStore:
         """Coroutine: the live MaildirAccount of ``user`` (for the store's own parts;
         protocols use ``open_account``)."""
         return self._account(user)
+
+    def new_files_fit(self) -> bool:
+        """Whether the files this store creates come out with its mode and group as
+        they are (``FileModes.created_fits``), so its writers need not fstat them
+        (issue 18: a system call a message in the commit thread). Judged by the umask
+        at the first ask, a store's first delivery: twistd sets its umask before the
+        reactor runs, and mailhost never changes it. (A process that narrows its umask
+        later gets files narrower than ``modes`` says, never wider.)"""
+        if self._new_files_fit is None:
+            self._new_files_fit = self.modes.created_fits(process_umask())
+        return self._new_files_fit
 
     def tmp_dir(self) -> str:
         """Where writers keep messages being received (made, and cleaned, on first use)."""

@@ -356,3 +356,55 @@ async def test_a_delivery_written_with_o_sync_skips_the_file_fsync(root, monkeyp
     modes = {os.stat(os.path.join(user_dir(root), "new", n)).st_mode & 0o777
              for n in new_files(root)}
     assert modes == {0o600, 0o640}
+
+
+async def test_a_delivery_whose_mode_the_umask_gives_is_not_fstated(root, monkeypatch):
+    """Issue 18: when a created file gets the store's mode from the umask as it is
+    (no group to give, the umask clears none of the mode's bits: judged once per
+    store), the tmp file is not fstat'ed (a system call a message in the commit
+    thread); its mode is still ours, and its mtime is the delivery's second. Under a
+    umask that narrows the mode, the file is fstat'ed and fixed as before."""
+    import time
+
+    from mailhost.store.modes import FileModes, process_umask
+
+    real_fstat = os.fstat
+    stated: list[str] = []  # the tmp files fstat'ed
+
+    def fstat(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.basename(os.path.dirname(target)) == ".tmp":
+            stated.append(target)
+        return real_fstat(fd)
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    old = os.umask(0o022)
+    try:
+        assert process_umask() == 0o022
+        assert FileModes().created_fits(0o022) and FileModes(0o640).created_fits(0o022)
+        assert not FileModes(0o640).created_fits(0o077)
+        assert not FileModes(group=os.getgid()).created_fits(0o022)
+        assert not FileModes().created_fits(None)
+        store = MaildirStore(root, fsync=True, modes=FileModes(file_mode=0o640))
+        before = int(time.time())
+        for n in range(3):
+            await smtp_deliver(store, n)
+        after = int(time.time())
+        assert stated == [] and store.new_files_fit()
+        box = await folder_of(store)
+        for info in box.messages():  # the index's date is the file's second
+            [name] = [n for n in new_files(root) if n.startswith(info.key)]
+            mtime = os.stat(os.path.join(user_dir(root), "new", name)).st_mtime
+            assert int(mtime) == int(info.internal_date)
+        assert len(box.messages()) == 3
+        await store.close()
+        os.umask(0o077)
+        narrowed = MaildirStore(root, fsync=True, modes=FileModes(file_mode=0o640))
+        await smtp_deliver(narrowed, 3)
+        assert len(stated) == 1 and not narrowed.new_files_fit()
+        await narrowed.close()
+    finally:
+        os.umask(old)
+    stats = [os.stat(os.path.join(user_dir(root), "new", n)) for n in new_files(root)]
+    assert len(stats) == 4 and {st.st_mode & 0o777 for st in stats} == {0o640}
+    assert all(before - 1 <= int(st.st_mtime) <= after + 1 for st in stats)

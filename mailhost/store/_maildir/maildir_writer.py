@@ -119,7 +119,7 @@ class MaildirMessageWriter:
                 await store.committer.commit(
                     (self._file, self._path, date, jobs, store.modes,
                      None if self._buffer is None else bytes(self._buffer),
-                     _charges(plan, self.size)))
+                     store.new_files_fit(), _charges(plan, self.size)))
                 self._buffer = None
             except BaseException:
                 for (folder, _, _, _, _), ticket in zip(plan, tickets, strict=True):
