@@ -30,8 +30,10 @@ _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 _MAX_WRAPPERS = 8
 
 
-def send_at_once(transport: Any) -> None:
-    """Turn off Nagle's algorithm on ``transport`` (through any protocol wrappers).
+def send_at_once(transport: Any, sock: socket.socket | None = None) -> None:
+    """Turn off Nagle's algorithm on ``transport`` (through any protocol wrappers),
+    or straight on its TCP socket ``sock`` when the caller has it at hand
+    (``DirectWriter.socket``: no walk through the wrappers for it, issue 18).
 
     A server that has just sent a reply the client does not answer (two pipelined
     ``250``s, an IMAP FETCH body) would otherwise hold its next small reply until
@@ -39,6 +41,12 @@ def send_at_once(transport: Any) -> None:
     RCPT that halved relay throughput. Replies are already written once per reactor
     turn, so nothing is gained by Nagle's coalescing.
     """
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # closed under us
+            pass
+        return
     set_no_delay = getattr(transport, "setTcpNoDelay", None)
     if set_no_delay is None:
         return
@@ -75,8 +83,13 @@ class QuickAck:
     every read: when a reply follows at once it carries the ACK for free.
     """
 
-    def __init__(self, transport: Any) -> None:
-        self._socket = tcp_socket(transport) if _TCP_QUICKACK is not None else None
+    def __init__(self, transport: Any, sock: socket.socket | None = None) -> None:
+        """``sock``: the TCP socket under ``transport`` if the caller found it already
+        (``DirectWriter.socket``); else it is looked up here."""
+        if _TCP_QUICKACK is None:
+            self._socket = None
+        else:
+            self._socket = sock if sock is not None else tcp_socket(transport)
 
     def now(self) -> None:
         if self._socket is None or _TCP_QUICKACK is None:
@@ -122,6 +135,9 @@ class DirectWriter:
         self._transport = transport
         self._socket = plain_socket(transport)
         self._plain = self._socket  # kept for ``resume``; None once stopped
+        #: The plain TCP socket found at connect (None: TLS, a UNIX socket, a test
+        #: transport), for the protocol's other socket options.
+        self.socket = self._socket
 
     def write(self, data: bytes) -> None:
         sock = self._socket

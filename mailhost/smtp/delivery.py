@@ -130,9 +130,9 @@ class Delivery:
         self._finished = True
         if self._spool is not None:
             d = defer.Deferred.fromCoroutine(self._run_pipeline())
+            d.addCallback(self._prepare_all)
         else:
-            d = defer.succeed(None)
-        d.addCallback(self._prepare_all)
+            d = self._prepare_all(None)
         d.addCallback(self._commit_all)
         d.addErrback(self._failed)
         if self._spool is not None:
@@ -168,6 +168,8 @@ class Delivery:
         return result
 
     def _prepare_all(self, _: object) -> defer.Deferred:
+        if len(self.targets) == 1:  # the usual case: no chain to build (issue 18)
+            return self._prepare(None, self.targets[0])
         d = defer.succeed(None)
         for target in self.targets:
             d.addCallback(self._prepare, target)

@@ -20,6 +20,9 @@ from mailhost.smtp.policy import RecipientPolicy
 from mailhost.smtp.reply import Reply
 from mailhost.smtp.server import SMTPServer
 
+#: Distinct HELO/EHLO replies a factory keeps.
+_MAX_REPLIES = 64
+
 
 class SMTPFactory(ServerFactory):
     """Builds ``SMTPServer`` sessions for one listener (inbound or submission).
@@ -65,6 +68,8 @@ class SMTPFactory(ServerFactory):
         # Set by the service on shutdown: new sessions are told to come back later.
         self.draining = False
         self._greeting: tuple[str, Reply] | None = None
+        # HELO/EHLO replies by their content (a few per listener), see ``reply``.
+        self._replies: dict[tuple[Any, ...], Reply] = {}
 
     def greeting(self, hostname: str) -> Reply:
         """The ``220`` for ``hostname``, made once per name rather than per connection
@@ -72,6 +77,19 @@ class SMTPFactory(ServerFactory):
         if self._greeting is None or self._greeting[0] != hostname:
             self._greeting = (hostname, Reply(220, "", f"{hostname} ESMTP mailhost"))
         return self._greeting[1]
+
+    def reply(self, code: int, lines: tuple[str, ...]) -> Reply:
+        """The reply ``code`` with ``lines`` (no enhanced status), made once per
+        content: HELO and EHLO answer every session alike, and a Reply keeps its wire
+        form (issue 18: the EHLO reply's eight lines were cleaned and encoded anew
+        for every session)."""
+        key = (code, lines)
+        reply = self._replies.get(key)
+        if reply is None:
+            if len(self._replies) >= _MAX_REPLIES:  # (a reload changed the hostname...)
+                self._replies.clear()
+            reply = self._replies[key] = Reply(code, "", list(lines))
+        return reply
 
     def buildProtocol(self, addr: Any) -> SMTPServer:  # noqa: N802
         proto = self.protocol(self)

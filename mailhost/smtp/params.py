@@ -94,6 +94,9 @@ def split_path(arg: str) -> tuple[str, str]:
     """Split ``<path> params`` into the path text (brackets kept) and the rest."""
     arg = arg.lstrip(" ")
     if arg.startswith("<"):
+        end = arg.find(">")
+        if end > 0 and '"' not in arg[:end]:  # no quoted part: the first '>' ends it
+            return arg[: end + 1], arg[end + 1 :]
         i = 1
         quoted = False
         while i < len(arg):

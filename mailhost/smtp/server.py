@@ -1,6 +1,6 @@
 """The ESMTP server protocol: command handling for inbound (25) and submission (587/465).
 
-Written on ``twisted.internet.protocol.Protocol`` + ``TimeoutMixin`` rather than by
+Written on ``twisted.internet.protocol.Protocol`` (with its own deadline timer) rather than by
 subclassing ``twisted.mail.smtp.ESMTP``: that class reads DATA line by line, falls into
 command mode on an overlong DATA line, runs commands pipelined after STARTTLS, gives
 one reply for all recipients and can reorder pipelined replies (see
@@ -43,7 +43,6 @@ from twisted.internet import defer, interfaces, task
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -81,6 +80,8 @@ MAX_PIPELINE_BUFFER = 64 * 1024
 _JUNK_CODES = frozenset({500, 501, 502, 503, 504, 555})
 #: Longest stretch of one error reply's delay (seconds).
 MAX_ERROR_SLEEP = 10.0
+#: A session timer firing this close to its deadline (float rounding) times out.
+_DEADLINE_SLACK = 0.001
 
 _OK = Reply(250, "2.0.0", "Ok")
 # Sent for every message: made (and encoded, Reply.to_bytes) once (issue 18).
@@ -94,7 +95,7 @@ class _LineTooLong(Exception):
 
 
 @implementer(IEvictable, ISession)
-class SMTPServer(Protocol, TimeoutMixin):
+class SMTPServer(Protocol):
     """One ESMTP session. Built by ``SMTPFactory``.
 
     Implements: IEvictable (idle until its first MAIL, not authenticated) and ISession
@@ -153,6 +154,11 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._writer: DirectWriter | None = None
         self._writes = 0  # replies written so far (dataReceived: did one carry the ACK?)
         self._our_ip: str | None = None  # _local_ip(transport), asked once (getsockname)
+        # The session's deadline (see setTimeout): the period a line restarts, the
+        # reactor time it falls due, and the one DelayedCall that watches it.
+        self._timeout: float | None = None
+        self._deadline: float | None = None
+        self._timer: Any = None
 
     def _our_address(self) -> str:
         """Our address on this connection, asked of the socket once (at connect, for
@@ -163,10 +169,57 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     # -- timers -------------------------------------------------------------------
 
-    def callLater(self, period, func):  # noqa: N802 (TimeoutMixin hook)
-        return self.factory.reactor.callLater(period, func)
+    # TimeoutMixin's interface (setTimeout, resetTimeout, timeoutConnection) over one
+    # DelayedCall per session, armed at connect and moved only when a deadline comes
+    # sooner: restarting the deadline, as every command line and DATA chunk does, is
+    # a float stored, and the call, when it fires before the deadline, re-arms itself
+    # for the rest. TimeoutMixin reset or replaced its DelayedCall for every line and
+    # chunk and around every commit: a dozen timer operations a message (issue 18).
 
-    def timeoutConnection(self) -> None:  # noqa: N802 (TimeoutMixin hook)
+    def setTimeout(self, period: float | None) -> None:  # noqa: N802
+        """Time out ``period`` seconds from now (restarted by ``resetTimeout``), or
+        never (None)."""
+        self._timeout = period
+        if period is None:
+            self._deadline = None
+        else:
+            self._set_deadline(period)
+
+    def resetTimeout(self) -> None:  # noqa: N802
+        """Restart the current period from now."""
+        if self._timeout is not None:
+            self._set_deadline(self._timeout)
+
+    def _set_deadline(self, period: float) -> None:
+        reactor = self.factory.reactor
+        deadline = self._deadline = reactor.seconds() + period
+        timer = self._timer
+        if timer is None:
+            self._timer = reactor.callLater(period, self._timer_fired)
+        elif timer.getTime() > deadline:
+            timer.reset(period)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self._closing:
+            return
+        reactor = self.factory.reactor
+        left = deadline - reactor.seconds()
+        if left > _DEADLINE_SLACK:  # restarted since it was armed: watch the rest
+            self._timer = reactor.callLater(left, self._timer_fired)
+            return
+        self._timeout = self._deadline = None
+        self.timeoutConnection()
+
+    def _stop_timer(self) -> None:
+        self._timeout = self._deadline = None
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def timeoutConnection(self) -> None:  # noqa: N802
         what = "data" if self._reader is not None else "command"
         self._timed_out(what)
 
@@ -240,8 +293,8 @@ class SMTPServer(Protocol, TimeoutMixin):
                 port=self.session.client_port,
                 local_ip=self._our_address() if self.factory.pipeline else "",
                 session=self._stage_session))
-        send_at_once(self.transport)
-        self._quick_ack = QuickAck(self.transport)
+        send_at_once(self.transport, self._writer.socket)
+        self._quick_ack = QuickAck(self.transport, self._writer.socket)
         self._progress = self.factory.reactor.seconds()
         self.setTimeout(self.settings.command_timeout)
         if self.settings.pre_mail_timeout > 0:
@@ -271,7 +324,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._closing = True
         if self._writer is not None:
             self._writer.stop()
-        self.setTimeout(None)
+        self._stop_timer()
         cancel_deadline(self._tls_deadline)
         self._cancel_pre_mail()
         self._held.cancel()
@@ -575,7 +628,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._session.helo = arg
         self._session.esmtp = False
         self._reset_transaction()
-        return Reply(250, "", self.settings.hostname)
+        return self.factory.reply(250, (self.settings.hostname,))
 
     def smtp_EHLO(self, arg: str) -> Reply:  # noqa: N802
         if not arg:
@@ -592,7 +645,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         burl_keyword = burl.ehlo_keyword(self.factory.url_fetcher, self.factory.submission)
         if burl_keyword is not None:
             lines.append(burl_keyword)
-        return Reply(250, "", lines)
+        return self.factory.reply(250, tuple(lines))
 
     def smtp_NOOP(self, arg: str) -> Reply:  # noqa: N802
         return _OK
@@ -782,7 +835,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         refused = self._storage_refusal(params.size)
         if refused is not None:
             return refused
-        esmtp = tuple(split_path(arg[5:])[1].split())  # as sent, for milters
+        # As sent, for milters (pipeline stages): nobody else reads them.
+        esmtp = tuple(split_path(arg[5:])[1].split()) if self.factory.pipeline else ()
         if self._client is not None:
             self._client.helo, self._client.user = session.helo or "", session.user
             self._client.auth_mechanism, self._client.mail_params = session.auth_mechanism, esmtp
@@ -845,6 +899,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                                                len(txn.accepted))
         quota = rcpt_refusal(self.factory.store, decision.mailboxes, txn.params.size)
         if quota is not None:  # mailhost.smtp.quota: after the envelope checks' verdict
+            txn.quota_limited = True
             decided = quota if decided is None else decided.addCallback(
                 lambda verdict: verdict if verdict is not None else quota)
         if decided is not None:
@@ -1152,8 +1207,12 @@ class SMTPServer(Protocol, TimeoutMixin):
                 self._close()
             return defer.succeed(None)
         assert txn is not None  # DATA and BDAT need a transaction
+        # Asked again only if a recipient had a limit at RCPT (or a pipeline stage
+        # changed the recipients): a quota= added in the seconds between applies from
+        # the next message (issue 18: two passwd look-ups a message saved).
         too_big = data_refusal(self.factory.store, list(txn.mailboxes), bool(txn.remote),
-                               reader.size)
+                               reader.size) if txn.quota_limited or (
+            txn.context is not None and txn.context.recipients_changed) else None
         if too_big is not None:  # larger than the whole quota (mailhost.smtp.quota)
             delivery.abort()
             self._answer_data(txn, reader.size, too_big)

@@ -29,14 +29,20 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
+#: Every pair of digits, for two digits a division (issue 18: half the divmods).
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_BASE2 = len(_ALPHABET) ** 2
+
+
 def new_transaction_id() -> str:
-    """A short, unique-enough id for logs, Received headers and the 250 reply."""
+    """A short, unique-enough id for logs, Received headers and the 250 reply: the
+    number below in base 30, most significant digit first."""
     n = (int(time.time() * 1000) << 20) | _pid << 8 | (next(_counter) & 0xFF)
     out = []
     while n:
-        n, r = divmod(n, len(_ALPHABET))
-        out.append(_ALPHABET[r])
-    return "".join(reversed(out))
+        n, r = divmod(n, _BASE2)
+        out.append(_PAIRS[r])
+    return "".join(reversed(out)).lstrip("0")  # (the top pair's leading zero)
 
 
 @dataclass
@@ -65,6 +71,9 @@ class Transaction:
         default_factory=dict)
     # The message pipeline's view of this message (mailhost.message.stage), if any.
     context: Any = None
+    # A recipient's mailbox had a quota limit at RCPT: the final dot asks again
+    # (mailhost.smtp.quota.data_refusal); with none, it need not.
+    quota_limited: bool = False
 
     MAX_RESULTS = 50
 

@@ -47,7 +47,7 @@ from mailhost.store.interfaces import (
     IMailStore,
 )
 from mailhost.store.listeners import AccountListenerSet
-from mailhost.store.modes import PRIVATE, FileModes
+from mailhost.store.modes import PRIVATE, FileModes, process_umask
 from mailhost.store.names import check_address, split_user
 from mailhost.store.quota import IQuotaStore, QuotaLimits, QuotaUsage
 
@@ -98,6 +98,8 @@ class MaildirStore:
         #: Where message writers commit (batches of deliveries per thread hop).
         self.committer = BatchCommitter(self.run_blocking, lambda: self.syncer)
         self._tmp_ready = False
+        self._tmp_path = ""  # root/.tmp, once made
+        self._new_files_fit: bool | None = None  # see new_files_fit
         self._recovery: defer.Deferred[None] | None = None  # of crashed multi-folder commits
         self._recovered = False
         self._watcher = ChangeWatcher(reactor, self.run_blocking, watch)
@@ -121,17 +123,29 @@ class MaildirStore:
         protocols use ``open_account``)."""
         return self._account(user)
 
+    def new_files_fit(self) -> bool:
+        """Whether the files this store creates come out with its mode and group as
+        they are (``FileModes.created_fits``), so its writers need not fstat them
+        (issue 18: a system call a message in the commit thread). Judged by the umask
+        at the first ask, a store's first delivery: twistd sets its umask before the
+        reactor runs, and mailhost never changes it. (A process that narrows its umask
+        later gets files narrower than ``modes`` says, never wider.)"""
+        if self._new_files_fit is None:
+            self._new_files_fit = self.modes.created_fits(process_umask())
+        return self._new_files_fit
+
     def tmp_dir(self) -> str:
         """Where writers keep messages being received (made, and cleaned, on first use)."""
         return self._tmp_dir()
 
     def _tmp_dir(self) -> str:
-        path = os.path.join(self.root, TMP_DIR)
-        if not self._tmp_ready:
-            self.modes.makedirs(path)  # once; a mkdir is a metadata-only syscall
-            self._tmp_ready = True
-            d = self.run_blocking(maildir_io.clean_tmp, path)
-            d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))
+        if self._tmp_ready:  # every message asks (issue 18)
+            return self._tmp_path
+        path = self._tmp_path = os.path.join(self.root, TMP_DIR)
+        self.modes.makedirs(path)  # once; a mkdir is a metadata-only syscall
+        self._tmp_ready = True
+        d = self.run_blocking(maildir_io.clean_tmp, path)
+        d.addErrback(lambda f: self.log.failure("cleaning {path} failed", f, path=path))
         return path
 
     def _recover(self) -> defer.Deferred[None]:

@@ -97,6 +97,18 @@ class FileModes:
             os.fchmod(fd, self.file_mode)
         return st
 
+    def created_fits(self, umask: int | None) -> bool:
+        """Whether a file created with our mode under ``umask`` (None: not known) has
+        our mode and group already, so ``fix_fd`` would change nothing: no group to
+        give, and the umask clears none of our bits."""
+        return umask is not None and self.group is None and not self.file_mode & umask
+
+    def fits(self, st: os.stat_result) -> bool:
+        """Whether a file with this stat already has our mode (and group): ``fix_fd``
+        changed nothing on it."""
+        return (stat.S_IMODE(st.st_mode) == self.file_mode
+                and (self.group is None or st.st_gid == self.group))
+
     def _fix_dir(self, fd: int) -> None:
         st = os.fstat(fd)
         if self.group is not None:
@@ -165,3 +177,17 @@ class FileModes:
 
 
 PRIVATE = FileModes()
+
+
+def process_umask() -> int | None:
+    """The process's umask, read without setting it (``os.umask`` can only swap it,
+    which races with other threads creating files): Linux's ``/proc/self/status``.
+    None where that is not to be had."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

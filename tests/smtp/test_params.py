@@ -110,3 +110,21 @@ def test_xtext_decode_total(raw):
         decode_xtext(text)
     except Reply as e:
         assert e.code == 501
+
+
+def test_split_path_takes_the_first_bracket_unless_it_is_quoted():
+    """Issue 18: a path with no quoted part is cut at its first '>' by str.find; a
+    quoted local part may hold '>' (and escaped quotes), and is still walked."""
+    from mailhost.smtp.params import split_path
+
+    assert split_path("<a@example.test> SIZE=10 BODY=8BITMIME") == (
+        "<a@example.test>", " SIZE=10 BODY=8BITMIME")
+    assert split_path("  <a@example.test>") == ("<a@example.test>", "")
+    assert split_path("<>") == ("<>", "")
+    assert split_path('<"a>b"@example.test> SIZE=1') == ('<"a>b"@example.test>', " SIZE=1")
+    assert split_path('<"a\\">"@example.test>') == ('<"a\\">"@example.test>', "")
+    assert split_path("a@example.test SIZE=1") == ("a@example.test", " SIZE=1")
+    with pytest.raises(Reply):
+        split_path('<"a>b@example.test')
+    with pytest.raises(Reply):
+        split_path("<a@example.test")

@@ -349,6 +349,31 @@ async def test_command_timeout(smtp_host):
 
 
 @pytest_twisted.ensureDeferred
+async def test_each_command_line_restarts_the_command_deadline(smtp_host):
+    """Issue 18: the session's one timer is not moved for every line; a line only
+    moves the deadline, and the timer, firing before it, waits out the rest. So a
+    client that sends a command every 0.25 s outlives several 0.6 s periods, and one
+    that then stays silent is cut one period after its last line, not earlier."""
+    host = smtp_host(command_timeout=0.6)
+
+    def session():
+        c = RawClient(host.port)
+        assert c.greeting.startswith(b"220")
+        replies = []
+        for _ in range(6):
+            time.sleep(0.25)
+            replies.append(c.cmd(b"NOOP"))
+        last = time.monotonic()
+        reply = c.reply()
+        return replies, reply, time.monotonic() - last, c.closed()
+
+    replies, reply, silent, closed = await deferToThread(session)
+    assert all(r.startswith(b"250") for r in replies)
+    assert reply.startswith(b"421 4.4.2") and closed
+    assert 0.55 <= silent < 3.0
+
+
+@pytest_twisted.ensureDeferred
 async def test_data_timeout_stores_nothing(smtp_host):
     host = smtp_host(data_timeout=0.5)
 
@@ -581,3 +606,52 @@ async def test_replies_go_out_at_once_not_after_the_clients_delayed_ack(smtp_hos
     assert [r[:3] for r in replies] == [b"250"] * 3
     [stored] = await host.read_messages()
     assert stored.endswith(body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_final_dot_asks_for_quota_limits_only_if_rcpt_found_one(smtp_host, tmp_path):
+    """Issue 18: a recipient without a limit at RCPT is not looked up again at the
+    final dot (two passwd look-ups a message); one with a limit is, and a message
+    larger than it, sent without SIZE=, still gets 552 5.2.2 there."""
+    from mailhost.store.maildir import MaildirStore
+
+    store = MaildirStore(str(tmp_path / "mail"), fsync=False)
+    asked: list[str] = []
+    limits = {"bob@example.test": 1000}
+    store.set_quota_limits(lambda user: asked.append(user) or limits.get(user, 0))
+    host = smtp_host(store=store)
+
+    def send(rcpt: bytes, size: int):
+        c = RawClient(host.port)
+        c.cmd(b"EHLO c")
+        c.cmd(b"MAIL FROM:<s@remote.test>")
+        assert c.cmd(b"RCPT TO:<" + rcpt + b">").startswith(b"250")
+        before = len(asked)
+        c.cmd(b"DATA")
+        reply = c.cmd(b"Subject: q\r\n\r\n" + b"x" * size + b"\r\n.")
+        c.cmd(b"QUIT")
+        return reply, len(asked) - before
+
+    reply, at_dot = await deferToThread(send, b"alice@example.test", 2000)
+    assert reply.startswith(b"250") and at_dot == 0
+    reply, at_dot = await deferToThread(send, b"bob@example.test", 2000)
+    assert reply.startswith(b"552 5.2.2") and at_dot == 1
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ehlo_replies_are_made_once_per_content(smtp_host):
+    """Issue 18: every session's EHLO gets the factory's one Reply for its content
+    (kept wire form), and a session whose offer differs (after AUTH is allowed or
+    TLS started) gets its own."""
+    host = smtp_host()
+
+    def ehlo_twice():
+        return [RawClient(host.port).cmd(b"EHLO c") for _ in range(2)]
+
+    first, second = await deferToThread(ehlo_twice)
+    assert first == second and b"PIPELINING" in first
+    factory = host.factory
+    assert factory.reply(250, ("a", "B")) is factory.reply(250, ("a", "B"))
+    assert factory.reply(250, ("a", "B")) is not factory.reply(250, ("a", "C"))
+    assert factory.reply(250, ("a", "B")).to_bytes() == b"250-a\r\n250 B\r\n"

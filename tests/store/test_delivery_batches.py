@@ -295,3 +295,116 @@ async def test_a_delivery_dated_now_keeps_the_mtime_its_write_gave(root, monkeyp
     assert all(before - 1 <= s <= after for s in seconds[1:])
     assert {st.st_mode & 0o777 for st in stats} == {0o640}
     await store.close()
+
+
+async def test_a_delivery_written_with_o_sync_skips_the_file_fsync(root, monkeypatch):
+    """Issue 18: one target, fsync on: the tmp file is written with O_SYNC (durable
+    when the write returns), so the worker thread makes no fsync call for it; only
+    the new/ directory is fsynced. A file changed after that write (a utime for an
+    older date, a chmod the umask made necessary) is fsynced as before, and with
+    fsync off nothing is synchronous."""
+    import stat
+
+    from mailhost.store.modes import FileModes
+
+    real_open, real_fsync = os.open, os.fsync
+    sync_opens: list[bool] = []  # per tmp file: opened with O_SYNC?
+    fsynced: list[str] = []  # "dir" or "file", per fsync call
+
+    def open_(path, flags, *args, **kwargs):
+        if os.path.basename(os.path.dirname(str(path))) == ".tmp":
+            sync_opens.append(bool(flags & os.O_SYNC))
+        return real_open(path, flags, *args, **kwargs)
+
+    def fsync(fd):
+        fsynced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "fsync", fsync)
+    old = os.umask(0o077)
+    try:
+        store = MaildirStore(root, fsync=True)
+        await smtp_deliver(store, 0)  # makes the Maildir
+        del sync_opens[:], fsynced[:]
+        for n in range(1, 4):
+            await smtp_deliver(store, n)
+        assert sync_opens == [True] * 3
+        assert fsynced and set(fsynced) == {"dir"}
+
+        del sync_opens[:], fsynced[:]
+        w = store.new_message()
+        w.write(msg(4))
+        await w.commit([DeliveryTarget(A, want_uid=False, internal_date=1_600_000_000)])
+        assert sync_opens == [True] and fsynced.count("file") == 1  # after the utime
+        await store.close()
+
+        wide = MaildirStore(root, fsync=True, modes=FileModes(file_mode=0o640))
+        del sync_opens[:], fsynced[:]
+        await smtp_deliver(wide, 5)  # the umask narrowed it: chmod, then fsync
+        assert sync_opens == [True] and fsynced.count("file") == 1
+        await wide.close()
+
+        loose = MaildirStore(root, fsync=False)
+        del sync_opens[:], fsynced[:]
+        await smtp_deliver(loose, 6)
+        assert sync_opens == [False] and fsynced == []
+        await loose.close()
+    finally:
+        os.umask(old)
+    assert len(new_files(root)) == 7
+    modes = {os.stat(os.path.join(user_dir(root), "new", n)).st_mode & 0o777
+             for n in new_files(root)}
+    assert modes == {0o600, 0o640}
+
+
+async def test_a_delivery_whose_mode_the_umask_gives_is_not_fstated(root, monkeypatch):
+    """Issue 18: when a created file gets the store's mode from the umask as it is
+    (no group to give, the umask clears none of the mode's bits: judged once per
+    store), the tmp file is not fstat'ed (a system call a message in the commit
+    thread); its mode is still ours, and its mtime is the delivery's second. Under a
+    umask that narrows the mode, the file is fstat'ed and fixed as before."""
+    import time
+
+    from mailhost.store.modes import FileModes, process_umask
+
+    real_fstat = os.fstat
+    stated: list[str] = []  # the tmp files fstat'ed
+
+    def fstat(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.basename(os.path.dirname(target)) == ".tmp":
+            stated.append(target)
+        return real_fstat(fd)
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    old = os.umask(0o022)
+    try:
+        assert process_umask() == 0o022
+        assert FileModes().created_fits(0o022) and FileModes(0o640).created_fits(0o022)
+        assert not FileModes(0o640).created_fits(0o077)
+        assert not FileModes(group=os.getgid()).created_fits(0o022)
+        assert not FileModes().created_fits(None)
+        store = MaildirStore(root, fsync=True, modes=FileModes(file_mode=0o640))
+        before = int(time.time())
+        for n in range(3):
+            await smtp_deliver(store, n)
+        after = int(time.time())
+        assert stated == [] and store.new_files_fit()
+        box = await folder_of(store)
+        for info in box.messages():  # the index's date is the file's second
+            [name] = [n for n in new_files(root) if n.startswith(info.key)]
+            mtime = os.stat(os.path.join(user_dir(root), "new", name)).st_mtime
+            assert int(mtime) == int(info.internal_date)
+        assert len(box.messages()) == 3
+        await store.close()
+        os.umask(0o077)
+        narrowed = MaildirStore(root, fsync=True, modes=FileModes(file_mode=0o640))
+        await smtp_deliver(narrowed, 3)
+        assert len(stated) == 1 and not narrowed.new_files_fit()
+        await narrowed.close()
+    finally:
+        os.umask(old)
+    stats = [os.stat(os.path.join(user_dir(root), "new", n)) for n in new_files(root)]
+    assert len(stats) == 4 and {st.st_mode & 0o777 for st in stats} == {0o640}
+    assert all(before - 1 <= int(st.st_mtime) <= after + 1 for st in stats)

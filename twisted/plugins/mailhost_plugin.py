@@ -122,6 +122,9 @@ class MailHostServiceMaker:
         from twisted.internet import reactor
 
         reactor.suggestThreadPoolSize(20)
+        from mailhost.heap import settle
+
+        reactor.callWhenRunning(settle)  # the collector's settings for a server
         return svc
 
 

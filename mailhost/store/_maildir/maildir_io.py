@@ -120,9 +120,17 @@ def move_or_copy(src: str, dest: str, fsync: bool, modes: FileModes) -> bool:
     return False
 
 
+#: How far a file's mtime may lag the clock (``time.time()``): the kernel stamps files
+#: from its coarse clock, at most one tick (10 ms at HZ=100) behind; twice that is
+#: allowed. A write whose clock reads (the first less this) fall in one second gave
+#: the file that second.
+MTIME_LAG = 0.02
+
+
 def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
                   jobs: Sequence[DeliveryJob], syncer: GroupSync | None, modes: FileModes,
-                  data: bytes | None = None, sync_later: bool = False) -> set[str]:
+                  data: bytes | None = None, sync_later: bool = False,
+                  fits: bool = False) -> set[str]:
     """Make the tmp file durable, move it into its target's new/ (link it into each of
     several targets'), give it a UID there
     (dovecot-uidlist, under its lock) unless the job says later, and (through the
@@ -143,18 +151,38 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     ``sync_later``: a single-folder delivery leaves its last group-commit round to the
     caller and returns the paths that round must fsync (``deliver_batch``); the links
     are not durable until then. Otherwise the returned set is empty.
+    ``fits``: a file created with ``modes`` gets its mode from the umask already
+    (``FileModes.created_fits``): the one written from ``data`` is not fstat'ed, and
+    the second of its mtime is read off the clock around the write (see
+    ``MTIME_LAG``).
     """
     fsync = syncer is not None
     journal = None
     fd = -1  # the tmp file written from ``data`` (no buffered file object needed)
     later: set[str] = set()
     moved = False  # the tmp file was renamed into new/: nothing left to unlink
-    written = None  # the fstat of the tmp file written here from ``data``
+    dated = False  # the file's mtime is in the second of ``date`` already
+    synced = False  # that file's data and inode are durable already (O_SYNC)
     try:
         if data is not None:
-            fd = modes.open_new(tmp_path, fix=False)  # closed in finally
+            # One target, fsync on: the write itself is synchronous (O_SYNC: data and
+            # inode durable when it returns, as fsync would make them), which spares
+            # the fsync call. Every system call of a worker thread hands the GIL to
+            # the reactor and back (issue 18). The journal commit of several targets
+            # fsyncs the file itself.
+            sync = os.O_SYNC if fsync and len(jobs) == 1 else 0
+            before = time.time()
+            fd = modes.open_new(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | sync,
+                                fix=False)  # closed in finally
             _write_all(fd, data)
-            written = modes.fix_fd(fd)  # our mode, and the mtime the write gave
+            if fits:  # our mode already; the write's mtime is between the clock reads
+                dated = int(before - MTIME_LAG) == int(time.time()) == int(date)
+                synced = bool(sync)
+            else:
+                written = modes.fix_fd(fd)  # our mode, and the mtime the write gave
+                dated = int(written.st_mtime) == int(date)
+                # A mode or group the fix changed is a change after the synchronous write.
+                synced = bool(sync) and modes.fits(written)
         else:
             assert file is not None  # given when ``data`` is not
             file.flush()
@@ -174,9 +202,10 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
             # durable, hence fsync, not fdatasync) and before anyone is told a UID.
             # Not when the write gave the file that second already (a delivery dated
             # now): whole seconds are all Dovecot and the index read (issue 18).
-            if written is None or int(written.st_mtime) != int(date):
+            if not dated:
                 os.utime(fileno, (date, date))
-            if fsync:
+                synced = False
+            if fsync and not synced:
                 os.fsync(fileno)
         for _path, _name, base, size, uids, ticket in jobs:
             if uids is not None:
@@ -211,7 +240,7 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
 #: One message for ``deliver_batch``: ``deliver_files``' arguments but ``syncer``, then
 #: the quota changes to count once it is durable (``maildirsize.add_all``).
 BatchJob = tuple["BinaryIO | None", str, float, Sequence[DeliveryJob], FileModes,
-                 "bytes | None", Sequence[maildirsize.Change]]
+                 "bytes | None", bool, Sequence[maildirsize.Change]]
 
 
 def deliver_batch(batch: Sequence[BatchJob], syncer: GroupSync | None
@@ -226,10 +255,10 @@ def deliver_batch(batch: Sequence[BatchJob], syncer: GroupSync | None
     """
     results: list[BaseException | None] = []
     paths: set[str] = set()
-    for file, tmp_path, date, jobs, modes, data, _after in batch:
+    for file, tmp_path, date, jobs, modes, data, fits, _after in batch:
         try:
             paths |= deliver_files(file, tmp_path, date, jobs, syncer, modes, data,
-                                   sync_later=True)
+                                   sync_later=True, fits=fits)
             results.append(None)
         except BaseException as e:  # reported to this message's caller only
             results.append(e)

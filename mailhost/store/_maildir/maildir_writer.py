@@ -11,7 +11,8 @@ tmp file only past ``MEMORY_LIMIT``, so the reactor thread never opens or writes
 file for it: creating a file can stall behind a journal commit that another thread's
 fsync started. ``commit`` then, in one worker-thread hop (shared with the messages
 committing at the same time: batch_commit): write the tmp file (if it is still in
-memory), fsync it, move it into its target's new/ (copy on EXDEV;
+memory; with O_SYNC for one target, which makes it durable as an fsync would), fsync it
+(unless that write did), move it into its target's new/ (copy on EXDEV;
 for several targets all copies as one unit, through tmp/ and a commit journal:
 maildir_io._commit_all), give it a UID there (dovecot-uidlist, under Dovecot's lock: maildir_uids); then a
 group-commit round fsyncs the new/ directories and uidlists. The Deferred fires only
@@ -118,7 +119,7 @@ class MaildirMessageWriter:
                 await store.committer.commit(
                     (self._file, self._path, date, jobs, store.modes,
                      None if self._buffer is None else bytes(self._buffer),
-                     _charges(plan, self.size)))
+                     store.new_files_fit(), _charges(plan, self.size)))
                 self._buffer = None
             except BaseException:
                 for (folder, _, _, _, _), ticket in zip(plan, tickets, strict=True):
@@ -173,8 +174,9 @@ class MaildirMessageWriter:
                 # Another folder must exist (opening checks), and keywords need the
                 # folder's letter map: open it.
                 folder = await account.folder(canon)
-        if folder is None:
-            path, letters = account.folder_path(INBOX), Keywords().letters_of(flags)
+        if folder is None:  # (SMTP's copy has no flags: no letters to work out)
+            path = account.folder_path(INBOX)
+            letters = Keywords().letters_of(flags) if flags else ""
         else:
             await folder.learn_keywords(flags)
             path, letters = folder.path, folder.letters(flags)
