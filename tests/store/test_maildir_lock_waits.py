@@ -384,7 +384,7 @@ async def test_store_renames_on_the_reactor_thread_when_the_uidlist_lock_is_free
     from mailhost.store._maildir.dotlock import DotLock
     from mailhost.store._maildir.dovecot_uidlist import UIDLIST_FILE
 
-    monkeypatch.setattr(maildir_changes, "INLINE_RENAMES", 16)  # off by default
+    monkeypatch.setattr(maildir_changes, "INLINE_RENAMES", 16)  # more than a STORE of 2
     store = MaildirStore(root, fsync=False)
     for _ in range(2):
         await deliver(store, b"Subject: x\r\n\r\nx\r\n", DeliveryTarget(A, want_uid=True))
