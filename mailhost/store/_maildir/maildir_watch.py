@@ -32,6 +32,7 @@ of events, and the rescans on SELECT/EXAMINE/STATUS/NOOP/IDLE still catch up the
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -66,25 +67,54 @@ DRAIN_READS = 64
 WATCH_MODES = ("inotify", "poll")
 
 _R = TypeVar("_R")
-#: An inotify watch's callback: (the INotify, the path the event is about, its mask).
-_Callback = Callable[[object, "FilePath[bytes]", int], None]
+#: An inotify watch's callback: (the name of the file the event is about, or "" for
+#: the directory itself; the event's mask).
+_Callback = Callable[[str, int], None]
 
 if HAVE_INOTIFY:
     APPEARED = _inotify.IN_CREATE | _inotify.IN_MOVED_TO
     VANISHED = _inotify.IN_DELETE | _inotify.IN_MOVED_FROM
     _GONE_SELF = _inotify.IN_DELETE_SELF | _inotify.IN_MOVE_SELF | _inotify.IN_UNMOUNT
     _MASK = APPEARED | VANISHED | _GONE_SELF | _inotify.IN_ONLYDIR
-    #: The folder directory itself: only dovecot-keywords being replaced (or written
-    #: in place by a tool) matters; new/ and cur/ report the folder going away.
-    _ROOT_MASK = APPEARED | _inotify.IN_CLOSE_WRITE | _inotify.IN_ONLYDIR
+    #: The folder directory itself: only dovecot-keywords being replaced matters
+    #: (Dovecot writes it under a dotlock and renames it into place, as we do); new/
+    #: and cur/ report the folder going away. Not IN_CREATE or IN_CLOSE_WRITE: every
+    #: APPEND's uidlist dotlock, uidlist and UID-cache writes fired six of them, each a
+    #: wakeup of the reactor while the thread doing the APPEND wanted the GIL (issue
+    #: 16). A tool writing dovecot-keywords in place is read at the next rescan.
+    _ROOT_MASK = _inotify.IN_MOVED_TO | _inotify.IN_ONLYDIR
+
+    _EVENT = struct.Struct("=iIII")  # wd, mask, cookie, name length (inotify(7))
 
     class _Notifier(_inotify.INotify):
-        """An INotify that says when it closed itself (a watched directory was deleted)."""
+        """An INotify that says when it closed itself (a watched directory was deleted),
+        and hands its callbacks the event's file name (str) and mask. Twisted's own
+        ``_doRead`` builds a FilePath per event (normpath, abspath, two encodings):
+        under load that was most of the reactor's time spent on a folder's events."""
 
         def __init__(self, reactor: IStoreReactor,
                      on_lost: Callable[[_Notifier], None]) -> None:
             super().__init__(reactor)  # type: ignore[no-untyped-call]  # unannotated in Twisted
             self.on_lost: Callable[[_Notifier], None] | None = on_lost
+
+        def _doRead(self, in_: bytes) -> None:  # noqa: N802 - Twisted's name
+            data = self._buffer + in_ if self._buffer else in_
+            at, end, size = 0, len(data), _EVENT.size
+            while end - at >= size:
+                wd, mask, _, length = _EVENT.unpack_from(data, at)
+                if end - at < size + length:
+                    break  # the rest of this event comes with the next read
+                name = os.fsdecode(data[at + size:at + size + length].rstrip(b"\0"))
+                at += size + length
+                watch = self._watchpoints.get(wd)
+                if watch is None:
+                    continue  # IN_Q_OVERFLOW (wd -1), or a watch dropped meanwhile
+                for callback in watch.callbacks:
+                    callback(name, mask)
+                if mask & _inotify.IN_DELETE_SELF:
+                    self._rmWatch(wd)
+                    self.loseConnection()
+            self._buffer = data[at:]
 
         def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
             super().connectionLost(reason)  # type: ignore[no-untyped-call]  # likewise
@@ -237,7 +267,7 @@ class ChangeWatcher:
         emit(text, event="maildir_watch_fallback", **kw)
 
     def _callback(self, folder: MaildirFolder, sub: str) -> _Callback:
-        def event(_ignored: object, path: FilePath[bytes], mask: int) -> None:
+        def event(name: str, mask: int) -> None:
             if self._watched.get(folder) is None:
                 return  # a late event for a folder no longer watched
             if mask & _GONE_SELF:
@@ -246,13 +276,13 @@ class ChangeWatcher:
                 self._reactor.callLater(0, self._gone_self, folder)
                 return
             self._events += 1
-            folder._disk_event((sub, os.fsdecode(path.basename()), mask))
+            folder._disk_event((sub, name, mask))
 
         return event
 
     def _keywords_callback(self, folder: MaildirFolder) -> _Callback:
-        def event(_ignored: object, path: FilePath[bytes], mask: int) -> None:
-            if self._watched.get(folder) is None or os.fsdecode(path.basename()) != KEYWORDS_FILE:
+        def event(name: str, mask: int) -> None:
+            if self._watched.get(folder) is None or name != KEYWORDS_FILE:
                 return  # the uidlist, caches, Dovecot's index files, subfolders
             self._events += 1
             folder._disk_event(None)  # a rescan re-reads it if it changed
