@@ -187,7 +187,7 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
         for writer, _, _ in plan:
             writer.abort()
         raise
-    return await commands_mailbox.commit_appends(account, name, plan)
+    return await commands_mailbox.commit_appends(account, name, plan, s.selected)
 
 
 HANDLERS = {"APPEND": (AUTH, append)}

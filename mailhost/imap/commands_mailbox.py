@@ -426,15 +426,20 @@ async def append(s: IMAPServer, cmd: parser.Command) -> bytes:
             for i in range(0, len(message), APPEND_CHUNK):
                 writer.write(message[i:i + APPEND_CHUNK])
         plan.append((writer, frozenset(f for f in flags if f != "\\Recent"), date))
-    done = await commit_appends(account, name, plan)
+    done = await commit_appends(account, name, plan, s.selected)
     s.send(rev2.oldname_line(s, parser.as_string(raw_name), name))  # RFC 9051 6.3.12
     return done
 
 
 async def commit_appends(account: IMailAccount, name: str,
-                         plan: list[tuple[IMessageWriter, frozenset[str], float | None]]) -> bytes:
+                         plan: list[tuple[IMessageWriter, frozenset[str], float | None]],
+                         selected: SelectedMailbox | None = None) -> bytes:
     """Commit APPEND's messages (one, a MULTIAPPEND's, or CATENATE's) all or none; the
-    tagged OK's text."""
+    tagged OK's text. Into the folder the session has selected read-write, the
+    messages are this session's \\Recent and no other's (``DeliveryTarget.recent``):
+    nothing is left for a claim to rename (issue 16)."""
+    own = selected if selected is not None and not selected.readonly \
+        and selected.folder.name == name else None
     uids: list[int] = []
     validity = 0
     try:  # the whole MULTIAPPEND must fit
@@ -446,7 +451,10 @@ async def commit_appends(account: IMailAccount, name: str,
     try:
         for n, (writer, keep, date) in enumerate(plan):
             try:
-                validity, uid = await account.append(name, writer, keep, date)
+                validity, uid = await account.append(name, writer, keep, date,
+                                                     recent=own is None)
+                if own is not None and not own.rev2:  # RFC 9051: no \Recent
+                    own.recent.add(uid)
             except BaseException:
                 for later, _, _ in plan[n + 1:]:
                     later.abort()

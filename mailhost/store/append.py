@@ -15,11 +15,13 @@ from mailhost.store.interfaces import DeliveryTarget, IMailAccount, IMessageWrit
 
 
 async def _append(account: IMailAccount, name: str, message: IMessageWriter,
-                  flags: Iterable[str], internal_date: float | None) -> tuple[int, int]:
+                  flags: Iterable[str], internal_date: float | None,
+                  recent: bool) -> tuple[int, int]:
     try:
         folder = await account.open_folder(name)
         uids = await message.commit([DeliveryTarget(account.user, folder.name,
-                                                    frozenset(flags), internal_date)])
+                                                    frozenset(flags), internal_date,
+                                                    recent=recent)])
     except BaseException:
         message.abort()  # idempotent; a no-op after a commit
         raise
@@ -31,7 +33,7 @@ async def _append(account: IMailAccount, name: str, message: IMessageWriter,
 
 def append_message(account: IMailAccount, name: str, message: IMessageWriter,
                    flags: Iterable[str] = (), internal_date: float | None = None,
-                   ) -> defer.Deferred[tuple[int, int]]:
+                   recent: bool = True) -> defer.Deferred[tuple[int, int]]:
     """IMailAccount.append on top of ``open_folder`` and the writer's commit."""
     return defer.Deferred.fromCoroutine(_append(account, name, message, flags,
-                                                internal_date))
+                                                internal_date, recent))

@@ -108,6 +108,13 @@ class DeliveryTarget:
     #: attribute, or to ``folder``, created with it, when the account has none (as
     #: Dovecot's LDA with ``lda_mailbox_autocreate``). Resolved by the mailbox target.
     special_use: str | None = None
+    #: False: the copy is recent to no session but the caller's. An IMAP session
+    #: appending to the folder it has selected shows the message's \Recent itself
+    #: (RFC 3501 2.3.2: one session sees it recent), so no other session may, and
+    #: nothing is left to claim: a Maildir store saves the file in cur/ at once, where
+    #: a claim would have renamed it from new/ (issue 16: that rename, its uidlist
+    #: lock and its inotify events were a fifth of an APPEND's reactor time).
+    recent: bool = True
 
 
 class Columns(NamedTuple):
@@ -350,10 +357,12 @@ class IMailAccount(Interface):
         into it as it arrives, before the command is parsed)."""
 
     def append(name: str, message: IMessageWriter, flags: Iterable[str] = (),
-               internal_date: float | None = None) -> Deferred[tuple[int, int]]:
+               internal_date: float | None = None, recent: bool = True,
+               ) -> Deferred[tuple[int, int]]:
         """Commit ``message`` (from ``new_message``) into folder ``name`` with these
         flags and date (None: now). Deferred firing with ``(uid_validity, uid)`` for
-        APPENDUID; NoSuchFolder if absent (then the message is aborted)."""
+        APPENDUID; NoSuchFolder if absent (then the message is aborted). ``recent``
+        False: recent to no other session (``DeliveryTarget.recent``)."""
 
     def list_folders() -> Deferred[list[str]]:
         """Deferred firing with every folder name, INBOX first, then sorted."""

@@ -167,7 +167,8 @@ class MemoryMessageWriter:
         self._spool = None
         uids: list[int | None] = []
         for folder, target in zip(folders, targets, strict=True):
-            info = folder._append(body, normalize_flags(target.flags), target.internal_date)
+            info = folder._append(body, normalize_flags(target.flags), target.internal_date,
+                                  recent=target.recent)
             uids.append(info.uid)
         body.incref().decref()  # frees the spool at once if there were no targets
         return defer.succeed(uids)
@@ -209,12 +210,12 @@ class MemoryFolder:
     # -- internal, used by writers and other folders --------------------------------
 
     def _append(self, body: _Body, flags: frozenset[str], internal_date: float | None,
-                notify: bool = True) -> MessageInfo:
+                notify: bool = True, recent: bool = True) -> MessageInfo:
         uid = self.uid_next
         self.uid_next += 1
         info = MessageInfo(uid=uid, key=_new_key(), size=body.size, flags=flags,
                            internal_date=time.time() if internal_date is None else internal_date,
-                           recent=True)
+                           recent=recent)
         self._infos[uid] = info
         self._bodies[uid] = body.incref()
         self._saved[uid] = time.time()
@@ -388,8 +389,9 @@ class MemoryAccount:
         return self._store.new_message()
 
     def append(self, name: str, message: IMessageWriter, flags: Iterable[str] = (),
-               internal_date: float | None = None) -> defer.Deferred[tuple[int, int]]:
-        return append_message(self, name, message, flags, internal_date)
+               internal_date: float | None = None, recent: bool = True,
+               ) -> defer.Deferred[tuple[int, int]]:
+        return append_message(self, name, message, flags, internal_date, recent)
 
     def list_folders(self) -> defer.Deferred[list[str]]:
         names = sorted(n for n in self._folders if n != INBOX)

@@ -101,12 +101,12 @@ async def test_a_failing_later_message_takes_the_earlier_ones_back(imap_host):
     real_append = account.append
     calls = []
 
-    def append(name, writer, flags=(), internal_date=None):
+    def append(name, writer, flags=(), internal_date=None, recent=True):
         calls.append(name)
         if len(calls) == 3:
             writer.abort()
             raise OSError(28, "No space left on device")
-        return real_append(name, writer, flags, internal_date)
+        return real_append(name, writer, flags, internal_date, recent)
 
     account.append = append  # the third commit fails as a full disk would
 

@@ -6,8 +6,10 @@ allows: EXPUNGE never after FETCH/STORE/SEARCH, numbers never shift under a comm
 
 from __future__ import annotations
 
+import os
 import time
 
+import pytest
 import pytest_twisted
 from imapclient import IMAPClient
 from twisted.internet import reactor, task
@@ -173,6 +175,51 @@ async def test_recent_belongs_to_the_session_that_first_reports_it(imap_host):
             x.logout()
 
     await host.in_thread(run)
+
+
+@pytest.mark.parametrize("kind", ["maildir", "memory"])
+@pytest_twisted.ensureDeferred
+async def test_append_to_the_selected_mailbox_is_recent_to_the_appender_alone(
+        imap_host, kind):
+    """Issue 16: an APPEND into the folder its session has selected read-write is that
+    session's \\Recent at once (EXISTS and RECENT with the tagged OK, \\Recent in
+    FETCH, SEARCH RECENT) and no other session's, selected before or after; the Maildir
+    file goes straight to cur/, where the claim would have renamed it. An APPEND from a
+    session that has another folder selected, or the same one read-only, stays recent
+    for the first session to report it."""
+    host = await imap_host(kind=kind)
+
+    def run():
+        a = _client(host)
+        a.select_folder("INBOX")
+        b = _client(host)
+        b.select_folder("INBOX")
+        a.append("INBOX", make_message("mine"))
+        assert a.folder_status("INBOX", ["RECENT"])[b"RECENT"] == 0  # STATUS: others'
+        assert b"\\Recent" in a.get_flags([1])[1]
+        assert a.search(["RECENT"]) == [1]
+        got = b.noop()[1]
+        assert (1, b"EXISTS") in got and (0, b"RECENT") in got
+        assert b"\\Recent" not in b.get_flags([1])[1]
+        c = _client(host)
+        assert c.select_folder("INBOX")[b"RECENT"] == 0
+        c.select_folder("INBOX", readonly=True)  # EXAMINE
+        c.append("INBOX", make_message("examined"))  # read-only: not its own
+        assert (2, b"RECENT") not in c.noop()[1]
+        got = a.noop()[1]
+        assert (2, b"EXISTS") in got and (2, b"RECENT") in got  # the first to report it
+        assert b"\\Recent" in a.get_flags([2])[2]
+        for x in (a, b, c):
+            x.logout()
+
+    await host.in_thread(run)
+    if kind == "maildir":  # the second one's claim may still be on its way to cur/
+        home = os.path.join(host.store.root, "example.test", "alice")
+        deadline = time.monotonic() + 5
+        while os.listdir(os.path.join(home, "new")) and time.monotonic() < deadline:
+            await task.deferLater(reactor, 0.05, lambda: None)
+        assert len(os.listdir(os.path.join(home, "cur"))) == 2
+        assert os.listdir(os.path.join(home, "new")) == []
 
 
 @pytest_twisted.ensureDeferred

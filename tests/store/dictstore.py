@@ -119,7 +119,8 @@ class DictWriter:
         else:
             body = _Body(bytes(self._buf), None, self.size)
         self._buf = bytearray()
-        uids = [folder._add(body, normalize_flags(t.flags), t.internal_date).uid
+        uids = [folder._add(body, normalize_flags(t.flags), t.internal_date,
+                            recent=t.recent).uid
                 for folder, t in zip(folders, targets, strict=True)]
         return defer.succeed(uids)
 
@@ -179,11 +180,11 @@ class DictFolder:
         return sorted(u for m, u in self._gone if m > modseq)
 
     def _add(self, body: _Body, flags: frozenset[str], date: float | None,
-             notify: bool = True) -> MessageInfo:
+             notify: bool = True, recent: bool = True) -> MessageInfo:
         uid = self.uid_next
         self.uid_next += 1
         info = MessageInfo(uid, f"dict-{next(_serial)}", body.size, flags,
-                           time.time() if date is None else date, recent=True)
+                           time.time() if date is None else date, recent=recent)
         self._infos[uid] = info
         self._bodies[uid] = body
         self._saved[uid] = time.time()
@@ -388,13 +389,14 @@ class DictAccount:
     def new_message(self) -> DictWriter:
         return DictWriter(self._store)
 
-    def append(self, name: str, message, flags=(), internal_date=None):
+    def append(self, name: str, message, flags=(), internal_date=None, recent=True):
         try:
             folder = self._get(name)
         except StoreError:
             message.abort()
             return defer.fail()
-        target = DeliveryTarget(self.user, folder.name, frozenset(flags), internal_date)
+        target = DeliveryTarget(self.user, folder.name, frozenset(flags), internal_date,
+                                recent=recent)
         d = message.commit([target])
         d.addCallback(lambda uids: (folder.uid_validity, uids[0]))
         return d

@@ -525,6 +525,33 @@ async def test_reader_call_runs_a_parser_on_the_message(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_append_recent_to_no_one_else(store, recorder):
+    """``recent=False`` (an IMAP session appending to the folder it has selected, which
+    shows the \\Recent itself): no other session sees the message recent, and no
+    claim finds it; its flags, date and body are kept as usual. Issue 16."""
+    account = await store.open_account(A)
+    folder = await account.open_folder("INBOX")
+    folder.add_listener(recorder)
+    writer = account.new_message()
+    writer.write(MSG)
+    _, uid = await account.append("INBOX", writer, ["\\Seen"], 837570205.0, recent=False)
+    await folder.refresh()
+    info = folder.get(uid)
+    assert not info.recent
+    assert info.flags == {"\\Seen"} and info.internal_date == 837570205.0
+    assert await folder.claim_recent() == set()
+    assert await read_all(folder, uid) == MSG
+    assert recorder.events == [("added", [uid])]
+    await deliver(store)  # a delivery stays recent for the first to claim it
+    await folder.refresh()
+    assert await folder.claim_recent() == {uid + 1}
+    if isinstance(store, MaildirStore):  # saved where a claim would have renamed it to
+        home = os.path.join(store.root, "example.test", "alice")
+        assert len(os.listdir(os.path.join(home, "cur"))) == 2
+        assert os.listdir(os.path.join(home, "new")) == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_append_on_the_account(store, recorder):
     """IMAP APPEND: through the account, the session's one route to the store."""
     account = await store.open_account(A)

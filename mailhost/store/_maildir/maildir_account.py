@@ -124,8 +124,9 @@ class MaildirAccount(MaildirQuotaRoot):
         return self._store.new_message()
 
     def append(self, name: str, message: IMessageWriter, flags: Iterable[str] = (),
-               internal_date: float | None = None) -> defer.Deferred[tuple[int, int]]:
-        return append_message(self, name, message, flags, internal_date)
+               internal_date: float | None = None, recent: bool = True,
+               ) -> defer.Deferred[tuple[int, int]]:
+        return append_message(self, name, message, flags, internal_date, recent)
 
     def list_folders(self) -> defer.Deferred[list[str]]:
         async def run() -> list[str]:

@@ -84,9 +84,11 @@ _T = TypeVar("_T")
 COMPACT_MIN_STALE = 1000
 
 
-def delivered_row(base: str, part: str | None, size: int, date: float) -> Row:
-    """The Row of a copy a writer just linked into new/ (stored CRLF: no wrap)."""
-    return base, True, part, False, size, float(date)
+def delivered_row(base: str, part: str | None, size: int, date: float,
+                  in_new: bool = True) -> Row:
+    """The Row of a copy a writer just linked into new/ (or cur/: DeliveryTarget.recent
+    false) (stored CRLF: no wrap)."""
+    return base, in_new, part, False, size, float(date)
 
 
 @implementer(IIndexedFolder, IHeaderBlocks)

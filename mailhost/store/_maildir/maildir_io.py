@@ -35,8 +35,8 @@ from mailhost.store.names import INBOX, canonical_folder
 if TYPE_CHECKING:  # it imports this module
     from mailhost.store._maildir.maildir_uids import FolderUids
 
-#: One copy for ``deliver_files``: (folder path, file name, base name, CRLF size,
-#: FolderUids, ticket); see there.
+#: One copy for ``deliver_files``: (folder path, its path under the folder: ``new/``
+#: or ``cur/`` and the file name, base name, CRLF size, FolderUids, ticket); see there.
 DeliveryJob = tuple[str, str, str, int, "FolderUids | None", "list[int] | None"]
 #: One file for ``transfer_files``: (source path, destination path, base, date, CRLF
 #: size, wrap).
@@ -131,7 +131,8 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
                   jobs: Sequence[DeliveryJob], syncer: GroupSync | None, modes: FileModes,
                   data: bytes | None = None, sync_later: bool = False,
                   fits: bool = False) -> set[str]:
-    """Make the tmp file durable, move it into its target's new/ (link it into each of
+    """Make the tmp file durable, move it into its target's new/ (or cur/: an IMAP
+    APPEND to the folder its session has selected) (link it into each of
     several targets'), give it a UID there
     (dovecot-uidlist, under its lock) unless the job says later, and (through the
     group commit ``syncer``, None when fsync is off) make the links and uidlist records
@@ -142,7 +143,8 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     leaves the message, once recovery has run, in every target or in none.
 
     ``date`` becomes the file's mtime, which is its INTERNALDATE for Dovecot too.
-    ``jobs``: (folder path, file name, base name, CRLF size, FolderUids, ticket list
+    ``jobs``: (folder path, ``new/<file name>`` or ``cur/<file name>``, base name, CRLF
+    size, FolderUids, ticket list
     that receives the UID handed out); the FolderUids and ticket are None for a copy
     numbered later. (Keywords need nothing here: ``KeywordFile.learn`` writes new
     letters before any file name can use them.)
@@ -194,9 +196,8 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
             journal = _commit_all(file, tmp_path, date,
                                   [(p, name) for p, name, *_ in jobs], syncer, modes)
         else:
-            for folder_path, name, *_ in jobs:
-                moved = move_or_copy(tmp_path, os.path.join(folder_path, "new", name),
-                                     fsync, modes)
+            for folder_path, rel, *_ in jobs:
+                moved = move_or_copy(tmp_path, os.path.join(folder_path, rel), fsync, modes)
             # The date goes on after the move (the tmp cleaner would take a file with
             # an old mtime for a crash's leftover), before the fsync (which makes it
             # durable, hence fsync, not fdatasync) and before anyone is told a UID.
@@ -211,7 +212,7 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
             if uids is not None:
                 uids.assign([base], ticket, [(date, size, False)])
         if syncer is not None:
-            paths = ({os.path.join(p, "new") for p, *_ in jobs}
+            paths = ({os.path.dirname(os.path.join(p, rel)) for p, rel, *_ in jobs}
                      | {os.path.join(p, UIDLIST_FILE) for p, *_, u, _t in jobs
                         if u is not None})
             if sync_later and journal is None:
@@ -303,10 +304,10 @@ _JOURNAL_COMMIT = b"commit\n"
 def _commit_all(file: BinaryIO, tmp_path: str, date: float, targets: list[tuple[str, str]],
                 syncer: GroupSync | None, modes: FileModes) -> int:
     """Steps 1-5 above but the last fsync round and the unlink; returns the journal's
-    (locked) descriptor. ``targets``: (folder path, file name)."""
+    (locked) descriptor. ``targets``: (folder path, ``new/<file name>``)."""
     fsync = syncer is not None
-    pairs = [(os.path.join(p, "tmp", name), os.path.join(p, "new", name))
-             for p, name in targets]
+    pairs = [(os.path.join(p, "tmp", os.path.basename(rel)), os.path.join(p, rel))
+             for p, rel in targets]
     journal_path = tmp_path + JOURNAL_SUFFIX
     fd = modes.open_new(journal_path)
     committed = False

@@ -54,7 +54,7 @@ WRITE_BUFFER = 64 * 1024
 #: Messages up to this size stay in memory until commit; larger ones stream to disk.
 MEMORY_LIMIT = 256 * 1024
 #: Where one copy goes: (open folder or None, account, folder path, base name, info).
-_Placed = tuple["MaildirFolder | None", "MaildirAccount", str, str, str | None]
+_Placed = tuple["MaildirFolder | None", "MaildirAccount", str, str, str | None, bool]
 
 
 @implementer(IMessageWriter)
@@ -104,14 +104,15 @@ class MaildirMessageWriter:
         except BaseException:
             self._discard()
             raise
-        for folder, _, _, base, _ in plan:
+        for folder, _, _, base, _, _ in plan:
             if folder is not None:
                 folder.expect_files([base])
         tickets: list[list[int] | None] = [[] if t.want_uid else None for t in targets]
         jobs: list[DeliveryJob] = []
-        for (folder, _, path, base, part), ticket in zip(plan, tickets, strict=True):
+        for (folder, _, path, base, part, in_new), ticket in zip(plan, tickets, strict=True):
             uids = None if folder is None or ticket is None else folder.delivery_uids()
-            jobs.append((path, filename(base, part), base, self.size, uids, ticket))
+            rel = os.path.join("new" if in_new else "cur", filename(base, part))
+            jobs.append((path, rel, base, self.size, uids, ticket))
         told = False
         try:
             try:
@@ -122,43 +123,43 @@ class MaildirMessageWriter:
                      store.new_files_fit(), _charges(plan, self.size)))
                 self._buffer = None
             except BaseException:
-                for (folder, _, _, _, _), ticket in zip(plan, tickets, strict=True):
+                for (folder, *_), ticket in zip(plan, tickets, strict=True):
                     if ticket is not None:
                         assert folder is not None  # a copy that wants a UID opens it
                         folder.settle_uids([(uid, None) for uid in ticket])
                 raise
             # Durable now. Copies nobody waits a UID for are numbered in the folder's
             # next batch (or when it is opened); the others are settled here.
-            for (folder, account, _, base, part), ticket in zip(plan, tickets,
-                                                                 strict=True):
+            for (folder, account, _, base, part, in_new), ticket in zip(
+                    plan, tickets, strict=True):
                 if ticket is None:
-                    row = delivered_row(base, part, self.size, date)
+                    row = delivered_row(base, part, self.size, date, in_new)
                     if folder is not None:
                         folder.number_later([row])
                     else:
                         account.number_unopened(row)
             told = True
             by_folder: dict[int, tuple[MaildirFolder, list[tuple[int, Row]]]] = {}
-            for (folder, _, _, base, part), ticket in zip(plan, tickets, strict=True):
+            for (folder, _, _, base, part, in_new), ticket in zip(plan, tickets, strict=True):
                 if ticket is None:
                     continue
                 assert folder is not None  # a copy that wants a UID opens it
-                row = delivered_row(base, part, self.size, date)
+                row = delivered_row(base, part, self.size, date, in_new)
                 by_folder.setdefault(id(folder), (folder, []))[1].append((ticket[0], row))
             if by_folder:  # SMTP's copies want no UID: no DeferredList to wait on
                 await defer.gatherResults(
                     [f.settle_uids(items) for f, items in by_folder.values()],
                     consumeErrors=True)
         finally:
-            for (folder, _, _, base, _), ticket in zip(plan, tickets, strict=True):
+            for (folder, _, _, base, _, _), ticket in zip(plan, tickets, strict=True):
                 # A copy handed to the numbering batch stays expected until numbered.
                 if folder is not None and not (told and ticket is None):
                     folder.unexpect_files([base])
         return [None if ticket is None else ticket[0] for ticket in tickets]
 
     async def _place(self, target: DeliveryTarget) -> _Placed:
-        """(open folder or None, account, folder path, base name, info part) of one
-        copy. A copy that wants no UID does not open its
+        """(open folder or None, account, folder path, base name, info part, into new/)
+        of one copy. A copy that wants no UID does not open its
         folder: an unopened INBOX gets the file, numbered when the folder is opened."""
         store = self._store
         flags = normalize_flags(target.flags)
@@ -181,7 +182,7 @@ class MaildirMessageWriter:
             await folder.learn_keywords(flags)
             path, letters = folder.path, folder.letters(flags)
         return (folder, account, path, unique_base(self.size),
-                make_info(letters, in_new=True))
+                make_info(letters, in_new=target.recent), target.recent)
 
     def _discard(self) -> None:
         self._buffer = None
@@ -203,6 +204,6 @@ def _charges(plan: list[_Placed], size: int) -> list[maildirsize.Change]:
     """The changes that count the copies in their users' quota (maildir_quota), one
     per account, added in the commit's worker thread once the copies are durable."""
     counts: dict[int, tuple[MaildirAccount, int]] = {}
-    for _, account, _, _, _ in plan:
+    for _, account, *_ in plan:
         counts[id(account)] = (account, counts.get(id(account), (account, 0))[1] + 1)
     return [account.charge_in_thread(size * n, n) for account, n in counts.values()]

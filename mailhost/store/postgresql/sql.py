@@ -106,8 +106,9 @@ def bump(conn: Conn, folder_id: int, uids: int = 0) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-#: One delivery of a batch: (spool, body hash, size, [(user, folder, flags, date)]).
-Delivery = tuple[Any, bytes, int, Sequence[tuple[str, str, list[str], float]]]
+#: One delivery of a batch: (spool, body hash, size, [(user, folder, flags, date,
+#: recent)]).
+Delivery = tuple[Any, bytes, int, Sequence[tuple[str, str, list[str], float, bool]]]
 
 
 def resolve_folders(conn: Conn, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:

@@ -458,7 +458,8 @@ class PostgresAccount:
         return self._store.quota(self.user)
 
     def append(self, name: str, message: IMessageWriter, flags: Iterable[str] = (),
-               internal_date: float | None = None) -> defer.Deferred[tuple[int, int]]:
+               internal_date: float | None = None, recent: bool = True,
+               ) -> defer.Deferred[tuple[int, int]]:
         """Into a folder open on this node, the message goes straight into the next
         write batch (which finds the folder by name, and fails alone if there is none):
         no open and no sync of its own before it (an APPEND's transactions were a
@@ -470,8 +471,9 @@ class PostgresAccount:
             return defer.fail()
         known = self._store._by_name.get((self.id, canon))
         if known is None or known.deleted or not isinstance(message, PostgresMessageWriter):
-            return append_message(self, name, message, flags, internal_date)
-        target = DeliveryTarget(self.user, canon, frozenset(flags), internal_date)
+            return append_message(self, name, message, flags, internal_date, recent)
+        target = DeliveryTarget(self.user, canon, frozenset(flags), internal_date,
+                                recent=recent)
 
         def validity(placed: list[tuple[int, int]]) -> tuple[int, int] | defer.Deferred[
                 tuple[int, int]]:
@@ -716,7 +718,7 @@ class PostgresStore:
                 split_user(t.user)
                 date = time.time() if t.internal_date is None else t.internal_date
                 plan.append((t.user, canonical_folder(t.folder), sorted(normalize_flags(t.flags)),
-                             date))
+                             date, t.recent))
         except StoreError:
             return defer.fail()
 

@@ -126,14 +126,14 @@ def write_batch(conn: Conn, ops: Sequence[Op]) -> list[Result | Exception]:
     deliveries = [(i, op) for i, op in enumerate(ops) if not isinstance(op, (SetFlags, Expunge))]
     edits = [(i, op) for i, op in enumerate(ops) if isinstance(op, (SetFlags, Expunge))]
     found = resolve_folders(conn, {(user, name) for _i, (*_, targets) in deliveries
-                            for user, name, _f, _d in targets}) if deliveries else {}
+                            for user, name, *_ in targets}) if deliveries else {}
     for i, (*_, targets) in deliveries:
-        missing = [name for user, name, _f, _d in targets if (user, name) not in found]
+        missing = [name for user, name, *_ in targets if (user, name) not in found]
         out[i] = NoSuchFolder(missing[0]) if missing else []
     live = [op for i, op in deliveries if not isinstance(out[i], Exception)]
     store_bodies(conn, [(spool, digest, size) for spool, digest, size, _t in live])
     stored = {digest for _s, digest, _z, _t in live}
-    fids = {found[(u, n)] for *_, targets in live for u, n, _f, _d in targets}
+    fids = {found[(u, n)] for *_, targets in live for u, n, *_ in targets}
     fids |= {op.folder_id for _i, op in edits}
     rows: dict[int, dict[int, frozenset[str]]] = {}
     if edits:
@@ -183,7 +183,7 @@ def write_batch(conn: Conn, ops: Sequence[Op]) -> list[Result | Exception]:
     for i, (*_, targets) in deliveries:
         if isinstance(out[i], Exception):
             continue
-        mine = [found[(u, n)] for u, n, _f, _d in targets]
+        mine = [found[(u, n)] for u, n, *_ in targets]
         if not set(mine) <= alive:
             out[i] = NoSuchFolder("deleted meanwhile")  # its body may stay: collected below
             continue
@@ -218,11 +218,11 @@ def write_batch(conn: Conn, ops: Sequence[Op]) -> list[Result | Exception]:
         if isinstance(placed, Exception):
             continue
         assert isinstance(placed, list)
-        for user, name, flags, date in targets:
+        for user, name, flags, date, recent in targets:
             fid = found[(user, name)]
             uid = next_uid[fid]
             next_uid[fid] += 1
-            inserts.append((fid, uid, digest, size, flags, date, top[fid]))
+            inserts.append((fid, uid, digest, size, flags, date, recent, top[fid]))
             placed.append((fid, uid))  # type: ignore[arg-type]
     # The writes in one round trip (a pipeline): the lock is held until the commit.
     bodies: set[bytes] = set()
@@ -245,8 +245,8 @@ def write_batch(conn: Conn, ops: Sequence[Op]) -> list[Result | Exception]:
                              for (fid, uid), (flags, n) in sorted(flag_writes.items())])
         if inserts:
             cur.executemany("INSERT INTO messages (folder_id, uid, body, size, flags,"
-                            " internal_date, modseq) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                            inserts)
+                            " internal_date, recent, modseq)"
+                            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", inserts)
         if deleted is not None:
             bodies = {bytes(r[0]) for r in deleted.fetchall()}
     failed = {op[1] for i, op in deliveries if isinstance(out[i], Exception)}
