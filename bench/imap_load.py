@@ -28,11 +28,13 @@ commands and a longer run queue; its median follows its throughput. ``--rate R``
 arrivals; a client behind its schedule sends at once), and ``--match-rate`` runs
 mailhost paced at the commands/s Dovecot reached in its closed loop: the same work
 in the same time, so the medians compare how fast each answers, not how far each is
-past saturation.
+past saturation. ``--one-client`` also runs each server with one client (no
+contention): what a command costs each of them alone.
 
     python bench/imap_load.py [--clients 10] [--duration 30] [--messages 100000]
                               [--skip-load] [--maildir-copy DIR] [--postgresql]
                               [--workers N] [--rate R,...] [--match-rate]
+                              [--one-client]
 
 ``--postgresql`` runs every step on mailhost's PostgreSQL store too (one node, a
 private cluster with PostgreSQL's durable defaults, ``bench/bench_pg.py``), in the
@@ -211,6 +213,9 @@ def run_load(port: int, clients: int, duration: float, cpu_probe=None,
                        "mean": round(statistics.fmean(values), 2), "n": len(values)}
                 for name, values in sorted(merged.items())},
             "median_latency_ms": round(statistics.median(every), 2) if every else None,
+            # A closed loop's mean follows from its rate (Little: clients / rate, less
+            # the clients' own time); its median also depends on how the waits spread.
+            "mean_latency_ms": round(statistics.fmean(every), 2) if every else None,
             "p90_latency_ms": _p90(every) if every else None,
             "last_error": next((r[2] for r in results if r[2]), "")}
 
@@ -490,6 +495,8 @@ def main() -> None:
                          "separated), both servers at the same rates")
     ap.add_argument("--match-rate", action="store_true",
                     help="also run mailhost paced at the commands/s Dovecot reached")
+    ap.add_argument("--one-client", action="store_true",
+                    help="also run the load with one client on each server")
     ap.add_argument("--postgresql", action="store_true",
                     help="also run mailhost on the PostgreSQL store (a private durable "
                          "cluster, bench/bench_pg.py) in every step")
@@ -519,6 +526,9 @@ def main() -> None:
                     paced.setdefault(rate, {})["mailhost"] = run_load(
                         mh.ports["imap"], opts.clients, opts.duration,
                         lambda: cpu_seconds(mh.pid), rate)
+                if opts.one_client:
+                    results["one_client_mailhost"] = run_load(
+                        mh.ports["imap"], 1, opts.duration, lambda: cpu_seconds(mh.pid))
             finally:
                 mh.stop()
             empty = os.path.join(work, "dv-load-mail")
@@ -527,6 +537,9 @@ def main() -> None:
             try:
                 results["load_dovecot"] = run_load(dv.port, opts.clients, opts.duration,
                                                    lambda: tree_cpu_seconds(dv.proc.pid))
+                if opts.one_client:
+                    results["one_client_dovecot"] = run_load(
+                        dv.port, 1, opts.duration, lambda: tree_cpu_seconds(dv.proc.pid))
                 for rate in rates:
                     paced[rate]["dovecot"] = run_load(
                         dv.port, opts.clients, opts.duration,
@@ -554,6 +567,10 @@ def main() -> None:
                 results["median_latency_ratio_at_dovecot_rate"] = round(
                     (results["load_mailhost_at_dovecot_rate"]["median_latency_ms"] or 0)
                     / max(results["load_dovecot"]["median_latency_ms"] or 0, 0.01), 2)
+            if opts.one_client:
+                results["median_latency_ratio_one_client"] = round(
+                    (results["one_client_mailhost"]["median_latency_ms"] or 0)
+                    / max(results["one_client_dovecot"]["median_latency_ms"] or 0, 0.01), 2)
             results["throughput_ratio"] = round(
                 results["load_mailhost"]["commands_per_s"]
                 / max(results["load_dovecot"]["commands_per_s"], 0.1), 2)
