@@ -138,7 +138,7 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     group commit ``syncer``, None when fsync is off) make the links and uidlist records
     durable.
 
-    One target: one rename into new/, which is atomic. Several: the copies are committed
+    One target: one rename into new/ (cur/), which is atomic. Several: the copies are committed
     as one unit through a commit journal (``_commit_all``), so a crash at any instant
     leaves the message, once recovery has run, in every target or in none.
 
@@ -162,7 +162,7 @@ def deliver_files(file: BinaryIO | None, tmp_path: str, date: float,
     journal = None
     fd = -1  # the tmp file written from ``data`` (no buffered file object needed)
     later: set[str] = set()
-    moved = False  # the tmp file was renamed into new/: nothing left to unlink
+    moved = False  # the tmp file was renamed into new/ (cur/): nothing left to unlink
     dated = False  # the file's mtime is in the second of ``date`` already
     synced = False  # that file's data and inode are durable already (O_SYNC)
     try:
@@ -304,7 +304,8 @@ _JOURNAL_COMMIT = b"commit\n"
 def _commit_all(file: BinaryIO, tmp_path: str, date: float, targets: list[tuple[str, str]],
                 syncer: GroupSync | None, modes: FileModes) -> int:
     """Steps 1-5 above but the last fsync round and the unlink; returns the journal's
-    (locked) descriptor. ``targets``: (folder path, ``new/<file name>``)."""
+    (locked) descriptor. ``targets``: (folder path, ``new/`` or ``cur/`` and the file
+    name)."""
     fsync = syncer is not None
     pairs = [(os.path.join(p, "tmp", os.path.basename(rel)), os.path.join(p, rel))
              for p, rel in targets]

@@ -12,10 +12,11 @@ file for it: creating a file can stall behind a journal commit that another thre
 fsync started. ``commit`` then, in one worker-thread hop (shared with the messages
 committing at the same time: batch_commit): write the tmp file (if it is still in
 memory; with O_SYNC for one target, which makes it durable as an fsync would), fsync it
-(unless that write did), move it into its target's new/ (copy on EXDEV;
+(unless that write did), move it into its target's new/ (cur/ for an IMAP APPEND
+to the folder its session has selected: DeliveryTarget.recent) (copy on EXDEV;
 for several targets all copies as one unit, through tmp/ and a commit journal:
 maildir_io._commit_all), give it a UID there (dovecot-uidlist, under Dovecot's lock: maildir_uids); then a
-group-commit round fsyncs the new/ directories and uidlists. The Deferred fires only
+group-commit round fsyncs those directories and uidlists. The Deferred fires only
 after that, and after the UIDs are visible in the folder index.
 
 A target with ``want_uid=False`` (SMTP: nobody reads the UID) skips the UID step: the
@@ -53,7 +54,8 @@ if TYPE_CHECKING:  # these import this module
 WRITE_BUFFER = 64 * 1024
 #: Messages up to this size stay in memory until commit; larger ones stream to disk.
 MEMORY_LIMIT = 256 * 1024
-#: Where one copy goes: (open folder or None, account, folder path, base name, info).
+#: Where one copy goes: (open folder or None, account, folder path, base name, info,
+#: into new/ rather than cur/).
 _Placed = tuple["MaildirFolder | None", "MaildirAccount", str, str, str | None, bool]
 
 
