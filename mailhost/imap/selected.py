@@ -232,6 +232,7 @@ class SelectedMailbox:
         stay in the map) and only EXISTS/FETCH are sent.
         """
         out: list[bytes] = self.keyword_updates()
+        gone: list[int] = []
         if allow_expunge and self._expunged:
             gone = sorted(self._expunged)
             self._expunged.clear()
@@ -252,7 +253,11 @@ class SelectedMailbox:
             last = self.uids[-1] if self.uids else 0
             new = sorted(u for u in set(self._added) if u > last)
             self._added.clear()
-            new = [u for u in new if u not in self._expunged or self.folder.get(u)]
+            # One added and expunged while queued never existed for this client (it
+            # has no number to expunge): no EXISTS for it.
+            taken = set(gone)
+            new = [u for u in new if u not in taken
+                   and (u not in self._expunged or self.folder.get(u))]
             if new:
                 self.uids.extend(new)
                 fresh = [u for u in new if (i := self.folder.get(u)) is not None and i.recent]

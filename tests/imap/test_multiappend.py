@@ -120,3 +120,40 @@ async def test_a_failing_later_message_takes_the_earlier_ones_back(imap_host):
 
     await host.in_thread(run)
     assert len(calls) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_taken_back_get_no_exists_in_the_selected_mailbox(imap_host):
+    """Regression: with INBOX selected, a MULTIAPPEND whose third message failed took the
+    first two back, and the updates sent with the NO still said ``* 2 EXISTS`` for
+    them: a UID added and expunged while queued passed the session's filter once the
+    expunges were handed out (``SelectedMailbox.pending_updates``), and stayed in its
+    numbering, never expunged."""
+    host = await imap_host(kind="maildir")
+    account = await host.store.open_account("alice@example.test")
+    real_append = account.append
+    calls = []
+
+    def append(name, writer, flags=(), internal_date=None, recent=True):
+        calls.append(name)
+        if len(calls) == 3:
+            writer.abort()
+            raise OSError(28, "No space left on device")
+        return real_append(name, writer, flags, internal_date, recent)
+
+    account.append = append
+
+    def run():
+        c = Raw(host.port)
+        c.cmd(b"L LOGIN alice@example.test secret")
+        c.cmd(b"S SELECT INBOX")
+        got = c.append(b"A", b"INBOX", [(b"", make_message(f"m{i}")) for i in range(4)])
+        assert got[-1].startswith(b"A NO"), got
+        assert not any(b"EXISTS" in line for line in got), got
+        got = c.cmd(b"N NOOP")
+        assert not any(b"EXISTS" in line or b"EXPUNGE" in line for line in got), got
+        got = c.cmd(b"F FETCH 1:* (UID)")
+        assert got == [b"F BAD Invalid sequence number"] or got[-1].startswith(b"F "), got
+        assert not any(b" FETCH " in line for line in got), got
+
+    await host.in_thread(run)

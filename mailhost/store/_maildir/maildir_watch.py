@@ -100,12 +100,16 @@ if HAVE_INOTIFY:
         def _doRead(self, in_: bytes) -> None:  # noqa: N802 - Twisted's name
             data = self._buffer + in_ if self._buffer else in_
             at, end, size = 0, len(data), _EVENT.size
+            events: list[tuple[int, int, str]] = []
             while end - at >= size:
                 wd, mask, _, length = _EVENT.unpack_from(data, at)
                 if end - at < size + length:
                     break  # the rest of this event comes with the next read
                 name = os.fsdecode(data[at + size:at + size + length].rstrip(b"\0"))
                 at += size + length
+                events.append((wd, mask, name))
+            self._buffer = data[at:]  # consumed before any callback runs, as Twisted does
+            for wd, mask, name in events:
                 watch = self._watchpoints.get(wd)
                 if watch is None:
                     continue  # IN_Q_OVERFLOW (wd -1), or a watch dropped meanwhile
@@ -114,7 +118,6 @@ if HAVE_INOTIFY:
                 if mask & _inotify.IN_DELETE_SELF:
                     self._rmWatch(wd)
                     self.loseConnection()
-            self._buffer = data[at:]
 
         def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
             super().connectionLost(reason)  # type: ignore[no-untyped-call]  # likewise
