@@ -94,12 +94,12 @@ async def test_all_or_none(imap_host):
     await host.in_thread(run)
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_failing_later_message_takes_the_earlier_ones_back(imap_host):
-    host = await imap_host(kind="maildir")
+async def _third_append_fails(host) -> list[str]:
+    """Make alice's third commit from now fail as a full disk would; the folder names
+    the commits were asked for, as they come."""
     account = await host.store.open_account("alice@example.test")
     real_append = account.append
-    calls = []
+    calls: list[str] = []
 
     def append(name, writer, flags=(), internal_date=None, recent=True):
         calls.append(name)
@@ -108,7 +108,14 @@ async def test_a_failing_later_message_takes_the_earlier_ones_back(imap_host):
             raise OSError(28, "No space left on device")
         return real_append(name, writer, flags, internal_date, recent)
 
-    account.append = append  # the third commit fails as a full disk would
+    account.append = append
+    return calls
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_later_message_takes_the_earlier_ones_back(imap_host):
+    host = await imap_host(kind="maildir")
+    calls = await _third_append_fails(host)
 
     def run():
         c = Raw(host.port)
@@ -130,18 +137,7 @@ async def test_messages_taken_back_get_no_exists_in_the_selected_mailbox(imap_ho
     expunges were handed out (``SelectedMailbox.pending_updates``), and stayed in its
     numbering, never expunged."""
     host = await imap_host(kind="maildir")
-    account = await host.store.open_account("alice@example.test")
-    real_append = account.append
-    calls = []
-
-    def append(name, writer, flags=(), internal_date=None, recent=True):
-        calls.append(name)
-        if len(calls) == 3:
-            writer.abort()
-            raise OSError(28, "No space left on device")
-        return real_append(name, writer, flags, internal_date, recent)
-
-    account.append = append
+    await _third_append_fails(host)
 
     def run():
         c = Raw(host.port)
@@ -152,8 +148,7 @@ async def test_messages_taken_back_get_no_exists_in_the_selected_mailbox(imap_ho
         assert not any(b"EXISTS" in line for line in got), got
         got = c.cmd(b"N NOOP")
         assert not any(b"EXISTS" in line or b"EXPUNGE" in line for line in got), got
-        got = c.cmd(b"F FETCH 1:* (UID)")
-        assert got == [b"F BAD Invalid sequence number"] or got[-1].startswith(b"F "), got
+        got = c.cmd(b"F FETCH 1:* (UID)")  # the session numbers no message
         assert not any(b" FETCH " in line for line in got), got
 
     await host.in_thread(run)
