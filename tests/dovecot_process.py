@@ -22,12 +22,13 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+
+from tests.ports import free_port
 
 MAIL_USER = "mail"
 
@@ -87,11 +88,6 @@ def check_mail_user_can_run_mailhost(python: str = sys.executable) -> str | None
             f"Put the checkout and its venv (bash .ci/venv, on /usr/bin/python3) on a path "
             f"every user may traverse.")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def world_dir(prefix: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from mailhost.auth.hashing import hash_password
 from mailhost.auth.passwd import PasswdEntry, PasswdFile
+from tests.ports import free_port
 
 PROTOCOLS = ("smtp", "submission", "pop3", "imap")
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -25,12 +26,6 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 class _PortTaken(RuntimeError):
     """twistd could not bind a port picked for it (another test took it meanwhile)."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _toml(value: Any) -> str:

@@ -15,9 +15,10 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
+
+from tests.ports import free_port
 
 #: The superuser the cluster is made with; every test database belongs to it.
 SUPERUSER = "mailhost"
@@ -37,12 +38,6 @@ def bin_dir() -> str:
         raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql);"
                            " .ci/install installs it")
     return os.path.dirname(initdb)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ensure_user() -> pwd.struct_passwd:
@@ -85,7 +80,7 @@ class PgCluster:
         if r.returncode != 0:
             raise RuntimeError(f"initdb failed: {r.stderr.strip()}")
         for _ in range(5):  # a free port can be taken between the probe and the bind
-            self.port = _free_port()
+            self.port = free_port()
             opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
                     " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
                     " -c max_connections=200")

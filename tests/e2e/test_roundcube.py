@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 USER = "alice@example.test"
 PASSWORD = "secret"
 N_MESSAGES = 1000
@@ -121,11 +123,6 @@ def _raw(mail: Mail, by_id: dict[str, Mail]) -> bytes:
             "Content-Type: text/plain; charset=us-ascii\r\n\r\n" + body).encode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
@@ -182,7 +179,7 @@ $config['check_all_folders'] = false;
 $config['messages_cache'] = false;
 $config['imap_cache'] = null;
 """)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "ROUNDCUBE_CONFIG_DIR": str(config),
            "RCUBE_CONFIG_PATH": str(config), "PHP_CLI_SERVER_WORKERS": "2"}
     log = open(tmp / "php-server.log", "wb")

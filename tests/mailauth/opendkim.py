@@ -18,6 +18,8 @@ import struct
 import subprocess
 import time
 
+from tests.ports import free_port
+
 OPENDKIM = "/usr/sbin/opendkim"
 
 
@@ -41,11 +43,6 @@ def verify(directory: str, message: bytes, dns_port: int) -> str:
     return (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class OpenDKIMSigner:
     """A private ``opendkim`` milter that signs with one key; stop() kills it by PID."""
@@ -53,7 +50,7 @@ class OpenDKIMSigner:
     def __init__(self, directory: str, domain: str, selector: str, key_path: str,
                  algorithm: str) -> None:
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         conf = os.path.join(directory, f"sign-{selector}.conf")
         with open(conf, "w") as f:
             f.write("Syslog no\nMode s\nBackground no\nCanonicalization relaxed/relaxed\n"
