@@ -29,7 +29,11 @@ arrivals; a client behind its schedule sends at once), and ``--match-rate`` runs
 mailhost paced at the commands/s Dovecot reached in its closed loop: the same work
 in the same time, so the medians compare how fast each answers, not how far each is
 past saturation. ``--one-client`` also runs each server with one client (no
-contention): what a command costs each of them alone.
+contention): what a command costs each of them alone. Each mailhost run also reports
+``server_side``: the medians mailhost's own latency histogram gives (Prometheus,
+``mailhost_command_duration_seconds``: from a command's parse to its tagged reply),
+so the part of a command's latency spent in the server is told from the part spent
+waiting for a core or for the client (Dovecot has no such figure here).
 
     python bench/imap_load.py [--clients 10] [--duration 30] [--messages 100000]
                               [--skip-load] [--maildir-copy DIR] [--postgresql]
@@ -71,19 +75,22 @@ from __future__ import annotations
 import argparse
 import imaplib
 import json
+import math
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.dovecot_process import Dovecot  # noqa: E402
-from tests.mailhost_process import MailHostProcess, rss_kib  # noqa: E402
+from tests.mailhost_process import MailHostProcess, free_port, rss_kib  # noqa: E402
 
 USER, PASSWORD = "alice@example.test", "alice-pw"
 MESSAGE = (b"From: load@example.test\r\nTo: alice@example.test\r\nSubject: load\r\n"
@@ -180,7 +187,7 @@ def _p90(values: list[float]) -> float:
 
 
 def run_load(port: int, clients: int, duration: float, cpu_probe=None,
-             rate: float = 0.0) -> dict:
+             rate: float = 0.0, server_side: ServerLatency | None = None) -> dict:
     """The mixed load; with ``cpu_probe``, also the server's CPU milliseconds per
     command (the steadier figure on a shared machine: 10 clients in lock-step wait
     on a busy single-process server, so its latency follows its CPU per command).
@@ -190,11 +197,13 @@ def run_load(port: int, clients: int, duration: float, cpu_probe=None,
     interval = clients / rate if rate else 0.0
     with multiprocessing.Pool(clients) as pool:
         cpu0 = cpu_probe() if cpu_probe is not None else 0.0
+        hist0 = server_side.scrape() if server_side is not None else {}
         deadline = time.time() + duration
         t0 = time.time()
         results = pool.map(_client, [(port, deadline, i, interval) for i in range(clients)])
         elapsed = time.time() - t0
         cpu1 = cpu_probe() if cpu_probe is not None else 0.0
+        hist1 = server_side.scrape() if server_side is not None else {}
     commands = sum(r[0] for r in results)
     errors = sum(r[1] for r in results)
     merged: dict[str, list[float]] = {}
@@ -217,7 +226,71 @@ def run_load(port: int, clients: int, duration: float, cpu_probe=None,
             # the clients' own time); its median also depends on how the waits spread.
             "mean_latency_ms": round(statistics.fmean(every), 2) if every else None,
             "p90_latency_ms": _p90(every) if every else None,
+            **({} if server_side is None else {"server_side": server_side.summary(hist0, hist1)}),
             "last_error": next((r[2] for r in results if r[2]), "")}
+
+
+def metered(workdir: str) -> tuple[MailHostProcess, ServerLatency]:
+    """A mailhost with its Prometheus endpoint on, and the reader of its latencies."""
+    port = free_port()
+    mh = MailHostProcess(workdir, extra={"metrics": {"listen": f"tcp:{port}:interface=127.0.0.1"}})
+    return mh, ServerLatency(port)
+
+
+class ServerLatency:
+    """mailhost's own account of its command latencies: the Prometheus histogram
+    ``mailhost_command_duration_seconds`` (from a command's parse to its tagged reply,
+    so without the wait for a core or for the client to read), scraped before and
+    after a run. Beside the clients' figures it shows how much of a command's latency
+    the server spends on it, and how much the command waits outside it. Medians are
+    interpolated within the histogram's buckets (0.1, 0.25, 0.5, 1, 2.5 ms, ...)."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape(self) -> dict[str, dict[float, float]]:
+        """IMAP command -> {bucket bound: cumulative count}."""
+        out: dict[str, dict[float, float]] = {}
+        with urllib.request.urlopen(self.url, timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                m = _BUCKET.match(line)
+                if m and m["protocol"] == "imap":
+                    out.setdefault(m["command"], {})[float(m["le"])] = float(m["count"])
+        return out
+
+    @staticmethod
+    def summary(before: dict, after: dict) -> dict:
+        delta = {cmd: {le: n - before.get(cmd, {}).get(le, 0.0) for le, n in b.items()}
+                 for cmd, b in after.items()}
+        every: dict[float, float] = {}
+        for b in delta.values():
+            for le, n in b.items():
+                every[le] = every.get(le, 0.0) + n
+        per = {cmd: _bucket_median(b) for cmd, b in sorted(delta.items())
+               if b.get(math.inf, 0) > 0}
+        return {"median_latency_ms": _bucket_median(every), "median_ms": per}
+
+
+_BUCKET = re.compile(r'mailhost_command_duration_seconds_bucket\{(?=.*command="(?P<command>[^"]*)")'
+                     r'(?=.*le="(?P<le>[^"]*)")(?=.*protocol="(?P<protocol>[^"]*)")[^}]*\} '
+                     r'(?P<count>\S+)')
+
+
+def _bucket_median(cumulative: dict[float, float]) -> float | None:
+    """The median of a histogram's cumulative buckets, linear within its bucket."""
+    total = cumulative.get(math.inf, 0.0)
+    if total <= 0:
+        return None
+    low, below = 0.0, 0.0
+    for le in sorted(cumulative):
+        n = cumulative[le]
+        if n >= total / 2:
+            if le == math.inf:
+                return round(low * 1000, 3)
+            share = (total / 2 - below) / max(n - below, 1e-9)
+            return round((low + (le - low) * share) * 1000, 3)
+        low, below = le, n
+    return None
 
 
 # ---------------------------------------------------------------- big mailbox
@@ -515,20 +588,22 @@ def main() -> None:
         if cluster is not None:
             postgresql_steps(cluster, work, opts, results)
         if not opts.skip_load:
-            mh = MailHostProcess(os.path.join(work, "mh-load"))
+            mh, inside = metered(os.path.join(work, "mh-load"))
             os.makedirs(mh.workdir)
             mh.start()
             try:
                 results["load_mailhost"] = run_load(mh.ports["imap"], opts.clients, opts.duration,
-                                                   lambda: cpu_seconds(mh.pid))
+                                                   lambda: cpu_seconds(mh.pid),
+                                                   server_side=inside)
                 results["load_mailhost"]["peak_rss_mb"] = round(rss_kib(mh.pid, "VmHWM") / 1024)
                 for rate in rates:
                     paced.setdefault(rate, {})["mailhost"] = run_load(
                         mh.ports["imap"], opts.clients, opts.duration,
-                        lambda: cpu_seconds(mh.pid), rate)
+                        lambda: cpu_seconds(mh.pid), rate, inside)
                 if opts.one_client:
                     results["one_client_mailhost"] = run_load(
-                        mh.ports["imap"], 1, opts.duration, lambda: cpu_seconds(mh.pid))
+                        mh.ports["imap"], 1, opts.duration, lambda: cpu_seconds(mh.pid),
+                        server_side=inside)
             finally:
                 mh.stop()
             empty = os.path.join(work, "dv-load-mail")
@@ -555,13 +630,13 @@ def main() -> None:
                 # mailhost at the commands/s Dovecot reached in its closed loop: the same
                 # work rate, so the medians compare responsiveness, not saturation.
                 rate = results["load_dovecot"]["commands_per_s"]
-                mh = MailHostProcess(os.path.join(work, "mh-matched"))
+                mh, inside = metered(os.path.join(work, "mh-matched"))
                 os.makedirs(mh.workdir)
                 mh.start()
                 try:
                     results["load_mailhost_at_dovecot_rate"] = run_load(
                         mh.ports["imap"], opts.clients, opts.duration,
-                        lambda: cpu_seconds(mh.pid), rate)
+                        lambda: cpu_seconds(mh.pid), rate, inside)
                 finally:
                     mh.stop()
                 results["median_latency_ratio_at_dovecot_rate"] = round(
