@@ -15,6 +15,7 @@ would mean a group marker).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from mailhost.imap.encoding import MAX_QUOTED, nstring
@@ -217,13 +218,30 @@ def parse_addresses(value: str) -> list[Address]:
     return out
 
 
+#: Address fields up to this many characters are rendered once per process and value.
+_MEMO_CHARS = 1024
+
+
 def render_addresses(value: str | None, utf8: bool = False) -> bytes:
+    """An address list field as ENVELOPE gives it. Senders and recipients repeat from
+    message to message, and a client's message list FETCHes the ENVELOPE of each one:
+    parsing the field was most of an ENVELOPE's cost (issue 16), so a short field's
+    rendering is kept (a pure function of its text)."""
     if value is None:
         return b"NIL"
+    if len(value) <= _MEMO_CHARS:
+        return _render_memo(value, utf8)
+    return _render(value, utf8)
+
+
+def _render(value: str, utf8: bool) -> bytes:
     addrs = parse_addresses(value)
     if not addrs:
         return b"NIL"
     return b"(" + b"".join(a.render(utf8) for a in addrs) + b")"
+
+
+_render_memo = functools.lru_cache(maxsize=2048)(_render)
 
 
 def render_envelope(env: dict[str, str] | None, utf8: bool = False) -> bytes:
