@@ -14,8 +14,10 @@ import itertools
 import os
 import socket
 
-_LOWEST = 10000
-_SLICES = 16  # xdist workers (gw0, gw1, ...) before two share a slice
+#: Above the fixed ports of the peers the tests run (memcached 11211, rspamd 11332-11335,
+#: PostgreSQL 5432); the bind check skips any other listener found in the way.
+_LOWEST = 20000
+_SLICES = 8  # xdist workers (gw0, gw1, ...) before two share a slice
 
 
 def _ephemeral_start() -> int:
@@ -31,7 +33,7 @@ def _worker() -> int:
     return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
 
 
-_size = max(64, (_ephemeral_start() - _LOWEST) // _SLICES)
+_size = max(256, (_ephemeral_start() - _LOWEST) // _SLICES)
 _base = _LOWEST + (_worker() % _SLICES) * _size
 # Two processes of one slice (a test run without xdist beside a benchmark) start
 # at different places in it.
