@@ -79,13 +79,14 @@ import math
 import multiprocessing
 import os
 import random
-import re
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -252,10 +253,14 @@ class ServerLatency:
         """IMAP command -> {bucket bound: cumulative count}."""
         out: dict[str, dict[float, float]] = {}
         with urllib.request.urlopen(self.url, timeout=10) as r:
-            for line in r.read().decode().splitlines():
-                m = _BUCKET.match(line)
-                if m and m["protocol"] == "imap":
-                    out.setdefault(m["command"], {})[float(m["le"])] = float(m["count"])
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name != "mailhost_command_duration_seconds":
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name.endswith("_bucket") and labels.get("protocol") == "imap":
+                    out.setdefault(labels["command"], {})[float(labels["le"])] = sample.value
         return out
 
     @staticmethod
@@ -269,11 +274,6 @@ class ServerLatency:
         per = {cmd: _bucket_median(b) for cmd, b in sorted(delta.items())
                if b.get(math.inf, 0) > 0}
         return {"median_latency_ms": _bucket_median(every), "median_ms": per}
-
-
-_BUCKET = re.compile(r'mailhost_command_duration_seconds_bucket\{(?=.*command="(?P<command>[^"]*)")'
-                     r'(?=.*le="(?P<le>[^"]*)")(?=.*protocol="(?P<protocol>[^"]*)")[^}]*\} '
-                     r'(?P<count>\S+)')
 
 
 def _bucket_median(cumulative: dict[float, float]) -> float | None:
