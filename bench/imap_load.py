@@ -231,11 +231,14 @@ def run_load(port: int, clients: int, duration: float, cpu_probe=None,
             "last_error": next((r[2] for r in results if r[2]), "")}
 
 
-def metered(workdir: str) -> tuple[MailHostProcess, ServerLatency]:
-    """A mailhost with its Prometheus endpoint on, and the reader of its latencies."""
+def metered(workdir: str, workers: int = 0) -> tuple[MailHostProcess, ServerLatency]:
+    """A mailhost with its Prometheus endpoint on, and the reader of its latencies
+    (with ``workers``, the supervisor's sum of every worker's)."""
     port = free_port()
-    mh = MailHostProcess(workdir, extra={"metrics": {"listen": f"tcp:{port}:interface=127.0.0.1"}})
-    return mh, ServerLatency(port)
+    extra: dict = {"metrics": {"listen": f"tcp:{port}:interface=127.0.0.1"}}
+    if workers:
+        extra["server"] = {"workers": workers}
+    return MailHostProcess(workdir, extra=extra), ServerLatency(port)
 
 
 class ServerLatency:
@@ -653,15 +656,14 @@ def main() -> None:
                 (results["load_mailhost"]["median_latency_ms"] or 0)
                 / max(results["load_dovecot"]["median_latency_ms"] or 0, 0.01), 2)
             if opts.workers:
-                mh = MailHostProcess(os.path.join(work, "mh-workers"),
-                                     extra={"server": {"workers": opts.workers}})
+                mh, inside = metered(os.path.join(work, "mh-workers"), opts.workers)
                 os.makedirs(mh.workdir)
                 mh.start()
                 mh.wait_workers(opts.workers)
                 try:
                     results["load_mailhost_workers"] = run_load(
                         mh.ports["imap"], opts.clients, opts.duration,
-                        lambda: tree_cpu_seconds(mh.pid))
+                        lambda: tree_cpu_seconds(mh.pid), server_side=inside)
                 finally:
                     mh.stop()
                 results["workers_throughput_ratio"] = round(
