@@ -385,8 +385,10 @@ async def test_a_delivery_whose_mode_the_umask_gives_is_not_fstated(root, monkey
     store), the tmp file is not fstat'ed (a system call a message in the commit
     thread); its mode is still ours, and its mtime is the delivery's second. Under a
     umask that narrows the mode, the file is fstat'ed and fixed as before."""
+    import math
     import time
 
+    from mailhost.store._maildir import maildir_io
     from mailhost.store.modes import FileModes, process_umask
 
     real_fstat = os.fstat
@@ -399,6 +401,9 @@ async def test_a_delivery_whose_mode_the_umask_gives_is_not_fstated(root, monkey
         return real_fstat(fd)
 
     monkeypatch.setattr(os, "fstat", fstat)
+    # The writer's clock reads never straddle a second here (the case that fstats
+    # is the test after this one).
+    monkeypatch.setattr(maildir_io, "time", _Clock(lambda now: math.floor(now) + 0.5))
     old = os.umask(0o022)
     try:
         assert process_umask() == 0o022
@@ -429,3 +434,87 @@ async def test_a_delivery_whose_mode_the_umask_gives_is_not_fstated(root, monkey
     stats = [os.stat(os.path.join(user_dir(root), "new", n)) for n in new_files(root)]
     assert len(stats) == 4 and {st.st_mode & 0o777 for st in stats} == {0o640}
     assert all(before - 1 <= int(st.st_mtime) <= after + 1 for st in stats)
+
+
+class _Clock:
+    """Stands for the ``time`` module in maildir_io: ``time()`` is ``shape(now)``;
+    the rest is the real module's."""
+
+    def __init__(self, shape) -> None:
+        import time
+
+        self._time, self._shape, self.calls = time, shape, 0
+
+    def time(self) -> float:
+        self.calls += 1
+        return self._shape(self._time.time())
+
+    def __getattr__(self, name: str):
+        return getattr(self._time, name)
+
+
+async def test_a_write_whose_clock_reads_straddle_a_second_is_dated_by_its_mtime(
+        root, monkeypatch):
+    """Issue 18: a delivery whose clock reads before and after its O_SYNC write fall in
+    two seconds (on a busy disk such a write may wait long) is dated by the file's own
+    mtime, read with one fstat: only when that second is not the delivery's date does
+    the date go back on (a utime), and then the file is fsynced."""
+    import math
+    import stat
+
+    from mailhost.store._maildir import maildir_io
+
+    real_fstat, real_utime, real_fsync = os.fstat, os.utime, os.fsync
+    calls: list = []  # per delivery: ("fstat", mtime second), ("utime", date), "file", "dir"
+
+    def fstat(fd):
+        st = real_fstat(fd)
+        if os.path.basename(os.path.dirname(os.readlink(f"/proc/self/fd/{fd}"))) == ".tmp":
+            calls.append(("fstat", int(st.st_mtime)))
+        return st
+
+    def utime(path, times=None, **kwargs):
+        calls.append(("utime", int(times[0])))
+        return real_utime(path, times, **kwargs)
+
+    def fsync(fd):
+        calls.append("dir" if stat.S_ISDIR(real_fstat(fd).st_mode) else "file")
+        return real_fsync(fd)
+
+    # A delivery reads the clock twice around its write: here the first read comes a
+    # little before the current second, the second within it.
+    clock = _Clock(lambda now: math.floor(now) - 0.001 if clock.calls == 1 else
+                   math.floor(now) + 0.5)
+    old = os.umask(0o022)
+    try:
+        store = MaildirStore(root, fsync=True)
+        await smtp_deliver(store, 0)  # makes the Maildir (and cleans its tmp: a read)
+        assert store.new_files_fit()
+        monkeypatch.setattr(maildir_io, "time", clock)
+        monkeypatch.setattr(os, "fstat", fstat)
+        monkeypatch.setattr(os, "utime", utime)
+        monkeypatch.setattr(os, "fsync", fsync)
+        kept = 0
+        for n in range(1, 6):
+            del calls[:]
+            clock.calls = 0
+            await smtp_deliver(store, n)
+            assert clock.calls == 2
+            [(what, second)] = [c for c in calls if c[0] == "fstat"]
+            dates = [c[1] for c in calls if c[0] == "utime"]
+            if calls == [("fstat", second), "dir"]:
+                kept += 1  # the write gave the file the delivery's second
+            else:  # the clock passed a second between the date and the write
+                assert calls == [("fstat", second), ("utime", dates[0]), "file", "dir"]
+                assert dates[0] != second
+        assert kept
+        await store.close()
+    finally:
+        os.umask(old)
+    box_store = MaildirStore(root)
+    box = await folder_of(box_store)
+    for info in box.messages():  # the index's date is the file's second
+        [name] = [n for n in new_files(root) if n.startswith(info.key)]
+        assert int(os.stat(os.path.join(user_dir(root), "new", name)).st_mtime) \
+            == int(info.internal_date)
+    await box_store.close()
