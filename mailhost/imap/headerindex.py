@@ -48,6 +48,7 @@ import email.utils
 import json
 import re
 import sys
+import time
 import weakref
 from array import array
 from bisect import bisect_left
@@ -55,7 +56,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import pairwise
 from typing import IO, Any, NamedTuple
 
-from twisted.internet.defer import Deferred, DeferredLock, FirstError, gatherResults
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.python.failure import Failure
 
 from mailhost.imap import envelope
 from mailhost.imap.basesubject import base_subject
@@ -71,8 +73,14 @@ CACHE_KEY = "sortf2"
 BATCH = 64
 #: Messages whose header blocks one ``IHeaderBlocks.read_headers`` call reads.
 BULK = 1000
-#: Batches in flight at once (so at most BATCH * PARALLEL files open per fill).
+#: Batches in flight at most (so at most BATCH * PARALLEL files open per fill).
 PARALLEL = 3
+#: A batch slower than this per message waited on the disk (a cold cache): then one
+#: more batch goes in flight, up to PARALLEL. From the page cache a message takes
+#: about 30 us, and batches in parallel only contend for the GIL and the directory
+#: (100k messages: 2.9 s one at a time, 4.8 s three at a time); read from the disk,
+#: 90 us, and three at a time were 15% faster (9.0 -> 7.8 s).
+DISK_BOUND = 60e-6
 #: Header bytes read per message; fields beyond are ignored (as SEARCH's own limit).
 MAX_HEAD = 256 * 1024
 _HEAD_CHUNK = 16 * 1024
@@ -699,21 +707,32 @@ class HeaderTable:
             bulk = IHeaderBlocks.providedBy(folder)
             size = BULK if bulk else BATCH
             batches = iter([unread[i:i + size] for i in range(0, len(unread), size)])
+            running: list[Deferred[None]] = []
+            failures: list[Failure] = []
 
             async def worker() -> None:
-                for batch in batches:
-                    if bulk:
-                        await self._fill_bulk(folder, batch)
-                    else:
-                        await self._fill(folder, batch)
+                try:
+                    for batch in batches:
+                        started = time.monotonic()
+                        if bulk:
+                            await self._fill_bulk(folder, batch)
+                        else:
+                            await self._fill(folder, batch)
+                        if len(running) < PARALLEL and not failures and \
+                                time.monotonic() - started > DISK_BOUND * len(batch):
+                            # Waiting on the disk: one opens its files while others
+                            # are read, so the disk sees more than one request.
+                            running.append(Deferred.fromCoroutine(worker()))
+                except Exception:
+                    failures.append(Failure())
 
-            # A few batches in flight: one opens its files while others are read, so
-            # the disk sees more than one request at a time on a cold cache.
-            try:
-                await gatherResults([Deferred.fromCoroutine(worker())
-                                     for _ in range(PARALLEL)], consumeErrors=True)
-            except FirstError as e:
-                e.subFailure.raiseException()
+            running.append(Deferred.fromCoroutine(worker()))
+            done = 0
+            while done < len(running):  # a worker may start another meanwhile
+                await running[done]
+                done += 1
+            if failures:
+                failures[0].raiseException()
             if len(self.rows) > 2 * len(uids) + 1024:
                 self._prune(folder)
         finally:
