@@ -68,6 +68,10 @@ against 3.5-4.0 s (0.90-1.19x). ``SORT (SUBJECT)`` 0.96-1.0 s against 0.53 s (1.
 then 0.55-0.71 s against 0.52-0.59 s (1.04-1.20x). Wall times at that load follow the
 scheduler more than the work (first search 0.52-0.70x, SORT (SUBJECT) 0.58-1.04x, and
 2.5x in a run where mailhost's turn shared the machine with a test suite).
+Later (2026-12-05, load 0-1.4) the first search was 1.35-1.83x (4.3-5.8 s, 5.7-7.9 s
+CPU against 3.1-3.3 s): three header batches read at once from the page cache only
+fought over the GIL. Read one at a time unless a batch waits on the disk, 1.08x (3.54 s,
+3.55 s CPU against 3.29 s, 3.25 s).
 """
 
 from __future__ import annotations
