@@ -212,3 +212,27 @@ def test_folder_index_matches_a_dict_model(rows, removed):
     cols = index.columns()
     assert list(cols.uids) == sorted(model) and len(cols.flags) == len(model)
     assert index.infos() == [index.get(u) for u in sorted(model)]
+
+
+_PARTS = ["2," + "".join(c for i, c in enumerate("abcdefghij") if n >> i & 1)
+          for n in range(1024)]
+
+
+@FAST
+@given(st.integers(0, 700),
+       st.lists(st.tuples(st.integers(0, 1023), st.booleans()), max_size=60),
+       st.data())
+def test_recent_uids_are_what_a_scan_of_every_state_finds(before, rows, data):
+    """``FolderIndex.recent_uids`` marks the states in new/ by their low byte: with
+    state ids past 255 (made first here), a state in cur/ can share the low byte of
+    one in new/, and must not count."""
+    index = FolderIndex(Keywords({0: "$Label"}))
+    for n in range(before):
+        index.state(_PARTS[n], n % 3 == 0)
+    for uid, (part, recent) in enumerate(rows, 1):
+        index.add(uid, f"k{uid}", 10, 1.0, index.state(_PARTS[part], recent), False)
+    if rows:
+        index.claimed.update(data.draw(st.sets(st.integers(1, len(rows)))))
+    scan = [u for u, s in zip(index.uids, index.states, strict=True)
+            if index.table[s].recent and u not in index.claimed]
+    assert index.recent_uids() == scan
